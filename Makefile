@@ -1,0 +1,39 @@
+# hotload: two commands on a fresh machine
+#   make demo   - set up the virtualenv, build the plugins, run the demo (main job)
+#   make test   - set up the virtualenv, build the plugins, run lint and the test suite
+
+PYTHON ?= python3
+VENV   ?= .venv
+VPY    := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: all venv plugins test lint bench demo clean
+
+all: plugins
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Compiles native/plugins/*.c -> build/plugins/*.so (temp name + rename).
+plugins: $(STAMP)
+	$(VPY) build.py
+
+lint: $(STAMP)
+	$(VPY) -m ruff check src tests benchmarks build.py
+
+test: plugins lint
+	$(VPY) -m pytest -q
+
+bench: plugins
+	$(VPY) benchmarks/run.py
+
+demo: plugins
+	$(VENV)/bin/hotload demo
+
+clean:
+	rm -rf build $(VENV) .pytest_cache

@@ -1,0 +1,109 @@
+"""Compile plugin sources into shared libraries, atomically.
+
+The compiler writes to a temporary file in the output directory; only a
+complete, successful output is renamed over the target.  A reader (a host,
+a watcher) therefore sees either the old library or the new one, never a
+partial file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import subprocess
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import HotloadError
+
+log = logging.getLogger(__name__)
+
+BASE_FLAGS = ["-std=c11", "-fPIC", "-shared", "-Wall", "-Wextra"]
+TARGETS = {
+    # target: (compiler variable, default compiler, output suffix, output dir name)
+    "native": ("CC", "cc", ".so", "plugins"),
+    "windows": ("WIN_CC", "x86_64-w64-mingw32-gcc", ".dll", "plugins-win"),
+}
+
+
+class BuildError(HotloadError):
+    """The compiler failed; the message carries its diagnostics."""
+
+
+def sdk_include_dir() -> Path:
+    """The directory holding ``hotload.h``: the checkout's ``native/include``
+    when running from source, else the copy shipped inside the package."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent.parent / "native" / "include", here / "sdk" / "include"):
+        if (candidate / "hotload.h").is_file():
+            return candidate
+    raise BuildError(f"hotload.h not found next to {here}")
+
+
+def cflags() -> list[str]:
+    return [*BASE_FLAGS, f"-I{sdk_include_dir()}"]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    source: Path
+    output: Path
+
+
+def compile_plugin(source: Path, output: Path, *, cc: str | None = None,
+                   extra_cflags: Iterable[str] = (), target: str = "native") -> BuildResult:
+    """Compile one source file; raise ``BuildError`` with the compiler's output."""
+    cc_var, default_cc, _suffix, _dir = TARGETS[target]
+    cc_cmd = shlex.split(cc or os.environ.get(cc_var) or default_cc)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    os.close(fd)
+    cmd = [*cc_cmd, *cflags(), *extra_cflags, "-o", tmp, str(source)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    except FileNotFoundError:
+        os.unlink(tmp)
+        raise BuildError(f"{source}: compiler {cc_cmd[0]!r} not found") from None
+    if proc.returncode != 0:
+        os.unlink(tmp)
+        raise BuildError(f"{source}: compile failed ({shlex.join(cmd)}):\n{proc.stderr.strip()}")
+    if proc.stderr.strip():
+        log.warning("%s: compiler warnings:\n%s", source, proc.stderr.strip())
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, output)
+    return BuildResult(source, output)
+
+
+def build_all(sources: Iterable[Path], out_dir: Path, *, target: str = "native",
+              cc: str | None = None, extra_cflags: Iterable[str] = ()) -> list[BuildResult]:
+    suffix = TARGETS[target][2]
+    extra = list(extra_cflags)
+    return [compile_plugin(src, out_dir / (src.stem + suffix), cc=cc, extra_cflags=extra, target=target)
+            for src in sources]
+
+
+def main(argv: list[str], *, root: Path, environ: Mapping[str, str]) -> int:
+    parser = argparse.ArgumentParser(prog="build.py", description="Build hotload plugins.")
+    parser.add_argument("files", nargs="*", type=Path, help="plugin sources (default: native/plugins/*.c)")
+    parser.add_argument("--target", choices=sorted(TARGETS), default="native")
+    parser.add_argument("-o", "--out-dir", type=Path, help="output directory (default: build/<plugins dir>)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    sources = args.files or sorted((root / "native" / "plugins").glob("*.c"))
+    _var, _cc, suffix, dir_name = TARGETS[args.target]
+    out_dir = args.out_dir or root / "build" / dir_name
+    extra = shlex.split(environ.get("CFLAGS", ""))
+    failed = 0
+    for src in sources:
+        try:
+            res = compile_plugin(src, out_dir / (src.stem + suffix),
+                                 extra_cflags=extra, target=args.target)
+            print(f"built {res.output}")
+        except BuildError as exc:
+            print(f"error: {exc}")
+            failed += 1
+    return 1 if failed else 0

@@ -1,0 +1,95 @@
+"""The plugin descriptor: what ``hotload.h`` writes into the ``.hotload`` section.
+
+Each macro in the SDK emits one NUL-terminated text record::
+
+    hotload <US> abi <US> kind <US> field [<US> field]      (US = 0x1f)
+
+Text records need no relocation, so the descriptor can be read from the file
+alone (ELF or PE), before any of the plugin's code runs, and by ``hotload
+inspect`` on a machine of another architecture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import DescriptorError
+
+ABI_VERSION = 1
+SECTION = ".hotload"
+_US = "\x1f"
+
+
+@dataclass(frozen=True)
+class Export:
+    name: str
+    signature: str
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """What a plugin says about itself."""
+
+    name: str
+    version: str
+    abi: int = ABI_VERSION
+    exports: tuple[Export, ...] = ()
+    on_load: str | None = None
+    on_unload: str | None = None
+    self_test: str | None = None
+
+    def signatures(self) -> dict[str, str]:
+        return {e.name: e.signature for e in self.exports}
+
+
+def parse(blob: bytes, path: str) -> Descriptor:
+    """Parse the raw bytes of a ``.hotload`` section found in ``path``."""
+    records = [r for r in blob.split(b"\0") if r]
+    if not records:
+        raise DescriptorError(f"{path}: the .hotload section is empty")
+    plugin: tuple[str, str] | None = None
+    exports: list[Export] = []
+    hooks: dict[str, str] = {}
+    for raw in records:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DescriptorError(f"{path}: descriptor record is not UTF-8 text ({exc})") from None
+        parts = text.split(_US)
+        if len(parts) < 4 or parts[0] != "hotload":
+            raise DescriptorError(f"{path}: malformed descriptor record {text!r}")
+        try:
+            abi = int(parts[1])
+        except ValueError:
+            raise DescriptorError(f"{path}: malformed ABI version in record {text!r}") from None
+        if abi != ABI_VERSION:
+            raise DescriptorError(
+                f"{path}: plugin was built for hotload ABI {abi}, this host speaks ABI "
+                f"{ABI_VERSION}; rebuild it against this host's hotload.h (hotload cflags)"
+            )
+        kind, fields = parts[2], parts[3:]
+        if kind == "plugin" and len(fields) == 2:
+            if plugin is not None:
+                raise DescriptorError(f"{path}: HOTLOAD_PLUGIN appears more than once")
+            plugin = (fields[0], fields[1])
+        elif kind == "export" and len(fields) == 2:
+            if any(e.name == fields[0] for e in exports):
+                raise DescriptorError(f"{path}: {fields[0]} is exported twice")
+            exports.append(Export(fields[0], fields[1]))
+        elif kind in ("on_load", "on_unload", "self_test") and len(fields) == 1:
+            hooks[kind] = fields[0]
+        else:
+            raise DescriptorError(f"{path}: unknown descriptor record {text!r}")
+    if plugin is None:
+        raise DescriptorError(f"{path}: descriptor has no HOTLOAD_PLUGIN(name, version) record")
+    name, version = plugin
+    if not name.isidentifier():
+        raise DescriptorError(f"{path}: plugin name {name!r} is not an identifier")
+    return Descriptor(
+        name=name,
+        version=version,
+        exports=tuple(exports),
+        on_load=hooks.get("on_load"),
+        on_unload=hooks.get("on_unload"),
+        self_test=hooks.get("self_test"),
+    )

@@ -1,0 +1,126 @@
+"""POSIX platform layer: ``dlopen``/``dlclose`` through ctypes and the
+kernel's view of what is mapped.
+
+ctypes has no public ``dlclose``, so this module calls libc's ``dl*``
+functions directly; that also gives ``dlerror`` text and ``RTLD_NOLOAD``
+probes.  The Windows twin is ``dl_windows``; ``platform_layer`` picks one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+
+from .errors import LoadError
+
+RTLD_LAZY = 0x1
+RTLD_NOW = 0x2
+RTLD_NOLOAD = 0x4
+RTLD_LOCAL = 0
+RTLD_DI_LINKMAP = 2
+SUFFIX = ".dylib" if sys.platform == "darwin" else ".so"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_dlopen = _libc.dlopen
+_dlopen.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_dlopen.restype = ctypes.c_void_p
+_dlclose = _libc.dlclose
+_dlclose.argtypes = [ctypes.c_void_p]
+_dlclose.restype = ctypes.c_int
+_dlsym = _libc.dlsym
+_dlsym.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+_dlsym.restype = ctypes.c_void_p
+_dlerror = _libc.dlerror
+_dlerror.argtypes = []
+_dlerror.restype = ctypes.c_char_p
+try:
+    _dlinfo = _libc.dlinfo
+    _dlinfo.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+    _dlinfo.restype = ctypes.c_int
+except AttributeError:  # macOS has no dlinfo
+    _dlinfo = None
+
+# dlerror() state is per thread, but a dl* call and its dlerror() must not be
+# interleaved with another call on the same thread; this lock also keeps the
+# "is this a new image?" check atomic with the open that it checks.
+_lock = threading.Lock()
+
+
+class _LinkMap(ctypes.Structure):
+    _fields_ = [("l_addr", ctypes.c_void_p), ("l_name", ctypes.c_char_p)]
+
+
+def _error(default: str) -> str:
+    msg = _dlerror()
+    return msg.decode(errors="replace") if msg else default
+
+
+def open_image(path: str) -> int:
+    """``dlopen(path, RTLD_NOW | RTLD_LOCAL)``: every undefined symbol is
+    resolved now, so a missing one fails here, not at the first call."""
+    with _lock:
+        _dlerror()
+        handle = _dlopen(os.fsencode(path), RTLD_NOW | RTLD_LOCAL)
+        if not handle:
+            raise LoadError(f"{path}: dlopen failed: {_error('unknown error')}")
+        return handle
+
+
+def close_image(handle: int, path: str) -> None:
+    with _lock:
+        _dlerror()
+        if _dlclose(handle) != 0:
+            raise LoadError(f"{path}: dlclose failed: {_error('unknown error')}")
+
+
+def symbol(handle: int, name: str) -> int | None:
+    """Address of ``name`` in the image, or None when it is not exported."""
+    with _lock:
+        _dlerror()
+        addr = _dlsym(handle, name.encode())
+        return addr or None
+
+
+def image_path(handle: int) -> str | None:
+    """The path the loader recorded for ``handle`` (glibc's link map)."""
+    if _dlinfo is None:
+        return None
+    lm = ctypes.POINTER(_LinkMap)()
+    if _dlinfo(handle, RTLD_DI_LINKMAP, ctypes.byref(lm)) != 0 or not lm:
+        return None
+    name = lm.contents.l_name
+    return os.fsdecode(name) if name else None
+
+
+def loader_has(path: str) -> bool:
+    """The dynamic loader's view: is an image opened from ``path`` still
+    loaded?  ``RTLD_NOLOAD`` opens nothing new; the reference it takes on a
+    hit is dropped at once."""
+    with _lock:
+        handle = _dlopen(os.fsencode(path), RTLD_LAZY | RTLD_NOLOAD)
+        if handle:
+            _dlclose(handle)
+        _dlerror()
+        return bool(handle)
+
+
+def mapped_ranges(file_id: tuple[int, int]) -> int:
+    """The kernel's view: how many bytes of the file ``(st_dev, st_ino)`` are
+    mapped into this process right now (0 when none)."""
+    dev, ino = file_id
+    want_dev = f"{os.major(dev):02x}:{os.minor(dev):02x}".encode()  # as the kernel prints it
+    total = 0
+    try:
+        with open("/proc/self/maps", "rb") as fh:
+            maps = fh.read()
+    except OSError:  # no procfs (macOS, some sandboxes): fall back to the loader
+        return -1
+    ino_b = str(ino).encode()
+    for line in maps.splitlines():
+        parts = line.split(None, 5)
+        if len(parts) >= 5 and parts[4] == ino_b and parts[3] == want_dev:
+            lo, _, hi = parts[0].partition(b"-")
+            total += int(hi, 16) - int(lo, 16)
+    return total

@@ -1,0 +1,41 @@
+"""Exceptions.  Every failure hotload reports is a ``HotloadError`` whose
+message names the file and the cause, so an operator can act on one line."""
+
+from __future__ import annotations
+
+
+class HotloadError(Exception):
+    """Base class: anything hotload refuses or fails to do."""
+
+
+class InvalidPluginError(HotloadError):
+    """The file is not a loadable shared library for this machine
+    (missing, empty, truncated, text, wrong architecture, an executable...)."""
+
+
+class DescriptorError(HotloadError):
+    """The plugin's hotload descriptor is missing, malformed or for another ABI."""
+
+
+class SignatureError(HotloadError, TypeError):
+    """A C signature cannot be parsed, does not match, or a call's arguments
+    do not fit it.  Also a ``TypeError`` so callers can treat it as one."""
+
+
+class LoadError(HotloadError):
+    """The dynamic loader refused the library, or a symbol is missing."""
+
+
+class HookError(HotloadError):
+    """A plugin's on_load refused to start or its on_unload failed."""
+
+
+class NotLoadedError(HotloadError, KeyError):
+    """No plugin (or version) by that name is loaded in this host."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ClosedError(HotloadError):
+    """The host (or plugin) has been closed."""
