@@ -57,9 +57,13 @@ def _error(default: str) -> str:
     return msg.decode(errors="replace") if msg else default
 
 
-def open_image(path: str) -> int:
+def open_image(path: str, search_dir: str | None = None) -> int:
     """``dlopen(path, RTLD_NOW | RTLD_LOCAL)``: every undefined symbol is
-    resolved now, so a missing one fails here, not at the first call."""
+    resolved now, so a missing one fails here, not at the first call.
+
+    ``search_dir`` is for the Windows twin (where a plugin's own DLLs live);
+    on POSIX a plugin finds its dependencies through its RUNPATH.
+    """
     with _lock:
         _dlerror()
         handle = _dlopen(os.fsencode(path), RTLD_NOW | RTLD_LOCAL)

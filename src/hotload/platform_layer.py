@@ -1,7 +1,9 @@
 """Pick the platform layer for this OS at import time.
 
-Both layers expose the same functions: ``open_image``, ``close_image``,
-``symbol``, ``image_path``, ``loader_has``, ``mapped_ranges`` and ``SUFFIX``.
+``dl`` opens and closes images and reports what is still loaded or mapped;
+both implementations expose ``open_image``, ``close_image``, ``symbol``,
+``image_path``, ``loader_has``, ``mapped_ranges`` and ``SUFFIX``.
+``binfmt`` checks a file before it is opened (ELF here, PE on Windows).
 Everything above them (registry, typed calls, hooks, CLI) is shared.
 """
 
@@ -9,9 +11,11 @@ from __future__ import annotations
 
 import sys
 
-if sys.platform == "win32":  # pragma: no cover - exercised under wine by the harness
+if sys.platform == "win32":  # pragma: no cover - proven under wine by tests/test_windows.py
     from . import dl_windows as dl
+    from . import pecheck as binfmt
 else:
     from . import dl_posix as dl
+    from . import elfcheck as binfmt
 
-__all__ = ["dl"]
+__all__ = ["binfmt", "dl"]

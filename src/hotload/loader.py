@@ -1,0 +1,257 @@
+"""Load one version of a plugin: source bytes -> checks -> private copy ->
+``dlopen`` -> typed exports; and close it again, verifying that it left.
+
+The source path is read exactly once.  Every check runs on those bytes and
+the very same bytes are written to the private copy that is opened, so a
+build overwriting the source at any moment (``cp`` in place, or a rename)
+can never reach a loaded image or slip between check and open.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import stat
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import descriptor as desc_mod
+from . import signatures
+from .descriptor import Descriptor
+from .errors import DescriptorError, HookError, InvalidPluginError, LoadError
+from .platform_layer import binfmt, dl
+from .workdir import WorkDir
+
+log = logging.getLogger(__name__)
+
+ON_LOAD_TYPE = "int(const char *, const void *, size_t)"
+ON_UNLOAD_TYPE = "int(const void **, size_t *)"
+_MAX_NEW_IMAGE_TRIES = 3
+
+
+@dataclass(eq=False)
+class Image:
+    """One opened versioned copy of a plugin."""
+
+    source: str
+    copy: Path
+    file_id: tuple[int, int]
+    digest: str
+    size: int
+    descriptor: Descriptor | None
+    name: str
+    version: str
+    handle: int
+    functions: dict[str, object]
+    prototypes: dict[str, str]
+    on_load: object | None = None
+    on_unload: object | None = None
+    opens: int = 1
+    closes: int = 0
+    loaded_at: float = field(default_factory=time.time)
+
+    def call_on_load(self, prev_version: str | None, state: bytes | None) -> None:
+        if self.on_load is None:
+            return
+        prev = signatures.ffi.new("char[]", prev_version.encode()) if prev_version else signatures.ffi.NULL
+        buf = signatures.ffi.from_buffer(state) if state else signatures.ffi.NULL
+        rc = self.on_load(prev, buf, len(state) if state else 0)
+        if rc != 0:
+            raise HookError(f"{self.source}: on_load of {self.name} {self.version} refused to start "
+                            f"(returned {rc}) with the state of version {prev_version or '(none)'}")
+
+    def call_on_unload(self) -> bytes | None:
+        """The state blob this version hands to its successor (None if no hook)."""
+        if self.on_unload is None:
+            return None
+        ptr = signatures.ffi.new("const void **")
+        size = signatures.ffi.new("size_t *")
+        rc = self.on_unload(ptr, size)
+        if rc != 0:
+            raise HookError(f"{self.source}: on_unload of {self.name} {self.version} failed "
+                            f"(returned {rc}); it keeps serving")
+        if ptr[0] == signatures.ffi.NULL or size[0] == 0:
+            return b""
+        return bytes(signatures.ffi.buffer(ptr[0], size[0]))
+
+
+def read_source(path: str) -> bytes:
+    """Read the whole plugin file once, with errors that name the cause."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InvalidPluginError(f"{path}: no such file (deleted or not built yet?)") from None
+    except PermissionError:
+        raise InvalidPluginError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise InvalidPluginError(f"{path}: cannot stat: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InvalidPluginError(f"{path}: is a directory, not a shared library")
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidPluginError(f"{path}: not a regular file")
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise InvalidPluginError(f"{path}: vanished while being read") from None
+    except OSError as exc:
+        reason = "permission denied" if exc.errno == errno.EACCES else exc.strerror
+        raise InvalidPluginError(f"{path}: cannot read: {reason}") from None
+
+
+def identify(data: bytes, source: str, *, name: str | None,
+             declared: Mapping[str, str] | None) -> tuple[Descriptor | None, str, str, dict[str, str]]:
+    """Check the bytes and work out the plugin's name, version and prototypes.
+
+    A library with a hotload descriptor speaks for itself (and must agree
+    with anything the host declares); one without needs ``name`` and
+    ``signatures`` from the host.
+    """
+    facts = binfmt.check(data, source)
+    desc = desc_mod.parse(facts.hotload_section, source) if facts.hotload_section else None
+    if desc is None:
+        if not declared or not name:
+            raise DescriptorError(
+                f"{source}: no hotload descriptor (.hotload section): build it with HOTLOAD_PLUGIN and "
+                f"HOTLOAD_EXPORT from hotload.h, or load it with name= and signatures= declared by the host"
+            )
+        prototypes = dict(declared)
+        plugin_name, version = name, "unversioned"
+    else:
+        if name is not None and name != desc.name:
+            raise DescriptorError(f"{source}: the file declares plugin {desc.name!r}, not {name!r}")
+        prototypes = desc.signatures()
+        if declared:
+            signatures.check_declared(declared, prototypes, where=source)
+        plugin_name, version = desc.name, desc.version
+    for fname, proto in prototypes.items():
+        signatures.parse(proto, where=source, function=fname)
+    return desc, plugin_name, version, prototypes
+
+
+def open_version(source: str, workdir: WorkDir, seq: int, *, name: str | None = None,
+                 declared: Mapping[str, str] | None = None,
+                 live_handles: frozenset[int] = frozenset()) -> Image:
+    """Load ``source`` as a new version; nothing is left behind on failure."""
+    data = read_source(source)
+    desc, plugin_name, version, prototypes = identify(data, source, name=name, declared=declared)
+    digest = hashlib.sha256(data).hexdigest()
+    rejected: list[Path] = []  # copies whose inode collided with a loaded image: kept until done
+    try:
+        for _ in range(_MAX_NEW_IMAGE_TRIES):
+            copy, file_id = workdir.write_copy(plugin_name, seq, data, dl.SUFFIX)
+            try:
+                handle = _open_new_image(copy, source, live_handles)
+            except BaseException:
+                copy.unlink(missing_ok=True)
+                raise
+            if handle is not None:
+                break
+            rejected.append(copy)
+        else:
+            raise LoadError(f"{source}: dlopen kept returning an image that is already loaded")
+    finally:
+        for path in rejected:
+            path.unlink(missing_ok=True)
+    try:
+        functions = {f: _resolve_export(handle, source, f, p) for f, p in prototypes.items()}
+        on_load = _hook(handle, source, desc.on_load if desc else None, ON_LOAD_TYPE)
+        on_unload = _hook(handle, source, desc.on_unload if desc else None, ON_UNLOAD_TYPE)
+    except BaseException:
+        dl.close_image(handle, source)
+        copy.unlink(missing_ok=True)
+        raise
+    return Image(source=source, copy=copy, file_id=file_id, digest=digest, size=len(data), descriptor=desc,
+                 name=plugin_name, version=version, handle=handle, functions=functions,
+                 prototypes=prototypes, on_load=on_load, on_unload=on_unload)
+
+
+def _open_new_image(copy: Path, source: str, live_handles: frozenset[int]) -> int | None:
+    """dlopen ``copy``; None when the loader handed back an image it already
+    had (glibc matches files by device and inode, and an inode of a deleted
+    copy whose image leaked can be reused by a new file)."""
+    try:
+        handle = dl.open_image(str(copy), search_dir=str(Path(source).resolve().parent))
+    except LoadError as exc:
+        raise LoadError(str(exc).replace(str(copy), source, 1) + f" (loading copy {copy.name})") from None
+    opened = dl.image_path(handle)
+    if handle in live_handles or (opened is not None and os.path.abspath(opened) != str(copy)):
+        log.warning("%s: dlopen of %s returned an already loaded image (%s); retrying with a new copy",
+                    source, copy.name, opened)
+        dl.close_image(handle, source)
+        return None
+    return handle
+
+
+def _resolve(handle: int, source: str, fname: str, proto: str) -> object:
+    addr = dl.symbol(handle, fname)
+    if addr is None:
+        raise LoadError(f"{source}: {fname} is declared ({proto}) but is not in the library's dynamic "
+                        f"symbol table; define it with HOTLOAD_API (or check its spelling)")
+    return signatures.bind(signatures.pointer_type(proto), addr)
+
+
+def _resolve_export(handle: int, source: str, fname: str, proto: str) -> object:
+    """An export as a Python callable; a ``char *`` result comes back as
+    ``bytes`` (None for NULL), as ctypes' ``c_char_p`` does."""
+    fn = _resolve(handle, source, fname, proto)
+    if signatures.pointer_type(proto).result.cname != "char *":
+        return fn
+    ffi = signatures.ffi
+
+    def call(*args: object) -> bytes | None:
+        ptr = fn(*args)  # type: ignore[operator]
+        return None if ptr == ffi.NULL else ffi.string(ptr)
+
+    return call
+
+
+def _hook(handle: int, source: str, symbol: str | None, proto: str) -> object | None:
+    if symbol is None:
+        return None
+    return _resolve(handle, source, symbol, proto)
+
+
+@dataclass(frozen=True)
+class UnloadVerdict:
+    gone: bool
+    mapped_bytes: int
+    loader_has: bool
+
+
+def release(image: Image) -> None:
+    """Drop hotload's reference to the image (``dlclose``); cheap, so it runs
+    on the reload path as soon as the old version is quiet."""
+    if image.closes >= image.opens:
+        raise LoadError(f"{image.source}: version copy {image.copy.name} is already closed "
+                        f"(dlopen {image.opens}, dlclose {image.closes}): refusing a double close")
+    dl.close_image(image.handle, image.source)
+    image.closes += 1
+
+
+def verify_gone(image: Image) -> UnloadVerdict:
+    """Ask the kernel whether a released image really left this process.
+
+    The kernel's mapping list (``/proc/self/maps``, matched by device and
+    inode so a deleted or renamed copy still counts) decides; the loader's
+    ``RTLD_NOLOAD`` probe is recorded beside it and decides only where there
+    is no ``/proc``.  The copy is deleted once its image is gone.
+    """
+    still = dl.loader_has(str(image.copy))
+    mapped = dl.mapped_ranges(image.file_id)
+    gone = (mapped == 0) if mapped >= 0 else not still
+    if mapped >= 0 and (mapped == 0) == still:
+        log.debug("%s: loader says %s, kernel says %d bytes mapped; the kernel wins",
+                  image.copy, "loaded" if still else "gone", mapped)
+    if gone:
+        image.copy.unlink(missing_ok=True)
+    return UnloadVerdict(gone=gone, mapped_bytes=max(mapped, 0), loader_has=still)
+
+
+def close_version(image: Image) -> UnloadVerdict:
+    release(image)
+    return verify_gone(image)

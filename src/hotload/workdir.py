@@ -1,0 +1,146 @@
+"""Private, per-host directories for versioned copies.
+
+Layout::
+
+    <base>/                      0700, owned by us: $HOTLOAD_WORKDIR,
+                                 $XDG_RUNTIME_DIR/hotload or <tmp>/hotload-<uid>
+    <base>/host-<pid>-<rand>/    one per Host, 0700, holds a flock'ed ``.lock``
+        double_xp.v3.k2j4.so     one file per loaded version, created O_EXCL
+
+A host holds an exclusive ``flock`` on its ``.lock`` for its lifetime, so a
+later host can tell a crashed host's directory (lock free) from a live one
+and sweep it, without trusting PIDs that the kernel may have reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+import shutil
+import stat
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import HotloadError
+
+log = logging.getLogger(__name__)
+_STALE_UNLOCKED_AGE = 3600.0  # a dir with no lock file yet is only swept when this old
+
+
+def runtime_base(sub: str = "hotload") -> Path:
+    """The per-user private base directory, created 0700 if missing."""
+    env = os.environ.get("HOTLOAD_WORKDIR")
+    if env:
+        base = Path(env)
+    elif os.environ.get("XDG_RUNTIME_DIR") and _owned_private(Path(os.environ["XDG_RUNTIME_DIR"])):
+        base = Path(os.environ["XDG_RUNTIME_DIR"]) / sub
+    else:
+        base = Path(tempfile.gettempdir()) / f"{sub}-{os.getuid()}"
+    ensure_private_dir(base)
+    return base
+
+
+def _owned_private(path: Path) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` 0700 or check that an existing one is ours and private.
+
+    A directory another user can write to (or a symlink planted in a shared
+    /tmp) would let them swap a versioned copy between our write and our
+    ``dlopen``: refuse it, naming the path and the problem.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise HotloadError(f"{path}: work directory is a symlink or not a directory; refusing to use it")
+    if st.st_uid != os.getuid():
+        raise HotloadError(f"{path}: work directory is owned by uid {st.st_uid}, not {os.getuid()}")
+    if st.st_mode & 0o077:
+        raise HotloadError(f"{path}: work directory has mode {stat.S_IMODE(st.st_mode):o}; "
+                           f"it must be private (0700)")
+
+
+class WorkDir:
+    """One host's private directory of versioned copies."""
+
+    def __init__(self, base: str | os.PathLike[str] | None = None) -> None:
+        self.base = Path(base) if base is not None else runtime_base()
+        ensure_private_dir(self.base)
+        swept = sweep(self.base)
+        if swept:
+            log.info("swept %d version cop%s left by crashed hosts in %s",
+                     swept, "y" if swept == 1 else "ies", self.base)
+        self.path = Path(tempfile.mkdtemp(prefix=f"host-{os.getpid()}-", dir=self.base))
+        self._lock_fd = os.open(self.path / ".lock",
+                                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def write_copy(self, stem: str, seq: int, data: bytes, suffix: str) -> tuple[Path, tuple[int, int]]:
+        """Write ``data`` to a new, never-before-used file; return its path and
+        ``(st_dev, st_ino)``, the identity the kernel's mapping list shows."""
+        path = self.path / f"{stem}.v{seq}.{secrets.token_hex(3)}{suffix}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o500)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
+        return path, (st.st_dev, st.st_ino)
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.path.iterdir() if p.name != ".lock")
+
+    def close(self) -> None:
+        """Delete the directory and every copy in it (a mapped copy stays
+        valid for the kernel: unlinking only drops the name)."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.close(self._lock_fd)
+
+
+def sweep(base: Path) -> int:
+    """Remove host directories whose owner is gone; return the files removed."""
+    removed = 0
+    for entry in base.glob("host-*"):
+        lock = entry / ".lock"
+        try:
+            fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                if time.time() - entry.stat().st_mtime > _STALE_UNLOCKED_AGE:
+                    removed += _remove(entry)
+            continue
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # a live host holds it
+        try:
+            removed += _remove(entry)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _remove(entry: Path) -> int:
+    count = sum(1 for p in entry.iterdir() if p.name != ".lock")
+    shutil.rmtree(entry, ignore_errors=True)
+    return count

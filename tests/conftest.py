@@ -1,0 +1,181 @@
+"""Shared fixtures: real plugins compiled from C source into the test's tmp dir."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from hotload import Host
+from hotload.builder import compile_plugin
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGINS_SRC = ROOT / "native" / "plugins"
+
+Compile = Callable[..., Path]
+
+
+@pytest.fixture
+def cc(tmp_path: Path) -> Compile:
+    """``cc(source_text, name, flags=[], cxx=False)`` -> path of a fresh .so,
+    compiled with the project's own builder (temp file + rename)."""
+
+    def build(source: str, name: str = "plugin", flags: list[str] | None = None, *, cxx: bool = False,
+              out: Path | None = None) -> Path:
+        ext = ".cpp" if cxx else ".c"
+        src = tmp_path / "src" / f"{name}{ext}"
+        src.parent.mkdir(exist_ok=True)
+        src.write_text(textwrap.dedent(source))
+        output = out or tmp_path / "build" / f"{name}.so"
+        extra = list(flags or [])
+        if cxx:  # the builder's -std=c11 is for C; g++ takes the last -std
+            compile_plugin(src, output, cc="g++", extra_cflags=["-std=c++17", *extra])
+        else:
+            compile_plugin(src, output, extra_cflags=extra)
+        return output
+
+    return build
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[Host]:
+    work = tmp_path / "work"
+    with Host(work, quiesce_timeout=0.5) as h:
+        yield h
+    leftovers = [p for p in work.rglob("*") if p.is_file()]
+    assert not leftovers, f"versioned copies left after close(): {leftovers}"
+
+
+@pytest.fixture
+def example_plugins(tmp_path: Path) -> dict[str, Path]:
+    """The shipped example plugins, built fresh for this test."""
+    out = {}
+    for src in sorted(PLUGINS_SRC.glob("*.c")):
+        out[src.stem] = tmp_path / "plugins" / f"{src.stem}.so"
+        compile_plugin(src, out[src.stem])
+    return out
+
+
+def mapped_images(workdir: Path) -> set[str]:
+    """Distinct files under ``workdir`` that the kernel maps into this process."""
+    prefix = str(workdir)
+    found = set()
+    with open("/proc/self/maps") as fh:
+        for line in fh:
+            parts = line.split(None, 5)
+            if len(parts) == 6 and parts[5].strip().startswith(prefix):
+                found.add(parts[5].strip().removesuffix(" (deleted)"))
+    return found
+
+
+def versioned_copies(workdir: Path) -> list[Path]:
+    return sorted(p for p in workdir.rglob("*") if p.is_file() and p.name != ".lock")
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None
+
+
+def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload]
+
+
+XP_SOURCE = """
+#define _POSIX_C_SOURCE 200809L
+#include <hotload.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <time.h>
+
+HOTLOAD_PLUGIN("xp", "VERSION");
+
+static _Atomic int64_t grants;
+static int refuse_load = REFUSE;
+
+HOTLOAD_API int64_t reward(int64_t base, int32_t level)
+{
+    atomic_fetch_add(&grants, 1);
+    return base * MULT + level;
+}
+HOTLOAD_EXPORT(reward, "int64_t(int64_t, int32_t)");
+
+HOTLOAD_API int64_t grants_so_far(void) { return atomic_load(&grants); }
+HOTLOAD_EXPORT(grants_so_far, "int64_t(void)");
+
+HOTLOAD_API int32_t version_tag(void) { return MULT; }
+HOTLOAD_EXPORT(version_tag, "int32_t(void)");
+
+/* Sleeps `ms` milliseconds inside the plugin, then returns version_tag(). */
+HOTLOAD_API int32_t slow_tag(int32_t ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+    return MULT;
+}
+HOTLOAD_EXPORT(slow_tag, "int32_t(int32_t)");
+
+/* generation: 1 on first load, +1 at every swap, carried in the state */
+static int64_t generation = 1;
+HOTLOAD_API int64_t gen(void) { return generation; }
+HOTLOAD_EXPORT(gen, "int64_t(void)");
+
+static int64_t snap[2];
+static int save(const void **state, size_t *size)
+{
+    snap[0] = atomic_load(&grants);
+    snap[1] = generation;
+    *state = snap;
+    *size = sizeof snap;
+    return 0;
+}
+HOTLOAD_ON_UNLOAD(save);
+
+static char prev_seen[64];
+static int restore(const char *prev, const void *state, size_t size)
+{
+    if (refuse_load) return refuse_load;
+    if (prev) { strncpy(prev_seen, prev, sizeof prev_seen - 1); }
+    if (state && size == sizeof snap) {
+        int64_t s[2];
+        memcpy(s, state, sizeof s);
+        atomic_store(&grants, s[0]);
+        generation = s[1] + 1;
+    }
+    return 0;
+}
+HOTLOAD_ON_LOAD(restore);
+
+HOTLOAD_API const char *previous_version(void) { return prev_seen; }
+HOTLOAD_EXPORT(previous_version, "const char *(void)");
+"""
+
+
+def xp_source(mult: int = 2, version: str = "1.0.0", refuse: int = 0) -> str:
+    """A stateful test plugin whose behaviour and version string are parameters."""
+    return (XP_SOURCE.replace("VERSION", version).replace("MULT", str(mult))
+            .replace("REFUSE", str(refuse)))
+
+
+@pytest.fixture
+def xp_build(cc: Compile, tmp_path: Path) -> Callable[..., Path]:
+    """Build the test plugin to one fixed source path (like a real build would),
+    with another multiplier/version; returns that path."""
+    target = tmp_path / "build" / "xp.so"
+
+    def build(mult: int = 2, version: str = "1.0.0", refuse: int = 0, name: str = "xp") -> Path:
+        return cc(xp_source(mult, version, refuse), name, out=target if name == "xp" else None)
+
+    return build
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

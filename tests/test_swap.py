@@ -1,0 +1,265 @@
+"""Hot swaps: routing, draining, state handover, overwrites, leaks."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import mapped_images, versioned_copies
+from hotload import Host, SignatureError
+
+
+def test_reload_routes_new_calls_and_hands_state_across(host: Host, xp_build) -> None:
+    xp = host.load(xp_build(mult=2, version="1.0.0"))
+    assert [xp.reward(10, 1) for _ in range(5)] == [21] * 5
+    xp_build(mult=3, version="1.1.0")
+    info = host.reload("xp")
+    assert (info.seq, info.plugin_version, info.state) == (2, "1.1.0", "active")
+    assert xp.reward(10, 1) == 31
+    assert xp.grants_so_far() == 6  # 5 grants carried over, plus this one
+    assert host.versions("xp")[1].plugin_version == "1.1.0"
+    assert xp.previous_version() == b"1.0.0"  # on_load saw the previous version string
+    assert host.settle()
+    states = [(v.seq, v.state, v.dlopen_count, v.dlclose_count) for v in host.versions("xp")]
+    assert states == [(1, "unloaded", 1, 1), (2, "active", 1, 0)]
+    assert len(mapped_images(host.workdir)) == 1
+
+
+def test_on_load_refusal_keeps_old_version_serving_with_state(host: Host, xp_build) -> None:
+    xp = host.load(xp_build(mult=2))
+    for _ in range(3):
+        xp.reward(1, 0)
+    xp_build(mult=9, refuse=7)
+    with pytest.raises(Exception, match=r"xp\.so: on_load of xp 1\.0\.0 refused to start \(returned 7\)"):
+        host.reload("xp")
+    assert xp.reward(1, 0) == 2 and xp.grants_so_far() == 4
+    assert [v.seq for v in host.versions("xp")] == [1]
+    assert len(versioned_copies(host.workdir)) == 1
+    xp_build(mult=5)  # a good build after the bad one goes live normally
+    assert host.reload("xp").seq == 2
+    assert xp.reward(1, 0) == 5 and xp.grants_so_far() == 5
+
+
+def test_signature_change_on_reload_is_refused_unless_allowed(host: Host, cc, tmp_path: Path) -> None:
+    src = """
+        #include <hotload.h>
+        HOTLOAD_PLUGIN("calc", "V");
+        HOTLOAD_API int64_t f(PARAMS) { return BODY; }
+        HOTLOAD_EXPORT(f, "int64_t(PARAMS)");
+    """
+    out = tmp_path / "calc.so"
+    calc = host.load(cc(src.replace("V", "1").replace("PARAMS", "int64_t a").replace("BODY", "a"), out=out))
+    cc(src.replace("V", "2").replace("PARAMS", "int64_t a, int64_t b").replace("BODY", "a + b"), out=out)
+    with pytest.raises(SignatureError, match=r"calc\.so: f changed from 'int64_t\(int64_t a\)'"):
+        host.reload("calc")
+    assert calc.f(5) == 5
+    host.reload("calc", allow_signature_change=True)
+    assert calc.f(5, 6) == 11  # the router follows the new arity
+
+
+def test_call_sleeping_in_old_version_finishes_there_then_it_unloads(host: Host, xp_build) -> None:
+    xp = host.load(xp_build(mult=2))
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(xp.slow_tag(1500)))
+    t.start()
+    deadline = time.monotonic() + 5
+    while host.versions("xp")[0].in_flight == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    xp_build(mult=3)
+    started = time.monotonic()
+    host.reload("xp")  # stateful: waits up to quiesce_timeout (0.5 s) for the sleeper
+    assert xp.version_tag() == 3
+    v1 = host.versions("xp")[0]
+    assert v1.state == "draining" and v1.in_flight == 1
+    assert len(mapped_images(host.workdir)) == 2
+    t.join()
+    assert result == [2]  # finished on the version it started in
+    assert host.settle()
+    assert host.versions("xp")[0].state == "unloaded"
+    assert len(mapped_images(host.workdir)) == 1
+    assert time.monotonic() - started < 5
+
+
+def test_stateless_swap_does_not_wait_for_a_running_call(host: Host, cc, tmp_path: Path) -> None:
+    src = """
+        #define _POSIX_C_SOURCE 200809L
+        #include <hotload.h>
+        #include <time.h>
+        HOTLOAD_PLUGIN("nap", "1");
+        HOTLOAD_API int nap(int ms) { struct timespec ts = {0, ms * 1000000L}; nanosleep(&ts, 0); return TAG; }
+        HOTLOAD_EXPORT(nap, "int(int)");
+    """
+    out = tmp_path / "nap.so"
+    nap = host.load(cc(src.replace("TAG", "1"), out=out))
+    t = threading.Thread(target=nap.nap, args=(500,))
+    t.start()
+    time.sleep(0.05)
+    cc(src.replace("TAG", "2"), out=out)
+    started = time.monotonic()
+    host.reload("nap")
+    assert time.monotonic() - started < 0.3  # no quiesce for a plugin without on_unload
+    assert nap.nap(0) == 2
+    t.join()
+    assert host.settle()
+
+
+def test_overwriting_source_in_place_with_cp_while_threads_call(host: Host, xp_build, tmp_path: Path) -> None:
+    """The classic crash: `cp new.so loaded.so` truncates and rewrites the
+    loaded file.  Here the loaded file is a private copy, so nothing happens."""
+    src = xp_build(mult=2)
+    alt = tmp_path / "alt.so"
+    shutil.copyfile(src, tmp_path / "orig.so")
+    xp = host.load(src)
+    xp_build(mult=3)
+    shutil.move(src, alt)
+    shutil.copyfile(tmp_path / "orig.so", src)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    counts = [0] * 3
+
+    def caller(i: int) -> None:
+        try:
+            while not stop.is_set():
+                assert xp.reward(1, 0) in (2, 3)
+                counts[i] += 1
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for i in range(20):  # plain cp over the source: truncate + rewrite, same inode
+        subprocess.run(["cp", str(alt if i % 2 == 0 else tmp_path / "orig.so"), str(src)], check=True)
+        time.sleep(0.005)
+    subprocess.run(["cp", str(alt), str(src)], check=True)
+    host.reload("xp")
+    time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert all(counts)
+    assert xp.reward(1, 0) == 3
+
+
+def test_threads_see_no_failed_calls_and_monotonic_versions(host: Host, xp_build) -> None:
+    """Four threads call while another reloads 200 times: no failed call, each
+    thread sees generations in non-decreasing order, no grant is lost."""
+    xp = host.load(xp_build(mult=1))
+    stop = threading.Event()
+    problems: list[str] = []
+    calls = [0] * 4
+
+    def caller(i: int) -> None:
+        last = 0
+        try:
+            while not stop.is_set():
+                g = xp.gen()
+                if g < last:
+                    problems.append(f"thread {i} went back from generation {last} to {g}")
+                last = g
+                xp.reward(1, 0)
+                calls[i] += 1
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            problems.append(repr(exc))
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for _ in range(200):
+        host.reload("xp")
+        time.sleep(0.0005)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not problems
+    assert xp.gen() == 201
+    assert xp.grants_so_far() == sum(calls)  # the state never lost a grant
+    assert min(calls) > 0
+    assert host.settle()
+    assert len(mapped_images(host.workdir)) == 1
+
+
+def test_500_reloads_keep_at_most_two_images_mapped(host: Host, cc, tmp_path: Path) -> None:
+    out = tmp_path / "tick.so"
+    src = """
+        #include <hotload.h>
+        HOTLOAD_PLUGIN("tick", "1");
+        HOTLOAD_API int tick(int x) { return x + 1; }
+        HOTLOAD_EXPORT(tick, "int(int)");
+    """
+    tick = host.load(cc(src, out=out))
+    peak = 0
+    for i in range(500):
+        host.reload("tick")
+        assert tick.tick(i) == i + 1
+        if i % 50 == 0:
+            peak = max(peak, len(mapped_images(host.workdir)))
+    assert host.settle()
+    peak = max(peak, len(mapped_images(host.workdir)))
+    assert peak <= 2
+    assert len(mapped_images(host.workdir)) == 1
+    assert len(versioned_copies(host.workdir)) == 1
+    versions = host.versions("tick")
+    assert len(versions) == 501 and versions[-1].seq == 501
+    assert all(v.state == "unloaded" for v in versions[:-1])
+    assert host.leaks() == []
+
+
+UNIQUE_SRC = """
+#include <hotload.h>
+inline int &counter() { static int c = 0; return c; }   // STB_GNU_UNIQUE with g++
+HOTLOAD_PLUGIN("uniq", "1");
+HOTLOAD_API int bump(void) { return ++counter(); }
+HOTLOAD_EXPORT(bump, "int(void)");
+"""
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not installed")
+def test_cxx_gnu_unique_symbol_is_reported_as_leaked_with_reason(host: Host, cc) -> None:
+    uniq = host.load(cc(UNIQUE_SRC, "uniq", cxx=True))
+    assert uniq.bump() == 1
+    host.reload("uniq")
+    assert host.settle()
+    [leak] = host.leaks()
+    assert leak.seq == 1 and leak.state == "leaked" and leak.mapped_bytes > 0
+    text = " ".join(leak.blockers)
+    assert "STB_GNU_UNIQUE" in text and "counter()::c" in text and "-fno-gnu-unique" in text
+    assert host.versions("uniq")[1].state == "active"
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not installed")
+def test_cxx_built_with_no_gnu_unique_unloads_cleanly(host: Host, cc) -> None:
+    uniq = host.load(cc(UNIQUE_SRC, "uniq", ["-fno-gnu-unique"], cxx=True))
+    assert uniq.bump() == 1
+    host.reload("uniq")
+    assert uniq.bump() == 1  # its own static, not the old image's
+    assert host.settle()
+    assert host.leaks() == []
+    assert host.versions("uniq")[0].state == "unloaded"
+    assert len(mapped_images(host.workdir)) == 1
+
+
+def test_nodelete_image_is_leaked_and_kept_out_of_new_loads(host: Host, cc, tmp_path: Path) -> None:
+    out = tmp_path / "sticky.so"
+    src = """
+        #include <hotload.h>
+        HOTLOAD_PLUGIN("sticky", "1");
+        HOTLOAD_API int v(void) { return V; }
+        HOTLOAD_EXPORT(v, "int(void)");
+    """
+    sticky = host.load(cc(src.replace("V", "1"), flags=["-Wl,-z,nodelete"], out=out))
+    for i in range(2, 5):
+        cc(src.replace("V", str(i)), flags=["-Wl,-z,nodelete"], out=out)
+        host.reload("sticky")
+        assert sticky.v() == i  # every reload is really a new image
+    assert host.settle()
+    leaks = host.leaks()
+    assert [v.seq for v in leaks] == [1, 2, 3]
+    assert all("DF_1_NODELETE" in " ".join(v.blockers) for v in leaks)
+    assert len(mapped_images(host.workdir)) == 4
