@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import versioned_copies
 from hotload import DescriptorError, Host, HotloadError, InvalidPluginError, LoadError, SignatureError
+
+from conftest import versioned_copies
 
 
 def _elf_machine_patched(src: Path, dst: Path, machine: int) -> Path:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import mapped_images, versioned_copies
 from hotload import ABI_VERSION, DescriptorError, Host, LoadError, NotLoadedError, SignatureError
+
+from conftest import mapped_images, versioned_copies
 
 
 def test_load_calls_typed_exports_from_the_descriptor(host: Host, example_plugins: dict[str, Path]) -> None:
@@ -35,8 +36,10 @@ def test_bad_arguments_are_signature_errors_naming_the_prototype(host: Host, exa
         xp.reward(1, 2**40)
     with pytest.raises(TypeError, match="reward"):
         xp.reward(1)
-    with pytest.raises(NotLoadedError, match="exports no function 'nope'.*reward"):
+    with pytest.raises(AttributeError, match="nope"):
         xp.nope()
+    with pytest.raises(NotLoadedError, match="exports no function 'nope'.*reward"):
+        xp["nope"]
     assert xp.grant_count() == 0  # nothing ran
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import mapped_images, versioned_copies
 from hotload import Host, SignatureError
+
+from conftest import mapped_images, versioned_copies
 
 
 def test_reload_routes_new_calls_and_hands_state_across(host: Host, xp_build) -> None:

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, versioned_copies
 from hotload import Host, HotloadError
 from hotload.builder import BuildError, compile_plugin
+
+from conftest import ROOT, versioned_copies
 
 
 def _crashing_host(workdir: Path, plugin: Path) -> subprocess.Popen[str]:

@@ -97,7 +97,7 @@ class Host:
             self._seq[image.name] = version.seq
             self._history.setdefault(image.name, []).append(version)
             self._sources[image.name] = (source, declared)
-            plugin._set_arities(image.prototypes)
+            plugin._install(image.prototypes)
             self._publish(plugin, version)
             self._plugins[image.name] = plugin
             log.info("loaded %s %s as v%d from %s", image.name, image.version, version.seq, source)
@@ -152,7 +152,7 @@ class Host:
             except BaseException:
                 self._discard(new.image)
                 raise
-            plugin._set_arities(new.image.prototypes)
+            plugin._install(new.image.prototypes)
             self._publish(plugin, new)
             self._retire(old)
             return
@@ -173,7 +173,7 @@ class Host:
             self._publish(plugin, old)
             self._discard(new.image)
             raise
-        plugin._set_arities(new.image.prototypes)
+        plugin._install(new.image.prototypes)
         self._publish(plugin, new)
         self._retire(old, already=True)
 
