@@ -61,12 +61,13 @@ def _describe_non_elf(data: bytes) -> str:
     return "a text file, not a shared library (no ELF magic)"
 
 
-def check(data: bytes, path: str, *, expect_machine: int | None = None) -> ElfFacts:
+def check(data: bytes, path: str, *, expect_machine: int | None = None,
+          any_machine: bool = False) -> ElfFacts:
     """Validate ``data`` (the whole file) as a loadable ELF shared object.
 
     Raises ``InvalidPluginError`` naming ``path`` and the cause.  With
     ``expect_machine`` (defaults to this process's), a foreign architecture is
-    refused too.
+    refused too, unless ``any_machine`` (for inspecting files offline).
     """
     size = len(data)
     if size == 0:
@@ -97,7 +98,7 @@ def check(data: bytes, path: str, *, expect_machine: int | None = None) -> ElfFa
     if e_type != ET_DYN:
         kind = {1: "a relocatable object (.o)", 4: "a core dump"}.get(e_type, f"ELF type {e_type}")
         raise InvalidPluginError(f"{path}: {kind}, not a shared library (build it with -fPIC -shared)")
-    if want is not None and (e_machine != want or bits != host_bits()):
+    if not any_machine and want is not None and (e_machine != want or bits != host_bits()):
         raise InvalidPluginError(
             f"{path}: built for {facts_machine} ({bits}-bit), this host is "
             f"{MACHINES.get(want, want)} ({host_bits()}-bit): wrong architecture"

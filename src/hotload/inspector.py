@@ -199,9 +199,14 @@ def explain_leak(report: Report, opens: int, closes: int) -> list[str]:
     pins = report.pins()
     if pins:
         return [f"{name}: {f.message}" + (f" Fix: {f.fix}." if f.fix else "") for f in pins]
-    if opens != closes:
+    if opens > closes:
         return [f"{name} is still mapped: hotload opened it {opens} times but closed it {closes} "
-                f"times, so {abs(opens - closes)} of hotload's own handles are unbalanced."]
+                f"times, so {_count(opens - closes, 'of its own handles is', 'of its own handles are')} "
+                f"still open."]
+    if opens < closes:
+        return [f"{name} is still mapped, and hotload's own counts are inconsistent ({opens} opens, "
+                f"{closes} closes): a handle was closed twice, which may have released another "
+                f"opener's reference."]
     return [f"{name} is still mapped after its final dlclose, yet hotload's own dlopen/dlclose counts "
             f"balance ({opens} opens, {closes} closes) and the file has no reason to stay: another "
             f"dlopen handle to the same file (ctypes.CDLL, cffi, or a library that dlopens that path) "
@@ -225,46 +230,10 @@ def _analyse(data: bytes, path: str, digest: str) -> Report:
 
 
 def _validate(data: bytes, path: str) -> int:
-    """Refuse what is not an ELF shared object, with elfcheck's messages.
-
-    elfcheck refuses foreign machines by default; the inspector explains
-    foreign builds too, so it passes the file's own machine.  elfcheck also
-    insists on the host's word size, so a 32-bit file on a 64-bit host gets
-    the same bounds checks here instead.  Returns the file's e_machine."""
-    own = _header(data)
-    if own is None or own[0] == elfcheck.host_bits():
-        return elfcheck.check(data, path, expect_machine=own[1] if own else None).machine
-    _check_other_class(data, path, own[0])
-    return own[1]
-
-
-def _header(data: bytes) -> tuple[int, int] | None:
-    """(bits, e_machine) of a plausible ELF header, else None."""
-    if len(data) < 20 or not data.startswith(b"\x7fELF") or data[4] not in (1, 2) or data[5] not in (1, 2):
-        return None
-    return (64 if data[4] == 2 else 32), struct.unpack_from("<H" if data[5] == 1 else ">H", data, 18)[0]
-
-
-def _check_other_class(data: bytes, path: str, bits: int) -> None:
-    """elfcheck's type and segment-bounds checks for a file of the other word size."""
-    end = "<" if data[5] == 1 else ">"
-    hdr, ph = (end + "HHIQQQIHHH", end + "IIQQQQ") if bits == 64 else (end + "HHIIIIIHHH", end + "IIIII")
-    if len(data) < 16 + struct.calcsize(hdr):
-        raise InvalidPluginError(f"{path}: truncated ELF file ({len(data)} bytes, no complete header)")
-    e_type, _m, _v, _e, phoff, _sh, _f, _eh, phentsize, phnum = struct.unpack_from(hdr, data, 16)
-    if e_type != elfcheck.ET_DYN:
-        raise InvalidPluginError(f"{path}: ELF type {e_type}, not a shared library "
-                                 "(build it with -fPIC -shared)")
-    if phnum == 0 or phentsize < struct.calcsize(ph) or phoff + phnum * phentsize > len(data):
-        raise InvalidPluginError(f"{path}: truncated or corrupt: program header table ends past the "
-                                 f"end of the file ({len(data)} bytes)")
-    for i in range(phnum):
-        fields = struct.unpack_from(ph, data, phoff + i * phentsize)
-        p_type, p_offset, p_filesz = (fields[0], fields[2], fields[5]) if bits == 64 else (
-            fields[0], fields[1], fields[4])
-        if p_type in (elfcheck.PT_LOAD, elfcheck.PT_DYNAMIC) and p_offset + p_filesz > len(data):
-            raise InvalidPluginError(f"{path}: truncated: a loadable segment needs {p_offset + p_filesz} "
-                                     f"bytes, the file has {len(data)}")
+    """Refuse what is not an ELF shared object, with elfcheck's messages; the
+    inspector explains foreign builds too (any machine, any word size).
+    Returns the file's e_machine."""
+    return elfcheck.check(data, path, any_machine=True).machine
 
 
 def _read_facts(data: bytes, path: str, machine: int) -> _Facts:
@@ -331,7 +300,7 @@ def _read_symbols(elf: _Elf, facts: _Facts) -> None:
         if unique:
             facts.unique.append(name)
         if (unique or info["bind"] in ("STB_GLOBAL", "STB_WEAK")) and info["type"] in (
-                "STT_FUNC", "STT_OBJECT", "STT_LOOS", "STT_GNU_IFUNC"):
+                "STT_FUNC", "STT_OBJECT", "STT_LOOS", "STT_GNU_IFUNC"):  # type 10: a GNU IFUNC function
             facts.exports.add(name)
 
 
@@ -400,6 +369,10 @@ def _demangle(names: list[str]) -> dict[str, str]:
 
 # ---- the findings ---------------------------------------------------------
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def _listing(names: Iterable[str], limit: int = 8) -> str:
     items = list(dict.fromkeys(names))
     shown = ", ".join(items[:limit])
@@ -457,7 +430,8 @@ def _gnu_unique(facts: _Facts, names: dict[str, str]) -> list[Finding]:
                  f"{_listing(shown)}. glibc keeps the first copy loaded in the process that defines "
                  "them mapped for good, and every later copy uses that copy's objects instead of its "
                  "own, so their state is silently shared across versions."),
-        fix="rebuild with -fno-gnu-unique (or -Wl,-Bsymbolic / hidden visibility)")]
+        fix=("rebuild with -fno-gnu-unique, or with -fvisibility=hidden so that they are not exported "
+             "(-Wl,-Bsymbolic does not help: the symbols stay unique)"))]
 
 
 def _tls_dtor(facts: _Facts, names: dict[str, str]) -> list[Finding]:
@@ -480,7 +454,8 @@ def _static_tls(facts: _Facts, names: dict[str, str]) -> list[Finding]:
     if (not flagged and not facts.tls_relocs) or facts.go_buildinfo is not None:
         return []  # Go chooses its TLS model itself; its own finding covers the cost
     how = [w for w, on in (("DF_STATIC_TLS in DT_FLAGS", flagged),
-                           (f"{facts.tls_relocs} initial-exec TLS relocations", facts.tls_relocs)) if on]
+                           (_count(facts.tls_relocs, "initial-exec TLS relocation", "initial-exec TLS "
+                                   "relocations"), facts.tls_relocs)) if on]
     against = f" against {_listing(names[n] for n in facts.tls_symbols)}" if facts.tls_symbols else ""
     size = f"its {facts.tls_size}-byte" if facts.tls_size else "its"
     return [Finding(
@@ -550,9 +525,9 @@ def _signal_handler(facts: _Facts, names: dict[str, str]) -> list[Finding]:
 def _atexit(facts: _Facts, names: dict[str, str]) -> list[Finding]:
     return _hazard("atexit", _imported(facts, EXIT_HANDLERS),
                    "registers process-exit handlers that libc runs at exit() even after the image has "
-                   "been unmapped, crashing the process at exit (glibc's atexit() in a shared library "
-                   "runs at dlclose and is fine; on_exit() is not)",
-                   f"do that cleanup in {DESTRUCTOR} or with atexit() instead")
+                   "been unmapped, which crashes the process at exit",
+                   f"do that cleanup in {DESTRUCTOR}, or register it with atexit(), which glibc runs "
+                   "at dlclose for a shared library")
 
 
 _FINDERS: tuple[Callable[[_Facts, dict[str, str]], list[Finding]], ...] = (

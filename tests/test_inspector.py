@@ -1,0 +1,554 @@
+"""The inspector, on real libraries compiled by gcc/g++ for each finding.
+
+The last tests open some of those libraries in this process (or a child) to
+check that what a finding claims is what glibc really does.
+"""
+
+from __future__ import annotations
+
+import _ctypes
+import ctypes
+import hashlib
+import os
+import platform
+import random
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from hotload import elfcheck, inspector
+from hotload.errors import InvalidPluginError
+from hotload.inspector import Report
+
+ROOT = Path(__file__).resolve().parent.parent
+SDK = ROOT / "native" / "include"
+GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc"),
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ELF platform"),
+]
+needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+needs_glibc = pytest.mark.skipif(not GLIBC, reason="the behaviour checked is glibc's")
+
+Build = Callable[..., Path]
+
+# ---- sources ---------------------------------------------------------------
+
+CLEAN = """
+#include <hotload.h>
+HOTLOAD_PLUGIN("clean", "1.0.0");
+HOTLOAD_API int64_t add(int64_t a, int64_t b) { return a + b; }
+HOTLOAD_EXPORT(add, "int64_t(int64_t, int64_t)");
+"""
+PLAIN = "int answer(void) { return 42; }\n"
+
+
+def unique_source(tag: str) -> str:
+    """Inline-function and template statics: STB_GNU_UNIQUE by default.  Each
+    build gets its own names: a unique symbol is global to the process, and a
+    copy pinned by one test would otherwise serve the next test's copies."""
+    return f"""
+inline int &counter_{tag}() {{ static int c; return c; }}
+template <class T> T &slot_{tag}() {{ static T v; return v; }}
+extern "C" __attribute__((visibility("default"))) int bump() {{
+    slot_{tag}<long>() += 1;
+    return ++counter_{tag}();
+}}
+"""
+
+TLS = """
+__thread int tls_counter MODEL;
+int tick(void) { return ++tls_counter; }
+"""
+THREAD_LOCAL = """
+#include <string>
+thread_local std::string hotload_tl_name;
+extern "C" int touch() { hotload_tl_name = "a string long enough to live on the heap"; return 1; }
+"""
+PTHREAD = """
+#include <pthread.h>
+static void *run(void *arg) { return arg; }
+int start(void) { pthread_t t; if (pthread_create(&t, 0, run, 0)) return -1; return pthread_join(t, 0); }
+"""
+STD_THREAD = """
+#include <thread>
+extern "C" int start() { std::thread t([] {}); t.join(); return 0; }
+"""
+KEY = """
+#include <pthread.h>
+#include <stdlib.h>
+static pthread_key_t key;
+static void drop(void *p) { free(p); }
+int make(void) { if (pthread_key_create(&key, drop)) return -1; return pthread_setspecific(key, malloc(8)); }
+#ifdef FIXED
+__attribute__((destructor)) static void fini(void) { pthread_key_delete(key); }
+#endif
+"""
+SIGNAL = """
+#include <signal.h>
+static void on_usr1(int sig) { (void)sig; }
+int arm(void) { return signal(SIGUSR1, on_usr1) == SIG_ERR; }
+"""
+SIGACTION = """
+#define _POSIX_C_SOURCE 200809L
+#include <signal.h>
+static void on_usr1(int sig) { (void)sig; }
+int arm(void) { struct sigaction sa = {0}; sa.sa_handler = on_usr1; return sigaction(SIGUSR1, &sa, 0); }
+"""
+EXIT_HANDLER = """
+#define _DEFAULT_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+static void bye(void) { puts("handler ran"); fflush(stdout); }
+static void bye2(int status, void *arg) { (void)status; (void)arg; bye(); }
+int reg(void) { return REGISTER; }
+"""
+USES_RUNTIME = "extern int go_stub(void);\nint f(void) { return go_stub(); }\n"
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
+    """``build(name, source, *flags, cxx=False)`` -> a shared library compiled
+    once per module (the same name returns the same file)."""
+    out_dir = tmp_path_factory.mktemp("inspector")
+    built: dict[str, Path] = {}
+
+    def compile_(name: str, source: str, *flags: str, cxx: bool = False) -> Path:
+        if name not in built:
+            src = out_dir / (name + (".cpp" if cxx else ".c"))
+            src.write_text(textwrap.dedent(source))
+            out = out_dir / f"lib{name}.so"
+            std = [] if cxx else ["-std=c11"]
+            cmd = ["g++" if cxx else "gcc", *std, "-fPIC", "-shared", "-Wall", "-Wextra", f"-I{SDK}",
+                   str(src), "-o", str(out), *flags]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stderr}"
+            built[name] = out
+        return built[name]
+
+    return compile_
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> None:
+    inspector.clear_cache()
+
+
+def codes(report: Report) -> list[str]:
+    return [f.code for f in report.findings]
+
+
+def only(report: Report, code: str) -> inspector.Finding:
+    found = [f for f in report.findings if f.code == code]
+    assert len(found) == 1, codes(report)
+    return found[0]
+
+
+def mapped(path: Path) -> bool:
+    """Is any part of ``path`` mapped into this process (/proc/self/maps)?"""
+    st = os.stat(path)
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
+    with open("/proc/self/maps") as fh:
+        return any(line.split()[3:5] == [dev, str(st.st_ino)] for line in fh)
+
+
+def undefined(path: Path) -> set[str]:
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, "rb") as fh:
+        dynsym = ELFFile(fh).get_section_by_name(".dynsym")
+        return {s.name for s in dynsym.iter_symbols() if s.name and s["st_shndx"] == "SHN_UNDEF"}
+
+
+# ---- a clean library ---------------------------------------------------------
+
+def test_clean_plugin_has_no_findings(build: Build) -> None:
+    path = build("clean", CLEAN, "-Wl,-soname,libclean.so.1")
+    report = inspector.inspect_file(path)
+    assert report.findings == ()
+    assert report.pins() == () and report.hazards() == ()
+    assert report.soname == "libclean.so.1"
+    assert report.dynamic_exports == ("add",)
+    assert report.path == str(path)
+    assert report.digest == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---- what pins an image ------------------------------------------------------
+
+def test_nodelete(build: Build) -> None:
+    report = inspector.inspect_file(build("nodelete", PLAIN, "-Wl,-z,nodelete"))
+    finding = only(report, "nodelete")
+    assert codes(report) == ["nodelete"]
+    assert finding.pins and not finding.unsafe
+    assert "DF_1_NODELETE" in finding.message
+    assert finding.fix == "relink without -Wl,-z,nodelete"
+    assert report.pins() == (finding,) and report.hazards() == ()
+
+
+def _go_buildinfo(version: str) -> bytes:
+    """A Go >= 1.18 ``.go.buildinfo`` header: magic, pointer size, flags
+    (2 = inline strings), padding to 32, then varint-prefixed strings."""
+    head = b"\xff Go buildinf:" + bytes([8, 2])
+    body = bytes([len(version)]) + version.encode() + bytes([3]) + b"mod"
+    return head.ljust(32, b"\0") + body
+
+
+def _with_go_section(build: Build, name: str, *flags: str) -> Path:
+    base = build(name, TLS.replace("MODEL", '__attribute__((tls_model("initial-exec")))'), *flags)
+    blob, out = base.with_suffix(".buildinfo"), base.with_name(f"lib{name}-go.so")
+    blob.write_bytes(_go_buildinfo("go1.22.4"))
+    subprocess.run(["objcopy", "--add-section", f".go.buildinfo={blob}", str(base), str(out)], check=True)
+    return out
+
+
+@pytest.mark.skipif(shutil.which("objcopy") is None, reason="needs objcopy")
+def test_go_runtime_from_buildinfo_section(build: Build) -> None:
+    # Go's c-shared mode always sets NODELETE and STATIC_TLS: the Go finding
+    # covers both, with no misleading "relink" or "-ftls-model" fix.
+    report = inspector.inspect_file(_with_go_section(build, "gofake", "-Wl,-z,nodelete"))
+    assert codes(report) == ["go_runtime"]
+    finding = report.findings[0]
+    assert finding.pins and finding.unsafe and finding.fix is None
+    assert "golang/go#11100" in finding.message
+    assert "go1.22.4" in finding.message
+    assert "every reload leaks one whole image" in finding.message
+
+
+@needs_gxx
+def test_gnu_unique_names_demangled_symbols(build: Build) -> None:
+    report = inspector.inspect_file(build("unique", unique_source("a"), cxx=True))
+    finding = only(report, "gnu_unique")
+    assert finding.pins and not finding.unsafe
+    assert "counter_a()::c" in finding.message
+    assert "slot_a<long>()::v" in finding.message
+    assert "_ZZ" not in finding.message
+    assert "-fno-gnu-unique" in (finding.fix or "")
+    assert "bump" in report.dynamic_exports
+
+
+@needs_gxx
+@pytest.mark.parametrize("flag", ["-fno-gnu-unique", "-fvisibility=hidden"])
+def test_gnu_unique_fixes_remove_the_finding(build: Build, flag: str) -> None:
+    report = inspector.inspect_file(build("unique" + flag, unique_source("b"), flag, cxx=True))
+    assert "gnu_unique" not in codes(report)
+
+
+@needs_gxx
+def test_gnu_unique_without_cxxfilt_keeps_mangled_names(build: Build,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inspector.shutil, "which", lambda name: None)
+    finding = only(inspector.inspect_file(build("unique", unique_source("a"), cxx=True)), "gnu_unique")
+    assert "_ZZ9counter_avE1c" in finding.message
+
+
+@needs_gxx
+@pytest.mark.parametrize("static_libstdcxx", [False, True], ids=["libstdc++.so", "static-libstdc++"])
+def test_thread_local_destructors(build: Build, static_libstdcxx: bool) -> None:
+    flags = ["-static-libstdc++"] if static_libstdcxx else []
+    report = inspector.inspect_file(build(f"tl{len(flags)}", THREAD_LOCAL, *flags, cxx=True))
+    finding = only(report, "tls_dtor")
+    assert finding.pins and not finding.unsafe  # glibc keeps the image while the destructors are due
+    want = "__cxa_thread_atexit_impl" if static_libstdcxx else "__cxa_thread_atexit"
+    assert f"imports {want})" in finding.message
+    assert "trivially destructible" in (finding.fix or "")
+
+
+# ---- static TLS --------------------------------------------------------------
+
+IE = TLS.replace("MODEL", '__attribute__((tls_model("initial-exec")))')
+
+
+def test_static_tls_initial_exec(build: Build) -> None:
+    report = inspector.inspect_file(build("ie", IE))
+    finding = only(report, "static_tls")
+    assert codes(report) == ["static_tls"]
+    assert not finding.pins and not finding.unsafe
+    assert "DF_STATIC_TLS" in finding.message
+    assert "initial-exec TLS relocation" in finding.message and "against tls_counter" in finding.message
+    assert "cannot allocate memory in static TLS block" in finding.message
+    assert "-ftls-model=global-dynamic" in (finding.fix or "")
+
+
+def test_global_dynamic_tls_is_clean(build: Build) -> None:
+    assert inspector.inspect_file(build("gd", TLS.replace("MODEL", ""))).findings == ()
+
+
+def _clear_dt_flags(data: bytes) -> bytes:
+    """The same library with DT_FLAGS zeroed: only the relocations are left."""
+    from io import BytesIO
+
+    from elftools.elf.elffile import ELFFile
+
+    dyn = ELFFile(BytesIO(data)).get_section_by_name(".dynamic")
+    out = bytearray(data)
+    for off in range(dyn["sh_offset"], dyn["sh_offset"] + dyn["sh_size"], 16):
+        if struct.unpack_from("<q", out, off)[0] == 30:  # DT_FLAGS
+            struct.pack_into("<Q", out, off + 8, 0)
+    assert out != data
+    return bytes(out)
+
+
+def test_static_tls_found_from_relocations_alone(build: Build) -> None:
+    report = inspector.inspect_bytes(_clear_dt_flags(build("ie", IE).read_bytes()), "ie-noflags.so")
+    finding = only(report, "static_tls")
+    assert "DF_STATIC_TLS" not in finding.message
+    assert "1 initial-exec TLS relocation against tls_counter" in finding.message
+
+
+# ---- unload hazards ----------------------------------------------------------
+
+@pytest.mark.parametrize("name, source, flags, code, symbol", [
+    ("pthread", PTHREAD, (), "threads", "pthread_create"),
+    ("key", KEY, (), "thread_key", "pthread_key_create"),
+    ("signal", SIGNAL, (), "signal_handler", "__sysv_signal"),  # what -std=c11 makes of signal()
+    ("signal_gnu", SIGNAL, ("-std=gnu11",), "signal_handler", "signal"),
+    ("sigaction", SIGACTION, (), "signal_handler", "sigaction"),
+    ("on_exit", EXIT_HANDLER.replace("REGISTER", "on_exit(bye2, 0)"), (), "atexit", "on_exit"),
+], ids=["pthread", "key", "signal", "signal_gnu", "sigaction", "on_exit"])
+def test_unload_hazards(build: Build, name: str, source: str, flags: tuple[str, ...], code: str,
+                        symbol: str) -> None:
+    report = inspector.inspect_file(build(name, source, *flags))
+    finding = only(report, code)
+    assert codes(report) == [code]
+    assert finding.unsafe and not finding.pins
+    assert f"(imports {symbol})" in finding.message
+    assert "__attribute__((destructor))" in (finding.fix or "")
+    assert "otherwise the host has to keep this image loaded" in finding.message
+    assert report.hazards() == (finding,) and report.pins() == ()
+
+
+@needs_gxx
+def test_std_thread_is_a_thread_hazard(build: Build) -> None:
+    finding = only(inspector.inspect_file(build("stdthread", STD_THREAD, cxx=True)), "threads")
+    assert "std::thread" in finding.message and finding.unsafe
+
+
+def test_atexit_in_a_shared_library_is_not_a_hazard(build: Build) -> None:
+    # glibc's atexit() lives in libc_nonshared.a and registers with the
+    # library's DSO handle: the library imports __cxa_atexit, runs the
+    # handler at dlclose (see test_exit_handlers_really_run_where_claimed).
+    path = build("atexit", EXIT_HANDLER.replace("REGISTER", "atexit(bye)"))
+    assert "__cxa_atexit" in undefined(path) and "atexit" not in undefined(path)
+    assert inspector.inspect_file(path).findings == ()
+
+
+def test_runtime_from_needed(build: Build) -> None:
+    stub = build("go_stub_src", "int go_stub(void) { return 0; }\n", "-Wl,-soname,libgo.so.21")
+    shutil.copyfile(stub, stub.with_name("libgo.so.21"))
+    report = inspector.inspect_file(build("uses_go", USES_RUNTIME, f"-L{stub.parent}", "-l:libgo.so.21"))
+    assert "libgo.so.21" in report.needed
+    finding = only(report, "runtime")
+    assert finding.unsafe and not finding.pins
+    assert "libgo.so.21" in finding.message and "gccgo" in finding.message
+
+
+# ---- robustness --------------------------------------------------------------
+
+def test_not_elf_empty_truncated_missing(build: Build, tmp_path: Path) -> None:
+    text = tmp_path / "notes.so"
+    text.write_text("just some text\n")
+    with pytest.raises(InvalidPluginError, match=re.escape(f"{text}: a text file")):
+        inspector.inspect_file(text)
+    with pytest.raises(InvalidPluginError, match="empty file"):
+        inspector.inspect_bytes(b"", "empty.so")
+    data = build("clean", CLEAN).read_bytes()
+    with pytest.raises(InvalidPluginError, match="half.so: truncated"):
+        inspector.inspect_bytes(data[: len(data) // 2], "half.so")
+    with pytest.raises(InvalidPluginError, match="gone.so: cannot read"):
+        inspector.inspect_file(tmp_path / "gone.so")
+
+
+def test_corrupt_bytes_only_raise_invalid_plugin_error(build: Build) -> None:
+    data = (build("unique", unique_source("a"), cxx=True) if shutil.which("g++") else build("ie", IE)).read_bytes()
+    rng = random.Random(7)
+    for i in range(300):
+        blob = bytearray(data)
+        for _ in range(rng.randint(1, 12)):
+            blob[rng.randrange(len(blob))] = rng.randrange(256)
+        try:
+            inspector.inspect_bytes(bytes(blob), f"fuzz{i}.so")
+        except InvalidPluginError as exc:
+            assert f"fuzz{i}.so" in str(exc)
+
+
+def test_foreign_machine_is_inspected(build: Build) -> None:
+    data = bytearray(build("nodelete", PLAIN, "-Wl,-z,nodelete").read_bytes())
+    struct.pack_into("<H", data, 18, 183)  # e_machine = AArch64
+    with pytest.raises(InvalidPluginError, match="wrong architecture"):
+        elfcheck.check(bytes(data), "arm.so")  # the loader's check refuses it ...
+    assert codes(inspector.inspect_bytes(bytes(data), "arm.so")) == ["nodelete"]  # ... the inspector explains it
+
+
+def test_other_word_size_is_inspected(build: Build) -> None:
+    try:
+        path = build("ie32", IE, "-m32", "-nostdlib")
+    except AssertionError as exc:  # no 32-bit assembler/linker support
+        pytest.skip(str(exc)[:200])
+    finding = only(inspector.inspect_file(path), "static_tls")  # R_386_TLS_TPOFF
+    assert "against tls_counter" in finding.message
+    data = path.read_bytes()
+    with pytest.raises(InvalidPluginError, match="truncated"):
+        inspector.inspect_bytes(data[: len(data) // 3], "ie32-cut.so")
+
+
+# ---- the cache ---------------------------------------------------------------
+
+def test_cached_by_digest(build: Build) -> None:
+    data = build("nodelete", PLAIN, "-Wl,-z,nodelete").read_bytes()
+    first = inspector.inspect_bytes(data, "a.so")
+    assert inspector.inspect_bytes(data, "a.so") is first
+    other_name = inspector.inspect_bytes(data, "b.so")
+    assert other_name.path == "b.so" and other_name.findings is first.findings
+    # Keyed by the digest alone: a known digest never parses the bytes again.
+    assert inspector.inspect_bytes(b"not even ELF", "a.so", digest=first.digest) is first
+
+
+def test_cache_is_bounded(build: Build, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inspector, "CACHE_SIZE", 2)
+    libs = [build("p41", PLAIN.replace("42", "41")), build("p43", PLAIN.replace("42", "43")),
+            build("nodelete", PLAIN, "-Wl,-z,nodelete")]
+    reports = [inspector.inspect_file(p) for p in libs]
+    assert len({r.digest for r in reports}) == 3
+    assert inspector.inspect_file(libs[2]) is reports[2]
+    assert inspector.inspect_file(libs[0]) is not reports[0]  # evicted, parsed again
+    assert inspector.inspect_file(libs[0]) == reports[0]
+
+
+# ---- explain_leak ------------------------------------------------------------
+
+def test_explain_leak_gives_pins_with_fixes(build: Build) -> None:
+    report = inspector.inspect_file(build("nodelete", PLAIN, "-Wl,-z,nodelete"))
+    (sentence,) = inspector.explain_leak(report, 1, 1)
+    assert sentence.startswith("libnodelete.so: linked with -z nodelete")
+    assert sentence.endswith("Fix: relink without -Wl,-z,nodelete.")
+
+
+def test_explain_leak_without_a_reason_in_the_file(build: Build) -> None:
+    report = inspector.inspect_file(build("clean", CLEAN))
+    (sentence,) = inspector.explain_leak(report, 2, 2)
+    assert "counts balance (2 opens, 2 closes)" in sentence
+    assert "another dlopen handle to the same file" in sentence
+    assert "depends on it" in sentence
+    (unbalanced,) = inspector.explain_leak(report, 3, 2)
+    assert "opened it 3 times but closed it 2 times" in unbalanced
+
+
+# ---- what glibc really does --------------------------------------------------
+
+def _open_two_copies(src: Path, tag: str) -> tuple[Path, Path, int, int]:
+    """dlopen two private copies of ``src``, call bump() in each, dlclose both."""
+    a, b = src.with_name(f"{src.stem}-{tag}-v1.so"), src.with_name(f"{src.stem}-{tag}-v2.so")
+    shutil.copyfile(src, a)
+    shutil.copyfile(src, b)
+    lib_a, lib_b = ctypes.CDLL(str(a)), ctypes.CDLL(str(b))
+    bumps = lib_a.bump(), lib_b.bump()
+    _ctypes.dlclose(lib_a._handle)
+    _ctypes.dlclose(lib_b._handle)
+    return a, b, *bumps
+
+
+@needs_gxx
+@needs_glibc
+def test_gnu_unique_really_pins_the_first_copy(build: Build) -> None:
+    a, b, bump_a, bump_b = _open_two_copies(build("unique_real", unique_source("real"), cxx=True), "real")
+    assert (bump_a, bump_b) == (1, 2)  # the second copy used the first copy's counter
+    assert mapped(a), "the first image to bind the unique symbol stays mapped"
+    assert not mapped(b)
+
+
+@needs_gxx
+@needs_glibc
+@pytest.mark.parametrize("flag, pinned", [("-fno-gnu-unique", False), ("-fvisibility=hidden", False),
+                                          ("-Wl,-Bsymbolic", True)])
+def test_gnu_unique_fixes_really_unmap(build: Build, flag: str, pinned: bool) -> None:
+    tag = flag.strip("-").replace("=", "_").replace(",", "_").replace("-", "_")
+    path = build("unique_" + tag, unique_source(tag), flag, cxx=True)
+    assert ("gnu_unique" in codes(inspector.inspect_file(path))) is pinned
+    a, b, bump_a, bump_b = _open_two_copies(path, "fix")
+    assert (bump_a, bump_b) == ((1, 2) if pinned else (1, 1))
+    assert mapped(a) is pinned and not mapped(b)
+
+
+@needs_glibc
+def test_nodelete_really_stays(build: Build) -> None:
+    path = build("nodelete", PLAIN, "-Wl,-z,nodelete")
+    copy = path.with_name("nodelete-real.so")
+    shutil.copyfile(path, copy)
+    lib = ctypes.CDLL(str(copy))
+    _ctypes.dlclose(lib._handle)
+    assert mapped(copy)
+
+
+@needs_gxx
+@needs_glibc
+def test_thread_local_really_pins_while_the_thread_lives(build: Build) -> None:
+    path = build("tl0", THREAD_LOCAL, cxx=True)
+    copy = path.with_name("tl-real.so")
+    shutil.copyfile(path, copy)
+    lib = ctypes.CDLL(str(copy))
+    touched, finish = threading.Event(), threading.Event()
+
+    def worker() -> None:
+        lib.touch()
+        touched.set()
+        finish.wait(10)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert touched.wait(10)
+    _ctypes.dlclose(lib._handle)
+    assert mapped(copy), "destructors still due on a live thread keep the image"
+    finish.set()
+    thread.join()
+    assert mapped(copy), "the thread's exit alone does not unmap it"
+    other = path.with_name("clean-trigger.so")
+    shutil.copyfile(build("clean", CLEAN), other)
+    _ctypes.dlclose(ctypes.CDLL(str(other))._handle)
+    assert not mapped(copy), "the next dlclose in the process does"
+
+
+CHILD = """
+import _ctypes, ctypes, resource, sys, threading
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+lib = ctypes.CDLL(sys.argv[1])
+worker = threading.Thread(target=getattr(lib, sys.argv[2]))
+worker.start(); worker.join()          # registered (a key value is freed at this exit)
+ready, hold = threading.Event(), threading.Event()
+worker = threading.Thread(target=lambda: (getattr(lib, sys.argv[2])(), ready.set(), hold.wait()))
+worker.start(); ready.wait()           # registered on a thread that outlives the dlclose
+_ctypes.dlclose(lib._handle)
+print("closed", flush=True)
+hold.set(); worker.join()
+"""
+
+
+@needs_glibc
+@pytest.mark.parametrize("name, source, flags, crashes, output", [
+    ("atexit", EXIT_HANDLER.replace("REGISTER", "atexit(bye)"), (), False, "handler ran\nhandler ran\nclosed"),
+    ("on_exit", EXIT_HANDLER.replace("REGISTER", "on_exit(bye2, 0)"), (), True, "closed"),
+    ("key", KEY, (), True, "closed"),
+    ("key_fixed", KEY, ("-DFIXED",), False, "closed"),
+], ids=["atexit", "on_exit", "key", "key_fixed"])
+def test_exit_handlers_and_keys_really_behave_as_claimed(build: Build, name: str, source: str,
+                                                         flags: tuple[str, ...], crashes: bool,
+                                                         output: str) -> None:
+    """atexit() handlers run at dlclose (no finding); on_exit() handlers and
+    forgotten key destructors crash the process after the unmap (findings),
+    and pthread_key_delete in a destructor (the advised fix) prevents it."""
+    path = build(name, source, *flags)
+    res = subprocess.run([sys.executable, "-c", CHILD, str(path), "reg" if "exit" in name else "make"],
+                         capture_output=True, text=True, timeout=30)
+    assert res.stdout.strip() == output
+    assert (res.returncode == -11) is crashes, (res.returncode, res.stderr[-500:])
+    # The fixed build imports pthread_key_create all the same: from the file
+    # alone the inspector cannot tell that the destructor deletes the key.
+    assert bool(inspector.inspect_file(path).hazards()) is (name != "atexit")
