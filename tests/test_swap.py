@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hotload import Host, SignatureError
+from hotload import HookError, Host, SignatureError
 
 from conftest import mapped_images, versioned_copies
 
@@ -36,7 +36,8 @@ def test_on_load_refusal_keeps_old_version_serving_with_state(host: Host, xp_bui
     for _ in range(3):
         xp.reward(1, 0)
     xp_build(mult=9, refuse=7)
-    with pytest.raises(Exception, match=r"xp\.so: on_load of xp 1\.0\.0 refused to start \(returned 7\)"):
+    refused = r"xp\.so: preflight refused the new version at on_load: on_load of xp 1\.0\.0 refused to start"
+    with pytest.raises(HookError, match=refused + r" \(returned 7\)"):
         host.reload("xp")
     assert xp.reward(1, 0) == 2 and xp.grants_so_far() == 4
     assert [v.seq for v in host.versions("xp")] == [1]

@@ -69,6 +69,13 @@
  * HOTLOAD_SELF_TEST(fn): `int fn(void)`
  *   Optional; run by the host's preflight in a separate process.  Return 0
  *   when the plugin works.
+ *
+ * HOTLOAD_UNLOAD_SAFE()
+ *   Declares that nothing of the plugin runs after it is closed: it starts
+ *   no threads that outlive a call, and its destructor (or on_unload) removes
+ *   any thread-key destructor, atexit or signal handler it installed.  Without
+ *   it, a plugin whose binary uses such things is kept loaded ("retained")
+ *   instead of being closed, because unloading it could crash the process.
  */
 typedef int (*hotload_on_unload_fn)(const void **state, size_t *size);
 typedef int (*hotload_on_load_fn)(const char *prev_version, const void *state, size_t size);
@@ -132,5 +139,8 @@ typedef void (*hotload__any_fn)(void);
 #define HOTLOAD_SELF_TEST(fn) \
     HOTLOAD_API int hotload_self_test(void) { return (fn)(); } \
     HOTLOAD__RECORD(hotload__self_test, HOTLOAD__REC("self_test") "hotload_self_test")
+
+#define HOTLOAD_UNLOAD_SAFE() \
+    HOTLOAD__RECORD(hotload__unload_safe, HOTLOAD__REC("unload_safe") "yes")
 
 #endif /* HOTLOAD_H */

@@ -37,6 +37,7 @@ class Descriptor:
     on_load: str | None = None
     on_unload: str | None = None
     self_test: str | None = None
+    unload_safe: bool = False
 
     def signatures(self) -> dict[str, str]:
         return {e.name: e.signature for e in self.exports}
@@ -76,7 +77,7 @@ def parse(blob: bytes, path: str) -> Descriptor:
             if any(e.name == fields[0] for e in exports):
                 raise DescriptorError(f"{path}: {fields[0]} is exported twice")
             exports.append(Export(fields[0], fields[1]))
-        elif kind in ("on_load", "on_unload", "self_test") and len(fields) == 1:
+        elif kind in ("on_load", "on_unload", "self_test", "unload_safe") and len(fields) == 1:
             hooks[kind] = fields[0]
         else:
             raise DescriptorError(f"{path}: unknown descriptor record {text!r}")
@@ -92,4 +93,5 @@ def parse(blob: bytes, path: str) -> Descriptor:
         on_load=hooks.get("on_load"),
         on_unload=hooks.get("on_unload"),
         self_test=hooks.get("self_test"),
+        unload_safe=hooks.get("unload_safe") == "yes",
     )

@@ -8,13 +8,16 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from . import loader
+from . import inspector, loader, trust
+from . import signatures as sig
 from .errors import ClosedError, HotloadError, NotLoadedError, SignatureError
+from .preflight import PreflightWorker
 from .registry import (
     LEAKED,
+    RETAINED,
     SWITCHING,
     UNLOADED,
     UNLOADED_PLUGIN,
@@ -39,8 +42,17 @@ class Host:
     """
 
     def __init__(self, workdir: str | os.PathLike[str] | None = None, *,
-                 quiesce_timeout: float = 0.5) -> None:
+                 quiesce_timeout: float = 0.5, preflight: bool = True, preflight_timeout: float = 5.0,
+                 max_leaked: int = 3, trust_checks: bool = True,
+                 allowed_digests: str | os.PathLike[str] | Iterable[str] | None = None,
+                 keep_versions: int = 8, control: bool = False) -> None:
         self.quiesce_timeout = quiesce_timeout
+        self.preflight = preflight
+        self.max_leaked = max_leaked
+        self.trust_checks = trust_checks
+        self.keep_versions = keep_versions
+        self._allowed = trust.load_allow_list(allowed_digests) if allowed_digests is not None else None
+        self._preflight = PreflightWorker(preflight_timeout)
         self._workdir = WorkDir(workdir)
         self._lock = threading.RLock()
         self._plugins: dict[str, Plugin] = {}
@@ -51,10 +63,17 @@ class Host:
         self._unverified: list[Version] = []
         self._verifying = 0
         self._orphans: list[loader.Image] = []
+        self._chain: dict[str, list[int]] = {}  # seqs that went live by load/reload, for rollback
+        self._kept: dict[tuple[str, int], bytes] = {}  # their bytes
+        self._to_inspect: list[loader.Image] = []
+        self._warned: set[str] = set()
         self._wake = threading.Event()
         self._closed = False
         self._reaper = threading.Thread(target=self._reap_loop, name="hotload-reaper", daemon=True)
         self._reaper.start()
+        self._services: list = []  # watchers and the control server; close() stops them
+        if control:
+            self.serve_control()
 
     # -- context manager ----------------------------------------------------
     def __enter__(self) -> Host:
@@ -69,8 +88,8 @@ class Host:
 
     # -- loading --------------------------------------------------------------
     def load(self, path: str | os.PathLike[str], *, name: str | None = None,
-             signatures: Mapping[str, str] | None = None) -> Plugin:
-        """Load a plugin as version 1 and return its call handle.
+             signatures: Mapping[str, str] | None = None, preflight: bool | None = None) -> Plugin:
+        """Load a plugin as its first version and return its call handle.
 
         The name and C signatures come from the plugin's descriptor; a library
         without one needs ``name`` and ``signatures`` (which a descriptor, if
@@ -81,12 +100,11 @@ class Host:
             self._check_open()
             if name is not None and name in self._plugins:
                 raise HotloadError(f"{source}: plugin {name} is already loaded; use reload({name!r})")
-            image = loader.open_version(source, self._workdir, self._seq.get(name or "", 0) + 1,
-                                        name=name, declared=declared, live_handles=self._live_handles())
-            if image.name in self._plugins:
-                self._discard(image)
-                raise HotloadError(f"{source}: plugin {image.name} is already loaded; "
-                                   f"use reload({image.name!r})")
+            cand = self._candidate(source, name, declared)
+            if cand.name in self._plugins:
+                cand.discard()
+                raise HotloadError(f"{source}: plugin {cand.name} is already loaded; use reload({cand.name!r})")
+            image = self._open(cand, None, preflight, declared)
             plugin = Plugin(image.name, self.versions)
             version = self._new_version(image)
             try:
@@ -94,9 +112,7 @@ class Host:
             except BaseException:
                 self._discard(image)
                 raise
-            self._seq[image.name] = version.seq
-            self._history.setdefault(image.name, []).append(version)
-            self._sources[image.name] = (source, declared)
+            self._record(version, source, declared, cand.data, live_by="load")
             plugin._install(image.prototypes)
             self._publish(plugin, version)
             self._plugins[image.name] = plugin
@@ -104,33 +120,126 @@ class Host:
             return plugin
 
     def reload(self, name: str, path: str | os.PathLike[str] | None = None, *,
-               allow_signature_change: bool = False) -> VersionInfo:
+               allow_signature_change: bool = False, preflight: bool | None = None) -> VersionInfo:
         """Load the plugin's file again (or ``path``) as a new version and
         route new calls to it.  On any failure the current version keeps
         serving with its state, and the error says which file and why."""
         with self._lock:
             self._check_open()
             plugin = self._plugin(name)
-            old = plugin._current
-            assert isinstance(old, Version) and old.image is not None
             default_source, declared = self._sources[name]
             source = os.fspath(path) if path is not None else default_source
-            image = loader.open_version(source, self._workdir, self._seq[name] + 1, name=name,
-                                        declared=declared, live_handles=self._live_handles())
+            self._check_leak_budget(name, source)
+            cand = self._candidate(source, name, declared)
+            return self._swap_in(plugin, cand, declared, allow_signature_change, preflight, "reload")
+
+    def rollback(self, name: str, *, preflight: bool | None = None) -> VersionInfo:
+        """Make the version that was live before the current one live again,
+        as a new seq (the history stays honest), with state handed across as
+        in a reload."""
+        with self._lock:
+            self._check_open()
+            plugin = self._plugin(name)
+            chain = self._chain[name]
+            cur = plugin._current
+            assert isinstance(cur, Version)
+            if len(chain) < 2:
+                raise HotloadError(f"{name}: nothing to roll back to: v{chain[-1]} is the first version "
+                                   f"this host loaded")
+            target = chain[-2]
+            data = self._kept.get((name, target))
+            if data is None:
+                raise HotloadError(f"{name}: cannot roll back to v{target}: its bytes are no longer kept "
+                                   f"(Host(keep_versions={self.keep_versions}))")
+            target_info = next(v for v in self._history[name] if v.seq == target)
+            assert target_info.image is not None
+            source, declared = target_info.image.source, self._sources[name][1]
+            self._check_leak_budget(name, source)
+            cand = loader.prepare(source, self._workdir, self._seq[name] + 1, name=name, declared=declared,
+                                  data=data)
+            info = self._swap_in(plugin, cand, declared, True, preflight, f"rollback to v{target}")
+            self._kept.pop((name, chain.pop()), None)
+            chain[-1] = info.seq
+            self._kept[(name, info.seq)] = self._kept.pop((name, target))
+            return info
+
+    def _swap_in(self, plugin: Plugin, cand: loader.Candidate, declared: dict[str, str] | None,
+                 allow_signature_change: bool, preflight: bool | None, why: str) -> VersionInfo:
+        old = plugin._current
+        assert isinstance(old, Version) and old.image is not None
+        if not allow_signature_change:
             try:
-                if not allow_signature_change:
-                    _check_compatible(old.image, image)
+                _check_compatible(old.image, cand)
             except BaseException:
-                self._discard(image)
+                cand.discard()
                 raise
-            version = self._new_version(image)
-            self._switch(plugin, old, version)
-            self._seq[name] = version.seq
-            self._history[name].append(version)
-            self._sources[name] = (source, declared)
-            log.info("reloaded %s: v%d (%s) -> v%d (%s)", name, old.seq, old.image.version,
-                     version.seq, image.version)
-            return self._info(version)
+        image = self._open(cand, old, preflight, declared)
+        version = self._new_version(image)
+        self._switch(plugin, old, version)
+        self._record(version, cand.source if why == "reload" else self._sources[plugin.name][0], declared,
+                     cand.data, live_by=why)
+        if why != "reload":
+            version.note = why
+        log.info("%s %s: v%d (%s) -> v%d (%s)", why, plugin.name, old.seq, old.image.version, version.seq,
+                 image.version)
+        return self._info(version)
+
+    def _candidate(self, source: str, name: str | None, declared: dict[str, str] | None) -> loader.Candidate:
+        """Trust checks on the path, then read, check and copy the file."""
+        if self.trust_checks:
+            trust.check_path(source)
+        cand = loader.prepare(source, self._workdir, self._seq.get(name or "", 0) + 1, name=name,
+                              declared=declared)
+        if self._allowed is not None:
+            try:
+                trust.check_digest(source, cand.digest, *self._allowed)
+            except BaseException:
+                cand.discard()
+                raise
+        return cand
+
+    def _open(self, cand: loader.Candidate, old: Version | None, preflight: bool | None,
+              declared: dict[str, str] | None) -> loader.Image:
+        """Preflight the candidate (unless off), then open it in this process."""
+        try:
+            if self.preflight if preflight is None else preflight:
+                old_img = old.image if old is not None else None
+                state = old_img.call_on_unload() if old_img is not None else None
+                self._preflight.check(str(cand.copy), cand.source, name=cand.name, declared=declared,
+                                      prev_version=old_img.version if old_img else None, state=state)
+        except BaseException:
+            cand.discard()
+            raise
+        image = loader.open_candidate(cand, self._workdir, self._live_handles())
+        self._to_inspect.append(image)
+        self._wake.set()
+        return image
+
+    def _record(self, version: Version, source: str, declared: dict[str, str] | None, data: bytes,
+                live_by: str) -> None:
+        name = version.plugin_name
+        self._seq[name] = version.seq
+        self._history.setdefault(name, []).append(version)
+        self._sources[name] = (source, declared)
+        if live_by in ("load", "reload"):
+            chain = self._chain.setdefault(name, [])
+            chain.append(version.seq)
+            self._kept[(name, version.seq)] = data
+            while len(chain) > self.keep_versions:
+                self._kept.pop((name, chain.pop(0)), None)
+
+    def _check_leak_budget(self, name: str, source: str) -> None:
+        """Refuse another reload of a plugin whose images cannot leave memory
+        once ``max_leaked`` of them are stuck: each costs memory (and, for
+        static TLS, a slot that eventually makes every load fail)."""
+        stuck = [v for v in self._history.get(name, []) if v.state in (LEAKED, RETAINED)]
+        if len(stuck) >= self.max_leaked:
+            why = "; ".join(dict.fromkeys(b for v in stuck for b in self._blockers(v))) or "see hotload ls"
+            raise HotloadError(
+                f"{source}: reload of {name} refused: {len(stuck)} of its images are still in memory "
+                f"(max_leaked={self.max_leaked}), {sum(v.mapped_bytes for v in stuck)} bytes: {why}. "
+                f"Fix the plugin, restart the process, or raise Host(max_leaked=...)"
+            )
 
     def unload(self, name: str) -> None:
         """Stop serving a plugin; its versions close once their calls return."""
@@ -198,6 +307,14 @@ class Host:
 
     def _release(self, version: Version) -> None:
         assert version.image is not None
+        hazards = self._unload_hazards(version.image)
+        if hazards:
+            version.state, version.note = RETAINED, "kept loaded: " + "; ".join(hazards)
+            version.fns = {}
+            log.warning("%s v%d is kept loaded, not closed: %s", version.plugin_name, version.seq,
+                        "; ".join(hazards))
+            return
+        version.fns = {}  # the image may be gone after this: never call into it again
         try:
             loader.release(version.image)
         except HotloadError as exc:
@@ -205,6 +322,37 @@ class Host:
             version.state, version.note = LEAKED, str(exc)
             return
         self._unverified.append(version)
+
+    def _unload_hazards(self, image: loader.Image) -> list[str]:
+        """Reasons why closing this image could crash the process later (its
+        code may still run: threads, thread-key destructors, handlers), unless
+        the plugin declares HOTLOAD_UNLOAD_SAFE().  Soft purge, like Erlang:
+        keep the code rather than pull it out from under a running thread."""
+        if image.descriptor is not None and image.descriptor.unload_safe:
+            return []
+        report = self._report(image)
+        return [f.message for f in report.hazards()] if report is not None else []
+
+    def _report(self, image: loader.Image) -> inspector.Report | None:
+        """The inspector's report on an image (cached by digest)."""
+        try:
+            return inspector.inspect_bytes(image.copy.read_bytes(), image.source, image.digest)
+        except (HotloadError, OSError) as exc:
+            log.debug("cannot inspect %s: %s", image.copy, exc)
+            return None
+
+    def _inspect_new(self, image: loader.Image) -> None:
+        """Inspect a newly loaded image off the reload path (the reaper does
+        it): warm the cache, and warn once per build about what will keep it
+        in memory or make it unsafe to unload."""
+        report = self._report(image)
+        if report is None or image.digest in self._warned:
+            return
+        self._warned.add(image.digest)
+        for f in report.findings:
+            if f.pins or f.unsafe:
+                log.warning("%s (%s %s): %s%s", image.source, image.name, image.version, f.message,
+                            f" Fix: {f.fix}" if f.fix else "")
 
     def _reap_loop(self) -> None:
         while True:
@@ -215,10 +363,13 @@ class Host:
                     self._retired.remove(version)
                     self._release(version)
                 batch, self._unverified = self._unverified, []
+                fresh, self._to_inspect = self._to_inspect, []
                 self._verifying = len(batch)
                 done = self._closed and not self._retired
             for version in batch:  # outside the lock: reading /proc/self/maps costs ~0.3 ms
                 self._verify(version)
+            for image in fresh:
+                self._inspect_new(image)
             with self._lock:
                 self._verifying = 0
             if done and not self._unverified:
@@ -274,7 +425,11 @@ class Host:
     def leaks(self) -> list[VersionInfo]:
         """Every version whose image did not leave memory after its final dlclose."""
         with self._lock:
-            return [self._info(v) for vs in self._history.values() for v in vs if v.state == LEAKED]
+            return [self._info(v) for vs in self._history.values() for v in vs if v.state in (LEAKED, RETAINED)]
+
+    def leaked_bytes(self) -> int:
+        """Total bytes of plugin images stuck in memory (leaked or retained)."""
+        return sum(v.mapped_bytes for v in self.leaks())
 
     def _info(self, v: Version) -> VersionInfo:
         img = v.image
@@ -288,19 +443,19 @@ class Host:
         )
 
     def _blockers(self, v: Version) -> list[str]:
-        """Why this image did (leaked) or would (active) stay in memory."""
+        """Why this image did (leaked, retained) or would (active) stay in memory."""
         img = v.image
         assert img is not None
         if v.state == UNLOADED:
             return []
-        from . import inspector  # pyelftools: imported only when a report is asked for
-
-        try:
-            report = inspector.inspect_bytes(img.copy.read_bytes(), img.source, img.digest)
-        except (HotloadError, OSError) as exc:
-            return [f"cannot inspect {img.copy}: {exc}"]
+        report = self._report(img)
+        if report is None:
+            return [f"cannot inspect {img.copy}"]
         if v.state == LEAKED:
             return inspector.explain_leak(report, img.opens, img.closes)
+        if v.state == RETAINED:
+            return [f"kept loaded because unloading could crash the process: {f.message}"
+                    for f in report.hazards()] + [f.message for f in report.pins()]
         return [f.message for f in report.pins()]
 
     # -- helpers -------------------------------------------------------------
@@ -339,6 +494,7 @@ class Host:
     def close(self, timeout: float = 5.0) -> None:
         """Unload everything, wait up to ``timeout`` for calls in flight,
         verify each unload, and delete the work directory."""
+        self._stop_services()
         with self._lock:
             if self._closed:
                 return
@@ -350,17 +506,52 @@ class Host:
             log.warning("closing with calls still running in %s: their images stay loaded", busy)
         self._wake.set()
         self._reaper.join(timeout=1.0)
+        self._preflight.close()
         self._workdir.close()
+
+    # -- operating a running host (the logic lives in watcher.py and control.py) --
+    def watch(self, path: str | os.PathLike[str], *, rebuild: bool = False, **options: object) -> Watcher:
+        """Watch built plugins in ``path`` (a directory or one file) and
+        reload each one that changes; load new ones.  ``rebuild=True``
+        watches C sources instead and rebuilds before reloading.  Options go
+        to ``watcher.Watcher``.  Stopped by ``close()``."""
+        from .watcher import Watcher
+
+        self._check_open()
+        watcher = Watcher(self, path, rebuild=rebuild, **options)  # type: ignore[arg-type]
+        self._services.append(watcher)
+        return watcher.start()
+
+    def serve_control(self, *, directory: str | os.PathLike[str] | None = None,
+                      name: str | None = None) -> ControlServer:
+        """Open this host's control socket so ``hotload ls/reload/...`` in
+        another process can reach it (see ``control`` for the protocol).
+        Idempotent; stopped by ``close()``."""
+        from .control import ControlServer
+
+        self._check_open()
+        for service in self._services:
+            if isinstance(service, ControlServer):
+                return service
+        server = ControlServer(self, directory=directory, name=name).start()
+        self._services.append(server)
+        return server
+
+    def _stop_services(self) -> None:
+        while self._services:
+            service = self._services.pop()
+            try:
+                service.stop()
+            except Exception:  # closing must go on
+                log.exception("stopping %r failed", service)
 
     def __repr__(self) -> str:
         return f"<hotload.Host {len(self._plugins)} plugin(s) in {self.workdir}>"
 
 
-def _check_compatible(old: loader.Image, new: loader.Image) -> None:
+def _check_compatible(old: loader.Image, new: loader.Candidate) -> None:
     """A reload must keep every function callers already use, with the same
     prototype, unless the host explicitly allows a change."""
-    from . import signatures as sig
-
     for fname, proto in old.prototypes.items():
         if fname not in new.prototypes:
             raise SignatureError(f"{new.source}: the new build no longer exports {fname} ({proto}); "

@@ -133,17 +133,46 @@ def identify(data: bytes, source: str, *, name: str | None,
     return desc, plugin_name, version, prototypes
 
 
-def open_version(source: str, workdir: WorkDir, seq: int, *, name: str | None = None,
-                 declared: Mapping[str, str] | None = None,
-                 live_handles: frozenset[int] = frozenset()) -> Image:
-    """Load ``source`` as a new version; nothing is left behind on failure."""
-    data = read_source(source)
+@dataclass(eq=False)
+class Candidate:
+    """A checked plugin file written to its private copy, not yet opened:
+    the point where a preflight can try it in another process."""
+
+    source: str
+    data: bytes
+    descriptor: Descriptor | None
+    name: str
+    version: str
+    prototypes: dict[str, str]
+    digest: str
+    seq: int
+    copy: Path
+    file_id: tuple[int, int]
+
+    def discard(self) -> None:
+        self.copy.unlink(missing_ok=True)
+
+
+def prepare(source: str, workdir: WorkDir, seq: int, *, name: str | None = None,
+            declared: Mapping[str, str] | None = None, data: bytes | None = None) -> Candidate:
+    """Read ``source`` once (or take ``data``, e.g. for a rollback), check the
+    bytes and write them to a fresh private copy."""
+    if data is None:
+        data = read_source(source)
     desc, plugin_name, version, prototypes = identify(data, source, name=name, declared=declared)
-    digest = hashlib.sha256(data).hexdigest()
+    copy, file_id = workdir.write_copy(plugin_name, seq, data, dl.SUFFIX)
+    return Candidate(source=source, data=data, descriptor=desc, name=plugin_name, version=version,
+                     prototypes=prototypes, digest=hashlib.sha256(data).hexdigest(), seq=seq, copy=copy,
+                     file_id=file_id)
+
+
+def open_candidate(cand: Candidate, workdir: WorkDir, live_handles: frozenset[int] = frozenset()) -> Image:
+    """``dlopen`` the candidate's copy and resolve its exports and hooks.
+    On failure the copy is deleted and nothing stays open."""
     rejected: list[Path] = []  # copies whose inode collided with a loaded image: kept until done
+    copy, file_id, source = cand.copy, cand.file_id, cand.source
     try:
         for _ in range(_MAX_NEW_IMAGE_TRIES):
-            copy, file_id = workdir.write_copy(plugin_name, seq, data, dl.SUFFIX)
             try:
                 handle = _open_new_image(copy, source, live_handles)
             except BaseException:
@@ -152,32 +181,50 @@ def open_version(source: str, workdir: WorkDir, seq: int, *, name: str | None = 
             if handle is not None:
                 break
             rejected.append(copy)
+            copy, file_id = workdir.write_copy(cand.name, cand.seq, cand.data, dl.SUFFIX)
         else:
+            copy.unlink(missing_ok=True)
             raise LoadError(f"{source}: dlopen kept returning an image that is already loaded")
     finally:
         for path in rejected:
             path.unlink(missing_ok=True)
+    desc = cand.descriptor
     try:
-        functions = {f: _resolve_export(handle, source, f, p) for f, p in prototypes.items()}
+        functions = {f: _resolve_export(handle, source, f, p) for f, p in cand.prototypes.items()}
         on_load = _hook(handle, source, desc.on_load if desc else None, ON_LOAD_TYPE)
         on_unload = _hook(handle, source, desc.on_unload if desc else None, ON_UNLOAD_TYPE)
     except BaseException:
         dl.close_image(handle, source)
         copy.unlink(missing_ok=True)
         raise
-    return Image(source=source, copy=copy, file_id=file_id, digest=digest, size=len(data), descriptor=desc,
-                 name=plugin_name, version=version, handle=handle, functions=functions,
-                 prototypes=prototypes, on_load=on_load, on_unload=on_unload)
+    return Image(source=source, copy=copy, file_id=file_id, digest=cand.digest, size=len(cand.data),
+                 descriptor=desc, name=cand.name, version=cand.version, handle=handle, functions=functions,
+                 prototypes=cand.prototypes, on_load=on_load, on_unload=on_unload)
+
+
+def open_version(source: str, workdir: WorkDir, seq: int, *, name: str | None = None,
+                 declared: Mapping[str, str] | None = None,
+                 live_handles: frozenset[int] = frozenset()) -> Image:
+    """Load ``source`` as a new version; nothing is left behind on failure."""
+    cand = prepare(source, workdir, seq, name=name, declared=declared)
+    return open_candidate(cand, workdir, live_handles)
+
+
+def open_copy(copy: Path, source: str) -> int:
+    """``dlopen`` a private copy, reporting errors against the source path
+    (the file the operator knows) and looking for the plugin's own
+    dependencies next to the source."""
+    try:
+        return dl.open_image(str(copy), search_dir=str(Path(source).resolve().parent))
+    except LoadError as exc:
+        raise LoadError(str(exc).replace(str(copy), source, 1) + f" (loading copy {copy.name})") from None
 
 
 def _open_new_image(copy: Path, source: str, live_handles: frozenset[int]) -> int | None:
     """dlopen ``copy``; None when the loader handed back an image it already
     had (glibc matches files by device and inode, and an inode of a deleted
     copy whose image leaked can be reused by a new file)."""
-    try:
-        handle = dl.open_image(str(copy), search_dir=str(Path(source).resolve().parent))
-    except LoadError as exc:
-        raise LoadError(str(exc).replace(str(copy), source, 1) + f" (loading copy {copy.name})") from None
+    handle = open_copy(copy, source)
     opened = dl.image_path(handle)
     if handle in live_handles or (opened is not None and os.path.abspath(opened) != str(copy)):
         log.warning("%s: dlopen of %s returned an already loaded image (%s); retrying with a new copy",
@@ -231,6 +278,8 @@ def release(image: Image) -> None:
                         f"(dlopen {image.opens}, dlclose {image.closes}): refusing a double close")
     dl.close_image(image.handle, image.source)
     image.closes += 1
+    # The image may be gone now: its function pointers must never be called.
+    image.functions, image.on_load, image.on_unload = {}, None, None
 
 
 def verify_gone(image: Image) -> UnloadVerdict:

@@ -25,7 +25,7 @@ from . import signatures
 from .errors import ClosedError, NotLoadedError, SignatureError
 from .loader import Image
 
-ACTIVE, DRAINING, UNLOADED, LEAKED = "active", "draining", "unloaded", "leaked"
+ACTIVE, DRAINING, UNLOADED, LEAKED, RETAINED = "active", "draining", "unloaded", "leaked", "retained"
 
 
 class Version:

@@ -1,0 +1,90 @@
+"""The preflight worker: a separate Python process that tries a plugin before
+the host loads it (``python -m hotload.preflight_worker``).
+
+Protocol: one JSON request per line on stdin, one JSON line per *step* on the
+protocol pipe before the step runs (so if the plugin kills the process, the
+host knows which step it was in), then a final ``{"done": ...}`` line.  The
+plugin's own stdout is sent to stderr so it cannot corrupt the protocol.
+
+Requests: ``{"id", "path", "source", "name", "declared", "prev_version",
+"state" (base64 or null), "self_test": bool}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _main() -> int:
+    channel = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # plugin printf()s go to stderr, never into the protocol
+    sys.stdout = sys.stderr
+    from . import loader, signatures
+    from .errors import HotloadError
+    from .platform_layer import dl
+
+    def say(msg: dict[str, Any]) -> None:
+        channel.write(json.dumps(msg) + "\n")
+        channel.flush()
+
+    say({"ready": True, "pid": os.getpid()})
+    for line in sys.stdin:
+        req = json.loads(line)
+        rid = req["id"]
+        step = "check"
+        handle = None
+        try:
+            say({"id": rid, "step": step})
+            data = loader.read_source(req["path"])
+            desc, name, version, protos = loader.identify(
+                data, req["source"], name=req.get("name"), declared=req.get("declared"))
+            step = "dlopen"
+            say({"id": rid, "step": step})
+            handle = loader.open_copy(Path(req["path"]), req["source"])
+            step = "resolve"
+            say({"id": rid, "step": step})
+            for fname, prototype in protos.items():
+                loader._resolve(handle, req["source"], fname, prototype)
+            result: dict[str, Any] = {"name": name, "version": version, "exports": protos}
+            if desc is not None and desc.on_load:
+                step = "on_load"
+                say({"id": rid, "step": step})
+                on_load = loader._resolve(handle, req["source"], desc.on_load, loader.ON_LOAD_TYPE)
+                state = base64.b64decode(req["state"]) if req.get("state") is not None else None
+                prev = req.get("prev_version")
+                ffi = signatures.ffi
+                rc = on_load(ffi.new("char[]", prev.encode()) if prev else ffi.NULL,
+                             ffi.from_buffer(state) if state else ffi.NULL, len(state) if state else 0)
+                if rc != 0:
+                    say({"id": rid, "done": False, "step": step, "rc": rc,
+                         "error": f"on_load of {name} {version} refused to start (returned {rc}) with the "
+                                  f"state of version {prev or '(none)'}"})
+                    continue
+            if desc is not None and desc.self_test and req.get("self_test", True):
+                step = "self_test"
+                say({"id": rid, "step": step})
+                fn = loader._resolve(handle, req["source"], desc.self_test, "int(void)")
+                rc = fn()
+                result["self_test"] = rc
+                if rc != 0:
+                    say({"id": rid, "done": False, "step": step, "rc": rc,
+                         "error": f"self-test failed (returned {rc})"})
+                    continue
+            say({"id": rid, "done": True, **result})
+        except HotloadError as exc:
+            say({"id": rid, "done": False, "step": step, "error": str(exc), "type": type(exc).__name__})
+        except Exception as exc:  # noqa: BLE001 - reported to the host, worker keeps going
+            say({"id": rid, "done": False, "step": step, "error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            if handle is not None:
+                dl.close_image(handle, req["path"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -1,0 +1,80 @@
+"""Who may have written the code we are about to load?
+
+A plugin runs with all of the host's privileges, so a file (or any directory
+above it) that another user can write to is a way into the service.  Like
+sshd's StrictModes, refuse unless the file and every directory on its real
+path are owned by us or root and not writable by group or others.  A
+world-writable directory with the sticky bit (``/tmp``) is accepted when root
+owns it: others cannot rename or delete our entries there.
+
+Optionally, a host may only load files whose SHA-256 digest it was given.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+
+from .errors import HotloadError
+
+
+class TrustError(HotloadError):
+    """The plugin file, or a directory above it, fails the ownership and
+    permission checks, or its digest is not in the host's allow-list."""
+
+
+def _who(mode: int) -> str:
+    return " and ".join(w for w, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH)) if mode & bit)
+
+
+def check_path(path: str, *, uid: int | None = None) -> None:
+    """Raise ``TrustError`` naming the path and the permission at fault."""
+    uid = os.getuid() if uid is None else uid
+    real = Path(os.path.realpath(path))
+    for node in [real, *real.parents]:
+        try:
+            st = os.stat(node)
+        except FileNotFoundError:
+            return  # the loader reports a missing file with its own message
+        is_dir = stat.S_ISDIR(st.st_mode)
+        what = "directory" if is_dir else "file"
+        mode = stat.S_IMODE(st.st_mode)
+        if st.st_uid not in (uid, 0):
+            raise TrustError(f"{path}: refusing to load: {what} {node} is owned by uid {st.st_uid}, not by "
+                             f"you (uid {uid}) or root; Host(trust_checks=False) to override")
+        sticky_ok = is_dir and st.st_mode & stat.S_ISVTX and st.st_uid == 0
+        if mode & 0o022 and not sticky_ok:
+            raise TrustError(f"{path}: refusing to load: {what} {node} is writable by {_who(mode)} "
+                             f"(mode {mode:o}), so another user could replace the plugin; fix with "
+                             f"chmod go-w {node}, or Host(trust_checks=False) to override")
+
+
+def load_allow_list(spec: str | os.PathLike[str] | Iterable[str]) -> tuple[frozenset[str], str]:
+    """Digests from an iterable of hex strings, or from a manifest file in
+    ``sha256sum`` format (``<hex>  <file>`` per line, ``#`` comments).
+    Returns the digests and a description for messages."""
+    if isinstance(spec, (str, os.PathLike)):
+        manifest = Path(spec)
+        try:
+            lines = manifest.read_text().splitlines()
+        except OSError as exc:
+            raise TrustError(f"{manifest}: cannot read the allow-list manifest: {exc.strerror}") from None
+        digests = set()
+        for n, line in enumerate(lines, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            digest = line.split()[0].lower()
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise TrustError(f"{manifest}:{n}: not a SHA-256 digest: {line[:80]!r}")
+            digests.add(digest)
+        return frozenset(digests), f"manifest {manifest}"
+    digests = frozenset(d.lower() for d in spec)
+    return digests, f"allow-list of {len(digests)} digest(s)"
+
+
+def check_digest(path: str, digest: str, allowed: frozenset[str], described: str) -> None:
+    if digest not in allowed:
+        raise TrustError(f"{path}: refusing to load: its SHA-256 {digest} is not in the host's {described}")
