@@ -37,3 +37,6 @@ demo: plugins
 
 clean:
 	rm -rf build $(VENV) .pytest_cache
+
+# Windows: make windows-deps | plugins-windows | check-windows | test-windows
+include mk/windows.mk

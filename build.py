@@ -3,6 +3,7 @@
 
     python build.py [FILES...]        # default: every native/plugins/*.c
     CC=clang CFLAGS=-O2 python build.py
+    python build.py --target windows  # -> build/plugins-win/*.dll (x86_64-w64-mingw32-gcc; WIN_CC=...)
 
 Each output is written to a temporary name beside its target and renamed
 into place, so a watcher (or a host) never sees a half-written library.

@@ -14,6 +14,7 @@ import os
 import shlex
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,8 +75,22 @@ def compile_plugin(source: Path, output: Path, *, cc: str | None = None,
     if proc.stderr.strip():
         log.warning("%s: compiler warnings:\n%s", source, proc.stderr.strip())
     os.chmod(tmp, 0o755)
-    os.replace(tmp, output)
+    _replace(tmp, output)
     return BuildResult(source, output)
+
+
+def _replace(tmp: str, output: Path) -> None:
+    """Rename into place.  On Windows a reader holding the old file open
+    blocks the rename for a moment: retry briefly, then say so."""
+    for attempt in range(20):
+        try:
+            os.replace(tmp, output)
+            return
+        except PermissionError as exc:
+            if os.name != "nt" or attempt == 19:
+                os.unlink(tmp)
+                raise BuildError(f"{output}: cannot replace it: {exc}") from None
+            time.sleep(0.05)
 
 
 def build_all(sources: Iterable[Path], out_dir: Path, *, target: str = "native",

@@ -226,7 +226,8 @@ def _open_new_image(copy: Path, source: str, live_handles: frozenset[int]) -> in
     copy whose image leaked can be reused by a new file)."""
     handle = open_copy(copy, source)
     opened = dl.image_path(handle)
-    if handle in live_handles or (opened is not None and os.path.abspath(opened) != str(copy)):
+    same = opened is None or os.path.normcase(os.path.abspath(opened)) == os.path.normcase(str(copy))
+    if handle in live_handles or not same:
         log.warning("%s: dlopen of %s returned an already loaded image (%s); retrying with a new copy",
                     source, copy.name, opened)
         dl.close_image(handle, source)
