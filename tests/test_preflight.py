@@ -1,0 +1,144 @@
+"""Preflight: a new build that crashes, hangs or refuses is a refused reload,
+never an outage.  Every case: a clear error naming the step, the host alive,
+the live version still serving with its state, no versioned copy left."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from hotload import HookError, Host
+from hotload.preflight import PreflightError
+
+from conftest import versioned_copies
+
+BAD = r"""
+#define _POSIX_C_SOURCE 200809L
+#include <hotload.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+HOTLOAD_PLUGIN("xp", "2.0.0-bad");
+HOTLOAD_API int64_t reward(int64_t base, int32_t level) { return base * 100 + level; }
+HOTLOAD_EXPORT(reward, "int64_t(int64_t, int32_t)");
+HOTLOAD_API int64_t grants_so_far(void) { return -1; }
+HOTLOAD_EXPORT(grants_so_far, "int64_t(void)");
+HOTLOAD_API int32_t version_tag(void) { return 100; }
+HOTLOAD_EXPORT(version_tag, "int32_t(void)");
+HOTLOAD_API int32_t slow_tag(int32_t ms) { return ms; }
+HOTLOAD_EXPORT(slow_tag, "int32_t(int32_t)");
+HOTLOAD_API int64_t gen(void) { return 0; }
+HOTLOAD_EXPORT(gen, "int64_t(void)");
+HOTLOAD_API const char *previous_version(void) { return ""; }
+HOTLOAD_EXPORT(previous_version, "const char *(void)");
+static const size_t *seen_size;
+static int on_load(const char *prev, const void *state, size_t size)
+{
+    (void)prev; (void)state; (void)size;
+    ON_LOAD_BODY
+    return 0;
+}
+HOTLOAD_ON_LOAD(on_load);
+static int self_test(void) { SELF_TEST_BODY return 0; }
+HOTLOAD_SELF_TEST(self_test);
+__attribute__((constructor)) static void ctor(void) { CTOR_BODY }
+"""
+
+CASES = {
+    "segfault in on_load": (
+        {"ON_LOAD_BODY": 'fprintf(stderr, "about to crash\\n"); *(volatile int *)0 = 1;'},
+        r"crashed with SIGSEGV during on_load.*stderr: about to crash"),
+    "abort in on_load": ({"ON_LOAD_BODY": "abort();"}, r"crashed with SIGABRT during on_load"),
+    "hang in on_load": ({"ON_LOAD_BODY": "for (;;) pause();"},
+                        r"did not finish on_load within 1\.0 s \(hung\)"),
+    "segfault in self-test": ({"SELF_TEST_BODY": "raise(SIGSEGV);"},
+                              r"crashed with SIGSEGV during the self-test"),
+    "self-test fails": ({"SELF_TEST_BODY": "return 42;"},
+                        r"refused the new version at the self-test: self-test failed \(returned 42\)"),
+    "exit in constructor": ({"CTOR_BODY": "_exit(3);"},
+                            r"exited the process with code 3 during dlopen \(library constructors\)"),
+    "on_load refuses": ({"ON_LOAD_BODY": "return 5;"},
+                        r"refused the new version at on_load: on_load of xp 2\.0\.0-bad refused .*returned 5"),
+}
+
+
+def _bad_source(**bodies: str) -> str:
+    src = BAD
+    for key in ("ON_LOAD_BODY", "SELF_TEST_BODY", "CTOR_BODY"):
+        src = src.replace(key, bodies.get(key, ""))
+    return src
+
+
+@pytest.fixture
+def strict_host(tmp_path: Path):
+    with Host(tmp_path / "work", preflight_timeout=1.0) as h:
+        yield h
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_build_is_refused_in_preflight_and_host_keeps_serving(strict_host: Host, xp_build, cc,
+                                                                   tmp_path: Path, case: str) -> None:
+    host = strict_host
+    xp = host.load(xp_build(mult=2))
+    for _ in range(4):
+        xp.reward(1, 0)
+    bodies, pattern = CASES[case]
+    bad = cc(_bad_source(**bodies), "bad")
+    started = time.monotonic()
+    with pytest.raises(HookError, match=pattern) as err:
+        host.reload("xp", bad)
+    assert str(bad) in str(err.value)
+    assert time.monotonic() - started < 5
+    assert xp.reward(1, 0) == 2 and xp.grants_so_far() == 5  # same version, state intact
+    assert [v.seq for v in host.versions("xp")] == [1]
+    assert len(versioned_copies(host.workdir)) == 1
+    # the worker was replaced if it died: the next good build goes live
+    xp_build(mult=3)
+    host.reload("xp")
+    assert xp.reward(1, 0) == 3 and xp.grants_so_far() == 6
+
+
+def test_preflight_error_carries_step_and_signal(strict_host: Host, xp_build, cc) -> None:
+    strict_host.load(xp_build())
+    bad = cc(_bad_source(ON_LOAD_BODY="*(volatile int *)0 = 1;"), "bad")
+    with pytest.raises(PreflightError) as err:
+        strict_host.reload("xp", bad)
+    assert (err.value.step, err.value.signal_name) == ("on_load", "SIGSEGV")
+
+
+def test_preflight_runs_on_load_with_the_live_state(tmp_path: Path, xp_build, cc) -> None:
+    """The preflight's on_load gets the blob the live version would hand over:
+    a build that rejects the *current* state layout is refused up front."""
+    picky = _bad_source(ON_LOAD_BODY="if (state == NULL || size != 16) return 9;")
+    with Host(tmp_path / "w") as host:
+        host.load(xp_build())  # its on_unload hands over 16 bytes
+        ok = host.reload("xp", cc(picky, "picky"), preflight=True, allow_signature_change=True)
+        assert ok.seq == 2
+    with Host(tmp_path / "w2") as host:
+        no_state = cc(_bad_source(ON_LOAD_BODY="if (state != NULL) return 9;"), "nostate")
+        host.load(xp_build())
+        with pytest.raises(HookError, match="returned 9"):
+            host.reload("xp", no_state)
+
+
+def test_first_load_is_preflighted_too(strict_host: Host, cc) -> None:
+    bad = cc(_bad_source(ON_LOAD_BODY="*(volatile int *)0 = 1;"), "bad")
+    with pytest.raises(PreflightError, match="SIGSEGV during on_load"):
+        strict_host.load(bad)
+    assert strict_host.names() == [] and not versioned_copies(strict_host.workdir)
+
+
+def test_preflight_can_be_turned_off(tmp_path: Path, xp_build, cc) -> None:
+    failing_test = cc(_bad_source(SELF_TEST_BODY="return 1;"), "failing")
+    with Host(tmp_path / "w", preflight=False) as host:
+        host.load(xp_build())
+        host.reload("xp", failing_test, allow_signature_change=True)  # the self-test only runs in preflight
+        assert host.plugin("xp").version_tag() == 100
+    with Host(tmp_path / "w2") as host:
+        host.load(xp_build())
+        with pytest.raises(HookError, match="self-test failed"):
+            host.reload("xp", failing_test)
+        host.reload("xp", failing_test, preflight=False)

@@ -1,0 +1,127 @@
+"""Rollback, unload safety (retained images), and the leak budget."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from hotload import Host, HotloadError
+
+from conftest import mapped_images
+
+
+def test_rollback_restores_the_previous_build_as_a_new_seq(host: Host, xp_build) -> None:
+    xp = host.load(xp_build(mult=2, version="1.0"))
+    xp.reward(1, 0)
+    xp_build(mult=3, version="2.0")
+    host.reload("xp")
+    xp_build(mult=4, version="3.0")
+    host.reload("xp")
+    xp.reward(1, 0)
+    info = host.rollback("xp")
+    assert (info.seq, info.plugin_version, info.note) == (4, "2.0", "rollback to v2")
+    assert xp.reward(1, 0) == 3 and xp.grants_so_far() == 3  # state handed across
+    assert host.rollback("xp").plugin_version == "1.0"
+    assert xp.reward(1, 0) == 2 and xp.grants_so_far() == 4
+    with pytest.raises(HotloadError, match=r"xp: nothing to roll back to: v5 is the first version"):
+        host.rollback("xp")
+    assert [(v.seq, v.plugin_version) for v in host.versions("xp")] == [
+        (1, "1.0"), (2, "2.0"), (3, "3.0"), (4, "2.0"), (5, "1.0")]
+    xp_build(mult=7, version="4.0")  # a reload after rollbacks goes on normally
+    host.reload("xp")
+    assert host.rollback("xp").plugin_version == "1.0"
+
+
+def test_rollback_works_after_the_source_file_is_gone(host: Host, xp_build) -> None:
+    src = xp_build(mult=2)
+    xp = host.load(src)
+    xp_build(mult=5)
+    host.reload("xp")
+    src.unlink()
+    host.rollback("xp")  # bytes were kept in memory
+    assert xp.reward(1, 0) == 2
+
+
+def test_rollback_limit_is_explained(tmp_path: Path, xp_build) -> None:
+    with Host(tmp_path / "w", keep_versions=2, preflight=False) as host:
+        host.load(xp_build(mult=1))
+        for m in (2, 3, 4):
+            xp_build(mult=m)
+            host.reload("xp")
+        host.rollback("xp")
+        with pytest.raises(HotloadError, match="nothing to roll back to"):
+            host.rollback("xp")
+
+
+KEY_PLUGIN = r"""
+#include <hotload.h>
+#include <pthread.h>
+#include <stdlib.h>
+HOTLOAD_PLUGIN("keyed", "V");
+static pthread_key_t key;
+static void dtor(void *p) { free(p); }
+__attribute__((constructor)) static void init(void) { pthread_key_create(&key, dtor); }
+SAFE
+HOTLOAD_API int touch(void) { if (!pthread_getspecific(key)) pthread_setspecific(key, malloc(8)); return V; }
+HOTLOAD_EXPORT(touch, "int(void)");
+"""
+
+
+def test_plugin_with_thread_key_destructor_is_retained_not_unloaded(host: Host, cc, tmp_path: Path) -> None:
+    """Unmapping it would make the process die at the next thread exit
+    (the key's destructor would jump into unmapped code): keep it."""
+    out = tmp_path / "keyed.so"
+    keyed = host.load(cc(KEY_PLUGIN.replace("SAFE", "").replace("V", "1"), out=out, flags=["-pthread"]))
+    t = threading.Thread(target=keyed.touch)
+    t.start()
+    t.join()
+    cc(KEY_PLUGIN.replace("SAFE", "").replace("V", "2"), out=out, flags=["-pthread"])
+    host.reload("keyed")
+    assert host.settle()
+    v1 = host.versions("keyed")[0]
+    assert v1.state == "retained" and v1.dlclose_count == 0
+    assert "pthread_key_create" in " ".join(v1.blockers)
+    assert [v.seq for v in host.leaks()] == [1]
+    t = threading.Thread(target=keyed.touch)  # a thread exit after the swap: the process survives
+    t.start()
+    t.join()
+    assert keyed.touch() == 2
+
+
+def test_unload_safe_declaration_lets_it_close(host: Host, cc, tmp_path: Path) -> None:
+    safe = KEY_PLUGIN.replace("SAFE", "HOTLOAD_UNLOAD_SAFE();\n"
+                              "__attribute__((destructor)) static void fini(void) { pthread_key_delete(key); }")
+    out = tmp_path / "keyed.so"
+    keyed = host.load(cc(safe.replace("V", "1"), out=out, flags=["-pthread"]))
+    keyed.touch()
+    cc(safe.replace("V", "2"), out=out, flags=["-pthread"])
+    host.reload("keyed")
+    assert host.settle()
+    assert host.versions("keyed")[0].state == "unloaded"
+    t = threading.Thread(target=keyed.touch)
+    t.start()
+    t.join()
+
+
+def test_leak_budget_refuses_reloads_of_a_plugin_that_cannot_unload(tmp_path: Path, cc) -> None:
+    src = """
+        #include <hotload.h>
+        HOTLOAD_PLUGIN("sticky", "V");
+        HOTLOAD_API int v(void) { return V; }
+        HOTLOAD_EXPORT(v, "int(void)");
+    """
+    out = tmp_path / "sticky.so"
+    with Host(tmp_path / "w", max_leaked=2, preflight=False) as host:
+        sticky = host.load(cc(src.replace("V", "1"), flags=["-Wl,-z,nodelete"], out=out))
+        for i in (2, 3):
+            cc(src.replace("V", str(i)), flags=["-Wl,-z,nodelete"], out=out)
+            host.reload("sticky")
+            host.settle()
+        with pytest.raises(HotloadError, match=r"sticky\.so: reload of sticky refused: 2 of its images are still "
+                                               r"in memory \(max_leaked=2\), \d+ bytes: .*DF_1_NODELETE"):
+            host.reload("sticky")
+        assert sticky.v() == 3
+        assert host.leaked_bytes() > 0
+        assert len(mapped_images(host.workdir)) == 3
