@@ -171,6 +171,10 @@ class PreflightWorker:
             msg = f"{source}: preflight: the new version crashed with {sig} during {where}"
             raise PreflightError(msg + (f"; stderr: {tail}" if tail else ""), step=step, signal_name=sig,
                                  stderr=tail)
+        if os.name == "nt" and code is not None and code >= 0xC0000000:  # an NTSTATUS, e.g. access violation
+            msg = f"{source}: preflight: the new version crashed with exception 0x{code:08X} during {where}"
+            raise PreflightError(msg + (f"; stderr: {tail}" if tail else ""), step=step, exit_code=code,
+                                 stderr=tail)
         msg = f"{source}: preflight: the new version exited the process with code {code} during {where}"
         raise PreflightError(msg + (f"; stderr: {tail}" if tail else ""), step=step, exit_code=code, stderr=tail)
 
