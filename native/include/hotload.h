@@ -56,6 +56,9 @@
  *   0.  This is a snapshot, not a destructor: if the new version refuses
  *   the state, the old one keeps serving, so do not free what serving needs.
  *   Release resources in a destructor (__attribute__((destructor))) instead.
+ *   The host may also call it while the version keeps serving (to give the
+ *   preflight a realistic state blob): make it safe to call more than once
+ *   and concurrently with your exported functions.
  *
  * HOTLOAD_ON_LOAD(fn): `int fn(const char *prev_version, const void *state, size_t size)`
  *   Called once on a new version before its first call.  prev_version is the
