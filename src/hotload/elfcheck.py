@@ -48,17 +48,29 @@ class ElfFacts:
         return MACHINES.get(self.machine, f"machine {self.machine}")
 
 
-def _describe_non_elf(data: bytes) -> str:
+def sniff(data: bytes) -> str:
+    """What a file is, from its first bytes: "elf", "pe", "archive", "text"
+    or "binary".  Both checkers use it to say what a wrong file is instead."""
     head = data[:64]
+    if head.startswith(b"\x7fELF"):
+        return "elf"
     if head.startswith(b"MZ"):
-        return "a Windows PE file (a .dll or .exe), not an ELF shared library"
+        return "pe"
     if head.startswith((b"!<arch>", b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xbe")):
-        return "an archive or Mach-O file, not an ELF shared library"
+        return "archive"
     try:
         head.decode("utf-8")
     except UnicodeDecodeError:
-        return "not an ELF file (bad magic bytes)"
-    return "a text file, not a shared library (no ELF magic)"
+        return "binary"
+    return "text"
+
+
+def _describe_non_elf(data: bytes) -> str:
+    return {
+        "pe": "a Windows PE file (a .dll or .exe), not an ELF shared library",
+        "archive": "an archive or Mach-O file, not an ELF shared library",
+        "binary": "not an ELF file (bad magic bytes)",
+    }.get(sniff(data), "a text file, not a shared library (no ELF magic)")
 
 
 def check(data: bytes, path: str, *, expect_machine: int | None = None,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import pefile
 
+from . import elfcheck
 from .errors import InvalidPluginError
 
 IMAGE_FILE_DLL = 0x2000
@@ -73,16 +74,11 @@ class CodeView:
 
 
 def _describe_non_pe(data: bytes) -> str:
-    head = data[:64]
-    if head.startswith(b"\x7fELF"):
-        return "an ELF shared object (a Linux/BSD .so), not a Windows DLL"
-    if head.startswith((b"!<arch>", b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xbe")):
-        return "an archive or Mach-O file, not a Windows DLL"
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError:
-        return "not a PE file (no MZ header)"
-    return "a text file, not a DLL (no MZ header)"
+    return {
+        "elf": "an ELF shared object (a Linux/BSD .so), not a Windows DLL",
+        "archive": "an archive or Mach-O file, not a Windows DLL",
+        "binary": "not a PE file (no MZ header)",
+    }.get(elfcheck.sniff(data), "a text file, not a DLL (no MZ header)")
 
 
 def _u16(data: bytes, off: int) -> int:
