@@ -7,11 +7,11 @@ VENV   ?= .venv
 VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv plugins test lint bench demo clean
+.PHONY: all venv plugins test lint bench demo demo-interactive clean
 
 all: plugins
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
 	$(VPY) -m pip install --quiet -e '.[test]'
@@ -24,7 +24,7 @@ plugins: $(STAMP)
 	$(VPY) build.py
 
 lint: $(STAMP)
-	$(VPY) -m ruff check src tests benchmarks build.py
+	$(VPY) -m ruff check src tests benchmarks build.py setup.py
 
 test: plugins lint
 	$(VPY) -m pytest -q
@@ -34,6 +34,9 @@ bench: plugins
 
 demo: plugins
 	$(VENV)/bin/hotload demo
+
+demo-interactive: plugins
+	$(VENV)/bin/hotload demo --interactive
 
 clean:
 	rm -rf build $(VENV) .pytest_cache

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import inspector, loader, trust
 from . import signatures as sig
@@ -26,6 +27,10 @@ from .registry import (
     VersionInfo,
 )
 from .workdir import WorkDir
+
+if TYPE_CHECKING:
+    from .control import ControlServer
+    from .watcher import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +78,11 @@ class Host:
         self._reaper.start()
         self._services: list = []  # watchers and the control server; close() stops them
         if control:
-            self.serve_control()
+            try:
+                self.serve_control()
+            except BaseException:
+                self.close()
+                raise
 
     # -- context manager ----------------------------------------------------
     def __enter__(self) -> Host:

@@ -1,0 +1,35 @@
+"""Ship the plugin SDK inside the package, from its one true copy.
+
+``native/include/hotload.h`` and ``native/plugins/*.c`` are the SDK header
+and the example plugins.  ``hotload cflags`` and ``hotload demo`` need them
+in an installed package too, as ``hotload/sdk/include`` and
+``hotload/sdk/plugins`` (``builder.sdk_include_dir`` looks there).  Rather
+than commit copies that can drift, ``build_py`` copies them into the build
+tree, so every wheel (``pip install .``, ``python -m build``) carries the
+exact files of its checkout.  An editable install needs nothing: it finds
+the checkout's ``native/`` directly.  All metadata stays in pyproject.toml.
+"""
+
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+ROOT = Path(__file__).resolve().parent
+SDK = {"include": "native/include/*.h", "plugins": "native/plugins/*.c"}
+
+
+class BuildPyWithSdk(build_py):
+    def run(self) -> None:
+        super().run()
+        for sub, pattern in SDK.items():
+            files = sorted(ROOT.glob(pattern))
+            if not files:
+                raise SystemExit(f"hotload: no {pattern} to ship as hotload/sdk/{sub}")
+            dest = Path(self.build_lib) / "hotload" / "sdk" / sub
+            self.mkpath(str(dest))
+            for src in files:
+                self.copy_file(str(src), str(dest / src.name))
+
+
+setup(cmdclass={"build_py": BuildPyWithSdk})

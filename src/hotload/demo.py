@@ -1,0 +1,467 @@
+"""``hotload demo``: a game server keeps serving while a C plugin is
+hot-swapped under it.
+
+The scripted run (the default) is the project's end-to-end proof, run by
+the test suite too: a host loads the two example plugins, player threads
+earn event rewards through them, the demo edits a *copy* of
+``double_xp.c`` (XP multiplier 2 -> 3, version 1.0.0 -> 1.1.0), and the
+watcher (``rebuild=True``) rebuilds and swaps it.  Then it checks, and
+prints, what a person wants to know: no call failed, every player moved from
+x2 to x3 once and never back, the grant counter carried across, and the old
+image really left the process.  Any failed check exits 1.
+
+``--interactive`` watches the examples' sources (``native/plugins`` in a
+checkout) until Ctrl-C, so a person can edit the C and watch it go live.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from .builder import compile_plugin
+from .errors import HotloadError
+from .host import Host
+from .platform_layer import dl
+from .registry import Plugin
+from .watcher import WatchEvent
+
+PLUGINS = ("double_xp", "loot_drop")
+BATCH = 25  # reward + loot calls per player per server tick
+TICK = 0.001  # seconds between a player's ticks
+
+
+def example_sources_dir() -> Path:
+    """The example plugins' C sources: the checkout's ``native/plugins``
+    when running from source, else the copy shipped in the package."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent.parent / "native" / "plugins", here / "sdk" / "plugins"):
+        if all((candidate / f"{name}.c").is_file() for name in PLUGINS):
+            return candidate
+    raise HotloadError(f"the example plugin sources ({', '.join(PLUGINS)}) are not installed next to {here}")
+
+
+# ---- the game server -----------------------------------------------------------------
+
+@dataclass
+class Tally:
+    """One player's counters; only its own thread writes them."""
+
+    rewards: int = 0
+    loot: int = 0
+    legendary: int = 0
+    failed: int = 0
+    by_multiplier: dict[int, int] = field(default_factory=dict)
+    went_back: int = 0  # saw a multiplier older than one it had already seen
+    order: list[int] = field(default_factory=list)  # multipliers, in the order first seen
+    errors: list[str] = field(default_factory=list)
+
+
+class Player(threading.Thread):
+    """A player loop: every tick, a batch of XP rewards and loot rolls."""
+
+    def __init__(self, index: int, xp: Plugin, loot: Plugin, stop: threading.Event) -> None:
+        super().__init__(name=f"player-{index}", daemon=True)
+        self.tally = Tally()
+        self._xp, self._loot, self._halt = xp, loot, stop
+        self._rng = random.Random(index)
+
+    def run(self) -> None:
+        reward, rarity, rng, t = self._xp.reward, self._loot.rarity, self._rng, self.tally
+        while not self._halt.is_set():
+            for _ in range(BATCH):
+                base, level = rng.randint(10, 500), rng.randint(1, 60)
+                try:
+                    xp = reward(base, level)
+                    tier = rarity(rng.randint(0, 9999), rng.randint(0, 40))
+                except Exception as exc:  # the demo's whole point is that this stays at zero
+                    t.failed += 1
+                    if len(t.errors) < 3:
+                        t.errors.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                self._count(t, (xp - (base // 10 if level >= 10 else 0)) // base, tier)
+            time.sleep(TICK)
+
+    @staticmethod
+    def _count(t: Tally, mult: int, tier: int) -> None:
+        t.rewards += 1
+        t.loot += 1
+        t.legendary += tier == 3
+        if mult not in t.by_multiplier:
+            t.by_multiplier[mult] = 0
+            t.order.append(mult)
+        elif mult != t.order[-1]:
+            t.went_back += 1
+        t.by_multiplier[mult] += 1
+
+
+class Server:
+    """The players, started and stopped together, and their summed tallies."""
+
+    def __init__(self, host: Host, players: int) -> None:
+        self.stop_event = threading.Event()
+        self.players = [Player(i, host["double_xp"], host["loot_drop"], self.stop_event) for i in range(players)]
+        self.started = time.monotonic()
+
+    def start(self) -> Server:
+        for p in self.players:
+            p.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for p in self.players:
+            p.join()
+
+    def total(self) -> Tally:
+        out = Tally()
+        for p in self.players:
+            t = p.tally
+            out.rewards += t.rewards
+            out.loot += t.loot
+            out.legendary += t.legendary
+            out.failed += t.failed
+            out.went_back += t.went_back
+            out.errors += t.errors
+            for mult, n in list(t.by_multiplier.items()):
+                out.by_multiplier[mult] = out.by_multiplier.get(mult, 0) + n
+        return out
+
+
+# ---- the view ------------------------------------------------------------------------
+
+class View:
+    """A compact live view: event lines with a time stamp, and on a
+    terminal one status line redrawn in place below them.  Piped output
+    gets the same event lines, and the status only when asked to print it."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.t0 = time.monotonic()
+        self._status = ""
+        self._lock = threading.Lock()
+
+    def line(self, text: str = "") -> None:
+        with self._lock:
+            self._clear()
+            self.out.write(text + "\n")
+            self._draw()
+
+    def event(self, tag: str, text: str) -> None:
+        self.line(f"  [{time.monotonic() - self.t0:5.2f}s] {tag:<8} {text}")
+
+    def status(self, text: str, *, print_it: bool = False) -> None:
+        with self._lock:
+            self._clear()
+            self._status = text
+            if print_it and not self.tty:
+                self.out.write(f"  [{time.monotonic() - self.t0:5.2f}s] {'serving':<8} {text}\n")
+            self._draw()
+
+    def close(self) -> None:
+        with self._lock:
+            self._clear()
+            self._status = ""
+
+    def _clear(self) -> None:
+        if self.tty and self._status:
+            self.out.write("\r\x1b[K")
+
+    def _draw(self) -> None:
+        if self.tty and self._status:
+            width = shutil.get_terminal_size((100, 24)).columns
+            self.out.write(f"  {self._status}"[: width - 1])  # a wrapped line could not be redrawn
+        self.out.flush()
+
+
+def status_text(server: Server, xp: Plugin, current: str) -> str:
+    t = server.total()
+    rate = (t.rewards + t.loot) / max(time.monotonic() - server.started, 1e-9)
+    try:
+        mult = f"x{xp.multiplier()}"
+    except Exception:
+        mult = "x?"
+    return (f"double_xp {current} {mult} | {t.rewards:,} rewards | {t.legendary:,} legendary drops "
+            f"| {rate / 1000:,.0f}k calls/s | {t.failed} failed")
+
+
+def describe(info: Any) -> str:
+    return f"v{info.seq} {info.plugin_version}"
+
+
+# ---- the scripted run -----------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    ok: bool
+    lines: list[str]
+
+
+def run(out: TextIO = sys.stdout, *, players: int = 4, seconds: float = 1.0, interactive: bool = False,
+        src: Path | None = None, verbose: bool = False) -> int:
+    """Entry point for ``hotload demo``; returns the exit status."""
+    if not verbose:
+        logging.getLogger("hotload").setLevel(logging.CRITICAL)  # the view reports what matters
+    if interactive:
+        return run_interactive(out, players=players, src=src)
+    return run_scripted(out, players=players, seconds=seconds)
+
+
+def run_scripted(out: TextIO, *, players: int, seconds: float) -> int:
+    view = View(out)
+    workspace = Path(tempfile.mkdtemp(prefix="hotload-demo-"))
+    try:
+        src, build = workspace / "src", workspace / "build"
+        src.mkdir()
+        for name in PLUGINS:
+            shutil.copy2(example_sources_dir() / f"{name}.c", src / f"{name}.c")
+            compile_plugin(src / f"{name}.c", build / f"{name}{dl.SUFFIX}")
+        with Host(control=True) as host:
+            outcome = _scripted(view, host, src, build, players, seconds)
+        view.close()
+        for line in outcome.lines:
+            out.write(line + "\n")
+        out.flush()
+        return 0 if outcome.ok else 1
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
+
+
+def _scripted(view: View, host: Host, src: Path, build: Path, players: int, seconds: float) -> Outcome:
+    xp = host.load(build / f"double_xp{dl.SUFFIX}")
+    host.load(build / f"loot_drop{dl.SUFFIX}")
+    v1 = host.versions("double_xp")[-1]
+    _header(view, host, src, players)
+    events: queue.Queue[WatchEvent] = queue.Queue()
+    host.watch(src, rebuild=True, out_dir=build, on_event=events.put, initial=False)
+    server = Server(host, players).start()
+    current = describe(v1)
+    _run_for(view, server, xp, current, seconds)
+    view.status(status_text(server, xp, current), print_it=True)
+    edited_at = _edit(src / "double_xp.c")
+    view.event("edit", f"double_xp.c: MULTIPLIER 2 -> 3, version 1.0.0 -> 1.1.0 (a copy in {src})")
+    swap = _await_swap(view, server, xp, current, events)
+    if swap is None or swap.action != "reloaded":
+        server.stop()
+        why = swap.error if swap is not None else "the watcher did not swap it within 60 s"
+        return Outcome(False, [f"FAILED: double_xp was not swapped: {why}"])
+    current = f"v{swap.seq} {swap.plugin_version}"
+    view.event("swap", f"watcher rebuilt double_xp.c in {swap.build_seconds * 1e3:.0f} ms and swapped "
+                       f"{describe(v1)} -> {current}; serving {(swap.done_at - edited_at) * 1e3:.0f} ms "
+                       f"after the save")
+    _run_for(view, server, xp, current, seconds)
+    view.status(status_text(server, xp, current), print_it=True)
+    server.stop()
+    return _verify(host, server, xp, v1, swap, edited_at)
+
+
+def _header(view: View, host: Host, watched: Path, players: int) -> None:
+    view.line("hotload demo: a game server keeps serving while a C plugin is hot-swapped under it")
+    view.line(f"  host      pid {os.getpid()}; control socket ready: try `hotload ls` in another terminal")
+    for name in PLUGINS:
+        info = host.versions(name)[-1]
+        kind = ("XP event, keeps a grant counter across swaps" if name == "double_xp"
+                else "loot rarity rules, stateless")
+        view.line(f"  plugin    {name} {info.plugin_version} ({kind})")
+    view.line(f"  players   {players} threads, each calling reward() and rarity() every tick")
+    view.line(f"  watching  {watched} (rebuild on save)")
+    view.line()
+
+
+def _run_for(view: View, server: Server, xp: Plugin, current: str, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        view.status(status_text(server, xp, current))
+        time.sleep(min(0.1, max(end - time.monotonic(), 0)))
+
+
+def _edit(path: Path) -> float:
+    """Edit the copy like an editor saves: a new file renamed over the old."""
+    text = path.read_text()
+    new = re.sub(r"#define MULTIPLIER 2\b", "#define MULTIPLIER 3", text)
+    new = new.replace('HOTLOAD_PLUGIN("double_xp", "1.0.0")', 'HOTLOAD_PLUGIN("double_xp", "1.1.0")')
+    if new == text:
+        raise HotloadError(f"{path}: could not find MULTIPLIER 2 / version 1.0.0 to edit")
+    tmp = path.with_name(f".{path.name}.swp")
+    tmp.write_text(new)
+    started = time.monotonic()
+    os.replace(tmp, path)
+    return started
+
+
+def _await_swap(view: View, server: Server, xp: Plugin, current: str,
+                events: queue.Queue[WatchEvent]) -> WatchEvent | None:
+    deadline = time.monotonic() + 60.0
+    while time.monotonic() < deadline:
+        view.status(status_text(server, xp, current))
+        try:
+            ev = events.get(timeout=0.05)
+        except queue.Empty:
+            continue
+        ours = ev.name == "double_xp" or (ev.source or "").endswith("double_xp.c")
+        if ours and ev.action in ("reloaded", "failed"):
+            return ev
+    return None
+
+
+def _verify(host: Host, server: Server, xp: Plugin, v1: Any, swap: WatchEvent, edited_at: float) -> Outcome:
+    """The checks, each with the line that reports it."""
+    t = server.total()
+    grants = xp.grant_count()
+    host.settle(5.0)
+    old = next(v for v in host.versions("double_xp") if v.seq == v1.seq)
+    still_mapped = _mapped(old.copy)
+    x2, x3 = t.by_multiplier.get(2, 0), t.by_multiplier.get(3, 0)
+    clean_switch = t.went_back == 0 and set(t.by_multiplier) == {2, 3} and all(
+        p.tally.order[-1:] == [3] for p in server.players)
+    checks = [
+        (t.failed == 0, "calls", f"{t.rewards + t.loot:,} served, {t.failed} failed"
+                                 + (f" (first: {t.errors[0]})" if t.errors else "")),
+        (clean_switch, "switch", f"{describe(v1)} (x2) -> v{swap.seq} {swap.plugin_version} (x3); "
+                                 f"{len(server.players)} players went x2 -> x3 once, {t.went_back} went back"),
+        (grants == x2 + x3, "state", f"grant_count() = {grants:,} = {x2:,} rewards at x2 in v1 + {x3:,} at x3 "
+                                     f"in v2 (v1 handed its count to v2)"),
+        (old.state == "unloaded" and not still_mapped, "old image",
+         f"v{old.seq} {old.state}: dlclose'd {old.dlclose_count}x, {old.mapped_bytes} bytes mapped, "
+         f"{'still in' if still_mapped else 'gone from'} /proc/self/maps"),
+    ]
+    lines = ["", "result"]
+    lines += [f"  {'ok  ' if ok else 'FAIL'} {what:<10} {text}" for ok, what, text in checks]
+    ok = all(c[0] for c in checks)
+    lines.append("ok: hot swap under load with no failed call, state carried, old image unloaded" if ok else
+                 "FAILED: " + ", ".join(what for good, what, _ in checks if not good))
+    return Outcome(ok, lines)
+
+
+def _mapped(copy: str) -> bool:
+    """Whether the kernel still maps ``copy`` into this process (False where
+    there is no /proc: the host's own verdict then stands alone)."""
+    try:
+        with open("/proc/self/maps") as fh:
+            return any(line.rstrip("\n").removesuffix(" (deleted)").endswith(copy) for line in fh)
+    except OSError:
+        return False
+
+
+# ---- the interactive run ---------------------------------------------------------------
+
+def run_interactive(out: TextIO, *, players: int, src: Path | None) -> int:
+    view = View(out)
+    src, note = _interactive_sources(src)
+    events: queue.Queue[WatchEvent] = queue.Queue()
+    with Host(control=True) as host:
+        host.watch(src, rebuild=True, on_event=events.put)  # builds what is stale, loads both
+        if not _await_loaded(host, events, view):
+            return 1
+        xp = host["double_xp"]
+        _header(view, host, src, players)
+        if note:
+            view.line(note)
+        view.line(f"  edit {src / 'double_xp.c'} (try MULTIPLIER 3) and save; Ctrl-C to stop")
+        view.line()
+        server = Server(host, players).start()
+        serving = {name: _active(host, name) for name in PLUGINS}
+        _stop_on_signals()
+        try:
+            while True:
+                announced = _drain(view, events)
+                _show_outside_swaps(view, host, serving, announced)
+                view.status(status_text(server, xp, describe(serving["double_xp"])))
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            pass
+        server.stop()
+        view.close()
+        t = server.total()
+        out.write(f"\nstopped: {t.rewards + t.loot:,} calls served, {t.failed} failed\n")
+    return 0
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM both end the run cleanly (players stopped, host
+    closed, socket removed), even where the shell started us with SIGINT
+    ignored, as it does for background jobs."""
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+
+
+def _interactive_sources(src: Path | None) -> tuple[Path, str | None]:
+    if src is not None:
+        return src, None
+    examples = example_sources_dir()
+    if os.access(examples, os.W_OK) and examples.parts[-2:] == ("native", "plugins"):
+        return examples, None
+    copy = Path(tempfile.mkdtemp(prefix="hotload-demo-src-"))
+    for name in PLUGINS:
+        shutil.copy2(examples / f"{name}.c", copy / f"{name}.c")
+    return copy, f"  (the installed examples are read-only: editing copies in {copy})"
+
+
+def _await_loaded(host: Host, events: queue.Queue[WatchEvent], view: View) -> bool:
+    deadline = time.monotonic() + 60.0
+    while not all(name in host for name in PLUGINS):
+        try:
+            ev = events.get(timeout=max(deadline - time.monotonic(), 0.01))
+        except queue.Empty:
+            view.line("hotload: error: the example plugins did not load within 60 s")
+            return False
+        if ev.action == "failed":
+            view.line(f"hotload: error: {(ev.error or '').splitlines()[0]}")
+            return False
+    return True
+
+
+def _drain(view: View, events: queue.Queue[WatchEvent]) -> set[tuple[str, int]]:
+    """Show the watcher's news; return the (plugin, seq) swaps it announced."""
+    announced: set[tuple[str, int]] = set()
+    while True:
+        try:
+            ev = events.get_nowait()
+        except queue.Empty:
+            return announced
+        where = Path(ev.source or ev.path).name
+        if ev.action in ("reloaded", "loaded") and ev.name and ev.seq:
+            built = f"rebuilt in {ev.build_seconds * 1e3:.0f} ms, " if ev.build_seconds else ""
+            view.event("swap", f"{where}: {built}{ev.name} now v{ev.seq} {ev.plugin_version}")
+            announced.add((ev.name, ev.seq))
+        elif ev.action == "failed":
+            first = (ev.error or "").strip().splitlines()
+            detail = next((ln for ln in first if "error" in ln), first[-1] if first else "")
+            view.event("refused", f"{where}: {detail.strip()} (the running version keeps serving)")
+        elif ev.action == "unchanged":
+            view.event("same", f"{where}: rebuilt to the same bytes; nothing to swap")
+
+
+def _active(host: Host, name: str) -> Any:
+    return [v for v in host.versions(name) if v.state == "active"][-1]
+
+
+def _show_outside_swaps(view: View, host: Host, serving: dict[str, Any],
+                        announced: set[tuple[str, int]]) -> None:
+    """A swap the watcher did not make (``hotload reload``/``rollback`` from
+    another terminal) shows up too."""
+    for name, before in serving.items():
+        now = _active(host, name)
+        if now.seq != before.seq and (name, now.seq) not in announced:
+            how = now.note or "reloaded from outside the watcher"
+            view.event("swap", f"{name} now v{now.seq} {now.plugin_version} ({how})")
+        serving[name] = now
+
+
+__all__ = ["example_sources_dir", "run"]

@@ -1,0 +1,271 @@
+"""The watcher: real watchdog events on real files, a real host, real builds."""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from hotload import Host
+from hotload.builder import compile_plugin
+from hotload.watcher import WatchEvent
+
+from conftest import xp_source
+
+
+def next_event(events: queue.Queue[WatchEvent], want: Callable[[WatchEvent], bool] = lambda e: True,
+               timeout: float = 15.0) -> WatchEvent:
+    """The next event matching ``want``; fails the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            pytest.fail("the watcher reported nothing matching in time")
+        try:
+            ev = events.get(timeout=left)
+        except queue.Empty:
+            continue
+        if want(ev):
+            return ev
+
+
+def drain(events: queue.Queue[WatchEvent]) -> list[WatchEvent]:
+    out = []
+    while True:
+        try:
+            out.append(events.get_nowait())
+        except queue.Empty:
+            return out
+
+
+def done(ev: WatchEvent) -> bool:
+    return ev.action in ("reloaded", "loaded", "failed")
+
+
+@pytest.fixture
+def events() -> queue.Queue[WatchEvent]:
+    return queue.Queue()
+
+
+def test_build_renamed_into_place_is_swapped_in_with_state(host: Host, xp_build, events) -> None:
+    target = xp_build(mult=2)
+    xp = host.load(target)
+    xp.reward(1, 0)
+    xp.reward(1, 0)
+    watcher = host.watch(target.parent, on_event=events.put)
+    xp_build(mult=3, version="1.1.0")  # the builder: temp file + rename
+    ev = next_event(events, done)
+    assert (ev.action, ev.name, ev.seq, ev.plugin_version) == ("reloaded", "xp", 2, "1.1.0")
+    assert xp.version_tag() == 3 and xp.grants_so_far() == 2
+    assert ev.latency < 1.0
+    assert watcher.idle()
+    assert [e.action for e in drain(events)] == []  # one swap, no second look
+
+
+def test_cp_in_place_is_loaded_once_the_copy_is_complete(host: Host, xp_build, cc, tmp_path, events) -> None:
+    target = xp_build(mult=2)
+    xp = host.load(target)
+    new = cc(xp_source(mult=5), "xp5", out=tmp_path / "elsewhere" / "xp.so")
+    host.watch(target.parent, on_event=events.put)
+    shutil.copyfile(new, target)  # truncates and rewrites the same inode
+    ev = next_event(events, done)
+    assert ev.action == "reloaded", ev.error
+    assert xp.version_tag() == 5
+    assert [v.seq for v in host.versions("xp")] == [1, 2]
+
+
+def test_slow_partial_write_is_never_loaded_half_written(host: Host, xp_build, cc, tmp_path, events) -> None:
+    target = xp_build(mult=2)
+    xp = host.load(target)
+    data = cc(xp_source(mult=7), "xp7", out=tmp_path / "elsewhere" / "xp.so").read_bytes()
+    host.watch(target.parent, on_event=events.put)
+    with open(target, "r+b") as fh:  # one slow writer, file open throughout
+        fh.truncate(0)
+        fh.write(data[: len(data) // 2])
+        fh.flush()
+        time.sleep(0.45)  # past the settle time: the watcher looks, finds it truncated, retries
+        assert xp.version_tag() == 2
+        fh.write(data[len(data) // 2:])
+    ev = next_event(events, done)
+    assert ev.action == "reloaded", ev.error
+    assert xp.version_tag() == 7
+    assert [v.seq for v in host.versions("xp")] == [1, 2]  # no version was made of the partial file
+
+
+def test_a_file_that_stays_truncated_is_given_up_and_the_old_version_serves(host: Host, xp_build, cc, tmp_path,
+                                                                               events) -> None:
+    target = xp_build(mult=2)
+    xp = host.load(target)
+    data = cc(xp_source(mult=7), "xp7", out=tmp_path / "elsewhere" / "xp.so").read_bytes()
+    host.watch(target.parent, on_event=events.put, settle=0.03, retries=2)
+    target.write_bytes(data[: len(data) * 3 // 4])
+    ev = next_event(events, done)
+    assert ev.action == "failed"
+    assert "truncated" in (ev.error or "") and "gave up after 2 retries" in (ev.error or "")
+    assert xp.version_tag() == 2 and [v.seq for v in host.versions("xp")] == [1]
+
+
+def test_a_refused_build_is_reported_and_the_old_version_keeps_its_state(host: Host, xp_build, events) -> None:
+    target = xp_build(mult=2)
+    xp = host.load(target)
+    xp.reward(1, 0)
+    host.watch(target.parent, on_event=events.put)
+    xp_build(mult=9, refuse=7)
+    ev = next_event(events, done)
+    assert ev.action == "failed" and "refused to start (returned 7)" in (ev.error or "")
+    assert xp.version_tag() == 2 and xp.grants_so_far() == 1
+    xp_build(mult=4)  # the next good build goes live
+    assert next_event(events, done).action == "reloaded"
+    assert xp.version_tag() == 4 and xp.grants_so_far() == 1
+
+
+def test_new_file_in_the_watched_directory_is_loaded(host: Host, xp_build, cc, events) -> None:
+    target = xp_build(mult=2)
+    host.load(target)
+    host.watch(target.parent, on_event=events.put)
+    cc("""
+        #include <hotload.h>
+        HOTLOAD_PLUGIN("calc", "0.1.0");
+        HOTLOAD_API int64_t add(int64_t a, int64_t b) { return a + b; }
+        HOTLOAD_EXPORT(add, "int64_t(int64_t, int64_t)");
+    """, "calc", out=target.parent / "calc.so")
+    ev = next_event(events, done)
+    assert (ev.action, ev.name) == ("loaded", "calc")
+    assert host["calc"].add(2, 3) == 5
+
+
+def test_start_loads_what_is_there_and_leaves_unchanged_files_alone(tmp_path: Path, xp_build, cc, events) -> None:
+    target = xp_build(mult=2)
+    cc('#include <hotload.h>\nHOTLOAD_PLUGIN("other", "1");\n', "other", out=target.parent / "other.so")
+    (target.parent / "notes.txt").write_text("not a plugin")
+    with Host(tmp_path / "work") as host:
+        host.load(target)
+        watcher = host.watch(target.parent, on_event=events.put)
+        assert watcher.idle()
+        got = {(e.name, e.action) for e in drain(events)}
+        assert got == {("xp", "unchanged"), ("other", "loaded")}
+        assert [v.seq for v in host.versions("xp")] == [1]
+
+
+def test_touch_without_new_bytes_makes_no_new_version(host: Host, xp_build, events) -> None:
+    target = xp_build(mult=2)
+    host.load(target)
+    watcher = host.watch(target.parent, on_event=events.put)
+    os.utime(target)
+    target.write_bytes(target.read_bytes())
+    ev = next_event(events)
+    assert ev.action == "unchanged"
+    assert watcher.idle() and [v.seq for v in host.versions("xp")] == [1]
+
+
+REBUILD_SRC = """
+#include <hotload.h>
+#include "tuning.h"
+HOTLOAD_PLUGIN("tuned", VERSION);
+HOTLOAD_API int32_t factor(void) { return FACTOR; }
+HOTLOAD_EXPORT(factor, "int32_t(void)");
+"""
+
+
+def _sources(tmp_path: Path, factor: int = 2) -> tuple[Path, Path, Path]:
+    src = tmp_path / "srcdir"
+    src.mkdir()
+    (src / "tuned.c").write_text(REBUILD_SRC.replace("VERSION", '"1.0.0"'))
+    (src / "tuning.h").write_text(f"#define FACTOR {factor}\n")
+    out = tmp_path / "out"
+    compile_plugin(src / "tuned.c", out / "tuned.so")
+    return src, out, out / "tuned.so"
+
+
+def _save(path: Path, text: str) -> None:
+    """Save like an editor: write a hidden temp file, rename it over."""
+    tmp = path.with_name(f".{path.name}.swp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def test_rebuild_swaps_a_c_source_edit_and_a_header_edit(host: Host, tmp_path: Path, events) -> None:
+    src, out, so = _sources(tmp_path)
+    tuned = host.load(so)
+    host.watch(src, rebuild=True, out_dir=out, on_event=events.put)
+    _save(src / "tuned.c", REBUILD_SRC.replace("VERSION", '"1.1.0"'))
+    ev = next_event(events, done)
+    assert (ev.action, ev.plugin_version) == ("reloaded", "1.1.0"), ev.error
+    assert ev.build_seconds is not None and ev.source == str(src / "tuned.c")
+    (src / "tuning.h").write_text("#define FACTOR 3\n")  # in place: modify + close
+    ev = next_event(events, done)
+    assert ev.action == "reloaded", ev.error
+    assert tuned.factor() == 3
+
+
+def test_broken_build_is_logged_with_the_compiler_message_and_old_keeps_serving(
+        host: Host, tmp_path: Path, events, caplog) -> None:
+    src, out, so = _sources(tmp_path)
+    tuned = host.load(so)
+    host.watch(src, rebuild=True, out_dir=out, on_event=events.put)
+    _save(src / "tuned.c", REBUILD_SRC.replace("return FACTOR;", "return FACTOR") + "\n")
+    ev = next_event(events, done)
+    assert ev.action == "failed"
+    assert "compile failed" in (ev.error or "") and "error:" in (ev.error or "")
+    assert any("error:" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+    assert tuned.factor() == 2 and [v.seq for v in host.versions("tuned")] == [1]
+    _save(src / "tuned.c", REBUILD_SRC.replace("VERSION", '"1.2.0"'))
+    assert next_event(events, done).action == "reloaded"
+
+
+def test_rebuild_loads_a_new_source_file(host: Host, tmp_path: Path, events) -> None:
+    src, out, _so = _sources(tmp_path)
+    host.watch(src, rebuild=True, out_dir=out, on_event=events.put, initial=False)
+    _save(src / "extra.c", '#include <hotload.h>\nHOTLOAD_PLUGIN("extra", "1");\n'
+                           'HOTLOAD_API int32_t one(void) { return 1; }\nHOTLOAD_EXPORT(one, "int32_t(void)");\n')
+    ev = next_event(events, done)
+    assert (ev.action, ev.name) == ("loaded", "extra"), ev.error
+    assert host["extra"].one() == 1 and (out / "extra.so").is_file()
+
+
+def test_calls_never_fail_while_the_watcher_swaps(host: Host, xp_build, events) -> None:
+    target = xp_build(mult=2)
+    xp = host.load(target)
+    host.watch(target.parent, on_event=events.put)
+    stop, failures, calls = threading.Event(), [], [0]
+
+    def player() -> None:
+        while not stop.is_set():
+            try:
+                xp.reward(10, 1)
+                calls[0] += 1
+            except Exception as exc:  # the count is the assertion
+                failures.append(exc)
+
+    threads = [threading.Thread(target=player) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for mult in (3, 4, 5):
+        xp_build(mult=mult)
+        assert next_event(events, done).action == "reloaded"
+    stop.set()
+    for t in threads:
+        t.join()
+    assert failures == [] and xp.grants_so_far() == calls[0]
+
+
+def test_close_stops_the_watcher_threads(tmp_path: Path, xp_build) -> None:
+    target = xp_build(mult=2)
+    before = {t.name for t in threading.enumerate()}
+    with Host(tmp_path / "work") as host:
+        host.load(target)
+        host.watch(target.parent)
+        assert any(t.name.startswith("hotload-watch") for t in threading.enumerate())
+    leftover = {t.name for t in threading.enumerate()} - before
+    assert not [n for n in leftover if n.startswith("hotload-watch")]
+
+
+def test_watching_a_missing_path_is_a_clear_error(host: Host, tmp_path: Path) -> None:
+    with pytest.raises(Exception, match=r"nowhere: cannot watch: no such file or directory"):
+        host.watch(tmp_path / "nowhere")
