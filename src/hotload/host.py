@@ -50,12 +50,13 @@ class Host:
                  quiesce_timeout: float = 0.5, preflight: bool = True, preflight_timeout: float = 5.0,
                  max_leaked: int = 3, trust_checks: bool = True,
                  allowed_digests: str | os.PathLike[str] | Iterable[str] | None = None,
-                 keep_versions: int = 8, control: bool = False) -> None:
+                 keep_versions: int = 8, history_limit: int = 64, control: bool = False) -> None:
         self.quiesce_timeout = quiesce_timeout
         self.preflight = preflight
         self.max_leaked = max_leaked
         self.trust_checks = trust_checks
         self.keep_versions = keep_versions
+        self.history_limit = history_limit
         self._allowed = trust.load_allow_list(allowed_digests) if allowed_digests is not None else None
         self._preflight = PreflightWorker(preflight_timeout)
         self._workdir = WorkDir(workdir)
@@ -69,7 +70,8 @@ class Host:
         self._verifying = 0
         self._orphans: list[loader.Image] = []
         self._chain: dict[str, list[int]] = {}  # seqs that went live by load/reload, for rollback
-        self._kept: dict[tuple[str, int], bytes] = {}  # their bytes
+        self._kept: dict[tuple[str, int], tuple[bytes, str]] = {}  # their bytes and source path
+        self._pruned: dict[str, int] = {}  # unloaded versions dropped from the history
         self._to_inspect: list[loader.Image] = []
         self._warned: set[str] = set()
         self._wake = threading.Event()
@@ -156,13 +158,12 @@ class Host:
                 raise HotloadError(f"{name}: nothing to roll back to: v{chain[-1]} is the first version "
                                    f"this host loaded")
             target = chain[-2]
-            data = self._kept.get((name, target))
-            if data is None:
+            kept = self._kept.get((name, target))
+            if kept is None:
                 raise HotloadError(f"{name}: cannot roll back to v{target}: its bytes are no longer kept "
                                    f"(Host(keep_versions={self.keep_versions}))")
-            target_info = next(v for v in self._history[name] if v.seq == target)
-            assert target_info.image is not None
-            source, declared = target_info.image.source, self._sources[name][1]
+            data, source = kept
+            declared = self._sources[name][1]
             self._check_leak_budget(name, source)
             cand = loader.prepare(source, self._workdir, self._seq[name] + 1, name=name, declared=declared,
                                   data=data)
@@ -233,7 +234,7 @@ class Host:
         if live_by in ("load", "reload"):
             chain = self._chain.setdefault(name, [])
             chain.append(version.seq)
-            self._kept[(name, version.seq)] = data
+            self._kept[(name, version.seq)] = (data, source)
             while len(chain) > self.keep_versions:
                 self._kept.pop((name, chain.pop(0)), None)
 
@@ -332,6 +333,18 @@ class Host:
             return
         self._unverified.append(version)
 
+    def _prune(self, name: str) -> None:
+        """Keep the history bounded: every version still in memory stays, but
+        only the newest ``history_limit`` unloaded ones (each costs ~5 KB;
+        a service reloading all day must not grow)."""
+        hist = self._history.get(name, [])
+        done = [v for v in hist if v.state == UNLOADED]
+        excess = len(done) - self.history_limit
+        if excess > 0:
+            drop = {id(v) for v in done[:excess]}
+            self._history[name] = [v for v in hist if id(v) not in drop]
+            self._pruned[name] = self._pruned.get(name, 0) + excess
+
     def _unload_hazards(self, image: loader.Image) -> list[str]:
         """Reasons why closing this image could crash the process later (its
         code may still run: threads, thread-key destructors, handlers), unless
@@ -381,6 +394,8 @@ class Host:
                 self._inspect_new(image)
             with self._lock:
                 self._verifying = 0
+                for name in {v.plugin_name for v in batch}:
+                    self._prune(name)
             if done and not self._unverified:
                 return
 
@@ -425,11 +440,17 @@ class Host:
         return sorted(self._plugins)
 
     def versions(self, name: str) -> list[VersionInfo]:
-        """Every version of ``name`` this host has loaded, oldest first."""
+        """The versions of ``name`` this host has loaded, oldest first: every
+        one still in memory, and the newest ``history_limit`` unloaded ones
+        (``pruned(name)`` counts the older unloaded ones left out)."""
         with self._lock:
             if name not in self._history:
                 raise NotLoadedError(f"no plugin named {name!r} was loaded in this host")
             return [self._info(v) for v in self._history[name]]
+
+    def pruned(self, name: str) -> int:
+        """How many old, unloaded versions of ``name`` the history dropped."""
+        return self._pruned.get(name, 0)
 
     def leaks(self) -> list[VersionInfo]:
         """Every version whose image did not leave memory after its final dlclose."""
