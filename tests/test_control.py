@@ -253,3 +253,27 @@ def test_no_host_running_is_one_clear_line(ctl_env) -> None:
     err = one_line_error(hotload(ctl_env, "ls"))
     assert "no running hotload host found in" in err
     assert hotload(ctl_env, "hosts").stdout.startswith("no running hotload host in")
+
+
+def test_ls_reports_leaked_images_their_bytes_and_why(ctl_env: dict[str, str], hosts: list[HostProcess],
+                                                      cc, tmp_path: Path) -> None:
+    src = """
+        #include <hotload.h>
+        HOTLOAD_PLUGIN("sticky", "1");
+        HOTLOAD_API int v(void) { return 1; }
+        HOTLOAD_EXPORT(v, "int(void)");
+    """
+    lib = cc(src, "sticky", flags=["-Wl,-z,nodelete"])
+    host = HostProcess(ctl_env, lib)
+    hosts.append(host)
+    assert hotload(ctl_env, "reload", "sticky").returncode == 0
+    for _ in range(100):  # the reaper verifies the old image just after the reload returns
+        result = json.loads(hotload(ctl_env, "ls", "--json").stdout)
+        if result["leaks"]["images"]:
+            break
+    assert result["leaks"]["images"] == 1 and result["leaks"]["bytes"] > 0
+    [plugin] = result["plugins"]
+    assert [v["state"] for v in plugin["versions"]] == ["leaked", "active"]
+    text = hotload(ctl_env, "ls").stdout
+    assert f"leaked: 1 image(s) still in memory, {result['leaks']['bytes']:,} bytes" in text
+    assert "sticky v1:" in text and "DF_1_NODELETE" in text

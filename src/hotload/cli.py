@@ -17,7 +17,7 @@ bad usage); ``-v`` adds the library's log.
 
 ``ls --json``
     The control protocol's ``ls`` result: ``{"host": HOST, "plugins": [{"name",
-    "versions": [VERSION, ...]}]}``.  VERSION is ``VersionInfo.as_dict()``:
+    "versions": [VERSION, ...], "pruned"}], "leaks": {"images", "bytes"}}``.  VERSION is ``VersionInfo.as_dict()``:
     ``name, seq, plugin_version, state, in_flight, loaded_at, unloaded_at,
     source, copy, digest, size, dlopen_count, dlclose_count, mapped_bytes,
     blockers, note`` (times in Unix seconds).
@@ -153,7 +153,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
             notes += [f"  {v['name']} v{v['seq']}: {b}" for b in v.get("blockers") or []]
             if v.get("note"):
                 notes.append(f"  {v['name']} v{v['seq']}: {v['note']}")
+        if plugin.get("pruned"):
+            notes.append(f"  {plugin['name']}: {plugin['pruned']} older unloaded version(s) not kept in the history")
     _table(rows)
+    leaks = result.get("leaks") or {}
+    if leaks.get("images"):
+        print(f"leaked: {leaks['images']} image(s) still in memory, {leaks['bytes']:,} bytes")
     if notes:
         print("blockers and notes:")
         print("\n".join(notes))

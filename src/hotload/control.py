@@ -40,7 +40,10 @@ Operations and their ``result``:
     This host: ``{"protocol", "hotload", "pid", "uid", "name", "argv",
     "started_at", "socket", "plugins": [names]}``.
 ``ls``
-    ``{"host": <ping result>, "plugins": [{"name", "versions": [version...]}]}``
+    ``{"host": <ping result>, "plugins": [{"name", "versions": [version...],
+    "pruned"}], "leaks": {"images", "bytes"}}``; ``pruned`` counts old unloaded
+    versions the host's bounded history dropped; ``leaks`` sums every leaked
+    or retained image.
 ``versions`` ``{"name"}``
     ``{"name", "versions": [version...]}``, oldest first.
 ``reload`` ``{"name", "path"?}``
@@ -50,7 +53,7 @@ Operations and their ``result``:
     has no ``rollback``.
 
 A *version* object is ``VersionInfo.as_dict()``: ``name, seq, plugin_version,
-state (active|draining|unloaded|leaked), in_flight, loaded_at, unloaded_at,
+state (active|draining|unloaded|leaked|retained), in_flight, loaded_at, unloaded_at,
 source, copy, digest, size, dlopen_count, dlclose_count, mapped_bytes,
 blockers [str], note``; times are Unix seconds.  New keys may be added to any
 object without a protocol bump; removing or changing one bumps ``v``.
@@ -319,8 +322,11 @@ class ControlServer:
         return self.describe()
 
     def _op_ls(self, req: dict[str, Any]) -> dict[str, Any]:
-        plugins = [{"name": n, "versions": self._versions(n)} for n in self.host.names()]
-        return {"host": self.describe(), "plugins": plugins}
+        plugins = [{"name": n, "versions": self._versions(n), "pruned": self.host.pruned(n)}
+                   for n in self.host.names()]
+        leaks = self.host.leaks()
+        return {"host": self.describe(), "plugins": plugins,
+                "leaks": {"images": len(leaks), "bytes": sum(v.mapped_bytes for v in leaks)}}
 
     def _op_versions(self, req: dict[str, Any]) -> dict[str, Any]:
         name = _arg(req, "name")
