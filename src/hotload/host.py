@@ -192,7 +192,7 @@ class Host:
             version.note = why
         log.info("%s %s: v%d (%s) -> v%d (%s)", why, plugin.name, old.seq, old.image.version, version.seq,
                  image.version)
-        return self._info(version)
+        return self._info(version, inspect=False)  # a new build is inspected by the reaper, not here
 
     def _candidate(self, source: str, name: str | None, declared: dict[str, str] | None) -> loader.Candidate:
         """Trust checks on the path, then read, check and copy the file."""
@@ -220,7 +220,7 @@ class Host:
         except BaseException:
             cand.discard()
             raise
-        image = loader.open_candidate(cand, self._workdir, self._live_handles())
+        image = loader.open_candidate(cand, self._workdir, self._live_handles)
         self._to_inspect.append(image)
         self._wake.set()
         return image
@@ -309,8 +309,9 @@ class Host:
         does the costly check that each image really left."""
         if not already:
             version.retire()
-        if version.calls:
-            self._retired.append(version)
+        assert version.image is not None
+        if version.calls or inspector.cached(version.image.digest, version.image.source) is None:
+            self._retired.append(version)  # busy, or never inspected: the reaper releases it
         else:
             self._release(version)
         self._wake.set()
@@ -357,6 +358,9 @@ class Host:
 
     def _report(self, image: loader.Image) -> inspector.Report | None:
         """The inspector's report on an image (cached by digest)."""
+        hit = inspector.cached(image.digest, image.source)
+        if hit is not None:
+            return hit  # without reading the copy again
         try:
             return inspector.inspect_bytes(image.copy.read_bytes(), image.source, image.digest)
         except (HotloadError, OSError) as exc:
@@ -386,7 +390,7 @@ class Host:
                     self._release(version)
                 batch, self._unverified = self._unverified, []
                 fresh, self._to_inspect = self._to_inspect, []
-                self._verifying = len(batch)
+                self._verifying = len(batch) + len(fresh)  # settle() also waits for the inspections
                 done = self._closed and not self._retired
             for version in batch:  # outside the lock: reading /proc/self/maps costs ~0.3 ms
                 self._verify(version)
@@ -461,7 +465,7 @@ class Host:
         """Total bytes of plugin images stuck in memory (leaked or retained)."""
         return sum(v.mapped_bytes for v in self.leaks())
 
-    def _info(self, v: Version) -> VersionInfo:
+    def _info(self, v: Version, *, inspect: bool = True) -> VersionInfo:
         img = v.image
         assert img is not None
         return VersionInfo(
@@ -469,18 +473,20 @@ class Host:
             in_flight=len(v.calls), loaded_at=img.loaded_at, unloaded_at=v.unloaded_at,
             source=img.source, copy=str(img.copy), digest=img.digest, size=img.size,
             dlopen_count=img.opens, dlclose_count=img.closes, mapped_bytes=v.mapped_bytes,
-            blockers=tuple(self._blockers(v)), note=v.note,
+            blockers=tuple(self._blockers(v, inspect=inspect)), note=v.note,
         )
 
-    def _blockers(self, v: Version) -> list[str]:
-        """Why this image did (leaked, retained) or would (active) stay in memory."""
+    def _blockers(self, v: Version, *, inspect: bool = True) -> list[str]:
+        """Why this image did (leaked, retained) or would (active) stay in
+        memory.  ``inspect=False``: only what is known already (a build not
+        inspected yet gets none; the reaper inspects it and warns)."""
         img = v.image
         assert img is not None
         if v.state == UNLOADED:
             return []
-        report = self._report(img)
+        report = self._report(img) if inspect else inspector.cached(img.digest, img.source)
         if report is None:
-            return [f"cannot inspect {img.copy}"]
+            return [f"cannot inspect {img.copy}"] if inspect else []
         if v.state == LEAKED:
             return inspector.explain_leak(report, img.opens, img.closes)
         if v.state == RETAINED:

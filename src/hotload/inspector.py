@@ -161,12 +161,9 @@ def inspect_bytes(data: bytes, path: str, digest: str | None = None) -> Report:
     """Inspect a whole file's bytes.  Cached by ``digest`` (computed when not
     given), so the same build seen again, under any name, costs nothing."""
     digest = digest or hashlib.sha256(data).hexdigest()
-    with _cache_lock:
-        hit = _cache.get(digest)
-        if hit is not None:
-            _cache.move_to_end(digest)
+    hit = cached(digest, path)
     if hit is not None:
-        return hit if hit.path == path else replace(hit, path=path)
+        return hit
     start = time.perf_counter()
     report = _analyse(data, path, digest)
     log.debug("inspected %s in %.2f ms: %s", path, (time.perf_counter() - start) * 1e3,
@@ -176,6 +173,19 @@ def inspect_bytes(data: bytes, path: str, digest: str | None = None) -> Report:
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
     return report
+
+
+def cached(digest: str, path: str) -> Report | None:
+    """The report on ``digest`` if one was already made, else None, without
+    reading or parsing anything: the reload path asks this, so that it never
+    waits for an ELF parse (~2 ms with pyelftools)."""
+    with _cache_lock:
+        hit = _cache.get(digest)
+        if hit is not None:
+            _cache.move_to_end(digest)
+    if hit is None:
+        return None
+    return hit if hit.path == path else replace(hit, path=path)
 
 
 def inspect_file(path: str | os.PathLike[str]) -> Report:

@@ -15,7 +15,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,7 +166,8 @@ def prepare(source: str, workdir: WorkDir, seq: int, *, name: str | None = None,
                      file_id=file_id)
 
 
-def open_candidate(cand: Candidate, workdir: WorkDir, live_handles: frozenset[int] = frozenset()) -> Image:
+def open_candidate(cand: Candidate, workdir: WorkDir,
+                   live_handles: Callable[[], frozenset[int]] = frozenset) -> Image:
     """``dlopen`` the candidate's copy and resolve its exports and hooks.
     On failure the copy is deleted and nothing stays open."""
     rejected: list[Path] = []  # copies whose inode collided with a loaded image: kept until done
@@ -204,7 +205,7 @@ def open_candidate(cand: Candidate, workdir: WorkDir, live_handles: frozenset[in
 
 def open_version(source: str, workdir: WorkDir, seq: int, *, name: str | None = None,
                  declared: Mapping[str, str] | None = None,
-                 live_handles: frozenset[int] = frozenset()) -> Image:
+                 live_handles: Callable[[], frozenset[int]] = frozenset) -> Image:
     """Load ``source`` as a new version; nothing is left behind on failure."""
     cand = prepare(source, workdir, seq, name=name, declared=declared)
     return open_candidate(cand, workdir, live_handles)
@@ -220,14 +221,19 @@ def open_copy(copy: Path, source: str) -> int:
         raise LoadError(str(exc).replace(str(copy), source, 1) + f" (loading copy {copy.name})") from None
 
 
-def _open_new_image(copy: Path, source: str, live_handles: frozenset[int]) -> int | None:
+def _open_new_image(copy: Path, source: str, live_handles: Callable[[], frozenset[int]]) -> int | None:
     """dlopen ``copy``; None when the loader handed back an image it already
     had (glibc matches files by device and inode, and an inode of a deleted
-    copy whose image leaked can be reused by a new file)."""
+    copy whose image leaked can be reused by a new file).
+
+    An image the loader already had carries the path it was first opened
+    from, never this (unique) copy's, so where the loader names its images
+    the path says it; only where it cannot (``opened is None``) is the handle
+    compared with every live one, which costs a walk over all versions."""
     handle = open_copy(copy, source)
     opened = dl.image_path(handle)
     same = opened is None or os.path.normcase(os.path.abspath(opened)) == os.path.normcase(str(copy))
-    if handle in live_handles or not same:
+    if not same or (opened is None and handle in live_handles()):
         log.warning("%s: dlopen of %s returned an already loaded image (%s); retrying with a new copy",
                     source, copy.name, opened)
         dl.close_image(handle, source)
