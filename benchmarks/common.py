@@ -130,11 +130,12 @@ def files_left(workdir: Path) -> int:
 # -- printing ------------------------------------------------------------------
 
 def row(label: str, value: float, unit: str, baseline: float | None = None, base_label: str = "",
-        target: float | None = None) -> str:
-    """``label  value unit  ratio vs baseline  [target <= Nx: met|MISSED]``."""
+        target: float | None = None, ratio: float | None = None) -> str:
+    """``label  value unit  ratio vs baseline  [target <= Nx: met|MISSED]``.
+    ``ratio`` overrides value/baseline, e.g. with a median of paired ratios."""
     text = f"  {label:<50} {value:>10.1f} {unit:<3}"
     if baseline:
-        ratio = value / baseline
+        ratio = value / baseline if ratio is None else ratio
         text += f" {ratio:6.2f}x {base_label}"
         if target is not None:
             text += f"  {_verdict(label, ratio <= target, f'target <= {target:g}x')}"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hotload import HookError, Host, SignatureError
+from hotload import HookError, Host, NotLoadedError, SignatureError
 
 from conftest import mapped_images, versioned_copies
 
@@ -266,3 +266,26 @@ def test_nodelete_image_is_leaked_and_kept_out_of_new_loads(host: Host, cc, tmp_
     assert [v.seq for v in leaks] == [1, 2, 3]
     assert all("DF_1_NODELETE" in " ".join(v.blockers) for v in leaks)
     assert len(mapped_images(host.workdir)) == 4
+
+
+def test_removed_export_raises_not_loaded_after_an_allowed_change(host: Host, cc, tmp_path: Path) -> None:
+    src = """
+        #include <hotload.h>
+        HOTLOAD_PLUGIN("shrink", "V");
+        HOTLOAD_API int f(void) { return 1; }
+        HOTLOAD_EXPORT(f, "int(void)");
+        EXTRA
+    """
+    out = tmp_path / "shrink.so"
+    extra = 'HOTLOAD_API int g(void) { return 2; }\nHOTLOAD_EXPORT(g, "int(void)");'
+    p = host.load(cc(src.replace("V", "1").replace("EXTRA", extra), out=out))
+    g = p.g
+    assert g() == 2
+    cc(src.replace("V", "2").replace("EXTRA", ""), out=out)
+    with pytest.raises(SignatureError, match="no longer exports g"):
+        host.reload("shrink")
+    host.reload("shrink", allow_signature_change=True)
+    assert p.f() == 1
+    with pytest.raises(NotLoadedError, match=r"shrink v2 no longer exports 'g'"):
+        g()
+    assert not hasattr(p, "g")

@@ -124,7 +124,7 @@ class Host:
                 self._discard(image)
                 raise
             self._record(version, source, declared, cand.data, live_by="load")
-            plugin._install(image.prototypes)
+            plugin._install(version)
             self._publish(plugin, version)
             self._plugins[image.name] = plugin
             log.info("loaded %s %s as v%d from %s", image.name, image.version, version.seq, source)
@@ -271,7 +271,7 @@ class Host:
             except BaseException:
                 self._discard(new.image)
                 raise
-            plugin._install(new.image.prototypes)
+            plugin._install(new)
             self._publish(plugin, new)
             self._retire(old)
             return
@@ -292,7 +292,7 @@ class Host:
             self._publish(plugin, old)
             self._discard(new.image)
             raise
-        plugin._install(new.image.prototypes)
+        plugin._install(new)
         self._publish(plugin, new)
         self._retire(old, already=True)
 
@@ -321,11 +321,11 @@ class Host:
         hazards = self._unload_hazards(version.image)
         if hazards:
             version.state, version.note = RETAINED, "kept loaded: " + "; ".join(hazards)
-            version.fns = {}
+            version.drop_functions()
             log.warning("%s v%d is kept loaded, not closed: %s", version.plugin_name, version.seq,
                         "; ".join(hazards))
             return
-        version.fns = {}  # the image may be gone after this: never call into it again
+        version.drop_functions()  # the image may be gone after this: never call into it again
         try:
             loader.release(version.image)
         except HotloadError as exc:

@@ -31,7 +31,7 @@ ACTIVE, DRAINING, UNLOADED, LEAKED, RETAINED = "active", "draining", "unloaded",
 class Version:
     """One loaded version of a plugin (one image)."""
 
-    __slots__ = ("plugin_name", "seq", "image", "fns", "calls", "retiring", "state", "drained",
+    __slots__ = ("plugin_name", "seq", "image", "fns", "table", "calls", "retiring", "state", "drained",
                  "wake", "unloaded_at", "mapped_bytes", "retired_at", "note")
 
     def __init__(self, plugin_name: str, seq: int, image: Image | None, wake: threading.Event) -> None:
@@ -39,6 +39,7 @@ class Version:
         self.seq = seq
         self.image = image
         self.fns: dict[str, Any] = dict(image.functions) if image else {}
+        self.table: list[Any] = []  # fns in the plugin's index order: what routers call
         self.calls: deque[None] = deque()
         self.retiring = False
         self.state = ACTIVE
@@ -55,6 +56,11 @@ class Version:
         if not self.calls:
             self.drained.set()
             self.wake.set()
+
+    def drop_functions(self) -> None:
+        """Forget the function pointers: the image may be gone after this."""
+        self.fns = {}
+        self.table = []
 
     def retire(self) -> None:
         self.drained.clear()
@@ -114,7 +120,7 @@ class VersionInfo:
 
 
 _ROUTER_TEMPLATE = """\
-def make(route, fname, slow, bad_call):
+def make(route, fname, idx, slow, bad_call):
     def {fname}({params}):
         v = route.current
         calls = v.calls
@@ -124,8 +130,8 @@ def make(route, fname, slow, bad_call):
             v.exited()
             return slow(fname, ({params}{comma}))
         try:
-            return v.fns[fname]({params})
-        except (TypeError, OverflowError, KeyError) as exc:
+            return v.table[idx]({params})
+        except (TypeError, OverflowError) as exc:
             raise bad_call(v, fname, exc) from None
         finally:
             calls.pop()
@@ -157,6 +163,7 @@ class Plugin:
         self._switched = threading.Event()
         self._routers: dict[str, Callable[..., Any]] = {}
         self._arity: dict[str, int] = {}
+        self._index: dict[str, int] = {}  # export name -> slot in every version's table, append-only
         self._versions_lookup = versions_lookup
 
     @property
@@ -216,11 +223,19 @@ class Plugin:
         return f"<hotload.Plugin {self.name} {seq}>"
 
     # -- routing internals ---------------------------------------------------
-    def _install(self, prototypes: dict[str, str]) -> None:
-        """Make every export an attribute, building a router for each new
-        function or changed arity.  Routers are plain instance attributes
-        (``Plugin`` has no ``__getattr__``, which would defeat CPython's
-        attribute caching and cost ~150 ns per ``plugin.fn`` lookup)."""
+    def _install(self, version: Version) -> None:
+        """Prepare ``version`` to serve and make every export an attribute,
+        building a router for each new function or changed arity.
+
+        Routers are plain instance attributes (``Plugin`` has no
+        ``__getattr__``, which would defeat CPython's attribute caching and
+        cost ~150 ns per ``plugin.fn`` lookup), and they call through a list
+        index (~10 ns cheaper than a dict lookup by name)."""
+        assert version.image is not None
+        prototypes = version.image.prototypes
+        for fname in prototypes:
+            self._index.setdefault(fname, len(self._index))
+        version.table = [version.fns.get(fname) or self._missing(fname, version.seq) for fname in self._index]
         for fname, proto in prototypes.items():
             n = len(signatures.pointer_type(proto).args)
             if self._arity.get(fname) != n or fname not in self._routers:
@@ -240,9 +255,14 @@ class Plugin:
         src = _ROUTER_TEMPLATE.format(fname=fname, params=params, comma="," if arity == 1 else "")
         namespace: dict[str, Any] = {}
         exec(compile(src, f"<hotload router {self.name}.{fname}>", "exec"), namespace)  # noqa: S102
-        router = namespace["make"](self._route, fname, self._slow_call, self._bad_call)
+        router = namespace["make"](self._route, fname, self._index[fname], self._slow_call, self._bad_call)
         router.__qualname__ = f"{self.name}.{fname}"
         return router
+
+    def _missing(self, fname: str, seq: int) -> Callable[..., Any]:
+        def missing(*args: Any) -> Any:
+            raise NotLoadedError(f"plugin {self.name} v{seq} no longer exports {fname!r}")
+        return missing
 
     def _slow_call(self, fname: str, args: tuple[Any, ...]) -> Any:
         """A call that met a retiring version: wait out a switch, then route
