@@ -216,7 +216,7 @@ def open_copy(copy: Path, source: str) -> int:
     (the file the operator knows) and looking for the plugin's own
     dependencies next to the source."""
     try:
-        return dl.open_image(str(copy), search_dir=str(Path(source).resolve().parent))
+        return dl.open_image(str(copy), search_dir=os.path.dirname(os.path.abspath(source)))
     except LoadError as exc:
         raise LoadError(str(exc).replace(str(copy), source, 1) + f" (loading copy {copy.name})") from None
 
