@@ -170,3 +170,21 @@ def test_pinned_batch_uses_one_version_and_blocks_its_unload(host: Host, xp_buil
         assert host.versions("xp")[0].state == "draining"
     assert host.settle()
     assert host.versions("xp")[0].state == "unloaded"
+
+
+def test_double_close_is_refused_and_counts_stay_honest(tmp_path: Path, example_plugins) -> None:
+    from hotload import loader
+    from hotload.workdir import WorkDir
+
+    work = WorkDir(tmp_path / "w")
+    try:
+        image = loader.open_version(str(example_plugins["loot_drop"]), work, 1)
+        assert (image.opens, image.closes) == (1, 0)
+        verdict = loader.close_version(image)
+        assert verdict.gone and not verdict.loader_has and verdict.mapped_bytes == 0
+        with pytest.raises(LoadError, match=r"loot_drop\.so: version copy .* is already closed "
+                                            r"\(dlopen 1, dlclose 1\): refusing a double close"):
+            loader.release(image)
+        assert (image.opens, image.closes) == (1, 1)
+    finally:
+        work.close()

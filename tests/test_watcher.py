@@ -269,3 +269,28 @@ def test_close_stops_the_watcher_threads(tmp_path: Path, xp_build) -> None:
 def test_watching_a_missing_path_is_a_clear_error(host: Host, tmp_path: Path) -> None:
     with pytest.raises(Exception, match=r"nowhere: cannot watch: no such file or directory"):
         host.watch(tmp_path / "nowhere")
+
+
+def test_file_deleted_between_the_event_and_the_load_is_harmless(host: Host, xp_build, cc, tmp_path: Path,
+                                                                 events) -> None:
+    """A build that appears and is deleted before the debounce ends: nothing is
+    loaded, nothing breaks, the live version keeps serving, and the watcher
+    still picks up the next build."""
+    target = xp_build(mult=2)
+    xp = host.load(target)
+    xp.reward(1, 0)
+    watcher = host.watch(target.parent, on_event=events.put)
+    other = cc(xp_source(mult=5, version="9.9.9"), "other", out=tmp_path / "elsewhere" / "other.so")
+    for i in range(5):
+        ghost = target.parent / f"ghost{i}.so"
+        shutil.copyfile(other, ghost)  # close-after-write: the watcher's 10 ms debounce starts
+        os.unlink(ghost)
+    deadline = time.monotonic() + 5
+    while not watcher.idle() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [e for e in drain(events) if e.action in ("loaded", "reloaded")] == []
+    assert xp.reward(1, 0) == 2 and xp.grants_so_far() == 2
+    assert [v.seq for v in host.versions("xp")] == [1]
+    xp_build(mult=3)
+    ev = next_event(events, done)
+    assert (ev.action, ev.seq) == ("reloaded", 2) and xp.reward(1, 0) == 3
