@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -51,6 +52,9 @@ class Host:
                  max_leaked: int = 3, trust_checks: bool = True,
                  allowed_digests: str | os.PathLike[str] | Iterable[str] | None = None,
                  keep_versions: int = 8, history_limit: int = 64, control: bool = False) -> None:
+        if not getattr(sys, "_is_gil_enabled", lambda: True)():
+            raise HotloadError("hotload needs the GIL: its lock-free call routing is not safe on a "
+                               "free-threaded CPython with the GIL disabled (run with PYTHON_GIL=1)")
         self.quiesce_timeout = quiesce_timeout
         self.preflight = preflight
         self.max_leaked = max_leaked
