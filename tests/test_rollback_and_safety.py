@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 from pathlib import Path
 
@@ -125,3 +127,34 @@ def test_leak_budget_refuses_reloads_of_a_plugin_that_cannot_unload(tmp_path: Pa
         assert sticky.v() == 3
         assert host.leaked_bytes() > 0
         assert len(mapped_images(host.workdir)) == 3
+
+
+RUST_LIB = """
+#[no_mangle]
+pub extern "C" fn add(a: i64, b: i64) -> i64 { a + B }
+"""
+
+
+@pytest.mark.skipif(shutil.which("rustc") is None, reason="rustc not installed")
+def test_rust_cdylib_is_retained_unless_the_host_declares_it_unload_safe(tmp_path: Path) -> None:
+    """A real Rust cdylib imports pthread_key_create through its runtime: by
+    default its old versions are kept loaded; unload_safe=True closes them."""
+    def build(b: int) -> Path:
+        src = tmp_path / "lib.rs"
+        src.write_text(RUST_LIB.replace("B", str(b)))
+        tmp = tmp_path / "librs.so.tmp"
+        subprocess.run(["rustc", "--crate-type", "cdylib", "-O", str(src), "-o", str(tmp)], check=True,
+                       capture_output=True)
+        tmp.replace(tmp_path / "librs.so")
+        return tmp_path / "librs.so"
+
+    sigs = {"add": "int64_t(int64_t, int64_t)"}
+    for safe, expected in ((False, "retained"), (True, "unloaded")):
+        with Host(tmp_path / f"w{safe}", preflight=False) as host:
+            lib = host.load(build(1), name="rs", signatures=sigs, unload_safe=safe)
+            assert lib.add(1, 1) == 2
+            build(10)
+            host.reload("rs")
+            assert lib.add(1, 1) == 11
+            assert host.settle()
+            assert host.versions("rs")[0].state == expected

@@ -76,6 +76,7 @@ class Host:
         self._chain: dict[str, list[int]] = {}  # seqs that went live by load/reload, for rollback
         self._kept: dict[tuple[str, int], tuple[bytes, str]] = {}  # their bytes and source path
         self._pruned: dict[str, int] = {}  # unloaded versions dropped from the history
+        self._unload_safe: dict[str, bool] = {}  # the host declared: close even with hazards
         self._to_inspect: list[loader.Image] = []
         self._warned: set[str] = set()
         self._wake = threading.Event()
@@ -103,8 +104,16 @@ class Host:
 
     # -- loading --------------------------------------------------------------
     def load(self, path: str | os.PathLike[str], *, name: str | None = None,
-             signatures: Mapping[str, str] | None = None, preflight: bool | None = None) -> Plugin:
+             signatures: Mapping[str, str] | None = None, preflight: bool | None = None,
+             unload_safe: bool = False) -> Plugin:
         """Load a plugin as its first version and return its call handle.
+
+        ``unload_safe=True`` is the host's word for what a plugin says with
+        ``HOTLOAD_UNLOAD_SAFE()``: nothing of it runs after it is closed, so
+        its old versions are closed even where the inspector sees hazards.
+        It is meant for libraries without a descriptor (a Rust ``cdylib``
+        imports ``pthread_key_create`` through its runtime whether it uses
+        thread keys or not).
 
         The name and C signatures come from the plugin's descriptor; a library
         without one needs ``name`` and ``signatures`` (which a descriptor, if
@@ -128,6 +137,7 @@ class Host:
                 self._discard(image)
                 raise
             self._record(version, source, declared, cand.data, live_by="load")
+            self._unload_safe[image.name] = unload_safe
             plugin._install(version)
             self._publish(plugin, version)
             self._plugins[image.name] = plugin
@@ -355,7 +365,7 @@ class Host:
         code may still run: threads, thread-key destructors, handlers), unless
         the plugin declares HOTLOAD_UNLOAD_SAFE().  Soft purge, like Erlang:
         keep the code rather than pull it out from under a running thread."""
-        if image.descriptor is not None and image.descriptor.unload_safe:
+        if (image.descriptor is not None and image.descriptor.unload_safe) or self._unload_safe.get(image.name):
             return []
         report = self._report(image)
         return [f.message for f in report.hazards()] if report is not None else []
