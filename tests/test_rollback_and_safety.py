@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -158,3 +159,44 @@ def test_rust_cdylib_is_retained_unless_the_host_declares_it_unload_safe(tmp_pat
             assert lib.add(1, 1) == 11
             assert host.settle()
             assert host.versions("rs")[0].state == expected
+
+
+THREAD_THEN_REFUSE = r"""
+#include <hotload.h>
+#include <pthread.h>
+#include <unistd.h>
+HOTLOAD_PLUGIN("bg", "1.0.0");
+static void *spin(void *arg) { (void)arg; for (;;) usleep(1000); return NULL; }
+HOTLOAD_API int f(void) { return 1; }
+HOTLOAD_EXPORT(f, "int(void)");
+static int start(const char *p, const void *s, size_t n)
+{
+    (void)p; (void)s; (void)n;
+    pthread_t t;
+    pthread_create(&t, NULL, spin, NULL);
+    return 7;   /* refuse, with a thread of ours still running */
+}
+HOTLOAD_ON_LOAD(start);
+"""
+
+
+def test_refused_load_that_left_a_thread_running_is_not_unmapped(cc, tmp_path: Path) -> None:
+    """Closing it would pull code out from under its thread (SIGSEGV): it is
+    kept loaded instead, and the process lives on.  Run in a child so that a
+    crash shows as an exit status."""
+    lib = cc(THREAD_THEN_REFUSE, "bg", flags=["-pthread"])
+    script = f"""
+import time
+from hotload import Host, HookError
+with Host({str(tmp_path / 'w')!r}, preflight=False) as host:
+    try:
+        host.load({str(lib)!r})
+    except HookError as exc:
+        print("refused:", exc)
+    time.sleep(0.3)   # the thread keeps running in the kept image
+print("alive")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-500:])
+    assert "refused to start (returned 7)" in proc.stdout and "alive" in proc.stdout
+    assert "refused version kept loaded, not closed" in proc.stderr

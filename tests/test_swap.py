@@ -289,3 +289,38 @@ def test_removed_export_raises_not_loaded_after_an_allowed_change(host: Host, cc
     with pytest.raises(NotLoadedError, match=r"shrink v2 no longer exports 'g'"):
         g()
     assert not hasattr(p, "g")
+
+
+ODD_NAMES = r"""
+#include <hotload.h>
+#include <string.h>
+HOTLOAD_PLUGIN("bond", "V");
+static double k = K;
+HOTLOAD_API double yield(double x) { return x * k; }
+HOTLOAD_EXPORT(yield, "double(double)");
+HOTLOAD_API int route(int x) { return x + 1; }
+HOTLOAD_EXPORT(route, "int(int)");
+HOTLOAD_API int idx(int x) { return x + 2; }
+HOTLOAD_EXPORT(idx, "int(int)");
+HOTLOAD_API const char *name(void) { return "bond-V"; }
+HOTLOAD_EXPORT(name, "const char *(void)");
+static int save(const void **s, size_t *n) { *s = &k; *n = sizeof k; return 0; }
+HOTLOAD_ON_UNLOAD(save);
+static int restore(const char *p, const void *s, size_t n) { (void)p; (void)s; (void)n; return 0; }
+HOTLOAD_ON_LOAD(restore);
+"""
+
+
+def test_exports_named_like_keywords_or_router_internals_work(host: Host, cc, tmp_path: Path) -> None:
+    """C allows `yield`, `route`, `idx`, `name`: each works, and `name` stays
+    the plugin's name (the export is `p["name"]`)."""
+    out = tmp_path / "bond.so"
+    p = host.load(cc(ODD_NAMES.replace("V", "1").replace("K", "2.0"), out=out))
+    assert getattr(p, "yield")(1.5) == 3.0 and p.route(1) == 2 and p.idx(1) == 3
+    assert p.name == "bond" and p["name"]() == b"bond-1"
+    cc(ODD_NAMES.replace("V", "2").replace("K", "3.0"), out=out)
+    host.reload("bond")  # stateful: through the gate
+    assert p["yield"](1.5) == 4.5 and p["name"]() == b"bond-2"
+    assert host.rollback("bond").plugin_version == "1"
+    assert p["yield"](1.5) == 3.0 and p.name == "bond"
+    assert [v.seq for v in p.versions()] == [1, 2, 3]

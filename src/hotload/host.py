@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from . import inspector, loader, trust
 from . import signatures as sig
+from .descriptor import Descriptor
 from .errors import ClosedError, HotloadError, NotLoadedError, SignatureError
 from .preflight import PreflightWorker
 from .registry import (
@@ -128,17 +129,23 @@ class Host:
             if cand.name in self._plugins:
                 cand.discard()
                 raise HotloadError(f"{source}: plugin {cand.name} is already loaded; use reload({cand.name!r})")
-            image = self._open(cand, None, preflight, declared)
+            self._unload_safe[cand.name] = unload_safe
+            try:
+                image = self._open(cand, None, preflight, declared)
+            except BaseException:
+                del self._unload_safe[cand.name]
+                raise
             plugin = Plugin(image.name, self.versions)
             version = self._new_version(image)
             try:
+                commit = plugin._prepare(version)
                 image.call_on_load(None, None)
             except BaseException:
                 self._discard(image)
+                del self._unload_safe[cand.name]
                 raise
+            commit()
             self._record(version, source, declared, cand.data, live_by="load")
-            self._unload_safe[image.name] = unload_safe
-            plugin._install(version)
             self._publish(plugin, version)
             self._plugins[image.name] = plugin
             log.info("loaded %s %s as v%d from %s", image.name, image.version, version.seq, source)
@@ -234,7 +241,9 @@ class Host:
         except BaseException:
             cand.discard()
             raise
-        image = loader.open_candidate(cand, self._workdir, self._live_handles)
+        image = loader.open_candidate(cand, self._workdir, self._live_handles,
+                                      may_close=lambda c: not self._hazards(c.descriptor, c.name, c.data,
+                                                                            c.source, c.digest))
         self._to_inspect.append(image)
         self._wake.set()
         return image
@@ -279,22 +288,27 @@ class Host:
     def _switch(self, plugin: Plugin, old: Version, new: Version) -> None:
         """Hand over state and make ``new`` current, or leave ``old`` serving."""
         assert old.image is not None and new.image is not None
+        try:
+            commit = plugin._prepare(new)  # may fail: before anything is switched
+        except BaseException:
+            self._discard(new.image)
+            raise
         if old.image.on_unload is None:
             try:
                 new.image.call_on_load(old.image.version, None)
             except BaseException:
                 self._discard(new.image)
                 raise
-            plugin._install(new)
+            commit()
             self._publish(plugin, new)
             self._retire(old)
             return
         # Stateful: hold new calls at the gate, let the old version go quiet,
         # snapshot its state, start the new version with it.
-        plugin._switched.clear()
-        plugin._current = SWITCHING
-        old.retire()
         try:
+            plugin._switched.clear()
+            plugin._current = SWITCHING
+            old.retire()
             if old.calls and not old.drained.wait(self.quiesce_timeout):
                 log.warning("%s v%d: %d call(s) still running after %.2fs; taking its state now, "
                             "their later effects stay in v%d", plugin.name, old.seq, len(old.calls),
@@ -306,7 +320,7 @@ class Host:
             self._publish(plugin, old)
             self._discard(new.image)
             raise
-        plugin._install(new)
+        commit()
         self._publish(plugin, new)
         self._retire(old, already=True)
 
@@ -365,10 +379,23 @@ class Host:
         code may still run: threads, thread-key destructors, handlers), unless
         the plugin declares HOTLOAD_UNLOAD_SAFE().  Soft purge, like Erlang:
         keep the code rather than pull it out from under a running thread."""
-        if (image.descriptor is not None and image.descriptor.unload_safe) or self._unload_safe.get(image.name):
+        if self._declared_safe(image.descriptor, image.name):
             return []
         report = self._report(image)
         return [f.message for f in report.hazards()] if report is not None else []
+
+    def _declared_safe(self, desc: Descriptor | None, name: str) -> bool:
+        """HOTLOAD_UNLOAD_SAFE() in the plugin, or load(unload_safe=True) by the host."""
+        return bool((desc is not None and desc.unload_safe) or self._unload_safe.get(name))
+
+    def _hazards(self, desc: Descriptor | None, name: str, data: bytes, source: str, digest: str) -> list[str]:
+        """``_unload_hazards`` for bytes not (successfully) opened yet."""
+        if self._declared_safe(desc, name):
+            return []
+        try:
+            return [f.message for f in inspector.inspect_bytes(data, source, digest).hazards()]
+        except HotloadError:
+            return []
 
     def _report(self, image: loader.Image) -> inspector.Report | None:
         """The inspector's report on an image (cached by digest)."""
@@ -530,6 +557,12 @@ class Host:
         """Close a version that never served (a refused load).  Its copy goes
         at once; an image that cannot leave memory is remembered so that no
         later dlopen can be mistaken for a new image."""
+        hazards = self._unload_hazards(image)
+        if hazards:  # its on_load may have started a thread: closing could crash the process
+            log.warning("%s: refused version kept loaded, not closed: %s", image.source, "; ".join(hazards))
+            self._orphans.append(image)
+            image.copy.unlink(missing_ok=True)  # the mapping survives the name
+            return
         try:
             if not loader.close_version(image).gone:
                 self._orphans.append(image)

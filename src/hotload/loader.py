@@ -167,9 +167,12 @@ def prepare(source: str, workdir: WorkDir, seq: int, *, name: str | None = None,
 
 
 def open_candidate(cand: Candidate, workdir: WorkDir,
-                   live_handles: Callable[[], frozenset[int]] = frozenset) -> Image:
+                   live_handles: Callable[[], frozenset[int]] = frozenset,
+                   may_close: Callable[[Candidate], bool] = lambda cand: True) -> Image:
     """``dlopen`` the candidate's copy and resolve its exports and hooks.
-    On failure the copy is deleted and nothing stays open."""
+    On failure the copy is deleted and the image closed, unless ``may_close``
+    says its constructors may have left code running (then it stays loaded:
+    unmapping it could crash the process)."""
     rejected: list[Path] = []  # copies whose inode collided with a loaded image: kept until done
     copy, file_id, source = cand.copy, cand.file_id, cand.source
     try:
@@ -195,7 +198,11 @@ def open_candidate(cand: Candidate, workdir: WorkDir,
         on_load = _hook(handle, source, desc.on_load if desc else None, ON_LOAD_TYPE)
         on_unload = _hook(handle, source, desc.on_unload if desc else None, ON_UNLOAD_TYPE)
     except BaseException:
-        dl.close_image(handle, source)
+        if may_close(cand):
+            dl.close_image(handle, source)
+        else:
+            log.warning("%s: refused image kept loaded, not closed: unloading it could crash the process",
+                        source)
         copy.unlink(missing_ok=True)
         raise
     return Image(source=source, copy=copy, file_id=file_id, digest=cand.digest, size=len(cand.data),

@@ -121,7 +121,7 @@ class VersionInfo:
 
 _ROUTER_TEMPLATE = """\
 def make(route, fname, idx, slow, bad_call):
-    def {fname}({params}):
+    def _router({params}):
         v = route.current
         calls = v.calls
         calls.append(None)
@@ -137,7 +137,7 @@ def make(route, fname, idx, slow, bad_call):
             calls.pop()
             if v.retiring:
                 v.exited()
-    return {fname}
+    return _router
 """
 
 
@@ -158,13 +158,18 @@ class Plugin:
     name clashes with a method here is reachable as ``plugin["name"]``."""
 
     def __init__(self, name: str, versions_lookup: Callable[[str], list[VersionInfo]]) -> None:
-        self.name = name
+        self._name = name
         self._route = _Route()
         self._switched = threading.Event()
         self._routers: dict[str, Callable[..., Any]] = {}
         self._arity: dict[str, int] = {}
         self._index: dict[str, int] = {}  # export name -> slot in every version's table, append-only
         self._versions_lookup = versions_lookup
+
+    @property
+    def name(self) -> str:
+        """The plugin's name (an export called ``name`` is ``plugin["name"]``)."""
+        return self._name
 
     @property
     def _current(self) -> Version | _Sentinel:
@@ -223,9 +228,11 @@ class Plugin:
         return f"<hotload.Plugin {self.name} {seq}>"
 
     # -- routing internals ---------------------------------------------------
-    def _install(self, version: Version) -> None:
-        """Prepare ``version`` to serve and make every export an attribute,
-        building a router for each new function or changed arity.
+    def _prepare(self, version: Version) -> Callable[[], None]:
+        """Get everything ready for ``version`` to serve without changing
+        anything a caller can see: it may raise (a router that cannot be
+        built), and then nothing has happened.  Returns the commit step, which
+        cannot fail: it sets the version's call table and the attributes.
 
         Routers are plain instance attributes (``Plugin`` has no
         ``__getattr__``, which would defeat CPython's attribute caching and
@@ -233,30 +240,36 @@ class Plugin:
         index (~10 ns cheaper than a dict lookup by name)."""
         assert version.image is not None
         prototypes = version.image.prototypes
+        index = dict(self._index)
         for fname in prototypes:
-            self._index.setdefault(fname, len(self._index))
-        version.table = [version.fns.get(fname) or self._missing(fname, version.seq) for fname in self._index]
-        for fname, proto in prototypes.items():
-            n = len(signatures.pointer_type(proto).args)
-            if self._arity.get(fname) != n or fname not in self._routers:
-                self._arity[fname] = n
-                self._routers[fname] = self._make_router(fname, n)
-            if not hasattr(type(self), fname) and not fname.startswith("_"):
-                self.__dict__[fname] = self._routers[fname]
-        for gone in set(self._routers) - set(prototypes):
-            self.__dict__.pop(gone, None)
+            index.setdefault(fname, len(index))
+        table = [version.fns.get(fname) or self._missing(fname, version.seq) for fname in index]
+        arity = {f: len(signatures.pointer_type(p).args) for f, p in prototypes.items()}
+        routers = {f: self._routers[f] if f in self._routers and self._arity.get(f) == n
+                   else self._make_router(f, n, index[f]) for f, n in arity.items()}
 
-    def _make_router(self, fname: str, arity: int) -> Callable[..., Any]:
+        def commit() -> None:
+            self._index = index
+            version.table = table
+            self._arity.update(arity)
+            self._routers.update(routers)
+            for fname in routers:
+                if not hasattr(type(self), fname) and not fname.startswith("_"):
+                    self.__dict__[fname] = routers[fname]
+            for gone in set(self._routers) - set(prototypes):
+                self.__dict__.pop(gone, None)
+
+        return commit
+
+    def _make_router(self, fname: str, arity: int, idx: int) -> Callable[..., Any]:
         """Generate a router with the exact arity (``*args`` costs ~25 ns a
         call); the names it uses are closure cells, as fast as locals."""
-        if not fname.isidentifier():
-            raise NotLoadedError(f"{fname!r} is not a valid function name")
         params = ", ".join(f"a{i}" for i in range(arity))
-        src = _ROUTER_TEMPLATE.format(fname=fname, params=params, comma="," if arity == 1 else "")
+        src = _ROUTER_TEMPLATE.format(params=params, comma="," if arity == 1 else "")
         namespace: dict[str, Any] = {}
         exec(compile(src, f"<hotload router {self.name}.{fname}>", "exec"), namespace)  # noqa: S102
-        router = namespace["make"](self._route, fname, self._index[fname], self._slow_call, self._bad_call)
-        router.__qualname__ = f"{self.name}.{fname}"
+        router = namespace["make"](self._route, fname, idx, self._slow_call, self._bad_call)
+        router.__name__, router.__qualname__ = fname, f"{self.name}.{fname}"
         return router
 
     def _missing(self, fname: str, seq: int) -> Callable[..., Any]:
