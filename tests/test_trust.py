@@ -75,3 +75,20 @@ def test_allow_list_from_manifest(tmp_path: Path, plugin: Path, example_plugins:
 def test_allow_list_from_digests(tmp_path: Path, plugin: Path) -> None:
     with Host(tmp_path / "w", allowed_digests=["0" * 64]) as host, pytest.raises(TrustError):
         host.load(plugin)
+
+
+def test_symlink_in_a_writable_directory_is_refused(host: Host, plugin: Path, tmp_path: Path) -> None:
+    """Whoever can write the link's directory can re-point the link: the
+    directories on the path as written count, not only the resolved ones."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    link = shared / "plugin.so"
+    link.symlink_to(plugin)
+    with pytest.raises(TrustError, match=rf"{link}: refusing to load: directory {shared} is writable by group "
+                                         r"and others \(mode 777\)"):
+        host.load(link)
+    safe = tmp_path / "safe"
+    safe.mkdir(mode=0o755)
+    (safe / "plugin.so").symlink_to(plugin)
+    assert host.load(safe / "plugin.so").rarity(0, 0) == 0  # a link in a trusted directory is fine

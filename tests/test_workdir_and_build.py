@@ -110,3 +110,43 @@ def test_build_replaces_output_by_rename_not_in_place(tmp_path: Path) -> None:
         old.seek(0)
         assert old.read() == first
         assert os.fstat(old.fileno()).st_ino != out.stat().st_ino
+
+
+def test_hosts_starting_and_sweeping_at_once_never_hurt_each_other(tmp_path: Path) -> None:
+    """Each new WorkDir sweeps the base: with several processes starting hosts
+    at once, no live host's directory may be swept and no start may fail."""
+    base = tmp_path / "base"
+    script = textwrap.dedent(f"""
+        from hotload.workdir import WorkDir
+        bad = 0
+        for i in range(300):
+            w = WorkDir({str(base)!r})
+            try:
+                w.write_copy("p", i, b"x" * 64, ".so")
+            except Exception as exc:  # a swept live directory shows up here
+                bad += 1
+                print(type(exc).__name__, exc)
+            if i % 2:
+                w.close()  # the others are left behind, as by a crashed host, for the next sweeps
+        print("bad", bad)
+    """)
+    base.mkdir(mode=0o700)
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err[-800:]
+        assert out.strip().endswith("bad 0"), out[-800:]
+
+
+def test_relative_work_directory(tmp_path: Path, example_plugins, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with Host("relwork") as host:
+        assert host.workdir.is_absolute()
+        assert host.load(example_plugins["loot_drop"]).rarity(0, 0) == 0
+        host.reload("loot_drop")
+
+
+def test_unusable_work_directory_is_a_hotload_error(tmp_path: Path) -> None:
+    with pytest.raises(HotloadError, match=r"cannot create the work directory: No such file or directory"):
+        Host(tmp_path / "missing" / "deeper")

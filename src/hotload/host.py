@@ -217,10 +217,10 @@ class Host:
 
     def _candidate(self, source: str, name: str | None, declared: dict[str, str] | None) -> loader.Candidate:
         """Trust checks on the path, then read, check and copy the file."""
-        if self.trust_checks:
-            trust.check_path(source)
+        real = trust.check_path(source) if self.trust_checks else None
+        verify = (lambda st: trust.check_stat(st, source, real)) if real else None
         cand = loader.prepare(source, self._workdir, self._seq.get(name or "", 0) + 1, name=name,
-                              declared=declared)
+                              declared=declared, real=real, verify=verify)
         if self._allowed is not None:
             try:
                 trust.check_digest(source, cand.digest, *self._allowed)

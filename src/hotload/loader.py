@@ -79,28 +79,38 @@ class Image:
         return bytes(signatures.ffi.buffer(ptr[0], size[0]))
 
 
-def read_source(path: str) -> bytes:
-    """Read the whole plugin file once, with errors that name the cause."""
+def read_source(path: str, *, real: str | None = None,
+                verify: Callable[[os.stat_result], None] | None = None) -> bytes:
+    """Read the whole plugin file once, with errors that name the cause.
+
+    ``real``: the already resolved (and trust-checked) path to open instead,
+    without following a symlink; ``verify`` checks the opened file's own
+    ``fstat``, so no one can swap the file between the check and the read.
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (os.O_NOFOLLOW if real else 0)
     try:
-        st = os.stat(path)
+        fd = os.open(real or path, flags)  # O_NONBLOCK: a FIFO must not hang us
     except FileNotFoundError:
         raise InvalidPluginError(f"{path}: no such file (deleted or not built yet?)") from None
-    except PermissionError:
-        raise InvalidPluginError(f"{path}: permission denied") from None
     except OSError as exc:
-        raise InvalidPluginError(f"{path}: cannot stat: {exc.strerror}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise InvalidPluginError(f"{path}: is a directory, not a shared library")
-    if not stat.S_ISREG(st.st_mode):
-        raise InvalidPluginError(f"{path}: not a regular file")
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        raise InvalidPluginError(f"{path}: vanished while being read") from None
-    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InvalidPluginError(f"{path}: was replaced by a symlink while being checked") from None
         reason = "permission denied" if exc.errno == errno.EACCES else exc.strerror
         raise InvalidPluginError(f"{path}: cannot read: {reason}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise InvalidPluginError(f"{path}: is a directory, not a shared library")
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidPluginError(f"{path}: not a regular file")
+        if verify is not None:
+            verify(st)
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise InvalidPluginError(f"{path}: cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def identify(data: bytes, source: str, *, name: str | None,
@@ -154,11 +164,13 @@ class Candidate:
 
 
 def prepare(source: str, workdir: WorkDir, seq: int, *, name: str | None = None,
-            declared: Mapping[str, str] | None = None, data: bytes | None = None) -> Candidate:
+            declared: Mapping[str, str] | None = None, data: bytes | None = None,
+            real: str | None = None, verify: Callable[[os.stat_result], None] | None = None) -> Candidate:
     """Read ``source`` once (or take ``data``, e.g. for a rollback), check the
-    bytes and write them to a fresh private copy."""
+    bytes and write them to a fresh private copy.  ``real`` and ``verify``
+    are passed to ``read_source``."""
     if data is None:
-        data = read_source(source)
+        data = read_source(source, real=real, verify=verify)
     desc, plugin_name, version, prototypes = identify(data, source, name=name, declared=declared)
     copy, file_id = workdir.write_copy(plugin_name, seq, data, dl.SUFFIX)
     return Candidate(source=source, data=data, descriptor=desc, name=plugin_name, version=version,

@@ -29,26 +29,43 @@ def _who(mode: int) -> str:
     return " and ".join(w for w, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH)) if mode & bit)
 
 
-def check_path(path: str, *, uid: int | None = None) -> None:
-    """Raise ``TrustError`` naming the path and the permission at fault."""
+def check_path(path: str, *, uid: int | None = None) -> str:
+    """Check the file and every directory on its path, both as written (a
+    symlink's directory decides who can re-point it) and as resolved; return
+    the resolved path, which the loader then opens without following links.
+    Raise ``TrustError`` naming the path and the permission at fault."""
     uid = os.getuid() if uid is None else uid
-    real = Path(os.path.realpath(path))
-    for node in [real, *real.parents]:
+    real = os.path.realpath(path)
+    lexical = Path(os.path.abspath(path)).parents
+    seen: set[str] = set()
+    for node in [*lexical, Path(real), *Path(real).parents]:
+        if str(node) in seen:
+            continue
+        seen.add(str(node))
         try:
             st = os.stat(node)
         except FileNotFoundError:
-            return  # the loader reports a missing file with its own message
-        is_dir = stat.S_ISDIR(st.st_mode)
-        what = "directory" if is_dir else "file"
-        mode = stat.S_IMODE(st.st_mode)
-        if st.st_uid not in (uid, 0):
-            raise TrustError(f"{path}: refusing to load: {what} {node} is owned by uid {st.st_uid}, not by "
-                             f"you (uid {uid}) or root; Host(trust_checks=False) to override")
-        sticky_ok = is_dir and st.st_mode & stat.S_ISVTX and st.st_uid == 0
-        if mode & 0o022 and not sticky_ok:
-            raise TrustError(f"{path}: refusing to load: {what} {node} is writable by {_who(mode)} "
-                             f"(mode {mode:o}), so another user could replace the plugin; fix with "
-                             f"chmod go-w {node}, or Host(trust_checks=False) to override")
+            continue  # the loader reports a missing file with its own message
+        except OSError as exc:
+            raise TrustError(f"{path}: cannot check {node}: {exc.strerror}") from None
+        check_stat(st, path, node, uid=uid)
+    return real
+
+
+def check_stat(st: os.stat_result, path: str, node: str | Path, *, uid: int | None = None) -> None:
+    """The owner and permission rule for one file or directory."""
+    uid = os.getuid() if uid is None else uid
+    is_dir = stat.S_ISDIR(st.st_mode)
+    what = "directory" if is_dir else "file"
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid not in (uid, 0):
+        raise TrustError(f"{path}: refusing to load: {what} {node} is owned by uid {st.st_uid}, not by "
+                         f"you (uid {uid}) or root; Host(trust_checks=False) to override")
+    sticky_ok = is_dir and st.st_mode & stat.S_ISVTX and st.st_uid == 0
+    if mode & 0o022 and not sticky_ok:
+        raise TrustError(f"{path}: refusing to load: {what} {node} is writable by {_who(mode)} "
+                         f"(mode {mode:o}), so another user could replace the plugin; fix with "
+                         f"chmod go-w {node}, or Host(trust_checks=False) to override")
 
 
 def load_allow_list(spec: str | os.PathLike[str] | Iterable[str]) -> tuple[frozenset[str], str]:

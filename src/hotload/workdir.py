@@ -35,7 +35,7 @@ def runtime_base(sub: str = "hotload") -> Path:
     """The per-user private base directory, created 0700 if missing."""
     env = os.environ.get("HOTLOAD_WORKDIR")
     if env:
-        base = Path(env)
+        base = Path(env).absolute()
     elif os.environ.get("XDG_RUNTIME_DIR") and _owned_private(Path(os.environ["XDG_RUNTIME_DIR"])):
         base = Path(os.environ["XDG_RUNTIME_DIR"]) / sub
     else:
@@ -52,6 +52,18 @@ def _owned_private(path: Path) -> bool:
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
 
 
+def _create_locked(base: Path) -> tuple[Path, int]:
+    """Make ``host-<pid>-<rand>`` whole before anyone can see it: build it
+    under a name a sweep never matches, lock its ``.lock``, then rename it.
+    A sweep therefore never meets a live host's directory unlocked."""
+    staging = Path(tempfile.mkdtemp(prefix=".new-host-", dir=base))
+    fd = os.open(staging / ".lock", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else knows this directory yet
+    final = base / f"host-{os.getpid()}-{staging.name.removeprefix('.new-host-')}"
+    os.rename(staging, final)
+    return final, fd
+
+
 def ensure_private_dir(path: Path) -> None:
     """Create ``path`` 0700 or check that an existing one is ours and private.
 
@@ -59,8 +71,12 @@ def ensure_private_dir(path: Path) -> None:
     /tmp) would let them swap a versioned copy between our write and our
     ``dlopen``: refuse it, naming the path and the problem.
     """
-    with contextlib.suppress(FileExistsError):
+    try:
         os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise HotloadError(f"{path}: cannot create the work directory: {exc.strerror}") from None
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise HotloadError(f"{path}: work directory is a symlink or not a directory; refusing to use it")
@@ -75,21 +91,28 @@ class WorkDir:
     """One host's private directory of versioned copies."""
 
     def __init__(self, base: str | os.PathLike[str] | None = None) -> None:
-        self.base = Path(base) if base is not None else runtime_base()
+        # absolute: the loader compares the path dlopen reports with the copy's
+        self.base = Path(base).absolute() if base is not None else runtime_base()
         ensure_private_dir(self.base)
         swept = sweep(self.base)
         if swept:
             log.info("swept %d version cop%s left by crashed hosts in %s",
                      swept, "y" if swept == 1 else "ies", self.base)
-        self.path = Path(tempfile.mkdtemp(prefix=f"host-{os.getpid()}-", dir=self.base))
-        self._lock_fd = os.open(self.path / ".lock",
-                                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            self.path, self._lock_fd = _create_locked(self.base)
+        except OSError as exc:
+            raise HotloadError(f"{self.base}: cannot create a work directory: {exc.strerror}") from None
 
     def write_copy(self, stem: str, seq: int, data: bytes, suffix: str) -> tuple[Path, tuple[int, int]]:
         """Write ``data`` to a new, never-before-used file; return its path and
         ``(st_dev, st_ino)``, the identity the kernel's mapping list shows."""
         path = self.path / f"{stem}.v{seq}.{secrets.token_hex(3)}{suffix}"
+        try:
+            return self._write(path, data)
+        except OSError as exc:
+            raise HotloadError(f"{path}: cannot write the versioned copy: {exc.strerror}") from None
+
+    def _write(self, path: Path, data: bytes) -> tuple[Path, tuple[int, int]]:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o500)
         try:
             view = memoryview(data)
@@ -115,13 +138,18 @@ class WorkDir:
 
 
 def sweep(base: Path) -> int:
-    """Remove host directories whose owner is gone; return the files removed."""
+    """Remove host directories whose owner is gone; return the files removed.
+    Several hosts may sweep at once: a directory vanishing under us is fine."""
     removed = 0
+    for entry in base.glob(".new-host-*"):  # being created right now, or a crash mid-creation
+        with contextlib.suppress(OSError):
+            if time.time() - entry.stat().st_mtime > _STALE_UNLOCKED_AGE:
+                removed += _remove(entry)
     for entry in base.glob("host-*"):
         lock = entry / ".lock"
         try:
             fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
+        except FileNotFoundError:  # no lock file (or already swept by another host): only when old
             with contextlib.suppress(OSError):
                 if time.time() - entry.stat().st_mtime > _STALE_UNLOCKED_AGE:
                     removed += _remove(entry)
@@ -141,6 +169,9 @@ def sweep(base: Path) -> int:
 
 
 def _remove(entry: Path) -> int:
-    count = sum(1 for p in entry.iterdir() if p.name != ".lock")
+    try:
+        count = sum(1 for p in entry.iterdir() if p.name != ".lock")
+    except FileNotFoundError:
+        return 0  # another host swept it first
     shutil.rmtree(entry, ignore_errors=True)
     return count
