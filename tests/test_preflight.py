@@ -4,6 +4,8 @@ the live version still serving with its state, no versioned copy left."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -142,3 +144,40 @@ def test_preflight_can_be_turned_off(tmp_path: Path, xp_build, cc) -> None:
         with pytest.raises(HookError, match="self-test failed"):
             host.reload("xp", failing_test)
         host.reload("xp", failing_test, preflight=False)
+
+
+SPINNER = r"""
+#include <hotload.h>
+#include <pthread.h>
+#include <unistd.h>
+HOTLOAD_PLUGIN("spinner", "1");
+/* Blocks on stdin: in the preflight worker, the next request wakes it. */
+static void *spin(void *arg) { (void)arg; char c; for (;;) if (read(0, &c, 1) <= 0) usleep(1000); return NULL; }
+HOTLOAD_API int f(void) { return 1; }
+HOTLOAD_EXPORT(f, "int(void)");
+static int start(const char *p, const void *s, size_t n)
+{ (void)p; (void)s; (void)n; pthread_t t; pthread_create(&t, NULL, spin, NULL); return 0; }
+HOTLOAD_ON_LOAD(start);
+"""
+
+
+def test_a_plugin_that_leaves_a_thread_never_gets_another_build_blamed(cc, xp_build, tmp_path: Path) -> None:
+    """The preflight worker is reused.  If it unmapped a plugin whose thread
+    keeps running, that thread would crash the worker during the *next*
+    plugin's check, and an innocent build would be refused."""
+    spinner = cc(SPINNER, "spinner", flags=["-pthread"])
+    innocent = xp_build()
+    script = f"""
+import time
+from hotload import Host
+with Host({str(tmp_path / 'w')!r}) as host:
+    host.load({str(spinner)!r})
+    time.sleep(0.2)
+    for _ in range(3):
+        host.load({str(innocent)!r}) if "xp" not in host else host.reload("xp")
+    print("ok", host.plugin("xp").reward(1, 0))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert proc.stdout.strip() == "ok 2"

@@ -237,7 +237,8 @@ class Host:
                 old_img = old.image if old is not None else None
                 state = old_img.call_on_unload() if old_img is not None else None
                 self._preflight.check(str(cand.copy), cand.source, name=cand.name, declared=declared,
-                                      prev_version=old_img.version if old_img else None, state=state)
+                                      prev_version=old_img.version if old_img else None, state=state,
+                                      unload_safe=self._declared_safe(cand.descriptor, cand.name))
         except BaseException:
             cand.discard()
             raise

@@ -108,7 +108,8 @@ class PreflightWorker:
 
     # -- one check ------------------------------------------------------------
     def check(self, path: str, source: str, *, name: str | None, declared: Mapping[str, str] | None,
-              prev_version: str | None, state: bytes | None, self_test: bool = True) -> dict[str, Any]:
+              prev_version: str | None, state: bytes | None, self_test: bool = True,
+              unload_safe: bool = False) -> dict[str, Any]:
         """Try the plugin at ``path`` (its private copy); raise PreflightError."""
         with self._lock:
             proc = self._proc if self._proc is not None and self._proc.poll() is None else self._spawn()
@@ -116,7 +117,7 @@ class PreflightWorker:
             req = {"id": self._ids, "path": path, "source": source, "name": name,
                    "declared": dict(declared) if declared else None, "prev_version": prev_version,
                    "state": base64.b64encode(state).decode() if state is not None else None,
-                   "self_test": self_test}
+                   "self_test": self_test, "unload_safe": unload_safe}
             assert proc.stdin is not None
             try:
                 proc.stdin.write((json.dumps(req) + "\n").encode())
@@ -141,6 +142,8 @@ class PreflightWorker:
             if "step" in msg and "done" not in msg:
                 step = msg["step"]
                 continue
+            if msg.get("tainted"):
+                self._kill()  # it kept an image that may still run code: start afresh next time
             if msg.get("done"):
                 return msg
             known = getattr(errors, msg.get("type") or "", None)

@@ -7,7 +7,13 @@ host knows which step it was in), then a final ``{"done": ...}`` line.  The
 plugin's own stdout is sent to stderr so it cannot corrupt the protocol.
 
 Requests: ``{"id", "path", "source", "name", "declared", "prev_version",
-"state" (base64 or null), "self_test": bool}``.
+"state" (base64 or null), "self_test": bool, "unload_safe": bool}``.
+
+The soft-purge rule holds here too: a plugin whose binary shows unload
+hazards (threads, thread keys, handlers) and does not declare itself unload
+safe is never closed in the worker; its final line says ``"tainted": true``
+and the host replaces the worker, so a thread it left behind cannot crash
+the worker during another plugin's check.
 """
 
 from __future__ import annotations
@@ -24,11 +30,15 @@ def _main() -> int:
     channel = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # plugin printf()s go to stderr, never into the protocol
     sys.stdout = sys.stderr
-    from . import loader, signatures
+    from . import inspector, loader, signatures
     from .errors import HotloadError
     from .platform_layer import dl
 
+    keep_open = False  # this request's plugin may leave code running: never dlclose it here
+
     def say(msg: dict[str, Any]) -> None:
+        if "done" in msg:
+            msg["tainted"] = keep_open  # the host then replaces this worker
         channel.write(json.dumps(msg) + "\n")
         channel.flush()
 
@@ -43,6 +53,8 @@ def _main() -> int:
             data = loader.read_source(req["path"])
             desc, name, version, protos = loader.identify(
                 data, req["source"], name=req.get("name"), declared=req.get("declared"))
+            keep_open = not (req.get("unload_safe") or (desc is not None and desc.unload_safe)) and bool(
+                inspector.inspect_bytes(data, req["source"]).hazards())
             step = "dlopen"
             say({"id": rid, "step": step})
             handle = loader.open_copy(Path(req["path"]), req["source"])
@@ -81,7 +93,7 @@ def _main() -> int:
         except Exception as exc:  # noqa: BLE001 - reported to the host, worker keeps going
             say({"id": rid, "done": False, "step": step, "error": f"{type(exc).__name__}: {exc}"})
         finally:
-            if handle is not None:
+            if handle is not None and not keep_open:
                 dl.close_image(handle, req["path"])
     return 0
 
