@@ -277,3 +277,32 @@ def test_ls_reports_leaked_images_their_bytes_and_why(ctl_env: dict[str, str], h
     text = hotload(ctl_env, "ls").stdout
     assert f"leaked: 1 image(s) still in memory, {result['leaks']['bytes']:,} bytes" in text
     assert "sticky v1:" in text and "DF_1_NODELETE" in text
+
+
+def test_deeply_nested_json_is_a_bad_request_and_the_session_lives(host: Host, tmp_path: Path) -> None:
+    server = host.serve_control(directory=tmp_path / "ctl")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(10)
+        conn.connect(str(server.path))
+        reader = conn.makefile("rb")
+        conn.sendall(b"[" * 60000 + b"\n")
+        assert json.loads(reader.readline())["error"]["code"] == "bad_request"
+        conn.sendall(b'{"op": "ping", "id": 2}\n')  # the same session still answers
+        assert json.loads(reader.readline())["result"]["pid"] == os.getpid()
+
+
+def test_a_listening_socket_is_never_swept_whatever_pid_its_name_shows(host: Host, tmp_path: Path) -> None:
+    """A host in another pid namespace sharing the directory has a pid we
+    cannot see: only a refused connection proves a socket stale."""
+    directory = tmp_path / "ctl"
+    directory.mkdir(mode=0o700)
+    alien = directory / "host-4000000-abcdef.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(alien))
+    listener.listen(1)
+    try:
+        assert control.sweep_stale(directory) == []
+        assert alien.exists()
+    finally:
+        listener.close()
+    assert control.sweep_stale(directory) == [alien]  # now nobody listens: stale

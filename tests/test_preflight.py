@@ -181,3 +181,11 @@ with Host({str(tmp_path / 'w')!r}) as host:
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-1500:]
     assert proc.stdout.strip() == "ok 2"
+
+
+def test_a_real_time_signal_is_named_too(strict_host: Host, xp_build, cc) -> None:
+    strict_host.load(xp_build())
+    bad = cc(_bad_source(SELF_TEST_BODY="raise(SIGRTMIN + 4);"), "bad")
+    with pytest.raises(PreflightError, match=r"crashed with signal \d+ during the self-test") as err:
+        strict_host.reload("xp", bad)
+    assert err.value.signal_name.startswith("signal ")

@@ -92,3 +92,8 @@ def test_symlink_in_a_writable_directory_is_refused(host: Host, plugin: Path, tm
     safe.mkdir(mode=0o755)
     (safe / "plugin.so").symlink_to(plugin)
     assert host.load(safe / "plugin.so").rarity(0, 0) == 0  # a link in a trusted directory is fine
+
+
+def test_a_bare_digest_string_is_explained(tmp_path: Path) -> None:
+    with pytest.raises(TrustError, match=r"a single digest must be given in a list"):
+        Host(tmp_path / "w", allowed_digests="ab" * 32)

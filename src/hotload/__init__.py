@@ -8,6 +8,8 @@
         host.reload("double_xp")
 """
 
+from .builder import BuildError
+from .control import ControlError
 from .descriptor import ABI_VERSION
 from .errors import (
     ClosedError,
@@ -20,11 +22,15 @@ from .errors import (
     SignatureError,
 )
 from .host import Host
+from .preflight import PreflightError
 from .registry import Plugin, VersionInfo
+from .trust import TrustError
 
 __all__ = [
     "ABI_VERSION",
+    "BuildError",
     "ClosedError",
+    "ControlError",
     "DescriptorError",
     "HookError",
     "Host",
@@ -33,7 +39,9 @@ __all__ = [
     "LoadError",
     "NotLoadedError",
     "Plugin",
+    "PreflightError",
     "SignatureError",
+    "TrustError",
     "VersionInfo",
 ]
 __version__ = "0.1.0"

@@ -131,24 +131,11 @@ def _pid_of(path: Path) -> int | None:
         return None
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if pid is None:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def is_stale(path: Path) -> bool:
     """True when no host listens on ``path`` any more (its process died
-    without closing).  A dead pid answers at once; a live one (maybe reused)
-    is asked by connecting: refused means nobody is listening."""
-    if not _pid_alive(_pid_of(path)):
-        return True
+    without closing).  Decided by connecting (refused: nobody listens), never
+    by the pid in the name: a host in another pid namespace sharing this
+    directory has a pid we cannot see, and pids are reused."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(1.0)
         try:
@@ -217,7 +204,9 @@ class ControlServer:
 
     def stop(self) -> None:
         """Stop accepting, end open sessions and remove the socket."""
-        if self._sock is None:
+        if self._sock is None:  # never started (or start failed): only the wake pair to close
+            self._wake_r.close()
+            self._wake_w.close()
             return
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
@@ -294,7 +283,7 @@ class ControlServer:
         """Answer one request line (also usable without a socket, in tests)."""
         try:
             req = json.loads(line)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # e.g. 60,000 nested "["
             return _error(None, "bad_request", f"not a JSON object: {exc}")
         if not isinstance(req, dict):
             return _error(None, "bad_request", "a request is a JSON object")

@@ -499,7 +499,9 @@ class Host:
         return self._pruned.get(name, 0)
 
     def leaks(self) -> list[VersionInfo]:
-        """Every version whose image did not leave memory after its final dlclose."""
+        """Every version whose image is still in memory although it was
+        retired: ``leaked`` (still mapped after its final dlclose) and
+        ``retained`` (deliberately never closed: unloading it was unsafe)."""
         with self._lock:
             return [self._info(v) for vs in self._history.values() for v in vs if v.state in (LEAKED, RETAINED)]
 
@@ -617,7 +619,12 @@ class Host:
         for service in self._services:
             if isinstance(service, ControlServer):
                 return service
-        server = ControlServer(self, directory=directory, name=name).start()
+        server = ControlServer(self, directory=directory, name=name)
+        try:
+            server.start()
+        except BaseException:
+            server.stop()  # closes what the constructor opened
+            raise
         self._services.append(server)
         return server
 

@@ -170,7 +170,10 @@ class PreflightWorker:
             raise PreflightError(msg + (f"; stderr: {tail}" if tail else ""), step=step, stderr=tail)
         code = proc.returncode
         if code is not None and code < 0:
-            sig = signal.Signals(-code).name
+            try:
+                sig = signal.Signals(-code).name
+            except ValueError:  # a real-time signal has no name in the enum
+                sig = f"signal {-code}"
             msg = f"{source}: preflight: the new version crashed with {sig} during {where}"
             raise PreflightError(msg + (f"; stderr: {tail}" if tail else ""), step=step, signal_name=sig,
                                  stderr=tail)

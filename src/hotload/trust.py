@@ -72,6 +72,9 @@ def load_allow_list(spec: str | os.PathLike[str] | Iterable[str]) -> tuple[froze
     """Digests from an iterable of hex strings, or from a manifest file in
     ``sha256sum`` format (``<hex>  <file>`` per line, ``#`` comments).
     Returns the digests and a description for messages."""
+    if isinstance(spec, str) and len(spec) == 64 and all(c in "0123456789abcdefABCDEF" for c in spec):
+        raise TrustError(f"allowed_digests={spec[:12]}...: a single digest must be given in a list "
+                         f"([digest]); a string is read as the path of a manifest file")
     if isinstance(spec, (str, os.PathLike)):
         manifest = Path(spec)
         try:
