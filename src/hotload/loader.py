@@ -105,8 +105,10 @@ def read_source(path: str, *, real: str | None = None,
             raise InvalidPluginError(f"{path}: not a regular file")
         if verify is not None:
             verify(st)
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            return fh.read()
+        chunks = []
+        while chunk := os.read(fd, max(st.st_size, 1 << 16)):
+            chunks.append(chunk)
+        return b"".join(chunks)
     except OSError as exc:
         raise InvalidPluginError(f"{path}: cannot read: {exc.strerror}") from None
     finally:

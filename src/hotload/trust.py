@@ -30,26 +30,51 @@ def _who(mode: int) -> str:
 
 
 def check_path(path: str, *, uid: int | None = None) -> str:
-    """Check the file and every directory on its path, both as written (a
-    symlink's directory decides who can re-point it) and as resolved; return
-    the resolved path, which the loader then opens without following links.
+    """Walk the path from the root as the kernel would, checking every
+    directory passed through and the file itself, and following symlinks
+    (a link's own directory is checked on the way in, since whoever can write
+    it can re-point the link).  One ``lstat`` per component.  Returns the
+    resolved path, which the loader then opens without following links.
     Raise ``TrustError`` naming the path and the permission at fault."""
     uid = os.getuid() if uid is None else uid
-    real = os.path.realpath(path)
-    lexical = Path(os.path.abspath(path)).parents
-    seen: set[str] = set()
-    for node in [*lexical, Path(real), *Path(real).parents]:
-        if str(node) in seen:
+    pending = [p for p in os.path.abspath(path).split(os.sep) if p]
+    resolved = os.sep
+    _check_node(resolved, path, uid)
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            resolved = os.path.dirname(resolved)
             continue
-        seen.add(str(node))
+        if part == ".":
+            continue
+        node = os.path.join(resolved, part)
         try:
-            st = os.stat(node)
+            st = os.lstat(node)
         except FileNotFoundError:
-            continue  # the loader reports a missing file with its own message
+            return os.path.join(node, *pending)  # the loader reports a missing file itself
         except OSError as exc:
             raise TrustError(f"{path}: cannot check {node}: {exc.strerror}") from None
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > 40:
+                raise TrustError(f"{path}: too many levels of symbolic links")
+            target = os.readlink(node)
+            if os.path.isabs(target):
+                resolved = os.sep
+            pending[:0] = [p for p in target.split(os.sep) if p]
+            continue
         check_stat(st, path, node, uid=uid)
-    return real
+        resolved = node
+    return resolved
+
+
+def _check_node(node: str, path: str, uid: int) -> None:
+    try:
+        st = os.stat(node)
+    except OSError as exc:
+        raise TrustError(f"{path}: cannot check {node}: {exc.strerror}") from None
+    check_stat(st, path, node, uid=uid)
 
 
 def check_stat(st: os.stat_result, path: str, node: str | Path, *, uid: int | None = None) -> None:
