@@ -236,9 +236,12 @@ class Host:
             if self.preflight if preflight is None else preflight:
                 old_img = old.image if old is not None else None
                 state = old_img.call_on_unload() if old_img is not None else None
-                self._preflight.check(str(cand.copy), cand.source, name=cand.name, declared=declared,
-                                      prev_version=old_img.version if old_img else None, state=state,
-                                      unload_safe=self._declared_safe(cand.descriptor, cand.name))
+                result = self._preflight.check(
+                    str(cand.copy), cand.source, name=cand.name, declared=declared,
+                    prev_version=old_img.version if old_img else None, state=state,
+                    unload_safe=self._declared_safe(cand.descriptor, cand.name))
+                if result.get("report"):  # the worker inspected it: no ELF parse in this process
+                    inspector.remember(inspector.Report.from_dict(result["report"]))
         except BaseException:
             cand.discard()
             raise
@@ -465,7 +468,7 @@ class Host:
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
-                if not (self._retired or self._unverified or self._verifying):
+                if not (self._retired or self._unverified or self._verifying or self._to_inspect):
                     return True
             if time.monotonic() >= deadline:
                 return False

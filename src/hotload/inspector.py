@@ -44,7 +44,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from . import elfcheck
@@ -132,6 +132,15 @@ class Report:
         """Findings whose code may still run after an unload."""
         return tuple(f for f in self.findings if f.unsafe)
 
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data (JSON-ready), e.g. for the preflight worker to send."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Report:
+        return cls(path=d["path"], digest=d["digest"], findings=tuple(Finding(**f) for f in d["findings"]),
+                   needed=tuple(d["needed"]), soname=d["soname"], dynamic_exports=tuple(d["dynamic_exports"]))
+
 
 @dataclass
 class _Facts:
@@ -168,11 +177,18 @@ def inspect_bytes(data: bytes, path: str, digest: str | None = None) -> Report:
     report = _analyse(data, path, digest)
     log.debug("inspected %s in %.2f ms: %s", path, (time.perf_counter() - start) * 1e3,
               [f.code for f in report.findings] or "clean")
+    remember(report)
+    return report
+
+
+def remember(report: Report) -> None:
+    """Put a report into the cache, e.g. one made in another process (the
+    preflight worker inspects every build it tries, so the host need not)."""
     with _cache_lock:
-        _cache[digest] = report
+        _cache[report.digest] = report
+        _cache.move_to_end(report.digest)
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
-    return report
 
 
 def cached(digest: str, path: str) -> Report | None:

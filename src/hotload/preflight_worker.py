@@ -53,8 +53,9 @@ def _main() -> int:
             data = loader.read_source(req["path"])
             desc, name, version, protos = loader.identify(
                 data, req["source"], name=req.get("name"), declared=req.get("declared"))
+            report = inspector.inspect_bytes(data, req["source"])
             keep_open = not (req.get("unload_safe") or (desc is not None and desc.unload_safe)) and bool(
-                inspector.inspect_bytes(data, req["source"]).hazards())
+                report.hazards())
             step = "dlopen"
             say({"id": rid, "step": step})
             handle = loader.open_copy(Path(req["path"]), req["source"])
@@ -62,7 +63,8 @@ def _main() -> int:
             say({"id": rid, "step": step})
             for fname, prototype in protos.items():
                 loader._resolve(handle, req["source"], fname, prototype)
-            result: dict[str, Any] = {"name": name, "version": version, "exports": protos}
+            result: dict[str, Any] = {"name": name, "version": version, "exports": protos,
+                                      "report": report.as_dict()}  # so the host need not parse it again
             if desc is not None and desc.on_load:
                 step = "on_load"
                 say({"id": rid, "step": step})
