@@ -318,8 +318,12 @@ class Plugin:
 
 
 class _Pinned:
-    """The raw cffi functions of one pinned version."""
+    """The raw cffi functions of one pinned version, as attributes (any
+    export name, ``f["name"]`` too); ``_seq`` is the pinned version's seq."""
 
     def __init__(self, version: Version) -> None:
+        self._seq = version.seq
         self.__dict__.update(version.fns)
-        self.seq = version.seq
+
+    def __getitem__(self, fname: str) -> Any:
+        return self.__dict__[fname]
