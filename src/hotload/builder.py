@@ -93,14 +93,6 @@ def _replace(tmp: str, output: Path) -> None:
             time.sleep(0.05)
 
 
-def build_all(sources: Iterable[Path], out_dir: Path, *, target: str = "native",
-              cc: str | None = None, extra_cflags: Iterable[str] = ()) -> list[BuildResult]:
-    suffix = TARGETS[target][2]
-    extra = list(extra_cflags)
-    return [compile_plugin(src, out_dir / (src.stem + suffix), cc=cc, extra_cflags=extra, target=target)
-            for src in sources]
-
-
 def main(argv: list[str], *, root: Path, environ: Mapping[str, str]) -> int:
     parser = argparse.ArgumentParser(prog="build.py", description="Build hotload plugins.")
     parser.add_argument("files", nargs="*", type=Path, help="plugin sources (default: native/plugins/*.c)")
