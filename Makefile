@@ -23,8 +23,11 @@ venv: $(STAMP)
 plugins: $(STAMP)
 	$(VPY) build.py
 
+LINTED := src tests benchmarks build.py setup.py
+
 lint: $(STAMP)
-	$(VPY) -m ruff check src tests benchmarks build.py setup.py
+	$(VPY) -m ruff check $(LINTED)
+	$(VPY) -m ruff format --check $(LINTED)
 
 test: plugins lint
 	$(VPY) -m pytest -q

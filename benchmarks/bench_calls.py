@@ -56,7 +56,10 @@ def _ctypes_env(lib: Path) -> dict[str, Any]:
     c = ctypes.CDLL(str(lib))
     c_add, c_sum = c.add, c.sum
     c_add.argtypes, c_add.restype = [ctypes.c_int64, ctypes.c_int64], ctypes.c_int64
-    c_sum.argtypes, c_sum.restype = [ctypes.POINTER(ctypes.c_int32), ctypes.c_size_t], ctypes.c_int64
+    c_sum.argtypes, c_sum.restype = (
+        [ctypes.POINTER(ctypes.c_int32), ctypes.c_size_t],
+        ctypes.c_int64,
+    )
     return {"c": c, "c_add": c_add, "c_sum": c_sum, "arr": (ctypes.c_int32 * 16)(*range(16))}
 
 
@@ -65,7 +68,12 @@ def _cffi_env(lib: Path) -> dict[str, Any]:
     ffi = cffi.FFI()
     ffi.cdef("int64_t add(int64_t, int64_t); int64_t sum(const int32_t *, size_t);")
     f = ffi.dlopen(str(lib))
-    return {"f_add": f.add, "f_sum": f.sum, "buf": ffi.new("int32_t[]", list(range(16))), "_keep": (ffi, f)}
+    return {
+        "f_add": f.add,
+        "f_sum": f.sum,
+        "buf": ffi.new("int32_t[]", list(range(16))),
+        "_keep": (ffi, f),
+    }
 
 
 def run() -> dict[str, float]:
@@ -87,28 +95,85 @@ def run() -> dict[str, float]:
     # this shared machine hits a pair alike: judge the median of the paired
     # per-round ratios, not a ratio of medians taken at different moments.
     for key, base in PAIRS.items():
-        out[f"ratio {key}"] = median(a / b for a, b in zip(samples[key], samples[base], strict=True))
+        out[f"ratio {key}"] = median(
+            a / b for a, b in zip(samples[key], samples[base], strict=True)
+        )
     return out
 
 
 def report(r: dict[str, float]) -> list[str]:
     return [
-        f"call overhead and hot-loop API (median over {ROUNDS} interleaved rounds of {NUMBER:,} calls, ns per "
+        f"call overhead and hot-loop API (median over {ROUNDS} interleaved rounds of {NUMBER:,} "
+        f"calls, ns per "
         f"call; ratios are medians of per-round paired ratios)",
         row("hand-written ctypes add(int64, int64)", r["ctypes add"], "ns"),
-        row("raw cffi add", r["cffi add"], "ns", r["ctypes add"], "vs ctypes", ratio=r["ratio cffi add"]),
-        row("routed add (add = p.add; add(...))", r["routed add"], "ns", r["ctypes add"], "vs ctypes", 1.0,
-            ratio=r["ratio routed add"]),
-        row("ctypes add, lib.add(...) looked up per call", r["ctypes add (attribute each call)"], "ns"),
-        row("routed add, p.add(...) looked up per call", r["routed add (attribute each call)"], "ns",
-            r["ctypes add (attribute each call)"], "vs ctypes lib.add(...)", 1.0,
-            ratio=r["ratio routed add (attribute each call)"]),
-        row("pinned add (with p.pinned() as f: f.add)", r["pinned add"], "ns", r["cffi add"], "vs cffi", 1.1,
-            ratio=r["ratio pinned add"]),
+        row(
+            "raw cffi add",
+            r["cffi add"],
+            "ns",
+            r["ctypes add"],
+            "vs ctypes",
+            ratio=r["ratio cffi add"],
+        ),
+        row(
+            "routed add (add = p.add; add(...))",
+            r["routed add"],
+            "ns",
+            r["ctypes add"],
+            "vs ctypes",
+            1.0,
+            ratio=r["ratio routed add"],
+        ),
+        row(
+            "ctypes add, lib.add(...) looked up per call",
+            r["ctypes add (attribute each call)"],
+            "ns",
+        ),
+        row(
+            "routed add, p.add(...) looked up per call",
+            r["routed add (attribute each call)"],
+            "ns",
+            r["ctypes add (attribute each call)"],
+            "vs ctypes lib.add(...)",
+            1.0,
+            ratio=r["ratio routed add (attribute each call)"],
+        ),
+        row(
+            "pinned add (with p.pinned() as f: f.add)",
+            r["pinned add"],
+            "ns",
+            r["cffi add"],
+            "vs cffi",
+            1.1,
+            ratio=r["ratio pinned add"],
+        ),
         row("hand-written ctypes sum(int32*, size_t)", r["ctypes sum"], "ns"),
-        row("raw cffi sum", r["cffi sum"], "ns", r["ctypes sum"], "vs ctypes", ratio=r["ratio cffi sum"]),
-        row("routed sum", r["routed sum"], "ns", r["ctypes sum"], "vs ctypes", 1.0, ratio=r["ratio routed sum"]),
-        row("pinned sum", r["pinned sum"], "ns", r["cffi sum"], "vs cffi", 1.1, ratio=r["ratio pinned sum"]),
+        row(
+            "raw cffi sum",
+            r["cffi sum"],
+            "ns",
+            r["ctypes sum"],
+            "vs ctypes",
+            ratio=r["ratio cffi sum"],
+        ),
+        row(
+            "routed sum",
+            r["routed sum"],
+            "ns",
+            r["ctypes sum"],
+            "vs ctypes",
+            1.0,
+            ratio=r["ratio routed sum"],
+        ),
+        row(
+            "pinned sum",
+            r["pinned sum"],
+            "ns",
+            r["cffi sum"],
+            "vs cffi",
+            1.1,
+            ratio=r["ratio pinned sum"],
+        ),
         row("routing cost (routed - raw cffi, add)", r["routed add"] - r["cffi add"], "ns"),
     ]
 

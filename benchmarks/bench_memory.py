@@ -31,7 +31,17 @@ from typing import Any
 
 from hotload import Host
 
-from common import build_bench, files_left, limit_row, mapped_images, open_fds, row, rss_kb, scratch, text_row
+from common import (
+    build_bench,
+    files_left,
+    limit_row,
+    mapped_images,
+    open_fds,
+    row,
+    rss_kb,
+    scratch,
+    text_row,
+)
 
 CHECKPOINTS = (10, 100, 1000)
 WARMUP = 20
@@ -46,13 +56,19 @@ _dlclose.argtypes = [ctypes.c_void_p]
 
 def _snapshot(host: Host) -> dict[str, int]:
     gc.collect()
-    return {"rss": rss_kb(), "blocks": sys.getallocatedblocks(), "fds": open_fds(),
-            "images": mapped_images(host.workdir),
-            "files": files_left(host.workdir), "versions": len(host.versions("bench"))}
+    return {
+        "rss": rss_kb(),
+        "blocks": sys.getallocatedblocks(),
+        "fds": open_fds(),
+        "images": mapped_images(host.workdir),
+        "files": files_left(host.workdir),
+        "versions": len(host.versions("bench")),
+    }
 
 
 def _floor_growth(lib: Path, tmp: Path, cycles: int) -> int:
     """RSS growth (KiB) of ``cycles`` bare copy/dlopen/dlclose cycles."""
+
     def cycle(i: int) -> None:
         dst = str(tmp / f"floor{i}.so")
         shutil.copyfile(lib, dst)
@@ -71,7 +87,9 @@ def _floor_growth(lib: Path, tmp: Path, cycles: int) -> int:
 def run() -> dict[str, Any]:
     """Measure in a fresh interpreter: RSS in a process that already ran
     other benchmarks mostly reuses their freed heap, and hides growth."""
-    proc = subprocess.run([sys.executable, __file__, "--child"], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child"], capture_output=True, text=True, check=True
+    )
     raw = json.loads(proc.stdout)
     return {int(k) if k.isdigit() else k: v for k, v in raw.items()}
 
@@ -96,7 +114,9 @@ def _measure() -> dict[str, Any]:
             assert p.add(1, 2) == 3
             host.settle()
             snap = _snapshot(host)
-            out[n] = {k: snap[k] - base[k] if k in ("rss", "fds", "blocks") else snap[k] for k in snap}
+            out[n] = {
+                k: snap[k] - base[k] if k in ("rss", "fds", "blocks") else snap[k] for k in snap
+            }
     out["peak"] = peak
     out["floor"] = _floor_growth(lib, tmp, CHECKPOINTS[-1])
     return out
@@ -118,22 +138,44 @@ def _blocks_slope(r: dict[str, Any]) -> float:
 
 def report(r: dict[str, Any]) -> list[str]:
     last = CHECKPOINTS[-1]
-    lines = [f"memory (N reloads of a clean C plugin in one host, settled; baseline after {WARMUP} warm-up reloads)"]
+    lines = [
+        f"memory (N reloads of a clean C plugin in one host, settled; baseline after {WARMUP} "
+        f"warm-up reloads)"
+    ]
     for n in CHECKPOINTS:
         f = r[n]
-        lines.append(text_row(f"N = {n}", f"images {f['images']}, RSS {f['rss']:+d} KiB, fds {f['fds']:+d}, "
-                                         f"files {f['files']}, versions kept {f['versions']}"))
+        lines.append(
+            text_row(
+                f"N = {n}",
+                f"images {f['images']}, RSS {f['rss']:+d} KiB, fds {f['fds']:+d}, "
+                f"files {f['files']}, versions kept {f['versions']}",
+            )
+        )
     f = r[last]
     lines += [
         limit_row(f"images of it mapped at N = {last}", f["images"], "", 2, "<="),
-        limit_row(f"peak images mapped during the run (every {PEEK_EVERY}th)", r["peak"], "", 2, "<="),
+        limit_row(
+            f"peak images mapped during the run (every {PEEK_EVERY}th)", r["peak"], "", 2, "<="
+        ),
         limit_row(f"RSS growth at N = {last}", f["rss"] / 1024, "MiB", 5.0, "<"),
         limit_row(f"open fds added at N = {last}", f["fds"], "", 0, "<="),
-        limit_row(f"files left in the work dir at N = {last}", max(f["files"] - 1, 0), "", 0, "<=",
-                  "(beyond the current version's copy)"),
+        limit_row(
+            f"files left in the work dir at N = {last}",
+            max(f["files"] - 1, 0),
+            "",
+            0,
+            "<=",
+            "(beyond the current version's copy)",
+        ),
         row(f"RSS slope N = {CHECKPOINTS[-2]} -> {last}, per reload", _slope(r), "B"),
-        limit_row(f"Python objects kept per reload (N = {CHECKPOINTS[-2]} -> {last})", _blocks_slope(r), "",
-                  BLOCKS_LIMIT, "<", "(flat)"),
+        limit_row(
+            f"Python objects kept per reload (N = {CHECKPOINTS[-2]} -> {last})",
+            _blocks_slope(r),
+            "",
+            BLOCKS_LIMIT,
+            "<",
+            "(flat)",
+        ),
         row(f"host.versions() entries kept after {last + WARMUP} reloads", f["versions"], ""),
         row(f"control: bare copy+dlopen+dlclose x{last}, RSS", r["floor"], "KiB"),
     ]

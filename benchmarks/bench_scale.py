@@ -11,7 +11,7 @@ each reload whatever the number of plugins.  Reload samples alternate
 between the two hosts round by round, each host settled in between.
 
 When the control channel exists (``Host.serve_control``), ``ls`` over the
-socket is timed too, and when the CLI exists (``hotload.cli``), ``hotload
+socket is timed too, and when the CLI exists (``hotload._cli``), ``hotload
 ls`` end to end (a new Python process each time).
 """
 
@@ -58,7 +58,7 @@ def _ls(host: Host) -> list[Any]:
 def _control_ls(host: Host, directory: Path) -> float | None:
     if not hasattr(host, "serve_control"):
         return None
-    from hotload import control
+    from hotload import _control as control
 
     sock = host.serve_control(directory=directory).describe()["socket"]
     control.request(sock, "ls")
@@ -67,15 +67,19 @@ def _control_ls(host: Host, directory: Path) -> float | None:
 
 def _cli_ls(host: Host) -> float | str:
     """``hotload ls`` end to end, as the console script runs it."""
-    if importlib.util.find_spec("hotload.cli") is None:
-        return "skipped: hotload CLI (hotload.cli) not available"
+    if importlib.util.find_spec("hotload._cli") is None:
+        return "skipped: hotload CLI (hotload._cli) not available"
     sock = host.serve_control().describe()["socket"]
-    code = "import sys; from hotload.cli import main; sys.argv[0] = 'hotload'; sys.exit(main())"
+    code = "import sys; from hotload._cli import main; sys.argv[0] = 'hotload'; sys.exit(main())"
     samples = []
     for _ in range(CLI_ROUNDS):
         t0 = now()
-        proc = subprocess.run([sys.executable, "-c", code, "ls", "--socket", sock], capture_output=True, text=True,
-                              check=False)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, "ls", "--socket", sock],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         samples.append(now() - t0)
         if proc.returncode != 0:
             return f"failed: hotload ls exited {proc.returncode}: {proc.stderr.strip()[-200:]}"
@@ -95,14 +99,19 @@ def _measure(small: Host, big: Host, tmp: Path) -> dict[str, Any]:
         ctl = tmp / f"ctl-{key}"
         ctl.mkdir(mode=0o700)
         out[f"control {key}"] = _control_ls(host, ctl)
-        out[f"cli {key}"] = _cli_ls(host) if out[f"control {key}"] is not None else "skipped: no control channel"
+        out[f"cli {key}"] = (
+            _cli_ls(host) if out[f"control {key}"] is not None else "skipped: no control channel"
+        )
     return out
 
 
 def run() -> dict[str, Any]:
     tmp = scratch()
     paths = _named_copies(tmp, PLUGINS)
-    with Host(tmp / "work-1", preflight=False) as small, Host(tmp / "work-200", preflight=False) as big:
+    with (
+        Host(tmp / "work-1", preflight=False) as small,
+        Host(tmp / "work-200", preflight=False) as big,
+    ):
         small.load(paths[0])
         for path in paths:
             big.load(path)
@@ -122,14 +131,24 @@ def _time_row(label: str, value: float | str | None, baseline: float | str | Non
 
 def report(r: dict[str, Any]) -> list[str]:
     return [
-        f"scale ({PLUGINS} plugins loaded vs 1; median of {ROUNDS} alternating reloads, {LS_ROUNDS} listings)",
+        f"scale ({PLUGINS} plugins loaded vs 1; median of {ROUNDS} alternating reloads, "
+        f"{LS_ROUNDS} listings)",
         row("reload() with 1 plugin loaded", r["reload 1"], "us"),
-        row(f"reload() with {PLUGINS} plugins loaded", r["reload 200"], "us", r["reload 1"], "vs 1 plugin", 1.25),
+        row(
+            f"reload() with {PLUGINS} plugins loaded",
+            r["reload 200"],
+            "us",
+            r["reload 1"],
+            "vs 1 plugin",
+            1.25,
+        ),
         _time_row("list all versions, 1 plugin", r["ls 1"], None),
         _time_row(f"list all versions, {PLUGINS} plugins", r["ls 200"], r["ls 1"]),
         row(f"  per plugin, {PLUGINS} plugins", r["ls 200"] * 1e6 / PLUGINS, "us"),
         _time_row("ls over the control socket, 1 plugin", r["control 1"], None),
-        _time_row(f"ls over the control socket, {PLUGINS} plugins", r["control 200"], r["control 1"]),
+        _time_row(
+            f"ls over the control socket, {PLUGINS} plugins", r["control 200"], r["control 1"]
+        ),
         _time_row("hotload ls end to end, 1 plugin", r["cli 1"], None),
         _time_row(f"hotload ls end to end, {PLUGINS} plugins", r["cli 200"], r["cli 1"]),
     ]

@@ -77,7 +77,9 @@ def _same_bytes(tmp: Path, lib: Path, floor: Floor) -> dict[str, list[float]]:
     return out
 
 
-def _fresh_builds(tmp: Path, builds: list[Path], floor: Floor, *, preflight: bool) -> dict[str, list[float]]:
+def _fresh_builds(
+    tmp: Path, builds: list[Path], floor: Floor, *, preflight: bool
+) -> dict[str, list[float]]:
     """Reload a new build each time (unseen bytes: nothing cached by digest)."""
     tag = "on" if preflight else "off"
     lib = tmp / f"fresh-{tag}" / "bench.so"
@@ -88,7 +90,9 @@ def _fresh_builds(tmp: Path, builds: list[Path], floor: Floor, *, preflight: boo
         host.load(lib)
         for build in builds[1:]:
             _install(build, lib)
-            out["floor"].append(floor.sample(lib))  # the floor of this very file: "same file, same run"
+            out["floor"].append(
+                floor.sample(lib)
+            )  # the floor of this very file: "same file, same run"
             out["fresh"].append(timed(lambda: host.reload("bench")))
             host.settle()
     return out
@@ -113,35 +117,80 @@ def run() -> dict[str, float]:
     builds = build_many((tmp / "builds" / f"b{i}.so", 100 + i) for i in range(2 * FRESH + 2))
     floor = Floor(lib, tmp)
     raw = _same_bytes(tmp, lib, floor)
-    fresh = _fresh_builds(tmp, builds[:FRESH + 1], floor, preflight=False)
+    fresh = _fresh_builds(tmp, builds[: FRESH + 1], floor, preflight=False)
     raw["fresh"], raw["floor fresh"] = fresh["fresh"], fresh["floor"]
-    raw["fresh on"] = _fresh_builds(tmp, builds[FRESH + 1:], floor, preflight=True)["fresh"]
+    raw["fresh on"] = _fresh_builds(tmp, builds[FRESH + 1 :], floor, preflight=True)["fresh"]
     raw.update(_preflight_on(tmp, lib))
     out: dict[str, float] = {"history": raw.pop("history")[0], "cold": raw.pop("cold")[0] * 1e6}
     for key, samples in raw.items():
-        out[f"{key} p50"], out[f"{key} p95"], out[f"{key} p99"] = (x * 1e6 for x in percentiles(samples))
+        out[f"{key} p50"], out[f"{key} p95"], out[f"{key} p99"] = (
+            x * 1e6 for x in percentiles(samples)
+        )
     return out
 
 
 def report(r: dict[str, float]) -> list[str]:
     return [
-        f"swap latency (stateless 16 KB plugin; {ROUNDS} reloads of the same bytes, {FRESH} of fresh builds, "
+        f"swap latency (stateless 16 KB plugin; {ROUNDS} reloads of the same bytes, {FRESH} of "
+        f"fresh builds, "
         f"{FRESH} fresh + {PREFLIGHT_ROUNDS} same with preflight; floor samples interleaved)",
         row("floor: copy + dlopen + dlclose old, p50", r["floor p50"], "us"),
         row("floor p95", r["floor p95"], "us"),
-        row("preflight off, same bytes: reload() p50", r["same p50"], "us", r["floor p50"], "vs floor", 2.0),
-        row("preflight off, same bytes: reload() p95", r["same p95"], "us", r["floor p95"], "vs floor p95"),
+        row(
+            "preflight off, same bytes: reload() p50",
+            r["same p50"],
+            "us",
+            r["floor p50"],
+            "vs floor",
+            2.0,
+        ),
+        row(
+            "preflight off, same bytes: reload() p95",
+            r["same p95"],
+            "us",
+            r["floor p95"],
+            "vs floor p95",
+        ),
         row("floor of each fresh build (same file), p50", r["floor fresh p50"], "us"),
-        row("preflight off, fresh build: reload() p50", r["fresh p50"], "us", r["floor fresh p50"],
-            "vs its floor", 2.0),
-        row("preflight off, fresh build: reload() p95", r["fresh p95"], "us", r["floor fresh p95"],
-            "vs its floor p95"),
-        row("preflight off, back-to-back burst: p50", r["burst p50"], "us", r["floor p50"], "vs floor"),
-        limit_row("preflight on, fresh build: reload() p50", r["fresh on p50"] / 1e3, "ms", 60.0, "<",
-                  f"({r['fresh on p50'] / r['floor p50']:.1f}x floor)"),
+        row(
+            "preflight off, fresh build: reload() p50",
+            r["fresh p50"],
+            "us",
+            r["floor fresh p50"],
+            "vs its floor",
+            2.0,
+        ),
+        row(
+            "preflight off, fresh build: reload() p95",
+            r["fresh p95"],
+            "us",
+            r["floor fresh p95"],
+            "vs its floor p95",
+        ),
+        row(
+            "preflight off, back-to-back burst: p50",
+            r["burst p50"],
+            "us",
+            r["floor p50"],
+            "vs floor",
+        ),
+        limit_row(
+            "preflight on, fresh build: reload() p50",
+            r["fresh on p50"] / 1e3,
+            "ms",
+            60.0,
+            "<",
+            f"({r['fresh on p50'] / r['floor p50']:.1f}x floor)",
+        ),
         row("preflight on, fresh build: reload() p95", r["fresh on p95"] / 1e3, "ms"),
-        limit_row("preflight on, same bytes: reload() p50", r["on p50"] / 1e3, "ms", 60.0, "<",
-                  f"({r['on p50'] / r['floor p50']:.1f}x floor)"),
+        limit_row(
+            "preflight on, same bytes: reload() p50",
+            r["on p50"] / 1e3,
+            "ms",
+            60.0,
+            "<",
+            f"({r['on p50'] / r['floor p50']:.1f}x floor)",
+        ),
         row("preflight on: first load (starts the worker)", r["cold"] / 1e3, "ms"),
         row("versions kept in host.versions() after the run", r["history"], ""),
     ]

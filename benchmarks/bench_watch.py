@@ -53,8 +53,9 @@ def _phase(tmp: Path, builds: list[tuple[Path, int]], *, preflight: bool) -> dic
     events: list[float] = []
     out: dict[str, list[float]] = {"serve": [], "event": events}
     with Host(tmp / f"work-watch-{tag}", preflight=preflight) as host:
-        watcher = host.watch(watched, on_event=lambda e: events.append(e.latency)
-                             if e.action == "reloaded" else None)
+        watcher = host.watch(
+            watched, on_event=lambda e: events.append(e.latency) if e.action == "reloaded" else None
+        )
         if not (watcher.idle(10.0) and "bench" in host):
             raise RuntimeError(f"the watcher did not load {watched / 'bench.so'}")
         p = host.plugin("bench")
@@ -62,7 +63,9 @@ def _phase(tmp: Path, builds: list[tuple[Path, int]], *, preflight: bool) -> dic
             shutil.copyfile(build, staging / "bench.so")
             watcher.idle()
             host.settle()
-            out["serve"].append(_serve_round(p, staging / "bench.so", watched / "bench.so", build_tag))
+            out["serve"].append(
+                _serve_round(p, staging / "bench.so", watched / "bench.so", build_tag)
+            )
     return out
 
 
@@ -74,17 +77,23 @@ def run() -> dict[str, float]:
     specs = [(tmp / "builds" / f"w{i}.so", 1000 + i) for i in range(2 * (ROUNDS + 1))]
     builds = list(zip(build_many(specs), (t for _, t in specs), strict=True))
     out: dict[str, float] = {}
-    for preflight, part in ((True, builds[:ROUNDS + 1]), (False, builds[ROUNDS + 1:])):
+    for preflight, part in ((True, builds[: ROUNDS + 1]), (False, builds[ROUNDS + 1 :])):
         raw = _phase(tmp, part, preflight=preflight)
         tag = "on" if preflight else "off"
-        out[f"{tag} p50"], out[f"{tag} p95"], out[f"{tag} p99"] = (x * 1e3 for x in percentiles(raw["serve"]))
+        out[f"{tag} p50"], out[f"{tag} p95"], out[f"{tag} p99"] = (
+            x * 1e3 for x in percentiles(raw["serve"])
+        )
         out[f"{tag} timeouts"] = float(sum(1 for x in raw["serve"] if x == float("inf")))
-        out[f"{tag} event p50"] = percentiles(raw["event"])[0] * 1e3 if raw["event"] else float("nan")
+        out[f"{tag} event p50"] = (
+            percentiles(raw["event"])[0] * 1e3 if raw["event"] else float("nan")
+        )
     return out
 
 
 def report(r: dict[str, float]) -> list[str]:
-    title = f"watch-to-serve latency ({ROUNDS} fresh builds renamed into a watched directory per mode)"
+    title = (
+        f"watch-to-serve latency ({ROUNDS} fresh builds renamed into a watched directory per mode)"
+    )
     if not r:
         return [title, text_row("", "skipped: Host.watch not available")]
     lines = [title]
@@ -95,7 +104,12 @@ def report(r: dict[str, float]) -> list[str]:
             row(f"{what}: watcher's event latency, p50", r[f"{tag} event p50"], "ms"),
         ]
         if r[f"{tag} timeouts"]:
-            lines.append(text_row(f"{what}: rounds never served", f"{r[f'{tag} timeouts']:.0f} (timeout {TIMEOUT} s)"))
+            lines.append(
+                text_row(
+                    f"{what}: rounds never served",
+                    f"{r[f'{tag} timeouts']:.0f} (timeout {TIMEOUT} s)",
+                )
+            )
     return lines
 
 

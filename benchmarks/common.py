@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from hotload.builder import compile_plugin
+from hotload._builder import compile_plugin
 
 BENCH_SRC = r"""
 #include <hotload.h>
@@ -97,6 +97,7 @@ def timed(fn: Callable[[], object]) -> float:
 
 # -- the process's own figures ------------------------------------------------
 
+
 def rss_kb() -> int:
     """Resident set size (VmRSS) of this process, in KiB."""
     with open("/proc/self/status") as fh:
@@ -129,8 +130,16 @@ def files_left(workdir: Path) -> int:
 
 # -- printing ------------------------------------------------------------------
 
-def row(label: str, value: float, unit: str, baseline: float | None = None, base_label: str = "",
-        target: float | None = None, ratio: float | None = None) -> str:
+
+def row(
+    label: str,
+    value: float,
+    unit: str,
+    baseline: float | None = None,
+    base_label: str = "",
+    target: float | None = None,
+    ratio: float | None = None,
+) -> str:
     """``label  value unit  ratio vs baseline  [target <= Nx: met|MISSED]``.
     ``ratio`` overrides value/baseline, e.g. with a median of paired ratios."""
     text = f"  {label:<50} {value:>10.1f} {unit:<3}"
@@ -142,7 +151,9 @@ def row(label: str, value: float, unit: str, baseline: float | None = None, base
     return text
 
 
-def limit_row(label: str, value: float, unit: str, limit: float, op: str = "<", note: str = "") -> str:
+def limit_row(
+    label: str, value: float, unit: str, limit: float, op: str = "<", note: str = ""
+) -> str:
     """A figure with an absolute target: ``[target < 60 ms: met|MISSED]``."""
     met = value < limit if op == "<" else value <= limit
     tail = f" {note}" if note else ""

@@ -19,8 +19,10 @@ MODULES = ("bench_calls", "bench_swap", "bench_watch", "bench_scale", "bench_mem
 
 
 def main() -> int:
-    print(f"hotload benchmarks: Python {platform.python_version()}, {platform.machine()}, "
-          f"{platform.platform(terse=True)}")
+    print(
+        f"hotload benchmarks: Python {platform.python_version()}, {platform.machine()}, "
+        f"{platform.platform(terse=True)}"
+    )
     for name in MODULES:
         mod = importlib.import_module(name)
         print()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hotload import Host
-from hotload.builder import compile_plugin
+from hotload._builder import compile_plugin
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS_SRC = ROOT / "native" / "plugins"
@@ -25,8 +25,14 @@ def cc(tmp_path: Path) -> Compile:
     """``cc(source_text, name, flags=[], cxx=False)`` -> path of a fresh .so,
     compiled with the project's own builder (temp file + rename)."""
 
-    def build(source: str, name: str = "plugin", flags: list[str] | None = None, *, cxx: bool = False,
-              out: Path | None = None) -> Path:
+    def build(
+        source: str,
+        name: str = "plugin",
+        flags: list[str] | None = None,
+        *,
+        cxx: bool = False,
+        out: Path | None = None,
+    ) -> Path:
         ext = ".cpp" if cxx else ".c"
         src = tmp_path / "src" / f"{name}{ext}"
         src.parent.mkdir(exist_ok=True)
@@ -157,8 +163,11 @@ HOTLOAD_EXPORT(previous_version, "const char *(void)");
 
 def xp_source(mult: int = 2, version: str = "1.0.0", refuse: int = 0) -> str:
     """A stateful test plugin whose behaviour and version string are parameters."""
-    return (XP_SOURCE.replace("VERSION", version).replace("MULT", str(mult))
-            .replace("REFUSE", str(refuse)))
+    return (
+        XP_SOURCE.replace("VERSION", version)
+        .replace("MULT", str(mult))
+        .replace("REFUSE", str(refuse))
+    )
 
 
 @pytest.fixture

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from hotload import DescriptorError, Host, HotloadError, InvalidPluginError, LoadError, SignatureError
+from hotload import (
+    DescriptorError,
+    Host,
+    HotloadError,
+    InvalidPluginError,
+    LoadError,
+    SignatureError,
+)
 
 from conftest import versioned_copies
 
@@ -48,12 +55,27 @@ def _bad_files(tmp_path: Path, good: Path, cc) -> dict[str, tuple[Path, type[Hot
         "empty": (put("empty.so", b""), InvalidPluginError, "empty file"),
         "text": (put("notes.so", b"this is not a library\n"), InvalidPluginError, "text file"),
         "truncated header": (put("trunc40.so", data[:40]), InvalidPluginError, "truncated"),
-        "truncated 25%": (put("trunc25.so", data[: len(data) // 4]), InvalidPluginError, "truncated"),
-        "truncated 50%": (put("trunc50.so", data[: len(data) // 2]), InvalidPluginError, "truncated"),
-        "truncated 75%": (put("trunc75.so", data[: len(data) * 3 // 4]), InvalidPluginError, "truncated"),
+        "truncated 25%": (
+            put("trunc25.so", data[: len(data) // 4]),
+            InvalidPluginError,
+            "truncated",
+        ),
+        "truncated 50%": (
+            put("trunc50.so", data[: len(data) // 2]),
+            InvalidPluginError,
+            "truncated",
+        ),
+        "truncated 75%": (
+            put("trunc75.so", data[: len(data) * 3 // 4]),
+            InvalidPluginError,
+            "truncated",
+        ),
         "truncated -1": (put("trunc-1.so", data[:-1]), InvalidPluginError, "truncated"),
-        "other arch": (_elf_machine_patched(good, bad / "arm.so", 183), InvalidPluginError,
-                       "built for AArch64.*wrong architecture"),
+        "other arch": (
+            _elf_machine_patched(good, bad / "arm.so", 183),
+            InvalidPluginError,
+            "built for AArch64.*wrong architecture",
+        ),
         "executable": (exe, InvalidPluginError, "executable, not a shared library"),
         "directory": (bad, InvalidPluginError, "is a directory"),
         "missing": (bad / "nope.so", InvalidPluginError, "no such file"),
@@ -64,7 +86,8 @@ def _bad_files(tmp_path: Path, good: Path, cc) -> dict[str, tuple[Path, type[Hot
 
 
 def test_every_bad_file_is_refused_on_reload_and_nothing_is_lost(
-        host: Host, xp_build, cc, tmp_path: Path) -> None:
+    host: Host, xp_build, cc, tmp_path: Path
+) -> None:
     good = xp_build(mult=2)
     keep = tmp_path / "good-copy.so"
     shutil.copyfile(good, keep)
@@ -105,9 +128,9 @@ def test_truncated_library_never_reaches_dlopen_in_a_child(tmp_path: Path, xp_bu
     script = textwrap.dedent(f"""
         import sys
         from hotload import Host, InvalidPluginError
-        data = open({str(tmp_path / 'build' / 'xp.so')!r}, 'rb').read()
+        data = open({str(tmp_path / "build" / "xp.so")!r}, 'rb').read()
         refused = 0
-        with Host({str(tmp_path / 'w')!r}) as host:
+        with Host({str(tmp_path / "w")!r}) as host:
             for cut in range(1, len(data), max(1, len(data) // 64)):
                 p = {str(tmp_path)!r} + f'/cut{{cut}}.so'
                 open(p, 'wb').write(data[:cut])
@@ -119,7 +142,9 @@ def test_truncated_library_never_reaches_dlopen_in_a_child(tmp_path: Path, xp_bu
                     sys.exit(f'loaded a truncated file of {{cut}} bytes')
         print(refused)
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout) >= 60
     assert len(good) > 1000
@@ -134,7 +159,7 @@ def test_unreadable_file(tmp_path: Path, xp_build) -> None:
     p.chmod(0)
     script = textwrap.dedent(f"""
         from hotload import Host, InvalidPluginError
-        with Host({str(tmp_path / 'w2')!r}) as host:
+        with Host({str(tmp_path / "w2")!r}) as host:
             try:
                 host.load({str(p)!r})
             except InvalidPluginError as exc:
@@ -143,7 +168,9 @@ def test_unreadable_file(tmp_path: Path, xp_build) -> None:
     cmd = [sys.executable, "-c", script]
     if os.geteuid() == 0:
         if shutil.which("setpriv") is None:
-            pytest.skip("running as root without setpriv (util-linux): cannot drop CAP_DAC_OVERRIDE")
+            pytest.skip(
+                "running as root without setpriv (util-linux): cannot drop CAP_DAC_OVERRIDE"
+            )
         cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -161,7 +188,9 @@ def test_vanished_file_between_event_and_reload(host: Host, xp_build) -> None:
 
 def test_foreign_descriptor_name_is_refused(host: Host, xp_build, example_plugins) -> None:
     host.load(xp_build())
-    with pytest.raises(DescriptorError, match=r"double_xp\.so: the file declares plugin 'double_xp', not 'xp'"):
+    with pytest.raises(
+        DescriptorError, match=r"double_xp\.so: the file declares plugin 'double_xp', not 'xp'"
+    ):
         host.reload("xp", example_plugins["double_xp"])
 
 
@@ -170,7 +199,9 @@ def test_declared_signatures_are_rechecked_on_reload(host: Host, cc, tmp_path: P
     src = "#include <stdint.h>\nint64_t add(int64_t a, int64_t b) { return a + b; }\n"
     lib = host.load(cc(src, out=out), name="m2", signatures={"add": "int64_t(int64_t, int64_t)"})
     cc("int other(void) { return 1; }\n", out=out)  # the rebuilt library lost its function
-    with pytest.raises(LoadError, match=r"libm2\.so: add is declared .* not in the library's dynamic"):
+    with pytest.raises(
+        LoadError, match=r"libm2\.so: add is declared .* not in the library's dynamic"
+    ):
         host.reload("m2")
     assert lib.add(1, 2) == 3
     with pytest.raises(SignatureError):

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from hotload import Host, cli, control
+from hotload import Host
+from hotload import _cli as cli
+from hotload import _control as control
 
 from conftest import pid_alive
 
@@ -38,8 +40,13 @@ class HostProcess:
     """A host in its own process, serving its control socket."""
 
     def __init__(self, env: dict[str, str], *plugins: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", HOST_SCRIPT, *map(str, plugins)], env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", HOST_SCRIPT, *map(str, plugins)],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().strip()
         assert line, "the host process did not start"
@@ -73,8 +80,13 @@ def hosts(ctl_env: dict[str, str]) -> Iterator[list[HostProcess]]:
 
 
 def hotload(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hotload", *args], env=env, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "hotload", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
@@ -85,7 +97,9 @@ def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def test_ls_and_reload_through_the_cli_against_a_host_process(ctl_env, hosts, xp_build, example_plugins) -> None:
+def test_ls_and_reload_through_the_cli_against_a_host_process(
+    ctl_env, hosts, xp_build, example_plugins
+) -> None:
     target = xp_build(mult=2)
     hosts.append(HostProcess(ctl_env, target, example_plugins["loot_drop"]))
     sock = hosts[0].socket
@@ -96,7 +110,12 @@ def test_ls_and_reload_through_the_cli_against_a_host_process(ctl_env, hosts, xp
     assert [p["name"] for p in listing["plugins"]] == ["loot_drop", "xp"]
     v1 = listing["plugins"][1]["versions"][0]
     assert (v1["seq"], v1["plugin_version"], v1["state"], v1["in_flight"], v1["source"]) == (
-        1, "1.0.0", "active", 0, str(target))
+        1,
+        "1.0.0",
+        "active",
+        0,
+        str(target),
+    )
     assert {"loaded_at", "blockers", "digest", "mapped_bytes"} <= set(v1)
 
     xp_build(mult=3, version="1.1.0")
@@ -162,7 +181,9 @@ def test_two_hosts_at_once(ctl_env, hosts, xp_build, example_plugins) -> None:
     assert "2 hosts are running" in err and "pick one with --host PID or --socket PATH" in err
     by_pid = json.loads(hotload(ctl_env, "ls", "--json", "--host", str(hosts[1].pid)).stdout)
     assert [p["name"] for p in by_pid["plugins"]] == ["double_xp"]
-    by_socket = json.loads(hotload(ctl_env, "ls", "--json", "--socket", str(hosts[0].socket)).stdout)
+    by_socket = json.loads(
+        hotload(ctl_env, "ls", "--json", "--socket", str(hosts[0].socket)).stdout
+    )
     assert [p["name"] for p in by_socket["plugins"]] == ["xp"]
     assert "no running host matches '1'" in one_line_error(hotload(ctl_env, "ls", "--host", "1"))
 
@@ -178,7 +199,9 @@ def test_a_killed_hosts_socket_is_cleaned_up(ctl_env, hosts, xp_build) -> None:
     assert json.loads(hotload(ctl_env, "hosts", "--json").stdout) == {"hosts": []}
 
 
-def test_a_new_host_sweeps_stale_sockets_but_not_live_ones(tmp_path: Path, ctl_env, hosts, xp_build) -> None:
+def test_a_new_host_sweeps_stale_sockets_but_not_live_ones(
+    tmp_path: Path, ctl_env, hosts, xp_build
+) -> None:
     ctl = Path(ctl_env[control.ENV_DIR])
     hosts.append(HostProcess(ctl_env, xp_build(mult=2)))
     stale = ctl / "host-999999-abcdef.sock"  # a pid that is not running, a socket nobody listens on
@@ -197,7 +220,7 @@ def test_a_new_host_sweeps_stale_sockets_but_not_live_ones(tmp_path: Path, ctl_e
 
 
 def _as_other_uid(argv: list[str], uid: int = 65534) -> tuple[int, str]:
-    """Run ``hotload.cli.main(argv)`` in a forked child that switched to
+    """Run ``hotload._cli.main(argv)`` in a forked child that switched to
     ``uid`` (the interpreter itself lives under /root, out of that user's
     reach, so a fork of this process is the way to be another user)."""
     r, w = os.pipe()
@@ -224,8 +247,10 @@ def _as_other_uid(argv: list[str], uid: int = 65534) -> tuple[int, str]:
     return int(rc), text
 
 
-@pytest.mark.skipif(not hasattr(os, "fork") or os.geteuid() != 0,
-                    reason="needs root to act as a second uid (setuid in a forked child)")
+@pytest.mark.skipif(
+    not hasattr(os, "fork") or os.geteuid() != 0,
+    reason="needs root to act as a second uid (setuid in a forked child)",
+)
 def test_another_uid_is_refused(hosts, xp_build) -> None:
     ctl = Path(tempfile.mkdtemp(prefix="hotload-ctl-"))  # under /tmp: reachable by another user
     env = {**os.environ, control.ENV_DIR: str(ctl)}
@@ -239,7 +264,9 @@ def test_another_uid_is_refused(hosts, xp_build) -> None:
         rc, text = _as_other_uid(["ls", "--socket", sock])  # 2nd lock: SO_PEERCRED
         assert rc == 1 and "refused a client with uid 65534" in text, text
         assert "only root may control this host" in text
-        assert json.loads(hotload(env, "ls", "--json", "--socket", sock).stdout)["plugins"]  # we still may
+        assert json.loads(hotload(env, "ls", "--json", "--socket", sock).stdout)[
+            "plugins"
+        ]  # we still may
     finally:
         for h in hosts:
             h.stop()
@@ -255,8 +282,9 @@ def test_no_host_running_is_one_clear_line(ctl_env) -> None:
     assert hotload(ctl_env, "hosts").stdout.startswith("no running hotload host in")
 
 
-def test_ls_reports_leaked_images_their_bytes_and_why(ctl_env: dict[str, str], hosts: list[HostProcess],
-                                                      cc, tmp_path: Path) -> None:
+def test_ls_reports_leaked_images_their_bytes_and_why(
+    ctl_env: dict[str, str], hosts: list[HostProcess], cc, tmp_path: Path
+) -> None:
     src = """
         #include <hotload.h>
         HOTLOAD_PLUGIN("sticky", "1");
@@ -279,7 +307,9 @@ def test_ls_reports_leaked_images_their_bytes_and_why(ctl_env: dict[str, str], h
     assert "sticky v1:" in text and "DF_1_NODELETE" in text
 
 
-def test_deeply_nested_json_is_a_bad_request_and_the_session_lives(host: Host, tmp_path: Path) -> None:
+def test_deeply_nested_json_is_a_bad_request_and_the_session_lives(
+    host: Host, tmp_path: Path
+) -> None:
     server = host.serve_control(directory=tmp_path / "ctl")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(10)
@@ -291,7 +321,9 @@ def test_deeply_nested_json_is_a_bad_request_and_the_session_lives(host: Host, t
         assert json.loads(reader.readline())["result"]["pid"] == os.getpid()
 
 
-def test_a_listening_socket_is_never_swept_whatever_pid_its_name_shows(host: Host, tmp_path: Path) -> None:
+def test_a_listening_socket_is_never_swept_whatever_pid_its_name_shows(
+    host: Host, tmp_path: Path
+) -> None:
     """A host in another pid namespace sharing the directory has a pid we
     cannot see: only a refused connection proves a socket stale."""
     directory = tmp_path / "ctl"

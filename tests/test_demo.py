@@ -17,19 +17,37 @@ from conftest import PLUGINS_SRC
 
 
 def test_scripted_demo_runs_to_completion_with_every_check_passing(tmp_path: Path) -> None:
-    env = {**os.environ, "HOTLOAD_CONTROL_DIR": str(tmp_path / "ctl"), "HOTLOAD_WORKDIR": str(tmp_path / "work")}
+    env = {
+        **os.environ,
+        "HOTLOAD_CONTROL_DIR": str(tmp_path / "ctl"),
+        "HOTLOAD_WORKDIR": str(tmp_path / "work"),
+    }
     (tmp_path / "ctl").mkdir(mode=0o700)
-    proc = subprocess.run([sys.executable, "-m", "hotload", "demo"], capture_output=True, text=True, env=env,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hotload", "demo"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     assert "Traceback" not in proc.stderr
-    assert re.search(r"watcher rebuilt double_xp\.c in \d+ ms and swapped v1 1\.0\.0 -> v2 1\.1\.0", out)
+    assert re.search(
+        r"watcher rebuilt double_xp\.c in \d+ ms and swapped v1 1\.0\.0 -> v2 1\.1\.0", out
+    )
     assert re.search(r"ok   calls +[\d,]+ served, 0 failed", out)
-    assert "ok   switch     v1 1.0.0 (x2) -> v2 1.1.0 (x3); 4 players went x2 -> x3 once, 0 went back" in out
-    assert re.search(r"ok   state +grant_count\(\) = ([\d,]+) = [\d,]+ rewards at x2 in v1 \+ [\d,]+ at x3", out)
+    assert (
+        "ok   switch     v1 1.0.0 (x2) -> v2 1.1.0 (x3); 4 players went x2 -> x3 once, 0 went back"
+        in out
+    )
+    assert re.search(
+        r"ok   state +grant_count\(\) = ([\d,]+) = [\d,]+ rewards at x2 in v1 \+ [\d,]+ at x3", out
+    )
     assert re.search(r"ok   old image +v1 unloaded: .*gone from /proc/self/maps", out)
-    assert out.rstrip().endswith("ok: hot swap under load with no failed call, state carried, old image unloaded")
+    assert out.rstrip().endswith(
+        "ok: hot swap under load with no failed call, state carried, old image unloaded"
+    )
     assert len(out.splitlines()) < 25  # a view for a person, not a log dump
     assert not list((tmp_path / "ctl").iterdir())  # its control socket went with it
 
@@ -39,10 +57,29 @@ def test_interactive_demo_swaps_a_saved_edit_until_ctrl_c(tmp_path: Path) -> Non
     src.mkdir()
     for name in ("double_xp.c", "loot_drop.c"):
         shutil.copy(PLUGINS_SRC / name, src / name)
-    env = {**os.environ, "HOTLOAD_CONTROL_DIR": str(tmp_path / "ctl"), "HOTLOAD_WORKDIR": str(tmp_path / "work")}
+    env = {
+        **os.environ,
+        "HOTLOAD_CONTROL_DIR": str(tmp_path / "ctl"),
+        "HOTLOAD_WORKDIR": str(tmp_path / "work"),
+    }
     (tmp_path / "ctl").mkdir(mode=0o700)
-    proc = subprocess.Popen([sys.executable, "-m", "hotload", "demo", "--interactive", "--players", "2",
-                             "--src", str(src)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hotload",
+            "demo",
+            "--interactive",
+            "--players",
+            "2",
+            "--src",
+            str(src),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
 
@@ -61,13 +98,24 @@ def test_interactive_demo_swaps_a_saved_edit_until_ctrl_c(tmp_path: Path) -> Non
     try:
         wait_for(r"and save; Ctrl-C to stop")
         source = src / "double_xp.c"
-        source.write_text(source.read_text().replace("#define MULTIPLIER 2", "#define MULTIPLIER 5"))
+        source.write_text(
+            source.read_text().replace("#define MULTIPLIER 2", "#define MULTIPLIER 5")
+        )
         assert "double_xp now v2" in wait_for(r"swap +double_xp\.c")
-        back = subprocess.run([sys.executable, "-m", "hotload", "rollback", "double_xp"], env=env,
-                              capture_output=True, text=True, timeout=60)
+        back = subprocess.run(
+            [sys.executable, "-m", "hotload", "rollback", "double_xp"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert back.returncode == 0, back.stderr
-        wait_for(r"swap +double_xp now v3 1\.0\.0 \(rollback to v1\)")  # the view shows outside swaps too
-        source.write_text(source.read_text().replace("return xp;", "return xp"))  # a typo: refused, v2 serves
+        wait_for(
+            r"swap +double_xp now v3 1\.0\.0 \(rollback to v1\)"
+        )  # the view shows outside swaps too
+        source.write_text(
+            source.read_text().replace("return xp;", "return xp")
+        )  # a typo: refused, v2 serves
         assert "the running version keeps serving" in wait_for(r"refused +double_xp\.c")
         proc.send_signal(signal.SIGINT)
         assert re.search(r"stopped: [\d,]+ calls served, 0 failed", wait_for(r"^stopped"))

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from hotload import elfcheck, inspector
-from hotload.errors import InvalidPluginError
-from hotload.inspector import Report
+from hotload import _inspector as inspector
+from hotload._errors import InvalidPluginError
+from hotload._inspector import Report
+from hotload._platform import _elf as elfcheck
 
 ROOT = Path(__file__).resolve().parent.parent
 SDK = ROOT / "native" / "include"
@@ -65,6 +66,7 @@ extern "C" __attribute__((visibility("default"))) int bump() {{
 }}
 """
 
+
 TLS = """
 __thread int tls_counter MODEL;
 int tick(void) { return ++tls_counter; }
@@ -77,7 +79,9 @@ extern "C" int touch() { hotload_tl_name = "a string long enough to live on the 
 PTHREAD = """
 #include <pthread.h>
 static void *run(void *arg) { return arg; }
-int start(void) { pthread_t t; if (pthread_create(&t, 0, run, 0)) return -1; return pthread_join(t, 0); }
+int start(void) {
+    pthread_t t; if (pthread_create(&t, 0, run, 0)) return -1; return pthread_join(t, 0);
+}
 """
 STD_THREAD = """
 #include <thread>
@@ -88,7 +92,9 @@ KEY = """
 #include <stdlib.h>
 static pthread_key_t key;
 static void drop(void *p) { free(p); }
-int make(void) { if (pthread_key_create(&key, drop)) return -1; return pthread_setspecific(key, malloc(8)); }
+int make(void) {
+    if (pthread_key_create(&key, drop)) return -1; return pthread_setspecific(key, malloc(8));
+}
 #ifdef FIXED
 __attribute__((destructor)) static void fini(void) { pthread_key_delete(key); }
 #endif
@@ -102,7 +108,9 @@ SIGACTION = """
 #define _POSIX_C_SOURCE 200809L
 #include <signal.h>
 static void on_usr1(int sig) { (void)sig; }
-int arm(void) { struct sigaction sa = {0}; sa.sa_handler = on_usr1; return sigaction(SIGUSR1, &sa, 0); }
+int arm(void) {
+    struct sigaction sa = {0}; sa.sa_handler = on_usr1; return sigaction(SIGUSR1, &sa, 0);
+}
 """
 EXIT_HANDLER = """
 #define _DEFAULT_SOURCE
@@ -128,8 +136,19 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
             src.write_text(textwrap.dedent(source))
             out = out_dir / f"lib{name}.so"
             std = [] if cxx else ["-std=c11"]
-            cmd = ["g++" if cxx else "gcc", *std, "-fPIC", "-shared", "-Wall", "-Wextra", f"-I{SDK}",
-                   str(src), "-o", str(out), *flags]
+            cmd = [
+                "g++" if cxx else "gcc",
+                *std,
+                "-fPIC",
+                "-shared",
+                "-Wall",
+                "-Wextra",
+                f"-I{SDK}",
+                str(src),
+                "-o",
+                str(out),
+                *flags,
+            ]
             res = subprocess.run(cmd, capture_output=True, text=True)
             assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stderr}"
             built[name] = out
@@ -171,6 +190,7 @@ def undefined(path: Path) -> set[str]:
 
 # ---- a clean library ---------------------------------------------------------
 
+
 def test_clean_plugin_has_no_findings(build: Build) -> None:
     path = build("clean", CLEAN, "-Wl,-soname,libclean.so.1")
     report = inspector.inspect_file(path)
@@ -183,6 +203,7 @@ def test_clean_plugin_has_no_findings(build: Build) -> None:
 
 
 # ---- what pins an image ------------------------------------------------------
+
 
 def test_nodelete(build: Build) -> None:
     report = inspector.inspect_file(build("nodelete", PLAIN, "-Wl,-z,nodelete"))
@@ -206,7 +227,9 @@ def _with_go_section(build: Build, name: str, *flags: str) -> Path:
     base = build(name, TLS.replace("MODEL", '__attribute__((tls_model("initial-exec")))'), *flags)
     blob, out = base.with_suffix(".buildinfo"), base.with_name(f"lib{name}-go.so")
     blob.write_bytes(_go_buildinfo("go1.22.4"))
-    subprocess.run(["objcopy", "--add-section", f".go.buildinfo={blob}", str(base), str(out)], check=True)
+    subprocess.run(
+        ["objcopy", "--add-section", f".go.buildinfo={blob}", str(base), str(out)], check=True
+    )
     return out
 
 
@@ -243,20 +266,27 @@ def test_gnu_unique_fixes_remove_the_finding(build: Build, flag: str) -> None:
 
 
 @needs_gxx
-def test_gnu_unique_without_cxxfilt_keeps_mangled_names(build: Build,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gnu_unique_without_cxxfilt_keeps_mangled_names(
+    build: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(inspector.shutil, "which", lambda name: None)
-    finding = only(inspector.inspect_file(build("unique", unique_source("a"), cxx=True)), "gnu_unique")
+    finding = only(
+        inspector.inspect_file(build("unique", unique_source("a"), cxx=True)), "gnu_unique"
+    )
     assert "_ZZ9counter_avE1c" in finding.message
 
 
 @needs_gxx
-@pytest.mark.parametrize("static_libstdcxx", [False, True], ids=["libstdc++.so", "static-libstdc++"])
+@pytest.mark.parametrize(
+    "static_libstdcxx", [False, True], ids=["libstdc++.so", "static-libstdc++"]
+)
 def test_thread_local_destructors(build: Build, static_libstdcxx: bool) -> None:
     flags = ["-static-libstdc++"] if static_libstdcxx else []
     report = inspector.inspect_file(build(f"tl{len(flags)}", THREAD_LOCAL, *flags, cxx=True))
     finding = only(report, "tls_dtor")
-    assert finding.pins and not finding.unsafe  # glibc keeps the image while the destructors are due
+    assert (
+        finding.pins and not finding.unsafe
+    )  # glibc keeps the image while the destructors are due
     want = "__cxa_thread_atexit_impl" if static_libstdcxx else "__cxa_thread_atexit"
     assert f"imports {want})" in finding.message
     assert "trivially destructible" in (finding.fix or "")
@@ -273,7 +303,10 @@ def test_static_tls_initial_exec(build: Build) -> None:
     assert codes(report) == ["static_tls"]
     assert not finding.pins and not finding.unsafe
     assert "DF_STATIC_TLS" in finding.message
-    assert "initial-exec TLS relocation" in finding.message and "against tls_counter" in finding.message
+    assert (
+        "initial-exec TLS relocation" in finding.message
+        and "against tls_counter" in finding.message
+    )
     assert "cannot allocate memory in static TLS block" in finding.message
     assert "-ftls-model=global-dynamic" in (finding.fix or "")
 
@@ -306,16 +339,28 @@ def test_static_tls_found_from_relocations_alone(build: Build) -> None:
 
 # ---- unload hazards ----------------------------------------------------------
 
-@pytest.mark.parametrize("name, source, flags, code, symbol", [
-    ("pthread", PTHREAD, (), "threads", "pthread_create"),
-    ("key", KEY, (), "thread_key", "pthread_key_create"),
-    ("signal", SIGNAL, (), "signal_handler", "__sysv_signal"),  # what -std=c11 makes of signal()
-    ("signal_gnu", SIGNAL, ("-std=gnu11",), "signal_handler", "signal"),
-    ("sigaction", SIGACTION, (), "signal_handler", "sigaction"),
-    ("on_exit", EXIT_HANDLER.replace("REGISTER", "on_exit(bye2, 0)"), (), "atexit", "on_exit"),
-], ids=["pthread", "key", "signal", "signal_gnu", "sigaction", "on_exit"])
-def test_unload_hazards(build: Build, name: str, source: str, flags: tuple[str, ...], code: str,
-                        symbol: str) -> None:
+
+@pytest.mark.parametrize(
+    "name, source, flags, code, symbol",
+    [
+        ("pthread", PTHREAD, (), "threads", "pthread_create"),
+        ("key", KEY, (), "thread_key", "pthread_key_create"),
+        (
+            "signal",
+            SIGNAL,
+            (),
+            "signal_handler",
+            "__sysv_signal",
+        ),  # what -std=c11 makes of signal()
+        ("signal_gnu", SIGNAL, ("-std=gnu11",), "signal_handler", "signal"),
+        ("sigaction", SIGACTION, (), "signal_handler", "sigaction"),
+        ("on_exit", EXIT_HANDLER.replace("REGISTER", "on_exit(bye2, 0)"), (), "atexit", "on_exit"),
+    ],
+    ids=["pthread", "key", "signal", "signal_gnu", "sigaction", "on_exit"],
+)
+def test_unload_hazards(
+    build: Build, name: str, source: str, flags: tuple[str, ...], code: str, symbol: str
+) -> None:
     report = inspector.inspect_file(build(name, source, *flags))
     finding = only(report, code)
     assert codes(report) == [code]
@@ -344,7 +389,9 @@ def test_atexit_in_a_shared_library_is_not_a_hazard(build: Build) -> None:
 def test_runtime_from_needed(build: Build) -> None:
     stub = build("go_stub_src", "int go_stub(void) { return 0; }\n", "-Wl,-soname,libgo.so.21")
     shutil.copyfile(stub, stub.with_name("libgo.so.21"))
-    report = inspector.inspect_file(build("uses_go", USES_RUNTIME, f"-L{stub.parent}", "-l:libgo.so.21"))
+    report = inspector.inspect_file(
+        build("uses_go", USES_RUNTIME, f"-L{stub.parent}", "-l:libgo.so.21")
+    )
     assert "libgo.so.21" in report.needed
     finding = only(report, "runtime")
     assert finding.unsafe and not finding.pins
@@ -352,6 +399,7 @@ def test_runtime_from_needed(build: Build) -> None:
 
 
 # ---- robustness --------------------------------------------------------------
+
 
 def test_not_elf_empty_truncated_missing(build: Build, tmp_path: Path) -> None:
     text = tmp_path / "notes.so"
@@ -368,7 +416,9 @@ def test_not_elf_empty_truncated_missing(build: Build, tmp_path: Path) -> None:
 
 
 def test_corrupt_bytes_only_raise_invalid_plugin_error(build: Build) -> None:
-    data = (build("unique", unique_source("a"), cxx=True) if shutil.which("g++") else build("ie", IE)).read_bytes()
+    data = (
+        build("unique", unique_source("a"), cxx=True) if shutil.which("g++") else build("ie", IE)
+    ).read_bytes()
     rng = random.Random(7)
     for i in range(300):
         blob = bytearray(data)
@@ -385,7 +435,9 @@ def test_foreign_machine_is_inspected(build: Build) -> None:
     struct.pack_into("<H", data, 18, 183)  # e_machine = AArch64
     with pytest.raises(InvalidPluginError, match="wrong architecture"):
         elfcheck.check(bytes(data), "arm.so")  # the loader's check refuses it ...
-    assert codes(inspector.inspect_bytes(bytes(data), "arm.so")) == ["nodelete"]  # ... the inspector explains it
+    assert codes(inspector.inspect_bytes(bytes(data), "arm.so")) == [
+        "nodelete"
+    ]  # ... the inspector explains it
 
 
 def test_other_word_size_is_inspected(build: Build) -> None:
@@ -402,6 +454,7 @@ def test_other_word_size_is_inspected(build: Build) -> None:
 
 # ---- the cache ---------------------------------------------------------------
 
+
 def test_cached_by_digest(build: Build) -> None:
     data = build("nodelete", PLAIN, "-Wl,-z,nodelete").read_bytes()
     first = inspector.inspect_bytes(data, "a.so")
@@ -414,8 +467,11 @@ def test_cached_by_digest(build: Build) -> None:
 
 def test_cache_is_bounded(build: Build, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(inspector, "CACHE_SIZE", 2)
-    libs = [build("p41", PLAIN.replace("42", "41")), build("p43", PLAIN.replace("42", "43")),
-            build("nodelete", PLAIN, "-Wl,-z,nodelete")]
+    libs = [
+        build("p41", PLAIN.replace("42", "41")),
+        build("p43", PLAIN.replace("42", "43")),
+        build("nodelete", PLAIN, "-Wl,-z,nodelete"),
+    ]
     reports = [inspector.inspect_file(p) for p in libs]
     assert len({r.digest for r in reports}) == 3
     assert inspector.inspect_file(libs[2]) is reports[2]
@@ -424,6 +480,7 @@ def test_cache_is_bounded(build: Build, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 # ---- explain_leak ------------------------------------------------------------
+
 
 def test_explain_leak_gives_pins_with_fixes(build: Build) -> None:
     report = inspector.inspect_file(build("nodelete", PLAIN, "-Wl,-z,nodelete"))
@@ -444,6 +501,7 @@ def test_explain_leak_without_a_reason_in_the_file(build: Build) -> None:
 
 # ---- what glibc really does --------------------------------------------------
 
+
 def _open_two_copies(src: Path, tag: str) -> tuple[Path, Path, int, int]:
     """dlopen two private copies of ``src``, call bump() in each, dlclose both."""
     a, b = src.with_name(f"{src.stem}-{tag}-v1.so"), src.with_name(f"{src.stem}-{tag}-v2.so")
@@ -459,7 +517,9 @@ def _open_two_copies(src: Path, tag: str) -> tuple[Path, Path, int, int]:
 @needs_gxx
 @needs_glibc
 def test_gnu_unique_really_pins_the_first_copy(build: Build) -> None:
-    a, b, bump_a, bump_b = _open_two_copies(build("unique_real", unique_source("real"), cxx=True), "real")
+    a, b, bump_a, bump_b = _open_two_copies(
+        build("unique_real", unique_source("real"), cxx=True), "real"
+    )
     assert (bump_a, bump_b) == (1, 2)  # the second copy used the first copy's counter
     assert mapped(a), "the first image to bind the unique symbol stays mapped"
     assert not mapped(b)
@@ -467,8 +527,10 @@ def test_gnu_unique_really_pins_the_first_copy(build: Build) -> None:
 
 @needs_gxx
 @needs_glibc
-@pytest.mark.parametrize("flag, pinned", [("-fno-gnu-unique", False), ("-fvisibility=hidden", False),
-                                          ("-Wl,-Bsymbolic", True)])
+@pytest.mark.parametrize(
+    "flag, pinned",
+    [("-fno-gnu-unique", False), ("-fvisibility=hidden", False), ("-Wl,-Bsymbolic", True)],
+)
 def test_gnu_unique_fixes_really_unmap(build: Build, flag: str, pinned: bool) -> None:
     tag = flag.strip("-").replace("=", "_").replace(",", "_").replace("-", "_")
     path = build("unique_" + tag, unique_source(tag), flag, cxx=True)
@@ -532,21 +594,35 @@ hold.set(); worker.join()
 
 
 @needs_glibc
-@pytest.mark.parametrize("name, source, flags, crashes, output", [
-    ("atexit", EXIT_HANDLER.replace("REGISTER", "atexit(bye)"), (), False, "handler ran\nhandler ran\nclosed"),
-    ("on_exit", EXIT_HANDLER.replace("REGISTER", "on_exit(bye2, 0)"), (), True, "closed"),
-    ("key", KEY, (), True, "closed"),
-    ("key_fixed", KEY, ("-DFIXED",), False, "closed"),
-], ids=["atexit", "on_exit", "key", "key_fixed"])
-def test_exit_handlers_and_keys_really_behave_as_claimed(build: Build, name: str, source: str,
-                                                         flags: tuple[str, ...], crashes: bool,
-                                                         output: str) -> None:
+@pytest.mark.parametrize(
+    "name, source, flags, crashes, output",
+    [
+        (
+            "atexit",
+            EXIT_HANDLER.replace("REGISTER", "atexit(bye)"),
+            (),
+            False,
+            "handler ran\nhandler ran\nclosed",
+        ),
+        ("on_exit", EXIT_HANDLER.replace("REGISTER", "on_exit(bye2, 0)"), (), True, "closed"),
+        ("key", KEY, (), True, "closed"),
+        ("key_fixed", KEY, ("-DFIXED",), False, "closed"),
+    ],
+    ids=["atexit", "on_exit", "key", "key_fixed"],
+)
+def test_exit_handlers_and_keys_really_behave_as_claimed(
+    build: Build, name: str, source: str, flags: tuple[str, ...], crashes: bool, output: str
+) -> None:
     """atexit() handlers run at dlclose (no finding); on_exit() handlers and
     forgotten key destructors crash the process after the unmap (findings),
     and pthread_key_delete in a destructor (the advised fix) prevents it."""
     path = build(name, source, *flags)
-    res = subprocess.run([sys.executable, "-c", CHILD, str(path), "reg" if "exit" in name else "make"],
-                         capture_output=True, text=True, timeout=30)
+    res = subprocess.run(
+        [sys.executable, "-c", CHILD, str(path), "reg" if "exit" in name else "make"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert res.stdout.strip() == output
     assert (res.returncode == -11) is crashes, (res.returncode, res.stderr[-500:])
     # The fixed build imports pthread_key_create all the same: from the file

@@ -13,7 +13,9 @@ from hotload import ABI_VERSION, DescriptorError, Host, LoadError, NotLoadedErro
 from conftest import mapped_images, versioned_copies
 
 
-def test_load_calls_typed_exports_from_the_descriptor(host: Host, example_plugins: dict[str, Path]) -> None:
+def test_load_calls_typed_exports_from_the_descriptor(
+    host: Host, example_plugins: dict[str, Path]
+) -> None:
     xp = host.load(example_plugins["double_xp"])
     assert xp.name == "double_xp"
     assert xp.functions()["reward"] == "int64_t(int64_t, int32_t)"
@@ -28,9 +30,13 @@ def test_load_calls_typed_exports_from_the_descriptor(host: Host, example_plugin
     assert info.dlopen_count == 1 and info.dlclose_count == 0
 
 
-def test_bad_arguments_are_signature_errors_naming_the_prototype(host: Host, example_plugins) -> None:
+def test_bad_arguments_are_signature_errors_naming_the_prototype(
+    host: Host, example_plugins
+) -> None:
     xp = host.load(example_plugins["double_xp"])
-    with pytest.raises(SignatureError, match=r"double_xp\.reward: bad arguments for int64_t\(int64_t, int32_t\)"):
+    with pytest.raises(
+        SignatureError, match=r"double_xp\.reward: bad arguments for int64_t\(int64_t, int32_t\)"
+    ):
         xp.reward("100", 3)
     with pytest.raises(SignatureError, match="does not fit 'int32_t'"):
         xp.reward(1, 2**40)
@@ -70,10 +76,13 @@ def test_identical_bytes_loaded_twice_are_two_images(host: Host, example_plugins
 
 
 def test_library_without_descriptor_loads_with_declared_signatures(host: Host, cc) -> None:
-    lib = cc("""
+    lib = cc(
+        """
         #include <stdint.h>
         int64_t add(int64_t a, int64_t b) { return a + b; }
-    """, "libfoo")
+    """,
+        "libfoo",
+    )
     with pytest.raises(DescriptorError, match=r"libfoo\.so: no hotload descriptor.*signatures="):
         host.load(lib)
     foo = host.load(lib, name="foo", signatures={"add": "int64_t(int64_t, int64_t)"})
@@ -82,61 +91,81 @@ def test_library_without_descriptor_loads_with_declared_signatures(host: Host, c
     assert versioned_copies(host.workdir)  # loaded from a copy like any plugin
 
 
-def test_declared_signature_mismatch_names_function_and_both_prototypes(host: Host, example_plugins) -> None:
+def test_declared_signature_mismatch_names_function_and_both_prototypes(
+    host: Host, example_plugins
+) -> None:
     with pytest.raises(SignatureError) as err:
         host.load(example_plugins["double_xp"], signatures={"reward": "int64_t(int64_t, int64_t)"})
     msg = str(err.value)
     assert "double_xp.so" in msg and "reward" in msg
     assert "int64_t(int64_t, int64_t)" in msg and "int64_t(int64_t, int32_t)" in msg
     # declared prototypes that agree (whitespace, parameter names) are fine
-    xp = host.load(example_plugins["double_xp"], signatures={"reward": "int64_t (int64_t base, int32_t lvl)"})
+    xp = host.load(
+        example_plugins["double_xp"], signatures={"reward": "int64_t (int64_t base, int32_t lvl)"}
+    )
     assert xp.reward(1, 0) == 2
     assert len(versioned_copies(host.workdir)) == 1  # the refused attempt left nothing
 
 
 def test_other_abi_version_is_refused_with_both_numbers(host: Host, cc) -> None:
-    lib = cc(r"""
+    lib = cc(
+        r"""
         __attribute__((section(".hotload"), used))
         static const char rec[] = "hotload\x1f" "7" "\x1f" "plugin\x1f" "future\x1f" "9.0";
         int f(void) { return 1; }
-    """, "future")
+    """,
+        "future",
+    )
     with pytest.raises(DescriptorError, match=rf"future\.so: .*hotload ABI 7.*ABI {ABI_VERSION}"):
         host.load(lib)
     assert not versioned_copies(host.workdir)
 
 
 def test_unparsable_signature_in_plugin_names_file_and_function(host: Host, cc) -> None:
-    lib = cc("""
+    lib = cc(
+        """
         #include <hotload.h>
         HOTLOAD_PLUGIN("weird", "1");
         HOTLOAD_API int f(int x) { return x; }
         HOTLOAD_EXPORT(f, "int(struct nowhere)");
-    """, "weird")
+    """,
+        "weird",
+    )
     with pytest.raises(SignatureError, match=r"weird\.so: cannot parse the C signature of f"):
         host.load(lib)
 
 
 def test_export_missing_from_dynamic_symbols_is_a_load_error(host: Host, cc) -> None:
-    lib = cc("""
+    lib = cc(
+        """
         #include <hotload.h>
         HOTLOAD_PLUGIN("hidden", "1");
         static int f(int x) { return x; }          /* no HOTLOAD_API: not exported */
         HOTLOAD_EXPORT(f, "int(int)");
-    """, "hidden")
-    with pytest.raises(LoadError, match=r"hidden\.so: f is declared .* not in the library's dynamic symbol"):
+    """,
+        "hidden",
+    )
+    with pytest.raises(
+        LoadError, match=r"hidden\.so: f is declared .* not in the library's dynamic symbol"
+    ):
         host.load(lib)
     assert not versioned_copies(host.workdir)
 
 
 def test_undefined_symbol_fails_at_load_time_not_first_call(host: Host, cc) -> None:
-    lib = cc("""
+    lib = cc(
+        """
         #include <hotload.h>
         HOTLOAD_PLUGIN("needy", "1");
         extern int hotload_test_missing_symbol(int);
         HOTLOAD_API int f(int x) { return hotload_test_missing_symbol(x); }
         HOTLOAD_EXPORT(f, "int(int)");
-    """, "needy")
-    with pytest.raises(LoadError, match=r"needy\.so: dlopen failed: .*undefined symbol: hotload_test_missing"):
+    """,
+        "needy",
+    )
+    with pytest.raises(
+        LoadError, match=r"needy\.so: dlopen failed: .*undefined symbol: hotload_test_missing"
+    ):
         host.load(lib)
     assert not versioned_copies(host.workdir)
 
@@ -165,16 +194,16 @@ def test_pinned_batch_uses_one_version_and_blocks_its_unload(host: Host, xp_buil
         xp_build(mult=3)
         host.reload("xp")
         assert xp.reward(10, 0) == 30  # routed calls see v2
-        assert f.reward(10, 0) == 20   # the pinned batch stays on v1
-        assert not host.settle(0.2)    # v1 cannot close while pinned
+        assert f.reward(10, 0) == 20  # the pinned batch stays on v1
+        assert not host.settle(0.2)  # v1 cannot close while pinned
         assert host.versions("xp")[0].state == "draining"
     assert host.settle()
     assert host.versions("xp")[0].state == "unloaded"
 
 
 def test_double_close_is_refused_and_counts_stay_honest(tmp_path: Path, example_plugins) -> None:
-    from hotload import loader
-    from hotload.workdir import WorkDir
+    from hotload import _loader as loader
+    from hotload._workdir import WorkDir
 
     work = WorkDir(tmp_path / "w")
     try:
@@ -182,8 +211,11 @@ def test_double_close_is_refused_and_counts_stay_honest(tmp_path: Path, example_
         assert (image.opens, image.closes) == (1, 0)
         verdict = loader.close_version(image)
         assert verdict.gone and not verdict.loader_has and verdict.mapped_bytes == 0
-        with pytest.raises(LoadError, match=r"loot_drop\.so: version copy .* is already closed "
-                                            r"\(dlopen 1, dlclose 1\): refusing a double close"):
+        with pytest.raises(
+            LoadError,
+            match=r"loot_drop\.so: version copy .* is already closed "
+            r"\(dlopen 1, dlclose 1\): refusing a double close",
+        ):
             loader.release(image)
         assert (image.opens, image.closes) == (1, 1)
     finally:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hotload import HookError, Host
-from hotload.preflight import PreflightError
+from hotload._preflight import PreflightError
 
 from conftest import versioned_copies
 
@@ -52,18 +52,29 @@ __attribute__((constructor)) static void ctor(void) { CTOR_BODY }
 CASES = {
     "segfault in on_load": (
         {"ON_LOAD_BODY": 'fprintf(stderr, "about to crash\\n"); *(volatile int *)0 = 1;'},
-        r"crashed with SIGSEGV during on_load.*stderr: about to crash"),
+        r"crashed with SIGSEGV during on_load.*stderr: about to crash",
+    ),
     "abort in on_load": ({"ON_LOAD_BODY": "abort();"}, r"crashed with SIGABRT during on_load"),
-    "hang in on_load": ({"ON_LOAD_BODY": "for (;;) pause();"},
-                        r"did not finish on_load within 1\.0 s \(hung\)"),
-    "segfault in self-test": ({"SELF_TEST_BODY": "raise(SIGSEGV);"},
-                              r"crashed with SIGSEGV during the self-test"),
-    "self-test fails": ({"SELF_TEST_BODY": "return 42;"},
-                        r"refused the new version at the self-test: self-test failed \(returned 42\)"),
-    "exit in constructor": ({"CTOR_BODY": "_exit(3);"},
-                            r"exited the process with code 3 during dlopen \(library constructors\)"),
-    "on_load refuses": ({"ON_LOAD_BODY": "return 5;"},
-                        r"refused the new version at on_load: on_load of xp 2\.0\.0-bad refused .*returned 5"),
+    "hang in on_load": (
+        {"ON_LOAD_BODY": "for (;;) pause();"},
+        r"did not finish on_load within 1\.0 s \(hung\)",
+    ),
+    "segfault in self-test": (
+        {"SELF_TEST_BODY": "raise(SIGSEGV);"},
+        r"crashed with SIGSEGV during the self-test",
+    ),
+    "self-test fails": (
+        {"SELF_TEST_BODY": "return 42;"},
+        r"refused the new version at the self-test: self-test failed \(returned 42\)",
+    ),
+    "exit in constructor": (
+        {"CTOR_BODY": "_exit(3);"},
+        r"exited the process with code 3 during dlopen \(library constructors\)",
+    ),
+    "on_load refuses": (
+        {"ON_LOAD_BODY": "return 5;"},
+        r"refused the new version at on_load: on_load of xp 2\.0\.0-bad refused .*returned 5",
+    ),
 }
 
 
@@ -81,8 +92,9 @@ def strict_host(tmp_path: Path):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_build_is_refused_in_preflight_and_host_keeps_serving(strict_host: Host, xp_build, cc,
-                                                                   tmp_path: Path, case: str) -> None:
+def test_bad_build_is_refused_in_preflight_and_host_keeps_serving(
+    strict_host: Host, xp_build, cc, tmp_path: Path, case: str
+) -> None:
     host = strict_host
     xp = host.load(xp_build(mult=2))
     for _ in range(4):
@@ -137,7 +149,9 @@ def test_preflight_can_be_turned_off(tmp_path: Path, xp_build, cc) -> None:
     failing_test = cc(_bad_source(SELF_TEST_BODY="return 1;"), "failing")
     with Host(tmp_path / "w", preflight=False) as host:
         host.load(xp_build())
-        host.reload("xp", failing_test, allow_signature_change=True)  # the self-test only runs in preflight
+        host.reload(
+            "xp", failing_test, allow_signature_change=True
+        )  # the self-test only runs in preflight
         assert host.plugin("xp").version_tag() == 100
     with Host(tmp_path / "w2") as host:
         host.load(xp_build())
@@ -152,7 +166,9 @@ SPINNER = r"""
 #include <unistd.h>
 HOTLOAD_PLUGIN("spinner", "1");
 /* Blocks on stdin: in the preflight worker, the next request wakes it. */
-static void *spin(void *arg) { (void)arg; char c; for (;;) if (read(0, &c, 1) <= 0) usleep(1000); return NULL; }
+static void *spin(void *arg) {
+    (void)arg; char c; for (;;) if (read(0, &c, 1) <= 0) usleep(1000); return NULL;
+}
 HOTLOAD_API int f(void) { return 1; }
 HOTLOAD_EXPORT(f, "int(void)");
 static int start(const char *p, const void *s, size_t n)
@@ -161,7 +177,9 @@ HOTLOAD_ON_LOAD(start);
 """
 
 
-def test_a_plugin_that_leaves_a_thread_never_gets_another_build_blamed(cc, xp_build, tmp_path: Path) -> None:
+def test_a_plugin_that_leaves_a_thread_never_gets_another_build_blamed(
+    cc, xp_build, tmp_path: Path
+) -> None:
     """The preflight worker is reused.  If it unmapped a plugin whose thread
     keeps running, that thread would crash the worker during the *next*
     plugin's check, and an innocent build would be refused."""
@@ -170,15 +188,20 @@ def test_a_plugin_that_leaves_a_thread_never_gets_another_build_blamed(cc, xp_bu
     script = f"""
 import time
 from hotload import Host
-with Host({str(tmp_path / 'w')!r}) as host:
+with Host({str(tmp_path / "w")!r}) as host:
     host.load({str(spinner)!r})
     time.sleep(0.2)
     for _ in range(3):
         host.load({str(innocent)!r}) if "xp" not in host else host.reload("xp")
     print("ok", host.plugin("xp").reward(1, 0))
 """
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0, proc.stderr[-1500:]
     assert proc.stdout.strip() == "ok 2"
 
@@ -186,6 +209,8 @@ with Host({str(tmp_path / 'w')!r}) as host:
 def test_a_real_time_signal_is_named_too(strict_host: Host, xp_build, cc) -> None:
     strict_host.load(xp_build())
     bad = cc(_bad_source(SELF_TEST_BODY="raise(SIGRTMIN + 4);"), "bad")
-    with pytest.raises(PreflightError, match=r"crashed with signal \d+ during the self-test") as err:
+    with pytest.raises(
+        PreflightError, match=r"crashed with signal \d+ during the self-test"
+    ) as err:
         strict_host.reload("xp", bad)
     assert err.value.signal_name.startswith("signal ")

@@ -31,7 +31,12 @@ def test_rollback_restores_the_previous_build_as_a_new_seq(host: Host, xp_build)
     with pytest.raises(HotloadError, match=r"xp: nothing to roll back to: v5 is the first version"):
         host.rollback("xp")
     assert [(v.seq, v.plugin_version) for v in host.versions("xp")] == [
-        (1, "1.0"), (2, "2.0"), (3, "3.0"), (4, "2.0"), (5, "1.0")]
+        (1, "1.0"),
+        (2, "2.0"),
+        (3, "3.0"),
+        (4, "2.0"),
+        (5, "1.0"),
+    ]
     xp_build(mult=7, version="4.0")  # a reload after rollbacks goes on normally
     host.reload("xp")
     assert host.rollback("xp").plugin_version == "1.0"
@@ -67,16 +72,22 @@ static pthread_key_t key;
 static void dtor(void *p) { free(p); }
 __attribute__((constructor)) static void init(void) { pthread_key_create(&key, dtor); }
 SAFE
-HOTLOAD_API int touch(void) { if (!pthread_getspecific(key)) pthread_setspecific(key, malloc(8)); return V; }
+HOTLOAD_API int touch(void) {
+    if (!pthread_getspecific(key)) pthread_setspecific(key, malloc(8)); return V;
+}
 HOTLOAD_EXPORT(touch, "int(void)");
 """
 
 
-def test_plugin_with_thread_key_destructor_is_retained_not_unloaded(host: Host, cc, tmp_path: Path) -> None:
+def test_plugin_with_thread_key_destructor_is_retained_not_unloaded(
+    host: Host, cc, tmp_path: Path
+) -> None:
     """Unmapping it would make the process die at the next thread exit
     (the key's destructor would jump into unmapped code): keep it."""
     out = tmp_path / "keyed.so"
-    keyed = host.load(cc(KEY_PLUGIN.replace("SAFE", "").replace("V", "1"), out=out, flags=["-pthread"]))
+    keyed = host.load(
+        cc(KEY_PLUGIN.replace("SAFE", "").replace("V", "1"), out=out, flags=["-pthread"])
+    )
     t = threading.Thread(target=keyed.touch)
     t.start()
     t.join()
@@ -94,8 +105,11 @@ def test_plugin_with_thread_key_destructor_is_retained_not_unloaded(host: Host, 
 
 
 def test_unload_safe_declaration_lets_it_close(host: Host, cc, tmp_path: Path) -> None:
-    safe = KEY_PLUGIN.replace("SAFE", "HOTLOAD_UNLOAD_SAFE();\n"
-                              "__attribute__((destructor)) static void fini(void) { pthread_key_delete(key); }")
+    safe = KEY_PLUGIN.replace(
+        "SAFE",
+        "HOTLOAD_UNLOAD_SAFE();\n"
+        "__attribute__((destructor)) static void fini(void) { pthread_key_delete(key); }",
+    )
     out = tmp_path / "keyed.so"
     keyed = host.load(cc(safe.replace("V", "1"), out=out, flags=["-pthread"]))
     keyed.touch()
@@ -122,8 +136,11 @@ def test_leak_budget_refuses_reloads_of_a_plugin_that_cannot_unload(tmp_path: Pa
             cc(src.replace("V", str(i)), flags=["-Wl,-z,nodelete"], out=out)
             host.reload("sticky")
             host.settle()
-        with pytest.raises(HotloadError, match=r"sticky\.so: reload of sticky refused: 2 of its images are still "
-                                               r"in memory \(max_leaked=2\), \d+ bytes: .*DF_1_NODELETE"):
+        with pytest.raises(
+            HotloadError,
+            match=r"sticky\.so: reload of sticky refused: 2 of its images are still "
+            r"in memory \(max_leaked=2\), \d+ bytes: .*DF_1_NODELETE",
+        ):
             host.reload("sticky")
         assert sticky.v() == 3
         assert host.leaked_bytes() > 0
@@ -140,12 +157,16 @@ pub extern "C" fn add(a: i64, b: i64) -> i64 { a + B }
 def test_rust_cdylib_is_retained_unless_the_host_declares_it_unload_safe(tmp_path: Path) -> None:
     """A real Rust cdylib imports pthread_key_create through its runtime: by
     default its old versions are kept loaded; unload_safe=True closes them."""
+
     def build(b: int) -> Path:
         src = tmp_path / "lib.rs"
         src.write_text(RUST_LIB.replace("B", str(b)))
         tmp = tmp_path / "librs.so.tmp"
-        subprocess.run(["rustc", "--crate-type", "cdylib", "-O", str(src), "-o", str(tmp)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["rustc", "--crate-type", "cdylib", "-O", str(src), "-o", str(tmp)],
+            check=True,
+            capture_output=True,
+        )
         tmp.replace(tmp_path / "librs.so")
         return tmp_path / "librs.so"
 
@@ -188,7 +209,7 @@ def test_refused_load_that_left_a_thread_running_is_not_unmapped(cc, tmp_path: P
     script = f"""
 import time
 from hotload import Host, HookError
-with Host({str(tmp_path / 'w')!r}, preflight=False) as host:
+with Host({str(tmp_path / "w")!r}, preflight=False) as host:
     try:
         host.load({str(lib)!r})
     except HookError as exc:
@@ -196,7 +217,9 @@ with Host({str(tmp_path / 'w')!r}, preflight=False) as host:
     time.sleep(0.3)   # the thread keeps running in the kept image
 print("alive")
 """
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-500:])
     assert "refused to start (returned 7)" in proc.stdout and "alive" in proc.stdout
     assert "refused version kept loaded, not closed" in proc.stderr

@@ -98,7 +98,8 @@ def check(x: int, result: int, last_gen: int) -> str | None:
     gen, low = result >> 32, result & 0xFFFFFFFF
     mult, add = BUILDS[(gen - 1) % 2]  # builds alternate, starting with A at generation 1
     if low != x * mult + add:
-        return f"step({x}) = gen {gen}, {low}: not build {'AB'[(gen - 1) % 2]}'s answer {x * mult + add}"
+        build = "AB"[(gen - 1) % 2]
+        return f"step({x}) = gen {gen}, {low}: not build {build}'s answer {x * mult + add}"
     if gen < last_gen:
         return f"step({x}) came from generation {gen} after generation {last_gen}: went back"
     return None
@@ -176,7 +177,9 @@ class Reloader:
             try:
                 self.host.reload("soak", self.builds[(self.done + 1) % 2], preflight=preflight)
             except Exception as exc:
-                self.errors.append(f"reload {self.done} (preflight {'on' if preflight else 'off'}) failed: {exc}")
+                self.errors.append(
+                    f"reload {self.done} (preflight {'on' if preflight else 'off'}) failed: {exc}"
+                )
                 break
             self.done += 1
             if self.done % PEEK_EVERY == 0:
@@ -191,8 +194,13 @@ def rss_kb() -> int:
 
 def build_pair(cc: Compile) -> list[Path]:
     """Build A (generation odd) and build B (even): same exports, other constants."""
-    return [cc(SOAK_SOURCE.replace("VERSION", v).replace("MULT", str(m)).replace("ADD", str(a)), f"soak_{v}")
-            for v, (m, a) in zip("AB", BUILDS, strict=True)]
+    return [
+        cc(
+            SOAK_SOURCE.replace("VERSION", v).replace("MULT", str(m)).replace("ADD", str(a)),
+            f"soak_{v}",
+        )
+        for v, (m, a) in zip("AB", BUILDS, strict=True)
+    ]
 
 
 @pytest.fixture
@@ -209,7 +217,11 @@ def fast_switching() -> Iterator[None]:
 
 def process_figures() -> dict[str, int]:
     gc.collect()
-    return {"rss_kb": rss_kb(), "fds": len(os.listdir("/proc/self/fd")), "blocks": sys.getallocatedblocks()}
+    return {
+        "rss_kb": rss_kb(),
+        "fds": len(os.listdir("/proc/self/fd")),
+        "blocks": sys.getallocatedblocks(),
+    }
 
 
 def run_soak(host: Host, soak: Any, reloader: Reloader) -> tuple[list[Caller], float]:
@@ -217,8 +229,10 @@ def run_soak(host: Host, soak: Any, reloader: Reloader) -> tuple[list[Caller], f
     tallies = [Caller() for _ in range(CALLERS)]
     stop = threading.Event()
     loops = [call_loop] * (CALLERS - 1) + [pinned_loop]
-    threads = [threading.Thread(target=loop, args=(soak, t, stop), name=f"soak-caller-{i}")
-               for i, (loop, t) in enumerate(zip(loops, tallies, strict=True))]
+    threads = [
+        threading.Thread(target=loop, args=(soak, t, stop), name=f"soak-caller-{i}")
+        for i, (loop, t) in enumerate(zip(loops, tallies, strict=True))
+    ]
     started = time.monotonic()
     for t in threads:
         t.start()
@@ -243,7 +257,9 @@ def test_soak_four_callers_thousands_of_reloads(tmp_path: Path, cc: Compile) -> 
         # enough reloads to fill the bounded history before the baseline, so that
         # what is measured is growth per reload, not the history filling up
         reloader.run(getattr(host, "history_limit", 0) + WARMUP, preflight=False)
-        reloader.run(1, preflight=True)  # starts the preflight worker (and its pipes) before the baseline
+        reloader.run(
+            1, preflight=True
+        )  # starts the preflight worker (and its pipes) before the baseline
         assert host.settle() and not reloader.errors
         base, warm = process_figures(), reloader.done
         generation0, calls0 = soak.step(0) >> 32, soak.calls_so_far()
@@ -254,14 +270,22 @@ def test_soak_four_callers_thousands_of_reloads(tmp_path: Path, cc: Compile) -> 
         swaps, made = reloader.done - warm, sum(t.calls for t in tallies)
         final_gen, final_calls = soak.step(0) >> 32, soak.calls_so_far() - 1
         end = process_figures()
-        figures = {"images": len(mapped_images(work)), "peak_images": reloader.peak_images,
-                   "rss_kb": end["rss_kb"] - base["rss_kb"], "fds": end["fds"] - base["fds"],
-                   "files": len(versioned_copies(host.workdir)),
-                   "blocks_per_reload": round((end["blocks"] - base["blocks"]) / max(swaps, 1), 1),
-                   "versions_kept": len(host.versions("soak"))}
-        print(f"\nsoak: {swaps} reloads ({PREFLIGHT_RELOADS} with preflight), {made} calls from {CALLERS} threads "
-              f"in {elapsed:.1f} s; swaps seen per thread {[t.swaps_seen for t in tallies]}; {figures}",
-              file=sys.stderr)
+        figures = {
+            "images": len(mapped_images(work)),
+            "peak_images": reloader.peak_images,
+            "rss_kb": end["rss_kb"] - base["rss_kb"],
+            "fds": end["fds"] - base["fds"],
+            "files": len(versioned_copies(host.workdir)),
+            "blocks_per_reload": round((end["blocks"] - base["blocks"]) / max(swaps, 1), 1),
+            "versions_kept": len(host.versions("soak")),
+        }
+        print(
+            f"\nsoak: {swaps} reloads ({PREFLIGHT_RELOADS} with preflight), {made} calls from "
+            f"{CALLERS} threads "
+            f"in {elapsed:.1f} s; swaps seen per thread {[t.swaps_seen for t in tallies]}; "
+            f"{figures}",
+            file=sys.stderr,
+        )
 
         failed = len(reloader.errors) + sum(t.failures for t in tallies)
         errors = reloader.errors + [e for t in tallies for e in t.errors]
@@ -269,10 +293,16 @@ def test_soak_four_callers_thousands_of_reloads(tmp_path: Path, cc: Compile) -> 
         assert swaps >= MIN_RELOADS + PREFLIGHT_RELOADS, f"only {swaps} reloads in {elapsed:.0f} s"
         assert final_gen == generation0 + swaps, "the generation was not handed across every swap"
         assert final_calls == calls0 + made, "the call counter lost increments across swaps"
-        assert all(t.calls > 0 and t.swaps_seen > 0 for t in tallies), "a caller starved or saw no swap"
+        assert all(t.calls > 0 and t.swaps_seen > 0 for t in tallies), (
+            "a caller starved or saw no swap"
+        )
         assert figures["images"] == 1 and figures["peak_images"] <= 2, figures
         assert figures["files"] == 1 and figures["fds"] <= 0, figures
-        assert figures["rss_kb"] < RSS_LIMIT_KB, f"RSS grew {figures['rss_kb']} KiB over {swaps} reloads: {figures}"
+        assert figures["rss_kb"] < RSS_LIMIT_KB, (
+            f"RSS grew {figures['rss_kb']} KiB over {swaps} reloads: {figures}"
+        )
         # RSS can hide growth in heap that earlier tests freed; live allocations cannot
-        assert figures["blocks_per_reload"] < 2, f"each reload keeps Python objects alive: {figures}"
+        assert figures["blocks_per_reload"] < 2, (
+            f"each reload keeps Python objects alive: {figures}"
+        )
     assert not [p for p in work.rglob("*") if p.is_file()], "files left after close()"

@@ -36,7 +36,10 @@ def test_on_load_refusal_keeps_old_version_serving_with_state(host: Host, xp_bui
     for _ in range(3):
         xp.reward(1, 0)
     xp_build(mult=9, refuse=7)
-    refused = r"xp\.so: preflight refused the new version at on_load: on_load of xp 1\.0\.0 refused to start"
+    refused = (
+        r"xp\.so: preflight refused the new version at on_load: "
+        r"on_load of xp 1\.0\.0 refused to start"
+    )
     with pytest.raises(HookError, match=refused + r" \(returned 7\)"):
         host.reload("xp")
     assert xp.reward(1, 0) == 2 and xp.grants_so_far() == 4
@@ -47,7 +50,9 @@ def test_on_load_refusal_keeps_old_version_serving_with_state(host: Host, xp_bui
     assert xp.reward(1, 0) == 5 and xp.grants_so_far() == 5
 
 
-def test_signature_change_on_reload_is_refused_unless_allowed(host: Host, cc, tmp_path: Path) -> None:
+def test_signature_change_on_reload_is_refused_unless_allowed(
+    host: Host, cc, tmp_path: Path
+) -> None:
     src = """
         #include <hotload.h>
         HOTLOAD_PLUGIN("calc", "V");
@@ -55,8 +60,13 @@ def test_signature_change_on_reload_is_refused_unless_allowed(host: Host, cc, tm
         HOTLOAD_EXPORT(f, "int64_t(PARAMS)");
     """
     out = tmp_path / "calc.so"
-    calc = host.load(cc(src.replace("V", "1").replace("PARAMS", "int64_t a").replace("BODY", "a"), out=out))
-    cc(src.replace("V", "2").replace("PARAMS", "int64_t a, int64_t b").replace("BODY", "a + b"), out=out)
+    calc = host.load(
+        cc(src.replace("V", "1").replace("PARAMS", "int64_t a").replace("BODY", "a"), out=out)
+    )
+    cc(
+        src.replace("V", "2").replace("PARAMS", "int64_t a, int64_t b").replace("BODY", "a + b"),
+        out=out,
+    )
     with pytest.raises(SignatureError, match=r"calc\.so: f changed from 'int64_t\(int64_t a\)'"):
         host.reload("calc")
     assert calc.f(5) == 5
@@ -93,7 +103,9 @@ def test_stateless_swap_does_not_wait_for_a_running_call(host: Host, cc, tmp_pat
         #include <hotload.h>
         #include <time.h>
         HOTLOAD_PLUGIN("nap", "1");
-        HOTLOAD_API int nap(int ms) { struct timespec ts = {0, ms * 1000000L}; nanosleep(&ts, 0); return TAG; }
+        HOTLOAD_API int nap(int ms) {
+            struct timespec ts = {0, ms * 1000000L}; nanosleep(&ts, 0); return TAG;
+        }
         HOTLOAD_EXPORT(nap, "int(int)");
     """
     out = tmp_path / "nap.so"
@@ -110,7 +122,9 @@ def test_stateless_swap_does_not_wait_for_a_running_call(host: Host, cc, tmp_pat
     assert host.settle()
 
 
-def test_overwriting_source_in_place_with_cp_while_threads_call(host: Host, xp_build, tmp_path: Path) -> None:
+def test_overwriting_source_in_place_with_cp_while_threads_call(
+    host: Host, xp_build, tmp_path: Path
+) -> None:
     """The classic crash: `cp new.so loaded.so` truncates and rewrites the
     loaded file.  Here the loaded file is a private copy, so nothing happens."""
     src = xp_build(mult=2)
@@ -136,7 +150,9 @@ def test_overwriting_source_in_place_with_cp_while_threads_call(host: Host, xp_b
     for t in threads:
         t.start()
     for i in range(20):  # plain cp over the source: truncate + rewrite, same inode
-        subprocess.run(["cp", str(alt if i % 2 == 0 else tmp_path / "orig.so"), str(src)], check=True)
+        subprocess.run(
+            ["cp", str(alt if i % 2 == 0 else tmp_path / "orig.so"), str(src)], check=True
+        )
         time.sleep(0.005)
     subprocess.run(["cp", str(alt), str(src)], check=True)
     host.reload("xp")
@@ -268,7 +284,9 @@ def test_nodelete_image_is_leaked_and_kept_out_of_new_loads(host: Host, cc, tmp_
     assert len(mapped_images(host.workdir)) == 4
 
 
-def test_removed_export_raises_not_loaded_after_an_allowed_change(host: Host, cc, tmp_path: Path) -> None:
+def test_removed_export_raises_not_loaded_after_an_allowed_change(
+    host: Host, cc, tmp_path: Path
+) -> None:
     src = """
         #include <hotload.h>
         HOTLOAD_PLUGIN("shrink", "V");
@@ -311,7 +329,9 @@ HOTLOAD_ON_LOAD(restore);
 """
 
 
-def test_exports_named_like_keywords_or_router_internals_work(host: Host, cc, tmp_path: Path) -> None:
+def test_exports_named_like_keywords_or_router_internals_work(
+    host: Host, cc, tmp_path: Path
+) -> None:
     """C allows `yield`, `route`, `idx`, `name`: each works, and `name` stays
     the plugin's name (the export is `p["name"]`)."""
     out = tmp_path / "bond.so"

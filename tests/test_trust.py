@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hotload import Host
-from hotload.trust import TrustError
+from hotload._trust import TrustError
 
 
 @pytest.fixture
@@ -25,8 +25,11 @@ def plugin(tmp_path: Path, example_plugins: dict[str, Path]) -> Path:
 
 def test_group_writable_directory_is_refused(host: Host, plugin: Path) -> None:
     plugin.parent.chmod(0o775)
-    with pytest.raises(TrustError, match=rf"{plugin}: refusing to load: directory {plugin.parent} is writable "
-                                         r"by group \(mode 775\).*chmod go-w"):
+    with pytest.raises(
+        TrustError,
+        match=rf"{plugin}: refusing to load: directory {plugin.parent} is writable "
+        r"by group \(mode 775\).*chmod go-w",
+    ):
         host.load(plugin)
 
 
@@ -54,7 +57,9 @@ def test_sticky_root_owned_directory_is_accepted(host: Host, plugin: Path) -> No
     host.load(plugin)  # tmp_path lives under /tmp (1777, root)
 
 
-def test_allow_list_from_manifest(tmp_path: Path, plugin: Path, example_plugins: dict[str, Path]) -> None:
+def test_allow_list_from_manifest(
+    tmp_path: Path, plugin: Path, example_plugins: dict[str, Path]
+) -> None:
     digest = hashlib.sha256(plugin.read_bytes()).hexdigest()
     manifest = tmp_path / "SHA256SUMS"
     manifest.write_text(f"# allowed builds\n{digest}  loot_drop.so\n")
@@ -62,8 +67,11 @@ def test_allow_list_from_manifest(tmp_path: Path, plugin: Path, example_plugins:
         host.load(plugin)
         assert host.versions("loot_drop")[0].digest == digest
         other = example_plugins["double_xp"]
-        with pytest.raises(TrustError, match=rf"{other}: refusing to load: its SHA-256 [0-9a-f]{{64}} is not in "
-                                             rf"the host's manifest {manifest}"):
+        with pytest.raises(
+            TrustError,
+            match=rf"{other}: refusing to load: its SHA-256 [0-9a-f]{{64}} is not in "
+            rf"the host's manifest {manifest}",
+        ):
             host.load(other)
         assert not [p for p in host.workdir.iterdir() if p.name != ".lock" and "double" in p.name]
     bad = tmp_path / "BAD"
@@ -77,7 +85,9 @@ def test_allow_list_from_digests(tmp_path: Path, plugin: Path) -> None:
         host.load(plugin)
 
 
-def test_symlink_in_a_writable_directory_is_refused(host: Host, plugin: Path, tmp_path: Path) -> None:
+def test_symlink_in_a_writable_directory_is_refused(
+    host: Host, plugin: Path, tmp_path: Path
+) -> None:
     """Whoever can write the link's directory can re-point the link: the
     directories on the path as written count, not only the resolved ones."""
     shared = tmp_path / "shared"
@@ -85,8 +95,11 @@ def test_symlink_in_a_writable_directory_is_refused(host: Host, plugin: Path, tm
     shared.chmod(0o777)
     link = shared / "plugin.so"
     link.symlink_to(plugin)
-    with pytest.raises(TrustError, match=rf"{link}: refusing to load: directory {shared} is writable by group "
-                                         r"and others \(mode 777\)"):
+    with pytest.raises(
+        TrustError,
+        match=rf"{link}: refusing to load: directory {shared} is writable by group "
+        r"and others \(mode 777\)",
+    ):
         host.load(link)
     safe = tmp_path / "safe"
     safe.mkdir(mode=0o755)

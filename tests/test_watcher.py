@@ -13,14 +13,17 @@ from pathlib import Path
 import pytest
 
 from hotload import Host
-from hotload.builder import compile_plugin
-from hotload.watcher import WatchEvent
+from hotload._builder import compile_plugin
+from hotload._watcher import WatchEvent
 
 from conftest import xp_source
 
 
-def next_event(events: queue.Queue[WatchEvent], want: Callable[[WatchEvent], bool] = lambda e: True,
-               timeout: float = 15.0) -> WatchEvent:
+def next_event(
+    events: queue.Queue[WatchEvent],
+    want: Callable[[WatchEvent], bool] = lambda e: True,
+    timeout: float = 15.0,
+) -> WatchEvent:
     """The next event matching ``want``; fails the test after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -68,7 +71,9 @@ def test_build_renamed_into_place_is_swapped_in_with_state(host: Host, xp_build,
     assert [e.action for e in drain(events)] == []  # one swap, no second look
 
 
-def test_cp_in_place_is_loaded_once_the_copy_is_complete(host: Host, xp_build, cc, tmp_path, events) -> None:
+def test_cp_in_place_is_loaded_once_the_copy_is_complete(
+    host: Host, xp_build, cc, tmp_path, events
+) -> None:
     target = xp_build(mult=2)
     xp = host.load(target)
     new = cc(xp_source(mult=5), "xp5", out=tmp_path / "elsewhere" / "xp.so")
@@ -80,7 +85,9 @@ def test_cp_in_place_is_loaded_once_the_copy_is_complete(host: Host, xp_build, c
     assert [v.seq for v in host.versions("xp")] == [1, 2]
 
 
-def test_slow_partial_write_is_never_loaded_half_written(host: Host, xp_build, cc, tmp_path, events) -> None:
+def test_slow_partial_write_is_never_loaded_half_written(
+    host: Host, xp_build, cc, tmp_path, events
+) -> None:
     target = xp_build(mult=2)
     xp = host.load(target)
     data = cc(xp_source(mult=7), "xp7", out=tmp_path / "elsewhere" / "xp.so").read_bytes()
@@ -91,15 +98,16 @@ def test_slow_partial_write_is_never_loaded_half_written(host: Host, xp_build, c
         fh.flush()
         time.sleep(0.45)  # past the settle time: the watcher looks, finds it truncated, retries
         assert xp.version_tag() == 2
-        fh.write(data[len(data) // 2:])
+        fh.write(data[len(data) // 2 :])
     ev = next_event(events, done)
     assert ev.action == "reloaded", ev.error
     assert xp.version_tag() == 7
     assert [v.seq for v in host.versions("xp")] == [1, 2]  # no version was made of the partial file
 
 
-def test_a_file_that_stays_truncated_is_given_up_and_the_old_version_serves(host: Host, xp_build, cc, tmp_path,
-                                                                               events) -> None:
+def test_a_file_that_stays_truncated_is_given_up_and_the_old_version_serves(
+    host: Host, xp_build, cc, tmp_path, events
+) -> None:
     target = xp_build(mult=2)
     xp = host.load(target)
     data = cc(xp_source(mult=7), "xp7", out=tmp_path / "elsewhere" / "xp.so").read_bytes()
@@ -111,7 +119,9 @@ def test_a_file_that_stays_truncated_is_given_up_and_the_old_version_serves(host
     assert xp.version_tag() == 2 and [v.seq for v in host.versions("xp")] == [1]
 
 
-def test_a_refused_build_is_reported_and_the_old_version_keeps_its_state(host: Host, xp_build, events) -> None:
+def test_a_refused_build_is_reported_and_the_old_version_keeps_its_state(
+    host: Host, xp_build, events
+) -> None:
     target = xp_build(mult=2)
     xp = host.load(target)
     xp.reward(1, 0)
@@ -129,20 +139,30 @@ def test_new_file_in_the_watched_directory_is_loaded(host: Host, xp_build, cc, e
     target = xp_build(mult=2)
     host.load(target)
     host.watch(target.parent, on_event=events.put)
-    cc("""
+    cc(
+        """
         #include <hotload.h>
         HOTLOAD_PLUGIN("calc", "0.1.0");
         HOTLOAD_API int64_t add(int64_t a, int64_t b) { return a + b; }
         HOTLOAD_EXPORT(add, "int64_t(int64_t, int64_t)");
-    """, "calc", out=target.parent / "calc.so")
+    """,
+        "calc",
+        out=target.parent / "calc.so",
+    )
     ev = next_event(events, done)
     assert (ev.action, ev.name) == ("loaded", "calc")
     assert host["calc"].add(2, 3) == 5
 
 
-def test_start_loads_what_is_there_and_leaves_unchanged_files_alone(tmp_path: Path, xp_build, cc, events) -> None:
+def test_start_loads_what_is_there_and_leaves_unchanged_files_alone(
+    tmp_path: Path, xp_build, cc, events
+) -> None:
     target = xp_build(mult=2)
-    cc('#include <hotload.h>\nHOTLOAD_PLUGIN("other", "1");\n', "other", out=target.parent / "other.so")
+    cc(
+        '#include <hotload.h>\nHOTLOAD_PLUGIN("other", "1");\n',
+        "other",
+        out=target.parent / "other.so",
+    )
     (target.parent / "notes.txt").write_text("not a plugin")
     with Host(tmp_path / "work") as host:
         host.load(target)
@@ -190,7 +210,9 @@ def _save(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def test_rebuild_swaps_a_c_source_edit_and_a_header_edit(host: Host, tmp_path: Path, events) -> None:
+def test_rebuild_swaps_a_c_source_edit_and_a_header_edit(
+    host: Host, tmp_path: Path, events
+) -> None:
     src, out, so = _sources(tmp_path)
     tuned = host.load(so)
     host.watch(src, rebuild=True, out_dir=out, on_event=events.put)
@@ -205,7 +227,8 @@ def test_rebuild_swaps_a_c_source_edit_and_a_header_edit(host: Host, tmp_path: P
 
 
 def test_broken_build_is_logged_with_the_compiler_message_and_old_keeps_serving(
-        host: Host, tmp_path: Path, events, caplog) -> None:
+    host: Host, tmp_path: Path, events, caplog
+) -> None:
     src, out, so = _sources(tmp_path)
     tuned = host.load(so)
     host.watch(src, rebuild=True, out_dir=out, on_event=events.put)
@@ -222,8 +245,11 @@ def test_broken_build_is_logged_with_the_compiler_message_and_old_keeps_serving(
 def test_rebuild_loads_a_new_source_file(host: Host, tmp_path: Path, events) -> None:
     src, out, _so = _sources(tmp_path)
     host.watch(src, rebuild=True, out_dir=out, on_event=events.put, initial=False)
-    _save(src / "extra.c", '#include <hotload.h>\nHOTLOAD_PLUGIN("extra", "1");\n'
-                           'HOTLOAD_API int32_t one(void) { return 1; }\nHOTLOAD_EXPORT(one, "int32_t(void)");\n')
+    _save(
+        src / "extra.c",
+        '#include <hotload.h>\nHOTLOAD_PLUGIN("extra", "1");\n'
+        'HOTLOAD_API int32_t one(void) { return 1; }\nHOTLOAD_EXPORT(one, "int32_t(void)");\n',
+    )
     ev = next_event(events, done)
     assert (ev.action, ev.name) == ("loaded", "extra"), ev.error
     assert host["extra"].one() == 1 and (out / "extra.so").is_file()
@@ -271,8 +297,9 @@ def test_watching_a_missing_path_is_a_clear_error(host: Host, tmp_path: Path) ->
         host.watch(tmp_path / "nowhere")
 
 
-def test_file_deleted_between_the_event_and_the_load_is_harmless(host: Host, xp_build, cc, tmp_path: Path,
-                                                                 events) -> None:
+def test_file_deleted_between_the_event_and_the_load_is_harmless(
+    host: Host, xp_build, cc, tmp_path: Path, events
+) -> None:
     """A build that appears and is deleted before the debounce ends: nothing is
     loaded, nothing breaks, the live version keeps serving, and the watcher
     still picks up the next build."""

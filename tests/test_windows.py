@@ -31,9 +31,12 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from hotload import descriptor, dl_windows, elfcheck, pecheck
-from hotload.builder import cflags, compile_plugin
-from hotload.errors import InvalidPluginError, LoadError
+from hotload import _descriptor as descriptor
+from hotload._builder import cflags, compile_plugin
+from hotload._errors import InvalidPluginError, LoadError
+from hotload._platform import _elf as elfcheck
+from hotload._platform import _pe as pecheck
+from hotload._platform import _windows as dl_windows
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ __declspec(dllimport) int hl_dep_answer(void);
 HOTLOAD_API int32_t dep_answer(void) { return hl_dep_answer(); }
 HOTLOAD_EXPORT(dep_answer, "int32_t(void)");
 """
-HELLO_C = "#include <stdio.h>\nint main(void) { puts(\"hello\"); return 0; }\n"
+HELLO_C = '#include <stdio.h>\nint main(void) { puts("hello"); return 0; }\n'
 
 
 # ---- dl_windows: pure logic, any OS ----------------------------------------------
@@ -96,7 +99,9 @@ def test_load_error_message_names_file_cause_and_search_path() -> None:
     assert gone == f"{path}: LoadLibraryExW failed: the file does not exist (Windows error 126)"
     bad = dl_windows.describe_load_error(path, 193)
     assert "wrong architecture or not a DLL" in bad and "searched" not in bad
-    other = dl_windows.describe_load_error(path, 998, system_text="Invalid access to memory location.")
+    other = dl_windows.describe_load_error(
+        path, 998, system_text="Invalid access to memory location."
+    )
     assert other.endswith("Invalid access to memory location (Windows error 998)")
 
 
@@ -141,7 +146,9 @@ def test_loader_path_extended_prefix_only_from_max_path() -> None:
     assert dl_windows.strip_extended_prefix(dl_windows.loader_path(long)) == long
     assert dl_windows.strip_extended_prefix(dl_windows.loader_path(unc)) == unc
     assert dl_windows.strip_extended_prefix(r"C:\x.dll") == r"C:\x.dll"
-    assert dl_windows.strip_extended_prefix("\\\\?\\Volume{abc}\\x.dll") == "\\\\?\\Volume{abc}\\x.dll"
+    assert (
+        dl_windows.strip_extended_prefix("\\\\?\\Volume{abc}\\x.dll") == "\\\\?\\Volume{abc}\\x.dll"
+    )
 
 
 def test_search_dir_choice() -> None:
@@ -170,18 +177,30 @@ def test_same_api_as_dl_posix() -> None:
     """platform_layer swaps one module for the other: same names, and every
     parameter the POSIX layer takes is taken by the Windows layer too."""
     try:
-        from hotload import dl_posix
+        from hotload._platform import _posix as dl_posix
     except (OSError, AttributeError) as exc:  # pragma: no cover - no libc dl* here
         pytest.skip(f"dl_posix does not import on this OS: {exc}")
-    for name in ("open_image", "close_image", "symbol", "image_path", "loader_has", "mapped_ranges"):
+    for name in (
+        "open_image",
+        "close_image",
+        "symbol",
+        "image_path",
+        "loader_has",
+        "mapped_ranges",
+    ):
         posix_params = list(inspect.signature(getattr(dl_posix, name)).parameters)
         win_params = list(inspect.signature(getattr(dl_windows, name)).parameters)
         assert win_params[: len(posix_params)] == posix_params, name
         extra = inspect.signature(getattr(dl_windows, name)).parameters
-        assert all(extra[p].default is not inspect.Parameter.empty for p in win_params[len(posix_params):])
+        assert all(
+            extra[p].default is not inspect.Parameter.empty for p in win_params[len(posix_params) :]
+        )
     assert isinstance(dl_windows.SUFFIX, str) and isinstance(dl_posix.SUFFIX, str)
     # platform_layer.binfmt is elfcheck or pecheck: same check() parameters and fact names
-    assert inspect.signature(pecheck.check).parameters.keys() == inspect.signature(elfcheck.check).parameters.keys()
+    assert (
+        inspect.signature(pecheck.check).parameters.keys()
+        == inspect.signature(elfcheck.check).parameters.keys()
+    )
     for attr in ("bits", "machine", "machine_name", "hotload_section", "little_endian"):
         assert hasattr(pecheck.PeFacts, attr) or attr in pecheck.PeFacts.__dataclass_fields__
         assert hasattr(elfcheck.ElfFacts, attr) or attr in elfcheck.ElfFacts.__dataclass_fields__
@@ -228,21 +247,65 @@ def win_build(tmp_path_factory: pytest.TempPathFactory) -> WinBuild:
     (out / "hl_dep.c").write_text(HL_DEP_C)
     (out / "uses_dep.c").write_text(USES_DEP_C)
     (out / "hello.c").write_text(HELLO_C)
-    _cc([cc, "-std=c11", "-shared", "-Wall", "-Wextra", str(out / "hl_dep.c"), "-o", str(src / "hl_dep.dll")])
-    _cc([cc, *cflags(), str(out / "uses_dep.c"), str(src / "hl_dep.dll"), "-o", str(src / "uses_dep.dll")])
+    _cc(
+        [
+            cc,
+            "-std=c11",
+            "-shared",
+            "-Wall",
+            "-Wextra",
+            str(out / "hl_dep.c"),
+            "-o",
+            str(src / "hl_dep.dll"),
+        ]
+    )
+    _cc(
+        [
+            cc,
+            *cflags(),
+            str(out / "uses_dep.c"),
+            str(src / "hl_dep.dll"),
+            "-o",
+            str(src / "uses_dep.dll"),
+        ]
+    )
     _cc([cc, str(out / "hello.c"), "-o", str(out / "hello.exe")])
     # GNU ld >= 2.40 writes a PDB and an RSDS record naming it; --build-id an RSDS record alone
     pdb_dir = out / "pdb"
     pdb_dir.mkdir()
-    _cc([cc, *cflags(), str(PLUGINS / "loot_drop.c"), "-o", str(pdb_dir / "loot_drop.dll"),
-         f"-Wl,--pdb={pdb_dir / 'loot_drop.pdb'}"])
-    _cc([cc, *cflags(), str(PLUGINS / "loot_drop.c"), "-o", str(pdb_dir / "loot_drop_bid.dll"),
-         "-Wl,--build-id"])
+    _cc(
+        [
+            cc,
+            *cflags(),
+            str(PLUGINS / "loot_drop.c"),
+            "-o",
+            str(pdb_dir / "loot_drop.dll"),
+            f"-Wl,--pdb={pdb_dir / 'loot_drop.pdb'}",
+        ]
+    )
+    _cc(
+        [
+            cc,
+            *cflags(),
+            str(PLUGINS / "loot_drop.c"),
+            "-o",
+            str(pdb_dir / "loot_drop_bid.dll"),
+            "-Wl,--build-id",
+        ]
+    )
     seconds = time.perf_counter() - t0
     log.info("mingw builds: %.2f s", seconds)
-    return WinBuild(src, src / "double_xp.dll", src / "loot_drop.dll", src / "uses_dep.dll",
-                    src / "hl_dep.dll", out / "hello.exe", pdb_dir / "loot_drop.dll",
-                    pdb_dir / "loot_drop_bid.dll", seconds)
+    return WinBuild(
+        src,
+        src / "double_xp.dll",
+        src / "loot_drop.dll",
+        src / "uses_dep.dll",
+        src / "hl_dep.dll",
+        out / "hello.exe",
+        pdb_dir / "loot_drop.dll",
+        pdb_dir / "loot_drop_bid.dll",
+        seconds,
+    )
 
 
 def test_sdk_header_compiles_cleanly_with_mingw(tmp_path: Path) -> None:
@@ -250,7 +313,15 @@ def test_sdk_header_compiles_cleanly_with_mingw(tmp_path: Path) -> None:
     plus -Werror -Wpedantic: the public header must not cost a plugin a warning."""
     cc = _need_mingw()
     for src in sorted(PLUGINS.glob("*.c")):
-        args = [cc, *cflags(), "-Werror", "-Wpedantic", str(src), "-o", str(tmp_path / (src.stem + ".dll"))]
+        args = [
+            cc,
+            *cflags(),
+            "-Werror",
+            "-Wpedantic",
+            str(src),
+            "-o",
+            str(tmp_path / (src.stem + ".dll")),
+        ]
         proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
 
@@ -263,14 +334,32 @@ def test_kernel32_prototypes_match_the_windows_headers(tmp_path: Path) -> None:
     import ctypes
 
     cc = _need_mingw()
-    lines = ["#define _WIN32_WINNT 0x0A00", "#define WIN32_LEAN_AND_MEAN", "#include <windows.h>",
-             "#include <stdarg.h>"]
+    lines = [
+        "#define _WIN32_WINNT 0x0A00",
+        "#define WIN32_LEAN_AND_MEAN",
+        "#include <windows.h>",
+        "#include <stdarg.h>",
+    ]
     for name, (ret, args) in dl_windows.PROTOTYPES.items():
         lines.append(f"{ret} (WINAPI *p_{name})({', '.join(args)}) = {name};")
     src = tmp_path / "protos.c"
     src.write_text("\n".join(lines) + "\n")
-    proc = subprocess.run([cc, "-std=c11", "-Wall", "-Wextra", "-Werror", "-c", str(src), "-o",
-                           str(tmp_path / "protos.o")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            cc,
+            "-std=c11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-c",
+            str(src),
+            "-o",
+            str(tmp_path / "protos.o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     handle_like = {"HMODULE", "HANDLE", "FARPROC", "DLL_DIRECTORY_COOKIE", "LPCVOID", "va_list *"}
     for name, (ret, args) in dl_windows.PROTOTYPES.items():
@@ -301,8 +390,14 @@ def test_check_reads_the_descriptor(win_build: WinBuild) -> None:
 def test_exports_are_the_described_functions_and_hooks(win_build: WinBuild) -> None:
     names = pecheck.exports(win_build.double_xp.read_bytes())
     assert names == sorted(names)  # the loader binary-searches the name table
-    assert set(names) == {"reward", "grant_count", "total_xp", "multiplier",
-                          "hotload_on_load", "hotload_on_unload"}
+    assert set(names) == {
+        "reward",
+        "grant_count",
+        "total_xp",
+        "multiplier",
+        "hotload_on_load",
+        "hotload_on_unload",
+    }
     assert pecheck.exports(win_build.loot_drop.read_bytes()) == ["gem_value", "rarity"]
     assert pecheck.exports(win_build.exe.read_bytes()) == []
 
@@ -313,13 +408,19 @@ def test_descriptor_is_the_same_on_pe_and_elf(win_build: WinBuild, tmp_path: Pat
     so = tmp_path / "loot_drop.so"
     compile_plugin(PLUGINS / "loot_drop.c", so)
     elf = elfcheck.check(so.read_bytes(), str(so))
-    pe = pecheck.check(win_build.loot_drop.read_bytes(), str(win_build.loot_drop), expect_machine=AMD64)
+    pe = pecheck.check(
+        win_build.loot_drop.read_bytes(), str(win_build.loot_drop), expect_machine=AMD64
+    )
     assert elf.hotload_section and pe.hotload_section
-    assert descriptor.parse(pe.hotload_section, "pe") == descriptor.parse(elf.hotload_section, "elf")
+    assert descriptor.parse(pe.hotload_section, "pe") == descriptor.parse(
+        elf.hotload_section, "elf"
+    )
 
 
 def test_dll_without_sdk_has_no_descriptor(win_build: WinBuild) -> None:
-    facts = pecheck.check(win_build.hl_dep.read_bytes(), str(win_build.hl_dep), expect_machine=AMD64)
+    facts = pecheck.check(
+        win_build.hl_dep.read_bytes(), str(win_build.hl_dep), expect_machine=AMD64
+    )
     assert facts.hotload_section is None
 
 
@@ -327,7 +428,9 @@ def test_dll_without_sdk_has_no_descriptor(win_build: WinBuild) -> None:
 def test_truncated_dll_is_refused(win_build: WinBuild, keep: float) -> None:
     data = win_build.double_xp.read_bytes()
     cut = data[: int(len(data) * keep)]
-    with pytest.raises(InvalidPluginError, match="^" + re.escape(f"{win_build.double_xp}: truncated")) as exc:
+    with pytest.raises(
+        InvalidPluginError, match="^" + re.escape(f"{win_build.double_xp}: truncated")
+    ) as exc:
         pecheck.check(cut, str(win_build.double_xp), expect_machine=AMD64)
     assert f"the file has {len(cut)}" in str(exc.value) or f"({len(cut)} bytes" in str(exc.value)
 
@@ -340,23 +443,33 @@ def test_text_elf_and_empty_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidPluginError, match="ELF shared object"):
         pecheck.check(b"\x7fELF\x02\x01\x01" + bytes(60), "x.dll")
     with pytest.raises(InvalidPluginError, match="without a PE header"):
-        pecheck.check(b"MZ" + bytes(58) + (64).to_bytes(4, "little") + b"NE\0\0" + bytes(64), "x.dll")
+        pecheck.check(
+            b"MZ" + bytes(58) + (64).to_bytes(4, "little") + b"NE\0\0" + bytes(64), "x.dll"
+        )
     for fn in (pecheck.exports, pecheck.pdb_path):
         with pytest.raises(InvalidPluginError, match="text file"):
             fn(b"hello\n", "notes.dll")
 
 
 def test_exe_is_refused(win_build: WinBuild) -> None:
-    with pytest.raises(InvalidPluginError, match=r"hello\.exe: a Windows executable \(\.exe\), not a DLL"):
+    with pytest.raises(
+        InvalidPluginError, match=r"hello\.exe: a Windows executable \(\.exe\), not a DLL"
+    ):
         pecheck.check(win_build.exe.read_bytes(), str(win_build.exe), expect_machine=AMD64)
 
 
 def test_wrong_machine_is_refused(win_build: WinBuild) -> None:
     arm64 = 0xAA64
-    with pytest.raises(InvalidPluginError,
-                       match=r"built for x86-64 \(64-bit\), this host is AArch64: wrong architecture"):
-        pecheck.check(win_build.double_xp.read_bytes(), str(win_build.double_xp), expect_machine=arm64)
-    facts = pecheck.check(win_build.double_xp.read_bytes(), "x.dll", expect_machine=arm64, any_machine=True)
+    with pytest.raises(
+        InvalidPluginError,
+        match=r"built for x86-64 \(64-bit\), this host is AArch64: wrong architecture",
+    ):
+        pecheck.check(
+            win_build.double_xp.read_bytes(), str(win_build.double_xp), expect_machine=arm64
+        )
+    facts = pecheck.check(
+        win_build.double_xp.read_bytes(), "x.dll", expect_machine=arm64, any_machine=True
+    )
     assert facts.machine_name == "x86-64"  # offline inspection of a foreign build
     if os.name != "nt":  # no PE machine is native here: no default check, like inspect on Linux
         assert pecheck.host_machine() is None
@@ -372,7 +485,9 @@ def test_pdb_path_from_codeview_record(win_build: WinBuild) -> None:
     assert re.fullmatch(r"[0-9A-F]{32}", cv.guid) and cv.guid != "0" * 32
     objdump = shutil.which(MINGW.replace("-gcc", "-objdump"))
     if objdump:  # binutils prints the same GUID: the bytes are read in the right order
-        dump = subprocess.run([objdump, "-p", str(win_build.with_pdb)], capture_output=True, text=True).stdout
+        dump = subprocess.run(
+            [objdump, "-p", str(win_build.with_pdb)], capture_output=True, text=True
+        ).stdout
         assert f"signature {cv.guid.lower()} age {cv.age}" in dump
     # --build-id: a record with a GUID but no PDB name
     bid = pecheck.codeview(win_build.with_build_id.read_bytes())
@@ -417,27 +532,56 @@ def harness(win_build: WinBuild, tmp_path_factory: pytest.TempPathFactory) -> It
         pytest.skip("wine not found: install wine64 and wine (.ci/windows-deps.sh)")
     work = tmp_path_factory.mktemp("wine")
     exe = work / "win_harness.exe"
-    _cc([cc, "-std=c11", "-O1", "-municode", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'native' / 'include'}",
-         str(HARNESS_SRC), "-o", str(exe)])
-    env = {**os.environ, "WINEPREFIX": str(work / "prefix"), "WINEDEBUG": "-all",
-           "WINEDLLOVERRIDES": "mscoree,mshtml=", "WINEARCH": "win64"}  # no mono/gecko prompts
+    _cc(
+        [
+            cc,
+            "-std=c11",
+            "-O1",
+            "-municode",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            f"-I{ROOT / 'native' / 'include'}",
+            str(HARNESS_SRC),
+            "-o",
+            str(exe),
+        ]
+    )
+    env = {
+        **os.environ,
+        "WINEPREFIX": str(work / "prefix"),
+        "WINEDEBUG": "-all",
+        "WINEDLLOVERRIDES": "mscoree,mshtml=",
+        "WINEARCH": "win64",
+    }  # no mono/gecko prompts
     env.pop("DISPLAY", None)
     try:
         t0 = time.perf_counter()
-        boot = subprocess.run([wine, "wineboot", "--init"], env=env, capture_output=True, text=True,
-                              timeout=300)
+        boot = subprocess.run(
+            [wine, "wineboot", "--init"], env=env, capture_output=True, text=True, timeout=300
+        )
         boot_seconds = time.perf_counter() - t0
         if boot.returncode != 0:
             pytest.fail(f"wineboot failed ({boot.returncode}):\n{boot.stderr}")
         t0 = time.perf_counter()
         proc = subprocess.run(
-            [wine, str(exe), _wine_path(win_build.double_xp), _wine_path(work / "private"),
-             _wine_path(win_build.uses_dep), "hl_dep.dll"],
-            env=env, capture_output=True, text=True, timeout=120,
+            [
+                wine,
+                str(exe),
+                _wine_path(win_build.double_xp),
+                _wine_path(work / "private"),
+                _wine_path(win_build.uses_dep),
+                "hl_dep.dll",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         run_seconds = time.perf_counter() - t0
     finally:
-        # stop the wineserver of *this* prefix only (it lingers a few seconds), then reclaim the disk
+        # stop the wineserver of *this* prefix only (it lingers a few seconds),
+        # then reclaim the disk
         subprocess.run([wineserver, "-k"], env=env, capture_output=True, timeout=60)
         shutil.rmtree(work / "prefix", ignore_errors=True)
     log.info("wineboot %.1f s, harness %.2f s", boot_seconds, run_seconds)
@@ -448,18 +592,54 @@ def harness(win_build: WinBuild, tmp_path_factory: pytest.TempPathFactory) -> It
             steps[m[2]] = (m[1].strip(), m[3])
         elif m := re.match(r"code (\w+): (\d+)$", line):
             codes[m[1]] = int(m[2])
-    yield HarnessRun(proc.returncode, proc.stdout + proc.stderr, steps, codes, boot_seconds, run_seconds)
+    yield HarnessRun(
+        proc.returncode, proc.stdout + proc.stderr, steps, codes, boot_seconds, run_seconds
+    )
 
 
 EXPECTED_STEPS = [
-    "setup", "copy1", "load1", "image_path1", "loader_has1", "descriptor", "export_table",
-    "descriptor_exports", "missing_symbol", "call1", "copy2", "load2", "separate_state", "on_unload1",
-    "on_load2_refuses", "on_load2", "snapshot_not_destructor", "overwrite_source",
-    "overwrite_loaded_copy", "replace_loaded_copy", "delete_loaded_copy", "still_serving",
-    "same_path_same_module", "refcount", "free1", "unloaded1", "copy2_unaffected", "free2",
-    "unloaded2", "delete_copy1", "delete_copy2", "load_text_file", "load_truncated",
-    "load_missing_file", "dep_without_search_dir", "dep_failed_not_listed", "dep_with_search_dir",
-    "dep_call", "dep_loaded", "dep_unloaded", "dep_released", "dep_delete_copy",
+    "setup",
+    "copy1",
+    "load1",
+    "image_path1",
+    "loader_has1",
+    "descriptor",
+    "export_table",
+    "descriptor_exports",
+    "missing_symbol",
+    "call1",
+    "copy2",
+    "load2",
+    "separate_state",
+    "on_unload1",
+    "on_load2_refuses",
+    "on_load2",
+    "snapshot_not_destructor",
+    "overwrite_source",
+    "overwrite_loaded_copy",
+    "replace_loaded_copy",
+    "delete_loaded_copy",
+    "still_serving",
+    "same_path_same_module",
+    "refcount",
+    "free1",
+    "unloaded1",
+    "copy2_unaffected",
+    "free2",
+    "unloaded2",
+    "delete_copy1",
+    "delete_copy2",
+    "load_text_file",
+    "load_truncated",
+    "load_missing_file",
+    "dep_without_search_dir",
+    "dep_failed_not_listed",
+    "dep_with_search_dir",
+    "dep_call",
+    "dep_loaded",
+    "dep_unloaded",
+    "dep_released",
+    "dep_delete_copy",
 ]
 
 
@@ -473,7 +653,9 @@ def test_harness_passes_every_step(harness: HarnessRun) -> None:
     assert int(m[1]) >= len(EXPECTED_STEPS)
 
 
-def test_harness_reads_the_same_descriptor_as_pecheck(harness: HarnessRun, win_build: WinBuild) -> None:
+def test_harness_reads_the_same_descriptor_as_pecheck(
+    harness: HarnessRun, win_build: WinBuild
+) -> None:
     """The descriptor parsed from the *mapped* image under wine equals the one
     pecheck reads from the file, and so does the export table."""
     data = win_build.double_xp.read_bytes()
@@ -481,15 +663,19 @@ def test_harness_reads_the_same_descriptor_as_pecheck(harness: HarnessRun, win_b
     assert facts.hotload_section is not None
     desc = descriptor.parse(facts.hotload_section, "double_xp.dll")
     detail = harness.steps["descriptor"][1]
-    assert detail == (f"name={desc.name} version={desc.version} "
-                      f"exports={','.join(e.name for e in desc.exports)} on_load=1 on_unload=1")
+    assert detail == (
+        f"name={desc.name} version={desc.version} "
+        f"exports={','.join(e.name for e in desc.exports)} on_load=1 on_unload=1"
+    )
     assert harness.steps["export_table"][1] == ",".join(pecheck.exports(data))
 
 
 def test_harness_proves_private_copies(harness: HarnessRun) -> None:
     assert "distinct modules" in harness.steps["load2"][1]
     assert harness.steps["on_load2"][1].endswith("copy2 now has 2 grants, 310 xp")
-    assert ntpath.basename(harness.steps["image_path1"][1].split(" = ")[1]).startswith("double_xp.v1-")
+    assert ntpath.basename(harness.steps["image_path1"][1].split(" = ")[1]).startswith(
+        "double_xp.v1-"
+    )
 
 
 def test_observed_error_codes_have_specific_words(harness: HarnessRun) -> None:
@@ -503,7 +689,9 @@ def test_observed_error_codes_have_specific_words(harness: HarnessRun) -> None:
     assert codes["delete_loaded_copy"] == 5
     for step, code in codes.items():
         assert code in dl_windows.ERRORS, f"{step}: code {code} has no words in dl_windows.ERRORS"
-    assert "a DLL it depends on was not found" in dl_windows.describe_error(codes["dep_without_search_dir"])
+    assert "a DLL it depends on was not found" in dl_windows.describe_error(
+        codes["dep_without_search_dir"]
+    )
     assert "wrong architecture or not a DLL" in dl_windows.describe_error(codes["load_text_file"])
 
 

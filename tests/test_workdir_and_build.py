@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hotload import Host, HotloadError
-from hotload.builder import BuildError, compile_plugin
+from hotload._builder import BuildError, compile_plugin
 
 from conftest import ROOT, versioned_copies
 
@@ -31,7 +31,9 @@ def _crashing_host(workdir: Path, plugin: Path) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
 
 
-def test_copies_of_a_crashed_host_are_swept_by_the_next_host(tmp_path: Path, example_plugins) -> None:
+def test_copies_of_a_crashed_host_are_swept_by_the_next_host(
+    tmp_path: Path, example_plugins
+) -> None:
     work = tmp_path / "work"
     proc = _crashing_host(work, example_plugins["double_xp"])
     crashed_dir = Path(proc.stdout.readline().strip())  # type: ignore[union-attr]
@@ -51,7 +53,9 @@ def test_work_directory_must_be_private(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o777)
     shared.chmod(0o777)
-    with pytest.raises(HotloadError, match=r"shared: work directory has mode 777; it must be private"):
+    with pytest.raises(
+        HotloadError, match=r"shared: work directory has mode 777; it must be private"
+    ):
         Host(shared)
     link = tmp_path / "link"
     link.symlink_to(tmp_path)
@@ -64,7 +68,9 @@ def test_versioned_copies_are_unique_read_only_files(host: Host, example_plugins
     host.reload("loot_drop")
     host.reload("loot_drop")
     names = [Path(v.copy).name for v in host.versions("loot_drop")]
-    assert len(set(names)) == 3 and all(n.startswith(f"loot_drop.v{i + 1}.") for i, n in enumerate(names))
+    assert len(set(names)) == 3 and all(
+        n.startswith(f"loot_drop.v{i + 1}.") for i, n in enumerate(names)
+    )
     [current] = versioned_copies(host.workdir) if host.settle() else []
     assert stat.S_IMODE(current.stat().st_mode) == 0o500
 
@@ -72,21 +78,32 @@ def test_versioned_copies_are_unique_read_only_files(host: Host, example_plugins
 def test_build_py_builds_every_plugin_and_honours_cc_and_cflags(tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {**os.environ, "CC": "gcc", "CFLAGS": "-O2 -DHOTLOAD_TEST_FLAG=1"}
-    proc = subprocess.run([sys.executable, str(ROOT / "build.py"), "-o", str(out)], capture_output=True,
-                          text=True, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "build.py"), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     built = sorted(p.name for p in out.iterdir())
     expected = sorted(p.stem + ".so" for p in (ROOT / "native" / "plugins").glob("*.c"))
     assert built == expected
-    bad = subprocess.run([sys.executable, str(ROOT / "build.py"), "-o", str(out)], capture_output=True,
-                         text=True, env={**env, "CC": "no-such-compiler-xyz"})
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "build.py"), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        env={**env, "CC": "no-such-compiler-xyz"},
+    )
     assert bad.returncode == 1 and "no-such-compiler-xyz" in bad.stdout
 
 
 def test_failed_build_keeps_the_previous_output_and_leaves_no_temp(tmp_path: Path) -> None:
     src = tmp_path / "p.c"
-    src.write_text('#include <hotload.h>\nHOTLOAD_PLUGIN("p", "1");\nHOTLOAD_API int f(void) { return 1; }\n'
-                   'HOTLOAD_EXPORT(f, "int(void)");\n')
+    src.write_text(
+        '#include <hotload.h>\nHOTLOAD_PLUGIN("p", "1");\nHOTLOAD_API int f(void) { return 1; }\n'
+        'HOTLOAD_EXPORT(f, "int(void)");\n'
+    )
     out = tmp_path / "out" / "p.so"
     compile_plugin(src, out)
     before = out.read_bytes()
@@ -117,7 +134,7 @@ def test_hosts_starting_and_sweeping_at_once_never_hurt_each_other(tmp_path: Pat
     at once, no live host's directory may be swept and no start may fail."""
     base = tmp_path / "base"
     script = textwrap.dedent(f"""
-        from hotload.workdir import WorkDir
+        from hotload._workdir import WorkDir
         bad = 0
         for i in range(300):
             w = WorkDir({str(base)!r})
@@ -131,8 +148,15 @@ def test_hosts_starting_and_sweeping_at_once_never_hurt_each_other(tmp_path: Pat
         print("bad", bad)
     """)
     base.mkdir(mode=0o700)
-    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     outputs = [p.communicate(timeout=120) for p in procs]
     for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err[-800:]
@@ -148,5 +172,7 @@ def test_relative_work_directory(tmp_path: Path, example_plugins, monkeypatch) -
 
 
 def test_unusable_work_directory_is_a_hotload_error(tmp_path: Path) -> None:
-    with pytest.raises(HotloadError, match=r"cannot create the work directory: No such file or directory"):
+    with pytest.raises(
+        HotloadError, match=r"cannot create the work directory: No such file or directory"
+    ):
         Host(tmp_path / "missing" / "deeper")

@@ -1,17 +1,17 @@
 """hotload: hot-swap C plugins inside a running Python process.
 
-    from hotload import Host
+from hotload import Host
 
-    with Host() as host:
-        xp = host.load("build/plugins/double_xp.so")
-        xp.reward(100, 3)
-        host.reload("double_xp")
+with Host() as host:
+    xp = host.load("build/plugins/double_xp.so")
+    xp.reward(100, 3)
+    host.reload("double_xp")
 """
 
-from .builder import BuildError
-from .control import ControlError
-from .descriptor import ABI_VERSION
-from .errors import (
+from ._builder import BuildError
+from ._control import ControlError
+from ._descriptor import ABI_VERSION
+from ._errors import (
     ClosedError,
     DescriptorError,
     HookError,
@@ -21,10 +21,10 @@ from .errors import (
     NotLoadedError,
     SignatureError,
 )
-from .host import Host
-from .preflight import PreflightError
-from .registry import Plugin, VersionInfo
-from .trust import TrustError
+from ._host import Host
+from ._preflight import PreflightError
+from ._registry import Plugin, VersionInfo
+from ._trust import TrustError
 
 __all__ = [
     "ABI_VERSION",

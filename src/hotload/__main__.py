@@ -1,7 +1,7 @@
-"""``python -m hotload``: the ``hotload`` command (see ``hotload.cli``)."""
+"""``python -m hotload``: the ``hotload`` command (see ``hotload._cli``)."""
 
 import sys
 
-from .cli import main
+from ._cli import main
 
 sys.exit(main())

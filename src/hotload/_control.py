@@ -79,11 +79,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import HotloadError, NotLoadedError
-from .workdir import ensure_private_dir, runtime_base
+from ._errors import HotloadError, NotLoadedError
+from ._workdir import ensure_private_dir, runtime_base
 
 if TYPE_CHECKING:
-    from .host import Host
+    from ._host import Host
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +104,14 @@ class ControlError(HotloadError):
 
 # ---- where ---------------------------------------------------------------------
 
+
 def _require_unix_sockets() -> None:
     if not hasattr(socket, "AF_UNIX") or not hasattr(os, "getuid"):
-        raise ControlError("the control channel needs Unix domain sockets and POSIX users, which this "
-                           "platform lacks", "unsupported")
+        raise ControlError(
+            "the control channel needs Unix domain sockets and POSIX users, which this "
+            "platform lacks",
+            "unsupported",
+        )
 
 
 def control_dir() -> Path:
@@ -161,11 +165,17 @@ def sweep_stale(directory: Path | None = None) -> list[Path]:
 
 # ---- server ------------------------------------------------------------------------
 
+
 class ControlServer:
     """Serves the control protocol for one host on its own socket."""
 
-    def __init__(self, host: Host, *, directory: str | os.PathLike[str] | None = None,
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        host: Host,
+        *,
+        directory: str | os.PathLike[str] | None = None,
+        name: str | None = None,
+    ) -> None:
         _require_unix_sockets()
         self.host = host
         self.directory = Path(directory) if directory else control_dir()
@@ -174,8 +184,10 @@ class ControlServer:
         self.name = name or _default_name()
         self.path = self.directory / f"host-{os.getpid()}-{secrets.token_hex(3)}.sock"
         if len(os.fsencode(self.path)) > _SUN_PATH_MAX:
-            raise HotloadError(f"{self.path}: control socket path is longer than the {_SUN_PATH_MAX} bytes "
-                               f"a Unix socket allows; set {ENV_DIR} to a shorter directory")
+            raise HotloadError(
+                f"{self.path}: control socket path is longer than the {_SUN_PATH_MAX} bytes "
+                f"a Unix socket allows; set {ENV_DIR} to a shorter directory"
+            )
         self.started_at = time.time()
         self._sock: socket.socket | None = None
         self._wake_r, self._wake_w = socket.socketpair()
@@ -227,9 +239,17 @@ class ControlServer:
         """This host, as ``ping`` answers."""
         from . import __version__
 
-        return {"protocol": PROTOCOL, "hotload": __version__, "pid": os.getpid(), "uid": os.getuid(),
-                "name": self.name, "argv": list(sys.argv), "started_at": self.started_at,
-                "socket": str(self.path), "plugins": self.host.names()}
+        return {
+            "protocol": PROTOCOL,
+            "hotload": __version__,
+            "pid": os.getpid(),
+            "uid": os.getuid(),
+            "name": self.name,
+            "argv": list(sys.argv),
+            "started_at": self.started_at,
+            "socket": str(self.path),
+            "plugins": self.host.names(),
+        }
 
     # -- connections ---------------------------------------------------------------
     def _serve(self) -> None:
@@ -245,8 +265,12 @@ class ControlServer:
                         conn, _addr = self._sock.accept()
                     except OSError:
                         continue
-                    threading.Thread(target=self._session, args=(conn,), name="hotload-control-session",
-                                     daemon=True).start()
+                    threading.Thread(
+                        target=self._session,
+                        args=(conn,),
+                        name="hotload-control-session",
+                        daemon=True,
+                    ).start()
 
     def _session(self, conn: socket.socket) -> None:
         with self._lock:
@@ -274,7 +298,9 @@ class ControlServer:
                 if not line:
                     return
                 if len(line) > MAX_LINE:
-                    _send(conn, _error(None, "bad_request", f"request longer than {MAX_LINE} bytes"))
+                    _send(
+                        conn, _error(None, "bad_request", f"request longer than {MAX_LINE} bytes")
+                    )
                     return
                 _send(conn, self.handle(line))
 
@@ -289,8 +315,11 @@ class ControlServer:
             return _error(None, "bad_request", "a request is a JSON object")
         rid = req.get("id")
         if req.get("v", PROTOCOL) != PROTOCOL:
-            return _error(rid, "unsupported_version",
-                          f"protocol version {req.get('v')!r} is not supported; this host speaks {PROTOCOL}")
+            return _error(
+                rid,
+                "unsupported_version",
+                f"protocol version {req.get('v')!r} is not supported; this host speaks {PROTOCOL}",
+            )
         op = req.get("op")
         handler = _OPS.get(op) if isinstance(op, str) else None
         if handler is None:
@@ -311,11 +340,16 @@ class ControlServer:
         return self.describe()
 
     def _op_ls(self, req: dict[str, Any]) -> dict[str, Any]:
-        plugins = [{"name": n, "versions": self._versions(n), "pruned": self.host.pruned(n)}
-                   for n in self.host.names()]
+        plugins = [
+            {"name": n, "versions": self._versions(n), "pruned": self.host.pruned(n)}
+            for n in self.host.names()
+        ]
         leaks = self.host.leaks()
-        return {"host": self.describe(), "plugins": plugins,
-                "leaks": {"images": len(leaks), "bytes": sum(v.mapped_bytes for v in leaks)}}
+        return {
+            "host": self.describe(),
+            "plugins": plugins,
+            "leaks": {"images": len(leaks), "bytes": sum(v.mapped_bytes for v in leaks)},
+        }
 
     def _op_versions(self, req: dict[str, Any]) -> dict[str, Any]:
         name = _arg(req, "name")
@@ -337,8 +371,10 @@ class ControlServer:
         self.host.plugin(name)
         rollback = getattr(self.host, "rollback", None)
         if rollback is None:
-            raise ControlError("rollback is not supported by this host (its hotload has no Host.rollback)",
-                               "unsupported")
+            raise ControlError(
+                "rollback is not supported by this host (its hotload has no Host.rollback)",
+                "unsupported",
+            )
         result = rollback(name)
         if hasattr(result, "as_dict"):
             return {"version": result.as_dict()}
@@ -367,7 +403,12 @@ def _arg(req: dict[str, Any], key: str) -> str:
 
 
 def _error(rid: Any, code: str, message: str, kind: str = "ControlError") -> dict[str, Any]:
-    return {"v": PROTOCOL, "id": rid, "ok": False, "error": {"code": code, "type": kind, "message": message}}
+    return {
+        "v": PROTOCOL,
+        "id": rid,
+        "ok": False,
+        "error": {"code": code, "type": kind, "message": message},
+    }
 
 
 def _send(conn: socket.socket, obj: dict[str, Any]) -> None:
@@ -408,7 +449,10 @@ def _default_name() -> str:
 
 # ---- client ------------------------------------------------------------------------
 
-def request(path: str | os.PathLike[str], op: str, *, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
+
+def request(
+    path: str | os.PathLike[str], op: str, *, timeout: float = 30.0, **args: Any
+) -> dict[str, Any]:
     """Send one request and return its ``result``; raise ``ControlError``."""
     _require_unix_sockets()
     req = {"v": PROTOCOL, "op": op, "id": 1, **args}
@@ -421,21 +465,33 @@ def request(path: str | os.PathLike[str], op: str, *, timeout: float = 30.0, **a
             with sock.makefile("rb") as reader:
                 line = reader.readline()  # our own uid's host: an answer may be long (ls)
     except FileNotFoundError:
-        raise ControlError(f"{path}: no such control socket (is the host still running?)", "unreachable") from None
+        raise ControlError(
+            f"{path}: no such control socket (is the host still running?)", "unreachable"
+        ) from None
     except ConnectionRefusedError:
-        raise ControlError(f"{path}: connection refused: the host that owned it is gone", "unreachable") from None
+        raise ControlError(
+            f"{path}: connection refused: the host that owned it is gone", "unreachable"
+        ) from None
     except PermissionError:
-        raise ControlError(f"{path}: permission denied: the host belongs to another user", "forbidden") from None
+        raise ControlError(
+            f"{path}: permission denied: the host belongs to another user", "forbidden"
+        ) from None
     except TimeoutError:
-        raise ControlError(f"{path}: the host did not answer within {timeout:g} s", "timeout") from None
+        raise ControlError(
+            f"{path}: the host did not answer within {timeout:g} s", "timeout"
+        ) from None
     except OSError as exc:
         raise ControlError(f"{path}: {exc.strerror or exc}", "unreachable") from None
     if not line:
-        raise ControlError(f"{path}: the host closed the connection without answering", "unreachable")
+        raise ControlError(
+            f"{path}: the host closed the connection without answering", "unreachable"
+        )
     try:
         reply = json.loads(line)
     except ValueError:
-        raise ControlError(f"{path}: the host sent an answer that is not JSON", "bad_reply") from None
+        raise ControlError(
+            f"{path}: the host sent an answer that is not JSON", "bad_reply"
+        ) from None
     if not reply.get("ok"):
         err = reply.get("error") or {}
         raise ControlError(err.get("message", "request failed"), err.get("code", "failed"))
@@ -459,12 +515,18 @@ def discover(directory: Path | None = None) -> list[dict[str, Any]]:
                 continue
             if exc.code == "unreachable" and not path.exists():
                 continue
-            hosts.append({"pid": _pid_of(path), "socket": str(path), "name": None, "error": str(exc)})
+            hosts.append(
+                {"pid": _pid_of(path), "socket": str(path), "name": None, "error": str(exc)}
+            )
     return sorted(hosts, key=lambda h: (h.get("pid") or 0, h["socket"]))
 
 
-def resolve(*, socket_path: str | os.PathLike[str] | None = None, host: str | None = None,
-            directory: Path | None = None) -> Path:
+def resolve(
+    *,
+    socket_path: str | os.PathLike[str] | None = None,
+    host: str | None = None,
+    directory: Path | None = None,
+) -> Path:
     """The socket to talk to: ``socket_path`` as given; else the live host
     matching ``host`` (a pid, a socket file name, or the host's name); else
     the only live host.  None or several is an error that says what to do."""
@@ -473,20 +535,32 @@ def resolve(*, socket_path: str | os.PathLike[str] | None = None, host: str | No
     directory = directory or control_dir()
     live = [h for h in discover(directory) if "error" not in h]
     if host is not None:
-        chosen = [h for h in live if host in (str(h.get("pid")), Path(h["socket"]).name, h.get("name"))]
+        chosen = [
+            h for h in live if host in (str(h.get("pid")), Path(h["socket"]).name, h.get("name"))
+        ]
         if len(chosen) == 1:
             return Path(chosen[0]["socket"])
         if not chosen:
-            raise ControlError(f"no running host matches {host!r} in {directory} ({_summary(live)})", "no_host")
-        raise ControlError(f"{len(chosen)} hosts match {host!r} ({_summary(chosen)}); pick one with --socket PATH",
-                           "ambiguous")
+            raise ControlError(
+                f"no running host matches {host!r} in {directory} ({_summary(live)})", "no_host"
+            )
+        raise ControlError(
+            f"{len(chosen)} hosts match {host!r} ({_summary(chosen)}); pick one with --socket PATH",
+            "ambiguous",
+        )
     if len(live) == 1:
         return Path(live[0]["socket"])
     if not live:
-        raise ControlError(f"no running hotload host found in {directory} (start one with Host(control=True) "
-                           f"or `hotload demo --interactive`)", "no_host")
-    raise ControlError(f"{len(live)} hosts are running ({_summary(live)}); pick one with --host PID or "
-                       f"--socket PATH", "ambiguous")
+        raise ControlError(
+            f"no running hotload host found in {directory} (start one with Host(control=True) "
+            f"or `hotload demo --interactive`)",
+            "no_host",
+        )
+    raise ControlError(
+        f"{len(live)} hosts are running ({_summary(live)}); pick one with --host PID or "
+        f"--socket PATH",
+        "ambiguous",
+    )
 
 
 def _summary(hosts: list[dict[str, Any]]) -> str:
@@ -495,5 +569,13 @@ def _summary(hosts: list[dict[str, Any]]) -> str:
     return ", ".join(f"pid {h.get('pid')} {h.get('name') or ''}".strip() for h in hosts)
 
 
-__all__ = ["PROTOCOL", "ControlError", "ControlServer", "control_dir", "discover", "request", "resolve",
-           "sweep_stale"]
+__all__ = [
+    "PROTOCOL",
+    "ControlError",
+    "ControlServer",
+    "control_dir",
+    "discover",
+    "request",
+    "resolve",
+    "sweep_stale",
+]

@@ -47,8 +47,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from . import elfcheck
-from .errors import InvalidPluginError
+from ._errors import InvalidPluginError
+from ._platform import _elf as elfcheck
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,14 @@ class Report:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Report:
-        return cls(path=d["path"], digest=d["digest"], findings=tuple(Finding(**f) for f in d["findings"]),
-                   needed=tuple(d["needed"]), soname=d["soname"], dynamic_exports=tuple(d["dynamic_exports"]))
+        return cls(
+            path=d["path"],
+            digest=d["digest"],
+            findings=tuple(Finding(**f) for f in d["findings"]),
+            needed=tuple(d["needed"]),
+            soname=d["soname"],
+            dynamic_exports=tuple(d["dynamic_exports"]),
+        )
 
 
 @dataclass
@@ -175,8 +181,12 @@ def inspect_bytes(data: bytes, path: str, digest: str | None = None) -> Report:
         return hit
     start = time.perf_counter()
     report = _analyse(data, path, digest)
-    log.debug("inspected %s in %.2f ms: %s", path, (time.perf_counter() - start) * 1e3,
-              [f.code for f in report.findings] or "clean")
+    log.debug(
+        "inspected %s in %.2f ms: %s",
+        path,
+        (time.perf_counter() - start) * 1e3,
+        [f.code for f in report.findings] or "clean",
+    )
     remember(report)
     return report
 
@@ -226,17 +236,24 @@ def explain_leak(report: Report, opens: int, closes: int) -> list[str]:
     if pins:
         return [f"{name}: {f.message}" + (f" Fix: {f.fix}." if f.fix else "") for f in pins]
     if opens > closes:
-        return [f"{name} is still mapped: hotload opened it {opens} times but closed it {closes} "
-                f"times, so {_count(opens - closes, 'of its own handles is', 'of its own handles are')} "
-                f"still open."]
+        return [
+            f"{name} is still mapped: hotload opened it {opens} times but closed it {closes} "
+            f"times, so "
+            f"{_count(opens - closes, 'of its own handles is', 'of its own handles are')} "
+            f"still open."
+        ]
     if opens < closes:
-        return [f"{name} is still mapped, and hotload's own counts are inconsistent ({opens} opens, "
-                f"{closes} closes): a handle was closed twice, which may have released another "
-                f"opener's reference."]
-    return [f"{name} is still mapped after its final dlclose, yet hotload's own dlopen/dlclose counts "
-            f"balance ({opens} opens, {closes} closes) and the file has no reason to stay: another "
-            f"dlopen handle to the same file (ctypes.CDLL, cffi, or a library that dlopens that path) "
-            f"or a library that depends on it must still hold a reference."]
+        return [
+            f"{name} is still mapped, and hotload's own counts are inconsistent ({opens} opens, "
+            f"{closes} closes): a handle was closed twice, which may have released another "
+            f"opener's reference."
+        ]
+    return [
+        f"{name} is still mapped after its final dlclose, yet hotload's own dlopen/dlclose counts "
+        f"balance ({opens} opens, {closes} closes) and the file has no reason to stay: another "
+        f"dlopen handle to the same file (ctypes.CDLL, cffi, or a library that dlopens that path) "
+        f"or a library that depends on it must still hold a reference."
+    ]
 
 
 def clear_cache() -> None:
@@ -247,12 +264,19 @@ def clear_cache() -> None:
 
 # ---- reading the file -----------------------------------------------------
 
+
 def _analyse(data: bytes, path: str, digest: str) -> Report:
     facts = _read_facts(data, path, _validate(data, path))
     names = _demangle([*facts.unique, *facts.tls_symbols])
     findings = [f for finder in _FINDERS for f in finder(facts, names)]
-    return Report(path=path, digest=digest, findings=tuple(findings), needed=tuple(facts.needed),
-                  soname=facts.soname, dynamic_exports=tuple(sorted(facts.exports)))
+    return Report(
+        path=path,
+        digest=digest,
+        findings=tuple(findings),
+        needed=tuple(facts.needed),
+        soname=facts.soname,
+        dynamic_exports=tuple(sorted(facts.exports)),
+    )
 
 
 def _validate(data: bytes, path: str) -> int:
@@ -278,8 +302,10 @@ def _read_facts(data: bytes, path: str, machine: int) -> _Facts:
         raise
     except Exception as exc:  # pyelftools raises a zoo of types on corrupt input
         log.debug("pyelftools failed on %s", path, exc_info=True)
-        raise InvalidPluginError(f"{path}: corrupt ELF file, cannot read its dynamic information "
-                                 f"({type(exc).__name__}: {exc})") from None
+        raise InvalidPluginError(
+            f"{path}: corrupt ELF file, cannot read its dynamic information "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
     return facts
 
 
@@ -326,7 +352,11 @@ def _read_symbols(elf: _Elf, facts: _Facts) -> None:
         if unique:
             facts.unique.append(name)
         if (unique or info["bind"] in ("STB_GLOBAL", "STB_WEAK")) and info["type"] in (
-                "STT_FUNC", "STT_OBJECT", "STT_LOOS", "STT_GNU_IFUNC"):  # type 10: a GNU IFUNC function
+            "STT_FUNC",
+            "STT_OBJECT",
+            "STT_LOOS",
+            "STT_GNU_IFUNC",
+        ):  # type 10: a GNU IFUNC function
             facts.exports.add(name)
 
 
@@ -350,7 +380,9 @@ def _read_tls_relocs(elf: _Elf, data: bytes, facts: _Facts) -> None:
     syms: set[int] = set()
     for base, size, rela in (("DT_RELA", "DT_RELASZ", True), ("DT_REL", "DT_RELSZ", False)):
         if base in tags and tags.get(size):
-            for sym_index in _tls_reloc_symbols(elf.elf, data, tags[base], tags[size], rela, wanted):
+            for sym_index in _tls_reloc_symbols(
+                elf.elf, data, tags[base], tags[size], rela, wanted
+            ):
                 facts.tls_relocs += 1
                 syms.add(sym_index)
     if elf.symtab is not None:
@@ -358,8 +390,9 @@ def _read_tls_relocs(elf: _Elf, data: bytes, facts: _Facts) -> None:
         facts.tls_symbols = sorted(n for n in names if n)
 
 
-def _tls_reloc_symbols(elf: Any, data: bytes, addr: int, size: int, rela: bool,
-                       wanted: frozenset[int]) -> Iterable[int]:
+def _tls_reloc_symbols(
+    elf: Any, data: bytes, addr: int, size: int, rela: bool, wanted: frozenset[int]
+) -> Iterable[int]:
     offset = next(iter(elf.address_offsets(addr)), None)
     if offset is None:
         return
@@ -367,7 +400,7 @@ def _tls_reloc_symbols(elf: Any, data: bytes, addr: int, size: int, rela: bool,
     end = "<" if elf.little_endian else ">"
     fmt = end + ("QQq" if rela else "QQ") if bits == 64 else end + ("IIi" if rela else "II")
     step = struct.calcsize(fmt)
-    chunk = data[offset:offset + size - size % step]
+    chunk = data[offset : offset + size - size % step]
     type_bits, mask = (32, 0xFFFFFFFF) if bits == 64 else (8, 0xFF)
     for entry in struct.iter_unpack(fmt, chunk):
         if entry[1] & mask in wanted:
@@ -383,8 +416,14 @@ def _demangle(names: list[str]) -> dict[str, str]:
     if not mangled or tool is None:
         return result
     try:
-        out = subprocess.run([tool], input="\n".join(mangled) + "\n", capture_output=True, text=True,
-                             timeout=10, check=True).stdout.splitlines()
+        out = subprocess.run(
+            [tool],
+            input="\n".join(mangled) + "\n",
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.splitlines()
     except (OSError, subprocess.SubprocessError) as exc:
         log.debug("c++filt failed: %s", exc)
         return result
@@ -394,6 +433,7 @@ def _demangle(names: list[str]) -> dict[str, str]:
 
 
 # ---- the findings ---------------------------------------------------------
+
 
 def _count(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
@@ -415,7 +455,7 @@ def _go_version(blob: bytes) -> str | None:
         length |= (byte & 0x7F) << shift
         pos, shift = pos + 1, shift + 7
         if not byte & 0x80:
-            text = blob[pos:pos + length]
+            text = blob[pos : pos + length]
             return text.decode("ascii", "replace") if 0 < length == len(text) else None
     return None
 
@@ -425,24 +465,41 @@ def _go_runtime(facts: _Facts, names: dict[str, str]) -> list[Finding]:
         return []
     version = _go_version(facts.go_buildinfo)
     built = f" built with {version}" if version else ""
-    return [Finding(
-        "go_runtime", pins=True, unsafe=True,
-        message=(f"a Go c-shared library{built} (.go.buildinfo section): the Go runtime cannot be "
-                 "unloaded (golang/go#11100). Go marks the image NODELETE and its runtime threads keep "
-                 "running its code, so every reload leaks one whole image, and one block of static TLS, "
-                 "until a new copy no longer loads; only restarting the process frees them."),
-        fix=None)]
+    return [
+        Finding(
+            "go_runtime",
+            pins=True,
+            unsafe=True,
+            message=(
+                f"a Go c-shared library{built} (.go.buildinfo section): the Go runtime cannot be "
+                "unloaded (golang/go#11100). Go marks the image NODELETE and its runtime threads "
+                "keep "
+                "running its code, so every reload leaks one whole image, and one block of static "
+                "TLS, "
+                "until a new copy no longer loads; only restarting the process frees them."
+            ),
+            fix=None,
+        )
+    ]
 
 
 def _nodelete(facts: _Facts, names: dict[str, str]) -> list[Finding]:
     if not facts.flags_1 & DF_1_NODELETE or facts.go_buildinfo is not None:
         return []  # Go sets NODELETE itself; its own finding says so
-    return [Finding(
-        "nodelete", pins=True, unsafe=False,
-        message=("linked with -z nodelete (DF_1_NODELETE in DT_FLAGS_1): the dynamic loader never "
-                 "unmaps this image, so dlclose does nothing and every reload leaves the old version "
-                 "in memory for the life of the process."),
-        fix="relink without -Wl,-z,nodelete")]
+    return [
+        Finding(
+            "nodelete",
+            pins=True,
+            unsafe=False,
+            message=(
+                "linked with -z nodelete (DF_1_NODELETE in DT_FLAGS_1): the dynamic loader never "
+                "unmaps this image, so dlclose does nothing and every reload leaves the old "
+                "version "
+                "in memory for the life of the process."
+            ),
+            fix="relink without -Wl,-z,nodelete",
+        )
+    ]
 
 
 def _gnu_unique(facts: _Facts, names: dict[str, str]) -> list[Finding]:
@@ -450,49 +507,92 @@ def _gnu_unique(facts: _Facts, names: dict[str, str]) -> list[Finding]:
         return []
     guards = [n for n in facts.unique if n.startswith("_ZGV")]
     shown = [names[n] for n in facts.unique if n not in guards] or [names[n] for n in guards]
-    return [Finding(
-        "gnu_unique", pins=True, unsafe=False,
-        message=(f"has C++ STB_GNU_UNIQUE symbols (inline-function or template statics): "
-                 f"{_listing(shown)}. glibc keeps the first copy loaded in the process that defines "
-                 "them mapped for good, and every later copy uses that copy's objects instead of its "
-                 "own, so their state is silently shared across versions."),
-        fix=("rebuild with -fno-gnu-unique, or with -fvisibility=hidden so that they are not exported "
-             "(-Wl,-Bsymbolic does not help: the symbols stay unique)"))]
+    return [
+        Finding(
+            "gnu_unique",
+            pins=True,
+            unsafe=False,
+            message=(
+                f"has C++ STB_GNU_UNIQUE symbols (inline-function or template statics): "
+                f"{_listing(shown)}. glibc keeps the first copy loaded in the process that defines "
+                "them mapped for good, and every later copy uses that copy's objects instead of "
+                "its "
+                "own, so their state is silently shared across versions."
+            ),
+            fix=(
+                "rebuild with -fno-gnu-unique, or with -fvisibility=hidden so that they are not "
+                "exported "
+                "(-Wl,-Bsymbolic does not help: the symbols stay unique)"
+            ),
+        )
+    ]
 
 
 def _tls_dtor(facts: _Facts, names: dict[str, str]) -> list[Finding]:
     used = [n for n in THREAD_ATEXIT if n in facts.imports]
     if not used:
         return []
-    return [Finding(
-        "tls_dtor", pins=True, unsafe=False,
-        message=(f"has C++ thread_local objects with destructors (imports {', '.join(used)}): glibc "
-                 "keeps the image mapped after dlclose while any thread that touched one of them is "
-                 "alive, because their destructors must still run there; touched from the main thread "
-                 "or a pool thread, the image stays for the life of the process (after such threads "
-                 "exit it goes at the next dlclose in the process)."),
-        fix=("use thread_local only for trivially destructible types (integers, pointers, arrays), "
-             "or touch them only from threads that exit before the reload"))]
+    return [
+        Finding(
+            "tls_dtor",
+            pins=True,
+            unsafe=False,
+            message=(
+                f"has C++ thread_local objects with destructors (imports {', '.join(used)}): glibc "
+                "keeps the image mapped after dlclose while any thread that touched one of them is "
+                "alive, because their destructors must still run there; touched from the main "
+                "thread "
+                "or a pool thread, the image stays for the life of the process (after such threads "
+                "exit it goes at the next dlclose in the process)."
+            ),
+            fix=(
+                "use thread_local only for trivially destructible types (integers, pointers, "
+                "arrays), "
+                "or touch them only from threads that exit before the reload"
+            ),
+        )
+    ]
 
 
 def _static_tls(facts: _Facts, names: dict[str, str]) -> list[Finding]:
     flagged = bool(facts.flags & DF_STATIC_TLS)
     if (not flagged and not facts.tls_relocs) or facts.go_buildinfo is not None:
         return []  # Go chooses its TLS model itself; its own finding covers the cost
-    how = [w for w, on in (("DF_STATIC_TLS in DT_FLAGS", flagged),
-                           (_count(facts.tls_relocs, "initial-exec TLS relocation", "initial-exec TLS "
-                                   "relocations"), facts.tls_relocs)) if on]
-    against = f" against {_listing(names[n] for n in facts.tls_symbols)}" if facts.tls_symbols else ""
+    how = [
+        w
+        for w, on in (
+            ("DF_STATIC_TLS in DT_FLAGS", flagged),
+            (
+                _count(
+                    facts.tls_relocs, "initial-exec TLS relocation", "initial-exec TLS relocations"
+                ),
+                facts.tls_relocs,
+            ),
+        )
+        if on
+    ]
+    against = (
+        f" against {_listing(names[n] for n in facts.tls_symbols)}" if facts.tls_symbols else ""
+    )
     size = f"its {facts.tls_size}-byte" if facts.tls_size else "its"
-    return [Finding(
-        "static_tls", pins=False, unsafe=False,
-        message=(f"uses the static TLS model ({'; '.join(how)}{against}): each loaded copy takes {size} "
-                 "thread-local block from the process's small, fixed static TLS reserve, and glibc gives "
-                 "a block back only when it was the last one handed out; while old and new versions "
-                 "overlap, the reserve runs out after a few reloads and dlopen fails with \"cannot "
-                 "allocate memory in static TLS block\"."),
-        fix="compile with -ftls-model=global-dynamic; drop -ftls-model=initial-exec and "
-            "__attribute__((tls_model(\"initial-exec\")))")]
+    return [
+        Finding(
+            "static_tls",
+            pins=False,
+            unsafe=False,
+            message=(
+                f"uses the static TLS model ({'; '.join(how)}{against}): each loaded copy takes "
+                f"{size} "
+                "thread-local block from the process's small, fixed static TLS reserve, and glibc "
+                "gives "
+                "a block back only when it was the last one handed out; while old and new versions "
+                'overlap, the reserve runs out after a few reloads and dlopen fails with "cannot '
+                'allocate memory in static TLS block".'
+            ),
+            fix="compile with -ftls-model=global-dynamic; drop -ftls-model=initial-exec and "
+            '__attribute__((tls_model("initial-exec")))',
+        )
+    ]
 
 
 def _runtime(facts: _Facts, names: dict[str, str]) -> list[Finding]:
@@ -500,13 +600,25 @@ def _runtime(facts: _Facts, names: dict[str, str]) -> list[Finding]:
     for lib in facts.needed:
         what = next((desc for rx, desc in RUNTIMES if rx.match(os.path.basename(lib))), None)
         if what:
-            found.append(Finding(
-                "runtime", pins=False, unsafe=True,
-                message=(f"links {lib}, {what}: a language runtime keeps threads, a garbage collector "
-                         "or callbacks that point into the plugin's code and is not built to have that "
-                         "code unmapped, so after dlclose it may run it and crash the process."),
-                fix=("keep this plugin loaded for the life of the process (restart to update it), or "
-                     "run the runtime in a separate process")))
+            found.append(
+                Finding(
+                    "runtime",
+                    pins=False,
+                    unsafe=True,
+                    message=(
+                        f"links {lib}, {what}: a language runtime keeps threads, a garbage "
+                        f"collector "
+                        "or callbacks that point into the plugin's code and is not built to have "
+                        "that "
+                        "code unmapped, so after dlclose it may run it and crash the process."
+                    ),
+                    fix=(
+                        "keep this plugin loaded for the life of the process (restart to update "
+                        "it), or "
+                        "run the runtime in a separate process"
+                    ),
+                )
+            )
     return found
 
 
@@ -517,46 +629,76 @@ def _imported(facts: _Facts, wanted: Iterable[str]) -> list[str]:
 def _hazard(code: str, used: list[str], what: str, fix: str) -> list[Finding]:
     if not used:
         return []
-    return [Finding(code, pins=False, unsafe=True,
-                    message=f"{what} (imports {', '.join(used)}). {_hazard_tail(fix)}", fix=fix)]
+    return [
+        Finding(
+            code,
+            pins=False,
+            unsafe=True,
+            message=f"{what} (imports {', '.join(used)}). {_hazard_tail(fix)}",
+            fix=fix,
+        )
+    ]
 
 
 def _hazard_tail(fix: str) -> str:
-    return f"The plugin must {fix[0].lower()}{fix[1:]}; otherwise the host has to keep this image loaded."
+    return (
+        f"The plugin must {fix[0].lower()}{fix[1:]}; "
+        "otherwise the host has to keep this image loaded."
+    )
 
 
 def _threads(facts: _Facts, names: dict[str, str]) -> list[Finding]:
     used = _imported(facts, THREAD_STARTERS)
     if any(n.startswith(STD_THREAD_PREFIX) for n in facts.imports):
         used.append("std::thread")
-    return _hazard("threads", used,
-                   "starts threads: one still running when the image is unmapped crashes the process",
-                   f"stop and join every thread it started in {DESTRUCTOR}")
+    return _hazard(
+        "threads",
+        used,
+        "starts threads: one still running when the image is unmapped crashes the process",
+        f"stop and join every thread it started in {DESTRUCTOR}",
+    )
 
 
 def _thread_key(facts: _Facts, names: dict[str, str]) -> list[Finding]:
-    return _hazard("thread_key", _imported(facts, KEY_CREATORS),
-                   "creates thread-specific keys: their destructors run at every thread exit, so once "
-                   "the image is unmapped the next thread exit crashes the process (SIGSEGV)",
-                   f"delete every key (pthread_key_delete / tss_delete) in {DESTRUCTOR}")
+    return _hazard(
+        "thread_key",
+        _imported(facts, KEY_CREATORS),
+        "creates thread-specific keys: their destructors run at every thread exit, so once "
+        "the image is unmapped the next thread exit crashes the process (SIGSEGV)",
+        f"delete every key (pthread_key_delete / tss_delete) in {DESTRUCTOR}",
+    )
 
 
 def _signal_handler(facts: _Facts, names: dict[str, str]) -> list[Finding]:
-    return _hazard("signal_handler", _imported(facts, SIGNAL_SETTERS),
-                   "may install signal handlers: a handler left pointing into the unmapped image crashes "
-                   "the process at the next such signal",
-                   f"restore the previous handlers (saved by sigaction) in {DESTRUCTOR}")
+    return _hazard(
+        "signal_handler",
+        _imported(facts, SIGNAL_SETTERS),
+        "may install signal handlers: a handler left pointing into the unmapped image crashes "
+        "the process at the next such signal",
+        f"restore the previous handlers (saved by sigaction) in {DESTRUCTOR}",
+    )
 
 
 def _atexit(facts: _Facts, names: dict[str, str]) -> list[Finding]:
-    return _hazard("atexit", _imported(facts, EXIT_HANDLERS),
-                   "registers process-exit handlers that libc runs at exit() even after the image has "
-                   "been unmapped, which crashes the process at exit",
-                   f"do that cleanup in {DESTRUCTOR}, or register it with atexit(), which glibc runs "
-                   "at dlclose for a shared library")
+    return _hazard(
+        "atexit",
+        _imported(facts, EXIT_HANDLERS),
+        "registers process-exit handlers that libc runs at exit() even after the image has "
+        "been unmapped, which crashes the process at exit",
+        f"do that cleanup in {DESTRUCTOR}, or register it with atexit(), which glibc runs "
+        "at dlclose for a shared library",
+    )
 
 
 _FINDERS: tuple[Callable[[_Facts, dict[str, str]], list[Finding]], ...] = (
-    _go_runtime, _nodelete, _gnu_unique, _tls_dtor, _static_tls, _runtime,
-    _threads, _thread_key, _signal_handler, _atexit,
+    _go_runtime,
+    _nodelete,
+    _gnu_unique,
+    _tls_dtor,
+    _static_tls,
+    _runtime,
+    _threads,
+    _thread_key,
+    _signal_handler,
+    _atexit,
 )

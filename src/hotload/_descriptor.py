@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import DescriptorError
+from ._errors import DescriptorError
 
 ABI_VERSION = 1
 SECTION = ".hotload"

@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 
-from .errors import LoadError
+from .._errors import LoadError
 
 RTLD_LAZY = 0x1
 RTLD_NOW = 0x2

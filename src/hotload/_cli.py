@@ -4,10 +4,11 @@
     hotload hosts [--json]                                  running hosts of this user
     hotload reload NAME [--path FILE] [--json] [--host ...] reload a plugin in a running host
     hotload rollback NAME [--json] [--host ...]             make the previous version live again
-    hotload inspect FILE [--json]                           offline: descriptor, exports, unload blockers
+    hotload inspect FILE [--json]                           offline: descriptor, exports,
+                                                            unload blockers
     hotload build [FILES...] [-o DIR] [--target T]          same as `make plugins` / build.py
     hotload cflags [--include-dir]                          flags to build a plugin against the SDK
-    hotload demo [--interactive] [--players N]              the demo (see hotload.demo)
+    hotload demo [--interactive] [--players N]              the demo (see hotload._demo)
 
 With exactly one host running, host commands need no ``--host``/``--socket``.
 Errors are one line on stderr, ``hotload: error: ...``, exit status 1 (2 for
@@ -17,7 +18,8 @@ bad usage); ``-v`` adds the library's log.
 
 ``ls --json``
     The control protocol's ``ls`` result: ``{"host": HOST, "plugins": [{"name",
-    "versions": [VERSION, ...], "pruned"}], "leaks": {"images", "bytes"}}``.  VERSION is ``VersionInfo.as_dict()``:
+    "versions": [VERSION, ...], "pruned"}], "leaks": {"images", "bytes"}}``.
+    VERSION is ``VersionInfo.as_dict()``:
     ``name, seq, plugin_version, state, in_flight, loaded_at, unloaded_at,
     source, copy, digest, size, dlopen_count, dlclose_count, mapped_bytes,
     blockers, note`` (times in Unix seconds).
@@ -52,8 +54,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import control
-from .errors import HotloadError
+from . import _control as control
+from ._errors import HotloadError
 
 _VERSION_NODE = re.compile(r"^[A-Z][A-Z0-9_]*_[0-9][0-9.]*$")
 
@@ -61,8 +63,10 @@ _VERSION_NODE = re.compile(r"^[A-Z][A-Z0-9_]*_[0-9][0-9.]*$")
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="hotload: %(levelname)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="hotload: %(levelname)s: %(message)s",
+    )
     try:
         return int(args.func(args) or 0)
     except HotloadError as exc:
@@ -86,25 +90,35 @@ def _fail(message: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hotload", description="Hot-swap C plugins in running Python hosts.")
+    parser = argparse.ArgumentParser(
+        prog="hotload", description="Hot-swap C plugins in running Python hosts."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="show the library's log")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     target = argparse.ArgumentParser(add_help=False)
     pick = target.add_mutually_exclusive_group()
-    pick.add_argument("--host", metavar="PID|NAME", help="the host to talk to, when several are running")
+    pick.add_argument(
+        "--host", metavar="PID|NAME", help="the host to talk to, when several are running"
+    )
     pick.add_argument("--socket", metavar="PATH", help="the host's control socket")
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="machine-readable output (stable)")
 
-    p = sub.add_parser("ls", parents=[target, as_json], help="plugins and versions of a running host")
+    p = sub.add_parser(
+        "ls", parents=[target, as_json], help="plugins and versions of a running host"
+    )
     p.set_defaults(func=cmd_ls)
     p = sub.add_parser("hosts", parents=[as_json], help="running hosts of this user")
     p.set_defaults(func=cmd_hosts)
-    p = sub.add_parser("reload", parents=[target, as_json], help="reload a plugin in a running host")
+    p = sub.add_parser(
+        "reload", parents=[target, as_json], help="reload a plugin in a running host"
+    )
     p.add_argument("name")
     p.add_argument("--path", help="load this file instead of the plugin's own")
     p.set_defaults(func=cmd_reload)
-    p = sub.add_parser("rollback", parents=[target, as_json], help="make a plugin's previous version live")
+    p = sub.add_parser(
+        "rollback", parents=[target, as_json], help="make a plugin's previous version live"
+    )
     p.add_argument("name")
     p.set_defaults(func=cmd_rollback)
     p = sub.add_parser("inspect", parents=[as_json], help="describe a plugin file (offline)")
@@ -115,14 +129,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out-dir", help="output directory (default: build/plugins)")
     p.add_argument("--target", default="native", help="native (default) or windows")
     p.set_defaults(func=cmd_build)
-    p = sub.add_parser("cflags", help="compiler flags for building a plugin against the installed SDK")
-    p.add_argument("--include-dir", action="store_true", help="print only the SDK include directory")
+    p = sub.add_parser(
+        "cflags", help="compiler flags for building a plugin against the installed SDK"
+    )
+    p.add_argument(
+        "--include-dir", action="store_true", help="print only the SDK include directory"
+    )
     p.set_defaults(func=cmd_cflags)
     p = sub.add_parser("demo", help="a game server hot-swapping a C plugin under load")
-    p.add_argument("--interactive", action="store_true", help="keep watching the plugin sources until Ctrl-C")
+    p.add_argument(
+        "--interactive", action="store_true", help="keep watching the plugin sources until Ctrl-C"
+    )
     p.add_argument("--players", type=int, default=4, help="player threads (default 4)")
-    p.add_argument("--seconds", type=float, default=1.0, help="seconds of play before and after the swap")
-    p.add_argument("--src", type=Path, help="sources to watch with --interactive (default: native/plugins)")
+    p.add_argument(
+        "--seconds", type=float, default=1.0, help="seconds of play before and after the swap"
+    )
+    p.add_argument(
+        "--src", type=Path, help="sources to watch with --interactive (default: native/plugins)"
+    )
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -132,6 +156,7 @@ def _emit_json(obj: Any) -> None:
 
 
 # ---- talking to a host --------------------------------------------------------------
+
 
 def _target(args: argparse.Namespace) -> Path:
     return control.resolve(socket_path=args.socket, host=args.host)
@@ -143,18 +168,33 @@ def cmd_ls(args: argparse.Namespace) -> int:
         _emit_json(result)
         return 0
     host = result["host"]
-    print(f"host pid {host['pid']} ({host['name']}), {len(result['plugins'])} plugin(s), socket {host['socket']}")
+    print(
+        f"host pid {host['pid']} ({host['name']}), {len(result['plugins'])} plugin(s), socket "
+        f"{host['socket']}"
+    )
     rows = [("PLUGIN", "SEQ", "VERSION", "STATE", "CALLS", "LOADED", "SOURCE")]
     notes: list[str] = []
     for plugin in result["plugins"]:
         for v in plugin["versions"]:
-            rows.append((v["name"], f"v{v['seq']}", v["plugin_version"], v["state"], str(v["in_flight"]),
-                         time.strftime("%H:%M:%S", time.localtime(v["loaded_at"])), v["source"]))
+            rows.append(
+                (
+                    v["name"],
+                    f"v{v['seq']}",
+                    v["plugin_version"],
+                    v["state"],
+                    str(v["in_flight"]),
+                    time.strftime("%H:%M:%S", time.localtime(v["loaded_at"])),
+                    v["source"],
+                )
+            )
             notes += [f"  {v['name']} v{v['seq']}: {b}" for b in v.get("blockers") or []]
             if v.get("note"):
                 notes.append(f"  {v['name']} v{v['seq']}: {v['note']}")
         if plugin.get("pruned"):
-            notes.append(f"  {plugin['name']}: {plugin['pruned']} older unloaded version(s) not kept in the history")
+            notes.append(
+                f"  {plugin['name']}: {plugin['pruned']} older unloaded version(s) not kept in "
+                f"the history"
+            )
     _table(rows)
     leaks = result.get("leaks") or {}
     if leaks.get("images"):
@@ -192,7 +232,10 @@ def cmd_reload(args: argparse.Namespace) -> int:
         return 0
     new, old = result["version"], result.get("previous")
     before = f"v{old['seq']} ({old['plugin_version']}) -> " if old else ""
-    print(f"reloaded {new['name']}: {before}v{new['seq']} ({new['plugin_version']}) from {new['source']}")
+    print(
+        f"reloaded {new['name']}: {before}v{new['seq']} ({new['plugin_version']}) from "
+        f"{new['source']}"
+    )
     return 0
 
 
@@ -202,12 +245,16 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         _emit_json(result)
         return 0
     v = result["version"]
-    print(f"rolled back {args.name}: now v{v['seq']} ({v['plugin_version']})" if v else
-          f"rolled back {args.name}")
+    print(
+        f"rolled back {args.name}: now v{v['seq']} ({v['plugin_version']})"
+        if v
+        else f"rolled back {args.name}"
+    )
     return 0
 
 
 # ---- offline ------------------------------------------------------------------------
+
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     report = inspect_file(args.file)
@@ -220,42 +267,70 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def inspect_file(path: str) -> dict[str, Any]:
     """Everything ``hotload inspect`` says about a file, as its JSON."""
-    from .loader import read_source
+    from ._loader import read_source
 
     data = read_source(path)
     is_pe = data[:2] == b"MZ" or path.lower().endswith(".dll")
     facts = _pe_facts(data, path) if is_pe else _elf_facts(data, path)
     desc, desc_error = _descriptor(facts.pop("section"), path)
-    out: dict[str, Any] = {"path": path, **facts, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    out["plugin"] = None if desc is None else {
-        "name": desc.name, "version": desc.version, "abi": desc.abi,
-        "hooks": {"on_load": desc.on_load, "on_unload": desc.on_unload, "self_test": desc.self_test}}
+    out: dict[str, Any] = {
+        "path": path,
+        **facts,
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    out["plugin"] = (
+        None
+        if desc is None
+        else {
+            "name": desc.name,
+            "version": desc.version,
+            "abi": desc.abi,
+            "hooks": {
+                "on_load": desc.on_load,
+                "on_unload": desc.on_unload,
+                "self_test": desc.self_test,
+            },
+        }
+    )
     out["descriptor_error"] = desc_error
-    out["exports"] = [{"name": e.name, "signature": e.signature, "c": c_declaration(e.name, e.signature)}
-                      for e in (desc.exports if desc else ())]
+    out["exports"] = [
+        {"name": e.name, "signature": e.signature, "c": c_declaration(e.name, e.signature)}
+        for e in (desc.exports if desc else ())
+    ]
     out.update(_unload_facts(data, path, is_pe))
     return out
 
 
 def _elf_facts(data: bytes, path: str) -> dict[str, Any]:
-    from . import elfcheck
+    from ._platform import _elf as elfcheck
 
     facts = elfcheck.check(data, path, any_machine=True)
-    return {"format": "ELF", "machine": facts.machine_name, "bits": facts.bits, "section": facts.hotload_section}
+    return {
+        "format": "ELF",
+        "machine": facts.machine_name,
+        "bits": facts.bits,
+        "section": facts.hotload_section,
+    }
 
 
 def _pe_facts(data: bytes, path: str) -> dict[str, Any]:
     try:
-        from . import pecheck
+        from ._platform import _pe as pecheck
     except ImportError as exc:  # pefile missing
         raise HotloadError(f"{path}: cannot inspect a Windows DLL here: {exc}") from None
     facts = pecheck.check(data, path, expect_machine=None)
-    return {"format": "PE", "machine": facts.machine_name, "bits": facts.bits, "section": facts.hotload_section}
+    return {
+        "format": "PE",
+        "machine": facts.machine_name,
+        "bits": facts.bits,
+        "section": facts.hotload_section,
+    }
 
 
 def _descriptor(section: bytes | None, path: str) -> tuple[Any, str | None]:
-    from . import descriptor
-    from .errors import DescriptorError
+    from . import _descriptor as descriptor
+    from ._errors import DescriptorError
 
     if section is None:
         return None, None
@@ -267,20 +342,31 @@ def _descriptor(section: bytes | None, path: str) -> tuple[Any, str | None]:
 
 def _unload_facts(data: bytes, path: str, is_pe: bool) -> dict[str, Any]:
     if is_pe:
-        from . import pecheck
+        from ._platform import _pe as pecheck
 
-        return {"dynamic_exports": pecheck.exports(data, path), "needed": [], "soname": None,
-                "unload_blockers": [], "hazards": [], "unloads": True}
-    from . import inspector
+        return {
+            "dynamic_exports": pecheck.exports(data, path),
+            "needed": [],
+            "soname": None,
+            "unload_blockers": [],
+            "hazards": [],
+            "unloads": True,
+        }
+    from . import _inspector as inspector
 
     report = inspector.inspect_bytes(data, path)
 
     def finding(f: Any) -> dict[str, Any]:
         return {"code": f.code, "message": f.message, "fix": f.fix}
 
-    return {"dynamic_exports": list(report.dynamic_exports), "needed": list(report.needed),
-            "soname": report.soname, "unload_blockers": [finding(f) for f in report.pins()],
-            "hazards": [finding(f) for f in report.hazards()], "unloads": not report.pins()}
+    return {
+        "dynamic_exports": list(report.dynamic_exports),
+        "needed": list(report.needed),
+        "soname": report.soname,
+        "unload_blockers": [finding(f) for f in report.pins()],
+        "hazards": [finding(f) for f in report.hazards()],
+        "unloads": not report.pins(),
+    }
 
 
 def c_declaration(name: str, signature: str) -> str:
@@ -327,18 +413,19 @@ def _finding_text(f: dict[str, Any]) -> str:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from . import builder
+    from . import _builder as builder
 
     root = Path.cwd()
     if not args.files and not any((root / "native" / "plugins").glob("*.c")):
-        raise HotloadError(f"no sources given and no native/plugins/*.c under {root}; "
-                           f"name the .c files to build")
+        raise HotloadError(
+            f"no sources given and no native/plugins/*.c under {root}; name the .c files to build"
+        )
     argv = [*args.files, "--target", args.target, *(["-o", args.out_dir] if args.out_dir else [])]
     return builder.main(argv, root=root, environ=os.environ)
 
 
 def cmd_cflags(args: argparse.Namespace) -> int:
-    from .builder import sdk_include_dir
+    from ._builder import sdk_include_dir
 
     include = sdk_include_dir()
     print(include if args.include_dir else f"-I{include} -std=c11 -fPIC -shared")
@@ -346,15 +433,21 @@ def cmd_cflags(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from . import demo
+    from . import _demo as demo
 
     if args.players < 1:
         raise HotloadError("--players must be at least 1")
-    return demo.run(players=args.players, seconds=args.seconds, interactive=args.interactive, src=args.src,
-                    verbose=args.verbose)
+    return demo.run(
+        players=args.players,
+        seconds=args.seconds,
+        interactive=args.interactive,
+        src=args.src,
+        verbose=args.verbose,
+    )
 
 
 # ---- formatting ---------------------------------------------------------------------
+
 
 def _table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import HotloadError
+from ._errors import HotloadError
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,14 @@ class BuildResult:
     output: Path
 
 
-def compile_plugin(source: Path, output: Path, *, cc: str | None = None,
-                   extra_cflags: Iterable[str] = (), target: str = "native") -> BuildResult:
+def compile_plugin(
+    source: Path,
+    output: Path,
+    *,
+    cc: str | None = None,
+    extra_cflags: Iterable[str] = (),
+    target: str = "native",
+) -> BuildResult:
     """Compile one source file; raise ``BuildError`` with the compiler's output."""
     cc_var, default_cc, _suffix, _dir = TARGETS[target]
     cc_cmd = shlex.split(cc or os.environ.get(cc_var) or default_cc)
@@ -95,9 +101,13 @@ def _replace(tmp: str, output: Path) -> None:
 
 def main(argv: list[str], *, root: Path, environ: Mapping[str, str]) -> int:
     parser = argparse.ArgumentParser(prog="build.py", description="Build hotload plugins.")
-    parser.add_argument("files", nargs="*", type=Path, help="plugin sources (default: native/plugins/*.c)")
+    parser.add_argument(
+        "files", nargs="*", type=Path, help="plugin sources (default: native/plugins/*.c)"
+    )
     parser.add_argument("--target", choices=sorted(TARGETS), default="native")
-    parser.add_argument("-o", "--out-dir", type=Path, help="output directory (default: build/<plugins dir>)")
+    parser.add_argument(
+        "-o", "--out-dir", type=Path, help="output directory (default: build/<plugins dir>)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     sources = args.files or sorted((root / "native" / "plugins").glob("*.c"))
@@ -107,8 +117,9 @@ def main(argv: list[str], *, root: Path, environ: Mapping[str, str]) -> int:
     failed = 0
     for src in sources:
         try:
-            res = compile_plugin(src, out_dir / (src.stem + suffix),
-                                 extra_cflags=extra, target=args.target)
+            res = compile_plugin(
+                src, out_dir / (src.stem + suffix), extra_cflags=extra, target=args.target
+            )
             print(f"built {res.output}")
         except BuildError as exc:
             print(f"error: {exc}")

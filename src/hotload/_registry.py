@@ -21,20 +21,42 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import signatures
-from .errors import ClosedError, NotLoadedError, SignatureError
-from .loader import Image
+from . import _signatures as signatures
+from ._errors import ClosedError, NotLoadedError, SignatureError
+from ._loader import Image
 
-ACTIVE, DRAINING, UNLOADED, LEAKED, RETAINED = "active", "draining", "unloaded", "leaked", "retained"
+ACTIVE, DRAINING, UNLOADED, LEAKED, RETAINED = (
+    "active",
+    "draining",
+    "unloaded",
+    "leaked",
+    "retained",
+)
 
 
 class Version:
     """One loaded version of a plugin (one image)."""
 
-    __slots__ = ("plugin_name", "seq", "image", "fns", "table", "calls", "retiring", "state", "drained",
-                 "wake", "unloaded_at", "mapped_bytes", "retired_at", "note")
+    __slots__ = (
+        "plugin_name",
+        "seq",
+        "image",
+        "fns",
+        "table",
+        "calls",
+        "retiring",
+        "state",
+        "drained",
+        "wake",
+        "unloaded_at",
+        "mapped_bytes",
+        "retired_at",
+        "note",
+    )
 
-    def __init__(self, plugin_name: str, seq: int, image: Image | None, wake: threading.Event) -> None:
+    def __init__(
+        self, plugin_name: str, seq: int, image: Image | None, wake: threading.Event
+    ) -> None:
         self.plugin_name = plugin_name
         self.seq = seq
         self.image = image
@@ -163,7 +185,9 @@ class Plugin:
         self._switched = threading.Event()
         self._routers: dict[str, Callable[..., Any]] = {}
         self._arity: dict[str, int] = {}
-        self._index: dict[str, int] = {}  # export name -> slot in every version's table, append-only
+        self._index: dict[
+            str, int
+        ] = {}  # export name -> slot in every version's table, append-only
         self._versions_lookup = versions_lookup
 
     @property
@@ -186,8 +210,10 @@ class Plugin:
             cur = self._current
             if not isinstance(cur, Version):
                 raise ClosedError(f"plugin {self.name} is not loaded")
-            raise NotLoadedError(f"plugin {self.name} (v{cur.seq}) exports no function {fname!r}; "
-                                 f"it exports: {', '.join(sorted(cur.fns)) or 'nothing'}")
+            raise NotLoadedError(
+                f"plugin {self.name} (v{cur.seq}) exports no function {fname!r}; "
+                f"it exports: {', '.join(sorted(cur.fns)) or 'nothing'}"
+            )
         return router
 
     def __dir__(self) -> list[str]:
@@ -245,8 +271,12 @@ class Plugin:
             index.setdefault(fname, len(index))
         table = [version.fns.get(fname) or self._missing(fname, version.seq) for fname in index]
         arity = {f: len(signatures.pointer_type(p).args) for f, p in prototypes.items()}
-        routers = {f: self._routers[f] if f in self._routers and self._arity.get(f) == n
-                   else self._make_router(f, n, index[f]) for f, n in arity.items()}
+        routers = {
+            f: self._routers[f]
+            if f in self._routers and self._arity.get(f) == n
+            else self._make_router(f, n, index[f])
+            for f, n in arity.items()
+        }
 
         def commit() -> None:
             self._index = index
@@ -275,6 +305,7 @@ class Plugin:
     def _missing(self, fname: str, seq: int) -> Callable[..., Any]:
         def missing(*args: Any) -> Any:
             raise NotLoadedError(f"plugin {self.name} v{seq} no longer exports {fname!r}")
+
         return missing
 
     def _slow_call(self, fname: str, args: tuple[Any, ...]) -> Any:
@@ -293,7 +324,9 @@ class Plugin:
             except KeyError:
                 v.calls.pop()
                 v.exited()
-                raise NotLoadedError(f"plugin {self.name} v{v.seq} no longer exports {fname!r}") from None
+                raise NotLoadedError(
+                    f"plugin {self.name} v{v.seq} no longer exports {fname!r}"
+                ) from None
             try:
                 return fn(*args)
             except (TypeError, OverflowError) as exc:

@@ -52,13 +52,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import descriptor as desc_mod
-from .builder import BuildError, compile_plugin, sdk_include_dir
-from .errors import HotloadError, InvalidPluginError, LoadError
-from .platform_layer import binfmt, dl
+from . import _descriptor as desc_mod
+from ._builder import BuildError, compile_plugin, sdk_include_dir
+from ._errors import HotloadError, InvalidPluginError, LoadError
+from ._platform import binfmt, dl
 
 if TYPE_CHECKING:
-    from .host import Host
+    from ._host import Host
 
 log = logging.getLogger(__name__)
 
@@ -109,17 +109,36 @@ class Watcher:
     newest good build of each plugin in it.  Use ``Host.watch`` to make one;
     ``stop()`` (or ``Host.close()``) ends it."""
 
-    def __init__(self, host: Host, path: str | os.PathLike[str], *, rebuild: bool = False,
-                 out_dir: str | os.PathLike[str] | None = None, include_dirs: Iterable[str | os.PathLike[str]] = (),
-                 on_event: Callable[[WatchEvent], Any] | None = None, quiet: float = 0.01,
-                 settle: float = 0.15, stable_interval: float = 0.005, retries: int = 5,
-                 initial: bool = True, cc: str | None = None, cflags: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        host: Host,
+        path: str | os.PathLike[str],
+        *,
+        rebuild: bool = False,
+        out_dir: str | os.PathLike[str] | None = None,
+        include_dirs: Iterable[str | os.PathLike[str]] = (),
+        on_event: Callable[[WatchEvent], Any] | None = None,
+        quiet: float = 0.01,
+        settle: float = 0.15,
+        stable_interval: float = 0.005,
+        retries: int = 5,
+        initial: bool = True,
+        cc: str | None = None,
+        cflags: Iterable[str] | None = None,
+    ) -> None:
         self.host = host
         self.rebuild = rebuild
-        self.quiet, self.settle, self.stable_interval, self.retries = quiet, settle, stable_interval, retries
+        self.quiet, self.settle, self.stable_interval, self.retries = (
+            quiet,
+            settle,
+            stable_interval,
+            retries,
+        )
         self.on_event = on_event
         self._cc = cc
-        self._cflags = list(cflags) if cflags is not None else shlex.split(os.environ.get("CFLAGS", ""))
+        self._cflags = (
+            list(cflags) if cflags is not None else shlex.split(os.environ.get("CFLAGS", ""))
+        )
         self._include_dirs = [Path(d).resolve() for d in (*include_dirs, _sdk_dir())]
         target = Path(path).resolve()
         if not target.exists():
@@ -128,9 +147,13 @@ class Watcher:
         self._only = None if target.is_dir() else target
         suffix = ".c" if rebuild else dl.SUFFIX
         if self._only is not None and self._only.suffix != suffix:
-            raise HotloadError(f"{path}: cannot watch: expected a {suffix} file "
-                               f"({'C source, rebuild=True' if rebuild else 'built plugin'})")
-        self.out_dir = Path(out_dir).resolve() if out_dir else _default_out_dir(self.root) if rebuild else None
+            raise HotloadError(
+                f"{path}: cannot watch: expected a {suffix} file "
+                f"({'C source, rebuild=True' if rebuild else 'built plugin'})"
+            )
+        self.out_dir = (
+            Path(out_dir).resolve() if out_dir else _default_out_dir(self.root) if rebuild else None
+        )
         self._suffix = suffix
         self._headers: dict[Path, set[Path]] = {}  # header -> sources including it
         self._applied: dict[str, str] = {}  # file -> digest this watcher last saw serving from it
@@ -141,7 +164,9 @@ class Watcher:
         self._initial = initial
         self._observer: Any = None
         self._handler = _Handler(self)
-        self._worker = threading.Thread(target=self._run, name=f"hotload-watch {self.root.name}", daemon=True)
+        self._worker = threading.Thread(
+            target=self._run, name=f"hotload-watch {self.root.name}", daemon=True
+        )
 
     # -- life cycle -----------------------------------------------------------
     def start(self) -> Watcher:
@@ -154,8 +179,11 @@ class Watcher:
         if self._initial:
             for path in self._existing():
                 self._schedule(path, 0.0, initial=True)
-        log.info("watching %s%s", self._only or self.root,
-                 f" (rebuilding into {self.out_dir})" if self.rebuild else "")
+        log.info(
+            "watching %s%s",
+            self._only or self.root,
+            f" (rebuilding into {self.out_dir})" if self.rebuild else "",
+        )
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -297,7 +325,11 @@ class Watcher:
 
     def _header_changed(self, header: Path, item: _Pending) -> None:
         sources = sorted(self._headers.get(header, ()))
-        log.info("watch: %s changed; rebuilding %s", header.name, ", ".join(s.name for s in sources) or "nothing")
+        log.info(
+            "watch: %s changed; rebuilding %s",
+            header.name,
+            ", ".join(s.name for s in sources) or "nothing",
+        )
         for src in sources:
             self._build_and_apply(src, _Pending(0.0, item.changed_at))
 
@@ -312,9 +344,17 @@ class Watcher:
         try:
             compile_plugin(src, output, cc=self._cc, extra_cflags=self._cflags)
         except BuildError as exc:
-            self._emit(WatchEvent("failed", str(src), error=str(exc), source=str(src),
-                                  build_seconds=time.monotonic() - started,
-                                  changed_at=item.changed_at, done_at=time.monotonic()))
+            self._emit(
+                WatchEvent(
+                    "failed",
+                    str(src),
+                    error=str(exc),
+                    source=str(src),
+                    build_seconds=time.monotonic() - started,
+                    changed_at=item.changed_at,
+                    done_at=time.monotonic(),
+                )
+            )
             return
         built = time.monotonic() - started
         self._scan_headers_for(src)
@@ -335,10 +375,20 @@ class Watcher:
         return [Path(e.watch.path) for e in watches]
 
     # -- applying a built file ------------------------------------------------------
-    def _apply(self, path: Path, item: _Pending, *, source: Path | None = None,
-               build_seconds: float | None = None) -> None:
-        common = {"path": str(path), "source": str(source) if source else None, "build_seconds": build_seconds,
-                  "changed_at": item.changed_at}
+    def _apply(
+        self,
+        path: Path,
+        item: _Pending,
+        *,
+        source: Path | None = None,
+        build_seconds: float | None = None,
+    ) -> None:
+        common = {
+            "path": str(path),
+            "source": str(source) if source else None,
+            "build_seconds": build_seconds,
+            "changed_at": item.changed_at,
+        }
         try:
             event = self._load_or_reload(path, common)
         except FileNotFoundError:
@@ -350,8 +400,14 @@ class Watcher:
             if source is None and item.attempts < self.retries:
                 item.attempts += 1
                 delay = self.settle * 2 ** (item.attempts - 1)
-                log.debug("watch: %s not loadable yet (%s); retry %d/%d in %.0f ms", path, exc,
-                          item.attempts, self.retries, delay * 1e3)
+                log.debug(
+                    "watch: %s not loadable yet (%s); retry %d/%d in %.0f ms",
+                    path,
+                    exc,
+                    item.attempts,
+                    self.retries,
+                    delay * 1e3,
+                )
                 self._requeue(path, item, delay)
                 return
             tail = f" (gave up after {item.attempts} retries)" if item.attempts else ""
@@ -365,8 +421,12 @@ class Watcher:
         data = path.read_bytes()
         facts = binfmt.check(data, str(path))
         if facts.hotload_section is None:
-            return WatchEvent("skipped", error=f"{path}: not a hotload plugin (no .hotload descriptor); "
-                              f"ignored", done_at=time.monotonic(), **common)
+            return WatchEvent(
+                "skipped",
+                error=f"{path}: not a hotload plugin (no .hotload descriptor); ignored",
+                done_at=time.monotonic(),
+                **common,
+            )
         name = desc_mod.parse(facts.hotload_section, str(path)).name
         digest = hashlib.sha256(data).hexdigest()
         if self._serving(name, str(path), digest):
@@ -377,8 +437,14 @@ class Watcher:
             self.host.load(path)
             action, info = "loaded", self.host.versions(name)[-1]
         self._applied[str(path)] = digest
-        return WatchEvent(action, name=name, seq=info.seq, plugin_version=info.plugin_version,
-                          done_at=time.monotonic(), **common)
+        return WatchEvent(
+            action,
+            name=name,
+            seq=info.seq,
+            plugin_version=info.plugin_version,
+            done_at=time.monotonic(),
+            **common,
+        )
 
     def _serving(self, name: str, path: str, digest: str) -> bool:
         """True when ``name``'s current version already has these bytes.
@@ -396,14 +462,23 @@ class Watcher:
     def _emit(self, event: WatchEvent) -> None:
         where = event.source or event.path
         if event.action == "failed":
-            log.error("watch: %s: not swapped, the running version keeps serving:\n%s", where, event.error)
+            log.error(
+                "watch: %s: not swapped, the running version keeps serving:\n%s", where, event.error
+            )
         elif event.action == "skipped":
             log.warning("watch: %s", event.error)
         elif event.action == "unchanged":
             log.debug("watch: %s: same bytes as the version serving; nothing to do", where)
         else:
-            log.info("watch: %s %s v%s (%s) from %s in %.1f ms", event.action, event.name, event.seq,
-                     event.plugin_version, where, event.latency * 1e3)
+            log.info(
+                "watch: %s %s v%s (%s) from %s in %.1f ms",
+                event.action,
+                event.name,
+                event.seq,
+                event.plugin_version,
+                where,
+                event.latency * 1e3,
+            )
         if self.on_event is not None:
             try:
                 self.on_event(event)

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import pefile
 
-from . import elfcheck
-from .errors import InvalidPluginError
+from .._errors import InvalidPluginError
+from . import _elf as elfcheck
 
 IMAGE_FILE_DLL = 0x2000
 IMAGE_FILE_EXECUTABLE_IMAGE = 0x0002
@@ -82,11 +82,11 @@ def _describe_non_pe(data: bytes) -> str:
 
 
 def _u16(data: bytes, off: int) -> int:
-    return int.from_bytes(data[off:off + 2], "little")
+    return int.from_bytes(data[off : off + 2], "little")
 
 
 def _u32(data: bytes, off: int) -> int:
-    return int.from_bytes(data[off:off + 4], "little")
+    return int.from_bytes(data[off : off + 4], "little")
 
 
 def _parse(data: bytes, path: str) -> pefile.PE:
@@ -99,15 +99,19 @@ def _parse(data: bytes, path: str) -> pefile.PE:
     if not data.startswith(b"MZ"):
         raise InvalidPluginError(f"{path}: {_describe_non_pe(data)}")
     if size < 64:
-        raise InvalidPluginError(f"{path}: truncated PE file ({size} bytes, no complete DOS header)")
+        raise InvalidPluginError(
+            f"{path}: truncated PE file ({size} bytes, no complete DOS header)"
+        )
     lfanew = _u32(data, 60)
     if lfanew + 24 > size:
         raise InvalidPluginError(
             f"{path}: truncated PE file: the PE header at offset {lfanew} lies past the end of the "
             f"file ({size} bytes)"
         )
-    if data[lfanew:lfanew + 4] != b"PE\0\0":
-        raise InvalidPluginError(f"{path}: an MZ file without a PE header (a DOS program?), not a DLL")
+    if data[lfanew : lfanew + 4] != b"PE\0\0":
+        raise InvalidPluginError(
+            f"{path}: an MZ file without a PE header (a DOS program?), not a DLL"
+        )
     opt = lfanew + 24
     headers_end = opt + _u16(data, lfanew + 20) + 40 * _u16(data, lfanew + 6)  # + section table
     size_of_headers = _u32(data, opt + 60) if opt + 64 <= size else 0
@@ -123,8 +127,9 @@ def _parse(data: bytes, path: str) -> pefile.PE:
         raise InvalidPluginError(f"{path}: corrupt PE file ({str(exc).strip(chr(39))})") from None
 
 
-def check(data: bytes, path: str, *, expect_machine: int | None = None,
-          any_machine: bool = False) -> PeFacts:
+def check(
+    data: bytes, path: str, *, expect_machine: int | None = None, any_machine: bool = False
+) -> PeFacts:
     """Validate ``data`` (the whole file) as a loadable Windows DLL.
 
     Raises ``InvalidPluginError`` naming ``path`` and the cause: not PE,
@@ -142,8 +147,11 @@ def check(data: bytes, path: str, *, expect_machine: int | None = None,
         raise InvalidPluginError(f"{path}: corrupt PE file: optional header magic {magic}")
     bits = OPTIONAL_MAGIC_BITS[oh.Magic]
     if not fh.Characteristics & IMAGE_FILE_DLL:
-        kind = ("a Windows executable (.exe)" if fh.Characteristics & IMAGE_FILE_EXECUTABLE_IMAGE
-                else "an object file")
+        kind = (
+            "a Windows executable (.exe)"
+            if fh.Characteristics & IMAGE_FILE_EXECUTABLE_IMAGE
+            else "an object file"
+        )
         raise InvalidPluginError(f"{path}: {kind}, not a DLL (link it with -shared)")
     want = host_machine() if expect_machine is None else expect_machine
     facts_name = MACHINES.get(fh.Machine, f"machine 0x{fh.Machine:04x}")
@@ -165,7 +173,7 @@ def check(data: bytes, path: str, *, expect_machine: int | None = None,
         if sec.Name.rstrip(b"\0") == _SECTION:
             # VirtualSize is the real length; SizeOfRawData is padded to FileAlignment
             length = min(sec.Misc_VirtualSize or sec.SizeOfRawData, sec.SizeOfRawData)
-            hotload = bytes(data[sec.PointerToRawData:sec.PointerToRawData + length])
+            hotload = bytes(data[sec.PointerToRawData : sec.PointerToRawData + length])
     _check_tail(data, path, pe)
     return PeFacts(bits=bits, machine=fh.Machine, hotload_section=hotload, image_base=oh.ImageBase)
 
@@ -183,7 +191,8 @@ def _check_tail(data: bytes, path: str, pe: pefile.PE) -> None:
         end = strings + (_u32(data, strings) if strings + 4 <= size else 4)
         if end > size:
             raise InvalidPluginError(
-                f"{path}: truncated: the COFF symbol table ends at {end} bytes, the file has {size} "
+                f"{path}: truncated: the COFF symbol table ends at {end} bytes, the file has "
+                f"{size} "
                 "(a build still being written?)"
             )
     dirs = pe.OPTIONAL_HEADER.DATA_DIRECTORY
@@ -192,7 +201,8 @@ def _check_tail(data: bytes, path: str, pe: pefile.PE) -> None:
         end = dirs[security].VirtualAddress + dirs[security].Size  # a file offset, for this one
         if end > size:
             raise InvalidPluginError(
-                f"{path}: truncated: the signature (certificate table) ends at {end} bytes, the file "
+                f"{path}: truncated: the signature (certificate table) ends at {end} bytes, the "
+                f"file "
                 f"has {size}"
             )
 
@@ -216,9 +226,11 @@ def codeview(data: bytes, path: str = "<data>") -> CodeView | None:
         if entry.struct.Type != IMAGE_DEBUG_TYPE_CODEVIEW:
             continue
         start, length = entry.struct.PointerToRawData, entry.struct.SizeOfData
-        rec = data[start:start + length]
+        rec = data[start : start + length]
         if rec[:4] == b"RSDS" and len(rec) >= 24:  # GUID, age, UTF-8 path
-            guid = f"{_u32(rec, 4):08X}{_u16(rec, 8):04X}{_u16(rec, 10):04X}{rec[12:20].hex().upper()}"
+            guid = (
+                f"{_u32(rec, 4):08X}{_u16(rec, 8):04X}{_u16(rec, 10):04X}{rec[12:20].hex().upper()}"
+            )
             age, name = _u32(rec, 20), rec[24:]
         elif rec[:4] == b"NB10" and len(rec) >= 16:  # offset, timestamp, age, ANSI path
             guid, age, name = f"{_u32(rec, 8):08X}", _u32(rec, 12), rec[16:]
@@ -253,6 +265,6 @@ def host_machine() -> int | None:
     if not head.startswith(b"MZ") or len(head) < 64:
         return None
     lfanew = int.from_bytes(head[60:64], "little")
-    if head[lfanew:lfanew + 4] != b"PE\0\0":
+    if head[lfanew : lfanew + 4] != b"PE\0\0":
         return None
-    return int.from_bytes(head[lfanew + 4:lfanew + 6], "little")
+    return int.from_bytes(head[lfanew + 4 : lfanew + 6], "little")

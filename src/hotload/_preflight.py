@@ -24,8 +24,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import errors
-from .errors import HotloadError
+from . import _errors as errors
+from ._errors import HotloadError
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,24 @@ class PreflightError(errors.HookError):
     """The new version failed in the preflight process: crashed, hung, or
     refused; the message says which step and how."""
 
-    def __init__(self, message: str, *, step: str, signal_name: str | None = None,
-                 exit_code: int | None = None, rc: int | None = None, stderr: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        step: str,
+        signal_name: str | None = None,
+        exit_code: int | None = None,
+        rc: int | None = None,
+        stderr: str = "",
+    ) -> None:
         super().__init__(message)
-        self.step, self.signal_name, self.exit_code, self.rc, self.stderr = step, signal_name, exit_code, rc, stderr
+        self.step, self.signal_name, self.exit_code, self.rc, self.stderr = (
+            step,
+            signal_name,
+            exit_code,
+            rc,
+            stderr,
+        )
 
 
 class PreflightWorker:
@@ -63,18 +77,25 @@ class PreflightWorker:
     def _spawn(self) -> subprocess.Popen[bytes]:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hotload.preflight_worker"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, close_fds=True,
+            [sys.executable, "-m", "hotload._preflight_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            close_fds=True,
         )
         self._stderr.clear()
         self._buf = b""
-        threading.Thread(target=self._drain_stderr, args=(proc,), daemon=True,
-                         name="hotload-preflight-stderr").start()
+        threading.Thread(
+            target=self._drain_stderr, args=(proc,), daemon=True, name="hotload-preflight-stderr"
+        ).start()
         self._proc = proc
         hello = self._read_line(proc, time.monotonic() + 30.0)
         if hello is None or not hello.get("ready"):
             self._kill()
-            raise HotloadError(f"preflight worker failed to start: {self._stderr_tail() or 'no output'}")
+            raise HotloadError(
+                f"preflight worker failed to start: {self._stderr_tail() or 'no output'}"
+            )
         return proc
 
     def _drain_stderr(self, proc: subprocess.Popen[bytes]) -> None:
@@ -107,17 +128,37 @@ class PreflightWorker:
                 self._spawn()
 
     # -- one check ------------------------------------------------------------
-    def check(self, path: str, source: str, *, name: str | None, declared: Mapping[str, str] | None,
-              prev_version: str | None, state: bytes | None, self_test: bool = True,
-              unload_safe: bool = False) -> dict[str, Any]:
+    def check(
+        self,
+        path: str,
+        source: str,
+        *,
+        name: str | None,
+        declared: Mapping[str, str] | None,
+        prev_version: str | None,
+        state: bytes | None,
+        self_test: bool = True,
+        unload_safe: bool = False,
+    ) -> dict[str, Any]:
         """Try the plugin at ``path`` (its private copy); raise PreflightError."""
         with self._lock:
-            proc = self._proc if self._proc is not None and self._proc.poll() is None else self._spawn()
+            proc = (
+                self._proc
+                if self._proc is not None and self._proc.poll() is None
+                else self._spawn()
+            )
             self._ids += 1
-            req = {"id": self._ids, "path": path, "source": source, "name": name,
-                   "declared": dict(declared) if declared else None, "prev_version": prev_version,
-                   "state": base64.b64encode(state).decode() if state is not None else None,
-                   "self_test": self_test, "unload_safe": unload_safe}
+            req = {
+                "id": self._ids,
+                "path": path,
+                "source": source,
+                "name": name,
+                "declared": dict(declared) if declared else None,
+                "prev_version": prev_version,
+                "state": base64.b64encode(state).decode() if state is not None else None,
+                "self_test": self_test,
+                "unload_safe": unload_safe,
+            }
             assert proc.stdin is not None
             try:
                 proc.stdin.write((json.dumps(req) + "\n").encode())
@@ -150,11 +191,17 @@ class PreflightWorker:
             if isinstance(known, type) and issubclass(known, HotloadError):
                 raise known(msg["error"])  # the same error the host itself would raise
             raise PreflightError(
-                f"{source}: preflight refused the new version at {STEP_WORDS.get(msg['step'], msg['step'])}: "
-                f"{msg['error'].removeprefix(source + ': ')}", step=msg["step"], rc=msg.get("rc"),
-                stderr=self._stderr_tail())
+                f"{source}: preflight refused the new version at "
+                f"{STEP_WORDS.get(msg['step'], msg['step'])}: "
+                f"{msg['error'].removeprefix(source + ': ')}",
+                step=msg["step"],
+                rc=msg.get("rc"),
+                stderr=self._stderr_tail(),
+            )
 
-    def _failed(self, proc: subprocess.Popen[bytes], source: str, step: str, *, hung: bool) -> dict[str, Any]:
+    def _failed(
+        self, proc: subprocess.Popen[bytes], source: str, step: str, *, hung: bool
+    ) -> dict[str, Any]:
         """The worker died or hung during ``step``: explain, then replace it."""
         where = STEP_WORDS.get(step, step)
         if not hung:
@@ -166,8 +213,13 @@ class PreflightWorker:
         time.sleep(0.01)  # let the stderr drain thread pick up the last lines
         tail = self._stderr_tail()
         if hung:
-            msg = f"{source}: preflight: the new version did not finish {where} within {self.timeout:.1f} s (hung)"
-            raise PreflightError(msg + (f"; stderr: {tail}" if tail else ""), step=step, stderr=tail)
+            msg = (
+                f"{source}: preflight: the new version did not finish {where} "
+                f"within {self.timeout:.1f} s (hung)"
+            )
+            raise PreflightError(
+                msg + (f"; stderr: {tail}" if tail else ""), step=step, stderr=tail
+            )
         code = proc.returncode
         if code is not None and code < 0:
             try:
@@ -175,14 +227,26 @@ class PreflightWorker:
             except ValueError:  # a real-time signal has no name in the enum
                 sig = f"signal {-code}"
             msg = f"{source}: preflight: the new version crashed with {sig} during {where}"
-            raise PreflightError(msg + (f"; stderr: {tail}" if tail else ""), step=step, signal_name=sig,
-                                 stderr=tail)
-        if os.name == "nt" and code is not None and code >= 0xC0000000:  # an NTSTATUS, e.g. access violation
-            msg = f"{source}: preflight: the new version crashed with exception 0x{code:08X} during {where}"
-            raise PreflightError(msg + (f"; stderr: {tail}" if tail else ""), step=step, exit_code=code,
-                                 stderr=tail)
-        msg = f"{source}: preflight: the new version exited the process with code {code} during {where}"
-        raise PreflightError(msg + (f"; stderr: {tail}" if tail else ""), step=step, exit_code=code, stderr=tail)
+            raise PreflightError(
+                msg + (f"; stderr: {tail}" if tail else ""), step=step, signal_name=sig, stderr=tail
+            )
+        if (
+            os.name == "nt" and code is not None and code >= 0xC0000000
+        ):  # an NTSTATUS, e.g. access violation
+            msg = (
+                f"{source}: preflight: the new version crashed with exception 0x{code:08X} "
+                f"during {where}"
+            )
+            raise PreflightError(
+                msg + (f"; stderr: {tail}" if tail else ""), step=step, exit_code=code, stderr=tail
+            )
+        msg = (
+            f"{source}: preflight: the new version exited the process with code {code} "
+            f"during {where}"
+        )
+        raise PreflightError(
+            msg + (f"; stderr: {tail}" if tail else ""), step=step, exit_code=code, stderr=tail
+        )
 
     def _read_line(self, proc: subprocess.Popen[bytes], deadline: float) -> dict[str, Any] | None:
         """Next protocol line, or None when the worker died or the deadline passed."""

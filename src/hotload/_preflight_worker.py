@@ -1,5 +1,5 @@
 """The preflight worker: a separate Python process that tries a plugin before
-the host loads it (``python -m hotload.preflight_worker``).
+the host loads it (``python -m hotload._preflight_worker``).
 
 Protocol: one JSON request per line on stdin, one JSON line per *step* on the
 protocol pipe before the step runs (so if the plugin kills the process, the
@@ -30,9 +30,11 @@ def _main() -> int:
     channel = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # plugin printf()s go to stderr, never into the protocol
     sys.stdout = sys.stderr
-    from . import inspector, loader, signatures
-    from .errors import HotloadError
-    from .platform_layer import dl
+    from . import _inspector as inspector
+    from . import _loader as loader
+    from . import _signatures as signatures
+    from ._errors import HotloadError
+    from ._platform import dl
 
     keep_open = False  # this request's plugin may leave code running: never dlclose it here
 
@@ -52,10 +54,12 @@ def _main() -> int:
             say({"id": rid, "step": step})
             data = loader.read_source(req["path"])
             desc, name, version, protos = loader.identify(
-                data, req["source"], name=req.get("name"), declared=req.get("declared"))
+                data, req["source"], name=req.get("name"), declared=req.get("declared")
+            )
             report = inspector.inspect_bytes(data, req["source"])
-            keep_open = not (req.get("unload_safe") or (desc is not None and desc.unload_safe)) and bool(
-                report.hazards())
+            keep_open = not (
+                req.get("unload_safe") or (desc is not None and desc.unload_safe)
+            ) and bool(report.hazards())
             step = "dlopen"
             say({"id": rid, "step": step})
             handle = loader.open_copy(Path(req["path"]), req["source"])
@@ -63,8 +67,12 @@ def _main() -> int:
             say({"id": rid, "step": step})
             for fname, prototype in protos.items():
                 loader._resolve(handle, req["source"], fname, prototype)
-            result: dict[str, Any] = {"name": name, "version": version, "exports": protos,
-                                      "report": report.as_dict()}  # so the host need not parse it again
+            result: dict[str, Any] = {
+                "name": name,
+                "version": version,
+                "exports": protos,
+                "report": report.as_dict(),
+            }  # so the host need not parse it again
             if desc is not None and desc.on_load:
                 step = "on_load"
                 say({"id": rid, "step": step})
@@ -72,12 +80,23 @@ def _main() -> int:
                 state = base64.b64decode(req["state"]) if req.get("state") is not None else None
                 prev = req.get("prev_version")
                 ffi = signatures.ffi
-                rc = on_load(ffi.new("char[]", prev.encode()) if prev else ffi.NULL,
-                             ffi.from_buffer(state) if state else ffi.NULL, len(state) if state else 0)
+                rc = on_load(
+                    ffi.new("char[]", prev.encode()) if prev else ffi.NULL,
+                    ffi.from_buffer(state) if state else ffi.NULL,
+                    len(state) if state else 0,
+                )
                 if rc != 0:
-                    say({"id": rid, "done": False, "step": step, "rc": rc,
-                         "error": f"on_load of {name} {version} refused to start (returned {rc}) with the "
-                                  f"state of version {prev or '(none)'}"})
+                    say(
+                        {
+                            "id": rid,
+                            "done": False,
+                            "step": step,
+                            "rc": rc,
+                            "error": f"on_load of {name} {version} refused to start (returned "
+                            f"{rc}) with the "
+                            f"state of version {prev or '(none)'}",
+                        }
+                    )
                     continue
             if desc is not None and desc.self_test and req.get("self_test", True):
                 step = "self_test"
@@ -86,12 +105,27 @@ def _main() -> int:
                 rc = fn()
                 result["self_test"] = rc
                 if rc != 0:
-                    say({"id": rid, "done": False, "step": step, "rc": rc,
-                         "error": f"self-test failed (returned {rc})"})
+                    say(
+                        {
+                            "id": rid,
+                            "done": False,
+                            "step": step,
+                            "rc": rc,
+                            "error": f"self-test failed (returned {rc})",
+                        }
+                    )
                     continue
             say({"id": rid, "done": True, **result})
         except HotloadError as exc:
-            say({"id": rid, "done": False, "step": step, "error": str(exc), "type": type(exc).__name__})
+            say(
+                {
+                    "id": rid,
+                    "done": False,
+                    "step": step,
+                    "error": str(exc),
+                    "type": type(exc).__name__,
+                }
+            )
         except Exception as exc:  # noqa: BLE001 - reported to the host, worker keeps going
             say({"id": rid, "done": False, "step": step, "error": f"{type(exc).__name__}: {exc}"})
         finally:

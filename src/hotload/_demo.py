@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from .builder import compile_plugin
-from .errors import HotloadError
-from .host import Host
-from .platform_layer import dl
-from .registry import Plugin
-from .watcher import WatchEvent
+from ._builder import compile_plugin
+from ._errors import HotloadError
+from ._host import Host
+from ._platform import dl
+from ._registry import Plugin
+from ._watcher import WatchEvent
 
 PLUGINS = ("double_xp", "loot_drop")
 BATCH = 25  # reward + loot calls per player per server tick
@@ -50,10 +50,13 @@ def example_sources_dir() -> Path:
     for candidate in (here.parent.parent / "native" / "plugins", here / "sdk" / "plugins"):
         if all((candidate / f"{name}.c").is_file() for name in PLUGINS):
             return candidate
-    raise HotloadError(f"the example plugin sources ({', '.join(PLUGINS)}) are not installed next to {here}")
+    raise HotloadError(
+        f"the example plugin sources ({', '.join(PLUGINS)}) are not installed next to {here}"
+    )
 
 
 # ---- the game server -----------------------------------------------------------------
+
 
 @dataclass
 class Tally:
@@ -112,7 +115,9 @@ class Server:
 
     def __init__(self, host: Host, players: int) -> None:
         self.stop_event = threading.Event()
-        self.players = [Player(i, host["double_xp"], host["loot_drop"], self.stop_event) for i in range(players)]
+        self.players = [
+            Player(i, host["double_xp"], host["loot_drop"], self.stop_event) for i in range(players)
+        ]
         self.started = time.monotonic()
 
     def start(self) -> Server:
@@ -141,6 +146,7 @@ class Server:
 
 
 # ---- the view ------------------------------------------------------------------------
+
 
 class View:
     """A compact live view: event lines with a time stamp, and on a
@@ -194,8 +200,10 @@ def status_text(server: Server, xp: Plugin, current: str) -> str:
         mult = f"x{xp.multiplier()}"
     except Exception:
         mult = "x?"
-    return (f"double_xp {current} {mult} | {t.rewards:,} rewards | {t.legendary:,} legendary drops "
-            f"| {rate / 1000:,.0f}k calls/s | {t.failed} failed")
+    return (
+        f"double_xp {current} {mult} | {t.rewards:,} rewards | {t.legendary:,} legendary drops "
+        f"| {rate / 1000:,.0f}k calls/s | {t.failed} failed"
+    )
 
 
 def describe(info: Any) -> str:
@@ -204,14 +212,22 @@ def describe(info: Any) -> str:
 
 # ---- the scripted run -----------------------------------------------------------------
 
+
 @dataclass
 class Outcome:
     ok: bool
     lines: list[str]
 
 
-def run(out: TextIO = sys.stdout, *, players: int = 4, seconds: float = 1.0, interactive: bool = False,
-        src: Path | None = None, verbose: bool = False) -> int:
+def run(
+    out: TextIO = sys.stdout,
+    *,
+    players: int = 4,
+    seconds: float = 1.0,
+    interactive: bool = False,
+    src: Path | None = None,
+    verbose: bool = False,
+) -> int:
     """Entry point for ``hotload demo``; returns the exit status."""
     if not verbose:
         logging.getLogger("hotload").setLevel(logging.CRITICAL)  # the view reports what matters
@@ -240,7 +256,9 @@ def run_scripted(out: TextIO, *, players: int, seconds: float) -> int:
         shutil.rmtree(workspace, ignore_errors=True)
 
 
-def _scripted(view: View, host: Host, src: Path, build: Path, players: int, seconds: float) -> Outcome:
+def _scripted(
+    view: View, host: Host, src: Path, build: Path, players: int, seconds: float
+) -> Outcome:
     xp = host.load(build / f"double_xp{dl.SUFFIX}")
     host.load(build / f"loot_drop{dl.SUFFIX}")
     v1 = host.versions("double_xp")[-1]
@@ -259,9 +277,12 @@ def _scripted(view: View, host: Host, src: Path, build: Path, players: int, seco
         why = swap.error if swap is not None else "the watcher did not swap it within 60 s"
         return Outcome(False, [f"FAILED: double_xp was not swapped: {why}"])
     current = f"v{swap.seq} {swap.plugin_version}"
-    view.event("swap", f"watcher rebuilt double_xp.c in {swap.build_seconds * 1e3:.0f} ms and swapped "
-                       f"{describe(v1)} -> {current}; serving {(swap.done_at - edited_at) * 1e3:.0f} ms "
-                       f"after the save")
+    view.event(
+        "swap",
+        f"watcher rebuilt double_xp.c in {swap.build_seconds * 1e3:.0f} ms and swapped "
+        f"{describe(v1)} -> {current}; serving {(swap.done_at - edited_at) * 1e3:.0f} ms "
+        f"after the save",
+    )
     _run_for(view, server, xp, current, seconds)
     view.status(status_text(server, xp, current), print_it=True)
     server.stop()
@@ -270,11 +291,16 @@ def _scripted(view: View, host: Host, src: Path, build: Path, players: int, seco
 
 def _header(view: View, host: Host, watched: Path, players: int) -> None:
     view.line("hotload demo: a game server keeps serving while a C plugin is hot-swapped under it")
-    view.line(f"  host      pid {os.getpid()}; control socket ready: try `hotload ls` in another terminal")
+    view.line(
+        f"  host      pid {os.getpid()}; control socket ready: try `hotload ls` in another terminal"
+    )
     for name in PLUGINS:
         info = host.versions(name)[-1]
-        kind = ("XP event, keeps a grant counter across swaps" if name == "double_xp"
-                else "loot rarity rules, stateless")
+        kind = (
+            "XP event, keeps a grant counter across swaps"
+            if name == "double_xp"
+            else "loot rarity rules, stateless"
+        )
         view.line(f"  plugin    {name} {info.plugin_version} ({kind})")
     view.line(f"  players   {players} threads, each calling reward() and rarity() every tick")
     view.line(f"  watching  {watched} (rebuild on save)")
@@ -292,7 +318,9 @@ def _edit(path: Path) -> float:
     """Edit the copy like an editor saves: a new file renamed over the old."""
     text = path.read_text()
     new = re.sub(r"#define MULTIPLIER 2\b", "#define MULTIPLIER 3", text)
-    new = new.replace('HOTLOAD_PLUGIN("double_xp", "1.0.0")', 'HOTLOAD_PLUGIN("double_xp", "1.1.0")')
+    new = new.replace(
+        'HOTLOAD_PLUGIN("double_xp", "1.0.0")', 'HOTLOAD_PLUGIN("double_xp", "1.1.0")'
+    )
     if new == text:
         raise HotloadError(f"{path}: could not find MULTIPLIER 2 / version 1.0.0 to edit")
     tmp = path.with_name(f".{path.name}.swp")
@@ -302,8 +330,9 @@ def _edit(path: Path) -> float:
     return started
 
 
-def _await_swap(view: View, server: Server, xp: Plugin, current: str,
-                events: queue.Queue[WatchEvent]) -> WatchEvent | None:
+def _await_swap(
+    view: View, server: Server, xp: Plugin, current: str, events: queue.Queue[WatchEvent]
+) -> WatchEvent | None:
     deadline = time.monotonic() + 60.0
     while time.monotonic() < deadline:
         view.status(status_text(server, xp, current))
@@ -317,7 +346,9 @@ def _await_swap(view: View, server: Server, xp: Plugin, current: str,
     return None
 
 
-def _verify(host: Host, server: Server, xp: Plugin, v1: Any, swap: WatchEvent, edited_at: float) -> Outcome:
+def _verify(
+    host: Host, server: Server, xp: Plugin, v1: Any, swap: WatchEvent, edited_at: float
+) -> Outcome:
     """The checks, each with the line that reports it."""
     t = server.total()
     grants = xp.grant_count()
@@ -325,24 +356,46 @@ def _verify(host: Host, server: Server, xp: Plugin, v1: Any, swap: WatchEvent, e
     old = next(v for v in host.versions("double_xp") if v.seq == v1.seq)
     still_mapped = _mapped(old.copy)
     x2, x3 = t.by_multiplier.get(2, 0), t.by_multiplier.get(3, 0)
-    clean_switch = t.went_back == 0 and set(t.by_multiplier) == {2, 3} and all(
-        p.tally.order[-1:] == [3] for p in server.players)
+    clean_switch = (
+        t.went_back == 0
+        and set(t.by_multiplier) == {2, 3}
+        and all(p.tally.order[-1:] == [3] for p in server.players)
+    )
     checks = [
-        (t.failed == 0, "calls", f"{t.rewards + t.loot:,} served, {t.failed} failed"
-                                 + (f" (first: {t.errors[0]})" if t.errors else "")),
-        (clean_switch, "switch", f"{describe(v1)} (x2) -> v{swap.seq} {swap.plugin_version} (x3); "
-                                 f"{len(server.players)} players went x2 -> x3 once, {t.went_back} went back"),
-        (grants == x2 + x3, "state", f"grant_count() = {grants:,} = {x2:,} rewards at x2 in v1 + {x3:,} at x3 "
-                                     f"in v2 (v1 handed its count to v2)"),
-        (old.state == "unloaded" and not still_mapped, "old image",
-         f"v{old.seq} {old.state}: dlclose'd {old.dlclose_count}x, {old.mapped_bytes} bytes mapped, "
-         f"{'still in' if still_mapped else 'gone from'} /proc/self/maps"),
+        (
+            t.failed == 0,
+            "calls",
+            f"{t.rewards + t.loot:,} served, {t.failed} failed"
+            + (f" (first: {t.errors[0]})" if t.errors else ""),
+        ),
+        (
+            clean_switch,
+            "switch",
+            f"{describe(v1)} (x2) -> v{swap.seq} {swap.plugin_version} (x3); "
+            f"{len(server.players)} players went x2 -> x3 once, {t.went_back} went back",
+        ),
+        (
+            grants == x2 + x3,
+            "state",
+            f"grant_count() = {grants:,} = {x2:,} rewards at x2 in v1 + {x3:,} at x3 "
+            f"in v2 (v1 handed its count to v2)",
+        ),
+        (
+            old.state == "unloaded" and not still_mapped,
+            "old image",
+            f"v{old.seq} {old.state}: dlclose'd {old.dlclose_count}x, {old.mapped_bytes} bytes "
+            f"mapped, "
+            f"{'still in' if still_mapped else 'gone from'} /proc/self/maps",
+        ),
     ]
     lines = ["", "result"]
     lines += [f"  {'ok  ' if ok else 'FAIL'} {what:<10} {text}" for ok, what, text in checks]
     ok = all(c[0] for c in checks)
-    lines.append("ok: hot swap under load with no failed call, state carried, old image unloaded" if ok else
-                 "FAILED: " + ", ".join(what for good, what, _ in checks if not good))
+    lines.append(
+        "ok: hot swap under load with no failed call, state carried, old image unloaded"
+        if ok
+        else "FAILED: " + ", ".join(what for good, what, _ in checks if not good)
+    )
     return Outcome(ok, lines)
 
 
@@ -357,6 +410,7 @@ def _mapped(copy: str) -> bool:
 
 
 # ---- the interactive run ---------------------------------------------------------------
+
 
 def run_interactive(out: TextIO, *, players: int, src: Path | None) -> int:
     view = View(out)
@@ -394,6 +448,7 @@ def _stop_on_signals() -> None:
     """Ctrl-C and SIGTERM both end the run cleanly (players stopped, host
     closed, socket removed), even where the shell started us with SIGINT
     ignored, as it does for background jobs."""
+
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
@@ -452,8 +507,9 @@ def _active(host: Host, name: str) -> Any:
     return [v for v in host.versions(name) if v.state == "active"][-1]
 
 
-def _show_outside_swaps(view: View, host: Host, serving: dict[str, Any],
-                        announced: set[tuple[str, int]]) -> None:
+def _show_outside_swaps(
+    view: View, host: Host, serving: dict[str, Any], announced: set[tuple[str, int]]
+) -> None:
     """A swap the watcher did not make (``hotload reload``/``rollback`` from
     another terminal) shows up too."""
     for name, before in serving.items():

@@ -38,7 +38,7 @@ import os
 import threading
 from typing import Any
 
-from .errors import LoadError
+from .._errors import LoadError
 
 log = logging.getLogger(__name__)
 
@@ -64,32 +64,51 @@ _LONGEST_PATH = 32767  # UNICODE_STRING limit, in UTF-16 units
 ERRORS: dict[int, tuple[str, str]] = {
     2: ("ERROR_FILE_NOT_FOUND", "the file does not exist"),
     3: ("ERROR_PATH_NOT_FOUND", "a directory in the path does not exist"),
-    5: ("ERROR_ACCESS_DENIED", "access denied (permissions, or the file is loaded or being deleted)"),
+    5: (
+        "ERROR_ACCESS_DENIED",
+        "access denied (permissions, or the file is loaded or being deleted)",
+    ),
     8: ("ERROR_NOT_ENOUGH_MEMORY", "not enough memory to map the image"),
     11: ("ERROR_BAD_FORMAT", "not a valid program image (corrupt or truncated)"),
-    32: ("ERROR_SHARING_VIOLATION",
-         "the file is in use by another process (a compiler still writing it, an antivirus scan, "
-         "or a loaded image)"),
+    32: (
+        "ERROR_SHARING_VIOLATION",
+        "the file is in use by another process (a compiler still writing it, an antivirus scan, "
+        "or a loaded image)",
+    ),
     87: ("ERROR_INVALID_PARAMETER", "invalid parameter (is the path fully qualified?)"),
     126: ("ERROR_MOD_NOT_FOUND", "a DLL it depends on was not found"),
-    127: ("ERROR_PROC_NOT_FOUND",
-          "a function it imports is missing from a DLL it depends on (an older or different "
-          "version of that DLL was found)"),
-    182: ("ERROR_INVALID_ORDINAL", "it imports an ordinal that a DLL it depends on does not export"),
-    193: ("ERROR_BAD_EXE_FORMAT", "not a valid Win32 application (wrong architecture or not a DLL)"),
+    127: (
+        "ERROR_PROC_NOT_FOUND",
+        "a function it imports is missing from a DLL it depends on (an older or different "
+        "version of that DLL was found)",
+    ),
+    182: (
+        "ERROR_INVALID_ORDINAL",
+        "it imports an ordinal that a DLL it depends on does not export",
+    ),
+    193: (
+        "ERROR_BAD_EXE_FORMAT",
+        "not a valid Win32 application (wrong architecture or not a DLL)",
+    ),
     206: ("ERROR_FILENAME_EXCED_RANGE", "the path is too long"),
     216: ("ERROR_EXE_MACHINE_TYPE_MISMATCH", "built for another CPU architecture"),
     225: ("ERROR_VIRUS_INFECTED", "blocked by antivirus: the file was reported as infected"),
     577: ("ERROR_INVALID_IMAGE_HASH", "its digital signature is invalid or required and missing"),
-    1114: ("ERROR_DLL_INIT_FAILED",
-           "its initialisation failed (DllMain or a static constructor returned an error)"),
+    1114: (
+        "ERROR_DLL_INIT_FAILED",
+        "its initialisation failed (DllMain or a static constructor returned an error)",
+    ),
     1157: ("ERROR_DLL_NOT_FOUND", "a DLL it depends on was not found"),
     1392: ("ERROR_FILE_CORRUPT", "the file is corrupt and unreadable"),
     1455: ("ERROR_COMMITMENT_LIMIT", "the paging file is too small to map the image"),
-    4551: ("ERROR_SYSTEM_INTEGRITY_POLICY_VIOLATION",
-           "blocked by the system's code integrity policy (WDAC / AppLocker)"),
-    14001: ("ERROR_SXS_CANT_GEN_ACTCTX",
-            "its side-by-side configuration is incorrect (a manifest names a missing runtime)"),
+    4551: (
+        "ERROR_SYSTEM_INTEGRITY_POLICY_VIOLATION",
+        "blocked by the system's code integrity policy (WDAC / AppLocker)",
+    ),
+    14001: (
+        "ERROR_SXS_CANT_GEN_ACTCTX",
+        "its side-by-side configuration is incorrect (a manifest names a missing runtime)",
+    ),
 }
 
 
@@ -104,8 +123,14 @@ def describe_error(code: int, system_text: str | None = None) -> str:
     return f"{text} (Windows error {code})" if text else f"Windows error {code}"
 
 
-def describe_load_error(path: str, code: int, *, file_exists: bool = True,
-                        search_dirs: tuple[str, ...] = (), system_text: str | None = None) -> str:
+def describe_load_error(
+    path: str,
+    code: int,
+    *,
+    file_exists: bool = True,
+    search_dirs: tuple[str, ...] = (),
+    system_text: str | None = None,
+) -> str:
     """The ``LoadError`` message for a failed ``LoadLibraryExW`` of ``path``.
 
     126 means "module not found" for the file itself *and* for any DLL it
@@ -117,8 +142,14 @@ def describe_load_error(path: str, code: int, *, file_exists: bool = True,
         return f"{path}: LoadLibraryExW failed: the file does not exist (Windows error {code})"
     msg = f"{path}: LoadLibraryExW failed: {describe_error(code, system_text)}"
     if code in (ERROR_MOD_NOT_FOUND, 1157):
-        where = ", ".join((f"the DLL's own directory ({ntpath.dirname(path) or '.'})", *search_dirs,
-                           "the application directory", "System32"))
+        where = ", ".join(
+            (
+                f"the DLL's own directory ({ntpath.dirname(path) or '.'})",
+                *search_dirs,
+                "the application directory",
+                "System32",
+            )
+        )
         msg += f"; searched: {where} (not PATH, not the current directory)"
     return msg
 
@@ -214,14 +245,18 @@ PROTOTYPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "AddDllDirectory": ("DLL_DIRECTORY_COOKIE", ("PCWSTR",)),
     "RemoveDllDirectory": ("BOOL", ("DLL_DIRECTORY_COOKIE",)),
     "SetThreadErrorMode": ("BOOL", ("DWORD", "LPDWORD")),
-    "FormatMessageW": ("DWORD", ("DWORD", "LPCVOID", "DWORD", "DWORD", "LPWSTR", "DWORD", "va_list *")),
+    "FormatMessageW": (
+        "DWORD",
+        ("DWORD", "LPCVOID", "DWORD", "DWORD", "LPWSTR", "DWORD", "va_list *"),
+    ),
 }
 
 # Pointers and handles all become c_void_p: ctypes' default int return type
 # would truncate a module handle to 32 bits, which works until the DLL is
 # mapped above 4 GiB (on x64 it usually is).
-_POINTERS = frozenset({"HMODULE", "HANDLE", "FARPROC", "DLL_DIRECTORY_COOKIE", "LPCVOID", "va_list *",
-                       "HMODULE *"})
+_POINTERS = frozenset(
+    {"HMODULE", "HANDLE", "FARPROC", "DLL_DIRECTORY_COOKIE", "LPCVOID", "va_list *", "HMODULE *"}
+)
 
 
 def ctype_of(c_type: str) -> Any:
@@ -233,8 +268,12 @@ def ctype_of(c_type: str) -> Any:
     if c_type in _POINTERS:
         return ctypes.c_void_p
     table: dict[str, Any] = {
-        "DWORD": wintypes.DWORD, "BOOL": wintypes.BOOL, "LPDWORD": ctypes.POINTER(wintypes.DWORD),
-        "LPCWSTR": wintypes.LPCWSTR, "PCWSTR": wintypes.LPCWSTR, "LPWSTR": wintypes.LPWSTR,
+        "DWORD": wintypes.DWORD,
+        "BOOL": wintypes.BOOL,
+        "LPDWORD": ctypes.POINTER(wintypes.DWORD),
+        "LPCWSTR": wintypes.LPCWSTR,
+        "PCWSTR": wintypes.LPCWSTR,
+        "LPWSTR": wintypes.LPWSTR,
         "LPCSTR": wintypes.LPCSTR,
     }
     return table[c_type]
@@ -258,8 +297,15 @@ def _last_error() -> int:
 def system_message(code: int) -> str | None:
     """``FormatMessageW`` text for ``code`` (None when the system has none)."""
     buf = ctypes.create_unicode_buffer(1024)
-    n = _kernel32().FormatMessageW(FORMAT_MESSAGE_FROM_SYSTEM | FORMAT_MESSAGE_IGNORE_INSERTS,
-                                   None, code, 0, buf, len(buf), None)
+    n = _kernel32().FormatMessageW(
+        FORMAT_MESSAGE_FROM_SYSTEM | FORMAT_MESSAGE_IGNORE_INSERTS,
+        None,
+        code,
+        0,
+        buf,
+        len(buf),
+        None,
+    )
     text = buf.value[:n].strip() if n else ""
     return text or None
 
@@ -290,19 +336,32 @@ def open_image(path: str, search_dir: str | None = None) -> int:
             if not cookie:
                 raise _failure(path, f"AddDllDirectory({search_dir})", _last_error())
         old_mode = ctypes.c_ulong(0)
-        k32.SetThreadErrorMode(SEM_FAILCRITICALERRORS | SEM_NOOPENFILEERRORBOX, ctypes.byref(old_mode))
+        k32.SetThreadErrorMode(
+            SEM_FAILCRITICALERRORS | SEM_NOOPENFILEERRORBOX, ctypes.byref(old_mode)
+        )
         try:
             handle = k32.LoadLibraryExW(full, None, LOAD_FLAGS)
             code = 0 if handle else _last_error()
         finally:
             k32.SetThreadErrorMode(old_mode.value, None)
             if cookie and not k32.RemoveDllDirectory(cookie):
-                log.warning("%s: RemoveDllDirectory(%s) failed: %s", path, search_dir,
-                            describe_error(_last_error()))
+                log.warning(
+                    "%s: RemoveDllDirectory(%s) failed: %s",
+                    path,
+                    search_dir,
+                    describe_error(_last_error()),
+                )
     if not handle:
         text = None if code in ERRORS else system_message(code)
-        raise LoadError(describe_load_error(path, code, file_exists=os.path.exists(path),
-                                            search_dirs=(extra,) if extra else (), system_text=text))
+        raise LoadError(
+            describe_load_error(
+                path,
+                code,
+                file_exists=os.path.exists(path),
+                search_dirs=(extra,) if extra else (),
+                system_text=text,
+            )
+        )
     return int(handle)
 
 
@@ -349,8 +408,9 @@ def loader_has(path: str) -> bool:
     taking a reference, so the probe cannot itself keep the image alive."""
     full = loader_path(os.path.abspath(path))
     handle = ctypes.c_void_p()
-    ok = _kernel32().GetModuleHandleExW(GET_MODULE_HANDLE_EX_FLAG_UNCHANGED_REFCOUNT, full,
-                                        ctypes.byref(handle))
+    ok = _kernel32().GetModuleHandleExW(
+        GET_MODULE_HANDLE_EX_FLAG_UNCHANGED_REFCOUNT, full, ctypes.byref(handle)
+    )
     return bool(ok and handle.value)
 
 

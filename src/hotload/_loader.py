@@ -19,12 +19,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import descriptor as desc_mod
-from . import signatures
-from .descriptor import Descriptor
-from .errors import DescriptorError, HookError, InvalidPluginError, LoadError
-from .platform_layer import binfmt, dl
-from .workdir import WorkDir
+from . import _descriptor as desc_mod
+from . import _signatures as signatures
+from ._descriptor import Descriptor
+from ._errors import DescriptorError, HookError, InvalidPluginError, LoadError
+from ._platform import binfmt, dl
+from ._workdir import WorkDir
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,18 @@ class Image:
     def call_on_load(self, prev_version: str | None, state: bytes | None) -> None:
         if self.on_load is None:
             return
-        prev = signatures.ffi.new("char[]", prev_version.encode()) if prev_version else signatures.ffi.NULL
+        prev = (
+            signatures.ffi.new("char[]", prev_version.encode())
+            if prev_version
+            else signatures.ffi.NULL
+        )
         buf = signatures.ffi.from_buffer(state) if state else signatures.ffi.NULL
         rc = self.on_load(prev, buf, len(state) if state else 0)
         if rc != 0:
-            raise HookError(f"{self.source}: on_load of {self.name} {self.version} refused to start "
-                            f"(returned {rc}) with the state of version {prev_version or '(none)'}")
+            raise HookError(
+                f"{self.source}: on_load of {self.name} {self.version} refused to start "
+                f"(returned {rc}) with the state of version {prev_version or '(none)'}"
+            )
 
     def call_on_unload(self) -> bytes | None:
         """The state blob this version hands to its successor (None if no hook)."""
@@ -72,15 +78,18 @@ class Image:
         size = signatures.ffi.new("size_t *")
         rc = self.on_unload(ptr, size)
         if rc != 0:
-            raise HookError(f"{self.source}: on_unload of {self.name} {self.version} failed "
-                            f"(returned {rc}); it keeps serving")
+            raise HookError(
+                f"{self.source}: on_unload of {self.name} {self.version} failed "
+                f"(returned {rc}); it keeps serving"
+            )
         if ptr[0] == signatures.ffi.NULL or size[0] == 0:
             return b""
         return bytes(signatures.ffi.buffer(ptr[0], size[0]))
 
 
-def read_source(path: str, *, real: str | None = None,
-                verify: Callable[[os.stat_result], None] | None = None) -> bytes:
+def read_source(
+    path: str, *, real: str | None = None, verify: Callable[[os.stat_result], None] | None = None
+) -> bytes:
     """Read the whole plugin file once, with errors that name the cause.
 
     ``real``: the already resolved (and trust-checked) path to open instead,
@@ -94,7 +103,9 @@ def read_source(path: str, *, real: str | None = None,
         raise InvalidPluginError(f"{path}: no such file (deleted or not built yet?)") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise InvalidPluginError(f"{path}: was replaced by a symlink while being checked") from None
+            raise InvalidPluginError(
+                f"{path}: was replaced by a symlink while being checked"
+            ) from None
         reason = "permission denied" if exc.errno == errno.EACCES else exc.strerror
         raise InvalidPluginError(f"{path}: cannot read: {reason}") from None
     try:
@@ -115,8 +126,9 @@ def read_source(path: str, *, real: str | None = None,
         os.close(fd)
 
 
-def identify(data: bytes, source: str, *, name: str | None,
-             declared: Mapping[str, str] | None) -> tuple[Descriptor | None, str, str, dict[str, str]]:
+def identify(
+    data: bytes, source: str, *, name: str | None, declared: Mapping[str, str] | None
+) -> tuple[Descriptor | None, str, str, dict[str, str]]:
     """Check the bytes and work out the plugin's name, version and prototypes.
 
     A library with a hotload descriptor speaks for itself (and must agree
@@ -128,8 +140,10 @@ def identify(data: bytes, source: str, *, name: str | None,
     if desc is None:
         if not declared or not name:
             raise DescriptorError(
-                f"{source}: no hotload descriptor (.hotload section): build it with HOTLOAD_PLUGIN and "
-                f"HOTLOAD_EXPORT from hotload.h, or load it with name= and signatures= declared by the host"
+                f"{source}: no hotload descriptor (.hotload section): build it with "
+                f"HOTLOAD_PLUGIN and "
+                f"HOTLOAD_EXPORT from hotload.h, or load it with name= and signatures= declared "
+                f"by the host"
             )
         prototypes = dict(declared)
         plugin_name, version = name, "unversioned"
@@ -165,9 +179,17 @@ class Candidate:
         self.copy.unlink(missing_ok=True)
 
 
-def prepare(source: str, workdir: WorkDir, seq: int, *, name: str | None = None,
-            declared: Mapping[str, str] | None = None, data: bytes | None = None,
-            real: str | None = None, verify: Callable[[os.stat_result], None] | None = None) -> Candidate:
+def prepare(
+    source: str,
+    workdir: WorkDir,
+    seq: int,
+    *,
+    name: str | None = None,
+    declared: Mapping[str, str] | None = None,
+    data: bytes | None = None,
+    real: str | None = None,
+    verify: Callable[[os.stat_result], None] | None = None,
+) -> Candidate:
     """Read ``source`` once (or take ``data``, e.g. for a rollback), check the
     bytes and write them to a fresh private copy.  ``real`` and ``verify``
     are passed to ``read_source``."""
@@ -175,14 +197,26 @@ def prepare(source: str, workdir: WorkDir, seq: int, *, name: str | None = None,
         data = read_source(source, real=real, verify=verify)
     desc, plugin_name, version, prototypes = identify(data, source, name=name, declared=declared)
     copy, file_id = workdir.write_copy(plugin_name, seq, data, dl.SUFFIX)
-    return Candidate(source=source, data=data, descriptor=desc, name=plugin_name, version=version,
-                     prototypes=prototypes, digest=hashlib.sha256(data).hexdigest(), seq=seq, copy=copy,
-                     file_id=file_id)
+    return Candidate(
+        source=source,
+        data=data,
+        descriptor=desc,
+        name=plugin_name,
+        version=version,
+        prototypes=prototypes,
+        digest=hashlib.sha256(data).hexdigest(),
+        seq=seq,
+        copy=copy,
+        file_id=file_id,
+    )
 
 
-def open_candidate(cand: Candidate, workdir: WorkDir,
-                   live_handles: Callable[[], frozenset[int]] = frozenset,
-                   may_close: Callable[[Candidate], bool] = lambda cand: True) -> Image:
+def open_candidate(
+    cand: Candidate,
+    workdir: WorkDir,
+    live_handles: Callable[[], frozenset[int]] = frozenset,
+    may_close: Callable[[Candidate], bool] = lambda cand: True,
+) -> Image:
     """``dlopen`` the candidate's copy and resolve its exports and hooks.
     On failure the copy is deleted and the image closed, unless ``may_close``
     says its constructors may have left code running (then it stays loaded:
@@ -215,18 +249,38 @@ def open_candidate(cand: Candidate, workdir: WorkDir,
         if may_close(cand):
             dl.close_image(handle, source)
         else:
-            log.warning("%s: refused image kept loaded, not closed: unloading it could crash the process",
-                        source)
+            log.warning(
+                "%s: refused image kept loaded, not closed: unloading it could crash the process",
+                source,
+            )
         copy.unlink(missing_ok=True)
         raise
-    return Image(source=source, copy=copy, file_id=file_id, digest=cand.digest, size=len(cand.data),
-                 descriptor=desc, name=cand.name, version=cand.version, handle=handle, functions=functions,
-                 prototypes=cand.prototypes, on_load=on_load, on_unload=on_unload)
+    return Image(
+        source=source,
+        copy=copy,
+        file_id=file_id,
+        digest=cand.digest,
+        size=len(cand.data),
+        descriptor=desc,
+        name=cand.name,
+        version=cand.version,
+        handle=handle,
+        functions=functions,
+        prototypes=cand.prototypes,
+        on_load=on_load,
+        on_unload=on_unload,
+    )
 
 
-def open_version(source: str, workdir: WorkDir, seq: int, *, name: str | None = None,
-                 declared: Mapping[str, str] | None = None,
-                 live_handles: Callable[[], frozenset[int]] = frozenset) -> Image:
+def open_version(
+    source: str,
+    workdir: WorkDir,
+    seq: int,
+    *,
+    name: str | None = None,
+    declared: Mapping[str, str] | None = None,
+    live_handles: Callable[[], frozenset[int]] = frozenset,
+) -> Image:
     """Load ``source`` as a new version; nothing is left behind on failure."""
     cand = prepare(source, workdir, seq, name=name, declared=declared)
     return open_candidate(cand, workdir, live_handles)
@@ -239,10 +293,14 @@ def open_copy(copy: Path, source: str) -> int:
     try:
         return dl.open_image(str(copy), search_dir=os.path.dirname(os.path.abspath(source)))
     except LoadError as exc:
-        raise LoadError(str(exc).replace(str(copy), source, 1) + f" (loading copy {copy.name})") from None
+        raise LoadError(
+            str(exc).replace(str(copy), source, 1) + f" (loading copy {copy.name})"
+        ) from None
 
 
-def _open_new_image(copy: Path, source: str, live_handles: Callable[[], frozenset[int]]) -> int | None:
+def _open_new_image(
+    copy: Path, source: str, live_handles: Callable[[], frozenset[int]]
+) -> int | None:
     """dlopen ``copy``; None when the loader handed back an image it already
     had (glibc matches files by device and inode, and an inode of a deleted
     copy whose image leaked can be reused by a new file).
@@ -253,10 +311,16 @@ def _open_new_image(copy: Path, source: str, live_handles: Callable[[], frozense
     compared with every live one, which costs a walk over all versions."""
     handle = open_copy(copy, source)
     opened = dl.image_path(handle)
-    same = opened is None or os.path.normcase(os.path.abspath(opened)) == os.path.normcase(str(copy))
+    same = opened is None or os.path.normcase(os.path.abspath(opened)) == os.path.normcase(
+        str(copy)
+    )
     if not same or (opened is None and handle in live_handles()):
-        log.warning("%s: dlopen of %s returned an already loaded image (%s); retrying with a new copy",
-                    source, copy.name, opened)
+        log.warning(
+            "%s: dlopen of %s returned an already loaded image (%s); retrying with a new copy",
+            source,
+            copy.name,
+            opened,
+        )
         dl.close_image(handle, source)
         return None
     return handle
@@ -265,8 +329,10 @@ def _open_new_image(copy: Path, source: str, live_handles: Callable[[], frozense
 def _resolve(handle: int, source: str, fname: str, proto: str) -> object:
     addr = dl.symbol(handle, fname)
     if addr is None:
-        raise LoadError(f"{source}: {fname} is declared ({proto}) but is not in the library's dynamic "
-                        f"symbol table; define it with HOTLOAD_API (or check its spelling)")
+        raise LoadError(
+            f"{source}: {fname} is declared ({proto}) but is not in the library's dynamic "
+            f"symbol table; define it with HOTLOAD_API (or check its spelling)"
+        )
     return signatures.bind(signatures.pointer_type(proto), addr)
 
 
@@ -302,8 +368,10 @@ def release(image: Image) -> None:
     """Drop hotload's reference to the image (``dlclose``); cheap, so it runs
     on the reload path as soon as the old version is quiet."""
     if image.closes >= image.opens:
-        raise LoadError(f"{image.source}: version copy {image.copy.name} is already closed "
-                        f"(dlopen {image.opens}, dlclose {image.closes}): refusing a double close")
+        raise LoadError(
+            f"{image.source}: version copy {image.copy.name} is already closed "
+            f"(dlopen {image.opens}, dlclose {image.closes}): refusing a double close"
+        )
     dl.close_image(image.handle, image.source)
     image.closes += 1
     # The image may be gone now: its function pointers must never be called.
@@ -322,8 +390,12 @@ def verify_gone(image: Image) -> UnloadVerdict:
     mapped = dl.mapped_ranges(image.file_id)
     gone = (mapped == 0) if mapped >= 0 else not still
     if mapped >= 0 and (mapped == 0) == still:
-        log.debug("%s: loader says %s, kernel says %d bytes mapped; the kernel wins",
-                  image.copy, "loaded" if still else "gone", mapped)
+        log.debug(
+            "%s: loader says %s, kernel says %d bytes mapped; the kernel wins",
+            image.copy,
+            "loaded" if still else "gone",
+            mapped,
+        )
     if gone:
         image.copy.unlink(missing_ok=True)
     return UnloadVerdict(gone=gone, mapped_bytes=max(mapped, 0), loader_has=still)

@@ -17,7 +17,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import HotloadError
+from ._errors import HotloadError
 
 
 class TrustError(HotloadError):
@@ -26,7 +26,9 @@ class TrustError(HotloadError):
 
 
 def _who(mode: int) -> str:
-    return " and ".join(w for w, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH)) if mode & bit)
+    return " and ".join(
+        w for w, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH)) if mode & bit
+    )
 
 
 def check_path(path: str, *, uid: int | None = None) -> str:
@@ -84,28 +86,40 @@ def check_stat(st: os.stat_result, path: str, node: str | Path, *, uid: int | No
     what = "directory" if is_dir else "file"
     mode = stat.S_IMODE(st.st_mode)
     if st.st_uid not in (uid, 0):
-        raise TrustError(f"{path}: refusing to load: {what} {node} is owned by uid {st.st_uid}, not by "
-                         f"you (uid {uid}) or root; Host(trust_checks=False) to override")
+        raise TrustError(
+            f"{path}: refusing to load: {what} {node} is owned by uid {st.st_uid}, not by "
+            f"you (uid {uid}) or root; Host(trust_checks=False) to override"
+        )
     sticky_ok = is_dir and st.st_mode & stat.S_ISVTX and st.st_uid == 0
     if mode & 0o022 and not sticky_ok:
-        raise TrustError(f"{path}: refusing to load: {what} {node} is writable by {_who(mode)} "
-                         f"(mode {mode:o}), so another user could replace the plugin; fix with "
-                         f"chmod go-w {node}, or Host(trust_checks=False) to override")
+        raise TrustError(
+            f"{path}: refusing to load: {what} {node} is writable by {_who(mode)} "
+            f"(mode {mode:o}), so another user could replace the plugin; fix with "
+            f"chmod go-w {node}, or Host(trust_checks=False) to override"
+        )
 
 
 def load_allow_list(spec: str | os.PathLike[str] | Iterable[str]) -> tuple[frozenset[str], str]:
     """Digests from an iterable of hex strings, or from a manifest file in
     ``sha256sum`` format (``<hex>  <file>`` per line, ``#`` comments).
     Returns the digests and a description for messages."""
-    if isinstance(spec, str) and len(spec) == 64 and all(c in "0123456789abcdefABCDEF" for c in spec):
-        raise TrustError(f"allowed_digests={spec[:12]}...: a single digest must be given in a list "
-                         f"([digest]); a string is read as the path of a manifest file")
+    if (
+        isinstance(spec, str)
+        and len(spec) == 64
+        and all(c in "0123456789abcdefABCDEF" for c in spec)
+    ):
+        raise TrustError(
+            f"allowed_digests={spec[:12]}...: a single digest must be given in a list "
+            f"([digest]); a string is read as the path of a manifest file"
+        )
     if isinstance(spec, (str, os.PathLike)):
         manifest = Path(spec)
         try:
             lines = manifest.read_text().splitlines()
         except OSError as exc:
-            raise TrustError(f"{manifest}: cannot read the allow-list manifest: {exc.strerror}") from None
+            raise TrustError(
+                f"{manifest}: cannot read the allow-list manifest: {exc.strerror}"
+            ) from None
         digests = set()
         for n, line in enumerate(lines, 1):
             line = line.strip()
@@ -122,4 +136,6 @@ def load_allow_list(spec: str | os.PathLike[str] | Iterable[str]) -> tuple[froze
 
 def check_digest(path: str, digest: str, allowed: frozenset[str], described: str) -> None:
     if digest not in allowed:
-        raise TrustError(f"{path}: refusing to load: its SHA-256 {digest} is not in the host's {described}")
+        raise TrustError(
+            f"{path}: refusing to load: its SHA-256 {digest} is not in the host's {described}"
+        )

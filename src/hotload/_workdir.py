@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import HotloadError
+from ._errors import HotloadError
 
 log = logging.getLogger(__name__)
 _STALE_UNLOCKED_AGE = 3600.0  # a dir with no lock file yet is only swept when this old
@@ -57,7 +57,11 @@ def _create_locked(base: Path) -> tuple[Path, int]:
     under a name a sweep never matches, lock its ``.lock``, then rename it.
     A sweep therefore never meets a live host's directory unlocked."""
     staging = Path(tempfile.mkdtemp(prefix=".new-host-", dir=base))
-    fd = os.open(staging / ".lock", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = os.open(
+        staging / ".lock",
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o600,
+    )
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else knows this directory yet
     final = base / f"host-{os.getpid()}-{staging.name.removeprefix('.new-host-')}"
     os.rename(staging, final)
@@ -79,12 +83,16 @@ def ensure_private_dir(path: Path) -> None:
         raise HotloadError(f"{path}: cannot create the work directory: {exc.strerror}") from None
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise HotloadError(f"{path}: work directory is a symlink or not a directory; refusing to use it")
+        raise HotloadError(
+            f"{path}: work directory is a symlink or not a directory; refusing to use it"
+        )
     if st.st_uid != os.getuid():
         raise HotloadError(f"{path}: work directory is owned by uid {st.st_uid}, not {os.getuid()}")
     if st.st_mode & 0o077:
-        raise HotloadError(f"{path}: work directory has mode {stat.S_IMODE(st.st_mode):o}; "
-                           f"it must be private (0700)")
+        raise HotloadError(
+            f"{path}: work directory has mode {stat.S_IMODE(st.st_mode):o}; "
+            f"it must be private (0700)"
+        )
 
 
 class WorkDir:
@@ -96,14 +104,22 @@ class WorkDir:
         ensure_private_dir(self.base)
         swept = sweep(self.base)
         if swept:
-            log.info("swept %d version cop%s left by crashed hosts in %s",
-                     swept, "y" if swept == 1 else "ies", self.base)
+            log.info(
+                "swept %d version cop%s left by crashed hosts in %s",
+                swept,
+                "y" if swept == 1 else "ies",
+                self.base,
+            )
         try:
             self.path, self._lock_fd = _create_locked(self.base)
         except OSError as exc:
-            raise HotloadError(f"{self.base}: cannot create a work directory: {exc.strerror}") from None
+            raise HotloadError(
+                f"{self.base}: cannot create a work directory: {exc.strerror}"
+            ) from None
 
-    def write_copy(self, stem: str, seq: int, data: bytes, suffix: str) -> tuple[Path, tuple[int, int]]:
+    def write_copy(
+        self, stem: str, seq: int, data: bytes, suffix: str
+    ) -> tuple[Path, tuple[int, int]]:
         """Write ``data`` to a new, never-before-used file; return its path and
         ``(st_dev, st_ino)``, the identity the kernel's mapping list shows."""
         path = self.path / f"{stem}.v{seq}.{secrets.token_hex(3)}{suffix}"
@@ -113,11 +129,13 @@ class WorkDir:
             raise HotloadError(f"{path}: cannot write the versioned copy: {exc.strerror}") from None
 
     def _write(self, path: Path, data: bytes) -> tuple[Path, tuple[int, int]]:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o500)
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o500
+        )
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             st = os.fstat(fd)
         except BaseException:
             os.close(fd)

@@ -18,7 +18,7 @@ import functools
 import struct
 from dataclasses import dataclass
 
-from .errors import InvalidPluginError
+from .._errors import InvalidPluginError
 
 ET_EXEC, ET_DYN = 2, 3
 PT_LOAD, PT_DYNAMIC = 1, 2
@@ -73,8 +73,9 @@ def _describe_non_elf(data: bytes) -> str:
     }.get(sniff(data), "a text file, not a shared library (no ELF magic)")
 
 
-def check(data: bytes, path: str, *, expect_machine: int | None = None,
-          any_machine: bool = False) -> ElfFacts:
+def check(
+    data: bytes, path: str, *, expect_machine: int | None = None, any_machine: bool = False
+) -> ElfFacts:
     """Validate ``data`` (the whole file) as a loadable ELF shared object.
 
     Raises ``InvalidPluginError`` naming ``path`` and the cause.  With
@@ -95,12 +96,40 @@ def check(data: bytes, path: str, *, expect_machine: int | None = None,
     end = "<" if ei_data == 1 else ">"
     if bits == 64:
         if size < 64:
-            raise InvalidPluginError(f"{path}: truncated ELF file ({size} bytes, no complete header)")
-        (e_type, e_machine, _v, _entry, e_phoff, e_shoff, _fl, _eh, e_phentsize, e_phnum,
-         e_shentsize, e_shnum, e_shstrndx) = struct.unpack_from(end + "HHIQQQIHHHHHH", data, 16)
+            raise InvalidPluginError(
+                f"{path}: truncated ELF file ({size} bytes, no complete header)"
+            )
+        (
+            e_type,
+            e_machine,
+            _v,
+            _entry,
+            e_phoff,
+            e_shoff,
+            _fl,
+            _eh,
+            e_phentsize,
+            e_phnum,
+            e_shentsize,
+            e_shnum,
+            e_shstrndx,
+        ) = struct.unpack_from(end + "HHIQQQIHHHHHH", data, 16)
     else:
-        (e_type, e_machine, _v, _entry, e_phoff, e_shoff, _fl, _eh, e_phentsize, e_phnum,
-         e_shentsize, e_shnum, e_shstrndx) = struct.unpack_from(end + "HHIIIIIHHHHHH", data, 16)
+        (
+            e_type,
+            e_machine,
+            _v,
+            _entry,
+            e_phoff,
+            e_shoff,
+            _fl,
+            _eh,
+            e_phentsize,
+            e_phnum,
+            e_shentsize,
+            e_shnum,
+            e_shstrndx,
+        ) = struct.unpack_from(end + "HHIIIIIHHHHHH", data, 16)
     facts_machine = MACHINES.get(e_machine, f"machine {e_machine}")
     want = host_machine() if expect_machine is None else expect_machine
     if e_type == ET_EXEC:
@@ -109,7 +138,9 @@ def check(data: bytes, path: str, *, expect_machine: int | None = None,
         )
     if e_type != ET_DYN:
         kind = {1: "a relocatable object (.o)", 4: "a core dump"}.get(e_type, f"ELF type {e_type}")
-        raise InvalidPluginError(f"{path}: {kind}, not a shared library (build it with -fPIC -shared)")
+        raise InvalidPluginError(
+            f"{path}: {kind}, not a shared library (build it with -fPIC -shared)"
+        )
     if not any_machine and want is not None and (e_machine != want or bits != host_bits()):
         raise InvalidPluginError(
             f"{path}: built for {facts_machine} ({bits}-bit), this host is "
@@ -134,12 +165,24 @@ def check(data: bytes, path: str, *, expect_machine: int | None = None,
                 f"{path}: truncated: a loadable segment needs {p_offset + p_filesz} bytes, the "
                 f"file has {size} (a build still being written?)"
             )
-    return ElfFacts(bits, end == "<", e_machine,
-                    _find_section(data, path, end, bits, e_shoff, e_shentsize, e_shnum, e_shstrndx))
+    return ElfFacts(
+        bits,
+        end == "<",
+        e_machine,
+        _find_section(data, path, end, bits, e_shoff, e_shentsize, e_shnum, e_shstrndx),
+    )
 
 
-def _find_section(data: bytes, path: str, end: str, bits: int, shoff: int, shentsize: int,
-                  shnum: int, shstrndx: int) -> bytes | None:
+def _find_section(
+    data: bytes,
+    path: str,
+    end: str,
+    bits: int,
+    shoff: int,
+    shentsize: int,
+    shnum: int,
+    shstrndx: int,
+) -> bytes | None:
     """Return the bytes of the ``.hotload`` section, or None when there is none."""
     if shnum == 0 or shoff == 0:
         return None  # stripped of section headers: no descriptor can be found
@@ -156,12 +199,14 @@ def _find_section(data: bytes, path: str, end: str, bits: int, shoff: int, shent
     if str_off + str_size > len(data):
         raise InvalidPluginError(f"{path}: truncated: section name table lies past the end of file")
     for sh_name, sh_type, _f, _a, sh_offset, sh_size, *_ in headers:
-        if data[str_off + sh_name:str_off + sh_name + 9] == b".hotload\0":
+        if data[str_off + sh_name : str_off + sh_name + 9] == b".hotload\0":
             if sh_type == 8:  # SHT_NOBITS
                 return None
             if sh_offset + sh_size > len(data):
-                raise InvalidPluginError(f"{path}: truncated: .hotload section lies past end of file")
-            return bytes(data[sh_offset:sh_offset + sh_size])
+                raise InvalidPluginError(
+                    f"{path}: truncated: .hotload section lies past end of file"
+                )
+            return bytes(data[sh_offset : sh_offset + sh_size])
     return None
 
 

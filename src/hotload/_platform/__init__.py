@@ -12,10 +12,10 @@ from __future__ import annotations
 import sys
 
 if sys.platform == "win32":  # pragma: no cover - proven under wine by tests/test_windows.py
-    from . import dl_windows as dl
-    from . import pecheck as binfmt
+    from . import _pe as binfmt
+    from . import _windows as dl
 else:
-    from . import dl_posix as dl
-    from . import elfcheck as binfmt
+    from . import _elf as binfmt
+    from . import _posix as dl
 
 __all__ = ["binfmt", "dl"]

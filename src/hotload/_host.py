@@ -13,12 +13,14 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import inspector, loader, trust
-from . import signatures as sig
-from .descriptor import Descriptor
-from .errors import ClosedError, HotloadError, NotLoadedError, SignatureError
-from .preflight import PreflightWorker
-from .registry import (
+from . import _inspector as inspector
+from . import _loader as loader
+from . import _signatures as sig
+from . import _trust as trust
+from ._descriptor import Descriptor
+from ._errors import ClosedError, HotloadError, NotLoadedError, SignatureError
+from ._preflight import PreflightWorker
+from ._registry import (
     LEAKED,
     RETAINED,
     SWITCHING,
@@ -28,11 +30,11 @@ from .registry import (
     Version,
     VersionInfo,
 )
-from .workdir import WorkDir
+from ._workdir import WorkDir
 
 if TYPE_CHECKING:
-    from .control import ControlServer
-    from .watcher import Watcher
+    from ._control import ControlServer
+    from ._watcher import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +50,34 @@ class Host:
     warning says so).  Stateless plugins swap without any wait.
     """
 
-    def __init__(self, workdir: str | os.PathLike[str] | None = None, *,
-                 quiesce_timeout: float = 0.5, preflight: bool = True, preflight_timeout: float = 5.0,
-                 max_leaked: int = 3, trust_checks: bool = True,
-                 allowed_digests: str | os.PathLike[str] | Iterable[str] | None = None,
-                 keep_versions: int = 8, history_limit: int = 64, control: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str] | None = None,
+        *,
+        quiesce_timeout: float = 0.5,
+        preflight: bool = True,
+        preflight_timeout: float = 5.0,
+        max_leaked: int = 3,
+        trust_checks: bool = True,
+        allowed_digests: str | os.PathLike[str] | Iterable[str] | None = None,
+        keep_versions: int = 8,
+        history_limit: int = 64,
+        control: bool = False,
+    ) -> None:
         if not getattr(sys, "_is_gil_enabled", lambda: True)():
-            raise HotloadError("hotload needs the GIL: its lock-free call routing is not safe on a "
-                               "free-threaded CPython with the GIL disabled (run with PYTHON_GIL=1)")
+            raise HotloadError(
+                "hotload needs the GIL: its lock-free call routing is not safe on a "
+                "free-threaded CPython with the GIL disabled (run with PYTHON_GIL=1)"
+            )
         self.quiesce_timeout = quiesce_timeout
         self.preflight = preflight
         self.max_leaked = max_leaked
         self.trust_checks = trust_checks
         self.keep_versions = keep_versions
         self.history_limit = history_limit
-        self._allowed = trust.load_allow_list(allowed_digests) if allowed_digests is not None else None
+        self._allowed = (
+            trust.load_allow_list(allowed_digests) if allowed_digests is not None else None
+        )
         self._preflight = PreflightWorker(preflight_timeout)
         self._workdir = WorkDir(workdir)
         self._lock = threading.RLock()
@@ -104,9 +119,15 @@ class Host:
         return self._workdir.path
 
     # -- loading --------------------------------------------------------------
-    def load(self, path: str | os.PathLike[str], *, name: str | None = None,
-             signatures: Mapping[str, str] | None = None, preflight: bool | None = None,
-             unload_safe: bool = False) -> Plugin:
+    def load(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        signatures: Mapping[str, str] | None = None,
+        preflight: bool | None = None,
+        unload_safe: bool = False,
+    ) -> Plugin:
         """Load a plugin as its first version and return its call handle.
 
         ``unload_safe=True`` is the host's word for what a plugin says with
@@ -124,11 +145,15 @@ class Host:
         with self._lock:
             self._check_open()
             if name is not None and name in self._plugins:
-                raise HotloadError(f"{source}: plugin {name} is already loaded; use reload({name!r})")
+                raise HotloadError(
+                    f"{source}: plugin {name} is already loaded; use reload({name!r})"
+                )
             cand = self._candidate(source, name, declared)
             if cand.name in self._plugins:
                 cand.discard()
-                raise HotloadError(f"{source}: plugin {cand.name} is already loaded; use reload({cand.name!r})")
+                raise HotloadError(
+                    f"{source}: plugin {cand.name} is already loaded; use reload({cand.name!r})"
+                )
             self._unload_safe[cand.name] = unload_safe
             try:
                 image = self._open(cand, None, preflight, declared)
@@ -151,8 +176,14 @@ class Host:
             log.info("loaded %s %s as v%d from %s", image.name, image.version, version.seq, source)
             return plugin
 
-    def reload(self, name: str, path: str | os.PathLike[str] | None = None, *,
-               allow_signature_change: bool = False, preflight: bool | None = None) -> VersionInfo:
+    def reload(
+        self,
+        name: str,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        allow_signature_change: bool = False,
+        preflight: bool | None = None,
+    ) -> VersionInfo:
         """Load the plugin's file again (or ``path``) as a new version and
         route new calls to it.  On any failure the current version keeps
         serving with its state, and the error says which file and why."""
@@ -163,7 +194,9 @@ class Host:
             source = os.fspath(path) if path is not None else default_source
             self._check_leak_budget(name, source)
             cand = self._candidate(source, name, declared)
-            return self._swap_in(plugin, cand, declared, allow_signature_change, preflight, "reload")
+            return self._swap_in(
+                plugin, cand, declared, allow_signature_change, preflight, "reload"
+            )
 
     def rollback(self, name: str, *, preflight: bool | None = None) -> VersionInfo:
         """Make the version that was live before the current one live again,
@@ -176,26 +209,38 @@ class Host:
             cur = plugin._current
             assert isinstance(cur, Version)
             if len(chain) < 2:
-                raise HotloadError(f"{name}: nothing to roll back to: v{chain[-1]} is the first version "
-                                   f"this host loaded")
+                raise HotloadError(
+                    f"{name}: nothing to roll back to: v{chain[-1]} is the first version "
+                    f"this host loaded"
+                )
             target = chain[-2]
             kept = self._kept.get((name, target))
             if kept is None:
-                raise HotloadError(f"{name}: cannot roll back to v{target}: its bytes are no longer kept "
-                                   f"(Host(keep_versions={self.keep_versions}))")
+                raise HotloadError(
+                    f"{name}: cannot roll back to v{target}: its bytes are no longer kept "
+                    f"(Host(keep_versions={self.keep_versions}))"
+                )
             data, source = kept
             declared = self._sources[name][1]
             self._check_leak_budget(name, source)
-            cand = loader.prepare(source, self._workdir, self._seq[name] + 1, name=name, declared=declared,
-                                  data=data)
+            cand = loader.prepare(
+                source, self._workdir, self._seq[name] + 1, name=name, declared=declared, data=data
+            )
             info = self._swap_in(plugin, cand, declared, True, preflight, f"rollback to v{target}")
             self._kept.pop((name, chain.pop()), None)
             chain[-1] = info.seq
             self._kept[(name, info.seq)] = self._kept.pop((name, target))
             return info
 
-    def _swap_in(self, plugin: Plugin, cand: loader.Candidate, declared: dict[str, str] | None,
-                 allow_signature_change: bool, preflight: bool | None, why: str) -> VersionInfo:
+    def _swap_in(
+        self,
+        plugin: Plugin,
+        cand: loader.Candidate,
+        declared: dict[str, str] | None,
+        allow_signature_change: bool,
+        preflight: bool | None,
+        why: str,
+    ) -> VersionInfo:
         old = plugin._current
         assert isinstance(old, Version) and old.image is not None
         if not allow_signature_change:
@@ -207,20 +252,43 @@ class Host:
         image = self._open(cand, old, preflight, declared)
         version = self._new_version(image)
         self._switch(plugin, old, version)
-        self._record(version, cand.source if why == "reload" else self._sources[plugin.name][0], declared,
-                     cand.data, live_by=why)
+        self._record(
+            version,
+            cand.source if why == "reload" else self._sources[plugin.name][0],
+            declared,
+            cand.data,
+            live_by=why,
+        )
         if why != "reload":
             version.note = why
-        log.info("%s %s: v%d (%s) -> v%d (%s)", why, plugin.name, old.seq, old.image.version, version.seq,
-                 image.version)
-        return self._info(version, inspect=False)  # a new build is inspected by the reaper, not here
+        log.info(
+            "%s %s: v%d (%s) -> v%d (%s)",
+            why,
+            plugin.name,
+            old.seq,
+            old.image.version,
+            version.seq,
+            image.version,
+        )
+        return self._info(
+            version, inspect=False
+        )  # a new build is inspected by the reaper, not here
 
-    def _candidate(self, source: str, name: str | None, declared: dict[str, str] | None) -> loader.Candidate:
+    def _candidate(
+        self, source: str, name: str | None, declared: dict[str, str] | None
+    ) -> loader.Candidate:
         """Trust checks on the path, then read, check and copy the file."""
         real = trust.check_path(source) if self.trust_checks else None
         verify = (lambda st: trust.check_stat(st, source, real)) if real else None
-        cand = loader.prepare(source, self._workdir, self._seq.get(name or "", 0) + 1, name=name,
-                              declared=declared, real=real, verify=verify)
+        cand = loader.prepare(
+            source,
+            self._workdir,
+            self._seq.get(name or "", 0) + 1,
+            name=name,
+            declared=declared,
+            real=real,
+            verify=verify,
+        )
         if self._allowed is not None:
             try:
                 trust.check_digest(source, cand.digest, *self._allowed)
@@ -229,31 +297,52 @@ class Host:
                 raise
         return cand
 
-    def _open(self, cand: loader.Candidate, old: Version | None, preflight: bool | None,
-              declared: dict[str, str] | None) -> loader.Image:
+    def _open(
+        self,
+        cand: loader.Candidate,
+        old: Version | None,
+        preflight: bool | None,
+        declared: dict[str, str] | None,
+    ) -> loader.Image:
         """Preflight the candidate (unless off), then open it in this process."""
         try:
             if self.preflight if preflight is None else preflight:
                 old_img = old.image if old is not None else None
                 state = old_img.call_on_unload() if old_img is not None else None
                 result = self._preflight.check(
-                    str(cand.copy), cand.source, name=cand.name, declared=declared,
-                    prev_version=old_img.version if old_img else None, state=state,
-                    unload_safe=self._declared_safe(cand.descriptor, cand.name))
+                    str(cand.copy),
+                    cand.source,
+                    name=cand.name,
+                    declared=declared,
+                    prev_version=old_img.version if old_img else None,
+                    state=state,
+                    unload_safe=self._declared_safe(cand.descriptor, cand.name),
+                )
                 if result.get("report"):  # the worker inspected it: no ELF parse in this process
                     inspector.remember(inspector.Report.from_dict(result["report"]))
         except BaseException:
             cand.discard()
             raise
         image = loader.open_candidate(
-            cand, self._workdir, self._live_handles,
-            may_close=lambda c: not self._hazards(c.descriptor, c.name, lambda: _inspect_quietly(c)))
+            cand,
+            self._workdir,
+            self._live_handles,
+            may_close=lambda c: (
+                not self._hazards(c.descriptor, c.name, lambda: _inspect_quietly(c))
+            ),
+        )
         self._to_inspect.append(image)
         self._wake.set()
         return image
 
-    def _record(self, version: Version, source: str, declared: dict[str, str] | None, data: bytes,
-                live_by: str) -> None:
+    def _record(
+        self,
+        version: Version,
+        source: str,
+        declared: dict[str, str] | None,
+        data: bytes,
+        live_by: str,
+    ) -> None:
         name = version.plugin_name
         self._seq[name] = version.seq
         self._history.setdefault(name, []).append(version)
@@ -271,10 +360,15 @@ class Host:
         static TLS, a slot that eventually makes every load fail)."""
         stuck = [v for v in self._history.get(name, []) if v.state in (LEAKED, RETAINED)]
         if len(stuck) >= self.max_leaked:
-            why = "; ".join(dict.fromkeys(b for v in stuck for b in self._blockers(v))) or "see hotload ls"
+            why = (
+                "; ".join(dict.fromkeys(b for v in stuck for b in self._blockers(v)))
+                or "see hotload ls"
+            )
             raise HotloadError(
-                f"{source}: reload of {name} refused: {len(stuck)} of its images are still in memory "
-                f"(max_leaked={self.max_leaked}), {sum(v.mapped_bytes for v in stuck)} bytes: {why}. "
+                f"{source}: reload of {name} refused: {len(stuck)} of its images are still in "
+                f"memory "
+                f"(max_leaked={self.max_leaked}), {sum(v.mapped_bytes for v in stuck)} bytes: "
+                f"{why}. "
                 f"Fix the plugin, restart the process, or raise Host(max_leaked=...)"
             )
 
@@ -314,9 +408,15 @@ class Host:
             plugin._current = SWITCHING
             old.retire()
             if old.calls and not old.drained.wait(self.quiesce_timeout):
-                log.warning("%s v%d: %d call(s) still running after %.2fs; taking its state now, "
-                            "their later effects stay in v%d", plugin.name, old.seq, len(old.calls),
-                            self.quiesce_timeout, old.seq)
+                log.warning(
+                    "%s v%d: %d call(s) still running after %.2fs; taking its state now, "
+                    "their later effects stay in v%d",
+                    plugin.name,
+                    old.seq,
+                    len(old.calls),
+                    self.quiesce_timeout,
+                    old.seq,
+                )
             state = old.image.call_on_unload()
             new.image.call_on_load(old.image.version, state)
         except BaseException:
@@ -354,8 +454,12 @@ class Host:
         if hazards:
             version.state, version.note = RETAINED, "kept loaded: " + "; ".join(hazards)
             version.drop_functions()
-            log.warning("%s v%d is kept loaded, not closed: %s", version.plugin_name, version.seq,
-                        "; ".join(hazards))
+            log.warning(
+                "%s v%d is kept loaded, not closed: %s",
+                version.plugin_name,
+                version.seq,
+                "; ".join(hazards),
+            )
             return
         version.drop_functions()  # the image may be gone after this: never call into it again
         try:
@@ -382,8 +486,9 @@ class Host:
         """Reasons why closing this image could crash the process later."""
         return self._hazards(image.descriptor, image.name, lambda: self._report(image))
 
-    def _hazards(self, desc: Descriptor | None, name: str,
-                 report: Callable[[], inspector.Report | None]) -> list[str]:
+    def _hazards(
+        self, desc: Descriptor | None, name: str, report: Callable[[], inspector.Report | None]
+    ) -> list[str]:
         """Reasons why closing an image could crash the process later (its
         code may still run: threads, thread-key destructors, handlers), unless
         the plugin or the host declared it unload safe.  Soft purge, like
@@ -418,8 +523,14 @@ class Host:
         self._warned.add(image.digest)
         for f in report.findings:
             if f.pins or f.unsafe:
-                log.warning("%s (%s %s): %s%s", image.source, image.name, image.version, f.message,
-                            f" Fix: {f.fix}" if f.fix else "")
+                log.warning(
+                    "%s (%s %s): %s%s",
+                    image.source,
+                    image.name,
+                    image.version,
+                    f.message,
+                    f" Fix: {f.fix}" if f.fix else "",
+                )
 
     def _reap_loop(self) -> None:
         while True:
@@ -461,11 +572,18 @@ class Host:
         version.mapped_bytes = verdict.mapped_bytes
         if verdict.gone:
             version.state = UNLOADED
-            log.info("unloaded %s v%d: image gone from the process", version.plugin_name, version.seq)
+            log.info(
+                "unloaded %s v%d: image gone from the process", version.plugin_name, version.seq
+            )
         else:
             version.state = LEAKED
-            log.warning("%s v%d: still mapped after dlclose (%d bytes): %s", version.plugin_name,
-                        version.seq, verdict.mapped_bytes, "; ".join(self._blockers(version)))
+            log.warning(
+                "%s v%d: still mapped after dlclose (%d bytes): %s",
+                version.plugin_name,
+                version.seq,
+                verdict.mapped_bytes,
+                "; ".join(self._blockers(version)),
+            )
 
     def settle(self, timeout: float = 5.0) -> bool:
         """Wait until every retired version has been closed and checked;
@@ -511,7 +629,12 @@ class Host:
         retired: ``leaked`` (still mapped after its final dlclose) and
         ``retained`` (deliberately never closed: unloading it was unsafe)."""
         with self._lock:
-            return [self._info(v) for vs in self._history.values() for v in vs if v.state in (LEAKED, RETAINED)]
+            return [
+                self._info(v)
+                for vs in self._history.values()
+                for v in vs
+                if v.state in (LEAKED, RETAINED)
+            ]
 
     def leaked_bytes(self) -> int:
         """Total bytes of plugin images stuck in memory (leaked or retained)."""
@@ -521,11 +644,22 @@ class Host:
         img = v.image
         assert img is not None
         return VersionInfo(
-            name=v.plugin_name, seq=v.seq, plugin_version=img.version, state=v.state,
-            in_flight=len(v.calls), loaded_at=img.loaded_at, unloaded_at=v.unloaded_at,
-            source=img.source, copy=str(img.copy), digest=img.digest, size=img.size,
-            dlopen_count=img.opens, dlclose_count=img.closes, mapped_bytes=v.mapped_bytes,
-            blockers=tuple(self._blockers(v, inspect=inspect)), note=v.note,
+            name=v.plugin_name,
+            seq=v.seq,
+            plugin_version=img.version,
+            state=v.state,
+            in_flight=len(v.calls),
+            loaded_at=img.loaded_at,
+            unloaded_at=v.unloaded_at,
+            source=img.source,
+            copy=str(img.copy),
+            digest=img.digest,
+            size=img.size,
+            dlopen_count=img.opens,
+            dlclose_count=img.closes,
+            mapped_bytes=v.mapped_bytes,
+            blockers=tuple(self._blockers(v, inspect=inspect)),
+            note=v.note,
         )
 
     def _blockers(self, v: Version, *, inspect: bool = True) -> list[str]:
@@ -542,8 +676,10 @@ class Host:
         if v.state == LEAKED:
             return inspector.explain_leak(report, img.opens, img.closes)
         if v.state == RETAINED:
-            return [f"kept loaded because unloading could crash the process: {f.message}"
-                    for f in report.hazards()] + [f.message for f in report.pins()]
+            return [
+                f"kept loaded because unloading could crash the process: {f.message}"
+                for f in report.hazards()
+            ] + [f.message for f in report.pins()]
         return [f.message for f in report.pins()]
 
     # -- helpers -------------------------------------------------------------
@@ -560,8 +696,12 @@ class Host:
     def _live_handles(self) -> frozenset[int]:
         # A released image's handle is dead: glibc may hand its address to the
         # next image.  Only images still held, or leaked, are live.
-        live = {v.image.handle for vs in self._history.values() for v in vs
-                if v.image is not None and (v.image.closes < v.image.opens or v.state == LEAKED)}
+        live = {
+            v.image.handle
+            for vs in self._history.values()
+            for v in vs
+            if v.image is not None and (v.image.closes < v.image.opens or v.state == LEAKED)
+        }
         return frozenset(live | {img.handle for img in self._orphans})
 
     def _discard(self, image: loader.Image) -> None:
@@ -570,7 +710,9 @@ class Host:
         later dlopen can be mistaken for a new image."""
         hazards = self._unload_hazards(image)
         if hazards:  # its on_load may have started a thread: closing could crash the process
-            log.warning("%s: refused version kept loaded, not closed: %s", image.source, "; ".join(hazards))
+            log.warning(
+                "%s: refused version kept loaded, not closed: %s", image.source, "; ".join(hazards)
+            )
             self._orphans.append(image)
             image.copy.unlink(missing_ok=True)  # the mapping survives the name
             return
@@ -604,24 +746,27 @@ class Host:
         self._workdir.close()
 
     # -- operating a running host (the logic lives in watcher.py and control.py) --
-    def watch(self, path: str | os.PathLike[str], *, rebuild: bool = False, **options: object) -> Watcher:
+    def watch(
+        self, path: str | os.PathLike[str], *, rebuild: bool = False, **options: object
+    ) -> Watcher:
         """Watch built plugins in ``path`` (a directory or one file) and
         reload each one that changes; load new ones.  ``rebuild=True``
         watches C sources instead and rebuilds before reloading.  Options go
         to ``watcher.Watcher``.  Stopped by ``close()``."""
-        from .watcher import Watcher
+        from ._watcher import Watcher
 
         self._check_open()
         watcher = Watcher(self, path, rebuild=rebuild, **options)  # type: ignore[arg-type]
         self._services.append(watcher)
         return watcher.start()
 
-    def serve_control(self, *, directory: str | os.PathLike[str] | None = None,
-                      name: str | None = None) -> ControlServer:
+    def serve_control(
+        self, *, directory: str | os.PathLike[str] | None = None, name: str | None = None
+    ) -> ControlServer:
         """Open this host's control socket so ``hotload ls/reload/...`` in
         another process can reach it (see ``control`` for the protocol).
         Idempotent; stopped by ``close()``."""
-        from .control import ControlServer
+        from ._control import ControlServer
 
         self._check_open()
         for service in self._services:
@@ -660,8 +805,10 @@ def _check_compatible(old: loader.Image, new: loader.Candidate) -> None:
     prototype, unless the host explicitly allows a change."""
     for fname, proto in old.prototypes.items():
         if fname not in new.prototypes:
-            raise SignatureError(f"{new.source}: the new build no longer exports {fname} ({proto}); "
-                                 f"callers still use it. Pass allow_signature_change=True to accept")
+            raise SignatureError(
+                f"{new.source}: the new build no longer exports {fname} ({proto}); "
+                f"callers still use it. Pass allow_signature_change=True to accept"
+            )
         if sig.pointer_type(proto) is not sig.pointer_type(new.prototypes[fname]):
             raise SignatureError(
                 f"{new.source}: {fname} changed from {proto!r} (v{old.version}) to "

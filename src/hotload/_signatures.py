@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import cffi
 
-from .errors import SignatureError
+from ._errors import SignatureError
 
 ffi = cffi.FFI()
 
@@ -41,8 +41,9 @@ def parse(signature: str, *, where: str, function: str) -> cffi.FFI.CType:
         return pointer_type(signature)
     except (ValueError, TypeError, cffi.CDefError, cffi.FFIError) as exc:
         cause = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise SignatureError(f"{where}: cannot parse the C signature of {function}: "
-                             f"{signature!r}: {cause}") from None
+        raise SignatureError(
+            f"{where}: cannot parse the C signature of {function}: {signature!r}: {cause}"
+        ) from None
 
 
 def spelling(ctype: cffi.FFI.CType) -> str:
@@ -58,8 +59,10 @@ def check_declared(declared: Mapping[str, str], found: Mapping[str, str], *, whe
     """
     for name, want in declared.items():
         if name not in found:
-            raise SignatureError(f"{where}: the host expects {name} with prototype {want!r}, "
-                                 f"but the plugin does not export it")
+            raise SignatureError(
+                f"{where}: the host expects {name} with prototype {want!r}, "
+                f"but the plugin does not export it"
+            )
         got = found[name]
         want_t = parse(want, where="host signatures", function=name)
         got_t = parse(got, where=where, function=name)
