@@ -207,16 +207,20 @@ def test_double_close_is_refused_and_counts_stay_honest(tmp_path: Path, example_
 
     work = WorkDir(tmp_path / "w")
     try:
-        image = loader.open_version(str(example_plugins["loot_drop"]), work, 1)
+        source = str(example_plugins["loot_drop"])
+        cand = loader.candidate(loader.read_source(source), source)
+        opener = loader.Loader(work)
+        image = opener.open(opener.stage(cand, 1), may_close=lambda c: True)
         assert (image.opens, image.closes) == (1, 0)
-        verdict = loader.close_version(image)
+        opener.release(image)
+        verdict = opener.verify_gone(image)
         assert verdict.gone and not verdict.loader_has and verdict.mapped_bytes == 0
         with pytest.raises(
             LoadError,
             match=r"loot_drop\.so: version copy .* is already closed "
             r"\(dlopen 1, dlclose 1\): refusing a double close",
         ):
-            loader.release(image)
+            opener.release(image)
         assert (image.opens, image.closes) == (1, 1)
     finally:
         work.close()

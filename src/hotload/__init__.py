@@ -20,11 +20,12 @@ from ._errors import (
     LoadError,
     NotLoadedError,
     SignatureError,
+    TrustError,
 )
 from ._host import Host
 from ._preflight import PreflightError
-from ._registry import Plugin, VersionInfo
-from ._trust import TrustError
+from ._registry import Plugin
+from ._version import VersionInfo, VersionState
 
 __all__ = [
     "ABI_VERSION",
@@ -43,5 +44,6 @@ __all__ = [
     "SignatureError",
     "TrustError",
     "VersionInfo",
+    "VersionState",
 ]
 __version__ = "0.1.0"

@@ -83,7 +83,7 @@ from ._errors import HotloadError, NotLoadedError
 from ._workdir import ensure_private_dir, runtime_base
 
 if TYPE_CHECKING:
-    from ._host import Host
+    from ._protocols import PluginHost
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class ControlServer:
 
     def __init__(
         self,
-        host: Host,
+        host: PluginHost,
         *,
         directory: str | os.PathLike[str] | None = None,
         name: str | None = None,

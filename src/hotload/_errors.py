@@ -30,6 +30,11 @@ class HookError(HotloadError):
     """A plugin's on_load refused to start or its on_unload failed."""
 
 
+class HookTimeoutError(HookError):
+    """A hook did not return within ``Host(hook_timeout=...)``.  It is still
+    running plugin code, so its image is kept loaded."""
+
+
 class NotLoadedError(HotloadError, KeyError):
     """No plugin (or version) by that name is loaded in this host."""
 
@@ -39,3 +44,8 @@ class NotLoadedError(HotloadError, KeyError):
 
 class ClosedError(HotloadError):
     """The host (or plugin) has been closed."""
+
+
+class TrustError(HotloadError):
+    """The plugin file, or a directory above it, fails the ownership and
+    permission checks, or its digest is not in the host's allow-list."""

@@ -1,40 +1,44 @@
-"""The host: the object a service creates to load, call, swap and unload
-plugins.  It owns the work directory, the per-plugin version registry and a
-reaper thread that closes retired versions once their last call returns."""
+"""The host: what a service creates to load, call, swap and unload plugins.
+
+It keeps the public methods and delegates the work, one way down: the
+loader reads, checks, copies and opens a build; the registry routes calls
+to it; the reaper retires it; the unload policy says whether it may close.
+"""
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import _inspector as inspector
 from . import _loader as loader
 from . import _signatures as sig
 from . import _trust as trust
-from ._descriptor import Descriptor
-from ._errors import ClosedError, HotloadError, NotLoadedError, SignatureError
-from ._preflight import PreflightWorker
-from ._registry import (
-    LEAKED,
-    RETAINED,
-    SWITCHING,
-    UNLOADED,
-    UNLOADED_PLUGIN,
-    Plugin,
-    Version,
-    VersionInfo,
+from ._control import ControlServer
+from ._errors import (
+    ClosedError,
+    DescriptorError,
+    HookTimeoutError,
+    HotloadError,
+    InvalidPluginError,
+    NotLoadedError,
+    SignatureError,
 )
+from ._loader import Candidate, Image, Loader, Staged
+from ._policy import UnloadPolicy
+from ._preflight import PreflightWorker
+from ._protocols import PathOrCandidate, Service
+from ._reaper import Reaper
+from ._record import PluginRecord
+from ._registry import Plugin
+from ._version import Version, VersionInfo, VersionState
+from ._watcher import Watcher
 from ._workdir import WorkDir
-
-if TYPE_CHECKING:
-    from ._control import ControlServer
-    from ._watcher import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +49,9 @@ class Host:
     ``quiesce_timeout``: how long a swap of a *stateful* plugin (one with an
     ``on_unload`` hook) waits for calls in the old version to return before
     taking its state; new calls wait during that short switch so that no
-    update is lost.  A call still running after the timeout finishes on the
-    old version, and its effect after the snapshot is not carried over (a
-    warning says so).  Stateless plugins swap without any wait.
+    update is lost.  Stateless plugins swap without any wait.
+    ``hook_timeout``: how long ``on_load``/``on_unload`` may run in this
+    process before the swap is refused (the stuck image stays loaded).
     """
 
     def __init__(
@@ -57,49 +61,34 @@ class Host:
         quiesce_timeout: float = 0.5,
         preflight: bool = True,
         preflight_timeout: float = 5.0,
+        hook_timeout: float | None = 10.0,
         max_leaked: int = 3,
         trust_checks: bool = True,
         allowed_digests: str | os.PathLike[str] | Iterable[str] | None = None,
+        max_plugin_size: int = loader.DEFAULT_MAX_PLUGIN_SIZE,
         keep_versions: int = 8,
         history_limit: int = 64,
         control: bool = False,
     ) -> None:
-        if not getattr(sys, "_is_gil_enabled", lambda: True)():
-            raise HotloadError(
-                "hotload needs the GIL: its lock-free call routing is not safe on a "
-                "free-threaded CPython with the GIL disabled (run with PYTHON_GIL=1)"
-            )
+        _refuse_free_threading()
+        _enable_faulthandler()
         self.quiesce_timeout = quiesce_timeout
         self.preflight = preflight
-        self.max_leaked = max_leaked
+        self.hook_timeout = hook_timeout
         self.trust_checks = trust_checks
+        self.max_plugin_size = max_plugin_size
         self.keep_versions = keep_versions
         self.history_limit = history_limit
-        self._allowed = (
-            trust.load_allow_list(allowed_digests) if allowed_digests is not None else None
-        )
-        self._preflight = PreflightWorker(preflight_timeout)
+        self._allowed = trust.load_allow_list(allowed_digests) if allowed_digests else None
         self._workdir = WorkDir(workdir)
-        self._lock = threading.RLock()
-        self._plugins: dict[str, Plugin] = {}
-        self._history: dict[str, list[Version]] = {}
-        self._sources: dict[str, tuple[str, dict[str, str] | None]] = {}
-        self._seq: dict[str, int] = {}
-        self._retired: list[Version] = []
-        self._unverified: list[Version] = []
-        self._verifying = 0
-        self._orphans: list[loader.Image] = []
-        self._chain: dict[str, list[int]] = {}  # seqs that went live by load/reload, for rollback
-        self._kept: dict[tuple[str, int], tuple[bytes, str]] = {}  # their bytes and source path
-        self._pruned: dict[str, int] = {}  # unloaded versions dropped from the history
-        self._unload_safe: dict[str, bool] = {}  # the host declared: close even with hazards
-        self._to_inspect: list[loader.Image] = []
-        self._warned: set[str] = set()
-        self._wake = threading.Event()
+        self._loader = Loader(self._workdir)
+        self._policy = UnloadPolicy(max_leaked)
+        self._reaper = Reaper(self._loader, self._policy)
+        self._preflight = PreflightWorker(preflight_timeout)
+        self._lock = threading.Lock()  # guards _records and _closed; never held across work
+        self._records: dict[str, PluginRecord] = {}
         self._closed = False
-        self._reaper = threading.Thread(target=self._reap_loop, name="hotload-reaper", daemon=True)
-        self._reaper.start()
-        self._services: list = []  # watchers and the control server; close() stops them
+        self._services: list[Service] = []
         if control:
             try:
                 self.serve_control()
@@ -107,7 +96,6 @@ class Host:
                 self.close()
                 raise
 
-    # -- context manager ----------------------------------------------------
     def __enter__(self) -> Host:
         return self
 
@@ -118,10 +106,52 @@ class Host:
     def workdir(self) -> Path:
         return self._workdir.path
 
-    # -- loading --------------------------------------------------------------
-    def load(
+    @property
+    def max_leaked(self) -> int:
+        return self._policy.max_leaked
+
+    # -- reading ----------------------------------------------------------------
+    def read(
         self,
         path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        signatures: Mapping[str, str] | None = None,
+    ) -> Candidate:
+        """Read a plugin file once and check it: trust rules on the path, the
+        size cap, the binary format, the descriptor, the allow-list.  The
+        candidate can be passed to ``load`` or ``reload``."""
+        source = os.fspath(path)
+        try:
+            real = trust.check_path(source) if self.trust_checks else None
+            data = loader.read_source(
+                source,
+                real=real,
+                verify=(lambda st: trust.check_stat(st, source, real)) if real else None,
+                max_size=self.max_plugin_size,
+            )
+        except (OSError, ValueError) as exc:  # a path racing with us, a NUL byte...
+            raise InvalidPluginError(f"{source}: cannot read: {exc}") from None
+        return self._checked(loader.candidate(data, source, name=name, declared=signatures))
+
+    def adopt(self, data: bytes, *, source: str, name: str | None = None) -> Candidate:
+        """Check bytes that came from elsewhere (the fleet) as ``read`` does."""
+        if len(data) > self.max_plugin_size:
+            raise InvalidPluginError(
+                f"{source}: {len(data)} bytes is over the plugin size cap "
+                f"({self.max_plugin_size}; Host(max_plugin_size=...))"
+            )
+        return self._checked(loader.candidate(bytes(data), source, name=name))
+
+    def _checked(self, cand: Candidate) -> Candidate:
+        if self._allowed is not None:
+            trust.check_digest(cand.source, cand.digest, *self._allowed)
+        return cand
+
+    # -- loading ------------------------------------------------------------------
+    def load(
+        self,
+        path: PathOrCandidate,
         *,
         name: str | None = None,
         signatures: Mapping[str, str] | None = None,
@@ -130,56 +160,48 @@ class Host:
     ) -> Plugin:
         """Load a plugin as its first version and return its call handle.
 
-        ``unload_safe=True`` is the host's word for what a plugin says with
-        ``HOTLOAD_UNLOAD_SAFE()``: nothing of it runs after it is closed, so
-        its old versions are closed even where the inspector sees hazards.
-        It is meant for libraries without a descriptor (a Rust ``cdylib``
-        imports ``pthread_key_create`` through its runtime whether it uses
-        thread keys or not).
-
         The name and C signatures come from the plugin's descriptor; a library
-        without one needs ``name`` and ``signatures`` (which a descriptor, if
-        present, must agree with)."""
-        source = os.fspath(path)
+        without one needs ``name`` and ``signatures``.  ``unload_safe=True`` is
+        the host's word for ``HOTLOAD_UNLOAD_SAFE()``: nothing of it runs after
+        it is closed (for libraries without a descriptor, e.g. a Rust cdylib)."""
         declared = dict(signatures) if signatures else None
-        with self._lock:
+        self._check_open()
+        cand = (
+            path if isinstance(path, Candidate) else self.read(path, name=name, signatures=declared)
+        )
+        rec = self._record_for(cand.name)
+        with rec.lock:
             self._check_open()
-            if name is not None and name in self._plugins:
+            if rec.plugin is not None:
                 raise HotloadError(
-                    f"{source}: plugin {name} is already loaded; use reload({name!r})"
+                    f"{cand.source}: plugin {cand.name} is already loaded; "
+                    f"use reload({cand.name!r})"
                 )
-            cand = self._candidate(source, name, declared)
-            if cand.name in self._plugins:
-                cand.discard()
-                raise HotloadError(
-                    f"{source}: plugin {cand.name} is already loaded; use reload({cand.name!r})"
-                )
-            self._unload_safe[cand.name] = unload_safe
+            rec.declared, rec.unload_safe = declared, unload_safe
+            staged = self._loader.stage(cand, rec.seq + 1)
+            image = self._open(rec, staged, None, preflight)
+            plugin = Plugin(cand.name, rec.infos)
+            version = Version(cand.name, staged.seq, image, self._reaper.wake)
             try:
-                image = self._open(cand, None, preflight, declared)
+                commit = plugin.prepare(version)
             except BaseException:
-                del self._unload_safe[cand.name]
+                self._discard(rec, version)
                 raise
-            plugin = Plugin(image.name, self.versions)
-            version = self._new_version(image)
-            try:
-                commit = plugin._prepare(version)
-                image.call_on_load(None, None)
-            except BaseException:
-                self._discard(image)
-                del self._unload_safe[cand.name]
-                raise
+            self._start(rec, version, None, None)
             commit()
-            self._record(version, source, declared, cand.data, live_by="load")
-            self._publish(plugin, version)
-            self._plugins[image.name] = plugin
-            log.info("loaded %s %s as v%d from %s", image.name, image.version, version.seq, source)
+            plugin.publish(version)
+            rec.plugin, rec.source = plugin, cand.source
+            rec.add(version)
+            rec.went_live(version, cand.data, cand.source)
+            log.info(
+                "loaded %s %s as v%d from %s", cand.name, cand.version, version.seq, cand.source
+            )
             return plugin
 
     def reload(
         self,
         name: str,
-        path: str | os.PathLike[str] | None = None,
+        path: PathOrCandidate | None = None,
         *,
         allow_signature_change: bool = False,
         preflight: bool | None = None,
@@ -187,574 +209,250 @@ class Host:
         """Load the plugin's file again (or ``path``) as a new version and
         route new calls to it.  On any failure the current version keeps
         serving with its state, and the error says which file and why."""
-        with self._lock:
+        rec = self._loaded(name)
+        with rec.lock:
             self._check_open()
-            plugin = self._plugin(name)
-            default_source, declared = self._sources[name]
-            source = os.fspath(path) if path is not None else default_source
-            self._check_leak_budget(name, source)
-            cand = self._candidate(source, name, declared)
-            return self._swap_in(
-                plugin, cand, declared, allow_signature_change, preflight, "reload"
-            )
+            self._loaded(name)
+            if isinstance(path, Candidate):
+                cand = path
+                self._policy.check_budget(rec.history, name, cand.source)
+            else:
+                source = rec.source if path is None else os.fspath(path)
+                self._policy.check_budget(rec.history, name, source)
+                cand = self.read(source, name=name, signatures=rec.declared)
+            if cand.name != name:
+                raise DescriptorError(
+                    f"{cand.source}: the file declares plugin {cand.name!r}, not {name!r}"
+                )
+            version = self._swap_in(rec, cand, allow_signature_change, preflight)
+            rec.went_live(version, cand.data, cand.source)
+            rec.source = cand.source
+            return rec.info(version, inspect=False)  # the reaper inspects a new build
 
     def rollback(self, name: str, *, preflight: bool | None = None) -> VersionInfo:
-        """Make the version that was live before the current one live again,
-        as a new seq (the history stays honest), with state handed across as
-        in a reload."""
-        with self._lock:
+        """Make the build that was live before the current one live again, as
+        a new version (the history stays honest), with state handed across as
+        in a reload.  See ``_record`` for what "before" means."""
+        rec = self._loaded(name)
+        with rec.lock:
             self._check_open()
-            plugin = self._plugin(name)
-            chain = self._chain[name]
-            cur = plugin._current
-            assert isinstance(cur, Version)
-            if len(chain) < 2:
-                raise HotloadError(
-                    f"{name}: nothing to roll back to: v{chain[-1]} is the first version "
-                    f"this host loaded"
-                )
-            target = chain[-2]
-            kept = self._kept.get((name, target))
-            if kept is None:
-                raise HotloadError(
-                    f"{name}: cannot roll back to v{target}: its bytes are no longer kept "
-                    f"(Host(keep_versions={self.keep_versions}))"
-                )
-            data, source = kept
-            declared = self._sources[name][1]
-            self._check_leak_budget(name, source)
-            cand = loader.prepare(
-                source, self._workdir, self._seq[name] + 1, name=name, declared=declared, data=data
-            )
-            info = self._swap_in(plugin, cand, declared, True, preflight, f"rollback to v{target}")
-            self._kept.pop((name, chain.pop()), None)
-            chain[-1] = info.seq
-            self._kept[(name, info.seq)] = self._kept.pop((name, target))
-            return info
+            self._loaded(name)
+            target = rec.rollback_target()
+            self._policy.check_budget(rec.history, name, target.source)
+            cand = loader.candidate(target.data, target.source, name=name, declared=rec.declared)
+            note = f"rollback to v{target.seq}"
+            if target.first_seq != target.seq:
+                note += f" (first loaded as v{target.first_seq})"
+            version = self._swap_in(rec, cand, True, preflight, note=note)
+            rec.rolled_back(version)
+            return rec.info(version, inspect=False)
 
+    def unload(self, name: str) -> None:
+        """Stop serving a plugin; its versions close once their calls return."""
+        rec = self._loaded(name)
+        with rec.lock:
+            plugin = self._loaded(name).plugin
+            assert plugin is not None
+            current = plugin.close()
+            rec.unloaded()
+            if current is not None:
+                self._reaper.retire(current, unload_safe=rec.unload_safe)
+
+    # -- the swap -------------------------------------------------------------------
     def _swap_in(
         self,
-        plugin: Plugin,
-        cand: loader.Candidate,
-        declared: dict[str, str] | None,
+        rec: PluginRecord,
+        cand: Candidate,
         allow_signature_change: bool,
         preflight: bool | None,
-        why: str,
-    ) -> VersionInfo:
-        old = plugin._current
-        assert isinstance(old, Version) and old.image is not None
+        note: str = "",
+    ) -> Version:
+        old = rec.current
+        assert old is not None
         if not allow_signature_change:
-            try:
-                _check_compatible(old.image, cand)
-            except BaseException:
-                cand.discard()
-                raise
-        image = self._open(cand, old, preflight, declared)
-        version = self._new_version(image)
-        self._switch(plugin, old, version)
-        self._record(
-            version,
-            cand.source if why == "reload" else self._sources[plugin.name][0],
-            declared,
-            cand.data,
-            live_by=why,
-        )
-        if why != "reload":
-            version.note = why
+            _check_compatible(old.image, cand)
+        staged = self._loader.stage(cand, rec.seq + 1)
+        image = self._open(rec, staged, old, preflight)
+        new = Version(rec.name, staged.seq, image, self._reaper.wake)
+        new.note = note
+        self._switch(rec, old, new)
+        rec.add(new)
         log.info(
             "%s %s: v%d (%s) -> v%d (%s)",
-            why,
-            plugin.name,
+            note or "reload",
+            rec.name,
             old.seq,
             old.image.version,
-            version.seq,
+            new.seq,
             image.version,
         )
-        return self._info(
-            version, inspect=False
-        )  # a new build is inspected by the reaper, not here
-
-    def _candidate(
-        self, source: str, name: str | None, declared: dict[str, str] | None
-    ) -> loader.Candidate:
-        """Trust checks on the path, then read, check and copy the file."""
-        real = trust.check_path(source) if self.trust_checks else None
-        verify = (lambda st: trust.check_stat(st, source, real)) if real else None
-        cand = loader.prepare(
-            source,
-            self._workdir,
-            self._seq.get(name or "", 0) + 1,
-            name=name,
-            declared=declared,
-            real=real,
-            verify=verify,
-        )
-        if self._allowed is not None:
-            try:
-                trust.check_digest(source, cand.digest, *self._allowed)
-            except BaseException:
-                cand.discard()
-                raise
-        return cand
+        return new
 
     def _open(
-        self,
-        cand: loader.Candidate,
-        old: Version | None,
-        preflight: bool | None,
-        declared: dict[str, str] | None,
-    ) -> loader.Image:
-        """Preflight the candidate (unless off), then open it in this process."""
+        self, rec: PluginRecord, staged: Staged, old: Version | None, preflight: bool | None
+    ) -> Image:
+        """Preflight the staged copy (unless off), then open it here."""
+        cand = staged.cand
         try:
             if self.preflight if preflight is None else preflight:
-                old_img = old.image if old is not None else None
-                state = old_img.call_on_unload() if old_img is not None else None
+                state = self._take_state(rec, old) if old is not None else None
                 result = self._preflight.check(
-                    str(cand.copy),
+                    str(staged.copy),
                     cand.source,
                     name=cand.name,
-                    declared=declared,
-                    prev_version=old_img.version if old_img else None,
+                    declared=rec.declared,
+                    prev_version=old.image.version if old is not None else None,
                     state=state,
-                    unload_safe=self._declared_safe(cand.descriptor, cand.name),
+                    unload_safe=rec.unload_safe
+                    or bool(cand.descriptor and cand.descriptor.unload_safe),
                 )
                 if result.get("report"):  # the worker inspected it: no ELF parse in this process
                     inspector.remember(inspector.Report.from_dict(result["report"]))
         except BaseException:
-            cand.discard()
+            staged.discard()
             raise
-        image = loader.open_candidate(
-            cand,
-            self._workdir,
-            self._live_handles,
-            may_close=lambda c: (
-                not self._hazards(c.descriptor, c.name, lambda: _inspect_quietly(c))
-            ),
+        image = self._loader.open(
+            staged, may_close=lambda c: self._policy.may_close_candidate(c, rec.unload_safe)
         )
-        self._to_inspect.append(image)
-        self._wake.set()
+        self._reaper.inspect_later(image)
         return image
 
-    def _record(
-        self,
-        version: Version,
-        source: str,
-        declared: dict[str, str] | None,
-        data: bytes,
-        live_by: str,
-    ) -> None:
-        name = version.plugin_name
-        self._seq[name] = version.seq
-        self._history.setdefault(name, []).append(version)
-        self._sources[name] = (source, declared)
-        if live_by in ("load", "reload"):
-            chain = self._chain.setdefault(name, [])
-            chain.append(version.seq)
-            self._kept[(name, version.seq)] = (data, source)
-            while len(chain) > self.keep_versions:
-                self._kept.pop((name, chain.pop(0)), None)
-
-    def _check_leak_budget(self, name: str, source: str) -> None:
-        """Refuse another reload of a plugin whose images cannot leave memory
-        once ``max_leaked`` of them are stuck: each costs memory (and, for
-        static TLS, a slot that eventually makes every load fail)."""
-        stuck = [v for v in self._history.get(name, []) if v.state in (LEAKED, RETAINED)]
-        if len(stuck) >= self.max_leaked:
-            why = (
-                "; ".join(dict.fromkeys(b for v in stuck for b in self._blockers(v)))
-                or "see hotload ls"
-            )
-            raise HotloadError(
-                f"{source}: reload of {name} refused: {len(stuck)} of its images are still in "
-                f"memory "
-                f"(max_leaked={self.max_leaked}), {sum(v.mapped_bytes for v in stuck)} bytes: "
-                f"{why}. "
-                f"Fix the plugin, restart the process, or raise Host(max_leaked=...)"
-            )
-
-    def unload(self, name: str) -> None:
-        """Stop serving a plugin; its versions close once their calls return."""
-        with self._lock:
-            plugin = self._plugin(name)
-            cur = plugin._current
-            plugin._current = UNLOADED_PLUGIN
-            plugin._switched.set()
-            del self._plugins[name]
-            if isinstance(cur, Version):
-                self._retire(cur)
-
-    def _switch(self, plugin: Plugin, old: Version, new: Version) -> None:
-        """Hand over state and make ``new`` current, or leave ``old`` serving."""
-        assert old.image is not None and new.image is not None
-        try:
-            commit = plugin._prepare(new)  # may fail: before anything is switched
-        except BaseException:
-            self._discard(new.image)
-            raise
+    def _take_state(self, rec: PluginRecord, old: Version) -> bytes | None:
         if old.image.on_unload is None:
-            try:
-                new.image.call_on_load(old.image.version, None)
-            except BaseException:
-                self._discard(new.image)
-                raise
-            commit()
-            self._publish(plugin, new)
-            self._retire(old)
-            return
-        # Stateful: hold new calls at the gate, let the old version go quiet,
-        # snapshot its state, start the new version with it.
+            return None
+        return rec.hooks.run(old.image.call_on_unload, _hook_name(old.image, "on_unload"))
+
+    def _switch(self, rec: PluginRecord, old: Version, new: Version) -> None:
+        """Hand over state and make ``new`` current, or leave ``old`` serving.
+
+        A stateful plugin (one with ``on_unload``) holds new calls at the gate
+        while the old version goes quiet, so no update is lost between its
+        snapshot and the new version's start; a stateless one switches at once."""
+        plugin = rec.plugin
+        assert plugin is not None
         try:
-            plugin._switched.clear()
-            plugin._current = SWITCHING
-            old.retire()
-            if old.calls and not old.drained.wait(self.quiesce_timeout):
-                log.warning(
-                    "%s v%d: %d call(s) still running after %.2fs; taking its state now, "
-                    "their later effects stay in v%d",
-                    plugin.name,
-                    old.seq,
-                    len(old.calls),
-                    self.quiesce_timeout,
-                    old.seq,
-                )
-            state = old.image.call_on_unload()
-            new.image.call_on_load(old.image.version, state)
+            commit = plugin.prepare(new)  # may fail: before anything is switched
         except BaseException:
-            old.unretire()
-            self._publish(plugin, old)
-            self._discard(new.image)
+            self._discard(rec, new)
+            raise
+        stateful = old.image.on_unload is not None
+        try:
+            if stateful:
+                plugin.hold()
+                old.retire()
+                if old.calls and not old.drained.wait(self.quiesce_timeout):
+                    log.warning(
+                        "%s v%d: %d call(s) still running after %.2fs; taking its state "
+                        "now, their later effects stay in v%d",
+                        rec.name,
+                        old.seq,
+                        len(old.calls),
+                        self.quiesce_timeout,
+                        old.seq,
+                    )
+            try:
+                state = self._take_state(rec, old)
+            except BaseException:
+                self._discard(rec, new)
+                raise
+            self._start(rec, new, old.image.version, state)
+        except BaseException:
+            if stateful:
+                old.unretire()
+                plugin.publish(old)
             raise
         commit()
-        self._publish(plugin, new)
-        self._retire(old, already=True)
+        plugin.publish(new)
+        if not stateful:
+            old.retire()
+        self._reaper.retire(old, unload_safe=rec.unload_safe)
 
-    @staticmethod
-    def _publish(plugin: Plugin, version: Version) -> None:
-        plugin._current = version
-        plugin._switched.set()
-
-    # -- retiring and the reaper ---------------------------------------------
-    def _retire(self, version: Version, *, already: bool = False) -> None:
-        """Take a version out of service.  If no call is in it, release it at
-        once (``dlclose`` is cheap), so a burst of reloads never piles up
-        images; the reaper closes busy ones when their last call returns and
-        does the costly check that each image really left."""
-        if not already:
-            version.retire()
-        assert version.image is not None
-        if version.calls or inspector.cached(version.image.digest, version.image.source) is None:
-            self._retired.append(version)  # busy, or never inspected: the reaper releases it
-        else:
-            self._release(version)
-        self._wake.set()
-
-    def _release(self, version: Version) -> None:
-        assert version.image is not None
-        hazards = self._unload_hazards(version.image)
-        if hazards:
-            version.state, version.note = RETAINED, "kept loaded: " + "; ".join(hazards)
-            version.drop_functions()
-            log.warning(
-                "%s v%d is kept loaded, not closed: %s",
-                version.plugin_name,
-                version.seq,
-                "; ".join(hazards),
-            )
-            return
-        version.drop_functions()  # the image may be gone after this: never call into it again
-        try:
-            loader.release(version.image)
-        except HotloadError as exc:
-            log.error("%s", exc)
-            version.state, version.note = LEAKED, str(exc)
-            return
-        self._unverified.append(version)
-
-    def _prune(self, name: str) -> None:
-        """Keep the history bounded: every version still in memory stays, but
-        only the newest ``history_limit`` unloaded ones (each costs ~5 KB;
-        a service reloading all day must not grow)."""
-        hist = self._history.get(name, [])
-        done = [v for v in hist if v.state == UNLOADED]
-        excess = len(done) - self.history_limit
-        if excess > 0:
-            drop = {id(v) for v in done[:excess]}
-            self._history[name] = [v for v in hist if id(v) not in drop]
-            self._pruned[name] = self._pruned.get(name, 0) + excess
-
-    def _unload_hazards(self, image: loader.Image) -> list[str]:
-        """Reasons why closing this image could crash the process later."""
-        return self._hazards(image.descriptor, image.name, lambda: self._report(image))
-
-    def _hazards(
-        self, desc: Descriptor | None, name: str, report: Callable[[], inspector.Report | None]
-    ) -> list[str]:
-        """Reasons why closing an image could crash the process later (its
-        code may still run: threads, thread-key destructors, handlers), unless
-        the plugin or the host declared it unload safe.  Soft purge, like
-        Erlang: keep the code rather than pull it out from under a thread."""
-        if self._declared_safe(desc, name):
-            return []
-        found = report()
-        return [f.message for f in found.hazards()] if found is not None else []
-
-    def _declared_safe(self, desc: Descriptor | None, name: str) -> bool:
-        """HOTLOAD_UNLOAD_SAFE() in the plugin, or load(unload_safe=True) by the host."""
-        return bool((desc is not None and desc.unload_safe) or self._unload_safe.get(name))
-
-    def _report(self, image: loader.Image) -> inspector.Report | None:
-        """The inspector's report on an image (cached by digest)."""
-        hit = inspector.cached(image.digest, image.source)
-        if hit is not None:
-            return hit  # without reading the copy again
-        try:
-            return inspector.inspect_bytes(image.copy.read_bytes(), image.source, image.digest)
-        except (HotloadError, OSError) as exc:
-            log.debug("cannot inspect %s: %s", image.copy, exc)
-            return None
-
-    def _inspect_new(self, image: loader.Image) -> None:
-        """Inspect a newly loaded image off the reload path (the reaper does
-        it): warm the cache, and warn once per build about what will keep it
-        in memory or make it unsafe to unload."""
-        report = self._report(image)
-        if report is None or image.digest in self._warned:
-            return
-        self._warned.add(image.digest)
-        for f in report.findings:
-            if f.pins or f.unsafe:
-                log.warning(
-                    "%s (%s %s): %s%s",
-                    image.source,
-                    image.name,
-                    image.version,
-                    f.message,
-                    f" Fix: {f.fix}" if f.fix else "",
-                )
-
-    def _reap_loop(self) -> None:
-        while True:
-            self._wake.wait(0.25 if self._retired else None)
-            self._wake.clear()
-            with self._lock:
-                ready = [v for v in self._retired if not v.calls]
-                fresh, self._to_inspect = self._to_inspect, []
-                self._verifying = len(ready) + len(fresh)  # settle() waits for this work too
-            # Inspect outside the lock (~2 ms with pyelftools): the releases
-            # below then find every report cached and never stall a reload.
-            for image in fresh:
-                self._inspect_new(image)
-            for version in ready:
-                assert version.image is not None
-                self._report(version.image)
-            with self._lock:
-                for version in ready:
-                    if version in self._retired and not version.calls:
-                        self._retired.remove(version)
-                        self._release(version)
-                batch, self._unverified = self._unverified, []
-                self._verifying = len(batch)
-                done = self._closed and not self._retired
-            for version in batch:  # outside the lock: reading /proc/self/maps costs ~0.3 ms
-                self._verify(version)
-            with self._lock:
-                self._verifying = 0
-                for name in {v.plugin_name for v in batch}:
-                    self._prune(name)
-            if done and not self._unverified:
-                return
-
-    def _verify(self, version: Version) -> None:
+    def _start(
+        self, rec: PluginRecord, version: Version, prev: str | None, state: bytes | None
+    ) -> None:
+        """Run the new version's ``on_load``; a version that refuses is closed,
+        one whose hook never returns is kept (its code is still running)."""
         image = version.image
-        assert image is not None
-        verdict = loader.verify_gone(image)
-        version.unloaded_at = time.time()
-        version.mapped_bytes = verdict.mapped_bytes
-        if verdict.gone:
-            version.state = UNLOADED
-            log.info(
-                "unloaded %s v%d: image gone from the process", version.plugin_name, version.seq
-            )
-        else:
-            version.state = LEAKED
-            log.warning(
-                "%s v%d: still mapped after dlclose (%d bytes): %s",
-                version.plugin_name,
-                version.seq,
-                verdict.mapped_bytes,
-                "; ".join(self._blockers(version)),
-            )
+        try:
+            rec.hooks.run(lambda: image.call_on_load(prev, state), _hook_name(image, "on_load"))
+        except HookTimeoutError as exc:
+            version.retain(f"refused: {exc}")
+            self._loader.keep(image)
+            rec.add(version)
+            raise
+        except BaseException:
+            self._discard(rec, version)
+            raise
 
-    def settle(self, timeout: float = 5.0) -> bool:
-        """Wait until every retired version has been closed and checked;
-        True when none is left draining."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                if not (self._retired or self._unverified or self._verifying or self._to_inspect):
-                    return True
-            if time.monotonic() >= deadline:
-                return False
-            self._wake.set()
-            time.sleep(0.002)
+    def _discard(self, rec: PluginRecord, version: Version) -> None:
+        """Close a version that never served, unless code its constructors
+        started may still run (then it stays loaded)."""
+        hazards = self._policy.hazards(version.image, rec.unload_safe)
+        self._loader.discard(version.image, may_close=not hazards)
 
-    # -- queries ----------------------------------------------------------------
+    # -- queries -----------------------------------------------------------------
     def plugin(self, name: str) -> Plugin:
-        with self._lock:
-            return self._plugin(name)
+        """The call handle of a loaded plugin (also ``host[name]``)."""
+        plugin = self._loaded(name).plugin
+        assert plugin is not None
+        return plugin
 
     __getitem__ = plugin
 
     def __contains__(self, name: object) -> bool:
-        return name in self._plugins
+        rec = self._records.get(name) if isinstance(name, str) else None
+        return rec is not None and rec.plugin is not None
 
     def names(self) -> list[str]:
-        return sorted(self._plugins)
+        """The names of the plugins loaded now."""
+        return sorted(n for n, r in list(self._records.items()) if r.plugin is not None)
 
-    def versions(self, name: str) -> list[VersionInfo]:
-        """The versions of ``name`` this host has loaded, oldest first: every
-        one still in memory, and the newest ``history_limit`` unloaded ones
-        (``pruned(name)`` counts the older unloaded ones left out)."""
-        with self._lock:
-            if name not in self._history:
-                raise NotLoadedError(f"no plugin named {name!r} was loaded in this host")
-            return [self._info(v) for v in self._history[name]]
+    def current(self, name: str) -> VersionInfo | None:
+        """The version serving ``name`` now, or None when it is not loaded."""
+        rec = self._records.get(name)
+        version = rec.current if rec is not None else None
+        return rec.info(version, inspect=False) if rec is not None and version else None
+
+    def versions(self, name: str | None = None) -> list[VersionInfo]:
+        """The versions this host has loaded, oldest first (every plugin's,
+        by name, when ``name`` is None): every one still in memory, and the
+        newest ``history_limit`` unloaded ones (``pruned(name)`` counts the
+        rest).  Never waits for a swap in progress."""
+        if name is None:
+            return [i for n in sorted(self._records) for i in self._records[n].infos()]
+        rec = self._records.get(name)
+        if rec is None:
+            raise NotLoadedError(f"no plugin named {name!r} was loaded in this host")
+        return rec.infos()
 
     def pruned(self, name: str) -> int:
         """How many old, unloaded versions of ``name`` the history dropped."""
-        return self._pruned.get(name, 0)
+        rec = self._records.get(name)
+        return rec.pruned if rec is not None else 0
 
     def leaks(self) -> list[VersionInfo]:
-        """Every version whose image is still in memory although it was
-        retired: ``leaked`` (still mapped after its final dlclose) and
-        ``retained`` (deliberately never closed: unloading it was unsafe)."""
-        with self._lock:
-            return [
-                self._info(v)
-                for vs in self._history.values()
-                for v in vs
-                if v.state in (LEAKED, RETAINED)
-            ]
+        """Every retired version whose image is still in memory: ``leaked``
+        (mapped after its final dlclose) and ``retained`` (never closed:
+        unloading it was unsafe)."""
+        stuck = (VersionState.LEAKED, VersionState.RETAINED)
+        return [i for i in self.versions() if i.state in stuck]
 
     def leaked_bytes(self) -> int:
         """Total bytes of plugin images stuck in memory (leaked or retained)."""
         return sum(v.mapped_bytes for v in self.leaks())
 
-    def _info(self, v: Version, *, inspect: bool = True) -> VersionInfo:
-        img = v.image
-        assert img is not None
-        return VersionInfo(
-            name=v.plugin_name,
-            seq=v.seq,
-            plugin_version=img.version,
-            state=v.state,
-            in_flight=len(v.calls),
-            loaded_at=img.loaded_at,
-            unloaded_at=v.unloaded_at,
-            source=img.source,
-            copy=str(img.copy),
-            digest=img.digest,
-            size=img.size,
-            dlopen_count=img.opens,
-            dlclose_count=img.closes,
-            mapped_bytes=v.mapped_bytes,
-            blockers=tuple(self._blockers(v, inspect=inspect)),
-            note=v.note,
-        )
+    def settle(self, timeout: float = 5.0) -> bool:
+        """Wait until every retired version has been closed and checked;
+        True when none is left draining."""
+        return self._reaper.settle(timeout)
 
-    def _blockers(self, v: Version, *, inspect: bool = True) -> list[str]:
-        """Why this image did (leaked, retained) or would (active) stay in
-        memory.  ``inspect=False``: only what is known already (a build not
-        inspected yet gets none; the reaper inspects it and warns)."""
-        img = v.image
-        assert img is not None
-        if v.state == UNLOADED:
-            return []
-        report = self._report(img) if inspect else inspector.cached(img.digest, img.source)
-        if report is None:
-            return [f"cannot inspect {img.copy}"] if inspect else []
-        if v.state == LEAKED:
-            return inspector.explain_leak(report, img.opens, img.closes)
-        if v.state == RETAINED:
-            return [
-                f"kept loaded because unloading could crash the process: {f.message}"
-                for f in report.hazards()
-            ] + [f.message for f in report.pins()]
-        return [f.message for f in report.pins()]
-
-    # -- helpers -------------------------------------------------------------
-    def _plugin(self, name: str) -> Plugin:
-        try:
-            return self._plugins[name]
-        except KeyError:
-            known = ", ".join(sorted(self._plugins)) or "none"
-            raise NotLoadedError(f"no plugin named {name!r} is loaded (loaded: {known})") from None
-
-    def _new_version(self, image: loader.Image) -> Version:
-        return Version(image.name, self._seq.get(image.name, 0) + 1, image, self._wake)
-
-    def _live_handles(self) -> frozenset[int]:
-        # A released image's handle is dead: glibc may hand its address to the
-        # next image.  Only images still held, or leaked, are live.
-        live = {
-            v.image.handle
-            for vs in self._history.values()
-            for v in vs
-            if v.image is not None and (v.image.closes < v.image.opens or v.state == LEAKED)
-        }
-        return frozenset(live | {img.handle for img in self._orphans})
-
-    def _discard(self, image: loader.Image) -> None:
-        """Close a version that never served (a refused load).  Its copy goes
-        at once; an image that cannot leave memory is remembered so that no
-        later dlopen can be mistaken for a new image."""
-        hazards = self._unload_hazards(image)
-        if hazards:  # its on_load may have started a thread: closing could crash the process
-            log.warning(
-                "%s: refused version kept loaded, not closed: %s", image.source, "; ".join(hazards)
-            )
-            self._orphans.append(image)
-            image.copy.unlink(missing_ok=True)  # the mapping survives the name
-            return
-        try:
-            if not loader.close_version(image).gone:
-                self._orphans.append(image)
-        except HotloadError as exc:
-            log.error("%s", exc)
-        image.copy.unlink(missing_ok=True)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError("this host is closed")
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Unload everything, wait up to ``timeout`` for calls in flight,
-        verify each unload, and delete the work directory."""
-        self._stop_services()
-        with self._lock:
-            if self._closed:
-                return
-            for name in list(self._plugins):
-                self.unload(name)
-            self._closed = True
-        if not self.settle(timeout):
-            busy = [f"{v.plugin_name} v{v.seq}" for v in self._retired]
-            log.warning("closing with calls still running in %s: their images stay loaded", busy)
-        self._wake.set()
-        self._reaper.join(timeout=1.0)
-        self._preflight.close()
-        self._workdir.close()
-
-    # -- operating a running host (the logic lives in watcher.py and control.py) --
+    # -- services -----------------------------------------------------------------
     def watch(
         self, path: str | os.PathLike[str], *, rebuild: bool = False, **options: object
     ) -> Watcher:
         """Watch built plugins in ``path`` (a directory or one file) and
         reload each one that changes; load new ones.  ``rebuild=True``
-        watches C sources instead and rebuilds before reloading.  Options go
-        to ``watcher.Watcher``.  Stopped by ``close()``."""
-        from ._watcher import Watcher
-
+        watches C sources and rebuilds first.  Options go to ``Watcher``."""
         self._check_open()
         watcher = Watcher(self, path, rebuild=rebuild, **options)  # type: ignore[arg-type]
         self._services.append(watcher)
@@ -763,11 +461,8 @@ class Host:
     def serve_control(
         self, *, directory: str | os.PathLike[str] | None = None, name: str | None = None
     ) -> ControlServer:
-        """Open this host's control socket so ``hotload ls/reload/...`` in
-        another process can reach it (see ``control`` for the protocol).
-        Idempotent; stopped by ``close()``."""
-        from ._control import ControlServer
-
+        """Open this host's control socket so that ``hotload ls/reload/...``
+        in another process can reach it.  Idempotent; stopped by ``close()``."""
         self._check_open()
         for service in self._services:
             if isinstance(service, ControlServer):
@@ -781,37 +476,105 @@ class Host:
         self._services.append(server)
         return server
 
-    def _stop_services(self) -> None:
+    # -- closing --------------------------------------------------------------------
+    def close(self, timeout: float = 5.0) -> None:
+        """Unload everything, wait up to ``timeout`` for calls in flight,
+        verify each unload, and delete the work directory.  A plugin stuck
+        in a hook is left as it is (its images stay loaded) after ``timeout``."""
         while self._services:
             service = self._services.pop()
             try:
                 service.stop()
             except Exception:  # closing must go on
                 log.exception("stopping %r failed", service)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        for rec in list(self._records.values()):
+            if not rec.lock.acquire(timeout=timeout):
+                log.warning("close: %s is stuck in a swap; its images stay loaded", rec.name)
+                continue
+            try:
+                if rec.plugin is not None:
+                    current = rec.plugin.close()
+                    rec.unloaded()
+                    if current is not None:
+                        self._reaper.retire(current, unload_safe=rec.unload_safe)
+            finally:
+                rec.lock.release()
+                rec.hooks.close()
+        if not self._reaper.settle(timeout):
+            busy = [f"{v.plugin_name} v{v.seq}" for v in self._reaper.draining()]
+            log.warning("closing with calls still running in %s: their images stay loaded", busy)
+        self._reaper.stop()
+        self._preflight.close()
+        self._workdir.close()
+
+    # -- helpers ------------------------------------------------------------------
+    def _record_for(self, name: str) -> PluginRecord:
+        with self._lock:
+            rec = self._records.get(name)
+            if rec is None:
+                rec = self._records[name] = PluginRecord(
+                    name,
+                    policy=self._policy,
+                    keep_versions=self.keep_versions,
+                    history_limit=self.history_limit,
+                    hook_timeout=self.hook_timeout,
+                )
+            return rec
+
+    def _loaded(self, name: str) -> PluginRecord:
+        rec = self._records.get(name)
+        if rec is None or rec.plugin is None:
+            known = ", ".join(self.names()) or "none"
+            raise NotLoadedError(f"no plugin named {name!r} is loaded (loaded: {known})")
+        return rec
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("this host is closed")
 
     def __repr__(self) -> str:
-        return f"<hotload.Host {len(self._plugins)} plugin(s) in {self.workdir}>"
+        return f"<hotload.Host {len(self.names())} plugin(s) in {self.workdir}>"
 
 
-def _inspect_quietly(cand: loader.Candidate) -> inspector.Report | None:
-    try:
-        return inspector.inspect_bytes(cand.data, cand.source, cand.digest)
-    except HotloadError:
-        return None
+def _hook_name(image: Image, hook: str) -> str:
+    return f"{image.source}: {hook} of {image.name} {image.version}"
 
 
-def _check_compatible(old: loader.Image, new: loader.Candidate) -> None:
+def _check_compatible(old: Image, new: Candidate) -> None:
     """A reload must keep every function callers already use, with the same
     prototype, unless the host explicitly allows a change."""
     for fname, proto in old.prototypes.items():
         if fname not in new.prototypes:
             raise SignatureError(
-                f"{new.source}: the new build no longer exports {fname} ({proto}); "
-                f"callers still use it. Pass allow_signature_change=True to accept"
+                f"{new.source}: the new build no longer exports {fname} ({proto}); callers still "
+                f"use it. Pass allow_signature_change=True to accept"
             )
         if sig.pointer_type(proto) is not sig.pointer_type(new.prototypes[fname]):
             raise SignatureError(
-                f"{new.source}: {fname} changed from {proto!r} (v{old.version}) to "
-                f"{new.prototypes[fname]!r} ({new.version}); callers were written for the old "
-                f"prototype. Pass allow_signature_change=True to accept"
+                f"{new.source}: {fname} changed from {proto!r} (version {old.version}) to "
+                f"{new.prototypes[fname]!r} (version {new.version}); callers were written for the "
+                f"old prototype. Pass allow_signature_change=True to accept"
             )
+
+
+def _refuse_free_threading() -> None:
+    if not getattr(sys, "_is_gil_enabled", lambda: True)():
+        raise HotloadError(
+            "hotload needs the GIL: its lock-free call routing is not safe on a free-threaded "
+            "CPython with the GIL disabled (run with PYTHON_GIL=1)"
+        )
+
+
+def _enable_faulthandler() -> None:
+    """A crash inside a plugin call kills the process with a signal; make it
+    print the Python stack of every thread first, unless the application set
+    up faulthandler itself."""
+    if not faulthandler.is_enabled() and sys.stderr is not None:
+        try:
+            faulthandler.enable()
+        except (RuntimeError, ValueError, OSError):  # no usable stderr (a daemon)
+            log.debug("faulthandler not enabled: stderr is not a real file")

@@ -18,11 +18,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import _descriptor as desc_mod
 from . import _signatures as signatures
 from ._descriptor import Descriptor
-from ._errors import DescriptorError, HookError, InvalidPluginError, LoadError
+from ._errors import DescriptorError, HookError, HotloadError, InvalidPluginError, LoadError
 from ._platform import binfmt, dl
 from ._workdir import WorkDir
 
@@ -46,10 +47,10 @@ class Image:
     name: str
     version: str
     handle: int
-    functions: dict[str, object]
+    functions: dict[str, Callable[..., Any]]
     prototypes: dict[str, str]
-    on_load: object | None = None
-    on_unload: object | None = None
+    on_load: Callable[..., Any] | None = None
+    on_unload: Callable[..., Any] | None = None
     opens: int = 1
     closes: int = 0
     loaded_at: float = field(default_factory=time.time)
@@ -87,8 +88,15 @@ class Image:
         return bytes(signatures.ffi.buffer(ptr[0], size[0]))
 
 
+DEFAULT_MAX_PLUGIN_SIZE = 256 << 20  # far above any real plugin; Host(max_plugin_size=...)
+
+
 def read_source(
-    path: str, *, real: str | None = None, verify: Callable[[os.stat_result], None] | None = None
+    path: str,
+    *,
+    real: str | None = None,
+    verify: Callable[[os.stat_result], None] | None = None,
+    max_size: int = DEFAULT_MAX_PLUGIN_SIZE,
 ) -> bytes:
     """Read the whole plugin file once, with errors that name the cause.
 
@@ -116,14 +124,26 @@ def read_source(
             raise InvalidPluginError(f"{path}: not a regular file")
         if verify is not None:
             verify(st)
-        chunks = []
-        while chunk := os.read(fd, max(st.st_size, 1 << 16)):
+        if st.st_size > max_size:
+            raise InvalidPluginError(_too_big(path, st.st_size, max_size))
+        chunks, total = [], 0
+        while chunk := os.read(fd, min(max(st.st_size, 1 << 16), max_size + 1 - total)):
             chunks.append(chunk)
+            total += len(chunk)
+            if total > max_size:  # it grew while we read
+                raise InvalidPluginError(_too_big(path, total, max_size))
         return b"".join(chunks)
     except OSError as exc:
         raise InvalidPluginError(f"{path}: cannot read: {exc.strerror}") from None
     finally:
         os.close(fd)
+
+
+def _too_big(path: str, size: int, cap: int) -> str:
+    return (
+        f"{path}: {size} bytes is over the plugin size cap of {cap} bytes; "
+        f"raise it with Host(max_plugin_size=...) if this is really a plugin"
+    )
 
 
 def identify(
@@ -161,8 +181,11 @@ def identify(
 
 @dataclass(eq=False)
 class Candidate:
-    """A checked plugin file written to its private copy, not yet opened:
-    the point where a preflight can try it in another process."""
+    """A plugin file read once and checked, not yet copied or opened.
+
+    This is what travels between the parts of hotload: the watcher and the
+    fleet agent make one from the bytes they checked and hand it to the
+    host, so the bytes that were checked are the bytes that run."""
 
     source: str
     data: bytes
@@ -171,32 +194,21 @@ class Candidate:
     version: str
     prototypes: dict[str, str]
     digest: str
-    seq: int
-    copy: Path
-    file_id: tuple[int, int]
 
-    def discard(self) -> None:
-        self.copy.unlink(missing_ok=True)
+    @property
+    def size(self) -> int:
+        return len(self.data)
 
 
-def prepare(
+def candidate(
+    data: bytes,
     source: str,
-    workdir: WorkDir,
-    seq: int,
     *,
     name: str | None = None,
     declared: Mapping[str, str] | None = None,
-    data: bytes | None = None,
-    real: str | None = None,
-    verify: Callable[[os.stat_result], None] | None = None,
 ) -> Candidate:
-    """Read ``source`` once (or take ``data``, e.g. for a rollback), check the
-    bytes and write them to a fresh private copy.  ``real`` and ``verify``
-    are passed to ``read_source``."""
-    if data is None:
-        data = read_source(source, real=real, verify=verify)
+    """Check ``data`` (the bytes of ``source``) and identify the plugin."""
     desc, plugin_name, version, prototypes = identify(data, source, name=name, declared=declared)
-    copy, file_id = workdir.write_copy(plugin_name, seq, data, dl.SUFFIX)
     return Candidate(
         source=source,
         data=data,
@@ -205,85 +217,187 @@ def prepare(
         version=version,
         prototypes=prototypes,
         digest=hashlib.sha256(data).hexdigest(),
-        seq=seq,
-        copy=copy,
-        file_id=file_id,
     )
 
 
-def open_candidate(
-    cand: Candidate,
-    workdir: WorkDir,
-    live_handles: Callable[[], frozenset[int]] = frozenset,
-    may_close: Callable[[Candidate], bool] = lambda cand: True,
-) -> Image:
-    """``dlopen`` the candidate's copy and resolve its exports and hooks.
-    On failure the copy is deleted and the image closed, unless ``may_close``
-    says its constructors may have left code running (then it stays loaded:
-    unmapping it could crash the process)."""
-    rejected: list[Path] = []  # copies whose inode collided with a loaded image: kept until done
-    copy, file_id, source = cand.copy, cand.file_id, cand.source
-    try:
-        for _ in range(_MAX_NEW_IMAGE_TRIES):
-            try:
-                handle = _open_new_image(copy, source, live_handles)
-            except BaseException:
-                copy.unlink(missing_ok=True)
-                raise
-            if handle is not None:
-                break
-            rejected.append(copy)
-            copy, file_id = workdir.write_copy(cand.name, cand.seq, cand.data, dl.SUFFIX)
-        else:
+@dataclass(eq=False)
+class Staged:
+    """A candidate written to its private copy: the point where a preflight
+    can try it in another process before this one opens it."""
+
+    cand: Candidate
+    seq: int
+    copy: Path
+    file_id: tuple[int, int]
+
+    def discard(self) -> None:
+        self.copy.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class UnloadVerdict:
+    gone: bool
+    mapped_bytes: int
+    loader_has: bool
+
+
+class Loader:
+    """Opens candidates in this process and closes them again.
+
+    It remembers every image it opened and has not closed, and every image
+    that could not leave memory, so that a later ``dlopen`` handing back one
+    of them is never mistaken for a new image."""
+
+    def __init__(self, workdir: WorkDir) -> None:
+        self.workdir = workdir
+        self._live: set[Image] = set()  # opened and not yet released, or stuck in memory
+
+    def stage(self, cand: Candidate, seq: int) -> Staged:
+        copy, file_id = self.workdir.write_copy(cand.name, seq, cand.data, dl.SUFFIX)
+        return Staged(cand, seq, copy, file_id)
+
+    def open(self, staged: Staged, *, may_close: Callable[[Candidate], bool]) -> Image:
+        """``dlopen`` the staged copy and resolve its exports and hooks.
+        On failure the copy is deleted and the image closed, unless
+        ``may_close`` says its constructors may have left code running (then
+        it stays loaded: unmapping it could crash the process)."""
+        cand, source = staged.cand, staged.cand.source
+        handle, copy, file_id = self._open_new_image(staged)
+        desc = cand.descriptor
+        try:
+            functions = {
+                f: _resolve_export(handle, source, f, p) for f, p in cand.prototypes.items()
+            }
+            on_load = _hook(handle, source, desc.on_load if desc else None, ON_LOAD_TYPE)
+            on_unload = _hook(handle, source, desc.on_unload if desc else None, ON_UNLOAD_TYPE)
+        except BaseException:
+            if may_close(cand):
+                dl.close_image(handle, source)
+            else:
+                log.warning(
+                    "%s: refused image kept loaded, not closed: unloading it could crash "
+                    "the process",
+                    source,
+                )
+                self._live.add(_stub(staged, handle))
+            copy.unlink(missing_ok=True)
+            raise
+        image = Image(
+            source=source,
+            copy=copy,
+            file_id=file_id,
+            digest=cand.digest,
+            size=cand.size,
+            descriptor=desc,
+            name=cand.name,
+            version=cand.version,
+            handle=handle,
+            functions=functions,
+            prototypes=cand.prototypes,
+            on_load=on_load,
+            on_unload=on_unload,
+        )
+        self._live.add(image)
+        return image
+
+    def _open_new_image(self, staged: Staged) -> tuple[int, Path, tuple[int, int]]:
+        rejected: list[Path] = []  # copies whose inode matched a loaded image: kept until done
+        copy, file_id, source = staged.copy, staged.file_id, staged.cand.source
+        try:
+            for _ in range(_MAX_NEW_IMAGE_TRIES):
+                try:
+                    handle = _open_new_image(copy, source, self._live_handles)
+                except BaseException:
+                    copy.unlink(missing_ok=True)
+                    raise
+                if handle is not None:
+                    return handle, copy, file_id
+                rejected.append(copy)
+                copy, file_id = self.workdir.write_copy(
+                    staged.cand.name, staged.seq, staged.cand.data, dl.SUFFIX
+                )
             copy.unlink(missing_ok=True)
             raise LoadError(f"{source}: dlopen kept returning an image that is already loaded")
-    finally:
-        for path in rejected:
-            path.unlink(missing_ok=True)
-    desc = cand.descriptor
-    try:
-        functions = {f: _resolve_export(handle, source, f, p) for f, p in cand.prototypes.items()}
-        on_load = _hook(handle, source, desc.on_load if desc else None, ON_LOAD_TYPE)
-        on_unload = _hook(handle, source, desc.on_unload if desc else None, ON_UNLOAD_TYPE)
-    except BaseException:
-        if may_close(cand):
-            dl.close_image(handle, source)
-        else:
-            log.warning(
-                "%s: refused image kept loaded, not closed: unloading it could crash the process",
-                source,
+        finally:
+            for path in rejected:
+                path.unlink(missing_ok=True)
+
+    def _live_handles(self) -> frozenset[int]:
+        return frozenset(img.handle for img in self._live)
+
+    def keep(self, image: Image) -> None:
+        """An image that stays in memory for good (retained, or refused but
+        unsafe to close): its copy's name goes, its mapping stays."""
+        self._live.add(image)
+        image.copy.unlink(missing_ok=True)
+
+    def release(self, image: Image) -> None:
+        """Drop hotload's reference to the image (``dlclose``); cheap, so it
+        runs on the reload path as soon as the old version is quiet."""
+        if image.closes >= image.opens:
+            raise LoadError(
+                f"{image.source}: version copy {image.copy.name} is already closed "
+                f"(dlopen {image.opens}, dlclose {image.closes}): refusing a double close"
             )
-        copy.unlink(missing_ok=True)
-        raise
+        dl.close_image(image.handle, image.source)
+        image.closes += 1
+        # The image may be gone now: its function pointers must never be called.
+        image.functions, image.on_load, image.on_unload = {}, None, None
+
+    def verify_gone(self, image: Image) -> UnloadVerdict:
+        """Ask the kernel whether a released image really left this process.
+
+        The kernel's mapping list (``/proc/self/maps``, matched by device and
+        inode so a deleted or renamed copy still counts) decides; the loader's
+        ``RTLD_NOLOAD`` probe is recorded beside it and decides only where
+        there is no ``/proc``.  The copy is deleted once its image is gone.
+        """
+        still = dl.loader_has(str(image.copy))
+        mapped = dl.mapped_ranges(image.file_id)
+        gone = (mapped == 0) if mapped >= 0 else not still
+        if mapped >= 0 and (mapped == 0) == still:
+            log.debug(
+                "%s: loader says %s, kernel says %d bytes mapped; the kernel wins",
+                image.copy,
+                "loaded" if still else "gone",
+                mapped,
+            )
+        if gone:
+            self._live.discard(image)
+            image.copy.unlink(missing_ok=True)
+        return UnloadVerdict(gone=gone, mapped_bytes=max(mapped, 0), loader_has=still)
+
+    def discard(self, image: Image, *, may_close: bool) -> None:
+        """Close a version that never served (a refused load).  Its copy goes
+        at once; an image that cannot leave memory stays remembered."""
+        if not may_close:  # its on_load may have started a thread: closing could crash
+            log.warning("%s: refused version kept loaded, not closed", image.source)
+            self.keep(image)
+            return
+        try:
+            self.release(image)
+            self.verify_gone(image)
+        except HotloadError as exc:
+            log.error("%s", exc)
+        image.copy.unlink(missing_ok=True)
+
+
+def _stub(staged: Staged, handle: int) -> Image:
+    """A record of an image that failed to resolve but must stay loaded."""
+    cand = staged.cand
     return Image(
-        source=source,
-        copy=copy,
-        file_id=file_id,
+        source=cand.source,
+        copy=staged.copy,
+        file_id=staged.file_id,
         digest=cand.digest,
-        size=len(cand.data),
-        descriptor=desc,
+        size=cand.size,
+        descriptor=cand.descriptor,
         name=cand.name,
         version=cand.version,
         handle=handle,
-        functions=functions,
-        prototypes=cand.prototypes,
-        on_load=on_load,
-        on_unload=on_unload,
+        functions={},
+        prototypes={},
     )
-
-
-def open_version(
-    source: str,
-    workdir: WorkDir,
-    seq: int,
-    *,
-    name: str | None = None,
-    declared: Mapping[str, str] | None = None,
-    live_handles: Callable[[], frozenset[int]] = frozenset,
-) -> Image:
-    """Load ``source`` as a new version; nothing is left behind on failure."""
-    cand = prepare(source, workdir, seq, name=name, declared=declared)
-    return open_candidate(cand, workdir, live_handles)
 
 
 def open_copy(copy: Path, source: str) -> int:
@@ -326,7 +440,7 @@ def _open_new_image(
     return handle
 
 
-def _resolve(handle: int, source: str, fname: str, proto: str) -> object:
+def resolve(handle: int, source: str, fname: str, proto: str) -> Callable[..., Any]:
     addr = dl.symbol(handle, fname)
     if addr is None:
         raise LoadError(
@@ -336,71 +450,22 @@ def _resolve(handle: int, source: str, fname: str, proto: str) -> object:
     return signatures.bind(signatures.pointer_type(proto), addr)
 
 
-def _resolve_export(handle: int, source: str, fname: str, proto: str) -> object:
+def _resolve_export(handle: int, source: str, fname: str, proto: str) -> Callable[..., Any]:
     """An export as a Python callable; a ``char *`` result comes back as
     ``bytes`` (None for NULL), as ctypes' ``c_char_p`` does."""
-    fn = _resolve(handle, source, fname, proto)
+    fn = resolve(handle, source, fname, proto)
     if signatures.pointer_type(proto).result.cname != "char *":
         return fn
     ffi = signatures.ffi
 
     def call(*args: object) -> bytes | None:
-        ptr = fn(*args)  # type: ignore[operator]
+        ptr = fn(*args)
         return None if ptr == ffi.NULL else ffi.string(ptr)
 
     return call
 
 
-def _hook(handle: int, source: str, symbol: str | None, proto: str) -> object | None:
+def _hook(handle: int, source: str, symbol: str | None, proto: str) -> Callable[..., Any] | None:
     if symbol is None:
         return None
-    return _resolve(handle, source, symbol, proto)
-
-
-@dataclass(frozen=True)
-class UnloadVerdict:
-    gone: bool
-    mapped_bytes: int
-    loader_has: bool
-
-
-def release(image: Image) -> None:
-    """Drop hotload's reference to the image (``dlclose``); cheap, so it runs
-    on the reload path as soon as the old version is quiet."""
-    if image.closes >= image.opens:
-        raise LoadError(
-            f"{image.source}: version copy {image.copy.name} is already closed "
-            f"(dlopen {image.opens}, dlclose {image.closes}): refusing a double close"
-        )
-    dl.close_image(image.handle, image.source)
-    image.closes += 1
-    # The image may be gone now: its function pointers must never be called.
-    image.functions, image.on_load, image.on_unload = {}, None, None
-
-
-def verify_gone(image: Image) -> UnloadVerdict:
-    """Ask the kernel whether a released image really left this process.
-
-    The kernel's mapping list (``/proc/self/maps``, matched by device and
-    inode so a deleted or renamed copy still counts) decides; the loader's
-    ``RTLD_NOLOAD`` probe is recorded beside it and decides only where there
-    is no ``/proc``.  The copy is deleted once its image is gone.
-    """
-    still = dl.loader_has(str(image.copy))
-    mapped = dl.mapped_ranges(image.file_id)
-    gone = (mapped == 0) if mapped >= 0 else not still
-    if mapped >= 0 and (mapped == 0) == still:
-        log.debug(
-            "%s: loader says %s, kernel says %d bytes mapped; the kernel wins",
-            image.copy,
-            "loaded" if still else "gone",
-            mapped,
-        )
-    if gone:
-        image.copy.unlink(missing_ok=True)
-    return UnloadVerdict(gone=gone, mapped_bytes=max(mapped, 0), loader_has=still)
-
-
-def close_version(image: Image) -> UnloadVerdict:
-    release(image)
-    return verify_gone(image)
+    return resolve(handle, source, symbol, proto)

@@ -66,7 +66,7 @@ def _main() -> int:
             step = "resolve"
             say({"id": rid, "step": step})
             for fname, prototype in protos.items():
-                loader._resolve(handle, req["source"], fname, prototype)
+                loader.resolve(handle, req["source"], fname, prototype)
             result: dict[str, Any] = {
                 "name": name,
                 "version": version,
@@ -76,7 +76,7 @@ def _main() -> int:
             if desc is not None and desc.on_load:
                 step = "on_load"
                 say({"id": rid, "step": step})
-                on_load = loader._resolve(handle, req["source"], desc.on_load, loader.ON_LOAD_TYPE)
+                on_load = loader.resolve(handle, req["source"], desc.on_load, loader.ON_LOAD_TYPE)
                 state = base64.b64decode(req["state"]) if req.get("state") is not None else None
                 prev = req.get("prev_version")
                 ffi = signatures.ffi
@@ -101,7 +101,7 @@ def _main() -> int:
             if desc is not None and desc.self_test and req.get("self_test", True):
                 step = "self_test"
                 say({"id": rid, "step": step})
-                fn = loader._resolve(handle, req["source"], desc.self_test, "int(void)")
+                fn = loader.resolve(handle, req["source"], desc.self_test, "int(void)")
                 rc = fn()
                 result["self_test"] = rc
                 if rc != 0:

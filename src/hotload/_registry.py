@@ -8,138 +8,19 @@ being retired, calls the cffi function pointer, and pops.  The retiring side
 sets ``retiring`` and only then looks at ``calls``.  Under the GIL these steps
 are sequentially consistent, so either the retirer sees the call, or the call
 sees ``retiring`` and re-routes: no call can start in an image being closed.
-(Free-threaded CPython builds are not supported: see the README.)
+(Free-threaded CPython builds are not supported: see the docs.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _signatures as signatures
 from ._errors import ClosedError, NotLoadedError, SignatureError
-from ._loader import Image
-
-ACTIVE, DRAINING, UNLOADED, LEAKED, RETAINED = (
-    "active",
-    "draining",
-    "unloaded",
-    "leaked",
-    "retained",
-)
-
-
-class Version:
-    """One loaded version of a plugin (one image)."""
-
-    __slots__ = (
-        "plugin_name",
-        "seq",
-        "image",
-        "fns",
-        "table",
-        "calls",
-        "retiring",
-        "state",
-        "drained",
-        "wake",
-        "unloaded_at",
-        "mapped_bytes",
-        "retired_at",
-        "note",
-    )
-
-    def __init__(
-        self, plugin_name: str, seq: int, image: Image | None, wake: threading.Event
-    ) -> None:
-        self.plugin_name = plugin_name
-        self.seq = seq
-        self.image = image
-        self.fns: dict[str, Any] = dict(image.functions) if image else {}
-        self.table: list[Any] = []  # fns in the plugin's index order: what routers call
-        self.calls: deque[None] = deque()
-        self.retiring = False
-        self.state = ACTIVE
-        self.drained = threading.Event()
-        self.wake = wake
-        self.unloaded_at: float | None = None
-        self.retired_at: float | None = None
-        self.mapped_bytes = 0
-        self.note = ""
-
-    def exited(self) -> None:
-        """Slow path of a call leaving a retiring version: wake whoever waits
-        for it to drain (the switch that quiesces it, or the reaper)."""
-        if not self.calls:
-            self.drained.set()
-            self.wake.set()
-
-    def drop_functions(self) -> None:
-        """Forget the function pointers: the image may be gone after this."""
-        self.fns = {}
-        self.table = []
-
-    def retire(self) -> None:
-        self.drained.clear()
-        self.retiring = True
-        if self.state == ACTIVE:
-            self.state = DRAINING
-        self.retired_at = time.time()
-
-    def unretire(self) -> None:
-        self.retiring = False
-        self.state = ACTIVE
-        self.retired_at = None
-
-
-class _Sentinel:
-    """Stands in for a version: during a switch (callers wait) or after the
-    plugin is unloaded (callers get ``ClosedError``)."""
-
-    __slots__ = ("calls", "retiring", "fns")
-
-    def __init__(self) -> None:
-        self.calls: deque[None] = deque()
-        self.retiring = True
-        self.fns: dict[str, Any] = {}
-
-    def exited(self) -> None:
-        pass
-
-
-SWITCHING = _Sentinel()
-UNLOADED_PLUGIN = _Sentinel()
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    """A snapshot of one version, as ``Host.versions()`` reports it."""
-
-    name: str
-    seq: int
-    plugin_version: str
-    state: str
-    in_flight: int
-    loaded_at: float
-    unloaded_at: float | None
-    source: str
-    copy: str
-    digest: str
-    size: int
-    dlopen_count: int
-    dlclose_count: int
-    mapped_bytes: int
-    blockers: tuple[str, ...] = field(default=())
-    note: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
-
+from ._version import SWITCHING, UNLOADED_PLUGIN, Sentinel, Version, VersionInfo
 
 _ROUTER_TEMPLATE = """\
 def make(route, fname, idx, slow, bad_call):
@@ -151,6 +32,7 @@ def make(route, fname, idx, slow, bad_call):
             calls.pop()
             v.exited()
             return slow(fname, ({params}{comma}))
+        v.served += 1
         try:
             return v.table[idx]({params})
         except (TypeError, OverflowError) as exc:
@@ -171,7 +53,7 @@ class _Route:
     __slots__ = ("current",)
 
     def __init__(self) -> None:
-        self.current: Version | _Sentinel = SWITCHING
+        self.current: Version | Sentinel = SWITCHING
 
 
 class Plugin:
@@ -179,16 +61,19 @@ class Plugin:
     newest active version.  Exported functions are attributes; one whose
     name clashes with a method here is reachable as ``plugin["name"]``."""
 
-    def __init__(self, name: str, versions_lookup: Callable[[str], list[VersionInfo]]) -> None:
+    if TYPE_CHECKING:
+
+        def __getattr__(self, fname: str) -> Callable[..., Any]:
+            """Exports are attributes (set per version, not looked up here)."""
+
+    def __init__(self, name: str, infos: Callable[[], list[VersionInfo]]) -> None:
         self._name = name
         self._route = _Route()
         self._switched = threading.Event()
         self._routers: dict[str, Callable[..., Any]] = {}
         self._arity: dict[str, int] = {}
-        self._index: dict[
-            str, int
-        ] = {}  # export name -> slot in every version's table, append-only
-        self._versions_lookup = versions_lookup
+        self._index: dict[str, int] = {}  # export -> slot in every version's table, append-only
+        self._infos = infos
 
     @property
     def name(self) -> str:
@@ -196,12 +81,14 @@ class Plugin:
         return self._name
 
     @property
-    def _current(self) -> Version | _Sentinel:
-        return self._route.current
+    def current(self) -> Version | None:
+        """The version new calls go to (None while switching or unloaded)."""
+        cur = self._route.current
+        return cur if isinstance(cur, Version) else None
 
-    @_current.setter
-    def _current(self, version: Version | _Sentinel) -> None:
-        self._route.current = version
+    @property
+    def _current(self) -> Version | Sentinel:
+        return self._route.current
 
     # -- calling ---------------------------------------------------------
     def __getitem__(self, fname: str) -> Callable[..., Any]:
@@ -246,15 +133,35 @@ class Plugin:
                 v.exited()
 
     def versions(self) -> list[VersionInfo]:
-        return self._versions_lookup(self.name)
+        """This plugin's versions, as ``Host.versions(name)`` reports them."""
+        return self._infos()
 
     def __repr__(self) -> str:
         cur = self._current
         seq = f"v{cur.seq}" if isinstance(cur, Version) else "not serving"
         return f"<hotload.Plugin {self.name} {seq}>"
 
+    # -- switching (used by the host's swap; callers never need these) --------
+    def hold(self) -> None:
+        """Make new calls wait at the gate (a stateful switch is under way)."""
+        self._switched.clear()
+        self._route.current = SWITCHING
+
+    def publish(self, version: Version) -> None:
+        """Route new calls to ``version`` and release any caller at the gate."""
+        self._route.current = version
+        self._switched.set()
+
+    def close(self) -> Version | None:
+        """Stop serving: later calls raise ``ClosedError``.  Returns the
+        version that was current, for the caller to retire."""
+        cur = self.current
+        self._route.current = UNLOADED_PLUGIN
+        self._switched.set()
+        return cur
+
     # -- routing internals ---------------------------------------------------
-    def _prepare(self, version: Version) -> Callable[[], None]:
+    def prepare(self, version: Version) -> Callable[[], None]:
         """Get everything ready for ``version`` to serve without changing
         anything a caller can see: it may raise (a router that cannot be
         built), and then nothing has happened.  Returns the commit step, which
@@ -298,7 +205,9 @@ class Plugin:
         src = _ROUTER_TEMPLATE.format(params=params, comma="," if arity == 1 else "")
         namespace: dict[str, Any] = {}
         exec(compile(src, f"<hotload router {self.name}.{fname}>", "exec"), namespace)  # noqa: S102
-        router = namespace["make"](self._route, fname, idx, self._slow_call, self._bad_call)
+        router: Callable[..., Any] = namespace["make"](
+            self._route, fname, idx, self._slow_call, self._bad_call
+        )
         router.__name__, router.__qualname__ = fname, f"{self.name}.{fname}"
         return router
 
@@ -336,14 +245,14 @@ class Plugin:
                 if v.retiring:
                     v.exited()
 
-    def _wait_for_switch(self, seen: Version | _Sentinel) -> None:
+    def _wait_for_switch(self, seen: Version | Sentinel) -> None:
         if seen is UNLOADED_PLUGIN:
             raise ClosedError(f"plugin {self.name} has been unloaded")
         if seen is SWITCHING:
             self._switched.wait(1.0)
         # else: a version retired an instant ago; _current already moved on
 
-    def _bad_call(self, v: Version | _Sentinel, fname: str, exc: Exception) -> Exception:
+    def _bad_call(self, v: Version | Sentinel, fname: str, exc: Exception) -> Exception:
         if fname not in v.fns:
             return NotLoadedError(f"plugin {self.name} no longer exports {fname!r}")
         proto = v.image.prototypes.get(fname, "?") if isinstance(v, Version) and v.image else "?"

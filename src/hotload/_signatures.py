@@ -11,7 +11,8 @@ so whitespace and parameter names do not matter, but ``int32_t`` vs
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import cffi
 
@@ -74,6 +75,7 @@ def check_declared(declared: Mapping[str, str], found: Mapping[str, str], *, whe
             )
 
 
-def bind(ctype: cffi.FFI.CType, address: int) -> object:
+def bind(ctype: cffi.FFI.CType, address: int) -> Callable[..., Any]:
     """A callable cffi function pointer for ``address``."""
-    return ffi.cast(ctype, address)
+    fn: Callable[..., Any] = ffi.cast(ctype, address)
+    return fn

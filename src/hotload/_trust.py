@@ -17,12 +17,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from ._errors import HotloadError
-
-
-class TrustError(HotloadError):
-    """The plugin file, or a directory above it, fails the ownership and
-    permission checks, or its digest is not in the host's allow-list."""
+from ._errors import TrustError
 
 
 def _who(mode: int) -> str:

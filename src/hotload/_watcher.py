@@ -58,7 +58,7 @@ from ._errors import HotloadError, InvalidPluginError, LoadError
 from ._platform import binfmt, dl
 
 if TYPE_CHECKING:
-    from ._host import Host
+    from ._protocols import PluginHost
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class Watcher:
 
     def __init__(
         self,
-        host: Host,
+        host: PluginHost,
         path: str | os.PathLike[str],
         *,
         rebuild: bool = False,

@@ -1,0 +1,52 @@
+"""What the services around a host (watcher, control server, fleet agent)
+may ask of it.  They depend on this small protocol, never on ``Host``
+itself, so data flows one way: the host starts its services; the services
+drive it through these methods and nothing else."""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+from ._loader import Candidate
+from ._registry import Plugin
+from ._version import VersionInfo
+
+PathOrCandidate = str | os.PathLike[str] | Candidate
+
+
+class PluginHost(Protocol):
+    def __contains__(self, name: object) -> bool: ...
+
+    def names(self) -> list[str]: ...
+
+    def read(self, path: str | os.PathLike[str]) -> Candidate:
+        """Read and check a plugin file once (trust checks, size cap, format,
+        descriptor); the candidate can then be loaded or reloaded."""
+        ...
+
+    def adopt(self, data: bytes, *, source: str) -> Candidate:
+        """The same checks for bytes that came from elsewhere (the fleet)."""
+        ...
+
+    def load(self, path: PathOrCandidate) -> Plugin: ...
+
+    def reload(self, name: str, path: PathOrCandidate | None = None) -> VersionInfo: ...
+
+    def rollback(self, name: str) -> VersionInfo: ...
+
+    def current(self, name: str) -> VersionInfo | None:
+        """The version serving ``name`` now, or None (not loaded)."""
+        ...
+
+    def versions(self, name: str | None = None) -> list[VersionInfo]: ...
+
+    def pruned(self, name: str) -> int: ...
+
+    def leaks(self) -> list[VersionInfo]: ...
+
+
+class Service(Protocol):
+    """Something the host starts and stops with itself."""
+
+    def stop(self) -> None: ...
