@@ -22,6 +22,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -293,7 +294,7 @@ def test_good_plugin_loads_and_calls_with_the_right_results(
     proc, out = chain.compile(tmp_path, good_source(chain), "good", ["-Wall", "-Wextra"])
     assert proc.returncode == 0, proc.stderr
     with Host(tmp_path / "work", quiesce_timeout=0.5) as host:
-        p = host.load(out)
+        p: Any = host.load(out)  # exports are dynamic attributes
         assert p.name == "sdk_good"
         assert p.reward(100, 3) == 303
         assert p.reward(-5, 2**31 - 1) == -15 + 2**31 - 1
@@ -358,7 +359,8 @@ def test_string_form_still_loads_with_a_deprecation_warning(
     )
     assert quiet.returncode == 0 and not quiet.stderr.strip(), quiet.stderr
     with Host(tmp_path / "work", quiesce_timeout=0.5) as host:
-        assert host.load(out).reward(10, 1) == 21
+        old: Any = host.load(out)
+        assert old.reward(10, 1) == 21
 
 
 @pytest.mark.parametrize("chain", [GCC, GXX], ids=["gcc", "g++"])

@@ -115,21 +115,25 @@ typedef void (*hotload__any_fn)(void);
 
 /* ---- compile-time type checks ---------------------------------------------
  *
- * HOTLOAD__CHECK(fn, fnptr_type, message) is a declaration that does not
- * compile unless `fn` names a function whose type is exactly the function
- * type that `fnptr_type` points to.  It is the one place that knows how each
- * compiler says "same function type", so the exports, the hook trampolines
- * (and later imports) share it.
+ * HOTLOAD__ASSERT(cond, message) is a file-scope declaration that does not
+ * compile when the constant `cond` is false, and prints `message` where the
+ * compiler can.
  *
- *   C, gcc/clang/mingw: _Static_assert on __builtin_types_compatible_p.
- *     (__extension__ keeps -std=c99 -pedantic quiet about _Static_assert.)
- *   C++11 and later:    static_assert on a same-type test of &fn; a
- *     noexcept function matches too (C++17 made noexcept part of the type).
- *   Other C compilers:  a static function pointer of the declared type
- *     initialised with &fn; a mismatch is a constraint violation, so the
- *     compiler must diagnose it, though perhaps only with a warning. */
+ * HOTLOAD__CHECK(fn, fnptr_type, message) does not compile unless `fn` names
+ * a function whose type is exactly the function type that `fnptr_type` points
+ * to.  It is the one place that knows how each compiler says "same function
+ * type", so exports and hook trampolines (and later imports) share it:
+ *
+ *   C, gcc/clang/mingw: __builtin_types_compatible_p.  (__extension__ keeps
+ *     -std=c99 -pedantic quiet about _Static_assert.)
+ *   C++11 and later:    a same-type test of &fn; a noexcept function matches
+ *     too (C++17 made noexcept part of a function's type).
+ *   Anything else:      comparing a null pointer of the declared type with
+ *     &fn (unevaluated).  C++ refuses distinct pointer types; a C compiler
+ *     must diagnose them (a constraint violation), perhaps with a warning. */
 
 #if defined(__cplusplus) && __cplusplus >= 201103L
+#  define HOTLOAD__ASSERT(cond, message) static_assert(cond, message)
 extern "C++" {
 template <class A, class B> struct hotload__same { static constexpr bool value = false; };
 template <class A> struct hotload__same<A, A> { static constexpr bool value = true; };
@@ -140,34 +144,35 @@ template <class R, class... A> struct hotload__plain<R (*)(A...) noexcept> {
 };
 #  endif
 }
-#  define HOTLOAD__CHECK(fn, fnptr_type, message) \
-    static_assert(hotload__same<hotload__plain<decltype(&(fn))>::type, fnptr_type>::value, \
-                  message)
+#  define HOTLOAD__SAME_FN(fn, fnptr_type) \
+    hotload__same<hotload__plain<decltype(&(fn))>::type, fnptr_type>::value
 #elif !defined(__cplusplus) && defined(__GNUC__)
+#  define HOTLOAD__ASSERT(cond, message) __extension__ _Static_assert(cond, message)
+#  define HOTLOAD__SAME_FN(fn, fnptr_type) \
+    __builtin_types_compatible_p(__typeof__(&(fn)), fnptr_type)
+#else
+#  define HOTLOAD__ASSERT(cond, message) \
+    typedef char HOTLOAD__CAT(hotload__assert_, __LINE__)[(cond) ? 1 : -1]
+#endif
+
+#if defined(HOTLOAD__SAME_FN)
 #  define HOTLOAD__CHECK(fn, fnptr_type, message) \
-    __extension__ _Static_assert(__builtin_types_compatible_p(__typeof__(&(fn)), fnptr_type), \
-                                 message)
+    HOTLOAD__ASSERT(HOTLOAD__SAME_FN(fn, fnptr_type), message)
 #else
 #  define HOTLOAD__CHECK(fn, fnptr_type, message) \
-    static fnptr_type const HOTLOAD__CAT(hotload__check_, fn) HOTLOAD__USED = &(fn)
+    HOTLOAD__ASSERT(sizeof((fnptr_type)0 == &(fn)), message)
 #endif
 
 /* In C before C23, `R (*)()` declares no prototype and is compatible with
  * almost any parameter list, while the host (cffi) reads "R()" as "R(void)".
- * So when the parameter list is spelled exactly `()`, C also demands R(void). */
-#if defined(__cplusplus)
-#  define HOTLOAD__CHECK_NO_PARAMS(fn, R, params, message) static_assert(true, "")
-#else
+ * So when the parameter list is spelled exactly `()`, C also demands R(void).
+ * (C++ and C23 already read () as (void).) */
+#if !defined(__cplusplus) && defined(HOTLOAD__SAME_FN)
 #  define HOTLOAD__CHECK_NO_PARAMS(fn, R, params, message) \
-    HOTLOAD__CHECK_IF(sizeof(#params) != sizeof("()"), fn, R (*)(void), message)
-#  if defined(__GNUC__)
-#    define HOTLOAD__CHECK_IF(skip, fn, fnptr_type, message) \
-    __extension__ _Static_assert( \
-        (skip) || __builtin_types_compatible_p(__typeof__(&(fn)), fnptr_type), message)
-#  else
-#    define HOTLOAD__CHECK_IF(skip, fn, fnptr_type, message) \
-    typedef int HOTLOAD__CAT(hotload__no_params_, fn)
-#  endif
+    HOTLOAD__ASSERT(sizeof(#params) != sizeof("()") || HOTLOAD__SAME_FN(fn, R (*)(void)), \
+                    message)
+#else
+#  define HOTLOAD__CHECK_NO_PARAMS(fn, R, params, message) HOTLOAD__ASSERT(1, message)
 #endif
 
 /* The string form of HOTLOAD_EXPORT is deprecated: the compiler cannot check
@@ -239,12 +244,7 @@ template <class R, class... A> struct hotload__plain<R (*)(A...) noexcept> {
                     HOTLOAD__REC("export") #fn "\x1f" signature)
 
 #define HOTLOAD__EXPORT_BAD(...) \
-    HOTLOAD__CHECK_ARITY(0, "HOTLOAD_EXPORT takes (fn, result_type, (parameter types))")
-#if defined(__cplusplus)
-#  define HOTLOAD__CHECK_ARITY(ok, message) static_assert(ok, message)
-#else
-#  define HOTLOAD__CHECK_ARITY(ok, message) __extension__ _Static_assert(ok, message)
-#endif
+    HOTLOAD__ASSERT(0, "HOTLOAD_EXPORT takes (fn, result_type, (parameter types))")
 
 /* The hooks may be static: each macro defines a small exported trampoline
  * with a fixed name (hotload_on_load, ...).  `fn` must have exactly the
