@@ -15,8 +15,9 @@
  *     HOTLOAD_EXPORT(reward, int64_t, (int64_t, int32_t));
  *
  * HOTLOAD_EXPORT checks reward's type against the declared prototype at
- * compile time (C: gcc, clang, mingw; C++11 and later) and stores the same
- * prototype, as text, for the host to check calls against.
+ * compile time (a mismatch is an error naming the function, in C with gcc,
+ * clang and mingw-w64, and in C++) and stores the same prototype, as text,
+ * for the host to check calls against.
  *
  * Build:  cc -std=c11 -fPIC -shared -Wall -Wextra -I<sdk>/include plugin.c -o plugin.so
  *
@@ -51,6 +52,10 @@
 #endif
 
 /* ---- state hooks --------------------------------------------------------
+ *
+ * Each hook's `fn` must have exactly the C type shown (parameter names are
+ * free): anything else is a compile error naming it, so no argument or result
+ * is silently converted on the way in or out.
  *
  * HOTLOAD_ON_UNLOAD(fn): `int fn(const void **state, size_t *size)`
  *   Called on the old version when a newer one is about to take over, once
@@ -226,15 +231,20 @@ template <class R, class... A> struct hotload__plain<R (*)(A...) noexcept> {
     (__VA_ARGS__)
 #define HOTLOAD__EXPORT_PICK(a1, a2, a3, a4, chosen, ...) chosen
 
+/* The prototype text of a result type and a parenthesised parameter list,
+ * as the host reads it: "int64_t(int64_t, int32_t)".  Shared by every record
+ * that carries a prototype (exports today; imports and events can reuse it). */
+#define HOTLOAD__PROTO(R, params) #R #params
+
 #define HOTLOAD__EXPORT_TYPED(fn, R, params) \
     HOTLOAD__CHECK(fn, R (*) params, \
                    "HOTLOAD_EXPORT(" #fn ", " #R ", " #params "): " #fn \
-                   " is not a function of type " #R #params); \
+                   " is not a function of type " HOTLOAD__PROTO(R, params)); \
     HOTLOAD__CHECK_NO_PARAMS(fn, R, params, \
                              "HOTLOAD_EXPORT(" #fn ", " #R ", ()): " #fn \
                              " must take no parameters: () means (void)"); \
     HOTLOAD__RECORD(HOTLOAD__CAT(hotload__export_, fn), \
-                    HOTLOAD__REC("export") #fn "\x1f" #R #params)
+                    HOTLOAD__REC("export") #fn "\x1f" HOTLOAD__PROTO(R, params))
 
 #define HOTLOAD__EXPORT_STRING(fn, signature) \
     HOTLOAD__STRING_EXPORT_WARN(fn) \
