@@ -12,7 +12,12 @@
  *     HOTLOAD_PLUGIN("double_xp", "1.0.0");
  *
  *     HOTLOAD_API int64_t reward(int64_t base, int32_t level) { return base * 2; }
- *     HOTLOAD_EXPORT(reward, "int64_t(int64_t, int32_t)");
+ *     HOTLOAD_EXPORT(reward, int64_t, (int64_t, int32_t));
+ *
+ * HOTLOAD_EXPORT checks reward's type against the declared prototype at
+ * compile time (a mismatch is an error naming the function, in C with gcc,
+ * clang and mingw-w64, and in C++) and stores the same prototype, as text,
+ * for the host to check calls against.
  *
  * Build:  cc -std=c11 -fPIC -shared -Wall -Wextra -I<sdk>/include plugin.c -o plugin.so
  *
@@ -47,6 +52,10 @@
 #endif
 
 /* ---- state hooks --------------------------------------------------------
+ *
+ * Each hook's `fn` must have exactly the C type shown (parameter names are
+ * free): anything else is a compile error naming it, so no argument or result
+ * is silently converted on the way in or out.
  *
  * HOTLOAD_ON_UNLOAD(fn): `int fn(const void **state, size_t *size)`
  *   Called on the old version when a newer one is about to take over, once
@@ -109,9 +118,84 @@ typedef void (*hotload__any_fn)(void);
 #define HOTLOAD__RECORD(id, text) \
     HOTLOAD__SECTION HOTLOAD__USED static const char id[] = text
 
-/* Keeps a reference to `fn` so the compiler checks that it exists. */
-#define HOTLOAD__REF(fn, type) \
-    static type const HOTLOAD__CAT(hotload__ref_, fn) HOTLOAD__USED = (type)(fn)
+/* ---- compile-time type checks ---------------------------------------------
+ *
+ * HOTLOAD__ASSERT(cond, message) is a file-scope declaration that does not
+ * compile when the constant `cond` is false, and prints `message` where the
+ * compiler can.
+ *
+ * HOTLOAD__CHECK(fn, fnptr_type, message) does not compile unless `fn` names
+ * a function whose type is exactly the function type that `fnptr_type` points
+ * to.  It is the one place that knows how each compiler says "same function
+ * type", so exports and hook trampolines (and later imports) share it:
+ *
+ *   C, gcc/clang/mingw: __builtin_types_compatible_p.  (__extension__ keeps
+ *     -std=c99 -pedantic quiet about _Static_assert.)
+ *   C++11 and later:    a same-type test of &fn; a noexcept function matches
+ *     too (C++17 made noexcept part of a function's type).
+ *   Anything else:      comparing a null pointer of the declared type with
+ *     &fn (unevaluated).  C++ refuses distinct pointer types; a C compiler
+ *     must diagnose them (a constraint violation), perhaps with a warning. */
+
+#if defined(__cplusplus) && __cplusplus >= 201103L
+#  define HOTLOAD__ASSERT(cond, message) static_assert(cond, message)
+extern "C++" {
+template <class A, class B> struct hotload__same { static constexpr bool value = false; };
+template <class A> struct hotload__same<A, A> { static constexpr bool value = true; };
+template <class F> struct hotload__plain { typedef F type; };
+#  if defined(__cpp_noexcept_function_type)
+template <class R, class... A> struct hotload__plain<R (*)(A...) noexcept> {
+    typedef R (*type)(A...);
+};
+#  endif
+}
+#  define HOTLOAD__SAME_FN(fn, fnptr_type) \
+    hotload__same<hotload__plain<decltype(&(fn))>::type, fnptr_type>::value
+#elif !defined(__cplusplus) && defined(__GNUC__)
+#  define HOTLOAD__ASSERT(cond, message) __extension__ _Static_assert(cond, message)
+#  define HOTLOAD__SAME_FN(fn, fnptr_type) \
+    __builtin_types_compatible_p(__typeof__(&(fn)), fnptr_type)
+#else
+#  define HOTLOAD__ASSERT(cond, message) \
+    typedef char HOTLOAD__CAT(hotload__assert_, __LINE__)[(cond) ? 1 : -1]
+#endif
+
+#if defined(HOTLOAD__SAME_FN)
+#  define HOTLOAD__CHECK(fn, fnptr_type, message) \
+    HOTLOAD__ASSERT(HOTLOAD__SAME_FN(fn, fnptr_type), message)
+#else
+#  define HOTLOAD__CHECK(fn, fnptr_type, message) \
+    HOTLOAD__ASSERT(sizeof((fnptr_type)0 == &(fn)), message)
+#endif
+
+/* In C before C23, `R (*)()` declares no prototype and is compatible with
+ * almost any parameter list, while the host (cffi) reads "R()" as "R(void)".
+ * So when the parameter list is spelled exactly `()`, C also demands R(void).
+ * (C++ and C23 already read () as (void).) */
+#if !defined(__cplusplus) && defined(HOTLOAD__SAME_FN)
+#  define HOTLOAD__CHECK_NO_PARAMS(fn, R, params, message) \
+    HOTLOAD__ASSERT(sizeof(#params) != sizeof("()") || HOTLOAD__SAME_FN(fn, R (*)(void)), \
+                    message)
+#else
+#  define HOTLOAD__CHECK_NO_PARAMS(fn, R, params, message) HOTLOAD__ASSERT(1, message)
+#endif
+
+/* The string form of HOTLOAD_EXPORT is deprecated: the compiler cannot check
+ * a prototype written as text.  It still compiles and loads (ABI 1 records
+ * are the same), with a warning naming the function, unless the plugin
+ * defines HOTLOAD_ALLOW_STRING_EXPORT before including this header.  It keeps
+ * a reference to `fn` so that the compiler at least checks that it exists. */
+#if defined(HOTLOAD_ALLOW_STRING_EXPORT) || !defined(__GNUC__)
+#  define HOTLOAD__STRING_EXPORT_TYPE(fn) hotload__any_fn
+#  define HOTLOAD__STRING_EXPORT_WARN(fn)
+#else
+#  define HOTLOAD__STRING_EXPORT_TYPE(fn) HOTLOAD__CAT(hotload__unchecked_export_, fn)
+#  define HOTLOAD__STRING_EXPORT_WARN(fn) \
+    typedef hotload__any_fn HOTLOAD__CAT(hotload__unchecked_export_, fn) __attribute__(( \
+        deprecated("HOTLOAD_EXPORT(" #fn ", \"signature\") is not checked by the compiler; " \
+                   "write HOTLOAD_EXPORT(" #fn ", result_type, (parameter types)), or define " \
+                   "HOTLOAD_ALLOW_STRING_EXPORT to keep the string form")));
+#endif
 
 /* ---- the public macros -------------------------------------------------- */
 
@@ -119,27 +203,82 @@ typedef void (*hotload__any_fn)(void);
 #define HOTLOAD_PLUGIN(name, version) \
     HOTLOAD__RECORD(hotload__plugin, HOTLOAD__REC("plugin") name "\x1f" version)
 
-/* Exports `fn` with the C function type `signature`, e.g. "int64_t(int64_t, int32_t)".
- * Define `fn` with HOTLOAD_API so it is visible in the dynamic symbol table. */
-#define HOTLOAD_EXPORT(fn, signature) \
-    HOTLOAD__REF(fn, hotload__any_fn); \
+/* HOTLOAD_EXPORT(fn, result_type, (parameter types))
+ *
+ * Exports `fn`, a function defined with HOTLOAD_API (so it is visible in the
+ * dynamic symbol table), e.g.
+ *
+ *     HOTLOAD_API int64_t reward(int64_t base, int32_t level) { ... }
+ *     HOTLOAD_EXPORT(reward, int64_t, (int64_t, int32_t));
+ *
+ *     HOTLOAD_API const char *greeting(void) { ... }
+ *     HOTLOAD_EXPORT(greeting, const char *, (void));
+ *
+ * It is a compile error if `fn`'s type is not exactly
+ * `result_type (parameter types)`: the message names the function and the
+ * declared prototype.  The host reads the prototype as the text
+ * "result_type(parameter types)" (parameter names are allowed and ignored),
+ * so use types the host's parser knows: the <stdint.h> integers, size_t,
+ * float, double, bool/_Bool, pointers (void *, const char *, int32_t *...).
+ * Macros in the types are expanded before the text is stored.
+ * `()` means no parameters, as in C++ and C23.
+ *
+ * The older HOTLOAD_EXPORT(fn, "int64_t(int64_t, int32_t)") still works but
+ * is not checked; it is deprecated (see HOTLOAD_ALLOW_STRING_EXPORT above). */
+#define HOTLOAD_EXPORT(...) \
+    HOTLOAD__EXPORT_PICK(__VA_ARGS__, HOTLOAD__EXPORT_BAD, HOTLOAD__EXPORT_TYPED, \
+                         HOTLOAD__EXPORT_STRING, HOTLOAD__EXPORT_BAD, HOTLOAD__EXPORT_BAD) \
+    (__VA_ARGS__)
+#define HOTLOAD__EXPORT_PICK(a1, a2, a3, a4, chosen, ...) chosen
+
+/* The prototype text of a result type and a parenthesised parameter list,
+ * as the host reads it: "int64_t(int64_t, int32_t)".  Shared by every record
+ * that carries a prototype (exports today; imports and events can reuse it). */
+#define HOTLOAD__PROTO(R, params) #R #params
+
+#define HOTLOAD__EXPORT_TYPED(fn, R, params) \
+    HOTLOAD__CHECK(fn, R (*) params, \
+                   "HOTLOAD_EXPORT(" #fn ", " #R ", " #params "): " #fn \
+                   " is not a function of type " HOTLOAD__PROTO(R, params)); \
+    HOTLOAD__CHECK_NO_PARAMS(fn, R, params, \
+                             "HOTLOAD_EXPORT(" #fn ", " #R ", ()): " #fn \
+                             " must take no parameters: () means (void)"); \
+    HOTLOAD__RECORD(HOTLOAD__CAT(hotload__export_, fn), \
+                    HOTLOAD__REC("export") #fn "\x1f" HOTLOAD__PROTO(R, params))
+
+#define HOTLOAD__EXPORT_STRING(fn, signature) \
+    HOTLOAD__STRING_EXPORT_WARN(fn) \
+    static HOTLOAD__STRING_EXPORT_TYPE(fn) const HOTLOAD__CAT(hotload__ref_, fn) HOTLOAD__USED = \
+        (hotload__any_fn)(fn); \
     HOTLOAD__RECORD(HOTLOAD__CAT(hotload__export_, fn), \
                     HOTLOAD__REC("export") #fn "\x1f" signature)
 
+#define HOTLOAD__EXPORT_BAD(...) \
+    HOTLOAD__ASSERT(0, "HOTLOAD_EXPORT takes (fn, result_type, (parameter types))")
+
 /* The hooks may be static: each macro defines a small exported trampoline
- * with a fixed name (hotload_on_load, ...) that the compiler type-checks
- * against the hook's C type. */
+ * with a fixed name (hotload_on_load, ...).  `fn` must have exactly the
+ * hook's C type (a compile error naming it otherwise), so no argument or
+ * result is silently converted on the way. */
 #define HOTLOAD_ON_LOAD(fn) \
+    HOTLOAD__CHECK(fn, hotload_on_load_fn, \
+                   "HOTLOAD_ON_LOAD(" #fn "): " #fn " is not a function of type " \
+                   "int(const char *prev_version, const void *state, size_t size)"); \
     HOTLOAD_API int hotload_on_load(const char *p, const void *s, size_t n) \
     { return (fn)(p, s, n); } \
     HOTLOAD__RECORD(hotload__on_load, HOTLOAD__REC("on_load") "hotload_on_load")
 
 #define HOTLOAD_ON_UNLOAD(fn) \
+    HOTLOAD__CHECK(fn, hotload_on_unload_fn, \
+                   "HOTLOAD_ON_UNLOAD(" #fn "): " #fn " is not a function of type " \
+                   "int(const void **state, size_t *size)"); \
     HOTLOAD_API int hotload_on_unload(const void **s, size_t *n) \
     { return (fn)(s, n); } \
     HOTLOAD__RECORD(hotload__on_unload, HOTLOAD__REC("on_unload") "hotload_on_unload")
 
 #define HOTLOAD_SELF_TEST(fn) \
+    HOTLOAD__CHECK(fn, hotload_self_test_fn, \
+                   "HOTLOAD_SELF_TEST(" #fn "): " #fn " is not a function of type int(void)"); \
     HOTLOAD_API int hotload_self_test(void) { return (fn)(); } \
     HOTLOAD__RECORD(hotload__self_test, HOTLOAD__REC("self_test") "hotload_self_test")
 

@@ -33,16 +33,16 @@ HOTLOAD_API int64_t reward(int64_t base, int32_t level)
     atomic_fetch_add(&xp_granted, xp);
     return xp;
 }
-HOTLOAD_EXPORT(reward, "int64_t(int64_t, int32_t)");
+HOTLOAD_EXPORT(reward, int64_t, (int64_t, int32_t));
 
 HOTLOAD_API int64_t grant_count(void) { return atomic_load(&grants); }
-HOTLOAD_EXPORT(grant_count, "int64_t(void)");
+HOTLOAD_EXPORT(grant_count, int64_t, (void));
 
 HOTLOAD_API int64_t total_xp(void) { return atomic_load(&xp_granted); }
-HOTLOAD_EXPORT(total_xp, "int64_t(void)");
+HOTLOAD_EXPORT(total_xp, int64_t, (void));
 
 HOTLOAD_API int32_t multiplier(void) { return MULTIPLIER; }
-HOTLOAD_EXPORT(multiplier, "int32_t(void)");
+HOTLOAD_EXPORT(multiplier, int32_t, (void));
 
 static int save_state(const void **state, size_t *size)
 {

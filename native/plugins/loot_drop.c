@@ -16,7 +16,7 @@ HOTLOAD_API int32_t rarity(int32_t roll, int32_t luck)
     if (r >= 6000) return 1;
     return 0;
 }
-HOTLOAD_EXPORT(rarity, "int32_t(int32_t, int32_t)");
+HOTLOAD_EXPORT(rarity, int32_t, (int32_t, int32_t));
 
 /* Sum of the gem values in `gems[0..n)`, doubled during the event. */
 HOTLOAD_API int64_t gem_value(const int32_t *gems, size_t n)
@@ -26,4 +26,4 @@ HOTLOAD_API int64_t gem_value(const int32_t *gems, size_t n)
         total += gems[i];
     return total * 2;
 }
-HOTLOAD_EXPORT(gem_value, "int64_t(const int32_t *, size_t)");
+HOTLOAD_EXPORT(gem_value, int64_t, (const int32_t *, size_t));
