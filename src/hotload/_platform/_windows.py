@@ -1,8 +1,7 @@
 """Windows platform layer: ``LoadLibraryExW``/``FreeLibrary`` through ctypes.
 
-The twin of ``dl_posix`` with the same module-level API (``SUFFIX``,
-``open_image``, ``close_image``, ``symbol``, ``image_path``, ``loader_has``,
-``mapped_ranges``); ``platform_layer`` picks one at import time.
+The twin of ``_posix``: both implement ``_api.DynamicLoader`` as a module
+(mypy checks both in ``_platform/__init__``), which picks one at import time.
 
 Why it differs from a plain ``ctypes.WinDLL(path)``:
 
@@ -291,7 +290,8 @@ def _kernel32() -> Any:
 
 
 def _last_error() -> int:
-    return ctypes.get_last_error()  # type: ignore[attr-defined]
+    code: int = ctypes.get_last_error()  # type: ignore[attr-defined]
+    return code
 
 
 def system_message(code: int) -> str | None:
