@@ -28,7 +28,7 @@ from typing import Any
 # O_NOINHERIT: the fd is not inherited by child processes (the CLOEXEC of the
 # CRT); O_BINARY: no newline translation.  Symlinks are refused by the
 # reparse-point check on the directory instead of O_NOFOLLOW, which Windows lacks.
-OPEN_FLAGS = getattr(os, "O_NOINHERIT", 0x80) | getattr(os, "O_BINARY", 0x8000)
+OPEN_FLAGS = getattr(os, "O_NOINHERIT", 0) | getattr(os, "O_BINARY", 0)
 FILE_ATTRIBUTE_REPARSE_POINT = 0x400
 
 
