@@ -3,7 +3,9 @@
 Three layers of proof, each skipped with a reason when its tools are missing:
 
 * the pure logic of ``dl_windows`` (error codes to words, Windows path rules,
-  the search-directory choice) runs on any OS;
+  the search-directory choice) runs on any OS (its kernel32 call sequence
+  against a recording fake, and its conformance to ``_platform._api``, are in
+  test_platform.py);
 * ``pecheck`` runs on real DLLs built here with mingw-w64 (through hotload's
   own builder, ``--target windows``);
 * ``native/harness/win_harness.c`` performs the Win32 call sequence of
@@ -17,7 +19,6 @@ end (a wine 8 prefix is ~700 MB).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import ntpath
 import os
@@ -171,39 +172,6 @@ def test_flags_and_constants_match_the_sdk_values() -> None:
     assert dl_windows.GET_MODULE_HANDLE_EX_FLAG_UNCHANGED_REFCOUNT == 2
     assert dl_windows.SUFFIX == ".dll"
     assert dl_windows.mapped_ranges((1, 2)) == -1
-
-
-def test_same_api_as_dl_posix() -> None:
-    """platform_layer swaps one module for the other: same names, and every
-    parameter the POSIX layer takes is taken by the Windows layer too."""
-    try:
-        from hotload._platform import _posix as dl_posix
-    except (OSError, AttributeError) as exc:  # pragma: no cover - no libc dl* here
-        pytest.skip(f"dl_posix does not import on this OS: {exc}")
-    for name in (
-        "open_image",
-        "close_image",
-        "symbol",
-        "image_path",
-        "loader_has",
-        "mapped_ranges",
-    ):
-        posix_params = list(inspect.signature(getattr(dl_posix, name)).parameters)
-        win_params = list(inspect.signature(getattr(dl_windows, name)).parameters)
-        assert win_params[: len(posix_params)] == posix_params, name
-        extra = inspect.signature(getattr(dl_windows, name)).parameters
-        assert all(
-            extra[p].default is not inspect.Parameter.empty for p in win_params[len(posix_params) :]
-        )
-    assert isinstance(dl_windows.SUFFIX, str) and isinstance(dl_posix.SUFFIX, str)
-    # platform_layer.binfmt is elfcheck or pecheck: same check() parameters and fact names
-    assert (
-        inspect.signature(pecheck.check).parameters.keys()
-        == inspect.signature(elfcheck.check).parameters.keys()
-    )
-    for attr in ("bits", "machine", "machine_name", "hotload_section", "little_endian"):
-        assert hasattr(pecheck.PeFacts, attr) or attr in pecheck.PeFacts.__dataclass_fields__
-        assert hasattr(elfcheck.ElfFacts, attr) or attr in elfcheck.ElfFacts.__dataclass_fields__
 
 
 # ---- mingw builds ---------------------------------------------------------------

@@ -104,7 +104,9 @@ def read_source(
     without following a symlink; ``verify`` checks the opened file's own
     ``fstat``, so no one can swap the file between the check and the read.
     """
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (os.O_NOFOLLOW if real else 0)
+    # O_NONBLOCK, O_NOFOLLOW: POSIX only; O_BINARY: Windows only (text mode would mangle bytes)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    flags |= getattr(os, "O_NOFOLLOW", 0) if real else 0  # os.open adds O_CLOEXEC (PEP 446)
     try:
         fd = os.open(real or path, flags)  # O_NONBLOCK: a FIFO must not hang us
     except FileNotFoundError:

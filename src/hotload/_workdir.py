@@ -4,18 +4,19 @@ Layout::
 
     <base>/                      0700, owned by us: $HOTLOAD_WORKDIR,
                                  $XDG_RUNTIME_DIR/hotload or <tmp>/hotload-<uid>
-    <base>/host-<pid>-<rand>/    one per Host, 0700, holds a flock'ed ``.lock``
+    <base>/host-<pid>-<rand>/    one per Host, 0700, holds a locked ``.lock``
         double_xp.v3.k2j4.so     one file per loaded version, created O_EXCL
 
-A host holds an exclusive ``flock`` on its ``.lock`` for its lifetime, so a
-later host can tell a crashed host's directory (lock free) from a live one
-and sweep it, without trusting PIDs that the kernel may have reused.
+A host holds an exclusive lock on its ``.lock`` for its lifetime, so a later
+host can tell a crashed host's directory (lock free) from a live one and
+sweep it, without trusting PIDs that the kernel may have reused.  The lock
+and what "private" means are the platform's (``_platform.dirlock``: ``flock``
+and mode 0700 on POSIX, ``msvcrt.locking`` and no reparse point on Windows).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import secrets
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 from ._errors import HotloadError
+from ._platform import dirlock
 
 log = logging.getLogger(__name__)
 _STALE_UNLOCKED_AGE = 3600.0  # a dir with no lock file yet is only swept when this old
@@ -39,7 +41,7 @@ def runtime_base(sub: str = "hotload") -> Path:
     elif os.environ.get("XDG_RUNTIME_DIR") and _owned_private(Path(os.environ["XDG_RUNTIME_DIR"])):
         base = Path(os.environ["XDG_RUNTIME_DIR"]) / sub
     else:
-        base = Path(tempfile.gettempdir()) / f"{sub}-{os.getuid()}"
+        base = Path(tempfile.gettempdir()) / f"{sub}-{dirlock.user_tag()}"
     ensure_private_dir(base)
     return base
 
@@ -49,7 +51,7 @@ def _owned_private(path: Path) -> bool:
         st = os.lstat(path)
     except OSError:
         return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
+    return stat.S_ISDIR(st.st_mode) and dirlock.not_private(st) is None
 
 
 def _create_locked(base: Path) -> tuple[Path, int]:
@@ -57,12 +59,7 @@ def _create_locked(base: Path) -> tuple[Path, int]:
     under a name a sweep never matches, lock its ``.lock``, then rename it.
     A sweep therefore never meets a live host's directory unlocked."""
     staging = Path(tempfile.mkdtemp(prefix=".new-host-", dir=base))
-    fd = os.open(
-        staging / ".lock",
-        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-        0o600,
-    )
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else knows this directory yet
+    fd = dirlock.create_locked(staging / ".lock")  # nobody else knows this directory yet
     final = base / f"host-{os.getpid()}-{staging.name.removeprefix('.new-host-')}"
     os.rename(staging, final)
     return final, fd
@@ -86,13 +83,9 @@ def ensure_private_dir(path: Path) -> None:
         raise HotloadError(
             f"{path}: work directory is a symlink or not a directory; refusing to use it"
         )
-    if st.st_uid != os.getuid():
-        raise HotloadError(f"{path}: work directory is owned by uid {st.st_uid}, not {os.getuid()}")
-    if st.st_mode & 0o077:
-        raise HotloadError(
-            f"{path}: work directory has mode {stat.S_IMODE(st.st_mode):o}; "
-            f"it must be private (0700)"
-        )
+    problem = dirlock.not_private(st)
+    if problem:
+        raise HotloadError(f"{path}: work directory {problem}")
 
 
 class WorkDir:
@@ -129,9 +122,7 @@ class WorkDir:
             raise HotloadError(f"{path}: cannot write the versioned copy: {exc.strerror}") from None
 
     def _write(self, path: Path, data: bytes) -> tuple[Path, tuple[int, int]]:
-        fd = os.open(
-            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o500
-        )
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | dirlock.OPEN_FLAGS, 0o500)
         try:
             view = memoryview(data)
             while view:
@@ -152,7 +143,7 @@ class WorkDir:
         valid for the kernel: unlinking only drops the name)."""
         shutil.rmtree(self.path, ignore_errors=True)
         with contextlib.suppress(OSError):
-            os.close(self._lock_fd)
+            dirlock.release(self._lock_fd)
 
 
 def sweep(base: Path) -> int:
@@ -166,7 +157,7 @@ def sweep(base: Path) -> int:
     for entry in base.glob("host-*"):
         lock = entry / ".lock"
         try:
-            fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = dirlock.try_lock(lock)
         except FileNotFoundError:  # no lock file (or already swept by another host): only when old
             with contextlib.suppress(OSError):
                 if time.time() - entry.stat().st_mtime > _STALE_UNLOCKED_AGE:
@@ -174,15 +165,12 @@ def sweep(base: Path) -> int:
             continue
         except OSError:
             continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        if fd is None:
             continue  # a live host holds it
         try:
             removed += _remove(entry)
         finally:
-            os.close(fd)
+            dirlock.release(fd)
     return removed
 
 

@@ -1,21 +1,50 @@
-"""Pick the platform layer for this OS at import time.
+"""Pick the platform layer for this OS, once, at import time.
 
-``dl`` opens and closes images and reports what is still loaded or mapped;
-both implementations expose ``open_image``, ``close_image``, ``symbol``,
-``image_path``, ``loader_has``, ``mapped_ranges`` and ``SUFFIX``.
-``binfmt`` checks a file before it is opened (ELF here, PE on Windows).
-Everything above them (registry, typed calls, hooks, CLI) is shared.
+One concern, one Protocol in ``_api``, one module per OS (filelock's
+``_api`` / ``_unix`` / ``_windows`` split):
+
+========  ==================  ===================  =====================
+name      Protocol            POSIX                Windows
+========  ==================  ===================  =====================
+``dl``    ``DynamicLoader``   ``_posix`` (dlopen)  ``_windows`` (LoadLibraryExW)
+binfmt    ``BinaryFormat``    ``_elf``             ``_pe``
+dirlock   ``DirectoryLock``   ``_lock_posix``      ``_lock_windows``
+========  ==================  ===================  =====================
+
+(``proc``, the preflight worker's process plumbing, joins this table from
+``_proc_api`` / ``_proc_posix`` / ``_proc_windows``.)
+
+Everything above these names (registry, typed calls, hooks, CLI) is shared,
+and nothing outside this package imports a POSIX-only or Windows-only module.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
-if sys.platform == "win32":  # pragma: no cover - proven under wine by tests/test_windows.py
+from ._api import BinaryFormat, DirectoryLock, DynamicLoader
+
+if sys.platform == "win32":  # proven on Linux by tests/test_platform.py and under wine
+    from . import _lock_windows as dirlock
     from . import _pe as binfmt
     from . import _windows as dl
 else:
     from . import _elf as binfmt
+    from . import _lock_posix as dirlock
     from . import _posix as dl
 
-__all__ = ["binfmt", "dl"]
+if TYPE_CHECKING:
+    # mypy reads only one side of the sys.platform test above, so both
+    # implementations of every concern are checked against their Protocol
+    # here: a drifting signature is a type error on any OS.
+    from . import _elf, _lock_posix, _lock_windows, _pe, _posix, _windows
+
+    _posix_loader: DynamicLoader = _posix
+    _windows_loader: DynamicLoader = _windows
+    _elf_format: BinaryFormat = _elf
+    _pe_format: BinaryFormat = _pe
+    _posix_lock: DirectoryLock = _lock_posix
+    _windows_lock: DirectoryLock = _lock_windows
+
+__all__ = ["BinaryFormat", "DirectoryLock", "DynamicLoader", "binfmt", "dirlock", "dl"]

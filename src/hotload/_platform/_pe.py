@@ -26,6 +26,7 @@ import pefile
 
 from .._errors import InvalidPluginError
 from . import _elf as elfcheck
+from ._elf import sniff as sniff  # one sniffer for both formats (BinaryFormat.sniff)
 
 IMAGE_FILE_DLL = 0x2000
 IMAGE_FILE_EXECUTABLE_IMAGE = 0x0002

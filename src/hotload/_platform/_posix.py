@@ -3,7 +3,8 @@ kernel's view of what is mapped.
 
 ctypes has no public ``dlclose``, so this module calls libc's ``dl*``
 functions directly; that also gives ``dlerror`` text and ``RTLD_NOLOAD``
-probes.  The Windows twin is ``dl_windows``; ``platform_layer`` picks one.
+probes.  The Windows twin is ``_windows``; ``_platform`` picks one; both
+implement ``_api.DynamicLoader``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import ctypes
 import os
 import sys
 import threading
+from typing import Any
 
 from .._errors import LoadError
 
@@ -35,6 +37,7 @@ _dlsym.restype = ctypes.c_void_p
 _dlerror = _libc.dlerror
 _dlerror.argtypes = []
 _dlerror.restype = ctypes.c_char_p
+_dlinfo: Any
 try:
     _dlinfo = _libc.dlinfo
     _dlinfo.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
@@ -69,7 +72,7 @@ def open_image(path: str, search_dir: str | None = None) -> int:
         handle = _dlopen(os.fsencode(path), RTLD_NOW | RTLD_LOCAL)
         if not handle:
             raise LoadError(f"{path}: dlopen failed: {_error('unknown error')}")
-        return handle
+        return int(handle)
 
 
 def close_image(handle: int, path: str) -> None:

@@ -1,8 +1,7 @@
 """Windows platform layer: ``LoadLibraryExW``/``FreeLibrary`` through ctypes.
 
-The twin of ``dl_posix`` with the same module-level API (``SUFFIX``,
-``open_image``, ``close_image``, ``symbol``, ``image_path``, ``loader_has``,
-``mapped_ranges``); ``platform_layer`` picks one at import time.
+The twin of ``_posix``: both implement ``_api.DynamicLoader`` as a module
+(mypy checks both in ``_platform/__init__``), which picks one at import time.
 
 Why it differs from a plain ``ctypes.WinDLL(path)``:
 
@@ -23,7 +22,11 @@ Why it differs from a plain ``ctypes.WinDLL(path)``:
 
 The pure logic (error codes to words, Windows path rules) is in plain
 functions that import and run on any OS, so it is unit-tested on Linux;
-kernel32 is bound lazily, on the first call that needs it.  The loader calls
+kernel32 is bound lazily, on the first call that needs it, through
+``_kernel32()`` and ``_last_error()``: the two seams where
+tests/test_platform.py puts a recording fake to drive the load / swap /
+unload sequence on Linux.  Paths go through ``ntpath`` (which *is*
+``os.path`` on Windows) for the same reason.  The loader calls
 themselves are mirrored step by step by ``native/harness/win_harness.c``,
 which the test suite runs under wine.
 """
@@ -34,7 +37,6 @@ import ctypes
 import functools
 import logging
 import ntpath
-import os
 import threading
 from typing import Any
 
@@ -53,6 +55,7 @@ SEM_NOOPENFILEERRORBOX = 0x8000
 FORMAT_MESSAGE_FROM_SYSTEM = 0x00001000
 FORMAT_MESSAGE_IGNORE_INSERTS = 0x00000200
 ERROR_MOD_NOT_FOUND = 126
+INVALID_FILE_ATTRIBUTES = 0xFFFFFFFF
 
 MAX_PATH = 260
 _EXTENDED = "\\\\?\\"  # \\?\  : "do not parse this path", lifts the MAX_PATH limit
@@ -239,6 +242,7 @@ _lock = threading.Lock()
 PROTOTYPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "LoadLibraryExW": ("HMODULE", ("LPCWSTR", "HANDLE", "DWORD")),
     "FreeLibrary": ("BOOL", ("HMODULE",)),
+    "GetFileAttributesW": ("DWORD", ("LPCWSTR",)),
     "GetProcAddress": ("FARPROC", ("HMODULE", "LPCSTR")),
     "GetModuleFileNameW": ("DWORD", ("HMODULE", "LPWSTR", "DWORD")),
     "GetModuleHandleExW": ("BOOL", ("DWORD", "LPCWSTR", "HMODULE *")),
@@ -291,7 +295,8 @@ def _kernel32() -> Any:
 
 
 def _last_error() -> int:
-    return ctypes.get_last_error()  # type: ignore[attr-defined]
+    code: int = ctypes.get_last_error()  # type: ignore[attr-defined]
+    return code
 
 
 def system_message(code: int) -> str | None:
@@ -326,8 +331,8 @@ def open_image(path: str, search_dir: str | None = None) -> int:
     Imports are all resolved now (there is no lazy binding of DLL imports), so
     a missing dependency fails here, not at the first call.
     """
-    full = loader_path(os.path.abspath(path))
-    extra = search_dir_for(full, os.path.abspath(search_dir)) if search_dir else None
+    full = loader_path(ntpath.abspath(path))
+    extra = search_dir_for(full, ntpath.abspath(search_dir)) if search_dir else None
     k32 = _kernel32()
     with _lock:
         cookie = None
@@ -357,7 +362,7 @@ def open_image(path: str, search_dir: str | None = None) -> int:
             describe_load_error(
                 path,
                 code,
-                file_exists=os.path.exists(path),
+                file_exists=k32.GetFileAttributesW(full) != INVALID_FILE_ATTRIBUTES,
                 search_dirs=(extra,) if extra else (),
                 system_text=text,
             )
@@ -406,7 +411,7 @@ def loader_has(path: str) -> bool:
     """The loader's view: is an image loaded from ``path`` still in this
     process?  ``GET_MODULE_HANDLE_EX_FLAG_UNCHANGED_REFCOUNT`` looks without
     taking a reference, so the probe cannot itself keep the image alive."""
-    full = loader_path(os.path.abspath(path))
+    full = loader_path(ntpath.abspath(path))
     handle = ctypes.c_void_p()
     ok = _kernel32().GetModuleHandleExW(
         GET_MODULE_HANDLE_EX_FLAG_UNCHANGED_REFCOUNT, full, ctypes.byref(handle)
