@@ -33,6 +33,6 @@ def on_post_build(config: Any, **kwargs: Any) -> None:
             log.warning("README.md: cannot check the anchor of %s (not a page in docs/)", link)
             continue
         page = path.relative_to(docs).with_suffix("")
-        built = site / page.parent / "index.html" if page.name == "index" else site / page / "index.html"
+        built = site / (page.parent if page.name == "index" else page) / "index.html"
         if f'id="{anchor}"' not in built.read_text(encoding="utf-8"):
             log.warning("README.md links to %s, but %s has no heading #%s", link, target, anchor)
