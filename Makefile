@@ -1,13 +1,13 @@
 # hotload: two commands on a fresh machine
 #   make demo   - set up the virtualenv, build the plugins, run the demo (main job)
-#   make test   - set up the virtualenv, build the plugins, run lint and the test suite
+#   make test   - set up the virtualenv, build the plugins, run lint, the docs build and the test suite
 
 PYTHON ?= python3
 VENV   ?= .venv
 VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv plugins test lint bench demo demo-interactive clean
+.PHONY: all venv plugins test lint docs bench demo demo-interactive clean
 
 all: plugins
 
@@ -29,7 +29,11 @@ lint: $(STAMP)
 	$(VPY) -m ruff check $(LINTED)
 	$(VPY) -m ruff format --check $(LINTED)
 
-test: plugins lint
+# The documentation (docs/, mkdocs.yml) with every link and reference checked; offline.
+docs: $(STAMP)
+	$(VPY) -m mkdocs build --strict --site-dir build/site
+
+test: plugins lint docs
 	$(VPY) -m pytest -q
 
 bench: plugins
