@@ -13,9 +13,11 @@ import sys
 
 if sys.platform == "win32":  # pragma: no cover - proven under wine by tests/test_windows.py
     from . import _pe as binfmt
+    from . import _proc_windows as proc
     from . import _windows as dl
 else:
     from . import _elf as binfmt
     from . import _posix as dl
+    from . import _proc_posix as proc
 
-__all__ = ["binfmt", "dl"]
+__all__ = ["binfmt", "dl", "proc"]
