@@ -94,7 +94,7 @@ def _process_vm_readv() -> Any | None:
 
 
 def _fault(address: int, err: int) -> OSError:
-    return OSError(err, f"{os.strerror(err)} (reading at 0x{address:x})")
+    return OSError(err, f"{os.strerror(err)} at 0x{address:x}")
 
 
 def read_memory(address: int, size: int) -> bytes:
