@@ -56,7 +56,9 @@ BOGUS = {  # case -> (on_unload body, what the refusal must say)
 def bogus_source(body: str) -> str:
     src = xp_source(mult=7, version="2.0.0-bogus")
     assert HANDOVER in src
-    head = "#define _DEFAULT_SOURCE\n#include <stdint.h>\n#include <sys/mman.h>\n#include <unistd.h>\n"
+    head = (
+        "#define _DEFAULT_SOURCE\n#include <stdint.h>\n#include <sys/mman.h>\n#include <unistd.h>\n"
+    )
     return head + src.replace(HANDOVER, body)
 
 
