@@ -24,7 +24,7 @@ from . import _descriptor as desc_mod
 from . import _signatures as signatures
 from ._descriptor import Descriptor
 from ._errors import DescriptorError, HookError, HotloadError, InvalidPluginError, LoadError
-from ._platform import binfmt, dl
+from ._platform import binfmt, dl, proc
 from ._workdir import WorkDir
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 ON_LOAD_TYPE = "int(const char *, const void *, size_t)"
 ON_UNLOAD_TYPE = "int(const void **, size_t *)"
 _MAX_NEW_IMAGE_TRIES = 3
+MAX_STATE_SIZE = 64 << 20
+"""The largest state blob ``on_unload`` may hand over (``Host(max_state_size=...)``): a
+size past the plugin's buffer must be refused before it is copied, not read until it faults."""
 
 
 @dataclass(eq=False)
@@ -71,21 +74,50 @@ class Image:
                 f"(returned {rc}) with the state of version {prev_version or '(none)'}"
             )
 
-    def call_on_unload(self) -> bytes | None:
-        """The state blob this version hands to its successor (None if no hook)."""
+    def call_on_unload(self, max_size: int = MAX_STATE_SIZE) -> bytes | None:
+        """The state blob this version hands to its successor (None if no hook).
+        A blob that cannot be read or is over ``max_size`` bytes is a
+        ``HookError``, never a crash or a ``MemoryError``."""
         if self.on_unload is None:
             return None
         ptr = signatures.ffi.new("const void **")
         size = signatures.ffi.new("size_t *")
         rc = self.on_unload(ptr, size)
+        who = f"{self.source}: on_unload of {self.name} {self.version}"
         if rc != 0:
-            raise HookError(
-                f"{self.source}: on_unload of {self.name} {self.version} failed "
-                f"(returned {rc}); it keeps serving"
-            )
-        if ptr[0] == signatures.ffi.NULL or size[0] == 0:
-            return b""
-        return bytes(signatures.ffi.buffer(ptr[0], size[0]))
+            raise HookError(f"{who} failed (returned {rc}); it keeps serving")
+        address = int(signatures.ffi.cast("uintptr_t", ptr[0]))
+        try:
+            return copy_state(who, address, int(size[0]), max_size)
+        except HookError as exc:
+            raise HookError(f"{exc}; it keeps serving") from None
+
+
+def copy_state(who: str, address: int, size: int, max_size: int = MAX_STATE_SIZE) -> bytes:
+    """Copy the ``size`` bytes an ``on_unload`` hook pointed at, through the
+    kernel (``proc.read_memory``): a plugin's bad pointer or size must refuse
+    the swap, not fault the host the way a ``memcpy`` would.  ``who`` starts
+    the error message ("<source>: on_unload of <name> <version>")."""
+    if size == 0:
+        return b""
+    if address == 0:
+        raise HookError(f"{who} handed over a NULL state pointer with a size of {size} bytes")
+    if size > max_size:
+        raise HookError(
+            f"{who} handed over a state blob of {size} bytes at 0x{address:x}, over the "
+            f"{_bytes(max_size)} limit (max_state_size)"
+        )
+    try:
+        return proc.read_memory(address, size)
+    except OSError as exc:
+        raise HookError(
+            f"{who} handed over a state blob that cannot be read: pointer 0x{address:x}, "
+            f"size {size} bytes ({exc.strerror})"
+        ) from None
+
+
+def _bytes(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 and n % (1 << 20) == 0 else f"{n} bytes"
 
 
 DEFAULT_MAX_PLUGIN_SIZE = 256 << 20  # far above any real plugin; Host(max_plugin_size=...)

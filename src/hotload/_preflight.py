@@ -6,6 +6,12 @@ A worker process (``preflight_worker``; a fresh interpreter, never a fork of
 the host) is started once and reused: per reload the cost is a pipe round
 trip plus the plugin's own ``dlopen``/``on_load``/self-test, not a Python
 start-up.  A worker that a plugin crashed or hung is replaced on the next use.
+
+One deadline (``timeout``) covers the whole exchange, writing the request
+included, so a worker that stopped reading cannot block a reload.  A worker
+killed or stopped by someone else is reported as such, not as a crash of the
+build.  The worker dies with the host (see ``_platform.proc.die_with_parent``),
+which is why it is always started from one long-lived thread of this object.
 """
 
 from __future__ import annotations
@@ -15,32 +21,41 @@ import collections
 import json
 import logging
 import os
-import select
-import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import _errors as errors
 from ._errors import HotloadError
+from ._loader import MAX_STATE_SIZE
+from ._platform import proc as channel
 
 log = logging.getLogger(__name__)
 
 STEP_WORDS = {
+    "send": "receiving the request",
     "check": "reading and checking the file",
     "dlopen": "dlopen (library constructors)",
     "resolve": "resolving exports",
     "on_load": "on_load",
     "self_test": "the self-test",
+    "on_unload": "on_unload (handing over its state)",
 }
+
+# Signals that a crashing plugin does not raise: a worker ended by one of these
+# was killed from outside (another process, a terminal, the OOM killer).
+EXTERNAL_SIGNALS = frozenset({"SIGKILL", "SIGTERM", "SIGINT", "SIGHUP"})
 
 
 class PreflightError(errors.HookError):
     """The new version failed in the preflight process: crashed, hung, or
-    refused; the message says which step and how."""
+    refused; the message says which step and how.  ``external`` is True when
+    the worker was killed or stopped by someone else: the build was not judged,
+    and retrying the reload is worth it."""
 
     def __init__(
         self,
@@ -51,6 +66,7 @@ class PreflightError(errors.HookError):
         exit_code: int | None = None,
         rc: int | None = None,
         stderr: str = "",
+        external: bool = False,
     ) -> None:
         super().__init__(message)
         self.step, self.signal_name, self.exit_code, self.rc, self.stderr = (
@@ -60,6 +76,7 @@ class PreflightError(errors.HookError):
             rc,
             stderr,
         )
+        self.external = external
 
 
 class PreflightWorker:
@@ -72,18 +89,22 @@ class PreflightWorker:
         self._stderr: collections.deque[str] = collections.deque(maxlen=40)
         self._buf = b""
         self._ids = 0
+        # Linux kills the worker (PR_SET_PDEATHSIG) when the *thread* that started
+        # it exits: start it from this object's own thread, never from the
+        # caller's (a control-channel session or watcher thread that ends soon).
+        self._spawner: ThreadPoolExecutor | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The running worker's pid (None before the first check)."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
 
     # -- process management -------------------------------------------------
     def _spawn(self) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hotload._preflight_worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            close_fds=True,
-        )
+        if self._spawner is None:
+            self._spawner = ThreadPoolExecutor(1, thread_name_prefix="hotload-preflight-spawn")
+        proc = self._spawner.submit(self._popen).result()
         self._stderr.clear()
         self._buf = b""
         threading.Thread(
@@ -98,6 +119,19 @@ class PreflightWorker:
             )
         return proc
 
+    @staticmethod
+    def _popen() -> subprocess.Popen[bytes]:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        return subprocess.Popen(
+            [sys.executable, "-m", "hotload._preflight_worker", "--parent", str(os.getpid())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            close_fds=True,
+            **channel.spawn_options(),
+        )
+
     def _drain_stderr(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stderr is not None
         for raw in proc.stderr:
@@ -111,7 +145,7 @@ class PreflightWorker:
         if proc is None:
             return
         if proc.poll() is None:
-            proc.kill()
+            proc.kill()  # SIGKILL also ends a stopped process
         proc.wait()
         for f in (proc.stdin, proc.stdout):
             if f is not None:
@@ -120,12 +154,28 @@ class PreflightWorker:
     def close(self) -> None:
         with self._lock:
             self._kill()
+            if self._spawner is not None:
+                self._spawner.shutdown(wait=False)
+                self._spawner = None
 
     def start(self) -> None:
         """Start the worker ahead of the first reload (optional)."""
         with self._lock:
-            if self._proc is None or self._proc.poll() is not None:
-                self._spawn()
+            self._usable()
+
+    def _usable(self) -> subprocess.Popen[bytes]:
+        """The running worker, or a fresh one if it died or was stopped while idle."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            if not channel.stopped(proc.pid):
+                return proc
+            log.warning(
+                "preflight worker (pid %d) is stopped by a signal (SIGSTOP from another "
+                "process?); replacing it",
+                proc.pid,
+            )
+        self._kill()
+        return self._spawn()
 
     # -- one check ------------------------------------------------------------
     def check(
@@ -139,17 +189,16 @@ class PreflightWorker:
         state: bytes | None,
         self_test: bool = True,
         unload_safe: bool = False,
+        max_state_size: int = MAX_STATE_SIZE,
     ) -> dict[str, Any]:
-        """Try the plugin at ``path`` (its private copy); raise PreflightError."""
+        """Try the plugin at ``path`` (its private copy); raise PreflightError.
+        ``timeout`` bounds the whole exchange, from writing the request on."""
         with self._lock:
-            proc = (
-                self._proc
-                if self._proc is not None and self._proc.poll() is None
-                else self._spawn()
-            )
+            proc = self._usable()
             self._ids += 1
+            rid = self._ids
             req = {
-                "id": self._ids,
+                "id": rid,
                 "path": path,
                 "source": source,
                 "name": name,
@@ -158,21 +207,29 @@ class PreflightWorker:
                 "state": base64.b64encode(state).decode() if state is not None else None,
                 "self_test": self_test,
                 "unload_safe": unload_safe,
+                "max_state_size": max_state_size,
             }
-            assert proc.stdin is not None
+            payload = (json.dumps(req) + "\n").encode()
+            deadline = time.monotonic() + self.timeout
             try:
-                proc.stdin.write((json.dumps(req) + "\n").encode())
-                proc.stdin.flush()
-            except BrokenPipeError:
+                sent = self._send(proc, payload, deadline)
+            except BrokenPipeError:  # it died after the check above: start afresh once
                 self._kill()
                 proc = self._spawn()
-                assert proc.stdin is not None
-                proc.stdin.write((json.dumps(req) + "\n").encode())
-                proc.stdin.flush()
-            return self._await(proc, source, req["id"])
+                deadline = time.monotonic() + self.timeout
+                sent = self._send(proc, payload, deadline)
+            if not sent:
+                return self._failed(proc, source, "send", hung=True)
+            return self._await(proc, source, rid, deadline)
 
-    def _await(self, proc: subprocess.Popen[bytes], source: str, rid: int) -> dict[str, Any]:
-        deadline = time.monotonic() + self.timeout
+    @staticmethod
+    def _send(proc: subprocess.Popen[bytes], payload: bytes, deadline: float) -> bool:
+        assert proc.stdin is not None
+        return channel.write_all(proc.stdin.fileno(), payload, deadline)
+
+    def _await(
+        self, proc: subprocess.Popen[bytes], source: str, rid: int, deadline: float
+    ) -> dict[str, Any]:
         step = "check"
         while True:
             msg = self._read_line(proc, deadline)
@@ -202,50 +259,81 @@ class PreflightWorker:
     def _failed(
         self, proc: subprocess.Popen[bytes], source: str, step: str, *, hung: bool
     ) -> dict[str, Any]:
-        """The worker died or hung during ``step``: explain, then replace it."""
+        """The worker died or hung during ``step``: explain, then replace it.
+
+        A worker stopped by a signal, or killed by one that a crash does not
+        raise, was stopped by someone else: say so, and that the build was not
+        judged, rather than blame the build."""
         where = STEP_WORDS.get(step, step)
+        pid = proc.pid
+        stopped = hung and channel.stopped(pid)
         if not hung:
             try:  # its pipe closed: it is dying; collect how
                 proc.wait(timeout=2.0)
             except subprocess.TimeoutExpired:
                 hung = True
+                stopped = channel.stopped(pid)
         self._kill()
         time.sleep(0.01)  # let the stderr drain thread pick up the last lines
         tail = self._stderr_tail()
+        more = f"; stderr: {tail}" if tail else ""
+        if stopped:
+            raise PreflightError(
+                f"{source}: preflight: the worker process (pid {pid}) was stopped by a signal "
+                f"during {where} (SIGSTOP, SIGTSTP or a debugger, from outside: a plugin crash "
+                f"does not stop a process); the new build was not judged, retry the reload" + more,
+                step=step,
+                signal_name="SIGSTOP",
+                stderr=tail,
+                external=True,
+            )
         if hung:
-            msg = (
-                f"{source}: preflight: the new version did not finish {where} "
-                f"within {self.timeout:.1f} s (hung)"
+            what = (
+                "did not read the request"
+                if step == "send"
+                else f"the new version did not finish {where}"
             )
             raise PreflightError(
-                msg + (f"; stderr: {tail}" if tail else ""), step=step, stderr=tail
+                f"{source}: preflight: {what} within {self.timeout:.1f} s (hung)" + more,
+                step=step,
+                stderr=tail,
             )
         code = proc.returncode
-        if code is not None and code < 0:
-            try:
-                sig = signal.Signals(-code).name
-            except ValueError:  # a real-time signal has no name in the enum
-                sig = f"signal {-code}"
-            msg = f"{source}: preflight: the new version crashed with {sig} during {where}"
+        sig = channel.exit_signal(code) if code is not None else None
+        if sig in EXTERNAL_SIGNALS:
             raise PreflightError(
-                msg + (f"; stderr: {tail}" if tail else ""), step=step, signal_name=sig, stderr=tail
+                f"{source}: preflight: the worker process (pid {pid}) was killed by {sig} "
+                f"during {where}, a signal a crashing plugin does not raise: another process "
+                f"(or the kernel's OOM killer) killed it; the new build was not judged, retry "
+                f"the reload" + more,
+                step=step,
+                signal_name=sig,
+                stderr=tail,
+                external=True,
+            )
+        if sig is not None:
+            raise PreflightError(
+                f"{source}: preflight: the new version crashed with {sig} during {where}" + more,
+                step=step,
+                signal_name=sig,
+                stderr=tail,
             )
         if (
             os.name == "nt" and code is not None and code >= 0xC0000000
         ):  # an NTSTATUS, e.g. access violation
-            msg = (
-                f"{source}: preflight: the new version crashed with exception 0x{code:08X} "
-                f"during {where}"
-            )
             raise PreflightError(
-                msg + (f"; stderr: {tail}" if tail else ""), step=step, exit_code=code, stderr=tail
+                f"{source}: preflight: the new version crashed with exception 0x{code:08X} "
+                f"during {where}" + more,
+                step=step,
+                exit_code=code,
+                stderr=tail,
             )
-        msg = (
-            f"{source}: preflight: the new version exited the process with code {code} "
-            f"during {where}"
-        )
         raise PreflightError(
-            msg + (f"; stderr: {tail}" if tail else ""), step=step, exit_code=code, stderr=tail
+            f"{source}: preflight: the new version exited the process with code {code} "
+            f"during {where}" + more,
+            step=step,
+            exit_code=code,
+            stderr=tail,
         )
 
     def _read_line(self, proc: subprocess.Popen[bytes], deadline: float) -> dict[str, Any] | None:
@@ -253,15 +341,10 @@ class PreflightWorker:
         assert proc.stdout is not None
         fd = proc.stdout.fileno()
         while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            ready, _, _ = select.select([fd], [], [], left)
-            if not ready:
-                return None
-            chunk = os.read(fd, 65536)
-            if not chunk:
+            chunk = channel.read_chunk(fd, deadline)
+            if not chunk:  # None: the deadline passed; b"": it closed the pipe
                 return None
             self._buf += chunk
         line, _, self._buf = self._buf.partition(b"\n")
-        return json.loads(line)
+        result: dict[str, Any] = json.loads(line)
+        return result

@@ -7,7 +7,14 @@ host knows which step it was in), then a final ``{"done": ...}`` line.  The
 plugin's own stdout is sent to stderr so it cannot corrupt the protocol.
 
 Requests: ``{"id", "path", "source", "name", "declared", "prev_version",
-"state" (base64 or null), "self_test": bool, "unload_safe": bool}``.
+"state" (base64 or null), "self_test": bool, "unload_safe": bool,
+"max_state_size": int}``.  After ``on_load`` and the self-test the new
+build's ``on_unload`` runs too and its blob is copied as the host would copy
+it, so a build whose blob cannot be read (or is over the cap) is refused here
+instead of taking the host down at its next reload.
+
+Started as ``... --parent PID``: the worker ends when that process ends, even
+while a plugin hook hangs in its main thread.
 
 The soft-purge rule holds here too: a plugin whose binary shows unload
 hazards (threads, thread keys, handlers) and does not declare itself unload
@@ -26,7 +33,11 @@ from pathlib import Path
 from typing import Any
 
 
-def _main() -> int:
+def _main(argv: list[str]) -> int:
+    from ._platform import proc
+
+    parent = int(argv[argv.index("--parent") + 1]) if "--parent" in argv else os.getppid()
+    proc.die_with_parent(parent)
     channel = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # plugin printf()s go to stderr, never into the protocol
     sys.stdout = sys.stderr
@@ -46,6 +57,8 @@ def _main() -> int:
 
     say({"ready": True, "pid": os.getpid()})
     for line in sys.stdin:
+        if proc.parent_gone(parent):
+            return 1
         req = json.loads(line)
         rid = req["id"]
         step = "check"
@@ -115,6 +128,13 @@ def _main() -> int:
                         }
                     )
                     continue
+            if desc is not None and desc.on_unload:
+                step = "on_unload"
+                say({"id": rid, "step": step})
+                error = _try_on_unload(loader, handle, req, desc.on_unload, name, version)
+                if error is not None:
+                    say({"id": rid, "done": False, "step": step, "error": error})
+                    continue
             say({"id": rid, "done": True, **result})
         except HotloadError as exc:
             say(
@@ -134,5 +154,28 @@ def _main() -> int:
     return 0
 
 
+def _try_on_unload(
+    loader: Any, handle: int, req: dict[str, Any], symbol: str, name: str, version: str
+) -> str | None:
+    """Run the new build's ``on_unload`` and copy its blob the way the host will
+    at the next swap; the refusal's text, or None when the blob is good."""
+    from ._errors import HookError
+    from ._signatures import ffi
+
+    hook = loader._resolve(handle, req["source"], symbol, loader.ON_UNLOAD_TYPE)
+    ptr, size = ffi.new("const void **"), ffi.new("size_t *")
+    rc = hook(ptr, size)
+    who = f"on_unload of {name} {version}"
+    if rc != 0:
+        return f"{who} failed (returned {rc}): its state could never be handed over"
+    address = int(ffi.cast("uintptr_t", ptr[0]))
+    limit = req.get("max_state_size") or loader.MAX_STATE_SIZE
+    try:
+        loader.copy_state(who, address, int(size[0]), limit)
+    except HookError as exc:
+        return str(exc)
+    return None
+
+
 if __name__ == "__main__":
-    sys.exit(_main())
+    sys.exit(_main(sys.argv[1:]))

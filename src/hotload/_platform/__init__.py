@@ -28,17 +28,29 @@ from ._api import BinaryFormat, DirectoryLock, DynamicLoader
 if sys.platform == "win32":  # proven on Linux by tests/test_platform.py and under wine
     from . import _lock_windows as dirlock
     from . import _pe as binfmt
+    from . import _proc_windows as proc
     from . import _windows as dl
 else:
     from . import _elf as binfmt
     from . import _lock_posix as dirlock
     from . import _posix as dl
+    from . import _proc_posix as proc
 
 if TYPE_CHECKING:
     # mypy reads only one side of the sys.platform test above, so both
     # implementations of every concern are checked against their Protocol
     # here: a drifting signature is a type error on any OS.
-    from . import _elf, _lock_posix, _lock_windows, _pe, _posix, _windows
+    from . import (
+        _elf,
+        _lock_posix,
+        _lock_windows,
+        _pe,
+        _posix,
+        _proc_posix,
+        _proc_windows,
+        _windows,
+    )
+    from ._proc_api import WorkerProcess
 
     _posix_loader: DynamicLoader = _posix
     _windows_loader: DynamicLoader = _windows
@@ -46,5 +58,7 @@ if TYPE_CHECKING:
     _pe_format: BinaryFormat = _pe
     _posix_lock: DirectoryLock = _lock_posix
     _windows_lock: DirectoryLock = _lock_windows
+    _posix_proc: WorkerProcess = _proc_posix
+    _windows_proc: WorkerProcess = _proc_windows
 
-__all__ = ["BinaryFormat", "DirectoryLock", "DynamicLoader", "binfmt", "dirlock", "dl"]
+__all__ = ["BinaryFormat", "DirectoryLock", "DynamicLoader", "binfmt", "dirlock", "dl", "proc"]

@@ -1,0 +1,56 @@
+"""The worker channel contract: what the preflight needs from the OS to talk to
+its worker process, copy a plugin's state blob safely, and tie the worker's
+life to its host.
+
+``_proc_posix`` and ``_proc_windows`` are modules that satisfy
+``WorkerProcess``; ``_platform`` picks one as ``proc``.  Deadlines are
+``time.monotonic()`` values, so a whole exchange shares one budget.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class WorkerProcess(Protocol):
+    def read_chunk(self, fd: int, deadline: float) -> bytes | None:
+        """What the pipe ``fd`` holds (waiting up to ``deadline``): ``b""`` at end
+        of file (the writer is gone), None when the deadline passed first."""
+        ...
+
+    def write_all(self, fd: int, data: bytes, deadline: float) -> bool:
+        """Write all of ``data`` to the pipe ``fd``; False when the deadline
+        passed first (a reader that stopped reading must not block the host).
+        ``BrokenPipeError`` when the reader is gone.  After False the pipe is
+        in an unknown state: kill the reader."""
+        ...
+
+    def read_memory(self, address: int, size: int) -> bytes:
+        """A copy of ``size`` bytes at ``address`` in this process, or ``OSError``
+        (EFAULT) when any of them cannot be read: never a crash."""
+        ...
+
+    def die_with_parent(self, parent_pid: int) -> None:
+        """Called first thing in a worker: end this process when ``parent_pid``
+        ends, even while the main thread is stuck inside plugin code; exit at
+        once if it has already ended."""
+        ...
+
+    def parent_gone(self, parent_pid: int) -> bool:
+        """Whether ``parent_pid`` (this process's parent) has ended."""
+        ...
+
+    def stopped(self, pid: int) -> bool:
+        """Whether the process ``pid`` is stopped by a signal (SIGSTOP, job
+        control, a tracer): it cannot make progress until someone resumes it."""
+        ...
+
+    def exit_signal(self, returncode: int) -> str | None:
+        """The name of the signal that ended a child with ``returncode``
+        (``Popen.returncode``), None when it exited normally."""
+        ...
+
+    def spawn_options(self) -> dict[str, Any]:
+        """Extra ``subprocess.Popen`` arguments for a worker (its own session,
+        so a Ctrl-C meant for the host's terminal does not hit it mid-check)."""
+        ...

@@ -1,0 +1,219 @@
+"""POSIX worker channel (``WorkerProcess`` in ``_proc_api``): pipes with
+deadlines through ``poll``, a state-blob copy through the kernel, and a worker
+that dies with its host.
+
+Why the kernel copies the blob: a plugin's ``on_unload`` hands over a raw
+pointer and size.  Reading them with ``memcpy`` (what ``ffi.buffer`` does)
+turns a bad pointer into a SIGSEGV of the host; ``process_vm_readv`` on our
+own pid, or ``write()`` of the range into a file, make the kernel do the
+reading, and a bad address comes back as ``EFAULT`` instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import os
+import select
+import signal
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+_CHUNK = 1 << 16
+_PR_SET_PDEATHSIG = 1
+_PARENT_POLL = 0.5  # seconds between parent checks in the worker's watchdog
+EXIT_PARENT_GONE = 70  # a worker whose host is gone exits with this code
+
+
+# ---- pipes with a deadline ---------------------------------------------------
+def _wait(fd: int, events: int, deadline: float) -> bool:
+    """Wait until ``fd`` is ready for ``events`` or ``deadline``; poll, not
+    select, so a descriptor numbered above FD_SETSIZE (1024) still works."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        return False
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, events)
+        return bool(poller.poll(left * 1000))
+    want_read = events & select.POLLIN
+    ready = select.select([fd] if want_read else [], [] if want_read else [fd], [], left)
+    return any(ready)
+
+
+def read_chunk(fd: int, deadline: float) -> bytes | None:
+    if not _wait(fd, select.POLLIN, deadline):
+        return None
+    return os.read(fd, _CHUNK)  # readable: never blocks; b"" at end of file
+
+
+def write_all(fd: int, data: bytes, deadline: float) -> bool:
+    os.set_blocking(fd, False)  # only the host writes this pipe, and only through here
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+            continue
+        except BlockingIOError:
+            pass
+        if not _wait(fd, select.POLLOUT, deadline):
+            return False
+    return True
+
+
+# ---- copying a state blob without faulting ---------------------------------------
+class _IOVec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+_vm_readv_works = True  # cleared when the kernel (or a seccomp filter) refuses it
+
+
+def _process_vm_readv() -> Any | None:
+    fn = getattr(_libc(), "process_vm_readv", None) if _vm_readv_works else None
+    if fn is not None and fn.restype is not ctypes.c_ssize_t:
+        fn.argtypes = [
+            ctypes.c_int,
+            ctypes.POINTER(_IOVec),
+            ctypes.c_ulong,
+            ctypes.POINTER(_IOVec),
+            ctypes.c_ulong,
+            ctypes.c_ulong,
+        ]
+        fn.restype = ctypes.c_ssize_t
+    return fn
+
+
+def _fault(address: int, err: int) -> OSError:
+    return OSError(err, f"{os.strerror(err)} at 0x{address:x}")
+
+
+def read_memory(address: int, size: int) -> bytes:
+    if size == 0:
+        return b""
+    global _vm_readv_works
+    fn = _process_vm_readv()
+    if fn is not None:
+        try:
+            return _copy_vm_readv(fn, address, size)
+        except NotImplementedError:
+            _vm_readv_works = False
+    return _copy_via_file(address, size)
+
+
+def _copy_vm_readv(fn: Any, address: int, size: int) -> bytes:
+    """``process_vm_readv`` on our own pid; NotImplementedError when the kernel
+    or a seccomp filter does not allow it."""
+    buf = ctypes.create_string_buffer(size)
+    base, done, pid = ctypes.addressof(buf), 0, os.getpid()
+    while done < size:
+        local = _IOVec(base + done, size - done)
+        remote = _IOVec(address + done, size - done)
+        n = fn(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        if n < 0:
+            err = ctypes.get_errno()
+            if err == errno.EINTR:
+                continue
+            if err in (errno.ENOSYS, errno.EPERM):
+                raise NotImplementedError
+            raise _fault(address + done, err)
+        if n == 0:  # a partial copy stopped at an unreadable page
+            raise _fault(address + done, errno.EFAULT)
+        done += n
+    return buf.raw
+
+
+def _copy_via_file(address: int, size: int) -> bytes:
+    """Fallback: ``write()`` the range into an anonymous file (EFAULT, not a
+    crash, on a bad address), then read it back."""
+    write = _libc().write
+    write.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+    write.restype = ctypes.c_ssize_t
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("hotload-state", os.MFD_CLOEXEC)
+    else:
+        with tempfile.TemporaryFile() as tmp:
+            fd = os.dup(tmp.fileno())  # unlinked already; the dup keeps it until closed
+    try:
+        done = 0
+        while done < size:
+            n = write(fd, address + done, size - done)
+            if n < 0:
+                err = ctypes.get_errno()
+                if err == errno.EINTR:
+                    continue
+                raise _fault(address + done, err)
+            if n == 0:
+                raise _fault(address + done, errno.EFAULT)
+            done += n
+        parts, got = [], 0
+        while got < size:
+            part = os.pread(fd, size - got, got)
+            if not part:
+                raise _fault(address + got, errno.EIO)
+            parts.append(part)
+            got += len(part)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+# ---- a worker that dies with its host ------------------------------------------
+def die_with_parent(parent_pid: int) -> None:
+    """``PR_SET_PDEATHSIG`` on Linux (the kernel kills us even while plugin code
+    holds the main thread), then a getppid check (the parent may have died
+    before the prctl) and a watchdog thread for systems without it.  The host
+    must spawn the worker from a thread that lives as long as the worker:
+    Linux sends the signal when the *thread* that forked us exits."""
+    if sys.platform.startswith("linux"):
+        prctl = _libc().prctl
+        prctl.argtypes = [ctypes.c_int, ctypes.c_ulong]
+        prctl.restype = ctypes.c_int
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent_gone(parent_pid):
+        os._exit(EXIT_PARENT_GONE)
+    threading.Thread(
+        target=_watch_parent, args=(parent_pid,), daemon=True, name="hotload-parent-watch"
+    ).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while not parent_gone(parent_pid):
+        time.sleep(_PARENT_POLL)
+    os._exit(EXIT_PARENT_GONE)
+
+
+def parent_gone(parent_pid: int) -> bool:
+    return os.getppid() != parent_pid  # re-parented to init or a subreaper
+
+
+def stopped(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return False  # no /proc, or the process is gone
+    fields = stat[stat.rfind(b")") + 1 :].split()  # the name may contain ") "
+    return bool(fields) and fields[0] in (b"T", b"t")
+
+
+def exit_signal(returncode: int) -> str | None:
+    if returncode >= 0:
+        return None
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:  # a real-time signal has no name in the enum
+        return f"signal {-returncode}"
+
+
+def spawn_options() -> dict[str, Any]:
+    return {"start_new_session": True}
