@@ -170,9 +170,9 @@ def check(
         interp = interp or p_type == PT_INTERP
         if p_type == PT_DYNAMIC:
             dynamic = (p_offset, p_filesz)
-    kind = _executable_kind(data, end, bits, interp, dynamic)
-    if kind:
-        raise InvalidPluginError(f"{path}: {NOT_A_LIBRARY.format(kind)}")
+    exe_kind = _executable_kind(data, end, bits, interp, dynamic)
+    if exe_kind:
+        raise InvalidPluginError(f"{path}: {NOT_A_LIBRARY.format(exe_kind)}")
     return ElfFacts(
         bits,
         end == "<",
