@@ -483,20 +483,22 @@ def test_cache_is_bounded(build: Build, monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_explain_leak_gives_pins_with_fixes(build: Build) -> None:
     report = inspector.inspect_file(build("nodelete", PLAIN, "-Wl,-z,nodelete"))
-    (finding,) = inspector.explain_leak(report, 1, 1)
+    (finding,) = inspector.leak_findings(report, 1, 1)
     assert finding.code == "nodelete" and finding.fix == "relink without -Wl,-z,nodelete"
     assert finding.line().startswith("nodelete: linked with -z nodelete")
+    (line,) = inspector.explain_leak(report, 1, 1)
+    assert line == f"{finding.line()} (fix: relink without -Wl,-z,nodelete)"
 
 
 def test_explain_leak_without_a_reason_in_the_file(build: Build) -> None:
     report = inspector.inspect_file(build("clean", CLEAN))
-    (other,) = inspector.explain_leak(report, 2, 2)
+    (other,) = inspector.leak_findings(report, 2, 2)
     assert other.code == "other-handle" and "(2 opens, 2 closes)" in other.message
     assert "another dlopen of the same file" in other.fix and "depends on it" in other.fix
-    (unbalanced,) = inspector.explain_leak(report, 3, 2)
+    (unbalanced,) = inspector.leak_findings(report, 3, 2)
     assert unbalanced.code == "open-handles"
     assert "opened it 3 times and closed it 2 times" in unbalanced.message
-    assert inspector.explain_leak(report, 2, 3)[0].code == "double-close"
+    assert inspector.leak_findings(report, 2, 3)[0].code == "double-close"
 
 
 def test_every_code_is_documented_once(build: Build) -> None:

@@ -401,6 +401,17 @@ def inspect_file(path: str | os.PathLike[str]) -> Report:
 
 def explain_leak(
     report: Report, opens: int, closes: int, *, loaded_as: str | None = None
+) -> list[str]:
+    """``leak_findings`` as ``code: message (fix: ...)`` lines, for a host
+    that keeps blockers as text."""
+    return [
+        f"{f.line()} (fix: {f.fix})"
+        for f in leak_findings(report, opens, closes, loaded_as=loaded_as)
+    ]
+
+
+def leak_findings(
+    report: Report, opens: int, closes: int, *, loaded_as: str | None = None
 ) -> list[Finding]:
     """Findings for a version that is still mapped after its final dlclose.
 
