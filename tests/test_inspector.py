@@ -6,10 +6,8 @@ check that what a finding claims is what glibc really does.
 
 from __future__ import annotations
 
-import _ctypes
-import ctypes
 import hashlib
-import os
+import json
 import platform
 import random
 import re
@@ -18,9 +16,9 @@ import struct
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -170,14 +168,6 @@ def only(report: Report, code: str) -> inspector.Finding:
     found = [f for f in report.findings if f.code == code]
     assert len(found) == 1, codes(report)
     return found[0]
-
-
-def mapped(path: Path) -> bool:
-    """Is any part of ``path`` mapped into this process (/proc/self/maps)?"""
-    st = os.stat(path)
-    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
-    with open("/proc/self/maps") as fh:
-        return any(line.split()[3:5] == [dev, str(st.st_ino)] for line in fh)
 
 
 def undefined(path: Path) -> set[str]:
@@ -526,27 +516,79 @@ def test_report_round_trips_through_json(build: Build) -> None:
 # ---- what glibc really does --------------------------------------------------
 
 
-def _open_two_copies(src: Path, tag: str) -> tuple[Path, Path, int, int]:
-    """dlopen two private copies of ``src``, call bump() in each, dlclose both."""
-    a, b = src.with_name(f"{src.stem}-{tag}-v1.so"), src.with_name(f"{src.stem}-{tag}-v2.so")
+# Each probe runs in a fresh interpreter: a unique symbol bound, a thread-local
+# destructor registered or a NODELETE image stays in the process for good, and
+# one test's leftovers changed what the next one saw (1 failure in 2 full runs).
+PROBE = """
+import _ctypes, ctypes, json, os, shutil, sys, threading
+
+def mapped(path):
+    st = os.stat(path)
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
+    with open("/proc/self/maps") as fh:
+        return any(line.split()[3:5] == [dev, str(st.st_ino)] for line in fh)
+
+def two_copies(src, tag):
+    a = src.replace(".so", f"-{tag}-v1.so")
+    b = src.replace(".so", f"-{tag}-v2.so")
     shutil.copyfile(src, a)
     shutil.copyfile(src, b)
-    lib_a, lib_b = ctypes.CDLL(str(a)), ctypes.CDLL(str(b))
-    bumps = lib_a.bump(), lib_b.bump()
+    lib_a, lib_b = ctypes.CDLL(a), ctypes.CDLL(b)
+    bumps = [lib_a.bump(), lib_b.bump()]
     _ctypes.dlclose(lib_a._handle)
     _ctypes.dlclose(lib_b._handle)
-    return a, b, *bumps
+    return {"bumps": bumps, "a": mapped(a), "b": mapped(b)}
+
+def nodelete(src):
+    copy = src.replace(".so", "-real.so")
+    shutil.copyfile(src, copy)
+    _ctypes.dlclose(ctypes.CDLL(copy)._handle)
+    return {"mapped": mapped(copy)}
+
+def thread_local(src, trigger):
+    copy = src.replace(".so", "-real.so")
+    shutil.copyfile(src, copy)
+    lib = ctypes.CDLL(copy)
+    touched, finish = threading.Event(), threading.Event()
+    def worker():
+        lib.touch(); touched.set(); finish.wait(10)
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert touched.wait(10)
+    _ctypes.dlclose(lib._handle)
+    out = {"while_alive": mapped(copy)}
+    finish.set(); thread.join()
+    out["after_exit"] = mapped(copy)
+    other = trigger.replace(".so", "-trigger.so")
+    shutil.copyfile(trigger, other)
+    _ctypes.dlclose(ctypes.CDLL(other)._handle)
+    out["after_next_dlclose"] = mapped(copy)
+    return out
+
+print(json.dumps(globals()[sys.argv[1]](*sys.argv[2:])))
+"""
+
+
+def probe(kind: str, *args: object) -> dict[str, Any]:
+    """Run one of PROBE's functions in a child interpreter; its JSON result."""
+    res = subprocess.run(
+        [sys.executable, "-c", PROBE, kind, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    result: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+    return result
 
 
 @needs_gxx
 @needs_glibc
 def test_gnu_unique_really_pins_the_first_copy(build: Build) -> None:
-    a, b, bump_a, bump_b = _open_two_copies(
-        build("unique_real", unique_source("real"), cxx=True), "real"
-    )
-    assert (bump_a, bump_b) == (1, 2)  # the second copy used the first copy's counter
-    assert mapped(a), "the first image to bind the unique symbol stays mapped"
-    assert not mapped(b)
+    out = probe("two_copies", build("unique_real", unique_source("real"), cxx=True), "real")
+    assert out["bumps"] == [1, 2]  # the second copy used the first copy's counter
+    assert out["a"], "the first image to bind the unique symbol stays mapped"
+    assert not out["b"]
 
 
 @needs_gxx
@@ -559,47 +601,23 @@ def test_gnu_unique_fixes_really_unmap(build: Build, flag: str, pinned: bool) ->
     tag = flag.strip("-").replace("=", "_").replace(",", "_").replace("-", "_")
     path = build("unique_" + tag, unique_source(tag), flag, cxx=True)
     assert ("gnu-unique" in codes(inspector.inspect_file(path))) is pinned
-    a, b, bump_a, bump_b = _open_two_copies(path, "fix")
-    assert (bump_a, bump_b) == ((1, 2) if pinned else (1, 1))
-    assert mapped(a) is pinned and not mapped(b)
+    out = probe("two_copies", path, "fix")
+    assert out["bumps"] == ([1, 2] if pinned else [1, 1])
+    assert out["a"] is pinned and not out["b"]
 
 
 @needs_glibc
 def test_nodelete_really_stays(build: Build) -> None:
-    path = build("nodelete", PLAIN, "-Wl,-z,nodelete")
-    copy = path.with_name("nodelete-real.so")
-    shutil.copyfile(path, copy)
-    lib = ctypes.CDLL(str(copy))
-    _ctypes.dlclose(lib._handle)
-    assert mapped(copy)
+    assert probe("nodelete", build("nodelete", PLAIN, "-Wl,-z,nodelete"))["mapped"]
 
 
 @needs_gxx
 @needs_glibc
 def test_thread_local_really_pins_while_the_thread_lives(build: Build) -> None:
-    path = build("tl0", THREAD_LOCAL, cxx=True)
-    copy = path.with_name("tl-real.so")
-    shutil.copyfile(path, copy)
-    lib = ctypes.CDLL(str(copy))
-    touched, finish = threading.Event(), threading.Event()
-
-    def worker() -> None:
-        lib.touch()
-        touched.set()
-        finish.wait(10)
-
-    thread = threading.Thread(target=worker)
-    thread.start()
-    assert touched.wait(10)
-    _ctypes.dlclose(lib._handle)
-    assert mapped(copy), "destructors still due on a live thread keep the image"
-    finish.set()
-    thread.join()
-    assert mapped(copy), "the thread's exit alone does not unmap it"
-    other = path.with_name("clean-trigger.so")
-    shutil.copyfile(build("clean", CLEAN), other)
-    _ctypes.dlclose(ctypes.CDLL(str(other))._handle)
-    assert not mapped(copy), "the next dlclose in the process does"
+    out = probe("thread_local", build("tl0", THREAD_LOCAL, cxx=True), build("clean", CLEAN))
+    assert out["while_alive"], "destructors still due on a live thread keep the image"
+    assert out["after_exit"], "the thread's exit alone does not unmap it"
+    assert not out["after_next_dlclose"], "the next dlclose in the process does"
 
 
 CHILD = """
