@@ -68,7 +68,7 @@ def test_inspect_names_what_keeps_an_image_mapped_and_what_is_unsafe(cc) -> None
     report = json.loads(hotload("inspect", "--json", str(so)).stdout)
     assert report["unloads"] is False
     assert [f["code"] for f in report["unload_blockers"]] == ["nodelete"]
-    assert "thread_key" in [f["code"] for f in report["hazards"]]
+    assert "thread-key" in [f["code"] for f in report["hazards"]]
     human = hotload("inspect", str(so)).stdout
     assert "  unload    stays mapped after dlclose:" in human and "-z nodelete" in human
 

@@ -251,6 +251,7 @@ def run_soak(host: Host, soak: Any, reloader: Reloader) -> tuple[list[Caller], f
     return tallies, time.monotonic() - started
 
 
+@pytest.mark.soak
 @pytest.mark.usefixtures("fast_switching")
 def test_soak_four_callers_thousands_of_reloads(tmp_path: Path, cc: Compile) -> None:
     builds = build_pair(cc)

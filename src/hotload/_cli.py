@@ -44,12 +44,12 @@ bad usage); ``-v`` adds the library's log.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
 import re
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -257,115 +257,51 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    report = inspect_file(args.file)
+    from . import _inspector as inspector
+
+    report = inspector.describe(args.file)
     if args.json:
-        _emit_json(report)
+        _emit_json(inspection_json(report))
     else:
         print(render_inspection(report))
     return 0
 
 
-def inspect_file(path: str) -> dict[str, Any]:
-    """Everything ``hotload inspect`` says about a file, as its JSON."""
-    from ._loader import read_source
-
-    data = read_source(path)
-    is_pe = data[:2] == b"MZ" or path.lower().endswith(".dll")
-    facts = _pe_facts(data, path) if is_pe else _elf_facts(data, path)
-    desc, desc_error = _descriptor(facts.pop("section"), path)
-    out: dict[str, Any] = {
-        "path": path,
-        **facts,
-        "size": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
-    out["plugin"] = (
-        None
-        if desc is None
-        else {
-            "name": desc.name,
-            "version": desc.version,
-            "abi": desc.abi,
-            "hooks": {
-                "on_load": desc.on_load,
-                "on_unload": desc.on_unload,
-                "self_test": desc.self_test,
-            },
-        }
-    )
-    out["descriptor_error"] = desc_error
-    out["exports"] = [
-        {"name": e.name, "signature": e.signature, "c": c_declaration(e.name, e.signature)}
-        for e in (desc.exports if desc else ())
-    ]
-    out.update(_unload_facts(data, path, is_pe))
-    return out
-
-
-def _elf_facts(data: bytes, path: str) -> dict[str, Any]:
-    from ._platform import _elf as elfcheck
-
-    facts = elfcheck.check(data, path, any_machine=True)
-    return {
-        "format": "ELF",
-        "machine": facts.machine_name,
-        "bits": facts.bits,
-        "section": facts.hotload_section,
-    }
-
-
-def _pe_facts(data: bytes, path: str) -> dict[str, Any]:
-    try:
-        from ._platform import _pe as pecheck
-    except ImportError as exc:  # pefile missing
-        raise HotloadError(f"{path}: cannot inspect a Windows DLL here: {exc}") from None
-    facts = pecheck.check(data, path, expect_machine=None)
-    return {
-        "format": "PE",
-        "machine": facts.machine_name,
-        "bits": facts.bits,
-        "section": facts.hotload_section,
-    }
-
-
-def _descriptor(section: bytes | None, path: str) -> tuple[Any, str | None]:
-    from . import _descriptor as descriptor
-    from ._errors import DescriptorError
-
-    if section is None:
-        return None, None
-    try:
-        return descriptor.parse(section, path), None
-    except DescriptorError as exc:
-        return None, str(exc)
-
-
-def _unload_facts(data: bytes, path: str, is_pe: bool) -> dict[str, Any]:
-    if is_pe:
-        from ._platform import _pe as pecheck
-
-        return {
-            "dynamic_exports": pecheck.exports(data, path),
-            "needed": [],
-            "soname": None,
-            "unload_blockers": [],
-            "hazards": [],
-            "unloads": True,
-        }
-    from . import _inspector as inspector
-
-    report = inspector.inspect_bytes(data, path)
+def inspection_json(r: Any) -> dict[str, Any]:
+    """A ``Report`` as ``hotload inspect --json`` prints it (see the module doc)."""
+    p = r.plugin
 
     def finding(f: Any) -> dict[str, Any]:
-        return {"code": f.code, "message": f.message, "fix": f.fix}
+        return {"code": f.code, "message": f.message, "fix": f.fix, "explanation": f.explanation}
 
     return {
-        "dynamic_exports": list(report.dynamic_exports),
-        "needed": list(report.needed),
-        "soname": report.soname,
-        "unload_blockers": [finding(f) for f in report.pins()],
-        "hazards": [finding(f) for f in report.hazards()],
-        "unloads": not report.pins(),
+        "path": r.path,
+        "format": r.format,
+        "machine": r.machine,
+        "bits": r.bits,
+        "size": r.size,
+        "sha256": r.digest,
+        "toolchain": r.toolchain,
+        "compiler": r.compiler,
+        "plugin": None
+        if p is None
+        else {
+            "name": p.name,
+            "version": p.version,
+            "abi": p.abi,
+            "hooks": {"on_load": p.on_load, "on_unload": p.on_unload, "self_test": p.self_test},
+        },
+        "descriptor_error": r.descriptor_error,
+        "exports": [
+            {"name": e.name, "signature": e.signature, "c": c_declaration(e.name, e.signature)}
+            for e in (p.exports if p else ())
+        ],
+        "dynamic_exports": list(r.dynamic_exports),
+        "needed": list(r.needed),
+        "soname": r.soname,
+        "unload_blockers": [finding(f) for f in r.pins()],
+        "hazards": [finding(f) for f in r.hazards()],
+        "unloads": not r.pins(),
     }
 
 
@@ -378,38 +314,54 @@ def c_declaration(name: str, signature: str) -> str:
     return f"{ret}{'' if ret.endswith('*') else ' '}{name}{params}"
 
 
-def render_inspection(r: dict[str, Any]) -> str:
-    kind = f"{r['format']} {r['machine']} {r['bits']}-bit, {r['size']:,} bytes"
-    if r["plugin"]:
-        p = r["plugin"]
-        lines = [f"{r['path']}: hotload plugin {p['name']} {p['version']} (ABI {p['abi']}), {kind}"]
-        hooks = [h for h, sym in p["hooks"].items() if sym]
+def render_inspection(r: Any) -> str:
+    """A ``Report`` for a person: what the file is, then each reason that
+    keeps it in memory or makes it unsafe to unload, explained once."""
+    kind = f"{r.format} {r.machine} {r.bits}-bit, {r.size:,} bytes"
+    label = {"go": "Go", "rust": "Rust", "c++": "C++", "c": "C"}.get(r.toolchain or "", "")
+    built = (f", {label}" if label else "") + (f" ({r.compiler})" if r.compiler else "")
+    if r.plugin:
+        p = r.plugin
+        lines = [f"{r.path}: hotload plugin {p.name} {p.version} (ABI {p.abi}), {kind}{built}"]
+        hooks = [h for h in ("on_load", "on_unload", "self_test") if getattr(p, h)]
         lines.append(f"  hooks     {', '.join(hooks) or 'none (stateless)'}")
-        decls = [e["c"] for e in r["exports"]] or ["(none)"]
+        decls = [c_declaration(e.name, e.signature) for e in p.exports] or ["(none)"]
         lines += [f"  {'exports' if i == 0 else '':<9} {d}" for i, d in enumerate(decls)]
     else:
-        why = r["descriptor_error"] or "no .hotload descriptor"
-        lines = [f"{r['path']}: not a hotload plugin ({why}), {kind}"]
-        names = [n for n in r["dynamic_exports"] if not _VERSION_NODE.match(n)]  # GLIBC_2.2.5 & co.
+        why = r.descriptor_error or "no .hotload descriptor"
+        lines = [f"{r.path}: not a hotload plugin ({why}), {kind}{built}"]
+        names = [n for n in r.dynamic_exports if not _VERSION_NODE.match(n)]  # GLIBC_2.2.5 & co.
         shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
         lines.append(f"  exports   {shown or '(none)'}")
-    if r["needed"]:
-        lines.append(f"  needs     {', '.join(r['needed'])}")
-    if r["format"] == "PE":
-        lines.append("  unload    (the unload analysis reads ELF files only)")
-    elif r["unloads"]:
+    if r.needed:
+        lines.append(f"  needs     {', '.join(r.needed)}")
+    seen: set[str] = set()
+    hazards = [f for f in r.hazards() if not f.pins]  # a pin that is also unsafe: said once
+    if not r.analysed:
+        lines.append(f"  unload    (the unload analysis reads ELF files only, not {r.format})")
+    elif not r.pins():
         lines.append("  unload    nothing in the file keeps it mapped after dlclose")
     else:
         lines.append("  unload    stays mapped after dlclose:")
-        lines += [f"            - {_finding_text(f)}" for f in r["unload_blockers"]]
-    if r["hazards"]:
+        lines += _finding_lines(r.pins(), seen)
+    if hazards:
         lines.append("  hazards   code that may run after an unload:")
-        lines += [f"            - {_finding_text(f)}" for f in r["hazards"]]
+        lines += _finding_lines(hazards, seen)
     return "\n".join(lines)
 
 
-def _finding_text(f: dict[str, Any]) -> str:
-    return f"{f['message']}" + (f" Fix: {f['fix']}." if f.get("fix") else "")
+def _finding_lines(findings: Any, seen: set[str]) -> list[str]:
+    """Per finding: its code and message and its fix; the reason's
+    explanation only the first time that reason appears."""
+    out: list[str] = []
+    for f in findings:
+        out.append(f"            - [{f.code}] {f.message}")
+        why = f.code.split(":", 1)[0]
+        if why not in seen:
+            seen.add(why)
+            out += [f"              {line}" for line in textwrap.wrap(f.explanation, 86)]
+        out.append(f"              fix: {f.fix}")
+    return out
 
 
 def cmd_build(args: argparse.Namespace) -> int:

@@ -1,5 +1,13 @@
-"""Explain, from the file alone, why an ELF plugin may stay mapped after
-``dlclose`` ("leak") or be unsafe to unload.
+"""Describe a plugin file, and explain, from the file alone, why an ELF
+plugin may stay mapped after ``dlclose`` ("leak") or be unsafe to unload.
+
+``describe(path)`` is the one reader and identifier of a plugin file for
+``hotload inspect``, the watcher and the preflight worker: it reads the file
+once (the loader's hardened reader), checks its format (ELF or PE), parses
+the descriptor and returns a ``Report``.  ``inspect_bytes`` does the same for
+bytes a caller already holds.  Each ``Finding`` carries a stable reason
+``code`` (see ``REASONS``), a one-line message and a fix, so a reason is
+explained once, not once per version.
 
 The registry *measures* whether an old version really left memory
 (``/proc/self/maps``); this module says *why* it did not, in words a plugin
@@ -32,6 +40,7 @@ What glibc 2.36 was seen to do, which the messages below rely on:
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import logging
@@ -40,6 +49,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -47,7 +57,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from ._errors import InvalidPluginError
+from ._descriptor import Descriptor, Export
+from ._errors import DescriptorError, InvalidPluginError
 from ._platform import _elf as elfcheck
 
 log = logging.getLogger(__name__)
@@ -102,20 +113,151 @@ DESTRUCTOR = "an __attribute__((destructor)) function (dlclose runs it before un
 
 
 @dataclass(frozen=True)
+class Reason:
+    """What a reason code means, said once: ``hotload inspect`` prints it
+    under the first finding with that code, the docs print the table."""
+
+    code: str
+    title: str
+    explanation: str
+
+
+# The stable reason codes.  A finding's ``code`` is one of these, or
+# ``bound-by:<soname>`` (explained by "bound-by").  Programs may match on them.
+REASONS: dict[str, Reason] = {
+    r.code: r
+    for r in (
+        Reason(
+            "go-runtime",
+            "Go c-shared library",
+            "The Go runtime cannot be unloaded (golang/go#11100): Go marks the image NODELETE and "
+            "its runtime threads keep running its code, so every reload leaks one whole image and "
+            "one static-TLS block, until a new copy no longer loads.",
+        ),
+        Reason(
+            "nodelete",
+            "linked with -z nodelete",
+            "DF_1_NODELETE in DT_FLAGS_1: the dynamic loader never unmaps the image, so dlclose "
+            "does nothing and every reload leaves the old version in memory.",
+        ),
+        Reason(
+            "gnu-unique",
+            "C++ STB_GNU_UNIQUE symbols",
+            "Inline-function and template statics are unique symbols: glibc keeps the first copy "
+            "that defines them mapped for good, and every later copy uses that copy's objects "
+            "instead of its own, so their state is silently shared across versions. "
+            "-Wl,-Bsymbolic does not help: the symbols stay unique.",
+        ),
+        Reason(
+            "tls-dtor",
+            "thread-local objects with destructors",
+            "glibc keeps the image mapped after dlclose while a thread that touched such an "
+            "object is alive, because its destructor must still run there; touched from the main "
+            "thread or a pool thread, the image stays for the life of the process.",
+        ),
+        Reason(
+            "static-tls",
+            "static (initial-exec) TLS",
+            "Each loaded copy takes its thread-local block from the process's small, fixed static "
+            "TLS reserve, and glibc gives a block back only when it was the last one handed out; "
+            "while old and new versions overlap, the reserve runs out after a few reloads and "
+            'dlopen fails with "cannot allocate memory in static TLS block".',
+        ),
+        Reason(
+            "runtime",
+            "a language runtime",
+            "A language runtime keeps threads, a garbage collector or callbacks that point into "
+            "the plugin's code and is not built to have that code unmapped, so after dlclose it "
+            "may run it and crash the process.",
+        ),
+        Reason(
+            "threads",
+            "starts threads",
+            "A thread still running when the image is unmapped crashes the process. hotload keeps "
+            "such an image loaded (retained) unless the plugin or the host declares it unload "
+            "safe.",
+        ),
+        Reason(
+            "thread-key",
+            "thread-specific keys",
+            "A key's destructor runs at every thread exit, so once the image is unmapped the next "
+            "thread exit crashes the process (SIGSEGV). hotload keeps such an image loaded "
+            "(retained) unless the plugin or the host declares it unload safe.",
+        ),
+        Reason(
+            "signal-handler",
+            "installs signal handlers",
+            "A handler left pointing into the unmapped image crashes the process at the next such "
+            "signal. hotload keeps such an image loaded (retained) unless declared unload safe.",
+        ),
+        Reason(
+            "atexit",
+            "process-exit handlers",
+            "on_exit() handlers (and atexit() where libc does not bind it to the library) run at "
+            "exit(), after the image has been unmapped, and crash the process at exit.",
+        ),
+        Reason(
+            "bound-by",
+            "another library bound symbols into it",
+            "glibc keeps an image mapped while another loaded library has symbol bindings into "
+            "it. Typically a C++ plugin exports weak template instantiations that libstdc++ also "
+            "defines (std::string::_M_construct<char const*>...): when the plugin's dlopen is what "
+            "loads libstdc++, libstdc++'s own references resolve to the plugin's copies, and "
+            "libstdc++, kept loaded by the next version, pins this one for good.",
+        ),
+        Reason(
+            "other-handle",
+            "held from outside hotload",
+            "hotload's own dlopen/dlclose counts balance and the file has no reason to stay, so "
+            "another reference holds it: a dlopen handle to the same file (ctypes.CDLL, cffi, a "
+            "library that dlopens that path) or a library that depends on it.",
+        ),
+        Reason(
+            "open-handles",
+            "hotload's own handles still open",
+            "hotload opened the image more often than it closed it.",
+        ),
+        Reason(
+            "double-close",
+            "hotload's counts are inconsistent",
+            "A handle was closed more often than opened, which may have released another "
+            "opener's reference.",
+        ),
+    )
+}
+
+
+def reason(code: str) -> Reason:
+    """The documented reason for ``code`` (``bound-by:<lib>`` -> ``bound-by``)."""
+    return REASONS[code.split(":", 1)[0]]
+
+
+@dataclass(frozen=True)
 class Finding:
     """One reason the image may stay mapped (``pins``) or may run code after
-    it is unmapped (``unsafe``); ``code`` is a stable id for programs."""
+    it is unmapped (``unsafe``).  ``code`` is stable (see ``REASONS``);
+    ``message`` is one line about this file; ``fix`` what to change."""
 
     code: str
     pins: bool
     unsafe: bool
     message: str
-    fix: str | None
+    fix: str
+
+    def line(self) -> str:
+        """``code: message`` -- the one line a blocker or a log shows."""
+        return f"{self.code}: {self.message}"
+
+    @property
+    def explanation(self) -> str:
+        return reason(self.code).explanation
 
 
 @dataclass(frozen=True)
 class Report:
-    """Everything the inspector learned from one file's bytes."""
+    """Everything learned from one file's bytes: what it is (format, machine,
+    toolchain), what it says about itself (the descriptor) and what keeps it
+    in memory or makes it unsafe to unload (``findings``)."""
 
     path: str
     digest: str
@@ -123,6 +265,15 @@ class Report:
     needed: tuple[str, ...]
     soname: str | None
     dynamic_exports: tuple[str, ...]
+    format: str = "ELF"  # or "PE"
+    machine: str = ""
+    bits: int = 0
+    size: int = 0
+    plugin: Descriptor | None = None
+    descriptor_error: str | None = None
+    toolchain: str | None = None  # "go", "rust", "c++", "c" or None (not known)
+    compiler: str | None = None  # e.g. "rustc 1.95.0", "GCC 12.2.0", "go1.22.1"
+    analysed: bool = True  # False: no unload analysis for this format (PE)
 
     def pins(self) -> tuple[Finding, ...]:
         """Findings that can keep the image mapped after its last dlclose."""
@@ -132,20 +283,29 @@ class Report:
         """Findings whose code may still run after an unload."""
         return tuple(f for f in self.findings if f.unsafe)
 
+    def prototypes(self) -> dict[str, str]:
+        """Export name -> C prototype, from the descriptor ({} without one)."""
+        return self.plugin.signatures() if self.plugin else {}
+
     def as_dict(self) -> dict[str, Any]:
         """Plain data (JSON-ready), e.g. for the preflight worker to send."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Report:
-        return cls(
-            path=d["path"],
-            digest=d["digest"],
-            findings=tuple(Finding(**f) for f in d["findings"]),
-            needed=tuple(d["needed"]),
-            soname=d["soname"],
-            dynamic_exports=tuple(d["dynamic_exports"]),
-        )
+        plugin = d.get("plugin")
+        fields = {
+            **d,
+            "findings": tuple(Finding(**f) for f in d["findings"]),
+            "needed": tuple(d["needed"]),
+            "dynamic_exports": tuple(d["dynamic_exports"]),
+            "plugin": None
+            if plugin is None
+            else Descriptor(
+                **{**plugin, "exports": tuple(Export(**e) for e in plugin.get("exports", ()))}
+            ),
+        }
+        return cls(**fields)
 
 
 @dataclass
@@ -158,12 +318,16 @@ class _Facts:
     flags: int = 0
     flags_1: int = 0
     go_buildinfo: bytes | None = None
+    comment: str = ""
+    rust_marks: bool = False
     exports: set[str] = field(default_factory=set)
     unique: list[str] = field(default_factory=list)
     imports: set[str] = field(default_factory=set)
     tls_symbols: list[str] = field(default_factory=list)
     tls_relocs: int = 0
     tls_size: int = 0
+    toolchain: str | None = None
+    compiler: str | None = None
 
 
 # ---- public API -----------------------------------------------------------
@@ -172,9 +336,25 @@ _cache: OrderedDict[str, Report] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
+def describe(path: str | os.PathLike[str]) -> Report:
+    """Read ``path`` once with the loader's hardened reader (regular files
+    only, no blocking on a FIFO, its size cap) and describe it: format,
+    descriptor, exports, toolchain, findings.  Any unusable file is an
+    ``InvalidPluginError`` naming it and the cause."""
+    from ._loader import read_source
+
+    name = os.fspath(path)
+    try:
+        data = read_source(name)
+    except (MemoryError, OverflowError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise InvalidPluginError(f"{name!r}: cannot read: {exc or type(exc).__name__}") from None
+    return inspect_bytes(data, name)
+
+
 def inspect_bytes(data: bytes, path: str, digest: str | None = None) -> Report:
-    """Inspect a whole file's bytes.  Cached by ``digest`` (computed when not
-    given), so the same build seen again, under any name, costs nothing."""
+    """Describe a whole file's bytes (ELF or PE, any machine).  Cached by
+    ``digest`` (computed when not given), so the same build seen again,
+    under any name, costs nothing."""
     digest = digest or hashlib.sha256(data).hexdigest()
     hit = cached(digest, path)
     if hit is not None:
@@ -215,44 +395,67 @@ def cached(digest: str, path: str) -> Report | None:
 
 
 def inspect_file(path: str | os.PathLike[str]) -> Report:
-    """Read and inspect ``path``; a missing or unreadable file is an
-    ``InvalidPluginError`` like any other unusable plugin."""
-    name = os.fspath(path)
-    try:
-        with open(name, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise InvalidPluginError(f"{name}: cannot read: {exc.strerror or exc}") from None
-    return inspect_bytes(data, name)
+    """Old name of ``describe``."""
+    return describe(path)
 
 
-def explain_leak(report: Report, opens: int, closes: int) -> list[str]:
-    """Sentences for a version that is still mapped after its final dlclose.
+def explain_leak(
+    report: Report, opens: int, closes: int, *, loaded_as: str | None = None
+) -> list[str]:
+    """``leak_findings`` as ``code: message (fix: ...)`` lines, for a host
+    that keeps blockers as text."""
+    return [
+        f"{f.line()} (fix: {f.fix})"
+        for f in leak_findings(report, opens, closes, loaded_as=loaded_as)
+    ]
 
-    The pinning findings when the file has any; otherwise the reference must
-    come from outside hotload, and the sentence says where to look."""
-    name = os.path.basename(report.path)
-    pins = report.pins()
+
+def leak_findings(
+    report: Report, opens: int, closes: int, *, loaded_as: str | None = None
+) -> list[Finding]:
+    """Findings for a version that is still mapped after its final dlclose.
+
+    The pinning findings when the file has any.  Otherwise, with
+    ``loaded_as`` (the path the image was dlopened from, still mapped in
+    this process), the libraries whose symbol bindings resolve into it
+    (``bound-by:<lib>``); failing that, the reference comes from outside
+    hotload and the finding says where to look."""
+    pins = list(report.pins())
     if pins:
-        return [f"{name}: {f.message}" + (f" Fix: {f.fix}." if f.fix else "") for f in pins]
+        return pins
     if opens > closes:
+        n = opens - closes
         return [
-            f"{name} is still mapped: hotload opened it {opens} times but closed it {closes} "
-            f"times, so "
-            f"{_count(opens - closes, 'of its own handles is', 'of its own handles are')} "
-            f"still open."
+            Finding(
+                "open-handles",
+                pins=True,
+                unsafe=False,
+                message=f"hotload opened it {opens} times and closed it {closes} times: "
+                f"{_count(n, 'handle is', 'handles are')} still open",
+                fix="report this as a hotload bug",
+            )
         ]
     if opens < closes:
         return [
-            f"{name} is still mapped, and hotload's own counts are inconsistent ({opens} opens, "
-            f"{closes} closes): a handle was closed twice, which may have released another "
-            f"opener's reference."
+            Finding(
+                "double-close",
+                pins=True,
+                unsafe=False,
+                message=f"hotload's own counts are inconsistent ({opens} opens, {closes} closes)",
+                fix="report this as a hotload bug",
+            )
         ]
-    return [
-        f"{name} is still mapped after its final dlclose, yet hotload's own dlopen/dlclose counts "
-        f"balance ({opens} opens, {closes} closes) and the file has no reason to stay: another "
-        f"dlopen handle to the same file (ctypes.CDLL, cffi, or a library that dlopens that path) "
-        f"or a library that depends on it must still hold a reference."
+    binders = find_binders(loaded_as, report) if loaded_as else []
+    return binders or [
+        Finding(
+            "other-handle",
+            pins=True,
+            unsafe=False,
+            message=f"still mapped though hotload's dlopen/dlclose counts balance ({opens} opens, "
+            f"{closes} closes) and nothing in the file keeps it",
+            fix="find who else holds it: another dlopen of the same file (ctypes.CDLL, cffi) or "
+            "a library that depends on it",
+        )
     ]
 
 
@@ -266,9 +469,18 @@ def clear_cache() -> None:
 
 
 def _analyse(data: bytes, path: str, digest: str) -> Report:
-    facts = _read_facts(data, path, _validate(data, path))
+    kind = elfcheck.sniff(data)
+    if kind == "pe" and data[:2] == b"MZ":
+        return _analyse_pe(data, path, digest)
+    if kind != "elf":
+        from ._platform import binfmt  # the native checker says what the file is instead
+
+        binfmt.check(data, path)  # raises InvalidPluginError for every non-ELF, non-PE file
+    checked = elfcheck.check(data, path, any_machine=True)  # any machine, any word size
+    facts = _read_facts(data, path, checked.machine)
     names = _demangle([*facts.unique, *facts.tls_symbols])
-    findings = [f for finder in _FINDERS for f in finder(facts, names)]
+    findings = _findings(facts, names)
+    plugin, error = _descriptor(checked.hotload_section, path)
     return Report(
         path=path,
         digest=digest,
@@ -276,14 +488,54 @@ def _analyse(data: bytes, path: str, digest: str) -> Report:
         needed=tuple(facts.needed),
         soname=facts.soname,
         dynamic_exports=tuple(sorted(facts.exports)),
+        format="ELF",
+        machine=checked.machine_name,
+        bits=checked.bits,
+        size=len(data),
+        plugin=plugin,
+        descriptor_error=error,
+        toolchain=facts.toolchain,
+        compiler=facts.compiler,
     )
 
 
-def _validate(data: bytes, path: str) -> int:
-    """Refuse what is not an ELF shared object, with elfcheck's messages; the
-    inspector explains foreign builds too (any machine, any word size).
-    Returns the file's e_machine."""
-    return elfcheck.check(data, path, any_machine=True).machine
+def _analyse_pe(data: bytes, path: str, digest: str) -> Report:
+    """A Windows DLL (a mingw build seen from Linux, or the Windows host's
+    own): format facts and descriptor; the unload analysis is ELF-only."""
+    try:
+        from ._platform import _pe as pecheck
+    except ImportError as exc:  # pefile missing
+        raise InvalidPluginError(f"{path}: cannot read a Windows DLL here: {exc}") from None
+    checked = pecheck.check(data, path, expect_machine=None, any_machine=True)
+    plugin, error = _descriptor(checked.hotload_section, path)
+    return Report(
+        path=path,
+        digest=digest,
+        findings=(),
+        needed=(),
+        soname=None,
+        dynamic_exports=tuple(pecheck.exports(data, path)),
+        format="PE",
+        machine=checked.machine_name,
+        bits=checked.bits,
+        size=len(data),
+        plugin=plugin,
+        descriptor_error=error,
+        analysed=False,
+    )
+
+
+def _descriptor(section: bytes | None, path: str) -> tuple[Descriptor | None, str | None]:
+    """The parsed ``.hotload`` section, or why it cannot be parsed: a
+    description reports a bad descriptor instead of refusing the file."""
+    from . import _descriptor as descriptor
+
+    if section is None:
+        return None, None
+    try:
+        return descriptor.parse(section, path), None
+    except DescriptorError as exc:
+        return None, str(exc)
 
 
 def _read_facts(data: bytes, path: str, machine: int) -> _Facts:
@@ -298,6 +550,7 @@ def _read_facts(data: bytes, path: str, machine: int) -> _Facts:
         _read_symbols(elf, facts)
         _read_sections_and_tls(elf, facts)
         _read_tls_relocs(elf, data, facts)
+        _identify_toolchain(elf, facts)
     except InvalidPluginError:
         raise
     except Exception as exc:  # pyelftools raises a zoo of types on corrupt input
@@ -364,9 +617,70 @@ def _read_sections_and_tls(elf: _Elf, facts: _Facts) -> None:
     for section in elf.sections:
         if section.name == ".go.buildinfo":
             facts.go_buildinfo = section.data() if section["sh_type"] != "SHT_NOBITS" else b""
+        elif section.name == ".comment" and section["sh_type"] != "SHT_NOBITS":
+            facts.comment = section.data()[:4096].replace(b"\0", b"\n").decode("utf-8", "replace")
+        elif section.name == ".rustc":
+            facts.rust_marks = True
     for segment in elf.segments:
         if segment["p_type"] == "PT_TLS":
             facts.tls_size = segment["p_memsz"]
+
+
+# Rust's legacy mangling ends in a 16-hex-digit hash ("17h" + hash + "E"); v0
+# mangling starts with "_R".  Either in a dynamic or static symbol says Rust.
+_RUST_SYMBOL = re.compile(r"^(_ZN.*17h[0-9a-f]{16}E|_R[NC][0-9A-Za-z_]+)$")
+_RUST_NAMES = ("rust_begin_unwind", "rust_eh_personality", "rust_panic")
+_CXX_LIBS = re.compile(r"^lib(stdc\+\+|c\+\+)\.so")
+_GCC_COMMENT = re.compile(r"GCC: \([^)]*\) (\S+)")
+_CLANG_COMMENT = re.compile(r"clang version (\S+)")
+_RUSTC_COMMENT = re.compile(r"rustc version (\S+)")
+STATIC_SYMBOLS_SCANNED = 20000  # enough for a Rust cdylib; bounded for a big C++ one
+
+
+def _is_rust_symbol(name: str) -> bool:
+    return name.startswith("__rust_") or name in _RUST_NAMES or bool(_RUST_SYMBOL.match(name))
+
+
+def _identify_toolchain(elf: _Elf, facts: _Facts) -> None:
+    """Go (``.go.buildinfo``), Rust (``rustc`` in ``.comment``, a ``.rustc``
+    section, Rust-mangled or ``__rust_`` symbols), C++ (libstdc++/libc++
+    needed, or mangled names), else C when GCC or clang built it.  The fix a
+    finding advises depends on it: Rust's std imports the C++ thread-local
+    destructor hook, and its fix is not the C++ one."""
+    rustc = _RUSTC_COMMENT.search(facts.comment)
+    dynamic = facts.imports | facts.exports
+    if facts.go_buildinfo is not None:
+        facts.toolchain, facts.compiler = "go", _go_version(facts.go_buildinfo)
+    elif rustc or facts.rust_marks or any(_is_rust_symbol(n) for n in dynamic):
+        facts.toolchain = "rust"
+        facts.compiler = f"rustc {rustc.group(1)}" if rustc else None
+    elif not facts.comment and _static_rust_symbol(elf):  # rustc always writes .comment
+        facts.toolchain = "rust"
+    elif any(_CXX_LIBS.match(os.path.basename(n)) for n in facts.needed) or any(
+        n.startswith("_Z") for n in dynamic
+    ):
+        facts.toolchain = "c++"
+    elif "GCC:" in facts.comment or "clang" in facts.comment:
+        facts.toolchain = "c"
+    if facts.compiler is None and facts.toolchain in ("c", "c++"):
+        clang, gcc = _CLANG_COMMENT.search(facts.comment), _GCC_COMMENT.search(facts.comment)
+        facts.compiler = (
+            f"clang {clang.group(1)}" if clang else f"GCC {gcc.group(1)}" if gcc else None
+        )
+
+
+def _static_rust_symbol(elf: _Elf) -> bool:
+    """A Rust cdylib exports only its ``#[no_mangle]`` functions; its static
+    symbol table (when not stripped) still has std's mangled names."""
+    symtab = next((s for s in elf.sections if s["sh_type"] == "SHT_SYMTAB"), None)
+    if symtab is None:
+        return False
+    for i, sym in enumerate(symtab.iter_symbols()):
+        if i >= STATIC_SYMBOLS_SCANNED:
+            return False
+        if _is_rust_symbol(sym.name):
+            return True
+    return False
 
 
 def _read_tls_relocs(elf: _Elf, data: bytes, facts: _Facts) -> None:
@@ -463,40 +777,28 @@ def _go_version(blob: bytes) -> str | None:
 def _go_runtime(facts: _Facts, names: dict[str, str]) -> list[Finding]:
     if facts.go_buildinfo is None:
         return []
-    version = _go_version(facts.go_buildinfo)
-    built = f" built with {version}" if version else ""
+    built = f" built with {facts.compiler}" if facts.compiler else ""
     return [
         Finding(
-            "go_runtime",
+            "go-runtime",
             pins=True,
             unsafe=True,
-            message=(
-                f"a Go c-shared library{built} (.go.buildinfo section): the Go runtime cannot be "
-                "unloaded (golang/go#11100). Go marks the image NODELETE and its runtime threads "
-                "keep "
-                "running its code, so every reload leaks one whole image, and one block of static "
-                "TLS, "
-                "until a new copy no longer loads; only restarting the process frees them."
-            ),
-            fix=None,
+            message=f"a Go c-shared library{built}: the Go runtime can never be unloaded",
+            fix="none in the plugin: each reload leaks one image; reload it rarely, or restart "
+            "the process to free them",
         )
     ]
 
 
 def _nodelete(facts: _Facts, names: dict[str, str]) -> list[Finding]:
-    if not facts.flags_1 & DF_1_NODELETE or facts.go_buildinfo is not None:
-        return []  # Go sets NODELETE itself; its own finding says so
+    if not facts.flags_1 & DF_1_NODELETE:
+        return []
     return [
         Finding(
             "nodelete",
             pins=True,
             unsafe=False,
-            message=(
-                "linked with -z nodelete (DF_1_NODELETE in DT_FLAGS_1): the dynamic loader never "
-                "unmaps this image, so dlclose does nothing and every reload leaves the old "
-                "version "
-                "in memory for the life of the process."
-            ),
+            message="linked with -z nodelete (DF_1_NODELETE): the loader never unmaps it",
             fix="relink without -Wl,-z,nodelete",
         )
     ]
@@ -509,88 +811,74 @@ def _gnu_unique(facts: _Facts, names: dict[str, str]) -> list[Finding]:
     shown = [names[n] for n in facts.unique if n not in guards] or [names[n] for n in guards]
     return [
         Finding(
-            "gnu_unique",
+            "gnu-unique",
             pins=True,
             unsafe=False,
-            message=(
-                f"has C++ STB_GNU_UNIQUE symbols (inline-function or template statics): "
-                f"{_listing(shown)}. glibc keeps the first copy loaded in the process that defines "
-                "them mapped for good, and every later copy uses that copy's objects instead of "
-                "its "
-                "own, so their state is silently shared across versions."
-            ),
-            fix=(
-                "rebuild with -fno-gnu-unique, or with -fvisibility=hidden so that they are not "
-                "exported "
-                "(-Wl,-Bsymbolic does not help: the symbols stay unique)"
-            ),
+            message=f"C++ STB_GNU_UNIQUE symbols: {_listing(shown, 4)}",
+            fix="rebuild with -fno-gnu-unique, or hide them with -fvisibility=hidden",
         )
     ]
+
+
+UNLOAD_SAFE_FIX = (
+    "declare it unload safe: host.load(..., unload_safe=True), or HOTLOAD_UNLOAD_SAFE() in a "
+    "plugin with a descriptor"
+)
+RUST_FIX = (
+    "if the crate starts no threads and keeps no thread_local! values with Drop, " + UNLOAD_SAFE_FIX
+)
 
 
 def _tls_dtor(facts: _Facts, names: dict[str, str]) -> list[Finding]:
     used = [n for n in THREAD_ATEXIT if n in facts.imports]
     if not used:
         return []
+    if facts.toolchain == "rust":
+        return [
+            Finding(
+                "tls-dtor",
+                pins=True,
+                unsafe=False,
+                message=f"Rust's std registers thread_local! destructors ({', '.join(used)}): "
+                "a used one keeps the image while its thread lives",
+                fix=RUST_FIX,
+            )
+        ]
     return [
         Finding(
-            "tls_dtor",
+            "tls-dtor",
             pins=True,
             unsafe=False,
-            message=(
-                f"has C++ thread_local objects with destructors (imports {', '.join(used)}): glibc "
-                "keeps the image mapped after dlclose while any thread that touched one of them is "
-                "alive, because their destructors must still run there; touched from the main "
-                "thread "
-                "or a pool thread, the image stays for the life of the process (after such threads "
-                "exit it goes at the next dlclose in the process)."
-            ),
-            fix=(
-                "use thread_local only for trivially destructible types (integers, pointers, "
-                "arrays), "
-                "or touch them only from threads that exit before the reload"
-            ),
+            message=f"C++ thread_local objects with destructors (imports {', '.join(used)})",
+            fix="use thread_local only for trivially destructible types, or touch them only "
+            "from threads that exit before the reload",
         )
     ]
 
 
 def _static_tls(facts: _Facts, names: dict[str, str]) -> list[Finding]:
     flagged = bool(facts.flags & DF_STATIC_TLS)
-    if (not flagged and not facts.tls_relocs) or facts.go_buildinfo is not None:
-        return []  # Go chooses its TLS model itself; its own finding covers the cost
+    if not flagged and not facts.tls_relocs:
+        return []
     how = [
         w
         for w, on in (
-            ("DF_STATIC_TLS in DT_FLAGS", flagged),
-            (
-                _count(
-                    facts.tls_relocs, "initial-exec TLS relocation", "initial-exec TLS relocations"
-                ),
-                facts.tls_relocs,
-            ),
+            ("DF_STATIC_TLS", flagged),
+            (_count(facts.tls_relocs, "initial-exec relocation", "initial-exec relocations"), 1),
         )
-        if on
+        if on and (w != "0 initial-exec relocations")
     ]
-    against = (
-        f" against {_listing(names[n] for n in facts.tls_symbols)}" if facts.tls_symbols else ""
-    )
-    size = f"its {facts.tls_size}-byte" if facts.tls_size else "its"
+    against = f" against {_listing((names[n] for n in facts.tls_symbols), 3)}"
+    size = f"{facts.tls_size}-byte " if facts.tls_size else ""
     return [
         Finding(
-            "static_tls",
+            "static-tls",
             pins=False,
             unsafe=False,
-            message=(
-                f"uses the static TLS model ({'; '.join(how)}{against}): each loaded copy takes "
-                f"{size} "
-                "thread-local block from the process's small, fixed static TLS reserve, and glibc "
-                "gives "
-                "a block back only when it was the last one handed out; while old and new versions "
-                'overlap, the reserve runs out after a few reloads and dlopen fails with "cannot '
-                'allocate memory in static TLS block".'
-            ),
+            message=f"a {size}static TLS block per loaded copy ({', '.join(how)}"
+            f"{against if facts.tls_symbols else ''})",
             fix="compile with -ftls-model=global-dynamic; drop -ftls-model=initial-exec and "
-            '__attribute__((tls_model("initial-exec")))',
+            'tls_model("initial-exec") attributes',
         )
     ]
 
@@ -605,18 +893,9 @@ def _runtime(facts: _Facts, names: dict[str, str]) -> list[Finding]:
                     "runtime",
                     pins=False,
                     unsafe=True,
-                    message=(
-                        f"links {lib}, {what}: a language runtime keeps threads, a garbage "
-                        f"collector "
-                        "or callbacks that point into the plugin's code and is not built to have "
-                        "that "
-                        "code unmapped, so after dlclose it may run it and crash the process."
-                    ),
-                    fix=(
-                        "keep this plugin loaded for the life of the process (restart to update "
-                        "it), or "
-                        "run the runtime in a separate process"
-                    ),
+                    message=f"links {lib}, {what}, which may run the plugin's code after dlclose",
+                    fix="keep this plugin loaded for the life of the process, or run the runtime "
+                    "in a separate process",
                 )
             )
     return found
@@ -626,25 +905,19 @@ def _imported(facts: _Facts, wanted: Iterable[str]) -> list[str]:
     return [n for n in wanted if n in facts.imports]
 
 
-def _hazard(code: str, used: list[str], what: str, fix: str) -> list[Finding]:
+def _hazard(facts: _Facts, code: str, used: list[str], what: str, fix: str) -> list[Finding]:
     if not used:
         return []
+    rust = facts.toolchain == "rust"
     return [
         Finding(
             code,
             pins=False,
             unsafe=True,
-            message=f"{what} (imports {', '.join(used)}). {_hazard_tail(fix)}",
-            fix=fix,
+            message=f"{'Rust std ' if rust else ''}{what} (imports {', '.join(used)})",
+            fix=RUST_FIX if rust else f"{fix}, then {UNLOAD_SAFE_FIX}",
         )
     ]
-
-
-def _hazard_tail(fix: str) -> str:
-    return (
-        f"The plugin must {fix[0].lower()}{fix[1:]}; "
-        "otherwise the host has to keep this image loaded."
-    )
 
 
 def _threads(facts: _Facts, names: dict[str, str]) -> list[Finding]:
@@ -652,41 +925,41 @@ def _threads(facts: _Facts, names: dict[str, str]) -> list[Finding]:
     if any(n.startswith(STD_THREAD_PREFIX) for n in facts.imports):
         used.append("std::thread")
     return _hazard(
+        facts,
         "threads",
         used,
-        "starts threads: one still running when the image is unmapped crashes the process",
+        "starts threads",
         f"stop and join every thread it started in {DESTRUCTOR}",
     )
 
 
 def _thread_key(facts: _Facts, names: dict[str, str]) -> list[Finding]:
     return _hazard(
-        "thread_key",
+        facts,
+        "thread-key",
         _imported(facts, KEY_CREATORS),
-        "creates thread-specific keys: their destructors run at every thread exit, so once "
-        "the image is unmapped the next thread exit crashes the process (SIGSEGV)",
+        "creates thread-specific keys, whose destructors run at every thread exit",
         f"delete every key (pthread_key_delete / tss_delete) in {DESTRUCTOR}",
     )
 
 
 def _signal_handler(facts: _Facts, names: dict[str, str]) -> list[Finding]:
     return _hazard(
-        "signal_handler",
+        facts,
+        "signal-handler",
         _imported(facts, SIGNAL_SETTERS),
-        "may install signal handlers: a handler left pointing into the unmapped image crashes "
-        "the process at the next such signal",
+        "may install signal handlers",
         f"restore the previous handlers (saved by sigaction) in {DESTRUCTOR}",
     )
 
 
 def _atexit(facts: _Facts, names: dict[str, str]) -> list[Finding]:
     return _hazard(
+        facts,
         "atexit",
         _imported(facts, EXIT_HANDLERS),
-        "registers process-exit handlers that libc runs at exit() even after the image has "
-        "been unmapped, which crashes the process at exit",
-        f"do that cleanup in {DESTRUCTOR}, or register it with atexit(), which glibc runs "
-        "at dlclose for a shared library",
+        "registers process-exit handlers that run after the image is unmapped",
+        f"do that cleanup in {DESTRUCTOR}, or with atexit(), which glibc runs at dlclose",
     )
 
 
@@ -702,3 +975,262 @@ _FINDERS: tuple[Callable[[_Facts, dict[str, str]], list[Finding]], ...] = (
     _signal_handler,
     _atexit,
 )
+
+
+def _findings(facts: _Facts, names: dict[str, str]) -> list[Finding]:
+    """Every finding, except that a Go library gets its one: the runtime
+    explains its NODELETE, TLS, threads and signal handlers."""
+    found = [f for finder in _FINDERS for f in finder(facts, names)]
+    if facts.go_buildinfo is not None:
+        return [f for f in found if f.code == "go-runtime"]
+    return found
+
+
+# ---- who binds into a loaded image ----------------------------------------
+#
+# glibc keeps an image mapped while another loaded object has a symbol binding
+# into it (a GOT or PLT slot that resolved to one of its definitions).  That is
+# a fact of this process, not of the file: walk the loaded objects with
+# dl_iterate_phdr, find in each object's file the pointer relocations that name
+# a symbol the image defines, and read those slots.  A slot whose value lies
+# inside the image is a binding.  Only objects loaded after the image can hold
+# one: hotload opens images RTLD_LOCAL, so earlier objects never see them.
+
+# Dynamic relocation types that store a symbol's absolute address in a
+# pointer-sized slot (ABS, GLOB_DAT, JUMP_SLOT), per e_machine.
+POINTER_RELOCS: dict[int, frozenset[int]] = {
+    62: frozenset({1, 6, 7}),  # R_X86_64_64, GLOB_DAT, JUMP_SLOT
+    3: frozenset({1, 6, 7}),  # R_386_32, GLOB_DAT, JMP_SLOT
+    183: frozenset({257, 1025, 1026}),  # R_AARCH64_ABS64, GLOB_DAT, JUMP_SLOT
+    40: frozenset({2, 21, 22}),  # R_ARM_ABS32, GLOB_DAT, JUMP_SLOT
+    243: frozenset({1, 2, 5}),  # R_RISCV_32, 64, JUMP_SLOT
+    22: frozenset({4, 10, 11, 22}),  # R_390_32, GLOB_DAT, JMP_SLOT, 64
+    258: frozenset({1, 2, 5}),  # R_LARCH_32, 64, JUMP_SLOT
+}
+PF_R = 4
+_LIBSTDCXX = re.compile(r"^lib(stdc\+\+|c\+\+)\.so")
+
+
+class _PhdrInfo(ctypes.Structure):
+    _fields_ = [
+        ("addr", ctypes.c_size_t),
+        ("name", ctypes.c_char_p),
+        ("phdr", ctypes.c_void_p),
+        ("phnum", ctypes.c_uint16),
+    ]
+
+
+_PHDR_CALLBACK = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(_PhdrInfo), ctypes.c_size_t, ctypes.c_void_p
+)
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    name: str
+    base: int
+    readable: tuple[tuple[int, int], ...]  # [start, end) of each readable PT_LOAD
+
+
+def _walk(visit: Callable[[_Loaded], None]) -> None:
+    """Call ``visit`` on every loaded object, in load order, inside
+    dl_iterate_phdr: the loader lock is held, so no object is unmapped while
+    ``visit`` reads its memory."""
+    fmt = "IIQQQQQQ" if struct.calcsize("P") == 8 else "IIIIIIII"
+    step = struct.calcsize(fmt)
+
+    def callback(info: Any, _size: int, _data: Any) -> int:
+        i = info.contents
+        segs = []
+        for k in range(i.phnum):
+            f = struct.unpack(fmt, ctypes.string_at(i.phdr + k * step, step))
+            p_type, flags, vaddr, memsz = (
+                (f[0], f[1], f[3], f[6]) if step == 56 else (f[0], f[6], f[2], f[5])
+            )
+            if p_type == 1 and flags & PF_R:
+                segs.append((i.addr + vaddr, i.addr + vaddr + memsz))
+        try:
+            visit(_Loaded(os.fsdecode(i.name or b""), i.addr, tuple(segs)))
+        except Exception:  # never let an exception cross the C frame
+            log.debug("binder walk failed on %r", i.name, exc_info=True)
+        return 0
+
+    libc = ctypes.CDLL(None)
+    libc.dl_iterate_phdr(_PHDR_CALLBACK(callback), None)
+
+
+_relocs_cache: OrderedDict[tuple[str, int, int, int], dict[str, list[int]]] = OrderedDict()
+
+
+def _pointer_relocs(path: str) -> dict[str, list[int]]:
+    """Symbol name -> slot offsets (from the object's base) of the pointer
+    relocations in ``path``'s DT_RELA/DT_REL/DT_JMPREL.  Read with struct (a
+    libstdc++ has thousands); cached by the file's identity."""
+    st = os.stat(path)
+    key = (path, st.st_ino, st.st_size, st.st_mtime_ns)
+    with _cache_lock:
+        hit = _relocs_cache.get(key)
+    if hit is not None:
+        return hit
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, "rb") as fh:
+        data = fh.read()
+    elf = _Elf(ELFFile(io.BytesIO(data)))
+    wanted = POINTER_RELOCS.get(_machine(data), frozenset())
+    tags = {t.entry.d_tag: t.entry.d_val for t in elf.tags}
+    out: dict[str, list[int]] = {}
+    if wanted and elf.symtab is not None:
+        tables = [("DT_RELA", "DT_RELASZ", True), ("DT_REL", "DT_RELSZ", False)]
+        if "DT_JMPREL" in tags:
+            tables.append(("DT_JMPREL", "DT_PLTRELSZ", tags.get("DT_PLTREL") == 7))  # DT_RELA
+        name_of = _symbol_names(elf, data, tags)
+        for base, size, rela in tables:
+            if base not in tags or not tags.get(size):
+                continue
+            for offset, sym in _relocs(elf.elf, data, tags[base], tags[size], rela, wanted):
+                name = name_of(sym) if sym else ""
+                if name:
+                    out.setdefault(name, []).append(offset)
+    with _cache_lock:
+        _relocs_cache[key] = out
+        while len(_relocs_cache) > CACHE_SIZE:
+            _relocs_cache.popitem(last=False)
+    return out
+
+
+def _symbol_names(elf: _Elf, data: bytes, tags: dict[str, int]) -> Callable[[int], str]:
+    """Symbol index -> name, read with struct from DT_SYMTAB/DT_STRTAB:
+    pyelftools decodes each symbol through construct (a second for
+    libstdc++'s thousands)."""
+    symtab = next(iter(elf.elf.address_offsets(tags.get("DT_SYMTAB", 0))), None)
+    strtab = next(iter(elf.elf.address_offsets(tags.get("DT_STRTAB", 0))), None)
+    bits, end = elf.elf.elfclass, "<" if elf.elf.little_endian else ">"
+    entsize = tags.get("DT_SYMENT") or (24 if bits == 64 else 16)
+    names: dict[int, str] = {}
+
+    def name_of(index: int) -> str:
+        if index not in names:
+            names[index] = ""
+            if symtab is not None and strtab is not None:
+                at = symtab + index * entsize
+                if at + 4 <= len(data):
+                    start = strtab + struct.unpack_from(end + "I", data, at)[0]
+                    stop = data.find(b"\0", start)
+                    if 0 <= start < len(data) and stop > start:
+                        names[index] = data[start:stop].decode("utf-8", "replace")
+        return names[index]
+
+    return name_of
+
+
+def _machine(data: bytes) -> int:
+    return int(struct.unpack_from("<H" if data[5] == 1 else ">H", data, 18)[0])
+
+
+def _relocs(
+    elf: Any, data: bytes, addr: int, size: int, rela: bool, wanted: frozenset[int]
+) -> Iterable[tuple[int, int]]:
+    """(r_offset, symbol index) of the relocations of the ``wanted`` types."""
+    offset = next(iter(elf.address_offsets(addr)), None)
+    if offset is None:
+        return
+    bits = elf.elfclass
+    end = "<" if elf.little_endian else ">"
+    fmt = end + ("QQq" if rela else "QQ") if bits == 64 else end + ("IIi" if rela else "II")
+    step = struct.calcsize(fmt)
+    chunk = data[offset : offset + size - size % step]
+    type_bits, mask = (32, 0xFFFFFFFF) if bits == 64 else (8, 0xFF)
+    for entry in struct.iter_unpack(fmt, chunk):
+        if entry[1] & mask in wanted:
+            yield entry[0], entry[1] >> type_bits
+
+
+def find_binders(loaded_as: str, report: Report) -> list[Finding]:
+    """``bound-by:<lib>`` findings: the loaded objects whose symbol bindings
+    resolve into the image dlopened from ``loaded_as`` (still mapped in this
+    process).  [] when none is found or the platform cannot tell."""
+    if not sys.platform.startswith("linux") or not report.dynamic_exports:
+        return []
+    try:
+        return _find_binders(loaded_as, report)
+    except Exception:  # a diagnosis must never fail the caller
+        log.debug("cannot look for binders of %s", loaded_as, exc_info=True)
+        return []
+
+
+def _find_binders(loaded_as: str, report: Report) -> list[Finding]:
+    target = os.stat(loaded_as)
+    order: list[_Loaded] = []
+    _walk(order.append)
+    index = next(
+        (i for i, o in enumerate(order) if o.name and _same_file(o.name, target)),
+        None,
+    )
+    if index is None:
+        return []
+    defined = set(report.dynamic_exports)
+    candidates: dict[tuple[str, int], dict[str, list[int]]] = {}
+    for obj in order[index + 1 :]:
+        if not obj.name.startswith("/") or _same_file(obj.name, target):
+            continue
+        relocs = _pointer_relocs(obj.name)
+        hits = {n: offs for n, offs in relocs.items() if n in defined}
+        if hits:
+            candidates[(obj.name, obj.base)] = hits
+    if not candidates:
+        return []
+    image = order[index].readable
+    bound: dict[str, list[str]] = {}
+
+    def check(obj: _Loaded) -> None:
+        hits = candidates.get((obj.name, obj.base))
+        if not hits:
+            return
+        for sym, offsets in hits.items():
+            for off in offsets:
+                slot = obj.base + off
+                if not any(
+                    lo <= slot and slot + ctypes.sizeof(ctypes.c_void_p) <= hi
+                    for lo, hi in obj.readable
+                ):
+                    continue
+                value = ctypes.c_void_p.from_address(slot).value or 0
+                if any(lo <= value < hi for lo, hi in image):
+                    bound.setdefault(obj.name, []).append(sym)
+                    break
+
+    _walk(check)
+    return [_bound_by(lib, syms) for lib, syms in bound.items()]
+
+
+def _same_file(name: str, target: os.stat_result) -> bool:
+    try:
+        st = os.stat(name)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino)
+
+
+def _bound_by(lib: str, symbols: list[str]) -> Finding:
+    base = os.path.basename(lib)
+    names = _demangle(symbols)
+    shown = _listing((names[s] for s in sorted(symbols)), 2)
+    if _LIBSTDCXX.match(base):
+        fix = (
+            f"load {base} in the host before the plugin's first version (ctypes.CDLL({base!r}) "
+            "at start-up), or export only the plugin's API with a version script "
+            "(-Wl,--version-script; -fvisibility=hidden does not hide std:: templates)"
+        )
+    else:
+        fix = (
+            f"load {base} in the host before the plugin, or stop exporting the symbols it binds "
+            "(-fvisibility=hidden, or a version script)"
+        )
+    return Finding(
+        f"bound-by:{base}",
+        pins=True,
+        unsafe=False,
+        message=f"{lib} bound {_count(len(symbols), 'symbol', 'symbols')} into it: {shown}",
+        fix=fix,
+    )

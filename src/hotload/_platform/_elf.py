@@ -21,7 +21,10 @@ from dataclasses import dataclass
 from .._errors import InvalidPluginError
 
 ET_EXEC, ET_DYN = 2, 3
-PT_LOAD, PT_DYNAMIC = 1, 2
+PT_LOAD, PT_DYNAMIC, PT_INTERP = 1, 2, 3
+DT_NULL, DT_SONAME, DT_FLAGS_1 = 0, 14, 0x6FFFFFFB
+DF_1_PIE = 0x08000000
+NOT_A_LIBRARY = "is an executable, not a shared library ({}; build it with -fPIC -shared)"
 MACHINES = {
     3: "x86 (i386)",
     8: "MIPS",
@@ -133,9 +136,7 @@ def check(
     facts_machine = MACHINES.get(e_machine, f"machine {e_machine}")
     want = host_machine() if expect_machine is None else expect_machine
     if e_type == ET_EXEC:
-        raise InvalidPluginError(
-            f"{path}: an ELF executable, not a shared library (build it with -fPIC -shared)"
-        )
+        raise InvalidPluginError(f"{path}: {NOT_A_LIBRARY.format('ELF type ET_EXEC')}")
     if e_type != ET_DYN:
         kind = {1: "a relocatable object (.o)", 4: "a core dump"}.get(e_type, f"ELF type {e_type}")
         raise InvalidPluginError(
@@ -154,6 +155,7 @@ def check(
             f"{path}: truncated or corrupt: program header table ends past the end of the file "
             f"({size} bytes)"
         )
+    interp, dynamic = False, None
     for i in range(e_phnum):
         fields = struct.unpack_from(ph_fmt, data, e_phoff + i * e_phentsize)
         if bits == 64:
@@ -165,12 +167,45 @@ def check(
                 f"{path}: truncated: a loadable segment needs {p_offset + p_filesz} bytes, the "
                 f"file has {size} (a build still being written?)"
             )
+        interp = interp or p_type == PT_INTERP
+        if p_type == PT_DYNAMIC:
+            dynamic = (p_offset, p_filesz)
+    exe_kind = _executable_kind(data, end, bits, interp, dynamic)
+    if exe_kind:
+        raise InvalidPluginError(f"{path}: {NOT_A_LIBRARY.format(exe_kind)}")
     return ElfFacts(
         bits,
         end == "<",
         e_machine,
         _find_section(data, path, end, bits, e_shoff, e_shentsize, e_shnum, e_shstrndx),
     )
+
+
+def _executable_kind(
+    data: bytes, end: str, bits: int, interp: bool, dynamic: tuple[int, int] | None
+) -> str | None:
+    """Is this ET_DYN file a position-independent executable?  ``DF_1_PIE``
+    (binutils >= 2.32) says so for PIE and static-PIE alike; an older PIE has
+    a program interpreter and no ``DT_SONAME``.  libc.so.6 and ld.so have a
+    ``PT_INTERP`` too (they can be run), but they have a soname: libraries.
+    glibc would refuse a PIE at dlopen ("cannot dynamically load position-
+    independent executable"); saying it here names the real mistake."""
+    flags_1, soname = 0, False
+    if dynamic is not None:
+        fmt = end + ("qQ" if bits == 64 else "iI")
+        step = struct.calcsize(fmt)
+        offset, length = dynamic
+        for tag, val in struct.iter_unpack(fmt, data[offset : offset + length - length % step]):
+            if tag == DT_NULL:
+                break
+            if tag == DT_FLAGS_1:
+                flags_1 |= val
+            soname = soname or tag == DT_SONAME
+    if flags_1 & DF_1_PIE:
+        return "a PIE: DF_1_PIE in DT_FLAGS_1" if interp else "a static-PIE: DF_1_PIE, no PT_INTERP"
+    if interp and not soname:
+        return "a PIE: a program interpreter (PT_INTERP) and no DT_SONAME"
+    return None
 
 
 def _find_section(
