@@ -118,7 +118,7 @@ def test_plugin_with_thread_key_destructor_is_retained_not_unloaded(
     assert host.settle()
     v1 = host.versions("keyed")[0]
     assert v1.state == "retained" and v1.dlclose_count == 0
-    assert "thread_key" in v1.blockers and "thread_key" in v1.note
+    assert "thread-key" in v1.blockers and "thread-key" in v1.note
     assert [v.seq for v in host.leaks()] == [1]
     t = threading.Thread(target=keyed.touch)  # a thread exit after the swap: the process survives
     t.start()

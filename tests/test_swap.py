@@ -248,9 +248,9 @@ def test_cxx_gnu_unique_symbol_is_reported_as_leaked_with_reason(host: Host, cc)
     assert host.settle()
     [leak] = host.leaks()
     assert leak.seq == 1 and leak.state == "leaked" and leak.mapped_bytes > 0
-    assert leak.blockers == ("gnu_unique",)  # one reason code; `hotload inspect` explains it
+    assert leak.blockers == ("gnu-unique",)  # one reason code; `hotload inspect` explains it
     report = inspect_file(leak.source)
-    [finding] = [f for f in report.findings if f.code == "gnu_unique"]
+    [finding] = [f for f in report.findings if f.code == "gnu-unique"]
     assert "STB_GNU_UNIQUE" in finding.message and "counter()::c" in finding.message
     assert "-fno-gnu-unique" in (finding.fix or "")
     assert host.versions("uniq")[1].state == "active"

@@ -66,6 +66,7 @@ class Host:
         trust_checks: bool = True,
         allowed_digests: str | os.PathLike[str] | Iterable[str] | None = None,
         max_plugin_size: int = loader.DEFAULT_MAX_PLUGIN_SIZE,
+        max_state_size: int = loader.MAX_STATE_SIZE,
         keep_versions: int = 8,
         history_limit: int = 64,
         control: bool = False,
@@ -77,6 +78,7 @@ class Host:
         self.hook_timeout = hook_timeout
         self.trust_checks = trust_checks
         self.max_plugin_size = max_plugin_size
+        self.max_state_size = max_state_size
         self.keep_versions = keep_versions
         self.history_limit = history_limit
         self._allowed = trust.load_allow_list(allowed_digests) if allowed_digests else None
@@ -305,6 +307,7 @@ class Host:
                     state=state,
                     unload_safe=rec.unload_safe
                     or bool(cand.descriptor and cand.descriptor.unload_safe),
+                    max_state_size=self.max_state_size,
                 )
                 if result.get("report"):  # the worker inspected it: no ELF parse in this process
                     inspector.remember(inspector.Report.from_dict(result["report"]))
@@ -320,7 +323,8 @@ class Host:
     def _take_state(self, rec: PluginRecord, old: Version) -> bytes | None:
         if old.image.on_unload is None:
             return None
-        return rec.hooks.run(old.image.call_on_unload, _hook_name(old.image, "on_unload"))
+        take = old.image.call_on_unload
+        return rec.hooks.run(lambda: take(self.max_state_size), _hook_name(old.image, "on_unload"))
 
     def _switch(self, rec: PluginRecord, old: Version, new: Version) -> None:
         """Hand over state and make ``new`` current, or leave ``old`` serving.

@@ -162,7 +162,7 @@ def _try_on_unload(
     from ._errors import HookError
     from ._signatures import ffi
 
-    hook = loader._resolve(handle, req["source"], symbol, loader.ON_UNLOAD_TYPE)
+    hook = loader.resolve(handle, req["source"], symbol, loader.ON_UNLOAD_TYPE)
     ptr, size = ffi.new("const void **"), ffi.new("size_t *")
     rc = hook(ptr, size)
     who = f"on_unload of {name} {version}"

@@ -64,6 +64,7 @@ class Version:
         "retired_at",
         "note",
         "served",
+        "leak_codes",
     )
 
     def __init__(self, plugin_name: str, seq: int, image: Image, wake: threading.Event) -> None:
@@ -86,6 +87,7 @@ class Version:
         # switch between the read and the write can drop a count, so under
         # heavy contention it may undercount slightly.  Never used for safety.
         self.served = 0
+        self.leak_codes: tuple[str, ...] = ()  # why it stayed mapped, found by the reaper
 
     def exited(self) -> None:
         """Slow path of a call leaving a retiring version: wake whoever waits
