@@ -87,10 +87,26 @@ class Image:
         return bytes(signatures.ffi.buffer(ptr[0], size[0]))
 
 
+#: The largest plugin file hotload reads (``Host(max_plugin_size=...)`` changes it).  Far above
+#: any real plugin (a Go c-shared library is a few MiB), yet small enough that a symlink to
+#: ``/dev/zero`` or a sparse 1 GiB file dropped where a plugin is expected cannot exhaust memory.
+DEFAULT_MAX_PLUGIN_SIZE = 256 * 1024 * 1024
+
+
 def read_source(
-    path: str, *, real: str | None = None, verify: Callable[[os.stat_result], None] | None = None
+    path: str,
+    *,
+    real: str | None = None,
+    verify: Callable[[os.stat_result], None] | None = None,
+    max_size: int = DEFAULT_MAX_PLUGIN_SIZE,
 ) -> bytes:
     """Read the whole plugin file once, with errors that name the cause.
+
+    Hostile files are refused before their bytes cost anything: the open is
+    non-blocking (a FIFO must not hang us), only a regular file is read, one
+    whose ``fstat`` size is over ``max_size`` is refused unread, and no more
+    than ``max_size + 1`` bytes are ever read, so a file that grows while we
+    read it (or a ``/proc`` file that reports size 0) is refused too.
 
     ``real``: the already resolved (and trust-checked) path to open instead,
     without following a symlink; ``verify`` checks the opened file's own
@@ -98,7 +114,7 @@ def read_source(
     """
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (os.O_NOFOLLOW if real else 0)
     try:
-        fd = os.open(real or path, flags)  # O_NONBLOCK: a FIFO must not hang us
+        fd = os.open(real or path, flags)
     except FileNotFoundError:
         raise InvalidPluginError(f"{path}: no such file (deleted or not built yet?)") from None
     except OSError as exc:
@@ -106,6 +122,8 @@ def read_source(
             raise InvalidPluginError(
                 f"{path}: was replaced by a symlink while being checked"
             ) from None
+        if exc.errno == errno.ENXIO:  # opening a socket (or a FIFO nobody writes, for O_WRONLY)
+            raise InvalidPluginError(f"{path}: not a regular file ({file_kind(path)})") from None
         reason = "permission denied" if exc.errno == errno.EACCES else exc.strerror
         raise InvalidPluginError(f"{path}: cannot read: {reason}") from None
     try:
@@ -113,17 +131,64 @@ def read_source(
         if stat.S_ISDIR(st.st_mode):
             raise InvalidPluginError(f"{path}: is a directory, not a shared library")
         if not stat.S_ISREG(st.st_mode):
-            raise InvalidPluginError(f"{path}: not a regular file")
+            raise InvalidPluginError(f"{path}: not a regular file ({file_kind(st)})")
+        check_size(path, st.st_size, max_size)
         if verify is not None:
             verify(st)
-        chunks = []
-        while chunk := os.read(fd, max(st.st_size, 1 << 16)):
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return _read_capped(fd, path, st.st_size, max_size)
     except OSError as exc:
         raise InvalidPluginError(f"{path}: cannot read: {exc.strerror}") from None
     finally:
         os.close(fd)
+
+
+def check_size(path: str, size: int, max_size: int, *, grew: bool = False) -> None:
+    """Refuse a plugin file larger than ``max_size``, saying how to allow it."""
+    if size <= max_size:
+        return
+    what = (
+        "grew past the plugin size cap while being read (reading stopped there)"
+        if grew
+        else f"is {size:,} bytes, over the plugin size cap: refused unread"
+    )
+    raise InvalidPluginError(
+        f"{path}: {what}; the cap is {_mib(max_size)} (if this really is a plugin, "
+        f"raise it with Host(max_plugin_size=...))"
+    )
+
+
+def file_kind(what: str | os.stat_result) -> str:
+    """What a non-regular file is, in words (a path is ``stat``ed, following symlinks)."""
+    try:
+        mode = (os.stat(what) if isinstance(what, str) else what).st_mode
+    except OSError:
+        return "cannot stat it"
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISREG, "a regular file"),
+    ):
+        if test(mode):
+            return kind
+    return f"file type {stat.S_IFMT(mode):#o}"
+
+
+def _read_capped(fd: int, path: str, size: int, max_size: int) -> bytes:
+    """Read to EOF, but never more than ``max_size + 1`` bytes."""
+    chunks, left = [], max_size + 1
+    while left > 0 and (chunk := os.read(fd, min(left, max(size + 1, 1 << 16)))):
+        chunks.append(chunk)
+        left -= len(chunk)
+    data = b"".join(chunks)
+    check_size(path, len(data), max_size, grew=True)
+    return data
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):g} MiB ({n:,} bytes)" if n >= 1 << 20 else f"{n:,} bytes"
 
 
 def identify(
