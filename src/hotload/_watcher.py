@@ -310,7 +310,9 @@ class Watcher:
         if self._only is not None:
             return [self._only] if self._only.exists() else []
         if self._units:
-            return plugin_units(self.root, exclude=[self.out_dir] if self.out_dir else [])
+            units = plugin_units(self.root, exclude=[self.out_dir] if self.out_dir else [])
+            odd = [p for p in self.root.glob("*.c") if self._target(p) == p and not p.is_file()]
+            return sorted({*units, *(p for p in odd if not p.is_dir())})  # odd: reported once
         return sorted(p for p in self.root.glob(f"*{self._suffix}") if self._target(p) == p)
 
     def _dirs(self) -> list[tuple[Path, bool]]:
