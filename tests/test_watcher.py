@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
+import resource
 import shutil
 import threading
 import time
@@ -321,3 +323,216 @@ def test_file_deleted_between_the_event_and_the_load_is_harmless(
     xp_build(mult=3)
     ev = next_event(events, done)
     assert (ev.action, ev.seq) == ("reloaded", 2) and xp.reward(1, 0) == 3
+
+
+# ---- hostile files in a watched directory (issue 9, item 2) -------------------------------
+
+
+def peak_rss() -> int:
+    """This process's peak resident set size, in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def test_fifo_and_dev_zero_symlink_are_skipped_once_and_later_builds_still_apply(
+    host: Host, xp_build, events, caplog
+) -> None:
+    """A FIFO used to block the watcher's thread forever (no later build was
+    applied) and a symlink to /dev/zero made it read until OOM."""
+    caplog.set_level(logging.WARNING, logger="hotload")
+    target = xp_build(mult=2)
+    xp = host.load(target)
+    seen: list[WatchEvent] = []
+    watcher = host.watch(target.parent, on_event=lambda e: (seen.append(e), events.put(e)))
+    fifo, zero = target.parent / "evil.so", target.parent / "zero.so"
+    os.mkfifo(fifo)
+    zero.symlink_to("/dev/zero")
+    for _ in range(3):  # more events for the same files: still one report each
+        assert watcher.idle(15)
+        os.utime(fifo)
+        os.utime(zero, follow_symlinks=False)
+    xp_build(mult=3, version="1.1.0")
+    ev = next_event(events, done)
+    assert (ev.action, ev.name, ev.plugin_version) == ("reloaded", "xp", "1.1.0"), ev.error
+    assert xp.version_tag() == 3
+    assert watcher.idle(15)
+    skipped = [e for e in seen if e.action == "skipped"]
+    assert sorted(Path(e.path).name for e in skipped) == ["evil.so", "zero.so"]
+    errors = {Path(e.path).name: e.error or "" for e in skipped}
+    assert "not a regular file (a FIFO)" in errors["evil.so"]
+    assert "a symlink to /dev/zero, a character device" in errors["zero.so"]
+    logged = [r.getMessage() for r in caplog.records if "not a regular file" in r.getMessage()]
+    assert len(logged) == 2, logged
+
+
+def test_a_sparse_1_gib_file_is_refused_unread_naming_the_cap(
+    host: Host, xp_build, events, caplog
+) -> None:
+    target = xp_build(mult=2)
+    xp = host.load(target)
+    watcher = host.watch(target.parent, on_event=events.put)
+    huge = target.parent / "huge.so"
+    before = peak_rss()
+    with open(huge, "wb") as fh:
+        fh.truncate(1 << 30)
+    ev = next_event(events, lambda e: e.path == str(huge))
+    assert ev.action == "failed"
+    assert "is 1,073,741,824 bytes, over the plugin size cap: refused unread" in (ev.error or "")
+    assert "the cap is 256 MiB" in (ev.error or "")
+    assert "Host(max_plugin_size=...)" in (ev.error or "")
+    assert peak_rss() - before < 1 << 28  # never read: no 1 GiB buffer
+    assert watcher.idle(15)
+    assert [e for e in drain(events) if e.path == str(huge)] == []  # refused once, not retried
+    xp_build(mult=3)
+    assert next_event(events, done).action == "reloaded" and xp.version_tag() == 3
+    # a failure that names no plugin does not claim a running version
+    refusal = [r.getMessage() for r in caplog.records if "huge.so" in r.getMessage()]
+    assert len(refusal) == 1 and "nothing was loaded from it" in refusal[0]
+
+
+def test_max_size_option_caps_what_the_watcher_reads(host: Host, xp_build, events) -> None:
+    target = xp_build(mult=2)
+    host.watch(target.parent, on_event=events.put, max_size=1000)
+    ev = next_event(events, done)
+    assert ev.action == "failed" and "the cap is 1,000 bytes" in (ev.error or "")
+    assert "xp" not in host
+
+
+def test_rebuild_mode_skips_a_fifo_and_a_dev_zero_source(
+    host: Host, tmp_path: Path, events
+) -> None:
+    """Sources are read too (to find the headers they include): a FIFO named
+    like a source must not hang ``watch()`` itself."""
+    src, out, _so = _sources(tmp_path)
+    os.mkfifo(src / "evil.c")
+    (src / "zero.c").symlink_to("/dev/zero")
+    started: list[object] = []
+    t = threading.Thread(
+        target=lambda: started.append(
+            host.watch(src, rebuild=True, out_dir=out, on_event=events.put)
+        ),
+        daemon=True,
+    )
+    t.start()
+    t.join(30)
+    assert started, "watch() blocked on a FIFO"
+    got = {}
+    while len(got) < 3:
+        ev = next_event(events)
+        got[Path(ev.source or ev.path).name] = ev
+    assert got["evil.c"].action == "skipped" and "a FIFO" in (got["evil.c"].error or "")
+    assert got["zero.c"].action == "skipped" and "/dev/zero" in (got["zero.c"].error or "")
+    assert got["tuned.c"].action == "loaded"
+
+
+# ---- a plugin whose first load fails (issue 9, item 16) ----------------------------------
+
+
+def test_a_first_load_that_fails_says_nothing_runs_and_the_next_build_loads(
+    host: Host, xp_build, events, caplog
+) -> None:
+    target = xp_build(mult=2, refuse=7)
+    host.watch(target.parent, on_event=events.put)
+    ev = next_event(events, done)
+    assert (ev.action, ev.name) == ("failed", "xp")
+    assert "refused to start (returned 7)" in (ev.error or "")
+    msg = next(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert "xp was not loaded (no version of it runs)" in msg
+    assert "the watcher retries on the next change" in msg
+    assert "keeps serving" not in msg
+    xp_build(mult=4)
+    ev = next_event(events, done)
+    assert (ev.action, ev.seq) == ("loaded", 1) and host["xp"].version_tag() == 4
+
+
+def test_a_failed_swap_of_a_running_plugin_says_it_keeps_serving(
+    host: Host, xp_build, events, caplog
+) -> None:
+    target = xp_build(mult=2)
+    host.load(target)
+    host.watch(target.parent, on_event=events.put)
+    xp_build(mult=9, refuse=3)
+    assert next_event(events, done).action == "failed"
+    msg = next(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert "not swapped, the running version of xp keeps serving" in msg
+
+
+# ---- plugins made of several .c files (issue 9, item 20) ---------------------------------
+
+COMBO_MAIN = """
+#include <hotload.h>
+#include "combo.h"
+HOTLOAD_PLUGIN("combo", "VERSION");
+HOTLOAD_API int32_t value(void) { return helper() * FACTOR; }
+HOTLOAD_EXPORT(value, "int32_t(void)");
+"""
+COMBO_HELPER = '#include "combo.h"\nint helper(void) { return BASE; }\n'
+SOLO = (
+    '#include <hotload.h>\nHOTLOAD_PLUGIN("solo", "1");\n'
+    'HOTLOAD_API int32_t one(void) { return 1; }\nHOTLOAD_EXPORT(one, "int32_t(void)");\n'
+)
+
+
+def test_a_plugin_directory_is_built_into_one_library_and_rebuilt_when_any_file_changes(
+    host: Host, tmp_path: Path, events
+) -> None:
+    src = tmp_path / "src"
+    (src / "combo").mkdir(parents=True)
+    (src / "combo" / "main.c").write_text(COMBO_MAIN.replace("VERSION", "1.0.0"))
+    (src / "combo" / "helper.c").write_text(COMBO_HELPER.replace("BASE", "10"))
+    (src / "combo" / "combo.h").write_text("#define FACTOR 2\nint helper(void);\n")
+    (src / "solo.c").write_text(SOLO)  # a single .c beside them stays its own plugin
+    watcher = host.watch(src, rebuild=True, on_event=events.put)
+    first = {next_event(events, done).name for _ in range(2)}
+    assert first == {"combo", "solo"}
+    out = src / "build"  # the documented default for a directory not named native/plugins
+    assert sorted(p.name for p in out.iterdir()) == ["combo.so", "solo.so"]
+    combo = host["combo"]
+    assert combo.value() == 20
+
+    _save(src / "combo" / "helper.c", COMBO_HELPER.replace("BASE", "20"))
+    ev = next_event(events, done)
+    assert (ev.action, ev.name, ev.source) == ("reloaded", "combo", str(src / "combo")), ev.error
+    assert combo.value() == 40
+
+    _save(src / "combo" / "main.c", COMBO_MAIN.replace("VERSION", "1.1.0"))
+    ev = next_event(events, done)
+    assert (ev.action, ev.plugin_version) == ("reloaded", "1.1.0"), ev.error
+
+    (src / "combo" / "combo.h").write_text("#define FACTOR 3\nint helper(void);\n")
+    ev = next_event(events, done)
+    assert (ev.action, ev.name) == ("reloaded", "combo"), ev.error
+    assert combo.value() == 60
+
+    assert watcher.idle(15)
+    assert [v.seq for v in host.versions("solo")] == [1]  # untouched by the combo edits
+    assert not drain(events)
+
+
+def test_a_plugin_directory_moved_in_later_is_built_and_loaded(
+    host: Host, tmp_path: Path, events
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    out = tmp_path / "out"
+    host.watch(src, rebuild=True, out_dir=out, on_event=events.put)
+    staging = tmp_path / "staging" / "late"
+    staging.mkdir(parents=True)
+    (staging / "main.c").write_text(COMBO_MAIN.replace('"combo"', '"late"').replace("VERSION", "1"))
+    (staging / "helper.c").write_text(COMBO_HELPER.replace("BASE", "7"))
+    (staging / "combo.h").write_text("#define FACTOR 1\nint helper(void);\n")
+    os.rename(staging, src / "late")
+    ev = next_event(events, done)
+    assert (ev.action, ev.name) == ("loaded", "late"), ev.error
+    assert host["late"].value() == 7 and (out / "late.so").is_file()
+
+
+def test_a_file_and_a_directory_claiming_the_same_plugin_is_a_clear_error(
+    host: Host, tmp_path: Path, events
+) -> None:
+    src = tmp_path / "src"
+    (src / "solo").mkdir(parents=True)
+    (src / "solo" / "a.c").write_text(SOLO)
+    (src / "solo.c").write_text(SOLO)
+    host.watch(src, rebuild=True, out_dir=tmp_path / "out", on_event=events.put)
+    ev = next_event(events, done)
+    assert ev.action == "failed" and "would build the same solo.so; rename one" in (ev.error or "")

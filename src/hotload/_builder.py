@@ -55,6 +55,35 @@ class BuildResult:
     output: Path
 
 
+def plugin_sources(unit: Path) -> list[Path]:
+    """The C files one plugin is built from: a ``.c`` file alone, or every
+    ``*.c`` directly in a plugin directory (hidden files, such as editor
+    swap files, left out)."""
+    if not unit.is_dir():
+        return [unit]
+    return sorted(p for p in unit.glob("*.c") if not p.name.startswith("."))
+
+
+def plugin_units(directory: Path, *, exclude: Iterable[Path] = ()) -> list[Path]:
+    """The plugins in a source directory: each ``*.c`` beside the others is
+    one plugin, and so is each subdirectory holding ``*.c`` files (a plugin
+    made of several files).  Hidden entries and ``exclude`` (an output
+    directory inside it) are left out."""
+    skip = {p.resolve() for p in exclude}
+    units = []
+    for entry in sorted(directory.iterdir()):
+        if entry.name.startswith(".") or entry.resolve() in skip:
+            continue
+        if (entry.is_dir() and plugin_sources(entry)) or (entry.suffix == ".c" and entry.is_file()):
+            units.append(entry)
+    return units
+
+
+def output_name(unit: Path, suffix: str) -> str:
+    """``plugins/foo.c`` and ``plugins/foo/`` both build ``foo<suffix>``."""
+    return (unit.name if unit.is_dir() else unit.stem) + suffix
+
+
 def compile_plugin(
     source: Path,
     output: Path,
@@ -63,13 +92,17 @@ def compile_plugin(
     extra_cflags: Iterable[str] = (),
     target: str = "native",
 ) -> BuildResult:
-    """Compile one source file; raise ``BuildError`` with the compiler's output."""
+    """Compile one plugin, a ``.c`` file or a directory of them (see
+    ``plugin_sources``); raise ``BuildError`` with the compiler's output."""
     cc_var, default_cc, _suffix, _dir = TARGETS[target]
     cc_cmd = shlex.split(cc or os.environ.get(cc_var) or default_cc)
+    files = plugin_sources(source)
+    if not files:
+        raise BuildError(f"{source}: no .c files in this plugin directory")
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     os.close(fd)
-    cmd = [*cc_cmd, *cflags(), *extra_cflags, "-o", tmp, str(source)]
+    cmd = [*cc_cmd, *cflags(), *extra_cflags, "-o", tmp, *map(str, files)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
     except FileNotFoundError:
@@ -102,7 +135,11 @@ def _replace(tmp: str, output: Path) -> None:
 def main(argv: list[str], *, root: Path, environ: Mapping[str, str]) -> int:
     parser = argparse.ArgumentParser(prog="build.py", description="Build hotload plugins.")
     parser.add_argument(
-        "files", nargs="*", type=Path, help="plugin sources (default: native/plugins/*.c)"
+        "files",
+        nargs="*",
+        type=Path,
+        help="plugin sources, .c files or plugin directories (default: native/plugins/*.c and "
+        "native/plugins/*/)",
     )
     parser.add_argument("--target", choices=sorted(TARGETS), default="native")
     parser.add_argument(
@@ -110,15 +147,15 @@ def main(argv: list[str], *, root: Path, environ: Mapping[str, str]) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    sources = args.files or sorted((root / "native" / "plugins").glob("*.c"))
     _var, _cc, suffix, dir_name = TARGETS[args.target]
     out_dir = args.out_dir or root / "build" / dir_name
+    sources = args.files or plugin_units(root / "native" / "plugins", exclude=[out_dir])
     extra = shlex.split(environ.get("CFLAGS", ""))
     failed = 0
     for src in sources:
         try:
             res = compile_plugin(
-                src, out_dir / (src.stem + suffix), extra_cflags=extra, target=args.target
+                src, out_dir / output_name(src, suffix), extra_cflags=extra, target=args.target
             )
             print(f"built {res.output}")
         except BuildError as exc:

@@ -413,17 +413,30 @@ def _mapped(copy: str) -> bool:
 
 
 def run_interactive(out: TextIO, *, players: int, src: Path | None) -> int:
+    # The edits are built into a private directory, removed at exit: the
+    # default (``build/plugins`` for ``native/plugins``) would leave the edited
+    # build where ``make plugins`` put the original, and the README's
+    # quickstart would then print other numbers.
+    build = Path(tempfile.mkdtemp(prefix="hotload-demo-build-"))
+    try:
+        return _interactive(out, players=players, src=src, build=build)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+
+
+def _interactive(out: TextIO, *, players: int, src: Path | None, build: Path) -> int:
     view = View(out)
     src, note = _interactive_sources(src)
     events: queue.Queue[WatchEvent] = queue.Queue()
     with Host(control=True) as host:
-        host.watch(src, rebuild=True, on_event=events.put)  # builds what is stale, loads both
+        host.watch(src, rebuild=True, out_dir=build, on_event=events.put)  # builds both, loads both
         if not _await_loaded(host, events, view):
             return 1
         xp = host["double_xp"]
         _header(view, host, src, players)
         if note:
             view.line(note)
+        view.line(f"  builds    {build} (private, removed at exit)")
         view.line(f"  edit {src / 'double_xp.c'} (try MULTIPLIER 3) and save; Ctrl-C to stop")
         view.line()
         server = Server(host, players).start()

@@ -138,11 +138,7 @@ class Host:
 
     def adopt(self, data: bytes, *, source: str, name: str | None = None) -> Candidate:
         """Check bytes that came from elsewhere (the fleet) as ``read`` does."""
-        if len(data) > self.max_plugin_size:
-            raise InvalidPluginError(
-                f"{source}: {len(data)} bytes is over the plugin size cap "
-                f"({self.max_plugin_size}; Host(max_plugin_size=...))"
-            )
+        loader.check_size(source, len(data), self.max_plugin_size)
         return self._checked(loader.candidate(bytes(data), source, name=name))
 
     def _checked(self, cand: Candidate) -> Candidate:

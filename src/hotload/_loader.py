@@ -120,7 +120,10 @@ def _bytes(n: int) -> str:
     return f"{n >> 20} MiB" if n >= 1 << 20 and n % (1 << 20) == 0 else f"{n} bytes"
 
 
-DEFAULT_MAX_PLUGIN_SIZE = 256 << 20  # far above any real plugin; Host(max_plugin_size=...)
+#: The largest plugin file hotload reads (``Host(max_plugin_size=...)`` changes it).  Far above
+#: any real plugin (a Go c-shared library is a few MiB), yet small enough that a symlink to
+#: ``/dev/zero`` or a sparse 1 GiB file dropped where a plugin is expected cannot exhaust memory.
+DEFAULT_MAX_PLUGIN_SIZE = 256 * 1024 * 1024
 
 
 def read_source(
@@ -132,6 +135,12 @@ def read_source(
 ) -> bytes:
     """Read the whole plugin file once, with errors that name the cause.
 
+    Hostile files are refused before their bytes cost anything: the open is
+    non-blocking (a FIFO must not hang us), only a regular file is read, one
+    whose ``fstat`` size is over ``max_size`` is refused unread, and no more
+    than ``max_size + 1`` bytes are ever read, so a file that grows while we
+    read it (or a ``/proc`` file that reports size 0) is refused too.
+
     ``real``: the already resolved (and trust-checked) path to open instead,
     without following a symlink; ``verify`` checks the opened file's own
     ``fstat``, so no one can swap the file between the check and the read.
@@ -140,7 +149,7 @@ def read_source(
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     flags |= getattr(os, "O_NOFOLLOW", 0) if real else 0  # os.open adds O_CLOEXEC (PEP 446)
     try:
-        fd = os.open(real or path, flags)  # O_NONBLOCK: a FIFO must not hang us
+        fd = os.open(real or path, flags)
     except FileNotFoundError:
         raise InvalidPluginError(f"{path}: no such file (deleted or not built yet?)") from None
     except OSError as exc:
@@ -148,6 +157,8 @@ def read_source(
             raise InvalidPluginError(
                 f"{path}: was replaced by a symlink while being checked"
             ) from None
+        if exc.errno == errno.ENXIO:  # opening a socket (or a FIFO nobody writes, for O_WRONLY)
+            raise InvalidPluginError(f"{path}: not a regular file ({file_kind(path)})") from None
         reason = "permission denied" if exc.errno == errno.EACCES else exc.strerror
         raise InvalidPluginError(f"{path}: cannot read: {reason}") from None
     try:
@@ -155,29 +166,64 @@ def read_source(
         if stat.S_ISDIR(st.st_mode):
             raise InvalidPluginError(f"{path}: is a directory, not a shared library")
         if not stat.S_ISREG(st.st_mode):
-            raise InvalidPluginError(f"{path}: not a regular file")
+            raise InvalidPluginError(f"{path}: not a regular file ({file_kind(st)})")
+        check_size(path, st.st_size, max_size)
         if verify is not None:
             verify(st)
-        if st.st_size > max_size:
-            raise InvalidPluginError(_too_big(path, st.st_size, max_size))
-        chunks, total = [], 0
-        while chunk := os.read(fd, min(max(st.st_size, 1 << 16), max_size + 1 - total)):
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > max_size:  # it grew while we read
-                raise InvalidPluginError(_too_big(path, total, max_size))
-        return b"".join(chunks)
+        return _read_capped(fd, path, st.st_size, max_size)
     except OSError as exc:
         raise InvalidPluginError(f"{path}: cannot read: {exc.strerror}") from None
     finally:
         os.close(fd)
 
 
-def _too_big(path: str, size: int, cap: int) -> str:
-    return (
-        f"{path}: {size} bytes is over the plugin size cap of {cap} bytes; "
-        f"raise it with Host(max_plugin_size=...) if this is really a plugin"
+def check_size(path: str, size: int, max_size: int, *, grew: bool = False) -> None:
+    """Refuse a plugin file larger than ``max_size``, saying how to allow it."""
+    if size <= max_size:
+        return
+    what = (
+        "grew past the plugin size cap while being read (reading stopped there)"
+        if grew
+        else f"is {size:,} bytes, over the plugin size cap: refused unread"
     )
+    raise InvalidPluginError(
+        f"{path}: {what}; the cap is {_mib(max_size)} (if this really is a plugin, "
+        f"raise it with Host(max_plugin_size=...))"
+    )
+
+
+def file_kind(what: str | os.stat_result) -> str:
+    """What a non-regular file is, in words (a path is ``stat``ed, following symlinks)."""
+    try:
+        mode = (os.stat(what) if isinstance(what, str) else what).st_mode
+    except OSError:
+        return "cannot stat it"
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISREG, "a regular file"),
+    ):
+        if test(mode):
+            return kind
+    return f"file type {stat.S_IFMT(mode):#o}"
+
+
+def _read_capped(fd: int, path: str, size: int, max_size: int) -> bytes:
+    """Read to EOF, but never more than ``max_size + 1`` bytes."""
+    chunks, left = [], max_size + 1
+    while left > 0 and (chunk := os.read(fd, min(left, max(size + 1, 1 << 16)))):
+        chunks.append(chunk)
+        left -= len(chunk)
+    data = b"".join(chunks)
+    check_size(path, len(data), max_size, grew=True)
+    return data
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):g} MiB ({n:,} bytes)" if n >= 1 << 20 else f"{n:,} bytes"
 
 
 def identify(

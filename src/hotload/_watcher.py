@@ -11,26 +11,35 @@ truncated library.  So each changed path goes through the same steps:
    write (inotify's close-after-write, or a rename into place) waits only
    ``quiet`` (10 ms); one that is a write in progress (create, modify) waits
    ``settle`` (150 ms), so a burst of writes costs one look.
-2. **Stable.**  The file's size, mtime and inode must be the same at the
+2. **Regular.**  Only a regular file no larger than ``max_size`` is ever
+   opened.  A FIFO would block the watcher's one thread, and a device (a
+   symlink to ``/dev/zero``) or a sparse file would be read until the host
+   runs out of memory; such a path is reported once and left alone.
+3. **Stable.**  The file's size, mtime and inode must be the same at the
    last event and at the deadline (and then ``stable_interval`` apart, if
    they were not); otherwise it is still moving and goes back to 1.
-3. **Complete.**  The bytes must pass the pre-``dlopen`` binary check
-   (``elfcheck`` / ``pecheck``).  A file that fails it, or a load that fails
-   the way a partial file does (``InvalidPluginError``, ``LoadError``), is
-   retried with a growing delay, ``retries`` times, before the watcher gives
-   up and logs the loader's message.
-4. **Apply.**  The plugin is the one the file's descriptor names.  Same
+4. **Complete.**  The bytes, read once through ``_loader.read_source``, must
+   pass the pre-``dlopen`` binary check (``elfcheck`` / ``pecheck``).  A file
+   that fails it, or a load that fails the way a partial file does
+   (``InvalidPluginError``, ``LoadError``), is retried with a growing delay,
+   ``retries`` times, before the watcher gives up and logs the loader's
+   message.
+5. **Apply.**  The plugin is the one the file's descriptor names.  Same
    bytes as its version serving: nothing to do.  Already loaded (from this
    path or another): reloaded from this file.  Not loaded: loaded.  A failure
    (a refused ``on_load``, a changed signature, a compiler error) is logged
-   with its message, and the running version keeps serving: ``Host.reload``
-   only switches on success.
+   with its message: a running version keeps serving (``Host.reload`` only
+   switches on success), and a plugin that never loaded is tried again at
+   the file's next change.
 
-With ``rebuild=True`` the watcher watches ``*.c`` files and every header they
-include (found by scanning ``#include`` lines against the SDK include
-directory), rebuilds a changed source with ``builder.compile_plugin`` (what
-``build.py`` uses: temp file, then rename) and applies the output.  A header
-change rebuilds every source that includes it.
+With ``rebuild=True`` the watcher watches C sources: each ``*.c`` directly in
+the watched directory is one plugin, and each subdirectory holding ``*.c``
+files is one plugin built from all of them (``src/foo/*.c`` ->
+``<out_dir>/foo.so``).  Every local header they ``#include "..."`` (found
+beside the including file or in ``include_dirs`` and the SDK directory) is
+watched too.  A change rebuilds the plugin with ``builder.compile_plugin``
+(what ``build.py`` uses: temp file, then rename) and applies the output; a
+header change rebuilds every plugin that includes it.
 
 All work happens on one worker thread, so builds and reloads never overlap;
 watchdog's own threads only record events.  ``on_event`` receives a
@@ -45,6 +54,7 @@ import logging
 import os
 import re
 import shlex
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -53,8 +63,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _descriptor as desc_mod
-from ._builder import BuildError, compile_plugin, sdk_include_dir
+from ._builder import (
+    BuildError,
+    compile_plugin,
+    output_name,
+    plugin_sources,
+    plugin_units,
+    sdk_include_dir,
+)
 from ._errors import HotloadError, InvalidPluginError, LoadError
+from ._loader import DEFAULT_MAX_PLUGIN_SIZE, check_size, file_kind, read_source
 from ._platform import binfmt, dl
 
 if TYPE_CHECKING:
@@ -73,9 +91,11 @@ class WatchEvent:
     """What the watcher did about one changed path.
 
     ``action`` is one of ``loaded``, ``reloaded``, ``unchanged``, ``failed``
-    or ``skipped`` (not a hotload plugin).  Times are ``time.monotonic()``:
-    ``changed_at`` is the first event of the burst, ``done_at`` the moment
-    the new version was serving (or the failure was final)."""
+    or ``skipped`` (not a hotload plugin, or not a regular file).  ``name``
+    is the plugin's, when the watcher knows it (a failed first build may not
+    tell).  Times are ``time.monotonic()``: ``changed_at`` is the first event
+    of the burst, ``done_at`` the moment the new version was serving (or the
+    failure was final)."""
 
     action: str
     path: str
@@ -100,14 +120,55 @@ class _Pending:
     deadline: float
     changed_at: float
     attempts: int = 0
-    last_stat: tuple[int, int, int] | None = None
+    last_stat: object = None  # _stat_key() at the last event or look
     initial: bool = False  # found by the start-up scan, not by an event
 
 
 class Watcher:
     """Watches a directory (or one file) and keeps ``host`` serving the
     newest good build of each plugin in it.  Use ``Host.watch`` to make one;
-    ``stop()`` (or ``Host.close()``) ends it."""
+    ``stop()`` (or ``Host.close()``) ends it.
+
+    ``path``
+        A directory, or one file in it.  Built plugins (``*.so``) are watched;
+        with ``rebuild=True``, C sources: ``dir/foo.c`` is plugin ``foo``, and
+        so is a directory ``dir/foo/`` of ``*.c`` files built together, with
+        every local header they include.  Watch the directory holding the
+        plugin directories, not a plugin directory itself.
+    ``rebuild``
+        Watch sources and rebuild a plugin when it or a header it includes
+        changes, then load or reload the output.
+    ``out_dir``
+        Where rebuilt plugins go: ``<out_dir>/foo.so``.  Default: for
+        ``.../native/plugins``, ``.../build/plugins`` (where ``build.py`` puts
+        them); for any other directory, its subdirectory ``build/``.
+    ``cc``, ``cflags``
+        The compiler command (default ``$CC``, else ``cc``) and flags added
+        after the SDK's (``-std=c11 -fPIC -shared -Wall -Wextra -I<sdk>``;
+        default ``$CFLAGS``).
+    ``include_dirs``
+        More directories where ``#include`` finds headers to watch (the SDK's
+        is always searched; system headers are not watched).
+    ``max_size``
+        The largest file the watcher reads, in bytes (default 256 MiB,
+        ``_loader.DEFAULT_MAX_PLUGIN_SIZE``): a larger file is refused
+        unread.  It should match the host's ``max_plugin_size``.
+    ``quiet``, ``settle``, ``stable_interval``
+        Debounce (seconds): after an event that ends a write (close, rename
+        into place), after one that starts or continues a write, and between
+        two looks at a file that was still changing.
+    ``retries``
+        How often a file that looks half-written is looked at again (with a
+        doubling delay from ``settle``) before the watcher gives up on it
+        until its next change.
+    ``initial``
+        At start, apply what is already there: load new plugins, reload
+        changed ones, and in rebuild mode build sources newer than their
+        output.
+    ``on_event``
+        Called on the watcher's thread with a :class:`WatchEvent` for every
+        outcome.
+    """
 
     def __init__(
         self,
@@ -125,6 +186,7 @@ class Watcher:
         initial: bool = True,
         cc: str | None = None,
         cflags: Iterable[str] | None = None,
+        max_size: int = DEFAULT_MAX_PLUGIN_SIZE,
     ) -> None:
         self.host = host
         self.rebuild = rebuild
@@ -134,6 +196,7 @@ class Watcher:
             stable_interval,
             retries,
         )
+        self.max_size = max_size
         self.on_event = on_event
         self._cc = cc
         self._cflags = (
@@ -155,8 +218,11 @@ class Watcher:
             Path(out_dir).resolve() if out_dir else _default_out_dir(self.root) if rebuild else None
         )
         self._suffix = suffix
-        self._headers: dict[Path, set[Path]] = {}  # header -> sources including it
+        self._units = rebuild and self._only is None  # plugin directories are plugins too
+        self._headers: dict[Path, set[Path]] = {}  # header -> plugins (sources or dirs) using it
         self._applied: dict[str, str] = {}  # file -> digest this watcher last saw serving from it
+        self._names: dict[str, str] = {}  # file or source -> the plugin name it last declared
+        self._refused: dict[Path, str] = {}  # path -> why it was last refused unread (logged once)
         self._pending: dict[Path, _Pending] = {}
         self._cond = threading.Condition()
         self._stopping = False
@@ -216,41 +282,76 @@ class Watcher:
         return True
 
     # -- what to watch ----------------------------------------------------------
-    def _wanted(self, path: Path) -> bool:
+    def _target(self, path: Path, *, is_dir: bool = False) -> Path | None:
+        """What a changed path stands for: itself (a plugin file, a source, a
+        header), the plugin directory it belongs to, or None (not ours)."""
         if path.name.startswith("."):  # builder temp files, editor swap files
-            return False
+            return None
         if path in self._headers:
-            return True
-        if path.parent != self.root or path.suffix != self._suffix:
-            return False
-        return self._only is None or path == self._only
+            return path
+        if self._only is not None:
+            return path if path == self._only else None
+        if is_dir:
+            return path if self._units and self._is_unit_dir(path) else None
+        if path.suffix != self._suffix:
+            return None
+        if path.parent == self.root:
+            return path
+        return path.parent if self._units and self._is_unit_dir(path.parent) else None
+
+    def _is_unit_dir(self, directory: Path) -> bool:
+        return (
+            directory.parent == self.root
+            and not directory.name.startswith(".")
+            and directory != self.out_dir
+        )
 
     def _existing(self) -> list[Path]:
         if self._only is not None:
             return [self._only] if self._only.exists() else []
-        return sorted(p for p in self.root.glob(f"*{self._suffix}") if self._wanted(p))
+        if self._units:
+            units = plugin_units(self.root, exclude=[self.out_dir] if self.out_dir else [])
+            odd = [p for p in self.root.glob("*.c") if self._target(p) == p and not p.is_file()]
+            return sorted({*units, *(p for p in odd if not p.is_dir())})  # odd: reported once
+        return sorted(p for p in self.root.glob(f"*{self._suffix}") if self._target(p) == p)
 
-    def _dirs(self) -> list[Path]:
-        return sorted({self.root, *(h.parent for h in self._headers)})
+    def _dirs(self) -> list[tuple[Path, bool]]:
+        """(directory, recursive) pairs to watch.  In rebuild mode the root
+        is watched recursively, so files in plugin directories (including
+        ones created later) are seen; the depth is filtered by ``_target``."""
+        outside = {h.parent for h in self._headers if not self._covers(h.parent)}
+        return [(self.root, self._units), *((d, False) for d in sorted(outside - {self.root}))]
+
+    def _covers(self, directory: Path) -> bool:
+        return directory == self.root or (self._units and directory.is_relative_to(self.root))
 
     def _scan_headers(self) -> None:
-        """Map each local header to the sources that include it (transitively)."""
+        """Map each local header to the plugins that include it (transitively)."""
         headers: dict[Path, set[Path]] = {}
-        sources = [self._only] if self._only else sorted(self.root.glob("*.c"))
-        for src in sources if self.rebuild else []:
-            for header in _includes(src, self._include_dirs):
-                headers.setdefault(header, set()).add(src)
+        units = [self._only] if self._only else self._existing()
+        for unit in units if self.rebuild else []:
+            for header in self._includes_of(unit):
+                headers.setdefault(header, set()).add(unit)
         self._headers = headers
 
+    def _includes_of(self, unit: Path) -> set[Path]:
+        found: set[Path] = set()
+        for src in plugin_sources(unit):
+            _includes(src, self._include_dirs, found, self.max_size)
+        return found
+
     # -- events (watchdog's thread) ------------------------------------------------
-    def _event(self, kind: str, raw: str | bytes) -> None:
+    def _event(self, kind: str, raw: str | bytes, *, is_dir: bool = False) -> None:
+        if is_dir and kind not in ("created", "moved"):  # only a plugin directory appearing
+            return
         path = Path(os.fsdecode(raw))
         if not path.is_absolute():
             path = path.resolve()
-        if not self._wanted(path):
+        target = self._target(path, is_dir=is_dir)
+        if target is None:
             return
-        ends_write = kind in ("closed", "moved")
-        self._schedule(path, self.quiet if ends_write else self.settle)
+        ends_write = kind in ("closed", "moved", "deleted")
+        self._schedule(target, self.quiet if ends_write else self.settle)
 
     def _schedule(self, path: Path, delay: float, *, initial: bool = False) -> None:
         """(Re)arm ``path``'s deadline.  The file's identity is noted now, so
@@ -309,8 +410,11 @@ class Watcher:
 
     def _process(self, path: Path, item: _Pending) -> None:
         key = _stat_key(path)
-        if key is None:
-            log.info("watch: %s is gone; the loaded version keeps serving", path)
+        if key is None or key == ():
+            gone = "is gone" if key is None else "has no .c files left"
+            log.info("watch: %s %s; %s", path, gone, self._fate(self._names.get(str(path))))
+            return
+        if self._refuse_unread(path, item):
             return
         if key != item.last_stat:  # written since the last event or look: look again shortly
             item.last_stat = key
@@ -323,33 +427,73 @@ class Watcher:
         else:
             self._apply(path, item)
 
+    def _refuse_unread(self, path: Path, item: _Pending) -> bool:
+        """Refuse, without opening them, files no reader should touch: not a
+        regular file (a FIFO would block this thread, a device such as
+        ``/dev/zero`` never ends) or over ``max_size``.  Each refusal is
+        reported once, not at every event the file causes."""
+        why, action = None, "skipped"
+        for file in plugin_sources(path):
+            try:
+                st = os.stat(file)
+            except OSError:
+                continue  # gone meanwhile: the next look says so
+            if not stat.S_ISREG(st.st_mode):
+                why = f"{file}: not a regular file ({_describe(file, st)}); ignored"
+                break
+            try:
+                check_size(str(file), st.st_size, self.max_size)
+            except InvalidPluginError as exc:
+                why, action = str(exc), "failed"
+                break
+        if why is None:
+            self._refused.pop(path, None)
+            return False
+        if self._refused.get(path) != why:
+            self._refused[path] = why
+            self._emit(
+                WatchEvent(
+                    action,
+                    str(path),
+                    name=self._names.get(str(path)),
+                    error=why,
+                    changed_at=item.changed_at,
+                    done_at=time.monotonic(),
+                )
+            )
+        return True
+
     def _header_changed(self, header: Path, item: _Pending) -> None:
-        sources = sorted(self._headers.get(header, ()))
+        units = sorted(self._headers.get(header, ()))
         log.info(
             "watch: %s changed; rebuilding %s",
             header.name,
-            ", ".join(s.name for s in sources) or "nothing",
+            ", ".join(u.name for u in units) or "nothing",
         )
-        for src in sources:
-            self._build_and_apply(src, _Pending(0.0, item.changed_at))
+        for unit in units:
+            self._build_and_apply(unit, _Pending(0.0, item.changed_at))
 
     # -- rebuild mode -------------------------------------------------------------
-    def _build_and_apply(self, src: Path, item: _Pending) -> None:
+    def _build_and_apply(self, unit: Path, item: _Pending) -> None:
+        """Build one plugin (a ``.c`` file or a plugin directory), then apply it."""
         assert self.out_dir is not None
-        output = self.out_dir / (src.stem + dl.SUFFIX)
-        if item.initial and _up_to_date(src, output):
-            self._apply(output, item, source=src)  # start-up scan: the build is current
+        output = self.out_dir / output_name(unit, dl.SUFFIX)
+        sources = plugin_sources(unit)
+        if item.initial and _up_to_date(sources, output):
+            self._apply(output, item, source=unit)  # start-up scan: the build is current
             return
         started = time.monotonic()
         try:
-            compile_plugin(src, output, cc=self._cc, extra_cflags=self._cflags)
+            self._check_no_twin(unit, output)
+            compile_plugin(unit, output, cc=self._cc, extra_cflags=self._cflags)
         except BuildError as exc:
             self._emit(
                 WatchEvent(
                     "failed",
-                    str(src),
+                    str(unit),
+                    name=self._names.get(str(unit)),
                     error=str(exc),
-                    source=str(src),
+                    source=str(unit),
                     build_seconds=time.monotonic() - started,
                     changed_at=item.changed_at,
                     done_at=time.monotonic(),
@@ -357,15 +501,23 @@ class Watcher:
             )
             return
         built = time.monotonic() - started
-        self._scan_headers_for(src)
-        self._apply(output, item, source=src, build_seconds=built)
+        self._scan_headers_for(unit)
+        self._apply(output, item, source=unit, build_seconds=built)
 
-    def _scan_headers_for(self, src: Path) -> None:
+    def _check_no_twin(self, unit: Path, output: Path) -> None:
+        """``foo.c`` and ``foo/`` would both build ``foo.so``: refuse to guess."""
+        twin = unit.with_suffix("") if unit.suffix == ".c" else unit.with_name(unit.name + ".c")
+        if self._units and twin in plugin_units(self.root):
+            raise BuildError(
+                f"{unit}: {twin.name} would build the same {output.name}; rename one of them"
+            )
+
+    def _scan_headers_for(self, unit: Path) -> None:
         """A source edit may add an #include: watch the new header too."""
-        new = [h for h in _includes(src, self._include_dirs) if src not in self._headers.get(h, ())]
+        new = [h for h in self._includes_of(unit) if unit not in self._headers.get(h, ())]
         for header in new:
-            self._headers.setdefault(header, set()).add(src)
-        dirs = {h.parent for h in new} - set(self._dirs_watched())
+            self._headers.setdefault(header, set()).add(unit)
+        dirs = {h.parent for h in new if not self._covers(h.parent)} - set(self._dirs_watched())
         for directory in dirs:
             with contextlib.suppress(Exception):
                 self._observer.schedule(self._handler, str(directory))
@@ -395,6 +547,9 @@ class Watcher:
             log.info("watch: %s vanished before it could be loaded", path)
             return
         except RETRYABLE as exc:
+            if not path.exists():
+                log.info("watch: %s vanished before it could be loaded", path)
+                return
             # Our own builds are renamed into place whole: only a file someone
             # else writes can be caught half-written.
             if source is None and item.attempts < self.retries:
@@ -411,14 +566,29 @@ class Watcher:
                 self._requeue(path, item, delay)
                 return
             tail = f" (gave up after {item.attempts} retries)" if item.attempts else ""
-            event = WatchEvent("failed", error=f"{exc}{tail}", done_at=time.monotonic(), **common)
+            event = self._failed(path, source, f"{exc}{tail}", common)
         except (HotloadError, OSError) as exc:
-            event = WatchEvent("failed", error=str(exc), done_at=time.monotonic(), **common)
+            event = self._failed(path, source, str(exc), common)
         self._emit(event)
+
+    def _failed(
+        self, path: Path, source: Path | None, error: str, common: dict[str, Any]
+    ) -> WatchEvent:
+        name = self._names.get(str(path)) or (source and self._names.get(str(source)))
+        return WatchEvent(
+            "failed", name=name or None, error=error, done_at=time.monotonic(), **common
+        )
+
+    def _read(self, path: Path) -> bytes:
+        """The watcher's one read of a plugin file, through the loader's
+        hardened reader: regular files only, a non-blocking open (a FIFO
+        cannot hang this thread) and the ``max_size`` cap, checked before
+        reading and enforced while reading."""
+        return read_source(str(path), max_size=self.max_size)
 
     def _load_or_reload(self, path: Path, common: dict[str, Any]) -> WatchEvent:
         """Check the file's bytes, then load, reload or leave alone its plugin."""
-        data = path.read_bytes()
+        data = self._read(path)
         facts = binfmt.check(data, str(path))
         if facts.hotload_section is None:
             return WatchEvent(
@@ -428,6 +598,9 @@ class Watcher:
                 **common,
             )
         name = desc_mod.parse(facts.hotload_section, str(path)).name
+        self._names[str(path)] = name
+        if common["source"]:
+            self._names[common["source"]] = name
         digest = hashlib.sha256(data).hexdigest()
         if self._serving(name, str(path), digest):
             return WatchEvent("unchanged", name=name, done_at=time.monotonic(), **common)
@@ -459,12 +632,24 @@ class Watcher:
         current = [v for v in self.host.versions(name) if v.state == "active"]
         return bool(current) and current[-1].digest == digest
 
+    def _fate(self, name: str | None) -> str:
+        """What a failure means for the plugin: only a plugin that runs keeps serving."""
+        if name is not None and name in self.host:
+            return f"not swapped, the running version of {name} keeps serving"
+        if name is not None:
+            return (
+                f"{name} was not loaded (no version of it runs); "
+                "the watcher retries on the next change"
+            )
+        return (
+            "nothing was loaded from it (a version already running, if any, keeps serving); "
+            "the watcher retries on the next change"
+        )
+
     def _emit(self, event: WatchEvent) -> None:
         where = event.source or event.path
         if event.action == "failed":
-            log.error(
-                "watch: %s: not swapped, the running version keeps serving:\n%s", where, event.error
-            )
+            log.error("watch: %s: %s:\n%s", where, self._fate(event.name), event.error)
         elif event.action == "skipped":
             log.warning("watch: %s", event.error)
         elif event.action == "unchanged":
@@ -494,24 +679,25 @@ class _Handler:
     """watchdog event handler: forwards the kinds that can mean new bytes.
 
     Opens and read-only closes (the loader reading a file) are ignored, so
-    loading never triggers another look."""
+    loading never triggers another look.  Directory events matter only in
+    rebuild mode (a plugin directory moved into place)."""
 
-    _KINDS = frozenset({"created", "modified", "closed", "moved"})
+    _KINDS = frozenset({"created", "modified", "closed", "moved", "deleted"})
 
     def __init__(self, watcher: Watcher) -> None:
         self.watcher = watcher
 
     def dispatch(self, event: Any) -> None:
         kind = event.event_type
-        if event.is_directory or kind not in self._KINDS:
+        if kind not in self._KINDS:
             return
         path = event.dest_path if kind == "moved" else event.src_path
         if path:  # an unpaired move out of the directory has no destination
-            self.watcher._event(kind, path)
+            self.watcher._event(kind, path, is_dir=event.is_directory)
 
 
-def _start_observer(dirs: list[Path], handler: _Handler) -> Any:
-    """One watchdog observer watching ``dirs`` (not recursively).
+def _start_observer(dirs: list[tuple[Path, bool]], handler: _Handler) -> Any:
+    """One watchdog observer watching ``dirs``.
 
     On Linux, ``generate_full_events`` reports a rename from outside the
     directory as a move (a finished file), not as a create (a write just
@@ -522,28 +708,47 @@ def _start_observer(dirs: list[Path], handler: _Handler) -> Any:
         observer = Observer(generate_full_events=True)  # type: ignore[call-arg]
     except TypeError:
         observer = Observer()
-    for directory in dirs:
-        observer.schedule(handler, str(directory), recursive=False)  # type: ignore[arg-type]
+    for directory, recursive in dirs:
+        observer.schedule(handler, str(directory), recursive=recursive)  # type: ignore[arg-type]
     observer.daemon = True
     observer.start()
     return observer
 
 
-def _stat_key(path: Path) -> tuple[int, int, int] | None:
+def _stat_key(path: Path) -> object:
+    """A file's identity (size, mtime, inode), None when it is gone.  A plugin
+    directory's is the tuple of its sources' (empty when it has none)."""
     try:
+        if path.is_dir():
+            return tuple((p.name, _stat_key(p)) for p in plugin_sources(path))
         st = os.stat(path)
     except OSError:
         return None
     return st.st_size, st.st_mtime_ns, st.st_ino
 
 
-def _includes(source: Path, include_dirs: list[Path], seen: set[Path] | None = None) -> set[Path]:
+def _describe(path: Path, st: os.stat_result) -> str:
+    kind = file_kind(st)
+    if path.is_symlink():
+        with contextlib.suppress(OSError):
+            return f"a symlink to {os.readlink(path)}, {kind}"
+    return kind
+
+
+def _includes(
+    source: Path,
+    include_dirs: list[Path],
+    seen: set[Path] | None = None,
+    max_size: int = DEFAULT_MAX_PLUGIN_SIZE,
+) -> set[Path]:
     """Local headers ``source`` includes, transitively; system headers
-    (not found beside the file or in ``include_dirs``) are left out."""
+    (not found beside the file or in ``include_dirs``) are left out.  Files
+    are read with the hardened reader: a FIFO or device named like a source
+    must not hang or flood the watcher."""
     seen = set() if seen is None else seen
     try:
-        text = source.read_text(errors="replace")
-    except OSError:
+        text = read_source(str(source), max_size=max_size).decode(errors="replace")
+    except InvalidPluginError:
         return seen
     for quote, name in _INCLUDE.findall(text):
         dirs = ([source.parent] if quote == '"' else []) + include_dirs
@@ -552,7 +757,7 @@ def _includes(source: Path, include_dirs: list[Path], seen: set[Path] | None = N
             if candidate.is_file():
                 if candidate not in seen:
                     seen.add(candidate)
-                    _includes(candidate, include_dirs, seen)
+                    _includes(candidate, include_dirs, seen, max_size)
                 break
     return seen
 
@@ -572,9 +777,10 @@ def _default_out_dir(src_dir: Path) -> Path:
     return src_dir / "build"
 
 
-def _up_to_date(src: Path, output: Path) -> bool:
+def _up_to_date(sources: list[Path], output: Path) -> bool:
     try:
-        return output.stat().st_mtime_ns >= src.stat().st_mtime_ns
+        built = output.stat().st_mtime_ns
+        return bool(sources) and all(built >= src.stat().st_mtime_ns for src in sources)
     except OSError:
         return False
 
