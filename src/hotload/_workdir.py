@@ -68,7 +68,7 @@ def _create_locked(base: Path) -> tuple[Path, int]:
     return final, fd
 
 
-def ensure_private_dir(path: Path) -> None:
+def ensure_private_dir(path: Path, *, what: str = "work directory") -> None:
     """Create ``path`` 0700 or check that an existing one is ours and private.
 
     A directory another user can write to (or a symlink planted in a shared
@@ -80,18 +80,15 @@ def ensure_private_dir(path: Path) -> None:
     except FileExistsError:
         pass
     except OSError as exc:
-        raise HotloadError(f"{path}: cannot create the work directory: {exc.strerror}") from None
+        raise HotloadError(f"{path}: cannot create the {what}: {exc.strerror}") from None
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise HotloadError(
-            f"{path}: work directory is a symlink or not a directory; refusing to use it"
-        )
+        raise HotloadError(f"{path}: {what} is a symlink or not a directory; refusing to use it")
     if st.st_uid != os.getuid():
-        raise HotloadError(f"{path}: work directory is owned by uid {st.st_uid}, not {os.getuid()}")
+        raise HotloadError(f"{path}: {what} is owned by uid {st.st_uid}, not {os.getuid()}")
     if st.st_mode & 0o077:
         raise HotloadError(
-            f"{path}: work directory has mode {stat.S_IMODE(st.st_mode):o}; "
-            f"it must be private (0700)"
+            f"{path}: {what} has mode {stat.S_IMODE(st.st_mode):o}; it must be private (0700)"
         )
 
 
