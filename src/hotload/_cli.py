@@ -11,6 +11,10 @@
     hotload demo [--interactive] [--players N]              the demo (see hotload._demo)
 
 With exactly one host running, host commands need no ``--host``/``--socket``.
+``ls`` prints one line per version: ``CALLS`` is the calls that version has
+served, ``INFLIGHT`` the calls running in it now, ``WHY`` the short codes of
+what keeps it in memory (``hotload inspect FILE`` explains each and its fix).
+``reload --path`` takes a path relative to the current directory.
 Errors are one line on stderr, ``hotload: error: ...``, exit status 1 (2 for
 bad usage); ``-v`` adds the library's log.
 

@@ -47,10 +47,11 @@ Operations and their ``result``:
 ``versions`` ``{"name"}``
     ``{"name", "versions": [version...]}``, oldest first.
 ``reload`` ``{"name", "path"?}``
-    ``{"version": <the new current version>, "previous": <the version it replaced>}``
+    ``{"version": <the new current version>, "previous": <the version it replaced>}``;
+    ``path`` must be absolute (the host's working directory is not the
+    client's: ``hotload reload --path`` resolves it first).
 ``rollback`` ``{"name"}``
-    ``{"version": <the version now current>}``; ``unsupported`` when the host
-    has no ``rollback``.
+    ``{"version": <the version now current>}``.
 
 A *version* object is ``VersionInfo.as_dict()``: ``name, seq, plugin_version,
 state (active|draining|unloaded|leaked|retained), in_flight, loaded_at, unloaded_at,
@@ -58,9 +59,25 @@ source, copy, digest, size, dlopen_count, dlclose_count, mapped_bytes,
 blockers [str], note``; times are Unix seconds.  New keys may be added to any
 object without a protocol bump; removing or changing one bumps ``v``.
 
+Requests and answers are strict JSON: ``NaN``/``Infinity`` (or a number that
+overflows to one) make a request a ``bad_request``, and ``"v"`` must be the
+integer 1 (``true`` is not).
+
 Error codes: ``bad_request``, ``unsupported_version``, ``unknown_op``,
-``forbidden`` (peer uid refused), ``not_loaded``, ``unsupported``, ``failed``
-(the host refused: the message says why), ``internal``.
+``forbidden`` (peer uid refused), ``not_loaded``, ``failed`` (the host
+refused: the message says why), ``busy`` (every session slot is in use by a
+request in progress), ``timeout`` (a request not complete within its
+deadline; the connection is then closed), ``internal``.
+
+Limits
+------
+One thread multiplexes every connection; at most ``WORKERS`` threads run
+requests.  At most ``MAX_SESSIONS`` connections are open at once (at the cap
+the longest-idle one is closed to admit a newcomer); a request must be
+complete within ``REQUEST_DEADLINE`` seconds of its first byte, and its
+answer taken as quickly; a silent session is closed after ``SESSION_IDLE``
+seconds.  ``request()`` retries a full backlog or a ``busy`` answer for up to
+``CONNECT_RETRY`` seconds.
 """
 
 from __future__ import annotations
