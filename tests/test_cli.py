@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -169,24 +172,94 @@ def test_c_declaration() -> None:
     assert c_declaration("name", "const char *(void)") == "const char *name(void)"
 
 
-def test_installed_package_ships_the_sdk(tmp_path: Path) -> None:
-    """A non-editable install must carry hotload.h and the example sources:
-    setup.py's build_py (what every wheel build runs) copies them in.  Run on
-    a copy of the tree so that the checkout gets no build artifacts."""
+def test_installed_package_ships_the_sdk_and_current_license_metadata(tmp_path: Path) -> None:
+    """A wheel, built as ``pip install`` builds one (isolated, with the
+    build-system requirements), must carry hotload.h and the example sources
+    (setup.py's build_py copies them in) and SPDX license metadata, without
+    setuptools' ``project.license`` deprecation block.  Built from a copy of
+    the tree so that the checkout gets no build artifacts."""
     tree = tmp_path / "tree"
     shutil.copytree(
         ROOT / "src", tree / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__")
     )
     shutil.copytree(ROOT / "native", tree / "native")
-    for name in ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md"):
+    for name in ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, tree / name)
-    lib = tmp_path / "lib"
-    built = run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(lib)], cwd=tree)
-    assert built.returncode == 0, built.stderr
-    sdk = lib / "hotload" / "sdk"
-    assert (sdk / "include" / "hotload.h").read_bytes() == (
-        ROOT / "native" / "include" / "hotload.h"
-    ).read_bytes()
-    assert sorted(p.name for p in (sdk / "plugins").iterdir()) == sorted(
-        p.name for p in PLUGINS_SRC.glob("*.c")
+    dist = tmp_path / "dist"
+    built = run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(dist), str(tree)],
+        timeout=600,
     )
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert "deprecated" not in (built.stdout + built.stderr).lower(), built.stderr
+    [wheel] = dist.glob("hotload-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        assert (
+            zf.read("hotload/sdk/include/hotload.h")
+            == (ROOT / "native" / "include" / "hotload.h").read_bytes()
+        )
+        meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        assert "License-Expression: MIT" in zf.read(meta).decode().splitlines()
+    assert {n.removeprefix("hotload/sdk/plugins/") for n in names if "/sdk/plugins/" in n} == {
+        p.name for p in PLUGINS_SRC.glob("*.c")
+    }
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+
+
+@pytest.mark.skipif(not have("g++"), reason="no g++")
+def test_cflags_cxx_builds_a_cpp_plugin_without_warnings(tmp_path: Path) -> None:
+    """`g++ $(hotload cflags)` warned that -std=c11 is not for C++."""
+    flags = hotload("cflags", "--cxx")
+    assert flags.returncode == 0, flags.stderr
+    assert "-std=c11" not in flags.stdout and "-std=c++17" in flags.stdout.split()
+    src = tmp_path / "mine.cpp"
+    src.write_text(
+        "#include <hotload.h>\n#include <string>\n"
+        'HOTLOAD_PLUGIN("mine", "0.1");\n'
+        'extern "C" HOTLOAD_API int32_t twice(int32_t x) {\n'
+        "    return static_cast<int32_t>(std::to_string(x).size()) * 0 + 2 * x;\n}\n"
+        'HOTLOAD_EXPORT(twice, "int32_t(int32_t)");\n'
+    )
+    so = tmp_path / "mine.so"
+    cxx = run(["g++", *shlex.split(flags.stdout), "-Wall", "-Wextra", str(src), "-o", str(so)])
+    assert cxx.returncode == 0 and cxx.stderr == "", cxx.stderr
+    with Host(tmp_path / "work") as host:
+        assert host.load(so).twice(21) == 42
+
+
+def test_the_cli_command_a_person_is_told_to_type_works(tmp_path: Path) -> None:
+    """The demo tells the user the exact command (``.venv/bin/hotload``, as
+    ``hotload`` is not on PATH after ``make demo``); that command runs."""
+    told = run(
+        [sys.executable, "-c", "from hotload._cli import cli_command; print(cli_command())"],
+        cwd=ROOT,
+    ).stdout.strip()
+    assert told in ("hotload", ".venv/bin/hotload") or Path(shlex.split(told)[0]).is_absolute()
+    ran = run([*shlex.split(told), "--help"], cwd=ROOT)
+    assert ran.returncode == 0 and "usage: hotload" in ran.stdout
+
+
+def test_python_m_hotload_runs_the_cli_and_importing_main_does_not() -> None:
+    assert "usage: hotload" in hotload("--help").stdout
+    imported = run([sys.executable, "-c", "import hotload.__main__; print('still here')"])
+    assert imported.returncode == 0 and imported.stdout.strip() == "still here", imported.stderr
+
+
+def test_the_scripted_demo_points_to_a_run_the_user_can_steer(tmp_path: Path) -> None:
+    """The scripted demo exits in seconds: its hint must not promise a host
+    to query, but name the exact commands for one that keeps running."""
+    env = {
+        **os.environ,
+        "HOTLOAD_CONTROL_DIR": str(tmp_path / "ctl"),
+        "HOTLOAD_WORKDIR": str(tmp_path / "work"),
+    }
+    (tmp_path / "ctl").mkdir(mode=0o700)
+    demo = run([sys.executable, "-m", "hotload", "demo", "--seconds", "0.2"], cwd=ROOT, env=env)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    [hint] = [line for line in demo.stdout.splitlines() if line.startswith("  try ")]
+    assert "(this run ends in seconds)" in demo.stdout
+    commands = re.findall(r"`([^`]+)`", hint)
+    assert commands[0].endswith(" demo --interactive") and commands[1].endswith(" ls")
+    exe = shlex.split(commands[1])[:-1]
+    assert run([*exe, "hosts"], cwd=ROOT, env=env).returncode == 0  # the named command runs

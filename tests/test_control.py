@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import resource
 import signal
 import socket
 import stat
@@ -13,6 +14,8 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +25,7 @@ from hotload import Host
 from hotload import _cli as cli
 from hotload import _control as control
 
-from conftest import pid_alive
+from conftest import pid_alive, xp_source
 
 HOST_SCRIPT = textwrap.dedent("""
     import sys
@@ -79,13 +82,16 @@ def hosts(ctl_env: dict[str, str]) -> Iterator[list[HostProcess]]:
         h.stop()
 
 
-def hotload(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def hotload(
+    env: dict[str, str], *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "hotload", *args],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=cwd,
     )
 
 
@@ -141,21 +147,6 @@ def test_rollback_through_the_cli(ctl_env, hosts, xp_build) -> None:
     assert back.returncode == 0, back.stderr
     version = json.loads(back.stdout)["version"]
     assert (version["seq"], version["plugin_version"], version["state"]) == (3, "1.0.0", "active")
-
-
-def test_rollback_on_a_host_without_it_says_unsupported(tmp_path: Path, xp_build) -> None:
-    class OldHost:  # a host from before Host.rollback existed
-        def names(self) -> list[str]:
-            return ["xp"]
-
-        def plugin(self, name: str) -> object:
-            return object()
-
-    server = control.ControlServer(OldHost(), directory=tmp_path / "ctl")  # type: ignore[arg-type]
-    reply = server.handle(b'{"v": 1, "op": "rollback", "name": "xp", "id": 7}')
-    assert reply["id"] == 7 and reply["ok"] is False
-    assert reply["error"]["code"] == "unsupported"
-    assert "not supported by this host" in reply["error"]["message"]
 
 
 def test_protocol_rejects_bad_requests_with_a_code(host: Host, tmp_path: Path) -> None:
@@ -304,7 +295,12 @@ def test_ls_reports_leaked_images_their_bytes_and_why(
     assert [v["state"] for v in plugin["versions"]] == ["leaked", "active"]
     text = hotload(ctl_env, "ls").stdout
     assert f"leaked: 1 image(s) still in memory, {result['leaks']['bytes']:,} bytes" in text
-    assert "sticky v1: nodelete" in text
+    rows = [line for line in text.splitlines() if line.startswith("sticky ")]
+    assert [r.split()[1] for r in rows] == ["v1", "v2"]  # one line per version, nothing more
+    blocker = plugin["versions"][0]["blockers"][0]
+    assert " ".join(blocker.split())[:20] in rows[0]  # its blocker, on its own line
+    assert max(len(line) for line in text.splitlines()) < 300
+    assert rows[0].split()[-1] == "nodelete"  # the reason code ends the line
 
 
 def test_deeply_nested_json_is_a_bad_request_and_the_session_lives(
@@ -338,3 +334,324 @@ def test_a_listening_socket_is_never_swept_whatever_pid_its_name_shows(
     finally:
         listener.close()
     assert control.sweep_stale(directory) == [alien]  # now nobody listens: stale
+
+
+# ---- issue 9: --path, relative paths, strict JSON ----------------------------------------
+
+
+def test_reload_with_path_through_the_cli(ctl_env, hosts, xp_build, cc, tmp_path: Path) -> None:
+    """``--path`` used to die with "request() got multiple values for argument
+    'path'"; a relative path is the client's, not the host's."""
+    target = xp_build(mult=2)
+    hosts.append(HostProcess(ctl_env, target))
+    other = cc(xp_source(5, "3.0.0"), "xp", out=tmp_path / "elsewhere" / "xp.so")
+    done = hotload(ctl_env, "reload", "xp", "--path", "elsewhere/xp.so", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"reloaded xp: v1 (1.0.0) -> v2 (3.0.0) from {other}"
+    listing = json.loads(hotload(ctl_env, "ls", "--json").stdout)
+    current = listing["plugins"][0]["versions"][-1]
+    assert (current["seq"], current["plugin_version"], current["source"]) == (
+        2,
+        "3.0.0",
+        str(other),
+    )
+    missing = one_line_error(hotload(ctl_env, "reload", "xp", "--path", str(tmp_path / "no.so")))
+    assert str(tmp_path / "no.so") in missing
+
+
+def test_the_server_refuses_relative_and_malformed_reload_paths(
+    host: Host, tmp_path: Path, xp_build
+) -> None:
+    host.load(xp_build(mult=2))
+    server = control.ControlServer(host, directory=tmp_path / "ctl")
+    for path in ("build/xp.so", "", "/tmp/a\u0000b", 7):
+        req = json.dumps({"op": "reload", "name": "xp", "path": path}).encode()
+        reply = server.handle(req)
+        assert reply["error"]["code"] == "bad_request", (path, reply)
+    assert (
+        "relative path"
+        in server.handle(b'{"op":"reload","name":"xp","path":"x.so"}')["error"]["message"]
+    )
+    assert [v.seq for v in host.versions("xp")] == [1]  # nothing was reloaded
+
+
+def test_nan_infinity_and_boolean_versions_are_bad_requests(host: Host, tmp_path: Path) -> None:
+    server = control.ControlServer(host, directory=tmp_path / "ctl")
+    for line in (
+        b'{"op": "ping", "id": NaN}',
+        b'{"op": "ping", "id": Infinity}',
+        b'{"op": "ping", "id": -Infinity}',
+        b'{"op": "ping", "id": 1e999}',
+    ):
+        reply = server.handle(line)
+        assert reply["error"]["code"] == "bad_request", line
+        json.loads(control._encode(reply), parse_constant=pytest.fail)  # strict JSON out
+    for v in (b"true", b"1.0", b'"1"'):
+        reply = server.handle(b'{"op": "ping", "v": ' + v + b"}")
+        assert reply["error"]["code"] == "unsupported_version", v
+    assert server.handle(b'{"op": "ping", "v": 1}')["ok"] is True
+
+
+def test_an_answer_never_carries_nan() -> None:
+    line = control._encode({"v": 1, "id": 3, "ok": True, "result": {"x": float("nan")}})
+    reply = json.loads(line, parse_constant=pytest.fail)
+    assert reply["id"] == 3 and reply["error"]["code"] == "internal"
+
+
+# ---- issue 9: --socket on the wrong thing, symlinks, the control directory ----------------
+
+
+def test_socket_option_on_a_file_or_directory_says_not_a_socket(ctl_env, tmp_path: Path) -> None:
+    plain = tmp_path / "plain.txt"
+    plain.write_text("hi")
+    for target, kind in ((plain, "a regular file"), (tmp_path, "a directory")):
+        err = one_line_error(hotload(ctl_env, "ls", "--socket", str(target)))
+        assert f"{target}: not a socket ({kind})" in err, err
+        assert "refused" not in err
+
+
+def test_a_symlink_to_a_live_socket_lists_its_host_once(ctl_env, hosts, xp_build) -> None:
+    hosts.append(HostProcess(ctl_env, xp_build(mult=2)))
+    ctl = Path(ctl_env[control.ENV_DIR])
+    (ctl / "host-1-aaaaaa.sock").symlink_to(hosts[0].socket)
+    listed = json.loads(hotload(ctl_env, "hosts", "--json").stdout)["hosts"]
+    assert [h["pid"] for h in listed] == [hosts[0].pid]
+    assert hotload(ctl_env, "ls").returncode == 0  # one host, not "2 hosts are running"
+
+
+def test_a_bad_control_directory_is_called_a_control_directory(tmp_path: Path) -> None:
+    loose = tmp_path / "ctl"
+    loose.mkdir(mode=0o755)
+    loose.chmod(0o755)
+    env = {**os.environ, control.ENV_DIR: str(loose)}
+    err = one_line_error(hotload(env, "ls"))
+    assert f"{loose}: control directory has mode 755" in err and "work directory" not in err
+
+
+def test_ls_shows_calls_served_and_in_flight_apart(ctl_env, hosts, xp_build) -> None:
+    hosts.append(HostProcess(ctl_env, xp_build(mult=2)))
+    lines = hotload(ctl_env, "ls").stdout.splitlines()
+    assert lines[1].split() == [
+        "PLUGIN",
+        "SEQ",
+        "VERSION",
+        "STATE",
+        "CALLS",
+        "INFLIGHT",
+        "LOADED",
+        "SOURCE",
+        "WHY",
+    ]
+    row = lines[2].split()
+    served = json.loads(hotload(ctl_env, "ls", "--json").stdout)["plugins"][0]["versions"][0]
+    assert row[4] == (f"{served['served']:,}" if "served" in served else "-")
+    assert row[5] == "0"  # in flight
+    with_served = {**served, "served": 1234567, "in_flight": 3, "blockers": ["a", "b"]}
+    assert cli._version_row(with_served)[4:6] == ("1,234,567", "3")
+    assert cli._version_row(with_served)[-1] == "a,b"
+
+
+# ---- issue 9: the control server's limits --------------------------------------------------
+
+
+def _server(host: Host, tmp_path: Path, **limits: float) -> control.ControlServer:
+    server = control.ControlServer(host, directory=tmp_path / "ctl", **limits)  # type: ignore[arg-type]
+    return server.start()
+
+
+def _connect(path: Path, timeout: float = 10.0) -> socket.socket:
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(timeout)
+    conn.connect(str(path))
+    return conn
+
+
+def _control_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("hotload-control")]
+
+
+def test_128_concurrent_clients_all_succeed(ctl_env, hosts, xp_build) -> None:
+    hosts.append(HostProcess(ctl_env, xp_build(mult=2)))
+    sock = hosts[0].socket
+    n = 128
+    start = threading.Barrier(n)
+    results: list[object] = [None] * n
+
+    def client(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = control.request(sock, "ls", timeout=30)["host"]["pid"]
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    failures = [r for r in results if r != hosts[0].pid]
+    assert not failures, f"{len(failures)} of {n} failed: {failures[:3]}"
+
+
+def test_128_concurrent_cli_processes_all_succeed(ctl_env, hosts, xp_build) -> None:
+    hosts.append(HostProcess(ctl_env, xp_build(mult=2)))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "hotload", "ls", "--json"],
+            env=ctl_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(128)
+    ]
+    outcomes = [p.communicate(timeout=300) for p in procs]
+    failed = [err for p, (_out, err) in zip(procs, outcomes, strict=True) if p.returncode != 0]
+    assert not failed, f"{len(failed)} of 128 failed: {failed[:3]}"
+    assert all(json.loads(out)["host"]["pid"] == hosts[0].pid for out, _ in outcomes)
+
+
+def test_a_slow_loris_is_dropped_at_its_deadline_while_others_are_served(
+    host: Host, tmp_path: Path
+) -> None:
+    server = _server(host, tmp_path, request_deadline=1.0)
+    try:
+        slow = _connect(server.path, timeout=20)
+        sent = 0
+        stop = threading.Event()
+
+        def drip() -> None:  # one byte every 0.2 s, never a newline: a per-recv timeout never fires
+            nonlocal sent
+            with contextlib.suppress(OSError):
+                while not stop.is_set() and sent < 100:
+                    slow.send(b" ")
+                    sent += 1
+                    time.sleep(0.2)
+
+        dripper = threading.Thread(target=drip)
+        dripper.start()
+        assert control.request(server.path, "ping", timeout=10)["pid"] == os.getpid()
+        answer = slow.makefile("rb").readline()  # the server gives up on it, not we on it
+        stop.set()
+        dripper.join(30)
+        assert json.loads(answer)["error"]["code"] == "timeout"
+        assert "not complete within 1 s" in json.loads(answer)["error"]["message"]
+        assert sent < 100  # dropped while still dripping
+        slow.close()
+        assert control.request(server.path, "ping", timeout=10)["pid"] == os.getpid()
+    finally:
+        server.stop()
+
+
+def test_idle_connections_cost_no_threads_and_the_idlest_make_room(
+    host: Host, tmp_path: Path
+) -> None:
+    server = _server(host, tmp_path, max_sessions=32)
+    conns: list[socket.socket] = []
+    try:
+        assert control.request(server.path, "ping", timeout=10)["pid"] == os.getpid()
+        before = len(_control_threads())
+        conns = [_connect(server.path) for _ in range(300)]  # 300 idle clients
+        assert control.request(server.path, "ping", timeout=10)["pid"] == os.getpid()
+        assert len(_control_threads()) <= max(before, 1 + control.WORKERS)
+        dropped = 0
+        for conn in conns[:-32]:  # the oldest were closed to make room for the newest
+            conn.settimeout(10)
+            dropped += conn.recv(1) == b""
+        assert dropped == 300 - 32
+        conns[-1].sendall(b'{"op": "ping"}\n')
+        assert json.loads(conns[-1].makefile("rb").readline())["ok"] is True
+    finally:
+        for conn in conns:
+            conn.close()
+        server.stop()
+
+
+def test_a_full_house_of_busy_sessions_answers_busy(host: Host, tmp_path: Path) -> None:
+    server = _server(host, tmp_path, max_sessions=2)
+    conns = [_connect(server.path) for _ in range(2)]
+    try:
+        for conn in conns:
+            conn.sendall(b'{"op": "pi')  # mid-request: not idle, not evictable
+        deadline = time.monotonic() + 10
+        while True:  # the loop reads the partial requests asynchronously
+            extra = _connect(server.path)
+            line = extra.makefile("rb").readline()
+            extra.close()
+            if line or time.monotonic() > deadline:
+                break
+        reply = json.loads(line)
+        assert reply["error"]["code"] == "busy" and "control sessions" in reply["error"]["message"]
+        with pytest.raises(control.ControlError) as err:  # the client retries, then says so
+            control.request(server.path, "ping", timeout=0.5)
+        assert err.value.code == "busy"
+        for conn in conns:
+            conn.sendall(b'ng"}\n')
+            assert json.loads(conn.makefile("rb").readline())["ok"] is True
+    finally:
+        for conn in conns:
+            conn.close()
+        server.stop()
+
+
+def _thread_cpu(stat_fd: int) -> float:
+    """CPU seconds a thread used so far (utime + stime), from its open
+    ``/proc/self/task/TID/stat`` (opened beforehand: no fd is left later)."""
+    fields = os.pread(stat_fd, 4096, 0).decode().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_file_descriptors_the_server_backs_off_then_recovers(
+    host: Host, tmp_path: Path
+) -> None:
+    server = _server(host, tmp_path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # made before the limit drops
+    client.settimeout(20)
+    fillers: list[int] = []
+    stat_fd = os.open(f"/proc/self/task/{server._thread.native_id}/stat", os.O_RDONLY)
+    try:
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+        with contextlib.suppress(OSError):
+            while True:  # fill every free slot below the limit: no fd left to accept with
+                fillers.append(os.dup(0))
+        client.connect(str(server.path))  # queued in the backlog; accept() gets EMFILE
+        cpu_before = _thread_cpu(stat_fd)
+        time.sleep(1.5)
+        cpu = _thread_cpu(stat_fd) - cpu_before
+        errors = getattr(server, "_accept_errors", None)  # (the old server did not count)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for fd in [*fillers, stat_fd]:
+            os.close(fd)
+    try:
+        assert cpu < 0.1, f"the accept loop spun: {cpu:.2f} s of CPU in 1.5 s"
+        assert 1 <= errors <= 20, errors  # a spinning loop fails accept() thousands of times
+        client.sendall(b'{"op": "ping"}\n')  # the queued client is served once fds are back
+        assert json.loads(client.makefile("rb").readline())["result"]["pid"] == os.getpid()
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_a_thread_that_cannot_start_does_not_kill_the_server(
+    host: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = _server(host, tmp_path)
+    real_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        if self.name.startswith("hotload-control"):
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    try:
+        monkeypatch.setattr(threading.Thread, "start", start)
+        for _ in range(3):  # served without a worker, and again: the accept loop lives
+            assert control.request(server.path, "ping", timeout=10)["pid"] == os.getpid()
+        monkeypatch.undo()
+        assert control.request(server.path, "ping", timeout=10)["pid"] == os.getpid()
+    finally:
+        monkeypatch.undo()
+        server.stop()

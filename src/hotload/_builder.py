@@ -49,6 +49,13 @@ def cflags() -> list[str]:
     return [*BASE_FLAGS, f"-I{sdk_include_dir()}"]
 
 
+def user_cflags(*, cxx: bool = False) -> list[str]:
+    """What ``hotload cflags`` prints: enough to build a plugin by hand.  A
+    C++ compiler warns about (or rejects) ``-std=c11``, so C++ gets its own
+    standard; hotload.h is valid C++ as well."""
+    return [f"-I{sdk_include_dir()}", "-std=c++17" if cxx else "-std=c11", "-fPIC", "-shared"]
+
+
 @dataclass(frozen=True)
 class BuildResult:
     source: Path

@@ -7,10 +7,14 @@
     hotload inspect FILE [--json]                           offline: descriptor, exports,
                                                             unload blockers
     hotload build [FILES...] [-o DIR] [--target T]          same as `make plugins` / build.py
-    hotload cflags [--include-dir]                          flags to build a plugin against the SDK
+    hotload cflags [--cxx] [--include-dir]                  flags to build a plugin against the SDK
     hotload demo [--interactive] [--players N]              the demo (see hotload._demo)
 
 With exactly one host running, host commands need no ``--host``/``--socket``.
+``ls`` prints one line per version: ``CALLS`` is the calls that version has
+served, ``INFLIGHT`` the calls running in it now, ``WHY`` the short codes of
+what keeps it in memory (``hotload inspect FILE`` explains each and its fix).
+``reload --path`` takes a path relative to the current directory.
 Errors are one line on stderr, ``hotload: error: ...``, exit status 1 (2 for
 bad usage); ``-v`` adds the library's log.
 
@@ -48,6 +52,8 @@ import json
 import logging
 import os
 import re
+import shlex
+import shutil
 import sys
 import textwrap
 import time
@@ -135,6 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--include-dir", action="store_true", help="print only the SDK include directory"
     )
+    p.add_argument(
+        "--cxx", action="store_true", help="flags for a C++ plugin (g++/clang++: -std=c++17)"
+    )
     p.set_defaults(func=cmd_cflags)
     p = sub.add_parser("demo", help="a game server hot-swapping a C plugin under load")
     p.add_argument(
@@ -172,37 +181,49 @@ def cmd_ls(args: argparse.Namespace) -> int:
         f"host pid {host['pid']} ({host['name']}), {len(result['plugins'])} plugin(s), socket "
         f"{host['socket']}"
     )
-    rows = [("PLUGIN", "SEQ", "VERSION", "STATE", "CALLS", "LOADED", "SOURCE")]
+    rows: list[tuple[str, ...]] = [
+        ("PLUGIN", "SEQ", "VERSION", "STATE", "CALLS", "INFLIGHT", "LOADED", "SOURCE", "WHY")
+    ]
     notes: list[str] = []
     for plugin in result["plugins"]:
-        for v in plugin["versions"]:
-            rows.append(
-                (
-                    v["name"],
-                    f"v{v['seq']}",
-                    v["plugin_version"],
-                    v["state"],
-                    str(v["in_flight"]),
-                    time.strftime("%H:%M:%S", time.localtime(v["loaded_at"])),
-                    v["source"],
-                )
-            )
-            notes += [f"  {v['name']} v{v['seq']}: {b}" for b in v.get("blockers") or []]
-            if v.get("note"):
-                notes.append(f"  {v['name']} v{v['seq']}: {v['note']}")
+        rows += [_version_row(v) for v in plugin["versions"]]
         if plugin.get("pruned"):
             notes.append(
-                f"  {plugin['name']}: {plugin['pruned']} older unloaded version(s) not kept in "
+                f"{plugin['name']}: {plugin['pruned']} older unloaded version(s) not kept in "
                 f"the history"
             )
     _table(rows)
     leaks = result.get("leaks") or {}
     if leaks.get("images"):
         print(f"leaked: {leaks['images']} image(s) still in memory, {leaks['bytes']:,} bytes")
+    if any(row[-1] != "-" for row in rows[1:]):
+        notes.append("WHY: what keeps a version in memory; `hotload inspect FILE` explains each")
     if notes:
-        print("blockers and notes:")
         print("\n".join(notes))
     return 0
+
+
+def _version_row(v: dict[str, Any]) -> tuple[str, ...]:
+    """One line per version, whatever its blockers or note say: the codes
+    joined, or the note's first line cut short (``inspect`` has the prose)."""
+    served = v.get("served")
+    why = ",".join(_one_line(str(b), 40) for b in v.get("blockers") or ())
+    return (
+        v["name"],
+        f"v{v['seq']}",
+        v["plugin_version"],
+        v["state"],
+        "-" if served is None else f"{served:,}",
+        str(v["in_flight"]),
+        time.strftime("%H:%M:%S", time.localtime(v["loaded_at"])),
+        v["source"],
+        why or _one_line(v.get("note") or "", 60) or "-",
+    )
+
+
+def _one_line(text: str, width: int) -> str:
+    first = " ".join(text.split())
+    return first if len(first) <= width else first[: width - 3].rstrip() + "..."
 
 
 def cmd_hosts(args: argparse.Namespace) -> int:
@@ -213,7 +234,7 @@ def cmd_hosts(args: argparse.Namespace) -> int:
     if not hosts:
         print(f"no running hotload host in {control.control_dir()}")
         return 0
-    rows = [("PID", "NAME", "PLUGINS", "UP", "SOCKET")]
+    rows: list[tuple[str, ...]] = [("PID", "NAME", "PLUGINS", "UP", "SOCKET")]
     for h in hosts:
         if "error" in h:
             rows.append((str(h["pid"]), "?", "-", "-", f"{h['socket']} ({h['error']})"))
@@ -225,7 +246,8 @@ def cmd_hosts(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    extra = {"path": str(Path(args.path).resolve())} if args.path else {}
+    # the host's working directory is not ours: send an absolute path
+    extra: dict[str, Any] = {"path": str(Path(args.path).resolve())} if args.path else {}
     result = control.request(_target(args), "reload", name=args.name, **extra)
     if args.json:
         _emit_json(result)
@@ -377,10 +399,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_cflags(args: argparse.Namespace) -> int:
-    from ._builder import sdk_include_dir
+    from ._builder import sdk_include_dir, user_cflags
 
-    include = sdk_include_dir()
-    print(include if args.include_dir else f"-I{include} -std=c11 -fPIC -shared")
+    print(sdk_include_dir() if args.include_dir else shlex.join(user_cflags(cxx=args.cxx)))
     return 0
 
 
@@ -399,6 +420,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---- formatting ---------------------------------------------------------------------
+
+
+def cli_command() -> str:
+    """How a person reaches this CLI from a shell: ``hotload`` when that is
+    on PATH and is ours, else the script next to this interpreter
+    (``.venv/bin/hotload`` relative to the current directory when inside it),
+    else ``python -m hotload`` with this interpreter."""
+    script = Path(sys.executable).parent / ("hotload.exe" if os.name == "nt" else "hotload")
+    if not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m hotload"
+    on_path = shutil.which("hotload")
+    if on_path and Path(on_path).resolve() == script.resolve():
+        return "hotload"
+    try:
+        shown = script.relative_to(Path.cwd())
+    except ValueError:
+        return shlex.quote(str(script))
+    return shlex.quote(str(shown))
 
 
 def _table(rows: list[tuple[str, ...]]) -> None:

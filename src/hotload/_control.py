@@ -47,10 +47,11 @@ Operations and their ``result``:
 ``versions`` ``{"name"}``
     ``{"name", "versions": [version...]}``, oldest first.
 ``reload`` ``{"name", "path"?}``
-    ``{"version": <the new current version>, "previous": <the version it replaced>}``
+    ``{"version": <the new current version>, "previous": <the version it replaced>}``;
+    ``path`` must be absolute (the host's working directory is not the
+    client's: ``hotload reload --path`` resolves it first).
 ``rollback`` ``{"name"}``
-    ``{"version": <the version now current>}``; ``unsupported`` when the host
-    has no ``rollback``.
+    ``{"version": <the version now current>}``.
 
 A *version* object is ``VersionInfo.as_dict()``: ``name, seq, plugin_version,
 state (active|draining|unloaded|leaked|retained), in_flight, loaded_at, unloaded_at,
@@ -58,24 +59,45 @@ source, copy, digest, size, dlopen_count, dlclose_count, mapped_bytes,
 blockers [str], note``; times are Unix seconds.  New keys may be added to any
 object without a protocol bump; removing or changing one bumps ``v``.
 
+Requests and answers are strict JSON: ``NaN``/``Infinity`` (or a number that
+overflows to one) make a request a ``bad_request``, and ``"v"`` must be the
+integer 1 (``true`` is not).
+
 Error codes: ``bad_request``, ``unsupported_version``, ``unknown_op``,
-``forbidden`` (peer uid refused), ``not_loaded``, ``unsupported``, ``failed``
-(the host refused: the message says why), ``internal``.
+``forbidden`` (peer uid refused), ``not_loaded``, ``failed`` (the host
+refused: the message says why), ``busy`` (every session slot is in use by a
+request in progress), ``timeout`` (a request not complete within its
+deadline; the connection is then closed), ``internal``.
+
+Limits
+------
+One thread multiplexes every connection; at most ``WORKERS`` threads run
+requests.  At most ``MAX_SESSIONS`` connections are open at once (at the cap
+the longest-idle one is closed to admit a newcomer); a request must be
+complete within ``REQUEST_DEADLINE`` seconds of its first byte, and its
+answer taken as quickly; a silent session is closed after ``SESSION_IDLE``
+seconds.  ``request()`` retries a full backlog or a ``busy`` answer for up to
+``CONNECT_RETRY`` seconds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
+import math
 import os
+import queue
 import secrets
 import selectors
 import socket
+import stat
 import struct
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,7 +112,17 @@ log = logging.getLogger(__name__)
 PROTOCOL = 1
 MAX_LINE = 64 * 1024
 ENV_DIR = "HOTLOAD_CONTROL_DIR"
-SESSION_IDLE = 60.0  # seconds a connected client may stay silent
+SESSION_IDLE = 60.0  # seconds a connected client may stay silent between requests
+REQUEST_DEADLINE = 10.0  # seconds from a request's first byte to its last (and to send the answer)
+MAX_SESSIONS = 128  # open connections per host; each costs an fd, not a thread
+WORKERS = 4  # threads that run requests; started on demand
+BACKLOG = 512  # connections the kernel queues before accept (capped by net.core.somaxconn)
+CONNECT_RETRY = 5.0  # seconds a client retries a full backlog or a busy host
+_REFUSED_RETRY = 0.2  # seconds a client retries a refused connection
+_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_ACCEPT_BACKOFF_MIN, _ACCEPT_BACKOFF_MAX = 0.05, 1.0
+_LOOP_TICK = 1.0
+_RECV_CHUNK = 65536
 _SUN_PATH_MAX = 107
 
 
@@ -119,7 +151,7 @@ def control_dir() -> Path:
     _require_unix_sockets()
     env = os.environ.get(ENV_DIR)
     path = Path(env) if env else runtime_base() / "control"
-    ensure_private_dir(path)
+    ensure_private_dir(path, what="control directory")
     return path
 
 
@@ -166,8 +198,35 @@ def sweep_stale(directory: Path | None = None) -> list[Path]:
 # ---- server ------------------------------------------------------------------------
 
 
+class _Session:
+    """One client connection: what it has sent so far and when it must have
+    finished.  Owned by the accept loop while it waits for a request line,
+    by a worker while its request runs."""
+
+    __slots__ = ("conn", "buf", "deadline", "idle_since")
+
+    def __init__(self, conn: socket.socket, now: float, idle: float) -> None:
+        self.conn = conn
+        self.buf = bytearray()
+        self.deadline = now + idle
+        self.idle_since = now
+
+
 class ControlServer:
-    """Serves the control protocol for one host on its own socket."""
+    """Serves the control protocol for one host on its own socket.
+
+    One thread runs a selector over the listening socket and every open
+    session, so an idle or slow client costs an fd, never a thread; a small
+    pool of workers (started on demand, at most ``workers``) runs complete
+    request lines against the host.  Limits: ``max_sessions`` open
+    connections (at the cap the longest-idle one is closed to make room, and
+    when every session is busy the newcomer is answered ``busy``); a request
+    must arrive whole within ``request_deadline`` seconds of its first byte
+    and its answer be taken within as long again; a session silent for
+    ``idle_timeout`` seconds is closed.  When ``accept`` fails for lack of
+    file descriptors or memory the loop stops accepting for a while
+    (backing off up to a second) instead of spinning on a listener that
+    stays readable."""
 
     def __init__(
         self,
@@ -175,12 +234,16 @@ class ControlServer:
         *,
         directory: str | os.PathLike[str] | None = None,
         name: str | None = None,
+        max_sessions: int = MAX_SESSIONS,
+        workers: int = WORKERS,
+        request_deadline: float = REQUEST_DEADLINE,
+        idle_timeout: float = SESSION_IDLE,
     ) -> None:
         _require_unix_sockets()
         self.host = host
         self.directory = Path(directory) if directory else control_dir()
         if directory:
-            ensure_private_dir(self.directory)
+            ensure_private_dir(self.directory, what="control directory")
         self.name = name or _default_name()
         self.path = self.directory / f"host-{os.getpid()}-{secrets.token_hex(3)}.sock"
         if len(os.fsencode(self.path)) > _SUN_PATH_MAX:
@@ -188,11 +251,22 @@ class ControlServer:
                 f"{self.path}: control socket path is longer than the {_SUN_PATH_MAX} bytes "
                 f"a Unix socket allows; set {ENV_DIR} to a shorter directory"
             )
+        self.max_sessions = max_sessions
+        self.max_workers = max(1, workers)
+        self.request_deadline = request_deadline
+        self.idle_timeout = idle_timeout
         self.started_at = time.time()
         self._sock: socket.socket | None = None
         self._wake_r, self._wake_w = socket.socketpair()
-        self._sessions: set[socket.socket] = set()
-        self._lock = threading.Lock()
+        self._sel = selectors.DefaultSelector()
+        self._lock = threading.Lock()  # guards what workers share with the loop, below
+        self._sessions: set[_Session] = set()  # every open session, waiting or running
+        self._returned: deque[_Session] = deque()  # answered by a worker, back to the loop
+        self._jobs: queue.SimpleQueue[tuple[_Session, bytes] | None] = queue.SimpleQueue()
+        self._workers: list[threading.Thread] = []
+        self._idle_workers = 0
+        self._stopping = False
+        self._accept_errors = 0  # accept() failures for lack of fds/memory (tests watch it)
         self._thread = threading.Thread(target=self._serve, name="hotload-control", daemon=True)
 
     def start(self) -> ControlServer:
@@ -202,36 +276,40 @@ class ControlServer:
         try:
             sock.bind(str(tmp))
             os.chmod(tmp, 0o600)
-            sock.listen(16)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
             os.replace(tmp, self.path)  # appears only once it accepts
+            self._sock = sock
+            self._thread.start()
         except BaseException:
+            self._sock = None
             sock.close()
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            for leftover in (tmp, self.path):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
             raise
-        self._sock = sock
-        self._thread.start()
         log.info("control socket %s (try: hotload ls)", self.path)
         return self
 
     def stop(self) -> None:
         """Stop accepting, end open sessions and remove the socket."""
-        if self._sock is None:  # never started (or start failed): only the wake pair to close
-            self._wake_r.close()
-            self._wake_w.close()
-            return
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")
-        if self._thread is not threading.current_thread():
-            self._thread.join(2.0)
-        with self._lock:
-            for conn in list(self._sessions):
+        if self._sock is not None:
+            self._stopping = True
+            self._wake()
+            if self._thread is not threading.current_thread():
+                self._thread.join(2.0)
+            for _ in self._workers:
+                self._jobs.put(None)
+            with self._lock:
+                sessions = list(self._sessions)
+            for session in sessions:  # a worker still answering one sees its socket shut
                 with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-        self._sock.close()
-        self._sock = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+                    session.conn.shutdown(socket.SHUT_RDWR)
+            self._sock.close()
+            self._sock = None
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        self._sel.close()
         self._wake_r.close()
         self._wake_w.close()
 
@@ -251,74 +329,238 @@ class ControlServer:
             "plugins": self.host.names(),
         }
 
-    # -- connections ---------------------------------------------------------------
+    # -- the accept loop (one thread) --------------------------------------------------
     def _serve(self) -> None:
         assert self._sock is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(self._sock, selectors.EVENT_READ)
-            sel.register(self._wake_r, selectors.EVENT_READ)
-            while True:
-                for key, _ in sel.select():
-                    if key.fileobj is self._wake_r:
-                        return
-                    try:
-                        conn, _addr = self._sock.accept()
-                    except OSError:
-                        continue
-                    threading.Thread(
-                        target=self._session,
-                        args=(conn,),
-                        name="hotload-control-session",
-                        daemon=True,
-                    ).start()
-
-    def _session(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._sessions.add(conn)
+        self._sel.register(self._sock, selectors.EVENT_READ)
+        self._sel.register(self._wake_r, selectors.EVENT_READ)
+        backoff, paused_until = _ACCEPT_BACKOFF_MIN, 0.0
         try:
-            with conn:
-                refusal = _check_peer(conn)
-                if refusal:
-                    log.warning("control: %s", refusal)
-                    _send(conn, _error(None, "forbidden", refusal, "PermissionError"))
-                    _linger(conn)
-                    return
-                conn.settimeout(SESSION_IDLE)
-                self._converse(conn)
-        except OSError:
-            pass  # client went away, idle timeout, or stop()
+            while not self._stopping:
+                for key, _ in self._sel.select(self._select_timeout(paused_until)):
+                    if key.fileobj is self._wake_r:
+                        with contextlib.suppress(OSError):
+                            self._wake_r.recv(4096)
+                    elif key.fileobj is self._sock:
+                        if not self._accept():
+                            self._sel.unregister(self._sock)  # out of fds: stop listening a while
+                            paused_until = time.monotonic() + backoff
+                            backoff = min(backoff * 2, _ACCEPT_BACKOFF_MAX)
+                        else:
+                            backoff = _ACCEPT_BACKOFF_MIN
+                    else:
+                        self._read(key.data)
+                now = time.monotonic()
+                if paused_until and now >= paused_until:
+                    paused_until = 0.0
+                    self._sel.register(self._sock, selectors.EVENT_READ)
+                self._take_back_returned(now)
+                self._expire(now)
         finally:
             with self._lock:
-                self._sessions.discard(conn)
+                sessions = list(self._sessions)
+            for session in sessions:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._sel.unregister(session.conn)
+                with contextlib.suppress(OSError):
+                    session.conn.shutdown(socket.SHUT_RDWR)
 
-    def _converse(self, conn: socket.socket) -> None:
-        with conn.makefile("rb") as reader:
-            while True:
-                line = reader.readline(MAX_LINE + 1)
-                if not line:
-                    return
-                if len(line) > MAX_LINE:
-                    _send(
-                        conn, _error(None, "bad_request", f"request longer than {MAX_LINE} bytes")
+    def _select_timeout(self, paused_until: float) -> float:
+        now = time.monotonic()
+        waits = [_LOOP_TICK]
+        if paused_until:
+            waits.append(paused_until - now)
+        waits += [key.data.deadline - now for key in self._waiting()]
+        return max(0.0, min(waits))
+
+    def _waiting(self) -> list[selectors.SelectorKey]:
+        """The sessions waiting in the selector for their next request."""
+        return [k for k in self._sel.get_map().values() if isinstance(k.data, _Session)]
+
+    def _accept(self) -> bool:
+        """Accept what is queued; False when out of file descriptors or memory."""
+        assert self._sock is not None
+        for _ in range(64):  # bounded: the wake socket and the sessions get their turn too
+            try:
+                conn, _addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return True
+            except OSError as exc:
+                if exc.errno not in _RESOURCE_ERRNOS:
+                    log.warning("control: accept failed: %s", exc)
+                    return True
+                self._accept_errors += 1
+                if self._accept_errors == 1 or self._accept_errors % 100 == 0:
+                    log.warning(
+                        "control: cannot accept a client (%s); pausing accepts (%d so far)",
+                        exc.strerror,
+                        self._accept_errors,
                     )
+                return False
+            self._admit(conn)
+        return True
+
+    def _admit(self, conn: socket.socket) -> None:
+        refusal = _check_peer(conn)
+        if refusal:
+            log.warning("control: %s", refusal)
+            _send_and_close(conn, _error(None, "forbidden", refusal, "PermissionError"))
+            return
+        if len(self._sessions) >= self.max_sessions and not self._evict_idlest():
+            _send_and_close(
+                conn,
+                _error(
+                    None,
+                    "busy",
+                    f"the host is busy: all {self.max_sessions} control sessions are in use; "
+                    f"try again",
+                ),
+            )
+            return
+        conn.setblocking(False)
+        session = _Session(conn, time.monotonic(), self.idle_timeout)
+        with self._lock:
+            self._sessions.add(session)
+        self._sel.register(conn, selectors.EVENT_READ, session)
+
+    def _evict_idlest(self) -> bool:
+        """Make room by closing the session that has been silent longest (one
+        with no request in progress); False if every session is busy."""
+        idle = [k.data for k in self._waiting() if not k.data.buf]
+        if not idle:
+            return False
+        self._close(min(idle, key=lambda s: s.idle_since))
+        return True
+
+    def _read(self, session: _Session) -> None:
+        try:
+            data = session.conn.recv(_RECV_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(session)  # the client hung up
+            return
+        if not session.buf:  # the first byte of a request starts its deadline
+            session.deadline = time.monotonic() + self.request_deadline
+        session.buf += data
+        self._dispatch_if_complete(session)
+
+    def _dispatch_if_complete(self, session: _Session) -> bool:
+        """Hand a complete request line to a worker; True if one was."""
+        end = session.buf.find(b"\n", 0, MAX_LINE + 1)
+        if end < 0:
+            if len(session.buf) > MAX_LINE:
+                message = f"request longer than {MAX_LINE} bytes"
+                self._close(session, _error(None, "bad_request", message))
+            return False
+        line = bytes(session.buf[:end])
+        del session.buf[: end + 1]
+        self._sel.unregister(session.conn)
+        self._submit(session, line)
+        return True
+
+    def _take_back_returned(self, now: float) -> None:
+        """Sessions whose answer a worker sent: serve a pipelined request at
+        once, else wait in the selector for the next one."""
+        while True:
+            with self._lock:
+                if not self._returned:
                     return
-                _send(conn, self.handle(line))
+                session = self._returned.popleft()
+            session.idle_since = now
+            session.deadline = now + (self.request_deadline if session.buf else self.idle_timeout)
+            self._sel.register(session.conn, selectors.EVENT_READ, session)
+            self._dispatch_if_complete(session)
+
+    def _expire(self, now: float) -> None:
+        for key in self._waiting():
+            session = key.data
+            if now < session.deadline:
+                continue
+            if session.buf:
+                message = f"request not complete within {self.request_deadline:g} s"
+                self._close(session, _error(None, "timeout", message))
+            else:
+                self._close(session)  # silent for idle_timeout
+
+    def _close(self, session: _Session, last_word: dict[str, Any] | None = None) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(session.conn)
+        with self._lock:
+            self._sessions.discard(session)
+        if last_word is None:
+            session.conn.close()
+        else:
+            _send_and_close(session.conn, last_word)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    # -- workers -------------------------------------------------------------------------
+    def _submit(self, session: _Session, line: bytes) -> None:
+        with self._lock:
+            need = self._idle_workers == 0 and len(self._workers) < self.max_workers
+        if need:
+            worker = threading.Thread(target=self._work, name="hotload-control-worker", daemon=True)
+            try:
+                worker.start()
+            except RuntimeError as exc:  # "can't start new thread": the process is at its limit
+                log.warning("control: cannot start a worker thread (%s)", exc)
+            else:
+                with self._lock:
+                    self._workers.append(worker)
+        if not any(w.is_alive() for w in self._workers):
+            self._answer(session, line)  # no worker at all: answer here rather than never
+            return
+        self._jobs.put((session, line))
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle_workers += 1
+            job = self._jobs.get()
+            with self._lock:
+                self._idle_workers -= 1
+            if job is None:
+                return
+            self._answer(*job)
+
+    def _answer(self, session: _Session, line: bytes) -> None:
+        """Run one request and send its answer, which the client must take
+        within ``request_deadline``; then give the session back to the loop."""
+        reply = _encode(self.handle(line))
+        try:
+            session.conn.settimeout(self.request_deadline)
+            session.conn.sendall(reply)
+            session.conn.setblocking(False)
+        except OSError:  # gone, too slow to read, or stop()
+            with self._lock:
+                self._sessions.discard(session)
+            session.conn.close()
+            return
+        with self._lock:
+            self._returned.append(session)
+        self._wake()
 
     # -- requests -----------------------------------------------------------------
     def handle(self, line: bytes) -> dict[str, Any]:
         """Answer one request line (also usable without a socket, in tests)."""
         try:
-            req = json.loads(line)
+            req = json.loads(line, parse_constant=_no_constant, parse_float=_finite_float)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # e.g. 60,000 nested "["
             return _error(None, "bad_request", f"not a JSON object: {exc}")
         if not isinstance(req, dict):
             return _error(None, "bad_request", "a request is a JSON object")
         rid = req.get("id")
-        if req.get("v", PROTOCOL) != PROTOCOL:
+        version = req.get("v", PROTOCOL)
+        if type(version) is not int or version != PROTOCOL:  # true is not 1
             return _error(
                 rid,
                 "unsupported_version",
-                f"protocol version {req.get('v')!r} is not supported; this host speaks {PROTOCOL}",
+                f"protocol version {version!r} is not supported; this host speaks {PROTOCOL}",
             )
         op = req.get("op")
         handler = _OPS.get(op) if isinstance(op, str) else None
@@ -356,30 +598,33 @@ class ControlServer:
         return {"name": name, "versions": self._versions(name)}
 
     def _op_reload(self, req: dict[str, Any]) -> dict[str, Any]:
-        name = _arg(req, "name")
+        name = self._loaded(req)
         path = req.get("path")
-        if path is not None and not isinstance(path, str):
-            raise ControlError("'path' must be a string", "bad_request")
-        self.host.plugin(name)  # not loaded: the error lists what is
+        if path is not None:
+            if not isinstance(path, str) or not path or "\0" in path:
+                raise ControlError("'path' must be a non-empty string without NUL", "bad_request")
+            if not os.path.isabs(path):
+                raise ControlError(
+                    f"{path}: a relative path; send an absolute one (this host's working "
+                    f"directory is not the client's)",
+                    "bad_request",
+                )
         before = [v for v in self.host.versions(name) if v.state == "active"]
         info = self.host.reload(name, path)
         log.info("control: reloaded %s to v%d (%s) on request", name, info.seq, info.plugin_version)
         return {"version": info.as_dict(), "previous": before[-1].as_dict() if before else None}
 
     def _op_rollback(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"version": self.host.rollback(self._loaded(req)).as_dict()}
+
+    def _loaded(self, req: dict[str, Any]) -> str:
         name = _arg(req, "name")
-        self.host.plugin(name)
-        rollback = getattr(self.host, "rollback", None)
-        if rollback is None:
-            raise ControlError(
-                "rollback is not supported by this host (its hotload has no Host.rollback)",
-                "unsupported",
+        loaded = self.host.names()
+        if name not in loaded:
+            raise NotLoadedError(
+                f"no plugin named {name!r} is loaded (loaded: {', '.join(loaded) or 'none'})"
             )
-        result = rollback(name)
-        if hasattr(result, "as_dict"):
-            return {"version": result.as_dict()}
-        current = [v for v in self.host.versions(name) if v.state == "active"]
-        return {"version": current[-1].as_dict() if current else None}
+        return name
 
     def _versions(self, name: str) -> list[dict[str, Any]]:
         return [v.as_dict() for v in self.host.versions(name)]
@@ -402,6 +647,17 @@ def _arg(req: dict[str, Any], key: str) -> str:
     return value
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise ValueError(f"{text} is out of range for a JSON number")
+    return value
+
+
 def _error(rid: Any, code: str, message: str, kind: str = "ControlError") -> dict[str, Any]:
     return {
         "v": PROTOCOL,
@@ -411,18 +667,32 @@ def _error(rid: Any, code: str, message: str, kind: str = "ControlError") -> dic
     }
 
 
+def _encode(obj: dict[str, Any]) -> bytes:
+    """One answer line.  Strict JSON only: a NaN or Infinity (which Python
+    would write as bare words no other parser accepts) becomes an error."""
+    try:
+        text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:
+        log.error("control: an answer held a value JSON cannot carry: %s", exc)
+        text = json.dumps(
+            _error(obj.get("id"), "internal", f"the answer is not valid JSON: {exc}"),
+            separators=(",", ":"),
+        )
+    return text.encode() + b"\n"
+
+
 def _send(conn: socket.socket, obj: dict[str, Any]) -> None:
-    conn.sendall(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+    conn.sendall(_encode(obj))
 
 
-def _linger(conn: socket.socket) -> None:
-    """Let the client read our last line: closing with its request still
-    unread would make the kernel reset the connection and drop that line."""
+def _send_and_close(conn: socket.socket, obj: dict[str, Any]) -> None:
+    """A last line without waiting: the loop never blocks on one client.  A
+    short line fits the empty send buffer of a fresh or answered session."""
     with contextlib.suppress(OSError):
+        conn.setblocking(False)
+        conn.send(_encode(obj))
         conn.shutdown(socket.SHUT_WR)
-        conn.settimeout(1.0)
-        while conn.recv(MAX_LINE):
-            pass
+    conn.close()
 
 
 def _check_peer(conn: socket.socket) -> str | None:
@@ -450,12 +720,55 @@ def _default_name() -> str:
 # ---- client ------------------------------------------------------------------------
 
 
+class _Retry(Exception):
+    """A transient refusal (full backlog, busy host): try again shortly."""
+
+    def __init__(self, error: ControlError) -> None:
+        self.error = error
+
+
 def request(
-    path: str | os.PathLike[str], op: str, *, timeout: float = 30.0, **args: Any
+    socket_path: str | os.PathLike[str], op: str, /, *, timeout: float = 30.0, **args: Any
 ) -> dict[str, Any]:
-    """Send one request and return its ``result``; raise ``ControlError``."""
+    """Send one request and return its ``result``; raise ``ControlError``.
+
+    A full listen backlog (``EAGAIN``) or a ``busy`` answer is retried for up
+    to ``CONNECT_RETRY`` seconds (within ``timeout``), since a burst of
+    clients clears in moments; a refused connection is retried only briefly,
+    as it almost always means the host is gone."""
     _require_unix_sockets()
+    _check_is_socket(socket_path)
     req = {"v": PROTOCOL, "op": op, "id": 1, **args}
+    start = time.monotonic()
+    delay = 0.005
+    while True:
+        try:
+            return _exchange(socket_path, req, timeout)
+        except _Retry as retry:
+            spent = time.monotonic() - start
+            budget = _REFUSED_RETRY if retry.error.code == "unreachable" else CONNECT_RETRY
+            if spent + delay > min(budget, timeout):
+                raise retry.error from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+
+def _check_is_socket(path: str | os.PathLike[str]) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # connect() says what is wrong
+    if stat.S_ISSOCK(mode):
+        return
+    kind = "a directory" if stat.S_ISDIR(mode) else "a regular file" if stat.S_ISREG(mode) else ""
+    raise ControlError(
+        f"{os.fspath(path)}: not a socket{f' ({kind})' if kind else ''}; give a host's control "
+        f"socket (`hotload hosts` lists them)",
+        "not_a_socket",
+    )
+
+
+def _exchange(path: str | os.PathLike[str], req: dict[str, Any], timeout: float) -> dict[str, Any]:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
@@ -468,9 +781,15 @@ def request(
         raise ControlError(
             f"{path}: no such control socket (is the host still running?)", "unreachable"
         ) from None
+    except BlockingIOError:  # EAGAIN: the listen backlog is full
+        raise _Retry(
+            ControlError(f"{path}: the host's connection queue stayed full; try again", "busy")
+        ) from None
     except ConnectionRefusedError:
-        raise ControlError(
-            f"{path}: connection refused: the host that owned it is gone", "unreachable"
+        raise _Retry(
+            ControlError(
+                f"{path}: connection refused: the host that owned it is gone", "unreachable"
+            )
         ) from None
     except PermissionError:
         raise ControlError(
@@ -494,8 +813,12 @@ def request(
         ) from None
     if not reply.get("ok"):
         err = reply.get("error") or {}
-        raise ControlError(err.get("message", "request failed"), err.get("code", "failed"))
-    return reply["result"]
+        error = ControlError(err.get("message", "request failed"), err.get("code", "failed"))
+        if error.code == "busy":
+            raise _Retry(error)
+        raise error
+    result: dict[str, Any] = reply["result"]
+    return result
 
 
 def discover(directory: Path | None = None) -> list[dict[str, Any]]:
@@ -504,9 +827,18 @@ def discover(directory: Path | None = None) -> list[dict[str, Any]]:
     Sockets of dead hosts are removed on the way.  A host that does not
     answer in time is listed with an ``error`` key."""
     hosts = []
+    seen: set[tuple[Any, ...]] = set()
     for path in socket_paths(directory):
+        real = path.resolve()  # a symlink to a host's socket is that host, listed once
+        if ("path", real) in seen:
+            continue
+        seen.add(("path", real))
         try:
-            hosts.append(request(path, "ping", timeout=2.0))
+            found = request(path, "ping", timeout=2.0)
+            identity = ("host", found.get("pid"), found.get("socket"))
+            if identity not in seen:
+                seen.add(identity)
+                hosts.append(found)
         except ControlError as exc:
             if exc.code == "unreachable" and path.exists() and is_stale(path):
                 with contextlib.suppress(FileNotFoundError):

@@ -289,11 +289,19 @@ def _scripted(
     return _verify(host, server, xp, v1, swap, edited_at)
 
 
-def _header(view: View, host: Host, watched: Path, players: int) -> None:
+def _header(
+    view: View, host: Host, watched: Path, players: int, *, interactive: bool = False
+) -> None:
+    from ._cli import cli_command
+
     view.line("hotload demo: a game server keeps serving while a C plugin is hot-swapped under it")
-    view.line(
-        f"  host      pid {os.getpid()}; control socket ready: try `hotload ls` in another terminal"
-    )
+    cli = cli_command()
+    if interactive:
+        view.line(f"  host      pid {os.getpid()}")
+        view.line(f"  try       `{cli} ls` in another terminal")
+    else:  # this run ends in seconds, before anyone could type that
+        view.line(f"  host      pid {os.getpid()} (this run ends in seconds)")
+        view.line(f"  try       `{cli} demo --interactive`, then `{cli} ls` in another terminal")
     for name in PLUGINS:
         info = host.versions(name)[-1]
         kind = (
@@ -433,7 +441,7 @@ def _interactive(out: TextIO, *, players: int, src: Path | None, build: Path) ->
         if not _await_loaded(host, events, view):
             return 1
         xp = host["double_xp"]
-        _header(view, host, src, players)
+        _header(view, host, src, players, interactive=True)
         if note:
             view.line(note)
         view.line(f"  builds    {build} (private, removed at exit)")

@@ -65,7 +65,7 @@ def _create_locked(base: Path) -> tuple[Path, int]:
     return final, fd
 
 
-def ensure_private_dir(path: Path) -> None:
+def ensure_private_dir(path: Path, *, what: str = "work directory") -> None:
     """Create ``path`` 0700 or check that an existing one is ours and private.
 
     A directory another user can write to (or a symlink planted in a shared
@@ -77,15 +77,13 @@ def ensure_private_dir(path: Path) -> None:
     except FileExistsError:
         pass
     except OSError as exc:
-        raise HotloadError(f"{path}: cannot create the work directory: {exc.strerror}") from None
+        raise HotloadError(f"{path}: cannot create the {what}: {exc.strerror}") from None
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise HotloadError(
-            f"{path}: work directory is a symlink or not a directory; refusing to use it"
-        )
+        raise HotloadError(f"{path}: {what} is a symlink or not a directory; refusing to use it")
     problem = dirlock.not_private(st)
     if problem:
-        raise HotloadError(f"{path}: work directory {problem}")
+        raise HotloadError(f"{path}: {what} {problem}")
 
 
 class WorkDir:
