@@ -128,14 +128,6 @@ def test_import_hotload_as_windows_picks_the_windows_layer() -> None:
         timeout=60,
         cwd=TESTS,
     )
-    if (
-        proc.returncode
-        and "_preflight.py" in proc.stderr
-        and "import of select halted" in proc.stderr
-    ):
-        pytest.xfail(  # pragma: no cover - until the preflight pipe moves behind _platform
-            "_preflight.py still imports select at the top (issue 10 item 3, worker channel)"
-        )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["chosen"] == {

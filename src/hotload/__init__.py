@@ -8,22 +8,23 @@ with Host() as host:
     host.reload("double_xp")
 """
 
-from ._builder import BuildError
-from ._control import ControlError
 from ._descriptor import ABI_VERSION
 from ._errors import (
+    BuildError,
     ClosedError,
+    ControlError,
     DescriptorError,
     HookError,
     HotloadError,
     InvalidPluginError,
     LoadError,
+    NotAPluginError,
     NotLoadedError,
+    PreflightError,
     SignatureError,
     TrustError,
 )
 from ._host import Host
-from ._preflight import PreflightError
 from ._registry import Plugin
 from ._version import VersionInfo, VersionState
 
@@ -38,6 +39,7 @@ __all__ = [
     "HotloadError",
     "InvalidPluginError",
     "LoadError",
+    "NotAPluginError",
     "NotLoadedError",
     "Plugin",
     "PreflightError",

@@ -19,7 +19,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._errors import HotloadError
+from ._errors import (
+    BuildError,  # noqa: F401 - re-exported
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +31,6 @@ TARGETS = {
     "native": ("CC", "cc", ".so", "plugins"),
     "windows": ("WIN_CC", "x86_64-w64-mingw32-gcc", ".dll", "plugins-win"),
 }
-
-
-class BuildError(HotloadError):
-    """The compiler failed; the message carries its diagnostics."""
 
 
 def sdk_include_dir() -> Path:

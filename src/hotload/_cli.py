@@ -53,7 +53,6 @@ import logging
 import os
 import re
 import shlex
-import shutil
 import sys
 import textwrap
 import time
@@ -420,24 +419,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---- formatting ---------------------------------------------------------------------
-
-
-def cli_command() -> str:
-    """How a person reaches this CLI from a shell: ``hotload`` when that is
-    on PATH and is ours, else the script next to this interpreter
-    (``.venv/bin/hotload`` relative to the current directory when inside it),
-    else ``python -m hotload`` with this interpreter."""
-    script = Path(sys.executable).parent / ("hotload.exe" if os.name == "nt" else "hotload")
-    if not script.is_file():
-        return f"{shlex.quote(sys.executable)} -m hotload"
-    on_path = shutil.which("hotload")
-    if on_path and Path(on_path).resolve() == script.resolve():
-        return "hotload"
-    try:
-        shown = script.relative_to(Path.cwd())
-    except ValueError:
-        return shlex.quote(str(script))
-    return shlex.quote(str(shown))
 
 
 def _table(rows: list[tuple[str, ...]]) -> None:

@@ -101,7 +101,11 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._errors import HotloadError, NotLoadedError
+from ._errors import (
+    ControlError,  # noqa: F401 - re-exported
+    HotloadError,
+    NotLoadedError,
+)
 from ._workdir import ensure_private_dir, runtime_base
 
 if TYPE_CHECKING:
@@ -124,14 +128,6 @@ _ACCEPT_BACKOFF_MIN, _ACCEPT_BACKOFF_MAX = 0.05, 1.0
 _LOOP_TICK = 1.0
 _RECV_CHUNK = 65536
 _SUN_PATH_MAX = 107
-
-
-class ControlError(HotloadError):
-    """A control request failed; ``code`` is the protocol's error code."""
-
-    def __init__(self, message: str, code: str = "failed") -> None:
-        super().__init__(message)
-        self.code = code
 
 
 # ---- where ---------------------------------------------------------------------

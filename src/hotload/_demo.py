@@ -21,6 +21,7 @@ import os
 import queue
 import random
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -292,7 +293,6 @@ def _scripted(
 def _header(
     view: View, host: Host, watched: Path, players: int, *, interactive: bool = False
 ) -> None:
-    from ._cli import cli_command
 
     view.line("hotload demo: a game server keeps serving while a C plugin is hot-swapped under it")
     cli = cli_command()
@@ -542,3 +542,21 @@ def _show_outside_swaps(
 
 
 __all__ = ["example_sources_dir", "run"]
+
+
+def cli_command() -> str:
+    """How a person reaches this CLI from a shell: ``hotload`` when that is
+    on PATH and is ours, else the script next to this interpreter
+    (``.venv/bin/hotload`` relative to the current directory when inside it),
+    else ``python -m hotload`` with this interpreter."""
+    script = Path(sys.executable).parent / ("hotload.exe" if os.name == "nt" else "hotload")
+    if not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m hotload"
+    on_path = shutil.which("hotload")
+    if on_path and Path(on_path).resolve() == script.resolve():
+        return "hotload"
+    try:
+        shown = script.relative_to(Path.cwd())
+    except ValueError:
+        return shlex.quote(str(script))
+    return shlex.quote(str(shown))

@@ -17,6 +17,11 @@ class DescriptorError(HotloadError):
     """The plugin's hotload descriptor is missing, malformed or for another ABI."""
 
 
+class NotAPluginError(DescriptorError):
+    """A shared library without a hotload descriptor, loaded without the
+    ``name=`` and ``signatures=`` that would stand in for one."""
+
+
 class SignatureError(HotloadError, TypeError):
     """A C signature cannot be parsed, does not match, or a call's arguments
     do not fit it.  Also a ``TypeError`` so callers can treat it as one."""
@@ -49,3 +54,43 @@ class ClosedError(HotloadError):
 class TrustError(HotloadError):
     """The plugin file, or a directory above it, fails the ownership and
     permission checks, or its digest is not in the host's allow-list."""
+
+
+class PreflightError(HookError):
+    """The new version failed in the preflight process: crashed, hung, or
+    refused; the message says which step and how.  ``external`` is True when
+    the worker was killed or stopped by someone else: the build was not judged,
+    and retrying the reload is worth it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        step: str,
+        signal_name: str | None = None,
+        exit_code: int | None = None,
+        rc: int | None = None,
+        stderr: str = "",
+        external: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.step, self.signal_name, self.exit_code, self.rc, self.stderr = (
+            step,
+            signal_name,
+            exit_code,
+            rc,
+            stderr,
+        )
+        self.external = external
+
+
+class BuildError(HotloadError):
+    """The compiler failed; the message carries its diagnostics."""
+
+
+class ControlError(HotloadError):
+    """A control request failed; ``code`` is the protocol's error code."""
+
+    def __init__(self, message: str, code: str = "failed") -> None:
+        super().__init__(message)
+        self.code = code

@@ -454,6 +454,7 @@ class Host:
         reload each one that changes; load new ones.  ``rebuild=True``
         watches C sources and rebuilds first.  Options go to ``Watcher``."""
         self._check_open()
+        options.setdefault("max_size", self.max_plugin_size)
         watcher = Watcher(self, path, rebuild=rebuild, **options)  # type: ignore[arg-type]
         self._services.append(watcher)
         return watcher.start()

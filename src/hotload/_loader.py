@@ -23,7 +23,14 @@ from typing import Any
 from . import _descriptor as desc_mod
 from . import _signatures as signatures
 from ._descriptor import Descriptor
-from ._errors import DescriptorError, HookError, HotloadError, InvalidPluginError, LoadError
+from ._errors import (
+    DescriptorError,
+    HookError,
+    HotloadError,
+    InvalidPluginError,
+    LoadError,
+    NotAPluginError,
+)
 from ._platform import binfmt, dl, proc
 from ._workdir import WorkDir
 
@@ -239,7 +246,7 @@ def identify(
     desc = desc_mod.parse(facts.hotload_section, source) if facts.hotload_section else None
     if desc is None:
         if not declared or not name:
-            raise DescriptorError(
+            raise NotAPluginError(
                 f"{source}: no hotload descriptor (.hotload section): build it with "
                 f"HOTLOAD_PLUGIN and "
                 f"HOTLOAD_EXPORT from hotload.h, or load it with name= and signatures= declared "

@@ -30,7 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import _errors as errors
-from ._errors import HotloadError
+from ._errors import (
+    HotloadError,
+    PreflightError,  # noqa: F401 - re-exported
+)
 from ._loader import MAX_STATE_SIZE
 from ._platform import proc as channel
 
@@ -49,34 +52,6 @@ STEP_WORDS = {
 # Signals that a crashing plugin does not raise: a worker ended by one of these
 # was killed from outside (another process, a terminal, the OOM killer).
 EXTERNAL_SIGNALS = frozenset({"SIGKILL", "SIGTERM", "SIGINT", "SIGHUP"})
-
-
-class PreflightError(errors.HookError):
-    """The new version failed in the preflight process: crashed, hung, or
-    refused; the message says which step and how.  ``external`` is True when
-    the worker was killed or stopped by someone else: the build was not judged,
-    and retrying the reload is worth it."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        step: str,
-        signal_name: str | None = None,
-        exit_code: int | None = None,
-        rc: int | None = None,
-        stderr: str = "",
-        external: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.step, self.signal_name, self.exit_code, self.rc, self.stderr = (
-            step,
-            signal_name,
-            exit_code,
-            rc,
-            stderr,
-        )
-        self.external = external
 
 
 class PreflightWorker:

@@ -49,7 +49,6 @@ watchdog's own threads only record events.  ``on_event`` receives a
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import re
@@ -62,7 +61,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _descriptor as desc_mod
 from ._builder import (
     BuildError,
     compile_plugin,
@@ -71,9 +69,9 @@ from ._builder import (
     plugin_units,
     sdk_include_dir,
 )
-from ._errors import HotloadError, InvalidPluginError, LoadError
-from ._loader import DEFAULT_MAX_PLUGIN_SIZE, check_size, file_kind, read_source
-from ._platform import binfmt, dl
+from ._errors import HotloadError, InvalidPluginError, LoadError, NotAPluginError
+from ._loader import DEFAULT_MAX_PLUGIN_SIZE, Candidate, check_size, file_kind, read_source
+from ._platform import dl
 
 if TYPE_CHECKING:
     from ._protocols import PluginHost
@@ -579,35 +577,37 @@ class Watcher:
             "failed", name=name or None, error=error, done_at=time.monotonic(), **common
         )
 
-    def _read(self, path: Path) -> bytes:
-        """The watcher's one read of a plugin file, through the loader's
-        hardened reader: regular files only, a non-blocking open (a FIFO
-        cannot hang this thread) and the ``max_size`` cap, checked before
-        reading and enforced while reading."""
-        return read_source(str(path), max_size=self.max_size)
+    def _read(self, path: Path) -> Candidate | None:
+        """The watcher's one read of a plugin file: the host reads and checks
+        it (trust rules, the size cap, a non-blocking open of regular files
+        only, the format) and the very bytes it checked are what is loaded.
+        None for a library that is not a hotload plugin."""
+        check_size(str(path), path.stat().st_size, self.max_size)  # the watcher's own cap too
+        try:
+            return self.host.read(path)
+        except NotAPluginError:
+            return None
 
     def _load_or_reload(self, path: Path, common: dict[str, Any]) -> WatchEvent:
         """Check the file's bytes, then load, reload or leave alone its plugin."""
-        data = self._read(path)
-        facts = binfmt.check(data, str(path))
-        if facts.hotload_section is None:
+        cand = self._read(path)
+        if cand is None:
             return WatchEvent(
                 "skipped",
                 error=f"{path}: not a hotload plugin (no .hotload descriptor); ignored",
                 done_at=time.monotonic(),
                 **common,
             )
-        name = desc_mod.parse(facts.hotload_section, str(path)).name
+        name, digest = cand.name, cand.digest
         self._names[str(path)] = name
         if common["source"]:
             self._names[common["source"]] = name
-        digest = hashlib.sha256(data).hexdigest()
         if self._serving(name, str(path), digest):
             return WatchEvent("unchanged", name=name, done_at=time.monotonic(), **common)
         if name in self.host:
-            action, info = "reloaded", self.host.reload(name, path)
+            action, info = "reloaded", self.host.reload(name, cand)
         else:
-            self.host.load(path)
+            self.host.load(cand)
             action, info = "loaded", self.host.versions(name)[-1]
         self._applied[str(path)] = digest
         return WatchEvent(
@@ -629,8 +629,8 @@ class Watcher:
             return False
         if self._applied.get(path) not in (None, digest):
             return False
-        current = [v for v in self.host.versions(name) if v.state == "active"]
-        return bool(current) and current[-1].digest == digest
+        current = self.host.current(name)
+        return current is not None and current.digest == digest
 
     def _fate(self, name: str | None) -> str:
         """What a failure means for the plugin: only a plugin that runs keeps serving."""
