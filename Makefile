@@ -28,6 +28,7 @@ LINTED := src tests benchmarks build.py setup.py
 lint: $(STAMP)
 	$(VPY) -m ruff check $(LINTED)
 	$(VPY) -m ruff format --check $(LINTED)
+	$(VPY) -m mypy
 
 # The documentation (docs/, mkdocs.yml) with every link and reference checked; offline.
 docs: $(STAMP)

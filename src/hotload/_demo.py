@@ -280,7 +280,7 @@ def _scripted(
     current = f"v{swap.seq} {swap.plugin_version}"
     view.event(
         "swap",
-        f"watcher rebuilt double_xp.c in {swap.build_seconds * 1e3:.0f} ms and swapped "
+        f"watcher rebuilt double_xp.c in {(swap.build_seconds or 0.0) * 1e3:.0f} ms and swapped "
         f"{describe(v1)} -> {current}; serving {(swap.done_at - edited_at) * 1e3:.0f} ms "
         f"after the save",
     )

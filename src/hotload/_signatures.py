@@ -49,7 +49,8 @@ def parse(signature: str, *, where: str, function: str) -> cffi.FFI.CType:
 
 def spelling(ctype: cffi.FFI.CType) -> str:
     """The canonical prototype text, e.g. ``int64_t(int64_t, int32_t)``."""
-    return ctype.cname.replace("(*)", "", 1)
+    cname: str = ctype.cname
+    return cname.replace("(*)", "", 1)
 
 
 def check_declared(declared: Mapping[str, str], found: Mapping[str, str], *, where: str) -> None:

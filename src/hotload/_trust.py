@@ -125,8 +125,8 @@ def load_allow_list(spec: str | os.PathLike[str] | Iterable[str]) -> tuple[froze
                 raise TrustError(f"{manifest}:{n}: not a SHA-256 digest: {line[:80]!r}")
             digests.add(digest)
         return frozenset(digests), f"manifest {manifest}"
-    digests = frozenset(d.lower() for d in spec)
-    return digests, f"allow-list of {len(digests)} digest(s)"
+    listed = frozenset(d.lower() for d in spec)
+    return listed, f"allow-list of {len(listed)} digest(s)"
 
 
 def check_digest(path: str, digest: str, allowed: frozenset[str], described: str) -> None:
