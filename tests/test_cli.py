@@ -129,7 +129,7 @@ def test_cflags_builds_a_plugin_that_loads(tmp_path: Path) -> None:
     src.write_text(
         '#include <hotload.h>\nHOTLOAD_PLUGIN("mine", "0.1");\n'
         "HOTLOAD_API int32_t twice(int32_t x) { return 2 * x; }\n"
-        'HOTLOAD_EXPORT(twice, int32_t, (int32_t));\n'
+        "HOTLOAD_EXPORT(twice, int32_t, (int32_t));\n"
     )
     so = tmp_path / "mine.so"
     cc = run(["cc", *shlex.split(flags.stdout), str(src), "-o", str(so)])
@@ -219,7 +219,7 @@ def test_cflags_cxx_builds_a_cpp_plugin_without_warnings(tmp_path: Path) -> None
         'HOTLOAD_PLUGIN("mine", "0.1");\n'
         'extern "C" HOTLOAD_API int32_t twice(int32_t x) {\n'
         "    return static_cast<int32_t>(std::to_string(x).size()) * 0 + 2 * x;\n}\n"
-        'HOTLOAD_EXPORT(twice, int32_t, (int32_t));\n'
+        "HOTLOAD_EXPORT(twice, int32_t, (int32_t));\n"
     )
     so = tmp_path / "mine.so"
     cxx = run(["g++", *shlex.split(flags.stdout), "-Wall", "-Wextra", str(src), "-o", str(so)])
