@@ -8,6 +8,7 @@ with Host() as host:
     host.reload("double_xp")
 """
 
+from . import _fleet as fleet  # noqa: F401  (fleet rollout on Redis: fleet.publish, ...)
 from ._builder import BuildError
 from ._control import ControlError
 from ._descriptor import ABI_VERSION
