@@ -536,6 +536,7 @@ class Fleet:
         max_failures: int = 0,
         on_gone: str = "fail",
         step_timeout: float = 120.0,
+        gone_grace: float = 5.0,
         lock_ttl: float = 30.0,
         poll: float = 1.0,
         progress: Callable[[str], None] | None = None,
@@ -552,6 +553,7 @@ class Fleet:
             max_failures=max_failures,
             on_gone=on_gone,
             step_timeout=step_timeout,
+            gone_grace=gone_grace,
         )
 
     def resume(
@@ -581,6 +583,10 @@ class Fleet:
 
 
 # ---- the rollout controller ----------------------------------------------------------
+
+
+class LockLost(FleetError):
+    """Another controller took the rollout lock (ours expired): stop driving."""
 
 
 class _Abort(Exception):
@@ -626,6 +632,7 @@ class Controller:
         max_failures: int = 0,
         on_gone: str = "fail",
         step_timeout: float = 120.0,
+        gone_grace: float = 5.0,
     ) -> dict[str, Any]:
         check_digest(digest)
         if on_gone not in ("fail", "wait"):
@@ -666,6 +673,7 @@ class Controller:
                 "max_failures": max_failures,
                 "on_gone": on_gone,
                 "step_timeout": step_timeout,
+                "gone_grace": gone_grace,
                 "state": "running",
                 "failures": {},
                 "members": [],
@@ -765,10 +773,12 @@ class Controller:
         try:
             self.lock.reacquire()
         except redis.exceptions.LockNotOwnedError:
-            if not self.lock.acquire(blocking=False):
-                raise FleetError(
+            if not self.f._call("take lock", lambda: self.lock.acquire(blocking=False)):
+                raise LockLost(
                     f"{self.plugin}: lost the rollout lock to another controller; stopping"
                 ) from None
+        except (redis.RedisError, OSError) as exc:
+            raise FleetError(f"{self.plugin}: renew lock: {_describe(exc)}") from None
 
     # -- driving --------------------------------------------------------------------------
     def _drive(self, rec: dict[str, Any]) -> dict[str, Any]:
@@ -780,9 +790,10 @@ class Controller:
                 if fresh:
                     rec["phase"] = "apply"
                     rec["members"] = []
+                    rec["missing"] = {}
                     rules = self._rules(rec, i)
                     rec["rev"] = self._retry(partial(self.f.set_desired, self.plugin, rules))
-                    self.f.save_rollout(rec)
+                    self._retry(partial(self.f.save_rollout, rec))
                 self.progress(
                     f"step {i + 1}/{len(steps)}: {selector_text(steps[i])} -> "
                     f"{rec['digest'][:12]} ({rec.get('version')})"
@@ -829,19 +840,21 @@ class Controller:
     def _wait_step(self, rec: dict[str, Any], step: int, *, bake: bool) -> None:
         """Return when every host of the step's group reports the digest live
         (and, with ``bake``, kept it for the bake time); raise ``_Abort`` when
-        the failures exceed the budget or an operator asks."""
+        the failures exceed the budget or an operator asks.  A host still
+        pending ``step_timeout`` after the phase began counts as failed."""
         started = time.monotonic()
-        limit = rec["bake"] if bake else rec["step_timeout"]
+        bake_time = rec["bake"] if bake else 0.0
         while True:
             try:
                 self._renew()
                 self._check_abort()
                 pending = self._evaluate(rec, step)
                 self.f.save_rollout(rec)
+            except LockLost:
+                raise
             except FleetError as exc:  # Redis away: hosts keep serving; wait for it
-                if "lost the rollout lock" in str(exc):
-                    raise
                 log.warning("%s: %s; waiting for Redis", self.plugin, exc)
+                rec["missing"] = {}  # what we could not see does not count as gone
                 self._ps = None
                 time.sleep(min(self.poll, 0.5))
                 continue
@@ -851,23 +864,25 @@ class Controller:
                     f"{len(rec['failures'])} failure(s), more than --max-failures "
                     f"{rec['max_failures']}"
                 )
-            if bake and elapsed >= limit and not pending:
+            if elapsed >= bake_time and not pending:
                 return
-            if not bake and not pending:
-                return
-            if not bake and elapsed >= limit:
+            if pending and elapsed >= rec["step_timeout"]:
                 for host_id in pending:
                     rec["failures"][host_id] = (
-                        f"did not report {rec['digest'][:12]} live within {limit:g}s"
+                        f"did not report {rec['digest'][:12]} live within {rec['step_timeout']:g}s"
                     )
                 continue
-            self._sleep(min(self.poll, max(0.01, limit - elapsed)) if bake else self.poll)
+            self._sleep(
+                min(self.poll, max(0.01, bake_time - elapsed)) if not pending else self.poll
+            )
 
     def _evaluate(self, rec: dict[str, Any], step: int) -> list[str]:
         """Classify the step's hosts; record failures; return the pending ids."""
         steps = rec["steps"][: step + 1]
         digest, failures = rec["digest"], rec["failures"]
         members = set(rec["members"])
+        missing = rec.setdefault("missing", {})  # host -> when first seen gone
+        now = time.time()
         pending = []
         for h in self.f.hosts(self.plugin):
             hid = h["id"]
@@ -875,11 +890,13 @@ class Controller:
                 continue
             if not h["alive"]:
                 if hid in members:
-                    if rec["on_gone"] == "fail":
+                    since = missing.setdefault(hid, now)
+                    if rec["on_gone"] == "fail" and now - since >= rec.get("gone_grace", 0):
                         failures[hid] = "host vanished mid-step (heartbeat expired)"
                     else:
                         pending.append(hid)
                 continue
+            missing.pop(hid, None)
             if not any(matches(s, h["labels"]) for s in steps):
                 continue
             members.add(hid)
@@ -981,6 +998,10 @@ def _check_record(rec: dict[str, Any]) -> None:
         rec["failures"] = {}
     if not isinstance(rec.get("members"), list):
         rec["members"] = []
+    if not isinstance(rec.get("missing"), dict):
+        rec["missing"] = {}
+    if not isinstance(rec.get("gone_grace"), (int, float)):
+        rec["gone_grace"] = 5.0
     rec.setdefault("on_gone", "fail")
     rec.setdefault("phase", "apply")
 

@@ -73,6 +73,9 @@ def add_commands(sub: Any) -> None:
         help="a host that vanishes mid-step counts as failed (default) or is waited for",
     )
     q.add_argument("--step-timeout", type=duration, default=120.0, help="per step (2m)")
+    q.add_argument(
+        "--gone-grace", type=duration, default=5.0, help="missing heartbeat before 'gone' (5s)"
+    )
     q.set_defaults(func=cmd_rollout)
 
     q = fsub.add_parser("status", parents=[common], help="hosts x plugins and rollouts")
@@ -139,6 +142,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
                 max_failures=args.max_failures,
                 on_gone=args.on_gone,
                 step_timeout=args.step_timeout,
+                gone_grace=args.gone_grace,
                 progress=say,
             )
         except fl.RolloutFailed as exc:
