@@ -417,7 +417,10 @@ class Fleet:
 
     def set_desired(self, plugin: str, rules: list[Rule]) -> int:
         """Write the plugin's rules (a new rev), bump ``gen`` and wake every agent."""
-        rev = self.desired(plugin)[0] + 1
+        # rev: above every rev written so far (gen counts writes), readable even
+        # when the record it replaces is garbage
+        gen = self._call("read gen", lambda: self.r.get(self.keys.gen))
+        rev = (int(gen) if gen and gen.isdigit() else 0) + 1
         record = json.dumps({"rev": rev, "rules": rules_json(rules), "at": time.time()})
         k = self.keys
 

@@ -177,6 +177,7 @@ class FleetAgent:
         self.commands += 2
         self._r, self._ps = r, ps
         self._reported.clear()  # Redis may have lost them (restart): write them again
+        self._failed.clear()  # and its revs may restart: try refused builds once more
         self._dirty = True
         self.connected.set()
 
