@@ -623,6 +623,7 @@ class Controller:
         self.progress = progress or (lambda msg: log.info("%s: %s", plugin, msg))
         self.lock = fleet.r.lock(fleet.keys.lock(plugin), timeout=lock_ttl, blocking=False)
         self._ps: Any = None
+        self._fleet_size = 0
 
     # -- entry points -------------------------------------------------------------------
     def start(
@@ -730,11 +731,11 @@ class Controller:
         self._acquire()
         try:
             rec = self.f.rollout_record(self.plugin)
-            if rec is None or rec.get("state") not in ("done", "aborted"):
+            if rec is None or rec.get("state") != "done":
                 state = rec.get("state") if rec else "none"
                 raise FleetError(
                     f"{self.plugin}: nothing to roll back (last rollout state: {state}); "
-                    f"a running rollout is stopped with abort"
+                    f"a running rollout is stopped with abort, an aborted one already went back"
                 )
             _check_record(rec)
             rules = [Rule(r["match"], r["digest"]) for r in rec["prev_rules"]]
@@ -847,7 +848,15 @@ class Controller:
         pending ``step_timeout`` after the phase began counts as failed."""
         started = time.monotonic()
         bake_time = rec["bake"] if bake else 0.0
+        last = 0.0
         while True:
+            # one evaluation reads 3 keys per host: wake-ups from a burst of
+            # reports are coalesced so that a big fleet costs O(hosts) per
+            # gap, not per report (50 hosts: 50 ms; 10,000 hosts: 1 s)
+            gap = max(0.05, 1e-4 * self._fleet_size) - (time.monotonic() - last)
+            if gap > 0:
+                time.sleep(gap)
+            last = time.monotonic()
             try:
                 self._renew()
                 self._check_abort()
@@ -887,7 +896,9 @@ class Controller:
         missing = rec.setdefault("missing", {})  # host -> when first seen gone
         now = time.time()
         pending = []
-        for h in self.f.hosts(self.plugin):
+        hosts = self.f.hosts(self.plugin)
+        self._fleet_size = len(hosts)
+        for h in hosts:
             hid = h["id"]
             if hid in failures:
                 continue

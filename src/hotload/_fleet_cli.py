@@ -213,7 +213,9 @@ def render_status(st: dict[str, Any]) -> str:
         lines.append(
             f"rollout {name} {rec.get('id', '?')}: {rec.get('state')}, "
             f"{str(rec.get('digest', '?'))[:12]} ({rec.get('version')}), "
-            f"step {step + 1}/{len(steps)} [{where}] {rec.get('phase', '')}, "
+            f"step {step + 1}/{len(steps)} [{where}]"
+            + (f" {rec.get('phase')}" if rec.get("state") == "running" else "")
+            + ", "
             f"failures {len(fails)}/{rec.get('max_failures', 0)}"
             + (f", reason: {rec['reason']}" if rec.get("reason") else "")
         )
