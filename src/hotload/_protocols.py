@@ -35,6 +35,13 @@ class PluginHost(Protocol):
 
     def rollback(self, name: str) -> VersionInfo: ...
 
+    def unload(self, name: str) -> None: ...
+
+    @property
+    def keep_versions(self) -> int:
+        """How many builds the rollback chain keeps."""
+        ...
+
     def current(self, name: str) -> VersionInfo | None:
         """The version serving ``name`` now, or None (not loaded)."""
         ...
