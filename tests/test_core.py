@@ -296,3 +296,63 @@ def test_every_exception_class_lives_in_errors() -> None:
                 assert not any(b.endswith("Error") or b == "Exception" for b in bases), (
                     f"{path.name}: exception {node.name} belongs in _errors.py"
                 )
+
+
+SLOW_UNLOAD = r"""
+#include <hotload.h>
+#include <unistd.h>
+HOTLOAD_PLUGIN("slow", "V");
+static int calls;
+static char blob[8] = "state";
+static int save(const void **s, size_t *n) {
+    if (calls++ == 0) usleep(1500 * 1000);  /* the first on_unload outlives hook_timeout */
+    *s = blob; *n = sizeof blob; return 0;
+}
+HOTLOAD_ON_UNLOAD(save);
+static int restore(const char *p, const void *s, size_t n) { (void)p; (void)s; (void)n; return 0; }
+HOTLOAD_ON_LOAD(restore);
+HOTLOAD_API int value(void) { return V; }
+HOTLOAD_EXPORT(value, int, (void));
+"""
+
+
+def test_an_image_whose_hook_timed_out_is_never_closed(tmp_path: Path, cc) -> None:
+    """Found by the attack on the restructured core: after an on_unload timed
+    out, a later swap retired the old image and the reaper unmapped it while
+    the abandoned hook was still running in it (SIGSEGV when it returned).
+    Run in a child so that a crash fails the test instead of killing it."""
+    v1 = cc(SLOW_UNLOAD.replace("V", "1"), "slow1")
+    v2 = cc(SLOW_UNLOAD.replace("V", "2"), "slow2")
+    code = f"""
+import time
+from hotload import Host, HookError
+h = Host({str(tmp_path / "w")!r}, preflight=False, hook_timeout=0.3)
+p = h.load({str(v1)!r})
+try:
+    h.reload("slow", {str(v2)!r})
+    raise SystemExit("the hung on_unload was not refused")
+except HookError as exc:
+    assert "did not return" in str(exc), exc
+assert p.value() == 1
+h.reload("slow", {str(v2)!r})  # the hook returns at once this time
+assert p.value() == 2
+assert h.settle(3)
+v1 = h.versions("slow")[0]
+assert v1.state == "retained" and "on_unload never returned" in v1.note, v1
+time.sleep(2.0)  # the abandoned hook returns into v1: it must still be mapped
+assert p.value() == 2
+h.close()
+print("alive")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "alive" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_unload_marks_the_version_draining_at_once(host: Host, example_plugins) -> None:
+    """After unload() returns no version is reported active, and a call that
+    raced the unload backs out instead of entering a closing image."""
+    host.load(example_plugins["loot_drop"])
+    host.unload("loot_drop")
+    assert [v.state for v in host.versions("loot_drop")] != ["active"]
+    assert host.settle()
+    assert [v.state for v in host.versions("loot_drop")] == ["unloaded"]

@@ -1046,9 +1046,45 @@ def rollback(plugin: str, *, url: str | None = None, **kw: Any) -> dict[str, Any
         return f.rollback(plugin, **kw)
 
 
-def __getattr__(name: str) -> Any:  # the agent, without importing it for every fleet user
-    if name == "FleetAgent":
-        from ._fleet_agent import FleetAgent
-
-        return FleetAgent
-    raise AttributeError(name)
+def render_status(st: dict[str, Any]) -> str:
+    lines = []
+    for name, rec in st["rollouts"].items():
+        steps = rec.get("steps") or []
+        step = rec.get("step", 0)
+        where = selector_text(steps[step]) if 0 <= step < len(steps) else "?"
+        fails = rec.get("failures") or {}
+        lines.append(
+            f"rollout {name} {rec.get('id', '?')}: {rec.get('state')}, "
+            f"{str(rec.get('digest', '?'))[:12]} ({rec.get('version')}), "
+            f"step {step + 1}/{len(steps)} [{where}]"
+            + (f" {rec.get('phase')}" if rec.get("state") == "running" else "")
+            + ", "
+            f"failures {len(fails)}/{rec.get('max_failures', 0)}"
+            + (f", reason: {rec['reason']}" if rec.get("reason") else "")
+        )
+        lines += [f"  {h}: {e}" for h, e in fails.items()]
+    rows = [("HOST", "LABELS", "HEARTBEAT", "PLUGIN", "VERSION", "SEQ", "STATE", "DIGEST", "ERROR")]
+    for h in st["hosts"]:
+        beat = f"{h.get('heartbeat_age', 0):.1f}s ago" if h.get("alive") else "gone"
+        labels = selector_text(h.get("labels") or {}) if h.get("labels") else "-"
+        plugins = h.get("plugins") or {"-": {}}
+        for pname, rep in sorted(plugins.items()):
+            rows.append(
+                (
+                    h["id"],
+                    labels,
+                    beat,
+                    pname,
+                    str(rep.get("version") or "-"),
+                    str(rep.get("seq") or "-"),
+                    str(rep.get("state") or "-"),
+                    str(rep.get("digest") or "-")[:12],
+                    str(rep.get("error") or "")[:80],
+                )
+            )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        lines.append(
+            "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]).rstrip()
+        )
+    return "\n".join(lines)

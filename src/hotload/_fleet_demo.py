@@ -162,7 +162,6 @@ def build_variants(out: Path) -> dict[str, Path]:
 
 
 def run(*, verbose: bool = False) -> int:
-    from ._fleet_cli import render_status
 
     work = Path(tempfile.mkdtemp(prefix="hotload-fleet-demo-"))
     hosts: list[HostProcess] = []
@@ -200,7 +199,7 @@ def run(*, verbose: bool = False) -> int:
                 step_timeout=30,
                 progress=say,
             )
-            print(render_status(f.status("double_xp")))
+            print(fl.render_status(f.status("double_xp")))
             bad = f.publish(builds["bad"])
             print(f"== published double_xp 1.2.0 (crashes on load) as {bad[:12]}; rolling out")
             aborted = False
@@ -218,7 +217,7 @@ def run(*, verbose: bool = False) -> int:
                 aborted = True
                 for host, err in exc.record["failures"].items():
                     say(f"{host}: {err[:150]}")
-            print(render_status(f.status("double_xp")))
+            print(fl.render_status(f.status("double_xp")))
         print("== stopping the hosts")
         results = [h.finish() for h in hosts]
         hosts.clear()

@@ -265,6 +265,7 @@ class Host:
             current = plugin.close()
             rec.unloaded()
             if current is not None:
+                current.retire()  # a call racing the close re-checks this and backs out
                 self._reaper.retire(current, unload_safe=rec.unload_safe)
 
     # -- the swap -------------------------------------------------------------------
@@ -331,7 +332,13 @@ class Host:
         if old.image.on_unload is None:
             return None
         take = old.image.call_on_unload
-        return rec.hooks.run(lambda: take(self.max_state_size), _hook_name(old.image, "on_unload"))
+        try:
+            return rec.hooks.run(
+                lambda: take(self.max_state_size), _hook_name(old.image, "on_unload")
+            )
+        except HookTimeoutError as exc:
+            old.stuck = f"its on_unload never returned ({exc})"
+            raise
 
     def _switch(self, rec: PluginRecord, old: Version, new: Version) -> None:
         """Hand over state and make ``new`` current, or leave ``old`` serving.
@@ -532,6 +539,7 @@ class Host:
                     current = rec.plugin.close()
                     rec.unloaded()
                     if current is not None:
+                        current.retire()
                         self._reaper.retire(current, unload_safe=rec.unload_safe)
             finally:
                 rec.lock.release()

@@ -106,6 +106,12 @@ class Reaper:
                 return
 
     def _release(self, version: Version, unload_safe: bool) -> None:
+        if version.stuck:  # a thread is still inside one of its hooks: never unmap it
+            version.retain(f"kept loaded: {version.stuck}")
+            self._loader.keep(version.image)
+            log.warning("%s v%d is kept loaded, not closed: %s", version.plugin_name,
+                        version.seq, version.stuck)
+            return
         hazards = self._policy.hazards(version.image, unload_safe)
         if hazards:
             codes = ", ".join(f.code for f in hazards)

@@ -65,6 +65,7 @@ class Version:
         "note",
         "served",
         "leak_codes",
+        "stuck",
     )
 
     def __init__(self, plugin_name: str, seq: int, image: Image, wake: threading.Event) -> None:
@@ -88,6 +89,7 @@ class Version:
         # heavy contention it may undercount slightly.  Never used for safety.
         self.served = 0
         self.leak_codes: tuple[str, ...] = ()  # why it stayed mapped, found by the reaper
+        self.stuck = ""  # a hook that never returned is still running in this image: why
 
     def exited(self) -> None:
         """Slow path of a call leaving a retiring version: wake whoever waits
