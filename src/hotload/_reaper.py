@@ -109,8 +109,12 @@ class Reaper:
         if version.stuck:  # a thread is still inside one of its hooks: never unmap it
             version.retain(f"kept loaded: {version.stuck}")
             self._loader.keep(version.image)
-            log.warning("%s v%d is kept loaded, not closed: %s", version.plugin_name,
-                        version.seq, version.stuck)
+            log.warning(
+                "%s v%d is kept loaded, not closed: %s",
+                version.plugin_name,
+                version.seq,
+                version.stuck,
+            )
             return
         hazards = self._policy.hazards(version.image, unload_safe)
         if hazards:
