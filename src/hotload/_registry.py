@@ -43,6 +43,11 @@ def make(route, fname, idx, slow, bad_call):
             return g.table[idx]({params})
         except (TypeError, OverflowError) as exc:
             raise bad_call(g.owner, fname, exc) from None
+        except IndexError:
+            if idx < len(g.table):
+                raise  # from the callee
+            g.served -= 1  # an export newer than this version: committed, not published yet
+            return slow(fname, ({params}{comma}))
         finally:
             g.pop()
             if g.retiring:
