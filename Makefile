@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 
 all: plugins
 
-$(STAMP): pyproject.toml setup.py
+$(STAMP): pyproject.toml setup.py src/hotload/_crouter.c
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
 	$(VPY) -m pip install --quiet -e '.[test]'
@@ -34,8 +34,17 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(VPY) -m mkdocs build --strict --site-dir build/site
 
+# The suite runs with the compiled router, then the routing tests again with the
+# Python router (HOTLOAD_PURE_PYTHON=1): same semantics, both proven.
+ROUTING_TESTS := tests/test_router.py tests/test_swap.py tests/test_soak.py \
+	tests/test_load_and_call.py tests/test_core.py tests/test_rollback_and_safety.py \
+	tests/test_bad_input.py
+
 test: plugins lint docs
+	$(VENV)/bin/hotload --version
 	$(VPY) -m pytest -q
+	HOTLOAD_PURE_PYTHON=1 $(VENV)/bin/hotload --version
+	HOTLOAD_PURE_PYTHON=1 $(VPY) -m pytest -q $(ROUTING_TESTS)
 
 bench: plugins
 	$(VPY) benchmarks/run.py

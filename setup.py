@@ -8,11 +8,17 @@ than commit copies that can drift, ``build_py`` copies them into the build
 tree, so every wheel (``pip install .``, ``python -m build``) carries the
 exact files of its checkout.  An editable install needs nothing: it finds
 the checkout's ``native/`` directly.  All metadata stays in pyproject.toml.
+
+``hotload._crouter`` is the compiled router (``src/hotload/_crouter.c``).  It
+is optional: without a working C compiler the build prints a warning and the
+package installs anyway, with the Python router (``hotload info`` says which
+one runs).  ``HOTLOAD_PURE_PYTHON=1`` at build time skips it altogether.
 """
 
+import os
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
@@ -32,4 +38,11 @@ class BuildPyWithSdk(build_py):
                 self.copy_file(str(src), str(dest / src.name))
 
 
-setup(cmdclass={"build_py": BuildPyWithSdk})
+CROUTER = Extension(
+    "hotload._crouter",
+    sources=["src/hotload/_crouter.c"],
+    optional=True,  # no compiler: install with the Python router
+)
+PURE = os.environ.get("HOTLOAD_PURE_PYTHON", "") not in ("", "0")
+
+setup(cmdclass={"build_py": BuildPyWithSdk}, ext_modules=[] if PURE else [CROUTER])

@@ -94,11 +94,20 @@ def _fail(message: str) -> int:
     return 1
 
 
+def _version_line() -> str:
+    """``hotload --version``: the package version and which router runs."""
+    from . import __version__
+    from ._version import ROUTER
+
+    return f"hotload {__version__} (router: {ROUTER})"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hotload", description="Hot-swap C plugins in running Python hosts."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show the library's log")
+    parser.add_argument("--version", action="version", version=_version_line())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     target = argparse.ArgumentParser(add_help=False)
     pick = target.add_mutually_exclusive_group()

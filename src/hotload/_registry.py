@@ -2,13 +2,19 @@
 account for calls in flight, so an old version is closed only when its last
 call has returned.
 
-The hot path takes no lock.  Each call appends to its version's ``calls``
-deque (an atomic operation under the GIL), re-checks that the version is not
-being retired, calls the cffi function pointer, and pops.  The retiring side
-sets ``retiring`` and only then looks at ``calls``.  Under the GIL these steps
-are sequentially consistent, so either the retirer sees the call, or the call
-sees ``retiring`` and re-routes: no call can start in an image being closed.
-(Free-threaded CPython builds are not supported: see the docs.)
+The hot path takes no lock.  Each call counts itself into its version's gate
+(``gate.append``: atomic under the GIL), re-checks that the version is not
+being retired, calls the version's function, and counts itself out.  The
+retiring side sets ``retiring`` and only then looks at the count.  Under the
+GIL these steps are sequentially consistent, so either the retirer sees the
+call, or the call sees ``retiring`` and re-routes: no call can start in an
+image being closed.  (Free-threaded CPython builds are not supported: see the
+docs.)
+
+Two routers do this, one per export: the compiled ``_crouter.Router`` (see
+``_crouter.c``) when the extension was built, else one generated Python
+function per export (``_ROUTER_TEMPLATE``); ``_version.ROUTER`` says which.
+Both share the gate (``_version.Gate``) and the slow path here.
 """
 
 from __future__ import annotations
@@ -21,39 +27,48 @@ from typing import TYPE_CHECKING, Any
 from . import _signatures as signatures
 from ._errors import ClosedError, NotLoadedError, SignatureError
 from ._version import SWITCHING, UNLOADED_PLUGIN, Sentinel, Version, VersionInfo
+from ._version import _crouter as _native
 
 _ROUTER_TEMPLATE = """\
 def make(route, fname, idx, slow, bad_call):
     def _router({params}):
-        v = route.current
-        calls = v.calls
-        calls.append(None)
-        if v.retiring:
-            calls.pop()
-            v.exited()
+        g = route.gate
+        g.append(None)
+        if g.retiring:
+            g.pop()
+            g.exited()
             return slow(fname, ({params}{comma}))
-        v.served += 1
+        g.served += 1
         try:
-            return v.table[idx]({params})
+            return g.table[idx]({params})
         except (TypeError, OverflowError) as exc:
-            raise bad_call(v, fname, exc) from None
+            raise bad_call(g.owner, fname, exc) from None
+        except IndexError:
+            if idx < len(g.table):
+                raise  # from the callee
+            g.served -= 1  # an export newer than this version: committed, not published yet
+            return slow(fname, ({params}{comma}))
         finally:
-            calls.pop()
-            if v.retiring:
-                v.exited()
+            g.pop()
+            if g.retiring:
+                g.exited()
     return _router
 """
 
 
-class _Route:
-    """Where a plugin's calls go now.  A separate slotted object because a
-    class with ``__getattr__`` (``Plugin``) defeats CPython's attribute
-    specialisation: reading ``plugin._current`` would cost ~40 ns a call."""
+class _PyRoute:
+    """Where a plugin's calls go now: the gate of the current version (or of
+    a sentinel).  A separate slotted object because a class with
+    ``__getattr__`` (``Plugin``) defeats CPython's attribute specialisation:
+    reading ``plugin._current`` would cost ~40 ns a call."""
 
-    __slots__ = ("current",)
+    __slots__ = ("gate",)
 
-    def __init__(self) -> None:
-        self.current: Version | Sentinel = SWITCHING
+    def __init__(self, gate: Any) -> None:
+        self.gate = gate
+
+
+_Route: Any = _native.Route if _native is not None else _PyRoute
 
 
 class Plugin:
@@ -68,7 +83,7 @@ class Plugin:
 
     def __init__(self, name: str, infos: Callable[[], list[VersionInfo]]) -> None:
         self._name = name
-        self._route = _Route()
+        self._route = _Route(SWITCHING.gate)
         self._switched = threading.Event()
         self._routers: dict[str, Callable[..., Any]] = {}
         self._arity: dict[str, int] = {}
@@ -83,12 +98,12 @@ class Plugin:
     @property
     def current(self) -> Version | None:
         """The version new calls go to (None while switching or unloaded)."""
-        cur = self._route.current
+        cur = self._current
         return cur if isinstance(cur, Version) else None
 
     @property
     def _current(self) -> Version | Sentinel:
-        return self._route.current
+        return self._route.gate.owner  # type: ignore[no-any-return]
 
     # -- calling ---------------------------------------------------------
     def __getitem__(self, fname: str) -> Callable[..., Any]:
@@ -118,19 +133,19 @@ class Plugin:
         ``f.reward(...)`` is a raw cffi call (no routing), and the pinned
         version cannot be unloaded until the block ends."""
         while True:
-            v = self._current
-            v.calls.append(None)
-            if not v.retiring:
+            g = self._route.gate
+            g.append(None)
+            if not g.retiring:
                 break
-            v.calls.pop()
-            v.exited()
-            self._wait_for_switch(v)
+            g.pop()
+            g.exited()
+            self._wait_for_switch(g.owner)
         try:
-            yield _Pinned(v)  # type: ignore[arg-type]
+            yield _Pinned(g.owner)
         finally:
-            v.calls.pop()
-            if v.retiring:
-                v.exited()
+            g.pop()
+            if g.retiring:
+                g.exited()
 
     def versions(self) -> list[VersionInfo]:
         """This plugin's versions, as ``Host.versions(name)`` reports them."""
@@ -145,18 +160,18 @@ class Plugin:
     def hold(self) -> None:
         """Make new calls wait at the gate (a stateful switch is under way)."""
         self._switched.clear()
-        self._route.current = SWITCHING
+        self._route.gate = SWITCHING.gate
 
     def publish(self, version: Version) -> None:
         """Route new calls to ``version`` and release any caller at the gate."""
-        self._route.current = version
+        self._route.gate = version.gate
         self._switched.set()
 
     def close(self) -> Version | None:
         """Stop serving: later calls raise ``ClosedError``.  Returns the
         version that was current, for the caller to retire."""
         cur = self.current
-        self._route.current = UNLOADED_PLUGIN
+        self._route.gate = UNLOADED_PLUGIN.gate
         self._switched.set()
         return cur
 
@@ -199,8 +214,19 @@ class Plugin:
         return commit
 
     def _make_router(self, fname: str, arity: int, idx: int) -> Callable[..., Any]:
-        """Generate a router with the exact arity (``*args`` costs ~25 ns a
-        call); the names it uses are closure cells, as fast as locals."""
+        """A compiled router if the extension is there; else generate a
+        Python one with the exact arity (``*args`` costs ~25 ns a call); the
+        names it uses are closure cells, as fast as locals."""
+        if _native is not None:
+            return _native.Router(  # type: ignore[no-any-return]
+                self._route,
+                fname,
+                idx,
+                arity,
+                self._slow_call,
+                self._bad_call,
+                f"{self.name}.{fname}",
+            )
         params = ", ".join(f"a{i}" for i in range(arity))
         src = _ROUTER_TEMPLATE.format(params=params, comma="," if arity == 1 else "")
         namespace: dict[str, Any] = {}
@@ -221,18 +247,19 @@ class Plugin:
         """A call that met a retiring version: wait out a switch, then route
         to whatever is current now."""
         while True:
-            v = self._current
-            v.calls.append(None)
-            if v.retiring:
-                v.calls.pop()
-                v.exited()
-                self._wait_for_switch(v)
+            g = self._route.gate
+            g.append(None)
+            if g.retiring:
+                g.pop()
+                g.exited()
+                self._wait_for_switch(g.owner)
                 continue
+            v = g.owner
             try:
                 fn = v.fns[fname]
             except KeyError:
-                v.calls.pop()
-                v.exited()
+                g.pop()
+                g.exited()
                 raise NotLoadedError(
                     f"plugin {self.name} v{v.seq} no longer exports {fname!r}"
                 ) from None
@@ -241,9 +268,9 @@ class Plugin:
             except (TypeError, OverflowError) as exc:
                 raise self._bad_call(v, fname, exc) from None
             finally:
-                v.calls.pop()
-                if v.retiring:
-                    v.exited()
+                g.pop()
+                if g.retiring:
+                    g.exited()
 
     def _wait_for_switch(self, seen: Version | Sentinel) -> None:
         if seen is UNLOADED_PLUGIN:

@@ -14,14 +14,71 @@ refused to start); nothing else goes backwards.
 from __future__ import annotations
 
 import enum
+import os
 import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._loader import Image
+
+
+def _native() -> ModuleType | None:
+    """The compiled router, unless it was not built (no C compiler at install
+    time) or ``HOTLOAD_PURE_PYTHON=1`` asks for the Python one."""
+    if os.environ.get("HOTLOAD_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from . import _crouter
+    except ImportError:
+        return None
+    return _crouter
+
+
+_crouter = _native()
+
+#: Which router this process uses: "compiled" (``_crouter.c``) or "python".
+ROUTER = "compiled" if _crouter is not None else "python"
+
+
+class PyGate(deque):  # type: ignore[type-arg]
+    """One version's hot routing state, for the Python router: the deque's
+    length is the in-flight count (``append``/``pop`` are atomic under the
+    GIL), the slots are the flags and the call table a router reads.  The
+    compiled router's ``_crouter.Gate`` has the same interface."""
+
+    __slots__ = ("retiring", "served", "table", "owner", "drained", "wake")
+
+    def __init__(
+        self,
+        owner: Any,
+        drained: threading.Event | None = None,
+        wake: threading.Event | None = None,
+        retiring: bool = False,
+    ) -> None:
+        super().__init__()
+        self.owner = owner
+        self.drained = drained
+        self.wake = wake
+        self.retiring = retiring
+        self.served = 0
+        self.table: list[Any] = []
+
+    def exited(self) -> None:
+        """If no call is inside, wake whoever waits for this version to
+        drain (the switch that quiesces it, or the reaper)."""
+        if not self:
+            if self.drained is not None:
+                self.drained.set()
+            if self.wake is not None:
+                self.wake.set()
+
+
+#: The gate type both routers use in this process.
+Gate: Any = _crouter.Gate if _crouter is not None else PyGate
 
 
 class VersionState(str, enum.Enum):
@@ -44,18 +101,18 @@ class VersionState(str, enum.Enum):
 class Version:
     """One image of a plugin, with the accounting its routers rely on.
 
-    ``calls`` is the in-flight count (a deque: ``append``/``pop`` are atomic
-    under the GIL), ``retiring`` the flag a caller re-checks after counting
-    itself in (see ``_registry``), ``served`` counts routed calls."""
+    The accounting lives on ``gate`` (a ``Gate``: C or Python, see above),
+    which the routers read without going through the version: ``calls`` is
+    the gate itself (``len(v.calls)`` is the in-flight count), ``retiring``
+    the flag a caller re-checks after counting itself in (see
+    ``_registry``), ``served`` counts routed calls."""
 
     __slots__ = (
         "plugin_name",
         "seq",
         "image",
         "fns",
-        "table",
-        "calls",
-        "retiring",
+        "gate",
         "state",
         "drained",
         "wake",
@@ -63,7 +120,6 @@ class Version:
         "mapped_bytes",
         "retired_at",
         "note",
-        "served",
         "leak_codes",
         "stuck",
     )
@@ -73,43 +129,61 @@ class Version:
         self.seq = seq
         self.image = image
         self.fns: dict[str, Any] = dict(image.functions)
-        self.table: list[Any] = []  # fns in the plugin's index order: what routers call
-        self.calls: deque[None] = deque()
-        self.retiring = False
         self.state = VersionState.ACTIVE
         self.drained = threading.Event()
         self.wake = wake
+        self.gate = Gate(self, self.drained, wake)
         self.unloaded_at: float | None = None
         self.retired_at: float | None = None
         self.mapped_bytes = 0
         self.note = ""
-        # Routed calls that entered this version, counted without a lock
-        # (``+= 1`` costs ~15 ns; an atomic counter ~40 ns a call): a thread
-        # switch between the read and the write can drop a count, so under
-        # heavy contention it may undercount slightly.  Never used for safety.
-        self.served = 0
         self.leak_codes: tuple[str, ...] = ()  # why it stayed mapped, found by the reaper
         self.stuck = ""  # a hook that never returned is still running in this image: why
+
+    @property
+    def calls(self) -> Any:
+        """The calls in flight: ``len()`` counts them, false when none."""
+        return self.gate
+
+    @property
+    def retiring(self) -> bool:
+        return bool(self.gate.retiring)
+
+    @property
+    def served(self) -> int:
+        """Routed calls that entered this version.  The Python router counts
+        them without a lock (``+= 1`` costs ~15 ns; an atomic counter ~40 ns a
+        call): a thread switch between the read and the write can drop a
+        count, so under heavy contention it may undercount slightly.  Never
+        used for safety."""
+        return int(self.gate.served)
+
+    @property
+    def table(self) -> list[Any]:
+        """The functions in the plugin's index order: what routers call."""
+        return self.gate.table  # type: ignore[no-any-return]
+
+    @table.setter
+    def table(self, table: list[Any]) -> None:
+        self.gate.table = table
 
     def exited(self) -> None:
         """Slow path of a call leaving a retiring version: wake whoever waits
         for it to drain (the switch that quiesces it, or the reaper)."""
-        if not self.calls:
-            self.drained.set()
-            self.wake.set()
+        self.gate.exited()
 
     # -- transitions ----------------------------------------------------------
     def retire(self) -> None:
         """Stop taking new calls; calls already inside finish here."""
         self.drained.clear()
-        self.retiring = True
+        self.gate.retiring = True
         if self.state is VersionState.ACTIVE:
             self.state = VersionState.DRAINING
         self.retired_at = time.time()
 
     def unretire(self) -> None:
         """Serve again: the swap that retired this version was refused."""
-        self.retiring = False
+        self.gate.retiring = False
         self.state = VersionState.ACTIVE
         self.retired_at = None
 
@@ -142,14 +216,24 @@ class Sentinel:
     """Stands in for a version: during a switch (callers wait) or after the
     plugin is unloaded (callers get ``ClosedError``)."""
 
-    __slots__ = ("calls", "retiring", "fns", "served", "seq")
+    __slots__ = ("gate", "fns", "seq")
 
     def __init__(self) -> None:
         self.seq = 0
-        self.calls: deque[None] = deque()
-        self.retiring = True
         self.fns: dict[str, Any] = {}
-        self.served = 0
+        self.gate = Gate(self, retiring=True)  # every call that meets it takes the slow path
+
+    @property
+    def calls(self) -> Any:
+        return self.gate
+
+    @property
+    def retiring(self) -> bool:
+        return True
+
+    @property
+    def served(self) -> int:
+        return 0
 
     def exited(self) -> None:
         pass
