@@ -154,6 +154,7 @@ def _call(cp: Any, fn: Any, body: bytes, ffi: Any, iso: Any) -> bytes:
             if not p.const:
                 outs.append((buf, len(data)))
     result = fn(*args)
+    out: bytes
     if cp.result == "s":
         text = None if result == ffi.NULL else ffi.string(result)
         out = b"\x00" + (

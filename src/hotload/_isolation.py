@@ -48,7 +48,6 @@ from typing import Any, NoReturn
 
 from . import _signatures as signatures
 from ._errors import (
-    HookError,
     HotloadError,
     PluginCrashedError,
     PluginTimeoutError,
@@ -793,9 +792,10 @@ class Proxy:
         who = f"{self.source}: {self.name} v{self.seq} (isolated worker, pid {worker.pid})"
         more = f"; stderr: {tail}" if tail else ""
         err: PluginCrashedError
+        knob = "hook_timeout" if what in ("on_load", "on_unload") else "call_timeout"
         if timeout is not None:
             err = PluginTimeoutError(
-                f"{who}: {what} did not return within {timeout:g} s (call_timeout); the "
+                f"{who}: {what} did not return within {timeout:g} s ({knob}); the "
                 f"worker was killed" + more,
                 signal_name=None,
                 stderr=tail,
@@ -945,12 +945,14 @@ class Proxy:
         """The version's state blob; from its last snapshot when its worker is
         gone (a rollback after a crash hands over what it had)."""
         with self.lock:
-            if self.state != UP:
-                if self.snapshot is None:
-                    raise HookError(
-                        f"{self.source}: on_unload of {self.name} v{self.seq}: its worker "
-                        f"crashed and no state snapshot was taken"
-                    )
+            if self.state != UP:  # crashed: hand over what it started with
+                log.warning(
+                    "%s v%d: its worker is stopped; handing over its last state snapshot "
+                    "(%s), updates since are lost",
+                    self.name,
+                    self.seq,
+                    f"{len(self.snapshot)} bytes" if self.snapshot is not None else "none",
+                )
                 return self.snapshot
             out = self._control(
                 {"op": "on_unload", "max": max_size}, self.hook_timeout, "on_unload"
