@@ -388,6 +388,7 @@ class Worker:
         self.popen = popen
         self.sock = sock
         self.pid = popen.pid
+        self._timeout: float | None = None
         self.stderr: collections.deque[str] = collections.deque(maxlen=40)
         self._drain = threading.Thread(
             target=self._read_stderr, daemon=True, name=f"hotload-isolate-stderr-{self.pid}"
@@ -412,18 +413,21 @@ class Worker:
     def recv(self, timeout: float | None) -> bytes:
         """One reply body; EOFError when the worker is gone, TimeoutError at
         the deadline, GarbageError for a frame that breaks the protocol."""
-        self.sock.settimeout(timeout)
-        head = self._exactly(4, timeout)
-        (n,) = FRAME.unpack(head)
+        if timeout != self._timeout:
+            self.sock.settimeout(timeout)
+            self._timeout = timeout
+        buf = self._exactly(4, b"")  # usually the whole reply in one recv
+        (n,) = FRAME.unpack_from(buf)
         if n > MAX_FRAME:
             raise GarbageError(f"a frame of {n} bytes")
-        return self._exactly(n, timeout)
+        if len(buf) > 4 + n:
+            raise GarbageError(f"{len(buf) - 4 - n} bytes after a reply")
+        return self._exactly(4 + n, buf)[4:]
 
-    def _exactly(self, n: int, timeout: float | None) -> bytes:
-        buf = b""
+    def _exactly(self, n: int, buf: bytes) -> bytes:
         while len(buf) < n:
             try:
-                chunk = self.sock.recv(n - len(buf))
+                chunk = self.sock.recv(max(n - len(buf), 4096) if n == 4 else n - len(buf))
             except TimeoutError:
                 raise TimeoutError from None
             except ConnectionResetError:
@@ -481,6 +485,16 @@ class Isolation:
         self._thread.start()
 
     # -- workers --------------------------------------------------------------
+    def warm(self, timeout: float = 10.0) -> bool:
+        """Wait until a spare worker is ready (True), e.g. before timing a reload."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._spare is not None:
+                    return True
+            time.sleep(0.005)
+        return False
+
     def take(self) -> Worker:
         """A ready worker: the warm spare if it is alive, else a new one;
         a new spare is started in the background either way."""
@@ -680,6 +694,9 @@ class Proxy:
         self.started_with_state = False
         self.call_started = 0.0  # monotonic time of the call in the worker now (0: idle)
         self.has_on_load = False
+        self._exiting: Worker | None = None  # asked to stop, not reaped yet
+        self.streak = 0  # crashes in a row with no successful call between them
+        self.served_ok = True  # a call succeeded since the last (re)start: resets the backoff
         self.live = False  # serving: a crash before this point is a refused load, no policy
 
     @property
@@ -755,7 +772,9 @@ class Proxy:
                 if self.state == UP:
                     reply = self._exchange(body, self.opts.call_timeout, cp.fname)
                     try:
-                        return decode(cp, reply, args)
+                        result = decode(cp, reply, args)
+                        self.served_ok = True
+                        return result
                     except GarbageError as exc:
                         self._crashed(self._w(), cp.fname, garbage=str(exc))
                     except _WorkerError as exc:
@@ -854,7 +873,9 @@ class Proxy:
         if policy == "restart":
             self.state = RESTARTING
             self.ready.clear()
-            delay = min(0.05 * 2 ** (len(self.crashes) - 2), 2.0) if len(self.crashes) > 1 else 0.0
+            self.streak = 0 if self.served_ok else self.streak + 1
+            self.served_ok = False
+            delay = min(0.05 * 2 ** (self.streak - 1), 2.0) if self.streak else 0.0
             self.iso.later(lambda: self._restart(delay))
             return
         self.state = STOPPED
@@ -978,13 +999,24 @@ class Proxy:
             return
         with contextlib.suppress(OSError):
             worker.sock.shutdown(socket.SHUT_RDWR)  # EOF: a well-behaved worker exits at once
-        if kill or not worker.reap(1.0):
+        if kill:
             worker.kill()
+        else:
+            self._exiting = worker  # reaped by gone(), off the reload path
         self.iso.forget(self)
 
     def gone(self) -> bool:
-        w = self.worker
-        return w is None or not w.alive()
+        """Whether the worker has exited: waits a little for one that was
+        asked to, and kills it if it does not (the reaper's thread)."""
+        w = self._exiting or self.worker
+        if w is None:
+            return True
+        if w is self._exiting and not w.reap(2.0):
+            log.warning(
+                "%s v%d: worker pid %d ignored the stop; killed", self.name, self.seq, w.pid
+            )
+            w.kill()
+        return not w.alive()
 
 
 @dataclass(eq=False)
