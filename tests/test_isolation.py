@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import array
 import os
+import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -15,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from hotload import Host, PluginCrashedError, PluginTimeoutError, SignatureError
+from hotload import Host, HotloadError, PluginCrashedError, PluginTimeoutError, SignatureError
 
-from conftest import Compile, pid_alive
+from conftest import ROOT, Compile, pid_alive
 
 FAULTY = r"""
 #define _GNU_SOURCE
@@ -474,3 +476,81 @@ def test_nodelete_plugin_really_unloads_when_isolated(tmp_path: Path, cc: Compil
         wait_for(lambda: not any(pid_alive(pid) for pid in pids))
         with open("/proc/self/maps") as fh:
             assert str(h.workdir) not in fh.read()
+
+
+GO_MAIN = """package main
+
+// #include <stdint.h>
+import "C"
+
+//export Add
+func Add(a, b C.int64_t) C.int64_t { return a + b }
+
+func main() {}
+"""
+GO_DESC = """#include <hotload.h>
+extern int64_t Add(int64_t, int64_t);
+HOTLOAD_PLUGIN("gox", "1");
+HOTLOAD_EXPORT(Add, int64_t, (int64_t, int64_t));
+"""
+
+
+@pytest.mark.skipif(shutil.which("go") is None, reason="no Go toolchain (.ci/sdk-deps.sh)")
+def test_go_c_shared_really_unloads_when_isolated(tmp_path: Path) -> None:
+    """Go c-shared libraries never leave a process (NODELETE, static TLS, their
+    own threads): in-process the leak budget stops reloads; isolated, the
+    host's RSS, threads and fds stay flat and no worker is left behind."""
+    pkg = tmp_path / "gopkg"
+    pkg.mkdir()
+    (pkg / "main.go").write_text(GO_MAIN)
+    (pkg / "desc.c").write_text(GO_DESC)
+    lib = tmp_path / "gox.so"
+    env = {
+        **os.environ,
+        "GOCACHE": str(tmp_path / "gocache"),
+        "GO111MODULE": "off",
+        "CGO_CFLAGS": f"-I{ROOT / 'native' / 'include'}",
+    }
+    built = subprocess.run(
+        ["go", "build", "-buildmode=c-shared", "-o", str(lib), "."],
+        cwd=pkg,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    with Host(tmp_path / "in", preflight=False, max_leaked=3) as h:
+        h.load(lib)
+        with pytest.raises(HotloadError, match="max_leaked"):
+            for _ in range(6):
+                h.reload("gox")
+                h.settle(10.0)
+    with Host(tmp_path / "iso", preflight=False, max_leaked=3) as h:
+        p = h.load(lib, isolate=True)
+        for _ in range(3):
+            h.reload("gox")
+        h.settle(10.0)
+        time.sleep(0.5)
+        threads0, fds0 = threading.active_count(), len(os.listdir("/proc/self/fd"))
+        rss0 = _rss_kb()
+        for i in range(40):
+            h.reload("gox")
+            assert p.Add(i, 1) == i + 1
+        assert h.settle(10.0)
+        time.sleep(0.5)
+        assert threading.active_count() <= threads0 + 1
+        assert len(os.listdir("/proc/self/fd")) <= fds0 + 2
+        assert _rss_kb() - rss0 < 8 * 1024  # each in-process Go reload leaks ~900 KB
+        assert not h.leaks()
+        wait_for(lambda: len(children()) <= 2)  # the live worker and the warm spare
+    wait_for(lambda: not children())
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return -1
