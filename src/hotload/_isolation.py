@@ -287,36 +287,36 @@ def _copy_back(target: Any, data: bytes, code: str) -> None:
         view[:] = data
 
 
-class GarbageError(Exception):
+class _Garbage(Exception):
     """The worker's answer does not follow the protocol."""
 
 
 def decode(cp: CallPlan, body: bytes, args: tuple[Any, ...]) -> Any:
     """The call's result from a reply body; copies non-const buffers back."""
     if len(body) < 1:
-        raise GarbageError("an empty reply")
+        raise _Garbage("an empty reply")
     if body[0] == ST_ERROR:
         raise _worker_error(body)
     if body[0] != ST_OK:
-        raise GarbageError(f"status byte {body[0]}")
+        raise _Garbage(f"status byte {body[0]}")
     if cp.simple:
         if len(body) != cp.rep.size:
-            raise GarbageError(f"a reply of {len(body)} bytes, expected {cp.rep.size}")
+            raise _Garbage(f"a reply of {len(body)} bytes, expected {cp.rep.size}")
         out = cp.rep.unpack(body)
         return out[1] if len(out) > 1 else None
     pos = cp.rep.size
     if len(body) < pos:
-        raise GarbageError("a short reply")
+        raise _Garbage("a short reply")
     out = cp.rep.unpack_from(body)
     result = out[1] if len(out) > 1 else None
     chunks, pos = _chunks(body, pos)
     if cp.result == "s":
         if not chunks:
-            raise GarbageError("no string result")
+            raise _Garbage("no string result")
         result = chunks.pop(0)
     outs = cp.outs
     if len(chunks) != len(outs):
-        raise GarbageError(f"{len(chunks)} buffers back, expected {len(outs)}")
+        raise _Garbage(f"{len(chunks)} buffers back, expected {len(outs)}")
     for i, data in zip(outs, chunks, strict=True):
         if data is not None:
             _copy_back(args[i], data, cp.params[i].code)
@@ -327,14 +327,14 @@ def _chunks(body: bytes, pos: int) -> tuple[list[bytes | None], int]:
     out: list[bytes | None] = []
     while pos < len(body):
         if pos + 4 > len(body):
-            raise GarbageError("a truncated length")
+            raise _Garbage("a truncated length")
         (n,) = FRAME.unpack_from(body, pos)
         pos += 4
         if n == NULL_LEN:
             out.append(None)
             continue
         if pos + n > len(body):
-            raise GarbageError("a truncated buffer")
+            raise _Garbage("a truncated buffer")
         out.append(body[pos : pos + n])
         pos += n
     return out, pos
@@ -349,7 +349,7 @@ def _worker_error(body: bytes) -> Exception:
         msg = json.loads(body[1:].decode())
         text, kind = str(msg["error"]), str(msg.get("type", ""))
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        return GarbageError("an unreadable error reply")
+        return _Garbage("an unreadable error reply")
     if kind == "TypeError":
         return TypeError(text)
     if kind in ("HookError", "LoadError", "SignatureError", "DescriptorError"):
@@ -412,16 +412,16 @@ class Worker:
 
     def recv(self, timeout: float | None) -> bytes:
         """One reply body; EOFError when the worker is gone, TimeoutError at
-        the deadline, GarbageError for a frame that breaks the protocol."""
+        the deadline, _Garbage for a frame that breaks the protocol."""
         if timeout != self._timeout:
             self.sock.settimeout(timeout)
             self._timeout = timeout
         buf = self._exactly(4, b"")  # usually the whole reply in one recv
         (n,) = FRAME.unpack_from(buf)
         if n > MAX_FRAME:
-            raise GarbageError(f"a frame of {n} bytes")
+            raise _Garbage(f"a frame of {n} bytes")
         if len(buf) > 4 + n:
-            raise GarbageError(f"{len(buf) - 4 - n} bytes after a reply")
+            raise _Garbage(f"{len(buf) - 4 - n} bytes after a reply")
         return self._exactly(4 + n, buf)[4:]
 
     def _exactly(self, n: int, buf: bytes) -> bytes:
@@ -556,7 +556,7 @@ class Isolation:
         worker = Worker(popen, host_end)
         try:
             hello = worker.recv(30.0)
-        except (EOFError, TimeoutError, GarbageError):
+        except (EOFError, TimeoutError, _Garbage):
             worker.kill()
             tail = worker.tail() or "no output"
             raise HotloadError(
@@ -746,7 +746,7 @@ class Proxy:
             self._crashed(worker, what, timeout=timeout)
         except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
             self._crashed(worker, what)
-        except GarbageError as exc:
+        except _Garbage as exc:
             self._crashed(worker, what, garbage=str(exc))
         finally:
             self.call_started = 0.0
@@ -775,7 +775,7 @@ class Proxy:
                         result = decode(cp, reply, args)
                         self.served_ok = True
                         return result
-                    except GarbageError as exc:
+                    except _Garbage as exc:
                         self._crashed(self._w(), cp.fname, garbage=str(exc))
                     except _WorkerError as exc:
                         raise HotloadError(f"{self.source}: {cp.fname}: {exc}") from None
