@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Install the second C/C++ compiler the SDK tests build plugins with, on Debian/Ubuntu:
+#   golang-go  Go c-shared plugins: tests/test_isolation.py proves a Go plugin really unloads
+#              when isolated (skipped without it)
 #   clang  C and C++ (clang, clang++): tests/test_sdk.py checks that a mismatched export is a
 #          compile error under clang as well as gcc/g++/mingw (those tests skip without it)
 # Idempotent: does nothing (not even apt-get update) when it is installed.
 # Without apt-get it only says so: the clang cases of tests/test_sdk.py then skip with a reason.
 set -euo pipefail
 
-packages=(clang)
+packages=(clang golang-go)
 
 missing=()
 for pkg in "${packages[@]}"; do

@@ -15,7 +15,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 #: One module per figure group, in the order of issue 5.
-MODULES = ("bench_calls", "bench_swap", "bench_watch", "bench_scale", "bench_memory", "bench_fleet")
+MODULES = (
+    "bench_calls",
+    "bench_swap",
+    "bench_watch",
+    "bench_scale",
+    "bench_memory",
+    "bench_fleet",
+    "bench_isolate",
+)
 
 
 def main() -> int:

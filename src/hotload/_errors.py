@@ -114,3 +114,27 @@ class RolloutFailed(FleetError):
 
 class LockLost(FleetError):
     """Another controller took the rollout lock (ours expired): stop driving."""
+
+
+class PluginCrashedError(HotloadError):
+    """An isolated plugin's worker process died (a signal, ``abort``,
+    ``_exit``), hung past ``call_timeout``, or broke the channel protocol,
+    during this call or while this call waited for it.  The host is
+    unharmed; ``on_crash`` decides what serves next.  ``signal_name`` and
+    ``exit_code`` say how the worker ended; ``stderr`` is its last lines."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        signal_name: str | None = None,
+        exit_code: int | None = None,
+        stderr: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.signal_name, self.exit_code, self.stderr = signal_name, exit_code, stderr
+
+
+class PluginTimeoutError(PluginCrashedError):
+    """An isolated call did not return within ``call_timeout``: the worker
+    was killed and the crash policy applied."""

@@ -30,6 +30,7 @@ from ._errors import (
     NotLoadedError,
     SignatureError,
 )
+from ._isolation import Isolation, Options
 from ._loader import Candidate, Image, Loader, Staged
 from ._policy import UnloadPolicy
 from ._preflight import PreflightWorker
@@ -98,6 +99,7 @@ class Host:
         self._records: dict[str, PluginRecord] = {}
         self._closed = False
         self._services: list[Service] = []
+        self._isolation: Isolation | None = None  # started by the first isolated load
         try:
             if control:
                 self.serve_control()
@@ -166,14 +168,31 @@ class Host:
         signatures: Mapping[str, str] | None = None,
         preflight: bool | None = None,
         unload_safe: bool = False,
+        isolate: bool = False,
+        on_crash: str = "restart",
+        call_timeout: float | None = None,
+        max_restarts: int = 5,
+        limits: Mapping[str, int] | None = None,
     ) -> Plugin:
         """Load a plugin as its first version and return its call handle.
 
         The name and C signatures come from the plugin's descriptor; a library
         without one needs ``name`` and ``signatures``.  ``unload_safe=True`` is
         the host's word for ``HOTLOAD_UNLOAD_SAFE()``: nothing of it runs after
-        it is closed (for libraries without a descriptor, e.g. a Rust cdylib)."""
+        it is closed (for libraries without a descriptor, e.g. a Rust cdylib).
+
+        ``isolate=True`` runs each version in its own worker process (see
+        ``_isolation``): a crash in a call raises ``PluginCrashedError`` and
+        ``on_crash`` ("restart", "rollback" or "stop") says what serves next;
+        ``call_timeout`` bounds each call; ``limits`` takes ``address_space``
+        (bytes), ``cpu_seconds`` and ``nice`` for the worker.  Reloads and
+        rollbacks keep the mode."""
         declared = dict(signatures) if signatures else None
+        opts = (
+            Options(on_crash, call_timeout, max_restarts, limits=dict(limits or {}))
+            if isolate
+            else None
+        )
         self._check_open()
         cand = (
             path if isinstance(path, Candidate) else self.read(path, name=name, signatures=declared)
@@ -186,7 +205,7 @@ class Host:
                     f"{cand.source}: plugin {cand.name} is already loaded; "
                     f"use reload({cand.name!r})"
                 )
-            rec.declared, rec.unload_safe = declared, unload_safe
+            rec.declared, rec.unload_safe, rec.isolate = declared, unload_safe, opts
             staged = self._loader.stage(cand, rec.seq + 1)
             image = self._open(rec, staged, None, preflight)
             plugin = Plugin(cand.name, rec.infos)
@@ -322,6 +341,8 @@ class Host:
         except BaseException:
             staged.discard()
             raise
+        if rec.isolate is not None:
+            return self._isolated().open(staged, rec.isolate, self.hook_timeout)
         image = self._loader.open(
             staged, may_close=lambda c: self._policy.may_close_candidate(c, rec.unload_safe)
         )
@@ -337,7 +358,8 @@ class Host:
                 lambda: take(self.max_state_size), _hook_name(old.image, "on_unload")
             )
         except HookTimeoutError as exc:
-            old.stuck = f"its on_unload never returned ({exc})"
+            if old.image.process is None:  # in-process: a thread is still inside the image
+                old.stuck = f"its on_unload never returned ({exc})"
             raise
 
     def _switch(self, rec: PluginRecord, old: Version, new: Version) -> None:
@@ -394,6 +416,9 @@ class Host:
         try:
             rec.hooks.run(lambda: image.call_on_load(prev, state), _hook_name(image, "on_load"))
         except HookTimeoutError as exc:
+            if image.process is not None:  # isolated: its worker is stopped, nothing stays
+                self._discard(rec, version)
+                raise
             version.retain(f"refused: {exc}")
             self._loader.keep(image)
             rec.add(version)
@@ -547,11 +572,27 @@ class Host:
         if not self._reaper.settle(timeout):
             busy = [f"{v.plugin_name} v{v.seq}" for v in self._reaper.draining()]
             log.warning("closing with calls still running in %s: their images stay loaded", busy)
+        if self._isolation is not None:
+            self._isolation.close()  # kills workers still busy (a hung call gets an error)
+            self._reaper.settle(1.0)
         self._reaper.stop()
         self._preflight.close()
         self._workdir.close()
 
     # -- helpers ------------------------------------------------------------------
+    def _isolated(self) -> Isolation:
+        with self._lock:
+            if self._isolation is None:
+                self._isolation = Isolation(on_rollback=self._rollback_after_crash)
+            return self._isolation
+
+    def _rollback_after_crash(self, name: str) -> None:
+        """``on_crash="rollback"``: the previous build takes over (from the
+        supervisor thread, never a caller's)."""
+        if not self._closed and name in self:
+            info = self.rollback(name)
+            log.warning("%s crashed: rolled back, v%d serves now", name, info.seq)
+
     def _record_for(self, name: str) -> PluginRecord:
         with self._lock:
             rec = self._records.get(name)

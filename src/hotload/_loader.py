@@ -64,6 +64,7 @@ class Image:
     opens: int = 1
     closes: int = 0
     loaded_at: float = field(default_factory=time.time)
+    process: Any = None  # an isolated image's worker (``_isolation.Proxy``); None in-process
 
     def call_on_load(self, prev_version: str | None, state: bytes | None) -> None:
         if self.on_load is None:
@@ -426,10 +427,13 @@ class Loader:
                 f"{image.source}: version copy {image.copy.name} is already closed "
                 f"(dlopen {image.opens}, dlclose {image.closes}): refusing a double close"
             )
-        dl.close_image(image.handle, image.source)
+        if image.process is None:
+            dl.close_image(image.handle, image.source)
         image.closes += 1
         # The image may be gone now: its function pointers must never be called.
         image.functions, image.on_load, image.on_unload = {}, None, None
+        if image.process is not None:  # isolated: closing it stops its worker process
+            image.process.stop()
 
     def verify_gone(self, image: Image) -> UnloadVerdict:
         """Ask the kernel whether a released image really left this process.
@@ -439,6 +443,11 @@ class Loader:
         ``RTLD_NOLOAD`` probe is recorded beside it and decides only where
         there is no ``/proc``.  The copy is deleted once its image is gone.
         """
+        if image.process is not None:  # isolated: gone when its worker process is
+            gone = image.process.gone()
+            if gone:
+                image.copy.unlink(missing_ok=True)
+            return UnloadVerdict(gone=gone, mapped_bytes=0, loader_has=not gone)
         still = dl.loader_has(str(image.copy))
         mapped = dl.mapped_ranges(image.file_id)
         gone = (mapped == 0) if mapped >= 0 else not still
@@ -457,7 +466,7 @@ class Loader:
     def discard(self, image: Image, *, may_close: bool) -> None:
         """Close a version that never served (a refused load).  Its copy goes
         at once; an image that cannot leave memory stays remembered."""
-        if not may_close:  # its on_load may have started a thread: closing could crash
+        if not may_close and image.process is None:  # on_load may have started a thread
             log.warning("%s: refused version kept loaded, not closed", image.source)
             self.keep(image)
             return

@@ -68,6 +68,8 @@ class UnloadPolicy:
         """Reasons why closing this image could crash the process later."""
         if host_says_safe or (image.descriptor is not None and image.descriptor.unload_safe):
             return []
+        if image.process is not None:  # isolated: stopping its worker process is always safe
+            return []
         found = self.report(image)
         return list(found.hazards()) if found is not None else []
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from ._errors import HotloadError
 from ._hooks import HookRunner
+from ._isolation import Options
 from ._platform import dl
 from ._policy import UnloadPolicy
 from ._registry import Plugin
@@ -55,6 +56,7 @@ class PluginRecord:
         self.source = ""  # what reload() reads when given no path
         self.declared: dict[str, str] | None = None
         self.unload_safe = False
+        self.isolate: Options | None = None  # load(isolate=True): kept by reload and rollback
         self.seq = 0
         self.pruned = 0
         self.chain: list[Build] = []
@@ -120,7 +122,8 @@ class PluginRecord:
     def info(self, v: Version, *, inspect: bool = True) -> VersionInfo:
         img = v.image
         mapped = v.mapped_bytes
-        if v.state is not VersionState.UNLOADED:
+        proxy = img.process  # isolated: the worker process's figures
+        if v.state is not VersionState.UNLOADED and proxy is None:
             live = dl.mapped_ranges(img.file_id)  # the kernel's count, for every image in memory
             mapped = live if live >= 0 else mapped
         return VersionInfo(
@@ -141,6 +144,11 @@ class PluginRecord:
             blockers=tuple(self._policy.blockers(v, inspect=inspect)),
             note=v.note,
             served=v.served,
+            isolated=proxy is not None,
+            pid=proxy.pid if proxy is not None else None,
+            rss=proxy.rss() if proxy is not None else 0,
+            restarts=proxy.restarts if proxy is not None else 0,
+            worker=proxy.state if proxy is not None else "",
         )
 
     def stuck(self) -> list[Version]:

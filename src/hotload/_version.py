@@ -269,6 +269,11 @@ class VersionInfo:
     blockers: tuple[str, ...] = field(default=())
     note: str = ""
     served: int = 0
+    isolated: bool = False  # runs in its own worker process (load(isolate=True))
+    pid: int | None = None  # that worker's pid while it runs
+    rss: int = 0  # that worker's resident memory, bytes
+    restarts: int = 0  # workers restarted after a crash (on_crash="restart")
+    worker: str = ""  # "running", "restarting" or "stopped" (isolated only)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)

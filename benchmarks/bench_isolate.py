@@ -1,0 +1,195 @@
+"""Isolated plugins (issue 12): what a call, a reload and a crash cost when the
+plugin runs in its own worker process.
+
+- round trip of ``add(int64, int64)``, isolated, beside a
+  ``multiprocessing.connection`` round trip between two Python processes
+  (the baseline) and the in-process call: targets p50 <= 20 us, p99 <= 100 us;
+- throughput with 4 calling threads (calls/s): in-process, isolated, baseline;
+- isolated ``reload()`` p50 (new worker from the warm spare, switch, drain):
+  target <= 20 ms;
+- crash to serving again (``on_crash="restart"``): target <= 100 ms p50.
+
+Samples of the isolated call and the baseline alternate in blocks, so a busy
+moment on a shared machine hits both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import threading
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from hotload import Host, PluginCrashedError
+
+from common import build_bench, limit_row, now, percentiles, row, scratch, text_row
+
+CALLS = 4000
+BLOCK = 200
+RELOADS = 30
+CRASHES = 15
+CRASH_SRC = r"""
+#include <hotload.h>
+HOTLOAD_PLUGIN("crashy", "1");
+HOTLOAD_API int64_t add(int64_t a, int64_t b) { return a + b; }
+HOTLOAD_EXPORT(add, int64_t, (int64_t, int64_t));
+HOTLOAD_API int32_t boom(void) { volatile int *p = 0; *p = 1; return 0; }
+HOTLOAD_EXPORT(boom, int32_t, (void));
+"""
+
+
+def _echo(conn: Connection) -> None:
+    while True:
+        try:
+            a, b = conn.recv()
+        except EOFError:
+            return
+        conn.send(a + b)
+
+
+def _sample(fn: object, n: int) -> list[float]:
+    out = []
+    call = fn  # type: ignore[assignment]
+    for i in range(n):
+        t0 = time.perf_counter_ns()
+        call(i, 1)  # type: ignore[operator]
+        out.append((time.perf_counter_ns() - t0) / 1e3)
+    return out
+
+
+def _throughput(fn: object, threads: int = 4, seconds: float = 1.0) -> float:
+    stop = time.monotonic() + seconds
+    counts = [0] * threads
+
+    def work(k: int) -> None:
+        n = 0
+        while time.monotonic() < stop:
+            for _ in range(50):
+                fn(1, 2)  # type: ignore[operator]
+            n += 50
+        counts[k] = n
+
+    ts = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    t0 = now()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return sum(counts) / (now() - t0)
+
+
+def run() -> dict[str, float]:
+    tmp = scratch()
+    lib = build_bench(tmp / "bench.so")
+    r: dict[str, float] = {}
+    parent, child = multiprocessing.Pipe()
+    echo = multiprocessing.get_context("spawn").Process(target=_echo, args=(child,), daemon=True)
+    echo.start()
+
+    def mp_call(a: int, b: int) -> int:
+        parent.send((a, b))
+        return parent.recv()  # type: ignore[no-any-return]
+
+    with Host(tmp / "work", preflight=False) as host:
+        local = host.load(lib, name="bench")
+        iso_lib = build_bench(tmp / "iso.so", name="ibench")
+        iso = host.load(iso_lib, isolate=True)
+        assert iso.add(2, 3) == 5 and mp_call(2, 3) == 5
+        _sample(iso.add, 300)
+        _sample(mp_call, 300)
+        iso_s: list[float] = []
+        mp_s: list[float] = []
+        for _ in range(CALLS // BLOCK):
+            iso_s += _sample(iso.add, BLOCK)
+            mp_s += _sample(mp_call, BLOCK)
+        local_s = _sample(local.add, CALLS)
+        r["iso p50"], _, r["iso p99"] = percentiles(iso_s)
+        r["mp p50"], _, r["mp p99"] = percentiles(mp_s)
+        r["local p50"], _, _ = percentiles(local_s)
+        r["tp local"] = _throughput(local.add)
+        r["tp iso"] = _throughput(iso.add)
+        r["tp mp"] = _throughput(_locked(mp_call))
+
+        reloads = []
+        for _ in range(RELOADS):
+            _warm(host)  # the spare worker is up, as it is between real reloads
+            t0 = now()
+            host.reload("ibench")
+            reloads.append((now() - t0) * 1e3)
+            host.settle(5.0)
+        r["reload p50"], _, r["reload p99"] = percentiles(reloads)
+
+        crashy = _crash_lib(tmp)
+        c = host.load(crashy, isolate=True, max_restarts=CRASHES * 2)
+        downs = []
+        for _ in range(CRASHES):
+            _warm(host)
+            t0 = now()
+            with contextlib.suppress(PluginCrashedError):
+                c.boom()
+            c.add(1, 1)  # waits for the restarted worker
+            downs.append((now() - t0) * 1e3)
+        r["crash p50"], _, r["crash p99"] = percentiles(downs)
+    parent.close()
+    echo.join(2.0)
+    return r
+
+
+def _warm(host: Host) -> None:
+    iso = host._isolation  # noqa: SLF001 - the benchmark waits for the warm spare
+    if iso is not None:
+        iso.warm()
+
+
+def _locked(fn: object) -> object:
+    lock = threading.Lock()
+
+    def call(a: int, b: int) -> object:
+        with lock:
+            return fn(a, b)  # type: ignore[operator]
+
+    return call
+
+
+def _crash_lib(tmp: Path) -> Path:
+    from hotload._builder import compile_plugin
+
+    src = tmp / "crashy.c"
+    src.write_text(CRASH_SRC)
+    out = tmp / "crashy.so"
+    compile_plugin(src, out, extra_cflags=["-O2"])
+    return out
+
+
+def report(r: dict[str, float]) -> list[str]:
+    return [
+        f"isolated plugins (issue 12): worker processes, pid {os.getpid()} is the host",
+        limit_row("isolated add(int64,int64) round trip p50", r["iso p50"], "us", 20.0, "<="),
+        limit_row("isolated add(int64,int64) round trip p99", r["iso p99"], "us", 100.0, "<="),
+        row(
+            "isolated round trip p50 vs multiprocessing.connection",
+            r["iso p50"],
+            "us",
+            r["mp p50"],
+            "vs mp.connection",
+        ),
+        row("multiprocessing.connection round trip p50 (baseline)", r["mp p50"], "us"),
+        row("multiprocessing.connection round trip p99 (baseline)", r["mp p99"], "us"),
+        row("in-process add() p50 (for scale)", r["local p50"], "us"),
+        text_row(
+            "throughput, 4 threads (calls/s)",
+            f"in-process {r['tp local']:,.0f}   isolated {r['tp iso']:,.0f}   "
+            f"mp.connection {r['tp mp']:,.0f}",
+        ),
+        limit_row("isolated reload() p50 (warm spare worker)", r["reload p50"], "ms", 20.0, "<="),
+        row("isolated reload() p99", r["reload p99"], "ms"),
+        limit_row("crash to serving again p50 (restart)", r["crash p50"], "ms", 100.0, "<="),
+        row("crash to serving again p99", r["crash p99"], "ms"),
+    ]
+
+
+if __name__ == "__main__":
+    print("\n".join(report(run())))

@@ -1,0 +1,208 @@
+"""The isolated worker: a separate Python process that runs one version of
+one plugin (``python -m hotload._isolated_worker --parent PID --fd N``).
+
+It is a fresh interpreter started by the host (never a fork of it), warm
+before it knows its plugin: the host keeps one spare ready, so a reload or a
+restart after a crash pays a ``dlopen`` and a round trip, not a Python
+start-up.  It serves one request at a time on the socket ``--fd`` (the wire
+format is in ``_isolation``); the plugin's own stdout goes to stderr, which
+the host keeps the tail of for crash reports.  It ends when the host ends
+(parent-death signal) or closes the channel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import sys
+from typing import Any
+
+
+def _main(argv: list[str]) -> int:
+    from ._platform import proc
+
+    parent = int(argv[argv.index("--parent") + 1])
+    fd = int(argv[argv.index("--fd") + 1])
+    proc.die_with_parent(parent)
+    os.dup2(2, 1)  # plugin printf()s go to stderr
+    sys.stdout = sys.stderr
+    from . import _isolation as iso
+    from . import _loader as loader
+    from . import _signatures as signatures
+    from ._errors import HotloadError
+
+    sock = socket.socket(fileno=fd)
+    frame = iso.FRAME
+    ffi = signatures.ffi
+
+    def send(body: bytes) -> None:
+        sock.sendall(frame.pack(len(body)) + body)
+
+    def recv() -> bytes | None:
+        buf = b""
+        want = 4
+        size = None
+        while True:
+            while len(buf) < want:
+                chunk = sock.recv(max(want - len(buf), 65536) if size is None else want - len(buf))
+                if not chunk:
+                    return None
+                buf += chunk
+            if size is None:
+                (size,) = frame.unpack_from(buf)
+                want = 4 + size
+                continue
+            return buf[4:want]
+
+    send(b"\x00ready")
+    fns: list[Any] = []
+    plans: list[iso.CallPlan] = []
+    hooks: dict[str, Any] = {}
+    source = "?"
+
+    def error(exc: BaseException) -> bytes:
+        kind = type(exc).__name__
+        return bytes([iso.ST_ERROR]) + json.dumps({"error": str(exc), "type": kind}).encode()
+
+    while True:
+        body = recv()
+        if body is None:
+            return 0
+        op = body[0]
+        if op == iso.OP_CALL:
+            (idx,) = struct.unpack_from("<H", body, 1)
+            cp = plans[idx]
+            try:
+                send(_call(cp, fns[idx], body, ffi, iso))
+            except (TypeError, OverflowError, ValueError) as exc:
+                send(error(TypeError(str(exc))))
+            continue
+        try:
+            req = json.loads(body[1:].decode())
+            what = req["op"]
+            if what == "open":
+                source = req["source"]
+                _limits(req.get("limits") or {})
+                handle = loader.open_copy(loader.Path(req["path"]), source)
+                protos = req["prototypes"]
+                by_name = iso.plans(protos, where=source)
+                plans = sorted(by_name.values(), key=lambda c: c.idx)
+                fns = [loader.resolve(handle, source, c.fname, protos[c.fname]) for c in plans]
+                for key, proto in (
+                    ("on_load", loader.ON_LOAD_TYPE),
+                    ("on_unload", loader.ON_UNLOAD_TYPE),
+                ):
+                    if req.get(key):
+                        hooks[key] = loader.resolve(handle, source, req[key], proto)
+                send(b"\x00")
+            elif what == "on_load":
+                state = bytes.fromhex(req["state"]) if req.get("state") else None
+                prev = req.get("prev")
+                rc = hooks["on_load"](
+                    ffi.new("char[]", prev.encode()) if prev else ffi.NULL,
+                    ffi.from_buffer(state) if state else ffi.NULL,
+                    len(state) if state else 0,
+                )
+                if rc != 0:
+                    from ._errors import HookError
+
+                    raise HookError(
+                        f"{source}: on_load refused to start (returned {rc}) with the state of "
+                        f"version {prev or '(none)'}"
+                    )
+                send(b"\x00")
+            elif what == "on_unload":
+                ptr, size = ffi.new("const void **"), ffi.new("size_t *")
+                rc = hooks["on_unload"](ptr, size)
+                who = f"{source}: on_unload"
+                if rc != 0:
+                    from ._errors import HookError
+
+                    raise HookError(f"{who} failed (returned {rc}); it keeps serving")
+                address = int(ffi.cast("uintptr_t", ptr[0]))
+                blob = loader.copy_state(who, address, int(size[0]), int(req["max"]))
+                send(b"\x00" + json.dumps(blob.hex()).encode())
+            else:
+                raise ValueError(f"unknown request {what!r}")
+        except HotloadError as exc:
+            send(error(exc))
+        except Exception as exc:  # noqa: BLE001 - reported to the host
+            send(error(HotloadError(f"{source}: {type(exc).__name__}: {exc}")))
+
+
+def _call(cp: Any, fn: Any, body: bytes, ffi: Any, iso: Any) -> bytes:
+    if cp.simple:
+        result = fn(*cp.req.unpack(body)[2:])
+        return bytes(cp.rep.pack(0, result)) if cp.result else b"\x00"
+    head = cp.req.size
+    scalars = list(cp.req.unpack_from(body)[2:])
+    chunks, _ = iso._chunks(body, head)
+    args: list[Any] = []
+    outs: list[Any] = []
+    for p in cp.params:
+        if p.kind in ("scalar", "len"):
+            args.append(scalars.pop(0))
+        elif p.kind == "str":
+            data = chunks.pop(0)
+            args.append(ffi.NULL if data is None else ffi.new("char[]", data))
+        else:
+            data = chunks.pop(0) or b""
+            buf = ffi.new("char[]", data if data else b"\0")
+            args.append(ffi.cast(f"{_ctype(p.code)} *", buf))
+            if not p.const:
+                outs.append((buf, len(data)))
+    result = fn(*args)
+    out: bytes
+    if cp.result == "s":
+        text = None if result == ffi.NULL else ffi.string(result)
+        out = b"\x00" + (
+            iso.FRAME.pack(iso.NULL_LEN) if text is None else iso.FRAME.pack(len(text)) + text
+        )
+    elif cp.result:
+        out = bytes(cp.rep.pack(0, result))
+    else:
+        out = b"\x00"
+    for buf, n in outs:
+        out += iso.FRAME.pack(n) + ffi.buffer(buf, n)[:]
+    return out
+
+
+_CTYPES = {
+    "b": "int8_t",
+    "B": "uint8_t",
+    "h": "int16_t",
+    "H": "uint16_t",
+    "i": "int32_t",
+    "I": "uint32_t",
+    "q": "int64_t",
+    "Q": "uint64_t",
+    "f": "float",
+    "d": "double",
+    "?": "_Bool",
+    "c": "char",
+}
+
+
+def _ctype(code: str) -> str:
+    return _CTYPES[code]
+
+
+def _limits(limits: dict[str, int]) -> None:
+    """Per-worker limits: address space and CPU time (the kernel kills a
+    runaway plugin instead of letting it starve the host), and a niceness."""
+    import resource
+
+    if "address_space" in limits:
+        n = int(limits["address_space"])
+        resource.setrlimit(resource.RLIMIT_AS, (n, n))
+    if "cpu_seconds" in limits:
+        n = int(limits["cpu_seconds"])
+        resource.setrlimit(resource.RLIMIT_CPU, (n, n))
+    if "nice" in limits:
+        os.nice(int(limits["nice"]))
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

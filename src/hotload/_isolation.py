@@ -1,0 +1,1043 @@
+"""Isolated plugins: each version runs in its own worker process.
+
+A plugin loaded with ``isolate=True`` is staged as usual (read once,
+checked, copied), but it is ``dlopen``ed by a worker process: a fresh
+interpreter (never a fork of the host, see ``_isolated_worker``), one per
+live version.  The version's ``Image.functions`` are forwarders that send
+the call over a Unix socketpair and wait for the answer, so the routers,
+in-flight accounting, drain, state handover and rollback work unchanged.
+
+Why a process: a plugin that dereferences NULL in a call kills only its
+worker (the caller gets ``PluginCrashedError``), and closing a version stops
+its worker, so its memory goes back to the OS whatever its runtime (a Go
+``c-shared`` library never leaves a process it was loaded into).
+
+The channel carries one request at a time (a lock per worker), in a compact
+binary form: ``<I`` frame length, then a body.  A call's body is a struct of
+its scalar arguments followed by length-prefixed bytes for strings and
+buffers; the answer is a status byte, the result, and the contents of every
+non-const buffer (copied back into the caller's buffer).  Control requests
+(open, hooks, stop) are JSON.  Replies are parsed strictly: a worker writing
+garbage to the channel is treated as a crashed worker.
+
+What crosses (checked at load, see ``plan``): integer, floating and bool
+scalars; ``const char *`` (a NUL-terminated string, in); a pointer to a
+scalar type immediately followed by a ``size_t`` parameter (a buffer and its
+length in elements; copied in, and back out unless ``const``); a ``char *``
+or scalar result.  Anything else (``void *``, function pointers, structs,
+pointers to pointers) is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from . import _signatures as signatures
+from ._errors import (
+    HotloadError,
+    PluginCrashedError,
+    PluginTimeoutError,
+    SignatureError,
+)
+from ._loader import ON_LOAD_TYPE, ON_UNLOAD_TYPE, Image, Staged  # noqa: F401
+from ._platform import proc as channel
+
+log = logging.getLogger(__name__)
+
+# ---- the wire format (shared with _isolated_worker) -----------------------------
+FRAME = struct.Struct("<I")
+OP_CALL = 1
+OP_CONTROL = 2
+ST_OK = 0
+ST_ERROR = 1
+NULL_LEN = 0xFFFFFFFF  # a NULL string
+MAX_FRAME = (64 << 20) + 4096  # the largest frame either side accepts (state blob cap + slack)
+ON_CRASH = ("restart", "rollback", "stop")
+#: Environment variables a worker keeps from the host; everything else is dropped.
+ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "LD_LIBRARY_PATH")
+
+
+@dataclass(frozen=True)
+class Param:
+    kind: str  # "scalar", "str" (const char *), "buf" (pointer + size_t), "len" (the size_t)
+    code: str = ""  # struct code of a scalar, or of a buffer's element
+    const: bool = True
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    """How one export's arguments and result cross the channel."""
+
+    fname: str
+    idx: int
+    params: tuple[Param, ...]
+    result: str  # struct code, "" for void, "s" for a char * result
+    req: struct.Struct  # op, idx, then every scalar (lengths included)
+    rep: struct.Struct  # status, then the scalar result (if any)
+
+    @property
+    def simple(self) -> bool:
+        return all(p.kind in ("scalar", "len") for p in self.params) and self.result != "s"
+
+    @property
+    def outs(self) -> list[int]:
+        return [i for i, p in enumerate(self.params) if p.kind == "buf" and not p.const]
+
+
+def _scalar_code(ctype: Any) -> str | None:
+    ffi = signatures.ffi
+    if ctype.kind != "primitive":
+        return None
+    name = ctype.cname
+    if name in ("float", "double"):
+        return "f" if name == "float" else "d"
+    if name == "_Bool":
+        return "?"
+    if name == "char":
+        return "c"
+    if name == "long double" or "complex" in name:
+        return None
+    size = ffi.sizeof(ctype)
+    try:
+        signed = int(ffi.cast(ctype, -1)) < 0
+    except (TypeError, OverflowError):
+        return None
+    code = {1: "b", 2: "h", 4: "i", 8: "q"}.get(size)
+    if code is None:
+        return None
+    return code if signed else code.upper()
+
+
+def split_params(proto: str) -> list[str]:
+    """The parameter texts of ``ret(params)`` at depth 0 (cffi drops ``const``,
+    which decides whether a buffer is copied back, so we read the text)."""
+    inner = proto[proto.index("(") + 1 : proto.rindex(")")]
+    out, depth, cur = [], 0, ""
+    for ch in inner:
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+            continue
+        depth += ch in "([" and 1 or 0
+        depth -= ch in ")]" and 1 or 0
+        cur += ch
+    if cur.strip() and cur.strip() != "void":
+        out.append(cur.strip())
+    return out
+
+
+def plan(fname: str, proto: str, idx: int, *, where: str) -> CallPlan:
+    """How ``fname`` crosses the process boundary, or a ``SignatureError``
+    naming the parameter that cannot."""
+    ctype = signatures.parse(proto, where=where, function=fname)
+    texts = split_params(proto)
+    args = list(ctype.args)
+    params: list[Param] = []
+
+    def refuse(why: str) -> SignatureError:
+        return SignatureError(
+            f"{where}: {fname} ({proto}) cannot be called in an isolated worker: {why}"
+        )
+
+    i = 0
+    while i < len(args):
+        a = args[i]
+        text = texts[i] if i < len(texts) else ""
+        code = _scalar_code(a)
+        if code is not None:
+            params.append(Param("scalar", code))
+            i += 1
+            continue
+        if a.kind == "function":
+            raise refuse(
+                f"parameter {i + 1} is a function pointer: code in the host cannot be "
+                f"called from another process"
+            )
+        if a.kind != "pointer":
+            raise refuse(f"parameter {i + 1} ({a.cname}) is a struct or union: not supported")
+        item = a.item
+        const = text.startswith("const") or " const" in text.split("*")[0]
+        nxt = args[i + 1] if i + 1 < len(args) else None
+        elem = _scalar_code(item)
+        if nxt is not None and nxt.cname == "size_t" and elem is not None:
+            params.append(Param("buf", elem, const))
+            params.append(Param("len", "Q"))
+            i += 2
+            continue
+        if item.cname == "char" and const:
+            params.append(Param("str"))
+            i += 1
+            continue
+        if item.kind == "void":
+            raise refuse(
+                f"parameter {i + 1} is an opaque void *: memory of the host cannot be "
+                f"reached from another process (pass a typed buffer followed by its size_t "
+                f"length instead)"
+            )
+        if elem is not None:
+            raise refuse(
+                f"parameter {i + 1} ({a.cname}) is a pointer without a length: declare it "
+                f"as a buffer, followed by a size_t parameter with its number of elements"
+            )
+        raise refuse(f"parameter {i + 1} ({a.cname}) cannot be copied to another process")
+    res = ctype.result
+    if res.kind == "void":
+        rcode = ""
+    elif res.kind == "pointer" and res.item.cname == "char":
+        rcode = "s"
+    else:
+        rc = _scalar_code(res)
+        if rc is None:
+            raise refuse(f"its result ({res.cname}) cannot be copied back")
+        rcode = rc
+    scalars = "".join(p.code for p in params if p.kind in ("scalar", "len"))
+    return CallPlan(
+        fname,
+        idx,
+        tuple(params),
+        rcode,
+        struct.Struct("<BH" + scalars),
+        struct.Struct("<B" + (rcode if rcode not in ("", "s") else "")),
+    )
+
+
+def plans(prototypes: Mapping[str, str], *, where: str) -> dict[str, CallPlan]:
+    return {f: plan(f, p, i, where=where) for i, (f, p) in enumerate(sorted(prototypes.items()))}
+
+
+# ---- the caller's side of a call ----------------------------------------------------
+def _as_bytes(value: Any, code: str, fname: str, n: int) -> bytes:
+    if isinstance(value, (list, tuple)):
+        try:
+            return struct.pack(f"<{len(value)}{code}", *value)
+        except struct.error as exc:
+            raise TypeError(f"argument {n}: {exc}") from None
+    try:
+        return memoryview(value).cast("B").tobytes()
+    except TypeError:
+        raise TypeError(
+            f"argument {n}: expected a buffer (bytes, bytearray, array, memoryview) or a "
+            f"list of numbers, got {type(value).__name__}"
+        ) from None
+
+
+def encode(cp: CallPlan, args: tuple[Any, ...]) -> bytes:
+    """The request body for a call (TypeError/OverflowError on bad arguments)."""
+    if len(args) != len(cp.params):
+        raise TypeError(f"{cp.fname}() takes {len(cp.params)} arguments ({len(args)} given)")
+    if cp.simple:
+        try:
+            return cp.req.pack(OP_CALL, cp.idx, *args)
+        except struct.error as exc:
+            raise OverflowError(str(exc)) from None
+    scalars: list[Any] = []
+    tail: list[bytes] = []
+    for n, (p, a) in enumerate(zip(cp.params, args, strict=True), 1):
+        if p.kind in ("scalar", "len"):
+            scalars.append(a)
+        elif p.kind == "str":
+            if a is None:
+                tail.append(FRAME.pack(NULL_LEN))
+            else:
+                if isinstance(a, str):
+                    a = a.encode()
+                if not isinstance(a, (bytes, bytearray)) or b"\0" in a:
+                    raise TypeError(f"argument {n}: expected bytes without NUL for a C string")
+                tail += [FRAME.pack(len(a)), bytes(a)]
+        else:
+            data = _as_bytes(a, p.code, cp.fname, n)
+            count = args[n]  # the size_t that follows
+            size = struct.calcsize(p.code)
+            if not isinstance(count, int) or count < 0 or count * size > len(data):
+                raise TypeError(
+                    f"argument {n + 1}: length {count!r} is more than the {len(data) // size} "
+                    f"element(s) in the buffer given as argument {n}"
+                )
+            tail += [FRAME.pack(len(data)), data]
+    try:
+        head = cp.req.pack(OP_CALL, cp.idx, *scalars)
+    except struct.error as exc:
+        raise OverflowError(str(exc)) from None
+    return head + b"".join(tail)
+
+
+def _copy_back(target: Any, data: bytes, code: str) -> None:
+    if isinstance(target, list):
+        target[:] = list(struct.unpack(f"<{len(data) // struct.calcsize(code)}{code}", data))
+        return
+    try:
+        view = memoryview(target).cast("B")
+    except TypeError:
+        return
+    if not view.readonly and len(view) == len(data):
+        view[:] = data
+
+
+class _Garbage(Exception):
+    """The worker's answer does not follow the protocol."""
+
+
+def decode(cp: CallPlan, body: bytes, args: tuple[Any, ...]) -> Any:
+    """The call's result from a reply body; copies non-const buffers back."""
+    if len(body) < 1:
+        raise _Garbage("an empty reply")
+    if body[0] == ST_ERROR:
+        raise _worker_error(body)
+    if body[0] != ST_OK:
+        raise _Garbage(f"status byte {body[0]}")
+    if cp.simple:
+        if len(body) != cp.rep.size:
+            raise _Garbage(f"a reply of {len(body)} bytes, expected {cp.rep.size}")
+        out = cp.rep.unpack(body)
+        return out[1] if len(out) > 1 else None
+    pos = cp.rep.size
+    if len(body) < pos:
+        raise _Garbage("a short reply")
+    out = cp.rep.unpack_from(body)
+    result = out[1] if len(out) > 1 else None
+    chunks, pos = _chunks(body, pos)
+    if cp.result == "s":
+        if not chunks:
+            raise _Garbage("no string result")
+        result = chunks.pop(0)
+    outs = cp.outs
+    if len(chunks) != len(outs):
+        raise _Garbage(f"{len(chunks)} buffers back, expected {len(outs)}")
+    for i, data in zip(outs, chunks, strict=True):
+        if data is not None:
+            _copy_back(args[i], data, cp.params[i].code)
+    return result
+
+
+def _chunks(body: bytes, pos: int) -> tuple[list[bytes | None], int]:
+    out: list[bytes | None] = []
+    while pos < len(body):
+        if pos + 4 > len(body):
+            raise _Garbage("a truncated length")
+        (n,) = FRAME.unpack_from(body, pos)
+        pos += 4
+        if n == NULL_LEN:
+            out.append(None)
+            continue
+        if pos + n > len(body):
+            raise _Garbage("a truncated buffer")
+        out.append(body[pos : pos + n])
+        pos += n
+    return out, pos
+
+
+class _WorkerError(Exception):
+    pass
+
+
+def _worker_error(body: bytes) -> Exception:
+    try:
+        msg = json.loads(body[1:].decode())
+        text, kind = str(msg["error"]), str(msg.get("type", ""))
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return _Garbage("an unreadable error reply")
+    if kind == "TypeError":
+        return TypeError(text)
+    if kind in ("HookError", "LoadError", "SignatureError", "DescriptorError"):
+        from . import _errors
+
+        cls = getattr(_errors, kind)
+        return cls(text)  # type: ignore[no-any-return]
+    return _WorkerError(text)
+
+
+# ---- one worker process ------------------------------------------------------------
+UP, RESTARTING, STOPPED = "running", "restarting", "stopped"
+
+
+@dataclass
+class Options:
+    """What ``load(isolate=True, ...)`` asked for; kept by reload and rollback."""
+
+    on_crash: str = "restart"
+    call_timeout: float | None = None
+    max_restarts: int = 5
+    restart_window: float = 60.0
+    limits: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.on_crash not in ON_CRASH:
+            raise ValueError(
+                f"on_crash must be one of {', '.join(ON_CRASH)}, not {self.on_crash!r}"
+            )
+
+
+class Worker:
+    """A running worker process and its end of the channel."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], sock: socket.socket) -> None:
+        self.popen = popen
+        self.sock = sock
+        self.pid = popen.pid
+        self._timeout: float | None = None
+        self.stderr: collections.deque[str] = collections.deque(maxlen=40)
+        self._drain = threading.Thread(
+            target=self._read_stderr, daemon=True, name=f"hotload-isolate-stderr-{self.pid}"
+        )
+        self._drain.start()
+
+    def _read_stderr(self) -> None:
+        assert self.popen.stderr is not None
+        for raw in self.popen.stderr:
+            self.stderr.append(raw.decode(errors="replace").rstrip())
+
+    def tail(self, lines: int = 6) -> str:
+        self._drain.join(0.2)  # its last words, when it is dead
+        return " | ".join(list(self.stderr)[-lines:])
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def send(self, body: bytes) -> None:
+        self.sock.sendall(FRAME.pack(len(body)) + body)
+
+    def recv(self, timeout: float | None) -> bytes:
+        """One reply body; EOFError when the worker is gone, TimeoutError at
+        the deadline, _Garbage for a frame that breaks the protocol."""
+        if timeout != self._timeout:
+            self.sock.settimeout(timeout)
+            self._timeout = timeout
+        buf = self._exactly(4, b"")  # usually the whole reply in one recv
+        (n,) = FRAME.unpack_from(buf)
+        if n > MAX_FRAME:
+            raise _Garbage(f"a frame of {n} bytes")
+        if len(buf) > 4 + n:
+            raise _Garbage(f"{len(buf) - 4 - n} bytes after a reply")
+        return self._exactly(4 + n, buf)[4:]
+
+    def _exactly(self, n: int, buf: bytes) -> bytes:
+        while len(buf) < n:
+            try:
+                chunk = self.sock.recv(max(n - len(buf), 4096) if n == 4 else n - len(buf))
+            except TimeoutError:
+                raise TimeoutError from None
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                raise EOFError
+            buf += chunk
+        return buf
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.kill()  # SIGKILL also ends a stopped process
+        self.reap(5.0)
+
+    def reap(self, timeout: float) -> bool:
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        for f in (self.sock, self.popen.stderr):
+            with contextlib.suppress(OSError):
+                f.close()  # type: ignore[union-attr]
+        return True
+
+    def how_it_ended(self) -> tuple[str | None, int | None]:
+        code = self.popen.returncode
+        if code is None:
+            return None, None
+        return channel.exit_signal(code), code
+
+    def rss(self) -> int:
+        try:
+            with open(f"/proc/{self.pid}/statm", "rb") as fh:
+                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return 0
+
+
+class Isolation:
+    """The host's isolated workers: spawning (from one long-lived thread, for
+    the parent-death signal), a warm spare, and a supervisor thread that
+    notices dead or stopped workers and runs the crash policy."""
+
+    def __init__(self, on_rollback: Callable[[str], object]) -> None:
+        self._on_rollback = on_rollback
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="hotload-isolate-spawn")
+        self._lock = threading.Lock()
+        self._spare: Worker | None = None
+        self._proxies: list[Proxy] = []
+        self._jobs: collections.deque[Callable[[], None]] = collections.deque()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="hotload-isolate")
+        self._thread.start()
+
+    # -- workers --------------------------------------------------------------
+    def warm(self, timeout: float = 10.0) -> bool:
+        """Wait until a spare worker is ready (True), e.g. before timing a reload."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._spare is not None:
+                    return True
+            time.sleep(0.005)
+        return False
+
+    def take(self) -> Worker:
+        """A ready worker: the warm spare if it is alive, else a new one;
+        a new spare is started in the background either way."""
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None and not spare.alive():
+            spare.kill()
+            spare = None
+        worker = spare or self._spawner.submit(self._spawn).result()
+        if not self._closed:
+            self._spawner.submit(self._refill)
+        return worker
+
+    def _refill(self) -> None:
+        with self._lock:
+            if self._spare is not None or self._closed:
+                return
+        try:
+            w = self._spawn()
+        except HotloadError as exc:
+            log.warning("could not start a spare isolated worker: %s", exc)
+            return
+        with self._lock:
+            if self._spare is None and not self._closed:
+                self._spare, w = w, None  # type: ignore[assignment]
+        if w is not None:
+            w.kill()
+
+    @staticmethod
+    def _spawn() -> Worker:
+        host_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = {k: v for k, v in os.environ.items() if k in ENV_KEEP or k.startswith("LC_")}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        try:
+            popen = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-s",
+                    "-m",
+                    "hotload._isolated_worker",
+                    "--parent",
+                    str(os.getpid()),
+                    "--fd",
+                    str(worker_end.fileno()),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=env,
+                close_fds=True,
+                pass_fds=(worker_end.fileno(),),
+                **channel.spawn_options(),
+            )
+        except OSError as exc:
+            host_end.close()
+            raise HotloadError(f"cannot start an isolated worker: {exc}") from None
+        finally:
+            worker_end.close()
+        worker = Worker(popen, host_end)
+        try:
+            hello = worker.recv(30.0)
+        except (EOFError, TimeoutError, _Garbage):
+            worker.kill()
+            tail = worker.tail() or "no output"
+            raise HotloadError(
+                f"isolated worker (pid {worker.pid}) failed to start: {tail}"
+            ) from None
+        if hello != b"\x00ready":
+            worker.kill()
+            raise HotloadError(f"isolated worker (pid {worker.pid}) said {hello[:40]!r}")
+        return worker
+
+    # -- opening a version --------------------------------------------------------
+    def open(self, staged: Staged, opts: Options, hook_timeout: float | None) -> IsolatedImage:
+        cand = staged.cand
+        cps = plans(cand.prototypes, where=cand.source)  # refuses before anything starts
+        desc = cand.descriptor
+        proxy = Proxy(self, cand.name, staged.seq, cand.source, cps, opts, hook_timeout)
+        proxy.request = {
+            "op": "open",
+            "path": str(staged.copy),
+            "source": cand.source,
+            "prototypes": cand.prototypes,
+            "on_load": desc.on_load if desc else None,
+            "on_unload": desc.on_unload if desc else None,
+            "limits": opts.limits,
+        }
+        try:
+            proxy.start(self.take())
+        except BaseException:
+            staged.discard()
+            raise
+        with self._lock:
+            self._proxies.append(proxy)
+        image = IsolatedImage(
+            source=cand.source,
+            copy=staged.copy,
+            file_id=staged.file_id,
+            digest=cand.digest,
+            size=cand.size,
+            descriptor=desc,
+            name=cand.name,
+            version=cand.version,
+            handle=0,
+            functions={f: proxy.forwarder(cp) for f, cp in cps.items()},
+            prototypes=cand.prototypes,
+            on_load=None,
+            on_unload=(lambda *a: 0) if desc and desc.on_unload else None,
+            process=proxy,
+        )
+        image.on_load = (lambda *a: 0) if desc and desc.on_load else None
+        return image
+
+    def forget(self, proxy: Proxy) -> None:
+        with self._lock:
+            if proxy in self._proxies:
+                self._proxies.remove(proxy)
+
+    def later(self, job: Callable[[], None]) -> None:
+        self._jobs.append(job)
+        self._wake.set()
+
+    def rollback(self, name: str) -> None:
+        self.later(lambda: self._run_rollback(name))
+
+    def _run_rollback(self, name: str) -> None:
+        try:
+            self._on_rollback(name)
+        except HotloadError as exc:
+            log.error("%s: rollback after a crash failed: %s", name, exc)
+
+    # -- the supervisor -------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._closed:
+            self._wake.wait(0.25)
+            self._wake.clear()
+            while self._jobs:
+                job = self._jobs.popleft()
+                try:
+                    job()
+                except Exception:  # the supervisor must go on
+                    log.exception("isolated worker job failed")
+            with self._lock:
+                proxies = list(self._proxies)
+            for p in proxies:
+                p.check()
+
+    def close(self) -> None:
+        """Stop every worker (a hung one is killed)."""
+        self._closed = True
+        self._wake.set()
+        self._thread.join(2.0)
+        with self._lock:
+            proxies, self._proxies = self._proxies, []
+            spare, self._spare = self._spare, None
+        for p in proxies:
+            p.stop(kill=True)
+        if spare is not None:
+            spare.kill()
+        self._spawner.shutdown(wait=True)
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.kill()
+
+
+class Proxy:
+    """One isolated version's worker, as the host sees it: calls, hooks,
+    crash handling and restarts.  Replaces the worker on a restart; the
+    version (and its forwarders) stay the same."""
+
+    def __init__(
+        self,
+        iso: Isolation,
+        name: str,
+        seq: int,
+        source: str,
+        cps: dict[str, CallPlan],
+        opts: Options,
+        hook_timeout: float | None,
+    ) -> None:
+        self.iso, self.name, self.seq, self.source = iso, name, seq, source
+        self.cps, self.opts, self.hook_timeout = cps, opts, hook_timeout
+        self.request: dict[str, Any] = {}
+        self.lock = threading.Lock()
+        self.worker: Worker | None = None
+        self.state = UP
+        self.gen = 0
+        self.restarts = 0
+        self.crashes: list[float] = []
+        self.last_error: PluginCrashedError | None = None
+        self.ready = threading.Event()
+        self.ready.set()
+        self.retiring = False
+        self.prev_version: str | None = None
+        self.snapshot: bytes | None = None  # the state the version started with, or its latest
+        self.started_with_state = False
+        self.call_started = 0.0  # monotonic time of the call in the worker now (0: idle)
+        self.has_on_load = False
+        self._exiting: Worker | None = None  # asked to stop, not reaped yet
+        self.streak = 0  # crashes in a row with no successful call between them
+        self.served_ok = True  # a call succeeded since the last (re)start: resets the backoff
+        self.live = False  # serving: a crash before this point is a refused load, no policy
+
+    @property
+    def pid(self) -> int | None:
+        w = self.worker
+        return w.pid if w is not None and self.state == UP else None
+
+    def rss(self) -> int:
+        w = self.worker
+        return w.rss() if w is not None and self.state == UP else 0
+
+    # -- start --------------------------------------------------------------------
+    def start(self, worker: Worker) -> None:
+        """Have ``worker`` open the copy (dlopen, resolve); the caller's thread."""
+        with self.lock:
+            self.worker = worker
+            self._control(self.request, 30.0, "opening the copy (dlopen, resolving exports)")
+            self.live = not self.request.get("on_load")
+
+    def _control(self, req: dict[str, Any], timeout: float | None, what: str) -> Any:
+        """A JSON request to the worker; the lock is held."""
+        body = bytes([OP_CONTROL]) + json.dumps(req).encode()
+        reply = self._exchange(body, timeout, what)
+        if reply[:1] == bytes([ST_ERROR]):
+            raise _worker_error(reply)
+        if reply[:1] != bytes([ST_OK]):
+            self._crashed(self._w(), what, garbage="a bad control reply")
+        try:
+            return json.loads(reply[1:].decode()) if len(reply) > 1 else None
+        except (ValueError, UnicodeDecodeError):
+            self._crashed(self._w(), what, garbage="an unreadable control reply")
+
+    def _w(self) -> Worker:
+        if self.worker is None:
+            raise self._dead_error()
+        return self.worker
+
+    def _exchange(self, body: bytes, timeout: float | None, what: str) -> bytes:
+        worker = self.worker
+        if worker is None:
+            raise self._dead_error()
+        self.call_started = time.monotonic()
+        try:
+            worker.send(body)
+            return worker.recv(timeout)
+        except TimeoutError:
+            self._crashed(worker, what, timeout=timeout)
+        except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+            self._crashed(worker, what)
+        except _Garbage as exc:
+            self._crashed(worker, what, garbage=str(exc))
+        finally:
+            self.call_started = 0.0
+        raise AssertionError("unreachable")
+
+    # -- calls ----------------------------------------------------------------------
+    def forwarder(self, cp: CallPlan) -> Callable[..., Any]:
+        call = self.call
+
+        def forward(*args: Any) -> Any:
+            return call(cp, args)
+
+        forward.__name__ = cp.fname
+        return forward
+
+    def call(self, cp: CallPlan, args: tuple[Any, ...]) -> Any:
+        body = encode(cp, args)
+        gen = self.gen
+        while True:
+            with self.lock:
+                if self.gen != gen:  # the worker this call was queued for crashed
+                    raise self._dead_error()
+                if self.state == UP:
+                    reply = self._exchange(body, self.opts.call_timeout, cp.fname)
+                    try:
+                        result = decode(cp, reply, args)
+                        self.served_ok = True
+                        return result
+                    except _Garbage as exc:
+                        self._crashed(self._w(), cp.fname, garbage=str(exc))
+                    except _WorkerError as exc:
+                        raise HotloadError(f"{self.source}: {cp.fname}: {exc}") from None
+                if self.state == STOPPED:
+                    raise self._dead_error()
+            # restarting: wait for the new worker (bounded), then try once more
+            if not self.ready.wait(30.0):
+                raise self._dead_error()
+            gen = self.gen
+
+    def _dead_error(self) -> PluginCrashedError:
+        if self.last_error is not None:
+            return self.last_error
+        return PluginCrashedError(f"{self.source}: {self.name} v{self.seq}: its worker is stopped")
+
+    # -- crashes ---------------------------------------------------------------------
+    def _crashed(
+        self,
+        worker: Worker,
+        what: str,
+        *,
+        timeout: float | None = None,
+        garbage: str = "",
+        outside: str = "",
+    ) -> NoReturn:
+        """The worker died, hung or broke the protocol during ``what``: kill
+        it, raise the error here, and hand the rest to the crash policy.
+        The lock is held (or was given up by ``stop``)."""
+        if garbage or timeout is not None or outside or not worker.reap(2.0):
+            worker.kill()
+        sig, code = worker.how_it_ended()
+        tail = worker.tail()
+        who = f"{self.source}: {self.name} v{self.seq} (isolated worker, pid {worker.pid})"
+        more = f"; stderr: {tail}" if tail else ""
+        err: PluginCrashedError
+        knob = "hook_timeout" if what in ("on_load", "on_unload") else "call_timeout"
+        if timeout is not None:
+            err = PluginTimeoutError(
+                f"{who}: {what} did not return within {timeout:g} s ({knob}); the "
+                f"worker was killed" + more,
+                signal_name=None,
+                stderr=tail,
+            )
+        elif garbage:
+            err = PluginCrashedError(
+                f"{who}: wrote garbage to the channel during {what} ({garbage}); the worker "
+                f"was killed" + more,
+                stderr=tail,
+            )
+        elif outside:
+            err = PluginCrashedError(f"{who}: {outside}" + more, signal_name="SIGSTOP", stderr=tail)
+        elif sig is not None:
+            err = PluginCrashedError(
+                f"{who}: crashed with {sig} during {what}" + more, signal_name=sig, stderr=tail
+            )
+        else:
+            err = PluginCrashedError(
+                f"{who}: the worker exited with code {code} during {what}" + more,
+                exit_code=code,
+                stderr=tail,
+            )
+        if self.worker is not worker:  # stopped by the host meanwhile: no policy
+            raise err
+        log.error("%s", err)
+        self.last_error = err
+        self.gen += 1
+        self.worker = None
+        self._after_crash()
+        raise err
+
+    def _after_crash(self) -> None:
+        now = time.monotonic()
+        self.crashes = [t for t in self.crashes if now - t < self.opts.restart_window] + [now]
+        policy = self.opts.on_crash
+        if self.retiring or self.state == STOPPED or not self.live:
+            self.state = STOPPED
+            return
+        if policy == "restart" and len(self.crashes) > self.opts.max_restarts:
+            log.error(
+                "%s v%d: crash loop: %d crashes within %g s; stopped (reload or roll back)",
+                self.name,
+                self.seq,
+                len(self.crashes),
+                self.opts.restart_window,
+            )
+            self.state = STOPPED
+            if self.last_error is not None:
+                self.last_error = PluginCrashedError(
+                    f"{self.last_error}; crash loop: {len(self.crashes)} crashes within "
+                    f"{self.opts.restart_window:g} s, restarts stopped (reload or roll back)",
+                    signal_name=self.last_error.signal_name,
+                    stderr=self.last_error.stderr,
+                )
+            return
+        if policy == "restart":
+            self.state = RESTARTING
+            self.ready.clear()
+            self.streak = 0 if self.served_ok else self.streak + 1
+            self.served_ok = False
+            delay = min(0.05 * 2 ** (self.streak - 1), 2.0) if self.streak else 0.0
+            self.iso.later(lambda: self._restart(delay))
+            return
+        self.state = STOPPED
+        if policy == "rollback":
+            self.iso.rollback(self.name)
+
+    def _restart(self, delay: float) -> None:
+        if delay:
+            time.sleep(delay)
+        try:
+            worker = self.iso.take()
+        except HotloadError as exc:
+            log.error("%s v%d: restart failed: %s", self.name, self.seq, exc)
+            with self.lock:
+                self.state = STOPPED
+            self.ready.set()
+            return
+        with self.lock:
+            if self.state != RESTARTING:
+                worker.kill()
+                self.ready.set()
+                return
+            self.worker = worker
+            self.state = UP
+            try:
+                self._control(self.request, 30.0, "opening the copy (restart)")
+                if self.has_on_load:
+                    self._on_load(self.prev_version, self.snapshot)
+                self.restarts += 1
+                log.warning(
+                    "%s v%d restarted in a new worker (pid %d)%s",
+                    self.name,
+                    self.seq,
+                    worker.pid,
+                    " with its last state snapshot" if self.snapshot is not None else "",
+                )
+            except PluginCrashedError:
+                pass  # _crashed ran the policy again (backoff, crash-loop limit)
+            except HotloadError as exc:
+                log.error("%s v%d: restart refused: %s", self.name, self.seq, exc)
+                if self.worker is not None:
+                    self.worker.kill()
+                self.worker, self.state = None, STOPPED
+        if self.state != RESTARTING:
+            self.ready.set()
+
+    def check(self) -> None:
+        """Supervisor tick: a worker that died while idle, or one stopped by a
+        signal while a call waits for it."""
+        if self.state != UP or not self.lock.acquire(blocking=False):
+            w = self.worker
+            started = self.call_started
+            if (
+                w is not None
+                and started
+                and time.monotonic() - started > 1.0
+                and channel.stopped(w.pid)
+            ):
+                log.error(
+                    "%s v%d: worker pid %d is stopped; killing it", self.name, self.seq, w.pid
+                )
+                w.kill()  # the waiting call sees EOF and reports the crash
+            return
+        try:
+            w = self.worker
+            if w is not None and self.state == UP and not w.alive():
+                with contextlib.suppress(PluginCrashedError):
+                    self._crashed(w, "no call (it died while idle)")
+        finally:
+            self.lock.release()
+
+    # -- hooks --------------------------------------------------------------------------
+    def on_load(self, prev_version: str | None, state: bytes | None) -> None:
+        with self.lock:
+            self.has_on_load = True
+            self._on_load(prev_version, state)
+            self.prev_version, self.snapshot = prev_version, state
+            self.live = True
+
+    def _on_load(self, prev_version: str | None, state: bytes | None) -> None:
+        self._control(
+            {"op": "on_load", "prev": prev_version, "state": state.hex() if state else None},
+            self.hook_timeout,
+            "on_load",
+        )
+
+    def on_unload(self, max_size: int) -> bytes | None:
+        """The version's state blob; from its last snapshot when its worker is
+        gone (a rollback after a crash hands over what it had)."""
+        with self.lock:
+            if self.state != UP:  # crashed: hand over what it started with
+                log.warning(
+                    "%s v%d: its worker is stopped; handing over its last state snapshot "
+                    "(%s), updates since are lost",
+                    self.name,
+                    self.seq,
+                    f"{len(self.snapshot)} bytes" if self.snapshot is not None else "none",
+                )
+                return self.snapshot
+            out = self._control(
+                {"op": "on_unload", "max": max_size}, self.hook_timeout, "on_unload"
+            )
+            blob = bytes.fromhex(out) if isinstance(out, str) else None
+            self.snapshot = blob
+            return blob
+
+    # -- stopping --------------------------------------------------------------------------
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the worker: ask it to exit; kill it if it does not at once (or
+        if ``kill``, e.g. a hung call holds the lock)."""
+        self.retiring = True
+        got = self.lock.acquire(timeout=0 if kill else 1.0)
+        try:
+            worker, self.worker = self.worker, None
+            self.state = STOPPED
+            self.ready.set()
+        finally:
+            if got:
+                self.lock.release()
+        if worker is None:
+            return
+        with contextlib.suppress(OSError):
+            worker.sock.shutdown(socket.SHUT_RDWR)  # EOF: a well-behaved worker exits at once
+        if kill:
+            worker.kill()
+        else:
+            self._exiting = worker  # reaped by gone(), off the reload path
+        self.iso.forget(self)
+
+    def gone(self) -> bool:
+        """Whether the worker has exited: waits a little for one that was
+        asked to, and kills it if it does not (the reaper's thread)."""
+        w = self._exiting or self.worker
+        if w is None:
+            return True
+        if w is self._exiting and not w.reap(2.0):
+            log.warning(
+                "%s v%d: worker pid %d ignored the stop; killed", self.name, self.seq, w.pid
+            )
+            w.kill()
+        return not w.alive()
+
+
+@dataclass(eq=False)
+class IsolatedImage(Image):
+    """An image that lives in a worker process: its functions forward calls,
+    its hooks run there, and closing it stops the worker."""
+
+    def call_on_load(self, prev_version: str | None, state: bytes | None) -> None:
+        if self.on_load is None:
+            return
+        proxy: Proxy = self.process
+        proxy.on_load(prev_version, state)
+
+    def call_on_unload(self, max_size: int = 64 << 20) -> bytes | None:
+        if self.on_unload is None:
+            return None
+        proxy: Proxy = self.process
+        return proxy.on_unload(max_size)
+
+
+def stop_image(image: Image) -> None:
+    """Close an isolated image: stop its worker."""
+    proxy: Proxy = image.process
+    proxy.stop()
