@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._builder import (
+    BUILD_TIMEOUT,
     BuildError,
     compile_plugin,
     output_name,
@@ -140,6 +141,10 @@ class Watcher:
         Where rebuilt plugins go: ``<out_dir>/foo.so``.  Default: for
         ``.../native/plugins``, ``.../build/plugins`` (where ``build.py`` puts
         them); for any other directory, its subdirectory ``build/``.
+    ``build_timeout``
+        Seconds one build may take (default 120, ``builder.BUILD_TIMEOUT``);
+        a compiler still running then is killed, with every process it
+        started, and the build fails.  ``stop()`` kills a running build too.
     ``cc``, ``cflags``
         The compiler command (default ``$CC``, else ``cc``) and flags added
         after the SDK's (``-std=c11 -fPIC -shared -Wall -Wextra -I<sdk>``;
@@ -185,8 +190,11 @@ class Watcher:
         cc: str | None = None,
         cflags: Iterable[str] | None = None,
         max_size: int = DEFAULT_MAX_PLUGIN_SIZE,
+        build_timeout: float = BUILD_TIMEOUT,
     ) -> None:
         self.host = host
+        self.build_timeout = build_timeout
+        self._cancel = threading.Event()  # set by stop(): kills a running compiler
         self.rebuild = rebuild
         self.quiet, self.settle, self.stable_interval, self.retries = (
             quiet,
@@ -251,7 +259,8 @@ class Watcher:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop watching.  A build or reload already running finishes first."""
+        """Stop watching.  A reload already running finishes first; a build
+        running is killed."""
         if self._observer is not None:
             with contextlib.suppress(Exception):
                 self._observer.stop()
@@ -259,6 +268,7 @@ class Watcher:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+        self._cancel.set()
         if self._worker.is_alive() and self._worker is not threading.current_thread():
             self._worker.join(timeout)
 
@@ -483,7 +493,14 @@ class Watcher:
         started = time.monotonic()
         try:
             self._check_no_twin(unit, output)
-            compile_plugin(unit, output, cc=self._cc, extra_cflags=self._cflags)
+            compile_plugin(
+                unit,
+                output,
+                cc=self._cc,
+                extra_cflags=self._cflags,
+                timeout=self.build_timeout,
+                cancel=self._cancel,
+            )
         except BuildError as exc:
             self._emit(
                 WatchEvent(
