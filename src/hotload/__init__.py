@@ -23,6 +23,7 @@ from ._errors import (
     NotAPluginError,
     NotLoadedError,
     PreflightError,
+    ResourceError,
     SignatureError,
     TrustError,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "NotLoadedError",
     "Plugin",
     "PreflightError",
+    "ResourceError",
     "SignatureError",
     "TrustError",
     "VersionInfo",

@@ -105,6 +105,7 @@ from ._errors import (
     ControlError,  # noqa: F401 - re-exported
     HotloadError,
     NotLoadedError,
+    resource_error,
 )
 from ._workdir import ensure_private_dir, runtime_base
 
@@ -274,8 +275,16 @@ class ControlServer:
         self.idle_timeout = idle_timeout
         self.started_at = time.time()
         self._sock: socket.socket | None = None
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._sel = selectors.DefaultSelector()
+        try:
+            self._wake_r, self._wake_w = socket.socketpair()
+        except OSError as exc:
+            raise _out_of(exc, f"{self.path}: cannot set up the control channel") from None
+        try:
+            self._sel = selectors.DefaultSelector()
+        except OSError as exc:
+            self._wake_r.close()
+            self._wake_w.close()
+            raise _out_of(exc, f"{self.path}: cannot set up the control channel") from None
         self._lock = threading.Lock()  # guards what workers share with the loop, below
         self._sessions: set[_Session] = set()  # every open session, waiting or running
         self._returned: deque[_Session] = deque()  # answered by a worker, back to the loop
@@ -287,9 +296,15 @@ class ControlServer:
         self._thread = threading.Thread(target=self._serve, name="hotload-control", daemon=True)
 
     def start(self) -> ControlServer:
-        sweep_stale(self.directory)
+        try:
+            sweep_stale(self.directory)
+        except OSError as exc:
+            raise _out_of(exc, f"{self.directory}: cannot list the control directory") from None
         tmp = self.directory / f".{self.path.name}.{secrets.token_hex(3)}.tmp"
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise _out_of(exc, f"{self.path}: cannot open the control socket") from None
         try:
             sock.bind(str(tmp))
             os.chmod(tmp, 0o600)
@@ -782,6 +797,12 @@ def _send_and_close(conn: socket.socket, obj: dict[str, Any]) -> None:
         conn.send(_encode(obj), _NOSIGNAL)
         conn.shutdown(socket.SHUT_WR)
     conn.close()
+
+
+def _out_of(exc: OSError, what: str) -> HotloadError:
+    """A setup failure as a HotloadError: ``ResourceError`` when the process
+    is out of file descriptors or memory."""
+    return resource_error(exc, what) or HotloadError(f"{what}: {exc.strerror or exc}")
 
 
 def _check_peer(conn: socket.socket) -> str | None:

@@ -70,7 +70,13 @@ from ._builder import (
     plugin_units,
     sdk_include_dir,
 )
-from ._errors import HotloadError, InvalidPluginError, LoadError, NotAPluginError
+from ._errors import (
+    HotloadError,
+    InvalidPluginError,
+    LoadError,
+    NotAPluginError,
+    resource_error,
+)
 from ._loader import DEFAULT_MAX_PLUGIN_SIZE, Candidate, check_size, file_kind, read_source
 from ._platform import dl
 
@@ -245,8 +251,15 @@ class Watcher:
         """Start watching; with ``initial``, files already there are applied
         too (a new plugin is loaded, a changed one reloaded, an unchanged one
         left alone; in rebuild mode a source newer than its output is built)."""
-        self._scan_headers()
-        self._observer = _start_observer(self._dirs(), self._handler)
+        try:
+            self._scan_headers()
+            self._observer = _start_observer(self._dirs(), self._handler)
+        except OSError as exc:  # EMFILE listing it, or no inotify instance left
+            self.stop()
+            error = resource_error(exc, f"{self._only or self.root}: cannot watch")
+            if error is None:
+                raise
+            raise error from None
         self._worker.start()
         if self._initial:
             for path in self._existing():
