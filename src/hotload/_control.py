@@ -73,11 +73,13 @@ Limits
 ------
 One thread multiplexes every connection; at most ``WORKERS`` threads run
 requests.  At most ``MAX_SESSIONS`` connections are open at once (at the cap
-the longest-idle one is closed to admit a newcomer); a request must be
-complete within ``REQUEST_DEADLINE`` seconds of its first byte, and its
-answer taken as quickly; a silent session is closed after ``SESSION_IDLE``
-seconds.  ``request()`` retries a full backlog or a ``busy`` answer for up to
-``CONNECT_RETRY`` seconds.
+the longest-idle one with nothing unread is closed to admit a newcomer, else
+the one stalled longest on a partial request or an untaken answer); a
+request must be complete within ``REQUEST_DEADLINE`` seconds of its first
+byte, and its answer taken as quickly (by the selector thread: workers never
+wait on a client); a silent session is closed after ``SESSION_IDLE``
+seconds.  ``request()`` retries a full backlog, a ``busy`` answer or a fresh
+connection closed before any answer for up to ``CONNECT_RETRY`` seconds.
 """
 
 from __future__ import annotations
