@@ -567,33 +567,6 @@ def test_idle_connections_cost_no_threads_and_the_idlest_make_room(
         server.stop()
 
 
-def test_a_full_house_of_busy_sessions_answers_busy(host: Host, tmp_path: Path) -> None:
-    server = _server(host, tmp_path, max_sessions=2)
-    conns = [_connect(server.path) for _ in range(2)]
-    try:
-        for conn in conns:
-            conn.sendall(b'{"op": "pi')  # mid-request: not idle, not evictable
-        deadline = time.monotonic() + 10
-        while True:  # the loop reads the partial requests asynchronously
-            extra = _connect(server.path)
-            line = extra.makefile("rb").readline()
-            extra.close()
-            if line or time.monotonic() > deadline:
-                break
-        reply = json.loads(line)
-        assert reply["error"]["code"] == "busy" and "control sessions" in reply["error"]["message"]
-        with pytest.raises(control.ControlError) as err:  # the client retries, then says so
-            control.request(server.path, "ping", timeout=0.5)
-        assert err.value.code == "busy"
-        for conn in conns:
-            conn.sendall(b'ng"}\n')
-            assert json.loads(conn.makefile("rb").readline())["ok"] is True
-    finally:
-        for conn in conns:
-            conn.close()
-        server.stop()
-
-
 def _thread_cpu(stat_fd: int) -> float:
     """CPU seconds a thread used so far (utime + stime), from its open
     ``/proc/self/task/TID/stat`` (opened beforehand: no fd is left later)."""

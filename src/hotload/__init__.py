@@ -25,6 +25,7 @@ from ._errors import (
     PluginCrashedError,
     PluginTimeoutError,
     PreflightError,
+    ResourceError,
     SignatureError,
     TrustError,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "PluginCrashedError",
     "PluginTimeoutError",
     "PreflightError",
+    "ResourceError",
     "SignatureError",
     "TrustError",
     "VersionInfo",

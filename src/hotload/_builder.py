@@ -9,11 +9,14 @@ partial file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -26,6 +29,11 @@ from ._errors import (
 log = logging.getLogger(__name__)
 
 BASE_FLAGS = ["-std=c11", "-fPIC", "-shared", "-Wall", "-Wextra"]
+#: Seconds one plugin build may take.  A source that includes a FIFO (or
+#: ``/dev/zero``) makes the compiler wait forever; without a bound that wedges
+#: the watcher's only worker thread.
+BUILD_TIMEOUT = 120.0
+_POLL = 0.1  # seconds between looks at ``cancel`` while the compiler runs
 TARGETS = {
     # target: (compiler variable, default compiler, output suffix, output dir name)
     "native": ("CC", "cc", ".so", "plugins"),
@@ -96,9 +104,16 @@ def compile_plugin(
     cc: str | None = None,
     extra_cflags: Iterable[str] = (),
     target: str = "native",
+    timeout: float | None = BUILD_TIMEOUT,
+    cancel: threading.Event | None = None,
 ) -> BuildResult:
     """Compile one plugin, a ``.c`` file or a directory of them (see
-    ``plugin_sources``); raise ``BuildError`` with the compiler's output."""
+    ``plugin_sources``); raise ``BuildError`` with the compiler's output.
+
+    The compiler runs in its own process group, so that on ``timeout``
+    (seconds; None: no bound) or when ``cancel`` is set the whole group is
+    killed: the driver *and* ``cc1``, which would otherwise outlive us,
+    stuck reading a FIFO."""
     cc_var, default_cc, _suffix, _dir = TARGETS[target]
     cc_cmd = shlex.split(cc or os.environ.get(cc_var) or default_cc)
     files = plugin_sources(source)
@@ -109,18 +124,71 @@ def compile_plugin(
     os.close(fd)
     cmd = [*cc_cmd, *cflags(), *extra_cflags, "-o", tmp, *map(str, files)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-    except FileNotFoundError:
+        returncode, stderr = _run(cmd, source, timeout, cancel)
+    except BaseException:
         os.unlink(tmp)
-        raise BuildError(f"{source}: compiler {cc_cmd[0]!r} not found") from None
-    if proc.returncode != 0:
+        raise
+    if returncode != 0:
         os.unlink(tmp)
-        raise BuildError(f"{source}: compile failed ({shlex.join(cmd)}):\n{proc.stderr.strip()}")
-    if proc.stderr.strip():
-        log.warning("%s: compiler warnings:\n%s", source, proc.stderr.strip())
+        raise BuildError(f"{source}: compile failed ({shlex.join(cmd)}):\n{stderr.strip()}")
+    if stderr.strip():
+        log.warning("%s: compiler warnings:\n%s", source, stderr.strip())
     os.chmod(tmp, 0o755)
     _replace(tmp, output)
     return BuildResult(source, output)
+
+
+def _run(
+    cmd: list[str], source: Path, timeout: float | None, cancel: threading.Event | None
+) -> tuple[int, str]:
+    """Run the compiler; its exit status and stderr.  BuildError when it
+    cannot start, runs past ``timeout`` or is cancelled (its group killed)."""
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own process group: killed whole
+        )
+    except FileNotFoundError:
+        raise BuildError(f"{source}: compiler {cmd[0]!r} not found") from None
+    except OSError as exc:
+        raise BuildError(f"{source}: cannot start the compiler {cmd[0]!r}: {exc}") from None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        wait = _POLL if cancel is not None else None
+        if deadline is not None:
+            left = max(0.0, deadline - time.monotonic())
+            wait = left if wait is None else min(wait, left)
+        try:
+            _out, err = proc.communicate(timeout=wait)
+            return proc.returncode, err
+        except subprocess.TimeoutExpired:
+            pass
+        if cancel is not None and cancel.is_set():
+            _kill_group(proc)
+            raise BuildError(f"{source}: build cancelled (the watcher stopped)")
+        if deadline is not None and time.monotonic() >= deadline:
+            _kill_group(proc)
+            raise BuildError(
+                f"{source}: the compiler did not finish within {timeout:g} s (killed it); "
+                f"does it include a FIFO or a device?"
+            )
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """Kill the compiler and every process it started (cc1, as, ld)."""
+    if os.name == "nt":
+        proc.kill()
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:  # a grandchild holds the pipes: let it go
+        proc.wait()
 
 
 def _replace(tmp: str, output: Path) -> None:

@@ -73,11 +73,13 @@ Limits
 ------
 One thread multiplexes every connection; at most ``WORKERS`` threads run
 requests.  At most ``MAX_SESSIONS`` connections are open at once (at the cap
-the longest-idle one is closed to admit a newcomer); a request must be
-complete within ``REQUEST_DEADLINE`` seconds of its first byte, and its
-answer taken as quickly; a silent session is closed after ``SESSION_IDLE``
-seconds.  ``request()`` retries a full backlog or a ``busy`` answer for up to
-``CONNECT_RETRY`` seconds.
+the longest-idle one with nothing unread is closed to admit a newcomer, else
+the one stalled longest on a partial request or an untaken answer); a
+request must be complete within ``REQUEST_DEADLINE`` seconds of its first
+byte, and its answer taken as quickly (by the selector thread: workers never
+wait on a client); a silent session is closed after ``SESSION_IDLE``
+seconds.  ``request()`` retries a full backlog, a ``busy`` answer or a fresh
+connection closed before any answer for up to ``CONNECT_RETRY`` seconds.
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ from ._errors import (
     ControlError,  # noqa: F401 - re-exported
     HotloadError,
     NotLoadedError,
+    resource_error,
 )
 from ._workdir import ensure_private_dir, runtime_base
 
@@ -128,6 +131,11 @@ _ACCEPT_BACKOFF_MIN, _ACCEPT_BACKOFF_MAX = 0.05, 1.0
 _LOOP_TICK = 1.0
 _RECV_CHUNK = 65536
 _SUN_PATH_MAX = 107
+# A host that set SIGPIPE back to SIG_DFL must not die of a client that hangs up
+# before its answers are written: every server send says so (Linux; elsewhere
+# Python's own SIG_IGN is the guard).
+_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 # ---- where ---------------------------------------------------------------------
@@ -152,8 +160,22 @@ def control_dir() -> Path:
 
 
 def socket_paths(directory: Path | None = None) -> list[Path]:
+    """The host sockets in ``directory``: only real sockets (or symlinks to
+    one) named ``host-*.sock``.  A FIFO, file or directory with such a name
+    is no host: listing it would report a phantom, and sweeping it as stale
+    would delete someone's file."""
     directory = directory or control_dir()
-    return sorted(directory.glob("host-*.sock"))
+    return sorted(p for p in directory.glob("host-*.sock") if _is_socket(p))
+
+
+def _is_socket(path: Path) -> bool:
+    try:
+        mode = path.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            mode = path.stat().st_mode  # a symlink to a host's socket is that host
+    except OSError:
+        return False  # gone, or a dangling link
+    return stat.S_ISSOCK(mode)
 
 
 def _pid_of(path: Path) -> int | None:
@@ -199,13 +221,15 @@ class _Session:
     finished.  Owned by the accept loop while it waits for a request line,
     by a worker while its request runs."""
 
-    __slots__ = ("conn", "buf", "deadline", "idle_since")
+    __slots__ = ("conn", "buf", "out", "deadline", "idle_since", "stalled_since")
 
     def __init__(self, conn: socket.socket, now: float, idle: float) -> None:
         self.conn = conn
         self.buf = bytearray()
+        self.out = b""  # the rest of an answer the client has not taken yet
         self.deadline = now + idle
         self.idle_since = now
+        self.stalled_since = now  # first byte of a partial request, or start of an unsent answer
 
 
 class ControlServer:
@@ -253,8 +277,16 @@ class ControlServer:
         self.idle_timeout = idle_timeout
         self.started_at = time.time()
         self._sock: socket.socket | None = None
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._sel = selectors.DefaultSelector()
+        try:
+            self._wake_r, self._wake_w = socket.socketpair()
+        except OSError as exc:
+            raise _out_of(exc, f"{self.path}: cannot set up the control channel") from None
+        try:
+            self._sel = selectors.DefaultSelector()
+        except OSError as exc:
+            self._wake_r.close()
+            self._wake_w.close()
+            raise _out_of(exc, f"{self.path}: cannot set up the control channel") from None
         self._lock = threading.Lock()  # guards what workers share with the loop, below
         self._sessions: set[_Session] = set()  # every open session, waiting or running
         self._returned: deque[_Session] = deque()  # answered by a worker, back to the loop
@@ -266,9 +298,15 @@ class ControlServer:
         self._thread = threading.Thread(target=self._serve, name="hotload-control", daemon=True)
 
     def start(self) -> ControlServer:
-        sweep_stale(self.directory)
+        try:
+            sweep_stale(self.directory)
+        except OSError as exc:
+            raise _out_of(exc, f"{self.directory}: cannot list the control directory") from None
         tmp = self.directory / f".{self.path.name}.{secrets.token_hex(3)}.tmp"
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise _out_of(exc, f"{self.path}: cannot open the control socket") from None
         try:
             sock.bind(str(tmp))
             os.chmod(tmp, 0o600)
@@ -333,7 +371,7 @@ class ControlServer:
         backoff, paused_until = _ACCEPT_BACKOFF_MIN, 0.0
         try:
             while not self._stopping:
-                for key, _ in self._sel.select(self._select_timeout(paused_until)):
+                for key, events in self._sel.select(self._select_timeout(paused_until)):
                     if key.fileobj is self._wake_r:
                         with contextlib.suppress(OSError):
                             self._wake_r.recv(4096)
@@ -344,6 +382,8 @@ class ControlServer:
                             backoff = min(backoff * 2, _ACCEPT_BACKOFF_MAX)
                         else:
                             backoff = _ACCEPT_BACKOFF_MIN
+                    elif events & selectors.EVENT_WRITE:
+                        self._flush(key.data, time.monotonic())
                     else:
                         self._read(key.data)
                 now = time.monotonic()
@@ -402,7 +442,7 @@ class ControlServer:
             log.warning("control: %s", refusal)
             _send_and_close(conn, _error(None, "forbidden", refusal, "PermissionError"))
             return
-        if len(self._sessions) >= self.max_sessions and not self._evict_idlest():
+        if len(self._sessions) >= self.max_sessions and not self._evict():
             _send_and_close(
                 conn,
                 _error(
@@ -419,13 +459,39 @@ class ControlServer:
             self._sessions.add(session)
         self._sel.register(conn, selectors.EVENT_READ, session)
 
-    def _evict_idlest(self) -> bool:
-        """Make room by closing the session that has been silent longest (one
-        with no request in progress); False if every session is busy."""
-        idle = [k.data for k in self._waiting() if not k.data.buf]
-        if not idle:
+    def _evict(self) -> bool:
+        """Make room for a newcomer; False if every session is busy.
+
+        First choice: the session silent longest, but only one with nothing
+        unread in the kernel either: closing a socket with unread data
+        resets it, and the client whose request was on its way would see
+        "connection reset".  Second choice: the session stalled longest on a
+        partial request or on an answer it does not take.  A real client
+        sends a request and takes its answer in microseconds; 128 slow
+        lorises that each send one byte would otherwise hold every slot."""
+        idle: list[_Session] = []
+        stalled: list[_Session] = []
+        for key in self._waiting():
+            session: _Session = key.data
+            if session.out:
+                stalled.append(session)
+            elif not _nothing_unread(session.conn):
+                continue  # its request is on its way: read it, never reset it
+            elif session.buf:
+                stalled.append(session)
+            else:
+                idle.append(session)
+        if idle:
+            self._close(min(idle, key=lambda s: s.idle_since))
+        elif stalled:
+            victim = min(stalled, key=lambda s: s.stalled_since)
+            log.info(
+                "control: closing a session stalled for %.1f s to admit a newcomer",
+                time.monotonic() - victim.stalled_since,
+            )
+            self._close(victim)
+        else:
             return False
-        self._close(min(idle, key=lambda s: s.idle_since))
         return True
 
     def _read(self, session: _Session) -> None:
@@ -439,7 +505,8 @@ class ControlServer:
             self._close(session)  # the client hung up
             return
         if not session.buf:  # the first byte of a request starts its deadline
-            session.deadline = time.monotonic() + self.request_deadline
+            session.stalled_since = time.monotonic()
+            session.deadline = session.stalled_since + self.request_deadline
         session.buf += data
         self._dispatch_if_complete(session)
 
@@ -458,24 +525,50 @@ class ControlServer:
         return True
 
     def _take_back_returned(self, now: float) -> None:
-        """Sessions whose answer a worker sent: serve a pipelined request at
-        once, else wait in the selector for the next one."""
+        """Sessions a worker answered: wait for the client to take the rest
+        of a long answer, else serve a pipelined request at once, else wait
+        in the selector for the next one."""
         while True:
             with self._lock:
                 if not self._returned:
                     return
                 session = self._returned.popleft()
-            session.idle_since = now
-            session.deadline = now + (self.request_deadline if session.buf else self.idle_timeout)
-            self._sel.register(session.conn, selectors.EVENT_READ, session)
-            self._dispatch_if_complete(session)
+            if session.out:
+                session.stalled_since = now
+                session.deadline = now + self.request_deadline
+                self._sel.register(session.conn, selectors.EVENT_WRITE, session)
+            else:
+                self._await_next(session, now)
+
+    def _await_next(self, session: _Session, now: float) -> None:
+        session.idle_since = session.stalled_since = now
+        session.deadline = now + (self.request_deadline if session.buf else self.idle_timeout)
+        self._sel.register(session.conn, selectors.EVENT_READ, session)
+        self._dispatch_if_complete(session)
+
+    def _flush(self, session: _Session, now: float) -> None:
+        """Send more of an answer the client is slow to take."""
+        try:
+            sent = session.conn.send(session.out, _NOSIGNAL)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(session)
+            return
+        session.out = session.out[sent:]
+        if not session.out:
+            self._sel.unregister(session.conn)
+            self._await_next(session, now)
 
     def _expire(self, now: float) -> None:
         for key in self._waiting():
             session = key.data
             if now < session.deadline:
                 continue
-            if session.buf:
+            if session.out:
+                log.info("control: closing a session that did not take its answer in time")
+                self._close(session)  # no room to say why: it does not read
+            elif session.buf:
                 message = f"request not complete within {self.request_deadline:g} s"
                 self._close(session, _error(None, "timeout", message))
             else:
@@ -493,7 +586,7 @@ class ControlServer:
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")
+            self._wake_w.send(b"x", _NOSIGNAL)
 
     # -- workers -------------------------------------------------------------------------
     def _submit(self, session: _Session, line: bytes) -> None:
@@ -525,18 +618,23 @@ class ControlServer:
             self._answer(*job)
 
     def _answer(self, session: _Session, line: bytes) -> None:
-        """Run one request and send its answer, which the client must take
-        within ``request_deadline``; then give the session back to the loop."""
+        """Run one request and send what of its answer the socket takes now;
+        then give the session back to the loop, which sends the rest as the
+        client reads (within ``request_deadline``).  A worker never waits on
+        a client: four clients that pipeline requests and never read would
+        otherwise hold every worker."""
         reply = _encode(self.handle(line))
         try:
-            session.conn.settimeout(self.request_deadline)
-            session.conn.sendall(reply)
-            session.conn.setblocking(False)
-        except OSError:  # gone, too slow to read, or stop()
+            while reply:
+                reply = reply[session.conn.send(reply, _NOSIGNAL) :]
+        except (BlockingIOError, InterruptedError):
+            pass  # the socket's buffer is full: the loop sends the rest
+        except OSError:  # gone, or stop()
             with self._lock:
                 self._sessions.discard(session)
             session.conn.close()
             return
+        session.out = reply
         with self._lock:
             self._returned.append(session)
         self._wake()
@@ -678,7 +776,19 @@ def _encode(obj: dict[str, Any]) -> bytes:
 
 
 def _send(conn: socket.socket, obj: dict[str, Any]) -> None:
-    conn.sendall(_encode(obj))
+    conn.sendall(_encode(obj), _NOSIGNAL)
+
+
+def _nothing_unread(conn: socket.socket) -> bool:
+    """True when the kernel holds no unread byte from this client (or it
+    hung up): closing it then ends the connection cleanly instead of
+    resetting it."""
+    try:
+        return not conn.recv(1, socket.MSG_PEEK | _DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return True
+    except OSError:
+        return True  # already broken: nothing to lose
 
 
 def _send_and_close(conn: socket.socket, obj: dict[str, Any]) -> None:
@@ -686,9 +796,15 @@ def _send_and_close(conn: socket.socket, obj: dict[str, Any]) -> None:
     short line fits the empty send buffer of a fresh or answered session."""
     with contextlib.suppress(OSError):
         conn.setblocking(False)
-        conn.send(_encode(obj))
+        conn.send(_encode(obj), _NOSIGNAL)
         conn.shutdown(socket.SHUT_WR)
     conn.close()
+
+
+def _out_of(exc: OSError, what: str) -> HotloadError:
+    """A setup failure as a HotloadError: ``ResourceError`` when the process
+    is out of file descriptors or memory."""
+    return resource_error(exc, what) or HotloadError(f"{what}: {exc.strerror or exc}")
 
 
 def _check_peer(conn: socket.socket) -> str | None:
@@ -717,10 +833,13 @@ def _default_name() -> str:
 
 
 class _Retry(Exception):
-    """A transient refusal (full backlog, busy host): try again shortly."""
+    """A transient refusal (full backlog, busy host, a fresh connection
+    closed before any answer): try again shortly, for up to ``budget``
+    seconds."""
 
-    def __init__(self, error: ControlError) -> None:
+    def __init__(self, error: ControlError, budget: float = CONNECT_RETRY) -> None:
         self.error = error
+        self.budget = budget
 
 
 def request(
@@ -728,10 +847,13 @@ def request(
 ) -> dict[str, Any]:
     """Send one request and return its ``result``; raise ``ControlError``.
 
-    A full listen backlog (``EAGAIN``) or a ``busy`` answer is retried for up
-    to ``CONNECT_RETRY`` seconds (within ``timeout``), since a burst of
-    clients clears in moments; a refused connection is retried only briefly,
-    as it almost always means the host is gone."""
+    A full listen backlog (``EAGAIN``), a ``busy`` answer, or a fresh
+    connection reset or closed before any answer (a host at its session cap
+    made room) is retried for up to ``CONNECT_RETRY`` seconds (within
+    ``timeout``), since a burst of clients clears in moments; a refused
+    connection is retried only briefly, as it almost always means the host
+    is gone.  A host closes a connection only before it read a whole
+    request, or when it stops, so a retried request never ran twice."""
     _require_unix_sockets()
     _check_is_socket(socket_path)
     req = {"v": PROTOCOL, "op": op, "id": 1, **args}
@@ -742,8 +864,7 @@ def request(
             return _exchange(socket_path, req, timeout)
         except _Retry as retry:
             spent = time.monotonic() - start
-            budget = _REFUSED_RETRY if retry.error.code == "unreachable" else CONNECT_RETRY
-            if spent + delay > min(budget, timeout):
+            if spent + delay > min(retry.budget, timeout):
                 raise retry.error from None
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
@@ -773,6 +894,8 @@ def _exchange(path: str | os.PathLike[str], req: dict[str, Any], timeout: float)
                 _send(sock, req)  # a host that refuses us answers at once and may hang up: read on
             with sock.makefile("rb") as reader:
                 line = reader.readline()  # our own uid's host: an answer may be long (ls)
+    except (ConnectionResetError, BrokenPipeError):
+        line = b""  # closed before answering: see below
     except FileNotFoundError:
         raise ControlError(
             f"{path}: no such control socket (is the host still running?)", "unreachable"
@@ -785,7 +908,8 @@ def _exchange(path: str | os.PathLike[str], req: dict[str, Any], timeout: float)
         raise _Retry(
             ControlError(
                 f"{path}: connection refused: the host that owned it is gone", "unreachable"
-            )
+            ),
+            _REFUSED_RETRY,
         ) from None
     except PermissionError:
         raise ControlError(
@@ -797,9 +921,9 @@ def _exchange(path: str | os.PathLike[str], req: dict[str, Any], timeout: float)
         ) from None
     except OSError as exc:
         raise ControlError(f"{path}: {exc.strerror or exc}", "unreachable") from None
-    if not line:
-        raise ControlError(
-            f"{path}: the host closed the connection without answering", "unreachable"
+    if not line:  # a host at its session cap closed us to make room: a fresh try gets in
+        raise _Retry(
+            ControlError(f"{path}: the host closed the connection without answering", "unreachable")
         )
     try:
         reply = json.loads(line)

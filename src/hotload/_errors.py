@@ -3,6 +3,7 @@ message names the file and the cause, so an operator can act on one line."""
 
 from __future__ import annotations
 
+import errno as _errno
 from typing import Any
 
 
@@ -84,6 +85,35 @@ class PreflightError(HookError):
             stderr,
         )
         self.external = external
+
+
+class ResourceError(HotloadError):
+    """The process ran out of something an operation needs: file
+    descriptors (``EMFILE``, ``ENFILE``) or memory.  Nothing was changed (the
+    running version keeps serving); free some, or raise ``ulimit -n``, and
+    retry.  ``errno`` is the system's error number."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+_OUT_OF = {
+    _errno.EMFILE: "the process is out of file descriptors",
+    _errno.ENFILE: "the system is out of file descriptors",
+    _errno.ENOMEM: "out of memory",
+    _errno.ENOBUFS: "out of buffer space",
+}
+
+
+def resource_error(exc: OSError, what: str) -> ResourceError | None:
+    """``exc`` as a ``ResourceError`` saying ``what`` could not be done
+    (name the file in it), or None when ``exc`` is not about running out."""
+    reason = _OUT_OF.get(exc.errno or 0)
+    if reason is None:
+        return None
+    hint = " (close some, or raise `ulimit -n`)" if "descriptors" in reason else ""
+    return ResourceError(f"{what}: {reason}: {exc.strerror or exc}{hint}", exc.errno)
 
 
 class BuildError(HotloadError):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -32,7 +33,8 @@ from typing import Any
 from . import _errors as errors
 from ._errors import (
     HotloadError,
-    PreflightError,  # noqa: F401 - re-exported
+    PreflightError,
+    resource_error,
 )
 from ._loader import MAX_STATE_SIZE
 from ._platform import proc as channel
@@ -40,6 +42,7 @@ from ._platform import proc as channel
 log = logging.getLogger(__name__)
 
 STEP_WORDS = {
+    "start": "its start-up (before it checked anything)",
     "send": "receiving the request",
     "check": "reading and checking the file",
     "dlopen": "dlopen (library constructors)",
@@ -52,6 +55,7 @@ STEP_WORDS = {
 # Signals that a crashing plugin does not raise: a worker ended by one of these
 # was killed from outside (another process, a terminal, the OOM killer).
 EXTERNAL_SIGNALS = frozenset({"SIGKILL", "SIGTERM", "SIGINT", "SIGHUP"})
+_START_TIMEOUT = 30.0  # seconds a fresh worker may take to say it is ready
 
 
 class PreflightWorker:
@@ -76,23 +80,65 @@ class PreflightWorker:
         return proc.pid if proc is not None and proc.poll() is None else None
 
     # -- process management -------------------------------------------------
-    def _spawn(self) -> subprocess.Popen[bytes]:
+    def _spawn(self, source: str = "preflight") -> subprocess.Popen[bytes]:
         if self._spawner is None:
             self._spawner = ThreadPoolExecutor(1, thread_name_prefix="hotload-preflight-spawn")
-        proc = self._spawner.submit(self._popen).result()
+        try:
+            proc = self._spawner.submit(self._popen).result()
+        except OSError as exc:  # EMFILE for its pipes: say so, not a bare errno
+            error = resource_error(exc, f"{source}: cannot start the preflight worker")
+            if error is None:
+                raise HotloadError(
+                    f"{source}: cannot start the preflight worker: {exc.strerror or exc}"
+                ) from None
+            raise error from None
         self._stderr.clear()
         self._buf = b""
         threading.Thread(
             target=self._drain_stderr, args=(proc,), daemon=True, name="hotload-preflight-stderr"
         ).start()
         self._proc = proc
-        hello = self._read_line(proc, time.monotonic() + 30.0)
+        hello = self._read_line(proc, time.monotonic() + _START_TIMEOUT)
         if hello is None or not hello.get("ready"):
-            self._kill()
-            raise HotloadError(
-                f"preflight worker failed to start: {self._stderr_tail() or 'no output'}"
-            )
+            self._start_failed(proc, source)
         return proc
+
+    def _start_failed(self, proc: subprocess.Popen[bytes], source: str) -> None:
+        """The worker died or hung before saying it was ready: say how.  A
+        worker killed by SIGKILL/SIGTERM while starting was killed from
+        outside (nothing of the plugin has run yet): the build was not
+        judged, and retrying is worth it."""
+        pid = proc.pid
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=2.0)  # its pipe closed: it is dying; collect how
+        stopped = proc.returncode is None and channel.stopped(pid)
+        code = proc.returncode
+        self._kill()
+        time.sleep(0.01)  # let the stderr drain thread pick up the last lines
+        tail = self._stderr_tail()
+        more = f"; stderr: {tail}" if tail else ""
+        sig = "SIGSTOP" if stopped else channel.exit_signal(code) if code is not None else None
+        if stopped or sig in EXTERNAL_SIGNALS:
+            raise PreflightError(
+                f"{source}: preflight: the worker process (pid {pid}) was "
+                f"{'stopped' if stopped else 'killed'} by {sig} during its start-up, before it "
+                f"checked anything: another process (or the kernel's OOM killer) did it; the new "
+                f"build was not judged, retry the reload" + more,
+                step="start",
+                signal_name=sig,
+                stderr=tail,
+                external=True,
+            )
+        if sig is not None:
+            how = f"died of {sig}"
+        elif code is not None:
+            how = f"exited with code {code}"
+        else:
+            how = f"did not say it was ready within {_START_TIMEOUT:g} s"
+        raise HotloadError(
+            f"{source}: preflight worker (pid {pid}) failed to start: it {how}"
+            + (more or "; no output")
+        )
 
     @staticmethod
     def _popen() -> subprocess.Popen[bytes]:
@@ -138,7 +184,7 @@ class PreflightWorker:
         with self._lock:
             self._usable()
 
-    def _usable(self) -> subprocess.Popen[bytes]:
+    def _usable(self, source: str = "preflight") -> subprocess.Popen[bytes]:
         """The running worker, or a fresh one if it died or was stopped while idle."""
         proc = self._proc
         if proc is not None and proc.poll() is None:
@@ -150,7 +196,7 @@ class PreflightWorker:
                 proc.pid,
             )
         self._kill()
-        return self._spawn()
+        return self._spawn(source)
 
     # -- one check ------------------------------------------------------------
     def check(
@@ -169,7 +215,7 @@ class PreflightWorker:
         """Try the plugin at ``path`` (its private copy); raise PreflightError.
         ``timeout`` bounds the whole exchange, from writing the request on."""
         with self._lock:
-            proc = self._usable()
+            proc = self._usable(source)
             self._ids += 1
             rid = self._ids
             req = {
@@ -190,7 +236,7 @@ class PreflightWorker:
                 sent = self._send(proc, payload, deadline)
             except BrokenPipeError:  # it died after the check above: start afresh once
                 self._kill()
-                proc = self._spawn()
+                proc = self._spawn(source)
                 deadline = time.monotonic() + self.timeout
                 sent = self._send(proc, payload, deadline)
             if not sent:

@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._builder import (
+    BUILD_TIMEOUT,
     BuildError,
     compile_plugin,
     output_name,
@@ -69,7 +70,13 @@ from ._builder import (
     plugin_units,
     sdk_include_dir,
 )
-from ._errors import HotloadError, InvalidPluginError, LoadError, NotAPluginError
+from ._errors import (
+    HotloadError,
+    InvalidPluginError,
+    LoadError,
+    NotAPluginError,
+    resource_error,
+)
 from ._loader import DEFAULT_MAX_PLUGIN_SIZE, Candidate, check_size, file_kind, read_source
 from ._platform import dl
 
@@ -140,6 +147,10 @@ class Watcher:
         Where rebuilt plugins go: ``<out_dir>/foo.so``.  Default: for
         ``.../native/plugins``, ``.../build/plugins`` (where ``build.py`` puts
         them); for any other directory, its subdirectory ``build/``.
+    ``build_timeout``
+        Seconds one build may take (default 120, ``builder.BUILD_TIMEOUT``);
+        a compiler still running then is killed, with every process it
+        started, and the build fails.  ``stop()`` kills a running build too.
     ``cc``, ``cflags``
         The compiler command (default ``$CC``, else ``cc``) and flags added
         after the SDK's (``-std=c11 -fPIC -shared -Wall -Wextra -I<sdk>``;
@@ -185,8 +196,11 @@ class Watcher:
         cc: str | None = None,
         cflags: Iterable[str] | None = None,
         max_size: int = DEFAULT_MAX_PLUGIN_SIZE,
+        build_timeout: float = BUILD_TIMEOUT,
     ) -> None:
         self.host = host
+        self.build_timeout = build_timeout
+        self._cancel = threading.Event()  # set by stop(): kills a running compiler
         self.rebuild = rebuild
         self.quiet, self.settle, self.stable_interval, self.retries = (
             quiet,
@@ -237,8 +251,15 @@ class Watcher:
         """Start watching; with ``initial``, files already there are applied
         too (a new plugin is loaded, a changed one reloaded, an unchanged one
         left alone; in rebuild mode a source newer than its output is built)."""
-        self._scan_headers()
-        self._observer = _start_observer(self._dirs(), self._handler)
+        try:
+            self._scan_headers()
+            self._observer = _start_observer(self._dirs(), self._handler)
+        except OSError as exc:  # EMFILE listing it, or no inotify instance left
+            self.stop()
+            error = resource_error(exc, f"{self._only or self.root}: cannot watch")
+            if error is None:
+                raise
+            raise error from None
         self._worker.start()
         if self._initial:
             for path in self._existing():
@@ -251,7 +272,8 @@ class Watcher:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop watching.  A build or reload already running finishes first."""
+        """Stop watching.  A reload already running finishes first; a build
+        running is killed."""
         if self._observer is not None:
             with contextlib.suppress(Exception):
                 self._observer.stop()
@@ -259,6 +281,7 @@ class Watcher:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+        self._cancel.set()
         if self._worker.is_alive() and self._worker is not threading.current_thread():
             self._worker.join(timeout)
 
@@ -483,7 +506,14 @@ class Watcher:
         started = time.monotonic()
         try:
             self._check_no_twin(unit, output)
-            compile_plugin(unit, output, cc=self._cc, extra_cflags=self._cflags)
+            compile_plugin(
+                unit,
+                output,
+                cc=self._cc,
+                extra_cflags=self._cflags,
+                timeout=self.build_timeout,
+                cancel=self._cancel,
+            )
         except BuildError as exc:
             self._emit(
                 WatchEvent(

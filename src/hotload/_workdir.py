@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ._errors import HotloadError
+from ._errors import HotloadError, resource_error
 from ._platform import dirlock
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,8 @@ def ensure_private_dir(path: Path, *, what: str = "work directory") -> None:
     except FileExistsError:
         pass
     except OSError as exc:
-        raise HotloadError(f"{path}: cannot create the {what}: {exc.strerror}") from None
+        doing = f"{path}: cannot create the {what}"
+        raise resource_error(exc, doing) or HotloadError(f"{doing}: {exc.strerror}") from None
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise HotloadError(f"{path}: {what} is a symlink or not a directory; refusing to use it")
@@ -93,7 +94,13 @@ class WorkDir:
         # absolute: the loader compares the path dlopen reports with the copy's
         self.base = Path(base).absolute() if base is not None else runtime_base()
         ensure_private_dir(self.base)
-        swept = sweep(self.base)
+        try:
+            swept = sweep(self.base)
+        except OSError as exc:  # EMFILE listing it: say so; anything else, as it is
+            error = resource_error(exc, f"{self.base}: cannot sweep the work directory")
+            if error is None:
+                raise
+            raise error from None
         if swept:
             log.info(
                 "swept %d version cop%s left by crashed hosts in %s",
@@ -104,9 +111,8 @@ class WorkDir:
         try:
             self.path, self._lock_fd = _create_locked(self.base)
         except OSError as exc:
-            raise HotloadError(
-                f"{self.base}: cannot create a work directory: {exc.strerror}"
-            ) from None
+            what = f"{self.base}: cannot create a work directory"
+            raise resource_error(exc, what) or HotloadError(f"{what}: {exc.strerror}") from None
 
     def write_copy(
         self, stem: str, seq: int, data: bytes, suffix: str
