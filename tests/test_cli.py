@@ -160,6 +160,25 @@ def test_build_is_build_py(tmp_path: Path) -> None:
     assert failed.returncode == 1 and "compile failed" in failed.stdout
 
 
+def test_a_reader_that_leaves_early_is_not_an_error(example_plugins) -> None:
+    """``hotload inspect X | head -3`` printed ``hotload: error: Broken pipe``.
+    The pipe's read end is closed before the CLI writes, so every write
+    fails, as when ``head`` has already exited."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "hotload", "inspect", str(example_plugins["double_xp"])],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.stderr == "" and proc.returncode == 141, proc.stderr  # 128 + SIGPIPE, as a shell
+
+
 def test_usage_errors_exit_2() -> None:
     assert hotload().returncode == 2
     assert hotload("frobnicate").returncode == 2
