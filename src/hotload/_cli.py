@@ -154,7 +154,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.set_defaults(func=cmd_inspect)
     p = sub.add_parser("build", help="build plugins (like `make plugins`)")
-    p.add_argument("files", nargs="*", help="C sources (default: ./native/plugins/*.c)")
+    p.add_argument(
+        "files",
+        nargs="*",
+        help="C sources or plugin directories, or C++ files (.cpp, .cc, .cxx: built with $CXX, "
+        "default c++, -std=c++17) (default: ./native/plugins/*.c)",
+    )
     p.add_argument("-o", "--out-dir", help="output directory (default: build/plugins)")
     p.add_argument("--target", default="native", help="native (default) or windows")
     p.set_defaults(func=cmd_build)
