@@ -160,6 +160,44 @@ def test_build_is_build_py(tmp_path: Path) -> None:
     assert failed.returncode == 1 and "compile failed" in failed.stdout
 
 
+@pytest.mark.skipif(not have("c++"), reason="no c++")
+def test_build_compiles_cpp_as_cpp_without_warnings(tmp_path: Path) -> None:
+    """`hotload build mine.cpp` ran the C compiler with -std=c11 (cc1plus warned)."""
+    src = tmp_path / "mine.cpp"
+    src.write_text(
+        "#include <hotload.h>\n#include <string>\n"
+        'HOTLOAD_PLUGIN("mine", "0.1");\n'
+        "HOTLOAD_API int32_t digits(int32_t x) {\n"
+        "    return static_cast<int32_t>(std::to_string(x).size());\n}\n"
+        "HOTLOAD_EXPORT(digits, int32_t, (int32_t));\n"
+    )
+    built = hotload("build", "-o", str(tmp_path / "out"), str(src))
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert built.stderr == "", built.stderr  # no compiler warning logged
+    assert built.stdout.strip() == f"built {tmp_path / 'out' / 'mine.so'}"
+    with Host(tmp_path / "work") as host:
+        assert host.load(tmp_path / "out" / "mine.so").digits(-1234) == 5
+
+
+def test_a_reader_that_leaves_early_is_not_an_error(example_plugins) -> None:
+    """``hotload inspect X | head -3`` printed ``hotload: error: Broken pipe``.
+    The pipe's read end is closed before the CLI writes, so every write
+    fails, as when ``head`` has already exited."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "hotload", "inspect", str(example_plugins["double_xp"])],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.stderr == "" and proc.returncode == 141, proc.stderr  # 128 + SIGPIPE, as a shell
+
+
 def test_usage_errors_exit_2() -> None:
     assert hotload().returncode == 2
     assert hotload("frobnicate").returncode == 2
@@ -217,7 +255,7 @@ def test_cflags_cxx_builds_a_cpp_plugin_without_warnings(tmp_path: Path) -> None
     src.write_text(
         "#include <hotload.h>\n#include <string>\n"
         'HOTLOAD_PLUGIN("mine", "0.1");\n'
-        'extern "C" HOTLOAD_API int32_t twice(int32_t x) {\n'
+        "HOTLOAD_API int32_t twice(int32_t x) {\n"
         "    return static_cast<int32_t>(std::to_string(x).size()) * 0 + 2 * x;\n}\n"
         "HOTLOAD_EXPORT(twice, int32_t, (int32_t));\n"
     )

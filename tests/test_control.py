@@ -147,6 +147,54 @@ def test_rollback_through_the_cli(ctl_env, hosts, xp_build) -> None:
     assert back.returncode == 0, back.stderr
     version = json.loads(back.stdout)["version"]
     assert (version["seq"], version["plugin_version"], version["state"]) == (3, "1.0.0", "active")
+    # the rollback's note has its own column: WHY is only what keeps a version in memory
+    header, *rows = hotload(ctl_env, "ls").stdout.splitlines()[1:]
+    why, note = header.index("WHY"), header.index("NOTE")
+    v3 = next(row for row in rows if row.split()[:2] == ["xp", "v3"])
+    assert v3[why:note].strip() == "-" and v3[note:] == "rollback to v1", (header, v3)
+
+
+SIG_SOURCE = """
+    #include <hotload.h>
+    HOTLOAD_PLUGIN("sig", "V");
+    HOTLOAD_API int64_t f(PARAMS) { return BODY; }
+    HOTLOAD_EXPORT(f, int64_t, (PARAMS));
+"""
+
+
+def test_reload_allow_signature_change_through_the_cli(ctl_env, hosts, cc, tmp_path) -> None:
+    out = tmp_path / "build" / "sig.so"
+
+    def build(version: str, params: str, body: str) -> Path:
+        src = SIG_SOURCE.replace("V", version).replace("PARAMS", params).replace("BODY", body)
+        return cc(src, "sig", out=out)
+
+    hosts.append(HostProcess(ctl_env, build("1", "int64_t a", "a")))
+    build("2", "int64_t a, int64_t b", "a + b")
+    err = one_line_error(hotload(ctl_env, "reload", "sig"))
+    assert "f changed from 'int64_t(int64_t a)'" in err
+    assert "`hotload reload sig --allow-signature-change`" in err  # all three ways are named
+    assert "host.watch(..., allow_signature_change=True)" in err
+    assert "--allow-signature-change" in hotload(ctl_env, "reload", "--help").stdout
+    done = hotload(ctl_env, "reload", "sig", "--allow-signature-change")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"reloaded sig: v1 (1) -> v2 (2) from {out}"
+
+
+def test_reload_allow_signature_change_must_be_a_boolean(
+    host: Host, xp_build, tmp_path: Path
+) -> None:
+    host.load(xp_build(mult=2))
+    server = control.ControlServer(host, directory=tmp_path / "ctl")
+    for value in (b"1", b"0", b'"yes"', b"null", b"[]"):
+        reply = server.handle(
+            b'{"op": "reload", "name": "xp", "allow_signature_change": ' + value + b"}"
+        )
+        assert reply["error"]["code"] == "bad_request", value
+        assert "allow_signature_change" in reply["error"]["message"]
+    assert [v.seq for v in host.versions("xp")] == [1]  # nothing was reloaded
+    reply = server.handle(b'{"op": "reload", "name": "xp", "allow_signature_change": true}')
+    assert reply["ok"] is True and reply["result"]["version"]["seq"] == 2
 
 
 def test_protocol_rejects_bad_requests_with_a_code(host: Host, tmp_path: Path) -> None:
@@ -441,6 +489,7 @@ def test_ls_shows_calls_served_and_in_flight_apart(ctl_env, hosts, xp_build) -> 
         "LOADED",
         "SOURCE",
         "WHY",
+        "NOTE",
     ]
     row = lines[2].split()
     served = json.loads(hotload(ctl_env, "ls", "--json").stdout)["plugins"][0]["versions"][0]
@@ -448,7 +497,9 @@ def test_ls_shows_calls_served_and_in_flight_apart(ctl_env, hosts, xp_build) -> 
     assert row[5] == "0"  # in flight
     with_served = {**served, "served": 1234567, "in_flight": 3, "blockers": ["a", "b"]}
     assert cli._version_row(with_served)[4:6] == ("1,234,567", "3")
-    assert cli._version_row(with_served)[-1] == "a,b"
+    assert cli._version_row(with_served)[-2:] == ("a,b", "")
+    noted = {**with_served, "blockers": [], "note": "rollback to v2"}
+    assert cli._version_row(noted)[-2:] == ("-", "rollback to v2")
 
 
 # ---- issue 9: the control server's limits --------------------------------------------------

@@ -257,6 +257,78 @@ def test_gnu_unique_fixes_remove_the_finding(build: Build, flag: str) -> None:
 
 
 @needs_gxx
+def test_a_plain_cxx_plugin_is_not_called_c(build: Build, tmp_path: Path) -> None:
+    """g++ links libstdc++ only when it is used, and an ``extern "C"`` plugin
+    exports no mangled name: it was labelled C.  Its static symbols (the
+    source file's name, internal ``_Z`` names) tell; stripped of them, the
+    file cannot tell C from C++ and says so."""
+    cxx = build("plain_cxx", CLEAN, cxx=True)
+    c = build("clean", CLEAN)
+    assert inspector.inspect_file(cxx).toolchain == "c++"
+    assert inspector.inspect_file(c).toolchain == "c"
+    if shutil.which("strip") is None:
+        pytest.skip("no strip")
+    for lib in (cxx, c):
+        stripped = tmp_path / lib.name
+        subprocess.run(["strip", "-o", str(stripped), str(lib)], check=True)
+        assert inspector.inspect_file(stripped).toolchain == "c/c++"
+        human = subprocess.run(
+            [sys.executable, "-m", "hotload", "inspect", str(stripped)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert ", C or C++ (GCC " in human.stdout.splitlines()[0], human.stdout + human.stderr
+
+
+TO_STRING = """
+#include <hotload.h>
+#include <string>
+HOTLOAD_PLUGIN("digits", "1.0.0");
+HOTLOAD_API int32_t digits(int32_t x) { return static_cast<int32_t>(std::to_string(x).size()); }
+HOTLOAD_EXPORT(digits, int32_t, (int32_t));
+"""
+
+RELOAD_AND_SETTLE = """
+import json, sys
+from hotload import Host
+with Host() as host:
+    calls = [host.load(sys.argv[1]).digits(12345)]
+    host.reload("digits")
+    calls.append(host.plugin("digits").digits(-7))
+    host.settle(30)
+    print(json.dumps({"calls": calls, "v1": host.versions("digits")[0].state}))
+"""
+
+
+@needs_gxx
+@needs_glibc
+def test_gnu_unique_from_std_templates_is_cleared_only_by_no_gnu_unique(build: Build) -> None:
+    """std::to_string's digit table is a unique symbol that -fvisibility=hidden
+    does not hide; the fix used to offer it anyway."""
+    hidden = inspector.inspect_file(
+        build("to_string_hidden", TO_STRING, "-fvisibility=hidden", cxx=True)
+    )
+    finding = only(hidden, "gnu-unique")
+    assert "__to_chars_10_impl" in finding.message
+    assert finding.fix == "rebuild with -fno-gnu-unique (g++)"  # no -fvisibility=hidden
+    own = only(inspector.inspect_file(build("unique", unique_source("a"), cxx=True)), "gnu-unique")
+    assert "-fvisibility=hidden" in (own.fix or "")  # it does clear a plugin's own statics
+    for flag, unloads in (("-fvisibility=hidden", False), ("-fno-gnu-unique", True)):
+        path = build("to_string" + flag, TO_STRING, flag, cxx=True)
+        assert ("gnu-unique" in codes(inspector.inspect_file(path))) is not unloads
+        res = subprocess.run(
+            [sys.executable, "-c", RELOAD_AND_SETTLE, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert res.returncode == 0, res.stderr[-2000:]
+        out = json.loads(res.stdout.strip().splitlines()[-1])
+        assert out == {"calls": [5, 2], "v1": "unloaded" if unloads else "leaked"}, flag
+
+
+@needs_gxx
 def test_gnu_unique_without_cxxfilt_keeps_mangled_names(
     build: Build, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -536,3 +536,33 @@ def test_a_file_and_a_directory_claiming_the_same_plugin_is_a_clear_error(
     host.watch(src, rebuild=True, out_dir=tmp_path / "out", on_event=events.put)
     ev = next_event(events, done)
     assert ev.action == "failed" and "would build the same solo.so; rename one" in (ev.error or "")
+
+
+SIG_SOURCE = """
+    #include <hotload.h>
+    HOTLOAD_PLUGIN("sig", "V");
+    HOTLOAD_API int64_t f(PARAMS) { return BODY; }
+    HOTLOAD_EXPORT(f, int64_t, (PARAMS));
+"""
+
+
+def test_allow_signature_change_lets_the_watcher_swap_in_a_new_prototype(
+    host: Host, cc, tmp_path: Path, events
+) -> None:
+    out = tmp_path / "watched" / "sig.so"
+
+    def build(version: str, params: str, body: str) -> Path:
+        src = SIG_SOURCE.replace("V", version).replace("PARAMS", params).replace("BODY", body)
+        return cc(src, "sig", out=out)
+
+    sig = host.load(build("1", "int64_t a", "a"))
+    strict = host.watch(out.parent, on_event=events.put)
+    build("2", "int64_t a, int64_t b", "a + b")
+    ev = next_event(events, done)
+    assert ev.action == "failed" and "allow_signature_change" in (ev.error or ""), ev.error
+    assert sig.f(5) == 5
+    strict.stop()
+    host.watch(out.parent, on_event=events.put, allow_signature_change=True)  # sees the new file
+    ev = next_event(events, done)
+    assert (ev.action, ev.seq, ev.plugin_version) == ("reloaded", 2, "2"), ev.error
+    assert sig.f(5, 6) == 11

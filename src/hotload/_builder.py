@@ -39,6 +39,10 @@ TARGETS = {
     "native": ("CC", "cc", ".so", "plugins"),
     "windows": ("WIN_CC", "x86_64-w64-mingw32-gcc", ".dll", "plugins-win"),
 }
+# A C++ source (by its suffix, as gcc decides) gets the C++ compiler and
+# standard: g++ warns that -std=c11 "is valid for C/ObjC but not for C++".
+CXX_SUFFIXES = frozenset({".cpp", ".cc", ".cxx"})
+CXX_COMPILERS = {"native": ("CXX", "c++"), "windows": ("WIN_CXX", "x86_64-w64-mingw32-g++")}
 
 
 def sdk_include_dir() -> Path:
@@ -51,8 +55,9 @@ def sdk_include_dir() -> Path:
     raise BuildError(f"hotload.h not found next to {here}")
 
 
-def cflags() -> list[str]:
-    return [*BASE_FLAGS, f"-I{sdk_include_dir()}"]
+def cflags(*, cxx: bool = False) -> list[str]:
+    base = ["-std=c++17", *BASE_FLAGS[1:]] if cxx else BASE_FLAGS
+    return [*base, f"-I{sdk_include_dir()}"]
 
 
 def user_cflags(*, cxx: bool = False) -> list[str]:
@@ -108,13 +113,16 @@ def compile_plugin(
     cancel: threading.Event | None = None,
 ) -> BuildResult:
     """Compile one plugin, a ``.c`` file or a directory of them (see
-    ``plugin_sources``); raise ``BuildError`` with the compiler's output.
+    ``plugin_sources``), or one C++ file (``.cpp``, ``.cc``, ``.cxx``: built
+    with ``$CXX``, default ``c++``, and ``-std=c++17``); raise ``BuildError``
+    with the compiler's output.
 
     The compiler runs in its own process group, so that on ``timeout``
     (seconds; None: no bound) or when ``cancel`` is set the whole group is
     killed: the driver *and* ``cc1``, which would otherwise outlive us,
     stuck reading a FIFO."""
-    cc_var, default_cc, _suffix, _dir = TARGETS[target]
+    cxx = source.suffix in CXX_SUFFIXES and not source.is_dir()
+    cc_var, default_cc = CXX_COMPILERS[target] if cxx else TARGETS[target][:2]
     cc_cmd = shlex.split(cc or os.environ.get(cc_var) or default_cc)
     files = plugin_sources(source)
     if not files:
@@ -122,7 +130,7 @@ def compile_plugin(
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     os.close(fd)
-    cmd = [*cc_cmd, *cflags(), *extra_cflags, "-o", tmp, *map(str, files)]
+    cmd = [*cc_cmd, *cflags(cxx=cxx), *extra_cflags, "-o", tmp, *map(str, files)]
     try:
         returncode, stderr = _run(cmd, source, timeout, cancel)
     except BaseException:

@@ -2,7 +2,8 @@
 
     hotload ls [--json] [--host PID|NAME | --socket PATH]   plugins and versions of a running host
     hotload hosts [--json]                                  running hosts of this user
-    hotload reload NAME [--path FILE] [--json] [--host ...] reload a plugin in a running host
+    hotload reload NAME [--path FILE] [--allow-signature-change] [--json] [--host ...]
+                                                            reload a plugin in a running host
     hotload rollback NAME [--json] [--host ...]             make the previous version live again
     hotload inspect FILE [--json]                           offline: descriptor, exports,
                                                             unload blockers
@@ -13,7 +14,8 @@
 With exactly one host running, host commands need no ``--host``/``--socket``.
 ``ls`` prints one line per version: ``CALLS`` is the calls that version has
 served, ``INFLIGHT`` the calls running in it now, ``WHY`` the short codes of
-what keeps it in memory (``hotload inspect FILE`` explains each and its fix).
+what keeps it in memory (``hotload inspect FILE`` explains each and its fix),
+``NOTE`` its note (``rollback to v2``), if any.
 ``reload --path`` takes a path relative to the current directory.
 Errors are one line on stderr, ``hotload: error: ...``, exit status 1 (2 for
 bad usage); ``-v`` adds the library's log.
@@ -48,6 +50,7 @@ bad usage); ``-v`` adds the library's log.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -73,13 +76,29 @@ def main(argv: list[str] | None = None) -> int:
         format="hotload: %(levelname)s: %(message)s",
     )
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that left (``| head``) shows here, not at exit
+        return status
+    except BrokenPipeError:
+        return _reader_left()
     except HotloadError as exc:
         return _fail(str(exc))
     except OSError as exc:
         return _fail(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
     except KeyboardInterrupt:
         return 130
+
+
+def _reader_left() -> int:
+    """The reader of our output closed it (``hotload inspect X | head -3``):
+    not an error worth a message.  As the Python docs advise, point stdout
+    at devnull so the interpreter's own flush at exit does not fail again;
+    the status is what a shell reports for a command SIGPIPE ended."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return 141  # 128 + SIGPIPE (13); Windows has no signal.SIGPIPE
 
 
 def _fail(message: str) -> int:
@@ -129,6 +148,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name")
     p.add_argument("--path", help="load this file instead of the plugin's own")
+    p.add_argument(
+        "--allow-signature-change",
+        action="store_true",
+        help="accept a build that removes an export or changes a prototype",
+    )
     p.set_defaults(func=cmd_reload)
     p = sub.add_parser(
         "rollback", parents=[target, as_json], help="make a plugin's previous version live"
@@ -139,7 +163,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.set_defaults(func=cmd_inspect)
     p = sub.add_parser("build", help="build plugins (like `make plugins`)")
-    p.add_argument("files", nargs="*", help="C sources (default: ./native/plugins/*.c)")
+    p.add_argument(
+        "files",
+        nargs="*",
+        help="C sources or plugin directories, or C++ files (.cpp, .cc, .cxx: built with $CXX, "
+        "default c++, -std=c++17) (default: ./native/plugins/*.c)",
+    )
     p.add_argument("-o", "--out-dir", help="output directory (default: build/plugins)")
     p.add_argument("--target", default="native", help="native (default) or windows")
     p.set_defaults(func=cmd_build)
@@ -193,7 +222,18 @@ def cmd_ls(args: argparse.Namespace) -> int:
         f"{host['socket']}"
     )
     rows: list[tuple[str, ...]] = [
-        ("PLUGIN", "SEQ", "VERSION", "STATE", "CALLS", "INFLIGHT", "LOADED", "SOURCE", "WHY")
+        (
+            "PLUGIN",
+            "SEQ",
+            "VERSION",
+            "STATE",
+            "CALLS",
+            "INFLIGHT",
+            "LOADED",
+            "SOURCE",
+            "WHY",
+            "NOTE",
+        )
     ]
     notes: list[str] = []
     for plugin in result["plugins"]:
@@ -207,7 +247,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     leaks = result.get("leaks") or {}
     if leaks.get("images"):
         print(f"leaked: {leaks['images']} image(s) still in memory, {leaks['bytes']:,} bytes")
-    if any(row[-1] != "-" for row in rows[1:]):
+    if any(row[-2] != "-" for row in rows[1:]):
         notes.append("WHY: what keeps a version in memory; `hotload inspect FILE` explains each")
     if notes:
         print("\n".join(notes))
@@ -215,8 +255,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _version_row(v: dict[str, Any]) -> tuple[str, ...]:
-    """One line per version, whatever its blockers or note say: the codes
-    joined, or the note's first line cut short (``inspect`` has the prose)."""
+    """One line per version, whatever its blockers or note say: WHY is the
+    blocker codes joined (``inspect`` has the prose), NOTE the note's first
+    line cut short (a rollback's "rollback to v2"); the two never share a
+    column, since WHY means "what keeps it in memory"."""
     served = v.get("served")
     why = ",".join(_one_line(str(b), 40) for b in v.get("blockers") or ())
     return (
@@ -228,7 +270,8 @@ def _version_row(v: dict[str, Any]) -> tuple[str, ...]:
         str(v["in_flight"]),
         time.strftime("%H:%M:%S", time.localtime(v["loaded_at"])),
         v["source"],
-        why or _one_line(v.get("note") or "", 60) or "-",
+        why or "-",
+        _one_line(v.get("note") or "", 60),
     )
 
 
@@ -259,6 +302,8 @@ def cmd_hosts(args: argparse.Namespace) -> int:
 def cmd_reload(args: argparse.Namespace) -> int:
     # the host's working directory is not ours: send an absolute path
     extra: dict[str, Any] = {"path": str(Path(args.path).resolve())} if args.path else {}
+    if args.allow_signature_change:
+        extra["allow_signature_change"] = True
     result = control.request(_target(args), "reload", name=args.name, **extra)
     if args.json:
         _emit_json(result)
@@ -351,7 +396,9 @@ def render_inspection(r: Any) -> str:
     """A ``Report`` for a person: what the file is, then each reason that
     keeps it in memory or makes it unsafe to unload, explained once."""
     kind = f"{r.format} {r.machine} {r.bits}-bit, {r.size:,} bytes"
-    label = {"go": "Go", "rust": "Rust", "c++": "C++", "c": "C"}.get(r.toolchain or "", "")
+    label = {"go": "Go", "rust": "Rust", "c++": "C++", "c": "C", "c/c++": "C or C++"}.get(
+        r.toolchain or "", ""
+    )
     built = (f", {label}" if label else "") + (f" ({r.compiler})" if r.compiler else "")
     if r.plugin:
         p = r.plugin

@@ -46,10 +46,12 @@ Operations and their ``result``:
     or retained image.
 ``versions`` ``{"name"}``
     ``{"name", "versions": [version...]}``, oldest first.
-``reload`` ``{"name", "path"?}``
+``reload`` ``{"name", "path"?, "allow_signature_change"?}``
     ``{"version": <the new current version>, "previous": <the version it replaced>}``;
     ``path`` must be absolute (the host's working directory is not the
-    client's: ``hotload reload --path`` resolves it first).
+    client's: ``hotload reload --path`` resolves it first);
+    ``allow_signature_change`` (a boolean, default false) accepts a build
+    that removes an export or changes a prototype.
 ``rollback`` ``{"name"}``
     ``{"version": <the version now current>}``.
 
@@ -703,8 +705,11 @@ class ControlServer:
                     f"directory is not the client's)",
                     "bad_request",
                 )
+        allow = req.get("allow_signature_change", False)
+        if not isinstance(allow, bool):  # not 0/1, not "yes": a typo must not accept a change
+            raise ControlError("'allow_signature_change' must be true or false", "bad_request")
         before = [v for v in self.host.versions(name) if v.state == "active"]
-        info = self.host.reload(name, path)
+        info = self.host.reload(name, path, allow_signature_change=allow)
         log.info("control: reloaded %s to v%d (%s) on request", name, info.seq, info.plugin_version)
         return {"version": info.as_dict(), "previous": before[-1].as_dict() if before else None}
 

@@ -625,6 +625,13 @@ def _hook_name(image: Image, hook: str) -> str:
     return f"{image.source}: {hook} of {image.name} {image.version}"
 
 
+_ACCEPT_CHANGE = (
+    "To accept it: host.reload(..., allow_signature_change=True), "
+    "host.watch(..., allow_signature_change=True) or "
+    "`hotload reload {name} --allow-signature-change`"
+)
+
+
 def _check_compatible(old: Image, new: Candidate) -> None:
     """A reload must keep every function callers already use, with the same
     prototype, unless the host explicitly allows a change."""
@@ -632,13 +639,13 @@ def _check_compatible(old: Image, new: Candidate) -> None:
         if fname not in new.prototypes:
             raise SignatureError(
                 f"{new.source}: the new build no longer exports {fname} ({proto}); callers still "
-                f"use it. Pass allow_signature_change=True to accept"
+                f"use it. {_ACCEPT_CHANGE.format(name=old.name)}"
             )
         if sig.pointer_type(proto) is not sig.pointer_type(new.prototypes[fname]):
             raise SignatureError(
                 f"{new.source}: {fname} changed from {proto!r} (version {old.version}) to "
                 f"{new.prototypes[fname]!r} (version {new.version}); callers were written for the "
-                f"old prototype. Pass allow_signature_change=True to accept"
+                f"old prototype. {_ACCEPT_CHANGE.format(name=old.name)}"
             )
 
 

@@ -146,7 +146,10 @@ REASONS: dict[str, Reason] = {
             "Inline-function and template statics are unique symbols: glibc keeps the first copy "
             "that defines them mapped for good, and every later copy uses that copy's objects "
             "instead of its own, so their state is silently shared across versions. "
-            "-Wl,-Bsymbolic does not help: the symbols stay unique.",
+            "-fno-gnu-unique (g++; clang never makes them) is the fix that always works. "
+            "-fvisibility=hidden clears the plugin's own statics but not those of std:: "
+            "templates it instantiates (std::to_string's digit table), and -Wl,-Bsymbolic does "
+            "not help: the symbols stay unique.",
         ),
         Reason(
             "tls-dtor",
@@ -271,7 +274,7 @@ class Report:
     size: int = 0
     plugin: Descriptor | None = None
     descriptor_error: str | None = None
-    toolchain: str | None = None  # "go", "rust", "c++", "c" or None (not known)
+    toolchain: str | None = None  # "go", "rust", "c++", "c", "c/c++" (stripped) or None
     compiler: str | None = None  # e.g. "rustc 1.95.0", "GCC 12.2.0", "go1.22.1"
     analysed: bool = True  # False: no unload analysis for this format (PE)
 
@@ -644,7 +647,8 @@ def _is_rust_symbol(name: str) -> bool:
 def _identify_toolchain(elf: _Elf, facts: _Facts) -> None:
     """Go (``.go.buildinfo``), Rust (``rustc`` in ``.comment``, a ``.rustc``
     section, Rust-mangled or ``__rust_`` symbols), C++ (libstdc++/libc++
-    needed, or mangled names), else C when GCC or clang built it.  The fix a
+    needed, or mangled names), else, when GCC or clang built it, C or C++
+    as its static symbols tell (``_static_c_or_cxx``).  The fix a
     finding advises depends on it: Rust's std imports the C++ thread-local
     destructor hook, and its fix is not the C++ one."""
     rustc = _RUSTC_COMMENT.search(facts.comment)
@@ -661,12 +665,35 @@ def _identify_toolchain(elf: _Elf, facts: _Facts) -> None:
     ):
         facts.toolchain = "c++"
     elif "GCC:" in facts.comment or "clang" in facts.comment:
-        facts.toolchain = "c"
-    if facts.compiler is None and facts.toolchain in ("c", "c++"):
+        facts.toolchain = _static_c_or_cxx(elf)
+    if facts.compiler is None and facts.toolchain in ("c", "c++", "c/c++"):
         clang, gcc = _CLANG_COMMENT.search(facts.comment), _GCC_COMMENT.search(facts.comment)
         facts.compiler = (
             f"clang {clang.group(1)}" if clang else f"GCC {gcc.group(1)}" if gcc else None
         )
+
+
+_CXX_SOURCE = re.compile(r"\.(cc|cp|cxx|cpp|CPP|c\+\+|C)$")
+
+
+def _static_c_or_cxx(elf: _Elf) -> str:
+    """C or C++ for a GCC/clang library that neither needs libstdc++ (g++
+    links it only when used) nor exports mangled names, as a plain
+    ``extern "C"`` C++ plugin does.  Its static symbol table still names
+    the source files (``STT_FILE``: ``plugin.cpp``) and its internal C++
+    symbols (``_Z...``); a stripped file has no such table, and then the
+    honest answer is "C or C++" (``c/c++``), not a guess."""
+    symtab = next((s for s in elf.sections if s["sh_type"] == "SHT_SYMTAB"), None)
+    if symtab is None:
+        return "c/c++"
+    for i, sym in enumerate(symtab.iter_symbols()):
+        if i >= STATIC_SYMBOLS_SCANNED:
+            break
+        if sym.name.startswith("_Z") or (
+            sym["st_info"]["type"] == "STT_FILE" and _CXX_SOURCE.search(sym.name)
+        ):
+            return "c++"
+    return "c"
 
 
 def _static_rust_symbol(elf: _Elf) -> bool:
@@ -809,15 +836,25 @@ def _gnu_unique(facts: _Facts, names: dict[str, str]) -> list[Finding]:
         return []
     guards = [n for n in facts.unique if n.startswith("_ZGV")]
     shown = [names[n] for n in facts.unique if n not in guards] or [names[n] for n in guards]
+    # -fvisibility=hidden does not hide what std:: templates define (their
+    # declarations carry default visibility), so advise it only when every
+    # unique symbol is the plugin's own
+    from_std = any(_STD_MANGLED.match(n) for n in facts.unique)
     return [
         Finding(
             "gnu-unique",
             pins=True,
             unsafe=False,
             message=f"C++ STB_GNU_UNIQUE symbols: {_listing(shown, 4)}",
-            fix="rebuild with -fno-gnu-unique, or hide them with -fvisibility=hidden",
+            fix="rebuild with -fno-gnu-unique (g++)"
+            + ("" if from_std else ", or hide them with -fvisibility=hidden"),
         )
     ]
+
+
+# a mangled name in namespace std or __gnu_cxx: an object (_ZNSt...), a
+# function's local static (_ZZNSt...) or its guard (_ZGVZNSt...)
+_STD_MANGLED = re.compile(r"^_Z(GV)?Z?N?[rVK]*(St|9__gnu_cxx)")
 
 
 UNLOAD_SAFE_FIX = (

@@ -31,7 +31,13 @@ class PluginHost(Protocol):
 
     def load(self, path: PathOrCandidate) -> Plugin: ...
 
-    def reload(self, name: str, path: PathOrCandidate | None = None) -> VersionInfo: ...
+    def reload(
+        self,
+        name: str,
+        path: PathOrCandidate | None = None,
+        *,
+        allow_signature_change: bool = False,
+    ) -> VersionInfo: ...
 
     def rollback(self, name: str) -> VersionInfo: ...
 

@@ -177,6 +177,10 @@ class Watcher:
     ``on_event``
         Called on the watcher's thread with a :class:`WatchEvent` for every
         outcome.
+    ``allow_signature_change``
+        Reload a build that removes an export or changes a prototype (passed
+        to ``Host.reload``); by default such a build is refused (a ``failed``
+        event) and the running version keeps serving.
     """
 
     def __init__(
@@ -197,11 +201,13 @@ class Watcher:
         cflags: Iterable[str] | None = None,
         max_size: int = DEFAULT_MAX_PLUGIN_SIZE,
         build_timeout: float = BUILD_TIMEOUT,
+        allow_signature_change: bool = False,
     ) -> None:
         self.host = host
         self.build_timeout = build_timeout
         self._cancel = threading.Event()  # set by stop(): kills a running compiler
         self.rebuild = rebuild
+        self.allow_signature_change = allow_signature_change
         self.quiet, self.settle, self.stable_interval, self.retries = (
             quiet,
             settle,
@@ -635,7 +641,8 @@ class Watcher:
         if self._serving(name, str(path), digest):
             return WatchEvent("unchanged", name=name, done_at=time.monotonic(), **common)
         if name in self.host:
-            action, info = "reloaded", self.host.reload(name, cand)
+            info = self.host.reload(name, cand, allow_signature_change=self.allow_signature_change)
+            action = "reloaded"
         else:
             self.host.load(cand)
             action, info = "loaded", self.host.versions(name)[-1]
