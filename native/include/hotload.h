@@ -31,7 +31,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HOTLOAD_ABI_VERSION 1
+/* 2: imports, types and events (HOTLOAD_IMPORT, HOTLOAD_STRUCT...).  Their
+ * records are stamped ABI 2, so a host that reads only ABI 1 refuses such a
+ * plugin saying both numbers; every other record is still stamped 1, so a
+ * plugin that uses none of them loads in an ABI 1 host as before. */
+#define HOTLOAD_ABI_VERSION 2
 
 /* ---- exporting functions ------------------------------------------------
  * Put HOTLOAD_API in front of every exported function's definition: it makes
@@ -101,7 +105,8 @@ typedef void (*hotload__any_fn)(void);
 #define HOTLOAD__CAT2(a, b) a##b
 #define HOTLOAD__CAT(a, b) HOTLOAD__CAT2(a, b)
 /* "hotload" US abi US kind US field US field NUL  (US = 0x1f) */
-#define HOTLOAD__REC(kind) "hotload\x1f" HOTLOAD__STR(HOTLOAD_ABI_VERSION) "\x1f" kind "\x1f"
+#define HOTLOAD__REC(kind) "hotload\x1f" "1" "\x1f" kind "\x1f"
+#define HOTLOAD__REC2(kind) "hotload\x1f" "2" "\x1f" kind "\x1f"
 
 #if defined(_MSC_VER) && !defined(__clang__)
 #  pragma section(".hotload", read)
@@ -284,5 +289,56 @@ template <class R, class... A> struct hotload__plain<R (*)(A...) noexcept> {
 
 #define HOTLOAD_UNLOAD_SAFE() \
     HOTLOAD__RECORD(hotload__unload_safe, HOTLOAD__REC("unload_safe") "yes")
+
+/* ---- host services (ABI 2) -------------------------------------------------
+ *
+ * HOTLOAD_IMPORT(fn, result_type, (parameter types))
+ *
+ * Declares that the plugin calls the host service `fn`, which the host offers
+ * with host.provide("fn", python_function, "result_type(parameter types)").
+ * After it, `fn(...)` is an ordinary call (through a function pointer named
+ * `fn`, static to this translation unit: declare each import in one .c file).
+ *
+ *     HOTLOAD_IMPORT(grant_item, int32_t, (int64_t, const char *, int32_t));
+ *     ...  if (grant_item(player, "winter_crate", 1) != 0) ...
+ *
+ * The host refuses the plugin, before any of its code runs (constructors
+ * included), unless it provides every import with exactly that prototype.
+ * The pointer is bound by the dynamic linker while the plugin is opened
+ * (against a small data-only library the host generates), so constructors
+ * may call services too.  The host re-points it when a service is replaced,
+ * and when the host closes (a call then returns the service's error value).
+ * A service that raises returns its declared error value (0 by default).
+ * Outside a hotload host (a plain dlopen) the pointer is NULL: test it with
+ * `if (fn)` if the plugin may run there.  Not available on Windows yet.
+ *
+ * hotload_in_preflight(): 1 while the plugin runs in the host's preflight
+ * worker, where every service is a stand-in that returns its error value
+ * (a self-test can skip what needs real services), else 0. */
+#if defined(_WIN32) || defined(__CYGWIN__) || !defined(__GNUC__)
+#  define HOTLOAD__WEAK_SVC(fn, R, params) static R (*const HOTLOAD__CAT(hotload__svc_, fn)) params = 0;
+#  define HOTLOAD__SVC_ADDR(fn) HOTLOAD__CAT(hotload__svc_, fn)
+static inline int hotload_in_preflight(void) { return 0; }
+#else
+#  define HOTLOAD__WEAK_SVC(fn, R, params) \
+    HOTLOAD__EXTERN_C R HOTLOAD__CAT(hotload__svc_, fn) params __attribute__((weak));
+#  define HOTLOAD__SVC_ADDR(fn) &HOTLOAD__CAT(hotload__svc_, fn)
+#  ifdef __cplusplus
+extern "C" const int hotload__in_preflight __attribute__((weak));
+#  else
+extern const int hotload__in_preflight __attribute__((weak));
+#  endif
+static inline int hotload_in_preflight(void)
+{ return &hotload__in_preflight != 0 && hotload__in_preflight != 0; }
+#endif
+
+#define HOTLOAD_IMPORT(fn, R, params) \
+    HOTLOAD__ASSERT(sizeof(#params) != sizeof("()"), \
+                    "HOTLOAD_IMPORT(" #fn ", " #R ", ()): write (void) for no parameters"); \
+    HOTLOAD__WEAK_SVC(fn, R, params) \
+    static R (*fn) params = HOTLOAD__SVC_ADDR(fn); \
+    HOTLOAD_API void *const HOTLOAD__CAT(hotload__slot_, fn) = (void *)&fn; \
+    HOTLOAD__RECORD(HOTLOAD__CAT(hotload__import_, fn), \
+                    HOTLOAD__REC2("import") #fn "\x1f" HOTLOAD__PROTO(R, params))
 
 #endif /* HOTLOAD_H */

@@ -7,6 +7,10 @@ Each macro in the SDK emits one NUL-terminated text record::
 Text records need no relocation, so the descriptor can be read from the file
 alone (ELF or PE), before any of the plugin's code runs, and by ``hotload
 inspect`` on a machine of another architecture.
+
+ABI 2 adds record kinds (``import``; ``type``/``field``/``enum``); they are
+stamped 2 so that a host reading only ABI 1 refuses the plugin with both
+numbers, while the ABI 1 kinds keep their stamp and their meaning.
 """
 
 from __future__ import annotations
@@ -15,13 +19,26 @@ from dataclasses import dataclass
 
 from ._errors import DescriptorError
 
-ABI_VERSION = 1
+ABI_VERSION = 2
+"""The newest ABI this host reads (it reads every record of ABI 1 and 2)."""
+_ABI_KINDS = {
+    1: frozenset({"plugin", "export", "on_load", "on_unload", "self_test", "unload_safe"}),
+    2: frozenset({"import"}),
+}
 SECTION = ".hotload"
 _US = "\x1f"
 
 
 @dataclass(frozen=True)
 class Export:
+    name: str
+    signature: str
+
+
+@dataclass(frozen=True)
+class Import:
+    """A host service the plugin calls (``HOTLOAD_IMPORT``)."""
+
     name: str
     signature: str
 
@@ -38,6 +55,7 @@ class Descriptor:
     on_unload: str | None = None
     self_test: str | None = None
     unload_safe: bool = False
+    imports: tuple[Import, ...] = ()
 
     def signatures(self) -> dict[str, str]:
         return {e.name: e.signature for e in self.exports}
@@ -50,6 +68,8 @@ def parse(blob: bytes, path: str) -> Descriptor:
         raise DescriptorError(f"{path}: the .hotload section is empty")
     plugin: tuple[str, str] | None = None
     exports: list[Export] = []
+    imports: list[Import] = []
+    newest = 1
     hooks: dict[str, str] = {}
     for raw in records:
         try:
@@ -63,12 +83,15 @@ def parse(blob: bytes, path: str) -> Descriptor:
             abi = int(parts[1])
         except ValueError:
             raise DescriptorError(f"{path}: malformed ABI version in record {text!r}") from None
-        if abi != ABI_VERSION:
+        if abi not in _ABI_KINDS:
             raise DescriptorError(
-                f"{path}: plugin was built for hotload ABI {abi}, this host speaks ABI "
-                f"{ABI_VERSION}; rebuild it against this host's hotload.h (hotload cflags)"
+                f"{path}: plugin was built for hotload ABI {abi}, this host reads ABI 1 to "
+                f"ABI {ABI_VERSION}; rebuild it against this host's hotload.h (hotload cflags)"
             )
         kind, fields = parts[2], parts[3:]
+        if kind not in _ABI_KINDS[abi]:
+            raise DescriptorError(f"{path}: unknown descriptor record {text!r}")
+        newest = max(newest, abi)
         if kind == "plugin" and len(fields) == 2:
             if plugin is not None:
                 raise DescriptorError(f"{path}: HOTLOAD_PLUGIN appears more than once")
@@ -77,6 +100,10 @@ def parse(blob: bytes, path: str) -> Descriptor:
             if any(e.name == fields[0] for e in exports):
                 raise DescriptorError(f"{path}: {fields[0]} is exported twice")
             exports.append(Export(fields[0], fields[1]))
+        elif kind == "import" and len(fields) == 2:
+            if any(i.name == fields[0] for i in imports):
+                raise DescriptorError(f"{path}: {fields[0]} is imported twice")
+            imports.append(Import(fields[0], fields[1]))
         elif kind in ("on_load", "on_unload", "self_test", "unload_safe") and len(fields) == 1:
             hooks[kind] = fields[0]
         else:
@@ -89,7 +116,9 @@ def parse(blob: bytes, path: str) -> Descriptor:
     return Descriptor(
         name=name,
         version=version,
+        abi=newest,
         exports=tuple(exports),
+        imports=tuple(imports),
         on_load=hooks.get("on_load"),
         on_unload=hooks.get("on_unload"),
         self_test=hooks.get("self_test"),

@@ -47,6 +47,15 @@ class NotLoadedError(HotloadError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class ServiceError(HotloadError):
+    """A host service is missing, has another prototype than a plugin imports,
+    or cannot be provided as asked."""
+
+
+class HandleError(HotloadError):
+    """A handle that this host never gave out, or that was released."""
+
+
 class ClosedError(HotloadError):
     """The host (or plugin) has been closed."""
 

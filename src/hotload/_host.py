@@ -12,8 +12,9 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from . import _inspector as inspector
 from . import _loader as loader
@@ -36,6 +37,7 @@ from ._protocols import PathOrCandidate, Service
 from ._reaper import Reaper
 from ._record import PluginRecord
 from ._registry import Plugin
+from ._services import ServiceTable
 from ._version import Version, VersionInfo, VersionState
 from ._watcher import Watcher
 from ._workdir import WorkDir
@@ -91,6 +93,7 @@ class Host:
         self._records: dict[str, PluginRecord] = {}
         self._closed = False
         self._services: list[Service] = []
+        self._provided = ServiceTable(self._workdir.path)  # host services (see provide())
         if control:
             try:
                 self.serve_control()
@@ -145,6 +148,16 @@ class Host:
         if self._allowed is not None:
             trust.check_digest(cand.source, cand.digest, *self._allowed)
         return cand
+
+    # -- the contract: host services -------------------------------------------------
+    def provide(self, name: str, fn: Callable[..., Any], prototype: str, *, error: Any = 0) -> None:
+        """Offer ``fn`` to plugins as the C function ``prototype``
+        (e.g. ``"int32_t(int64_t player, const char *item, int32_t count)"``);
+        a plugin calls it after ``HOTLOAD_IMPORT(name, ...)``.  ``char *``
+        arguments arrive as ``str``.  If ``fn`` raises, the exception is logged
+        and counted on the calling version, and the plugin gets ``error``.
+        Providing an existing name replaces it for every plugin at once."""
+        self._provided.provide(name, fn, prototype, error=error)
 
     # -- loading ------------------------------------------------------------------
     def load(
@@ -292,6 +305,9 @@ class Host:
         """Preflight the staged copy (unless off), then open it here."""
         cand = staged.cand
         try:
+            imports = _imports(cand)
+            if imports:  # refused before preflight: a missing service names itself
+                self._provided.check(imports, cand.source)
             if self.preflight if preflight is None else preflight:
                 state = self._take_state(rec, old) if old is not None else None
                 result = self._preflight.check(
@@ -304,6 +320,7 @@ class Host:
                     unload_safe=rec.unload_safe
                     or bool(cand.descriptor and cand.descriptor.unload_safe),
                     max_state_size=self.max_state_size,
+                    services=self._standins(imports),
                 )
                 if result.get("report"):  # the worker inspected it: no ELF parse in this process
                     inspector.remember(inspector.Report.from_dict(result["report"]))
@@ -311,10 +328,17 @@ class Host:
             staged.discard()
             raise
         image = self._loader.open(
-            staged, may_close=lambda c: self._policy.may_close_candidate(c, rec.unload_safe)
+            staged,
+            may_close=lambda c: self._policy.may_close_candidate(c, rec.unload_safe),
+            services=self._provided,
         )
         self._reaper.inspect_later(image)
         return image
+
+    def _standins(self, imports: dict[str, str]) -> dict[str, list[Any]] | None:
+        """What the preflight worker needs to stand in for the services."""
+        services = self._provided.services
+        return {n: [services[n].prototype, services[n].error] for n in imports} or None
 
     def _take_state(self, rec: PluginRecord, old: Version) -> bytes | None:
         if old.image.on_unload is None:
@@ -509,6 +533,7 @@ class Host:
             busy = [f"{v.plugin_name} v{v.seq}" for v in self._reaper.draining()]
             log.warning("closing with calls still running in %s: their images stay loaded", busy)
         self._reaper.stop()
+        self._provided.close()
         self._preflight.close()
         self._workdir.close()
 
@@ -539,6 +564,11 @@ class Host:
 
     def __repr__(self) -> str:
         return f"<hotload.Host {len(self.names())} plugin(s) in {self.workdir}>"
+
+
+def _imports(cand: Candidate) -> dict[str, str]:
+    desc = cand.descriptor
+    return {i.name: i.signature for i in desc.imports} if desc is not None else {}
 
 
 def _hook_name(image: Image, hook: str) -> str:

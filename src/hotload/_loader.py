@@ -9,6 +9,7 @@ can never reach a loaded image or slip between check and open.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _descriptor as desc_mod
 from . import _signatures as signatures
@@ -33,6 +34,9 @@ from ._errors import (
 )
 from ._platform import binfmt, dl, proc
 from ._workdir import WorkDir
+
+if TYPE_CHECKING:
+    from ._services import ImportBinding, ServiceTable
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,7 @@ class Image:
     opens: int = 1
     closes: int = 0
     loaded_at: float = field(default_factory=time.time)
+    imports: ImportBinding | None = None  # its host services (see _services)
 
     def call_on_load(self, prev_version: str | None, state: bytes | None) -> None:
         if self.on_load is None:
@@ -343,21 +348,45 @@ class Loader:
         copy, file_id = self.workdir.write_copy(cand.name, seq, cand.data, dl.SUFFIX)
         return Staged(cand, seq, copy, file_id)
 
-    def open(self, staged: Staged, *, may_close: Callable[[Candidate], bool]) -> Image:
+    def open(
+        self,
+        staged: Staged,
+        *,
+        may_close: Callable[[Candidate], bool],
+        services: ServiceTable | None = None,
+    ) -> Image:
         """``dlopen`` the staged copy and resolve its exports and hooks.
         On failure the copy is deleted and the image closed, unless
         ``may_close`` says its constructors may have left code running (then
-        it stays loaded: unmapping it could crash the process)."""
+        it stays loaded: unmapping it could crash the process).  A plugin's
+        imports are checked against ``services`` and linked before ``dlopen``
+        (its constructors may call them) and bound to the image after."""
         cand, source = staged.cand, staged.cand.source
-        handle, copy, file_id = self._open_new_image(staged)
         desc = cand.descriptor
+        binding = None
+        if desc is not None and desc.imports:
+            if services is None:
+                raise LoadError(f"{source}: imports host services, but none are available here")
+            imports = {i.name: i.signature for i in desc.imports}
+            label = f"{cand.name} v{staged.seq}"
+            try:
+                binding = services.prepare(imports, source, label)
+            except BaseException:
+                staged.discard()
+                raise
+        with binding.table.opening(binding) if binding else contextlib.nullcontext():
+            handle, copy, file_id = self._open_new_image(staged)
         try:
             functions = {
                 f: _resolve_export(handle, source, f, p) for f, p in cand.prototypes.items()
             }
             on_load = _hook(handle, source, desc.on_load if desc else None, ON_LOAD_TYPE)
             on_unload = _hook(handle, source, desc.on_unload if desc else None, ON_UNLOAD_TYPE)
+            if binding is not None:
+                binding.attach(lambda sym: dl.symbol(handle, sym), source)
         except BaseException:
+            if binding is not None:
+                binding.detach()
             if may_close(cand):
                 dl.close_image(handle, source)
             else:
@@ -366,7 +395,7 @@ class Loader:
                     "the process",
                     source,
                 )
-                self._live.add(_stub(staged, handle))
+                self._live.add(_stub(staged, handle, binding))
             copy.unlink(missing_ok=True)
             raise
         image = Image(
@@ -383,6 +412,7 @@ class Loader:
             prototypes=cand.prototypes,
             on_load=on_load,
             on_unload=on_unload,
+            imports=binding,
         )
         self._live.add(image)
         return image
@@ -426,6 +456,8 @@ class Loader:
                 f"{image.source}: version copy {image.copy.name} is already closed "
                 f"(dlopen {image.opens}, dlclose {image.closes}): refusing a double close"
             )
+        if image.imports is not None:
+            image.imports.detach()  # before the image may leave: never write into it again
         dl.close_image(image.handle, image.source)
         image.closes += 1
         # The image may be gone now: its function pointers must never be called.
@@ -469,8 +501,9 @@ class Loader:
         image.copy.unlink(missing_ok=True)
 
 
-def _stub(staged: Staged, handle: int) -> Image:
-    """A record of an image that failed to resolve but must stay loaded."""
+def _stub(staged: Staged, handle: int, imports: ImportBinding | None) -> Image:
+    """A record of an image that failed to resolve but must stay loaded (with
+    the callbacks its constructors' threads may still call)."""
     cand = staged.cand
     return Image(
         source=cand.source,
@@ -484,6 +517,7 @@ def _stub(staged: Staged, handle: int) -> Image:
         handle=handle,
         functions={},
         prototypes={},
+        imports=imports,
     )
 
 

@@ -141,6 +141,7 @@ class PluginRecord:
             blockers=tuple(self._policy.blockers(v, inspect=inspect)),
             note=v.note,
             served=v.served,
+            service_errors=img.imports.errors if img.imports is not None else 0,
         )
 
     def stuck(self) -> list[Version]:

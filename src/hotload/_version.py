@@ -183,6 +183,7 @@ class VersionInfo:
     blockers: tuple[str, ...] = field(default=())
     note: str = ""
     served: int = 0
+    service_errors: int = 0  # host-service calls from this version that raised
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
