@@ -316,8 +316,8 @@ template <class R, class... A> struct hotload__plain<R (*)(A...) noexcept> {
  * worker, where every service is a stand-in that returns its error value
  * (a self-test can skip what needs real services), else 0. */
 #if defined(_WIN32) || defined(__CYGWIN__) || !defined(__GNUC__)
-#  define HOTLOAD__WEAK_SVC(fn, R, params) static R (*const HOTLOAD__CAT(hotload__svc_, fn)) params = 0;
-#  define HOTLOAD__SVC_ADDR(fn) HOTLOAD__CAT(hotload__svc_, fn)
+#  define HOTLOAD__WEAK_SVC(fn, R, params)
+#  define HOTLOAD__SVC_ADDR(fn) 0
 static inline int hotload_in_preflight(void) { return 0; }
 #else
 #  define HOTLOAD__WEAK_SVC(fn, R, params) \

@@ -30,6 +30,8 @@ from ._errors import (
     NotLoadedError,
     SignatureError,
 )
+from ._events import EventTable
+from ._events import emit as _emit
 from ._loader import Candidate, Image, Loader, Staged
 from ._policy import UnloadPolicy
 from ._preflight import PreflightWorker
@@ -94,6 +96,7 @@ class Host:
         self._closed = False
         self._services: list[Service] = []
         self._provided = ServiceTable(self._workdir.path)  # host services (see provide())
+        self._events = EventTable()
         if control:
             try:
                 self.serve_control()
@@ -159,6 +162,25 @@ class Host:
         Providing an existing name replaces it for every plugin at once."""
         self._provided.provide(name, fn, prototype, error=error)
 
+    # -- the contract: events ------------------------------------------------------------
+    def declare_event(self, name: str, prototype: str) -> None:
+        """Fix the C prototype of event ``name``: a plugin exporting ``name``
+        with another one is refused at load (as is a declaration that a
+        loaded plugin already contradicts)."""
+        self._events.declare(name, prototype, self._plugins())
+
+    def emit(self, event: str, *args: Any) -> list[Any]:
+        """Call the export ``event`` in every loaded plugin that has it, each
+        call routed, in load order; their results, in that order.  A plugin
+        unloaded during the emit is skipped."""
+        routers = self._events.cache.get(event)
+        if routers is None:
+            routers = self._events.routers(event, self._plugins())
+        return _emit(routers, args)
+
+    def _plugins(self) -> dict[str, Plugin]:
+        return {n: r.plugin for n, r in list(self._records.items()) if r.plugin is not None}
+
     # -- loading ------------------------------------------------------------------
     def load(
         self,
@@ -202,6 +224,7 @@ class Host:
             commit()
             plugin.publish(version)
             rec.plugin, rec.source = plugin, cand.source
+            self._events.changed(loaded=cand.name)
             rec.add(version)
             rec.went_live(version, cand.data, cand.source)
             log.info(
@@ -236,6 +259,7 @@ class Host:
                     f"{cand.source}: the file declares plugin {cand.name!r}, not {name!r}"
                 )
             version = self._swap_in(rec, cand, allow_signature_change, preflight)
+            self._events.changed()
             rec.went_live(version, cand.data, cand.source)
             rec.source = cand.source
             return rec.info(version, inspect=False)  # the reaper inspects a new build
@@ -255,6 +279,7 @@ class Host:
             if target.first_seq != target.seq:
                 note += f" (first loaded as v{target.first_seq})"
             version = self._swap_in(rec, cand, True, preflight, note=note)
+            self._events.changed()
             rec.rolled_back(version)
             return rec.info(version, inspect=False)
 
@@ -266,6 +291,7 @@ class Host:
             assert plugin is not None
             current = plugin.close()
             rec.unloaded()
+            self._events.changed(unloaded=name)
             if current is not None:
                 self._reaper.retire(current, unload_safe=rec.unload_safe)
 
@@ -305,6 +331,7 @@ class Host:
         """Preflight the staged copy (unless off), then open it here."""
         cand = staged.cand
         try:
+            self._events.check(cand.name, cand.source, cand.prototypes, self._plugins())
             imports = _imports(cand)
             if imports:  # refused before preflight: a missing service names itself
                 self._provided.check(imports, cand.source)
