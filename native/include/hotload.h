@@ -341,4 +341,71 @@ static inline int hotload_in_preflight(void)
     HOTLOAD__RECORD(HOTLOAD__CAT(hotload__import_, fn), \
                     HOTLOAD__REC2("import") #fn "\x1f" HOTLOAD__PROTO(R, params))
 
+/* ---- types (ABI 2) ------------------------------------------------------------
+ *
+ * Declare the C types that exports and imports use, so that the host knows
+ * them without a header.  The compiler records each type's layout (sizeof,
+ * alignof, and every declared field's offset and size); the host builds the
+ * same type and refuses the plugin, before any of its code runs, when its
+ * layout differs (packed structs, unusual alignment).  Each field's type is
+ * checked by the compiler; a bit-field does not compile.
+ *
+ *     typedef struct { int64_t id; int32_t level; char name[16]; } player_t;
+ *     HOTLOAD_STRUCT(player_t);
+ *     HOTLOAD_FIELD(player_t, id, int64_t);
+ *     HOTLOAD_FIELD(player_t, level, int32_t);
+ *     HOTLOAD_FIELD(player_t, name, char[16]);
+ *
+ *     typedef enum { QUEST_NONE, QUEST_DAILY = 5 } quest_t;
+ *     HOTLOAD_ENUM(quest_t);
+ *     HOTLOAD_ENUMERATOR(quest_t, QUEST_NONE);
+ *     HOTLOAD_ENUMERATOR(quest_t, QUEST_DAILY);
+ *
+ * Declare every field (one the host does not know is padding to it), name
+ * types with a typedef, and declare a type before the types that contain it.
+ * A changed layout is a changed signature for every export that uses it. */
+#if defined(__cplusplus) && __cplusplus >= 201103L
+#  define HOTLOAD__ALIGNOF(T) alignof(T)
+#  define HOTLOAD__SAME_TYPE(expr, T) hotload__same<decltype(expr), T>::value
+#elif defined(__GNUC__)
+#  define HOTLOAD__ALIGNOF(T) __alignof__(T)
+#  define HOTLOAD__SAME_TYPE(expr, T) __builtin_types_compatible_p(__typeof__(expr), T)
+#else
+#  define HOTLOAD__ALIGNOF(T) _Alignof(T)
+#  define HOTLOAD__SAME_TYPE(expr, T) 1
+#endif
+
+/* A record whose text is followed by "=<sign><10 digits>,<sign><10 digits>",
+ * two integer constants computed by the compiler (still no relocation). */
+#define HOTLOAD__ABS(n) ((long long)(n) < 0 ? -(unsigned long long)(long long)(n) \
+                                            : (unsigned long long)(long long)(n))
+#define HOTLOAD__DIG(n, p) (char)('0' + (int)(HOTLOAD__ABS(n) / (p##ULL) % 10))
+#define HOTLOAD__NUM(n) (char)((long long)(n) < 0 ? '-' : '+'), \
+    HOTLOAD__DIG(n, 1000000000), HOTLOAD__DIG(n, 100000000), HOTLOAD__DIG(n, 10000000), \
+    HOTLOAD__DIG(n, 1000000), HOTLOAD__DIG(n, 100000), HOTLOAD__DIG(n, 10000), \
+    HOTLOAD__DIG(n, 1000), HOTLOAD__DIG(n, 100), HOTLOAD__DIG(n, 10), HOTLOAD__DIG(n, 1)
+#define HOTLOAD__RECORD_N(id, text, a, b) \
+    HOTLOAD__SECTION HOTLOAD__USED static const struct { char t[sizeof(text)]; char n[24]; \
+                                                        char z; } id = \
+        { text, { '=', HOTLOAD__NUM(a), ',', HOTLOAD__NUM(b) }, 0 }
+
+#define HOTLOAD_STRUCT(T) \
+    HOTLOAD__RECORD_N(HOTLOAD__CAT(hotload__struct_, T), HOTLOAD__REC2("struct") #T, \
+                      sizeof(T), HOTLOAD__ALIGNOF(T))
+
+#define HOTLOAD_FIELD(T, f, FT) \
+    HOTLOAD__ASSERT(HOTLOAD__SAME_TYPE(((T *)0)->f, FT), \
+                    "HOTLOAD_FIELD(" #T ", " #f ", " #FT "): " #T "." #f " is not of type " #FT); \
+    HOTLOAD__RECORD_N(HOTLOAD__CAT(hotload__field_, HOTLOAD__CAT(T, HOTLOAD__CAT(__, f))), \
+                      HOTLOAD__REC2("field") #T "\x1f" #f "\x1f" #FT, offsetof(T, f), \
+                      sizeof(((T *)0)->f))
+
+#define HOTLOAD_ENUM(T) \
+    HOTLOAD__RECORD_N(HOTLOAD__CAT(hotload__enum_, T), HOTLOAD__REC2("enum") #T, sizeof(T), \
+                      HOTLOAD__ALIGNOF(T))
+
+#define HOTLOAD_ENUMERATOR(T, name) \
+    HOTLOAD__RECORD_N(HOTLOAD__CAT(hotload__enumerator_, HOTLOAD__CAT(T, HOTLOAD__CAT(__, name))), \
+                      HOTLOAD__REC2("enumerator") #T "\x1f" #name, (T)(name), 0)
+
 #endif /* HOTLOAD_H */

@@ -25,6 +25,7 @@ from ._errors import (
     ServiceError,
     SignatureError,
     TrustError,
+    TypeLayoutError,
 )
 from ._host import Host
 from ._registry import Plugin
@@ -49,6 +50,7 @@ __all__ = [
     "ServiceError",
     "SignatureError",
     "TrustError",
+    "TypeLayoutError",
     "VersionInfo",
     "VersionState",
 ]

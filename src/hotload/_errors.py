@@ -27,6 +27,11 @@ class SignatureError(HotloadError, TypeError):
     do not fit it.  Also a ``TypeError`` so callers can treat it as one."""
 
 
+class TypeLayoutError(SignatureError):
+    """A plugin-declared type cannot be reproduced with the compiler's layout,
+    is used without being declared, or clashes with another plugin's."""
+
+
 class LoadError(HotloadError):
     """The dynamic loader refused the library, or a symbol is missing."""
 

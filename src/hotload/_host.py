@@ -21,6 +21,7 @@ from . import _loader as loader
 from . import _signatures as sig
 from . import _trust as trust
 from ._control import ControlServer
+from ._descriptor import TypeDecl
 from ._errors import (
     ClosedError,
     DescriptorError,
@@ -29,6 +30,7 @@ from ._errors import (
     InvalidPluginError,
     NotLoadedError,
     SignatureError,
+    TypeLayoutError,
 )
 from ._events import EventTable
 from ._events import emit as _emit
@@ -40,6 +42,7 @@ from ._reaper import Reaper
 from ._record import PluginRecord
 from ._registry import Plugin
 from ._services import ServiceTable
+from ._types import plain
 from ._version import Version, VersionInfo, VersionState
 from ._watcher import Watcher
 from ._workdir import WorkDir
@@ -332,6 +335,7 @@ class Host:
         cand = staged.cand
         try:
             self._events.check(cand.name, cand.source, cand.prototypes, self._plugins())
+            self._check_types(cand)
             imports = _imports(cand)
             if imports:  # refused before preflight: a missing service names itself
                 self._provided.check(imports, cand.source)
@@ -361,6 +365,23 @@ class Host:
         )
         self._reaper.inspect_later(image)
         return image
+
+    def _check_types(self, cand: Candidate) -> None:
+        """Two plugins must not give one type name two layouts: a value made
+        for one could be passed to the other."""
+        if cand.types is None:
+            return
+        for pname, plugin in self._plugins().items():
+            cur = plugin.current
+            theirs = cur.image.types if cur is not None and pname != cand.name else None
+            for tname, cname in cand.types.names.items():
+                other = theirs.names.get(tname) if theirs is not None else None
+                if other is not None and other != cname:
+                    raise TypeLayoutError(
+                        f"{cand.source}: declares type {tname} "
+                        f"({_layout(cand.types.decls[tname])}), but plugin {pname} declares it "
+                        f"with another layout ({_layout(theirs.decls[tname])})"  # type: ignore[union-attr]
+                    )
 
     def _standins(self, imports: dict[str, str]) -> dict[str, list[Any]] | None:
         """What the preflight worker needs to stand in for the services."""
@@ -593,6 +614,11 @@ class Host:
         return f"<hotload.Host {len(self.names())} plugin(s) in {self.workdir}>"
 
 
+def _layout(decl: TypeDecl) -> str:
+    fields = ", ".join(f"{f.name} {f.ctype} @{f.offset}" for f in decl.fields)
+    return f"size {decl.size}, align {decl.align}" + (f": {fields}" if fields else "")
+
+
 def _imports(cand: Candidate) -> dict[str, str]:
     desc = cand.descriptor
     return {i.name: i.signature for i in desc.imports} if desc is not None else {}
@@ -612,6 +638,12 @@ def _check_compatible(old: Image, new: Candidate) -> None:
                 f"use it. Pass allow_signature_change=True to accept"
             )
         if sig.pointer_type(proto) is not sig.pointer_type(new.prototypes[fname]):
+            if plain(proto) == plain(new.prototypes[fname]):
+                raise TypeLayoutError(
+                    f"{new.source}: {fname} ({plain(proto)}) uses a type whose layout changed "
+                    f"from version {old.version} to {new.version}; callers' values have the old "
+                    f"layout. Pass allow_signature_change=True to accept"
+                )
             raise SignatureError(
                 f"{new.source}: {fname} changed from {proto!r} (version {old.version}) to "
                 f"{new.prototypes[fname]!r} (version {new.version}); callers were written for the "

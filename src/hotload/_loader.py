@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _descriptor as desc_mod
 from . import _signatures as signatures
+from . import _types as typedecl
 from ._descriptor import Descriptor
 from ._errors import (
     DescriptorError,
@@ -31,6 +32,7 @@ from ._errors import (
     InvalidPluginError,
     LoadError,
     NotAPluginError,
+    TypeLayoutError,
 )
 from ._platform import binfmt, dl, proc
 from ._workdir import WorkDir
@@ -69,6 +71,7 @@ class Image:
     closes: int = 0
     loaded_at: float = field(default_factory=time.time)
     imports: ImportBinding | None = None  # its host services (see _services)
+    types: typedecl.TypeSet | None = None  # its declared C types (see _types)
 
     def call_on_load(self, prev_version: str | None, state: bytes | None) -> None:
         if self.on_load is None:
@@ -266,7 +269,17 @@ def identify(
         if declared:
             signatures.check_declared(declared, prototypes, where=source)
         plugin_name, version = desc.name, desc.version
+    typeset = typedecl.build(desc, source) if desc is not None and desc.types else None
+    if typeset is not None:  # verified before anything is opened; prototypes use cffi's names
+        prototypes = {f: typeset.rewrite(p) for f, p in prototypes.items()}
     for fname, proto in prototypes.items():
+        missing = typedecl.undeclared(proto, typeset or typedecl.TypeSet({}, {}))
+        if missing:
+            raise TypeLayoutError(
+                f"{source}: {fname} ({typedecl.plain(proto)}) uses type {missing[0]}, which the "
+                f"plugin does not declare: declare it with HOTLOAD_STRUCT/HOTLOAD_FIELD (or "
+                f"HOTLOAD_ENUM) from hotload.h"
+            )
         signatures.parse(proto, where=source, function=fname)
     return desc, plugin_name, version, prototypes
 
@@ -286,6 +299,7 @@ class Candidate:
     version: str
     prototypes: dict[str, str]
     digest: str
+    types: typedecl.TypeSet | None = None
 
     @property
     def size(self) -> int:
@@ -309,6 +323,7 @@ def candidate(
         version=version,
         prototypes=prototypes,
         digest=hashlib.sha256(data).hexdigest(),
+        types=typedecl.build(desc, source) if desc is not None and desc.types else None,
     )
 
 
@@ -413,6 +428,7 @@ class Loader:
             on_load=on_load,
             on_unload=on_unload,
             imports=binding,
+            types=cand.types,
         )
         self._live.add(image)
         return image
