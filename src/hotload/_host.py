@@ -34,6 +34,7 @@ from ._errors import (
 )
 from ._events import EventTable
 from ._events import emit as _emit
+from ._handles import HandleTable
 from ._loader import Candidate, Image, Loader, Staged
 from ._policy import UnloadPolicy
 from ._preflight import PreflightWorker
@@ -100,6 +101,7 @@ class Host:
         self._services: list[Service] = []
         self._provided = ServiceTable(self._workdir.path)  # host services (see provide())
         self._events = EventTable()
+        self._handles = HandleTable()
         if control:
             try:
                 self.serve_control()
@@ -164,6 +166,25 @@ class Host:
         and counted on the calling version, and the plugin gets ``error``.
         Providing an existing name replaces it for every plugin at once."""
         self._provided.provide(name, fn, prototype, error=error)
+
+    # -- the contract: handles ------------------------------------------------------------
+    def handle(self, obj: Any) -> int:
+        """An ``int64_t`` that stands for ``obj`` until ``release``: a plugin may
+        keep it across swaps and pass it back to services, which ``resolve``
+        it.  A released, forged or foreign handle raises ``HandleError``."""
+        return self._handles.new(obj)
+
+    def resolve(self, handle: int) -> Any:
+        """The object behind ``handle`` (``HandleError`` if there is none)."""
+        return self._handles.resolve(handle)
+
+    def release(self, handle: int) -> Any:
+        """End ``handle``; returns its object."""
+        return self._handles.release(handle)
+
+    def handles(self) -> int:
+        """How many handles are live."""
+        return len(self._handles)
 
     # -- the contract: events ------------------------------------------------------------
     def declare_event(self, name: str, prototype: str) -> None:
