@@ -17,36 +17,35 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import _signatures as signatures
+import cffi
+
 from ._errors import ClosedError, NotLoadedError, SignatureError
 from ._registry import Plugin
+from ._types import canonical
 
 
 class EventTable:
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.declared: dict[str, Any] = {}  # name -> cffi function type
+        self.declared: dict[str, str] = {}  # name -> canonical prototype
         self.events: set[str] = set()  # declared or emitted names
         self.order: list[str] = []  # plugin names, in load order
         self.cache: dict[str, list[Callable[..., Any]]] = {}
 
     def declare(self, name: str, prototype: str, plugins: Mapping[str, Plugin]) -> None:
-        ctype = signatures.parse(prototype, where=f"declare_event({name!r})", function=name)
+        want = _canonical(prototype, f"declare_event({name!r})", name)
         with self.lock:
             old = self.declared.get(name)
-            if old is not None and old is not ctype:
-                raise SignatureError(
-                    f"event {name} is already declared as {signatures.spelling(old)!r}, not "
-                    f"{signatures.spelling(ctype)!r}"
-                )
+            if old is not None and old != want:
+                raise SignatureError(f"event {name} is already declared as {old!r}, not {want!r}")
             for pname, plugin in plugins.items():
                 proto = plugin.functions().get(name)
-                if proto is not None and signatures.pointer_type(proto) is not ctype:
+                if proto is not None and _canonical(proto, pname, name) != want:
                     raise SignatureError(
-                        f"event {name} cannot be declared as {signatures.spelling(ctype)!r}: "
+                        f"event {name} cannot be declared as {want!r}: "
                         f"plugin {pname} exports it as {proto!r}"
                     )
-            self.declared[name] = ctype
+            self.declared[name] = want
             self.events.add(name)
 
     def check(
@@ -55,19 +54,19 @@ class EventTable:
         """Refuse a build of plugin ``name`` that exports an event with
         another prototype than the declaration or another plugin."""
         for event in self.events.intersection(exports):
-            ctype = signatures.parse(exports[event], where=source, function=event)
             want = self.declared.get(event)
-            if want is not None and want is not ctype:
+            got = _canonical(exports[event], source, event)
+            if want is not None and want != got:
                 raise SignatureError(
-                    f"{source}: exports event {event} as {signatures.spelling(ctype)!r} but the "
-                    f"host declared it as {signatures.spelling(want)!r}"
+                    f"{source}: exports event {event} as {got!r} but the host declared it as "
+                    f"{want!r}"
                 )
             for pname, plugin in plugins.items():
                 proto = plugin.functions().get(event) if pname != name else None
-                if proto is not None and signatures.pointer_type(proto) is not ctype:
+                if proto is not None and _canonical(proto, pname, event) != got:
                     raise SignatureError(
-                        f"{source}: exports event {event} as {signatures.spelling(ctype)!r} but "
-                        f"plugin {pname} exports it as {proto!r}"
+                        f"{source}: exports event {event} as {got!r} but plugin {pname} exports "
+                        f"it as {proto!r}"
                     )
 
     def changed(self, loaded: str | None = None, unloaded: str | None = None) -> None:
@@ -86,7 +85,7 @@ class EventTable:
             found = [(p, plug) for p, plug in found if name in plug.functions()]
             if name not in self.events:
                 protos = {plug.functions()[name] for _, plug in found}
-                kinds = {signatures.pointer_type(p) for p in protos}
+                kinds = {_canonical(p, name, name) for p in protos}
                 if len(kinds) > 1:
                     who = ", ".join(f"{p} ({plug.functions()[name]})" for p, plug in found)
                     raise SignatureError(
@@ -107,3 +106,13 @@ def emit(routers: list[Callable[..., Any]], args: tuple[Any, ...]) -> list[Any]:
         except (ClosedError, NotLoadedError):
             continue
     return results
+
+
+def _canonical(prototype: str, where: str, name: str) -> str:
+    try:
+        return canonical(prototype)
+    except (ValueError, TypeError, cffi.CDefError, cffi.FFIError) as exc:
+        cause = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise SignatureError(
+            f"{where}: cannot parse the C signature of {name}: {prototype!r}: {cause}"
+        ) from None

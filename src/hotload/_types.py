@@ -185,3 +185,27 @@ def undeclared(prototype: str, types: TypeSet) -> list[str]:
             if words[0] not in ("unsigned", "signed", "short", "long"):
                 missing.append(words[0])
     return missing
+
+
+def canonical(prototype: str) -> str:
+    """The plain canonical spelling of a prototype that may name plugin types
+    the host has no layout for (``"int32_t(const player_t *)"`` ->
+    ``"int32_t(player_t *)"``): unknown names stand for opaque structs, so a
+    pointer to one parses; a by-value use of one does not."""
+    text = prototype
+    for _ in range(32):
+        try:
+            spelled = signatures.spelling(signatures.pointer_type(text))
+            return plain(spelled).replace("hotload__op_", "")
+        except (cffi.CDefError, cffi.FFIError, TypeError, ValueError) as exc:
+            missing = undeclared(text, TypeSet({}, {}))
+            if not missing:
+                raise exc from None
+            word = missing[0]
+            with _lock:
+                try:
+                    ffi.typeof(f"hotload__op_{word}")
+                except (cffi.CDefError, cffi.FFIError, TypeError, ValueError, KeyError):
+                    ffi.cdef(f"typedef struct hotload__op_{word} hotload__op_{word};")
+            text = re.sub(rf"\b{word}\b", f"hotload__op_{word}", text)
+    raise ValueError(f"cannot parse {prototype!r}")
