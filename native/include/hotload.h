@@ -31,11 +31,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* 2: imports, types and events (HOTLOAD_IMPORT, HOTLOAD_STRUCT...).  Their
- * records are stamped ABI 2, so a host that reads only ABI 1 refuses such a
- * plugin saying both numbers; every other record is still stamped 1, so a
- * plugin that uses none of them loads in an ABI 1 host as before. */
-#define HOTLOAD_ABI_VERSION 2
+#define HOTLOAD_ABI_VERSION 1
+/* The records of the plugin-host contract (HOTLOAD_IMPORT, HOTLOAD_STRUCT,
+ * HOTLOAD_FIELD, HOTLOAD_ENUM...) are stamped ABI 2, so a host that reads only
+ * ABI 1 refuses such a plugin, saying both numbers; every other record keeps
+ * ABI 1, so a plugin that uses none of them still loads in an ABI 1 host. */
+#define HOTLOAD_ABI_CONTRACT 2
 
 /* ---- exporting functions ------------------------------------------------
  * Put HOTLOAD_API in front of every exported function's definition: it makes
@@ -105,8 +106,8 @@ typedef void (*hotload__any_fn)(void);
 #define HOTLOAD__CAT2(a, b) a##b
 #define HOTLOAD__CAT(a, b) HOTLOAD__CAT2(a, b)
 /* "hotload" US abi US kind US field US field NUL  (US = 0x1f) */
-#define HOTLOAD__REC(kind) "hotload\x1f" "1" "\x1f" kind "\x1f"
-#define HOTLOAD__REC2(kind) "hotload\x1f" "2" "\x1f" kind "\x1f"
+#define HOTLOAD__REC(kind) "hotload\x1f" HOTLOAD__STR(HOTLOAD_ABI_VERSION) "\x1f" kind "\x1f"
+#define HOTLOAD__REC2(kind) "hotload\x1f" HOTLOAD__STR(HOTLOAD_ABI_CONTRACT) "\x1f" kind "\x1f"
 
 #if defined(_MSC_VER) && !defined(__clang__)
 #  pragma section(".hotload", read)
