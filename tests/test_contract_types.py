@@ -137,3 +137,38 @@ def test_layout_change_between_versions_is_a_signature_change(host: Host, cc) ->
     host.reload("typed", grown, allow_signature_change=True)
     assert p.level_of(p.new("player_t", level=9)) == 9  # new() follows the new layout
     assert host.current("typed").plugin_version == "2"
+
+
+def test_inspect_shows_types_and_imports(cc) -> None:
+    import json
+    import subprocess
+    import sys
+
+    src = TYPES.replace(
+        "HOTLOAD_API int32_t level_of",
+        "HOTLOAD_IMPORT(note, void, (const char *));\nHOTLOAD_API int32_t level_of",
+    )
+    path = str(build(cc, src))
+    out = subprocess.run(
+        [sys.executable, "-m", "hotload", "inspect", path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "(ABI 2)" in out.stdout.splitlines()[0]
+    assert "  imports   void note(const char *)" in out.stdout
+    assert (
+        "  types     struct player_t (32 bytes, align 8): id int64_t @0, level int32_t @8, "
+        "name char[16] @12"
+    ) in out.stdout
+    assert "enum quest_t (4 bytes, align 4): QUEST_NONE = -1, QUEST_DAILY = 5" in out.stdout
+    data = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "hotload", "inspect", "--json", path],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    )
+    assert data["imports"][0]["c"] == "void note(const char *)" and len(data["types"]) == 3
