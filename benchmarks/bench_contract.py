@@ -7,6 +7,9 @@
 - A struct-by-pointer call, routed and pinned, vs raw cffi with the same cdef
   (target <= 1.1x; judged on the pinned call, the like-for-like one: a routed
   call adds the routing cost of every routed call, shown beside it).
+- ``reload()`` of a plugin with 20 types and 20 imports vs the copy + dlopen
+  floor of the same file (``bench_swap.Floor``), samples alternating (target
+  p50 <= 2x).
 
 Method as in ``bench_calls``: statements inlined in timeit's loop,
 interleaved rounds, medians of per-round paired ratios.
@@ -20,7 +23,8 @@ import cffi
 
 from hotload import Host
 
-from common import loop_ns, median, row, scratch
+from bench_swap import Floor
+from common import build_bench, loop_ns, median, percentiles, row, scratch, timed
 
 ROUNDS = 9
 NUMBER = 20_000
@@ -80,6 +84,53 @@ PAIRS = {
     "routed struct ptr": "raw cffi struct ptr",
     "pinned struct ptr": "raw cffi struct ptr",
 }
+
+
+RELOAD_ROUNDS = 60
+
+
+def wide_source(n: int = 20) -> str:
+    """A plugin with ``n`` structs, ``n`` imports and ``n`` exports using both."""
+    parts = ['#include <hotload.h>\nHOTLOAD_PLUGIN("wide", "1");']
+    for i in range(n):
+        parts.append(
+            f"typedef struct {{ int64_t a; int32_t b; char c[8]; }} t{i}_t;\n"
+            f"HOTLOAD_STRUCT(t{i}_t);\nHOTLOAD_FIELD(t{i}_t, a, int64_t);\n"
+            f"HOTLOAD_FIELD(t{i}_t, b, int32_t);\nHOTLOAD_FIELD(t{i}_t, c, char[8]);\n"
+            f"HOTLOAD_IMPORT(svc{i}, int32_t, (int64_t));\n"
+            f"HOTLOAD_API int32_t f{i}(const t{i}_t *t) {{ return svc{i}(t->a); }}\n"
+            f"HOTLOAD_EXPORT(f{i}, int32_t, (const t{i}_t *));"
+        )
+    return "\n".join(parts) + "\n"
+
+
+def run_reload() -> dict[str, float]:
+    """Reload the wide plugin and a plain one (``common.BENCH_SRC``), each
+    after a floor sample of its own file, alternating."""
+    from hotload._builder import compile_plugin
+
+    tmp = scratch()
+    src = tmp / "wide.c"
+    src.write_text(wide_source())
+    wide = tmp / "wide.so"
+    compile_plugin(src, wide, extra_cflags=["-O2"])
+    plain = build_bench(tmp / "bench.so")
+    (tmp / "plain").mkdir()
+    floors = {"wide": Floor(wide, tmp), "bench": Floor(plain, tmp / "plain")}
+    out: dict[str, list[float]] = {k: [] for k in ("floor", "reload", "floor plain", "plain")}
+    with Host(tmp / "work", preflight=False) as host:
+        for i in range(20):
+            host.provide(f"svc{i}", lambda a: 0, "int32_t(int64_t)")
+        host.load(wide)
+        host.load(plain)
+        for _ in range(RELOAD_ROUNDS):
+            out["floor"].append(floors["wide"].sample())
+            out["reload"].append(timed(lambda: host.reload("wide")))
+            host.settle()
+            out["floor plain"].append(floors["bench"].sample())
+            out["plain"].append(timed(lambda: host.reload("bench")))
+            host.settle()
+    return {f"{k} p50": percentiles(v)[0] * 1e6 for k, v in out.items()}
 
 
 def _grant(player: int, count: int) -> int:
@@ -199,6 +250,23 @@ def report(r: dict[str, float]) -> list[str]:
             r["raw cffi struct ptr"],
             "vs raw cffi",
             ratio=r["ratio routed struct ptr"],
+        ),
+        row("floor: copy + dlopen + dlclose old, plain plugin, p50", r["floor plain p50"], "us"),
+        row(
+            "reload() of the plain plugin, p50 (for scale)",
+            r["plain p50"],
+            "us",
+            r["floor plain p50"],
+            "vs its floor",
+        ),
+        row("floor: copy + dlopen + dlclose old (20 types/imports), p50", r["floor p50"], "us"),
+        row(
+            "reload() with 20 types and 20 imports, p50",
+            r["reload p50"],
+            "us",
+            r["floor p50"],
+            "vs floor",
+            2.0,
         ),
     ]
 

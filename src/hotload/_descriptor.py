@@ -83,8 +83,21 @@ class Descriptor:
         return {e.name: e.signature for e in self.exports}
 
 
+_parsed: dict[bytes, Descriptor] = {}  # section bytes -> descriptor (a reload rereads them)
+
+
 def parse(blob: bytes, path: str) -> Descriptor:
     """Parse the raw bytes of a ``.hotload`` section found in ``path``."""
+    desc = _parsed.get(blob)
+    if desc is None:
+        desc = _parse(blob, path)
+        if len(_parsed) >= 64:
+            _parsed.pop(next(iter(_parsed)))
+        _parsed[blob] = desc
+    return desc
+
+
+def _parse(blob: bytes, path: str) -> Descriptor:
     records = _join_numbers([r for r in blob.split(b"\0") if r], path)
     if not records:
         raise DescriptorError(f"{path}: the .hotload section is empty")
@@ -120,13 +133,13 @@ def parse(blob: bytes, path: str) -> Descriptor:
                 raise DescriptorError(f"{path}: HOTLOAD_PLUGIN appears more than once")
             plugin = (fields[0], fields[1])
         elif kind == "export" and len(fields) == 2:
-            if any(e.name == fields[0] for e in exports):
+            if fields[0] in {e.name for e in exports}:
                 raise DescriptorError(f"{path}: {fields[0]} is exported twice")
             exports.append(Export(fields[0], fields[1]))
         elif kind in _NUMBERED and len(fields) == _NUMBERED[kind] and numbers is not None:
             typed.append((kind, fields, numbers))
         elif kind == "import" and len(fields) == 2:
-            if any(i.name == fields[0] for i in imports):
+            if fields[0] in {i.name for i in imports}:
                 raise DescriptorError(f"{path}: {fields[0]} is imported twice")
             imports.append(Import(fields[0], fields[1]))
         elif kind in ("on_load", "on_unload", "self_test", "unload_safe") and len(fields) == 1:

@@ -17,6 +17,7 @@ refuses unless ``allow_signature_change=True``.  Messages print the plain name.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import threading
@@ -82,10 +83,19 @@ def plain(text: str) -> str:
 
 def build(desc: Descriptor, source: str) -> TypeSet:
     """Declare (or find) every type of ``desc`` and verify its layout."""
-    decls = {t.name: t for t in desc.types}
+    try:
+        return _build(desc.types)
+    except TypeLayoutError as exc:
+        raise TypeLayoutError(str(exc).replace("\0", source)) from None
+
+
+@functools.lru_cache(maxsize=256)
+def _build(types: tuple[TypeDecl, ...]) -> TypeSet:
+    """``build`` for one set of declarations (errors say NUL for the file)."""
+    decls = {t.name: t for t in types}
     names: dict[str, str] = {}
-    for decl in _ordered(decls, source):
-        names[decl.name] = _declare(decl, names, source)
+    for decl in _ordered(decls, "\0"):
+        names[decl.name] = _declare(decl, names, "\0")
     return TypeSet(names, decls)
 
 
@@ -135,7 +145,7 @@ def _declare(decl: TypeDecl, names: Mapping[str, str], source: str) -> str:
             _defined[mangled] = _try_declare(decl, text, mangled, source)
         why = _defined[mangled]
     if why is not None:
-        raise TypeLayoutError(why.replace("\0", source))
+        raise TypeLayoutError(why)
     return mangled
 
 
