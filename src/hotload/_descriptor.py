@@ -15,6 +15,7 @@ numbers, while the ABI 1 kinds keep their stamp and their meaning.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from ._errors import DescriptorError
@@ -84,6 +85,7 @@ class Descriptor:
 
 
 _parsed: dict[bytes, Descriptor] = {}  # section bytes -> descriptor (a reload rereads them)
+_parsed_lock = threading.Lock()
 
 
 def parse(blob: bytes, path: str) -> Descriptor:
@@ -91,9 +93,10 @@ def parse(blob: bytes, path: str) -> Descriptor:
     desc = _parsed.get(blob)
     if desc is None:
         desc = _parse(blob, path)
-        if len(_parsed) >= 64:
-            _parsed.pop(next(iter(_parsed)))
-        _parsed[blob] = desc
+        with _parsed_lock:
+            while len(_parsed) >= 64:
+                _parsed.pop(next(iter(_parsed)))
+            _parsed[blob] = desc
     return desc
 
 
