@@ -172,3 +172,26 @@ def test_inspect_shows_types_and_imports(cc) -> None:
         ).stdout
     )
     assert data["imports"][0]["c"] == "void note(const char *)" and len(data["types"]) == 3
+
+
+@pytest.mark.parametrize(
+    "decl, words",
+    [
+        (
+            "typedef struct { int32_t a : 3; int32_t b; } bits_t;\nHOTLOAD_STRUCT(bits_t);\n"
+            "HOTLOAD_FIELD(bits_t, a, int32_t);",
+            "bit-field",
+        ),
+        (
+            "typedef struct { int32_t a; } wrong_t;\nHOTLOAD_STRUCT(wrong_t);\n"
+            "HOTLOAD_FIELD(wrong_t, a, int64_t);",
+            "wrong_t.a is not of type int64_t",
+        ),
+    ],
+)
+def test_fields_the_compiler_refuses(cc, decl: str, words: str) -> None:
+    from hotload import BuildError
+
+    src = f'#include <hotload.h>\nHOTLOAD_PLUGIN("bad", "1");\n{decl}\n'
+    with pytest.raises(BuildError, match=words):
+        cc(src, "bad_fields")
