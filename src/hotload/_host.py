@@ -602,7 +602,8 @@ class Host:
             busy = [f"{v.plugin_name} v{v.seq}" for v in self._reaper.draining()]
             log.warning("closing with calls still running in %s: their images stay loaded", busy)
         self._reaper.stop()
-        self._provided.close()
+        stuck = [v.image.imports for r in self._records.values() for v in r.stuck()]
+        self._provided.close([b for b in stuck if b is not None])
         self._preflight.close()
         self._workdir.close()
 

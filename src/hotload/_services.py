@@ -387,11 +387,14 @@ class ServiceTable:
             log.exception("%s: service %s raised", binding.label if binding else "?", name)
             return svc.error
 
-    def close(self) -> None:
+    def close(self, stuck: list[ImportBinding] | None = None) -> None:
         """Every later call of a service returns its error value (logged): the
-        images that stay mapped (retained, leaked) may still call."""
+        images that stay mapped (retained, leaked) may still call.  ``stuck``:
+        the bindings of released images still mapped (leaked), whose callbacks
+        must outlive this host too."""
         with self.lock:
             self.closed = True
+            _G.kept.extend(stuck or ())
             for binding in list(self.bindings):
                 for name in binding.imports:
                     binding.point(name, _closed(name))
