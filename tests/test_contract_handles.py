@@ -67,3 +67,26 @@ def test_forged_foreign_and_released_handles(tmp_path, host: Host) -> None:
     with pytest.raises(HandleError, match="released"):
         host.release(h)
     assert host.handle("z") != h  # serials are never reused
+
+
+def test_ls_counts_live_handles(host: Host, tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    server = host.serve_control(directory=tmp_path / "ctl")
+    handles = [host.handle(object()) for _ in range(3)]
+    host.release(handles[0])
+
+    def ls(*extra: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "hotload", "ls", "--socket", str(server.path), *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    assert json.loads(ls("--json"))["handles"] == 2
+    assert ", 0 plugin(s), 2 handle(s), socket " in ls()

@@ -176,9 +176,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
         _emit_json(result)
         return 0
     host = result["host"]
+    handles = f", {result['handles']} handle(s)" if result.get("handles") else ""
     print(
-        f"host pid {host['pid']} ({host['name']}), {len(result['plugins'])} plugin(s), socket "
-        f"{host['socket']}"
+        f"host pid {host['pid']} ({host['name']}), {len(result['plugins'])} plugin(s){handles}, "
+        f"socket {host['socket']}"
     )
     rows: list[tuple[str, ...]] = [
         ("PLUGIN", "SEQ", "VERSION", "STATE", "CALLS", "INFLIGHT", "LOADED", "SOURCE", "WHY")
