@@ -32,6 +32,7 @@ from ._errors import (
     InvalidPluginError,
     LoadError,
     NotAPluginError,
+    SignatureError,
     TypeLayoutError,
 )
 from ._platform import binfmt, dl, proc
@@ -273,14 +274,17 @@ def identify(
     if typeset is not None:  # verified before anything is opened; prototypes use cffi's names
         prototypes = {f: typeset.rewrite(p) for f, p in prototypes.items()}
     for fname, proto in prototypes.items():
-        missing = typedecl.undeclared(proto, typeset or typedecl.TypeSet({}, {}))
-        if missing:
+        try:
+            signatures.parse(proto, where=source, function=fname)
+        except SignatureError:
+            missing = typedecl.undeclared(proto, typeset or typedecl.TypeSet({}, {}))
+            if not missing:
+                raise
             raise TypeLayoutError(
-                f"{source}: {fname} ({typedecl.plain(proto)}) uses type {missing[0]}, which the "
-                f"plugin does not declare: declare it with HOTLOAD_STRUCT/HOTLOAD_FIELD (or "
-                f"HOTLOAD_ENUM) from hotload.h"
-            )
-        signatures.parse(proto, where=source, function=fname)
+                f"{source}: cannot parse the C signature of {fname} ({typedecl.plain(proto)}): "
+                f"it uses type {missing[0]}, which the plugin does not declare: declare it with "
+                f"HOTLOAD_STRUCT/HOTLOAD_FIELD (or HOTLOAD_ENUM) from hotload.h"
+            ) from None
     return desc, plugin_name, version, prototypes
 
 
