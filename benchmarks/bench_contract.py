@@ -194,6 +194,7 @@ def run() -> dict[str, float]:
         out[f"ratio {key}"] = median(
             a / b for a, b in zip(samples[key], samples[base], strict=True)
         )
+    out.update(run_reload())
     return out
 
 
