@@ -45,6 +45,14 @@ def test_scripted_demo_runs_to_completion_with_every_check_passing(tmp_path: Pat
         r"ok   state +grant_count\(\) = ([\d,]+) = [\d,]+ rewards at x2 in v1 \+ [\d,]+ at x3", out
     )
     assert re.search(r"ok   old image +v1 unloaded: .*gone from /proc/self/maps", out)
+    # the live-ops part: events, three services, handles, and a swap of the activity plugin
+    grants = re.search(
+        r"ok   grants +[\d,]+ events emitted; ([\d,]+) items reached the host = "
+        r"([\d,]+) the handlers returned = total_granted\(\) ([\d,]+)",
+        out,
+    )
+    assert grants and len(set(grants.groups())) == 1 and grants.group(1) != "0"
+    assert re.search(r"ok   activity +v1 1\.0\.0 -> v2 1\.1\.0 \(login reward 3\); v1 unl", out)
     assert out.rstrip().endswith(
         "ok: hot swap under load with no failed call, state carried, old image unloaded"
     )

@@ -32,6 +32,11 @@
 #include <stdint.h>
 
 #define HOTLOAD_ABI_VERSION 1
+/* The records of the plugin-host contract (HOTLOAD_IMPORT, HOTLOAD_STRUCT,
+ * HOTLOAD_FIELD, HOTLOAD_ENUM...) are stamped ABI 2, so a host that reads only
+ * ABI 1 refuses such a plugin, saying both numbers; every other record keeps
+ * ABI 1, so a plugin that uses none of them still loads in an ABI 1 host. */
+#define HOTLOAD_ABI_CONTRACT 2
 
 /* ---- exporting functions ------------------------------------------------
  * Put HOTLOAD_API in front of every exported function's definition: it makes
@@ -102,6 +107,7 @@ typedef void (*hotload__any_fn)(void);
 #define HOTLOAD__CAT(a, b) HOTLOAD__CAT2(a, b)
 /* "hotload" US abi US kind US field US field NUL  (US = 0x1f) */
 #define HOTLOAD__REC(kind) "hotload\x1f" HOTLOAD__STR(HOTLOAD_ABI_VERSION) "\x1f" kind "\x1f"
+#define HOTLOAD__REC2(kind) "hotload\x1f" HOTLOAD__STR(HOTLOAD_ABI_CONTRACT) "\x1f" kind "\x1f"
 
 #if defined(_MSC_VER) && !defined(__clang__)
 #  pragma section(".hotload", read)
@@ -284,5 +290,123 @@ template <class R, class... A> struct hotload__plain<R (*)(A...) noexcept> {
 
 #define HOTLOAD_UNLOAD_SAFE() \
     HOTLOAD__RECORD(hotload__unload_safe, HOTLOAD__REC("unload_safe") "yes")
+
+/* ---- host services (ABI 2) -------------------------------------------------
+ *
+ * HOTLOAD_IMPORT(fn, result_type, (parameter types))
+ *
+ * Declares that the plugin calls the host service `fn`, which the host offers
+ * with host.provide("fn", python_function, "result_type(parameter types)").
+ * After it, `fn(...)` is an ordinary call (through a function pointer named
+ * `fn`, static to this translation unit: declare each import in one .c file).
+ *
+ *     HOTLOAD_IMPORT(grant_item, int32_t, (int64_t, const char *, int32_t));
+ *     ...  if (grant_item(player, "winter_crate", 1) != 0) ...
+ *
+ * The host refuses the plugin, before any of its code runs (constructors
+ * included), unless it provides every import with exactly that prototype.
+ * The pointer is bound by the dynamic linker while the plugin is opened
+ * (against a small data-only library the host generates), so constructors
+ * may call services too.  The host re-points it when a service is replaced,
+ * and when the host closes (a call then returns the service's error value).
+ * A service that raises returns its declared error value (0 by default).
+ * Outside a hotload host (a plain dlopen) the pointer is NULL: test it with
+ * `if (fn)` if the plugin may run there.  Not available on Windows yet.
+ *
+ * hotload_in_preflight(): 1 while the plugin runs in the host's preflight
+ * worker, where every service is a stand-in that returns its error value
+ * (a self-test can skip what needs real services), else 0. */
+#if defined(_WIN32) || defined(__CYGWIN__) || !defined(__GNUC__)
+#  define HOTLOAD__WEAK_SVC(fn, R, params)
+#  define HOTLOAD__SVC_ADDR(fn) 0
+static inline int hotload_in_preflight(void) { return 0; }
+#else
+#  define HOTLOAD__WEAK_SVC(fn, R, params) \
+    HOTLOAD__EXTERN_C R HOTLOAD__CAT(hotload__svc_, fn) params __attribute__((weak));
+#  define HOTLOAD__SVC_ADDR(fn) &HOTLOAD__CAT(hotload__svc_, fn)
+#  ifdef __cplusplus
+extern "C" const int hotload__in_preflight __attribute__((weak));
+#  else
+extern const int hotload__in_preflight __attribute__((weak));
+#  endif
+static inline int hotload_in_preflight(void)
+{ return &hotload__in_preflight != 0 && hotload__in_preflight != 0; }
+#endif
+
+#define HOTLOAD_IMPORT(fn, R, params) \
+    HOTLOAD__ASSERT(sizeof(#params) != sizeof("()"), \
+                    "HOTLOAD_IMPORT(" #fn ", " #R ", ()): write (void) for no parameters"); \
+    HOTLOAD__WEAK_SVC(fn, R, params) \
+    static R (*fn) params = HOTLOAD__SVC_ADDR(fn); \
+    HOTLOAD_API void *const HOTLOAD__CAT(hotload__slot_, fn) = (void *)&fn; \
+    HOTLOAD__RECORD(HOTLOAD__CAT(hotload__import_, fn), \
+                    HOTLOAD__REC2("import") #fn "\x1f" HOTLOAD__PROTO(R, params))
+
+/* ---- types (ABI 2) ------------------------------------------------------------
+ *
+ * Declare the C types that exports and imports use, so that the host knows
+ * them without a header.  The compiler records each type's layout (sizeof,
+ * alignof, and every declared field's offset and size); the host builds the
+ * same type and refuses the plugin, before any of its code runs, when its
+ * layout differs (packed structs, unusual alignment).  Each field's type is
+ * checked by the compiler; a bit-field does not compile.
+ *
+ *     typedef struct { int64_t id; int32_t level; char name[16]; } player_t;
+ *     HOTLOAD_STRUCT(player_t);
+ *     HOTLOAD_FIELD(player_t, id, int64_t);
+ *     HOTLOAD_FIELD(player_t, level, int32_t);
+ *     HOTLOAD_FIELD(player_t, name, char[16]);
+ *
+ *     typedef enum { QUEST_NONE, QUEST_DAILY = 5 } quest_t;
+ *     HOTLOAD_ENUM(quest_t);
+ *     HOTLOAD_ENUMERATOR(quest_t, QUEST_NONE);
+ *     HOTLOAD_ENUMERATOR(quest_t, QUEST_DAILY);
+ *
+ * Declare every field (one the host does not know is padding to it), name
+ * types with a typedef, and declare a type before the types that contain it.
+ * A changed layout is a changed signature for every export that uses it. */
+#if defined(__cplusplus) && __cplusplus >= 201103L
+#  define HOTLOAD__ALIGNOF(T) alignof(T)
+#  define HOTLOAD__SAME_TYPE(expr, T) hotload__same<decltype(expr), T>::value
+#elif defined(__GNUC__)
+#  define HOTLOAD__ALIGNOF(T) __alignof__(T)
+#  define HOTLOAD__SAME_TYPE(expr, T) __builtin_types_compatible_p(__typeof__(expr), T)
+#else
+#  define HOTLOAD__ALIGNOF(T) _Alignof(T)
+#  define HOTLOAD__SAME_TYPE(expr, T) 1
+#endif
+
+/* A record whose text is followed by "=<sign><10 digits>,<sign><10 digits>",
+ * two integer constants computed by the compiler (still no relocation). */
+#define HOTLOAD__ABS(n) ((long long)(n) < 0 ? -(unsigned long long)(long long)(n) \
+                                            : (unsigned long long)(long long)(n))
+#define HOTLOAD__DIG(n, p) (char)('0' + (int)(HOTLOAD__ABS(n) / (p##ULL) % 10))
+#define HOTLOAD__NUM(n) (char)((long long)(n) < 0 ? '-' : '+'), \
+    HOTLOAD__DIG(n, 1000000000), HOTLOAD__DIG(n, 100000000), HOTLOAD__DIG(n, 10000000), \
+    HOTLOAD__DIG(n, 1000000), HOTLOAD__DIG(n, 100000), HOTLOAD__DIG(n, 10000), \
+    HOTLOAD__DIG(n, 1000), HOTLOAD__DIG(n, 100), HOTLOAD__DIG(n, 10), HOTLOAD__DIG(n, 1)
+#define HOTLOAD__RECORD_N(id, text, a, b) \
+    HOTLOAD__SECTION HOTLOAD__USED static const struct { char t[sizeof(text)]; char n[24]; \
+                                                        char z; } id = \
+        { text, { '=', HOTLOAD__NUM(a), ',', HOTLOAD__NUM(b) }, 0 }
+
+#define HOTLOAD_STRUCT(T) \
+    HOTLOAD__RECORD_N(HOTLOAD__CAT(hotload__struct_, T), HOTLOAD__REC2("struct") #T, \
+                      sizeof(T), HOTLOAD__ALIGNOF(T))
+
+#define HOTLOAD_FIELD(T, f, FT) \
+    HOTLOAD__ASSERT(HOTLOAD__SAME_TYPE(((T *)0)->f, FT), \
+                    "HOTLOAD_FIELD(" #T ", " #f ", " #FT "): " #T "." #f " is not of type " #FT); \
+    HOTLOAD__RECORD_N(HOTLOAD__CAT(hotload__field_, HOTLOAD__CAT(T, HOTLOAD__CAT(__, f))), \
+                      HOTLOAD__REC2("field") #T "\x1f" #f "\x1f" #FT, offsetof(T, f), \
+                      sizeof(((T *)0)->f))
+
+#define HOTLOAD_ENUM(T) \
+    HOTLOAD__RECORD_N(HOTLOAD__CAT(hotload__enum_, T), HOTLOAD__REC2("enum") #T, sizeof(T), \
+                      HOTLOAD__ALIGNOF(T))
+
+#define HOTLOAD_ENUMERATOR(T, name) \
+    HOTLOAD__RECORD_N(HOTLOAD__CAT(hotload__enumerator_, HOTLOAD__CAT(T, HOTLOAD__CAT(__, name))), \
+                      HOTLOAD__REC2("enumerator") #T "\x1f" #name, (T)(name), 0)
 
 #endif /* HOTLOAD_H */

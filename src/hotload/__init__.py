@@ -16,6 +16,7 @@ from ._errors import (
     ControlError,
     DescriptorError,
     FleetError,
+    HandleError,
     HookError,
     HotloadError,
     InvalidPluginError,
@@ -26,8 +27,10 @@ from ._errors import (
     PluginTimeoutError,
     PreflightError,
     ResourceError,
+    ServiceError,
     SignatureError,
     TrustError,
+    TypeLayoutError,
 )
 from ._host import Host
 from ._registry import Plugin
@@ -40,6 +43,7 @@ __all__ = [
     "ControlError",
     "DescriptorError",
     "FleetError",
+    "HandleError",
     "HookError",
     "Host",
     "HotloadError",
@@ -52,8 +56,10 @@ __all__ = [
     "PluginTimeoutError",
     "PreflightError",
     "ResourceError",
+    "ServiceError",
     "SignatureError",
     "TrustError",
+    "TypeLayoutError",
     "VersionInfo",
     "VersionState",
 ]

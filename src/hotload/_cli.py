@@ -217,9 +217,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
         _emit_json(result)
         return 0
     host = result["host"]
+    handles = f", {result['handles']} handle(s)" if result.get("handles") else ""
     print(
-        f"host pid {host['pid']} ({host['name']}), {len(result['plugins'])} plugin(s), socket "
-        f"{host['socket']}"
+        f"host pid {host['pid']} ({host['name']}), {len(result['plugins'])} plugin(s){handles}, "
+        f"socket {host['socket']}"
     )
     rows: list[tuple[str, ...]] = [
         (
@@ -374,6 +375,11 @@ def inspection_json(r: Any) -> dict[str, Any]:
             {"name": e.name, "signature": e.signature, "c": c_declaration(e.name, e.signature)}
             for e in (p.exports if p else ())
         ],
+        "imports": [
+            {"name": i.name, "signature": i.signature, "c": c_declaration(i.name, i.signature)}
+            for i in (p.imports if p else ())
+        ],
+        "types": [_type_line(t) for t in (p.types if p else ())],
         "dynamic_exports": list(r.dynamic_exports),
         "needed": list(r.needed),
         "soname": r.soname,
@@ -407,6 +413,10 @@ def render_inspection(r: Any) -> str:
         lines.append(f"  hooks     {', '.join(hooks) or 'none (stateless)'}")
         decls = [c_declaration(e.name, e.signature) for e in p.exports] or ["(none)"]
         lines += [f"  {'exports' if i == 0 else '':<9} {d}" for i, d in enumerate(decls)]
+        imports = [c_declaration(i.name, i.signature) for i in p.imports]
+        lines += [f"  {'imports' if i == 0 else '':<9} {d}" for i, d in enumerate(imports)]
+        types = [_type_line(t) for t in p.types]
+        lines += [f"  {'types' if i == 0 else '':<9} {d}" for i, d in enumerate(types)]
     else:
         why = r.descriptor_error or "no .hotload descriptor"
         lines = [f"{r.path}: not a hotload plugin ({why}), {kind}{built}"]
@@ -428,6 +438,15 @@ def render_inspection(r: Any) -> str:
         lines.append("  hazards   code that may run after an unload:")
         lines += _finding_lines(hazards, seen)
     return "\n".join(lines)
+
+
+def _type_line(t: Any) -> str:
+    """``struct player_t (32 bytes, align 8): id int64_t @0, level int32_t @8``."""
+    if t.kind == "enum":
+        members = ", ".join(f"{n} = {v}" for n, v in t.values)
+    else:
+        members = ", ".join(f"{f.name} {f.ctype} @{f.offset}" for f in t.fields)
+    return f"{t.kind} {t.name} ({t.size} bytes, align {t.align}): {members or '(no members)'}"
 
 
 def _finding_lines(findings: Any, seen: set[str]) -> list[str]:

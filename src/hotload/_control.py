@@ -687,6 +687,7 @@ class ControlServer:
             "host": self.describe(),
             "plugins": plugins,
             "leaks": {"images": len(leaks), "bytes": sum(v.mapped_bytes for v in leaks)},
+            "handles": self.host.handles(),
         }
 
     def _op_versions(self, req: dict[str, Any]) -> dict[str, Any]:

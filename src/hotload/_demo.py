@@ -2,13 +2,20 @@
 hot-swapped under it.
 
 The scripted run (the default) is the project's end-to-end proof, run by
-the test suite too: a host loads the two example plugins, player threads
+the test suite too: a host loads the example plugins, player threads
 earn event rewards through them, the demo edits a *copy* of
 ``double_xp.c`` (XP multiplier 2 -> 3, version 1.0.0 -> 1.1.0), and the
 watcher (``rebuild=True``) rebuilds and swaps it.  Then it checks, and
 prints, what a person wants to know: no call failed, every player moved from
 x2 to x3 once and never back, the grant counter carried across, and the old
 image really left the process.  Any failed check exits 1.
+
+The live-ops part: the players are host objects behind handles, the
+``activity`` plugin handles the ``on_player_login`` and ``on_tick`` events
+(each player thread emits them), reads the player's ``player_t`` and calls
+the host's ``grant_item``, ``send_mail`` and ``log`` services.  The demo
+swaps it too (login reward 2 -> 3) and checks that every grant the plugin
+made reached the host, and that its total carried across.
 
 ``--interactive`` watches the examples' sources (``native/plugins`` in a
 checkout) until Ctrl-C, so a person can edit the C and watch it go live.
@@ -40,6 +47,7 @@ from ._registry import Plugin
 from ._watcher import WatchEvent
 
 PLUGINS = ("double_xp", "loot_drop")
+ACTIVITY = "activity"  # the live-ops plugin: events, services, handles (optional when interactive)
 BATCH = 25  # reward + loot calls per player per server tick
 TICK = 0.001  # seconds between a player's ticks
 
@@ -69,6 +77,8 @@ class Tally:
     failed: int = 0
     by_multiplier: dict[int, int] = field(default_factory=dict)
     went_back: int = 0  # saw a multiplier older than one it had already seen
+    granted: int = 0  # what the activity plugin's event handlers returned as granted
+    events: int = 0
     order: list[int] = field(default_factory=list)  # multipliers, in the order first seen
     errors: list[str] = field(default_factory=list)
 
@@ -76,15 +86,31 @@ class Tally:
 class Player(threading.Thread):
     """A player loop: every tick, a batch of XP rewards and loot rolls."""
 
-    def __init__(self, index: int, xp: Plugin, loot: Plugin, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        index: int,
+        xp: Plugin,
+        loot: Plugin,
+        stop: threading.Event,
+        live: LiveOps | None = None,
+    ) -> None:
         super().__init__(name=f"player-{index}", daemon=True)
         self.tally = Tally()
         self._xp, self._loot, self._halt = xp, loot, stop
         self._rng = random.Random(index)
+        self._seat = live.join(index) if live is not None else None
+        self._emit = live.host.emit if live is not None else None
 
     def run(self) -> None:
         reward, rarity, rng, t = self._xp.reward, self._loot.rarity, self._rng, self.tally
+        seat = self._seat
+        if seat is not None:
+            self._event("on_player_login", seat.struct)
+        tick = 0
         while not self._halt.is_set():
+            tick += 1
+            if seat is not None:
+                self._event("on_tick", seat.handle, tick)
             for _ in range(BATCH):
                 base, level = rng.randint(10, 500), rng.randint(1, 60)
                 try:
@@ -97,6 +123,17 @@ class Player(threading.Thread):
                     continue
                 self._count(t, (xp - (base // 10 if level >= 10 else 0)) // base, tier)
             time.sleep(TICK)
+
+    def _event(self, name: str, *args: Any) -> None:
+        assert self._emit is not None
+        t = self.tally
+        try:
+            t.granted += sum(self._emit(name, *args))
+            t.events += 1
+        except Exception as exc:  # counted as a failed call, like the others
+            t.failed += 1
+            if len(t.errors) < 3:
+                t.errors.append(f"{type(exc).__name__}: {exc}")
 
     @staticmethod
     def _count(t: Tally, mult: int, tier: int) -> None:
@@ -111,13 +148,75 @@ class Player(threading.Thread):
         t.by_multiplier[mult] += 1
 
 
+@dataclass
+class Character:
+    """A player as the game server knows it: a host object, behind a handle."""
+
+    name: str
+    level: int
+    items: dict[str, int] = field(default_factory=dict)
+    mail: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Seat:
+    handle: int
+    struct: Any  # the player_t the activity plugin reads
+
+
+class LiveOps:
+    """The host side of the activity plugin: its three services, its two
+    events, and the players it sees as handles.  Every grant the plugin makes
+    lands in ``granted`` (under a lock: plugin threads and players call)."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.lock = threading.Lock()
+        self.granted = self.mails = self.logged = 0
+        self.characters: list[Character] = []
+        grant = "int32_t(int64_t player, const char *item, int32_t count)"
+        host.provide("grant_item", self.grant_item, grant, error=-1)
+        host.provide(
+            "send_mail", self.send_mail, "int32_t(int64_t player, const char *subject)", error=-1
+        )
+        host.provide("log", self.log, "void(const char *line)")
+        host.declare_event("on_player_login", "int32_t(const player_t *)")
+        host.declare_event("on_tick", "int32_t(int64_t player, int32_t tick)")
+
+    def join(self, index: int) -> Seat:
+        who = Character(f"{'vera' if index % 2 else 'nim'}{index}", 10 + 15 * (index % 3))
+        self.characters.append(who)
+        h = self.host.handle(who)
+        player = self.host[ACTIVITY].new("player_t", id=h, level=who.level, name=who.name)
+        return Seat(h, player)
+
+    def grant_item(self, player: int, item: str, count: int) -> int:
+        who = self.host.resolve(player)  # a stale or forged handle raises: -1 to the plugin
+        with self.lock:
+            who.items[item] = who.items.get(item, 0) + count
+            self.granted += count
+        return count
+
+    def send_mail(self, player: int, subject: str) -> int:
+        self.host.resolve(player).mail.append(subject)
+        with self.lock:
+            self.mails += 1
+        return 0
+
+    def log(self, line: str) -> None:
+        with self.lock:
+            self.logged += 1
+
+
 class Server:
     """The players, started and stopped together, and their summed tallies."""
 
-    def __init__(self, host: Host, players: int) -> None:
+    def __init__(self, host: Host, players: int, live: LiveOps | None = None) -> None:
         self.stop_event = threading.Event()
+        live = live if live is not None and ACTIVITY in host else None
         self.players = [
-            Player(i, host["double_xp"], host["loot_drop"], self.stop_event) for i in range(players)
+            Player(i, host["double_xp"], host["loot_drop"], self.stop_event, live)
+            for i in range(players)
         ]
         self.started = time.monotonic()
 
@@ -140,6 +239,8 @@ class Server:
             out.legendary += t.legendary
             out.failed += t.failed
             out.went_back += t.went_back
+            out.granted += t.granted
+            out.events += t.events
             out.errors += t.errors
             for mult, n in list(t.by_multiplier.items()):
                 out.by_multiplier[mult] = out.by_multiplier.get(mult, 0) + n
@@ -243,7 +344,7 @@ def run_scripted(out: TextIO, *, players: int, seconds: float) -> int:
     try:
         src, build = workspace / "src", workspace / "build"
         src.mkdir()
-        for name in PLUGINS:
+        for name in (*PLUGINS, ACTIVITY):
             shutil.copy2(example_sources_dir() / f"{name}.c", src / f"{name}.c")
             compile_plugin(src / f"{name}.c", build / f"{name}{dl.SUFFIX}")
         with Host(control=True) as host:
@@ -262,15 +363,18 @@ def _scripted(
 ) -> Outcome:
     xp = host.load(build / f"double_xp{dl.SUFFIX}")
     host.load(build / f"loot_drop{dl.SUFFIX}")
+    live = LiveOps(host)
+    activity = host.load(build / f"activity{dl.SUFFIX}")
     v1 = host.versions("double_xp")[-1]
+    a1 = host.versions(ACTIVITY)[-1]
     _header(view, host, src, players)
     events: queue.Queue[WatchEvent] = queue.Queue()
     host.watch(src, rebuild=True, out_dir=build, on_event=events.put, initial=False)
-    server = Server(host, players).start()
+    server = Server(host, players, live).start()
     current = describe(v1)
     _run_for(view, server, xp, current, seconds)
     view.status(status_text(server, xp, current), print_it=True)
-    edited_at = _edit(src / "double_xp.c")
+    edited_at = _edit(src / "double_xp.c", "MULTIPLIER", 2, 3)
     view.event("edit", f"double_xp.c: MULTIPLIER 2 -> 3, version 1.0.0 -> 1.1.0 (a copy in {src})")
     swap = _await_swap(view, server, xp, current, events)
     if swap is None or swap.action != "reloaded":
@@ -284,10 +388,23 @@ def _scripted(
         f"{describe(v1)} -> {current}; serving {(swap.done_at - edited_at) * 1e3:.0f} ms "
         f"after the save",
     )
-    _run_for(view, server, xp, current, seconds)
+    _run_for(view, server, xp, current, seconds / 2)
+    _edit(src / "activity.c", "LOGIN_REWARD", 2, 3)
+    aswap = _await_swap(view, server, xp, current, events, ACTIVITY)
+    if aswap is None or aswap.action != "reloaded":
+        server.stop()
+        why = aswap.error if aswap is not None else "the watcher did not swap it within 60 s"
+        return Outcome(False, [f"FAILED: activity was not swapped: {why}"])
+    view.event(
+        "swap",
+        f"activity.c: LOGIN_REWARD 2 -> 3; swapped {describe(a1)} -> "
+        f"v{aswap.seq} {aswap.plugin_version} while players emitted events",
+    )
+    _run_for(view, server, xp, current, seconds / 2)
     view.status(status_text(server, xp, current), print_it=True)
     server.stop()
-    return _verify(host, server, xp, v1, swap, edited_at)
+    outcome = _verify(host, server, xp, v1, swap, edited_at)
+    return _verify_live(host, server, live, activity, a1, aswap, outcome)
 
 
 def _header(
@@ -302,15 +419,17 @@ def _header(
     else:  # this run ends in seconds, before anyone could type that
         view.line(f"  host      pid {os.getpid()} (this run ends in seconds)")
         view.line(f"  try       `{cli} demo --interactive`, then `{cli} ls` in another terminal")
-    for name in PLUGINS:
-        info = host.versions(name)[-1]
-        kind = (
-            "XP event, keeps a grant counter across swaps"
-            if name == "double_xp"
-            else "loot rarity rules, stateless"
-        )
-        view.line(f"  plugin    {name} {info.plugin_version} ({kind})")
-    view.line(f"  players   {players} threads, each calling reward() and rarity() every tick")
+    kinds = {
+        "double_xp": "XP event, keeps a grant counter across swaps",
+        "loot_drop": "loot rarity rules, stateless",
+        ACTIVITY: "handles on_player_login/on_tick, calls grant_item/send_mail/log",
+    }
+    for name in (*PLUGINS, ACTIVITY):
+        if name in host:
+            info = host.versions(name)[-1]
+            view.line(f"  plugin    {name} {info.plugin_version} ({kinds[name]})")
+    calls = "reward() and rarity()" + (", emitting on_tick" if ACTIVITY in host else "")
+    view.line(f"  players   {players} threads, each calling {calls} every tick")
     view.line(f"  watching  {watched} (rebuild on save)")
     view.line()
 
@@ -322,15 +441,15 @@ def _run_for(view: View, server: Server, xp: Plugin, current: str, seconds: floa
         time.sleep(min(0.1, max(end - time.monotonic(), 0)))
 
 
-def _edit(path: Path) -> float:
-    """Edit the copy like an editor saves: a new file renamed over the old."""
+def _edit(path: Path, macro: str, old: int, new_value: int) -> float:
+    """Edit the copy like an editor saves: a new file renamed over the old
+    (``#define macro old`` -> ``new_value``, version 1.0.0 -> 1.1.0)."""
     text = path.read_text()
-    new = re.sub(r"#define MULTIPLIER 2\b", "#define MULTIPLIER 3", text)
-    new = new.replace(
-        'HOTLOAD_PLUGIN("double_xp", "1.0.0")', 'HOTLOAD_PLUGIN("double_xp", "1.1.0")'
-    )
-    if new == text:
-        raise HotloadError(f"{path}: could not find MULTIPLIER 2 / version 1.0.0 to edit")
+    new = re.sub(rf"#define {macro} {old}\b", f"#define {macro} {new_value}", text)
+    plugin = f'HOTLOAD_PLUGIN("{path.stem}", '
+    new = new.replace(f'{plugin}"1.0.0")', f'{plugin}"1.1.0")')
+    if new.count("1.1.0") == text.count("1.1.0") or f"{macro} {new_value}" not in new:
+        raise HotloadError(f"{path}: could not find {macro} {old} / version 1.0.0 to edit")
     tmp = path.with_name(f".{path.name}.swp")
     tmp.write_text(new)
     started = time.monotonic()
@@ -339,7 +458,12 @@ def _edit(path: Path) -> float:
 
 
 def _await_swap(
-    view: View, server: Server, xp: Plugin, current: str, events: queue.Queue[WatchEvent]
+    view: View,
+    server: Server,
+    xp: Plugin,
+    current: str,
+    events: queue.Queue[WatchEvent],
+    name: str = "double_xp",
 ) -> WatchEvent | None:
     deadline = time.monotonic() + 60.0
     while time.monotonic() < deadline:
@@ -348,7 +472,7 @@ def _await_swap(
             ev = events.get(timeout=0.05)
         except queue.Empty:
             continue
-        ours = ev.name == "double_xp" or (ev.source or "").endswith("double_xp.c")
+        ours = ev.name == name or (ev.source or "").endswith(f"{name}.c")
         if ours and ev.action in ("reloaded", "failed"):
             return ev
     return None
@@ -407,6 +531,50 @@ def _verify(
     return Outcome(ok, lines)
 
 
+def _verify_live(
+    host: Host,
+    server: Server,
+    live: LiveOps,
+    activity: Plugin,
+    a1: Any,
+    swap: WatchEvent,
+    outcome: Outcome,
+) -> Outcome:
+    """The live-ops checks, added before the verdict line."""
+    t = server.total()
+    total = activity.total_granted()
+    host.settle(5.0)
+    old = next(v for v in host.versions(ACTIVITY) if v.seq == a1.seq)
+    gone = old.state == "unloaded" and not _mapped(old.copy)
+    errors = sum(v.service_errors for v in host.versions(ACTIVITY))
+    checks = [
+        (
+            t.granted == live.granted == total and total > 0 and errors == 0,
+            "grants",
+            f"{t.events:,} events emitted; {live.granted:,} items reached the host = "
+            f"{t.granted:,} the handlers returned = total_granted() {total:,} "
+            f"(carried across the swap); {live.mails} mail(s), {errors} service errors",
+        ),
+        (
+            gone and activity.login_reward() == 3,
+            "activity",
+            f"{describe(a1)} -> v{swap.seq} {swap.plugin_version} (login reward 3); "
+            f"v{old.seq} {old.state}, {'still in' if not gone else 'gone from'} /proc/self/maps",
+        ),
+    ]
+    lines = outcome.lines[:-1]
+    lines += [f"  {'ok  ' if ok else 'FAIL'} {what:<10} {text}" for ok, what, text in checks]
+    ok = outcome.ok and all(c[0] for c in checks)
+    lines.append(
+        outcome.lines[-1]
+        if ok
+        else "FAILED: " + ", ".join(what for good, what, _ in checks if not good)
+        if outcome.ok
+        else outcome.lines[-1]
+    )
+    return Outcome(ok, lines)
+
+
 def _mapped(copy: str) -> bool:
     """Whether the kernel still maps ``copy`` into this process (False where
     there is no /proc: the host's own verdict then stands alone)."""
@@ -437,8 +605,10 @@ def _interactive(out: TextIO, *, players: int, src: Path | None, build: Path) ->
     src, note = _interactive_sources(src)
     events: queue.Queue[WatchEvent] = queue.Queue()
     with Host(control=True) as host:
-        host.watch(src, rebuild=True, out_dir=build, on_event=events.put)  # builds both, loads both
-        if not _await_loaded(host, events, view):
+        live = LiveOps(host)  # before the watcher loads activity.c (if the sources have it)
+        host.watch(src, rebuild=True, out_dir=build, on_event=events.put)  # builds, loads all
+        wanted = (*PLUGINS, ACTIVITY) if (src / f"{ACTIVITY}.c").is_file() else PLUGINS
+        if not _await_loaded(host, events, view, wanted):
             return 1
         xp = host["double_xp"]
         _header(view, host, src, players, interactive=True)
@@ -447,7 +617,7 @@ def _interactive(out: TextIO, *, players: int, src: Path | None, build: Path) ->
         view.line(f"  builds    {build} (private, removed at exit)")
         view.line(f"  edit {src / 'double_xp.c'} (try MULTIPLIER 3) and save; Ctrl-C to stop")
         view.line()
-        server = Server(host, players).start()
+        server = Server(host, players, live).start()
         serving = {name: _active(host, name) for name in PLUGINS}
         _stop_on_signals()
         try:
@@ -489,9 +659,11 @@ def _interactive_sources(src: Path | None) -> tuple[Path, str | None]:
     return copy, f"  (the installed examples are read-only: editing copies in {copy})"
 
 
-def _await_loaded(host: Host, events: queue.Queue[WatchEvent], view: View) -> bool:
+def _await_loaded(
+    host: Host, events: queue.Queue[WatchEvent], view: View, wanted: tuple[str, ...] = PLUGINS
+) -> bool:
     deadline = time.monotonic() + 60.0
-    while not all(name in host for name in PLUGINS):
+    while not all(name in host for name in wanted):
         try:
             ev = events.get(timeout=max(deadline - time.monotonic(), 0.01))
         except queue.Empty:

@@ -30,6 +30,11 @@ class SignatureError(HotloadError, TypeError):
     do not fit it.  Also a ``TypeError`` so callers can treat it as one."""
 
 
+class TypeLayoutError(SignatureError):
+    """A plugin-declared type cannot be reproduced with the compiler's layout,
+    is used without being declared, or clashes with another plugin's."""
+
+
 class LoadError(HotloadError):
     """The dynamic loader refused the library, or a symbol is missing."""
 
@@ -48,6 +53,15 @@ class NotLoadedError(HotloadError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class ServiceError(HotloadError):
+    """A host service is missing, has another prototype than a plugin imports,
+    or cannot be provided as asked."""
+
+
+class HandleError(HotloadError):
+    """A handle that this host never gave out, or that was released."""
 
 
 class ClosedError(HotloadError):

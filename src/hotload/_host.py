@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ from . import _loader as loader
 from . import _signatures as sig
 from . import _trust as trust
 from ._control import ControlServer
+from ._descriptor import TypeDecl
 from ._errors import (
     ClosedError,
     DescriptorError,
@@ -29,7 +30,11 @@ from ._errors import (
     InvalidPluginError,
     NotLoadedError,
     SignatureError,
+    TypeLayoutError,
 )
+from ._events import EventTable
+from ._events import emit as _emit
+from ._handles import HandleTable
 from ._isolation import Isolation, Options
 from ._loader import Candidate, Image, Loader, Staged
 from ._policy import UnloadPolicy
@@ -38,6 +43,8 @@ from ._protocols import PathOrCandidate, Service
 from ._reaper import Reaper
 from ._record import PluginRecord
 from ._registry import Plugin
+from ._services import ServiceTable
+from ._types import plain
 from ._version import Version, VersionInfo, VersionState
 from ._watcher import Watcher
 from ._workdir import WorkDir
@@ -100,6 +107,9 @@ class Host:
         self._closed = False
         self._services: list[Service] = []
         self._isolation: Isolation | None = None  # started by the first isolated load
+        self._provided = ServiceTable(self._workdir.path)  # host services (see provide())
+        self._events = EventTable()
+        self._handles = HandleTable()
         try:
             if control:
                 self.serve_control()
@@ -158,6 +168,54 @@ class Host:
         if self._allowed is not None:
             trust.check_digest(cand.source, cand.digest, *self._allowed)
         return cand
+
+    # -- the contract: host services -------------------------------------------------
+    def provide(self, name: str, fn: Callable[..., Any], prototype: str, *, error: Any = 0) -> None:
+        """Offer ``fn`` to plugins as the C function ``prototype``
+        (e.g. ``"int32_t(int64_t player, const char *item, int32_t count)"``);
+        a plugin calls it after ``HOTLOAD_IMPORT(name, ...)``.  ``char *``
+        arguments arrive as ``str``.  If ``fn`` raises, the exception is logged
+        and counted on the calling version, and the plugin gets ``error``.
+        Providing an existing name replaces it for every plugin at once."""
+        self._provided.provide(name, fn, prototype, error=error)
+
+    # -- the contract: handles ------------------------------------------------------------
+    def handle(self, obj: Any) -> int:
+        """An ``int64_t`` that stands for ``obj`` until ``release``: a plugin may
+        keep it across swaps and pass it back to services, which ``resolve``
+        it.  A released, forged or foreign handle raises ``HandleError``."""
+        return self._handles.new(obj)
+
+    def resolve(self, handle: int) -> Any:
+        """The object behind ``handle`` (``HandleError`` if there is none)."""
+        return self._handles.resolve(handle)
+
+    def release(self, handle: int) -> Any:
+        """End ``handle``; returns its object."""
+        return self._handles.release(handle)
+
+    def handles(self) -> int:
+        """How many handles are live."""
+        return len(self._handles)
+
+    # -- the contract: events ------------------------------------------------------------
+    def declare_event(self, name: str, prototype: str) -> None:
+        """Fix the C prototype of event ``name``: a plugin exporting ``name``
+        with another one is refused at load (as is a declaration that a
+        loaded plugin already contradicts)."""
+        self._events.declare(name, prototype, self._plugins())
+
+    def emit(self, event: str, *args: Any) -> list[Any]:
+        """Call the export ``event`` in every loaded plugin that has it, each
+        call routed, in load order; their results, in that order.  A plugin
+        unloaded during the emit is skipped."""
+        routers = self._events.cache.get(event)
+        if routers is None:
+            routers = self._events.routers(event, self._plugins())
+        return _emit(routers, args)
+
+    def _plugins(self) -> dict[str, Plugin]:
+        return {n: r.plugin for n, r in list(self._records.items()) if r.plugin is not None}
 
     # -- loading ------------------------------------------------------------------
     def load(
@@ -219,6 +277,7 @@ class Host:
             commit()
             plugin.publish(version)
             rec.plugin, rec.source = plugin, cand.source
+            self._events.changed(loaded=cand.name)
             rec.add(version)
             rec.went_live(version, cand.data, cand.source)
             log.info(
@@ -253,6 +312,7 @@ class Host:
                     f"{cand.source}: the file declares plugin {cand.name!r}, not {name!r}"
                 )
             version = self._swap_in(rec, cand, allow_signature_change, preflight)
+            self._events.changed()
             rec.went_live(version, cand.data, cand.source)
             rec.source = cand.source
             return rec.info(version, inspect=False)  # the reaper inspects a new build
@@ -272,6 +332,7 @@ class Host:
             if target.first_seq != target.seq:
                 note += f" (first loaded as v{target.first_seq})"
             version = self._swap_in(rec, cand, True, preflight, note=note)
+            self._events.changed()
             rec.rolled_back(version)
             return rec.info(version, inspect=False)
 
@@ -283,6 +344,7 @@ class Host:
             assert plugin is not None
             current = plugin.close()
             rec.unloaded()
+            self._events.changed(unloaded=name)
             if current is not None:
                 current.retire()  # a call racing the close re-checks this and backs out
                 self._reaper.retire(current, unload_safe=rec.unload_safe)
@@ -323,6 +385,11 @@ class Host:
         """Preflight the staged copy (unless off), then open it here."""
         cand = staged.cand
         try:
+            self._events.check(cand.name, cand.source, cand.prototypes, self._plugins())
+            self._check_types(cand)
+            imports = _imports(cand)
+            if imports:  # refused before preflight: a missing service names itself
+                self._provided.check(imports, cand.source)
             if self.preflight if preflight is None else preflight:
                 state = self._take_state(rec, old) if old is not None else None
                 result = self._preflight.check(
@@ -335,6 +402,7 @@ class Host:
                     unload_safe=rec.unload_safe
                     or bool(cand.descriptor and cand.descriptor.unload_safe),
                     max_state_size=self.max_state_size,
+                    services=self._standins(imports),
                 )
                 if result.get("report"):  # the worker inspected it: no ELF parse in this process
                     inspector.remember(inspector.Report.from_dict(result["report"]))
@@ -344,10 +412,34 @@ class Host:
         if rec.isolate is not None:
             return self._isolated().open(staged, rec.isolate, self.hook_timeout)
         image = self._loader.open(
-            staged, may_close=lambda c: self._policy.may_close_candidate(c, rec.unload_safe)
+            staged,
+            may_close=lambda c: self._policy.may_close_candidate(c, rec.unload_safe),
+            services=self._provided,
         )
         self._reaper.inspect_later(image)
         return image
+
+    def _check_types(self, cand: Candidate) -> None:
+        """Two plugins must not give one type name two layouts: a value made
+        for one could be passed to the other."""
+        if cand.types is None:
+            return
+        for pname, plugin in self._plugins().items():
+            cur = plugin.current
+            theirs = cur.image.types if cur is not None and pname != cand.name else None
+            for tname, cname in cand.types.names.items():
+                other = theirs.names.get(tname) if theirs is not None else None
+                if other is not None and other != cname:
+                    raise TypeLayoutError(
+                        f"{cand.source}: declares type {tname} "
+                        f"({_layout(cand.types.decls[tname])}), but plugin {pname} declares it "
+                        f"with another layout ({_layout(theirs.decls[tname])})"  # type: ignore[union-attr]
+                    )
+
+    def _standins(self, imports: dict[str, str]) -> dict[str, list[Any]] | None:
+        """What the preflight worker needs to stand in for the services."""
+        services = self._provided.services
+        return {n: [services[n].prototype, services[n].error] for n in imports} or None
 
     def _take_state(self, rec: PluginRecord, old: Version) -> bytes | None:
         if old.image.on_unload is None:
@@ -576,6 +668,8 @@ class Host:
             self._isolation.close()  # kills workers still busy (a hung call gets an error)
             self._reaper.settle(1.0)
         self._reaper.stop()
+        stuck = [v.image.imports for r in self._records.values() for v in r.stuck()]
+        self._provided.close([b for b in stuck if b is not None])
         self._preflight.close()
         self._workdir.close()
 
@@ -621,6 +715,16 @@ class Host:
         return f"<hotload.Host {len(self.names())} plugin(s) in {self.workdir}>"
 
 
+def _layout(decl: TypeDecl) -> str:
+    fields = ", ".join(f"{f.name} {f.ctype} @{f.offset}" for f in decl.fields)
+    return f"size {decl.size}, align {decl.align}" + (f": {fields}" if fields else "")
+
+
+def _imports(cand: Candidate) -> dict[str, str]:
+    desc = cand.descriptor
+    return {i.name: i.signature for i in desc.imports} if desc is not None else {}
+
+
 def _hook_name(image: Image, hook: str) -> str:
     return f"{image.source}: {hook} of {image.name} {image.version}"
 
@@ -642,6 +746,12 @@ def _check_compatible(old: Image, new: Candidate) -> None:
                 f"use it. {_ACCEPT_CHANGE.format(name=old.name)}"
             )
         if sig.pointer_type(proto) is not sig.pointer_type(new.prototypes[fname]):
+            if plain(proto) == plain(new.prototypes[fname]):
+                raise TypeLayoutError(
+                    f"{new.source}: {fname} ({plain(proto)}) uses a type whose layout changed "
+                    f"from version {old.version} to {new.version}; callers' values have the old "
+                    f"layout. Pass allow_signature_change=True to accept"
+                )
             raise SignatureError(
                 f"{new.source}: {fname} changed from {proto!r} (version {old.version}) to "
                 f"{new.prototypes[fname]!r} (version {new.version}); callers were written for the "
@@ -659,10 +769,13 @@ def _refuse_free_threading() -> None:
 
 def _enable_faulthandler() -> None:
     """A crash inside a plugin call kills the process with a signal; make it
-    print the Python stack of every thread first, unless the application set
-    up faulthandler itself."""
+    print the Python stack of the crashing thread first, unless the
+    application set up faulthandler itself."""
     if not faulthandler.is_enabled() and sys.stderr is not None:
         try:
-            faulthandler.enable()
+            # Only the crashing thread: walking the other threads' frames from a
+            # signal handler races with them (seen: a dump cut short in a thread
+            # that was importing), and the crashing call is what an operator needs.
+            faulthandler.enable(all_threads=False)
         except (RuntimeError, ValueError, OSError):  # no usable stderr (a daemon)
             log.debug("faulthandler not enabled: stderr is not a real file")

@@ -57,7 +57,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from ._descriptor import Descriptor, Export
+from ._descriptor import Descriptor, Export, Field, Import, TypeDecl
 from ._errors import DescriptorError, InvalidPluginError
 from ._platform import _elf as elfcheck
 
@@ -305,10 +305,25 @@ class Report:
             "plugin": None
             if plugin is None
             else Descriptor(
-                **{**plugin, "exports": tuple(Export(**e) for e in plugin.get("exports", ()))}
+                **{
+                    **plugin,
+                    "exports": tuple(Export(**e) for e in plugin.get("exports", ())),
+                    "imports": tuple(Import(**i) for i in plugin.get("imports", ())),
+                    "types": tuple(_type_decl(t) for t in plugin.get("types", ())),
+                }
             ),
         }
         return cls(**fields)
+
+
+def _type_decl(d: dict[str, Any]) -> TypeDecl:
+    return TypeDecl(
+        **{
+            **d,
+            "fields": tuple(Field(**f) for f in d.get("fields", ())),
+            "values": tuple((n, v) for n, v in d.get("values", ())),
+        }
+    )
 
 
 @dataclass

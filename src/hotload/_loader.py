@@ -9,6 +9,7 @@ can never reach a loaded image or slip between check and open.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -18,10 +19,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _descriptor as desc_mod
 from . import _signatures as signatures
+from . import _types as typedecl
 from ._descriptor import Descriptor
 from ._errors import (
     DescriptorError,
@@ -30,9 +32,14 @@ from ._errors import (
     InvalidPluginError,
     LoadError,
     NotAPluginError,
+    SignatureError,
+    TypeLayoutError,
 )
 from ._platform import binfmt, dl, proc
 from ._workdir import WorkDir
+
+if TYPE_CHECKING:
+    from ._services import ImportBinding, ServiceTable
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,8 @@ class Image:
     closes: int = 0
     loaded_at: float = field(default_factory=time.time)
     process: Any = None  # an isolated image's worker (``_isolation.Proxy``); None in-process
+    imports: ImportBinding | None = None  # its host services (see _services)
+    types: typedecl.TypeSet | None = None  # its declared C types (see _types)
 
     def call_on_load(self, prev_version: str | None, state: bytes | None) -> None:
         if self.on_load is None:
@@ -262,8 +271,21 @@ def identify(
         if declared:
             signatures.check_declared(declared, prototypes, where=source)
         plugin_name, version = desc.name, desc.version
+    typeset = typedecl.build(desc, source) if desc is not None and desc.types else None
+    if typeset is not None:  # verified before anything is opened; prototypes use cffi's names
+        prototypes = {f: typeset.rewrite(p) for f, p in prototypes.items()}
     for fname, proto in prototypes.items():
-        signatures.parse(proto, where=source, function=fname)
+        try:
+            signatures.parse(proto, where=source, function=fname)
+        except SignatureError:
+            missing = typedecl.undeclared(proto, typeset or typedecl.TypeSet({}, {}))
+            if not missing:
+                raise
+            raise TypeLayoutError(
+                f"{source}: cannot parse the C signature of {fname} ({typedecl.plain(proto)}): "
+                f"it uses type {missing[0]}, which the plugin does not declare: declare it with "
+                f"HOTLOAD_STRUCT/HOTLOAD_FIELD (or HOTLOAD_ENUM) from hotload.h"
+            ) from None
     return desc, plugin_name, version, prototypes
 
 
@@ -282,6 +304,7 @@ class Candidate:
     version: str
     prototypes: dict[str, str]
     digest: str
+    types: typedecl.TypeSet | None = None
 
     @property
     def size(self) -> int:
@@ -305,6 +328,7 @@ def candidate(
         version=version,
         prototypes=prototypes,
         digest=hashlib.sha256(data).hexdigest(),
+        types=typedecl.build(desc, source) if desc is not None and desc.types else None,
     )
 
 
@@ -344,21 +368,45 @@ class Loader:
         copy, file_id = self.workdir.write_copy(cand.name, seq, cand.data, dl.SUFFIX)
         return Staged(cand, seq, copy, file_id)
 
-    def open(self, staged: Staged, *, may_close: Callable[[Candidate], bool]) -> Image:
+    def open(
+        self,
+        staged: Staged,
+        *,
+        may_close: Callable[[Candidate], bool],
+        services: ServiceTable | None = None,
+    ) -> Image:
         """``dlopen`` the staged copy and resolve its exports and hooks.
         On failure the copy is deleted and the image closed, unless
         ``may_close`` says its constructors may have left code running (then
-        it stays loaded: unmapping it could crash the process)."""
+        it stays loaded: unmapping it could crash the process).  A plugin's
+        imports are checked against ``services`` and linked before ``dlopen``
+        (its constructors may call them) and bound to the image after."""
         cand, source = staged.cand, staged.cand.source
-        handle, copy, file_id = self._open_new_image(staged)
         desc = cand.descriptor
+        binding = None
+        if desc is not None and desc.imports:
+            if services is None:
+                raise LoadError(f"{source}: imports host services, but none are available here")
+            imports = {i.name: i.signature for i in desc.imports}
+            label = f"{cand.name} v{staged.seq}"
+            try:
+                binding = services.prepare(imports, source, label)
+            except BaseException:
+                staged.discard()
+                raise
+        with binding.table.opening(binding) if binding else contextlib.nullcontext():
+            handle, copy, file_id = self._open_new_image(staged)
         try:
             functions = {
                 f: _resolve_export(handle, source, f, p) for f, p in cand.prototypes.items()
             }
             on_load = _hook(handle, source, desc.on_load if desc else None, ON_LOAD_TYPE)
             on_unload = _hook(handle, source, desc.on_unload if desc else None, ON_UNLOAD_TYPE)
+            if binding is not None:
+                binding.attach(lambda sym: dl.symbol(handle, sym), source)
         except BaseException:
+            if binding is not None:
+                binding.detach()
             if may_close(cand):
                 dl.close_image(handle, source)
             else:
@@ -367,7 +415,7 @@ class Loader:
                     "the process",
                     source,
                 )
-                self._live.add(_stub(staged, handle))
+                self._live.add(_stub(staged, handle, binding))
             copy.unlink(missing_ok=True)
             raise
         image = Image(
@@ -384,6 +432,8 @@ class Loader:
             prototypes=cand.prototypes,
             on_load=on_load,
             on_unload=on_unload,
+            imports=binding,
+            types=cand.types,
         )
         self._live.add(image)
         return image
@@ -427,6 +477,8 @@ class Loader:
                 f"{image.source}: version copy {image.copy.name} is already closed "
                 f"(dlopen {image.opens}, dlclose {image.closes}): refusing a double close"
             )
+        if image.imports is not None:
+            image.imports.detach()  # before the image may leave: never write into it again
         if image.process is None:
             dl.close_image(image.handle, image.source)
         image.closes += 1
@@ -478,8 +530,9 @@ class Loader:
         image.copy.unlink(missing_ok=True)
 
 
-def _stub(staged: Staged, handle: int) -> Image:
-    """A record of an image that failed to resolve but must stay loaded."""
+def _stub(staged: Staged, handle: int, imports: ImportBinding | None) -> Image:
+    """A record of an image that failed to resolve but must stay loaded (with
+    the callbacks its constructors' threads may still call)."""
     cand = staged.cand
     return Image(
         source=cand.source,
@@ -493,6 +546,7 @@ def _stub(staged: Staged, handle: int) -> Image:
         handle=handle,
         functions={},
         prototypes={},
+        imports=imports,
     )
 
 

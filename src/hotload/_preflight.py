@@ -211,6 +211,7 @@ class PreflightWorker:
         self_test: bool = True,
         unload_safe: bool = False,
         max_state_size: int = MAX_STATE_SIZE,
+        services: Mapping[str, list[Any]] | None = None,
     ) -> dict[str, Any]:
         """Try the plugin at ``path`` (its private copy); raise PreflightError.
         ``timeout`` bounds the whole exchange, from writing the request on."""
@@ -229,6 +230,7 @@ class PreflightWorker:
                 "self_test": self_test,
                 "unload_safe": unload_safe,
                 "max_state_size": max_state_size,
+                "services": dict(services) if services else None,
             }
             payload = (json.dumps(req) + "\n").encode()
             deadline = time.monotonic() + self.timeout

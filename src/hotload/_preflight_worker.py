@@ -26,6 +26,7 @@ the worker during another plugin's check.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import sys
@@ -43,6 +44,7 @@ def _main(argv: list[str]) -> int:
     sys.stdout = sys.stderr
     from . import _inspector as inspector
     from . import _loader as loader
+    from . import _services as services
     from . import _signatures as signatures
     from ._errors import HotloadError
     from ._platform import dl
@@ -55,6 +57,7 @@ def _main(argv: list[str]) -> int:
         channel.write(json.dumps(msg) + "\n")
         channel.flush()
 
+    services.mark_preflight()  # hotload_in_preflight() says 1 in this process
     say({"ready": True, "pid": os.getpid()})
     for line in sys.stdin:
         if proc.parent_gone(parent):
@@ -63,6 +66,7 @@ def _main(argv: list[str]) -> int:
         rid = req["id"]
         step = "check"
         handle = None
+        binding = None
         try:
             say({"id": rid, "step": step})
             data = loader.read_source(req["path"])
@@ -75,7 +79,11 @@ def _main(argv: list[str]) -> int:
             ) and bool(report.hazards())
             step = "dlopen"
             say({"id": rid, "step": step})
-            handle = loader.open_copy(Path(req["path"]), req["source"])
+            binding = _standins(services, desc, req, name)
+            with binding.table.opening(binding) if binding else contextlib.nullcontext():
+                handle = loader.open_copy(Path(req["path"]), req["source"])
+            if binding is not None:
+                binding.attach(lambda sym, h=handle: dl.symbol(h, sym), req["source"])
             step = "resolve"
             say({"id": rid, "step": step})
             for fname, prototype in protos.items():
@@ -149,9 +157,24 @@ def _main(argv: list[str]) -> int:
         except Exception as exc:  # noqa: BLE001 - reported to the host, worker keeps going
             say({"id": rid, "done": False, "step": step, "error": f"{type(exc).__name__}: {exc}"})
         finally:
+            if binding is not None:
+                binding.detach()
             if handle is not None and not keep_open:
                 dl.close_image(handle, req["path"])
     return 0
+
+
+def _standins(services: Any, desc: Any, req: dict[str, Any], name: str) -> Any:
+    """The plugin's imports bound to stand-ins that return each service's
+    error value (None when it imports nothing)."""
+    if desc is None or not desc.imports:
+        return None
+    table = services.ServiceTable(os.path.dirname(req["path"]), standin=True)
+    for sname, (proto, error) in (req.get("services") or {}).items():
+        ctype = services.signatures.pointer_type(proto)
+        table.provide(sname, services.standin(sname, ctype, error), proto, error=error)
+    imports = {i.name: i.signature for i in desc.imports}
+    return table.prepare(imports, req["source"], f"{name} (preflight)")
 
 
 def _try_on_unload(

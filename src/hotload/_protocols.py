@@ -58,6 +58,10 @@ class PluginHost(Protocol):
 
     def leaks(self) -> list[VersionInfo]: ...
 
+    def handles(self) -> int:
+        """How many handles to host objects are live (``Host.handle``)."""
+        ...
+
 
 class Service(Protocol):
     """Something the host starts and stops with itself."""

@@ -149,6 +149,7 @@ class PluginRecord:
             rss=proxy.rss() if proxy is not None else 0,
             restarts=proxy.restarts if proxy is not None else 0,
             worker=proxy.state if proxy is not None else "",
+            service_errors=img.imports.errors if img.imports is not None else 0,
         )
 
     def stuck(self) -> list[Version]:

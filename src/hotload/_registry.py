@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import _signatures as signatures
-from ._errors import ClosedError, NotLoadedError, SignatureError
+from ._errors import ClosedError, NotLoadedError, SignatureError, TypeLayoutError
+from ._types import plain
 from ._version import SWITCHING, UNLOADED_PLUGIN, Sentinel, Version, VersionInfo
 from ._version import _crouter as _native
 
@@ -125,7 +126,9 @@ class Plugin:
     def functions(self) -> dict[str, str]:
         """Exported function -> C prototype, for the current version."""
         cur = self._current
-        return dict(cur.image.prototypes) if isinstance(cur, Version) and cur.image else {}
+        if not isinstance(cur, Version) or not cur.image:
+            return {}
+        return {f: plain(p) for f, p in cur.image.prototypes.items()}
 
     @contextlib.contextmanager
     def pinned(self) -> Iterator[Any]:
@@ -146,6 +149,15 @@ class Plugin:
             g.pop()
             if g.retiring:
                 g.exited()
+
+    def new(self, type_name: str, **fields: Any) -> Any:
+        """A new, zeroed ``type_name *`` of a struct the current version declares
+        (``HOTLOAD_STRUCT``), with ``fields`` set: ``p.new("player_t", id=1)``."""
+        cur = self._current
+        types = cur.image.types if isinstance(cur, Version) else None
+        if types is None:
+            raise TypeLayoutError(f"plugin {self.name} declares no types")
+        return types.new(type_name, fields)
 
     def versions(self) -> list[VersionInfo]:
         """This plugin's versions, as ``Host.versions(name)`` reports them."""

@@ -274,6 +274,7 @@ class VersionInfo:
     rss: int = 0  # that worker's resident memory, bytes
     restarts: int = 0  # workers restarted after a crash (on_crash="restart")
     worker: str = ""  # "running", "restarting" or "stopped" (isolated only)
+    service_errors: int = 0  # host-service calls from this version that raised
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)

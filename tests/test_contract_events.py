@@ -1,0 +1,113 @@
+"""Events: host.emit() calls the export of that name in every loaded plugin."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from hotload import Host, SignatureError
+
+HANDLER = """
+#include <hotload.h>
+HOTLOAD_PLUGIN("NAME", "VERSION");
+HOTLOAD_API int64_t on_player_login(int64_t player) { return player * FACTOR; }
+HOTLOAD_EXPORT(on_player_login, int64_t, (int64_t));
+HOTLOAD_API int32_t on_tick(int32_t t) { return t + FACTOR; }
+HOTLOAD_EXPORT(on_tick, int32_t, (int32_t));
+"""
+
+
+def handler(cc, name: str, factor: int, version: str = "1", out: str | None = None):
+    src = HANDLER.replace("NAME", name).replace("FACTOR", str(factor))
+    return cc(src.replace("VERSION", version), out or f"{name}_{version}")
+
+
+def test_emit_calls_every_plugin_in_load_order(host: Host, cc) -> None:
+    for name, factor in (("zeta", 2), ("alpha", 3), ("mid", 5)):
+        host.load(handler(cc, name, factor))
+    host.load(
+        cc(
+            """
+            #include <hotload.h>
+            HOTLOAD_PLUGIN("bystander", "1");
+            HOTLOAD_API int32_t other(void) { return 1; }
+            HOTLOAD_EXPORT(other, int32_t, (void));
+            """,
+            "bystander",
+        )
+    )
+    assert host.emit("on_player_login", 10) == [20, 30, 50]  # load order, not name order
+    host.reload("alpha", handler(cc, "alpha", 7, "2"))
+    assert host.emit("on_player_login", 10) == [20, 70, 50]  # the swap is seen at once
+    host.unload("zeta")
+    assert host.emit("on_player_login", 1) == [7, 5]
+    host.load(handler(cc, "zeta", 11, "3"))
+    assert host.emit("on_player_login", 1) == [7, 5, 11]
+    assert host.emit("on_nobody_handles") == []
+
+
+def test_event_prototype_conflict_is_refused_naming_the_other_plugin(host: Host, cc) -> None:
+    host.load(handler(cc, "first", 2))
+    assert host.emit("on_tick", 1) == [3]  # emitted once: on_tick is an event now
+    other = cc(
+        """
+        #include <hotload.h>
+        HOTLOAD_PLUGIN("second", "1");
+        HOTLOAD_API int64_t on_tick(int64_t t) { return t; }
+        HOTLOAD_EXPORT(on_tick, int64_t, (int64_t));
+        """,
+        "second",
+    )
+    with pytest.raises(SignatureError) as err:
+        host.load(other)
+    msg = str(err.value)
+    assert "second.so: exports event on_tick as 'int64_t(int64_t)'" in msg
+    assert "plugin first exports it as 'int32_t(int32_t)'" in msg
+    assert host.names() == ["first"] and host.emit("on_tick", 1) == [3]
+
+
+def test_declared_event_refuses_other_prototype_and_late_declaration(host: Host, cc) -> None:
+    host.declare_event("on_player_login", "int64_t(int64_t player)")
+    host.load(handler(cc, "ok", 2))
+    with pytest.raises(SignatureError, match="plugin ok exports it as 'int32_t\\(int32_t\\)'"):
+        host.declare_event("on_tick", "int64_t(int64_t)")  # ok exports on_tick as int32_t
+    host.declare_event("on_tick", "int32_t(int32_t)")
+    bad = cc(
+        """
+        #include <hotload.h>
+        HOTLOAD_PLUGIN("bad", "1");
+        HOTLOAD_API int32_t on_player_login(int32_t p) { return p; }
+        HOTLOAD_EXPORT(on_player_login, int32_t, (int32_t));
+        """,
+        "bad",
+    )
+    with pytest.raises(SignatureError, match="host declared it as 'int64_t\\(int64_t\\)'"):
+        host.load(bad)
+    assert host.names() == ["ok"]
+
+
+def test_emit_during_swaps_never_fails(tmp_path, cc) -> None:
+    builds = [handler(cc, "swapped", 1, str(i), out=f"swapped_{i}") for i in range(2)]
+    with Host(tmp_path / "work", preflight=False) as host:
+        host.load(handler(cc, "steady", 1000))
+        host.load(builds[0])
+        stop, failures, calls = threading.Event(), [], [0]
+
+        def caller() -> None:
+            while not stop.is_set():
+                try:
+                    assert host.emit("on_player_login", 1) == [1000, 1]
+                    calls[0] += 1
+                except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                    failures.append(exc)
+
+        threads = [threading.Thread(target=caller) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for i in range(40):
+            host.reload("swapped", builds[i % 2])
+        stop.set()
+        for t in threads:
+            t.join(10)
+        assert failures == [] and calls[0] > 0

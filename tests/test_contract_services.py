@@ -1,0 +1,229 @@
+"""Host services: plugins call Python functions through HOTLOAD_IMPORT.
+
+Real plugins compiled here, real dlopen, real threads (started by the plugin
+in C), real preflight worker.  Service names are unique per test where the
+prototype differs: a name keeps its prototype for the life of the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+from hotload import ClosedError, Host, HotloadError, ServiceError
+from hotload import _descriptor as descriptor
+from hotload._platform import binfmt
+
+ACTIVITY = """
+#include <hotload.h>
+HOTLOAD_PLUGIN("activity", "VERSION");
+HOTLOAD_IMPORT(grant_item, int32_t, (int64_t, const char *, int32_t));
+HOTLOAD_IMPORT(note, void, (const char *));
+
+static int32_t at_ctor = -100;
+__attribute__((constructor)) static void init(void) { at_ctor = grant_item(7, "ctor", 1); }
+
+HOTLOAD_API int32_t login(int64_t player)
+{ note("login"); return grant_item(player, "crate", BONUS); }
+HOTLOAD_EXPORT(login, int32_t, (int64_t));
+HOTLOAD_API int32_t ctor_result(void) { return at_ctor; }
+HOTLOAD_EXPORT(ctor_result, int32_t, (void));
+HOTLOAD_API int32_t in_preflight(void) { return hotload_in_preflight(); }
+HOTLOAD_EXPORT(in_preflight, int32_t, (void));
+/* passes only where services are stand-ins returning the error value (-1) */
+static int self_test(void) { return hotload_in_preflight() && grant_item(1, "x", 1) == -1 ? 0 : 3; }
+HOTLOAD_SELF_TEST(self_test);
+"""
+
+GRANT = "int32_t(int64_t player, const char *item, int32_t count)"
+
+
+def activity(cc, version: str = "1", bonus: int = 2, name: str = "activity"):
+    src = ACTIVITY.replace("VERSION", version).replace("BONUS", str(bonus))
+    return cc(src, name)
+
+
+def provide_basics(host: Host, grants: list[tuple[int, str, int]]) -> None:
+    host.provide(
+        "grant_item", lambda p, item, n: grants.append((p, item, n)) or 100 + n, GRANT, error=-1
+    )
+    host.provide("note", lambda text: None, "void(const char *)")
+
+
+def test_plugin_calls_host_services_constructors_included(host: Host, cc) -> None:
+    grants: list[tuple[int, str, int]] = []
+    provide_basics(host, grants)
+    p = host.load(activity(cc))  # preflight on: the self-test passes only with stand-ins
+    assert p.login(5) == 102
+    assert p.ctor_result() == 101  # the constructor called the host's service, not a stand-in
+    assert p.in_preflight() == 0
+    assert grants == [(7, "ctor", 1), (5, "crate", 2)]  # char * arrives as str
+
+
+def test_services_survive_swaps_and_replacement_reaches_every_plugin(host: Host, cc) -> None:
+    grants: list[tuple[int, str, int]] = []
+    provide_basics(host, grants)
+    a = host.load(activity(cc, name="a"))
+    src = ACTIVITY.replace('"activity"', '"other"').replace("VERSION", "1").replace("BONUS", "3")
+    b = host.load(cc(src, "b"))
+    host.reload("activity", activity(cc, version="2", bonus=4, name="a2"))
+    assert (a.login(1), b.login(1)) == (104, 103)
+    host.provide("grant_item", lambda p, item, n: 1000 + n, GRANT, error=-1)  # replace
+    assert (a.login(1), b.login(1)) == (1004, 1003)
+    host.reload("activity", activity(cc, version="3", bonus=5, name="a3"))
+    assert a.login(1) == 1005 and a.ctor_result() == 1001
+
+
+def test_service_that_raises_returns_error_value_logged_and_counted(host: Host, cc, caplog) -> None:
+    def broken(player: int, item: str, count: int) -> int:
+        raise RuntimeError(f"no such item {item}")
+
+    host.provide("grant_item", broken, GRANT, error=-1)
+    host.provide("note", lambda text: None, "void(const char *)")
+    with caplog.at_level(logging.ERROR, logger="hotload"):
+        p = host.load(activity(cc))
+        assert p.login(1) == -1
+        assert p.login(2) == -1
+    info = host.current("activity")
+    assert info is not None and info.service_errors == 3  # constructor + two calls
+    assert "no such item crate" in caplog.text and "Traceback" in caplog.text
+    assert "activity v1: service grant_item raised" in caplog.text
+
+
+def test_import_with_no_provider_is_refused_and_live_version_keeps_serving(host: Host, cc) -> None:
+    plain = cc(
+        """
+        #include <hotload.h>
+        HOTLOAD_PLUGIN("activity", "0");
+        HOTLOAD_API int32_t login(int64_t p) { return (int32_t)p; }
+        HOTLOAD_EXPORT(login, int32_t, (int64_t));
+        """,
+        "plain",
+    )
+    p = host.load(plain)
+    host.provide("note", lambda text: None, "void(const char *)")
+    with pytest.raises(ServiceError) as err:
+        host.reload("activity", activity(cc))
+    msg = str(err.value)
+    assert "imports service grant_item" in msg and "int32_t(int64_t, char *, int32_t)" in msg
+    assert "provides no service of that name" in msg and "activity.so" in msg
+    assert p.login(9) == 9 and [v.seq for v in host.versions("activity")] == [1]
+
+
+def test_import_with_other_prototype_names_both(host: Host, cc) -> None:
+    host.provide("grant_item", lambda p, item, n: 0, "int64_t(int64_t, const char *, int32_t)")
+    host.provide("note", lambda text: None, "void(const char *)")
+    with pytest.raises(ServiceError) as err:
+        host.load(activity(cc))
+    msg = str(err.value)
+    assert "imports service grant_item as 'int32_t(int64_t, char *, int32_t)'" in msg
+    assert "host provides it as 'int64_t(int64_t, char *, int32_t)'" in msg
+    assert "activity" not in host.names()
+
+
+def test_services_are_called_from_threads_the_plugin_starts(host: Host, cc) -> None:
+    src = """
+    #include <hotload.h>
+    #include <pthread.h>
+    HOTLOAD_PLUGIN("threads", "1");
+    HOTLOAD_IMPORT(tick_count, int64_t, (int64_t));
+    static void *worker(void *arg) {
+        for (int i = 0; i < 500; i++) tick_count((int64_t)(intptr_t)arg);
+        return NULL;
+    }
+    HOTLOAD_API int32_t run(int32_t n) {
+        pthread_t t[8];
+        for (int i = 0; i < n; i++) pthread_create(&t[i], NULL, worker, (void *)(intptr_t)i);
+        for (int i = 0; i < n; i++) pthread_join(t[i], NULL);
+        return n;
+    }
+    HOTLOAD_EXPORT(run, int32_t, (int32_t));
+    """
+    seen: list[tuple[int, str]] = []
+    host.provide(
+        "tick_count",
+        lambda i: seen.append((i, threading.current_thread().name)) or 0,
+        "int64_t(int64_t)",
+    )
+    p = host.load(cc(src, "threads", ["-pthread"]))
+    assert p.run(4) == 4
+    assert len(seen) == 2000 and sorted({i for i, _ in seen}) == [0, 1, 2, 3]
+    assert all(name != threading.current_thread().name for _, name in seen)
+
+
+def test_service_called_after_close_returns_error_value(tmp_path, cc, caplog) -> None:
+    """A retained image (its thread outlives the host) keeps calling: each
+    call returns the error value and is logged; nothing crashes."""
+    src = """
+    #include <hotload.h>
+    #include <pthread.h>
+    #include <unistd.h>
+    HOTLOAD_PLUGIN("lingers", "1");
+    HOTLOAD_IMPORT(beat, int32_t, (int32_t));
+    static volatile int32_t *out;
+    static void *loop(void *arg) {
+        (void)arg;
+        for (int i = 0; i < 400; i++) { out[0] = beat(i); out[1] = i; usleep(5000); }
+        return NULL;
+    }
+    HOTLOAD_API int32_t start(int32_t *where) {
+        pthread_t t; out = where; return pthread_create(&t, NULL, loop, NULL);
+    }
+    HOTLOAD_EXPORT(start, int32_t, (int32_t *));
+    """
+    from hotload._signatures import ffi
+
+    out = ffi.new("int32_t[2]")
+    host = Host(tmp_path / "work", preflight=False)
+    host.provide("beat", lambda i: 1, "int32_t(int32_t)", error=-7)
+    p = host.load(cc(src, "lingers", ["-pthread"]))
+    assert p.start(out) == 0
+    deadline = time.monotonic() + 10
+    while out[0] != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert out[0] == 1
+    with caplog.at_level(logging.ERROR, logger="hotload"):
+        host.close()
+        deadline = time.monotonic() + 10
+        while out[0] != -7 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert out[0] == -7
+    assert "service beat called after host.close()" in caplog.text
+    with pytest.raises(ClosedError):
+        host.provide("beat", lambda i: 1, "int32_t(int32_t)")
+    while out[1] < 399 and time.monotonic() < deadline + 5:  # let the thread finish
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize(
+    "proto, error, words",
+    [
+        ("char *(int32_t)", 0, "cannot return a pointer"),
+        ("int8_t(int32_t)", 1000, "does not fit int8_t"),
+        ("int32_t(int32_t", 0, "cannot parse the C signature"),
+        ("int32_t(int32_t, ...)", 0, "variadic"),
+    ],
+)
+def test_bad_provide_is_refused(host: Host, proto: str, error: int, words: str) -> None:
+    with pytest.raises(HotloadError, match=words):
+        host.provide("svc_bad", lambda *a: 0, proto, error=error)
+
+
+def test_prototype_change_of_an_imported_service_is_refused(host: Host, cc) -> None:
+    provide_basics(host, [])
+    p = host.load(activity(cc))
+    with pytest.raises(ServiceError, match=r"imported so by activity v1"):
+        host.provide("grant_item", lambda p, i, n: 0, "int32_t(int64_t, const char *, int64_t)")
+    assert p.login(1) == 102
+
+
+def test_import_records_are_abi_2_and_exports_stay_abi_1(cc) -> None:
+    facts = binfmt.check(activity(cc).read_bytes(), "activity.so")
+    section = facts.hotload_section or b""
+    assert b"hotload\x1f2\x1fimport\x1fgrant_item\x1f" in section
+    assert b"hotload\x1f1\x1fexport\x1flogin\x1f" in section
+    desc = descriptor.parse(section, "activity.so")
+    assert desc.abi == 2 and [i.name for i in desc.imports] == ["grant_item", "note"]

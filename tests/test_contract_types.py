@@ -1,0 +1,197 @@
+"""Plugin-declared types: structs and enums with the compiler's layout."""
+
+from __future__ import annotations
+
+import pytest
+
+from hotload import Host, SignatureError, TypeLayoutError
+from hotload._signatures import ffi
+
+PLAYER = """
+#include <hotload.h>
+HOTLOAD_PLUGIN("NAME", "VERSION");
+typedef struct { int64_t id; int32_t level; char name[16]; EXTRA } player_t;
+HOTLOAD_STRUCT(player_t);
+HOTLOAD_FIELD(player_t, id, int64_t);
+HOTLOAD_FIELD(player_t, level, int32_t);
+HOTLOAD_FIELD(player_t, name, char[16]);
+EXTRA_FIELD
+"""
+
+TYPES = (
+    PLAYER
+    + """
+typedef enum { QUEST_NONE = -1, QUEST_DAILY = 5 } quest_t;
+HOTLOAD_ENUM(quest_t);
+HOTLOAD_ENUMERATOR(quest_t, QUEST_NONE);
+HOTLOAD_ENUMERATOR(quest_t, QUEST_DAILY);
+typedef struct { player_t leader; int32_t scores[4]; player_t *deputy; quest_t quest; } guild_t;
+HOTLOAD_STRUCT(guild_t);
+HOTLOAD_FIELD(guild_t, leader, player_t);
+HOTLOAD_FIELD(guild_t, scores, int32_t[4]);
+HOTLOAD_FIELD(guild_t, deputy, player_t *);
+HOTLOAD_FIELD(guild_t, quest, quest_t);
+
+HOTLOAD_API int32_t level_of(const player_t *p) { return p->level; }
+HOTLOAD_EXPORT(level_of, int32_t, (const player_t *));
+HOTLOAD_API player_t promote(player_t p) { p.level += 1; p.name[0] = 'B'; return p; }
+HOTLOAD_EXPORT(promote, player_t, (player_t));
+HOTLOAD_API int64_t guild_sum(const guild_t *g)
+{ return g->leader.level + g->scores[3] + g->deputy->id + g->quest; }
+HOTLOAD_EXPORT(guild_sum, int64_t, (const guild_t *));
+"""
+)
+
+
+def build(cc, src: str, name: str = "typed", version: str = "1", xp: bool = False, out=None):
+    """``xp=True``: player_t grows a declared ``int64_t xp`` field."""
+    text = src.replace("NAME", name).replace("VERSION", version)
+    text = text.replace("EXTRA_FIELD", "HOTLOAD_FIELD(player_t, xp, int64_t);" if xp else "")
+    text = text.replace("EXTRA", "int64_t xp;" if xp else "")
+    return cc(text, out or f"{name}_{version}")
+
+
+def test_structs_by_pointer_by_value_nested_arrays_and_enums(host: Host, cc) -> None:
+    p = host.load(build(cc, TYPES))
+    bob = p.new("player_t", id=1, level=3, name="bob")
+    assert p.level_of(bob) == 3
+    promoted = p.promote(bob[0])
+    assert (promoted.id, promoted.level, ffi.string(promoted.name)) == (1, 4, b"Bob")
+    deputy = p.new("player_t", id=100)
+    guild = p.new("guild_t", leader={"level": 5}, scores=[1, 2, 3, 4], deputy=deputy, quest=5)
+    assert p.guild_sum(guild) == 5 + 4 + 100 + 5
+    assert p.functions()["level_of"] == "int32_t(const player_t *)"  # plain names, not cffi's
+    with pytest.raises(TypeLayoutError, match="player_t has no field xp"):
+        p.new("player_t", xp=1)
+    with pytest.raises(TypeLayoutError, match="no type 'nope_t'|not a struct"):
+        p.new("nope_t")
+
+
+def test_layout_cffi_cannot_reproduce_is_refused_naming_field_and_offsets(host: Host, cc) -> None:
+    src = """
+    #include <hotload.h>
+    HOTLOAD_PLUGIN("odd", "1");
+    typedef struct { char c; int16_t s __attribute__((packed)); int32_t n; } odd_t;
+    HOTLOAD_STRUCT(odd_t);
+    HOTLOAD_FIELD(odd_t, c, char);
+    HOTLOAD_FIELD(odd_t, s, int16_t);
+    HOTLOAD_FIELD(odd_t, n, int32_t);
+    HOTLOAD_API int32_t get(odd_t *o) { return o->n; }
+    HOTLOAD_EXPORT(get, int32_t, (odd_t *));
+    """
+    with pytest.raises(TypeLayoutError) as err:
+        host.load(cc(src, "odd"))
+    msg = str(err.value)
+    assert "odd.so: type odd_t, field s (int16_t): the compiler put it at offset 1" in msg
+    assert "hotload's C layout at offset 2" in msg
+    assert host.names() == []
+
+
+def test_packed_struct_is_refused_with_size_and_alignment(host: Host, cc) -> None:
+    src = """
+    #include <hotload.h>
+    HOTLOAD_PLUGIN("packed", "1");
+    typedef struct __attribute__((packed)) { char c; int32_t n; } packed_t;
+    HOTLOAD_STRUCT(packed_t);
+    HOTLOAD_FIELD(packed_t, c, char);
+    HOTLOAD_FIELD(packed_t, n, int32_t);
+    """
+    with pytest.raises(TypeLayoutError, match=r"size 5 and alignment 1, .* size 8 and alignment 4"):
+        host.load(cc(src, "packed"))
+
+
+def test_type_used_but_not_declared_is_refused(host: Host, cc) -> None:
+    src = """
+    #include <hotload.h>
+    HOTLOAD_PLUGIN("undeclared", "1");
+    typedef struct { int64_t id; } player_t;
+    HOTLOAD_API int64_t id_of(const player_t *p) { return p->id; }
+    HOTLOAD_EXPORT(id_of, int64_t, (const player_t *));
+    """
+    with pytest.raises(
+        TypeLayoutError,
+        match="id_of .* uses type player_t, which the plugin does "
+        "not declare: declare it with HOTLOAD_STRUCT",
+    ):
+        host.load(cc(src, "undeclared"))
+
+
+def test_two_plugins_with_one_type_name_and_two_layouts(host: Host, cc) -> None:
+    host.load(build(cc, PLAYER, name="first"))
+    host.load(build(cc, PLAYER, name="same"))  # same layout: fine, and the very same cffi type
+    with pytest.raises(TypeLayoutError) as err:
+        host.load(build(cc, PLAYER, name="second", xp=True))
+    msg = str(err.value)
+    assert "second_1.so: declares type player_t (size 40" in msg
+    assert "but plugin first declares it with another layout (size 32" in msg
+    assert host.names() == ["first", "same"]
+
+
+def test_layout_change_between_versions_is_a_signature_change(host: Host, cc) -> None:
+    p = host.load(build(cc, TYPES))
+    assert p.level_of(p.new("player_t", level=7)) == 7
+    grown = build(cc, TYPES, version="2", xp=True)
+    with pytest.raises(SignatureError, match="uses a type whose layout changed from version 1"):
+        host.reload("typed", grown)
+    assert p.level_of(p.new("player_t", level=8)) == 8  # v1 still serves
+    host.reload("typed", grown, allow_signature_change=True)
+    assert p.level_of(p.new("player_t", level=9)) == 9  # new() follows the new layout
+    assert host.current("typed").plugin_version == "2"
+
+
+def test_inspect_shows_types_and_imports(cc) -> None:
+    import json
+    import subprocess
+    import sys
+
+    src = TYPES.replace(
+        "HOTLOAD_API int32_t level_of",
+        "HOTLOAD_IMPORT(note, void, (const char *));\nHOTLOAD_API int32_t level_of",
+    )
+    path = str(build(cc, src))
+    out = subprocess.run(
+        [sys.executable, "-m", "hotload", "inspect", path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "(ABI 2)" in out.stdout.splitlines()[0]
+    assert "  imports   void note(const char *)" in out.stdout
+    assert (
+        "  types     struct player_t (32 bytes, align 8): id int64_t @0, level int32_t @8, "
+        "name char[16] @12"
+    ) in out.stdout
+    assert "enum quest_t (4 bytes, align 4): QUEST_NONE = -1, QUEST_DAILY = 5" in out.stdout
+    data = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "hotload", "inspect", "--json", path],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    )
+    assert data["imports"][0]["c"] == "void note(const char *)" and len(data["types"]) == 3
+
+
+@pytest.mark.parametrize(
+    "decl, words",
+    [
+        (
+            "typedef struct { int32_t a : 3; int32_t b; } bits_t;\nHOTLOAD_STRUCT(bits_t);\n"
+            "HOTLOAD_FIELD(bits_t, a, int32_t);",
+            "bit-field",
+        ),
+        (
+            "typedef struct { int32_t a; } wrong_t;\nHOTLOAD_STRUCT(wrong_t);\n"
+            "HOTLOAD_FIELD(wrong_t, a, int64_t);",
+            "wrong_t.a is not of type int64_t",
+        ),
+    ],
+)
+def test_fields_the_compiler_refuses(cc, decl: str, words: str) -> None:
+    from hotload import BuildError
+
+    src = f'#include <hotload.h>\nHOTLOAD_PLUGIN("bad", "1");\n{decl}\n'
+    with pytest.raises(BuildError, match=words):
+        cc(src, "bad_fields")
