@@ -16,27 +16,21 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _inspector as inspector
 from . import _loader as loader
-from . import _signatures as sig
 from . import _trust as trust
 from ._control import ControlServer
-from ._descriptor import TypeDecl
 from ._errors import (
     ClosedError,
     DescriptorError,
-    HookTimeoutError,
     HotloadError,
     InvalidPluginError,
     NotLoadedError,
-    SignatureError,
-    TypeLayoutError,
 )
 from ._events import EventTable
 from ._events import emit as _emit
 from ._handles import HandleTable
 from ._isolation import Isolation, Options
-from ._loader import Candidate, Image, Loader, Staged
+from ._loader import Candidate, Loader
 from ._policy import UnloadPolicy
 from ._preflight import PreflightWorker
 from ._protocols import PathOrCandidate, Service
@@ -44,8 +38,8 @@ from ._reaper import Reaper
 from ._record import PluginRecord
 from ._registry import Plugin
 from ._services import ServiceTable
-from ._types import plain
-from ._version import Version, VersionInfo, VersionState
+from ._swap import Swapper
+from ._version import VersionInfo, VersionState
 from ._watcher import Watcher
 from ._workdir import WorkDir
 
@@ -110,6 +104,17 @@ class Host:
         self._provided = ServiceTable(self._workdir.path)  # host services (see provide())
         self._events = EventTable()
         self._handles = HandleTable()
+        self._swap = Swapper(
+            loader=self._loader,
+            policy=self._policy,
+            reaper=self._reaper,
+            preflight=self._preflight,
+            provided=self._provided,
+            events=self._events,
+            isolated=self._isolated,
+            plugins=self._plugins,
+            settings=self,
+        )
         try:
             if control:
                 self.serve_control()
@@ -264,18 +269,7 @@ class Host:
                     f"use reload({cand.name!r})"
                 )
             rec.declared, rec.unload_safe, rec.isolate = declared, unload_safe, opts
-            staged = self._loader.stage(cand, rec.seq + 1)
-            image = self._open(rec, staged, None, preflight)
-            plugin = Plugin(cand.name, rec.infos)
-            version = Version(cand.name, staged.seq, image, self._reaper.wake)
-            try:
-                commit = plugin.prepare(version)
-            except BaseException:
-                self._discard(rec, version)
-                raise
-            self._start(rec, version, None, None)
-            commit()
-            plugin.publish(version)
+            plugin, version = self._swap.first(rec, cand, preflight)
             rec.plugin, rec.source = plugin, cand.source
             self._events.changed(loaded=cand.name)
             rec.add(version)
@@ -311,7 +305,7 @@ class Host:
                 raise DescriptorError(
                     f"{cand.source}: the file declares plugin {cand.name!r}, not {name!r}"
                 )
-            version = self._swap_in(rec, cand, allow_signature_change, preflight)
+            version = self._swap.swap_in(rec, cand, allow_signature_change, preflight)
             self._events.changed()
             rec.went_live(version, cand.data, cand.source)
             rec.source = cand.source
@@ -331,7 +325,7 @@ class Host:
             note = f"rollback to v{target.seq}"
             if target.first_seq != target.seq:
                 note += f" (first loaded as v{target.first_seq})"
-            version = self._swap_in(rec, cand, True, preflight, note=note)
+            version = self._swap.swap_in(rec, cand, True, preflight, note=note)
             self._events.changed()
             rec.rolled_back(version)
             return rec.info(version, inspect=False)
@@ -348,182 +342,6 @@ class Host:
             if current is not None:
                 current.retire()  # a call racing the close re-checks this and backs out
                 self._reaper.retire(current, unload_safe=rec.unload_safe)
-
-    # -- the swap -------------------------------------------------------------------
-    def _swap_in(
-        self,
-        rec: PluginRecord,
-        cand: Candidate,
-        allow_signature_change: bool,
-        preflight: bool | None,
-        note: str = "",
-    ) -> Version:
-        old = rec.current
-        assert old is not None
-        if not allow_signature_change:
-            _check_compatible(old.image, cand)
-        staged = self._loader.stage(cand, rec.seq + 1)
-        image = self._open(rec, staged, old, preflight)
-        new = Version(rec.name, staged.seq, image, self._reaper.wake)
-        new.note = note
-        self._switch(rec, old, new)
-        rec.add(new)
-        log.info(
-            "%s %s: v%d (%s) -> v%d (%s)",
-            note or "reload",
-            rec.name,
-            old.seq,
-            old.image.version,
-            new.seq,
-            image.version,
-        )
-        return new
-
-    def _open(
-        self, rec: PluginRecord, staged: Staged, old: Version | None, preflight: bool | None
-    ) -> Image:
-        """Preflight the staged copy (unless off), then open it here."""
-        cand = staged.cand
-        try:
-            self._events.check(cand.name, cand.source, cand.prototypes, self._plugins())
-            self._check_types(cand)
-            imports = _imports(cand)
-            if imports:  # refused before preflight: a missing service names itself
-                self._provided.check(imports, cand.source)
-            if self.preflight if preflight is None else preflight:
-                state = self._take_state(rec, old) if old is not None else None
-                result = self._preflight.check(
-                    str(staged.copy),
-                    cand.source,
-                    name=cand.name,
-                    declared=rec.declared,
-                    prev_version=old.image.version if old is not None else None,
-                    state=state,
-                    unload_safe=rec.unload_safe
-                    or bool(cand.descriptor and cand.descriptor.unload_safe),
-                    max_state_size=self.max_state_size,
-                    services=self._standins(imports),
-                )
-                if result.get("report"):  # the worker inspected it: no ELF parse in this process
-                    inspector.remember(inspector.Report.from_dict(result["report"]))
-        except BaseException:
-            staged.discard()
-            raise
-        if rec.isolate is not None:
-            return self._isolated().open(staged, rec.isolate, self.hook_timeout)
-        image = self._loader.open(
-            staged,
-            may_close=lambda c: self._policy.may_close_candidate(c, rec.unload_safe),
-            services=self._provided,
-        )
-        self._reaper.inspect_later(image)
-        return image
-
-    def _check_types(self, cand: Candidate) -> None:
-        """Two plugins must not give one type name two layouts: a value made
-        for one could be passed to the other."""
-        if cand.types is None:
-            return
-        for pname, plugin in self._plugins().items():
-            cur = plugin.current
-            theirs = cur.image.types if cur is not None and pname != cand.name else None
-            for tname, cname in cand.types.names.items():
-                other = theirs.names.get(tname) if theirs is not None else None
-                if other is not None and other != cname:
-                    raise TypeLayoutError(
-                        f"{cand.source}: declares type {tname} "
-                        f"({_layout(cand.types.decls[tname])}), but plugin {pname} declares it "
-                        f"with another layout ({_layout(theirs.decls[tname])})"  # type: ignore[union-attr]
-                    )
-
-    def _standins(self, imports: dict[str, str]) -> dict[str, list[Any]] | None:
-        """What the preflight worker needs to stand in for the services."""
-        services = self._provided.services
-        return {n: [services[n].prototype, services[n].error] for n in imports} or None
-
-    def _take_state(self, rec: PluginRecord, old: Version) -> bytes | None:
-        if old.image.on_unload is None:
-            return None
-        take = old.image.call_on_unload
-        try:
-            return rec.hooks.run(
-                lambda: take(self.max_state_size), _hook_name(old.image, "on_unload")
-            )
-        except HookTimeoutError as exc:
-            if old.image.process is None:  # in-process: a thread is still inside the image
-                old.stuck = f"its on_unload never returned ({exc})"
-            raise
-
-    def _switch(self, rec: PluginRecord, old: Version, new: Version) -> None:
-        """Hand over state and make ``new`` current, or leave ``old`` serving.
-
-        A stateful plugin (one with ``on_unload``) holds new calls at the gate
-        while the old version goes quiet, so no update is lost between its
-        snapshot and the new version's start; a stateless one switches at once."""
-        plugin = rec.plugin
-        assert plugin is not None
-        try:
-            commit = plugin.prepare(new)  # may fail: before anything is switched
-        except BaseException:
-            self._discard(rec, new)
-            raise
-        stateful = old.image.on_unload is not None
-        try:
-            if stateful:
-                plugin.hold()
-                old.retire()
-                if old.calls and not old.drained.wait(self.quiesce_timeout):
-                    log.warning(
-                        "%s v%d: %d call(s) still running after %.2fs; taking its state "
-                        "now, their later effects stay in v%d",
-                        rec.name,
-                        old.seq,
-                        len(old.calls),
-                        self.quiesce_timeout,
-                        old.seq,
-                    )
-            try:
-                state = self._take_state(rec, old)
-            except BaseException:
-                self._discard(rec, new)
-                raise
-            self._start(rec, new, old.image.version, state)
-        except BaseException:
-            if stateful:
-                old.unretire()
-                plugin.publish(old)
-            raise
-        commit()
-        plugin.publish(new)
-        if not stateful:
-            old.retire()
-        self._reaper.retire(old, unload_safe=rec.unload_safe)
-
-    def _start(
-        self, rec: PluginRecord, version: Version, prev: str | None, state: bytes | None
-    ) -> None:
-        """Run the new version's ``on_load``; a version that refuses is closed,
-        one whose hook never returns is kept (its code is still running)."""
-        image = version.image
-        try:
-            rec.hooks.run(lambda: image.call_on_load(prev, state), _hook_name(image, "on_load"))
-        except HookTimeoutError as exc:
-            if image.process is not None:  # isolated: its worker is stopped, nothing stays
-                self._discard(rec, version)
-                raise
-            version.retain(f"refused: {exc}")
-            self._loader.keep(image)
-            rec.add(version)
-            raise
-        except BaseException:
-            self._discard(rec, version)
-            raise
-
-    def _discard(self, rec: PluginRecord, version: Version) -> None:
-        """Close a version that never served, unless code its constructors
-        started may still run (then it stays loaded)."""
-        hazards = self._policy.hazards(version.image, rec.unload_safe)
-        self._loader.discard(version.image, may_close=not hazards)
 
     # -- queries -----------------------------------------------------------------
     def plugin(self, name: str) -> Plugin:
@@ -713,50 +531,6 @@ class Host:
 
     def __repr__(self) -> str:
         return f"<hotload.Host {len(self.names())} plugin(s) in {self.workdir}>"
-
-
-def _layout(decl: TypeDecl) -> str:
-    fields = ", ".join(f"{f.name} {f.ctype} @{f.offset}" for f in decl.fields)
-    return f"size {decl.size}, align {decl.align}" + (f": {fields}" if fields else "")
-
-
-def _imports(cand: Candidate) -> dict[str, str]:
-    desc = cand.descriptor
-    return {i.name: i.signature for i in desc.imports} if desc is not None else {}
-
-
-def _hook_name(image: Image, hook: str) -> str:
-    return f"{image.source}: {hook} of {image.name} {image.version}"
-
-
-_ACCEPT_CHANGE = (
-    "To accept it: host.reload(..., allow_signature_change=True), "
-    "host.watch(..., allow_signature_change=True) or "
-    "`hotload reload {name} --allow-signature-change`"
-)
-
-
-def _check_compatible(old: Image, new: Candidate) -> None:
-    """A reload must keep every function callers already use, with the same
-    prototype, unless the host explicitly allows a change."""
-    for fname, proto in old.prototypes.items():
-        if fname not in new.prototypes:
-            raise SignatureError(
-                f"{new.source}: the new build no longer exports {fname} ({proto}); callers still "
-                f"use it. {_ACCEPT_CHANGE.format(name=old.name)}"
-            )
-        if sig.pointer_type(proto) is not sig.pointer_type(new.prototypes[fname]):
-            if plain(proto) == plain(new.prototypes[fname]):
-                raise TypeLayoutError(
-                    f"{new.source}: {fname} ({plain(proto)}) uses a type whose layout changed "
-                    f"from version {old.version} to {new.version}; callers' values have the old "
-                    f"layout. Pass allow_signature_change=True to accept"
-                )
-            raise SignatureError(
-                f"{new.source}: {fname} changed from {proto!r} (version {old.version}) to "
-                f"{new.prototypes[fname]!r} (version {new.version}); callers were written for the "
-                f"old prototype. {_ACCEPT_CHANGE.format(name=old.name)}"
-            )
 
 
 def _refuse_free_threading() -> None:
