@@ -482,8 +482,10 @@ def test_failing_canary_aborts_and_no_other_host_loads_it(
         with pytest.raises(RolloutFailed) as err:
             f.rollout("xp", dbad, canary="role=canary", **rollout_kw())
         rec = err.value.record
-        assert rec["state"] == "aborted" and set(rec["failures"]) == {"h0", "h1"}
-        assert "h0" in str(err.value)
+        # the abort comes at the first failure past max_failures=0: one canary or both
+        failed = set(rec["failures"])
+        assert rec["state"] == "aborted" and failed and failed <= {"h0", "h1"}, rec
+        assert any(h in str(err.value) for h in failed)
         assert all(cluster.live(h) == d2 for h in cluster.hosts)
         assert f.rollout_record("xp")["state"] == "aborted"
     for h in ("h2", "h3"):  # the main hosts never loaded the bad build
