@@ -302,6 +302,11 @@ class ServiceTable:
         self.services: dict[str, Service] = {}
         self.bindings: set[ImportBinding] = set()
         self.closed = False
+        # imports -> (services dict, its size, name -> cffi type) of the last check that passed:
+        # a reload re-checks the same imports, and nothing can change the verdict but provide()
+        self._checked: dict[
+            tuple[tuple[str, str], ...], tuple[dict[str, Service], dict[str, Any]]
+        ] = {}
         _G.tables.add(self)
 
     def provide(self, name: str, fn: Callable[..., Any], prototype: str, *, error: Any = 0) -> None:
@@ -324,7 +329,7 @@ class ServiceTable:
                         f"{', '.join(users)}; it cannot change to {svc.prototype!r} while they "
                         f"are loaded"
                     )
-            self.services[name] = svc
+            self.services = {**self.services, name: svc}  # a new dict: a new check verdict
             for binding in list(self.bindings):
                 if name in binding.imports:
                     binding.point(name, svc.call)
@@ -332,6 +337,18 @@ class ServiceTable:
     def check(self, imports: dict[str, str], source: str) -> dict[str, Any]:
         """Every import provided with the same prototype, or a ``ServiceError``
         naming the service and both prototypes.  Returns name -> cffi type."""
+        key = tuple(imports.items())
+        services = self.services
+        hit = self._checked.get(key)
+        if hit is not None and hit[0] is services:
+            return dict(hit[1])
+        wanted = self._check(imports, source)
+        if len(self._checked) >= 64:
+            self._checked.clear()
+        self._checked[key] = (services, wanted)
+        return dict(wanted)
+
+    def _check(self, imports: dict[str, str], source: str) -> dict[str, Any]:
         wanted = {}
         for name, proto in imports.items():
             ctype = signatures.parse(proto, where=source, function=name)
