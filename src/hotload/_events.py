@@ -119,7 +119,7 @@ def _emit_py(routers: list[Callable[..., Any]], args: tuple[Any, ...]) -> list[A
 
 
 _GONE = (ClosedError, NotLoadedError)  # what a router raises for a plugin unloaded meanwhile
-_call_each = _crouter.call_each if _crouter is not None else None
+_call_each: Callable[..., list[Any]] | None = _crouter.call_each if _crouter else None
 
 
 def _canonical(prototype: str, where: str, name: str) -> str:
