@@ -553,6 +553,8 @@ class Loader:
         if gone:
             self._live.discard(image)
             image.copy.unlink(missing_ok=True)
+            if image.imports is not None:  # no call can come from it: its callbacks may serve on
+                image.imports.left()
         return UnloadVerdict(gone=gone, mapped_bytes=max(mapped, 0), loader_has=still)
 
     def discard(self, image: Image, *, may_close: bool) -> None:
