@@ -18,12 +18,14 @@ service through the thread that is opening the plugin (constructors run on
 the thread that calls ``dlopen``).
 
 Right after ``dlopen`` (before ``on_load`` or any routed call) the host
-re-points every slot of the new image at a callback made for that image
-alone: the plugin then calls the provided Python function through one cffi
-callback, as fast as a raw callback, and an exception is counted on the very
-version that called.  ``provide()`` of an existing name, and ``close()``,
-re-point the slots of every image still mapped; an image is detached before
-``dlclose`` so nothing is ever written into an unmapped image.
+re-points every slot of the new image at a callback of that image alone
+(made anew, or left by an image the kernel says has left the process: a
+reload then costs no libffi closure per import): the plugin calls the
+provided Python function through one cffi callback, as fast as a raw
+callback, and an exception is counted on the very version that called.
+``provide()`` of an existing name, and ``close()``, re-point the slots of
+every image still mapped; an image is detached before ``dlclose`` so nothing
+is ever written into an unmapped image.
 
 Why not the alternatives: filling a slot table after ``dlopen`` leaves
 constructors with NULL pointers; a lazy resolver needs a stub that forwards
