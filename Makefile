@@ -38,7 +38,7 @@ docs: $(STAMP)
 # Python router (HOTLOAD_PURE_PYTHON=1): same semantics, both proven.
 ROUTING_TESTS := tests/test_router.py tests/test_swap.py tests/test_soak.py \
 	tests/test_load_and_call.py tests/test_core.py tests/test_rollback_and_safety.py \
-	tests/test_bad_input.py
+	tests/test_bad_input.py tests/test_contract_events.py
 
 test: plugins lint docs
 	$(VENV)/bin/hotload --version

@@ -21,7 +21,8 @@ from typing import Any
 
 import cffi
 
-from hotload import Host
+from hotload import Host, _events
+from hotload._version import ROUTER
 
 from bench_swap import Floor
 from common import build_bench, loop_ns, median, percentiles, row, scratch, timed
@@ -72,6 +73,7 @@ STATEMENTS = {
     "service (char *)": "named(LOOP)",
     "raw callback (char *)": "raw_named(cb_named, LOOP)",
     "emit to 10": "emit('on_tick', 1)",
+    "emit to 10, Python loop": "emit_py('on_tick', 1)",
     "10 routed calls": "[r(1) for r in routers]",
     "routed struct ptr": "r_level(player)",
     "pinned struct ptr": "pin_level(player)",
@@ -81,6 +83,7 @@ PAIRS = {
     "service": "raw callback",
     "service (char *)": "raw callback (char *)",
     "emit to 10": "10 routed calls",
+    "emit to 10, Python loop": "10 routed calls",
     "routed struct ptr": "raw cffi struct ptr",
     "pinned struct ptr": "raw cffi struct ptr",
 }
@@ -161,6 +164,14 @@ def run() -> dict[str, float]:
         ffi.cdef(CDEF)
         raw_lib = ffi.dlopen(str(libs[0]))
 
+        def emit_py(event: str, *args: Any) -> list[Any]:
+            """``Host.emit`` with the pure-Python mode's loop (what every emit ran before the
+            C loop): the same frames, so the two rows differ only in the loop."""
+            routers = host._events.cache.get(event)
+            if routers is None:
+                routers = host._events.routers(event, host._plugins())
+            return _events._emit_py(routers, args)
+
         def raw_named_fn(player: Any, item: Any, count: int) -> int:  # converts as hotload does
             return _grant_named(player, ffi.string(item).decode("utf-8", "surrogateescape"), count)
 
@@ -173,6 +184,7 @@ def run() -> dict[str, float]:
             "raw_named": raw_lib.named_pointer,
             "cb_named": ffi.callback("int32_t(int64_t, const char *, int32_t)", raw_named_fn),
             "emit": host.emit,
+            "emit_py": emit_py,
             "routers": [q.on_tick for q in plugins],
             "r_level": p.level_of,
             "player": p.new("player_t", id=1, level=3),
@@ -226,13 +238,21 @@ def report(r: dict[str, float]) -> list[str]:
         ),
         row("ten routed calls in a Python loop", r["10 routed calls"], "ns"),
         row(
-            "host.emit to 10 plugins",
+            f"host.emit to 10 plugins (router: {ROUTER})",
             r["emit to 10"],
             "ns",
             r["10 routed calls"],
             "vs 10 routed calls",
             1.2,
             ratio=r["ratio emit to 10"],
+        ),
+        row(
+            "host.emit to 10, Python loop (pure-Python mode)",
+            r["emit to 10, Python loop"],
+            "ns",
+            r["10 routed calls"],
+            "vs 10 routed calls",
+            ratio=r["ratio emit to 10, Python loop"],
         ),
         row("raw cffi level_of(const player_t *)", r["raw cffi struct ptr"], "ns"),
         row(

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from hotload import Host, SignatureError
+from hotload import Host, SignatureError, _events
 
 HANDLER = """
 #include <hotload.h>
@@ -111,3 +111,40 @@ def test_emit_during_swaps_never_fails(tmp_path, cc) -> None:
         for t in threads:
             t.join(10)
         assert failures == [] and calls[0] > 0
+
+
+COUNTING = """
+#include <hotload.h>
+HOTLOAD_PLUGIN("NAME", "1");
+static int32_t calls;
+HOTLOAD_API int32_t on_tick(int32_t t) { calls++; return t + FACTOR; }
+HOTLOAD_EXPORT(on_tick, int32_t, (int32_t));
+HOTLOAD_API int32_t tick_calls(void) { return calls; }
+HOTLOAD_EXPORT(tick_calls, int32_t, (void));
+"""
+
+
+def test_emit_skips_a_plugin_unloaded_after_its_router_was_taken(host: Host, cc) -> None:
+    """The routers an emit runs may be of a plugin unloaded meanwhile (the
+    list is taken, then another thread unloads): that plugin is skipped and
+    the others still answer, in order, in both router modes."""
+    for name, factor in (("first", 1), ("gone", 2), ("last", 3)):
+        host.load(cc(COUNTING.replace("NAME", name).replace("FACTOR", str(factor)), name))
+    routers = host._events.routers("on_tick", host._plugins())  # what an emit in flight holds
+    host.unload("gone")
+    assert _events.emit(routers, (10,)) == [11, 13]
+    assert _events._emit_py(routers, (10,)) == [11, 13]
+    assert host.emit("on_tick", 10) == [11, 13]
+
+
+def test_an_error_in_an_emit_stops_it_and_propagates(host: Host, cc) -> None:
+    """A call that fails for another reason than an unloaded plugin ends the
+    emit with that error: the later plugins are not called."""
+    plugins = [
+        host.load(cc(COUNTING.replace("NAME", n).replace("FACTOR", "1"), n)) for n in ("a", "b")
+    ]
+    with pytest.raises(SignatureError, match="on_tick"):
+        host.emit("on_tick", 1 << 40)  # does not fit int32_t: the first call refuses it
+    assert [p.tick_calls() for p in plugins] == [0, 0]
+    assert host.emit("on_tick", 1) == [2, 2]
+    assert [p.tick_calls() for p in plugins] == [1, 1]

@@ -93,6 +93,38 @@ def test_service_that_raises_returns_error_value_logged_and_counted(host: Host, 
     assert "activity v1: service grant_item raised" in caplog.text
 
 
+def test_errors_count_on_the_calling_version_across_many_swaps(host: Host, cc, caplog) -> None:
+    """The callbacks of an image that left serve the next images (no new
+    libffi closure per import per reload): an error still counts on the
+    version that called, and a replaced service is never called again."""
+    calls: list[str] = []
+
+    def broken(player: int, item: str, count: int) -> int:
+        calls.append(item)
+        raise RuntimeError(f"no such item {item}")
+
+    host.provide("grant_item", broken, GRANT, error=-1)
+    host.provide("note", lambda text: None, "void(const char *)")
+    builds = [activity(cc, version=str(i), name=f"act{i}") for i in range(2)]
+    with caplog.at_level(logging.ERROR, logger="hotload"):
+        p = host.load(builds[0], preflight=False)
+        for i in range(1, 6):
+            assert p.login(1) == -1  # constructor + this call
+            host.reload("activity", builds[i % 2], preflight=False)
+            assert host.settle()
+            mine = [v for v in host.versions("activity") if v.seq == i + 1]
+            assert [v.service_errors for v in mine] == [1]  # its constructor's call only
+        assert p.login(1) == -1
+        assert host.current("activity").service_errors == 2  # type: ignore[union-attr]
+        done = [v for v in host.versions("activity") if v.state == "unloaded"]
+        assert len(done) == 5 and all(v.service_errors == 2 for v in done)
+        assert "activity v6: service grant_item raised" in caplog.text
+        host.provide("grant_item", lambda p, item, n: 7, GRANT, error=-1)  # replaced
+        host.reload("activity", builds[0], preflight=False)
+        assert host.settle() and p.login(1) == 7 and p.ctor_result() == 7
+        assert len(calls) == 12  # the old function was not called after it was replaced
+
+
 def test_import_with_no_provider_is_refused_and_live_version_keeps_serving(host: Host, cc) -> None:
     plain = cc(
         """

@@ -294,6 +294,34 @@ def test_call_each_calls_every_callable_in_order_and_stops_at_an_error() -> None
         _crouter.call_each(5, ())  # type: ignore[arg-type]
 
 
+@pytest.mark.skipif(not HAVE_EXT, reason="the compiled router is not built")
+def test_call_each_leaves_out_the_calls_whose_exception_matches_skip() -> None:
+    order: list[int] = []
+
+    def f(i: int, exc: type[BaseException] | None = None) -> Callable[[int], int]:
+        def g(a: int) -> int:
+            order.append(i)
+            if exc is not None:
+                raise exc(f"call {i}")
+            return a + i
+
+        return g
+
+    calls = [f(0, KeyError), f(1), f(2, LookupError), f(3), f(4, KeyError)]
+    with pytest.raises(LookupError, match="call 2"):  # KeyError skipped, LookupError stops
+        _crouter.call_each(calls, (10,), KeyError)
+    assert order == [0, 1, 2]
+    order.clear()
+    assert _crouter.call_each(calls, (10,), (KeyError, LookupError)) == [11, 13]
+    assert order == [0, 1, 2, 3, 4]
+    assert _crouter.call_each([f(0, KeyError)] * 3, (1,), (KeyError,)) == []
+    assert _crouter.call_each(calls[1::2], (1,), None) == [2, 4]
+    with pytest.raises(KeyError):
+        _crouter.call_each(calls, (1,), None)
+    with pytest.raises(TypeError):  # skip must be an exception class or a tuple of them
+        _crouter.call_each(calls, (1,), 5)
+
+
 def test_routers_of_a_loaded_plugin_are_of_the_active_kind(host: Host, cc: Any) -> None:
     p = host.load(
         cc(

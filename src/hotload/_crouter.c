@@ -515,14 +515,22 @@ static PyTypeObject RouterType = {
 
 /* ------------------------------------------------------- module functions */
 
-/* call_each(callables, args): [f(*args) for f in callables], in one C loop,
- * stopping at the first exception.  For a host that calls the same event
- * handler export of many plugins (host.emit). */
+/* call_each(callables, args[, skip]): [f(*args) for f in callables], in one C
+ * loop, stopping at the first exception, except one matching `skip` (an
+ * exception class or a tuple of them): that call is left out of the results
+ * and the loop goes on.  For a host that calls the same event handler export
+ * of many plugins (host.emit: a plugin unloaded during the emit is skipped). */
 static PyObject *
 call_each(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || !PyTuple_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "call_each(callables, args: tuple)");
+    if (nargs < 2 || nargs > 3 || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "call_each(callables, args: tuple[, skip])");
+        return NULL;
+    }
+    PyObject *skip = nargs == 3 && args[2] != Py_None ? args[2] : NULL;
+    if (skip != NULL && !PyExceptionClass_Check(skip) && !PyTuple_Check(skip)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "call_each: skip must be an exception class or a tuple of them");
         return NULL;
     }
     PyObject *seq = PySequence_Fast(args[0], "call_each: callables must be a sequence");
@@ -536,18 +544,27 @@ call_each(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *const *cargs = &PyTuple_GET_ITEM(args[1], 0);
     Py_ssize_t ncargs = PyTuple_GET_SIZE(args[1]);
+    Py_ssize_t k = 0; /* results so far */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *f = Py_NewRef(PySequence_Fast_GET_ITEM(seq, i));
         PyObject *r = PyObject_Vectorcall(f, cargs, ncargs, NULL);
         Py_DECREF(f);
         if (r == NULL) {
+            if (skip != NULL && PyErr_ExceptionMatches(skip)) {
+                PyErr_Clear();
+                continue;
+            }
             Py_DECREF(out);
             Py_DECREF(seq);
             return NULL;
         }
-        PyList_SET_ITEM(out, i, r);
+        PyList_SET_ITEM(out, k++, r);
     }
     Py_DECREF(seq);
+    if (k < n && PyList_SetSlice(out, k, n, NULL) < 0) { /* the unused tail is NULLs */
+        Py_DECREF(out);
+        return NULL;
+    }
     return out;
 }
 
@@ -560,7 +577,8 @@ noop(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef module_methods[] = {
     {"call_each", (PyCFunction)(void (*)(void))call_each, METH_FASTCALL,
-     "call_each(callables, args) -> [f(*args) for f in callables], in C."},
+     "call_each(callables, args[, skip]) -> [f(*args) for f in callables], in C;\n"
+     "a call raising an exception that matches skip is left out."},
     {"noop", (PyCFunction)(void (*)(void))noop, METH_FASTCALL,
      "Do nothing: the cost of calling a METH_FASTCALL builtin."},
     {NULL},

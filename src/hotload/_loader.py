@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -252,6 +253,16 @@ def identify(
     with anything the host declares); one without needs ``name`` and
     ``signatures`` from the host.
     """
+    desc, plugin_name, version, prototypes, _ = _identify(
+        data, source, name=name, declared=declared
+    )
+    return desc, plugin_name, version, prototypes
+
+
+def _identify(
+    data: bytes, source: str, *, name: str | None, declared: Mapping[str, str] | None
+) -> tuple[Descriptor | None, str, str, dict[str, str], typedecl.TypeSet | None]:
+    """``identify``, and the plugin's type set."""
     facts = binfmt.check(data, source)
     desc = desc_mod.parse(facts.hotload_section, source) if facts.hotload_section else None
     if desc is None:
@@ -263,17 +274,45 @@ def identify(
                 f"by the host"
             )
         prototypes = dict(declared)
-        plugin_name, version = name, "unversioned"
-    else:
-        if name is not None and name != desc.name:
-            raise DescriptorError(f"{source}: the file declares plugin {desc.name!r}, not {name!r}")
-        prototypes = desc.signatures()
-        if declared:
-            signatures.check_declared(declared, prototypes, where=source)
-        plugin_name, version = desc.name, desc.version
-    typeset = typedecl.build(desc, source) if desc is not None and desc.types else None
+        _check_prototypes(prototypes, None, source)
+        return None, name, "unversioned", prototypes, None
+    if name is not None and name != desc.name:
+        raise DescriptorError(f"{source}: the file declares plugin {desc.name!r}, not {name!r}")
+    if declared:
+        signatures.check_declared(declared, desc.signatures(), where=source)
+    typeset, prototypes = _contract(desc, source)
+    return desc, desc.name, desc.version, dict(prototypes), typeset
+
+
+_contracts: dict[int, tuple[Descriptor, typedecl.TypeSet | None, dict[str, str]]] = {}
+_contracts_lock = threading.Lock()
+
+
+def _contract(desc: Descriptor, source: str) -> tuple[typedecl.TypeSet | None, dict[str, str]]:
+    """The verified type set and the checked prototypes (in cffi's names) of a
+    descriptor, worked out once per descriptor.  ``_descriptor.parse`` hands
+    back the very same object for the same section bytes, so a reload of the
+    same build, or of a rebuild whose descriptor did not change, finds it here
+    by identity (hashing a descriptor's nested records would cost more than a
+    small plugin's whole check).  Failures are not remembered: they say the file."""
+    hit = _contracts.get(id(desc))
+    if hit is not None and hit[0] is desc:
+        return hit[1], hit[2]
+    typeset = typedecl.build(desc, source) if desc.types else None
+    prototypes = desc.signatures()
     if typeset is not None:  # verified before anything is opened; prototypes use cffi's names
         prototypes = {f: typeset.rewrite(p) for f, p in prototypes.items()}
+    _check_prototypes(prototypes, typeset, source)
+    with _contracts_lock:
+        while len(_contracts) >= 64:
+            _contracts.pop(next(iter(_contracts)))
+        _contracts[id(desc)] = (desc, typeset, prototypes)  # holds desc: its id stays unique
+    return typeset, prototypes
+
+
+def _check_prototypes(
+    prototypes: Mapping[str, str], typeset: typedecl.TypeSet | None, source: str
+) -> None:
     for fname, proto in prototypes.items():
         try:
             signatures.parse(proto, where=source, function=fname)
@@ -286,7 +325,6 @@ def identify(
                 f"it uses type {missing[0]}, which the plugin does not declare: declare it with "
                 f"HOTLOAD_STRUCT/HOTLOAD_FIELD (or HOTLOAD_ENUM) from hotload.h"
             ) from None
-    return desc, plugin_name, version, prototypes
 
 
 @dataclass(eq=False)
@@ -319,7 +357,9 @@ def candidate(
     declared: Mapping[str, str] | None = None,
 ) -> Candidate:
     """Check ``data`` (the bytes of ``source``) and identify the plugin."""
-    desc, plugin_name, version, prototypes = identify(data, source, name=name, declared=declared)
+    desc, plugin_name, version, prototypes, types = _identify(
+        data, source, name=name, declared=declared
+    )
     return Candidate(
         source=source,
         data=data,
@@ -328,7 +368,7 @@ def candidate(
         version=version,
         prototypes=prototypes,
         digest=hashlib.sha256(data).hexdigest(),
-        types=typedecl.build(desc, source) if desc is not None and desc.types else None,
+        types=types,
     )
 
 
@@ -513,6 +553,8 @@ class Loader:
         if gone:
             self._live.discard(image)
             image.copy.unlink(missing_ok=True)
+            if image.imports is not None:  # no call can come from it: its callbacks may serve on
+                image.imports.left()
         return UnloadVerdict(gone=gone, mapped_bytes=max(mapped, 0), loader_has=still)
 
     def discard(self, image: Image, *, may_close: bool) -> None:

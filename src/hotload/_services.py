@@ -18,12 +18,14 @@ service through the thread that is opening the plugin (constructors run on
 the thread that calls ``dlopen``).
 
 Right after ``dlopen`` (before ``on_load`` or any routed call) the host
-re-points every slot of the new image at a callback made for that image
-alone: the plugin then calls the provided Python function through one cffi
-callback, as fast as a raw callback, and an exception is counted on the very
-version that called.  ``provide()`` of an existing name, and ``close()``,
-re-point the slots of every image still mapped; an image is detached before
-``dlclose`` so nothing is ever written into an unmapped image.
+re-points every slot of the new image at a callback of that image alone
+(made anew, or left by an image the kernel says has left the process: a
+reload then costs no libffi closure per import): the plugin calls the
+provided Python function through one cffi callback, as fast as a raw
+callback, and an exception is counted on the very version that called.
+``provide()`` of an existing name, and ``close()``, re-point the slots of
+every image still mapped; an image is detached before ``dlclose`` so nothing
+is ever written into an unmapped image.
 
 Why not the alternatives: filling a slot table after ``dlopen`` leaves
 constructors with NULL pointers; a lazy resolver needs a stub that forwards
@@ -52,8 +54,6 @@ from ._errors import ClosedError, ServiceError
 
 log = logging.getLogger(__name__)
 ffi = signatures.ffi
-
-OnError = Callable[[Any, Any, Any], None]
 
 
 # -- the generated data-only library ------------------------------------------------------
@@ -234,6 +234,26 @@ class Service:
         return signatures.spelling(self.ctype)
 
 
+class _Callback:
+    """A cffi callback for one service, and the binding its errors count on.
+    A callback outlives its image (a plugin thread may still be in it while
+    the image goes); once the kernel says the image left, no call can come
+    through it any more, so the next image of that host reuses it (``spare``)
+    instead of paying a new libffi closure per import per reload."""
+
+    __slots__ = ("cb", "fn", "error", "name", "binding")
+
+    def __init__(self, binding: ImportBinding, name: str, fn: Callable[..., Any], error: Any):
+        self.fn, self.error, self.name, self.binding = fn, error, name, binding
+        ctype = binding.imports[name]
+        self.cb = ffi.callback(ctype, fn, onerror=self.report, **_error_kw(ctype, error))
+
+    def report(self, exc: Any, value: Any, tb: Any) -> None:
+        binding = self.binding
+        binding.errors += 1
+        log.error("%s: service %s raised", binding.label, self.name, exc_info=(exc, value, tb))
+
+
 @dataclass(eq=False)
 class ImportBinding:
     """One image's imports: its slots and the callbacks they point at.  Kept
@@ -244,16 +264,10 @@ class ImportBinding:
     label: str
     imports: dict[str, Any]  # name -> cffi function type
     slots: dict[str, Any] = field(default_factory=dict)  # name -> void ** in the image
-    callbacks: list[Any] = field(default_factory=list)
+    callbacks: list[_Callback] = field(default_factory=list)
     errors: int = 0
     attached: bool = False
-
-    def onerror(self, name: str) -> OnError:
-        def report(exc: Any, value: Any, tb: Any) -> None:
-            self.errors += 1
-            log.error("%s: service %s raised", self.label, name, exc_info=(exc, value, tb))
-
-        return report
+    gone: bool = False  # the image left the process: its callbacks may serve another
 
     def attach(self, lookup: Callable[[str], int | None], source: str) -> None:
         """Find the image's slots (``lookup``: dlsym) and point them at this
@@ -266,7 +280,7 @@ class ImportBinding:
                     f"{source}: imports {name} but exports no hotload__slot_{name}: "
                     f"declare imports with HOTLOAD_IMPORT from hotload.h"
                 )
-            slots[name] = ffi.cast("void **", ffi.cast("void *const *", addr)[0])
+            slots[name] = ffi.cast("void ***", addr)[0]
         with self.table.lock:
             self.slots, self.attached = slots, True
             self.table.bindings.add(self)
@@ -279,16 +293,30 @@ class ImportBinding:
             return
         svc = self.table.services.get(name)
         error = svc.error if svc is not None else 0
-        ctype = self.imports[name]
-        cb = ffi.callback(ctype, fn, onerror=self.onerror(name), **_error_kw(ctype, error))
-        self.callbacks.append(cb)
-        self.slots[name][0] = cb
+        entry = self.table.spare(name, fn, error)
+        if entry is None:
+            entry = _Callback(self, name, fn, error)
+        else:
+            entry.binding = self
+        self.callbacks.append(entry)
+        self.slots[name][0] = entry.cb
 
     def detach(self) -> None:
         """The image is about to be closed: never write into it again."""
         with self.table.lock:
             self.attached = False
             self.table.bindings.discard(self)
+
+    def left(self) -> None:
+        """The kernel says the image is no longer mapped: its callbacks, the
+        ones still pointing at the current services, may serve a later image."""
+        with self.table.lock:
+            if self.gone or self.attached:
+                return
+            self.gone = True
+            latest = {c.name: c for c in self.callbacks}  # what each slot pointed at last
+            for entry in latest.values():
+                self.table.give_back(entry)
 
 
 class ServiceTable:
@@ -302,6 +330,12 @@ class ServiceTable:
         self.services: dict[str, Service] = {}
         self.bindings: set[ImportBinding] = set()
         self.closed = False
+        self._spare: dict[str, list[_Callback]] = {}  # name -> callbacks of images that left
+        # imports -> (services dict, its size, name -> cffi type) of the last check that passed:
+        # a reload re-checks the same imports, and nothing can change the verdict but provide()
+        self._checked: dict[
+            tuple[tuple[str, str], ...], tuple[dict[str, Service], dict[str, Any]]
+        ] = {}
         _G.tables.add(self)
 
     def provide(self, name: str, fn: Callable[..., Any], prototype: str, *, error: Any = 0) -> None:
@@ -324,14 +358,46 @@ class ServiceTable:
                         f"{', '.join(users)}; it cannot change to {svc.prototype!r} while they "
                         f"are loaded"
                     )
-            self.services[name] = svc
+            self.services = {**self.services, name: svc}  # a new dict: a new check verdict
             for binding in list(self.bindings):
                 if name in binding.imports:
                     binding.point(name, svc.call)
 
+    def spare(self, name: str, fn: Callable[..., Any], error: Any) -> _Callback | None:
+        """A callback of an image that left, made for exactly ``fn`` and
+        ``error`` (under the lock)."""
+        pool = self._spare.get(name)
+        while pool:
+            entry = pool.pop()
+            if entry.fn is fn and entry.error is error:
+                return entry
+        return None
+
+    def give_back(self, entry: _Callback) -> None:
+        """Keep ``entry`` for a later image while it still calls the current
+        service (under the lock)."""
+        svc = self.services.get(entry.name)
+        if self.closed or svc is None or entry.fn is not svc.call or entry.error is not svc.error:
+            return
+        pool = self._spare.setdefault(entry.name, [])
+        if len(pool) < 4:  # images open one after another: a few spares suffice
+            pool.append(entry)
+
     def check(self, imports: dict[str, str], source: str) -> dict[str, Any]:
         """Every import provided with the same prototype, or a ``ServiceError``
         naming the service and both prototypes.  Returns name -> cffi type."""
+        key = tuple(imports.items())
+        services = self.services
+        hit = self._checked.get(key)
+        if hit is not None and hit[0] is services:
+            return dict(hit[1])
+        wanted = self._check(imports, source)
+        if len(self._checked) >= 64:
+            self._checked.clear()
+        self._checked[key] = (services, wanted)
+        return dict(wanted)
+
+    def _check(self, imports: dict[str, str], source: str) -> dict[str, Any]:
         wanted = {}
         for name, proto in imports.items():
             ctype = signatures.parse(proto, where=source, function=name)
@@ -394,6 +460,7 @@ class ServiceTable:
         must outlive this host too."""
         with self.lock:
             self.closed = True
+            self._spare.clear()
             _G.kept.extend(stuck or ())
             for binding in list(self.bindings):
                 for name in binding.imports:

@@ -124,10 +124,16 @@ def mapped_ranges(file_id: tuple[int, int]) -> int:
             maps = fh.read()
     except OSError:  # no procfs (macOS, some sandboxes): fall back to the loader
         return -1
-    ino_b = str(ino).encode()
-    for line in maps.splitlines():
-        parts = line.split(None, 5)
-        if len(parts) >= 5 and parts[4] == ino_b and parts[3] == want_dev:
-            lo, _, hi = parts[0].partition(b"-")
-            total += int(hi, 16) - int(lo, 16)
+    # Find " <dev> <inode>" and take the line only when it is the 4th and 5th column: a
+    # scan for the needle costs a fraction of splitting every line of a large process's maps.
+    needle = b" " + want_dev + b" " + str(ino).encode()
+    pos = maps.find(needle)
+    while pos >= 0:
+        end = pos + len(needle)
+        if end == len(maps) or maps[end] in b" \n":
+            head = maps[maps.rfind(b"\n", 0, pos) + 1 : pos].split()  # range, perms, offset
+            if len(head) == 3:
+                lo, _, hi = head[0].partition(b"-")
+                total += int(hi, 16) - int(lo, 16)
+        pos = maps.find(needle, end)
     return total
