@@ -697,7 +697,12 @@ def _drain(view: View, events: queue.Queue[WatchEvent]) -> set[tuple[str, int]]:
 
 
 def _active(host: Host, name: str) -> Any:
-    return [v for v in host.versions(name) if v.state == "active"][-1]
+    """The version serving ``name``, waiting out a switch in progress (during
+    a stateful swap no version is active for a moment)."""
+    deadline = time.monotonic() + 10.0
+    while (current := host.current(name)) is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return current
 
 
 def _show_outside_swaps(

@@ -309,7 +309,8 @@ class Host:
             self._events.changed()
             rec.went_live(version, cand.data, cand.source)
             rec.source = cand.source
-            return rec.info(version, inspect=False)  # the reaper inspects a new build
+            # the reaper inspects a new build; versions() measures its mapped bytes
+            return rec.info(version, inspect=False, measure=False)
 
     def rollback(self, name: str, *, preflight: bool | None = None) -> VersionInfo:
         """Make the build that was live before the current one live again, as
@@ -328,7 +329,7 @@ class Host:
             version = self._swap.swap_in(rec, cand, True, preflight, note=note)
             self._events.changed()
             rec.rolled_back(version)
-            return rec.info(version, inspect=False)
+            return rec.info(version, inspect=False, measure=False)
 
     def unload(self, name: str) -> None:
         """Stop serving a plugin; its versions close once their calls return."""

@@ -81,6 +81,7 @@ class Swapper:
         self._start(rec, version, None, None)
         commit()
         plugin.publish(version)
+        self._inspect_later(image)
         return plugin, version
 
     def swap_in(
@@ -101,6 +102,7 @@ class Swapper:
         new.note = note
         self._switch(rec, old, new)
         rec.add(new)
+        self._inspect_later(image)
         log.info(
             "%s %s: v%d (%s) -> v%d (%s)",
             note or "reload",
@@ -149,8 +151,13 @@ class Swapper:
             may_close=lambda c: self._policy.may_close_candidate(c, rec.unload_safe),
             services=self._provided,
         )
-        self._reaper.inspect_later(image)
         return image
+
+    def _inspect_later(self, image: Image) -> None:
+        """The reaper inspects a build once it serves, not while the swap runs:
+        an ELF parse holds the GIL whenever the swap waits in a system call."""
+        if image.process is None:
+            self._reaper.inspect_later(image)
 
     def _check_types(self, cand: Candidate) -> None:
         """Two plugins must not give one type name two layouts: a value made
@@ -238,6 +245,8 @@ class Swapper:
         """Run the new version's ``on_load``; a version that refuses is closed,
         one whose hook never returns is kept (its code is still running)."""
         image = version.image
+        if image.on_load is None and image.process is None:
+            return  # nothing of the plugin runs here: no need for the hook runner's thread
         try:
             rec.hooks.run(lambda: image.call_on_load(prev, state), _hook_name(image, "on_load"))
         except HookTimeoutError as exc:
