@@ -161,7 +161,7 @@ class _Shm:
     def serve(self, plans: list[Any], fns: list[Any], ffi: Any, iso: Any, error: Any) -> bool:
         """Serve one call from shared memory (False), or return True when a
         frame waits on the socket (a control request, a large call, EOF)."""
-        ctl, mm, seq = self.ctl, self.mm, self.seq
+        ctl, seq = self.ctl, self.seq
         if ctl[iso.REQ_SEQ] == seq:
             clock = time.perf_counter_ns
             end = clock() + iso.WORKER_SPIN_NS
