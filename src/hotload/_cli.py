@@ -9,7 +9,7 @@
                                                             unload blockers
     hotload build [FILES...] [-o DIR] [--target T]          same as `make plugins` / build.py
     hotload cflags [--cxx] [--include-dir]                  flags to build a plugin against the SDK
-    hotload demo [--interactive] [--players N]              the demo (see hotload._demo)
+    hotload demo [--interactive|--isolate] [--players N]           the demo (see hotload._demo)
 
 With exactly one host running, host commands need no ``--host``/``--socket``.
 ``ls`` prints one line per version: ``CALLS`` is the calls that version has
@@ -185,6 +185,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="a game server hot-swapping a C plugin under load")
     p.add_argument(
         "--interactive", action="store_true", help="keep watching the plugin sources until Ctrl-C"
+    )
+    p.add_argument(
+        "--isolate",
+        action="store_true",
+        help="run double_xp in a worker process and crash an isolated plugin on purpose",
     )
     p.add_argument("--players", type=int, default=4, help="player threads (default 4)")
     p.add_argument(
@@ -493,6 +498,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         interactive=args.interactive,
         src=args.src,
         verbose=args.verbose,
+        isolate=args.isolate,
     )
 
 
