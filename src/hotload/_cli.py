@@ -253,6 +253,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
     leaks = result.get("leaks") or {}
     if leaks.get("images"):
         print(f"leaked: {leaks['images']} image(s) still in memory, {leaks['bytes']:,} bytes")
+    if any("[" in row[3] for row in rows[1:]):
+        notes.append(
+            "STATE [pid N, K restarts]: runs isolated in worker process N, restarted K times "
+            "after crashes"
+        )
     if any(row[-2] != "-" for row in rows[1:]):
         notes.append("WHY: what keeps a version in memory; `hotload inspect FILE` explains each")
     if notes:
@@ -271,7 +276,7 @@ def _version_row(v: dict[str, Any]) -> tuple[str, ...]:
         v["name"],
         f"v{v['seq']}",
         v["plugin_version"],
-        v["state"],
+        v["state"] + _isolated(v),
         "-" if served is None else f"{served:,}",
         str(v["in_flight"]),
         time.strftime("%H:%M:%S", time.localtime(v["loaded_at"])),
@@ -279,6 +284,17 @@ def _version_row(v: dict[str, Any]) -> tuple[str, ...]:
         why or "-",
         _one_line(v.get("note") or "", 60),
     )
+
+
+def _isolated(v: dict[str, Any]) -> str:
+    """`` [pid 4242, 1 restart]`` for an isolated version: its worker (or
+    what became of it) in a few characters, so the table stays one screen wide."""
+    if not v.get("isolated"):
+        return ""
+    worker = v.get("worker") or ""
+    where = f"pid {v['pid']}" if v.get("pid") and worker == "running" else worker or "isolated"
+    n = v.get("restarts") or 0
+    return f" [{where}{f', {n} restart' + ('s' if n != 1 else '') if n else ''}]"
 
 
 def _one_line(text: str, width: int) -> str:
