@@ -168,6 +168,7 @@ class _Shm:
             while ctl[iso.REQ_SEQ] == seq:
                 if clock() > end:
                     break
+                iso.yield_cpu()  # the host may be waiting for this very core
             else:
                 return self._serve(plans, fns, ffi, iso, error)
             while True:

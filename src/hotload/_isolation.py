@@ -84,9 +84,12 @@ SHM_REP = SHM_REQ + SHM_CAP
 SHM_SIZE = SHM_REP + SHM_CAP
 REQ_SEQ, REQ_LEN, REP_SEQ, REP_LEN = 0, 1, 8, 9
 #: How long a caller spins for a reply, and a worker for the next request,
-#: before sleeping (ns).  Bounded so an idle plugin costs no CPU.
-HOST_SPIN_NS = 60_000
-WORKER_SPIN_NS = 100_000
+#: before sleeping (ns).  Bounded so an idle plugin costs no CPU; each turn of
+#: the spin yields the CPU, because on a busy machine the two sides often share
+#: one core and a spin that does not yield only delays the other side (measured
+#: here: ~165 us round trips with 60/100 us spins that did not yield).
+HOST_SPIN_NS = 20_000
+WORKER_SPIN_NS = 50_000
 
 
 def shm_supported() -> bool:
@@ -100,6 +103,9 @@ def shm_supported() -> bool:
         and hasattr(os, "memfd_create")
         and platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
     )
+
+
+yield_cpu = getattr(os, "sched_yield", lambda: None)
 
 
 def drain(efd: int) -> None:
@@ -513,6 +519,7 @@ class Worker:
         while ctl[REP_SEQ] != seq:
             if clock() > end:
                 break
+            yield_cpu()  # the worker may be waiting for this very core
         else:
             return None
         deadline = None if timeout is None else time.monotonic() + timeout
