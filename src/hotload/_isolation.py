@@ -37,7 +37,6 @@ import logging
 import mmap
 import os
 import platform
-import select
 import socket
 import struct
 import subprocess
@@ -444,6 +443,8 @@ class Worker:
         self.mm: mmap.mmap | None = None
         self.seq = 0
         if shm is not None:
+            import select  # POSIX only; importing hotload must not need it
+
             self.mm, self.wake, self.done = shm
             self.ctl = memoryview(self.mm).cast("B")[:SHM_REQ].cast("Q")
             self.poller = select.poll()
