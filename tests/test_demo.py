@@ -132,3 +132,30 @@ def test_interactive_demo_swaps_a_saved_edit_until_ctrl_c(tmp_path: Path) -> Non
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_isolated_demo_survives_a_plugin_that_crashes_on_purpose(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "HOTLOAD_CONTROL_DIR": str(tmp_path / "ctl"),
+        "HOTLOAD_WORKDIR": str(tmp_path / "work"),
+    }
+    (tmp_path / "ctl").mkdir(mode=0o700)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hotload", "demo", "--isolate"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert re.search(r"plugin +double_xp 1\.0\.0 \(.*; isolated, worker pid \d+\)", out)
+    crashed = re.search(r"crashy\.boom\(\) in worker pid (\d+): PluginCrashedError: .*SIGSEGV", out)
+    restarted = re.search(r"crashy v1 restarted in worker pid (\d+) \(1 restart\); ping", out)
+    assert crashed and restarted and crashed.group(1) != restarted.group(1), out
+    assert re.search(r"ok   calls +[\d,]+ served, 0 failed", out)  # the players never noticed
+    assert re.search(r"ok   crash +crashy\.boom\(\) crashed worker pid \d+", out)
+    assert re.search(r"watcher rebuilt double_xp\.c in \d+ ms and swapped v1 1\.0\.0 -> v2", out)
+    assert out.rstrip().endswith("old image unloaded")

@@ -554,3 +554,36 @@ def _rss_kb() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return -1
+
+
+def test_ls_shows_the_worker_pid_and_restarts(ihost: Host, faulty: Build, tmp_path: Path) -> None:
+    import re
+    import sys
+
+    server = ihost.serve_control(directory=tmp_path / "ctl")
+    p = ihost.load(faulty(), isolate=True)
+    with pytest.raises(PluginCrashedError):
+        p.crash(1)
+    assert p.add(1, 1) == 2  # restarted
+    pid = worker_pid(ihost)
+    out = subprocess.run(
+        [sys.executable, "-m", "hotload", "ls", "--socket", str(server.path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    row = next(line for line in out.stdout.splitlines() if line.startswith("faulty"))
+    assert re.search(rf"\bactive \[pid {pid}, 1 restart\] ", row), out.stdout
+    assert "runs isolated in worker process N" in out.stdout
+
+
+def test_a_buffer_larger_than_shared_memory_crosses_on_the_socket(
+    ihost: Host, faulty: Build
+) -> None:
+    p = ihost.load(faulty(), isolate=True)
+    big = array.array("i", range(100_000))  # 400 KB: more than the shared-memory area
+    assert p.sum(big, len(big)) == sum(range(100_000))
+    p.fill(big, len(big), 7)
+    assert big[0] == 7 and big[-1] == 7 + 99_999  # copied back into the caller's buffer
+    assert p.add(2, 3) == 5  # and the next call goes through shared memory again

@@ -9,7 +9,7 @@
                                                             unload blockers
     hotload build [FILES...] [-o DIR] [--target T]          same as `make plugins` / build.py
     hotload cflags [--cxx] [--include-dir]                  flags to build a plugin against the SDK
-    hotload demo [--interactive] [--players N]              the demo (see hotload._demo)
+    hotload demo [--interactive|--isolate] [--players N]           the demo (see hotload._demo)
 
 With exactly one host running, host commands need no ``--host``/``--socket``.
 ``ls`` prints one line per version: ``CALLS`` is the calls that version has
@@ -186,6 +186,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--interactive", action="store_true", help="keep watching the plugin sources until Ctrl-C"
     )
+    p.add_argument(
+        "--isolate",
+        action="store_true",
+        help="run double_xp in a worker process and crash an isolated plugin on purpose",
+    )
     p.add_argument("--players", type=int, default=4, help="player threads (default 4)")
     p.add_argument(
         "--seconds", type=float, default=1.0, help="seconds of play before and after the swap"
@@ -248,6 +253,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
     leaks = result.get("leaks") or {}
     if leaks.get("images"):
         print(f"leaked: {leaks['images']} image(s) still in memory, {leaks['bytes']:,} bytes")
+    if any("[" in row[3] for row in rows[1:]):
+        notes.append(
+            "STATE [pid N, K restarts]: runs isolated in worker process N, restarted K times "
+            "after crashes"
+        )
     if any(row[-2] != "-" for row in rows[1:]):
         notes.append("WHY: what keeps a version in memory; `hotload inspect FILE` explains each")
     if notes:
@@ -266,7 +276,7 @@ def _version_row(v: dict[str, Any]) -> tuple[str, ...]:
         v["name"],
         f"v{v['seq']}",
         v["plugin_version"],
-        v["state"],
+        v["state"] + _isolated(v),
         "-" if served is None else f"{served:,}",
         str(v["in_flight"]),
         time.strftime("%H:%M:%S", time.localtime(v["loaded_at"])),
@@ -274,6 +284,17 @@ def _version_row(v: dict[str, Any]) -> tuple[str, ...]:
         why or "-",
         _one_line(v.get("note") or "", 60),
     )
+
+
+def _isolated(v: dict[str, Any]) -> str:
+    """`` [pid 4242, 1 restart]`` for an isolated version: its worker (or
+    what became of it) in a few characters, so the table stays one screen wide."""
+    if not v.get("isolated"):
+        return ""
+    worker = v.get("worker") or ""
+    where = f"pid {v['pid']}" if v.get("pid") and worker == "running" else worker or "isolated"
+    n = v.get("restarts") or 0
+    return f" [{where}{f', {n} restart' + ('s' if n != 1 else '') if n else ''}]"
 
 
 def _one_line(text: str, width: int) -> str:
@@ -493,6 +514,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         interactive=args.interactive,
         src=args.src,
         verbose=args.verbose,
+        isolate=args.isolate,
     )
 
 

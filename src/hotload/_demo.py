@@ -17,6 +17,12 @@ the host's ``grant_item``, ``send_mail`` and ``log`` services.  The demo
 swaps it too (login reward 2 -> 3) and checks that every grant the plugin
 made reached the host, and that its total carried across.
 
+``--isolate`` runs ``double_xp`` in its own worker process (the activity
+plugin stays in process: structs, host services and events do not cross the
+isolation boundary yet) and loads ``crashy``, an isolated plugin whose
+``boom()`` dereferences NULL on purpose: the call raises
+``PluginCrashedError``, the worker restarts, and the players never notice.
+
 ``--interactive`` watches the examples' sources (``native/plugins`` in a
 checkout) until Ctrl-C, so a person can edit the C and watch it go live.
 """
@@ -40,7 +46,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ._builder import compile_plugin
-from ._errors import HotloadError
+from ._errors import HotloadError, PluginCrashedError
 from ._host import Host
 from ._platform import dl
 from ._registry import Plugin
@@ -48,6 +54,15 @@ from ._watcher import WatchEvent
 
 PLUGINS = ("double_xp", "loot_drop")
 ACTIVITY = "activity"  # the live-ops plugin: events, services, handles (optional when interactive)
+CRASHY = "crashy"  # --isolate: an isolated plugin that crashes on purpose in a call
+CRASHY_SRC = r"""
+#include <hotload.h>
+HOTLOAD_PLUGIN("crashy", "1.0.0");
+HOTLOAD_API int32_t ping(int32_t x) { return x + 1; }
+HOTLOAD_EXPORT(ping, int32_t, (int32_t));
+HOTLOAD_API int32_t boom(void) { volatile int *p = 0; *p = 1; return 0; } /* on purpose */
+HOTLOAD_EXPORT(boom, int32_t, (void));
+"""
 BATCH = 25  # reward + loot calls per player per server tick
 TICK = 0.001  # seconds between a player's ticks
 
@@ -329,16 +344,17 @@ def run(
     interactive: bool = False,
     src: Path | None = None,
     verbose: bool = False,
+    isolate: bool = False,
 ) -> int:
     """Entry point for ``hotload demo``; returns the exit status."""
     if not verbose:
         logging.getLogger("hotload").setLevel(logging.CRITICAL)  # the view reports what matters
     if interactive:
         return run_interactive(out, players=players, src=src)
-    return run_scripted(out, players=players, seconds=seconds)
+    return run_scripted(out, players=players, seconds=seconds, isolate=isolate)
 
 
-def run_scripted(out: TextIO, *, players: int, seconds: float) -> int:
+def run_scripted(out: TextIO, *, players: int, seconds: float, isolate: bool = False) -> int:
     view = View(out)
     workspace = Path(tempfile.mkdtemp(prefix="hotload-demo-"))
     try:
@@ -347,8 +363,11 @@ def run_scripted(out: TextIO, *, players: int, seconds: float) -> int:
         for name in (*PLUGINS, ACTIVITY):
             shutil.copy2(example_sources_dir() / f"{name}.c", src / f"{name}.c")
             compile_plugin(src / f"{name}.c", build / f"{name}{dl.SUFFIX}")
+        if isolate:
+            (workspace / f"{CRASHY}.c").write_text(CRASHY_SRC)
+            compile_plugin(workspace / f"{CRASHY}.c", workspace / f"{CRASHY}{dl.SUFFIX}")
         with Host(control=True) as host:
-            outcome = _scripted(view, host, src, build, players, seconds)
+            outcome = _scripted(view, host, src, build, players, seconds, isolate=isolate)
         view.close()
         for line in outcome.lines:
             out.write(line + "\n")
@@ -359,9 +378,17 @@ def run_scripted(out: TextIO, *, players: int, seconds: float) -> int:
 
 
 def _scripted(
-    view: View, host: Host, src: Path, build: Path, players: int, seconds: float
+    view: View,
+    host: Host,
+    src: Path,
+    build: Path,
+    players: int,
+    seconds: float,
+    *,
+    isolate: bool = False,
 ) -> Outcome:
-    xp = host.load(build / f"double_xp{dl.SUFFIX}")
+    xp = host.load(build / f"double_xp{dl.SUFFIX}", isolate=isolate)
+    crashy = host.load(build.parent / f"{CRASHY}{dl.SUFFIX}", isolate=True) if isolate else None
     host.load(build / f"loot_drop{dl.SUFFIX}")
     live = LiveOps(host)
     activity = host.load(build / f"activity{dl.SUFFIX}")
@@ -374,6 +401,7 @@ def _scripted(
     current = describe(v1)
     _run_for(view, server, xp, current, seconds)
     view.status(status_text(server, xp, current), print_it=True)
+    crash = _crash_on_purpose(view, host, crashy) if crashy is not None else None
     edited_at = _edit(src / "double_xp.c", "MULTIPLIER", 2, 3)
     view.event("edit", f"double_xp.c: MULTIPLIER 2 -> 3, version 1.0.0 -> 1.1.0 (a copy in {src})")
     swap = _await_swap(view, server, xp, current, events)
@@ -404,7 +432,43 @@ def _scripted(
     view.status(status_text(server, xp, current), print_it=True)
     server.stop()
     outcome = _verify(host, server, xp, v1, swap, edited_at)
-    return _verify_live(host, server, live, activity, a1, aswap, outcome)
+    outcome = _verify_live(host, server, live, activity, a1, aswap, outcome)
+    if crash is not None:
+        good, text = crash
+        outcome.lines.insert(-1, f"  {'ok  ' if good else 'FAIL'} {'crash':<10} {text}")
+        if not good:
+            outcome.ok = False
+            outcome.lines[-1] = "FAILED: crash"
+    return outcome
+
+
+def _crash_on_purpose(view: View, host: Host, crashy: Plugin) -> tuple[bool, str]:
+    """Call ``crashy.boom()``, which dereferences NULL in its worker: the
+    call raises, the worker restarts, the host (and its players) serve on."""
+    pid = host.versions(CRASHY)[-1].pid
+    try:
+        crashy.boom()
+    except PluginCrashedError as exc:
+        view.event("crash", f"{CRASHY}.boom() in worker pid {pid}: PluginCrashedError: {exc}")
+    else:
+        return False, f"{CRASHY}.boom() returned instead of crashing"
+    t0 = time.monotonic()
+    try:
+        pong = crashy.ping(41)  # waits for the restarted worker
+    except HotloadError as exc:
+        return False, f"{CRASHY} did not come back: {exc}"
+    info = host.versions(CRASHY)[-1]
+    ms = (time.monotonic() - t0) * 1e3
+    view.event(
+        "restart",
+        f"{CRASHY} v{info.seq} restarted in worker pid {info.pid} "
+        f"({info.restarts} restart); ping(41) = {pong}, {ms:.0f} ms after the crash",
+    )
+    good = pong == 42 and info.restarts == 1 and info.pid not in (None, pid)
+    return good, (
+        f"{CRASHY}.boom() crashed worker pid {pid} (SIGSEGV): PluginCrashedError in that call, "
+        f"restarted as pid {info.pid}, the host and its players served on"
+    )
 
 
 def _header(
@@ -423,11 +487,13 @@ def _header(
         "double_xp": "XP event, keeps a grant counter across swaps",
         "loot_drop": "loot rarity rules, stateless",
         ACTIVITY: "handles on_player_login/on_tick, calls grant_item/send_mail/log",
+        CRASHY: "boom() dereferences NULL on purpose",
     }
-    for name in (*PLUGINS, ACTIVITY):
+    for name in (*PLUGINS, ACTIVITY, CRASHY):
         if name in host:
             info = host.versions(name)[-1]
-            view.line(f"  plugin    {name} {info.plugin_version} ({kinds[name]})")
+            where = f"; isolated, worker pid {info.pid}" if info.isolated else ""
+            view.line(f"  plugin    {name} {info.plugin_version} ({kinds[name]}{where})")
     calls = "reward() and rarity()" + (", emitting on_tick" if ACTIVITY in host else "")
     view.line(f"  players   {players} threads, each calling {calls} every tick")
     view.line(f"  watching  {watched} (rebuild on save)")
