@@ -25,16 +25,16 @@ BENCH_SRC = r"""
 #include <hotload.h>
 HOTLOAD_PLUGIN("NAME", "1");
 HOTLOAD_API int64_t add(int64_t a, int64_t b) { return a + b; }
-HOTLOAD_EXPORT(add, "int64_t(int64_t, int64_t)");
+HOTLOAD_EXPORT(add, int64_t, (int64_t, int64_t));
 HOTLOAD_API int64_t sum(const int32_t *xs, size_t n)
 {
     int64_t t = 0;
     for (size_t i = 0; i < n; i++) t += xs[i];
     return t;
 }
-HOTLOAD_EXPORT(sum, "int64_t(const int32_t *, size_t)");
+HOTLOAD_EXPORT(sum, int64_t, (const int32_t *, size_t));
 HOTLOAD_API int32_t tag(void) { return TAG; }
-HOTLOAD_EXPORT(tag, "int32_t(void)");
+HOTLOAD_EXPORT(tag, int32_t, (void));
 """
 
 #: (label, met) for every figure that has a target, in print order.
