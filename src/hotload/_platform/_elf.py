@@ -97,42 +97,24 @@ def check(
         raise InvalidPluginError(f"{path}: corrupt ELF header (class {ei_class}, data {ei_data})")
     bits = 64 if ei_class == 2 else 32
     end = "<" if ei_data == 1 else ">"
-    if bits == 64:
-        if size < 64:
-            raise InvalidPluginError(
-                f"{path}: truncated ELF file ({size} bytes, no complete header)"
-            )
-        (
-            e_type,
-            e_machine,
-            _v,
-            _entry,
-            e_phoff,
-            e_shoff,
-            _fl,
-            _eh,
-            e_phentsize,
-            e_phnum,
-            e_shentsize,
-            e_shnum,
-            e_shstrndx,
-        ) = struct.unpack_from(end + "HHIQQQIHHHHHH", data, 16)
-    else:
-        (
-            e_type,
-            e_machine,
-            _v,
-            _entry,
-            e_phoff,
-            e_shoff,
-            _fl,
-            _eh,
-            e_phentsize,
-            e_phnum,
-            e_shentsize,
-            e_shnum,
-            e_shstrndx,
-        ) = struct.unpack_from(end + "HHIIIIIHHHHHH", data, 16)
+    if bits == 64 and size < 64:
+        raise InvalidPluginError(f"{path}: truncated ELF file ({size} bytes, no complete header)")
+    # the ELF header after e_ident: addresses and offsets are 8 bytes in ELF64, 4 in ELF32
+    (
+        e_type,
+        e_machine,
+        _v,
+        _entry,
+        e_phoff,
+        e_shoff,
+        _fl,
+        _eh,
+        e_phentsize,
+        e_phnum,
+        e_shentsize,
+        e_shnum,
+        e_shstrndx,
+    ) = struct.unpack_from(end + ("HHIQQQIHHHHHH" if bits == 64 else "HHIIIIIHHHHHH"), data, 16)
     facts_machine = MACHINES.get(e_machine, f"machine {e_machine}")
     want = host_machine() if expect_machine is None else expect_machine
     if e_type == ET_EXEC:
