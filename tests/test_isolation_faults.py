@@ -351,3 +351,40 @@ def _children() -> list[int]:
 
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc (Linux)")
+
+
+# ---- the watcher loads isolated ---------------------------------------------------------
+def test_watch_isolate_loads_new_plugins_and_rebuilds_isolated(
+    tmp_path: Path, forky: Build
+) -> None:
+    """A build dropped into a watched directory runs in a worker with the
+    watch's options (call_timeout, on_crash); a rebuild is reloaded isolated."""
+    from hotload import PluginTimeoutError
+
+    drop = tmp_path / "plugins"
+    drop.mkdir()
+    h = Host(tmp_path / "w", preflight=False)
+    try:
+        h.watch(drop, isolate=True, on_crash="stop", call_timeout=1.0, initial=False)
+        os.replace(forky(tag=1), drop / "forky.so")  # a new plugin, whole (a rename)
+        wait_for(lambda: "forky" in h)
+        info = h.current("forky")
+        assert info is not None and info.isolated and info.pid not in (None, os.getpid())
+        p = h.plugin("forky")
+        assert p.add(1, 1) == 3
+        first = info.pid
+        os.replace(forky(tag=2), drop / "forky.so")  # a rebuild
+        wait_for(lambda: h.current("forky").seq == 2)  # type: ignore[union-attr]
+        info = h.current("forky")
+        assert info is not None and info.isolated and info.pid not in (None, first, os.getpid())
+        assert p.add(1, 1) == 4
+        errors = in_time(p.spin)  # call_timeout=1.0, then on_crash="stop"
+        assert len(errors) == 1 and isinstance(errors[0], PluginTimeoutError), errors
+        assert h.current("forky").worker == "stopped"  # type: ignore[union-attr]
+    finally:
+        assert not in_time(lambda: h.close(timeout=2.0))
+
+
+def test_watch_isolate_refuses_a_bad_on_crash(tmp_path: Path) -> None:
+    with Host(tmp_path / "w", preflight=False) as h, pytest.raises(ValueError, match="on_crash"):
+        h.watch(tmp_path, isolate=True, on_crash="explode")
