@@ -23,6 +23,7 @@ MODULES = (
     "bench_memory",
     "bench_fleet",
     "bench_isolate",
+    "proof_go_unload",
 )
 
 

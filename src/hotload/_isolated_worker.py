@@ -27,6 +27,7 @@ def _main(argv: list[str]) -> int:
     parent = int(argv[argv.index("--parent") + 1])
     fd = int(argv[argv.index("--fd") + 1])
     proc.die_with_parent(parent)
+    proc.adopt_orphans()  # a plugin's forked children stay in this tree, to be ended with it
     os.dup2(2, 1)  # plugin printf()s go to stderr
     sys.stdout = sys.stderr
     from . import _isolation as iso
@@ -77,6 +78,7 @@ def _main(argv: list[str]) -> int:
             continue  # a call came through shared memory
         body = recv()
         if body is None:
+            proc.end_descendants(1.0)  # what the plugin forked ends with its version
             return 0
         op = body[0]
         if op == iso.OP_CALL:

@@ -453,15 +453,27 @@ class Worker:
             self.sock_poller = select.poll()
             self.sock_poller.register(sock, select.POLLIN)
         self.stderr: collections.deque[str] = collections.deque(maxlen=40)
+        self.kin: dict[int, int] = {}  # descendants seen (pid -> start time): see note_kin
+        self._tree_ended = False
         self._drain = threading.Thread(
             target=self._read_stderr, daemon=True, name=f"hotload-isolate-stderr-{self.pid}"
         )
         self._drain.start()
 
     def _read_stderr(self) -> None:
-        assert self.popen.stderr is not None
-        for raw in self.popen.stderr:
-            self.stderr.append(raw.decode(errors="replace").rstrip())
+        """The worker's stderr until EOF; this thread closes the pipe (closing
+        it from another thread would wait for that EOF, which a forked child
+        holding the pipe can put off for as long as it lives)."""
+        pipe = self.popen.stderr
+        assert pipe is not None
+        try:
+            for raw in pipe:
+                self.stderr.append(raw.decode(errors="replace").rstrip())
+        except (OSError, ValueError):
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                pipe.close()
 
     def tail(self, lines: int = 6) -> str:
         self._drain.join(0.2)  # its last words, when it is dead
@@ -576,20 +588,43 @@ class Worker:
             buf += chunk
         return buf
 
+    def note_kin(self) -> None:
+        """Remember the worker's descendants (the supervisor's tick): a child
+        that left its process group (a daemon) is re-parented away when the
+        worker dies, and is then found only by this memory."""
+        found = channel.descendants(self.pid)
+        self.kin = found if self.alive() else {**self.kin, **found}
+
+    def wake_caller(self) -> None:
+        """The worker is dead but a forked child keeps the channel open, so
+        the call waiting on it would see no EOF: end the tree and shut the
+        host's end (the caller wakes up with EOF and reports the crash)."""
+        self._end_tree()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
     def kill(self) -> None:
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.popen.kill()  # SIGKILL also ends a stopped process
+        """SIGKILL the worker and everything it forked (also a stopped one)."""
+        if self.popen.returncode is None:  # not reaped: its tree is still there to walk
+            channel.kill_tree(self.pid, self.kin, walk=True)
+            if self.popen.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self.popen.kill()
         self.reap(5.0)
+
+    def _end_tree(self) -> None:
+        if not self._tree_ended:
+            self._tree_ended = True
+            channel.kill_tree(self.pid, self.kin, walk=False)
 
     def reap(self, timeout: float) -> bool:
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
             return False
-        for f in (self.sock, self.popen.stderr):
-            with contextlib.suppress(OSError):
-                f.close()  # type: ignore[union-attr]
+        self._end_tree()  # children left in its group, and daemons seen before
+        with contextlib.suppress(OSError):
+            self.sock.close()
         if self.mm is not None:
             for fd in (self.wake, self.done):
                 with contextlib.suppress(OSError):
@@ -625,6 +660,8 @@ class Isolation:
         self._lock = threading.Lock()
         self._spare: Worker | None = None
         self._proxies: list[Proxy] = []
+        self._exiting: list[Proxy] = []  # stopped, their workers not reaped yet
+        self.exit_faults = 0  # workers that crashed or hung at exit, after their stop
         self._jobs: collections.deque[Callable[[], None]] = collections.deque()
         self._wake = threading.Event()
         self._closed = False
@@ -773,10 +810,16 @@ class Isolation:
         image.on_load = (lambda *a: 0) if desc and desc.on_load else None
         return image
 
-    def forget(self, proxy: Proxy) -> None:
+    def forget(self, proxy: Proxy, *, exiting: bool = False) -> None:
+        """``proxy`` no longer serves; ``exiting``: its worker was asked to
+        exit and ``close()`` must see it gone."""
         with self._lock:
             if proxy in self._proxies:
                 self._proxies.remove(proxy)
+            if exiting:
+                self._exiting.append(proxy)
+            elif proxy in self._exiting:
+                self._exiting.remove(proxy)
 
     def later(self, job: Callable[[], None]) -> None:
         self._jobs.append(job)
@@ -819,6 +862,10 @@ class Isolation:
             p.stop(kill=True)
         if spare is not None:
             spare.kill()
+        with self._lock:
+            exiting = list(self._exiting)
+        for p in exiting:
+            p.gone()  # reaps it, or kills it after 2 s
         self._spawner.shutdown(wait=True)
         with self._lock:
             spare, self._spare = self._spare, None
@@ -860,6 +907,8 @@ class Proxy:
         self.call_started = 0.0  # monotonic time of the call in the worker now (0: idle)
         self.has_on_load = False
         self._exiting: Worker | None = None  # asked to stop, not reaped yet
+        self._gone_lock = threading.Lock()
+        self.exit_fault = ""  # a crash or hang of its worker at exit, after its stop
         self.streak = 0  # crashes in a row with no successful call between them
         self.served_ok = True  # a call succeeded since the last (re)start: resets the backoff
         self.live = False  # serving: a crash before this point is a refused load, no policy
@@ -1123,7 +1172,9 @@ class Proxy:
         if self.state != UP or not self.lock.acquire(blocking=False):
             w = self.worker
             started = self.call_started
-            if (
+            if w is not None and started and not w.alive():
+                w.wake_caller()  # died in a call, but a forked child may hold the channel
+            elif (
                 w is not None
                 and started
                 and time.monotonic() - started > 1.0
@@ -1139,6 +1190,8 @@ class Proxy:
             if w is not None and self.state == UP and not w.alive():
                 with contextlib.suppress(PluginCrashedError):
                     self._crashed(w, "no call (it died while idle)")
+            elif w is not None and self.state == UP:
+                w.note_kin()
         finally:
             self.lock.release()
 
@@ -1198,20 +1251,45 @@ class Proxy:
             worker.kill()
         else:
             self._exiting = worker  # reaped by gone(), off the reload path
-        self.iso.forget(self)
+        self.iso.forget(self, exiting=not kill)
 
     def gone(self) -> bool:
         """Whether the worker has exited: waits a little for one that was
-        asked to, and kills it if it does not (the reaper's thread)."""
-        w = self._exiting or self.worker
-        if w is None:
+        asked to, and kills it if it does not (the reaper's thread).  A crash
+        or a hang as it exits (a destructor, an atexit handler) is logged and
+        noted on the version: the next version does not depend on it."""
+        with self._gone_lock:
+            w = self._exiting or self.worker
+            if w is None:
+                return True
+            if w is not self._exiting:
+                return not w.alive()
+            who = f"{self.name} v{self.seq}: worker pid {w.pid}"
+            if not w.reap(2.0):
+                self.exit_fault = "killed at exit: did not exit within 2 s of its stop"
+                log.warning(
+                    "%s ignored the stop (a destructor or atexit handler hangs at exit?); "
+                    "killed at exit after 2 s",
+                    who,
+                )
+                w.kill()
+            else:
+                sig, code = w.how_it_ended()
+                if sig is not None or code:
+                    how = f"crashed with {sig}" if sig else f"exited with code {code}"
+                    self.exit_fault = f"{how} at exit"
+                    tail = w.tail()
+                    log.error(
+                        "%s %s at exit, after its stop (a destructor or atexit handler)%s",
+                        who,
+                        how,
+                        f"; stderr: {tail}" if tail else "",
+                    )
+            if self.exit_fault:
+                self.iso.exit_faults += 1
+            self._exiting = None
+            self.iso.forget(self)
             return True
-        if w is self._exiting and not w.reap(2.0):
-            log.warning(
-                "%s v%d: worker pid %d ignored the stop; killed", self.name, self.seq, w.pid
-            )
-            w.kill()
-        return not w.alive()
 
 
 @dataclass(eq=False)

@@ -6,6 +6,7 @@ drive it through these methods and nothing else."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Protocol
 
 from ._loader import Candidate
@@ -29,7 +30,16 @@ class PluginHost(Protocol):
         """The same checks for bytes that came from elsewhere (the fleet)."""
         ...
 
-    def load(self, path: PathOrCandidate) -> Plugin: ...
+    def load(
+        self,
+        path: PathOrCandidate,
+        *,
+        isolate: bool = False,
+        on_crash: str = "restart",
+        call_timeout: float | None = None,
+        max_restarts: int = 5,
+        limits: Mapping[str, int] | None = None,
+    ) -> Plugin: ...
 
     def reload(
         self,

@@ -144,7 +144,7 @@ class PluginRecord:
             dlclose_count=img.closes,
             mapped_bytes=mapped,
             blockers=tuple(self._policy.blockers(v, inspect=inspect)),
-            note=v.note,
+            note=v.note or (proxy.exit_fault if proxy is not None else ""),
             served=v.served,
             isolated=proxy is not None,
             pid=proxy.pid if proxy is not None else None,

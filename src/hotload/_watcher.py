@@ -41,6 +41,10 @@ watched too.  A change rebuilds the plugin with ``builder.compile_plugin``
 (what ``build.py`` uses: temp file, then rename) and applies the output; a
 header change rebuilds every plugin that includes it.
 
+``isolate=True`` (with ``on_crash``, ``call_timeout``, ``max_restarts``
+and ``limits``, as for ``Host.load``) loads each new plugin in its own worker
+process; a plugin already loaded keeps the mode it was loaded with.
+
 All work happens on one worker thread, so builds and reloads never overlap;
 watchdog's own threads only record events.  ``on_event`` receives a
 :class:`WatchEvent` for every outcome (the demo's live view uses it).
@@ -56,7 +60,7 @@ import shlex
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,6 +81,7 @@ from ._errors import (
     NotAPluginError,
     resource_error,
 )
+from ._isolation import Options
 from ._loader import DEFAULT_MAX_PLUGIN_SIZE, Candidate, check_size, file_kind, read_source
 from ._platform import dl
 
@@ -202,8 +207,28 @@ class Watcher:
         max_size: int = DEFAULT_MAX_PLUGIN_SIZE,
         build_timeout: float = BUILD_TIMEOUT,
         allow_signature_change: bool = False,
+        isolate: bool = False,
+        on_crash: str = "restart",
+        call_timeout: float | None = None,
+        max_restarts: int = 5,
+        limits: Mapping[str, int] | None = None,
     ) -> None:
         self.host = host
+        # How a plugin the watcher loads first runs (``Host.load``'s options);
+        # its reloads keep the mode it was loaded with.
+        self.load_options: dict[str, Any] = (
+            {
+                "isolate": True,
+                "on_crash": on_crash,
+                "call_timeout": call_timeout,
+                "max_restarts": max_restarts,
+                "limits": dict(limits or {}),
+            }
+            if isolate
+            else {}
+        )
+        if isolate:
+            Options(on_crash, call_timeout, max_restarts)  # a bad on_crash fails here, not later
         self.build_timeout = build_timeout
         self._cancel = threading.Event()  # set by stop(): kills a running compiler
         self.rebuild = rebuild
@@ -644,7 +669,7 @@ class Watcher:
             info = self.host.reload(name, cand, allow_signature_change=self.allow_signature_change)
             action = "reloaded"
         else:
-            self.host.load(cand)
+            self.host.load(cand, **self.load_options)
             action, info = "loaded", self.host.versions(name)[-1]
         self._applied[str(path)] = digest
         return WatchEvent(

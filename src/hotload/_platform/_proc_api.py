@@ -54,3 +54,26 @@ class WorkerProcess(Protocol):
         """Extra ``subprocess.Popen`` arguments for a worker (its own session,
         so a Ctrl-C meant for the host's terminal does not hit it mid-check)."""
         ...
+
+    def adopt_orphans(self) -> None:
+        """In a worker: become the reaper of every orphan among its
+        descendants (a plugin's double-forked daemon stays in its tree)."""
+        ...
+
+    def descendants(self, pid: int) -> dict[int, int]:
+        """Every live descendant of ``pid``: pid -> start time (a pid reused
+        later has another start time, so a remembered one is never the
+        wrong process)."""
+        ...
+
+    def kill_tree(self, pid: int, known: dict[int, int], *, walk: bool) -> None:
+        """SIGKILL the process group ``pid`` leads (the worker and the
+        children that stayed in it), the processes in ``known`` that still
+        have the same start time, and (``walk``: ``pid`` not reaped yet)
+        every descendant found now."""
+        ...
+
+    def end_descendants(self, timeout: float) -> int:
+        """In a worker about to exit: kill and reap every descendant (the
+        plugin's forked children); how many there were."""
+        ...

@@ -11,6 +11,7 @@ reading, and a bad address comes back as ``EFAULT`` instead.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import functools
@@ -25,6 +26,7 @@ from typing import Any
 
 _CHUNK = 1 << 16
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 _PARENT_POLL = 0.5  # seconds between parent checks in the worker's watchdog
 EXIT_PARENT_GONE = 70  # a worker whose host is gone exits with this code
 
@@ -217,3 +219,104 @@ def exit_signal(returncode: int) -> str | None:
 
 def spawn_options() -> dict[str, Any]:
     return {"start_new_session": True}
+
+
+# ---- a worker's process tree ---------------------------------------------------------
+# A plugin may fork: a child that sleeps holding every descriptor it inherited
+# (the channel too), or a double-forked daemon in its own session.  The worker
+# leads its own session and process group (``spawn_options``) and is the
+# subreaper of its descendants, so while it lives every one of them is in its
+# tree; stopping a version kills that tree.  Killing the group catches the
+# children that stayed in it even after the worker died; the host remembers
+# the others (``descendants`` on its supervisor's ticks) by pid and start time.
+def adopt_orphans() -> None:
+    if sys.platform.startswith("linux"):
+        prctl = _libc().prctl
+        prctl.argtypes = [ctypes.c_int, ctypes.c_ulong]
+        prctl.restype = ctypes.c_int
+        prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot); None if it is gone
+    or a zombie (a zombie holds nothing and cannot be killed)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def _children_of(pid: int) -> list[int]:
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    kids: list[int] = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                kids += [int(k) for k in fh.read().split()]
+        except FileNotFoundError:  # a kernel without CONFIG_PROC_CHILDREN: scan
+            return _scan_children(pid)
+        except OSError:
+            continue  # the thread ended meanwhile
+    return kids
+
+
+def _scan_children(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as fh:
+                    stat = fh.read()
+            except OSError:
+                continue
+            if int(stat[stat.rfind(b")") + 2 :].split()[1]) == pid:
+                kids.append(int(entry))
+    return kids
+
+
+def descendants(pid: int) -> dict[int, int]:
+    found: dict[int, int] = {}
+    todo = [pid]
+    while todo:
+        for kid in _children_of(todo.pop()):
+            start = _start_time(kid)
+            if kid not in found and start is not None:
+                found[kid] = start
+                todo.append(kid)
+    return found
+
+
+def kill_tree(pid: int, known: dict[int, int], *, walk: bool) -> None:
+    victims = dict(known)
+    if walk:
+        victims.update(descendants(pid))
+    with contextlib.suppress(OSError):
+        os.killpg(pid, signal.SIGKILL)
+    for kid, start in victims.items():
+        if _start_time(kid) == start:
+            with contextlib.suppress(OSError):
+                os.kill(kid, signal.SIGKILL)
+
+
+def end_descendants(timeout: float) -> int:
+    victims = descendants(os.getpid())
+    for kid in victims:
+        with contextlib.suppress(OSError):
+            os.kill(kid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # ours to reap: we are their subreaper
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            time.sleep(0.005)
+    return len(victims)

@@ -185,3 +185,19 @@ def exit_signal(returncode: int) -> str | None:
 
 def spawn_options() -> dict[str, Any]:
     return {"creationflags": _CREATE_NEW_PROCESS_GROUP}  # no Ctrl-C meant for the host
+
+
+def adopt_orphans() -> None:
+    pass  # no process tree to keep: a Job object would be the way (not done yet)
+
+
+def descendants(pid: int) -> dict[int, int]:
+    return {}
+
+
+def kill_tree(pid: int, known: dict[int, int], *, walk: bool) -> None:
+    pass  # the worker itself is ended by Popen.kill()
+
+
+def end_descendants(timeout: float) -> int:
+    return 0
