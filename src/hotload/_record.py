@@ -28,6 +28,11 @@ from ._policy import UnloadPolicy
 from ._registry import Plugin
 from ._version import Version, VersionInfo, VersionState
 
+# Looked up once: an enum member costs ~200 ns per access on Python 3.11, and the
+# reload path walks the whole history (up to history_limit + live versions).
+_STUCK = frozenset((VersionState.LEAKED, VersionState.RETAINED))
+_UNLOADED = VersionState.UNLOADED
+
 
 @dataclass
 class Build:
@@ -155,13 +160,13 @@ class PluginRecord:
         )
 
     def stuck(self) -> list[Version]:
-        return [v for v in self.history if v.state in (VersionState.LEAKED, VersionState.RETAINED)]
+        return [v for v in self.history if v.state in _STUCK]
 
     def _prune(self) -> None:
         """Keep the history bounded: every version still in memory stays, but
         only the newest ``history_limit`` unloaded ones (each costs ~5 KB; a
         service reloading all day must not grow)."""
-        done = [v for v in self.history if v.state is VersionState.UNLOADED]
+        done = [v for v in self.history if v.state is _UNLOADED]
         excess = len(done) - self._history_limit
         if excess > 0:
             drop = {id(v) for v in done[:excess]}
