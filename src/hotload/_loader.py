@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -381,9 +382,13 @@ def candidate(
     *,
     name: str | None = None,
     declared: Mapping[str, str] | None = None,
+    known: tuple[bytes, str] | None = None,
 ) -> Candidate:
-    """Check ``data`` (the bytes of ``source``) and identify the plugin."""
-    digest = hashlib.sha256(data).hexdigest()
+    """Check ``data`` (the bytes of ``source``) and identify the plugin.
+    ``known``: bytes read before and their SHA-256 (the build serving now):
+    a reload of unchanged bytes costs a comparison, not a hash."""
+    same = known is not None and len(known[0]) == len(data) and known[0] == data
+    digest = known[1] if same and known is not None else hashlib.sha256(data).hexdigest()
     desc, plugin_name, version, prototypes, types = _identify(
         data, source, name=name, declared=declared, digest=digest
     )
@@ -694,9 +699,9 @@ def _export(addr: int | None, source: str, fname: str, proto: str) -> Callable[.
     back as ``bytes`` (None for NULL), as ctypes' ``c_char_p`` does."""
     if addr is None:
         raise _not_exported(source, fname, proto)
-    ctype = signatures.pointer_type(proto)
+    ctype, text = _export_type(proto)
     fn: Callable[..., Any] = signatures.ffi.cast(ctype, addr)
-    if ctype.result.cname != "char *":
+    if not text:
         return fn
     ffi = signatures.ffi
 
@@ -705,3 +710,11 @@ def _export(addr: int | None, source: str, fname: str, proto: str) -> Callable[.
         return None if ptr == ffi.NULL else ffi.string(ptr)
 
     return call
+
+
+@functools.lru_cache(maxsize=1024)
+def _export_type(proto: str) -> tuple[Any, bool]:
+    """An export's cffi type, and whether it returns text (asked per export
+    per reload: cffi builds a new ``cname`` string on every read)."""
+    ctype = signatures.pointer_type(proto)
+    return ctype, ctype.result.cname == "char *"

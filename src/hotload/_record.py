@@ -88,6 +88,14 @@ class PluginRecord:
             self.chain.pop(0)
             self.dropped_builds += 1
 
+    def live(self) -> tuple[bytes, str] | None:
+        """The bytes of the build serving now and their digest, if known."""
+        cur = self.current
+        build = self.chain[-1] if self.chain else None
+        if cur is None or build is None or build.seq != cur.seq:
+            return None
+        return build.data, cur.image.digest
+
     def rollback_target(self) -> Build:
         """The build a rollback returns to, or a ``HotloadError`` saying why
         there is none."""
