@@ -266,6 +266,6 @@ def swap_under_load(work: Path, builds: list[Path], swaps: int) -> None:
         assert host.leaks() == []
 
 
-if __name__ == "__main__":  # the ASan test's child: python test_contract_soak.py WORK SWAPS BUILD...
+if __name__ == "__main__":  # the ASan child: python test_contract_soak.py WORK SWAPS BUILD...
     swap_under_load(Path(sys.argv[1]), [Path(a) for a in sys.argv[3:]], int(sys.argv[2]))
     print("swapped", sys.argv[2], "times: no failed call, no lost grant, no dangling callback")
