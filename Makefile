@@ -7,7 +7,7 @@ VENV   ?= .venv
 VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv plugins test lint docs bench demo demo-interactive clean
+.PHONY: all venv plugins test test-slow lint docs bench demo demo-interactive clean
 
 all: plugins
 
@@ -45,6 +45,10 @@ test: plugins lint docs
 	$(VPY) -m pytest -q
 	HOTLOAD_PURE_PYTHON=1 $(VENV)/bin/hotload --version
 	HOTLOAD_PURE_PYTHON=1 $(VPY) -m pytest -q $(ROUTING_TESTS)
+
+# Long runs left out of make test: the 1000-swap activity soak with its C side under ASan (~1 min).
+test-slow: plugins
+	HOTLOAD_SLOW=1 $(VPY) -m pytest -q tests/test_contract_soak.py
 
 bench: plugins
 	$(VPY) benchmarks/run.py

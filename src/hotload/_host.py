@@ -151,6 +151,17 @@ class Host:
         """Read a plugin file once and check it: trust rules on the path, the
         size cap, the binary format, the descriptor, the allow-list.  The
         candidate can be passed to ``load`` or ``reload``."""
+        return self._read(path, name=name, signatures=signatures)
+
+    def _read(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        signatures: Mapping[str, str] | None = None,
+        known: tuple[bytes, str] | None = None,
+    ) -> Candidate:
+        """``read``; ``known``: bytes read before and their digest (see ``candidate``)."""
         source = os.fspath(path)
         try:
             real = trust.check_path(source) if self.trust_checks else None
@@ -162,7 +173,9 @@ class Host:
             )
         except (OSError, ValueError) as exc:  # a path racing with us, a NUL byte...
             raise InvalidPluginError(f"{source}: cannot read: {exc}") from None
-        return self._checked(loader.candidate(data, source, name=name, declared=signatures))
+        return self._checked(
+            loader.candidate(data, source, name=name, declared=signatures, known=known)
+        )
 
     def adopt(self, data: bytes, *, source: str, name: str | None = None) -> Candidate:
         """Check bytes that came from elsewhere (the fleet) as ``read`` does."""
@@ -300,7 +313,7 @@ class Host:
             else:
                 source = rec.source if path is None else os.fspath(path)
                 self._policy.check_budget(rec.history, name, source)
-                cand = self.read(source, name=name, signatures=rec.declared)
+                cand = self._read(source, name=name, signatures=rec.declared, known=rec.live())
             if cand.name != name:
                 raise DescriptorError(
                     f"{cand.source}: the file declares plugin {cand.name!r}, not {name!r}"

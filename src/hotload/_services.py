@@ -54,6 +54,7 @@ from ._errors import ClosedError, ServiceError
 
 log = logging.getLogger(__name__)
 ffi = signatures.ffi
+_SLOT = ffi.typeof("void ***")  # a slot's address, typed once (a string type costs ~1 us per cast)
 
 
 # -- the generated data-only library ------------------------------------------------------
@@ -280,7 +281,7 @@ class ImportBinding:
                     f"{source}: imports {name} but exports no hotload__slot_{name}: "
                     f"declare imports with HOTLOAD_IMPORT from hotload.h"
                 )
-            slots[name] = ffi.cast("void ***", addr)[0]
+            slots[name] = ffi.cast(_SLOT, addr)[0]
         with self.table.lock:
             self.slots, self.attached = slots, True
             self.table.bindings.add(self)

@@ -43,6 +43,10 @@ class DynamicLoader(Protocol):
         """Address of the export ``name``, None when it is not exported."""
         ...
 
+    def symbols(self, handle: int, names: list[str]) -> list[int | None]:
+        """``symbol`` for each of ``names``, in order (one call for a whole plugin)."""
+        ...
+
     def image_path(self, handle: int) -> str | None:
         """The file the loader recorded for ``handle`` (None when unknown)."""
         ...

@@ -90,6 +90,15 @@ def symbol(handle: int, name: str) -> int | None:
         return addr or None
 
 
+def symbols(handle: int, names: list[str]) -> list[int | None]:
+    """``symbol`` for several names under one lock: a reload resolves every
+    export, hook and import slot of a plugin at once (one ctypes call each)."""
+    with _lock:
+        found = [_dlsym(handle, name.encode()) or None for name in names]
+        _dlerror()  # a name not found leaves an error behind: clear it once
+        return found
+
+
 def image_path(handle: int) -> str | None:
     """The path the loader recorded for ``handle`` (glibc's link map)."""
     if _dlinfo is None:

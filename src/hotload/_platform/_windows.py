@@ -390,6 +390,11 @@ def symbol(handle: int, name: str) -> int | None:
     return int(addr) if addr else None
 
 
+def symbols(handle: int, names: list[str]) -> list[int | None]:
+    """``symbol`` for several names (the POSIX twin takes its lock once)."""
+    return [symbol(handle, name) for name in names]
+
+
 def image_path(handle: int) -> str | None:
     """The file the module was loaded from (``GetModuleFileNameW``), without a
     ``\\?\\`` prefix.  The buffer grows until the name fits: a name that does
