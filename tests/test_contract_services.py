@@ -259,3 +259,30 @@ def test_import_records_are_abi_2_and_exports_stay_abi_1(cc) -> None:
     assert b"hotload\x1f1\x1fexport\x1flogin\x1f" in section
     desc = descriptor.parse(section, "activity.so")
     assert desc.abi == 2 and [i.name for i in desc.imports] == ["grant_item", "note"]
+
+
+def test_preflight_stand_ins_follow_each_services_error_value_across_reloads(cc) -> None:
+    """The preflight worker keeps its stand-ins between requests (no new
+    callbacks per reload): a service re-provided with another error value must
+    still reach the next preflight, and the old value must come back."""
+    src = """
+#include <hotload.h>
+HOTLOAD_PLUGIN("pf_errval", "VERSION");
+HOTLOAD_IMPORT(pf_grant, int32_t, (int64_t));
+HOTLOAD_API int32_t one(void) { return 1; }
+HOTLOAD_EXPORT(one, int32_t, (void));
+static int self_test(void) { return pf_grant(1) == 7 ? 0 : 5; }
+HOTLOAD_SELF_TEST(self_test);
+"""
+    with Host() as host:
+        host.provide("pf_grant", lambda p: 0, "int32_t(int64_t)", error=7)
+        p = host.load(cc(src.replace("VERSION", "1"), "pf_errval"))
+        for i in range(2, 6):  # the same stand-ins, reused
+            host.reload("pf_errval", path=cc(src.replace("VERSION", str(i)), "pf_errval"))
+        host.provide("pf_grant", lambda p: 0, "int32_t(int64_t)", error=8)
+        with pytest.raises(HotloadError, match="self-test failed"):
+            host.reload("pf_errval", path=cc(src.replace("VERSION", "6"), "pf_errval"))
+        host.provide("pf_grant", lambda p: 0, "int32_t(int64_t)", error=7)
+        host.reload("pf_errval", path=cc(src.replace("VERSION", "7"), "pf_errval"))
+        assert p.one() == 1
+        assert host.current("pf_errval").plugin_version == "7"

@@ -88,12 +88,9 @@ def _main(argv: list[str]) -> int:
             say({"id": rid, "step": step})
             for fname, prototype in protos.items():
                 loader.resolve(handle, req["source"], fname, prototype)
-            result: dict[str, Any] = {
-                "name": name,
-                "version": version,
-                "exports": protos,
-                "report": report.as_dict(),
-            }  # so the host need not parse it again
+            result: dict[str, Any] = {"name": name, "version": version, "exports": protos}
+            if req.get("want_report", True):  # so the host need not parse it again
+                result["report"] = report.as_dict()
             if desc is not None and desc.on_load:
                 step = "on_load"
                 say({"id": rid, "step": step})
@@ -158,7 +155,7 @@ def _main(argv: list[str]) -> int:
             say({"id": rid, "done": False, "step": step, "error": f"{type(exc).__name__}: {exc}"})
         finally:
             if binding is not None:
-                binding.detach()
+                _release(binding)
             if handle is not None and not keep_open:
                 dl.close_image(handle, req["path"])
     return 0
@@ -166,15 +163,37 @@ def _main(argv: list[str]) -> int:
 
 def _standins(services: Any, desc: Any, req: dict[str, Any], name: str) -> Any:
     """The plugin's imports bound to stand-ins that return each service's
-    error value (None when it imports nothing)."""
+    error value (None when it imports nothing).
+
+    One table serves every request: a stand-in is kept per (name, prototype,
+    error), so a reload's preflight re-provides nothing, its import check is
+    cached, and the callbacks of the previous request (given back after it,
+    see ``_release``) are reused instead of 20 new libffi closures each time."""
     if desc is None or not desc.imports:
         return None
-    table = services.ServiceTable(os.path.dirname(req["path"]), standin=True)
+    directory = os.path.dirname(req["path"])
+    table = _TABLES.get(directory)
+    if table is None:
+        table = _TABLES[directory] = services.ServiceTable(directory, standin=True)
     for sname, (proto, error) in (req.get("services") or {}).items():
         ctype = services.signatures.pointer_type(proto)
+        svc = table.services.get(sname)
+        if svc is not None and svc.ctype is ctype and svc.error == error:
+            continue
         table.provide(sname, services.standin(sname, ctype, error), proto, error=error)
     imports = {i.name: i.signature for i in desc.imports}
     return table.prepare(imports, req["source"], f"{name} (preflight)")
+
+
+def _release(binding: Any) -> None:
+    """The image is closed (or kept open, never to be called again): its
+    stand-in callbacks may serve the next request.  They only return error
+    values, so one shared with an image still mapped is harmless."""
+    binding.detach()
+    binding.left()
+
+
+_TABLES: dict[str, Any] = {}  # directory -> the stand-in table of that host's work dir
 
 
 def _try_on_unload(

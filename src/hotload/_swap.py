@@ -138,6 +138,7 @@ class Swapper:
                     or bool(cand.descriptor and cand.descriptor.unload_safe),
                     max_state_size=self._settings.max_state_size,
                     services=self._standins(imports),
+                    want_report=inspector.cached(cand.digest, cand.source) is None,
                 )
                 if result.get("report"):  # the worker inspected it: no ELF parse in this process
                     inspector.remember(inspector.Report.from_dict(result["report"]))
