@@ -1148,9 +1148,6 @@ def _services(
     return binding, cps, {n: [sigs[n], errors[n]] for n in sigs}
 
 
-_serving = threading.local()  # .proxy: the version whose worker waits for this thread's service
-
-
 class Proxy:
     """One isolated version's worker, as the host sees it: calls, hooks,
     crash handling and restarts.  Replaces the worker on a restart; the
@@ -1190,6 +1187,7 @@ class Proxy:
         self.live = False  # serving: a crash before this point is a refused load, no policy
         self.binding: ImportBinding | None = None  # its imports (errors are counted there)
         self.svc_plans: list[CallPlan] = []  # how each imported service's calls cross
+        self.nested: int | None = None  # the thread serving a service its worker's call waits for
 
     @property
     def pid(self) -> int | None:
@@ -1256,7 +1254,7 @@ class Proxy:
         return forward
 
     def call(self, cp: CallPlan, args: tuple[Any, ...]) -> Any:
-        if getattr(_serving, "proxy", None) is self:
+        if self.nested is not None and self.nested == threading.get_ident():
             raise HotloadError(
                 f"{self.source}: {cp.fname} called from a host service that {self.name} "
                 f"v{self.seq} is waiting for: its worker serves one call at a time, so this "
@@ -1522,15 +1520,16 @@ class Proxy:
                 return
 
     def _serve_one(self, worker: Worker, rid: int, cp: CallPlan, body: bytes, nested: bool) -> bool:
-        prev = getattr(_serving, "proxy", None)
-        _serving.proxy = self if nested else None
+        if nested:
+            self.nested = threading.get_ident()  # a call into this version would deadlock
         try:
             reply = serve(cp, self._service(cp), body[SVC_ID.size :])
         except Exception as exc:  # noqa: BLE001 - the request broke the protocol
             self._svc_garbage(worker, f"{cp.fname}: {exc}")
             return False
         finally:
-            _serving.proxy = prev
+            if nested:
+                self.nested = None
         try:
             worker.svc_send(SVC_ID.pack(rid) + reply)
         except OSError:
