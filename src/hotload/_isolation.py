@@ -20,12 +20,27 @@ non-const buffer (copied back into the caller's buffer).  Control requests
 (open, hooks, stop) are JSON.  Replies are parsed strictly: a worker writing
 garbage to the channel is treated as a crashed worker.
 
-What crosses (checked at load, see ``plan``): integer, floating and bool
-scalars; ``const char *`` (a NUL-terminated string, in); a pointer to a
+What crosses (checked at load, see ``plan``): integer, floating, bool and
+enum scalars; ``const char *`` (a NUL-terminated string, in); a pointer to a
 scalar type immediately followed by a ``size_t`` parameter (a buffer and its
-length in elements; copied in, and back out unless ``const``); a ``char *``
-or scalar result.  Anything else (``void *``, function pointers, structs,
-pointers to pointers) is refused with the reason.
+length in elements; copied in, and back out unless ``const``); a plain-data
+struct (no pointer at any depth) by value, or one struct by pointer (copied
+in, and back unless ``const``), carried as its ``sizeof`` bytes: both sides
+are the same machine and the layout was verified against the compiler's
+(``_types``); a ``char *``, struct or scalar result.  Anything else
+(``void *``, function pointers, structs with pointer fields, pointers to
+pointers) is refused with the reason.
+
+Host services (``HOTLOAD_IMPORT``) work from the worker: before it opens the
+copy, the worker binds the imports the way an in-process host does
+(``_services``), to forwarders that send each call on a second socketpair,
+the service channel, and wait for the answer.  Any plugin thread may call, so
+requests carry an id.  The host reads each worker's service channel on a
+thread of its own: a request made inside a host call (by the worker's main
+thread) is served right there, since the caller holding the version's lock
+is waiting for it; one from a plugin thread goes to a small pool, since it
+may have to wait for a call in flight.  The host runs the provided function
+looked up at that moment, with the in-process conversions and rules.
 """
 
 from __future__ import annotations
@@ -134,6 +149,8 @@ class Param:
     code: str = ""  # struct code of a scalar or of a buffer's element; a struct's cffi name
     const: bool = True
     size: int = 0  # a struct's size in bytes
+    ctype: Any = field(default=None, compare=False)  # a struct's cffi type
+    ptr: Any = field(default=None, compare=False)  # and its pointer type
 
 
 @dataclass(frozen=True)
@@ -149,16 +166,15 @@ class CallPlan:
     rtype: str = ""  # the cffi name of a struct result
     rsize: int = 0
 
-    @property
-    def simple(self) -> bool:
-        return all(p.kind in ("scalar", "len") for p in self.params) and self.result not in (
-            "s",
-            "T",
-        )
+    #: scalars only, both ways: one struct pack each way (worked out once: the hot path reads it)
+    simple: bool = field(init=False, compare=False)
+    outs: tuple[int, ...] = field(init=False, compare=False)  # the params copied back
 
-    @property
-    def outs(self) -> list[int]:
-        return [i for i, p in enumerate(self.params) if p.kind in ("buf", "sptr") and not p.const]
+    def __post_init__(self) -> None:
+        simple = all(p.kind in ("scalar", "len") for p in self.params)
+        object.__setattr__(self, "simple", simple and self.result not in ("s", "T"))
+        outs = [i for i, p in enumerate(self.params) if p.kind in ("buf", "sptr") and not p.const]
+        object.__setattr__(self, "outs", tuple(outs))
 
 
 def _scalar_code(ctype: Any) -> str | None:
@@ -278,7 +294,8 @@ def plan(fname: str, proto: str, idx: int, *, where: str, service: bool = False)
             )
         if a.kind in ("struct", "union"):
             size = _plain_struct(a, f"parameter {i + 1}", refuse)
-            params.append(Param("struct", a.cname, True, size))
+            ptr = signatures.ffi.typeof(f"{a.cname} *")
+            params.append(Param("struct", a.cname, True, size, a, ptr))
             i += 1
             continue
         if a.kind != "pointer":
@@ -298,7 +315,7 @@ def plan(fname: str, proto: str, idx: int, *, where: str, service: bool = False)
             continue
         if item.kind in ("struct", "union"):
             size = _plain_struct(item, f"parameter {i + 1}", refuse)
-            params.append(Param("sptr", item.cname, const, size))
+            params.append(Param("sptr", item.cname, const, size, item, a))
             i += 1
             continue
         if item.kind == "void":
@@ -381,10 +398,10 @@ def _struct_bytes(p: Param, value: Any, n: int) -> bytes | None:
     ffi = signatures.ffi
     if isinstance(value, CData):
         t = ffi.typeof(value)
-        if p.kind == "struct" and t.cname == p.code:
+        if t is p.ctype:  # a struct by value
             return bytes(ffi.buffer(ffi.addressof(value)))
-        if p.kind == "sptr" and t.kind in ("pointer", "array") and t.item.cname == p.code:
-            return None if value == ffi.NULL else ffi.buffer(value, p.size)[:]
+        if p.kind == "sptr" and (t is p.ptr or (t.kind == "array" and t.item is p.ctype)):
+            return ffi.buffer(value, p.size)[:] if value else None  # a NULL pointer is false
         if p.kind == "sptr" and value == ffi.NULL:
             return None
     elif p.kind == "struct" or isinstance(value, (list, tuple)):
@@ -575,11 +592,11 @@ def serve(cp: CallPlan, fn: Callable[..., Any], body: bytes) -> bytes:
                 continue
             if len(data) != p.size:
                 raise _Garbage(f"a struct of {len(data)} bytes, expected {p.size}")
-            ptr = ffi.new(f"{p.code} *")
-            ffi.memmove(ptr, data, p.size)
+            mem = bytearray(data)
+            ptr = ffi.from_buffer(p.ptr, mem)  # the struct lives in ``mem`` (kept by ``ptr``)
             args.append(ptr[0] if p.kind == "struct" else ptr)
             if not p.const:
-                outs.append((ptr, p.size))
+                outs.append((mem, p.size))
         else:
             data = data or b""
             buf = ffi.new("char[]", data if data else b"\0")
@@ -598,7 +615,12 @@ def serve(cp: CallPlan, fn: Callable[..., Any], body: bytes) -> bytes:
     else:
         out = b"\x00"
     for buf, n in outs:
-        out += FRAME.pack(NULL_LEN) if buf is None else FRAME.pack(n) + ffi.buffer(buf, n)[:]
+        if buf is None:
+            out += FRAME.pack(NULL_LEN)
+        else:
+            out += FRAME.pack(n) + (
+                bytes(buf) if isinstance(buf, bytearray) else ffi.buffer(buf, n)[:]
+            )
     return out
 
 
