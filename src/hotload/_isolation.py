@@ -165,6 +165,10 @@ class CallPlan:
     rep: struct.Struct  # status, then the scalar result (if any)
     rtype: str = ""  # the cffi name of a struct result
     rsize: int = 0
+    #: numbers and structs only: ``req`` and ``rep`` hold everything (a struct as its bytes,
+    #: a struct pointer as a present flag and the bytes; the copied-back structs follow the
+    #: result), so a call is one pack and one unpack each way, like a call of scalars
+    fixed: bool = False
 
     #: scalars only, both ways: one struct pack each way (worked out once: the hot path reads it)
     simple: bool = field(init=False, compare=False)
@@ -173,7 +177,7 @@ class CallPlan:
     def __post_init__(self) -> None:
         simple = all(p.kind in ("scalar", "len") for p in self.params)
         object.__setattr__(self, "simple", simple and self.result not in ("s", "T"))
-        outs = [i for i, p in enumerate(self.params) if p.kind in ("buf", "sptr") and not p.const]
+        outs = [i for i, p in enumerate(self.params) if _out(p)]
         object.__setattr__(self, "outs", tuple(outs))
 
 
@@ -344,6 +348,26 @@ def plan(fname: str, proto: str, idx: int, *, where: str, service: bool = False)
         if rc is None:
             raise refuse(f"its result ({res.cname}) cannot be copied back")
         rcode = rc
+    fixed = rcode != "s" and all(p.kind in ("scalar", "struct", "sptr") for p in params)
+    if fixed and any(p.kind != "scalar" for p in params) or rcode == "T" and fixed:
+        # every size is known: the whole body is one struct, each way (see CallPlan.fixed)
+        req = "".join(
+            p.code if p.kind == "scalar" else f"{'?' if p.kind == 'sptr' else ''}{p.size}s"
+            for p in params
+        )
+        back = "".join(f"?{params[i].size}s" for i, p in enumerate(params) if _out(p))
+        res = f"{rsize}s" if rcode == "T" else rcode
+        return CallPlan(
+            fname,
+            idx,
+            tuple(params),
+            rcode,
+            struct.Struct("<BH" + req),
+            struct.Struct("<B" + res + back),
+            rtype,
+            rsize,
+            fixed=True,
+        )
     scalars = "".join(p.code for p in params if p.kind in ("scalar", "len"))
     return CallPlan(
         fname,
@@ -355,6 +379,10 @@ def plan(fname: str, proto: str, idx: int, *, where: str, service: bool = False)
         rtype,
         rsize,
     )
+
+
+def _out(p: Param) -> bool:
+    return p.kind in ("buf", "sptr") and not p.const
 
 
 def plans(
@@ -432,6 +460,8 @@ def encode(cp: CallPlan, args: tuple[Any, ...]) -> bytes:
             return cp.req.pack(OP_CALL, cp.idx, *args)
         except struct.error as exc:
             raise OverflowError(str(exc)) from None
+    if cp.fixed:
+        return _encode_fixed(cp, args)
     scalars: list[Any] = []
     tail: list[bytes] = []
     for n, (p, a) in enumerate(zip(cp.params, args, strict=True), 1):
@@ -467,6 +497,22 @@ def encode(cp: CallPlan, args: tuple[Any, ...]) -> bytes:
     except struct.error as exc:
         raise OverflowError(str(exc)) from None
     return head + b"".join(tail)
+
+
+def _encode_fixed(cp: CallPlan, args: tuple[Any, ...]) -> bytes:
+    values: list[Any] = [OP_CALL, cp.idx]
+    for n, (p, a) in enumerate(zip(cp.params, args, strict=True), 1):
+        if p.kind == "scalar":
+            values.append(a)
+        elif p.kind == "struct":
+            values.append(_struct_bytes(p, a, n))
+        else:
+            data = _struct_bytes(p, a, n)
+            values += (False, b"") if data is None else (True, data)
+    try:
+        return cp.req.pack(*values)
+    except struct.error as exc:
+        raise OverflowError(str(exc)) from None
 
 
 def _copy_back(target: Any, data: bytes, p: Param) -> None:
@@ -514,6 +560,8 @@ def decode(cp: CallPlan, body: bytes, args: tuple[Any, ...]) -> Any:
             raise _Garbage(f"a reply of {len(body)} bytes, expected {cp.rep.size}")
         out = cp.rep.unpack(body)
         return out[1] if len(out) > 1 else None
+    if cp.fixed:
+        return _decode_fixed(cp, body, args)
     pos = cp.rep.size
     if len(body) < pos:
         raise _Garbage("a short reply")
@@ -555,6 +603,38 @@ _CTYPES = {
 }
 
 
+def _serve_fixed(cp: CallPlan, fn: Callable[..., Any], values: tuple[Any, ...]) -> bytes:
+    ffi = signatures.ffi
+    args: list[Any] = []
+    outs: list[Any] = []
+    pos = 2
+    for p in cp.params:
+        if p.kind == "scalar":
+            args.append(values[pos])
+            pos += 1
+            continue
+        if p.kind == "sptr" and not values[pos]:
+            args.append(ffi.NULL)
+            pos += 2
+            if not p.const:
+                outs += (False, b"")
+            continue
+        pos += p.kind == "sptr"
+        mem = bytearray(values[pos])
+        pos += 1
+        ptr = ffi.from_buffer(p.ptr, mem)  # the struct lives in ``mem`` (kept by ``ptr``)
+        args.append(ptr if p.kind == "sptr" else ptr[0])
+        if not p.const:
+            outs += (True, mem)
+    result = fn(*args)
+    head: list[Any] = [ST_OK]
+    if cp.result == "T":
+        head.append(ffi.buffer(ffi.addressof(result), cp.rsize)[:])
+    elif cp.result:
+        head.append(result)
+    return bytes(cp.rep.pack(*head, *outs))
+
+
 def serve(cp: CallPlan, fn: Callable[..., Any], body: bytes) -> bytes:
     """Run ``fn`` with the arguments of a request body (as C values: strings
     and buffers as cffi pointers, structs as cffi structs) and return the
@@ -566,6 +646,8 @@ def serve(cp: CallPlan, fn: Callable[..., Any], body: bytes) -> bytes:
         if cp.simple:
             result = fn(*cp.req.unpack(body)[2:])
             return bytes(cp.rep.pack(ST_OK, result)) if cp.result else b"\x00"
+        if cp.fixed:
+            return _serve_fixed(cp, fn, cp.req.unpack(body))
         scalars = list(cp.req.unpack_from(body)[2:])
     except struct.error as exc:
         raise _Garbage(f"a request that does not unpack ({exc})") from None
@@ -622,6 +704,24 @@ def serve(cp: CallPlan, fn: Callable[..., Any], body: bytes) -> bytes:
                 bytes(buf) if isinstance(buf, bytearray) else ffi.buffer(buf, n)[:]
             )
     return out
+
+
+def _decode_fixed(cp: CallPlan, body: bytes, args: tuple[Any, ...]) -> Any:
+    if len(body) != cp.rep.size:
+        raise _Garbage(f"a reply of {len(body)} bytes, expected {cp.rep.size}")
+    out = cp.rep.unpack(body)
+    pos = 1
+    result = None
+    if cp.result:
+        result = out[1]
+        pos = 2
+        if cp.result == "T":
+            result = _struct_from(cp, result)
+    for i in cp.outs:
+        if out[pos]:
+            _copy_back(args[i], out[pos + 1], cp.params[i])
+        pos += 2
+    return result
 
 
 def _chunks(body: bytes, pos: int) -> tuple[list[bytes | None], int]:
@@ -1576,7 +1676,7 @@ class Proxy:
                 if cp.result == "T":
                     return signatures.ffi.new(f"{cp.rtype} *", result)[0]
                 if cp.result:
-                    cp.rep.pack(ST_OK, result)  # raises if it does not fit, as cffi would
+                    struct.pack("<" + cp.result, result)  # raises if it does not fit, as cffi would
                     return result
                 return None
             except Exception:
