@@ -7,7 +7,10 @@ plugin runs in its own worker process.
 - throughput with 4 calling threads (calls/s): in-process, isolated, baseline;
 - isolated ``reload()`` p50 (new worker from the warm spare, switch, drain):
   target <= 20 ms;
-- crash to serving again (``on_crash="restart"``): target <= 100 ms p50.
+- crash to serving again (``on_crash="restart"``): target <= 100 ms p50;
+- the contract across the boundary: an isolated call with a struct by pointer
+  (copied in and back), and a host-service round trip from an isolated
+  plugin (timed in C, inside the worker, around one service call).
 
 Samples of the isolated call and the baseline alternate in blocks, so a busy
 moment on a shared machine hits both.
@@ -39,6 +42,33 @@ HOTLOAD_EXPORT(add, int64_t, (int64_t, int64_t));
 HOTLOAD_API int32_t boom(void) { volatile int *p = 0; *p = 1; return 0; }
 HOTLOAD_EXPORT(boom, int32_t, (void));
 """
+
+
+CONTRACT_SRC = r"""
+#define _POSIX_C_SOURCE 200809L
+#include <hotload.h>
+#include <time.h>
+HOTLOAD_PLUGIN("contract", "1");
+typedef struct { int64_t id; int32_t level; char name[16]; } player_t;
+HOTLOAD_STRUCT(player_t);
+HOTLOAD_FIELD(player_t, id, int64_t);
+HOTLOAD_FIELD(player_t, level, int32_t);
+HOTLOAD_FIELD(player_t, name, char[16]);
+HOTLOAD_IMPORT(bench_grant, int32_t, (int64_t, int32_t));
+HOTLOAD_API int32_t level_up(player_t *p) { return ++p->level; }
+HOTLOAD_EXPORT(level_up, int32_t, (player_t *));
+/* one service round trip (worker -> host -> worker), timed here, in ns */
+HOTLOAD_API int64_t timed_grant(int64_t player)
+{
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    bench_grant(player, 1);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    return (int64_t)(b.tv_sec - a.tv_sec) * 1000000000 + (b.tv_nsec - a.tv_nsec);
+}
+HOTLOAD_EXPORT(timed_grant, int64_t, (int64_t));
+"""
+SVC_CALLS = 2000
 
 
 def _echo(conn: Connection) -> None:
@@ -94,6 +124,7 @@ def run() -> dict[str, float]:
         return parent.recv()  # type: ignore[no-any-return]
 
     with Host(tmp / "work", preflight=False) as host:
+        host.provide("bench_grant", lambda player, n: n, "int32_t(int64_t, int32_t)", error=-1)
         local = host.load(lib, name="bench")
         iso_lib = build_bench(tmp / "iso.so", name="ibench")
         iso = host.load(iso_lib, isolate=True)
@@ -121,6 +152,20 @@ def run() -> dict[str, float]:
             reloads.append((now() - t0) * 1e3)
             host.settle(5.0)
         r["reload p50"], _, r["reload p99"] = percentiles(reloads)
+
+        contract = host.load(_build(tmp, "contract", CONTRACT_SRC), isolate=True)
+        player = contract.new("player_t", id=1, level=1)
+        struct_s: list[float] = []
+        add_s: list[float] = []
+        for _ in range(CALLS // BLOCK):  # alternating blocks, as above
+            struct_s += _sample(lambda a, b: contract.level_up(player), BLOCK)
+            add_s += _sample(iso.add, BLOCK)
+        assert player.level == 1 + len(struct_s)  # copied back every time
+        r["struct p50"], _, r["struct p99"] = percentiles(struct_s)
+        r["iso2 p50"], _, _ = percentiles(add_s)
+        svc = [contract.timed_grant(i) / 1e3 for i in range(SVC_CALLS)]
+        r["svc p50"], _, r["svc p99"] = percentiles(svc)
+        r["svc call p50"], _, _ = percentiles(_sample(lambda a, b: contract.timed_grant(a), 1000))
 
         crashy = _crash_lib(tmp)
         c = host.load(crashy, isolate=True, max_restarts=CRASHES * 2)
@@ -155,11 +200,15 @@ def _locked(fn: object) -> object:
 
 
 def _crash_lib(tmp: Path) -> Path:
+    return _build(tmp, "crashy", CRASH_SRC)
+
+
+def _build(tmp: Path, name: str, source: str) -> Path:
     from hotload._builder import compile_plugin
 
-    src = tmp / "crashy.c"
-    src.write_text(CRASH_SRC)
-    out = tmp / "crashy.so"
+    src = tmp / f"{name}.c"
+    src.write_text(source)
+    out = tmp / f"{name}.so"
     compile_plugin(src, out, extra_cflags=["-O2"])
     return out
 
@@ -188,6 +237,17 @@ def report(r: dict[str, float]) -> list[str]:
         row("isolated reload() p99", r["reload p99"], "ms"),
         limit_row("crash to serving again p50 (restart)", r["crash p50"], "ms", 100.0, "<="),
         row("crash to serving again p99", r["crash p99"], "ms"),
+        row(
+            "isolated struct-by-pointer call p50 (copied back)",
+            r["struct p50"],
+            "us",
+            r["iso2 p50"],
+            "vs isolated add()",
+        ),
+        row("isolated struct-by-pointer call p99", r["struct p99"], "us"),
+        row("service round trip, isolated plugin p50 (in C)", r["svc p50"], "us"),
+        row("service round trip, isolated plugin p99 (in C)", r["svc p99"], "us"),
+        row("isolated call + 1 service call p50 (host view)", r["svc call p50"], "us"),
     ]
 
 

@@ -152,6 +152,11 @@ def test_isolated_demo_survives_a_plugin_that_crashes_on_purpose(tmp_path: Path)
     assert proc.returncode == 0, out + proc.stderr
     assert "Traceback" not in proc.stderr
     assert re.search(r"plugin +double_xp 1\.0\.0 \(.*; isolated, worker pid \d+\)", out)
+    assert re.search(r"plugin +activity 1\.0\.0 \(.*; isolated, worker pid \d+\)", out)
+    # the isolated activity plugin read player_t, called the host's services and was swapped
+    grants = re.search(r"ok   grants +.* ([\d,]+) items reached the host = ([\d,]+) the", out)
+    assert grants and grants.group(1) == grants.group(2) and grants.group(1) != "0", out
+    assert re.search(r"ok   activity +v1 1\.0\.0 -> v2 1\.1\.0 .*its worker exited", out)
     crashed = re.search(r"crashy\.boom\(\) in worker pid (\d+): PluginCrashedError: .*SIGSEGV", out)
     restarted = re.search(r"crashy v1 restarted in worker pid (\d+) \(1 restart\); ping", out)
     assert crashed and restarted and crashed.group(1) != restarted.group(1), out

@@ -189,7 +189,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--isolate",
         action="store_true",
-        help="run double_xp in a worker process and crash an isolated plugin on purpose",
+        help="run double_xp and activity in worker processes; crash an isolated plugin on purpose",
     )
     p.add_argument("--players", type=int, default=4, help="player threads (default 4)")
     p.add_argument(

@@ -17,9 +17,10 @@ the host's ``grant_item``, ``send_mail`` and ``log`` services.  The demo
 swaps it too (login reward 2 -> 3) and checks that every grant the plugin
 made reached the host, and that its total carried across.
 
-``--isolate`` runs ``double_xp`` in its own worker process (the activity
-plugin stays in process: structs, host services and events do not cross the
-isolation boundary yet) and loads ``crashy``, an isolated plugin whose
+``--isolate`` runs ``double_xp`` and ``activity`` each in its own worker
+process (the activity plugin's ``player_t`` crosses as bytes, its
+``grant_item``/``send_mail``/``log`` calls travel back to the host, the
+events reach it like any plugin) and loads ``crashy``, an isolated plugin whose
 ``boom()`` dereferences NULL on purpose: the call raises
 ``PluginCrashedError``, the worker restarts, and the players never notice.
 
@@ -391,7 +392,7 @@ def _scripted(
     crashy = host.load(build.parent / f"{CRASHY}{dl.SUFFIX}", isolate=True) if isolate else None
     host.load(build / f"loot_drop{dl.SUFFIX}")
     live = LiveOps(host)
-    activity = host.load(build / f"activity{dl.SUFFIX}")
+    activity = host.load(build / f"activity{dl.SUFFIX}", isolate=isolate)
     v1 = host.versions("double_xp")[-1]
     a1 = host.versions(ACTIVITY)[-1]
     _header(view, host, src, players)
@@ -625,7 +626,12 @@ def _verify_live(
             gone and activity.login_reward() == 3,
             "activity",
             f"{describe(a1)} -> v{swap.seq} {swap.plugin_version} (login reward 3); "
-            f"v{old.seq} {old.state}, {'still in' if not gone else 'gone from'} /proc/self/maps",
+            f"v{old.seq} {old.state}, "
+            + (
+                "its worker exited"
+                if old.isolated
+                else f"{'still in' if not gone else 'gone from'} /proc/self/maps"
+            ),
         ),
     ]
     lines = outcome.lines[:-1]

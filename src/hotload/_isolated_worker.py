@@ -12,11 +12,13 @@ the host keeps the tail of for crash reports.  It ends when the host ends
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import struct
 import sys
+import threading
 import time
 from typing import Any
 
@@ -58,6 +60,7 @@ def _main(argv: list[str]) -> int:
                 continue
             return buf[4:want]
 
+    svc_fd = int(argv[argv.index("--svc") + 1]) if "--svc" in argv else -1
     shm = None
     if "--shm" in argv:
         memfd, wake, done = (int(x) for x in argv[argv.index("--shm") + 1].split(","))
@@ -85,8 +88,8 @@ def _main(argv: list[str]) -> int:
             (idx,) = struct.unpack_from("<H", body, 1)
             cp = plans[idx]
             try:
-                send(_call(cp, fns[idx], body, ffi, iso))
-            except (TypeError, OverflowError, ValueError) as exc:
+                send(iso.serve(cp, fns[idx], body))
+            except (TypeError, OverflowError, ValueError, iso._Garbage) as exc:
                 send(error(TypeError(str(exc))))
             continue
         try:
@@ -95,7 +98,12 @@ def _main(argv: list[str]) -> int:
             if what == "open":
                 source = req["source"]
                 _limits(req.get("limits") or {})
-                handle = loader.open_copy(loader.Path(req["path"]), source)
+                _types(req.get("types"), source)  # the plugin's structs, as the host named them
+                binding = _imports(req, svc_fd, source)
+                with binding.table.opening(binding) if binding else contextlib.nullcontext():
+                    handle = loader.open_copy(loader.Path(req["path"]), source)
+                if binding is not None:
+                    binding.attach(lambda sym, h=handle: loader.dl.symbol(h, sym), source)
                 protos = req["prototypes"]
                 by_name = iso.plans(protos, where=source)
                 plans = sorted(by_name.values(), key=lambda c: c.idx)
@@ -205,8 +213,8 @@ class _Shm:
                     ctl[iso.REP_SEQ] = seq
                     os.eventfd_write(self.done, 1)
                     return False
-                reply = _call(cp, fn, mm[iso.SHM_REQ : iso.SHM_REQ + n], ffi, iso)
-            except (TypeError, OverflowError, ValueError, struct.error) as exc:
+                reply = iso.serve(cp, fn, mm[iso.SHM_REQ : iso.SHM_REQ + n])
+            except (TypeError, OverflowError, ValueError, struct.error, iso._Garbage) as exc:
                 reply = error(TypeError(str(exc)))
         if len(reply) > iso.SHM_CAP:
             self.sock.sendall(iso.FRAME.pack(len(reply)) + reply)
@@ -218,61 +226,134 @@ class _Shm:
         return False
 
 
-def _call(cp: Any, fn: Any, body: bytes, ffi: Any, iso: Any) -> bytes:
-    if cp.simple:
-        result = fn(*cp.req.unpack(body)[2:])
-        return bytes(cp.rep.pack(0, result)) if cp.result else b"\x00"
-    head = cp.req.size
-    scalars = list(cp.req.unpack_from(body)[2:])
-    chunks, _ = iso._chunks(body, head)
-    args: list[Any] = []
-    outs: list[Any] = []
-    for p in cp.params:
-        if p.kind in ("scalar", "len"):
-            args.append(scalars.pop(0))
-        elif p.kind == "str":
-            data = chunks.pop(0)
-            args.append(ffi.NULL if data is None else ffi.new("char[]", data))
-        else:
-            data = chunks.pop(0) or b""
-            buf = ffi.new("char[]", data if data else b"\0")
-            args.append(ffi.cast(f"{_ctype(p.code)} *", buf))
-            if not p.const:
-                outs.append((buf, len(data)))
-    result = fn(*args)
-    out: bytes
-    if cp.result == "s":
-        text = None if result == ffi.NULL else ffi.string(result)
-        out = b"\x00" + (
-            iso.FRAME.pack(iso.NULL_LEN) if text is None else iso.FRAME.pack(len(text)) + text
+def _types(decls: list[dict[str, Any]] | None, source: str) -> None:
+    """Declare the plugin's types to this process's cffi under the very names
+    the host gave them (the name carries a digest of the layout, so the same
+    declarations give the same names), so its prototypes parse here."""
+    if not decls:
+        return
+    from . import _types as typedecl
+    from ._descriptor import Descriptor, Field, TypeDecl
+
+    types = tuple(
+        TypeDecl(
+            d["kind"],
+            d["name"],
+            int(d["size"]),
+            int(d["align"]),
+            tuple(
+                Field(f["name"], f["ctype"], int(f["offset"]), int(f["size"])) for f in d["fields"]
+            ),
+            tuple((str(n), int(v)) for n, v in d["values"]),
         )
-    elif cp.result:
-        out = bytes(cp.rep.pack(0, result))
-    else:
-        out = b"\x00"
-    for buf, n in outs:
-        out += iso.FRAME.pack(n) + ffi.buffer(buf, n)[:]
-    return out
+        for d in decls
+    )
+    typedecl.build(Descriptor("isolated", "0", types=types), source)
 
 
-_CTYPES = {
-    "b": "int8_t",
-    "B": "uint8_t",
-    "h": "int16_t",
-    "H": "uint16_t",
-    "i": "int32_t",
-    "I": "uint32_t",
-    "q": "int64_t",
-    "Q": "uint64_t",
-    "f": "float",
-    "d": "double",
-    "?": "_Bool",
-    "c": "char",
-}
+def _imports(req: dict[str, Any], svc_fd: int, source: str) -> Any:
+    """Bind the plugin's imports, before it is opened, to forwarders that send
+    each call to the host and wait for its answer (None: it imports nothing).
+    The binding is the one an in-process host makes (``_services``): a
+    data-only library defines the symbols, the slots point at callbacks."""
+    imports: dict[str, list[Any]] = req.get("imports") or {}
+    if not imports:
+        return None
+    from . import _isolation as iso
+    from . import _services as services
+
+    if svc_fd < 0:
+        raise iso.HotloadError(f"{source}: imports host services, but the worker has no channel")
+    client = _ServiceClient(svc_fd)
+    protos = {name: proto for name, (proto, _) in imports.items()}
+    cps = iso.plans(protos, where=source, service=True)
+    table = services.ServiceTable(os.path.dirname(req["path"]))
+    for name, (proto, error) in imports.items():
+        ctype = services.signatures.pointer_type(proto)
+        fwd = client.forwarder(cps[name])
+        table.services[name] = services.Service(name, fwd, ctype, error, fwd)
+    return table.prepare(protos, source, f"{req.get('name', '?')} (isolated)")
 
 
-def _ctype(code: str) -> str:
-    return _CTYPES[code]
+class _ServiceClient:
+    """The worker's end of the service channel: any thread of the plugin may
+    call a service at any time, so each request carries an id, and whichever
+    waiting thread is reading hands the other threads their answers."""
+
+    def __init__(self, fd: int) -> None:
+        import itertools
+
+        self.sock = socket.socket(fileno=fd)
+        self.send_lock = threading.Lock()
+        self.cv = threading.Condition()
+        self.replies: dict[int, bytes] = {}
+        self.reading = False
+        self.broken = False
+        self.ids = itertools.count(1)
+        self.main = threading.get_ident()  # the thread that serves the host's calls
+
+    def forwarder(self, cp: Any) -> Any:
+        from . import _isolation as iso
+
+        head = struct.Struct("<QB")
+
+        def forward(*args: Any) -> Any:
+            body = iso.encode(cp, args)
+            rid = next(self.ids)
+            nested = 1 if threading.get_ident() == self.main else 0  # inside a host call
+            frame = head.pack(rid, nested) + body[1:]
+            with self.send_lock:
+                self.sock.sendall(iso.FRAME.pack(len(frame)) + frame)
+            return iso.decode(cp, self._wait(rid), args)
+
+        forward.__name__ = f"service_{cp.fname}"
+        return forward
+
+    def _wait(self, rid: int) -> bytes:
+        with self.cv:
+            while True:
+                if rid in self.replies:
+                    return self.replies.pop(rid)
+                if self.broken:
+                    raise EOFError("the host closed the service channel")
+                if not self.reading:
+                    self.reading = True
+                    break
+                self.cv.wait()
+        try:
+            while True:
+                frame = self._frame()
+                (got,) = struct.unpack_from("<Q", frame)
+                if got == rid:
+                    return frame[8:]
+                with self.cv:
+                    self.replies[got] = frame[8:]
+                    self.cv.notify_all()
+        except BaseException:
+            with self.cv:
+                self.broken = True
+            raise
+        finally:
+            with self.cv:
+                self.reading = False
+                self.cv.notify_all()
+
+    def _frame(self) -> bytes:
+        from . import _isolation as iso
+
+        buf = b""
+        want = 4
+        while len(buf) < want:
+            chunk = self.sock.recv(want - len(buf))
+            if not chunk:
+                raise EOFError("the host closed the service channel")
+            buf += chunk
+            if want == 4 and len(buf) == 4:
+                (n,) = iso.FRAME.unpack(buf)
+                if n < 8 or n > iso.MAX_FRAME:
+                    raise EOFError(f"a service answer of {n} bytes")
+                want = 4 + n
+        return buf[4:]
 
 
 def _limits(limits: dict[str, int]) -> None:

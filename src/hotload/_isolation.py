@@ -20,18 +20,34 @@ non-const buffer (copied back into the caller's buffer).  Control requests
 (open, hooks, stop) are JSON.  Replies are parsed strictly: a worker writing
 garbage to the channel is treated as a crashed worker.
 
-What crosses (checked at load, see ``plan``): integer, floating and bool
-scalars; ``const char *`` (a NUL-terminated string, in); a pointer to a
+What crosses (checked at load, see ``plan``): integer, floating, bool and
+enum scalars; ``const char *`` (a NUL-terminated string, in); a pointer to a
 scalar type immediately followed by a ``size_t`` parameter (a buffer and its
-length in elements; copied in, and back out unless ``const``); a ``char *``
-or scalar result.  Anything else (``void *``, function pointers, structs,
-pointers to pointers) is refused with the reason.
+length in elements; copied in, and back out unless ``const``); a plain-data
+struct (no pointer at any depth) by value, or one struct by pointer (copied
+in, and back unless ``const``), carried as its ``sizeof`` bytes: both sides
+are the same machine and the layout was verified against the compiler's
+(``_types``); a ``char *``, struct or scalar result.  Anything else
+(``void *``, function pointers, structs with pointer fields, pointers to
+pointers) is refused with the reason.
+
+Host services (``HOTLOAD_IMPORT``) work from the worker: before it opens the
+copy, the worker binds the imports the way an in-process host does
+(``_services``), to forwarders that send each call on a second socketpair,
+the service channel, and wait for the answer.  Any plugin thread may call, so
+requests carry an id.  The host reads each worker's service channel on a
+thread of its own: a request made inside a host call (by the worker's main
+thread) is served right there, since the caller holding the version's lock
+is waiting for it; one from a plugin thread goes to a small pool, since it
+may have to wait for a call in flight.  The host runs the provided function
+looked up at that moment, with the in-process conversions and rules.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import json
 import logging
 import mmap
@@ -50,13 +66,16 @@ from typing import Any, NoReturn
 
 from . import _signatures as signatures
 from ._errors import (
+    ClosedError,
     HotloadError,
     PluginCrashedError,
     PluginTimeoutError,
+    ServiceError,
     SignatureError,
 )
 from ._loader import ON_LOAD_TYPE, ON_UNLOAD_TYPE, Image, Staged  # noqa: F401
 from ._platform import proc as channel
+from ._services import ImportBinding, ServiceTable
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +86,11 @@ OP_CONTROL = 2
 ST_OK = 0
 ST_ERROR = 1
 NULL_LEN = 0xFFFFFFFF  # a NULL string
+# A service request (worker -> host, on the service channel): id, nested (1: made by the
+# thread serving a host call, 0: by a thread of the plugin's own), the service's index,
+# then a call body as above; the answer: the id, then a reply body.
+SVC_HEAD = struct.Struct("<QBH")
+SVC_ID = struct.Struct("<Q")
 MAX_FRAME = (64 << 20) + 4096  # the largest frame either side accepts (state blob cap + slack)
 ON_CRASH = ("restart", "rollback", "stop")
 # ---- the shared-memory channel (Linux on x86: stores are seen in order) ------------
@@ -119,29 +143,42 @@ ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "LD_LI
 
 @dataclass(frozen=True)
 class Param:
-    kind: str  # "scalar", "str" (const char *), "buf" (pointer + size_t), "len" (the size_t)
-    code: str = ""  # struct code of a scalar, or of a buffer's element
+    # "scalar", "str" (const char *), "buf" (pointer + size_t), "len" (the size_t),
+    # "struct" (a struct by value), "sptr" (a pointer to one struct)
+    kind: str
+    code: str = ""  # struct code of a scalar or of a buffer's element; a struct's cffi name
     const: bool = True
+    size: int = 0  # a struct's size in bytes
+    ctype: Any = field(default=None, compare=False)  # a struct's cffi type
+    ptr: Any = field(default=None, compare=False)  # and its pointer type
 
 
 @dataclass(frozen=True)
 class CallPlan:
-    """How one export's arguments and result cross the channel."""
+    """How one export's (or host service's) arguments and result cross the channel."""
 
     fname: str
     idx: int
     params: tuple[Param, ...]
-    result: str  # struct code, "" for void, "s" for a char * result
+    result: str  # struct code, "" for void, "s" for a char * result, "T" for a struct
     req: struct.Struct  # op, idx, then every scalar (lengths included)
     rep: struct.Struct  # status, then the scalar result (if any)
+    rtype: str = ""  # the cffi name of a struct result
+    rsize: int = 0
+    #: numbers and structs only: ``req`` and ``rep`` hold everything (a struct as its bytes,
+    #: a struct pointer as a present flag and the bytes; the copied-back structs follow the
+    #: result), so a call is one pack and one unpack each way, like a call of scalars
+    fixed: bool = False
 
-    @property
-    def simple(self) -> bool:
-        return all(p.kind in ("scalar", "len") for p in self.params) and self.result != "s"
+    #: scalars only, both ways: one struct pack each way (worked out once: the hot path reads it)
+    simple: bool = field(init=False, compare=False)
+    outs: tuple[int, ...] = field(init=False, compare=False)  # the params copied back
 
-    @property
-    def outs(self) -> list[int]:
-        return [i for i, p in enumerate(self.params) if p.kind == "buf" and not p.const]
+    def __post_init__(self) -> None:
+        simple = all(p.kind in ("scalar", "len") for p in self.params)
+        object.__setattr__(self, "simple", simple and self.result not in ("s", "T"))
+        outs = [i for i, p in enumerate(self.params) if _out(p)]
+        object.__setattr__(self, "outs", tuple(outs))
 
 
 def _scalar_code(ctype: Any) -> str | None:
@@ -186,17 +223,63 @@ def split_params(proto: str) -> list[str]:
     return out
 
 
-def plan(fname: str, proto: str, idx: int, *, where: str) -> CallPlan:
+def _pointer_field(ctype: Any, path: str) -> tuple[str, str] | None:
+    """The first field at any depth of struct ``ctype`` that holds a pointer
+    (or a union, or an opaque struct), as ``(dotted path, its C type)``."""
+    for fname, f in ctype.fields or ():
+        t = f.type
+        while t.kind == "array":
+            t = t.item
+        where = f"{path}.{fname}"
+        if t.kind in ("pointer", "function", "union") or (t.kind == "struct" and not t.fields):
+            return where, f.type.cname
+        if t.kind == "struct":
+            inner = _pointer_field(t, where)
+            if inner is not None:
+                return inner
+    return None
+
+
+def _plain_struct(ctype: Any, what: str, refuse: Callable[[str], SignatureError]) -> int:
+    """The size of a struct that can be copied as bytes, or the refusal naming
+    the type and the field that holds a pointer."""
+    from ._types import plain
+
+    name = plain(ctype.cname)
+    if ctype.kind == "union" or not ctype.fields:
+        raise refuse(f"{what} ({name}) is a union or an opaque struct: it cannot be copied")
+    bad = _pointer_field(ctype, name)
+    if bad is not None:
+        path, ptype = bad
+        owner, _, fname = path.rpartition(".")
+        raise refuse(
+            f"{what} ({name}): type {owner.split('.')[0]} has a pointer field {path} "
+            f"({plain(ptype)}): memory a pointer points to cannot be copied to another "
+            f"process; only plain-data structs (numbers, fixed arrays, nested plain structs) "
+            f"cross"
+        )
+    return int(signatures.ffi.sizeof(ctype))
+
+
+def plan(fname: str, proto: str, idx: int, *, where: str, service: bool = False) -> CallPlan:
     """How ``fname`` crosses the process boundary, or a ``SignatureError``
-    naming the parameter that cannot."""
+    naming the parameter that cannot (``service``: a host service the
+    isolated plugin imports, whose calls cross the other way)."""
     ctype = signatures.parse(proto, where=where, function=fname)
     texts = split_params(proto)
     args = list(ctype.args)
     params: list[Param] = []
 
     def refuse(why: str) -> SignatureError:
+        from ._types import plain
+
+        if service:
+            return SignatureError(
+                f"{where}: imports service {fname} ({plain(proto)}), which cannot be called "
+                f"from an isolated worker: {why}"
+            )
         return SignatureError(
-            f"{where}: {fname} ({proto}) cannot be called in an isolated worker: {why}"
+            f"{where}: {fname} ({plain(proto)}) cannot be called in an isolated worker: {why}"
         )
 
     i = 0
@@ -213,8 +296,14 @@ def plan(fname: str, proto: str, idx: int, *, where: str) -> CallPlan:
                 f"parameter {i + 1} is a function pointer: code in the host cannot be "
                 f"called from another process"
             )
+        if a.kind in ("struct", "union"):
+            size = _plain_struct(a, f"parameter {i + 1}", refuse)
+            ptr = signatures.ffi.typeof(f"{a.cname} *")
+            params.append(Param("struct", a.cname, True, size, a, ptr))
+            i += 1
+            continue
         if a.kind != "pointer":
-            raise refuse(f"parameter {i + 1} ({a.cname}) is a struct or union: not supported")
+            raise refuse(f"parameter {i + 1} ({a.cname}) cannot be copied to another process")
         item = a.item
         const = text.startswith("const") or " const" in text.split("*")[0]
         nxt = args[i + 1] if i + 1 < len(args) else None
@@ -226,6 +315,11 @@ def plan(fname: str, proto: str, idx: int, *, where: str) -> CallPlan:
             continue
         if item.cname == "char" and const:
             params.append(Param("str"))
+            i += 1
+            continue
+        if item.kind in ("struct", "union"):
+            size = _plain_struct(item, f"parameter {i + 1}", refuse)
+            params.append(Param("sptr", item.cname, const, size, item, a))
             i += 1
             continue
         if item.kind == "void":
@@ -241,15 +335,39 @@ def plan(fname: str, proto: str, idx: int, *, where: str) -> CallPlan:
             )
         raise refuse(f"parameter {i + 1} ({a.cname}) cannot be copied to another process")
     res = ctype.result
+    rtype, rsize = "", 0
     if res.kind == "void":
         rcode = ""
     elif res.kind == "pointer" and res.item.cname == "char":
         rcode = "s"
+    elif res.kind in ("struct", "union"):
+        rsize = _plain_struct(res, "its result", refuse)
+        rcode, rtype = "T", res.cname
     else:
         rc = _scalar_code(res)
         if rc is None:
             raise refuse(f"its result ({res.cname}) cannot be copied back")
         rcode = rc
+    fixed = rcode != "s" and all(p.kind in ("scalar", "struct", "sptr") for p in params)
+    if fixed and any(p.kind != "scalar" for p in params) or rcode == "T" and fixed:
+        # every size is known: the whole body is one struct, each way (see CallPlan.fixed)
+        req = "".join(
+            p.code if p.kind == "scalar" else f"{'?' if p.kind == 'sptr' else ''}{p.size}s"
+            for p in params
+        )
+        back = "".join(f"?{params[i].size}s" for i, p in enumerate(params) if _out(p))
+        res = f"{rsize}s" if rcode == "T" else rcode
+        return CallPlan(
+            fname,
+            idx,
+            tuple(params),
+            rcode,
+            struct.Struct("<BH" + req),
+            struct.Struct("<B" + res + back),
+            rtype,
+            rsize,
+            fixed=True,
+        )
     scalars = "".join(p.code for p in params if p.kind in ("scalar", "len"))
     return CallPlan(
         fname,
@@ -257,16 +375,37 @@ def plan(fname: str, proto: str, idx: int, *, where: str) -> CallPlan:
         tuple(params),
         rcode,
         struct.Struct("<BH" + scalars),
-        struct.Struct("<B" + (rcode if rcode not in ("", "s") else "")),
+        struct.Struct("<B" + (rcode if rcode not in ("", "s", "T") else "")),
+        rtype,
+        rsize,
     )
 
 
-def plans(prototypes: Mapping[str, str], *, where: str) -> dict[str, CallPlan]:
-    return {f: plan(f, p, i, where=where) for i, (f, p) in enumerate(sorted(prototypes.items()))}
+def _out(p: Param) -> bool:
+    return p.kind in ("buf", "sptr") and not p.const
+
+
+def plans(
+    prototypes: Mapping[str, str], *, where: str, service: bool = False
+) -> dict[str, CallPlan]:
+    return {
+        f: plan(f, p, i, where=where, service=service)
+        for i, (f, p) in enumerate(sorted(prototypes.items()))
+    }
 
 
 # ---- the caller's side of a call ----------------------------------------------------
-def _as_bytes(value: Any, code: str, fname: str, n: int) -> bytes:
+CData = signatures.ffi.CData
+
+
+def _as_bytes(value: Any, code: str, fname: str, n: int, count: Any) -> bytes:
+    if isinstance(value, CData):  # a plugin's buffer, passed on to a host service
+        size = struct.calcsize(code) * (count if isinstance(count, int) and count > 0 else 0)
+        return (
+            b""
+            if value == signatures.ffi.NULL or not size
+            else signatures.ffi.buffer(value, size)[:]
+        )
     if isinstance(value, (list, tuple)):
         try:
             return struct.pack(f"<{len(value)}{code}", *value)
@@ -281,6 +420,37 @@ def _as_bytes(value: Any, code: str, fname: str, n: int) -> bytes:
         ) from None
 
 
+def _struct_bytes(p: Param, value: Any, n: int) -> bytes | None:
+    """The bytes of the struct an argument holds or points to (None: NULL),
+    accepting what cffi accepts for the same parameter in process."""
+    ffi = signatures.ffi
+    if isinstance(value, CData):
+        t = ffi.typeof(value)
+        if t is p.ctype:  # a struct by value
+            return bytes(ffi.buffer(ffi.addressof(value)))
+        if p.kind == "sptr" and (t is p.ptr or (t.kind == "array" and t.item is p.ctype)):
+            return ffi.buffer(value, p.size)[:] if value else None  # a NULL pointer is false
+        if p.kind == "sptr" and value == ffi.NULL:
+            return None
+    elif p.kind == "struct" or isinstance(value, (list, tuple)):
+        try:  # an initializer (dict, list): cffi builds a temporary struct
+            made = (
+                ffi.new(f"{p.code}[]", value) if p.kind == "sptr" else ffi.new(f"{p.code} *", value)
+            )
+        except (TypeError, OverflowError, ValueError, IndexError, KeyError) as exc:
+            raise TypeError(f"argument {n}: {_plain(str(exc))}") from None
+        return ffi.buffer(made, p.size)[:] if len(ffi.buffer(made)) >= p.size else None
+    want = f"{p.code} *" if p.kind == "sptr" else p.code
+    got = ffi.typeof(value).cname if isinstance(value, CData) else type(value).__name__
+    raise TypeError(f"argument {n}: expected {_plain(want)}, got {_plain(got)}")
+
+
+def _plain(text: str) -> str:
+    from ._types import plain
+
+    return plain(text)
+
+
 def encode(cp: CallPlan, args: tuple[Any, ...]) -> bytes:
     """The request body for a call (TypeError/OverflowError on bad arguments)."""
     if len(args) != len(cp.params):
@@ -290,12 +460,17 @@ def encode(cp: CallPlan, args: tuple[Any, ...]) -> bytes:
             return cp.req.pack(OP_CALL, cp.idx, *args)
         except struct.error as exc:
             raise OverflowError(str(exc)) from None
+    if cp.fixed:
+        return _encode_fixed(cp, args)
     scalars: list[Any] = []
     tail: list[bytes] = []
     for n, (p, a) in enumerate(zip(cp.params, args, strict=True), 1):
-        if p.kind in ("scalar", "len"):
+        kind = p.kind
+        if kind in ("scalar", "len"):
             scalars.append(a)
-        elif p.kind == "str":
+        elif kind == "str":
+            if isinstance(a, CData):  # a plugin's string, passed on to a host service
+                a = None if a == signatures.ffi.NULL else signatures.ffi.string(a)
             if a is None:
                 tail.append(FRAME.pack(NULL_LEN))
             else:
@@ -304,9 +479,12 @@ def encode(cp: CallPlan, args: tuple[Any, ...]) -> bytes:
                 if not isinstance(a, (bytes, bytearray)) or b"\0" in a:
                     raise TypeError(f"argument {n}: expected bytes without NUL for a C string")
                 tail += [FRAME.pack(len(a)), bytes(a)]
+        elif kind in ("struct", "sptr"):
+            data = _struct_bytes(p, a, n)
+            tail.append(FRAME.pack(NULL_LEN) if data is None else FRAME.pack(p.size) + data)
         else:
-            data = _as_bytes(a, p.code, cp.fname, n)
             count = args[n]  # the size_t that follows
+            data = _as_bytes(a, p.code, cp.fname, n, count)
             size = struct.calcsize(p.code)
             if not isinstance(count, int) or count < 0 or count * size > len(data):
                 raise TypeError(
@@ -321,7 +499,30 @@ def encode(cp: CallPlan, args: tuple[Any, ...]) -> bytes:
     return head + b"".join(tail)
 
 
-def _copy_back(target: Any, data: bytes, code: str) -> None:
+def _encode_fixed(cp: CallPlan, args: tuple[Any, ...]) -> bytes:
+    values: list[Any] = [OP_CALL, cp.idx]
+    for n, (p, a) in enumerate(zip(cp.params, args, strict=True), 1):
+        if p.kind == "scalar":
+            values.append(a)
+        elif p.kind == "struct":
+            values.append(_struct_bytes(p, a, n))
+        else:
+            data = _struct_bytes(p, a, n)
+            values += (False, b"") if data is None else (True, data)
+    try:
+        return cp.req.pack(*values)
+    except struct.error as exc:
+        raise OverflowError(str(exc)) from None
+
+
+def _copy_back(target: Any, data: bytes, p: Param) -> None:
+    if isinstance(target, CData):  # a struct the caller passed, or a plugin's buffer
+        if target != signatures.ffi.NULL:
+            signatures.ffi.memmove(target, data, len(data))
+        return
+    if p.kind == "sptr":
+        return  # built from an initializer: a temporary, as in process
+    code = p.code
     if isinstance(target, list):
         target[:] = list(struct.unpack(f"<{len(data) // struct.calcsize(code)}{code}", data))
         return
@@ -337,6 +538,15 @@ class _Garbage(Exception):
     """The worker's answer does not follow the protocol."""
 
 
+def _struct_from(cp: CallPlan, data: bytes | None) -> Any:
+    if data is None or len(data) != cp.rsize:
+        raise _Garbage(f"a struct result of {len(data or b'')} bytes, expected {cp.rsize}")
+    ffi = signatures.ffi
+    out = ffi.new(f"{cp.rtype} *")
+    ffi.memmove(out, data, cp.rsize)
+    return out[0]  # a struct value (it keeps its memory alive), as cffi returns one
+
+
 def decode(cp: CallPlan, body: bytes, args: tuple[Any, ...]) -> Any:
     """The call's result from a reply body; copies non-const buffers back."""
     if len(body) < 1:
@@ -350,22 +560,167 @@ def decode(cp: CallPlan, body: bytes, args: tuple[Any, ...]) -> Any:
             raise _Garbage(f"a reply of {len(body)} bytes, expected {cp.rep.size}")
         out = cp.rep.unpack(body)
         return out[1] if len(out) > 1 else None
+    if cp.fixed:
+        return _decode_fixed(cp, body, args)
     pos = cp.rep.size
     if len(body) < pos:
         raise _Garbage("a short reply")
     out = cp.rep.unpack_from(body)
     result = out[1] if len(out) > 1 else None
     chunks, pos = _chunks(body, pos)
-    if cp.result == "s":
+    if cp.result in ("s", "T"):
         if not chunks:
-            raise _Garbage("no string result")
+            raise _Garbage("no result")
         result = chunks.pop(0)
+        if cp.result == "T":
+            result = _struct_from(cp, result)
     outs = cp.outs
     if len(chunks) != len(outs):
         raise _Garbage(f"{len(chunks)} buffers back, expected {len(outs)}")
     for i, data in zip(outs, chunks, strict=True):
         if data is not None:
-            _copy_back(args[i], data, cp.params[i].code)
+            p = cp.params[i]
+            if p.kind == "sptr" and len(data) != p.size:
+                raise _Garbage(f"a struct of {len(data)} bytes back, expected {p.size}")
+            _copy_back(args[i], data, p)
+    return result
+
+
+# ---- the callee's side of a call ----------------------------------------------------
+_CTYPES = {
+    "b": "int8_t",
+    "B": "uint8_t",
+    "h": "int16_t",
+    "H": "uint16_t",
+    "i": "int32_t",
+    "I": "uint32_t",
+    "q": "int64_t",
+    "Q": "uint64_t",
+    "f": "float",
+    "d": "double",
+    "?": "_Bool",
+    "c": "char",
+}
+
+
+def _serve_fixed(cp: CallPlan, fn: Callable[..., Any], values: tuple[Any, ...]) -> bytes:
+    ffi = signatures.ffi
+    args: list[Any] = []
+    outs: list[Any] = []
+    pos = 2
+    for p in cp.params:
+        if p.kind == "scalar":
+            args.append(values[pos])
+            pos += 1
+            continue
+        if p.kind == "sptr" and not values[pos]:
+            args.append(ffi.NULL)
+            pos += 2
+            if not p.const:
+                outs += (False, b"")
+            continue
+        pos += p.kind == "sptr"
+        mem = bytearray(values[pos])
+        pos += 1
+        ptr = ffi.from_buffer(p.ptr, mem)  # the struct lives in ``mem`` (kept by ``ptr``)
+        args.append(ptr if p.kind == "sptr" else ptr[0])
+        if not p.const:
+            outs += (True, mem)
+    result = fn(*args)
+    head: list[Any] = [ST_OK]
+    if cp.result == "T":
+        head.append(ffi.buffer(ffi.addressof(result), cp.rsize)[:])
+    elif cp.result:
+        head.append(result)
+    return bytes(cp.rep.pack(*head, *outs))
+
+
+def serve(cp: CallPlan, fn: Callable[..., Any], body: bytes) -> bytes:
+    """Run ``fn`` with the arguments of a request body (as C values: strings
+    and buffers as cffi pointers, structs as cffi structs) and return the
+    reply body.  A body that breaks the protocol raises ``_Garbage``, ``fn``'s
+    own exceptions propagate.  The worker serves calls with it, the host
+    serves an isolated plugin's service calls."""
+    ffi = signatures.ffi
+    try:
+        if cp.simple:
+            result = fn(*cp.req.unpack(body)[2:])
+            return bytes(cp.rep.pack(ST_OK, result)) if cp.result else b"\x00"
+        if cp.fixed:
+            return _serve_fixed(cp, fn, cp.req.unpack(body))
+        scalars = list(cp.req.unpack_from(body)[2:])
+    except struct.error as exc:
+        raise _Garbage(f"a request that does not unpack ({exc})") from None
+    chunks, _ = _chunks(body, cp.req.size)
+    need = sum(p.kind not in ("scalar", "len") for p in cp.params)
+    if len(chunks) != need:
+        raise _Garbage(f"{len(chunks)} buffers in a request, expected {need}")
+    args: list[Any] = []
+    outs: list[tuple[Any, int]] = []
+    for p in cp.params:
+        if p.kind in ("scalar", "len"):
+            args.append(scalars.pop(0))
+            continue
+        data = chunks.pop(0)
+        if p.kind == "str":
+            args.append(ffi.NULL if data is None else ffi.new("char[]", data))
+        elif p.kind in ("struct", "sptr"):
+            if data is None:
+                if p.kind == "struct":
+                    raise _Garbage("a NULL struct by value")
+                args.append(ffi.NULL)
+                if not p.const:
+                    outs.append((None, 0))
+                continue
+            if len(data) != p.size:
+                raise _Garbage(f"a struct of {len(data)} bytes, expected {p.size}")
+            mem = bytearray(data)
+            ptr = ffi.from_buffer(p.ptr, mem)  # the struct lives in ``mem`` (kept by ``ptr``)
+            args.append(ptr[0] if p.kind == "struct" else ptr)
+            if not p.const:
+                outs.append((mem, p.size))
+        else:
+            data = data or b""
+            buf = ffi.new("char[]", data if data else b"\0")
+            args.append(ffi.cast(f"{_CTYPES[p.code]} *", buf))
+            if not p.const:
+                outs.append((buf, len(data)))
+    result = fn(*args)
+    out: bytes
+    if cp.result == "s":
+        text = None if result == ffi.NULL else ffi.string(result)
+        out = b"\x00" + (FRAME.pack(NULL_LEN) if text is None else FRAME.pack(len(text)) + text)
+    elif cp.result == "T":
+        out = b"\x00" + FRAME.pack(cp.rsize) + ffi.buffer(ffi.addressof(result), cp.rsize)[:]
+    elif cp.result:
+        out = bytes(cp.rep.pack(ST_OK, result))
+    else:
+        out = b"\x00"
+    for buf, n in outs:
+        if buf is None:
+            out += FRAME.pack(NULL_LEN)
+        else:
+            out += FRAME.pack(n) + (
+                bytes(buf) if isinstance(buf, bytearray) else ffi.buffer(buf, n)[:]
+            )
+    return out
+
+
+def _decode_fixed(cp: CallPlan, body: bytes, args: tuple[Any, ...]) -> Any:
+    if len(body) != cp.rep.size:
+        raise _Garbage(f"a reply of {len(body)} bytes, expected {cp.rep.size}")
+    out = cp.rep.unpack(body)
+    pos = 1
+    result = None
+    if cp.result:
+        result = out[1]
+        pos = 2
+        if cp.result == "T":
+            result = _struct_from(cp, result)
+    for i in cp.outs:
+        if out[pos]:
+            _copy_back(args[i], out[pos + 1], cp.params[i])
+        pos += 2
     return result
 
 
@@ -435,9 +790,16 @@ class Worker:
         popen: subprocess.Popen[bytes],
         sock: socket.socket,
         shm: tuple[mmap.mmap, int, int] | None = None,
+        svc: socket.socket | None = None,
     ) -> None:
         self.popen = popen
         self.sock = sock
+        self.svc = svc  # the service channel: the plugin's calls of host services
+        self.svc_lock = threading.Lock()  # answers come from several host threads
+        self.svc_thread: threading.Thread | None = None
+        self.svc_garbage = ""  # why the host killed it for its service requests
+        self._reap_lock = threading.Lock()
+        self._reaped = False
         self.pid = popen.pid
         self._timeout: float | None = None
         self.mm: mmap.mmap | None = None
@@ -622,9 +984,22 @@ class Worker:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
             return False
-        self._end_tree()  # children left in its group, and daemons seen before
-        with contextlib.suppress(OSError):
-            self.sock.close()
+        with self._reap_lock:  # the caller, the supervisor and the service thread may all reap
+            if not self._reaped:
+                self._reaped = True
+                self._end_tree()  # children left in its group, and daemons seen before
+                self._release()
+        return True
+
+    def _release(self) -> None:
+        # not stderr: its reader thread closes it at EOF (closing it here would
+        # wait for that read, i.e. for every forked child still holding the pipe)
+        for f in (self.sock, self.svc):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading it
+                with contextlib.suppress(OSError):
+                    f.close()
         if self.mm is not None:
             for fd in (self.wake, self.done):
                 with contextlib.suppress(OSError):
@@ -633,7 +1008,21 @@ class Worker:
             self.ctl.release()  # a call still spinning on it gets ValueError: a crash
             with contextlib.suppress(BufferError):
                 self.mm.close()  # the mapping holds a dup of the memfd
-        return True
+
+    # -- the service channel (the plugin calls the host) -------------------------------
+    def svc_frame(self) -> bytes:
+        """The next service request; EOFError when the worker is gone,
+        _Garbage for a length no request may have."""
+        assert self.svc is not None
+        (n,) = FRAME.unpack(_recv_exactly(self.svc, 4))
+        if n < SVC_HEAD.size or n > MAX_FRAME:
+            raise _Garbage(f"a service request of {n} bytes")
+        return _recv_exactly(self.svc, n)
+
+    def svc_send(self, body: bytes) -> None:
+        assert self.svc is not None
+        with self.svc_lock:
+            self.svc.sendall(FRAME.pack(len(body)) + body)
 
     def how_it_ended(self) -> tuple[str | None, int | None]:
         code = self.popen.returncode
@@ -649,6 +1038,19 @@ class Worker:
             return 0
 
 
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        try:
+            chunk = sock.recv(n - len(buf))
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return buf
+
+
 class Isolation:
     """The host's isolated workers: spawning (from one long-lived thread, for
     the parent-death signal), a warm spare, and a supervisor thread that
@@ -657,6 +1059,9 @@ class Isolation:
     def __init__(self, on_rollback: Callable[[str], object]) -> None:
         self._on_rollback = on_rollback
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix="hotload-isolate-spawn")
+        # service calls from the plugins' own threads (a call made while a host call is in
+        # the worker is answered on the channel's thread: nothing can be waiting for it)
+        self.services = ThreadPoolExecutor(4, thread_name_prefix="hotload-isolate-svc")
         self._lock = threading.Lock()
         self._spare: Worker | None = None
         self._proxies: list[Proxy] = []
@@ -711,6 +1116,7 @@ class Isolation:
     @staticmethod
     def _spawn() -> Worker:
         host_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        svc_host, svc_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = {k: v for k, v in os.environ.items() if k in ENV_KEEP or k.startswith("LC_")}
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         argv = [
@@ -722,8 +1128,10 @@ class Isolation:
             str(os.getpid()),
             "--fd",
             str(worker_end.fileno()),
+            "--svc",
+            str(svc_worker.fileno()),
         ]
-        fds = [worker_end.fileno()]
+        fds = [worker_end.fileno(), svc_worker.fileno()]
         shm: tuple[mmap.mmap, int, int] | None = None
         memfd = -1
         try:
@@ -746,6 +1154,7 @@ class Isolation:
             )
         except OSError as exc:
             host_end.close()
+            svc_host.close()
             if shm is not None:
                 shm[0].close()
                 os.close(shm[1])
@@ -753,9 +1162,10 @@ class Isolation:
             raise HotloadError(f"cannot start an isolated worker: {exc}") from None
         finally:
             worker_end.close()
+            svc_worker.close()
             if memfd >= 0:
                 os.close(memfd)  # the mapping stays; the plugin cannot write() into it
-        worker = Worker(popen, host_end, shm)
+        worker = Worker(popen, host_end, shm, svc_host)
         try:
             hello = worker.recv(30.0)
         except (EOFError, TimeoutError, _Garbage):
@@ -770,19 +1180,34 @@ class Isolation:
         return worker
 
     # -- opening a version --------------------------------------------------------
-    def open(self, staged: Staged, opts: Options, hook_timeout: float | None) -> IsolatedImage:
+    def open(
+        self,
+        staged: Staged,
+        opts: Options,
+        hook_timeout: float | None,
+        services: ServiceTable | None = None,
+    ) -> IsolatedImage:
         cand = staged.cand
-        cps = plans(cand.prototypes, where=cand.source)  # refuses before anything starts
         desc = cand.descriptor
+        try:  # refuses before anything starts
+            cps = plans(cand.prototypes, where=cand.source)
+            binding, svc_cps, imports = _services(staged, services)
+        except BaseException:
+            staged.discard()
+            raise
         proxy = Proxy(self, cand.name, staged.seq, cand.source, cps, opts, hook_timeout)
+        proxy.binding, proxy.svc_plans = binding, svc_cps
         proxy.request = {
             "op": "open",
+            "name": cand.name,
             "path": str(staged.copy),
             "source": cand.source,
             "prototypes": cand.prototypes,
             "on_load": desc.on_load if desc else None,
             "on_unload": desc.on_unload if desc else None,
             "limits": opts.limits,
+            "types": [dataclasses.asdict(t) for t in desc.types] if desc and cand.types else None,
+            "imports": imports,
         }
         try:
             proxy.start(self.take())
@@ -806,6 +1231,8 @@ class Isolation:
             on_load=None,
             on_unload=(lambda *a: 0) if desc and desc.on_unload else None,
             process=proxy,
+            imports=binding,
+            types=cand.types,
         )
         image.on_load = (lambda *a: 0) if desc and desc.on_load else None
         return image
@@ -867,10 +1294,32 @@ class Isolation:
         for p in exiting:
             p.gone()  # reaps it, or kills it after 2 s
         self._spawner.shutdown(wait=True)
+        self.services.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             spare, self._spare = self._spare, None
         if spare is not None:
             spare.kill()
+
+
+def _services(
+    staged: Staged, table: ServiceTable | None
+) -> tuple[ImportBinding | None, list[CallPlan], dict[str, list[Any]] | None]:
+    """A version's imports: the binding its service errors count on, how each
+    service's calls cross (refused here if one cannot), and what the worker
+    needs to bind them (name -> [prototype, error value])."""
+    cand = staged.cand
+    desc = cand.descriptor
+    if desc is None or not desc.imports:
+        return None, [], None
+    if table is None:
+        raise SignatureError(f"{cand.source}: imports host services, but none are available here")
+    plain_sigs = {i.name: i.signature for i in desc.imports}
+    wanted = table.check(plain_sigs, cand.source)
+    sigs = {n: cand.types.rewrite(p) if cand.types else p for n, p in plain_sigs.items()}
+    cps = sorted(plans(sigs, where=cand.source, service=True).values(), key=lambda c: c.idx)
+    errors = {n: table.services[n].error for n in sigs}
+    binding = ImportBinding(table, f"{cand.name} v{staged.seq}", wanted)
+    return binding, cps, {n: [sigs[n], errors[n]] for n in sigs}
 
 
 class Proxy:
@@ -912,6 +1361,9 @@ class Proxy:
         self.streak = 0  # crashes in a row with no successful call between them
         self.served_ok = True  # a call succeeded since the last (re)start: resets the backoff
         self.live = False  # serving: a crash before this point is a refused load, no policy
+        self.binding: ImportBinding | None = None  # its imports (errors are counted there)
+        self.svc_plans: list[CallPlan] = []  # how each imported service's calls cross
+        self.nested: int | None = None  # the thread serving a service its worker's call waits for
 
     @property
     def pid(self) -> int | None:
@@ -927,6 +1379,7 @@ class Proxy:
         """Have ``worker`` open the copy (dlopen, resolve); the caller's thread."""
         with self.lock:
             self.worker = worker
+            self._listen(worker)
             self._control(self.request, 30.0, "opening the copy (dlopen, resolving exports)")
             self.live = not self.request.get("on_load")
 
@@ -977,6 +1430,12 @@ class Proxy:
         return forward
 
     def call(self, cp: CallPlan, args: tuple[Any, ...]) -> Any:
+        if self.nested is not None and self.nested == threading.get_ident():
+            raise HotloadError(
+                f"{self.source}: {cp.fname} called from a host service that {self.name} "
+                f"v{self.seq} is waiting for: its worker serves one call at a time, so this "
+                f"would deadlock (call it after the service returns, or from another thread)"
+            )
         body = None if self.iso.shm else encode(cp, args)
         gen = self.gen
         while True:
@@ -1048,6 +1507,7 @@ class Proxy:
         """The worker died, hung or broke the protocol during ``what``: kill
         it, raise the error here, and hand the rest to the crash policy.
         The lock is held (or was given up by ``stop``)."""
+        garbage = garbage or worker.svc_garbage
         if garbage or timeout is not None or outside or not worker.reap(2.0):
             worker.kill()
         sig, code = worker.how_it_ended()
@@ -1144,6 +1604,7 @@ class Proxy:
                 return
             self.worker = worker
             self.state = UP
+            self._listen(worker)
             try:
                 self._control(self.request, 30.0, "opening the copy (restart)")
                 if self.has_on_load:
@@ -1195,6 +1656,114 @@ class Proxy:
         finally:
             self.lock.release()
 
+    # -- host services, called by the plugin ---------------------------------------------
+    def _listen(self, worker: Worker) -> None:
+        """Serve ``worker``'s service requests (a thread per worker, when the
+        version imports any service)."""
+        if not self.svc_plans or worker.svc is None or worker.svc_thread is not None:
+            return
+        worker.svc_thread = threading.Thread(
+            target=self._serve_services,
+            args=(worker,),
+            daemon=True,
+            name=f"hotload-isolate-svc-{worker.pid}",
+        )
+        worker.svc_thread.start()
+
+    def _serve_services(self, worker: Worker) -> None:
+        """Read the worker's service requests until it ends.  A request made
+        inside a host call is served right here (its caller holds the
+        version's lock: nothing else can be waiting for this thread); one
+        from a plugin thread goes to a pool thread, since it may have to
+        wait for a call in flight, which may itself need a service."""
+        while True:
+            try:
+                body = worker.svc_frame()
+                rid, nested, idx = SVC_HEAD.unpack_from(body)
+                if nested > 1 or idx >= len(self.svc_plans):
+                    what = "a nested flag" if nested > 1 else "an unknown service index"
+                    raise _Garbage(f"{what} ({nested}, {idx})")
+            except (OSError, EOFError):
+                return
+            except _Garbage as exc:
+                self._svc_garbage(worker, str(exc))
+                return
+            if nested:
+                if not self._serve_one(worker, rid, self.svc_plans[idx], body, True):
+                    return
+                continue
+            try:
+                self.iso.services.submit(
+                    self._serve_one, worker, rid, self.svc_plans[idx], body, False
+                )
+            except RuntimeError:  # the host is closing
+                return
+
+    def _serve_one(self, worker: Worker, rid: int, cp: CallPlan, body: bytes, nested: bool) -> bool:
+        if nested:
+            self.nested = threading.get_ident()  # a call into this version would deadlock
+        try:
+            reply = serve(cp, self._service(cp), body[SVC_ID.size :])
+        except Exception as exc:  # noqa: BLE001 - the request broke the protocol
+            self._svc_garbage(worker, f"{cp.fname}: {exc}")
+            return False
+        finally:
+            if nested:
+                self.nested = None
+        try:
+            worker.svc_send(SVC_ID.pack(rid) + reply)
+        except OSError:
+            return False
+        return True
+
+    def _service(self, cp: CallPlan) -> Callable[..., Any]:
+        """The provided function behind ``cp``, looked up now (``provide()``
+        replaces it for every version at once), with the in-process rules:
+        an exception (or a result that does not fit) is logged, counted on
+        this version, and the plugin gets the service's error value."""
+        table, name = self.binding.table if self.binding else None, cp.fname
+
+        def call(*args: Any) -> Any:
+            svc = table.services.get(name) if table is not None else None
+            try:
+                if table is None or table.closed:
+                    raise ClosedError(f"service {name} called after host.close()")
+                if svc is None:
+                    raise ServiceError(f"service {name} is not provided by this host")
+                result = svc.call(*args)
+                if cp.result == "T":
+                    return signatures.ffi.new(f"{cp.rtype} *", result)[0]
+                if cp.result:
+                    struct.pack("<" + cp.result, result)  # raises if it does not fit, as cffi would
+                    return result
+                return None
+            except Exception:
+                if self.binding is not None:
+                    self.binding.errors += 1
+                label = self.binding.label if self.binding else self.name
+                log.error("%s: service %s raised", label, name, exc_info=True)
+                if not cp.result:
+                    return None
+                error = svc.error if svc is not None else 0
+                return signatures.ffi.new(f"{cp.rtype} *")[0] if cp.result == "T" else error
+
+        return call
+
+    def _svc_garbage(self, worker: Worker, why: str) -> None:
+        """A worker broke the service protocol: it is killed, and the call in
+        flight (or the supervisor) reports it as a crash."""
+        worker.svc_garbage = f"service channel: {why}"
+        log.error(
+            "%s: %s v%d (isolated worker, pid %d) wrote garbage to the service channel (%s); "
+            "killing it",
+            self.source,
+            self.name,
+            self.seq,
+            worker.pid,
+            why,
+        )
+        worker.kill()
+
     # -- hooks --------------------------------------------------------------------------
     def on_load(self, prev_version: str | None, state: bytes | None) -> None:
         with self.lock:
@@ -1245,8 +1814,9 @@ class Proxy:
                 self.lock.release()
         if worker is None:
             return
-        with contextlib.suppress(OSError):
-            worker.sock.shutdown(socket.SHUT_RDWR)  # EOF: a well-behaved worker exits at once
+        for sock in (worker.sock, worker.svc):
+            with contextlib.suppress(OSError, AttributeError):
+                sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]  # EOF: it exits
         if kill:
             worker.kill()
         else:

@@ -146,7 +146,9 @@ class Swapper:
             staged.discard()
             raise
         if rec.isolate is not None:
-            return self._isolated().open(staged, rec.isolate, self._settings.hook_timeout)
+            return self._isolated().open(
+                staged, rec.isolate, self._settings.hook_timeout, services=self._provided
+            )
         image = self._loader.open(
             staged,
             may_close=lambda c: self._policy.may_close_candidate(c, rec.unload_safe),
