@@ -22,6 +22,7 @@ MODULES = (
     "bench_scale",
     "bench_memory",
     "bench_fleet",
+    "bench_contract",
     "bench_isolate",
     "proof_go_unload",
 )
