@@ -5,7 +5,7 @@ It is a fresh interpreter started by the host (never a fork of it), warm
 before it knows its plugin: the host keeps one spare ready, so a reload or a
 restart after a crash pays a ``dlopen`` and a round trip, not a Python
 start-up.  It serves one request at a time on the socket ``--fd`` (the wire
-format is in ``_isolation``); the plugin's own stdout goes to stderr, which
+format is in ``_wire``); the plugin's own stdout goes to stderr, which
 the host keeps the tail of for crash reports.  It ends when the host ends
 (parent-death signal) or closes the channel.
 """
@@ -32,13 +32,13 @@ def _main(argv: list[str]) -> int:
     proc.adopt_orphans()  # a plugin's forked children stay in this tree, to be ended with it
     os.dup2(2, 1)  # plugin printf()s go to stderr
     sys.stdout = sys.stderr
-    from . import _isolation as iso
     from . import _loader as loader
     from . import _signatures as signatures
+    from . import _wire as wire
     from ._errors import HotloadError
 
     sock = socket.socket(fileno=fd)
-    frame = iso.FRAME
+    frame = wire.FRAME
     ffi = signatures.ffi
 
     def send(body: bytes) -> None:
@@ -68,28 +68,28 @@ def _main(argv: list[str]) -> int:
 
     send(b"\x00ready")
     fns: list[Any] = []
-    plans: list[iso.CallPlan] = []
+    plans: list[wire.CallPlan] = []
     hooks: dict[str, Any] = {}
     source = "?"
 
     def error(exc: BaseException) -> bytes:
         kind = type(exc).__name__
-        return bytes([iso.ST_ERROR]) + json.dumps({"error": str(exc), "type": kind}).encode()
+        return bytes([wire.ST_ERROR]) + json.dumps({"error": str(exc), "type": kind}).encode()
 
     while True:
-        if shm is not None and not shm.serve(plans, fns, ffi, iso, error):
+        if shm is not None and not shm.serve(plans, fns, ffi, wire, error):
             continue  # a call came through shared memory
         body = recv()
         if body is None:
             proc.end_descendants(1.0)  # what the plugin forked ends with its version
             return 0
         op = body[0]
-        if op == iso.OP_CALL:
+        if op == wire.OP_CALL:
             (idx,) = struct.unpack_from("<H", body, 1)
             cp = plans[idx]
             try:
-                send(iso.serve(cp, fns[idx], body))
-            except (TypeError, OverflowError, ValueError, iso._Garbage) as exc:
+                send(wire.serve(cp, fns[idx], body))
+            except (TypeError, OverflowError, ValueError, wire._Garbage) as exc:
                 send(error(TypeError(str(exc))))
             continue
         try:
@@ -105,7 +105,7 @@ def _main(argv: list[str]) -> int:
                 if binding is not None:
                     binding.attach(lambda sym, h=handle: loader.dl.symbol(h, sym), source)
                 protos = req["prototypes"]
-                by_name = iso.plans(protos, where=source)
+                by_name = wire.plans(protos, where=source)
                 plans = sorted(by_name.values(), key=lambda c: c.idx)
                 fns = [loader.resolve(handle, source, c.fname, protos[c.fname]) for c in plans]
                 for key, proto in (
@@ -151,52 +151,52 @@ def _main(argv: list[str]) -> int:
 
 
 class _Shm:
-    """The worker's end of the shared-memory channel (see ``_isolation``)."""
+    """The worker's end of the shared-memory channel (see ``_wire``)."""
 
     def __init__(self, memfd: int, wake: int, done: int, sock: socket.socket) -> None:
         import mmap
         import select
 
-        from . import _isolation as iso
+        from . import _wire as wire
 
-        self.mm = mmap.mmap(memfd, iso.SHM_SIZE)
+        self.mm = mmap.mmap(memfd, wire.SHM_SIZE)
         os.close(memfd)  # a plugin write()ing to stray descriptors cannot reach it
-        self.ctl = memoryview(self.mm).cast("B")[: iso.SHM_REQ].cast("Q")
+        self.ctl = memoryview(self.mm).cast("B")[: wire.SHM_REQ].cast("Q")
         self.wake, self.done, self.sock = wake, done, sock
         self.seq = 0
         self.poller = select.poll()
         self.poller.register(wake, select.POLLIN)
         self.poller.register(sock, select.POLLIN)
 
-    def serve(self, plans: list[Any], fns: list[Any], ffi: Any, iso: Any, error: Any) -> bool:
+    def serve(self, plans: list[Any], fns: list[Any], ffi: Any, wire: Any, error: Any) -> bool:
         """Serve one call from shared memory (False), or return True when a
         frame waits on the socket (a control request, a large call, EOF)."""
         ctl, seq = self.ctl, self.seq
-        if ctl[iso.REQ_SEQ] == seq:
+        if ctl[wire.REQ_SEQ] == seq:
             clock = time.perf_counter_ns
-            end = clock() + iso.WORKER_SPIN_NS
-            while ctl[iso.REQ_SEQ] == seq:
+            end = clock() + wire.WORKER_SPIN_NS
+            while ctl[wire.REQ_SEQ] == seq:
                 if clock() > end:
                     break
-                iso.yield_cpu()  # the host may be waiting for this very core
+                wire.yield_cpu()  # the host may be waiting for this very core
             else:
-                return self._serve(plans, fns, ffi, iso, error)
+                return self._serve(plans, fns, ffi, wire, error)
             while True:
-                iso.drain(self.wake)
-                if ctl[iso.REQ_SEQ] != seq:
+                wire.drain(self.wake)
+                if ctl[wire.REQ_SEQ] != seq:
                     break
                 if any(fd != self.wake for fd, _ in self.poller.poll()):
                     return True
-        return self._serve(plans, fns, ffi, iso, error)
+        return self._serve(plans, fns, ffi, wire, error)
 
-    def _serve(self, plans: list[Any], fns: list[Any], ffi: Any, iso: Any, error: Any) -> bool:
+    def _serve(self, plans: list[Any], fns: list[Any], ffi: Any, wire: Any, error: Any) -> bool:
         ctl, mm = self.ctl, self.mm
-        self.seq = seq = ctl[iso.REQ_SEQ]
-        n = ctl[iso.REQ_LEN]
+        self.seq = seq = ctl[wire.REQ_SEQ]
+        n = ctl[wire.REQ_LEN]
         try:
-            if n > iso.SHM_CAP or n < 3:
+            if n > wire.SHM_CAP or n < 3:
                 raise ValueError(f"a request of {n} bytes")
-            (op, idx) = struct.unpack_from("<BH", mm, iso.SHM_REQ)
+            (op, idx) = struct.unpack_from("<BH", mm, wire.SHM_REQ)
             cp = plans[idx]
             fn = fns[idx]
         except (ValueError, IndexError, struct.error) as exc:
@@ -204,24 +204,24 @@ class _Shm:
         else:
             try:
                 if cp.simple:
-                    result = fn(*cp.req.unpack_from(mm, iso.SHM_REQ)[2:])
+                    result = fn(*cp.req.unpack_from(mm, wire.SHM_REQ)[2:])
                     if cp.result:
-                        cp.rep.pack_into(mm, iso.SHM_REP, 0, result)
+                        cp.rep.pack_into(mm, wire.SHM_REP, 0, result)
                     else:
-                        mm[iso.SHM_REP] = 0
-                    ctl[iso.REP_LEN] = cp.rep.size
-                    ctl[iso.REP_SEQ] = seq
+                        mm[wire.SHM_REP] = 0
+                    ctl[wire.REP_LEN] = cp.rep.size
+                    ctl[wire.REP_SEQ] = seq
                     os.eventfd_write(self.done, 1)
                     return False
-                reply = iso.serve(cp, fn, mm[iso.SHM_REQ : iso.SHM_REQ + n])
-            except (TypeError, OverflowError, ValueError, struct.error, iso._Garbage) as exc:
+                reply = wire.serve(cp, fn, mm[wire.SHM_REQ : wire.SHM_REQ + n])
+            except (TypeError, OverflowError, ValueError, struct.error, wire._Garbage) as exc:
                 reply = error(TypeError(str(exc)))
-        if len(reply) > iso.SHM_CAP:
-            self.sock.sendall(iso.FRAME.pack(len(reply)) + reply)
+        if len(reply) > wire.SHM_CAP:
+            self.sock.sendall(wire.FRAME.pack(len(reply)) + reply)
             return False
-        mm[iso.SHM_REP : iso.SHM_REP + len(reply)] = reply
-        ctl[iso.REP_LEN] = len(reply)
-        ctl[iso.REP_SEQ] = seq
+        mm[wire.SHM_REP : wire.SHM_REP + len(reply)] = reply
+        ctl[wire.REP_LEN] = len(reply)
+        ctl[wire.REP_SEQ] = seq
         os.eventfd_write(self.done, 1)
         return False
 
@@ -259,14 +259,15 @@ def _imports(req: dict[str, Any], svc_fd: int, source: str) -> Any:
     imports: dict[str, list[Any]] = req.get("imports") or {}
     if not imports:
         return None
-    from . import _isolation as iso
     from . import _services as services
+    from . import _wire as wire
+    from ._errors import HotloadError
 
     if svc_fd < 0:
-        raise iso.HotloadError(f"{source}: imports host services, but the worker has no channel")
+        raise HotloadError(f"{source}: imports host services, but the worker has no channel")
     client = _ServiceClient(svc_fd)
     protos = {name: proto for name, (proto, _) in imports.items()}
-    cps = iso.plans(protos, where=source, service=True)
+    cps = wire.plans(protos, where=source, service=True)
     table = services.ServiceTable(os.path.dirname(req["path"]))
     for name, (proto, error) in imports.items():
         ctype = services.signatures.pointer_type(proto)
@@ -293,18 +294,18 @@ class _ServiceClient:
         self.main = threading.get_ident()  # the thread that serves the host's calls
 
     def forwarder(self, cp: Any) -> Any:
-        from . import _isolation as iso
+        from . import _wire as wire
 
         head = struct.Struct("<QB")
 
         def forward(*args: Any) -> Any:
-            body = iso.encode(cp, args)
+            body = wire.encode(cp, args)
             rid = next(self.ids)
             nested = 1 if threading.get_ident() == self.main else 0  # inside a host call
             frame = head.pack(rid, nested) + body[1:]
             with self.send_lock:
-                self.sock.sendall(iso.FRAME.pack(len(frame)) + frame)
-            return iso.decode(cp, self._wait(rid), args)
+                self.sock.sendall(wire.FRAME.pack(len(frame)) + frame)
+            return wire.decode(cp, self._wait(rid), args)
 
         forward.__name__ = f"service_{cp.fname}"
         return forward
@@ -339,7 +340,7 @@ class _ServiceClient:
                 self.cv.notify_all()
 
     def _frame(self) -> bytes:
-        from . import _isolation as iso
+        from . import _wire as wire
 
         buf = b""
         want = 4
@@ -349,8 +350,8 @@ class _ServiceClient:
                 raise EOFError("the host closed the service channel")
             buf += chunk
             if want == 4 and len(buf) == 4:
-                (n,) = iso.FRAME.unpack(buf)
-                if n < 8 or n > iso.MAX_FRAME:
+                (n,) = wire.FRAME.unpack(buf)
+                if n < 8 or n > wire.MAX_FRAME:
                     raise EOFError(f"a service answer of {n} bytes")
                 want = 4 + n
         return buf[4:]
