@@ -431,6 +431,7 @@ def test_close_while_a_worker_hangs(tmp_path: Path, faulty: Build) -> None:
     assert time.monotonic() - t0 < 15
     t.join(10.0)
     assert not t.is_alive() and errors and isinstance(errors[0], PluginCrashedError)
+    assert "the host was closed during spin" in str(errors[0])  # not "crashed"
     wait_for(lambda: not pid_alive(pid))
 
 

@@ -566,3 +566,46 @@ def test_isolated_activity_plugin_reloaded_under_two_threads_loses_no_grant(
     assert total > 0 and total == granted[0] == sum(returned)
     assert sum(v.service_errors for v in host.versions("activity")) == 0
     assert set(items) == {0, 1}
+
+
+BLOCKERS = """
+#include <hotload.h>
+#include <pthread.h>
+HOTLOAD_PLUGIN("NAME", "1");
+HOTLOAD_IMPORT(pool_block, int32_t, (int32_t));
+HOTLOAD_IMPORT(pool_ping, int32_t, (int32_t));
+static void *blocker(void *a) { pool_block((int32_t)(intptr_t)a); return NULL; }
+HOTLOAD_API int32_t start_blockers(int32_t n)
+{ for (int i = 0; i < n; i++) { pthread_t t; pthread_create(&t, NULL, blocker, NULL);
+                                pthread_detach(t); } return n; }
+HOTLOAD_EXPORT(start_blockers, int32_t, (int32_t));
+static int32_t got;
+static void *pinger(void *a) { got = pool_ping((int32_t)(intptr_t)a); return NULL; }
+HOTLOAD_API int32_t thread_ping(int32_t k)
+{ pthread_t t; got = -99; pthread_create(&t, NULL, pinger, (void *)(intptr_t)k);
+  pthread_join(t, NULL); return got; }
+HOTLOAD_EXPORT(thread_ping, int32_t, (int32_t));
+"""
+
+
+def test_a_plugin_whose_threads_block_in_services_starves_only_itself(
+    host: Host, cc: Compile
+) -> None:
+    """Found by attacking: one pool of 4 threads served the plugin-thread
+    service calls of every isolated plugin, so 4 blocked calls from plugin A
+    made plugin B's calls time out and B's worker get killed."""
+    gate = threading.Event()
+    host.provide("pool_block", lambda k: (gate.wait(20), 0)[1], "int32_t(int32_t)")
+    host.provide("pool_ping", lambda k: k + 1, "int32_t(int32_t)")
+    flags = ["-pthread"]
+    a = host.load(cc(BLOCKERS.replace("NAME", "pool_a"), "pool_a", flags), isolate=True)
+    b = host.load(
+        cc(BLOCKERS.replace("NAME", "pool_b"), "pool_b", flags), isolate=True, call_timeout=10
+    )
+    try:
+        assert a.start_blockers(6) == 6
+        time.sleep(0.3)  # let A's threads reach the host and block there
+        assert b.thread_ping(41) == 42
+        assert host.current("pool_b").restarts == 0
+    finally:
+        gate.set()

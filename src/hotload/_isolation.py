@@ -113,9 +113,6 @@ class Isolation:
     def __init__(self, on_rollback: Callable[[str], object]) -> None:
         self._on_rollback = on_rollback
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix="hotload-isolate-spawn")
-        # service calls from the plugins' own threads (a call made while a host call is in
-        # the worker is answered on the channel's thread: nothing can be waiting for it)
-        self.services = ThreadPoolExecutor(4, thread_name_prefix="hotload-isolate-svc")
         self._lock = threading.Lock()
         self._spare: Worker | None = None
         self._proxies: list[Proxy] = []
@@ -282,7 +279,6 @@ class Isolation:
         for p in exiting:
             p.gone()  # reaps it, or kills it after 2 s
         self._spawner.shutdown(wait=True)
-        self.services.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             spare, self._spare = self._spare, None
         if spare is not None:
@@ -519,6 +515,13 @@ class Proxy:
             )
         elif outside:
             err = PluginCrashedError(f"{who}: {outside}" + more, signal_name="SIGSTOP", stderr=tail)
+        elif self.iso._closed and sig == "SIGKILL":  # we ended it: no crash to report
+            err = PluginCrashedError(
+                f"{who}: the host was closed during {what}; the worker was stopped before the "
+                f"call returned",
+                signal_name=sig,
+                stderr=tail,
+            )
         elif sig is not None:
             err = PluginCrashedError(
                 f"{who}: crashed with {sig} during {what}" + more, signal_name=sig, stderr=tail
@@ -663,7 +666,16 @@ class Proxy:
         inside a host call is served right here (its caller holds the
         version's lock: nothing else can be waiting for this thread); one
         from a plugin thread goes to a pool thread, since it may have to
-        wait for a call in flight, which may itself need a service."""
+        wait for a call in flight, which may itself need a service.  The pool
+        is this worker's own: a plugin whose threads block in services starves
+        only itself, never another plugin."""
+        pool = ThreadPoolExecutor(4, thread_name_prefix=f"hotload-isolate-svc-{worker.pid}")
+        try:
+            self._read_services(worker, pool)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _read_services(self, worker: Worker, pool: ThreadPoolExecutor) -> None:
         while True:
             try:
                 body = worker.svc_frame()
@@ -681,9 +693,7 @@ class Proxy:
                     return
                 continue
             try:
-                self.iso.services.submit(
-                    self._serve_one, worker, rid, self.svc_plans[idx], body, False
-                )
+                pool.submit(self._serve_one, worker, rid, self.svc_plans[idx], body, False)
             except RuntimeError:  # the host is closing
                 return
 

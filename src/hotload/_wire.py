@@ -357,13 +357,16 @@ CData = signatures.ffi.CData
 
 
 def _as_bytes(value: Any, code: str, fname: str, n: int, count: Any) -> bytes:
-    if isinstance(value, CData):  # a plugin's buffer, passed on to a host service
+    if isinstance(value, CData):
+        ffi = signatures.ffi
         size = struct.calcsize(code) * (count if isinstance(count, int) and count > 0 else 0)
-        return (
-            b""
-            if value == signatures.ffi.NULL or not size
-            else signatures.ffi.buffer(value, size)[:]
-        )
+        if value == ffi.NULL or not size:
+            return b""
+        if ffi.typeof(value).kind == "array" and size > ffi.sizeof(value):
+            # an array knows its extent: never read past it (a bare pointer, e.g. a plugin's
+            # buffer passed on to a host service, does not: its length is trusted, as in C)
+            return bytes(ffi.buffer(value))
+        return bytes(ffi.buffer(value, size))
     if isinstance(value, (list, tuple)):
         try:
             return struct.pack(f"<{len(value)}{code}", *value)
@@ -386,7 +389,11 @@ def _struct_bytes(p: Param, value: Any, n: int) -> bytes | None:
         t = ffi.typeof(value)
         if t is p.ctype:  # a struct by value
             return bytes(ffi.buffer(ffi.addressof(value)))
-        if p.kind == "sptr" and (t is p.ptr or (t.kind == "array" and t.item is p.ctype)):
+        if p.kind == "sptr" and t.kind == "array" and t.item is p.ctype:
+            if ffi.sizeof(value) < p.size:
+                raise TypeError(f"argument {n}: an empty array of {_plain(p.code)}")
+            return bytes(ffi.buffer(value, p.size))
+        if p.kind == "sptr" and t is p.ptr:
             return ffi.buffer(value, p.size)[:] if value else None  # a NULL pointer is false
         if p.kind == "sptr" and value == ffi.NULL:
             return None
@@ -449,6 +456,7 @@ def encode(cp: CallPlan, args: tuple[Any, ...]) -> bytes:
                     f"argument {n + 1}: length {count!r} is more than the {len(data) // size} "
                     f"element(s) in the buffer given as argument {n}"
                 )
+            data = data[: count * size]  # exactly what the callee sees, and what comes back
             tail += [FRAME.pack(len(data)), data]
     try:
         head = cp.req.pack(OP_CALL, cp.idx, *scalars)
@@ -473,6 +481,17 @@ def _encode_fixed(cp: CallPlan, args: tuple[Any, ...]) -> bytes:
         raise OverflowError(str(exc)) from None
 
 
+def _sent(p: Param, value: Any, count: int) -> int:
+    """How many bytes ``encode`` sent for a buffer argument: exactly what may
+    come back (a reply claiming more would write past the caller's buffer)."""
+    size = struct.calcsize(p.code)
+    if isinstance(value, CData):
+        return 0 if value == signatures.ffi.NULL else count * size  # checked by encode
+    if isinstance(value, (list, tuple)):
+        return min(len(value), count) * size
+    return min(memoryview(value).nbytes, count * size)
+
+
 def _copy_back(target: Any, data: bytes, p: Param) -> None:
     if isinstance(target, CData):  # a struct the caller passed, or a plugin's buffer
         if target != signatures.ffi.NULL:
@@ -482,14 +501,15 @@ def _copy_back(target: Any, data: bytes, p: Param) -> None:
         return  # built from an initializer: a temporary, as in process
     code = p.code
     if isinstance(target, list):
-        target[:] = list(struct.unpack(f"<{len(data) // struct.calcsize(code)}{code}", data))
+        back = struct.unpack(f"<{len(data) // struct.calcsize(code)}{code}", data)
+        target[: len(back)] = back
         return
     try:
         view = memoryview(target).cast("B")
     except TypeError:
         return
-    if not view.readonly and len(view) == len(data):
-        view[:] = data
+    if not view.readonly and len(data) <= len(view):
+        view[: len(data)] = data
 
 
 class _Garbage(Exception):
@@ -540,6 +560,8 @@ def decode(cp: CallPlan, body: bytes, args: tuple[Any, ...]) -> Any:
             p = cp.params[i]
             if p.kind == "sptr" and len(data) != p.size:
                 raise _Garbage(f"a struct of {len(data)} bytes back, expected {p.size}")
+            if p.kind == "buf" and len(data) != _sent(p, args[i], args[i + 1]):
+                raise _Garbage(f"a buffer of {len(data)} bytes back, expected what was sent")
             _copy_back(args[i], data, p)
     return result
 
@@ -638,6 +660,9 @@ def serve(cp: CallPlan, fn: Callable[..., Any], body: bytes) -> bytes:
             if not p.const:
                 outs.append((mem, p.size))
         else:
+            count = scalars[0]  # the size_t that follows it
+            if len(data or b"") != count * struct.calcsize(p.code):
+                raise _Garbage(f"a buffer of {len(data or b'')} bytes for {count} element(s)")
             data = data or b""
             buf = ffi.new("char[]", data if data else b"\0")
             args.append(ffi.cast(f"{_CTYPES[p.code]} *", buf))
