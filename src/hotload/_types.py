@@ -62,18 +62,35 @@ class TypeSet:
         unknown = set(fields) - known
         if unknown:
             raise TypeLayoutError(
-                f"{name} has no field {', '.join(sorted(unknown))} (fields: "
-                f"{', '.join(f.name for f in decl.fields)})"
+                f"{name} has no declared field {', '.join(sorted(unknown))} (declared: "
+                f"{', '.join(f.name for f in decl.fields)}); a field the plugin does not "
+                f"declare with HOTLOAD_FIELD is padding to hotload"
             )
         init = {k: v.encode() if isinstance(v, str) else v for k, v in fields.items()}
+        cname = f"{self.names[name]} *"
         try:
-            return ffi.new(f"{self.names[name]} *", init)
-        except (TypeError, OverflowError, IndexError) as exc:
-            raise TypeLayoutError(f"{name}: {plain(str(exc))}") from None
+            return ffi.new(cname, init)
+        except (TypeError, OverflowError, IndexError, ValueError) as exc:
+            raise TypeLayoutError(f"{name}: {_field_error(cname, init, exc)}") from None
 
     def rewrite(self, prototype: str) -> str:
         """``prototype`` with each declared type name replaced by its cffi name."""
         return _WORD.sub(lambda m: self.names.get(m.group(0), m.group(0)), prototype)
+
+
+def _field_error(cname: str, init: Mapping[str, Any], exc: Exception) -> str:
+    """Which field a value did not fit, and why (cffi only says why)."""
+    for key, value in init.items():
+        try:
+            ffi.new(cname, {key: value})
+        except (TypeError, OverflowError, IndexError, ValueError) as one:
+            hint = (
+                " (pass a Python object to a plugin as a handle: host.handle(obj))"
+                if isinstance(one, TypeError) and not isinstance(value, (int, float, bytes))
+                else ""
+            )
+            return f"field {key}={value!r:.40}: {plain(str(one))}{hint}"
+    return plain(str(exc))
 
 
 def plain(text: str) -> str:
@@ -130,12 +147,19 @@ def _declare(decl: TypeDecl, names: Mapping[str, str], source: str) -> str:
         # cffi's one global namespace, so a value may change between versions
         text = f"int{8 * decl.size}_t" if decl.size in (1, 2, 4, 8) else f"char[{decl.size}]"
     else:
-        members = []
-        for f in decl.fields:
+        # in the compiler's order; bytes no declared field covers (an undeclared field, or
+        # padding) become explicit char arrays, so an undeclared field is padding to hotload
+        members, end = [], 0
+        for i, f in enumerate(sorted(decl.fields, key=lambda f: f.offset)):
+            if f.offset > end:
+                members.append(f"char hotload__gap{i}[{f.offset - end}];")
             ctype = _WORD.sub(lambda m: names.get(m.group(0), m.group(0)), f.ctype)
             arr = _ARRAY.match(ctype)
             decl_text = f"{arr.group(1)} {f.name}{arr.group(2)}" if arr else f"{ctype} {f.name}"
             members.append(decl_text + ";")
+            end = max(end, f.offset + f.size)
+        if decl.fields and decl.size > end:
+            members.append(f"char hotload__tail[{decl.size - end}];")
         text = f"struct {{ {' '.join(members)} }}"
     key = f"{decl.name}|{decl.size}|{decl.align}|{text}|{decl.values}"
     digest = hashlib.sha256(key.encode()).hexdigest()
@@ -159,6 +183,15 @@ def _try_declare(decl: TypeDecl, text: str, mangled: str, source: str) -> str | 
         unknown = [w for w in _WORD.findall(text) if w in first]
         cause = f"unknown type {unknown[0]}" if unknown else plain(first)
         return f"\0: cannot declare type {decl.name} ({cause}): declare each type it uses first"
+    layout = dict(ffi.typeof(mangled).fields or []) if decl.kind == "struct" else {}
+    for f in sorted(decl.fields, key=lambda f: f.offset):  # the first difference is the cause
+        offset, size = layout[f.name].offset, ffi.sizeof(layout[f.name].type)
+        if (offset, size) != (f.offset, f.size):
+            return (
+                f"\0: type {decl.name}, field {f.name} ({f.ctype}): the compiler put it at "
+                f"offset {f.offset} (size {f.size}), hotload's C layout at offset {offset} "
+                f"(size {size}); hotload refuses a layout it cannot reproduce"
+            )
     ours = (ffi.sizeof(mangled), ffi.alignof(mangled))
     if ours != (decl.size, decl.align):
         hint = " (a packed or specially aligned type?)" if ours[1] != decl.align else ""
@@ -167,15 +200,6 @@ def _try_declare(decl: TypeDecl, text: str, mangled: str, source: str) -> str | 
             f"alignment {decl.align}, hotload's C layout has size {ours[0]} and alignment "
             f"{ours[1]}{hint}; hotload refuses a layout it cannot reproduce"
         )
-    layout = dict(ffi.typeof(mangled).fields or []) if decl.kind == "struct" else {}
-    for f in decl.fields:
-        offset, size = layout[f.name].offset, ffi.sizeof(layout[f.name].type)
-        if (offset, size) != (f.offset, f.size):
-            return (
-                f"\0: type {decl.name}, field {f.name} ({f.ctype}): the compiler put it at "
-                f"offset {f.offset} (size {f.size}), hotload's C layout at offset {offset} "
-                f"(size {size}); hotload refuses a layout it cannot reproduce"
-            )
     return None
 
 
