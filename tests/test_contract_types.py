@@ -96,7 +96,9 @@ def test_packed_struct_is_refused_naming_the_field(host: Host, cc) -> None:
     HOTLOAD_FIELD(packed_t, c, char);
     HOTLOAD_FIELD(packed_t, n, int32_t);
     """
-    with pytest.raises(TypeLayoutError, match=r"field n \(int32_t\): the compiler put it at offset 1"):
+    with pytest.raises(
+        TypeLayoutError, match=r"field n \(int32_t\): the compiler put it at offset 1"
+    ):
         host.load(cc(src, "packed"))
 
 

@@ -327,6 +327,27 @@ def test_raising_service_gives_error_value_logged_and_counted(
     assert host.versions("svc")[-1].service_errors == 3  # on_load's call (p=0) too
 
 
+@pytest.mark.parametrize("isolate", [False, True])
+def test_a_service_that_forgets_return_is_named_the_same_way_in_both_modes(
+    host: Host, cc: Compile, caplog, isolate: bool
+) -> None:
+    """Found by a new user: a service without ``return`` granted the item,
+    the plugin was told it failed, and the log said only "an integer is
+    required" (in process) or "struct.error" (isolated)."""
+    grants: list[int] = []
+    host.provide("grant_item", lambda p, item, n: grants.append(p), GRANT, error=-1)
+    host.provide("note", lambda text: None, "void(const char *)")
+    p = host.load(build_svc(cc, name=f"forgot{int(isolate)}"), isolate=isolate)
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="hotload"):
+        assert p.login(9) == -1
+    assert 9 in grants  # the effect happened
+    assert (
+        "service grant_item returned a value its prototype's result (int32_t) cannot hold "
+        "(an integer is required); the plugin got the error value -1. A missing `return`?"
+    ) in caplog.text
+
+
 def test_provide_replacement_reaches_the_isolated_plugin(host: Host, cc: Compile) -> None:
     provide(host, [])
     p = host.load(build_svc(cc), isolate=True)

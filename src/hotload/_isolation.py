@@ -39,7 +39,6 @@ import dataclasses
 import json
 import logging
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -58,8 +57,9 @@ from ._errors import (
 )
 from ._loader import ON_LOAD_TYPE, ON_UNLOAD_TYPE, Image, Staged  # noqa: F401
 from ._platform import proc as channel
-from ._services import ImportBinding, ServiceTable
+from ._services import ImportBinding, ServiceTable, log_bad_result
 from ._wire import (
+    _CTYPES,
     OP_CONTROL,
     ST_ERROR,
     ST_OK,
@@ -723,27 +723,39 @@ class Proxy:
 
         def call(*args: Any) -> Any:
             svc = table.services.get(name) if table is not None else None
+            label = self.binding.label if self.binding else self.name
+            error = svc.error if svc is not None else 0
             try:
                 if table is None or table.closed:
                     raise ClosedError(f"service {name} called after host.close()")
                 if svc is None:
                     raise ServiceError(f"service {name} is not provided by this host")
                 result = svc.call(*args)
+            except Exception:
+                log.error("%s: service %s raised", label, name, exc_info=True)
+                return failed()
+            try:
                 if cp.result == "T":
                     return signatures.ffi.new(f"{cp.rtype} *", result)[0]
                 if cp.result:
-                    struct.pack("<" + cp.result, result)  # raises if it does not fit, as cffi would
+                    signatures.ffi.new(f"{_CTYPES[cp.result]}[1]", [result])  # fits, as in C?
                     return result
                 return None
-            except Exception:
-                if self.binding is not None:
-                    self.binding.errors += 1
-                label = self.binding.label if self.binding else self.name
-                log.error("%s: service %s raised", label, name, exc_info=True)
-                if not cp.result:
-                    return None
-                error = svc.error if svc is not None else 0
-                return signatures.ffi.new(f"{cp.rtype} *")[0] if cp.result == "T" else error
+            except (TypeError, OverflowError, ValueError, KeyError, IndexError) as why:
+                log_bad_result(label, name, svc.ctype if svc else None, why, error)
+                return failed()
+
+        def failed() -> Any:
+            if self.binding is not None:
+                self.binding.errors += 1
+            if not cp.result:
+                return None
+            error = svc_error()
+            return signatures.ffi.new(f"{cp.rtype} *")[0] if cp.result == "T" else error
+
+        def svc_error() -> Any:
+            svc = table.services.get(name) if table is not None else None
+            return svc.error if svc is not None else 0
 
         return call
 

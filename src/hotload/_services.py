@@ -252,7 +252,27 @@ class _Callback:
     def report(self, exc: Any, value: Any, tb: Any) -> None:
         binding = self.binding
         binding.errors += 1
+        if tb is None:  # cffi could not convert the result: fn itself returned
+            ctype = binding.imports.get(self.name)
+            log_bad_result(binding.label, self.name, ctype, value, self.error)
+            return
         log.error("%s: service %s raised", binding.label, self.name, exc_info=(exc, value, tb))
+
+
+def log_bad_result(label: str, name: str, ctype: Any, why: BaseException, error: Any) -> None:
+    """A service returned something its C result type cannot hold (often
+    None: a missing ``return``).  Its effect happened; the plugin was told it
+    failed, so say exactly that."""
+    rtype = ctype.result.cname if ctype is not None else "its result type"
+    log.error(
+        "%s: service %s returned a value its prototype's result (%s) cannot hold (%s); "
+        "the plugin got the error value %r. A missing `return`?",
+        label,
+        name,
+        rtype,
+        why,
+        error,
+    )
 
 
 @dataclass(eq=False)
