@@ -13,6 +13,8 @@ load, naming the plugin (or the declaration) it disagrees with.
 
 from __future__ import annotations
 
+import logging
+
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -23,6 +25,8 @@ from ._errors import ClosedError, NotLoadedError, SignatureError
 from ._registry import Plugin
 from ._types import canonical
 from ._version import _crouter
+
+log = logging.getLogger(__name__)
 
 
 class EventTable:
@@ -85,6 +89,12 @@ class EventTable:
             found = [(p, plugins[p]) for p in self.order if p in plugins]
             found = [(p, plug) for p, plug in found if name in plug.functions()]
             if name not in self.events:
+                if not found and name not in self.declared:
+                    log.warning(  # once per name: the name becomes an event now
+                        "emit(%r): no loaded plugin exports it and it was never declared "
+                        "(a typo? declare_event() names the events you mean)",
+                        name,
+                    )
                 protos = {plug.functions()[name] for _, plug in found}
                 kinds = {_canonical(p, name, name) for p in protos}
                 if len(kinds) > 1:

@@ -227,6 +227,8 @@ class Host:
         """Call the export ``event`` in every loaded plugin that has it, each
         call routed, in load order; their results, in that order.  A plugin
         unloaded during the emit is skipped."""
+        if self._closed:
+            raise ClosedError(f"emit({event!r}): this host is closed")
         routers = self._events.cache.get(event)
         if routers is None:
             routers = self._events.routers(event, self._plugins())
@@ -264,6 +266,11 @@ class Host:
         (bytes), ``cpu_seconds`` and ``nice`` for the worker.  Reloads and
         rollbacks keep the mode."""
         declared = dict(signatures) if signatures else None
+        if not isolate and (call_timeout is not None or limits or on_crash != "restart"):
+            raise ValueError(  # they would be silently ignored: a hang is not bounded in process
+                "call_timeout, limits and on_crash apply to isolated plugins only: "
+                "pass isolate=True (an in-process call cannot be interrupted)"
+            )
         opts = (
             Options(on_crash, call_timeout, max_restarts, limits=dict(limits or {}))
             if isolate
@@ -303,6 +310,7 @@ class Host:
         """Load the plugin's file again (or ``path``) as a new version and
         route new calls to it.  On any failure the current version keeps
         serving with its state, and the error says which file and why."""
+        self._check_open()
         rec = self._loaded(name)
         with rec.lock:
             self._check_open()
@@ -329,6 +337,7 @@ class Host:
         """Make the build that was live before the current one live again, as
         a new version (the history stays honest), with state handed across as
         in a reload.  See ``_record`` for what "before" means."""
+        self._check_open()
         rec = self._loaded(name)
         with rec.lock:
             self._check_open()

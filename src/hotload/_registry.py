@@ -154,6 +154,8 @@ class Plugin:
         """A new, zeroed ``type_name *`` of a struct the current version declares
         (``HOTLOAD_STRUCT``), with ``fields`` set: ``p.new("player_t", id=1)``."""
         cur = self._current
+        if cur is UNLOADED_PLUGIN:
+            raise ClosedError(f"plugin {self.name} has been unloaded (or its host closed)")
         types = cur.image.types if isinstance(cur, Version) else None
         if types is None:
             raise TypeLayoutError(f"plugin {self.name} declares no types")
@@ -286,7 +288,7 @@ class Plugin:
 
     def _wait_for_switch(self, seen: Version | Sentinel) -> None:
         if seen is UNLOADED_PLUGIN:
-            raise ClosedError(f"plugin {self.name} has been unloaded")
+            raise ClosedError(f"plugin {self.name} has been unloaded (or its host closed)")
         if seen is SWITCHING:
             self._switched.wait(1.0)
         # else: a version retired an instant ago; _current already moved on
@@ -295,7 +297,10 @@ class Plugin:
         if fname not in v.fns:
             return NotLoadedError(f"plugin {self.name} no longer exports {fname!r}")
         proto = v.image.prototypes.get(fname, "?") if isinstance(v, Version) and v.image else "?"
-        return SignatureError(f"{self.name}.{fname}: bad arguments for {proto}: {exc}")
+        why = plain(str(exc))  # the plugin's type names, not their cffi spellings
+        if "must be a cdata pointer" in why:
+            why += ' (make one with plugin.new("type_name", field=value, ...))'
+        return SignatureError(f"{self.name}.{fname}: bad arguments for {plain(proto)}: {why}")
 
 
 class _Pinned:

@@ -38,6 +38,7 @@ the process (the dynamic linker binds it once).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import struct
@@ -368,6 +369,7 @@ class ServiceTable:
             raise ServiceError(f"service {name}: {fn!r} is not callable")
         ctype = signatures.parse(prototype, where=f"provide({name!r})", function=name)
         _check_result(name, ctype, error)
+        _check_arity(name, fn, len(ctype.args))
         svc = Service(name, fn, ctype, error, _adapt(fn, ctype))
         with self.lock:
             old = self.services.get(name)
@@ -513,6 +515,22 @@ def _check_result(name: str, ctype: Any, error: Any) -> None:
     except (TypeError, OverflowError) as exc:
         raise ServiceError(
             f"service {name}: error value {error!r} does not fit {result.cname}: {exc}"
+        ) from None
+
+
+def _check_arity(name: str, fn: Callable[..., Any], n: int) -> None:
+    """Refuse at ``provide()`` a function that every call would fail with a
+    TypeError (each logged, each giving the plugin the error value)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: trust it
+        return
+    try:
+        sig.bind(*range(n))
+    except TypeError as exc:
+        raise ServiceError(
+            f"service {name}: {getattr(fn, '__name__', fn)!s} cannot take the {n} argument(s) "
+            f"of its prototype ({exc})"
         ) from None
 
 
