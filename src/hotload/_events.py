@@ -14,7 +14,6 @@ load, naming the plugin (or the declaration) it disagrees with.
 from __future__ import annotations
 
 import logging
-
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
