@@ -79,3 +79,24 @@ def test_a_documented_plugin_builds_clean_and_swaps(
         host.settle(30)
         states = [v.state for v in host.versions(name)]
         assert states == ["unloaded", "active"], (where, host.versions(name))
+
+
+def test_the_contract_pages_complete_example_runs_as_written(tmp_path: Path) -> None:
+    """Found by a new user: the host side loaded a path no build step made.
+    The page's C and Python blocks, built and run as the page says."""
+    import sys
+
+    text = (ROOT / "docs/guide/contract.md").read_text(encoding="utf-8")
+    part = text[text.index("## A complete example") :]
+    c_src = FENCE.search(part).group(2)  # type: ignore[union-attr]
+    py_src = re.search(r"^```python\n(.*?)^```", part, re.M | re.S).group(1)  # type: ignore[union-attr]
+    (tmp_path / "activity.c").write_text(c_src)
+    flags = subprocess.run(
+        [sys.executable, "-m", "hotload", "cflags"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    subprocess.run(["cc", *flags, "activity.c", "-o", "activity.so"], cwd=tmp_path, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", py_src], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[3]"
