@@ -42,7 +42,7 @@ ROUTING_TESTS := tests/test_router.py tests/test_swap.py tests/test_soak.py \
 
 test: plugins lint docs
 	$(VENV)/bin/hotload --version
-	$(VPY) -m pytest -q
+	$(VPY) -m pytest -q --durations=12
 	HOTLOAD_PURE_PYTHON=1 $(VENV)/bin/hotload --version
 	HOTLOAD_PURE_PYTHON=1 $(VPY) -m pytest -q $(ROUTING_TESTS)
 
