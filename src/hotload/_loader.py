@@ -700,7 +700,7 @@ def _export(addr: int | None, source: str, fname: str, proto: str) -> Callable[.
     if addr is None:
         raise _not_exported(source, fname, proto)
     ctype, text = _export_type(proto)
-    fn: Callable[..., Any] = signatures.ffi.cast(ctype, addr)
+    fn: Callable[..., Any] = signatures.cast(ctype, addr)
     if not text:
         return fn
     ffi = signatures.ffi
