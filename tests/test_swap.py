@@ -227,6 +227,7 @@ def test_500_reloads_keep_at_most_two_images_mapped(host: Host, cc, tmp_path: Pa
     versions = host.versions("tick")
     assert versions[-1].seq == 501 and len(versions) + host.pruned("tick") == 501
     assert len(versions) <= host.history_limit + 2
+    assert [v.seq for v in versions] == list(range(502 - len(versions), 502))  # oldest pruned
     assert all(v.state == "unloaded" for v in versions[:-1])
     assert host.leaks() == []
 
