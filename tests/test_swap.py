@@ -227,6 +227,7 @@ def test_500_reloads_keep_at_most_two_images_mapped(host: Host, cc, tmp_path: Pa
     versions = host.versions("tick")
     assert versions[-1].seq == 501 and len(versions) + host.pruned("tick") == 501
     assert len(versions) <= host.history_limit + 2
+    assert [v.seq for v in versions] == list(range(502 - len(versions), 502))  # oldest pruned
     assert all(v.state == "unloaded" for v in versions[:-1])
     assert host.leaks() == []
 
@@ -311,6 +312,49 @@ def test_removed_export_raises_not_loaded_after_an_allowed_change(
     with pytest.raises(NotLoadedError, match=r"shrink v2 no longer exports 'g'"):
         g()
     assert not hasattr(p, "g")
+
+
+def test_export_sets_that_come_and_go_keep_routers_and_attributes_right(
+    host: Host, cc, tmp_path: Path
+) -> None:
+    """A reload exporting the set it serves reuses that set's routing (only the
+    call table is new); a changed set, and a change back, routes anew, and an
+    attribute a caller overwrote is a router again after any reload."""
+    src = """
+        #include <hotload.h>
+        HOTLOAD_PLUGIN("sets", "1");
+        HOTLOAD_API int f(void) { return TAG; }
+        HOTLOAD_EXPORT(f, int, (void));
+        EXTRA
+    """
+    out = tmp_path / "sets.so"
+
+    def build(tag: int, extra: str) -> None:
+        name, body = extra, ""
+        if extra:
+            body = f"HOTLOAD_API int {name}(int x) {{ return x + TAG; }}\n"
+            body += f"HOTLOAD_EXPORT({name}, int, (int));"
+        cc(src.replace("EXTRA", body).replace("TAG", str(tag)), f"sets{tag}", out=out)
+
+    build(1, "g")
+    p = host.load(out)
+    f, g = p.f, p.g
+    build(2, "g")  # same set: same routers, new code
+    host.reload("sets")
+    assert (p.f is f, p.g is g, f(), g(1)) == (True, True, 2, 3)
+    build(3, "h")  # g goes, h comes
+    host.reload("sets", allow_signature_change=True)
+    assert (p.f is f, f(), p.h(1), hasattr(p, "g")) == (True, 3, 4, False)
+    with pytest.raises(NotLoadedError, match=r"sets v3 no longer exports 'g'"):
+        g(1)
+    build(4, "g")  # back to the first set: g's router serves again, h goes
+    host.reload("sets", allow_signature_change=True)
+    assert (p.g is g, g(1), f(), hasattr(p, "h")) == (True, 5, 4, False)
+    p.f = None  # type: ignore[assignment]
+    build(5, "g")
+    host.reload("sets")  # an unchanged set still sets every attribute
+    assert (p.f is f, f(), g(1)) == (True, 5, 6)
+    assert [v.seq for v in host.versions("sets") if v.state.value == "active"] == [5]
 
 
 ODD_NAMES = r"""

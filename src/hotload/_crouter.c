@@ -49,6 +49,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#ifndef _WIN32
+#include <dlfcn.h>
+#endif
 
 /* ------------------------------------------------------------------ Gate */
 
@@ -575,12 +578,90 @@ noop(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+#ifndef _WIN32
+/* symbols(handle, names) -> [address or None for each name]: the POSIX
+ * platform layer's dl.symbols in one C call (a reload resolves every export,
+ * hook and import slot of a plugin at once, and a ctypes call per name costs
+ * more than the lookup).  The names are encoded with the GIL held; the
+ * lookups run without it, as a ctypes call does: dlsym takes the loader's
+ * lock, which another thread's dlopen holds while a constructor waits for
+ * the GIL to call a host service.  A name not found leaves a dlerror()
+ * message behind on this thread: it is cleared once at the end. */
+static PyObject *
+symbols(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "symbols(handle: int, names: list[str])");
+        return NULL;
+    }
+    void *handle = PyLong_AsVoidPtr(args[0]);
+    if (handle == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "symbols: handle is NULL");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(args[1], "symbols: names must be a sequence of str");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject *out = NULL;
+    const char **cnames = PyMem_Calloc(n ? n : 1, sizeof(char *));
+    void **addrs = PyMem_Calloc(n ? n : 1, sizeof(void *));
+    if (cnames == NULL || addrs == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name = PySequence_Fast_GET_ITEM(seq, i);
+        Py_ssize_t len;
+        if (!PyUnicode_Check(name)) {
+            PyErr_Format(PyExc_TypeError, "symbols: names must be str, not %.100s",
+                         Py_TYPE(name)->tp_name);
+            goto done;
+        }
+        /* UTF-8 kept alive by the str itself, which seq holds */
+        cnames[i] = PyUnicode_AsUTF8AndSize(name, &len);
+        if (cnames[i] == NULL)
+            goto done;
+        if ((size_t)len != strlen(cnames[i])) {
+            PyErr_SetString(PyExc_ValueError, "symbols: a name contains a NUL character");
+            goto done;
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++)
+        addrs[i] = dlsym(handle, cnames[i]);
+    (void)dlerror();
+    Py_END_ALLOW_THREADS
+    out = PyList_New(n);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = addrs[i] ? PyLong_FromVoidPtr(addrs[i]) : Py_NewRef(Py_None);
+        if (v == NULL) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyList_SET_ITEM(out, i, v);
+    }
+done:
+    PyMem_Free(cnames);
+    PyMem_Free(addrs);
+    Py_DECREF(seq);
+    return out;
+}
+#endif
+
 static PyMethodDef module_methods[] = {
     {"call_each", (PyCFunction)(void (*)(void))call_each, METH_FASTCALL,
      "call_each(callables, args[, skip]) -> [f(*args) for f in callables], in C;\n"
      "a call raising an exception that matches skip is left out."},
     {"noop", (PyCFunction)(void (*)(void))noop, METH_FASTCALL,
      "Do nothing: the cost of calling a METH_FASTCALL builtin."},
+#ifndef _WIN32
+    {"symbols", (PyCFunction)(void (*)(void))symbols, METH_FASTCALL,
+     "symbols(handle, names) -> [dlsym(handle, name) or None for each name]."},
+#endif
     {NULL},
 };
 

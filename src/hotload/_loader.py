@@ -684,7 +684,11 @@ def _resolve_all(
     slots = [f"hotload__slot_{n}" for n in binding.imports] if binding is not None else []
     names = [*cand.prototypes, *(h for h in hooks if h), *slots]
     addrs = dict(zip(names, dl.symbols(handle, names), strict=True))
-    functions = {f: _export(addrs[f], source, f, p) for f, p in cand.prototypes.items()}
+    functions, cast = {}, signatures.cast
+    for f, p in cand.prototypes.items():  # _export, inlined for the common case
+        addr = addrs[f]
+        ctype, text = _export_type(p)
+        functions[f] = _export(addr, source, f, p) if addr is None or text else cast(ctype, addr)
     on_load, on_unload = (
         _export(addrs[h], source, h, proto) if h else None
         for h, proto in zip(hooks, (ON_LOAD_TYPE, ON_UNLOAD_TYPE), strict=True)
@@ -700,7 +704,7 @@ def _export(addr: int | None, source: str, fname: str, proto: str) -> Callable[.
     if addr is None:
         raise _not_exported(source, fname, proto)
     ctype, text = _export_type(proto)
-    fn: Callable[..., Any] = signatures.ffi.cast(ctype, addr)
+    fn: Callable[..., Any] = signatures.cast(ctype, addr)
     if not text:
         return fn
     ffi = signatures.ffi

@@ -176,7 +176,9 @@ class PluginRecord:
         service reloading all day must not grow)."""
         done = [v for v in self.history if v.state is _UNLOADED]
         excess = len(done) - self._history_limit
-        if excess > 0:
-            drop = {id(v) for v in done[:excess]}
-            self.history = [v for v in self.history if id(v) not in drop]
+        if excess > 0:  # a new list (readers may hold the old one), cut in C: the oldest go
+            history = self.history.copy()
+            for v in done[:excess]:
+                history.remove(v)  # by identity: a Version has no __eq__
+            self.history = history
             self.pruned += excess

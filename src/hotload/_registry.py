@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _signatures as signatures
@@ -72,6 +73,19 @@ class _PyRoute:
 _Route: Any = _native.Route if _native is not None else _PyRoute
 
 
+@dataclass(frozen=True, eq=False)
+class _Shape:
+    """The routing of one export set: a reload of a build exporting the same
+    functions reuses it whole, and only the call table is new."""
+
+    prototypes: dict[str, str]
+    index: dict[str, int]  # export -> slot (every export ever seen: append-only)
+    arity: dict[str, int]
+    routers: dict[str, Callable[..., Any]]
+    attrs: tuple[str, ...]  # the routers that are attributes of the plugin
+    gone: tuple[str, ...]  # exports of earlier sets that are not attributes any more
+
+
 class Plugin:
     """The caller's handle: ``plugin.reward(100, 3)`` runs ``reward`` in the
     newest active version.  Exported functions are attributes; one whose
@@ -89,6 +103,7 @@ class Plugin:
         self._routers: dict[str, Callable[..., Any]] = {}
         self._arity: dict[str, int] = {}
         self._index: dict[str, int] = {}  # export -> slot in every version's table, append-only
+        self._shape: _Shape | None = None  # the export set of the last commit
         self._infos = infos
 
     @property
@@ -201,11 +216,33 @@ class Plugin:
         cost ~150 ns per ``plugin.fn`` lookup), and they call through a list
         index (~10 ns cheaper than a dict lookup by name)."""
         assert version.image is not None
-        prototypes = version.image.prototypes
+        shape = self._shape
+        if shape is None or shape.prototypes != version.image.prototypes:
+            shape = self._shape_of(version.image.prototypes)  # may raise: nothing changed yet
+        index, routers, fns = shape.index, shape.routers, version.fns
+        table = [fns.get(fname) or self._missing(fname, version.seq) for fname in index]
+
+        def commit() -> None:
+            version.table = table
+            if shape is not self._shape:
+                self._index = index
+                self._arity.update(shape.arity)
+                self._routers.update(routers)
+                self._shape = shape
+            attrs = self.__dict__
+            for fname in shape.attrs:
+                attrs[fname] = routers[fname]
+            for gone in shape.gone:
+                attrs.pop(gone, None)
+
+        return commit
+
+    def _shape_of(self, prototypes: dict[str, str]) -> _Shape:
+        """What a version exporting ``prototypes`` needs besides its call
+        table (worked out once per export set, not per reload)."""
         index = dict(self._index)
         for fname in prototypes:
             index.setdefault(fname, len(index))
-        table = [version.fns.get(fname) or self._missing(fname, version.seq) for fname in index]
         arity = {f: len(signatures.pointer_type(p).args) for f, p in prototypes.items()}
         routers = {
             f: self._routers[f]
@@ -213,19 +250,10 @@ class Plugin:
             else self._make_router(f, n, index[f])
             for f, n in arity.items()
         }
-
-        def commit() -> None:
-            self._index = index
-            version.table = table
-            self._arity.update(arity)
-            self._routers.update(routers)
-            for fname in routers:
-                if not hasattr(type(self), fname) and not fname.startswith("_"):
-                    self.__dict__[fname] = routers[fname]
-            for gone in set(self._routers) - set(prototypes):
-                self.__dict__.pop(gone, None)
-
-        return commit
+        cls = type(self)
+        attrs = tuple(f for f in routers if not hasattr(cls, f) and not f.startswith("_"))
+        gone = tuple(set(self._routers) - set(prototypes))
+        return _Shape(dict(prototypes), index, arity, routers, attrs, gone)
 
     def _make_router(self, fname: str, arity: int, idx: int) -> Callable[..., Any]:
         """A compiled router if the extension is there; else generate a

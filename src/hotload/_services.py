@@ -294,7 +294,7 @@ class ImportBinding:
     def attach(self, lookup: Callable[[str], int | None], source: str) -> None:
         """Find the image's slots (``lookup``: dlsym) and point them at this
         image's own callbacks."""
-        slots = {}
+        cast, slots = signatures.cast, {}
         for name in self.imports:
             addr = lookup(f"hotload__slot_{name}")
             if addr is None:
@@ -302,12 +302,21 @@ class ImportBinding:
                     f"{source}: imports {name} but exports no hotload__slot_{name}: "
                     f"declare imports with HOTLOAD_IMPORT from hotload.h"
                 )
-            slots[name] = ffi.cast(_SLOT, addr)[0]
-        with self.table.lock:
+            slots[name] = cast(_SLOT, addr)[0]
+        table = self.table
+        with table.lock:
             self.slots, self.attached = slots, True
-            self.table.bindings.add(self)
-            for name in self.imports:
-                self.point(name, self.table.services[name].call)
+            table.bindings.add(self)
+            services, spare, callbacks = table.services, table.spare, self.callbacks
+            for name, slot in slots.items():  # point(), once per import, with locals
+                svc = services[name]
+                entry = spare(name, svc.call, svc.error)
+                if entry is None:
+                    entry = _Callback(self, name, svc.call, svc.error)
+                else:
+                    entry.binding = self
+                callbacks.append(entry)
+                slot[0] = entry.cb
 
     def point(self, name: str, fn: Callable[..., Any]) -> None:
         """Make ``name``'s slot call ``fn`` (under the table's lock)."""
