@@ -392,3 +392,29 @@ def test_exports_named_like_keywords_or_router_internals_work(
     assert host.rollback("bond").plugin_version == "1"
     assert p["yield"](1.5) == 3.0 and p.name == "bond"
     assert [v.seq for v in p.versions()] == [1, 2, 3]
+
+
+def test_current_never_says_not_loaded_in_the_middle_of_a_swap(host: Host, xp_build) -> None:
+    """Seen in CI: ``host.current(name)`` returned None (documented as "not
+    loaded") while a reload switched the route; a monitor would have seen the
+    plugin vanish for an instant."""
+    host.load(xp_build(mult=2))
+    stop = threading.Event()
+    seen: list[object] = []
+
+    def watch() -> None:
+        while not stop.is_set():
+            info = host.current("xp")
+            if info is None:
+                seen.append(None)
+
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        for i in range(60):
+            host.reload("xp", xp_build(mult=3 + i % 2))
+    finally:
+        stop.set()
+        t.join(10)
+    assert seen == []
+    assert host.current("xp").seq == 61  # type: ignore[union-attr]

@@ -386,8 +386,16 @@ class Host:
     def current(self, name: str) -> VersionInfo | None:
         """The version serving ``name`` now, or None when it is not loaded."""
         rec = self._records.get(name)
-        version = rec.current if rec is not None else None
-        return rec.info(version, inspect=False) if rec is not None and version else None
+        if rec is None:
+            return None
+        version = rec.current
+        if version is None and rec.plugin is not None:
+            # mid-switch (a stateful swap holds calls at the gate): the version that served
+            # last, which serves on if the new one is refused
+            serving = (VersionState.ACTIVE, VersionState.DRAINING)
+            live = [v for v in rec.history if v.state in serving]
+            version = live[-1] if live else None
+        return rec.info(version, inspect=False) if version else None
 
     def versions(self, name: str | None = None) -> list[VersionInfo]:
         """The versions this host has loaded, oldest first (every plugin's,
