@@ -418,3 +418,46 @@ def test_current_never_says_not_loaded_in_the_middle_of_a_swap(host: Host, xp_bu
         t.join(10)
     assert seen == []
     assert host.current("xp").seq == 61  # type: ignore[union-attr]
+
+
+def test_history_stays_bounded_after_a_burst_and_concurrent_listing_loses_no_version(
+    host: Host, cc
+) -> None:
+    """Seen in ``make bench``: after 1000 back-to-back reloads and
+    ``settle()``, every version the reaper closed after the last reload was
+    still in the history (~6 objects kept per reload); and ``versions()``
+    (which prunes, from any thread) could replace the list while a reload
+    appended to it."""
+    src = """
+#include <hotload.h>
+HOTLOAD_PLUGIN("burst", "1");
+HOTLOAD_API int32_t one(void) { return 1; }
+HOTLOAD_EXPORT(one, int32_t, (void));
+"""
+    lib = cc(src, "burst")
+    h = Host(host.workdir.parent / "burst-host", preflight=False, history_limit=10)
+    try:
+        h.load(lib)
+        stop = threading.Event()
+
+        def lister() -> None:
+            while not stop.is_set():
+                h.versions("burst")
+
+        t = threading.Thread(target=lister)
+        t.start()
+        try:
+            for _ in range(150):
+                h.reload("burst")
+        finally:
+            stop.set()
+            t.join(10)
+        assert h.settle()
+        seqs = [v.seq for v in h._records["burst"].history]  # noqa: SLF001
+        assert seqs[-1] == 151  # the newest was never lost to a concurrent prune
+        assert (
+            len(seqs) <= 11
+        )  # the limit, plus the live one: cut at settle, not at the next reload
+        assert h.pruned("burst") == 151 - len(seqs)
+    finally:
+        h.close()

@@ -427,8 +427,13 @@ class Host:
 
     def settle(self, timeout: float = 5.0) -> bool:
         """Wait until every retired version has been closed and checked;
-        True when none is left draining."""
-        return self._reaper.settle(timeout)
+        True when none is left draining.  Then the history is cut to
+        ``history_limit`` (a reload cuts only what was closed before it, so
+        a burst of reloads leaves more until the next one, or this)."""
+        settled = self._reaper.settle(timeout)
+        for rec in list(self._records.values()):
+            rec.prune()
+        return settled
 
     # -- services -----------------------------------------------------------------
     def watch(

@@ -70,6 +70,7 @@ class PluginRecord:
         self._policy = policy
         self._keep = keep_versions
         self._history_limit = history_limit
+        self._history_lock = threading.Lock()  # add vs prune: readers (versions()) prune too
 
     @property
     def current(self) -> Version | None:
@@ -77,8 +78,9 @@ class PluginRecord:
 
     def add(self, version: Version) -> None:
         self.seq = version.seq
-        self.history.append(version)
-        self._prune()
+        with self._history_lock:
+            self.history.append(version)
+        self.prune()
 
     # -- the rollback chain -----------------------------------------------------
     def went_live(self, version: Version, data: bytes, source: str) -> None:
@@ -129,7 +131,7 @@ class PluginRecord:
 
     # -- what callers see -------------------------------------------------------
     def infos(self, *, inspect: bool = True) -> list[VersionInfo]:
-        self._prune()
+        self.prune()
         return [self.info(v, inspect=inspect) for v in self.history]
 
     def info(self, v: Version, *, inspect: bool = True, measure: bool = True) -> VersionInfo:
@@ -170,10 +172,14 @@ class PluginRecord:
     def stuck(self) -> list[Version]:
         return [v for v in self.history if v.state in _STUCK]
 
-    def _prune(self) -> None:
+    def prune(self) -> None:
         """Keep the history bounded: every version still in memory stays, but
         only the newest ``history_limit`` unloaded ones (each costs ~5 KB; a
         service reloading all day must not grow)."""
+        with self._history_lock:
+            self._prune_locked()
+
+    def _prune_locked(self) -> None:
         done = [v for v in self.history if v.state is _UNLOADED]
         excess = len(done) - self._history_limit
         if excess > 0:  # a new list (readers may hold the old one), cut in C: the oldest go
