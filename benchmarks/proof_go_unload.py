@@ -70,17 +70,22 @@ def build_go(tmp: Path) -> Path:
 
 
 def live_children() -> list[int]:
-    """This process's children that are not zombies (its isolated workers)."""
+    """This process's isolated workers that are not zombies (not the other
+    children an earlier benchmark of the same run may have left, such as
+    multiprocessing's resource tracker)."""
     out = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat", "rb") as fh:
                     stat = fh.read()
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    cmdline = fh.read()
             except OSError:
                 continue
             fields = stat[stat.rfind(b")") + 2 :].split()
-            if int(fields[1]) == os.getpid() and fields[0] != b"Z":
+            mine = int(fields[1]) == os.getpid() and fields[0] != b"Z"
+            if mine and b"hotload._isolated_worker" in cmdline:
                 out.append(int(entry))
     return out
 
