@@ -733,7 +733,7 @@ class Proxy:
                 result = svc.call(*args)
             except Exception:
                 log.error("%s: service %s raised", label, name, exc_info=True)
-                return failed()
+                return failed(error)
             try:
                 if cp.result == "T":
                     return signatures.ffi.new(f"{cp.rtype} *", result)[0]
@@ -743,19 +743,15 @@ class Proxy:
                 return None
             except (TypeError, OverflowError, ValueError, KeyError, IndexError) as why:
                 log_bad_result(label, name, svc.ctype if svc else None, why, error)
-                return failed()
+                return failed(error)
 
-        def failed() -> Any:
+        def failed(error: Any) -> Any:
+            """Count the failure on this version; the plugin gets the error value."""
             if self.binding is not None:
                 self.binding.errors += 1
             if not cp.result:
                 return None
-            error = svc_error()
             return signatures.ffi.new(f"{cp.rtype} *")[0] if cp.result == "T" else error
-
-        def svc_error() -> Any:
-            svc = table.services.get(name) if table is not None else None
-            return svc.error if svc is not None else 0
 
         return call
 
