@@ -182,6 +182,23 @@ def xp_build(cc: Compile, tmp_path: Path) -> Callable[..., Path]:
     return build
 
 
+def child_pids(*, zombies: bool = False) -> list[int]:
+    """This process's child processes (zombies only if asked), from /proc."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if int(fields[1]) == os.getpid() and (zombies or fields[0] != b"Z"):
+            out.append(int(entry))
+    return out
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -20,6 +20,7 @@ import pytest
 from hotload import Host, HotloadError, PluginCrashedError, PluginTimeoutError, SignatureError
 
 from conftest import ROOT, Compile, pid_alive
+from conftest import child_pids as children
 
 FAULTY = r"""
 #define _GNU_SOURCE
@@ -154,23 +155,6 @@ def wait_for(cond: Callable[[], object], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.02)
-
-
-def children() -> list[int]:
-    """Live (not zombie) child processes of this process."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if int(fields[1]) == os.getpid() and fields[0] != b"Z":
-            out.append(int(entry))
-    return out
 
 
 def worker_pid(host: Host, name: str = "faulty") -> int:

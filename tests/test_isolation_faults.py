@@ -19,7 +19,7 @@ import pytest
 
 from hotload import Host, PluginCrashedError
 
-from conftest import Compile
+from conftest import Compile, child_pids
 
 FORKY = r"""
 #define _GNU_SOURCE
@@ -332,22 +332,7 @@ def test_close_while_a_worker_hangs_in_calls_from_four_threads(
         assert not t.is_alive()
     assert len(errors) == 4 and all(isinstance(e, PluginCrashedError) for e in errors), errors
     wait_for(lambda: not running(pid))
-    assert not [k for k in _children() if running(k)]
-
-
-def _children() -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        if int(stat[stat.rfind(b")") + 2 :].split()[1]) == os.getpid():
-            out.append(int(entry))
-    return out
+    assert not [k for k in child_pids(zombies=True) if running(k)]
 
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc (Linux)")
