@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 
 all: plugins
 
-$(STAMP): pyproject.toml setup.py src/hotload/_crouter.c
+$(STAMP): pyproject.toml setup.py src/hotload/_engine/_crouter.c
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
 	$(VPY) -m pip install --quiet -e '.[test]'

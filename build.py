@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from hotload._builder import main  # noqa: E402
+from hotload._artifact.builder import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:], root=ROOT, environ=os.environ))

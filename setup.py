@@ -9,7 +9,7 @@ tree, so every wheel (``pip install .``, ``python -m build``) carries the
 exact files of its checkout.  An editable install needs nothing: it finds
 the checkout's ``native/`` directly.  All metadata stays in pyproject.toml.
 
-``hotload._crouter`` is the compiled router (``src/hotload/_crouter.c``).  It
+``hotload._engine._crouter`` is the compiled router (``src/hotload/_engine/_crouter.c``).  It
 is optional: without a working C compiler the build prints a warning and the
 package installs anyway, with the Python router (``hotload info`` says which
 one runs).  ``HOTLOAD_PURE_PYTHON=1`` at build time skips it altogether.
@@ -39,8 +39,8 @@ class BuildPyWithSdk(build_py):
 
 
 CROUTER = Extension(
-    "hotload._crouter",
-    sources=["src/hotload/_crouter.c"],
+    "hotload._engine._crouter",
+    sources=["src/hotload/_engine/_crouter.c"],
     optional=True,  # no compiler: install with the Python router
 )
 PURE = os.environ.get("HOTLOAD_PURE_PYTHON", "") not in ("", "0")

@@ -3,7 +3,7 @@
 A routed call vs a hand-written ctypes call vs a raw cffi call of the same C
 function, in the same process and run; and a call through ``p.pinned()``
 vs raw cffi.  The routed call is measured with the router this process uses
-(the compiled one when ``hotload._crouter`` is built) and with the Python
+(the compiled one when ``hotload._engine._crouter`` is built) and with the Python
 router (a second host whose gates and routers are made the Python way), and
 the floor of any Python-to-C call, a ``METH_FASTCALL`` builtin
 (``operator.add``), is measured beside them.  Targets (issue 14): routed <=
@@ -27,7 +27,9 @@ from typing import Any
 
 import cffi
 
-from hotload import Host, _registry, _version
+from hotload import Host
+from hotload._engine import lifecycle as _version
+from hotload._engine import registry as _registry
 
 from common import build_bench, loop_ns, median, row, scratch
 

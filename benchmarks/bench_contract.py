@@ -21,8 +21,9 @@ from typing import Any
 
 import cffi
 
-from hotload import Host, _events
-from hotload._version import ROUTER
+from hotload import Host
+from hotload._contract import events as _events
+from hotload._engine.lifecycle import ROUTER
 
 from bench_swap import Floor
 from common import build_bench, loop_ns, median, percentiles, row, scratch, timed
@@ -110,7 +111,7 @@ def wide_source(n: int = 20) -> str:
 def run_reload() -> dict[str, float]:
     """Reload the wide plugin and a plain one (``common.BENCH_SRC``), each
     after a floor sample of its own file, alternating."""
-    from hotload._builder import compile_plugin
+    from hotload._artifact.builder import compile_plugin
 
     tmp = scratch()
     src = tmp / "wide.c"
@@ -145,7 +146,7 @@ def _grant_named(player: int, item: str, count: int) -> int:
 
 
 def run() -> dict[str, float]:
-    from hotload._builder import compile_plugin
+    from hotload._artifact.builder import compile_plugin
 
     tmp = scratch()
     libs = []

@@ -204,7 +204,7 @@ def _crash_lib(tmp: Path) -> Path:
 
 
 def _build(tmp: Path, name: str, source: str) -> Path:
-    from hotload._builder import compile_plugin
+    from hotload._artifact.builder import compile_plugin
 
     src = tmp / f"{name}.c"
     src.write_text(source)

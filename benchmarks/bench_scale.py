@@ -11,7 +11,7 @@ each reload whatever the number of plugins.  Reload samples alternate
 between the two hosts round by round, each host settled in between.
 
 When the control channel exists (``Host.serve_control``), ``ls`` over the
-socket is timed too, and when the CLI exists (``hotload._cli``), ``hotload
+socket is timed too, and when the CLI exists (``hotload._cli.main``), ``hotload
 ls`` end to end (a new Python process each time).
 """
 
@@ -58,7 +58,7 @@ def _ls(host: Host) -> list[Any]:
 def _control_ls(host: Host, directory: Path) -> float | None:
     if not hasattr(host, "serve_control"):
         return None
-    from hotload import _control as control
+    from hotload._ops import control
 
     sock = host.serve_control(directory=directory).describe()["socket"]
     control.request(sock, "ls")
@@ -67,10 +67,12 @@ def _control_ls(host: Host, directory: Path) -> float | None:
 
 def _cli_ls(host: Host) -> float | str:
     """``hotload ls`` end to end, as the console script runs it."""
-    if importlib.util.find_spec("hotload._cli") is None:
-        return "skipped: hotload CLI (hotload._cli) not available"
+    if importlib.util.find_spec("hotload._cli.main") is None:
+        return "skipped: hotload CLI (hotload._cli.main) not available"
     sock = host.serve_control().describe()["socket"]
-    code = "import sys; from hotload._cli import main; sys.argv[0] = 'hotload'; sys.exit(main())"
+    code = (
+        "import sys; from hotload._cli.main import main; sys.argv[0] = 'hotload'; sys.exit(main())"
+    )
     samples = []
     for _ in range(CLI_ROUNDS):
         t0 = now()

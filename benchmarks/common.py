@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from hotload._builder import compile_plugin
+from hotload._artifact.builder import compile_plugin
 
 BENCH_SRC = r"""
 #include <hotload.h>

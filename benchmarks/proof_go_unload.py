@@ -85,7 +85,7 @@ def live_children() -> list[int]:
                 continue
             fields = stat[stat.rfind(b")") + 2 :].split()
             mine = int(fields[1]) == os.getpid() and fields[0] != b"Z"
-            if mine and b"hotload._isolated_worker" in cmdline:
+            if mine and b"hotload._process.isolated_worker" in cmdline:
                 out.append(int(entry))
     return out
 

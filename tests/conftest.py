@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hotload import Host
-from hotload._builder import compile_plugin
+from hotload._artifact.builder import compile_plugin
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS_SRC = ROOT / "native" / "plugins"

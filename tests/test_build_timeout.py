@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from hotload import BuildError, Host
-from hotload._builder import compile_plugin
-from hotload._watcher import WatchEvent
+from hotload._artifact.builder import compile_plugin
+from hotload._ops.watcher import WatchEvent
 
 GOOD = """
 #include <hotload.h>

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hotload import Host
-from hotload._cli import c_declaration
+from hotload._cli.main import c_declaration
 
 from conftest import PLUGINS_SRC, ROOT, have, run
 
@@ -269,7 +269,7 @@ def test_the_cli_command_a_person_is_told_to_type_works(tmp_path: Path) -> None:
     """The demo tells the user the exact command (``.venv/bin/hotload``, as
     ``hotload`` is not on PATH after ``make demo``); that command runs."""
     told = run(
-        [sys.executable, "-c", "from hotload._demo import cli_command; print(cli_command())"],
+        [sys.executable, "-c", "from hotload._cli.demo import cli_command; print(cli_command())"],
         cwd=ROOT,
     ).stdout.strip()
     assert told in ("hotload", ".venv/bin/hotload") or Path(shlex.split(told)[0]).is_absolute()

@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from hotload import Host, SignatureError, _events
+from hotload import Host, SignatureError
+from hotload._contract import events as _events
 
 HANDLER = """
 #include <hotload.h>

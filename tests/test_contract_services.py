@@ -14,7 +14,7 @@ import time
 import pytest
 
 from hotload import ClosedError, Host, HotloadError, ServiceError
-from hotload import _descriptor as descriptor
+from hotload._artifact import descriptor
 from hotload._platform import binfmt
 
 ACTIVITY = """
@@ -206,7 +206,7 @@ def test_service_called_after_close_returns_error_value(tmp_path, cc, caplog) ->
     }
     HOTLOAD_EXPORT(start, int32_t, (int32_t *));
     """
-    from hotload._signatures import ffi
+    from hotload._artifact.signatures import ffi
 
     out = ffi.new("int32_t[2]")
     host = Host(tmp_path / "work", preflight=False)

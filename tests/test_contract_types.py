@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hotload import Host, SignatureError, TypeLayoutError
-from hotload._signatures import ffi
+from hotload._artifact.signatures import ffi
 
 PLAYER = """
 #include <hotload.h>

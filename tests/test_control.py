@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from hotload import Host
-from hotload import _cli as cli
-from hotload import _control as control
+from hotload._cli import main as cli
+from hotload._ops import control
 
 from conftest import pid_alive, xp_source
 
@@ -259,7 +259,7 @@ def test_a_new_host_sweeps_stale_sockets_but_not_live_ones(
 
 
 def _as_other_uid(argv: list[str], uid: int = 65534) -> tuple[int, str]:
-    """Run ``hotload._cli.main(argv)`` in a forked child that switched to
+    """Run ``hotload._cli.main.main(argv)`` in a forked child that switched to
     ``uid`` (the interpreter itself lives under /root, out of that user's
     reach, so a fork of this process is the way to be another user)."""
     r, w = os.pipe()

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from hotload import Host
-from hotload import _control as control
+from hotload._ops import control
 from test_control import HostProcess, _connect, _server
 
 

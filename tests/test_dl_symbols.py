@@ -19,7 +19,7 @@ import pytest
 
 from hotload._platform import _posix
 
-HAVE_EXT = importlib.util.find_spec("hotload._crouter") is not None
+HAVE_EXT = importlib.util.find_spec("hotload._engine._crouter") is not None
 native = pytest.mark.skipif(not HAVE_EXT, reason="the compiled extension is not built")
 
 PLUGIN = """
@@ -43,7 +43,7 @@ def handle(cc):
 
 @native
 def test_compiled_lookup_agrees_with_ctypes_on_found_and_missing_names(handle: int) -> None:
-    from hotload._crouter import symbols
+    from hotload._engine._crouter import symbols
 
     found = symbols(handle, NAMES)
     assert found == _posix._symbols_py(handle, NAMES)
@@ -55,7 +55,7 @@ def test_compiled_lookup_agrees_with_ctypes_on_found_and_missing_names(handle: i
 
 @native
 def test_compiled_lookup_refuses_bad_input_before_dlsym(handle: int) -> None:
-    from hotload._crouter import symbols
+    from hotload._engine._crouter import symbols
 
     with pytest.raises(TypeError, match="names must be str, not bytes"):
         symbols(handle, ["f0", b"f1"])  # type: ignore[list-item]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from hotload import Host
-from hotload._builder import sdk_include_dir
+from hotload._artifact.builder import sdk_include_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]

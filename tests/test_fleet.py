@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from hotload import Host, HotloadError, fleet
-from hotload._fleet import Fleet, FleetError, RolloutFailed
-from hotload._fleet_agent import FleetAgent
+from hotload.fleet._agent import FleetAgent
+from hotload.fleet._client import Fleet, FleetError, RolloutFailed
 
 HB = 0.2  # heartbeat of the test agents: the key expires after 3 beats
 
@@ -173,7 +173,7 @@ def builds(xp_build: Callable[..., Path], tmp_path: Path) -> Callable[..., tuple
 
 
 def set_all(f: Fleet, digest: str, name: str = "xp") -> None:
-    from hotload._fleet import Rule
+    from hotload.fleet._client import Rule
 
     f.set_desired(name, [Rule({}, digest)])
 

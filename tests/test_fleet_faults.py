@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from hotload._fleet import Fleet, RolloutFailed
-from hotload._fleet_demo import HostProcess, build_variants
+from hotload._cli.fleet_demo import HostProcess, build_variants
+from hotload.fleet._client import Fleet, RolloutFailed
 from test_fleet import (  # noqa: F401  (fixtures)
     Cluster,
     RedisServer,

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from hotload import _inspector as inspector
 from hotload._errors import InvalidPluginError
-from hotload._inspector import Report
+from hotload._inspect import report as inspector
+from hotload._inspect.report import Report
 from hotload._platform import _elf as elfcheck
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -65,7 +65,7 @@ def test_without_a_compiler_the_wheel_installs_with_the_python_router(
     names = zipfile.ZipFile(wheel).namelist()
     assert not [n for n in names if "_crouter" in n and not n.endswith((".c", ".pyi"))], names
     assert "hotload/_registry.py" in names
-    assert "building 'hotload._crouter' extension" in log  # it was tried, and failed
+    assert "building 'hotload._engine._crouter' extension" in log  # it was tried, and failed
 
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
@@ -80,7 +80,7 @@ def test_without_a_compiler_the_wheel_installs_with_the_python_router(
     )
     script = textwrap.dedent(
         f"""
-        import hotload, hotload._version as v
+        import hotload, hotload._engine.lifecycle as v
         assert hotload.__file__.startswith({str(site)!r}), hotload.__file__
         with hotload.Host({str(tmp_path / "work")!r}, preflight=False) as host:
             p = host.load({str(plugin)!r})

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from hotload import Host, PluginCrashedError, SignatureError
-from hotload._signatures import ffi
+from hotload._artifact.signatures import ffi
 
 from conftest import PLUGINS_SRC, Compile, pid_alive
 

@@ -202,8 +202,8 @@ def test_pinned_batch_uses_one_version_and_blocks_its_unload(host: Host, xp_buil
 
 
 def test_double_close_is_refused_and_counts_stay_honest(tmp_path: Path, example_plugins) -> None:
-    from hotload import _loader as loader
-    from hotload._workdir import WorkDir
+    from hotload._artifact import loader
+    from hotload._artifact.workdir import WorkDir
 
     work = WorkDir(tmp_path / "w")
     try:

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from fake_kernel32 import SRC, V1, V2, WORK, FakeKernel32, run_swap
-from hotload import _workdir
+from hotload._artifact import workdir as _workdir
 from hotload._errors import HotloadError, LoadError
 from hotload._platform import _lock_windows, _windows
 

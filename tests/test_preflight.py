@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hotload import HookError, Host
-from hotload._preflight import PreflightError
+from hotload._process.preflight import PreflightError
 
 from conftest import versioned_copies
 

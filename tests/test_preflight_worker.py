@@ -18,7 +18,7 @@ import pytest
 
 from hotload import Host
 from hotload._platform import _proc_posix, _proc_windows
-from hotload._preflight import PreflightError, PreflightWorker
+from hotload._process.preflight import PreflightError, PreflightWorker
 
 from conftest import ROOT, xp_source
 
@@ -74,7 +74,7 @@ def worker_pids() -> set[int]:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"hotload._preflight_worker" in cmd:
+            if b"hotload._process.preflight_worker" in cmd:
                 found.add(int(pid))
     return found
 
@@ -149,7 +149,7 @@ def test_a_worker_that_does_not_read_the_request_is_refused_in_time(
             calls.append(p)
             return len(calls) > 1 and real(p)
 
-        monkeypatch.setattr("hotload._preflight.channel.stopped", stopped)
+        monkeypatch.setattr("hotload._process.preflight.channel.stopped", stopped)
         plugin = cc(xp_source(), "xp")
         with pytest.raises(
             PreflightError, match=r"was stopped by a signal during receiving"
@@ -292,7 +292,7 @@ def test_a_worker_started_from_a_short_lived_thread_survives_it(tmp_path: Path, 
 
 def test_a_worker_exits_at_once_when_its_parent_is_already_gone() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "hotload._preflight_worker", "--parent", "1"],
+        [sys.executable, "-m", "hotload._process.preflight_worker", "--parent", "1"],
         input=b"",
         capture_output=True,
         timeout=60,

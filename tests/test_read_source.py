@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from hotload._artifact.loader import DEFAULT_MAX_PLUGIN_SIZE, read_source
 from hotload._errors import InvalidPluginError
-from hotload._loader import DEFAULT_MAX_PLUGIN_SIZE, read_source
 
 GiB = 1 << 30
 

@@ -9,7 +9,9 @@ import struct
 
 import pytest
 
-from hotload import Host, InvalidPluginError, ServiceError, TypeLayoutError, _descriptor, _loader
+from hotload import Host, InvalidPluginError, ServiceError, TypeLayoutError
+from hotload._artifact import descriptor as _descriptor
+from hotload._artifact import loader as _loader
 
 PLUGIN = """
 #include <hotload.h>

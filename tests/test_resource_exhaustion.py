@@ -24,7 +24,7 @@ from conftest import xp_source
 EMFILE_CHILD = textwrap.dedent("""
     import json, os, resource, sys
     import hotload
-    from hotload import _control as control
+    from hotload._ops import control
 
     v1, v2, ctl, watched = sys.argv[1:5]
     host = hotload.Host(preflight=True)

@@ -18,12 +18,14 @@ from typing import Any
 
 import pytest
 
-from hotload import Host, SignatureError, _registry, _version
-from hotload._version import PyGate
+from hotload import Host, SignatureError
+from hotload._engine import lifecycle as _version
+from hotload._engine import registry as _registry
+from hotload._engine.lifecycle import PyGate
 
-HAVE_EXT = importlib.util.find_spec("hotload._crouter") is not None
+HAVE_EXT = importlib.util.find_spec("hotload._engine._crouter") is not None
 if HAVE_EXT:
-    from hotload import _crouter
+    from hotload._engine import _crouter
 
 MakeRouter = Callable[..., Any]
 IMPLS = [
@@ -344,7 +346,7 @@ def _router_in_subprocess(env_extra: dict[str, str]) -> str:
     env = {k: v for k, v in os.environ.items() if k != "HOTLOAD_PURE_PYTHON"}
     env.update(env_extra)
     proc = subprocess.run(
-        [sys.executable, "-c", "from hotload._version import ROUTER; print(ROUTER)"],
+        [sys.executable, "-c", "from hotload._engine.lifecycle import ROUTER; print(ROUTER)"],
         capture_output=True,
         text=True,
         env=env,
@@ -364,7 +366,7 @@ def test_the_router_is_compiled_when_built_and_pure_python_on_request() -> None:
 
 def test_hotload_version_names_the_router() -> None:
     exe = Path(sys.executable).parent / "hotload"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "hotload._cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "hotload._cli.main"]
     out = subprocess.run(cmd + ["--version"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert f"router: {_version.ROUTER}" in out.stdout

@@ -27,9 +27,8 @@ from typing import Any
 import pytest
 
 from hotload import Host
-from hotload import _descriptor as descriptor
-from hotload import _signatures as signatures
-from hotload._builder import sdk_include_dir
+from hotload._artifact import descriptor, signatures
+from hotload._artifact.builder import sdk_include_dir
 from hotload._platform import _elf as elfcheck
 from hotload._platform import _pe as pecheck
 

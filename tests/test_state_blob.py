@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from hotload import HookError, Host
-from hotload._loader import MAX_STATE_SIZE, copy_state
+from hotload._artifact.loader import MAX_STATE_SIZE, copy_state
 from hotload._platform import _proc_posix
-from hotload._preflight import PreflightError
+from hotload._process.preflight import PreflightError
 
 from conftest import xp_source
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hotload import HookError, Host, NotLoadedError, SignatureError
-from hotload._inspector import inspect_file
+from hotload._inspect.report import inspect_file
 
 from conftest import mapped_images, versioned_copies
 

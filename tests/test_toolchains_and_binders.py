@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from hotload import _inspector as inspector
 from hotload._errors import InvalidPluginError
+from hotload._inspect import report as inspector
 
 from conftest import ROOT, have
 
@@ -46,7 +46,7 @@ extern "C" __attribute__((visibility("default"))) long greet(const char *who) {
 
 CHILD = """
 import ctypes, _ctypes, json, os, shutil, sys
-from hotload import _inspector as inspector
+from hotload._inspect import report as inspector
 
 def mapped(path):
     st = os.stat(path)
@@ -138,7 +138,7 @@ def test_no_binder_found_falls_back_to_other_handle(tmp_path: Path) -> None:
     code = textwrap.dedent(
         """
         import ctypes, sys
-        from hotload import _inspector as inspector
+        from hotload._inspect import report as inspector
         ctypes.CDLL(sys.argv[1]); ctypes.CDLL(sys.argv[1])   # two handles, none closed
         report = inspector.describe(sys.argv[1])
         print(*[f.code for f in inspector.leak_findings(report, 1, 1, loaded_as=sys.argv[1])])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hotload import Host
-from hotload._trust import TrustError
+from hotload._artifact.trust import TrustError
 
 
 @pytest.fixture

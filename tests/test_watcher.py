@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from hotload import Host
-from hotload._builder import compile_plugin
-from hotload._watcher import WatchEvent
+from hotload._artifact.builder import compile_plugin
+from hotload._ops.watcher import WatchEvent
 
 from conftest import xp_source
 

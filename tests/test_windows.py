@@ -32,8 +32,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from hotload import _descriptor as descriptor
-from hotload._builder import cflags, compile_plugin
+from hotload._artifact import descriptor
+from hotload._artifact.builder import cflags, compile_plugin
 from hotload._errors import InvalidPluginError, LoadError
 from hotload._platform import _elf as elfcheck
 from hotload._platform import _pe as pecheck

@@ -13,8 +13,8 @@ from array import array
 
 import pytest
 
-from hotload import _wire as wire
-from hotload._signatures import ffi
+from hotload._artifact.signatures import ffi
+from hotload._process import wire
 
 SUM = wire.plan("sum", "int64_t(const int32_t *, size_t)", 0, where="t.so")
 FILL = wire.plan("fill", "void(int32_t *, size_t, int32_t)", 1, where="t.so")

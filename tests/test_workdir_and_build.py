@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hotload import Host, HotloadError
-from hotload._builder import BuildError, compile_plugin
+from hotload._artifact.builder import BuildError, compile_plugin
 
 from conftest import ROOT, versioned_copies
 
@@ -134,7 +134,7 @@ def test_hosts_starting_and_sweeping_at_once_never_hurt_each_other(tmp_path: Pat
     at once, no live host's directory may be swept and no start may fail."""
     base = tmp_path / "base"
     script = textwrap.dedent(f"""
-        from hotload._workdir import WorkDir
+        from hotload._artifact.workdir import WorkDir
         bad = 0
         for i in range(300):
             w = WorkDir({str(base)!r})

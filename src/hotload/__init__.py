@@ -8,8 +8,11 @@ with Host() as host:
     host.reload("double_xp")
 """
 
-from . import _fleet as fleet  # noqa: F401  (fleet rollout on Redis: fleet.publish, ...)
-from ._descriptor import ABI_VERSION
+from . import fleet  # noqa: F401  (fleet rollout on Redis: fleet.publish, ...)
+from ._about import __version__
+from ._artifact.descriptor import ABI_VERSION
+from ._engine.lifecycle import VersionInfo, VersionState
+from ._engine.registry import Plugin
 from ._errors import (
     BuildError,
     ClosedError,
@@ -33,10 +36,9 @@ from ._errors import (
     TypeLayoutError,
 )
 from ._host import Host
-from ._registry import Plugin
-from ._version import VersionInfo, VersionState
 
 __all__ = [
+    "__version__",
     "ABI_VERSION",
     "BuildError",
     "ClosedError",
@@ -63,4 +65,3 @@ __all__ = [
     "VersionInfo",
     "VersionState",
 ]
-__version__ = "0.1.0"

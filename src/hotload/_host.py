@@ -16,9 +16,19 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _loader as loader
-from . import _trust as trust
-from ._control import ControlServer
+from ._artifact import loader, trust
+from ._artifact.loader import Candidate, Loader
+from ._artifact.workdir import WorkDir
+from ._contract.events import EventTable
+from ._contract.events import emit as _emit
+from ._contract.handles import HandleTable
+from ._contract.services import ServiceTable
+from ._engine.lifecycle import VersionInfo, VersionState
+from ._engine.reaper import Reaper
+from ._engine.record import PluginRecord
+from ._engine.registry import Plugin
+from ._engine.swap import Swapper
+from ._engine.unload_policy import UnloadPolicy
 from ._errors import (
     ClosedError,
     DescriptorError,
@@ -26,25 +36,14 @@ from ._errors import (
     InvalidPluginError,
     NotLoadedError,
 )
-from ._events import EventTable
-from ._events import emit as _emit
-from ._handles import HandleTable
-from ._isolation import Isolation, Options
-from ._loader import Candidate, Loader
-from ._policy import UnloadPolicy
-from ._preflight import PreflightWorker
-from ._protocols import PathOrCandidate, Service
-from ._reaper import Reaper
-from ._record import PluginRecord
-from ._registry import Plugin
-from ._services import ServiceTable
-from ._swap import Swapper
-from ._version import VersionInfo, VersionState
-from ._watcher import Watcher
-from ._workdir import WorkDir
+from ._ops.control import ControlServer
+from ._ops.protocols import PathOrCandidate, Service
+from ._ops.watcher import Watcher
+from ._process.isolation import Isolation, Options
+from ._process.preflight import PreflightWorker
 
 if TYPE_CHECKING:
-    from ._fleet_agent import FleetAgent
+    from .fleet._agent import FleetAgent
 
 log = logging.getLogger(__name__)
 
@@ -478,7 +477,7 @@ class Host:
         with these labels: the host then converges to the desired builds the
         fleet's rollouts name for its labels.  Options go to ``FleetAgent``.
         Left by ``close()``."""
-        from ._fleet_agent import FleetAgent  # imports redis: only for fleet hosts
+        from .fleet._agent import FleetAgent  # imports redis: only for fleet hosts
 
         self._check_open()
         agent = FleetAgent(self, url, labels, public_key=public_key, **options)

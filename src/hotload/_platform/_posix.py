@@ -107,7 +107,7 @@ def _native_symbols() -> Callable[[int, list[str]], list[int | None]] | None:
     if os.environ.get("HOTLOAD_PURE_PYTHON", "") not in ("", "0"):
         return None
     try:
-        from .._crouter import symbols as native
+        from .._engine._crouter import symbols as native
     except ImportError:
         return None
     return native

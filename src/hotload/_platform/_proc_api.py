@@ -77,3 +77,14 @@ class WorkerProcess(Protocol):
         """In a worker about to exit: kill and reap every descendant (the
         plugin's forked children); how many there were."""
         ...
+
+    def poller(self, *fds: int) -> Any:
+        """A poll object watching ``fds`` for input: ``poll(ms)`` returns the
+        ``(fd, events)`` pairs ready (the shared-memory channel's doorbells and
+        its socket).  ``NotImplementedError`` where isolation is not built."""
+        ...
+
+    def apply_limits(self, limits: dict[str, int]) -> None:
+        """In a worker, before any plugin code: the kernel's limits on it
+        (``address_space`` and ``cpu_seconds`` as rlimits, ``nice``)."""
+        ...

@@ -320,3 +320,23 @@ def end_descendants(timeout: float) -> int:
         if pid == 0:
             time.sleep(0.005)
     return len(victims)
+
+
+def poller(*fds: int) -> Any:
+    p = select.poll()
+    for fd in fds:
+        p.register(fd, select.POLLIN)
+    return p
+
+
+def apply_limits(limits: dict[str, int]) -> None:
+    import resource
+
+    if "address_space" in limits:
+        n = int(limits["address_space"])
+        resource.setrlimit(resource.RLIMIT_AS, (n, n))
+    if "cpu_seconds" in limits:
+        n = int(limits["cpu_seconds"])
+        resource.setrlimit(resource.RLIMIT_CPU, (n, n))
+    if "nice" in limits:
+        os.nice(int(limits["nice"]))

@@ -201,3 +201,11 @@ def kill_tree(pid: int, known: dict[int, int], *, walk: bool) -> None:
 
 def end_descendants(timeout: float) -> int:
     return 0
+
+
+def poller(*fds: int) -> Any:
+    raise NotImplementedError("isolated plugins need a POSIX host (poll on the channel)")
+
+
+def apply_limits(limits: dict[str, int]) -> None:
+    raise NotImplementedError("isolated plugins need a POSIX host (rlimits)")

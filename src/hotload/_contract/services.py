@@ -1,0 +1,574 @@
+"""Host services: Python functions a plugin calls like C functions.
+
+How an import is bound before any of the plugin's code runs
+-----------------------------------------------------------
+``HOTLOAD_IMPORT(grant_item, ...)`` gives the plugin a *static* function
+pointer named ``grant_item`` whose initial value is the address of a weak
+symbol ``hotload__svc_grant_item``, and exports the address of that pointer
+as ``hotload__slot_grant_item``.  That initial value is a relocation, so the
+dynamic linker fills it during ``dlopen``, before constructors run.
+
+The host defines ``hotload__svc_<name>`` in the dynamic linker's global scope
+with a tiny *data-only* shared library it generates itself (an ELF file of a
+few hundred bytes: absolute symbols, no code, so no compiler is needed and
+any ELF64 little-endian machine works), loaded ``RTLD_GLOBAL`` once per new
+service name and never unloaded.  Each such symbol is the address of a
+process-wide cffi callback, the *dispatcher*, which finds the right host and
+service through the thread that is opening the plugin (constructors run on
+the thread that calls ``dlopen``).
+
+Right after ``dlopen`` (before ``on_load`` or any routed call) the host
+re-points every slot of the new image at a callback of that image alone
+(made anew, or left by an image the kernel says has left the process: a
+reload then costs no libffi closure per import): the plugin calls the
+provided Python function through one cffi callback, as fast as a raw
+callback, and an exception is counted on the very version that called.
+``provide()`` of an existing name, and ``close()``, re-point the slots of
+every image still mapped; an image is detached before ``dlclose`` so nothing
+is ever written into an unmapped image.
+
+Why not the alternatives: filling a slot table after ``dlopen`` leaves
+constructors with NULL pointers; a lazy resolver needs a stub that forwards
+the arguments, which C cannot write from a parameter-type list alone; a
+helper library compiled from C would need a compiler on every host, or a
+platform wheel.  The cost: a service name keeps its prototype for the life of
+the process (the dynamic linker binds it once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import os
+import struct
+import sys
+import tempfile
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._artifact import signatures
+from .._errors import ClosedError, ServiceError
+
+log = logging.getLogger(__name__)
+ffi = signatures.ffi
+_SLOT = ffi.typeof("void ***")  # a slot's address, typed once (a string type costs ~1 us per cast)
+
+
+# -- the generated data-only library ------------------------------------------------------
+def elf_data_library(symbols: list[tuple[str, int, bool]], machine: int) -> bytes:
+    """An ELF64 little-endian shared object that defines ``symbols`` as absolute
+    addresses (``(name, address, is_function)``): no code, no sections, just what
+    the dynamic linker reads (a ``PT_LOAD``, ``PT_DYNAMIC``, a SysV hash table with
+    one bucket, ``.dynsym``/``.dynstr``) and a non-executable ``PT_GNU_STACK``."""
+    names = b"\0" + b"".join(n.encode() + b"\0" for n, _, _ in symbols)
+    nsym = len(symbols) + 1
+    phnum = 3
+    dynsym = 64 + 56 * phnum
+    dynstr = dynsym + 24 * nsym
+    hash_at = (dynstr + len(names) + 7) & ~7
+    dynamic = (hash_at + 4 * (3 + nsym) + 7) & ~7
+    dyn = [(4, hash_at), (5, dynstr), (6, dynsym), (10, len(names)), (11, 24), (0, 0)]
+    size = dynamic + 16 * len(dyn)
+    out = bytearray(size)
+    ident = b"\x7fELF\x02\x01\x01" + b"\0" * 9
+    struct.pack_into(
+        "<16sHHIQQQIHHHHHH", out, 0, ident, 3, machine, 1, 0, 64, 0, 0, 64, 56, phnum, 64, 0, 0
+    )
+    rw = 4 | 2
+    headers = [
+        (1, rw, 0, size, 0x1000),  # PT_LOAD: the whole file
+        (2, rw, dynamic, 16 * len(dyn), 8),  # PT_DYNAMIC
+        (0x6474E551, rw, 0, 0, 16),  # PT_GNU_STACK: no executable stack
+    ]
+    for i, (ptype, flags, offset, length, align) in enumerate(headers):
+        struct.pack_into(
+            "<IIQQQQQQ",
+            out,
+            64 + 56 * i,
+            ptype,
+            flags,
+            offset,
+            offset,
+            offset,
+            length,
+            length,
+            align,
+        )
+    name_at = 1
+    for i, (name, value, is_function) in enumerate(symbols, start=1):
+        info = (1 << 4) | (2 if is_function else 1)  # STB_GLOBAL, STT_FUNC / STT_OBJECT
+        struct.pack_into("<IBBHQQ", out, dynsym + 24 * i, name_at, info, 0, 0xFFF1, value, 8)
+        name_at += len(name) + 1  # 0xfff1 = SHN_ABS: the value is the address itself
+    out[dynstr : dynstr + len(names)] = names
+    chain = [0] + [i + 1 if i + 1 < nsym else 0 for i in range(1, nsym)]
+    struct.pack_into(f"<{3 + nsym}I", out, hash_at, 1, nsym, 1 if nsym > 1 else 0, *chain)
+    for i, (tag, value) in enumerate(dyn):
+        struct.pack_into("<qQ", out, dynamic + 16 * i, tag, value)
+    return bytes(out)
+
+
+def _host_machine() -> int:
+    with open(sys.executable, "rb") as fh:
+        head = fh.read(20)
+    if head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+        raise ServiceError(
+            "host services need an ELF64 little-endian host (this interpreter is not one)"
+        )
+    machine: int = struct.unpack_from("<H", head, 18)[0]
+    return machine
+
+
+# -- the process-wide binding ---------------------------------------------------------------
+class _Global:
+    """What this process has put into the dynamic linker's global scope."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.bound: dict[str, tuple[Any, Any]] = {}  # name -> (ctype, dispatcher callback)
+        self.tables: weakref.WeakSet[ServiceTable] = weakref.WeakSet()
+        self.tls = threading.local()
+        self.preflight = False
+        self.flag: Any = None  # the int behind hotload__in_preflight, once defined
+        self.kept: list[ImportBinding] = []  # bindings of images left mapped by a closed host
+
+    def bind(self, wanted: dict[str, Any], directory: str) -> None:
+        """Define ``hotload__svc_<name>`` for every name in ``wanted`` (name ->
+        cffi function type) not yet defined; refuse a name bound with another
+        prototype."""
+        with self.lock:
+            for name, ctype in wanted.items():
+                have = self.bound.get(name)
+                if have is not None and have[0] is not ctype:
+                    raise ServiceError(
+                        f"service {name} is already bound in this process as "
+                        f"{signatures.spelling(have[0])!r}; a plugin that imports it as "
+                        f"{signatures.spelling(ctype)!r} cannot be linked (a service name keeps "
+                        f"its prototype for the life of the process)"
+                    )
+            new = {n: c for n, c in wanted.items() if n not in self.bound}
+            if not new and self.flag is not None:
+                return
+            callbacks = {n: _dispatcher(n, c) for n, c in new.items()}
+            symbols = [
+                (f"hotload__svc_{n}", int(ffi.cast("uintptr_t", cb)), True)
+                for n, cb in callbacks.items()
+            ]
+            if self.flag is None:
+                self.flag = ffi.new("int *", 1 if self.preflight else 0)
+                symbols.append(
+                    ("hotload__in_preflight", int(ffi.cast("uintptr_t", self.flag)), False)
+                )
+            _load_global(elf_data_library(symbols, _host_machine()), directory)
+            for n, cb in callbacks.items():
+                self.bound[n] = (new[n], cb)
+
+    def provider(self, name: str) -> tuple[ServiceTable, ImportBinding | None] | None:
+        """Who serves a call that reached the dispatcher: the host opening a
+        plugin on this thread, else the newest open host providing ``name``."""
+        ctx: tuple[ServiceTable, ImportBinding] | None = getattr(self.tls, "opening", None)
+        if ctx is not None:
+            return ctx
+        for table in reversed(list(self.tables)):
+            if not table.closed and name in table.services:
+                return table, None
+        return None
+
+
+_G = _Global()
+
+
+def mark_preflight() -> None:
+    """This process is a preflight worker: ``hotload_in_preflight()`` says 1."""
+    _G.preflight = True
+
+
+def _load_global(data: bytes, directory: str) -> None:
+    import ctypes
+
+    fd, path = tempfile.mkstemp(prefix=".hotload-services-", suffix=".so", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_GLOBAL)  # never closed: plugins bind to it
+    except OSError as exc:
+        raise ServiceError(f"cannot link host services into this process: {exc}") from None
+    finally:
+        os.unlink(path)
+
+
+def _dispatcher(name: str, ctype: Any) -> Any:
+    """The process-wide entry of service ``name``: what a plugin's slot points
+    at until its host re-points it (calls from constructors, or from threads
+    they start)."""
+
+    def dispatch(*args: Any) -> Any:
+        found = _G.provider(name)
+        if found is None:
+            raise ServiceError(f"service {name} called, but no open host provides it")
+        table, binding = found
+        return table.call_unbound(name, args, binding)
+
+    def onerror(exc: Any, value: Any, tb: Any) -> None:
+        log.error("service %s failed", name, exc_info=(exc, value, tb))
+
+    return ffi.callback(ctype, dispatch, onerror=onerror, **_error_kw(ctype, 0))
+
+
+def _error_kw(ctype: Any, error: Any) -> dict[str, Any]:
+    return {} if ctype.result.cname == "void" else {"error": error}
+
+
+# -- services and their bindings to images --------------------------------------------------
+@dataclass
+class Service:
+    name: str
+    fn: Callable[..., Any]
+    ctype: Any
+    error: Any
+    call: Callable[..., Any]  # fn, or fn behind argument conversion (char * -> str)
+
+    @property
+    def prototype(self) -> str:
+        return signatures.spelling(self.ctype)
+
+
+class _Callback:
+    """A cffi callback for one service, and the binding its errors count on.
+    A callback outlives its image (a plugin thread may still be in it while
+    the image goes); once the kernel says the image left, no call can come
+    through it any more, so the next image of that host reuses it (``spare``)
+    instead of paying a new libffi closure per import per reload."""
+
+    __slots__ = ("cb", "fn", "error", "name", "binding")
+
+    def __init__(self, binding: ImportBinding, name: str, fn: Callable[..., Any], error: Any):
+        self.fn, self.error, self.name, self.binding = fn, error, name, binding
+        ctype = binding.imports[name]
+        self.cb = ffi.callback(ctype, fn, onerror=self.report, **_error_kw(ctype, error))
+
+    def report(self, exc: Any, value: Any, tb: Any) -> None:
+        binding = self.binding
+        binding.errors += 1
+        if tb is None:  # cffi could not convert the result: fn itself returned
+            ctype = binding.imports.get(self.name)
+            log_bad_result(binding.label, self.name, ctype, value, self.error)
+            return
+        log.error("%s: service %s raised", binding.label, self.name, exc_info=(exc, value, tb))
+
+
+def log_bad_result(label: str, name: str, ctype: Any, why: BaseException, error: Any) -> None:
+    """A service returned something its C result type cannot hold (often
+    None: a missing ``return``).  Its effect happened; the plugin was told it
+    failed, so say exactly that."""
+    rtype = ctype.result.cname if ctype is not None else "its result type"
+    log.error(
+        "%s: service %s returned a value its prototype's result (%s) cannot hold (%s); "
+        "the plugin got the error value %r. A missing `return`?",
+        label,
+        name,
+        rtype,
+        why,
+        error,
+    )
+
+
+@dataclass(eq=False)
+class ImportBinding:
+    """One image's imports: its slots and the callbacks they point at.  Kept
+    as long as the image's record (the callbacks must outlive every call a
+    plugin thread may still be making)."""
+
+    table: ServiceTable
+    label: str
+    imports: dict[str, Any]  # name -> cffi function type
+    slots: dict[str, Any] = field(default_factory=dict)  # name -> void ** in the image
+    callbacks: list[_Callback] = field(default_factory=list)
+    errors: int = 0
+    attached: bool = False
+    gone: bool = False  # the image left the process: its callbacks may serve another
+
+    def attach(self, lookup: Callable[[str], int | None], source: str) -> None:
+        """Find the image's slots (``lookup``: dlsym) and point them at this
+        image's own callbacks."""
+        cast, slots = signatures.cast, {}
+        for name in self.imports:
+            addr = lookup(f"hotload__slot_{name}")
+            if addr is None:
+                raise ServiceError(
+                    f"{source}: imports {name} but exports no hotload__slot_{name}: "
+                    f"declare imports with HOTLOAD_IMPORT from hotload.h"
+                )
+            slots[name] = cast(_SLOT, addr)[0]
+        table = self.table
+        with table.lock:
+            self.slots, self.attached = slots, True
+            table.bindings.add(self)
+            services, spare, callbacks = table.services, table.spare, self.callbacks
+            for name, slot in slots.items():  # point(), once per import, with locals
+                svc = services[name]
+                entry = spare(name, svc.call, svc.error)
+                if entry is None:
+                    entry = _Callback(self, name, svc.call, svc.error)
+                else:
+                    entry.binding = self
+                callbacks.append(entry)
+                slot[0] = entry.cb
+
+    def point(self, name: str, fn: Callable[..., Any]) -> None:
+        """Make ``name``'s slot call ``fn`` (under the table's lock)."""
+        if not self.attached:
+            return
+        svc = self.table.services.get(name)
+        error = svc.error if svc is not None else 0
+        entry = self.table.spare(name, fn, error)
+        if entry is None:
+            entry = _Callback(self, name, fn, error)
+        else:
+            entry.binding = self
+        self.callbacks.append(entry)
+        self.slots[name][0] = entry.cb
+
+    def detach(self) -> None:
+        """The image is about to be closed: never write into it again."""
+        with self.table.lock:
+            self.attached = False
+            self.table.bindings.discard(self)
+
+    def left(self) -> None:
+        """The kernel says the image is no longer mapped: its callbacks, the
+        ones still pointing at the current services, may serve a later image."""
+        with self.table.lock:
+            if self.gone or self.attached:
+                return
+            self.gone = True
+            latest = {c.name: c for c in self.callbacks}  # what each slot pointed at last
+            for entry in latest.values():
+                self.table.give_back(entry)
+
+
+class ServiceTable:
+    """One host's services (``standin=True``: the preflight worker's, which
+    return their error value)."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, standin: bool = False) -> None:
+        self.directory = os.fspath(directory)
+        self.standin = standin
+        self.lock = threading.RLock()
+        self.services: dict[str, Service] = {}
+        self.bindings: set[ImportBinding] = set()
+        self.closed = False
+        self._spare: dict[str, list[_Callback]] = {}  # name -> callbacks of images that left
+        # imports -> (services dict, its size, name -> cffi type) of the last check that passed:
+        # a reload re-checks the same imports, and nothing can change the verdict but provide()
+        self._checked: dict[
+            tuple[tuple[str, str], ...], tuple[dict[str, Service], dict[str, Any]]
+        ] = {}
+        _G.tables.add(self)
+
+    def provide(self, name: str, fn: Callable[..., Any], prototype: str, *, error: Any = 0) -> None:
+        if self.closed:
+            raise ClosedError(f"cannot provide {name}: this host is closed")
+        if not name.isidentifier():
+            raise ServiceError(f"service name {name!r} is not a C identifier")
+        if not callable(fn):
+            raise ServiceError(f"service {name}: {fn!r} is not callable")
+        ctype = signatures.parse(prototype, where=f"provide({name!r})", function=name)
+        _check_result(name, ctype, error)
+        _check_arity(name, fn, len(ctype.args))
+        svc = Service(name, fn, ctype, error, _adapt(fn, ctype))
+        with self.lock:
+            old = self.services.get(name)
+            if old is not None and old.ctype is not ctype:
+                users = sorted(b.label for b in self.bindings if name in b.imports)
+                if users:
+                    raise ServiceError(
+                        f"service {name} is provided as {old.prototype!r} and imported so by "
+                        f"{', '.join(users)}; it cannot change to {svc.prototype!r} while they "
+                        f"are loaded"
+                    )
+            self.services = {**self.services, name: svc}  # a new dict: a new check verdict
+            for binding in list(self.bindings):
+                if name in binding.imports:
+                    binding.point(name, svc.call)
+
+    def spare(self, name: str, fn: Callable[..., Any], error: Any) -> _Callback | None:
+        """A callback of an image that left, made for exactly ``fn`` and
+        ``error`` (under the lock)."""
+        pool = self._spare.get(name)
+        while pool:
+            entry = pool.pop()
+            if entry.fn is fn and entry.error is error:
+                return entry
+        return None
+
+    def give_back(self, entry: _Callback) -> None:
+        """Keep ``entry`` for a later image while it still calls the current
+        service (under the lock)."""
+        svc = self.services.get(entry.name)
+        if self.closed or svc is None or entry.fn is not svc.call or entry.error is not svc.error:
+            return
+        pool = self._spare.setdefault(entry.name, [])
+        if len(pool) < 4:  # images open one after another: a few spares suffice
+            pool.append(entry)
+
+    def check(self, imports: dict[str, str], source: str) -> dict[str, Any]:
+        """Every import provided with the same prototype, or a ``ServiceError``
+        naming the service and both prototypes.  Returns name -> cffi type."""
+        key = tuple(imports.items())
+        services = self.services
+        hit = self._checked.get(key)
+        if hit is not None and hit[0] is services:
+            return dict(hit[1])
+        wanted = self._check(imports, source)
+        if len(self._checked) >= 64:
+            self._checked.clear()
+        self._checked[key] = (services, wanted)
+        return dict(wanted)
+
+    def _check(self, imports: dict[str, str], source: str) -> dict[str, Any]:
+        wanted = {}
+        for name, proto in imports.items():
+            ctype = signatures.parse(proto, where=source, function=name)
+            svc = self.services.get(name)
+            if svc is None:
+                known = ", ".join(sorted(self.services)) or "none"
+                raise ServiceError(
+                    f"{source}: imports service {name} ({signatures.spelling(ctype)}) but the "
+                    f"host provides no service of that name (provided: {known}); "
+                    f"use host.provide({name!r}, fn, {signatures.spelling(ctype)!r})"
+                )
+            if svc.ctype is not ctype:
+                raise ServiceError(
+                    f"{source}: imports service {name} as {signatures.spelling(ctype)!r} but the "
+                    f"host provides it as {svc.prototype!r}"
+                )
+            wanted[name] = ctype
+        return wanted
+
+    def prepare(self, imports: dict[str, str], source: str, label: str) -> ImportBinding:
+        """Check the imports and bind their names in this process; the binding
+        is attached to the image right after ``dlopen``."""
+        with self.lock:
+            if self.closed:
+                raise ClosedError(f"{source}: this host is closed")
+            wanted = self.check(imports, source)
+        _G.bind(wanted, self.directory)
+        return ImportBinding(self, label, wanted)
+
+    @contextlib.contextmanager
+    def opening(self, binding: ImportBinding) -> Iterator[None]:
+        """Calls made while this thread opens the image (constructors) are
+        this host's, counted on ``binding``."""
+        prev = getattr(_G.tls, "opening", None)
+        _G.tls.opening = (self, binding)
+        try:
+            yield
+        finally:
+            _G.tls.opening = prev
+
+    def call_unbound(self, name: str, args: tuple[Any, ...], binding: ImportBinding | None) -> Any:
+        """A call that came through the process-wide dispatcher."""
+        svc = self.services.get(name)
+        if svc is None:
+            raise ServiceError(f"service {name} is not provided by this host")
+        try:
+            if self.closed:
+                raise ClosedError(f"service {name} called after host.close()")
+            return svc.call(*args)
+        except Exception:
+            if binding is not None:
+                binding.errors += 1
+            log.exception("%s: service %s raised", binding.label if binding else "?", name)
+            return svc.error
+
+    def close(self, stuck: list[ImportBinding] | None = None) -> None:
+        """Every later call of a service returns its error value (logged): the
+        images that stay mapped (retained, leaked) may still call.  ``stuck``:
+        the bindings of released images still mapped (leaked), whose callbacks
+        must outlive this host too."""
+        with self.lock:
+            self.closed = True
+            self._spare.clear()
+            _G.kept.extend(stuck or ())
+            for binding in list(self.bindings):
+                for name in binding.imports:
+                    binding.point(name, _closed(name))
+                _G.kept.append(binding)  # its image outlives this host: keep its callbacks
+
+    def errors(self) -> int:
+        return sum(b.errors for b in self.bindings)
+
+
+def _closed(name: str) -> Callable[..., Any]:
+    def closed(*args: Any) -> Any:
+        raise ClosedError(f"service {name} called after host.close()")
+
+    return closed
+
+
+def _check_result(name: str, ctype: Any, error: Any) -> None:
+    result = ctype.result
+    if result.kind == "pointer":
+        raise ServiceError(
+            f"service {name}: a service cannot return a pointer ({result.cname}): the memory "
+            f"would have no owner; return a number or a handle"
+        )
+    if result.cname == "void":
+        return
+    try:
+        ffi.new(f"{result.cname} *", error)
+    except (TypeError, OverflowError) as exc:
+        raise ServiceError(
+            f"service {name}: error value {error!r} does not fit {result.cname}: {exc}"
+        ) from None
+
+
+def _check_arity(name: str, fn: Callable[..., Any], n: int) -> None:
+    """Refuse at ``provide()`` a function that every call would fail with a
+    TypeError (each logged, each giving the plugin the error value)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: trust it
+        return
+    try:
+        sig.bind(*range(n))
+    except TypeError as exc:
+        raise ServiceError(
+            f"service {name}: {getattr(fn, '__name__', fn)!s} cannot take the {n} argument(s) "
+            f"of its prototype ({exc})"
+        ) from None
+
+
+def _adapt(fn: Callable[..., Any], ctype: Any) -> Callable[..., Any]:
+    """``fn`` itself, or ``fn`` behind a wrapper of the exact arity that turns
+    each ``char *`` argument into ``str`` (None for NULL)."""
+    strings = [
+        i for i, a in enumerate(ctype.args) if a.kind == "pointer" and a.item.cname == "char"
+    ]
+    if not strings:
+        return fn
+    params = ", ".join(f"a{i}" for i in range(len(ctype.args)))
+    args = ", ".join(f"_s(a{i})" if i in strings else f"a{i}" for i in range(len(ctype.args)))
+    src = f"def adapted({params}):\n    return fn({args})\n"
+    namespace: dict[str, Any] = {"fn": fn, "_s": _string}
+    exec(compile(src, "<hotload service>", "exec"), namespace)  # noqa: S102
+    adapted: Callable[..., Any] = namespace["adapted"]
+    return adapted
+
+
+def _string(ptr: Any) -> str | None:
+    return None if ptr == ffi.NULL else ffi.string(ptr).decode("utf-8", "surrogateescape")
+
+
+def standin(name: str, ctype: Any, error: Any) -> Callable[..., Any]:
+    """A preflight stand-in: returns the service's error value."""
+
+    def stand_in(*args: Any) -> Any:
+        return error
+
+    stand_in.__name__ = f"standin_{name}"
+    return stand_in

@@ -1,0 +1,695 @@
+/* hotload._engine._crouter: the compiled router.
+ *
+ * Three small types, doing in C exactly what the generated Python router in
+ * _registry.py does, so a routed call costs about what a raw cffi call costs:
+ *
+ *   Gate    one per version (and one per sentinel): the in-flight count, the
+ *           `retiring` flag, the `served` count, the call `table` (a list,
+ *           indexed by export slot), the `owner` (the Version) and the two
+ *           events to set when the last call leaves a retiring version.
+ *           `append(x)`/`pop()` count a call in and out: the names of the
+ *           deque methods, so Python code (the slow path, `pinned()`) uses
+ *           either gate unchanged.  len(gate) is the in-flight count.
+ *   Route   one per plugin: which gate new calls enter (`route.gate`).
+ *   Router  one per export: a vectorcall callable, plugin.add(1, 2).
+ *
+ * The memory-ordering argument (why no call can start in an image being
+ * closed).  The router's steps, all with the GIL held:
+ *     R1  g = route->gate; g->inflight += 1
+ *     R2  if g->retiring: undo R1, take the Python slow path
+ *     R3  call g->table[idx] (cffi releases the GIL inside the C function)
+ *     R4  g->inflight -= 1; if g->retiring and g->inflight == 0: wake
+ * The retirer (Version.retire, then the host's quiesce or the reaper), in
+ * Python, also with the GIL held:
+ *     T1  g->retiring = 1                    (the Gate.retiring setter)
+ *     T2  wait until g->inflight == 0, then close the image
+ * R1-R2 run without releasing the GIL (no Python code, no allocation that
+ * could run a GC finaliser, nothing between them that can switch threads),
+ * so they are one indivisible step with respect to T1.  The GIL's release
+ * and acquire are full barriers, so every thread sees the others' plain
+ * stores in the order the GIL hands over.  Hence either R1-R2 ran before T1:
+ * then T2 sees inflight >= 1 and waits for R4, which sees retiring (set
+ * before T2 began waiting) and wakes it; or after T1: then R2 sees retiring
+ * and the call never reaches R3 in this version.  This is the same argument
+ * as the Python router's (deque.append is atomic under the GIL), with R1-R2
+ * made atomic by running in C.
+ *
+ * Without the GIL (a free-threaded build) the argument fails in two places:
+ * R1/R2 vs T1/T2 is a store-load (Dekker) pattern that would need seq_cst
+ * atomics on both sides, and reading route->gate while another thread
+ * replaces it (and drops the last reference to the old gate) needs a safe
+ * incref (_Py_TryIncref).  Neither is done, so hotload.Host still refuses a
+ * free-threaded interpreter with the GIL disabled.
+ *
+ * A Router holds a strong reference to its gate for the duration of a call
+ * (the route may switch, and the version may be dropped, while the C
+ * function runs with the GIL released) and to the function it calls (the
+ * version's table may be replaced by a later commit).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#ifndef _WIN32
+#include <dlfcn.h>
+#endif
+
+/* ------------------------------------------------------------------ Gate */
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t inflight;
+    int retiring;
+    Py_ssize_t served;
+    PyObject *table;   /* list, never NULL */
+    PyObject *owner;   /* the Version or Sentinel */
+    PyObject *drained; /* threading.Event or None */
+    PyObject *wake;    /* threading.Event or None */
+} GateObject;
+
+static PyTypeObject GateType;
+
+static PyObject *str_set;
+
+/* Set both events when the gate is empty: the Python Version.exited(). */
+static int
+gate_exited(GateObject *g)
+{
+    if (g->inflight != 0)
+        return 0;
+    PyObject *evs[2] = {g->drained, g->wake};
+    for (int i = 0; i < 2; i++) {
+        if (evs[i] == Py_None)
+            continue;
+        PyObject *r = PyObject_CallMethodNoArgs(evs[i], str_set);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+    }
+    return 0;
+}
+
+/* gate_exited with an exception possibly pending (the router's exit path). */
+static void
+gate_exited_keep_error(GateObject *g)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (gate_exited(g) < 0)
+        PyErr_WriteUnraisable((PyObject *)g);
+    PyErr_Restore(type, value, tb);
+}
+
+static int
+gate_init(GateObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kw[] = {"owner", "drained", "wake", "retiring", NULL};
+    PyObject *owner, *drained = Py_None, *wake = Py_None;
+    int retiring = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOp", kw, &owner, &drained, &wake,
+                                     &retiring))
+        return -1;
+    PyObject *table = PyList_New(0);
+    if (table == NULL)
+        return -1;
+    Py_XSETREF(self->table, table);
+    Py_XSETREF(self->owner, Py_NewRef(owner));
+    Py_XSETREF(self->drained, Py_NewRef(drained));
+    Py_XSETREF(self->wake, Py_NewRef(wake));
+    self->retiring = retiring;
+    return 0;
+}
+
+static int
+gate_traverse(GateObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->table);
+    Py_VISIT(self->owner);
+    Py_VISIT(self->drained);
+    Py_VISIT(self->wake);
+    return 0;
+}
+
+static int
+gate_clear(GateObject *self)
+{
+    Py_CLEAR(self->table);
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->drained);
+    Py_CLEAR(self->wake);
+    return 0;
+}
+
+static void
+gate_dealloc(GateObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    gate_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+gate_append(GateObject *self, PyObject *unused)
+{
+    self->inflight++;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+gate_pop(GateObject *self, PyObject *unused)
+{
+    if (self->inflight <= 0) {
+        PyErr_SetString(PyExc_IndexError, "pop from an empty gate");
+        return NULL;
+    }
+    self->inflight--;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+gate_exited_py(GateObject *self, PyObject *unused)
+{
+    if (gate_exited(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static Py_ssize_t
+gate_len(GateObject *self)
+{
+    return self->inflight;
+}
+
+static PyObject *
+gate_get_retiring(GateObject *self, void *c)
+{
+    return PyBool_FromLong(self->retiring);
+}
+
+static int
+gate_set_retiring(GateObject *self, PyObject *value, void *c)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "retiring cannot be deleted");
+        return -1;
+    }
+    int t = PyObject_IsTrue(value);
+    if (t < 0)
+        return -1;
+    self->retiring = t;
+    return 0;
+}
+
+static PyObject *
+gate_get_table(GateObject *self, void *c)
+{
+    return Py_NewRef(self->table);
+}
+
+static int
+gate_set_table(GateObject *self, PyObject *value, void *c)
+{
+    if (value == NULL || !PyList_CheckExact(value)) {
+        PyErr_SetString(PyExc_TypeError, "a gate's table is a list");
+        return -1;
+    }
+    Py_SETREF(self->table, Py_NewRef(value));
+    return 0;
+}
+
+static PyMethodDef gate_methods[] = {
+    {"append", (PyCFunction)gate_append, METH_O, "Count a call in (the argument is ignored)."},
+    {"pop", (PyCFunction)gate_pop, METH_NOARGS, "Count a call out."},
+    {"exited", (PyCFunction)gate_exited_py, METH_NOARGS,
+     "If no call is inside, set the drained and wake events."},
+    {NULL},
+};
+
+static PyMemberDef gate_members[] = {
+    {"served", T_PYSSIZET, offsetof(GateObject, served), 0, "routed calls that entered"},
+    {"owner", T_OBJECT_EX, offsetof(GateObject, owner), READONLY, "the version"},
+    {"drained", T_OBJECT_EX, offsetof(GateObject, drained), READONLY, NULL},
+    {"wake", T_OBJECT_EX, offsetof(GateObject, wake), READONLY, NULL},
+    {NULL},
+};
+
+static PyGetSetDef gate_getset[] = {
+    {"retiring", (getter)gate_get_retiring, (setter)gate_set_retiring, NULL, NULL},
+    {"table", (getter)gate_get_table, (setter)gate_set_table, NULL, NULL},
+    {NULL},
+};
+
+static PySequenceMethods gate_as_sequence = {
+    .sq_length = (lenfunc)gate_len,
+};
+
+static PyTypeObject GateType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "hotload._engine._crouter.Gate",
+    .tp_basicsize = sizeof(GateObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "One version's in-flight count and routing flags.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)gate_init,
+    .tp_traverse = (traverseproc)gate_traverse,
+    .tp_clear = (inquiry)gate_clear,
+    .tp_dealloc = (destructor)gate_dealloc,
+    .tp_methods = gate_methods,
+    .tp_members = gate_members,
+    .tp_getset = gate_getset,
+    .tp_as_sequence = &gate_as_sequence,
+};
+
+/* ----------------------------------------------------------------- Route */
+
+typedef struct {
+    PyObject_HEAD
+    GateObject *gate; /* never NULL after __init__ */
+} RouteObject;
+
+static PyTypeObject RouteType;
+
+static int
+route_init(RouteObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kw[] = {"gate", NULL};
+    PyObject *gate;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!", kw, &GateType, &gate))
+        return -1;
+    Py_XSETREF(self->gate, (GateObject *)Py_NewRef(gate));
+    return 0;
+}
+
+static PyObject *
+route_get_gate(RouteObject *self, void *c)
+{
+    return Py_NewRef(self->gate);
+}
+
+static int
+route_set_gate(RouteObject *self, PyObject *value, void *c)
+{
+    if (value == NULL || !PyObject_TypeCheck(value, &GateType)) {
+        PyErr_SetString(PyExc_TypeError, "a route's gate is a Gate");
+        return -1;
+    }
+    Py_SETREF(self->gate, (GateObject *)Py_NewRef(value));
+    return 0;
+}
+
+static int
+route_traverse(RouteObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->gate);
+    return 0;
+}
+
+static int
+route_clear(RouteObject *self)
+{
+    Py_CLEAR(self->gate);
+    return 0;
+}
+
+static void
+route_dealloc(RouteObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    route_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyGetSetDef route_getset[] = {
+    {"gate", (getter)route_get_gate, (setter)route_set_gate, "where new calls go", NULL},
+    {NULL},
+};
+
+static PyTypeObject RouteType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "hotload._engine._crouter.Route",
+    .tp_basicsize = sizeof(RouteObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Where a plugin's calls go now.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)route_init,
+    .tp_traverse = (traverseproc)route_traverse,
+    .tp_clear = (inquiry)route_clear,
+    .tp_dealloc = (destructor)route_dealloc,
+    .tp_getset = route_getset,
+};
+
+/* ---------------------------------------------------------------- Router */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    RouteObject *route;
+    PyObject *fname;
+    Py_ssize_t idx;
+    Py_ssize_t arity;
+    PyObject *slow;     /* slow(fname, args_tuple) */
+    PyObject *bad_call; /* bad_call(version, fname, exc) -> exception */
+    PyObject *name;
+    PyObject *qualname;
+} RouterObject;
+
+static PyTypeObject RouterType;
+
+static PyObject *
+router_slow(RouterObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    PyObject *tuple = PyTuple_New(n);
+    if (tuple == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyTuple_SET_ITEM(tuple, i, Py_NewRef(args[i]));
+    PyObject *res = PyObject_CallFunctionObjArgs(self->slow, self->fname, tuple, NULL);
+    Py_DECREF(tuple);
+    return res;
+}
+
+/* A TypeError/OverflowError from the call becomes bad_call's exception,
+ * raised "from None" as the Python router does. */
+static void
+router_bad_call(RouterObject *self, GateObject *g)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    PyObject *exc = PyObject_CallFunctionObjArgs(self->bad_call, g->owner, self->fname,
+                                                 value ? value : Py_None, NULL);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    if (exc == NULL)
+        return;
+    PyException_SetCause(exc, NULL); /* from None: also suppresses the context */
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+}
+
+static PyObject *
+router_vectorcall(RouterObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
+    if (n != self->arity || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)
+            PyErr_Format(PyExc_TypeError, "%U() takes no keyword arguments", self->qualname);
+        else
+            PyErr_Format(PyExc_TypeError, "%U() takes %zd positional argument%s but %zd %s given",
+                         self->qualname, self->arity, self->arity == 1 ? "" : "s", n,
+                         n == 1 ? "was" : "were");
+        return NULL;
+    }
+    GateObject *g = self->route->gate;
+    Py_INCREF(g);
+    g->inflight++;                                           /* R1 */
+    PyObject *table = g->table;
+    if (g->retiring || self->idx >= PyList_GET_SIZE(table)) { /* R2 */
+        g->inflight--;
+        if (g->retiring && gate_exited(g) < 0) {
+            Py_DECREF(g);
+            return NULL;
+        }
+        Py_DECREF(g);
+        return router_slow(self, args, n);
+    }
+    g->served++;
+    PyObject *fn = Py_NewRef(PyList_GET_ITEM(table, self->idx));
+    PyObject *res = PyObject_Vectorcall(fn, args, n, NULL); /* R3 */
+    Py_DECREF(fn);
+    if (res == NULL && (PyErr_ExceptionMatches(PyExc_TypeError) ||
+                        PyErr_ExceptionMatches(PyExc_OverflowError)))
+        router_bad_call(self, g);
+    g->inflight--; /* R4 */
+    if (g->retiring && g->inflight == 0)
+        gate_exited_keep_error(g);
+    Py_DECREF(g);
+    return res;
+}
+
+static PyObject *
+router_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kw[] = {"route", "fname", "idx", "arity", "slow", "bad_call", "qualname", NULL};
+    PyObject *route, *fname, *slow, *bad_call, *qualname;
+    Py_ssize_t idx, arity;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!UnnOOU", kw, &RouteType, &route, &fname, &idx,
+                                     &arity, &slow, &bad_call, &qualname))
+        return NULL;
+    if (idx < 0 || arity < 0) {
+        PyErr_SetString(PyExc_ValueError, "idx and arity are >= 0");
+        return NULL;
+    }
+    RouterObject *self = (RouterObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->vectorcall = (vectorcallfunc)router_vectorcall;
+    self->route = (RouteObject *)Py_NewRef(route);
+    self->fname = Py_NewRef(fname);
+    self->idx = idx;
+    self->arity = arity;
+    self->slow = Py_NewRef(slow);
+    self->bad_call = Py_NewRef(bad_call);
+    self->name = Py_NewRef(fname);
+    self->qualname = Py_NewRef(qualname);
+    return (PyObject *)self;
+}
+
+static int
+router_traverse(RouterObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->route);
+    Py_VISIT(self->fname);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->bad_call);
+    Py_VISIT(self->name);
+    Py_VISIT(self->qualname);
+    return 0;
+}
+
+static int
+router_clear(RouterObject *self)
+{
+    Py_CLEAR(self->route);
+    Py_CLEAR(self->fname);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->bad_call);
+    Py_CLEAR(self->name);
+    Py_CLEAR(self->qualname);
+    return 0;
+}
+
+static void
+router_dealloc(RouterObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    router_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+router_repr(RouterObject *self)
+{
+    return PyUnicode_FromFormat("<hotload router %U>", self->qualname);
+}
+
+static PyMemberDef router_members[] = {
+    {"__name__", T_OBJECT_EX, offsetof(RouterObject, name), 0, NULL},
+    {"__qualname__", T_OBJECT_EX, offsetof(RouterObject, qualname), 0, NULL},
+    {"arity", T_PYSSIZET, offsetof(RouterObject, arity), READONLY, NULL},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(RouterObject, vectorcall), READONLY, NULL},
+    {NULL},
+};
+
+static PyTypeObject RouterType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "hotload._engine._crouter.Router",
+    .tp_basicsize = sizeof(RouterObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "A routed export: calls the current version's function.",
+    .tp_new = router_new,
+    .tp_vectorcall_offset = offsetof(RouterObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_traverse = (traverseproc)router_traverse,
+    .tp_clear = (inquiry)router_clear,
+    .tp_dealloc = (destructor)router_dealloc,
+    .tp_repr = (reprfunc)router_repr,
+    .tp_members = router_members,
+};
+
+/* ------------------------------------------------------- module functions */
+
+/* call_each(callables, args[, skip]): [f(*args) for f in callables], in one C
+ * loop, stopping at the first exception, except one matching `skip` (an
+ * exception class or a tuple of them): that call is left out of the results
+ * and the loop goes on.  For a host that calls the same event handler export
+ * of many plugins (host.emit: a plugin unloaded during the emit is skipped). */
+static PyObject *
+call_each(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 2 || nargs > 3 || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "call_each(callables, args: tuple[, skip])");
+        return NULL;
+    }
+    PyObject *skip = nargs == 3 && args[2] != Py_None ? args[2] : NULL;
+    if (skip != NULL && !PyExceptionClass_Check(skip) && !PyTuple_Check(skip)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "call_each: skip must be an exception class or a tuple of them");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(args[0], "call_each: callables must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject *out = PyList_New(n);
+    if (out == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    PyObject *const *cargs = &PyTuple_GET_ITEM(args[1], 0);
+    Py_ssize_t ncargs = PyTuple_GET_SIZE(args[1]);
+    Py_ssize_t k = 0; /* results so far */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *f = Py_NewRef(PySequence_Fast_GET_ITEM(seq, i));
+        PyObject *r = PyObject_Vectorcall(f, cargs, ncargs, NULL);
+        Py_DECREF(f);
+        if (r == NULL) {
+            if (skip != NULL && PyErr_ExceptionMatches(skip)) {
+                PyErr_Clear();
+                continue;
+            }
+            Py_DECREF(out);
+            Py_DECREF(seq);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, k++, r);
+    }
+    Py_DECREF(seq);
+    if (k < n && PyList_SetSlice(out, k, n, NULL) < 0) { /* the unused tail is NULLs */
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* The METH_FASTCALL floor for the benchmarks: a C function doing nothing. */
+static PyObject *
+noop(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_RETURN_NONE;
+}
+
+#ifndef _WIN32
+/* symbols(handle, names) -> [address or None for each name]: the POSIX
+ * platform layer's dl.symbols in one C call (a reload resolves every export,
+ * hook and import slot of a plugin at once, and a ctypes call per name costs
+ * more than the lookup).  The names are encoded with the GIL held; the
+ * lookups run without it, as a ctypes call does: dlsym takes the loader's
+ * lock, which another thread's dlopen holds while a constructor waits for
+ * the GIL to call a host service.  A name not found leaves a dlerror()
+ * message behind on this thread: it is cleared once at the end. */
+static PyObject *
+symbols(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "symbols(handle: int, names: list[str])");
+        return NULL;
+    }
+    void *handle = PyLong_AsVoidPtr(args[0]);
+    if (handle == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "symbols: handle is NULL");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(args[1], "symbols: names must be a sequence of str");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject *out = NULL;
+    const char **cnames = PyMem_Calloc(n ? n : 1, sizeof(char *));
+    void **addrs = PyMem_Calloc(n ? n : 1, sizeof(void *));
+    if (cnames == NULL || addrs == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name = PySequence_Fast_GET_ITEM(seq, i);
+        Py_ssize_t len;
+        if (!PyUnicode_Check(name)) {
+            PyErr_Format(PyExc_TypeError, "symbols: names must be str, not %.100s",
+                         Py_TYPE(name)->tp_name);
+            goto done;
+        }
+        /* UTF-8 kept alive by the str itself, which seq holds */
+        cnames[i] = PyUnicode_AsUTF8AndSize(name, &len);
+        if (cnames[i] == NULL)
+            goto done;
+        if ((size_t)len != strlen(cnames[i])) {
+            PyErr_SetString(PyExc_ValueError, "symbols: a name contains a NUL character");
+            goto done;
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++)
+        addrs[i] = dlsym(handle, cnames[i]);
+    (void)dlerror();
+    Py_END_ALLOW_THREADS
+    out = PyList_New(n);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = addrs[i] ? PyLong_FromVoidPtr(addrs[i]) : Py_NewRef(Py_None);
+        if (v == NULL) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyList_SET_ITEM(out, i, v);
+    }
+done:
+    PyMem_Free(cnames);
+    PyMem_Free(addrs);
+    Py_DECREF(seq);
+    return out;
+}
+#endif
+
+static PyMethodDef module_methods[] = {
+    {"call_each", (PyCFunction)(void (*)(void))call_each, METH_FASTCALL,
+     "call_each(callables, args[, skip]) -> [f(*args) for f in callables], in C;\n"
+     "a call raising an exception that matches skip is left out."},
+    {"noop", (PyCFunction)(void (*)(void))noop, METH_FASTCALL,
+     "Do nothing: the cost of calling a METH_FASTCALL builtin."},
+#ifndef _WIN32
+    {"symbols", (PyCFunction)(void (*)(void))symbols, METH_FASTCALL,
+     "symbols(handle, names) -> [dlsym(handle, name) or None for each name]."},
+#endif
+    {NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "hotload._engine._crouter",
+    .m_doc = "The compiled router (see _crouter.c for the memory-ordering argument).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__crouter(void)
+{
+    if (PyType_Ready(&GateType) < 0 || PyType_Ready(&RouteType) < 0 ||
+        PyType_Ready(&RouterType) < 0)
+        return NULL;
+    str_set = PyUnicode_InternFromString("set");
+    if (str_set == NULL)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Gate", (PyObject *)&GateType) < 0 ||
+        PyModule_AddObjectRef(m, "Route", (PyObject *)&RouteType) < 0 ||
+        PyModule_AddObjectRef(m, "Router", (PyObject *)&RouterType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,155 @@
+"""The reaper: closes retired versions once their last call has returned,
+then checks with the kernel that each image really left memory.
+
+It runs on its own thread so that neither a reload nor a caller ever waits
+for the costly parts: parsing an ELF file (~2 ms with pyelftools) or reading
+``/proc/self/maps`` (~0.3 ms).  A quiet version whose build was already
+inspected is released at once on the reload path (``dlclose`` is cheap), so a
+burst of reloads never piles up images.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from .._artifact.loader import Image, Loader
+from .._errors import HotloadError
+from .lifecycle import Version, VersionState
+from .unload_policy import UnloadPolicy
+
+log = logging.getLogger(__name__)
+
+
+class Reaper:
+    def __init__(self, loader: Loader, policy: UnloadPolicy) -> None:
+        self._loader = loader
+        self._policy = policy
+        self._lock = threading.Lock()
+        self.wake = threading.Event()  # versions set it when their last call leaves
+        self._retired: list[tuple[Version, bool]] = []  # (version, host says unload safe)
+        self._unverified: list[Version] = []
+        self._fresh: list[Image] = []
+        self._busy = 0
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="hotload-reaper", daemon=True)
+        self._thread.start()
+
+    # -- called by the host ----------------------------------------------------
+    def inspect_later(self, image: Image) -> None:
+        with self._lock:
+            self._fresh.append(image)
+        self.wake.set()
+
+    def retire(self, version: Version, *, unload_safe: bool) -> None:
+        """Take a version that no longer receives calls; close it when quiet."""
+        img = version.image
+        quick = not version.calls and self._policy.report_cached(img)
+        if quick:
+            self._release(version, unload_safe)
+        else:
+            with self._lock:
+                self._retired.append((version, unload_safe))
+        self.wake.set()
+
+    def draining(self) -> list[Version]:
+        with self._lock:
+            return [v for v, _ in self._retired]
+
+    def settle(self, timeout: float) -> bool:
+        """Wait until every retired version has been closed and checked."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if not (self._retired or self._unverified or self._busy or self._fresh):
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            self.wake.set()
+            time.sleep(0.002)
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self._stopping = True
+        self.wake.set()
+        self._thread.join(timeout)
+
+    # -- the thread -------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            self.wake.wait(0.25 if self._retired else None)
+            self.wake.clear()
+            with self._lock:
+                ready = [(v, safe) for v, safe in self._retired if not v.calls]
+                fresh, self._fresh = self._fresh, []
+                self._busy = len(ready) + len(fresh)  # settle() waits for this work too
+            # Inspect outside any lock: the releases below then find every
+            # report cached and never stall a reload.
+            for image in fresh:
+                self._policy.warn_once(image)
+            for version, safe in ready:
+                self._policy.report(version.image)
+                with self._lock:
+                    if (version, safe) not in self._retired or version.calls:
+                        continue
+                    self._retired.remove((version, safe))
+                self._release(version, safe)
+            with self._lock:
+                batch, self._unverified = self._unverified, []
+                self._busy = len(batch)
+            for version in batch:
+                self._verify(version)
+            with self._lock:
+                self._busy = 0
+                done = self._stopping and not self._retired and not self._unverified
+            if done:
+                return
+
+    def _release(self, version: Version, unload_safe: bool) -> None:
+        if version.stuck:  # a thread is still inside one of its hooks: never unmap it
+            version.retain(f"kept loaded: {version.stuck}")
+            self._loader.keep(version.image)
+            log.warning(
+                "%s v%d is kept loaded, not closed: %s",
+                version.plugin_name,
+                version.seq,
+                version.stuck,
+            )
+            return
+        hazards = self._policy.hazards(version.image, unload_safe)
+        if hazards:
+            codes = ", ".join(f.code for f in hazards)
+            version.retain(f"kept loaded: unloading it could crash the process ({codes})")
+            self._loader.keep(version.image)
+            log.warning(
+                "%s v%d is kept loaded, not closed: %s",
+                version.plugin_name,
+                version.seq,
+                "; ".join(f.message for f in hazards),
+            )
+            return
+        version.released()  # the image may be gone after this: never call into it again
+        try:
+            self._loader.release(version.image)
+        except HotloadError as exc:
+            log.error("%s", exc)
+            version.leaked(str(exc))
+            return
+        with self._lock:
+            self._unverified.append(version)
+
+    def _verify(self, version: Version) -> None:
+        verdict = self._loader.verify_gone(version.image)
+        version.verified(verdict.gone, verdict.mapped_bytes)
+        if version.state is VersionState.UNLOADED:
+            log.info(
+                "unloaded %s v%d: image gone from the process", version.plugin_name, version.seq
+            )
+        else:
+            log.warning(
+                "%s v%d: still mapped after dlclose (%d bytes): %s",
+                version.plugin_name,
+                version.seq,
+                verdict.mapped_bytes,
+                ", ".join(self._policy.blockers(version)),
+            )

@@ -1,0 +1,1039 @@
+"""The control channel: one Unix socket per host, so that ``hotload`` in
+another terminal can see and steer a running host.
+
+Where and who
+-------------
+Sockets live in a private per-user directory: ``$HOTLOAD_CONTROL_DIR`` if
+set, else ``<runtime base>/control`` where the runtime base is the one the
+work directories use (``$XDG_RUNTIME_DIR/hotload``, or ``<tmp>/hotload-<uid>``;
+see ``workdir.runtime_base``).  The directory is 0700 and each socket 0600.
+Each host has its own socket, ``host-<pid>-<token>.sock``, so several hosts
+coexist and ``hotload hosts`` can list them.  A socket is bound under a
+hidden temporary name, made 0600, put in listening state and only then
+renamed into place: a client never finds a socket that refuses it because it
+is still being set up, so a refused connection means a dead host, and that
+stale socket is removed (by the next host that starts, or by any client
+listing hosts).  On accepting a connection the server reads the peer's
+credentials (``SO_PEERCRED``) and serves only the same uid, or root.
+
+Protocol (version 1)
+--------------------
+Line-delimited JSON over the stream: each request is one JSON object on one
+line (UTF-8, ending ``\\n``, at most 64 KiB), each answer is one line.  A
+connection may carry any number of requests, answered in order.
+
+Request::
+
+    {"v": 1, "op": "<op>", "id": <anything, echoed back>, ...arguments}
+
+``v`` may be omitted (it means 1); another value gets ``unsupported_version``.
+
+Answer::
+
+    {"v": 1, "id": <echoed>, "ok": true,  "result": {...}}
+    {"v": 1, "id": <echoed>, "ok": false, "error": {"code": "<code>", "type": "<exception>",
+                                                    "message": "<one line>"}}
+
+Operations and their ``result``:
+
+``ping`` (alias ``hosts``)
+    This host: ``{"protocol", "hotload", "pid", "uid", "name", "argv",
+    "started_at", "socket", "plugins": [names]}``.
+``ls``
+    ``{"host": <ping result>, "plugins": [{"name", "versions": [version...],
+    "pruned"}], "leaks": {"images", "bytes"}}``; ``pruned`` counts old unloaded
+    versions the host's bounded history dropped; ``leaks`` sums every leaked
+    or retained image.
+``versions`` ``{"name"}``
+    ``{"name", "versions": [version...]}``, oldest first.
+``reload`` ``{"name", "path"?, "allow_signature_change"?}``
+    ``{"version": <the new current version>, "previous": <the version it replaced>}``;
+    ``path`` must be absolute (the host's working directory is not the
+    client's: ``hotload reload --path`` resolves it first);
+    ``allow_signature_change`` (a boolean, default false) accepts a build
+    that removes an export or changes a prototype.
+``rollback`` ``{"name"}``
+    ``{"version": <the version now current>}``.
+
+A *version* object is ``VersionInfo.as_dict()``: ``name, seq, plugin_version,
+state (active|draining|unloaded|leaked|retained), in_flight, loaded_at, unloaded_at,
+source, copy, digest, size, dlopen_count, dlclose_count, mapped_bytes,
+blockers [str], note``; times are Unix seconds.  New keys may be added to any
+object without a protocol bump; removing or changing one bumps ``v``.
+
+Requests and answers are strict JSON: ``NaN``/``Infinity`` (or a number that
+overflows to one) make a request a ``bad_request``, and ``"v"`` must be the
+integer 1 (``true`` is not).
+
+Error codes: ``bad_request``, ``unsupported_version``, ``unknown_op``,
+``forbidden`` (peer uid refused), ``not_loaded``, ``failed`` (the host
+refused: the message says why), ``busy`` (every session slot is in use by a
+request in progress), ``timeout`` (a request not complete within its
+deadline; the connection is then closed), ``internal``.
+
+Limits
+------
+One thread multiplexes every connection; at most ``WORKERS`` threads run
+requests.  At most ``MAX_SESSIONS`` connections are open at once (at the cap
+the longest-idle one with nothing unread is closed to admit a newcomer, else
+the one stalled longest on a partial request or an untaken answer); a
+request must be complete within ``REQUEST_DEADLINE`` seconds of its first
+byte, and its answer taken as quickly (by the selector thread: workers never
+wait on a client); a silent session is closed after ``SESSION_IDLE``
+seconds.  ``request()`` retries a full backlog, a ``busy`` answer or a fresh
+connection closed before any answer for up to ``CONNECT_RETRY`` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import math
+import os
+import queue
+import secrets
+import selectors
+import socket
+import stat
+import struct
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._artifact.workdir import ensure_private_dir, runtime_base
+from .._errors import (
+    ControlError,  # noqa: F401 - re-exported
+    HotloadError,
+    NotLoadedError,
+    resource_error,
+)
+
+if TYPE_CHECKING:
+    from .protocols import PluginHost
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = 1
+MAX_LINE = 64 * 1024
+ENV_DIR = "HOTLOAD_CONTROL_DIR"
+SESSION_IDLE = 60.0  # seconds a connected client may stay silent between requests
+REQUEST_DEADLINE = 10.0  # seconds from a request's first byte to its last (and to send the answer)
+MAX_SESSIONS = 128  # open connections per host; each costs an fd, not a thread
+WORKERS = 4  # threads that run requests; started on demand
+BACKLOG = 512  # connections the kernel queues before accept (capped by net.core.somaxconn)
+CONNECT_RETRY = 5.0  # seconds a client retries a full backlog or a busy host
+_REFUSED_RETRY = 0.2  # seconds a client retries a refused connection
+_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_ACCEPT_BACKOFF_MIN, _ACCEPT_BACKOFF_MAX = 0.05, 1.0
+_LOOP_TICK = 1.0
+_RECV_CHUNK = 65536
+_SUN_PATH_MAX = 107
+# A host that set SIGPIPE back to SIG_DFL must not die of a client that hangs up
+# before its answers are written: every server send says so (Linux; elsewhere
+# Python's own SIG_IGN is the guard).
+_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+
+
+# ---- where ---------------------------------------------------------------------
+
+
+def _require_unix_sockets() -> None:
+    if not hasattr(socket, "AF_UNIX") or not hasattr(os, "getuid"):
+        raise ControlError(
+            "the control channel needs Unix domain sockets and POSIX users, which this "
+            "platform lacks",
+            "unsupported",
+        )
+
+
+def control_dir() -> Path:
+    """The private directory holding this user's host sockets (created 0700)."""
+    _require_unix_sockets()
+    env = os.environ.get(ENV_DIR)
+    path = Path(env) if env else runtime_base() / "control"
+    ensure_private_dir(path, what="control directory")
+    return path
+
+
+def socket_paths(directory: Path | None = None) -> list[Path]:
+    """The host sockets in ``directory``: only real sockets (or symlinks to
+    one) named ``host-*.sock``.  A FIFO, file or directory with such a name
+    is no host: listing it would report a phantom, and sweeping it as stale
+    would delete someone's file."""
+    directory = directory or control_dir()
+    return sorted(p for p in directory.glob("host-*.sock") if _is_socket(p))
+
+
+def _is_socket(path: Path) -> bool:
+    try:
+        mode = path.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            mode = path.stat().st_mode  # a symlink to a host's socket is that host
+    except OSError:
+        return False  # gone, or a dangling link
+    return stat.S_ISSOCK(mode)
+
+
+def _pid_of(path: Path) -> int | None:
+    try:
+        return int(path.name.split("-")[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def is_stale(path: Path) -> bool:
+    """True when no host listens on ``path`` any more (its process died
+    without closing).  Decided by connecting (refused: nobody listens), never
+    by the pid in the name: a host in another pid namespace sharing this
+    directory has a pid we cannot see, and pids are reused."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            return False
+    return False
+
+
+def sweep_stale(directory: Path | None = None) -> list[Path]:
+    """Remove the sockets of hosts that died; return what was removed."""
+    removed = []
+    for path in socket_paths(directory):
+        if is_stale(path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+                log.info("removed stale control socket %s (its host is gone)", path)
+    return removed
+
+
+# ---- server ------------------------------------------------------------------------
+
+
+class _Session:
+    """One client connection: what it has sent so far and when it must have
+    finished.  Owned by the accept loop while it waits for a request line,
+    by a worker while its request runs."""
+
+    __slots__ = ("conn", "buf", "out", "deadline", "idle_since", "stalled_since")
+
+    def __init__(self, conn: socket.socket, now: float, idle: float) -> None:
+        self.conn = conn
+        self.buf = bytearray()
+        self.out = b""  # the rest of an answer the client has not taken yet
+        self.deadline = now + idle
+        self.idle_since = now
+        self.stalled_since = now  # first byte of a partial request, or start of an unsent answer
+
+
+class ControlServer:
+    """Serves the control protocol for one host on its own socket.
+
+    One thread runs a selector over the listening socket and every open
+    session, so an idle or slow client costs an fd, never a thread; a small
+    pool of workers (started on demand, at most ``workers``) runs complete
+    request lines against the host.  Limits: ``max_sessions`` open
+    connections (at the cap the longest-idle one is closed to make room, and
+    when every session is busy the newcomer is answered ``busy``); a request
+    must arrive whole within ``request_deadline`` seconds of its first byte
+    and its answer be taken within as long again; a session silent for
+    ``idle_timeout`` seconds is closed.  When ``accept`` fails for lack of
+    file descriptors or memory the loop stops accepting for a while
+    (backing off up to a second) instead of spinning on a listener that
+    stays readable."""
+
+    def __init__(
+        self,
+        host: PluginHost,
+        *,
+        directory: str | os.PathLike[str] | None = None,
+        name: str | None = None,
+        max_sessions: int = MAX_SESSIONS,
+        workers: int = WORKERS,
+        request_deadline: float = REQUEST_DEADLINE,
+        idle_timeout: float = SESSION_IDLE,
+    ) -> None:
+        _require_unix_sockets()
+        self.host = host
+        self.directory = Path(directory) if directory else control_dir()
+        if directory:
+            ensure_private_dir(self.directory, what="control directory")
+        self.name = name or _default_name()
+        self.path = self.directory / f"host-{os.getpid()}-{secrets.token_hex(3)}.sock"
+        if len(os.fsencode(self.path)) > _SUN_PATH_MAX:
+            raise HotloadError(
+                f"{self.path}: control socket path is longer than the {_SUN_PATH_MAX} bytes "
+                f"a Unix socket allows; set {ENV_DIR} to a shorter directory"
+            )
+        self.max_sessions = max_sessions
+        self.max_workers = max(1, workers)
+        self.request_deadline = request_deadline
+        self.idle_timeout = idle_timeout
+        self.started_at = time.time()
+        self._sock: socket.socket | None = None
+        try:
+            self._wake_r, self._wake_w = socket.socketpair()
+        except OSError as exc:
+            raise _out_of(exc, f"{self.path}: cannot set up the control channel") from None
+        try:
+            self._sel = selectors.DefaultSelector()
+        except OSError as exc:
+            self._wake_r.close()
+            self._wake_w.close()
+            raise _out_of(exc, f"{self.path}: cannot set up the control channel") from None
+        self._lock = threading.Lock()  # guards what workers share with the loop, below
+        self._sessions: set[_Session] = set()  # every open session, waiting or running
+        self._returned: deque[_Session] = deque()  # answered by a worker, back to the loop
+        self._jobs: queue.SimpleQueue[tuple[_Session, bytes] | None] = queue.SimpleQueue()
+        self._workers: list[threading.Thread] = []
+        self._idle_workers = 0
+        self._stopping = False
+        self._accept_errors = 0  # accept() failures for lack of fds/memory (tests watch it)
+        self._thread = threading.Thread(target=self._serve, name="hotload-control", daemon=True)
+
+    def start(self) -> ControlServer:
+        try:
+            sweep_stale(self.directory)
+        except OSError as exc:
+            raise _out_of(exc, f"{self.directory}: cannot list the control directory") from None
+        tmp = self.directory / f".{self.path.name}.{secrets.token_hex(3)}.tmp"
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise _out_of(exc, f"{self.path}: cannot open the control socket") from None
+        try:
+            sock.bind(str(tmp))
+            os.chmod(tmp, 0o600)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+            os.replace(tmp, self.path)  # appears only once it accepts
+            self._sock = sock
+            self._thread.start()
+        except BaseException:
+            self._sock = None
+            sock.close()
+            for leftover in (tmp, self.path):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+            raise
+        log.info("control socket %s (try: hotload ls)", self.path)
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting, end open sessions and remove the socket."""
+        if self._sock is not None:
+            self._stopping = True
+            self._wake()
+            if self._thread is not threading.current_thread():
+                self._thread.join(2.0)
+            for _ in self._workers:
+                self._jobs.put(None)
+            with self._lock:
+                sessions = list(self._sessions)
+            for session in sessions:  # a worker still answering one sees its socket shut
+                with contextlib.suppress(OSError):
+                    session.conn.shutdown(socket.SHUT_RDWR)
+            self._sock.close()
+            self._sock = None
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def describe(self) -> dict[str, Any]:
+        """This host, as ``ping`` answers."""
+        from .._about import __version__
+
+        return {
+            "protocol": PROTOCOL,
+            "hotload": __version__,
+            "pid": os.getpid(),
+            "uid": os.getuid(),
+            "name": self.name,
+            "argv": list(sys.argv),
+            "started_at": self.started_at,
+            "socket": str(self.path),
+            "plugins": self.host.names(),
+        }
+
+    # -- the accept loop (one thread) --------------------------------------------------
+    def _serve(self) -> None:
+        assert self._sock is not None
+        self._sel.register(self._sock, selectors.EVENT_READ)
+        self._sel.register(self._wake_r, selectors.EVENT_READ)
+        backoff, paused_until = _ACCEPT_BACKOFF_MIN, 0.0
+        try:
+            while not self._stopping:
+                for key, events in self._sel.select(self._select_timeout(paused_until)):
+                    if key.fileobj is self._wake_r:
+                        with contextlib.suppress(OSError):
+                            self._wake_r.recv(4096)
+                    elif key.fileobj is self._sock:
+                        if not self._accept():
+                            self._sel.unregister(self._sock)  # out of fds: stop listening a while
+                            paused_until = time.monotonic() + backoff
+                            backoff = min(backoff * 2, _ACCEPT_BACKOFF_MAX)
+                        else:
+                            backoff = _ACCEPT_BACKOFF_MIN
+                    elif events & selectors.EVENT_WRITE:
+                        self._flush(key.data, time.monotonic())
+                    else:
+                        self._read(key.data)
+                now = time.monotonic()
+                if paused_until and now >= paused_until:
+                    paused_until = 0.0
+                    self._sel.register(self._sock, selectors.EVENT_READ)
+                self._take_back_returned(now)
+                self._expire(now)
+        finally:
+            with self._lock:
+                sessions = list(self._sessions)
+            for session in sessions:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._sel.unregister(session.conn)
+                with contextlib.suppress(OSError):
+                    session.conn.shutdown(socket.SHUT_RDWR)
+
+    def _select_timeout(self, paused_until: float) -> float:
+        now = time.monotonic()
+        waits = [_LOOP_TICK]
+        if paused_until:
+            waits.append(paused_until - now)
+        waits += [key.data.deadline - now for key in self._waiting()]
+        return max(0.0, min(waits))
+
+    def _waiting(self) -> list[selectors.SelectorKey]:
+        """The sessions waiting in the selector for their next request."""
+        return [k for k in self._sel.get_map().values() if isinstance(k.data, _Session)]
+
+    def _accept(self) -> bool:
+        """Accept what is queued; False when out of file descriptors or memory."""
+        assert self._sock is not None
+        for _ in range(64):  # bounded: the wake socket and the sessions get their turn too
+            try:
+                conn, _addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return True
+            except OSError as exc:
+                if exc.errno not in _RESOURCE_ERRNOS:
+                    log.warning("control: accept failed: %s", exc)
+                    return True
+                self._accept_errors += 1
+                if self._accept_errors == 1 or self._accept_errors % 100 == 0:
+                    log.warning(
+                        "control: cannot accept a client (%s); pausing accepts (%d so far)",
+                        exc.strerror,
+                        self._accept_errors,
+                    )
+                return False
+            self._admit(conn)
+        return True
+
+    def _admit(self, conn: socket.socket) -> None:
+        refusal = _check_peer(conn)
+        if refusal:
+            log.warning("control: %s", refusal)
+            _send_and_close(conn, _error(None, "forbidden", refusal, "PermissionError"))
+            return
+        if len(self._sessions) >= self.max_sessions and not self._evict():
+            _send_and_close(
+                conn,
+                _error(
+                    None,
+                    "busy",
+                    f"the host is busy: all {self.max_sessions} control sessions are in use; "
+                    f"try again",
+                ),
+            )
+            return
+        conn.setblocking(False)
+        session = _Session(conn, time.monotonic(), self.idle_timeout)
+        with self._lock:
+            self._sessions.add(session)
+        self._sel.register(conn, selectors.EVENT_READ, session)
+
+    def _evict(self) -> bool:
+        """Make room for a newcomer; False if every session is busy.
+
+        First choice: the session silent longest, but only one with nothing
+        unread in the kernel either: closing a socket with unread data
+        resets it, and the client whose request was on its way would see
+        "connection reset".  Second choice: the session stalled longest on a
+        partial request or on an answer it does not take.  A real client
+        sends a request and takes its answer in microseconds; 128 slow
+        lorises that each send one byte would otherwise hold every slot."""
+        idle: list[_Session] = []
+        stalled: list[_Session] = []
+        for key in self._waiting():
+            session: _Session = key.data
+            if session.out:
+                stalled.append(session)
+            elif not _nothing_unread(session.conn):
+                continue  # its request is on its way: read it, never reset it
+            elif session.buf:
+                stalled.append(session)
+            else:
+                idle.append(session)
+        if idle:
+            self._close(min(idle, key=lambda s: s.idle_since))
+        elif stalled:
+            victim = min(stalled, key=lambda s: s.stalled_since)
+            log.info(
+                "control: closing a session stalled for %.1f s to admit a newcomer",
+                time.monotonic() - victim.stalled_since,
+            )
+            self._close(victim)
+        else:
+            return False
+        return True
+
+    def _read(self, session: _Session) -> None:
+        try:
+            data = session.conn.recv(_RECV_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(session)  # the client hung up
+            return
+        if not session.buf:  # the first byte of a request starts its deadline
+            session.stalled_since = time.monotonic()
+            session.deadline = session.stalled_since + self.request_deadline
+        session.buf += data
+        self._dispatch_if_complete(session)
+
+    def _dispatch_if_complete(self, session: _Session) -> bool:
+        """Hand a complete request line to a worker; True if one was."""
+        end = session.buf.find(b"\n", 0, MAX_LINE + 1)
+        if end < 0:
+            if len(session.buf) > MAX_LINE:
+                message = f"request longer than {MAX_LINE} bytes"
+                self._close(session, _error(None, "bad_request", message))
+            return False
+        line = bytes(session.buf[:end])
+        del session.buf[: end + 1]
+        self._sel.unregister(session.conn)
+        self._submit(session, line)
+        return True
+
+    def _take_back_returned(self, now: float) -> None:
+        """Sessions a worker answered: wait for the client to take the rest
+        of a long answer, else serve a pipelined request at once, else wait
+        in the selector for the next one."""
+        while True:
+            with self._lock:
+                if not self._returned:
+                    return
+                session = self._returned.popleft()
+            if session.out:
+                session.stalled_since = now
+                session.deadline = now + self.request_deadline
+                self._sel.register(session.conn, selectors.EVENT_WRITE, session)
+            else:
+                self._await_next(session, now)
+
+    def _await_next(self, session: _Session, now: float) -> None:
+        session.idle_since = session.stalled_since = now
+        session.deadline = now + (self.request_deadline if session.buf else self.idle_timeout)
+        self._sel.register(session.conn, selectors.EVENT_READ, session)
+        self._dispatch_if_complete(session)
+
+    def _flush(self, session: _Session, now: float) -> None:
+        """Send more of an answer the client is slow to take."""
+        try:
+            sent = session.conn.send(session.out, _NOSIGNAL)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(session)
+            return
+        session.out = session.out[sent:]
+        if not session.out:
+            self._sel.unregister(session.conn)
+            self._await_next(session, now)
+
+    def _expire(self, now: float) -> None:
+        for key in self._waiting():
+            session = key.data
+            if now < session.deadline:
+                continue
+            if session.out:
+                log.info("control: closing a session that did not take its answer in time")
+                self._close(session)  # no room to say why: it does not read
+            elif session.buf:
+                message = f"request not complete within {self.request_deadline:g} s"
+                self._close(session, _error(None, "timeout", message))
+            else:
+                self._close(session)  # silent for idle_timeout
+
+    def _close(self, session: _Session, last_word: dict[str, Any] | None = None) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(session.conn)
+        with self._lock:
+            self._sessions.discard(session)
+        if last_word is None:
+            session.conn.close()
+        else:
+            _send_and_close(session.conn, last_word)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x", _NOSIGNAL)
+
+    # -- workers -------------------------------------------------------------------------
+    def _submit(self, session: _Session, line: bytes) -> None:
+        with self._lock:
+            need = self._idle_workers == 0 and len(self._workers) < self.max_workers
+        if need:
+            worker = threading.Thread(target=self._work, name="hotload-control-worker", daemon=True)
+            try:
+                worker.start()
+            except RuntimeError as exc:  # "can't start new thread": the process is at its limit
+                log.warning("control: cannot start a worker thread (%s)", exc)
+            else:
+                with self._lock:
+                    self._workers.append(worker)
+        if not any(w.is_alive() for w in self._workers):
+            self._answer(session, line)  # no worker at all: answer here rather than never
+            return
+        self._jobs.put((session, line))
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle_workers += 1
+            job = self._jobs.get()
+            with self._lock:
+                self._idle_workers -= 1
+            if job is None:
+                return
+            self._answer(*job)
+
+    def _answer(self, session: _Session, line: bytes) -> None:
+        """Run one request and send what of its answer the socket takes now;
+        then give the session back to the loop, which sends the rest as the
+        client reads (within ``request_deadline``).  A worker never waits on
+        a client: four clients that pipeline requests and never read would
+        otherwise hold every worker."""
+        reply = _encode(self.handle(line))
+        try:
+            while reply:
+                reply = reply[session.conn.send(reply, _NOSIGNAL) :]
+        except (BlockingIOError, InterruptedError):
+            pass  # the socket's buffer is full: the loop sends the rest
+        except OSError:  # gone, or stop()
+            with self._lock:
+                self._sessions.discard(session)
+            session.conn.close()
+            return
+        session.out = reply
+        with self._lock:
+            self._returned.append(session)
+        self._wake()
+
+    # -- requests -----------------------------------------------------------------
+    def handle(self, line: bytes) -> dict[str, Any]:
+        """Answer one request line (also usable without a socket, in tests)."""
+        try:
+            req = json.loads(line, parse_constant=_no_constant, parse_float=_finite_float)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # e.g. 60,000 nested "["
+            return _error(None, "bad_request", f"not a JSON object: {exc}")
+        if not isinstance(req, dict):
+            return _error(None, "bad_request", "a request is a JSON object")
+        rid = req.get("id")
+        version = req.get("v", PROTOCOL)
+        if type(version) is not int or version != PROTOCOL:  # true is not 1
+            return _error(
+                rid,
+                "unsupported_version",
+                f"protocol version {version!r} is not supported; this host speaks {PROTOCOL}",
+            )
+        op = req.get("op")
+        handler = _OPS.get(op) if isinstance(op, str) else None
+        if handler is None:
+            return _error(rid, "unknown_op", f"unknown op {op!r}; known: {', '.join(sorted(_OPS))}")
+        try:
+            return {"v": PROTOCOL, "id": rid, "ok": True, "result": handler(self, req)}
+        except NotLoadedError as exc:
+            return _error(rid, "not_loaded", str(exc), type(exc).__name__)
+        except ControlError as exc:
+            return _error(rid, exc.code, str(exc), type(exc).__name__)
+        except HotloadError as exc:
+            return _error(rid, "failed", str(exc), type(exc).__name__)
+        except Exception as exc:
+            log.exception("control: %s failed", op)
+            return _error(rid, "internal", f"{type(exc).__name__}: {exc}", type(exc).__name__)
+
+    def _op_ping(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self.describe()
+
+    def _op_ls(self, req: dict[str, Any]) -> dict[str, Any]:
+        plugins = [
+            {"name": n, "versions": self._versions(n), "pruned": self.host.pruned(n)}
+            for n in self.host.names()
+        ]
+        leaks = self.host.leaks()
+        return {
+            "host": self.describe(),
+            "plugins": plugins,
+            "leaks": {"images": len(leaks), "bytes": sum(v.mapped_bytes for v in leaks)},
+            "handles": self.host.handles(),
+        }
+
+    def _op_versions(self, req: dict[str, Any]) -> dict[str, Any]:
+        name = _arg(req, "name")
+        return {"name": name, "versions": self._versions(name)}
+
+    def _op_reload(self, req: dict[str, Any]) -> dict[str, Any]:
+        name = self._loaded(req)
+        path = req.get("path")
+        if path is not None:
+            if not isinstance(path, str) or not path or "\0" in path:
+                raise ControlError("'path' must be a non-empty string without NUL", "bad_request")
+            if not os.path.isabs(path):
+                raise ControlError(
+                    f"{path}: a relative path; send an absolute one (this host's working "
+                    f"directory is not the client's)",
+                    "bad_request",
+                )
+        allow = req.get("allow_signature_change", False)
+        if not isinstance(allow, bool):  # not 0/1, not "yes": a typo must not accept a change
+            raise ControlError("'allow_signature_change' must be true or false", "bad_request")
+        before = [v for v in self.host.versions(name) if v.state == "active"]
+        info = self.host.reload(name, path, allow_signature_change=allow)
+        log.info("control: reloaded %s to v%d (%s) on request", name, info.seq, info.plugin_version)
+        return {"version": info.as_dict(), "previous": before[-1].as_dict() if before else None}
+
+    def _op_rollback(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"version": self.host.rollback(self._loaded(req)).as_dict()}
+
+    def _loaded(self, req: dict[str, Any]) -> str:
+        name = _arg(req, "name")
+        loaded = self.host.names()
+        if name not in loaded:
+            raise NotLoadedError(
+                f"no plugin named {name!r} is loaded (loaded: {', '.join(loaded) or 'none'})"
+            )
+        return name
+
+    def _versions(self, name: str) -> list[dict[str, Any]]:
+        return [v.as_dict() for v in self.host.versions(name)]
+
+
+_OPS = {
+    "ping": ControlServer._op_ping,
+    "hosts": ControlServer._op_ping,
+    "ls": ControlServer._op_ls,
+    "versions": ControlServer._op_versions,
+    "reload": ControlServer._op_reload,
+    "rollback": ControlServer._op_rollback,
+}
+
+
+def _arg(req: dict[str, Any], key: str) -> str:
+    value = req.get(key)
+    if not isinstance(value, str) or not value:
+        raise ControlError(f"request {req.get('op')!r} needs a string {key!r}", "bad_request")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise ValueError(f"{text} is out of range for a JSON number")
+    return value
+
+
+def _error(rid: Any, code: str, message: str, kind: str = "ControlError") -> dict[str, Any]:
+    return {
+        "v": PROTOCOL,
+        "id": rid,
+        "ok": False,
+        "error": {"code": code, "type": kind, "message": message},
+    }
+
+
+def _encode(obj: dict[str, Any]) -> bytes:
+    """One answer line.  Strict JSON only: a NaN or Infinity (which Python
+    would write as bare words no other parser accepts) becomes an error."""
+    try:
+        text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:
+        log.error("control: an answer held a value JSON cannot carry: %s", exc)
+        text = json.dumps(
+            _error(obj.get("id"), "internal", f"the answer is not valid JSON: {exc}"),
+            separators=(",", ":"),
+        )
+    return text.encode() + b"\n"
+
+
+def _send(conn: socket.socket, obj: dict[str, Any]) -> None:
+    conn.sendall(_encode(obj), _NOSIGNAL)
+
+
+def _nothing_unread(conn: socket.socket) -> bool:
+    """True when the kernel holds no unread byte from this client (or it
+    hung up): closing it then ends the connection cleanly instead of
+    resetting it."""
+    try:
+        return not conn.recv(1, socket.MSG_PEEK | _DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return True
+    except OSError:
+        return True  # already broken: nothing to lose
+
+
+def _send_and_close(conn: socket.socket, obj: dict[str, Any]) -> None:
+    """A last line without waiting: the loop never blocks on one client.  A
+    short line fits the empty send buffer of a fresh or answered session."""
+    with contextlib.suppress(OSError):
+        conn.setblocking(False)
+        conn.send(_encode(obj), _NOSIGNAL)
+        conn.shutdown(socket.SHUT_WR)
+    conn.close()
+
+
+def _out_of(exc: OSError, what: str) -> HotloadError:
+    """A setup failure as a HotloadError: ``ResourceError`` when the process
+    is out of file descriptors or memory."""
+    return resource_error(exc, what) or HotloadError(f"{what}: {exc.strerror or exc}")
+
+
+def _check_peer(conn: socket.socket) -> str | None:
+    """None if the peer may talk to us, else why not.  The 0700 directory
+    already keeps other users out; this is the second lock, and the one that
+    holds if the directory's mode is ever loosened."""
+    cred_opt = getattr(socket, "SO_PEERCRED", None)
+    if cred_opt is None:
+        return None  # no SO_PEERCRED here: the directory's mode is the only guard
+    raw = conn.getsockopt(socket.SOL_SOCKET, cred_opt, struct.calcsize("3i"))
+    pid, uid, _gid = struct.unpack("3i", raw)
+    if uid in (os.getuid(), 0):
+        return None
+    allowed = "root" if os.getuid() == 0 else f"uid {os.getuid()} (the host's owner) or root"
+    return f"refused a client with uid {uid} (pid {pid}): only {allowed} may control this host"
+
+
+def _default_name() -> str:
+    """The command line, shortened: ``hotload demo``, ``server.py --port 1``."""
+    prog = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
+    name = prog.parent.name if prog.name == "__main__.py" else prog.name  # python -m pkg
+    return " ".join([name, *sys.argv[1:]])[:80]
+
+
+# ---- client ------------------------------------------------------------------------
+
+
+class _Retry(Exception):
+    """A transient refusal (full backlog, busy host, a fresh connection
+    closed before any answer): try again shortly, for up to ``budget``
+    seconds."""
+
+    def __init__(self, error: ControlError, budget: float = CONNECT_RETRY) -> None:
+        self.error = error
+        self.budget = budget
+
+
+def request(
+    socket_path: str | os.PathLike[str], op: str, /, *, timeout: float = 30.0, **args: Any
+) -> dict[str, Any]:
+    """Send one request and return its ``result``; raise ``ControlError``.
+
+    A full listen backlog (``EAGAIN``), a ``busy`` answer, or a fresh
+    connection reset or closed before any answer (a host at its session cap
+    made room) is retried for up to ``CONNECT_RETRY`` seconds (within
+    ``timeout``), since a burst of clients clears in moments; a refused
+    connection is retried only briefly, as it almost always means the host
+    is gone.  A host closes a connection only before it read a whole
+    request, or when it stops, so a retried request never ran twice."""
+    _require_unix_sockets()
+    _check_is_socket(socket_path)
+    req = {"v": PROTOCOL, "op": op, "id": 1, **args}
+    start = time.monotonic()
+    delay = 0.005
+    while True:
+        try:
+            return _exchange(socket_path, req, timeout)
+        except _Retry as retry:
+            spent = time.monotonic() - start
+            if spent + delay > min(retry.budget, timeout):
+                raise retry.error from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+
+def _check_is_socket(path: str | os.PathLike[str]) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # connect() says what is wrong
+    if stat.S_ISSOCK(mode):
+        return
+    kind = "a directory" if stat.S_ISDIR(mode) else "a regular file" if stat.S_ISREG(mode) else ""
+    raise ControlError(
+        f"{os.fspath(path)}: not a socket{f' ({kind})' if kind else ''}; give a host's control "
+        f"socket (`hotload hosts` lists them)",
+        "not_a_socket",
+    )
+
+
+def _exchange(path: str | os.PathLike[str], req: dict[str, Any], timeout: float) -> dict[str, Any]:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(os.fspath(path))
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                _send(sock, req)  # a host that refuses us answers at once and may hang up: read on
+            with sock.makefile("rb") as reader:
+                line = reader.readline()  # our own uid's host: an answer may be long (ls)
+    except (ConnectionResetError, BrokenPipeError):
+        line = b""  # closed before answering: see below
+    except FileNotFoundError:
+        raise ControlError(
+            f"{path}: no such control socket (is the host still running?)", "unreachable"
+        ) from None
+    except BlockingIOError:  # EAGAIN: the listen backlog is full
+        raise _Retry(
+            ControlError(f"{path}: the host's connection queue stayed full; try again", "busy")
+        ) from None
+    except ConnectionRefusedError:
+        raise _Retry(
+            ControlError(
+                f"{path}: connection refused: the host that owned it is gone", "unreachable"
+            ),
+            _REFUSED_RETRY,
+        ) from None
+    except PermissionError:
+        raise ControlError(
+            f"{path}: permission denied: the host belongs to another user", "forbidden"
+        ) from None
+    except TimeoutError:
+        raise ControlError(
+            f"{path}: the host did not answer within {timeout:g} s", "timeout"
+        ) from None
+    except OSError as exc:
+        raise ControlError(f"{path}: {exc.strerror or exc}", "unreachable") from None
+    if not line:  # a host at its session cap closed us to make room: a fresh try gets in
+        raise _Retry(
+            ControlError(f"{path}: the host closed the connection without answering", "unreachable")
+        )
+    try:
+        reply = json.loads(line)
+    except ValueError:
+        raise ControlError(
+            f"{path}: the host sent an answer that is not JSON", "bad_reply"
+        ) from None
+    if not reply.get("ok"):
+        err = reply.get("error") or {}
+        error = ControlError(err.get("message", "request failed"), err.get("code", "failed"))
+        if error.code == "busy":
+            raise _Retry(error)
+        raise error
+    result: dict[str, Any] = reply["result"]
+    return result
+
+
+def discover(directory: Path | None = None) -> list[dict[str, Any]]:
+    """Every live host of this user, as ``ping`` describes it, by pid.
+
+    Sockets of dead hosts are removed on the way.  A host that does not
+    answer in time is listed with an ``error`` key."""
+    hosts = []
+    seen: set[tuple[Any, ...]] = set()
+    for path in socket_paths(directory):
+        real = path.resolve()  # a symlink to a host's socket is that host, listed once
+        if ("path", real) in seen:
+            continue
+        seen.add(("path", real))
+        try:
+            found = request(path, "ping", timeout=2.0)
+            identity = ("host", found.get("pid"), found.get("socket"))
+            if identity not in seen:
+                seen.add(identity)
+                hosts.append(found)
+        except ControlError as exc:
+            if exc.code == "unreachable" and path.exists() and is_stale(path):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    log.info("removed stale control socket %s", path)
+                continue
+            if exc.code == "unreachable" and not path.exists():
+                continue
+            hosts.append(
+                {"pid": _pid_of(path), "socket": str(path), "name": None, "error": str(exc)}
+            )
+    return sorted(hosts, key=lambda h: (h.get("pid") or 0, h["socket"]))
+
+
+def resolve(
+    *,
+    socket_path: str | os.PathLike[str] | None = None,
+    host: str | None = None,
+    directory: Path | None = None,
+) -> Path:
+    """The socket to talk to: ``socket_path`` as given; else the live host
+    matching ``host`` (a pid, a socket file name, or the host's name); else
+    the only live host.  None or several is an error that says what to do."""
+    if socket_path is not None:
+        return Path(socket_path)
+    directory = directory or control_dir()
+    live = [h for h in discover(directory) if "error" not in h]
+    if host is not None:
+        chosen = [
+            h for h in live if host in (str(h.get("pid")), Path(h["socket"]).name, h.get("name"))
+        ]
+        if len(chosen) == 1:
+            return Path(chosen[0]["socket"])
+        if not chosen:
+            raise ControlError(
+                f"no running host matches {host!r} in {directory} ({_summary(live)})", "no_host"
+            )
+        raise ControlError(
+            f"{len(chosen)} hosts match {host!r} ({_summary(chosen)}); pick one with --socket PATH",
+            "ambiguous",
+        )
+    if len(live) == 1:
+        return Path(live[0]["socket"])
+    if not live:
+        raise ControlError(
+            f"no running hotload host found in {directory} (start one with Host(control=True) "
+            f"or `hotload demo --interactive`)",
+            "no_host",
+        )
+    raise ControlError(
+        f"{len(live)} hosts are running ({_summary(live)}); pick one with --host PID or "
+        f"--socket PATH",
+        "ambiguous",
+    )
+
+
+def _summary(hosts: list[dict[str, Any]]) -> str:
+    if not hosts:
+        return "none running"
+    return ", ".join(f"pid {h.get('pid')} {h.get('name') or ''}".strip() for h in hosts)
+
+
+__all__ = [
+    "PROTOCOL",
+    "ControlError",
+    "ControlServer",
+    "control_dir",
+    "discover",
+    "request",
+    "resolve",
+    "sweep_stale",
+]

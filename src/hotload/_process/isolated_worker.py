@@ -1,0 +1,358 @@
+"""The isolated worker: a separate Python process that runs one version of
+one plugin (``python -m hotload._process.isolated_worker --parent PID --fd N``).
+
+It is a fresh interpreter started by the host (never a fork of it), warm
+before it knows its plugin: the host keeps one spare ready, so a reload or a
+restart after a crash pays a ``dlopen`` and a round trip, not a Python
+start-up.  It serves one request at a time on the socket ``--fd`` (the wire
+format is in ``_wire``); the plugin's own stdout goes to stderr, which
+the host keeps the tail of for crash reports.  It ends when the host ends
+(parent-death signal) or closes the channel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+from typing import Any
+
+
+def _main(argv: list[str]) -> int:
+    from .._platform import proc
+
+    parent = int(argv[argv.index("--parent") + 1])
+    fd = int(argv[argv.index("--fd") + 1])
+    proc.die_with_parent(parent)
+    proc.adopt_orphans()  # a plugin's forked children stay in this tree, to be ended with it
+    os.dup2(2, 1)  # plugin printf()s go to stderr
+    sys.stdout = sys.stderr
+    from .._artifact import loader, signatures
+    from .._errors import HotloadError
+    from . import wire
+
+    sock = socket.socket(fileno=fd)
+    frame = wire.FRAME
+    ffi = signatures.ffi
+
+    def send(body: bytes) -> None:
+        sock.sendall(frame.pack(len(body)) + body)
+
+    def recv() -> bytes | None:
+        buf = b""
+        want = 4
+        size = None
+        while True:
+            while len(buf) < want:
+                chunk = sock.recv(max(want - len(buf), 65536) if size is None else want - len(buf))
+                if not chunk:
+                    return None
+                buf += chunk
+            if size is None:
+                (size,) = frame.unpack_from(buf)
+                want = 4 + size
+                continue
+            return buf[4:want]
+
+    svc_fd = int(argv[argv.index("--svc") + 1]) if "--svc" in argv else -1
+    shm = None
+    if "--shm" in argv:
+        memfd, wake, done = (int(x) for x in argv[argv.index("--shm") + 1].split(","))
+        shm = _Shm(memfd, wake, done, sock)
+
+    send(b"\x00ready")
+    fns: list[Any] = []
+    plans: list[wire.CallPlan] = []
+    hooks: dict[str, Any] = {}
+    source = "?"
+
+    def error(exc: BaseException) -> bytes:
+        kind = type(exc).__name__
+        return bytes([wire.ST_ERROR]) + json.dumps({"error": str(exc), "type": kind}).encode()
+
+    while True:
+        if shm is not None and not shm.serve(plans, fns, ffi, wire, error):
+            continue  # a call came through shared memory
+        body = recv()
+        if body is None:
+            proc.end_descendants(1.0)  # what the plugin forked ends with its version
+            return 0
+        op = body[0]
+        if op == wire.OP_CALL:
+            (idx,) = struct.unpack_from("<H", body, 1)
+            cp = plans[idx]
+            try:
+                send(wire.serve(cp, fns[idx], body))
+            except (TypeError, OverflowError, ValueError, wire._Garbage) as exc:
+                send(error(TypeError(str(exc))))
+            continue
+        try:
+            req = json.loads(body[1:].decode())
+            what = req["op"]
+            if what == "open":
+                source = req["source"]
+                proc.apply_limits(req.get("limits") or {})
+                _types(req.get("types"), source)  # the plugin's structs, as the host named them
+                binding = _imports(req, svc_fd, source)
+                with binding.table.opening(binding) if binding else contextlib.nullcontext():
+                    handle = loader.open_copy(loader.Path(req["path"]), source)
+                if binding is not None:
+                    binding.attach(lambda sym, h=handle: loader.dl.symbol(h, sym), source)
+                protos = req["prototypes"]
+                by_name = wire.plans(protos, where=source)
+                plans = sorted(by_name.values(), key=lambda c: c.idx)
+                fns = [loader.resolve(handle, source, c.fname, protos[c.fname]) for c in plans]
+                for key, proto in (
+                    ("on_load", loader.ON_LOAD_TYPE),
+                    ("on_unload", loader.ON_UNLOAD_TYPE),
+                ):
+                    if req.get(key):
+                        hooks[key] = loader.resolve(handle, source, req[key], proto)
+                send(b"\x00")
+            elif what == "on_load":
+                state = bytes.fromhex(req["state"]) if req.get("state") else None
+                prev = req.get("prev")
+                rc = hooks["on_load"](
+                    ffi.new("char[]", prev.encode()) if prev else ffi.NULL,
+                    ffi.from_buffer(state) if state else ffi.NULL,
+                    len(state) if state else 0,
+                )
+                if rc != 0:
+                    from .._errors import HookError
+
+                    raise HookError(
+                        f"{source}: on_load refused to start (returned {rc}) with the state of "
+                        f"version {prev or '(none)'}"
+                    )
+                send(b"\x00")
+            elif what == "on_unload":
+                ptr, size = ffi.new("const void **"), ffi.new("size_t *")
+                rc = hooks["on_unload"](ptr, size)
+                who = f"{source}: on_unload"
+                if rc != 0:
+                    from .._errors import HookError
+
+                    raise HookError(f"{who} failed (returned {rc}); it keeps serving")
+                address = int(ffi.cast("uintptr_t", ptr[0]))
+                blob = loader.copy_state(who, address, int(size[0]), int(req["max"]))
+                send(b"\x00" + json.dumps(blob.hex()).encode())
+            else:
+                raise ValueError(f"unknown request {what!r}")
+        except HotloadError as exc:
+            send(error(exc))
+        except Exception as exc:  # noqa: BLE001 - reported to the host
+            send(error(HotloadError(f"{source}: {type(exc).__name__}: {exc}")))
+
+
+class _Shm:
+    """The worker's end of the shared-memory channel (see ``_wire``)."""
+
+    def __init__(self, memfd: int, wake: int, done: int, sock: socket.socket) -> None:
+        import mmap
+
+        from .._platform import proc
+        from . import wire
+
+        self.mm = mmap.mmap(memfd, wire.SHM_SIZE)
+        os.close(memfd)  # a plugin write()ing to stray descriptors cannot reach it
+        self.ctl = memoryview(self.mm).cast("B")[: wire.SHM_REQ].cast("Q")
+        self.wake, self.done, self.sock = wake, done, sock
+        self.seq = 0
+        self.poller = proc.poller(wake, sock.fileno())
+
+    def serve(self, plans: list[Any], fns: list[Any], ffi: Any, wire: Any, error: Any) -> bool:
+        """Serve one call from shared memory (False), or return True when a
+        frame waits on the socket (a control request, a large call, EOF)."""
+        ctl, seq = self.ctl, self.seq
+        if ctl[wire.REQ_SEQ] == seq:
+            clock = time.perf_counter_ns
+            end = clock() + wire.WORKER_SPIN_NS
+            while ctl[wire.REQ_SEQ] == seq:
+                if clock() > end:
+                    break
+                wire.yield_cpu()  # the host may be waiting for this very core
+            else:
+                return self._serve(plans, fns, ffi, wire, error)
+            while True:
+                wire.drain(self.wake)
+                if ctl[wire.REQ_SEQ] != seq:
+                    break
+                if any(fd != self.wake for fd, _ in self.poller.poll()):
+                    return True
+        return self._serve(plans, fns, ffi, wire, error)
+
+    def _serve(self, plans: list[Any], fns: list[Any], ffi: Any, wire: Any, error: Any) -> bool:
+        ctl, mm = self.ctl, self.mm
+        self.seq = seq = ctl[wire.REQ_SEQ]
+        n = ctl[wire.REQ_LEN]
+        try:
+            if n > wire.SHM_CAP or n < 3:
+                raise ValueError(f"a request of {n} bytes")
+            (op, idx) = struct.unpack_from("<BH", mm, wire.SHM_REQ)
+            cp = plans[idx]
+            fn = fns[idx]
+        except (ValueError, IndexError, struct.error) as exc:
+            reply = error(TypeError(f"bad request: {exc}"))
+        else:
+            try:
+                if cp.simple:
+                    result = fn(*cp.req.unpack_from(mm, wire.SHM_REQ)[2:])
+                    if cp.result:
+                        cp.rep.pack_into(mm, wire.SHM_REP, 0, result)
+                    else:
+                        mm[wire.SHM_REP] = 0
+                    ctl[wire.REP_LEN] = cp.rep.size
+                    ctl[wire.REP_SEQ] = seq
+                    os.eventfd_write(self.done, 1)
+                    return False
+                reply = wire.serve(cp, fn, mm[wire.SHM_REQ : wire.SHM_REQ + n])
+            except (TypeError, OverflowError, ValueError, struct.error, wire._Garbage) as exc:
+                reply = error(TypeError(str(exc)))
+        if len(reply) > wire.SHM_CAP:
+            self.sock.sendall(wire.FRAME.pack(len(reply)) + reply)
+            return False
+        mm[wire.SHM_REP : wire.SHM_REP + len(reply)] = reply
+        ctl[wire.REP_LEN] = len(reply)
+        ctl[wire.REP_SEQ] = seq
+        os.eventfd_write(self.done, 1)
+        return False
+
+
+def _types(decls: list[dict[str, Any]] | None, source: str) -> None:
+    """Declare the plugin's types to this process's cffi under the very names
+    the host gave them (the name carries a digest of the layout, so the same
+    declarations give the same names), so its prototypes parse here."""
+    if not decls:
+        return
+    from .._artifact.descriptor import Descriptor, Field, TypeDecl
+    from .._contract import structs as typedecl
+
+    types = tuple(
+        TypeDecl(
+            d["kind"],
+            d["name"],
+            int(d["size"]),
+            int(d["align"]),
+            tuple(
+                Field(f["name"], f["ctype"], int(f["offset"]), int(f["size"])) for f in d["fields"]
+            ),
+            tuple((str(n), int(v)) for n, v in d["values"]),
+        )
+        for d in decls
+    )
+    typedecl.build(Descriptor("isolated", "0", types=types), source)
+
+
+def _imports(req: dict[str, Any], svc_fd: int, source: str) -> Any:
+    """Bind the plugin's imports, before it is opened, to forwarders that send
+    each call to the host and wait for its answer (None: it imports nothing).
+    The binding is the one an in-process host makes (``_services``): a
+    data-only library defines the symbols, the slots point at callbacks."""
+    imports: dict[str, list[Any]] = req.get("imports") or {}
+    if not imports:
+        return None
+    from .._contract import services
+    from .._errors import HotloadError
+    from . import wire
+
+    if svc_fd < 0:
+        raise HotloadError(f"{source}: imports host services, but the worker has no channel")
+    client = _ServiceClient(svc_fd)
+    protos = {name: proto for name, (proto, _) in imports.items()}
+    cps = wire.plans(protos, where=source, service=True)
+    table = services.ServiceTable(os.path.dirname(req["path"]))
+    for name, (proto, error) in imports.items():
+        ctype = services.signatures.pointer_type(proto)
+        fwd = client.forwarder(cps[name])
+        table.services[name] = services.Service(name, fwd, ctype, error, fwd)
+    return table.prepare(protos, source, f"{req.get('name', '?')} (isolated)")
+
+
+class _ServiceClient:
+    """The worker's end of the service channel: any thread of the plugin may
+    call a service at any time, so each request carries an id, and whichever
+    waiting thread is reading hands the other threads their answers."""
+
+    def __init__(self, fd: int) -> None:
+        import itertools
+
+        self.sock = socket.socket(fileno=fd)
+        self.send_lock = threading.Lock()
+        self.cv = threading.Condition()
+        self.replies: dict[int, bytes] = {}
+        self.reading = False
+        self.broken = False
+        self.ids = itertools.count(1)
+        self.main = threading.get_ident()  # the thread that serves the host's calls
+
+    def forwarder(self, cp: Any) -> Any:
+        from . import wire
+
+        head = struct.Struct("<QB")
+
+        def forward(*args: Any) -> Any:
+            body = wire.encode(cp, args)
+            rid = next(self.ids)
+            nested = 1 if threading.get_ident() == self.main else 0  # inside a host call
+            frame = head.pack(rid, nested) + body[1:]
+            with self.send_lock:
+                self.sock.sendall(wire.FRAME.pack(len(frame)) + frame)
+            return wire.decode(cp, self._wait(rid), args)
+
+        forward.__name__ = f"service_{cp.fname}"
+        return forward
+
+    def _wait(self, rid: int) -> bytes:
+        with self.cv:
+            while True:
+                if rid in self.replies:
+                    return self.replies.pop(rid)
+                if self.broken:
+                    raise EOFError("the host closed the service channel")
+                if not self.reading:
+                    self.reading = True
+                    break
+                self.cv.wait()
+        try:
+            while True:
+                frame = self._frame()
+                (got,) = struct.unpack_from("<Q", frame)
+                if got == rid:
+                    return frame[8:]
+                with self.cv:
+                    self.replies[got] = frame[8:]
+                    self.cv.notify_all()
+        except BaseException:
+            with self.cv:
+                self.broken = True
+            raise
+        finally:
+            with self.cv:
+                self.reading = False
+                self.cv.notify_all()
+
+    def _frame(self) -> bytes:
+        from . import wire
+
+        buf = b""
+        want = 4
+        while len(buf) < want:
+            chunk = self.sock.recv(want - len(buf))
+            if not chunk:
+                raise EOFError("the host closed the service channel")
+            buf += chunk
+            if want == 4 and len(buf) == 4:
+                (n,) = wire.FRAME.unpack(buf)
+                if n < 8 or n > wire.MAX_FRAME:
+                    raise EOFError(f"a service answer of {n} bytes")
+                want = 4 + n
+        return buf[4:]
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

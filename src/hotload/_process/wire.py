@@ -1,0 +1,744 @@
+"""How a call crosses the process boundary: the wire format shared by the
+host (``_isolation``, ``_workerproc``) and the worker (``_isolated_worker``).
+
+Each export (and each host service an isolated plugin imports) gets a
+``CallPlan`` at load, which says how its arguments and result travel, or a
+``SignatureError`` naming the parameter that cannot.  ``encode``/``decode``
+are the caller's side, ``serve`` the callee's; both sides run the same code,
+so the two ends cannot disagree on a layout.
+
+Frames are ``<I`` length, then a body.  A call's body is a struct of its
+scalar arguments followed by length-prefixed bytes for strings and buffers
+(or, for calls of numbers and plain structs, one fixed struct each way); the
+answer is a status byte, the result, and the contents of every non-const
+buffer or struct pointer (copied back into the caller's).  Replies are parsed
+strictly: anything else is ``_Garbage`` and the worker is treated as crashed.
+
+What crosses: integer, floating, bool and enum scalars; ``const char *`` (a
+NUL-terminated string, in); a pointer to a scalar type immediately followed
+by a ``size_t`` parameter (a buffer and its length in elements); a
+plain-data struct (no pointer at any depth) by value, or one struct by
+pointer, carried as its ``sizeof`` bytes: both sides are the same machine
+and the layout was verified against the compiler's (``_types``); a
+``char *``, struct or scalar result.  Anything else (``void *``, function
+pointers, structs with pointer fields, pointers to pointers) is refused with
+the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._artifact import signatures
+from .._artifact.loader import ON_LOAD_TYPE, ON_UNLOAD_TYPE, Image, Staged  # noqa: F401
+from .._errors import (
+    SignatureError,
+)
+
+# ---- the wire format (shared with _isolated_worker) -----------------------------
+FRAME = struct.Struct("<I")
+OP_CALL = 1
+OP_CONTROL = 2
+ST_OK = 0
+ST_ERROR = 1
+NULL_LEN = 0xFFFFFFFF  # a NULL string
+# A service request (worker -> host, on the service channel): id, nested (1: made by the
+# thread serving a host call, 0: by a thread of the plugin's own), the service's index,
+# then a call body as above; the answer: the id, then a reply body.
+SVC_HEAD = struct.Struct("<QBH")
+SVC_ID = struct.Struct("<Q")
+MAX_FRAME = (64 << 20) + 4096  # the largest frame either side accepts (state blob cap + slack)
+# ---- the shared-memory channel (Linux on x86: stores are seen in order) ------------
+# One memfd page-set per worker, mapped by both sides.  Header in 8-byte slots:
+# [0] request sequence, [1] request length, [8] reply sequence, [9] reply length
+# (a cache line apart); then the request area and the reply area.  A call
+# writes its body, then bumps the sequence, then writes 1 to the worker's
+# eventfd; the worker spins a little on the sequence before it sleeps in
+# poll() on that eventfd and the socket (control frames, EOF).  The reply
+# comes back the same way.  Bodies larger than an area travel on the socket.
+SHM_CAP = 64 << 10
+SHM_REQ = 128
+SHM_REP = SHM_REQ + SHM_CAP
+SHM_SIZE = SHM_REP + SHM_CAP
+REQ_SEQ, REQ_LEN, REP_SEQ, REP_LEN = 0, 1, 8, 9
+#: How long a caller spins for a reply, and a worker for the next request,
+#: before sleeping (ns).  Bounded so an idle plugin costs no CPU; each turn of
+#: the spin yields the CPU, because on a busy machine the two sides often share
+#: one core and a spin that does not yield only delays the other side (measured
+#: here: ~165 us round trips with 60/100 us spins that did not yield).
+HOST_SPIN_NS = 20_000
+WORKER_SPIN_NS = 50_000
+
+
+def shm_supported() -> bool:
+    """Whether calls can use the shared-memory channel: memfd and eventfd
+    (Linux, Python 3.10+) and an x86 CPU (the ring relies on its store order;
+    elsewhere calls use the socket)."""
+    if os.environ.get("HOTLOAD_ISOLATE_CHANNEL", "") == "socket":
+        return False
+    return (
+        hasattr(os, "eventfd")
+        and hasattr(os, "memfd_create")
+        and platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    )
+
+
+yield_cpu = getattr(os, "sched_yield", lambda: None)
+
+
+def drain(efd: int) -> None:
+    """Empty an eventfd (non-blocking) before sleeping on it."""
+    with contextlib.suppress(BlockingIOError):
+        os.eventfd_read(efd)
+
+
+@dataclass(frozen=True)
+class Param:
+    # "scalar", "str" (const char *), "buf" (pointer + size_t), "len" (the size_t),
+    # "struct" (a struct by value), "sptr" (a pointer to one struct)
+    kind: str
+    code: str = ""  # struct code of a scalar or of a buffer's element; a struct's cffi name
+    const: bool = True
+    size: int = 0  # a struct's size in bytes
+    ctype: Any = field(default=None, compare=False)  # a struct's cffi type
+    ptr: Any = field(default=None, compare=False)  # and its pointer type
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    """How one export's (or host service's) arguments and result cross the channel."""
+
+    fname: str
+    idx: int
+    params: tuple[Param, ...]
+    result: str  # struct code, "" for void, "s" for a char * result, "T" for a struct
+    req: struct.Struct  # op, idx, then every scalar (lengths included)
+    rep: struct.Struct  # status, then the scalar result (if any)
+    rtype: str = ""  # the cffi name of a struct result
+    rsize: int = 0
+    #: numbers and structs only: ``req`` and ``rep`` hold everything (a struct as its bytes,
+    #: a struct pointer as a present flag and the bytes; the copied-back structs follow the
+    #: result), so a call is one pack and one unpack each way, like a call of scalars
+    fixed: bool = False
+
+    #: scalars only, both ways: one struct pack each way (worked out once: the hot path reads it)
+    simple: bool = field(init=False, compare=False)
+    outs: tuple[int, ...] = field(init=False, compare=False)  # the params copied back
+
+    def __post_init__(self) -> None:
+        simple = all(p.kind in ("scalar", "len") for p in self.params)
+        object.__setattr__(self, "simple", simple and self.result not in ("s", "T"))
+        outs = [i for i, p in enumerate(self.params) if _out(p)]
+        object.__setattr__(self, "outs", tuple(outs))
+
+
+def _scalar_code(ctype: Any) -> str | None:
+    ffi = signatures.ffi
+    if ctype.kind != "primitive":
+        return None
+    name = ctype.cname
+    if name in ("float", "double"):
+        return "f" if name == "float" else "d"
+    if name == "_Bool":
+        return "?"
+    if name == "char":
+        return "c"
+    if name == "long double" or "complex" in name:
+        return None
+    size = ffi.sizeof(ctype)
+    try:
+        signed = int(ffi.cast(ctype, -1)) < 0
+    except (TypeError, OverflowError):
+        return None
+    code = {1: "b", 2: "h", 4: "i", 8: "q"}.get(size)
+    if code is None:
+        return None
+    return code if signed else code.upper()
+
+
+def split_params(proto: str) -> list[str]:
+    """The parameter texts of ``ret(params)`` at depth 0 (cffi drops ``const``,
+    which decides whether a buffer is copied back, so we read the text)."""
+    inner = proto[proto.index("(") + 1 : proto.rindex(")")]
+    out, depth, cur = [], 0, ""
+    for ch in inner:
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+            continue
+        depth += ch in "([" and 1 or 0
+        depth -= ch in ")]" and 1 or 0
+        cur += ch
+    if cur.strip() and cur.strip() != "void":
+        out.append(cur.strip())
+    return out
+
+
+def _pointer_field(ctype: Any, path: str) -> tuple[str, str] | None:
+    """The first field at any depth of struct ``ctype`` that holds a pointer
+    (or a union, or an opaque struct), as ``(dotted path, its C type)``."""
+    for fname, f in ctype.fields or ():
+        t = f.type
+        while t.kind == "array":
+            t = t.item
+        where = f"{path}.{fname}"
+        if t.kind in ("pointer", "function", "union") or (t.kind == "struct" and not t.fields):
+            return where, f.type.cname
+        if t.kind == "struct":
+            inner = _pointer_field(t, where)
+            if inner is not None:
+                return inner
+    return None
+
+
+def _plain_struct(ctype: Any, what: str, refuse: Callable[[str], SignatureError]) -> int:
+    """The size of a struct that can be copied as bytes, or the refusal naming
+    the type and the field that holds a pointer."""
+    from .._contract.structs import plain
+
+    name = plain(ctype.cname)
+    if ctype.kind == "union" or not ctype.fields:
+        raise refuse(f"{what} ({name}) is a union or an opaque struct: it cannot be copied")
+    bad = _pointer_field(ctype, name)
+    if bad is not None:
+        path, ptype = bad
+        owner, _, fname = path.rpartition(".")
+        raise refuse(
+            f"{what} ({name}): type {owner.split('.')[0]} has a pointer field {path} "
+            f"({plain(ptype)}): memory a pointer points to cannot be copied to another "
+            f"process; only plain-data structs (numbers, fixed arrays, nested plain structs) "
+            f"cross"
+        )
+    return int(signatures.ffi.sizeof(ctype))
+
+
+def plan(fname: str, proto: str, idx: int, *, where: str, service: bool = False) -> CallPlan:
+    """How ``fname`` crosses the process boundary, or a ``SignatureError``
+    naming the parameter that cannot (``service``: a host service the
+    isolated plugin imports, whose calls cross the other way)."""
+    ctype = signatures.parse(proto, where=where, function=fname)
+    texts = split_params(proto)
+    args = list(ctype.args)
+    params: list[Param] = []
+
+    def refuse(why: str) -> SignatureError:
+        from .._contract.structs import plain
+
+        if service:
+            return SignatureError(
+                f"{where}: imports service {fname} ({plain(proto)}), which cannot be called "
+                f"from an isolated worker: {why}"
+            )
+        return SignatureError(
+            f"{where}: {fname} ({plain(proto)}) cannot be called in an isolated worker: {why}"
+        )
+
+    i = 0
+    while i < len(args):
+        a = args[i]
+        text = texts[i] if i < len(texts) else ""
+        code = _scalar_code(a)
+        if code is not None:
+            params.append(Param("scalar", code))
+            i += 1
+            continue
+        if a.kind == "function":
+            raise refuse(
+                f"parameter {i + 1} is a function pointer: code in the host cannot be "
+                f"called from another process"
+            )
+        if a.kind in ("struct", "union"):
+            size = _plain_struct(a, f"parameter {i + 1}", refuse)
+            ptr = signatures.ffi.typeof(f"{a.cname} *")
+            params.append(Param("struct", a.cname, True, size, a, ptr))
+            i += 1
+            continue
+        if a.kind != "pointer":
+            raise refuse(f"parameter {i + 1} ({a.cname}) cannot be copied to another process")
+        item = a.item
+        const = text.startswith("const") or " const" in text.split("*")[0]
+        nxt = args[i + 1] if i + 1 < len(args) else None
+        elem = _scalar_code(item)
+        if nxt is not None and nxt.cname == "size_t" and elem is not None:
+            params.append(Param("buf", elem, const))
+            params.append(Param("len", "Q"))
+            i += 2
+            continue
+        if item.cname == "char" and const:
+            params.append(Param("str"))
+            i += 1
+            continue
+        if item.kind in ("struct", "union"):
+            size = _plain_struct(item, f"parameter {i + 1}", refuse)
+            params.append(Param("sptr", item.cname, const, size, item, a))
+            i += 1
+            continue
+        if item.kind == "void":
+            raise refuse(
+                f"parameter {i + 1} is an opaque void *: memory of the host cannot be "
+                f"reached from another process (pass a typed buffer followed by its size_t "
+                f"length instead)"
+            )
+        if elem is not None:
+            raise refuse(
+                f"parameter {i + 1} ({a.cname}) is a pointer without a length: declare it "
+                f"as a buffer, followed by a size_t parameter with its number of elements"
+            )
+        raise refuse(f"parameter {i + 1} ({a.cname}) cannot be copied to another process")
+    res = ctype.result
+    rtype, rsize = "", 0
+    if res.kind == "void":
+        rcode = ""
+    elif res.kind == "pointer" and res.item.cname == "char":
+        rcode = "s"
+    elif res.kind in ("struct", "union"):
+        rsize = _plain_struct(res, "its result", refuse)
+        rcode, rtype = "T", res.cname
+    else:
+        rc = _scalar_code(res)
+        if rc is None:
+            raise refuse(f"its result ({res.cname}) cannot be copied back")
+        rcode = rc
+    fixed = rcode != "s" and all(p.kind in ("scalar", "struct", "sptr") for p in params)
+    if fixed and any(p.kind != "scalar" for p in params) or rcode == "T" and fixed:
+        # every size is known: the whole body is one struct, each way (see CallPlan.fixed)
+        req = "".join(
+            p.code if p.kind == "scalar" else f"{'?' if p.kind == 'sptr' else ''}{p.size}s"
+            for p in params
+        )
+        back = "".join(f"?{params[i].size}s" for i, p in enumerate(params) if _out(p))
+        res = f"{rsize}s" if rcode == "T" else rcode
+        return CallPlan(
+            fname,
+            idx,
+            tuple(params),
+            rcode,
+            struct.Struct("<BH" + req),
+            struct.Struct("<B" + res + back),
+            rtype,
+            rsize,
+            fixed=True,
+        )
+    scalars = "".join(p.code for p in params if p.kind in ("scalar", "len"))
+    return CallPlan(
+        fname,
+        idx,
+        tuple(params),
+        rcode,
+        struct.Struct("<BH" + scalars),
+        struct.Struct("<B" + (rcode if rcode not in ("", "s", "T") else "")),
+        rtype,
+        rsize,
+    )
+
+
+def _out(p: Param) -> bool:
+    return p.kind in ("buf", "sptr") and not p.const
+
+
+def plans(
+    prototypes: Mapping[str, str], *, where: str, service: bool = False
+) -> dict[str, CallPlan]:
+    return {
+        f: plan(f, p, i, where=where, service=service)
+        for i, (f, p) in enumerate(sorted(prototypes.items()))
+    }
+
+
+# ---- the caller's side of a call ----------------------------------------------------
+CData = signatures.ffi.CData
+
+
+def _as_bytes(value: Any, code: str, fname: str, n: int, count: Any) -> bytes:
+    if isinstance(value, CData):
+        ffi = signatures.ffi
+        size = struct.calcsize(code) * (count if isinstance(count, int) and count > 0 else 0)
+        if value == ffi.NULL or not size:
+            return b""
+        if ffi.typeof(value).kind == "array" and size > ffi.sizeof(value):
+            # an array knows its extent: never read past it (a bare pointer, e.g. a plugin's
+            # buffer passed on to a host service, does not: its length is trusted, as in C)
+            return bytes(ffi.buffer(value))
+        return bytes(ffi.buffer(value, size))
+    if isinstance(value, (list, tuple)):
+        try:
+            return struct.pack(f"<{len(value)}{code}", *value)
+        except struct.error as exc:
+            raise TypeError(f"argument {n}: {exc}") from None
+    try:
+        return memoryview(value).cast("B").tobytes()
+    except TypeError:
+        raise TypeError(
+            f"argument {n}: expected a buffer (bytes, bytearray, array, memoryview) or a "
+            f"list of numbers, got {type(value).__name__}"
+        ) from None
+
+
+def _struct_bytes(p: Param, value: Any, n: int) -> bytes | None:
+    """The bytes of the struct an argument holds or points to (None: NULL),
+    accepting what cffi accepts for the same parameter in process."""
+    ffi = signatures.ffi
+    if isinstance(value, CData):
+        t = ffi.typeof(value)
+        if t is p.ctype:  # a struct by value
+            return bytes(ffi.buffer(ffi.addressof(value)))
+        if p.kind == "sptr" and t.kind == "array" and t.item is p.ctype:
+            if ffi.sizeof(value) < p.size:
+                raise TypeError(f"argument {n}: an empty array of {_plain(p.code)}")
+            return bytes(ffi.buffer(value, p.size))
+        if p.kind == "sptr" and t is p.ptr:
+            return ffi.buffer(value, p.size)[:] if value else None  # a NULL pointer is false
+        if p.kind == "sptr" and value == ffi.NULL:
+            return None
+    elif p.kind == "struct" or isinstance(value, (list, tuple)):
+        try:  # an initializer (dict, list): cffi builds a temporary struct
+            made = (
+                ffi.new(f"{p.code}[]", value) if p.kind == "sptr" else ffi.new(f"{p.code} *", value)
+            )
+        except (TypeError, OverflowError, ValueError, IndexError, KeyError) as exc:
+            raise TypeError(f"argument {n}: {_plain(str(exc))}") from None
+        return ffi.buffer(made, p.size)[:] if len(ffi.buffer(made)) >= p.size else None
+    want = f"{p.code} *" if p.kind == "sptr" else p.code
+    got = ffi.typeof(value).cname if isinstance(value, CData) else type(value).__name__
+    raise TypeError(f"argument {n}: expected {_plain(want)}, got {_plain(got)}")
+
+
+def _plain(text: str) -> str:
+    from .._contract.structs import plain
+
+    return plain(text)
+
+
+def encode(cp: CallPlan, args: tuple[Any, ...]) -> bytes:
+    """The request body for a call (TypeError/OverflowError on bad arguments)."""
+    if len(args) != len(cp.params):
+        raise TypeError(f"{cp.fname}() takes {len(cp.params)} arguments ({len(args)} given)")
+    if cp.simple:
+        try:
+            return cp.req.pack(OP_CALL, cp.idx, *args)
+        except struct.error as exc:
+            raise OverflowError(str(exc)) from None
+    if cp.fixed:
+        return _encode_fixed(cp, args)
+    scalars: list[Any] = []
+    tail: list[bytes] = []
+    for n, (p, a) in enumerate(zip(cp.params, args, strict=True), 1):
+        kind = p.kind
+        if kind in ("scalar", "len"):
+            scalars.append(a)
+        elif kind == "str":
+            if isinstance(a, CData):  # a plugin's string, passed on to a host service
+                a = None if a == signatures.ffi.NULL else signatures.ffi.string(a)
+            if a is None:
+                tail.append(FRAME.pack(NULL_LEN))
+            else:
+                if isinstance(a, str):
+                    a = a.encode()
+                if not isinstance(a, (bytes, bytearray)) or b"\0" in a:
+                    raise TypeError(f"argument {n}: expected bytes without NUL for a C string")
+                tail += [FRAME.pack(len(a)), bytes(a)]
+        elif kind in ("struct", "sptr"):
+            data = _struct_bytes(p, a, n)
+            tail.append(FRAME.pack(NULL_LEN) if data is None else FRAME.pack(p.size) + data)
+        else:
+            count = args[n]  # the size_t that follows
+            data = _as_bytes(a, p.code, cp.fname, n, count)
+            size = struct.calcsize(p.code)
+            if not isinstance(count, int) or count < 0 or count * size > len(data):
+                raise TypeError(
+                    f"argument {n + 1}: length {count!r} is more than the {len(data) // size} "
+                    f"element(s) in the buffer given as argument {n}"
+                )
+            data = data[: count * size]  # exactly what the callee sees, and what comes back
+            tail += [FRAME.pack(len(data)), data]
+    try:
+        head = cp.req.pack(OP_CALL, cp.idx, *scalars)
+    except struct.error as exc:
+        raise OverflowError(str(exc)) from None
+    return head + b"".join(tail)
+
+
+def _encode_fixed(cp: CallPlan, args: tuple[Any, ...]) -> bytes:
+    values: list[Any] = [OP_CALL, cp.idx]
+    for n, (p, a) in enumerate(zip(cp.params, args, strict=True), 1):
+        if p.kind == "scalar":
+            values.append(a)
+        elif p.kind == "struct":
+            values.append(_struct_bytes(p, a, n))
+        else:
+            data = _struct_bytes(p, a, n)
+            values += (False, b"") if data is None else (True, data)
+    try:
+        return cp.req.pack(*values)
+    except struct.error as exc:
+        raise OverflowError(str(exc)) from None
+
+
+def _sent(p: Param, value: Any, count: int) -> int:
+    """How many bytes ``encode`` sent for a buffer argument: exactly what may
+    come back (a reply claiming more would write past the caller's buffer)."""
+    size = struct.calcsize(p.code)
+    if isinstance(value, CData):
+        return 0 if value == signatures.ffi.NULL else count * size  # checked by encode
+    if isinstance(value, (list, tuple)):
+        return min(len(value), count) * size
+    return min(memoryview(value).nbytes, count * size)
+
+
+def _copy_back(target: Any, data: bytes, p: Param) -> None:
+    if isinstance(target, CData):  # a struct the caller passed, or a plugin's buffer
+        if target != signatures.ffi.NULL:
+            signatures.ffi.memmove(target, data, len(data))
+        return
+    if p.kind == "sptr":
+        return  # built from an initializer: a temporary, as in process
+    code = p.code
+    if isinstance(target, list):
+        back = struct.unpack(f"<{len(data) // struct.calcsize(code)}{code}", data)
+        target[: len(back)] = back
+        return
+    try:
+        view = memoryview(target).cast("B")
+    except TypeError:
+        return
+    if not view.readonly and len(data) <= len(view):
+        view[: len(data)] = data
+
+
+class _Garbage(Exception):
+    """The worker's answer does not follow the protocol."""
+
+
+def _struct_from(cp: CallPlan, data: bytes | None) -> Any:
+    if data is None or len(data) != cp.rsize:
+        raise _Garbage(f"a struct result of {len(data or b'')} bytes, expected {cp.rsize}")
+    ffi = signatures.ffi
+    out = ffi.new(f"{cp.rtype} *")
+    ffi.memmove(out, data, cp.rsize)
+    return out[0]  # a struct value (it keeps its memory alive), as cffi returns one
+
+
+def decode(cp: CallPlan, body: bytes, args: tuple[Any, ...]) -> Any:
+    """The call's result from a reply body; copies non-const buffers back."""
+    if len(body) < 1:
+        raise _Garbage("an empty reply")
+    if body[0] == ST_ERROR:
+        raise _worker_error(body)
+    if body[0] != ST_OK:
+        raise _Garbage(f"status byte {body[0]}")
+    if cp.simple:
+        if len(body) != cp.rep.size:
+            raise _Garbage(f"a reply of {len(body)} bytes, expected {cp.rep.size}")
+        out = cp.rep.unpack(body)
+        return out[1] if len(out) > 1 else None
+    if cp.fixed:
+        return _decode_fixed(cp, body, args)
+    pos = cp.rep.size
+    if len(body) < pos:
+        raise _Garbage("a short reply")
+    out = cp.rep.unpack_from(body)
+    result = out[1] if len(out) > 1 else None
+    chunks, pos = _chunks(body, pos)
+    if cp.result in ("s", "T"):
+        if not chunks:
+            raise _Garbage("no result")
+        result = chunks.pop(0)
+        if cp.result == "T":
+            result = _struct_from(cp, result)
+    outs = cp.outs
+    if len(chunks) != len(outs):
+        raise _Garbage(f"{len(chunks)} buffers back, expected {len(outs)}")
+    for i, data in zip(outs, chunks, strict=True):
+        if data is not None:
+            p = cp.params[i]
+            if p.kind == "sptr" and len(data) != p.size:
+                raise _Garbage(f"a struct of {len(data)} bytes back, expected {p.size}")
+            if p.kind == "buf" and len(data) != _sent(p, args[i], args[i + 1]):
+                raise _Garbage(f"a buffer of {len(data)} bytes back, expected what was sent")
+            _copy_back(args[i], data, p)
+    return result
+
+
+# ---- the callee's side of a call ----------------------------------------------------
+_CTYPES = {
+    "b": "int8_t",
+    "B": "uint8_t",
+    "h": "int16_t",
+    "H": "uint16_t",
+    "i": "int32_t",
+    "I": "uint32_t",
+    "q": "int64_t",
+    "Q": "uint64_t",
+    "f": "float",
+    "d": "double",
+    "?": "_Bool",
+    "c": "char",
+}
+
+
+def _serve_fixed(cp: CallPlan, fn: Callable[..., Any], values: tuple[Any, ...]) -> bytes:
+    ffi = signatures.ffi
+    args: list[Any] = []
+    outs: list[Any] = []
+    pos = 2
+    for p in cp.params:
+        if p.kind == "scalar":
+            args.append(values[pos])
+            pos += 1
+            continue
+        if p.kind == "sptr" and not values[pos]:
+            args.append(ffi.NULL)
+            pos += 2
+            if not p.const:
+                outs += (False, b"")
+            continue
+        pos += p.kind == "sptr"
+        mem = bytearray(values[pos])
+        pos += 1
+        ptr = ffi.from_buffer(p.ptr, mem)  # the struct lives in ``mem`` (kept by ``ptr``)
+        args.append(ptr if p.kind == "sptr" else ptr[0])
+        if not p.const:
+            outs += (True, mem)
+    result = fn(*args)
+    head: list[Any] = [ST_OK]
+    if cp.result == "T":
+        head.append(ffi.buffer(ffi.addressof(result), cp.rsize)[:])
+    elif cp.result:
+        head.append(result)
+    return bytes(cp.rep.pack(*head, *outs))
+
+
+def serve(cp: CallPlan, fn: Callable[..., Any], body: bytes) -> bytes:
+    """Run ``fn`` with the arguments of a request body (as C values: strings
+    and buffers as cffi pointers, structs as cffi structs) and return the
+    reply body.  A body that breaks the protocol raises ``_Garbage``, ``fn``'s
+    own exceptions propagate.  The worker serves calls with it, the host
+    serves an isolated plugin's service calls."""
+    ffi = signatures.ffi
+    try:
+        if cp.simple:
+            result = fn(*cp.req.unpack(body)[2:])
+            return bytes(cp.rep.pack(ST_OK, result)) if cp.result else b"\x00"
+        if cp.fixed:
+            return _serve_fixed(cp, fn, cp.req.unpack(body))
+        scalars = list(cp.req.unpack_from(body)[2:])
+    except struct.error as exc:
+        raise _Garbage(f"a request that does not unpack ({exc})") from None
+    chunks, _ = _chunks(body, cp.req.size)
+    need = sum(p.kind not in ("scalar", "len") for p in cp.params)
+    if len(chunks) != need:
+        raise _Garbage(f"{len(chunks)} buffers in a request, expected {need}")
+    args: list[Any] = []
+    outs: list[tuple[Any, int]] = []
+    for p in cp.params:
+        if p.kind in ("scalar", "len"):
+            args.append(scalars.pop(0))
+            continue
+        data = chunks.pop(0)
+        if p.kind == "str":
+            args.append(ffi.NULL if data is None else ffi.new("char[]", data))
+        elif p.kind in ("struct", "sptr"):
+            if data is None:
+                if p.kind == "struct":
+                    raise _Garbage("a NULL struct by value")
+                args.append(ffi.NULL)
+                if not p.const:
+                    outs.append((None, 0))
+                continue
+            if len(data) != p.size:
+                raise _Garbage(f"a struct of {len(data)} bytes, expected {p.size}")
+            mem = bytearray(data)
+            ptr = ffi.from_buffer(p.ptr, mem)  # the struct lives in ``mem`` (kept by ``ptr``)
+            args.append(ptr[0] if p.kind == "struct" else ptr)
+            if not p.const:
+                outs.append((mem, p.size))
+        else:
+            count = scalars[0]  # the size_t that follows it
+            if len(data or b"") != count * struct.calcsize(p.code):
+                raise _Garbage(f"a buffer of {len(data or b'')} bytes for {count} element(s)")
+            data = data or b""
+            buf = ffi.new("char[]", data if data else b"\0")
+            args.append(ffi.cast(f"{_CTYPES[p.code]} *", buf))
+            if not p.const:
+                outs.append((buf, len(data)))
+    result = fn(*args)
+    out: bytes
+    if cp.result == "s":
+        text = None if result == ffi.NULL else ffi.string(result)
+        out = b"\x00" + (FRAME.pack(NULL_LEN) if text is None else FRAME.pack(len(text)) + text)
+    elif cp.result == "T":
+        out = b"\x00" + FRAME.pack(cp.rsize) + ffi.buffer(ffi.addressof(result), cp.rsize)[:]
+    elif cp.result:
+        out = bytes(cp.rep.pack(ST_OK, result))
+    else:
+        out = b"\x00"
+    for buf, n in outs:
+        if buf is None:
+            out += FRAME.pack(NULL_LEN)
+        else:
+            out += FRAME.pack(n) + (
+                bytes(buf) if isinstance(buf, bytearray) else ffi.buffer(buf, n)[:]
+            )
+    return out
+
+
+def _decode_fixed(cp: CallPlan, body: bytes, args: tuple[Any, ...]) -> Any:
+    if len(body) != cp.rep.size:
+        raise _Garbage(f"a reply of {len(body)} bytes, expected {cp.rep.size}")
+    out = cp.rep.unpack(body)
+    pos = 1
+    result = None
+    if cp.result:
+        result = out[1]
+        pos = 2
+        if cp.result == "T":
+            result = _struct_from(cp, result)
+    for i in cp.outs:
+        if out[pos]:
+            _copy_back(args[i], out[pos + 1], cp.params[i])
+        pos += 2
+    return result
+
+
+def _chunks(body: bytes, pos: int) -> tuple[list[bytes | None], int]:
+    out: list[bytes | None] = []
+    while pos < len(body):
+        if pos + 4 > len(body):
+            raise _Garbage("a truncated length")
+        (n,) = FRAME.unpack_from(body, pos)
+        pos += 4
+        if n == NULL_LEN:
+            out.append(None)
+            continue
+        if pos + n > len(body):
+            raise _Garbage("a truncated buffer")
+        out.append(body[pos : pos + n])
+        pos += n
+    return out, pos
+
+
+class _WorkerError(Exception):
+    pass
+
+
+def _worker_error(body: bytes) -> Exception:
+    try:
+        msg = json.loads(body[1:].decode())
+        text, kind = str(msg["error"]), str(msg.get("type", ""))
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return _Garbage("an unreadable error reply")
+    if kind == "TypeError":
+        return TypeError(text)
+    if kind in ("HookError", "LoadError", "SignatureError", "DescriptorError"):
+        from .. import _errors
+
+        cls = getattr(_errors, kind)
+        return cls(text)  # type: ignore[no-any-return]
+    return _WorkerError(text)

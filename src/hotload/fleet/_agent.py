@@ -1,0 +1,387 @@
+"""The per-host fleet agent: one thread that keeps a host on the desired state
+its labels select.
+
+It registers a heartbeat key that expires when the host dies, wakes on the
+fleet's ``wake`` channel (and polls ``gen`` with every heartbeat, in case a
+message was lost), fetches the desired digest's bytes, checks their SHA-256
+(and the publisher's Ed25519 signature if a key is configured), applies them
+through the host's public API and reports what is live.  When Redis is gone
+the host keeps serving what it has; the agent reconnects with backoff and
+catches up.  Every Redis call has a bounded timeout, so a Redis that stops
+answering costs a timeout, never a hung agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from .._errors import HotloadError
+from . import _client as fl
+
+if TYPE_CHECKING:
+    import redis as redis_mod
+
+    from .._ops.protocols import PluginHost
+
+log = logging.getLogger(__name__)
+
+
+class FleetAgent:
+    """Joins ``host`` to the fleet at ``url`` with ``labels``; ``start()`` /
+    ``stop()`` like the watcher.
+
+    ``heartbeat``: seconds between heartbeats; each one also polls ``gen``
+    (two Redis commands), so an idle host costs ``2 / heartbeat`` commands/s.
+    ``ttl``: lifetime of the heartbeat key (default three heartbeats): a host
+    silent that long is shown as gone and a rollout step counts it.
+    ``public_key``: an Ed25519 public key (object, PEM path/bytes or 64 hex):
+    when set, only builds whose metadata carries a valid signature of
+    ``(name, digest)`` by that key are applied.
+    """
+
+    def __init__(
+        self,
+        host: PluginHost,
+        url: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        *,
+        host_id: str | None = None,
+        prefix: str = fl.PREFIX,
+        heartbeat: float = 2.5,
+        ttl: float | None = None,
+        timeout: float = fl.DEFAULT_TIMEOUT,
+        public_key: Any = None,
+        max_size: int = fl.MAX_BLOB,
+    ) -> None:
+        self.host = host
+        self.url = fl.resolve_url(url)
+        self.labels = fl.check_labels(dict(labels or {}))
+        self.id = host_id or f"{fl.host_identity()['machine']}-{os.getpid()}-{fl.new_id()[:6]}"
+        fl.check_labels({"id": self.id}, "host id")
+        self.keys = fl.Keys(prefix)
+        self.heartbeat = heartbeat
+        self.ttl = ttl if ttl is not None else 3 * heartbeat
+        self.timeout = timeout
+        self.public_key = fl.load_public_key(public_key) if public_key is not None else None
+        self.max_size = max_size
+        self.connected = threading.Event()  # set while Redis answers
+        self.synced = threading.Event()  # set after each full sync; tests wait on it
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._r: redis_mod.Redis | None = None
+        self._ps: Any = None
+        self._gen: bytes | None = None
+        self._dirty = True
+        self._reported: dict[str, dict[str, Any]] = {}  # plugin -> last report written
+        self._failed: dict[tuple[str, str], int] = {}  # (plugin, digest) -> desired rev
+        self._invalid: dict[str, bytes] = {}  # plugin -> raw desired record reported invalid
+        self._managed: set[str] = set()  # plugins this agent loaded itself
+        self._baseline: dict[str, str | None] = {}  # plugin -> digest before the fleet
+        self.commands = 0  # Redis commands sent (the benchmark reads it)
+
+    # -- lifecycle ------------------------------------------------------------------
+    def start(self) -> FleetAgent:
+        if self._thread is not None:
+            raise HotloadError(f"fleet agent {self.id} is already started")
+        self._thread = threading.Thread(
+            target=self._run, name=f"hotload-fleet-{self.id}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Leave the fleet: stop the thread, remove the heartbeat and reports
+        (best effort: Redis may be gone) and the private directory."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        try:
+            r = self._r or fl.connect(self.url, timeout=min(self.timeout, 1.0))
+            pipe = r.pipeline(transaction=False)
+            pipe.delete(self.keys.host(self.id), self.keys.report(self.id))
+            pipe.srem(self.keys.hosts, self.id)
+            pipe.execute()
+        except fl._redis_errors() as exc:
+            log.info("fleet agent %s: could not deregister: %s", self.id, fl._describe(exc))
+        self._drop()
+
+    def __enter__(self) -> FleetAgent:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<FleetAgent {self.id} {fl.selector_text(self.labels)} {self.url}>"
+
+    # -- the loop -------------------------------------------------------------------------
+    def _run(self) -> None:
+        backoff = 0.05
+        next_beat = 0.0
+        outage_logged = False
+        while not self._stop.is_set():
+            try:
+                if self._r is None:
+                    self._connect()
+                    next_beat = 0.0
+                if time.monotonic() >= next_beat:
+                    self._beat()
+                    next_beat = time.monotonic() + self.heartbeat
+                if self._dirty:
+                    self._dirty = False
+                    self._sync()
+                self._wait(next_beat)
+                backoff = 0.05
+                if outage_logged:
+                    log.warning("fleet agent %s: Redis is back, caught up", self.id)
+                    outage_logged = False
+            except fl._redis_errors() as exc:
+                if not outage_logged:
+                    log.warning(
+                        "fleet agent %s: Redis unreachable (%s); serving what is loaded, retrying",
+                        self.id,
+                        fl._describe(exc),
+                    )
+                    outage_logged = True
+                self._drop()
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.heartbeat)
+            except Exception:  # a bug must not kill the host's agent silently
+                log.exception("fleet agent %s: unexpected error; retrying", self.id)
+                self._drop()
+                self._stop.wait(self.heartbeat)
+
+    def _connect(self) -> None:
+        r = fl.connect(self.url, timeout=self.timeout)
+        try:
+            ps = r.pubsub(ignore_subscribe_messages=True)
+            ps.subscribe(self.keys.wake)
+            r.sadd(self.keys.hosts, self.id)
+        except BaseException:
+            r.close()
+            raise
+        self.commands += 2
+        self._r, self._ps = r, ps
+        self._reported.clear()  # Redis may have lost them (restart): write them again
+        self._failed.clear()  # and its revs may restart: try refused builds once more
+        self._dirty = True
+        self.connected.set()
+
+    def _drop(self) -> None:
+        self.connected.clear()
+        self._dirty = True
+        for obj in (self._ps, self._r):
+            if obj is not None:
+                with contextlib.suppress(Exception):  # a broken connection may not close
+                    obj.close()
+        self._r = self._ps = None
+
+    def _beat(self) -> None:
+        """Heartbeat and poll in one round trip: SET host PX ttl; GET gen."""
+        assert self._r is not None
+        record = json.dumps(
+            {"id": self.id, "labels": self.labels, "ttl": self.ttl, **fl.host_identity()}
+        )
+        pipe = self._r.pipeline(transaction=False)
+        pipe.set(self.keys.host(self.id), record, px=int(self.ttl * 1000))
+        pipe.get(self.keys.gen)
+        _, gen = pipe.execute()
+        self.commands += 2
+        if gen != self._gen:
+            self._dirty = True
+
+    def _wait(self, until: float) -> None:
+        """Sleep on the wake channel until the next heartbeat, a wake-up or stop.
+        Waiting on a subscribed socket sends no command."""
+        while not self._stop.is_set() and not self._dirty:
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            msg = self._ps.get_message(timeout=min(left, 0.25))
+            if msg is not None and msg.get("type") == "message":
+                self._dirty = True
+
+    # -- converging -----------------------------------------------------------------------
+    def _sync(self) -> None:
+        assert self._r is not None
+        pipe = self._r.pipeline(transaction=False)
+        pipe.get(self.keys.gen)
+        pipe.hgetall(self.keys.desired)
+        gen, desired = pipe.execute()
+        self.commands += 2
+        for name_b, raw in sorted(desired.items()):
+            name = name_b.decode("utf-8", "replace")
+            if not fl._NAME.fullmatch(name):
+                log.warning(
+                    "fleet agent %s: ignoring desired state for %r: bad name", self.id, name
+                )
+                continue
+            try:
+                rev, rules = fl.parse_desired(raw, name)
+            except fl.FleetError as exc:
+                if self._invalid.get(name) != raw:
+                    self._invalid[name] = raw
+                    log.warning("fleet agent %s: %s", self.id, exc)
+                    self._report(name, "invalid", None, 0, str(exc))
+                continue
+            self._invalid.pop(name, None)
+            rule = fl.pick(rules, self.labels)
+            if rule is not None:
+                self._converge(name, rule.digest, rev)
+        self._gen = gen
+        self.synced.set()
+
+    def _converge(self, name: str, digest: str | None, rev: int) -> None:
+        live = self.live_digest(name)
+        if digest is None:
+            self._to_baseline(name, live, rev)
+            return
+        if live == digest:
+            self._report(name, "live", digest, rev, None)
+            return
+        if self._failed.get((name, digest)) == rev:
+            return  # already refused for this rev; a new rollout (new rev) retries it
+        try:
+            data = self._fetch(name, digest)
+            self._apply(name, data, digest)
+        except HotloadError as exc:
+            self._failed[(name, digest)] = rev
+            log.warning("fleet agent %s: %s: refused %s: %s", self.id, name, digest[:12], exc)
+            self._report(name, "failed", digest, rev, str(exc))
+            return
+        self._report(name, "live", digest, rev, None)
+
+    def _to_baseline(self, name: str, live: str | None, rev: int) -> None:
+        """A rule without a digest: go back to what this host ran before the
+        fleet first changed ``name`` (unload it if the fleet loaded it)."""
+        if name not in self._baseline:
+            return  # the fleet never touched it here: nothing to undo
+        base = self._baseline[name]
+        if live != base and self._failed.get((name, "baseline")) != rev:
+            try:
+                if base is None:
+                    self.host.unload(name)
+                    self._managed.discard(name)
+                else:
+                    for _ in range(self.host.keep_versions):
+                        self.host.rollback(name)
+                        if self.live_digest(name) == base:
+                            break
+                live = self.live_digest(name)
+                if live != base:
+                    raise fl.FleetError(f"{name}: could not get back to {base}")
+            except HotloadError as exc:
+                self._failed[(name, "baseline")] = rev
+                self._report(name, "failed", None, rev, str(exc))
+                return
+        self._report(name, "unloaded" if base is None else "live", None, rev, None)
+
+    def _fetch(self, name: str, digest: str) -> bytes:
+        """The build's bytes, verified: size cap, SHA-256 = key, signature."""
+        assert self._r is not None
+        key = self.keys.blob(digest)
+        size = self._r.strlen(key)
+        self.commands += 1
+        if size == 0:
+            raise fl.FleetError(f"{name}: build {digest} is not in Redis (not published?)")
+        if size > self.max_size:
+            raise fl.FleetError(
+                f"{name}: build {digest} is {size} bytes, over the {self.max_size}-byte cap"
+            )
+        data = self._r.get(key)
+        self.commands += 1
+        if not isinstance(data, bytes) or len(data) > self.max_size:
+            raise fl.FleetError(f"{name}: build {digest} vanished or grew while fetched")
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != digest:
+            raise fl.FleetError(
+                f"{name}: build {digest} fetched from Redis has SHA-256 {actual}: "
+                f"tampered or corrupt, refused"
+            )
+        if self.public_key is not None:
+            self._check_signature(name, digest)
+        return data
+
+    def _check_signature(self, name: str, digest: str) -> None:
+        from cryptography.exceptions import InvalidSignature
+
+        assert self._r is not None and self.public_key is not None
+        raw = self._r.get(self.keys.meta(digest))
+        self.commands += 1
+        meta = fl.load_json(
+            raw if isinstance(raw, bytes) else None, f"{name}: metadata of {digest}"
+        )
+        sig = meta.get("signature") if isinstance(meta, dict) else None
+        if not isinstance(sig, str):
+            raise fl.FleetError(
+                f"{name}: build {digest} is not signed; this host needs a signature"
+            )
+        try:
+            self.public_key.verify(bytes.fromhex(sig), fl.signed_message(name, digest))
+        except (ValueError, InvalidSignature):
+            raise fl.FleetError(
+                f"{name}: build {digest}: signature does not verify with this host's fleet key"
+            ) from None
+
+    def _apply(self, name: str, data: bytes, digest: str) -> None:
+        """Make the verified bytes live: the host checks them (format,
+        descriptor, allow-list) and loads exactly those bytes, then the live
+        digest is checked against the one asked for."""
+        cand = self.host.adopt(data, source=f"fleet:{name}@{digest[:12]}")
+        if cand.name != name:
+            raise fl.FleetError(f"{name}: build {digest} declares plugin {cand.name!r}")
+        reloaded = name in self.host
+        self._baseline.setdefault(name, self.live_digest(name))
+        if reloaded:
+            self.host.reload(name, cand)
+        else:
+            self.host.load(cand)
+            self._managed.add(name)
+        live = self.live_digest(name)
+        if live != digest:
+            if reloaded:
+                self.host.rollback(name)
+            raise fl.FleetError(f"{name}: live digest {live} is not the {digest} asked for")
+
+    def live_digest(self, name: str) -> str | None:
+        """SHA-256 of the version of ``name`` that new calls go to, or None."""
+        if name not in self.host:
+            return None
+        current = self.host.current(name)
+        return current.digest if current is not None else None
+
+    def _report(
+        self, name: str, state: str, target: str | None, rev: int, error: str | None
+    ) -> None:
+        """Write this host's state for ``name`` (only when it changed)."""
+        assert self._r is not None
+        info = None
+        if name in self.host:
+            active = [v for v in self.host.versions(name) if v.state == "active"]
+            info = max(active, key=lambda v: v.seq) if active else None
+        rep = {
+            "state": state,
+            "digest": info.digest if info else None,
+            "version": info.plugin_version if info else None,
+            "seq": info.seq if info else None,
+            "target": target,
+            "rev": rev,
+            "error": error,
+        }
+        if self._reported.get(name) == rep:
+            return
+        body = json.dumps({**rep, "at": time.time()})
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hset(self.keys.report(self.id), name, body)
+        pipe.publish(self.keys.reports, f"{self.id} {name}")
+        pipe.execute()
+        self.commands += 2
+        self._reported[name] = rep
