@@ -13,6 +13,8 @@ dirlock   ``DirectoryLock``   ``_lock_posix``      ``_lock_windows``
 
 (``proc``, the preflight worker's process plumbing, joins this table from
 ``_proc_api`` / ``_proc_posix`` / ``_proc_windows``.)
+``dl``'s walk over every loaded object (``dl_iterate_phdr``, for the
+inspector) is its own module, ``_loaded_posix``, which ``_posix`` exports.
 
 Everything above these names (registry, typed calls, hooks, CLI) is shared,
 and nothing outside this package imports a POSIX-only or Windows-only module.
@@ -23,7 +25,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from ._api import BinaryFormat, DirectoryLock, DynamicLoader
+from ._api import BinaryFormat, DirectoryLock, DynamicLoader, LoadedObject
 
 if sys.platform == "win32":  # proven on Linux by tests/test_platform.py and under wine
     from . import _lock_windows as dirlock
@@ -61,4 +63,13 @@ if TYPE_CHECKING:
     _posix_proc: WorkerProcess = _proc_posix
     _windows_proc: WorkerProcess = _proc_windows
 
-__all__ = ["BinaryFormat", "DirectoryLock", "DynamicLoader", "binfmt", "dirlock", "dl", "proc"]
+__all__ = [
+    "BinaryFormat",
+    "DirectoryLock",
+    "DynamicLoader",
+    "LoadedObject",
+    "binfmt",
+    "dirlock",
+    "dl",
+    "proc",
+]

@@ -14,8 +14,22 @@ Nothing here imports an implementation: this module is the contract only.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+
+@dataclass(frozen=True)
+class LoadedObject:
+    """One object the dynamic loader has mapped in this process, as
+    ``DynamicLoader.walk_loaded`` sees it: the path it was loaded from
+    (empty for the main program), its load base, and the [start, end) of
+    each readable ``PT_LOAD`` segment."""
+
+    name: str
+    base: int
+    readable: tuple[tuple[int, int], ...]
 
 
 class DynamicLoader(Protocol):
@@ -59,6 +73,20 @@ class DynamicLoader(Protocol):
     def mapped_ranges(self, file_id: tuple[int, int]) -> int:
         """Bytes of the file ``(st_dev, st_ino)`` mapped right now; -1 when
         the OS cannot tell (callers then rely on ``loader_has``)."""
+        ...
+
+    def walk_loaded(self, visit: Callable[[LoadedObject], None]) -> None:
+        """Call ``visit`` on every loaded object, in load order, with the
+        loader's lock held, so that no object is unmapped while ``visit``
+        reads its memory (``read_pointer``).  An exception in ``visit`` is
+        logged and the walk goes on.  ``NotImplementedError`` where the
+        loader's list cannot be walked."""
+        ...
+
+    def read_pointer(self, address: int) -> int:
+        """The pointer-sized value at ``address`` in this process (0 for
+        NULL).  Unchecked: only for a slot inside a readable segment of an
+        object that ``walk_loaded`` is visiting right now."""
         ...
 
 

@@ -4,7 +4,8 @@ kernel's view of what is mapped.
 ctypes has no public ``dlclose``, so this module calls libc's ``dl*``
 functions directly; that also gives ``dlerror`` text and ``RTLD_NOLOAD``
 probes.  The Windows twin is ``_windows``; ``_platform`` picks one; both
-implement ``_api.DynamicLoader``.
+implement ``_api.DynamicLoader``.  The walk over every loaded object
+(``walk_loaded``, ``read_pointer``) lives in ``_loaded_posix``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import LoadError
+from ._loaded_posix import read_pointer as read_pointer
+from ._loaded_posix import walk_loaded as walk_loaded
 
 RTLD_LAZY = 0x1
 RTLD_NOW = 0x2

@@ -38,9 +38,11 @@ import functools
 import logging
 import ntpath
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from .._errors import LoadError
+from ._api import LoadedObject
 
 log = logging.getLogger(__name__)
 
@@ -431,3 +433,22 @@ def mapped_ranges(file_id: tuple[int, int]) -> int:
     the copy."""
     del file_id
     return -1
+
+
+_NO_WALK = (
+    "not on Windows: the loaded-object walk asks which library's symbol bindings keep an ELF "
+    "image mapped (glibc), and the inspector asks it on Linux only"
+)
+
+
+def walk_loaded(visit: Callable[[LoadedObject], None]) -> None:
+    """Does not apply: a DLL stays loaded through the loader's reference
+    counts, not through another library's symbol bindings into it."""
+    del visit
+    raise NotImplementedError(_NO_WALK)
+
+
+def read_pointer(address: int) -> int:
+    """Does not apply: only ``walk_loaded``'s ``visit`` reads slots."""
+    del address
+    raise NotImplementedError(_NO_WALK)
