@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from hotload._errors import InvalidPluginError
+from hotload._inspect import leaks, rules
 from hotload._inspect import report as inspector
 from hotload._inspect.report import Report
 from hotload._platform import _elf as elfcheck
@@ -164,7 +165,7 @@ def codes(report: Report) -> list[str]:
     return [f.code for f in report.findings]
 
 
-def only(report: Report, code: str) -> inspector.Finding:
+def only(report: Report, code: str) -> rules.Finding:
     found = [f for f in report.findings if f.code == code]
     assert len(found) == 1, codes(report)
     return found[0]
@@ -332,7 +333,7 @@ def test_gnu_unique_from_std_templates_is_cleared_only_by_no_gnu_unique(build: B
 def test_gnu_unique_without_cxxfilt_keeps_mangled_names(
     build: Build, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(inspector.shutil, "which", lambda name: None)
+    monkeypatch.setattr(rules.shutil, "which", lambda name: None)
     finding = only(
         inspector.inspect_file(build("unique", unique_source("a"), cxx=True)), "gnu-unique"
     )
@@ -545,22 +546,22 @@ def test_cache_is_bounded(build: Build, monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_explain_leak_gives_pins_with_fixes(build: Build) -> None:
     report = inspector.inspect_file(build("nodelete", PLAIN, "-Wl,-z,nodelete"))
-    (finding,) = inspector.leak_findings(report, 1, 1)
+    (finding,) = leaks.leak_findings(report, 1, 1)
     assert finding.code == "nodelete" and finding.fix == "relink without -Wl,-z,nodelete"
     assert finding.line().startswith("nodelete: linked with -z nodelete")
-    (line,) = inspector.explain_leak(report, 1, 1)
+    (line,) = leaks.explain_leak(report, 1, 1)
     assert line == f"{finding.line()} (fix: relink without -Wl,-z,nodelete)"
 
 
 def test_explain_leak_without_a_reason_in_the_file(build: Build) -> None:
     report = inspector.inspect_file(build("clean", CLEAN))
-    (other,) = inspector.leak_findings(report, 2, 2)
+    (other,) = leaks.leak_findings(report, 2, 2)
     assert other.code == "other-handle" and "(2 opens, 2 closes)" in other.message
     assert "another dlopen of the same file" in other.fix and "depends on it" in other.fix
-    (unbalanced,) = inspector.leak_findings(report, 3, 2)
+    (unbalanced,) = leaks.leak_findings(report, 3, 2)
     assert unbalanced.code == "open-handles"
     assert "opened it 3 times and closed it 2 times" in unbalanced.message
-    assert inspector.leak_findings(report, 2, 3)[0].code == "double-close"
+    assert leaks.leak_findings(report, 2, 3)[0].code == "double-close"
 
 
 def test_every_code_is_documented_once(build: Build) -> None:
@@ -569,10 +570,10 @@ def test_every_code_is_documented_once(build: Build) -> None:
     paths = [build("nodelete", PLAIN, "-Wl,-z,nodelete"), build("ie", IE), build("key", KEY)]
     for path in paths:
         for f in inspector.inspect_file(path).findings:
-            assert inspector.reason(f.code).explanation == f.explanation
+            assert rules.reason(f.code).explanation == f.explanation
             assert "\n" not in f.message and len(f.message) < 200, f.message
             assert f.explanation not in f.message and f.fix
-    assert inspector.reason("bound-by:libstdc++.so.6").code == "bound-by"
+    assert rules.reason("bound-by:libstdc++.so.6").code == "bound-by"
 
 
 def test_report_round_trips_through_json(build: Build) -> None:

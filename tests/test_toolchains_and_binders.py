@@ -46,6 +46,7 @@ extern "C" __attribute__((visibility("default"))) long greet(const char *who) {
 
 CHILD = """
 import ctypes, _ctypes, json, os, shutil, sys
+from hotload._inspect import leaks
 from hotload._inspect import report as inspector
 
 def mapped(path):
@@ -65,7 +66,7 @@ assert a.greet(b"hi") == 3
 b = ctypes.CDLL(v2)          # the next version: it holds libstdc++ from now on
 _ctypes.dlclose(a._handle)   # the old version's only handle
 report = inspector.describe(lib)
-found = inspector.leak_findings(report, 1, 1, loaded_as=v1) if mapped(v1) else []
+found = leaks.leak_findings(report, 1, 1, loaded_as=v1) if mapped(v1) else []
 print(json.dumps({
     "already": already,
     "v1_mapped": mapped(v1),
@@ -138,10 +139,11 @@ def test_no_binder_found_falls_back_to_other_handle(tmp_path: Path) -> None:
     code = textwrap.dedent(
         """
         import ctypes, sys
+        from hotload._inspect import leaks
         from hotload._inspect import report as inspector
         ctypes.CDLL(sys.argv[1]); ctypes.CDLL(sys.argv[1])   # two handles, none closed
         report = inspector.describe(sys.argv[1])
-        print(*[f.code for f in inspector.leak_findings(report, 1, 1, loaded_as=sys.argv[1])])
+        print(*[f.code for f in leaks.leak_findings(report, 1, 1, loaded_as=sys.argv[1])])
         """
     )
     res = subprocess.run(

@@ -14,7 +14,9 @@ import logging
 
 from .._artifact.loader import Candidate, Image
 from .._errors import HotloadError
+from .._inspect import leaks
 from .._inspect import report as inspector
+from .._inspect.rules import Finding
 from .lifecycle import Version, VersionState
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,7 @@ class UnloadPolicy:
                 )
 
     # -- closing --------------------------------------------------------------
-    def hazards(self, image: Image, host_says_safe: bool) -> list[inspector.Finding]:
+    def hazards(self, image: Image, host_says_safe: bool) -> list[Finding]:
         """Reasons why closing this image could crash the process later."""
         if host_says_safe or (image.descriptor is not None and image.descriptor.unload_safe):
             return []
@@ -133,11 +135,11 @@ class UnloadPolicy:
             return list(v.leak_codes)
         return list(dict.fromkeys(f.code for f in found))
 
-    def explain_leak(self, v: Version) -> list[inspector.Finding]:
+    def explain_leak(self, v: Version) -> list[Finding]:
         """Why a closed image is still mapped (the reaper asks, off the
         reload path: finding which library bound into it costs ~40 ms)."""
         img = v.image
         report = self.report(img)
         if report is None:
             return []
-        return inspector.leak_findings(report, img.opens, img.closes, loaded_as=str(img.copy))
+        return leaks.leak_findings(report, img.opens, img.closes, loaded_as=str(img.copy))
