@@ -268,10 +268,8 @@ def test_cflags_cxx_builds_a_cpp_plugin_without_warnings(tmp_path: Path) -> None
 def test_the_cli_command_a_person_is_told_to_type_works(tmp_path: Path) -> None:
     """The demo tells the user the exact command (``.venv/bin/hotload``, as
     ``hotload`` is not on PATH after ``make demo``); that command runs."""
-    told = run(
-        [sys.executable, "-c", "from hotload._cli.demo import cli_command; print(cli_command())"],
-        cwd=ROOT,
-    ).stdout.strip()
+    code = "from hotload._cli.demo_view import cli_command; print(cli_command())"
+    told = run([sys.executable, "-c", code], cwd=ROOT).stdout.strip()
     assert told in ("hotload", ".venv/bin/hotload") or Path(shlex.split(told)[0]).is_absolute()
     ran = run([*shlex.split(told), "--help"], cwd=ROOT)
     assert ran.returncode == 0 and "usage: hotload" in ran.stdout

@@ -141,7 +141,7 @@ def build_variants(out: Path) -> dict[str, Path]:
     """double_xp 1.0.0 (x2), 1.1.0 (x3) and 1.2.0 (crashes in on_load)."""
     from .._artifact.builder import compile_plugin
     from .._platform import dl
-    from .demo import example_sources_dir
+    from .demo_plugins import example_sources_dir
 
     base = (example_sources_dir() / "double_xp.c").read_text()
     head = "static int restore_state(const char *prev_version, const void *state, size_t size)\n{\n"
