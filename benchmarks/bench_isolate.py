@@ -184,7 +184,7 @@ def run() -> dict[str, float]:
 
 
 def _warm(host: Host) -> None:
-    iso = host._isolation  # noqa: SLF001 - the benchmark waits for the warm spare
+    iso = host._swap._isolation  # noqa: SLF001 - the benchmark waits for the warm spare
     if iso is not None:
         iso.warm()
 

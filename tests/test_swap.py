@@ -467,7 +467,7 @@ HOTLOAD_EXPORT(one, int32_t, (void));
             stop.set()
             t.join(10)
         assert h.settle()
-        seqs = [v.seq for v in h._records["burst"].history]  # noqa: SLF001
+        seqs = [v.seq for v in h._table.loaded("burst").history]  # noqa: SLF001
         assert seqs[-1] == 151  # the newest was never lost to a concurrent prune
         assert (
             len(seqs) <= 11
