@@ -170,7 +170,7 @@ def run() -> dict[str, float]:
             C loop): the same frames, so the two rows differ only in the loop."""
             routers = host._events.cache.get(event)
             if routers is None:
-                routers = host._events.routers(event, host._plugins())
+                routers = host._events.routers(event, host._table.plugins())
             return _events._emit_py(routers, args)
 
         def raw_named_fn(player: Any, item: Any, count: int) -> int:  # converts as hotload does

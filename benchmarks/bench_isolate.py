@@ -26,7 +26,7 @@ import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from hotload import Host, PluginCrashedError
+from hotload import Host, Isolated, PluginCrashedError
 
 from common import build_bench, limit_row, now, percentiles, row, scratch, text_row
 
@@ -168,7 +168,7 @@ def run() -> dict[str, float]:
         r["svc call p50"], _, _ = percentiles(_sample(lambda a, b: contract.timed_grant(a), 1000))
 
         crashy = _crash_lib(tmp)
-        c = host.load(crashy, isolate=True, max_restarts=CRASHES * 2)
+        c = host.load(crashy, isolate=Isolated(max_restarts=CRASHES * 2))
         downs = []
         for _ in range(CRASHES):
             _warm(host)
@@ -184,7 +184,7 @@ def run() -> dict[str, float]:
 
 
 def _warm(host: Host) -> None:
-    iso = host._isolation  # noqa: SLF001 - the benchmark waits for the warm spare
+    iso = host._swap._isolation  # noqa: SLF001 - the benchmark waits for the warm spare
     if iso is not None:
         iso.warm()
 

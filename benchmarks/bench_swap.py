@@ -101,7 +101,7 @@ def _fresh_builds(
 def _preflight_on(tmp: Path, lib: Path) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {"on": []}
     with Host(tmp / "work-on") as host:  # preflight is on by default
-        assert host.preflight
+        assert host.settings.preflight
         out["cold"] = [timed(lambda: host.load(lib))]  # its preflight starts the worker process
         host.settle()
         for _ in range(PREFLIGHT_ROUNDS):

@@ -108,13 +108,13 @@ HOTLOAD_API int64_t reward(int64_t base, int32_t level)
     atomic_fetch_add(&grants, 1);
     return base * MULT + level;
 }
-HOTLOAD_EXPORT(reward, "int64_t(int64_t, int32_t)");
+HOTLOAD_EXPORT(reward, int64_t, (int64_t, int32_t));
 
 HOTLOAD_API int64_t grants_so_far(void) { return atomic_load(&grants); }
-HOTLOAD_EXPORT(grants_so_far, "int64_t(void)");
+HOTLOAD_EXPORT(grants_so_far, int64_t, (void));
 
 HOTLOAD_API int32_t version_tag(void) { return MULT; }
-HOTLOAD_EXPORT(version_tag, "int32_t(void)");
+HOTLOAD_EXPORT(version_tag, int32_t, (void));
 
 /* Sleeps `ms` milliseconds inside the plugin, then returns version_tag(). */
 HOTLOAD_API int32_t slow_tag(int32_t ms)
@@ -123,12 +123,12 @@ HOTLOAD_API int32_t slow_tag(int32_t ms)
     nanosleep(&ts, NULL);
     return MULT;
 }
-HOTLOAD_EXPORT(slow_tag, "int32_t(int32_t)");
+HOTLOAD_EXPORT(slow_tag, int32_t, (int32_t));
 
 /* generation: 1 on first load, +1 at every swap, carried in the state */
 static int64_t generation = 1;
 HOTLOAD_API int64_t gen(void) { return generation; }
-HOTLOAD_EXPORT(gen, "int64_t(void)");
+HOTLOAD_EXPORT(gen, int64_t, (void));
 
 static int64_t snap[2];
 static int save(const void **state, size_t *size)
@@ -157,7 +157,7 @@ static int restore(const char *prev, const void *state, size_t size)
 HOTLOAD_ON_LOAD(restore);
 
 HOTLOAD_API const char *previous_version(void) { return prev_seen; }
-HOTLOAD_EXPORT(previous_version, "const char *(void)");
+HOTLOAD_EXPORT(previous_version, const char *, (void));
 """
 
 

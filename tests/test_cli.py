@@ -63,7 +63,7 @@ def test_inspect_names_what_keeps_an_image_mapped_and_what_is_unsafe(cc) -> None
         HOTLOAD_PLUGIN("sticky", "1");
         static pthread_key_t key;
         HOTLOAD_API int32_t start(void) { return pthread_key_create(&key, 0); }
-        HOTLOAD_EXPORT(start, "int32_t(void)");
+        HOTLOAD_EXPORT(start, int32_t, (void));
     """,
         "sticky",
         ["-Wl,-z,nodelete", "-pthread"],

@@ -131,7 +131,7 @@ def test_emit_skips_a_plugin_unloaded_after_its_router_was_taken(host: Host, cc)
     the others still answer, in order, in both router modes."""
     for name, factor in (("first", 1), ("gone", 2), ("last", 3)):
         host.load(cc(COUNTING.replace("NAME", name).replace("FACTOR", str(factor)), name))
-    routers = host._events.routers("on_tick", host._plugins())  # what an emit in flight holds
+    routers = host._events.routers("on_tick", host._table.plugins())  # what an emit in flight holds
     host.unload("gone")
     assert _events.emit(routers, (10,)) == [11, 13]
     assert _events._emit_py(routers, (10,)) == [11, 13]

@@ -328,7 +328,7 @@ def test_ls_reports_leaked_images_their_bytes_and_why(
         #include <hotload.h>
         HOTLOAD_PLUGIN("sticky", "1");
         HOTLOAD_API int v(void) { return 1; }
-        HOTLOAD_EXPORT(v, "int(void)");
+        HOTLOAD_EXPORT(v, int, (void));
     """
     lib = cc(src, "sticky", flags=["-Wl,-z,nodelete"])
     host = HostProcess(ctl_env, lib)

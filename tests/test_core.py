@@ -32,7 +32,7 @@ static int on_unload(const void **state, size_t *size) {
 HOTLOAD_ON_LOAD(on_load);
 HOTLOAD_ON_UNLOAD(on_unload);
 HOTLOAD_API int v(void) { return V; }
-HOTLOAD_EXPORT(v, "int(void)");
+HOTLOAD_EXPORT(v, int, (void));
 """
 
 
@@ -209,7 +209,7 @@ def test_native_crash_prints_where_it_happened(tmp_path: Path, cc) -> None:
         #include <hotload.h>
         HOTLOAD_PLUGIN("boom", "1");
         HOTLOAD_API int boom(int x) { volatile int *p = 0; return *p + x; }
-        HOTLOAD_EXPORT(boom, "int(int)");
+        HOTLOAD_EXPORT(boom, int, (int));
         """,
         "boom",
     )

@@ -47,7 +47,7 @@ CLEAN = """
 #include <hotload.h>
 HOTLOAD_PLUGIN("clean", "1.0.0");
 HOTLOAD_API int64_t add(int64_t a, int64_t b) { return a + b; }
-HOTLOAD_EXPORT(add, "int64_t(int64_t, int64_t)");
+HOTLOAD_EXPORT(add, int64_t, (int64_t, int64_t));
 """
 PLAIN = "int answer(void) { return 42; }\n"
 

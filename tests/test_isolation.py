@@ -17,7 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from hotload import Host, HotloadError, PluginCrashedError, PluginTimeoutError, SignatureError
+from hotload import (
+    Host,
+    HotloadError,
+    Isolated,
+    PluginCrashedError,
+    PluginTimeoutError,
+    SignatureError,
+)
 
 from conftest import ROOT, Compile, pid_alive
 from conftest import child_pids as children
@@ -38,10 +45,10 @@ HOTLOAD_PLUGIN("faulty", "VERSION");
 static int64_t counter;
 
 HOTLOAD_API int64_t add(int64_t a, int64_t b) { counter++; return a + b + TAG; }
-HOTLOAD_EXPORT(add, "int64_t(int64_t, int64_t)");
+HOTLOAD_EXPORT(add, int64_t, (int64_t, int64_t));
 
 HOTLOAD_API int64_t count(void) { return counter; }
-HOTLOAD_EXPORT(count, "int64_t(void)");
+HOTLOAD_EXPORT(count, int64_t, (void));
 
 HOTLOAD_API int32_t crash(int32_t how)
 {
@@ -52,7 +59,7 @@ HOTLOAD_API int32_t crash(int32_t how)
     if (how == 3) _exit(42);
     return how;
 }
-HOTLOAD_EXPORT(crash, "int32_t(int32_t)");
+HOTLOAD_EXPORT(crash, int32_t, (int32_t));
 
 HOTLOAD_API int32_t nap(int32_t ms)
 {
@@ -60,14 +67,14 @@ HOTLOAD_API int32_t nap(int32_t ms)
     nanosleep(&ts, NULL);
     return ms;
 }
-HOTLOAD_EXPORT(nap, "int32_t(int32_t)");
+HOTLOAD_EXPORT(nap, int32_t, (int32_t));
 
 HOTLOAD_API int32_t spew(void)
 {
     for (int fd = 3; fd < 64; fd++) (void)!write(fd, "GARBAGE GARBAGE GARBAGE!", 24);
     return 0;
 }
-HOTLOAD_EXPORT(spew, "int32_t(void)");
+HOTLOAD_EXPORT(spew, int32_t, (void));
 
 HOTLOAD_API int64_t sum(const int32_t *xs, size_t n)
 {
@@ -75,13 +82,13 @@ HOTLOAD_API int64_t sum(const int32_t *xs, size_t n)
     for (size_t i = 0; i < n; i++) t += xs[i];
     return t;
 }
-HOTLOAD_EXPORT(sum, "int64_t(const int32_t *, size_t)");
+HOTLOAD_EXPORT(sum, int64_t, (const int32_t *, size_t));
 
 HOTLOAD_API void fill(int32_t *xs, size_t n, int32_t v)
 {
     for (size_t i = 0; i < n; i++) xs[i] = v + (int32_t)i;
 }
-HOTLOAD_EXPORT(fill, "void(int32_t *, size_t, int32_t)");
+HOTLOAD_EXPORT(fill, void, (int32_t *, size_t, int32_t));
 
 static char greeting[128];
 HOTLOAD_API const char *greet(const char *who)
@@ -89,13 +96,13 @@ HOTLOAD_API const char *greet(const char *who)
     snprintf(greeting, sizeof greeting, "hello %s", who);
     return greeting;
 }
-HOTLOAD_EXPORT(greet, "const char *(const char *)");
+HOTLOAD_EXPORT(greet, const char *, (const char *));
 
 HOTLOAD_API int32_t has_env(const char *name) { return getenv(name) != NULL; }
-HOTLOAD_EXPORT(has_env, "int32_t(const char *)");
+HOTLOAD_EXPORT(has_env, int32_t, (const char *));
 
 HOTLOAD_API int32_t spin(void) { for (;;) {} return 0; }
-HOTLOAD_EXPORT(spin, "int32_t(void)");
+HOTLOAD_EXPORT(spin, int32_t, (void));
 
 static int64_t saved;
 static int save(const void **state, size_t *size)
@@ -233,7 +240,7 @@ def test_a_prototype_that_cannot_cross_is_refused_at_load(ihost: Host, cc: Compi
         #include <hotload.h>
         HOTLOAD_PLUGIN("opaque", "1");
         HOTLOAD_API int32_t poke(void *p) { return p != 0; }
-        HOTLOAD_EXPORT(poke, "int32_t(void *)");
+        HOTLOAD_EXPORT(poke, int32_t, (void *));
         """,
         "opaque",
     )
@@ -277,7 +284,7 @@ def test_a_crash_in_a_call_raises_and_the_worker_restarts(
 
 
 def test_on_crash_stop_keeps_raising(ihost: Host, faulty: Build) -> None:
-    p = ihost.load(faulty(), isolate=True, on_crash="stop")
+    p = ihost.load(faulty(), isolate=Isolated(on_crash="stop"))
     with pytest.raises(PluginCrashedError):
         p.crash(1)
     with pytest.raises(PluginCrashedError, match="SIGSEGV"):
@@ -288,7 +295,7 @@ def test_on_crash_stop_keeps_raising(ihost: Host, faulty: Build) -> None:
 
 
 def test_on_crash_rollback_brings_the_previous_build_back(ihost: Host, faulty: Build) -> None:
-    p = ihost.load(faulty(tag=1), isolate=True, on_crash="rollback")
+    p = ihost.load(faulty(tag=1), isolate=Isolated(on_crash="rollback"))
     faulty(tag=2, version="2")
     ihost.reload("faulty")
     with pytest.raises(PluginCrashedError):
@@ -299,7 +306,7 @@ def test_on_crash_rollback_brings_the_previous_build_back(ihost: Host, faulty: B
 
 
 def test_a_crash_loop_stops_restarting(ihost: Host, faulty: Build) -> None:
-    p = ihost.load(faulty(), isolate=True, max_restarts=2)
+    p = ihost.load(faulty(), isolate=Isolated(max_restarts=2))
     for _ in range(3):
         with pytest.raises(PluginCrashedError):
             p.crash(1)
@@ -311,7 +318,7 @@ def test_a_crash_loop_stops_restarting(ihost: Host, faulty: Build) -> None:
 
 
 def test_every_call_in_flight_raises_when_the_worker_dies(ihost: Host, faulty: Build) -> None:
-    p = ihost.load(faulty(), isolate=True, on_crash="stop")
+    p = ihost.load(faulty(), isolate=Isolated(on_crash="stop"))
     errors: list[BaseException] = []
 
     def slow() -> None:
@@ -332,7 +339,7 @@ def test_every_call_in_flight_raises_when_the_worker_dies(ihost: Host, faulty: B
 
 
 def test_call_timeout_kills_a_hung_worker(ihost: Host, faulty: Build) -> None:
-    p = ihost.load(faulty(), isolate=True, call_timeout=0.5)
+    p = ihost.load(faulty(), isolate=Isolated(call_timeout=0.5))
     pid = worker_pid(ihost)
     with pytest.raises(PluginTimeoutError, match="did not return within 0.5 s"):
         p.nap(5000)
@@ -420,7 +427,7 @@ def test_close_while_a_worker_hangs(tmp_path: Path, faulty: Build) -> None:
 
 
 def test_cpu_limit_kills_a_runaway_plugin(ihost: Host, faulty: Build) -> None:
-    p = ihost.load(faulty(), isolate=True, limits={"cpu_seconds": 1}, on_crash="stop")
+    p = ihost.load(faulty(), isolate=Isolated(limits={"cpu_seconds": 1}, on_crash="stop"))
     with pytest.raises(PluginCrashedError, match="SIGXCPU|SIGKILL"):
         p.spin()
 
@@ -434,7 +441,7 @@ def test_nodelete_plugin_really_unloads_when_isolated(tmp_path: Path, cc: Compil
     #include <hotload.h>
     HOTLOAD_PLUGIN("sticky", "1");
     HOTLOAD_API int64_t add(int64_t a, int64_t b) { return a + b + TAG; }
-    HOTLOAD_EXPORT(add, "int64_t(int64_t, int64_t)");
+    HOTLOAD_EXPORT(add, int64_t, (int64_t, int64_t));
     """
     out = tmp_path / "build" / "sticky.so"
     with Host(tmp_path / "w", preflight=False) as h:
@@ -572,3 +579,45 @@ def test_a_buffer_larger_than_shared_memory_crosses_on_the_socket(
     p.fill(big, len(big), 7)
     assert big[0] == 7 and big[-1] == 7 + 99_999  # copied back into the caller's buffer
     assert p.add(2, 3) == 5  # and the next call goes through shared memory again
+
+
+@pytest.mark.parametrize(
+    ("limits", "named"),
+    [
+        ({"adress_space": 1 << 30}, "unknown limit 'adress_space'"),
+        ({"address_space": "x"}, "limits\\['address_space'\\]"),
+        ({"address_space": -1}, "limits\\['address_space'\\]"),
+        ({"cpu_seconds": 0}, "limits\\['cpu_seconds'\\]"),
+        ({"cpu_seconds": True}, "limits\\['cpu_seconds'\\]"),
+        ({"nice": 20}, "limits\\['nice'\\]"),
+        (["cpu_seconds"], "limits must be a mapping"),
+    ],
+)
+def test_bad_isolation_options_are_refused_before_anything_starts(
+    tmp_path: Path, faulty, limits, named
+) -> None:
+    """A typo in a limit's name, a string, a negative number: a ``ConfigError``
+    (a ``HotloadError``) naming the key, raised by ``Isolated(...)`` itself, so
+    no worker is ever spawned with a limit the kernel would refuse or ignore."""
+    from hotload import ConfigError
+
+    before = children()
+    with pytest.raises(ConfigError, match=named):
+        Isolated(limits=limits)
+    with Host(tmp_path / "w", preflight=False) as h:
+        with pytest.raises(ConfigError, match="isolate must be"):
+            h.load(faulty(), isolate="yes")  # type: ignore[arg-type]
+        assert h.names() == []
+    assert children() == before
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("on_crash", "explode"), ("call_timeout", 0), ("call_timeout", "1"), ("max_restarts", -1)],
+)
+def test_every_isolation_option_is_checked(field: str, value: object) -> None:
+    from hotload import ConfigError, HotloadError
+
+    with pytest.raises(ConfigError, match=field) as err:
+        Isolated(**{field: value})  # type: ignore[arg-type]
+    assert isinstance(err.value, HotloadError) and isinstance(err.value, ValueError)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hotload import Host, PluginCrashedError, SignatureError
+from hotload import Host, Isolated, PluginCrashedError, SignatureError
 from hotload._artifact.signatures import ffi
 
 from conftest import PLUGINS_SRC, Compile, pid_alive
@@ -372,7 +372,7 @@ def test_service_calling_back_into_its_own_version_is_an_error_not_a_hang(
 
     host.provide("grant_item", grant, GRANT, error=-1)
     host.provide("note", lambda text: None, "void(const char *)")
-    p = holder["p"] = host.load(build_svc(cc), isolate=True, call_timeout=10.0)
+    p = holder["p"] = host.load(build_svc(cc), isolate=Isolated(call_timeout=10.0))
     with caplog.at_level(logging.ERROR, logger="hotload"):
         t0 = time.monotonic()
         assert p.login(1) == -1
@@ -394,7 +394,7 @@ def test_a_service_after_host_close_gives_the_error_value(
     p = host.load(build_svc(cc), isolate=True)
     assert p.start_beat() == 0
     assert wait_for(lambda: p.beat_count() >= 3)
-    proxy = host["svc"].current.image.process  # type: ignore[union-attr]
+    proxy = host["svc"]._version().image.process  # type: ignore[union-attr]
     cp = proxy.svc_plans[0]
     assert cp.fname == "grant_item"
     pid = host.versions("svc")[-1].pid
@@ -456,7 +456,7 @@ def test_garbage_on_the_service_channel_is_a_crash_not_a_host_failure(
     host: Host, cc: Compile, how: int, why: str
 ) -> None:
     provide(host, [])
-    p = host.load(build_svc(cc), isolate=True, call_timeout=10.0)
+    p = host.load(build_svc(cc), isolate=Isolated(call_timeout=10.0))
     pid = host.versions("svc")[-1].pid
     t0 = time.monotonic()
     with pytest.raises(PluginCrashedError) as err:
@@ -621,7 +621,7 @@ def test_a_plugin_whose_threads_block_in_services_starves_only_itself(
     flags = ["-pthread"]
     a = host.load(cc(BLOCKERS.replace("NAME", "pool_a"), "pool_a", flags), isolate=True)
     b = host.load(
-        cc(BLOCKERS.replace("NAME", "pool_b"), "pool_b", flags), isolate=True, call_timeout=10
+        cc(BLOCKERS.replace("NAME", "pool_b"), "pool_b", flags), isolate=Isolated(call_timeout=10)
     )
     try:
         assert a.start_blockers(6) == 6

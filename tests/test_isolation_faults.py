@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hotload import Host, PluginCrashedError
+from hotload import Host, Isolated, PluginCrashedError
 
 from conftest import Compile, child_pids
 
@@ -35,7 +35,7 @@ FORKY = r"""
 HOTLOAD_PLUGIN("forky", "1");
 
 HOTLOAD_API int64_t add(int64_t a, int64_t b) { return a + b + TAG; }
-HOTLOAD_EXPORT(add, "int64_t(int64_t, int64_t)");
+HOTLOAD_EXPORT(add, int64_t, (int64_t, int64_t));
 
 /* A child that sleeps holding every descriptor it inherited (the channel too). */
 HOTLOAD_API int32_t spawn(int32_t secs)
@@ -44,7 +44,7 @@ HOTLOAD_API int32_t spawn(int32_t secs)
     if (pid == 0) { sleep((unsigned)secs); _exit(0); }
     return (int32_t)pid;
 }
-HOTLOAD_EXPORT(spawn, "int32_t(int32_t)");
+HOTLOAD_EXPORT(spawn, int32_t, (int32_t));
 
 /* A double-forked daemon in its own session; returns the daemon's pid. */
 HOTLOAD_API int32_t daemonize(int32_t secs)
@@ -66,7 +66,7 @@ HOTLOAD_API int32_t daemonize(int32_t secs)
     waitpid(mid, NULL, 0);
     return (int32_t)g;
 }
-HOTLOAD_EXPORT(daemonize, "int32_t(int32_t)");
+HOTLOAD_EXPORT(daemonize, int32_t, (int32_t));
 
 /* A child that crashes at once (nobody waits for it). */
 HOTLOAD_API int32_t spawn_crash(void)
@@ -75,14 +75,14 @@ HOTLOAD_API int32_t spawn_crash(void)
     if (pid == 0) { volatile int *p = NULL; *p = 1; _exit(1); }
     return (int32_t)pid;
 }
-HOTLOAD_EXPORT(spawn_crash, "int32_t(void)");
+HOTLOAD_EXPORT(spawn_crash, int32_t, (void));
 
 HOTLOAD_API int32_t crash(int32_t how)
 {
     if (how == 1) { volatile int *p = NULL; *p = 1; }
     return how;
 }
-HOTLOAD_EXPORT(crash, "int32_t(int32_t)");
+HOTLOAD_EXPORT(crash, int32_t, (int32_t));
 
 /* Sleep, then end the worker with exit code 0 (not a signal). */
 HOTLOAD_API int32_t quit(int32_t ms)
@@ -91,10 +91,10 @@ HOTLOAD_API int32_t quit(int32_t ms)
     nanosleep(&ts, NULL);
     _exit(0);
 }
-HOTLOAD_EXPORT(quit, "int32_t(int32_t)");
+HOTLOAD_EXPORT(quit, int32_t, (int32_t));
 
 HOTLOAD_API int32_t spin(void) { for (;;) {} return 0; }
-HOTLOAD_EXPORT(spin, "int32_t(void)");
+HOTLOAD_EXPORT(spin, int32_t, (void));
 
 static int64_t saved = TAG;
 static int save(const void **state, size_t *size)
@@ -350,7 +350,7 @@ def test_watch_isolate_loads_new_plugins_and_rebuilds_isolated(
     drop.mkdir()
     h = Host(tmp_path / "w", preflight=False)
     try:
-        h.watch(drop, isolate=True, on_crash="stop", call_timeout=1.0, initial=False)
+        h.watch(drop, isolate=Isolated(on_crash="stop", call_timeout=1.0), initial=False)
         os.replace(forky(tag=1), drop / "forky.so")  # a new plugin, whole (a rename)
         wait_for(lambda: "forky" in h)
         info = h.current("forky")
@@ -372,4 +372,4 @@ def test_watch_isolate_loads_new_plugins_and_rebuilds_isolated(
 
 def test_watch_isolate_refuses_a_bad_on_crash(tmp_path: Path) -> None:
     with Host(tmp_path / "w", preflight=False) as h, pytest.raises(ValueError, match="on_crash"):
-        h.watch(tmp_path, isolate=True, on_crash="explode")
+        h.watch(tmp_path, isolate=Isolated(on_crash="explode"))

@@ -25,17 +25,17 @@ BAD = r"""
 #include <unistd.h>
 HOTLOAD_PLUGIN("xp", "2.0.0-bad");
 HOTLOAD_API int64_t reward(int64_t base, int32_t level) { return base * 100 + level; }
-HOTLOAD_EXPORT(reward, "int64_t(int64_t, int32_t)");
+HOTLOAD_EXPORT(reward, int64_t, (int64_t, int32_t));
 HOTLOAD_API int64_t grants_so_far(void) { return -1; }
-HOTLOAD_EXPORT(grants_so_far, "int64_t(void)");
+HOTLOAD_EXPORT(grants_so_far, int64_t, (void));
 HOTLOAD_API int32_t version_tag(void) { return 100; }
-HOTLOAD_EXPORT(version_tag, "int32_t(void)");
+HOTLOAD_EXPORT(version_tag, int32_t, (void));
 HOTLOAD_API int32_t slow_tag(int32_t ms) { return ms; }
-HOTLOAD_EXPORT(slow_tag, "int32_t(int32_t)");
+HOTLOAD_EXPORT(slow_tag, int32_t, (int32_t));
 HOTLOAD_API int64_t gen(void) { return 0; }
-HOTLOAD_EXPORT(gen, "int64_t(void)");
+HOTLOAD_EXPORT(gen, int64_t, (void));
 HOTLOAD_API const char *previous_version(void) { return ""; }
-HOTLOAD_EXPORT(previous_version, "const char *(void)");
+HOTLOAD_EXPORT(previous_version, const char *, (void));
 static const size_t *seen_size;
 static int on_load(const char *prev, const void *state, size_t size)
 {
@@ -170,7 +170,7 @@ static void *spin(void *arg) {
     (void)arg; char c; for (;;) if (read(0, &c, 1) <= 0) usleep(1000); return NULL;
 }
 HOTLOAD_API int f(void) { return 1; }
-HOTLOAD_EXPORT(f, "int(void)");
+HOTLOAD_EXPORT(f, int, (void));
 static int start(const char *p, const void *s, size_t n)
 { (void)p; (void)s; (void)n; pthread_t t; pthread_create(&t, NULL, spin, NULL); return 0; }
 HOTLOAD_ON_LOAD(start);

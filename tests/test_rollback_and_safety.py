@@ -97,7 +97,7 @@ SAFE
 HOTLOAD_API int touch(void) {
     if (!pthread_getspecific(key)) pthread_setspecific(key, malloc(8)); return V;
 }
-HOTLOAD_EXPORT(touch, "int(void)");
+HOTLOAD_EXPORT(touch, int, (void));
 """
 
 
@@ -149,7 +149,7 @@ def test_leak_budget_refuses_reloads_of_a_plugin_that_cannot_unload(tmp_path: Pa
         #include <hotload.h>
         HOTLOAD_PLUGIN("sticky", "V");
         HOTLOAD_API int v(void) { return V; }
-        HOTLOAD_EXPORT(v, "int(void)");
+        HOTLOAD_EXPORT(v, int, (void));
     """
     out = tmp_path / "sticky.so"
     with Host(tmp_path / "w", max_leaked=2, preflight=False) as host:
@@ -212,7 +212,7 @@ THREAD_THEN_REFUSE = r"""
 HOTLOAD_PLUGIN("bg", "1.0.0");
 static void *spin(void *arg) { (void)arg; for (;;) usleep(1000); return NULL; }
 HOTLOAD_API int f(void) { return 1; }
-HOTLOAD_EXPORT(f, "int(void)");
+HOTLOAD_EXPORT(f, int, (void));
 static int start(const char *p, const void *s, size_t n)
 {
     (void)p; (void)s; (void)n;

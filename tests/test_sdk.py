@@ -28,7 +28,7 @@ import pytest
 
 from hotload import Host
 from hotload._artifact import descriptor, signatures
-from hotload._artifact.builder import sdk_include_dir
+from hotload._artifact.builder import compile_plugin, sdk_include_dir
 from hotload._platform import _elf as elfcheck
 from hotload._platform import _pe as pecheck
 
@@ -294,7 +294,7 @@ def test_good_plugin_loads_and_calls_with_the_right_results(
     assert proc.returncode == 0, proc.stderr
     with Host(tmp_path / "work", quiesce_timeout=0.5) as host:
         p: Any = host.load(out)  # exports are dynamic attributes
-        assert p.name == "sdk_good"
+        assert host.current("sdk_good") is not None and "sdk_good" in repr(p)
         assert p.reward(100, 3) == 303
         assert p.reward(-5, 2**31 - 1) == -15 + 2**31 - 1
         assert p.seven() == 7
@@ -414,3 +414,31 @@ def test_header_and_examples_compile_clean(chain: Toolchain, std: str, tmp_path:
     for i, source in enumerate(sources):
         proc, _ = chain.compile(tmp_path, source, f"clean{i}", [*STRICT, std])
         assert proc.returncode == 0 and not proc.stderr.strip(), (i, proc.stderr)
+
+
+def test_one_abi_number_across_c_and_python(tmp_path: Path) -> None:
+    """``HOTLOAD_ABI_VERSION`` in the header the package ships is
+    ``hotload.ABI_VERSION``; a plugin's base records are stamped 1 (an ABI 1
+    host still loads it) and its contract records with the header's number."""
+    import re
+
+    import hotload
+
+    header = (sdk_include_dir() / "hotload.h").read_text()
+    found = re.search(r"#define HOTLOAD_ABI_VERSION (\d+)", header)
+    assert found and int(found.group(1)) == hotload.ABI_VERSION == descriptor.ABI_VERSION
+    src = tmp_path / "abi.c"
+    src.write_text(
+        "#include <hotload.h>\n"
+        'HOTLOAD_PLUGIN("abi", "1");\n'
+        "HOTLOAD_IMPORT(svc, int32_t, (int32_t));\n"
+        "HOTLOAD_API int32_t f(int32_t x) { return x; }\n"
+        "HOTLOAD_EXPORT(f, int32_t, (int32_t));\n"
+    )
+    out = tmp_path / "abi.so"
+    compile_plugin(src, out)
+    section = elfcheck.check(out.read_bytes(), str(out)).hotload_section or b""
+    records = [r.split(b"\x1f")[:3] for r in section.split(b"\0") if r.startswith(b"hotload")]
+    stamps = {kind.decode(): int(abi) for _, abi, kind in records}
+    assert stamps["plugin"] == stamps["export"] == 1
+    assert stamps["import"] == hotload.ABI_VERSION

@@ -62,10 +62,10 @@ HOTLOAD_API int64_t step(int64_t x)
     atomic_fetch_add(&calls, 1);
     return (generation << 32) | (x * MULT + ADD);
 }
-HOTLOAD_EXPORT(step, "int64_t(int64_t)");
+HOTLOAD_EXPORT(step, int64_t, (int64_t));
 
 HOTLOAD_API int64_t calls_so_far(void) { return atomic_load(&calls); }
-HOTLOAD_EXPORT(calls_so_far, "int64_t(void)");
+HOTLOAD_EXPORT(calls_so_far, int64_t, (void));
 
 static int64_t snap[2];
 static int save(const void **state, size_t *size)

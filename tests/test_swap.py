@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hotload import HookError, Host, NotLoadedError, SignatureError
+from hotload import HookError, Host, NotLoadedError, Plugin, SignatureError
 from hotload._inspect.report import inspect_file
 
 from conftest import mapped_images, versioned_copies
@@ -58,7 +58,7 @@ def test_signature_change_on_reload_is_refused_unless_allowed(
         #include <hotload.h>
         HOTLOAD_PLUGIN("calc", "V");
         HOTLOAD_API int64_t f(PARAMS) { return BODY; }
-        HOTLOAD_EXPORT(f, "int64_t(PARAMS)");
+        HOTLOAD_EXPORT(f, int64_t, (PARAMS));
     """
     out = tmp_path / "calc.so"
     calc = host.load(
@@ -107,7 +107,7 @@ def test_stateless_swap_does_not_wait_for_a_running_call(host: Host, cc, tmp_pat
         HOTLOAD_API int nap(int ms) {
             struct timespec ts = {0, ms * 1000000L}; nanosleep(&ts, 0); return TAG;
         }
-        HOTLOAD_EXPORT(nap, "int(int)");
+        HOTLOAD_EXPORT(nap, int, (int));
     """
     out = tmp_path / "nap.so"
     nap = host.load(cc(src.replace("TAG", "1"), out=out))
@@ -210,7 +210,7 @@ def test_500_reloads_keep_at_most_two_images_mapped(host: Host, cc, tmp_path: Pa
         #include <hotload.h>
         HOTLOAD_PLUGIN("tick", "1");
         HOTLOAD_API int tick(int x) { return x + 1; }
-        HOTLOAD_EXPORT(tick, "int(int)");
+        HOTLOAD_EXPORT(tick, int, (int));
     """
     tick = host.load(cc(src, out=out))
     peak = 0
@@ -226,7 +226,7 @@ def test_500_reloads_keep_at_most_two_images_mapped(host: Host, cc, tmp_path: Pa
     assert len(versioned_copies(host.workdir)) == 1
     versions = host.versions("tick")
     assert versions[-1].seq == 501 and len(versions) + host.pruned("tick") == 501
-    assert len(versions) <= host.history_limit + 2
+    assert len(versions) <= host.settings.history_limit + 2
     assert [v.seq for v in versions] == list(range(502 - len(versions), 502))  # oldest pruned
     assert all(v.state == "unloaded" for v in versions[:-1])
     assert host.leaks() == []
@@ -237,7 +237,7 @@ UNIQUE_SRC = """
 inline int &counter() { static int c = 0; return c; }   // STB_GNU_UNIQUE with g++
 HOTLOAD_PLUGIN("uniq", "1");
 HOTLOAD_API int bump(void) { return ++counter(); }
-HOTLOAD_EXPORT(bump, "int(void)");
+HOTLOAD_EXPORT(bump, int, (void));
 """
 
 
@@ -275,7 +275,7 @@ def test_nodelete_image_is_leaked_and_kept_out_of_new_loads(host: Host, cc, tmp_
         #include <hotload.h>
         HOTLOAD_PLUGIN("sticky", "1");
         HOTLOAD_API int v(void) { return V; }
-        HOTLOAD_EXPORT(v, "int(void)");
+        HOTLOAD_EXPORT(v, int, (void));
     """
     sticky = host.load(cc(src.replace("V", "1"), flags=["-Wl,-z,nodelete"], out=out))
     for i in range(2, 5):
@@ -296,11 +296,11 @@ def test_removed_export_raises_not_loaded_after_an_allowed_change(
         #include <hotload.h>
         HOTLOAD_PLUGIN("shrink", "V");
         HOTLOAD_API int f(void) { return 1; }
-        HOTLOAD_EXPORT(f, "int(void)");
+        HOTLOAD_EXPORT(f, int, (void));
         EXTRA
     """
     out = tmp_path / "shrink.so"
-    extra = 'HOTLOAD_API int g(void) { return 2; }\nHOTLOAD_EXPORT(g, "int(void)");'
+    extra = "HOTLOAD_API int g(void) { return 2; }\nHOTLOAD_EXPORT(g, int, (void));"
     p = host.load(cc(src.replace("V", "1").replace("EXTRA", extra), out=out))
     g = p.g
     assert g() == 2
@@ -363,13 +363,23 @@ ODD_NAMES = r"""
 HOTLOAD_PLUGIN("bond", "V");
 static double k = K;
 HOTLOAD_API double yield(double x) { return x * k; }
-HOTLOAD_EXPORT(yield, "double(double)");
+HOTLOAD_EXPORT(yield, double, (double));
 HOTLOAD_API int route(int x) { return x + 1; }
-HOTLOAD_EXPORT(route, "int(int)");
+HOTLOAD_EXPORT(route, int, (int));
 HOTLOAD_API int idx(int x) { return x + 2; }
-HOTLOAD_EXPORT(idx, "int(int)");
+HOTLOAD_EXPORT(idx, int, (int));
 HOTLOAD_API const char *name(void) { return "bond-V"; }
-HOTLOAD_EXPORT(name, "const char *(void)");
+HOTLOAD_EXPORT(name, const char *, (void));
+HOTLOAD_API int close(int x) { return x * 10; }
+HOTLOAD_EXPORT(close, int, (int));
+HOTLOAD_API int publish(int x) { return x * 100; }
+HOTLOAD_EXPORT(publish, int, (int));
+HOTLOAD_API int current(void) { return V; }
+HOTLOAD_EXPORT(current, int, (void));
+HOTLOAD_API int versions(void) { return -V; }
+HOTLOAD_EXPORT(versions, int, (void));
+HOTLOAD_API int new(int x) { return x + V; }
+HOTLOAD_EXPORT(new, int, (int));
 static int save(const void **s, size_t *n) { *s = &k; *n = sizeof k; return 0; }
 HOTLOAD_ON_UNLOAD(save);
 static int restore(const char *p, const void *s, size_t n) { (void)p; (void)s; (void)n; return 0; }
@@ -377,21 +387,25 @@ HOTLOAD_ON_LOAD(restore);
 """
 
 
-def test_exports_named_like_keywords_or_router_internals_work(
-    host: Host, cc, tmp_path: Path
-) -> None:
-    """C allows `yield`, `route`, `idx`, `name`: each works, and `name` stays
-    the plugin's name (the export is `p["name"]`)."""
+def test_any_export_name_works_as_an_attribute(host: Host, cc, tmp_path: Path) -> None:
+    """C allows `yield`, `route`, `idx`, `name`, `close`, `publish`,
+    `current`, `versions`, `new`: each is an attribute that calls the export,
+    across a stateful reload and a rollback; the methods an export shadows stay
+    reachable through the class, and the plugin's facts are on the host."""
     out = tmp_path / "bond.so"
     p = host.load(cc(ODD_NAMES.replace("V", "1").replace("K", "2.0"), out=out))
     assert getattr(p, "yield")(1.5) == 3.0 and p.route(1) == 2 and p.idx(1) == 3
-    assert p.name == "bond" and p["name"]() == b"bond-1"
+    assert p.name() == b"bond-1" and p["name"]() == b"bond-1"
+    assert (p.close(2), p.publish(2), p.current(), p.versions(), p.new(1)) == (20, 200, 1, -1, 2)
     cc(ODD_NAMES.replace("V", "2").replace("K", "3.0"), out=out)
     host.reload("bond")  # stateful: through the gate
-    assert p["yield"](1.5) == 4.5 and p["name"]() == b"bond-2"
+    assert p["yield"](1.5) == 4.5 and p.name() == b"bond-2" and p.current() == 2
+    assert p.close(3) == 30 and "bond" in host  # the export ran; nothing was closed
     assert host.rollback("bond").plugin_version == "1"
-    assert p["yield"](1.5) == 3.0 and p.name == "bond"
-    assert [v.seq for v in p.versions()] == [1, 2, 3]
+    assert getattr(p, "yield")(1.5) == 3.0 and p.current() == 1 and p.new(1) == 2
+    assert [v.seq for v in Plugin.versions(p)] == [1, 2, 3]  # the method, through the class
+    assert [v.seq for v in host.versions("bond")] == [1, 2, 3]
+    assert host.current("bond").seq == 3  # type: ignore[union-attr]
 
 
 def test_current_never_says_not_loaded_in_the_middle_of_a_swap(host: Host, xp_build) -> None:
@@ -453,7 +467,7 @@ HOTLOAD_EXPORT(one, int32_t, (void));
             stop.set()
             t.join(10)
         assert h.settle()
-        seqs = [v.seq for v in h._records["burst"].history]  # noqa: SLF001
+        seqs = [v.seq for v in h._table.loaded("burst").history]  # noqa: SLF001
         assert seqs[-1] == 151  # the newest was never lost to a concurrent prune
         assert (
             len(seqs) <= 11

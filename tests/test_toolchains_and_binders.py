@@ -231,7 +231,7 @@ def test_describe_a_mingw_dll(tmp_path: Path) -> None:
     src.write_text(
         '#include <hotload.h>\nHOTLOAD_PLUGIN("winp", "0.3");\n'
         "HOTLOAD_API int32_t twice(int32_t x) { return 2 * x; }\n"
-        'HOTLOAD_EXPORT(twice, "int32_t(int32_t)");\n'
+        "HOTLOAD_EXPORT(twice, int32_t, (int32_t));\n"
     )
     dll = tmp_path / "winp.dll"
     subprocess.run(

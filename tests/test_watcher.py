@@ -146,7 +146,7 @@ def test_new_file_in_the_watched_directory_is_loaded(host: Host, xp_build, cc, e
         #include <hotload.h>
         HOTLOAD_PLUGIN("calc", "0.1.0");
         HOTLOAD_API int64_t add(int64_t a, int64_t b) { return a + b; }
-        HOTLOAD_EXPORT(add, "int64_t(int64_t, int64_t)");
+        HOTLOAD_EXPORT(add, int64_t, (int64_t, int64_t));
     """,
         "calc",
         out=target.parent / "calc.so",
@@ -191,7 +191,7 @@ REBUILD_SRC = """
 #include "tuning.h"
 HOTLOAD_PLUGIN("tuned", VERSION);
 HOTLOAD_API int32_t factor(void) { return FACTOR; }
-HOTLOAD_EXPORT(factor, "int32_t(void)");
+HOTLOAD_EXPORT(factor, int32_t, (void));
 """
 
 
@@ -250,7 +250,7 @@ def test_rebuild_loads_a_new_source_file(host: Host, tmp_path: Path, events) -> 
     _save(
         src / "extra.c",
         '#include <hotload.h>\nHOTLOAD_PLUGIN("extra", "1");\n'
-        'HOTLOAD_API int32_t one(void) { return 1; }\nHOTLOAD_EXPORT(one, "int32_t(void)");\n',
+        "HOTLOAD_API int32_t one(void) { return 1; }\nHOTLOAD_EXPORT(one, int32_t, (void));\n",
     )
     ev = next_event(events, done)
     assert (ev.action, ev.name) == ("loaded", "extra"), ev.error
@@ -463,12 +463,12 @@ COMBO_MAIN = """
 #include "combo.h"
 HOTLOAD_PLUGIN("combo", "VERSION");
 HOTLOAD_API int32_t value(void) { return helper() * FACTOR; }
-HOTLOAD_EXPORT(value, "int32_t(void)");
+HOTLOAD_EXPORT(value, int32_t, (void));
 """
 COMBO_HELPER = '#include "combo.h"\nint helper(void) { return BASE; }\n'
 SOLO = (
     '#include <hotload.h>\nHOTLOAD_PLUGIN("solo", "1");\n'
-    'HOTLOAD_API int32_t one(void) { return 1; }\nHOTLOAD_EXPORT(one, "int32_t(void)");\n'
+    "HOTLOAD_API int32_t one(void) { return 1; }\nHOTLOAD_EXPORT(one, int32_t, (void));\n"
 )
 
 

@@ -55,7 +55,7 @@ USES_DEP_C = """\
 HOTLOAD_PLUGIN("uses_dep", "1.0.0");
 __declspec(dllimport) int hl_dep_answer(void);
 HOTLOAD_API int32_t dep_answer(void) { return hl_dep_answer(); }
-HOTLOAD_EXPORT(dep_answer, "int32_t(void)");
+HOTLOAD_EXPORT(dep_answer, int32_t, (void));
 """
 HELLO_C = '#include <stdio.h>\nint main(void) { puts("hello"); return 0; }\n'
 

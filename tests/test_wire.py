@@ -13,6 +13,7 @@ from array import array
 
 import pytest
 
+from hotload import Isolated
 from hotload._artifact.signatures import ffi
 from hotload._process import wire
 
@@ -80,7 +81,7 @@ HOTLOAD_API int32_t level_of(const wp_t *p) { return p->level; }
 HOTLOAD_EXPORT(level_of, int32_t, (const wp_t *));
 """
     with Host(preflight=False) as host:
-        p = host.load(cc(src, "wire_sp"), isolate=True, call_timeout=10)
+        p = host.load(cc(src, "wire_sp"), isolate=Isolated(call_timeout=10))
         cp = host.current("wire_sp")
         assert cp.isolated
         with pytest.raises(TypeError, match="empty array"):

@@ -102,7 +102,7 @@ def test_failed_build_keeps_the_previous_output_and_leaves_no_temp(tmp_path: Pat
     src = tmp_path / "p.c"
     src.write_text(
         '#include <hotload.h>\nHOTLOAD_PLUGIN("p", "1");\nHOTLOAD_API int f(void) { return 1; }\n'
-        'HOTLOAD_EXPORT(f, "int(void)");\n'
+        "HOTLOAD_EXPORT(f, int, (void));\n"
     )
     out = tmp_path / "out" / "p.so"
     compile_plugin(src, out)

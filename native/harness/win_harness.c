@@ -266,8 +266,8 @@ static int parse_descriptor(const char *blob, DWORD size, struct descriptor *d, 
             sprintf(why, "malformed record '%.60s'", copy);
             return 0;
         }
-        if (atoi(fields[1]) != HOTLOAD_ABI_VERSION) {
-            sprintf(why, "ABI %s, harness speaks %d", fields[1], HOTLOAD_ABI_VERSION);
+        if (atoi(fields[1]) < 1 || atoi(fields[1]) > HOTLOAD_ABI_VERSION) {
+            sprintf(why, "ABI %s, harness reads ABI 1 to %d", fields[1], HOTLOAD_ABI_VERSION);
             return 0;
         }
         if (!strcmp(fields[2], "plugin") && n == 5) {

@@ -21,9 +21,10 @@
  *
  * Build:  cc -std=c11 -fPIC -shared -Wall -Wextra -I<sdk>/include plugin.c -o plugin.so
  *
- * This header is a public ABI.  HOTLOAD_ABI_VERSION changes whenever the
- * record format or a hook's C type changes; a host refuses a plugin built for
- * another ABI version and says both numbers.
+ * This header is a public ABI.  HOTLOAD_ABI_VERSION is its one number, the
+ * same as the Python side's hotload.ABI_VERSION: it changes whenever the
+ * record format or a hook's C type changes; a host refuses a plugin with a
+ * record newer than the ABI it reads and says both numbers.
  */
 #ifndef HOTLOAD_H
 #define HOTLOAD_H
@@ -31,12 +32,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HOTLOAD_ABI_VERSION 1
-/* The records of the plugin-host contract (HOTLOAD_IMPORT, HOTLOAD_STRUCT,
- * HOTLOAD_FIELD, HOTLOAD_ENUM...) are stamped ABI 2, so a host that reads only
- * ABI 1 refuses such a plugin, saying both numbers; every other record keeps
- * ABI 1, so a plugin that uses none of them still loads in an ABI 1 host. */
-#define HOTLOAD_ABI_CONTRACT 2
+#define HOTLOAD_ABI_VERSION 2
+/* Each record is stamped with the oldest ABI that has it: the records of the
+ * plugin-host contract (HOTLOAD_IMPORT, HOTLOAD_STRUCT, HOTLOAD_FIELD,
+ * HOTLOAD_ENUM...) came with ABI 2, so a host that reads only ABI 1 refuses
+ * such a plugin, saying both numbers; every other record is stamped 1, so a
+ * plugin that uses none of them still loads in an ABI 1 host. */
+#define HOTLOAD__ABI_BASE 1
 
 /* ---- exporting functions ------------------------------------------------
  * Put HOTLOAD_API in front of every exported function's definition: it makes
@@ -106,8 +108,8 @@ typedef void (*hotload__any_fn)(void);
 #define HOTLOAD__CAT2(a, b) a##b
 #define HOTLOAD__CAT(a, b) HOTLOAD__CAT2(a, b)
 /* "hotload" US abi US kind US field US field NUL  (US = 0x1f) */
-#define HOTLOAD__REC(kind) "hotload\x1f" HOTLOAD__STR(HOTLOAD_ABI_VERSION) "\x1f" kind "\x1f"
-#define HOTLOAD__REC2(kind) "hotload\x1f" HOTLOAD__STR(HOTLOAD_ABI_CONTRACT) "\x1f" kind "\x1f"
+#define HOTLOAD__REC(kind) "hotload\x1f" HOTLOAD__STR(HOTLOAD__ABI_BASE) "\x1f" kind "\x1f"
+#define HOTLOAD__REC2(kind) "hotload\x1f" HOTLOAD__STR(HOTLOAD_ABI_VERSION) "\x1f" kind "\x1f"
 
 #if defined(_MSC_VER) && !defined(__clang__)
 #  pragma section(".hotload", read)

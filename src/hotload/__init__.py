@@ -16,6 +16,7 @@ from ._engine.registry import Plugin
 from ._errors import (
     BuildError,
     ClosedError,
+    ConfigError,
     ControlError,
     DescriptorError,
     FleetError,
@@ -36,12 +37,14 @@ from ._errors import (
     TypeLayoutError,
 )
 from ._host import Host
+from ._process.options import Isolated
 
 __all__ = [
     "__version__",
     "ABI_VERSION",
     "BuildError",
     "ClosedError",
+    "ConfigError",
     "ControlError",
     "DescriptorError",
     "FleetError",
@@ -50,6 +53,7 @@ __all__ = [
     "Host",
     "HotloadError",
     "InvalidPluginError",
+    "Isolated",
     "LoadError",
     "NotAPluginError",
     "NotLoadedError",

@@ -101,6 +101,11 @@ class PreflightError(HookError):
         self.external = external
 
 
+class ConfigError(HotloadError, ValueError):
+    """An option given to ``Host``, ``load`` or ``Isolated`` is not valid; the
+    message names the option and what it accepts.  Nothing was started."""
+
+
 class ResourceError(HotloadError):
     """The process ran out of something an operation needs: file
     descriptors (``EMFILE``, ``ENFILE``) or memory.  Nothing was changed (the

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from .._errors import DescriptorError
 
 ABI_VERSION = 2
-"""The newest ABI this host reads (it reads every record of ABI 1 and 2)."""
+"""The ABI of the hotload.h this package ships (``HOTLOAD_ABI_VERSION``, the same
+number) and the newest this host reads (it reads every record of ABI 1 and 2)."""
 _ABI_KINDS = {
     1: frozenset({"plugin", "export", "on_load", "on_unload", "self_test", "unload_safe"}),
     2: frozenset({"import", "struct", "field", "enum", "enumerator"}),

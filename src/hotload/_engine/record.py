@@ -22,10 +22,11 @@ from dataclasses import dataclass
 
 from .._errors import HotloadError
 from .._platform import dl
-from .._process.isolation import Options
+from .._process.options import Isolated
 from .hook_runner import HookRunner
 from .lifecycle import Version, VersionInfo, VersionState
 from .registry import Plugin
+from .settings import Settings
 from .unload_policy import UnloadPolicy
 
 # Looked up once: an enum member costs ~200 ns per access on Python 3.11, and the
@@ -50,9 +51,7 @@ class PluginRecord:
         name: str,
         *,
         policy: UnloadPolicy,
-        keep_versions: int,
-        history_limit: int,
-        hook_timeout: float | None,
+        settings: Settings,
     ) -> None:
         self.name = name
         self.lock = threading.RLock()
@@ -61,20 +60,20 @@ class PluginRecord:
         self.source = ""  # what reload() reads when given no path
         self.declared: dict[str, str] | None = None
         self.unload_safe = False
-        self.isolate: Options | None = None  # load(isolate=True): kept by reload and rollback
+        self.isolate: Isolated | None = None  # load(isolate=True): kept by reload and rollback
         self.seq = 0
         self.pruned = 0
         self.chain: list[Build] = []
         self.dropped_builds = 0  # builds that fell off the chain (keep_versions)
-        self.hooks = HookRunner(hook_timeout)
+        self.hooks = HookRunner(settings.hook_timeout)
         self._policy = policy
-        self._keep = keep_versions
-        self._history_limit = history_limit
+        self._keep = settings.keep_versions
+        self._history_limit = settings.history_limit
         self._history_lock = threading.Lock()  # add vs prune: readers (versions()) prune too
 
     @property
     def current(self) -> Version | None:
-        return self.plugin.current if self.plugin is not None else None
+        return self.plugin._version() if self.plugin is not None else None
 
     def add(self, version: Version) -> None:
         self.seq = version.seq

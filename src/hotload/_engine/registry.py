@@ -88,8 +88,14 @@ class _Shape:
 
 class Plugin:
     """The caller's handle: ``plugin.reward(100, 3)`` runs ``reward`` in the
-    newest active version.  Exported functions are attributes; one whose
-    name clashes with a method here is reachable as ``plugin["name"]``."""
+    newest active version.
+
+    Every exported function is an attribute, whatever its name (``close``,
+    ``versions``, ``new``...): an export wins over the method of the same
+    name, which stays reachable through the class (``Plugin.new(p, ...)``).
+    ``plugin["name"]`` reaches any export too.  What the host knows about the
+    plugin (its name, versions, the version serving) is on the host:
+    ``host.current(name)``, ``host.versions(name)``."""
 
     if TYPE_CHECKING:
 
@@ -106,13 +112,7 @@ class Plugin:
         self._shape: _Shape | None = None  # the export set of the last commit
         self._infos = infos
 
-    @property
-    def name(self) -> str:
-        """The plugin's name (an export called ``name`` is ``plugin["name"]``)."""
-        return self._name
-
-    @property
-    def current(self) -> Version | None:
+    def _version(self) -> Version | None:
         """The version new calls go to (None while switching or unloaded)."""
         cur = self._current
         return cur if isinstance(cur, Version) else None
@@ -127,9 +127,9 @@ class Plugin:
         if router is None:
             cur = self._current
             if not isinstance(cur, Version):
-                raise ClosedError(f"plugin {self.name} is not loaded")
+                raise ClosedError(f"plugin {self._name} is not loaded")
             raise NotLoadedError(
-                f"plugin {self.name} (v{cur.seq}) exports no function {fname!r}; "
+                f"plugin {self._name} (v{cur.seq}) exports no function {fname!r}; "
                 f"it exports: {', '.join(sorted(cur.fns)) or 'nothing'}"
             )
         return router
@@ -170,10 +170,10 @@ class Plugin:
         (``HOTLOAD_STRUCT``), with ``fields`` set: ``p.new("player_t", id=1)``."""
         cur = self._current
         if cur is UNLOADED_PLUGIN:
-            raise ClosedError(f"plugin {self.name} has been unloaded (or its host closed)")
+            raise ClosedError(f"plugin {self._name} has been unloaded (or its host closed)")
         types = cur.image.types if isinstance(cur, Version) else None
         if types is None:
-            raise TypeLayoutError(f"plugin {self.name} declares no types")
+            raise TypeLayoutError(f"plugin {self._name} declares no types")
         return types.new(type_name, fields)
 
     def versions(self) -> list[VersionInfo]:
@@ -183,29 +183,29 @@ class Plugin:
     def __repr__(self) -> str:
         cur = self._current
         seq = f"v{cur.seq}" if isinstance(cur, Version) else "not serving"
-        return f"<hotload.Plugin {self.name} {seq}>"
+        return f"<hotload.Plugin {self._name} {seq}>"
 
-    # -- switching (used by the host's swap; callers never need these) --------
-    def hold(self) -> None:
+    # -- switching (the swap's; private, so no export name can clash) ----------
+    def _hold(self) -> None:
         """Make new calls wait at the gate (a stateful switch is under way)."""
         self._switched.clear()
         self._route.gate = SWITCHING.gate
 
-    def publish(self, version: Version) -> None:
+    def _publish(self, version: Version) -> None:
         """Route new calls to ``version`` and release any caller at the gate."""
         self._route.gate = version.gate
         self._switched.set()
 
-    def close(self) -> Version | None:
+    def _close(self) -> Version | None:
         """Stop serving: later calls raise ``ClosedError``.  Returns the
         version that was current, for the caller to retire."""
-        cur = self.current
+        cur = self._version()
         self._route.gate = UNLOADED_PLUGIN.gate
         self._switched.set()
         return cur
 
     # -- routing internals ---------------------------------------------------
-    def prepare(self, version: Version) -> Callable[[], None]:
+    def _prepare(self, version: Version) -> Callable[[], None]:
         """Get everything ready for ``version`` to serve without changing
         anything a caller can see: it may raise (a router that cannot be
         built), and then nothing has happened.  Returns the commit step, which
@@ -250,8 +250,7 @@ class Plugin:
             else self._make_router(f, n, index[f])
             for f, n in arity.items()
         }
-        cls = type(self)
-        attrs = tuple(f for f in routers if not hasattr(cls, f) and not f.startswith("_"))
+        attrs = tuple(f for f in routers if not f.startswith("_"))  # exports win over methods
         gone = tuple(set(self._routers) - set(prototypes))
         return _Shape(dict(prototypes), index, arity, routers, attrs, gone)
 
@@ -267,21 +266,21 @@ class Plugin:
                 arity,
                 self._slow_call,
                 self._bad_call,
-                f"{self.name}.{fname}",
+                f"{self._name}.{fname}",
             )
         params = ", ".join(f"a{i}" for i in range(arity))
         src = _ROUTER_TEMPLATE.format(params=params, comma="," if arity == 1 else "")
         namespace: dict[str, Any] = {}
-        exec(compile(src, f"<hotload router {self.name}.{fname}>", "exec"), namespace)  # noqa: S102
+        exec(compile(src, f"<hotload router {self._name}.{fname}>", "exec"), namespace)  # noqa: S102
         router: Callable[..., Any] = namespace["make"](
             self._route, fname, idx, self._slow_call, self._bad_call
         )
-        router.__name__, router.__qualname__ = fname, f"{self.name}.{fname}"
+        router.__name__, router.__qualname__ = fname, f"{self._name}.{fname}"
         return router
 
     def _missing(self, fname: str, seq: int) -> Callable[..., Any]:
         def missing(*args: Any) -> Any:
-            raise NotLoadedError(f"plugin {self.name} v{seq} no longer exports {fname!r}")
+            raise NotLoadedError(f"plugin {self._name} v{seq} no longer exports {fname!r}")
 
         return missing
 
@@ -303,7 +302,7 @@ class Plugin:
                 g.pop()
                 g.exited()
                 raise NotLoadedError(
-                    f"plugin {self.name} v{v.seq} no longer exports {fname!r}"
+                    f"plugin {self._name} v{v.seq} no longer exports {fname!r}"
                 ) from None
             try:
                 return fn(*args)
@@ -316,19 +315,19 @@ class Plugin:
 
     def _wait_for_switch(self, seen: Version | Sentinel) -> None:
         if seen is UNLOADED_PLUGIN:
-            raise ClosedError(f"plugin {self.name} has been unloaded (or its host closed)")
+            raise ClosedError(f"plugin {self._name} has been unloaded (or its host closed)")
         if seen is SWITCHING:
             self._switched.wait(1.0)
         # else: a version retired an instant ago; _current already moved on
 
     def _bad_call(self, v: Version | Sentinel, fname: str, exc: Exception) -> Exception:
         if fname not in v.fns:
-            return NotLoadedError(f"plugin {self.name} no longer exports {fname!r}")
+            return NotLoadedError(f"plugin {self._name} no longer exports {fname!r}")
         proto = v.image.prototypes.get(fname, "?") if isinstance(v, Version) and v.image else "?"
         why = plain(str(exc))  # the plugin's type names, not their cffi spellings
         if "must be a cdata pointer" in why:
             why += ' (make one with plugin.new("type_name", field=value, ...))'
-        return SignatureError(f"{self.name}.{fname}: bad arguments for {plain(proto)}: {why}")
+        return SignatureError(f"{self._name}.{fname}: bad arguments for {plain(proto)}: {why}")
 
 
 class _Pinned:

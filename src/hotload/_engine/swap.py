@@ -10,81 +10,226 @@ order that keeps the running version safe: checks against the other plugins
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any, Protocol
+import os
+import threading
+from typing import Any
 
+from .._artifact import loader as loader_mod
 from .._artifact import signatures as sig
 from .._artifact.descriptor import TypeDecl
 from .._artifact.loader import Candidate, Image, Loader, Staged
+from .._artifact.reader import Reader
 from .._contract.events import EventTable
 from .._contract.services import ServiceTable
 from .._contract.structs import plain
-from .._errors import HookTimeoutError, SignatureError, TypeLayoutError
+from .._errors import (
+    DescriptorError,
+    HookTimeoutError,
+    HotloadError,
+    SignatureError,
+    TypeLayoutError,
+)
 from .._inspect import report as inspector
 from .._process.isolation import Isolation
+from .._process.options import Isolated
 from .._process.preflight import PreflightWorker
-from .lifecycle import Version
+from .lifecycle import Version, VersionInfo
 from .reaper import Reaper
 from .record import PluginRecord
 from .registry import Plugin
+from .settings import Settings
+from .table import PluginTable
 from .unload_policy import UnloadPolicy
 
 log = logging.getLogger(__name__)
 
 
-class Settings(Protocol):
-    """The host's options a swap reads (``Host`` provides them)."""
-
-    preflight: bool
-    quiesce_timeout: float
-    hook_timeout: float | None
-    max_state_size: int
-
-
 class Swapper:
+    """Every change of what serves a plugin: load, reload, rollback, unload.
+
+    It owns the records' bookkeeping (the history, the rollback chain, the
+    source a reload reads), so a first load and a reload go live the same way.
+    Each method runs under the plugin's own lock."""
+
     def __init__(
         self,
         *,
+        table: PluginTable,
+        settings: Settings,
+        reader: Reader,
         loader: Loader,
         policy: UnloadPolicy,
         reaper: Reaper,
         preflight: PreflightWorker,
         provided: ServiceTable,
         events: EventTable,
-        isolated: Callable[[], Isolation],
-        plugins: Callable[[], dict[str, Plugin]],
-        settings: Settings,
     ) -> None:
+        self._table = table
+        self._settings = settings
+        self._reader = reader
         self._loader = loader
         self._policy = policy
         self._reaper = reaper
         self._preflight = preflight
         self._provided = provided
         self._events = events
-        self._isolated = isolated
-        self._plugins = plugins
-        self._settings = settings
+        self._isolation: Isolation | None = None  # started by the first isolated load
+        self._isolation_lock = threading.Lock()
 
-    def first(
+    # -- what the host asks for ----------------------------------------------------
+    def load(
+        self,
+        cand: Candidate,
+        *,
+        declared: dict[str, str] | None,
+        unload_safe: bool,
+        isolate: Isolated | None,
+        preflight: bool | None,
+    ) -> Plugin:
+        """Open a plugin's first version and make it serve."""
+        rec = self._table.record(cand.name)
+        with rec.lock:
+            self._table.check_open()
+            if rec.plugin is not None:
+                raise HotloadError(
+                    f"{cand.source}: plugin {cand.name} is already loaded; "
+                    f"use reload({cand.name!r})"
+                )
+            rec.declared, rec.unload_safe, rec.isolate = declared, unload_safe, isolate
+            plugin, version = self._first(rec, cand, preflight)
+            rec.plugin, rec.source = plugin, cand.source
+            self._events.changed(loaded=cand.name)
+            rec.add(version)
+            rec.went_live(version, cand.data, cand.source)
+            log.info(
+                "loaded %s %s as v%d from %s", cand.name, cand.version, version.seq, cand.source
+            )
+            return plugin
+
+    def reload(
+        self,
+        name: str,
+        path: str | os.PathLike[str] | Candidate | None,
+        *,
+        allow_signature_change: bool,
+        preflight: bool | None,
+    ) -> VersionInfo:
+        """A new version of ``name`` from ``path`` (None: the file it came from)."""
+        rec = self._table.loaded(name)
+        with rec.lock:
+            self._table.check_open()
+            self._table.loaded(name)
+            if isinstance(path, Candidate):
+                cand = path
+                self._policy.check_budget(rec.history, name, cand.source)
+            else:
+                source = rec.source if path is None else os.fspath(path)
+                self._policy.check_budget(rec.history, name, source)
+                cand = self._reader.read(
+                    source, name=name, signatures=rec.declared, known=rec.live()
+                )
+            if cand.name != name:
+                raise DescriptorError(
+                    f"{cand.source}: the file declares plugin {cand.name!r}, not {name!r}"
+                )
+            version = self._swap_in(rec, cand, allow_signature_change, preflight)
+            self._events.changed()
+            rec.went_live(version, cand.data, cand.source)
+            rec.source = cand.source
+            # the reaper inspects a new build; versions() measures its mapped bytes
+            return rec.info(version, inspect=False, measure=False)
+
+    def rollback(self, name: str, *, preflight: bool | None) -> VersionInfo:
+        """The build live before the current one serves again, as a new version."""
+        rec = self._table.loaded(name)
+        with rec.lock:
+            self._table.check_open()
+            self._table.loaded(name)
+            target = rec.rollback_target()
+            self._policy.check_budget(rec.history, name, target.source)
+            cand = loader_mod.candidate(
+                target.data, target.source, name=name, declared=rec.declared
+            )
+            note = f"rollback to v{target.seq}"
+            if target.first_seq != target.seq:
+                note += f" (first loaded as v{target.first_seq})"
+            version = self._swap_in(rec, cand, True, preflight, note=note)
+            self._events.changed()
+            rec.rolled_back(version)
+            return rec.info(version, inspect=False, measure=False)
+
+    def unload(self, name: str) -> None:
+        """Stop serving ``name``; its versions close once their calls return."""
+        rec = self._table.loaded(name)
+        with rec.lock:
+            self._table.loaded(name)
+            self._retire(rec)
+
+    def close(self, timeout: float) -> None:
+        """Retire every plugin (the host is closing), then stop the workers.
+        A plugin stuck in a swap for longer than ``timeout`` is left as it is."""
+        for rec in self._table.records():
+            if not rec.lock.acquire(timeout=timeout):
+                log.warning("close: %s is stuck in a swap; its images stay loaded", rec.name)
+                continue
+            try:
+                if rec.plugin is not None:
+                    self._retire(rec)
+            finally:
+                rec.lock.release()
+                rec.hooks.close()
+        if not self._reaper.settle(timeout):
+            busy = [f"{v.plugin_name} v{v.seq}" for v in self._reaper.draining()]
+            log.warning("closing with calls still running in %s: their images stay loaded", busy)
+        if self._isolation is not None:
+            self._isolation.close()  # kills workers still busy (a hung call gets an error)
+            self._reaper.settle(1.0)
+
+    def _retire(self, rec: PluginRecord) -> None:
+        """Close the plugin's route; its current version drains and is reaped."""
+        plugin = rec.plugin
+        assert plugin is not None
+        current = plugin._close()
+        rec.unloaded()
+        self._events.changed(unloaded=rec.name)
+        if current is not None:
+            current.retire()  # a call racing the close re-checks this and backs out
+            self._reaper.retire(current, unload_safe=rec.unload_safe)
+
+    def _isolated(self) -> Isolation:
+        with self._isolation_lock:
+            if self._isolation is None:
+                self._isolation = Isolation(on_rollback=self._rollback_after_crash)
+            return self._isolation
+
+    def _rollback_after_crash(self, name: str) -> None:
+        """``on_crash="rollback"``: the previous build takes over (from the
+        supervisor thread, never a caller's)."""
+        rec = self._table.get(name)
+        if not self._table.closed and rec is not None and rec.plugin is not None:
+            info = self.rollback(name, preflight=None)
+            log.warning("%s crashed: rolled back, v%d serves now", name, info.seq)
+
+    # -- how a version goes live ------------------------------------------------------
+    def _first(
         self, rec: PluginRecord, cand: Candidate, preflight: bool | None
     ) -> tuple[Plugin, Version]:
-        """Open a plugin's first version and make it serve."""
         staged = self._loader.stage(cand, rec.seq + 1)
         image = self._open(rec, staged, None, preflight)
         plugin = Plugin(cand.name, rec.infos)
         version = Version(cand.name, staged.seq, image, self._reaper.wake)
         try:
-            commit = plugin.prepare(version)
+            commit = plugin._prepare(version)
         except BaseException:
             self._discard(rec, version)
             raise
         self._start(rec, version, None, None)
         commit()
-        plugin.publish(version)
+        plugin._publish(version)
         self._inspect_later(image)
         return plugin, version
 
-    def swap_in(
+    def _swap_in(
         self,
         rec: PluginRecord,
         cand: Candidate,
@@ -120,7 +265,7 @@ class Swapper:
         """Preflight the staged copy (unless off), then open it here."""
         cand = staged.cand
         try:
-            self._events.check(cand.name, cand.source, cand.prototypes, self._plugins())
+            self._events.check(cand.name, cand.source, cand.prototypes, self._table.plugins())
             self._check_types(cand)
             imports = _imports(cand)
             if imports:  # refused before preflight: a missing service names itself
@@ -167,8 +312,8 @@ class Swapper:
         for one could be passed to the other."""
         if cand.types is None:
             return
-        for pname, plugin in self._plugins().items():
-            cur = plugin.current
+        for pname, plugin in self._table.plugins().items():
+            cur = plugin._version()
             theirs = cur.image.types if cur is not None and pname != cand.name else None
             for tname, cname in cand.types.names.items():
                 other = theirs.names.get(tname) if theirs is not None else None
@@ -206,14 +351,14 @@ class Swapper:
         plugin = rec.plugin
         assert plugin is not None
         try:
-            commit = plugin.prepare(new)  # may fail: before anything is switched
+            commit = plugin._prepare(new)  # may fail: before anything is switched
         except BaseException:
             self._discard(rec, new)
             raise
         stateful = old.image.on_unload is not None
         try:
             if stateful:
-                plugin.hold()
+                plugin._hold()
                 old.retire()
                 if old.calls and not old.drained.wait(self._settings.quiesce_timeout):
                     log.warning(
@@ -234,10 +379,10 @@ class Swapper:
         except BaseException:
             if stateful:
                 old.unretire()
-                plugin.publish(old)
+                plugin._publish(old)
             raise
         commit()
-        plugin.publish(new)
+        plugin._publish(new)
         if not stateful:
             old.retire()
         self._reaper.retire(old, unload_safe=rec.unload_safe)

@@ -6,12 +6,12 @@ drive it through these methods and nothing else."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from typing import Protocol
 
 from .._artifact.loader import Candidate
 from .._engine.lifecycle import VersionInfo
 from .._engine.registry import Plugin
+from .._process.options import Isolated
 
 PathOrCandidate = str | os.PathLike[str] | Candidate
 
@@ -34,11 +34,7 @@ class PluginHost(Protocol):
         self,
         path: PathOrCandidate,
         *,
-        isolate: bool = False,
-        on_crash: str = "restart",
-        call_timeout: float | None = None,
-        max_restarts: int = 5,
-        limits: Mapping[str, int] | None = None,
+        isolate: bool | Isolated = False,
     ) -> Plugin: ...
 
     def reload(

@@ -41,9 +41,8 @@ watched too.  A change rebuilds the plugin with ``builder.compile_plugin``
 (what ``build.py`` uses: temp file, then rename) and applies the output; a
 header change rebuilds every plugin that includes it.
 
-``isolate=True`` (with ``on_crash``, ``call_timeout``, ``max_restarts``
-and ``limits``, as for ``Host.load``) loads each new plugin in its own worker
-process; a plugin already loaded keeps the mode it was loaded with.
+``isolate=True`` (or an ``Isolated(...)``, as for ``Host.load``) loads each new
+plugin in its own worker process; a plugin already loaded keeps the mode it was loaded with.
 
 All work happens on one worker thread, so builds and reloads never overlap;
 watchdog's own threads only record events.  ``on_event`` receives a
@@ -60,7 +59,7 @@ import shlex
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,7 +88,8 @@ from .._errors import (
     resource_error,
 )
 from .._platform import dl
-from .._process.isolation import Options
+from .._process.options import Isolated
+from .._process.options import options as isolation_options
 
 if TYPE_CHECKING:
     from .protocols import PluginHost
@@ -213,28 +213,13 @@ class Watcher:
         max_size: int = DEFAULT_MAX_PLUGIN_SIZE,
         build_timeout: float = BUILD_TIMEOUT,
         allow_signature_change: bool = False,
-        isolate: bool = False,
-        on_crash: str = "restart",
-        call_timeout: float | None = None,
-        max_restarts: int = 5,
-        limits: Mapping[str, int] | None = None,
+        isolate: bool | Isolated = False,
     ) -> None:
         self.host = host
         # How a plugin the watcher loads first runs (``Host.load``'s options);
         # its reloads keep the mode it was loaded with.
-        self.load_options: dict[str, Any] = (
-            {
-                "isolate": True,
-                "on_crash": on_crash,
-                "call_timeout": call_timeout,
-                "max_restarts": max_restarts,
-                "limits": dict(limits or {}),
-            }
-            if isolate
-            else {}
-        )
-        if isolate:
-            Options(on_crash, call_timeout, max_restarts)  # a bad on_crash fails here, not later
+        opts = isolation_options(isolate)  # a bad option fails here, not at the first load
+        self.load_options: dict[str, Any] = {"isolate": opts} if opts is not None else {}
         self.build_timeout = build_timeout
         self._cancel = threading.Event()  # set by stop(): kills a running compiler
         self.rebuild = rebuild

@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from .._artifact import signatures
@@ -58,6 +58,7 @@ from .._errors import (
     SignatureError,
 )
 from .._platform import proc as channel
+from .options import Isolated
 from .spawn import (
     RESTARTING,
     STOPPED,
@@ -84,25 +85,6 @@ from .wire import (
 )
 
 log = logging.getLogger(__name__)
-
-ON_CRASH = ("restart", "rollback", "stop")
-
-
-@dataclass
-class Options:
-    """What ``load(isolate=True, ...)`` asked for; kept by reload and rollback."""
-
-    on_crash: str = "restart"
-    call_timeout: float | None = None
-    max_restarts: int = 5
-    restart_window: float = 60.0
-    limits: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.on_crash not in ON_CRASH:
-            raise ValueError(
-                f"on_crash must be one of {', '.join(ON_CRASH)}, not {self.on_crash!r}"
-            )
 
 
 class Isolation:
@@ -168,7 +150,7 @@ class Isolation:
     def open(
         self,
         staged: Staged,
-        opts: Options,
+        opts: Isolated,
         hook_timeout: float | None,
         services: ServiceTable | None = None,
     ) -> IsolatedImage:
@@ -318,7 +300,7 @@ class Proxy:
         seq: int,
         source: str,
         cps: dict[str, CallPlan],
-        opts: Options,
+        opts: Isolated,
         hook_timeout: float | None,
     ) -> None:
         self.iso, self.name, self.seq, self.source = iso, name, seq, source

@@ -1,0 +1,86 @@
+"""``Isolated``: how an isolated plugin runs, in one object.
+
+``load(path, isolate=Isolated(on_crash="rollback", call_timeout=0.5))``;
+``isolate=True`` means ``Isolated()`` (the defaults).  Every field is checked
+when the object is made, so a typo in a limit's name or a value the kernel
+would refuse is an error at ``load`` that names it, not a worker that dies later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .._errors import ConfigError
+
+ON_CRASH = ("restart", "rollback", "stop")
+LIMITS = {
+    "address_space": "bytes of virtual memory (RLIMIT_AS), at least 64 MiB",
+    "cpu_seconds": "seconds of CPU time (RLIMIT_CPU), at least 1",
+    "nice": "a niceness increment from 0 to 19",
+}
+_MIN = {"address_space": 64 << 20, "cpu_seconds": 1, "nice": 0}
+
+
+@dataclass(frozen=True)
+class Isolated:
+    """Run each version of a plugin in its own worker process.
+
+    ``on_crash``: what serves after a crash: ``"restart"`` (a fresh worker
+    of the same build), ``"rollback"`` (the previous build) or ``"stop"``.
+    ``call_timeout``: seconds a call may take before its worker is killed
+    (None: no bound).  ``max_restarts`` crashes within ``restart_window``
+    seconds stop the restarts.  ``limits``: the kernel's limits on the
+    worker: ``address_space`` (bytes), ``cpu_seconds``, ``nice``."""
+
+    on_crash: str = "restart"
+    call_timeout: float | None = None
+    max_restarts: int = 5
+    restart_window: float = 60.0
+    limits: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.on_crash not in ON_CRASH:
+            raise ConfigError(
+                f"on_crash must be one of {', '.join(ON_CRASH)}, not {self.on_crash!r}"
+            )
+        if self.call_timeout is not None:
+            _positive("call_timeout", self.call_timeout)
+        _positive("restart_window", self.restart_window)
+        if not _is_int(self.max_restarts) or self.max_restarts < 0:
+            raise ConfigError(f"max_restarts must be an integer >= 0, not {self.max_restarts!r}")
+        object.__setattr__(self, "limits", check_limits(self.limits))
+
+
+def check_limits(limits: object) -> dict[str, int]:
+    """``limits`` as a plain dict, or a ``ConfigError`` naming the key at fault."""
+    if not isinstance(limits, Mapping):
+        raise ConfigError(f"limits must be a mapping of {', '.join(LIMITS)}, not {limits!r}")
+    out = {}
+    for key, value in limits.items():
+        if key not in LIMITS:
+            known = "; ".join(f"{k}: {v}" for k, v in LIMITS.items())
+            raise ConfigError(f"limits: unknown limit {key!r} (known: {known})")
+        if not _is_int(value) or value < _MIN[key] or (key == "nice" and value > 19):
+            raise ConfigError(f"limits[{key!r}] must be {LIMITS[key]}, not {value!r}")
+        out[key] = int(value)
+    return out
+
+
+def options(isolate: bool | Isolated) -> Isolated | None:
+    """What ``load(isolate=...)`` asked for: None for in process."""
+    if isinstance(isolate, Isolated):
+        return isolate
+    if isinstance(isolate, bool):
+        return Isolated() if isolate else None
+    raise ConfigError(f"isolate must be True, False or an Isolated(...), not {isolate!r}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive(name: str, value: object) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not value > 0:  # type: ignore[operator]
+        raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
