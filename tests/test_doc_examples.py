@@ -100,3 +100,73 @@ def test_the_contract_pages_complete_example_runs_as_written(tmp_path: Path) -> 
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[3]"
+
+
+def test_getting_starteds_python_api_prints_its_real_output(
+    example_plugins: dict[str, Path], tmp_path: Path
+) -> None:
+    """The ten lines of "The Python API in ten lines", run as written (from a
+    directory with ``build/plugins/double_xp.so``), print the page's output."""
+    import sys
+
+    text = (ROOT / "docs/guide/getting-started.md").read_text(encoding="utf-8")
+    part = text[text.index("## The Python API in ten lines") :]
+    code = re.search(r"^```python\n(.*?)^```", part, re.M | re.S).group(1)  # type: ignore[union-attr]
+    shown = re.search(r"^Real output:\n\n```\n(.*?)^```", part, re.M | re.S).group(1)  # type: ignore[union-attr]
+    (tmp_path / "run/build/plugins").mkdir(parents=True)
+    shutil.copy(example_plugins["double_xp"], tmp_path / "run/build/plugins/double_xp.so")
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path / "run",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == shown
+
+
+# What each step of `make test` is called where the README says what it runs.
+MAKE_STEPS = {
+    "pip": "installs hotload",
+    "build.py": "builds the plugins",
+    "ruff": "ruff (check, format)",
+    "mypy": "mypy",
+    "mkdocs": "the docs build",
+    "pytest": "pytest",
+    "HOTLOAD_PURE_PYTHON=1": "again on the Python router",
+}
+
+
+def make_steps(target: str) -> set[str]:
+    """The tools ``make TARGET`` runs, from the Makefile (its prerequisites too)."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    rules = {
+        m.group(1): (m.group(2).split(), m.group(3))
+        for m in re.finditer(r"^([$()\w.-]+):([^=\n]*)\n((?:\t.*\n)*)", makefile, re.M)
+    }
+    deps, recipe = rules[target]
+    steps = re.findall(r"-m (\w+)|(\w+\.py)\b|(HOTLOAD_\w+=\S+)", recipe)
+    found = {s for group in steps for s in group if s}
+    for dep in deps:
+        if dep in rules:  # not a file
+            found |= make_steps(dep)
+    return found
+
+
+def test_the_readme_says_what_make_test_runs() -> None:
+    """Found by a new user: the README said `make test` runs "ruff, the docs build
+    and pytest"; it runs mypy too.  Every tool the Makefile's test target runs
+    (prerequisites included) is named where the README and getting-started say
+    what `make test` does."""
+    steps = make_steps("test") - {"venv"}
+    assert {"ruff", "mypy", "mkdocs", "pytest"} <= steps, steps
+    unknown = steps - set(MAKE_STEPS)
+    assert not unknown, f"make test runs {unknown}: name it in MAKE_STEPS and the README"
+    for page in ("README.md", "docs/guide/getting-started.md"):
+        text = (ROOT / page).read_text(encoding="utf-8")
+        block = re.search(r"^make demo .*\n(?:.*\n)*?make test .*\n(?: +#.*\n)*", text, re.M)
+        assert block, f"{page}: no make demo / make test lines"
+        said = " ".join(block.group(0).replace("#", " ").split())
+        missing = [MAKE_STEPS[s] for s in sorted(steps) if MAKE_STEPS[s] not in said]
+        assert not missing, f"{page} does not say that make test runs {missing}: {said}"
