@@ -102,6 +102,31 @@ def test_the_contract_pages_complete_example_runs_as_written(tmp_path: Path) -> 
     assert out.stdout.strip().splitlines()[-1] == "[3]"
 
 
+def test_the_contract_pages_configuration_example_runs_as_written(tmp_path: Path) -> None:
+    """The configuration step (a handle from a service, asked for in on_load):
+    the page's C and Python blocks, built and run as the page says, print
+    what the page's comments say."""
+    import sys
+
+    text = (ROOT / "docs/guide/contract.md").read_text(encoding="utf-8")
+    part = text[text.index("## Configuration at start-up") :]
+    part = part[: part.index("\n## ")]
+    c_src = FENCE.search(part).group(2)  # type: ignore[union-attr]
+    py_src = re.search(r"^```python\n(.*?)^```", part, re.M | re.S).group(1)  # type: ignore[union-attr]
+    shown = re.findall(r"^ *print\(.*\) +# (\d+)\b", py_src, re.M)
+    assert len(shown) == 2, py_src
+    (tmp_path / "quests.c").write_text(c_src)
+    flags = subprocess.run(
+        [sys.executable, "-m", "hotload", "cflags"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    subprocess.run(["cc", *flags, "quests.c", "-o", "quests.so"], cwd=tmp_path, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", py_src], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == shown
+
+
 def test_getting_starteds_python_api_prints_its_real_output(
     example_plugins: dict[str, Path], tmp_path: Path
 ) -> None:
