@@ -298,3 +298,63 @@ def test_the_scripted_demo_points_to_a_run_the_user_can_steer(tmp_path: Path) ->
     assert commands[0].endswith(" demo --interactive") and commands[1].endswith(" ls")
     exe = shlex.split(commands[1])[:-1]
     assert run([*exe, "hosts"], cwd=ROOT, env=env).returncode == 0  # the named command runs
+
+
+def cli_help(*argv: str) -> str:
+    """``hotload ARGV --help``, from the installed ``hotload`` command's entry point."""
+    import contextlib
+    import io
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="hotload")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as done:
+        script.load()([*argv, "--help"])
+    assert done.value.code == 0
+    return out.getvalue()
+
+
+def subcommands(help_text: str) -> list[str]:
+    """The subcommands an argparse help lists under its COMMAND (or ACTION) heading."""
+    listed = re.search(r"^  [A-Z]+\n((?:    .*\n)+)", help_text, re.M)
+    return re.findall(r"^    (\w[\w-]*)", listed.group(1), re.M) if listed else []
+
+
+def options(help_text: str) -> set[str]:
+    """The options in an argparse help's usage (its first paragraph)."""
+    usage = help_text.split("\n\n")[0]
+    return set(re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", usage)) - {"-h", "--help"}
+
+
+def test_every_command_and_option_of_the_cli_is_in_the_cli_page() -> None:
+    """Found by a new user: cli.md listed neither ``hotload fleet ...`` nor the demo's
+    options.  Each command the CLI has gets an entry in the page's command list
+    (a line starting ``hotload COMMAND``) naming every one of its options."""
+    page = (ROOT / "docs/guide/cli.md").read_text(encoding="utf-8")
+    listing = page[page.index("## The commands") :].split("```")[1]
+    entries: dict[str, str] = {}
+    for entry in re.split(r"\n(?=hotload )", listing.strip()):
+        words = [w for w in entry.split()[1:4] if re.fullmatch(r"[a-z][a-z-]*", w)]
+        for n in range(len(words), 0, -1):
+            entries.setdefault(" ".join(words[:n]), entry)
+    top = cli_help()
+    missing = [opt for opt in options(top) if opt not in page]
+    commands = [(c,) for c in subcommands(top)]
+    assert {"ls", "reload", "demo", "fleet"} <= {c for (c,) in commands}, top
+    checked = 0
+    while commands:
+        command = commands.pop()
+        text = cli_help(*command)
+        nested = subcommands(text)
+        commands += [(*command, sub) for sub in nested]
+        name = " ".join(command)
+        if nested:
+            continue
+        entry = entries.get(name)
+        if entry is None or not entry.startswith(f"hotload {name}"):
+            missing.append(f"hotload {name}")
+            continue
+        missing += [f"hotload {name} {opt}" for opt in sorted(options(text)) if opt not in entry]
+        checked += 1
+    assert not missing, f"not in docs/guide/cli.md's command list: {missing}"
+    assert checked >= 15  # ls ... demo, and the fleet's actions

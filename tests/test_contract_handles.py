@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from hotload import HandleError, Host
+from hotload import HandleError, HookError, Host, PluginCrashedError
 
 PLUGIN = """
 #include <hotload.h>
@@ -90,3 +90,74 @@ def test_ls_counts_live_handles(host: Host, tmp_path) -> None:
 
     assert json.loads(ls("--json"))["handles"] == 2
     assert ", 0 plugin(s), 2 handle(s), socket " in ls()
+
+
+CONFIGURED = """
+#include <hotload.h>
+HOTLOAD_PLUGIN("quests", "VERSION");
+HOTLOAD_IMPORT(world, int64_t, (void));
+HOTLOAD_IMPORT(level_cap_of, int32_t, (int64_t));
+static int64_t the_world;
+static int configure(const char *prev, const void *state, size_t size)
+{
+    (void)prev; (void)state; (void)size;
+    the_world = world();
+    return the_world != 0 || hotload_in_preflight() ? 0 : 1;  /* no world: refuse */
+}
+HOTLOAD_ON_LOAD(configure);
+HOTLOAD_API int32_t level_cap(void) { return level_cap_of(the_world); }
+HOTLOAD_EXPORT(level_cap, int32_t, (void));
+HOTLOAD_API int32_t crash(void) { volatile int32_t *nowhere = 0; return *nowhere; }
+HOTLOAD_EXPORT(crash, int32_t, (void));
+"""
+
+
+class World:
+    def __init__(self, level_cap: int) -> None:
+        self.level_cap = level_cap
+
+
+def test_a_plugin_gets_its_configuration_handle_in_every_versions_on_load(
+    host: Host, cc, caplog
+) -> None:
+    """The configuration step docs/guide/contract.md documents: a service returns
+    a handle and the plugin asks for it in on_load, which every version runs
+    before its first call: a load, a reload, a rollback, a load after unload.
+    Preflight's stand-in answers 0 (its error value) and the plugin lets that
+    pass there; in the host, a version that gets no world refuses to start."""
+    worlds = {"current": host.handle(World(60))}
+    host.provide("world", lambda: worlds["current"], "int64_t(void)")
+    host.provide("level_cap_of", lambda h: host.resolve(h).level_cap, "int32_t(int64_t)", error=-1)
+    v1, v2 = (cc(CONFIGURED.replace("VERSION", v), f"quests{v}") for v in ("1", "2"))
+    p = host.load(v1)  # preflight on: the stand-in's 0 passed there
+    assert p.level_cap() == 60
+    worlds["current"] = host.handle(World(70))  # the host moves the plugin to another world
+    assert p.level_cap() == 60  # v1 keeps what it was given
+    host.reload("quests", v2)
+    assert p.level_cap() == 70  # v2 asked in its on_load
+    worlds["current"] = host.handle(World(80))
+    assert host.rollback("quests").note == "rollback to v1"
+    assert p.level_cap() == 80  # so did the rolled-back build
+    host.unload("quests")
+    p = host.load(v2)
+    assert p.level_cap() == 80
+    worlds["current"] = 0  # the host has no world for it
+    with pytest.raises(HookError, match="on_load"):
+        host.reload("quests", v1)
+    assert p.level_cap() == 80  # refused: the running version serves on with its world
+    assert host.current("quests").seq == 4
+
+
+def test_an_isolated_worker_restarted_after_a_crash_asks_for_its_configuration_again(
+    host: Host, cc
+) -> None:
+    worlds = {"current": host.handle(World(60))}
+    host.provide("world", lambda: worlds["current"], "int64_t(void)")
+    host.provide("level_cap_of", lambda h: host.resolve(h).level_cap, "int32_t(int64_t)", error=-1)
+    p = host.load(cc(CONFIGURED.replace("VERSION", "1"), "quests"), isolate=True)
+    assert p.level_cap() == 60
+    worlds["current"] = host.handle(World(90))
+    with pytest.raises(PluginCrashedError):
+        p.crash()
+    assert p.level_cap() == 90  # the new worker ran on_load, which asked again
+    assert host.current("quests").restarts == 1

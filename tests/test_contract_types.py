@@ -141,6 +141,45 @@ def test_layout_change_between_versions_is_a_signature_change(host: Host, cc) ->
     assert host.current("typed").plugin_version == "2"
 
 
+PLAYER_CALLS = (
+    PLAYER
+    + """
+HOTLOAD_API int32_t level_of(const player_t *p) { return p->level * SCALE; }
+HOTLOAD_EXPORT(level_of, int32_t, (const player_t *));
+HOTLOAD_API player_t promote(player_t p) { p.level += 1; return p; }
+HOTLOAD_EXPORT(promote, player_t, (player_t));
+"""
+)
+
+
+@pytest.mark.parametrize("isolate", [False, True], ids=["in-process", "isolated"])
+def test_a_struct_made_for_v1_may_be_passed_to_v2_while_the_layout_stays(
+    host: Host, cc, isolate: bool
+) -> None:
+    """What docs/guide/contract.md states: a struct from ``p.new()`` belongs to
+    Python, not to the version that made it, and equal layouts are one type,
+    so after a swap it goes to the new version, even once the old one has left
+    memory; after a layout change (allowed by the reload) it is refused, and
+    ``p.new()`` makes one of the new layout."""
+    p = host.load(build(cc, PLAYER_CALLS.replace("SCALE", "1")), isolate=isolate)
+    bob = p.new("player_t", id=1, level=7, name="bob")
+    held = p.promote(bob[0])  # a struct by value, as v1 returned it
+    assert p.level_of(bob) == 7
+    host.reload("typed", build(cc, PLAYER_CALLS.replace("SCALE", "10"), version="2"))
+    assert host.settle(10.0)
+    assert [v.state for v in host.versions("typed")] == ["unloaded", "active"]  # v1 is gone
+    assert p.level_of(bob) == 70  # v1's struct, v2's code
+    assert p.promote(held).level == 9
+    assert p.level_of(p.new("player_t", level=7)) == 70
+    grown = build(cc, PLAYER_CALLS.replace("SCALE", "100"), version="3", xp=True)
+    host.reload("typed", grown, allow_signature_change=True)
+    with pytest.raises(SignatureError, match=r"level_of: bad arguments"):
+        p.level_of(bob)
+    with pytest.raises(SignatureError, match=r"promote: bad arguments"):
+        p.promote(held)
+    assert p.level_of(p.new("player_t", level=7, xp=5)) == 700
+
+
 def test_inspect_shows_types_and_imports(cc) -> None:
     import json
     import subprocess

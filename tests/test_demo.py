@@ -13,16 +13,21 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import PLUGINS_SRC
+import pytest
+
+from conftest import PLUGINS_SRC, ROOT
 
 
-def test_scripted_demo_runs_to_completion_with_every_check_passing(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """One run of ``hotload demo``: its output and its control directory."""
+    tmp = tmp_path_factory.mktemp("demo")
     env = {
         **os.environ,
-        "HOTLOAD_CONTROL_DIR": str(tmp_path / "ctl"),
-        "HOTLOAD_WORKDIR": str(tmp_path / "work"),
+        "HOTLOAD_CONTROL_DIR": str(tmp / "ctl"),
+        "HOTLOAD_WORKDIR": str(tmp / "work"),
     }
-    (tmp_path / "ctl").mkdir(mode=0o700)
+    (tmp / "ctl").mkdir(mode=0o700)
     proc = subprocess.run(
         [sys.executable, "-m", "hotload", "demo"],
         capture_output=True,
@@ -30,9 +35,15 @@ def test_scripted_demo_runs_to_completion_with_every_check_passing(tmp_path: Pat
         env=env,
         timeout=120,
     )
-    out = proc.stdout
-    assert proc.returncode == 0, out + proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
+    return proc.stdout, tmp / "ctl"
+
+
+def test_scripted_demo_runs_to_completion_with_every_check_passing(
+    scripted: tuple[str, Path],
+) -> None:
+    out, ctl = scripted
     assert re.search(
         r"watcher rebuilt double_xp\.c in \d+ ms and swapped v1 1\.0\.0 -> v2 1\.1\.0", out
     )
@@ -57,7 +68,47 @@ def test_scripted_demo_runs_to_completion_with_every_check_passing(tmp_path: Pat
         "ok: hot swap under load with no failed call, state carried, old image unloaded"
     )
     assert len(out.splitlines()) < 25  # a view for a person, not a log dump
-    assert not list((tmp_path / "ctl").iterdir())  # its control socket went with it
+    assert not list(ctl.iterdir())  # its control socket went with it
+
+
+def shape(line: str) -> str:
+    """A line of demo output without what changes from run to run: numbers,
+    paths, the command shown in backticks, column padding."""
+    line = re.sub(r"`[^`]*`", "`CMD`", line)
+    line = re.sub(r"(?<![\w])/[^\s)]+", "PATH", line)
+    line = re.sub(r"\d[\d,.]*", "N", line)
+    return " ".join(line.split())
+
+
+def test_the_documented_demo_output_is_what_the_demo_prints(scripted: tuple[str, Path]) -> None:
+    """Found by a new user: getting-started's "real output" had fallen behind
+    the demo (no activity lines).  Every line of the sample must be a line the
+    demo prints now, in order, and none may be missing."""
+    page = (ROOT / "docs/guide/getting-started.md").read_text(encoding="utf-8")
+    section = page[page.index("## The demo (`make demo`)") :]
+    sample = re.search(r"^```\n(.*?)^```", section, re.M | re.S).group(1)  # type: ignore[union-attr]
+    assert [shape(ln) for ln in sample.splitlines()] == [
+        shape(ln) for ln in scripted[0].splitlines()
+    ]
+
+
+NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
+
+
+def test_the_readme_says_what_the_demo_does(scripted: tuple[str, Path]) -> None:
+    """Found by a new user: the README said the demo calls two C plugins while it
+    edits one; it loads three and swaps two."""
+    out = scripted[0]
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    said = re.search(
+        r"whose (\w+) player threads call (\w+) C plugins .*? while it edits (\w+) of them",
+        readme,
+    )
+    assert said, "the README no longer describes the demo in the words this test reads"
+    players = int(re.search(r"^  players +(\d+) threads", out, re.M).group(1))  # type: ignore[union-attr]
+    plugins = len(re.findall(r"^  plugin +\w+", out, re.M))
+    swaps = len(re.findall(r"^  \[ *[\d.]+s\] swap ", out, re.M))
+    assert [NUMBERS[w] for w in said.groups()] == [players, plugins, swaps], out
 
 
 def test_interactive_demo_swaps_a_saved_edit_until_ctrl_c(tmp_path: Path) -> None:

@@ -170,9 +170,21 @@ def test_leak_budget_refuses_reloads_of_a_plugin_that_cannot_unload(tmp_path: Pa
         assert len(mapped_images(host.workdir)) == 3
 
 
+# A thread_local! with a destructor makes every rustc link std's thread-key code in (rustc 1.63,
+# Debian's, links none of it into a cdylib of `add` alone; 1.95 does).  `remember` is never
+# called: a used thread-local would keep the image mapped while its thread lives (tls-dtor).
 RUST_LIB = """
+use std::cell::RefCell;
+
+thread_local! {
+    static SEEN: RefCell<Vec<i64>> = RefCell::new(Vec::new());
+}
+
 #[no_mangle]
-pub extern "C" fn add(a: i64, b: i64) -> i64 { a + B }
+pub extern "C" fn add(a: i64, b: i64) -> i64 { a + ADDEND }
+
+#[no_mangle]
+pub extern "C" fn remember(a: i64) { SEEN.with(|seen| seen.borrow_mut().push(a)); }
 """
 
 
@@ -183,7 +195,7 @@ def test_rust_cdylib_is_retained_unless_the_host_declares_it_unload_safe(tmp_pat
 
     def build(b: int) -> Path:
         src = tmp_path / "lib.rs"
-        src.write_text(RUST_LIB.replace("B", str(b)))
+        src.write_text(RUST_LIB.replace("ADDEND", str(b)))
         tmp = tmp_path / "librs.so.tmp"
         subprocess.run(
             ["rustc", "--crate-type", "cdylib", "-O", str(src), "-o", str(tmp)],

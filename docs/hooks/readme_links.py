@@ -32,7 +32,14 @@ def on_post_build(config: Any, **kwargs: Any) -> None:
         if path.suffix != ".md" or docs not in path.parents:
             log.warning("README.md: cannot check the anchor of %s (not a page in docs/)", link)
             continue
-        page = path.relative_to(docs).with_suffix("")
-        built = site / (page.parent if page.name == "index" else page) / "index.html"
+        built = site / built_page(path.relative_to(docs), config["use_directory_urls"])
         if f'id="{anchor}"' not in built.read_text(encoding="utf-8"):
             log.warning("README.md links to %s, but %s has no heading #%s", link, target, anchor)
+
+
+def built_page(page: Path, directory_urls: bool) -> Path:
+    """Where mkdocs writes the page ``page`` (relative to docs/): ``guide/x.md`` is
+    ``guide/x.html``, or ``guide/x/index.html`` with ``use_directory_urls``."""
+    if not directory_urls or page.stem == "index":
+        return page.with_suffix(".html")
+    return page.with_suffix("") / "index.html"

