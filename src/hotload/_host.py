@@ -197,19 +197,22 @@ class Host:
 
     @property
     def workdir(self) -> Path:
+        """This host's own directory of versioned copies (inside the ``workdir`` given)."""
         return self._workdir.path
 
     @property
     def max_leaked(self) -> int:
+        """The leak budget per plugin (``Host(max_leaked=...)``)."""
         return self._policy.max_leaked
 
     @property
     def keep_versions(self) -> int:
-        """How many builds the rollback chain keeps."""
+        """How many builds the rollback chain keeps (``Host(keep_versions=...)``)."""
         return self.settings.keep_versions
 
     @property
     def max_plugin_size(self) -> int:
+        """The largest plugin file read, in bytes (``Host(max_plugin_size=...)``)."""
         return self._reader.max_plugin_size
 
     # -- reading ----------------------------------------------------------------
