@@ -198,10 +198,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--src", type=Path, help="sources to watch with --interactive (default: native/plugins)"
     )
+    p.add_argument("--fleet", action="store_true", help="4 host processes rolled out over Redis")
     p.set_defaults(func=cmd_demo)
     from .fleet import add_commands as add_fleet_commands
 
-    add_fleet_commands(sub)  # hotload fleet ...; hotload demo --fleet
+    add_fleet_commands(sub)  # hotload fleet ...
     return parser
 
 
@@ -504,6 +505,10 @@ def cmd_cflags(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.fleet:
+        from .fleet_demo import run as run_fleet_demo
+
+        return run_fleet_demo(verbose=args.verbose)
     from . import demo
 
     if args.players < 1:
