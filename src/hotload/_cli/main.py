@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import HotloadError
-from .._ops import control
+from .._ops import control_client, control_paths
 
 _VERSION_NODE = re.compile(r"^[A-Z][A-Z0-9_]*_[0-9][0-9.]*$")
 
@@ -214,11 +214,11 @@ def _emit_json(obj: Any) -> None:
 
 
 def _target(args: argparse.Namespace) -> Path:
-    return control.resolve(socket_path=args.socket, host=args.host)
+    return control_client.resolve(socket_path=args.socket, host=args.host)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    result = control.request(_target(args), "ls")
+    result = control_client.request(_target(args), "ls")
     if args.json:
         _emit_json(result)
         return 0
@@ -304,12 +304,12 @@ def _one_line(text: str, width: int) -> str:
 
 
 def cmd_hosts(args: argparse.Namespace) -> int:
-    hosts = control.discover()
+    hosts = control_client.discover()
     if args.json:
         _emit_json({"hosts": hosts})
         return 0
     if not hosts:
-        print(f"no running hotload host in {control.control_dir()}")
+        print(f"no running hotload host in {control_paths.control_dir()}")
         return 0
     rows: list[tuple[str, ...]] = [("PID", "NAME", "PLUGINS", "UP", "SOCKET")]
     for h in hosts:
@@ -327,7 +327,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {"path": str(Path(args.path).resolve())} if args.path else {}
     if args.allow_signature_change:
         extra["allow_signature_change"] = True
-    result = control.request(_target(args), "reload", name=args.name, **extra)
+    result = control_client.request(_target(args), "reload", name=args.name, **extra)
     if args.json:
         _emit_json(result)
         return 0
@@ -341,7 +341,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    result = control.request(_target(args), "rollback", name=args.name)
+    result = control_client.request(_target(args), "rollback", name=args.name)
     if args.json:
         _emit_json(result)
         return 0
