@@ -50,7 +50,7 @@ from .._artifact.builder import compile_plugin
 from .._engine.registry import Plugin
 from .._errors import HotloadError, PluginCrashedError
 from .._host import Host
-from .._ops.watcher import WatchEvent
+from .._ops.apply import WatchEvent
 from .._platform import dl
 
 PLUGINS = ("double_xp", "loot_drop")
