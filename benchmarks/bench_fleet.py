@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from hotload import Host
+from hotload.fleet import Fleet, Rule
 from hotload.fleet._agent import FleetAgent
-from hotload.fleet._client import Fleet, Rule
 
 from common import build_many, limit_row, now, percentiles, row, scratch, text_row
 

@@ -58,11 +58,11 @@ def _ls(host: Host) -> list[Any]:
 def _control_ls(host: Host, directory: Path) -> float | None:
     if not hasattr(host, "serve_control"):
         return None
-    from hotload._ops import control
+    from hotload._ops import control_client
 
     sock = host.serve_control(directory=directory).describe()["socket"]
-    control.request(sock, "ls")
-    return median([timed(lambda: control.request(sock, "ls")) for _ in range(LS_ROUNDS)])
+    control_client.request(sock, "ls")
+    return median([timed(lambda: control_client.request(sock, "ls")) for _ in range(LS_ROUNDS)])
 
 
 def _cli_ls(host: Host) -> float | str:

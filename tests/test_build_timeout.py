@@ -13,7 +13,7 @@ import pytest
 
 from hotload import BuildError, Host
 from hotload._artifact.builder import compile_plugin
-from hotload._ops.watcher import WatchEvent
+from hotload._ops.apply import WatchEvent
 
 GOOD = """
 #include <hotload.h>

@@ -23,7 +23,7 @@ import pytest
 
 from hotload import Host
 from hotload._cli import main as cli
-from hotload._ops import control
+from hotload._ops import control_client, control_paths, control_server, control_wire
 
 from conftest import pid_alive, xp_source
 
@@ -71,7 +71,11 @@ class HostProcess:
 def ctl_env(tmp_path: Path) -> dict[str, str]:
     ctl = tmp_path / "ctl"
     ctl.mkdir(mode=0o700)
-    return {**os.environ, control.ENV_DIR: str(ctl), "HOTLOAD_WORKDIR": str(tmp_path / "work")}
+    return {
+        **os.environ,
+        control_paths.ENV_DIR: str(ctl),
+        "HOTLOAD_WORKDIR": str(tmp_path / "work"),
+    }
 
 
 @pytest.fixture
@@ -185,7 +189,7 @@ def test_reload_allow_signature_change_must_be_a_boolean(
     host: Host, xp_build, tmp_path: Path
 ) -> None:
     host.load(xp_build(mult=2))
-    server = control.ControlServer(host, directory=tmp_path / "ctl")
+    server = control_server.ControlServer(host, directory=tmp_path / "ctl")
     for value in (b"1", b"0", b'"yes"', b"null", b"[]"):
         reply = server.handle(
             b'{"op": "reload", "name": "xp", "allow_signature_change": ' + value + b"}"
@@ -198,7 +202,7 @@ def test_reload_allow_signature_change_must_be_a_boolean(
 
 
 def test_protocol_rejects_bad_requests_with_a_code(host: Host, tmp_path: Path) -> None:
-    server = control.ControlServer(host, directory=tmp_path / "ctl")
+    server = control_server.ControlServer(host, directory=tmp_path / "ctl")
     assert server.handle(b"{oops")["error"]["code"] == "bad_request"
     assert server.handle(b'{"v": 2, "op": "ls"}')["error"]["code"] == "unsupported_version"
     assert server.handle(b'{"op": "format_disk"}')["error"]["code"] == "unknown_op"
@@ -241,7 +245,7 @@ def test_a_killed_hosts_socket_is_cleaned_up(ctl_env, hosts, xp_build) -> None:
 def test_a_new_host_sweeps_stale_sockets_but_not_live_ones(
     tmp_path: Path, ctl_env, hosts, xp_build
 ) -> None:
-    ctl = Path(ctl_env[control.ENV_DIR])
+    ctl = Path(ctl_env[control_paths.ENV_DIR])
     hosts.append(HostProcess(ctl_env, xp_build(mult=2)))
     stale = ctl / "host-999999-abcdef.sock"  # a pid that is not running, a socket nobody listens on
     assert not pid_alive(999999)
@@ -292,7 +296,7 @@ def _as_other_uid(argv: list[str], uid: int = 65534) -> tuple[int, str]:
 )
 def test_another_uid_is_refused(hosts, xp_build) -> None:
     ctl = Path(tempfile.mkdtemp(prefix="hotload-ctl-"))  # under /tmp: reachable by another user
-    env = {**os.environ, control.ENV_DIR: str(ctl)}
+    env = {**os.environ, control_paths.ENV_DIR: str(ctl)}
     try:
         hosts.append(HostProcess(env, xp_build(mult=2)))
         sock = str(hosts[0].socket)
@@ -377,11 +381,11 @@ def test_a_listening_socket_is_never_swept_whatever_pid_its_name_shows(
     listener.bind(str(alien))
     listener.listen(1)
     try:
-        assert control.sweep_stale(directory) == []
+        assert control_paths.sweep_stale(directory) == []
         assert alien.exists()
     finally:
         listener.close()
-    assert control.sweep_stale(directory) == [alien]  # now nobody listens: stale
+    assert control_paths.sweep_stale(directory) == [alien]  # now nobody listens: stale
 
 
 # ---- issue 9: --path, relative paths, strict JSON ----------------------------------------
@@ -411,7 +415,7 @@ def test_the_server_refuses_relative_and_malformed_reload_paths(
     host: Host, tmp_path: Path, xp_build
 ) -> None:
     host.load(xp_build(mult=2))
-    server = control.ControlServer(host, directory=tmp_path / "ctl")
+    server = control_server.ControlServer(host, directory=tmp_path / "ctl")
     for path in ("build/xp.so", "", "/tmp/a\u0000b", 7):
         req = json.dumps({"op": "reload", "name": "xp", "path": path}).encode()
         reply = server.handle(req)
@@ -424,7 +428,7 @@ def test_the_server_refuses_relative_and_malformed_reload_paths(
 
 
 def test_nan_infinity_and_boolean_versions_are_bad_requests(host: Host, tmp_path: Path) -> None:
-    server = control.ControlServer(host, directory=tmp_path / "ctl")
+    server = control_server.ControlServer(host, directory=tmp_path / "ctl")
     for line in (
         b'{"op": "ping", "id": NaN}',
         b'{"op": "ping", "id": Infinity}',
@@ -433,7 +437,7 @@ def test_nan_infinity_and_boolean_versions_are_bad_requests(host: Host, tmp_path
     ):
         reply = server.handle(line)
         assert reply["error"]["code"] == "bad_request", line
-        json.loads(control._encode(reply), parse_constant=pytest.fail)  # strict JSON out
+        json.loads(control_wire.encode(reply), parse_constant=pytest.fail)  # strict JSON out
     for v in (b"true", b"1.0", b'"1"'):
         reply = server.handle(b'{"op": "ping", "v": ' + v + b"}")
         assert reply["error"]["code"] == "unsupported_version", v
@@ -441,7 +445,7 @@ def test_nan_infinity_and_boolean_versions_are_bad_requests(host: Host, tmp_path
 
 
 def test_an_answer_never_carries_nan() -> None:
-    line = control._encode({"v": 1, "id": 3, "ok": True, "result": {"x": float("nan")}})
+    line = control_wire.encode({"v": 1, "id": 3, "ok": True, "result": {"x": float("nan")}})
     reply = json.loads(line, parse_constant=pytest.fail)
     assert reply["id"] == 3 and reply["error"]["code"] == "internal"
 
@@ -460,7 +464,7 @@ def test_socket_option_on_a_file_or_directory_says_not_a_socket(ctl_env, tmp_pat
 
 def test_a_symlink_to_a_live_socket_lists_its_host_once(ctl_env, hosts, xp_build) -> None:
     hosts.append(HostProcess(ctl_env, xp_build(mult=2)))
-    ctl = Path(ctl_env[control.ENV_DIR])
+    ctl = Path(ctl_env[control_paths.ENV_DIR])
     (ctl / "host-1-aaaaaa.sock").symlink_to(hosts[0].socket)
     listed = json.loads(hotload(ctl_env, "hosts", "--json").stdout)["hosts"]
     assert [h["pid"] for h in listed] == [hosts[0].pid]
@@ -471,7 +475,7 @@ def test_a_bad_control_directory_is_called_a_control_directory(tmp_path: Path) -
     loose = tmp_path / "ctl"
     loose.mkdir(mode=0o755)
     loose.chmod(0o755)
-    env = {**os.environ, control.ENV_DIR: str(loose)}
+    env = {**os.environ, control_paths.ENV_DIR: str(loose)}
     err = one_line_error(hotload(env, "ls"))
     assert f"{loose}: control directory has mode 755" in err and "work directory" not in err
 
@@ -505,8 +509,8 @@ def test_ls_shows_calls_served_and_in_flight_apart(ctl_env, hosts, xp_build) -> 
 # ---- issue 9: the control server's limits --------------------------------------------------
 
 
-def _server(host: Host, tmp_path: Path, **limits: float) -> control.ControlServer:
-    server = control.ControlServer(host, directory=tmp_path / "ctl", **limits)  # type: ignore[arg-type]
+def _server(host: Host, tmp_path: Path, **limits: float) -> control_server.ControlServer:
+    server = control_server.ControlServer(host, directory=tmp_path / "ctl", **limits)  # type: ignore[arg-type]
     return server.start()
 
 
@@ -531,7 +535,7 @@ def test_128_concurrent_clients_all_succeed(ctl_env, hosts, xp_build) -> None:
     def client(i: int) -> None:
         start.wait()
         try:
-            results[i] = control.request(sock, "ls", timeout=30)["host"]["pid"]
+            results[i] = control_client.request(sock, "ls", timeout=30)["host"]["pid"]
         except Exception as exc:
             results[i] = exc
 
@@ -581,7 +585,7 @@ def test_a_slow_loris_is_dropped_at_its_deadline_while_others_are_served(
 
         dripper = threading.Thread(target=drip)
         dripper.start()
-        assert control.request(server.path, "ping", timeout=10)["pid"] == os.getpid()
+        assert control_client.request(server.path, "ping", timeout=10)["pid"] == os.getpid()
         answer = slow.makefile("rb").readline()  # the server gives up on it, not we on it
         stop.set()
         dripper.join(30)
@@ -589,7 +593,7 @@ def test_a_slow_loris_is_dropped_at_its_deadline_while_others_are_served(
         assert "not complete within 1 s" in json.loads(answer)["error"]["message"]
         assert sent < 100  # dropped while still dripping
         slow.close()
-        assert control.request(server.path, "ping", timeout=10)["pid"] == os.getpid()
+        assert control_client.request(server.path, "ping", timeout=10)["pid"] == os.getpid()
     finally:
         server.stop()
 
@@ -600,11 +604,11 @@ def test_idle_connections_cost_no_threads_and_the_idlest_make_room(
     server = _server(host, tmp_path, max_sessions=32)
     conns: list[socket.socket] = []
     try:
-        assert control.request(server.path, "ping", timeout=10)["pid"] == os.getpid()
+        assert control_client.request(server.path, "ping", timeout=10)["pid"] == os.getpid()
         before = len(_control_threads())
         conns = [_connect(server.path) for _ in range(300)]  # 300 idle clients
-        assert control.request(server.path, "ping", timeout=10)["pid"] == os.getpid()
-        assert len(_control_threads()) <= max(before, 1 + control.WORKERS)
+        assert control_client.request(server.path, "ping", timeout=10)["pid"] == os.getpid()
+        assert len(_control_threads()) <= max(before, 1 + control_server.WORKERS)
         dropped = 0
         for conn in conns[:-32]:  # the oldest were closed to make room for the newest
             conn.settimeout(10)
@@ -673,9 +677,9 @@ def test_a_thread_that_cannot_start_does_not_kill_the_server(
     try:
         monkeypatch.setattr(threading.Thread, "start", start)
         for _ in range(3):  # served without a worker, and again: the accept loop lives
-            assert control.request(server.path, "ping", timeout=10)["pid"] == os.getpid()
+            assert control_client.request(server.path, "ping", timeout=10)["pid"] == os.getpid()
         monkeypatch.undo()
-        assert control.request(server.path, "ping", timeout=10)["pid"] == os.getpid()
+        assert control_client.request(server.path, "ping", timeout=10)["pid"] == os.getpid()
     finally:
         monkeypatch.undo()
         server.stop()

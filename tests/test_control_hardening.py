@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from hotload import Host
-from hotload._ops import control
+from hotload import ControlError, Host
+from hotload._ops import control_client, control_paths, control_server
 from test_control import HostProcess, _connect, _server
 
 
@@ -28,7 +28,11 @@ from test_control import HostProcess, _connect, _server
 def ctl_env(tmp_path: Path) -> dict[str, str]:
     ctl = tmp_path / "ctl"
     ctl.mkdir(mode=0o700)
-    return {**os.environ, control.ENV_DIR: str(ctl), "HOTLOAD_WORKDIR": str(tmp_path / "work")}
+    return {
+        **os.environ,
+        control_paths.ENV_DIR: str(ctl),
+        "HOTLOAD_WORKDIR": str(tmp_path / "work"),
+    }
 
 
 @pytest.fixture
@@ -46,7 +50,7 @@ def _storm(sock: Path, n: int, op: str = "ls") -> list[object]:
     def client(i: int) -> None:
         start.wait()
         try:
-            results[i] = control.request(sock, op, timeout=60)["host"]["pid"]
+            results[i] = control_client.request(sock, op, timeout=60)["host"]["pid"]
         except Exception as exc:
             results[i] = exc
 
@@ -86,7 +90,9 @@ def test_slow_lorises_at_the_cap_do_not_shut_out_a_real_client(host: Host, tmp_p
             except OSError:
                 time.sleep(0.01)
 
-    lorises = [threading.Thread(target=loris, daemon=True) for _ in range(control.MAX_SESSIONS)]
+    lorises = [
+        threading.Thread(target=loris, daemon=True) for _ in range(control_server.MAX_SESSIONS)
+    ]
     try:
         for t in lorises:
             t.start()
@@ -95,7 +101,9 @@ def test_slow_lorises_at_the_cap_do_not_shut_out_a_real_client(host: Host, tmp_p
             time.sleep(0.05)
         assert len(server._sessions) == server.max_sessions  # the house is full of lorises
         for _ in range(3):
-            assert control.request(server.path, "ls", timeout=10)["host"]["pid"] == os.getpid()
+            assert (
+                control_client.request(server.path, "ls", timeout=10)["host"]["pid"] == os.getpid()
+            )
     finally:
         stop.set()
         server.stop()  # drops every loris
@@ -134,7 +142,7 @@ def test_a_host_with_default_sigpipe_survives_clients_that_hang_up(ctl_env, xp_b
                 s.connect(path)
                 s.sendall(b'{"op":"ls"}\n' * 200)
             time.sleep(0.02)
-        assert control.request(path, "ping", timeout=20)["pid"] == proc.pid
+        assert control_client.request(path, "ping", timeout=20)["pid"] == proc.pid
         assert proc.poll() is None
     finally:
         if proc.poll() is None:
@@ -154,7 +162,7 @@ def test_clients_that_never_read_answers_do_not_hold_the_workers(
     """Four clients that pipeline thousands of requests and never read used
     to keep all four workers blocked in send for ``request_deadline``."""
     server = _server(host, tmp_path, request_deadline=60.0)
-    hogs = [_connect(server.path) for _ in range(control.WORKERS)]
+    hogs = [_connect(server.path) for _ in range(control_server.WORKERS)]
     try:
         for hog in hogs:
             with contextlib.suppress(OSError):
@@ -162,7 +170,9 @@ def test_clients_that_never_read_answers_do_not_hold_the_workers(
                 hog.sendall(b'{"op":"ls"}\n' * 5000)
         time.sleep(0.5)  # the hogs' answers fill their sockets
         for _ in range(3):  # workers are free: answered long before the hogs' 60 s run out
-            assert control.request(server.path, "ls", timeout=10)["host"]["pid"] == os.getpid()
+            assert (
+                control_client.request(server.path, "ls", timeout=10)["host"]["pid"] == os.getpid()
+            )
         # a slow reader still gets every answer, in order, whole
         reader = hogs[0].makefile("rb")
         for _ in range(5000):
@@ -174,14 +184,14 @@ def test_clients_that_never_read_answers_do_not_hold_the_workers(
 
 
 def test_junk_named_like_a_host_socket_is_not_listed_nor_removed(ctl_env, hosts, xp_build) -> None:
-    ctl = Path(ctl_env[control.ENV_DIR])
+    ctl = Path(ctl_env[control_paths.ENV_DIR])
     fifo, regular, directory = (ctl / f"host-{n}-abcdef.sock" for n in (11, 12, 13))
     os.mkfifo(fifo)
     regular.write_text("not a socket")
     directory.mkdir()
     hosts.append(HostProcess(ctl_env, xp_build(mult=2)))
     (ctl / "host-1-link.sock").symlink_to(hosts[0].socket)
-    found = control.discover(ctl)
+    found = control_client.discover(ctl)
     assert [h["pid"] for h in found] == [hosts[0].pid]  # the link is that host, listed once
     assert "error" not in found[0]
     assert fifo.exists() and regular.exists() and directory.exists()
@@ -205,7 +215,7 @@ class _StuckHost:
 
 def test_a_full_house_of_running_requests_answers_busy(host: Host, tmp_path: Path) -> None:
     stuck = _StuckHost(host)
-    server = control.ControlServer(stuck, directory=tmp_path / "ctl", max_sessions=2)  # type: ignore[arg-type]
+    server = control_server.ControlServer(stuck, directory=tmp_path / "ctl", max_sessions=2)  # type: ignore[arg-type]
     server.start()
     conns = [_connect(server.path) for _ in range(2)]
     try:
@@ -220,8 +230,8 @@ def test_a_full_house_of_running_requests_answers_busy(host: Host, tmp_path: Pat
                 break
         reply = json.loads(line)
         assert reply["error"]["code"] == "busy" and "control sessions" in reply["error"]["message"]
-        with pytest.raises(control.ControlError) as err:  # the client retries, then says so
-            control.request(server.path, "ping", timeout=0.5)
+        with pytest.raises(ControlError) as err:  # the client retries, then says so
+            control_client.request(server.path, "ping", timeout=0.5)
         assert err.value.code == "busy"
         stuck.release.set()
         for conn in conns:
@@ -239,7 +249,7 @@ def test_a_stalled_partial_request_makes_room_for_a_newcomer(host: Host, tmp_pat
     try:
         for conn in conns:
             conn.sendall(b'{"op": "pi')  # mid-request, never finished
-        assert control.request(server.path, "ping", timeout=10)["pid"] == os.getpid()
+        assert control_client.request(server.path, "ping", timeout=10)["pid"] == os.getpid()
         dropped = 0
         for conn in conns:
             conn.settimeout(0.5)

@@ -21,9 +21,11 @@ from typing import Any
 
 import pytest
 
-from hotload import Host, HotloadError, fleet
+from hotload import FleetError, Host, HotloadError, fleet
+from hotload._errors import RolloutFailed
+from hotload.fleet import Fleet, Rule
 from hotload.fleet._agent import FleetAgent
-from hotload.fleet._client import Fleet, FleetError, RolloutFailed
+from hotload.fleet._schema import parse_selector
 
 HB = 0.2  # heartbeat of the test agents: the key expires after 3 beats
 
@@ -173,8 +175,6 @@ def builds(xp_build: Callable[..., Path], tmp_path: Path) -> Callable[..., tuple
 
 
 def set_all(f: Fleet, digest: str, name: str = "xp") -> None:
-    from hotload.fleet._client import Rule
-
     f.set_desired(name, [Rule({}, digest)])
 
 
@@ -377,7 +377,7 @@ def test_bad_digest_and_selectors_are_refused(redis_server: RedisServer) -> None
         with pytest.raises(FleetError, match="not published"):
             f.rollout("xp", "1" * 64, canary="role=canary")
         with pytest.raises(FleetError, match="not label=value"):
-            fleet.parse_selector("role")
+            parse_selector("role")
         with pytest.raises(FleetError, match="not a plugin name"):
             f.status("../x")
 

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from hotload._cli.fleet_demo import HostProcess, build_variants
-from hotload.fleet._client import Fleet, RolloutFailed
+from hotload._errors import RolloutFailed
+from hotload.fleet import Fleet
 from test_fleet import (  # noqa: F401  (fixtures)
     Cluster,
     RedisServer,

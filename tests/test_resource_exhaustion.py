@@ -24,7 +24,7 @@ from conftest import xp_source
 EMFILE_CHILD = textwrap.dedent("""
     import json, os, resource, sys
     import hotload
-    from hotload._ops import control
+    from hotload._ops import control_server
 
     v1, v2, ctl, watched = sys.argv[1:5]
     host = hotload.Host(preflight=True)
@@ -61,7 +61,7 @@ EMFILE_CHILD = textwrap.dedent("""
         at_the_limit("reload", free, lambda: host.reload("fdp", v2 if free % 2 else v1))
     at_the_limit("Host()", 0, lambda: hotload.Host().close())
     at_the_limit("Host(control=True)", 0, lambda: hotload.Host(control=True).close())
-    at_the_limit("ControlServer", 0, lambda: control.ControlServer(host, directory=ctl))
+    at_the_limit("ControlServer", 0, lambda: control_server.ControlServer(host, directory=ctl))
     at_the_limit("watch", 0, lambda: host.watch(watched))
     results["serving"] = plugin.reward(1, 1)
     print(json.dumps(results))

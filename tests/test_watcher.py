@@ -16,7 +16,7 @@ import pytest
 
 from hotload import Host
 from hotload._artifact.builder import compile_plugin
-from hotload._ops.watcher import WatchEvent
+from hotload._ops.apply import WatchEvent
 
 from conftest import xp_source
 

@@ -36,7 +36,7 @@ from ._errors import (
     HotloadError,
     NotLoadedError,
 )
-from ._ops.control import ControlServer
+from ._ops.control_server import ControlServer
 from ._ops.protocols import PathOrCandidate, Service
 from ._ops.watcher import Watcher
 from ._process.options import Isolated

@@ -48,7 +48,7 @@ from typing import TextIO
 from .._engine.registry import Plugin
 from .._errors import HotloadError, PluginCrashedError
 from .._host import Host
-from .._ops.watcher import WatchEvent
+from .._ops.apply import WatchEvent
 from .._platform import dl
 from .demo_interactive import run_interactive
 from .demo_players import LiveOps, Server

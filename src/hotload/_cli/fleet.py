@@ -25,10 +25,11 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
-from ..fleet import _client as fl
+from .._errors import RolloutFailed
+from ..fleet import Controller, Fleet
+from ..fleet._schema import selector_text
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 
@@ -43,7 +44,8 @@ def duration(text: str) -> float:
 
 
 def add_commands(sub: Any) -> None:
-    """Add ``fleet`` to the ``hotload`` subcommands (and ``--fleet`` to ``demo``)."""
+    """Add ``fleet`` to the ``hotload`` subcommands (``hotload demo --fleet`` is
+    wired in ``main``: the fleet demo prints with ``render_status`` from here)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--redis", metavar="URL", help="the fleet's Redis (default $HOTLOAD_FLEET_REDIS/embedded)"
@@ -94,31 +96,13 @@ def add_commands(sub: Any) -> None:
     q.add_argument("private_pem")
     q.set_defaults(func=cmd_keygen)
 
-    demo = sub.choices.get("demo")
-    if demo is not None:
-        demo.add_argument(
-            "--fleet", action="store_true", help="4 host processes rolled out over Redis"
-        )
-        demo.set_defaults(func=_demo_with_fleet(demo.get_default("func")))
-
-
-def _demo_with_fleet(plain: Any) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        if getattr(args, "fleet", False):
-            from .fleet_demo import run as run_demo
-
-            return run_demo(verbose=args.verbose)
-        return int(plain(args) or 0)
-
-    return run
-
 
 def _emit(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    with fl.Fleet(args.redis) as f:
+    with Fleet(args.redis) as f:
         digest = f.publish(args.file, signing_key=args.sign_key)
         meta = f.builds(digest)
     if args.json:
@@ -131,7 +115,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 def cmd_rollout(args: argparse.Namespace) -> int:
     say = (lambda m: None) if args.json else (lambda m: print(f"[{time.strftime('%X')}] {m}"))
-    with fl.Fleet(args.redis) as f:
+    with Fleet(args.redis) as f:
         try:
             rec = f.rollout(
                 args.name,
@@ -145,7 +129,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
                 gone_grace=args.gone_grace,
                 progress=say,
             )
-        except fl.RolloutFailed as exc:
+        except RolloutFailed as exc:
             if args.json:
                 _emit(exc.record)
             for host, error in exc.record.get("failures", {}).items():
@@ -158,14 +142,14 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 
 def cmd_action(args: argparse.Namespace) -> int:
     action = args.fleet_command
-    with fl.Fleet(args.redis) as f:
+    with Fleet(args.redis) as f:
         if action == "abort":
             rec = f.abort(args.name)
         elif action == "rollback":
             rec = f.rollback(args.name)
         else:
             say = (lambda m: None) if args.json else (lambda m: print(m))
-            rec = fl.Controller(f, args.name, progress=say).resume()
+            rec = Controller(f, args.name, progress=say).resume()
     if args.json:
         _emit(rec)
     elif action != "resume":
@@ -194,10 +178,59 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with fl.Fleet(args.redis) as f:
+    with Fleet(args.redis) as f:
         st = f.status(args.plugin)
     if args.json:
         _emit(st)
         return 0
-    print(fl.render_status(st))
+    print(render_status(st))
     return 0
+
+
+# ---- the terminal: status as a table ---------------------------------------------------
+
+
+def render_status(st: dict[str, Any]) -> str:
+    """``hotload fleet status`` for a person: each rollout (state, step, failures
+    and their hosts), then one row per host and plugin."""
+    lines = []
+    for name, rec in st["rollouts"].items():
+        steps = rec.get("steps") or []
+        step = rec.get("step", 0)
+        where = selector_text(steps[step]) if 0 <= step < len(steps) else "?"
+        fails = rec.get("failures") or {}
+        lines.append(
+            f"rollout {name} {rec.get('id', '?')}: {rec.get('state')}, "
+            f"{str(rec.get('digest', '?'))[:12]} ({rec.get('version')}), "
+            f"step {step + 1}/{len(steps)} [{where}]"
+            + (f" {rec.get('phase')}" if rec.get("state") == "running" else "")
+            + ", "
+            f"failures {len(fails)}/{rec.get('max_failures', 0)}"
+            + (f", reason: {rec['reason']}" if rec.get("reason") else "")
+        )
+        lines += [f"  {h}: {e}" for h, e in fails.items()]
+    rows = [("HOST", "LABELS", "HEARTBEAT", "PLUGIN", "VERSION", "SEQ", "STATE", "DIGEST", "ERROR")]
+    for h in st["hosts"]:
+        beat = f"{h.get('heartbeat_age', 0):.1f}s ago" if h.get("alive") else "gone"
+        labels = selector_text(h.get("labels") or {}) if h.get("labels") else "-"
+        plugins = h.get("plugins") or {"-": {}}
+        for pname, rep in sorted(plugins.items()):
+            rows.append(
+                (
+                    h["id"],
+                    labels,
+                    beat,
+                    pname,
+                    str(rep.get("version") or "-"),
+                    str(rep.get("seq") or "-"),
+                    str(rep.get("state") or "-"),
+                    str(rep.get("digest") or "-")[:12],
+                    str(rep.get("error") or "")[:80],
+                )
+            )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        lines.append(
+            "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]).rstrip()
+        )
+    return "\n".join(lines)

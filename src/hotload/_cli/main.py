@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import HotloadError
-from .._ops import control
+from .._ops import control_client, control_paths
 
 _VERSION_NODE = re.compile(r"^[A-Z][A-Z0-9_]*_[0-9][0-9.]*$")
 
@@ -198,10 +198,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--src", type=Path, help="sources to watch with --interactive (default: native/plugins)"
     )
+    p.add_argument("--fleet", action="store_true", help="4 host processes rolled out over Redis")
     p.set_defaults(func=cmd_demo)
     from .fleet import add_commands as add_fleet_commands
 
-    add_fleet_commands(sub)  # hotload fleet ...; hotload demo --fleet
+    add_fleet_commands(sub)  # hotload fleet ...
     return parser
 
 
@@ -213,11 +214,11 @@ def _emit_json(obj: Any) -> None:
 
 
 def _target(args: argparse.Namespace) -> Path:
-    return control.resolve(socket_path=args.socket, host=args.host)
+    return control_client.resolve(socket_path=args.socket, host=args.host)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    result = control.request(_target(args), "ls")
+    result = control_client.request(_target(args), "ls")
     if args.json:
         _emit_json(result)
         return 0
@@ -303,12 +304,12 @@ def _one_line(text: str, width: int) -> str:
 
 
 def cmd_hosts(args: argparse.Namespace) -> int:
-    hosts = control.discover()
+    hosts = control_client.discover()
     if args.json:
         _emit_json({"hosts": hosts})
         return 0
     if not hosts:
-        print(f"no running hotload host in {control.control_dir()}")
+        print(f"no running hotload host in {control_paths.control_dir()}")
         return 0
     rows: list[tuple[str, ...]] = [("PID", "NAME", "PLUGINS", "UP", "SOCKET")]
     for h in hosts:
@@ -326,7 +327,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {"path": str(Path(args.path).resolve())} if args.path else {}
     if args.allow_signature_change:
         extra["allow_signature_change"] = True
-    result = control.request(_target(args), "reload", name=args.name, **extra)
+    result = control_client.request(_target(args), "reload", name=args.name, **extra)
     if args.json:
         _emit_json(result)
         return 0
@@ -340,7 +341,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    result = control.request(_target(args), "rollback", name=args.name)
+    result = control_client.request(_target(args), "rollback", name=args.name)
     if args.json:
         _emit_json(result)
         return 0
@@ -504,6 +505,10 @@ def cmd_cflags(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.fleet:
+        from .fleet_demo import run as run_fleet_demo
+
+        return run_fleet_demo(verbose=args.verbose)
     from . import demo
 
     if args.players < 1:

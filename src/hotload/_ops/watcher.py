@@ -24,22 +24,14 @@ truncated library.  So each changed path goes through the same steps:
    (``InvalidPluginError``, ``LoadError``), is retried with a growing delay,
    ``retries`` times, before the watcher gives up and logs the loader's
    message.
-5. **Apply.**  The plugin is the one the file's descriptor names.  Same
-   bytes as its version serving: nothing to do.  Already loaded (from this
-   path or another): reloaded from this file.  Not loaded: loaded.  A failure
-   (a refused ``on_load``, a changed signature, a compiler error) is logged
-   with its message: a running version keeps serving (``Host.reload`` only
-   switches on success), and a plugin that never loaded is tried again at
-   the file's next change.
+5. **Apply** (``apply.Applier``).  The plugin is the one the file's
+   descriptor names: loaded, reloaded from this file, or left alone when its
+   bytes already serve.  A failure is logged with its message; a running
+   version keeps serving.
 
-With ``rebuild=True`` the watcher watches C sources: each ``*.c`` directly in
-the watched directory is one plugin, and each subdirectory holding ``*.c``
-files is one plugin built from all of them (``src/foo/*.c`` ->
-``<out_dir>/foo.so``).  Every local header they ``#include "..."`` (found
-beside the including file or in ``include_dirs`` and the SDK directory) is
-watched too.  A change rebuilds the plugin with ``builder.compile_plugin``
-(what ``build.py`` uses: temp file, then rename) and applies the output; a
-header change rebuilds every plugin that includes it.
+With ``rebuild=True`` the watcher watches C sources (``rebuild.Rebuilder``):
+each ``*.c`` in the directory, or directory of them, is one plugin, rebuilt
+when it or a local header it includes changes, and its output applied.
 
 ``isolate=True`` (or an ``Isolated(...)``, as for ``Host.load``) loads each new
 plugin in its own worker process; a plugin already loaded keeps the mode it was loaded with.
@@ -54,8 +46,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
-import shlex
 import stat
 import threading
 import time
@@ -64,69 +54,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._artifact.builder import (
-    BUILD_TIMEOUT,
-    BuildError,
-    compile_plugin,
-    output_name,
-    plugin_sources,
-    plugin_units,
-    sdk_include_dir,
-)
-from .._artifact.loader import (
-    DEFAULT_MAX_PLUGIN_SIZE,
-    Candidate,
-    check_size,
-    file_kind,
-    read_source,
-)
-from .._errors import (
-    HotloadError,
-    InvalidPluginError,
-    LoadError,
-    NotAPluginError,
-    resource_error,
-)
+from .._artifact.builder import BUILD_TIMEOUT, BuildError, plugin_sources, plugin_units
+from .._artifact.loader import DEFAULT_MAX_PLUGIN_SIZE, check_size, file_kind
+from .._errors import HotloadError, InvalidPluginError, resource_error
 from .._platform import dl
 from .._process.options import Isolated
 from .._process.options import options as isolation_options
+from .apply import RETRYABLE, Applier, WatchEvent
+from .rebuild import Rebuilder, default_out_dir
 
 if TYPE_CHECKING:
     from .protocols import PluginHost
 
 log = logging.getLogger(__name__)
-
-#: Errors a half-written file can cause; anything else (a bad descriptor, a
-#: refused on_load, a changed signature) is the build's final verdict.
-RETRYABLE = (InvalidPluginError, LoadError)
-_INCLUDE = re.compile(r'^\s*#\s*include\s*([<"])([^>"]+)[>"]', re.MULTILINE)
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    """What the watcher did about one changed path.
-
-    ``action`` is one of ``loaded``, ``reloaded``, ``unchanged``, ``failed``
-    or ``skipped`` (not a hotload plugin, or not a regular file).  ``name``
-    is the plugin's, when the watcher knows it (a failed first build may not
-    tell).  Times are ``time.monotonic()``: ``changed_at`` is the first event
-    of the burst, ``done_at`` the moment the new version was serving (or the
-    failure was final)."""
-
-    action: str
-    path: str
-    name: str | None = None
-    seq: int | None = None
-    plugin_version: str | None = None
-    error: str | None = None
-    source: str | None = None
-    build_seconds: float | None = None
-    changed_at: float = 0.0
-    done_at: float = 0.0
-
-    @property
-    def latency(self) -> float:
-        return self.done_at - self.changed_at
 
 
 @dataclass
@@ -219,11 +159,7 @@ class Watcher:
         # How a plugin the watcher loads first runs (``Host.load``'s options);
         # its reloads keep the mode it was loaded with.
         opts = isolation_options(isolate)  # a bad option fails here, not at the first load
-        self.load_options: dict[str, Any] = {"isolate": opts} if opts is not None else {}
-        self.build_timeout = build_timeout
-        self._cancel = threading.Event()  # set by stop(): kills a running compiler
         self.rebuild = rebuild
-        self.allow_signature_change = allow_signature_change
         self.quiet, self.settle, self.stable_interval, self.retries = (
             quiet,
             settle,
@@ -231,31 +167,28 @@ class Watcher:
             retries,
         )
         self.max_size = max_size
-        self.on_event = on_event
-        self._cc = cc
-        self._cflags = (
-            list(cflags) if cflags is not None else shlex.split(os.environ.get("CFLAGS", ""))
+        self._applier = Applier(
+            host,
+            load_options={"isolate": opts} if opts is not None else {},
+            allow_signature_change=allow_signature_change,
+            max_size=max_size,
+            on_event=on_event,
         )
-        self._include_dirs = [Path(d).resolve() for d in (*include_dirs, _sdk_dir())]
-        target = Path(path).resolve()
-        if not target.exists():
-            raise HotloadError(f"{path}: cannot watch: no such file or directory")
-        self.root = target if target.is_dir() else target.parent
-        self._only = None if target.is_dir() else target
-        suffix = ".c" if rebuild else dl.SUFFIX
-        if self._only is not None and self._only.suffix != suffix:
-            raise HotloadError(
-                f"{path}: cannot watch: expected a {suffix} file "
-                f"({'C source, rebuild=True' if rebuild else 'built plugin'})"
-            )
+        self.root, self._only, self._suffix = _watched(path, rebuild)
         self.out_dir = (
-            Path(out_dir).resolve() if out_dir else _default_out_dir(self.root) if rebuild else None
+            Path(out_dir).resolve() if out_dir else default_out_dir(self.root) if rebuild else None
         )
-        self._suffix = suffix
         self._units = rebuild and self._only is None  # plugin directories are plugins too
-        self._headers: dict[Path, set[Path]] = {}  # header -> plugins (sources or dirs) using it
-        self._applied: dict[str, str] = {}  # file -> digest this watcher last saw serving from it
-        self._names: dict[str, str] = {}  # file or source -> the plugin name it last declared
+        self._rebuilder = Rebuilder(
+            self.root,
+            out_dir=self.out_dir,
+            units=self._units,
+            include_dirs=include_dirs,
+            cc=cc,
+            cflags=cflags,
+            build_timeout=build_timeout,
+            max_size=max_size,
+        )
         self._refused: dict[Path, str] = {}  # path -> why it was last refused unread (logged once)
         self._pending: dict[Path, _Pending] = {}
         self._cond = threading.Condition()
@@ -303,7 +236,7 @@ class Watcher:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._cancel.set()
+        self._rebuilder.cancel.set()
         if self._worker.is_alive() and self._worker is not threading.current_thread():
             self._worker.join(timeout)
 
@@ -330,7 +263,7 @@ class Watcher:
         header), the plugin directory it belongs to, or None (not ours)."""
         if path.name.startswith("."):  # builder temp files, editor swap files
             return None
-        if path in self._headers:
+        if path in self._rebuilder.headers:
             return path
         if self._only is not None:
             return path if path == self._only else None
@@ -362,7 +295,7 @@ class Watcher:
         """(directory, recursive) pairs to watch.  In rebuild mode the root
         is watched recursively, so files in plugin directories (including
         ones created later) are seen; the depth is filtered by ``_target``."""
-        outside = {h.parent for h in self._headers if not self._covers(h.parent)}
+        outside = {h.parent for h in self._rebuilder.headers if not self._covers(h.parent)}
         return [(self.root, self._units), *((d, False) for d in sorted(outside - {self.root}))]
 
     def _covers(self, directory: Path) -> bool:
@@ -370,18 +303,8 @@ class Watcher:
 
     def _scan_headers(self) -> None:
         """Map each local header to the plugins that include it (transitively)."""
-        headers: dict[Path, set[Path]] = {}
         units = [self._only] if self._only else self._existing()
-        for unit in units if self.rebuild else []:
-            for header in self._includes_of(unit):
-                headers.setdefault(header, set()).add(unit)
-        self._headers = headers
-
-    def _includes_of(self, unit: Path) -> set[Path]:
-        found: set[Path] = set()
-        for src in plugin_sources(unit):
-            _includes(src, self._include_dirs, found, self.max_size)
-        return found
+        self._rebuilder.scan(units if self.rebuild else [])
 
     # -- events (watchdog's thread) ------------------------------------------------
     def _event(self, kind: str, raw: str | bytes, *, is_dir: bool = False) -> None:
@@ -455,7 +378,8 @@ class Watcher:
         key = _stat_key(path)
         if key is None or key == ():
             gone = "is gone" if key is None else "has no .c files left"
-            log.info("watch: %s %s; %s", path, gone, self._fate(self._names.get(str(path))))
+            name = self._applier.names.get(str(path))
+            log.info("watch: %s %s; %s", path, gone, self._applier.fate(name))
             return
         if self._refuse_unread(path, item):
             return
@@ -463,7 +387,7 @@ class Watcher:
             item.last_stat = key
             self._requeue(path, item, self.stable_interval)
             return
-        if path in self._headers:
+        if path in self._rebuilder.headers:
             self._header_changed(path, item)
         elif self.rebuild:
             self._build_and_apply(path, item)
@@ -475,30 +399,17 @@ class Watcher:
         regular file (a FIFO would block this thread, a device such as
         ``/dev/zero`` never ends) or over ``max_size``.  Each refusal is
         reported once, not at every event the file causes."""
-        why, action = None, "skipped"
-        for file in plugin_sources(path):
-            try:
-                st = os.stat(file)
-            except OSError:
-                continue  # gone meanwhile: the next look says so
-            if not stat.S_ISREG(st.st_mode):
-                why = f"{file}: not a regular file ({_describe(file, st)}); ignored"
-                break
-            try:
-                check_size(str(file), st.st_size, self.max_size)
-            except InvalidPluginError as exc:
-                why, action = str(exc), "failed"
-                break
+        why, action = self._why_refused(path)
         if why is None:
             self._refused.pop(path, None)
             return False
         if self._refused.get(path) != why:
             self._refused[path] = why
-            self._emit(
+            self._applier.emit(
                 WatchEvent(
                     action,
                     str(path),
-                    name=self._names.get(str(path)),
+                    name=self._applier.names.get(str(path)),
                     error=why,
                     changed_at=item.changed_at,
                     done_at=time.monotonic(),
@@ -506,8 +417,24 @@ class Watcher:
             )
         return True
 
+    def _why_refused(self, path: Path) -> tuple[str | None, str]:
+        """Why ``path`` (or a source of its plugin) must stay unread, and as
+        what it is reported; None when it may be read."""
+        for file in plugin_sources(path):
+            try:
+                st = os.stat(file)
+            except OSError:
+                continue  # gone meanwhile: the next look says so
+            if not stat.S_ISREG(st.st_mode):
+                return f"{file}: not a regular file ({_describe(file, st)}); ignored", "skipped"
+            try:
+                check_size(str(file), st.st_size, self.max_size)
+            except InvalidPluginError as exc:
+                return str(exc), "failed"
+        return None, "skipped"
+
     def _header_changed(self, header: Path, item: _Pending) -> None:
-        units = sorted(self._headers.get(header, ()))
+        units = self._rebuilder.users_of(header)
         log.info(
             "watch: %s changed; rebuilding %s",
             header.name,
@@ -519,54 +446,37 @@ class Watcher:
     # -- rebuild mode -------------------------------------------------------------
     def _build_and_apply(self, unit: Path, item: _Pending) -> None:
         """Build one plugin (a ``.c`` file or a plugin directory), then apply it."""
-        assert self.out_dir is not None
-        output = self.out_dir / output_name(unit, dl.SUFFIX)
-        sources = plugin_sources(unit)
-        if item.initial and _up_to_date(sources, output):
+        if item.initial and self._rebuilder.is_current(unit):
+            output = self._rebuilder.output_of(unit)
             self._apply(output, item, source=unit)  # start-up scan: the build is current
             return
         started = time.monotonic()
         try:
-            self._check_no_twin(unit, output)
-            compile_plugin(
-                unit,
-                output,
-                cc=self._cc,
-                extra_cflags=self._cflags,
-                timeout=self.build_timeout,
-                cancel=self._cancel,
-            )
+            output = self._rebuilder.build(unit)
         except BuildError as exc:
-            self._emit(
-                WatchEvent(
-                    "failed",
-                    str(unit),
-                    name=self._names.get(str(unit)),
-                    error=str(exc),
-                    source=str(unit),
-                    build_seconds=time.monotonic() - started,
-                    changed_at=item.changed_at,
-                    done_at=time.monotonic(),
-                )
-            )
+            self._build_failed(unit, item, exc, started)
             return
         built = time.monotonic() - started
-        self._scan_headers_for(unit)
+        self._watch_new_headers(unit)
         self._apply(output, item, source=unit, build_seconds=built)
 
-    def _check_no_twin(self, unit: Path, output: Path) -> None:
-        """``foo.c`` and ``foo/`` would both build ``foo.so``: refuse to guess."""
-        twin = unit.with_suffix("") if unit.suffix == ".c" else unit.with_name(unit.name + ".c")
-        if self._units and twin in plugin_units(self.root):
-            raise BuildError(
-                f"{unit}: {twin.name} would build the same {output.name}; rename one of them"
+    def _build_failed(self, unit: Path, item: _Pending, exc: BuildError, started: float) -> None:
+        self._applier.emit(
+            WatchEvent(
+                "failed",
+                str(unit),
+                name=self._applier.names.get(str(unit)),
+                error=str(exc),
+                source=str(unit),
+                build_seconds=time.monotonic() - started,
+                changed_at=item.changed_at,
+                done_at=time.monotonic(),
             )
+        )
 
-    def _scan_headers_for(self, unit: Path) -> None:
+    def _watch_new_headers(self, unit: Path) -> None:
         """A source edit may add an #include: watch the new header too."""
-        new = [h for h in self._includes_of(unit) if unit not in self._headers.get(h, ())]
-        for header in new:
-            self._headers.setdefault(header, set()).add(unit)
+        new = self._rebuilder.note_includes(unit)
         dirs = {h.parent for h in new if not self._covers(h.parent)} - set(self._dirs_watched())
         for directory in dirs:
             with contextlib.suppress(Exception):
@@ -592,7 +502,7 @@ class Watcher:
             "changed_at": item.changed_at,
         }
         try:
-            event = self._load_or_reload(path, common)
+            event = self._applier.load_or_reload(path, common)
         except FileNotFoundError:
             log.info("watch: %s vanished before it could be loaded", path)
             return
@@ -603,125 +513,28 @@ class Watcher:
             # Our own builds are renamed into place whole: only a file someone
             # else writes can be caught half-written.
             if source is None and item.attempts < self.retries:
-                item.attempts += 1
-                delay = self.settle * 2 ** (item.attempts - 1)
-                log.debug(
-                    "watch: %s not loadable yet (%s); retry %d/%d in %.0f ms",
-                    path,
-                    exc,
-                    item.attempts,
-                    self.retries,
-                    delay * 1e3,
-                )
-                self._requeue(path, item, delay)
+                self._retry(path, item, exc)
                 return
             tail = f" (gave up after {item.attempts} retries)" if item.attempts else ""
-            event = self._failed(path, source, f"{exc}{tail}", common)
+            event = self._applier.failed(path, source, f"{exc}{tail}", common)
         except (HotloadError, OSError) as exc:
-            event = self._failed(path, source, str(exc), common)
-        self._emit(event)
+            event = self._applier.failed(path, source, str(exc), common)
+        self._applier.emit(event)
 
-    def _failed(
-        self, path: Path, source: Path | None, error: str, common: dict[str, Any]
-    ) -> WatchEvent:
-        name = self._names.get(str(path)) or (source and self._names.get(str(source)))
-        return WatchEvent(
-            "failed", name=name or None, error=error, done_at=time.monotonic(), **common
+    def _retry(self, path: Path, item: _Pending, exc: Exception) -> None:
+        """Look at a file that seems half-written again, ``settle`` later and
+        twice as long each time."""
+        item.attempts += 1
+        delay = self.settle * 2 ** (item.attempts - 1)
+        log.debug(
+            "watch: %s not loadable yet (%s); retry %d/%d in %.0f ms",
+            path,
+            exc,
+            item.attempts,
+            self.retries,
+            delay * 1e3,
         )
-
-    def _read(self, path: Path) -> Candidate | None:
-        """The watcher's one read of a plugin file: the host reads and checks
-        it (trust rules, the size cap, a non-blocking open of regular files
-        only, the format) and the very bytes it checked are what is loaded.
-        None for a library that is not a hotload plugin."""
-        check_size(str(path), path.stat().st_size, self.max_size)  # the watcher's own cap too
-        try:
-            return self.host.read(path)
-        except NotAPluginError:
-            return None
-
-    def _load_or_reload(self, path: Path, common: dict[str, Any]) -> WatchEvent:
-        """Check the file's bytes, then load, reload or leave alone its plugin."""
-        cand = self._read(path)
-        if cand is None:
-            return WatchEvent(
-                "skipped",
-                error=f"{path}: not a hotload plugin (no .hotload descriptor); ignored",
-                done_at=time.monotonic(),
-                **common,
-            )
-        name, digest = cand.name, cand.digest
-        self._names[str(path)] = name
-        if common["source"]:
-            self._names[common["source"]] = name
-        if self._serving(name, str(path), digest):
-            return WatchEvent("unchanged", name=name, done_at=time.monotonic(), **common)
-        if name in self.host:
-            info = self.host.reload(name, cand, allow_signature_change=self.allow_signature_change)
-            action = "reloaded"
-        else:
-            self.host.load(cand, **self.load_options)
-            action, info = "loaded", self.host.versions(name)[-1]
-        self._applied[str(path)] = digest
-        return WatchEvent(
-            action,
-            name=name,
-            seq=info.seq,
-            plugin_version=info.plugin_version,
-            done_at=time.monotonic(),
-            **common,
-        )
-
-    def _serving(self, name: str, path: str, digest: str) -> bool:
-        """True when ``name``'s current version already has these bytes.
-
-        The watcher's own record answers the common case without asking the
-        host (whose ``versions()`` also inspects images); a match is confirmed
-        with the host, since someone else may have reloaded it since."""
-        if name not in self.host:
-            return False
-        if self._applied.get(path) not in (None, digest):
-            return False
-        current = self.host.current(name)
-        return current is not None and current.digest == digest
-
-    def _fate(self, name: str | None) -> str:
-        """What a failure means for the plugin: only a plugin that runs keeps serving."""
-        if name is not None and name in self.host:
-            return f"not swapped, the running version of {name} keeps serving"
-        if name is not None:
-            return (
-                f"{name} was not loaded (no version of it runs); "
-                "the watcher retries on the next change"
-            )
-        return (
-            "nothing was loaded from it (a version already running, if any, keeps serving); "
-            "the watcher retries on the next change"
-        )
-
-    def _emit(self, event: WatchEvent) -> None:
-        where = event.source or event.path
-        if event.action == "failed":
-            log.error("watch: %s: %s:\n%s", where, self._fate(event.name), event.error)
-        elif event.action == "skipped":
-            log.warning("watch: %s", event.error)
-        elif event.action == "unchanged":
-            log.debug("watch: %s: same bytes as the version serving; nothing to do", where)
-        else:
-            log.info(
-                "watch: %s %s v%s (%s) from %s in %.1f ms",
-                event.action,
-                event.name,
-                event.seq,
-                event.plugin_version,
-                where,
-                event.latency * 1e3,
-            )
-        if self.on_event is not None:
-            try:
-                self.on_event(event)
-            except Exception:
-                log.exception("watch: on_event callback failed")
+        self._requeue(path, item, delay)
 
     def __repr__(self) -> str:
         mode = "sources" if self.rebuild else "plugins"
@@ -788,54 +601,21 @@ def _describe(path: Path, st: os.stat_result) -> str:
     return kind
 
 
-def _includes(
-    source: Path,
-    include_dirs: list[Path],
-    seen: set[Path] | None = None,
-    max_size: int = DEFAULT_MAX_PLUGIN_SIZE,
-) -> set[Path]:
-    """Local headers ``source`` includes, transitively; system headers
-    (not found beside the file or in ``include_dirs``) are left out.  Files
-    are read with the hardened reader: a FIFO or device named like a source
-    must not hang or flood the watcher."""
-    seen = set() if seen is None else seen
-    try:
-        text = read_source(str(source), max_size=max_size).decode(errors="replace")
-    except InvalidPluginError:
-        return seen
-    for quote, name in _INCLUDE.findall(text):
-        dirs = ([source.parent] if quote == '"' else []) + include_dirs
-        for directory in dirs:
-            candidate = (directory / name).resolve()
-            if candidate.is_file():
-                if candidate not in seen:
-                    seen.add(candidate)
-                    _includes(candidate, include_dirs, seen, max_size)
-                break
-    return seen
+def _watched(path: str | os.PathLike[str], rebuild: bool) -> tuple[Path, Path | None, str]:
+    """The directory to watch, the one file in it to watch (None: every
+    plugin in it), and the suffix of what is watched."""
+    target = Path(path).resolve()
+    if not target.exists():
+        raise HotloadError(f"{path}: cannot watch: no such file or directory")
+    root = target if target.is_dir() else target.parent
+    only = None if target.is_dir() else target
+    suffix = ".c" if rebuild else dl.SUFFIX
+    if only is not None and only.suffix != suffix:
+        raise HotloadError(
+            f"{path}: cannot watch: expected a {suffix} file "
+            f"({'C source, rebuild=True' if rebuild else 'built plugin'})"
+        )
+    return root, only, suffix
 
 
-def _sdk_dir() -> Path:
-    try:
-        return sdk_include_dir()
-    except BuildError:
-        return Path(__file__).resolve().parents[1] / "sdk" / "include"
-
-
-def _default_out_dir(src_dir: Path) -> Path:
-    """``native/plugins`` builds into ``build/plugins`` beside it, as
-    ``build.py`` does; any other source directory into ``<dir>/build``."""
-    if src_dir.parts[-2:] == ("native", "plugins"):
-        return src_dir.parent.parent / "build" / "plugins"
-    return src_dir / "build"
-
-
-def _up_to_date(sources: list[Path], output: Path) -> bool:
-    try:
-        built = output.stat().st_mtime_ns
-        return bool(sources) and all(built >= src.stat().st_mtime_ns for src in sources)
-    except OSError:
-        return False
-
-
-__all__ = ["RETRYABLE", "WatchEvent", "Watcher"]
+__all__ = ["Watcher"]

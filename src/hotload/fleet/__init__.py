@@ -5,19 +5,10 @@ step, roll back everywhere on failure (see the fleet guide).
 ``fleet.status()``.  A host joins with ``Host(fleet=...)`` or ``host.join_fleet(...)``.
 """
 
-from ._client import (
-    Controller,
-    Fleet,
-    Rule,
-    abort,
-    connect,
-    embedded,
-    publish,
-    resume,
-    rollback,
-    rollout,
-    status,
-)
+from ._client import Fleet, abort, publish, resume, rollback, rollout, status
+from ._connection import connect, embedded
+from ._controller import Controller
+from ._schema import Rule
 
 __all__ = [
     "Controller",

@@ -18,13 +18,28 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .._errors import HotloadError
-from . import _client as fl
+from .._errors import FleetError, HotloadError
+from ._connection import DEFAULT_TIMEOUT, connect, describe_error, redis_errors, resolve_url
+from ._schema import (
+    MAX_BLOB,
+    PLUGIN_NAME,
+    PREFIX,
+    Keys,
+    check_labels,
+    load_json,
+    load_public_key,
+    new_id,
+    parse_desired,
+    pick,
+    selector_text,
+    signed_message,
+)
 
 if TYPE_CHECKING:
     import redis as redis_mod
@@ -54,23 +69,23 @@ class FleetAgent:
         labels: Mapping[str, str] | None = None,
         *,
         host_id: str | None = None,
-        prefix: str = fl.PREFIX,
+        prefix: str = PREFIX,
         heartbeat: float = 2.5,
         ttl: float | None = None,
-        timeout: float = fl.DEFAULT_TIMEOUT,
+        timeout: float = DEFAULT_TIMEOUT,
         public_key: Any = None,
-        max_size: int = fl.MAX_BLOB,
+        max_size: int = MAX_BLOB,
     ) -> None:
         self.host = host
-        self.url = fl.resolve_url(url)
-        self.labels = fl.check_labels(dict(labels or {}))
-        self.id = host_id or f"{fl.host_identity()['machine']}-{os.getpid()}-{fl.new_id()[:6]}"
-        fl.check_labels({"id": self.id}, "host id")
-        self.keys = fl.Keys(prefix)
+        self.url = resolve_url(url)
+        self.labels = check_labels(dict(labels or {}))
+        self.id = host_id or f"{host_identity()['machine']}-{os.getpid()}-{new_id()[:6]}"
+        check_labels({"id": self.id}, "host id")
+        self.keys = Keys(prefix)
         self.heartbeat = heartbeat
         self.ttl = ttl if ttl is not None else 3 * heartbeat
         self.timeout = timeout
-        self.public_key = fl.load_public_key(public_key) if public_key is not None else None
+        self.public_key = load_public_key(public_key) if public_key is not None else None
         self.max_size = max_size
         self.connected = threading.Event()  # set while Redis answers
         self.synced = threading.Event()  # set after each full sync; tests wait on it
@@ -104,13 +119,13 @@ class FleetAgent:
         if self._thread is not None:
             self._thread.join(timeout)
         try:
-            r = self._r or fl.connect(self.url, timeout=min(self.timeout, 1.0))
+            r = self._r or connect(self.url, timeout=min(self.timeout, 1.0))
             pipe = r.pipeline(transaction=False)
             pipe.delete(self.keys.host(self.id), self.keys.report(self.id))
             pipe.srem(self.keys.hosts, self.id)
             pipe.execute()
-        except fl._redis_errors() as exc:
-            log.info("fleet agent %s: could not deregister: %s", self.id, fl._describe(exc))
+        except redis_errors() as exc:
+            log.info("fleet agent %s: could not deregister: %s", self.id, describe_error(exc))
         self._drop()
 
     def __enter__(self) -> FleetAgent:
@@ -120,7 +135,7 @@ class FleetAgent:
         self.stop()
 
     def __repr__(self) -> str:
-        return f"<FleetAgent {self.id} {fl.selector_text(self.labels)} {self.url}>"
+        return f"<FleetAgent {self.id} {selector_text(self.labels)} {self.url}>"
 
     # -- the loop -------------------------------------------------------------------------
     def _run(self) -> None:
@@ -143,12 +158,12 @@ class FleetAgent:
                 if outage_logged:
                     log.warning("fleet agent %s: Redis is back, caught up", self.id)
                     outage_logged = False
-            except fl._redis_errors() as exc:
+            except redis_errors() as exc:
                 if not outage_logged:
                     log.warning(
                         "fleet agent %s: Redis unreachable (%s); serving what is loaded, retrying",
                         self.id,
-                        fl._describe(exc),
+                        describe_error(exc),
                     )
                     outage_logged = True
                 self._drop()
@@ -160,7 +175,7 @@ class FleetAgent:
                 self._stop.wait(self.heartbeat)
 
     def _connect(self) -> None:
-        r = fl.connect(self.url, timeout=self.timeout)
+        r = connect(self.url, timeout=self.timeout)
         try:
             ps = r.pubsub(ignore_subscribe_messages=True)
             ps.subscribe(self.keys.wake)
@@ -188,7 +203,7 @@ class FleetAgent:
         """Heartbeat and poll in one round trip: SET host PX ttl; GET gen."""
         assert self._r is not None
         record = json.dumps(
-            {"id": self.id, "labels": self.labels, "ttl": self.ttl, **fl.host_identity()}
+            {"id": self.id, "labels": self.labels, "ttl": self.ttl, **host_identity()}
         )
         pipe = self._r.pipeline(transaction=False)
         pipe.set(self.keys.host(self.id), record, px=int(self.ttl * 1000))
@@ -219,21 +234,21 @@ class FleetAgent:
         self.commands += 2
         for name_b, raw in sorted(desired.items()):
             name = name_b.decode("utf-8", "replace")
-            if not fl._NAME.fullmatch(name):
+            if not PLUGIN_NAME.fullmatch(name):
                 log.warning(
                     "fleet agent %s: ignoring desired state for %r: bad name", self.id, name
                 )
                 continue
             try:
-                rev, rules = fl.parse_desired(raw, name)
-            except fl.FleetError as exc:
+                rev, rules = parse_desired(raw, name)
+            except FleetError as exc:
                 if self._invalid.get(name) != raw:
                     self._invalid[name] = raw
                     log.warning("fleet agent %s: %s", self.id, exc)
                     self._report(name, "invalid", None, 0, str(exc))
                 continue
             self._invalid.pop(name, None)
-            rule = fl.pick(rules, self.labels)
+            rule = pick(rules, self.labels)
             if rule is not None:
                 self._converge(name, rule.digest, rev)
         self._gen = gen
@@ -277,7 +292,7 @@ class FleetAgent:
                             break
                 live = self.live_digest(name)
                 if live != base:
-                    raise fl.FleetError(f"{name}: could not get back to {base}")
+                    raise FleetError(f"{name}: could not get back to {base}")
             except HotloadError as exc:
                 self._failed[(name, "baseline")] = rev
                 self._report(name, "failed", None, rev, str(exc))
@@ -291,18 +306,18 @@ class FleetAgent:
         size = self._r.strlen(key)
         self.commands += 1
         if size == 0:
-            raise fl.FleetError(f"{name}: build {digest} is not in Redis (not published?)")
+            raise FleetError(f"{name}: build {digest} is not in Redis (not published?)")
         if size > self.max_size:
-            raise fl.FleetError(
+            raise FleetError(
                 f"{name}: build {digest} is {size} bytes, over the {self.max_size}-byte cap"
             )
         data = self._r.get(key)
         self.commands += 1
         if not isinstance(data, bytes) or len(data) > self.max_size:
-            raise fl.FleetError(f"{name}: build {digest} vanished or grew while fetched")
+            raise FleetError(f"{name}: build {digest} vanished or grew while fetched")
         actual = hashlib.sha256(data).hexdigest()
         if actual != digest:
-            raise fl.FleetError(
+            raise FleetError(
                 f"{name}: build {digest} fetched from Redis has SHA-256 {actual}: "
                 f"tampered or corrupt, refused"
             )
@@ -316,18 +331,14 @@ class FleetAgent:
         assert self._r is not None and self.public_key is not None
         raw = self._r.get(self.keys.meta(digest))
         self.commands += 1
-        meta = fl.load_json(
-            raw if isinstance(raw, bytes) else None, f"{name}: metadata of {digest}"
-        )
+        meta = load_json(raw if isinstance(raw, bytes) else None, f"{name}: metadata of {digest}")
         sig = meta.get("signature") if isinstance(meta, dict) else None
         if not isinstance(sig, str):
-            raise fl.FleetError(
-                f"{name}: build {digest} is not signed; this host needs a signature"
-            )
+            raise FleetError(f"{name}: build {digest} is not signed; this host needs a signature")
         try:
-            self.public_key.verify(bytes.fromhex(sig), fl.signed_message(name, digest))
+            self.public_key.verify(bytes.fromhex(sig), signed_message(name, digest))
         except (ValueError, InvalidSignature):
-            raise fl.FleetError(
+            raise FleetError(
                 f"{name}: build {digest}: signature does not verify with this host's fleet key"
             ) from None
 
@@ -337,7 +348,7 @@ class FleetAgent:
         digest is checked against the one asked for."""
         cand = self.host.adopt(data, source=f"fleet:{name}@{digest[:12]}")
         if cand.name != name:
-            raise fl.FleetError(f"{name}: build {digest} declares plugin {cand.name!r}")
+            raise FleetError(f"{name}: build {digest} declares plugin {cand.name!r}")
         reloaded = name in self.host
         self._baseline.setdefault(name, self.live_digest(name))
         if reloaded:
@@ -349,7 +360,7 @@ class FleetAgent:
         if live != digest:
             if reloaded:
                 self.host.rollback(name)
-            raise fl.FleetError(f"{name}: live digest {live} is not the {digest} asked for")
+            raise FleetError(f"{name}: live digest {live} is not the {digest} asked for")
 
     def live_digest(self, name: str) -> str | None:
         """SHA-256 of the version of ``name`` that new calls go to, or None."""
@@ -385,3 +396,10 @@ class FleetAgent:
         pipe.execute()
         self.commands += 2
         self._reported[name] = rep
+
+
+def host_identity() -> dict[str, Any]:
+    """What a host says about itself in its heartbeat (and its default id)."""
+    from .._about import __version__
+
+    return {"pid": os.getpid(), "machine": platform.node(), "hotload": __version__}

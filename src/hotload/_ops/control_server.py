@@ -1,75 +1,6 @@
-"""The control channel: one Unix socket per host, so that ``hotload`` in
-another terminal can see and steer a running host.
-
-Where and who
--------------
-Sockets live in a private per-user directory: ``$HOTLOAD_CONTROL_DIR`` if
-set, else ``<runtime base>/control`` where the runtime base is the one the
-work directories use (``$XDG_RUNTIME_DIR/hotload``, or ``<tmp>/hotload-<uid>``;
-see ``workdir.runtime_base``).  The directory is 0700 and each socket 0600.
-Each host has its own socket, ``host-<pid>-<token>.sock``, so several hosts
-coexist and ``hotload hosts`` can list them.  A socket is bound under a
-hidden temporary name, made 0600, put in listening state and only then
-renamed into place: a client never finds a socket that refuses it because it
-is still being set up, so a refused connection means a dead host, and that
-stale socket is removed (by the next host that starts, or by any client
-listing hosts).  On accepting a connection the server reads the peer's
-credentials (``SO_PEERCRED``) and serves only the same uid, or root.
-
-Protocol (version 1)
---------------------
-Line-delimited JSON over the stream: each request is one JSON object on one
-line (UTF-8, ending ``\\n``, at most 64 KiB), each answer is one line.  A
-connection may carry any number of requests, answered in order.
-
-Request::
-
-    {"v": 1, "op": "<op>", "id": <anything, echoed back>, ...arguments}
-
-``v`` may be omitted (it means 1); another value gets ``unsupported_version``.
-
-Answer::
-
-    {"v": 1, "id": <echoed>, "ok": true,  "result": {...}}
-    {"v": 1, "id": <echoed>, "ok": false, "error": {"code": "<code>", "type": "<exception>",
-                                                    "message": "<one line>"}}
-
-Operations and their ``result``:
-
-``ping`` (alias ``hosts``)
-    This host: ``{"protocol", "hotload", "pid", "uid", "name", "argv",
-    "started_at", "socket", "plugins": [names]}``.
-``ls``
-    ``{"host": <ping result>, "plugins": [{"name", "versions": [version...],
-    "pruned"}], "leaks": {"images", "bytes"}}``; ``pruned`` counts old unloaded
-    versions the host's bounded history dropped; ``leaks`` sums every leaked
-    or retained image.
-``versions`` ``{"name"}``
-    ``{"name", "versions": [version...]}``, oldest first.
-``reload`` ``{"name", "path"?, "allow_signature_change"?}``
-    ``{"version": <the new current version>, "previous": <the version it replaced>}``;
-    ``path`` must be absolute (the host's working directory is not the
-    client's: ``hotload reload --path`` resolves it first);
-    ``allow_signature_change`` (a boolean, default false) accepts a build
-    that removes an export or changes a prototype.
-``rollback`` ``{"name"}``
-    ``{"version": <the version now current>}``.
-
-A *version* object is ``VersionInfo.as_dict()``: ``name, seq, plugin_version,
-state (active|draining|unloaded|leaked|retained), in_flight, loaded_at, unloaded_at,
-source, copy, digest, size, dlopen_count, dlclose_count, mapped_bytes,
-blockers [str], note``; times are Unix seconds.  New keys may be added to any
-object without a protocol bump; removing or changing one bumps ``v``.
-
-Requests and answers are strict JSON: ``NaN``/``Infinity`` (or a number that
-overflows to one) make a request a ``bad_request``, and ``"v"`` must be the
-integer 1 (``true`` is not).
-
-Error codes: ``bad_request``, ``unsupported_version``, ``unknown_op``,
-``forbidden`` (peer uid refused), ``not_loaded``, ``failed`` (the host
-refused: the message says why), ``busy`` (every session slot is in use by a
-request in progress), ``timeout`` (a request not complete within its
-deadline; the connection is then closed), ``internal``.
+"""The control server: one Unix socket per host, so that ``hotload`` in
+another terminal can see and steer a running host (the protocol is in
+``control_wire``, where the socket lives in ``control_paths``).
 
 Limits
 ------
@@ -80,8 +11,7 @@ the one stalled longest on a partial request or an untaken answer); a
 request must be complete within ``REQUEST_DEADLINE`` seconds of its first
 byte, and its answer taken as quickly (by the selector thread: workers never
 wait on a client); a silent session is closed after ``SESSION_IDLE``
-seconds.  ``request()`` retries a full backlog, a ``busy`` answer or a fresh
-connection closed before any answer for up to ``CONNECT_RETRY`` seconds.
+seconds.
 """
 
 from __future__ import annotations
@@ -96,7 +26,6 @@ import queue
 import secrets
 import selectors
 import socket
-import stat
 import struct
 import sys
 import threading
@@ -105,117 +34,27 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._artifact.workdir import ensure_private_dir, runtime_base
-from .._errors import (
-    ControlError,  # noqa: F401 - re-exported
-    HotloadError,
-    NotLoadedError,
-    resource_error,
-)
+from .._artifact.workdir import ensure_private_dir
+from .._errors import ControlError, HotloadError, NotLoadedError, resource_error
+from .control_paths import ENV_DIR, control_dir, require_unix_sockets, sweep_stale
+from .control_wire import MAX_LINE, NOSIGNAL, PROTOCOL, encode, error_reply
 
 if TYPE_CHECKING:
     from .protocols import PluginHost
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = 1
-MAX_LINE = 64 * 1024
-ENV_DIR = "HOTLOAD_CONTROL_DIR"
 SESSION_IDLE = 60.0  # seconds a connected client may stay silent between requests
 REQUEST_DEADLINE = 10.0  # seconds from a request's first byte to its last (and to send the answer)
 MAX_SESSIONS = 128  # open connections per host; each costs an fd, not a thread
 WORKERS = 4  # threads that run requests; started on demand
 BACKLOG = 512  # connections the kernel queues before accept (capped by net.core.somaxconn)
-CONNECT_RETRY = 5.0  # seconds a client retries a full backlog or a busy host
-_REFUSED_RETRY = 0.2  # seconds a client retries a refused connection
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _ACCEPT_BACKOFF_MIN, _ACCEPT_BACKOFF_MAX = 0.05, 1.0
 _LOOP_TICK = 1.0
 _RECV_CHUNK = 65536
 _SUN_PATH_MAX = 107
-# A host that set SIGPIPE back to SIG_DFL must not die of a client that hangs up
-# before its answers are written: every server send says so (Linux; elsewhere
-# Python's own SIG_IGN is the guard).
-_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
-
-
-# ---- where ---------------------------------------------------------------------
-
-
-def _require_unix_sockets() -> None:
-    if not hasattr(socket, "AF_UNIX") or not hasattr(os, "getuid"):
-        raise ControlError(
-            "the control channel needs Unix domain sockets and POSIX users, which this "
-            "platform lacks",
-            "unsupported",
-        )
-
-
-def control_dir() -> Path:
-    """The private directory holding this user's host sockets (created 0700)."""
-    _require_unix_sockets()
-    env = os.environ.get(ENV_DIR)
-    path = Path(env) if env else runtime_base() / "control"
-    ensure_private_dir(path, what="control directory")
-    return path
-
-
-def socket_paths(directory: Path | None = None) -> list[Path]:
-    """The host sockets in ``directory``: only real sockets (or symlinks to
-    one) named ``host-*.sock``.  A FIFO, file or directory with such a name
-    is no host: listing it would report a phantom, and sweeping it as stale
-    would delete someone's file."""
-    directory = directory or control_dir()
-    return sorted(p for p in directory.glob("host-*.sock") if _is_socket(p))
-
-
-def _is_socket(path: Path) -> bool:
-    try:
-        mode = path.lstat().st_mode
-        if stat.S_ISLNK(mode):
-            mode = path.stat().st_mode  # a symlink to a host's socket is that host
-    except OSError:
-        return False  # gone, or a dangling link
-    return stat.S_ISSOCK(mode)
-
-
-def _pid_of(path: Path) -> int | None:
-    try:
-        return int(path.name.split("-")[1])
-    except (IndexError, ValueError):
-        return None
-
-
-def is_stale(path: Path) -> bool:
-    """True when no host listens on ``path`` any more (its process died
-    without closing).  Decided by connecting (refused: nobody listens), never
-    by the pid in the name: a host in another pid namespace sharing this
-    directory has a pid we cannot see, and pids are reused."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(str(path))
-        except ConnectionRefusedError:
-            return True
-        except OSError:
-            return False
-    return False
-
-
-def sweep_stale(directory: Path | None = None) -> list[Path]:
-    """Remove the sockets of hosts that died; return what was removed."""
-    removed = []
-    for path in socket_paths(directory):
-        if is_stale(path):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                removed.append(path)
-                log.info("removed stale control socket %s (its host is gone)", path)
-    return removed
-
-
-# ---- server ------------------------------------------------------------------------
 
 
 class _Session:
@@ -261,7 +100,7 @@ class ControlServer:
         request_deadline: float = REQUEST_DEADLINE,
         idle_timeout: float = SESSION_IDLE,
     ) -> None:
-        _require_unix_sockets()
+        require_unix_sockets()
         self.host = host
         self.directory = Path(directory) if directory else control_dir()
         if directory:
@@ -442,12 +281,12 @@ class ControlServer:
         refusal = _check_peer(conn)
         if refusal:
             log.warning("control: %s", refusal)
-            _send_and_close(conn, _error(None, "forbidden", refusal, "PermissionError"))
+            _send_and_close(conn, error_reply(None, "forbidden", refusal, "PermissionError"))
             return
         if len(self._sessions) >= self.max_sessions and not self._evict():
             _send_and_close(
                 conn,
-                _error(
+                error_reply(
                     None,
                     "busy",
                     f"the host is busy: all {self.max_sessions} control sessions are in use; "
@@ -518,7 +357,7 @@ class ControlServer:
         if end < 0:
             if len(session.buf) > MAX_LINE:
                 message = f"request longer than {MAX_LINE} bytes"
-                self._close(session, _error(None, "bad_request", message))
+                self._close(session, error_reply(None, "bad_request", message))
             return False
         line = bytes(session.buf[:end])
         del session.buf[: end + 1]
@@ -551,7 +390,7 @@ class ControlServer:
     def _flush(self, session: _Session, now: float) -> None:
         """Send more of an answer the client is slow to take."""
         try:
-            sent = session.conn.send(session.out, _NOSIGNAL)
+            sent = session.conn.send(session.out, NOSIGNAL)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -572,7 +411,7 @@ class ControlServer:
                 self._close(session)  # no room to say why: it does not read
             elif session.buf:
                 message = f"request not complete within {self.request_deadline:g} s"
-                self._close(session, _error(None, "timeout", message))
+                self._close(session, error_reply(None, "timeout", message))
             else:
                 self._close(session)  # silent for idle_timeout
 
@@ -588,7 +427,7 @@ class ControlServer:
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
-            self._wake_w.send(b"x", _NOSIGNAL)
+            self._wake_w.send(b"x", NOSIGNAL)
 
     # -- workers -------------------------------------------------------------------------
     def _submit(self, session: _Session, line: bytes) -> None:
@@ -625,10 +464,10 @@ class ControlServer:
         client reads (within ``request_deadline``).  A worker never waits on
         a client: four clients that pipeline requests and never read would
         otherwise hold every worker."""
-        reply = _encode(self.handle(line))
+        reply = encode(self.handle(line))
         try:
             while reply:
-                reply = reply[session.conn.send(reply, _NOSIGNAL) :]
+                reply = reply[session.conn.send(reply, NOSIGNAL) :]
         except (BlockingIOError, InterruptedError):
             pass  # the socket's buffer is full: the loop sends the rest
         except OSError:  # gone, or stop()
@@ -647,13 +486,13 @@ class ControlServer:
         try:
             req = json.loads(line, parse_constant=_no_constant, parse_float=_finite_float)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # e.g. 60,000 nested "["
-            return _error(None, "bad_request", f"not a JSON object: {exc}")
+            return error_reply(None, "bad_request", f"not a JSON object: {exc}")
         if not isinstance(req, dict):
-            return _error(None, "bad_request", "a request is a JSON object")
+            return error_reply(None, "bad_request", "a request is a JSON object")
         rid = req.get("id")
         version = req.get("v", PROTOCOL)
         if type(version) is not int or version != PROTOCOL:  # true is not 1
-            return _error(
+            return error_reply(
                 rid,
                 "unsupported_version",
                 f"protocol version {version!r} is not supported; this host speaks {PROTOCOL}",
@@ -661,18 +500,20 @@ class ControlServer:
         op = req.get("op")
         handler = _OPS.get(op) if isinstance(op, str) else None
         if handler is None:
-            return _error(rid, "unknown_op", f"unknown op {op!r}; known: {', '.join(sorted(_OPS))}")
+            return error_reply(
+                rid, "unknown_op", f"unknown op {op!r}; known: {', '.join(sorted(_OPS))}"
+            )
         try:
             return {"v": PROTOCOL, "id": rid, "ok": True, "result": handler(self, req)}
         except NotLoadedError as exc:
-            return _error(rid, "not_loaded", str(exc), type(exc).__name__)
+            return error_reply(rid, "not_loaded", str(exc), type(exc).__name__)
         except ControlError as exc:
-            return _error(rid, exc.code, str(exc), type(exc).__name__)
+            return error_reply(rid, exc.code, str(exc), type(exc).__name__)
         except HotloadError as exc:
-            return _error(rid, "failed", str(exc), type(exc).__name__)
+            return error_reply(rid, "failed", str(exc), type(exc).__name__)
         except Exception as exc:
             log.exception("control: %s failed", op)
-            return _error(rid, "internal", f"{type(exc).__name__}: {exc}", type(exc).__name__)
+            return error_reply(rid, "internal", f"{type(exc).__name__}: {exc}", type(exc).__name__)
 
     def _op_ping(self, req: dict[str, Any]) -> dict[str, Any]:
         return self.describe()
@@ -758,33 +599,6 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _error(rid: Any, code: str, message: str, kind: str = "ControlError") -> dict[str, Any]:
-    return {
-        "v": PROTOCOL,
-        "id": rid,
-        "ok": False,
-        "error": {"code": code, "type": kind, "message": message},
-    }
-
-
-def _encode(obj: dict[str, Any]) -> bytes:
-    """One answer line.  Strict JSON only: a NaN or Infinity (which Python
-    would write as bare words no other parser accepts) becomes an error."""
-    try:
-        text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
-    except ValueError as exc:
-        log.error("control: an answer held a value JSON cannot carry: %s", exc)
-        text = json.dumps(
-            _error(obj.get("id"), "internal", f"the answer is not valid JSON: {exc}"),
-            separators=(",", ":"),
-        )
-    return text.encode() + b"\n"
-
-
-def _send(conn: socket.socket, obj: dict[str, Any]) -> None:
-    conn.sendall(_encode(obj), _NOSIGNAL)
-
-
 def _nothing_unread(conn: socket.socket) -> bool:
     """True when the kernel holds no unread byte from this client (or it
     hung up): closing it then ends the connection cleanly instead of
@@ -802,7 +616,7 @@ def _send_and_close(conn: socket.socket, obj: dict[str, Any]) -> None:
     short line fits the empty send buffer of a fresh or answered session."""
     with contextlib.suppress(OSError):
         conn.setblocking(False)
-        conn.send(_encode(obj), _NOSIGNAL)
+        conn.send(encode(obj), NOSIGNAL)
         conn.shutdown(socket.SHUT_WR)
     conn.close()
 
@@ -835,205 +649,4 @@ def _default_name() -> str:
     return " ".join([name, *sys.argv[1:]])[:80]
 
 
-# ---- client ------------------------------------------------------------------------
-
-
-class _Retry(Exception):
-    """A transient refusal (full backlog, busy host, a fresh connection
-    closed before any answer): try again shortly, for up to ``budget``
-    seconds."""
-
-    def __init__(self, error: ControlError, budget: float = CONNECT_RETRY) -> None:
-        self.error = error
-        self.budget = budget
-
-
-def request(
-    socket_path: str | os.PathLike[str], op: str, /, *, timeout: float = 30.0, **args: Any
-) -> dict[str, Any]:
-    """Send one request and return its ``result``; raise ``ControlError``.
-
-    A full listen backlog (``EAGAIN``), a ``busy`` answer, or a fresh
-    connection reset or closed before any answer (a host at its session cap
-    made room) is retried for up to ``CONNECT_RETRY`` seconds (within
-    ``timeout``), since a burst of clients clears in moments; a refused
-    connection is retried only briefly, as it almost always means the host
-    is gone.  A host closes a connection only before it read a whole
-    request, or when it stops, so a retried request never ran twice."""
-    _require_unix_sockets()
-    _check_is_socket(socket_path)
-    req = {"v": PROTOCOL, "op": op, "id": 1, **args}
-    start = time.monotonic()
-    delay = 0.005
-    while True:
-        try:
-            return _exchange(socket_path, req, timeout)
-        except _Retry as retry:
-            spent = time.monotonic() - start
-            if spent + delay > min(retry.budget, timeout):
-                raise retry.error from None
-            time.sleep(delay)
-            delay = min(delay * 2, 0.1)
-
-
-def _check_is_socket(path: str | os.PathLike[str]) -> None:
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return  # connect() says what is wrong
-    if stat.S_ISSOCK(mode):
-        return
-    kind = "a directory" if stat.S_ISDIR(mode) else "a regular file" if stat.S_ISREG(mode) else ""
-    raise ControlError(
-        f"{os.fspath(path)}: not a socket{f' ({kind})' if kind else ''}; give a host's control "
-        f"socket (`hotload hosts` lists them)",
-        "not_a_socket",
-    )
-
-
-def _exchange(path: str | os.PathLike[str], req: dict[str, Any], timeout: float) -> dict[str, Any]:
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(os.fspath(path))
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                _send(sock, req)  # a host that refuses us answers at once and may hang up: read on
-            with sock.makefile("rb") as reader:
-                line = reader.readline()  # our own uid's host: an answer may be long (ls)
-    except (ConnectionResetError, BrokenPipeError):
-        line = b""  # closed before answering: see below
-    except FileNotFoundError:
-        raise ControlError(
-            f"{path}: no such control socket (is the host still running?)", "unreachable"
-        ) from None
-    except BlockingIOError:  # EAGAIN: the listen backlog is full
-        raise _Retry(
-            ControlError(f"{path}: the host's connection queue stayed full; try again", "busy")
-        ) from None
-    except ConnectionRefusedError:
-        raise _Retry(
-            ControlError(
-                f"{path}: connection refused: the host that owned it is gone", "unreachable"
-            ),
-            _REFUSED_RETRY,
-        ) from None
-    except PermissionError:
-        raise ControlError(
-            f"{path}: permission denied: the host belongs to another user", "forbidden"
-        ) from None
-    except TimeoutError:
-        raise ControlError(
-            f"{path}: the host did not answer within {timeout:g} s", "timeout"
-        ) from None
-    except OSError as exc:
-        raise ControlError(f"{path}: {exc.strerror or exc}", "unreachable") from None
-    if not line:  # a host at its session cap closed us to make room: a fresh try gets in
-        raise _Retry(
-            ControlError(f"{path}: the host closed the connection without answering", "unreachable")
-        )
-    try:
-        reply = json.loads(line)
-    except ValueError:
-        raise ControlError(
-            f"{path}: the host sent an answer that is not JSON", "bad_reply"
-        ) from None
-    if not reply.get("ok"):
-        err = reply.get("error") or {}
-        error = ControlError(err.get("message", "request failed"), err.get("code", "failed"))
-        if error.code == "busy":
-            raise _Retry(error)
-        raise error
-    result: dict[str, Any] = reply["result"]
-    return result
-
-
-def discover(directory: Path | None = None) -> list[dict[str, Any]]:
-    """Every live host of this user, as ``ping`` describes it, by pid.
-
-    Sockets of dead hosts are removed on the way.  A host that does not
-    answer in time is listed with an ``error`` key."""
-    hosts = []
-    seen: set[tuple[Any, ...]] = set()
-    for path in socket_paths(directory):
-        real = path.resolve()  # a symlink to a host's socket is that host, listed once
-        if ("path", real) in seen:
-            continue
-        seen.add(("path", real))
-        try:
-            found = request(path, "ping", timeout=2.0)
-            identity = ("host", found.get("pid"), found.get("socket"))
-            if identity not in seen:
-                seen.add(identity)
-                hosts.append(found)
-        except ControlError as exc:
-            if exc.code == "unreachable" and path.exists() and is_stale(path):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                    log.info("removed stale control socket %s", path)
-                continue
-            if exc.code == "unreachable" and not path.exists():
-                continue
-            hosts.append(
-                {"pid": _pid_of(path), "socket": str(path), "name": None, "error": str(exc)}
-            )
-    return sorted(hosts, key=lambda h: (h.get("pid") or 0, h["socket"]))
-
-
-def resolve(
-    *,
-    socket_path: str | os.PathLike[str] | None = None,
-    host: str | None = None,
-    directory: Path | None = None,
-) -> Path:
-    """The socket to talk to: ``socket_path`` as given; else the live host
-    matching ``host`` (a pid, a socket file name, or the host's name); else
-    the only live host.  None or several is an error that says what to do."""
-    if socket_path is not None:
-        return Path(socket_path)
-    directory = directory or control_dir()
-    live = [h for h in discover(directory) if "error" not in h]
-    if host is not None:
-        chosen = [
-            h for h in live if host in (str(h.get("pid")), Path(h["socket"]).name, h.get("name"))
-        ]
-        if len(chosen) == 1:
-            return Path(chosen[0]["socket"])
-        if not chosen:
-            raise ControlError(
-                f"no running host matches {host!r} in {directory} ({_summary(live)})", "no_host"
-            )
-        raise ControlError(
-            f"{len(chosen)} hosts match {host!r} ({_summary(chosen)}); pick one with --socket PATH",
-            "ambiguous",
-        )
-    if len(live) == 1:
-        return Path(live[0]["socket"])
-    if not live:
-        raise ControlError(
-            f"no running hotload host found in {directory} (start one with Host(control=True) "
-            f"or `hotload demo --interactive`)",
-            "no_host",
-        )
-    raise ControlError(
-        f"{len(live)} hosts are running ({_summary(live)}); pick one with --host PID or "
-        f"--socket PATH",
-        "ambiguous",
-    )
-
-
-def _summary(hosts: list[dict[str, Any]]) -> str:
-    if not hosts:
-        return "none running"
-    return ", ".join(f"pid {h.get('pid')} {h.get('name') or ''}".strip() for h in hosts)
-
-
-__all__ = [
-    "PROTOCOL",
-    "ControlError",
-    "ControlServer",
-    "control_dir",
-    "discover",
-    "request",
-    "resolve",
-    "sweep_stale",
-]
+__all__ = ["MAX_SESSIONS", "REQUEST_DEADLINE", "SESSION_IDLE", "WORKERS", "ControlServer"]

