@@ -79,7 +79,8 @@ def test_a_documented_plugin_builds_clean_and_swaps(
         cand = host.read(so)
         for imp in cand.descriptor.imports if cand.descriptor else ():  # a documented importer
             host.provide(imp.name, lambda *args: 0, imp.signature)  # gets stand-in services
-        name = host.load(cand).name
+        host.load(cand)
+        name = cand.name
         host.reload(name)
         host.settle(30)
         states = [v.state for v in host.versions(name)]
