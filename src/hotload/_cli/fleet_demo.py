@@ -61,7 +61,8 @@ def host_main(argv: list[str] | None = None) -> int:
     calls = errors = 0
     seen: set[str] = set()
     with Host(args.workdir) as host:
-        xp: Any = host.load(args.plugin)
+        cand = host.read(args.plugin)
+        xp: Any = host.load(cand)
         agent = FleetAgent(
             host,
             args.url,
@@ -81,9 +82,9 @@ def host_main(argv: list[str] | None = None) -> int:
                 if calls % 20 == 0:  # a game tick, not a busy loop: ~10-20k calls/s
                     time.sleep(0.001)
                 if calls % 2000 == 0:
-                    seen.update(v.digest for v in host.versions(xp.name))
+                    seen.update(v.digest for v in host.versions(cand.name))
         finally:
-            seen.update(v.digest for v in host.versions(xp.name))
+            seen.update(v.digest for v in host.versions(cand.name))
             agent.stop()
     print(
         json.dumps({"id": args.id, "calls": calls, "errors": errors, "digests": sorted(seen)}),
