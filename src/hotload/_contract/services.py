@@ -51,7 +51,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._artifact import signatures
-from .._errors import ClosedError, ServiceError
+from .._errors import ClosedError, LoadError, ServiceError
+from .._platform import dl
 
 log = logging.getLogger(__name__)
 ffi = signatures.ffi
@@ -187,14 +188,12 @@ def mark_preflight() -> None:
 
 
 def _load_global(data: bytes, directory: str) -> None:
-    import ctypes
-
     fd, path = tempfile.mkstemp(prefix=".hotload-services-", suffix=".so", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_GLOBAL)  # never closed: plugins bind to it
-    except OSError as exc:
+        dl.open_global(path)  # never closed: plugins bind to it
+    except (OSError, LoadError) as exc:
         raise ServiceError(f"cannot link host services into this process: {exc}") from None
     finally:
         os.unlink(path)

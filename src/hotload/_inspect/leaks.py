@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import struct
-import sys
 
 from .._platform import LoadedObject, dl
 from .elf_facts import pointer_relocs
@@ -102,10 +101,12 @@ def find_binders(loaded_as: str, report: Report) -> list[Finding]:
     """``bound-by:<lib>`` findings: the loaded objects whose symbol bindings
     resolve into the image dlopened from ``loaded_as`` (still mapped in this
     process).  [] when none is found or the platform cannot tell."""
-    if not sys.platform.startswith("linux") or not report.dynamic_exports:
+    if not report.dynamic_exports:
         return []
     try:
         return _find_binders(loaded_as, report)
+    except NotImplementedError:  # the platform cannot tell (not Linux, or Windows)
+        return []
     except Exception:  # a diagnosis must never fail the caller
         log.debug("cannot look for binders of %s", loaded_as, exc_info=True)
         return []

@@ -75,6 +75,12 @@ class DynamicLoader(Protocol):
         the OS cannot tell (callers then rely on ``loader_has``)."""
         ...
 
+    def open_global(self, path: str) -> None:
+        """Load ``path`` for good, its symbols visible to every library loaded
+        after it (``RTLD_GLOBAL``): the host-services library plugins bind to.
+        ``LoadError`` naming the file when it cannot be loaded."""
+        ...
+
     def walk_loaded(self, visit: Callable[[LoadedObject], None]) -> None:
         """Call ``visit`` on every loaded object, in load order, with the
         loader's lock held, so that no object is unmapped while ``visit``

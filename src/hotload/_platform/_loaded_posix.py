@@ -14,6 +14,7 @@ import ctypes
 import logging
 import os
 import struct
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -41,7 +42,10 @@ _PHDR_CALLBACK = ctypes.CFUNCTYPE(
 def walk_loaded(visit: Callable[[LoadedObject], None]) -> None:
     """Call ``visit`` on every loaded object, in load order, inside
     dl_iterate_phdr: the loader lock is held, so no object is unmapped while
-    ``visit`` reads its memory."""
+    ``visit`` reads its memory.  ``NotImplementedError`` where the C library
+    has no ``dl_iterate_phdr`` with glibc's layout (only Linux is read)."""
+    if not sys.platform.startswith("linux"):
+        raise NotImplementedError("walking the loaded objects is read on Linux only")
     fmt = "IIQQQQQQ" if struct.calcsize("P") == 8 else "IIIIIIII"
     step = struct.calcsize(fmt)
 

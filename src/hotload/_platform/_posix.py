@@ -25,6 +25,7 @@ RTLD_LAZY = 0x1
 RTLD_NOW = 0x2
 RTLD_NOLOAD = 0x4
 RTLD_LOCAL = 0
+RTLD_GLOBAL = 0x100
 RTLD_DI_LINKMAP = 2
 SUFFIX = ".dylib" if sys.platform == "darwin" else ".so"
 
@@ -77,6 +78,14 @@ def open_image(path: str, search_dir: str | None = None) -> int:
         if not handle:
             raise LoadError(f"{path}: dlopen failed: {_error('unknown error')}")
         return int(handle)
+
+
+def open_global(path: str) -> None:
+    """``dlopen(path, RTLD_NOW | RTLD_GLOBAL)``, never closed (plugins bind to it)."""
+    with _lock:
+        _dlerror()
+        if not _dlopen(os.fsencode(path), RTLD_NOW | RTLD_GLOBAL):
+            raise LoadError(f"{path}: dlopen failed: {_error('unknown error')}")
 
 
 def close_image(handle: int, path: str) -> None:

@@ -441,6 +441,12 @@ _NO_WALK = (
 )
 
 
+def open_global(path: str) -> None:
+    """Does not apply: a DLL imports from named DLLs, there is no global
+    namespace to put host services in (they are linked per plugin)."""
+    raise LoadError(f"{path}: host services are not available on Windows")
+
+
 def walk_loaded(visit: Callable[[LoadedObject], None]) -> None:
     """Does not apply: a DLL stays loaded through the loader's reference
     counts, not through another library's symbol bindings into it."""
