@@ -165,7 +165,7 @@ SPINNER = r"""
 #include <pthread.h>
 #include <unistd.h>
 HOTLOAD_PLUGIN("spinner", "1");
-/* Blocks on stdin: in the preflight worker, the next request wakes it. */
+/* Reads stdin forever (the worker's is /dev/null: it loops, sleeping 1 ms a turn). */
 static void *spin(void *arg) {
     (void)arg; char c; for (;;) if (read(0, &c, 1) <= 0) usleep(1000); return NULL;
 }

@@ -56,14 +56,16 @@ from .._errors import (
     PluginTimeoutError,
     ServiceError,
     SignatureError,
+    resource_error,
 )
 from .._platform import proc as channel
 from .spawn import (
     RESTARTING,
     STOPPED,
     UP,
+    Spawner,
     Worker,
-    spawn,
+    _StartFailed,
 )
 from .wire import (
     _CTYPES,
@@ -112,57 +114,38 @@ class Isolation:
 
     def __init__(self, on_rollback: Callable[[str], object]) -> None:
         self._on_rollback = on_rollback
-        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="hotload-isolate-spawn")
+        self.shm = shm_supported()
+        self._spawner = Spawner("isolated", shm=self.shm, services=True)
         self._lock = threading.Lock()
-        self._spare: Worker | None = None
         self._proxies: list[Proxy] = []
         self._exiting: list[Proxy] = []  # stopped, their workers not reaped yet
         self.exit_faults = 0  # workers that crashed or hung at exit, after their stop
         self._jobs: collections.deque[Callable[[], None]] = collections.deque()
         self._wake = threading.Event()
         self._closed = False
-        self.shm = shm_supported()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="hotload-isolate")
         self._thread.start()
 
     # -- workers --------------------------------------------------------------
     def warm(self, timeout: float = 10.0) -> bool:
         """Wait until a spare worker is ready (True), e.g. before timing a reload."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if self._spare is not None:
-                    return True
-            time.sleep(0.005)
-        return False
+        return self._spawner.warm(timeout)
 
     def take(self) -> Worker:
         """A ready worker: the warm spare if it is alive, else a new one;
         a new spare is started in the background either way."""
-        with self._lock:
-            spare, self._spare = self._spare, None
-        if spare is not None and not spare.alive():
-            spare.kill()
-            spare = None
-        worker = spare or self._spawner.submit(spawn).result()
-        if not self._closed:
-            self._spawner.submit(self._refill)
-        return worker
-
-    def _refill(self) -> None:
-        with self._lock:
-            if self._spare is not None or self._closed:
-                return
         try:
-            w = spawn()
-        except HotloadError as exc:
-            log.warning("could not start a spare isolated worker: %s", exc)
-            return
-        with self._lock:
-            if self._spare is None and not self._closed:
-                self._spare, w = w, None  # type: ignore[assignment]
-        if w is not None:
-            w.kill()
+            worker = self._spawner.take()
+            worker.greet()
+        except OSError as exc:
+            raise resource_error(exc, "cannot start an isolated worker") or HotloadError(
+                f"cannot start an isolated worker: {exc}"
+            ) from None
+        except _StartFailed as exc:
+            raise HotloadError(f"isolated {exc}") from None
+        if not self._closed:
+            self._spawner.refill()
+        return worker
 
     # -- opening a version --------------------------------------------------------
     def open(
@@ -269,20 +252,13 @@ class Isolation:
         self._thread.join(2.0)
         with self._lock:
             proxies, self._proxies = self._proxies, []
-            spare, self._spare = self._spare, None
         for p in proxies:
             p.stop(kill=True)
-        if spare is not None:
-            spare.kill()
         with self._lock:
             exiting = list(self._exiting)
         for p in exiting:
             p.gone()  # reaps it, or kills it after 2 s
-        self._spawner.shutdown(wait=True)
-        with self._lock:
-            spare, self._spare = self._spare, None
-        if spare is not None:
-            spare.kill()
+        self._spawner.close()  # the spare, and one being started
 
 
 def _services(
