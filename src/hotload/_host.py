@@ -259,11 +259,12 @@ class Host:
         it is closed (for libraries without a descriptor, e.g. a Rust cdylib).
 
         ``isolate=True`` runs each version in its own worker process (see
-        ``_isolation``): a crash in a call raises ``PluginCrashedError`` and
-        ``on_crash`` ("restart", "rollback" or "stop") says what serves next;
-        ``call_timeout`` bounds each call; ``limits`` takes ``address_space``
-        (bytes), ``cpu_seconds`` and ``nice`` for the worker.  Reloads and
-        rollbacks keep the mode."""
+        ``_process.isolation``): a crash in a call raises ``PluginCrashedError``
+        and ``on_crash`` ("restart", "rollback" or "stop") says what serves
+        next; ``call_timeout`` bounds each call; ``limits`` takes
+        ``address_space`` (bytes), ``cpu_seconds`` and ``nice`` for the worker
+        (the preflight tries the build under them too).  Reloads and rollbacks
+        keep the mode."""
         declared = dict(signatures) if signatures else None
         if not isolate and (call_timeout is not None or limits or on_crash != "restart"):
             raise ValueError(  # they would be silently ignored: a hang is not bounded in process

@@ -228,7 +228,7 @@ def _types(decls: list[dict[str, Any]] | None, source: str) -> None:
 def _imports(req: dict[str, Any], svc_fd: int, source: str) -> Any:
     """Bind the plugin's imports, before it is opened, to forwarders that send
     each call to the host and wait for its answer (None: it imports nothing).
-    The binding is the one an in-process host makes (``_services``): a
+    The binding is the one an in-process host makes (``_contract.services``): a
     data-only library defines the symbols, the slots point at callbacks."""
     imports: dict[str, list[Any]] = req.get("imports") or {}
     if not imports:
