@@ -76,14 +76,12 @@ def _main(argv: list[str]) -> int:
     elif role == "isolated":
         from . import serving
 
-        shm = _arg(argv, "--shm")
-        serve = serving.session(
-            send,
-            recv,
-            sock,
-            svc_fd=int(_arg(argv, "--svc") or -1),
-            shm=tuple(int(x) for x in shm.split(",")) if shm else None,  # type: ignore[arg-type]
-        )
+        shm = _arg(argv, "--shm")  # memfd,wake,done
+        area = None
+        if shm:
+            memfd, wake, done = (int(x) for x in shm.split(","))
+            area = (memfd, wake, done)
+        serve = serving.session(send, recv, sock, svc_fd=int(_arg(argv, "--svc") or -1), shm=area)
     else:
         print(f"hotload worker: unknown role {role!r}", file=sys.stderr)
         return 2
