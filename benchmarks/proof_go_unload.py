@@ -85,7 +85,8 @@ def live_children() -> list[int]:
                 continue
             fields = stat[stat.rfind(b")") + 2 :].split()
             mine = int(fields[1]) == os.getpid() and fields[0] != b"Z"
-            if mine and b"hotload._process.isolated_worker" in cmdline:
+            argv = cmdline.split(b"\0")
+            if mine and b"hotload._process.worker" in argv and b"isolated" in argv:
                 out.append(int(entry))
     return out
 

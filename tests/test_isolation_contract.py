@@ -20,6 +20,7 @@ import pytest
 
 from hotload import Host, Isolated, PluginCrashedError, SignatureError
 from hotload._artifact.signatures import ffi
+from hotload._process import service_channel
 
 from conftest import PLUGINS_SRC, Compile, pid_alive
 
@@ -404,7 +405,7 @@ def test_a_service_after_host_close_gives_the_error_value(
     assert pid is not None and wait_for(lambda: not pid_alive(pid))
     n = len(calls)
     with caplog.at_level(logging.ERROR, logger="hotload"):
-        assert proxy._service(cp)(9, ffi.new("char[]", b"late"), 1) == -1
+        assert service_channel._service(proxy, cp)(9, ffi.new("char[]", b"late"), 1) == -1
     assert "service grant_item called after host.close()" in caplog.text
     assert len(calls) == n  # the provided function was not called
 

@@ -4,6 +4,7 @@ the live version still serving with its state, no versioned copy left."""
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 import time
@@ -165,7 +166,7 @@ SPINNER = r"""
 #include <pthread.h>
 #include <unistd.h>
 HOTLOAD_PLUGIN("spinner", "1");
-/* Blocks on stdin: in the preflight worker, the next request wakes it. */
+/* Reads stdin forever (the worker's is /dev/null: it loops, sleeping 1 ms a turn). */
 static void *spin(void *arg) {
     (void)arg; char c; for (;;) if (read(0, &c, 1) <= 0) usleep(1000); return NULL;
 }
@@ -214,3 +215,69 @@ def test_a_real_time_signal_is_named_too(strict_host: Host, xp_build, cc) -> Non
     ) as err:
         strict_host.reload("xp", bad)
     assert err.value.signal_name.startswith("signal ")
+
+
+# ---- the same worker as the plugin will run in ------------------------------------------
+SECRET = "HOTLOAD_TEST_PREFLIGHT_SECRET"  # in the host's environment; workers never get it
+AS_ISOLATED = 3 << 30  # room for the worker's Python (~200 MB of address space) and more
+WHERE = r"""
+#define _GNU_SOURCE
+#include <hotload.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+HOTLOAD_PLUGIN("NAME", "1.0.0");
+HOTLOAD_API int32_t sees_secret(void) { return getenv("SECRET") != NULL; }
+HOTLOAD_EXPORT(sees_secret, int32_t, (void));
+HOTLOAD_API int64_t address_space(void)
+{ struct rlimit r; getrlimit(RLIMIT_AS, &r); return (int64_t)r.rlim_cur; }
+HOTLOAD_EXPORT(address_space, int64_t, (void));
+/* Passes only where the plugin will run: the workers' environment, and the
+   limits it will serve under (an isolated plugin's, or the host's own). */
+static int self_test(void)
+{
+    struct rlimit as, cpu;
+    if (sees_secret()) return 1;
+    getrlimit(RLIMIT_AS, &as);
+    getrlimit(RLIMIT_CPU, &cpu);
+    if (as.rlim_cur != EXPECT_AS || as.rlim_max != EXPECT_AS) return 2;
+    if (cpu.rlim_cur != EXPECT_CPU || cpu.rlim_max != EXPECT_CPU) return 3;
+    return 0;
+}
+HOTLOAD_SELF_TEST(self_test);
+"""
+
+
+def _where(cc, name: str, address_space: int, cpu: int) -> Path:
+    def c(v: int) -> str:
+        return "RLIM_INFINITY" if v == resource.RLIM_INFINITY else f"((rlim_t){v}ULL)"
+
+    src = WHERE.replace("NAME", name).replace("SECRET", SECRET)
+    return cc(src.replace("EXPECT_AS", c(address_space)).replace("EXPECT_CPU", c(cpu)), name)
+
+
+def test_preflight_tries_a_build_in_the_environment_and_limits_it_will_run_with(
+    tmp_path: Path, cc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One worker stack: the preflight of an isolated plugin runs under its
+    ``limits``, that of an in-process one under the host's own, and both in
+    the scrubbed environment every worker gets.  Each self-test below fails
+    (rc 1, 2, 3) where the build would not run as tried."""
+    monkeypatch.setenv(SECRET, "the host's")
+    limits = {"address_space": AS_ISOLATED, "cpu_seconds": 600}
+    host_as = resource.getrlimit(resource.RLIMIT_AS)[0]
+    host_cpu = resource.getrlimit(resource.RLIMIT_CPU)[0]
+    caged = _where(cc, "caged", AS_ISOLATED, 600)
+    free = _where(cc, "free", host_as, host_cpu)
+    with Host(tmp_path / "w", preflight_timeout=30.0) as host:
+        p = host.load(caged, isolate=True, limits=limits)  # preflighted under its limits
+        assert p.address_space() == AS_ISOLATED and p.sees_secret() == 0  # served under them
+        misplaced = _where(cc, "misplaced", AS_ISOLATED, 600)  # expects the caged limits...
+        with pytest.raises(PreflightError, match=r"self-test failed \(returned 2\)"):
+            host.load(misplaced)  # ...but runs in process, and is tried without them
+        # the worker that tried the caged build is not reused: the next trial runs
+        # under the host's own limits again, still without the host's environment
+        q = host.load(free)
+        assert q.sees_secret() == 1  # the host has it: the trial's worker did not
+        host.reload("caged")  # a second trial under limits: a fresh worker again
+        host.reload("free")
+        assert host.current("caged").seq == 2 and host.current("free").seq == 2

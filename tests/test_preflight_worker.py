@@ -8,6 +8,8 @@ import ast
 import contextlib
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -19,6 +21,7 @@ import pytest
 from hotload import Host
 from hotload._platform import _proc_posix, _proc_windows
 from hotload._process.preflight import PreflightError, PreflightWorker
+from hotload._process.spawn import Worker
 
 from conftest import ROOT, xp_source
 
@@ -71,10 +74,10 @@ def worker_pids() -> set[int]:
     for task in Path("/proc/self/task").iterdir():
         for pid in (task / "children").read_text().split():
             try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"hotload._process.preflight_worker" in cmd:
+            if b"hotload._process.worker" in cmd and b"preflight" in cmd:
                 found.add(int(pid))
     return found
 
@@ -107,28 +110,44 @@ def test_a_stopped_worker_does_not_block_a_reload_with_a_big_state(tmp_path: Pat
         assert gone(stale) and stale not in worker_pids()
 
 
-def test_write_stops_at_the_deadline_when_nobody_reads() -> None:
-    for module in (_proc_posix, _proc_windows):  # the writer thread runs on any OS
-        r, w = os.pipe()
-        try:
-            assert module.write_all(w, b"x" * 100, time.monotonic() + 5) is True
-            assert os.read(r, 200) == b"x" * 100
-            started = time.monotonic()
-            assert module.write_all(w, b"x" * (1 << 20), time.monotonic() + 0.3) is False
-            assert time.monotonic() - started < 30
-        finally:
-            os.close(r)  # also ends a writer thread still blocked in write()
-            os.close(w)
+def _idle_worker() -> tuple[Worker, socket.socket]:
+    """A Worker around a process that never reads its socket, and the far end."""
+    host_end, far_end = socket.socketpair()
+    sleeper = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], stderr=subprocess.PIPE
+    )
+    return Worker(sleeper, host_end), far_end
 
 
-def test_write_to_a_gone_reader_is_a_broken_pipe() -> None:
-    r, w = os.pipe()
-    os.close(r)
+def test_a_request_stops_at_the_deadline_when_nobody_reads() -> None:
+    worker, far = _idle_worker()
     try:
-        with pytest.raises(BrokenPipeError):
-            _proc_posix.write_all(w, b"x", time.monotonic() + 5)
+        assert worker.send_by(b"x" * 100, time.monotonic() + 5) is True
+        assert far.recv(200) == struct.pack("<I", 100) + b"x" * 100
+        started = time.monotonic()
+        assert worker.send_by(b"x" * (8 << 20), time.monotonic() + 0.3) is False
+        assert worker.recv_by(time.monotonic() + 0.3) is None  # nothing said: the deadline
+        assert time.monotonic() - started < 30
+        far.sendall(struct.pack("<I", 3) + b"abc" + struct.pack("<I", 2) + b"de")
+        deadline = time.monotonic() + 5
+        assert worker.recv_by(deadline) == b"abc"  # frames read exactly, one at a time
+        assert worker.recv_by(deadline) == b"de"
+        far.close()
+        with pytest.raises(EOFError):
+            worker.recv_by(time.monotonic() + 5)
     finally:
-        os.close(w)
+        far.close()
+        worker.kill()
+
+
+def test_a_request_to_a_gone_reader_is_a_broken_pipe() -> None:
+    worker, far = _idle_worker()
+    far.close()
+    try:
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            worker.send_by(b"x" * (1 << 20), time.monotonic() + 5)
+    finally:
+        worker.kill()
 
 
 def test_a_worker_that_does_not_read_the_request_is_refused_in_time(
@@ -291,15 +310,20 @@ def test_a_worker_started_from_a_short_lived_thread_survives_it(tmp_path: Path, 
 
 
 def test_a_worker_exits_at_once_when_its_parent_is_already_gone() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "hotload._process.preflight_worker", "--parent", "1"],
-        input=b"",
-        capture_output=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-    )
-    assert proc.returncode == _proc_posix.EXIT_PARENT_GONE
-    assert b"ready" not in proc.stdout
+    host_end, worker_end = socket.socketpair()
+    with host_end:
+        proc = subprocess.run(
+            [sys.executable, "-s", "-m", "hotload._process.worker", "--role", "preflight"]
+            + ["--parent", "1", "--fd", str(worker_end.fileno())],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
+            pass_fds=[worker_end.fileno()],
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        )
+        worker_end.close()
+        assert proc.returncode == _proc_posix.EXIT_PARENT_GONE
+        assert host_end.recv(64) == b""  # no hello: it never got that far
 
 
 # ---- the platform split -----------------------------------------------------------
@@ -307,7 +331,8 @@ def test_preflight_modules_import_no_posix_only_module_at_top() -> None:
     """On Windows ``select`` works on sockets only and ``fcntl``/``termios`` do
     not exist: only ``_proc_posix`` may import them."""
     src = ROOT / "src" / "hotload"
-    for name in ("_preflight.py", "_preflight_worker.py", "_platform/_proc_windows.py"):
+    modules = ("preflight", "trial", "worker", "spawn", "serving", "isolation")
+    for name in [f"_process/{m}.py" for m in modules] + ["_platform/_proc_windows.py"]:
         tree = ast.parse((src / name).read_text())
         imported = {
             alias.name.split(".")[0]

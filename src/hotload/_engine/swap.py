@@ -262,7 +262,8 @@ class Swapper:
     def _open(
         self, rec: PluginRecord, staged: Staged, old: Version | None, preflight: bool | None
     ) -> Image:
-        """Preflight the staged copy (unless off), then open it here."""
+        """Preflight the staged copy (unless off), under the limits it will run
+        with (an isolated plugin's), then open it: here, or in its worker."""
         cand = staged.cand
         try:
             self._events.check(cand.name, cand.source, cand.prototypes, self._table.plugins())
@@ -284,6 +285,7 @@ class Swapper:
                     max_state_size=self._settings.max_state_size,
                     services=self._standins(imports),
                     want_report=inspector.cached(cand.digest, cand.source) is None,
+                    limits=rec.isolate.limits if rec.isolate is not None else None,
                 )
                 if result.get("report"):  # the worker inspected it: no ELF parse in this process
                     inspector.remember(inspector.Report.from_dict(result["report"]))

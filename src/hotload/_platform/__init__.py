@@ -11,7 +11,7 @@ binfmt    ``BinaryFormat``    ``_elf``             ``_pe``
 dirlock   ``DirectoryLock``   ``_lock_posix``      ``_lock_windows``
 ========  ==================  ===================  =====================
 
-(``proc``, the preflight worker's process plumbing, joins this table from
+(``proc``, the worker processes' plumbing, joins this table from
 ``_proc_api`` / ``_proc_posix`` / ``_proc_windows``.)
 ``dl``'s walk over every loaded object (``dl_iterate_phdr``, for the
 inspector) is its own module, ``_loaded_posix``, which ``_posix`` exports.

@@ -1,10 +1,9 @@
-"""The worker channel contract: what the preflight needs from the OS to talk to
-its worker process, copy a plugin's state blob safely, and tie the worker's
-life to its host.
+"""The worker process contract: what ``_process`` needs from the OS to run a
+worker (preflight or isolated), copy a plugin's state blob safely, tie the
+worker's life to its host, end its process tree, and apply its limits.
 
 ``_proc_posix`` and ``_proc_windows`` are modules that satisfy
-``WorkerProcess``; ``_platform`` picks one as ``proc``.  Deadlines are
-``time.monotonic()`` values, so a whole exchange shares one budget.
+``WorkerProcess``; ``_platform`` picks one as ``proc``.
 """
 
 from __future__ import annotations
@@ -13,18 +12,6 @@ from typing import Any, Protocol
 
 
 class WorkerProcess(Protocol):
-    def read_chunk(self, fd: int, deadline: float) -> bytes | None:
-        """What the pipe ``fd`` holds (waiting up to ``deadline``): ``b""`` at end
-        of file (the writer is gone), None when the deadline passed first."""
-        ...
-
-    def write_all(self, fd: int, data: bytes, deadline: float) -> bool:
-        """Write all of ``data`` to the pipe ``fd``; False when the deadline
-        passed first (a reader that stopped reading must not block the host).
-        ``BrokenPipeError`` when the reader is gone.  After False the pipe is
-        in an unknown state: kill the reader."""
-        ...
-
     def read_memory(self, address: int, size: int) -> bytes:
         """A copy of ``size`` bytes at ``address`` in this process, or ``OSError``
         (EFAULT) when any of them cannot be read: never a crash."""

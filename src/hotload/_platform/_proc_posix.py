@@ -1,6 +1,6 @@
-"""POSIX worker channel (``WorkerProcess`` in ``_proc_api``): pipes with
-deadlines through ``poll``, a state-blob copy through the kernel, and a worker
-that dies with its host.
+"""POSIX worker processes (``WorkerProcess`` in ``_proc_api``): a state-blob
+copy through the kernel, a worker that dies with its host, its process tree,
+the poll of its channel, and its limits.
 
 Why the kernel copies the blob: a plugin's ``on_unload`` hands over a raw
 pointer and size.  Reading them with ``memcpy`` (what ``ffi.buffer`` does)
@@ -24,47 +24,10 @@ import threading
 import time
 from typing import Any
 
-_CHUNK = 1 << 16
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _PARENT_POLL = 0.5  # seconds between parent checks in the worker's watchdog
 EXIT_PARENT_GONE = 70  # a worker whose host is gone exits with this code
-
-
-# ---- pipes with a deadline ---------------------------------------------------
-def _wait(fd: int, events: int, deadline: float) -> bool:
-    """Wait until ``fd`` is ready for ``events`` or ``deadline``; poll, not
-    select, so a descriptor numbered above FD_SETSIZE (1024) still works."""
-    left = deadline - time.monotonic()
-    if left <= 0:
-        return False
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(fd, events)
-        return bool(poller.poll(left * 1000))
-    want_read = events & select.POLLIN
-    ready = select.select([fd] if want_read else [], [] if want_read else [fd], [], left)
-    return any(ready)
-
-
-def read_chunk(fd: int, deadline: float) -> bytes | None:
-    if not _wait(fd, select.POLLIN, deadline):
-        return None
-    return os.read(fd, _CHUNK)  # readable: never blocks; b"" at end of file
-
-
-def write_all(fd: int, data: bytes, deadline: float) -> bool:
-    os.set_blocking(fd, False)  # only the host writes this pipe, and only through here
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view) :]
-            continue
-        except BlockingIOError:
-            pass
-        if not _wait(fd, select.POLLOUT, deadline):
-            return False
-    return True
 
 
 # ---- copying a state blob without faulting ---------------------------------------

@@ -1,14 +1,13 @@
-"""Windows worker channel (``WorkerProcess`` in ``_proc_api``), the twin of
+"""Windows worker processes (``WorkerProcess`` in ``_proc_api``), the twin of
 ``_proc_posix``.
 
-``select`` works only on sockets here, and an anonymous pipe (what
-``subprocess`` gives) cannot be made non-blocking, so: reads poll
-``PeekNamedPipe`` until the deadline, writes run in a short-lived thread the
-caller stops waiting for (killing the worker then breaks the pipe and ends
-it).  The state blob is copied with ``ReadProcessMemory`` on this process,
-which fails with ERROR_PARTIAL_COPY / ERROR_NOACCESS on a bad pointer instead
-of raising an access violation.  The worker waits on a handle of its host
-process and exits when it is signalled.
+The state blob is copied with ``ReadProcessMemory`` on this process, which
+fails with ERROR_PARTIAL_COPY / ERROR_NOACCESS on a bad pointer instead of
+raising an access violation.  A worker waits on a handle of its host process
+and exits when it is signalled.  Worker processes themselves (preflight,
+isolated plugins) are not started on Windows yet: their channel is a Unix
+socketpair passed by descriptor (``_process.spawn``); the process tree, the
+channel's poll and the limits say so.
 
 Nothing here touches kernel32 or ``msvcrt`` at import, so the module imports
 (and is type-checked) on any OS.
@@ -21,14 +20,11 @@ import errno
 import functools
 import os
 import threading
-import time
 from typing import Any
 
-_CHUNK = 1 << 16
 _SYNCHRONIZE = 0x00100000
 _INFINITE = 0xFFFFFFFF
 _WAIT_OBJECT_0 = 0
-_ERROR_BROKEN_PIPE = 109
 _CREATE_NEW_PROCESS_GROUP = 0x00000200
 EXIT_PARENT_GONE = 70
 
@@ -41,17 +37,6 @@ _BOOL = ctypes.c_int
 def _kernel32() -> Any:
     k32 = getattr(ctypes, "WinDLL")("kernel32", use_last_error=True)  # noqa: B009 - not on POSIX
     protos: dict[str, tuple[Any, list[Any]]] = {
-        "PeekNamedPipe": (
-            _BOOL,
-            [
-                _HANDLE,
-                ctypes.c_void_p,
-                _DWORD,
-                ctypes.c_void_p,
-                ctypes.POINTER(_DWORD),
-                ctypes.c_void_p,
-            ],
-        ),
         "ReadProcessMemory": (
             _BOOL,
             [
@@ -74,58 +59,6 @@ def _kernel32() -> Any:
 
 def _last_error() -> int:
     return int(getattr(ctypes, "get_last_error")())  # noqa: B009 - not on POSIX
-
-
-# ---- pipes with a deadline ---------------------------------------------------
-def read_chunk(fd: int, deadline: float) -> bytes | None:
-    import msvcrt
-
-    handle = getattr(msvcrt, "get_osfhandle")(fd)  # noqa: B009 - not on POSIX
-    avail = _DWORD(0)
-    pause = 0.0005
-    while True:
-        if not _kernel32().PeekNamedPipe(handle, None, 0, None, ctypes.byref(avail), None):
-            err = _last_error()
-            if err == _ERROR_BROKEN_PIPE:
-                return b""  # the worker closed its end: it is gone
-            raise OSError(errno.EIO, f"PeekNamedPipe failed (error {err})")
-        if avail.value:
-            return os.read(fd, min(avail.value, _CHUNK))
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return None
-        time.sleep(min(pause, left))
-        pause = min(pause * 2, 0.01)
-
-
-def write_all(fd: int, data: bytes, deadline: float) -> bool:
-    failure: list[OSError] = []
-
-    def write() -> None:
-        view = memoryview(data)
-        try:
-            while view:
-                view = view[os.write(fd, view) :]
-        except OSError as exc:
-            failure.append(exc)
-
-    writer = threading.Thread(target=write, daemon=True, name="hotload-pipe-writer")
-    writer.start()
-    writer.join(max(0.0, deadline - time.monotonic()))
-    if writer.is_alive():
-        return False  # it ends when the caller kills the reader
-    if failure:
-        exc = failure[0]
-        raise (
-            BrokenPipeError(exc.errno, exc.strerror)
-            if exc.errno
-            in (
-                errno.EPIPE,
-                errno.EINVAL,
-            )
-            else exc
-        )
-    return True
 
 
 # ---- copying a state blob without faulting ---------------------------------------

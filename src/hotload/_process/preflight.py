@@ -1,34 +1,32 @@
-"""Preflight: try a new plugin version in a separate process before the host
-loads it, so a build that crashes, hangs or refuses to start is a refused
+"""Preflight: try a new plugin version in a worker process before the host
+opens it, so a build that crashes, hangs or refuses to start is a refused
 reload instead of an outage.
 
-A worker process (``preflight_worker``; a fresh interpreter, never a fork of
-the host) is started once and reused: per reload the cost is a pipe round
-trip plus the plugin's own ``dlopen``/``on_load``/self-test, not a Python
-start-up.  A worker that a plugin crashed or hung is replaced on the next use.
+The worker is the one kind ``spawn`` starts (role ``preflight``, the trial in
+``trial``): a fresh interpreter with the scrubbed environment every worker
+gets, so a build is tried in the environment it will run in; and for an
+isolated plugin with ``limits``, under those limits.  A worker is started
+once and reused: per reload the cost is a round trip on its socket plus the
+plugin's own ``dlopen``/``on_load``/self-test, not a Python start-up.  A
+worker that a plugin crashed, hung or tainted (it left code running), or
+that ran a trial under limits (they cannot be lifted), is replaced: a new one
+is started in the background, so the next check finds it warm.
 
-One deadline (``timeout``) covers the whole exchange, writing the request
+One deadline (``timeout``) covers the whole exchange, sending the request
 included, so a worker that stopped reading cannot block a reload.  A worker
 killed or stopped by someone else is reported as such, not as a crash of the
-build.  The worker dies with the host (see ``_platform.proc.die_with_parent``),
-which is why it is always started from one long-lived thread of this object.
+build.  The worker dies with the host (see ``spawn``).
 """
 
 from __future__ import annotations
 
 import base64
-import collections
-import contextlib
 import json
 import logging
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NoReturn
 
 from .. import _errors as errors
 from .._artifact.loader import MAX_STATE_SIZE
@@ -38,9 +36,10 @@ from .._errors import (
     resource_error,
 )
 from .._platform import proc as channel
+from .spawn import Spawner, Worker, _StartFailed
+from .wire import OP_CONTROL, _Garbage
 
 log = logging.getLogger(__name__)
-WORKER_MODULE = "hotload._process.preflight_worker"
 
 STEP_WORDS = {
     "start": "its start-up (before it checked anything)",
@@ -56,154 +55,89 @@ STEP_WORDS = {
 # Signals that a crashing plugin does not raise: a worker ended by one of these
 # was killed from outside (another process, a terminal, the OOM killer).
 EXTERNAL_SIGNALS = frozenset({"SIGKILL", "SIGTERM", "SIGINT", "SIGHUP"})
-_START_TIMEOUT = 30.0  # seconds a fresh worker may take to say it is ready
 
 
 class PreflightWorker:
-    """One reusable worker process, used under a lock by one host."""
+    """The preflight's workers, used under a lock by one host: the warm one
+    that trials without limits reuse, and (only while builds with limits are
+    tried) a fresh spare for those."""
 
     def __init__(self, timeout: float = 5.0) -> None:
         self.timeout = timeout
-        self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
-        self._stderr: collections.deque[str] = collections.deque(maxlen=40)
-        self._buf = b""
+        self._worker: Worker | None = None  # reused by every trial without limits
+        self._busy: Worker | None = None  # the worker of the check under way
+        self._spawner: Spawner | None = None  # started by the first check
         self._ids = 0
-        # Linux kills the worker (PR_SET_PDEATHSIG) when the *thread* that started
-        # it exits: start it from this object's own thread, never from the
-        # caller's (a control-channel session or watcher thread that ends soon).
-        self._spawner: ThreadPoolExecutor | None = None
 
     @property
     def pid(self) -> int | None:
-        """The running worker's pid (None before the first check)."""
-        proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
+        """The pid of the worker of the check under way, else of the warm one
+        (None before the first check)."""
+        w = self._busy or self._worker
+        return w.pid if w is not None and w.alive() else None
 
-    # -- process management -------------------------------------------------
-    def _spawn(self, source: str = "preflight") -> subprocess.Popen[bytes]:
+    # -- workers ------------------------------------------------------------------
+    def _start(self, source: str) -> Worker:
+        """A ready worker: the spare if one is warm, else a new one (its pid is
+        ``pid`` while it starts)."""
         if self._spawner is None:
-            self._spawner = ThreadPoolExecutor(1, thread_name_prefix="hotload-preflight-spawn")
+            self._spawner = Spawner("preflight")
         try:
-            proc = self._spawner.submit(self._popen).result()
-        except OSError as exc:  # EMFILE for its pipes: say so, not a bare errno
+            worker = self._spawner.take()
+        except OSError as exc:  # EMFILE for its socket or pipes: say so, not a bare errno
             error = resource_error(exc, f"{source}: cannot start the preflight worker")
             if error is None:
                 raise HotloadError(
                     f"{source}: cannot start the preflight worker: {exc.strerror or exc}"
                 ) from None
             raise error from None
-        self._stderr.clear()
-        self._buf = b""
-        threading.Thread(
-            target=self._drain_stderr, args=(proc,), daemon=True, name="hotload-preflight-stderr"
-        ).start()
-        self._proc = proc
-        hello = self._read_line(proc, time.monotonic() + _START_TIMEOUT)
-        if hello is None or not hello.get("ready"):
-            self._start_failed(proc, source)
-        return proc
+        self._busy = worker
+        try:
+            worker.greet()
+        except _StartFailed as exc:
+            raise _start_error(exc, source) from None
+        return worker
 
-    def _start_failed(self, proc: subprocess.Popen[bytes], source: str) -> None:
-        """The worker died or hung before saying it was ready: say how.  A
-        worker killed by SIGKILL/SIGTERM while starting was killed from
-        outside (nothing of the plugin has run yet): the build was not
-        judged, and retrying is worth it."""
-        pid = proc.pid
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=2.0)  # its pipe closed: it is dying; collect how
-        stopped = proc.returncode is None and channel.stopped(pid)
-        code = proc.returncode
-        self._kill()
-        time.sleep(0.01)  # let the stderr drain thread pick up the last lines
-        tail = self._stderr_tail()
-        more = f"; stderr: {tail}" if tail else ""
-        sig = "SIGSTOP" if stopped else channel.exit_signal(code) if code is not None else None
-        if stopped or sig in EXTERNAL_SIGNALS:
-            raise PreflightError(
-                f"{source}: preflight: the worker process (pid {pid}) was "
-                f"{'stopped' if stopped else 'killed'} by {sig} during its start-up, before it "
-                f"checked anything: another process (or the kernel's OOM killer) did it; the new "
-                f"build was not judged, retry the reload" + more,
-                step="start",
-                signal_name=sig,
-                stderr=tail,
-                external=True,
+    def _usable(self, source: str) -> Worker:
+        """The warm worker, or a fresh one if it died or was stopped while idle."""
+        w = self._worker
+        if w is not None and w.alive():
+            if not channel.stopped(w.pid):
+                return w
+            log.warning(
+                "preflight worker (pid %d) is stopped by a signal (SIGSTOP from another "
+                "process?); replacing it",
+                w.pid,
             )
-        if sig is not None:
-            how = f"died of {sig}"
-        elif code is not None:
-            how = f"exited with code {code}"
-        else:
-            how = f"did not say it was ready within {_START_TIMEOUT:g} s"
-        raise HotloadError(
-            f"{source}: preflight worker (pid {pid}) failed to start: it {how}"
-            + (more or "; no output")
-        )
+        self._discard(w, refill=False)
+        self._worker = self._start(source)
+        return self._worker
 
-    @staticmethod
-    def _popen() -> subprocess.Popen[bytes]:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "hotload._process.preflight_worker",
-                "--parent",
-                str(os.getpid()),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            close_fds=True,
-            **channel.spawn_options(),
-        )
-
-    def _drain_stderr(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            self._stderr.append(raw.decode(errors="replace").rstrip())
-
-    def _stderr_tail(self, lines: int = 6) -> str:
-        return " | ".join(list(self._stderr)[-lines:])
-
-    def _kill(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
+    def _discard(self, worker: Worker | None, *, refill: bool = True) -> None:
+        """Kill ``worker`` (and its tree); start its successor in the background."""
+        if worker is None:
             return
-        if proc.poll() is None:
-            proc.kill()  # SIGKILL also ends a stopped process
-        proc.wait()
-        for f in (proc.stdin, proc.stdout):
-            if f is not None:
-                f.close()
+        if worker is self._worker:
+            self._worker = None
+        worker.kill()  # SIGKILL also ends a stopped process
+        if refill and self._spawner is not None:
+            self._spawner.refill()
 
     def close(self) -> None:
         with self._lock:
-            self._kill()
+            self._discard(self._worker, refill=False)
             if self._spawner is not None:
-                self._spawner.shutdown(wait=False)
+                self._spawner.close()
                 self._spawner = None
 
     def start(self) -> None:
         """Start the worker ahead of the first reload (optional)."""
         with self._lock:
-            self._usable()
-
-    def _usable(self, source: str = "preflight") -> subprocess.Popen[bytes]:
-        """The running worker, or a fresh one if it died or was stopped while idle."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            if not channel.stopped(proc.pid):
-                return proc
-            log.warning(
-                "preflight worker (pid %d) is stopped by a signal (SIGSTOP from another "
-                "process?); replacing it",
-                proc.pid,
-            )
-        self._kill()
-        return self._spawn(source)
+            try:
+                self._usable("preflight")
+            finally:
+                self._busy = None
 
     # -- one check ------------------------------------------------------------
     def check(
@@ -220,62 +154,89 @@ class PreflightWorker:
         max_state_size: int = MAX_STATE_SIZE,
         services: Mapping[str, list[Any]] | None = None,
         want_report: bool = True,
+        limits: Mapping[str, int] | None = None,
     ) -> dict[str, Any]:
         """Try the plugin at ``path`` (its private copy); raise PreflightError.
-        ``timeout`` bounds the whole exchange, from writing the request on.
+        ``timeout`` bounds the whole exchange, from sending the request on.
         ``want_report=False``: this process already has the build's report
-        (the worker's copy of a 20-type report costs ~2 ms to ship)."""
+        (the worker's copy of a 20-type report costs ~2 ms to ship).
+        ``limits``: an isolated plugin's, applied in the worker before the
+        plugin's first instruction; such a trial runs in a worker that has run
+        nothing else, which is then replaced."""
         with self._lock:
-            proc = self._usable(source)
-            self._ids += 1
-            rid = self._ids
-            req = {
-                "id": rid,
-                "path": path,
-                "source": source,
-                "name": name,
-                "declared": dict(declared) if declared else None,
-                "prev_version": prev_version,
-                "state": base64.b64encode(state).decode() if state is not None else None,
-                "self_test": self_test,
-                "unload_safe": unload_safe,
-                "max_state_size": max_state_size,
-                "services": dict(services) if services else None,
-                "want_report": want_report,
-            }
-            payload = (json.dumps(req) + "\n").encode()
+            try:
+                return self._check(
+                    {
+                        "op": "trial",
+                        "path": path,
+                        "source": source,
+                        "name": name,
+                        "declared": dict(declared) if declared else None,
+                        "prev_version": prev_version,
+                        "state": base64.b64encode(state).decode() if state is not None else None,
+                        "self_test": self_test,
+                        "unload_safe": unload_safe,
+                        "max_state_size": max_state_size,
+                        "services": dict(services) if services else None,
+                        "want_report": want_report,
+                        "limits": dict(limits) if limits else None,
+                    },
+                    source,
+                )
+            finally:
+                self._busy = None
+
+    def _check(self, req: dict[str, Any], source: str) -> dict[str, Any]:
+        limited = bool(req["limits"])
+        worker = self._start(source) if limited else self._usable(source)
+        self._busy = worker
+        self._ids += 1
+        req["id"] = rid = self._ids
+        body = bytes([OP_CONTROL]) + json.dumps(req).encode()
+        try:
             deadline = time.monotonic() + self.timeout
             try:
-                sent = self._send(proc, payload, deadline)
-            except BrokenPipeError:  # it died after the check above: start afresh once
-                self._kill()
-                proc = self._spawn(source)
+                sent = worker.send_by(body, deadline)
+            except (BrokenPipeError, ConnectionResetError):  # it died after the idle check
+                self._discard(worker, refill=False)  # start afresh, once
+                worker = self._start(source)
+                if not limited:
+                    self._worker = worker
                 deadline = time.monotonic() + self.timeout
-                sent = self._send(proc, payload, deadline)
+                sent = worker.send_by(body, deadline)
             if not sent:
-                return self._failed(proc, source, "send", hung=True)
-            return self._await(proc, source, rid, deadline)
+                self._failed(worker, source, "send", hung=True)
+            return self._await(worker, source, rid, deadline)
+        finally:
+            if limited:  # its limits cannot be lifted: a fresh spare for the next one
+                self._discard(worker)
 
-    @staticmethod
-    def _send(proc: subprocess.Popen[bytes], payload: bytes, deadline: float) -> bool:
-        assert proc.stdin is not None
-        return channel.write_all(proc.stdin.fileno(), payload, deadline)
-
-    def _await(
-        self, proc: subprocess.Popen[bytes], source: str, rid: int, deadline: float
-    ) -> dict[str, Any]:
+    def _await(self, worker: Worker, source: str, rid: int, deadline: float) -> dict[str, Any]:
         step = "check"
         while True:
-            msg = self._read_line(proc, deadline)
-            if msg is None:
-                return self._failed(proc, source, step, hung=time.monotonic() >= deadline)
+            try:
+                frame = worker.recv_by(deadline)
+            except (EOFError, OSError):  # it is gone
+                frame = None
+            except _Garbage as exc:
+                self._failed(worker, source, step, garbage=str(exc))
+            if frame is None:
+                self._failed(worker, source, step, hung=time.monotonic() >= deadline)
+            try:
+                msg = json.loads(frame)
+            except (ValueError, UnicodeDecodeError):
+                msg = None
+            if not isinstance(msg, dict):
+                self._failed(
+                    worker, source, step, garbage=f"a frame that is not a message: {frame[:40]!r}"
+                )
             if msg.get("id") != rid:
                 continue
             if "step" in msg and "done" not in msg:
                 step = msg["step"]
                 continue
             if msg.get("tainted"):
-                self._kill()  # it kept an image that may still run code: start afresh next time
+                self._discard(worker)  # it kept an image that may still run code
             if msg.get("done"):
                 return msg
             known = getattr(errors, msg.get("type") or "", None)
@@ -287,30 +248,34 @@ class PreflightWorker:
                 f"{msg['error'].removeprefix(source + ': ')}",
                 step=msg["step"],
                 rc=msg.get("rc"),
-                stderr=self._stderr_tail(),
+                stderr=worker.tail(),
             )
 
     def _failed(
-        self, proc: subprocess.Popen[bytes], source: str, step: str, *, hung: bool
-    ) -> dict[str, Any]:
-        """The worker died or hung during ``step``: explain, then replace it.
+        self, worker: Worker, source: str, step: str, *, hung: bool = False, garbage: str = ""
+    ) -> NoReturn:
+        """The worker died, hung or broke the protocol during ``step``:
+        explain, then replace it.
 
         A worker stopped by a signal, or killed by one that a crash does not
         raise, was stopped by someone else: say so, and that the build was not
         judged, rather than blame the build."""
         where = STEP_WORDS.get(step, step)
-        pid = proc.pid
-        stopped = hung and channel.stopped(pid)
-        if not hung:
-            try:  # its pipe closed: it is dying; collect how
-                proc.wait(timeout=2.0)
-            except subprocess.TimeoutExpired:
-                hung = True
-                stopped = channel.stopped(pid)
-        self._kill()
-        time.sleep(0.01)  # let the stderr drain thread pick up the last lines
-        tail = self._stderr_tail()
+        pid = worker.pid
+        stopped = hung and worker.stopped()
+        if not hung and not garbage and not worker.reap(2.0):  # its socket closed: it is dying
+            hung = True
+            stopped = worker.stopped()
+        self._discard(worker)
+        tail = worker.tail()
         more = f"; stderr: {tail}" if tail else ""
+        if garbage:
+            raise PreflightError(
+                f"{source}: preflight: the worker wrote garbage to the channel during {where} "
+                f"({garbage}); it was killed" + more,
+                step=step,
+                stderr=tail,
+            )
         if stopped:
             raise PreflightError(
                 f"{source}: preflight: the worker process (pid {pid}) was stopped by a signal "
@@ -332,8 +297,7 @@ class PreflightWorker:
                 step=step,
                 stderr=tail,
             )
-        code = proc.returncode
-        sig = channel.exit_signal(code) if code is not None else None
+        sig, code = worker.how_it_ended()
         if sig in EXTERNAL_SIGNALS:
             raise PreflightError(
                 f"{source}: preflight: the worker process (pid {pid}) was killed by {sig} "
@@ -352,16 +316,6 @@ class PreflightWorker:
                 signal_name=sig,
                 stderr=tail,
             )
-        if (
-            os.name == "nt" and code is not None and code >= 0xC0000000
-        ):  # an NTSTATUS, e.g. access violation
-            raise PreflightError(
-                f"{source}: preflight: the new version crashed with exception 0x{code:08X} "
-                f"during {where}" + more,
-                step=step,
-                exit_code=code,
-                stderr=tail,
-            )
         raise PreflightError(
             f"{source}: preflight: the new version exited the process with code {code} "
             f"during {where}" + more,
@@ -370,15 +324,26 @@ class PreflightWorker:
             stderr=tail,
         )
 
-    def _read_line(self, proc: subprocess.Popen[bytes], deadline: float) -> dict[str, Any] | None:
-        """Next protocol line, or None when the worker died or the deadline passed."""
-        assert proc.stdout is not None
-        fd = proc.stdout.fileno()
-        while b"\n" not in self._buf:
-            chunk = channel.read_chunk(fd, deadline)
-            if not chunk:  # None: the deadline passed; b"": it closed the pipe
-                return None
-            self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
-        result: dict[str, Any] = json.loads(line)
-        return result
+
+def _start_error(exc: _StartFailed, source: str) -> HotloadError:
+    """A worker that never said hello, as the preflight reports it.  One
+    killed by SIGKILL/SIGTERM or stopped while starting was hit from outside
+    (nothing of the plugin has run yet): the build was not judged, and
+    retrying is worth it."""
+    more = f"; stderr: {exc.stderr}" if exc.stderr else ""
+    sig = exc.signal_name
+    if exc.stopped or sig in EXTERNAL_SIGNALS:
+        return PreflightError(
+            f"{source}: preflight: the worker process (pid {exc.pid}) was "
+            f"{'stopped' if exc.stopped else 'killed'} by {sig} during its start-up, before it "
+            f"checked anything: another process (or the kernel's OOM killer) did it; the new "
+            f"build was not judged, retry the reload" + more,
+            step="start",
+            signal_name=sig,
+            stderr=exc.stderr,
+            external=True,
+        )
+    return HotloadError(
+        f"{source}: preflight worker (pid {exc.pid}) failed to start: it {exc.how}"
+        + (more or "; no output")
+    )

@@ -1,18 +1,41 @@
-"""A worker process as the host sees it: start it, talk to it, end it.
+"""The one worker-process runner: every process hotload starts, for a
+preflight trial or to serve an isolated version, is started, greeted, watched
+and ended here (HashiCorp go-plugin has one process runner for every plugin
+kind; this is hotload's).
 
-``spawn`` starts a fresh interpreter running ``_isolated_worker`` (never a
-fork of the host: a fork would copy the host's threads' locks mid-state)
-with only the descriptors it needs and a scrubbed environment, and waits for
-its hello.  ``Worker`` owns the host's ends of its channels (the socketpair
-for control frames and EOF, the service channel, and on Linux x86 the
-shared-memory area and its two eventfds), reads its stderr for crash
-reports, and kills and reaps it together with everything the plugin forked.
+- **A fresh interpreter**, ``python -s -m hotload._process.worker`` (never a
+  fork of the host: a fork would copy the host's threads' locks mid-state),
+  with only the descriptors it needs and a scrubbed environment
+  (``ENV_KEEP``): a plugin sees the same environment in a trial as when it
+  serves.  ``--role`` says which requests it takes (``worker``).
+- **The handshake**: the worker's hello on its socket (``Worker.greet``); a
+  worker that dies, is stopped or stays silent first is ``_StartFailed``,
+  saying how.
+- **Limits**: the worker is started warm, before it knows its plugin, so its
+  rlimits and niceness are applied in the worker by the request that first
+  runs plugin code (``limits`` in an ``open`` or a ``trial``), and such a
+  worker serves nothing else afterwards (a hard limit cannot be raised again).
+- **It dies with the host**: the worker asks for a parent-death signal and
+  watches its parent, and it is forked by one long-lived thread
+  (``Spawner``), since Linux sends that signal when the *thread* that forked
+  it exits.
+- **Its stderr**: a thread keeps the last 40 lines (``Worker.tail``) for
+  crash reports.
+- **Its end**: ``Worker.kill`` ends the worker and everything the plugin
+  forked (its process group, its descendants seen now and before), and
+  ``reap`` collects it.
+
+``Worker`` owns the host's ends of the channels: the socketpair (control
+frames, large bodies, EOF), and for an isolated version the service channel
+and, on Linux x86, the shared-memory area and its two eventfds (the call path,
+``call_shm``).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import logging
 import mmap
 import os
@@ -22,12 +45,9 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .._artifact.loader import ON_LOAD_TYPE, ON_UNLOAD_TYPE, Image, Staged  # noqa: F401
-from .._errors import (
-    HotloadError,
-)
 from .._platform import proc as channel
 from .wire import (
     FRAME,
@@ -49,7 +69,6 @@ from .wire import (
     decode,
     drain,
     encode,
-    shm_supported,
     yield_cpu,
 )
 
@@ -57,13 +76,55 @@ log = logging.getLogger(__name__)
 
 #: Environment variables a worker keeps from the host; everything else is dropped.
 ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "LD_LIBRARY_PATH")
+WORKER_MODULE = "hotload._process.worker"
+ROLES = ("preflight", "isolated")
+HELLO = b"\x00ready"
+START_TIMEOUT = 30.0  # seconds a fresh worker may take to say hello
 
-# ---- one worker process ------------------------------------------------------------
+# The states of an isolated version's worker, as VersionInfo.worker shows them.
 UP, RESTARTING, STOPPED = "running", "restarting", "stopped"
 
 
+class _StartFailed(Exception):
+    """A worker never said hello: how it ended, or that it was stopped
+    (``stopped``) or silent; it has been killed."""
+
+    def __init__(
+        self,
+        pid: int,
+        *,
+        signal_name: str | None,
+        exit_code: int | None,
+        stopped: bool,
+        stderr: str,
+        said: bytes | None,
+        timeout: float,
+    ) -> None:
+        self.pid, self.signal_name, self.exit_code = pid, signal_name, exit_code
+        self.stopped, self.stderr = stopped, stderr
+        if stopped:
+            how = "was stopped by SIGSTOP"
+        elif said is not None:
+            how = f"said {said[:40]!r} instead of hello"
+        elif signal_name is not None:
+            how = f"died of {signal_name}"
+        elif exit_code is not None:
+            how = f"exited with code {exit_code}"
+        else:
+            how = f"did not say it was ready within {timeout:g} s"
+        self.how = how
+        super().__init__(
+            f"worker (pid {pid}) failed to start: it {how}"
+            + (f"; stderr: {stderr}" if stderr else "; no output")
+        )
+
+
+# ---- one worker process ------------------------------------------------------------
 class Worker:
-    """A running worker process and its end of the channel."""
+    """A worker process and the host's ends of its channels: the socket
+    (control frames, large bodies, EOF), and for an isolated version the
+    service channel and the shared-memory area.  Started by ``start``, ready
+    once ``greet`` has read its hello."""
 
     def __init__(
         self,
@@ -81,6 +142,7 @@ class Worker:
         self._reap_lock = threading.Lock()
         self._reaped = False
         self.pid = popen.pid
+        self.greeted = False  # its hello came: the interpreter is up and listening
         self._timeout: float | None = None
         self.mm: mmap.mmap | None = None
         self.seq = 0
@@ -113,11 +175,96 @@ class Worker:
                 pipe.close()
 
     def tail(self, lines: int = 6) -> str:
-        self._drain.join(0.2)  # its last words, when it is dead
+        """Its last stderr lines, ``" | "``-joined (its last words, when it is dead)."""
+        if self.popen.returncode is not None:
+            self._drain.join(0.2)
         return " | ".join(list(self.stderr)[-lines:])
 
     def alive(self) -> bool:
         return self.popen.poll() is None
+
+    def stopped(self) -> bool:
+        """Stopped by a signal (SIGSTOP, job control, a tracer): it cannot
+        make progress until someone resumes it."""
+        return channel.stopped(self.pid)
+
+    # -- the handshake -----------------------------------------------------------------
+    def greet(self, timeout: float = START_TIMEOUT) -> None:
+        """Wait for its hello (once); ``_StartFailed`` saying how it ended, or
+        that it was stopped or silent, when none came.  The worker is killed
+        then."""
+        if self.greeted:
+            return
+        try:
+            hello: bytes | None = self.recv(timeout)
+        except (EOFError, OSError, _Garbage):  # OSError: TimeoutError, a reset
+            hello = None
+        if hello == HELLO:
+            self.greeted = True
+            return
+        if hello is None:  # its socket closed (it is dying: collect how) or it said nothing
+            self.reap(2.0)
+        stopped = self.popen.returncode is None and self.stopped()
+        code = self.popen.returncode
+        self.kill()
+        sig = channel.exit_signal(code) if code is not None else None
+        raise _StartFailed(
+            self.pid,
+            signal_name="SIGSTOP" if stopped else sig,
+            exit_code=code,
+            stopped=stopped,
+            stderr=self.tail(),
+            said=hello,
+            timeout=timeout,
+        )
+
+    # -- requests with one deadline (a trial: the host must not wait past it) -----------
+    def send_by(self, body: bytes, deadline: float) -> bool:
+        """Send one frame; False when ``deadline`` passed first (the worker
+        stopped reading: the channel is in an unknown state, kill it).
+        ``BrokenPipeError``/``ConnectionResetError`` when it is gone."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        self._settimeout(left)
+        try:
+            self.sock.sendall(FRAME.pack(len(body)) + body)  # the timeout bounds the whole send
+        except TimeoutError:
+            return False
+        return True
+
+    def recv_by(self, deadline: float) -> bytes | None:
+        """The next frame, read exactly (several may be on their way); None
+        when ``deadline`` passed first, ``EOFError`` when the worker is gone,
+        ``_Garbage`` for a length no frame may have."""
+        try:
+            (n,) = FRAME.unpack(self._exactly_by(4, deadline))
+            if n > MAX_FRAME:
+                raise _Garbage(f"a frame of {n} bytes")
+            return self._exactly_by(n, deadline)
+        except TimeoutError:
+            return None
+
+    def _exactly_by(self, n: int, deadline: float) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            self._settimeout(left)
+            try:
+                chunk = self.sock.recv(n - len(buf))
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                raise EOFError
+            buf += chunk
+        return buf
+
+    def _settimeout(self, timeout: float | None) -> None:
+        if timeout != self._timeout:
+            self.sock.settimeout(timeout)
+            self._timeout = timeout
 
     def send(self, body: bytes) -> None:
         self.sock.sendall(FRAME.pack(len(body)) + body)
@@ -326,67 +473,162 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     return buf
 
 
-def spawn() -> Worker:
-    """Start a worker process and wait for its hello (the spare pool calls this
-    on a thread of its own)."""
-    host_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    svc_host, svc_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+def worker_env() -> dict[str, str]:
+    """The environment every worker gets: ``ENV_KEEP`` from the host's (and
+    ``LC_*``), plus the host's ``sys.path`` so it imports this very hotload."""
     env = {k: v for k, v in os.environ.items() if k in ENV_KEEP or k.startswith("LC_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    argv = [
-        sys.executable,
-        "-s",
-        "-m",
-        "hotload._process.isolated_worker",
-        "--parent",
-        str(os.getpid()),
-        "--fd",
-        str(worker_end.fileno()),
-        "--svc",
-        str(svc_worker.fileno()),
-    ]
-    fds = [worker_end.fileno(), svc_worker.fileno()]
-    shm: tuple[mmap.mmap, int, int] | None = None
+    return env
+
+
+def start(role: str, *, shm: bool = False, services: bool = False) -> Worker:
+    """Start a worker process of ``role``: the socket always, the service
+    channel and the shared-memory area when asked.  Returns at once (greet it
+    before use); ``OSError`` as the system gave it (out of descriptors, say),
+    with nothing left open.  Call it from a thread that lives as long as the
+    worker (``Spawner``)."""
+    if role not in ROLES:
+        raise ValueError(f"unknown worker role {role!r}")
+    if os.name == "nt":  # no socketpair to pass by descriptor (see _platform._proc_windows)
+        raise OSError(errno.ENOSYS, "worker processes need a POSIX host (not built for Windows)")
+    argv = [sys.executable, "-s", "-m", WORKER_MODULE, "--role", role]
+    argv += ["--parent", str(os.getpid())]
+    opened: list[Any] = []  # closed if anything below fails
+    passed: list[int] = []  # the worker's ends, closed here once it has them
     memfd = -1
     try:
-        if shm_supported():
+        host_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        opened += [host_end, worker_end]
+        argv += ["--fd", str(worker_end.fileno())]
+        passed.append(worker_end.fileno())
+        svc_host: socket.socket | None = None
+        if services:
+            svc_host, svc_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            opened += [svc_host, svc_worker]
+            argv += ["--svc", str(svc_worker.fileno())]
+            passed.append(svc_worker.fileno())
+        area: tuple[mmap.mmap, int, int] | None = None
+        if shm:
             memfd = os.memfd_create("hotload-isolate", os.MFD_CLOEXEC)
             os.ftruncate(memfd, SHM_SIZE)
+            mm = mmap.mmap(memfd, SHM_SIZE)
+            opened.append(mm)
             flags = os.EFD_CLOEXEC | os.EFD_NONBLOCK
-            shm = (mmap.mmap(memfd, SHM_SIZE), os.eventfd(0, flags), os.eventfd(0, flags))
-            fds += [memfd, shm[1], shm[2]]
-            argv += ["--shm", f"{memfd},{shm[1]},{shm[2]}"]
+            wake = os.eventfd(0, flags)
+            opened.append(wake)
+            done = os.eventfd(0, flags)
+            opened.append(done)
+            area = (mm, wake, done)
+            argv += ["--shm", f"{memfd},{wake},{done}"]
+            passed += [memfd, wake, done]
         popen = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            env=env,
+            env=worker_env(),
             close_fds=True,
-            pass_fds=fds,
+            pass_fds=passed,
             **channel.spawn_options(),
         )
-    except OSError as exc:
-        host_end.close()
-        svc_host.close()
-        if shm is not None:
-            shm[0].close()
-            os.close(shm[1])
-            os.close(shm[2])
-        raise HotloadError(f"cannot start an isolated worker: {exc}") from None
+    except BaseException:
+        for f in opened:
+            with contextlib.suppress(OSError):
+                if isinstance(f, int):
+                    os.close(f)
+                else:
+                    f.close()
+        raise
     finally:
-        worker_end.close()
-        svc_worker.close()
         if memfd >= 0:
             os.close(memfd)  # the mapping stays; the plugin cannot write() into it
-    worker = Worker(popen, host_end, shm, svc_host)
-    try:
-        hello = worker.recv(30.0)
-    except (EOFError, TimeoutError, _Garbage):
-        worker.kill()
-        tail = worker.tail() or "no output"
-        raise HotloadError(f"isolated worker (pid {worker.pid}) failed to start: {tail}") from None
-    if hello != b"\x00ready":
-        worker.kill()
-        raise HotloadError(f"isolated worker (pid {worker.pid}) said {hello[:40]!r}")
-    return worker
+    for f in opened:  # the worker's ends: it has its own copies now
+        if isinstance(f, socket.socket) and f.fileno() in passed:
+            f.close()
+    return Worker(popen, host_end, area, svc_host)
+
+
+class Spawner:
+    """Starts the workers of one role from one long-lived thread, and keeps
+    one spare warm when asked (``refill``), so the next ``take`` pays a round
+    trip, not an interpreter start.
+
+    Linux sends a worker its parent-death signal when the *thread* that forked
+    it exits: every worker is forked by this object's own thread, never by
+    the caller's (a control-channel session or a watcher thread that ends
+    soon)."""
+
+    def __init__(self, role: str, *, shm: bool = False, services: bool = False) -> None:
+        self.role = role
+        self._kw = {"shm": shm, "services": services}
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"hotload-{role}-spawn")
+        self._cv = threading.Condition()
+        self._spare: Worker | None = None
+        self._refilling = False
+        self._closed = False
+
+    def start(self) -> Worker:
+        """A new worker, forked on this object's thread; not greeted yet, so
+        its pid is known while it starts."""
+        return self._thread.submit(start, self.role, **self._kw).result()
+
+    def take(self) -> Worker:
+        """The warm spare (greeted) if it is alive and running, waiting for one
+        being started; else a new worker (not greeted yet)."""
+        with self._cv:
+            self._cv.wait_for(lambda: not self._refilling, START_TIMEOUT)
+            spare, self._spare = self._spare, None
+        if spare is not None and (not spare.alive() or spare.stopped()):
+            spare.kill()
+            spare = None
+        return spare or self.start()
+
+    def refill(self) -> None:
+        """Start a spare in the background, unless one is there or coming."""
+        with self._cv:
+            if self._closed or self._spare is not None or self._refilling:
+                return
+            self._refilling = True
+        try:
+            self._thread.submit(self._refill)
+        except RuntimeError:  # closed meanwhile
+            with self._cv:
+                self._refilling = False
+                self._cv.notify_all()
+
+    def _refill(self) -> None:
+        worker: Worker | None = None
+        try:
+            worker = start(self.role, **self._kw)
+            worker.greet()
+        except (OSError, _StartFailed) as exc:
+            log.warning("could not start a spare %s worker: %s", self.role, exc)
+        finally:
+            if worker is not None and not worker.greeted:
+                worker.kill()
+                worker = None
+            with self._cv:
+                self._refilling = False
+                if worker is not None and self._spare is None and not self._closed:
+                    self._spare, worker = worker, None
+                self._cv.notify_all()
+        if worker is not None:
+            worker.kill()
+
+    def warm(self, timeout: float = 10.0) -> bool:
+        """Wait until a spare is ready (True), e.g. before timing a reload."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self._spare is not None, timeout)
+
+    def close(self) -> None:
+        """Kill the spare; a refill under way is waited for and killed too."""
+        with self._cv:
+            self._closed = True
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.kill()
+        self._thread.shutdown(wait=True)
+        with self._cv:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.kill()

@@ -1,5 +1,5 @@
 """How a call crosses the process boundary: the wire format shared by the
-host (``_isolation``, ``_workerproc``) and the worker (``_isolated_worker``).
+host (``proxy``, ``spawn``, ``service_channel``) and the worker (``serving``).
 
 Each export (and each host service an isolated plugin imports) gets a
 ``CallPlan`` at load, which says how its arguments and result travel, or a
@@ -19,7 +19,7 @@ NUL-terminated string, in); a pointer to a scalar type immediately followed
 by a ``size_t`` parameter (a buffer and its length in elements); a
 plain-data struct (no pointer at any depth) by value, or one struct by
 pointer, carried as its ``sizeof`` bytes: both sides are the same machine
-and the layout was verified against the compiler's (``_types``); a
+and the layout was verified against the compiler's (``_contract.structs``); a
 ``char *``, struct or scalar result.  Anything else (``void *``, function
 pointers, structs with pointer fields, pointers to pointers) is refused with
 the reason.
@@ -42,7 +42,7 @@ from .._errors import (
     SignatureError,
 )
 
-# ---- the wire format (shared with _isolated_worker) -----------------------------
+# ---- the wire format (shared with the worker, ``serving``) ---------------------
 FRAME = struct.Struct("<I")
 OP_CALL = 1
 OP_CONTROL = 2

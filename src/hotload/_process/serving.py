@@ -1,13 +1,14 @@
-"""The isolated worker: a separate Python process that runs one version of
-one plugin (``python -m hotload._process.isolated_worker --parent PID --fd N``).
+"""The isolated role of the worker (``worker --role isolated``): it opens one
+version of one plugin and serves its calls and hooks.
 
-It is a fresh interpreter started by the host (never a fork of it), warm
-before it knows its plugin: the host keeps one spare ready, so a reload or a
-restart after a crash pays a ``dlopen`` and a round trip, not a Python
-start-up.  It serves one request at a time on the socket ``--fd`` (the wire
-format is in ``_wire``); the plugin's own stdout goes to stderr, which
-the host keeps the tail of for crash reports.  It ends when the host ends
-(parent-death signal) or closes the channel.
+The worker is warm before it knows its plugin: the host keeps one spare
+ready, so a reload or a restart after a crash pays a ``dlopen`` and a round
+trip, not a Python start-up.  The ``open`` request applies the plugin's
+limits, declares its types, binds its imports to the service channel, then
+``dlopen``s the copy.  Calls come one at a time, through the shared-memory
+area when there is one, else (and for bodies too large for it) on the socket;
+the wire format is in ``wire``.  A ``trial`` request is refused here (that is
+the preflight role's).
 """
 
 from __future__ import annotations
@@ -17,55 +18,39 @@ import json
 import os
 import socket
 import struct
-import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
+from .._artifact import loader, signatures
+from .._errors import HookError, HotloadError
+from .._platform import proc
+from . import wire
 
-def _main(argv: list[str]) -> int:
-    from .._platform import proc
 
-    parent = int(argv[argv.index("--parent") + 1])
-    fd = int(argv[argv.index("--fd") + 1])
-    proc.die_with_parent(parent)
-    proc.adopt_orphans()  # a plugin's forked children stay in this tree, to be ended with it
-    os.dup2(2, 1)  # plugin printf()s go to stderr
-    sys.stdout = sys.stderr
-    from .._artifact import loader, signatures
-    from .._errors import HotloadError
-    from . import wire
+def session(
+    send: Callable[[bytes], None],
+    recv: Callable[[], bytes | None],
+    sock: socket.socket,
+    *,
+    svc_fd: int,
+    shm: tuple[int, int, int] | None,
+) -> Callable[[], None]:
+    """The isolated role's request loop, its channels mapped, to run after
+    the hello."""
+    area = _Shm(*shm, sock) if shm is not None else None
+    return lambda: _serve(send, recv, area, svc_fd)
 
-    sock = socket.socket(fileno=fd)
-    frame = wire.FRAME
+
+def _serve(
+    send: Callable[[bytes], None],
+    recv: Callable[[], bytes | None],
+    shm: _Shm | None,
+    svc_fd: int,
+) -> None:
+    """Serve requests until the host closes the channel."""
     ffi = signatures.ffi
-
-    def send(body: bytes) -> None:
-        sock.sendall(frame.pack(len(body)) + body)
-
-    def recv() -> bytes | None:
-        buf = b""
-        want = 4
-        size = None
-        while True:
-            while len(buf) < want:
-                chunk = sock.recv(max(want - len(buf), 65536) if size is None else want - len(buf))
-                if not chunk:
-                    return None
-                buf += chunk
-            if size is None:
-                (size,) = frame.unpack_from(buf)
-                want = 4 + size
-                continue
-            return buf[4:want]
-
-    svc_fd = int(argv[argv.index("--svc") + 1]) if "--svc" in argv else -1
-    shm = None
-    if "--shm" in argv:
-        memfd, wake, done = (int(x) for x in argv[argv.index("--shm") + 1].split(","))
-        shm = _Shm(memfd, wake, done, sock)
-
-    send(b"\x00ready")
     fns: list[Any] = []
     plans: list[wire.CallPlan] = []
     hooks: dict[str, Any] = {}
@@ -80,8 +65,7 @@ def _main(argv: list[str]) -> int:
             continue  # a call came through shared memory
         body = recv()
         if body is None:
-            proc.end_descendants(1.0)  # what the plugin forked ends with its version
-            return 0
+            return  # the host closed the channel: the version stops
         op = body[0]
         if op == wire.OP_CALL:
             (idx,) = struct.unpack_from("<H", body, 1)
@@ -123,8 +107,6 @@ def _main(argv: list[str]) -> int:
                     len(state) if state else 0,
                 )
                 if rc != 0:
-                    from .._errors import HookError
-
                     raise HookError(
                         f"{source}: on_load refused to start (returned {rc}) with the state of "
                         f"version {prev or '(none)'}"
@@ -135,8 +117,6 @@ def _main(argv: list[str]) -> int:
                 rc = hooks["on_unload"](ptr, size)
                 who = f"{source}: on_unload"
                 if rc != 0:
-                    from .._errors import HookError
-
                     raise HookError(f"{who} failed (returned {rc}); it keeps serving")
                 address = int(ffi.cast("uintptr_t", ptr[0]))
                 blob = loader.copy_state(who, address, int(size[0]), int(req["max"]))
@@ -150,13 +130,10 @@ def _main(argv: list[str]) -> int:
 
 
 class _Shm:
-    """The worker's end of the shared-memory channel (see ``_wire``)."""
+    """The worker's end of the shared-memory channel (see ``wire``)."""
 
     def __init__(self, memfd: int, wake: int, done: int, sock: socket.socket) -> None:
         import mmap
-
-        from .._platform import proc
-        from . import wire
 
         self.mm = mmap.mmap(memfd, wire.SHM_SIZE)
         os.close(memfd)  # a plugin write()ing to stray descriptors cannot reach it
@@ -251,14 +228,12 @@ def _types(decls: list[dict[str, Any]] | None, source: str) -> None:
 def _imports(req: dict[str, Any], svc_fd: int, source: str) -> Any:
     """Bind the plugin's imports, before it is opened, to forwarders that send
     each call to the host and wait for its answer (None: it imports nothing).
-    The binding is the one an in-process host makes (``_services``): a
+    The binding is the one an in-process host makes (``_contract.services``): a
     data-only library defines the symbols, the slots point at callbacks."""
     imports: dict[str, list[Any]] = req.get("imports") or {}
     if not imports:
         return None
     from .._contract import services
-    from .._errors import HotloadError
-    from . import wire
 
     if svc_fd < 0:
         raise HotloadError(f"{source}: imports host services, but the worker has no channel")
@@ -291,8 +266,6 @@ class _ServiceClient:
         self.main = threading.get_ident()  # the thread that serves the host's calls
 
     def forwarder(self, cp: Any) -> Any:
-        from . import wire
-
         head = struct.Struct("<QB")
 
         def forward(*args: Any) -> Any:
@@ -337,8 +310,6 @@ class _ServiceClient:
                 self.cv.notify_all()
 
     def _frame(self) -> bytes:
-        from . import wire
-
         buf = b""
         want = 4
         while len(buf) < want:
@@ -352,7 +323,3 @@ class _ServiceClient:
                     raise EOFError(f"a service answer of {n} bytes")
                 want = 4 + n
         return buf[4:]
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,495 @@
+"""One isolated version as the host sees it: ``Proxy`` forwards its calls
+and hooks to its worker process, and handles the worker's crashes per
+``on_crash`` (restart with backoff from the warm spare, roll back, or stop).
+
+A call takes the version's lock (one call in a worker at a time) and goes
+through the worker's shared-memory area when there is one (``spawn.Worker.
+call_shm``), else on its socket.  A worker that dies, hangs past
+``call_timeout`` or breaks the protocol during a call is killed, the call
+raises ``PluginCrashedError`` (or ``PluginTimeoutError``), and every call
+queued for that worker raises too.  The version and its forwarders outlive
+its workers: a restart puts a new worker behind the same forwarders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn, Protocol
+
+from .._contract.services import ImportBinding
+from .._errors import HotloadError, PluginCrashedError, PluginTimeoutError
+from .._platform import proc as channel
+from . import service_channel
+from .options import Isolated
+from .spawn import RESTARTING, STOPPED, UP, Worker
+from .wire import (
+    OP_CONTROL,
+    ST_ERROR,
+    ST_OK,
+    CallPlan,
+    _Garbage,
+    _worker_error,
+    _WorkerError,
+    decode,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Supervisor(Protocol):
+    """What a proxy needs of the supervisor that owns it (``isolation.Isolation``)."""
+
+    shm: bool  # calls go through shared memory
+    closed: bool  # the host is closing: a SIGKILL is ours, not a crash
+    exit_faults: int  # workers that crashed or hung at exit, after their stop
+
+    def take(self) -> Worker: ...
+    def later(self, job: Callable[[], None]) -> None: ...
+    def rollback(self, name: str) -> None: ...
+    def forget(self, proxy: Proxy, *, exiting: bool = False) -> None: ...
+
+
+class Proxy:
+    """One isolated version's worker, as the host sees it: calls, hooks,
+    crash handling and restarts.  Replaces the worker on a restart; the
+    version (and its forwarders) stay the same."""
+
+    def __init__(
+        self,
+        iso: Supervisor,
+        name: str,
+        seq: int,
+        source: str,
+        cps: dict[str, CallPlan],
+        opts: Isolated,
+        hook_timeout: float | None,
+    ) -> None:
+        self.iso, self.name, self.seq, self.source = iso, name, seq, source
+        self.cps, self.opts, self.hook_timeout = cps, opts, hook_timeout
+        self.request: dict[str, Any] = {}
+        self.lock = threading.Lock()
+        self.worker: Worker | None = None
+        self.state = UP
+        self.gen = 0
+        self.restarts = 0
+        self.crashes: list[float] = []
+        self.last_error: PluginCrashedError | None = None
+        self.ready = threading.Event()
+        self.ready.set()
+        self.retiring = False
+        self.prev_version: str | None = None
+        self.snapshot: bytes | None = None  # the state the version started with, or its latest
+        self.started_with_state = False
+        self.call_started = 0.0  # monotonic time of the call in the worker now (0: idle)
+        self.has_on_load = False
+        self._exiting: Worker | None = None  # asked to stop, not reaped yet
+        self._gone_lock = threading.Lock()
+        self.exit_fault = ""  # a crash or hang of its worker at exit, after its stop
+        self.streak = 0  # crashes in a row with no successful call between them
+        self.served_ok = True  # a call succeeded since the last (re)start: resets the backoff
+        self.live = False  # serving: a crash before this point is a refused load, no policy
+        self.binding: ImportBinding | None = None  # its imports (errors are counted there)
+        self.svc_plans: list[CallPlan] = []  # how each imported service's calls cross
+        self.nested: int | None = None  # the thread serving a service its worker's call waits for
+
+    @property
+    def pid(self) -> int | None:
+        w = self.worker
+        return w.pid if w is not None and self.state == UP else None
+
+    def rss(self) -> int:
+        w = self.worker
+        return w.rss() if w is not None and self.state == UP else 0
+
+    # -- start --------------------------------------------------------------------
+    def start(self, worker: Worker) -> None:
+        """Have ``worker`` open the copy (dlopen, resolve); the caller's thread."""
+        with self.lock:
+            self.worker = worker
+            service_channel.listen(self, worker)
+            self._control(self.request, 30.0, "opening the copy (dlopen, resolving exports)")
+            self.live = not self.request.get("on_load")
+
+    def _control(self, req: dict[str, Any], timeout: float | None, what: str) -> Any:
+        """A JSON request to the worker; the lock is held."""
+        body = bytes([OP_CONTROL]) + json.dumps(req).encode()
+        reply = self._exchange(body, timeout, what)
+        if reply[:1] == bytes([ST_ERROR]):
+            raise _worker_error(reply)
+        if reply[:1] != bytes([ST_OK]):
+            self._crashed(self._w(), what, garbage="a bad control reply")
+        try:
+            return json.loads(reply[1:].decode()) if len(reply) > 1 else None
+        except (ValueError, UnicodeDecodeError):
+            self._crashed(self._w(), what, garbage="an unreadable control reply")
+
+    def _w(self) -> Worker:
+        if self.worker is None:
+            raise self._dead_error()
+        return self.worker
+
+    def _exchange(self, body: bytes, timeout: float | None, what: str) -> bytes:
+        worker = self.worker
+        if worker is None:
+            raise self._dead_error()
+        self.call_started = time.monotonic()
+        try:
+            worker.send(body)
+            return worker.recv(timeout)
+        except TimeoutError:
+            self._crashed(worker, what, timeout=timeout)
+        except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+            self._crashed(worker, what)
+        except _Garbage as exc:
+            self._crashed(worker, what, garbage=str(exc))
+        finally:
+            self.call_started = 0.0
+        raise AssertionError("unreachable")
+
+    # -- calls ----------------------------------------------------------------------
+    def forwarder(self, cp: CallPlan) -> Callable[..., Any]:
+        call = self.call
+
+        def forward(*args: Any) -> Any:
+            return call(cp, args)
+
+        forward.__name__ = cp.fname
+        return forward
+
+    def call(self, cp: CallPlan, args: tuple[Any, ...]) -> Any:
+        if self.nested is not None and self.nested == threading.get_ident():
+            raise HotloadError(
+                f"{self.source}: {cp.fname} called from a host service that {self.name} "
+                f"v{self.seq} is waiting for: its worker serves one call at a time, so this "
+                f"would deadlock (call it after the service returns, or from another thread)"
+            )
+        body = None if self.iso.shm else encode(cp, args)
+        gen = self.gen
+        while True:
+            with self.lock:
+                if self.gen != gen:  # the worker this call was queued for crashed
+                    raise self._dead_error()
+                if self.state == UP:
+                    if body is None:
+                        result = self._call_shm(cp, args)
+                        if result is not NotImplemented:
+                            self.served_ok = True
+                            return result
+                        body = encode(cp, args)
+                    reply = self._exchange(body, self.opts.call_timeout, cp.fname)
+                    try:
+                        result = decode(cp, reply, args)
+                        self.served_ok = True
+                        return result
+                    except _Garbage as exc:
+                        self._crashed(self._w(), cp.fname, garbage=str(exc))
+                    except _WorkerError as exc:
+                        raise HotloadError(f"{self.source}: {cp.fname}: {exc}") from None
+                if self.state == STOPPED:
+                    raise self._dead_error()
+            # restarting: wait for the new worker (bounded), then try once more
+            if not self.ready.wait(30.0):
+                raise self._dead_error()
+            gen = self.gen
+
+    def _call_shm(self, cp: CallPlan, args: tuple[Any, ...]) -> Any:
+        """A call through the worker's shared memory (the lock is held)."""
+        worker = self._w()
+        if worker.mm is None:
+            return NotImplemented
+        self.call_started = time.monotonic()
+        try:
+            return worker.call_shm(cp, args, self.opts.call_timeout)
+        except TimeoutError:
+            self._crashed(worker, cp.fname, timeout=self.opts.call_timeout)
+        except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+            self._crashed(worker, cp.fname)
+        except ValueError:
+            if worker.wake != -1:
+                raise
+            self._crashed(worker, cp.fname)  # reaped meanwhile: its mapping was released
+        except _Garbage as exc:
+            self._crashed(worker, cp.fname, garbage=str(exc))
+        except _WorkerError as exc:
+            raise HotloadError(f"{self.source}: {cp.fname}: {exc}") from None
+        finally:
+            self.call_started = 0.0
+        raise AssertionError("unreachable")
+
+    def _dead_error(self) -> PluginCrashedError:
+        if self.last_error is not None:
+            return self.last_error
+        return PluginCrashedError(f"{self.source}: {self.name} v{self.seq}: its worker is stopped")
+
+    # -- crashes ---------------------------------------------------------------------
+    def _crashed(
+        self,
+        worker: Worker,
+        what: str,
+        *,
+        timeout: float | None = None,
+        garbage: str = "",
+        outside: str = "",
+    ) -> NoReturn:
+        """The worker died, hung or broke the protocol during ``what``: kill
+        it, raise the error here, and hand the rest to the crash policy.
+        The lock is held (or was given up by ``stop``)."""
+        garbage = garbage or worker.svc_garbage
+        if garbage or timeout is not None or outside or not worker.reap(2.0):
+            worker.kill()
+        sig, code = worker.how_it_ended()
+        tail = worker.tail()
+        who = f"{self.source}: {self.name} v{self.seq} (isolated worker, pid {worker.pid})"
+        more = f"; stderr: {tail}" if tail else ""
+        err: PluginCrashedError
+        knob = "hook_timeout" if what in ("on_load", "on_unload") else "call_timeout"
+        if timeout is not None:
+            err = PluginTimeoutError(
+                f"{who}: {what} did not return within {timeout:g} s ({knob}); the "
+                f"worker was killed" + more,
+                signal_name=None,
+                stderr=tail,
+            )
+        elif garbage:
+            err = PluginCrashedError(
+                f"{who}: wrote garbage to the channel during {what} ({garbage}); the worker "
+                f"was killed" + more,
+                stderr=tail,
+            )
+        elif outside:
+            err = PluginCrashedError(f"{who}: {outside}" + more, signal_name="SIGSTOP", stderr=tail)
+        elif self.iso.closed and sig == "SIGKILL":  # we ended it: no crash to report
+            err = PluginCrashedError(
+                f"{who}: the host was closed during {what}; the worker was stopped before the "
+                f"call returned",
+                signal_name=sig,
+                stderr=tail,
+            )
+        elif sig is not None:
+            err = PluginCrashedError(
+                f"{who}: crashed with {sig} during {what}" + more, signal_name=sig, stderr=tail
+            )
+        else:
+            err = PluginCrashedError(
+                f"{who}: the worker exited with code {code} during {what}" + more,
+                exit_code=code,
+                stderr=tail,
+            )
+        if self.worker is not worker:  # stopped by the host meanwhile: no policy
+            raise err
+        log.error("%s", err)
+        self.last_error = err
+        self.gen += 1
+        self.worker = None
+        self._after_crash()
+        raise err
+
+    def _after_crash(self) -> None:
+        now = time.monotonic()
+        self.crashes = [t for t in self.crashes if now - t < self.opts.restart_window] + [now]
+        policy = self.opts.on_crash
+        if self.retiring or self.state == STOPPED or not self.live:
+            self.state = STOPPED
+            return
+        if policy == "restart" and len(self.crashes) > self.opts.max_restarts:
+            log.error(
+                "%s v%d: crash loop: %d crashes within %g s; stopped (reload or roll back)",
+                self.name,
+                self.seq,
+                len(self.crashes),
+                self.opts.restart_window,
+            )
+            self.state = STOPPED
+            if self.last_error is not None:
+                self.last_error = PluginCrashedError(
+                    f"{self.last_error}; crash loop: {len(self.crashes)} crashes within "
+                    f"{self.opts.restart_window:g} s, restarts stopped (reload or roll back)",
+                    signal_name=self.last_error.signal_name,
+                    stderr=self.last_error.stderr,
+                )
+            return
+        if policy == "restart":
+            self.state = RESTARTING
+            self.ready.clear()
+            self.streak = 0 if self.served_ok else self.streak + 1
+            self.served_ok = False
+            delay = min(0.05 * 2 ** (self.streak - 1), 2.0) if self.streak else 0.0
+            self.iso.later(lambda: self._restart(delay))
+            return
+        self.state = STOPPED
+        if policy == "rollback":
+            self.iso.rollback(self.name)
+
+    def _restart(self, delay: float) -> None:
+        if delay:
+            time.sleep(delay)
+        try:
+            worker = self.iso.take()
+        except HotloadError as exc:
+            log.error("%s v%d: restart failed: %s", self.name, self.seq, exc)
+            with self.lock:
+                self.state = STOPPED
+            self.ready.set()
+            return
+        with self.lock:
+            if self.state != RESTARTING:
+                worker.kill()
+                self.ready.set()
+                return
+            self.worker = worker
+            self.state = UP
+            service_channel.listen(self, worker)
+            try:
+                self._control(self.request, 30.0, "opening the copy (restart)")
+                if self.has_on_load:
+                    self._on_load(self.prev_version, self.snapshot)
+                self.restarts += 1
+                log.warning(
+                    "%s v%d restarted in a new worker (pid %d)%s",
+                    self.name,
+                    self.seq,
+                    worker.pid,
+                    " with its last state snapshot" if self.snapshot is not None else "",
+                )
+            except PluginCrashedError:
+                pass  # _crashed ran the policy again (backoff, crash-loop limit)
+            except HotloadError as exc:
+                log.error("%s v%d: restart refused: %s", self.name, self.seq, exc)
+                if self.worker is not None:
+                    self.worker.kill()
+                self.worker, self.state = None, STOPPED
+        if self.state != RESTARTING:
+            self.ready.set()
+
+    def check(self) -> None:
+        """Supervisor tick: a worker that died while idle, or one stopped by a
+        signal while a call waits for it."""
+        if self.state != UP or not self.lock.acquire(blocking=False):
+            w = self.worker
+            started = self.call_started
+            if w is not None and started and not w.alive():
+                w.wake_caller()  # died in a call, but a forked child may hold the channel
+            elif (
+                w is not None
+                and started
+                and time.monotonic() - started > 1.0
+                and channel.stopped(w.pid)
+            ):
+                log.error(
+                    "%s v%d: worker pid %d is stopped; killing it", self.name, self.seq, w.pid
+                )
+                w.kill()  # the waiting call sees EOF and reports the crash
+            return
+        try:
+            w = self.worker
+            if w is not None and self.state == UP and not w.alive():
+                with contextlib.suppress(PluginCrashedError):
+                    self._crashed(w, "no call (it died while idle)")
+            elif w is not None and self.state == UP:
+                w.note_kin()
+        finally:
+            self.lock.release()
+
+    # -- hooks --------------------------------------------------------------------------
+    def on_load(self, prev_version: str | None, state: bytes | None) -> None:
+        with self.lock:
+            self.has_on_load = True
+            self._on_load(prev_version, state)
+            self.prev_version, self.snapshot = prev_version, state
+            self.live = True
+
+    def _on_load(self, prev_version: str | None, state: bytes | None) -> None:
+        self._control(
+            {"op": "on_load", "prev": prev_version, "state": state.hex() if state else None},
+            self.hook_timeout,
+            "on_load",
+        )
+
+    def on_unload(self, max_size: int) -> bytes | None:
+        """The version's state blob; from its last snapshot when its worker is
+        gone (a rollback after a crash hands over what it had)."""
+        with self.lock:
+            if self.state != UP:  # crashed: hand over what it started with
+                log.warning(
+                    "%s v%d: its worker is stopped; handing over its last state snapshot "
+                    "(%s), updates since are lost",
+                    self.name,
+                    self.seq,
+                    f"{len(self.snapshot)} bytes" if self.snapshot is not None else "none",
+                )
+                return self.snapshot
+            out = self._control(
+                {"op": "on_unload", "max": max_size}, self.hook_timeout, "on_unload"
+            )
+            blob = bytes.fromhex(out) if isinstance(out, str) else None
+            self.snapshot = blob
+            return blob
+
+    # -- stopping --------------------------------------------------------------------------
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the worker: ask it to exit; kill it if it does not at once (or
+        if ``kill``, e.g. a hung call holds the lock)."""
+        self.retiring = True
+        got = self.lock.acquire(timeout=0 if kill else 1.0)
+        try:
+            worker, self.worker = self.worker, None
+            self.state = STOPPED
+            self.ready.set()
+        finally:
+            if got:
+                self.lock.release()
+        if worker is None:
+            return
+        for sock in (worker.sock, worker.svc):
+            with contextlib.suppress(OSError, AttributeError):
+                sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]  # EOF: it exits
+        if kill:
+            worker.kill()
+        else:
+            self._exiting = worker  # reaped by gone(), off the reload path
+        self.iso.forget(self, exiting=not kill)
+
+    def gone(self) -> bool:
+        """Whether the worker has exited: waits a little for one that was
+        asked to, and kills it if it does not (the reaper's thread).  A crash
+        or a hang as it exits (a destructor, an atexit handler) is logged and
+        noted on the version: the next version does not depend on it."""
+        with self._gone_lock:
+            w = self._exiting or self.worker
+            if w is None:
+                return True
+            if w is not self._exiting:
+                return not w.alive()
+            who = f"{self.name} v{self.seq}: worker pid {w.pid}"
+            if not w.reap(2.0):
+                self.exit_fault = "killed at exit: did not exit within 2 s of its stop"
+                log.warning(
+                    "%s ignored the stop (a destructor or atexit handler hangs at exit?); "
+                    "killed at exit after 2 s",
+                    who,
+                )
+                w.kill()
+            else:
+                sig, code = w.how_it_ended()
+                if sig is not None or code:
+                    how = f"crashed with {sig}" if sig else f"exited with code {code}"
+                    self.exit_fault = f"{how} at exit"
+                    tail = w.tail()
+                    log.error(
+                        "%s %s at exit, after its stop (a destructor or atexit handler)%s",
+                        who,
+                        how,
+                        f"; stderr: {tail}" if tail else "",
+                    )
+            if self.exit_fault:
+                self.iso.exit_faults += 1
+            self._exiting = None
+            self.iso.forget(self)
+            return True

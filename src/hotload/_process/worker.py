@@ -1,0 +1,95 @@
+"""The worker process: one program for every process hotload starts
+(``python -s -m hotload._process.worker --role ROLE --parent PID --fd N``).
+
+It is a fresh interpreter started by ``spawn`` (never a fork of the host),
+warm before it knows its plugin.  Whatever its role, it starts the same way:
+it ends when its host ends (a parent-death signal plus a watchdog, set up
+before anything else), it is the subreaper of everything a plugin forks, the
+plugin's stdout goes to its stderr (whose tail the host keeps), it says hello
+on its socket, and when the host closes the channel it kills and reaps what
+the plugin forked and exits.  The role says which requests it takes:
+
+- ``preflight`` (``trial``): tries builds, one ``trial`` request after
+  another; ``hotload_in_preflight()`` says 1 and host services are
+  stand-ins;
+- ``isolated`` (``serving``): opens one version and serves its calls and
+  hooks, with the service channel (``--svc``) and, on Linux x86, the
+  shared-memory area (``--shm``).
+
+A request that runs plugin code carries the plugin's ``limits``; the role
+applies them before the plugin's first instruction (``_platform.proc``).
+
+Frames on the socket are ``<I`` length + body (``wire``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Callable
+
+
+def _arg(argv: list[str], name: str, default: str | None = None) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else default
+
+
+def _main(argv: list[str]) -> int:
+    from .._platform import proc
+
+    parent = int(_arg(argv, "--parent") or os.getppid())
+    proc.die_with_parent(parent)  # first: a host already gone ends us here
+    proc.adopt_orphans()  # a plugin's forked children stay in this tree, to be ended with it
+    os.dup2(2, 1)  # plugin printf()s go to stderr, never into the protocol
+    sys.stdout = sys.stderr
+    from . import wire
+
+    role = _arg(argv, "--role")
+    sock = socket.socket(fileno=int(_arg(argv, "--fd") or -1))
+    frame = wire.FRAME
+
+    def send(body: bytes) -> None:
+        sock.sendall(frame.pack(len(body)) + body)
+
+    def recv() -> bytes | None:
+        """The next frame's body; None when the host closed the channel."""
+        buf = b""
+        want = 4
+        size = None
+        while True:
+            while len(buf) < want:
+                chunk = sock.recv(max(want - len(buf), 65536) if size is None else want - len(buf))
+                if not chunk:
+                    return None
+                buf += chunk
+            if size is None:
+                (size,) = frame.unpack_from(buf)
+                want = 4 + size
+                continue
+            return buf[4:want]
+
+    serve: Callable[[], None]
+    if role == "preflight":
+        from . import trial
+
+        serve = trial.session(send, recv)
+    elif role == "isolated":
+        from . import serving
+
+        shm = _arg(argv, "--shm")  # memfd,wake,done
+        area = None
+        if shm:
+            memfd, wake, done = (int(x) for x in shm.split(","))
+            area = (memfd, wake, done)
+        serve = serving.session(send, recv, sock, svc_fd=int(_arg(argv, "--svc") or -1), shm=area)
+    else:
+        print(f"hotload worker: unknown role {role!r}", file=sys.stderr)
+        return 2
+    send(b"\x00ready")
+    serve()  # until the host closes the channel
+    proc.end_descendants(1.0)  # what the plugin forked ends with it
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
