@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hotload import HookError, Host
+from hotload import HookError, Host, Isolated
 from hotload._process.preflight import PreflightError
 
 from conftest import versioned_copies
@@ -269,7 +269,7 @@ def test_preflight_tries_a_build_in_the_environment_and_limits_it_will_run_with(
     caged = _where(cc, "caged", AS_ISOLATED, 600)
     free = _where(cc, "free", host_as, host_cpu)
     with Host(tmp_path / "w", preflight_timeout=30.0) as host:
-        p = host.load(caged, isolate=True, limits=limits)  # preflighted under its limits
+        p = host.load(caged, isolate=Isolated(limits=limits))  # preflighted under its limits
         assert p.address_space() == AS_ISOLATED and p.sees_secret() == 0  # served under them
         misplaced = _where(cc, "misplaced", AS_ISOLATED, 600)  # expects the caged limits...
         with pytest.raises(PreflightError, match=r"self-test failed \(returned 2\)"):
