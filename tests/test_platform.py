@@ -110,6 +110,7 @@ PRETEND_WINDOWS = textwrap.dedent(
         n: getattr(_platform, n).__name__ for n in ("dl", "binfmt", "dirlock")
     }
     out["suffix"] = _platform.dl.SUFFIX
+    out["workers"] = _platform.proc.WORKERS  # no worker processes: preflight is off by default
     out["blocked_still_blocked"] = [n for n in BLOCKED if sys.modules.get(n) is not None]
     out["hotload_modules"] = sorted(m for m in sys.modules if m.startswith("hotload"))
     print(json.dumps(out))
@@ -136,6 +137,7 @@ def test_import_hotload_as_windows_picks_the_windows_layer() -> None:
         "dirlock": "hotload._platform._lock_windows",
     }
     assert out["suffix"] == ".dll"
+    assert out["workers"] is False
     assert out["blocked_still_blocked"] == []
     assert "hotload._host" in out["hotload_modules"]  # the whole package imported
     _check_swap(out)

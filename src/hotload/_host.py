@@ -39,6 +39,7 @@ from ._errors import (
 from ._ops.control_server import ControlServer
 from ._ops.protocols import PathOrCandidate, Service
 from ._ops.watcher import Watcher
+from ._platform import proc
 from ._process.options import Isolated
 from ._process.options import options as isolation_options
 from ._process.preflight import PreflightWorker
@@ -73,7 +74,9 @@ class Host:
             ``on_load`` with the state it would get, its ``on_unload`` and its
             self-test.  A build that crashes, hangs or refuses there is
             refused with a ``PreflightError``.  ``load``, ``reload`` and
-            ``rollback`` take ``preflight=`` to override it per call.
+            ``rollback`` take ``preflight=`` to override it per call.  None
+            (the default): on wherever worker processes run (POSIX; a Windows
+            host has none yet, so there it is off).
         preflight_timeout: Seconds the whole preflight of one version may take
             (sending the build included); past it the build is refused as hung.
         hook_timeout: Seconds ``on_load``/``on_unload`` may run in this process
@@ -126,7 +129,7 @@ class Host:
         workdir: str | os.PathLike[str] | None = None,
         *,
         quiesce_timeout: float = 0.5,
-        preflight: bool = True,
+        preflight: bool | None = None,
         preflight_timeout: float = 5.0,
         hook_timeout: float | None = 10.0,
         max_leaked: int = 3,
@@ -144,7 +147,7 @@ class Host:
         _refuse_free_threading()
         _enable_faulthandler()
         self.settings = Settings(
-            preflight=preflight,
+            preflight=proc.WORKERS if preflight is None else preflight,
             preflight_timeout=preflight_timeout,
             quiesce_timeout=quiesce_timeout,
             hook_timeout=hook_timeout,

@@ -12,6 +12,11 @@ from typing import Any, Protocol
 
 
 class WorkerProcess(Protocol):
+    @property
+    def WORKERS(self) -> bool:  # noqa: N802 - a module constant in both implementations
+        """Whether worker processes (preflight, isolation) run on this OS."""
+        ...
+
     def read_memory(self, address: int, size: int) -> bytes:
         """A copy of ``size`` bytes at ``address`` in this process, or ``OSError``
         (EFAULT) when any of them cannot be read: never a crash."""

@@ -28,6 +28,7 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _PARENT_POLL = 0.5  # seconds between parent checks in the worker's watchdog
 EXIT_PARENT_GONE = 70  # a worker whose host is gone exits with this code
+WORKERS = True  # worker processes (preflight, isolation) run here
 
 
 # ---- copying a state blob without faulting ---------------------------------------

@@ -27,6 +27,7 @@ _INFINITE = 0xFFFFFFFF
 _WAIT_OBJECT_0 = 0
 _CREATE_NEW_PROCESS_GROUP = 0x00000200
 EXIT_PARENT_GONE = 70
+WORKERS = False  # no socketpair to pass by descriptor: no preflight or isolated workers
 
 _HANDLE = ctypes.c_void_p
 _DWORD = ctypes.c_uint32

@@ -489,7 +489,7 @@ def start(role: str, *, shm: bool = False, services: bool = False) -> Worker:
     worker (``Spawner``)."""
     if role not in ROLES:
         raise ValueError(f"unknown worker role {role!r}")
-    if os.name == "nt":  # no socketpair to pass by descriptor (see _platform._proc_windows)
+    if not channel.WORKERS:  # no socketpair to pass by descriptor (see _platform._proc_windows)
         raise OSError(errno.ENOSYS, "worker processes need a POSIX host (not built for Windows)")
     argv = [sys.executable, "-s", "-m", WORKER_MODULE, "--role", role]
     argv += ["--parent", str(os.getpid())]
