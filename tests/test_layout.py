@@ -104,6 +104,14 @@ def test_the_top_level_is_only_the_front_door() -> None:
     assert top == ["__init__.py", "__main__.py", "_about.py", "_errors.py", "_host.py"], top
 
 
+def test_every_module_is_one_job() -> None:
+    """No module grows past ~700 lines: by then it holds more than one job
+    (the façade, _host.py, included: it only delegates)."""
+    for path in SRC.rglob("*.py"):
+        lines = len(path.read_text().splitlines())
+        assert lines <= 750, f"{path.relative_to(SRC)}: {lines} lines, more than one job"
+
+
 def test_every_exception_class_lives_in_errors() -> None:
     for path in SRC.rglob("*.py"):
         if path.name == "_errors.py":
