@@ -35,10 +35,15 @@ docs: $(STAMP)
 	$(VPY) -m mkdocs build --strict --site-dir build/site
 
 # The suite runs with the compiled router, then the routing tests again with the
-# Python router (HOTLOAD_PURE_PYTHON=1): same semantics, both proven.
+# Python router (HOTLOAD_PURE_PYTHON=1): same semantics, both proven.  Of the contract
+# suites, those whose assertions depend on the router: events (the emit loop, in C or
+# Python), types (struct arguments, the router's "bad arguments" SignatureError across a
+# layout change) and wire parity (the router's error for every kind of bad argument, in
+# process and isolated); services and handles only make plain calls through it.
 ROUTING_TESTS := tests/test_router.py tests/test_swap.py tests/test_soak.py \
 	tests/test_load_and_call.py tests/test_core.py tests/test_rollback_and_safety.py \
-	tests/test_bad_input.py tests/test_contract_events.py
+	tests/test_bad_input.py tests/test_contract_events.py tests/test_contract_types.py \
+	tests/test_wire_parity.py
 
 test: plugins lint docs
 	$(VENV)/bin/hotload --version

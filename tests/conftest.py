@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hotload import Host
+from hotload import Host, Isolated
 from hotload._artifact.builder import compile_plugin
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +55,37 @@ def host(tmp_path: Path) -> Iterator[Host]:
         yield h
     leftovers = [p for p in work.rglob("*") if p.is_file()]
     assert not leftovers, f"versioned copies left after close(): {leftovers}"
+
+
+# ---- one spec, two modes: the contract suites run in process and isolated -------------
+MODES = ("in_process", "isolated")
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    """How the test's plugins run: ``in_process`` or ``isolated`` (each in its
+    own worker process).  A test takes ``isolate`` (or ``mode``) and passes it
+    to every ``host.load``; reloads and rollbacks keep the mode."""
+    return str(request.param)
+
+
+@pytest.fixture
+def isolate(mode: str) -> bool | Isolated:
+    """``host.load(..., isolate=isolate)`` for the test's mode (``Isolated()``:
+    the defaults, what ``isolate=True`` means)."""
+    return Isolated() if mode == "isolated" else False
+
+
+Marks = pytest.MarkDecorator | tuple[pytest.MarkDecorator, ...]
+
+
+def modes(*, in_process: Marks = (), isolated: Marks = ()) -> pytest.MarkDecorator:
+    """Both modes, with marks on one case: ``@modes(isolated=pytest.mark.xfail(
+    strict=True, reason=...))`` for what cannot cross the process boundary (or a
+    bug: the reason names the issue), ``pytest.mark.skip(reason=...)`` only for
+    a test that is by nature about one mode."""
+    marks = {"in_process": in_process, "isolated": isolated}
+    return pytest.mark.parametrize("mode", [pytest.param(m, marks=marks[m]) for m in MODES])
 
 
 @pytest.fixture

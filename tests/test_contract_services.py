@@ -3,6 +3,12 @@
 Real plugins compiled here, real dlopen, real threads (started by the plugin
 in C), real preflight worker.  Service names are unique per test where the
 prototype differs: a name keeps its prototype for the life of the process.
+
+One spec for both modes: every test that loads a plugin runs in process and
+isolated (``mode``, from conftest); a case that cannot cross the process
+boundary is an explicit ``xfail`` or, for a test about one mode by nature, a
+skip that says so.  Tests that load nothing (``provide`` refusals, the
+descriptor records) have no mode.
 """
 
 from __future__ import annotations
@@ -13,9 +19,20 @@ import time
 
 import pytest
 
-from hotload import ClosedError, Host, HotloadError, ServiceError
+from hotload import (
+    ClosedError,
+    Host,
+    HotloadError,
+    Isolated,
+    PluginTimeoutError,
+    ServiceError,
+)
 from hotload._artifact import descriptor
 from hotload._platform import binfmt
+
+from conftest import modes
+
+Mode = bool | Isolated
 
 ACTIVITY = """
 #include <hotload.h>
@@ -53,22 +70,26 @@ def provide_basics(host: Host, grants: list[tuple[int, str, int]]) -> None:
     host.provide("note", lambda text: None, "void(const char *)")
 
 
-def test_plugin_calls_host_services_constructors_included(host: Host, cc) -> None:
+def test_plugin_calls_host_services_constructors_included(host: Host, cc, isolate: Mode) -> None:
     grants: list[tuple[int, str, int]] = []
     provide_basics(host, grants)
-    p = host.load(activity(cc))  # preflight on: the self-test passes only with stand-ins
+    p = host.load(
+        activity(cc), isolate=isolate
+    )  # preflight on: the self-test passes only with stand-ins
     assert p.login(5) == 102
     assert p.ctor_result() == 101  # the constructor called the host's service, not a stand-in
     assert p.in_preflight() == 0
     assert grants == [(7, "ctor", 1), (5, "crate", 2)]  # char * arrives as str
 
 
-def test_services_survive_swaps_and_replacement_reaches_every_plugin(host: Host, cc) -> None:
+def test_services_survive_swaps_and_replacement_reaches_every_plugin(
+    host: Host, cc, isolate: Mode
+) -> None:
     grants: list[tuple[int, str, int]] = []
     provide_basics(host, grants)
-    a = host.load(activity(cc, name="a"))
+    a = host.load(activity(cc, name="a"), isolate=isolate)
     src = ACTIVITY.replace('"activity"', '"other"').replace("VERSION", "1").replace("BONUS", "3")
-    b = host.load(cc(src, "b"))
+    b = host.load(cc(src, "b"), isolate=isolate)
     host.reload("activity", activity(cc, version="2", bonus=4, name="a2"))
     assert (a.login(1), b.login(1)) == (104, 103)
     host.provide("grant_item", lambda p, item, n: 1000 + n, GRANT, error=-1)  # replace
@@ -77,14 +98,16 @@ def test_services_survive_swaps_and_replacement_reaches_every_plugin(host: Host,
     assert a.login(1) == 1005 and a.ctor_result() == 1001
 
 
-def test_service_that_raises_returns_error_value_logged_and_counted(host: Host, cc, caplog) -> None:
+def test_service_that_raises_returns_error_value_logged_and_counted(
+    host: Host, cc, caplog, isolate: Mode
+) -> None:
     def broken(player: int, item: str, count: int) -> int:
         raise RuntimeError(f"no such item {item}")
 
     host.provide("grant_item", broken, GRANT, error=-1)
     host.provide("note", lambda text: None, "void(const char *)")
     with caplog.at_level(logging.ERROR, logger="hotload"):
-        p = host.load(activity(cc))
+        p = host.load(activity(cc), isolate=isolate)
         assert p.login(1) == -1
         assert p.login(2) == -1
     info = host.current("activity")
@@ -93,7 +116,54 @@ def test_service_that_raises_returns_error_value_logged_and_counted(host: Host, 
     assert "activity v1: service grant_item raised" in caplog.text
 
 
-def test_errors_count_on_the_calling_version_across_many_swaps(host: Host, cc, caplog) -> None:
+@modes(
+    isolated=(
+        pytest.mark.xfail(
+            strict=True,
+            raises=PluginTimeoutError,
+            reason="bug, issue 19 item 8: a service raising SystemExit or KeyboardInterrupt "
+            "kills the host's service thread for that worker, so the isolated caller hangs "
+            "(here until call_timeout kills the worker: PluginTimeoutError)",
+        ),
+        # the symptom of that bug: the host's service thread dies of the exception
+        pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning"),
+    )
+)
+def test_a_service_raising_systemexit_or_keyboardinterrupt_gives_the_error_value(
+    tmp_path, cc, caplog, mode: str
+) -> None:
+    """Not Exception subclasses, so a handler written for ``except Exception``
+    misses them; a service is still a C function: the plugin gets the error
+    value, and the error is logged and counted, as for any other exception.
+    (Isolated, ``call_timeout`` turns the hang of issue 19 item 8 into a
+    failure instead of a test that never ends; a service answers in
+    microseconds.)"""
+    raised: list[str] = []
+
+    def leaving(player: int, item: str, count: int) -> int:
+        if item == "ctor":  # the constructor's call, at load: a plain answer
+            return 1
+        exc = SystemExit if not raised else KeyboardInterrupt
+        raised.append(exc.__name__)
+        raise exc(f"service asked to leave ({item})")
+
+    opts: Mode = Isolated(call_timeout=5.0) if mode == "isolated" else False
+    with Host(tmp_path / "work", preflight=False) as host:
+        host.provide("grant_item", leaving, GRANT, error=-1)
+        host.provide("note", lambda text: None, "void(const char *)")
+        p = host.load(activity(cc), isolate=opts)
+        with caplog.at_level(logging.ERROR, logger="hotload"):
+            assert p.login(1) == -1  # SystemExit
+            assert p.login(2) == -1  # KeyboardInterrupt
+            assert p.login(3) == -1  # and the services still answer
+        assert raised == ["SystemExit", "KeyboardInterrupt", "KeyboardInterrupt"]
+        assert host.current("activity").service_errors == 3  # type: ignore[union-attr]
+        assert caplog.text.count("activity v1: service grant_item raised") == 3
+
+
+def test_errors_count_on_the_calling_version_across_many_swaps(
+    host: Host, cc, caplog, isolate: Mode
+) -> None:
     """The callbacks of an image that left serve the next images (no new
     libffi closure per import per reload): an error still counts on the
     version that called, and a replaced service is never called again."""
@@ -107,7 +177,7 @@ def test_errors_count_on_the_calling_version_across_many_swaps(host: Host, cc, c
     host.provide("note", lambda text: None, "void(const char *)")
     builds = [activity(cc, version=str(i), name=f"act{i}") for i in range(2)]
     with caplog.at_level(logging.ERROR, logger="hotload"):
-        p = host.load(builds[0], preflight=False)
+        p = host.load(builds[0], preflight=False, isolate=isolate)
         for i in range(1, 6):
             assert p.login(1) == -1  # constructor + this call
             host.reload("activity", builds[i % 2], preflight=False)
@@ -125,7 +195,9 @@ def test_errors_count_on_the_calling_version_across_many_swaps(host: Host, cc, c
         assert len(calls) == 12  # the old function was not called after it was replaced
 
 
-def test_import_with_no_provider_is_refused_and_live_version_keeps_serving(host: Host, cc) -> None:
+def test_import_with_no_provider_is_refused_and_live_version_keeps_serving(
+    host: Host, cc, isolate: Mode
+) -> None:
     plain = cc(
         """
         #include <hotload.h>
@@ -135,7 +207,7 @@ def test_import_with_no_provider_is_refused_and_live_version_keeps_serving(host:
         """,
         "plain",
     )
-    p = host.load(plain)
+    p = host.load(plain, isolate=isolate)
     host.provide("note", lambda text: None, "void(const char *)")
     with pytest.raises(ServiceError) as err:
         host.reload("activity", activity(cc))
@@ -145,18 +217,18 @@ def test_import_with_no_provider_is_refused_and_live_version_keeps_serving(host:
     assert p.login(9) == 9 and [v.seq for v in host.versions("activity")] == [1]
 
 
-def test_import_with_other_prototype_names_both(host: Host, cc) -> None:
+def test_import_with_other_prototype_names_both(host: Host, cc, isolate: Mode) -> None:
     host.provide("grant_item", lambda p, item, n: 0, "int64_t(int64_t, const char *, int32_t)")
     host.provide("note", lambda text: None, "void(const char *)")
     with pytest.raises(ServiceError) as err:
-        host.load(activity(cc))
+        host.load(activity(cc), isolate=isolate)
     msg = str(err.value)
     assert "imports service grant_item as 'int32_t(int64_t, char *, int32_t)'" in msg
     assert "host provides it as 'int64_t(int64_t, char *, int32_t)'" in msg
     assert "activity" not in host.names()
 
 
-def test_services_are_called_from_threads_the_plugin_starts(host: Host, cc) -> None:
+def test_services_are_called_from_threads_the_plugin_starts(host: Host, cc, isolate: Mode) -> None:
     src = """
     #include <hotload.h>
     #include <pthread.h>
@@ -180,13 +252,21 @@ def test_services_are_called_from_threads_the_plugin_starts(host: Host, cc) -> N
         lambda i: seen.append((i, threading.current_thread().name)) or 0,
         "int64_t(int64_t)",
     )
-    p = host.load(cc(src, "threads", ["-pthread"]))
+    p = host.load(cc(src, "threads", ["-pthread"]), isolate=isolate)
     assert p.run(4) == 4
     assert len(seen) == 2000 and sorted({i for i, _ in seen}) == [0, 1, 2, 3]
     assert all(name != threading.current_thread().name for _, name in seen)
 
 
-def test_service_called_after_close_returns_error_value(tmp_path, cc, caplog) -> None:
+@modes(
+    isolated=pytest.mark.skip(
+        reason="about one mode by nature: an image retained in this process, whose thread "
+        "writes into the host's memory through a pointer without a length (refused "
+        "isolated); an isolated worker ends with the host, and its service calls after "
+        "close() are tested in test_isolation_contract.py"
+    )
+)
+def test_service_called_after_close_returns_error_value(tmp_path, cc, caplog, mode: str) -> None:
     """A retained image (its thread outlives the host) keeps calling: each
     call returns the error value and is logged; nothing crashes."""
     src = """
@@ -244,9 +324,19 @@ def test_bad_provide_is_refused(host: Host, proto: str, error: int, words: str) 
         host.provide("svc_bad", lambda *a: 0, proto, error=error)
 
 
-def test_prototype_change_of_an_imported_service_is_refused(host: Host, cc) -> None:
+@modes(
+    isolated=pytest.mark.xfail(
+        strict=True,
+        raises=pytest.fail.Exception,  # DID NOT RAISE ServiceError
+        reason="bug, found by running this suite isolated (not yet in an issue; issue 18 item "
+        "4): provide() checks a changed prototype only against the imports of in-process "
+        "images; an isolated version's imports are not consulted, so the change is accepted "
+        "and the worker goes on calling the service with the prototype it was loaded with",
+    )
+)
+def test_prototype_change_of_an_imported_service_is_refused(host: Host, cc, isolate: Mode) -> None:
     provide_basics(host, [])
-    p = host.load(activity(cc))
+    p = host.load(activity(cc), isolate=isolate)
     with pytest.raises(ServiceError, match=r"imported so by activity v1"):
         host.provide("grant_item", lambda p, i, n: 0, "int32_t(int64_t, const char *, int64_t)")
     assert p.login(1) == 102
@@ -261,7 +351,9 @@ def test_import_records_are_abi_2_and_exports_stay_abi_1(cc) -> None:
     assert desc.abi == 2 and [i.name for i in desc.imports] == ["grant_item", "note"]
 
 
-def test_preflight_stand_ins_follow_each_services_error_value_across_reloads(cc) -> None:
+def test_preflight_stand_ins_follow_each_services_error_value_across_reloads(
+    cc, isolate: Mode
+) -> None:
     """The preflight worker keeps its stand-ins between requests (no new
     callbacks per reload): a service re-provided with another error value must
     still reach the next preflight, and the old value must come back."""
@@ -276,7 +368,7 @@ HOTLOAD_SELF_TEST(self_test);
 """
     with Host() as host:
         host.provide("pf_grant", lambda p: 0, "int32_t(int64_t)", error=7)
-        p = host.load(cc(src.replace("VERSION", "1"), "pf_errval"))
+        p = host.load(cc(src.replace("VERSION", "1"), "pf_errval"), isolate=isolate)
         for i in range(2, 6):  # the same stand-ins, reused
             host.reload("pf_errval", path=cc(src.replace("VERSION", str(i)), "pf_errval"))
         host.provide("pf_grant", lambda p: 0, "int32_t(int64_t)", error=8)
