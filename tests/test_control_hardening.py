@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -22,6 +23,8 @@ import pytest
 from hotload import ControlError, Host
 from hotload._ops import control_client, control_paths, control_server
 from test_control import HostProcess, _connect, _server
+
+from conftest import xp_source
 
 
 @pytest.fixture
@@ -260,3 +263,104 @@ def test_a_stalled_partial_request_makes_room_for_a_newcomer(host: Host, tmp_pat
         for conn in conns:
             conn.close()
         server.stop()
+
+
+# ---- a host with a low fd limit (issue 19, item 12) ------------------------------------
+
+LOW_FD_HOST = textwrap.dedent("""
+    import os, resource, sys
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), hard))  # ulimit -n 100
+    from hotload import Host
+    host = Host(control=True)
+    host.load(sys.argv[2])
+    print(host.serve_control().path, flush=True)
+    for line in sys.stdin:  # "reload PATH": the application's own reload
+        try:
+            v = host.reload("xp", line.split(None, 1)[1].strip())
+            print("ok", v.seq, host["xp"].version_tag(), flush=True)
+        except Exception as exc:
+            print("error", type(exc).__name__, exc, flush=True)
+    host.close()
+""")
+
+
+def _hold_connections(path: str, n: int, timeout: float) -> list[socket.socket]:
+    """Open ``n`` connections to ``path`` and keep them open: the kernel's
+    backlog refuses a connect while full (EAGAIN), so each is retried until
+    the host has taken what was queued, within ``timeout`` in all."""
+    held: list[socket.socket] = []
+    deadline = time.monotonic() + timeout
+    while len(held) < n and time.monotonic() < deadline:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(path)
+        except (BlockingIOError, InterruptedError):
+            s.close()
+            time.sleep(0.002)
+            continue
+        held.append(s)
+    return held
+
+
+def test_3000_held_connections_leave_a_100_fd_host_its_own_reload(
+    ctl_env, xp_build, cc, tmp_path
+) -> None:
+    """With ``RLIMIT_NOFILE=100``, 3,000 same-uid control connections held
+    open took every fd the host had (the session cap was a fixed 128): its
+    own ``reload()`` failed with EMFILE.  The cap follows the fd limit now:
+    the sessions get at most a quarter of what the process leaves free, and
+    a newcomer beyond them is admitted in place of the idlest (which sees a
+    clean end of file) or answered ``busy``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 3500:
+        pytest.skip(f"this test holds 3,000 connections; the fd hard limit is {hard}")
+    v2 = cc(xp_source(mult=5, version="2.0.0"), "xp2", out=tmp_path / "next" / "xp.so")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LOW_FD_HOST, "100", str(xp_build(mult=2))],
+        env=ctl_env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    held: list[socket.socket] = []
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        path = proc.stdout.readline().strip()
+        assert path, "the host did not start"
+        if soft != resource.RLIM_INFINITY and soft < 3500:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (3500, hard))
+        held = _hold_connections(path, 3000, timeout=30)
+
+        proc.stdin.write(f"reload {v2}\n")  # every connection still held open
+        proc.stdin.flush()
+        answer = proc.stdout.readline().split()
+        assert answer[:3] == ["ok", "2", "5"], " ".join(answer)
+        assert len(held) == 3000  # the host kept accepting: none waited in the backlog for good
+
+        # the control socket still serves a newcomer
+        assert control_client.request(path, "ls", timeout=30)["host"]["pid"] == proc.pid
+        # what the host refused or let go was ended cleanly (no reset), and
+        # it holds a quarter of its 100 fds at most
+        open_sessions = 0
+        for s in held:
+            try:
+                data = s.recv(4096)
+            except BlockingIOError:
+                open_sessions += 1
+                continue
+            assert data == b"" or json.loads(data)["error"]["code"] == "busy", data
+        assert open_sessions <= 25, open_sessions
+    finally:
+        for s in held:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        if proc.poll() is None:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
