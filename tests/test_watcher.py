@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import queue
@@ -242,6 +243,46 @@ def test_broken_build_is_logged_with_the_compiler_message_and_old_keeps_serving(
     assert tuned.factor() == 2 and [v.seq for v in host.versions("tuned")] == [1]
     _save(src / "tuned.c", REBUILD_SRC.replace("VERSION", '"1.2.0"'))
     assert next_event(events, done).action == "reloaded"
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_refused_rebuild_is_kept_aside_and_the_output_holds_what_runs(
+    host: Host, tmp_path: Path, events, caplog
+) -> None:
+    """Issue 19, item 13: a build the host refused still replaced the
+    watched output file, so nothing on disk matched what ran.  Only a build
+    that serves is renamed into place; a refused one is kept beside it as
+    ``xp.so.refused`` (a name no ``*.so`` watcher or glob takes for a plugin)."""
+    src, out = tmp_path / "srcdir", tmp_path / "out"
+    src.mkdir()
+    (src / "xp.c").write_text(xp_source(mult=2))
+    so, refused = out / "xp.so", out / "xp.so.refused"
+    host.watch(src, rebuild=True, out_dir=out, on_event=events.put)
+    assert next_event(events, done).action == "loaded"
+    running = host.current("xp")
+    assert running is not None and _sha(so) == running.digest
+
+    _save(src / "xp.c", xp_source(mult=9, refuse=7))
+    ev = next_event(events, done)
+    assert ev.action == "failed" and "refused to start (returned 7)" in (ev.error or "")
+    assert host["xp"].version_tag() == 2
+    assert _sha(so) == running.digest  # the output still holds the build that runs
+    assert refused.is_file() and (ev.path, ev.kept_as) == (str(so), str(refused))
+    assert host.read(refused).name == "xp" and _sha(refused) != running.digest
+    log = next(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert f"the refused build is kept as {refused}; {so} holds the build that runs" in log
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no staging left
+
+    _save(src / "xp.c", xp_source(mult=4, version="1.1.0"))  # the next good build goes live
+    ev = next_event(events, done)
+    assert (ev.action, ev.path) == ("reloaded", str(so)), ev.error
+    current = host.current("xp")
+    assert current is not None and _sha(so) == current.digest and host["xp"].version_tag() == 4
+    assert not refused.exists()  # superseded: a .refused file is always the latest refusal
+    assert host.reload("xp").digest == current.digest  # its source holds what runs
 
 
 def test_rebuild_loads_a_new_source_file(host: Host, tmp_path: Path, events) -> None:

@@ -38,6 +38,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._artifact.reader import on_disk
 from .._artifact.workdir import ensure_private_dir
 from .._errors import ControlError, HotloadError, NotLoadedError, resource_error
 from .._platform import proc
@@ -590,7 +591,15 @@ class ControlServer:
         return name
 
     def _versions(self, name: str) -> list[dict[str, Any]]:
-        return [v.as_dict() for v in self.host.versions(name)]
+        """Each version as a dict; the active one also says what its source
+        file holds now (``source_digest``), so that ``ls`` shows when that
+        file is not what runs (after a rollback, or a build written over it
+        that the host refused)."""
+        versions = [v.as_dict() for v in self.host.versions(name)]
+        for v in versions:
+            if v["state"] == "active":
+                v["source_digest"] = on_disk(v["source"])
+        return versions
 
 
 _OPS = {

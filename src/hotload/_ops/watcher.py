@@ -31,7 +31,9 @@ truncated library.  So each changed path goes through the same steps:
 
 With ``rebuild=True`` the watcher watches C sources (``rebuild.Rebuilder``):
 each ``*.c`` in the directory, or directory of them, is one plugin, rebuilt
-when it or a local header it includes changes, and its output applied.
+when it or a local header it includes changes, and its output applied.  The
+compiler writes a hidden staging file; only a build that serves is renamed
+into place as the output, a refused one is kept as ``foo.so.refused``.
 
 ``isolate=True`` (or an ``Isolated(...)``, as for ``Host.load``) loads each new
 plugin in its own worker process; a plugin already loaded keeps the mode it was loaded with.
@@ -44,6 +46,7 @@ watchdog's own threads only record events.  ``on_event`` receives a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import stat
@@ -452,13 +455,34 @@ class Watcher:
             return
         started = time.monotonic()
         try:
-            output = self._rebuilder.build(unit)
+            staged = self._rebuilder.build(unit)
         except BuildError as exc:
             self._build_failed(unit, item, exc, started)
             return
         built = time.monotonic() - started
         self._watch_new_headers(unit)
-        self._apply(output, item, source=unit, build_seconds=built)
+        try:
+            output = self._rebuilder.output_of(unit)
+            self._apply(output, item, source=unit, build_seconds=built, staged=staged)
+        finally:
+            staged.unlink(missing_ok=True)  # neither installed nor set aside: gone
+
+    def _place(self, unit: Path, staged: Path, event: WatchEvent) -> WatchEvent:
+        """Rebuild mode: a build that serves becomes the output; any other
+        is kept aside (``foo.so.refused``), so the output never holds a
+        build the host refused."""
+        serves = event.action in ("loaded", "reloaded", "unchanged")
+        try:
+            if serves:
+                self._rebuilder.install(unit, staged)
+                return event
+            kept = self._rebuilder.set_aside(unit, staged)
+        except (BuildError, OSError) as exc:
+            log.error(
+                "watch: %s: cannot %s the build: %s", unit, "install" if serves else "keep", exc
+            )
+            return event
+        return dataclasses.replace(event, kept_as=str(kept))
 
     def _build_failed(self, unit: Path, item: _Pending, exc: BuildError, started: float) -> None:
         self._applier.emit(
@@ -494,6 +518,7 @@ class Watcher:
         *,
         source: Path | None = None,
         build_seconds: float | None = None,
+        staged: Path | None = None,
     ) -> None:
         common = {
             "path": str(path),
@@ -502,12 +527,12 @@ class Watcher:
             "changed_at": item.changed_at,
         }
         try:
-            event = self._applier.load_or_reload(path, common)
+            event = self._applier.load_or_reload(path, common, staged=staged)
         except FileNotFoundError:
-            log.info("watch: %s vanished before it could be loaded", path)
+            log.info("watch: %s vanished before it could be loaded", staged or path)
             return
         except RETRYABLE as exc:
-            if not path.exists():
+            if not (staged or path).exists():
                 log.info("watch: %s vanished before it could be loaded", path)
                 return
             # Our own builds are renamed into place whole: only a file someone
@@ -519,6 +544,8 @@ class Watcher:
             event = self._applier.failed(path, source, f"{exc}{tail}", common)
         except (HotloadError, OSError) as exc:
             event = self._applier.failed(path, source, str(exc), common)
+        if staged is not None and source is not None:
+            event = self._place(source, staged, event)
         self._applier.emit(event)
 
     def _retry(self, path: Path, item: _Pending, exc: Exception) -> None:
