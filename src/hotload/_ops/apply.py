@@ -184,9 +184,14 @@ class Applier:
         current = None
         if event.name is not None and event.name in self.host:
             current = self.host.current(event.name)
-        runs = current is not None and on_disk(event.path, self.max_size) == current.digest
-        holds = "holds the build that runs" if runs else "is left as it was"
-        return f"; the refused build is kept as {event.kept_as}; {event.path} {holds}"
+        kept = f"; the refused build is kept as {event.kept_as}"
+        now = on_disk(event.path, self.max_size)
+        if now is None:
+            return kept  # no output yet: nothing was ever installed there
+        runs = current is not None and now == current.digest
+        return (
+            f"{kept}; {event.path} {'holds the build that runs' if runs else 'is left as it was'}"
+        )
 
     def emit(self, event: WatchEvent) -> None:
         """Log the event at its level, then hand it to ``on_event`` (whose
