@@ -12,10 +12,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from hotload import Host
+from hotload import ConfigError, Host, HotloadError
 from hotload._artifact.builder import compile_plugin
 from hotload._ops.apply import WatchEvent
 
@@ -607,3 +608,70 @@ def test_allow_signature_change_lets_the_watcher_swap_in_a_new_prototype(
     ev = next_event(events, done)
     assert (ev.action, ev.seq, ev.plugin_version) == ("reloaded", 2, "2"), ev.error
     assert sig.f(5, 6) == 11
+
+
+# ---- waiting for the start-up builds (issue 19, item 15) ---------------------------------
+
+SLOW_CC = "sh -c 'sleep 1; exec cc \"$@\"' slow-cc"  # a compiler that takes a second at least
+
+
+def _one_source(tmp_path: Path, **xp: Any) -> Path:
+    src = tmp_path / "srcdir"
+    src.mkdir()
+    (src / "xp.c").write_text(xp_source(**xp))
+    return src
+
+
+def test_watch_wait_returns_once_the_start_up_build_is_loaded(host: Host, tmp_path: Path) -> None:
+    """``host.watch(src, rebuild=True)`` returned before the initial build was
+    loaded (0.83 s later): ``host["xp"]`` right after it failed."""
+    src = _one_source(tmp_path, mult=3)
+    watcher = host.watch(src, rebuild=True, out_dir=tmp_path / "out", cc=SLOW_CC, wait=True)
+    assert watcher.ready and host["xp"].version_tag() == 3
+    assert [(e.action, e.name) for e in watcher.wait(0)] == [("loaded", "xp")]
+
+
+def test_the_watcher_handle_says_when_the_start_up_pass_is_done(host: Host, tmp_path: Path) -> None:
+    src = _one_source(tmp_path, mult=3)
+    (src / "broken.c").write_text("#include <hotload.h>\nint oops(void) { return }\n")
+    watcher = host.watch(src, rebuild=True, out_dir=tmp_path / "out", cc=SLOW_CC)
+    assert not watcher.ready and "xp" not in host  # returns at once, as before
+    outcomes = watcher.wait(timeout=60)
+    assert watcher.ready
+    by_source = {Path(e.source or "").name: e for e in outcomes}
+    assert sorted(by_source) == ["broken.c", "xp.c"]
+    assert by_source["xp.c"].action == "loaded" and host["xp"].version_tag() == 3
+    assert by_source["broken.c"].action == "failed"
+    assert "compile failed" in (by_source["broken.c"].error or "")
+
+
+def test_watch_wait_raises_naming_a_failed_start_up_build_and_stops_watching(
+    host: Host, tmp_path: Path
+) -> None:
+    src = _one_source(tmp_path, mult=3, refuse=7)
+    with pytest.raises(HotloadError) as err:
+        host.watch(src, rebuild=True, out_dir=tmp_path / "out", wait=60.0)
+    message = str(err.value)
+    assert "the start-up pass failed" in message and str(src / "xp.c") in message
+    assert "refused to start (returned 7)" in message
+    assert not [t for t in threading.enumerate() if t.name.startswith("hotload-watch")]
+    assert "xp" not in host
+
+
+def test_watch_wait_times_out_stops_the_watcher_and_kills_the_build(
+    host: Host, tmp_path: Path
+) -> None:
+    src = _one_source(tmp_path)
+    with pytest.raises(HotloadError) as err:
+        host.watch(src, rebuild=True, out_dir=tmp_path / "out", cc=SLOW_CC, wait=0.2)
+    assert "did not finish within 0.2 s" in str(err.value) and "xp.c" in str(err.value)
+    assert not [t for t in threading.enumerate() if t.name.startswith("hotload-watch")]
+    assert "xp" not in host and not (tmp_path / "out" / "xp.so").exists()
+
+
+@pytest.mark.parametrize("wait", ["yes", -1.0, float("nan")])
+def test_watch_wait_must_be_a_bool_or_seconds(host: Host, tmp_path: Path, wait: object) -> None:
+    src = _one_source(tmp_path)
+    with pytest.raises(ConfigError, match="wait"):
+        host.watch(src, rebuild=True, out_dir=tmp_path / "out", wait=wait)
+    assert not [t for t in threading.enumerate() if t.name.startswith("hotload-watch")]

@@ -23,6 +23,7 @@ watcher of the output directory must not take it for a plugin.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -43,6 +44,8 @@ from .._artifact.builder import (
 from .._artifact.loader import DEFAULT_MAX_PLUGIN_SIZE, read_source
 from .._errors import InvalidPluginError
 from .._platform import dl
+
+log = logging.getLogger(__name__)
 
 _INCLUDE = re.compile(r'^\s*#\s*include\s*([<"])([^>"]+)[>"]', re.MULTILINE)
 
@@ -146,6 +149,22 @@ class Rebuilder:
         kept = refused_path(self.output_of(unit))
         rename_into_place(staged, kept)
         return kept
+
+    def place(self, unit: Path, staged: Path, *, serves: bool) -> Path | None:
+        """``install`` a build that serves, else ``set_aside`` it; where a
+        refused build was kept (None when installed, or when the rename
+        failed: that is logged, and the staging file is the caller's to
+        delete)."""
+        try:
+            if serves:
+                self.install(unit, staged)
+                return None
+            return self.set_aside(unit, staged)
+        except (BuildError, OSError) as exc:
+            log.error(
+                "watch: %s: cannot %s the build: %s", unit, "install" if serves else "keep", exc
+            )
+            return None
 
     def _check_no_twin(self, unit: Path, output: Path) -> None:
         """``foo.c`` and ``foo/`` would both build ``foo.so``: refuse to guess."""
