@@ -275,12 +275,24 @@ LOW_FD_HOST = textwrap.dedent("""
     host = Host(control=True)
     host.load(sys.argv[2])
     print(host.serve_control().path, flush=True)
-    for line in sys.stdin:  # "reload PATH": the application's own reload
-        try:
-            v = host.reload("xp", line.split(None, 1)[1].strip())
-            print("ok", v.seq, host["xp"].version_tag(), flush=True)
-        except Exception as exc:
-            print("error", type(exc).__name__, exc, flush=True)
+    fillers = []
+    for line in sys.stdin:
+        cmd, _, arg = line.strip().partition(" ")
+        if cmd == "fill":  # the application takes all but ARG of its fds
+            while len(os.listdir("/proc/self/fd")) - 1 < int(sys.argv[1]) - int(arg):
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
+            print("filled", flush=True)
+        elif cmd == "free":
+            for fd in fillers:
+                os.close(fd)
+            fillers = []
+            print("freed", flush=True)
+        else:  # "reload PATH": the application's own reload
+            try:
+                v = host.reload("xp", arg)
+                print("ok", v.seq, host["xp"].version_tag(), flush=True)
+            except Exception as exc:
+                print("error", type(exc).__name__, exc, flush=True)
     host.close()
 """)
 
@@ -304,6 +316,55 @@ def _hold_connections(path: str, n: int, timeout: float) -> list[socket.socket]:
     return held
 
 
+class LowFdHost:
+    """A host in its own process under ``ulimit -n LIMIT``, driven on its stdin."""
+
+    def __init__(self, env: dict[str, str], limit: int, plugin: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", LOW_FD_HOST, str(limit), str(plugin)],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.socket = self.proc.stdout.readline().strip()
+        assert self.socket, "the host did not start"
+
+    def ask(self, line: str) -> list[str]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().split()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def test_an_application_using_almost_all_its_fds_keeps_them(ctl_env, xp_build) -> None:
+    """With 3 fds free the sessions' share is none: a client is answered
+    ``busy`` saying why, without costing the application an fd for longer
+    than the answer; once the application frees some, clients are served."""
+    host = LowFdHost(ctl_env, 100, xp_build(mult=2))
+    try:
+        assert host.ask("fill 3") == ["filled"]
+        with _connect(Path(host.socket)) as conn:
+            reply = json.loads(conn.makefile("rb").readline())
+        assert reply["error"]["code"] == "busy"
+        assert "no file descriptor to spare for a control session" in reply["error"]["message"]
+        assert host.ask("free") == ["freed"]
+        assert control_client.request(host.socket, "ls", timeout=30)["host"]["pid"] == host.proc.pid
+    finally:
+        host.stop()
+
+
 def test_3000_held_connections_leave_a_100_fd_host_its_own_reload(
     ctl_env, xp_build, cc, tmp_path
 ) -> None:
@@ -317,30 +378,19 @@ def test_3000_held_connections_leave_a_100_fd_host_its_own_reload(
     if hard != resource.RLIM_INFINITY and hard < 3500:
         pytest.skip(f"this test holds 3,000 connections; the fd hard limit is {hard}")
     v2 = cc(xp_source(mult=5, version="2.0.0"), "xp2", out=tmp_path / "next" / "xp.so")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", LOW_FD_HOST, "100", str(xp_build(mult=2))],
-        env=ctl_env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    host = LowFdHost(ctl_env, 100, xp_build(mult=2))
     held: list[socket.socket] = []
     try:
-        assert proc.stdin is not None and proc.stdout is not None
-        path = proc.stdout.readline().strip()
-        assert path, "the host did not start"
         if soft != resource.RLIM_INFINITY and soft < 3500:
             resource.setrlimit(resource.RLIMIT_NOFILE, (3500, hard))
-        held = _hold_connections(path, 3000, timeout=30)
+        held = _hold_connections(host.socket, 3000, timeout=30)
 
-        proc.stdin.write(f"reload {v2}\n")  # every connection still held open
-        proc.stdin.flush()
-        answer = proc.stdout.readline().split()
+        answer = host.ask(f"reload {v2}")  # every connection still held open
         assert answer[:3] == ["ok", "2", "5"], " ".join(answer)
         assert len(held) == 3000  # the host kept accepting: none waited in the backlog for good
 
         # the control socket still serves a newcomer
-        assert control_client.request(path, "ls", timeout=30)["host"]["pid"] == proc.pid
+        assert control_client.request(host.socket, "ls", timeout=30)["host"]["pid"] == host.proc.pid
         # what the host refused or let go was ended cleanly (no reset), and
         # it holds a quarter of its 100 fds at most
         open_sessions = 0
@@ -356,11 +406,4 @@ def test_3000_held_connections_leave_a_100_fd_host_its_own_reload(
         for s in held:
             s.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-        if proc.poll() is None:
-            assert proc.stdin is not None
-            proc.stdin.close()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        host.stop()

@@ -294,7 +294,11 @@ class ControlServer:
         cap, why = self.session_cap()
         while len(self._sessions) >= cap:
             if cap == 0 or not self._evict():
-                message = f"the host is busy: all {cap} control sessions are in use{why}; try again"
+                message = (
+                    f"the host is busy: all {cap} control sessions are in use{why}; try again"
+                    if cap
+                    else f"the host has no file descriptor to spare for a control session{why}"
+                )
                 _send_and_close(conn, error_reply(None, "busy", message))
                 return
         conn.setblocking(False)
