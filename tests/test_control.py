@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -478,6 +479,36 @@ def test_a_bad_control_directory_is_called_a_control_directory(tmp_path: Path) -
     env = {**os.environ, control_paths.ENV_DIR: str(loose)}
     err = one_line_error(hotload(env, "ls"))
     assert f"{loose}: control directory has mode 755" in err and "work directory" not in err
+
+
+def test_after_a_rollback_ls_says_the_source_on_disk_is_not_what_runs(
+    ctl_env, hosts, xp_build
+) -> None:
+    """Issue 19, item 13: after a rollback (or a refused build written over
+    the file), nothing on disk matched what ran, and ``ls`` showed the
+    version's source as if it did."""
+    target = xp_build(mult=2)
+    hosts.append(HostProcess(ctl_env, target))
+    v1 = hashlib.sha256(target.read_bytes()).hexdigest()
+    listed = json.loads(hotload(ctl_env, "ls", "--json").stdout)["plugins"][0]["versions"]
+    assert listed[0]["source_digest"] == listed[0]["digest"] == v1
+    assert "(changed)" not in hotload(ctl_env, "ls").stdout
+
+    xp_build(mult=3, version="2.0.0")
+    v2 = hashlib.sha256(target.read_bytes()).hexdigest()
+    assert hotload(ctl_env, "reload", "xp").returncode == 0
+    assert hotload(ctl_env, "rollback", "xp").returncode == 0  # v3 runs v1's bytes again
+    listed = json.loads(hotload(ctl_env, "ls", "--json").stdout)["plugins"][0]["versions"]
+    v3 = listed[-1]
+    assert (v3["seq"], v3["state"], v3["digest"], v3["source_digest"]) == (3, "active", v1, v2)
+    assert all("source_digest" not in v for v in listed[:-1])  # only what runs is compared
+
+    out = hotload(ctl_env, "ls").stdout.splitlines()
+    header = out[1]
+    row = next(line for line in out if line.split()[:2] == ["xp", "v3"])
+    source = header.index("SOURCE")
+    assert row[source:].startswith(f"{target} (changed)"), row
+    assert f"xp v3 runs build {v1[:12]}; {target} now holds {v2[:12]}" in out[-1], out
 
 
 def test_ls_shows_calls_served_and_in_flight_apart(ctl_env, hosts, xp_build) -> None:

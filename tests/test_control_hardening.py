@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -22,6 +23,8 @@ import pytest
 from hotload import ControlError, Host
 from hotload._ops import control_client, control_paths, control_server
 from test_control import HostProcess, _connect, _server
+
+from conftest import xp_source
 
 
 @pytest.fixture
@@ -260,3 +263,147 @@ def test_a_stalled_partial_request_makes_room_for_a_newcomer(host: Host, tmp_pat
         for conn in conns:
             conn.close()
         server.stop()
+
+
+# ---- a host with a low fd limit (issue 19, item 12) ------------------------------------
+
+LOW_FD_HOST = textwrap.dedent("""
+    import os, resource, sys
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), hard))  # ulimit -n 100
+    from hotload import Host
+    host = Host(control=True)
+    host.load(sys.argv[2])
+    print(host.serve_control().path, flush=True)
+    fillers = []
+    for line in sys.stdin:
+        cmd, _, arg = line.strip().partition(" ")
+        if cmd == "fill":  # the application takes all but ARG of its fds
+            while len(os.listdir("/proc/self/fd")) - 1 < int(sys.argv[1]) - int(arg):
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
+            print("filled", flush=True)
+        elif cmd == "free":
+            for fd in fillers:
+                os.close(fd)
+            fillers = []
+            print("freed", flush=True)
+        else:  # "reload PATH": the application's own reload
+            try:
+                v = host.reload("xp", arg)
+                print("ok", v.seq, host["xp"].version_tag(), flush=True)
+            except Exception as exc:
+                print("error", type(exc).__name__, exc, flush=True)
+    host.close()
+""")
+
+
+def _hold_connections(path: str, n: int, timeout: float) -> list[socket.socket]:
+    """Open ``n`` connections to ``path`` and keep them open: the kernel's
+    backlog refuses a connect while full (EAGAIN), so each is retried until
+    the host has taken what was queued, within ``timeout`` in all."""
+    held: list[socket.socket] = []
+    deadline = time.monotonic() + timeout
+    while len(held) < n and time.monotonic() < deadline:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(path)
+        except (BlockingIOError, InterruptedError):
+            s.close()
+            time.sleep(0.002)
+            continue
+        held.append(s)
+    return held
+
+
+class LowFdHost:
+    """A host in its own process under ``ulimit -n LIMIT``, driven on its stdin."""
+
+    def __init__(self, env: dict[str, str], limit: int, plugin: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", LOW_FD_HOST, str(limit), str(plugin)],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.socket = self.proc.stdout.readline().strip()
+        assert self.socket, "the host did not start"
+
+    def ask(self, line: str) -> list[str]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().split()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def test_an_application_using_almost_all_its_fds_keeps_them(ctl_env, xp_build) -> None:
+    """With 3 fds free the sessions' share is none: a client is answered
+    ``busy`` saying why, without costing the application an fd for longer
+    than the answer; once the application frees some, clients are served."""
+    host = LowFdHost(ctl_env, 100, xp_build(mult=2))
+    try:
+        assert host.ask("fill 3") == ["filled"]
+        with _connect(Path(host.socket)) as conn:
+            reply = json.loads(conn.makefile("rb").readline())
+        assert reply["error"]["code"] == "busy"
+        assert "no file descriptor to spare for a control session" in reply["error"]["message"]
+        assert host.ask("free") == ["freed"]
+        assert control_client.request(host.socket, "ls", timeout=30)["host"]["pid"] == host.proc.pid
+    finally:
+        host.stop()
+
+
+def test_3000_held_connections_leave_a_100_fd_host_its_own_reload(
+    ctl_env, xp_build, cc, tmp_path
+) -> None:
+    """With ``RLIMIT_NOFILE=100``, 3,000 same-uid control connections held
+    open took every fd the host had (the session cap was a fixed 128): its
+    own ``reload()`` failed with EMFILE.  The cap follows the fd limit now:
+    the sessions get at most a quarter of what the process leaves free, and
+    a newcomer beyond them is admitted in place of the idlest (which sees a
+    clean end of file) or answered ``busy``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 3500:
+        pytest.skip(f"this test holds 3,000 connections; the fd hard limit is {hard}")
+    v2 = cc(xp_source(mult=5, version="2.0.0"), "xp2", out=tmp_path / "next" / "xp.so")
+    host = LowFdHost(ctl_env, 100, xp_build(mult=2))
+    held: list[socket.socket] = []
+    try:
+        if soft != resource.RLIM_INFINITY and soft < 3500:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (3500, hard))
+        held = _hold_connections(host.socket, 3000, timeout=30)
+
+        answer = host.ask(f"reload {v2}")  # every connection still held open
+        assert answer[:3] == ["ok", "2", "5"], " ".join(answer)
+        assert len(held) == 3000  # the host kept accepting: none waited in the backlog for good
+
+        # the control socket still serves a newcomer
+        assert control_client.request(host.socket, "ls", timeout=30)["host"]["pid"] == host.proc.pid
+        # what the host refused or let go was ended cleanly (no reset), and
+        # it holds a quarter of its 100 fds at most
+        open_sessions = 0
+        for s in held:
+            try:
+                data = s.recv(4096)
+            except BlockingIOError:
+                open_sessions += 1
+                continue
+            assert data == b"" or json.loads(data)["error"]["code"] == "busy", data
+        assert open_sessions <= 25, open_sessions
+    finally:
+        for s in held:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        host.stop()

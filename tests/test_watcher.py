@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import queue
@@ -11,10 +12,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from hotload import Host
+from hotload import ConfigError, Host, HotloadError
 from hotload._artifact.builder import compile_plugin
 from hotload._ops.apply import WatchEvent
 
@@ -242,6 +244,46 @@ def test_broken_build_is_logged_with_the_compiler_message_and_old_keeps_serving(
     assert tuned.factor() == 2 and [v.seq for v in host.versions("tuned")] == [1]
     _save(src / "tuned.c", REBUILD_SRC.replace("VERSION", '"1.2.0"'))
     assert next_event(events, done).action == "reloaded"
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_refused_rebuild_is_kept_aside_and_the_output_holds_what_runs(
+    host: Host, tmp_path: Path, events, caplog
+) -> None:
+    """Issue 19, item 13: a build the host refused still replaced the
+    watched output file, so nothing on disk matched what ran.  Only a build
+    that serves is renamed into place; a refused one is kept beside it as
+    ``xp.so.refused`` (a name no ``*.so`` watcher or glob takes for a plugin)."""
+    src, out = tmp_path / "srcdir", tmp_path / "out"
+    src.mkdir()
+    (src / "xp.c").write_text(xp_source(mult=2))
+    so, refused = out / "xp.so", out / "xp.so.refused"
+    host.watch(src, rebuild=True, out_dir=out, on_event=events.put)
+    assert next_event(events, done).action == "loaded"
+    running = host.current("xp")
+    assert running is not None and _sha(so) == running.digest
+
+    _save(src / "xp.c", xp_source(mult=9, refuse=7))
+    ev = next_event(events, done)
+    assert ev.action == "failed" and "refused to start (returned 7)" in (ev.error or "")
+    assert host["xp"].version_tag() == 2
+    assert _sha(so) == running.digest  # the output still holds the build that runs
+    assert refused.is_file() and (ev.path, ev.kept_as) == (str(so), str(refused))
+    assert host.read(refused).name == "xp" and _sha(refused) != running.digest
+    log = next(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert f"the refused build is kept as {refused}; {so} holds the build that runs" in log
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no staging left
+
+    _save(src / "xp.c", xp_source(mult=4, version="1.1.0"))  # the next good build goes live
+    ev = next_event(events, done)
+    assert (ev.action, ev.path) == ("reloaded", str(so)), ev.error
+    current = host.current("xp")
+    assert current is not None and _sha(so) == current.digest and host["xp"].version_tag() == 4
+    assert not refused.exists()  # superseded: a .refused file is always the latest refusal
+    assert host.reload("xp").digest == current.digest  # its source holds what runs
 
 
 def test_rebuild_loads_a_new_source_file(host: Host, tmp_path: Path, events) -> None:
@@ -566,3 +608,70 @@ def test_allow_signature_change_lets_the_watcher_swap_in_a_new_prototype(
     ev = next_event(events, done)
     assert (ev.action, ev.seq, ev.plugin_version) == ("reloaded", 2, "2"), ev.error
     assert sig.f(5, 6) == 11
+
+
+# ---- waiting for the start-up builds (issue 19, item 15) ---------------------------------
+
+SLOW_CC = "sh -c 'sleep 1; exec cc \"$@\"' slow-cc"  # a compiler that takes a second at least
+
+
+def _one_source(tmp_path: Path, **xp: Any) -> Path:
+    src = tmp_path / "srcdir"
+    src.mkdir()
+    (src / "xp.c").write_text(xp_source(**xp))
+    return src
+
+
+def test_watch_wait_returns_once_the_start_up_build_is_loaded(host: Host, tmp_path: Path) -> None:
+    """``host.watch(src, rebuild=True)`` returned before the initial build was
+    loaded (0.83 s later): ``host["xp"]`` right after it failed."""
+    src = _one_source(tmp_path, mult=3)
+    watcher = host.watch(src, rebuild=True, out_dir=tmp_path / "out", cc=SLOW_CC, wait=True)
+    assert watcher.ready and host["xp"].version_tag() == 3
+    assert [(e.action, e.name) for e in watcher.wait(0)] == [("loaded", "xp")]
+
+
+def test_the_watcher_handle_says_when_the_start_up_pass_is_done(host: Host, tmp_path: Path) -> None:
+    src = _one_source(tmp_path, mult=3)
+    (src / "broken.c").write_text("#include <hotload.h>\nint oops(void) { return }\n")
+    watcher = host.watch(src, rebuild=True, out_dir=tmp_path / "out", cc=SLOW_CC)
+    assert not watcher.ready and "xp" not in host  # returns at once, as before
+    outcomes = watcher.wait(timeout=60)
+    assert watcher.ready
+    by_source = {Path(e.source or "").name: e for e in outcomes}
+    assert sorted(by_source) == ["broken.c", "xp.c"]
+    assert by_source["xp.c"].action == "loaded" and host["xp"].version_tag() == 3
+    assert by_source["broken.c"].action == "failed"
+    assert "compile failed" in (by_source["broken.c"].error or "")
+
+
+def test_watch_wait_raises_naming_a_failed_start_up_build_and_stops_watching(
+    host: Host, tmp_path: Path
+) -> None:
+    src = _one_source(tmp_path, mult=3, refuse=7)
+    with pytest.raises(HotloadError) as err:
+        host.watch(src, rebuild=True, out_dir=tmp_path / "out", wait=60.0)
+    message = str(err.value)
+    assert "the start-up pass failed" in message and str(src / "xp.c") in message
+    assert "refused to start (returned 7)" in message
+    assert not [t for t in threading.enumerate() if t.name.startswith("hotload-watch")]
+    assert "xp" not in host
+
+
+def test_watch_wait_times_out_stops_the_watcher_and_kills_the_build(
+    host: Host, tmp_path: Path
+) -> None:
+    src = _one_source(tmp_path)
+    with pytest.raises(HotloadError) as err:
+        host.watch(src, rebuild=True, out_dir=tmp_path / "out", cc=SLOW_CC, wait=0.2)
+    assert "did not finish within 0.2 s" in str(err.value) and "xp.c" in str(err.value)
+    assert not [t for t in threading.enumerate() if t.name.startswith("hotload-watch")]
+    assert "xp" not in host and not (tmp_path / "out" / "xp.so").exists()
+
+
+@pytest.mark.parametrize("wait", ["yes", -1.0, float("nan")])
+def test_watch_wait_must_be_a_bool_or_seconds(host: Host, tmp_path: Path, wait: object) -> None:
+    src = _one_source(tmp_path)
+    with pytest.raises(ConfigError, match="wait"):
+        host.watch(src, rebuild=True, out_dir=tmp_path / "out", wait=wait)
+    assert not [t for t in threading.enumerate() if t.name.startswith("hotload-watch")]

@@ -517,7 +517,12 @@ class Host:
 
     # -- services -----------------------------------------------------------------
     def watch(
-        self, path: str | os.PathLike[str], *, rebuild: bool = False, **options: object
+        self,
+        path: str | os.PathLike[str],
+        *,
+        rebuild: bool = False,
+        wait: bool | float = False,
+        **options: object,
     ) -> Watcher:
         """Watch built plugins in ``path`` and reload each one that changes;
         load new ones.  Returns the running watcher (``stop()`` ends it;
@@ -529,6 +534,15 @@ class Host:
             rebuild: Watch C sources instead (``dir/foo.c``, or a directory
                 ``dir/foo/`` of ``.c`` files, and the headers they include):
                 rebuild a plugin when one changes, then load or reload it.
+            wait: Return only once the plugins already in ``path`` are
+                applied (in rebuild mode: built, then loaded), so that
+                ``host["foo"]`` works on the next line.  True waits as long
+                as that takes (each build is bounded by ``build_timeout``); a
+                number is seconds at most.  If one of them failed, or the
+                time ran out, the watcher is stopped and ``HotloadError``
+                names the files and why.  False (the default) returns at
+                once: the watcher's ``ready`` and ``wait(timeout)`` tell when
+                the start-up pass is done, and what became of each file.
             **options: For the ``Watcher``: ``out_dir``, ``build_timeout``,
                 ``cc``, ``cflags``, ``include_dirs``, ``max_size`` (default
                 the host's ``max_plugin_size``), ``quiet``, ``settle``,
@@ -540,7 +554,7 @@ class Host:
         options.setdefault("max_size", self.max_plugin_size)
         watcher = Watcher(self, path, rebuild=rebuild, **options)  # type: ignore[arg-type]
         self._services.append(watcher)
-        return watcher.start()
+        return watcher.start(wait=wait)
 
     def serve_control(
         self, *, directory: str | os.PathLike[str] | None = None, name: str | None = None

@@ -142,7 +142,7 @@ def compile_plugin(
     if stderr.strip():
         log.warning("%s: compiler warnings:\n%s", source, stderr.strip())
     os.chmod(tmp, 0o755)
-    _replace(tmp, output)
+    rename_into_place(tmp, output)
     return BuildResult(source, output)
 
 
@@ -199,7 +199,7 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
-def _replace(tmp: str, output: Path) -> None:
+def rename_into_place(tmp: str | Path, output: Path) -> None:
     """Rename into place.  On Windows a reader holding the old file open
     blocks the rename for a moment: retry briefly, then say so."""
     for attempt in range(20):

@@ -11,7 +11,9 @@ a build the same way.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import stat
 from collections.abc import Iterable, Mapping
 
 from .._errors import InvalidPluginError
@@ -67,3 +69,36 @@ class Reader:
         if self._allowed is not None:
             trust.check_digest(cand.source, cand.digest, *self._allowed)
         return cand
+
+
+_ON_DISK: dict[tuple[str, int, int, int, int, int], str] = {}
+_ON_DISK_MAX = 256
+
+
+def on_disk(
+    path: str | os.PathLike[str], max_size: int = loader.DEFAULT_MAX_PLUGIN_SIZE
+) -> str | None:
+    """The SHA-256 of what ``path`` holds now; None when no readable regular
+    file is there (gone, a FIFO, over ``max_size``, or not a path at all: a
+    fleet build's source).  A file is hashed once per identity (device,
+    inode, size, times): ``hotload ls`` asks at every call, to say when the
+    file a version came from no longer holds what runs."""
+    source = os.fspath(path)
+    try:
+        st = os.stat(source)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    key = (source, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    digest = _ON_DISK.get(key)
+    if digest is None:
+        try:
+            data = loader.read_source(source, max_size=max_size)
+        except (InvalidPluginError, OSError, ValueError):
+            return None
+        digest = hashlib.sha256(data).hexdigest()
+        if len(_ON_DISK) >= _ON_DISK_MAX:
+            _ON_DISK.clear()
+        _ON_DISK[key] = digest
+    return digest

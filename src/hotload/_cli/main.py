@@ -28,7 +28,9 @@ bad usage); ``-v`` adds the library's log.
     VERSION is ``VersionInfo.as_dict()``:
     ``name, seq, plugin_version, state, in_flight, loaded_at, unloaded_at,
     source, copy, digest, size, dlopen_count, dlclose_count, mapped_bytes,
-    blockers, note`` (times in Unix seconds).
+    blockers, note`` (times in Unix seconds); the active version also has
+    ``source_digest``, the SHA-256 of what its source file holds now (null:
+    no readable file there).
 ``hosts --json``
     ``{"hosts": [HOST, ...]}``; HOST is ``{"protocol", "hotload", "pid",
     "uid", "name", "argv", "started_at", "socket", "plugins"}``, or ``{"pid",
@@ -245,6 +247,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
     notes: list[str] = []
     for plugin in result["plugins"]:
         rows += [_version_row(v) for v in plugin["versions"]]
+        notes += [
+            f"{v['name']} v{v['seq']} runs build {v['digest'][:12]}; {v['source']} now holds "
+            f"{v['source_digest'][:12]}, not what runs"
+            for v in plugin["versions"]
+            if _changed_on_disk(v)
+        ]
         if plugin.get("pruned"):
             notes.append(
                 f"{plugin['name']}: {plugin['pruned']} older unloaded version(s) not kept in "
@@ -281,10 +289,16 @@ def _version_row(v: dict[str, Any]) -> tuple[str, ...]:
         "-" if served is None else f"{served:,}",
         str(v["in_flight"]),
         time.strftime("%H:%M:%S", time.localtime(v["loaded_at"])),
-        v["source"],
+        v["source"] + (" (changed)" if _changed_on_disk(v) else ""),
         why or "-",
         _one_line(v.get("note") or "", 60),
     )
+
+
+def _changed_on_disk(v: dict[str, Any]) -> bool:
+    """The version runs, and its source file now holds another build."""
+    now = v.get("source_digest")
+    return isinstance(now, str) and now != v["digest"]
 
 
 def _isolated(v: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ change.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._artifact.loader import Candidate, check_size
+from .._artifact.reader import on_disk
 from .._errors import InvalidPluginError, LoadError, NotAPluginError
 
 if TYPE_CHECKING:
@@ -42,7 +44,9 @@ class WatchEvent:
     is the plugin's, when the watcher knows it (a failed first build may not
     tell).  Times are ``time.monotonic()``: ``changed_at`` is the first event
     of the burst, ``done_at`` the moment the new version was serving (or the
-    failure was final)."""
+    failure was final).  In rebuild mode ``path`` is the plugin's output
+    file, and ``kept_as`` where a build that did not go live was kept
+    instead (``foo.so.refused``): the output is left holding what it held."""
 
     action: str
     path: str
@@ -54,6 +58,7 @@ class WatchEvent:
     build_seconds: float | None = None
     changed_at: float = 0.0
     done_at: float = 0.0
+    kept_as: str | None = None
 
     @property
     def latency(self) -> float:
@@ -106,9 +111,16 @@ class Applier:
         except NotAPluginError:
             return None
 
-    def load_or_reload(self, path: Path, common: dict[str, Any]) -> WatchEvent:
-        """Check the file's bytes, then load, reload or leave alone its plugin."""
-        cand = self._read(path)
+    def load_or_reload(
+        self, path: Path, common: dict[str, Any], *, staged: Path | None = None
+    ) -> WatchEvent:
+        """Check the file's bytes, then load, reload or leave alone its plugin.
+        ``staged``: a fresh build to read instead, which becomes ``path`` if
+        it goes live (rebuild mode): the version's source is ``path``, the
+        file a later ``reload(name)`` reads."""
+        cand = self._read(staged or path)
+        if cand is not None and staged is not None:
+            cand = dataclasses.replace(cand, source=str(path))
         if cand is None:
             return WatchEvent(
                 "skipped",
@@ -165,14 +177,31 @@ class Applier:
             "the watcher retries on the next change"
         )
 
+    def _kept(self, event: WatchEvent) -> str:
+        """Where a refused build went, and what the output holds now."""
+        if not event.kept_as:
+            return ""
+        current = None
+        if event.name is not None and event.name in self.host:
+            current = self.host.current(event.name)
+        kept = f"; the refused build is kept as {event.kept_as}"
+        now = on_disk(event.path, self.max_size)
+        if now is None:
+            return kept  # no output yet: nothing was ever installed there
+        runs = current is not None and now == current.digest
+        return (
+            f"{kept}; {event.path} {'holds the build that runs' if runs else 'is left as it was'}"
+        )
+
     def emit(self, event: WatchEvent) -> None:
         """Log the event at its level, then hand it to ``on_event`` (whose
         errors are logged: a callback must not stop the watcher)."""
         where = event.source or event.path
         if event.action == "failed":
-            log.error("watch: %s: %s:\n%s", where, self.fate(event.name), event.error)
+            fate = self.fate(event.name) + self._kept(event)
+            log.error("watch: %s: %s:\n%s", where, fate, event.error)
         elif event.action == "skipped":
-            log.warning("watch: %s", event.error)
+            log.warning("watch: %s%s", event.error, self._kept(event))
         elif event.action == "unchanged":
             log.debug("watch: %s: same bytes as the version serving; nothing to do", where)
         else:

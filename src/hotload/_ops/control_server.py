@@ -5,9 +5,13 @@ another terminal can see and steer a running host (the protocol is in
 Limits
 ------
 One thread multiplexes every connection; at most ``WORKERS`` threads run
-requests.  At most ``MAX_SESSIONS`` connections are open at once (at the cap
-the longest-idle one with nothing unread is closed to admit a newcomer, else
-the one stalled longest on a partial request or an untaken answer); a
+requests.  At most ``MAX_SESSIONS`` connections are open at once, and never
+more than a quarter (``FD_SHARE``) of the file descriptors the rest of the
+process leaves free under its ``RLIMIT_NOFILE``: with ``ulimit -n 100``
+thousands of connections must not take the fds the application's own
+``reload()`` needs.  At the cap the longest-idle session with nothing unread
+is closed to admit a newcomer, else the one stalled longest on a partial
+request or an untaken answer, else the newcomer is answered ``busy``; a
 request must be complete within ``REQUEST_DEADLINE`` seconds of its first
 byte, and its answer taken as quickly (by the selector thread: workers never
 wait on a client); a silent session is closed after ``SESSION_IDLE``
@@ -34,8 +38,10 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._artifact.reader import on_disk
 from .._artifact.workdir import ensure_private_dir
 from .._errors import ControlError, HotloadError, NotLoadedError, resource_error
+from .._platform import proc
 from .control_paths import ENV_DIR, control_dir, require_unix_sockets, sweep_stale
 from .control_wire import MAX_LINE, NOSIGNAL, PROTOCOL, encode, error_reply
 
@@ -47,6 +53,7 @@ log = logging.getLogger(__name__)
 SESSION_IDLE = 60.0  # seconds a connected client may stay silent between requests
 REQUEST_DEADLINE = 10.0  # seconds from a request's first byte to its last (and to send the answer)
 MAX_SESSIONS = 128  # open connections per host; each costs an fd, not a thread
+FD_SHARE = 4  # sessions take at most 1/FD_SHARE of the fds the rest of the process leaves free
 WORKERS = 4  # threads that run requests; started on demand
 BACKLOG = 512  # connections the kernel queues before accept (capped by net.core.somaxconn)
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -80,8 +87,9 @@ class ControlServer:
     session, so an idle or slow client costs an fd, never a thread; a small
     pool of workers (started on demand, at most ``workers``) runs complete
     request lines against the host.  Limits: ``max_sessions`` open
-    connections (at the cap the longest-idle one is closed to make room, and
-    when every session is busy the newcomer is answered ``busy``); a request
+    connections, fewer when the fd limit leaves less room (``session_cap``;
+    at the cap the longest-idle one is closed to make room, and when every
+    session is busy the newcomer is answered ``busy``); a request
     must arrive whole within ``request_deadline`` seconds of its first byte
     and its answer be taken within as long again; a session silent for
     ``idle_timeout`` seconds is closed.  When ``accept`` fails for lack of
@@ -283,22 +291,41 @@ class ControlServer:
             log.warning("control: %s", refusal)
             _send_and_close(conn, error_reply(None, "forbidden", refusal, "PermissionError"))
             return
-        if len(self._sessions) >= self.max_sessions and not self._evict():
-            _send_and_close(
-                conn,
-                error_reply(
-                    None,
-                    "busy",
-                    f"the host is busy: all {self.max_sessions} control sessions are in use; "
-                    f"try again",
-                ),
-            )
-            return
+        cap, why = self.session_cap()
+        while len(self._sessions) >= cap:
+            if cap == 0 or not self._evict():
+                message = (
+                    f"the host is busy: all {cap} control sessions are in use{why}; try again"
+                    if cap
+                    else f"the host has no file descriptor to spare for a control session{why}"
+                )
+                _send_and_close(conn, error_reply(None, "busy", message))
+                return
         conn.setblocking(False)
         session = _Session(conn, time.monotonic(), self.idle_timeout)
         with self._lock:
             self._sessions.add(session)
         self._sel.register(conn, selectors.EVENT_READ, session)
+
+    def session_cap(self) -> tuple[int, str]:
+        """How many sessions may be open now, and why fewer than
+        ``max_sessions`` (empty when not).  The newcomer's fd is already
+        open: it is counted as a session, the rest of the process's fds are
+        the application's, and the sessions may take a quarter of what its
+        ``RLIMIT_NOFILE`` leaves free, so the application keeps the rest
+        (the host's own ``reload()`` opens files, the preflight pipes)."""
+        usage = proc.fd_usage()
+        if usage is None:
+            return self.max_sessions, ""
+        used, limit = usage
+        others = used - len(self._sessions) - 1
+        share = max(0, limit - others) // FD_SHARE
+        if share >= self.max_sessions:
+            return self.max_sessions, ""
+        return share, (
+            f" (the most its fd limit allows: {others} of its {limit} file descriptors are "
+            f"the application's, the control sessions take at most 1/{FD_SHARE} of the rest)"
+        )
 
     def _evict(self) -> bool:
         """Make room for a newcomer; False if every session is busy.
@@ -568,7 +595,15 @@ class ControlServer:
         return name
 
     def _versions(self, name: str) -> list[dict[str, Any]]:
-        return [v.as_dict() for v in self.host.versions(name)]
+        """Each version as a dict; the active one also says what its source
+        file holds now (``source_digest``), so that ``ls`` shows when that
+        file is not what runs (after a rollback, or a build written over it
+        that the host refused)."""
+        versions = [v.as_dict() for v in self.host.versions(name)]
+        for v in versions:
+            if v["state"] == "active":
+                v["source_digest"] = on_disk(v["source"])
+        return versions
 
 
 _OPS = {
@@ -649,4 +684,11 @@ def _default_name() -> str:
     return " ".join([name, *sys.argv[1:]])[:80]
 
 
-__all__ = ["MAX_SESSIONS", "REQUEST_DEADLINE", "SESSION_IDLE", "WORKERS", "ControlServer"]
+__all__ = [
+    "FD_SHARE",
+    "MAX_SESSIONS",
+    "REQUEST_DEADLINE",
+    "SESSION_IDLE",
+    "WORKERS",
+    "ControlServer",
+]

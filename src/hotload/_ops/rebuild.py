@@ -7,15 +7,26 @@ subdirectory holding ``*.c`` files is one plugin built from all of them
 (``src/foo/*.c`` -> ``<out_dir>/foo.so``).  Every local header they
 ``#include "..."`` (found beside the including file or in ``include_dirs``
 and the SDK directory) is watched too.  A change rebuilds the plugin with
-``builder.compile_plugin`` (what ``build.py`` uses: temp file, then rename)
-and applies the output; a header change rebuilds every plugin that includes
-it.
+``builder.compile_plugin`` (what ``build.py`` uses: temp file, then rename);
+a header change rebuilds every plugin that includes it.
+
+The compiler's output goes to a hidden staging file beside the output, and
+the watcher applies that.  Only a build that then serves (loaded, reloaded,
+or the very bytes already running) is renamed into place as
+``<out_dir>/foo.so``; one the host refused (a failed ``on_load``, a changed
+signature, a crash in preflight) is kept as ``foo.so.refused``, and the
+output keeps the build that runs.  So the file on disk is what runs (until
+someone rolls back: ``hotload ls`` says so), and the refused build is there
+to inspect.  The ``.refused`` suffix is deliberate: a ``*.so`` glob or a
+watcher of the output directory must not take it for a plugin.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import secrets
 import shlex
 import threading
 from collections.abc import Iterable
@@ -27,11 +38,14 @@ from .._artifact.builder import (
     output_name,
     plugin_sources,
     plugin_units,
+    rename_into_place,
     sdk_include_dir,
 )
 from .._artifact.loader import DEFAULT_MAX_PLUGIN_SIZE, read_source
 from .._errors import InvalidPluginError
 from .._platform import dl
+
+log = logging.getLogger(__name__)
 
 _INCLUDE = re.compile(r'^\s*#\s*include\s*([<"])([^>"]+)[>"]', re.MULTILINE)
 
@@ -104,19 +118,53 @@ class Rebuilder:
         return _up_to_date(plugin_sources(unit), self.output_of(unit))
 
     def build(self, unit: Path) -> Path:
-        """Compile one plugin (a ``.c`` file or a plugin directory) into its
-        output and return it; ``BuildError`` with the compiler's message."""
+        """Compile one plugin (a ``.c`` file or a plugin directory) into a
+        staging file beside its output and return that; ``BuildError`` with
+        the compiler's message.  The caller ``install``s it or ``set_aside``s
+        it once the host has had its say."""
         output = self.output_of(unit)
         self._check_no_twin(unit, output)
+        staged = output.with_name(f".{output.name}.{secrets.token_hex(4)}.staged")
         compile_plugin(
             unit,
-            output,
+            staged,
             cc=self.cc,
             extra_cflags=self.cflags,
             timeout=self.build_timeout,
             cancel=self.cancel,
         )
+        return staged
+
+    def install(self, unit: Path, staged: Path) -> Path:
+        """A build that serves becomes the output; a refused build kept from
+        before is superseded (a ``.refused`` file is the latest refusal)."""
+        output = self.output_of(unit)
+        rename_into_place(staged, output)
+        refused_path(output).unlink(missing_ok=True)
         return output
+
+    def set_aside(self, unit: Path, staged: Path) -> Path:
+        """A build the host refused is kept as ``<output>.refused``; the
+        output is left as it is."""
+        kept = refused_path(self.output_of(unit))
+        rename_into_place(staged, kept)
+        return kept
+
+    def place(self, unit: Path, staged: Path, *, serves: bool) -> Path | None:
+        """``install`` a build that serves, else ``set_aside`` it; where a
+        refused build was kept (None when installed, or when the rename
+        failed: that is logged, and the staging file is the caller's to
+        delete)."""
+        try:
+            if serves:
+                self.install(unit, staged)
+                return None
+            return self.set_aside(unit, staged)
+        except (BuildError, OSError) as exc:
+            log.error(
+                "watch: %s: cannot %s the build: %s", unit, "install" if serves else "keep", exc
+            )
+            return None
 
     def _check_no_twin(self, unit: Path, output: Path) -> None:
         """``foo.c`` and ``foo/`` would both build ``foo.so``: refuse to guess."""
@@ -161,6 +209,11 @@ def _sdk_dir() -> Path:
         return Path(__file__).resolve().parents[1] / "sdk" / "include"
 
 
+def refused_path(output: Path) -> Path:
+    """Where a refused build of ``output`` is kept: ``foo.so.refused``."""
+    return output.with_name(output.name + ".refused")
+
+
 def default_out_dir(src_dir: Path) -> Path:
     """``native/plugins`` builds into ``build/plugins`` beside it, as
     ``build.py`` does; any other source directory into ``<dir>/build``."""
@@ -177,4 +230,4 @@ def _up_to_date(sources: list[Path], output: Path) -> bool:
         return False
 
 
-__all__ = ["Rebuilder", "default_out_dir"]
+__all__ = ["Rebuilder", "default_out_dir", "refused_path"]

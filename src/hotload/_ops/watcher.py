@@ -31,7 +31,9 @@ truncated library.  So each changed path goes through the same steps:
 
 With ``rebuild=True`` the watcher watches C sources (``rebuild.Rebuilder``):
 each ``*.c`` in the directory, or directory of them, is one plugin, rebuilt
-when it or a local header it includes changes, and its output applied.
+when it or a local header it includes changes, and its output applied.  The
+compiler writes a hidden staging file; only a build that serves is renamed
+into place as the output, a refused one is kept as ``foo.so.refused``.
 
 ``isolate=True`` (or an ``Isolated(...)``, as for ``Host.load``) loads each new
 plugin in its own worker process; a plugin already loaded keeps the mode it was loaded with.
@@ -39,11 +41,17 @@ plugin in its own worker process; a plugin already loaded keeps the mode it was 
 All work happens on one worker thread, so builds and reloads never overlap;
 watchdog's own threads only record events.  ``on_event`` receives a
 :class:`WatchEvent` for every outcome (the demo's live view uses it).
+
+``start()`` returns at once; what was already there (the start-up pass) is
+applied on that thread, which for a build takes the compiler's time.
+``ready`` and ``wait()`` tell when the pass is done, and ``start(wait=...)``
+(``Host.watch(..., wait=True)``) returns only then, or stops and raises.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import stat
@@ -62,6 +70,7 @@ from .._process.options import Isolated
 from .._process.options import options as isolation_options
 from .apply import RETRYABLE, Applier, WatchEvent
 from .rebuild import Rebuilder, default_out_dir
+from .startup import StartupPass, wait_timeout
 
 if TYPE_CHECKING:
     from .protocols import PluginHost
@@ -172,8 +181,9 @@ class Watcher:
             load_options={"isolate": opts} if opts is not None else {},
             allow_signature_change=allow_signature_change,
             max_size=max_size,
-            on_event=on_event,
+            on_event=self._on_event,
         )
+        self._user_on_event = on_event
         self.root, self._only, self._suffix = _watched(path, rebuild)
         self.out_dir = (
             Path(out_dir).resolve() if out_dir else default_out_dir(self.root) if rebuild else None
@@ -195,6 +205,7 @@ class Watcher:
         self._stopping = False
         self._busy = False
         self._initial = initial
+        self._startup = StartupPass(str(self._only or self.root))  # ready, wait
         self._observer: Any = None
         self._handler = _Handler(self)
         self._worker = threading.Thread(
@@ -202,10 +213,17 @@ class Watcher:
         )
 
     # -- life cycle -----------------------------------------------------------
-    def start(self) -> Watcher:
+    def start(self, *, wait: bool | float = False) -> Watcher:
         """Start watching; with ``initial``, files already there are applied
         too (a new plugin is loaded, a changed one reloaded, an unchanged one
-        left alone; in rebuild mode a source newer than its output is built)."""
+        left alone; in rebuild mode a source newer than its output is built).
+
+        ``wait``: return only once that start-up pass is done (True: however
+        long it takes, each build bounded by ``build_timeout``; a number: at
+        most that many seconds).  If a start-up file failed, or the time ran
+        out, the watcher is stopped and ``HotloadError`` names the files and
+        why.  False: return at once (``ready`` and ``wait()`` tell later)."""
+        timeout = wait_timeout(wait)
         try:
             self._scan_headers()
             self._observer = _start_observer(self._dirs(), self._handler)
@@ -217,13 +235,17 @@ class Watcher:
             raise error from None
         self._worker.start()
         if self._initial:
-            for path in self._existing():
+            found = self._existing()
+            self._startup.expect(found)
+            for path in found:
                 self._schedule(path, 0.0, initial=True)
         log.info(
             "watching %s%s",
             self._only or self.root,
             f" (rebuilding into {self.out_dir})" if self.rebuild else "",
         )
+        if wait is not False:
+            self._started(timeout)
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -236,6 +258,7 @@ class Watcher:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+        self._startup.stop()
         self._rebuilder.cancel.set()
         if self._worker.is_alive() and self._worker is not threading.current_thread():
             self._worker.join(timeout)
@@ -245,6 +268,33 @@ class Watcher:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _started(self, timeout: float | None) -> None:
+        """``start(wait=...)``: the start-up pass applied, or stop and raise."""
+        try:
+            self._startup.check(self._startup.wait(timeout))
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def ready(self) -> bool:
+        """True once the start-up pass is done: each file found at start
+        applied (loaded, reloaded, unchanged, failed or skipped)."""
+        return self._startup.ready
+
+    def wait(self, timeout: float | None = None) -> list[WatchEvent]:
+        """Wait for the start-up pass and return its outcomes, a
+        :class:`WatchEvent` per file found at start (one gone meanwhile has
+        none), in the order they were applied.  ``HotloadError`` when
+        ``timeout`` seconds pass first or the watcher stops, naming the files
+        not applied yet."""
+        return self._startup.wait(timeout)
+
+    def _on_event(self, event: WatchEvent) -> None:
+        self._startup.record(event)
+        if self._user_on_event is not None:
+            self._user_on_event(event)
 
     def idle(self, timeout: float = 5.0) -> bool:
         """Wait until nothing is pending or running; True if it got there."""
@@ -345,13 +395,22 @@ class Watcher:
                 self._busy = True
             try:
                 for path, item in due:
-                    self._process(path, item)
-            except Exception:  # never let one bad file kill the watcher
-                log.exception("watcher: unexpected error")
+                    self._process_one(path, item)
             finally:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+
+    def _process_one(self, path: Path, item: _Pending) -> None:
+        self._startup.applying(path)
+        try:
+            self._process(path, item)
+        except Exception:  # never let one bad file kill the watcher, nor the others due
+            log.exception("watcher: unexpected error")
+        finally:
+            with self._cond:
+                again = path in self._pending  # a retry, or changed since: not applied yet
+            self._startup.applied(path, again=again)
 
     def _wait_for_due(self) -> list[tuple[Path, _Pending]] | None:
         """Block (holding the condition) until some path is due; None on stop."""
@@ -452,13 +511,17 @@ class Watcher:
             return
         started = time.monotonic()
         try:
-            output = self._rebuilder.build(unit)
+            staged = self._rebuilder.build(unit)
         except BuildError as exc:
             self._build_failed(unit, item, exc, started)
             return
         built = time.monotonic() - started
         self._watch_new_headers(unit)
-        self._apply(output, item, source=unit, build_seconds=built)
+        try:
+            output = self._rebuilder.output_of(unit)
+            self._apply(output, item, source=unit, build_seconds=built, staged=staged)
+        finally:
+            staged.unlink(missing_ok=True)  # neither installed nor set aside: gone
 
     def _build_failed(self, unit: Path, item: _Pending, exc: BuildError, started: float) -> None:
         self._applier.emit(
@@ -494,6 +557,7 @@ class Watcher:
         *,
         source: Path | None = None,
         build_seconds: float | None = None,
+        staged: Path | None = None,
     ) -> None:
         common = {
             "path": str(path),
@@ -502,12 +566,12 @@ class Watcher:
             "changed_at": item.changed_at,
         }
         try:
-            event = self._applier.load_or_reload(path, common)
+            event = self._applier.load_or_reload(path, common, staged=staged)
         except FileNotFoundError:
-            log.info("watch: %s vanished before it could be loaded", path)
+            log.info("watch: %s vanished before it could be loaded", staged or path)
             return
         except RETRYABLE as exc:
-            if not path.exists():
+            if not (staged or path).exists():
                 log.info("watch: %s vanished before it could be loaded", path)
                 return
             # Our own builds are renamed into place whole: only a file someone
@@ -519,6 +583,10 @@ class Watcher:
             event = self._applier.failed(path, source, f"{exc}{tail}", common)
         except (HotloadError, OSError) as exc:
             event = self._applier.failed(path, source, str(exc), common)
+        if staged is not None and source is not None:  # only a build that serves is the output
+            serves = event.action in ("loaded", "reloaded", "unchanged")
+            kept = self._rebuilder.place(source, staged, serves=serves)
+            event = dataclasses.replace(event, kept_as=str(kept)) if kept else event
         self._applier.emit(event)
 
     def _retry(self, path: Path, item: _Pending, exc: Exception) -> None:

@@ -80,3 +80,9 @@ class WorkerProcess(Protocol):
         """In a worker, before any plugin code: the kernel's limits on it
         (``address_space`` and ``cpu_seconds`` as rlimits, ``nice``)."""
         ...
+
+    def fd_usage(self) -> tuple[int, int] | None:
+        """``(open, limit)``: how many file descriptors this process has open
+        and its soft ``RLIMIT_NOFILE``; None when there is no limit or the
+        count cannot be had.  The control server sizes its sessions by it."""
+        ...

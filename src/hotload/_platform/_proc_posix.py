@@ -304,3 +304,20 @@ def apply_limits(limits: dict[str, int]) -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (n, n))
     if "nice" in limits:
         os.nice(int(limits["nice"]))
+
+
+def fd_usage() -> tuple[int, int] | None:
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    for listing in ("/proc/self/fd", "/dev/fd"):  # Linux; macOS and the BSDs
+        try:
+            entries = os.listdir(listing)
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                return soft, soft  # not one fd left to list them with
+            continue
+        return len(entries) - 1, soft  # not the fd that listed the directory
+    return None

@@ -143,3 +143,7 @@ def poller(*fds: int) -> Any:
 
 def apply_limits(limits: dict[str, int]) -> None:
     raise NotImplementedError("isolated plugins need a POSIX host (rlimits)")
+
+
+def fd_usage() -> tuple[int, int] | None:
+    return None  # no RLIMIT_NOFILE: handles are limited by memory
