@@ -11,13 +11,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
+from hotload import Host, fleet
 from test_fleet import (  # noqa: F401  (fixtures)
     RedisServer,
     builds,
@@ -92,3 +95,60 @@ def _stop_embedded(db: Path) -> None:
     if pidfile.exists():
         with contextlib.suppress(ValueError, ProcessLookupError):
             os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+
+
+# ---- item 4: status shows what hosts run ------------------------------------------------
+
+
+def _row(url: str, host_id: str, name: str = "xp") -> dict[str, Any] | None:
+    """The status report of one host for one plugin, or None."""
+    for h in fleet.status(url=url)["hosts"]:
+        if h["id"] == host_id and h.get("alive"):
+            rep: dict[str, Any] | None = h["plugins"].get(name)
+            return rep
+    return None
+
+
+def test_status_shows_the_plugins_a_host_loaded_itself_under_its_name(
+    tmp_path: Path, redis_server: RedisServer, builds
+) -> None:
+    """No rollout ever touched ``xp``: the host's own load, its reload and its
+    unload show in ``fleet status`` at once, under ``fleet_name``, and again
+    after Redis forgot everything (``FLUSHALL``, a restart without data)."""
+    v1, d1 = builds(2)
+    v2, d2 = builds(3)
+    url = redis_server.url
+    with Host(
+        tmp_path / "w",
+        preflight=False,
+        fleet=url,
+        fleet_labels={"zone": "eu-1"},
+        fleet_name="game-1",
+    ) as host:
+        host.load(v1)
+        rep = wait_for(lambda: _row(url, "game-1"), what="the host's own plugin reported")
+        assert (rep["state"], rep["digest"], rep["version"], rep["seq"]) == ("live", d1, "2.0.0", 1)
+        host.reload("xp", v2)  # the application's own reload: reported without a rollout
+        rep = wait_for(
+            lambda: (r := _row(url, "game-1")) and r["digest"] == d2 and r, what="reload reported"
+        )
+        assert (rep["version"], rep["seq"]) == ("3.0.0", 2)
+
+        redis_server.client().flushall()  # Redis forgets the host: it registers again
+        rep = wait_for(lambda: _row(url, "game-1"), what="reported again after FLUSHALL")
+        assert (rep["state"], rep["digest"]) == ("live", d2)
+
+        redis_server.stop()  # a restart that lost the data (no persistence)
+        for f in redis_server.dir.iterdir():
+            if f.is_dir():
+                shutil.rmtree(f)
+            else:
+                f.unlink()
+        redis_server.start()
+        rep = wait_for(lambda: _row(url, "game-1"), what="reported again after a restart")
+        assert rep["digest"] == d2
+        st = fleet.status(url=url)
+        assert [h["labels"] for h in st["hosts"]] == [{"zone": "eu-1"}]
+
+        host.unload("xp")
+        wait_for(lambda: _row(url, "game-1") is None, what="the unload reported")

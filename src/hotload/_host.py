@@ -119,6 +119,11 @@ class Host:
             or 64 hex characters): the fleet applies only builds signed with
             its private key (``hotload fleet publish --sign-key``) for the
             plugin's name.  Used with ``fleet``.
+        fleet_name: This host's name in the fleet: its row in ``hotload fleet
+            status`` and in rollout messages, and the key of its heartbeat
+            and reports.  Letters, digits and ``_.:/-``, at most 64.  Default:
+            ``<machine>-<pid>-<random>``, new at every start.  Two live hosts
+            must not share a name.  Used with ``fleet``.
     """
 
     def __init__(
@@ -140,6 +145,7 @@ class Host:
         fleet: str | bool | None = None,
         fleet_labels: Mapping[str, str] | None = None,
         fleet_public_key: str | bytes | None = None,
+        fleet_name: str | None = None,
     ) -> None:
         _refuse_free_threading()
         _enable_faulthandler()
@@ -183,7 +189,10 @@ class Host:
                 self.serve_control()
             if fleet:
                 self.join_fleet(
-                    None if fleet is True else fleet, fleet_labels, public_key=fleet_public_key
+                    None if fleet is True else fleet,
+                    fleet_labels,
+                    public_key=fleet_public_key,
+                    name=fleet_name,
                 )
         except BaseException:
             self.close()
@@ -512,6 +521,20 @@ class Host:
             rec.prune()
         return settled
 
+    def on_change(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(name)`` after every load, reload, rollback and
+        unload of a plugin (also the ones a watcher, the control socket or the
+        fleet makes), from the thread that made the change, while that
+        plugin's swap is still locked: it must return quickly and must not
+        swap plugins itself.  The fleet agent uses it to report a change at
+        once.  Returns a function that removes the callback.
+
+        Args:
+            callback: Called with the plugin's name; an exception it raises is
+                logged and ignored.
+        """
+        return self._table.listen(callback)
+
     # -- services -----------------------------------------------------------------
     def watch(
         self, path: str | os.PathLike[str], *, rebuild: bool = False, **options: object
@@ -573,6 +596,7 @@ class Host:
         labels: Mapping[str, str] | None = None,
         *,
         public_key: str | bytes | None = None,
+        name: str | None = None,
         **options: Any,
     ) -> FleetAgent:
         """Join a fleet on Redis: the host then converges to the builds the
@@ -586,8 +610,9 @@ class Host:
             labels: The labels rollouts select this host by.
             public_key: Apply only builds signed with this Ed25519 key's
                 private half (a PEM file's path, PEM bytes, or 64 hex).
-            **options: For the ``FleetAgent``: ``host_id`` (this host's id in
-                the fleet), ``heartbeat`` (seconds between heartbeats, 2.5),
+            name: This host's name in the fleet (see ``Host(fleet_name=...)``);
+                default ``<machine>-<pid>-<random>``.
+            **options: For the ``FleetAgent``: ``heartbeat`` (seconds between heartbeats, 2.5),
                 ``ttl`` (how long a silent host counts as alive, three
                 heartbeats), ``timeout`` (of each Redis call), ``prefix`` (of
                 the fleet's keys), ``max_size`` (the largest build fetched).
@@ -595,6 +620,8 @@ class Host:
         from .fleet._agent import FleetAgent  # imports redis: only for fleet hosts
 
         self._table.check_open()
+        if name is not None:
+            options["host_id"] = name
         agent = FleetAgent(self, url, labels, public_key=public_key, **options)
         agent.start()
         self._services.append(agent)

@@ -5,7 +5,12 @@ It registers a heartbeat key that expires when the host dies, wakes on the
 fleet's ``wake`` channel (and polls ``gen`` with every heartbeat, in case a
 message was lost), fetches the desired digest's bytes, checks their SHA-256
 (and the publisher's Ed25519 signature if a key is configured), applies them
-through the host's public API and reports what is live.  When Redis is gone
+through the host's public API and reports what is live: every plugin the
+host runs, also the ones it loaded itself, again at once after the host
+changes one (``Host.on_change``).  Each heartbeat learns whether the
+registration was still there (``SET ... GET``); when it was not (Redis
+flushed, restarted without persistence, or the host was paused past its
+TTL), the host registers again and reports everything anew.  When Redis is gone
 the host keeps serving what it has; the agent reconnects with backoff and
 catches up.  Every Redis call has a bounded timeout, so a Redis that stops
 answering costs a timeout, never a hung agent.
@@ -100,6 +105,9 @@ class FleetAgent:
         self._invalid: dict[str, bytes] = {}  # plugin -> raw desired record reported invalid
         self._managed: set[str] = set()  # plugins this agent loaded itself
         self._baseline: dict[str, str | None] = {}  # plugin -> digest before the fleet
+        self._set_get = True  # SET ... GET (Redis >= 6.2); else SADD at every beat
+        self._clash_logged = False
+        self._unlisten: Any = None
         self.commands = 0  # Redis commands sent (the benchmark reads it)
 
     # -- lifecycle ------------------------------------------------------------------
@@ -109,6 +117,7 @@ class FleetAgent:
         self._thread = threading.Thread(
             target=self._run, name=f"hotload-fleet-{self.id}", daemon=True
         )
+        self._unlisten = self.host.on_change(self._host_changed)
         self._thread.start()
         return self
 
@@ -116,6 +125,9 @@ class FleetAgent:
         """Leave the fleet: stop the thread, remove the heartbeat and reports
         (best effort: Redis may be gone) and the private directory."""
         self._stop.set()
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
         if self._thread is not None:
             self._thread.join(timeout)
         try:
@@ -179,16 +191,36 @@ class FleetAgent:
         try:
             ps = r.pubsub(ignore_subscribe_messages=True)
             ps.subscribe(self.keys.wake)
-            r.sadd(self.keys.hosts, self.id)
         except BaseException:
             r.close()
             raise
-        self.commands += 2
+        self.commands += 1
         self._r, self._ps = r, ps
         self._reported.clear()  # Redis may have lost them (restart): write them again
         self._failed.clear()  # and its revs may restart: try refused builds once more
-        self._dirty = True
+        self._dirty = True  # the first heartbeat (next) registers if the registration is gone
         self.connected.set()
+
+    def _register(self) -> None:
+        """Join the set of hosts and write every report again: at each
+        connect, and whenever a heartbeat finds its key gone (a ``FLUSHALL``,
+        a restart without persistence, a pause past the TTL)."""
+        assert self._r is not None
+        pipe = self._r.pipeline(transaction=False)
+        pipe.sadd(self.keys.hosts, self.id)
+        pipe.delete(self.keys.report(self.id))  # what is left of it may be stale
+        pipe.execute()
+        self.commands += 2
+        self._reported.clear()
+        self._failed.clear()  # revs may restart with the data: try refused builds once more
+        self._dirty = True
+
+    def _host_changed(self, name: str) -> None:
+        """``Host.on_change``: the application (or a watcher, or the control
+        socket) changed ``name``: converge and report it at once.  The
+        agent's own swaps are reported where they are made."""
+        if threading.current_thread() is not self._thread:
+            self._dirty = True
 
     def _drop(self) -> None:
         self.connected.clear()
@@ -200,18 +232,59 @@ class FleetAgent:
         self._r = self._ps = None
 
     def _beat(self) -> None:
-        """Heartbeat and poll in one round trip: SET host PX ttl; GET gen."""
+        """Heartbeat and poll in one round trip: ``SET host PX ttl GET; GET
+        gen`` (the old heartbeat says whether the registration survived).  A
+        Redis older than 6.2 has no ``SET ... GET``: ``SADD hosts`` at every
+        beat instead (its answer says the same), one command more."""
+        import redis
+
         assert self._r is not None
-        record = json.dumps(
-            {"id": self.id, "labels": self.labels, "ttl": self.ttl, **host_identity()}
-        )
+        identity = host_identity()
+        record = json.dumps({"id": self.id, "labels": self.labels, "ttl": self.ttl, **identity})
+        key, px = self.keys.host(self.id), int(self.ttl * 1000)
         pipe = self._r.pipeline(transaction=False)
-        pipe.set(self.keys.host(self.id), record, px=int(self.ttl * 1000))
+        if self._set_get:
+            pipe.set(key, record, px=px, get=True)
+        else:
+            pipe.sadd(self.keys.hosts, self.id)
+            pipe.set(key, record, px=px)
         pipe.get(self.keys.gen)
-        _, gen = pipe.execute()
-        self.commands += 2
+        try:
+            answers = pipe.execute()
+        except redis.ResponseError as exc:
+            if not self._set_get or "syntax" not in str(exc).lower():
+                raise
+            log.info("fleet agent %s: no SET ... GET (Redis < 6.2): SADD every beat", self.id)
+            self._set_get = False
+            self._beat()
+            return
+        self.commands += 2 if self._set_get else 3
+        first, gen = answers[0], answers[-1]
+        if first in (None, 1):  # the old heartbeat was gone, or SADD added us: register
+            self._register()
+        elif self._set_get and not self._clash_logged:
+            self._check_clash(first, identity)
         if gen != self._gen:
             self._dirty = True
+
+    def _check_clash(self, old: bytes, identity: dict[str, Any]) -> None:
+        """The heartbeat replaced one written by another process: a restart
+        within the TTL under the same name, or two live hosts sharing it."""
+        try:
+            rec = load_json(old, f"heartbeat of {self.id}")
+        except FleetError:
+            return
+        if not isinstance(rec, dict):
+            return
+        if (rec.get("pid"), rec.get("machine")) != (identity["pid"], identity["machine"]):
+            self._clash_logged = True
+            log.warning(
+                "fleet agent %s: the name was in use by pid %s on %s until now (a restart; "
+                "if that host still runs, two hosts share one name and their reports mix)",
+                self.id,
+                rec.get("pid"),
+                rec.get("machine"),
+            )
 
     def _wait(self, until: float) -> None:
         """Sleep on the wake channel until the next heartbeat, a wake-up or stop.
@@ -226,12 +299,16 @@ class FleetAgent:
 
     # -- converging -----------------------------------------------------------------------
     def _sync(self) -> None:
+        """Converge every plugin the desired state has a rule for here, then
+        report the others this host runs (loaded by the application itself)
+        and drop the reports of plugins it no longer runs."""
         assert self._r is not None
         pipe = self._r.pipeline(transaction=False)
         pipe.get(self.keys.gen)
         pipe.hgetall(self.keys.desired)
         gen, desired = pipe.execute()
         self.commands += 2
+        covered: set[str] = set()
         for name_b, raw in sorted(desired.items()):
             name = name_b.decode("utf-8", "replace")
             if not PLUGIN_NAME.fullmatch(name):
@@ -242,15 +319,23 @@ class FleetAgent:
             try:
                 rev, rules = parse_desired(raw, name)
             except FleetError as exc:
+                covered.add(name)
                 if self._invalid.get(name) != raw:
                     self._invalid[name] = raw
                     log.warning("fleet agent %s: %s", self.id, exc)
-                    self._report(name, "invalid", None, 0, str(exc))
+                self._report(name, "invalid", None, 0, str(exc))
                 continue
             self._invalid.pop(name, None)
             rule = pick(rules, self.labels)
             if rule is not None:
+                covered.add(name)
                 self._converge(name, rule.digest, rev)
+        for name in self.host.names():
+            if name not in covered:
+                self._report(name, "live", None, 0, None)
+        for name in list(self._reported):
+            if name not in covered and name not in self.host:
+                self._unreport(name)
         self._gen = gen
         self.synced.set()
 
@@ -277,8 +362,9 @@ class FleetAgent:
     def _to_baseline(self, name: str, live: str | None, rev: int) -> None:
         """A rule without a digest: go back to what this host ran before the
         fleet first changed ``name`` (unload it if the fleet loaded it)."""
-        if name not in self._baseline:
-            return  # the fleet never touched it here: nothing to undo
+        if name not in self._baseline:  # the fleet never touched it here: nothing to undo
+            self._report(name, "live" if name in self.host else "unloaded", None, rev, None)
+            return
         base = self._baseline[name]
         if live != base and self._failed.get((name, "baseline")) != rev:
             try:
@@ -374,10 +460,7 @@ class FleetAgent:
     ) -> None:
         """Write this host's state for ``name`` (only when it changed)."""
         assert self._r is not None
-        info = None
-        if name in self.host:
-            active = [v for v in self.host.versions(name) if v.state == "active"]
-            info = max(active, key=lambda v: v.seq) if active else None
+        info = self.host.current(name)
         rep = {
             "state": state,
             "digest": info.digest if info else None,
@@ -396,6 +479,16 @@ class FleetAgent:
         pipe.execute()
         self.commands += 2
         self._reported[name] = rep
+
+    def _unreport(self, name: str) -> None:
+        """``name`` is no longer loaded here and the fleet has no rule for it."""
+        assert self._r is not None
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hdel(self.keys.report(self.id), name)
+        pipe.publish(self.keys.reports, f"{self.id} {name}")
+        pipe.execute()
+        self.commands += 2
+        self._reported.pop(name, None)
 
 
 def host_identity() -> dict[str, Any]:
