@@ -9,6 +9,7 @@ Found by a new user (issue 19, items 1, 2 and 4)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -20,7 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hotload import Host, fleet
+import pytest
+
+from hotload import Host, HotloadError, fleet
+from hotload.fleet import Fleet, Rule
 from test_fleet import (  # noqa: F401  (fixtures)
     RedisServer,
     builds,
@@ -152,3 +156,86 @@ def test_status_shows_the_plugins_a_host_loaded_itself_under_its_name(
 
         host.unload("xp")
         wait_for(lambda: _row(url, "game-1") is None, what="the unload reported")
+
+
+# ---- item 1: Host(fleet=...) and the application's own load, in every order --------------
+
+DROPS = """
+#include <hotload.h>
+#include <time.h>
+
+HOTLOAD_PLUGIN("drops", "VERSION");
+
+HOTLOAD_API int32_t drop_rate(void) { return RATE; }
+HOTLOAD_EXPORT(drop_rate, int32_t, (void));
+
+static int slow_start(const char *prev, const void *state, size_t size)
+{
+    (void)prev; (void)state; (void)size;
+    struct timespec ts = {SLEEP_MS / 1000, (long)(SLEEP_MS % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+    return 0;
+}
+HOTLOAD_ON_LOAD(slow_start);
+"""
+
+
+def drops(cc: Any, rate: int, sleep_ms: int = 0) -> tuple[Path, str]:
+    source = (
+        DROPS.replace("VERSION", f"{rate}.0.0")
+        .replace("RATE", str(rate))
+        .replace("SLEEP_MS", str(sleep_ms))
+    )
+    path = cc(source, f"drops{rate}")
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _digest(host: Host, name: str = "drops") -> str | None:
+    info = host.current(name)
+    return info.digest if info is not None else None
+
+
+@pytest.mark.parametrize("order", ["racing", "fleet_first", "load_first"])
+def test_startup_converges_in_every_order(
+    tmp_path: Path, redis_server: RedisServer, cc: Any, order: str
+) -> None:
+    """The fleet wants drops 3.0.0; the application loads its own drops 2.0.0.
+
+    ``racing``: ``Host(fleet=...)`` then ``load`` at once; the application's
+    load is slow (its ``on_load`` takes 1.5 s), so the agent's first load meets
+    it (before: the agent failed with "already loaded" and the host stayed on
+    2.0.0 for good).  ``fleet_first``: the fleet loaded 3.0.0 before the
+    application's ``load`` (before: it raised "already loaded").
+    ``load_first``: ``Host()``, ``load``, ``join_fleet``.  In every order the
+    host converges to the fleet's build, the application's handle calls it,
+    and when the fleet lets go the host returns to the application's build."""
+    v1, d1 = drops(cc, 2, sleep_ms=1500 if order == "racing" else 0)
+    v2, d2 = drops(cc, 3)
+    url = redis_server.url
+    with Fleet(url) as f:
+        f.publish(v2)
+        f.set_desired("drops", [Rule({}, d2)])
+    kw: dict[str, Any] = {"preflight": False}
+    if order != "load_first":
+        kw.update(fleet=url, fleet_labels={"role": "game"}, fleet_name="h")
+    with Host(tmp_path / "w", **kw) as host:
+        if order == "fleet_first":
+            wait_for(lambda: _digest(host) == d2, what="the fleet's build loaded first")
+            with pytest.raises(HotloadError, match="isolate") as err:
+                host.load(v1, isolate=True)  # a mode the fleet's version does not have: why
+            assert "before joining the fleet" in str(err.value)
+        p: Any = host.load(v1)
+        if order == "load_first":
+            host.join_fleet(url, {"role": "game"}, name="h")
+        wait_for(lambda: _digest(host) == d2, what="the fleet's build live")
+        assert p.drop_rate() == 3  # the application's handle calls the fleet's version
+        rep = wait_for(lambda: _row(url, "h", "drops"), what="report")
+        wait_for(
+            lambda: (r := _row(url, "h", "drops")) and r["state"] == "live" and r["digest"] == d2,
+            what="reported live",
+        )
+        assert rep.get("error") is None
+        with Fleet(url) as f:  # the fleet lets go: what the host ran before the fleet
+            f.set_desired("drops", [Rule({}, None)])
+        wait_for(lambda: _digest(host) == d1, what="back on the application's build")
+        assert p.drop_rate() == 2

@@ -55,6 +55,11 @@ class NotLoadedError(HotloadError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class AlreadyLoadedError(HotloadError):
+    """``load`` of a name that is loaded already (``reload`` replaces it).
+    Not exported: callers see a ``HotloadError``."""
+
+
 class ServiceError(HotloadError):
     """A host service is missing, has another prototype than a plugin imports,
     or cannot be provided as asked."""

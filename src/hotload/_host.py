@@ -32,6 +32,7 @@ from ._engine.swap import Swapper
 from ._engine.table import PluginTable
 from ._engine.unload_policy import UnloadPolicy
 from ._errors import (
+    AlreadyLoadedError,
     ClosedError,
     HotloadError,
     NotLoadedError,
@@ -170,6 +171,7 @@ class Host:
         self._preflight = PreflightWorker(preflight_timeout)
         self._table = PluginTable(self.settings, self._policy)
         self._services: list[Service] = []
+        self._agents: list[FleetAgent] = []  # the fleet agents among the services
         self._provided = ServiceTable(self._workdir.path)  # host services (see provide())
         self._events = EventTable()
         self._handles = HandleTable()
@@ -349,7 +351,12 @@ class Host:
 
         The name and C signatures come from the plugin's descriptor; a library
         without one needs ``name`` and ``signatures``.  A name that is already
-        loaded is refused: use ``reload``.
+        loaded is refused: use ``reload``.  One exception: a name this host's
+        fleet agent loaded first (``Host(fleet=...)`` joins before the
+        application loads) returns the fleet's version, and this build
+        becomes the one the host goes back to when the fleet lets go of the
+        plugin; asking for another mode (``isolate``) than the fleet's
+        version has raises, saying why.
 
         Args:
             path: The plugin file, or a candidate from ``read``.
@@ -378,9 +385,17 @@ class Host:
         cand = (
             path if isinstance(path, Candidate) else self.read(path, name=name, signatures=declared)
         )
-        return self._swap.load(
-            cand, declared=declared, unload_safe=unload_safe, isolate=opts, preflight=preflight
-        )
+        try:
+            return self._swap.load(
+                cand, declared=declared, unload_safe=unload_safe, isolate=opts, preflight=preflight
+            )
+        except AlreadyLoadedError:
+            # the fleet may have got there first (Host(fleet=...) starts its agent before
+            # the application loads): then this load gets the fleet's version, or says why
+            for agent in list(self._agents):
+                if agent.claim(cand, isolate=opts is not None):
+                    return self.plugin(cand.name)
+            raise
 
     def reload(
         self,
@@ -601,7 +616,10 @@ class Host:
     ) -> FleetAgent:
         """Join a fleet on Redis: the host then converges to the builds the
         fleet's rollouts name for its labels, and reports what it runs.  Left
-        by ``close()``.
+        by ``close()``.  It may come before or after the application's own
+        ``load`` calls (the fleet guide's "Startup order"): a plugin the
+        application loaded is reloaded to the fleet's build, and a ``load``
+        of one the fleet loaded first returns the fleet's version.
 
         Args:
             url: The fleet's Redis (``redis://``, ``rediss://``, ``unix://``);
@@ -625,6 +643,7 @@ class Host:
         agent = FleetAgent(self, url, labels, public_key=public_key, **options)
         agent.start()
         self._services.append(agent)
+        self._agents.append(agent)
         return agent
 
     # -- closing --------------------------------------------------------------------
@@ -638,6 +657,7 @@ class Host:
                 stuck in a swap; after it such a plugin is left as it is (its
                 images stay loaded).
         """
+        self._agents.clear()
         while self._services:
             service = self._services.pop()
             try:

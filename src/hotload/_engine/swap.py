@@ -23,9 +23,9 @@ from .._contract.events import EventTable
 from .._contract.services import ServiceTable
 from .._contract.structs import plain
 from .._errors import (
+    AlreadyLoadedError,
     DescriptorError,
     HookTimeoutError,
-    HotloadError,
     SignatureError,
     TypeLayoutError,
 )
@@ -91,7 +91,7 @@ class Swapper:
         with rec.lock:
             self._table.check_open()
             if rec.plugin is not None:
-                raise HotloadError(
+                raise AlreadyLoadedError(
                     f"{cand.source}: plugin {cand.name} is already loaded; "
                     f"use reload({cand.name!r})"
                 )

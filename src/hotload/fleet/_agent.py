@@ -29,7 +29,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .._errors import FleetError, HotloadError
+from .._errors import AlreadyLoadedError, FleetError, HotloadError
 from ._connection import DEFAULT_TIMEOUT, connect, describe_error, redis_errors, resolve_url
 from ._schema import (
     MAX_BLOB,
@@ -49,6 +49,7 @@ from ._schema import (
 if TYPE_CHECKING:
     import redis as redis_mod
 
+    from .._artifact.loader import Candidate
     from .._ops.protocols import PluginHost
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,9 @@ class FleetAgent:
         self._invalid: dict[str, bytes] = {}  # plugin -> raw desired record reported invalid
         self._managed: set[str] = set()  # plugins this agent loaded itself
         self._baseline: dict[str, str | None] = {}  # plugin -> digest before the fleet
+        self._baseline_cand: dict[str, Candidate] = {}  # the application's load, claimed
+        self._loading: str | None = None  # the plugin this agent is loading now
+        self._lock = threading.Lock()  # the four above: claim() runs in the app's thread
         self._set_get = True  # SET ... GET (Redis >= 6.2); else SADD at every beat
         self._clash_logged = False
         self._unlisten: Any = None
@@ -368,9 +372,13 @@ class FleetAgent:
         base = self._baseline[name]
         if live != base and self._failed.get((name, "baseline")) != rev:
             try:
+                cand = self._baseline_cand.get(name)
                 if base is None:
                     self.host.unload(name)
-                    self._managed.discard(name)
+                    with self._lock:
+                        self._managed.discard(name)
+                elif cand is not None and cand.digest == base:
+                    self.host.reload(name, cand)  # the application's build, never loaded here
                 else:
                     for _ in range(self.host.keep_versions):
                         self.host.rollback(name)
@@ -435,18 +443,79 @@ class FleetAgent:
         cand = self.host.adopt(data, source=f"fleet:{name}@{digest[:12]}")
         if cand.name != name:
             raise FleetError(f"{name}: build {digest} declares plugin {cand.name!r}")
-        reloaded = name in self.host
-        self._baseline.setdefault(name, self.live_digest(name))
-        if reloaded:
-            self.host.reload(name, cand)
-        else:
-            self.host.load(cand)
-            self._managed.add(name)
+        reloaded = self._swap_in(name, cand)
         live = self.live_digest(name)
         if live != digest:
             if reloaded:
                 self.host.rollback(name)
             raise FleetError(f"{name}: live digest {live} is not the {digest} asked for")
+
+    def _swap_in(self, name: str, cand: Candidate) -> bool:
+        """Load ``cand``, or reload with it when ``name`` is loaded (also when
+        the application's own ``load`` of it won a race with this one: the
+        agent reloads what the application loaded).  True when it reloaded."""
+        if name not in self.host:
+            with self._lock:
+                self._loading = name  # claim() may run before load() returns here
+            try:
+                self.host.load(cand)
+            except AlreadyLoadedError:
+                pass  # the application loaded it meanwhile: reload that, below
+            else:
+                with self._lock:
+                    self._baseline.setdefault(name, None)
+                    self._managed.add(name)
+                return False
+            finally:
+                with self._lock:
+                    self._loading = None
+        with self._lock:
+            self._baseline.setdefault(name, self.live_digest(name))
+        self.host.reload(name, cand)
+        return True
+
+    def claim(self, cand: Candidate, *, isolate: bool) -> bool:
+        """The application's ``load`` of ``cand`` found its name loaded:
+        True when this agent loaded it first (``Host(fleet=...)`` started the
+        agent before the application loaded); the application then gets the
+        fleet's version, and ``cand`` becomes what this host goes back to
+        when the fleet lets go of the plugin.  False when the fleet did not
+        load it (the load's "already loaded" stands).  Raises, saying why,
+        when the load asks for another mode than the fleet's version has."""
+        name = cand.name
+        if threading.current_thread() is self._thread:
+            return False  # this agent's own load met the application's: it reloads instead
+        with self._lock:
+            if name not in self._managed and name != self._loading:
+                return False
+            current = self.host.current(name)
+            if current is not None and current.isolated != isolate:
+                have, want = (
+                    ("isolated", "in process")
+                    if current.isolated
+                    else (
+                        "in process",
+                        "isolated",
+                    )
+                )
+                raise FleetError(
+                    f"{cand.source}: plugin {name} was loaded {have} by the fleet before this "
+                    f"load(isolate={isolate}) asked for it {want}, and a plugin keeps its mode; "
+                    f"load it before joining the fleet (Host(), load(), then join_fleet(): "
+                    f"see the fleet guide's startup order)"
+                )
+            if self._baseline.get(name) is None:
+                self._baseline[name] = cand.digest
+                self._baseline_cand[name] = cand
+        log.info(
+            "fleet agent %s: %s: the fleet loaded %s here first; load(%s) returns the "
+            "fleet's version, and this host goes back to that build when the fleet lets go",
+            self.id,
+            name,
+            current.digest[:12] if current is not None else "it",
+            cand.source,
+        )
+        return True
 
     def live_digest(self, name: str) -> str | None:
         """SHA-256 of the version of ``name`` that new calls go to, or None."""
