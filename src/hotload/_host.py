@@ -259,6 +259,24 @@ class Host:
         """
         return self._reader.adopt(data, source=source, name=name)
 
+    def kept(self, name: str, digest: str) -> Candidate | None:
+        """The build of ``name`` with SHA-256 ``digest``, if this host still
+        keeps its bytes (the rollback chain: the last ``keep_versions``
+        builds that went live since the plugin was loaded), checked again as
+        ``adopt`` checks bytes; None when it does not.  The fleet goes back
+        to a build from here, so a build whose bytes left Redis can still be
+        returned to.
+
+        Args:
+            name: The plugin's name.
+            digest: The build's SHA-256, 64 lowercase hex digits.
+        """
+        rec = self._table.get(name)
+        build = rec.kept(digest) if rec is not None else None
+        if build is None:
+            return None
+        return self._reader.adopt(build.data, source=build.source, name=name)
+
     # -- the contract: host services -------------------------------------------------
     def provide(self, name: str, fn: Callable[..., Any], prototype: str, *, error: Any = 0) -> None:
         """Offer ``fn`` to plugins as a C function: a plugin calls it after

@@ -31,6 +31,10 @@ class PluginHost(Protocol):
         """The same checks for bytes that came from elsewhere (the fleet)."""
         ...
 
+    def kept(self, name: str, digest: str) -> Candidate | None:
+        """The build of ``name`` with this SHA-256 from the rollback chain, or None."""
+        ...
+
     def load(
         self,
         path: PathOrCandidate,

@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+LEFT_TTL = 600.0  # seconds the note that a host left the fleet stays
+
 
 class FleetAgent:
     """Joins ``host`` to the fleet at ``url`` with ``labels``; ``start()`` /
@@ -126,8 +128,10 @@ class FleetAgent:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Leave the fleet: stop the thread, remove the heartbeat and reports
-        (best effort: Redis may be gone) and the private directory."""
+        """Leave the fleet: stop the thread, remove the reports and the
+        registration (best effort: Redis may be gone).  The heartbeat key
+        becomes a note that the host left (for ``LEFT_TTL`` seconds), so a
+        rollout in progress tells a clean leave from a host that vanished."""
         self._stop.set()
         if self._unlisten is not None:
             self._unlisten()
@@ -136,9 +140,12 @@ class FleetAgent:
             self._thread.join(timeout)
         try:
             r = self._r or connect(self.url, timeout=min(self.timeout, 1.0))
+            left = json.dumps({"id": self.id, "left": True, "at": time.time()})
             pipe = r.pipeline(transaction=False)
-            pipe.delete(self.keys.host(self.id), self.keys.report(self.id))
+            pipe.set(self.keys.host(self.id), left, px=int(LEFT_TTL * 1000))
+            pipe.delete(self.keys.report(self.id))
             pipe.srem(self.keys.hosts, self.id)
+            pipe.publish(self.keys.reports, f"{self.id} left")
             pipe.execute()
         except redis_errors() as exc:
             log.info("fleet agent %s: could not deregister: %s", self.id, describe_error(exc))
@@ -264,30 +271,25 @@ class FleetAgent:
             return
         self.commands += 2 if self._set_get else 3
         first, gen = answers[0], answers[-1]
-        if first in (None, 1):  # the old heartbeat was gone, or SADD added us: register
-            self._register()
-        elif self._set_get and not self._clash_logged:
-            self._check_clash(first, identity)
+        old = _record(first) if self._set_get else None
+        if first in (None, 1) or (old or {}).get("left"):
+            self._register()  # the registration was gone (or said we left): register again
+        elif old is not None and not self._clash_logged:
+            self._check_clash(old, identity)
         if gen != self._gen:
             self._dirty = True
 
-    def _check_clash(self, old: bytes, identity: dict[str, Any]) -> None:
+    def _check_clash(self, old: dict[str, Any], identity: dict[str, Any]) -> None:
         """The heartbeat replaced one written by another process: a restart
         within the TTL under the same name, or two live hosts sharing it."""
-        try:
-            rec = load_json(old, f"heartbeat of {self.id}")
-        except FleetError:
-            return
-        if not isinstance(rec, dict):
-            return
-        if (rec.get("pid"), rec.get("machine")) != (identity["pid"], identity["machine"]):
+        if (old.get("pid"), old.get("machine")) != (identity["pid"], identity["machine"]):
             self._clash_logged = True
             log.warning(
                 "fleet agent %s: the name was in use by pid %s on %s until now (a restart; "
                 "if that host still runs, two hosts share one name and their reports mix)",
                 self.id,
-                rec.get("pid"),
-                rec.get("machine"),
+                old.get("pid"),
+                old.get("machine"),
             )
 
     def _wait(self, until: float) -> None:
@@ -354,8 +356,7 @@ class FleetAgent:
         if self._failed.get((name, digest)) == rev:
             return  # already refused for this rev; a new rollout (new rev) retries it
         try:
-            data = self._fetch(name, digest)
-            self._apply(name, data, digest)
+            self._apply(name, self._build(name, digest), digest)
         except HotloadError as exc:
             self._failed[(name, digest)] = rev
             log.warning("fleet agent %s: %s: refused %s: %s", self.id, name, digest[:12], exc)
@@ -372,18 +373,22 @@ class FleetAgent:
         base = self._baseline[name]
         if live != base and self._failed.get((name, "baseline")) != rev:
             try:
-                cand = self._baseline_cand.get(name)
                 if base is None:
                     self.host.unload(name)
                     with self._lock:
                         self._managed.discard(name)
-                elif cand is not None and cand.digest == base:
-                    self.host.reload(name, cand)  # the application's build, never loaded here
                 else:
-                    for _ in range(self.host.keep_versions):
-                        self.host.rollback(name)
-                        if self.live_digest(name) == base:
-                            break
+                    cand = self.host.kept(name, base) or self._baseline_cand.get(name)
+                    if cand is None or cand.digest != base:
+                        raise FleetError(
+                            f"{name}: cannot go back to {base[:12]}, the build it ran before "
+                            f"the fleet: its bytes are no longer kept (Host(keep_versions="
+                            f"{self.host.keep_versions}))"
+                        )
+                    if name in self.host:
+                        self.host.reload(name, cand)
+                    else:
+                        self.host.load(cand)
                 live = self.live_digest(name)
                 if live != base:
                     raise FleetError(f"{name}: could not get back to {base}")
@@ -392,6 +397,16 @@ class FleetAgent:
                 self._report(name, "failed", None, rev, str(exc))
                 return
         self._report(name, "unloaded" if base is None else "live", None, rev, None)
+
+    def _build(self, name: str, digest: str) -> Candidate:
+        """The build to apply: from this host's own rollback chain when it
+        keeps it (it ran here before: nothing to fetch, and it can be gone
+        back to after its bytes left Redis), else fetched and verified."""
+        kept = self.host.kept(name, digest)
+        if kept is not None:
+            return kept
+        data = self._fetch(name, digest)
+        return self.host.adopt(data, source=f"fleet:{name}@{digest[:12]}")
 
     def _fetch(self, name: str, digest: str) -> bytes:
         """The build's bytes, verified: size cap, SHA-256 = key, signature."""
@@ -436,11 +451,10 @@ class FleetAgent:
                 f"{name}: build {digest}: signature does not verify with this host's fleet key"
             ) from None
 
-    def _apply(self, name: str, data: bytes, digest: str) -> None:
-        """Make the verified bytes live: the host checks them (format,
+    def _apply(self, name: str, cand: Candidate, digest: str) -> None:
+        """Make the verified bytes live: the host checked them (format,
         descriptor, allow-list) and loads exactly those bytes, then the live
         digest is checked against the one asked for."""
-        cand = self.host.adopt(data, source=f"fleet:{name}@{digest[:12]}")
         if cand.name != name:
             raise FleetError(f"{name}: build {digest} declares plugin {cand.name!r}")
         reloaded = self._swap_in(name, cand)
@@ -558,6 +572,15 @@ class FleetAgent:
         pipe.execute()
         self.commands += 2
         self._reported.pop(name, None)
+
+
+def _record(raw: Any) -> dict[str, Any] | None:
+    """A heartbeat record read back (None when absent or not a JSON object)."""
+    try:
+        rec = load_json(raw, "heartbeat") if isinstance(raw, bytes) else None
+    except FleetError:
+        return None
+    return rec if isinstance(rec, dict) else None
 
 
 def host_identity() -> dict[str, Any]:

@@ -151,18 +151,23 @@ class Fleet:
             return 0, []
         return parse_desired(raw, plugin)
 
-    def set_desired(self, plugin: str, rules: list[Rule]) -> int:
-        """Write the plugin's rules (a new rev), bump ``gen`` and wake every agent."""
+    def set_desired(self, plugin: str, rules: list[Rule], *, min_rev: int = 0) -> int:
+        """Write the plugin's rules (a new rev), bump ``gen`` and wake every
+        agent.  ``min_rev``: the rev is at least this (a controller writing
+        again what Redis lost keeps its revs above the ones hosts reported)."""
         # rev: above every rev written so far (gen counts writes), readable even
         # when the record it replaces is garbage
         gen = self._call("read gen", lambda: self.r.get(self.keys.gen))
-        rev = (int(gen) if gen and gen.isdigit() else 0) + 1
+        counted = (int(gen) if gen and gen.isdigit() else 0) + 1
+        rev = max(counted, min_rev)
         record = json.dumps({"rev": rev, "rules": rules_json(rules), "at": time.time()})
         k = self.keys
 
         def write() -> None:
             pipe = self.r.pipeline(transaction=True)
             pipe.hset(k.desired, plugin, record)
+            if rev > counted:  # Redis lost gen (a flush): lift it so that gen = rev
+                pipe.set(k.gen, rev - 1)
             pipe.incr(k.gen)
             pipe.publish(k.wake, plugin)
             pipe.execute()
@@ -172,14 +177,18 @@ class Fleet:
         return rev
 
     # -- hosts and reports ---------------------------------------------------------------
-    def hosts(self, plugin: str | None = None) -> list[dict[str, Any]]:
+    def hosts(self, plugin: str | None = None, *, also: Iterable[str] = ()) -> list[dict[str, Any]]:
         """Every host that joined: its heartbeat record (or ``alive: False``
-        when its heartbeat expired) and its per-plugin reports."""
+        when its heartbeat expired) and its per-plugin reports.  ``also``:
+        host ids to read even when they are not in the set of hosts (a
+        rollout's hosts: one that left says ``left``, one whose registration
+        Redis lost is ``alive: False``)."""
         k = self.keys
-        ids = sorted(
+        listed = {
             i.decode("utf-8", "replace")
             for i in self._call("list hosts", lambda: self.r.smembers(k.hosts))
-        )
+        }
+        ids = sorted(listed | set(also))
 
         def read() -> list[Any]:
             pipe = self.r.pipeline(transaction=False)
@@ -196,7 +205,10 @@ class Fleet:
         out = []
         for n, host_id in enumerate(ids):
             beat, pttl, reports = raw[3 * n : 3 * n + 3]
-            out.append(self._host_entry(host_id, beat, pttl, reports, plugin))
+            entry = self._host_entry(host_id, beat, pttl, reports, plugin)
+            if host_id not in listed:
+                entry["unlisted"] = True
+            out.append(entry)
         return out
 
     def _host_entry(
@@ -205,11 +217,15 @@ class Fleet:
         entry: dict[str, Any] = {"id": host_id, "alive": False, "labels": {}}
         try:
             rec = load_json(beat, f"heartbeat of {host_id}")
-            if isinstance(rec, dict):
+            if isinstance(rec, dict) and rec.get("left"):
+                entry["left"] = True  # it left the fleet cleanly
+            elif isinstance(rec, dict):
                 entry.update({k: rec[k] for k in ("pid", "machine", "hotload") if k in rec})
                 entry["labels"] = check_labels(rec.get("labels", {}), f"labels of {host_id}")
                 entry["alive"] = True
                 ttl = rec.get("ttl")
+                if isinstance(ttl, (int, float)):
+                    entry["ttl"] = ttl
                 if isinstance(ttl, (int, float)) and pttl >= 0:
                     entry["heartbeat_age"] = max(0.0, round(ttl - pttl / 1000, 3))
         except FleetError as exc:
@@ -281,8 +297,8 @@ class Fleet:
         progress: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
         """Drive a rollout to the end (blocking) and return its final record;
-        raise ``RolloutFailed`` after an abort (every host back on the
-        previous digest)."""
+        raise ``RolloutFailed`` after an abort (the previous rules written
+        back; its message says which hosts are back on the previous build)."""
         ctl = Controller(self, plugin, lock_ttl=lock_ttl, poll=poll, progress=progress)
         return ctl.start(
             digest,

@@ -224,8 +224,9 @@ def check_rollout_record(rec: dict[str, Any]) -> None:
         raise FleetError(f"{where}: step {rec['step']} out of range")
     if not isinstance(rec.get("failures"), dict):
         rec["failures"] = {}
-    if not isinstance(rec.get("members"), list):
-        rec["members"] = []
+    for field in ("members", "expected"):
+        if not isinstance(rec.get(field), list) or not all(isinstance(h, str) for h in rec[field]):
+            rec[field] = []
     if not isinstance(rec.get("missing"), dict):
         rec["missing"] = {}
     if not isinstance(rec.get("gone_grace"), (int, float)):
