@@ -8,6 +8,7 @@ previous digest."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -61,7 +62,11 @@ class Background:
 
 
 def phase(f: Fleet, step: int, name: str) -> bool:
-    rec = f.rollout_record("xp") or {}
+    return phase_of(f, "xp", step, name)
+
+
+def phase_of(f: Fleet, plugin: str, step: int, name: str) -> bool:
+    rec = f.rollout_record(plugin) or {}
     return rec.get("state") == "running" and rec.get("step") == step and rec.get("phase") == name
 
 
@@ -270,3 +275,40 @@ def test_flushall_mid_rollout_is_never_reported_as_success(
         )
         assert alive
     only_named(cluster, d1, d2)
+
+
+def test_a_host_killed_before_the_last_step_is_named_while_the_rollout_waits(
+    redis_server: RedisServer, tmp_path: Path, host_procs: list[HostProcess]
+) -> None:
+    """Found by a new user: a host killed before step 2 gave a silent wait,
+    then the whole fleet rolled back.  Now the wait says whom it waits for and
+    why; with ``--on-gone fail`` (the default) the dead host is a failure once
+    ``--gone-grace`` has passed, and with ``--max-failures 0`` that aborts."""
+    b = build_variants(tmp_path)
+    host_procs += [
+        HostProcess(redis_server.url, name, labels, b["v1"], heartbeat=0.2)
+        for name, labels in (
+            ("canary-1", "role=canary"),
+            ("main-1", "role=main"),
+            ("main-2", "role=main"),
+        )
+    ]
+    for p in host_procs:
+        p.wait_ready()
+    said: list[str] = []
+    with Fleet(redis_server.url) as f:
+        wait_for(lambda: len([h for h in f.hosts() if h["alive"]]) == 3, what="3 hosts")
+        good = f.publish(b["v2"])
+        kw = rollout_kw(bake=1.0, gone_grace=3.0, progress=said.append)
+        run = Background(lambda: f.rollout("double_xp", good, canary="role=canary", **kw))
+        wait_for(lambda: phase_of(f, "double_xp", 0, "bake"), what="canary bake")
+        host_procs[2].kill()  # main-2 dies before step 2 reaches it
+        run.join(60)
+    assert isinstance(run.error, RolloutFailed), said
+    assert "vanished" in run.error.record["failures"]["main-2"]
+    waiting = [line for line in said if "waiting for main-2" in line]
+    assert waiting, said
+    assert re.fullmatch(
+        r"step 2/2: [0-2]/3 hosts live, waiting for main-2 \(no heartbeat.*\)", waiting[0]
+    ), waiting
+    assert said[-1].startswith("aborted: 2 host(s) back on the previous build"), said

@@ -8,6 +8,7 @@ connect here."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,6 +87,22 @@ def _answers(server: Any) -> bool:
 def resolve_url(url: str | None) -> str:
     """``url``, else ``$HOTLOAD_FLEET_REDIS``, else the embedded server."""
     return url or os.environ.get("HOTLOAD_FLEET_REDIS") or embedded()
+
+
+def describe_url(url: str | None) -> str:
+    """Which Redis ``url`` means, for messages: the URL without its password,
+    and where it came from when it was not given."""
+    if url:
+        return shown(url)
+    env = os.environ.get("HOTLOAD_FLEET_REDIS")
+    if env:
+        return f"{shown(env)} (from $HOTLOAD_FLEET_REDIS)"
+    return f"the embedded server ({default_db()})"
+
+
+def shown(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    return re.sub(r"^([a-z]+://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def connect(url: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> redis_mod.Redis:

@@ -14,12 +14,12 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._errors import FleetError, LockLost, RolloutFailed
+from . import _history
 from ._connection import describe_error, redis_errors
 from ._converge import Tally, classify, gone_why
 from ._schema import (
     Keys,
     Rule,
-    check_digest,
     check_name,
     check_rollout_record,
     matches,
@@ -50,7 +50,10 @@ class FleetStore(Protocol):
     def _call(self, what: str, fn: Callable[[], Any]) -> Any: ...
     def builds(self, digest: str) -> dict[str, Any]: ...
     def desired(self, plugin: str) -> tuple[int, list[Rule]]: ...
-    def set_desired(self, plugin: str, rules: list[Rule], *, min_rev: int = 0) -> int: ...
+    def resolve(self, plugin: str, ref: str) -> str: ...
+    def set_desired(
+        self, plugin: str, rules: list[Rule], *, min_rev: int = 0, revision: int | None = None
+    ) -> int: ...
     def hosts(
         self, plugin: str | None = None, *, also: Iterable[str] = ()
     ) -> list[dict[str, Any]]: ...
@@ -104,7 +107,7 @@ class Controller:
         step_timeout: float = 120.0,
         gone_grace: float = 5.0,
     ) -> dict[str, Any]:
-        check_digest(digest)
+        digest = self.f.resolve(self.plugin, digest)
         if on_gone not in ("fail", "wait"):
             raise FleetError(f"on_gone must be 'fail' or 'wait', not {on_gone!r}")
         if max_failures < 0 or bake < 0 or step_timeout <= 0:
@@ -130,8 +133,11 @@ class Controller:
                     f"{selector_text(steps[0])}"
                 )
             _, prev = self.f.desired(self.plugin)
+            entries = _history.read(self.f, self.plugin)
             rec = {
                 "id": new_id(),
+                "revision": _history.next_revision(self.f, self.plugin),
+                "from_revision": _history.current_revision(entries),
                 "plugin": self.plugin,
                 "digest": digest,
                 "version": meta.get("version"),
@@ -194,22 +200,60 @@ class Controller:
             time.sleep(0.1)
         raise FleetError(f"{self.plugin}: the rollout's controller did not abort within {wait}s")
 
-    def rollback(self) -> dict[str, Any]:
+    def rollback(self, *, to: int | None = None, step_timeout: float = 120.0) -> dict[str, Any]:
+        """Put the fleet back on revision ``to`` (default: the one before the
+        revision in force) and wait until every live host reports it."""
+        if step_timeout <= 0:
+            raise FleetError("step_timeout must be > 0")
         self._acquire()
         try:
-            rec = self.f.rollout_record(self.plugin)
-            if rec is None or rec.get("state") != "done":
-                state = rec.get("state") if rec else "none"
+            last = self.f.rollout_record(self.plugin)
+            if last is not None and last.get("state") == "running":
                 raise FleetError(
-                    f"{self.plugin}: nothing to roll back (last rollout state: {state}); "
-                    f"a running rollout is stopped with abort, an aborted one already went back"
+                    f"{self.plugin}: rollout {last.get('id')} is in progress; abort it (it "
+                    f"goes back by itself) before rolling back"
                 )
-            check_rollout_record(rec)
-            rules = [Rule(r["match"], r["digest"]) for r in rec["prev_rules"]]
-            self.f.set_desired(self.plugin, rules or [Rule({}, None)])
-            rec["state"] = "rolled_back"
-            self.f.save_rollout(rec)
-            self.progress(f"rolled back: {rules_json(rules) or 'hosts return to their own build'}")
+            entries = _history.read(self.f, self.plugin)
+            target = _history.previous(entries, self.plugin) if to is None else to
+            rules = _history.rules_of(entries, target, self.plugin)
+            base = _history.find(entries, target)
+            rec: dict[str, Any] = {
+                "id": new_id(),
+                "action": "rollback",
+                "plugin": self.plugin,
+                "revision": _history.next_revision(self.f, self.plugin),
+                "from": _history.current_revision(entries),
+                "base": int(base["base"]) if base is not None else 0,
+                "to": target,
+                "rules": rules_json(rules),
+                "step_timeout": step_timeout,
+                "started_at": time.time(),
+                "by": f"{socket.gethostname()}:{os.getpid()}",
+            }
+            desired = rules or [Rule({}, None)]
+            what = _history.describe(rules)
+            self.progress(f"rollback to revision {target} ({what})")
+            rec["rev"] = self._retry(
+                lambda: self.f.set_desired(self.plugin, desired, revision=rec["revision"])
+            )
+            scope = {h["id"] for h in self.f.hosts(self.plugin) if h["alive"]}
+            back, not_back = self._converge_on(rec, desired, "rev", scope, what="rollback")
+            rec["state"] = "failed" if not_back else "done"
+            rec["hosts"] = back
+            if not_back:
+                rec["not_back"] = not_back
+            _history.append(self.f, self.plugin, {k: v for k, v in rec.items() if k != "rev"})
+            if last is not None and last.get("state") == "done":
+                last["state"] = "rolled_back"
+                self.f.save_rollout(last)
+            if not_back:
+                listed = ", ".join(f"{h} ({why})" for h, why in not_back.items())
+                raise RolloutFailed(
+                    f"{self.plugin}: rollback to revision {target}: {len(back)} host(s) on it; "
+                    f"not back: {listed}",
+                    rec,
+                )
+            self.progress(f"done: {len(back)} host(s) on revision {target} ({what})")
             return rec
         finally:
             self._release()
@@ -262,7 +306,11 @@ class Controller:
                     rec["phase"] = "apply"  # members stay: each step's group holds the last's
                     rec["missing"] = {}
                     rules = self._rules(rec, i)
-                    rec["rev"] = self._retry(partial(self.f.set_desired, self.plugin, rules))
+                    rec["rev"] = self._retry(
+                        partial(
+                            self.f.set_desired, self.plugin, rules, revision=rec.get("revision")
+                        )
+                    )
                     self._retry(partial(self.f.save_rollout, rec))
                 self.progress(
                     f"step {i + 1}/{len(steps)}: {selector_text(steps[i])} -> "
@@ -282,10 +330,13 @@ class Controller:
                 rec,
             ) from None
         final = [Rule({}, rec["digest"])]
-        rec["rev"] = self._retry(lambda: self.f.set_desired(self.plugin, final))
+        rec["rev"] = self._retry(
+            lambda: self.f.set_desired(self.plugin, final, revision=rec.get("revision"))
+        )
         rec["state"] = "done"
         rec["finished_at"] = time.time()
         self._retry(lambda: self.f.save_rollout(rec))
+        self._record(rec, final)
         live = rec.get("live_hosts") or []
         self.progress(
             f"done: {len(live)} host(s) run {rec['digest'][:12]} ({rec.get('version')})"
@@ -396,7 +447,10 @@ class Controller:
             f"{rec.get(rev_key)} written: flushed, or restarted without its data): writing it again"
         )
         rec[rev_key] = self.f.set_desired(
-            self.plugin, rules, min_rev=int(rec.get(rev_key) or 0) + 1
+            self.plugin,
+            rules,
+            min_rev=int(rec.get(rev_key) or 0) + 1,
+            revision=rec.get("revision"),
         )
 
     def _evaluate(self, rec: dict[str, Any], step: int) -> Tally:
@@ -481,7 +535,9 @@ class Controller:
         again; returns what happened, as the last progress line says it."""
         self.progress(f"aborting: {reason}")
         prev = [Rule(r["match"], r["digest"]) for r in rec["prev_rules"]] or [Rule({}, None)]
-        rec["revert_rev"] = self._retry(lambda: self.f.set_desired(self.plugin, prev))
+        rec["revert_rev"] = self._retry(
+            lambda: self.f.set_desired(self.plugin, prev, revision=rec.get("from_revision"))
+        )
         rec["state"] = "aborted"
         rec["reason"] = reason
         rec["finished_at"] = time.time()
@@ -493,11 +549,45 @@ class Controller:
         if not_back:
             rec["not_reverted"] = not_back
         self._retry(lambda: self.f.save_rollout(rec))
+        self._record(rec, prev)
         outcome = f"{len(back)} host(s) back on the previous build"
         if not_back:
             outcome += "; not back: " + ", ".join(f"{h} ({why})" for h, why in not_back.items())
         self.progress(f"aborted: {outcome}")
         return outcome
+
+    def _record(self, rec: dict[str, Any], rules: list[Rule]) -> None:
+        """The rollout's entry in the plugin's history (a rollout started
+        before revisions existed has none)."""
+        if not isinstance(rec.get("revision"), int):
+            return
+        done = rec["state"] == "done"
+        entries = _history.read(self.f, self.plugin)
+        start = _history.find(entries, int(rec.get("from_revision") or 0))
+        entry = {
+            "revision": rec["revision"],
+            "action": "rollout",
+            "state": rec["state"],
+            "rules": rules_json(rules),
+            "digest": rec["digest"],
+            "version": rec.get("version"),
+            "from": int(rec.get("from_revision") or 0),
+            "base": rec["revision"] if done else int((start or {}).get("base", 0)),
+            "to": None,
+            "rollout": rec["id"],
+            "by": rec.get("owner"),
+            "started_at": rec.get("started_at"),
+            "finished_at": rec.get("finished_at"),
+        }
+        if rec.get("reason"):
+            entry["reason"] = rec["reason"]
+        try:
+            self._retry(lambda: _history.append(self.f, self.plugin, entry))
+        except FleetError as exc:  # the rollout itself ended; only its entry is lost
+            log.warning(
+                "%s: history entry of revision %s not written: %s",
+                *(self.plugin, rec["revision"], exc),
+            )
 
     def _converge_on(
         self,
@@ -518,8 +608,11 @@ class Controller:
         said: tuple[float, frozenset[str]] = (time.monotonic(), frozenset())
         while True:
             try:
+                self._renew()
                 self._keep_desired(rec, rules, rev_key)
                 hosts = self.f.hosts(self.plugin, also=scope)
+            except LockLost:
+                raise
             except FleetError as exc:
                 if time.monotonic() >= deadline:
                     return [], {h: f"Redis unreachable: {exc}" for h in sorted(scope)}
@@ -529,7 +622,8 @@ class Controller:
             for h in hosts:
                 hid = h["id"]
                 running = h["plugins"].get(self.plugin, {}).get("digest")
-                if h.get("left") or (hid not in scope and running != also_running):
+                outside = hid not in scope and (also_running is None or running != also_running)
+                if h.get("left") or outside:
                     continue
                 if not h["alive"]:
                     if h.get("unlisted"):  # Redis lost its registration: it comes back
