@@ -239,3 +239,23 @@ def test_startup_converges_in_every_order(
             f.set_desired("drops", [Rule({}, None)])
         wait_for(lambda: _digest(host) == d1, what="back on the application's build")
         assert p.drop_rate() == 2
+
+
+def test_a_redis_without_set_get_still_sees_a_lost_registration(
+    tmp_path: Path, redis_server: RedisServer, builds
+) -> None:
+    """On Redis < 6.2 (no ``SET ... GET``) the heartbeat adds ``SADD hosts``,
+    whose answer tells the same: after a ``FLUSHALL`` the host is back."""
+    from hotload.fleet._agent import FleetAgent
+
+    v1, d1 = builds(2)
+    with Host(tmp_path / "w", preflight=False) as host:
+        host.load(v1)
+        agent = FleetAgent(host, redis_server.url, {}, host_id="old-redis", heartbeat=0.2)
+        agent._set_get = False  # as after Redis answered "syntax error" to SET ... GET
+        with agent:
+            wait_for(lambda: _row(redis_server.url, "old-redis"), what="registered")
+            redis_server.client().flushall()
+            rep = wait_for(lambda: _row(redis_server.url, "old-redis"), what="registered again")
+            assert rep["digest"] == d1
+            assert not agent._set_get
