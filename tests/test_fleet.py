@@ -564,3 +564,27 @@ def test_host_joins_the_fleet_itself_and_loads_the_fetched_bytes_once(
         host.close()
     with Fleet(redis_server.url) as f:
         assert f.hosts() == []  # close() left the fleet
+
+
+def test_a_digest_prefix_must_name_one_build(redis_server: RedisServer, builds) -> None:
+    """``rollout`` takes a prefix of a published build's digest (6 or more hex
+    digits) and ``NAME@VERSION``; one that matches several builds is refused,
+    naming each."""
+    v2, d2 = builds(3)
+    r = redis_server.client()
+    with Fleet(redis_server.url) as f:
+        f.publish(v2)
+        assert f.resolve("xp", d2[:6]) == d2 and f.resolve("xp", "xp@3.0.0") == d2
+        twins = ["abcdef" + "0" * 58, "abcdef" + "1" * 58]  # two builds sharing 6 digits
+        for n, digest in enumerate(twins):
+            meta = {"name": "xp", "version": f"9.{n}", "size": 1, "published_at": 0}
+            r.set(f"hotload:meta:{digest}", json.dumps(meta))
+            r.sadd("hotload:builds:xp", digest)
+        with pytest.raises(FleetError, match="ambiguous: 2 builds") as err:
+            f.resolve("xp", "abcdef")
+        assert "abcdef000000 (9.0" in str(err.value) and "abcdef111111 (9.1" in str(err.value)
+        assert f.resolve("xp", "abcdef1") == twins[1]
+        with pytest.raises(FleetError, match="names plugin 'other'"):
+            f.resolve("xp", "other@3.0.0")
+        with pytest.raises(FleetError, match="no version 4.0.0 of xp"):
+            f.resolve("xp", "xp@4.0.0")

@@ -8,6 +8,7 @@ previous digest."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -61,7 +62,11 @@ class Background:
 
 
 def phase(f: Fleet, step: int, name: str) -> bool:
-    rec = f.rollout_record("xp") or {}
+    return phase_of(f, "xp", step, name)
+
+
+def phase_of(f: Fleet, plugin: str, step: int, name: str) -> bool:
+    rec = f.rollout_record(plugin) or {}
     return rec.get("state") == "running" and rec.get("step") == step and rec.get("phase") == name
 
 
@@ -226,3 +231,84 @@ def test_host_joining_during_a_rollout(cluster: Cluster, redis_server, builds) -
         assert late_canary.live_digest("xp") == d2
         wait_for(lambda: all(cluster.live(h) == d2 for h in cluster.hosts), what="all on d2")
     only_named(cluster, d1, d2)
+
+
+def test_flushall_mid_rollout_is_never_reported_as_success(
+    cluster: Cluster, redis_server: RedisServer, builds
+) -> None:
+    """Found by a reviewer: a ``FLUSHALL`` during the canary's bake made the
+    controller print "done: every host runs" (exit 0) while two of three hosts
+    stayed on the old build ("not in Redis"), and ``status`` listed 0 hosts for
+    good.  Now: the hosts register again; the controller writes its rules
+    again, sees the main hosts refuse the build whose bytes are gone, aborts,
+    and the canary goes back to the old build from the bytes it keeps (that
+    build's blob is gone too), so the abort says every host is back, truly."""
+    v1, d1 = builds(2)
+    v2, d2 = builds(3)
+    cluster.add("c0", {"role": "canary"}, start_with=v1)
+    cluster.add("m0", {"role": "main"}, start_with=v1)
+    cluster.add("m1", {"role": "main"}, start_with=v1)
+    said: list[str] = []
+    with Fleet(redis_server.url, timeout=1.0) as f:
+        wait_for(lambda: len(f.hosts()) == 3, what="3 hosts")
+        f.publish(v1)
+        f.rollout("xp", d1, canary="role=canary", **rollout_kw(bake=0))  # the old build
+        f.publish(v2)
+        kw = rollout_kw(bake=1.5, progress=said.append)
+        run = Background(lambda: f.rollout("xp", d2, canary="role=canary", **kw))
+        wait_for(lambda: phase(f, 0, "bake") and cluster.live("c0") == d2, what="canary bake")
+        redis_server.client().flushall()  # both builds' bytes, the rules, the hosts: gone
+        run.join(60)
+        assert isinstance(run.error, RolloutFailed), (run.error, said)
+        rec = run.error.record
+        assert rec["state"] == "aborted"
+        assert set(rec["failures"]) <= {"m0", "m1"} and rec["failures"], rec["failures"]
+        assert all("not in Redis" in e for e in rec["failures"].values()), rec["failures"]
+        assert "not_reverted" not in rec, rec["not_reverted"]
+        assert not any(line.startswith("done") for line in said), said
+        assert said[-1] == "aborted: 3 host(s) back on the previous build", said
+        assert all(cluster.live(h) == d1 for h in cluster.hosts)  # c0 from its kept bytes
+        assert cluster.hosts["c0"]["xp"].reward(10, 1) == 21
+        alive = wait_for(
+            lambda: sorted(h["id"] for h in f.hosts() if h["alive"]) == ["c0", "m0", "m1"],
+            what="every host registered again",
+        )
+        assert alive
+    only_named(cluster, d1, d2)
+
+
+def test_a_host_killed_before_the_last_step_is_named_while_the_rollout_waits(
+    redis_server: RedisServer, tmp_path: Path, host_procs: list[HostProcess]
+) -> None:
+    """Found by a new user: a host killed before step 2 gave a silent wait,
+    then the whole fleet rolled back.  Now the wait says whom it waits for and
+    why; with ``--on-gone fail`` (the default) the dead host is a failure once
+    ``--gone-grace`` has passed, and with ``--max-failures 0`` that aborts."""
+    b = build_variants(tmp_path)
+    host_procs += [
+        HostProcess(redis_server.url, name, labels, b["v1"], heartbeat=0.2)
+        for name, labels in (
+            ("canary-1", "role=canary"),
+            ("main-1", "role=main"),
+            ("main-2", "role=main"),
+        )
+    ]
+    for p in host_procs:
+        p.wait_ready()
+    said: list[str] = []
+    with Fleet(redis_server.url) as f:
+        wait_for(lambda: len([h for h in f.hosts() if h["alive"]]) == 3, what="3 hosts")
+        good = f.publish(b["v2"])
+        kw = rollout_kw(bake=1.0, gone_grace=3.0, progress=said.append)
+        run = Background(lambda: f.rollout("double_xp", good, canary="role=canary", **kw))
+        wait_for(lambda: phase_of(f, "double_xp", 0, "bake"), what="canary bake")
+        host_procs[2].kill()  # main-2 dies before step 2 reaches it
+        run.join(60)
+    assert isinstance(run.error, RolloutFailed), said
+    assert "vanished" in run.error.record["failures"]["main-2"]
+    waiting = [line for line in said if "waiting for main-2" in line]
+    assert waiting, said
+    assert re.fullmatch(
+        r"step 2/2: [0-2]/3 hosts live, waiting for main-2 \(no heartbeat.*\)", waiting[0]
+    ), waiting
+    assert said[-1].startswith("aborted: 2 host(s) back on the previous build"), said

@@ -55,6 +55,11 @@ class NotLoadedError(HotloadError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class AlreadyLoadedError(HotloadError):
+    """``load`` of a name that is loaded already (``reload`` replaces it).
+    Not exported: callers see a ``HotloadError``."""
+
+
 class ServiceError(HotloadError):
     """A host service is missing, has another prototype than a plugin imports,
     or cannot be provided as asked."""
@@ -153,8 +158,10 @@ class FleetError(HotloadError):
 
 
 class RolloutFailed(FleetError):
-    """The rollout was aborted: every host went back to the previous digest.
-    ``record`` is the rollout's final record (failures per host)."""
+    """The rollout was aborted and its rules put back as they were before it.
+    ``record`` is the rollout's final record: ``failures`` (host -> error),
+    and ``not_reverted`` (host -> why) for hosts not seen back on the
+    previous build; the message says how many are back."""
 
     def __init__(self, message: str, record: dict[str, Any]) -> None:
         super().__init__(message)

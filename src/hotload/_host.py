@@ -32,6 +32,7 @@ from ._engine.swap import Swapper
 from ._engine.table import PluginTable
 from ._engine.unload_policy import UnloadPolicy
 from ._errors import (
+    AlreadyLoadedError,
     ClosedError,
     HotloadError,
     NotLoadedError,
@@ -122,6 +123,11 @@ class Host:
             or 64 hex characters): the fleet applies only builds signed with
             its private key (``hotload fleet publish --sign-key``) for the
             plugin's name.  Used with ``fleet``.
+        fleet_name: This host's name in the fleet: its row in ``hotload fleet
+            status`` and in rollout messages, and the key of its heartbeat
+            and reports.  Letters, digits and ``_.:/-``, at most 64.  Default:
+            ``<machine>-<pid>-<random>``, new at every start.  Two live hosts
+            must not share a name.  Used with ``fleet``.
     """
 
     def __init__(
@@ -143,6 +149,7 @@ class Host:
         fleet: str | bool | None = None,
         fleet_labels: Mapping[str, str] | None = None,
         fleet_public_key: str | bytes | None = None,
+        fleet_name: str | None = None,
     ) -> None:
         _refuse_free_threading()
         _enable_faulthandler()
@@ -167,6 +174,7 @@ class Host:
         self._preflight = PreflightWorker(preflight_timeout)
         self._table = PluginTable(self.settings, self._policy)
         self._services: list[Service] = []
+        self._agents: list[FleetAgent] = []  # the fleet agents among the services
         self._provided = ServiceTable(self._workdir.path)  # host services (see provide())
         self._events = EventTable()
         self._handles = HandleTable()
@@ -186,7 +194,10 @@ class Host:
                 self.serve_control()
             if fleet:
                 self.join_fleet(
-                    None if fleet is True else fleet, fleet_labels, public_key=fleet_public_key
+                    None if fleet is True else fleet,
+                    fleet_labels,
+                    public_key=fleet_public_key,
+                    name=fleet_name,
                 )
         except BaseException:
             self.close()
@@ -250,6 +261,24 @@ class Host:
             name: The plugin's name, which the descriptor must declare.
         """
         return self._reader.adopt(data, source=source, name=name)
+
+    def kept(self, name: str, digest: str) -> Candidate | None:
+        """The build of ``name`` with SHA-256 ``digest``, if this host still
+        keeps its bytes (the rollback chain: the last ``keep_versions``
+        builds that went live since the plugin was loaded), checked again as
+        ``adopt`` checks bytes; None when it does not.  The fleet goes back
+        to a build from here, so a build whose bytes left Redis can still be
+        returned to.
+
+        Args:
+            name: The plugin's name.
+            digest: The build's SHA-256, 64 lowercase hex digits.
+        """
+        rec = self._table.get(name)
+        build = rec.kept(digest) if rec is not None else None
+        if build is None:
+            return None
+        return self._reader.adopt(build.data, source=build.source, name=name)
 
     # -- the contract: host services -------------------------------------------------
     def provide(self, name: str, fn: Callable[..., Any], prototype: str, *, error: Any = 0) -> None:
@@ -343,7 +372,12 @@ class Host:
 
         The name and C signatures come from the plugin's descriptor; a library
         without one needs ``name`` and ``signatures``.  A name that is already
-        loaded is refused: use ``reload``.
+        loaded is refused: use ``reload``.  One exception: a name this host's
+        fleet agent loaded first (``Host(fleet=...)`` joins before the
+        application loads) returns the fleet's version, and this build
+        becomes the one the host goes back to when the fleet lets go of the
+        plugin; asking for another mode (``isolate``) than the fleet's
+        version has raises, saying why.
 
         Args:
             path: The plugin file, or a candidate from ``read``.
@@ -372,9 +406,17 @@ class Host:
         cand = (
             path if isinstance(path, Candidate) else self.read(path, name=name, signatures=declared)
         )
-        return self._swap.load(
-            cand, declared=declared, unload_safe=unload_safe, isolate=opts, preflight=preflight
-        )
+        try:
+            return self._swap.load(
+                cand, declared=declared, unload_safe=unload_safe, isolate=opts, preflight=preflight
+            )
+        except AlreadyLoadedError:
+            # the fleet may have got there first (Host(fleet=...) starts its agent before
+            # the application loads): then this load gets the fleet's version, or says why
+            for agent in list(self._agents):
+                if agent.claim(cand, isolate=opts is not None):
+                    return self.plugin(cand.name)
+            raise
 
     def reload(
         self,
@@ -515,6 +557,20 @@ class Host:
             rec.prune()
         return settled
 
+    def on_change(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(name)`` after every load, reload, rollback and
+        unload of a plugin (also the ones a watcher, the control socket or the
+        fleet makes), from the thread that made the change, while that
+        plugin's swap is still locked: it must return quickly and must not
+        swap plugins itself.  The fleet agent uses it to report a change at
+        once.  Returns a function that removes the callback.
+
+        Args:
+            callback: Called with the plugin's name; an exception it raises is
+                logged and ignored.
+        """
+        return self._table.listen(callback)
+
     # -- services -----------------------------------------------------------------
     def watch(
         self,
@@ -590,11 +646,15 @@ class Host:
         labels: Mapping[str, str] | None = None,
         *,
         public_key: str | bytes | None = None,
+        name: str | None = None,
         **options: Any,
     ) -> FleetAgent:
         """Join a fleet on Redis: the host then converges to the builds the
         fleet's rollouts name for its labels, and reports what it runs.  Left
-        by ``close()``.
+        by ``close()``.  It may come before or after the application's own
+        ``load`` calls (the fleet guide's "Startup order"): a plugin the
+        application loaded is reloaded to the fleet's build, and a ``load``
+        of one the fleet loaded first returns the fleet's version.
 
         Args:
             url: The fleet's Redis (``redis://``, ``rediss://``, ``unix://``);
@@ -603,8 +663,9 @@ class Host:
             labels: The labels rollouts select this host by.
             public_key: Apply only builds signed with this Ed25519 key's
                 private half (a PEM file's path, PEM bytes, or 64 hex).
-            **options: For the ``FleetAgent``: ``host_id`` (this host's id in
-                the fleet), ``heartbeat`` (seconds between heartbeats, 2.5),
+            name: This host's name in the fleet (see ``Host(fleet_name=...)``);
+                default ``<machine>-<pid>-<random>``.
+            **options: For the ``FleetAgent``: ``heartbeat`` (seconds between heartbeats, 2.5),
                 ``ttl`` (how long a silent host counts as alive, three
                 heartbeats), ``timeout`` (of each Redis call), ``prefix`` (of
                 the fleet's keys), ``max_size`` (the largest build fetched).
@@ -612,9 +673,12 @@ class Host:
         from .fleet._agent import FleetAgent  # imports redis: only for fleet hosts
 
         self._table.check_open()
+        if name is not None:
+            options["host_id"] = name
         agent = FleetAgent(self, url, labels, public_key=public_key, **options)
         agent.start()
         self._services.append(agent)
+        self._agents.append(agent)
         return agent
 
     # -- closing --------------------------------------------------------------------
@@ -628,6 +692,7 @@ class Host:
                 stuck in a swap; after it such a plugin is left as it is (its
                 images stay loaded).
         """
+        self._agents.clear()
         while self._services:
             service = self._services.pop()
             try:

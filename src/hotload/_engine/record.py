@@ -43,6 +43,7 @@ class Build:
     first_seq: int  # the version that first loaded them
     data: bytes
     source: str
+    digest: str  # SHA-256 of data
 
 
 class PluginRecord:
@@ -84,7 +85,7 @@ class PluginRecord:
     # -- the rollback chain -----------------------------------------------------
     def went_live(self, version: Version, data: bytes, source: str) -> None:
         """A load or reload: the build joins the chain."""
-        self.chain.append(Build(version.seq, version.seq, data, source))
+        self.chain.append(Build(version.seq, version.seq, data, source, version.image.digest))
         while len(self.chain) > self._keep:
             self.chain.pop(0)
             self.dropped_builds += 1
@@ -96,6 +97,10 @@ class PluginRecord:
         if cur is None or build is None or build.seq != cur.seq:
             return None
         return build.data, cur.image.digest
+
+    def kept(self, digest: str) -> Build | None:
+        """The newest build in the chain with this SHA-256, if it is kept."""
+        return next((b for b in reversed(list(self.chain)) if b.digest == digest), None)
 
     def rollback_target(self) -> Build:
         """The build a rollback returns to, or a ``HotloadError`` saying why

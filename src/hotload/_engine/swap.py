@@ -23,9 +23,9 @@ from .._contract.events import EventTable
 from .._contract.services import ServiceTable
 from .._contract.structs import plain
 from .._errors import (
+    AlreadyLoadedError,
     DescriptorError,
     HookTimeoutError,
-    HotloadError,
     SignatureError,
     TypeLayoutError,
 )
@@ -91,7 +91,7 @@ class Swapper:
         with rec.lock:
             self._table.check_open()
             if rec.plugin is not None:
-                raise HotloadError(
+                raise AlreadyLoadedError(
                     f"{cand.source}: plugin {cand.name} is already loaded; "
                     f"use reload({cand.name!r})"
                 )
@@ -104,6 +104,7 @@ class Swapper:
             log.info(
                 "loaded %s %s as v%d from %s", cand.name, cand.version, version.seq, cand.source
             )
+            self._table.changed(cand.name)
             return plugin
 
     def reload(
@@ -136,6 +137,7 @@ class Swapper:
             self._events.changed()
             rec.went_live(version, cand.data, cand.source)
             rec.source = cand.source
+            self._table.changed(name)
             # the reaper inspects a new build; versions() measures its mapped bytes
             return rec.info(version, inspect=False, measure=False)
 
@@ -156,6 +158,7 @@ class Swapper:
             version = self._swap_in(rec, cand, True, preflight, note=note)
             self._events.changed()
             rec.rolled_back(version)
+            self._table.changed(name)
             return rec.info(version, inspect=False, measure=False)
 
     def unload(self, name: str) -> None:
@@ -164,6 +167,7 @@ class Swapper:
         with rec.lock:
             self._table.loaded(name)
             self._retire(rec)
+            self._table.changed(name)
 
     def close(self, timeout: float) -> None:
         """Retire every plugin (the host is closing), then stop the workers.

@@ -8,13 +8,17 @@ closing); each record has its own lock for its swaps.
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 
 from .._errors import ClosedError, NotLoadedError
 from .record import PluginRecord
 from .registry import Plugin
 from .settings import Settings
 from .unload_policy import UnloadPolicy
+
+log = logging.getLogger(__name__)
 
 
 class PluginTable:
@@ -23,6 +27,7 @@ class PluginTable:
         self._policy = policy
         self._lock = threading.Lock()  # guards _records and closed; never held across work
         self._records: dict[str, PluginRecord] = {}
+        self._listeners: list[Callable[[str], None]] = []
         self.closed = False
 
     def record(self, name: str) -> PluginRecord:
@@ -61,6 +66,28 @@ class PluginTable:
     def plugins(self) -> dict[str, Plugin]:
         """Loaded plugins by name, in load order."""
         return {n: r.plugin for n, r in list(self._records.items()) if r.plugin is not None}
+
+    def listen(self, fn: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``fn(name)`` after each load, reload, rollback and unload;
+        returns the function that stops it."""
+        with self._lock:
+            self._listeners.append(fn)
+
+        def remove() -> None:
+            with self._lock:
+                if fn in self._listeners:
+                    self._listeners.remove(fn)
+
+        return remove
+
+    def changed(self, name: str) -> None:
+        """What serves ``name`` changed: tell the listeners (each must be quick;
+        one that raises is logged, the swap has happened)."""
+        for fn in list(self._listeners):
+            try:
+                fn(name)
+            except Exception:
+                log.exception("a listener of plugin changes failed on %s", name)
 
     def check_open(self) -> None:
         if self.closed:

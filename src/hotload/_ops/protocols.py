@@ -6,6 +6,7 @@ drive it through these methods and nothing else."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Protocol
 
 from .._artifact.loader import Candidate
@@ -28,6 +29,10 @@ class PluginHost(Protocol):
 
     def adopt(self, data: bytes, *, source: str) -> Candidate:
         """The same checks for bytes that came from elsewhere (the fleet)."""
+        ...
+
+    def kept(self, name: str, digest: str) -> Candidate | None:
+        """The build of ``name`` with this SHA-256 from the rollback chain, or None."""
         ...
 
     def load(
@@ -66,6 +71,11 @@ class PluginHost(Protocol):
 
     def handles(self) -> int:
         """How many handles to host objects are live (``Host.handle``)."""
+        ...
+
+    def on_change(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(name)`` after each load, reload, rollback and unload;
+        returns the function that stops it."""
         ...
 
 

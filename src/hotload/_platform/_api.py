@@ -172,8 +172,15 @@ class DirectoryLock(Protocol):
         ``FileNotFoundError`` when there is no such file, ``OSError`` else."""
         ...
 
+    def wait_lock(self, path: Path, timeout: float) -> int:
+        """Open ``path`` (created 0600 if missing) and lock it exclusively,
+        waiting up to ``timeout`` seconds for another holder to let go (then
+        ``TimeoutError``); return the fd that holds the lock until ``release``.
+        Used around a start that only one process may do (the embedded Redis)."""
+        ...
+
     def release(self, fd: int) -> None:
-        """Unlock and close an fd from ``create_locked`` or ``try_lock``."""
+        """Unlock and close an fd from ``create_locked``, ``try_lock`` or ``wait_lock``."""
         ...
 
     def user_tag(self) -> str:

@@ -22,6 +22,7 @@ import getpass
 import importlib
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,20 @@ def try_lock(path: Path) -> int | None:
     if not locked:
         os.close(fd)
         return None  # a live host holds it
+    return fd
+
+
+def wait_lock(path: Path, timeout: float) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | OPEN_FLAGS, 0o600)
+    deadline = time.monotonic() + timeout
+    try:
+        while not _lock(fd):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{path}: still locked by another process")
+            time.sleep(0.02)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 

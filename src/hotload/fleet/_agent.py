@@ -5,7 +5,12 @@ It registers a heartbeat key that expires when the host dies, wakes on the
 fleet's ``wake`` channel (and polls ``gen`` with every heartbeat, in case a
 message was lost), fetches the desired digest's bytes, checks their SHA-256
 (and the publisher's Ed25519 signature if a key is configured), applies them
-through the host's public API and reports what is live.  When Redis is gone
+through the host's public API and reports what is live: every plugin the
+host runs, also the ones it loaded itself, again at once after the host
+changes one (``Host.on_change``).  Each heartbeat learns whether the
+registration was still there (``SET ... GET``); when it was not (Redis
+flushed, restarted without persistence, or the host was paused past its
+TTL), the host registers again and reports everything anew.  When Redis is gone
 the host keeps serving what it has; the agent reconnects with backoff and
 catches up.  Every Redis call has a bounded timeout, so a Redis that stops
 answering costs a timeout, never a hung agent.
@@ -24,7 +29,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .._errors import FleetError, HotloadError
+from .._errors import AlreadyLoadedError, FleetError, HotloadError
 from ._connection import DEFAULT_TIMEOUT, connect, describe_error, redis_errors, resolve_url
 from ._schema import (
     MAX_BLOB,
@@ -44,9 +49,12 @@ from ._schema import (
 if TYPE_CHECKING:
     import redis as redis_mod
 
+    from .._artifact.loader import Candidate
     from .._ops.protocols import PluginHost
 
 log = logging.getLogger(__name__)
+
+LEFT_TTL = 600.0  # seconds the note that a host left the fleet stays
 
 
 class FleetAgent:
@@ -100,6 +108,12 @@ class FleetAgent:
         self._invalid: dict[str, bytes] = {}  # plugin -> raw desired record reported invalid
         self._managed: set[str] = set()  # plugins this agent loaded itself
         self._baseline: dict[str, str | None] = {}  # plugin -> digest before the fleet
+        self._baseline_cand: dict[str, Candidate] = {}  # the application's load, claimed
+        self._loading: str | None = None  # the plugin this agent is loading now
+        self._lock = threading.Lock()  # the four above: claim() runs in the app's thread
+        self._set_get = True  # SET ... GET (Redis >= 6.2); else SADD at every beat
+        self._clash_logged = False
+        self._unlisten: Any = None
         self.commands = 0  # Redis commands sent (the benchmark reads it)
 
     # -- lifecycle ------------------------------------------------------------------
@@ -109,20 +123,29 @@ class FleetAgent:
         self._thread = threading.Thread(
             target=self._run, name=f"hotload-fleet-{self.id}", daemon=True
         )
+        self._unlisten = self.host.on_change(self._host_changed)
         self._thread.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Leave the fleet: stop the thread, remove the heartbeat and reports
-        (best effort: Redis may be gone) and the private directory."""
+        """Leave the fleet: stop the thread, remove the reports and the
+        registration (best effort: Redis may be gone).  The heartbeat key
+        becomes a note that the host left (for ``LEFT_TTL`` seconds), so a
+        rollout in progress tells a clean leave from a host that vanished."""
         self._stop.set()
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
         if self._thread is not None:
             self._thread.join(timeout)
         try:
             r = self._r or connect(self.url, timeout=min(self.timeout, 1.0))
+            left = json.dumps({"id": self.id, "left": True, "at": time.time()})
             pipe = r.pipeline(transaction=False)
-            pipe.delete(self.keys.host(self.id), self.keys.report(self.id))
+            pipe.set(self.keys.host(self.id), left, px=int(LEFT_TTL * 1000))
+            pipe.delete(self.keys.report(self.id))
             pipe.srem(self.keys.hosts, self.id)
+            pipe.publish(self.keys.reports, f"{self.id} left")
             pipe.execute()
         except redis_errors() as exc:
             log.info("fleet agent %s: could not deregister: %s", self.id, describe_error(exc))
@@ -179,16 +202,36 @@ class FleetAgent:
         try:
             ps = r.pubsub(ignore_subscribe_messages=True)
             ps.subscribe(self.keys.wake)
-            r.sadd(self.keys.hosts, self.id)
         except BaseException:
             r.close()
             raise
-        self.commands += 2
+        self.commands += 1
         self._r, self._ps = r, ps
         self._reported.clear()  # Redis may have lost them (restart): write them again
         self._failed.clear()  # and its revs may restart: try refused builds once more
-        self._dirty = True
+        self._dirty = True  # the first heartbeat (next) registers if the registration is gone
         self.connected.set()
+
+    def _register(self) -> None:
+        """Join the set of hosts and write every report again: at each
+        connect, and whenever a heartbeat finds its key gone (a ``FLUSHALL``,
+        a restart without persistence, a pause past the TTL)."""
+        assert self._r is not None
+        pipe = self._r.pipeline(transaction=False)
+        pipe.sadd(self.keys.hosts, self.id)
+        pipe.delete(self.keys.report(self.id))  # what is left of it may be stale
+        pipe.execute()
+        self.commands += 2
+        self._reported.clear()
+        self._failed.clear()  # revs may restart with the data: try refused builds once more
+        self._dirty = True
+
+    def _host_changed(self, name: str) -> None:
+        """``Host.on_change``: the application (or a watcher, or the control
+        socket) changed ``name``: converge and report it at once.  The
+        agent's own swaps are reported where they are made."""
+        if threading.current_thread() is not self._thread:
+            self._dirty = True
 
     def _drop(self) -> None:
         self.connected.clear()
@@ -200,18 +243,54 @@ class FleetAgent:
         self._r = self._ps = None
 
     def _beat(self) -> None:
-        """Heartbeat and poll in one round trip: SET host PX ttl; GET gen."""
+        """Heartbeat and poll in one round trip: ``SET host PX ttl GET; GET
+        gen`` (the old heartbeat says whether the registration survived).  A
+        Redis older than 6.2 has no ``SET ... GET``: ``SADD hosts`` at every
+        beat instead (its answer says the same), one command more."""
+        import redis
+
         assert self._r is not None
-        record = json.dumps(
-            {"id": self.id, "labels": self.labels, "ttl": self.ttl, **host_identity()}
-        )
+        identity = host_identity()
+        record = json.dumps({"id": self.id, "labels": self.labels, "ttl": self.ttl, **identity})
+        key, px = self.keys.host(self.id), int(self.ttl * 1000)
         pipe = self._r.pipeline(transaction=False)
-        pipe.set(self.keys.host(self.id), record, px=int(self.ttl * 1000))
+        if self._set_get:
+            pipe.set(key, record, px=px, get=True)
+        else:
+            pipe.sadd(self.keys.hosts, self.id)
+            pipe.set(key, record, px=px)
         pipe.get(self.keys.gen)
-        _, gen = pipe.execute()
-        self.commands += 2
+        try:
+            answers = pipe.execute()
+        except redis.ResponseError as exc:
+            if not self._set_get or "syntax" not in str(exc).lower():
+                raise
+            log.info("fleet agent %s: no SET ... GET (Redis < 6.2): SADD every beat", self.id)
+            self._set_get = False
+            self._beat()
+            return
+        self.commands += 2 if self._set_get else 3
+        first, gen = answers[0], answers[-1]
+        old = _record(first) if self._set_get else None
+        if first in (None, 1) or (old or {}).get("left"):
+            self._register()  # the registration was gone (or said we left): register again
+        elif old is not None and not self._clash_logged:
+            self._check_clash(old, identity)
         if gen != self._gen:
             self._dirty = True
+
+    def _check_clash(self, old: dict[str, Any], identity: dict[str, Any]) -> None:
+        """The heartbeat replaced one written by another process: a restart
+        within the TTL under the same name, or two live hosts sharing it."""
+        if (old.get("pid"), old.get("machine")) != (identity["pid"], identity["machine"]):
+            self._clash_logged = True
+            log.warning(
+                "fleet agent %s: the name was in use by pid %s on %s until now (a restart; "
+                "if that host still runs, two hosts share one name and their reports mix)",
+                self.id,
+                old.get("pid"),
+                old.get("machine"),
+            )
 
     def _wait(self, until: float) -> None:
         """Sleep on the wake channel until the next heartbeat, a wake-up or stop.
@@ -226,12 +305,16 @@ class FleetAgent:
 
     # -- converging -----------------------------------------------------------------------
     def _sync(self) -> None:
+        """Converge every plugin the desired state has a rule for here, then
+        report the others this host runs (loaded by the application itself)
+        and drop the reports of plugins it no longer runs."""
         assert self._r is not None
         pipe = self._r.pipeline(transaction=False)
         pipe.get(self.keys.gen)
         pipe.hgetall(self.keys.desired)
         gen, desired = pipe.execute()
         self.commands += 2
+        covered: set[str] = set()
         for name_b, raw in sorted(desired.items()):
             name = name_b.decode("utf-8", "replace")
             if not PLUGIN_NAME.fullmatch(name):
@@ -242,15 +325,23 @@ class FleetAgent:
             try:
                 rev, rules = parse_desired(raw, name)
             except FleetError as exc:
+                covered.add(name)
                 if self._invalid.get(name) != raw:
                     self._invalid[name] = raw
                     log.warning("fleet agent %s: %s", self.id, exc)
-                    self._report(name, "invalid", None, 0, str(exc))
+                self._report(name, "invalid", None, 0, str(exc))
                 continue
             self._invalid.pop(name, None)
             rule = pick(rules, self.labels)
             if rule is not None:
+                covered.add(name)
                 self._converge(name, rule.digest, rev)
+        for name in self.host.names():
+            if name not in covered:
+                self._report(name, "live", None, 0, None)
+        for name in list(self._reported):
+            if name not in covered and name not in self.host:
+                self._unreport(name)
         self._gen = gen
         self.synced.set()
 
@@ -265,8 +356,7 @@ class FleetAgent:
         if self._failed.get((name, digest)) == rev:
             return  # already refused for this rev; a new rollout (new rev) retries it
         try:
-            data = self._fetch(name, digest)
-            self._apply(name, data, digest)
+            self._apply(name, self._build(name, digest), digest)
         except HotloadError as exc:
             self._failed[(name, digest)] = rev
             log.warning("fleet agent %s: %s: refused %s: %s", self.id, name, digest[:12], exc)
@@ -277,19 +367,28 @@ class FleetAgent:
     def _to_baseline(self, name: str, live: str | None, rev: int) -> None:
         """A rule without a digest: go back to what this host ran before the
         fleet first changed ``name`` (unload it if the fleet loaded it)."""
-        if name not in self._baseline:
-            return  # the fleet never touched it here: nothing to undo
+        if name not in self._baseline:  # the fleet never touched it here: nothing to undo
+            self._report(name, "live" if name in self.host else "unloaded", None, rev, None)
+            return
         base = self._baseline[name]
         if live != base and self._failed.get((name, "baseline")) != rev:
             try:
                 if base is None:
                     self.host.unload(name)
-                    self._managed.discard(name)
+                    with self._lock:
+                        self._managed.discard(name)
                 else:
-                    for _ in range(self.host.keep_versions):
-                        self.host.rollback(name)
-                        if self.live_digest(name) == base:
-                            break
+                    cand = self.host.kept(name, base) or self._baseline_cand.get(name)
+                    if cand is None or cand.digest != base:
+                        raise FleetError(
+                            f"{name}: cannot go back to {base[:12]}, the build it ran before "
+                            f"the fleet: its bytes are no longer kept (Host(keep_versions="
+                            f"{self.host.keep_versions}))"
+                        )
+                    if name in self.host:
+                        self.host.reload(name, cand)
+                    else:
+                        self.host.load(cand)
                 live = self.live_digest(name)
                 if live != base:
                     raise FleetError(f"{name}: could not get back to {base}")
@@ -298,6 +397,16 @@ class FleetAgent:
                 self._report(name, "failed", None, rev, str(exc))
                 return
         self._report(name, "unloaded" if base is None else "live", None, rev, None)
+
+    def _build(self, name: str, digest: str) -> Candidate:
+        """The build to apply: from this host's own rollback chain when it
+        keeps it (it ran here before: nothing to fetch, and it can be gone
+        back to after its bytes left Redis), else fetched and verified."""
+        kept = self.host.kept(name, digest)
+        if kept is not None:
+            return kept
+        data = self._fetch(name, digest)
+        return self.host.adopt(data, source=f"fleet:{name}@{digest[:12]}")
 
     def _fetch(self, name: str, digest: str) -> bytes:
         """The build's bytes, verified: size cap, SHA-256 = key, signature."""
@@ -342,25 +451,85 @@ class FleetAgent:
                 f"{name}: build {digest}: signature does not verify with this host's fleet key"
             ) from None
 
-    def _apply(self, name: str, data: bytes, digest: str) -> None:
-        """Make the verified bytes live: the host checks them (format,
+    def _apply(self, name: str, cand: Candidate, digest: str) -> None:
+        """Make the verified bytes live: the host checked them (format,
         descriptor, allow-list) and loads exactly those bytes, then the live
         digest is checked against the one asked for."""
-        cand = self.host.adopt(data, source=f"fleet:{name}@{digest[:12]}")
         if cand.name != name:
             raise FleetError(f"{name}: build {digest} declares plugin {cand.name!r}")
-        reloaded = name in self.host
-        self._baseline.setdefault(name, self.live_digest(name))
-        if reloaded:
-            self.host.reload(name, cand)
-        else:
-            self.host.load(cand)
-            self._managed.add(name)
+        reloaded = self._swap_in(name, cand)
         live = self.live_digest(name)
         if live != digest:
             if reloaded:
                 self.host.rollback(name)
             raise FleetError(f"{name}: live digest {live} is not the {digest} asked for")
+
+    def _swap_in(self, name: str, cand: Candidate) -> bool:
+        """Load ``cand``, or reload with it when ``name`` is loaded (also when
+        the application's own ``load`` of it won a race with this one: the
+        agent reloads what the application loaded).  True when it reloaded."""
+        if name not in self.host:
+            with self._lock:
+                self._loading = name  # claim() may run before load() returns here
+            try:
+                self.host.load(cand)
+            except AlreadyLoadedError:
+                pass  # the application loaded it meanwhile: reload that, below
+            else:
+                with self._lock:
+                    self._baseline.setdefault(name, None)
+                    self._managed.add(name)
+                return False
+            finally:
+                with self._lock:
+                    self._loading = None
+        with self._lock:
+            self._baseline.setdefault(name, self.live_digest(name))
+        self.host.reload(name, cand)
+        return True
+
+    def claim(self, cand: Candidate, *, isolate: bool) -> bool:
+        """The application's ``load`` of ``cand`` found its name loaded:
+        True when this agent loaded it first (``Host(fleet=...)`` started the
+        agent before the application loaded); the application then gets the
+        fleet's version, and ``cand`` becomes what this host goes back to
+        when the fleet lets go of the plugin.  False when the fleet did not
+        load it (the load's "already loaded" stands).  Raises, saying why,
+        when the load asks for another mode than the fleet's version has."""
+        name = cand.name
+        if threading.current_thread() is self._thread:
+            return False  # this agent's own load met the application's: it reloads instead
+        with self._lock:
+            if name not in self._managed and name != self._loading:
+                return False
+            current = self.host.current(name)
+            if current is not None and current.isolated != isolate:
+                have, want = (
+                    ("isolated", "in process")
+                    if current.isolated
+                    else (
+                        "in process",
+                        "isolated",
+                    )
+                )
+                raise FleetError(
+                    f"{cand.source}: plugin {name} was loaded {have} by the fleet before this "
+                    f"load(isolate={isolate}) asked for it {want}, and a plugin keeps its mode; "
+                    f"load it before joining the fleet (Host(), load(), then join_fleet(): "
+                    f"see the fleet guide's startup order)"
+                )
+            if self._baseline.get(name) is None:
+                self._baseline[name] = cand.digest
+                self._baseline_cand[name] = cand
+        log.info(
+            "fleet agent %s: %s: the fleet loaded %s here first; load(%s) returns the "
+            "fleet's version, and this host goes back to that build when the fleet lets go",
+            self.id,
+            name,
+            current.digest[:12] if current is not None else "it",
+            cand.source,
+        )
+        return True
 
     def live_digest(self, name: str) -> str | None:
         """SHA-256 of the version of ``name`` that new calls go to, or None."""
@@ -374,10 +543,7 @@ class FleetAgent:
     ) -> None:
         """Write this host's state for ``name`` (only when it changed)."""
         assert self._r is not None
-        info = None
-        if name in self.host:
-            active = [v for v in self.host.versions(name) if v.state == "active"]
-            info = max(active, key=lambda v: v.seq) if active else None
+        info = self.host.current(name)
         rep = {
             "state": state,
             "digest": info.digest if info else None,
@@ -396,6 +562,25 @@ class FleetAgent:
         pipe.execute()
         self.commands += 2
         self._reported[name] = rep
+
+    def _unreport(self, name: str) -> None:
+        """``name`` is no longer loaded here and the fleet has no rule for it."""
+        assert self._r is not None
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hdel(self.keys.report(self.id), name)
+        pipe.publish(self.keys.reports, f"{self.id} {name}")
+        pipe.execute()
+        self.commands += 2
+        self._reported.pop(name, None)
+
+
+def _record(raw: Any) -> dict[str, Any] | None:
+    """A heartbeat record read back (None when absent or not a JSON object)."""
+    try:
+        rec = load_json(raw, "heartbeat") if isinstance(raw, bytes) else None
+    except FleetError:
+        return None
+    return rec if isinstance(rec, dict) else None
 
 
 def host_identity() -> dict[str, Any]:

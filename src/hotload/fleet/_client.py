@@ -15,13 +15,15 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._errors import FleetError
-from ._connection import DEFAULT_TIMEOUT, connect, describe_error, redis_errors
+from . import _history
+from ._connection import DEFAULT_TIMEOUT, connect, describe_error, describe_url, redis_errors
 from ._controller import Controller
 from ._schema import (
     MAX_BLOB,
@@ -43,6 +45,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+_PREFIX = re.compile(r"[0-9a-f]{6,63}")
+
 
 # ---- the fleet: publish, desired state, status ---------------------------------------
 
@@ -60,6 +65,7 @@ class Fleet:
         client: redis_mod.Redis | None = None,
     ) -> None:
         self.url = url
+        self.where = describe_url(url)  # for messages: which Redis, no password
         self.keys = Keys(prefix)
         self.timeout = timeout
         self.r = client if client is not None else connect(url, timeout=timeout)
@@ -77,9 +83,7 @@ class Fleet:
         try:
             return fn()
         except redis_errors() as exc:
-            raise FleetError(
-                f"Redis {self.url or '(default)'}: {what}: {describe_error(exc)}"
-            ) from None
+            raise FleetError(f"Redis {self.where}: {what}: {describe_error(exc)}") from None
 
     # -- publish -------------------------------------------------------------------
     def publish(
@@ -125,6 +129,7 @@ class Fleet:
         old = self._meta(digest)
         if old is None or old.get("name") != name or ("signature" in meta and old != meta):
             self._call("store meta", lambda: self.r.set(k.meta(digest), json.dumps(meta)))
+        self._call("index build", lambda: self.r.sadd(k.builds(name), digest))
         log.info("published %s %s (%d bytes) as %s", name, version, len(data), digest)
         return digest
 
@@ -144,6 +149,56 @@ class Fleet:
             raise FleetError(f"build {digest} was not published to this fleet")
         return meta
 
+    def resolve(self, plugin: str, ref: str) -> str:
+        """The digest a rollout names: ``ref`` is a SHA-256 digest, an
+        unambiguous prefix of one (at least 6 hex digits, as status prints
+        12) among the builds of ``plugin`` published here, or
+        ``NAME@VERSION`` (``NAME`` must be ``plugin``).  FleetError when it
+        matches none, or several (each named)."""
+        ref = ref.strip()
+        if _DIGEST.fullmatch(ref):
+            return ref
+        name, at, version = ref.rpartition("@")
+        if at:
+            if name and name != plugin:
+                raise FleetError(f"{ref!r} names plugin {name!r}, not {plugin!r}")
+            found = [m for m in self._published(plugin) if m.get("version") == version]
+            what = f"version {version} of {plugin}"
+        elif _PREFIX.fullmatch(ref):
+            found = [m for m in self._published(plugin) if m["sha256"].startswith(ref)]
+            what = f"a build of {plugin} whose digest starts with {ref}"
+            if not found:
+                raise FleetError(
+                    f"{ref!r}: not a SHA-256 digest of a build of {plugin} published to this "
+                    f"fleet, nor a prefix of one (hotload fleet history {plugin} lists them)"
+                )
+        else:
+            raise FleetError(
+                f"{ref!r} is not a SHA-256 digest (64 lowercase hex), a prefix of one (6 or "
+                f"more), nor NAME@VERSION"
+            )
+        if not found:
+            raise FleetError(f"no {what} was published to this fleet")
+        if len(found) > 1:
+            listed = ", ".join(
+                f"{m['sha256'][:12]} ({m.get('version')}, published "
+                f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(m.get('published_at') or 0))})"
+                for m in sorted(found, key=lambda m: m.get("published_at") or 0)
+            )
+            raise FleetError(f"{ref!r} is ambiguous: {len(found)} builds match: {listed}")
+        return str(found[0]["sha256"])
+
+    def _published(self, plugin: str) -> list[dict[str, Any]]:
+        """The metadata of every build of ``plugin`` published here."""
+        members = self._call("list builds", lambda: self.r.smembers(self.keys.builds(plugin)))
+        digests = sorted(m.decode() for m in members if _DIGEST.fullmatch(m.decode("latin-1")))
+        out = []
+        for digest in digests:
+            meta = self._meta(digest)
+            if meta is not None and meta.get("name") == plugin:
+                out.append({**meta, "sha256": digest})
+        return out
+
     # -- desired state -----------------------------------------------------------------
     def desired(self, plugin: str) -> tuple[int, list[Rule]]:
         raw = self._call("read desired", lambda: self.r.hget(self.keys.desired, plugin))
@@ -151,18 +206,29 @@ class Fleet:
             return 0, []
         return parse_desired(raw, plugin)
 
-    def set_desired(self, plugin: str, rules: list[Rule]) -> int:
-        """Write the plugin's rules (a new rev), bump ``gen`` and wake every agent."""
+    def set_desired(
+        self, plugin: str, rules: list[Rule], *, min_rev: int = 0, revision: int | None = None
+    ) -> int:
+        """Write the plugin's rules (a new rev), bump ``gen`` and wake every
+        agent.  ``min_rev``: the rev is at least this (a controller writing
+        again what Redis lost keeps its revs above the ones hosts reported).
+        ``revision``: the rollout's or rollback's revision, kept in the record."""
         # rev: above every rev written so far (gen counts writes), readable even
         # when the record it replaces is garbage
         gen = self._call("read gen", lambda: self.r.get(self.keys.gen))
-        rev = (int(gen) if gen and gen.isdigit() else 0) + 1
-        record = json.dumps({"rev": rev, "rules": rules_json(rules), "at": time.time()})
+        counted = (int(gen) if gen and gen.isdigit() else 0) + 1
+        rev = max(counted, min_rev)
+        body: dict[str, Any] = {"rev": rev, "rules": rules_json(rules), "at": time.time()}
+        if revision is not None:
+            body["revision"] = revision
+        record = json.dumps(body)
         k = self.keys
 
         def write() -> None:
             pipe = self.r.pipeline(transaction=True)
             pipe.hset(k.desired, plugin, record)
+            if rev > counted:  # Redis lost gen (a flush): lift it so that gen = rev
+                pipe.set(k.gen, rev - 1)
             pipe.incr(k.gen)
             pipe.publish(k.wake, plugin)
             pipe.execute()
@@ -172,14 +238,18 @@ class Fleet:
         return rev
 
     # -- hosts and reports ---------------------------------------------------------------
-    def hosts(self, plugin: str | None = None) -> list[dict[str, Any]]:
+    def hosts(self, plugin: str | None = None, *, also: Iterable[str] = ()) -> list[dict[str, Any]]:
         """Every host that joined: its heartbeat record (or ``alive: False``
-        when its heartbeat expired) and its per-plugin reports."""
+        when its heartbeat expired) and its per-plugin reports.  ``also``:
+        host ids to read even when they are not in the set of hosts (a
+        rollout's hosts: one that left says ``left``, one whose registration
+        Redis lost is ``alive: False``)."""
         k = self.keys
-        ids = sorted(
+        listed = {
             i.decode("utf-8", "replace")
             for i in self._call("list hosts", lambda: self.r.smembers(k.hosts))
-        )
+        }
+        ids = sorted(listed | set(also))
 
         def read() -> list[Any]:
             pipe = self.r.pipeline(transaction=False)
@@ -196,7 +266,10 @@ class Fleet:
         out = []
         for n, host_id in enumerate(ids):
             beat, pttl, reports = raw[3 * n : 3 * n + 3]
-            out.append(self._host_entry(host_id, beat, pttl, reports, plugin))
+            entry = self._host_entry(host_id, beat, pttl, reports, plugin)
+            if host_id not in listed:
+                entry["unlisted"] = True
+            out.append(entry)
         return out
 
     def _host_entry(
@@ -205,11 +278,15 @@ class Fleet:
         entry: dict[str, Any] = {"id": host_id, "alive": False, "labels": {}}
         try:
             rec = load_json(beat, f"heartbeat of {host_id}")
-            if isinstance(rec, dict):
+            if isinstance(rec, dict) and rec.get("left"):
+                entry["left"] = True  # it left the fleet cleanly
+            elif isinstance(rec, dict):
                 entry.update({k: rec[k] for k in ("pid", "machine", "hotload") if k in rec})
                 entry["labels"] = check_labels(rec.get("labels", {}), f"labels of {host_id}")
                 entry["alive"] = True
                 ttl = rec.get("ttl")
+                if isinstance(ttl, (int, float)):
+                    entry["ttl"] = ttl
                 if isinstance(ttl, (int, float)) and pttl >= 0:
                     entry["heartbeat_age"] = max(0.0, round(ttl - pttl / 1000, 3))
         except FleetError as exc:
@@ -281,8 +358,8 @@ class Fleet:
         progress: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
         """Drive a rollout to the end (blocking) and return its final record;
-        raise ``RolloutFailed`` after an abort (every host back on the
-        previous digest)."""
+        raise ``RolloutFailed`` after an abort (the previous rules written
+        back; its message says which hosts are back on the previous build)."""
         ctl = Controller(self, plugin, lock_ttl=lock_ttl, poll=poll, progress=progress)
         return ctl.start(
             digest,
@@ -314,11 +391,30 @@ class Fleet:
 
         return Controller(self, plugin, lock_ttl=lock_ttl).abort(wait=wait)
 
-    def rollback(self, plugin: str, *, lock_ttl: float = 30.0) -> dict[str, Any]:
-        """After a finished rollout: put every host back on the digests it
-        had before that rollout."""
+    def rollback(
+        self,
+        plugin: str,
+        *,
+        to: int | None = None,
+        step_timeout: float = 120.0,
+        lock_ttl: float = 30.0,
+        poll: float = 1.0,
+        progress: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        """Put the fleet back on an earlier revision of the plugin (``to``;
+        default: the one before the revision in force, see ``history``) and
+        wait, at most ``step_timeout``, until every live host reports it;
+        returns the rollback's record, or raises ``RolloutFailed`` naming
+        each host that is not back and why."""
 
-        return Controller(self, plugin, lock_ttl=lock_ttl).rollback()
+        ctl = Controller(self, plugin, lock_ttl=lock_ttl, poll=poll, progress=progress)
+        return ctl.rollback(to=to, step_timeout=step_timeout)
+
+    def history(self, plugin: str) -> list[dict[str, Any]]:
+        """The plugin's revisions, oldest first: every finished rollout and
+        rollback, with the desired state it left (``hotload fleet history``)."""
+        check_name(plugin)
+        return _history.read(self, plugin)
 
 
 # ---- module-level API: ``from hotload import fleet`` ----------------------------------
@@ -355,6 +451,6 @@ def abort(plugin: str, *, url: str | None = None, **kw: Any) -> dict[str, Any]:
 
 
 def rollback(plugin: str, *, url: str | None = None, **kw: Any) -> dict[str, Any]:
-    """After a finished rollout: every host back on its previous build (``Fleet.rollback``)."""
+    """The fleet back on an earlier revision, waited for (``Fleet.rollback``)."""
     with Fleet(url) as f:
         return f.rollback(plugin, **kw)

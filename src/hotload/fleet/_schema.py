@@ -14,6 +14,10 @@ state with ``redis-cli``.  All keys live under one prefix (``hotload:``):
 ``rollout:<plugin>``  JSON record of the plugin's current or last rollout
 ``lock:<plugin>``     redis-py ``Lock`` (SET NX PX) held by the controller that drives it
 ``abort:<plugin>``    set by ``abort`` from another terminal; the controller obeys it
+``builds:<plugin>``   set of the digests published for the plugin (``rollout`` resolves
+                      a digest prefix or ``NAME@VERSION`` among them)
+``revision:<plugin>`` counter: the revision number of the next rollout or rollback
+``history:<plugin>``  list of JSON entries, one per finished rollout or rollback
 
 Channels: ``wake`` (a desired state changed: agents sync at once) and
 ``reports`` (an agent reported: controllers look at once).  Both are only
@@ -191,6 +195,15 @@ class Keys:
     def abort(self, plugin: str) -> str:
         return f"{self.prefix}abort:{plugin}"
 
+    def history(self, plugin: str) -> str:
+        return f"{self.prefix}history:{plugin}"
+
+    def revision(self, plugin: str) -> str:
+        return f"{self.prefix}revision:{plugin}"
+
+    def builds(self, plugin: str) -> str:
+        return f"{self.prefix}builds:{plugin}"
+
 
 # ---- the rollout record ---------------------------------------------------------------
 
@@ -224,8 +237,9 @@ def check_rollout_record(rec: dict[str, Any]) -> None:
         raise FleetError(f"{where}: step {rec['step']} out of range")
     if not isinstance(rec.get("failures"), dict):
         rec["failures"] = {}
-    if not isinstance(rec.get("members"), list):
-        rec["members"] = []
+    for field in ("members", "expected"):
+        if not isinstance(rec.get(field), list) or not all(isinstance(h, str) for h in rec[field]):
+            rec[field] = []
     if not isinstance(rec.get("missing"), dict):
         rec["missing"] = {}
     if not isinstance(rec.get("gone_grace"), (int, float)):

@@ -1,0 +1,82 @@
+"""What a rollout waits for: each host it counts, classified against the rules
+it should follow (done, pending and why, refused), and the line printed while
+it waits.
+
+A host is *done* only when its own report says so: live on the digest its
+rule names, or, for a rule without a digest, a report written for this rev
+that says it went back to its own build.  A host without a report, or whose
+report predates the rules, is *pending*, never done: the controller reports
+success only for hosts it has seen report the target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._schema import Rule, pick
+
+SHOWN = 3  # hosts named in a progress line; the rest are counted
+
+
+@dataclass
+class Tally:
+    """One look at the hosts a wait counts."""
+
+    done: list[str] = field(default_factory=list)
+    pending: dict[str, str] = field(default_factory=dict)  # host -> why it is waited for
+    refused: dict[str, str] = field(default_factory=dict)  # host -> its error
+
+    def waiting(self, total: int | None = None) -> str:
+        """``2/3 hosts live, waiting for game-3 (no heartbeat 3 s)``."""
+        total = total if total is not None else len(self.done) + len(self.pending)
+        named = [f"{h} ({why})" for h, why in sorted(self.pending.items())[:SHOWN]]
+        more = len(self.pending) - SHOWN
+        return f"{len(self.done)}/{total} hosts live, waiting for {', '.join(named)}" + (
+            f" and {more} more" if more > 0 else ""
+        )
+
+
+def classify(host: Mapping[str, Any], plugin: str, rules: list[Rule], rev: int) -> tuple[str, str]:
+    """``("done" | "pending" | "refused", why)`` for a live host, judged by
+    its report for ``plugin`` against ``rules`` written as ``rev``."""
+    rep = host.get("plugins", {}).get(plugin) or {}
+    rule = pick(rules, host.get("labels") or {})
+    fresh = isinstance(rep.get("rev"), int) and rep["rev"] >= rev
+    state = rep.get("state")
+    if rule is None:
+        return "done", ""  # the fleet asks nothing of this host
+    if rule.digest is not None:
+        if state == "live" and rep.get("digest") == rule.digest:
+            return "done", ""
+        refused = state == "invalid" or (state == "failed" and rep.get("target") == rule.digest)
+    else:
+        if fresh and state in ("live", "unloaded") and rep.get("target") is None:
+            return "done", ""
+        refused = state in ("failed", "invalid")
+    if fresh and refused:
+        return "refused", str(rep.get("error"))
+    return "pending", why_pending(host, rep)
+
+
+def why_pending(host: Mapping[str, Any], rep: Mapping[str, Any]) -> str:
+    """What a pending host is doing, for the progress line."""
+    age = host.get("heartbeat_age")
+    ttl = host.get("ttl")
+    beat = ttl / 3 if isinstance(ttl, (int, float)) and ttl > 0 else 2.5
+    if isinstance(age, (int, float)) and age > 1.5 * beat:
+        return f"no heartbeat {age:.0f} s"
+    if not rep:
+        return "no report yet"
+    if rep.get("state") == "failed":
+        return f"failed before: {str(rep.get('error'))[:60]}"
+    running = rep.get("version") or str(rep.get("digest") or "nothing")[:12]
+    return f"still on {running}"
+
+
+def gone_why(since: float, unlisted: bool) -> str:
+    """Why a host that stopped beating is waited for (or failed)."""
+    if unlisted:
+        return f"registration gone from Redis {since:.0f} s"
+    return f"no heartbeat, gone {since:.0f} s"
