@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import queue
+import re
 import shutil
 import subprocess
 import textwrap
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -18,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PLUGINS_SRC = ROOT / "native" / "plugins"
 
 Compile = Callable[..., Path]
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -205,3 +211,50 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def wait_for(
+    cond: Callable[[], T], timeout: float = 30.0, what: str = "condition", interval: float = 0.02
+) -> T:
+    """Poll ``cond()`` until it returns something truthy, and return that.
+
+    ``timeout`` only stops a test that would otherwise hang: it is generous
+    on purpose and says nothing about speed.  After it, ``AssertionError``
+    naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Lines:
+    """The stdout lines of ``proc`` (a ``Popen`` with text pipes), read on a
+    thread; ``expect(pattern)`` waits for the next line that matches."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+        assert proc.stdout is not None
+        out = proc.stdout
+        threading.Thread(target=lambda: [self._queue.put(ln) for ln in out], daemon=True).start()
+
+    def expect(self, pattern: str, timeout: float = 60.0) -> str:
+        def matching_line() -> str | None:
+            try:
+                line = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                return None
+            self.seen.append(line)
+            return line if re.search(pattern, line) else None
+
+        try:
+            return wait_for(matching_line, timeout, f"a line matching {pattern!r}", interval=0)
+        except AssertionError as exc:
+            self.proc.kill()
+            stderr = self.proc.stderr.read() if self.proc.stderr else ""
+            raise AssertionError(f"{exc}; lines seen: {self.seen}; stderr: {stderr}") from None

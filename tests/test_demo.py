@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import os
-import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
-from conftest import PLUGINS_SRC
+from conftest import PLUGINS_SRC, Lines
 
 
 def test_scripted_demo_runs_to_completion_with_every_check_passing(tmp_path: Path) -> None:
@@ -88,28 +85,15 @@ def test_interactive_demo_swaps_a_saved_edit_until_ctrl_c(tmp_path: Path) -> Non
         text=True,
         env=env,
     )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-
-    def wait_for(pattern: str, timeout: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if re.search(pattern, line):
-                return line
-        proc.kill()
-        raise AssertionError(f"no line matching {pattern!r}: {proc.stderr.read()}")  # type: ignore[union-attr]
+    out = Lines(proc)
 
     try:
-        wait_for(r"and save; Ctrl-C to stop")
+        out.expect(r"and save; Ctrl-C to stop")
         source = src / "double_xp.c"
         source.write_text(
             source.read_text().replace("#define MULTIPLIER 2", "#define MULTIPLIER 5")
         )
-        assert "double_xp now v2" in wait_for(r"swap +double_xp\.c")
+        assert "double_xp now v2" in out.expect(r"swap +double_xp\.c")
         back = subprocess.run(
             [sys.executable, "-m", "hotload", "rollback", "double_xp"],
             env=env,
@@ -118,15 +102,15 @@ def test_interactive_demo_swaps_a_saved_edit_until_ctrl_c(tmp_path: Path) -> Non
             timeout=60,
         )
         assert back.returncode == 0, back.stderr
-        wait_for(
+        out.expect(
             r"swap +double_xp now v3 1\.0\.0 \(rollback to v1\)"
         )  # the view shows outside swaps too
         source.write_text(
             source.read_text().replace("return xp;", "return xp")
         )  # a typo: refused, v2 serves
-        assert "the running version keeps serving" in wait_for(r"refused +double_xp\.c")
+        assert "the running version keeps serving" in out.expect(r"refused +double_xp\.c")
         proc.send_signal(signal.SIGINT)
-        assert re.search(r"stopped: [\d,]+ calls served, 0 failed", wait_for(r"^stopped"))
+        assert re.search(r"stopped: [\d,]+ calls served, 0 failed", out.expect(r"^stopped"))
         assert proc.wait(30) == 0
     finally:
         if proc.poll() is None:

@@ -25,6 +25,8 @@ from hotload import Host, HotloadError, fleet
 from hotload._fleet import Fleet, FleetError, RolloutFailed
 from hotload._fleet_agent import FleetAgent
 
+from conftest import wait_for
+
 HB = 0.2  # heartbeat of the test agents: the key expires after 3 beats
 
 
@@ -106,16 +108,6 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis")
     yield server
     server.stop()
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Cluster:

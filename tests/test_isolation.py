@@ -19,7 +19,7 @@ import pytest
 
 from hotload import Host, HotloadError, PluginCrashedError, PluginTimeoutError, SignatureError
 
-from conftest import ROOT, Compile, pid_alive
+from conftest import ROOT, Compile, pid_alive, wait_for
 from conftest import child_pids as children
 
 FAULTY = r"""
@@ -147,14 +147,6 @@ def ihost(tmp_path: Path) -> Host:
     h = Host(tmp_path / "work", preflight=False, hook_timeout=5.0)
     yield h  # type: ignore[misc]
     h.close()
-
-
-def wait_for(cond: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def worker_pid(host: Host, name: str = "faulty") -> int:

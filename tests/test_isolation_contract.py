@@ -21,7 +21,7 @@ import pytest
 from hotload import Host, PluginCrashedError, SignatureError
 from hotload._signatures import ffi
 
-from conftest import PLUGINS_SRC, Compile, pid_alive
+from conftest import PLUGINS_SRC, Compile, pid_alive, wait_for
 
 GRANT = "int32_t(int64_t player, const char *item, int32_t count)"
 
@@ -182,15 +182,6 @@ def provide(host: Host, grants: list[tuple[int, str, int]]) -> None:
         "grant_item", lambda p, item, n: grants.append((p, item, n)) or 100 + n, GRANT, error=-1
     )
     host.provide("note", lambda text: None, "void(const char *)")
-
-
-def wait_for(cond, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
 
 
 # ---- structs -------------------------------------------------------------------------
@@ -379,7 +370,7 @@ def test_service_calling_back_into_its_own_version_is_an_error_not_a_hang(
         assert time.monotonic() - t0 < 5.0
     assert "would deadlock" in caplog.text
     assert p.start_beat() == 0  # a plugin thread: its calls back into the version are served
-    assert wait_for(lambda: p.beat_count() >= 3)
+    wait_for(lambda: p.beat_count() >= 3)
 
 
 def test_a_service_after_host_close_gives_the_error_value(
@@ -393,7 +384,7 @@ def test_a_service_after_host_close_gives_the_error_value(
     host.provide("note", lambda text: None, "void(const char *)")
     p = host.load(build_svc(cc), isolate=True)
     assert p.start_beat() == 0
-    assert wait_for(lambda: p.beat_count() >= 3)
+    wait_for(lambda: p.beat_count() >= 3)
     proxy = host["svc"].current.image.process  # type: ignore[union-attr]
     cp = proxy.svc_plans[0]
     assert cp.fname == "grant_item"
@@ -401,7 +392,8 @@ def test_a_service_after_host_close_gives_the_error_value(
     t0 = time.monotonic()
     host.close()
     assert time.monotonic() - t0 < 10.0  # the beating thread did not hold it up
-    assert pid is not None and wait_for(lambda: not pid_alive(pid))
+    assert pid is not None
+    wait_for(lambda: not pid_alive(pid))
     n = len(calls)
     with caplog.at_level(logging.ERROR, logger="hotload"):
         assert proxy._service(cp)(9, ffi.new("char[]", b"late"), 1) == -1
@@ -416,10 +408,11 @@ def test_no_request_is_served_after_the_version_is_closed(host: Host, cc: Compil
     p = host.load(build_svc(cc), isolate=True)
     pid = host.versions("svc")[-1].pid
     assert p.start_beat() == 0
-    assert wait_for(lambda: len(calls) >= 3)
+    wait_for(lambda: len(calls) >= 3)
     host.unload("svc")
     assert host.settle(5.0)
-    assert pid is not None and wait_for(lambda: not pid_alive(pid), 5.0)
+    assert pid is not None
+    wait_for(lambda: not pid_alive(pid))
     n = len(calls)
     time.sleep(0.05)
     assert len(calls) == n
@@ -463,7 +456,7 @@ def test_garbage_on_the_service_channel_is_a_crash_not_a_host_failure(
         p.svc_write(how)  # the host reads the request and kills the worker during the call
     assert time.monotonic() - t0 < 8.0
     assert "service channel" in str(err.value) and why in str(err.value)
-    assert wait_for(lambda: p.login(1) == 102, 10.0)  # restarted; the host never noticed
+    wait_for(lambda: p.login(1) == 102)  # restarted; the host never noticed
     assert host.versions("svc")[-1].restarts == 1 and host.versions("svc")[-1].pid != pid
 
 
@@ -497,7 +490,7 @@ def test_a_worker_killed_in_a_service_call_leaves_the_host_serving(host: Host, c
     t.join(10)
     release.set()
     assert not t.is_alive() and isinstance(out[0], PluginCrashedError)
-    assert wait_for(lambda: p.login(1) == 2, 10.0)
+    wait_for(lambda: p.login(1) == 2)
 
 
 # ---- events ----------------------------------------------------------------------------
