@@ -231,6 +231,31 @@ def wait_for(
         time.sleep(interval)
 
 
+def run_guarded(fn: Callable[[], T], timeout: float = 60.0, what: str = "the call") -> T:
+    """``fn()`` on a daemon thread: its result, or its exception raised here.
+
+    ``AssertionError`` if it has not returned after ``timeout`` seconds: a
+    guard that turns a hang into a failure, generous on purpose (it says
+    nothing about speed; the thread is left behind)."""
+    result: list[T] = []
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            result.append(fn())
+        except BaseException as exc:  # handed to the caller
+            errors.append(exc)
+
+    thread = threading.Thread(target=call, name=f"guarded {what}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise AssertionError(f"{what} did not return within {timeout:g} s (hung)")
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
 class Lines:
     """The stdout lines of ``proc`` (a ``Popen`` with text pipes), read on a
     thread; ``expect(pattern)`` waits for the next line that matches."""

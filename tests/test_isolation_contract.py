@@ -21,7 +21,7 @@ import pytest
 from hotload import Host, PluginCrashedError, SignatureError
 from hotload._signatures import ffi
 
-from conftest import PLUGINS_SRC, Compile, pid_alive, wait_for
+from conftest import PLUGINS_SRC, Compile, pid_alive, run_guarded, wait_for
 
 GRANT = "int32_t(int64_t player, const char *item, int32_t count)"
 
@@ -365,9 +365,7 @@ def test_service_calling_back_into_its_own_version_is_an_error_not_a_hang(
     host.provide("note", lambda text: None, "void(const char *)")
     p = holder["p"] = host.load(build_svc(cc), isolate=True, call_timeout=10.0)
     with caplog.at_level(logging.ERROR, logger="hotload"):
-        t0 = time.monotonic()
-        assert p.login(1) == -1
-        assert time.monotonic() - t0 < 5.0
+        assert p.login(1) == -1  # refused: a wait would have ended in call_timeout's error
     assert "would deadlock" in caplog.text
     assert p.start_beat() == 0  # a plugin thread: its calls back into the version are served
     wait_for(lambda: p.beat_count() >= 3)
@@ -389,9 +387,8 @@ def test_a_service_after_host_close_gives_the_error_value(
     cp = proxy.svc_plans[0]
     assert cp.fname == "grant_item"
     pid = host.versions("svc")[-1].pid
-    t0 = time.monotonic()
-    host.close()
-    assert time.monotonic() - t0 < 10.0  # the beating thread did not hold it up
+    # the beating thread did not hold it up: close() would have waited up to its timeout
+    run_guarded(lambda: host.close(timeout=600.0), what="close() with a plugin thread calling")
     assert pid is not None
     wait_for(lambda: not pid_alive(pid))
     n = len(calls)
@@ -451,10 +448,9 @@ def test_garbage_on_the_service_channel_is_a_crash_not_a_host_failure(
     provide(host, [])
     p = host.load(build_svc(cc), isolate=True, call_timeout=10.0)
     pid = host.versions("svc")[-1].pid
-    t0 = time.monotonic()
     with pytest.raises(PluginCrashedError) as err:
         p.svc_write(how)  # the host reads the request and kills the worker during the call
-    assert time.monotonic() - t0 < 8.0
+    # (not call_timeout's error: the host saw the garbage, it did not wait out the call)
     assert "service channel" in str(err.value) and why in str(err.value)
     wait_for(lambda: p.login(1) == 102)  # restarted; the host never noticed
     assert host.versions("svc")[-1].restarts == 1 and host.versions("svc")[-1].pid != pid
