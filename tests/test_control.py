@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import os
+import pkgutil
 import resource
 import signal
 import socket
@@ -258,6 +260,15 @@ def test_a_new_host_sweeps_stale_sockets_but_not_live_ones(
     assert not server.path.exists()  # close() removed its own
 
 
+def _import_all_of_hotload() -> None:
+    """Import every module of the package.  Once another user, the child may
+    not be able to read the checkout (a clone in /root, mode 0700): a module
+    the CLI imports lazily must already be in memory."""
+    package = importlib.import_module("hotload")
+    for module in pkgutil.walk_packages(package.__path__, "hotload."):
+        importlib.import_module(module.name)
+
+
 def _as_other_uid(argv: list[str], uid: int = 65534) -> tuple[int, str]:
     """Run ``hotload._cli.main(argv)`` in a forked child that switched to
     ``uid`` (the interpreter itself lives under /root, out of that user's
@@ -268,6 +279,7 @@ def _as_other_uid(argv: list[str], uid: int = 65534) -> tuple[int, str]:
         rc, buf = 99, io.StringIO()
         try:
             os.close(r)
+            _import_all_of_hotload()  # while still root
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
