@@ -7,6 +7,7 @@ import queue
 import re
 import shutil
 import subprocess
+import tempfile
 import textwrap
 import threading
 import time
@@ -52,6 +53,17 @@ def cc(tmp_path: Path) -> Compile:
         return output
 
     return build
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """An empty private directory with a short path, removed afterwards: for
+    control sockets, whose path must fit in 108 bytes (``sun_path``).  Under
+    ``tmp_path`` (``/tmp/pytest-of-<user>/pytest-<n>/[popen-gw<k>/]<test>/``)
+    a socket's temporary name is past that with xdist, and close to it without."""
+    path = Path(tempfile.mkdtemp(prefix="hl-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -70,8 +70,8 @@ class HostProcess:
 
 
 @pytest.fixture
-def ctl_env(tmp_path: Path) -> dict[str, str]:
-    ctl = tmp_path / "ctl"
+def ctl_env(tmp_path: Path, short_tmp: Path) -> dict[str, str]:
+    ctl = short_tmp / "ctl"
     ctl.mkdir(mode=0o700)
     return {**os.environ, control.ENV_DIR: str(ctl), "HOTLOAD_WORKDIR": str(tmp_path / "work")}
 
@@ -184,10 +184,10 @@ def test_reload_allow_signature_change_through_the_cli(ctl_env, hosts, cc, tmp_p
 
 
 def test_reload_allow_signature_change_must_be_a_boolean(
-    host: Host, xp_build, tmp_path: Path
+    host: Host, xp_build, short_tmp: Path
 ) -> None:
     host.load(xp_build(mult=2))
-    server = control.ControlServer(host, directory=tmp_path / "ctl")
+    server = control.ControlServer(host, directory=short_tmp / "ctl")
     for value in (b"1", b"0", b'"yes"', b"null", b"[]"):
         reply = server.handle(
             b'{"op": "reload", "name": "xp", "allow_signature_change": ' + value + b"}"
@@ -199,8 +199,8 @@ def test_reload_allow_signature_change_must_be_a_boolean(
     assert reply["ok"] is True and reply["result"]["version"]["seq"] == 2
 
 
-def test_protocol_rejects_bad_requests_with_a_code(host: Host, tmp_path: Path) -> None:
-    server = control.ControlServer(host, directory=tmp_path / "ctl")
+def test_protocol_rejects_bad_requests_with_a_code(host: Host, short_tmp: Path) -> None:
+    server = control.ControlServer(host, directory=short_tmp / "ctl")
     assert server.handle(b"{oops")["error"]["code"] == "bad_request"
     assert server.handle(b'{"v": 2, "op": "ls"}')["error"]["code"] == "unsupported_version"
     assert server.handle(b'{"op": "format_disk"}')["error"]["code"] == "unknown_op"
@@ -364,9 +364,9 @@ def test_ls_reports_leaked_images_their_bytes_and_why(
 
 
 def test_deeply_nested_json_is_a_bad_request_and_the_session_lives(
-    host: Host, tmp_path: Path
+    host: Host, short_tmp: Path
 ) -> None:
-    server = host.serve_control(directory=tmp_path / "ctl")
+    server = host.serve_control(directory=short_tmp / "ctl")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(10)
         conn.connect(str(server.path))
@@ -378,11 +378,11 @@ def test_deeply_nested_json_is_a_bad_request_and_the_session_lives(
 
 
 def test_a_listening_socket_is_never_swept_whatever_pid_its_name_shows(
-    host: Host, tmp_path: Path
+    host: Host, short_tmp: Path
 ) -> None:
     """A host in another pid namespace sharing the directory has a pid we
     cannot see: only a refused connection proves a socket stale."""
-    directory = tmp_path / "ctl"
+    directory = short_tmp / "ctl"
     directory.mkdir(mode=0o700)
     alien = directory / "host-4000000-abcdef.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -420,10 +420,10 @@ def test_reload_with_path_through_the_cli(ctl_env, hosts, xp_build, cc, tmp_path
 
 
 def test_the_server_refuses_relative_and_malformed_reload_paths(
-    host: Host, tmp_path: Path, xp_build
+    host: Host, short_tmp: Path, xp_build
 ) -> None:
     host.load(xp_build(mult=2))
-    server = control.ControlServer(host, directory=tmp_path / "ctl")
+    server = control.ControlServer(host, directory=short_tmp / "ctl")
     for path in ("build/xp.so", "", "/tmp/a\u0000b", 7):
         req = json.dumps({"op": "reload", "name": "xp", "path": path}).encode()
         reply = server.handle(req)
@@ -435,8 +435,8 @@ def test_the_server_refuses_relative_and_malformed_reload_paths(
     assert [v.seq for v in host.versions("xp")] == [1]  # nothing was reloaded
 
 
-def test_nan_infinity_and_boolean_versions_are_bad_requests(host: Host, tmp_path: Path) -> None:
-    server = control.ControlServer(host, directory=tmp_path / "ctl")
+def test_nan_infinity_and_boolean_versions_are_bad_requests(host: Host, short_tmp: Path) -> None:
+    server = control.ControlServer(host, directory=short_tmp / "ctl")
     for line in (
         b'{"op": "ping", "id": NaN}',
         b'{"op": "ping", "id": Infinity}',
@@ -479,8 +479,8 @@ def test_a_symlink_to_a_live_socket_lists_its_host_once(ctl_env, hosts, xp_build
     assert hotload(ctl_env, "ls").returncode == 0  # one host, not "2 hosts are running"
 
 
-def test_a_bad_control_directory_is_called_a_control_directory(tmp_path: Path) -> None:
-    loose = tmp_path / "ctl"
+def test_a_bad_control_directory_is_called_a_control_directory(short_tmp: Path) -> None:
+    loose = short_tmp / "ctl"
     loose.mkdir(mode=0o755)
     loose.chmod(0o755)
     env = {**os.environ, control.ENV_DIR: str(loose)}
@@ -517,8 +517,8 @@ def test_ls_shows_calls_served_and_in_flight_apart(ctl_env, hosts, xp_build) -> 
 # ---- issue 9: the control server's limits --------------------------------------------------
 
 
-def _server(host: Host, tmp_path: Path, **limits: float) -> control.ControlServer:
-    server = control.ControlServer(host, directory=tmp_path / "ctl", **limits)  # type: ignore[arg-type]
+def _server(host: Host, base: Path, **limits: float) -> control.ControlServer:
+    server = control.ControlServer(host, directory=base / "ctl", **limits)  # type: ignore[arg-type]
     return server.start()
 
 
@@ -579,9 +579,9 @@ def test_concurrent_cli_processes_all_succeed(ctl_env, hosts, xp_build, n: int) 
 
 
 def test_a_slow_loris_is_dropped_at_its_deadline_while_others_are_served(
-    host: Host, tmp_path: Path
+    host: Host, short_tmp: Path
 ) -> None:
-    server = _server(host, tmp_path, request_deadline=1.0)
+    server = _server(host, short_tmp, request_deadline=1.0)
     try:
         slow = _connect(server.path, timeout=20)
         sent = 0
@@ -611,9 +611,9 @@ def test_a_slow_loris_is_dropped_at_its_deadline_while_others_are_served(
 
 
 def test_idle_connections_cost_no_threads_and_the_idlest_make_room(
-    host: Host, tmp_path: Path
+    host: Host, short_tmp: Path
 ) -> None:
-    server = _server(host, tmp_path, max_sessions=32)
+    server = _server(host, short_tmp, max_sessions=32)
     conns: list[socket.socket] = []
     try:
         assert control.request(server.path, "ping", timeout=10)["pid"] == os.getpid()
@@ -635,9 +635,9 @@ def test_idle_connections_cost_no_threads_and_the_idlest_make_room(
 
 
 def test_out_of_file_descriptors_the_server_backs_off_then_recovers(
-    host: Host, tmp_path: Path
+    host: Host, short_tmp: Path
 ) -> None:
-    server = _server(host, tmp_path)
+    server = _server(host, short_tmp)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # made before the limit drops
     client.settimeout(20)
@@ -670,9 +670,9 @@ def test_out_of_file_descriptors_the_server_backs_off_then_recovers(
 
 
 def test_a_thread_that_cannot_start_does_not_kill_the_server(
-    host: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    host: Host, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = _server(host, tmp_path)
+    server = _server(host, short_tmp)
     real_start = threading.Thread.start
 
     def start(self: threading.Thread) -> None:

@@ -13,13 +13,15 @@ from pathlib import Path
 from conftest import PLUGINS_SRC, Lines
 
 
-def test_scripted_demo_runs_to_completion_with_every_check_passing(tmp_path: Path) -> None:
+def test_scripted_demo_runs_to_completion_with_every_check_passing(
+    tmp_path: Path, short_tmp: Path
+) -> None:
     env = {
         **os.environ,
-        "HOTLOAD_CONTROL_DIR": str(tmp_path / "ctl"),
+        "HOTLOAD_CONTROL_DIR": str(short_tmp / "ctl"),
         "HOTLOAD_WORKDIR": str(tmp_path / "work"),
     }
-    (tmp_path / "ctl").mkdir(mode=0o700)
+    (short_tmp / "ctl").mkdir(mode=0o700)
     proc = subprocess.run(
         [sys.executable, "-m", "hotload", "demo"],
         capture_output=True,
@@ -54,20 +56,20 @@ def test_scripted_demo_runs_to_completion_with_every_check_passing(tmp_path: Pat
         "ok: hot swap under load with no failed call, state carried, old image unloaded"
     )
     assert len(out.splitlines()) < 25  # a view for a person, not a log dump
-    assert not list((tmp_path / "ctl").iterdir())  # its control socket went with it
+    assert not list((short_tmp / "ctl").iterdir())  # its control socket went with it
 
 
-def test_interactive_demo_swaps_a_saved_edit_until_ctrl_c(tmp_path: Path) -> None:
+def test_interactive_demo_swaps_a_saved_edit_until_ctrl_c(tmp_path: Path, short_tmp: Path) -> None:
     src = tmp_path / "plugins"
     src.mkdir()
     for name in ("double_xp.c", "loot_drop.c"):
         shutil.copy(PLUGINS_SRC / name, src / name)
     env = {
         **os.environ,
-        "HOTLOAD_CONTROL_DIR": str(tmp_path / "ctl"),
+        "HOTLOAD_CONTROL_DIR": str(short_tmp / "ctl"),
         "HOTLOAD_WORKDIR": str(tmp_path / "work"),
     }
-    (tmp_path / "ctl").mkdir(mode=0o700)
+    (short_tmp / "ctl").mkdir(mode=0o700)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -118,13 +120,15 @@ def test_interactive_demo_swaps_a_saved_edit_until_ctrl_c(tmp_path: Path) -> Non
             proc.wait()
 
 
-def test_isolated_demo_survives_a_plugin_that_crashes_on_purpose(tmp_path: Path) -> None:
+def test_isolated_demo_survives_a_plugin_that_crashes_on_purpose(
+    tmp_path: Path, short_tmp: Path
+) -> None:
     env = {
         **os.environ,
-        "HOTLOAD_CONTROL_DIR": str(tmp_path / "ctl"),
+        "HOTLOAD_CONTROL_DIR": str(short_tmp / "ctl"),
         "HOTLOAD_WORKDIR": str(tmp_path / "work"),
     }
-    (tmp_path / "ctl").mkdir(mode=0o700)
+    (short_tmp / "ctl").mkdir(mode=0o700)
     proc = subprocess.run(
         [sys.executable, "-m", "hotload", "demo", "--isolate"],
         capture_output=True,

@@ -19,6 +19,7 @@ from conftest import PLUGINS_SRC, Lines
 
 def test_interactive_demo_leaves_build_plugins_alone_and_removes_its_private_build(
     tmp_path: Path,
+    short_tmp: Path,
 ) -> None:
     checkout = tmp_path / "checkout"  # laid out like the repository
     src = checkout / "native" / "plugins"
@@ -28,10 +29,10 @@ def test_interactive_demo_leaves_build_plugins_alone_and_removes_its_private_bui
     shared_build = checkout / "build" / "plugins"  # where the watcher's default would build
     env = {
         **os.environ,
-        "HOTLOAD_CONTROL_DIR": str(tmp_path / "ctl"),
+        "HOTLOAD_CONTROL_DIR": str(short_tmp / "ctl"),
         "HOTLOAD_WORKDIR": str(tmp_path / "work"),
     }
-    (tmp_path / "ctl").mkdir(mode=0o700)
+    (short_tmp / "ctl").mkdir(mode=0o700)
     cmd = [sys.executable, "-m", "hotload", "demo", "--interactive", "--players", "1"]
     proc = subprocess.Popen(
         [*cmd, "--src", str(src)],

@@ -535,11 +535,11 @@ def _rss_kb() -> int:
     return -1
 
 
-def test_ls_shows_the_worker_pid_and_restarts(ihost: Host, faulty: Build, tmp_path: Path) -> None:
+def test_ls_shows_the_worker_pid_and_restarts(ihost: Host, faulty: Build, short_tmp: Path) -> None:
     import re
     import sys
 
-    server = ihost.serve_control(directory=tmp_path / "ctl")
+    server = ihost.serve_control(directory=short_tmp / "ctl")
     p = ihost.load(faulty(), isolate=True)
     with pytest.raises(PluginCrashedError):
         p.crash(1)
