@@ -475,10 +475,18 @@ HOTLOAD_EXPORT(Add, int64_t, (int64_t, int64_t));
 
 
 @pytest.mark.skipif(shutil.which("go") is None, reason="no Go toolchain (.ci/sdk-deps.sh)")
-def test_go_c_shared_really_unloads_when_isolated(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("reloads", "rss_limit_kb"),
+    [(10, 4 * 1024), pytest.param(40, 8 * 1024, marks=pytest.mark.soak)],
+    ids=["10", "40"],
+)
+def test_go_c_shared_really_unloads_when_isolated(
+    tmp_path: Path, reloads: int, rss_limit_kb: int
+) -> None:
     """Go c-shared libraries never leave a process (NODELETE, static TLS, their
     own threads): in-process the leak budget stops reloads; isolated, the
-    host's RSS, threads and fds stay flat and no worker is left behind."""
+    host's RSS, threads and fds stay flat and no worker is left behind (an
+    in-process Go reload leaks ~900 KB: 10 of them are past 4 MiB)."""
     pkg = tmp_path / "gopkg"
     pkg.mkdir()
     (pkg / "main.go").write_text(GO_MAIN)
@@ -486,7 +494,7 @@ def test_go_c_shared_really_unloads_when_isolated(tmp_path: Path) -> None:
     lib = tmp_path / "gox.so"
     env = {
         **os.environ,
-        "GOCACHE": str(tmp_path / "gocache"),
+        "GOCACHE": str(ROOT / "build" / "go-cache"),  # kept: a cold build is ~5 s of CPU
         "GO111MODULE": "off",
         "CGO_CFLAGS": f"-I{ROOT / 'native' / 'include'}",
     }
@@ -508,20 +516,20 @@ def test_go_c_shared_really_unloads_when_isolated(tmp_path: Path) -> None:
                 h.settle(10.0)
     with Host(tmp_path / "iso", preflight=False, max_leaked=3) as h:
         p = h.load(lib, isolate=True)
-        for _ in range(3):
+        for _ in range(8):  # the host's RSS grows ~5 MiB over the first few, then stays flat
             h.reload("gox")
         h.settle(10.0)
         time.sleep(0.5)
         threads0, fds0 = threading.active_count(), len(os.listdir("/proc/self/fd"))
         rss0 = _rss_kb()
-        for i in range(40):
+        for i in range(reloads):
             h.reload("gox")
             assert p.Add(i, 1) == i + 1
         assert h.settle(10.0)
         time.sleep(0.5)
         assert threading.active_count() <= threads0 + 1
         assert len(os.listdir("/proc/self/fd")) <= fds0 + 2
-        assert _rss_kb() - rss0 < 8 * 1024  # each in-process Go reload leaks ~900 KB
+        assert _rss_kb() - rss0 < rss_limit_kb
         assert not h.leaks()
         wait_for(lambda: len(children()) <= 2)  # the live worker and the warm spare
     wait_for(lambda: not children())
