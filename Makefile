@@ -44,7 +44,10 @@ ROUTING_TESTS := tests/test_router.py tests/test_swap.py tests/test_soak.py \
 
 # make test leaves out the tests marked soak (long loops, many swaps, each with a short
 # variant that stays in); make test-slow runs them.  CI (.ci/run) runs both.
-PYTEST := $(VPY) -m pytest -q
+# Two pytest-xdist workers, a test file per worker at a time (module fixtures such as the
+# wine prefix are built once); `make test XDIST=` runs serially.
+XDIST  ?= -n 2 --dist loadfile
+PYTEST := $(VPY) -m pytest -q $(XDIST)
 
 # Prints the total time (setup, lint, docs and both pytest passes) at the end.
 test:
