@@ -60,7 +60,7 @@ test-steps: plugins lint docs
 	HOTLOAD_PURE_PYTHON=1 $(VENV)/bin/hotload --version
 	HOTLOAD_PURE_PYTHON=1 $(PYTEST) -m "not soak" $(ROUTING_TESTS)
 
-# The soak tests (~4 min on 2 cores): the full activity soak, the 1000-swap soak with its
+# The soak tests (~5 min on 2 shared cores): the full activity soak, the 1000-swap soak with its
 # C side under ASan (HOTLOAD_SLOW=1), 128 CLI processes at once, the fleet demo...;
 # the routing ones again with the Python router.
 test-slow: plugins
