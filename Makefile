@@ -1,13 +1,15 @@
 # hotload: two commands on a fresh machine
 #   make demo   - set up the virtualenv, build the plugins, run the demo (main job)
 #   make test   - set up the virtualenv, build the plugins, run lint, the docs build and the test suite
+#   make test-slow - the soak tests that make test leaves out (CI runs both)
 
 PYTHON ?= python3
 VENV   ?= .venv
 VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv plugins test test-slow lint docs bench demo demo-interactive clean
+.PHONY: all venv plugins test test-steps test-slow test-slow-steps lint docs bench demo \
+	demo-interactive clean
 
 all: plugins
 
@@ -45,15 +47,34 @@ ROUTING_TESTS := tests/test_router.py tests/test_swap.py tests/test_soak.py \
 	tests/test_bad_input.py tests/test_contract_events.py tests/test_contract_types.py \
 	tests/test_wire_parity.py
 
-test: plugins lint docs
-	$(VENV)/bin/hotload --version
-	$(VPY) -m pytest -q --durations=12
-	HOTLOAD_PURE_PYTHON=1 $(VENV)/bin/hotload --version
-	HOTLOAD_PURE_PYTHON=1 $(VPY) -m pytest -q $(ROUTING_TESTS)
+# make test leaves out the tests marked soak (long loops, many swaps, each with a short
+# variant that stays in); make test-slow runs them.  CI (.ci/run) runs both.
+# Two pytest-xdist workers, a test file per worker at a time (module fixtures such as the
+# wine prefix are built once); `make test XDIST=` runs serially.
+XDIST  ?= -n 2 --dist loadfile
+PYTEST := $(VPY) -m pytest -q $(XDIST)
 
-# Long runs left out of make test: the 1000-swap activity soak with its C side under ASan (~1 min).
+# Prints the total time (setup, lint, docs and both pytest passes) at the end.
+test:
+	@t0=$$(date +%s); $(MAKE) --no-print-directory test-steps; rc=$$?; \
+	echo "make test: $$(( $$(date +%s) - t0 )) s in all (exit $$rc)"; exit $$rc
+
+test-steps: plugins lint docs
+	$(VENV)/bin/hotload --version
+	$(PYTEST) -m "not soak" --durations=12
+	HOTLOAD_PURE_PYTHON=1 $(VENV)/bin/hotload --version
+	HOTLOAD_PURE_PYTHON=1 $(PYTEST) -m "not soak" $(ROUTING_TESTS)
+
+# The soak tests (~5 min on 2 shared cores): the full activity soak, the 1000-swap soak with its
+# C side under ASan (HOTLOAD_SLOW=1), 128 CLI processes at once, the fleet demo...;
+# the routing ones again with the Python router.
 test-slow: plugins
-	HOTLOAD_SLOW=1 $(VPY) -m pytest -q tests/test_contract_soak.py
+	@t0=$$(date +%s); $(MAKE) --no-print-directory test-slow-steps; rc=$$?; \
+	echo "make test-slow: $$(( $$(date +%s) - t0 )) s in all (exit $$rc)"; exit $$rc
+
+test-slow-steps:
+	HOTLOAD_SLOW=1 $(PYTEST) -m soak --durations=12
+	HOTLOAD_SLOW=1 HOTLOAD_PURE_PYTHON=1 $(PYTEST) -m soak $(ROUTING_TESTS)
 
 bench: plugins
 	$(VPY) benchmarks/run.py

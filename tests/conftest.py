@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
+import queue
+import re
 import shutil
 import subprocess
+import tempfile
 import textwrap
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -18,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PLUGINS_SRC = ROOT / "native" / "plugins"
 
 Compile = Callable[..., Path]
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -46,6 +53,17 @@ def cc(tmp_path: Path) -> Compile:
         return output
 
     return build
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """An empty private directory with a short path, removed afterwards: for
+    control sockets, whose path must fit in 108 bytes (``sun_path``).  Under
+    ``tmp_path`` (``/tmp/pytest-of-<user>/pytest-<n>/[popen-gw<k>/]<test>/``)
+    a socket's temporary name is past that with xdist, and close to it without."""
+    path = Path(tempfile.mkdtemp(prefix="hl-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -236,3 +254,75 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def wait_for(
+    cond: Callable[[], T], timeout: float = 30.0, what: str = "condition", interval: float = 0.02
+) -> T:
+    """Poll ``cond()`` until it returns something truthy, and return that.
+
+    ``timeout`` only stops a test that would otherwise hang: it is generous
+    on purpose and says nothing about speed.  After it, ``AssertionError``
+    naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def run_guarded(fn: Callable[[], T], timeout: float = 60.0, what: str = "the call") -> T:
+    """``fn()`` on a daemon thread: its result, or its exception raised here.
+
+    ``AssertionError`` if it has not returned after ``timeout`` seconds: a
+    guard that turns a hang into a failure, generous on purpose (it says
+    nothing about speed; the thread is left behind)."""
+    result: list[T] = []
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            result.append(fn())
+        except BaseException as exc:  # handed to the caller
+            errors.append(exc)
+
+    thread = threading.Thread(target=call, name=f"guarded {what}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise AssertionError(f"{what} did not return within {timeout:g} s (hung)")
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+class Lines:
+    """The stdout lines of ``proc`` (a ``Popen`` with text pipes), read on a
+    thread; ``expect(pattern)`` waits for the next line that matches."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+        assert proc.stdout is not None
+        out = proc.stdout
+        threading.Thread(target=lambda: [self._queue.put(ln) for ln in out], daemon=True).start()
+
+    def expect(self, pattern: str, timeout: float = 60.0) -> str:
+        def matching_line() -> str | None:
+            try:
+                line = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                return None
+            self.seen.append(line)
+            return line if re.search(pattern, line) else None
+
+        try:
+            return wait_for(matching_line, timeout, f"a line matching {pattern!r}", interval=0)
+        except AssertionError as exc:
+            self.proc.kill()
+            stderr = self.proc.stderr.read() if self.proc.stderr else ""
+            raise AssertionError(f"{exc}; lines seen: {self.seen}; stderr: {stderr}") from None

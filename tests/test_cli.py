@@ -281,15 +281,17 @@ def test_python_m_hotload_runs_the_cli_and_importing_main_does_not() -> None:
     assert imported.returncode == 0 and imported.stdout.strip() == "still here", imported.stderr
 
 
-def test_the_scripted_demo_points_to_a_run_the_user_can_steer(tmp_path: Path) -> None:
+def test_the_scripted_demo_points_to_a_run_the_user_can_steer(
+    tmp_path: Path, short_tmp: Path
+) -> None:
     """The scripted demo exits in seconds: its hint must not promise a host
     to query, but name the exact commands for one that keeps running."""
     env = {
         **os.environ,
-        "HOTLOAD_CONTROL_DIR": str(tmp_path / "ctl"),
+        "HOTLOAD_CONTROL_DIR": str(short_tmp / "ctl"),
         "HOTLOAD_WORKDIR": str(tmp_path / "work"),
     }
-    (tmp_path / "ctl").mkdir(mode=0o700)
+    (short_tmp / "ctl").mkdir(mode=0o700)
     demo = run([sys.executable, "-m", "hotload", "demo", "--seconds", "0.2"], cwd=ROOT, env=env)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     [hint] = [line for line in demo.stdout.splitlines() if line.startswith("  try ")]

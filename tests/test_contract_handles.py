@@ -79,12 +79,12 @@ def test_forged_foreign_and_released_handles(tmp_path, host: Host) -> None:
     assert host.handle("z") != h  # serials are never reused
 
 
-def test_ls_counts_live_handles(host: Host, tmp_path) -> None:
+def test_ls_counts_live_handles(host: Host, short_tmp) -> None:
     import json
     import subprocess
     import sys
 
-    server = host.serve_control(directory=tmp_path / "ctl")
+    server = host.serve_control(directory=short_tmp / "ctl")
     handles = [host.handle(object()) for _ in range(3)]
     host.release(handles[0])
 

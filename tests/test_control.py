@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import io
 import json
 import os
+import pkgutil
 import resource
 import signal
 import socket
@@ -26,7 +28,7 @@ from hotload import Host
 from hotload._cli import main as cli
 from hotload._ops import control_client, control_paths, control_server, control_wire
 
-from conftest import pid_alive, xp_source
+from conftest import pid_alive, wait_for, xp_source
 
 HOST_SCRIPT = textwrap.dedent("""
     import sys
@@ -69,8 +71,8 @@ class HostProcess:
 
 
 @pytest.fixture
-def ctl_env(tmp_path: Path) -> dict[str, str]:
-    ctl = tmp_path / "ctl"
+def ctl_env(tmp_path: Path, short_tmp: Path) -> dict[str, str]:
+    ctl = short_tmp / "ctl"
     ctl.mkdir(mode=0o700)
     return {
         **os.environ,
@@ -187,10 +189,10 @@ def test_reload_allow_signature_change_through_the_cli(ctl_env, hosts, cc, tmp_p
 
 
 def test_reload_allow_signature_change_must_be_a_boolean(
-    host: Host, xp_build, tmp_path: Path
+    host: Host, xp_build, short_tmp: Path
 ) -> None:
     host.load(xp_build(mult=2))
-    server = control_server.ControlServer(host, directory=tmp_path / "ctl")
+    server = control_server.ControlServer(host, directory=short_tmp / "ctl")
     for value in (b"1", b"0", b'"yes"', b"null", b"[]"):
         reply = server.handle(
             b'{"op": "reload", "name": "xp", "allow_signature_change": ' + value + b"}"
@@ -202,8 +204,8 @@ def test_reload_allow_signature_change_must_be_a_boolean(
     assert reply["ok"] is True and reply["result"]["version"]["seq"] == 2
 
 
-def test_protocol_rejects_bad_requests_with_a_code(host: Host, tmp_path: Path) -> None:
-    server = control_server.ControlServer(host, directory=tmp_path / "ctl")
+def test_protocol_rejects_bad_requests_with_a_code(host: Host, short_tmp: Path) -> None:
+    server = control_server.ControlServer(host, directory=short_tmp / "ctl")
     assert server.handle(b"{oops")["error"]["code"] == "bad_request"
     assert server.handle(b'{"v": 2, "op": "ls"}')["error"]["code"] == "unsupported_version"
     assert server.handle(b'{"op": "format_disk"}')["error"]["code"] == "unknown_op"
@@ -263,6 +265,15 @@ def test_a_new_host_sweeps_stale_sockets_but_not_live_ones(
     assert not server.path.exists()  # close() removed its own
 
 
+def _import_all_of_hotload() -> None:
+    """Import every module of the package.  Once another user, the child may
+    not be able to read the checkout (a clone in /root, mode 0700): a module
+    the CLI imports lazily must already be in memory."""
+    package = importlib.import_module("hotload")
+    for module in pkgutil.walk_packages(package.__path__, "hotload."):
+        importlib.import_module(module.name)
+
+
 def _as_other_uid(argv: list[str], uid: int = 65534) -> tuple[int, str]:
     """Run ``hotload._cli.main.main(argv)`` in a forked child that switched to
     ``uid`` (the interpreter itself lives under /root, out of that user's
@@ -273,6 +284,7 @@ def _as_other_uid(argv: list[str], uid: int = 65534) -> tuple[int, str]:
         rc, buf = 99, io.StringIO()
         try:
             os.close(r)
+            _import_all_of_hotload()  # while still root
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
@@ -357,9 +369,9 @@ def test_ls_reports_leaked_images_their_bytes_and_why(
 
 
 def test_deeply_nested_json_is_a_bad_request_and_the_session_lives(
-    host: Host, tmp_path: Path
+    host: Host, short_tmp: Path
 ) -> None:
-    server = host.serve_control(directory=tmp_path / "ctl")
+    server = host.serve_control(directory=short_tmp / "ctl")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(10)
         conn.connect(str(server.path))
@@ -371,11 +383,11 @@ def test_deeply_nested_json_is_a_bad_request_and_the_session_lives(
 
 
 def test_a_listening_socket_is_never_swept_whatever_pid_its_name_shows(
-    host: Host, tmp_path: Path
+    host: Host, short_tmp: Path
 ) -> None:
     """A host in another pid namespace sharing the directory has a pid we
     cannot see: only a refused connection proves a socket stale."""
-    directory = tmp_path / "ctl"
+    directory = short_tmp / "ctl"
     directory.mkdir(mode=0o700)
     alien = directory / "host-4000000-abcdef.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -413,10 +425,10 @@ def test_reload_with_path_through_the_cli(ctl_env, hosts, xp_build, cc, tmp_path
 
 
 def test_the_server_refuses_relative_and_malformed_reload_paths(
-    host: Host, tmp_path: Path, xp_build
+    host: Host, short_tmp: Path, xp_build
 ) -> None:
     host.load(xp_build(mult=2))
-    server = control_server.ControlServer(host, directory=tmp_path / "ctl")
+    server = control_server.ControlServer(host, directory=short_tmp / "ctl")
     for path in ("build/xp.so", "", "/tmp/a\u0000b", 7):
         req = json.dumps({"op": "reload", "name": "xp", "path": path}).encode()
         reply = server.handle(req)
@@ -428,8 +440,8 @@ def test_the_server_refuses_relative_and_malformed_reload_paths(
     assert [v.seq for v in host.versions("xp")] == [1]  # nothing was reloaded
 
 
-def test_nan_infinity_and_boolean_versions_are_bad_requests(host: Host, tmp_path: Path) -> None:
-    server = control_server.ControlServer(host, directory=tmp_path / "ctl")
+def test_nan_infinity_and_boolean_versions_are_bad_requests(host: Host, short_tmp: Path) -> None:
+    server = control_server.ControlServer(host, directory=short_tmp / "ctl")
     for line in (
         b'{"op": "ping", "id": NaN}',
         b'{"op": "ping", "id": Infinity}',
@@ -472,8 +484,8 @@ def test_a_symlink_to_a_live_socket_lists_its_host_once(ctl_env, hosts, xp_build
     assert hotload(ctl_env, "ls").returncode == 0  # one host, not "2 hosts are running"
 
 
-def test_a_bad_control_directory_is_called_a_control_directory(tmp_path: Path) -> None:
-    loose = tmp_path / "ctl"
+def test_a_bad_control_directory_is_called_a_control_directory(short_tmp: Path) -> None:
+    loose = short_tmp / "ctl"
     loose.mkdir(mode=0o755)
     loose.chmod(0o755)
     env = {**os.environ, control_paths.ENV_DIR: str(loose)}
@@ -540,8 +552,8 @@ def test_ls_shows_calls_served_and_in_flight_apart(ctl_env, hosts, xp_build) -> 
 # ---- issue 9: the control server's limits --------------------------------------------------
 
 
-def _server(host: Host, tmp_path: Path, **limits: float) -> control_server.ControlServer:
-    server = control_server.ControlServer(host, directory=tmp_path / "ctl", **limits)  # type: ignore[arg-type]
+def _server(host: Host, base: Path, **limits: float) -> control_server.ControlServer:
+    server = control_server.ControlServer(host, directory=base / "ctl", **limits)  # type: ignore[arg-type]
     return server.start()
 
 
@@ -579,7 +591,11 @@ def test_128_concurrent_clients_all_succeed(ctl_env, hosts, xp_build) -> None:
     assert not failures, f"{len(failures)} of {n} failed: {failures[:3]}"
 
 
-def test_128_concurrent_cli_processes_all_succeed(ctl_env, hosts, xp_build) -> None:
+@pytest.mark.parametrize("n", [8, pytest.param(128, marks=pytest.mark.soak)])
+def test_concurrent_cli_processes_all_succeed(ctl_env, hosts, xp_build, n: int) -> None:
+    """``n`` CLI processes at once (128 Python start-ups are ~40 s on two
+    cores: that one is a soak; test_128_concurrent_clients_all_succeed puts
+    128 clients on the socket at once in the fast tier)."""
     hosts.append(HostProcess(ctl_env, xp_build(mult=2)))
     procs = [
         subprocess.Popen(
@@ -589,18 +605,18 @@ def test_128_concurrent_cli_processes_all_succeed(ctl_env, hosts, xp_build) -> N
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(128)
+        for _ in range(n)
     ]
     outcomes = [p.communicate(timeout=300) for p in procs]
     failed = [err for p, (_out, err) in zip(procs, outcomes, strict=True) if p.returncode != 0]
-    assert not failed, f"{len(failed)} of 128 failed: {failed[:3]}"
+    assert not failed, f"{len(failed)} of {n} failed: {failed[:3]}"
     assert all(json.loads(out)["host"]["pid"] == hosts[0].pid for out, _ in outcomes)
 
 
 def test_a_slow_loris_is_dropped_at_its_deadline_while_others_are_served(
-    host: Host, tmp_path: Path
+    host: Host, short_tmp: Path
 ) -> None:
-    server = _server(host, tmp_path, request_deadline=1.0)
+    server = _server(host, short_tmp, request_deadline=1.0)
     try:
         slow = _connect(server.path, timeout=20)
         sent = 0
@@ -630,9 +646,9 @@ def test_a_slow_loris_is_dropped_at_its_deadline_while_others_are_served(
 
 
 def test_idle_connections_cost_no_threads_and_the_idlest_make_room(
-    host: Host, tmp_path: Path
+    host: Host, short_tmp: Path
 ) -> None:
-    server = _server(host, tmp_path, max_sessions=32)
+    server = _server(host, short_tmp, max_sessions=32)
     conns: list[socket.socket] = []
     try:
         assert control_client.request(server.path, "ping", timeout=10)["pid"] == os.getpid()
@@ -653,22 +669,14 @@ def test_idle_connections_cost_no_threads_and_the_idlest_make_room(
         server.stop()
 
 
-def _thread_cpu(stat_fd: int) -> float:
-    """CPU seconds a thread used so far (utime + stime), from its open
-    ``/proc/self/task/TID/stat`` (opened beforehand: no fd is left later)."""
-    fields = os.pread(stat_fd, 4096, 0).decode().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def test_out_of_file_descriptors_the_server_backs_off_then_recovers(
-    host: Host, tmp_path: Path
+    host: Host, short_tmp: Path
 ) -> None:
-    server = _server(host, tmp_path)
+    server = _server(host, short_tmp)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # made before the limit drops
     client.settimeout(20)
     fillers: list[int] = []
-    stat_fd = os.open(f"/proc/self/task/{server._thread.native_id}/stat", os.O_RDONLY)
     try:
         highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
         resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
@@ -676,17 +684,19 @@ def test_out_of_file_descriptors_the_server_backs_off_then_recovers(
             while True:  # fill every free slot below the limit: no fd left to accept with
                 fillers.append(os.dup(0))
         client.connect(str(server.path))  # queued in the backlog; accept() gets EMFILE
-        cpu_before = _thread_cpu(stat_fd)
-        time.sleep(1.5)
-        cpu = _thread_cpu(stat_fd) - cpu_before
-        errors = getattr(server, "_accept_errors", None)  # (the old server did not count)
+        # (the old server did not count its failures)
+        wait_for(lambda: getattr(server, "_accept_errors", 0), what="a failed accept()")
+        first = server._accept_errors
+        time.sleep(1.5)  # a window to count in, not a bound on anything's speed
+        errors = server._accept_errors - first
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-        for fd in [*fillers, stat_fd]:
+        for fd in fillers:
             os.close(fd)
     try:
-        assert cpu < 0.1, f"the accept loop spun: {cpu:.2f} s of CPU in 1.5 s"
-        assert 1 <= errors <= 20, errors  # a spinning loop fails accept() thousands of times
+        # backing off (0.05 s, doubling up to 1 s), the loop tries a few times in 1.5 s;
+        # a spinning loop fails accept() thousands of times
+        assert errors <= 20, errors
         client.sendall(b'{"op": "ping"}\n')  # the queued client is served once fds are back
         assert json.loads(client.makefile("rb").readline())["result"]["pid"] == os.getpid()
     finally:
@@ -695,9 +705,9 @@ def test_out_of_file_descriptors_the_server_backs_off_then_recovers(
 
 
 def test_a_thread_that_cannot_start_does_not_kill_the_server(
-    host: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    host: Host, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = _server(host, tmp_path)
+    server = _server(host, short_tmp)
     real_start = threading.Thread.start
 
     def start(self: threading.Thread) -> None:

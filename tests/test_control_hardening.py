@@ -28,8 +28,8 @@ from conftest import xp_source
 
 
 @pytest.fixture
-def ctl_env(tmp_path: Path) -> dict[str, str]:
-    ctl = tmp_path / "ctl"
+def ctl_env(tmp_path: Path, short_tmp: Path) -> dict[str, str]:
+    ctl = short_tmp / "ctl"
     ctl.mkdir(mode=0o700)
     return {
         **os.environ,
@@ -75,10 +75,10 @@ def test_400_concurrent_clients_all_succeed_past_the_session_cap(ctl_env, hosts,
     assert not failures, f"{len(failures)} of 400 failed: {failures[:3]}"
 
 
-def test_slow_lorises_at_the_cap_do_not_shut_out_a_real_client(host: Host, tmp_path: Path) -> None:
+def test_slow_lorises_at_the_cap_do_not_shut_out_a_real_client(host: Host, short_tmp: Path) -> None:
     """128 connections that each send one byte and reconnect when dropped
     used to hold all 128 slots: every newcomer was answered ``busy``."""
-    server = _server(host, tmp_path)
+    server = _server(host, short_tmp)
     stop = threading.Event()
 
     def loris() -> None:
@@ -160,11 +160,11 @@ def test_a_host_with_default_sigpipe_survives_clients_that_hang_up(ctl_env, xp_b
 
 
 def test_clients_that_never_read_answers_do_not_hold_the_workers(
-    host: Host, tmp_path: Path
+    host: Host, short_tmp: Path
 ) -> None:
     """Four clients that pipeline thousands of requests and never read used
     to keep all four workers blocked in send for ``request_deadline``."""
-    server = _server(host, tmp_path, request_deadline=60.0)
+    server = _server(host, short_tmp, request_deadline=60.0)
     hogs = [_connect(server.path) for _ in range(control_server.WORKERS)]
     try:
         for hog in hogs:
@@ -216,9 +216,9 @@ class _StuckHost:
         return getattr(self._host, name)
 
 
-def test_a_full_house_of_running_requests_answers_busy(host: Host, tmp_path: Path) -> None:
+def test_a_full_house_of_running_requests_answers_busy(host: Host, short_tmp: Path) -> None:
     stuck = _StuckHost(host)
-    server = control_server.ControlServer(stuck, directory=tmp_path / "ctl", max_sessions=2)  # type: ignore[arg-type]
+    server = control_server.ControlServer(stuck, directory=short_tmp / "ctl", max_sessions=2)  # type: ignore[arg-type]
     server.start()
     conns = [_connect(server.path) for _ in range(2)]
     try:
@@ -246,8 +246,8 @@ def test_a_full_house_of_running_requests_answers_busy(host: Host, tmp_path: Pat
         server.stop()
 
 
-def test_a_stalled_partial_request_makes_room_for_a_newcomer(host: Host, tmp_path: Path) -> None:
-    server = _server(host, tmp_path, max_sessions=2)
+def test_a_stalled_partial_request_makes_room_for_a_newcomer(host: Host, short_tmp: Path) -> None:
+    server = _server(host, short_tmp, max_sessions=2)
     conns = [_connect(server.path) for _ in range(2)]
     try:
         for conn in conns:

@@ -3,31 +3,30 @@
 from __future__ import annotations
 
 import os
-import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from conftest import PLUGINS_SRC, ROOT
+from conftest import PLUGINS_SRC, ROOT, Lines
 
 
 @pytest.fixture(scope="module")
 def scripted(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     """One run of ``hotload demo``: its output and its control directory."""
     tmp = tmp_path_factory.mktemp("demo")
+    ctl = Path(tempfile.mkdtemp(prefix="hl-")) / "ctl"  # short: a socket path must fit 108 bytes
     env = {
         **os.environ,
-        "HOTLOAD_CONTROL_DIR": str(tmp / "ctl"),
+        "HOTLOAD_CONTROL_DIR": str(ctl),
         "HOTLOAD_WORKDIR": str(tmp / "work"),
     }
-    (tmp / "ctl").mkdir(mode=0o700)
+    ctl.mkdir(mode=0o700)
     proc = subprocess.run(
         [sys.executable, "-m", "hotload", "demo"],
         capture_output=True,
@@ -37,7 +36,7 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
-    return proc.stdout, tmp / "ctl"
+    return proc.stdout, ctl
 
 
 def test_scripted_demo_runs_to_completion_with_every_check_passing(
@@ -111,17 +110,17 @@ def test_the_readme_says_what_the_demo_does(scripted: tuple[str, Path]) -> None:
     assert [NUMBERS[w] for w in said.groups()] == [players, plugins, swaps], out
 
 
-def test_interactive_demo_swaps_a_saved_edit_until_ctrl_c(tmp_path: Path) -> None:
+def test_interactive_demo_swaps_a_saved_edit_until_ctrl_c(tmp_path: Path, short_tmp: Path) -> None:
     src = tmp_path / "plugins"
     src.mkdir()
     for name in ("double_xp.c", "loot_drop.c"):
         shutil.copy(PLUGINS_SRC / name, src / name)
     env = {
         **os.environ,
-        "HOTLOAD_CONTROL_DIR": str(tmp_path / "ctl"),
+        "HOTLOAD_CONTROL_DIR": str(short_tmp / "ctl"),
         "HOTLOAD_WORKDIR": str(tmp_path / "work"),
     }
-    (tmp_path / "ctl").mkdir(mode=0o700)
+    (short_tmp / "ctl").mkdir(mode=0o700)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -139,28 +138,15 @@ def test_interactive_demo_swaps_a_saved_edit_until_ctrl_c(tmp_path: Path) -> Non
         text=True,
         env=env,
     )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-
-    def wait_for(pattern: str, timeout: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if re.search(pattern, line):
-                return line
-        proc.kill()
-        raise AssertionError(f"no line matching {pattern!r}: {proc.stderr.read()}")  # type: ignore[union-attr]
+    out = Lines(proc)
 
     try:
-        wait_for(r"and save; Ctrl-C to stop")
+        out.expect(r"and save; Ctrl-C to stop")
         source = src / "double_xp.c"
         source.write_text(
             source.read_text().replace("#define MULTIPLIER 2", "#define MULTIPLIER 5")
         )
-        assert "double_xp now v2" in wait_for(r"swap +double_xp\.c")
+        assert "double_xp now v2" in out.expect(r"swap +double_xp\.c")
         back = subprocess.run(
             [sys.executable, "-m", "hotload", "rollback", "double_xp"],
             env=env,
@@ -169,15 +155,15 @@ def test_interactive_demo_swaps_a_saved_edit_until_ctrl_c(tmp_path: Path) -> Non
             timeout=60,
         )
         assert back.returncode == 0, back.stderr
-        wait_for(
+        out.expect(
             r"swap +double_xp now v3 1\.0\.0 \(rollback to v1\)"
         )  # the view shows outside swaps too
         source.write_text(
             source.read_text().replace("return xp;", "return xp")
         )  # a typo: refused, v2 serves
-        assert "the running version keeps serving" in wait_for(r"refused +double_xp\.c")
+        assert "the running version keeps serving" in out.expect(r"refused +double_xp\.c")
         proc.send_signal(signal.SIGINT)
-        assert re.search(r"stopped: [\d,]+ calls served, 0 failed", wait_for(r"^stopped"))
+        assert re.search(r"stopped: [\d,]+ calls served, 0 failed", out.expect(r"^stopped"))
         assert proc.wait(30) == 0
     finally:
         if proc.poll() is None:
@@ -185,13 +171,15 @@ def test_interactive_demo_swaps_a_saved_edit_until_ctrl_c(tmp_path: Path) -> Non
             proc.wait()
 
 
-def test_isolated_demo_survives_a_plugin_that_crashes_on_purpose(tmp_path: Path) -> None:
+def test_isolated_demo_survives_a_plugin_that_crashes_on_purpose(
+    tmp_path: Path, short_tmp: Path
+) -> None:
     env = {
         **os.environ,
-        "HOTLOAD_CONTROL_DIR": str(tmp_path / "ctl"),
+        "HOTLOAD_CONTROL_DIR": str(short_tmp / "ctl"),
         "HOTLOAD_WORKDIR": str(tmp_path / "work"),
     }
-    (tmp_path / "ctl").mkdir(mode=0o700)
+    (short_tmp / "ctl").mkdir(mode=0o700)
     proc = subprocess.run(
         [sys.executable, "-m", "hotload", "demo", "--isolate"],
         capture_output=True,

@@ -7,21 +7,19 @@ built, and the README's quickstart then printed other numbers."""
 from __future__ import annotations
 
 import os
-import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
-from conftest import PLUGINS_SRC
+from conftest import PLUGINS_SRC, Lines
 
 
 def test_interactive_demo_leaves_build_plugins_alone_and_removes_its_private_build(
     tmp_path: Path,
+    short_tmp: Path,
 ) -> None:
     checkout = tmp_path / "checkout"  # laid out like the repository
     src = checkout / "native" / "plugins"
@@ -31,10 +29,10 @@ def test_interactive_demo_leaves_build_plugins_alone_and_removes_its_private_bui
     shared_build = checkout / "build" / "plugins"  # where the watcher's default would build
     env = {
         **os.environ,
-        "HOTLOAD_CONTROL_DIR": str(tmp_path / "ctl"),
+        "HOTLOAD_CONTROL_DIR": str(short_tmp / "ctl"),
         "HOTLOAD_WORKDIR": str(tmp_path / "work"),
     }
-    (tmp_path / "ctl").mkdir(mode=0o700)
+    (short_tmp / "ctl").mkdir(mode=0o700)
     cmd = [sys.executable, "-m", "hotload", "demo", "--interactive", "--players", "1"]
     proc = subprocess.Popen(
         [*cmd, "--src", str(src)],
@@ -43,38 +41,23 @@ def test_interactive_demo_leaves_build_plugins_alone_and_removes_its_private_bui
         text=True,
         env=env,
     )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-    seen: list[str] = []
-
-    def wait_for(pattern: str, timeout: float = 60.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            seen.append(line)
-            if re.search(pattern, line):
-                return line
-        proc.kill()
-        raise AssertionError(f"no line matching {pattern!r} in {seen}: {proc.stderr.read()}")  # type: ignore[union-attr]
+    out = Lines(proc)
 
     try:
-        wait_for(r"and save; Ctrl-C to stop")
+        out.expect(r"and save; Ctrl-C to stop")
         assert not shared_build.exists(), list(shared_build.iterdir())
         private = Path(
-            re.search(r"builds +(\S+) \(private", "".join(seen)).group(1)  # type: ignore[union-attr]
+            re.search(r"builds +(\S+) \(private", "".join(out.seen)).group(1)  # type: ignore[union-attr]
         )
         assert (private / "double_xp.so").is_file()
         source = src / "double_xp.c"
         source.write_text(
             source.read_text().replace("#define MULTIPLIER 2", "#define MULTIPLIER 3")
         )
-        assert "double_xp now v2" in wait_for(r"swap +double_xp\.c")
+        assert "double_xp now v2" in out.expect(r"swap +double_xp\.c")
         assert not shared_build.exists()
         proc.send_signal(signal.SIGINT)
-        wait_for(r"^stopped")
+        out.expect(r"^stopped")
         assert proc.wait(30) == 0
         assert not private.exists()
     finally:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from test_fleet import Cluster, RedisServer, builds, cluster, redis_server, wait_for  # noqa: F401
+from test_fleet import Cluster, RedisServer, builds, cluster, redis_server  # noqa: F401
+
+from conftest import wait_for
 
 # ruff: noqa: F811  (fixtures imported from test_fleet are parameters here)
 

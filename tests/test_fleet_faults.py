@@ -30,8 +30,9 @@ from test_fleet import (  # noqa: F401  (fixtures)
     cluster,
     redis_server,
     rollout_kw,
-    wait_for,
 )
+
+from conftest import wait_for
 
 
 def only_named(cluster: Cluster, *allowed: str) -> None:

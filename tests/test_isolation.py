@@ -26,7 +26,7 @@ from hotload import (
     SignatureError,
 )
 
-from conftest import ROOT, Compile, pid_alive
+from conftest import ROOT, Compile, pid_alive, run_guarded, wait_for
 from conftest import child_pids as children
 
 FAULTY = r"""
@@ -154,14 +154,6 @@ def ihost(tmp_path: Path) -> Host:
     h = Host(tmp_path / "work", preflight=False, hook_timeout=5.0)
     yield h  # type: ignore[misc]
     h.close()
-
-
-def wait_for(cond: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def worker_pid(host: Host, name: str = "faulty") -> int:
@@ -416,10 +408,8 @@ def test_close_while_a_worker_hangs(tmp_path: Path, faulty: Build) -> None:
 
     t = threading.Thread(target=hang)
     t.start()
-    time.sleep(0.3)
-    t0 = time.monotonic()
-    h.close(timeout=1.0)
-    assert time.monotonic() - t0 < 15
+    wait_for(lambda: h.versions("faulty")[-1].in_flight, what="spin() in flight")
+    run_guarded(lambda: h.close(timeout=1.0), what="close() while a worker hangs")
     t.join(10.0)
     assert not t.is_alive() and errors and isinstance(errors[0], PluginCrashedError)
     assert "the host was closed during spin" in str(errors[0])  # not "crashed"
@@ -433,9 +423,13 @@ def test_cpu_limit_kills_a_runaway_plugin(ihost: Host, faulty: Build) -> None:
 
 
 # ---- real unload ------------------------------------------------------------------------
-def test_nodelete_plugin_really_unloads_when_isolated(tmp_path: Path, cc: Compile) -> None:
+@pytest.mark.parametrize("reloads", [5, pytest.param(20, marks=pytest.mark.soak)])
+def test_nodelete_plugin_really_unloads_when_isolated(
+    tmp_path: Path, cc: Compile, reloads: int
+) -> None:
     """A library linked ``-z nodelete`` can never leave a process; isolated,
-    each reload stops its worker: the host's threads, fds and mappings stay flat."""
+    each reload stops its worker: the host's threads, fds and mappings stay
+    flat (a thread or an fd kept per reload is past the slack after 5)."""
     src = r"""
     #define HOTLOAD_ALLOW_STRING_EXPORT
     #include <hotload.h>
@@ -453,7 +447,7 @@ def test_nodelete_plugin_really_unloads_when_isolated(tmp_path: Path, cc: Compil
         time.sleep(0.5)  # the spare worker is started in the background
         threads0, fds0 = threading.active_count(), len(os.listdir("/proc/self/fd"))
         pids = set()
-        for i in range(1, 21):
+        for i in range(1, reloads + 1):
             cc(src.replace("TAG", str(i)), "sticky", ["-Wl,-z,nodelete"], out=out)
             pids.add(h.reload("sticky").pid)
             assert p.add(1, 1) == 2 + i
@@ -488,10 +482,18 @@ HOTLOAD_EXPORT(Add, int64_t, (int64_t, int64_t));
 
 
 @pytest.mark.skipif(shutil.which("go") is None, reason="no Go toolchain (.ci/sdk-deps.sh)")
-def test_go_c_shared_really_unloads_when_isolated(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("reloads", "rss_limit_kb"),
+    [(10, 4 * 1024), pytest.param(40, 8 * 1024, marks=pytest.mark.soak)],
+    ids=["10", "40"],
+)
+def test_go_c_shared_really_unloads_when_isolated(
+    tmp_path: Path, reloads: int, rss_limit_kb: int
+) -> None:
     """Go c-shared libraries never leave a process (NODELETE, static TLS, their
     own threads): in-process the leak budget stops reloads; isolated, the
-    host's RSS, threads and fds stay flat and no worker is left behind."""
+    host's RSS, threads and fds stay flat and no worker is left behind (an
+    in-process Go reload leaks ~900 KB: 10 of them are past 4 MiB)."""
     pkg = tmp_path / "gopkg"
     pkg.mkdir()
     (pkg / "main.go").write_text(GO_MAIN)
@@ -499,7 +501,7 @@ def test_go_c_shared_really_unloads_when_isolated(tmp_path: Path) -> None:
     lib = tmp_path / "gox.so"
     env = {
         **os.environ,
-        "GOCACHE": str(tmp_path / "gocache"),
+        "GOCACHE": str(ROOT / "build" / "go-cache"),  # kept: a cold build is ~5 s of CPU
         "GO111MODULE": "off",
         "CGO_CFLAGS": f"-I{ROOT / 'native' / 'include'}",
     }
@@ -521,20 +523,20 @@ def test_go_c_shared_really_unloads_when_isolated(tmp_path: Path) -> None:
                 h.settle(10.0)
     with Host(tmp_path / "iso", preflight=False, max_leaked=3) as h:
         p = h.load(lib, isolate=True)
-        for _ in range(3):
+        for _ in range(8):  # the host's RSS grows ~5 MiB over the first few, then stays flat
             h.reload("gox")
         h.settle(10.0)
         time.sleep(0.5)
         threads0, fds0 = threading.active_count(), len(os.listdir("/proc/self/fd"))
         rss0 = _rss_kb()
-        for i in range(40):
+        for i in range(reloads):
             h.reload("gox")
             assert p.Add(i, 1) == i + 1
         assert h.settle(10.0)
         time.sleep(0.5)
         assert threading.active_count() <= threads0 + 1
         assert len(os.listdir("/proc/self/fd")) <= fds0 + 2
-        assert _rss_kb() - rss0 < 8 * 1024  # each in-process Go reload leaks ~900 KB
+        assert _rss_kb() - rss0 < rss_limit_kb
         assert not h.leaks()
         wait_for(lambda: len(children()) <= 2)  # the live worker and the warm spare
     wait_for(lambda: not children())
@@ -548,11 +550,11 @@ def _rss_kb() -> int:
     return -1
 
 
-def test_ls_shows_the_worker_pid_and_restarts(ihost: Host, faulty: Build, tmp_path: Path) -> None:
+def test_ls_shows_the_worker_pid_and_restarts(ihost: Host, faulty: Build, short_tmp: Path) -> None:
     import re
     import sys
 
-    server = ihost.serve_control(directory=tmp_path / "ctl")
+    server = ihost.serve_control(directory=short_tmp / "ctl")
     p = ihost.load(faulty(), isolate=True)
     with pytest.raises(PluginCrashedError):
         p.crash(1)

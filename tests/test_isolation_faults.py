@@ -19,7 +19,7 @@ import pytest
 
 from hotload import Host, Isolated, PluginCrashedError
 
-from conftest import Compile, child_pids
+from conftest import Compile, child_pids, wait_for
 
 FORKY = r"""
 #define _GNU_SOURCE
@@ -133,14 +133,6 @@ def ihost(tmp_path: Path) -> Host:
     h = Host(tmp_path / "work", preflight=False, hook_timeout=2.0)
     yield h  # type: ignore[misc]
     h.close(timeout=2.0)
-
-
-def wait_for(cond: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def running(pid: int) -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -102,11 +101,9 @@ def test_bad_build_is_refused_in_preflight_and_host_keeps_serving(
         xp.reward(1, 0)
     bodies, pattern = CASES[case]
     bad = cc(_bad_source(**bodies), "bad")
-    started = time.monotonic()
-    with pytest.raises(HookError, match=pattern) as err:
+    with pytest.raises(HookError, match=pattern) as err:  # the message names what went wrong
         host.reload("xp", bad)
     assert str(bad) in str(err.value)
-    assert time.monotonic() - started < 5
     assert xp.reward(1, 0) == 2 and xp.grants_so_far() == 5  # same version, state intact
     assert [v.seq for v in host.versions("xp")] == [1]
     assert len(versioned_copies(host.workdir)) == 1

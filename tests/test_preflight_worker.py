@@ -23,7 +23,7 @@ from hotload._platform import _proc_posix, _proc_windows
 from hotload._process.preflight import PreflightError, PreflightWorker
 from hotload._process.spawn import Worker
 
-from conftest import ROOT, xp_source
+from conftest import ROOT, wait_for, xp_source
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 
@@ -51,12 +51,9 @@ def big_state_source(mult: int) -> str:
     return xp_source(mult=mult, version=f"{mult}.0.0").replace(BIG, big)
 
 
-def wait_for(path: Path, timeout: float = 60.0) -> int:
-    end = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < end, f"{path} never appeared"
-        time.sleep(0.02)
-    return int(path.read_text())
+def pid_in(path: Path) -> int:
+    """The pid the plugin wrote to ``path`` (temp file + rename), once it is there."""
+    return int(wait_for(path.exists, 60.0, what=f"{path} to appear") and path.read_text())
 
 
 def gone(pid: int) -> bool:
@@ -208,7 +205,7 @@ def test_a_worker_killed_from_outside_is_not_blamed_on_the_build(tmp_path: Path,
     with Host(tmp_path / "w", preflight_timeout=60.0) as host:
         xp = host.load(cc(xp_source(mult=2), "v2"))
         thread, errors = _reload_in_thread(host, cc(pausing_source(pidfile), "paused"))
-        pid = wait_for(pidfile)
+        pid = pid_in(pidfile)
         try:
             os.kill(pid, signal.SIGKILL)
             thread.join(60)
@@ -233,7 +230,7 @@ def test_a_worker_stopped_from_outside_is_not_blamed_on_the_build(tmp_path: Path
     with Host(tmp_path / "w", preflight_timeout=3.0) as host:
         xp = host.load(cc(xp_source(mult=2), "v2"))
         thread, errors = _reload_in_thread(host, cc(slow, "slow"))
-        pid = wait_for(pidfile)
+        pid = pid_in(pidfile)
         try:
             os.kill(pid, signal.SIGSTOP)
             thread.join(60)
@@ -269,14 +266,11 @@ def test_the_worker_dies_with_a_killed_host(tmp_path: Path, cc) -> None:
     )
     worker = None
     try:
-        worker = wait_for(pidfile)
+        worker = pid_in(pidfile)
         assert not gone(worker)
         host.kill()
         host.wait(30)
-        end = time.monotonic() + 10
-        while not gone(worker) and time.monotonic() < end:
-            time.sleep(0.05)
-        assert gone(worker), f"worker {worker} outlived its SIGKILLed host"
+        wait_for(lambda: gone(worker), what=f"worker {worker} to die with its SIGKILLed host")
     finally:
         host.kill()
         host.wait(30)

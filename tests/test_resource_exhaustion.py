@@ -70,11 +70,11 @@ EMFILE_CHILD = textwrap.dedent("""
 
 
 def test_out_of_file_descriptors_is_a_resource_error_and_the_old_version_serves(
-    cc, tmp_path: Path
+    cc, tmp_path: Path, short_tmp: Path
 ) -> None:
     v1 = cc(xp_source(mult=2).replace('"xp"', '"fdp"'), "fdp1")
     v2 = cc(xp_source(mult=3, version="2.0.0").replace('"xp"', '"fdp"'), "fdp2")
-    ctl = tmp_path / "ctl"
+    ctl = short_tmp / "ctl"
     watched = tmp_path / "watched"
     watched.mkdir()
     env = {**os.environ, "HOTLOAD_WORKDIR": str(tmp_path / "work")}

@@ -9,12 +9,14 @@ build must have answered (they alternate) and lets each thread check that it
 never goes back to an older version.  The call counter is handed across too,
 and must equal the number of calls made: a swap must not lose an increment.
 
-Bounded in time: ``RELOADS`` swaps with preflight off (stopping early at
-``BUDGET`` seconds on a loaded machine, but never below ``MIN_RELOADS``),
-then ``PREFLIGHT_RELOADS`` with preflight on (a worker process tries each
-build first): 20-45 s on two shared cores.  Then the memory figures of
-issue 5 are checked: images mapped, RSS growth, fds, files in the work dir,
-and the Python objects each reload leaves alive.
+Two sizes.  The full soak (marked ``soak``: ``make test-slow``) is
+bounded in time: ``FULL.reloads`` swaps with preflight off (stopping early
+at ``FULL.budget`` seconds on a loaded machine, but never below
+``FULL.min_reloads``), then ``FULL.preflight_reloads`` with preflight on (a
+worker process tries each build first): 20-60 s on two shared cores.  The
+short one (``make test``) makes the same checks over a few hundred swaps.
+Then the memory figures of issue 5 are checked: images mapped, RSS growth,
+fds, files in the work dir, and the Python objects each reload leaves alive.
 """
 
 from __future__ import annotations
@@ -35,12 +37,19 @@ from hotload import Host
 
 from conftest import Compile, mapped_images, versioned_copies
 
-RELOADS = 3000
-MIN_RELOADS = 2000  # the time budget ends the run only after this many: a count, not a speed
-BUDGET = 45.0  # seconds for the preflight-off phase
+
+@dataclass(frozen=True)
+class Size:
+    reloads: int  # with preflight off, at most
+    min_reloads: int  # the time budget ends the run only after this many: a count, not a speed
+    budget: float  # seconds for the preflight-off phase
+    preflight_reloads: int  # then, with preflight on
+
+
+FULL = Size(reloads=3000, min_reloads=2000, budget=45.0, preflight_reloads=150)
+SHORT = Size(reloads=300, min_reloads=300, budget=0.0, preflight_reloads=15)
 WARMUP = 20
 PEEK_EVERY = 100
-PREFLIGHT_RELOADS = 150
 CALLERS = 4  # the last one calls in pinned batches
 PINNED_BATCH = 50
 RSS_LIMIT_KB = 5 * 1024
@@ -228,7 +237,7 @@ def process_figures() -> dict[str, int]:
     }
 
 
-def run_soak(host: Host, soak: Any, reloader: Reloader) -> tuple[list[Caller], float]:
+def run_soak(host: Host, soak: Any, reloader: Reloader, size: Size) -> tuple[list[Caller], float]:
     """Four callers against the reloader; returns their tallies and the time taken."""
     tallies = [Caller() for _ in range(CALLERS)]
     stop = threading.Event()
@@ -241,8 +250,9 @@ def run_soak(host: Host, soak: Any, reloader: Reloader) -> tuple[list[Caller], f
     for t in threads:
         t.start()
     try:
-        reloader.run(RELOADS, preflight=False, deadline=started + BUDGET, at_least=MIN_RELOADS)
-        reloader.run(PREFLIGHT_RELOADS, preflight=True)
+        deadline = started + size.budget
+        reloader.run(size.reloads, preflight=False, deadline=deadline, at_least=size.min_reloads)
+        reloader.run(size.preflight_reloads, preflight=True)
     finally:
         stop.set()
         for t in threads:
@@ -251,9 +261,12 @@ def run_soak(host: Host, soak: Any, reloader: Reloader) -> tuple[list[Caller], f
     return tallies, time.monotonic() - started
 
 
-@pytest.mark.soak
+@pytest.mark.parametrize(
+    "size",
+    [pytest.param(SHORT, id="short"), pytest.param(FULL, id="full", marks=pytest.mark.soak)],
+)
 @pytest.mark.usefixtures("fast_switching")
-def test_soak_four_callers_thousands_of_reloads(tmp_path: Path, cc: Compile) -> None:
+def test_soak_four_callers_and_a_reloader(tmp_path: Path, cc: Compile, size: Size) -> None:
     builds = build_pair(cc)
     work = tmp_path / "work"
     with Host(work, preflight=False) as host:
@@ -269,7 +282,7 @@ def test_soak_four_callers_thousands_of_reloads(tmp_path: Path, cc: Compile) -> 
         base, warm = process_figures(), reloader.done
         generation0, calls0 = soak.step(0) >> 32, soak.calls_so_far()
 
-        tallies, elapsed = run_soak(host, soak, reloader)
+        tallies, elapsed = run_soak(host, soak, reloader, size)
 
         assert host.settle(10)
         swaps, made = reloader.done - warm, sum(t.calls for t in tallies)
@@ -285,7 +298,7 @@ def test_soak_four_callers_thousands_of_reloads(tmp_path: Path, cc: Compile) -> 
             "versions_kept": len(host.versions("soak")),
         }
         print(
-            f"\nsoak: {swaps} reloads ({PREFLIGHT_RELOADS} with preflight), {made} calls from "
+            f"\nsoak: {swaps} reloads ({size.preflight_reloads} with preflight), {made} calls from "
             f"{CALLERS} threads "
             f"in {elapsed:.1f} s; swaps seen per thread {[t.swaps_seen for t in tallies]}; "
             f"{figures}",
@@ -295,7 +308,7 @@ def test_soak_four_callers_thousands_of_reloads(tmp_path: Path, cc: Compile) -> 
         failed = len(reloader.errors) + sum(t.failures for t in tallies)
         errors = reloader.errors + [e for t in tallies for e in t.errors]
         assert not failed, f"{failed} failure(s), first: {errors[:5]}"
-        assert swaps >= MIN_RELOADS + PREFLIGHT_RELOADS, f"only {swaps} reloads"
+        assert swaps >= size.min_reloads + size.preflight_reloads, f"only {swaps} reloads"
         assert final_gen == generation0 + swaps, "the generation was not handed across every swap"
         assert final_calls == calls0 + made, "the call counter lost increments across swaps"
         assert all(t.calls > 0 and t.swaps_seen > 0 for t in tallies), (

@@ -66,11 +66,15 @@ def test_build_renamed_into_place_is_swapped_in_with_state(host: Host, xp_build,
     xp.reward(1, 0)
     xp.reward(1, 0)
     watcher = host.watch(target.parent, on_event=events.put)
+    before = time.monotonic()
     xp_build(mult=3, version="1.1.0")  # the builder: temp file + rename
     ev = next_event(events, done)
+    after = time.monotonic()
     assert (ev.action, ev.name, ev.seq, ev.plugin_version) == ("reloaded", "xp", 2, "1.1.0")
     assert xp.version_tag() == 3 and xp.grants_so_far() == 2
-    assert ev.latency < 1.0
+    # the times are this build's: seen after it started, serving before the event came
+    assert before <= ev.changed_at <= ev.done_at <= after
+    assert ev.latency == ev.done_at - ev.changed_at
     assert watcher.idle()
     assert [e.action for e in drain(events)] == []  # one swap, no second look
 
