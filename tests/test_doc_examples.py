@@ -238,16 +238,21 @@ MAKE_STEPS = {
 
 
 def make_steps(target: str) -> set[str]:
-    """The tools ``make TARGET`` runs, from the Makefile (its prerequisites too)."""
+    """The tools ``make TARGET`` runs, from the Makefile: its prerequisites and
+    the targets its recipe runs with ``$(MAKE)`` too, variables expanded."""
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    variables = dict(re.findall(r"^(\w+)\s*[:?]?=\s*(.*)$", makefile, re.M))
     rules = {
         m.group(1): (m.group(2).split(), m.group(3))
         for m in re.finditer(r"^([$()\w.-]+):([^=\n]*)\n((?:\t.*\n)*)", makefile, re.M)
     }
     deps, recipe = rules[target]
-    steps = re.findall(r"-m (\w+)|(\w+\.py)\b|(HOTLOAD_\w+=\S+)", recipe)
+    for _ in range(3):  # $(PYTEST) -> $(VPY) -m pytest ... -> ...
+        recipe = re.sub(r"\$\((\w+)\)", lambda m: variables.get(m.group(1), m.group(0)), recipe)
+    steps = re.findall(r"-m (\w+)|python\S* (\w+\.py)\b|(HOTLOAD_\w+=\S+)", recipe)
     found = {s for group in steps for s in group if s}
-    for dep in deps:
+    called = re.findall(r"\$\(MAKE\)(?: --?[\w-]+)* ([\w-]+)", rules[target][1])
+    for dep in [*deps, *called]:
         if dep in rules:  # not a file
             found |= make_steps(dep)
     return found

@@ -64,7 +64,7 @@ def test_without_a_compiler_the_wheel_installs_with_the_python_router(
     wheel, log = _build_wheel(tmp_path, env)
     names = zipfile.ZipFile(wheel).namelist()
     assert not [n for n in names if "_crouter" in n and not n.endswith((".c", ".pyi"))], names
-    assert "hotload/_registry.py" in names
+    assert "hotload/_engine/registry.py" in names
     assert "building 'hotload._engine._crouter' extension" in log  # it was tried, and failed
 
     site = tmp_path / "site"

@@ -274,7 +274,7 @@ def test_soak_four_callers_and_a_reloader(tmp_path: Path, cc: Compile, size: Siz
         reloader = Reloader(host, builds)
         # enough reloads to fill the bounded history before the baseline, so that
         # what is measured is growth per reload, not the history filling up
-        reloader.run(getattr(host, "history_limit", 0) + WARMUP, preflight=False)
+        reloader.run(host.settings.history_limit + WARMUP, preflight=False)
         reloader.run(
             1, preflight=True
         )  # starts the preflight worker (and its pipes) before the baseline
