@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from test_fleet import Cluster, RedisServer, builds, cluster, redis_server, wait_for  # noqa: F401
+from test_fleet import (  # noqa: F401
+    Cluster,
+    RedisServer,
+    builds,
+    cluster,
+    fleet_key,
+    redis_server,
+    wait_for,
+)
 
 # ruff: noqa: F811  (fixtures imported from test_fleet are parameters here)
 
