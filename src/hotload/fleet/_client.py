@@ -534,10 +534,18 @@ class Fleet:
 
 # ---- module-level API: ``from hotload import fleet`` ----------------------------------
 
+_CLIENT_OPTIONS = ("signing_key", "insecure", "expires", "prefix", "timeout")
+
+
+def _open(url: str | None, kw: dict[str, Any]) -> Fleet:
+    """A ``Fleet`` on ``url``, taking its own options (``signing_key``,
+    ``insecure``, ``expires``, ``prefix``, ``timeout``) out of ``kw``."""
+    return Fleet(url, **{k: kw.pop(k) for k in _CLIENT_OPTIONS if k in kw})
+
 
 def publish(path: str | os.PathLike[str], *, url: str | None = None, **kw: Any) -> str:
     """Store a build in the fleet's Redis; returns its SHA-256 digest."""
-    with Fleet(url) as f:
+    with _open(url, kw) as f:
         return f.publish(path, **kw)
 
 
@@ -548,24 +556,32 @@ def status(*, url: str | None = None, plugin: str | None = None) -> dict[str, An
 
 
 def rollout(plugin: str, digest: str, *, url: str | None = None, **kw: Any) -> dict[str, Any]:
-    """Drive a rollout to the end; the options are ``Fleet.rollout``'s."""
-    with Fleet(url) as f:
+    """Drive a rollout to the end; the options are ``Fleet.rollout``'s, and
+    ``Fleet``'s own (``signing_key``, ``insecure``, ``expires``)."""
+    with _open(url, kw) as f:
         return f.rollout(plugin, digest, **kw)
 
 
 def resume(plugin: str, *, url: str | None = None, **kw: Any) -> dict[str, Any]:
     """Take over a rollout whose controller died (``Fleet.resume``)."""
-    with Fleet(url) as f:
+    with _open(url, kw) as f:
         return f.resume(plugin, **kw)
 
 
 def abort(plugin: str, *, url: str | None = None, **kw: Any) -> dict[str, Any]:
     """Stop a rollout; every host back on the previous build (``Fleet.abort``)."""
-    with Fleet(url) as f:
+    with _open(url, kw) as f:
         return f.abort(plugin, **kw)
 
 
 def rollback(plugin: str, *, url: str | None = None, **kw: Any) -> dict[str, Any]:
     """The fleet back on an earlier revision, waited for (``Fleet.rollback``)."""
-    with Fleet(url) as f:
+    with _open(url, kw) as f:
         return f.rollback(plugin, **kw)
+
+
+def resign(plugin: str | None = None, *, url: str | None = None, **kw: Any) -> dict[str, float]:
+    """Sign the desired state again with a new expiry (``Fleet.resign``):
+    run it from a timer (cron) more often than ``expires`` (7 days)."""
+    with _open(url, kw) as f:
+        return f.resign(plugin)
