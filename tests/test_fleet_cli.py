@@ -174,3 +174,37 @@ def test_messages_name_the_redis_the_url_came_from(tmp_path: Path) -> None:
     assert "(default)" not in out.stderr and "s3cret" not in out.stderr
     out = hotload("fleet", "status", "--redis", env_url.replace("s3cret", "hunter2"))
     assert out.returncode == 1 and "hunter2" not in out.stderr and ":***@" in out.stderr
+
+
+def test_the_embedded_fleet_signs_with_no_key_named(builds, tmp_path: Path) -> None:
+    """No ``--redis``, no key, no variable: the commands use the embedded
+    server and its key pair, made by the first publish in the state
+    directory; what they write is signed.  ``--insecure`` writes unsigned,
+    and ``status`` says so."""
+    v2, d2 = builds(3)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOTLOAD_FLEET_")}
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "hotload", "fleet", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+
+    out = run("publish", str(v2), "--json")
+    assert out.returncode == 0, out.stderr
+    keys = tmp_path / "state" / "hotload"
+    assert (keys / "fleet-key.pem").stat().st_mode & 0o777 == 0o600
+    assert json.loads(out.stdout)["digest"] == d2 and json.loads(out.stdout)["signature"]
+    out = run("rollback", "xp", "--to", "0", "--step-timeout", "1s")  # a decision, no hosts
+    assert out.returncode == 0, out.stderr
+    out = run("resign", "xp", "--expires", "2d")
+    assert out.returncode == 0 and "xp: signed until" in out.stdout, out.stderr
+    desired = json.loads(run("status", "--json").stdout)["desired"]["xp"]
+    assert desired["signed"] and desired["expires_at"] - desired["signed_at"] > 1.9 * 86400
+    out = run("rollback", "xp", "--to", "0", "--step-timeout", "1s", "--insecure")
+    assert out.returncode == 0, out.stderr
+    assert "UNSIGNED" in run("status").stdout
