@@ -427,3 +427,38 @@ def test_key_files_with_loose_permissions_or_another_owner_are_refused(
         os.chown(pem, 4321, -1)
         with pytest.raises(FleetError, match="owned by uid 4321"):
             Fleet(redis_server.url, signing_key=pem).signing_key()
+
+
+def test_a_rollout_writes_its_decision_again_over_a_tampered_one(
+    cluster: Cluster, redis_server: RedisServer, builds, evil
+) -> None:
+    """Mid-rollout, the record in Redis is changed under the same rev (the
+    signature no longer verifies): hosts refuse it, and the controller, which
+    checks that what Redis holds is its own signed decision, writes it again;
+    the rollout ends done, nobody ran the attacker's build."""
+    import threading
+
+    v1, d1 = builds(2)
+    v2, d2 = builds(3)
+    bad, dbad, marker = evil()
+    cluster.add("c", {"role": "canary"}, start_with=v1)
+    r = redis_server.client()
+    result: list[dict[str, Any]] = []
+    with Fleet(redis_server.url) as f:
+        f.publish(v2)
+        r.set(f"hotload:blob:{dbad}", bad.read_bytes())
+        drive = threading.Thread(
+            target=lambda: result.append(
+                f.rollout("xp", d2, canary="role=canary", bake=1.5, poll=0.05)
+            )
+        )
+        drive.start()
+        wait_for(lambda: cluster.live("c") == d2, what="the canary live")
+        rec = json.loads(r.hget("hotload:desired", "xp"))
+        rec["rules"] = [{"match": {}, "digest": dbad}]  # the same rev, other rules
+        r.hset("hotload:desired", "xp", json.dumps(rec))
+        r.publish("hotload:wake", "xp")
+        drive.join(60)
+    assert result and result[0]["state"] == "done"
+    serving(cluster.hosts["c"], d2, dbad, marker)
+    assert json.loads(r.hget("hotload:desired", "xp"))["rules"] == [{"match": {}, "digest": d2}]

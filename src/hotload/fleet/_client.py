@@ -289,6 +289,18 @@ class Fleet:
         log.info("desired %s rev %d: %s", plugin, rev, rules_json(rules))
         return rev
 
+    def signed_by_us(self, plugin: str, rec: dict[str, Any], rev: int, rules: list[Rule]) -> bool:
+        """Whether a desired-state record read back is this client's signed
+        decision (any record, when it writes unsigned); expiry aside."""
+        key = self.signing_key(required=False)
+        if key is None:
+            return True
+        try:
+            verify_decision(key.public_key(), decision(rec, plugin, rev, rules), plugin, now=0.0)
+        except FleetError:
+            return False
+        return True
+
     def resign(self, plugin: str | None = None) -> dict[str, float]:
         """Sign the desired state of ``plugin`` (default: every plugin that has
         one) again, unchanged but for a new ``signed_at`` and ``expires_at``

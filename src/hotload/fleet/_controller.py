@@ -60,6 +60,9 @@ class FleetStore(Protocol):
     def rollout_record(self, plugin: str) -> dict[str, Any] | None: ...
     def save_rollout(self, rec: dict[str, Any]) -> None: ...
     def resign(self, plugin: str | None = None) -> dict[str, float]: ...
+    def signed_by_us(
+        self, plugin: str, rec: dict[str, Any], rev: int, rules: list[Rule]
+    ) -> bool: ...
 
 
 class _Abort(Exception):
@@ -440,11 +443,13 @@ class Controller:
         k = self.f.keys
         raw = self.f._call("read desired", lambda: self.f.r.hget(k.desired, self.plugin))
         try:
-            found, rev, _ = (
+            found, rev, read = (
                 parse_desired_record(raw, self.plugin) if raw is not None else ({}, None, [])
             )
         except FleetError:
-            found, rev = {}, None  # garbage: write ours again
+            found, rev, read = {}, None, []  # garbage: write ours again
+        if rev is not None and not self.f.signed_by_us(self.plugin, found, rev, read):
+            rev = None  # our rev, other contents (changed in Redis): write ours again
         if rev == rec.get(rev_key):
             signed, expires = found.get("signed_at"), found.get("expires_at")
             if not isinstance(signed, (int, float)) or not isinstance(expires, (int, float)):
