@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -194,9 +196,16 @@ def test_the_embedded_fleet_signs_with_no_key_named(builds, tmp_path: Path) -> N
             env=env,
         )
 
+    keys = tmp_path / "state" / "hotload"
+    try:
+        _embedded_commands(run, keys, v2, d2)
+    finally:
+        _stop_servers_in(keys)
+
+
+def _embedded_commands(run: Any, keys: Path, v2: Path, d2: str) -> None:
     out = run("publish", str(v2), "--json")
     assert out.returncode == 0, out.stderr
-    keys = tmp_path / "state" / "hotload"
     assert (keys / "fleet-key.pem").stat().st_mode & 0o777 == 0o600
     assert json.loads(out.stdout)["digest"] == d2 and json.loads(out.stdout)["signature"]
     out = run("rollback", "xp", "--to", "0", "--step-timeout", "1s")  # a decision, no hosts
@@ -208,3 +217,30 @@ def test_the_embedded_fleet_signs_with_no_key_named(builds, tmp_path: Path) -> N
     out = run("rollback", "xp", "--to", "0", "--step-timeout", "1s", "--insecure")
     assert out.returncode == 0, out.stderr
     assert "UNSIGNED" in run("status").stdout
+
+
+def _stop_servers_in(directory: Path) -> None:
+    """Test hygiene: the embedded server the commands started stops after the
+    last one exits, but a server still saving when pytest removes its
+    directory never exits; wait for it (bounded), then end it by its pid."""
+    import signal
+    import time
+
+    def servers() -> list[int]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cwd = os.readlink(f"/proc/{pid}/cwd").removesuffix(" (deleted)")
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"redis-server" in cmd and cwd == str(directory):
+                found.append(int(pid))
+        return found
+
+    deadline = time.monotonic() + 10
+    while servers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in servers():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
