@@ -28,6 +28,7 @@ from typing import Any
 from hotload import Host
 from hotload.fleet import Fleet, Rule
 from hotload.fleet._agent import FleetAgent
+from hotload.fleet._signing import public_hex, write_private_key
 
 from common import build_many, limit_row, now, percentiles, row, scratch, text_row
 
@@ -109,15 +110,20 @@ def run() -> dict[str, Any]:
     hosts: list[Host] = []
     agents: list[FleetAgent] = []
     out: dict[str, Any] = {}
+    (tmp / "keys").mkdir(mode=0o700)
+    key = write_private_key(tmp / "keys" / "fleet.pem")  # decisions are signed, as in production
+    trust = {"public_key": public_hex(key), "plugins": ["fb"], "state_dir": tmp / "keys"}
     try:
-        with Fleet(url) as f:
+        with Fleet(url, signing_key=key) as f:
             first = f.publish(paths[0])
             f.set_desired("fb", [Rule({}, first)])
             for i in range(HOSTS):
                 h = Host(tmp / f"w{i}", preflight=False)
                 hosts.append(h)
                 agents.append(
-                    FleetAgent(h, url, {"n": str(i)}, host_id=f"b{i}", heartbeat=HEARTBEAT).start()
+                    FleetAgent(
+                        h, url, {"n": str(i)}, host_id=f"b{i}", heartbeat=HEARTBEAT, **trust
+                    ).start()
                 )
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and not all(

@@ -18,6 +18,7 @@ PUBLIC = {
     "connect",
     "embedded",
     "publish",
+    "resign",
     "resume",
     "rollback",
     "rollout",

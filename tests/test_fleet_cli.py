@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from test_fleet import Cluster, RedisServer, builds, cluster, redis_server  # noqa: F401
+from test_fleet import (  # noqa: F401
+    Cluster,
+    RedisServer,
+    builds,
+    cluster,
+    fleet_key,
+    redis_server,
+)
 
 from conftest import wait_for
 
@@ -168,3 +177,71 @@ def test_messages_name_the_redis_the_url_came_from(tmp_path: Path) -> None:
     assert "(default)" not in out.stderr and "s3cret" not in out.stderr
     out = hotload("fleet", "status", "--redis", env_url.replace("s3cret", "hunter2"))
     assert out.returncode == 1 and "hunter2" not in out.stderr and ":***@" in out.stderr
+
+
+def test_the_embedded_fleet_signs_with_no_key_named(builds, tmp_path: Path) -> None:
+    """No ``--redis``, no key, no variable: the commands use the embedded
+    server and its key pair, made by the first publish in the state
+    directory; what they write is signed.  ``--insecure`` writes unsigned,
+    and ``status`` says so."""
+    v2, d2 = builds(3)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOTLOAD_FLEET_")}
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "hotload", "fleet", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+
+    keys = tmp_path / "state" / "hotload"
+    try:
+        _embedded_commands(run, keys, v2, d2)
+    finally:
+        _stop_servers_in(keys)
+
+
+def _embedded_commands(run: Any, keys: Path, v2: Path, d2: str) -> None:
+    out = run("publish", str(v2), "--json")
+    assert out.returncode == 0, out.stderr
+    assert (keys / "fleet-key.pem").stat().st_mode & 0o777 == 0o600
+    assert json.loads(out.stdout)["digest"] == d2 and json.loads(out.stdout)["signature"]
+    out = run("rollback", "xp", "--to", "0", "--step-timeout", "1s")  # a decision, no hosts
+    assert out.returncode == 0, out.stderr
+    out = run("resign", "xp", "--expires", "2d")
+    assert out.returncode == 0 and "xp: signed until" in out.stdout, out.stderr
+    desired = json.loads(run("status", "--json").stdout)["desired"]["xp"]
+    assert desired["signed"] and desired["expires_at"] - desired["signed_at"] > 1.9 * 86400
+    out = run("rollback", "xp", "--to", "0", "--step-timeout", "1s", "--insecure")
+    assert out.returncode == 0, out.stderr
+    assert "UNSIGNED" in run("status").stdout
+
+
+def _stop_servers_in(directory: Path) -> None:
+    """Test hygiene: the embedded server the commands started stops after the
+    last one exits, but a server still saving when pytest removes its
+    directory never exits; wait for it (bounded), then end it by its pid."""
+    import signal
+    import time
+
+    def servers() -> list[int]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cwd = os.readlink(f"/proc/{pid}/cwd").removesuffix(" (deleted)")
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"redis-server" in cmd and cwd == str(directory):
+                found.append(int(pid))
+        return found
+
+    deadline = time.monotonic() + 10
+    while servers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in servers():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

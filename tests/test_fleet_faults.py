@@ -28,6 +28,7 @@ from test_fleet import (  # noqa: F401  (fixtures)
     RedisServer,
     builds,
     cluster,
+    fleet_key,
     redis_server,
     rollout_kw,
 )

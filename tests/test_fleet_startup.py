@@ -28,6 +28,7 @@ from hotload.fleet import Fleet, Rule
 from test_fleet import (  # noqa: F401  (fixtures)
     RedisServer,
     builds,
+    fleet_key,
     redis_server,
     wait_for,
 )
@@ -206,7 +207,9 @@ def test_startup_converges_in_every_order(
     it (before: the agent failed with "already loaded" and the host stayed on
     2.0.0 for good).  ``fleet_first``: the fleet loaded 3.0.0 before the
     application's ``load`` (before: it raised "already loaded").
-    ``load_first``: ``Host()``, ``load``, ``join_fleet``.  In every order the
+    ``load_first``: ``Host()``, ``load``, ``join_fleet``.  (The first two
+    name drops in ``fleet_plugins``: without it the fleet never loads a
+    plugin the host did not load itself.)  In every order the
     host converges to the fleet's build, the application's handle calls it,
     and when the fleet lets go the host returns to the application's build."""
     v1, d1 = drops(cc, 2, sleep_ms=1500 if order == "racing" else 0)
@@ -217,7 +220,8 @@ def test_startup_converges_in_every_order(
         f.set_desired("drops", [Rule({}, d2)])
     kw: dict[str, Any] = {"preflight": False}
     if order != "load_first":
-        kw.update(fleet=url, fleet_labels={"role": "game"}, fleet_name="h")
+        # the fleet may load drops before the application does: the host names it
+        kw.update(fleet=url, fleet_labels={"role": "game"}, fleet_name="h", fleet_plugins=["drops"])
     with Host(tmp_path / "w", **kw) as host:
         if order == "fleet_first":
             wait_for(lambda: _digest(host) == d2, what="the fleet's build loaded first")

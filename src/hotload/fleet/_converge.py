@@ -69,6 +69,10 @@ def why_pending(host: Mapping[str, Any], rep: Mapping[str, Any]) -> str:
         return f"no heartbeat {age:.0f} s"
     if not rep:
         return "no report yet"
+    if rep.get("state") == "invalid":
+        return f"refused the desired state: {str(rep.get('error'))[:80]}"
+    if rep.get("state") == "ignored":
+        return "does not take this plugin from the fleet (Host(fleet_plugins=...))"
     if rep.get("state") == "failed":
         return f"failed before: {str(rep.get('error'))[:60]}"
     running = rep.get("version") or str(rep.get("digest") or "nothing")[:12]

@@ -19,10 +19,10 @@ is the fleet before any rollout: no rule, every host on its own build.
 
 The current revision is the ``base`` of the newest finished entry;
 ``rollback`` without a target goes to the revision that was current before
-that one, so repeated rollbacks walk back one revision at a time.  When
-desired states are signed (a later change), a signature covers
-``(plugin, revision, rules)``: an entry and the desired record both carry
-the revision for it.
+that one, so repeated rollbacks walk back one revision at a time.  Going
+back is a new decision: its desired state is signed with a new, higher
+``rev`` (``_signing``), so hosts take it, while a replay of the old desired
+record itself is refused.  The signature covers the revision too.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """What the fleet reads and writes, checked: the keys layout, the records,
-rules and selectors, and the signature over a build.
+rules and selectors (what is signed, and how, is ``_signing``'s).
 
 Redis is the only coordination layer, so an operator can read every piece of
 state with ``redis-cli``.  All keys live under one prefix (``hotload:``):
@@ -9,7 +9,8 @@ state with ``redis-cli``.  All keys live under one prefix (``hotload:``):
 ``hosts``             set of host ids that ever joined (``status`` shows dead ones as gone)
 ``host:<id>``         JSON heartbeat of a live host (labels, pid, machine); expires
 ``report:<id>``       hash plugin -> JSON: live digest, seq, state, target, last error
-``desired``           hash plugin -> JSON desired state: ordered rules ``{match, digest}``
+``desired``           hash plugin -> JSON desired state: ordered rules ``{match, digest}``,
+                      a signed decision (``_signing``)
 ``gen``               counter bumped on every change of ``desired`` (cheap poll)
 ``rollout:<plugin>``  JSON record of the plugin's current or last rollout
 ``lock:<plugin>``     redis-py ``Lock`` (SET NX PX) held by the controller that drives it
@@ -31,12 +32,10 @@ SHA-256 is checked against the key on every fetch.
 from __future__ import annotations
 
 import json
-import os
 import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .._errors import FleetError
@@ -44,7 +43,6 @@ from .._errors import FleetError
 PREFIX = "hotload:"
 MAX_BLOB = 64 * 1024 * 1024  # bytes: a plugin bigger than this is not a plugin
 MAX_RECORD = 256 * 1024  # bytes of any JSON record read from Redis
-SIGN_CONTEXT = b"hotload-fleet-v1\n"
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 PLUGIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
@@ -133,6 +131,13 @@ class Rule:
 
 def parse_desired(raw: bytes | None, plugin: str) -> tuple[int, list[Rule]]:
     """The desired-state record of one plugin: ``{"rev": int, "rules": [...]}``."""
+    _, rev, rules = parse_desired_record(raw, plugin)
+    return rev, rules
+
+
+def parse_desired_record(raw: bytes | None, plugin: str) -> tuple[dict[str, Any], int, list[Rule]]:
+    """``parse_desired`` and the record itself (its signed fields are checked
+    by ``_signing.decision``)."""
     where = f"desired state of {plugin}"
     rec = load_json(raw, where)
     if not isinstance(rec, dict) or not isinstance(rec.get("rules"), list):
@@ -148,7 +153,7 @@ def parse_desired(raw: bytes | None, plugin: str) -> tuple[int, list[Rule]]:
         if digest is not None:
             check_digest(digest, f"{where}: rule {i}")
         rules.append(Rule(check_labels(r.get("match", {}), f"{where}: rule {i}"), digest))
-    return rev, rules
+    return rec, rev, rules
 
 
 def pick(rules: Iterable[Rule], labels: Mapping[str, str]) -> Rule | None:
@@ -250,42 +255,3 @@ def check_rollout_record(rec: dict[str, Any]) -> None:
 
 def new_id() -> str:
     return uuid.uuid4().hex[:12]
-
-
-# ---- signing ---------------------------------------------------------------------------
-
-
-def signed_message(name: str, digest: str) -> bytes:
-    """What a publisher signs: the plugin name and its digest (the digest
-    binds the bytes; the name stops a signed build being used as another)."""
-    return SIGN_CONTEXT + f"{name}\n{digest}".encode()
-
-
-def load_private_key(key: Any) -> Any:
-    """An Ed25519 private key object, or a PEM file path/bytes of one."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    if isinstance(key, Ed25519PrivateKey):
-        return key
-    pem = Path(key).read_bytes() if isinstance(key, (str, os.PathLike)) else key
-    obj = serialization.load_pem_private_key(pem, password=None)
-    if not isinstance(obj, Ed25519PrivateKey):
-        raise FleetError(f"signing key {key!r:.80}: not an Ed25519 private key")
-    return obj
-
-
-def load_public_key(key: Any) -> Any:
-    """An Ed25519 public key object, a PEM file path/bytes, or 64 hex digits."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    if isinstance(key, Ed25519PublicKey):
-        return key
-    if isinstance(key, str) and re.fullmatch(r"[0-9a-fA-F]{64}", key):
-        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(key))
-    pem = Path(key).read_bytes() if isinstance(key, (str, os.PathLike)) else key
-    obj = serialization.load_pem_public_key(pem)
-    if not isinstance(obj, Ed25519PublicKey):
-        raise FleetError(f"public key {key!r:.80}: not an Ed25519 public key")
-    return obj

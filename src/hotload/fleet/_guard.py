@@ -1,0 +1,219 @@
+"""What a fleet host agrees to act on: the fleet key it trusts, the plugin
+names it takes from the fleet, and the newest decision it accepted per plugin.
+
+A host acts on a desired-state record only when
+
+- it names a plugin this host takes from the fleet: one the host loaded
+  itself (by ``load``, at any time since it joined) or one listed in
+  ``Host(fleet_plugins=[...])``; a new name written to Redis alone is never
+  loaded;
+- it is signed by the key the host trusts (``Host(fleet_public_key=...)``,
+  else ``$HOTLOAD_FLEET_PUBLIC_KEY``, else, for this user's embedded fleet,
+  ``fleet-key.pub`` in the state directory), for this plugin, and not
+  expired (``_signing.verify_decision``);
+- it is not older than the newest decision this host accepted for the
+  plugin (TUF's rollback protection): a lower rev, or the same rev signed
+  earlier, is a replay.  The newest accepted decision per plugin is kept in
+  memory and in a small file in the state directory
+  (``fleet-accepted-<id>.json``, mode 0600, one per fleet: its Redis and key
+  prefix), so a restart does not reopen a replay; every host of the user on
+  the machine shares it (they follow the same decisions).
+
+``Host(fleet_insecure=True)`` (``join_fleet(insecure=True)``) turns the key
+and replay checks off, loudly: a WARNING at every start and the host marked
+insecure in ``hotload fleet status``.  The plugin names stay checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .._errors import FleetError
+from .._platform import dirlock
+from ._schema import Rule, check_name
+from ._signing import (
+    PUBLIC_KEY_ENV,
+    PUBLIC_NAME,
+    check_key_file,
+    decision,
+    key_dir,
+    load_public_key,
+    local_public_key,
+    verify_decision,
+)
+
+log = logging.getLogger(__name__)
+
+
+def fleet_id(url: str, prefix: str, *, embedded_db: Path | None) -> str:
+    """Which fleet a host is in, for its file of accepted decisions: the
+    embedded database, or the Redis URL without credentials or options,
+    and the key prefix."""
+    if embedded_db is not None:
+        where = f"embedded:{embedded_db}"
+    else:
+        where = re.sub(r"^([a-z]+://)[^@/]*@", r"\1", url).split("?")[0]
+    return f"{where}|{prefix}"
+
+
+class Guard:
+    """One agent's checks (see the module's docstring).  ``embedded``: the
+    fleet is this user's embedded one, whose key pair lives in ``state_dir``;
+    without ``public_key`` (or its variable) any other fleet needs
+    ``insecure=True``, else joining fails."""
+
+    def __init__(
+        self,
+        *,
+        fleet: str,
+        where: str,
+        embedded: bool,
+        public_key: Any = None,
+        insecure: bool = False,
+        plugins: Iterable[str] | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if isinstance(plugins, str):
+            raise FleetError(f"fleet plugins: give a list of names, not the string {plugins!r}")
+        self.plugins = frozenset(check_name(p, "fleet plugin") for p in plugins or ())
+        self.insecure = bool(insecure)
+        self.state_dir = Path(state_dir) if state_dir is not None else key_dir()
+        self._names: set[str] = set(self.plugins)  # the names this host takes from the fleet
+        self._key: Any = None
+        self._local = False  # the key is this user's embedded fleet key, read when needed
+        if self.insecure:
+            if public_key is not None:
+                raise FleetError(
+                    "a fleet public key and insecure=True: choose one (the key checks "
+                    "every decision; insecure checks none)"
+                )
+        elif public_key is not None or os.environ.get(PUBLIC_KEY_ENV):
+            self._key = load_public_key(public_key or os.environ[PUBLIC_KEY_ENV])
+        elif embedded:
+            self._local = True
+        else:
+            raise FleetError(
+                f"{where}: refusing to join: no fleet key to check decisions with. Pass "
+                f"Host(fleet_public_key=...) (join_fleet(public_key=...), or "
+                f"${PUBLIC_KEY_ENV}): the public half of the key the operator signs with "
+                f"(hotload fleet keygen); or Host(fleet_insecure=True) to run unsigned "
+                f"decisions, for experiments only: then anyone who can write to this "
+                f"Redis runs code in this process"
+            )
+        self._accepted = Accepted(self.state_dir, fleet) if not self.insecure else None
+
+    # -- the plugin names --------------------------------------------------------------
+    def note_loaded(self, names: Iterable[str]) -> None:
+        """The host runs these (it loaded them, or the fleet did once it could)."""
+        self._names.update(names)
+
+    def takes(self, name: str) -> bool:
+        return name in self._names
+
+    def not_taken(self, name: str) -> str:
+        return (
+            f"{name}: this host does not take {name} from the fleet: it never loaded it and "
+            f"Host(fleet_plugins=...) does not name it, so a name written to Redis alone "
+            f"is not loaded"
+        )
+
+    # -- the decision ------------------------------------------------------------------
+    def judge(self, name: str, rec: dict[str, Any], rev: int, rules: list[Rule]) -> None:
+        """Raise ``FleetError`` (the host keeps what it runs) unless the record
+        may be acted on; remember it as the newest accepted."""
+        if self.insecure:
+            return
+        d = decision(rec, name, rev, rules)
+        verify_decision(self._public_key(name), d, name)
+        assert self._accepted is not None
+        newest = self._accepted.newest(name)
+        if newest is not None and d.order < newest:
+            raise FleetError(
+                f"desired state of {name}: rev {d.rev} (signed {d.signed_at:.0f}) is older "
+                f"than rev {newest[0]} that this host accepted: a replayed decision, refused "
+                f"(a rollback is a new decision, with a higher rev)"
+            )
+        if newest != d.order:
+            self._accepted.accept(name, d.order)
+
+    def _public_key(self, name: str) -> Any:
+        if self._key is None and self._local:
+            self._key = local_public_key(self.state_dir)
+            if self._key is None:
+                raise FleetError(
+                    f"desired state of {name}: this host trusts this machine's fleet key, "
+                    f"{self.state_dir / PUBLIC_NAME}, which does not exist yet (the first "
+                    f"publish on this machine makes it)"
+                )
+        return self._key
+
+    def describe(self) -> str:
+        if self.insecure:
+            return "INSECURE: unsigned decisions accepted"
+        if self._local:
+            return f"signed by this machine's fleet key ({self.state_dir / PUBLIC_NAME})"
+        return "signed decisions only"
+
+
+class Accepted:
+    """The newest decision accepted per plugin, ``(rev, signed_at)``: in
+    memory, and in ``state_dir/fleet-accepted-<id>.json`` (merged under a
+    lock, written whole and renamed)."""
+
+    def __init__(self, state_dir: Path, fleet: str) -> None:
+        tag = hashlib.sha256(fleet.encode()).hexdigest()[:16]
+        self.path = state_dir / f"fleet-accepted-{tag}.json"
+        self.fleet = fleet
+        self._newest: dict[str, tuple[int, float]] = {}
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._newest = self._read()
+
+    def newest(self, name: str) -> tuple[int, float] | None:
+        return self._newest.get(name)
+
+    def accept(self, name: str, order: tuple[int, float]) -> None:
+        self._newest[name] = order
+        try:
+            fd = dirlock.wait_lock(self.path.with_suffix(".lock"), timeout=10.0)
+        except OSError as exc:
+            log.warning("fleet: %s: not saved (%s); kept in memory", self.path, exc)
+            return
+        try:
+            merged = self._read()
+            for plugin, seen in self._newest.items():
+                merged[plugin] = max(seen, merged.get(plugin, seen))
+            self._newest = merged
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+            tmp.unlink(missing_ok=True)
+            fd2 = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd2, "w") as fh:
+                json.dump({"fleet": self.fleet, "newest": merged}, fh)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("fleet: %s: not saved (%s); kept in memory", self.path, exc)
+        finally:
+            dirlock.release(fd)
+
+    def _read(self) -> dict[str, tuple[int, float]]:
+        if not self.path.exists():
+            return dict(self._newest)
+        check_key_file(self.path, private=False, what="file of accepted fleet decisions")
+        try:
+            rec = json.loads(self.path.read_text())
+        except (OSError, ValueError) as exc:
+            raise FleetError(f"{self.path}: unreadable ({exc}); remove it to start over") from None
+        out = dict(self._newest)
+        newest = rec.get("newest") if isinstance(rec, dict) else None
+        for plugin, seen in (newest or {}).items():
+            with contextlib.suppress(TypeError, ValueError):
+                order = (int(seen[0]), float(seen[1]))
+                out[plugin] = max(order, out.get(plugin, order))
+        return out
