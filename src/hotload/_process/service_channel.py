@@ -132,7 +132,8 @@ def _service(version: Served, cp: CallPlan) -> Callable[..., Any]:
             if svc is None:
                 raise ServiceError(f"service {name} is not provided by this host")
             result = svc.call(*args)
-        except Exception:
+        except BaseException:  # noqa: BLE001 - SystemExit too: a service is a C function
+            # (in process, cffi's callback catches every exception the same way)
             log.error("%s: service %s raised", label, name, exc_info=True)
             return failed(error)
         try:
