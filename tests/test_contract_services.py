@@ -24,7 +24,6 @@ from hotload import (
     Host,
     HotloadError,
     Isolated,
-    PluginTimeoutError,
     ServiceError,
 )
 from hotload._artifact import descriptor

@@ -241,8 +241,8 @@ class Proxy:
         """The worker died, hung or broke the protocol during ``what``: kill
         it, raise the error here, and hand the rest to the crash policy.
         The lock is held (or was given up by ``stop``)."""
-        garbage = garbage or worker.svc_garbage
-        if garbage or timeout is not None or outside or not worker.reap(2.0):
+        svc = "" if garbage or timeout is not None else worker.svc_garbage  # killed for it
+        if garbage or svc or timeout is not None or outside or not worker.reap(2.0):
             worker.kill()
         sig, code = worker.how_it_ended()
         tail = worker.tail()
@@ -262,6 +262,10 @@ class Proxy:
                 f"{who}: wrote garbage to the channel during {what} ({garbage}); the worker "
                 f"was killed" + more,
                 stderr=tail,
+            )
+        elif svc:
+            err = PluginCrashedError(
+                f"{who}: {svc}, during {what}; the host killed the worker" + more, stderr=tail
             )
         elif outside:
             err = PluginCrashedError(f"{who}: {outside}" + more, signal_name="SIGSTOP", stderr=tail)

@@ -310,16 +310,10 @@ class _ServiceClient:
                 self.cv.notify_all()
 
     def _frame(self) -> bytes:
-        buf = b""
-        want = 4
-        while len(buf) < want:
-            chunk = self.sock.recv(want - len(buf))
-            if not chunk:
-                raise EOFError("the host closed the service channel")
-            buf += chunk
-            if want == 4 and len(buf) == 4:
-                (n,) = wire.FRAME.unpack(buf)
-                if n < 8 or n > wire.MAX_FRAME:
-                    raise EOFError(f"a service answer of {n} bytes")
-                want = 4 + n
-        return buf[4:]
+        try:
+            (n,) = wire.FRAME.unpack(wire.recv_exactly(self.sock, 4))
+            if n < 8 or n > wire.MAX_FRAME:
+                raise EOFError(f"a service answer of {n} bytes")
+            return bytes(wire.recv_exactly(self.sock, n))
+        except EOFError as exc:
+            raise EOFError(str(exc) or "the host closed the service channel") from None
