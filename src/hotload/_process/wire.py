@@ -52,6 +52,24 @@ NULL_LEN = 0xFFFFFFFF  # a NULL string
 SVC_HEAD = struct.Struct("<QBH")
 SVC_ID = struct.Struct("<Q")
 MAX_FRAME = (64 << 20) + 4096  # the largest frame either side accepts (state blob cap + slack)
+#: The largest state blob an isolated version hands over or receives (Host(max_state_size)
+#: above it applies in process only): it travels as raw bytes in one frame
+MAX_STATE = 64 << 20
+#: The largest call body either way (arguments and copied-back buffers, a ``char *`` result)
+MAX_BODY = MAX_FRAME
+
+
+class BodyTooLarge(Exception):
+    """A call's request or reply would not fit a frame (``MAX_BODY``)."""
+
+
+def too_large(what: str, n: int) -> BodyTooLarge:
+    return BodyTooLarge(
+        f"{what} of {n:,} bytes is over the {MAX_BODY >> 20} MiB an isolated call may carry "
+        f"each way (docs/guide/isolation.md, what crosses)"
+    )
+
+
 # ---- the shared-memory channel (Linux on x86: stores are seen in order) ------------
 # One memfd page-set per worker, mapped by both sides.  Header in 8-byte slots:
 # [0] request sequence, [1] request length, [8] reply sequence, [9] reply length
@@ -112,6 +130,23 @@ def recv_exactly(sock: socket.socket, n: int, *, patient: bool = False) -> bytea
             raise EOFError
         got += k
     return buf
+
+
+def pack_control(lead: int, obj: Any, blob: bytes | None = None) -> bytes:
+    """A control body: its lead byte (``OP_CONTROL``, or a reply's status),
+    JSON, then ``blob`` as raw bytes after a newline (JSON as dumped here has
+    none): a state blob costs its size, not twice that in hex."""
+    head = bytes([lead]) + json.dumps(obj).encode()
+    return head if blob is None else head + b"\n" + blob
+
+
+def unpack_control(body: bytes) -> tuple[Any, bytes | None]:
+    """The JSON and the blob of a control body (``pack_control``);
+    ``ValueError`` (or ``UnicodeDecodeError``) when the JSON does not parse."""
+    cut = body.find(b"\n", 1)
+    if cut < 0:
+        return (json.loads(body[1:].decode()) if len(body) > 1 else None), None
+    return json.loads(body[1:cut].decode()), bytes(body[cut + 1 :])
 
 
 def drain(efd: int) -> None:
@@ -440,6 +475,8 @@ def serve(cp: CallPlan, fn: Callable[..., Any], body: bytes) -> bytes:
     out: bytes
     if cp.result == "s":
         text = None if result == ffi.NULL else ffi.string(result)
+        if text is not None and len(text) + 5 > MAX_BODY:
+            raise too_large(f"{cp.fname}: its char * result", len(text))
         out = b"\x00" + (FRAME.pack(NULL_LEN) if text is None else FRAME.pack(len(text)) + text)
     elif cp.result == "T":
         out = b"\x00" + FRAME.pack(cp.rsize) + ffi.buffer(ffi.addressof(result), cp.rsize)[:]
@@ -454,6 +491,8 @@ def serve(cp: CallPlan, fn: Callable[..., Any], body: bytes) -> bytes:
             out += FRAME.pack(n) + (
                 bytes(buf) if isinstance(buf, bytearray) else ffi.buffer(buf, n)[:]
             )
+    if len(out) > MAX_BODY:
+        raise too_large(f"{cp.fname}: its reply", len(out))
     return out
 
 
