@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._artifact import signatures
+from .._artifact.arguments import split_params
 from .._errors import SignatureError
 
 
@@ -58,12 +59,16 @@ class CallPlan:
     #: scalars only, both ways: one struct pack each way (worked out once: the hot path reads it)
     simple: bool = field(init=False, compare=False)
     outs: tuple[int, ...] = field(init=False, compare=False)  # the params copied back
+    #: the ``_Bool`` params: struct's ``?`` takes any object's truth, the rule only 0 and 1
+    bools: tuple[int, ...] = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         simple = all(p.kind in ("scalar", "len") for p in self.params)
         object.__setattr__(self, "simple", simple and self.result not in ("s", "T"))
         outs = [i for i, p in enumerate(self.params) if _out(p)]
         object.__setattr__(self, "outs", tuple(outs))
+        bools = [i for i, p in enumerate(self.params) if p.kind == "scalar" and p.code == "?"]
+        object.__setattr__(self, "bools", tuple(bools))
 
 
 def _scalar_code(ctype: Any) -> str | None:
@@ -88,24 +93,6 @@ def _scalar_code(ctype: Any) -> str | None:
     if code is None:
         return None
     return code if signed else code.upper()
-
-
-def split_params(proto: str) -> list[str]:
-    """The parameter texts of ``ret(params)`` at depth 0 (cffi drops ``const``,
-    which decides whether a buffer is copied back, so we read the text)."""
-    inner = proto[proto.index("(") + 1 : proto.rindex(")")]
-    out, depth, cur = [], 0, ""
-    for ch in inner:
-        if ch == "," and depth == 0:
-            out.append(cur.strip())
-            cur = ""
-            continue
-        depth += ch in "([" and 1 or 0
-        depth -= ch in ")]" and 1 or 0
-        cur += ch
-    if cur.strip() and cur.strip() != "void":
-        out.append(cur.strip())
-    return out
 
 
 def _pointer_field(ctype: Any, path: str) -> tuple[str, str] | None:

@@ -72,7 +72,7 @@ def _serve(
             cp = plans[idx]
             try:
                 send(wire.serve(cp, fns[idx], body))
-            except wire.BodyTooLarge as exc:  # the call ran; its result cannot travel
+            except wire._BodyTooLarge as exc:  # the call ran; its result cannot travel
                 send(error(HotloadError(str(exc))))
             except (TypeError, OverflowError, ValueError, wire._Garbage) as exc:
                 send(error(TypeError(str(exc))))
@@ -191,7 +191,7 @@ class _Shm:
                     os.eventfd_write(self.done, 1)
                     return False
                 reply = wire.serve(cp, fn, mm[wire.SHM_REQ : wire.SHM_REQ + n])
-            except wire.BodyTooLarge as exc:  # the call ran; its result cannot travel
+            except wire._BodyTooLarge as exc:  # the call ran; its result cannot travel
                 reply = error(HotloadError(str(exc)))
             except (TypeError, OverflowError, ValueError, struct.error, wire._Garbage) as exc:
                 reply = error(TypeError(str(exc)))

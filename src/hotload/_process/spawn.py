@@ -278,8 +278,8 @@ class Worker:
         mm = self.mm
         assert mm is not None
         if cp.simple:
-            if len(args) != len(cp.params):
-                encode(cp, args)  # raises the TypeError
+            if len(args) != len(cp.params) or cp.bools:
+                encode(cp, args)  # raises the TypeError (a _Bool: checked by the rule)
             try:
                 cp.req.pack_into(mm, SHM_REQ, OP_CALL, cp.idx, *args)
             except struct.error as exc:

@@ -31,13 +31,12 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from .._artifact import signatures
+from .._artifact import arguments, signatures
 from .._artifact.loader import ON_LOAD_TYPE, ON_UNLOAD_TYPE, Image, Staged  # noqa: F401
 from .callplan import CallPlan as CallPlan
 from .callplan import Param as Param
 from .callplan import plan as plan
 from .callplan import plans as plans
-from .callplan import split_params as split_params
 
 # ---- the wire format (shared with the worker, ``serving``) ---------------------
 FRAME = struct.Struct("<I")
@@ -59,12 +58,12 @@ MAX_STATE = 64 << 20
 MAX_BODY = MAX_FRAME
 
 
-class BodyTooLarge(Exception):
+class _BodyTooLarge(Exception):
     """A call's request or reply would not fit a frame (``MAX_BODY``)."""
 
 
-def too_large(what: str, n: int) -> BodyTooLarge:
-    return BodyTooLarge(
+def too_large(what: str, n: int) -> _BodyTooLarge:
+    return _BodyTooLarge(
         f"{what} of {n:,} bytes is over the {MAX_BODY >> 20} MiB an isolated call may carry "
         f"each way (docs/guide/isolation.md, what crosses)"
     )
@@ -223,6 +222,8 @@ def encode(cp: CallPlan, args: tuple[Any, ...]) -> bytes:
     """The request body for a call (TypeError/OverflowError on bad arguments)."""
     if len(args) != len(cp.params):
         raise TypeError(f"{cp.fname}() takes {len(cp.params)} arguments ({len(args)} given)")
+    if cp.bools:
+        check_bools(cp, args)
     if cp.simple:
         try:
             return cp.req.pack(OP_CALL, cp.idx, *args)
@@ -237,16 +238,18 @@ def encode(cp: CallPlan, args: tuple[Any, ...]) -> bytes:
         if kind in ("scalar", "len"):
             scalars.append(a)
         elif kind == "str":
-            if isinstance(a, CData):  # a plugin's string, passed on to a host service
+            if isinstance(a, CData):  # a cffi string, or a plugin's passed on to a service
                 a = None if a == signatures.ffi.NULL else signatures.ffi.string(a)
+            try:
+                a = arguments.text(a, n)  # the rule in process too: str, bytearray, None...
+            except ValueError as exc:  # a NUL: the caller's TypeError (encode's contract)
+                raise TypeError(str(exc)) from None
             if a is None:
                 tail.append(FRAME.pack(NULL_LEN))
             else:
-                if isinstance(a, str):
-                    a = a.encode()
-                if not isinstance(a, (bytes, bytearray)) or b"\0" in a:
-                    raise TypeError(f"argument {n}: expected bytes without NUL for a C string")
-                tail += [FRAME.pack(len(a)), bytes(a)]
+                if not isinstance(a, bytes):
+                    raise TypeError(f"argument {n}: expected a C string")
+                tail += [FRAME.pack(len(a)), a]
         elif kind in ("struct", "sptr"):
             data = _struct_bytes(p, a, n)
             tail.append(FRAME.pack(NULL_LEN) if data is None else FRAME.pack(p.size) + data)
@@ -266,6 +269,13 @@ def encode(cp: CallPlan, args: tuple[Any, ...]) -> bytes:
     except struct.error as exc:
         raise OverflowError(str(exc)) from None
     return head + b"".join(tail)
+
+
+def check_bools(cp: CallPlan, args: tuple[Any, ...]) -> None:
+    """``_Bool`` arguments by the rule: True, False, 0 or 1 (``struct``'s
+    ``?`` would take any object's truth)."""
+    for i in cp.bools:
+        arguments.check_bool(args[i], i + 1)
 
 
 def _encode_fixed(cp: CallPlan, args: tuple[Any, ...]) -> bytes:
@@ -297,8 +307,11 @@ def _sent(p: Param, value: Any, count: int) -> int:
 
 def _copy_back(target: Any, data: bytes, p: Param) -> None:
     if isinstance(target, CData):  # a struct the caller passed, or a plugin's buffer
-        if target != signatures.ffi.NULL:
-            signatures.ffi.memmove(target, data, len(data))
+        ffi = signatures.ffi
+        if ffi.typeof(target).kind == "struct":  # a struct value passed for S *: its memory
+            ffi.memmove(ffi.addressof(target), data, len(data))
+        elif target != ffi.NULL:
+            ffi.memmove(target, data, len(data))
         return
     if p.kind == "sptr":
         return  # built from an initializer: a temporary, as in process
