@@ -359,8 +359,12 @@ def test_a_worker_stopped_from_outside_fails_the_call(ihost: Host, faulty: Build
     p = ihost.load(faulty(), isolate=True)
     pid = worker_pid(ihost)
     threading.Timer(0.2, os.kill, (pid, signal.SIGSTOP)).start()
-    with pytest.raises(PluginCrashedError):
+    with pytest.raises(PluginCrashedError) as err:
         p.nap(1500)  # no call_timeout: the supervisor notices the stopped worker
+    # what happened, not the SIGKILL that ended it ("crashed with SIGKILL during nap": issue 19)
+    assert "its worker was stopped (SIGSTOP" in str(err.value) and "during nap" in str(err.value)
+    assert "crashed with SIGKILL" not in str(err.value)
+    assert err.value.signal_name == "SIGSTOP"
     assert p.add(1, 1) == 2
 
 

@@ -102,6 +102,7 @@ class Proxy:
         self.binding: ImportBinding | None = None  # its imports (errors are counted there)
         self.svc_plans: list[CallPlan] = []  # how each imported service's calls cross
         self.nested: int | None = None  # the thread serving a service its worker's call waits for
+        self._stopped: Worker | None = None  # a worker the supervisor killed for being stopped
 
     @property
     def pid(self) -> int | None:
@@ -250,6 +251,11 @@ class Proxy:
         it, raise the error here, and hand the rest to the crash policy.
         The lock is held (or was given up by ``stop``)."""
         svc = "" if garbage or timeout is not None else worker.svc_garbage  # killed for it
+        if not (garbage or svc or timeout is not None or outside) and self._stopped is worker:
+            outside = (
+                f"its worker was stopped (SIGSTOP, SIGTSTP or a debugger) during {what}, for "
+                f"over 1 s; the host killed it"
+            )
         if garbage or svc or timeout is not None or outside or not worker.reap(2.0):
             worker.kill()
         sig, code = worker.how_it_ended()
@@ -397,6 +403,7 @@ class Proxy:
                 log.error(
                     "%s v%d: worker pid %d is stopped; killing it", self.name, self.seq, w.pid
                 )
+                self._stopped = w  # the waiting call reports that, not the SIGKILL it sees
                 w.kill()  # the waiting call sees EOF and reports the crash
             return
         try:
