@@ -290,6 +290,13 @@ class Proxy:
                 signal_name=sig,
                 stderr=tail,
             )
+        elif sig == "SIGXCPU" and "cpu_seconds" in self.opts.limits:
+            err = PluginCrashedError(
+                f"{who}: killed by the kernel with SIGXCPU during {what}: it used up its "
+                f"cpu_seconds limit ({self.opts.limits['cpu_seconds']} s of CPU)" + more,
+                signal_name=sig,
+                stderr=tail,
+            )
         elif sig is not None:
             err = PluginCrashedError(
                 f"{who}: crashed with {sig} during {what}" + more, signal_name=sig, stderr=tail
