@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._errors import FleetError
+from .._errors import ConfigError, FleetError, HotloadError
 
 PREFIX = "hotload:"
 MAX_BLOB = 64 * 1024 * 1024  # bytes: a plugin bigger than this is not a plugin
@@ -247,6 +247,31 @@ def signed_message(name: str, digest: str) -> bytes:
     return SIGN_CONTEXT + f"{name}\n{digest}".encode()
 
 
+def _pem(key: Any, what: str, error: type[HotloadError]) -> bytes:
+    """The PEM bytes of ``key`` (a file's path, or the bytes), or ``error``
+    naming the key file and why it cannot be read (issue 19 item 10: a
+    directory, a missing file or junk raised bare ``IsADirectoryError``,
+    ``FileNotFoundError`` or ``ValueError``)."""
+    if isinstance(key, (bytes, bytearray)):
+        return bytes(key)
+    if not isinstance(key, (str, os.PathLike)):
+        raise error(f"{what}: expected a PEM file's path or PEM bytes, not {type(key).__name__}")
+    try:
+        return Path(key).read_bytes()
+    except IsADirectoryError:
+        raise error(f"{what} {os.fspath(key)}: is a directory, not a key file") from None
+    except FileNotFoundError:
+        raise error(f"{what} {os.fspath(key)}: no such file") from None
+    except OSError as exc:
+        raise error(f"{what} {os.fspath(key)}: cannot be read: {exc.strerror or exc}") from None
+
+
+def _junk(key: Any, what: str, kind: str, exc: Exception) -> str:
+    where = f" {os.fspath(key)}" if isinstance(key, (str, os.PathLike)) else f" {bytes(key)!r:.40}"
+    cause = (str(exc).splitlines() or [type(exc).__name__])[0]
+    return f"{what}{where}: not a PEM {kind} key ({cause})"
+
+
 def load_private_key(key: Any) -> Any:
     """An Ed25519 private key object, or a PEM file path/bytes of one."""
     from cryptography.hazmat.primitives import serialization
@@ -254,24 +279,32 @@ def load_private_key(key: Any) -> Any:
 
     if isinstance(key, Ed25519PrivateKey):
         return key
-    pem = Path(key).read_bytes() if isinstance(key, (str, os.PathLike)) else key
-    obj = serialization.load_pem_private_key(pem, password=None)
+    pem = _pem(key, "signing key", FleetError)
+    try:
+        obj = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise FleetError(_junk(key, "signing key", "private", exc)) from None
     if not isinstance(obj, Ed25519PrivateKey):
         raise FleetError(f"signing key {key!r:.80}: not an Ed25519 private key")
     return obj
 
 
 def load_public_key(key: Any) -> Any:
-    """An Ed25519 public key object, a PEM file path/bytes, or 64 hex digits."""
+    """An Ed25519 public key object, a PEM file path/bytes, or 64 hex
+    digits; ``ConfigError`` naming the key file and why it is not one."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    what = "fleet_public_key"
     if isinstance(key, Ed25519PublicKey):
         return key
     if isinstance(key, str) and re.fullmatch(r"[0-9a-fA-F]{64}", key):
         return Ed25519PublicKey.from_public_bytes(bytes.fromhex(key))
-    pem = Path(key).read_bytes() if isinstance(key, (str, os.PathLike)) else key
-    obj = serialization.load_pem_public_key(pem)
+    pem = _pem(key, what, ConfigError)
+    try:
+        obj = serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(_junk(key, what, "public", exc)) from None
     if not isinstance(obj, Ed25519PublicKey):
-        raise FleetError(f"public key {key!r:.80}: not an Ed25519 public key")
+        raise ConfigError(f"{what} {key!r:.80}: not an Ed25519 public key")
     return obj
