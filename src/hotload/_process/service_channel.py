@@ -29,6 +29,7 @@ die of a worker: anything unexpected while serving one ends that worker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -139,7 +140,8 @@ def _serve_services(version: Served, worker: Worker) -> None:
     budget = _Budget()
     try:
         assert worker.svc is not None
-        worker.svc.settimeout(ANSWER_TIMEOUT)  # bounds sending an answer; reads retry
+        with contextlib.suppress(OSError):  # closed already: the reads below end at once
+            worker.svc.settimeout(ANSWER_TIMEOUT)  # bounds sending an answer; reads retry
         _read_services(version, worker, pool, budget)
     except BaseException as exc:  # noqa: BLE001 - this thread must not die of a worker
         why = f"{type(exc).__name__}: {exc}"
