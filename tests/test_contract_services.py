@@ -24,7 +24,6 @@ from hotload import (
     Host,
     HotloadError,
     Isolated,
-    PluginTimeoutError,
     ServiceError,
 )
 from hotload._artifact import descriptor
@@ -116,28 +115,17 @@ def test_service_that_raises_returns_error_value_logged_and_counted(
     assert "activity v1: service grant_item raised" in caplog.text
 
 
-@modes(
-    isolated=(
-        pytest.mark.xfail(
-            strict=True,
-            raises=PluginTimeoutError,
-            reason="bug, issue 19 item 8: a service raising SystemExit or KeyboardInterrupt "
-            "kills the host's service thread for that worker, so the isolated caller hangs "
-            "(here until call_timeout kills the worker: PluginTimeoutError)",
-        ),
-        # the symptom of that bug: the host's service thread dies of the exception
-        pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning"),
-    )
-)
 def test_a_service_raising_systemexit_or_keyboardinterrupt_gives_the_error_value(
     tmp_path, cc, caplog, mode: str
 ) -> None:
     """Not Exception subclasses, so a handler written for ``except Exception``
     misses them; a service is still a C function: the plugin gets the error
     value, and the error is logged and counted, as for any other exception.
-    (Isolated, ``call_timeout`` turns the hang of issue 19 item 8 into a
-    failure instead of a test that never ends; a service answers in
-    microseconds.)"""
+    Isolated, the host's service thread for the worker used to die of it and
+    every later service call hung (issue 19 item 8); ``call_timeout`` turns
+    such a hang into a failure instead of a test that never ends (a service
+    answers in microseconds).  In a constructor's call (before the image is
+    bound) it is the same."""
     raised: list[str] = []
 
     def leaving(player: int, item: str, count: int) -> int:
@@ -324,16 +312,6 @@ def test_bad_provide_is_refused(host: Host, proto: str, error: int, words: str) 
         host.provide("svc_bad", lambda *a: 0, proto, error=error)
 
 
-@modes(
-    isolated=pytest.mark.xfail(
-        strict=True,
-        raises=pytest.fail.Exception,  # DID NOT RAISE ServiceError
-        reason="bug, found by running this suite isolated (not yet in an issue; issue 18 item "
-        "4): provide() checks a changed prototype only against the imports of in-process "
-        "images; an isolated version's imports are not consulted, so the change is accepted "
-        "and the worker goes on calling the service with the prototype it was loaded with",
-    )
-)
 def test_prototype_change_of_an_imported_service_is_refused(host: Host, cc, isolate: Mode) -> None:
     provide_basics(host, [])
     p = host.load(activity(cc), isolate=isolate)

@@ -351,8 +351,12 @@ def test_a_worker_stopped_from_outside_fails_the_call(ihost: Host, faulty: Build
     p = ihost.load(faulty(), isolate=True)
     pid = worker_pid(ihost)
     threading.Timer(0.2, os.kill, (pid, signal.SIGSTOP)).start()
-    with pytest.raises(PluginCrashedError):
+    with pytest.raises(PluginCrashedError) as err:
         p.nap(1500)  # no call_timeout: the supervisor notices the stopped worker
+    # what happened, not the SIGKILL that ended it ("crashed with SIGKILL during nap": issue 19)
+    assert "its worker was stopped (SIGSTOP" in str(err.value) and "during nap" in str(err.value)
+    assert "crashed with SIGKILL" not in str(err.value)
+    assert err.value.signal_name == "SIGSTOP"
     assert p.add(1, 1) == 2
 
 
@@ -416,10 +420,15 @@ def test_close_while_a_worker_hangs(tmp_path: Path, faulty: Build) -> None:
     wait_for(lambda: not pid_alive(pid))
 
 
-def test_cpu_limit_kills_a_runaway_plugin(ihost: Host, faulty: Build) -> None:
+def test_cpu_limit_kills_a_runaway_plugin_with_sigxcpu(ihost: Host, faulty: Build) -> None:
+    """The documented signal: the kernel's SIGXCPU at the soft limit ends it
+    (both limits at ``cpu_seconds`` made the kernel send SIGKILL first:
+    issue 19 item 10), and the error says which limit it hit."""
     p = ihost.load(faulty(), isolate=Isolated(limits={"cpu_seconds": 1}, on_crash="stop"))
-    with pytest.raises(PluginCrashedError, match="SIGXCPU|SIGKILL"):
+    with pytest.raises(PluginCrashedError, match="SIGXCPU") as err:
         p.spin()
+    assert err.value.signal_name == "SIGXCPU"
+    assert "its cpu_seconds limit (1 s of CPU)" in str(err.value)
 
 
 # ---- real unload ------------------------------------------------------------------------

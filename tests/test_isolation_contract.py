@@ -166,6 +166,41 @@ HOTLOAD_API int32_t svc_write(int32_t how)
     return 0;
 }
 HOTLOAD_EXPORT(svc_write, int32_t, (int32_t));
+
+/* n well-formed requests of grant_item (service 0) from "a plugin thread", never reading
+   an answer (issue 19 item 6); 32 bytes each: length, id, nested 0, index 0, the int64 and
+   int32 arguments, then the string "x" */
+HOTLOAD_API int64_t svc_flood(int64_t n)
+{
+    static unsigned char f[32 * 1024];
+    int fd = svc_fd();
+    int64_t sent = 0;
+    while (sent < n) {
+        size_t k = 0;
+        for (; k + 32 <= sizeof f && sent < n; k += 32, sent++) {
+            uint32_t len = 28, slen = 1;
+            uint64_t rid = (uint64_t)sent + 1000000000u;
+            uint16_t idx = 0;
+            int64_t player = sent;
+            int32_t count = 1;
+            memcpy(f + k, &len, 4);
+            memcpy(f + k + 4, &rid, 8);
+            f[k + 12] = 0;
+            memcpy(f + k + 13, &idx, 2);
+            memcpy(f + k + 15, &player, 8);
+            memcpy(f + k + 23, &count, 4);
+            memcpy(f + k + 27, &slen, 4);
+            f[k + 31] = 'x';
+        }
+        for (size_t off = 0; off < k;) {
+            ssize_t w = write(fd, f + off, k - off);
+            if (w <= 0) return -1;
+            off += (size_t)w;
+        }
+    }
+    return sent;
+}
+HOTLOAD_EXPORT(svc_flood, int64_t, (int64_t));
 """
 
 
@@ -455,6 +490,68 @@ def test_garbage_on_the_service_channel_is_a_crash_not_a_host_failure(
     assert "service channel" in str(err.value) and why in str(err.value)
     wait_for(lambda: p.login(1) == 102)  # restarted; the host never noticed
     assert host.versions("svc")[-1].restarts == 1 and host.versions("svc")[-1].pid != pid
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_worker_flooding_service_requests_without_reading_answers_is_bounded_then_killed(
+    host: Host, cc: Compile, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 19 item 6: a plugin writing well-formed service requests and
+    never reading the answers took the host from 26 MB to 1.3 GB in 2 s (the
+    host read every request and queued it).  The host reads at most
+    ``MAX_IN_FLIGHT`` unanswered requests of a worker, then stops reading (the
+    plugin's writes block), and kills the worker when an answer waits
+    ``ANSWER_TIMEOUT`` s for it: the call raises, naming why, the host grew
+    by a bounded amount, and the restarted worker's services work."""
+    monkeypatch.setattr(service_channel, "ANSWER_TIMEOUT", 2.0)  # read when the worker starts
+    served = [0]
+
+    def grant(p: int, item: str, n: int) -> int:
+        served[0] += 1
+        return 100 + n
+
+    host.provide("grant_item", grant, GRANT, error=-1)
+    host.provide("note", lambda text: None, "void(const char *)")
+    p = host.load(build_svc(cc), isolate=True, preflight=False)
+    assert p.login(1) == 102
+    before = _rss()
+    with caplog.at_level(logging.ERROR, logger="hotload"), pytest.raises(PluginCrashedError) as err:
+        p.svc_flood(200_000)  # 6.4 MB of requests: before the bound, all read and queued
+    grown = _rss() - before
+    assert "does not read the answers on its service channel" in str(err.value)
+    assert "the host killed the worker" in str(err.value)
+    assert "svc v1 (isolated worker, pid" in caplog.text  # the log names the plugin too
+    assert served[0] < 200_000 // 10  # most requests were never read
+    assert grown < 16 << 20, f"the host grew by {grown >> 20} MiB"
+    assert wait_for(lambda: p.login(1) == 102, 10.0)  # restarted, and its services answer
+    assert host.current("svc").restarts == 1  # type: ignore[union-attr]
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_host_thread_never_dies_of_a_service_request(
+    host: Host, cc: Compile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a memory limit the host's service thread for a worker died of
+    ``MemoryError`` (issue 19 item 6), leaving that worker's services dead
+    and its callers hanging.  Whatever a host thread meets while serving a
+    worker ends that worker, with an error naming why, never the thread."""
+    host.provide("grant_item", lambda p, item, n: 100 + n, GRANT, error=-1)
+    host.provide("note", lambda text: None, "void(const char *)")
+    p = host.load(build_svc(cc), isolate=Isolated(call_timeout=10.0), preflight=False)
+    real = service_channel.serve
+
+    def starved(*args: object) -> bytes:
+        raise MemoryError("no memory for the request")
+
+    monkeypatch.setattr(service_channel, "serve", starved)
+    with pytest.raises(PluginCrashedError, match="could not serve a service request .*MemoryError"):
+        p.login(1)
+    monkeypatch.setattr(service_channel, "serve", real)
+    assert wait_for(lambda: p.login(1) == 102, 10.0)
 
 
 def test_a_worker_killed_in_a_service_call_leaves_the_host_serving(host: Host, cc: Compile) -> None:

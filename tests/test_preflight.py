@@ -237,18 +237,22 @@ static int self_test(void)
     getrlimit(RLIMIT_AS, &as);
     getrlimit(RLIMIT_CPU, &cpu);
     if (as.rlim_cur != EXPECT_AS || as.rlim_max != EXPECT_AS) return 2;
-    if (cpu.rlim_cur != EXPECT_CPU || cpu.rlim_max != EXPECT_CPU) return 3;
+    if (cpu.rlim_cur != EXPECT_CPU || cpu.rlim_max != EXPECT_HARD_CPU) return 3;
     return 0;
 }
 HOTLOAD_SELF_TEST(self_test);
 """
 
 
-def _where(cc, name: str, address_space: int, cpu: int) -> Path:
+def _where(cc, name: str, address_space: int, cpu: int, hard_cpu: int | None = None) -> Path:
+    """A build whose self-test passes only under these limits (``hard_cpu``:
+    the hard CPU limit, ``cpu`` when None)."""
+
     def c(v: int) -> str:
         return "RLIM_INFINITY" if v == resource.RLIM_INFINITY else f"((rlim_t){v}ULL)"
 
     src = WHERE.replace("NAME", name).replace("SECRET", SECRET)
+    src = src.replace("EXPECT_HARD_CPU", c(cpu if hard_cpu is None else hard_cpu))
     return cc(src.replace("EXPECT_AS", c(address_space)).replace("EXPECT_CPU", c(cpu)), name)
 
 
@@ -263,12 +267,13 @@ def test_preflight_tries_a_build_in_the_environment_and_limits_it_will_run_with(
     limits = {"address_space": AS_ISOLATED, "cpu_seconds": 600}
     host_as = resource.getrlimit(resource.RLIMIT_AS)[0]
     host_cpu = resource.getrlimit(resource.RLIMIT_CPU)[0]
-    caged = _where(cc, "caged", AS_ISOLATED, 600)
-    free = _where(cc, "free", host_as, host_cpu)
+    # cpu_seconds is the soft limit (SIGXCPU); the hard one, a second later, is the SIGKILL
+    caged = _where(cc, "caged", AS_ISOLATED, 600, 601)
+    free = _where(cc, "free", host_as, host_cpu, resource.getrlimit(resource.RLIMIT_CPU)[1])
     with Host(tmp_path / "w", preflight_timeout=30.0) as host:
         p = host.load(caged, isolate=Isolated(limits=limits))  # preflighted under its limits
         assert p.address_space() == AS_ISOLATED and p.sees_secret() == 0  # served under them
-        misplaced = _where(cc, "misplaced", AS_ISOLATED, 600)  # expects the caged limits...
+        misplaced = _where(cc, "misplaced", AS_ISOLATED, 600, 601)  # expects the caged limits...
         with pytest.raises(PreflightError, match=r"self-test failed \(returned 2\)"):
             host.load(misplaced)  # ...but runs in process, and is tried without them
         # the worker that tried the caged build is not reused: the next trial runs

@@ -89,32 +89,57 @@ def test_a_call_is_counted_in_while_it_runs_and_out_after(impl: Impl) -> None:
 
 def test_an_exception_from_the_callee_passes_through_and_the_call_leaves(impl: Impl) -> None:
     def boom(a: int) -> int:
-        raise ValueError(f"boom {a}")
+        raise RuntimeError(f"boom {a}")
 
     g = _gate(impl, {"boom": boom})
     r = impl.router(impl.Route(g), "boom", 0, 1, None, None)
-    with pytest.raises(ValueError, match="boom 7"):
+    with pytest.raises(RuntimeError, match="boom 7"):
         r(7)
     assert len(g) == 0
 
 
-@pytest.mark.parametrize("error", [TypeError, OverflowError])
-def test_type_and_overflow_errors_become_bad_call_from_none(impl: Impl, error: type) -> None:
+ARGUMENT_ERRORS = [TypeError, OverflowError, ValueError, KeyError, IndexError]
+
+
+@pytest.mark.parametrize("error", ARGUMENT_ERRORS)
+def test_argument_errors_go_to_bad_call_which_raises_from_none(impl: Impl, error: type) -> None:
+    """What cffi raises for an argument it refuses goes to ``bad_call`` (with
+    the arguments, the call still counted in), whose exception is the call's."""
+
     def bad(a: Any) -> Any:
         raise error("wrong")
 
-    got: list[tuple[Any, str, str]] = []
+    got: list[tuple[Any, str, str, tuple[Any, ...], int]] = []
 
-    def bad_call(v: Any, fname: str, exc: Exception) -> Exception:
-        got.append((v, fname, str(exc)))
-        return SignatureError(f"p.{fname}: bad arguments: {exc}")
+    def bad_call(v: Any, fname: str, exc: Exception, args: tuple[Any, ...]) -> Any:
+        got.append((v, fname, type(exc).__name__, args, len(g)))
+        raise SignatureError(f"p.{fname}: bad arguments: {exc}") from None
 
     g = _gate(impl, {"f": bad})
     r = impl.router(impl.Route(g), "f", 0, 1, None, bad_call)
-    with pytest.raises(SignatureError, match="p.f: bad arguments: wrong") as info:
+    with pytest.raises(SignatureError, match="p.f: bad arguments: .*wrong") as info:
         r(1)
     assert info.value.__cause__ is None and info.value.__suppress_context__
-    assert got == [(g.owner, "f", "wrong")] and len(g) == 0
+    assert got == [(g.owner, "f", error.__name__, (1,), 1)] and len(g) == 0
+
+
+def test_bad_call_may_convert_and_call_again(impl: Impl) -> None:
+    """The one rule's conversions (a str for a const char *...) run in
+    ``bad_call``, which returns the result of the call it makes again."""
+
+    def takes_bytes(s: Any) -> int:
+        if not isinstance(s, bytes):
+            raise TypeError("bytes please")
+        return len(s)
+
+    def bad_call(v: Any, fname: str, exc: Exception, args: tuple[Any, ...]) -> Any:
+        assert len(g) == 1  # still counted in: the version cannot close under the retry
+        return takes_bytes(args[0].encode())
+
+    g = _gate(impl, {"f": takes_bytes})
+    r = impl.router(impl.Route(g), "f", 0, 1, None, bad_call)
+    assert r("abc") == 3 and r(b"ab") == 2
+    assert len(g) == 0 and g.served == 2
 
 
 def test_a_retiring_gate_sends_the_call_to_the_slow_path(impl: Impl) -> None:
@@ -169,7 +194,11 @@ def test_an_export_beyond_the_current_table_takes_the_slow_path(impl: Impl) -> N
     def index_error() -> None:
         raise IndexError("from the callee")
 
+    def bad_call(v: Any, fname: str, exc: Exception, args: tuple[Any, ...]) -> Any:
+        raise exc  # not an argument error after all: the callee's, as it is
+
     g.table = [index_error] * 6
+    r = impl.router(impl.Route(g), "new", 5, 0, lambda f, a: ("slow", f, a), bad_call)
     with pytest.raises(IndexError, match="from the callee"):
         r()
     assert len(g) == 0

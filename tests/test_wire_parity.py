@@ -24,12 +24,16 @@ buffers and structs, or the same exception type:
   picks for it.  A bad argument raises ``TypeError``/``OverflowError`` there,
   which the router reports as ``SignatureError``: compared as such.
 
-What the property test does not generate are the argument kinds the two modes
-treat differently today; each is pinned by ``test_known_differences`` below as
-a strict ``xfail`` naming the bug, so the day one is fixed it fails, and its
-kind moves into the generators.  A length past the end of a buffer is not
-compared at all: in process it is a read past the buffer (C's own contract),
-isolated a ``SignatureError`` (``tests/test_wire.py``).
+The argument kinds the two modes used to treat differently (a ``str``,
+``None`` or ``bytearray`` for a ``const char *``, a NUL in one, a ``_Bool`` of
+2, a float beyond ``FLT_MAX``, a buffer object for a ``T *``, a list the
+callee writes, a struct value for a struct pointer, a bad initializer) follow
+one rule now (issue 19 item 10, ``hotload._artifact.arguments``): the
+generators draw them, and ``test_one_rule_in_both_modes`` pins what the rule
+says for each.  A length past the end of a list or a cffi array is not
+compared: in process it is a read past the buffer (C's own contract),
+isolated a ``SignatureError`` (``tests/test_wire.py``); past a buffer object
+it is refused in both.
 
 The hosts and plugins are built once for the module (``preflight=False``):
 three hosts, two worker processes.  The generated calls are the same on every
@@ -290,6 +294,30 @@ class Seq:
 
 
 @dataclass(frozen=True)
+class Fresh:
+    """A buffer object (``bytes``, ``bytearray``, ``memoryview``, or an
+    ``array`` of a typecode), made anew for each path: the callee may write
+    into it."""
+
+    kind: str  # "bytes", "bytearray", "memoryview", "memoryview-rw" or an array typecode
+    items: tuple[Any, ...]
+
+    def make(self, ctx: Ctx) -> Any:
+        if self.kind in ("bytes", "bytearray", "memoryview", "memoryview-rw"):
+            data = bytes(self.items)
+            if self.kind == "memoryview-rw":
+                return memoryview(bytearray(data))
+            return {"bytes": data, "bytearray": bytearray(data), "memoryview": memoryview(data)}[
+                self.kind
+            ]
+        return array(self.kind, self.items)
+
+    def __repr__(self) -> str:
+        head = ", ".join(map(repr, self.items[:4]))
+        return f"{self.kind}[{len(self.items)}]({head}{', ...' if len(self.items) > 4 else ''})"
+
+
+@dataclass(frozen=True)
 class Rec:
     """A ``rec_t`` argument in one of the forms a caller may pass:
     ``ptr`` (``p.new``), ``value`` (``ptr[0]``), ``dict`` / ``list`` (an
@@ -536,9 +564,10 @@ def ints(ctype: str, bad: int = 4) -> st.SearchStrategy[Any]:
 def reals(ctype: str) -> st.SearchStrategy[Any]:
     edges = [0.0, -0.0, 1.0, math.nan, math.inf, -math.inf, 5e-324, -1]
     if ctype == "float":
-        # a finite double beyond the float range is a known difference (test_known_differences)
+        # a finite double beyond the float range is refused by both (it would be infinity)
         finite = st.floats(-FLT_MAX, FLT_MAX) | st.floats(width=32) | st.integers(-(2**24), 2**24)
-        edges += [FLT_MAX, -FLT_MAX, 1.1754943508222875e-38]
+        finite |= st.floats() | st.integers(-(2**200), 2**200)
+        edges += [FLT_MAX, -FLT_MAX, 1.1754943508222875e-38, 3.5e38, -1e39, 2**128]
     else:
         finite = st.floats() | st.integers(-(2**63), 2**63)
         edges += [1.7976931348623157e308, -1.7976931348623157e308]
@@ -547,7 +576,9 @@ def reals(ctype: str) -> st.SearchStrategy[Any]:
 
 
 def bools() -> st.SearchStrategy[Any]:
-    return st.sampled_from([True, False, 0, 1])  # anything else: test_known_differences
+    """True, False, 0 and 1; anything else is refused by both (not its truth)."""
+    refused = st.sampled_from([2, -1, 0.5, 1.0, None, "x", b"\1", 2**64])
+    return st.one_of(st.sampled_from([True, False, 0, 1]), refused)
 
 
 def chars() -> st.SearchStrategy[Any]:
@@ -562,10 +593,19 @@ def large_text(draw: st.DrawFn) -> bytes:
 
 def texts() -> st.SearchStrategy[Any]:
     """``const char *`` arguments: bytes without NUL (long ones cross the
-    shared memory's capacity), NULL; a number is refused by both modes."""
+    shared memory's capacity), ``str`` (UTF-8, lone surrogates included),
+    ``bytearray``, NULL as ``ffi.NULL`` or ``None``; refused by both: a NUL
+    anywhere, a number, a memoryview."""
     short = st.lists(st.integers(1, 255), max_size=40).map(bytes)
     return st.one_of(
-        short, short, short, large_text(), st.just(ffi.NULL), st.sampled_from([5, 1.5])
+        short,
+        short,
+        short,
+        large_text(),
+        st.text(max_size=20),
+        st.binary(max_size=12),  # NULs too
+        short.map(bytearray),
+        st.sampled_from([ffi.NULL, None, "\udcff", "a\0b", 5, 1.5, memoryview(b"m")]),
     )
 
 
@@ -593,22 +633,23 @@ def _filled(ctype: str, n: int, seed: int) -> tuple[Any, ...]:
 
 @st.composite
 def buffers(draw: st.DrawFn, ctype: str, const: bool) -> tuple[Any, Any]:
-    """A buffer and its ``size_t`` length: a list or tuple (const only: in
-    process a list is a temporary the callee's writes never reach, isolated
-    they are copied back into it; test_known_differences), the caller's cffi
-    array, or NULL with 0; large ones cross the shared memory's capacity.
+    """A buffer and its ``size_t`` length: a list (the callee's writes come
+    back into it) or a tuple (a temporary), the caller's cffi array, a buffer
+    object (``bytes``: a temporary; ``bytearray``, an ``array``, a memoryview:
+    written), or NULL with 0; large ones cross the shared memory's capacity.
     Refused by both: an element out of range (lists and tuples), a negative
-    or non-integer length.  Never a length past the end (see the docstring)."""
+    or non-integer length, a length past a buffer object.  Never a length
+    past the end of a list or a cffi array (see the docstring)."""
     size = struct.calcsize(ELEM[ctype])
     if draw(st.integers(0, 5)) == 0:
         items = _filled(ctype, draw(st.sampled_from(LARGE)) // size + 1, draw(st.integers()))
     else:
         items = tuple(draw(st.lists(_elements(ctype), max_size=24)))
-    forms = ["tuple", "array", "null"] + (["list"] if const else [])
-    form = draw(st.sampled_from(forms))
+    objects = ["bytes", "bytearray", "memoryview", "memoryview-rw", "B"]
+    form = draw(st.sampled_from(["tuple", "array", "null", "list", *objects]))
     if form == "null":
         return ffi.NULL, 0
-    if form != "array" and items and draw(st.integers(0, 7)) == 0:
+    if form in ("tuple", "list") and items and draw(st.integers(0, 7)) == 0:
         bad = {"double": "x", "char": 97}.get(ctype, INTS.get(ctype, (0, 0))[1] + 1)
         items = (*items[:-1], bad)
     n: Any = draw(st.integers(0, len(items)))
@@ -616,6 +657,11 @@ def buffers(draw: st.DrawFn, ctype: str, const: bool) -> tuple[Any, Any]:
         n = draw(st.sampled_from([-1, 1.5, None]))
     if form == "array":
         return Arr(ctype, items), n
+    if form in objects:  # its raw bytes; a length one past it is refused by both
+        raw = struct.pack(f"<{len(items)}{ELEM[ctype]}", *items)
+        if isinstance(n, int) and draw(st.integers(0, 7)) == 0:
+            n = len(items) + 1
+        return Fresh(form, tuple(raw)), n
     return Seq(form, items), n
 
 
@@ -635,17 +681,18 @@ def rec_fields(draw: st.DrawFn) -> tuple[tuple[str, Any], ...]:
 @st.composite
 def recs(draw: st.DrawFn, by_value: bool) -> Rec:
     """A struct argument.  By value: ``ptr[0]``, a dict or a list initializer
-    (refused by both: a pointer, NULL, a field value out of range).  By
-    pointer: ``p.new``, NULL, a list holding one initializer, a ``rec_t[2]``
-    (refused by both: a dict).  Known differences are not drawn."""
+    (refused by both: a pointer, NULL, a field value out of range, a field the
+    struct lacks, an initializer too many).  By pointer: ``p.new``, NULL, a
+    list holding one initializer, a ``rec_t[2]``, a struct value (passed by
+    its address) (refused by both: a dict)."""
     fields = draw(rec_fields())
     if by_value:
         form = draw(st.sampled_from(["value", "value", "dict", "list", "ptr", "null"]))
         if form in ("dict", "list") and draw(st.integers(0, 7)) == 0:
-            fields = (*fields, ("a", 200))  # out of range for int8_t
-            fields = tuple(dict(fields).items())
+            extra = draw(st.sampled_from([("a", 200), ("nope", 1)]))  # out of range; unknown
+            fields = tuple({**dict(fields), extra[0]: extra[1]}.items())
     else:
-        form = draw(st.sampled_from(["ptr", "ptr", "null", "one", "pair", "dict"]))
+        form = draw(st.sampled_from(["ptr", "ptr", "null", "one", "pair", "dict", "value"]))
     return Rec(form, fields)
 
 
@@ -777,139 +824,100 @@ def test_bodies_larger_than_shared_memory_take_the_socket(sides: Sides) -> None:
         assert out["shm"][0] == "returned", out["shm"]
 
 
-# ---- what the two modes treat differently today ------------------------------------------
+# ---- one rule for what the two modes used to treat differently ---------------------------
+#
+# Each case below gave one outcome in process and another isolated until issue 19 item 10
+# chose one rule for both (``hotload._artifact.arguments``, docs/guide/contract.md "Arguments"):
+# every path must now give the outcome the rule says.  The generators above draw these kinds
+# of argument too.
 
-ITEM_10 = "issue 19 item 10 (one rule in both modes)"
-LIKE_10 = f"like {ITEM_10}, not listed there"
 REFUSED = ("raised", "SignatureError")
-
-
-def known(fname: str, desc: tuple[Any, ...], now: tuple[Any, Any], why: str, name: str) -> Any:
-    """A case the modes disagree on: ``now`` is what it gives today, in process
-    and on every isolated path (the head of the outcome: returned and what, or
-    raised and which type)."""
-    mark = pytest.mark.xfail(strict=True, raises=Disagree, reason=f"bug: {why}")
-    return pytest.param(fname, desc, now, marks=mark, id=name)
 
 
 def returned(kind: str, value: Any) -> tuple[str, Any]:
     return ("returned", (kind, value))
 
 
-KNOWN = [
-    known(
-        "str_len",
-        ("text",),
-        (REFUSED, returned("int", 4)),
-        f"{ITEM_10}: a str for const char * is encoded as UTF-8 isolated, refused "
-        "(SignatureError) in process",
-        "str for const char *",
-    ),
-    known(
-        "str_len",
-        (None,),
-        (REFUSED, returned("int", -1)),
-        f"{LIKE_10}: None for const char * is NULL isolated, refused in process (ffi.NULL "
-        "is NULL in both)",
-        "None for const char *",
-    ),
-    known(
-        "str_len",
-        (bytearray(b"abc"),),
-        (REFUSED, returned("int", 3)),
-        f"{LIKE_10}: a bytearray for const char * is accepted isolated, refused in process",
-        "bytearray for const char *",
-    ),
-    known(
-        "str_len",
-        (b"ab\0cd",),
-        (returned("int", 2), REFUSED),
-        f"{LIKE_10}: bytes with a NUL for const char * are refused isolated "
-        "(SignatureError), cut at the NUL in process (the plugin sees b'ab')",
-        "NUL in const char *",
+def rule(fname: str, desc: tuple[Any, ...], want: tuple[Any, ...], name: str) -> Any:
+    return pytest.param(fname, desc, want, id=name)
+
+
+RULES = [
+    rule("str_len", ("text",), returned("int", 4), "str for const char *: UTF-8"),
+    rule("str_len", ("h\u00e9",), returned("int", 3), "str for const char *: 2-byte UTF-8"),
+    rule("str_len", (None,), returned("int", -1), "None for const char *: NULL"),
+    rule("str_len", (bytearray(b"abc"),), returned("int", 3), "bytearray for const char *"),
+    rule("str_len", (b"ab\0cd",), REFUSED, "NUL in bytes for const char *: refused"),
+    rule("str_len", ("ab\0cd",), REFUSED, "NUL in str for const char *: refused"),
+    rule("str_len", (bytearray(b"a\0"),), REFUSED, "NUL in bytearray for const char *: refused"),
+    rule("str_len", (memoryview(b"ab"),), REFUSED, "memoryview for const char *: refused"),
+    *(
+        rule("flip", (v, 0), REFUSED, f"_Bool given {v!r}: refused")
+        for v in (2, -1, 0.5, 1.0, None, "x", b"\1")
     ),
     *(
-        known(
-            "flip",
-            (v, 0),
-            (REFUSED, returned("bool", bool(v))),
-            f"{LIKE_10}: _Bool takes any object isolated (its truth: struct's '?'), only "
-            "True, False, 0 and 1 in process (cffi; else SignatureError)",
-            f"_Bool given {v!r}",
-        )
-        for v in (2, -1, 0.5, None, "x")
+        rule("flip", (v, 0), returned("bool", bool(v)), f"_Bool given {v!r}")
+        for v in (True, False, 0, 1)
     ),
     *(
-        known(
-            "f32_mix",
-            (v, 1.0),
-            (returned("float", repr(math.copysign(math.inf, v))), REFUSED),
-            f"{LIKE_10}: a finite number beyond FLT_MAX for a float is refused isolated "
-            "(struct's 'f': SignatureError), infinity in process (C's conversion)",
-            f"float given {v!r}",
-        )
-        for v in (1e300, -1e39, 2**200)
+        rule("f32_mix", (v, 1.0), REFUSED, f"float given {v!r}: refused")
+        for v in (1e300, -1e39, 2**200, 3.5e38)
     ),
+    rule("f32_mix", (FLT_MAX, 1.0), returned("float", "inf"), "float FLT_MAX: taken"),  # 2*FLT_MAX
+    rule("f32_mix", (math.inf, 0.0), returned("float", "inf"), "float given inf: itself"),
     *(
-        known(
-            "i32_sum",
-            (v, 1),
-            (REFUSED, returned("int", 1)),
-            f"{LIKE_10}: a buffer object (bytes, bytearray, array, memoryview) for "
-            "int32_t * is accepted isolated (docs/guide/isolation.md), refused in process "
-            "(cffi wants a list or a cdata array)",
-            f"{type(v).__name__} for a buffer",
+        rule("i32_sum", (Fresh(k, v), 1), returned("int", 1), f"{k} for a const buffer")
+        for k, v in (
+            ("bytes", (1, 0, 0, 0)),
+            ("bytearray", (1, 0, 0, 0)),
+            ("memoryview", (1, 0, 0, 0)),
+            ("i", (1,)),
         )
-        for v in (b"\1\0\0\0", bytearray(b"\1\0\0\0"), array("i", [1]), memoryview(b"\1\0\0\0"))
     ),
-    known(
-        "u8_fill",
-        (Seq("list", (0, 0, 0)), 3, 7),
-        (returned("NoneType", None), returned("NoneType", None)),
-        f"{LIKE_10}: a list for a non-const buffer gets the callee's writes isolated "
-        "(copied back), not in process (cffi passes a temporary array)",
-        "list for a non-const buffer",
+    rule("i32_sum", (Fresh("bytes", (1, 0, 0, 0)), 2), REFUSED, "a length past a buffer: refused"),
+    rule("i32_sum", (Fresh("h", (1, 0)), 1), returned("int", 1), "an array of another type: bytes"),
+    rule("u8_fill", (Seq("list", (0, 0, 0)), 3, 7), returned("NoneType", None), "list, written"),
+    rule("u8_fill", (Seq("list", (9, 9, 9)), 2, 7), returned("NoneType", None), "list, 2 of 3"),
+    rule("u8_fill", (Seq("tuple", (0, 0)), 2, 7), returned("NoneType", None), "tuple: temporary"),
+    rule("u8_fill", (Fresh("bytearray", (0,) * 3), 3, 7), returned("NoneType", None), "bytearray"),
+    rule(
+        "u8_fill", (Fresh("memoryview-rw", (0,) * 3), 3, 7), returned("NoneType", None), "rw view"
     ),
-    known(
-        "rec_sum",
-        (Rec("value", (("b", 5),)),),
-        (REFUSED, returned("float", "5.0")),
-        f"{LIKE_10}: a struct value (ptr[0]) for a struct pointer is accepted isolated (its "
-        "bytes are copied), refused in process",
-        "struct value for a struct pointer",
-    ),
-    known(
-        "rec_twist",
-        (Rec("dict", (("nope", 1),)), 1),
-        (("raised", "KeyError"), REFUSED),
-        f"{LIKE_10}: an initializer naming a field the struct lacks is SignatureError "
-        "isolated, a bare KeyError in process (the router maps only TypeError and "
-        "OverflowError)",
-        "unknown field in a struct initializer",
-    ),
-    known(
-        "rec_twist",
-        (Rec("list", (("extra", 9),)), 1),
-        (("raised", "ValueError"), REFUSED),
-        f"{LIKE_10}: too many initializers for a struct is SignatureError isolated, a bare "
-        "ValueError in process",
-        "too many struct initializers",
-    ),
+    rule("u8_fill", (Fresh("bytes", (0,) * 3), 3, 7), returned("NoneType", None), "bytes: copy"),
+    rule("i16_rev", (Fresh("h", (1, 2, 3)), 3), returned("int", 3), "array, written"),
+    rule("f64_scale", (Seq("list", (1.0, True, 2)), 3, 2.0), returned("float", "8.0"), "list mix"),
+    rule("char_up", (Seq("list", (b"a", b"b")), 2), returned("NoneType", None), "char list"),
+    rule("rec_sum", (Rec("value", (("b", 5),)),), returned("float", "5.0"), "struct value for S *"),
+    rule("rec_bump", (Rec("value", (("b", 5),)), 2), returned("int", 7), "struct value, written"),
+    rule("rec_twist", (Rec("dict", (("nope", 1),)), 1), REFUSED, "unknown field: refused"),
+    rule("rec_twist", (Rec("list", (("extra", 9),)), 1), REFUSED, "too many initializers: refused"),
+    rule("rec_twist", (Rec("dict", (("d", [1, 2, 3, 4]),)), 1), REFUSED, "array field too long"),
 ]
 
 
-@pytest.mark.parametrize("fname, desc, now", KNOWN)
-def test_known_differences(
-    sides: Sides, fname: str, desc: tuple[Any, ...], now: tuple[Any, Any]
+@pytest.mark.parametrize("fname, desc, want", RULES)
+def test_one_rule_in_both_modes(
+    sides: Sides, fname: str, desc: tuple[Any, ...], want: tuple[Any, ...]
 ) -> None:
-    """Each case fails today (``Disagree``) because in process and isolated
-    disagree on it, the way ``now`` and the reason say; any other failure is a
-    real one.  When a case is fixed, remove it and let the generators above
-    draw that kind of argument."""
+    """Every path gives what the rule says, and the same bytes are left in the
+    caller's arguments (a list or a struct the callee wrote)."""
     out = sides.outcomes(fname, desc)
-    in_process, isolated = now
-    assert out["in_process"][:2] == in_process
-    assert {path: got[:2] for path, got in out.items() if path != "in_process"} == {
-        path: isolated for path in out if path != "in_process"
-    }
+    assert out["in_process"][:2] == want, out["in_process"]
     agree(out)
+
+
+def test_writes_reach_the_callers_list_and_struct_value(sides: Sides) -> None:
+    """What ``test_one_rule_in_both_modes`` compares across paths, spelled
+    out: the callee's writes land in a list and in a struct value passed for
+    a non-const pointer, in process as isolated."""
+    for path in ("in_process", "shm", "socket"):
+        p = sides.plugins[path]
+        xs = [9, 9, 9]
+        p.u8_fill(xs, 2, 7)
+        assert xs == [7, 8, 9], path  # the first 2 written, the third untouched
+        rec = p.new("rec_t", b=5)[0]
+        assert p.rec_bump(rec, 2) == 7 and rec.b == 7 and rec.d[2] == 2, path
+        buf = bytearray(3)
+        p.u8_fill(buf, 3, 1)
+        assert buf == b"\1\2\3", path
+        assert p.str_len("h\u00e9") == 3 and p.str_len(None) == -1, path

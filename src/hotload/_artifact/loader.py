@@ -112,7 +112,9 @@ class Image:
             raise HookError(f"{exc}; it keeps serving") from None
 
 
-def copy_state(who: str, address: int, size: int, max_size: int = MAX_STATE_SIZE) -> bytes:
+def copy_state(
+    who: str, address: int, size: int, max_size: int = MAX_STATE_SIZE, limit: str = "max_state_size"
+) -> bytes:
     """Copy the ``size`` bytes an ``on_unload`` hook pointed at, through the
     kernel (``proc.read_memory``): a plugin's bad pointer or size must refuse
     the swap, not fault the host the way a ``memcpy`` would.  ``who`` starts
@@ -124,7 +126,7 @@ def copy_state(who: str, address: int, size: int, max_size: int = MAX_STATE_SIZE
     if size > max_size:
         raise HookError(
             f"{who} handed over a state blob of {size} bytes at 0x{address:x}, over the "
-            f"{_bytes(max_size)} limit (max_state_size)"
+            f"{_bytes(max_size)} limit ({limit})"
         )
     try:
         return proc.read_memory(address, size)

@@ -317,6 +317,13 @@ class ImportBinding:
                 callbacks.append(entry)
                 slot[0] = entry.cb
 
+    def track(self) -> None:
+        """An isolated image's binding: it has no slots here (its worker binds
+        them), but its imports are in use, so ``provide()`` refuses to change
+        their prototypes until ``detach``."""
+        with self.table.lock:
+            self.table.bindings.add(self)
+
     def point(self, name: str, fn: Callable[..., Any]) -> None:
         """Make ``name``'s slot call ``fn`` (under the table's lock)."""
         if not self.attached:
@@ -478,7 +485,7 @@ class ServiceTable:
             if self.closed:
                 raise ClosedError(f"service {name} called after host.close()")
             return svc.call(*args)
-        except Exception:
+        except BaseException:  # noqa: BLE001 - SystemExit too, as a bound callback's onerror
             if binding is not None:
                 binding.errors += 1
             log.exception("%s: service %s raised", binding.label if binding else "?", name)

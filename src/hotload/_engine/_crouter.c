@@ -1,6 +1,6 @@
 /* hotload._engine._crouter: the compiled router.
  *
- * Three small types, doing in C exactly what the generated Python router in
+ * Four small types, doing in C exactly what the generated Python router in
  * _registry.py does, so a routed call costs about what a raw cffi call costs:
  *
  *   Gate    one per version (and one per sentinel): the in-flight count, the
@@ -12,6 +12,9 @@
  *           either gate unchanged.  len(gate) is the in-flight count.
  *   Route   one per plugin: which gate new calls enter (`route.gate`).
  *   Router  one per export: a vectorcall callable, plugin.add(1, 2).
+ *   Checked an export's cffi function behind the argument checks cffi does
+ *           not make (a float beyond FLT_MAX, a NUL in a C string, a list
+ *           the callee writes): only for exports with such a parameter.
  *
  * The memory-ordering argument (why no call can start in an image being
  * closed).  The router's steps, all with the GIL held:
@@ -49,6 +52,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <math.h>
+#include <string.h>
 #ifndef _WIN32
 #include <dlfcn.h>
 #endif
@@ -345,7 +350,7 @@ typedef struct {
     Py_ssize_t idx;
     Py_ssize_t arity;
     PyObject *slow;     /* slow(fname, args_tuple) */
-    PyObject *bad_call; /* bad_call(version, fname, exc) -> exception */
+    PyObject *bad_call; /* bad_call(version, fname, exc, args) -> result, or raises */
     PyObject *name;
     PyObject *qualname;
 } RouterObject;
@@ -365,26 +370,40 @@ router_slow(RouterObject *self, PyObject *const *args, Py_ssize_t n)
     return res;
 }
 
-/* A TypeError/OverflowError from the call becomes bad_call's exception,
- * raised "from None" as the Python router does. */
-static void
-router_bad_call(RouterObject *self, GateObject *g)
+/* An argument error from the call (cffi refused an argument: TypeError,
+ * OverflowError, ValueError, KeyError or IndexError) goes to bad_call, with
+ * the gate still counting the call: it converts the arguments by the one
+ * rule (_artifact/arguments.py) and calls again, returning the result, or
+ * raises the SignatureError (from None: the Python router's "raise ... from
+ * None"). */
+static int
+is_argument_error(void)
+{
+    return PyErr_ExceptionMatches(PyExc_TypeError) || PyErr_ExceptionMatches(PyExc_OverflowError) ||
+           PyErr_ExceptionMatches(PyExc_ValueError) || PyErr_ExceptionMatches(PyExc_LookupError);
+}
+
+static PyObject *
+router_bad_call(RouterObject *self, GateObject *g, PyObject *const *args, Py_ssize_t n)
 {
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
     PyErr_NormalizeException(&type, &value, &tb);
     if (tb != NULL && value != NULL)
         PyException_SetTraceback(value, tb);
-    PyObject *exc = PyObject_CallFunctionObjArgs(self->bad_call, g->owner, self->fname,
-                                                 value ? value : Py_None, NULL);
+    PyObject *res = NULL;
+    PyObject *tuple = PyTuple_New(n);
+    if (tuple != NULL) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            PyTuple_SET_ITEM(tuple, i, Py_NewRef(args[i]));
+        res = PyObject_CallFunctionObjArgs(self->bad_call, g->owner, self->fname,
+                                           value ? value : Py_None, tuple, NULL);
+        Py_DECREF(tuple);
+    }
     Py_XDECREF(type);
     Py_XDECREF(value);
     Py_XDECREF(tb);
-    if (exc == NULL)
-        return;
-    PyException_SetCause(exc, NULL); /* from None: also suppresses the context */
-    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-    Py_DECREF(exc);
+    return res;
 }
 
 static PyObject *
@@ -417,9 +436,8 @@ router_vectorcall(RouterObject *self, PyObject *const *args, size_t nargsf, PyOb
     PyObject *fn = Py_NewRef(PyList_GET_ITEM(table, self->idx));
     PyObject *res = PyObject_Vectorcall(fn, args, n, NULL); /* R3 */
     Py_DECREF(fn);
-    if (res == NULL && (PyErr_ExceptionMatches(PyExc_TypeError) ||
-                        PyErr_ExceptionMatches(PyExc_OverflowError)))
-        router_bad_call(self, g);
+    if (res == NULL && is_argument_error())
+        res = router_bad_call(self, g, args, n); /* still counted in: R4 follows */
     g->inflight--; /* R4 */
     if (g->retiring && g->inflight == 0)
         gate_exited_keep_error(g);
@@ -514,6 +532,153 @@ static PyTypeObject RouterType = {
     .tp_dealloc = (destructor)router_dealloc,
     .tp_repr = (reprfunc)router_repr,
     .tp_members = router_members,
+};
+
+/* --------------------------------------------------------------- Checked */
+
+/* Checked(fn, checks): calls fn(*args) after looking at the arguments cffi
+ * would take without complaint but the one rule refuses or treats otherwise
+ * (_artifact/arguments.py), one byte of `checks` per parameter:
+ *   'f'  a float: a finite number beyond FLT_MAX -> OverflowError (C would
+ *        make it infinity)
+ *   's'  a const char *: bytes holding a NUL -> ValueError (C would see its start)
+ *   'o'  a buffer the callee writes: a list -> TypeError, so the router's
+ *        bad-call path passes a copy and copies the writes back into the list;
+ *        bytes -> TypeError, so it passes a copy (cffi would pass the bytes
+ *        object's own memory for a char-sized T, and C would write into it)
+ *   '-'  nothing
+ * Only exports with such a parameter get one in their version's call table;
+ * the others are called as the cffi function itself. */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *fn;
+    PyObject *checks; /* bytes */
+} CheckedObject;
+
+static PyTypeObject CheckedType;
+
+static int
+check_float(PyObject *a, Py_ssize_t i)
+{
+    double d;
+    if (PyFloat_Check(a))
+        d = PyFloat_AS_DOUBLE(a);
+    else if (PyLong_Check(a)) {
+        d = PyLong_AsDouble(a);
+        if (d == -1.0 && PyErr_Occurred())
+            return -1; /* OverflowError, as cffi's */
+    } else {
+        d = PyFloat_AsDouble(a);
+        if (d == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear(); /* not a number: cffi refuses it */
+            return 0;
+        }
+    }
+    if (isfinite(d) && isinf((float)d)) {
+        PyErr_Format(PyExc_OverflowError,
+                     "argument %zd: %R is beyond the range of a float (FLT_MAX 3.4028234663852886e+38)",
+                     i + 1, a);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+checked_vectorcall(CheckedObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
+    const char *k = PyBytes_AS_STRING(self->checks);
+    Py_ssize_t m = PyBytes_GET_SIZE(self->checks);
+    for (Py_ssize_t i = 0; i < n && i < m; i++) {
+        PyObject *a = args[i];
+        switch (k[i]) {
+        case 'f':
+            if (check_float(a, i) < 0)
+                return NULL;
+            break;
+        case 's':
+            if (PyBytes_Check(a) &&
+                memchr(PyBytes_AS_STRING(a), 0, (size_t)PyBytes_GET_SIZE(a)) != NULL) {
+                PyErr_Format(PyExc_ValueError,
+                             "argument %zd: a C string cannot hold a NUL byte", i + 1);
+                return NULL;
+            }
+            break;
+        case 'o':
+            if (PyList_Check(a) || PyBytes_Check(a)) {
+                PyErr_Format(PyExc_TypeError,
+                             "argument %zd: a %s for a buffer the callee writes", i + 1,
+                             PyList_Check(a) ? "list" : "bytes");
+                return NULL;
+            }
+            break;
+        default:
+            break;
+        }
+    }
+    return PyObject_Vectorcall(self->fn, args, nargsf, kwnames);
+}
+
+static PyObject *
+checked_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kw[] = {"fn", "checks", NULL};
+    PyObject *fn, *checks;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OS", kw, &fn, &checks))
+        return NULL;
+    CheckedObject *self = (CheckedObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->vectorcall = (vectorcallfunc)checked_vectorcall;
+    self->fn = Py_NewRef(fn);
+    self->checks = Py_NewRef(checks);
+    return (PyObject *)self;
+}
+
+static int
+checked_traverse(CheckedObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->fn);
+    Py_VISIT(self->checks);
+    return 0;
+}
+
+static int
+checked_clear(CheckedObject *self)
+{
+    Py_CLEAR(self->fn);
+    Py_CLEAR(self->checks);
+    return 0;
+}
+
+static void
+checked_dealloc(CheckedObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    checked_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef checked_members[] = {
+    {"fn", T_OBJECT_EX, offsetof(CheckedObject, fn), READONLY, NULL},
+    {"checks", T_OBJECT_EX, offsetof(CheckedObject, checks), READONLY, NULL},
+    {NULL},
+};
+
+static PyTypeObject CheckedType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "hotload._engine._crouter.Checked",
+    .tp_basicsize = sizeof(CheckedObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "An export whose arguments are checked by the one rule before cffi's call.",
+    .tp_new = checked_new,
+    .tp_vectorcall_offset = offsetof(CheckedObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_traverse = (traverseproc)checked_traverse,
+    .tp_clear = (inquiry)checked_clear,
+    .tp_dealloc = (destructor)checked_dealloc,
+    .tp_members = checked_members,
 };
 
 /* ------------------------------------------------------- module functions */
@@ -677,7 +842,7 @@ PyMODINIT_FUNC
 PyInit__crouter(void)
 {
     if (PyType_Ready(&GateType) < 0 || PyType_Ready(&RouteType) < 0 ||
-        PyType_Ready(&RouterType) < 0)
+        PyType_Ready(&RouterType) < 0 || PyType_Ready(&CheckedType) < 0)
         return NULL;
     str_set = PyUnicode_InternFromString("set");
     if (str_set == NULL)
@@ -687,7 +852,8 @@ PyInit__crouter(void)
         return NULL;
     if (PyModule_AddObjectRef(m, "Gate", (PyObject *)&GateType) < 0 ||
         PyModule_AddObjectRef(m, "Route", (PyObject *)&RouteType) < 0 ||
-        PyModule_AddObjectRef(m, "Router", (PyObject *)&RouterType) < 0) {
+        PyModule_AddObjectRef(m, "Router", (PyObject *)&RouterType) < 0 ||
+        PyModule_AddObjectRef(m, "Checked", (PyObject *)&CheckedType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

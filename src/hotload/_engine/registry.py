@@ -25,9 +25,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .._artifact import signatures
+from .._artifact import arguments, signatures
 from .._contract.structs import plain
-from .._errors import ClosedError, NotLoadedError, SignatureError, TypeLayoutError
+from .._errors import (
+    ClosedError,
+    HotloadError,
+    NotLoadedError,
+    SignatureError,
+    TypeLayoutError,
+)
 from .lifecycle import SWITCHING, UNLOADED_PLUGIN, Sentinel, Version, VersionInfo
 from .lifecycle import _crouter as _native
 
@@ -43,11 +49,11 @@ def make(route, fname, idx, slow, bad_call):
         g.served += 1
         try:
             return g.table[idx]({params})
-        except (TypeError, OverflowError) as exc:
-            raise bad_call(g.owner, fname, exc) from None
-        except IndexError:
+        except (TypeError, OverflowError, ValueError, KeyError) as exc:
+            return bad_call(g.owner, fname, exc, ({params}{comma}))
+        except IndexError as exc:
             if idx < len(g.table):
-                raise  # from the callee
+                return bad_call(g.owner, fname, exc, ({params}{comma}))  # from the callee
             g.served -= 1  # an export newer than this version: committed, not published yet
             return slow(fname, ({params}{comma}))
         finally:
@@ -220,7 +226,13 @@ class Plugin:
         if shape is None or shape.prototypes != version.image.prototypes:
             shape = self._shape_of(version.image.prototypes)  # may raise: nothing changed yet
         index, routers, fns = shape.index, shape.routers, version.fns
-        table = [fns.get(fname) or self._missing(fname, version.seq) for fname in index]
+        protos = version.image.prototypes if version.image.process is None else {}
+        table = [
+            _checked(fns[fname], protos.get(fname))
+            if fname in fns
+            else self._missing(fname, version.seq)
+            for fname in index
+        ]
 
         def commit() -> None:
             version.table = table
@@ -296,18 +308,15 @@ class Plugin:
                 self._wait_for_switch(g.owner)
                 continue
             v = g.owner
-            try:
-                fn = v.fns[fname]
-            except KeyError:
+            if fname not in v.fns:
                 g.pop()
                 g.exited()
-                raise NotLoadedError(
-                    f"plugin {self._name} v{v.seq} no longer exports {fname!r}"
-                ) from None
+                raise NotLoadedError(f"plugin {self._name} v{v.seq} no longer exports {fname!r}")
+            fn = v.table[self._index[fname]]  # its checks too (_checked), as a router calls it
             try:
                 return fn(*args)
-            except (TypeError, OverflowError) as exc:
-                raise self._bad_call(v, fname, exc) from None
+            except _ARGUMENT_ERRORS as exc:
+                return self._bad_call(v, fname, exc, args)
             finally:
                 g.pop()
                 if g.retiring:
@@ -320,14 +329,61 @@ class Plugin:
             self._switched.wait(1.0)
         # else: a version retired an instant ago; _current already moved on
 
-    def _bad_call(self, v: Version | Sentinel, fname: str, exc: Exception) -> Exception:
+    def _bad_call(
+        self, v: Version | Sentinel, fname: str, exc: Exception, args: tuple[Any, ...]
+    ) -> Any:
+        """cffi refused an argument of a call still counted in ``v``: convert
+        the arguments by the one rule (``_artifact.arguments``: a ``str`` for a
+        ``const char *``, a buffer object for a ``T *``...) and call again,
+        or raise the ``SignatureError`` that says why.  An isolated version's
+        forwarder applies the same rule itself (``_process.wire``)."""
+        if isinstance(exc, HotloadError) and not isinstance(exc, SignatureError):
+            raise exc  # hotload's own (NotLoadedError is a KeyError): not an argument
         if fname not in v.fns:
-            return NotLoadedError(f"plugin {self._name} no longer exports {fname!r}")
-        proto = v.image.prototypes.get(fname, "?") if isinstance(v, Version) and v.image else "?"
-        why = plain(str(exc))  # the plugin's type names, not their cffi spellings
+            raise NotLoadedError(f"plugin {self._name} no longer exports {fname!r}") from None
+        image = v.image if isinstance(v, Version) else None
+        proto = image.prototypes.get(fname, "?") if image is not None else "?"
+        if image is not None and image.process is not None:  # isolated: its forwarder's error
+            if not isinstance(exc, (TypeError, OverflowError)):  # not an argument it refused
+                raise exc
+        elif image is not None and proto != "?":
+            try:
+                converted = arguments.rules(proto).convert(args)
+            except (TypeError, ValueError, OverflowError) as why:
+                raise self._refused(fname, proto, why) from None
+            if converted is not None:
+                new_args, after = converted
+                try:
+                    result = v.fns[fname](*new_args)
+                except _ARGUMENT_ERRORS as why:
+                    raise self._refused(fname, proto, why) from None
+                after()
+                return result
+        raise self._refused(fname, proto, exc) from None
+
+    def _refused(self, fname: str, proto: str, exc: BaseException) -> SignatureError:
+        why = plain(str(exc) if not isinstance(exc, KeyError) else f"no field {exc}")
         if "must be a cdata pointer" in why:
             why += ' (make one with plugin.new("type_name", field=value, ...))'
         return SignatureError(f"{self._name}.{fname}: bad arguments for {plain(proto)}: {why}")
+
+
+#: What cffi raises for an argument it refuses (a KeyError: a struct initializer's unknown
+#: field; an IndexError or a ValueError: too many initializers)
+_ARGUMENT_ERRORS = (TypeError, OverflowError, ValueError, KeyError, IndexError)
+
+_Checked: Any = _native.Checked if _native is not None else arguments.checked
+
+
+def _checked(fn: Callable[..., Any], proto: str | None) -> Callable[..., Any]:
+    """An in-process export as its version's call table holds it: the cffi
+    function itself, or (for an export with a float, a ``const char *`` or a
+    buffer the callee writes) the function behind the checks cffi does not
+    make (``arguments.Rules.checks``)."""
+    if proto is None:
+        return fn
+    checks = arguments.rules(proto).checks
+    return _Checked(fn, checks) if checks else fn
 
 
 class _Pinned:

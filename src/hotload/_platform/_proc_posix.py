@@ -301,7 +301,10 @@ def apply_limits(limits: dict[str, int]) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (n, n))
     if "cpu_seconds" in limits:
         n = int(limits["cpu_seconds"])
-        resource.setrlimit(resource.RLIMIT_CPU, (n, n))
+        # soft n: SIGXCPU ends it (its default action), as documented; the hard limit a
+        # second later is the kernel's SIGKILL for a plugin that catches or ignores SIGXCPU
+        # (with both at n, the kernel sends SIGKILL first: issue 19 item 10)
+        resource.setrlimit(resource.RLIMIT_CPU, (n, n + 1))
     if "nice" in limits:
         os.nice(int(limits["nice"]))
 

@@ -120,6 +120,8 @@ class Isolation:
         except BaseException:
             staged.discard()
             raise
+        if binding is not None:
+            binding.track()  # its imports are in use until the image is released (detach)
         with self._lock:
             self._proxies.append(proxy)
         image = IsolatedImage(

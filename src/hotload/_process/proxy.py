@@ -14,7 +14,6 @@ its workers: a restart puts a new worker behind the same forwarders.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import socket
 import threading
@@ -29,6 +28,8 @@ from . import service_channel
 from .options import Isolated
 from .spawn import RESTARTING, STOPPED, UP, Worker
 from .wire import (
+    MAX_BODY,
+    MAX_STATE,
     OP_CONTROL,
     ST_ERROR,
     ST_OK,
@@ -38,6 +39,9 @@ from .wire import (
     _WorkerError,
     decode,
     encode,
+    pack_control,
+    too_large,
+    unpack_control,
 )
 
 log = logging.getLogger(__name__)
@@ -98,6 +102,7 @@ class Proxy:
         self.binding: ImportBinding | None = None  # its imports (errors are counted there)
         self.svc_plans: list[CallPlan] = []  # how each imported service's calls cross
         self.nested: int | None = None  # the thread serving a service its worker's call waits for
+        self._stopped: Worker | None = None  # a worker the supervisor killed for being stopped
 
     @property
     def pid(self) -> int | None:
@@ -117,16 +122,18 @@ class Proxy:
             self._control(self.request, 30.0, "opening the copy (dlopen, resolving exports)")
             self.live = not self.request.get("on_load")
 
-    def _control(self, req: dict[str, Any], timeout: float | None, what: str) -> Any:
-        """A JSON request to the worker; the lock is held."""
-        body = bytes([OP_CONTROL]) + json.dumps(req).encode()
-        reply = self._exchange(body, timeout, what)
+    def _control(
+        self, req: dict[str, Any], timeout: float | None, what: str, blob: bytes | None = None
+    ) -> tuple[Any, bytes | None]:
+        """A JSON request to the worker, with a blob as raw bytes (a state);
+        its answer's JSON and blob.  The lock is held."""
+        reply = self._exchange(pack_control(OP_CONTROL, req, blob), timeout, what)
         if reply[:1] == bytes([ST_ERROR]):
             raise _worker_error(reply)
         if reply[:1] != bytes([ST_OK]):
             self._crashed(self._w(), what, garbage="a bad control reply")
         try:
-            return json.loads(reply[1:].decode()) if len(reply) > 1 else None
+            return unpack_control(reply)
         except (ValueError, UnicodeDecodeError):
             self._crashed(self._w(), what, garbage="an unreadable control reply")
 
@@ -183,6 +190,8 @@ class Proxy:
                             self.served_ok = True
                             return result
                         body = encode(cp, args)
+                    if len(body) > MAX_BODY:  # refused before it is sent: nothing ran
+                        raise TypeError(str(too_large("a request", len(body))))
                     reply = self._exchange(body, self.opts.call_timeout, cp.fname)
                     try:
                         result = decode(cp, reply, args)
@@ -241,8 +250,13 @@ class Proxy:
         """The worker died, hung or broke the protocol during ``what``: kill
         it, raise the error here, and hand the rest to the crash policy.
         The lock is held (or was given up by ``stop``)."""
-        garbage = garbage or worker.svc_garbage
-        if garbage or timeout is not None or outside or not worker.reap(2.0):
+        svc = "" if garbage or timeout is not None else worker.svc_garbage  # killed for it
+        if not (garbage or svc or timeout is not None or outside) and self._stopped is worker:
+            outside = (
+                f"its worker was stopped (SIGSTOP, SIGTSTP or a debugger) during {what}, for "
+                f"over 1 s; the host killed it"
+            )
+        if garbage or svc or timeout is not None or outside or not worker.reap(2.0):
             worker.kill()
         sig, code = worker.how_it_ended()
         tail = worker.tail()
@@ -263,12 +277,23 @@ class Proxy:
                 f"was killed" + more,
                 stderr=tail,
             )
+        elif svc:
+            err = PluginCrashedError(
+                f"{who}: {svc}, during {what}; the host killed the worker" + more, stderr=tail
+            )
         elif outside:
             err = PluginCrashedError(f"{who}: {outside}" + more, signal_name="SIGSTOP", stderr=tail)
         elif self.iso.closed and sig == "SIGKILL":  # we ended it: no crash to report
             err = PluginCrashedError(
                 f"{who}: the host was closed during {what}; the worker was stopped before the "
                 f"call returned",
+                signal_name=sig,
+                stderr=tail,
+            )
+        elif sig == "SIGXCPU" and "cpu_seconds" in self.opts.limits:
+            err = PluginCrashedError(
+                f"{who}: killed by the kernel with SIGXCPU during {what}: it used up its "
+                f"cpu_seconds limit ({self.opts.limits['cpu_seconds']} s of CPU)" + more,
                 signal_name=sig,
                 stderr=tail,
             )
@@ -385,6 +410,7 @@ class Proxy:
                 log.error(
                     "%s v%d: worker pid %d is stopped; killing it", self.name, self.seq, w.pid
                 )
+                self._stopped = w  # the waiting call reports that, not the SIGKILL it sees
                 w.kill()  # the waiting call sees EOF and reports the crash
             return
         try:
@@ -406,11 +432,7 @@ class Proxy:
             self.live = True
 
     def _on_load(self, prev_version: str | None, state: bytes | None) -> None:
-        self._control(
-            {"op": "on_load", "prev": prev_version, "state": state.hex() if state else None},
-            self.hook_timeout,
-            "on_load",
-        )
+        self._control({"op": "on_load", "prev": prev_version}, self.hook_timeout, "on_load", state)
 
     def on_unload(self, max_size: int) -> bytes | None:
         """The version's state blob; from its last snapshot when its worker is
@@ -425,10 +447,11 @@ class Proxy:
                     f"{len(self.snapshot)} bytes" if self.snapshot is not None else "none",
                 )
                 return self.snapshot
-            out = self._control(
-                {"op": "on_unload", "max": max_size}, self.hook_timeout, "on_unload"
-            )
-            blob = bytes.fromhex(out) if isinstance(out, str) else None
+            # a state travels in one frame: above MAX_STATE the worker refuses it before
+            # anything is lost (HookError: the reload is refused, this version serves on)
+            limit = "max_state_size" if max_size <= MAX_STATE else "an isolated plugin's state cap"
+            req = {"op": "on_unload", "max": min(max_size, MAX_STATE), "limit": limit}
+            _, blob = self._control(req, self.hook_timeout, "on_unload")
             self.snapshot = blob
             return blob
 

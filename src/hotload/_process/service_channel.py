@@ -13,10 +13,23 @@ to wait for a call in flight.  The provided function is looked up at that
 moment, with the in-process conversions and rules.  A worker that breaks the
 protocol is killed, and the call in flight (or the supervisor) reports it as a
 crash.
+
+The channel is bounded (issue 19 item 6: a plugin writing requests and never
+reading the answers grew the host by 1.3 GB in 2 s).  At most
+``MAX_IN_FLIGHT`` requests of one worker, and ``MAX_IN_FLIGHT_BYTES`` of
+them, are read and not yet answered: past that the host stops reading the
+worker's channel (back-pressure: its threads wait in ``write``) until answers
+have gone out, and the bytes are counted before a request is allocated.  A
+worker that does not take an answer within ``ANSWER_TIMEOUT`` s (it stopped
+reading its own channel; a well-behaved worker always has a thread waiting
+for its answers) is killed as misbehaving, and the call in flight or the
+supervisor reports it, naming the service channel.  The host's threads never
+die of a worker: anything unexpected while serving one ends that worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -27,9 +40,67 @@ from .._artifact import signatures
 from .._contract.services import ImportBinding, log_bad_result
 from .._errors import ClosedError, ServiceError
 from .spawn import Worker
-from .wire import _CTYPES, SVC_HEAD, SVC_ID, CallPlan, _Garbage, serve
+from .wire import (
+    _CTYPES,
+    FRAME,
+    MAX_FRAME,
+    SVC_HEAD,
+    SVC_ID,
+    CallPlan,
+    _Garbage,
+    recv_exactly,
+    serve,
+)
 
 log = logging.getLogger(__name__)
+
+#: Requests of one worker read and not yet answered, at most (its plugin threads waiting in
+#: services at once: more wait in the kernel, their requests unread)
+MAX_IN_FLIGHT = 64
+#: and their bytes (requests, and answers not yet sent), at most; one request alone may be
+#: as large as a frame (``wire.MAX_FRAME``)
+MAX_IN_FLIGHT_BYTES = MAX_FRAME
+#: Seconds an answer may wait for the worker to take it before the worker is killed as
+#: misbehaving (it does not read its own service channel)
+ANSWER_TIMEOUT = 10.0
+
+
+class _Budget:
+    """One worker's requests in flight: the reader takes a place before it
+    reads a request's body, the thread that sends its answer gives it back."""
+
+    def __init__(self) -> None:
+        self.cv = threading.Condition()
+        self.count = 0
+        self.bytes = 0
+        self.ended = False
+
+    def take(self, n: int) -> bool:
+        """Wait for room for a request of ``n`` bytes (one request always
+        fits when nothing else is in flight); False once the worker ended."""
+        with self.cv:
+            while (
+                not self.ended
+                and self.count
+                and (self.count >= MAX_IN_FLIGHT or self.bytes + n > MAX_IN_FLIGHT_BYTES)
+            ):
+                self.cv.wait(1.0)
+            if self.ended:
+                return False
+            self.count += 1
+            self.bytes += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self.cv:
+            self.count -= 1
+            self.bytes -= n
+            self.cv.notify_all()
+
+    def end(self) -> None:
+        with self.cv:
+            self.ended = True
+            self.cv.notify_all()
 
 
 class Served(Protocol):
@@ -66,50 +137,106 @@ def _serve_services(version: Served, worker: Worker) -> None:
     is this worker's own: a plugin whose threads block in services starves
     only itself, never another plugin."""
     pool = ThreadPoolExecutor(4, thread_name_prefix=f"hotload-isolate-svc-{worker.pid}")
+    budget = _Budget()
     try:
-        _read_services(version, worker, pool)
+        assert worker.svc is not None
+        with contextlib.suppress(OSError):  # closed already: the reads below end at once
+            worker.svc.settimeout(ANSWER_TIMEOUT)  # bounds sending an answer; reads retry
+        _read_services(version, worker, pool, budget)
+    except BaseException as exc:  # noqa: BLE001 - this thread must not die of a worker
+        why = f"{type(exc).__name__}: {exc}"
+        _misbehaved(version, worker, f"the host could not serve its service channel ({why})")
     finally:
+        budget.end()
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _read_services(version: Served, worker: Worker, pool: ThreadPoolExecutor) -> None:
+def _read_services(
+    version: Served, worker: Worker, pool: ThreadPoolExecutor, budget: _Budget
+) -> None:
+    sock = worker.svc
+    assert sock is not None
     while True:
         try:
-            body = worker.svc_frame()
-            rid, nested, idx = SVC_HEAD.unpack_from(body)
+            (n,) = FRAME.unpack(recv_exactly(sock, FRAME.size, patient=True))
+            if n < SVC_HEAD.size or n > MAX_FRAME:
+                raise _Garbage(f"a service request of {n} bytes")
+            head = recv_exactly(sock, SVC_HEAD.size, patient=True)
+            rid, nested, idx = SVC_HEAD.unpack(head)
             if nested > 1 or idx >= len(version.svc_plans):
                 what = "a nested flag" if nested > 1 else "an unknown service index"
                 raise _Garbage(f"{what} ({nested}, {idx})")
+            # a nested request is served by this very thread, one at a time: no budget
+            if not nested and not budget.take(n):
+                return
+            rest = recv_exactly(sock, n - SVC_HEAD.size, patient=True)
         except (OSError, EOFError):
             return
         except _Garbage as exc:
-            _garbage(version, worker, str(exc))
+            _misbehaved(version, worker, f"wrote garbage to the service channel ({exc})")
             return
+        body = bytes(head + rest)
+        cp = version.svc_plans[idx]
         if nested:
-            if not _serve_one(version, worker, rid, version.svc_plans[idx], body, True):
+            if not _serve_one(version, worker, rid, cp, body, True, None):
                 return
             continue
         try:
-            pool.submit(_serve_one, version, worker, rid, version.svc_plans[idx], body, False)
+            pool.submit(_serve_one, version, worker, rid, cp, body, False, budget)
         except RuntimeError:  # the host is closing
             return
 
 
 def _serve_one(
-    version: Served, worker: Worker, rid: int, cp: CallPlan, body: bytes, nested: bool
+    version: Served,
+    worker: Worker,
+    rid: int,
+    cp: CallPlan,
+    body: bytes,
+    nested: bool,
+    budget: _Budget | None,
 ) -> bool:
+    """Serve one request and send its answer; False when the worker is done
+    for (gone, or killed here).  A plugin thread's request gives its place
+    in the budget back once its answer is sent (or cannot be)."""
     if nested:
         version.nested = threading.get_ident()  # a call into this version would deadlock
     try:
-        reply = serve(cp, _service(version, cp), body[SVC_ID.size :])
-    except Exception as exc:  # noqa: BLE001 - the request broke the protocol
-        _garbage(version, worker, f"{cp.fname}: {exc}")
-        return False
+        try:
+            reply = serve(cp, _service(version, cp), body[SVC_ID.size :])
+        except _Garbage as exc:
+            why = f"wrote garbage to the service channel ({cp.fname}: {exc})"
+            _misbehaved(version, worker, why)
+            return False
+        except BaseException as exc:  # noqa: BLE001 - the host's thread must not die of it
+            why = f"{cp.fname}: {type(exc).__name__}: {exc}"
+            _misbehaved(version, worker, f"the host could not serve a service request ({why})")
+            return False
+        finally:
+            if nested:
+                version.nested = None
+        return _answer(version, worker, SVC_ID.pack(rid) + reply)
     finally:
-        if nested:
-            version.nested = None
+        if budget is not None:
+            budget.give(len(body))
+
+
+def _answer(version: Served, worker: Worker, body: bytes) -> bool:
+    """Send one answer; a worker that does not take it within
+    ``ANSWER_TIMEOUT`` (the socket's timeout) is killed as misbehaving."""
+    assert worker.svc is not None
     try:
-        worker.svc_send(SVC_ID.pack(rid) + reply)
+        with worker.svc_lock:  # answers come from several host threads
+            worker.svc.sendall(FRAME.pack(len(body)) + body)
+    except TimeoutError:
+        _misbehaved(
+            version,
+            worker,
+            f"does not read the answers on its service channel (an answer waited "
+            f"{ANSWER_TIMEOUT:g} s for it; its requests are read {MAX_IN_FLIGHT} at most at a "
+            f"time)",
+        )
+        return False
     except OSError:
         return False
     return True
@@ -132,7 +259,8 @@ def _service(version: Served, cp: CallPlan) -> Callable[..., Any]:
             if svc is None:
                 raise ServiceError(f"service {name} is not provided by this host")
             result = svc.call(*args)
-        except Exception:
+        except BaseException:  # noqa: BLE001 - SystemExit too: a service is a C function
+            # (in process, cffi's callback catches every exception the same way)
             log.error("%s: service %s raised", label, name, exc_info=True)
             return failed(error)
         try:
@@ -157,13 +285,14 @@ def _service(version: Served, cp: CallPlan) -> Callable[..., Any]:
     return call
 
 
-def _garbage(version: Served, worker: Worker, why: str) -> None:
-    """A worker broke the service protocol: it is killed, and the call in
-    flight (or the supervisor) reports it as a crash."""
-    worker.svc_garbage = f"service channel: {why}"
+def _misbehaved(version: Served, worker: Worker, why: str) -> None:
+    """A worker broke the service protocol (garbage), stopped reading its
+    answers, or could not be served: it is killed, and the call in flight
+    (or the supervisor) reports it as a crash, naming the service channel."""
+    if not worker.svc_garbage:
+        worker.svc_garbage = why
     log.error(
-        "%s: %s v%d (isolated worker, pid %d) wrote garbage to the service channel (%s); "
-        "killing it",
+        "%s: %s v%d (isolated worker, pid %d): %s; killing it",
         version.source,
         version.name,
         version.seq,

@@ -72,11 +72,13 @@ def _serve(
             cp = plans[idx]
             try:
                 send(wire.serve(cp, fns[idx], body))
+            except wire._BodyTooLarge as exc:  # the call ran; its result cannot travel
+                send(error(HotloadError(str(exc))))
             except (TypeError, OverflowError, ValueError, wire._Garbage) as exc:
                 send(error(TypeError(str(exc))))
             continue
         try:
-            req = json.loads(body[1:].decode())
+            req, blob = wire.unpack_control(body)
             what = req["op"]
             if what == "open":
                 source = req["source"]
@@ -99,7 +101,7 @@ def _serve(
                         hooks[key] = loader.resolve(handle, source, req[key], proto)
                 send(b"\x00")
             elif what == "on_load":
-                state = bytes.fromhex(req["state"]) if req.get("state") else None
+                state = blob or None  # raw bytes after the JSON (wire.pack_control)
                 prev = req.get("prev")
                 rc = hooks["on_load"](
                     ffi.new("char[]", prev.encode()) if prev else ffi.NULL,
@@ -119,8 +121,9 @@ def _serve(
                 if rc != 0:
                     raise HookError(f"{who} failed (returned {rc}); it keeps serving")
                 address = int(ffi.cast("uintptr_t", ptr[0]))
-                blob = loader.copy_state(who, address, int(size[0]), int(req["max"]))
-                send(b"\x00" + json.dumps(blob.hex()).encode())
+                limit = str(req.get("limit") or "max_state_size")
+                state = loader.copy_state(who, address, int(size[0]), int(req["max"]), limit)
+                send(wire.pack_control(wire.ST_OK, None, state))
             else:
                 raise ValueError(f"unknown request {what!r}")
         except HotloadError as exc:
@@ -188,6 +191,8 @@ class _Shm:
                     os.eventfd_write(self.done, 1)
                     return False
                 reply = wire.serve(cp, fn, mm[wire.SHM_REQ : wire.SHM_REQ + n])
+            except wire._BodyTooLarge as exc:  # the call ran; its result cannot travel
+                reply = error(HotloadError(str(exc)))
             except (TypeError, OverflowError, ValueError, struct.error, wire._Garbage) as exc:
                 reply = error(TypeError(str(exc)))
         if len(reply) > wire.SHM_CAP:
@@ -310,16 +315,10 @@ class _ServiceClient:
                 self.cv.notify_all()
 
     def _frame(self) -> bytes:
-        buf = b""
-        want = 4
-        while len(buf) < want:
-            chunk = self.sock.recv(want - len(buf))
-            if not chunk:
-                raise EOFError("the host closed the service channel")
-            buf += chunk
-            if want == 4 and len(buf) == 4:
-                (n,) = wire.FRAME.unpack(buf)
-                if n < 8 or n > wire.MAX_FRAME:
-                    raise EOFError(f"a service answer of {n} bytes")
-                want = 4 + n
-        return buf[4:]
+        try:
+            (n,) = wire.FRAME.unpack(wire.recv_exactly(self.sock, 4))
+            if n < 8 or n > wire.MAX_FRAME:
+                raise EOFError(f"a service answer of {n} bytes")
+            return bytes(wire.recv_exactly(self.sock, n))
+        except EOFError as exc:
+            raise EOFError(str(exc) or "the host closed the service channel") from None

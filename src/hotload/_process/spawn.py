@@ -63,12 +63,12 @@ from .wire import (
     SHM_REQ,
     SHM_SIZE,
     ST_OK,
-    SVC_HEAD,
     CallPlan,
     _Garbage,
     decode,
     drain,
     encode,
+    recv_exactly,
     yield_cpu,
 )
 
@@ -246,20 +246,22 @@ class Worker:
             return None
 
     def _exactly_by(self, n: int, deadline: float) -> bytes:
-        buf = b""
-        while len(buf) < n:
+        buf = bytearray(n)  # received in place: buf += chunk is quadratic for a large body
+        view = memoryview(buf)
+        got = 0
+        while got < n:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError
             self._settimeout(left)
             try:
-                chunk = self.sock.recv(n - len(buf))
+                k = self.sock.recv_into(view[got:], n - got)
             except ConnectionResetError:
-                chunk = b""
-            if not chunk:
+                k = 0
+            if not k:
                 raise EOFError
-            buf += chunk
-        return buf
+            got += k
+        return bytes(buf)
 
     def _settimeout(self, timeout: float | None) -> None:
         if timeout != self._timeout:
@@ -276,8 +278,8 @@ class Worker:
         mm = self.mm
         assert mm is not None
         if cp.simple:
-            if len(args) != len(cp.params):
-                encode(cp, args)  # raises the TypeError
+            if len(args) != len(cp.params) or cp.bools:
+                encode(cp, args)  # raises the TypeError (a _Bool: checked by the rule)
             try:
                 cp.req.pack_into(mm, SHM_REQ, OP_CALL, cp.idx, *args)
             except struct.error as exc:
@@ -357,7 +359,9 @@ class Worker:
             raise _Garbage(f"a frame of {n} bytes")
         if len(buf) > 4 + n:
             raise _Garbage(f"{len(buf) - 4 - n} bytes after a reply")
-        return self._exactly(4 + n, buf)[4:]
+        if len(buf) < 4 + n:  # a large body: the rest into one buffer (recv_exactly)
+            return buf[4:] + recv_exactly(self.sock, 4 + n - len(buf))
+        return buf[4:]
 
     def _exactly(self, n: int, buf: bytes) -> bytes:
         while len(buf) < n:
@@ -431,21 +435,6 @@ class Worker:
             with contextlib.suppress(BufferError):
                 self.mm.close()  # the mapping holds a dup of the memfd
 
-    # -- the service channel (the plugin calls the host) -------------------------------
-    def svc_frame(self) -> bytes:
-        """The next service request; EOFError when the worker is gone,
-        _Garbage for a length no request may have."""
-        assert self.svc is not None
-        (n,) = FRAME.unpack(_recv_exactly(self.svc, 4))
-        if n < SVC_HEAD.size or n > MAX_FRAME:
-            raise _Garbage(f"a service request of {n} bytes")
-        return _recv_exactly(self.svc, n)
-
-    def svc_send(self, body: bytes) -> None:
-        assert self.svc is not None
-        with self.svc_lock:
-            self.svc.sendall(FRAME.pack(len(body)) + body)
-
     def how_it_ended(self) -> tuple[str | None, int | None]:
         code = self.popen.returncode
         if code is None:
@@ -458,19 +447,6 @@ class Worker:
                 return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, ValueError, IndexError):
             return 0
-
-
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        try:
-            chunk = sock.recv(n - len(buf))
-        except ConnectionResetError:
-            chunk = b""
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return buf
 
 
 def worker_env() -> dict[str, str]:

@@ -2,10 +2,12 @@
 host (``proxy``, ``spawn``, ``service_channel``) and the worker (``serving``).
 
 Each export (and each host service an isolated plugin imports) gets a
-``CallPlan`` at load, which says how its arguments and result travel, or a
-``SignatureError`` naming the parameter that cannot.  ``encode``/``decode``
-are the caller's side, ``serve`` the callee's; both sides run the same code,
-so the two ends cannot disagree on a layout.
+``CallPlan`` at load (``callplan``), which says how its arguments and result
+travel, or a ``SignatureError`` naming the parameter that cannot.
+``encode``/``decode`` are the caller's side, ``serve`` the callee's; both
+sides run the same code, so the two ends cannot disagree on a layout.  The
+arguments each parameter accepts are the in-process router's
+(``_artifact.arguments``): one rule in both modes.
 
 Frames are ``<I`` length, then a body.  A call's body is a struct of its
 scalar arguments followed by length-prefixed bytes for strings and buffers
@@ -13,16 +15,9 @@ scalar arguments followed by length-prefixed bytes for strings and buffers
 answer is a status byte, the result, and the contents of every non-const
 buffer or struct pointer (copied back into the caller's).  Replies are parsed
 strictly: anything else is ``_Garbage`` and the worker is treated as crashed.
-
-What crosses: integer, floating, bool and enum scalars; ``const char *`` (a
-NUL-terminated string, in); a pointer to a scalar type immediately followed
-by a ``size_t`` parameter (a buffer and its length in elements); a
-plain-data struct (no pointer at any depth) by value, or one struct by
-pointer, carried as its ``sizeof`` bytes: both sides are the same machine
-and the layout was verified against the compiler's (``_contract.structs``); a
-``char *``, struct or scalar result.  Anything else (``void *``, function
-pointers, structs with pointer fields, pointers to pointers) is refused with
-the reason.
+A control frame's body is a status or op byte, then JSON; a blob (the state
+``on_unload`` hands over, or ``on_load`` receives) follows the JSON as raw
+bytes, after its length (``pack_control``).
 """
 
 from __future__ import annotations
@@ -31,16 +26,17 @@ import contextlib
 import json
 import os
 import platform
+import socket
 import struct
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
-from .._artifact import signatures
+from .._artifact import arguments, signatures
 from .._artifact.loader import ON_LOAD_TYPE, ON_UNLOAD_TYPE, Image, Staged  # noqa: F401
-from .._errors import (
-    SignatureError,
-)
+from .callplan import CallPlan as CallPlan
+from .callplan import Param as Param
+from .callplan import plan as plan
+from .callplan import plans as plans
 
 # ---- the wire format (shared with the worker, ``serving``) ---------------------
 FRAME = struct.Struct("<I")
@@ -55,6 +51,24 @@ NULL_LEN = 0xFFFFFFFF  # a NULL string
 SVC_HEAD = struct.Struct("<QBH")
 SVC_ID = struct.Struct("<Q")
 MAX_FRAME = (64 << 20) + 4096  # the largest frame either side accepts (state blob cap + slack)
+#: The largest state blob an isolated version hands over or receives (Host(max_state_size)
+#: above it applies in process only): it travels as raw bytes in one frame
+MAX_STATE = 64 << 20
+#: The largest call body either way (arguments and copied-back buffers, a ``char *`` result)
+MAX_BODY = MAX_FRAME
+
+
+class _BodyTooLarge(Exception):
+    """A call's request or reply would not fit a frame (``MAX_BODY``)."""
+
+
+def too_large(what: str, n: int) -> _BodyTooLarge:
+    return _BodyTooLarge(
+        f"{what} of {n:,} bytes is over the {MAX_BODY >> 20} MiB an isolated call may carry "
+        f"each way (docs/guide/isolation.md, what crosses)"
+    )
+
+
 # ---- the shared-memory channel (Linux on x86: stores are seen in order) ------------
 # One memfd page-set per worker, mapped by both sides.  Header in 8-byte slots:
 # [0] request sequence, [1] request length, [8] reply sequence, [9] reply length
@@ -93,263 +107,51 @@ def shm_supported() -> bool:
 yield_cpu = getattr(os, "sched_yield", lambda: None)
 
 
+def recv_exactly(sock: socket.socket, n: int, *, patient: bool = False) -> bytearray:
+    """Exactly ``n`` bytes from ``sock``, received into one buffer allocated
+    up front (``buf += chunk`` copies the body once per chunk: a 60 MiB reply
+    took 4.1 s that way).  ``EOFError`` at the end of the stream (or a
+    reset); ``TimeoutError`` at the socket's timeout, unless ``patient``
+    (a reader that only waits for the next request: it waits on)."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        try:
+            k = sock.recv_into(view[got:], n - got)
+        except TimeoutError:
+            if patient:
+                continue
+            raise
+        except ConnectionResetError:
+            k = 0
+        if not k:
+            raise EOFError
+        got += k
+    return buf
+
+
+def pack_control(lead: int, obj: Any, blob: bytes | None = None) -> bytes:
+    """A control body: its lead byte (``OP_CONTROL``, or a reply's status),
+    JSON, then ``blob`` as raw bytes after a newline (JSON as dumped here has
+    none): a state blob costs its size, not twice that in hex."""
+    head = bytes([lead]) + json.dumps(obj).encode()
+    return head if blob is None else head + b"\n" + blob
+
+
+def unpack_control(body: bytes) -> tuple[Any, bytes | None]:
+    """The JSON and the blob of a control body (``pack_control``);
+    ``ValueError`` (or ``UnicodeDecodeError``) when the JSON does not parse."""
+    cut = body.find(b"\n", 1)
+    if cut < 0:
+        return (json.loads(body[1:].decode()) if len(body) > 1 else None), None
+    return json.loads(body[1:cut].decode()), bytes(body[cut + 1 :])
+
+
 def drain(efd: int) -> None:
     """Empty an eventfd (non-blocking) before sleeping on it."""
     with contextlib.suppress(BlockingIOError):
         os.eventfd_read(efd)
-
-
-@dataclass(frozen=True)
-class Param:
-    # "scalar", "str" (const char *), "buf" (pointer + size_t), "len" (the size_t),
-    # "struct" (a struct by value), "sptr" (a pointer to one struct)
-    kind: str
-    code: str = ""  # struct code of a scalar or of a buffer's element; a struct's cffi name
-    const: bool = True
-    size: int = 0  # a struct's size in bytes
-    ctype: Any = field(default=None, compare=False)  # a struct's cffi type
-    ptr: Any = field(default=None, compare=False)  # and its pointer type
-
-
-@dataclass(frozen=True)
-class CallPlan:
-    """How one export's (or host service's) arguments and result cross the channel."""
-
-    fname: str
-    idx: int
-    params: tuple[Param, ...]
-    result: str  # struct code, "" for void, "s" for a char * result, "T" for a struct
-    req: struct.Struct  # op, idx, then every scalar (lengths included)
-    rep: struct.Struct  # status, then the scalar result (if any)
-    rtype: str = ""  # the cffi name of a struct result
-    rsize: int = 0
-    #: numbers and structs only: ``req`` and ``rep`` hold everything (a struct as its bytes,
-    #: a struct pointer as a present flag and the bytes; the copied-back structs follow the
-    #: result), so a call is one pack and one unpack each way, like a call of scalars
-    fixed: bool = False
-
-    #: scalars only, both ways: one struct pack each way (worked out once: the hot path reads it)
-    simple: bool = field(init=False, compare=False)
-    outs: tuple[int, ...] = field(init=False, compare=False)  # the params copied back
-
-    def __post_init__(self) -> None:
-        simple = all(p.kind in ("scalar", "len") for p in self.params)
-        object.__setattr__(self, "simple", simple and self.result not in ("s", "T"))
-        outs = [i for i, p in enumerate(self.params) if _out(p)]
-        object.__setattr__(self, "outs", tuple(outs))
-
-
-def _scalar_code(ctype: Any) -> str | None:
-    ffi = signatures.ffi
-    if ctype.kind != "primitive":
-        return None
-    name = ctype.cname
-    if name in ("float", "double"):
-        return "f" if name == "float" else "d"
-    if name == "_Bool":
-        return "?"
-    if name == "char":
-        return "c"
-    if name == "long double" or "complex" in name:
-        return None
-    size = ffi.sizeof(ctype)
-    try:
-        signed = int(ffi.cast(ctype, -1)) < 0
-    except (TypeError, OverflowError):
-        return None
-    code = {1: "b", 2: "h", 4: "i", 8: "q"}.get(size)
-    if code is None:
-        return None
-    return code if signed else code.upper()
-
-
-def split_params(proto: str) -> list[str]:
-    """The parameter texts of ``ret(params)`` at depth 0 (cffi drops ``const``,
-    which decides whether a buffer is copied back, so we read the text)."""
-    inner = proto[proto.index("(") + 1 : proto.rindex(")")]
-    out, depth, cur = [], 0, ""
-    for ch in inner:
-        if ch == "," and depth == 0:
-            out.append(cur.strip())
-            cur = ""
-            continue
-        depth += ch in "([" and 1 or 0
-        depth -= ch in ")]" and 1 or 0
-        cur += ch
-    if cur.strip() and cur.strip() != "void":
-        out.append(cur.strip())
-    return out
-
-
-def _pointer_field(ctype: Any, path: str) -> tuple[str, str] | None:
-    """The first field at any depth of struct ``ctype`` that holds a pointer
-    (or a union, or an opaque struct), as ``(dotted path, its C type)``."""
-    for fname, f in ctype.fields or ():
-        t = f.type
-        while t.kind == "array":
-            t = t.item
-        where = f"{path}.{fname}"
-        if t.kind in ("pointer", "function", "union") or (t.kind == "struct" and not t.fields):
-            return where, f.type.cname
-        if t.kind == "struct":
-            inner = _pointer_field(t, where)
-            if inner is not None:
-                return inner
-    return None
-
-
-def _plain_struct(ctype: Any, what: str, refuse: Callable[[str], SignatureError]) -> int:
-    """The size of a struct that can be copied as bytes, or the refusal naming
-    the type and the field that holds a pointer."""
-    from .._contract.structs import plain
-
-    name = plain(ctype.cname)
-    if ctype.kind == "union" or not ctype.fields:
-        raise refuse(f"{what} ({name}) is a union or an opaque struct: it cannot be copied")
-    bad = _pointer_field(ctype, name)
-    if bad is not None:
-        path, ptype = bad
-        owner, _, fname = path.rpartition(".")
-        raise refuse(
-            f"{what} ({name}): type {owner.split('.')[0]} has a pointer field {path} "
-            f"({plain(ptype)}): memory a pointer points to cannot be copied to another "
-            f"process; only plain-data structs (numbers, fixed arrays, nested plain structs) "
-            f"cross"
-        )
-    return int(signatures.ffi.sizeof(ctype))
-
-
-def plan(fname: str, proto: str, idx: int, *, where: str, service: bool = False) -> CallPlan:
-    """How ``fname`` crosses the process boundary, or a ``SignatureError``
-    naming the parameter that cannot (``service``: a host service the
-    isolated plugin imports, whose calls cross the other way)."""
-    ctype = signatures.parse(proto, where=where, function=fname)
-    texts = split_params(proto)
-    args = list(ctype.args)
-    params: list[Param] = []
-
-    def refuse(why: str) -> SignatureError:
-        from .._contract.structs import plain
-
-        if service:
-            return SignatureError(
-                f"{where}: imports service {fname} ({plain(proto)}), which cannot be called "
-                f"from an isolated worker: {why}"
-            )
-        return SignatureError(
-            f"{where}: {fname} ({plain(proto)}) cannot be called in an isolated worker: {why}"
-        )
-
-    i = 0
-    while i < len(args):
-        a = args[i]
-        text = texts[i] if i < len(texts) else ""
-        code = _scalar_code(a)
-        if code is not None:
-            params.append(Param("scalar", code))
-            i += 1
-            continue
-        if a.kind == "function":
-            raise refuse(
-                f"parameter {i + 1} is a function pointer: code in the host cannot be "
-                f"called from another process"
-            )
-        if a.kind in ("struct", "union"):
-            size = _plain_struct(a, f"parameter {i + 1}", refuse)
-            ptr = signatures.ffi.typeof(f"{a.cname} *")
-            params.append(Param("struct", a.cname, True, size, a, ptr))
-            i += 1
-            continue
-        if a.kind != "pointer":
-            raise refuse(f"parameter {i + 1} ({a.cname}) cannot be copied to another process")
-        item = a.item
-        const = text.startswith("const") or " const" in text.split("*")[0]
-        nxt = args[i + 1] if i + 1 < len(args) else None
-        elem = _scalar_code(item)
-        if nxt is not None and nxt.cname == "size_t" and elem is not None:
-            params.append(Param("buf", elem, const))
-            params.append(Param("len", "Q"))
-            i += 2
-            continue
-        if item.cname == "char" and const:
-            params.append(Param("str"))
-            i += 1
-            continue
-        if item.kind in ("struct", "union"):
-            size = _plain_struct(item, f"parameter {i + 1}", refuse)
-            params.append(Param("sptr", item.cname, const, size, item, a))
-            i += 1
-            continue
-        if item.kind == "void":
-            raise refuse(
-                f"parameter {i + 1} is an opaque void *: memory of the host cannot be "
-                f"reached from another process (pass a typed buffer followed by its size_t "
-                f"length instead)"
-            )
-        if elem is not None:
-            raise refuse(
-                f"parameter {i + 1} ({a.cname}) is a pointer without a length: declare it "
-                f"as a buffer, followed by a size_t parameter with its number of elements"
-            )
-        raise refuse(f"parameter {i + 1} ({a.cname}) cannot be copied to another process")
-    res = ctype.result
-    rtype, rsize = "", 0
-    if res.kind == "void":
-        rcode = ""
-    elif res.kind == "pointer" and res.item.cname == "char":
-        rcode = "s"
-    elif res.kind in ("struct", "union"):
-        rsize = _plain_struct(res, "its result", refuse)
-        rcode, rtype = "T", res.cname
-    else:
-        rc = _scalar_code(res)
-        if rc is None:
-            raise refuse(f"its result ({res.cname}) cannot be copied back")
-        rcode = rc
-    fixed = rcode != "s" and all(p.kind in ("scalar", "struct", "sptr") for p in params)
-    if fixed and any(p.kind != "scalar" for p in params) or rcode == "T" and fixed:
-        # every size is known: the whole body is one struct, each way (see CallPlan.fixed)
-        req = "".join(
-            p.code if p.kind == "scalar" else f"{'?' if p.kind == 'sptr' else ''}{p.size}s"
-            for p in params
-        )
-        back = "".join(f"?{params[i].size}s" for i, p in enumerate(params) if _out(p))
-        res = f"{rsize}s" if rcode == "T" else rcode
-        return CallPlan(
-            fname,
-            idx,
-            tuple(params),
-            rcode,
-            struct.Struct("<BH" + req),
-            struct.Struct("<B" + res + back),
-            rtype,
-            rsize,
-            fixed=True,
-        )
-    scalars = "".join(p.code for p in params if p.kind in ("scalar", "len"))
-    return CallPlan(
-        fname,
-        idx,
-        tuple(params),
-        rcode,
-        struct.Struct("<BH" + scalars),
-        struct.Struct("<B" + (rcode if rcode not in ("", "s", "T") else "")),
-        rtype,
-        rsize,
-    )
-
-
-def _out(p: Param) -> bool:
-    return p.kind in ("buf", "sptr") and not p.const
-
-
-def plans(
-    prototypes: Mapping[str, str], *, where: str, service: bool = False
-) -> dict[str, CallPlan]:
-    return {
-        f: plan(f, p, i, where=where, service=service)
-        for i, (f, p) in enumerate(sorted(prototypes.items()))
-    }
 
 
 # ---- the caller's side of a call ----------------------------------------------------
@@ -420,6 +222,8 @@ def encode(cp: CallPlan, args: tuple[Any, ...]) -> bytes:
     """The request body for a call (TypeError/OverflowError on bad arguments)."""
     if len(args) != len(cp.params):
         raise TypeError(f"{cp.fname}() takes {len(cp.params)} arguments ({len(args)} given)")
+    if cp.bools:
+        check_bools(cp, args)
     if cp.simple:
         try:
             return cp.req.pack(OP_CALL, cp.idx, *args)
@@ -434,16 +238,18 @@ def encode(cp: CallPlan, args: tuple[Any, ...]) -> bytes:
         if kind in ("scalar", "len"):
             scalars.append(a)
         elif kind == "str":
-            if isinstance(a, CData):  # a plugin's string, passed on to a host service
+            if isinstance(a, CData):  # a cffi string, or a plugin's passed on to a service
                 a = None if a == signatures.ffi.NULL else signatures.ffi.string(a)
+            try:
+                a = arguments.text(a, n)  # the rule in process too: str, bytearray, None...
+            except ValueError as exc:  # a NUL: the caller's TypeError (encode's contract)
+                raise TypeError(str(exc)) from None
             if a is None:
                 tail.append(FRAME.pack(NULL_LEN))
             else:
-                if isinstance(a, str):
-                    a = a.encode()
-                if not isinstance(a, (bytes, bytearray)) or b"\0" in a:
-                    raise TypeError(f"argument {n}: expected bytes without NUL for a C string")
-                tail += [FRAME.pack(len(a)), bytes(a)]
+                if not isinstance(a, bytes):
+                    raise TypeError(f"argument {n}: expected a C string")
+                tail += [FRAME.pack(len(a)), a]
         elif kind in ("struct", "sptr"):
             data = _struct_bytes(p, a, n)
             tail.append(FRAME.pack(NULL_LEN) if data is None else FRAME.pack(p.size) + data)
@@ -463,6 +269,13 @@ def encode(cp: CallPlan, args: tuple[Any, ...]) -> bytes:
     except struct.error as exc:
         raise OverflowError(str(exc)) from None
     return head + b"".join(tail)
+
+
+def check_bools(cp: CallPlan, args: tuple[Any, ...]) -> None:
+    """``_Bool`` arguments by the rule: True, False, 0 or 1 (``struct``'s
+    ``?`` would take any object's truth)."""
+    for i in cp.bools:
+        arguments.check_bool(args[i], i + 1)
 
 
 def _encode_fixed(cp: CallPlan, args: tuple[Any, ...]) -> bytes:
@@ -494,8 +307,11 @@ def _sent(p: Param, value: Any, count: int) -> int:
 
 def _copy_back(target: Any, data: bytes, p: Param) -> None:
     if isinstance(target, CData):  # a struct the caller passed, or a plugin's buffer
-        if target != signatures.ffi.NULL:
-            signatures.ffi.memmove(target, data, len(data))
+        ffi = signatures.ffi
+        if ffi.typeof(target).kind == "struct":  # a struct value passed for S *: its memory
+            ffi.memmove(ffi.addressof(target), data, len(data))
+        elif target != ffi.NULL:
+            ffi.memmove(target, data, len(data))
         return
     if p.kind == "sptr":
         return  # built from an initializer: a temporary, as in process
@@ -672,6 +488,8 @@ def serve(cp: CallPlan, fn: Callable[..., Any], body: bytes) -> bytes:
     out: bytes
     if cp.result == "s":
         text = None if result == ffi.NULL else ffi.string(result)
+        if text is not None and len(text) + 5 > MAX_BODY:
+            raise too_large(f"{cp.fname}: its char * result", len(text))
         out = b"\x00" + (FRAME.pack(NULL_LEN) if text is None else FRAME.pack(len(text)) + text)
     elif cp.result == "T":
         out = b"\x00" + FRAME.pack(cp.rsize) + ffi.buffer(ffi.addressof(result), cp.rsize)[:]
@@ -686,6 +504,8 @@ def serve(cp: CallPlan, fn: Callable[..., Any], body: bytes) -> bytes:
             out += FRAME.pack(n) + (
                 bytes(buf) if isinstance(buf, bytearray) else ffi.buffer(buf, n)[:]
             )
+    if len(out) > MAX_BODY:
+        raise too_large(f"{cp.fname}: its reply", len(out))
     return out
 
 

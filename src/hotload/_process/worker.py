@@ -52,21 +52,21 @@ def _main(argv: list[str]) -> int:
         sock.sendall(frame.pack(len(body)) + body)
 
     def recv() -> bytes | None:
-        """The next frame's body; None when the host closed the channel."""
+        """The next frame's body; None when the host closed the channel.  A
+        large body is received into one buffer (``wire.recv_exactly``)."""
         buf = b""
-        want = 4
-        size = None
-        while True:
-            while len(buf) < want:
-                chunk = sock.recv(max(want - len(buf), 65536) if size is None else want - len(buf))
-                if not chunk:
-                    return None
-                buf += chunk
-            if size is None:
-                (size,) = frame.unpack_from(buf)
-                want = 4 + size
-                continue
-            return buf[4:want]
+        while len(buf) < 4:
+            chunk = sock.recv(65536)  # usually the whole request
+            if not chunk:
+                return None
+            buf += chunk
+        (size,) = frame.unpack_from(buf)
+        if len(buf) >= 4 + size:
+            return buf[4 : 4 + size]
+        try:
+            return buf[4:] + wire.recv_exactly(sock, 4 + size - len(buf))
+        except EOFError:
+            return None
 
     serve: Callable[[], None]
     if role == "preflight":

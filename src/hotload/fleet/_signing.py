@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._errors import FleetError
+from .._errors import ConfigError, FleetError
 from .._platform import dirlock
 from ._schema import Rule, rules_json
 
@@ -271,10 +271,12 @@ def load_private_key(key: Any) -> Any:
     return obj
 
 
-def load_public_key(key: Any) -> Any:
+def load_public_key(key: Any, what: str = "fleet_public_key") -> Any:
     """An Ed25519 public key: the object, 64 hex digits, PEM bytes, or the
     path of a file holding PEM or 64 hex digits (checked with
-    ``check_key_file``)."""
+    ``check_key_file``: a file others could replace is a ``FleetError``).
+    A directory, a missing file or junk is a ``ConfigError`` naming the
+    option, the file and the cause."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -285,18 +287,27 @@ def load_public_key(key: Any) -> Any:
     if isinstance(key, str) and key.startswith("-----BEGIN"):
         key = key.encode()
     if isinstance(key, (str, os.PathLike)):
-        check_key_file(Path(key), private=False)
-        pem = Path(key).read_bytes()
+        path = Path(key)
+        if path.is_dir():
+            raise ConfigError(f"{what} {path}: is a directory, not a key file")
+        if not path.exists():
+            raise ConfigError(f"{what} {path}: no such file")
+        check_key_file(path, private=False)
+        pem = path.read_bytes()
         if _HEX_KEY.fullmatch(pem.strip().decode("latin-1")):
             return Ed25519PublicKey.from_public_bytes(bytes.fromhex(pem.strip().decode()))
+        where = str(path)
+    elif isinstance(key, (bytes, bytearray)):
+        pem, where = bytes(key), f"{bytes(key)!r:.40}"
     else:
-        pem = key
+        raise ConfigError(f"{what}: a PEM file's path, PEM bytes or 64 hex digits, not {key!r:.40}")
     try:
         obj = serialization.load_pem_public_key(pem)
     except (ValueError, TypeError) as exc:
-        raise FleetError(f"public key {key!r:.80}: not a PEM public key ({exc})") from None
+        cause = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"{what} {where}: not a PEM public key ({cause})") from None
     if not isinstance(obj, Ed25519PublicKey):
-        raise FleetError(f"public key {key!r:.80}: not an Ed25519 public key")
+        raise ConfigError(f"{what} {where}: not an Ed25519 public key")
     return obj
 
 
