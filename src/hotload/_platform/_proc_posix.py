@@ -16,6 +16,7 @@ import ctypes
 import errno
 import functools
 import os
+import resource
 import select
 import signal
 import sys
@@ -310,8 +311,6 @@ def poller(*fds: int) -> Any:
 
 
 def apply_limits(limits: dict[str, int]) -> None:
-    import resource
-
     if "address_space" in limits:
         n = int(limits["address_space"])
         resource.setrlimit(resource.RLIMIT_AS, (n, n))

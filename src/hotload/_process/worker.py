@@ -31,6 +31,7 @@ Frames on the socket are ``<I`` length + body (``wire``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -45,22 +46,28 @@ def _arg(argv: list[str], name: str, default: str | None = None) -> str | None:
 def _preload(role: str | None) -> None:
     """Import, before the sandbox, everything the role runs and will import
     later: a root host's sandboxed worker is ``nobody``, who may not be able
-    to read the Python installation any more."""
-    import base64  # noqa: F401
-    import itertools  # noqa: F401
-    import json  # noqa: F401
-    import mmap  # noqa: F401
+    to read the Python installation any more (the fallback sandbox has no
+    view of its own to bind it into)."""
+    import importlib
+    import pkgutil
 
-    from .._artifact import (
-        descriptor,  # noqa: F401
-        signatures,
-    )
-    from .._contract import services, structs  # noqa: F401
+    from .. import _artifact, _contract, _inspect, _process
+    from .._artifact import signatures
+    from .._contract import services
 
-    if role == "preflight":
-        from . import trial  # noqa: F401
-    else:
-        from . import serving  # noqa: F401
+    for pkg in (_artifact, _contract, _inspect, _process):
+        for mod in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + "."):
+            if mod.name != __name__:
+                importlib.import_module(mod.name)
+    if role == "preflight":  # the inspector imports the ELF parser on first use
+        try:
+            import elftools
+        except ImportError:
+            pass
+        else:
+            for mod in pkgutil.walk_packages(elftools.__path__, "elftools."):
+                with contextlib.suppress(ImportError):
+                    importlib.import_module(mod.name)
     signatures.pointer_type("int(void)")  # cffi's C parser, imported on first use
     services.host_machine()
 
