@@ -53,8 +53,10 @@ EVIL = r"""
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -168,6 +170,29 @@ HOTLOAD_API int32_t escape(const char *name, int32_t secs)
     return s;
 }
 HOTLOAD_EXPORT(escape, int32_t, (const char *, int32_t));
+
+/* ask a host's control socket to reload a plugin from a file of ours; its answer */
+HOTLOAD_API int64_t control(const char *path, uint8_t *out, size_t n)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    strncpy(sa.sun_path, path, sizeof sa.sun_path - 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (fd < 0) return -errno;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    const char *req =
+        "{\"op\": \"reload\", \"id\": 1, \"name\": \"evil\", \"path\": \"/tmp/x.so\"}\n";
+    (void)!write(fd, req, strlen(req));
+    size_t got = 0;
+    ssize_t r;
+    while (got < n && (r = read(fd, out + got, n - got)) > 0) got += (size_t)r;
+    close(fd);
+    return (int64_t)got;
+}
+HOTLOAD_EXPORT(control, int64_t, (const char *, uint8_t *, size_t));
 
 /* a plain child named `name` */
 HOTLOAD_API int32_t spawn(const char *name, int32_t secs)
@@ -657,6 +682,29 @@ def test_hotload_ls_shows_the_sandbox(
         text = hotload("ls")
         assert f"[pid {version['pid']}, sandboxed]" in text
         assert "sandboxed: " + " ".join(version["sandbox"]) in text
+
+
+@pytest.mark.parametrize("sandbox", [True, False], ids=["sandboxed", "no-sandbox"])
+def test_a_plugin_cannot_drive_the_control_socket(
+    tmp_path: Path, evil: Path, monkeypatch: pytest.MonkeyPatch, sandbox: bool
+) -> None:
+    """Running as the host's uid, a plugin could ask the control socket to
+    reload an in-process plugin from a file it wrote.  Sandboxed, the socket
+    is not in its file system; unsandboxed, the server refuses any process
+    inside a worker, whatever its uid."""
+    monkeypatch.setenv("HOTLOAD_CONTROL_DIR", str(tmp_path / "ctl"))
+    with Host(tmp_path / "w", control=True) as h:
+        p = h.load(evil, isolate=Isolated(sandbox=sandbox))
+        sock = str(next((tmp_path / "ctl").glob("host-*.sock")))
+        buf = bytearray(4096)
+        got = p.control(sock, buf, len(buf))
+        if sandbox:
+            assert got == -errno.ENOENT
+        else:
+            answer = json.loads(bytes(buf[:got]))
+            assert answer["ok"] is False and answer["error"]["code"] == "forbidden"
+            assert "inside a hotload worker process" in answer["error"]["message"]
+        assert [v.seq for v in h.versions("evil")] == [1] and p.ping(1) == 2
 
 
 # ---- the filter's own numbers -------------------------------------------------------------
