@@ -81,9 +81,11 @@ def _main(argv: list[str]) -> int:
     why = ""
     if "--sandbox" in argv:
         _preload(role)
-        protections, why = proc.sandbox(parent)  # returns in the process that serves
+        # first, on one thread: the sandbox checks that its host is alive, may fork, and
+        # returns in the process that serves
+        protections, why = proc.sandbox(parent)
         parent = os.getppid()  # the sandbox's init or guard
-    proc.die_with_parent(parent)  # first: a host already gone ends us here
+    proc.die_with_parent(parent)  # before any request: a parent already gone ends us here
     proc.adopt_orphans()  # a plugin's forked children stay in this tree, to be ended with it
     os.dup2(2, 1)  # plugin printf()s go to stderr, never into the protocol
     sys.stdout = sys.stderr
