@@ -567,7 +567,7 @@ def test_ls_shows_the_worker_pid_and_restarts(ihost: Host, faulty: Build, tmp_pa
     )
     assert out.returncode == 0, out.stderr
     row = next(line for line in out.stdout.splitlines() if line.startswith("faulty"))
-    assert re.search(rf"\bactive \[pid {pid}, 1 restart\] ", row), out.stdout
+    assert re.search(rf"\bactive \[pid {pid}, sandboxed, 1 restart\] ", row), out.stdout
     assert "runs isolated in worker process N" in out.stdout
 
 

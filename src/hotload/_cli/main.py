@@ -256,8 +256,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print(f"leaked: {leaks['images']} image(s) still in memory, {leaks['bytes']:,} bytes")
     if any("[" in row[3] for row in rows[1:]):
         notes.append(
-            "STATE [pid N, K restarts]: runs isolated in worker process N, restarted K times "
-            "after crashes"
+            "STATE [pid N, sandboxed, K restarts]: runs isolated in worker process N, in a "
+            "sandbox (its protections below), restarted K times after crashes"
         )
     kinds = {
         _sandbox_word(v): tuple(v.get("sandbox") or ())
