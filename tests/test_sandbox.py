@@ -707,6 +707,43 @@ def test_a_plugin_cannot_drive_the_control_socket(
         assert [v.seq for v in h.versions("evil")] == [1] and p.ping(1) == 2
 
 
+HALFWAY = r"""
+import json, os, sys
+import hotload._platform._sandbox_linux as sb
+from hotload._process import worker
+
+worker._preload("isolated")
+
+
+def broken(plan):  # as where /proc has masked paths (a container): mount proc is refused
+    raise OSError(1, "mount proc on /newroot/proc: Operation not permitted (simulated)")
+
+
+sb._build_root = broken
+prot, why = sb.enter(int(sys.argv[1]))
+print(json.dumps({"prot": prot, "why": why, "guard": os.getppid(), "pid": os.getpid(),
+                  "below_guard": sb._descendants(os.getppid())}), flush=True)
+"""
+
+
+def test_a_sandbox_that_fails_halfway_falls_back_and_leaves_nothing(tmp_path: Path) -> None:
+    """The user namespace came up but the worker's file system could not be
+    built: the guard reaps what it forked and falls back, saying why."""
+    script = tmp_path / "halfway.py"
+    script.write_text(HALFWAY)
+    code = (
+        "import os, subprocess, sys; r = subprocess.run([sys.executable, '-s', sys.argv[1], "
+        "str(os.getpid())], capture_output=True, text=True, timeout=60, "
+        "start_new_session=True); print(r.stdout or r.stderr)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(script)], capture_output=True, text=True, timeout=90
+    )
+    got = json.loads(out.stdout)
+    assert "simulated" in got["why"] and "guard" in got["prot"] and "pid-ns" not in got["prot"]
+    assert got["below_guard"] == [got["pid"]]  # the namespace's processes are gone
+
+
 # ---- the filter's own numbers -------------------------------------------------------------
 def test_the_syscall_tables_match_libseccomp() -> None:
     """The filter is built here; its numbers are checked against libseccomp's
