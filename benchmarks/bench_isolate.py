@@ -4,6 +4,9 @@ plugin runs in its own worker process.
 - round trip of ``add(int64, int64)``, isolated, beside a
   ``multiprocessing.connection`` round trip between two Python processes
   (the baseline) and the in-process call: targets p50 <= 20 us, p99 <= 100 us;
+- the same round trip in a sandboxed worker (the default) and in one with
+  ``Isolated(sandbox=False)``, alternating, and their ratio (issue 20: the
+  sandbox must not slow the call path, which makes no system call);
 - throughput with 4 calling threads (calls/s): in-process, isolated, baseline;
 - isolated ``reload()`` p50 (new worker from the warm spare, switch, drain):
   target <= 20 ms;
@@ -114,7 +117,7 @@ def _throughput(fn: object, threads: int = 4, seconds: float = 1.0) -> float:
 def run() -> dict[str, float]:
     tmp = scratch()
     lib = build_bench(tmp / "bench.so")
-    r: dict[str, float] = {}
+    r: dict[str, float] = {"load before": os.getloadavg()[0]}
     parent, child = multiprocessing.Pipe()
     echo = multiprocessing.get_context("spawn").Process(target=_echo, args=(child,), daemon=True)
     echo.start()
@@ -128,16 +131,28 @@ def run() -> dict[str, float]:
         local = host.load(lib, name="bench")
         iso_lib = build_bench(tmp / "iso.so", name="ibench")
         iso = host.load(iso_lib, isolate=True)
-        assert iso.add(2, 3) == 5 and mp_call(2, 3) == 5
+        assert host.current("ibench").sandbox  # type: ignore[union-attr]
+        plain_lib = build_bench(tmp / "plain.so", name="pbench")
+        plain = host.load(plain_lib, isolate=Isolated(sandbox=False))
+        assert iso.add(2, 3) == 5 and plain.add(2, 3) == 5 and mp_call(2, 3) == 5
         _sample(iso.add, 300)
+        _sample(plain.add, 300)
         _sample(mp_call, 300)
         iso_s: list[float] = []
+        plain_s: list[float] = []
         mp_s: list[float] = []
-        for _ in range(CALLS // BLOCK):
-            iso_s += _sample(iso.add, BLOCK)
+        for k in range(CALLS // BLOCK):  # ABBA: neither worker always follows the baseline
+            if k % 2:
+                iso_s += _sample(iso.add, BLOCK)
+                plain_s += _sample(plain.add, BLOCK)
+            else:
+                plain_s += _sample(plain.add, BLOCK)
+                iso_s += _sample(iso.add, BLOCK)
             mp_s += _sample(mp_call, BLOCK)
+        host.unload("pbench")
         local_s = _sample(local.add, CALLS)
         r["iso p50"], _, r["iso p99"] = percentiles(iso_s)
+        r["plain p50"], _, r["plain p99"] = percentiles(plain_s)
         r["mp p50"], _, r["mp p99"] = percentiles(mp_s)
         r["local p50"], _, _ = percentiles(local_s)
         r["tp local"] = _throughput(local.add)
@@ -180,6 +195,7 @@ def run() -> dict[str, float]:
         r["crash p50"], _, r["crash p99"] = percentiles(downs)
     parent.close()
     echo.join(2.0)
+    r["load after"] = os.getloadavg()[0]
     return r
 
 
@@ -225,6 +241,19 @@ def report(r: dict[str, float]) -> list[str]:
             r["mp p50"],
             "vs mp.connection",
         ),
+        row(
+            "isolated p50, sandboxed vs Isolated(sandbox=False)",
+            r["iso p50"],
+            "us",
+            r["plain p50"],
+            "vs no sandbox",
+        ),
+        row("isolated p50 without the sandbox (same run)", r["plain p50"], "us"),
+        text_row(
+            "machine load (1-min average, before / after)",
+            f"{r['load before']:.1f} / {r['load after']:.1f} on {os.cpu_count()} cores",
+        ),
+        row("isolated p99 without the sandbox (same run)", r["plain p99"], "us"),
         row("multiprocessing.connection round trip p50 (baseline)", r["mp p50"], "us"),
         row("multiprocessing.connection round trip p99 (baseline)", r["mp p99"], "us"),
         row("in-process add() p50 (for scale)", r["local p50"], "us"),

@@ -248,6 +248,40 @@ def child_pids(*, zombies: bool = False) -> list[int]:
     return out
 
 
+def host_pid(worker: int, pid: int) -> int:
+    """The pid, as this process sees it, of the process ``worker`` (a
+    sandboxed worker, pid as we see it) forked and knows as ``pid``: a sandbox
+    has its own pid namespace, so what a plugin's ``fork()`` returns is a pid
+    in there.  ``pid`` itself when the worker shares our namespace."""
+    with open(f"/proc/{worker}/status") as fh:
+        ns = next(line.split()[1:] for line in fh if line.startswith("NSpid:"))
+    if len(ns) == 1:
+        return pid
+    todo = [worker]
+    while todo:
+        parent = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children") as fh:
+                    kids = [int(k) for k in fh.read().split()]
+            except OSError:
+                continue
+            for kid in kids:
+                try:
+                    with open(f"/proc/{kid}/status") as fh:
+                        nspid = next(line.split() for line in fh if line.startswith("NSpid:"))
+                except (OSError, StopIteration):
+                    continue
+                if int(nspid[-1]) == pid:
+                    return kid
+                todo.append(kid)
+    raise LookupError(f"no descendant of {worker} is pid {pid} in its namespace")
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -19,7 +19,7 @@ import pytest
 
 from hotload import Host, Isolated, PluginCrashedError
 
-from conftest import Compile, child_pids, wait_for
+from conftest import Compile, child_pids, host_pid, wait_for
 
 FORKY = r"""
 #define _GNU_SOURCE
@@ -179,15 +179,15 @@ def test_forked_children_do_not_hold_up_reload_or_close(tmp_path: Path, forky: B
     try:
         p = h.load(forky(tag=1), isolate=True)
         old = worker_pid(h)
-        kids = [p.spawn(30), p.daemonize(30)]
+        kids = [host_pid(old, p.spawn(30)), host_pid(old, p.daemonize(30))]
         assert all(k > 0 and running(k) for k in kids)
         forky(tag=2)
         assert not in_time(lambda: h.reload("forky"))
         assert p.add(1, 1) == 4 and worker_pid(h) != old
         assert not in_time(lambda: h.settle(10.0))
         wait_for(lambda: not any(running(pid) for pid in [old, *kids]))
-        kids2 = [p.spawn(30), p.daemonize(30)]
         new = worker_pid(h)
+        kids2 = [host_pid(new, p.spawn(30)), host_pid(new, p.daemonize(30))]
     finally:
         assert not in_time(lambda: h.close(timeout=2.0))
     wait_for(lambda: not any(running(pid) for pid in [new, *kids2]))
@@ -200,7 +200,7 @@ def test_a_worker_that_dies_with_a_forked_child_fails_the_call_at_once(
     that never comes.  The call raises, the children die, the worker restarts."""
     p = ihost.load(forky(), isolate=True)
     old = worker_pid(ihost)
-    kids = [p.spawn(30), p.daemonize(30)]
+    kids = [host_pid(old, p.spawn(30)), host_pid(old, p.daemonize(30))]
     time.sleep(0.4)  # a supervisor tick sees the daemon
     errors = in_time(lambda: p.crash(1))
     assert len(errors) == 1 and isinstance(errors[0], PluginCrashedError), errors
@@ -213,7 +213,7 @@ def test_a_worker_that_dies_with_a_forked_child_fails_the_call_at_once(
 def test_a_forked_child_that_crashes_is_not_the_worker(ihost: Host, forky: Build) -> None:
     p = ihost.load(forky(), isolate=True)
     pid = worker_pid(ihost)
-    kid = p.spawn_crash()
+    kid = host_pid(pid, p.spawn_crash())
     wait_for(lambda: not running(kid))
     time.sleep(0.6)  # two supervisor ticks
     assert p.add(1, 2) == 3

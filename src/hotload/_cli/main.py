@@ -264,8 +264,20 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print(f"leaked: {leaks['images']} image(s) still in memory, {leaks['bytes']:,} bytes")
     if any("[" in row[3] for row in rows[1:]):
         notes.append(
-            "STATE [pid N, K restarts]: runs isolated in worker process N, restarted K times "
-            "after crashes"
+            "STATE [pid N, sandboxed, K restarts]: runs isolated in worker process N, in a "
+            "sandbox (its protections below), restarted K times after crashes"
+        )
+    kinds = {
+        _sandbox_word(v): tuple(v.get("sandbox") or ())
+        for plugin in result["plugins"]
+        for v in plugin["versions"]
+        if v.get("isolated") and v.get("worker") == "running"
+    }
+    for word, protections in sorted(kinds.items()):
+        notes.append(
+            f"{word}: {' '.join(protections)}"
+            if protections
+            else f"{word}: isolated with Isolated(sandbox=False): the plugin can reach this host"
         )
     if any(row[-2] != "-" for row in rows[1:]):
         notes.append("WHY: what keeps a version in memory; `hotload inspect FILE` explains each")
@@ -302,14 +314,27 @@ def _changed_on_disk(v: dict[str, Any]) -> bool:
 
 
 def _isolated(v: dict[str, Any]) -> str:
-    """`` [pid 4242, 1 restart]`` for an isolated version: its worker (or
-    what became of it) in a few characters, so the table stays one screen wide."""
+    """`` [pid 4242, sandboxed, 1 restart]`` for an isolated version: its
+    worker (or what became of it) in a few characters, so the table stays one
+    screen wide."""
     if not v.get("isolated"):
         return ""
     worker = v.get("worker") or ""
     where = f"pid {v['pid']}" if v.get("pid") and worker == "running" else worker or "isolated"
+    if worker == "running":
+        where += f", {_sandbox_word(v)}"
     n = v.get("restarts") or 0
     return f" [{where}{f', {n} restart' + ('s' if n != 1 else '') if n else ''}]"
+
+
+def _sandbox_word(v: dict[str, Any]) -> str:
+    """How an isolated version's worker is confined, in a word or two: the
+    full sandbox, the fallback (no namespaces), or none; the notes under the
+    table list the protections."""
+    protections = v.get("sandbox") or ()
+    if not protections:
+        return "no sandbox"
+    return "sandboxed" if "pid-ns" in protections else "sandbox (fallback)"
 
 
 def _one_line(text: str, width: int) -> str:

@@ -38,6 +38,7 @@ the process (the dynamic linker binds it once).
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import os
@@ -112,7 +113,10 @@ def elf_data_library(symbols: list[tuple[str, int, bool]], machine: int) -> byte
     return bytes(out)
 
 
-def _host_machine() -> int:
+@functools.lru_cache(maxsize=1)
+def host_machine() -> int:
+    """The ELF machine of this interpreter (read once: a sandboxed worker
+    may not be able to read its own executable later)."""
     with open(sys.executable, "rb") as fh:
         head = fh.read(20)
     if head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
@@ -163,7 +167,7 @@ class _Global:
                 symbols.append(
                     ("hotload__in_preflight", int(ffi.cast("uintptr_t", self.flag)), False)
                 )
-            _load_global(elf_data_library(symbols, _host_machine()), directory)
+            _load_global(elf_data_library(symbols, host_machine()), directory)
             for n, cb in callbacks.items():
                 self.bound[n] = (new[n], cb)
 
@@ -188,6 +192,26 @@ def mark_preflight() -> None:
 
 
 def _load_global(data: bytes, directory: str) -> None:
+    """``dlopen`` the data-only library: from an anonymous file where there
+    is one (a sandboxed worker may write no file, and needs none), else from
+    a file in ``directory`` unlinked at once."""
+    memfd = getattr(os, "memfd_create", None)
+    if memfd is not None and os.path.isdir("/proc/self/fd"):
+        try:
+            fd = memfd("hotload-services", os.MFD_CLOEXEC)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            try:
+                with open(fd, "wb", closefd=False) as fh:
+                    fh.write(data)
+                # never closed, and neither is the file: the loader knows the library by
+                # this path, which must never name another file it is asked to open
+                dl.open_global(f"/proc/self/fd/{fd}")
+            except (OSError, LoadError) as exc:
+                os.close(fd)
+                raise ServiceError(f"cannot link host services into this process: {exc}") from None
+            return
     fd, path = tempfile.mkstemp(prefix=".hotload-services-", suffix=".so", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:

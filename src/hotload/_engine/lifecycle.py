@@ -250,7 +250,9 @@ class VersionInfo:
     ``served`` counts routed calls, ``in_flight`` the calls inside it right
     now; ``mapped_bytes`` is the kernel's count of the image's bytes in
     memory; ``blockers`` are short reason codes for why it stays (or would
-    stay) in memory, which ``hotload inspect`` explains."""
+    stay) in memory, which ``hotload inspect`` explains.  ``sandbox`` names
+    the protections an isolated version's worker runs under (the Security
+    page explains each; empty in process or with ``Isolated(sandbox=False)``)."""
 
     name: str
     seq: int
@@ -275,9 +277,13 @@ class VersionInfo:
     restarts: int = 0  # workers restarted after a crash (on_crash="restart")
     worker: str = ""  # "running", "restarting" or "stopped" (isolated only)
     service_errors: int = 0  # host-service calls from this version that raised
+    # the protections its worker runs under (isolated only; empty: none), e.g. ("user-ns",
+    # "pid-ns", "mount-ns", "fs-view", "no-new-privs", "no-caps", "landlock", "seccomp")
+    sandbox: tuple[str, ...] = field(default=())
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["blockers"] = list(self.blockers)
+        d["sandbox"] = list(self.sandbox)
         d["state"] = str(self.state)
         return d

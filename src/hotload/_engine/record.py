@@ -169,6 +169,7 @@ class PluginRecord:
             pid=proxy.pid if proxy is not None else None,
             rss=proxy.rss() if proxy is not None else 0,
             restarts=proxy.restarts if proxy is not None else 0,
+            sandbox=proxy.sandbox if proxy is not None else (),
             worker=proxy.state if proxy is not None else "",
             service_errors=img.imports.errors if img.imports is not None else 0,
         )

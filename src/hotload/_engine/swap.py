@@ -290,6 +290,8 @@ class Swapper:
                     services=self._standins(imports),
                     want_report=inspector.cached(cand.digest, cand.source) is None,
                     limits=rec.isolate.limits if rec.isolate is not None else None,
+                    sandbox=rec.isolate is not None and rec.isolate.sandbox,
+                    image=cand.data,
                 )
                 if result.get("report"):  # the worker inspected it: no ELF parse in this process
                     inspector.remember(inspector.Report.from_dict(result["report"]))

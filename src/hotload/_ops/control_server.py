@@ -665,12 +665,20 @@ def _out_of(exc: OSError, what: str) -> HotloadError:
 def _check_peer(conn: socket.socket) -> str | None:
     """None if the peer may talk to us, else why not.  The 0700 directory
     already keeps other users out; this is the second lock, and the one that
-    holds if the directory's mode is ever loosened."""
+    holds if the directory's mode is ever loosened.  A process inside a
+    worker (a plugin's, of this host or another) is refused whatever its uid:
+    a sandboxed worker cannot reach the socket, but an unsandboxed one
+    (``Isolated(sandbox=False)``, or the fallback sandbox) runs as our user."""
     cred_opt = getattr(socket, "SO_PEERCRED", None)
     if cred_opt is None:
         return None  # no SO_PEERCRED here: the directory's mode is the only guard
     raw = conn.getsockopt(socket.SOL_SOCKET, cred_opt, struct.calcsize("3i"))
     pid, uid, _gid = struct.unpack("3i", raw)
+    if pid > 0 and proc.in_worker(pid):  # a plugin, isolated or in a preflight: never
+        return (
+            f"refused a client inside a hotload worker process (pid {pid}): a plugin may not "
+            f"control a host"
+        )
     if uid in (os.getuid(), 0):
         return None
     allowed = "root" if os.getuid() == 0 else f"uid {os.getuid()} (the host's owner) or root"

@@ -86,3 +86,31 @@ class WorkerProcess(Protocol):
         and its soft ``RLIMIT_NOFILE``; None when there is no limit or the
         count cannot be had.  The control server sizes its sessions by it."""
         ...
+
+    def sandbox(self, host_pid: int) -> tuple[tuple[str, ...], str]:
+        """In a worker, first thing (one thread, its modules imported): put
+        this process in a sandbox; returns in the process that serves (it may
+        not be this one: the sandbox may fork), with the protections in force
+        and why the strongest ones are missing (empty when they are all
+        there).  See ``_sandbox_linux``."""
+        ...
+
+    def worker_pid(self, pid: int) -> int:
+        """The process that runs plugin code in the worker ``pid`` (the
+        process the host started) leads: ``pid`` itself, or the one a
+        sandbox forked below it."""
+        ...
+
+    def in_worker(self, pid: int) -> bool:
+        """Whether the process ``pid`` runs inside a hotload worker (it or an
+        ancestor is one): a plugin's process, which may not control a host."""
+        ...
+
+    def start_time(self, pid: int) -> int | None:
+        """When ``pid`` started (clock ticks), None if it is gone or a zombie."""
+        ...
+
+    def wait_gone(self, pid: int, start: int | None, timeout: float) -> bool:
+        """Wait until the process ``pid`` that started at ``start`` is no more
+        (not even a zombie); whether it went within ``timeout``."""
+        ...

@@ -16,6 +16,7 @@ import ctypes
 import errno
 import functools
 import os
+import resource
 import select
 import signal
 import sys
@@ -201,18 +202,34 @@ def adopt_orphans() -> None:
         prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
 
-def _start_time(pid: int) -> int | None:
+def _start_time(pid: int, *, zombies: bool = False) -> int | None:
     """The process's start time (clock ticks since boot); None if it is gone
-    or a zombie (a zombie holds nothing and cannot be killed)."""
+    or (unless ``zombies``) a zombie (a zombie holds nothing and cannot be
+    killed)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read()
     except OSError:
         return None
     fields = stat[stat.rfind(b")") + 2 :].split()
-    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
+    if len(fields) < 20 or (fields[0] in (b"Z", b"X") and not zombies):
         return None
     return int(fields[19])
+
+
+def start_time(pid: int) -> int | None:
+    return _start_time(pid)
+
+
+def wait_gone(pid: int, start: int | None, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while True:
+        now = _start_time(pid, zombies=True)
+        if now is None or (start is not None and now != start):
+            return True
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.002)
 
 
 def _children_of(pid: int) -> list[int]:
@@ -294,8 +311,6 @@ def poller(*fds: int) -> Any:
 
 
 def apply_limits(limits: dict[str, int]) -> None:
-    import resource
-
     if "address_space" in limits:
         n = int(limits["address_space"])
         resource.setrlimit(resource.RLIMIT_AS, (n, n))
@@ -324,3 +339,46 @@ def fd_usage() -> tuple[int, int] | None:
             continue
         return len(entries) - 1, soft  # not the fd that listed the directory
     return None
+
+
+# ---- the sandbox -----------------------------------------------------------------------
+def sandbox(host_pid: int) -> tuple[tuple[str, ...], str]:
+    if not sys.platform.startswith("linux"):
+        return (), f"no sandbox on {sys.platform}"
+    from . import _sandbox_linux
+
+    return _sandbox_linux.enter(host_pid)
+
+
+def worker_pid(pid: int) -> int:
+    """Down the chain of only children: a sandbox's guard, its init, its
+    worker (none of them has forked anything else before the worker's hello)."""
+    for _ in range(4):
+        kids = [k for k in _children_of(pid) if _start_time(k) is not None]
+        if len(kids) != 1:
+            break
+        pid = kids[0]
+    return pid
+
+
+def in_worker(pid: int) -> bool:
+    """Up the ancestry of ``pid`` (one ``stat`` read a level; the command
+    line only of a Python process, as every worker is), to init or to us."""
+    me = os.getpid()
+    names = (b"python", os.path.basename(sys.executable).encode()[:15])  # a worker's comm
+    for _ in range(64):
+        if pid <= 1 or pid == me:
+            return False
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                stat = fh.read()
+            close = stat.rfind(b")")
+            comm = stat[stat.find(b"(") + 1 : close]
+            if any(n and n in comm for n in names):
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    if b"hotload._process.worker" in fh.read().split(b"\0")[1:4]:
+                        return True
+        except OSError:
+            return False
+        pid = int(stat[close + 2 :].split()[1])
+    return False

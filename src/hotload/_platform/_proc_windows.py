@@ -147,3 +147,23 @@ def apply_limits(limits: dict[str, int]) -> None:
 
 def fd_usage() -> tuple[int, int] | None:
     return None  # no RLIMIT_NOFILE: handles are limited by memory
+
+
+def sandbox(host_pid: int) -> tuple[tuple[str, ...], str]:
+    return (), "no sandbox on Windows"
+
+
+def worker_pid(pid: int) -> int:
+    return pid
+
+
+def in_worker(pid: int) -> bool:
+    return False
+
+
+def start_time(pid: int) -> int | None:
+    return None
+
+
+def wait_gone(pid: int, start: int | None, timeout: float) -> bool:
+    return True

@@ -53,7 +53,8 @@ class Isolation:
     def __init__(self, on_rollback: Callable[[str], object]) -> None:
         self._on_rollback = on_rollback
         self.shm = shm_supported()
-        self._spawner = Spawner("isolated", shm=self.shm, services=True)
+        self._spawners: dict[bool, Spawner] = {}  # sandboxed or not -> its spawner, made on use
+        self._fallback_said = False
         self._lock = threading.Lock()
         self._proxies: list[Proxy] = []
         self._exiting: list[Proxy] = []  # stopped, their workers not reaped yet
@@ -65,15 +66,24 @@ class Isolation:
         self._thread.start()
 
     # -- workers --------------------------------------------------------------
-    def warm(self, timeout: float = 10.0) -> bool:
-        """Wait until a spare worker is ready (True), e.g. before timing a reload."""
-        return self._spawner.warm(timeout)
+    def _spawner(self, sandbox: bool) -> Spawner:
+        with self._lock:
+            spawner = self._spawners.get(sandbox)
+            if spawner is None:
+                spawner = Spawner("isolated", shm=self.shm, services=True, sandbox=sandbox)
+                self._spawners[sandbox] = spawner
+            return spawner
 
-    def take(self) -> Worker:
-        """A ready worker: the warm spare if it is alive, else a new one;
-        a new spare is started in the background either way."""
+    def warm(self, timeout: float = 10.0, *, sandbox: bool = True) -> bool:
+        """Wait until a spare worker is ready (True), e.g. before timing a reload."""
+        return self._spawner(sandbox).warm(timeout)
+
+    def take(self, sandbox: bool = True) -> Worker:
+        """A ready worker (sandboxed or not): the warm spare if it is alive,
+        else a new one; a new spare is started in the background either way."""
+        spawner = self._spawner(sandbox)
         try:
-            worker = self._spawner.take()
+            worker = spawner.take()
             worker.greet()
         except OSError as exc:
             raise resource_error(exc, "cannot start an isolated worker") or HotloadError(
@@ -81,8 +91,15 @@ class Isolation:
             ) from None
         except _StartFailed as exc:
             raise HotloadError(f"isolated {exc}") from None
+        if sandbox and worker.sandbox_why and not self._fallback_said:
+            self._fallback_said = True
+            log.warning(
+                "isolated workers run in a weaker sandbox here (%s): %s",
+                worker.sandbox_why,
+                ", ".join(worker.sandbox) or "no protection",
+            )
         if not self.closed:
-            self._spawner.refill()
+            spawner.refill()
         return worker
 
     # -- opening a version --------------------------------------------------------
@@ -101,8 +118,15 @@ class Isolation:
         except BaseException:
             staged.discard()
             raise
+        if not opts.sandbox:
+            log.warning(
+                "%s: isolated without a sandbox (Isolated(sandbox=False)): its worker runs as "
+                "this user and can read this process's memory and signal it",
+                cand.source,
+            )
         proxy = Proxy(self, cand.name, staged.seq, cand.source, cps, opts, hook_timeout)
         proxy.binding, proxy.svc_plans = binding, svc_cps
+        proxy.image = cand.data if opts.sandbox else None  # a sandbox cannot see the copy
         proxy.request = {
             "op": "open",
             "name": cand.name,
@@ -116,7 +140,7 @@ class Isolation:
             "imports": imports,
         }
         try:
-            proxy.start(self.take())
+            proxy.start(self.take(opts.sandbox))
         except BaseException:
             staged.discard()
             raise
@@ -198,7 +222,10 @@ class Isolation:
             exiting = list(self._exiting)
         for p in exiting:
             p.gone()  # reaps it, or kills it after 2 s
-        self._spawner.close()  # the spare, and one being started
+        with self._lock:
+            spawners = list(self._spawners.values())
+        for spawner in spawners:
+            spawner.close()  # the spare, and one being started
 
 
 def _services(

@@ -1,7 +1,7 @@
 """``Isolated``: how an isolated plugin runs, in one object.
 
 ``load(path, isolate=Isolated(on_crash="rollback", call_timeout=0.5))``;
-``isolate=True`` means ``Isolated()`` (the defaults).  Every field is checked
+``isolate=True`` means ``Isolated()`` (the defaults: sandboxed).  Every field is checked
 when the object is made, so a typo in a limit's name or a value the kernel
 would refuse is an error at ``load`` that names it, not a worker that dies later.
 """
@@ -31,13 +31,17 @@ class Isolated:
     ``call_timeout``: seconds a call may take before its worker is killed
     (None: no bound).  ``max_restarts`` crashes within ``restart_window``
     seconds stop the restarts.  ``limits``: the kernel's limits on the
-    worker: ``address_space`` (bytes), ``cpu_seconds``, ``nice``."""
+    worker: ``address_space`` (bytes), ``cpu_seconds``, ``nice``.
+    ``sandbox``: the worker cannot reach this process (its memory, its
+    signals, its files; see the Security page); ``False`` opts out, for a
+    plugin that needs what the sandbox takes away (logged at every load)."""
 
     on_crash: str = "restart"
     call_timeout: float | None = None
     max_restarts: int = 5
     restart_window: float = 60.0
     limits: Mapping[str, int] = field(default_factory=dict)
+    sandbox: bool = True
 
     def __post_init__(self) -> None:
         if self.on_crash not in ON_CRASH:
@@ -50,6 +54,8 @@ class Isolated:
         if not _is_int(self.max_restarts) or self.max_restarts < 0:
             raise ConfigError(f"max_restarts must be an integer >= 0, not {self.max_restarts!r}")
         object.__setattr__(self, "limits", check_limits(self.limits))
+        if not isinstance(self.sandbox, bool):
+            raise ConfigError(f"sandbox must be True or False, not {self.sandbox!r}")
 
 
 def check_limits(limits: object) -> dict[str, int]:

@@ -65,26 +65,34 @@ class PreflightWorker:
     def __init__(self, timeout: float = 5.0) -> None:
         self.timeout = timeout
         self._lock = threading.Lock()
-        self._worker: Worker | None = None  # reused by every trial without limits
+        # sandboxed or not (an isolated plugin's trial runs as it will run) -> the warm
+        # worker that trials without limits reuse, and its spawner (made by the first check)
+        self._warm: dict[bool, Worker | None] = {False: None, True: None}
         self._busy: Worker | None = None  # the worker of the check under way
-        self._spawner: Spawner | None = None  # started by the first check
+        self._spawners: dict[bool, Spawner] = {}
         self._ids = 0
+
+    @property
+    def _worker(self) -> Worker | None:
+        """The warm worker of in-process plugins' trials (not sandboxed)."""
+        return self._warm[False]
 
     @property
     def pid(self) -> int | None:
         """The pid of the worker of the check under way, else of the warm one
         (None before the first check)."""
-        w = self._busy or self._worker
+        w = self._busy or self._warm[False] or self._warm[True]
         return w.pid if w is not None and w.alive() else None
 
     # -- workers ------------------------------------------------------------------
-    def _start(self, source: str) -> Worker:
+    def _start(self, source: str, sandbox: bool = False) -> Worker:
         """A ready worker: the spare if one is warm, else a new one (its pid is
         ``pid`` while it starts)."""
-        if self._spawner is None:
-            self._spawner = Spawner("preflight")
+        spawner = self._spawners.get(sandbox)
+        if spawner is None:
+            spawner = self._spawners[sandbox] = Spawner("preflight", sandbox=sandbox)
         try:
-            worker = self._spawner.take()
+            worker = spawner.take()
         except OSError as exc:  # EMFILE for its socket or pipes: say so, not a bare errno
             error = resource_error(exc, f"{source}: cannot start the preflight worker")
             if error is None:
@@ -99,9 +107,9 @@ class PreflightWorker:
             raise _start_error(exc, source) from None
         return worker
 
-    def _usable(self, source: str) -> Worker:
+    def _usable(self, source: str, sandbox: bool = False) -> Worker:
         """The warm worker, or a fresh one if it died or was stopped while idle."""
-        w = self._worker
+        w = self._warm[sandbox]
         if w is not None and w.alive():
             if not channel.stopped(w.pid):
                 return w
@@ -111,25 +119,28 @@ class PreflightWorker:
                 w.pid,
             )
         self._discard(w, refill=False)
-        self._worker = self._start(source)
-        return self._worker
+        fresh = self._warm[sandbox] = self._start(source, sandbox)
+        return fresh
 
     def _discard(self, worker: Worker | None, *, refill: bool = True) -> None:
         """Kill ``worker`` (and its tree); start its successor in the background."""
         if worker is None:
             return
-        if worker is self._worker:
-            self._worker = None
+        kind = worker.sandboxed
+        if worker is self._warm[kind]:
+            self._warm[kind] = None
         worker.kill()  # SIGKILL also ends a stopped process
-        if refill and self._spawner is not None:
-            self._spawner.refill()
+        spawner = self._spawners.get(kind)
+        if refill and spawner is not None:
+            spawner.refill()
 
     def close(self) -> None:
         with self._lock:
-            self._discard(self._worker, refill=False)
-            if self._spawner is not None:
-                self._spawner.close()
-                self._spawner = None
+            for kind in (False, True):
+                self._discard(self._warm[kind], refill=False)
+            for spawner in self._spawners.values():
+                spawner.close()
+            self._spawners.clear()
 
     def start(self) -> None:
         """Start the worker ahead of the first reload (optional)."""
@@ -155,6 +166,8 @@ class PreflightWorker:
         services: Mapping[str, list[Any]] | None = None,
         want_report: bool = True,
         limits: Mapping[str, int] | None = None,
+        sandbox: bool = False,
+        image: bytes | None = None,
     ) -> dict[str, Any]:
         """Try the plugin at ``path`` (its private copy); raise PreflightError.
         ``timeout`` bounds the whole exchange, from sending the request on.
@@ -162,7 +175,9 @@ class PreflightWorker:
         (the worker's copy of a 20-type report costs ~2 ms to ship).
         ``limits``: an isolated plugin's, applied in the worker before the
         plugin's first instruction; such a trial runs in a worker that has run
-        nothing else, which is then replaced."""
+        nothing else, which is then replaced.  ``sandbox``: an isolated
+        plugin's, tried in a sandboxed worker (sent ``image``, the build's
+        bytes: the sandbox cannot see the copy)."""
         with self._lock:
             try:
                 return self._check(
@@ -180,15 +195,19 @@ class PreflightWorker:
                         "services": dict(services) if services else None,
                         "want_report": want_report,
                         "limits": dict(limits) if limits else None,
+                        **(
+                            {"image": base64.b64encode(image).decode()} if sandbox and image else {}
+                        ),
                     },
                     source,
+                    sandbox,
                 )
             finally:
                 self._busy = None
 
-    def _check(self, req: dict[str, Any], source: str) -> dict[str, Any]:
+    def _check(self, req: dict[str, Any], source: str, sandbox: bool) -> dict[str, Any]:
         limited = bool(req["limits"])
-        worker = self._start(source) if limited else self._usable(source)
+        worker = self._start(source, sandbox) if limited else self._usable(source, sandbox)
         self._busy = worker
         self._ids += 1
         req["id"] = rid = self._ids
@@ -199,9 +218,9 @@ class PreflightWorker:
                 sent = worker.send_by(body, deadline)
             except (BrokenPipeError, ConnectionResetError):  # it died after the idle check
                 self._discard(worker, refill=False)  # start afresh, once
-                worker = self._start(source)
+                worker = self._start(source, sandbox)
                 if not limited:
-                    self._worker = worker
+                    self._warm[sandbox] = worker
                 deadline = time.monotonic() + self.timeout
                 sent = worker.send_by(body, deadline)
             if not sent:

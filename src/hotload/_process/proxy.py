@@ -54,7 +54,7 @@ class Supervisor(Protocol):
     closed: bool  # the host is closing: a SIGKILL is ours, not a crash
     exit_faults: int  # workers that crashed or hung at exit, after their stop
 
-    def take(self) -> Worker: ...
+    def take(self, sandbox: bool = True) -> Worker: ...
     def later(self, job: Callable[[], None]) -> None: ...
     def rollback(self, name: str) -> None: ...
     def forget(self, proxy: Proxy, *, exiting: bool = False) -> None: ...
@@ -103,6 +103,8 @@ class Proxy:
         self.svc_plans: list[CallPlan] = []  # how each imported service's calls cross
         self.nested: int | None = None  # the thread serving a service its worker's call waits for
         self._stopped: Worker | None = None  # a worker the supervisor killed for being stopped
+        self.image: bytes | None = None  # the build's bytes, for a sandbox that cannot see the copy
+        self.sandbox: tuple[str, ...] = ()  # the protections of its last worker
 
     @property
     def pid(self) -> int | None:
@@ -118,9 +120,18 @@ class Proxy:
         """Have ``worker`` open the copy (dlopen, resolve); the caller's thread."""
         with self.lock:
             self.worker = worker
+            self.sandbox = worker.sandbox
             service_channel.listen(self, worker)
-            self._control(self.request, 30.0, "opening the copy (dlopen, resolving exports)")
+            self._open("opening the copy (dlopen, resolving exports)")
             self.live = not self.request.get("on_load")
+
+    def _open(self, what: str) -> None:
+        """The ``open`` request; a sandboxed worker gets the build's bytes
+        (the copy's directory is not in its file system), raw after the JSON."""
+        req = self.request
+        if self.image is not None:
+            req = {**req, "image": True}
+        self._control(req, 30.0, what, self.image)
 
     def _control(
         self, req: dict[str, Any], timeout: float | None, what: str, blob: bytes | None = None
@@ -356,7 +367,7 @@ class Proxy:
         if delay:
             time.sleep(delay)
         try:
-            worker = self.iso.take()
+            worker = self.iso.take(self.opts.sandbox)
         except HotloadError as exc:
             log.error("%s v%d: restart failed: %s", self.name, self.seq, exc)
             with self.lock:
@@ -369,10 +380,11 @@ class Proxy:
                 self.ready.set()
                 return
             self.worker = worker
+            self.sandbox = worker.sandbox
             self.state = UP
             service_channel.listen(self, worker)
             try:
-                self._control(self.request, 30.0, "opening the copy (restart)")
+                self._open("opening the copy (restart)")
                 if self.has_on_load:
                     self._on_load(self.prev_version, self.snapshot)
                 self.restarts += 1
@@ -468,6 +480,7 @@ class Proxy:
         finally:
             if got:
                 self.lock.release()
+        self.image = None  # no restart from here on: the bytes may go
         if worker is None:
             return
         for sock in (worker.sock, worker.svc):

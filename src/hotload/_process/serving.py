@@ -85,8 +85,9 @@ def _serve(
                 proc.apply_limits(req.get("limits") or {})
                 _types(req.get("types"), source)  # the plugin's structs, as the host named them
                 binding = _imports(req, svc_fd, source)
+                path = image_file(req, blob)
                 with binding.table.opening(binding) if binding else contextlib.nullcontext():
-                    handle = loader.open_copy(loader.Path(req["path"]), source)
+                    handle = loader.open_copy(loader.Path(path), source)
                 if binding is not None:
                     binding.attach(lambda sym, h=handle: loader.dl.symbol(h, sym), source)
                 protos = req["prototypes"]
@@ -130,6 +131,17 @@ def _serve(
             send(error(exc))
         except Exception as exc:  # noqa: BLE001 - reported to the host
             send(error(HotloadError(f"{source}: {type(exc).__name__}: {exc}")))
+
+
+def image_file(req: dict[str, Any], blob: bytes) -> str:
+    """The path to open the build from: its copy, or (a sandboxed worker,
+    which cannot see the copy) an anonymous copy of the bytes the host sent
+    raw after the request, open for the worker's life (one version per worker)."""
+    if not req.get("image"):
+        return str(req["path"])
+    if not blob:
+        raise HotloadError(f"{req.get('source', '?')}: the host sent no build bytes")
+    return loader.anonymous_copy(blob, req.get("name") or "")
 
 
 class _Shm:

@@ -24,6 +24,12 @@ kind; this is hotload's).
 - **Its end**: ``Worker.kill`` ends the worker and everything the plugin
   forked (its process group, its descendants seen now and before), and
   ``reap`` collects it.
+- **The sandbox** (``sandbox=True``): the worker locks itself in before its
+  hello, which names the protections in force (``Worker.sandbox``).  The
+  process the host started is then the sandbox's guard, and the plugin runs
+  in a process below it: ``Worker.pid`` is that one (what ``VersionInfo.pid``,
+  the rss and a stopped worker are about), found at the hello; the tree the
+  host kills is still rooted at the guard (``popen.pid``).
 
 ``Worker`` owns the host's ends of the channels: the socketpair (control
 frames, large bodies, EOF), and for an isolated version the service channel
@@ -36,6 +42,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import json
 import logging
 import mmap
 import os
@@ -141,7 +148,11 @@ class Worker:
         self.svc_garbage = ""  # why the host killed it for its service requests
         self._reap_lock = threading.Lock()
         self._reaped = False
-        self.pid = popen.pid
+        self.pid = popen.pid  # the process running plugin code (below the guard when sandboxed)
+        self.sandboxed = False  # started with --sandbox
+        self._start: int | None = None  # the start time of ``pid`` (a sandboxed worker's)
+        self.sandbox: tuple[str, ...] = ()  # the protections in force, from its hello
+        self.sandbox_why = ""  # why the strongest ones are missing
         self.greeted = False  # its hello came: the interpreter is up and listening
         self._timeout: float | None = None
         self.mm: mmap.mmap | None = None
@@ -199,7 +210,9 @@ class Worker:
             hello: bytes | None = self.recv(timeout)
         except (EOFError, OSError, _Garbage):  # OSError: TimeoutError, a reset
             hello = None
-        if hello == HELLO:
+        if hello is not None and hello.startswith(HELLO):
+            if len(hello) > len(HELLO):
+                self._hello(hello[len(HELLO) :])
             self.greeted = True
             return
         if hello is None:  # its socket closed (it is dying: collect how) or it said nothing
@@ -217,6 +230,20 @@ class Worker:
             said=hello,
             timeout=timeout,
         )
+
+    def _hello(self, extra: bytes) -> None:
+        """A sandboxed worker's hello: its protections; and the pid that runs
+        plugin code, below the guard (nothing of the plugin has run yet, so
+        that chain has no other branch)."""
+        try:
+            info = json.loads(extra)
+        except ValueError:
+            info = {}
+        if isinstance(info, dict):
+            self.sandbox = tuple(str(p) for p in info.get("sandbox") or ())
+            self.sandbox_why = str(info.get("why") or "")
+        self.pid = channel.worker_pid(self.popen.pid)
+        self._start = channel.start_time(self.pid)
 
     # -- requests with one deadline (a trial: the host must not wait past it) -----------
     def send_by(self, body: bytes, deadline: float) -> bool:
@@ -380,7 +407,7 @@ class Worker:
         """Remember the worker's descendants (the supervisor's tick): a child
         that left its process group (a daemon) is re-parented away when the
         worker dies, and is then found only by this memory."""
-        found = channel.descendants(self.pid)
+        found = channel.descendants(self.popen.pid)
         self.kin = found if self.alive() else {**self.kin, **found}
 
     def wake_caller(self) -> None:
@@ -394,16 +421,17 @@ class Worker:
     def kill(self) -> None:
         """SIGKILL the worker and everything it forked (also a stopped one)."""
         if self.popen.returncode is None:  # not reaped: its tree is still there to walk
-            channel.kill_tree(self.pid, self.kin, walk=True)
+            channel.kill_tree(self.popen.pid, self.kin, walk=True)
             if self.popen.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     self.popen.kill()
-        self.reap(5.0)
+        if self.reap(5.0) and self.pid != self.popen.pid:
+            channel.wait_gone(self.pid, self._start, 2.0)  # reaped by its namespace's init
 
     def _end_tree(self) -> None:
         if not self._tree_ended:
             self._tree_ended = True
-            channel.kill_tree(self.pid, self.kin, walk=False)
+            channel.kill_tree(self.popen.pid, self.kin, walk=False)
 
     def reap(self, timeout: float) -> bool:
         try:
@@ -457,18 +485,20 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-def start(role: str, *, shm: bool = False, services: bool = False) -> Worker:
+def start(role: str, *, shm: bool = False, services: bool = False, sandbox: bool = False) -> Worker:
     """Start a worker process of ``role``: the socket always, the service
-    channel and the shared-memory area when asked.  Returns at once (greet it
-    before use); ``OSError`` as the system gave it (out of descriptors, say),
-    with nothing left open.  Call it from a thread that lives as long as the
-    worker (``Spawner``)."""
+    channel and the shared-memory area when asked, in a sandbox when asked.
+    Returns at once (greet it before use); ``OSError`` as the system gave it
+    (out of descriptors, say), with nothing left open.  Call it from a thread
+    that lives as long as the worker (``Spawner``)."""
     if role not in ROLES:
         raise ValueError(f"unknown worker role {role!r}")
     if not channel.WORKERS:  # no socketpair to pass by descriptor (see _platform._proc_windows)
         raise OSError(errno.ENOSYS, "worker processes need a POSIX host (not built for Windows)")
     argv = [sys.executable, "-s", "-m", WORKER_MODULE, "--role", role]
     argv += ["--parent", str(os.getpid())]
+    if sandbox:
+        argv.append("--sandbox")
     opened: list[Any] = []  # closed if anything below fails
     passed: list[int] = []  # the worker's ends, closed here once it has them
     memfd = -1
@@ -521,7 +551,9 @@ def start(role: str, *, shm: bool = False, services: bool = False) -> Worker:
     for f in opened:  # the worker's ends: it has its own copies now
         if isinstance(f, socket.socket) and f.fileno() in passed:
             f.close()
-    return Worker(popen, host_end, area, svc_host)
+    worker = Worker(popen, host_end, area, svc_host)
+    worker.sandboxed = sandbox
+    return worker
 
 
 class Spawner:
@@ -534,9 +566,12 @@ class Spawner:
     the caller's (a control-channel session or a watcher thread that ends
     soon)."""
 
-    def __init__(self, role: str, *, shm: bool = False, services: bool = False) -> None:
+    def __init__(
+        self, role: str, *, shm: bool = False, services: bool = False, sandbox: bool = False
+    ) -> None:
         self.role = role
-        self._kw = {"shm": shm, "services": services}
+        self.sandbox = sandbox
+        self._kw = {"shm": shm, "services": services, "sandbox": sandbox}
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"hotload-{role}-spawn")
         self._cv = threading.Condition()
         self._spare: Worker | None = None

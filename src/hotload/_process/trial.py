@@ -93,7 +93,23 @@ def _serve(send: Callable[[bytes], None], recv: Callable[[], bytes | None]) -> N
 
 
 def _trial(req: dict[str, Any], say: Callable[[dict[str, Any]], None]) -> None:
-    """One trial: a frame per step, then the verdict."""
+    """One trial: a frame per step, then the verdict.  A sandboxed worker
+    gets the build's bytes (``image``): it cannot see the copy."""
+    if req.get("image"):
+        req["path"] = loader.anonymous_copy(
+            base64.b64decode(req.pop("image")), req.get("name") or ""
+        )
+        kept: list[bool] = []
+        _trial_at(req, say, kept)
+        if not kept:  # its image is closed: the file may go
+            loader.drop_anonymous(req["path"])
+        return
+    _trial_at(req, say, [])
+
+
+def _trial_at(req: dict[str, Any], say: Callable[[dict[str, Any]], None], kept: list[bool]) -> None:
+    """The trial of the build at ``req["path"]``; ``kept`` gets an entry when
+    its image stays loaded (it may leave code running)."""
     rid = req["id"]
     step = "check"
     handle = None
@@ -189,6 +205,8 @@ def _trial(req: dict[str, Any], say: Callable[[dict[str, Any]], None]) -> None:
             _release(binding)
         if handle is not None and not keep_open:
             dl.close_image(handle, req["path"])
+        elif handle is not None:
+            kept.append(True)
 
 
 def _standins(desc: Any, req: dict[str, Any], name: str) -> Any:

@@ -19,11 +19,20 @@ the plugin forked and exits.  The role says which requests it takes:
 A request that runs plugin code carries the plugin's ``limits``; the role
 applies them before the plugin's first instruction (``_platform.proc``).
 
+With ``--sandbox`` the worker imports everything its role runs, then enters
+the sandbox (``_platform.proc.sandbox``: on Linux new namespaces, a
+read-only file system of its own, no capabilities, Landlock and a seccomp
+filter) before its hello, which names the protections in force; the process
+that says hello (and runs the plugin) is then a child of the one the host
+started.  A sandboxed worker gets each build's bytes, not its path.
+
 Frames on the socket are ``<I`` length + body (``wire``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import socket
 import sys
@@ -34,17 +43,54 @@ def _arg(argv: list[str], name: str, default: str | None = None) -> str | None:
     return argv[argv.index(name) + 1] if name in argv else default
 
 
+def _preload(role: str | None) -> None:
+    """Import, before the sandbox, everything the role runs and will import
+    later: a root host's sandboxed worker is ``nobody``, who may not be able
+    to read the Python installation any more (the fallback sandbox has no
+    view of its own to bind it into)."""
+    import importlib
+    import pkgutil
+
+    from .. import _artifact, _contract, _inspect, _process
+    from .._artifact import signatures
+    from .._contract import services
+
+    for pkg in (_artifact, _contract, _inspect, _process):
+        for mod in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + "."):
+            if mod.name != __name__:
+                importlib.import_module(mod.name)
+    if role == "preflight":  # the inspector imports the ELF parser on first use
+        try:
+            import elftools
+        except ImportError:
+            pass
+        else:
+            for mod in pkgutil.walk_packages(elftools.__path__, "elftools."):
+                with contextlib.suppress(ImportError):
+                    importlib.import_module(mod.name)
+    signatures.pointer_type("int(void)")  # cffi's C parser, imported on first use
+    services.host_machine()
+
+
 def _main(argv: list[str]) -> int:
     from .._platform import proc
 
     parent = int(_arg(argv, "--parent") or os.getppid())
-    proc.die_with_parent(parent)  # first: a host already gone ends us here
+    role = _arg(argv, "--role")
+    protections: tuple[str, ...] = ()
+    why = ""
+    if "--sandbox" in argv:
+        _preload(role)
+        # first, on one thread: the sandbox checks that its host is alive, may fork, and
+        # returns in the process that serves
+        protections, why = proc.sandbox(parent)
+        parent = os.getppid()  # the sandbox's init or guard
+    proc.die_with_parent(parent)  # before any request: a parent already gone ends us here
     proc.adopt_orphans()  # a plugin's forked children stay in this tree, to be ended with it
     os.dup2(2, 1)  # plugin printf()s go to stderr, never into the protocol
     sys.stdout = sys.stderr
     from . import wire
 
-    role = _arg(argv, "--role")
     sock = socket.socket(fileno=int(_arg(argv, "--fd") or -1))
     frame = wire.FRAME
 
@@ -85,7 +131,8 @@ def _main(argv: list[str]) -> int:
     else:
         print(f"hotload worker: unknown role {role!r}", file=sys.stderr)
         return 2
-    send(b"\x00ready")
+    hello = {"sandbox": list(protections), "why": why} if "--sandbox" in argv else {}
+    send(b"\x00ready" + (json.dumps(hello).encode() if hello else b""))
     serve()  # until the host closes the channel
     proc.end_descendants(1.0)  # what the plugin forked ends with it
     return 0
