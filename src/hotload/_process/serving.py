@@ -133,7 +133,7 @@ def _serve(
             send(error(HotloadError(f"{source}: {type(exc).__name__}: {exc}")))
 
 
-def image_file(req: dict[str, Any], blob: bytes) -> str:
+def image_file(req: dict[str, Any], blob: bytes | None) -> str:
     """The path to open the build from: its copy, or (a sandboxed worker,
     which cannot see the copy) an anonymous copy of the bytes the host sent
     raw after the request, open for the worker's life (one version per worker)."""
