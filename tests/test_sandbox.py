@@ -661,12 +661,12 @@ def test_the_sandbox_is_the_default_and_reported(tmp_path: Path, evil: Path) -> 
 
 
 def test_hotload_ls_shows_the_sandbox(
-    tmp_path: Path, evil: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, short_tmp: Path, evil: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("HOTLOAD_CONTROL_DIR", str(tmp_path / "ctl"))
+    monkeypatch.setenv("HOTLOAD_CONTROL_DIR", str(short_tmp / "ctl"))
     with Host(tmp_path / "w", control=True) as h:
         h.load(evil, isolate=True)
-        sock = str(next((tmp_path / "ctl").glob("host-*.sock")))
+        sock = str(next((short_tmp / "ctl").glob("host-*.sock")))
 
         def hotload(*args: str) -> str:
             return subprocess.run(
@@ -686,16 +686,20 @@ def test_hotload_ls_shows_the_sandbox(
 
 @pytest.mark.parametrize("sandbox", [True, False], ids=["sandboxed", "no-sandbox"])
 def test_a_plugin_cannot_drive_the_control_socket(
-    tmp_path: Path, evil: Path, monkeypatch: pytest.MonkeyPatch, sandbox: bool
+    tmp_path: Path,
+    short_tmp: Path,
+    evil: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sandbox: bool,
 ) -> None:
     """Running as the host's uid, a plugin could ask the control socket to
     reload an in-process plugin from a file it wrote.  Sandboxed, the socket
     is not in its file system; unsandboxed, the server refuses any process
     inside a worker, whatever its uid."""
-    monkeypatch.setenv("HOTLOAD_CONTROL_DIR", str(tmp_path / "ctl"))
+    monkeypatch.setenv("HOTLOAD_CONTROL_DIR", str(short_tmp / "ctl"))
     with Host(tmp_path / "w", control=True) as h:
         p = h.load(evil, isolate=Isolated(sandbox=sandbox))
-        sock = str(next((tmp_path / "ctl").glob("host-*.sock")))
+        sock = str(next((short_tmp / "ctl").glob("host-*.sock")))
         buf = bytearray(4096)
         got = p.control(sock, buf, len(buf))
         if sandbox:
