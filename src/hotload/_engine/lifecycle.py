@@ -250,7 +250,8 @@ class VersionInfo:
     ``served`` counts routed calls, ``in_flight`` the calls inside it right
     now; ``mapped_bytes`` is the kernel's count of the image's bytes in
     memory; ``blockers`` are short reason codes for why it stays (or would
-    stay) in memory, which ``hotload inspect`` explains."""
+    stay) in memory, which ``hotload inspect`` explains (none for an
+    isolated version: it leaves memory with its worker process)."""
 
     name: str
     seq: int

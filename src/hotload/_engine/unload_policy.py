@@ -120,10 +120,14 @@ class UnloadPolicy:
     def blockers(self, v: Version, *, inspect: bool = True) -> list[str]:
         """Reason codes: why this image did (leaked, retained) or would
         (active) stay in memory.  ``inspect=False``: only what is known
-        already (a build not inspected yet gets none)."""
+        already (a build not inspected yet gets none).  An isolated version
+        has none: it lives in its worker process, whose exit is the unload,
+        so what would hold its file in this process does not apply."""
         if v.state is VersionState.UNLOADED:
             return []
         img = v.image
+        if img.process is not None:
+            return []
         report = self.report(img) if inspect else inspector.cached(img.digest, img.source)
         if report is None:
             return ["not-inspected"] if inspect else []
