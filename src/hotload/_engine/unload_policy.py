@@ -41,7 +41,9 @@ class UnloadPolicy:
         if hit is not None:
             return hit  # without reading the copy again
         try:
-            return inspector.inspect_bytes(image.copy.read_bytes(), image.source, image.digest)
+            with open(image.copy, "rb") as fh:
+                data = fh.read()
+            return inspector.inspect_bytes(data, image.source, image.digest)
         except (HotloadError, OSError) as exc:
             log.debug("cannot inspect %s: %s", image.copy, exc)
             return None

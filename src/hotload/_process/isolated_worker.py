@@ -100,7 +100,7 @@ def _main(argv: list[str]) -> int:
                 _types(req.get("types"), source)  # the plugin's structs, as the host named them
                 binding = _imports(req, svc_fd, source)
                 with binding.table.opening(binding) if binding else contextlib.nullcontext():
-                    handle = loader.open_copy(loader.Path(req["path"]), source)
+                    handle = loader.open_copy(req["path"], source)
                 if binding is not None:
                     binding.attach(lambda sym, h=handle: loader.dl.symbol(h, sym), source)
                 protos = req["prototypes"]

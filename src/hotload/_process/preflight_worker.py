@@ -30,7 +30,6 @@ import contextlib
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 
@@ -80,7 +79,7 @@ def _main(argv: list[str]) -> int:
             say({"id": rid, "step": step})
             binding = _standins(services, desc, req, name)
             with binding.table.opening(binding) if binding else contextlib.nullcontext():
-                handle = loader.open_copy(Path(req["path"]), req["source"])
+                handle = loader.open_copy(req["path"], req["source"])
             if binding is not None:
                 binding.attach(lambda sym, h=handle: dl.symbol(h, sym), req["source"])
             step = "resolve"
