@@ -46,9 +46,11 @@ test: plugins lint docs
 	HOTLOAD_PURE_PYTHON=1 $(VENV)/bin/hotload --version
 	HOTLOAD_PURE_PYTHON=1 $(VPY) -m pytest -q $(ROUTING_TESTS)
 
-# Long runs left out of make test: the 1000-swap activity soak with its C side under ASan (~1 min).
+# Long runs left out of make test: the 1000-swap activity soak with its C side under ASan (~1 min),
+# and memory over 1000 isolated reloads and 1000 fresh builds after their warm-ups (minutes).
 test-slow: plugins
 	HOTLOAD_SLOW=1 $(VPY) -m pytest -q tests/test_contract_soak.py
+	HOTLOAD_SLOW=1 $(VPY) -m pytest -q tests/test_memory.py
 
 bench: plugins
 	$(VPY) benchmarks/run.py
