@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._contract import structs as typedecl
@@ -58,7 +57,7 @@ class Image:
     """One opened versioned copy of a plugin."""
 
     source: str
-    copy: Path
+    copy: str  # the versioned copy's path: a str, never a Path (see WorkDir.write_copy)
     file_id: tuple[int, int]
     digest: str
     size: int
@@ -413,11 +412,11 @@ class Staged:
 
     cand: Candidate
     seq: int
-    copy: Path
+    copy: str
     file_id: tuple[int, int]
 
     def discard(self) -> None:
-        self.copy.unlink(missing_ok=True)
+        unlink(self.copy)
 
 
 @dataclass(frozen=True)
@@ -484,7 +483,7 @@ class Loader:
                     source,
                 )
                 self._live.add(_stub(staged, handle, binding))
-            copy.unlink(missing_ok=True)
+            unlink(copy)
             raise
         image = Image(
             source=source,
@@ -506,15 +505,15 @@ class Loader:
         self._live.add(image)
         return image
 
-    def _open_new_image(self, staged: Staged) -> tuple[int, Path, tuple[int, int]]:
-        rejected: list[Path] = []  # copies whose inode matched a loaded image: kept until done
+    def _open_new_image(self, staged: Staged) -> tuple[int, str, tuple[int, int]]:
+        rejected: list[str] = []  # copies whose inode matched a loaded image: kept until done
         copy, file_id, source = staged.copy, staged.file_id, staged.cand.source
         try:
             for _ in range(_MAX_NEW_IMAGE_TRIES):
                 try:
                     handle = _open_new_image(copy, source, self._live_handles)
                 except BaseException:
-                    copy.unlink(missing_ok=True)
+                    unlink(copy)
                     raise
                 if handle is not None:
                     return handle, copy, file_id
@@ -522,11 +521,11 @@ class Loader:
                 copy, file_id = self.workdir.write_copy(
                     staged.cand.name, staged.seq, staged.cand.data, dl.SUFFIX
                 )
-            copy.unlink(missing_ok=True)
+            unlink(copy)
             raise LoadError(f"{source}: dlopen kept returning an image that is already loaded")
         finally:
             for path in rejected:
-                path.unlink(missing_ok=True)
+                unlink(path)
 
     def _live_handles(self) -> frozenset[int]:
         return frozenset(img.handle for img in self._live)
@@ -535,14 +534,14 @@ class Loader:
         """An image that stays in memory for good (retained, or refused but
         unsafe to close): its copy's name goes, its mapping stays."""
         self._live.add(image)
-        image.copy.unlink(missing_ok=True)
+        unlink(image.copy)
 
     def release(self, image: Image) -> None:
         """Drop hotload's reference to the image (``dlclose``); cheap, so it
         runs on the reload path as soon as the old version is quiet."""
         if image.closes >= image.opens:
             raise LoadError(
-                f"{image.source}: version copy {image.copy.name} is already closed "
+                f"{image.source}: version copy {os.path.basename(image.copy)} is already closed "
                 f"(dlopen {image.opens}, dlclose {image.closes}): refusing a double close"
             )
         if image.imports is not None:
@@ -566,9 +565,9 @@ class Loader:
         if image.process is not None:  # isolated: gone when its worker process is
             gone = image.process.gone()
             if gone:
-                image.copy.unlink(missing_ok=True)
+                unlink(image.copy)
             return UnloadVerdict(gone=gone, mapped_bytes=0, loader_has=not gone)
-        still = dl.loader_has(str(image.copy))
+        still = dl.loader_has(image.copy)
         mapped = dl.mapped_ranges(image.file_id)
         gone = (mapped == 0) if mapped >= 0 else not still
         if mapped >= 0 and (mapped == 0) == still:
@@ -580,7 +579,7 @@ class Loader:
             )
         if gone:
             self._live.discard(image)
-            image.copy.unlink(missing_ok=True)
+            unlink(image.copy)
             if image.imports is not None:  # no call can come from it: its callbacks may serve on
                 image.imports.left()
         return UnloadVerdict(gone=gone, mapped_bytes=max(mapped, 0), loader_has=still)
@@ -597,7 +596,13 @@ class Loader:
             self.verify_gone(image)
         except HotloadError as exc:
             log.error("%s", exc)
-        image.copy.unlink(missing_ok=True)
+        unlink(image.copy)
+
+
+def unlink(path: str) -> None:
+    """Delete a versioned copy if it is still there."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _stub(staged: Staged, handle: int, imports: ImportBinding | None) -> Image:
@@ -644,20 +649,20 @@ def drop_anonymous(path: str) -> None:
             os.close(int(path.rsplit("/", 1)[1]))
 
 
-def open_copy(copy: Path, source: str) -> int:
+def open_copy(copy: str, source: str) -> int:
     """``dlopen`` a private copy, reporting errors against the source path
     (the file the operator knows) and looking for the plugin's own
     dependencies next to the source."""
     try:
-        return dl.open_image(str(copy), search_dir=os.path.dirname(os.path.abspath(source)))
+        return dl.open_image(copy, search_dir=os.path.dirname(os.path.abspath(source)))
     except LoadError as exc:
         raise LoadError(
-            str(exc).replace(str(copy), source, 1) + f" (loading copy {copy.name})"
+            str(exc).replace(copy, source, 1) + f" (loading copy {os.path.basename(copy)})"
         ) from None
 
 
 def _open_new_image(
-    copy: Path, source: str, live_handles: Callable[[], frozenset[int]]
+    copy: str, source: str, live_handles: Callable[[], frozenset[int]]
 ) -> int | None:
     """dlopen ``copy``; None when the loader handed back an image it already
     had (glibc matches files by device and inode, and an inode of a deleted
@@ -669,14 +674,12 @@ def _open_new_image(
     compared with every live one, which costs a walk over all versions."""
     handle = open_copy(copy, source)
     opened = dl.image_path(handle)
-    same = opened is None or os.path.normcase(os.path.abspath(opened)) == os.path.normcase(
-        str(copy)
-    )
+    same = opened is None or os.path.normcase(os.path.abspath(opened)) == os.path.normcase(copy)
     if not same or (opened is None and handle in live_handles()):
         log.warning(
             "%s: dlopen of %s returned an already loaded image (%s); retrying with a new copy",
             source,
-            copy.name,
+            os.path.basename(copy),
             opened,
         )
         dl.close_image(handle, source)

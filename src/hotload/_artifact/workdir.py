@@ -113,19 +113,26 @@ class WorkDir:
         except OSError as exc:
             what = f"{self.base}: cannot create a work directory"
             raise resource_error(exc, what) or HotloadError(f"{what}: {exc.strerror}") from None
+        self._dir = str(self.path)  # versioned copies are named as str (see write_copy)
 
     def write_copy(
         self, stem: str, seq: int, data: bytes, suffix: str
-    ) -> tuple[Path, tuple[int, int]]:
+    ) -> tuple[str, tuple[int, int]]:
         """Write ``data`` to a new, never-before-used file; return its path and
-        ``(st_dev, st_ino)``, the identity the kernel's mapping list shows."""
-        path = self.path / f"{stem}.v{seq}.{secrets.token_hex(3)}{suffix}"
+        ``(st_dev, st_ino)``, the identity the kernel's mapping list shows.
+
+        The path is a ``str``, never a ``pathlib.Path``: pathlib (3.12 and
+        older) passes every name it parses through ``sys.intern``, and from
+        Python 3.12 an interned string is immortal, so a ``Path`` of each
+        version's unique name would keep that name in memory for good (a host
+        reloading all day grew by one name per reload)."""
+        path = os.path.join(self._dir, f"{stem}.v{seq}.{secrets.token_hex(3)}{suffix}")
         try:
             return self._write(path, data)
         except OSError as exc:
             raise HotloadError(f"{path}: cannot write the versioned copy: {exc.strerror}") from None
 
-    def _write(self, path: Path, data: bytes) -> tuple[Path, tuple[int, int]]:
+    def _write(self, path: str, data: bytes) -> tuple[str, tuple[int, int]]:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | dirlock.OPEN_FLAGS, 0o500)
         try:
             view = memoryview(data)

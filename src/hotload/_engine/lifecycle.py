@@ -250,9 +250,11 @@ class VersionInfo:
     ``served`` counts routed calls, ``in_flight`` the calls inside it right
     now; ``mapped_bytes`` is the kernel's count of the image's bytes in
     memory; ``blockers`` are short reason codes for why it stays (or would
-    stay) in memory, which ``hotload inspect`` explains.  ``sandbox`` names
-    the protections an isolated version's worker runs under (the Security
-    page explains each; empty in process or with ``Isolated(sandbox=False)``)."""
+    stay) in memory, which ``hotload inspect`` explains (none for an
+    isolated version: it leaves memory with its worker process).  ``sandbox``
+    names the protections an isolated version's worker runs under (the
+    Security page explains each; empty in process or with
+    ``Isolated(sandbox=False)``)."""
 
     name: str
     seq: int

@@ -11,6 +11,7 @@ decides; it is cached by digest, so asking twice costs nothing.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 
 from .._artifact.loader import Candidate, Image
 from .._errors import HotloadError
@@ -25,13 +26,17 @@ log = logging.getLogger(__name__)
 # reload path tests every version of the history (up to history_limit + live ones).
 _STUCK = frozenset((VersionState.LEAKED, VersionState.RETAINED))
 
+#: Builds whose warnings were logged, newest last: as many as the inspector keeps reports of.
+#: Bounded: a host reloading a fresh build all day must not keep every digest it ever saw.
+WARNED_KEPT = inspector.CACHE_SIZE
+
 
 class UnloadPolicy:
     """Decides what may close; explains what stays."""
 
     def __init__(self, max_leaked: int) -> None:
         self.max_leaked = max_leaked
-        self._warned: set[str] = set()
+        self._warned: OrderedDict[str, None] = OrderedDict()  # digests warned about
 
     # -- reports --------------------------------------------------------------
     @staticmethod
@@ -41,7 +46,9 @@ class UnloadPolicy:
         if hit is not None:
             return hit  # without reading the copy again
         try:
-            return inspector.inspect_bytes(image.copy.read_bytes(), image.source, image.digest)
+            with open(image.copy, "rb") as fh:
+                data = fh.read()
+            return inspector.inspect_bytes(data, image.source, image.digest)
         except (HotloadError, OSError) as exc:
             log.debug("cannot inspect %s: %s", image.copy, exc)
             return None
@@ -54,20 +61,24 @@ class UnloadPolicy:
         """Inspect a new build off the reload path and warn once per build
         about what will keep it in memory or make it unsafe to unload."""
         report = self.report(image)
-        if report is None or image.digest in self._warned:
+        if report is None:
             return
-        self._warned.add(image.digest)
-        for f in report.findings:
-            if f.pins or f.unsafe:
-                log.warning(
-                    "%s (%s %s): [%s] %s%s",
-                    image.source,
-                    image.name,
-                    image.version,
-                    f.code,
-                    f.message,
-                    f" Fix: {f.fix}" if f.fix else "",
-                )
+        worth = [f for f in report.findings if f.pins or f.unsafe]
+        if not worth or image.digest in self._warned:  # a clean build is never remembered
+            return
+        self._warned[image.digest] = None
+        while len(self._warned) > WARNED_KEPT:
+            self._warned.popitem(last=False)
+        for f in worth:
+            log.warning(
+                "%s (%s %s): [%s] %s%s",
+                image.source,
+                image.name,
+                image.version,
+                f.code,
+                f.message,
+                f" Fix: {f.fix}" if f.fix else "",
+            )
 
     # -- closing --------------------------------------------------------------
     def hazards(self, image: Image, host_says_safe: bool) -> list[Finding]:
@@ -120,10 +131,14 @@ class UnloadPolicy:
     def blockers(self, v: Version, *, inspect: bool = True) -> list[str]:
         """Reason codes: why this image did (leaked, retained) or would
         (active) stay in memory.  ``inspect=False``: only what is known
-        already (a build not inspected yet gets none)."""
+        already (a build not inspected yet gets none).  An isolated version
+        has none: it lives in its worker process, whose exit is the unload,
+        so what would hold its file in this process does not apply."""
         if v.state is VersionState.UNLOADED:
             return []
         img = v.image
+        if img.process is not None:
+            return []
         report = self.report(img) if inspect else inspector.cached(img.digest, img.source)
         if report is None:
             return ["not-inspected"] if inspect else []

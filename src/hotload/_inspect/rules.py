@@ -93,7 +93,8 @@ REASONS: dict[str, Reason] = {
             "Go c-shared library",
             "The Go runtime cannot be unloaded (golang/go#11100): Go marks the image NODELETE and "
             "its runtime threads keep running its code, so every reload leaks one whole image and "
-            "one static-TLS block, until a new copy no longer loads.",
+            "one static-TLS block, until a new copy no longer loads. Loaded with isolate=True, "
+            "each version runs in its own worker process and leaves memory when that exits.",
         ),
         Reason(
             "nodelete",
@@ -254,6 +255,12 @@ def listing(names: Iterable[str], limit: int = 8) -> str:
 
 # ---- the findings ---------------------------------------------------------
 
+#: The project's own answer to a runtime that cannot leave a process: run it in another one.
+ISOLATE_FIX = (
+    "load it isolated, host.load(..., isolate=True): each version runs in its own worker "
+    "process, whose exit is the unload"
+)
+
 
 def _go_runtime(facts: Facts, names: dict[str, str]) -> list[Finding]:
     if facts.go_buildinfo is None:
@@ -265,8 +272,7 @@ def _go_runtime(facts: Facts, names: dict[str, str]) -> list[Finding]:
             pins=True,
             unsafe=True,
             message=f"a Go c-shared library{built}: the Go runtime can never be unloaded",
-            fix="none in the plugin: each reload leaks one image; reload it rarely, or restart "
-            "the process to free them",
+            fix=ISOLATE_FIX + "; in process each reload leaks one image",
         )
     ]
 
@@ -385,8 +391,7 @@ def _runtime(facts: Facts, names: dict[str, str]) -> list[Finding]:
                     pins=False,
                     unsafe=True,
                     message=f"links {lib}, {what}, which may run the plugin's code after dlclose",
-                    fix="keep this plugin loaded for the life of the process, or run the runtime "
-                    "in a separate process",
+                    fix=f"{ISOLATE_FIX}, or keep it loaded for the life of the process",
                 )
             )
     return found

@@ -476,6 +476,7 @@ class Proxy:
         try:
             worker, self.worker = self.worker, None
             self.state = STOPPED
+            self.snapshot = None  # never restarted or handed over again: history keeps no blob
             self.ready.set()
         finally:
             if got:

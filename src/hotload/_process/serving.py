@@ -87,7 +87,7 @@ def _serve(
                 binding = _imports(req, svc_fd, source)
                 path = image_file(req, blob)
                 with binding.table.opening(binding) if binding else contextlib.nullcontext():
-                    handle = loader.open_copy(loader.Path(path), source)
+                    handle = loader.open_copy(path, source)
                 if binding is not None:
                     binding.attach(lambda sym, h=handle: loader.dl.symbol(h, sym), source)
                 protos = req["prototypes"]

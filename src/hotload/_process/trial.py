@@ -36,7 +36,6 @@ import contextlib
 import json
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from .._artifact import loader, signatures
@@ -135,7 +134,7 @@ def _trial_at(req: dict[str, Any], say: Callable[[dict[str, Any]], None], kept: 
         proc.apply_limits(req.get("limits") or {})  # as it will run, from its first instruction
         binding = _standins(desc, req, name)
         with binding.table.opening(binding) if binding else contextlib.nullcontext():
-            handle = loader.open_copy(Path(req["path"]), req["source"])
+            handle = loader.open_copy(str(req["path"]), req["source"])
         if binding is not None:
             binding.attach(lambda sym, h=handle: dl.symbol(h, sym), req["source"])
         step = "resolve"
