@@ -625,30 +625,6 @@ def _stub(staged: Staged, handle: int, imports: ImportBinding | None) -> Image:
     )
 
 
-def anonymous_copy(data: bytes, name: str) -> str:
-    """``data`` in an anonymous file (``memfd``), as a path to open
-    (``/proc/self/fd/N``): a sandboxed worker, which can see no copy on disk,
-    opens the bytes its host checked.  The file stays open until
-    ``drop_anonymous``, to call only once no image opened from it is loaded:
-    the dynamic loader knows an image by the path it was opened from, and a
-    later file given the same descriptor number would be taken for it."""
-    fd = os.memfd_create(f"hotload-{name or 'plugin'}", os.MFD_CLOEXEC)
-    try:
-        with open(fd, "wb", closefd=False) as fh:
-            fh.write(data)
-    except BaseException:
-        os.close(fd)
-        raise
-    return f"/proc/self/fd/{fd}"
-
-
-def drop_anonymous(path: str) -> None:
-    """Close an ``anonymous_copy`` whose images are all closed."""
-    if path.startswith("/proc/self/fd/"):
-        with contextlib.suppress(OSError, ValueError):
-            os.close(int(path.rsplit("/", 1)[1]))
-
-
 def open_copy(copy: str, source: str) -> int:
     """``dlopen`` a private copy, reporting errors against the source path
     (the file the operator knows) and looking for the plugin's own

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .._artifact import loader, signatures
+from .._artifact import loader, signatures, workdir
 from .._errors import HookError, HotloadError
 from .._platform import proc
 from . import wire
@@ -141,7 +141,7 @@ def image_file(req: dict[str, Any], blob: bytes | None) -> str:
         return str(req["path"])
     if not blob:
         raise HotloadError(f"{req.get('source', '?')}: the host sent no build bytes")
-    return loader.anonymous_copy(blob, req.get("name") or "")
+    return workdir.anonymous_copy(blob, req.get("name") or "")
 
 
 class _Shm:

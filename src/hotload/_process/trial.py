@@ -38,7 +38,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from .._artifact import loader, signatures
+from .._artifact import loader, signatures, workdir
 from .._contract import services
 from .._errors import HookError, HotloadError
 from .._inspect import report as inspector
@@ -95,13 +95,13 @@ def _trial(req: dict[str, Any], say: Callable[[dict[str, Any]], None]) -> None:
     """One trial: a frame per step, then the verdict.  A sandboxed worker
     gets the build's bytes (``image``): it cannot see the copy."""
     if req.get("image"):
-        req["path"] = loader.anonymous_copy(
+        req["path"] = workdir.anonymous_copy(
             base64.b64decode(req.pop("image")), req.get("name") or ""
         )
         kept: list[bool] = []
         _trial_at(req, say, kept)
         if not kept:  # its image is closed: the file may go
-            loader.drop_anonymous(req["path"])
+            workdir.drop_anonymous(req["path"])
         return
     _trial_at(req, say, [])
 
