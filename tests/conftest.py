@@ -360,3 +360,48 @@ class Lines:
             self.proc.kill()
             stderr = self.proc.stderr.read() if self.proc.stderr else ""
             raise AssertionError(f"{exc}; lines seen: {self.seen}; stderr: {stderr}") from None
+
+
+GO_MAIN = """package main
+
+// #include <stdint.h>
+import "C"
+
+//export Add
+func Add(a, b C.int64_t) C.int64_t { return a + b }
+
+func main() {}
+"""
+GO_DESC = """#include <hotload.h>
+extern int64_t Add(int64_t, int64_t);
+HOTLOAD_PLUGIN("gox", "1");
+HOTLOAD_EXPORT(Add, int64_t, (int64_t, int64_t));
+"""
+
+
+def build_go_plugin(where: Path) -> Path:
+    """``gox.so``: a Go ``-buildmode=c-shared`` plugin exporting ``Add``, with
+    its descriptor in ``desc.c``, built in ``where`` (the Go build cache is
+    kept in ``build/go-cache``: a cold build is ~5 s of CPU)."""
+    pkg = where / "gopkg"
+    pkg.mkdir(parents=True)
+    (pkg / "main.go").write_text(GO_MAIN)
+    (pkg / "desc.c").write_text(GO_DESC)
+    lib = where / "gox.so"
+    env = {
+        **os.environ,
+        "GOCACHE": str(ROOT / "build" / "go-cache"),
+        "GO111MODULE": "off",
+        "CGO_CFLAGS": f"-I{ROOT / 'native' / 'include'}",
+    }
+    built = subprocess.run(
+        ["go", "build", "-buildmode=c-shared", "-o", str(lib), "."],
+        cwd=pkg,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    return lib

@@ -9,7 +9,6 @@ be reported as held by an in-process unload blocker."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,53 +18,17 @@ import pytest
 
 from hotload import Host
 
+from conftest import build_go_plugin
+
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.skipif(shutil.which("go") is None, reason="no Go toolchain")
-
-GO_MAIN = """package main
-
-// #include <stdint.h>
-import "C"
-
-//export Add
-func Add(a, b C.int64_t) C.int64_t { return a + b }
-
-func main() {}
-"""
-GO_DESC = """#include <hotload.h>
-extern int64_t Add(int64_t, int64_t);
-HOTLOAD_PLUGIN("gox", "1");
-HOTLOAD_EXPORT(Add, int64_t, (int64_t, int64_t));
-"""
 
 
 @pytest.fixture(scope="module")
 def go_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The Go plugin, built once for this module with ``-buildmode=c-shared``."""
-    tmp = tmp_path_factory.mktemp("go")
-    pkg = tmp / "gopkg"
-    pkg.mkdir()
-    (pkg / "main.go").write_text(GO_MAIN)
-    (pkg / "desc.c").write_text(GO_DESC)
-    lib = tmp / "gox.so"
-    env = {
-        **os.environ,
-        "GOCACHE": str(tmp / "gocache"),
-        "GO111MODULE": "off",
-        "CGO_CFLAGS": f"-I{ROOT / 'native' / 'include'}",
-    }
-    built = subprocess.run(
-        ["go", "build", "-buildmode=c-shared", "-o", str(lib), "."],
-        cwd=pkg,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert built.returncode == 0, built.stderr
-    return lib
+    return build_go_plugin(tmp_path_factory.mktemp("go"))
 
 
 def hotload(*args: str) -> subprocess.CompletedProcess[str]:
@@ -98,13 +61,13 @@ def _ls_rows(socket_path: str) -> list[str]:
 
 
 def test_ls_shows_no_in_process_blocker_on_an_isolated_go_version(
-    go_lib: Path, tmp_path: Path
+    go_lib: Path, tmp_path: Path, short_tmp: Path
 ) -> None:
     """Isolated, every version of the Go plugin (the live one and the one a
     reload stopped) leaves memory with its worker: WHY is empty.  In process
     the same file is held by its runtime, and WHY says so."""
     with Host(tmp_path / "iso", preflight=False) as h:
-        server = h.serve_control(directory=tmp_path / "ctl-iso")
+        server = h.serve_control(directory=short_tmp / "ctl-iso")
         p = h.load(go_lib, isolate=True)
         h.reload("gox")
         assert h.settle(30.0)
@@ -116,7 +79,7 @@ def test_ls_shows_no_in_process_blocker_on_an_isolated_go_version(
         assert len(rows) == 2
         assert not any("go-runtime" in row for row in rows), rows
     with Host(tmp_path / "in", preflight=False) as h:
-        server = h.serve_control(directory=tmp_path / "ctl-in")
+        server = h.serve_control(directory=short_tmp / "ctl-in")
         h.load(go_lib)
         assert h.versions("gox")[-1].blockers == ("go-runtime",)
         (row,) = _ls_rows(str(server.path))

@@ -26,7 +26,7 @@ from hotload import (
     SignatureError,
 )
 
-from conftest import ROOT, Compile, pid_alive, run_guarded, wait_for
+from conftest import Compile, build_go_plugin, pid_alive, run_guarded, wait_for
 from conftest import child_pids as children
 
 FAULTY = r"""
@@ -474,23 +474,6 @@ def test_nodelete_plugin_really_unloads_when_isolated(
             assert str(h.workdir) not in fh.read()
 
 
-GO_MAIN = """package main
-
-// #include <stdint.h>
-import "C"
-
-//export Add
-func Add(a, b C.int64_t) C.int64_t { return a + b }
-
-func main() {}
-"""
-GO_DESC = """#include <hotload.h>
-extern int64_t Add(int64_t, int64_t);
-HOTLOAD_PLUGIN("gox", "1");
-HOTLOAD_EXPORT(Add, int64_t, (int64_t, int64_t));
-"""
-
-
 @pytest.mark.skipif(shutil.which("go") is None, reason="no Go toolchain (.ci/sdk-deps.sh)")
 @pytest.mark.parametrize(
     ("reloads", "rss_limit_kb"),
@@ -504,27 +487,7 @@ def test_go_c_shared_really_unloads_when_isolated(
     own threads): in-process the leak budget stops reloads; isolated, the
     host's RSS, threads and fds stay flat and no worker is left behind (an
     in-process Go reload leaks ~900 KB: 10 of them are past 4 MiB)."""
-    pkg = tmp_path / "gopkg"
-    pkg.mkdir()
-    (pkg / "main.go").write_text(GO_MAIN)
-    (pkg / "desc.c").write_text(GO_DESC)
-    lib = tmp_path / "gox.so"
-    env = {
-        **os.environ,
-        "GOCACHE": str(ROOT / "build" / "go-cache"),  # kept: a cold build is ~5 s of CPU
-        "GO111MODULE": "off",
-        "CGO_CFLAGS": f"-I{ROOT / 'native' / 'include'}",
-    }
-    built = subprocess.run(
-        ["go", "build", "-buildmode=c-shared", "-o", str(lib), "."],
-        cwd=pkg,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert built.returncode == 0, built.stderr
+    lib = build_go_plugin(tmp_path)
     with Host(tmp_path / "in", preflight=False, max_leaked=3) as h:
         h.load(lib)
         with pytest.raises(HotloadError, match="max_leaked"):
