@@ -261,18 +261,8 @@ def _read_tls_relocs(elf: _Elf, data: bytes, facts: Facts) -> None:
 def _tls_reloc_symbols(
     elf: Any, data: bytes, addr: int, size: int, rela: bool, wanted: frozenset[int]
 ) -> Iterable[int]:
-    offset = next(iter(elf.address_offsets(addr)), None)
-    if offset is None:
-        return
-    bits = elf.elfclass
-    end = "<" if elf.little_endian else ">"
-    fmt = end + ("QQq" if rela else "QQ") if bits == 64 else end + ("IIi" if rela else "II")
-    step = struct.calcsize(fmt)
-    chunk = data[offset : offset + size - size % step]
-    type_bits, mask = (32, 0xFFFFFFFF) if bits == 64 else (8, 0xFF)
-    for entry in struct.iter_unpack(fmt, chunk):
-        if entry[1] & mask in wanted:
-            yield entry[1] >> type_bits
+    """The symbol index of each relocation of the ``wanted`` types."""
+    return (sym for _offset, sym in _relocs(elf, data, addr, size, rela, wanted))
 
 
 def _go_version(blob: bytes) -> str | None:
