@@ -491,6 +491,32 @@ class HarnessRun:
     run_seconds: float
 
 
+def _boot_prefix(wine: str, wineserver: str, env: dict[str, str], prefix: Path) -> None:
+    """Create the wine prefix, twice at most.
+
+    A wineserver is found by the prefix directory's device and inode
+    (/tmp/.wine-UID/server-DEV-INO): a server left running by an earlier,
+    killed run whose prefix had the same inode answers a new prefix and
+    wineboot then fails with "could not load kernel32.dll". So any server of
+    this prefix is stopped first. wine's own err: lines are kept for the boot
+    (WINEDEBUG=-all hides why it failed), and a boot that fails is retried
+    once on a fresh prefix: wineboot waits a bounded time for its boot event,
+    which a loaded 2-core machine can miss. Two failures fail the test."""
+    boot_env = {**env, "WINEDEBUG": "-all,err+all"}
+    errors = []
+    for _attempt in range(2):
+        subprocess.run([wineserver, "-k"], env=env, capture_output=True, timeout=60)
+        shutil.rmtree(prefix, ignore_errors=True)
+        boot = subprocess.run(
+            [wine, "wineboot", "--init"], env=boot_env, capture_output=True, text=True, timeout=300
+        )
+        if boot.returncode == 0:
+            return
+        errors.append(f"wineboot failed ({boot.returncode}):\n{boot.stderr[-4000:]}")
+        log.warning("%s", errors[-1])
+    pytest.fail("\n".join(errors))
+
+
 @pytest.fixture(scope="module")
 def harness(win_build: WinBuild, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HarnessRun]:
     cc = _need_mingw()
@@ -525,12 +551,8 @@ def harness(win_build: WinBuild, tmp_path_factory: pytest.TempPathFactory) -> It
     env.pop("DISPLAY", None)
     try:
         t0 = time.perf_counter()
-        boot = subprocess.run(
-            [wine, "wineboot", "--init"], env=env, capture_output=True, text=True, timeout=300
-        )
+        _boot_prefix(wine, wineserver, env, work / "prefix")
         boot_seconds = time.perf_counter() - t0
-        if boot.returncode != 0:
-            pytest.fail(f"wineboot failed ({boot.returncode}):\n{boot.stderr}")
         t0 = time.perf_counter()
         proc = subprocess.run(
             [
