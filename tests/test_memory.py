@@ -18,7 +18,8 @@ depend on how the allocator reuses pages:
   (``tracemalloc``), large objects included, where a run asks for it.
 
 The full runs (1,000 reloads of each kind) are marked ``soak``; the isolated
-one takes minutes and runs with ``HOTLOAD_SLOW=1`` (``make test-slow``).
+one (~10 minutes: each reload starts a worker process) and the fresh-build
+one run with ``HOTLOAD_SLOW=1`` (``make test-slow``).
 Each has a fast variant with the same checks, its RSS bound cut in proportion.
 """
 
@@ -148,11 +149,10 @@ def test_reloads_of_fresh_builds_keep_nothing_per_build(tmp_path: Path, cc: Comp
 @pytest.mark.soak
 @pytest.mark.skipif(not os.environ.get("HOTLOAD_SLOW"), reason="minutes: set HOTLOAD_SLOW=1")
 def test_1000_isolated_reloads_keep_rss_threads_and_fds_flat(tmp_path: Path, cc: Compile) -> None:
-    """After 600: each worker's threads come and go and malloc hands each new
-    one an arena (and a cached stack); RSS settles once they have all been
-    used (measured under load: +612, +128, +32, +48, +24 KiB in the five runs
-    of 300 reloads that followed 300)."""
-    f = run_child(build(cc), tmp_path / "work", warmup=600, reloads=1000, isolate=True)
+    """After 1000: each reload starts a worker and its threads, and the host's
+    allocators (malloc's arenas, pymalloc's) settle slowly; measured after
+    300, runs of 500 reloads grew RSS by +1048, +196, +20, +8, +4 KiB."""
+    f = run_child(build(cc), tmp_path / "work", warmup=1000, reloads=1000, isolate=True)
     check_flat(f, isolated=True)
 
 
