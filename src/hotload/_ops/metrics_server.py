@@ -10,9 +10,12 @@ cumulative ``le`` count is exact (no bucket is split).
 
 A scrape's cost is the library's, per line (~5-10 us each: the labels are
 validated and escaped one by one), so the lines are kept few: 17 ``le``
-bounds, and a per-export error series only for the kinds that happened
-(the per-plugin ``hotload_plugin_call_errors_total`` has every kind from
-the start).
+bounds; a per-export error series only for the kinds that happened (the
+per-plugin ``hotload_plugin_call_errors_total`` has every kind from the
+start); and a version that has left memory (``unloaded``) keeps its call and
+error counters in the scrape, final, but not its latency histogram and
+in-flight gauge, which stopped moving when it stopped serving (its
+quantiles stay in ``host.metrics()``).
 
 The HTTP side is the library's WSGI app on the standard library's threading
 WSGI server, with a read timeout per connection (a client that sends nothing
@@ -180,13 +183,16 @@ def _exports(
     inflight: GaugeMetricFamily,
     latency: HistogramMetricFamily,
 ) -> None:
+    serving = v["state"] != "unloaded"  # what has left memory keeps its counts only
     for fname, e in v["exports"].items():
         labels = [*vlabels, fname]
         calls.add_metric(labels, e["calls"])
-        inflight.add_metric(labels, e["in_flight"])
         for kind, n in e["errors"].items():
             if n:  # a series from its first error on (the plugin totals have every kind)
                 errors.add_metric([*labels, kind], n)
+        if not serving:
+            continue
+        inflight.add_metric(labels, e["in_flight"])
         lat = e["latency"]
         if lat["sampled"]:
             latency.add_metric(
