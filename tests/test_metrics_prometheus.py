@@ -4,6 +4,8 @@ a busy port, garbage on the socket, a silent client, a reload storm."""
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 import threading
 import urllib.error
@@ -234,3 +236,31 @@ def test_close_stops_the_endpoint(tmp_path: Path) -> None:
     host.close()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=10)
+
+
+def test_the_documented_dashboard_is_valid_and_queries_real_metrics() -> None:
+    """The Grafana dashboard in docs/guide/observability.md: valid JSON, and
+    every metric its queries name is one the endpoint serves."""
+    page = (Path(__file__).resolve().parent.parent / "docs/guide/observability.md").read_text()
+    blocks = re.findall(r"```json\n(.*?)\n```", page, re.S)
+    dashboard = next(json.loads(b) for b in blocks if '"panels"' in b)
+    served = {
+        "hotload_calls_total",
+        "hotload_call_errors_total",
+        "hotload_calls_in_flight",
+        "hotload_call_duration_seconds_bucket",
+        "hotload_plugin_calls_total",
+        "hotload_plugin_call_errors_total",
+        "hotload_versions",
+        "hotload_leaked_images",
+        "hotload_leaked_bytes",
+        "hotload_swaps_total",
+        "hotload_worker_restarts_total",
+        "hotload_service_errors_total",
+    }
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs.append(dashboard["templating"]["list"][1]["query"]["query"])
+    assert len(exprs) >= 10
+    for expr in exprs:
+        named = set(re.findall(r"\bhotload_[a-z_]+", expr))
+        assert named and named <= served, (expr, named - served)

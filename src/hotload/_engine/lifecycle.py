@@ -309,7 +309,10 @@ class VersionInfo:
     isolated version: it leaves memory with its worker process).  ``sandbox``
     names the protections an isolated version's worker runs under (the
     Security page explains each; empty in process or with
-    ``Isolated(sandbox=False)``)."""
+    ``Isolated(sandbox=False)``).  ``errors`` counts the routed calls that
+    raised (``crashes`` and ``timeouts`` of them, isolated only), and
+    ``p50_us``/``p99_us`` are the latency quantiles of the sampled calls
+    (``Host(metrics_sample=)``), None before any: the Observability page."""
 
     name: str
     seq: int
