@@ -5,8 +5,8 @@
   with ``metrics=False``: interleaved rounds timed in the thread's CPU time,
   the median of the per-round paired ratios (target <= 1.05 at the default);
   and beside a raw cffi call;
-- an isolated call with metrics on / off: samples alternate in blocks, p50s
-  compared (target <= 1.05);
+- an isolated call with metrics on / off: samples alternate in blocks, the
+  median of the per-block paired p50 ratios (target <= 1.05);
 - one ``/metrics`` scrape of 50 plugins x 3 versions x 10 exports (1,500
   export series), every export called: its wall time (target <= 50 ms) and
   the process CPU time it took, with the lines it had.
@@ -35,8 +35,8 @@ from hotload._engine import metrics
 
 from common import build_bench, limit_row, median, row, scratch, text_row
 
-ROUNDS = 15
-NUMBER = 100_000
+ROUNDS = 41
+NUMBER = 200_000
 ISO_BLOCKS, ISO_BLOCK = 20, 200
 PLUGINS, EXPORTS, VERSIONS = 50, 10, 3
 
@@ -75,6 +75,7 @@ def _routed(tmp: Path, lib: Path) -> dict[str, float]:
     raw = ffi.dlopen(str(lib))
     variants = {
         "off": {"metrics": False},
+        "off2": {"metrics": False},  # the noise floor: the same call in a second such host
         "on": {},  # the default sampling
         "every": {"metrics_sample": 1},
     }
@@ -91,7 +92,7 @@ def _routed(tmp: Path, lib: Path) -> dict[str, float]:
             for key, stmt in stmts.items():
                 samples[key].append(cpu_ns(stmt, env, NUMBER))
     out = {f"routed {k}": median(v) for k, v in samples.items()}
-    for k in ("on", "every", "cffi_add"):
+    for k in ("off2", "on", "every", "cffi_add"):
         out[f"ratio {k}"] = median([a / b for a, b in zip(samples[k], samples["off"], strict=True)])
     out["ratio on/cffi"] = median(
         [a / b for a, b in zip(samples["on"], samples["cffi_add"], strict=True)]
@@ -106,19 +107,22 @@ def _isolated(tmp: Path, lib: Path) -> dict[str, float]:
         Host(tmp / "iso-off", preflight=False, metrics=False) as off,
     ):
         fns = {"on": on.load(lib, isolate=True).add, "off": off.load(lib, isolate=True).add}
-        samples: dict[str, list[float]] = {k: [] for k in fns}
+        blocks: dict[str, list[float]] = {k: [] for k in fns}
         for fn in fns.values():
             for i in range(500):
                 fn(i, 1)
         for _ in range(ISO_BLOCKS):
             for key, fn in fns.items():
+                block = []
                 for i in range(ISO_BLOCK):
                     t0 = time.perf_counter_ns()
                     fn(i, 1)
-                    samples[key].append((time.perf_counter_ns() - t0) / 1e3)
-    for key, s in samples.items():
-        out[f"iso {key} p50"] = statistics.median(s)
-    out["iso ratio"] = out["iso on p50"] / out["iso off p50"]
+                    block.append((time.perf_counter_ns() - t0) / 1e3)
+                blocks[key].append(statistics.median(block))
+    for key, b in blocks.items():
+        out[f"iso {key} p50"] = statistics.median(b)
+    # the blocks alternate: a burst of load hits a pair alike; judge the paired ratios
+    out["iso ratio"] = median([a / b for a, b in zip(blocks["on"], blocks["off"], strict=True)])
     return out
 
 
@@ -172,6 +176,14 @@ def report(r: dict[str, float]) -> list[str]:
         f"per export timed (Host(metrics_sample=)); routed calls in thread CPU time, median of "
         f"{ROUNDS} paired rounds; load average {r['load']:.1f} at the start",
         row("routed add, metrics off (Host(metrics=False))", r["routed off"], "ns"),
+        row(
+            "noise floor: the same, in a second such host",
+            r["routed off2"],
+            "ns",
+            r["routed off"],
+            "vs off",
+            ratio=r["ratio off2"],
+        ),
         row(
             f"routed add, metrics on (sample 1/{metrics.DEFAULT_SAMPLE})",
             r["routed on"],

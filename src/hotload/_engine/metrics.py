@@ -80,27 +80,36 @@ def _bounds(i: int) -> tuple[int, float]:
 
 LOWER = tuple(_bounds(i)[0] for i in range(BUCKETS))
 UPPER = tuple(_bounds(i)[1] for i in range(BUCKETS))
+INF = float("inf")
 UPPER_NS = tuple(int(u) if u != float("inf") else None for u in UPPER)  # JSON has no inf
 
 
-def quantile(hist: dict[int, int], q: float) -> float | None:
-    """The ``q`` quantile of a histogram (bucket -> count, the non-empty ones),
-    in microseconds, interpolated within its bucket (so exact to within one
-    bucket: 12.5 %); None when it is empty."""
+def quantiles(hist: dict[int, int], qs: tuple[float, ...] = (0.5, 0.99)) -> list[float | None]:
+    """The ``qs`` quantiles (ascending) of a histogram (bucket -> count, the
+    non-empty ones), in microseconds, in one pass, each interpolated within
+    its bucket (so exact to within one bucket: 12.5 %); None when it is empty."""
     total = sum(hist.values())
     if not total:
-        return None
-    rank = q * total
+        return [None] * len(qs)
+    out: list[float | None] = []
+    ranks = [q * total for q in qs]
     seen = 0
     for i in sorted(hist):
         c = hist[i]
-        if seen + c >= rank:
+        while ranks and seen + c >= ranks[0]:
             lo, hi = LOWER[i], UPPER[i]
-            if hi == float("inf"):
-                return lo / 1000.0
-            return (lo + (hi - lo) * max(rank - seen, 0.0) / c) / 1000.0
+            value = lo if hi == INF else lo + (hi - lo) * max(ranks.pop(0) - seen, 0.0) / c
+            if hi == INF:
+                ranks.pop(0)
+            out.append(value / 1000.0)
         seen += c
-    return LOWER[max(hist)] / 1000.0  # only by rounding
+    out += [LOWER[max(hist)] / 1000.0] * len(ranks)  # only by rounding
+    return out
+
+
+def quantile(hist: dict[int, int], q: float) -> float | None:
+    """One quantile of a histogram (see ``quantiles``)."""
+    return quantiles(hist, (q,))[0]
 
 
 # -- the Python router's side ------------------------------------------------------
@@ -190,11 +199,12 @@ class ExportFigures:
 
     def latency(self) -> dict[str, Any]:
         hist = self.hist
+        p50, p99 = quantiles(hist)
         return {
             "sampled": self.sampled,
             "sum_ns": self.sum_ns,
-            "p50_us": quantile(hist, 0.5),
-            "p99_us": quantile(hist, 0.99),
+            "p50_us": p50,
+            "p99_us": p99,
             # [upper bound in ns (None: the last bucket, unbounded), count], ascending
             "buckets": [[UPPER_NS[i], hist[i]] for i in sorted(hist)],
         }
@@ -244,12 +254,13 @@ def version_fields(version: Version) -> dict[str, Any]:
             errors = [a + b for a, b in zip(errors, errs, strict=True)]
             for i, c in pairs:
                 hist[i] = hist.get(i, 0) + c
+    p50, p99 = quantiles(hist)
     return {
         "errors": sum(errors),
         "crashes": errors[1],
         "timeouts": errors[2],
-        "p50_us": quantile(hist, 0.5),
-        "p99_us": quantile(hist, 0.99),
+        "p50_us": p50,
+        "p99_us": p99,
     }
 
 
@@ -292,27 +303,30 @@ class SwapCounts:
 
 
 # -- the snapshot ----------------------------------------------------------------------
-def version_snapshot(version: Version, info: Any) -> dict[str, Any]:
-    """One version's part of ``host.metrics()``: ``info`` is its ``VersionInfo``."""
+def version_snapshot(version: Any, leaked_bytes: int = 0) -> dict[str, Any]:
+    """One version's part of ``host.metrics()`` (a ``lifecycle.Version``; read
+    directly, not through ``VersionInfo``, whose figures it would add up again)."""
     figs = exports(version)
     total = ExportFigures()
     for fig in figs.values():
         total.add(fig)
-    lat = total.latency()
+    p50, p99 = quantiles(total.hist)
+    img = version.image
+    proxy = img.process  # isolated: the worker's figures
     return {
-        "seq": info.seq,
-        "version": info.plugin_version,
-        "state": str(info.state),
-        "isolated": info.isolated,
-        "pid": info.pid,
-        "restarts": info.restarts,
-        "leaked_bytes": info.mapped_bytes if info.state in ("leaked", "retained") else 0,
-        "service_errors": info.service_errors,
+        "seq": version.seq,
+        "version": img.version,
+        "state": str(version.state),
+        "isolated": proxy is not None,
+        "pid": proxy.pid if proxy is not None else None,
+        "restarts": proxy.restarts if proxy is not None else 0,
+        "leaked_bytes": leaked_bytes,
+        "service_errors": img.imports.errors if img.imports is not None else 0,
         "calls": total.calls,
         "in_flight": total.in_flight,
         "errors": dict(zip(ERROR_KINDS, total.errors, strict=True)),
-        "p50_us": lat["p50_us"],
-        "p99_us": lat["p99_us"],
+        "p50_us": p50,
+        "p99_us": p99,
         "exports": {f: fig.as_dict() for f, fig in sorted(figs.items())},
     }
 
@@ -326,15 +340,15 @@ def snapshot(records: Iterable[Any], swaps: SwapCounts, sample: int) -> dict[str
         calls = rec.folded.calls
         errors = list(rec.folded.errors)
         for v in list(rec.history):
-            stuck = v.state in ("leaked", "retained")  # measured: what is still mapped
-            info = rec.info(v, inspect=False, measure=stuck)
-            snap = version_snapshot(v, info)
+            stuck = 0
+            if str(v.state) in ("leaked", "retained"):  # what the kernel says is still mapped
+                stuck = rec.info(v, inspect=False).mapped_bytes
+                leaked_images += 1
+                leaked_bytes += stuck
+            snap = version_snapshot(v, stuck)
             versions.append(snap)
             calls += snap["calls"]
             errors = [a + b for a, b in zip(errors, snap["errors"].values(), strict=True)]
-            if stuck:
-                leaked_images += 1
-                leaked_bytes += info.mapped_bytes
         plugins[rec.name] = {
             "loaded": rec.plugin is not None,
             "calls": calls,

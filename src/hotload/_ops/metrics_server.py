@@ -5,11 +5,12 @@ A custom collector reads ``host.metrics()`` when a scrape comes in: nothing
 runs per call in Python, and a scrape sees every version's counters as they
 are at that instant.  The log-linear latency histogram (``_engine/metrics``:
 8 buckets per power of two) is reduced to ``LE_BOUNDS``: the histogram's own
-bucket edges nearest to 100 ns, 300 ns, 1 us, 3 us ... 3 s, 10 s, so every
-cumulative ``le`` count is exact (no bucket is split).
+bucket edges nearest to 100 ns, 300 ns, 1 us, 3 us ... 300 us, 1 ms, 10 ms,
+100 ms, 1 s, 10 s, so every cumulative ``le`` count is exact (no bucket is
+split).
 
 A scrape's cost is the library's, per line (~5-10 us each: the labels are
-validated and escaped one by one), so the lines are kept few: 17 ``le``
+validated and escaped one by one), so the lines are kept few: 13 ``le``
 bounds; a per-export error series only for the kinds that happened (the
 per-plugin ``hotload_plugin_call_errors_total`` has every kind from the
 start); and a version that has left memory (``unloaded``) keeps its call and
@@ -54,11 +55,12 @@ READ_TIMEOUT = 5.0  # seconds a connection may take to send its request
 
 
 def _le_bounds() -> tuple[tuple[int, str], ...]:
-    """(edge in ns, its ``le`` label in seconds) for 100 ns, 300 ns, 1 us,
-    3 us, ... 3 s, 10 s: each the histogram bucket edge nearest to that value
-    (17 bounds and +Inf: a scrape's cost is its lines, see the module doc)."""
+    """(edge in ns, its ``le`` label in seconds) for 100 ns, 300 ns, 1 us, 3 us
+    ... 300 us, then 1 ms, 10 ms, 100 ms, 1 s, 10 s: each the histogram bucket
+    edge nearest to that value (13 bounds and +Inf: a scrape's cost is its
+    lines, see the module doc; plugin calls live in the first decades)."""
     edges = [int(u) for u in figures.UPPER if u != float("inf")]
-    nominal = [m * 10**e for e in range(2, 10) for m in (1, 3)] + [10**10]
+    nominal = [m * 10**e for e in range(2, 6) for m in (1, 3)] + [10**e for e in range(6, 11)]
     out = []
     for v in nominal:
         edge = min(edges, key=lambda x: (abs(x - v), x))
