@@ -27,6 +27,23 @@ Compile = Callable[..., Path]
 T = TypeVar("T")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep the tests that share a module-scoped fixture on one xdist worker.
+
+    ``make test`` distributes with ``--dist loadgroup``: each test is its own
+    unit of work, so no long file is the floor of the run, except the tests
+    of one ``xdist_group``, which go to one worker together.  A module-scoped
+    fixture (a wine prefix, a Go build, a module's compiled plugins) is built
+    once per worker that needs it: grouping the tests that use it by module
+    keeps that at once, as ``--dist loadfile`` did."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        if any(d[-1].scope in ("module", "class", "package") for d in defs if d):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
 @pytest.fixture
 def cc(tmp_path: Path) -> Compile:
     """``cc(source_text, name, flags=[], cxx=False)`` -> path of a fresh .so,

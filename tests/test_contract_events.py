@@ -2,7 +2,8 @@
 
 One spec for both modes: every test runs with its plugins in process and
 isolated (``mode``, from conftest).  The compiled and the Python router both
-run this file (the Makefile's ROUTING_TESTS).
+run this file (the Makefile's ROUTING_TESTS; its isolated cases with the
+compiled router only, ROUTING_SKIP says why).
 """
 
 from __future__ import annotations
