@@ -90,7 +90,9 @@ PRETEND_WINDOWS = textwrap.dedent(
     import json, sys
     # First pass on the real platform: the stdlib and third-party modules hotload
     # uses, imported as this OS has them (subprocess, selectors, watchdog...).
+    # hotload's names load on first use (PEP 562): touch every one.
     import hotload
+    [getattr(hotload, n) for n in [*hotload.__all__, "fleet"]]
     for name in [m for m in sys.modules if m == "hotload" or m.startswith("hotload.")]:
         del sys.modules[name]
     # Second pass: hotload's own modules again, with POSIX-only modules gone and
@@ -99,6 +101,7 @@ PRETEND_WINDOWS = textwrap.dedent(
         sys.modules[name] = None  # "import fcntl" now raises ImportError
     sys.platform = "win32"
     import hotload
+    [getattr(hotload, n) for n in [*hotload.__all__, "fleet"]]
     from hotload import _platform
     sys.path.insert(0, TESTS)
     from fake_kernel32 import V1, V2, FakeKernel32, install, run_swap

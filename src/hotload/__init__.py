@@ -8,11 +8,8 @@ with Host() as host:
     host.reload("double_xp")
 """
 
-from . import fleet  # noqa: F401  (fleet rollout on Redis: fleet.publish, ...)
-from ._about import __version__
-from ._artifact.descriptor import ABI_VERSION
-from ._engine.lifecycle import VersionInfo, VersionState
-from ._engine.registry import Plugin
+from typing import TYPE_CHECKING, Any
+
 from ._errors import (
     BuildError,
     ClosedError,
@@ -37,8 +34,48 @@ from ._errors import (
     TrustError,
     TypeLayoutError,
 )
-from ._host import Host
-from ._process.options import Isolated
+
+if TYPE_CHECKING:
+    from . import fleet  # noqa: F401  (hotload.fleet: fleet rollout on Redis)
+    from ._about import __version__
+    from ._artifact.descriptor import ABI_VERSION
+    from ._engine.lifecycle import VersionInfo, VersionState
+    from ._engine.registry import Plugin
+    from ._host import Host
+    from ._process.options import Isolated
+
+# What the package's names come from, imported on first use (PEP 562).  A worker
+# process runs ``python -m hotload._process.worker``, which imports this package
+# first: importing Host eagerly pulled the swap engine, cffi's C parser, the
+# fleet and redis into every worker and every CLI call (~0.24 s of a sandboxed
+# worker's ~0.3 s start).  The errors stay eager: they are small and every layer
+# raises them.
+_LAZY = {
+    "__version__": "._about",
+    "ABI_VERSION": "._artifact.descriptor",
+    "VersionInfo": "._engine.lifecycle",
+    "VersionState": "._engine.lifecycle",
+    "Plugin": "._engine.registry",
+    "Host": "._host",
+    "Isolated": "._process.options",
+}
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name == "fleet":
+        return importlib.import_module(".fleet", __name__)
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, "fleet"})
+
 
 __all__ = [
     "__version__",
