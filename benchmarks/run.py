@@ -24,6 +24,7 @@ MODULES = (
     "bench_fleet",
     "bench_contract",
     "bench_isolate",
+    "bench_spares",
     "proof_go_unload",
 )
 
