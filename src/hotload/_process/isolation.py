@@ -100,7 +100,8 @@ class Isolation:
         spawner = self._spawner(sandbox)
         self._churn = True
         with self._lock:
-            spawner.resize(max(spares, self._wanted(sandbox)))
+            size = max(spares, self._wanted(sandbox))
+        spawner.resize(size)
         for attempt in (1, 2):
             try:
                 worker = spawner.take()

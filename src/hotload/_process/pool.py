@@ -263,7 +263,7 @@ class Spawner:
             pool, self._pool = list(self._pool), collections.deque()
         for w in pool:
             w.kill()
-        self._thread.shutdown(wait=True)
+        self._thread.shutdown(wait=True, cancel_futures=True)  # spares not started yet: never
         with self._cv:
             pool, self._pool = list(self._pool), collections.deque()
         for w in pool:
