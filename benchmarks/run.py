@@ -25,6 +25,7 @@ MODULES = (
     "bench_contract",
     "bench_isolate",
     "bench_metrics",
+    "bench_spares",
     "proof_go_unload",
 )
 

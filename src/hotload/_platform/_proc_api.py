@@ -81,6 +81,13 @@ class WorkerProcess(Protocol):
         (``address_space`` and ``cpu_seconds`` as rlimits, ``nice``)."""
         ...
 
+    def trim_heap(self) -> bool:
+        """Give the free pages of the C heap back to the OS (glibc's
+        ``malloc_trim(0)``): freed memory stays resident otherwise, and each
+        worker's threads and buffers dirty a little more of it.  False where
+        there is no such call (musl, Windows)."""
+        ...
+
     def fd_usage(self) -> tuple[int, int] | None:
         """``(open, limit)``: how many file descriptors this process has open
         and its soft ``RLIMIT_NOFILE``; None when there is no limit or the

@@ -324,6 +324,15 @@ def apply_limits(limits: dict[str, int]) -> None:
         os.nice(int(limits["nice"]))
 
 
+def trim_heap() -> bool:
+    fn = getattr(_libc(), "malloc_trim", None)  # glibc; musl has none
+    if fn is None:
+        return False
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    fn(0)
+    return True
+
+
 def fd_usage() -> tuple[int, int] | None:
     import resource
 

@@ -145,6 +145,10 @@ def apply_limits(limits: dict[str, int]) -> None:
     raise NotImplementedError("isolated plugins need a POSIX host (rlimits)")
 
 
+def trim_heap() -> bool:
+    return False  # the process heap gives pages back by itself
+
+
 def fd_usage() -> tuple[int, int] | None:
     return None  # no RLIMIT_NOFILE: handles are limited by memory
 

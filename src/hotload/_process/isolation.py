@@ -28,6 +28,7 @@ import collections
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,14 +36,18 @@ from typing import Any
 from .._artifact.loader import Image, Staged
 from .._contract.services import ImportBinding, ServiceTable
 from .._errors import HotloadError, SignatureError, resource_error
+from .._platform import proc as channel
 from .options import Isolated
+from .pool import Spawner
 from .proxy import Proxy
-from .spawn import Spawner, Worker, _StartFailed
+from .spawn import START_TIMEOUT, Worker, _StartFailed
 from .wire import CallPlan, plans, shm_supported
 
 __all__ = ["IsolatedImage", "Isolation"]
 
 log = logging.getLogger(__name__)
+
+TRIM_EVERY = 1.0  # seconds between two trims of the C heap, at most (``_trim``)
 
 
 class Isolation:
@@ -60,6 +65,8 @@ class Isolation:
         self._exiting: list[Proxy] = []  # stopped, their workers not reaped yet
         self.exit_faults = 0  # workers that crashed or hung at exit, after their stop
         self._jobs: collections.deque[Callable[[], None]] = collections.deque()
+        self._churn = False  # a worker started or ended since the heap was last trimmed
+        self._trimmed = 0.0  # when (monotonic)
         self._wake = threading.Event()
         self.closed = False
         self._thread = threading.Thread(target=self._loop, daemon=True, name="hotload-isolate")
@@ -70,27 +77,48 @@ class Isolation:
         with self._lock:
             spawner = self._spawners.get(sandbox)
             if spawner is None:
-                spawner = Spawner("isolated", shm=self.shm, services=True, sandbox=sandbox)
+                spawner = Spawner("isolated", shm=self.shm, services=True, sandbox=sandbox, size=0)
                 self._spawners[sandbox] = spawner
             return spawner
 
     def warm(self, timeout: float = 10.0, *, sandbox: bool = True) -> bool:
-        """Wait until a spare worker is ready (True), e.g. before timing a reload."""
+        """Wait until the spare workers are ready (True), e.g. before timing a reload."""
         return self._spawner(sandbox).warm(timeout)
 
-    def take(self, sandbox: bool = True) -> Worker:
-        """A ready worker (sandboxed or not): the warm spare if it is alive,
-        else a new one; a new spare is started in the background either way."""
+    def spares(self, sandbox: bool = True) -> list[Worker]:
+        """The spare workers of that kind now (started, ready or not)."""
+        return self._spawner(sandbox).spares()
+
+    def take(self, sandbox: bool = True, spares: int = 1, *, backed: bool = False) -> Worker:
+        """A ready worker (sandboxed or not): a spare from the pool if one is
+        alive, else a new one, started side by side with the spares that
+        replace it (the pool keeps ``spares``, or more if another loaded
+        plugin of that kind asks for more).  ``backed`` (a load or a reload):
+        a worker started on demand is returned once a spare started with it
+        is ready too, so the version's first crash finds one (a restart does
+        not wait: it serves as soon as it can)."""
         spawner = self._spawner(sandbox)
-        try:
-            worker = spawner.take()
-            worker.greet()
-        except OSError as exc:
-            raise resource_error(exc, "cannot start an isolated worker") or HotloadError(
-                f"cannot start an isolated worker: {exc}"
-            ) from None
-        except _StartFailed as exc:
-            raise HotloadError(f"isolated {exc}") from None
+        self._churn = True
+        with self._lock:
+            size = max(spares, self._wanted(sandbox))
+        spawner.resize(size)
+        for attempt in (1, 2):
+            try:
+                worker = spawner.take()
+                if not self.closed:
+                    spawner.refill()  # replaced at once, before this one's hello
+                worker.greet()
+                break
+            except OSError as exc:
+                raise resource_error(exc, "cannot start an isolated worker") or HotloadError(
+                    f"cannot start an isolated worker: {exc}"
+                ) from None
+            except _StartFailed as exc:
+                if attempt == 2:
+                    raise HotloadError(f"isolated {exc}") from None
+                log.warning("an isolated worker failed to start (%s); starting another", exc)
+        if backed and not worker.pooled and not self.closed:
+            spawner.ready_one(START_TIMEOUT)  # started with it: about as far along
         if sandbox and worker.sandbox_why and not self._fallback_said:
             self._fallback_said = True
             log.warning(
@@ -98,9 +126,19 @@ class Isolation:
                 worker.sandbox_why,
                 ", ".join(worker.sandbox) or "no protection",
             )
-        if not self.closed:
-            spawner.refill()
         return worker
+
+    def _wanted(self, sandbox: bool) -> int:
+        """The pool size the loaded plugins of that kind ask for (the lock is held)."""
+        return max((p.opts.spares for p in self._proxies if p.opts.sandbox == sandbox), default=0)
+
+    def _resize(self, sandbox: bool) -> None:
+        """Fit the pool to the plugins loaded now: none left, no spares."""
+        with self._lock:
+            spawner = self._spawners.get(sandbox)
+            size = self._wanted(sandbox)
+        if spawner is not None and size < spawner.size:
+            spawner.resize(size)
 
     # -- opening a version --------------------------------------------------------
     def open(
@@ -140,9 +178,10 @@ class Isolation:
             "imports": imports,
         }
         try:
-            proxy.start(self.take(opts.sandbox))
+            proxy.start(self.take(opts.sandbox, opts.spares, backed=True))
         except BaseException:
             staged.discard()
+            self._resize(opts.sandbox)  # the spares it asked for, if no other plugin wants them
             raise
         if binding is not None:
             binding.track()  # its imports are in use until the image is released (detach)
@@ -179,6 +218,8 @@ class Isolation:
                 self._exiting.append(proxy)
             elif proxy in self._exiting:
                 self._exiting.remove(proxy)
+        self._churn = True
+        self._resize(proxy.opts.sandbox)  # the last of its kind unloaded: its spares go
 
     def later(self, job: Callable[[], None]) -> None:
         self._jobs.append(job)
@@ -206,8 +247,24 @@ class Isolation:
                     log.exception("isolated worker job failed")
             with self._lock:
                 proxies = list(self._proxies)
+                spawners = list(self._spawners.values())
             for p in proxies:
                 p.check()
+            for spawner in spawners:
+                spawner.tend()  # spares that died while idle are replaced, not handed out
+            self._trim()
+
+    def _trim(self) -> None:
+        """Give the C heap's free pages back, at most once a second and only
+        after workers came or went: each worker's threads, buffers and
+        frames are freed when it ends, but glibc keeps the pages they dirtied
+        resident, so without this the host's RSS crept up ~3 KB per isolated
+        reload (issue 24 item 5).  Off the call path: the supervisor's thread."""
+        now = time.monotonic()
+        if self._churn and now - self._trimmed >= TRIM_EVERY:
+            self._churn = False
+            self._trimmed = now
+            channel.trim_heap()
 
     def close(self) -> None:
         """Stop every worker (a hung one is killed)."""

@@ -36,7 +36,8 @@ from .._errors import (
     resource_error,
 )
 from .._platform import proc as channel
-from .spawn import Spawner, Worker, _StartFailed
+from .pool import Spawner
+from .spawn import Worker, _StartFailed
 from .wire import OP_CONTROL, _Garbage
 
 log = logging.getLogger(__name__)

@@ -54,7 +54,7 @@ class Supervisor(Protocol):
     closed: bool  # the host is closing: a SIGKILL is ours, not a crash
     exit_faults: int  # workers that crashed or hung at exit, after their stop
 
-    def take(self, sandbox: bool = True) -> Worker: ...
+    def take(self, sandbox: bool = True, spares: int = 1) -> Worker: ...
     def later(self, job: Callable[[], None]) -> None: ...
     def rollback(self, name: str) -> None: ...
     def forget(self, proxy: Proxy, *, exiting: bool = False) -> None: ...
@@ -376,7 +376,7 @@ class Proxy:
         if delay:
             time.sleep(delay)
         try:
-            worker = self.iso.take(self.opts.sandbox)
+            worker = self.iso.take(self.opts.sandbox, self.opts.spares)
         except HotloadError as exc:
             log.error("%s v%d: restart failed: %s", self.name, self.seq, exc)
             with self.lock:

@@ -52,7 +52,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .._platform import proc as channel
@@ -154,6 +153,8 @@ class Worker:
         self.sandbox: tuple[str, ...] = ()  # the protections in force, from its hello
         self.sandbox_why = ""  # why the strongest ones are missing
         self.greeted = False  # its hello came: the interpreter is up and listening
+        self.pooled = False  # started as a spare (``pool.Spawner``), not on demand
+        self._greet_lock = threading.Lock()  # a spare may be greeted by its taker and the tick
         self._timeout: float | None = None
         self.mm: mmap.mmap | None = None
         self.seq = 0
@@ -194,6 +195,15 @@ class Worker:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
+    def intact(self) -> bool:
+        """Alive and able to serve: its process (and, sandboxed, the one below
+        the guard that runs plugin code) not gone, not a zombie, not stopped
+        by a signal.  A spare killed from outside fails this before its guard
+        has noticed."""
+        if not self.alive() or self.stopped():
+            return False
+        return self.pid == self.popen.pid or channel.start_time(self.pid) == self._start
+
     def stopped(self) -> bool:
         """Stopped by a signal (SIGSTOP, job control, a tracer): it cannot
         make progress until someone resumes it."""
@@ -204,12 +214,26 @@ class Worker:
         """Wait for its hello (once); ``_StartFailed`` saying how it ended, or
         that it was stopped or silent, when none came.  The worker is killed
         then."""
+        with self._greet_lock:
+            self._greet(timeout)
+
+    def hello_waiting(self) -> bool:
+        """Its hello (or its EOF) is on the socket: ``greet`` would not wait."""
+        if self.greeted:
+            return True
+        fd = self.sock.fileno()
+        return fd < 0 or bool(channel.poller(fd).poll(0))  # closed: greet says how it ended
+
+    def _greet(self, timeout: float) -> None:
         if self.greeted:
             return
-        try:
-            hello: bytes | None = self.recv(timeout)
-        except (EOFError, OSError, _Garbage):  # OSError: TimeoutError, a reset
-            hello = None
+        if self.popen.returncode is not None and self._reaped:
+            hello: bytes | None = None  # killed already (by another greet): say how
+        else:
+            try:
+                hello = self.recv(timeout)
+            except (EOFError, OSError, _Garbage):  # OSError: TimeoutError, a reset
+                hello = None
         if hello is not None and hello.startswith(HELLO):
             if len(hello) > len(HELLO):
                 self._hello(hello[len(HELLO) :])
@@ -554,92 +578,3 @@ def start(role: str, *, shm: bool = False, services: bool = False, sandbox: bool
     worker = Worker(popen, host_end, area, svc_host)
     worker.sandboxed = sandbox
     return worker
-
-
-class Spawner:
-    """Starts the workers of one role from one long-lived thread, and keeps
-    one spare warm when asked (``refill``), so the next ``take`` pays a round
-    trip, not an interpreter start.
-
-    Linux sends a worker its parent-death signal when the *thread* that forked
-    it exits: every worker is forked by this object's own thread, never by
-    the caller's (a control-channel session or a watcher thread that ends
-    soon)."""
-
-    def __init__(
-        self, role: str, *, shm: bool = False, services: bool = False, sandbox: bool = False
-    ) -> None:
-        self.role = role
-        self.sandbox = sandbox
-        self._kw = {"shm": shm, "services": services, "sandbox": sandbox}
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"hotload-{role}-spawn")
-        self._cv = threading.Condition()
-        self._spare: Worker | None = None
-        self._refilling = False
-        self._closed = False
-
-    def start(self) -> Worker:
-        """A new worker, forked on this object's thread; not greeted yet, so
-        its pid is known while it starts."""
-        return self._thread.submit(start, self.role, **self._kw).result()
-
-    def take(self) -> Worker:
-        """The warm spare (greeted) if it is alive and running, waiting for one
-        being started; else a new worker (not greeted yet)."""
-        with self._cv:
-            self._cv.wait_for(lambda: not self._refilling, START_TIMEOUT)
-            spare, self._spare = self._spare, None
-        if spare is not None and (not spare.alive() or spare.stopped()):
-            spare.kill()
-            spare = None
-        return spare or self.start()
-
-    def refill(self) -> None:
-        """Start a spare in the background, unless one is there or coming."""
-        with self._cv:
-            if self._closed or self._spare is not None or self._refilling:
-                return
-            self._refilling = True
-        try:
-            self._thread.submit(self._refill)
-        except RuntimeError:  # closed meanwhile
-            with self._cv:
-                self._refilling = False
-                self._cv.notify_all()
-
-    def _refill(self) -> None:
-        worker: Worker | None = None
-        try:
-            worker = start(self.role, **self._kw)
-            worker.greet()
-        except (OSError, _StartFailed) as exc:
-            log.warning("could not start a spare %s worker: %s", self.role, exc)
-        finally:
-            if worker is not None and not worker.greeted:
-                worker.kill()
-                worker = None
-            with self._cv:
-                self._refilling = False
-                if worker is not None and self._spare is None and not self._closed:
-                    self._spare, worker = worker, None
-                self._cv.notify_all()
-        if worker is not None:
-            worker.kill()
-
-    def warm(self, timeout: float = 10.0) -> bool:
-        """Wait until a spare is ready (True), e.g. before timing a reload."""
-        with self._cv:
-            return self._cv.wait_for(lambda: self._spare is not None, timeout)
-
-    def close(self) -> None:
-        """Kill the spare; a refill under way is waited for and killed too."""
-        with self._cv:
-            self._closed = True
-            spare, self._spare = self._spare, None
-        if spare is not None:
-            spare.kill()
-        self._thread.shutdown(wait=True)
-        with self._cv:
-            spare, self._spare = self._spare, None
-        if spare is not None:
-            spare.kill()

@@ -1,0 +1,193 @@
+"""Spare workers (issue 24 item 4): what the pool of started, idle workers
+buys and costs.
+
+- first restart after load: a fresh host loads a plugin isolated, and its
+  first call crashes it at once; the time from that crash to the next call
+  served (the restarted worker): target <= 10 ms p50.  The spare is started
+  with the load, side by side with the load's own worker;
+- back-to-back isolated reloads of a C plugin and of a Go plugin
+  (``Isolated(spares=2)``), no pause between them but the old version's
+  drain (``settle``): target <= 20 ms p50, and the same within a burst no
+  longer than the pool (each reload finds a spare that said hello);
+- the cost: RSS and PSS of one idle spare (every process of its tree: a
+  sandboxed spare is a guard, a namespace init and the worker).
+
+Run on a shared machine: the figures follow its load (printed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from pathlib import Path
+
+from hotload import Host, Isolated, PluginCrashedError
+from hotload._artifact.builder import compile_plugin
+from hotload._platform import proc
+
+from common import limit_row, now, percentiles, row, scratch, text_row
+
+FRESH_HOSTS = 4
+RELOADS = 20
+POOL = 2
+SRC = r"""
+#include <hotload.h>
+HOTLOAD_PLUGIN("spared", "1");
+HOTLOAD_API int64_t add(int64_t a, int64_t b) { return a + b; }
+HOTLOAD_EXPORT(add, int64_t, (int64_t, int64_t));
+HOTLOAD_API int32_t boom(void) { volatile int *p = 0; *p = 1; return 0; }
+HOTLOAD_EXPORT(boom, int32_t, (void));
+"""
+
+
+def _build(tmp: Path, name: str, source: str) -> Path:
+    src = tmp / f"{name}.c"
+    src.write_text(source)
+    out = tmp / f"{name}.so"
+    compile_plugin(src, out, extra_cflags=["-O2"])
+    return out
+
+
+def _first_restart(lib: Path, tmp: Path, *, settled: bool = False) -> list[float]:
+    """Crash to serving again, in fresh hosts: at once after the load, or
+    (``settled``) with the spare ready and the host idle for 0.5 s first:
+    the cost of a restart itself (reaping the dead worker's tree, opening
+    the version in the spare), for comparison."""
+    out = []
+    tmp.mkdir(parents=True, exist_ok=True)
+    for i in range(FRESH_HOSTS):
+        with Host(tmp / f"fresh{i}", preflight=False) as h:
+            p = h.load(lib, isolate=True)
+            if settled:
+                iso = h._swap._isolation  # noqa: SLF001 - waits for the spare
+                assert iso is not None
+                iso.warm(60.0)
+                time.sleep(0.5)
+            t0 = now()
+            with contextlib.suppress(PluginCrashedError):
+                p.boom()
+            p.add(1, 1)  # waits for the restarted worker
+            out.append((now() - t0) * 1e3)
+    return out
+
+
+def _back_to_back(lib: Path, tmp: Path, name: str, export: str) -> tuple[list[float], list[float]]:
+    """Reload times back to back, and reload times in bursts of ``POOL``
+    (the pool ready before each burst)."""
+    with Host(tmp, preflight=False) as h:
+        p = h.load(lib, isolate=Isolated(spares=POOL))
+        iso = h._swap._isolation  # noqa: SLF001 - waits for the pool before the bursts
+        assert iso is not None
+        iso.warm(60.0)
+        straight = []
+        for i in range(RELOADS):
+            t0 = now()
+            h.reload(name)
+            straight.append((now() - t0) * 1e3)
+            if getattr(p, export)(i, 1) != i + 1:
+                raise AssertionError(f"{name} answered wrong after a reload")
+            h.settle(10.0)
+        burst = []
+        for _ in range(RELOADS // POOL):
+            iso.warm(60.0)
+            for _ in range(POOL):
+                t0 = now()
+                h.reload(name)
+                burst.append((now() - t0) * 1e3)
+                h.settle(10.0)
+    return straight, burst
+
+
+def _spare_cost(lib: Path, tmp: Path) -> tuple[float, float]:
+    """RSS and PSS (kB) of one idle, ready spare's process tree."""
+    with Host(tmp, preflight=False) as h:
+        h.load(lib, isolate=True)
+        iso = h._swap._isolation  # noqa: SLF001 - reads the spare's pids
+        assert iso is not None
+        iso.warm(60.0)
+        (spare,) = iso.spares()
+        pids = [spare.popen.pid, *proc.descendants(spare.popen.pid)]
+        rss = pss = 0
+        for pid in pids:
+            with open(f"/proc/{pid}/smaps_rollup") as fh:
+                for line in fh:
+                    key, _, rest = line.partition(":")
+                    if key == "Rss":
+                        rss += int(rest.split()[0])
+                    elif key == "Pss":
+                        pss += int(rest.split()[0])
+    return rss, pss
+
+
+def run() -> dict[str, float]:
+    tmp = scratch()
+    r: dict[str, float] = {"load before": os.getloadavg()[0]}
+    lib = _build(tmp, "spared", SRC)
+    first: list[float] = []
+    settled: list[float] = []
+    for k in range(2):  # alternating, so a busy moment of the machine hits both
+        first += _first_restart(lib, tmp / f"a{k}")
+        settled += _first_restart(lib, tmp / f"b{k}", settled=True)
+    r["first p50"], _, r["first max"] = percentiles(first)
+    r["settled p50"], _, _ = percentiles(settled)
+    straight, burst = _back_to_back(lib, tmp / "c", "spared", "add")
+    r["c p50"], _, r["c p99"] = percentiles(straight)
+    r["c burst p50"], _, _ = percentiles(burst)
+    if shutil.which("go"):
+        from proof_go_unload import build_go
+
+        go = build_go(tmp)
+        straight, burst = _back_to_back(go, tmp / "go", "gox", "Add")
+        r["go p50"], _, r["go p99"] = percentiles(straight)
+        r["go burst p50"], _, _ = percentiles(burst)
+    else:
+        r["no go"] = 1.0
+    r["rss"], r["pss"] = _spare_cost(lib, tmp / "cost")
+    r["load after"] = os.getloadavg()[0]
+    return r
+
+
+def report(r: dict[str, float]) -> list[str]:
+    out = [
+        f"isolated plugins: spare workers (issue 24 item 4), pool of {POOL} for the reloads",
+        limit_row("first restart after load (crash at once) p50", r["first p50"], "ms", 10.0, "<="),
+        row(
+            "first restart after load p50 vs spare settled",
+            r["first p50"],
+            "ms",
+            r["settled p50"],
+            "vs settled",
+        ),
+        row("crash to serving, spare ready, host idle (same run)", r["settled p50"], "ms"),
+        row("first restart after load, slowest", r["first max"], "ms"),
+        limit_row("back-to-back isolated reloads, C p50", r["c p50"], "ms", 20.0, "<="),
+        row("back-to-back isolated reloads, C p99", r["c p99"], "ms"),
+        row(f"isolated reloads, C, bursts of {POOL} (pool ready) p50", r["c burst p50"], "ms"),
+    ]
+    if "no go" in r:
+        out.append(text_row("back-to-back isolated reloads, Go", "no Go toolchain here"))
+    else:
+        out += [
+            limit_row("back-to-back isolated reloads, Go p50", r["go p50"], "ms", 20.0, "<="),
+            row("back-to-back isolated reloads, Go p99", r["go p99"], "ms"),
+            row(
+                f"isolated reloads, Go, bursts of {POOL} (pool ready) p50",
+                r["go burst p50"],
+                "ms",
+            ),
+        ]
+    out += [
+        row("one idle spare (sandboxed): RSS of its processes", r["rss"] / 1024, "MB"),
+        row("one idle spare (sandboxed): PSS of its processes", r["pss"] / 1024, "MB"),
+        text_row(
+            "machine load (1-min average, before / after)",
+            f"{r['load before']:.1f} / {r['load after']:.1f} on {os.cpu_count()} cores",
+        ),
+    ]
+    return out
+
+
+if __name__ == "__main__":
+    print("\n".join(report(run())))
