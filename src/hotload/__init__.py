@@ -11,6 +11,7 @@ with Host() as host:
 from . import fleet  # noqa: F401  (fleet rollout on Redis: fleet.publish, ...)
 from ._about import __version__
 from ._artifact.descriptor import ABI_VERSION
+from ._engine.journal import Journal, JournalEntry
 from ._engine.lifecycle import VersionInfo, VersionState
 from ._engine.registry import Plugin
 from ._errors import (
@@ -54,6 +55,8 @@ __all__ = [
     "HotloadError",
     "InvalidPluginError",
     "Isolated",
+    "Journal",
+    "JournalEntry",
     "LoadError",
     "NotAPluginError",
     "NotLoadedError",

@@ -23,6 +23,7 @@ from ._contract.events import EventTable
 from ._contract.events import emit as _emit
 from ._contract.handles import HandleTable
 from ._contract.services import ServiceTable
+from ._engine.journal import Journal
 from ._engine.lifecycle import VersionInfo, VersionState
 from ._engine.reaper import Reaper
 from ._engine.record import PluginRecord
@@ -107,6 +108,8 @@ class Host:
         history_limit: How many unloaded versions per plugin ``versions()``
             keeps reporting (``pruned(name)`` counts the ones dropped);
             versions still in memory are always reported.
+        journal_size: How many entries the swap journal (``host.journal()``)
+            keeps; older ones are dropped and counted (``journal.dropped``).
         control: Open the control socket now (``serve_control()``), so that
             ``hotload ls``, ``reload`` and ``rollback`` in another process
             reach this host.
@@ -135,6 +138,10 @@ class Host:
             the ones it loads itself; a name from Redis alone is never loaded.
     """
 
+    journal: Journal
+    """The swap journal: ``host.journal(name=None, since=None)`` lists what changed,
+    when and who asked; ``host.journal.dropped`` counts what its ring let go."""
+
     def __init__(
         self,
         workdir: str | os.PathLike[str] | None = None,
@@ -150,6 +157,7 @@ class Host:
         max_state_size: int = loader.MAX_STATE_SIZE,
         keep_versions: int = 8,
         history_limit: int = 64,
+        journal_size: int = 1000,
         control: bool = False,
         fleet: str | bool | None = None,
         fleet_labels: Mapping[str, str] | None = None,
@@ -168,7 +176,9 @@ class Host:
             max_state_size=max_state_size,
             keep_versions=keep_versions,
             history_limit=history_limit,
+            journal_size=journal_size,
         )
+        self.journal = Journal(self.settings.journal_size)
         self._reader = Reader(
             trust_checks=trust_checks,
             max_plugin_size=max_plugin_size,
@@ -195,6 +205,7 @@ class Host:
             preflight=self._preflight,
             provided=self._provided,
             events=self._events,
+            journal=self.journal,
         )
         try:
             if control:
@@ -412,9 +423,7 @@ class Host:
         opts = isolation_options(isolate)
         declared = dict(signatures) if signatures else None
         self._table.check_open()
-        cand = (
-            path if isinstance(path, Candidate) else self.read(path, name=name, signatures=declared)
-        )
+        cand = self._swap.read(path, name=name, signatures=declared)
         try:
             return self._swap.load(
                 cand, declared=declared, unload_safe=unload_safe, isolate=opts, preflight=preflight
@@ -505,16 +514,7 @@ class Host:
             name: The plugin's name.
         """
         rec = self._table.get(name)
-        if rec is None:
-            return None
-        version = rec.current
-        if version is None and rec.plugin is not None:
-            # mid-switch (a stateful swap holds calls at the gate): the version that served
-            # last, which serves on if the new one is refused
-            serving = (VersionState.ACTIVE, VersionState.DRAINING)
-            live = [v for v in rec.history if v.state in serving]
-            version = live[-1] if live else None
-        return rec.info(version, inspect=False) if version else None
+        return rec.serving_info() if rec is not None else None
 
     def versions(self, name: str | None = None) -> list[VersionInfo]:
         """The versions this host has loaded, oldest first: every one still in

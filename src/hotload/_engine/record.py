@@ -174,6 +174,17 @@ class PluginRecord:
             service_errors=img.imports.errors if img.imports is not None else 0,
         )
 
+    def serving_info(self) -> VersionInfo | None:
+        """``Host.current``: the version serving now; mid-switch (a stateful
+        swap holds calls at the gate) the one that served last, which serves
+        on if the new one is refused."""
+        version = self.current
+        if version is None and self.plugin is not None:
+            serving = (VersionState.ACTIVE, VersionState.DRAINING)
+            live = [v for v in self.history if v.state in serving]
+            version = live[-1] if live else None
+        return self.info(version, inspect=False) if version else None
+
     def stuck(self) -> list[Version]:
         return [v for v in self.history if v.state in _STUCK]
 

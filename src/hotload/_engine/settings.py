@@ -25,13 +25,14 @@ class Settings:
     max_state_size: int = MAX_STATE_SIZE
     keep_versions: int = 8
     history_limit: int = 64
+    journal_size: int = 1000
 
     def __post_init__(self) -> None:
         _seconds("preflight_timeout", self.preflight_timeout)
         _seconds("quiesce_timeout", self.quiesce_timeout, zero=True)  # 0: take state at once
         if self.hook_timeout is not None:
             _seconds("hook_timeout", self.hook_timeout)
-        for field in ("max_state_size", "keep_versions", "history_limit"):
+        for field in ("max_state_size", "keep_versions", "history_limit", "journal_size"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{field} must be a positive integer, not {value!r}")
