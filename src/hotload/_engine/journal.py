@@ -140,12 +140,17 @@ class JournalEntry:
 
 
 class Journal:
-    """The host's journal: a ring of the newest ``size`` entries.
+    """The host's journal (``host.journal``): a ring of the newest ``size``
+    entries (``Host(journal_size=...)``).
 
-    ``journal()`` (``Host.journal``) lists them; ``dropped`` counts the
+    Calling it lists them, oldest first: ``host.journal(name=None,
+    since=None)``; ``name`` keeps one plugin's entries (a name that never
+    loaded has its refused builds), ``since`` the entries after the one
+    with that ``seq`` (the last one a reader saw).  ``dropped`` counts the
     entries the ring let go; ``refusals()`` keeps, per plugin, how many
     builds were refused and the last refusal, for as long as the host runs
-    (``hotload ls`` shows them after the ring has moved on)."""
+    (``hotload ls`` shows them after the ring has moved on).  The host
+    records; ``record`` and ``refused`` are how its parts do it."""
 
     def __init__(self, size: int = DEFAULT_SIZE) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
