@@ -23,7 +23,6 @@ from ._contract.events import EventTable
 from ._contract.events import emit as _emit
 from ._contract.handles import HandleTable
 from ._contract.services import ServiceTable
-from ._engine.journal import Journal
 from ._engine.lifecycle import VersionInfo, VersionState
 from ._engine.reaper import Reaper
 from ._engine.record import PluginRecord
@@ -108,8 +107,7 @@ class Host:
         history_limit: How many unloaded versions per plugin ``versions()``
             keeps reporting (``pruned(name)`` counts the ones dropped);
             versions still in memory are always reported.
-        journal_size: How many entries the swap journal (``host.journal()``)
-            keeps; older ones are dropped and counted (``journal.dropped``).
+        journal_size: Entries ``host.journal()`` keeps (the older ones: ``journal.dropped``).
         control: Open the control socket now (``serve_control()``), so that
             ``hotload ls``, ``reload`` and ``rollback`` in another process
             reach this host.
@@ -137,10 +135,6 @@ class Host:
         fleet_plugins: Plugin names this host takes from the fleet besides
             the ones it loads itself; a name from Redis alone is never loaded.
     """
-
-    journal: Journal
-    """The swap journal: ``host.journal(name=None, since=None)`` lists what changed,
-    when and who asked; ``host.journal.dropped`` counts what its ring let go."""
 
     def __init__(
         self,
@@ -178,7 +172,6 @@ class Host:
             history_limit=history_limit,
             journal_size=journal_size,
         )
-        self.journal = Journal(self.settings.journal_size)
         self._reader = Reader(
             trust_checks=trust_checks,
             max_plugin_size=max_plugin_size,
@@ -190,6 +183,7 @@ class Host:
         self._reaper = Reaper(self._loader, self._policy)
         self._preflight = PreflightWorker(preflight_timeout)
         self._table = PluginTable(self.settings, self._policy)
+        self.journal = self._table.journal  # the swap journal: host.journal(name, since)
         self._services: list[Service] = []
         self._agents: list[FleetAgent] = []  # the fleet agents among the services
         self._provided = ServiceTable(self._workdir.path)  # host services (see provide())
@@ -205,7 +199,6 @@ class Host:
             preflight=self._preflight,
             provided=self._provided,
             events=self._events,
-            journal=self.journal,
         )
         try:
             if control:

@@ -37,7 +37,7 @@ from .._inspect import report as inspector
 from .._process.isolation import Isolation
 from .._process.options import Isolated
 from .._process.preflight import PreflightWorker
-from .journal import Journal, origin
+from .journal import origin
 from .lifecycle import Version, VersionInfo
 from .reaper import Reaper
 from .record import PluginRecord
@@ -82,7 +82,6 @@ class Swapper:
         preflight: PreflightWorker,
         provided: ServiceTable,
         events: EventTable,
-        journal: Journal,
     ) -> None:
         self._table = table
         self._settings = settings
@@ -93,7 +92,7 @@ class Swapper:
         self._preflight = preflight
         self._provided = provided
         self._events = events
-        self._journal = journal
+        self._journal = table.journal
         self._isolation: Isolation | None = None  # started by the first isolated load
         self._isolation_lock = threading.Lock()
 
