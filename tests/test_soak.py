@@ -269,7 +269,8 @@ def run_soak(host: Host, soak: Any, reloader: Reloader, size: Size) -> tuple[lis
 def test_soak_four_callers_and_a_reloader(tmp_path: Path, cc: Compile, size: Size) -> None:
     builds = build_pair(cc)
     work = tmp_path / "work"
-    with Host(work, preflight=False) as host:
+    # journal_size: the journal's ring (one entry per reload) full before the baseline too
+    with Host(work, preflight=False, journal_size=WARMUP) as host:
         soak = host.load(builds[0])  # build A at generation 1
         reloader = Reloader(host, builds)
         # enough reloads to fill the bounded history before the baseline, so that

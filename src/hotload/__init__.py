@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from . import fleet  # noqa: F401  (hotload.fleet: fleet rollout on Redis)
     from ._about import __version__
     from ._artifact.descriptor import ABI_VERSION
+    from ._engine.journal import Journal, JournalEntry
     from ._engine.lifecycle import VersionInfo, VersionState
     from ._engine.registry import Plugin
     from ._host import Host
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
 _LAZY = {
     "__version__": "._about",
     "ABI_VERSION": "._artifact.descriptor",
+    "Journal": "._engine.journal",
+    "JournalEntry": "._engine.journal",
     "VersionInfo": "._engine.lifecycle",
     "VersionState": "._engine.lifecycle",
     "Plugin": "._engine.registry",
@@ -92,6 +95,8 @@ __all__ = [
     "HotloadError",
     "InvalidPluginError",
     "Isolated",
+    "Journal",
+    "JournalEntry",
     "LoadError",
     "NotAPluginError",
     "NotLoadedError",

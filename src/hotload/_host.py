@@ -101,6 +101,7 @@ class Host:
         history_limit: How many unloaded versions per plugin ``versions()``
             keeps reporting (``pruned(name)`` counts the ones dropped);
             versions still in memory are always reported.
+        journal_size: Entries ``host.journal()`` keeps (the older ones: ``journal.dropped``).
         control: Open the control socket now (``serve_control()``), so that
             ``hotload ls``, ``reload`` and ``rollback`` in another process
             reach this host.
@@ -147,6 +148,7 @@ class Host:
         max_state_size: int = loader.MAX_STATE_SIZE,
         keep_versions: int = 8,
         history_limit: int = 64,
+        journal_size: int = 1000,
         control: bool = False,
         fleet: str | bool | None = None,
         fleet_labels: Mapping[str, str] | None = None,
@@ -169,6 +171,7 @@ class Host:
             history_limit=history_limit,
             metrics=metrics,
             metrics_sample=metrics_sample,
+            journal_size=journal_size,
         )
         self._reader = Reader(
             trust_checks=trust_checks,
@@ -181,6 +184,7 @@ class Host:
         self._reaper = Reaper(self._loader, self._policy)
         self._preflight = PreflightWorker(preflight_timeout)
         self._table = PluginTable(self.settings, self._policy)
+        self.journal = self._table.journal  # the swap journal: host.journal(name, since)
         self._services: list[Service] = []
         self._agents: list[FleetAgent] = []  # the fleet agents among the services
         self._provided = ServiceTable(self._workdir.path)  # host services (see provide())
@@ -413,9 +417,7 @@ class Host:
         opts = isolation_options(isolate)
         declared = dict(signatures) if signatures else None
         self._table.check_open()
-        cand = (
-            path if isinstance(path, Candidate) else self.read(path, name=name, signatures=declared)
-        )
+        cand = self._swap.read(path, name=name, signatures=declared)
         try:
             return self._swap.load(
                 cand, declared=declared, unload_safe=unload_safe, isolate=opts, preflight=preflight

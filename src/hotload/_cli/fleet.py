@@ -25,8 +25,15 @@ and names the hosts and their errors.
 
 ``status --json``: ``{"hosts": [{"id", "alive", "labels", "pid", "machine",
 "hotload", "ttl", "heartbeat_age", "plugins": {NAME: {"state", "digest", "version",
-"seq", "target", "rev", "error", "at"}}}], "desired": {NAME: {"rev", "rules":
-[{"match", "digest"}]}}, "rollouts": {NAME: ROLLOUT}}``.
+"seq", "target", "rev", "error", "at"}}, "health": {NAME: HEALTH}, "unhealthy":
+{NAME: [REASON, ...]}, "health_error"?}], "desired": {NAME: {"rev", "rules":
+[{"match", "digest"}]}}, "rollouts": {NAME: ROLLOUT}}``.  HEALTH is the host's
+last heartbeat's summary of the plugin's current version: ``{"seq", "calls",
+"errors", "crashes", "timeouts", "p99_us", "worker"}`` (the figures the host
+has; ``worker`` only when an isolated worker is not running); ``unhealthy``
+names each plugin that crashed, timed out, has no running worker, or failed
+1% or more of its calls; ``health_error`` says what of a heartbeat's health
+was malformed and left out.
 """
 
 from __future__ import annotations
@@ -370,12 +377,31 @@ def render_status(st: dict[str, Any]) -> str:
             + (f", reason: {rec['reason']}" if rec.get("reason") else "")
         )
         lines += [f"  {h}: {e}" for h, e in fails.items()]
-    rows = [("HOST", "LABELS", "HEARTBEAT", "PLUGIN", "VERSION", "SEQ", "STATE", "DIGEST", "ERROR")]
+    sick = [h for h in st["hosts"] if h.get("alive") and h.get("unhealthy")]
+    if sick:
+        lines.append(f"UNHEALTHY: {len(sick)} of {len(st['hosts'])} host(s)")
+        lines += [f"  {h['id']}: {_sick_plugins(h['unhealthy'])}" for h in sick]
+    rows = [
+        (
+            "HOST",
+            "LABELS",
+            "HEARTBEAT",
+            "PLUGIN",
+            "VERSION",
+            "SEQ",
+            "STATE",
+            "DIGEST",
+            "CALLS",
+            "HEALTH",
+            "ERROR",
+        )
+    ]
     for h in st["hosts"]:
         beat = f"{h.get('heartbeat_age', 0):.1f}s ago" if h.get("alive") else "gone"
         labels = selector_text(h.get("labels") or {}) if h.get("labels") else "-"
         plugins = h.get("plugins") or {"-": {}}
         for pname, rep in sorted(plugins.items()):
+            health = (h.get("health") or {}).get(pname) if h.get("alive") else None
             rows.append(
                 (
                     h["id"],
@@ -386,7 +412,9 @@ def render_status(st: dict[str, Any]) -> str:
                     str(rep.get("seq") or "-"),
                     str(rep.get("state") or "-"),
                     str(rep.get("digest") or "-")[:12],
-                    str(rep.get("error") or "")[:80],
+                    f"{health['calls']:,}" if health and "calls" in health else "-",
+                    _health_cell(health, (h.get("unhealthy") or {}).get(pname)),
+                    str(rep.get("error") or h.get("health_error") or "")[:80],
                 )
             )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
@@ -395,3 +423,34 @@ def render_status(st: dict[str, Any]) -> str:
             "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]).rstrip()
         )
     return "\n".join(lines)
+
+
+def _sick_plugins(unhealthy: dict[str, list[str]], shown: int = 3) -> str:
+    """``xp: 3 crashes; boom: worker stopped``: a host's first few unhealthy
+    plugins and why, on one line however many there are."""
+    names = sorted(unhealthy)
+    text = "; ".join(f"{n}: {', '.join(unhealthy[n])}" for n in names[:shown])
+    return text + (f"; and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _health_cell(health: dict[str, Any] | None, why: list[str] | None) -> str:
+    """``ok``, ``ok, 2 errors, p99 41us`` or ``UNHEALTHY`` (the reasons are in
+    the lines above the table); ``-`` when the heartbeat has no health (a
+    host of an older hotload, or a plugin not loaded)."""
+    if not health:
+        return "-"
+    words = ["UNHEALTHY" if why else "ok"]
+    if health.get("errors") and not why:
+        words.append(f"{health['errors']:,} errors")
+    if health.get("p99_us") is not None:
+        words.append(f"p99 {_micros(health['p99_us'])}")
+    return ", ".join(words)
+
+
+def _micros(us: float) -> str:
+    """``41us``, ``2.5ms``, ``1.2s``: a latency in the unit that reads best."""
+    if us < 1000:
+        return f"{us:.0f}us" if us >= 10 else f"{us:.1f}us"
+    if us < 1_000_000:
+        return f"{us / 1000:.1f}ms"
+    return f"{us / 1_000_000:.1f}s"

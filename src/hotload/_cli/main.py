@@ -5,6 +5,8 @@
     hotload reload NAME [--path FILE] [--allow-signature-change] [--json] [--host ...]
                                                             reload a plugin in a running host
     hotload rollback NAME [--json] [--host ...]             make the previous version live again
+    hotload log [NAME] [--follow] [--json] [-n N] [--host ...]
+                                                            the host's swap journal
     hotload inspect FILE [--json]                           offline: descriptor, exports,
                                                             unload blockers
     hotload build [FILES...] [-o DIR] [--target T]          same as `make plugins` / build.py
@@ -24,7 +26,9 @@ bad usage); ``-v`` adds the library's log.
 
 ``ls --json``
     The control protocol's ``ls`` result: ``{"host": HOST, "plugins": [{"name",
-    "versions": [VERSION, ...], "pruned"}], "leaks": {"images", "bytes"}}``.
+    "versions": [VERSION, ...], "pruned"}], "leaks": {"images", "bytes"},
+    "refused": [{"plugin", "count", "last": ENTRY}]}``; ``refused`` lists every
+    plugin with refused builds, loaded or not (ENTRY: see ``hotload log``).
     VERSION is ``VersionInfo.as_dict()``:
     ``name, seq, plugin_version, state, in_flight, loaded_at, unloaded_at,
     source, copy, digest, size, dlopen_count, dlclose_count, mapped_bytes,
@@ -66,6 +70,8 @@ from typing import Any
 
 from .._errors import HotloadError
 from .._ops import control_client, control_paths
+from .log import add_command as add_log_command
+from .log import refusal_notes
 
 _VERSION_NODE = re.compile(r"^[A-Z][A-Z0-9_]*_[0-9][0-9.]*$")
 
@@ -161,6 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name")
     p.set_defaults(func=cmd_rollback)
+    add_log_command(sub, [target, as_json])  # hotload log
     p = sub.add_parser("inspect", parents=[as_json], help="describe a plugin file (offline)")
     p.add_argument("file")
     p.set_defaults(func=cmd_inspect)
@@ -281,6 +288,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         )
     if any(row[-2] != "-" for row in rows[1:]):
         notes.append("WHY: what keeps a version in memory; `hotload inspect FILE` explains each")
+    notes += refusal_notes(result)
     if notes:
         print("\n".join(notes))
     return 0

@@ -26,6 +26,7 @@ class Settings:
     max_state_size: int = MAX_STATE_SIZE
     keep_versions: int = 8
     history_limit: int = 64
+    journal_size: int = 1000  # entries the swap journal keeps (journal.py)
     metrics: bool = True  # count every routed call per version and export (metrics.py)
     metrics_sample: int = DEFAULT_SAMPLE  # time the latency of every Nth call per export
 
@@ -39,7 +40,13 @@ class Settings:
         _seconds("quiesce_timeout", self.quiesce_timeout, zero=True)  # 0: take state at once
         if self.hook_timeout is not None:
             _seconds("hook_timeout", self.hook_timeout)
-        for field in ("max_state_size", "keep_versions", "history_limit", "metrics_sample"):
+        for field in (
+            "max_state_size",
+            "keep_versions",
+            "history_limit",
+            "metrics_sample",
+            "journal_size",
+        ):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{field} must be a positive integer, not {value!r}")

@@ -9,11 +9,12 @@ order that keeps the running version safe: checks against the other plugins
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from .._artifact import loader as loader_mod
@@ -26,8 +27,10 @@ from .._contract.services import ServiceTable
 from .._contract.structs import plain
 from .._errors import (
     AlreadyLoadedError,
+    ClosedError,
     DescriptorError,
     HookTimeoutError,
+    NotLoadedError,
     SignatureError,
     TypeLayoutError,
 )
@@ -35,6 +38,7 @@ from .._inspect import report as inspector
 from .._process.isolation import Isolation
 from .._process.options import Isolated
 from .._process.preflight import PreflightWorker
+from .journal import origin
 from .lifecycle import Version, VersionInfo
 from .metrics import SwapCounts
 from .reaper import Reaper
@@ -71,6 +75,21 @@ def _counted(op: str) -> Callable[[_F], _F]:
     return wrap
 
 
+# Not a refused build: a request about a name that is not (or already) loaded,
+# or made after the host closed.  The journal records what a build did, not typos.
+_NOT_A_REFUSAL = (NotLoadedError, AlreadyLoadedError, ClosedError)
+
+
+class _Attempt:
+    """What a load, reload or rollback knew of its build when it was refused."""
+
+    __slots__ = ("source", "cand")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.cand: Candidate | None = None
+
+
 class Swapper:
     """Every change of what serves a plugin: load, reload, rollback, unload.
 
@@ -101,6 +120,7 @@ class Swapper:
         self._provided = provided
         self._events = events
         self.counts = SwapCounts()  # swaps by plugin, operation and result (metrics)
+        self._journal = table.journal
         self._isolation: Isolation | None = None  # started by the first isolated load
         self._isolation_lock = threading.Lock()
 
@@ -117,7 +137,8 @@ class Swapper:
     ) -> Plugin:
         """Open a plugin's first version and make it serve."""
         rec = self._table.record(cand.name)
-        with rec.lock:
+        with rec.lock, self._attempt("load", rec, cand.name, cand.source) as attempt:
+            attempt.cand = cand
             self._table.check_open()
             if rec.plugin is not None:
                 raise AlreadyLoadedError(
@@ -133,6 +154,7 @@ class Swapper:
             log.info(
                 "loaded %s %s as v%d from %s", cand.name, cand.version, version.seq, cand.source
             )
+            self._note("load", cand.name, None, version)
             self._table.changed(cand.name)
             return plugin
 
@@ -147,26 +169,31 @@ class Swapper:
     ) -> VersionInfo:
         """A new version of ``name`` from ``path`` (None: the file it came from)."""
         rec = self._table.loaded(name)
-        with rec.lock:
+        if isinstance(path, Candidate):
+            source = path.source
+        else:
+            source = rec.source if path is None else os.fspath(path)
+        with rec.lock, self._attempt("reload", rec, name, source) as attempt:
             self._table.check_open()
             self._table.loaded(name)
             if isinstance(path, Candidate):
-                cand = path
+                cand = attempt.cand = path
                 self._policy.check_budget(rec.history, name, cand.source)
             else:
-                source = rec.source if path is None else os.fspath(path)
                 self._policy.check_budget(rec.history, name, source)
-                cand = self._reader.read(
+                cand = attempt.cand = self._reader.read(
                     source, name=name, signatures=rec.declared, known=rec.live()
                 )
             if cand.name != name:
                 raise DescriptorError(
                     f"{cand.source}: the file declares plugin {cand.name!r}, not {name!r}"
                 )
+            old = rec.current
             version = self._swap_in(rec, cand, allow_signature_change, preflight)
             self._events.changed()
             rec.went_live(version, cand.data, cand.source)
             rec.source = cand.source
+            self._note("reload", name, old, version)
             self._table.changed(name)
             # the reaper inspects a new build; versions() measures its mapped bytes
             return rec.info(version, inspect=False, measure=False)
@@ -175,20 +202,23 @@ class Swapper:
     def rollback(self, name: str, *, preflight: bool | None) -> VersionInfo:
         """The build live before the current one serves again, as a new version."""
         rec = self._table.loaded(name)
-        with rec.lock:
+        with rec.lock, self._attempt("rollback", rec, name, rec.source) as attempt:
             self._table.check_open()
             self._table.loaded(name)
             target = rec.rollback_target()
+            attempt.source = target.source
             self._policy.check_budget(rec.history, name, target.source)
-            cand = loader_mod.candidate(
+            cand = attempt.cand = loader_mod.candidate(
                 target.data, target.source, name=name, declared=rec.declared
             )
             note = f"rollback to v{target.seq}"
             if target.first_seq != target.seq:
                 note += f" (first loaded as v{target.first_seq})"
+            old = rec.current
             version = self._swap_in(rec, cand, True, preflight, note=note)
             self._events.changed()
             rec.rolled_back(version)
+            self._note("rollback", name, old, version, note)
             self._table.changed(name)
             return rec.info(version, inspect=False, measure=False)
 
@@ -198,7 +228,9 @@ class Swapper:
         rec = self._table.loaded(name)
         with rec.lock:
             self._table.loaded(name)
+            old = rec.current
             self._retire(rec)
+            self._note("unload", name, old, None)
             self._table.changed(name)
 
     def close(self, timeout: float) -> None:
@@ -235,7 +267,9 @@ class Swapper:
     def _isolated(self) -> Isolation:
         with self._isolation_lock:
             if self._isolation is None:
-                self._isolation = Isolation(on_rollback=self._rollback_after_crash)
+                self._isolation = Isolation(
+                    on_rollback=self._rollback_after_crash, journal=self._journal
+                )
             return self._isolation
 
     def _rollback_after_crash(self, name: str) -> None:
@@ -243,8 +277,62 @@ class Swapper:
         supervisor thread, never a caller's)."""
         rec = self._table.get(name)
         if not self._table.closed and rec is not None and rec.plugin is not None:
-            info = self.rollback(name, preflight=None)
+            with origin("supervisor"):
+                info = self.rollback(name, preflight=None)
             log.warning("%s crashed: rolled back, v%d serves now", name, info.seq)
+
+    # -- the journal --------------------------------------------------------------------
+    def read(
+        self, path: str | os.PathLike[str] | Candidate, *, name: str | None, signatures: Any
+    ) -> Candidate:
+        """``Host.load``'s read of a file: a build refused here (its
+        descriptor, the trust rules, the allow-list) is a refused load."""
+        if isinstance(path, Candidate):
+            return path
+        with self._attempt("load", None, name or "", os.fspath(path)):
+            return self._reader.read(path, name=name, signatures=signatures)
+
+    @contextlib.contextmanager
+    def _attempt(
+        self, op: str, rec: PluginRecord | None, name: str, source: str
+    ) -> Iterator[_Attempt]:
+        """Record a refusal of what the ``with`` block tries (and re-raise it),
+        with the version that keeps serving and the refused build's digest."""
+        attempt = _Attempt(source)
+        try:
+            yield attempt
+        except Exception as exc:
+            if not isinstance(exc, _NOT_A_REFUSAL):
+                cur = rec.current if rec is not None else None
+                cand = attempt.cand
+                self._journal.refused(
+                    cand.name if cand is not None else name,
+                    exc,
+                    op=op,
+                    source=cand.source if cand is not None else attempt.source,
+                    from_seq=cur.seq if cur is not None else None,
+                    from_digest=cur.image.digest if cur is not None else None,
+                    to_digest=cand.digest if cand is not None else None,
+                    version=cand.version if cand is not None else "",
+                )
+            raise
+
+    def _note(
+        self, kind: str, name: str, old: Version | None, new: Version | None, detail: str = ""
+    ) -> None:
+        """A change of what serves ``name``, in the journal."""
+        img = (new or old).image  # type: ignore[union-attr]
+        self._journal.record(
+            kind,
+            name,
+            from_seq=old.seq if old is not None else None,
+            to_seq=new.seq if new is not None else None,
+            from_digest=old.image.digest if old is not None else None,
+            to_digest=new.image.digest if new is not None else None,
+            version=img.version,
+            source=img.source,
+            detail=detail,
+        )
 
     # -- how a version goes live ------------------------------------------------------
     def _first(

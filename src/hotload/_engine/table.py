@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 
 from .._errors import ClosedError, NotLoadedError
+from .journal import Journal
 from .record import PluginRecord
 from .registry import Plugin
 from .settings import Settings
@@ -28,6 +29,7 @@ class PluginTable:
         self._lock = threading.Lock()  # guards _records and closed; never held across work
         self._records: dict[str, PluginRecord] = {}
         self._listeners: list[Callable[[str], None]] = []
+        self.journal = Journal(settings.journal_size)  # what changed, and who asked
         self.closed = False
 
     def record(self, name: str) -> PluginRecord:

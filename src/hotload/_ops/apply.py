@@ -92,10 +92,20 @@ class Applier:
         self.names: dict[str, str] = {}  # file or source -> the plugin name it last declared
 
     def failed(
-        self, path: Path, source: Path | None, error: str, common: dict[str, Any]
+        self,
+        path: Path,
+        source: Path | None,
+        error: str,
+        common: dict[str, Any],
+        exc: BaseException | None = None,
     ) -> WatchEvent:
-        """A ``failed`` event, named by the plugin the file (or its source) last declared."""
+        """A ``failed`` event, named by the plugin the file (or its source)
+        last declared.  ``exc``: the host refused the build (not a compiler
+        error): in the journal, unless the swap recorded it already."""
         name = self.names.get(str(path)) or (source and self.names.get(str(source)))
+        if exc is not None:
+            op = "reload" if name and name in self.host else "load"
+            self.host.journal.refused(name or "", exc, op=op, source=str(path))
         return WatchEvent(
             "failed", name=name or None, error=error, done_at=time.monotonic(), **common
         )

@@ -40,8 +40,10 @@ from typing import TYPE_CHECKING, Any
 
 from .._artifact.reader import on_disk
 from .._artifact.workdir import ensure_private_dir
+from .._engine.journal import origin
 from .._errors import ControlError, HotloadError, NotLoadedError, resource_error
 from .._platform import proc
+from .control_journal import log_result, refused_builds
 from .control_paths import ENV_DIR, control_dir, require_unix_sockets, sweep_stale
 from .control_wire import MAX_LINE, NOSIGNAL, PROTOCOL, encode, error_reply
 
@@ -531,7 +533,9 @@ class ControlServer:
                 rid, "unknown_op", f"unknown op {op!r}; known: {', '.join(sorted(_OPS))}"
             )
         try:
-            return {"v": PROTOCOL, "id": rid, "ok": True, "result": handler(self, req)}
+            with origin("cli"):  # what a request changes, the journal says the CLI asked
+                result = handler(self, req)
+            return {"v": PROTOCOL, "id": rid, "ok": True, "result": result}
         except NotLoadedError as exc:
             return error_reply(rid, "not_loaded", str(exc), type(exc).__name__)
         except ControlError as exc:
@@ -556,7 +560,11 @@ class ControlServer:
             "plugins": plugins,
             "leaks": {"images": len(leaks), "bytes": sum(v.mapped_bytes for v in leaks)},
             "handles": self.host.handles(),
+            "refused": refused_builds(self.host.journal),
         }
+
+    def _op_log(self, req: dict[str, Any]) -> dict[str, Any]:
+        return log_result(self.host.journal, req)
 
     def _op_versions(self, req: dict[str, Any]) -> dict[str, Any]:
         name = _arg(req, "name")
@@ -613,6 +621,7 @@ _OPS = {
     "versions": ControlServer._op_versions,
     "reload": ControlServer._op_reload,
     "rollback": ControlServer._op_rollback,
+    "log": ControlServer._op_log,
 }
 
 

@@ -24,9 +24,11 @@ Operations and their ``result``:
     "started_at", "socket", "plugins": [names]}``.
 ``ls``
     ``{"host": <ping result>, "plugins": [{"name", "versions": [version...],
-    "pruned"}], "leaks": {"images", "bytes"}}``; ``pruned`` counts old unloaded
-    versions the host's bounded history dropped; ``leaks`` sums every leaked
-    or retained image.
+    "pruned"}], "leaks": {"images", "bytes"}, "refused": [{"plugin", "count",
+    "last": <entry>}]}``; ``pruned`` counts old unloaded versions the host's
+    bounded history dropped; ``leaks`` sums every leaked or retained image;
+    ``refused`` has, per plugin with refused builds (loaded or not; ``plugin``
+    empty for a build whose name could not be read), how many and the last one.
 ``versions`` ``{"name"}``
     ``{"name", "versions": [version...]}``, oldest first.
 ``reload`` ``{"name", "path"?, "allow_signature_change"?}``
@@ -37,6 +39,15 @@ Operations and their ``result``:
     that removes an export or changes a prototype.
 ``rollback`` ``{"name"}``
     ``{"version": <the version now current>}``.
+``log`` ``{"name"?, "since"?, "limit"?}``
+    The swap journal: ``{"entries": [<entry>...], "last", "dropped", "size"}``,
+    oldest first; ``name`` keeps one plugin's entries, ``since`` (an entry's
+    ``seq``) those after it, ``limit`` the newest N; ``last`` is the newest
+    ``seq`` of any plugin (where a follower asks from next), ``dropped`` how
+    many entries the bounded journal let go, ``size`` how many it keeps.  An
+    *entry* is ``JournalEntry.as_dict()``: ``seq, time, kind, plugin, origin,
+    from_seq, to_seq, from_digest, to_digest, version, source, error, detail``.
+    The answer comes at once: a follower asks again (``hotload log --follow``).
 
 A *version* object is ``VersionInfo.as_dict()``: ``name, seq, plugin_version,
 state (active|draining|unloaded|leaked|retained), in_flight, loaded_at, unloaded_at,

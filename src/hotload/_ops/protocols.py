@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .._artifact.loader import Candidate
+from .._engine.journal import Journal
 from .._engine.lifecycle import VersionInfo
 from .._engine.registry import Plugin
 from .._process.options import Isolated
@@ -18,6 +19,8 @@ PathOrCandidate = str | os.PathLike[str] | Candidate
 
 
 class PluginHost(Protocol):
+    journal: Journal  # what changed: the services record the builds they could not hand over
+
     def __contains__(self, name: object) -> bool: ...
 
     def names(self) -> list[str]: ...

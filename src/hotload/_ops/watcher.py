@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._artifact.builder import BUILD_TIMEOUT, BuildError, plugin_sources, plugin_units
 from .._artifact.loader import DEFAULT_MAX_PLUGIN_SIZE, check_size, file_kind
+from .._engine.journal import origin
 from .._errors import HotloadError, InvalidPluginError, resource_error
 from .._platform import dl
 from .._process.options import Isolated
@@ -404,7 +405,8 @@ class Watcher:
     def _process_one(self, path: Path, item: _Pending) -> None:
         self._startup.applying(path)
         try:
-            self._process(path, item)
+            with origin("startup" if item.initial else "watcher"):
+                self._process(path, item)
         except Exception:  # never let one bad file kill the watcher, nor the others due
             log.exception("watcher: unexpected error")
         finally:
@@ -580,9 +582,9 @@ class Watcher:
                 self._retry(path, item, exc)
                 return
             tail = f" (gave up after {item.attempts} retries)" if item.attempts else ""
-            event = self._applier.failed(path, source, f"{exc}{tail}", common)
+            event = self._applier.failed(path, source, f"{exc}{tail}", common, exc)
         except (HotloadError, OSError) as exc:
-            event = self._applier.failed(path, source, str(exc), common)
+            event = self._applier.failed(path, source, str(exc), common, exc)
         if staged is not None and source is not None:  # only a build that serves is the output
             serves = event.action in ("loaded", "reloaded", "unchanged")
             kept = self._rebuilder.place(source, staged, serves=serves)

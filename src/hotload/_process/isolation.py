@@ -35,6 +35,7 @@ from typing import Any
 
 from .._artifact.loader import Image, Staged
 from .._contract.services import ImportBinding, ServiceTable
+from .._engine.journal import Journal
 from .._errors import HotloadError, SignatureError, resource_error
 from .._platform import proc as channel
 from .options import Isolated
@@ -55,8 +56,11 @@ class Isolation:
     the parent-death signal), a warm spare, and a supervisor thread that
     notices dead or stopped workers and runs the crash policy."""
 
-    def __init__(self, on_rollback: Callable[[str], object]) -> None:
+    def __init__(
+        self, on_rollback: Callable[[str], object], journal: Journal | None = None
+    ) -> None:
         self._on_rollback = on_rollback
+        self.journal = journal  # crashes, restarts and stops of live versions go there
         self.shm = shm_supported()
         self._spawners: dict[bool, Spawner] = {}  # sandboxed or not -> its spawner, made on use
         self._fallback_said = False
@@ -164,6 +168,7 @@ class Isolation:
             )
         proxy = Proxy(self, cand.name, staged.seq, cand.source, cps, opts, hook_timeout)
         proxy.binding, proxy.svc_plans = binding, svc_cps
+        proxy.digest, proxy.version = cand.digest, cand.version  # for the journal
         proxy.image = cand.data if opts.sandbox else None  # a sandbox cannot see the copy
         proxy.request = {
             "op": "open",

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn, Protocol
 
 from .._contract.services import ImportBinding
+from .._engine.journal import Journal
 from .._errors import HotloadError, PluginCrashedError, PluginStoppedError, PluginTimeoutError
 from .._platform import proc as channel
 from . import service_channel
@@ -53,6 +54,7 @@ class Supervisor(Protocol):
     shm: bool  # calls go through shared memory
     closed: bool  # the host is closing: a SIGKILL is ours, not a crash
     exit_faults: int  # workers that crashed or hung at exit, after their stop
+    journal: Journal | None  # where crashes, restarts and stops are recorded
 
     def take(self, sandbox: bool = True, spares: int = 1) -> Worker: ...
     def later(self, job: Callable[[], None]) -> None: ...
@@ -105,6 +107,7 @@ class Proxy:
         self._stopped: Worker | None = None  # a worker the supervisor killed for being stopped
         self.image: bytes | None = None  # the build's bytes, for a sandbox that cannot see the copy
         self.sandbox: tuple[str, ...] = ()  # the protections of its last worker
+        self.digest, self.version = "", ""  # the build's, for the journal
 
     @property
     def pid(self) -> int | None:
@@ -330,6 +333,9 @@ class Proxy:
         if self.worker is not worker:  # stopped by the host meanwhile: no policy
             raise err
         log.error("%s", err)
+        if self.live:  # before that, a crash is a refused load: the swap records it
+            how = "timeout" if timeout is not None else sig or (f"exit {code}" if code else "")
+            self._journal("crash", f"{how or 'killed'} during {what}", str(err))
         self.last_error = err
         self.gen += 1
         self.worker = None
@@ -352,6 +358,11 @@ class Proxy:
                 self.opts.restart_window,
             )
             self.state = STOPPED
+            self._journal(
+                "stop",
+                f"crash loop: {len(self.crashes)} crashes within {self.opts.restart_window:g} s, "
+                f"restarts stopped (reload or roll back)",
+            )
             if self.last_error is not None:
                 self.last_error = PluginCrashedError(
                     f"{self.last_error}; crash loop: {len(self.crashes)} crashes within "
@@ -369,6 +380,7 @@ class Proxy:
             self.iso.later(lambda: self._restart(delay))
             return
         self.state = STOPPED
+        self._journal("stop", f"on_crash={policy!r}")
         if policy == "rollback":
             self.iso.rollback(self.name)
 
@@ -381,6 +393,7 @@ class Proxy:
             log.error("%s v%d: restart failed: %s", self.name, self.seq, exc)
             with self.lock:
                 self.state = STOPPED
+            self._journal("stop", "restart failed", str(exc))
             self.ready.set()
             return
         with self.lock:
@@ -404,6 +417,7 @@ class Proxy:
                     worker.pid,
                     " with its last state snapshot" if self.snapshot is not None else "",
                 )
+                self._journal("restart", f"restart {self.restarts}: worker pid {worker.pid}")
             except PluginCrashedError:
                 pass  # _crashed ran the policy again (backoff, crash-loop limit)
             except HotloadError as exc:
@@ -411,8 +425,26 @@ class Proxy:
                 if self.worker is not None:
                     self.worker.kill()
                 self.worker, self.state = None, STOPPED
+                self._journal("stop", "restart refused", str(exc))
         if self.state != RESTARTING:
             self.ready.set()
+
+    def _journal(self, kind: str, detail: str, error: str = "") -> None:
+        """A crash, restart or stop of this live version, in the host's journal."""
+        if self.iso.journal is not None:
+            self.iso.journal.record(
+                kind,
+                self.name,
+                from_seq=self.seq,
+                to_seq=self.seq,
+                from_digest=self.digest or None,
+                to_digest=self.digest or None,
+                version=self.version,
+                source=self.source,
+                error=error,
+                detail=detail,
+                origin="supervisor",
+            )
 
     def check(self) -> None:
         """Supervisor tick: a worker that died while idle, or one stopped by a

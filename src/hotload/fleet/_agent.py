@@ -31,6 +31,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .._engine.journal import set_origin
 from .._errors import AlreadyLoadedError, FleetError, HotloadError
 from ._connection import (
     DEFAULT_TIMEOUT,
@@ -43,11 +44,13 @@ from ._connection import (
 )
 from ._guard import Guard, fleet_id
 from ._schema import (
+    HEARTBEAT_SCHEMA,
     MAX_BLOB,
     PLUGIN_NAME,
     PREFIX,
     Keys,
     check_labels,
+    health_summary,
     load_json,
     new_id,
     parse_desired_record,
@@ -203,6 +206,7 @@ class FleetAgent:
 
     # -- the loop -------------------------------------------------------------------------
     def _run(self) -> None:
+        set_origin("fleet")  # every change this thread makes, the journal says the fleet asked
         backoff = 0.05
         next_beat = 0.0
         outage_logged = False
@@ -297,6 +301,8 @@ class FleetAgent:
         assert self._r is not None and self._w is not None
         identity = host_identity()
         beat = {"id": self.id, "labels": self.labels, "ttl": self.ttl, **identity}
+        beat["schema"] = HEARTBEAT_SCHEMA
+        beat["health"] = health_summary(self.host.current(n) for n in self.host.names())
         if self.guard.insecure:
             beat["insecure"] = True  # status shows it
         record = json.dumps(beat)
@@ -407,10 +413,14 @@ class FleetAgent:
         self.synced.set()
 
     def _warn_once(self, name: str, raw: bytes, why: str) -> None:
-        """Log why a desired state is not acted on, once per record."""
+        """Log why a desired state is not acted on, once per record (and
+        journal it: an operator asks the host why the fleet's build is not there)."""
         if self._invalid.get(name) != raw:
             self._invalid[name] = raw
             log.warning("fleet agent %s: %s", self.id, why)
+            self.host.journal.record(
+                "refused", name, source=f"fleet:{name}", error=why, detail="fleet decision"
+            )
 
     def _converge(self, name: str, digest: str | None, rev: int) -> None:
         live = self.live_digest(name)
@@ -427,6 +437,16 @@ class FleetAgent:
         except HotloadError as exc:
             self._failed[(name, digest)] = rev
             log.warning("fleet agent %s: %s: refused %s: %s", self.id, name, digest[:12], exc)
+            cur = self.host.current(name)  # once: the swap may have recorded it already
+            self.host.journal.refused(
+                name,
+                exc,
+                op="reload" if cur is not None else "load",
+                source=f"fleet:{name}@{digest[:12]}",
+                from_seq=cur.seq if cur is not None else None,
+                from_digest=cur.digest if cur is not None else None,
+                to_digest=digest,
+            )
             self._report(name, "failed", digest, rev, str(exc))
             return
         self._report(name, "live", digest, rev, None)

@@ -37,7 +37,9 @@ from ._schema import (
     load_json,
     parse_desired,
     parse_desired_record,
+    parse_health,
     rules_json,
+    unhealthy,
 )
 from ._signing import (
     DEFAULT_EXPIRES,
@@ -412,6 +414,11 @@ class Fleet:
                     entry["ttl"] = ttl
                 if isinstance(ttl, (int, float)) and pttl >= 0:
                     entry["heartbeat_age"] = max(0.0, round(ttl - pttl / 1000, 3))
+                health, bad = parse_health(rec.get("health"), f"health of {host_id}")
+                entry["health"] = health
+                entry["unhealthy"] = {n: why for n, h in health.items() if (why := unhealthy(h))}
+                if bad:
+                    entry["health_error"] = bad
         except FleetError as exc:
             entry["error"] = str(exc)
         if plugin is not None:

@@ -7,7 +7,8 @@ state with ``redis-cli``.  All keys live under one prefix (``hotload:``):
 ``blob:<sha256>``     the build's bytes (content-addressed: the key *is* the digest)
 ``meta:<sha256>``     JSON: plugin name, version, size, publisher, time, optional signature
 ``hosts``             set of host ids that ever joined (``status`` shows dead ones as gone)
-``host:<id>``         JSON heartbeat of a live host (labels, pid, machine); expires
+``host:<id>``         JSON heartbeat of a live host (labels, pid, machine, and since
+                      schema 2 the health of each plugin's current version); expires
 ``report:<id>``       hash plugin -> JSON: live digest, seq, state, target, last error
 ``desired``           hash plugin -> JSON desired state: ordered rules ``{match, digest}``,
                       a signed decision (``_signing``)
@@ -32,13 +33,17 @@ SHA-256 is checked against the key on every fetch.
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._errors import FleetError
+
+if TYPE_CHECKING:
+    from .._engine.lifecycle import VersionInfo
 
 PREFIX = "hotload:"
 MAX_BLOB = 64 * 1024 * 1024  # bytes: a plugin bigger than this is not a plugin
@@ -255,3 +260,107 @@ def check_rollout_record(rec: dict[str, Any]) -> None:
 
 def new_id() -> str:
     return uuid.uuid4().hex[:12]
+
+
+# ---- the heartbeat's health summary ------------------------------------------------------
+
+#: The heartbeat's layout.  1 (no ``schema`` key): id, labels, ttl, pid, machine,
+#: hotload.  2: adds ``health``.  A reader takes what it knows of any schema: a
+#: newer host's heartbeat is read as far as this one understands it.
+HEARTBEAT_SCHEMA = 2
+MAX_HEALTH = 64  # plugins a heartbeat summarises (it stays one small record)
+HEALTH_COUNTS = ("calls", "errors", "crashes", "timeouts")
+_HEALTH_KEYS = ("seq", *HEALTH_COUNTS, "p99_us", "worker")
+_MAX_COUNT = 2**64 - 1  # the routers' counters are 64-bit
+_MAX_US = 1e12  # microseconds: 11 days, far past any call timeout
+#: A plugin is unhealthy when its current version failed this share of its calls
+#: (or crashed, or its worker stopped); below it, its errors are shown but not flagged.
+UNHEALTHY_ERROR_RATE = 0.01
+
+
+def health_of(info: VersionInfo) -> dict[str, Any]:
+    """One plugin's current version in a few numbers: its ``seq``, ``calls``,
+    ``errors``, ``crashes``, ``timeouts``, and ``p99_us`` (left out before
+    any sampled call), and
+    ``worker`` when an isolated version's worker is not running."""
+    health: dict[str, Any] = {
+        "seq": info.seq,
+        "calls": info.served,
+        "errors": info.errors,
+        "crashes": info.crashes,
+        "timeouts": info.timeouts,
+    }
+    if info.p99_us is not None and math.isfinite(info.p99_us):
+        health["p99_us"] = round(float(info.p99_us), 1)
+    if info.isolated and info.worker not in ("", "running"):
+        health["worker"] = info.worker
+    return health
+
+
+def health_summary(infos: Iterable[VersionInfo | None]) -> dict[str, dict[str, Any]]:
+    """The heartbeat's ``health``: plugin name -> ``health_of`` its current
+    version, for at most ``MAX_HEALTH`` plugins."""
+    out: dict[str, dict[str, Any]] = {}
+    for info in infos:
+        if info is not None and len(out) < MAX_HEALTH:
+            out[info.name] = health_of(info)
+    return out
+
+
+def parse_health(value: object, where: str) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """A heartbeat's ``health`` as read from Redis: what is well formed, and
+    what was not (anyone who can write the key can put anything there; a
+    bad entry is left out and named, never trusted, never fatal)."""
+    if value is None:
+        return {}, None
+    if not isinstance(value, dict):
+        return {}, f"{where}: health is not an object"
+    out: dict[str, dict[str, Any]] = {}
+    bad: list[str] = []
+    for name, rec in list(value.items())[: MAX_HEALTH * 4]:
+        if not (isinstance(name, str) and PLUGIN_NAME.fullmatch(name)):
+            bad.append(f"{name!r:.40}: not a plugin name")
+            continue
+        why = _bad_health(rec)
+        if why:
+            bad.append(f"{name}: {why}")
+            continue
+        out[name] = {k: rec[k] for k in _HEALTH_KEYS if k in rec}  # unknown keys: not ours
+        if len(out) >= MAX_HEALTH:
+            break
+    return out, (f"{where}: {'; '.join(bad[:3])}" if bad else None)
+
+
+def _bad_health(rec: object) -> str | None:
+    if not isinstance(rec, dict):
+        return "not an object"
+    for key in ("seq", *HEALTH_COUNTS):
+        v = rec.get(key)
+        if v is not None and (type(v) is not int or not 0 <= v <= _MAX_COUNT):
+            return f"{key} {v!r:.30} is not a count"
+    p99 = rec.get("p99_us")
+    if p99 is not None and (
+        type(p99) not in (int, float) or not math.isfinite(p99) or not 0 <= p99 <= _MAX_US
+    ):
+        return f"p99_us {p99!r:.30} is not a latency"
+    worker = rec.get("worker")
+    if worker is not None and not (isinstance(worker, str) and _LABEL.fullmatch(worker)):
+        return f"worker {worker!r:.30} is not a worker state"
+    return None
+
+
+def unhealthy(health: Mapping[str, Any]) -> list[str]:
+    """Why a plugin's current version is unhealthy (empty: it is not): it
+    crashed, timed out, its worker is not running, or at least
+    ``UNHEALTHY_ERROR_RATE`` of its calls failed."""
+    why = []
+    if health.get("crashes"):
+        why.append(f"{health['crashes']} crash{'es' if health['crashes'] != 1 else ''}")
+    if health.get("timeouts"):
+        why.append(f"{health['timeouts']} timeout{'s' if health['timeouts'] != 1 else ''}")
+    if health.get("worker"):
+        why.append(f"worker {health['worker']}")
+    errors, calls = health.get("errors") or 0, health.get("calls") or 0
+    if errors and errors >= UNHEALTHY_ERROR_RATE * max(calls, 1):
+        why.append(f"{errors} errors in {calls} calls ({100 * errors / max(calls, 1):.1f}%)")
+    return why
