@@ -279,10 +279,10 @@ def _child(lib: Path, work: Path, opts: dict[str, Any]) -> dict[str, Any]:
 
     # The journal keeps its newest journal_size entries, one per reload (the default 1,000
     # fill after 1,000 reloads).  A small ring is full before the count starts, so what is
-    # counted is growth per reload, not the ring filling up, nor its entries' numbers
+    # counted is growth per reload (4: full within the shortest warm-up), not the ring filling up, nor its entries' numbers
     # growing past 256 (CPython shares the ints up to 256: a seq above is one block more).
     history = opts.get("history", 64)
-    with Host(work, preflight=False, history_limit=history, journal_size=16) as host:
+    with Host(work, preflight=False, history_limit=history, journal_size=4) as host:
         p = host.load(lib, isolate=isolate)
         count = 0
 

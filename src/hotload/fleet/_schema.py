@@ -349,18 +349,23 @@ def _bad_health(rec: object) -> str | None:
     return None
 
 
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
 def unhealthy(health: Mapping[str, Any]) -> list[str]:
     """Why a plugin's current version is unhealthy (empty: it is not): it
     crashed, timed out, its worker is not running, or at least
     ``UNHEALTHY_ERROR_RATE`` of its calls failed."""
     why = []
     if health.get("crashes"):
-        why.append(f"{health['crashes']} crash{'es' if health['crashes'] != 1 else ''}")
+        why.append(_count(health["crashes"], "crash", "crashes"))
     if health.get("timeouts"):
-        why.append(f"{health['timeouts']} timeout{'s' if health['timeouts'] != 1 else ''}")
+        why.append(_count(health["timeouts"], "timeout"))
     if health.get("worker"):
         why.append(f"worker {health['worker']}")
     errors, calls = health.get("errors") or 0, health.get("calls") or 0
     if errors and errors >= UNHEALTHY_ERROR_RATE * max(calls, 1):
-        why.append(f"{errors} errors in {calls} calls ({100 * errors / max(calls, 1):.1f}%)")
+        rate = 100 * errors / max(calls, 1)
+        why.append(f"{_count(errors, 'error')} in {_count(calls, 'call')} ({rate:.1f}%)")
     return why
