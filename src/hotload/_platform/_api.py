@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -190,4 +191,17 @@ class DirectoryLock(Protocol):
     def not_private(self, st: os.stat_result) -> str | None:
         """Why a directory with this ``lstat`` is not ours alone (None when it
         is): another user could swap a copy between our write and our open."""
+        ...
+
+
+class TerminalKeys(Protocol):
+    """Single key presses from the user's terminal, for ``hotload top``:
+    no echo, no waiting for Enter, and Ctrl-C still interrupts."""
+
+    def raw_keys(self, fd: int) -> AbstractContextManager[Callable[[float], list[str]]]:
+        """Put the terminal on ``fd`` in that mode until the block ends, and
+        restore it however the block ends.  The block gets ``read(timeout)``:
+        the keys pressed within ``timeout`` seconds (``[]`` when none), each
+        one character or a name: ``up``, ``down``, ``left``, ``right``,
+        ``enter``, ``esc``, ``backspace``."""
         ...
