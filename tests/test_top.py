@@ -10,6 +10,7 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -106,7 +107,10 @@ class Tmux:
         assert shutil.which("tmux"), "tmux is needed to drive hotload top (.ci/run installs it)"
         self.base = ["tmux", "-u", "-S", str(where / "tmux.sock")]
         self.env = env
-        script = f'{shlex.join(command)}; echo "[top exited $?]"; sleep 600'
+        # after the command: its status, and whether the terminal is back in
+        # canonical (line) mode, i.e. top undid its cbreak mode
+        tty = "$(stty -a | grep -oE -- '-?icanon' | head -n 1)"
+        script = f'{shlex.join(command)}; echo "[top exited $?] [tty {tty}]"; sleep 600'
         self._tmux("new-session", "-d", "-x", "160", "-y", "40", "-s", "top", script)
 
     def _tmux(self, *args: str) -> str:
@@ -121,6 +125,13 @@ class Tmux:
 
     def keys(self, *keys: str) -> None:
         self._tmux("send-keys", "-t", "top", *keys)
+
+    def command_pid(self) -> int:
+        """The pid of the command (the pane's shell's child)."""
+        shell = int(self._tmux("list-panes", "-t", "top", "-F", "#{pane_pid}").strip())
+        kids = Path(f"/proc/{shell}/task/{shell}/children").read_text().split()
+        assert len(kids) == 1, kids
+        return int(kids[0])
 
     def close(self) -> None:
         subprocess.run([*self.base, "kill-server"], capture_output=True, timeout=30)
@@ -214,7 +225,7 @@ def test_top_in_a_terminal_shows_rates_sorts_picks_and_quits(
     screen = wait_for(
         lambda: (s := tmux_top.screen()) and "[top exited" in s and s, what="top to quit"
     )
-    assert "[top exited 0]" in screen, screen
+    assert "[top exited 0] [tty icanon]" in screen, screen
     assert "Traceback" not in screen, screen
     check_once_prints_plain_lines_and_json(ctl_env, host)  # same host: one start-up less
 
@@ -248,7 +259,7 @@ def test_top_exits_with_a_message_when_its_host_dies(
         screen = wait_for(
             lambda: (s := tmux_top.screen()) and "[top exited" in s and s, what="top to exit"
         )
-        assert "[top exited 3]" in screen, screen
+        assert "[top exited 3] [tty icanon]" in screen, screen
         assert f"hotload top: host pid {host.proc.pid} (" in screen, screen
         assert "went away" in screen and "Traceback" not in screen, screen
 
@@ -262,6 +273,16 @@ def test_top_exits_with_a_message_when_its_host_dies(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_top_puts_the_terminal_back_when_terminated(tmux_top: Tmux) -> None:
+    wait_for(lambda: calls_per_s(tmux_top.screen(), "zeta") > 0, what="top running")
+    os.kill(tmux_top.command_pid(), signal.SIGTERM)
+    screen = wait_for(
+        lambda: (s := tmux_top.screen()) and "[top exited" in s and s, what="top to exit"
+    )
+    assert f"[top exited {128 + signal.SIGTERM}] [tty icanon]" in screen, screen
+    assert "PLUGIN" not in screen, screen  # the main screen is back: the view is gone
 
 
 # ---- without a terminal ---------------------------------------------------------------------
@@ -343,6 +364,13 @@ class FakeHost:
             if self.reply is not None:
                 conn.recv(65536)
                 conn.sendall(self.reply)
+
+    def command_pid(self) -> int:
+        """The pid of the command (the pane's shell's child)."""
+        shell = int(self._tmux("list-panes", "-t", "top", "-F", "#{pane_pid}").strip())
+        kids = Path(f"/proc/{shell}/task/{shell}/children").read_text().split()
+        assert len(kids) == 1, kids
+        return int(kids[0])
 
     def close(self) -> None:
         self.sock.close()

@@ -16,10 +16,12 @@ after one line on stderr saying which host and why.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._errors import ControlError
@@ -170,33 +172,53 @@ def _live(first: Sample, sample: Callable[[], Sample], controls: Controls, inter
     trouble: str | None = None
     view = build_view(prev, cur, controls)
     stdin_keys = sys.stdin.isatty()
-    with (
-        _keys(keys.raw_keys, stdin_keys) as read,
-        Live(console=console, screen=True, auto_refresh=False, redirect_stdout=False) as live,
-    ):
-        next_at = cur.taken + interval
-        while True:
-            frame = _render(view, controls, trouble, arrows, stdin_keys, console)
-            live.update(frame, refresh=True)
-            try:
-                pressed = read(max(next_at - time.monotonic(), 0.0))
-            except KeyboardInterrupt:
-                return 0
-            for key in pressed:
-                controls = press(controls, key, [g.name for g in view.groups])
-                if controls.quit:
-                    return 0
-            if time.monotonic() >= next_at:
-                got = _next(sample)
-                if isinstance(got, ControlError):
-                    trouble = f"the host did not answer ({got}); showing its last figures"
-                else:
-                    prev, cur, trouble = cur, got, None
-                next_at = time.monotonic() + interval
-            view = build_view(prev, cur, controls)
+    with _ended_by_signals():
+        try:
+            with (
+                _KeysOrWait(keys.raw_keys, stdin_keys) as read,
+                Live(
+                    console=console, screen=True, auto_refresh=False, redirect_stdout=False
+                ) as live,
+            ):
+                next_at = cur.taken + interval
+                while True:
+                    frame = _render(view, controls, trouble, arrows, stdin_keys, console)
+                    live.update(frame, refresh=True)
+                    for key in read(max(next_at - time.monotonic(), 0.0)):
+                        controls = press(controls, key, [g.name for g in view.groups])
+                        if controls.quit:
+                            return 0
+                    if time.monotonic() >= next_at:
+                        got = _next(sample)
+                        if isinstance(got, ControlError):
+                            trouble = f"the host did not answer ({got}); showing its last figures"
+                        else:
+                            prev, cur, trouble = cur, got, None
+                        next_at = time.monotonic() + interval
+                    view = build_view(prev, cur, controls)
+        except (KeyboardInterrupt, EOFError):  # Ctrl-C, or the terminal closed: a plain quit
+            return 0
 
 
-class _keys:
+@contextlib.contextmanager
+def _ended_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a closed terminal window) end the view like an
+    exception, so the blocks above put the terminal back (cbreak off, the
+    main screen again) before the process exits with 128 + the signal."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    wanted = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    before = {sig: signal.signal(sig, stop) for sig in wanted}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+class _KeysOrWait:
     """The terminal's keys when stdin is one; otherwise a reader that only
     waits (the view still refreshes, and Ctrl-C leaves it)."""
 
