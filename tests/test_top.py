@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hotload._cli import top_data
 from hotload._cli.top_data import Controls, Sample, build_view, plain_lines, press
@@ -31,19 +33,23 @@ from conftest import wait_for
 
 PLUGIN = """
 #include <hotload.h>
+#include <stdlib.h>
 HOTLOAD_PLUGIN("NAME", "1.0.0");
 HOTLOAD_API int64_t work(int64_t x) { return x * 2; }
 HOTLOAD_EXPORT(work, int64_t, (int64_t));
+HOTLOAD_API int64_t crash(void) { abort(); }
+HOTLOAD_EXPORT(crash, int64_t, (void));
 """
 
 # zeta runs in process and is called in a loop (about a thousand calls a
-# second, so the machine stays usable); alpha runs isolated and is never called.
+# second, so the machine stays usable); alpha runs isolated and is called only
+# when the test writes "crash" (its worker dies and is restarted).
 HOST_SCRIPT = textwrap.dedent("""
     import sys, threading, time
     from hotload import Host
     host = Host(control=True)
     zeta = host.load(sys.argv[1])
-    host.load(sys.argv[2], isolate=True)
+    alpha = host.load(sys.argv[2], isolate=True)
     stop = threading.Event()
     def loop():
         while not stop.is_set():
@@ -51,7 +57,11 @@ HOST_SCRIPT = textwrap.dedent("""
             time.sleep(0.001)
     threading.Thread(target=loop, daemon=True).start()
     print(host.serve_control().path, flush=True)
-    sys.stdin.read()  # the test closes stdin to stop us
+    for line in sys.stdin:  # until the test closes stdin
+        try:
+            alpha.crash()
+        except Exception as exc:
+            print(type(exc).__name__, flush=True)
     stop.set()
     host.close()
 """)
@@ -191,6 +201,31 @@ def test_top_in_a_terminal_shows_rates_sorts_picks_and_quits(
     assert alpha_row[10] == "0", screen  # restarts
     zeta_row = next(r for r in rows(screen) if r[0] == "zeta")
     assert (zeta_row[9], zeta_row[10]) == ("-", "-"), screen  # in process: no worker
+
+    assert host.proc.stdin is not None and host.proc.stdout is not None
+    host.proc.stdin.write("crash\n")  # alpha's worker dies; a new one serves
+    host.proc.stdin.flush()
+    assert host.proc.stdout.readline().strip() == "PluginCrashedError"
+    screen = wait_for(
+        lambda: (
+            (s := tmux_top.screen()) and [r for r in rows(s) if r[0] == "alpha"][0][10] == "1" and s
+        ),
+        what="alpha's restart in the RESTARTS column",
+    )
+    again = control_client.request(host.socket, "ls")
+    pid = next(p for p in again["plugins"] if p["name"] == "alpha")["versions"][0]["pid"]
+    assert pid != alpha["pid"]
+    # hotload ls: the crash is an error of alpha v1 when the host counts errors, "-" if not
+    listed = hotload(ctl_env, "ls").stdout.splitlines()
+    header, row = listed[1], next(line for line in listed if line.startswith("alpha "))
+    errors = next(p for p in again["plugins"] if p["name"] == "alpha")["versions"][0].get("errors")
+    column = row[header.index("ERRORS") :].split()[0]
+    assert column == ("-" if errors is None else f"{errors:,}"), listed
+    assert errors in (None, 1), errors
+    wait_for(
+        lambda: [r for r in rows(tmux_top.screen()) if r[0] == "alpha"][0][9] == str(pid),
+        what="the new worker's pid",
+    )
 
     tmux_top.keys("c")  # sort by calls/s: the busy plugin first
     wait_for(lambda: order(tmux_top.screen()) == ["zeta", "alpha"], what="sorted by calls/s")
@@ -556,3 +591,13 @@ def test_terminal_key_decoding() -> None:
     assert d(b"\x1b[15~q") == ["q"]  # F5 is dropped whole, not read as letters
     assert d("é".encode()) == ["é"]
     assert d(b"\x03\x00") == []  # control characters are no keys
+
+
+@given(st.binary(max_size=64))
+@settings(max_examples=300, deadline=None)
+def test_any_bytes_from_a_terminal_decode_to_known_keys(data: bytes) -> None:
+    """Whatever a terminal (or a paste, or line noise) sends, ``decode``
+    returns names it knows or single printable characters, never raises."""
+    names = {"up", "down", "left", "right", "enter", "esc", "backspace"}
+    for key in _keys_posix.decode(data):
+        assert key in names or (len(key) == 1 and key.isprintable()), key

@@ -61,10 +61,15 @@ def decode(data: bytes) -> list[str]:
             keys.append(_SINGLE[byte])
             i += 1
             continue
-        # one UTF-8 character: its lead byte says how many bytes follow
+        # one UTF-8 character: its lead byte says how many bytes follow; a
+        # byte that starts no valid character is skipped alone
         n = 1 if byte < b"\x80" else 2 if byte < b"\xe0" else 3 if byte < b"\xf0" else 4
-        char = data[i : i + n].decode("utf-8", "replace")
-        if char.isprintable():
+        try:
+            char = data[i : i + n].decode("utf-8")
+        except UnicodeDecodeError:
+            i += 1
+            continue
+        if len(char) == 1 and char.isprintable():
             keys.append(char)
         i += n
     return keys
