@@ -24,10 +24,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hotload import Host
 from hotload._cli import top_data
 from hotload._cli.top_data import Controls, Sample, build_view, plain_lines, press
 from hotload._ops import control_client, control_paths
-from hotload._platform import _keys_posix
+from hotload._platform import _keys_posix, dl
 
 from conftest import wait_for
 
@@ -601,3 +602,27 @@ def test_any_bytes_from_a_terminal_decode_to_known_keys(data: bytes) -> None:
     names = {"up", "down", "left", "right", "enter", "esc", "backspace"}
     for key in _keys_posix.decode(data):
         assert key in names or (len(key) == 1 and key.isprintable()), key
+
+
+def test_one_read_of_the_mappings_answers_every_image_alike(cc, tmp_path: Path) -> None:
+    """``ls`` (every ``top`` refresh) measures each image's mapped bytes from
+    one read of /proc/self/maps (``dl.maps_snapshot``): the same figures as a
+    fresh read per image, and a thread outside the block still reads fresh."""
+    with Host(tmp_path / "work") as h:
+        for i in range(3):
+            h.load(cc(PLUGIN.replace("NAME", f"m{i}"), f"m{i}"))
+        fresh = [v.mapped_bytes for n in h.names() for v in h.versions(n)]
+        with dl.maps_snapshot():
+            shared = [v.mapped_bytes for n in h.names() for v in h.versions(n)]
+            h.load(cc(PLUGIN.replace("NAME", "late"), "late"))  # mapped after the read
+            st = os.stat(h.versions("late")[0].copy)
+            assert dl.mapped_ranges((st.st_dev, st.st_ino)) == 0  # this thread: the snapshot
+            seen: list[int] = []
+            other = threading.Thread(
+                target=lambda: seen.append(dl.mapped_ranges((st.st_dev, st.st_ino)))
+            )
+            other.start()
+            other.join(30)
+        assert shared == fresh and all(b > 0 for b in fresh), (shared, fresh)
+        assert seen and seen[0] > 0  # another thread reads the mappings fresh
+        assert dl.mapped_ranges((st.st_dev, st.st_ino)) == seen[0]  # after the block: fresh

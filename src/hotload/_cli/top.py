@@ -29,6 +29,7 @@ from .._ops import control_client
 from .top_data import (
     SORTS,
     Controls,
+    Row,
     Sample,
     View,
     build_view,
@@ -267,39 +268,95 @@ _STATE_STYLE = {"active": "green", "draining": "yellow", "leaked": "red", "retai
 def _render(
     view: View, c: Controls, trouble: str | None, arrows: str, with_keys: bool, console: Any
 ) -> Any:
+    """One frame.  Only the rows that fit the terminal are drawn (a long table
+    scrolls to keep the highlighted plugin in sight, and a line says how many
+    more there are), and columns are dropped in ``_OPTIONAL`` order when it
+    is too narrow: a frame costs the same with 5 plugins or 500."""
     from rich.console import Group as Stack
     from rich.text import Text
 
-    dropped: list[str] = []
-    table = _table(view, c, arrows, with_keys, dropped)
-    for optional in _OPTIONAL:
-        natural = console.measure(table, options=console.options.update(width=10_000)).maximum
-        if natural <= console.width:
-            break
-        dropped.append(optional)
-        table = _table(view, c, arrows, with_keys, dropped)
-    parts: list[Any] = [Text(summary(view), style="bold")]
+    head: list[Any] = [Text(summary(view), style="bold")]
     if trouble:
-        parts.append(Text(trouble, style="bold red"))
+        head.append(Text(trouble, style="bold red"))
     narrowed = f"plugin {c.picked}" if c.picked else f"filter '{c.filter}'" if c.filter else ""
     if narrowed:
         shown = f"{len(view.groups)} of {view.plugins}"
-        parts.append(Text(f"showing {narrowed} ({shown}); esc shows all", style="cyan"))
+        head.append(Text(f"showing {narrowed} ({shown}); esc shows all", style="cyan"))
     if not view.groups:
-        parts.append(Text("no plugin to show", style="dim"))
-    parts.append(table)
-    if c.picked:
-        parts += _details(view)
-    parts.append(Text(_footer(c, arrows, with_keys), style="dim" if not c.typing else "bold"))
-    return Stack(*parts)
+        head.append(Text("no plugin to show", style="dim"))
+    tail = _details(view) if c.picked else []
+    footer = _footer(c, arrows, with_keys)
+    tail.append(Text(footer, style="dim" if not c.typing else "bold"))
+    footer_lines = -(-len(footer) // max(console.width, 1))
+    # the table's header and rule, the summary lines, the details, the footer, a "more" line
+    budget = max(console.height - len(head) - len(tail) - footer_lines - 2, 1)
+    rows, above, below = _window(view, c, with_keys, budget)
+    if above or below:
+        tail.insert(0, Text(_more(above, below), style="dim"))
+    return Stack(*head, _table(rows, c, arrows, console.width), *tail)
 
 
-def _table(view: View, c: Controls, arrows: str, with_keys: bool, dropped: list[str]) -> Any:
+def _window(
+    view: View, c: Controls, with_keys: bool, budget: int
+) -> tuple[list[tuple[Row, bool, bool]], int, int]:
+    """The rows to draw, as (row, first of its plugin, highlighted), and how
+    many are left out above and below."""
+    current = highlighted(c, [g.name for g in view.groups])
+    rows: list[tuple[Row, bool, bool]] = []
+    at = 0
+    for g in view.groups:
+        selected = g.name == current and c.picked is None and with_keys
+        if selected:
+            at = len(rows)
+        rows += [(r, j == 0, selected) for j, r in enumerate(g.rows)]
+    if len(rows) <= budget:
+        return rows, 0, 0
+    budget = max(budget - 1, 1)  # the "more" line takes one
+    start = 0 if at < budget else min(at - budget // 2, len(rows) - budget)
+    return rows[start : start + budget], start, len(rows) - start - budget
+
+
+def _more(above: int, below: int) -> str:
+    where = [f"{n} version(s) {side}" for n, side in ((above, "above"), (below, "below")) if n]
+    return f"... {' and '.join(where)}: the arrows scroll, / filters"
+
+
+def _table(rows: list[tuple[Row, bool, bool]], c: Controls, arrows: str, width: int) -> Any:
     from rich import box
     from rich.table import Table
     from rich.text import Text
 
     mark = {False: " ▼", True: " ▲"} if arrows != "up/down" else {False: " v", True: " ^"}
+    titles = []
+    for title, _, sort in _COLUMNS:
+        if sort == c.sort or (sort is None and title.strip() == "PLUGIN" and c.sort == "name"):
+            flipped = c.reverse if c.sort != "name" else not c.reverse
+            title += mark[flipped]
+        titles.append(title)
+    cells = [
+        (
+            ("> " if selected else "  ") + r.plugin if first else "",
+            f"v{r.seq}",
+            r.version,
+            r.state,
+            fmt_rate(r.calls_s),
+            fmt_rate(r.errors_s),
+            fmt_us(r.p50_us),
+            fmt_us(r.p99_us),
+            str(r.in_flight),
+            "-" if r.pid is None else str(r.pid),
+            "-" if r.restarts is None else str(r.restarts),
+            fmt_bytes(r.leaked_bytes),
+            duration(r.age_s),
+        )
+        for r, first, selected in rows
+    ]
+    widths = [max([len(t), *(len(row[i]) for row in cells)]) for i, t in enumerate(titles)]
+    keep = list(range(len(_COLUMNS)))
+    for optional in _OPTIONAL:  # two spaces between columns
+        if sum(widths[i] for i in keep) + 2 * (len(keep) - 1) <= width:
+            break
+        keep.remove(next(i for i, (t, _, _) in enumerate(_COLUMNS) if t == optional))
     table = Table(
         box=box.SIMPLE_HEAD,
         padding=(0, 1, 0, 0),  # with the box's blank separator: two spaces between columns
@@ -307,34 +364,14 @@ def _table(view: View, c: Controls, arrows: str, with_keys: bool, dropped: list[
         show_edge=False,
         header_style="bold",
     )
-    keep = [i for i, (title, _, _) in enumerate(_COLUMNS) if title not in dropped]
     for i in keep:
-        title, justify, sort = _COLUMNS[i]
-        if sort == c.sort or (sort is None and title.strip() == "PLUGIN" and c.sort == "name"):
-            flipped = c.reverse if c.sort != "name" else not c.reverse
-            title += mark[flipped]
-        table.add_column(title, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    current = highlighted(c, [g.name for g in view.groups])
-    for g in view.groups:
-        selected = g.name == current and c.picked is None and with_keys
-        for j, r in enumerate(g.rows):
-            state = r.state.split("/")[0]
-            cells = (
-                ("> " if selected else "  ") + r.plugin if j == 0 else "",
-                f"v{r.seq}",
-                r.version,
-                Text(r.state, style=_STATE_STYLE.get(state, "dim")),
-                fmt_rate(r.calls_s),
-                Text(fmt_rate(r.errors_s), style="red" if r.errors_s else ""),
-                fmt_us(r.p50_us),
-                fmt_us(r.p99_us),
-                str(r.in_flight),
-                "-" if r.pid is None else str(r.pid),
-                "-" if r.restarts is None else str(r.restarts),
-                fmt_bytes(r.leaked_bytes),
-                duration(r.age_s),
-            )
-            table.add_row(*(cells[i] for i in keep), style="reverse" if selected else None)
+        table.add_column(titles[i], justify=_COLUMNS[i][1], no_wrap=True)  # type: ignore[arg-type]
+    for (r, _, selected), row in zip(rows, cells, strict=True):
+        styled: list[Any] = list(row)
+        styled[3] = Text(row[3], style=_STATE_STYLE.get(r.state.split("/")[0], "dim"))
+        if r.errors_s:
+            styled[5] = Text(row[5], style="red")
+        table.add_row(*(styled[i] for i in keep), style="reverse" if selected else None)
     return table
 
 

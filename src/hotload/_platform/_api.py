@@ -76,6 +76,12 @@ class DynamicLoader(Protocol):
         the OS cannot tell (callers then rely on ``loader_has``)."""
         ...
 
+    def maps_snapshot(self) -> AbstractContextManager[None]:
+        """A block within which ``mapped_ranges`` on this thread answers from
+        one reading of the process's mappings: a listing of every version
+        costs one read, not one per image."""
+        ...
+
     def open_global(self, path: str) -> None:
         """Load ``path`` for good, its symbols visible to every library loaded
         after it (``RTLD_GLOBAL``): the host-services library plugins bind to.
