@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hotload import Host
-from hotload._cli import top_data
+from hotload._cli import top, top_data
 from hotload._cli.top_data import Controls, Sample, build_view, plain_lines, press
 from hotload._ops import control_client, control_paths
 from hotload._platform import _keys_posix, dl
@@ -626,3 +626,39 @@ def test_one_read_of_the_mappings_answers_every_image_alike(cc, tmp_path: Path) 
         assert shared == fresh and all(b > 0 for b in fresh), (shared, fresh)
         assert seen and seen[0] > 0  # another thread reads the mappings fresh
         assert dl.mapped_ranges((st.st_dev, st.st_ino)) == seen[0]  # after the block: fresh
+
+
+def test_a_long_table_shows_what_fits_and_keeps_the_highlight_in_sight() -> None:
+    plugins = [(f"p{i:02d}", [version(f"p{i:02d}", 1)]) for i in range(30)]
+    view = build_view(None, sample(0.0, *plugins), Controls())
+    rows, above, below = top._window(view, Controls(), True, budget=10)
+    assert (len(rows), above, below) == (9, 0, 21)  # one line goes to "... 21 below"
+    assert rows[0][2] and rows[0][0].plugin == "p00"  # the first plugin, highlighted
+    far = Controls(selected="p25")
+    rows, above, below = top._window(view, far, True, budget=10)
+    names = [r.plugin for r, _, _ in rows]
+    assert "p25" in names and above + len(rows) + below == 30, (names, above, below)
+    assert [r.plugin for r, _, hl in rows if hl] == ["p25"]
+    rows, above, below = top._window(view, Controls(), True, budget=40)
+    assert (len(rows), above, below) == (30, 0, 0)  # it all fits: no "more" line
+    assert "21 version(s) below" in top._more(0, 21)
+
+
+def test_the_windows_key_reader_maps_console_keys(monkeypatch) -> None:
+    """The Windows reader, driven with a stand-in for ``msvcrt`` (this suite
+    runs on Linux; the wine harness does not drive a console)."""
+    from hotload._platform import _keys_windows
+
+    pending = list("\xe0Hq\r\x1b\x08\x00P\x07é")
+
+    class FakeCrt:
+        def kbhit(self) -> bool:
+            return bool(pending)
+
+        def getwch(self) -> str:
+            return pending.pop(0)
+
+    monkeypatch.setattr(_keys_windows, "_msvcrt", lambda: FakeCrt())
+    with _keys_windows.raw_keys(0) as read:
+        assert read(1.0) == ["up", "q", "enter", "esc", "backspace", "down", "é"]
+        assert read(0.05) == []  # nothing pressed: back after the timeout

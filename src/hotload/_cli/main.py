@@ -34,6 +34,11 @@ bad usage); ``-v`` adds the library's log.
     blockers, note`` (times in Unix seconds); the active version also has
     ``source_digest``, the SHA-256 of what its source file holds now (null:
     no readable file there).
+``top --json``
+    One object per snapshot, one per line: ``{"time", "interval", "host",
+    "calls_per_s", "last_swap", "leaks", "plugins": [{"name", "versions":
+    [VERSION + {"calls_per_s", "errors_per_s"}]}]}`` (see ``hotload._cli.top``;
+    it exits 3 when the host goes away).
 ``hosts --json``
     ``{"hosts": [HOST, ...]}``; HOST is ``{"protocol", "hotload", "pid",
     "uid", "name", "argv", "started_at", "socket", "plugins"}``, or ``{"pid",
