@@ -16,7 +16,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,20 @@ class Tmux:
     def screen(self) -> str:
         return self._tmux("capture-pane", "-p", "-t", "top")
 
+    def wait(self, cond: Callable[[str], object], what: str, timeout: float = 30.0) -> str:
+        """The screen once ``cond(screen)`` holds; on a timeout the error
+        shows the last screen (what top said instead)."""
+        last = [""]
+
+        def check() -> str | None:
+            last[0] = self.screen()
+            return last[0] if cond(last[0]) else None
+
+        try:
+            return wait_for(check, timeout=timeout, what=what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the screen:\n{last[0]}") from None
+
     def keys(self, *keys: str) -> None:
         self._tmux("send-keys", "-t", "top", *keys)
 
@@ -176,6 +190,11 @@ def order(screen: str) -> list[str]:
     return [r[0] for r in rows(screen) if not r[0].startswith("v")]
 
 
+def cell(screen: str, plugin: str, column: int) -> str | None:
+    row = next((r for r in rows(screen) if r[0] == plugin), None)
+    return row[column] if row else None
+
+
 def calls_per_s(screen: str, plugin: str) -> float:
     row = next((r for r in rows(screen) if r[0] == plugin), None)
     if row is None or row[4] == "-":
@@ -189,9 +208,8 @@ def calls_per_s(screen: str, plugin: str) -> float:
 def test_top_in_a_terminal_shows_rates_sorts_picks_and_quits(
     tmux_top: Tmux, host: HostProcess, ctl_env: dict[str, str]
 ) -> None:
-    screen = wait_for(
-        lambda: (s := tmux_top.screen()) and calls_per_s(s, "zeta") > 0 and s,
-        what="zeta's calls/s above zero in hotload top",
+    screen = tmux_top.wait(
+        lambda s: calls_per_s(s, "zeta") > 0, "zeta's calls/s above zero in hotload top"
     )
     assert order(screen) == ["alpha", "zeta"], screen  # by name at first
     assert "q quit" in screen and "c calls" in screen, screen  # the footer names the keys
@@ -207,12 +225,7 @@ def test_top_in_a_terminal_shows_rates_sorts_picks_and_quits(
     host.proc.stdin.write("crash\n")  # alpha's worker dies; a new one serves
     host.proc.stdin.flush()
     assert host.proc.stdout.readline().strip() == "PluginCrashedError"
-    screen = wait_for(
-        lambda: (
-            (s := tmux_top.screen()) and [r for r in rows(s) if r[0] == "alpha"][0][10] == "1" and s
-        ),
-        what="alpha's restart in the RESTARTS column",
-    )
+    tmux_top.wait(lambda s: cell(s, "alpha", 10) == "1", "alpha's restart in RESTARTS")
     again = control_client.request(host.socket, "ls")
     pid = next(p for p in again["plugins"] if p["name"] == "alpha")["versions"][0]["pid"]
     assert pid != alpha["pid"]
@@ -223,44 +236,32 @@ def test_top_in_a_terminal_shows_rates_sorts_picks_and_quits(
     column = row[header.index("ERRORS") :].split()[0]
     assert column == ("-" if errors is None else f"{errors:,}"), listed
     assert errors in (None, 1), errors
-    wait_for(
-        lambda: [r for r in rows(tmux_top.screen()) if r[0] == "alpha"][0][9] == str(pid),
-        what="the new worker's pid",
-    )
+    tmux_top.wait(lambda s: cell(s, "alpha", 9) == str(pid), "the new worker's pid")
 
     tmux_top.keys("c")  # sort by calls/s: the busy plugin first
-    wait_for(lambda: order(tmux_top.screen()) == ["zeta", "alpha"], what="sorted by calls/s")
+    tmux_top.wait(lambda s: order(s) == ["zeta", "alpha"], "sorted by calls/s")
 
     control_client.request(host.socket, "reload", name="zeta")
-    screen = wait_for(
-        lambda: (s := tmux_top.screen()) and "last swap zeta v2" in s and s,
-        what="the swap in the summary line",
-    )
-    wait_for(
-        lambda: any(r[:2] in (["zeta", "v2"], ["v2", "1.0.0"]) for r in rows(tmux_top.screen())),
-        what="zeta v2 in the table",
+    tmux_top.wait(lambda s: "last swap zeta v2" in s, "the swap in the summary line")
+    tmux_top.wait(
+        lambda s: any(r[:2] in (["zeta", "v2"], ["v2", "1.0.0"]) for r in rows(s)),
+        "zeta v2 in the table",
     )
 
     tmux_top.keys("/", "z", "e")  # a filter narrows as it is typed
-    wait_for(lambda: order(tmux_top.screen()) == ["zeta"], what="the filter 'ze'")
+    tmux_top.wait(lambda s: order(s) == ["zeta"], "the filter 'ze'")
     tmux_top.keys("Enter")
-    assert "filter 'ze'" in wait_for(
-        lambda: (s := tmux_top.screen()) and "enter keep" not in s and s, what="filter kept"
-    )
+    assert "filter 'ze'" in tmux_top.wait(lambda s: "enter keep" not in s, "filter kept")
     tmux_top.keys("Escape")
-    wait_for(lambda: order(tmux_top.screen()) == ["zeta", "alpha"], what="the filter cleared")
+    tmux_top.wait(lambda s: order(s) == ["zeta", "alpha"], "the filter cleared")
 
     tmux_top.keys("Down", "Enter")  # the second plugin on screen, picked
-    screen = wait_for(
-        lambda: (s := tmux_top.screen()) and order(s) == ["alpha"] and s, what="alpha picked"
-    )
+    screen = tmux_top.wait(lambda s: order(s) == ["alpha"], "alpha picked")
     assert "showing plugin alpha" in screen, screen
     assert f"build {alpha['digest'][:12]}" in screen, screen  # its details under the table
 
     tmux_top.keys("q")
-    screen = wait_for(
-        lambda: (s := tmux_top.screen()) and "[top exited" in s and s, what="top to quit"
-    )
+    screen = tmux_top.wait(lambda s: "[top exited" in s, "top to quit")
     assert "[top exited 0] [tty icanon]" in screen, screen
     assert "Traceback" not in screen, screen
     check_once_prints_plain_lines_and_json(ctl_env, host)  # same host: one start-up less
@@ -288,13 +289,11 @@ def test_top_exits_with_a_message_when_its_host_dies(
         reader.start()
         wait_for(lambda: len(snaps) >= 2, what="two JSON snapshots")
         assert all(s["calls_per_s"] > 0 for s in snaps[:2]), snaps[:2]
-        wait_for(lambda: calls_per_s(tmux_top.screen(), "zeta") > 0, what="top running")
+        tmux_top.wait(lambda s: calls_per_s(s, "zeta") > 0, "top running")
 
         host.proc.kill()
         host.proc.wait(30)
-        screen = wait_for(
-            lambda: (s := tmux_top.screen()) and "[top exited" in s and s, what="top to exit"
-        )
+        screen = tmux_top.wait(lambda s: "[top exited" in s, "top to exit")
         assert "[top exited 3] [tty icanon]" in screen, screen
         assert f"hotload top: host pid {host.proc.pid} (" in screen, screen
         assert "went away" in screen and "Traceback" not in screen, screen
@@ -312,11 +311,9 @@ def test_top_exits_with_a_message_when_its_host_dies(
 
 
 def test_top_puts_the_terminal_back_when_terminated(tmux_top: Tmux) -> None:
-    wait_for(lambda: calls_per_s(tmux_top.screen(), "zeta") > 0, what="top running")
+    tmux_top.wait(lambda s: calls_per_s(s, "zeta") > 0, "top running")
     os.kill(tmux_top.command_pid(), signal.SIGTERM)
-    screen = wait_for(
-        lambda: (s := tmux_top.screen()) and "[top exited" in s and s, what="top to exit"
-    )
+    screen = tmux_top.wait(lambda s: "[top exited" in s, "top to exit")
     assert f"[top exited {128 + signal.SIGTERM}] [tty icanon]" in screen, screen
     assert "PLUGIN" not in screen, screen  # the main screen is back: the view is gone
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -166,6 +167,11 @@ def _live(first: Sample, sample: Callable[[], Sample], controls: Controls, inter
 
     from .._platform import keys
 
+    # The view follows the terminal's real size, also after a resize: COLUMNS and
+    # LINES in the environment (stale, or set by a parent such as a test runner)
+    # would pin rich to them.
+    for name in ("COLUMNS", "LINES"):
+        os.environ.pop(name, None)
     console = Console()
     arrows = "↑/↓" if console.encoding.lower().startswith("utf") else "up/down"
     prev: Sample | None = None
