@@ -25,6 +25,7 @@ MODULES = (
     "bench_fleet",
     "bench_contract",
     "bench_isolate",
+    "bench_metrics",
     "proof_go_unload",
 )
 

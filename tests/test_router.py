@@ -20,6 +20,7 @@ import pytest
 
 from hotload import Host, SignatureError
 from hotload._engine import lifecycle as _version
+from hotload._engine import metrics
 from hotload._engine import registry as _registry
 from hotload._engine.lifecycle import PyGate
 
@@ -52,7 +53,9 @@ class Impl:
         src = _registry._ROUTER_TEMPLATE.format(params=params, comma="," if arity == 1 else "")
         ns: dict[str, Any] = {}
         exec(src, ns)  # noqa: S102 - the registry's own template
-        return ns["make"](route, fname, idx, slow, bad_call)
+        return ns["make"](
+            route, fname, idx, slow, bad_call, time.perf_counter_ns, metrics.record, metrics.failed
+        )
 
 
 @pytest.fixture(params=IMPLS)

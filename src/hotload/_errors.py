@@ -194,3 +194,10 @@ class PluginCrashedError(HotloadError):
 class PluginTimeoutError(PluginCrashedError):
     """An isolated call did not return within ``call_timeout``: the worker
     was killed and the crash policy applied."""
+
+
+class PluginStoppedError(PluginCrashedError):
+    """An isolated call found no worker to run it: the version's worker is
+    stopped (``on_crash="stop"``, a crash loop, a failed restart, the host
+    closing), or crashed while this call waited for it.  Its fields are the
+    crash that stopped it, when there was one."""

@@ -7,10 +7,8 @@ to it; the reaper retires it; the unload policy says whether it may close.
 
 from __future__ import annotations
 
-import faulthandler
 import logging
 import os
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +21,8 @@ from ._contract.events import EventTable
 from ._contract.events import emit as _emit
 from ._contract.handles import HandleTable
 from ._contract.services import ServiceTable
-from ._engine.lifecycle import VersionInfo, VersionState
+from ._engine import metrics as _metrics
+from ._engine.lifecycle import VersionInfo, VersionState, enable_faulthandler, refuse_free_threading
 from ._engine.reaper import Reaper
 from ._engine.record import PluginRecord
 from ._engine.registry import Plugin
@@ -31,12 +30,7 @@ from ._engine.settings import Settings
 from ._engine.swap import Swapper
 from ._engine.table import PluginTable
 from ._engine.unload_policy import UnloadPolicy
-from ._errors import (
-    AlreadyLoadedError,
-    ClosedError,
-    HotloadError,
-    NotLoadedError,
-)
+from ._errors import AlreadyLoadedError, ClosedError, NotLoadedError
 from ._ops.control_server import ControlServer
 from ._ops.protocols import PathOrCandidate, Service
 from ._ops.watcher import Watcher
@@ -133,6 +127,9 @@ class Host:
             as a WARNING at every start and shown by ``hotload fleet status``.
         fleet_plugins: Plugin names this host takes from the fleet besides
             the ones it loads itself; a name from Redis alone is never loaded.
+        metrics: Count every routed call per version and export (``metrics()``,
+            ``serve_metrics()``); False: nothing is counted.
+        metrics_sample: Time every Nth call of each export (1: all); counts stay exact.
     """
 
     def __init__(
@@ -157,9 +154,11 @@ class Host:
         fleet_name: str | None = None,
         fleet_insecure: bool = False,
         fleet_plugins: Iterable[str] = (),
+        metrics: bool = True,
+        metrics_sample: int = _metrics.DEFAULT_SAMPLE,
     ) -> None:
-        _refuse_free_threading()
-        _enable_faulthandler()
+        refuse_free_threading()
+        enable_faulthandler()
         self.settings = Settings(
             preflight=proc.WORKERS if preflight is None else preflight,
             preflight_timeout=preflight_timeout,
@@ -168,6 +167,8 @@ class Host:
             max_state_size=max_state_size,
             keep_versions=keep_versions,
             history_limit=history_limit,
+            metrics=metrics,
+            metrics_sample=metrics_sample,
         )
         self._reader = Reader(
             trust_checks=trust_checks,
@@ -505,16 +506,7 @@ class Host:
             name: The plugin's name.
         """
         rec = self._table.get(name)
-        if rec is None:
-            return None
-        version = rec.current
-        if version is None and rec.plugin is not None:
-            # mid-switch (a stateful swap holds calls at the gate): the version that served
-            # last, which serves on if the new one is refused
-            serving = (VersionState.ACTIVE, VersionState.DRAINING)
-            live = [v for v in rec.history if v.state in serving]
-            version = live[-1] if live else None
-        return rec.info(version, inspect=False) if version else None
+        return rec.serving() if rec is not None else None
 
     def versions(self, name: str | None = None) -> list[VersionInfo]:
         """The versions this host has loaded, oldest first: every one still in
@@ -545,8 +537,9 @@ class Host:
         """Every retired version whose image is still in memory: ``leaked``
         (mapped after its final dlclose) and ``retained`` (never closed:
         unloading it was unsafe)."""
-        stuck = (VersionState.LEAKED, VersionState.RETAINED)
-        return [i for i in self.versions() if i.state in stuck]
+        return [
+            i for i in self.versions() if i.state in (VersionState.LEAKED, VersionState.RETAINED)
+        ]
 
     def leaked_bytes(self) -> int:
         """Total bytes of plugin images stuck in memory (leaked or retained)."""
@@ -580,7 +573,34 @@ class Host:
         """
         return self._table.listen(callback)
 
+    def metrics(self) -> dict[str, Any]:
+        """Every version's call figures per export, as plain data (JSON-ready):
+        ``{"taken_at", "sample", "histogram", "leaked": {"images", "bytes"}, "plugins":
+        {name: {"loaded", "calls", "errors": {kind: n}, "swaps": {op: {"ok", "refused"}},
+        "pruned_versions", "versions": [{"seq", "version", "state", "isolated", "pid",
+        "restarts", "leaked_bytes", "service_errors", "calls", "in_flight", "errors",
+        "p50_us", "p99_us", "exports": {fname: {"calls", "in_flight", "errors", "latency":
+        {"sampled", "sum_ns", "p50_us", "p99_us", "buckets": [[upper_ns, count], ...]}}}}]}}}``.
+        Error kinds: argument, crash, timeout, stopped, other (the Observability guide)."""
+        return _metrics.snapshot(self._table.records(), self._swap.counts, self.settings.sample)
+
     # -- services -----------------------------------------------------------------
+    def serve_metrics(self, port: int = 0, addr: str = "127.0.0.1") -> str:
+        """Serve ``metrics()`` in the Prometheus text format at ``/metrics``; returns
+        the URL.  A second call returns the running server's; ``close()`` stops it.
+
+        Args:
+            port: The TCP port; 0 picks a free one.
+            addr: The address to bind (a port in use raises ``HotloadError``).
+        """
+        from ._ops.metrics_server import MetricsServer  # imports prometheus_client
+
+        self._table.check_open()
+        server = next((s for s in self._services if isinstance(s, MetricsServer)), None)
+        if server is None:
+            self._services.append(server := MetricsServer(self, port=port, addr=addr))
+        return server.url
+
     def watch(
         self,
         path: str | os.PathLike[str],
@@ -725,25 +745,3 @@ class Host:
 
 def _name(rec: PluginRecord) -> str:
     return rec.name
-
-
-def _refuse_free_threading() -> None:
-    if not getattr(sys, "_is_gil_enabled", lambda: True)():
-        raise HotloadError(
-            "hotload needs the GIL: its lock-free call routing is not safe on a free-threaded "
-            "CPython with the GIL disabled (run with PYTHON_GIL=1)"
-        )
-
-
-def _enable_faulthandler() -> None:
-    """A crash inside a plugin call kills the process with a signal; make it
-    print the Python stack of the crashing thread first, unless the
-    application set up faulthandler itself."""
-    if not faulthandler.is_enabled() and sys.stderr is not None:
-        try:
-            # Only the crashing thread: walking the other threads' frames from a
-            # signal handler races with them (seen: a dump cut short in a thread
-            # that was importing), and the crashing call is what an operator needs.
-            faulthandler.enable(all_threads=False)
-        except (RuntimeError, ValueError, OSError):  # no usable stderr (a daemon)
-            log.debug("faulthandler not enabled: stderr is not a real file")

@@ -53,10 +53,120 @@
 #include <Python.h>
 #include <structmember.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
+#include <time.h>
 #ifndef _WIN32
 #include <dlfcn.h>
+#else
+#include <intrin.h>
+#include <windows.h>
 #endif
+
+/* --------------------------------------------------------------- Metrics
+ *
+ * Every (version, export) has an ExportStats in its version's gate: exact
+ * 64-bit counts (calls, errors by kind) and the calls inside now, always;
+ * the latency of every Nth call (the gate's `sample`; 0: metrics off, the
+ * benchmark baseline) in a log-linear histogram.  All of it is written with
+ * the GIL held, so plain stores are exact (see the memory-ordering argument
+ * above); a call's error is classified only when it raised.
+ *
+ * The histogram (HDR-style): bucket 0 holds [0, 64 ns); then 8 sub-buckets
+ * per power of two from 2^6 ns to 2^36 ns (68.7 s), each 1/8 of its power
+ * wide (so a value is known to within 12.5 %); the last bucket holds
+ * 2^36 ns and above.  _engine/metrics.py has the same arithmetic in Python
+ * (the Python router's) and turns the counts into quantiles and Prometheus
+ * buckets. */
+
+#define HB_SUB_BITS 3
+#define HB_SUB (1 << HB_SUB_BITS)
+#define HB_MIN_EXP 6
+#define HB_MAX_EXP 36
+#define HB_N (2 + (HB_MAX_EXP - HB_MIN_EXP) * HB_SUB)
+
+/* The error kinds, in the order snapshots list them (metrics.ERROR_KINDS). */
+enum { ERR_ARGUMENT, ERR_CRASH, ERR_TIMEOUT, ERR_STOPPED, ERR_OTHER, ERR_KINDS };
+
+typedef struct {
+    uint64_t calls;     /* the three a call touches, in one cache line */
+    uint64_t countdown; /* calls until the next sampled one */
+    int64_t inflight;
+    uint64_t errors[ERR_KINDS];
+    uint64_t sampled;
+    uint64_t sum_ns;
+    uint64_t hist[HB_N];
+} ExportStats;
+
+/* The exception classes of the kinds (set once by metrics.py through
+ * error_kinds()): SignatureError, PluginTimeoutError, PluginStoppedError,
+ * PluginCrashedError; a subclass is tested before its base. */
+static PyObject *kind_argument, *kind_timeout, *kind_stopped, *kind_crash;
+
+static int
+classify(PyObject *given) /* an exception, or its class */
+{
+    if (kind_argument == NULL || given == NULL)
+        return ERR_OTHER;
+    if (PyErr_GivenExceptionMatches(given, kind_argument))
+        return ERR_ARGUMENT;
+    if (PyErr_GivenExceptionMatches(given, kind_timeout))
+        return ERR_TIMEOUT;
+    if (PyErr_GivenExceptionMatches(given, kind_stopped))
+        return ERR_STOPPED;
+    if (PyErr_GivenExceptionMatches(given, kind_crash))
+        return ERR_CRASH;
+    return ERR_OTHER;
+}
+
+static inline uint64_t
+now_ns(void)
+{
+#ifdef _WIN32
+    static LARGE_INTEGER freq;
+    LARGE_INTEGER c;
+    if (freq.QuadPart == 0)
+        QueryPerformanceFrequency(&freq);
+    QueryPerformanceCounter(&c);
+    return (uint64_t)((double)c.QuadPart * 1e9 / (double)freq.QuadPart);
+#else
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+#endif
+}
+
+static inline int
+floor_log2(uint64_t v) /* v > 0 */
+{
+#ifdef _WIN32
+    unsigned long i;
+    _BitScanReverse64(&i, v);
+    return (int)i;
+#else
+    return 63 - __builtin_clzll(v);
+#endif
+}
+
+static inline int
+hist_bucket(uint64_t ns)
+{
+    if (ns < ((uint64_t)1 << HB_MIN_EXP))
+        return 0;
+    int e = floor_log2(ns);
+    if (e >= HB_MAX_EXP)
+        return HB_N - 1;
+    int sub = (int)((ns >> (e - HB_SUB_BITS)) & (HB_SUB - 1));
+    return 1 + (e - HB_MIN_EXP) * HB_SUB + sub;
+}
+
+static inline void
+stats_record(ExportStats *s, uint64_t ns)
+{
+    s->sampled++;
+    s->sum_ns += ns;
+    s->hist[hist_bucket(ns)]++;
+}
 
 /* ------------------------------------------------------------------ Gate */
 
@@ -69,6 +179,9 @@ typedef struct {
     PyObject *owner;   /* the Version or Sentinel */
     PyObject *drained; /* threading.Event or None */
     PyObject *wake;    /* threading.Event or None */
+    uint64_t sample;     /* time every Nth call of an export; 0: no metrics at all */
+    ExportStats *stats;  /* one per export slot (grow()), never shrinks; NULL: none yet */
+    Py_ssize_t nstats;
 } GateObject;
 
 static PyTypeObject GateType;
@@ -107,12 +220,14 @@ gate_exited_keep_error(GateObject *g)
 static int
 gate_init(GateObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kw[] = {"owner", "drained", "wake", "retiring", NULL};
+    static char *kw[] = {"owner", "drained", "wake", "retiring", "sample", NULL};
     PyObject *owner, *drained = Py_None, *wake = Py_None;
     int retiring = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOp", kw, &owner, &drained, &wake,
-                                     &retiring))
+    unsigned long long sample = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOpK", kw, &owner, &drained, &wake,
+                                     &retiring, &sample))
         return -1;
+    self->sample = (uint64_t)sample;
     PyObject *table = PyList_New(0);
     if (table == NULL)
         return -1;
@@ -149,6 +264,8 @@ gate_dealloc(GateObject *self)
 {
     PyObject_GC_UnTrack(self);
     gate_clear(self);
+    PyMem_Free(self->stats);
+    self->stats = NULL;
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -221,7 +338,145 @@ gate_set_table(GateObject *self, PyObject *value, void *c)
     return 0;
 }
 
+/* grow(n): room for the stats of n export slots (kept: a slot's counts
+ * never go away while the gate lives).  Called before the table that
+ * needs them is set, with the GIL held: a call in flight re-reads its
+ * slot's address after the call, never across it. */
+static PyObject *
+gate_grow(GateObject *self, PyObject *arg)
+{
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n <= self->nstats || self->sample == 0)
+        Py_RETURN_NONE;
+    ExportStats *st = PyMem_Realloc(self->stats, (size_t)n * sizeof(ExportStats));
+    if (st == NULL)
+        return PyErr_NoMemory();
+    memset(st + self->nstats, 0, (size_t)(n - self->nstats) * sizeof(ExportStats));
+    self->stats = st;
+    self->nstats = n;
+    Py_RETURN_NONE;
+}
+
+static ExportStats *
+gate_slot(GateObject *self, PyObject *arg)
+{
+    Py_ssize_t i = PyLong_AsSsize_t(arg);
+    if (i == -1 && PyErr_Occurred())
+        return NULL;
+    if (i < 0 || i >= self->nstats)
+        return NULL;
+    return &self->stats[i];
+}
+
+/* enter(idx) -> t0: count a call of slot idx in (the Python slow path's);
+ * t0 is its start time in ns if it is sampled, else 0. */
+static PyObject *
+gate_enter(GateObject *self, PyObject *arg)
+{
+    ExportStats *s = gate_slot(self, arg);
+    if (s == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        return PyLong_FromLong(0);
+    }
+    s->calls++;
+    s->inflight++;
+    if (s->countdown == 0) {
+        s->countdown = self->sample - 1;
+        return PyLong_FromUnsignedLongLong(now_ns());
+    }
+    s->countdown--;
+    return PyLong_FromLong(0);
+}
+
+/* leave(idx, t0, exc): count it out; exc: the exception it raised, or None. */
+static PyObject *
+gate_leave(GateObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "leave(idx, t0, exc)");
+        return NULL;
+    }
+    unsigned long long t0 = PyLong_AsUnsignedLongLong(args[1]);
+    if (t0 == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    ExportStats *s = gate_slot(self, args[0]);
+    if (s == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    s->inflight--;
+    if (t0)
+        stats_record(s, now_ns() - t0);
+    if (args[2] != Py_None)
+        s->errors[classify(args[2])]++;
+    Py_RETURN_NONE;
+}
+
+/* snapshot() -> [(calls, inflight, (errors by kind), sampled, sum_ns, hist) per slot],
+ * hist the non-empty buckets as ((bucket, count), ...): a reader walks a few
+ * pairs, not HB_N counts.  Read with the GIL held: every figure of a slot is
+ * from the same instant. */
+static PyObject *
+hist_pairs(const ExportStats *s)
+{
+    Py_ssize_t n = 0;
+    for (int i = 0; i < HB_N; i++)
+        n += s->hist[i] != 0;
+    PyObject *t = PyTuple_New(n);
+    if (t == NULL)
+        return NULL;
+    Py_ssize_t k = 0;
+    for (int i = 0; i < HB_N && k < n; i++) {
+        if (s->hist[i] == 0)
+            continue;
+        PyObject *pair = Py_BuildValue("(iK)", i, (unsigned long long)s->hist[i]);
+        if (pair == NULL) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, k++, pair);
+    }
+    return t;
+}
+
+static PyObject *
+gate_snapshot(GateObject *self, PyObject *unused)
+{
+    PyObject *out = PyList_New(self->nstats);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < self->nstats; i++) {
+        ExportStats *s = &self->stats[i];
+        PyObject *hist = hist_pairs(s);
+        PyObject *item = hist == NULL ? NULL
+                                      : Py_BuildValue(
+                                            "(KL(KKKKK)KKN)", (unsigned long long)s->calls,
+                                            (long long)s->inflight, (unsigned long long)s->errors[0],
+                                            (unsigned long long)s->errors[1],
+                                            (unsigned long long)s->errors[2],
+                                            (unsigned long long)s->errors[3],
+                                            (unsigned long long)s->errors[4],
+                                            (unsigned long long)s->sampled,
+                                            (unsigned long long)s->sum_ns, hist);
+        if (item == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, item);
+    }
+    return out;
+}
+
 static PyMethodDef gate_methods[] = {
+    {"grow", (PyCFunction)gate_grow, METH_O, "Room for the stats of n export slots."},
+    {"enter", (PyCFunction)gate_enter, METH_O, "Count a call of a slot in; its t0 or 0."},
+    {"leave", (PyCFunction)(void (*)(void))gate_leave, METH_FASTCALL,
+     "leave(idx, t0, exc): count a call out, with its latency and error."},
+    {"snapshot", (PyCFunction)gate_snapshot, METH_NOARGS, "Every slot's figures."},
     {"append", (PyCFunction)gate_append, METH_O, "Count a call in (the argument is ignored)."},
     {"pop", (PyCFunction)gate_pop, METH_NOARGS, "Count a call out."},
     {"exited", (PyCFunction)gate_exited_py, METH_NOARGS,
@@ -231,6 +486,8 @@ static PyMethodDef gate_methods[] = {
 
 static PyMemberDef gate_members[] = {
     {"served", T_PYSSIZET, offsetof(GateObject, served), 0, "routed calls that entered"},
+    {"sample", T_ULONGLONG, offsetof(GateObject, sample), READONLY,
+     "latency of every Nth call; 0: metrics off"},
     {"owner", T_OBJECT_EX, offsetof(GateObject, owner), READONLY, "the version"},
     {"drained", T_OBJECT_EX, offsetof(GateObject, drained), READONLY, NULL},
     {"wake", T_OBJECT_EX, offsetof(GateObject, wake), READONLY, NULL},
@@ -434,10 +691,31 @@ router_vectorcall(RouterObject *self, PyObject *const *args, size_t nargsf, PyOb
     }
     g->served++;
     PyObject *fn = Py_NewRef(PyList_GET_ITEM(table, self->idx));
+    uint64_t t0 = 0;
+    Py_ssize_t idx = self->idx;
+    int counted = idx < g->nstats; /* metrics on (grow() ran before the table was set) */
+    if (counted) {
+        ExportStats *s = &g->stats[idx];
+        s->calls++;
+        s->inflight++;
+        if (s->countdown == 0) {
+            s->countdown = g->sample - 1;
+            t0 = now_ns();
+        } else
+            s->countdown--;
+    }
     PyObject *res = PyObject_Vectorcall(fn, args, n, NULL); /* R3 */
     Py_DECREF(fn);
     if (res == NULL && is_argument_error())
         res = router_bad_call(self, g, args, n); /* still counted in: R4 follows */
+    if (counted) {
+        ExportStats *s = &g->stats[idx]; /* again: grow() may have moved them meanwhile */
+        s->inflight--;
+        if (t0)
+            stats_record(s, now_ns() - t0);
+        if (res == NULL)
+            s->errors[classify(PyErr_Occurred())]++;
+    }
     g->inflight--; /* R4 */
     if (g->retiring && g->inflight == 0)
         gate_exited_keep_error(g);
@@ -736,6 +1014,37 @@ call_each(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
+/* error_kinds(argument, timeout, stopped, crash): the exception classes a
+ * failed call is counted by (metrics.py, once at import). */
+static PyObject *
+error_kinds(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "error_kinds(argument, timeout, stopped, crash)");
+        return NULL;
+    }
+    for (int i = 0; i < 4; i++)
+        if (!PyExceptionClass_Check(args[i])) {
+            PyErr_SetString(PyExc_TypeError, "error_kinds: exception classes");
+            return NULL;
+        }
+    Py_XSETREF(kind_argument, Py_NewRef(args[0]));
+    Py_XSETREF(kind_timeout, Py_NewRef(args[1]));
+    Py_XSETREF(kind_stopped, Py_NewRef(args[2]));
+    Py_XSETREF(kind_crash, Py_NewRef(args[3]));
+    Py_RETURN_NONE;
+}
+
+/* hist_bucket(ns) -> the histogram bucket of a latency (for the tests). */
+static PyObject *
+hist_bucket_py(PyObject *mod, PyObject *arg)
+{
+    unsigned long long ns = PyLong_AsUnsignedLongLong(arg);
+    if (ns == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    return PyLong_FromLong(hist_bucket(ns));
+}
+
 /* The METH_FASTCALL floor for the benchmarks: a C function doing nothing. */
 static PyObject *
 noop(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
@@ -821,6 +1130,10 @@ static PyMethodDef module_methods[] = {
     {"call_each", (PyCFunction)(void (*)(void))call_each, METH_FASTCALL,
      "call_each(callables, args[, skip]) -> [f(*args) for f in callables], in C;\n"
      "a call raising an exception that matches skip is left out."},
+    {"error_kinds", (PyCFunction)(void (*)(void))error_kinds, METH_FASTCALL,
+     "error_kinds(argument, timeout, stopped, crash): how a failed call is counted."},
+    {"hist_bucket", (PyCFunction)hist_bucket_py, METH_O,
+     "hist_bucket(ns) -> the latency histogram's bucket for ns."},
     {"noop", (PyCFunction)(void (*)(void))noop, METH_FASTCALL,
      "Do nothing: the cost of calling a METH_FASTCALL builtin."},
 #ifndef _WIN32
@@ -850,7 +1163,8 @@ PyInit__crouter(void)
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Gate", (PyObject *)&GateType) < 0 ||
+    if (PyModule_AddIntConstant(m, "HIST_BUCKETS", HB_N) < 0 ||
+        PyModule_AddObjectRef(m, "Gate", (PyObject *)&GateType) < 0 ||
         PyModule_AddObjectRef(m, "Route", (PyObject *)&RouteType) < 0 ||
         PyModule_AddObjectRef(m, "Router", (PyObject *)&RouterType) < 0 ||
         PyModule_AddObjectRef(m, "Checked", (PyObject *)&CheckedType) < 0) {

@@ -14,13 +14,25 @@ refused to start); nothing else goes backwards.
 from __future__ import annotations
 
 import enum
+import faulthandler
+import logging
 import os
+import sys
 import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
+
+from .._errors import (
+    HotloadError,
+    PluginCrashedError,
+    PluginStoppedError,
+    PluginTimeoutError,
+    SignatureError,
+)
+from .metrics import PyStats
 
 if TYPE_CHECKING:
     from .._artifact.loader import Image
@@ -38,7 +50,11 @@ def _native() -> ModuleType | None:
     return _crouter
 
 
+log = logging.getLogger(__name__)
+
 _crouter = _native()
+if _crouter is not None:  # how the compiled router counts a call that raised (metrics.kind)
+    _crouter.error_kinds(SignatureError, PluginTimeoutError, PluginStoppedError, PluginCrashedError)
 
 #: Which router this process uses: "compiled" (``_crouter.c``) or "python".
 ROUTER = "compiled" if _crouter is not None else "python"
@@ -47,10 +63,12 @@ ROUTER = "compiled" if _crouter is not None else "python"
 class PyGate(deque):  # type: ignore[type-arg]
     """One version's hot routing state, for the Python router: the deque's
     length is the in-flight count (``append``/``pop`` are atomic under the
-    GIL), the slots are the flags and the call table a router reads.  The
-    compiled router's ``_crouter.Gate`` has the same interface."""
+    GIL), the slots are the flags and the call table a router reads, and
+    ``stats`` its figures per export slot (``metrics.PyStats``; None each
+    when the host's metrics are off).  The compiled router's
+    ``_crouter.Gate`` has the same interface."""
 
-    __slots__ = ("retiring", "served", "table", "owner", "drained", "wake")
+    __slots__ = ("retiring", "served", "table", "owner", "drained", "wake", "sample", "stats")
 
     def __init__(
         self,
@@ -58,6 +76,7 @@ class PyGate(deque):  # type: ignore[type-arg]
         drained: threading.Event | None = None,
         wake: threading.Event | None = None,
         retiring: bool = False,
+        sample: int = 1,
     ) -> None:
         super().__init__()
         self.owner = owner
@@ -66,6 +85,8 @@ class PyGate(deque):  # type: ignore[type-arg]
         self.retiring = retiring
         self.served = 0
         self.table: list[Any] = []
+        self.sample = sample
+        self.stats: list[PyStats | None] = []
 
     def exited(self) -> None:
         """If no call is inside, wake whoever waits for this version to
@@ -75,6 +96,35 @@ class PyGate(deque):  # type: ignore[type-arg]
                 self.drained.set()
             if self.wake is not None:
                 self.wake.set()
+
+    # -- the figures (metrics.py); the compiled gate has the same methods --------------
+    def grow(self, n: int) -> None:
+        """Room for the figures of ``n`` export slots (set before the table)."""
+        while len(self.stats) < n:
+            self.stats.append(PyStats() if self.sample else None)
+
+    def enter(self, idx: int) -> int:
+        """Count a call of slot ``idx`` in; its start time if sampled, else 0."""
+        s = self.stats[idx] if idx < len(self.stats) else None
+        if s is None:
+            return 0
+        n = next(s.calls)
+        s.inflight.append(None)
+        return time.perf_counter_ns() if not n % self.sample else 0
+
+    def leave(self, idx: int, t0: int, exc: BaseException | None) -> None:
+        """Count it out: its latency if sampled, its error if it raised."""
+        s = self.stats[idx] if idx < len(self.stats) else None
+        if s is None:
+            return
+        s.inflight.pop()
+        if t0:
+            s.record(time.perf_counter_ns() - t0)
+        if exc is not None:
+            s.failed(exc)
+
+    def snapshot(self) -> list[tuple[Any, ...]]:
+        return [s.row() for s in self.stats if s is not None]
 
 
 #: The gate type both routers use in this process.
@@ -122,9 +172,12 @@ class Version:
         "note",
         "leak_codes",
         "stuck",
+        "slots",
     )
 
-    def __init__(self, plugin_name: str, seq: int, image: Image, wake: threading.Event) -> None:
+    def __init__(
+        self, plugin_name: str, seq: int, image: Image, wake: threading.Event, sample: int = 1
+    ) -> None:
         self.plugin_name = plugin_name
         self.seq = seq
         self.image = image
@@ -132,7 +185,8 @@ class Version:
         self.state = VersionState.ACTIVE
         self.drained = threading.Event()
         self.wake = wake
-        self.gate = Gate(self, self.drained, wake)
+        self.gate = Gate(self, self.drained, wake, sample=sample)  # sample 0: no metrics
+        self.slots: dict[str, int] = {}  # export -> its slot in the table and figures (commit)
         self.unloaded_at: float | None = None
         self.retired_at: float | None = None
         self.mapped_bytes = 0
@@ -165,6 +219,7 @@ class Version:
 
     @table.setter
     def table(self, table: list[Any]) -> None:
+        self.gate.grow(len(table))  # the figures' slots first: a router counts in them
         self.gate.table = table
 
     def exited(self) -> None:
@@ -254,7 +309,10 @@ class VersionInfo:
     isolated version: it leaves memory with its worker process).  ``sandbox``
     names the protections an isolated version's worker runs under (the
     Security page explains each; empty in process or with
-    ``Isolated(sandbox=False)``)."""
+    ``Isolated(sandbox=False)``).  ``errors`` counts the routed calls that
+    raised (``crashes`` and ``timeouts`` of them, isolated only), and
+    ``p50_us``/``p99_us`` are the latency quantiles of the sampled calls
+    (``Host(metrics_sample=)``), None before any: the Observability page."""
 
     name: str
     seq: int
@@ -282,6 +340,15 @@ class VersionInfo:
     # the protections its worker runs under (isolated only; empty: none), e.g. ("user-ns",
     # "pid-ns", "mount-ns", "fs-view", "no-new-privs", "no-caps", "landlock", "seccomp")
     sandbox: tuple[str, ...] = field(default=())
+    # routed calls that raised (any kind: a bad argument, a crash, a timeout, a stopped
+    # worker, the plugin's own error), and of them crashes and timeouts (isolated only)
+    errors: int = 0
+    crashes: int = 0
+    timeouts: int = 0
+    # latency quantiles of the sampled calls (Host(metrics_sample=)), microseconds, to
+    # within one histogram bucket (12.5 %); None before any sampled call
+    p50_us: float | None = None
+    p99_us: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -289,3 +356,26 @@ class VersionInfo:
         d["sandbox"] = list(self.sandbox)
         d["state"] = str(self.state)
         return d
+
+
+# -- what the host checks and sets up as it starts ------------------------------------------
+def refuse_free_threading() -> None:
+    if not getattr(sys, "_is_gil_enabled", lambda: True)():
+        raise HotloadError(
+            "hotload needs the GIL: its lock-free call routing is not safe on a free-threaded "
+            "CPython with the GIL disabled (run with PYTHON_GIL=1)"
+        )
+
+
+def enable_faulthandler() -> None:
+    """A crash inside a plugin call kills the process with a signal; make it
+    print the Python stack of the crashing thread first, unless the
+    application set up faulthandler itself."""
+    if not faulthandler.is_enabled() and sys.stderr is not None:
+        try:
+            # Only the crashing thread: walking the other threads' frames from a
+            # signal handler races with them (seen: a dump cut short in a thread
+            # that was importing), and the crashing call is what an operator needs.
+            faulthandler.enable(all_threads=False)
+        except (RuntimeError, ValueError, OSError):  # no usable stderr (a daemon)
+            log.debug("faulthandler not enabled: stderr is not a real file")

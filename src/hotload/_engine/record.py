@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from .._errors import HotloadError
 from .._platform import dl
 from .._process.options import Isolated
+from . import metrics
 from .hook_runner import HookRunner
 from .lifecycle import Version, VersionInfo, VersionState
 from .registry import Plugin
@@ -64,6 +65,7 @@ class PluginRecord:
         self.isolate: Isolated | None = None  # load(isolate=True): kept by reload and rollback
         self.seq = 0
         self.pruned = 0
+        self.folded = metrics.Folded()  # the pruned versions' counts: totals never go back
         self.chain: list[Build] = []
         self.dropped_builds = 0  # builds that fell off the chain (keep_versions)
         self.hooks = HookRunner(settings.hook_timeout)
@@ -172,7 +174,19 @@ class PluginRecord:
             sandbox=proxy.sandbox if proxy is not None else (),
             worker=proxy.state if proxy is not None else "",
             service_errors=img.imports.errors if img.imports is not None else 0,
+            **metrics.version_fields(v),
         )
+
+    def serving(self) -> VersionInfo | None:
+        """``Host.current``: the version serving now; mid-switch (a stateful
+        swap holds calls at the gate) the one that served last, which serves
+        on if the new one is refused."""
+        version = self.current
+        if version is None and self.plugin is not None:
+            serving = (VersionState.ACTIVE, VersionState.DRAINING)
+            live = [v for v in self.history if v.state in serving]
+            version = live[-1] if live else None
+        return self.info(version, inspect=False) if version else None
 
     def stuck(self) -> list[Version]:
         return [v for v in self.history if v.state in _STUCK]
@@ -191,5 +205,6 @@ class PluginRecord:
             history = self.history.copy()
             for v in done[:excess]:
                 history.remove(v)  # by identity: a Version has no __eq__
+                self.folded.fold(v)
             self.history = history
             self.pruned += excess

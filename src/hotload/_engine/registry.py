@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,11 +35,12 @@ from .._errors import (
     SignatureError,
     TypeLayoutError,
 )
+from . import metrics
 from .lifecycle import SWITCHING, UNLOADED_PLUGIN, Sentinel, Version, VersionInfo
 from .lifecycle import _crouter as _native
 
 _ROUTER_TEMPLATE = """\
-def make(route, fname, idx, slow, bad_call):
+def make(route, fname, idx, slow, bad_call, clock, record, failed):
     def _router({params}):
         g = route.gate
         g.append(None)
@@ -46,17 +48,40 @@ def make(route, fname, idx, slow, bad_call):
             g.pop()
             g.exited()
             return slow(fname, ({params}{comma}))
-        g.served += 1
         try:
-            return g.table[idx]({params})
-        except (TypeError, OverflowError, ValueError, KeyError) as exc:
-            return bad_call(g.owner, fname, exc, ({params}{comma}))
-        except IndexError as exc:
-            if idx < len(g.table):
-                return bad_call(g.owner, fname, exc, ({params}{comma}))  # from the callee
-            g.served -= 1  # an export newer than this version: committed, not published yet
-            return slow(fname, ({params}{comma}))
+            s = g.stats[idx]
+        except IndexError:
+            if idx < len(g.table):  # a table without figures (set without grow())
+                s = None
+            else:  # an export newer than this version: committed, not published yet
+                g.pop()
+                if g.retiring:
+                    g.exited()
+                return slow(fname, ({params}{comma}))
+        g.served += 1
+        if s is None:  # metrics off
+            try:
+                return g.table[idx]({params})
+            except (TypeError, OverflowError, ValueError, KeyError, IndexError) as exc:
+                return bad_call(g.owner, fname, exc, ({params}{comma}))
+            finally:
+                g.pop()
+                if g.retiring:
+                    g.exited()
+        t0 = 0 if next(s.calls) % g.sample else clock()
+        s.inflight.append(None)
+        try:
+            try:
+                return g.table[idx]({params})
+            except (TypeError, OverflowError, ValueError, KeyError, IndexError) as exc:
+                return bad_call(g.owner, fname, exc, ({params}{comma}))
+        except BaseException as exc:
+            failed(s, exc)
+            raise
         finally:
+            s.inflight.pop()
+            if t0:
+                record(s, clock() - t0)
             g.pop()
             if g.retiring:
                 g.exited()
@@ -233,8 +258,10 @@ class Plugin:
             else self._missing(fname, version.seq)
             for fname in index
         ]
+        slots = {fname: index[fname] for fname in fns}
 
         def commit() -> None:
+            version.slots = slots
             version.table = table
             if shape is not self._shape:
                 self._index = index
@@ -285,7 +312,14 @@ class Plugin:
         namespace: dict[str, Any] = {}
         exec(compile(src, f"<hotload router {self._name}.{fname}>", "exec"), namespace)  # noqa: S102
         router: Callable[..., Any] = namespace["make"](
-            self._route, fname, idx, self._slow_call, self._bad_call
+            self._route,
+            fname,
+            idx,
+            self._slow_call,
+            self._bad_call,
+            time.perf_counter_ns,
+            metrics.record,
+            metrics.failed,
         )
         router.__name__, router.__qualname__ = fname, f"{self._name}.{fname}"
         return router
@@ -312,12 +346,19 @@ class Plugin:
                 g.pop()
                 g.exited()
                 raise NotLoadedError(f"plugin {self._name} v{v.seq} no longer exports {fname!r}")
-            fn = v.table[self._index[fname]]  # its checks too (_checked), as a router calls it
+            idx = self._index[fname]
+            fn = v.table[idx]  # its checks too (_checked), as a router calls it
+            t0, raised = g.enter(idx), None  # counted on v, as a routed call
             try:
-                return fn(*args)
-            except _ARGUMENT_ERRORS as exc:
-                return self._bad_call(v, fname, exc, args)
+                try:
+                    return fn(*args)
+                except _ARGUMENT_ERRORS as exc:
+                    return self._bad_call(v, fname, exc, args)
+            except BaseException as exc:
+                raised = exc
+                raise
             finally:
+                g.leave(idx, t0, raised)
                 g.pop()
                 if g.retiring:
                     g.exited()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .._artifact.loader import MAX_STATE_SIZE
+from .metrics import DEFAULT_SAMPLE
 
 
 @dataclass(frozen=True)
@@ -25,13 +26,20 @@ class Settings:
     max_state_size: int = MAX_STATE_SIZE
     keep_versions: int = 8
     history_limit: int = 64
+    metrics: bool = True  # count every routed call per version and export (metrics.py)
+    metrics_sample: int = DEFAULT_SAMPLE  # time the latency of every Nth call per export
+
+    @property
+    def sample(self) -> int:
+        """What a version's gate is given: every Nth call timed; 0: no metrics."""
+        return self.metrics_sample if self.metrics else 0
 
     def __post_init__(self) -> None:
         _seconds("preflight_timeout", self.preflight_timeout)
         _seconds("quiesce_timeout", self.quiesce_timeout, zero=True)  # 0: take state at once
         if self.hook_timeout is not None:
             _seconds("hook_timeout", self.hook_timeout)
-        for field in ("max_state_size", "keep_versions", "history_limit"):
+        for field in ("max_state_size", "keep_versions", "history_limit", "metrics_sample"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{field} must be a positive integer, not {value!r}")

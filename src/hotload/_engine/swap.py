@@ -9,10 +9,12 @@ order that keeps the running version safe: checks against the other plugins
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from .._artifact import loader as loader_mod
 from .._artifact import signatures as sig
@@ -34,6 +36,7 @@ from .._process.isolation import Isolation
 from .._process.options import Isolated
 from .._process.preflight import PreflightWorker
 from .lifecycle import Version, VersionInfo
+from .metrics import SwapCounts
 from .reaper import Reaper
 from .record import PluginRecord
 from .registry import Plugin
@@ -42,6 +45,30 @@ from .table import PluginTable
 from .unload_policy import UnloadPolicy
 
 log = logging.getLogger(__name__)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _counted(op: str) -> Callable[[_F], _F]:
+    """Count the swap in ``Swapper.counts`` by its result ("ok" or "refused"),
+    for a plugin this host knows (a name never loaded is not counted)."""
+
+    def wrap(method: _F) -> _F:
+        @functools.wraps(method)
+        def counted(self: Swapper, target: Any, *args: Any, **kwargs: Any) -> Any:
+            name = target.name if isinstance(target, Candidate) else target
+            try:
+                result = method(self, target, *args, **kwargs)
+            except BaseException:
+                if self._table.get(name) is not None:
+                    self.counts.count(name, op, False)
+                raise
+            self.counts.count(name, op, True)
+            return result
+
+        return counted  # type: ignore[return-value]
+
+    return wrap
 
 
 class Swapper:
@@ -73,10 +100,12 @@ class Swapper:
         self._preflight = preflight
         self._provided = provided
         self._events = events
+        self.counts = SwapCounts()  # swaps by plugin, operation and result (metrics)
         self._isolation: Isolation | None = None  # started by the first isolated load
         self._isolation_lock = threading.Lock()
 
     # -- what the host asks for ----------------------------------------------------
+    @_counted("load")
     def load(
         self,
         cand: Candidate,
@@ -107,6 +136,7 @@ class Swapper:
             self._table.changed(cand.name)
             return plugin
 
+    @_counted("reload")
     def reload(
         self,
         name: str,
@@ -141,6 +171,7 @@ class Swapper:
             # the reaper inspects a new build; versions() measures its mapped bytes
             return rec.info(version, inspect=False, measure=False)
 
+    @_counted("rollback")
     def rollback(self, name: str, *, preflight: bool | None) -> VersionInfo:
         """The build live before the current one serves again, as a new version."""
         rec = self._table.loaded(name)
@@ -161,6 +192,7 @@ class Swapper:
             self._table.changed(name)
             return rec.info(version, inspect=False, measure=False)
 
+    @_counted("unload")
     def unload(self, name: str) -> None:
         """Stop serving ``name``; its versions close once their calls return."""
         rec = self._table.loaded(name)
@@ -221,7 +253,7 @@ class Swapper:
         staged = self._loader.stage(cand, rec.seq + 1)
         image = self._open(rec, staged, None, preflight)
         plugin = Plugin(cand.name, rec.infos)
-        version = Version(cand.name, staged.seq, image, self._reaper.wake)
+        version = Version(cand.name, staged.seq, image, self._reaper.wake, self._settings.sample)
         try:
             commit = plugin._prepare(version)
         except BaseException:
@@ -247,7 +279,7 @@ class Swapper:
             _check_compatible(old.image, cand)
         staged = self._loader.stage(cand, rec.seq + 1)
         image = self._open(rec, staged, old, preflight)
-        new = Version(rec.name, staged.seq, image, self._reaper.wake)
+        new = Version(rec.name, staged.seq, image, self._reaper.wake, self._settings.sample)
         new.note = note
         self._switch(rec, old, new)
         rec.add(new)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from .._artifact.loader import Candidate
 from .._engine.lifecycle import VersionInfo
@@ -76,6 +76,10 @@ class PluginHost(Protocol):
     def on_change(self, callback: Callable[[str], None]) -> Callable[[], None]:
         """Call ``callback(name)`` after each load, reload, rollback and unload;
         returns the function that stops it."""
+        ...
+
+    def metrics(self) -> dict[str, Any]:
+        """Every version's call figures as plain data (``Host.metrics``)."""
         ...
 
 

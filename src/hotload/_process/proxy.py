@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn, Protocol
 
 from .._contract.services import ImportBinding
-from .._errors import HotloadError, PluginCrashedError, PluginTimeoutError
+from .._errors import HotloadError, PluginCrashedError, PluginStoppedError, PluginTimeoutError
 from .._platform import proc as channel
 from . import service_channel
 from .options import Isolated
@@ -243,10 +243,19 @@ class Proxy:
             self.call_started = 0.0
         raise AssertionError("unreachable")
 
-    def _dead_error(self) -> PluginCrashedError:
-        if self.last_error is not None:
-            return self.last_error
-        return PluginCrashedError(f"{self.source}: {self.name} v{self.seq}: its worker is stopped")
+    def _dead_error(self) -> PluginStoppedError:
+        """The error of a call that finds no worker: the crash that stopped
+        it, as a ``PluginStoppedError`` (the metrics count it as "stopped",
+        not as another crash)."""
+        last = self.last_error
+        if last is not None:
+            return PluginStoppedError(
+                str(last),
+                signal_name=last.signal_name,
+                exit_code=last.exit_code,
+                stderr=last.stderr,
+            )
+        return PluginStoppedError(f"{self.source}: {self.name} v{self.seq}: its worker is stopped")
 
     # -- crashes ---------------------------------------------------------------------
     def _crashed(

@@ -1,0 +1,274 @@
+"""``host.serve_metrics()``: the host's figures at ``/metrics`` in the
+Prometheus text format, through the ``prometheus-client`` library.
+
+A custom collector reads ``host.metrics()`` when a scrape comes in: nothing
+runs per call in Python, and a scrape sees every version's counters as they
+are at that instant.  The log-linear latency histogram (``_engine/metrics``:
+8 buckets per power of two) is reduced to ``LE_BOUNDS``: the histogram's own
+bucket edges nearest to 100 ns, 300 ns, 1 us, 3 us ... 300 us, 1 ms, 10 ms,
+100 ms, 1 s, 10 s, so every cumulative ``le`` count is exact (no bucket is
+split).
+
+A scrape's cost is the library's, per line (~5-10 us each: the labels are
+validated and escaped one by one), so the lines are kept few: 13 ``le``
+bounds; a per-export error series only for the kinds that happened (the
+per-plugin ``hotload_plugin_call_errors_total`` has every kind from the
+start); and a version that has left memory (``unloaded``) keeps its call and
+error counters in the scrape, final, but not its latency histogram and
+in-flight gauge, which stopped moving when it stopped serving (its
+quantiles stay in ``host.metrics()``).
+
+The HTTP side is the library's WSGI app on the standard library's threading
+WSGI server, with a read timeout per connection (a client that sends nothing
+is dropped after ``READ_TIMEOUT`` s) and nothing logged per request.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+from .._engine import metrics as figures
+from .._errors import HotloadError
+
+if TYPE_CHECKING:
+    from .protocols import PluginHost
+
+log = logging.getLogger(__name__)
+
+READ_TIMEOUT = 5.0  # seconds a connection may take to send its request
+
+
+def _le_bounds() -> tuple[tuple[int, str], ...]:
+    """(edge in ns, its ``le`` label in seconds) for 100 ns, 300 ns, 1 us, 3 us
+    ... 300 us, then 1 ms, 10 ms, 100 ms, 1 s, 10 s: each the histogram bucket
+    edge nearest to that value (13 bounds and +Inf: a scrape's cost is its
+    lines, see the module doc; plugin calls live in the first decades)."""
+    edges = [int(u) for u in figures.UPPER if u != float("inf")]
+    nominal = [m * 10**e for e in range(2, 6) for m in (1, 3)] + [10**e for e in range(6, 11)]
+    out = []
+    for v in nominal:
+        edge = min(edges, key=lambda x: (abs(x - v), x))
+        out.append((edge, floatToGoString(edge / 1e9)))
+    return tuple(out)
+
+
+#: The ``le`` boundaries of hotload_call_duration_seconds: (edge in ns, label).
+LE_BOUNDS = _le_bounds()
+
+LABELS = ["plugin", "version", "seq", "export"]
+
+
+def cumulative(buckets: list[list[Any]], total: int) -> list[tuple[str, float]]:
+    """``metrics()``'s sparse buckets ([upper_ns or None, count], ascending)
+    as Prometheus's cumulative ``le`` buckets at ``LE_BOUNDS``, and +Inf."""
+    out: list[tuple[str, float]] = []
+    acc, j, n = 0, 0, len(buckets)
+    for edge, label in LE_BOUNDS:
+        while j < n and buckets[j][0] is not None and buckets[j][0] <= edge:
+            acc += buckets[j][1]
+            j += 1
+        out.append((label, acc))
+    out.append(("+Inf", total))
+    return out
+
+
+class HostCollector:
+    """A ``prometheus_client`` collector over one host's ``metrics()``."""
+
+    def __init__(self, host: PluginHost) -> None:
+        self._host = host
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._host.metrics()
+        calls = CounterMetricFamily(
+            "hotload_calls", "Routed calls of an export in a version.", labels=LABELS
+        )
+        errors = CounterMetricFamily(
+            "hotload_call_errors",
+            "Routed calls that raised, by kind: argument, crash, timeout, stopped, other.",
+            labels=[*LABELS, "kind"],
+        )
+        inflight = GaugeMetricFamily(
+            "hotload_calls_in_flight", "Calls inside an export of a version now.", labels=LABELS
+        )
+        latency = HistogramMetricFamily(
+            "hotload_call_duration_seconds",
+            f"Latency of the sampled calls (one in {snap['sample'] or '-'} per export).",
+            labels=LABELS,
+        )
+        versions = GaugeMetricFamily(
+            "hotload_versions", "A plugin's versions by state.", labels=["plugin", "state"]
+        )
+        leaked = GaugeMetricFamily(
+            "hotload_leaked_images",
+            "A plugin's images still in memory after their unload (leaked or retained).",
+            labels=["plugin"],
+        )
+        leaked_bytes = GaugeMetricFamily(
+            "hotload_leaked_bytes", "The bytes of those images.", labels=["plugin"]
+        )
+        swaps = CounterMetricFamily(
+            "hotload_swaps",
+            "Loads, reloads, rollbacks and unloads by result.",
+            labels=["plugin", "op", "result"],
+        )
+        restarts = CounterMetricFamily(
+            "hotload_worker_restarts",
+            "Isolated workers restarted after a crash.",
+            labels=["plugin", "version", "seq"],
+        )
+        service_errors = CounterMetricFamily(
+            "hotload_service_errors",
+            "Host-service calls from a version that raised.",
+            labels=["plugin", "version", "seq"],
+        )
+        plugin_calls = CounterMetricFamily(
+            "hotload_plugin_calls",
+            "Routed calls of a plugin, every version it had (never goes back).",
+            labels=["plugin"],
+        )
+        plugin_errors = CounterMetricFamily(
+            "hotload_plugin_call_errors",
+            "Routed calls of a plugin that raised, every version, by kind.",
+            labels=["plugin", "kind"],
+        )
+        for name, plugin in snap["plugins"].items():
+            plugin_calls.add_metric([name], plugin["calls"])
+            for kind, n in plugin["errors"].items():
+                plugin_errors.add_metric([name, kind], n)
+            for op, results in plugin["swaps"].items():
+                for result, n in results.items():
+                    swaps.add_metric([name, op, result], n)
+            states: dict[str, int] = dict.fromkeys(
+                ("active", "draining", "unloaded", "leaked", "retained"), 0
+            )
+            stuck = stuck_bytes = 0
+            for v in plugin["versions"]:
+                states[v["state"]] = states.get(v["state"], 0) + 1
+                if v["state"] in ("leaked", "retained"):
+                    stuck += 1
+                    stuck_bytes += v["leaked_bytes"]
+                vlabels = [name, v["version"], str(v["seq"])]
+                service_errors.add_metric(vlabels, v["service_errors"])
+                if v["isolated"]:
+                    restarts.add_metric(vlabels, v["restarts"])
+                _exports(v, vlabels, calls, errors, inflight, latency)
+            for state, n in states.items():
+                versions.add_metric([name, state], n)
+            leaked.add_metric([name], stuck)
+            leaked_bytes.add_metric([name], stuck_bytes)
+        yield from (calls, errors, inflight, latency, versions, leaked, leaked_bytes)
+        yield from (swaps, restarts, service_errors, plugin_calls, plugin_errors)
+
+
+def _exports(
+    v: dict[str, Any],
+    vlabels: list[str],
+    calls: CounterMetricFamily,
+    errors: CounterMetricFamily,
+    inflight: GaugeMetricFamily,
+    latency: HistogramMetricFamily,
+) -> None:
+    serving = v["state"] != "unloaded"  # what has left memory keeps its counts only
+    for fname, e in v["exports"].items():
+        labels = [*vlabels, fname]
+        calls.add_metric(labels, e["calls"])
+        for kind, n in e["errors"].items():
+            if n:  # a series from its first error on (the plugin totals have every kind)
+                errors.add_metric([*labels, kind], n)
+        if not serving:
+            continue
+        inflight.add_metric(labels, e["in_flight"])
+        lat = e["latency"]
+        if lat["sampled"]:
+            latency.add_metric(
+                labels, cumulative(lat["buckets"], lat["sampled"]), lat["sum_ns"] / 1e9
+            )
+
+
+class _Handler(WSGIRequestHandler):
+    timeout = READ_TIMEOUT  # socketserver sets it on the connection: a silent client goes
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        """Nothing per request (a scrape every few seconds would flood the log)."""
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that timed out or hung up: not worth a traceback."""
+        log.debug("metrics endpoint: a request from %s failed", client_address, exc_info=True)
+
+
+def _only_metrics(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+    def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") not in ("/metrics", "/"):
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"hotload serves /metrics only\n"]
+        return app(environ, start_response)
+
+    return serve
+
+
+class MetricsServer:
+    """The ``/metrics`` endpoint of one host, on its own thread; a ``Service``
+    (``stop()`` when the host closes)."""
+
+    def __init__(self, host: PluginHost, *, port: int = 0, addr: str = "127.0.0.1") -> None:
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise HotloadError(f"serve_metrics: port must be an int in 0..65535, not {port!r}")
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(HostCollector(host))
+        app = _only_metrics(make_wsgi_app(self.registry))
+        try:
+            family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0][0]
+        except (socket.gaierror, UnicodeError) as exc:
+            raise HotloadError(f"serve_metrics: cannot resolve {addr!r}: {exc}") from None
+
+        class Server(_Server):
+            address_family = family
+
+        try:
+            self._httpd = make_server(addr, port, app, Server, handler_class=_Handler)
+        except OSError as exc:
+            why = (
+                "the port is already in use"
+                if exc.errno == errno.EADDRINUSE
+                else (exc.strerror or str(exc))
+            )
+            raise HotloadError(f"serve_metrics: cannot listen on {addr}:{port}: {why}") from None
+        host_part = f"[{addr}]" if family == socket.AF_INET6 else addr
+        self.url = f"http://{host_part}:{self._httpd.server_port}/metrics"
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="hotload-metrics",
+            daemon=True,
+        )
+        self._thread.start()
+        log.info("serving metrics at %s", self.url)
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(5.0)
+
+    def __repr__(self) -> str:
+        return f"<hotload metrics server {self.url}>"

@@ -1,0 +1,267 @@
+"""host.serve_metrics(): the Prometheus endpoint (issue 21 item 2), read the
+way Prometheus reads it (``prometheus_client.parser``), and fed bad input:
+a busy port, garbage on the socket, a silent client, a reload storm."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from hotload import Host, HotloadError, SignatureError
+from hotload._ops import metrics_server
+
+from conftest import Compile
+
+SRC = r"""
+#include <hotload.h>
+HOTLOAD_PLUGIN("gauge", "VERSION");
+HOTLOAD_API int32_t clamp(int32_t x) { return x > 100 ? 100 : x; }
+HOTLOAD_EXPORT(clamp, int32_t, (int32_t));
+HOTLOAD_API int64_t twice(int64_t x) { return 2 * x; }
+HOTLOAD_EXPORT(twice, int64_t, (int64_t));
+"""
+
+
+@pytest.fixture
+def gauge(cc: Compile, tmp_path: Path):  # type: ignore[no-untyped-def]
+    target = tmp_path / "build" / "gauge.so"
+
+    def make(version: str = "1.0.0") -> Path:
+        return cc(SRC.replace("VERSION", version), "gauge", out=target)
+
+    return make
+
+
+def scrape(url: str) -> dict[str, Any]:
+    """The families of one scrape, by name, each a {(sample name, labels): value}."""
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = resp.read().decode()
+    out: dict[str, Any] = {}
+    for fam in text_string_to_metric_families(text):
+        out[fam.name] = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in fam.samples}
+    return out
+
+
+def lab(**kw: str) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(kw.items()))
+
+
+def test_the_endpoint_has_the_right_series_and_values(tmp_path: Path, gauge) -> None:  # type: ignore[no-untyped-def]
+    with Host(tmp_path / "work", preflight=False, metrics_sample=1) as host:
+        p = host.load(gauge())
+        for i in range(7):
+            p.clamp(i)
+        with pytest.raises(SignatureError):
+            p.clamp(2**40)
+        host.reload("gauge", gauge("2.0.0"))
+        for i in range(3):
+            p.twice(i)
+        url = host.serve_metrics()
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")
+        fams = scrape(url)
+
+        v1 = dict(plugin="gauge", version="1.0.0", seq="1")
+        v2 = dict(plugin="gauge", version="2.0.0", seq="2")
+        calls = fams["hotload_calls"]
+        assert calls[("hotload_calls_total", lab(**v1, export="clamp"))] == 8
+        assert calls[("hotload_calls_total", lab(**v1, export="twice"))] == 0
+        assert calls[("hotload_calls_total", lab(**v2, export="twice"))] == 3
+        errors = fams["hotload_call_errors"]
+        assert errors == {
+            ("hotload_call_errors_total", lab(**v1, export="clamp", kind="argument")): 1
+        }
+        assert (
+            fams["hotload_calls_in_flight"][("hotload_calls_in_flight", lab(**v2, export="twice"))]
+            == 0
+        )
+
+        hist = fams["hotload_call_duration_seconds"]
+        labels = lab(**v2, export="twice")
+        count = hist[("hotload_call_duration_seconds_count", labels)]
+        assert count == 3  # every call sampled (metrics_sample=1)
+        assert hist[("hotload_call_duration_seconds_sum", labels)] > 0
+        buckets = sorted(
+            (float(dict(k[1])["le"]), v)
+            for k, v in hist.items()
+            if k[0].endswith("_bucket") and k[1] == lab(**v2, export="twice", le=dict(k[1])["le"])
+        )
+        assert len(buckets) == len(metrics_server.LE_BOUNDS) + 1
+        assert buckets[-1] == (float("inf"), 3)
+        assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:], strict=False))
+        assert [le for le, _ in buckets[:-1]] == [
+            float(label) for _, label in metrics_server.LE_BOUNDS
+        ]
+
+        plugin = fams["hotload_plugin_calls"]
+        assert plugin[("hotload_plugin_calls_total", lab(plugin="gauge"))] == 11
+        perr = fams["hotload_plugin_call_errors"]
+        assert perr[("hotload_plugin_call_errors_total", lab(plugin="gauge", kind="argument"))] == 1
+        assert perr[("hotload_plugin_call_errors_total", lab(plugin="gauge", kind="crash"))] == 0
+        swaps = fams["hotload_swaps"]
+        assert swaps[("hotload_swaps_total", lab(plugin="gauge", op="load", result="ok"))] == 1
+        assert swaps[("hotload_swaps_total", lab(plugin="gauge", op="reload", result="ok"))] == 1
+        host.settle()  # v1 leaves memory: its counters stay, final; its histogram goes
+        after = scrape(url)
+        assert after["hotload_calls"][("hotload_calls_total", lab(**v1, export="clamp"))] == 8
+        assert not [k for k in after["hotload_call_duration_seconds"] if dict(k[1])["seq"] == "1"]
+        assert [k for k in after["hotload_call_duration_seconds"] if dict(k[1])["seq"] == "2"]
+        states = after["hotload_versions"]
+        assert states[("hotload_versions", lab(plugin="gauge", state="active"))] == 1
+        assert states[("hotload_versions", lab(plugin="gauge", state="unloaded"))] == 1
+        leaked = scrape(url)["hotload_leaked_bytes"]
+        assert leaked[("hotload_leaked_bytes", lab(plugin="gauge"))] == 0
+        assert host.serve_metrics() == url  # one server per host
+
+
+def test_a_scrape_during_a_reload_storm_never_fails_nor_goes_back(tmp_path: Path, gauge) -> None:  # type: ignore[no-untyped-def]
+    with Host(tmp_path / "work", preflight=False, history_limit=3) as host:
+        p = host.load(gauge())
+        url = host.serve_metrics()
+        stop = threading.Event()
+        problems: list[str] = []
+        scrapes = [0]
+
+        def caller() -> None:
+            while not stop.is_set():
+                p.twice(1)
+
+        def scraper() -> None:
+            seen: dict[Any, float] = {}
+            while not stop.is_set():
+                try:
+                    fams = scrape(url)
+                except Exception as exc:  # noqa: BLE001 - collected for the assertion
+                    problems.append(f"scrape failed: {exc!r}")
+                    return
+                scrapes[0] += 1
+                for name in ("hotload_calls", "hotload_plugin_calls", "hotload_swaps"):
+                    for key, value in fams[name].items():
+                        if value < seen.get(key, 0):
+                            problems.append(f"{key} went from {seen[key]} to {value}")
+                        seen[key] = value
+
+        threads = [threading.Thread(target=caller), threading.Thread(target=scraper)]
+        for t in threads:
+            t.start()
+        try:
+            for k in range(30):
+                host.reload("gauge", gauge(f"1.{k + 1}.0"))
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(60)
+        assert not problems, problems[:5]
+        assert scrapes[0] >= 1
+
+
+def test_a_port_in_use_is_named_in_the_error(tmp_path: Path) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    try:
+        with Host(tmp_path / "work", preflight=False) as host:
+            with pytest.raises(
+                HotloadError, match=rf"127\.0\.0\.1:{port}: the port is already in use"
+            ):
+                host.serve_metrics(port=port)
+            url = host.serve_metrics()  # the host is fine, and another port works
+            assert scrape(url) is not None
+    finally:
+        busy.close()
+
+
+def test_a_bad_port_or_address_is_refused(tmp_path: Path) -> None:
+    with Host(tmp_path / "work", preflight=False) as host:
+        for port in (-1, 70000, "80", True):
+            with pytest.raises(HotloadError, match="port"):
+                host.serve_metrics(port=port)  # type: ignore[arg-type]
+        with pytest.raises(HotloadError, match=r"192\.0\.2\.1:0"):  # not this machine's
+            host.serve_metrics(addr="192.0.2.1")
+
+
+def _exchange(url: str, payload: bytes, timeout: float = 20.0) -> bytes:
+    """Send raw bytes to the endpoint and read until it closes (bounded)."""
+    host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(payload)
+        s.settimeout(timeout)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+
+
+def test_garbage_on_the_socket_gets_an_error_and_the_endpoint_serves_on(
+    tmp_path: Path, gauge
+) -> None:  # type: ignore[no-untyped-def]
+    with Host(tmp_path / "work", preflight=False) as host:
+        host.load(gauge())
+        url = host.serve_metrics()
+        assert b" 400 " in _exchange(url, b"\x00\xff\xfe GARBAGE\r\n\r\n")
+        assert b" 400 " in _exchange(url, b"GET /metrics HTTP/9.9\r\n\r\n") or b" 505 " in (
+            _exchange(url, b"GET /metrics HTTP/9.9\r\n\r\n")
+        )
+        assert b" 414 " in _exchange(url, b"GET /" + b"a" * 70000 + b" HTTP/1.0\r\n\r\n")
+        assert b" 404 " in _exchange(url, b"GET /secret HTTP/1.0\r\n\r\n")
+        assert b" 405 " in _exchange(url, b"POST /metrics HTTP/1.0\r\nContent-Length: 0\r\n\r\n")
+        assert "hotload_calls" in scrape(url)
+
+
+def test_a_silent_client_is_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(metrics_server._Handler, "timeout", 0.5)
+    with Host(tmp_path / "work", preflight=False) as host:
+        url = host.serve_metrics()
+        assert _exchange(url, b"") == b""  # nothing sent: the server closes (else a timeout)
+        assert "hotload_calls" in scrape(url)
+
+
+def test_close_stops_the_endpoint(tmp_path: Path) -> None:
+    host = Host(tmp_path / "work", preflight=False)
+    url = host.serve_metrics()
+    scrape(url)
+    host.close()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url, timeout=10)
+
+
+def test_the_documented_dashboard_is_valid_and_queries_real_metrics() -> None:
+    """The Grafana dashboard the Observability page links to: valid JSON, and
+    every metric its queries name is one the endpoint serves."""
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    dashboard = json.loads((docs / "grafana/hotload-dashboard.json").read_text())
+    page = (docs / "guide/observability.md").read_text()
+    assert "(../grafana/hotload-dashboard.json)" in page
+    served = {
+        "hotload_calls_total",
+        "hotload_call_errors_total",
+        "hotload_calls_in_flight",
+        "hotload_call_duration_seconds_bucket",
+        "hotload_plugin_calls_total",
+        "hotload_plugin_call_errors_total",
+        "hotload_versions",
+        "hotload_leaked_images",
+        "hotload_leaked_bytes",
+        "hotload_swaps_total",
+        "hotload_worker_restarts_total",
+        "hotload_service_errors_total",
+    }
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs.append(dashboard["templating"]["list"][1]["query"]["query"])
+    assert len(exprs) >= 10
+    for expr in exprs:
+        named = set(re.findall(r"\bhotload_[a-z_]+", expr))
+        assert named and named <= served, (expr, named - served)
