@@ -20,6 +20,7 @@ MODULES = (
     "bench_swap",
     "bench_watch",
     "bench_scale",
+    "bench_top",
     "bench_memory",
     "bench_fleet",
     "bench_contract",

@@ -532,6 +532,8 @@ def test_ls_shows_calls_served_and_in_flight_apart(ctl_env, hosts, xp_build) -> 
         "VERSION",
         "STATE",
         "CALLS",
+        "ERRORS",
+        "P99",
         "INFLIGHT",
         "LOADED",
         "SOURCE",
@@ -541,9 +543,15 @@ def test_ls_shows_calls_served_and_in_flight_apart(ctl_env, hosts, xp_build) -> 
     row = lines[2].split()
     served = json.loads(hotload(ctl_env, "ls", "--json").stdout)["plugins"][0]["versions"][0]
     assert row[4] == (f"{served['served']:,}" if "served" in served else "-")
-    assert row[5] == "0"  # in flight
+    # errors and p99: what the host reports (a host that does not measure them: "-")
+    assert row[5] == (f"{served['errors']:,}" if served.get("errors") is not None else "-")
+    assert row[6] == "-"  # no call yet: no latency
+    assert row[7] == "0"  # in flight
     with_served = {**served, "served": 1234567, "in_flight": 3, "blockers": ["a", "b"]}
-    assert cli._version_row(with_served)[4:6] == ("1,234,567", "3")
+    unmeasured = {k: v for k, v in with_served.items() if k not in ("errors", "p99_us")}
+    assert cli._version_row(unmeasured)[4:8] == ("1,234,567", "-", "-", "3")  # an older host
+    measured = {**with_served, "errors": 12345, "p99_us": 18.25}
+    assert cli._version_row(measured)[4:8] == ("1,234,567", "12,345", "18.2us", "3")
     assert cli._version_row(with_served)[-2:] == ("a,b", "")
     noted = {**with_served, "blockers": [], "note": "rollback to v2"}
     assert cli._version_row(noted)[-2:] == ("-", "rollback to v2")

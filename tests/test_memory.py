@@ -278,8 +278,8 @@ def _child(lib: Path, work: Path, opts: dict[str, Any]) -> dict[str, Any]:
         return real_intern(s)
 
     # The journal keeps its newest journal_size entries, one per reload (the default 1,000
-    # fill after 1,000 reloads).  A small ring is full before the count starts, so what is
-    # counted is growth per reload (4: full within the shortest warm-up), not the ring filling up, nor its entries' numbers
+    # fill after 1,000 reloads).  A ring of 4 is full within the shortest warm-up, so what
+    # is counted is growth per reload, not the ring filling up, nor its entries' numbers
     # growing past 256 (CPython shares the ints up to 256: a seq above is one block more).
     history = opts.get("history", 64)
     with Host(work, preflight=False, history_limit=history, journal_size=4) as host:

@@ -2,6 +2,8 @@
 
     hotload ls [--json] [--host PID|NAME | --socket PATH]   plugins and versions of a running host
     hotload hosts [--json]                                  running hosts of this user
+    hotload top [--interval S] [--once] [--json] [--sort KEY] [--plugin NAME] [--host ...]
+                                                            live view: calls/s, errors, latency
     hotload reload NAME [--path FILE] [--allow-signature-change] [--json] [--host ...]
                                                             reload a plugin in a running host
     hotload rollback NAME [--json] [--host ...]             make the previous version live again
@@ -15,7 +17,8 @@
 
 With exactly one host running, host commands need no ``--host``/``--socket``.
 ``ls`` prints one line per version: ``CALLS`` is the calls that version has
-served, ``INFLIGHT`` the calls running in it now, ``WHY`` the short codes of
+served, ``ERRORS`` those that raised, ``P99`` its 99th-percentile call time
+(``-``: not measured), ``INFLIGHT`` the calls running in it now, ``WHY`` the short codes of
 what keeps it in memory (``hotload inspect FILE`` explains each and its fix),
 ``NOTE`` its note (``rollback to v2``), if any.
 ``reload --path`` takes a path relative to the current directory.
@@ -35,6 +38,11 @@ bad usage); ``-v`` adds the library's log.
     blockers, note`` (times in Unix seconds); the active version also has
     ``source_digest``, the SHA-256 of what its source file holds now (null:
     no readable file there).
+``top --json``
+    One object per snapshot, one per line: ``{"time", "interval", "host",
+    "calls_per_s", "last_swap", "leaks", "plugins": [{"name", "versions":
+    [VERSION + {"calls_per_s", "errors_per_s"}]}]}`` (see ``hotload._cli.top``;
+    it exits 3 when the host goes away).
 ``hosts --json``
     ``{"hosts": [HOST, ...]}``; HOST is ``{"protocol", "hotload", "pid",
     "uid", "name", "argv", "started_at", "socket", "plugins"}``, or ``{"pid",
@@ -72,6 +80,7 @@ from .._errors import HotloadError
 from .._ops import control_client, control_paths
 from .log import add_command as add_log_command
 from .log import refusal_notes
+from .top_data import fmt_count, fmt_us
 
 _VERSION_NODE = re.compile(r"^[A-Z][A-Z0-9_]*_[0-9][0-9.]*$")
 
@@ -210,6 +219,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fleet", action="store_true", help="4 host processes rolled out over Redis")
     p.set_defaults(func=cmd_demo)
     from .fleet import add_commands as add_fleet_commands
+    from .top import add_command as add_top_command
+
+    add_top_command(sub, target)  # hotload top
 
     add_fleet_commands(sub)  # hotload fleet ...
     return parser
@@ -244,6 +256,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
             "VERSION",
             "STATE",
             "CALLS",
+            "ERRORS",
+            "P99",
             "INFLIGHT",
             "LOADED",
             "SOURCE",
@@ -307,6 +321,8 @@ def _version_row(v: dict[str, Any]) -> tuple[str, ...]:
         v["plugin_version"],
         v["state"] + _isolated(v),
         "-" if served is None else f"{served:,}",
+        fmt_count(v.get("errors")),  # .get: a host from before per-version errors says "-"
+        fmt_us(v.get("p99_us")),
         str(v["in_flight"]),
         time.strftime("%H:%M:%S", time.localtime(v["loaded_at"])),
         v["source"] + (" (changed)" if _changed_on_disk(v) else ""),

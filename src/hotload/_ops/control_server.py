@@ -42,7 +42,7 @@ from .._artifact.reader import on_disk
 from .._artifact.workdir import ensure_private_dir
 from .._engine.journal import origin
 from .._errors import ControlError, HotloadError, NotLoadedError, resource_error
-from .._platform import proc
+from .._platform import dl, proc
 from .control_journal import log_result, refused_builds
 from .control_paths import ENV_DIR, control_dir, require_unix_sockets, sweep_stale
 from .control_wire import MAX_LINE, NOSIGNAL, PROTOCOL, encode, error_reply
@@ -550,11 +550,12 @@ class ControlServer:
         return self.describe()
 
     def _op_ls(self, req: dict[str, Any]) -> dict[str, Any]:
-        plugins = [
-            {"name": n, "versions": self._versions(n), "pruned": self.host.pruned(n)}
-            for n in self.host.names()
-        ]
-        leaks = self.host.leaks()
+        with dl.maps_snapshot():  # one read of the process's mappings for every version
+            plugins = [
+                {"name": n, "versions": self._versions(n), "pruned": self.host.pruned(n)}
+                for n in self.host.names()
+            ]
+            leaks = self.host.leaks()
         return {
             "host": self.describe(),
             "plugins": plugins,

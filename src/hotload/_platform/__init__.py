@@ -12,7 +12,9 @@ dirlock   ``DirectoryLock``   ``_lock_posix``      ``_lock_windows``
 ========  ==================  ===================  =====================
 
 (``proc``, the worker processes' plumbing, joins this table from
-``_proc_api`` / ``_proc_posix`` / ``_proc_windows``.)
+``_proc_api`` / ``_proc_posix`` / ``_proc_windows``; ``keys``, single key
+presses for ``hotload top``, from ``TerminalKeys`` / ``_keys_posix`` /
+``_keys_windows``.)
 ``dl``'s walk over every loaded object (``dl_iterate_phdr``, for the
 inspector) is its own module, ``_loaded_posix``, which ``_posix`` exports.
 
@@ -25,15 +27,17 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from ._api import BinaryFormat, DirectoryLock, DynamicLoader, LoadedObject
+from ._api import BinaryFormat, DirectoryLock, DynamicLoader, LoadedObject, TerminalKeys
 
 if sys.platform == "win32":  # proven on Linux by tests/test_platform.py and under wine
+    from . import _keys_windows as keys
     from . import _lock_windows as dirlock
     from . import _pe as binfmt
     from . import _proc_windows as proc
     from . import _windows as dl
 else:
     from . import _elf as binfmt
+    from . import _keys_posix as keys
     from . import _lock_posix as dirlock
     from . import _posix as dl
     from . import _proc_posix as proc
@@ -44,6 +48,8 @@ if TYPE_CHECKING:
     # here: a drifting signature is a type error on any OS.
     from . import (
         _elf,
+        _keys_posix,
+        _keys_windows,
         _lock_posix,
         _lock_windows,
         _pe,
@@ -60,6 +66,8 @@ if TYPE_CHECKING:
     _pe_format: BinaryFormat = _pe
     _posix_lock: DirectoryLock = _lock_posix
     _windows_lock: DirectoryLock = _lock_windows
+    _posix_keys: TerminalKeys = _keys_posix
+    _windows_keys: TerminalKeys = _keys_windows
     _posix_proc: WorkerProcess = _proc_posix
     _windows_proc: WorkerProcess = _proc_windows
 
@@ -68,8 +76,10 @@ __all__ = [
     "DirectoryLock",
     "DynamicLoader",
     "LoadedObject",
+    "TerminalKeys",
     "binfmt",
     "dirlock",
     "dl",
+    "keys",
     "proc",
 ]

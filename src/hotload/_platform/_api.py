@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -73,6 +74,12 @@ class DynamicLoader(Protocol):
     def mapped_ranges(self, file_id: tuple[int, int]) -> int:
         """Bytes of the file ``(st_dev, st_ino)`` mapped right now; -1 when
         the OS cannot tell (callers then rely on ``loader_has``)."""
+        ...
+
+    def maps_snapshot(self) -> AbstractContextManager[None]:
+        """A block within which ``mapped_ranges`` on this thread answers from
+        one reading of the process's mappings: a listing of every version
+        costs one read, not one per image."""
         ...
 
     def open_global(self, path: str) -> None:
@@ -190,4 +197,17 @@ class DirectoryLock(Protocol):
     def not_private(self, st: os.stat_result) -> str | None:
         """Why a directory with this ``lstat`` is not ours alone (None when it
         is): another user could swap a copy between our write and our open."""
+        ...
+
+
+class TerminalKeys(Protocol):
+    """Single key presses from the user's terminal, for ``hotload top``:
+    no echo, no waiting for Enter, and Ctrl-C still interrupts."""
+
+    def raw_keys(self, fd: int) -> AbstractContextManager[Callable[[float], list[str]]]:
+        """Put the terminal on ``fd`` in that mode until the block ends, and
+        restore it however the block ends.  The block gets ``read(timeout)``:
+        the keys pressed within ``timeout`` seconds (``[]`` when none), each
+        one character or a name: ``up``, ``down``, ``left``, ``right``,
+        ``enter``, ``esc``, ``backspace``."""
         ...

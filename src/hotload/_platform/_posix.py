@@ -10,11 +10,12 @@ implement ``_api.DynamicLoader``.  The walk over every loaded object
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._errors import LoadError
@@ -151,20 +152,74 @@ def loader_has(path: str) -> bool:
         return bool(handle)
 
 
+# Within ``maps_snapshot()``: this thread's bytes mapped per (device, inode), from one
+# read of /proc/self/maps ({} until the first question).
+_snapshot = threading.local()
+
+
+@contextlib.contextmanager
+def maps_snapshot() -> Iterator[None]:
+    """Within the block, ``mapped_ranges`` on this thread reads
+    ``/proc/self/maps`` once and answers every file from that read.  A
+    listing of every version (``hotload ls``, each ``hotload top`` refresh)
+    asks for each image in turn; with 200 images loaded the file is ~100 KB,
+    and reading and scanning it per image made one listing take seconds on a
+    loaded machine.  Other threads (an unload verifying that its image left)
+    still read it fresh.  For blocks that only look: an image loaded or
+    closed by this thread inside the block is not seen."""
+    if getattr(_snapshot, "index", None) is not None:  # nested: the outer block's read
+        yield
+        return
+    _snapshot.index = {}
+    try:
+        yield
+    finally:
+        _snapshot.index = None
+
+
+def _read_maps() -> bytes:
+    with open("/proc/self/maps", "rb") as fh:
+        return fh.read()
+
+
+def _dev_ino(file_id: tuple[int, int]) -> tuple[bytes, bytes]:
+    dev, ino = file_id
+    return f"{os.major(dev):02x}:{os.minor(dev):02x}".encode(), str(ino).encode()  # as printed
+
+
+def _indexed(maps: bytes) -> dict[tuple[bytes, bytes], int]:
+    """Bytes mapped per (device, inode) of every file-backed line."""
+    index: dict[tuple[bytes, bytes], int] = {}
+    for line in maps.splitlines():
+        fields = line.split(None, 5)  # range perms offset dev inode [path]
+        if len(fields) >= 5 and fields[4] != b"0":
+            lo, _, hi = fields[0].partition(b"-")
+            key = (fields[3], fields[4])
+            index[key] = index.get(key, 0) + int(hi, 16) - int(lo, 16)
+    return index
+
+
 def mapped_ranges(file_id: tuple[int, int]) -> int:
     """The kernel's view: how many bytes of the file ``(st_dev, st_ino)`` are
     mapped into this process right now (0 when none)."""
-    dev, ino = file_id
-    want_dev = f"{os.major(dev):02x}:{os.minor(dev):02x}".encode()  # as the kernel prints it
-    total = 0
+    want_dev, want_ino = _dev_ino(file_id)
+    index: dict[tuple[bytes, bytes], int] | None = getattr(_snapshot, "index", None)
+    if index is not None:  # inside maps_snapshot(): one read and one parse for all
+        try:
+            if not index:
+                index.update(_indexed(_read_maps()))
+                index[(b"", b"")] = 0  # read: an empty process still counts as read
+        except OSError:
+            return -1
+        return index.get((want_dev, want_ino), 0)
     try:
-        with open("/proc/self/maps", "rb") as fh:
-            maps = fh.read()
+        maps = _read_maps()
     except OSError:  # no procfs (macOS, some sandboxes): fall back to the loader
         return -1
+    total = 0
     # Find " <dev> <inode>" and take the line only when it is the 4th and 5th column: a
     # scan for the needle costs a fraction of splitting every line of a large process's maps.
-    needle = b" " + want_dev + b" " + str(ino).encode()
+    needle = b" " + want_dev + b" " + want_ino
     pos = maps.find(needle)
     while pos >= 0:
         end = pos + len(needle)

@@ -33,6 +33,7 @@ which the test suite runs under wine.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
@@ -424,6 +425,11 @@ def loader_has(path: str) -> bool:
         GET_MODULE_HANDLE_EX_FLAG_UNCHANGED_REFCOUNT, full, ctypes.byref(handle)
     )
     return bool(ok and handle.value)
+
+
+def maps_snapshot() -> contextlib.AbstractContextManager[None]:
+    """Nothing to share: ``mapped_ranges`` reads nothing on Windows."""
+    return contextlib.nullcontext()
 
 
 def mapped_ranges(file_id: tuple[int, int]) -> int:
