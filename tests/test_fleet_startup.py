@@ -91,6 +91,58 @@ def test_hosts_started_at_the_same_moment_share_one_embedded_redis(tmp_path: Pat
         _stop_embedded(db)
 
 
+def _servers_of(db: Path) -> list[int]:
+    """The redis-server processes serving ``db`` (their working directory is its folder)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")[0]
+            if b"redis-server" in cmd and os.readlink(entry / "cwd") == str(db.parent):
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_the_embedded_server_stops_with_its_last_user_and_not_before(tmp_path: Path) -> None:
+    """``hotload fleet status`` alone left an orphaned redis-server every other
+    run (its own connections counted as another user at exit: new-user
+    review); and a status run while a host is on the server must not stop it."""
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"), "HOTLOAD_FLEET_REDIS": ""}
+    db = tmp_path / "state" / "hotload" / "fleet.rdb"
+    status = [sys.executable, "-m", "hotload", "fleet", "status", "--json"]
+    try:
+        for run in range(3):
+            done = subprocess.run(status, capture_output=True, text=True, env=env, timeout=60)
+            assert done.returncode == 0, done.stderr
+            assert json.loads(done.stdout)["hosts"] == []
+            assert _servers_of(db) == [], f"run {run + 1} left a redis-server for {db}"
+
+        script = tmp_path / "host.py"
+        script.write_text(textwrap.dedent(EMBEDDED_HOST))
+        (tmp_path / "go").touch()
+        host = subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / "go"), "h", str(tmp_path / "w")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        joined = json.loads(host.stdout.readline())  # type: ignore[union-attr]
+        server = _servers_of(db)
+        assert len(server) == 1
+        for _ in range(2):  # an operator looks twice: the host stays on its server
+            done = subprocess.run(status, capture_output=True, text=True, env=env, timeout=60)
+            assert done.returncode == 0, done.stderr
+            assert [h["id"] for h in json.loads(done.stdout)["hosts"]] == [joined["id"]]
+            assert _servers_of(db) == server
+        host.communicate("", timeout=30)
+        assert host.returncode == 0
+        wait_for(lambda: not _servers_of(db), what="the server to stop with its last user")
+    finally:
+        _stop_embedded(db)
+
+
 def _stop_embedded(db: Path) -> None:
     """Test hygiene: the last host's exit stops the embedded server; make sure."""
     settings = db.with_name(db.name + ".settings")

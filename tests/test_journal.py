@@ -28,6 +28,7 @@ from hotload import (
     Isolated,
     JournalEntry,
     PluginCrashedError,
+    PluginTimeoutError,
 )
 from hotload._cli import main as cli
 from hotload._engine.journal import Journal, current_origin, origin
@@ -42,6 +43,8 @@ HOTLOAD_API int32_t ok(void) { return TAG; }
 HOTLOAD_EXPORT(ok, int32_t, (void));
 HOTLOAD_API int32_t die(void) { volatile int *p = 0; *p = 1; return 0; }
 HOTLOAD_EXPORT(die, int32_t, (void));
+HOTLOAD_API int32_t hang(void) { for (volatile int spin = 1; spin;) {} return 0; }
+HOTLOAD_EXPORT(hang, int32_t, (void));
 """
 
 
@@ -316,6 +319,25 @@ def test_a_crash_a_restart_and_a_crash_loop_stop_are_recorded_on_the_crashed_ver
     assert entries[1].detail == "SIGSEGV during die" and "crashed with SIGSEGV" in entries[1].error
     assert entries[2].detail.startswith("restart 1: worker pid ")
     assert entries[4].detail.startswith("crash loop: 2 crashes within")
+
+
+def test_a_call_that_hangs_past_call_timeout_is_recorded_as_a_timeout_not_a_crash(
+    tmp_path: Path, boom
+) -> None:
+    """The metrics count a hung call as a timeout; the journal said "crash"
+    (new-user review): an operator reading it looked for a signal that never came."""
+    with Host(tmp_path / "w", preflight=False) as host:
+        p = host.load(boom(), isolate=Isolated(call_timeout=0.3))
+        with pytest.raises(PluginTimeoutError):
+            p.hang()
+        assert p.ok() == 1  # restarted
+        wait_for(lambda: "restart" in kinds(host.journal()), what="the restart")
+        entries = host.journal()
+    assert kinds(entries) == ["load", "timeout", "restart"]
+    assert entries[1].detail == "no reply within 0.3 s during hang"
+    assert "did not return within 0.3 s (call_timeout)" in entries[1].error
+    assert entries[1].origin == "supervisor"
+    assert "did not return within 0.3 s" in entries[1].describe()
 
 
 def test_on_crash_rollback_is_recorded_as_a_stop_and_a_rollback_by_the_supervisor(

@@ -10,10 +10,13 @@ import json
 import threading
 import time
 from pathlib import Path
+from urllib.request import urlopen
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from hotload import Host, Isolated, PluginCrashedError, PluginStoppedError, SignatureError
+from hotload._cli import main as cli
 from hotload._engine import lifecycle, metrics
 
 from conftest import Compile, wait_for
@@ -179,8 +182,19 @@ def test_metrics_off_counts_nothing_and_calls_still_work(tmp_path: Path, meter) 
         snap = host.metrics()
         assert snap["sample"] == 0
         v = version_of(snap, 1)
-        assert v["calls"] == 0 and v["exports"] == {}
-        assert host.current("meter").errors == 0  # type: ignore[union-attr]
+        # unknown, not zero: a 0 beside CALLS 3 read as "no errors" (new-user review)
+        assert v["calls"] is None and v["errors"] is None and v["exports"] == {}
+        assert snap["plugins"]["meter"]["calls"] is None
+        info = host.current("meter")
+        assert info is not None and info.served == 3
+        assert (info.errors, info.crashes, info.timeouts, info.p99_us) == (None,) * 4
+        assert cli._version_row(json.loads(json.dumps(info.as_dict())))[4:7] == ("3", "-", "-")
+        fams = {
+            f.name: f.samples
+            for f in text_string_to_metric_families(urlopen(host.serve_metrics()).read().decode())
+        }
+        assert not fams.get("hotload_calls") and not fams.get("hotload_plugin_calls")
+        assert {s.labels["state"]: s.value for s in fams["hotload_versions"]}["active"] == 1
 
 
 def test_a_bad_sample_setting_is_refused(tmp_path: Path) -> None:

@@ -265,3 +265,63 @@ def test_the_documented_dashboard_is_valid_and_queries_real_metrics() -> None:
     for expr in exprs:
         named = set(re.findall(r"\bhotload_[a-z_]+", expr))
         assert named and named <= served, (expr, named - served)
+
+
+def test_a_second_call_returns_the_same_endpoint_or_says_it_cannot_move(tmp_path: Path) -> None:
+    with Host(tmp_path / "work", preflight=False) as host:
+        url = host.serve_metrics()
+        assert host.serve_metrics() == url
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        with pytest.raises(HotloadError, match=rf"already serving at {re.escape(url)}"):
+            host.serve_metrics(port=port + 1 if port < 65535 else port - 1)
+        with pytest.raises(HotloadError, match="already serving"):
+            host.serve_metrics(addr="::1")
+        assert scrape(url) is not None  # the first one serves on
+
+
+SLOW_SRC = r"""
+#define _DEFAULT_SOURCE
+#include <hotload.h>
+#include <time.h>
+HOTLOAD_PLUGIN("slow", "1.0.0");
+HOTLOAD_API int32_t wait_us(int32_t us)
+{
+    struct timespec t = {0, (long)us * 1000};
+    nanosleep(&t, NULL);
+    return us;
+}
+HOTLOAD_EXPORT(wait_us, int32_t, (int32_t));
+"""
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """Prometheus's ``histogram_quantile``: the rank's bucket, interpolated linearly."""
+    total = buckets[-1][1]
+    rank, lower, below = q * total, 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            return lower + (le - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = le, count
+    raise AssertionError("rank beyond +Inf")
+
+
+def test_the_le_bounds_keep_a_millisecond_quantile_within_3x(tmp_path: Path, cc: Compile) -> None:
+    """A 1-10 step above 1 ms made Grafana overstate a 1.2 ms export's p50 ~5x
+    (new-user review); a 1-3 step in every decade keeps it within 3x."""
+    edges = [edge for edge, _ in metrics_server.LE_BOUNDS]
+    assert edges[0] <= 100 and edges[-1] >= 9 * 10**9
+    assert max(b / a for a, b in zip(edges, edges[1:], strict=False)) < 3.7
+    lib = cc(SLOW_SRC, "slow")
+    with Host(tmp_path / "work", preflight=False, metrics_sample=1) as host:
+        slow = host.load(lib)
+        for _ in range(20):
+            slow.wait_us(1200)
+        fams = scrape(host.serve_metrics())
+    hist = fams["hotload_call_duration_seconds"]
+    buckets = sorted(
+        (float(dict(labels)["le"]), v)
+        for (name, labels), v in hist.items()
+        if name.endswith("_bucket") and dict(labels)["export"] == "wait_us"
+    )
+    p50 = histogram_quantile(0.5, buckets)
+    assert 0.0012 <= p50 <= 0.0012 * 3, f"histogram_quantile(0.5) = {p50 * 1e3:.2f} ms"

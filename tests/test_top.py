@@ -358,6 +358,10 @@ def check_once_prints_plain_lines_and_json(ctl_env: dict[str, str], host: HostPr
     assert v["calls_per_s"] > 0 and v["served"] > 0 and v["digest"]  # ls's fields, and rates
     assert snap["host"]["pid"] == host.proc.pid and snap["interval"] >= 0.3
 
+    done = hotload(ctl_env, "top", "--once", "--plugin", "zetta")  # a typo: not an empty table
+    assert done.returncode == 1 and not done.stdout, done.stdout
+    assert "has no plugin 'zetta'; it has: alpha, zeta" in done.stderr, done.stderr
+
 
 @pytest.mark.parametrize("interval", ["0", "nan", "-1", "abc", "1e9"])
 def test_top_refuses_a_bad_interval(ctl_env, interval: str) -> None:

@@ -30,7 +30,7 @@ from ._engine.settings import Settings
 from ._engine.swap import Swapper
 from ._engine.table import PluginTable
 from ._engine.unload_policy import UnloadPolicy
-from ._errors import AlreadyLoadedError, ClosedError, NotLoadedError
+from ._errors import AlreadyLoadedError, ClosedError, HotloadError, NotLoadedError
 from ._ops.control_server import ControlServer
 from ._ops.protocols import PathOrCandidate, Service
 from ._ops.watcher import Watcher
@@ -583,13 +583,18 @@ class Host:
         "restarts", "leaked_bytes", "service_errors", "calls", "in_flight", "errors",
         "p50_us", "p99_us", "exports": {fname: {"calls", "in_flight", "errors", "latency":
         {"sampled", "sum_ns", "p50_us", "p99_us", "buckets": [[upper_ns, count], ...]}}}}]}}}``.
-        Error kinds: argument, crash, timeout, stopped, other (the Observability guide)."""
+        Error kinds: argument, crash, timeout, stopped, other (the Observability guide).
+        A ``Host(metrics=False)`` counts nothing (``sample`` 0): its ``calls``,
+        ``in_flight`` and ``errors`` are None and ``exports`` is empty (unknown, not zero)."""
         return _metrics.snapshot(self._table.records(), self._swap.counts, self.settings.sample)
 
     # -- services -----------------------------------------------------------------
     def serve_metrics(self, port: int = 0, addr: str = "127.0.0.1") -> str:
         """Serve ``metrics()`` in the Prometheus text format at ``/metrics``; returns
-        the URL.  A second call returns the running server's; ``close()`` stops it.
+        the URL.  One server per host: a second call with the same arguments
+        (or ``port=0``) returns the running server's URL, and one that asks for
+        another address or port raises ``HotloadError`` rather than leave a
+        scraper pointed at a port nobody serves.  ``close()`` stops it.
 
         Args:
             port: The TCP port; 0 picks a free one.
@@ -601,6 +606,11 @@ class Host:
         server = next((s for s in self._services if isinstance(s, MetricsServer)), None)
         if server is None:
             self._services.append(server := MetricsServer(self, port=port, addr=addr))
+        elif (addr, port) != server.asked and not (port == 0 and addr == server.asked[0]):
+            raise HotloadError(
+                f"serve_metrics: already serving at {server.url}; this host serves "
+                f"one endpoint (close the host to move it)"
+            )
         return server.url
 
     def watch(

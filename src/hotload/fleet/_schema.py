@@ -290,6 +290,7 @@ def health_of(info: VersionInfo) -> dict[str, Any]:
         "crashes": info.crashes,
         "timeouts": info.timeouts,
     }
+    health = {k: v for k, v in health.items() if v is not None}  # metrics off: unknown
     if info.p99_us is not None and math.isfinite(info.p99_us):
         health["p99_us"] = round(float(info.p99_us), 1)
     if info.isolated and info.worker not in ("", "running"):
