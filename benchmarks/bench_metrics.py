@@ -7,6 +7,9 @@
   and beside a raw cffi call;
 - an isolated call with metrics on / off: samples alternate in blocks, the
   median of the per-block paired p50 ratios (target <= 1.05);
+- a host-service call from a plugin (in process: one cffi callback into
+  Python) with metrics on / off: an export that makes 100 service calls,
+  interleaved rounds in thread CPU time, per service call;
 - one ``/metrics`` scrape of 50 plugins x 3 versions x 10 exports (1,500
   export series), every export called: its wall time (target <= 50 ms) and
   the process CPU time it took, with the lines it had.
@@ -126,6 +129,46 @@ def _isolated(tmp: Path, lib: Path) -> dict[str, float]:
     return out
 
 
+SVC_SRC = r"""
+#include <hotload.h>
+HOTLOAD_PLUGIN("svc", "1");
+HOTLOAD_IMPORT(bump, int64_t, (int64_t));
+HOTLOAD_API int64_t many(int64_t n)
+{ int64_t t = 0; for (int64_t i = 0; i < n; i++) t += bump(i); return t; }
+HOTLOAD_EXPORT(many, int64_t, (int64_t));
+"""
+SVC_CALLS = 100
+
+
+def _services(tmp: Path) -> dict[str, float]:
+    src = tmp / "svc.c"
+    src.write_text(SVC_SRC)
+    lib = compile_plugin(src, tmp / "svc.so").output
+    env: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        for key, kw in {
+            "off": {"metrics": False},
+            "on": {},
+            "every": {"metrics_sample": 1},
+        }.items():
+            host = stack.enter_context(Host(tmp / f"svc-{key}", preflight=False, **kw))
+            host.provide("bump", lambda i: i + 1, "int64_t(int64_t)")
+            env[key] = host.load(lib).many
+        keys = list(env)  # timeit adds __builtins__ to the globals it is given
+        samples: dict[str, list[float]] = {k: [] for k in keys}
+        for key in keys:
+            cpu_ns(f"{key}({SVC_CALLS})", env, 200)
+        for _ in range(ROUNDS):
+            for key in keys:
+                samples[key].append(cpu_ns(f"{key}({SVC_CALLS})", env, 2_000) / SVC_CALLS)
+    out = {f"svc {k}": median(v) for k, v in samples.items()}
+    for k in ("on", "every"):
+        out[f"svc ratio {k}"] = median(
+            [a / b for a, b in zip(samples[k], samples["off"], strict=True)]
+        )
+    return out
+
+
 def _scrape(tmp: Path) -> dict[str, float]:
     libs = _build_many(tmp)
     with Host(tmp / "scrape", preflight=False) as host:
@@ -166,6 +209,7 @@ def run() -> dict[str, float]:
     r: dict[str, float] = {"load": os.getloadavg()[0]}
     r.update(_routed(tmp, lib))
     r.update(_isolated(tmp, lib))
+    r.update(_services(tmp))
     r.update(_scrape(tmp))
     return r
 
@@ -219,6 +263,23 @@ def report(r: dict[str, float]) -> list[str]:
             "vs off",
             1.05,
             ratio=r["iso ratio"],
+        ),
+        row("host-service call, metrics off", r["svc off"], "ns"),
+        row(
+            f"host-service call, metrics on (sample 1/{metrics.DEFAULT_SAMPLE})",
+            r["svc on"],
+            "ns",
+            r["svc off"],
+            "vs off",
+            ratio=r["svc ratio on"],
+        ),
+        row(
+            "host-service call, metrics on, every call timed",
+            r["svc every"],
+            "ns",
+            r["svc off"],
+            "vs off",
+            ratio=r["svc ratio every"],
         ),
         limit_row(
             f"/metrics scrape, {int(r['scrape series'])} export series",

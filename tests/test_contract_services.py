@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -113,6 +114,52 @@ def test_service_that_raises_returns_error_value_logged_and_counted(
     assert info is not None and info.service_errors == 3  # constructor + two calls
     assert "no such item crate" in caplog.text and "Traceback" in caplog.text
     assert "activity v1: service grant_item raised" in caplog.text
+
+
+def test_service_calls_are_counted_and_timed_on_the_calling_version(
+    tmp_path, cc, isolate: Mode
+) -> None:
+    """Issue 21: a version's host-service calls (calls, errors, latency) are
+    figures of that version, in ``host.metrics()`` and on ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def grant(player: int, item: str, count: int) -> int:
+        if player < 0:
+            raise ValueError("no such player")
+        return 100 + count
+
+    with Host(tmp_path / "w", preflight=False, metrics_sample=1) as host:
+        host.provide("grant_item", grant, GRANT, error=-1)
+        host.provide("note", lambda text: None, "void(const char *)")
+        p = host.load(activity(cc), isolate=isolate)
+        assert [p.login(i) for i in range(20)] == [102] * 20
+        assert p.login(-1) == -1
+        host.reload("activity", activity(cc, version="2", name="a2"))
+        assert p.login(1) == 102
+        snap = host.metrics()["plugins"]["activity"]["versions"]
+        v1, v2 = snap[0]["services"], snap[1]["services"]
+        assert v1["grant_item"]["calls"] == 1 + 21  # its constructor's call, then the logins
+        assert v1["grant_item"]["errors"] == 1 and v1["note"]["errors"] == 0
+        assert v1["note"]["calls"] == 21
+        lat = v1["grant_item"]["latency"]
+        assert lat["sampled"] >= 21 and lat["p50_us"] is not None and lat["p50_us"] > 0
+        assert (v2["grant_item"]["calls"], v2["note"]["calls"]) == (2, 1)  # the new version's own
+        host.settle()  # v1 leaves memory: v3 reuses its callbacks (spare), counting as v3's
+        host.reload("activity", activity(cc, version="3", name="a3"))
+        assert [p.login(i) for i in range(3)] == [102] * 3
+        again = host.metrics()["plugins"]["activity"]["versions"]
+        by_seq = {v["seq"]: v["services"] for v in again}
+        assert by_seq[1]["grant_item"]["calls"] == 22  # final: nothing counted on a gone image
+        assert (by_seq[3]["grant_item"]["calls"], by_seq[3]["note"]["calls"]) == (4, 3)
+        with urllib.request.urlopen(host.serve_metrics(), timeout=30) as resp:
+            text = resp.read().decode()
+    fams = {f.name: f.samples for f in text_string_to_metric_families(text)}
+    calls = {(s.labels["seq"], s.labels["service"]): s.value for s in fams["hotload_service_calls"]}
+    assert calls[("1", "grant_item")] == 22 and calls[("2", "note")] == 1
+    errors = {(s.labels["seq"], s.labels["service"]) for s in fams["hotload_service_call_errors"]}
+    assert errors == {("1", "grant_item")}
+    durations = fams["hotload_service_call_duration_seconds"]
+    assert any(s.name.endswith("_count") and s.labels["seq"] == "3" for s in durations)
 
 
 def test_a_service_raising_systemexit_or_keyboardinterrupt_gives_the_error_value(

@@ -599,6 +599,43 @@ def test_128_concurrent_clients_all_succeed(ctl_env, hosts, xp_build) -> None:
     assert not failures, f"{len(failures)} of {n} failed: {failures[:3]}"
 
 
+def test_a_host_too_busy_to_answer_the_ping_is_still_the_host_to_talk_to(short_tmp: Path) -> None:
+    """128 CLI processes at once on 2 cores: a host that did not answer
+    discovery's 2 s ping was dropped, and ``hotload ls`` said "no running
+    hotload host found" while it ran.  A socket that is there and listening
+    is a busy host: resolve() picks it, and the request waits longer."""
+    ctl = short_tmp / "ctl"
+    ctl.mkdir(mode=0o700)
+    path = ctl / f"host-{os.getpid()}-busy01.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(8)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_and_stall() -> None:  # reads nothing, answers nothing: busy
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                accepted.append(listener.accept()[0])
+
+    t = threading.Thread(target=accept_and_stall, daemon=True)
+    t.start()
+    try:
+        started = time.monotonic()
+        assert control_client.resolve(directory=ctl) == path
+        assert time.monotonic() - started < 30
+        assert path.exists()  # listening: not removed as stale
+        [listed] = control_client.discover(ctl)
+        assert listed["pid"] == os.getpid() and "error" in listed
+    finally:
+        stop.set()
+        t.join(5)
+        listener.close()
+        for c in accepted:
+            c.close()
+
+
 @pytest.mark.parametrize("n", [8, pytest.param(128, marks=pytest.mark.soak)])
 def test_concurrent_cli_processes_all_succeed(ctl_env, hosts, xp_build, n: int) -> None:
     """``n`` CLI processes at once (128 Python start-ups are ~40 s on two

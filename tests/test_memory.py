@@ -39,6 +39,7 @@ from typing import Any
 import pytest
 
 from hotload._artifact.builder import compile_plugin
+from hotload._engine import reaper
 
 from conftest import Compile
 
@@ -299,6 +300,7 @@ def _child(lib: Path, work: Path, opts: dict[str, Any]) -> dict[str, Any]:
             reload()
         assert host.settle(120)
         gc.collect()
+        time.sleep(reaper.TRIM_EVERY + 0.25)  # the reaper's heap trim after the last close
         threads0, fds0 = _steady() if isolate else (0, 0)
         rss0, blocks0 = _status("VmRSS"), sys.getallocatedblocks()
         traced0 = tracemalloc.get_traced_memory()[0] if trace else None
@@ -312,6 +314,7 @@ def _child(lib: Path, work: Path, opts: dict[str, Any]) -> dict[str, Any]:
         assert p.add(2, 3) == 5
         generation = p.generation()
         gc.collect()
+        time.sleep(reaper.TRIM_EVERY + 0.25)
         threads1, fds1 = _steady() if isolate else (0, 0)
         rss1, blocks1 = _status("VmRSS"), sys.getallocatedblocks()
         traced1 = tracemalloc.get_traced_memory()[0] if trace else None

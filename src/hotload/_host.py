@@ -30,7 +30,7 @@ from ._engine.settings import Settings
 from ._engine.swap import Swapper
 from ._engine.table import PluginTable
 from ._engine.unload_policy import UnloadPolicy
-from ._errors import AlreadyLoadedError, ClosedError, HotloadError, NotLoadedError
+from ._errors import AlreadyLoadedError, ClosedError, NotLoadedError
 from ._ops.control_server import ControlServer
 from ._ops.protocols import PathOrCandidate, Service
 from ._ops.watcher import Watcher
@@ -128,8 +128,8 @@ class Host:
             as a WARNING at every start and shown by ``hotload fleet status``.
         fleet_plugins: Plugin names this host takes from the fleet besides
             the ones it loads itself; a name from Redis alone is never loaded.
-        metrics: Count every routed call per version and export (``metrics()``,
-            ``serve_metrics()``); False: nothing is counted.
+        metrics: Count every call per version, export and service (``metrics()``);
+            False: nothing.
         metrics_sample: Time every Nth call of each export (1: all); counts stay exact.
     """
 
@@ -188,6 +188,7 @@ class Host:
         self._services: list[Service] = []
         self._agents: list[FleetAgent] = []  # the fleet agents among the services
         self._provided = ServiceTable(self._workdir.path)  # host services (see provide())
+        self._provided.sample = self.settings.sample  # service calls measured like exports
         self._events = EventTable()
         self._handles = HandleTable()
         self._swap = Swapper(
@@ -576,16 +577,11 @@ class Host:
         return self._table.listen(callback)
 
     def metrics(self) -> dict[str, Any]:
-        """Every version's call figures per export, as plain data (JSON-ready):
-        ``{"taken_at", "sample", "histogram", "leaked": {"images", "bytes"}, "plugins":
-        {name: {"loaded", "calls", "errors": {kind: n}, "swaps": {op: {"ok", "refused"}},
-        "pruned_versions", "versions": [{"seq", "version", "state", "isolated", "pid",
-        "restarts", "leaked_bytes", "service_errors", "calls", "in_flight", "errors",
-        "p50_us", "p99_us", "exports": {fname: {"calls", "in_flight", "errors", "latency":
-        {"sampled", "sum_ns", "p50_us", "p99_us", "buckets": [[upper_ns, count], ...]}}}}]}}}``.
-        Error kinds: argument, crash, timeout, stopped, other (the Observability guide).
-        A ``Host(metrics=False)`` counts nothing (``sample`` 0): its ``calls``,
-        ``in_flight`` and ``errors`` are None and ``exports`` is empty (unknown, not zero)."""
+        """Every version's call figures as plain data (JSON-ready): per plugin its
+        totals and swaps, per version, export and service called its calls, errors
+        by kind, in-flight, latency histogram and quantiles (the Observability
+        guide shows the shape).  A ``Host(metrics=False)`` counts nothing
+        (``sample`` 0): its counts are None and ``exports`` empty (unknown, not 0)."""
         return _metrics.snapshot(self._table.records(), self._swap.counts, self.settings.sample)
 
     # -- services -----------------------------------------------------------------
@@ -606,12 +602,7 @@ class Host:
         server = next((s for s in self._services if isinstance(s, MetricsServer)), None)
         if server is None:
             self._services.append(server := MetricsServer(self, port=port, addr=addr))
-        elif (addr, port) != server.asked and not (port == 0 and addr == server.asked[0]):
-            raise HotloadError(
-                f"serve_metrics: already serving at {server.url}; this host serves "
-                f"one endpoint (close the host to move it)"
-            )
-        return server.url
+        return server.same(addr, port)
 
     def watch(
         self,

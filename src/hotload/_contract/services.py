@@ -46,12 +46,15 @@ import struct
 import sys
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._artifact import signatures
+from .._engine.metrics import PyStats
+from .._engine.native import crouter as _crouter
 from .._errors import ClosedError, LoadError, ServiceError
 from .._platform import dl
 
@@ -266,16 +269,31 @@ class _Callback:
     through it any more, so the next image of that host reuses it (``spare``)
     instead of paying a new libffi closure per import per reload."""
 
-    __slots__ = ("cb", "fn", "error", "name", "binding")
+    __slots__ = ("cb", "fn", "error", "name", "binding", "box", "meter")
 
     def __init__(self, binding: ImportBinding, name: str, fn: Callable[..., Any], error: Any):
         self.fn, self.error, self.name, self.binding = fn, error, name, binding
         ctype = binding.imports[name]
-        self.cb = ffi.callback(ctype, fn, onerror=self.report, **_error_kw(ctype, error))
+        self.box = [binding.stats[name]]  # the stats of the image it serves now (rebind)
+        sample = binding.table.sample
+        call: Any = fn
+        self.meter = None
+        if sample and _crouter is not None:  # the compiled meter: a few ns a call
+            call = self.meter = _crouter.Meter(fn, self.box[0])
+        elif sample:  # the Python router's: ~175 ns a call
+            call = _measured(fn, ctype, self.box, sample)
+        self.cb = ffi.callback(ctype, call, onerror=self.report, **_error_kw(ctype, error))
+
+    def rebind(self, binding: ImportBinding) -> None:
+        """Serve ``binding``'s image (a callback of an image that left, reused)."""
+        self.binding = binding
+        self.box[0] = stats = binding.stats[self.name]
+        if self.meter is not None:
+            self.meter.gate = stats
 
     def report(self, exc: Any, value: Any, tb: Any) -> None:
         binding = self.binding
-        binding.errors += 1
+        binding.failed(self.name)
         if tb is None:  # cffi could not convert the result: fn itself returned
             ctype = binding.imports.get(self.name)
             log_bad_result(binding.label, self.name, ctype, value, self.error)
@@ -313,6 +331,44 @@ class ImportBinding:
     errors: int = 0
     attached: bool = False
     gone: bool = False  # the image left the process: its callbacks may serve another
+    # per imported service: calls and sampled latency (a Gate's slot 0, or a PyStats), and
+    # the calls that failed (``Host.metrics``)
+    stats: dict[str, Any] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        sample = self.table.sample
+        self.stats = {name: service_stats(sample) for name in self.imports}
+
+    def failed(self, name: str) -> None:
+        """A call of service ``name`` raised, or returned what its C result
+        cannot hold: counted on this image."""
+        self.errors += 1
+        self.failures[name] = self.failures.get(name, 0) + 1
+
+    def enter(self, name: str) -> int:
+        """A call of ``name`` that came another way than a meter (the
+        dispatcher, an isolated worker's service channel) starts: counted;
+        its start time if it is one to time, else 0 (give it to ``leave``)."""
+        stats = self.stats.get(name)
+        sample = self.table.sample
+        if stats is None or not sample:
+            return 0
+        if isinstance(stats, PyStats):
+            return 0 if next(stats.calls) % sample else time.perf_counter_ns()
+        t0: int = stats.enter(0)
+        return t0
+
+    def leave(self, name: str, t0: int) -> None:
+        """That call returned (or raised): its time, if ``enter`` gave a start."""
+        stats = self.stats.get(name)
+        if stats is None or not self.table.sample:
+            return
+        if isinstance(stats, PyStats):
+            if t0:
+                stats.record(time.perf_counter_ns() - t0)
+        else:
+            stats.leave(0, t0, None)
 
     def attach(self, lookup: Callable[[str], int | None], source: str) -> None:
         """Find the image's slots (``lookup``: dlsym) and point them at this
@@ -337,7 +393,7 @@ class ImportBinding:
                 if entry is None:
                     entry = _Callback(self, name, svc.call, svc.error)
                 else:
-                    entry.binding = self
+                    entry.rebind(self)
                 callbacks.append(entry)
                 slot[0] = entry.cb
 
@@ -358,7 +414,7 @@ class ImportBinding:
         if entry is None:
             entry = _Callback(self, name, fn, error)
         else:
-            entry.binding = self
+            entry.rebind(self)
         self.callbacks.append(entry)
         self.slots[name][0] = entry.cb
 
@@ -391,6 +447,8 @@ class ServiceTable:
         self.services: dict[str, Service] = {}
         self.bindings: set[ImportBinding] = set()
         self.closed = False
+        # time every Nth service call of an image (Host(metrics_sample=)); 0: count nothing
+        self.sample = 0
         self._spare: dict[str, list[_Callback]] = {}  # name -> callbacks of images that left
         # imports -> (services dict, its size, name -> cffi type) of the last check that passed:
         # a reload re-checks the same imports, and nothing can change the verdict but provide()
@@ -505,15 +563,19 @@ class ServiceTable:
         svc = self.services.get(name)
         if svc is None:
             raise ServiceError(f"service {name} is not provided by this host")
+        t0 = binding.enter(name) if binding is not None else 0
         try:
             if self.closed:
                 raise ClosedError(f"service {name} called after host.close()")
             return svc.call(*args)
         except BaseException:  # noqa: BLE001 - SystemExit too, as a bound callback's onerror
             if binding is not None:
-                binding.errors += 1
+                binding.failed(name)
             log.exception("%s: service %s raised", binding.label if binding else "?", name)
             return svc.error
+        finally:
+            if binding is not None:
+                binding.leave(name, t0)
 
     def close(self, stuck: list[ImportBinding] | None = None) -> None:
         """Every later call of a service returns its error value (logged): the
@@ -588,6 +650,47 @@ def _adapt(fn: Callable[..., Any], ctype: Any) -> Callable[..., Any]:
     exec(compile(src, "<hotload service>", "exec"), namespace)  # noqa: S102
     adapted: Callable[..., Any] = namespace["adapted"]
     return adapted
+
+
+def _measured(
+    fn: Callable[..., Any], ctype: Any, box: list[Any], sample: int
+) -> Callable[..., Any]:
+    """Without the compiled router: ``fn`` behind a wrapper of the exact
+    arity (no ``*args`` packing) that counts each call on ``box[0]`` (a
+    ``PyStats``) and times every ``sample``-th."""
+    params = ", ".join(f"a{i}" for i in range(len(ctype.args)))
+    src = (
+        f"def measured({params}):\n"
+        f"    stats = box[0]\n"
+        f"    if next(stats.calls) % sample:\n"
+        f"        return fn({params})\n"
+        f"    t0 = clock()\n"
+        f"    try:\n"
+        f"        return fn({params})\n"
+        f"    finally:\n"
+        f"        stats.record(clock() - t0)\n"
+    )
+    namespace: dict[str, Any] = {
+        "fn": fn,
+        "box": box,
+        "sample": sample,
+        "next": next,
+        "clock": time.perf_counter_ns,
+    }
+    exec(compile(src, "<hotload service metrics>", "exec"), namespace)  # noqa: S102
+    measured: Callable[..., Any] = namespace["measured"]
+    return measured
+
+
+def service_stats(sample: int) -> Any:
+    """Where one image counts its calls of one service: slot 0 of a compiled
+    ``Gate`` (what a ``Meter`` counts in), else a ``PyStats``."""
+    if _crouter is not None:
+        gate = _crouter.Gate(None, sample=sample)
+        if sample:
+            gate.grow(1)
+        return gate
+    return PyStats()
 
 
 def _string(ptr: Any) -> str | None:

@@ -1126,6 +1126,129 @@ done:
 }
 #endif
 
+/* ----------------------------------------------------------------- Meter */
+/* Meter(fn, gate): a host service as a plugin calls it, counted.  The cffi
+ * callback of an imported service calls this instead of the service itself:
+ * it counts the call in slot 0 of ``gate`` (the stats of one service in one
+ * image: a Gate used only for its figures) and times every ``gate.sample``-th
+ * one.  The GIL is held (a cffi callback into Python takes it), so the plain
+ * increments are exact.  ``gate`` is settable: a callback of an image that
+ * left serves a later image's counts (services.ImportBinding). */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *fn;
+    GateObject *gate;
+} MeterObject;
+
+static PyTypeObject MeterType;
+
+static PyObject *
+meter_vectorcall(MeterObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    GateObject *g = self->gate;
+    if (g->nstats < 1 || g->sample == 0)
+        return PyObject_Vectorcall(self->fn, args, nargsf, kwnames);
+    ExportStats *s = &g->stats[0];
+    s->calls++;
+    if (s->countdown) {
+        s->countdown--;
+        return PyObject_Vectorcall(self->fn, args, nargsf, kwnames);
+    }
+    s->countdown = g->sample - 1;
+    Py_INCREF(g); /* the service may rebind this meter meanwhile */
+    uint64_t t0 = now_ns();
+    PyObject *r = PyObject_Vectorcall(self->fn, args, nargsf, kwnames);
+    stats_record(&g->stats[0], now_ns() - t0);
+    Py_DECREF(g);
+    return r;
+}
+
+static PyObject *
+meter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kw[] = {"fn", "gate", NULL};
+    PyObject *fn;
+    GateObject *gate;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!", kw, &fn, &GateType, &gate))
+        return NULL;
+    MeterObject *self = (MeterObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->vectorcall = (vectorcallfunc)meter_vectorcall;
+    self->fn = Py_NewRef(fn);
+    self->gate = (GateObject *)Py_NewRef(gate);
+    return (PyObject *)self;
+}
+
+static PyObject *
+meter_get_gate(MeterObject *self, void *closure)
+{
+    return Py_NewRef((PyObject *)self->gate);
+}
+
+static int
+meter_set_gate(MeterObject *self, PyObject *value, void *closure)
+{
+    if (value == NULL || !PyObject_TypeCheck(value, &GateType)) {
+        PyErr_SetString(PyExc_TypeError, "gate must be a Gate");
+        return -1;
+    }
+    Py_SETREF(self->gate, (GateObject *)Py_NewRef(value));
+    return 0;
+}
+
+static int
+meter_traverse(MeterObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->fn);
+    Py_VISIT(self->gate);
+    return 0;
+}
+
+static int
+meter_clear(MeterObject *self)
+{
+    Py_CLEAR(self->fn);
+    Py_CLEAR(self->gate);
+    return 0;
+}
+
+static void
+meter_dealloc(MeterObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    meter_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef meter_members[] = {
+    {"fn", T_OBJECT_EX, offsetof(MeterObject, fn), READONLY, NULL},
+    {NULL},
+};
+
+static PyGetSetDef meter_getset[] = {
+    {"gate", (getter)meter_get_gate, (setter)meter_set_gate, "where the calls are counted",
+     NULL},
+    {NULL},
+};
+
+static PyTypeObject MeterType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "hotload._engine._crouter.Meter",
+    .tp_basicsize = sizeof(MeterObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "A host service, its calls counted and sampled in slot 0 of a Gate.",
+    .tp_new = meter_new,
+    .tp_vectorcall_offset = offsetof(MeterObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_traverse = (traverseproc)meter_traverse,
+    .tp_clear = (inquiry)meter_clear,
+    .tp_dealloc = (destructor)meter_dealloc,
+    .tp_members = meter_members,
+    .tp_getset = meter_getset,
+};
+
 static PyMethodDef module_methods[] = {
     {"call_each", (PyCFunction)(void (*)(void))call_each, METH_FASTCALL,
      "call_each(callables, args[, skip]) -> [f(*args) for f in callables], in C;\n"
@@ -1155,7 +1278,8 @@ PyMODINIT_FUNC
 PyInit__crouter(void)
 {
     if (PyType_Ready(&GateType) < 0 || PyType_Ready(&RouteType) < 0 ||
-        PyType_Ready(&RouterType) < 0 || PyType_Ready(&CheckedType) < 0)
+        PyType_Ready(&RouterType) < 0 || PyType_Ready(&CheckedType) < 0 ||
+        PyType_Ready(&MeterType) < 0)
         return NULL;
     str_set = PyUnicode_InternFromString("set");
     if (str_set == NULL)
@@ -1167,7 +1291,8 @@ PyInit__crouter(void)
         PyModule_AddObjectRef(m, "Gate", (PyObject *)&GateType) < 0 ||
         PyModule_AddObjectRef(m, "Route", (PyObject *)&RouteType) < 0 ||
         PyModule_AddObjectRef(m, "Router", (PyObject *)&RouterType) < 0 ||
-        PyModule_AddObjectRef(m, "Checked", (PyObject *)&CheckedType) < 0) {
+        PyModule_AddObjectRef(m, "Checked", (PyObject *)&CheckedType) < 0 ||
+        PyModule_AddObjectRef(m, "Meter", (PyObject *)&MeterType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -16,13 +16,11 @@ from __future__ import annotations
 import enum
 import faulthandler
 import logging
-import os
 import sys
 import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from .._errors import (
@@ -32,32 +30,21 @@ from .._errors import (
     PluginTimeoutError,
     SignatureError,
 )
+from . import native
 from .metrics import PyStats
 
 if TYPE_CHECKING:
     from .._artifact.loader import Image
 
 
-def _native() -> ModuleType | None:
-    """The compiled router, unless it was not built (no C compiler at install
-    time) or ``HOTLOAD_PURE_PYTHON=1`` asks for the Python one."""
-    if os.environ.get("HOTLOAD_PURE_PYTHON", "") not in ("", "0"):
-        return None
-    try:
-        from . import _crouter
-    except ImportError:
-        return None
-    return _crouter
-
-
 log = logging.getLogger(__name__)
 
-_crouter = _native()
+_crouter = native.crouter
 if _crouter is not None:  # how the compiled router counts a call that raised (metrics.kind)
     _crouter.error_kinds(SignatureError, PluginTimeoutError, PluginStoppedError, PluginCrashedError)
 
 #: Which router this process uses: "compiled" (``_crouter.c``) or "python".
-ROUTER = "compiled" if _crouter is not None else "python"
+ROUTER = native.ROUTER
 
 
 class PyGate(deque):  # type: ignore[type-arg]

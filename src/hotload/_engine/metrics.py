@@ -305,6 +305,27 @@ class SwapCounts:
             return {o: dict(r) for o, r in ops.items()}
 
 
+def services(binding: Any) -> dict[str, Any]:
+    """The host services a version imports, each with the calls it made of
+    it, those that failed (raised, or returned what the C result cannot
+    hold), and their sampled latency (``ImportBinding.stats``: a gate's slot
+    0, or a ``PyStats``, both giving a snapshot row)."""
+    out = {}
+    for name, stats in sorted(binding.stats.items()):
+        if isinstance(stats, PyStats):
+            row = stats.row()
+        else:
+            rows = stats.snapshot()
+            row = rows[0] if rows else (0, 0, (0,) * len(ERROR_KINDS), 0, 0, ())
+        fig = _figures(row)
+        out[name] = {
+            "calls": fig.calls,
+            "errors": binding.failures.get(name, 0),
+            "latency": fig.latency(),
+        }
+    return out
+
+
 # -- the snapshot ----------------------------------------------------------------------
 def version_snapshot(version: Any, leaked_bytes: int = 0) -> dict[str, Any]:
     """One version's part of ``host.metrics()`` (a ``lifecycle.Version``; read
@@ -326,6 +347,7 @@ def version_snapshot(version: Any, leaked_bytes: int = 0) -> dict[str, Any]:
         "restarts": proxy.restarts if proxy is not None else 0,
         "leaked_bytes": leaked_bytes,
         "service_errors": img.imports.errors if img.imports is not None else 0,
+        "services": services(img.imports) if counting and img.imports is not None else {},
         "calls": total.calls if counting else None,
         "in_flight": total.in_flight if counting else None,
         "errors": dict(zip(ERROR_KINDS, total.errors, strict=True)) if counting else None,

@@ -181,7 +181,14 @@ def resolve(
     if socket_path is not None:
         return Path(socket_path)
     directory = directory or control_dir()
-    live = [h for h in discover(directory) if "error" not in h]
+    found = discover(directory)
+    live = [h for h in found if "error" not in h]
+    if not live:
+        # A host whose socket is there but that did not answer the 2 s ping is busy,
+        # not gone (128 CLI processes at once on 2 cores): it is still the one to
+        # talk to, and the request itself waits longer.  Saying "no running host"
+        # sent an operator looking for a host that was there.
+        live = [h for h in found if h.get("pid") is not None]
     if host is not None:
         chosen = [
             h for h in live if host in (str(h.get("pid")), Path(h["socket"]).name, h.get("name"))

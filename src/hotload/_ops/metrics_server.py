@@ -140,6 +140,22 @@ class HostCollector:
             "Host-service calls from a version that raised.",
             labels=["plugin", "version", "seq"],
         )
+        svc_labels = ["plugin", "version", "seq", "service"]
+        svc_calls = CounterMetricFamily(
+            "hotload_service_calls",
+            "Host-service calls a version made, by service.",
+            labels=svc_labels,
+        )
+        svc_errors = CounterMetricFamily(
+            "hotload_service_call_errors",
+            "Host-service calls of a version that raised, by service.",
+            labels=svc_labels,
+        )
+        svc_latency = HistogramMetricFamily(
+            "hotload_service_call_duration_seconds",
+            f"Latency of the sampled host-service calls (one in {snap['sample'] or '-'}).",
+            labels=svc_labels,
+        )
         plugin_calls = CounterMetricFamily(
             "hotload_plugin_calls",
             "Routed calls of a plugin, every version it had (never goes back).",
@@ -174,12 +190,14 @@ class HostCollector:
                     restarts.add_metric(vlabels, v["restarts"])
                 if counting:
                     _exports(v, vlabels, calls, errors, inflight, latency)
+                    _services(v, vlabels, svc_calls, svc_errors, svc_latency)
             for state, n in states.items():
                 versions.add_metric([name, state], n)
             leaked.add_metric([name], stuck)
             leaked_bytes.add_metric([name], stuck_bytes)
         yield from (calls, errors, inflight, latency, versions, leaked, leaked_bytes)
         yield from (swaps, restarts, service_errors, plugin_calls, plugin_errors)
+        yield from (svc_calls, svc_errors, svc_latency)
 
 
 def _exports(
@@ -202,6 +220,26 @@ def _exports(
         inflight.add_metric(labels, e["in_flight"])
         lat = e["latency"]
         if lat["sampled"]:
+            latency.add_metric(
+                labels, cumulative(lat["buckets"], lat["sampled"]), lat["sum_ns"] / 1e9
+            )
+
+
+def _services(
+    v: dict[str, Any],
+    vlabels: list[str],
+    calls: CounterMetricFamily,
+    errors: CounterMetricFamily,
+    latency: HistogramMetricFamily,
+) -> None:
+    """A version's host-service calls, per service (the histogram while it serves)."""
+    for name, svc in v.get("services", {}).items():
+        labels = [*vlabels, name]
+        calls.add_metric(labels, svc["calls"])
+        if svc["errors"]:
+            errors.add_metric(labels, svc["errors"])
+        lat = svc["latency"]
+        if v["state"] != "unloaded" and lat["sampled"]:
             latency.add_metric(
                 labels, cumulative(lat["buckets"], lat["sampled"]), lat["sum_ns"] / 1e9
             )
@@ -270,6 +308,17 @@ class MetricsServer:
         )
         self._thread.start()
         log.info("serving metrics at %s", self.url)
+
+    def same(self, addr: str, port: int) -> str:
+        """The URL, for a second ``serve_metrics(addr, port)`` that asks for
+        this server (or any port); one that asks for another address or port
+        is refused rather than leave a scraper pointed at a port nobody serves."""
+        if (addr, port) != self.asked and not (port == 0 and addr == self.asked[0]):
+            raise HotloadError(
+                f"serve_metrics: already serving at {self.url}; this host serves one "
+                f"endpoint (close the host to move it)"
+            )
+        return self.url
 
     def stop(self) -> None:
         self._httpd.shutdown()

@@ -251,8 +251,10 @@ def _service(version: Served, cp: CallPlan) -> Callable[..., Any]:
 
     def call(*args: Any) -> Any:
         svc = table.services.get(name) if table is not None else None
-        label = version.binding.label if version.binding else version.name
+        binding = version.binding
+        label = binding.label if binding else version.name
         error = svc.error if svc is not None else 0
+        t0 = binding.enter(name) if binding is not None else 0
         try:
             if table is None or table.closed:
                 raise ClosedError(f"service {name} called after host.close()")
@@ -263,6 +265,9 @@ def _service(version: Served, cp: CallPlan) -> Callable[..., Any]:
             # (in process, cffi's callback catches every exception the same way)
             log.error("%s: service %s raised", label, name, exc_info=True)
             return failed(error)
+        finally:
+            if binding is not None:
+                binding.leave(name, t0)
         try:
             if cp.result == "T":
                 return signatures.ffi.new(f"{cp.rtype} *", result)[0]
@@ -277,7 +282,7 @@ def _service(version: Served, cp: CallPlan) -> Callable[..., Any]:
     def failed(error: Any) -> Any:
         """Count the failure on this version; the plugin gets the error value."""
         if version.binding is not None:
-            version.binding.errors += 1
+            version.binding.failed(name)
         if not cp.result:
             return None
         return signatures.ffi.new(f"{cp.rtype} *")[0] if cp.result == "T" else error
