@@ -186,3 +186,25 @@ def test_a_worker_process_imports_only_what_it_runs() -> None:
         check=True,
     ).stdout
     assert "module" in names and "type" in names
+
+
+def test_public_errors_are_named_by_their_public_path() -> None:
+    """A traceback says ``hotload.HotloadError``, the name the docs use and
+    users import (it said ``hotload._errors.HotloadError``: new-user review),
+    and the exceptions still pickle."""
+    import pickle
+    import traceback
+
+    import hotload
+
+    errors = [n for n in hotload.__all__ if n.endswith("Error")]
+    assert len(errors) >= 20
+    for name in errors:
+        assert getattr(hotload, name).__module__ == "hotload", name
+    for exc in (hotload.HotloadError("x"), hotload.SignatureError("y")):
+        assert type(pickle.loads(pickle.dumps(exc))) is type(exc)
+    try:
+        raise hotload.SignatureError("price changed")
+    except hotload.HotloadError as exc:
+        shown = "".join(traceback.format_exception_only(type(exc), exc))
+    assert shown == "hotload.SignatureError: price changed\n"

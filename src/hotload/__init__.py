@@ -35,6 +35,35 @@ from ._errors import (
     TypeLayoutError,
 )
 
+# Tracebacks and reprs name the path users import from (``hotload.HotloadError``,
+# not ``hotload._errors.HotloadError``), as httpx does for its exceptions.
+for _error in (
+    BuildError,
+    ClosedError,
+    ConfigError,
+    ControlError,
+    DescriptorError,
+    FleetError,
+    HandleError,
+    HookError,
+    HotloadError,
+    InvalidPluginError,
+    LoadError,
+    NotAPluginError,
+    NotLoadedError,
+    PluginCrashedError,
+    PluginStoppedError,
+    PluginTimeoutError,
+    PreflightError,
+    ResourceError,
+    ServiceError,
+    SignatureError,
+    TrustError,
+    TypeLayoutError,
+):
+    _error.__module__ = __name__
+del _error
+
 if TYPE_CHECKING:
     from . import fleet  # noqa: F401  (hotload.fleet: fleet rollout on Redis)
     from ._about import __version__
