@@ -58,6 +58,9 @@ ROUTING_SKIP := not ((test_contract_events or test_contract_types) and isolated)
 # xdist_group per module, built once (tests/conftest.py); `make test XDIST=` runs serially.
 XDIST  ?= -n 2 --dist loadgroup
 PYTEST := $(VPY) -m pytest -q $(XDIST)
+# Plugins the tests compile, kept by content (source, flags, SDK header, compiler) for
+# every pass of this and later runs: the same source is compiled by many tests.
+export HOTLOAD_TEST_CACHE ?= $(CURDIR)/build/test-cache
 
 # Prints the total time (setup, lint, docs and both pytest passes) at the end.
 test:

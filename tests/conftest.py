@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import re
@@ -44,10 +45,36 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
+@pytest.fixture(scope="session")
+def compiled_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """Where ``cc`` keeps what it compiled, and what every key includes: the
+    same source is compiled by many tests (every contract test twice, in
+    process and isolated; again in the Python-router pass), and gcc was a
+    large part of the suite's time.  ``$HOTLOAD_TEST_CACHE`` (the Makefile
+    sets it under ``build/``) keeps it across passes and runs; else it is
+    shared by the xdist workers of one run.  Keys include the SDK header and
+    the compiler's version, so a changed header or compiler is a miss."""
+    env = os.environ.get("HOTLOAD_TEST_CACHE")
+    if env:
+        path = Path(env)
+    else:
+        base = tmp_path_factory.getbasetemp()
+        path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "cc-cache"
+    path.mkdir(parents=True, exist_ok=True)
+    header = (ROOT / "native" / "include" / "hotload.h").read_bytes()
+    versions = [
+        subprocess.run([c, "--version"], capture_output=True, text=True, check=False).stdout
+        for c in (os.environ.get("CC") or "cc", "g++")
+    ]
+    return path, hashlib.sha256(header + repr(versions).encode()).hexdigest()
+
+
 @pytest.fixture
-def cc(tmp_path: Path) -> Compile:
+def cc(tmp_path: Path, compiled_cache: tuple[Path, str]) -> Compile:
     """``cc(source_text, name, flags=[], cxx=False)`` -> path of a fresh .so,
-    compiled with the project's own builder (temp file + rename)."""
+    compiled with the project's own builder (temp file + rename).  A build of
+    the same source, name, flags and compiler made earlier in the run is
+    copied instead (a new file, renamed into place, as a build is)."""
 
     def build(
         source: str,
@@ -58,18 +85,41 @@ def cc(tmp_path: Path) -> Compile:
         out: Path | None = None,
     ) -> Path:
         ext = ".cpp" if cxx else ".c"
+        text = textwrap.dedent(source)
         src = tmp_path / "src" / f"{name}{ext}"
         src.parent.mkdir(exist_ok=True)
-        src.write_text(textwrap.dedent(source))
+        src.write_text(text)
         output = out or tmp_path / "build" / f"{name}.so"
+        output.parent.mkdir(parents=True, exist_ok=True)
         extra = list(flags or [])
+        cache, base = compiled_cache
+        key = hashlib.sha256(
+            repr(
+                (base, text, name, extra, cxx, os.environ.get("CC"), os.environ.get("CFLAGS"))
+            ).encode()
+        ).hexdigest()[:32]
+        cached = cache / f"{key}.so"
+        if cached.exists():
+            _place(cached, output)
+            return output
         if cxx:  # the builder's -std=c11 is for C; g++ takes the last -std
             compile_plugin(src, output, cc="g++", extra_cflags=["-std=c++17", *extra])
         else:
             compile_plugin(src, output, extra_cflags=extra)
+        _place(output, cached)
         return output
 
     return build
+
+
+def _place(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` through a temporary name and a rename: a reader
+    (another worker, a watcher) never sees half a file."""
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    shutil.copyfile(src, tmp)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, dst)
 
 
 @pytest.fixture
