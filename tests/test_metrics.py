@@ -7,6 +7,7 @@ Real plugins compiled here, real threads, real worker processes."""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -238,6 +239,51 @@ def test_counters_never_go_backwards_across_swaps(tmp_path: Path, meter) -> None
         assert snap["pruned_versions"] > 0
         assert snap["calls"] == made[0]  # exact: nothing lost with the pruned versions
         assert snap["swaps"]["reload"] == {"ok": 25, "refused": 0}
+
+
+def test_a_plugins_total_never_goes_back_while_another_thread_reads_it(
+    tmp_path: Path, meter
+) -> None:  # type: ignore[no-untyped-def]
+    """A reader polling ``metrics()`` while versions are pruned (history 1,
+    reloads as fast as they go, a caller on the plugin): the plugin's total
+    went back when a prune fell between the reads of the folded counts and of
+    the history (the attacker's review; Prometheus reads that as a reset)."""
+    builds = [meter("1.0.0"), tmp_path / "b2.so"]
+    builds[1].write_bytes(builds[0].read_bytes())
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # a thread switch between any two bytecodes
+    try:
+        with Host(tmp_path / "work", preflight=False, history_limit=1) as host:
+            p = host.load(builds[0])
+            stop = threading.Event()
+            back: list[tuple[int, int]] = []
+
+            def call() -> None:
+                while not stop.is_set():
+                    p.clamp(1)
+
+            def read() -> None:
+                last = 0
+                while not stop.is_set():
+                    now = host.metrics()["plugins"]["meter"]["calls"]
+                    if now < last:
+                        back.append((last, now))
+                    last = now
+
+            threads = [threading.Thread(target=call), threading.Thread(target=read)]
+            for t in threads:
+                t.start()
+            try:
+                for k in range(150):
+                    host.reload("meter", builds[k % 2])
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join(30)
+            assert host.metrics()["plugins"]["meter"]["pruned_versions"] > 50
+    finally:
+        sys.setswitchinterval(before)
+    assert not back, f"the total went back {len(back)} time(s), first {back[0]}"
 
 
 def test_a_refused_reload_is_counted_as_refused(tmp_path: Path, meter, cc: Compile) -> None:  # type: ignore[no-untyped-def]

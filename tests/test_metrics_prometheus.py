@@ -4,10 +4,13 @@ a busy port, garbage on the socket, a silent client, a reload storm."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -364,3 +367,85 @@ def test_the_cached_rendering_is_the_librarys_text_byte_for_byte(
             import gzip
 
             assert gzip.decompress(resp.read()) == served
+
+
+def test_trickling_clients_cannot_take_the_hosts_descriptors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """60 connections that each send a byte every 0.3 s (under the per-read
+    timeout, forever): the attacker's review held ~1,000 such connections and
+    the host ran out of descriptors.  At most MAX_CONNECTIONS are served at
+    once, each cut at the deadline, and a scrape gets through afterwards."""
+    monkeypatch.setattr(metrics_server, "REQUEST_DEADLINE", 1.5)
+    with Host(tmp_path / "work", preflight=False) as host:
+        url = host.serve_metrics()
+        hostport = url.split("//")[1].split("/")[0].rsplit(":", 1)
+        fds0 = len(os.listdir("/proc/self/fd"))
+        threads0 = threading.active_count()
+        socks = []
+        try:
+            for _ in range(60):
+                s = socket.create_connection((hostport[0], int(hostport[1])), timeout=5)
+                s.sendall(b"GET /metrics HTTP/1.1\r\n")
+                socks.append(s)
+            peak_threads = peak_fds = 0
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:
+                for s in socks:
+                    with contextlib.suppress(OSError):
+                        s.sendall(b"X: y\r\n")
+                peak_threads = max(peak_threads, threading.active_count() - threads0)
+                peak_fds = max(peak_fds, len(os.listdir("/proc/self/fd")) - fds0 - len(socks))
+                time.sleep(0.3)
+        finally:
+            for s in socks:
+                s.close()
+        # a thread and a deadline timer per served connection: 2 x the cap at most
+        assert peak_threads <= 2 * metrics_server.MAX_CONNECTIONS, peak_threads
+        assert peak_fds <= metrics_server.MAX_CONNECTIONS + 4, peak_fds
+        assert scrape(url) is not None  # the endpoint serves on
+
+
+def test_racing_serve_metrics_calls_start_one_server_and_close_stops_it(tmp_path: Path) -> None:
+    """Four threads calling serve_metrics() at once started four servers, and
+    one racing close() left a server answering for a closed host (the
+    attacker's review)."""
+    for _ in range(5):
+        host = Host(tmp_path / "work", preflight=False)
+        barrier = threading.Barrier(5)
+        urls: list[str] = []
+        errors: list[BaseException] = []
+
+        def serve() -> None:
+            barrier.wait()
+            try:
+                urls.append(host.serve_metrics())
+            except HotloadError as exc:  # ClosedError: close() came first
+                errors.append(exc)
+
+        threads = [threading.Thread(target=serve) for _ in range(4)]
+        for t in threads:
+            t.start()
+        barrier.wait()
+        host.close()
+        for t in threads:
+            t.join(30)
+        assert len(set(urls)) <= 1, urls
+        assert all("closed" in str(e) for e in errors), errors
+        for url in set(urls):  # whichever started, close() stopped it
+            with pytest.raises(urllib.error.URLError):
+                urllib.request.urlopen(url, timeout=5)
+    with Host(tmp_path / "work2", preflight=False) as host:
+        barrier = threading.Barrier(4)
+        got: list[str] = []
+
+        def serve_only() -> None:
+            barrier.wait()
+            got.append(host.serve_metrics())
+
+        threads = [threading.Thread(target=serve_only) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(got) == 4 and len(set(got)) == 1, got

@@ -32,7 +32,7 @@ from ._engine.table import PluginTable
 from ._engine.unload_policy import UnloadPolicy
 from ._errors import AlreadyLoadedError, ClosedError, NotLoadedError
 from ._ops.control_server import ControlServer
-from ._ops.protocols import PathOrCandidate, Service
+from ._ops.protocols import PathOrCandidate, Running
 from ._ops.watcher import Watcher
 from ._platform import proc
 from ._process.options import Isolated
@@ -185,7 +185,7 @@ class Host:
         self._preflight = PreflightWorker(preflight_timeout)
         self._table = PluginTable(self.settings, self._policy)
         self.journal = self._table.journal  # the swap journal: host.journal(name, since)
-        self._services: list[Service] = []
+        self._services = Running()  # watchers, control server, metrics, fleet agents
         self._agents: list[FleetAgent] = []  # the fleet agents among the services
         self._provided = ServiceTable(self._workdir.path)  # host services (see provide())
         self._provided.sample = self.settings.sample  # service calls measured like exports
@@ -599,9 +599,9 @@ class Host:
         from ._ops.metrics_server import MetricsServer  # imports prometheus_client
 
         self._table.check_open()
-        server = next((s for s in self._services if isinstance(s, MetricsServer)), None)
-        if server is None:
-            self._services.append(server := MetricsServer(self, port=port, addr=addr))
+        server = self._services.get_or_add(
+            MetricsServer, lambda: MetricsServer(self, port=port, addr=addr)
+        )
         return server.same(addr, port)
 
     def watch(
@@ -641,7 +641,7 @@ class Host:
         self._table.check_open()
         options.setdefault("max_size", self.max_plugin_size)
         watcher = Watcher(self, path, rebuild=rebuild, **options)  # type: ignore[arg-type]
-        self._services.append(watcher)
+        self._services.add(watcher)
         return watcher.start(wait=wait)
 
     def serve_control(
@@ -669,8 +669,7 @@ class Host:
         except BaseException:
             server.stop()  # closes what the constructor opened
             raise
-        self._services.append(server)
-        return server
+        return self._services.add(server)
 
     def join_fleet(
         self,
@@ -711,8 +710,7 @@ class Host:
             options["host_id"] = name
         agent = FleetAgent(self, url, labels, public_key=public_key, **options)
         agent.start()
-        self._services.append(agent)
-        self._agents.append(agent)
+        self._agents.append(self._services.add(agent))
         return agent
 
     # -- closing --------------------------------------------------------------------
@@ -727,12 +725,7 @@ class Host:
                 images stay loaded).
         """
         self._agents.clear()
-        while self._services:
-            service = self._services.pop()
-            try:
-                service.stop()
-            except Exception:  # closing must go on
-                log.exception("stopping %r failed", service)
+        self._services.stop_all()
         if not self._table.close():
             return
         self._swap.close(timeout)

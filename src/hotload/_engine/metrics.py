@@ -363,9 +363,8 @@ def snapshot(records: Iterable[Any], swaps: SwapCounts, sample: int) -> dict[str
     leaked_images = leaked_bytes = 0
     for rec in sorted(records, key=lambda r: r.name):
         versions = []
-        calls = rec.folded.calls
-        errors = list(rec.folded.errors)
-        for v in list(rec.history):
+        calls, errors, history = rec.counted()
+        for v in history:
             stuck = 0
             if str(v.state) in ("leaked", "retained"):  # what the kernel says is still mapped
                 stuck = rec.info(v, inspect=False).mapped_bytes

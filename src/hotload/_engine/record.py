@@ -198,6 +198,13 @@ class PluginRecord:
         with self._history_lock:
             self._prune_locked()
 
+    def counted(self) -> tuple[int, list[int], list[Version]]:
+        """The pruned versions' calls and errors and the versions still in the
+        history, read at one instant: a prune between the two reads would drop
+        a version from both, and a plugin's total would go back (metrics)."""
+        with self._history_lock:
+            return self.folded.calls, list(self.folded.errors), list(self.history)
+
     def _prune_locked(self) -> None:
         done = [v for v in self.history if v.state is _UNLOADED]
         excess = len(done) - self._history_limit

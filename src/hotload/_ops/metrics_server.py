@@ -30,6 +30,7 @@ dropped after ``READ_TIMEOUT`` s) and nothing logged per request.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import logging
@@ -58,7 +59,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-READ_TIMEOUT = 5.0  # seconds a connection may take to send its request
+READ_TIMEOUT = 5.0  # seconds a connection may wait for its next bytes
+REQUEST_DEADLINE = 15.0  # seconds a connection may last in all (a trickling client: cut)
+MAX_CONNECTIONS = 16  # at once; more are closed on arrival
+
+
+def _cut(request: socket.socket) -> None:
+    """A connection past its deadline: shut, so the thread serving it returns."""
+    with contextlib.suppress(OSError):
+        request.shutdown(socket.SHUT_RDWR)
 
 
 def _le_bounds() -> tuple[tuple[int, str], ...]:
@@ -259,7 +268,38 @@ class _Handler(WSGIRequestHandler):
 
 
 class _Server(ThreadingMixIn, WSGIServer):
+    """At most ``MAX_CONNECTIONS`` at once, each for at most ``REQUEST_DEADLINE``
+    seconds: a thread and a descriptor per connection, unbounded, let a local
+    user trickle a byte every few seconds on 1,000 connections and take every
+    descriptor of the host (its reloads and its own ``open()`` failed with
+    EMFILE: the attacker's review).  A connection over the cap is closed at
+    once; a scraper tries again at its next interval."""
+
     daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # no thread started: give the slot back
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        cut = threading.Timer(REQUEST_DEADLINE, _cut, (request,))
+        cut.daemon = True
+        cut.start()
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            cut.cancel()
+            self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that timed out or hung up: not worth a traceback."""

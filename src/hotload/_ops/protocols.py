@@ -5,17 +5,22 @@ drive it through these methods and nothing else."""
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable
-from typing import Any, Protocol
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, TypeVar
 
 from .._artifact.loader import Candidate
 from .._engine.journal import Journal
 from .._engine.lifecycle import VersionInfo
 from .._engine.registry import Plugin
+from .._errors import ClosedError
 from .._process.options import Isolated
 
 PathOrCandidate = str | os.PathLike[str] | Candidate
+
+log = logging.getLogger(__name__)
 
 
 class PluginHost(Protocol):
@@ -90,3 +95,57 @@ class Service(Protocol):
     """Something the host starts and stops with itself."""
 
     def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=Service)
+
+
+class Running:
+    """The services a host runs, started and stopped under one lock: a
+    ``serve_metrics()`` racing ``close()`` left a server answering for a
+    closed host, and four racing each other started four (the attacker's
+    review).  After ``stop_all`` nothing can be added: the service is stopped
+    and ``ClosedError`` raised."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[Service] = []
+        self.closed = False
+
+    def __iter__(self) -> Iterator[Service]:
+        return iter(list(self._items))
+
+    def __getitem__(self, i: int) -> Service:
+        return self._items[i]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get_or_add(self, kind: type[S], make: Callable[[], S]) -> S:
+        """The running service of ``kind``, or the one ``make()`` starts."""
+        with self._lock:
+            if self.closed:
+                raise ClosedError("this host is closed")
+            found = next((s for s in self._items if isinstance(s, kind)), None)
+            if found is None:
+                found = make()
+                self._items.append(found)
+            return found
+
+    def add(self, service: S) -> S:
+        with self._lock:
+            if not self.closed:
+                self._items.append(service)
+                return service
+        service.stop()
+        raise ClosedError("this host is closed")
+
+    def stop_all(self) -> None:
+        with self._lock:
+            self.closed = True
+            items, self._items = self._items, []
+        for service in reversed(items):
+            try:
+                service.stop()
+            except Exception:  # closing must go on
+                log.exception("stopping %r failed", service)
