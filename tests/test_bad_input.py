@@ -51,7 +51,12 @@ def _bad_files(tmp_path: Path, good: Path, cc) -> dict[str, tuple[Path, type[Hot
     unreadable = put("unreadable.so", data)
     unreadable.chmod(0)
     nodesc = cc("int f(int x) { return x; }\n", "nodesc")
+    versioned = '#include <hotload.h>\nHOTLOAD_PLUGIN("xp", "VERSION");\n'
+    long_version = cc(versioned.replace("VERSION", "1." * 100), "longver")
+    escape_version = cc(versioned.replace("VERSION", "1.0\\033[2J"), "escver")
     return {
+        "long version": (long_version, DescriptorError, "at most 128 characters"),
+        "control character in version": (escape_version, DescriptorError, "no control characters"),
         "empty": (put("empty.so", b""), InvalidPluginError, "empty file"),
         "text": (put("notes.so", b"this is not a library\n"), InvalidPluginError, "text file"),
         "truncated header": (put("trunc40.so", data[:40]), InvalidPluginError, "truncated"),

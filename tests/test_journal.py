@@ -417,6 +417,43 @@ def test_hotload_log_follow_prints_new_entries_and_exits_when_the_host_closes(
     assert rc == 0 and "the host went away" in err and "Traceback" not in err, err
 
 
+def test_follow_as_json_or_by_name_says_on_stderr_what_the_ring_dropped(
+    tmp_path: Path, xp_build, ctl: Path
+) -> None:
+    """A journal of 4 and 60 reloads between two polls of ``log -f``: the text
+    follower said how many were dropped, ``--json`` and ``NAME`` followers
+    skipped them in silence (the attacker's review)."""
+    host = Host(tmp_path / "w", preflight=False, journal_size=4)
+    procs = []
+    try:
+        sock = host.serve_control(directory=ctl).path
+        host.load(xp_build(mult=2))
+        for extra in (["--json"], ["xp"]):
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "hotload", "log", "-f", *extra, "--socket", str(sock)],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        time.sleep(2.0)  # both have read the journal once and follow
+        for k in range(60):
+            host.reload("xp", xp_build(mult=3 + k % 2, version=f"2.{k}.0"))
+        time.sleep(2.0)
+    finally:
+        host.close()
+    for proc in procs:
+        rc = run_guarded(lambda p=proc: p.wait(), timeout=60, what="hotload log -f to exit")
+        assert proc.stderr is not None and proc.stdout is not None
+        err, out = proc.stderr.read(), proc.stdout.read()
+        assert rc == 0 and "entries were dropped before they could be shown" in err + out, err
+        if "--json" in proc.args:
+            assert all(json.loads(line)["kind"] for line in out.splitlines())  # JSON Lines only
+        else:
+            assert "some may have been xp's" in out, out
+
+
 BAD_LOG_ARGUMENTS: list[dict[str, Any]] = [
     {"since": -1},
     {"since": "3"},

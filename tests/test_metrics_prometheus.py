@@ -221,6 +221,11 @@ def test_garbage_on_the_socket_gets_an_error_and_the_endpoint_serves_on(
         assert b" 414 " in _exchange(url, b"GET /" + b"a" * 70000 + b" HTTP/1.0\r\n\r\n")
         assert b" 404 " in _exchange(url, b"GET /secret HTTP/1.0\r\n\r\n")
         assert b" 405 " in _exchange(url, b"POST /metrics HTTP/1.0\r\nContent-Length: 0\r\n\r\n")
+        assert b" 405 " in _exchange(url, b"HEAD /metrics HTTP/1.0\r\n\r\n")
+        for accept, gzipped in (("notgzip, identity", False), ("gzip;q=0", False), ("GZIP", True)):
+            req = urllib.request.Request(url, headers={"Accept-Encoding": accept})
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                assert (resp.headers["Content-Encoding"] == "gzip") is gzipped, accept
         assert "hotload_calls" in scrape(url)
 
 
@@ -406,35 +411,39 @@ def test_trickling_clients_cannot_take_the_hosts_descriptors(
         assert scrape(url) is not None  # the endpoint serves on
 
 
+def _serve_while_closing(work: Path) -> None:
+    host = Host(work, preflight=False)
+    barrier = threading.Barrier(5)
+    urls: list[str] = []
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        barrier.wait()
+        try:
+            urls.append(host.serve_metrics())
+        except HotloadError as exc:  # ClosedError: close() came first
+            errors.append(exc)
+
+    threads = [threading.Thread(target=serve) for _ in range(4)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    host.close()
+    for t in threads:
+        t.join(30)
+    assert len(set(urls)) <= 1, urls
+    assert all("closed" in str(e) for e in errors), errors
+    for url in set(urls):  # whichever started, close() stopped it
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(url, timeout=5)
+
+
 def test_racing_serve_metrics_calls_start_one_server_and_close_stops_it(tmp_path: Path) -> None:
     """Four threads calling serve_metrics() at once started four servers, and
     one racing close() left a server answering for a closed host (the
     attacker's review)."""
-    for _ in range(5):
-        host = Host(tmp_path / "work", preflight=False)
-        barrier = threading.Barrier(5)
-        urls: list[str] = []
-        errors: list[BaseException] = []
-
-        def serve() -> None:
-            barrier.wait()
-            try:
-                urls.append(host.serve_metrics())
-            except HotloadError as exc:  # ClosedError: close() came first
-                errors.append(exc)
-
-        threads = [threading.Thread(target=serve) for _ in range(4)]
-        for t in threads:
-            t.start()
-        barrier.wait()
-        host.close()
-        for t in threads:
-            t.join(30)
-        assert len(set(urls)) <= 1, urls
-        assert all("closed" in str(e) for e in errors), errors
-        for url in set(urls):  # whichever started, close() stopped it
-            with pytest.raises(urllib.error.URLError):
-                urllib.request.urlopen(url, timeout=5)
+    for k in range(5):
+        _serve_while_closing(tmp_path / f"work{k}")
     with Host(tmp_path / "work2", preflight=False) as host:
         barrier = threading.Barrier(4)
         got: list[str] = []
@@ -449,3 +458,23 @@ def test_racing_serve_metrics_calls_start_one_server_and_close_stops_it(tmp_path
         for t in threads:
             t.join(30)
         assert len(got) == 4 and len(set(got)) == 1, got
+
+
+def test_the_label_cache_holds_the_last_scrapes_series_only(tmp_path: Path, gauge) -> None:  # type: ignore[no-untyped-def]
+    """Reloads with a short history: each scrape's series replace the last
+    ones in the renderer's cache (it grew by ~43 series a reload, forever up
+    to 200,000: the attacker's review)."""
+    with Host(tmp_path / "work", preflight=False, history_limit=1) as host:
+        g = host.load(gauge())
+        host.serve_metrics()
+        server = next(s for s in host._services if isinstance(s, metrics_server.MetricsServer))
+        renderer = metrics_server.Renderer(server.registry)
+        sizes = []
+        for k in range(30):
+            g.clamp(k)
+            host.reload("gauge", gauge(f"1.{k}.0"))
+            host.settle()
+            lines = renderer.render().decode().count("\n")
+            sizes.append(len(renderer._labels))
+            assert len(renderer._labels) <= lines
+        assert max(sizes[5:]) <= max(sizes[:5]) + 5, sizes  # flat, not growing

@@ -89,6 +89,9 @@ _parsed: dict[bytes, Descriptor] = {}  # section bytes -> descriptor (a reload r
 _parsed_lock = threading.Lock()
 
 
+MAX_VERSION = 128  # characters of a plugin's version string
+
+
 def parse(blob: bytes, path: str) -> Descriptor:
     """Parse the raw bytes of a ``.hotload`` section found in ``path``."""
     desc = _parsed.get(blob)
@@ -155,6 +158,14 @@ def _parse(blob: bytes, path: str) -> Descriptor:
     name, version = plugin
     if not name.isidentifier():
         raise DescriptorError(f"{path}: plugin name {name!r} is not an identifier")
+    if len(version) > MAX_VERSION or any(ord(c) < 32 or ord(c) == 127 for c in version):
+        # it is printed by ls, top and log and is a label of every /metrics series: a
+        # 200,000-character version made a 50 MB scrape, a control character a terminal
+        # escape in the operator's view (the attacker's review)
+        raise DescriptorError(
+            f"{path}: plugin version {version[:40]!r}{'...' if len(version) > 40 else ''} is "
+            f"not a version: at most {MAX_VERSION} characters, no control characters"
+        )
     return Descriptor(
         name=name,
         version=version,

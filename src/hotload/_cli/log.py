@@ -89,9 +89,17 @@ def follow(sock: Path, name: str | None, last: int, *, as_json: bool) -> int:
             print(f"hotload: the host went away ({sock}); stopped following", file=sys.stderr)
             return 0
         entries = result["entries"]
-        missed = (entries[0]["seq"] if entries else result["last"] + 1) - last - 1
-        if name is None and missed > 0 and not as_json:  # the ring moved on faster than we asked
-            print(f"({missed:,} entries were dropped before they could be shown)")
+        # the ring's oldest entry is dropped + 1: whatever came after `last` and before
+        # it went before we asked (of any plugin: a NAME filter cannot tell whose)
+        missed = int(result.get("dropped") or 0) - last
+        if missed > 0:
+            what = f"{missed:,} entries were dropped before they could be shown"
+            if name is not None:
+                what += f" (of any plugin: some may have been {name}'s)"
+            if as_json:  # stdout stays one entry per line
+                print(f"hotload log: {what}", file=sys.stderr, flush=True)
+            else:
+                print(f"({what})")
         show(entries, as_json)
         last = max(last, result["last"])
 
