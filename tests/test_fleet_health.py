@@ -132,7 +132,7 @@ def test_crashes_and_errors_of_the_current_version_reach_fleet_status(
     a = host_status(redis_server.url, "a")
     assert a["health"]["boom"]["errors"] >= 2 and a["health"]["boom"]["calls"] >= 4
     assert "2 crashes" in a["unhealthy"]["boom"]
-    assert "UNHEALTHY: 1 of 1 host(s)" in render_status(fleet.status(url=redis_server.url))
+    assert "UNHEALTHY: 1 of 1 live host(s)" in render_status(fleet.status(url=redis_server.url))
 
 
 @pytest.mark.parametrize(
@@ -214,3 +214,30 @@ def test_an_idle_host_with_health_stays_within_the_redis_budget(
     per_beat = used / (window / hb)
     assert used <= 2 * beats, f"{used} commands in {window} s ({beats:.0f} heartbeats)"
     assert per_beat / 2.5 <= 1.0, f"{per_beat:.1f} commands a beat: over 1/s at the default beat"
+
+
+def test_a_host_that_counts_no_errors_is_not_shown_ok_and_gone_hosts_are_not_counted() -> None:
+    """A ``Host(metrics=False)`` sends calls but no error counts: its health
+    was shown ``ok``; and a host gone ten minutes ago was counted in
+    "UNHEALTHY: 2 of 4" (the attacker's review)."""
+    from hotload._cli.fleet import _health_cell
+
+    assert _health_cell({"seq": 1, "calls": 5}, []) == "ok?, no error counts"
+    assert _health_cell({"seq": 1, "calls": 5, "errors": 0}, []) == "ok"
+    status = {
+        "hosts": [
+            {
+                "id": "a",
+                "alive": True,
+                "labels": {},
+                "plugins": {},
+                "unhealthy": {"x": ["1 crash"]},
+            },
+            {"id": "b", "alive": True, "labels": {}, "plugins": {}, "unhealthy": {}},
+            {"id": "c", "alive": False, "labels": {}, "plugins": {}, "unhealthy": {"x": ["stop"]}},
+        ],
+        "desired": {},
+        "rollouts": {},
+    }
+    text = render_status(status)
+    assert "UNHEALTHY: 1 of 2 live host(s)" in text, text

@@ -616,3 +616,16 @@ def test_the_journal_is_documented() -> None:
     assert "hotload log" in cli_page and "--follow" in cli_page
     reference = (root / "docs/reference/host.md").read_text(encoding="utf-8")
     assert "::: hotload.Journal" in reference and "::: hotload.JournalEntry" in reference
+
+
+@pytest.mark.parametrize("n", ["0", "-3", "x", "1.5", "9" * 20, "9" * 5000])
+def test_a_bad_last_count_is_a_usage_error(n: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``-n`` past the journal's cursor range was sent to the host and came back
+    as its bad_request (exit 1), with Python's int-digits hint for a 4,400-digit
+    one (the attacker's review): it is a usage error, exit 2, said here."""
+    with pytest.raises(SystemExit) as done:
+        cli.main(["log", "-n", n])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert "is not a number of entries" in err and "set_int_max_str_digits" not in err
+    assert len(err) < 1000

@@ -379,7 +379,8 @@ def render_status(st: dict[str, Any]) -> str:
         lines += [f"  {h}: {e}" for h, e in fails.items()]
     sick = [h for h in st["hosts"] if h.get("alive") and h.get("unhealthy")]
     if sick:
-        lines.append(f"UNHEALTHY: {len(sick)} of {len(st['hosts'])} host(s)")
+        alive = sum(1 for h in st["hosts"] if h.get("alive"))  # a gone host is no one's peer
+        lines.append(f"UNHEALTHY: {len(sick)} of {alive} live host(s)")
         lines += [f"  {h['id']}: {_sick_plugins(h['unhealthy'])}" for h in sick]
     rows = [
         (
@@ -439,6 +440,8 @@ def _health_cell(health: dict[str, Any] | None, why: list[str] | None) -> str:
     host of an older hotload, or a plugin not loaded)."""
     if not health:
         return "-"
+    if not why and "errors" not in health:  # Host(metrics=False): errors unknown, not none
+        return "ok?, no error counts"
     words = ["UNHEALTHY" if why else "ok"]
     if health.get("errors") and not why:
         words.append(f"{health['errors']:,} errors")

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._engine.journal import JournalEntry
+from .._engine.journal import MAX_SEQ, JournalEntry
 from .._errors import ControlError
 from .._ops import control_client
 
@@ -49,11 +49,13 @@ def add_command(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 def _positive(text: str) -> int:
     try:
-        value = int(text)
+        value = int(text) if len(text) <= 20 else 0  # no 4,000-digit int() for a count
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of entries")
+    if not 1 <= value <= MAX_SEQ:
+        raise argparse.ArgumentTypeError(
+            f"{text[:30]!r} is not a number of entries (1 to {MAX_SEQ:,})"
+        )
     return value
 
 
