@@ -27,6 +27,7 @@ MODULES = (
     "bench_isolate",
     "bench_metrics",
     "bench_spares",
+    "bench_large",
     "proof_go_unload",
 )
 

@@ -314,3 +314,40 @@ def test_a_host_killed_before_the_last_step_is_named_while_the_rollout_waits(
         r"step 2/2: [0-2]/3 hosts live, waiting for main-2 \(no heartbeat.*\)", waiting[0]
     ), waiting
     assert said[-1].startswith("aborted: 2 host(s) back on the previous build"), said
+
+
+def test_an_abort_that_cannot_bring_a_host_back_says_so_and_claims_nothing_more(
+    redis_server: RedisServer, tmp_path: Path, host_procs: list[HostProcess]
+) -> None:
+    """Issue 19 item 3: no message claims what did not happen.  Two canaries
+    bake the new build; one is killed (SIGKILL: its heartbeat just stops), the
+    rollout aborts, the other canary goes back, and the outcome names the one
+    that did not, in the record, the error and the last line ("every host
+    goes back" was printed after a failed revert)."""
+    b = build_variants(tmp_path)
+    host_procs += [
+        HostProcess(redis_server.url, name, "role=canary", b["v1"], heartbeat=0.2)
+        for name in ("canary-1", "canary-2")
+    ]
+    for p in host_procs:
+        p.wait_ready()
+    said: list[str] = []
+    with Fleet(redis_server.url) as f:
+        wait_for(lambda: len([h for h in f.hosts() if h["alive"]]) == 2, what="2 hosts")
+        old = f.publish(b["v1"])
+        f.rollout("double_xp", old, canary="role=canary", **rollout_kw(bake=0))
+        new = f.publish(b["v2"])
+        kw = rollout_kw(bake=30.0, gone_grace=0.5, step_timeout=5.0, progress=said.append)
+        run = Background(lambda: f.rollout("double_xp", new, canary="role=canary", **kw))
+        wait_for(lambda: phase_of(f, "double_xp", 0, "bake"), what="the canaries bake")
+        host_procs[1].kill()  # SIGKILL: no goodbye, and it cannot go back
+        run.join(60)
+    assert isinstance(run.error, RolloutFailed), (run.error, said)
+    rec = run.error.record
+    assert rec["state"] == "aborted", rec
+    assert set(rec.get("not_reverted") or ()) == {"canary-2"}, (str(run.error), said)
+    assert "canary-2" in str(run.error) and "every host" not in str(run.error), run.error
+    assert said[-1].startswith(
+        "aborted: 1 host(s) back on the previous build; not back: canary-2"
+    ), said
+    assert not any("every host" in line for line in said), said

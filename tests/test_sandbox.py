@@ -202,6 +202,18 @@ HOTLOAD_API int32_t spawn(const char *name, int32_t secs)
     return pid > 0 ? 0 : -errno;
 }
 HOTLOAD_EXPORT(spawn, int32_t, (const char *, int32_t));
+
+/* append a byte to `path`, creating it: 0, or -errno */
+HOTLOAD_API int32_t scribble(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0666);
+    if (fd < 0) return -errno;
+    ssize_t n = write(fd, "x", 1);
+    int err = n == 1 ? 0 : -errno;
+    close(fd);
+    return err;
+}
+HOTLOAD_EXPORT(scribble, int32_t, (const char *));
 """
 
 # A process of the worker's uid, outside the sandbox: if a plugin's kill(-1, SIGWINCH)
@@ -283,6 +295,7 @@ if scenario == "control":  # no sandbox: the issue's findings, reproduced
     out["secret_now"] = secret.raw[:7].decode(errors="replace")
     out["spawn"] = p.spawn("hlo-" + tag, 120)
     out["named"] = appear("hlo-" + tag, 1)
+    out["write_victim"] = p.scribble(os.path.join(os.path.dirname(mark), "victim").encode())
     print(json.dumps({"control": out}), flush=True)
     p.sig(0, signal.SIGTERM)  # kill(getppid(), SIGTERM): this process
     time.sleep(30)
@@ -324,6 +337,19 @@ for who, label in ((0, "parent"), (os.getpid(), "host")):
         attacks[f"kill {label} {signal.Signals(s).name}"] = p.sig(who, s)
         time.sleep(0.002)
         check(f"kill {label} {s}")
+
+# files: the host's copy of this plugin, its build, the home directory's startup file, and
+# a file of the worker's own uid that anyone may write (so only the sandbox can refuse it)
+victim = os.path.join(os.path.dirname(mark), "victim")
+for label, path in (
+    ("copy", h.current("evil").copy),
+    ("build", plugin),
+    ("bashrc", os.path.join(os.environ["HOME"], ".bashrc")),
+    ("victim", victim),
+):
+    attacks[f"write {label}"] = p.scribble(path.encode())
+    check(f"write {label}")
+out["victim_size"] = os.path.getsize(victim)
 
 # kill(-1): a harmless signal first; a lethal one only if it reached nobody outside
 attacks["kill -1 SIGWINCH"] = p.sig(-1, signal.SIGWINCH)
@@ -442,6 +468,10 @@ def running_host(
     marks = Path(tempfile.mkdtemp(prefix="m-", dir=shared))
     marks.chmod(0o777)
     mark = marks / "canary-hit"
+    victim = marks / "victim"  # the worker's uid may write it: only the sandbox can refuse
+    victim.touch(mode=0o666)
+    victim.chmod(0o666)
+    os.chown(victim, NOBODY, NOBODY)
     canary = subprocess.Popen(  # a process of the worker's uid: nobody, either way
         [str(shared / "canary"), str(mark)], user=NOBODY, group=NOBODY, extra_groups=[]
     )
@@ -557,6 +587,8 @@ def test_every_attack_on_the_host_fails(
         else:
             assert result in refused, (name, result)
     assert not done["canary_hit"] and done["canary_alive"], "kill(-1) left the sandbox"
+    assert {f"write {w}" for w in ("copy", "build", "bashrc", "victim")} <= set(attacks)
+    assert done["victim_size"] == 0, "a file outside the sandbox was written"
     assert "kill -1 SIGKILL" in attacks  # the lethal ones were tried
     assert done["unreap"] == -errno.EPERM  # the worker stays its tree's subreaper
     assert done["setsid"] == (-errno.EPERM if fallback else 0)  # in a pid namespace: harmless
@@ -604,6 +636,7 @@ def test_without_the_sandbox_the_issues_attacks_work(shared: Path, tmp_path: Pat
         assert got["mem_read"] == [len("hotload-secret-") + 6 + 1, True], got
         assert got["mem_write"] == 7 and got["secret_now"] == "PWNED!!", got
         assert got["named"] == 1 and _named(name), "the child died with the host"
+        assert got["write_victim"] == 0  # unsandboxed, the worker's uid may write it
     finally:
         for pid in _named(name):
             with contextlib.suppress(OSError):
