@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import itertools
 import logging
 import os
 import struct
@@ -328,23 +329,36 @@ class ImportBinding:
     imports: dict[str, Any]  # name -> cffi function type
     slots: dict[str, Any] = field(default_factory=dict)  # name -> void ** in the image
     callbacks: list[_Callback] = field(default_factory=list)
-    errors: int = 0
     attached: bool = False
     gone: bool = False  # the image left the process: its callbacks may serve another
     # per imported service: calls and sampled latency (a Gate's slot 0, or a PyStats), and
     # the calls that failed (``Host.metrics``)
     stats: dict[str, Any] = field(default_factory=dict)
-    failures: dict[str, int] = field(default_factory=dict)
+    _failed: dict[str, itertools.count[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         sample = self.table.sample
         self.stats = {name: service_stats(sample) for name in self.imports}
+        # next() on a count is atomic under the GIL: exact with calls failing on many threads
+        self._failed = {name: itertools.count() for name in self.imports}
+
+    def failures(self, name: str) -> int:
+        """Calls of service ``name`` from this image that failed."""
+        counter = self._failed.get(name)
+        return int(repr(counter)[6:-1]) if counter is not None else 0  # "count(N)"
+
+    @property
+    def errors(self) -> int:
+        """Service calls of this image that failed, every service."""
+        return sum(self.failures(name) for name in self._failed)
 
     def failed(self, name: str) -> None:
         """A call of service ``name`` raised, or returned what its C result
         cannot hold: counted on this image."""
-        self.errors += 1
-        self.failures[name] = self.failures.get(name, 0) + 1
+        counter = self._failed.get(name)
+        if counter is None:  # not an import of this image: counted all the same
+            counter = self._failed.setdefault(name, itertools.count())
+        next(counter)
 
     def enter(self, name: str) -> int:
         """A call of ``name`` that came another way than a meter (the

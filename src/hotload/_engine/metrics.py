@@ -320,7 +320,7 @@ def services(binding: Any) -> dict[str, Any]:
         fig = _figures(row)
         out[name] = {
             "calls": fig.calls,
-            "errors": binding.failures.get(name, 0),
+            "errors": binding.failures(name),
             "latency": fig.latency(),
         }
     return out
