@@ -163,7 +163,7 @@ def connect(url: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> redi
             resolved,
             # named on the embedded server, so that at exit this process's own
             # connections are told from other processes' (_stop_embedded)
-            client_name=_client_name() if url is None or _is_embedded(resolved) else None,
+            client_name=_client_name() if _is_embedded(resolved) else None,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             health_check_interval=0,
