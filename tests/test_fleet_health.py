@@ -104,7 +104,7 @@ def test_a_stopped_worker_makes_its_host_unhealthy_at_a_glance(
     assert b["health"]["boom"]["worker"] == "stopped"
     assert host_status(redis_server.url, "a")["unhealthy"] == {}
     text = render_status(fleet.status(url=redis_server.url))
-    assert "UNHEALTHY: 1 of 2 host(s)\n  b: boom: " in text
+    assert "UNHEALTHY: 1 of 2 live host(s)\n  b: boom: " in text
     assert re.search(
         r"\n  b: boom: \d+ crash(es)?, worker stopped, \d+ errors? in \d+ calls?", text
     )

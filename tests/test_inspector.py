@@ -694,7 +694,7 @@ def test_thread_local_really_pins_while_the_thread_lives(build: Build) -> None:
 
 
 CHILD = """
-import _ctypes, ctypes, resource, sys, threading
+import _ctypes, ctypes, os, resource, sys, threading
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 lib = ctypes.CDLL(sys.argv[1])
 worker = threading.Thread(target=getattr(lib, sys.argv[2]))
@@ -702,7 +702,17 @@ worker.start(); worker.join()          # registered (a key value is freed at thi
 ready, hold = threading.Event(), threading.Event()
 worker = threading.Thread(target=lambda: (getattr(lib, sys.argv[2])(), ready.set(), hold.wait()))
 worker.start(); ready.wait()           # registered on a thread that outlives the dlclose
+real = os.path.realpath(sys.argv[1])
+with open("/proc/self/maps") as fh:
+    spans = [[int(x, 16) for x in line.split()[0].split("-")] for line in fh if real in line]
 _ctypes.dlclose(lib._handle)
+# Keep the library's old range unmapped-and-unusable: a later mmap of the interpreter could
+# land there before the thread exits, and a call into it would then not crash (a flake).
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype, libc.mmap.argtypes = ctypes.c_void_p, [
+    ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+for lo, hi in spans:  # PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE
+    libc.mmap(lo, hi - lo, 0, 0x02 | 0x20 | 0x100000, -1, 0)
 print("closed", flush=True)
 hold.set(); worker.join()
 """
