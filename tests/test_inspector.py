@@ -714,7 +714,14 @@ libc.mmap.restype, libc.mmap.argtypes = ctypes.c_void_p, [
 for lo, hi in spans:  # PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE
     libc.mmap(lo, hi - lo, 0, 0x02 | 0x20 | 0x100000, -1, 0)
 print("closed", flush=True)
+tid = worker.native_id
 hold.set(); worker.join()
+# join() returns once the Python function is done; glibc runs the key destructors after that,
+# as the thread exits: wait until it is gone, or a busy machine exits the process first
+import time
+end = time.monotonic() + 10
+while os.path.exists(f"/proc/self/task/{tid}") and time.monotonic() < end:
+    time.sleep(0.01)
 """
 
 
