@@ -26,6 +26,7 @@ import statistics
 import time
 import timeit
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,30 @@ def _routed(tmp: Path, lib: Path) -> dict[str, float]:
     return out
 
 
+@contextlib.contextmanager
+def _cores_pinned(*hosts: Host) -> Iterator[None]:
+    """The hosts' workers on one core and this thread on another, while the
+    block runs.  Where the scheduler places a worker decides its round trip
+    (~4 us or ~12 us here), and it keeps that placement for a whole run:
+    unpinned, two runs in five compared a worker placed one way with one
+    placed the other (ratios 0.3x-2.6x, nothing to do with metrics)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cores[0]})
+    try:
+        for host in hosts:
+            for plugin in host.metrics()["plugins"].values():
+                for v in plugin["versions"]:
+                    if v["pid"]:
+                        os.sched_setaffinity(v["pid"], {cores[1]})
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def _isolated(tmp: Path, lib: Path) -> dict[str, float]:
     out: dict[str, float] = {}
     with (
@@ -111,17 +136,18 @@ def _isolated(tmp: Path, lib: Path) -> dict[str, float]:
     ):
         fns = {"on": on.load(lib, isolate=True).add, "off": off.load(lib, isolate=True).add}
         blocks: dict[str, list[float]] = {k: [] for k in fns}
-        for fn in fns.values():
-            for i in range(500):
-                fn(i, 1)
-        for _ in range(ISO_BLOCKS):
-            for key, fn in fns.items():
-                block = []
-                for i in range(ISO_BLOCK):
-                    t0 = time.perf_counter_ns()
+        with _cores_pinned(on, off):
+            for fn in fns.values():
+                for i in range(500):
                     fn(i, 1)
-                    block.append((time.perf_counter_ns() - t0) / 1e3)
-                blocks[key].append(statistics.median(block))
+            for _ in range(ISO_BLOCKS):
+                for key, fn in fns.items():
+                    block = []
+                    for i in range(ISO_BLOCK):
+                        t0 = time.perf_counter_ns()
+                        fn(i, 1)
+                        block.append((time.perf_counter_ns() - t0) / 1e3)
+                    blocks[key].append(statistics.median(block))
     for key, b in blocks.items():
         out[f"iso {key} p50"] = statistics.median(b)
     # the blocks alternate: a burst of load hits a pair alike; judge the paired ratios

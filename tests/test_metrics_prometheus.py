@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hotload import Host, HotloadError, SignatureError
-from hotload._ops import metrics_server
+from hotload._ops import metrics_exposition, metrics_server
 
 from conftest import Compile
 
@@ -99,11 +99,11 @@ def test_the_endpoint_has_the_right_series_and_values(tmp_path: Path, gauge) -> 
             for k, v in hist.items()
             if k[0].endswith("_bucket") and k[1] == lab(**v2, export="twice", le=dict(k[1])["le"])
         )
-        assert len(buckets) == len(metrics_server.LE_BOUNDS) + 1
+        assert len(buckets) == len(metrics_exposition.LE_BOUNDS) + 1
         assert buckets[-1] == (float("inf"), 3)
         assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:], strict=False))
         assert [le for le, _ in buckets[:-1]] == [
-            float(label) for _, label in metrics_server.LE_BOUNDS
+            float(label) for _, label in metrics_exposition.LE_BOUNDS
         ]
 
         plugin = fams["hotload_plugin_calls"]
@@ -316,7 +316,7 @@ def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
 def test_the_le_bounds_keep_a_millisecond_quantile_within_3x(tmp_path: Path, cc: Compile) -> None:
     """A 1-10 step above 1 ms made Grafana overstate a 1.2 ms export's p50 ~5x
     (new-user review); a 1-3 step in every decade keeps it within 3x."""
-    edges = [edge for edge, _ in metrics_server.LE_BOUNDS]
+    edges = [edge for edge, _ in metrics_exposition.LE_BOUNDS]
     assert edges[0] <= 100 and edges[-1] >= 9 * 10**9
     assert max(b / a for a, b in zip(edges, edges[1:], strict=False)) < 3.7
     lib = cc(SLOW_SRC, "slow")
@@ -335,37 +335,97 @@ def test_the_le_bounds_keep_a_millisecond_quantile_within_3x(tmp_path: Path, cc:
     assert 0.0012 <= p50 <= 0.0012 * 3, f"histogram_quantile(0.5) = {p50 * 1e3:.2f} ms"
 
 
-def test_the_cached_rendering_is_the_librarys_text_byte_for_byte(
-    tmp_path: Path, gauge, cc: Compile
+ACTIVITY = r"""
+#include <hotload.h>
+HOTLOAD_PLUGIN("activity", "1.0.0");
+HOTLOAD_IMPORT(grant_item, int32_t, (int64_t));
+HOTLOAD_API int32_t login(int64_t player) { return grant_item(player); }
+HOTLOAD_EXPORT(login, int32_t, (int64_t));
+"""
+
+
+def library_text(host: Host) -> bytes:
+    """What ``prometheus_client.generate_latest`` writes for the host's collector."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(host.metrics_collector())
+    return generate_latest(registry)
+
+
+def test_an_application_serves_the_hosts_series_from_its_own_registry(
+    tmp_path: Path, gauge
 ) -> None:  # type: ignore[no-untyped-def]
-    """The endpoint renders with each series' label string cached (the
-    library re-escapes every label on every line: ~80 % of a scrape); what it
-    serves must be exactly what ``generate_latest`` writes, escapes included,
-    before and after the series change."""
-    from prometheus_client import generate_latest
+    """``host.metrics_collector()`` beside the application's own metrics, in
+    the registry its own endpoint serves: a scraper parses both."""
+    from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+    registry = CollectorRegistry()
+    logins = Counter("game_logins", "Logins.", registry=registry)
+    with Host(tmp_path / "work", preflight=False, metrics_sample=1) as host:
+        p = host.load(gauge())
+        registry.register(host.metrics_collector())
+        for i in range(5):
+            p.clamp(i)
+            logins.inc()
+        host.reload("gauge", gauge("2.0.0"))
+        p.clamp(1)
+        fams = {
+            f.name: f.samples
+            for f in text_string_to_metric_families(generate_latest(registry).decode())
+        }
+    assert [s.value for s in fams["game_logins"] if s.name == "game_logins_total"] == [5.0]
+    calls = {(s.labels["seq"], s.labels["export"]): s.value for s in fams["hotload_calls"]}
+    assert calls[("1", "clamp")] == 5 and calls[("2", "clamp")] == 1
+
+
+@pytest.mark.parametrize("counting", [True, False], ids=["metrics", "metrics-off"])
+def test_the_endpoint_writes_the_librarys_text_byte_for_byte(
+    tmp_path: Path, gauge, cc: Compile, counting: bool
+) -> None:  # type: ignore[no-untyped-def]
+    """The endpoint writes the text format itself, keeping each series' line
+    prefixes between scrapes (the library builds and escapes every line on
+    every scrape: ~85 % of a scrape); what it serves must be exactly what
+    ``generate_latest`` writes of ``HostCollector``: escapes, counts past a
+    million, isolated versions, services (one raising), versions gone from
+    memory, before and after the series change, and with metrics off."""
+
+    def grant(player: int) -> int:
+        if player < 0:
+            raise ValueError("no such player")
+        return 1
 
     odd = SRC.replace('"gauge"', '"odd"').replace("VERSION", 'v\\"1\\\\x')  # " and \ in a label
-    with Host(tmp_path / "work", preflight=False, metrics_sample=1) as host:
+    with Host(tmp_path / "work", preflight=False, metrics=counting, metrics_sample=1) as host:
+        host.provide("grant_item", grant, "int32_t(int64_t)", error=-1)
         g = host.load(gauge())
         o = host.load(cc(odd, "odd"))
+        a = host.load(cc(ACTIVITY, "activity"), isolate=True)
         url = host.serve_metrics()
-        server = next(s for s in host._services if isinstance(s, metrics_server.MetricsServer))
-        renderer = metrics_server.Renderer(server.registry)
+        renderer = metrics_exposition.Renderer(host)
+        twice = g.twice
+        for i in range(1_000_001):
+            twice(i)
         for step in range(3):
             for i in range(20):
                 g.clamp(i)
                 o.twice(i)
+                a.login(i - 3)
             with pytest.raises(SignatureError):
                 g.clamp(2**40)
             if step:
                 host.reload("gauge", gauge(f"1.{step}.0"))
             host.settle()
             # counters may move between the two renderings: compare while nothing calls
-            assert renderer.render() == generate_latest(server.registry)
-        assert 'version="v\\"1\\\\x"' in renderer.render().decode()
+            assert renderer.render() == library_text(host), step
+        text = renderer.render().decode()
+        assert ('version="v\\"1\\\\x"' in text) is counting  # off: no per-version series
+        assert ('hotload_service_call_errors_total{plugin="activity"' in text) is counting
+        assert ("e+06" in text) is counting  # the million calls, in Go's float form
+        assert 'hotload_versions{plugin="gauge",state="unloaded"} 2.0' in text
         with urllib.request.urlopen(url, timeout=30) as resp:
             served = resp.read()
-        assert served == generate_latest(server.registry)
+        assert served == library_text(host)
         gz = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
         with urllib.request.urlopen(gz, timeout=30) as resp:
             assert resp.headers["Content-Encoding"] == "gzip"
@@ -467,14 +527,13 @@ def test_the_label_cache_holds_the_last_scrapes_series_only(tmp_path: Path, gaug
     with Host(tmp_path / "work", preflight=False, history_limit=1) as host:
         g = host.load(gauge())
         host.serve_metrics()
-        server = next(s for s in host._services if isinstance(s, metrics_server.MetricsServer))
-        renderer = metrics_server.Renderer(server.registry)
+        renderer = metrics_exposition.Renderer(host)
         sizes = []
         for k in range(30):
             g.clamp(k)
             host.reload("gauge", gauge(f"1.{k}.0"))
             host.settle()
             lines = renderer.render().decode().count("\n")
-            sizes.append(len(renderer._labels))
-            assert len(renderer._labels) <= lines
+            sizes.append(len(renderer._prefixes))
+            assert len(renderer._prefixes) <= lines
         assert max(sizes[5:]) <= max(sizes[:5]) + 5, sizes  # flat, not growing

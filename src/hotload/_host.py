@@ -584,6 +584,13 @@ class Host:
         (``sample`` 0): its counts are None and ``exports`` empty (unknown, not 0)."""
         return _metrics.snapshot(self._table.records(), self._swap.counts, self.settings.sample)
 
+    def metrics_collector(self) -> Any:
+        """A ``prometheus_client`` collector of the series ``serve_metrics()`` serves, for
+        an application's own registry: ``REGISTRY.register(host.metrics_collector())``."""
+        from ._ops.metrics_exposition import HostCollector  # imports prometheus_client
+
+        return HostCollector(self)
+
     # -- services -----------------------------------------------------------------
     def serve_metrics(self, port: int = 0, addr: str = "127.0.0.1") -> str:
         """Serve ``metrics()`` in the Prometheus text format at ``/metrics``; returns
