@@ -143,8 +143,17 @@ class Cluster:
         self.agents: dict[str, FleetAgent] = {}
 
     def add(
-        self, host_id: str, labels: dict[str, str], *, start_with: Path | None = None, **kw: Any
+        self,
+        host_id: str,
+        labels: dict[str, str],
+        *,
+        start_with: Path | None = None,
+        registered: bool = True,
+        **kw: Any,
     ) -> FleetAgent:
+        """A host with an agent; with ``registered``, returned once its
+        heartbeat is in Redis (a rollout started before then finds no live
+        host to start with: a flake on a busy machine)."""
         host_kw = {k: kw.pop(k) for k in ("allowed_digests", "preflight") if k in kw}
         host_kw.setdefault("preflight", False)
         host = Host(self.tmp / f"work-{host_id}", **host_kw)
@@ -156,6 +165,12 @@ class Cluster:
             host, self.url, labels, host_id=host_id, heartbeat=HB, timeout=1.0, **kw
         ).start()
         self.hosts[host_id], self.agents[host_id] = host, agent
+        if registered:
+            with Fleet(self.url) as f:
+                wait_for(
+                    lambda: any(h["id"] == host_id and h["alive"] for h in f.hosts()),
+                    what=f"{host_id}'s heartbeat",
+                )
         return agent
 
     def live(self, host_id: str, name: str = "xp") -> str | None:

@@ -183,7 +183,8 @@ def test_a_default_host_on_the_embedded_fleet_refuses_them_too(
         keys = state / "hotload"
         assert (keys / "fleet-key.pem").stat().st_mode & 0o777 == 0o600
         assert (keys / "fleet-key.pub").exists()
-        wait_for(lambda: agent.connected.is_set(), what="joined")
+        with Fleet() as f:  # the embedded server: its heartbeat is in, so the canary is live
+            wait_for(lambda: any(h["alive"] for h in f.hosts()), what="joined")
         fleet.rollout("xp", digest, canary="role=canary", bake=0, poll=0.05, step_timeout=30)
         assert host.current("xp").digest == d2  # type: ignore[union-attr]
         sock = agent.url.removeprefix("unix://")

@@ -65,7 +65,8 @@ def test_build_renamed_into_place_is_swapped_in_with_state(host: Host, xp_build,
     xp = host.load(target)
     xp.reward(1, 0)
     xp.reward(1, 0)
-    watcher = host.watch(target.parent, on_event=events.put)
+    # wait: the start-up pass (which looks at the loaded build) is over before the clock starts
+    watcher = host.watch(target.parent, on_event=events.put, wait=True)
     before = time.monotonic()
     xp_build(mult=3, version="1.1.0")  # the builder: temp file + rename
     ev = next_event(events, done)
