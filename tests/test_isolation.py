@@ -300,9 +300,9 @@ def test_on_crash_rollback_brings_the_previous_build_back(ihost: Host, faulty: B
 
 def test_a_crash_loop_stops_restarting(ihost: Host, faulty: Build) -> None:
     p = ihost.load(faulty(), isolate=Isolated(max_restarts=2))
-    for _ in range(3):
+    for how in (1, 2, 3):  # three inputs (one input alone is quarantined: test_quarantine.py)
         with pytest.raises(PluginCrashedError):
-            p.crash(1)
+            p.crash(how)
         wait_for(lambda: ihost.current("faulty").worker != "restarting")  # type: ignore[union-attr]
     with pytest.raises(PluginCrashedError, match="crash loop"):
         p.add(1, 1)

@@ -304,7 +304,8 @@ def test_a_crash_a_restart_and_a_crash_loop_stop_are_recorded_on_the_crashed_ver
 ) -> None:
     with Host(tmp_path / "w", preflight=False) as host:
         path = boom()
-        p = host.load(path, isolate=Isolated(max_restarts=1))
+        # quarantine=0: every crash of die() counts (with it, one input is one crash-loop step)
+        p = host.load(path, isolate=Isolated(max_restarts=1, quarantine=0))
         with pytest.raises(PluginCrashedError):
             p.die()
         assert p.ok() == 1  # waits for the restart
@@ -369,7 +370,7 @@ def test_a_crash_loop_floods_a_bounded_journal_and_the_dropped_count_is_exact(
 ) -> None:
     crashes = 5
     with Host(tmp_path / "w", preflight=False, journal_size=4) as host:
-        p = host.load(boom(), isolate=Isolated(max_restarts=1000))
+        p = host.load(boom(), isolate=Isolated(max_restarts=1000, quarantine=0))
         for _ in range(crashes):
             with pytest.raises(PluginCrashedError):
                 p.die()

@@ -357,7 +357,7 @@ def test_an_isolated_plugin_failing_every_tenth_call_with_a_crash(tmp_path: Path
             wait_for(lambda: host.current("meter").worker == "running", what="the restart")  # type: ignore[union-attr]
             if i % 10 == 9:
                 with pytest.raises(PluginCrashedError):
-                    p.die(1)
+                    p.die(i)  # a new input each time: one input would be quarantined
             else:
                 p.die(0)
         e = version_of(host.metrics(), 2)["exports"]["die"]

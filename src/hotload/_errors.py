@@ -201,3 +201,11 @@ class PluginStoppedError(PluginCrashedError):
     stopped (``on_crash="stop"``, a crash loop, a failed restart, the host
     closing), or crashed while this call waited for it.  Its fields are the
     crash that stopped it, when there was one."""
+
+
+class PluginQuarantinedError(PluginCrashedError):
+    """An isolated call was refused without reaching the worker: the same
+    export with the same arguments crashed the worker ``Isolated(quarantine=)``
+    times already (2 by default), so the host keeps this input away from it
+    while every other input is served.  A reload clears the quarantine.  Its
+    fields are the last crash this input caused."""

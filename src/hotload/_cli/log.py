@@ -31,7 +31,7 @@ from .._errors import ControlError
 from .._ops import control_client
 
 FOLLOW_INTERVAL = 0.5  # seconds between two asks of --follow
-_COLUMNS = (("TIME", 12), ("KIND", 8), ("PLUGIN", 16), ("SEQ", 9), ("ORIGIN", 10))
+_COLUMNS = (("TIME", 12), ("KIND", 10), ("PLUGIN", 16), ("SEQ", 9), ("ORIGIN", 10))
 
 
 def add_command(sub: Any, parents: list[argparse.ArgumentParser]) -> None:

@@ -80,7 +80,7 @@ from .._errors import HotloadError
 from .._ops import control_client, control_paths
 from .log import add_command as add_log_command
 from .log import refusal_notes
-from .top_data import fmt_count, fmt_us
+from .top_data import fmt_count, fmt_us, shown_state
 
 _VERSION_NODE = re.compile(r"^[A-Z][A-Z0-9_]*_[0-9][0-9.]*$")
 
@@ -319,7 +319,7 @@ def _version_row(v: dict[str, Any]) -> tuple[str, ...]:
         v["name"],
         f"v{v['seq']}",
         v["plugin_version"],
-        v["state"] + _isolated(v),
+        shown_state(v).partition("/")[0] + _isolated(v),
         "-" if served is None else f"{served:,}",
         fmt_count(v.get("errors")),  # .get: a host from before per-version errors says "-"
         fmt_us(v.get("p99_us")),
@@ -345,10 +345,17 @@ def _isolated(v: dict[str, Any]) -> str:
         return ""
     worker = v.get("worker") or ""
     where = f"pid {v['pid']}" if v.get("pid") and worker == "running" else worker or "isolated"
+    if worker == "stopped":
+        where = "worker stopped"
     if worker == "running":
         where += f", {_sandbox_word(v)}"
     n = v.get("restarts") or 0
-    return f" [{where}{f', {n} restart' + ('s' if n != 1 else '') if n else ''}]"
+    if n:
+        where += f", {n} restart" + ("s" if n != 1 else "")
+    q = v.get("quarantined") or 0
+    if q:
+        where += f", {q} input{'s' if q != 1 else ''} quarantined"
+    return f" [{where}]"
 
 
 def _sandbox_word(v: dict[str, Any]) -> str:

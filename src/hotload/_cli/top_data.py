@@ -235,10 +235,8 @@ def _row(
     old = before.get((v["name"], v["seq"]))
     if old is None and before:
         old = {}  # loaded since the last sample: everything it counted is new
-    state = str(v["state"])
+    state = shown_state(v)
     worker = v.get("worker") or ""
-    if v.get("isolated") and worker and worker != "running":
-        state += f"/{worker}"
     isolated = bool(v.get("isolated"))
     return Row(
         plugin=v["name"],
@@ -286,6 +284,18 @@ def _sorted(groups: list[Group], c: Controls) -> list[Group]:
 
 
 # ---- text --------------------------------------------------------------------------------
+
+
+def shown_state(v: dict[str, Any]) -> str:
+    """A version's state as ``ls`` and ``top`` show it: an active version
+    whose worker is stopped is ``stopped`` (every call fails: calling it
+    active hid a plugin that served nothing), a restarting one
+    ``active/restarting``."""
+    state = str(v["state"])
+    worker = v.get("worker") or "" if v.get("isolated") else ""
+    if worker == "stopped" and state == "active":
+        return "stopped"
+    return f"{state}/{worker}" if worker and worker != "running" else state
 
 
 def fmt_us(us: float | None) -> str:

@@ -98,9 +98,10 @@ typedef struct {
     uint64_t hist[HB_N];
 } ExportStats;
 
-/* The exception classes of the kinds (set once by metrics.py through
- * error_kinds()): SignatureError, PluginTimeoutError, PluginStoppedError,
- * PluginCrashedError; a subclass is tested before its base. */
+/* The exception classes of the kinds (set once by lifecycle.py through
+ * error_kinds()): SignatureError, PluginTimeoutError, (PluginStoppedError,
+ * PluginQuarantinedError), PluginCrashedError; a subclass is tested before
+ * its base. */
 static PyObject *kind_argument, *kind_timeout, *kind_stopped, *kind_crash;
 
 static int
@@ -1014,8 +1015,8 @@ call_each(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
-/* error_kinds(argument, timeout, stopped, crash): the exception classes a
- * failed call is counted by (metrics.py, once at import). */
+/* error_kinds(argument, timeout, stopped, crash): the exception classes (or
+ * tuples of them) a failed call is counted by (lifecycle.py, once at import). */
 static PyObject *
 error_kinds(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1024,8 +1025,8 @@ error_kinds(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     for (int i = 0; i < 4; i++)
-        if (!PyExceptionClass_Check(args[i])) {
-            PyErr_SetString(PyExc_TypeError, "error_kinds: exception classes");
+        if (!PyExceptionClass_Check(args[i]) && !PyTuple_Check(args[i])) {
+            PyErr_SetString(PyExc_TypeError, "error_kinds: exception classes (or tuples)");
             return NULL;
         }
     Py_XSETREF(kind_argument, Py_NewRef(args[0]));

@@ -44,6 +44,7 @@ KINDS = (
     "timeout",
     "restart",
     "stop",
+    "quarantine",
 )
 
 #: Who asked: the application (``api``), the control socket (``cli``: ``hotload
@@ -141,7 +142,7 @@ class JournalEntry:
             return f"{what}: {error}" if error else what  # the source is said once
         if self.kind in ("crash", "timeout") and self.error:  # the signal, the call, the worker
             return self.error.replace(f"{self.source}: ", "", 1) if self.source else self.error
-        if self.kind in ("crash", "timeout", "restart", "stop"):
+        if self.kind in ("crash", "timeout", "restart", "stop", "quarantine"):
             return "; ".join(p for p in (self.detail, self.error) if p) or build
         text = build
         if self.source and self.kind != "unload":

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import (
     HotloadError,
     PluginCrashedError,
+    PluginQuarantinedError,
     PluginStoppedError,
     PluginTimeoutError,
     SignatureError,
@@ -41,7 +42,12 @@ log = logging.getLogger(__name__)
 
 _crouter = native.crouter
 if _crouter is not None:  # how the compiled router counts a call that raised (metrics.kind)
-    _crouter.error_kinds(SignatureError, PluginTimeoutError, PluginStoppedError, PluginCrashedError)
+    _crouter.error_kinds(
+        SignatureError,
+        PluginTimeoutError,
+        (PluginStoppedError, PluginQuarantinedError),  # both: refused without running
+        PluginCrashedError,
+    )
 
 #: Which router this process uses: "compiled" (``_crouter.c``) or "python".
 ROUTER = native.ROUTER
@@ -323,6 +329,7 @@ class VersionInfo:
     rss: int = 0  # that worker's resident memory, bytes
     restarts: int = 0  # workers restarted after a crash (on_crash="restart")
     worker: str = ""  # "running", "restarting" or "stopped" (isolated only)
+    quarantined: int = 0  # inputs refused after crashing its worker (Isolated(quarantine=))
     service_errors: int = 0  # host-service calls from this version that raised
     # the protections its worker runs under (isolated only; empty: none), e.g. ("user-ns",
     # "pid-ns", "mount-ns", "fs-view", "no-new-privs", "no-caps", "landlock", "seccomp")

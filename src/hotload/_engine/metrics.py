@@ -31,7 +31,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .._errors import PluginCrashedError, PluginStoppedError, PluginTimeoutError, SignatureError
+from .._errors import (
+    PluginCrashedError,
+    PluginQuarantinedError,
+    PluginStoppedError,
+    PluginTimeoutError,
+    SignatureError,
+)
 
 
 class Version(Protocol):
@@ -117,6 +123,7 @@ _KIND_OF: list[tuple[type[BaseException], int]] = [
     (SignatureError, 0),
     (PluginTimeoutError, 2),  # before its base class
     (PluginStoppedError, 3),
+    (PluginQuarantinedError, 3),  # refused without reaching a worker, as a stopped one
     (PluginCrashedError, 1),
 ]
 
@@ -345,6 +352,7 @@ def version_snapshot(version: Any, leaked_bytes: int = 0) -> dict[str, Any]:
         "isolated": proxy is not None,
         "pid": proxy.pid if proxy is not None else None,
         "restarts": proxy.restarts if proxy is not None else 0,
+        "quarantined": len(proxy.quarantine.refused) if proxy is not None else 0,
         "leaked_bytes": leaked_bytes,
         "service_errors": img.imports.errors if img.imports is not None else 0,
         "services": services(img.imports) if counting and img.imports is not None else {},

@@ -173,6 +173,7 @@ class PluginRecord:
             restarts=proxy.restarts if proxy is not None else 0,
             sandbox=proxy.sandbox if proxy is not None else (),
             worker=proxy.state if proxy is not None else "",
+            quarantined=len(proxy.quarantine.refused) if proxy is not None else 0,
             service_errors=img.imports.errors if img.imports is not None else 0,
             **metrics.version_fields(v),
         )

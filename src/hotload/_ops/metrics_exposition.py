@@ -144,6 +144,12 @@ SWAPS = Family(
 RESTARTS = Family(
     "hotload_worker_restarts", "counter", "Isolated workers restarted after a crash.", _VERSION
 )
+QUARANTINED = Family(
+    "hotload_quarantined_inputs",
+    "gauge",
+    "Inputs an isolated version refuses after they crashed its worker.",
+    _VERSION,
+)
 SERVICE_ERRORS = Family(
     "hotload_service_errors", "counter", "Host-service calls from a version that raised.", _VERSION
 )
@@ -186,6 +192,7 @@ FAMILIES = (
     LEAKED_BYTES,
     SWAPS,
     RESTARTS,
+    QUARANTINED,
     SERVICE_ERRORS,
     PLUGIN_CALLS,
     PLUGIN_ERRORS,
@@ -226,6 +233,7 @@ def walk(snap: dict[str, Any]) -> Iterator[Series]:
                 yield SERVICE_ERRORS, vlabels, v["service_errors"]
             if v["isolated"]:
                 yield RESTARTS, vlabels, v["restarts"]
+                yield QUARANTINED, vlabels, v.get("quarantined", 0)
             if counting:
                 yield from _exports(v, vlabels)
                 yield from _services(v, vlabels)

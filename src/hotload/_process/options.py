@@ -42,7 +42,12 @@ class Isolated:
     restart or a reload takes one instead of starting an interpreter; the
     host keeps the largest number its loaded isolated plugins ask for, per
     kind (sandboxed or not), and replaces each spare as soon as it is taken.
-    0: none, every worker starts on demand (~0.3-0.6 s here)."""
+    0: none, every worker starts on demand (~0.3-0.6 s here).
+    ``quarantine``: an input (an export and its arguments) that crashed or
+    hung the worker this many times is refused from then on, at once, with
+    ``PluginQuarantinedError``, while every other input is served; the
+    crash-loop limit counts distinct inputs, so one bad input cannot stop
+    the plugin for everyone.  0: no quarantine (every crash counts)."""
 
     on_crash: str = "restart"
     call_timeout: float | None = None
@@ -51,6 +56,7 @@ class Isolated:
     limits: Mapping[str, int] = field(default_factory=dict)
     sandbox: bool = True
     spares: int = 1
+    quarantine: int = 2
 
     def __post_init__(self) -> None:
         if self.on_crash not in ON_CRASH:
@@ -65,6 +71,11 @@ class Isolated:
         object.__setattr__(self, "limits", check_limits(self.limits))
         if not isinstance(self.sandbox, bool):
             raise ConfigError(f"sandbox must be True or False, not {self.sandbox!r}")
+        if not _is_int(self.quarantine) or self.quarantine < 0:
+            raise ConfigError(
+                f"quarantine must be an integer >= 0 (crashes of one input before it is "
+                f"refused; 0: never), not {self.quarantine!r}"
+            )
         if not _is_int(self.spares) or not 0 <= self.spares <= MAX_SPARES:
             raise ConfigError(
                 f"spares must be an integer from 0 to {MAX_SPARES} (idle workers kept ready), "

@@ -18,15 +18,22 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, NoReturn, Protocol
 
 from .._contract.services import ImportBinding
 from .._engine.journal import Journal
-from .._errors import HotloadError, PluginCrashedError, PluginStoppedError, PluginTimeoutError
+from .._errors import (
+    HotloadError,
+    PluginCrashedError,
+    PluginQuarantinedError,
+    PluginStoppedError,
+    PluginTimeoutError,
+)
 from .._platform import proc as channel
 from . import service_channel
 from .options import Isolated
+from .quarantine import Quarantine, fingerprint
 from .spawn import RESTARTING, STOPPED, UP, Worker
 from .wire import (
     MAX_BODY,
@@ -85,7 +92,10 @@ class Proxy:
         self.state = UP
         self.gen = 0
         self.restarts = 0
-        self.crashes: list[float] = []
+        self.crashes: list[tuple[float, Hashable]] = []  # (when, the input that crashed it)
+        self.quarantine = Quarantine(opts.quarantine)
+        self.input: tuple[str, tuple[Any, ...]] | None = None  # the call in the worker now
+        self.stop_reason = ""  # why the worker is stopped, for the calls that find it so
         self.last_error: PluginCrashedError | None = None
         self.ready = threading.Event()
         self.ready.set()
@@ -191,6 +201,8 @@ class Proxy:
                 f"v{self.seq} is waiting for: its worker serves one call at a time, so this "
                 f"would deadlock (call it after the service returns, or from another thread)"
             )
+        if self.quarantine.refused:  # empty until an input is quarantined: one test a call
+            self._check_quarantine(cp.fname, args)
         body = None if self.iso.shm else encode(cp, args)
         gen = self.gen
         while True:
@@ -198,29 +210,49 @@ class Proxy:
                 if self.gen != gen:  # the worker this call was queued for crashed
                     raise self._dead_error()
                 if self.state == UP:
-                    if body is None:
-                        result = self._call_shm(cp, args)
-                        if result is not NotImplemented:
-                            self.served_ok = True
-                            return result
-                        body = encode(cp, args)
-                    if len(body) > MAX_BODY:  # refused before it is sent: nothing ran
-                        raise TypeError(str(too_large("a request", len(body))))
-                    reply = self._exchange(body, self.opts.call_timeout, cp.fname)
+                    self.input = (cp.fname, args)  # a crash now is this input's
                     try:
-                        result = decode(cp, reply, args)
-                        self.served_ok = True
-                        return result
-                    except _Garbage as exc:
-                        self._crashed(self._w(), cp.fname, garbage=str(exc))
-                    except _WorkerError as exc:
-                        raise HotloadError(f"{self.source}: {cp.fname}: {exc}") from None
+                        return self._call_up(cp, args, body)
+                    finally:
+                        self.input = None
                 if self.state == STOPPED:
                     raise self._dead_error()
             # restarting: wait for the new worker (bounded), then try once more
             if not self.ready.wait(30.0):
                 raise self._dead_error()
             gen = self.gen
+
+    def _call_up(self, cp: CallPlan, args: tuple[Any, ...], body: bytes | None) -> Any:
+        """The call, in the running worker (the lock is held)."""
+        if body is None:
+            result = self._call_shm(cp, args)
+            if result is not NotImplemented:
+                self.served_ok = True
+                return result
+            body = encode(cp, args)
+        if len(body) > MAX_BODY:  # refused before it is sent: nothing ran
+            raise TypeError(str(too_large("a request", len(body))))
+        reply = self._exchange(body, self.opts.call_timeout, cp.fname)
+        try:
+            result = decode(cp, reply, args)
+            self.served_ok = True
+            return result
+        except _Garbage as exc:
+            self._crashed(self._w(), cp.fname, garbage=str(exc))
+        except _WorkerError as exc:
+            raise HotloadError(f"{self.source}: {cp.fname}: {exc}") from None
+
+    def _check_quarantine(self, fname: str, args: tuple[Any, ...]) -> None:
+        """Refuse an input that crashed the worker ``quarantine`` times."""
+        fp = fingerprint(fname, args)
+        if fp is None or fp not in self.quarantine.refused:
+            return
+        self.quarantine.calls_refused += 1
+        raise PluginQuarantinedError(
+            f"{self.source}: {self.name} v{self.seq}: {fname}{_preview(args)} crashed its "
+            f"worker {self.quarantine.limit} times; quarantined: refused without running "
+            f"(other inputs are served; a reload clears it)"
+        )
 
     def _call_shm(self, cp: CallPlan, args: tuple[Any, ...]) -> Any:
         """A call through the worker's shared memory (the lock is held)."""
@@ -247,18 +279,25 @@ class Proxy:
         raise AssertionError("unreachable")
 
     def _dead_error(self) -> PluginStoppedError:
-        """The error of a call that finds no worker: the crash that stopped
-        it, as a ``PluginStoppedError`` (the metrics count it as "stopped",
-        not as another crash)."""
+        """The error of a call that finds no worker: that the version is
+        stopped and why (or that the worker it waited for crashed), then the
+        crash, as a ``PluginStoppedError`` (the metrics count it as "stopped",
+        not as another crash): the call did not crash anything."""
+        who = f"{self.source}: {self.name} v{self.seq}"
+        if self.state == STOPPED:
+            head = f"{who} is stopped ({self.stop_reason or 'its worker is gone'}); "
+            head += "this call was not run"
+        else:
+            head = f"{who}: its worker crashed while this call waited for it; not run"
         last = self.last_error
-        if last is not None:
-            return PluginStoppedError(
-                str(last),
-                signal_name=last.signal_name,
-                exit_code=last.exit_code,
-                stderr=last.stderr,
-            )
-        return PluginStoppedError(f"{self.source}: {self.name} v{self.seq}: its worker is stopped")
+        if last is None:
+            return PluginStoppedError(head)
+        return PluginStoppedError(
+            f"{head}. The crash: {last}",
+            signal_name=last.signal_name,
+            exit_code=last.exit_code,
+            stderr=last.stderr,
+        )
 
     # -- crashes ---------------------------------------------------------------------
     def _crashed(
@@ -342,37 +381,33 @@ class Proxy:
         self.last_error = err
         self.gen += 1
         self.worker = None
-        self._after_crash()
+        ours = outside or (self.iso.closed and sig == "SIGKILL")  # not the input's doing
+        self._after_crash(fingerprint(*self.input) if self.input and not ours else None)
         raise err
 
-    def _after_crash(self) -> None:
+    def _after_crash(self, fp: Hashable | None) -> None:
+        """The crash policy.  ``fp``: the input of the call that crashed it
+        (None: a hook, an idle death, an argument with no comparable value)."""
         now = time.monotonic()
-        self.crashes = [t for t in self.crashes if now - t < self.opts.restart_window] + [now]
+        if not self.quarantine.limit:
+            fp = None  # without a quarantine every crash counts, as a distinct input
+        window = self.opts.restart_window
+        key = fp if fp is not None else object()
+        self.crashes = [(t, k) for t, k in self.crashes if now - t < window] + [(now, key)]
+        if fp is not None and self.live and self.quarantine.crashed(fp):
+            self._quarantined()
         policy = self.opts.on_crash
         if self.retiring or self.state == STOPPED or not self.live:
             self.state = STOPPED
             return
-        if policy == "restart" and len(self.crashes) > self.opts.max_restarts:
-            log.error(
-                "%s v%d: crash loop: %d crashes within %g s; stopped (reload or roll back)",
-                self.name,
-                self.seq,
-                len(self.crashes),
-                self.opts.restart_window,
+        inputs = len({k for _, k in self.crashes})
+        if policy == "restart" and inputs > self.opts.max_restarts:
+            n = len(self.crashes)
+            of = f" of {inputs} distinct inputs" if self.quarantine.limit else ""
+            self._stop(
+                f"crash loop: {n} crashes{of} within {window:g} s, restarts stopped "
+                f"(reload or roll back)"
             )
-            self.state = STOPPED
-            self._journal(
-                "stop",
-                f"crash loop: {len(self.crashes)} crashes within {self.opts.restart_window:g} s, "
-                f"restarts stopped (reload or roll back)",
-            )
-            if self.last_error is not None:
-                self.last_error = PluginCrashedError(
-                    f"{self.last_error}; crash loop: {len(self.crashes)} crashes within "
-                    f"{self.opts.restart_window:g} s, restarts stopped (reload or roll back)",
-                    signal_name=self.last_error.signal_name,
-                    stderr=self.last_error.stderr,
-                )
             return
         if policy == "restart":
             self.state = RESTARTING
@@ -382,10 +417,36 @@ class Proxy:
             delay = min(0.05 * 2 ** (self.streak - 1), 2.0) if self.streak else 0.0
             self.iso.later(lambda: self._restart(delay))
             return
-        self.state = STOPPED
-        self._journal("stop", f"on_crash={policy!r}")
+        self._stop(f"on_crash={policy!r}")
         if policy == "rollback":
             self.iso.rollback(self.name)
+
+    def _stop(self, why: str, error: str = "") -> None:
+        """No more restarts: a call finds the version stopped, and why."""
+        log.error(
+            "%s v%d: stopped: %s%s",
+            self.name,
+            self.seq,
+            why,
+            f": {error}" if error else "",
+        )
+        self.state, self.stop_reason = STOPPED, why
+        self._journal("stop", why, error)
+
+    def _quarantined(self) -> None:
+        assert self.input is not None
+        fname, args = self.input
+        what = f"{fname}{_preview(args)}"
+        n = self.quarantine.limit
+        log.warning(
+            "%s v%d: %s crashed its worker %d times: quarantined (refused from now on; "
+            "other inputs are served)",
+            self.name,
+            self.seq,
+            what,
+            n,
+        )
+        self._journal("quarantine", f"{what} quarantined after {n} crashes")
 
     def _restart(self, delay: float) -> None:
         if delay:
@@ -393,10 +454,8 @@ class Proxy:
         try:
             worker = self.iso.take(self.opts.sandbox, self.opts.spares)
         except HotloadError as exc:
-            log.error("%s v%d: restart failed: %s", self.name, self.seq, exc)
             with self.lock:
-                self.state = STOPPED
-            self._journal("stop", "restart failed", str(exc))
+                self._stop("restart failed", str(exc))
             self.ready.set()
             return
         with self.lock:
@@ -424,11 +483,10 @@ class Proxy:
             except PluginCrashedError:
                 pass  # _crashed ran the policy again (backoff, crash-loop limit)
             except HotloadError as exc:
-                log.error("%s v%d: restart refused: %s", self.name, self.seq, exc)
                 if self.worker is not None:
                     self.worker.kill()
-                self.worker, self.state = None, STOPPED
-                self._journal("stop", "restart refused", str(exc))
+                self.worker = None
+                self._stop("restart refused", str(exc))
         if self.state != RESTARTING:
             self.ready.set()
 
@@ -574,3 +632,10 @@ class Proxy:
             self._exiting = None
             self.iso.forget(self)
             return True
+
+
+def _preview(args: tuple[Any, ...]) -> str:
+    """``(1337, 'x')``: a call's arguments in a few characters, for the log,
+    the journal and the error (``repr`` escapes control characters)."""
+    text = repr(args) if len(args) != 1 else f"({args[0]!r})"
+    return text if len(text) <= 80 else text[:77] + "..."
