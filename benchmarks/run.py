@@ -28,6 +28,7 @@ MODULES = (
     "bench_metrics",
     "bench_spares",
     "bench_large",
+    "bench_quarantine",
     "proof_go_unload",
 )
 
