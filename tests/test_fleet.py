@@ -156,9 +156,10 @@ class Cluster:
         host to start with: a flake on a busy machine)."""
         host_kw = {k: kw.pop(k) for k in ("allowed_digests", "preflight") if k in kw}
         host_kw.setdefault("preflight", False)
+        isolate = kw.pop("isolate", False)
         host = Host(self.tmp / f"work-{host_id}", **host_kw)
         if start_with is not None:
-            host.load(start_with)
+            host.load(start_with, isolate=isolate)
         else:  # a host that loads nothing itself takes xp from the fleet by name
             kw.setdefault("plugins", ["xp"])
         agent = FleetAgent(

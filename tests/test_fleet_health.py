@@ -31,7 +31,16 @@ from test_fleet import (  # noqa: F401  (fixtures)
 
 from conftest import Compile, wait_for
 
-HEALTH_KEYS = {"seq", "calls", "errors", "crashes", "timeouts", "p99_us", "worker"}
+HEALTH_KEYS = {
+    "seq",
+    "calls",
+    "errors",
+    "crashes",
+    "timeouts",
+    "service_errors",
+    "p99_us",
+    "worker",
+}
 
 BOOM = r"""
 #include <hotload.h>

@@ -29,7 +29,7 @@ and names the hosts and their errors.
 {NAME: [REASON, ...]}, "health_error"?}], "desired": {NAME: {"rev", "rules":
 [{"match", "digest"}]}}, "rollouts": {NAME: ROLLOUT}}``.  HEALTH is the host's
 last heartbeat's summary of the plugin's current version: ``{"seq", "calls",
-"errors", "crashes", "timeouts", "p99_us", "worker"}`` (the figures the host
+"errors", "crashes", "timeouts", "service_errors", "p99_us", "worker"}`` (the figures the host
 has; ``worker`` only when an isolated worker is not running); ``unhealthy``
 names each plugin that crashed, timed out, has no running worker, or failed
 1% or more of its calls; ``health_error`` says what of a heartbeat's health

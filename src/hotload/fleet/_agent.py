@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LEFT_TTL = 600.0  # seconds the note that a host left the fleet stays
+SYNC_BEAT = 0.25  # seconds from a change this agent made (or saw) to a heartbeat with its health
 
 
 class FleetAgent:
@@ -208,7 +209,7 @@ class FleetAgent:
     def _run(self) -> None:
         set_origin("fleet")  # every change this thread makes, the journal says the fleet asked
         backoff = 0.05
-        next_beat = 0.0
+        next_beat = last_beat = 0.0
         outage_logged = False
         while not self._stop.is_set():
             try:
@@ -217,10 +218,13 @@ class FleetAgent:
                     next_beat = 0.0
                 if time.monotonic() >= next_beat:
                     self._beat()
-                    next_beat = time.monotonic() + self.heartbeat
+                    last_beat, next_beat = time.monotonic(), time.monotonic() + self.heartbeat
                 if self._dirty:
                     self._dirty = False
                     self._sync()
+                    # the health of what changed goes out soon (a rollout's bake waits for
+                    # it), but at most every SYNC_BEAT s through a storm of changes
+                    next_beat = min(next_beat, last_beat + SYNC_BEAT)
                 self._wait(next_beat)
                 backoff = 0.05
                 if outage_logged:

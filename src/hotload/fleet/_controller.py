@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .._errors import FleetError, LockLost, RolloutFailed
 from . import _history
 from ._connection import describe_error, redis_errors
-from ._converge import Tally, classify, gone_why
+from ._converge import Tally, classify, gone_why, judged
 from ._schema import (
     Keys,
     Rule,
@@ -25,6 +25,7 @@ from ._schema import (
     matches,
     new_id,
     parse_desired_record,
+    pick,
     rules_json,
     selector,
     selector_text,
@@ -518,6 +519,9 @@ class Controller:
                 continue
             members.add(hid)
             state, why = classify(h, self.plugin, rules, rec.get("rev", 0))
+            rule = pick(rules, h["labels"])
+            if state == "done" and rule is not None and rule.digest is not None:
+                state, why = judged(h, self.plugin)  # live on the build: is it healthy there?
             if state == "done":
                 tally.done.append(hid)
             elif state == "refused":

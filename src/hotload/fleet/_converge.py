@@ -60,6 +60,38 @@ def classify(host: Mapping[str, Any], plugin: str, rules: list[Rule], rev: int) 
     return "pending", why_pending(host, rep)
 
 
+def judged(host: Mapping[str, Any], plugin: str) -> tuple[str, str]:
+    """``("done" | "pending" | "refused", why)`` for a host whose report says
+    it runs the step's build, by the health its heartbeat carries for the
+    version it reported: that version crashed, timed out, stopped its worker
+    or had a host-service call fail -> refused (the step fails: a build that
+    loads is not yet a good build); no heartbeat since it went live -> pending
+    (the bake waits for one, ``FleetAgent`` beats within 0.25 s of a swap).  A
+    host whose heartbeat carries no health for the plugin (an older agent,
+    or more plugins than a heartbeat lists) is not judged."""
+    health = (host.get("health") or {}).get(plugin)
+    if health is None:
+        return "done", ""
+    seq = ((host.get("plugins") or {}).get(plugin) or {}).get("seq")
+    if isinstance(seq, int) and health.get("seq") != seq:
+        return "pending", "its first heartbeat on the new build"
+    bad = []
+    words = (
+        ("crashes", "crash", "crashes"),
+        ("timeouts", "timeout", "timeouts"),
+        ("service_errors", "failed host-service call", "failed host-service calls"),
+    )
+    for key, one, many in words:
+        n = health.get(key)
+        if n:
+            bad.append(f"{n} {one if n == 1 else many}")
+    if health.get("worker") == "stopped":
+        bad.append("its worker stopped")
+    if bad:
+        return "refused", f"the new build is unhealthy here (v{seq}): {', '.join(bad)}"
+    return "done", ""
+
+
 def why_pending(host: Mapping[str, Any], rep: Mapping[str, Any]) -> str:
     """What a pending host is doing, for the progress line."""
     age = host.get("heartbeat_age")

@@ -269,7 +269,7 @@ def new_id() -> str:
 #: newer host's heartbeat is read as far as this one understands it.
 HEARTBEAT_SCHEMA = 2
 MAX_HEALTH = 64  # plugins a heartbeat summarises (it stays one small record)
-HEALTH_COUNTS = ("calls", "errors", "crashes", "timeouts")
+HEALTH_COUNTS = ("calls", "errors", "crashes", "timeouts", "service_errors")
 _HEALTH_KEYS = ("seq", *HEALTH_COUNTS, "p99_us", "worker")
 _MAX_COUNT = 2**64 - 1  # the routers' counters are 64-bit
 _MAX_US = 1e12  # microseconds: 11 days, far past any call timeout
@@ -280,7 +280,8 @@ UNHEALTHY_ERROR_RATE = 0.01
 
 def health_of(info: VersionInfo) -> dict[str, Any]:
     """One plugin's current version in a few numbers: its ``seq``, ``calls``,
-    ``errors``, ``crashes``, ``timeouts``, and ``p99_us`` (left out before
+    ``errors``, ``crashes``, ``timeouts``, ``service_errors`` (host-service
+    calls that failed), and ``p99_us`` (left out before
     any sampled call), and
     ``worker`` when an isolated version's worker is not running."""
     health: dict[str, Any] = {
@@ -289,6 +290,7 @@ def health_of(info: VersionInfo) -> dict[str, Any]:
         "errors": info.errors,
         "crashes": info.crashes,
         "timeouts": info.timeouts,
+        "service_errors": info.service_errors,
     }
     health = {k: v for k, v in health.items() if v is not None}  # metrics off: unknown
     if info.p99_us is not None and math.isfinite(info.p99_us):
