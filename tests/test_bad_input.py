@@ -54,9 +54,13 @@ def _bad_files(tmp_path: Path, good: Path, cc) -> dict[str, tuple[Path, type[Hot
     versioned = '#include <hotload.h>\nHOTLOAD_PLUGIN("xp", "VERSION");\n'
     long_version = cc(versioned.replace("VERSION", "1." * 100), "longver")
     escape_version = cc(versioned.replace("VERSION", "1.0\\033[2J"), "escver")
+    c1_version = cc(versioned.replace("VERSION", "1.0\u009b2J"), "c1ver")  # CSI, in UTF-8
+    bidi_version = cc(versioned.replace("VERSION", "1.0\u202e0.1"), "bidiver")
     return {
         "long version": (long_version, DescriptorError, "at most 128 characters"),
         "control character in version": (escape_version, DescriptorError, "no control characters"),
+        "C1 control in version": (c1_version, DescriptorError, "no control characters"),
+        "bidi override in version": (bidi_version, DescriptorError, "no control characters"),
         "empty": (put("empty.so", b""), InvalidPluginError, "empty file"),
         "text": (put("notes.so", b"this is not a library\n"), InvalidPluginError, "text file"),
         "truncated header": (put("trunc40.so", data[:40]), InvalidPluginError, "truncated"),

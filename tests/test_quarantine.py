@@ -7,6 +7,7 @@ here, real worker processes, real SIGSEGVs."""
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import threading
@@ -41,7 +42,7 @@ HOTLOAD_API int64_t drop_rate(int64_t player)
 HOTLOAD_EXPORT(drop_rate, int64_t, (int64_t));
 HOTLOAD_API int32_t named(const char *who)
 {
-    if (strcmp(who, "mallory") == 0) { volatile int *p = NULL; *p = 1; }
+    if (strcmp(who, "mallory") == 0 || strlen(who) > 10000000) { volatile int *p = NULL; *p = 1; }
     return (int32_t)strlen(who);
 }
 HOTLOAD_EXPORT(named, int32_t, (const char *));
@@ -93,11 +94,16 @@ def test_one_bad_input_is_quarantined_and_every_other_input_is_served(
         assert len(outcome["ok"]) == 12_000 - 3 - len(outcome["collateral"])
         assert (str(info.state), info.worker, info.quarantined) == ("active", "running", 1)
         assert info.restarts == 2
-        with pytest.raises(PluginQuarantinedError, match=r"drop_rate\(1337\) crashed its worker 2"):
+        with pytest.raises(
+            PluginQuarantinedError,
+            match=r"drop_rate\(1337\): 2 crashes of its worker in a row, and it never returned",
+        ):
             p.drop_rate(1337)
         assert p.drop_rate(1338) == 38
         entries = [e for e in host.journal() if e.kind == "quarantine"]
-        assert [e.detail for e in entries] == ["drop_rate(1337) quarantined after 2 crashes"]
+        assert [e.detail for e in entries] == [
+            "drop_rate(1337) quarantined after 2 crashes in a row"
+        ]
         snap = host.metrics()["plugins"]["drops"]["versions"][-1]
         assert snap["quarantined"] == 1
         errors = snap["exports"]["drop_rate"]["errors"]
@@ -136,10 +142,13 @@ def test_the_crash_loop_counts_distinct_inputs_and_a_stopped_plugin_says_so(
         with pytest.raises(PluginStoppedError) as stopped:
             p.drop_rate(7)
         text = str(stopped.value)
-        assert "is stopped (crash loop: 4 crashes of 3 distinct inputs within 60 s" in text
+        assert (
+            "is stopped (crash loop: 4 crashes within 60 s, 3 counted (an input's crashes in a "
+            "row count once), restarts stopped (reload or roll back)); this call was not run"
+        ) in text
         assert "this call was not run" in text and "SIGSEGV" in text
         stop = [e for e in host.journal() if e.kind == "stop"]
-        assert len(stop) == 1 and stop[0].detail.startswith("crash loop: 4 crashes of 3 distinct")
+        assert len(stop) == 1 and stop[0].detail.startswith("crash loop: 4 crashes within 60 s, 3")
         assert cli.main(["ls", "--json", "--socket", str(sock)]) == 0
         listed = json.loads(capsys.readouterr().out)["plugins"][0]["versions"][0]
         assert (listed["worker"], listed["quarantined"]) == ("stopped", 1)
@@ -174,32 +183,116 @@ def test_a_string_input_is_quarantined_by_value(tmp_path: Path, drops) -> None: 
         assert p.named("alice") == 5 and p.drop_rate(1337 - 1) == 36
 
 
-def test_fingerprints_compare_values_and_stay_small() -> None:
-    """Hostile and odd inputs: a 10 MB string is kept as a digest; a NaN is
-    the same input as itself; True is not 1; a value with no comparable
-    contents (a cffi pointer, a list) is never quarantined."""
+def test_fingerprints_are_the_values_the_plugin_gets_and_stay_small() -> None:
+    """Hostile and odd inputs: the same C value is the same input however
+    Python spells it (True, 1, 1.0, an IntEnum; str, bytes, bytearray of the
+    same text); a 10 MB string is kept as (length, digest), never equal to
+    a short value; a NaN is the same input as itself; a value with no
+    comparable contents (a list, an object) is never quarantined."""
+
+    class Level(enum.IntEnum):
+        BOSS = 1337
+
     big = "x" * 10_000_000
     fp = fingerprint("f", (big,))
     assert fp is not None and len(repr(fp)) < 200
     assert fp == fingerprint("f", ("x" * 10_000_000,)) != fingerprint("f", (big + "y",))
+    digest = fp[1][2]  # type: ignore[index]
+    assert fingerprint("f", (digest,)) != fp  # a short value equal to the digest: another input
     assert fingerprint("f", (math.nan,)) == fingerprint("f", (float("nan"),))
-    assert fingerprint("f", (True,)) != fingerprint("f", (1,))
+    assert fingerprint("f", (True,)) == fingerprint("f", (1,)) == fingerprint("f", (1.0,))
+    assert fingerprint("f", (Level.BOSS,)) == fingerprint("f", (1337,))
+    same = {fingerprint("f", (v,)) for v in ("ab", b"ab", bytearray(b"ab"), memoryview(b"ab"))}
+    assert len(same) == 1
     assert fingerprint("f", (1,)) != fingerprint("g", (1,))
     assert fingerprint("f", ("\udcff",)) is not None  # a lone surrogate: still a value
-    assert fingerprint("f", (b"ab",)) != fingerprint("f", ("ab",))
     assert fingerprint("f", ([1, 2],)) is None and fingerprint("f", (object(),)) is None
 
 
-def test_the_quarantine_is_bounded() -> None:
-    """A caller crashing the worker with ever new inputs cannot grow it."""
+def test_the_quarantine_is_bounded_and_a_full_one_counts_toward_the_crash_loop() -> None:
+    """A caller crashing the worker with ever new inputs cannot grow it; once
+    ``MAX_KEPT`` inputs are refused, a new bad input is not one the crash
+    loop can count once (it crashed the worker 30 times in 30 without this:
+    the attacker's review), so its crashes count one by one."""
+
+    def fail(q: Quarantine, fp: object) -> tuple[str, object]:
+        return q.failed(fp, hung=False, signal_name="SIGSEGV", exit_code=None)
+
     q = Quarantine(2)
+    for i in range(quarantine.MAX_KEPT):
+        assert fail(q, ("f", i))[0] == "suspect"
+        assert fail(q, ("f", i))[0] == "quarantined"
+    assert len(q.refused) == quarantine.MAX_KEPT and not q.suspects
+    assert fail(q, ("f", -1))[0] == "suspect"
+    assert fail(q, ("f", -1)) == ("full", None)
     for i in range(3 * quarantine.MAX_KEPT):
-        q.crashed(("f", i))
-        q.crashed(("f", i))
-    assert len(q.refused) == quarantine.MAX_KEPT
-    assert len(q.crashes) <= quarantine.MAX_KEPT
+        fail(q, ("g", i))
+    assert len(q.suspects) <= quarantine.MAX_KEPT
     off = Quarantine(0)
-    assert not off.crashed(("f", 1)) and not off.crashed(("f", 1)) and not off.refused
+    assert fail(off, ("f", 1)) == ("full", None) and not off.refused
+
+
+LEAKY = r"""
+#include <hotload.h>
+HOTLOAD_PLUGIN("leaky", "1");
+static int calls;
+/* dies on every 5th call, whatever the input: not the input's fault */
+HOTLOAD_API int64_t price(int64_t item)
+{ if (++calls % 5 == 0) { volatile int *p = 0; *p = 1; } return item * 10; }
+HOTLOAD_EXPORT(price, int64_t, (int64_t));
+"""
+
+
+def test_a_crash_that_does_not_follow_its_input_quarantines_nothing(
+    tmp_path: Path, cc: Compile
+) -> None:
+    """A plugin that dies every 5th call, called with two inputs in turn: each
+    crash lands on an input that returns on its next call, so nothing is
+    quarantined (both were, after 4 crashes: the attacker's review), and the
+    crashes count one by one toward the crash loop, as before."""
+    with Host(tmp_path / "w", preflight=False) as host:
+        p = host.load(cc(LEAKY, "leaky"), isolate=Isolated(max_restarts=3))
+        crashes = 0
+        for i in range(40):
+            try:
+                assert p.price(7 + i % 2) == (7 + i % 2) * 10
+            except PluginQuarantinedError:
+                pytest.fail("an input that returns was quarantined")
+            except PluginStoppedError:
+                break
+            except PluginCrashedError:
+                crashes += 1
+                wait_for(lambda: host.current("leaky").worker != "restarting")  # type: ignore[union-attr]
+        info = host.current("leaky")
+        assert info is not None and (info.quarantined, info.worker) == (0, "stopped")
+        assert crashes == 4  # max_restarts=3: the 4th crash is a crash loop
+
+
+def test_a_refusal_is_cheap_and_carries_the_crash(tmp_path: Path, drops) -> None:  # type: ignore[no-untyped-def]
+    """A quarantined 20 MB argument is refused without a 20 MB repr (0.6 s and
+    100 MB a refusal of 50 MB: the attacker's review); the
+    error carries the signal of the crashes it caused; after a reload the
+    old version's quarantine gauge leaves /metrics with it."""
+    from hotload._ops.metrics_exposition import Renderer
+
+    big = "x" * 20_000_000  # crashes it: longer than 10,000,000
+    with Host(tmp_path / "w", preflight=False) as host:
+        p = host.load(drops(), isolate=True)
+        for _ in range(2):
+            with pytest.raises(PluginCrashedError):
+                p.named(big)
+        with pytest.raises(PluginQuarantinedError) as refused:
+            p.named("x" * 20_000_000)  # the same value, another object
+        assert refused.value.signal_name == "SIGSEGV"
+        assert len(str(refused.value)) < 600 and "(20,000,000 long)" in str(refused.value)
+        assert p.named("y" * 5_000_000) == 5_000_000  # another long input is served
+        text = Renderer(host).render().decode()
+        assert 'hotload_quarantined_inputs{plugin="drops",seq="1",version="1"} 1.0' in text
+        host.reload("drops")
+        host.settle()
+        text = Renderer(host).render().decode()
+        assert 'hotload_quarantined_inputs{plugin="drops",seq="1"' not in text
+        assert 'hotload_quarantined_inputs{plugin="drops",seq="2",version="1"} 0.0' in text
 
 
 @pytest.mark.parametrize("bad", [-1, True, "2", 2.0, None])

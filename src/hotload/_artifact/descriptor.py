@@ -16,6 +16,7 @@ numbers, while the ABI 1 kinds keep their stamp and their meaning.
 from __future__ import annotations
 
 import threading
+import unicodedata
 from dataclasses import dataclass
 
 from .._errors import DescriptorError
@@ -158,10 +159,11 @@ def _parse(blob: bytes, path: str) -> Descriptor:
     name, version = plugin
     if not name.isidentifier():
         raise DescriptorError(f"{path}: plugin name {name!r} is not an identifier")
-    if len(version) > MAX_VERSION or any(ord(c) < 32 or ord(c) == 127 for c in version):
+    if len(version) > MAX_VERSION or any(_hidden(c) for c in version):
         # it is printed by ls, top and log and is a label of every /metrics series: a
-        # 200,000-character version made a 50 MB scrape, a control character a terminal
-        # escape in the operator's view (the attacker's review)
+        # 200,000-character version made a 50 MB scrape, a control character (C0, DEL,
+        # and the C1 CSI U+009B) a terminal escape in the operator's view, a bidi
+        # override text that reads other than it is (the attacker's reviews)
         raise DescriptorError(
             f"{path}: plugin version {version[:40]!r}{'...' if len(version) > 40 else ''} is "
             f"not a version: at most {MAX_VERSION} characters, no control characters"
@@ -229,3 +231,9 @@ def _types(typed: list[tuple[str, list[str], tuple[int, int]]], path: str) -> tu
         )
         for name, (kind, size, align) in heads.items()
     )
+
+
+def _hidden(c: str) -> bool:
+    """A character that is not text to show: a control (C0, DEL, C1), a format
+    character (bidi overrides, zero-width), a line or paragraph separator."""
+    return unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")

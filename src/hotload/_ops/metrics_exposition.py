@@ -233,7 +233,8 @@ def walk(snap: dict[str, Any]) -> Iterator[Series]:
                 yield SERVICE_ERRORS, vlabels, v["service_errors"]
             if v["isolated"]:
                 yield RESTARTS, vlabels, v["restarts"]
-                yield QUARANTINED, vlabels, v.get("quarantined", 0)
+                if v["state"] != "unloaded":  # a gauge: gone with the version
+                    yield QUARANTINED, vlabels, v.get("quarantined", 0)
             if counting:
                 yield from _exports(v, vlabels)
                 yield from _services(v, vlabels)

@@ -33,7 +33,7 @@ from .._errors import (
 from .._platform import proc as channel
 from . import service_channel
 from .options import Isolated
-from .quarantine import Quarantine, fingerprint
+from .quarantine import Quarantine, fingerprint, preview
 from .spawn import RESTARTING, STOPPED, UP, Worker
 from .wire import (
     MAX_BODY,
@@ -94,8 +94,10 @@ class Proxy:
         self.restarts = 0
         self.crashes: list[tuple[float, Hashable]] = []  # (when, the input that crashed it)
         self.quarantine = Quarantine(opts.quarantine)
-        self.input: tuple[str, tuple[Any, ...]] | None = None  # the call in the worker now
+        # the call in the worker now: export, arguments, fingerprint (None: not taken yet)
+        self.input: tuple[str, tuple[Any, ...], Hashable | None] | None = None
         self.stop_reason = ""  # why the worker is stopped, for the calls that find it so
+        self._crash_key: Hashable | None = None  # the input _blame charged the crash to
         self.last_error: PluginCrashedError | None = None
         self.ready = threading.Event()
         self.ready.set()
@@ -201,8 +203,10 @@ class Proxy:
                 f"v{self.seq} is waiting for: its worker serves one call at a time, so this "
                 f"would deadlock (call it after the service returns, or from another thread)"
             )
-        if self.quarantine.refused:  # empty until an input is quarantined: one test a call
-            self._check_quarantine(cp.fname, args)
+        q = self.quarantine
+        fp = None
+        if q.suspects or q.refused:  # both empty until the version's first crash
+            fp = self._check_quarantine(cp.fname, args)
         body = None if self.iso.shm else encode(cp, args)
         gen = self.gen
         while True:
@@ -210,11 +214,20 @@ class Proxy:
                 if self.gen != gen:  # the worker this call was queued for crashed
                     raise self._dead_error()
                 if self.state == UP:
-                    self.input = (cp.fname, args)  # a crash now is this input's
+                    self.input = (cp.fname, args, fp)  # a crash now is this input's
                     try:
-                        return self._call_up(cp, args, body)
+                        result = self._call_up(cp, args, body)
+                    except PluginCrashedError:
+                        raise
+                    except BaseException:  # a bad argument or the plugin's error: it returned
+                        if fp is not None and q.suspects:
+                            q.returned(fp)
+                        raise
                     finally:
                         self.input = None
+                    if fp is not None and q.suspects:
+                        q.returned(fp)  # it ran to its end: its crashes were not its own
+                    return result
                 if self.state == STOPPED:
                     raise self._dead_error()
             # restarting: wait for the new worker (bounded), then try once more
@@ -242,16 +255,19 @@ class Proxy:
         except _WorkerError as exc:
             raise HotloadError(f"{self.source}: {cp.fname}: {exc}") from None
 
-    def _check_quarantine(self, fname: str, args: tuple[Any, ...]) -> None:
-        """Refuse an input that crashed the worker ``quarantine`` times."""
+    def _check_quarantine(self, fname: str, args: tuple[Any, ...]) -> Hashable | None:
+        """The call's fingerprint; ``PluginQuarantinedError`` for an input
+        that crashed or hung the worker ``quarantine`` times in a row."""
         fp = fingerprint(fname, args)
-        if fp is None or fp not in self.quarantine.refused:
-            return
-        self.quarantine.calls_refused += 1
+        s = self.quarantine.refused.get(fp) if fp is not None else None
+        if s is None:
+            return fp
         raise PluginQuarantinedError(
-            f"{self.source}: {self.name} v{self.seq}: {fname}{_preview(args)} crashed its "
-            f"worker {self.quarantine.limit} times; quarantined: refused without running "
-            f"(other inputs are served; a reload clears it)"
+            f"{self.source}: {self.name} v{self.seq}: {fname}{preview(args)}: {s.said()} of "
+            f"its worker in a row, and it never returned; quarantined: refused without "
+            f"running (other inputs are served; a reload clears it)",
+            signal_name=s.signal_name,
+            exit_code=s.exit_code,
         )
 
     def _call_shm(self, cp: CallPlan, args: tuple[Any, ...]) -> Any:
@@ -382,31 +398,57 @@ class Proxy:
         self.gen += 1
         self.worker = None
         ours = outside or (self.iso.closed and sig == "SIGKILL")  # not the input's doing
-        self._after_crash(fingerprint(*self.input) if self.input and not ours else None)
+        if self.input is not None and not ours and self.live and self.quarantine.limit:
+            self._blame(err, hung=timeout is not None)
+        self._after_crash()
         raise err
 
-    def _after_crash(self, fp: Hashable | None) -> None:
-        """The crash policy.  ``fp``: the input of the call that crashed it
-        (None: a hook, an idle death, an argument with no comparable value)."""
+    def _blame(self, err: PluginCrashedError, *, hung: bool) -> None:
+        """Count the crash on the input that was running (its crash-loop key)."""
+        assert self.input is not None
+        fname, args, fp = self.input
+        fp = fp if fp is not None else fingerprint(fname, args)
+        if fp is None:
+            return
+        q = self.quarantine
+        verdict, suspect = q.failed(
+            fp, hung=hung, signal_name=err.signal_name, exit_code=err.exit_code
+        )
+        if suspect is None:
+            return  # full: counts as an input it cannot tell, toward the crash loop
+        self._crash_key = suspect  # its crashes in a row count once
+        if verdict == "quarantined":
+            what = f"{fname}{preview(args)}"
+            said = q.refused[fp].said()
+            log.warning(
+                "%s v%d: %s: %s of its worker in a row, and it never returned: "
+                "quarantined (refused from now on; other inputs are served)",
+                self.name,
+                self.seq,
+                what,
+                said,
+            )
+            self._journal("quarantine", f"{what} quarantined after {said} in a row")
+
+    def _after_crash(self) -> None:
+        """The crash policy.  The crashes of one input in a row, with no
+        return between (``_blame``), count once toward the crash loop; any
+        other crash counts on its own."""
         now = time.monotonic()
-        if not self.quarantine.limit:
-            fp = None  # without a quarantine every crash counts, as a distinct input
+        key, self._crash_key = self._crash_key or object(), None
         window = self.opts.restart_window
-        key = fp if fp is not None else object()
         self.crashes = [(t, k) for t, k in self.crashes if now - t < window] + [(now, key)]
-        if fp is not None and self.live and self.quarantine.crashed(fp):
-            self._quarantined()
         policy = self.opts.on_crash
         if self.retiring or self.state == STOPPED or not self.live:
             self.state = STOPPED
             return
-        inputs = len({k for _, k in self.crashes})
-        if policy == "restart" and inputs > self.opts.max_restarts:
+        counted = len({k for _, k in self.crashes})
+        if policy == "restart" and counted > self.opts.max_restarts:
             n = len(self.crashes)
-            of = f" of {inputs} distinct inputs" if self.quarantine.limit else ""
+            once = f", {counted} counted (an input's crashes in a row count once)"
             self._stop(
-                f"crash loop: {n} crashes{of} within {window:g} s, restarts stopped "
-                f"(reload or roll back)"
+                f"crash loop: {n} crashes within {window:g} s{once if counted != n else ''}, "
+                f"restarts stopped (reload or roll back)"
             )
             return
         if policy == "restart":
@@ -432,21 +474,6 @@ class Proxy:
         )
         self.state, self.stop_reason = STOPPED, why
         self._journal("stop", why, error)
-
-    def _quarantined(self) -> None:
-        assert self.input is not None
-        fname, args = self.input
-        what = f"{fname}{_preview(args)}"
-        n = self.quarantine.limit
-        log.warning(
-            "%s v%d: %s crashed its worker %d times: quarantined (refused from now on; "
-            "other inputs are served)",
-            self.name,
-            self.seq,
-            what,
-            n,
-        )
-        self._journal("quarantine", f"{what} quarantined after {n} crashes")
 
     def _restart(self, delay: float) -> None:
         if delay:
@@ -632,10 +659,3 @@ class Proxy:
             self._exiting = None
             self.iso.forget(self)
             return True
-
-
-def _preview(args: tuple[Any, ...]) -> str:
-    """``(1337, 'x')``: a call's arguments in a few characters, for the log,
-    the journal and the error (``repr`` escapes control characters)."""
-    text = repr(args) if len(args) != 1 else f"({args[0]!r})"
-    return text if len(text) <= 80 else text[:77] + "..."
