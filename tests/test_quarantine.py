@@ -295,7 +295,57 @@ def test_a_refusal_is_cheap_and_carries_the_crash(tmp_path: Path, drops) -> None
         assert 'hotload_quarantined_inputs{plugin="drops",seq="2",version="1"} 0.0' in text
 
 
-@pytest.mark.parametrize("bad", [-1, True, "2", 2.0, None])
+def test_a_call_refused_before_it_ran_does_not_clear_its_input(tmp_path: Path, drops) -> None:  # type: ignore[no-untyped-def]
+    """Only a call that returned clears an input: alternating the poison
+    ``1337`` with ``1337.0`` (the same value, refused by the signature check
+    before the worker runs it) evaded the quarantine and stopped the plugin
+    (the second attacker's review)."""
+    with Host(tmp_path / "w", preflight=False) as host:
+        p = host.load(drops(), isolate=True)
+        seen = []
+        for _ in range(4):
+            for value in (1337, 1337.0):
+                try:
+                    p.drop_rate(value)
+                    seen.append("ok")
+                except PluginQuarantinedError:
+                    seen.append("refused")
+                except PluginCrashedError:
+                    seen.append("crash")
+                except TypeError:  # SignatureError: a float for an int64_t
+                    seen.append("bad argument")
+                wait_for(lambda: host.current("drops").worker != "restarting")  # type: ignore[union-attr]
+        # then 1337.0 too is refused: the same value, quarantined before its type is checked
+        assert seen == ["crash", "bad argument", "crash"] + ["refused"] * 5, seen
+        info = host.current("drops")
+        assert info is not None and (info.worker, info.quarantined) == ("running", 1)
+
+
+def test_a_fingerprint_is_what_the_encoder_sends() -> None:
+    """-0.0 is another double than 0.0 in C; a str or int subclass is known
+    by what it holds, not by an overridden ``__str__``/``__int__`` (the input
+    refused must be the one that crashed: the second attacker's review)."""
+
+    class Sly(str):
+        def __str__(self) -> str:
+            return "hello"
+
+    class Shifty(int):
+        def __int__(self) -> int:
+            return 5
+
+        def __index__(self) -> int:
+            return 5
+
+    assert fingerprint("f", (-0.0,)) != fingerprint("f", (0.0,)) == fingerprint("f", (0,))
+    assert fingerprint("f", (Sly("Xboom"),)) == fingerprint("f", ("Xboom",))
+    assert fingerprint("f", (Sly("Xboom"),)) != fingerprint("f", ("hello",))
+    assert fingerprint("f", (Shifty(1337),)) == fingerprint("f", (1337,))
+
+
+@pytest.mark.parametrize("bad", [-1, 17, True, "2", 2.0, None])
 def test_a_bad_quarantine_setting_is_refused(bad: object) -> None:
-    with pytest.raises(ConfigError, match="quarantine must be an integer >= 0"):
+    """At most 16: one input's crashes in a row count once toward the crash
+    loop, so the setting is how many crashes of one input nothing stops."""
+    with pytest.raises(ConfigError, match="quarantine must be an integer from 0 to 16"):
         Isolated(quarantine=bad)  # type: ignore[arg-type]

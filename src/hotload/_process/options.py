@@ -23,6 +23,9 @@ _MIN = {"address_space": 64 << 20, "cpu_seconds": 1, "nice": 0}
 #: The most spare workers a plugin may ask for: each is an idle process and
 #: its memory (~20-30 MB here), for a burst of reloads or crashes.
 MAX_SPARES = 8
+#: One input's crashes in a row count once toward the crash loop, so this many
+#: crashes of one input can come before anything stops it: keep it small.
+MAX_QUARANTINE = 16
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,9 @@ class Isolated:
     ``quarantine``: an input (an export and its arguments) that crashed or
     hung the worker this many times is refused from then on, at once, with
     ``PluginQuarantinedError``, while every other input is served; the
-    crash-loop limit counts distinct inputs, so one bad input cannot stop
-    the plugin for everyone.  0: no quarantine (every crash counts)."""
+    crash loop counts one input's crashes in a row once, so one bad input
+    cannot stop the plugin for everyone.  0 to 16; 0: no quarantine (every
+    crash counts)."""
 
     on_crash: str = "restart"
     call_timeout: float | None = None
@@ -71,10 +75,10 @@ class Isolated:
         object.__setattr__(self, "limits", check_limits(self.limits))
         if not isinstance(self.sandbox, bool):
             raise ConfigError(f"sandbox must be True or False, not {self.sandbox!r}")
-        if not _is_int(self.quarantine) or self.quarantine < 0:
+        if not _is_int(self.quarantine) or not 0 <= self.quarantine <= MAX_QUARANTINE:
             raise ConfigError(
-                f"quarantine must be an integer >= 0 (crashes of one input before it is "
-                f"refused; 0: never), not {self.quarantine!r}"
+                f"quarantine must be an integer from 0 to {MAX_QUARANTINE} (crashes of one "
+                f"input in a row before it is refused; 0: never), not {self.quarantine!r}"
             )
         if not _is_int(self.spares) or not 0 <= self.spares <= MAX_SPARES:
             raise ConfigError(

@@ -217,16 +217,12 @@ class Proxy:
                     self.input = (cp.fname, args, fp)  # a crash now is this input's
                     try:
                         result = self._call_up(cp, args, body)
-                    except PluginCrashedError:
-                        raise
-                    except BaseException:  # a bad argument or the plugin's error: it returned
-                        if fp is not None and q.suspects:
-                            q.returned(fp)
-                        raise
                     finally:
                         self.input = None
                     if fp is not None and q.suspects:
-                        q.returned(fp)  # it ran to its end: its crashes were not its own
+                        q.returned(fp)  # it ran and returned: its crashes were not its own
+                        # (an error raised before the worker ran it, a bad argument, clears
+                        # nothing: alternating 1337 with a refused 1337.0 evaded it)
                     return result
                 if self.state == STOPPED:
                     raise self._dead_error()

@@ -18,13 +18,17 @@ calls of several microseconds), and not at all before.
 
 An input is known by the value the plugin receives: numbers by value (``13``,
 ``13.0`` and ``True`` are the numbers C gets; numpy scalars and int
-subclasses too), ``str`` as its UTF-8 bytes (the same as those bytes or a
-bytearray of them), long ones by length and digest.  An argument with no
+subclasses too, by what they hold, not their ``__int__``; ``-0.0`` is not
+``0.0``), ``str`` as its UTF-8 bytes (the same as those bytes or a bytearray
+of them), long ones by length and digest.  An argument with no
 value the host can compare (a cffi pointer or struct, a list) is never
 quarantined: that call's crashes count one by one, as before.  The value is
 read when the call starts when the version has suspects; the first crash of
-an input reads it after the crash (a buffer another thread refills during the
-call may then be blamed, and is cleared by its next return).
+an input reads it after the crash, so a buffer another thread refills during
+that call is blamed in its new contents (a caller that shares buffers that
+way can turn the quarantine off).  Only a call that returned a result clears
+its input: one refused before it reached the worker (a bad argument) did not
+run.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
+import operator
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +44,15 @@ from typing import Any
 MAX_KEPT = 1024  # suspects, and refused inputs, per version
 _LONG = 256  # bytes kept as they are; longer: (length, digest)
 _NAN = ("nan",)  # a NaN is the same input as itself (nan != nan)
+_NEG_ZERO = ("-0.0",)  # -0.0 == 0.0 in Python, another double in C
+
+
+def _number(f: float) -> Hashable:
+    if f != f:
+        return _NAN
+    if f == 0.0 and math.copysign(1.0, f) < 0:
+        return _NEG_ZERO
+    return f
 
 
 def _value(a: Any) -> Hashable:
@@ -49,20 +63,25 @@ def _value(a: Any) -> Hashable:
         same: Hashable = a  # True == 1 == 1.0, as C receives them
         return same
     if t is float:
-        return _NAN if math.isnan(a) else a
+        return _number(a)
     if t is str:
         return _text(a.encode("utf-8", "surrogatepass"))
     if t is bytes:
         return _text(a)
+    # a subclass by what it holds, as the encoder reads it: not through an
+    # overridable __str__ or __int__ (the value refused must be the value sent)
     if isinstance(a, (bytearray, memoryview, bytes)):
         return _text(bytes(a))
     if isinstance(a, str):
-        return _text(str(a).encode("utf-8", "surrogatepass"))
-    if isinstance(a, numbers.Integral):
-        return int(a)
-    if isinstance(a, numbers.Real):
-        f = float(a)
-        return _NAN if math.isnan(f) else f
+        return _text(str.encode(a, "utf-8", "surrogatepass"))
+    if isinstance(a, int):
+        return int.__index__(a)
+    if isinstance(a, float):
+        return _number(float.__float__(a))
+    if isinstance(a, numbers.Integral):  # numpy integers
+        return operator.index(a)
+    if isinstance(a, numbers.Real):  # numpy floats that are not float subclasses
+        return _number(float(a))
     raise TypeError(type(a).__name__)
 
 
