@@ -92,7 +92,9 @@ class Proxy:
         self.state = UP
         self.gen = 0
         self.restarts = 0
-        self.crashes: list[tuple[float, Hashable]] = []  # (when, the input that crashed it)
+        # (when, its crash-loop key: the input's Suspect, whose crashes in a row count once,
+        # or an object of its own for a crash no input explains)
+        self.crashes: list[tuple[float, Hashable]] = []
         self.quarantine = Quarantine(opts.quarantine)
         # the call in the worker now: export, arguments, fingerprint (None: not taken yet)
         self.input: tuple[str, tuple[Any, ...], Hashable | None] | None = None
