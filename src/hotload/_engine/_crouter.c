@@ -339,6 +339,22 @@ gate_set_table(GateObject *self, PyObject *value, void *c)
     return 0;
 }
 
+/* release(): drop the references that make a gate and its version a cycle
+ * (the owner, and the table whose entries hold the gate), once the version
+ * left the history: then reference counting frees both at once, where the
+ * cycle waited for a full collection (isolated reloads in a row left ~1 MiB
+ * of RSS per 1,000 behind, allocated for the garbage).  Its figures stay. */
+static PyObject *
+gate_release(GateObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *empty = PyList_New(0);
+    if (empty == NULL)
+        return NULL;
+    Py_SETREF(self->table, empty);
+    Py_XSETREF(self->owner, Py_NewRef(Py_None));
+    Py_RETURN_NONE;
+}
+
 /* grow(n): room for the stats of n export slots (kept: a slot's counts
  * never go away while the gate lives).  Called before the table that
  * needs them is set, with the GIL held: a call in flight re-reads its
@@ -478,6 +494,8 @@ static PyMethodDef gate_methods[] = {
     {"leave", (PyCFunction)(void (*)(void))gate_leave, METH_FASTCALL,
      "leave(idx, t0, exc): count a call out, with its latency and error."},
     {"snapshot", (PyCFunction)gate_snapshot, METH_NOARGS, "Every slot's figures."},
+    {"release", (PyCFunction)gate_release, METH_NOARGS,
+     "Drop the owner and the table (the version left the history); the figures stay."},
     {"append", (PyCFunction)gate_append, METH_O, "Count a call in (the argument is ignored)."},
     {"pop", (PyCFunction)gate_pop, METH_NOARGS, "Count a call out."},
     {"exited", (PyCFunction)gate_exited_py, METH_NOARGS,

@@ -81,6 +81,11 @@ class PyGate(deque):  # type: ignore[type-arg]
         self.sample = sample
         self.stats: list[PyStats | None] = []
 
+    def release(self) -> None:
+        """Drop the owner and the table (see ``Version.release``)."""
+        self.owner = None
+        self.table = []
+
     def exited(self) -> None:
         """If no call is inside, wake whoever waits for this version to
         drain (the switch that quiesces it, or the reaper)."""
@@ -219,6 +224,14 @@ class Version:
         """Slow path of a call leaving a retiring version: wake whoever waits
         for it to drain (the switch that quiesces it, or the reaper)."""
         self.gate.exited()
+
+    def release(self) -> None:
+        """The version left the history (unloaded, pruned): break the cycle
+        through its gate (gate -> owner and table -> gate), so that it is
+        freed when the last reference goes, not at the next full collection
+        of the cyclic GC.  Its figures stay readable: a reader that took the
+        history before the prune may still be reading them."""
+        self.gate.release()
 
     # -- transitions ----------------------------------------------------------
     def retire(self) -> None:

@@ -214,5 +214,6 @@ class PluginRecord:
             for v in done[:excess]:
                 history.remove(v)  # by identity: a Version has no __eq__
                 self.folded.fold(v)
+                v.release()
             self.history = history
             self.pruned += excess
