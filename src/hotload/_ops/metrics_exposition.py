@@ -82,11 +82,6 @@ def cumulative_counts(buckets: list[list[Any]], total: int) -> list[int]:
     return out
 
 
-def cumulative(buckets: list[list[Any]], total: int) -> list[tuple[str, float]]:
-    """The same, paired with their ``le`` labels (the library's bucket form)."""
-    return list(zip(_LE_LABELS, cumulative_counts(buckets, total), strict=True))
-
-
 @dataclass(frozen=True, eq=False)
 class Family:
     """One metric family of the scrape (``help`` may name ``{sample}``); each

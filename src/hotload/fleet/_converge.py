@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._schema import Rule, pick
+from ._schema import Rule, count_of, pick
 
 SHOWN = 3  # hosts named in a progress line; the rest are counted
 
@@ -75,16 +75,12 @@ def judged(host: Mapping[str, Any], plugin: str) -> tuple[str, str]:
     seq = ((host.get("plugins") or {}).get(plugin) or {}).get("seq")
     if isinstance(seq, int) and health.get("seq") != seq:
         return "pending", "its first heartbeat on the new build"
-    bad = []
     words = (
         ("crashes", "crash", "crashes"),
-        ("timeouts", "timeout", "timeouts"),
-        ("service_errors", "failed host-service call", "failed host-service calls"),
+        ("timeouts", "timeout", None),
+        ("service_errors", "failed host-service call", None),
     )
-    for key, one, many in words:
-        n = health.get(key)
-        if n:
-            bad.append(f"{n} {one if n == 1 else many}")
+    bad = [count_of(health[key], one, many) for key, one, many in words if health.get(key)]
     if health.get("worker") == "stopped":
         bad.append("its worker stopped")
     if bad:

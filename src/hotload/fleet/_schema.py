@@ -352,7 +352,8 @@ def _bad_health(rec: object) -> str | None:
     return None
 
 
-def _count(n: int, one: str, many: str | None = None) -> str:
+def count_of(n: int, one: str, many: str | None = None) -> str:
+    """``1 crash``, ``3 crashes``: a count and its noun."""
     return f"{n} {one if n == 1 else many or one + 's'}"
 
 
@@ -362,13 +363,13 @@ def unhealthy(health: Mapping[str, Any]) -> list[str]:
     ``UNHEALTHY_ERROR_RATE`` of its calls failed."""
     why = []
     if health.get("crashes"):
-        why.append(_count(health["crashes"], "crash", "crashes"))
+        why.append(count_of(health["crashes"], "crash", "crashes"))
     if health.get("timeouts"):
-        why.append(_count(health["timeouts"], "timeout"))
+        why.append(count_of(health["timeouts"], "timeout"))
     if health.get("worker"):
         why.append(f"worker {health['worker']}")
     errors, calls = health.get("errors") or 0, health.get("calls") or 0
     if errors and errors >= UNHEALTHY_ERROR_RATE * max(calls, 1):
         rate = 100 * errors / max(calls, 1)
-        why.append(f"{_count(errors, 'error')} in {_count(calls, 'call')} ({rate:.1f}%)")
+        why.append(f"{count_of(errors, 'error')} in {count_of(calls, 'call')} ({rate:.1f}%)")
     return why
