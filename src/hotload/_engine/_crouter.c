@@ -10,7 +10,8 @@
  *           `append(x)`/`pop()` count a call in and out: the names of the
  *           deque methods, so Python code (the slow path, `pinned()`) uses
  *           either gate unchanged.  len(gate) is the in-flight count.
- *   Route   one per plugin: which gate new calls enter (`route.gate`).
+ *   Route   one per plugin: which gate new calls enter (`route.gate`), or
+ *           two gates and the key that splits calls between them (a canary).
  *   Router  one per export: a vectorcall callable, plugin.add(1, 2).
  *   Checked an export's cffi function behind the argument checks cffi does
  *           not make (a float beyond FLT_MAX, a NUL in a C string, a list
@@ -18,7 +19,7 @@
  *
  * The memory-ordering argument (why no call can start in an image being
  * closed).  The router's steps, all with the GIL held:
- *     R1  g = route->gate; g->inflight += 1
+ *     R1  g = route->gate (or a canary's: route_pick); g->inflight += 1
  *     R2  if g->retiring: undo R1, take the Python slow path
  *     R3  call g->table[idx] (cffi releases the GIL inside the C function)
  *     R4  g->inflight -= 1; if g->retiring and g->inflight == 0: wake
@@ -505,15 +506,42 @@ static PyMethodDef gate_methods[] = {
 
 static PyMemberDef gate_members[] = {
     {"served", T_PYSSIZET, offsetof(GateObject, served), 0, "routed calls that entered"},
-    {"sample", T_ULONGLONG, offsetof(GateObject, sample), READONLY,
-     "latency of every Nth call; 0: metrics off"},
     {"owner", T_OBJECT_EX, offsetof(GateObject, owner), READONLY, "the version"},
     {"drained", T_OBJECT_EX, offsetof(GateObject, drained), READONLY, NULL},
     {"wake", T_OBJECT_EX, offsetof(GateObject, wake), READONLY, NULL},
     {NULL},
 };
 
+static PyObject *
+gate_get_sample(GateObject *self, void *c)
+{
+    return PyLong_FromUnsignedLongLong(self->sample);
+}
+
+/* A canary times every call of its candidate while it is judged, then the
+ * host's rate again: a gate counting nothing (0) stays so, and one counting
+ * cannot be set to 0 (its routers would time every 2**64th call). */
+static int
+gate_set_sample(GateObject *self, PyObject *value, void *c)
+{
+    unsigned long long n = value ? PyLong_AsUnsignedLongLong(value) : 0;
+    if (n == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    if (self->sample == 0 || n == 0) {
+        PyErr_SetString(PyExc_ValueError, "sample: a counting gate's rate is >= 1, and a gate "
+                                          "counting nothing stays so");
+        return -1;
+    }
+    self->sample = n;
+    for (Py_ssize_t i = 0; i < self->nstats; i++)
+        if (self->stats[i].countdown >= n)
+            self->stats[i].countdown = n - 1;
+    return 0;
+}
+
 static PyGetSetDef gate_getset[] = {
+    {"sample", (getter)gate_get_sample, (setter)gate_set_sample,
+     "latency of every Nth call; 0: metrics off", NULL},
     {"retiring", (getter)gate_get_retiring, (setter)gate_set_retiring, NULL, NULL},
     {"table", (getter)gate_get_table, (setter)gate_set_table, NULL, NULL},
     {NULL},
@@ -541,9 +569,74 @@ static PyTypeObject GateType = {
 
 /* ----------------------------------------------------------------- Route */
 
+/* A canary (Host.canary) splits a route: a call whose key hashes below the
+ * threshold goes to the canary's gate, every other call to the route's gate.
+ * The key is one argument (by index) or keyfn(*args).  The hash is stable for
+ * ints (every host of a fleet puts player 42 on the same side), str and bytes
+ * (FNV-1a of the bytes, not Python's salted hash), and else Python's hash():
+ * stable within a process.  A key that cannot be hashed (or a keyfn that
+ * raises) sends the call to the baseline and is counted in key_errors; an
+ * export with fewer arguments than the key's index has no key, and its calls
+ * are split by a counter.  split_key_hash() in split.py is the same function
+ * in Python (the Python router's). */
+
+static inline uint64_t
+mix64(uint64_t z) /* splitmix64's finaliser: every input bit moves every output bit */
+{
+    z += 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static inline uint64_t
+fnv1a(const unsigned char *p, Py_ssize_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+static int /* 0, or -1 with an exception set */
+key_hash(PyObject *k, uint64_t *out)
+{
+    if (PyLong_Check(k)) {
+        uint64_t v = PyLong_AsUnsignedLongLongMask(k); /* k mod 2^64, for any int */
+        if (v == (uint64_t)-1 && PyErr_Occurred())
+            return -1;
+        *out = mix64(v);
+    } else if (PyUnicode_Check(k)) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(k, &n);
+        if (s == NULL)
+            return -1;
+        *out = mix64(fnv1a((const unsigned char *)s, n));
+    } else if (PyBytes_Check(k)) {
+        *out = mix64(fnv1a((const unsigned char *)PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k)));
+    } else if (PyByteArray_Check(k)) {
+        *out = mix64(fnv1a((const unsigned char *)PyByteArray_AS_STRING(k),
+                           PyByteArray_GET_SIZE(k)));
+    } else {
+        Py_hash_t h = PyObject_Hash(k);
+        if (h == -1 && PyErr_Occurred())
+            return -1;
+        *out = mix64((uint64_t)h);
+    }
+    return 0;
+}
+
 typedef struct {
     PyObject_HEAD
-    GateObject *gate; /* never NULL after __init__ */
+    GateObject *gate;     /* never NULL after __init__ */
+    GateObject *canary;   /* NULL: no canary */
+    uint64_t threshold;   /* the canary takes a key whose hash's top 32 bits are below it */
+    Py_ssize_t key;       /* the argument that is the key (keyfn NULL) */
+    PyObject *keyfn;      /* keyfn(*args) -> the key, or NULL */
+    uint64_t unkeyed;     /* calls of exports without the key argument: split by count */
+    uint64_t key_errors;  /* keys that could not be hashed: those calls went to the baseline */
 } RouteObject;
 
 static PyTypeObject RouteType;
@@ -557,6 +650,38 @@ route_init(RouteObject *self, PyObject *args, PyObject *kwds)
         return -1;
     Py_XSETREF(self->gate, (GateObject *)Py_NewRef(gate));
     return 0;
+}
+
+/* The gate a split route sends this call to (borrowed; NULL with an exception
+ * set only for a BaseException that is not an Exception, such as
+ * KeyboardInterrupt, raised by keyfn).  The key is hashed first (it may run
+ * Python code, during which the route may change); the route is read after
+ * it, and the caller counts itself into the gate before any Python code runs
+ * (R1 in the argument above). */
+static GateObject *
+route_pick(RouteObject *r, PyObject *const *args, Py_ssize_t n)
+{
+    uint64_t h = 0;
+    int keyed = 1;
+    if (r->keyfn != NULL) {
+        PyObject *k = PyObject_Vectorcall(r->keyfn, args, n, NULL);
+        if (k == NULL || key_hash(k, &h) < 0)
+            keyed = 0;
+        Py_XDECREF(k);
+    } else if (r->key < n) {
+        if (key_hash(args[r->key], &h) < 0)
+            keyed = 0;
+    } else
+        h = mix64(r->unkeyed++);
+    if (!keyed) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
+            return NULL;
+        PyErr_Clear();
+        r->key_errors++;
+    }
+    if (keyed && r->canary != NULL && (h >> 32) < r->threshold)
+        return r->canary;
+    return r->gate;
 }
 
 static PyObject *
@@ -576,10 +701,90 @@ route_set_gate(RouteObject *self, PyObject *value, void *c)
     return 0;
 }
 
+static PyObject *
+route_get_canary(RouteObject *self, void *c)
+{
+    return Py_NewRef(self->canary ? (PyObject *)self->canary : Py_None);
+}
+
+static PyObject *
+route_get_threshold(RouteObject *self, void *c)
+{
+    return PyLong_FromUnsignedLongLong(self->threshold);
+}
+
+static PyObject *
+route_get_key_errors(RouteObject *self, void *c)
+{
+    return PyLong_FromUnsignedLongLong(self->key_errors);
+}
+
+static PyObject *
+route_split(RouteObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kw[] = {"canary", "threshold", "key", "keyfn", NULL};
+    PyObject *canary, *keyfn;
+    unsigned long long threshold;
+    Py_ssize_t key;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!KnO", kw, &GateType, &canary, &threshold,
+                                     &key, &keyfn))
+        return NULL;
+    if (threshold > ((uint64_t)1 << 32) || key < 0 || (keyfn != Py_None && !PyCallable_Check(keyfn))) {
+        PyErr_SetString(PyExc_ValueError, "split(canary, threshold <= 2**32, key >= 0, keyfn)");
+        return NULL;
+    }
+    /* no Python code runs between these stores: a call sees all of them or none */
+    Py_XSETREF(self->canary, (GateObject *)Py_NewRef(canary));
+    Py_XSETREF(self->keyfn, keyfn == Py_None ? NULL : Py_NewRef(keyfn));
+    self->threshold = threshold;
+    self->key = key;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+route_unsplit(RouteObject *self, PyObject *args)
+{
+    GateObject *canary = self->canary;
+    PyObject *keyfn = self->keyfn;
+    self->canary = NULL;
+    self->keyfn = NULL;
+    self->threshold = 0;
+    Py_XDECREF(canary); /* after the stores: a finaliser it runs sees the route unsplit */
+    Py_XDECREF(keyfn);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+route_promote(RouteObject *self, PyObject *args)
+{
+    if (self->canary == NULL) {
+        PyErr_SetString(PyExc_ValueError, "promote(): the route has no canary");
+        return NULL;
+    }
+    GateObject *old = self->gate;
+    PyObject *keyfn = self->keyfn;
+    self->gate = self->canary; /* the canary's reference moves to gate */
+    self->canary = NULL;
+    self->keyfn = NULL;
+    self->threshold = 0;
+    Py_DECREF(old);
+    Py_XDECREF(keyfn);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+route_pick_py(RouteObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    GateObject *g = route_pick(self, args, n);
+    return g ? Py_NewRef((PyObject *)g) : NULL;
+}
+
 static int
 route_traverse(RouteObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->gate);
+    Py_VISIT(self->canary);
+    Py_VISIT(self->keyfn);
     return 0;
 }
 
@@ -587,6 +792,8 @@ static int
 route_clear(RouteObject *self)
 {
     Py_CLEAR(self->gate);
+    Py_CLEAR(self->canary);
+    Py_CLEAR(self->keyfn);
     return 0;
 }
 
@@ -598,8 +805,23 @@ route_dealloc(RouteObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+static PyMethodDef route_methods[] = {
+    {"split", (PyCFunction)(void (*)(void))route_split, METH_VARARGS | METH_KEYWORDS,
+     "split(canary, threshold, key, keyfn): send the calls whose key hashes below threshold "
+     "(of 2**32) to the canary's gate."},
+    {"unsplit", (PyCFunction)route_unsplit, METH_NOARGS, "End the split: every call to gate."},
+    {"promote", (PyCFunction)route_promote, METH_NOARGS,
+     "The canary's gate becomes the gate, in one step; the split ends."},
+    {"pick", (PyCFunction)(void (*)(void))route_pick_py, METH_FASTCALL,
+     "pick(*args) -> the gate this call goes to."},
+    {NULL},
+};
+
 static PyGetSetDef route_getset[] = {
     {"gate", (getter)route_get_gate, (setter)route_set_gate, "where new calls go", NULL},
+    {"canary", (getter)route_get_canary, NULL, "the canary's gate, or None", NULL},
+    {"threshold", (getter)route_get_threshold, NULL, "the canary's share, of 2**32", NULL},
+    {"key_errors", (getter)route_get_key_errors, NULL, "keys that could not be hashed", NULL},
     {NULL},
 };
 
@@ -613,8 +835,18 @@ static PyTypeObject RouteType = {
     .tp_traverse = (traverseproc)route_traverse,
     .tp_clear = (inquiry)route_clear,
     .tp_dealloc = (destructor)route_dealloc,
+    .tp_methods = route_methods,
     .tp_getset = route_getset,
 };
+
+static PyObject *
+key_hash_py(PyObject *mod, PyObject *k)
+{
+    uint64_t h;
+    if (key_hash(k, &h) < 0)
+        return NULL;
+    return PyLong_FromUnsignedLongLong(h);
+}
 
 /* ---------------------------------------------------------------- Router */
 
@@ -695,7 +927,10 @@ router_vectorcall(RouterObject *self, PyObject *const *args, size_t nargsf, PyOb
                          n == 1 ? "was" : "were");
         return NULL;
     }
-    GateObject *g = self->route->gate;
+    RouteObject *r = self->route;
+    GateObject *g = r->canary == NULL ? r->gate : route_pick(r, args, n); /* a canary's split */
+    if (g == NULL)
+        return NULL;
     Py_INCREF(g);
     g->inflight++;                                           /* R1 */
     PyObject *table = g->table;
@@ -1274,6 +1509,8 @@ static PyMethodDef module_methods[] = {
      "a call raising an exception that matches skip is left out."},
     {"error_kinds", (PyCFunction)(void (*)(void))error_kinds, METH_FASTCALL,
      "error_kinds(argument, timeout, stopped, crash): how a failed call is counted."},
+    {"key_hash", (PyCFunction)key_hash_py, METH_O,
+     "key_hash(key) -> the 64-bit hash a canary's split uses for key."},
     {"hist_bucket", (PyCFunction)hist_bucket_py, METH_O,
      "hist_bucket(ns) -> the latency histogram's bucket for ns."},
     {"noop", (PyCFunction)(void (*)(void))noop, METH_FASTCALL,

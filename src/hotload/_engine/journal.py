@@ -45,6 +45,10 @@ KINDS = (
     "restart",
     "stop",
     "quarantine",
+    "canary",
+    "widen",
+    "promote",
+    "abort",
 )
 
 #: Who asked: the application (``api``), the control socket (``cli``: ``hotload

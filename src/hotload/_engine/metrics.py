@@ -289,7 +289,7 @@ class Folded:
 
 
 # -- swaps ---------------------------------------------------------------------------
-SWAP_OPS = ("load", "reload", "rollback", "unload")
+SWAP_OPS = ("load", "reload", "rollback", "unload", "canary")
 
 
 class SwapCounts:

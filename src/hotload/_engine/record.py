@@ -24,6 +24,7 @@ from .._errors import HotloadError
 from .._platform import dl
 from .._process.options import Isolated
 from . import metrics
+from .canary import Canary
 from .hook_runner import HookRunner
 from .lifecycle import Version, VersionInfo, VersionState
 from .registry import Plugin
@@ -63,6 +64,7 @@ class PluginRecord:
         self.declared: dict[str, str] | None = None
         self.unload_safe = False
         self.isolate: Isolated | None = None  # load(isolate=True): kept by reload and rollback
+        self.canary: Canary | None = None  # a canary running beside the current version
         self.seq = 0
         self.pruned = 0
         self.folded = metrics.Folded()  # the pruned versions' counts: totals never go back

@@ -38,11 +38,12 @@ from .._errors import (
 from . import metrics
 from .lifecycle import SWITCHING, UNLOADED_PLUGIN, Sentinel, Version, VersionInfo
 from .lifecycle import _crouter as _native
+from .split import PyRoute
 
 _ROUTER_TEMPLATE = """\
 def make(route, fname, idx, slow, bad_call, clock, record, failed):
     def _router({params}):
-        g = route.gate
+        g = route.gate if route.canary is None else route.pick({params})
         g.append(None)
         if g.retiring:
             g.pop()
@@ -89,19 +90,7 @@ def make(route, fname, idx, slow, bad_call, clock, record, failed):
 """
 
 
-class _PyRoute:
-    """Where a plugin's calls go now: the gate of the current version (or of
-    a sentinel).  A separate slotted object because a class with
-    ``__getattr__`` (``Plugin``) defeats CPython's attribute specialisation:
-    reading ``plugin._current`` would cost ~40 ns a call."""
-
-    __slots__ = ("gate",)
-
-    def __init__(self, gate: Any) -> None:
-        self.gate = gate
-
-
-_Route: Any = _native.Route if _native is not None else _PyRoute
+_Route: Any = _native.Route if _native is not None else PyRoute
 
 
 @dataclass(frozen=True, eq=False)
@@ -226,6 +215,19 @@ class Plugin:
         """Route new calls to ``version`` and release any caller at the gate."""
         self._route.gate = version.gate
         self._switched.set()
+
+    def _split(self, version: Version, threshold: int, key: int, keyfn: Any) -> None:
+        """Send the calls whose key hashes below ``threshold`` to ``version``
+        (a canary's candidate; ``split.py``), every other call where they went."""
+        self._route.split(version.gate, threshold, key, keyfn)
+
+    def _unsplit(self) -> None:
+        """End a canary's split: every call to the current version."""
+        self._route.unsplit()
+
+    def _promote(self) -> None:
+        """The canary's candidate becomes the current version, in one step."""
+        self._route.promote()
 
     def _close(self) -> Version | None:
         """Stop serving: later calls raise ``ClosedError``.  Returns the

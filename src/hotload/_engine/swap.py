@@ -30,6 +30,7 @@ from .._errors import (
     ClosedError,
     DescriptorError,
     HookTimeoutError,
+    HotloadError,
     NotLoadedError,
     SignatureError,
     TypeLayoutError,
@@ -38,7 +39,11 @@ from .._inspect import report as inspector
 from .._process.isolation import Isolation
 from .._process.options import Isolated
 from .._process.preflight import PreflightWorker
+from . import canary as canary_rules
+from . import split
+from .canary import Canary, check_share
 from .journal import origin
+from .judge import Judge
 from .lifecycle import Version, VersionInfo
 from .metrics import SwapCounts
 from .reaper import Reaper
@@ -176,18 +181,8 @@ class Swapper:
         with rec.lock, self._attempt("reload", rec, name, source) as attempt:
             self._table.check_open()
             self._table.loaded(name)
-            if isinstance(path, Candidate):
-                cand = attempt.cand = path
-                self._policy.check_budget(rec.history, name, cand.source)
-            else:
-                self._policy.check_budget(rec.history, name, source)
-                cand = attempt.cand = self._reader.read(
-                    source, name=name, signatures=rec.declared, known=rec.live()
-                )
-            if cand.name != name:
-                raise DescriptorError(
-                    f"{cand.source}: the file declares plugin {cand.name!r}, not {name!r}"
-                )
+            canary_rules.refuse_swap(rec, "reload")
+            cand = self._candidate(rec, path, source, attempt)
             old = rec.current
             version = self._swap_in(rec, cand, allow_signature_change, preflight)
             self._events.changed()
@@ -205,6 +200,7 @@ class Swapper:
         with rec.lock, self._attempt("rollback", rec, name, rec.source) as attempt:
             self._table.check_open()
             self._table.loaded(name)
+            canary_rules.refuse_swap(rec, "rollback")
             target = rec.rollback_target()
             attempt.source = target.source
             self._policy.check_budget(rec.history, name, target.source)
@@ -228,10 +224,140 @@ class Swapper:
         rec = self._table.loaded(name)
         with rec.lock:
             self._table.loaded(name)
+            if rec.canary is not None:
+                self._end_canary(rec, rec.canary, False, "aborted: the plugin was unloaded")
             old = rec.current
             self._retire(rec)
             self._note("unload", name, old, None)
             self._table.changed(name)
+
+    # -- canaries ---------------------------------------------------------------------
+    @_counted("canary")
+    def canary(
+        self,
+        name: str,
+        path: str | os.PathLike[str] | Candidate | None,
+        *,
+        share: float,
+        key: int | Callable[..., Any],
+        judge: Judge | None,
+        preflight: bool | None,
+    ) -> Canary:
+        """Load a candidate beside the current version of ``name`` and send it
+        ``share`` of the calls, sticky by key (``canary.py``)."""
+        share = check_share(share)
+        key_index, keyfn = canary_rules.parse_key(key)
+        rec = self._table.loaded(name)
+        if isinstance(path, Candidate):
+            source = path.source
+        else:
+            source = rec.source if path is None else os.fspath(path)
+        with rec.lock, self._attempt("canary", rec, name, source) as attempt:
+            self._table.check_open()
+            self._table.loaded(name)
+            plugin = rec.plugin
+            assert plugin is not None
+            canary_rules.check_start(rec, judge, counting=bool(self._settings.sample))
+            cand = self._candidate(rec, path, source, attempt)
+            old = rec.current
+            assert old is not None
+            canary_rules.check_candidate(old.image, cand, key_index)
+            staged = self._loader.stage(cand, rec.seq + 1)
+            image = self._open(rec, staged, None, preflight)
+            new = Version(name, staged.seq, image, self._reaper.wake, self._settings.sample)
+            new.note = f"canary beside v{old.seq}"
+            try:
+                commit = plugin._prepare(new)
+            except BaseException:
+                self._discard(rec, new)
+                raise
+            self._start(rec, new, old.image.version, None)
+            commit()
+            if judge is not None:
+                new.gate.sample = 1  # every call of the candidate timed while it is judged
+            canary = Canary(
+                name,
+                old,
+                new,
+                share=share,
+                key=key,
+                judge=judge,
+                end=self.end_canary,
+                widen=self.widen_canary,
+                key_errors=lambda: int(plugin._route.key_errors),
+            )
+            canary.build = (cand.data, cand.source)
+            plugin._split(new, split.threshold(share), key_index or 0, keyfn)
+            rec.add(new)
+            rec.canary = canary
+            self._inspect_later(image)
+            how = f"key {key_index}" if keyfn is None else "a key function"
+            self._note("canary", name, old, new, f"{share:.1%} of keys ({how})")
+            log.info(
+                "canary %s: v%d beside v%d, %.1f%% of keys", name, new.seq, old.seq, 100 * share
+            )
+            self._table.changed(name)
+        canary.start_judging()
+        return canary
+
+    def end_canary(self, canary: Canary, promote: bool, verdict: str) -> bool:
+        """Promote or abort ``canary``; False when it had already ended."""
+        rec = self._table.get(canary.name)
+        if rec is None:
+            return False
+        with rec.lock:
+            if rec.canary is not canary or not canary.running:
+                return False
+            self._end_canary(rec, canary, promote, verdict)
+            return True
+
+    def widen_canary(self, canary: Canary, share: float) -> None:
+        rec = self._table.get(canary.name)
+        assert rec is not None
+        with rec.lock:
+            if rec.canary is not canary or not canary.running or rec.plugin is None:
+                raise HotloadError(f"{canary.name}: the canary has ended ({canary.state})")
+            if share < canary.share:
+                raise ValueError(
+                    f"{canary.name}: a canary only widens ({canary.share:.1%} -> {share:.1%} "
+                    "would move keys back to the baseline mid-session); abort it instead"
+                )
+            key_index, keyfn = canary_rules.parse_key(canary.key)
+            rec.plugin._split(canary.candidate, split.threshold(share), key_index or 0, keyfn)
+            old_share, canary.share = canary.share, share
+            self._note(
+                "widen",
+                canary.name,
+                canary.baseline,
+                canary.candidate,
+                f"{old_share:.1%} -> {share:.1%} of keys",
+            )
+            self._table.changed(canary.name)
+
+    def _end_canary(self, rec: PluginRecord, canary: Canary, promote: bool, verdict: str) -> None:
+        plugin = rec.plugin
+        assert plugin is not None
+        base, new = canary.baseline, canary.candidate
+        if promote:
+            if self._settings.sample:
+                new.gate.sample = self._settings.sample
+            plugin._promote()
+            base.retire()
+            self._reaper.retire(base, unload_safe=rec.unload_safe)
+            data, source = canary.build
+            rec.went_live(new, data, source)
+            rec.source = source
+            self._events.changed()
+            self._note("promote", rec.name, base, new, verdict)
+        else:
+            plugin._unsplit()
+            new.retire()
+            self._reaper.retire(new, unload_safe=rec.unload_safe)
+            self._note("abort", rec.name, base, new, verdict)
+        rec.canary = None
+        canary.ended(promote, verdict)
+        log.log(logging.INFO if promote else logging.WARNING, "canary %s: %s", rec.name, verdict)
+        self._table.changed(rec.name)
 
     def close(self, timeout: float) -> None:
         """Retire every plugin (the host is closing), then stop the workers.
@@ -241,6 +367,8 @@ class Swapper:
                 log.warning("close: %s is stuck in a swap; its images stay loaded", rec.name)
                 continue
             try:
+                if rec.canary is not None:
+                    self._end_canary(rec, rec.canary, False, "aborted: the host closed")
                 if rec.plugin is not None:
                     self._retire(rec)
             finally:
@@ -280,6 +408,24 @@ class Swapper:
             with origin("supervisor"):
                 info = self.rollback(name, preflight=None)
             log.warning("%s crashed: rolled back, v%d serves now", name, info.seq)
+
+    def _candidate(
+        self, rec: PluginRecord, path: object, source: str, attempt: _Attempt
+    ) -> Candidate:
+        """The build a reload or a canary brings in: read (unless given), within
+        the budget of kept images, declaring the plugin's own name."""
+        self._policy.check_budget(rec.history, rec.name, source)
+        if isinstance(path, Candidate):
+            cand = attempt.cand = path
+        else:
+            cand = attempt.cand = self._reader.read(
+                source, name=rec.name, signatures=rec.declared, known=rec.live()
+            )
+        if cand.name != rec.name:
+            raise DescriptorError(
+                f"{cand.source}: the file declares plugin {cand.name!r}, not {rec.name!r}"
+            )
+        return cand
 
     # -- the journal --------------------------------------------------------------------
     def read(

@@ -1,0 +1,255 @@
+"""The judge of a canary: is the candidate worse than the baseline, on the
+same traffic, at the same time, on the same machine?
+
+Every ``interval`` it reads both versions' figures since the canary started
+(``metrics``: exact counts, sampled latency histograms) and tests:
+
+- **crashes**: a candidate that crashed its isolated worker, or whose worker
+  stopped, while the baseline had none in the same window, fails at once;
+  otherwise crashes count as errors.  (An in-process crash takes the host down:
+  that cannot be judged, and it is what isolation is for.)
+- **errors**: calls that raised (crash, timeout, stopped, other; not a bad
+  argument, which the caller's input decides and both versions refuse alike)
+  plus failed host-service calls, per call: a one-sided two-proportion test
+  (Agresti-Caffo: one success and one failure added to each side, so a single
+  early error is not significant) that the candidate's rate is higher;
+- **latency**: a one-sided Mann-Whitney U test (ties corrected, on the
+  histograms' buckets) that the candidate is slower than the baseline made
+  ``tolerance`` slower: only a regression larger than the tolerance fails.
+
+Each look tests at ``(1 - confidence) / looks``, where ``looks`` is the number
+of looks in the bake (Bonferroni): the judge looks many times, and a test at
+98 % on every look would abort many good canaries over a bake (measured in
+``benchmarks/bench_canary.py``: A/A canaries).  A test runs only once each
+side has ``min_calls`` calls (latency: ``min_samples`` sampled calls).  After
+``bake`` seconds without a failed test (and enough calls), the candidate
+passes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import metrics
+
+#: Error kinds the judge counts (``metrics.ERROR_KINDS`` less "argument").
+_JUDGED = tuple(i for i, k in enumerate(metrics.ERROR_KINDS) if k != "argument")
+_CRASH = metrics.ERROR_KINDS.index("crash")
+
+
+@dataclass(frozen=True)
+class Judge:
+    """How a canary is judged (``host.canary(..., judge=Judge(...))``).
+
+    ``confidence`` and ``tolerance`` are Kayenta's knobs (its defaults are 98 %
+    and 25 %; the tolerance here is 20 %, so that a 25 % regression is caught
+    and not a coin toss at the edge).  ``abort``/``promote`` say whether a
+    verdict acts by itself; off, it is reported (``canary.verdict``) and an
+    operator decides."""
+
+    confidence: float = 0.98
+    tolerance: float = 0.20  # a latency regression smaller than this is not one
+    bake: float = 30.0  # seconds without regression before the candidate passes
+    interval: float = 0.25  # seconds between looks
+    min_calls: int = 100  # calls per side before the error test
+    min_samples: int = 50  # sampled latencies per side before the latency test
+    abort: bool = True  # abort by itself on a regression
+    promote: bool = True  # promote by itself after the bake
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.confidence < 1:
+            raise ValueError(f"Judge(confidence={self.confidence!r}): between 0.5 and 1")
+        if not 0 <= self.tolerance <= 10:
+            raise ValueError(f"Judge(tolerance={self.tolerance!r}): between 0 and 10")
+        if not (self.bake > 0 and 0.01 <= self.interval <= self.bake):
+            raise ValueError(
+                f"Judge(bake={self.bake!r}, interval={self.interval!r}): 0.01 <= interval <= bake"
+            )
+        if self.min_calls < 1 or self.min_samples < 1:
+            raise ValueError("Judge: min_calls and min_samples are >= 1")
+
+    @property
+    def looks(self) -> int:
+        return max(1, math.ceil(self.bake / self.interval))
+
+    @property
+    def alpha(self) -> float:
+        """The significance level of each look."""
+        return (1 - self.confidence) / self.looks
+
+
+@dataclass
+class Side:
+    """One version's figures in the canary's window."""
+
+    calls: int = 0
+    errors: int = 0  # judged kinds
+    crashes: int = 0
+    service_errors: int = 0
+    hist: dict[int, int] = field(default_factory=dict)
+    stopped: bool = False  # an isolated worker that stopped restarting
+
+    @property
+    def failed(self) -> int:
+        return self.errors + self.service_errors
+
+    def rate(self) -> float:
+        return min(1.0, self.failed / self.calls) if self.calls else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        p50, p99 = metrics.quantiles(self.hist)
+        return {
+            "calls": self.calls,
+            "errors": self.errors,
+            "crashes": self.crashes,
+            "service_errors": self.service_errors,
+            "error_rate": self.rate(),
+            "sampled": sum(self.hist.values()),
+            "p50_us": p50,
+            "p99_us": p99,
+        }
+
+
+def read(version: Any) -> Side:
+    """A version's figures now (all exports added up)."""
+    side = Side()
+    for row in version.gate.snapshot():
+        calls, _, errs, _, _, hist = row
+        side.calls += calls
+        side.errors += sum(errs[i] for i in _JUDGED)
+        side.crashes += errs[_CRASH]
+        for i, c in hist:
+            side.hist[i] = side.hist.get(i, 0) + c
+    imports = version.image.imports
+    side.service_errors = imports.errors if imports is not None else 0
+    proxy = version.image.process
+    side.stopped = proxy is not None and proxy.state == "stopped"
+    return side
+
+
+def since(now: Side, start: Side) -> Side:
+    """The figures of the window from ``start`` to ``now``."""
+    hist = {i: c - start.hist.get(i, 0) for i, c in now.hist.items()}
+    return Side(
+        calls=now.calls - start.calls,
+        errors=now.errors - start.errors,
+        crashes=now.crashes - start.crashes,
+        service_errors=now.service_errors - start.service_errors,
+        hist={i: c for i, c in hist.items() if c > 0},
+        stopped=now.stopped,
+    )
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A failed test: the figure, both values, the test."""
+
+    figure: str  # "crashes", "errors", "latency"
+    text: str
+
+
+def _p_upper(z: float) -> float:
+    """P(Z >= z) for a standard normal Z."""
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def errors_test(cand: Side, base: Side) -> float:
+    """One-sided p-value that the candidate's error rate is higher (Agresti-Caffo)."""
+    p1 = (cand.failed + 1) / (cand.calls + 2)
+    p2 = (base.failed + 1) / (base.calls + 2)
+    se = math.sqrt(p1 * (1 - p1) / (cand.calls + 2) + p2 * (1 - p2) / (base.calls + 2))
+    return _p_upper((p1 - p2) / se) if se > 0 else 1.0
+
+
+def _inflated(hist: dict[int, int], factor: float) -> dict[int, int]:
+    """The histogram of the same latencies made ``factor`` times longer (each
+    bucket by its middle)."""
+    out: dict[int, int] = {}
+    for i, c in hist.items():
+        lo, hi = metrics.LOWER[i], metrics.UPPER[i]
+        mid = lo if hi == metrics.INF else (lo + hi) / 2
+        j = metrics.bucket(int(mid * factor))
+        out[j] = out.get(j, 0) + c
+    return out
+
+
+def latency_test(cand: dict[int, int], base: dict[int, int], tolerance: float) -> float:
+    """One-sided p-value that the candidate is slower than the baseline made
+    ``tolerance`` slower (Mann-Whitney U on the buckets, ties corrected)."""
+    base = _inflated(base, 1 + tolerance)
+    n1, n2 = sum(cand.values()), sum(base.values())
+    if not n1 or not n2:
+        return 1.0
+    u = 0.0
+    below = 0  # baseline values in lower buckets
+    ties = 0.0
+    for i in sorted(set(cand) | set(base)):
+        c, b = cand.get(i, 0), base.get(i, 0)
+        u += c * (below + 0.5 * b)
+        below += b
+        t = c + b
+        ties += t**3 - t
+    n = n1 + n2
+    var = n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1)))
+    if var <= 0:
+        return 1.0
+    return _p_upper((u - n1 * n2 / 2 - 0.5) / math.sqrt(var))
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.2f}%"
+
+
+def _us(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f} us"
+
+
+def look(cand: Side, base: Side, judge: Judge) -> Finding | None:
+    """The first test the candidate fails in this window, or None."""
+    if cand.stopped and not base.stopped:
+        return Finding(
+            "crashes", "the candidate's worker stopped (crash loop); the baseline's runs"
+        )
+    if cand.crashes and not base.crashes:
+        return Finding(
+            "crashes",
+            f"{cand.crashes} crash(es) of the candidate's worker in {cand.calls:,} calls; "
+            f"the baseline had none in {base.calls:,}",
+        )
+    alpha = judge.alpha
+    if cand.calls >= judge.min_calls and base.calls >= judge.min_calls:
+        p = errors_test(cand, base)
+        if p < alpha:
+            return Finding(
+                "errors",
+                f"error rate {_pct(cand.rate())} ({cand.failed:,} of {cand.calls:,} calls) vs "
+                f"baseline {_pct(base.rate())} ({base.failed:,} of {base.calls:,}): "
+                f"two-proportion test, p={p:.2g} < {alpha:.2g}",
+            )
+    if (
+        sum(cand.hist.values()) >= judge.min_samples
+        and sum(base.hist.values()) >= judge.min_samples
+    ):
+        p = latency_test(cand.hist, base.hist, judge.tolerance)
+        if p < alpha:
+            c50, c99 = metrics.quantiles(cand.hist)
+            b50, b99 = metrics.quantiles(base.hist)
+            return Finding(
+                "latency",
+                f"latency p50 {_us(c50)}, p99 {_us(c99)} vs baseline p50 {_us(b50)}, "
+                f"p99 {_us(b99)}: Mann-Whitney U, slower than the baseline "
+                f"+{judge.tolerance:.0%} at p={p:.2g} < {alpha:.2g}",
+            )
+    return None
+
+
+def summary(cand: Side, base: Side) -> str:
+    """Both sides' figures, for a verdict."""
+    c50, c99 = metrics.quantiles(cand.hist)
+    b50, b99 = metrics.quantiles(base.hist)
+    return (
+        f"{cand.calls:,} calls vs {base.calls:,}; error rate {_pct(cand.rate())} vs "
+        f"{_pct(base.rate())}; p50 {_us(c50)} vs {_us(b50)}; p99 {_us(c99)} vs {_us(b99)}"
+    )
