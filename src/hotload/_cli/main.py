@@ -7,6 +7,8 @@
     hotload reload NAME [--path FILE] [--allow-signature-change] [--json] [--host ...]
                                                             reload a plugin in a running host
     hotload rollback NAME [--json] [--host ...]             make the previous version live again
+    hotload canary NAME [FILE] [--share S] [--promote|--abort|--wait] [--json] [--host ...]
+                                                            a build beside the one serving, judged
     hotload log [NAME] [--follow] [--json] [-n N] [--host ...]
                                                             the host's swap journal
     hotload inspect FILE [--json]                           offline: descriptor, exports,
@@ -51,6 +53,11 @@ bad usage); ``-v`` adds the library's log.
     ``{"version": VERSION, "previous": VERSION}``.
 ``rollback --json``
     ``{"version": VERSION}``.
+``canary --json``
+    ``{"canary": CANARY | null}``; CANARY is ``Canary.figures()``: ``name, state,
+    verdict, share, baseline_seq, candidate_seq, started_at, ended_at, seconds,
+    key_errors, judged, candidate, baseline``, the last two ``{"calls", "errors",
+    "crashes", "service_errors", "error_rate", "sampled", "p50_us", "p99_us"}``.
 ``inspect --json``
     ``{"path", "format": "ELF"|"PE", "machine", "bits", "size", "sha256",
     "plugin": {"name", "version", "abi", "hooks": {"on_load", "on_unload",
@@ -78,6 +85,7 @@ from typing import Any
 
 from .._errors import HotloadError
 from .._ops import control_client, control_paths
+from .canary import add_command as add_canary_command
 from .log import add_command as add_log_command
 from .log import refusal_notes
 from .top_data import fmt_count, fmt_us, shown_state
@@ -177,6 +185,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.set_defaults(func=cmd_rollback)
     add_log_command(sub, [target, as_json])  # hotload log
+    add_canary_command(sub, [target, as_json])  # hotload canary
     p = sub.add_parser("inspect", parents=[as_json], help="describe a plugin file (offline)")
     p.add_argument("file")
     p.set_defaults(func=cmd_inspect)

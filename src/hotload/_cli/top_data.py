@@ -290,10 +290,13 @@ def shown_state(v: dict[str, Any]) -> str:
     """A version's state as ``ls`` and ``top`` show it: an active version
     whose worker is stopped is ``stopped`` (every call fails: calling it
     active hid a plugin that served nothing), a restarting one
-    ``active/restarting``."""
+    ``active/restarting``; while a canary runs, each side with its share of
+    the keys: ``active candidate 5%``, ``active baseline 95%``."""
     state = str(v["state"])
+    if v.get("canary") and isinstance(v.get("share"), (int, float)):  # a canary runs
+        state += f" {v['canary']} {v['share'] * 100:.3g}%"
     worker = v.get("worker") or "" if v.get("isolated") else ""
-    if worker == "stopped" and state == "active":
+    if worker == "stopped" and state.startswith("active"):
         return "stopped"
     return f"{state}/{worker}" if worker and worker != "running" else state
 

@@ -344,6 +344,10 @@ class VersionInfo:
     worker: str = ""  # "running", "restarting" or "stopped" (isolated only)
     quarantined: int = 0  # inputs refused after crashing its worker (Isolated(quarantine=))
     service_errors: int = 0  # host-service calls from this version that raised
+    # while a canary runs (host.canary): "candidate" or "baseline", and the share of keys
+    # whose calls come here; "" and None otherwise
+    canary: str = ""
+    share: float | None = None
     # the protections its worker runs under (isolated only; empty: none), e.g. ("user-ns",
     # "pid-ns", "mount-ns", "fs-view", "no-new-privs", "no-caps", "landlock", "seccomp")
     sandbox: tuple[str, ...] = field(default=())

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from .._errors import HotloadError
 from .._platform import dl
@@ -177,8 +178,19 @@ class PluginRecord:
             worker=proxy.state if proxy is not None else "",
             quarantined=len(proxy.quarantine.refused) if proxy is not None else 0,
             service_errors=img.imports.errors if img.imports is not None else 0,
+            **self._canary_fields(v),
             **metrics.version_fields(v),
         )
+
+    def _canary_fields(self, v: Version) -> dict[str, Any]:
+        c = self.canary
+        if c is None or not c.running:
+            return {}
+        if v is c.candidate:
+            return {"canary": "candidate", "share": c.share}
+        if v is c.baseline:
+            return {"canary": "baseline", "share": 1 - c.share}
+        return {}
 
     def serving(self) -> VersionInfo | None:
         """``Host.current``: the version serving now; mid-switch (a stateful

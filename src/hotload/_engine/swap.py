@@ -318,7 +318,7 @@ class Swapper:
             if rec.canary is not canary or not canary.running or rec.plugin is None:
                 raise HotloadError(f"{canary.name}: the canary has ended ({canary.state})")
             if share < canary.share:
-                raise ValueError(
+                raise HotloadError(
                     f"{canary.name}: a canary only widens ({canary.share:.1%} -> {share:.1%} "
                     "would move keys back to the baseline mid-session); abort it instead"
                 )

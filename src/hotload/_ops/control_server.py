@@ -43,9 +43,10 @@ from .._artifact.workdir import ensure_private_dir
 from .._engine.journal import origin
 from .._errors import ControlError, HotloadError, NotLoadedError, resource_error
 from .._platform import dl, proc
+from .control_canary import canary_result
 from .control_journal import log_result, refused_builds
 from .control_paths import ENV_DIR, control_dir, require_unix_sockets, sweep_stale
-from .control_wire import MAX_LINE, NOSIGNAL, PROTOCOL, encode, error_reply
+from .control_wire import MAX_LINE, NOSIGNAL, PROTOCOL, encode, error_reply, request_path
 
 if TYPE_CHECKING:
     from .protocols import PluginHost
@@ -573,16 +574,7 @@ class ControlServer:
 
     def _op_reload(self, req: dict[str, Any]) -> dict[str, Any]:
         name = self._loaded(req)
-        path = req.get("path")
-        if path is not None:
-            if not isinstance(path, str) or not path or "\0" in path:
-                raise ControlError("'path' must be a non-empty string without NUL", "bad_request")
-            if not os.path.isabs(path):
-                raise ControlError(
-                    f"{path}: a relative path; send an absolute one (this host's working "
-                    f"directory is not the client's)",
-                    "bad_request",
-                )
+        path = request_path(req)
         allow = req.get("allow_signature_change", False)
         if not isinstance(allow, bool):  # not 0/1, not "yes": a typo must not accept a change
             raise ControlError("'allow_signature_change' must be true or false", "bad_request")
@@ -593,6 +585,9 @@ class ControlServer:
 
     def _op_rollback(self, req: dict[str, Any]) -> dict[str, Any]:
         return {"version": self.host.rollback(self._loaded(req)).as_dict()}
+
+    def _op_canary(self, req: dict[str, Any]) -> dict[str, Any]:
+        return canary_result(self.host, self._loaded(req), req)
 
     def _loaded(self, req: dict[str, Any]) -> str:
         name = _arg(req, "name")
@@ -622,6 +617,7 @@ _OPS = {
     "versions": ControlServer._op_versions,
     "reload": ControlServer._op_reload,
     "rollback": ControlServer._op_rollback,
+    "canary": ControlServer._op_canary,
     "log": ControlServer._op_log,
 }
 

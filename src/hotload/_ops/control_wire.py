@@ -70,8 +70,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 from typing import Any
+
+from .._errors import ControlError
 
 log = logging.getLogger(__name__)
 
@@ -107,3 +110,29 @@ def encode(obj: dict[str, Any]) -> bytes:
 
 
 __all__ = ["MAX_LINE", "NOSIGNAL", "PROTOCOL", "encode", "error_reply"]
+
+
+def request_path(req: dict[str, Any]) -> str | None:
+    """A request's build path: absolute (the host's working directory is not
+    the client's), or absent."""
+    path = req.get("path")
+    if path is None:
+        return None
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise ControlError("'path' must be a non-empty string without NUL", "bad_request")
+    if not os.path.isabs(path):
+        raise ControlError(
+            f"{path}: a relative path; send an absolute one (this host's working "
+            f"directory is not the client's)",
+            "bad_request",
+        )
+    return path
+
+
+def request_number(
+    req: dict[str, Any], key: str, default: float, *, low: float, high: float
+) -> float:
+    value = req.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ControlError(f"{key!r} must be a number from {low:g} to {high:g}", "bad_request")
+    return float(value)

@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
 from .._artifact.loader import Candidate
+from .._engine.canary import Canary
 from .._engine.journal import Journal
+from .._engine.judge import Judge
 from .._engine.lifecycle import VersionInfo
 from .._engine.registry import Plugin
 from .._errors import ClosedError
@@ -59,6 +61,18 @@ class PluginHost(Protocol):
     ) -> VersionInfo: ...
 
     def rollback(self, name: str) -> VersionInfo: ...
+
+    def canary(
+        self,
+        name: str,
+        path: PathOrCandidate | None = None,
+        *,
+        share: float = ...,
+        key: int | Callable[..., Any] = ...,
+        judge: Judge | None = ...,
+    ) -> Canary: ...
+
+    def canaries(self) -> list[Canary]: ...
 
     def unload(self, name: str) -> None: ...
 
