@@ -29,6 +29,7 @@ MODULES = (
     "bench_spares",
     "bench_large",
     "bench_quarantine",
+    "bench_canary",
     "proof_go_unload",
 )
 

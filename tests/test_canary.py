@@ -397,7 +397,7 @@ def test_the_cli_starts_widens_shows_and_aborts_a_canary(
             return code, out + err
 
         code, out = run()
-        assert code == 0 and "no canary is running" in out
+        assert code == 0 and "no canary has run" in out
         code, out = run(str(reward(3)), "--share", "10%", "--no-judge")
         assert code == 0 and "canary v2 beside v1, 10% of keys, running" in out
         code, out = run("--share", "0.25")
@@ -414,11 +414,20 @@ def test_the_cli_starts_widens_shows_and_aborts_a_canary(
         assert code == 0 and "aborted" in out and "aborted by hand" in out
         code, out = run("--promote")
         assert code == 1 and "no canary is running" in out
+        code, out = run()  # the last one, ended: why
+        assert code == 0 and "aborted by hand" in out
         with Players(h["reward"]):  # traffic: the judge aborts it, --wait says so (exit 3)
             code, out = run(str(reward(3, fail=1)), "--share", "0.3", "--wait", "60")
         assert code == 3 and "aborted by the judge" in out and "regression in errors" in out
-        kinds = [e.kind for e in h.journal("reward")]
-        assert kinds == ["load", "canary", "widen", "abort", "canary", "abort"]
+        said = [(e.kind, e.origin) for e in h.journal("reward")]
+        assert said == [
+            ("load", "api"),
+            ("canary", "cli"),
+            ("widen", "cli"),
+            ("abort", "cli"),
+            ("canary", "cli"),
+            ("abort", "judge"),
+        ]
 
 
 def test_hostile_canary_requests_on_the_socket_are_refused_and_change_nothing(

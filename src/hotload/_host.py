@@ -505,9 +505,15 @@ class Host:
         self._table.check_open()
         return self._swap.canary(name, path, share=share, key=key, judge=judge, preflight=preflight)
 
-    def canaries(self) -> list[Canary]:
-        """The canaries running now, by plugin name."""
-        return [r.canary for r in sorted(self._table.records(), key=_name) if r.canary]
+    def canaries(self, *, ended: bool = False) -> list[Canary]:
+        """The canaries running now, by plugin name.
+
+        Args:
+            ended: Also each plugin's last canary that ended (its ``verdict``
+                says why), if none runs.
+        """
+        recs = sorted(self._table.records(), key=_name)
+        return [c for r in recs if (c := r.canary or (r.last_canary if ended else None))]
 
     def unload(self, name: str) -> None:
         """Stop serving a plugin; its versions close once their calls return.

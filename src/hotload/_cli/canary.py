@@ -90,30 +90,14 @@ def _wait(sock: Any, name: str, timeout: float, result: dict[str, Any]) -> dict[
     deadline = time.monotonic() + timeout
     while result["canary"]["state"] == "running" and time.monotonic() < deadline:
         time.sleep(0.25)
-        now = control_client.request(sock, "canary", name=name, action="status")
-        if now.get("canary") is None:  # ended: the last answer's figures, the journal's end
-            return _ended(sock, name, result)
-        result = now
-    return result
-
-
-def _ended(sock: Any, name: str, result: dict[str, Any]) -> dict[str, Any]:
-    """A canary ended between two looks: its end, from the journal."""
-    entries = control_client.request(sock, "log", name=name, limit=20)["entries"]
-    seq = result["canary"]["candidate_seq"]
-    for e in reversed(entries):
-        if e["kind"] in ("promote", "abort") and e.get("to_seq") == seq:
-            c = dict(result["canary"])
-            c["state"] = "promoted" if e["kind"] == "promote" else "aborted"
-            c["verdict"] = e.get("detail") or c["verdict"]
-            return {"canary": c}
+        result = control_client.request(sock, "canary", name=name, action="status")
     return result
 
 
 def describe(name: str, c: dict[str, Any] | None) -> str:
     """What a person reads: the state, the share, the verdict, both sides."""
     if c is None:
-        return f"{name}: no canary is running (start one: hotload canary {name} FILE)"
+        return f"{name}: no canary has run (start one: hotload canary {name} FILE)"
     lines = [
         f"{name}: canary v{c['candidate_seq']} beside v{c['baseline_seq']}, "
         f"{c['share'] * 100:.3g}% of keys, {c['state']} ({c['seconds']:.1f} s)",

@@ -21,6 +21,7 @@ from typing import Any
 from .._artifact import signatures
 from .._errors import HotloadError, SignatureError
 from . import judge as judging
+from .journal import set_origin
 from .judge import Judge
 from .lifecycle import Version
 
@@ -233,6 +234,7 @@ class Canary:
     def _judge(self) -> None:
         judge = self.judge
         assert judge is not None
+        set_origin("judge")  # this thread's promote or abort, in the journal
         while not self._stop.wait(judge.interval):
             try:
                 if self._look(judge):

@@ -54,8 +54,9 @@ KINDS = (
 #: Who asked: the application (``api``), the control socket (``cli``: ``hotload
 #: reload`` and any other client), a watcher (``watcher``; ``startup`` for its
 #: pass over what was there when it started), the fleet agent (``fleet``), or
-#: the isolation supervisor acting on a crash (``supervisor``).
-ORIGINS = ("api", "cli", "watcher", "startup", "fleet", "supervisor")
+#: the isolation supervisor acting on a crash (``supervisor``), or a canary's judge
+#: ending it (``judge``).
+ORIGINS = ("api", "cli", "watcher", "startup", "fleet", "supervisor", "judge")
 
 DEFAULT_SIZE = 1000  # entries kept; ~0.5 KB each
 MAX_TEXT = 2000  # characters of an error kept in an entry (a compiler's output can be long)

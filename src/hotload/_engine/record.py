@@ -66,6 +66,7 @@ class PluginRecord:
         self.unload_safe = False
         self.isolate: Isolated | None = None  # load(isolate=True): kept by reload and rollback
         self.canary: Canary | None = None  # a canary running beside the current version
+        self.last_canary: Canary | None = None  # the one that ended last (its verdict)
         self.seq = 0
         self.pruned = 0
         self.folded = metrics.Folded()  # the pruned versions' counts: totals never go back

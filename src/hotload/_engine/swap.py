@@ -354,7 +354,7 @@ class Swapper:
             new.retire()
             self._reaper.retire(new, unload_safe=rec.unload_safe)
             self._note("abort", rec.name, base, new, verdict)
-        rec.canary = None
+        rec.canary, rec.last_canary = None, canary
         canary.ended(promote, verdict)
         log.log(logging.INFO if promote else logging.WARNING, "canary %s: %s", rec.name, verdict)
         self._table.changed(rec.name)

@@ -18,7 +18,8 @@ def canary_result(host: PluginHost, name: str, req: dict[str, Any]) -> dict[str,
     """``hotload canary``: start one (``path``), widen, promote, abort, or
     say how the running one goes (``status``); ``name`` is loaded."""
     action = req.get("action", "status")
-    running = {c.name: c for c in host.canaries()}.get(name)
+    last = {c.name: c for c in host.canaries(ended=True)}.get(name)
+    running = last if last is not None and last.running else None
     if action == "start":
         bake = request_number(req, "bake", 30.0, low=0.1, high=86400.0)
         share = request_number(req, "share", 0.05, low=1e-9, high=1.0)
@@ -28,15 +29,15 @@ def canary_result(host: PluginHost, name: str, req: dict[str, Any]) -> dict[str,
         judged = req.get("judge", True)
         if not isinstance(judged, bool):
             raise ControlError("'judge' must be true or false", "bad_request")
-        judge = Judge(bake=bake, interval=min(0.25, bake)) if judged else None
+        judge = Judge(bake=bake, interval=min(Judge.interval, bake)) if judged else None
         canary = host.canary(name, request_path(req), share=share, key=key, judge=judge)
         log.info("control: canary of %s started on request", name)
         return {"canary": canary.figures()}
     if action not in ("status", "widen", "promote", "abort"):
         raise ControlError(f"unknown canary action {action!r}", "bad_request")
     if running is None:
-        if action == "status":
-            return {"canary": None}
+        if action == "status":  # the last one's end, if any: why did it abort?
+            return {"canary": last.figures() if last is not None else None}
         raise ControlError(f"{name}: no canary is running", "not_running")
     if action == "widen":
         running.widen(request_number(req, "share", 0.0, low=1e-9, high=1.0))
