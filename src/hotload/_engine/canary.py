@@ -154,6 +154,7 @@ class Canary:
         self._key_errors = key_errors
         self._base0 = judging.read(baseline)  # the baseline's figures before the window
         self._cand0 = judging.read(candidate)
+        self._final: tuple[judging.Side, judging.Side] | None = None
         self._done = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -191,7 +192,10 @@ class Canary:
 
     # -- what it sees --------------------------------------------------------------
     def sides(self) -> tuple[judging.Side, judging.Side]:
-        """The candidate's and the baseline's figures since the canary started."""
+        """The candidate's and the baseline's figures since the canary started
+        (until it ended: the window the verdict speaks of)."""
+        if self._final is not None:
+            return self._final
         cand = judging.since(judging.read(self.candidate), self._cand0)
         base = judging.since(judging.read(self.baseline), self._base0)
         return cand, base
@@ -217,6 +221,7 @@ class Canary:
     # -- the Swapper's side ----------------------------------------------------------
     def ended(self, promoted: bool, verdict: str) -> None:
         """Called by the Swapper once the route changed."""
+        self._final = self.sides()
         self.state = PROMOTED if promoted else ABORTED
         self.verdict = verdict
         self.ended_at = time.time()
