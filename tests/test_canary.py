@@ -468,3 +468,23 @@ def test_hostile_canary_requests_on_the_socket_are_refused_and_change_nothing(
             control_client.request(sock, "canary", name="../reward", action="status")
         assert [v.seq for v in h.versions("reward")] == [1] and not h.canaries()
         assert h["reward"].reward(4, 0) == 8
+
+
+def test_a_canary_of_every_key_is_judged_against_the_baselines_whole_life(
+    served: Host, reward: Callable[..., Path]
+) -> None:
+    p = served.load(reward(2))
+    for k in range(3000):  # the baseline's life: 3,000 calls without a failed service call
+        p.reward(k, 0)
+    with Players(p):
+        c = served.canary("reward", reward(3, fail=1), share=1.0, judge=QUICK)
+        assert c.wait(30) == "aborted", c.verdict
+    assert "regression in errors" in c.verdict
+    assert c.figures()["baseline"]["calls"] >= 3000  # its life, not the (empty) window
+    # a baseline that served nothing: only crashes can be judged, and the verdict says so
+    served.unload("reward")
+    served.load(reward(2))
+    with Players(served["reward"]):
+        c = served.canary("reward", reward(3), share=1.0, judge=Judge(bake=0.5, interval=0.05))
+        assert c.wait(30) == "promoted", c.verdict
+    assert "only crashes were judged" in c.verdict

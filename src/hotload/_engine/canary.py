@@ -152,7 +152,9 @@ class Canary:
         self._end = end
         self._widen = widen
         self._key_errors = key_errors
-        self._base0 = judging.read(baseline)  # the baseline's figures before the window
+        # the window starts now on both sides; a canary taking every key leaves the baseline
+        # no traffic to compare with, so it is compared with the baseline's whole life
+        self._base0 = judging.read(baseline) if share < 1 else judging.Side()
         self._cand0 = judging.read(candidate)
         self._final: tuple[judging.Side, judging.Side] | None = None
         self._done = threading.Event()
@@ -265,6 +267,11 @@ class Canary:
         enough = cand.calls >= judge.min_calls
         if elapsed >= judge.bake and enough:
             passed = f"no regression in {elapsed:.1f} s: {judging.summary(cand, base)}"
+            if base.calls < judge.min_calls:
+                passed += (
+                    f" (the baseline had {base.calls:,} calls to compare with: only crashes "
+                    "were judged)"
+                )
             if judge.promote:
                 self._end(self, True, f"promoted by the judge: {passed}")
                 return True
