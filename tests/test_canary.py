@@ -484,7 +484,7 @@ def test_a_canary_of_every_key_is_judged_against_the_baselines_whole_life(
     # a baseline that served nothing: only crashes can be judged, and the verdict says so
     served.unload("reward")
     served.load(reward(2))
+    c = served.canary("reward", reward(3), share=1.0, judge=Judge(bake=0.5, interval=0.05))
     with Players(served["reward"]):
-        c = served.canary("reward", reward(3), share=1.0, judge=Judge(bake=0.5, interval=0.05))
         assert c.wait(30) == "promoted", c.verdict
     assert "only crashes were judged" in c.verdict
