@@ -45,6 +45,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from .._artifact.builder import compile_plugin
+from .._engine.judge import Judge
 from .._engine.registry import Plugin
 from .._errors import HotloadError, PluginCrashedError
 from .._host import Host
@@ -52,7 +54,7 @@ from .._ops.apply import WatchEvent
 from .._platform import dl
 from .demo_interactive import run_interactive
 from .demo_players import LiveOps, Server
-from .demo_plugins import ACTIVITY, CRASHY, build_examples
+from .demo_plugins import ACTIVITY, CRASHY, build_examples, example_sources_dir
 from .demo_verdict import Outcome, verify, verify_live
 from .demo_view import View, describe, header, status_text
 
@@ -145,10 +147,16 @@ def _scripted(
         f"v{aswap.seq} {aswap.plugin_version} while players emitted events",
     )
     _run_for(view, server, xp, current, seconds / 2)
+    judged = _canary_of_a_slow_build(view, host, server, xp, current, build.parent)
     view.status(status_text(server, xp, current), print_it=True)
     server.stop()
     outcome = verify(host, server, xp, v1, swap, edited_at)
     outcome = verify_live(host, server, live, activity, a1, aswap, outcome)
+    good, text = judged
+    outcome.lines.insert(-1, f"  {'ok  ' if good else 'FAIL'} {'canary':<10} {text}")
+    if not good:
+        outcome.ok = False
+        outcome.lines[-1] = "FAILED: canary"
     if crash is not None:
         good, text = crash
         outcome.lines.insert(-1, f"  {'ok  ' if good else 'FAIL'} {'crash':<10} {text}")
@@ -156,6 +164,51 @@ def _scripted(
             outcome.ok = False
             outcome.lines[-1] = "FAILED: crash"
     return outcome
+
+
+def _canary_of_a_slow_build(
+    view: View, host: Host, server: Server, xp: Plugin, current: str, where: Path
+) -> tuple[bool, str]:
+    """A debug build of ``loot_drop`` (a busy loop left in every roll) as a
+    canary on a quarter of the rolls: the judge sees it is slower than the
+    version serving, on the same calls, and aborts it; the players whose
+    rolls it took go back to v1 and never see an error."""
+    source = (example_sources_dir() / "loot_drop.c").read_text()
+    slow = source.replace(
+        "    int32_t r = roll + luck * 25;",
+        "    volatile int spin = 0;\n    for (int i = 0; i < 2000; i++) spin += i;\n"
+        "    int32_t r = roll + luck * 25;",
+    ).replace('HOTLOAD_PLUGIN("loot_drop", "1.0.0")', 'HOTLOAD_PLUGIN("loot_drop", "1.1.0-debug")')
+    (where / "loot_drop-debug.c").write_text(slow)
+    lib = where / f"loot_drop-debug{dl.SUFFIX}"
+    compile_plugin(where / "loot_drop-debug.c", lib)
+    before = host.current("loot_drop")
+    canary = host.canary("loot_drop", lib, share=0.25, judge=Judge(bake=10.0))
+    end = time.monotonic() + 20.0
+    while canary.running and time.monotonic() < end:
+        view.status(status_text(server, xp, current))
+        time.sleep(0.05)
+    if canary.running:
+        canary.abort("the demo's 20 s ran out")
+    view.event(
+        "canary",
+        f"loot_drop 1.1.0-debug (a busy loop left in) on 25% of the rolls beside "
+        f"v{canary.baseline.seq} 1.0.0: {canary.verdict.split(': latency ')[0]}",
+    )
+    after = host.current("loot_drop")
+    good = (
+        canary.state == "aborted"
+        and "regression in latency" in canary.verdict
+        and before is not None
+        and after is not None
+        and after.seq == before.seq
+    )
+    f = canary.figures()
+    return good, (
+        f"loot_drop 1.1.0-debug {canary.state} by the judge in {f['seconds']:.1f} s, its p50 "
+        f"{f['candidate']['p50_us'] or 0:.1f} us against {f['baseline']['p50_us'] or 0:.1f} us; "
+        f"v{canary.baseline.seq} 1.0.0 serves every roll again"
+    )
 
 
 def _crash_on_purpose(view: View, host: Host, crashy: Plugin) -> tuple[bool, str]:
