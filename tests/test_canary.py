@@ -488,3 +488,32 @@ def test_a_canary_of_every_key_is_judged_against_the_baselines_whole_life(
     with Players(served["reward"]):
         assert c.wait(30) == "promoted", c.verdict
     assert "only crashes were judged" in c.verdict
+
+
+def test_metrics_show_each_sides_share_while_a_canary_runs(
+    served: Host, reward: Callable[..., Path]
+) -> None:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    served.load(reward(2))
+    url = served.serve_metrics()
+
+    def shares() -> dict[tuple[str, str], float]:
+        with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - a local URL
+            text = r.read().decode()
+        out = {}
+        for fam in text_string_to_metric_families(text):
+            if fam.name == "hotload_canary_share":
+                for s in fam.samples:
+                    out[(s.labels["seq"], s.labels["role"])] = s.value
+        return out
+
+    assert shares() == {}
+    c = served.canary("reward", reward(3), share=0.05, judge=None)
+    assert shares() == {("1", "baseline"): 0.95, ("2", "candidate"): 0.05}
+    snap = served.metrics()["plugins"]["reward"]["versions"]
+    assert [(v["canary"], v["share"]) for v in snap] == [("baseline", 0.95), ("candidate", 0.05)]
+    c.promote()
+    assert shares() == {}

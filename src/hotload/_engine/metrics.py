@@ -379,6 +379,7 @@ def snapshot(records: Iterable[Any], swaps: SwapCounts, sample: int) -> dict[str
                 leaked_images += 1
                 leaked_bytes += stuck
             snap = version_snapshot(v, stuck)
+            snap.update({"canary": "", "share": None, **rec.canary_fields(v)})
             versions.append(snap)
             if snap["calls"] is not None:
                 calls += snap["calls"]

@@ -179,11 +179,12 @@ class PluginRecord:
             worker=proxy.state if proxy is not None else "",
             quarantined=len(proxy.quarantine.refused) if proxy is not None else 0,
             service_errors=img.imports.errors if img.imports is not None else 0,
-            **self._canary_fields(v),
+            **self.canary_fields(v),
             **metrics.version_fields(v),
         )
 
-    def _canary_fields(self, v: Version) -> dict[str, Any]:
+    def canary_fields(self, v: Version) -> dict[str, Any]:
+        """``canary`` (its role) and ``share`` of a version while a canary runs."""
         c = self.canary
         if c is None or not c.running:
             return {}

@@ -145,6 +145,13 @@ QUARANTINED = Family(
     "Inputs an isolated version refuses after they crashed its worker.",
     _VERSION,
 )
+CANARY_SHARE = Family(
+    "hotload_canary_share",
+    "gauge",
+    "While a canary runs: the share of keys whose calls go to each side (role candidate or "
+    "baseline).",
+    (*_VERSION, "role"),
+)
 SERVICE_ERRORS = Family(
     "hotload_service_errors", "counter", "Host-service calls from a version that raised.", _VERSION
 )
@@ -188,6 +195,7 @@ FAMILIES = (
     SWAPS,
     RESTARTS,
     QUARANTINED,
+    CANARY_SHARE,
     SERVICE_ERRORS,
     PLUGIN_CALLS,
     PLUGIN_ERRORS,
@@ -230,6 +238,8 @@ def walk(snap: dict[str, Any]) -> Iterator[Series]:
                 yield RESTARTS, vlabels, v["restarts"]
                 if v["state"] != "unloaded":  # a gauge: gone with the version
                     yield QUARANTINED, vlabels, v.get("quarantined", 0)
+            if v.get("canary"):
+                yield CANARY_SHARE, (*vlabels, v["canary"]), v["share"]
             if counting:
                 yield from _exports(v, vlabels)
                 yield from _services(v, vlabels)
