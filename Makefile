@@ -48,7 +48,7 @@ docs: $(STAMP)
 ROUTING_TESTS := tests/test_router.py tests/test_swap.py tests/test_soak.py \
 	tests/test_load_and_call.py tests/test_core.py tests/test_rollback_and_safety.py \
 	tests/test_bad_input.py tests/test_contract_events.py tests/test_contract_types.py \
-	tests/test_wire_parity.py tests/test_metrics.py tests/test_quarantine.py tests/test_canary.py
+	tests/test_wire_parity.py tests/test_metrics.py tests/test_quarantine.py tests/test_canary.py tests/test_release.py
 ROUTING_SKIP := not ((test_contract_events or test_contract_types) and isolated)
 
 # make test leaves out the tests marked soak (long loops, many swaps, each with a short

@@ -106,13 +106,36 @@ def test_the_top_level_is_only_the_front_door() -> None:
 
 def test_every_module_is_one_job() -> None:
     """No module grows past ~700 lines: by then it holds more than one job.
-    The façade, _host.py, only delegates: its length is the public API's
-    docstrings, one per operation, so it may reach 800 (the canary's methods
-    took it past 750); past that, an operation's logic has crept into it."""
+    The façade, _host.py, only delegates: most of it is the public API's
+    docstrings, one per operation, so it is held to its code instead: past
+    400 lines of code (docstrings, comments and blank lines aside), an
+    operation's logic has crept into it."""
     for path in SRC.rglob("*.py"):
-        lines = len(path.read_text().splitlines())
-        limit = 800 if path.name == "_host.py" else 750
-        assert lines <= limit, f"{path.relative_to(SRC)}: {lines} lines, more than one job"
+        text = path.read_text()
+        if path.name == "_host.py":
+            lines = _code_lines(text)
+            assert lines <= 400, f"_host.py: {lines} lines of code, more than delegation"
+            continue
+        lines = len(text.splitlines())
+        assert lines <= 750, f"{path.relative_to(SRC)}: {lines} lines, more than one job"
+
+
+def _code_lines(text: str) -> int:
+    """Lines of a module that are not docstrings, comments or blank."""
+    import ast
+
+    docs: set[int] = set()
+    for node in ast.walk(ast.parse(text)):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            value = body[0].value
+            if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                docs.update(range(body[0].lineno, (body[0].end_lineno or body[0].lineno) + 1))
+    return sum(
+        1
+        for i, line in enumerate(text.splitlines(), 1)
+        if i not in docs and line.strip() and not line.strip().startswith("#")
+    )
 
 
 def test_every_exception_class_lives_in_errors() -> None:

@@ -29,6 +29,7 @@ from ._errors import (
     PluginStoppedError,
     PluginTimeoutError,
     PreflightError,
+    ReleaseError,
     ResourceError,
     ServiceError,
     SignatureError,
@@ -57,6 +58,7 @@ for _error in (
     PluginStoppedError,
     PluginTimeoutError,
     PreflightError,
+    ReleaseError,
     ResourceError,
     ServiceError,
     SignatureError,
@@ -75,6 +77,7 @@ if TYPE_CHECKING:
     from ._engine.judge import Judge
     from ._engine.lifecycle import VersionInfo, VersionState
     from ._engine.registry import Plugin
+    from ._engine.release import Release
     from ._host import Host
     from ._process.options import Isolated
 
@@ -94,6 +97,7 @@ _LAZY = {
     "VersionInfo": "._engine.lifecycle",
     "VersionState": "._engine.lifecycle",
     "Plugin": "._engine.registry",
+    "Release": "._engine.release",
     "Host": "._host",
     "Isolated": "._process.options",
 }
@@ -143,6 +147,8 @@ __all__ = [
     "PluginStoppedError",
     "PluginTimeoutError",
     "PreflightError",
+    "Release",
+    "ReleaseError",
     "ResourceError",
     "ServiceError",
     "SignatureError",

@@ -106,6 +106,17 @@ class PreflightError(HookError):
         self.external = external
 
 
+class ReleaseError(HotloadError):
+    """A release (``Host.reload_together``) was refused before anything changed:
+    ``plugin`` names the plugin whose build or switch failed and ``cause``
+    is that plugin's own error (a ``SignatureError``, a ``PreflightError``...)."""
+
+    def __init__(self, message: str, *, plugin: str, cause: BaseException) -> None:
+        super().__init__(message)
+        self.plugin = plugin
+        self.cause = cause
+
+
 class ConfigError(HotloadError, ValueError):
     """An option given to ``Host``, ``load`` or ``Isolated`` is not valid; the
     message names the option and what it accepts.  Nothing was started."""

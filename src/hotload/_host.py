@@ -28,6 +28,7 @@ from ._engine.lifecycle import VersionInfo, VersionState, enable_faulthandler, r
 from ._engine.reaper import Reaper
 from ._engine.record import PluginRecord
 from ._engine.registry import Plugin
+from ._engine.release import Release
 from ._engine.settings import Settings
 from ._engine.swap import Swapper
 from ._engine.table import PluginTable
@@ -504,6 +505,43 @@ class Host:
         """
         self._table.check_open()
         return self._swap.canary(name, path, share=share, key=key, judge=judge, preflight=preflight)
+
+    def reload_together(
+        self,
+        builds: Mapping[str, PathOrCandidate | None],
+        *,
+        allow_signature_change: bool = False,
+        preflight: bool | None = None,
+    ) -> Release:
+        """Switch several plugins as one (the Releases page): every build is
+        read, checked, preflighted and opened first, and if any fails nothing
+        changes (``ReleaseError`` names the plugin and its cause); then all of
+        them switch together, so no caller meets a new version of one plugin
+        and an old version of another.  Plugins not loaded yet are loaded
+        (in process).  Returns the ``Release``.
+
+        Args:
+            builds: Plugin name -> its new build (a path, a candidate from
+                ``read``, or None: the plugin's own file, reread).
+            allow_signature_change: Accept builds that change exports or
+                prototypes (as in ``reload``).
+            preflight: Try each build in a separate process first; None: the
+                host's ``preflight``.
+        """
+        self._table.check_open()
+        return self._swap.releases.release(
+            builds, preflight=preflight, allow_signature_change=allow_signature_change
+        )
+
+    def rollback_together(self, *, preflight: bool | None = None) -> Release:
+        """Undo the last ``reload_together`` as one switch: each plugin back on the build
+        it replaced, one it loaded first unloaded.
+
+        Args:
+            preflight: As in ``reload_together``.
+        """
+        self._table.check_open()
+        return self._swap.releases.rollback(preflight=preflight)
 
     def canaries(self, *, ended: bool = False) -> list[Canary]:
         """The canaries running now, by plugin name.

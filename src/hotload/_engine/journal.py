@@ -49,6 +49,7 @@ KINDS = (
     "widen",
     "promote",
     "abort",
+    "release",
 )
 
 #: Who asked: the application (``api``), the control socket (``cli``: ``hotload

@@ -289,7 +289,7 @@ class Folded:
 
 
 # -- swaps ---------------------------------------------------------------------------
-SWAP_OPS = ("load", "reload", "rollback", "unload", "canary")
+SWAP_OPS = ("load", "reload", "rollback", "unload", "canary", "release")
 
 
 class SwapCounts:

@@ -18,13 +18,11 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from .._artifact import loader as loader_mod
-from .._artifact import signatures as sig
 from .._artifact.descriptor import TypeDecl
 from .._artifact.loader import Candidate, Image, Loader, Staged
 from .._artifact.reader import Reader
 from .._contract.events import EventTable
 from .._contract.services import ServiceTable
-from .._contract.structs import plain
 from .._errors import (
     AlreadyLoadedError,
     ClosedError,
@@ -32,7 +30,6 @@ from .._errors import (
     HookTimeoutError,
     HotloadError,
     NotLoadedError,
-    SignatureError,
     TypeLayoutError,
 )
 from .._inspect import report as inspector
@@ -40,7 +37,7 @@ from .._process.isolation import Isolation
 from .._process.options import Isolated
 from .._process.preflight import PreflightWorker
 from . import canary as canary_rules
-from . import split
+from . import compat, split
 from .canary import Canary, check_share
 from .journal import origin
 from .judge import Judge
@@ -49,6 +46,7 @@ from .metrics import SwapCounts
 from .reaper import Reaper
 from .record import PluginRecord
 from .registry import Plugin
+from .release import Releaser
 from .settings import Settings
 from .table import PluginTable
 from .unload_policy import UnloadPolicy
@@ -127,6 +125,7 @@ class Swapper:
         self.counts = SwapCounts()  # swaps by plugin, operation and result (metrics)
         self._journal = table.journal
         self._isolation: Isolation | None = None  # started by the first isolated load
+        self.releases = Releaser(self)  # several plugins switched as one (release.py)
         self._isolation_lock = threading.Lock()
 
     # -- what the host asks for ----------------------------------------------------
@@ -510,7 +509,7 @@ class Swapper:
         old = rec.current
         assert old is not None
         if not allow_signature_change:
-            _check_compatible(old.image, cand)
+            compat.check_compatible(old.image, cand)
         staged = self._loader.stage(cand, rec.seq + 1)
         image = self._open(rec, staged, old, preflight)
         new = Version(rec.name, staged.seq, image, self._reaper.wake, self._settings.sample)
@@ -702,35 +701,3 @@ def _imports(cand: Candidate) -> dict[str, str]:
 
 def _hook_name(image: Image, hook: str) -> str:
     return f"{image.source}: {hook} of {image.name} {image.version}"
-
-
-_ACCEPT_CHANGE = (
-    "To accept it: host.reload(..., allow_signature_change=True), "
-    "host.watch(..., allow_signature_change=True) or "
-    "`hotload reload {name} --allow-signature-change`"
-)
-
-
-def _check_compatible(old: Image, new: Candidate) -> None:
-    """A reload must keep every function callers already use, with the same
-    prototype, unless the host explicitly allows a change."""
-    if new.prototypes == old.prototypes:  # the same text is the same cffi type: nothing changed
-        return
-    for fname, proto in old.prototypes.items():
-        if fname not in new.prototypes:
-            raise SignatureError(
-                f"{new.source}: the new build no longer exports {fname} ({proto}); callers still "
-                f"use it. {_ACCEPT_CHANGE.format(name=old.name)}"
-            )
-        if sig.pointer_type(proto) is not sig.pointer_type(new.prototypes[fname]):
-            if plain(proto) == plain(new.prototypes[fname]):
-                raise TypeLayoutError(
-                    f"{new.source}: {fname} ({plain(proto)}) uses a type whose layout changed "
-                    f"from version {old.version} to {new.version}; callers' values have the old "
-                    f"layout. {_ACCEPT_CHANGE.format(name=old.name)}"
-                )
-            raise SignatureError(
-                f"{new.source}: {fname} changed from {proto!r} (version {old.version}) to "
-                f"{new.prototypes[fname]!r} (version {new.version}); callers were written for the "
-                f"old prototype. {_ACCEPT_CHANGE.format(name=old.name)}"
-            )

@@ -1,0 +1,331 @@
+"""A release: several plugins switched as one (``Host.reload_together``).
+
+The winter event is a reward rule, a drop table and a login handler that
+expect each other: a player must never meet the new rule with the old table.
+A release reads, checks, preflights and opens every build and prepares every
+route first; if any step fails, nothing has changed and the ``ReleaseError``
+names the plugin and its cause.  Then the switch:
+
+1. the new versions of plugins without state hand-over run ``on_load``
+   (a refusal here still changes nothing);
+2. every route involved is *held* (``Plugin._hold``: new calls wait at the
+   gate, as in a stateful reload's short switch), the stateful ones' old
+   versions drain, hand their state over, and their new versions start;
+3. every route is published to its new version, one after another, while
+   each is still held.
+
+Why no thread can call a new version of one plugin and then an old version of
+another: from step 2 on, no route leads to an old version (a call arriving
+waits at the gate); in step 3 a route leads either to its new version or to
+the gate, and a caller at the gate is released only onto the new version.  So
+once any new version can be called, every other plugin of the release is new
+or not callable yet.  Calls already inside an old version finish there, as in a
+reload.  The price is that callers of these plugins wait while step 2 runs:
+the state hand-over of the stateful ones, each bounded by ``quiesce_timeout``
+and ``hook_timeout``.  Both routers share this argument: it uses the gate, not
+the router.
+
+``rollback`` of a release is a release of each plugin's previous build, with
+the same guarantee; a plugin the release loaded first is unloaded in the same
+switch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._artifact import loader as loader_mod
+from .._artifact.loader import Candidate
+from .._errors import DescriptorError, HotloadError, ReleaseError
+from . import compat
+from .lifecycle import Version, VersionInfo
+from .record import PluginRecord
+from .registry import Plugin
+
+log = logging.getLogger(__name__)
+
+Source = str | os.PathLike[str] | Candidate | None
+
+
+@dataclass
+class _Part:
+    """One plugin of a release, as it is prepared."""
+
+    name: str
+    rec: PluginRecord
+    old: Version | None  # None: the release loads it first
+    unload: bool = False  # a rollback's: the release had loaded it first
+    cand: Candidate | None = None
+    plugin: Plugin | None = None
+    new: Version | None = None
+    commit: Callable[[], None] | None = None
+    started: bool = False
+
+    @property
+    def stateful(self) -> bool:
+        return self.old is not None and self.old.image.on_unload is not None
+
+
+@dataclass
+class Release:
+    """What ``Host.reload_together`` did: its ``id`` (the journal says ``release N``),
+    each plugin's new version, and the version each replaced (None: loaded by
+    this release)."""
+
+    id: int
+    versions: dict[str, VersionInfo]
+    replaced: dict[str, int | None] = field(default_factory=dict)
+    unloaded: tuple[str, ...] = ()  # a rollback's: plugins the release had loaded first
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "versions": {n: v.as_dict() for n, v in self.versions.items()},
+            "replaced": self.replaced,
+            "unloaded": list(self.unloaded),
+        }
+
+
+_ids = itertools.count(1)
+
+
+class Releaser:
+    """The release operations of one host's ``Swapper`` (which owns the records)."""
+
+    def __init__(self, swapper: Any) -> None:  # the Swapper (which imports this module)
+        self._swap = swapper
+        self.history: list[Release] = []  # newest last; a rollback pops
+
+    def release(
+        self,
+        builds: Mapping[str, Source],
+        *,
+        preflight: bool | None,
+        allow_signature_change: bool,
+        note: str = "",
+        unload: tuple[str, ...] = (),
+    ) -> Release:
+        if not builds and not unload:
+            raise ValueError("a release names at least one plugin")
+        for name in builds:
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ValueError(f"release: {name!r} is not a plugin name")
+        sw = self._swap
+        rid = next(_ids)
+        names = sorted({*builds, *unload})
+        recs = {n: sw._table.record(n) for n in names}
+        with contextlib.ExitStack() as locks:
+            for n in names:  # one order for every release: two cannot deadlock
+                locks.enter_context(recs[n].lock)
+            sw._table.check_open()
+            parts = [self._part(n, recs[n], n in unload) for n in names]
+            label = note or f"release {rid}: " + ", ".join(names)
+            p = parts[0]
+            try:
+                for p in parts:
+                    if not p.unload:
+                        self._prepare(p, builds[p.name], preflight, allow_signature_change, label)
+                for p in parts:
+                    if not p.unload and not p.stateful:
+                        self._start(p, None)
+            except Exception as exc:
+                self._undo(parts)
+                raise self._refused(p, exc) from exc
+            except BaseException:
+                self._undo(parts)
+                raise
+            self._switch(parts)
+            result = self._finish(rid, parts, label, rollback=bool(note))
+        self.history.append(result)
+        return result
+
+    def rollback(self, *, preflight: bool | None) -> Release:
+        """The last release undone as one switch: each plugin back on the build
+        it replaced; one the release loaded first is unloaded."""
+        if not self.history:
+            raise HotloadError("no release to roll back")
+        last = self.history[-1]
+        builds: dict[str, Source] = {}
+        for name, seq in last.replaced.items():
+            if seq is None:
+                continue
+            rec = self._swap._table.get(name)
+            build = rec.chain[-2] if rec is not None and len(rec.chain) >= 2 else None
+            if build is None:
+                raise HotloadError(f"release {last.id}: {name}: its previous build is not kept")
+            builds[name] = loader_mod.candidate(
+                build.data, build.source, name=name, declared=rec.declared if rec else None
+            )
+        unload = tuple(n for n, seq in last.replaced.items() if seq is None)
+        done = self.release(
+            builds,
+            preflight=preflight,
+            allow_signature_change=True,
+            note=f"rollback of release {last.id}",
+            unload=unload,
+        )
+        self.history.remove(done)
+        self.history.remove(last)
+        return done
+
+    # -- the steps ------------------------------------------------------------------
+    def _part(self, name: str, rec: PluginRecord, unload: bool) -> _Part:
+        if rec.canary is not None:
+            raise ReleaseError(
+                f"release refused (nothing changed): {name}: a canary is running; promote or "
+                "abort it first",
+                plugin=name,
+                cause=HotloadError("canary running"),
+            )
+        old = rec.current
+        if old is None and rec.plugin is not None:
+            raise ReleaseError(
+                f"release refused (nothing changed): {name}: it is mid-switch",
+                plugin=name,
+                cause=HotloadError("mid-switch"),
+            )
+        return _Part(name, rec, old, unload=unload)
+
+    def _prepare(
+        self, p: _Part, source: Source, preflight: bool | None, allow: bool, label: str
+    ) -> None:
+        sw, rec = self._swap, p.rec
+        if isinstance(source, Candidate):
+            cand = source
+        else:
+            if source is None and not rec.source:
+                raise HotloadError(f"{p.name} is not loaded: give its build")
+            path = rec.source if source is None else os.fspath(source)
+            if p.old is not None:
+                sw._policy.check_budget(rec.history, p.name, path)
+            cand = sw._reader.read(path, name=p.name, signatures=rec.declared, known=rec.live())
+        if cand.name != p.name:
+            raise DescriptorError(
+                f"{cand.source}: the file declares plugin {cand.name!r}, not {p.name!r}"
+            )
+        if p.old is not None and not allow:
+            compat.check_compatible(p.old.image, cand)
+        p.cand = cand
+        staged = sw._loader.stage(cand, rec.seq + 1)
+        image = sw._open(rec, staged, p.old, preflight)
+        p.plugin = rec.plugin or Plugin(p.name, rec.infos)
+        p.new = Version(p.name, staged.seq, image, sw._reaper.wake, sw._settings.sample)
+        p.new.note = label
+        p.commit = p.plugin._prepare(p.new)
+
+    def _start(self, p: _Part, state: bytes | None) -> None:
+        assert p.new is not None
+        prev = p.old.image.version if p.old is not None else None
+        self._swap._start(p.rec, p.new, prev, state)
+        p.started = True
+
+    def _undo(self, parts: list[_Part]) -> None:
+        """Close what a refused release opened; what served serves on."""
+        for p in parts:
+            if p.new is not None and (p.started or p.commit is not None):
+                with contextlib.suppress(Exception):
+                    self._swap._discard(p.rec, p.new)
+
+    def _switch(self, parts: list[_Part]) -> None:
+        """Hold every route, hand the stateful ones' state over, then publish
+        every new version (see the module's docstring for why this order)."""
+        sw = self._swap
+        held = [p for p in parts if p.old is not None]
+        stateful = [p for p in held if p.stateful and not p.unload]
+        for p in held:
+            assert p.rec.plugin is not None
+            p.rec.plugin._hold()
+        try:
+            for p in stateful:
+                assert p.old is not None
+                p.old.retire()
+            for p in stateful:
+                assert p.old is not None
+                if p.old.calls and not p.old.drained.wait(sw._settings.quiesce_timeout):
+                    log.warning("release: %s v%d still has calls in flight", p.name, p.old.seq)
+                self._start(p, sw._take_state(p.rec, p.old))
+        except BaseException as exc:
+            for p in stateful:
+                assert p.old is not None
+                p.old.unretire()
+            for p in held:
+                assert p.rec.plugin is not None and p.old is not None
+                p.rec.plugin._publish(p.old)
+            self._undo(parts)
+            if not isinstance(exc, Exception):
+                raise
+            failed = next((p for p in stateful if not p.started), parts[0])
+            raise self._refused(failed, exc) from exc
+        for p in parts:
+            if p.commit is not None:
+                p.commit()
+        for p in parts:  # the flip: each route from the gate to its new version, or closed
+            if p.unload:
+                assert p.rec.plugin is not None
+                p.rec.plugin._close()
+            else:
+                assert p.plugin is not None and p.new is not None
+                p.plugin._publish(p.new)
+
+    def _refused(self, p: _Part, exc: Exception) -> ReleaseError:
+        """The error a refused release raises, journaled as a refused build of ``p``."""
+        cand, old = p.cand, p.old
+        self._swap._journal.refused(
+            p.name,
+            exc,
+            op="release",
+            source=cand.source if cand is not None else p.rec.source,
+            from_seq=old.seq if old is not None else None,
+            from_digest=old.image.digest if old is not None else None,
+            to_digest=cand.digest if cand is not None else None,
+            version=cand.version if cand is not None else "",
+        )
+        if isinstance(exc, ReleaseError):
+            return exc
+        return ReleaseError(
+            f"release refused (nothing changed): {p.name}: {type(exc).__name__}: {exc}",
+            plugin=p.name,
+            cause=exc,
+        )
+
+    def _finish(self, rid: int, parts: list[_Part], label: str, *, rollback: bool) -> Release:
+        sw = self._swap
+        versions: dict[str, VersionInfo] = {}
+        replaced: dict[str, int | None] = {}
+        for p in parts:
+            rec = p.rec
+            if p.old is not None:
+                if not p.stateful or p.unload:
+                    p.old.retire()
+                sw._reaper.retire(p.old, unload_safe=rec.unload_safe)
+            if p.unload:
+                rec.unloaded()
+                sw._events.changed(unloaded=p.name)
+                sw._note("unload", p.name, p.old, None, label)
+                sw._table.changed(p.name)
+                continue
+            assert p.new is not None and p.cand is not None and p.plugin is not None
+            if rec.plugin is None:
+                rec.plugin = p.plugin
+                sw._events.changed(loaded=p.name)
+            rec.add(p.new)
+            if rollback and p.old is not None:
+                rec.rolled_back(p.new)  # the chain walks back, as a plugin's rollback does
+            else:
+                rec.went_live(p.new, p.cand.data, p.cand.source)
+            rec.source = p.cand.source
+            sw._inspect_later(p.new.image)
+            sw._note("release", p.name, p.old, p.new, label)
+            replaced[p.name] = p.old.seq if p.old is not None else None
+            versions[p.name] = rec.info(p.new, inspect=False, measure=False)
+            sw.counts.count(p.name, "release", True)
+            sw._table.changed(p.name)
+        sw._events.changed()
+        log.info("%s: %s", label, ", ".join(f"{n} v{v.seq}" for n, v in versions.items()))
+        return Release(rid, versions, replaced, tuple(p.name for p in parts if p.unload))

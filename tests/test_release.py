@@ -1,0 +1,158 @@
+"""Issue 23 item 1: several plugins switched as one (``host.reload_together``).
+
+Every build is read, checked, preflighted and opened first, and a refusal of
+any changes nothing; then all switch at one instant, so that no caller that
+saw a new version of one plugin meets an old version of another.  Real
+plugins compiled here, real threads calling, both routers (``make test``
+runs this file again with HOTLOAD_PURE_PYTHON=1)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from hotload import Host, HotloadError, ReleaseError, SignatureError
+
+from conftest import Compile, wait_for, xp_source
+
+RULE = r"""
+#include <hotload.h>
+HOTLOAD_PLUGIN("NAME", "GEN.0");
+HOTLOAD_API int32_t generation(void) { return GEN; }
+HOTLOAD_EXPORT(generation, int32_t, (void));
+HOTLOAD_API int64_t apply(int64_t x) { return x * GEN; }
+HOTLOAD_EXPORT(apply, int64_t, (int64_t));
+"""
+REFUSING = RULE.replace(
+    "HOTLOAD_API int32_t generation",
+    "static int no(const char *p, const void *s, size_t n) { (void)p; (void)s; (void)n; "
+    "return 7; }\nHOTLOAD_ON_LOAD(no);\nHOTLOAD_API int32_t generation",
+)
+
+
+@pytest.fixture
+def rule(cc: Compile) -> Callable[..., Path]:
+    def build(name: str, gen: int, *, source: str = RULE) -> Path:
+        text = source.replace("NAME", name).replace("GEN", str(gen))
+        return cc(text, f"{name}_{gen}_{hash(source) & 0xFFFF}")
+
+    return build
+
+
+def test_three_plugins_switch_as_one_and_no_caller_mixes_generations(
+    host: Host, rule: Callable[..., Path]
+) -> None:
+    names = ("reward", "drops", "login")
+    plugins = [host.load(rule(n, 1)) for n in names]
+    mixed: list[tuple[int, ...]] = []
+    calls = [0]
+    stop = threading.Event()
+
+    def player() -> None:
+        # reads the three in one order, then the other: a caller that saw generation 2
+        # of any plugin must never read generation 1 of a later one
+        while not stop.is_set():
+            for order in (plugins, plugins[::-1]):
+                seen = tuple(p.generation() for p in order)  # in the order they were read
+                if any(a > b for a, b in zip(seen, seen[1:], strict=False)):  # newer, then older
+                    mixed.append(seen)
+                calls[0] += 1
+
+    threads = [threading.Thread(target=player) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: calls[0] > 3000, what="callers warmed up")
+        for gen in (2, 3, 4, 5, 6):
+            done = host.reload_together({n: rule(n, gen) for n in names})
+            assert [v.plugin_version for v in done.versions.values()] == [f"{gen}.0"] * 3
+            target = calls[0] + 500
+            wait_for(lambda t=target: calls[0] > t, what="calls after the release")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not mixed, mixed[:5]
+    assert [p.generation() for p in plugins] == [6, 6, 6]
+    assert host.settle(10)
+    for n in names:
+        states = [str(v.state) for v in host.versions(n)]
+        assert states.count("active") == 1 and states[-1] == "active"
+    notes = {e.detail for e in host.journal() if e.kind == "release"}
+    assert len(notes) == 5 and all("drops, login, reward" in d for d in notes)
+
+
+def test_a_refused_build_changes_nothing_and_names_the_plugin(
+    host: Host, rule: Callable[..., Path], cc: Compile
+) -> None:
+    a, b = host.load(rule("reward", 1)), host.load(rule("drops", 1))
+    refusing = {"reward": rule("reward", 2), "drops": rule("drops", 2, source=REFUSING)}
+    with pytest.raises(ReleaseError, match=r"drops: PreflightError: .*on_load .*refused"):
+        host.reload_together(refusing)
+    with pytest.raises(ReleaseError, match=r"drops: HookError: .*refused") as err:
+        host.reload_together(refusing, preflight=False)  # refused here: reward's new one closed
+    assert err.value.plugin == "drops"
+    changed = RULE.replace("int64_t apply(int64_t x)", "int64_t apply(int32_t x)").replace(
+        "(int64_t));", "(int32_t));"
+    )
+    with pytest.raises(ReleaseError, match="reward: SignatureError") as err2:
+        host.reload_together(
+            {"reward": rule("reward", 3, source=changed), "drops": rule("drops", 3)}
+        )
+    assert isinstance(err2.value.cause, SignatureError)
+    with pytest.raises(ReleaseError, match="drops"):
+        host.reload_together({"reward": rule("reward", 4), "drops": Path("/nonexistent/drops.so")})
+    with pytest.raises(ReleaseError, match="declares plugin 'reward', not 'drops'"):
+        host.reload_together({"reward": rule("reward", 4), "drops": rule("reward", 5)})
+    assert (a.generation(), b.generation()) == (1, 1)
+    assert [v.seq for v in host.versions("reward")] == [1]
+    assert [v.seq for v in host.versions("drops")] == [1]
+    refused = [e for e in host.journal() if e.kind == "refused"]
+    assert {e.detail for e in refused} == {"release"} and len(refused) == 5
+    with pytest.raises(ValueError):
+        host.reload_together({})
+    with pytest.raises(ValueError):
+        host.reload_together({"../x": rule("reward", 2)})
+
+
+def test_a_release_loads_new_plugins_and_its_rollback_undoes_it_as_one(
+    host: Host, rule: Callable[..., Path]
+) -> None:
+    reward = host.load(rule("reward", 1))
+    done = host.reload_together({"reward": rule("reward", 2), "winter": rule("winter", 2)})
+    assert done.replaced == {"reward": 1, "winter": None}
+    winter = host["winter"]
+    assert (reward.generation(), winter.generation()) == (2, 2)
+    undone = host.rollback_together()
+    assert undone.unloaded == ("winter",) and "winter" not in host
+    assert reward.generation() == 1
+    with pytest.raises(HotloadError, match="no release to roll back"):
+        host.rollback_together()
+    with pytest.raises(HotloadError, match="nothing to roll back to"):
+        host.rollback("reward")  # its own chain walked back too: nothing before v1's build
+
+
+def test_stateful_plugins_hand_their_state_over_in_the_same_switch(
+    host: Host, cc: Compile, rule: Callable[..., Path]
+) -> None:
+    xp = host.load(cc(xp_source(2, "1"), "xp1"))
+    other = host.load(rule("reward", 1))
+    for _ in range(5):
+        xp.reward(10, 1)
+    host.reload_together({"xp": cc(xp_source(3, "2"), "xp2"), "reward": rule("reward", 2)})
+    assert xp.grants_so_far() == 5 and xp.gen() == 2 and other.generation() == 2
+    assert xp.reward(10, 1) == 31  # x3 now
+    assert xp.previous_version() == b"1"
+
+
+def test_a_release_is_refused_while_a_canary_runs(host: Host, rule: Callable[..., Path]) -> None:
+    host.load(rule("reward", 1))
+    host.load(rule("drops", 1))
+    c = host.canary("drops", rule("drops", 2), judge=None)
+    with pytest.raises(ReleaseError, match="drops: a canary is running"):
+        host.reload_together({"reward": rule("reward", 2), "drops": rule("drops", 3)})
+    c.abort()
+    host.reload_together({"reward": rule("reward", 2), "drops": rule("drops", 3)})
