@@ -156,3 +156,43 @@ def test_a_release_is_refused_while_a_canary_runs(host: Host, rule: Callable[...
         host.reload_together({"reward": rule("reward", 2), "drops": rule("drops", 3)})
     c.abort()
     host.reload_together({"reward": rule("reward", 2), "drops": rule("drops", 3)})
+
+
+def test_the_cli_releases_and_rolls_back_and_refuses_hostile_requests(
+    tmp_path: Path, rule: Callable[..., Path], short_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hotload import ControlError
+    from hotload._cli import main as cli
+    from hotload._ops import control_client
+
+    with Host(tmp_path / "work") as h:
+        h.load(rule("reward", 1))
+        sock = str(h.serve_control(directory=short_tmp).path)
+        args = ["release", f"reward={rule('reward', 2)}", f"winter={rule('winter', 2)}"]
+        assert cli.main([*args, "--socket", sock]) == 0
+        out = capsys.readouterr().out
+        assert "reward v1 -> v2 (2.0), winter v1 (2.0, new)" in out
+        assert h["winter"].generation() == 2
+        assert cli.main(["ls", "--socket", sock]) == 0
+        assert capsys.readouterr().out.count("release 1: reward, winter") == 2  # NOTE, each
+        assert cli.main(["release", "--rollback", "--socket", sock]) == 0
+        assert "unloaded winter" in capsys.readouterr().out and "winter" not in h
+        for bad in (["release", "--socket", sock], ["release", "reward", "--socket", sock]):
+            assert cli.main(bad) == 1
+            assert "NAME=FILE" in capsys.readouterr().err
+        hostile: list[dict[str, object]] = [
+            {"builds": []},
+            {"builds": {}},
+            {"builds": {"reward": "relative.so"}},
+            {"builds": {"../x": str(rule("reward", 3))}},
+            {"builds": {"reward": 7}},
+            {"builds": {f"p{i}": "/x.so" for i in range(65)}},
+            {"builds": {"reward": str(rule("reward", 3))}, "allow_signature_change": "yes"},
+            {"rollback": "yes", "builds": None},
+        ]
+        for req in hostile:
+            with pytest.raises(ControlError):
+                control_client.request(sock, "release", **req)
+        with pytest.raises(ControlError, match="no release to roll back"):
+            control_client.request(sock, "release", rollback=True)
+        assert [v.seq for v in h.versions("reward") if str(v.state) == "active"] == [3]

@@ -9,6 +9,8 @@
     hotload rollback NAME [--json] [--host ...]             make the previous version live again
     hotload canary NAME [FILE] [--share S] [--promote|--abort|--wait] [--json] [--host ...]
                                                             a build beside the one serving, judged
+    hotload release NAME=FILE ... | --rollback [--json] [--host ...]
+                                                            switch several plugins as one
     hotload log [NAME] [--follow] [--json] [-n N] [--host ...]
                                                             the host's swap journal
     hotload inspect FILE [--json]                           offline: descriptor, exports,
@@ -53,6 +55,9 @@ bad usage); ``-v`` adds the library's log.
     ``{"version": VERSION, "previous": VERSION}``.
 ``rollback --json``
     ``{"version": VERSION}``.
+``release --json``
+    ``{"release": {"id", "versions": {NAME: VERSION}, "replaced": {NAME: SEQ | null},
+    "unloaded": [NAME]}}``.
 ``canary --json``
     ``{"canary": CANARY | null}``; CANARY is ``Canary.figures()``: ``name, state,
     verdict, share, baseline_seq, candidate_seq, started_at, ended_at, seconds,
@@ -88,6 +93,7 @@ from .._ops import control_client, control_paths
 from .canary import add_command as add_canary_command
 from .log import add_command as add_log_command
 from .log import refusal_notes
+from .release import add_command as add_release_command
 from .top_data import fmt_count, fmt_us, shown_state
 
 _VERSION_NODE = re.compile(r"^[A-Z][A-Z0-9_]*_[0-9][0-9.]*$")
@@ -186,6 +192,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_rollback)
     add_log_command(sub, [target, as_json])  # hotload log
     add_canary_command(sub, [target, as_json])  # hotload canary
+    add_release_command(sub, [target, as_json])  # hotload release
     p = sub.add_parser("inspect", parents=[as_json], help="describe a plugin file (offline)")
     p.add_argument("file")
     p.set_defaults(func=cmd_inspect)

@@ -92,15 +92,13 @@ class Release:
         }
 
 
-_ids = itertools.count(1)
-
-
 class Releaser:
     """The release operations of one host's ``Swapper`` (which owns the records)."""
 
     def __init__(self, swapper: Any) -> None:  # the Swapper (which imports this module)
         self._swap = swapper
         self.history: list[Release] = []  # newest last; a rollback pops
+        self._ids = itertools.count(1)
 
     def release(
         self,
@@ -117,7 +115,7 @@ class Releaser:
             if not isinstance(name, str) or not name.isidentifier():
                 raise ValueError(f"release: {name!r} is not a plugin name")
         sw = self._swap
-        rid = next(_ids)
+        rid = next(self._ids)
         names = sorted({*builds, *unload})
         recs = {n: sw._table.record(n) for n in names}
         with contextlib.ExitStack() as locks:

@@ -46,6 +46,7 @@ from .._platform import dl, proc
 from .control_canary import canary_result
 from .control_journal import log_result, refused_builds
 from .control_paths import ENV_DIR, control_dir, require_unix_sockets, sweep_stale
+from .control_release import release_result
 from .control_wire import MAX_LINE, NOSIGNAL, PROTOCOL, encode, error_reply, request_path
 
 if TYPE_CHECKING:
@@ -586,6 +587,9 @@ class ControlServer:
     def _op_rollback(self, req: dict[str, Any]) -> dict[str, Any]:
         return {"version": self.host.rollback(self._loaded(req)).as_dict()}
 
+    def _op_release(self, req: dict[str, Any]) -> dict[str, Any]:
+        return release_result(self.host, req)
+
     def _op_canary(self, req: dict[str, Any]) -> dict[str, Any]:
         return canary_result(self.host, self._loaded(req), req)
 
@@ -618,6 +622,7 @@ _OPS = {
     "reload": ControlServer._op_reload,
     "rollback": ControlServer._op_rollback,
     "canary": ControlServer._op_canary,
+    "release": ControlServer._op_release,
     "log": ControlServer._op_log,
 }
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol, TypeVar
 
 from .._artifact.loader import Candidate
@@ -17,6 +17,7 @@ from .._engine.journal import Journal
 from .._engine.judge import Judge
 from .._engine.lifecycle import VersionInfo
 from .._engine.registry import Plugin
+from .._engine.release import Release
 from .._errors import ClosedError
 from .._process.options import Isolated
 
@@ -73,6 +74,15 @@ class PluginHost(Protocol):
     ) -> Canary: ...
 
     def canaries(self, *, ended: bool = False) -> list[Canary]: ...
+
+    def reload_together(
+        self,
+        builds: Mapping[str, PathOrCandidate | None],
+        *,
+        allow_signature_change: bool = False,
+    ) -> Release: ...
+
+    def rollback_together(self) -> Release: ...
 
     def unload(self, name: str) -> None: ...
 
