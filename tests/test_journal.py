@@ -423,31 +423,47 @@ def test_follow_as_json_or_by_name_says_on_stderr_what_the_ring_dropped(
 ) -> None:
     """A journal of 4 and 60 reloads between two polls of ``log -f``: the text
     follower said how many were dropped, ``--json`` and ``NAME`` followers
-    skipped them in silence (the attacker's review)."""
+    skipped them in silence (the attacker's review).  Each follower is waited
+    for by what it prints: the load (it has read the journal once and
+    follows), then the last reload (it has asked again after the 60)."""
     host = Host(tmp_path / "w", preflight=False, journal_size=4)
-    procs = []
+    procs: list[subprocess.Popen[str]] = []
+    outs: list[list[str]] = []
+    readers: list[threading.Thread] = []
+
+    def printed(k: int, text: str) -> bool:
+        return any(text in line for line in list(outs[k]))
+
     try:
         sock = host.serve_control(directory=ctl).path
         host.load(xp_build(mult=2))
         for extra in (["--json"], ["xp"]):
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "hotload", "log", "-f", *extra, "--socket", str(sock)],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "hotload", "log", "-f", *extra, "--socket", str(sock)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )
-        time.sleep(2.0)  # both have read the journal once and follow
+            procs.append(proc)
+            outs.append([])
+            out, lines = proc.stdout, outs[-1]
+            readers.append(
+                threading.Thread(target=lambda o=out, ls=lines: ls.extend(o), daemon=True)
+            )
+            readers[-1].start()
+        for k in range(2):  # the load's entry: read once, now following
+            wait_for(lambda k=k: printed(k, "1.0.0"), 60, f"follower {k}'s first read")
         for k in range(60):
             host.reload("xp", xp_build(mult=3 + k % 2, version=f"2.{k}.0"))
-        time.sleep(2.0)
+        for k in range(2):  # the last reload's entry: asked again after the 60
+            wait_for(lambda k=k: printed(k, "2.59.0"), 60, f"follower {k}'s next read")
     finally:
         host.close()
-    for proc in procs:
+    for proc, lines, reader in zip(procs, outs, readers, strict=True):
         rc = run_guarded(lambda p=proc: p.wait(), timeout=60, what="hotload log -f to exit")
-        assert proc.stderr is not None and proc.stdout is not None
-        err, out = proc.stderr.read(), proc.stdout.read()
+        reader.join(30)
+        assert proc.stderr is not None
+        err, out = proc.stderr.read(), "".join(lines)
         assert rc == 0 and "entries were dropped before they could be shown" in err + out, err
         if "--json" in proc.args:
             assert all(json.loads(line)["kind"] for line in out.splitlines())  # JSON Lines only
