@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from hotload import Host, HotloadError, SignatureError
 from hotload._ops import metrics_exposition, metrics_server
 
-from conftest import Compile
+from conftest import Compile, wait_for
 
 SRC = r"""
 #include <hotload.h>
@@ -453,6 +453,11 @@ def test_trickling_clients_cannot_take_the_hosts_descriptors(
                 s = socket.create_connection((hostport[0], int(hostport[1])), timeout=5)
                 s.sendall(b"GET /metrics HTTP/1.1\r\n")
                 socks.append(s)
+                # each accepted before the next: past the listen backlog (5) the kernel drops
+                # the SYN and the client tries again a second later (6 s of this test)
+                wait_for(
+                    lambda: _accept_queue(int(hostport[1])) == 0, what="the accept", interval=0
+                )
             peak_threads = peak_fds = 0
             deadline = time.monotonic() + 3.0
             while time.monotonic() < deadline:
@@ -469,6 +474,17 @@ def test_trickling_clients_cannot_take_the_hosts_descriptors(
         assert peak_threads <= 2 * metrics_server.MAX_CONNECTIONS, peak_threads
         assert peak_fds <= metrics_server.MAX_CONNECTIONS + 4, peak_fds
         assert scrape(url) is not None  # the endpoint serves on
+
+
+def _accept_queue(port: int) -> int:
+    """Connections waiting in the accept queue of the IPv4 socket listening on
+    ``port`` (``/proc/net/tcp``: a listener's rx_queue is its accept queue)."""
+    with open("/proc/net/tcp") as fh:
+        for row in fh.readlines()[1:]:
+            f = row.split()
+            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                return int(f[4].split(":")[1], 16)
+    raise AssertionError(f"nothing listens on port {port}")
 
 
 def _serve_while_closing(work: Path) -> None:
