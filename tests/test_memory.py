@@ -126,7 +126,7 @@ def test_1000_in_process_reloads_keep_rss_flat(tmp_path: Path, cc: Compile) -> N
 
 
 def test_in_process_reloads_keep_nothing_per_reload(tmp_path: Path, cc: Compile) -> None:
-    f = run_child(build(cc), tmp_path / "work", warmup=300, reloads=300, trace=True)
+    f = run_child(build(cc), tmp_path / "work", warmup=300, reloads=300, trace=True, rss=False)
     check_flat(f, isolated=False, rss=False)
 
 
@@ -143,7 +143,7 @@ def test_1000_reloads_of_fresh_builds_keep_rss_flat(tmp_path: Path, cc: Compile)
 
 
 def test_reloads_of_fresh_builds_keep_nothing_per_build(tmp_path: Path, cc: Compile) -> None:
-    f = run_child(build(cc), tmp_path / "work", warmup=300, reloads=300, fresh=True)
+    f = run_child(build(cc), tmp_path / "work", warmup=300, reloads=300, fresh=True, rss=False)
     check_flat(f, isolated=False, rss=False)  # not traced: it slows each inspection 10x
 
 
@@ -233,7 +233,14 @@ def test_isolated_reloads_keep_nothing_per_reload(tmp_path: Path, cc: Compile) -
     which 60 reloads' bound of 12 cannot tell from growth; 180 reloads kept
     11, 100 reloads 13 and 20.)"""
     f = run_child(
-        build(cc), tmp_path / "work", warmup=8, reloads=120, history=4, isolate=True, trace=True
+        build(cc),
+        tmp_path / "work",
+        warmup=8,
+        reloads=120,
+        history=4,
+        isolate=True,
+        trace=True,
+        rss=False,
     )
     check_flat(f, isolated=True, rss=False)
 
@@ -243,7 +250,14 @@ def test_an_unloaded_isolated_version_keeps_no_state_blob(tmp_path: Path, cc: Co
     worker after a crash; once its worker is gone for good it is only history
     (``versions()`` keeps 64), and must not hold a 1 MiB blob there."""
     f = run_child(
-        build(cc, state=1 << 20), tmp_path / "work", warmup=2, reloads=6, isolate=True, trace=True
+        build(cc, state=1 << 20),
+        tmp_path / "work",
+        warmup=2,
+        reloads=6,
+        isolate=True,
+        trace=True,
+        rss=False,
+        steady=False,  # nor its threads and descriptors: only what it keeps alive
     )
     assert f["generation"] == 9
     assert f["traced"] < 1 << 20, f  # less than one blob (it kept all 6: 6 MiB)
@@ -304,6 +318,9 @@ def _child(lib: Path, work: Path, opts: dict[str, Any]) -> dict[str, Any]:
 
     warmup, reloads = opts["warmup"], opts["reloads"]
     isolate, fresh, trace = opts.get("isolate", False), opts.get("fresh", False), opts.get("trace")
+    # rss=False: a run whose RSS no check reads skips the waits for the heap trim, and
+    # steady=False one whose threads and descriptors none reads the wait for them to settle
+    rss, steady = opts.get("rss", True), opts.get("steady", isolate)
     data = lib.read_bytes()
     if trace:  # from the start: what the warm-up made and the run replaced is in the baseline
         tracemalloc.start()
@@ -337,8 +354,9 @@ def _child(lib: Path, work: Path, opts: dict[str, Any]) -> dict[str, Any]:
             reload()
         assert host.settle(120)
         gc.collect()
-        time.sleep(reaper.TRIM_EVERY + 0.25)  # the reaper's heap trim after the last close
-        threads0, fds0 = _steady() if isolate else (0, 0)
+        if rss:
+            time.sleep(reaper.TRIM_EVERY + 0.25)  # the reaper's heap trim after the last close
+        threads0, fds0 = _steady() if steady else (0, 0)
         rss0, blocks0 = _status("VmRSS"), sys.getallocatedblocks()
         traced0 = tracemalloc.get_traced_memory()[0] if trace else None
         sys.intern = spy
@@ -351,8 +369,9 @@ def _child(lib: Path, work: Path, opts: dict[str, Any]) -> dict[str, Any]:
         assert p.add(2, 3) == 5
         generation = p.generation()
         gc.collect()
-        time.sleep(reaper.TRIM_EVERY + 0.25)
-        threads1, fds1 = _steady() if isolate else (0, 0)
+        if rss:
+            time.sleep(reaper.TRIM_EVERY + 0.25)
+        threads1, fds1 = _steady() if steady else (0, 0)
         rss1, blocks1 = _status("VmRSS"), sys.getallocatedblocks()
         traced1 = tracemalloc.get_traced_memory()[0] if trace else None
     return {
