@@ -30,6 +30,7 @@ MODULES = (
     "bench_large",
     "bench_quarantine",
     "bench_canary",
+    "bench_release",
     "proof_go_unload",
 )
 

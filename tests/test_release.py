@@ -8,6 +8,7 @@ runs this file again with HOTLOAD_PURE_PYTHON=1)."""
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -196,3 +197,66 @@ def test_the_cli_releases_and_rolls_back_and_refuses_hostile_requests(
         with pytest.raises(ControlError, match="no release to roll back"):
             control_client.request(sock, "release", rollback=True)
         assert [v.seq for v in h.versions("reward") if str(v.state) == "active"] == [3]
+
+
+def test_a_release_at_a_time_stages_first_and_switches_on_the_second(
+    host: Host, rule: Callable[..., Path]
+) -> None:
+    import datetime
+    import time
+
+    a, b = host.load(rule("reward", 1)), host.load(rule("drops", 1))
+    interval = sys.getswitchinterval()
+    at = time.time() + 1.0
+    r = host.reload_together({"reward": rule("reward", 2), "drops": rule("drops", 2)}, at=at)
+    assert r.state == "staged" and r.at == at
+    assert (a.generation(), b.generation()) == (1, 1)  # staged: opened, not serving
+    with pytest.raises(HotloadError, match="staged for release 1"):
+        host.reload("reward", rule("reward", 3))
+    with pytest.raises(HotloadError, match="staged for release 1"):
+        host.canary("drops", rule("drops", 3), judge=None)
+    with pytest.raises(ReleaseError, match="staged for release 1"):
+        host.reload_together({"drops": rule("drops", 3)})
+    assert r.wait(10) == "done", r.reason
+    assert (a.generation(), b.generation()) == (2, 2)
+    assert sys.getswitchinterval() == interval  # kept long only around the switch
+    assert r.skew_ms is not None and 0 <= r.skew_ms < 1000  # not a speed bound: it switched
+    kinds = [e.kind for e in host.journal("reward")]
+    assert kinds == ["load", "staged", "refused", "release"]  # the reload meanwhile: refused
+
+    # cancelled before its time: the host is as it was, the opened builds are closed
+    r2 = host.reload_together(
+        {"reward": rule("reward", 3)},
+        at=datetime.datetime.now() + datetime.timedelta(seconds=30),
+    )
+    assert r2.cancel("not tonight") and r2.state == "cancelled" and r2.reason == "not tonight"
+    assert not r2.cancel() and r2.wait(1) == "cancelled"
+    assert a.generation() == 2
+    assert host.settle(10)
+    assert [str(v.state) for v in host.versions("reward")][-1] == "active"
+    assert host.versions("reward")[-1].plugin_version == "2.0"
+    host.reload("reward", rule("reward", 4))  # no longer staged: swaps again
+    assert a.generation() == 4
+
+
+def test_a_staged_release_is_cancelled_by_an_unload_or_the_hosts_close(
+    tmp_path: Path, rule: Callable[..., Path]
+) -> None:
+    import time
+
+    host = Host(tmp_path / "work")
+    host.load(rule("reward", 1))
+    host.load(rule("drops", 1))
+    r = host.reload_together(
+        {"reward": rule("reward", 2), "drops": rule("drops", 2)}, at=time.time() + 60
+    )
+    host.unload("drops")
+    assert r.state == "cancelled" and "drops was unloaded" in r.reason
+    assert host["reward"].generation() == 1
+    r = host.reload_together({"reward": rule("reward", 2)}, at=time.time() + 60)
+    host.close()
+    assert r.state == "cancelled" and "closed" in r.reason
+    with Host(tmp_path / "w2") as other:
+        for bad in (time.time() - 60, time.time() + 400 * 86400, "tomorrow", True):
+            with pytest.raises((ValueError, TypeError), match="at="):
+                other.reload_together({"x": rule("reward", 1)}, at=bad)  # type: ignore[arg-type]

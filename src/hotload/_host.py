@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -510,6 +512,7 @@ class Host:
         self,
         builds: Mapping[str, PathOrCandidate | None],
         *,
+        at: datetime | float | None = None,
         allow_signature_change: bool = False,
         preflight: bool | None = None,
     ) -> Release:
@@ -523,6 +526,11 @@ class Host:
         Args:
             builds: Plugin name -> its new build (a path, a candidate from
                 ``read``, or None: the plugin's own file, reread).
+            at: Switch at this wall-clock time (a ``datetime``, naive is local
+                time, or Unix seconds) instead of now: everything is staged
+                first, and the returned release is ``staged`` until then
+                (``cancel()``, ``wait()``); its plugins refuse other swaps
+                meanwhile.
             allow_signature_change: Accept builds that change exports or
                 prototypes (as in ``reload``).
             preflight: Try each build in a separate process first; None: the
@@ -530,7 +538,10 @@ class Host:
         """
         self._table.check_open()
         return self._swap.releases.release(
-            builds, preflight=preflight, allow_signature_change=allow_signature_change
+            builds,
+            preflight=preflight,
+            allow_signature_change=allow_signature_change,
+            at=_when(at),
         )
 
     def rollback_together(self, *, preflight: bool | None = None) -> Release:
@@ -824,6 +835,22 @@ class Host:
 
     def __repr__(self) -> str:
         return f"<hotload.Host {len(self.names())} plugin(s) in {self.workdir}>"
+
+
+def _when(at: datetime | float | None) -> float | None:
+    """A release's switch time as Unix seconds: not in the past (a second of
+    slack), not beyond a year."""
+    if at is None:
+        return None
+    when = at.timestamp() if isinstance(at, datetime) else at
+    if isinstance(when, bool) or not isinstance(when, (int, float)):
+        raise TypeError(f"at= is a datetime or Unix seconds, not {type(at).__name__}")
+    now = time.time()
+    if not now - 1.0 <= when <= now + 366 * 86400:
+        raise ValueError(
+            f"at={at!r}: {when - now:+.1f} s from now; give a time ahead, within a year"
+        )
+    return float(when)
 
 
 def _name(rec: PluginRecord) -> str:

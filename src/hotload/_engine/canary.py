@@ -46,7 +46,13 @@ def check_share(share: object) -> float:
 
 def refuse_swap(rec: Any, op: str) -> None:
     """A reload or rollback while a canary runs is refused: which version
-    would it replace?  End the canary first."""
+    would it replace?  End the canary first.  The same while a release that
+    switches this plugin later is staged."""
+    if rec.staged is not None:
+        raise HotloadError(
+            f"{rec.name}: staged for release {rec.staged.id}, which switches it at a set time: "
+            f"cancel that release before a {op}"
+        )
     if rec.canary is not None:
         c = rec.canary
         raise HotloadError(
@@ -70,12 +76,14 @@ def parse_key(key: object) -> tuple[int | None, Callable[..., Any] | None]:
 
 
 def check_start(rec: Any, judge: Judge | None, *, counting: bool) -> None:
-    """One canary at a time per plugin; a judge needs the figures."""
+    """One canary at a time per plugin, none on a plugin staged for a release;
+    a judge needs the figures."""
     if rec.canary is not None:
         raise HotloadError(
             f"{rec.name}: a canary is already running (v{rec.canary.candidate.seq}, "
             f"{rec.canary.share:.1%} of keys): promote or abort it first"
         )
+    refuse_swap(rec, "canary")
     if judge is not None and not counting:
         raise HotloadError(
             f"{rec.name}: the judge reads the versions' figures, and this host counts none "

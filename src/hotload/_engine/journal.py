@@ -50,6 +50,8 @@ KINDS = (
     "promote",
     "abort",
     "release",
+    "staged",
+    "cancel",
 )
 
 #: Who asked: the application (``api``), the control socket (``cli``: ``hotload

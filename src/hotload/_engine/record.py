@@ -67,6 +67,7 @@ class PluginRecord:
         self.isolate: Isolated | None = None  # load(isolate=True): kept by reload and rollback
         self.canary: Canary | None = None  # a canary running beside the current version
         self.last_canary: Canary | None = None  # the one that ended last (its verdict)
+        self.staged: Any = None  # a release staged to switch it later (release.Release)
         self.seq = 0
         self.pruned = 0
         self.folded = metrics.Folded()  # the pruned versions' counts: totals never go back

@@ -36,7 +36,10 @@ import contextlib
 import itertools
 import logging
 import os
-from collections.abc import Callable, Mapping
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +54,31 @@ from .registry import Plugin
 log = logging.getLogger(__name__)
 
 Source = str | os.PathLike[str] | Candidate | None
+
+#: How long before a staged release's time its thread wakes and takes the GIL.
+EARLY = 0.004
+
+
+_kept_lock = threading.Lock()
+_kept = [0, 0.005]  # timers keeping the GIL now, the switch interval to restore
+
+
+@contextlib.contextmanager
+def _gil_kept() -> Iterator[None]:
+    """A long switch interval while the block runs (process-wide, so counted:
+    two releases due at once restore the interval once, after both)."""
+    with _kept_lock:
+        if _kept[0] == 0:
+            _kept[1] = sys.getswitchinterval()
+            sys.setswitchinterval(max(_kept[1], 1.0))
+        _kept[0] += 1
+    try:
+        yield
+    finally:
+        with _kept_lock:
+            _kept[0] -= 1
+            if _kept[0] == 0:
+                sys.setswitchinterval(_kept[1])
 
 
 @dataclass
@@ -72,20 +100,49 @@ class _Part:
         return self.old is not None and self.old.image.on_unload is not None
 
 
-@dataclass
+@dataclass(eq=False)
 class Release:
     """What ``Host.reload_together`` did: its ``id`` (the journal says ``release N``),
     each plugin's new version, and the version each replaced (None: loaded by
-    this release)."""
+    this release).
+
+    A release given ``at=`` is ``staged`` until then (every build read,
+    checked, preflighted, opened): ``cancel()`` leaves the host as it was,
+    ``wait()`` waits for the switch; ``state`` becomes ``done`` (``skew_ms``:
+    how late the flip ended after ``at``), ``cancelled`` or ``failed``
+    (``reason`` says why)."""
 
     id: int
-    versions: dict[str, VersionInfo]
+    versions: dict[str, VersionInfo] = field(default_factory=dict)
     replaced: dict[str, int | None] = field(default_factory=dict)
     unloaded: tuple[str, ...] = ()  # a rollback's: plugins the release had loaded first
+    state: str = "done"  # "staged", "done", "cancelled", "failed"
+    at: float | None = None  # the switch time asked for (Unix seconds), if any
+    skew_ms: float | None = None  # how late the switch ended after ``at``
+    reason: str = ""  # why it was cancelled or failed
+    names: tuple[str, ...] = ()
+    _parts: list[_Part] = field(default_factory=list, repr=False)
+    _label: str = ""
+    _done: threading.Event = field(default_factory=threading.Event, repr=False)
+    _releaser: Any = field(default=None, repr=False)
+
+    def cancel(self, reason: str = "cancelled by hand") -> bool:
+        """Drop a staged release: nothing changes.  False once it switched."""
+        return bool(self._releaser.cancel(self, reason)) if self._releaser else False
+
+    def wait(self, timeout: float | None = None) -> str:
+        """Wait until a staged release switched (or was cancelled); its state."""
+        self._done.wait(timeout)
+        return self.state
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
+            "state": self.state,
+            "at": self.at,
+            "skew_ms": self.skew_ms,
+            "reason": self.reason,
+            "names": list(self.names),
             "versions": {n: v.as_dict() for n, v in self.versions.items()},
             "replaced": self.replaced,
             "unloaded": list(self.unloaded),
@@ -98,6 +155,7 @@ class Releaser:
     def __init__(self, swapper: Any) -> None:  # the Swapper (which imports this module)
         self._swap = swapper
         self.history: list[Release] = []  # newest last; a rollback pops
+        self.staged: list[Release] = []  # waiting for their time (at=)
         self._ids = itertools.count(1)
 
     def release(
@@ -108,6 +166,7 @@ class Releaser:
         allow_signature_change: bool,
         note: str = "",
         unload: tuple[str, ...] = (),
+        at: float | None = None,
     ) -> Release:
         if not builds and not unload:
             raise ValueError("a release names at least one plugin")
@@ -138,10 +197,89 @@ class Releaser:
             except BaseException:
                 self._undo(parts)
                 raise
+            if at is not None:
+                return self._stage(
+                    Release(rid, at=at, state="staged", names=tuple(names)), parts, label
+                )
             self._switch(parts)
             result = self._finish(rid, parts, label, rollback=bool(note))
         self.history.append(result)
         return result
+
+    # -- at a given time ------------------------------------------------------------
+    def _stage(self, r: Release, parts: list[_Part], label: str) -> Release:
+        """Keep a prepared release until its time (its plugins' locks held by the caller)."""
+        r._parts, r._label, r._releaser = parts, label, self
+        for p in parts:
+            p.rec.staged = r
+        self.staged.append(r)
+        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(r.at))
+        for p in parts:
+            self._swap._note("staged", p.name, p.old, p.new, f"{label}; switches at {when}")
+        threading.Thread(
+            target=self._timer, args=(r,), name=f"hotload-release-{r.id}", daemon=True
+        ).start()
+        return r
+
+    def _timer(self, r: Release) -> None:
+        """Sleep until ``r.at`` by the wall clock, read again at least every half
+        second (a stepped clock moves the switch with it); wake ``EARLY``
+        before it and keep the GIL from then to the end of the switch (a long
+        switch interval), spinning out the rest: with threads busy calling
+        plugins, waking on time and then waiting for the GIL (5 ms a turn by
+        default) made the switch land ~10 ms late.  The threads wait meanwhile,
+        as they would at the held routes anyway."""
+        assert r.at is not None
+        while not r._done.is_set():
+            left = r.at - time.time()
+            if left <= EARLY:
+                break
+            r._done.wait(min(left - EARLY, 0.5))
+        with _gil_kept():
+            while r.state == "staged" and time.time() < r.at:
+                pass
+            self._switch_at(r)
+
+    def _switch_at(self, r: Release) -> None:
+        recs = [p.rec for p in r._parts]
+        with contextlib.ExitStack() as locks:
+            for rec in recs:  # sorted by name when staged: the same order as every release
+                locks.enter_context(rec.lock)
+            if r.state != "staged":
+                return
+            for rec in recs:
+                rec.staged = None
+            self.staged.remove(r)
+            try:
+                if self._swap._table.closed:
+                    raise HotloadError("the host closed")
+                self._switch(r._parts)
+            except Exception as exc:
+                r.state, r.reason = "failed", f"{type(exc).__name__}: {exc}"
+                log.error("%s: not switched: %s", r._label, r.reason)
+                r._done.set()
+                return
+            done = self._finish(r.id, r._parts, r._label, rollback=False)
+        r.skew_ms = (time.time() - (r.at or 0)) * 1e3
+        r.versions, r.replaced, r.state = done.versions, done.replaced, "done"
+        self.history.append(r)
+        r._done.set()
+
+    def cancel(self, r: Release, reason: str) -> bool:
+        with contextlib.ExitStack() as locks:
+            for p in r._parts:
+                locks.enter_context(p.rec.lock)
+            if r.state != "staged":
+                return False
+            for p in r._parts:
+                p.rec.staged = None
+            self.staged.remove(r)
+            self._undo(r._parts)
+            r.state, r.reason = "cancelled", reason
+            for p in r._parts:
+                self._swap._note("cancel", p.name, p.old, p.new, f"{r._label}; {reason}")
+        r._done.set()
+        return True
 
     def rollback(self, *, preflight: bool | None) -> Release:
         """The last release undone as one switch: each plugin back on the build
@@ -174,6 +312,13 @@ class Releaser:
 
     # -- the steps ------------------------------------------------------------------
     def _part(self, name: str, rec: PluginRecord, unload: bool) -> _Part:
+        if rec.staged is not None:
+            raise ReleaseError(
+                f"release refused (nothing changed): {name}: staged for release "
+                f"{rec.staged.id}; cancel that first",
+                plugin=name,
+                cause=HotloadError("staged"),
+            )
         if rec.canary is not None:
             raise ReleaseError(
                 f"release refused (nothing changed): {name}: a canary is running; promote or "

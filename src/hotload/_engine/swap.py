@@ -219,8 +219,11 @@ class Swapper:
 
     @_counted("unload")
     def unload(self, name: str) -> None:
-        """Stop serving ``name``; its versions close once their calls return."""
+        """Stop serving ``name``; its versions close once their calls return.
+        A release staged to switch it is cancelled first."""
         rec = self._table.loaded(name)
+        if rec.staged is not None:
+            rec.staged.cancel(f"{name} was unloaded")
         with rec.lock:
             self._table.loaded(name)
             if rec.canary is not None:
@@ -361,6 +364,8 @@ class Swapper:
     def close(self, timeout: float) -> None:
         """Retire every plugin (the host is closing), then stop the workers.
         A plugin stuck in a swap for longer than ``timeout`` is left as it is."""
+        for staged in list(self.releases.staged):
+            staged.cancel("the host closed")
         for rec in self._table.records():
             if not rec.lock.acquire(timeout=timeout):
                 log.warning("close: %s is stuck in a swap; its images stay loaded", rec.name)
