@@ -260,3 +260,42 @@ def test_a_staged_release_is_cancelled_by_an_unload_or_the_hosts_close(
         for bad in (time.time() - 60, time.time() + 400 * 86400, "tomorrow", True):
             with pytest.raises((ValueError, TypeError), match="at="):
                 other.reload_together({"x": rule("reward", 1)}, at=bad)  # type: ignore[arg-type]
+
+
+def test_the_cli_stages_lists_and_cancels_a_release_at_a_time(
+    tmp_path: Path, rule: Callable[..., Path], short_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import datetime
+
+    from hotload import ControlError
+    from hotload._cli import main as cli
+    from hotload._ops import control_client
+
+    with Host(tmp_path / "work") as h:
+        h.load(rule("reward", 1))
+        sock = str(h.serve_control(directory=short_tmp).path)
+        when = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+        at = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert (
+            cli.main(["release", f"reward={rule('reward', 2)}", "--at", at, "--socket", sock]) == 0
+        )
+        assert "release 1: reward staged, switches at " in capsys.readouterr().out
+        assert cli.main(["release", "--staged", "--socket", sock]) == 0
+        assert "release 1: reward staged" in capsys.readouterr().out
+        assert cli.main(["release", "--cancel", "1", "--socket", sock]) == 0
+        assert "release 1: cancelled" in capsys.readouterr().out
+        assert cli.main(["release", "--staged", "--socket", sock]) == 0
+        assert "no release is staged" in capsys.readouterr().out
+        assert cli.main(["release", "--cancel", "1", "--socket", sock]) == 1
+        assert "no staged release 1" in capsys.readouterr().err
+        with pytest.raises(SystemExit):
+            cli.main(["release", f"reward={rule('reward', 2)}", "--at", "friday", "--socket", sock])
+        for bad in ({"at": "friday"}, {"at": 1.0}, {"at": True}, {"at": 1e300}):
+            with pytest.raises(ControlError):
+                control_client.request(
+                    sock, "release", builds={"reward": str(rule("reward", 2))}, **bad
+                )
+        for bad_id in ("1", True, None, [1]):
+            with pytest.raises(ControlError):
+                control_client.request(sock, "release", cancel=bad_id)
+        assert h["reward"].generation() == 1 and not h.staged_releases()

@@ -544,6 +544,10 @@ class Host:
             at=_when(at),
         )
 
+    def staged_releases(self) -> list[Release]:
+        """The releases staged to switch later (``reload_together(at=...)``), oldest first."""
+        return list(self._swap.releases.staged)
+
     def rollback_together(self, *, preflight: bool | None = None) -> Release:
         """Undo the last ``reload_together`` as one switch: each plugin back on the build
         it replaced, one it loaded first unloaded.

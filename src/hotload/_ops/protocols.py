@@ -79,10 +79,13 @@ class PluginHost(Protocol):
         self,
         builds: Mapping[str, PathOrCandidate | None],
         *,
+        at: float | None = None,
         allow_signature_change: bool = False,
     ) -> Release: ...
 
     def rollback_together(self) -> Release: ...
+
+    def staged_releases(self) -> list[Release]: ...
 
     def unload(self, name: str) -> None: ...
 
