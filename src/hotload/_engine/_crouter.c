@@ -733,11 +733,16 @@ route_split(RouteObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "split(canary, threshold <= 2**32, key >= 0, keyfn)");
         return NULL;
     }
-    /* no Python code runs between these stores: a call sees all of them or none */
-    Py_XSETREF(self->canary, (GateObject *)Py_NewRef(canary));
-    Py_XSETREF(self->keyfn, keyfn == Py_None ? NULL : Py_NewRef(keyfn));
+    /* no Python code runs between these stores (the old references are dropped
+     * after them: a finaliser they run sees the route whole) */
+    GateObject *old_canary = self->canary;
+    PyObject *old_keyfn = self->keyfn;
     self->threshold = threshold;
     self->key = key;
+    self->keyfn = keyfn == Py_None ? NULL : Py_NewRef(keyfn);
+    self->canary = (GateObject *)Py_NewRef(canary);
+    Py_XDECREF(old_canary);
+    Py_XDECREF(old_keyfn);
     Py_RETURN_NONE;
 }
 
