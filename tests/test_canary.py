@@ -220,7 +220,7 @@ def test_bad_requests_are_refused_and_change_nothing(
         .replace("SPIN", "0"),
         "changed",
     )
-    with pytest.raises(SignatureError, match="a canary exports exactly what.*reward differ"):
+    with pytest.raises(SignatureError, match="a canary takes the same calls .*differ: reward"):
         served.canary("reward", other)
     missing = Path(str(other) + ".missing")
     with pytest.raises(HotloadError, match=missing.name):
@@ -254,7 +254,7 @@ def test_a_reload_or_rollback_mid_canary_is_refused_and_unload_or_close_aborts_i
 
 def test_a_stateful_plugin_runs_as_a_canary_only_if_it_says_it_can(host: Host, cc: Compile) -> None:
     host.load(cc(xp_source(2, "1"), "xp1"))
-    with pytest.raises(HotloadError, match="state hooks.*HOTLOAD_SIDE_BY_SIDE"):
+    with pytest.raises(HotloadError, match="hands state over.*HOTLOAD_SIDE_BY_SIDE"):
         host.canary("xp", cc(xp_source(3, "2"), "xp2"))
     beside = xp_source(3, "3") + "\nHOTLOAD_SIDE_BY_SIDE();\n"
     c = host.canary("xp", cc(beside, "xp3"), share=1.0, judge=None)
@@ -487,7 +487,15 @@ def test_a_canary_of_every_key_is_judged_against_the_baselines_whole_life(
     c = served.canary("reward", reward(3), share=1.0, judge=Judge(bake=0.5, interval=0.05))
     with Players(served["reward"]):
         assert c.wait(30) == "promoted", c.verdict
-    assert "only crashes were judged" in c.verdict
+    assert "errors judged against Judge(max_error_rate=0.01), not judged: latency" in c.verdict
+    # ... and one that fails every call there is aborted on that bar, not promoted
+    served.unload("reward")
+    served.load(reward(2))
+    bar = Judge(bake=0.5, interval=0.05, max_error_rate=0.002)
+    c = served.canary("reward", reward(3, fail=1), share=1.0, judge=bar)
+    with Players(served["reward"]):
+        assert c.wait(30) == "aborted", c.verdict
+    assert "over Judge(max_error_rate=0.002)" in c.verdict
 
 
 def test_metrics_show_each_sides_share_while_a_canary_runs(
@@ -517,3 +525,112 @@ def test_metrics_show_each_sides_share_while_a_canary_runs(
     assert [(v["canary"], v["share"]) for v in snap] == [("baseline", 0.95), ("candidate", 0.05)]
     c.promote()
     assert shares() == {}
+
+
+# -- found by the attacker's review -------------------------------------------------------
+TWICE = r"""
+#include <hotload.h>
+#include <stdint.h>
+HOTLOAD_PLUGIN("reward", "9-twice");
+HOTLOAD_IMPORT(audit, int32_t, (int64_t));
+HOTLOAD_API int64_t reward(int64_t player, int32_t level)
+{ audit(-1); audit(-2); return player * 3 + level; }
+HOTLOAD_EXPORT(reward, int64_t, (int64_t, int32_t));
+HOTLOAD_API int32_t ping(void) { return 3; }
+HOTLOAD_EXPORT(ping, int32_t, (void));
+"""
+
+
+def test_a_build_failing_more_service_calls_than_calls_is_aborted_not_the_judge(
+    served: Host, reward: Callable[..., Path], cc: Compile
+) -> None:
+    p = served.load(reward(2))
+    with Players(p):
+        c = served.canary("reward", cc(TWICE, "twice"), share=0.3, judge=QUICK)
+        assert c.wait(30) == "aborted", c.verdict
+    assert "regression in errors: error rate 100.00%" in c.verdict
+
+
+def test_an_ended_canarys_verdict_is_its_end_not_the_judges_last_look(
+    served: Host, reward: Callable[..., Path]
+) -> None:
+    p = served.load(reward(2))
+    fast = Judge(bake=100.0, interval=0.01)
+    with Players(p):
+        for _ in range(30):
+            c = served.canary("reward", reward(3), share=0.5, judge=fast)
+            wait_for(lambda c=c: "judged for" in c.verdict, what="a look")
+            c.abort("by hand \x1b]0;pwn\x07")
+            assert c.state == "aborted" and c.verdict == "by hand ?]0;pwn?"
+            c.wait(1)
+            assert c.verdict == "by hand ?]0;pwn?"
+
+
+def test_key_errors_are_each_canarys_own(served: Host, reward: Callable[..., Path]) -> None:
+    p = served.load(reward(2))
+    c1 = served.canary("reward", reward(3), share=0.5, key=lambda a, b: [a], judge=None)
+    for k in range(100):
+        p.reward(k, 0)
+    c1.abort()
+    c2 = served.canary("reward", reward(3), share=0.5, judge=None)
+    for k in range(100):
+        p.reward(k, 0)
+    assert (c1.key_errors(), c2.key_errors()) == (100, 0)
+    c2.abort()
+    c3 = served.canary("reward", reward(3), share=0.5, key=lambda a, b: 1 / 0, judge=None)
+    for k in range(7):
+        p.reward(k, 0)
+    assert (c1.figures()["key_errors"], c3.figures()["key_errors"]) == (100, 7)
+
+
+def test_judge_and_share_limits_are_checked_when_made(
+    served: Host, reward: Callable[..., Path]
+) -> None:
+    served.load(reward(2))
+    for bad in ({"bake": float("inf")}, {"bake": 1e300}, {"interval": float("nan")}):
+        with pytest.raises(ValueError, match="Judge"):
+            Judge(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="2\\*\\*-32"):
+        served.canary("reward", reward(3), share=1e-12)
+
+
+def test_an_int_subclass_key_is_hashed_by_its_value_in_both_routers() -> None:
+    native = pytest.importorskip("hotload._engine._crouter")
+
+    class Odd(int):
+        def __int__(self) -> int:
+            return 7
+
+        def __and__(self, other: object) -> int:
+            return 7
+
+    assert split.key_hash(Odd(5)) == native.key_hash(Odd(5)) == split.key_hash(5)
+
+
+@pytest.mark.parametrize("crashed", ["candidate", "baseline"])
+def test_a_crash_with_on_crash_rollback_ends_the_canary_and_rolls_back_only_the_crashed_version(
+    served: Host, reward: Callable[..., Path], crashed: str
+) -> None:
+    opts = Isolated(on_crash="rollback")
+    p = served.load(reward(2), isolate=opts)
+    served.reload("reward", reward(4, crash=int(crashed == "baseline")))  # v2 serves; v1: x2
+    c = served.canary("reward", reward(3, crash=int(crashed == "candidate")), share=0.5, judge=None)
+    side = "candidate" if crashed == "candidate" else "baseline"
+    key = next(k for k in range(7, 100_000, 50) if split.to_canary(k, 0.5) == (side == "candidate"))
+    with pytest.raises(PluginCrashedError):
+        p.reward(key, 0)
+    c.wait(10)
+    assert c.state == "aborted" and f"the {crashed} crashed" in c.verdict
+    if crashed == "candidate":  # the baseline never crashed: it serves on, nothing rolled back
+        wait_for(lambda: served.current("reward").seq == 2, what="v2 serving")  # type: ignore[union-attr]
+        assert p.reward(1, 0) == 4
+    else:  # the baseline crashed: the canary ended, then the plugin rolled back to v1's build
+
+        def rolled_back() -> bool:
+            try:
+                return bool(p.reward(1, 0) == 2)
+            except PluginCrashedError:  # stopped until the supervisor's rollback
+                return False
+
+        wait_for(rolled_back, what="the rollback")
+    assert all(p.reward(k, 0) in (2 * k, 4 * k) for k in range(1, 200, 7))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import (
     BuildError,
+    BusyError,
     ClosedError,
     ConfigError,
     ControlError,
@@ -41,6 +42,7 @@ from ._errors import (
 # not ``hotload._errors.HotloadError``), as httpx does for its exceptions.
 for _error in (
     BuildError,
+    BusyError,
     ClosedError,
     ConfigError,
     ControlError,
@@ -123,6 +125,7 @@ __all__ = [
     "__version__",
     "ABI_VERSION",
     "BuildError",
+    "BusyError",
     "Canary",
     "ClosedError",
     "ConfigError",

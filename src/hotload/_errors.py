@@ -106,6 +106,12 @@ class PreflightError(HookError):
         self.external = external
 
 
+class BusyError(HotloadError):
+    """The plugin is in the middle of something that a reload, rollback,
+    canary or release would cut across: a canary running, or a release staged
+    to switch it later.  Nothing was tried; the message says what to end first."""
+
+
 class ReleaseError(HotloadError):
     """A release (``Host.reload_together``) was refused before anything changed:
     ``plugin`` names the plugin whose build or switch failed and ``cause``

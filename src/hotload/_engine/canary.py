@@ -15,11 +15,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
 from .._artifact import signatures
-from .._errors import HotloadError, SignatureError
+from .._errors import BusyError, HotloadError, SignatureError
 from . import judge as judging
 from .journal import set_origin
 from .judge import Judge
@@ -36,12 +37,18 @@ Widen = Callable[["Canary", float], None]
 
 
 def check_share(share: object) -> float:
-    """A share is a number in (0, 1]."""
+    """A share is a number in (0, 1], at least one key in 2**32 (less rounds to none)."""
     if isinstance(share, bool) or not isinstance(share, (int, float)):
         raise TypeError(f"share must be a number in (0, 1], not {type(share).__name__}")
-    if not 0 < share <= 1:
-        raise ValueError(f"share must be in (0, 1], not {share!r}")
+    if not 2**-32 <= share <= 1:
+        raise ValueError(f"share must be in (0, 1] (at least 2**-32), not {share!r}")
     return float(share)
+
+
+def _printable(text: str) -> str:
+    """A verdict or reason as a terminal may show it: control and format
+    characters (an escape sequence in an operator's reason) as ``?``."""
+    return "".join("?" if unicodedata.category(c) in ("Cc", "Cf") else c for c in text)
 
 
 def refuse_swap(rec: Any, op: str) -> None:
@@ -49,13 +56,13 @@ def refuse_swap(rec: Any, op: str) -> None:
     would it replace?  End the canary first.  The same while a release that
     switches this plugin later is staged."""
     if rec.staged is not None:
-        raise HotloadError(
+        raise BusyError(
             f"{rec.name}: staged for release {rec.staged.id}, which switches it at a set time: "
-            f"cancel that release before a {op}"
+            f"cancel that release before a {op} (`hotload release --cancel {rec.staged.id}`)"
         )
     if rec.canary is not None:
         c = rec.canary
-        raise HotloadError(
+        raise BusyError(
             f"{rec.name}: a canary is running (v{c.candidate.seq} beside v{c.baseline.seq}, "
             f"{c.share:.1%} of keys): promote or abort it before a {op} "
             f"(`hotload canary {rec.name} --promote` or `--abort`)"
@@ -79,7 +86,7 @@ def check_start(rec: Any, judge: Judge | None, *, counting: bool) -> None:
     """One canary at a time per plugin, none on a plugin staged for a release;
     a judge needs the figures."""
     if rec.canary is not None:
-        raise HotloadError(
+        raise BusyError(
             f"{rec.name}: a canary is already running (v{rec.canary.candidate.seq}, "
             f"{rec.canary.share:.1%} of keys): promote or abort it first"
         )
@@ -110,17 +117,17 @@ def check_candidate(old: Any, cand: Any, key_index: int | None) -> None:
             if cand.prototypes.get(f) != old.prototypes.get(f)
         )
         raise SignatureError(
-            f"{cand.source}: a canary exports exactly what the version serving exports; "
-            f"{', '.join(changed)} differ (reload it instead)"
+            f"{cand.source}: a canary takes the same calls as the version serving, and these "
+            f"exports differ: {', '.join(changed)}; a build that changes them goes out by reload "
+            "(allow_signature_change=True)"
         )
     desc = cand.descriptor
-    hooks = old.on_load is not None or old.on_unload is not None
-    hooks = hooks or (desc is not None and (desc.on_load is not None or desc.on_unload is not None))
-    if hooks and not (desc is not None and desc.side_by_side):
+    hands_over = old.on_unload is not None or (desc is not None and desc.on_unload is not None)
+    if hands_over and not (desc is not None and desc.side_by_side):
         raise HotloadError(
-            f"{cand.source}: {cand.name} has state hooks (on_load/on_unload): as a canary, two "
-            "versions would each own the state. A plugin that keeps its state in host services "
-            "or handles declares HOTLOAD_SIDE_BY_SIDE() and can run as a canary"
+            f"{cand.source}: {cand.name} hands state over (on_unload): as a canary, two versions "
+            "would each own the state. A plugin that keeps its state in host services or "
+            "handles declares HOTLOAD_SIDE_BY_SIDE() and can run as a canary"
         )
 
 
@@ -165,6 +172,9 @@ class Canary:
         self._base0 = judging.read(baseline) if share < 1 else judging.Side()
         self._cand0 = judging.read(candidate)
         self._final: tuple[judging.Side, judging.Side] | None = None
+        self._key_errors0 = key_errors()  # the route's count: this canary's are the rise
+        self._key_errors_final: int | None = None
+        self._lock = threading.Lock()
         self._done = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -200,6 +210,12 @@ class Canary:
     def running(self) -> bool:
         return self.state == RUNNING
 
+    def key_errors(self) -> int:
+        """Calls of this canary whose key could not be hashed (they went to the baseline)."""
+        if self._key_errors_final is not None:
+            return self._key_errors_final
+        return self._key_errors() - self._key_errors0
+
     # -- what it sees --------------------------------------------------------------
     def sides(self) -> tuple[judging.Side, judging.Side]:
         """The candidate's and the baseline's figures since the canary started
@@ -222,7 +238,7 @@ class Canary:
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "seconds": round((self.ended_at or time.time()) - self.started_at, 3),
-            "key_errors": self._key_errors(),
+            "key_errors": self.key_errors(),
             "judged": self.judge is not None,
             "candidate": cand.as_dict(),
             "baseline": base.as_dict(),
@@ -232,8 +248,10 @@ class Canary:
     def ended(self, promoted: bool, verdict: str) -> None:
         """Called by the Swapper once the route changed."""
         self._final = self.sides()
-        self.state = PROMOTED if promoted else ABORTED
-        self.verdict = verdict
+        self._key_errors_final = self.key_errors()
+        with self._lock:
+            self.state = PROMOTED if promoted else ABORTED
+            self.verdict = _printable(verdict)
         self.ended_at = time.time()
         self._stop.set()
         self._done.set()
@@ -270,23 +288,34 @@ class Canary:
             if judge.abort:
                 self._end(self, False, f"aborted by the judge after {elapsed:.1f} s: {verdict}")
                 return True
-            self.verdict = f"running: {verdict} (Judge(abort=False): promote or abort by hand)"
+            self._say(f"running: {verdict} (Judge(abort=False): promote or abort by hand)")
             return False
-        enough = cand.calls >= judge.min_calls
-        if elapsed >= judge.bake and enough:
+        untested = judging.untested(cand, base, judge)
+        alone = self.share >= 1 and base.calls < judge.min_calls  # no baseline to wait for
+        ready = cand.calls >= judge.min_calls and (not untested or alone)
+        if elapsed >= judge.bake and ready:
             passed = f"no regression in {elapsed:.1f} s: {judging.summary(cand, base)}"
-            if base.calls < judge.min_calls:
+            if untested:
                 passed += (
-                    f" (the baseline had {base.calls:,} calls to compare with: only crashes "
-                    "were judged)"
+                    f" (the baseline had {base.calls:,} calls to compare with: errors judged "
+                    f"against Judge(max_error_rate={judge.max_error_rate:g}), not judged: "
+                    + ", ".join(t.split(" (")[0] for t in untested if not t.startswith("err"))
+                    + ")"
                 )
             if judge.promote:
                 self._end(self, True, f"promoted by the judge: {passed}")
                 return True
-            self.verdict = f"running: {passed} (Judge(promote=False): promote by hand)"
+            self._say(f"running: {passed} (Judge(promote=False): promote by hand)")
             return False
-        wanting = "" if enough else f", waiting for {judge.min_calls:,} calls"
-        self.verdict = f"running: judged for {elapsed:.1f} of {judge.bake:g} s{wanting}; " + (
-            judging.summary(cand, base)
+        wanting = f"; waiting for data: {', '.join(untested)}" if untested and not alone else ""
+        self._say(
+            f"running: judged for {elapsed:.1f} of {judge.bake:g} s{wanting}; "
+            + judging.summary(cand, base)
         )
         return False
+
+    def _say(self, verdict: str) -> None:
+        """The judge's running verdict, unless the canary ended meanwhile."""
+        with self._lock:
+            if self.state == RUNNING:
+                self.verdict = verdict

@@ -34,6 +34,8 @@ from typing import Any
 
 from . import metrics
 
+MAX_BAKE = 7 * 86400.0  # a week: past it, the per-look confidence means nothing
+
 #: Error kinds the judge counts (``metrics.ERROR_KINDS`` less "argument").
 _JUDGED = tuple(i for i, k in enumerate(metrics.ERROR_KINDS) if k != "argument")
 _CRASH = metrics.ERROR_KINDS.index("crash")
@@ -59,16 +61,22 @@ class Judge:
     min_samples: int = 50  # sampled latencies per side before the latency test
     abort: bool = True  # abort by itself on a regression
     promote: bool = True  # promote by itself after the bake
+    # without a baseline to compare with (a canary of every key on a fresh baseline): the
+    # highest error rate the candidate may have
+    max_error_rate: float = 0.01
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.confidence < 1:
             raise ValueError(f"Judge(confidence={self.confidence!r}): between 0.5 and 1")
         if not 0 <= self.tolerance <= 10:
             raise ValueError(f"Judge(tolerance={self.tolerance!r}): between 0 and 10")
-        if not (self.bake > 0 and 0.01 <= self.interval <= self.bake):
+        if not (0 < self.bake <= MAX_BAKE and 0.01 <= self.interval <= self.bake):
             raise ValueError(
-                f"Judge(bake={self.bake!r}, interval={self.interval!r}): 0.01 <= interval <= bake"
+                f"Judge(bake={self.bake!r}, interval={self.interval!r}): "
+                f"0.01 <= interval <= bake <= {MAX_BAKE:g} s"
             )
+        if not 0 < self.max_error_rate <= 1:
+            raise ValueError(f"Judge(max_error_rate={self.max_error_rate!r}): in (0, 1]")
         if self.min_calls < 1 or self.min_samples < 1:
             raise ValueError("Judge: min_calls and min_samples are >= 1")
 
@@ -95,10 +103,12 @@ class Side:
 
     @property
     def failed(self) -> int:
-        return self.errors + self.service_errors
+        """Calls that failed: a call that raised or whose service calls failed,
+        at most once each (a call may fail several service calls)."""
+        return min(self.errors + self.service_errors, self.calls)
 
     def rate(self) -> float:
-        return min(1.0, self.failed / self.calls) if self.calls else 0.0
+        return self.failed / self.calls if self.calls else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         p50, p99 = metrics.quantiles(self.hist)
@@ -200,6 +210,11 @@ def latency_test(cand: dict[int, int], base: dict[int, int], tolerance: float) -
     return _p_upper((u - n1 * n2 / 2 - 0.5) / math.sqrt(var))
 
 
+def _p(p: float) -> str:
+    """A p-value as a person reads it (a float underflows to 0, which is not a p-value)."""
+    return f"p={p:.2g}" if p >= 1e-300 else "p<1e-300"
+
+
 def _pct(x: float) -> str:
     return f"{x * 100:.2f}%"
 
@@ -221,6 +236,14 @@ def look(cand: Side, base: Side, judge: Judge) -> Finding | None:
             f"the baseline had none in {base.calls:,}",
         )
     alpha = judge.alpha
+    lone = cand.calls >= judge.min_calls and base.calls < judge.min_calls
+    if lone and cand.rate() > judge.max_error_rate:  # nothing to compare with: an absolute bar
+        return Finding(
+            "errors",
+            f"error rate {_pct(cand.rate())} ({cand.failed:,} of {cand.calls:,} calls), over "
+            f"Judge(max_error_rate={judge.max_error_rate:g}); the baseline had "
+            f"{base.calls:,} calls to compare with",
+        )
     if cand.calls >= judge.min_calls and base.calls >= judge.min_calls:
         p = errors_test(cand, base)
         if p < alpha:
@@ -228,7 +251,7 @@ def look(cand: Side, base: Side, judge: Judge) -> Finding | None:
                 "errors",
                 f"error rate {_pct(cand.rate())} ({cand.failed:,} of {cand.calls:,} calls) vs "
                 f"baseline {_pct(base.rate())} ({base.failed:,} of {base.calls:,}): "
-                f"two-proportion test, p={p:.2g} < {alpha:.2g}",
+                f"two-proportion test, {_p(p)} < {alpha:.2g}",
             )
     if (
         sum(cand.hist.values()) >= judge.min_samples
@@ -242,9 +265,19 @@ def look(cand: Side, base: Side, judge: Judge) -> Finding | None:
                 "latency",
                 f"latency p50 {_us(c50)}, p99 {_us(c99)} vs baseline p50 {_us(b50)}, "
                 f"p99 {_us(b99)}: Mann-Whitney U, slower than the baseline "
-                f"+{judge.tolerance:.0%} at p={p:.2g} < {alpha:.2g}",
+                f"+{judge.tolerance:.0%} at {_p(p)} < {alpha:.2g}",
             )
     return None
+
+
+def untested(cand: Side, base: Side, judge: Judge) -> list[str]:
+    """The tests that have not had enough data on some side yet."""
+    out = []
+    if min(cand.calls, base.calls) < judge.min_calls:
+        out.append(f"errors (needs {judge.min_calls:,} calls a side)")
+    if min(sum(cand.hist.values()), sum(base.hist.values())) < judge.min_samples:
+        out.append(f"latency (needs {judge.min_samples:,} timed calls a side)")
+    return out
 
 
 def summary(cand: Side, base: Side) -> str:

@@ -45,8 +45,9 @@ from typing import Any
 
 from .._artifact import loader as loader_mod
 from .._artifact.loader import Candidate
-from .._errors import DescriptorError, HotloadError, ReleaseError
+from .._errors import BusyError, DescriptorError, HotloadError, ReleaseError, SignatureError
 from . import compat
+from .canary import refuse_swap
 from .lifecycle import Version, VersionInfo
 from .record import PluginRecord
 from .registry import Plugin
@@ -94,6 +95,8 @@ class _Part:
     new: Version | None = None
     commit: Callable[[], None] | None = None
     started: bool = False
+    discarded: bool = False
+    source: str = ""  # the build asked for (a refusal names it)
 
     @property
     def stateful(self) -> bool:
@@ -174,7 +177,6 @@ class Releaser:
             if not isinstance(name, str) or not name.isidentifier():
                 raise ValueError(f"release: {name!r} is not a plugin name")
         sw = self._swap
-        rid = next(self._ids)
         names = sorted({*builds, *unload})
         recs = {n: sw._table.record(n) for n in names}
         with contextlib.ExitStack() as locks:
@@ -182,12 +184,11 @@ class Releaser:
                 locks.enter_context(recs[n].lock)
             sw._table.check_open()
             parts = [self._part(n, recs[n], n in unload) for n in names]
-            label = note or f"release {rid}: " + ", ".join(names)
             p = parts[0]
             try:
                 for p in parts:
                     if not p.unload:
-                        self._prepare(p, builds[p.name], preflight, allow_signature_change, label)
+                        self._prepare(p, builds[p.name], preflight, allow_signature_change)
                 for p in parts:
                     if not p.unload and not p.stateful:
                         self._start(p, None)
@@ -197,6 +198,11 @@ class Releaser:
             except BaseException:
                 self._undo(parts)
                 raise
+            rid = next(self._ids)  # a refused release takes no number
+            label = note or f"release {rid}: " + ", ".join(names)
+            for p in parts:
+                if p.new is not None:
+                    p.new.note = label
             if at is not None:
                 return self._stage(
                     Release(rid, at=at, state="staged", names=tuple(names)), parts, label
@@ -312,20 +318,12 @@ class Releaser:
 
     # -- the steps ------------------------------------------------------------------
     def _part(self, name: str, rec: PluginRecord, unload: bool) -> _Part:
-        if rec.staged is not None:
+        try:
+            refuse_swap(rec, "release")
+        except BusyError as exc:
             raise ReleaseError(
-                f"release refused (nothing changed): {name}: staged for release "
-                f"{rec.staged.id}; cancel that first",
-                plugin=name,
-                cause=HotloadError("staged"),
-            )
-        if rec.canary is not None:
-            raise ReleaseError(
-                f"release refused (nothing changed): {name}: a canary is running; promote or "
-                "abort it first",
-                plugin=name,
-                cause=HotloadError("canary running"),
-            )
+                f"release refused (nothing changed): {exc}", plugin=name, cause=exc
+            ) from None
         old = rec.current
         if old is None and rec.plugin is not None:
             raise ReleaseError(
@@ -335,10 +333,12 @@ class Releaser:
             )
         return _Part(name, rec, old, unload=unload)
 
-    def _prepare(
-        self, p: _Part, source: Source, preflight: bool | None, allow: bool, label: str
-    ) -> None:
+    def _prepare(self, p: _Part, source: Source, preflight: bool | None, allow: bool) -> None:
         sw, rec = self._swap, p.rec
+        if isinstance(source, Candidate):
+            p.source = source.source
+        elif source is not None:
+            p.source = os.fspath(source)
         if isinstance(source, Candidate):
             cand = source
         else:
@@ -359,19 +359,23 @@ class Releaser:
         image = sw._open(rec, staged, p.old, preflight)
         p.plugin = rec.plugin or Plugin(p.name, rec.infos)
         p.new = Version(p.name, staged.seq, image, sw._reaper.wake, sw._settings.sample)
-        p.new.note = label
         p.commit = p.plugin._prepare(p.new)
 
     def _start(self, p: _Part, state: bytes | None) -> None:
         assert p.new is not None
         prev = p.old.image.version if p.old is not None else None
-        self._swap._start(p.rec, p.new, prev, state)
+        try:
+            self._swap._start(p.rec, p.new, prev, state)
+        except BaseException:
+            p.discarded = True  # the swap's _start closed (or kept) it already
+            raise
         p.started = True
 
     def _undo(self, parts: list[_Part]) -> None:
         """Close what a refused release opened; what served serves on."""
         for p in parts:
-            if p.new is not None and (p.started or p.commit is not None):
+            if p.new is not None and not p.discarded:
+                p.discarded = True
                 with contextlib.suppress(Exception):
                     self._swap._discard(p.rec, p.new)
 
@@ -423,7 +427,7 @@ class Releaser:
             p.name,
             exc,
             op="release",
-            source=cand.source if cand is not None else p.rec.source,
+            source=cand.source if cand is not None else p.source or p.rec.source,
             from_seq=old.seq if old is not None else None,
             from_digest=old.image.digest if old is not None else None,
             to_digest=cand.digest if cand is not None else None,
@@ -431,8 +435,15 @@ class Releaser:
         )
         if isinstance(exc, ReleaseError):
             return exc
+        hint = ""
+        if isinstance(exc, SignatureError):
+            hint = (
+                " (a release accepts it with allow_signature_change=True, "
+                "`hotload release --allow-signature-change`)"
+            )
+        text = str(exc).split(" To accept it:")[0]  # the reload's own hint does not apply
         return ReleaseError(
-            f"release refused (nothing changed): {p.name}: {type(exc).__name__}: {exc}",
+            f"release refused (nothing changed): {p.name}: {type(exc).__name__}: {text}{hint}",
             plugin=p.name,
             cause=exc,
         )

@@ -48,8 +48,8 @@ def _fnv1a(data: bytes) -> int:
 def key_hash(key: object) -> int:
     """The 64-bit hash a canary's split uses for ``key`` (``_crouter.key_hash``
     is the same function in C)."""
-    if isinstance(key, int):
-        return _mix(int(key) & _M64)
+    if isinstance(key, int):  # its value, as C reads it (not a subclass's __int__ or __and__)
+        return _mix(int.__and__(key, _M64))
     if isinstance(key, str):
         return _mix(_fnv1a(str.encode(key, "utf-8")))
     if isinstance(key, (bytes, bytearray)):

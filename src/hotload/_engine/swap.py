@@ -25,6 +25,7 @@ from .._contract.events import EventTable
 from .._contract.services import ServiceTable
 from .._errors import (
     AlreadyLoadedError,
+    BusyError,
     ClosedError,
     DescriptorError,
     HookTimeoutError,
@@ -55,6 +56,10 @@ log = logging.getLogger(__name__)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
+#: A judged canary's baseline times at least every 8th call (the host's rate is 1 in
+#: 64): at a few hundred calls a second, 1 in 64 left the latency test without data.
+JUDGED_BASELINE_SAMPLE = 8
+
 
 def _counted(op: str) -> Callable[[_F], _F]:
     """Count the swap in ``Swapper.counts`` by its result ("ok" or "refused"),
@@ -80,7 +85,7 @@ def _counted(op: str) -> Callable[[_F], _F]:
 
 # Not a refused build: a request about a name that is not (or already) loaded,
 # or made after the host closed.  The journal records what a build did, not typos.
-_NOT_A_REFUSAL = (NotLoadedError, AlreadyLoadedError, ClosedError)
+_NOT_A_REFUSAL = (NotLoadedError, AlreadyLoadedError, ClosedError, BusyError)
 
 
 class _Attempt:
@@ -275,8 +280,9 @@ class Swapper:
                 raise
             self._start(rec, new, old.image.version, None)
             commit()
-            if judge is not None:
-                new.gate.sample = 1  # every call of the candidate timed while it is judged
+            if judge is not None:  # both sides timed more often while judged (the latency test)
+                new.gate.sample = 1
+                old.gate.sample = min(self._settings.sample, JUDGED_BASELINE_SAMPLE)
             canary = Canary(
                 name,
                 old,
@@ -340,9 +346,10 @@ class Swapper:
         plugin = rec.plugin
         assert plugin is not None
         base, new = canary.baseline, canary.candidate
+        if self._settings.sample:  # the host's rate again
+            new.gate.sample = base.gate.sample = self._settings.sample
+        new.note = f"canary beside v{base.seq}: {'promoted' if promote else 'aborted'}"
         if promote:
-            if self._settings.sample:
-                new.gate.sample = self._settings.sample
             plugin._promote()
             base.retire()
             self._reaper.retire(base, unload_safe=rec.unload_safe)
@@ -404,14 +411,33 @@ class Swapper:
                 )
             return self._isolation
 
-    def _rollback_after_crash(self, name: str) -> None:
-        """``on_crash="rollback"``: the previous build takes over (from the
-        supervisor thread, never a caller's)."""
+    def _rollback_after_crash(self, name: str, seq: int) -> None:
+        """``on_crash="rollback"`` of version ``seq``: the previous build takes
+        over (from the supervisor thread, never a caller's).  A canary's
+        candidate that crashed only ends its canary; a baseline that crashed
+        ends the canary, then rolls back; a version no longer serving (the
+        job ran late) rolls nothing back."""
         rec = self._table.get(name)
-        if not self._table.closed and rec is not None and rec.plugin is not None:
-            with origin("supervisor"):
-                info = self.rollback(name, preflight=None)
-            log.warning("%s crashed: rolled back, v%d serves now", name, info.seq)
+        if self._table.closed or rec is None or rec.plugin is None:
+            return
+        with origin("supervisor"):
+            canary = rec.canary
+            if canary is not None and canary.candidate.seq == seq:
+                canary.abort("aborted: the candidate crashed (on_crash='rollback')")
+                return
+            if canary is not None and canary.baseline.seq == seq:
+                canary.abort("aborted: the baseline crashed (on_crash='rollback'): rolling back")
+            current = rec.current
+            if current is None or current.seq != seq:
+                log.warning(
+                    "%s v%d crashed, but v%s serves now: nothing rolled back",
+                    name,
+                    seq,
+                    current.seq if current else "-",
+                )
+                return
+            info = self.rollback(name, preflight=None)
+        log.warning("%s crashed: rolled back, v%d serves now", name, info.seq)
 
     def _candidate(
         self, rec: PluginRecord, path: object, source: str, attempt: _Attempt

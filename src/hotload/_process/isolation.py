@@ -57,7 +57,7 @@ class Isolation:
     notices dead or stopped workers and runs the crash policy."""
 
     def __init__(
-        self, on_rollback: Callable[[str], object], journal: Journal | None = None
+        self, on_rollback: Callable[[str, int], object], journal: Journal | None = None
     ) -> None:
         self._on_rollback = on_rollback
         self.journal = journal  # crashes, restarts and stops of live versions go there
@@ -230,12 +230,13 @@ class Isolation:
         self._jobs.append(job)
         self._wake.set()
 
-    def rollback(self, name: str) -> None:
-        self.later(lambda: self._run_rollback(name))
+    def rollback(self, name: str, seq: int) -> None:
+        """Roll ``name`` back after version ``seq`` crashed (on the supervisor)."""
+        self.later(lambda: self._run_rollback(name, seq))
 
-    def _run_rollback(self, name: str) -> None:
+    def _run_rollback(self, name: str, seq: int) -> None:
         try:
-            self._on_rollback(name)
+            self._on_rollback(name, seq)
         except HotloadError as exc:
             log.error("%s: rollback after a crash failed: %s", name, exc)
 

@@ -65,7 +65,7 @@ class Supervisor(Protocol):
 
     def take(self, sandbox: bool = True, spares: int = 1) -> Worker: ...
     def later(self, job: Callable[[], None]) -> None: ...
-    def rollback(self, name: str) -> None: ...
+    def rollback(self, name: str, seq: int) -> None: ...
     def forget(self, proxy: Proxy, *, exiting: bool = False) -> None: ...
 
 
@@ -459,7 +459,7 @@ class Proxy:
             return
         self._stop(f"on_crash={policy!r}")
         if policy == "rollback":
-            self.iso.rollback(self.name)
+            self.iso.rollback(self.name, self.seq)
 
     def _stop(self, why: str, error: str = "") -> None:
         """No more restarts: a call finds the version stopped, and why."""
