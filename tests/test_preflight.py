@@ -283,3 +283,26 @@ def test_preflight_tries_a_build_in_the_environment_and_limits_it_will_run_with(
         host.reload("caged")  # a second trial under limits: a fresh worker again
         host.reload("free")
         assert host.current("caged").seq == 2 and host.current("free").seq == 2
+
+
+def test_a_plugin_without_imports_sees_it_is_in_preflight_from_the_first_trial(
+    tmp_path: Path, cc
+) -> None:
+    """Found by a new user: hotload_in_preflight() said 0 in a fresh preflight
+    worker until a plugin with imports had been tried there (the flag came with
+    the first service binding), so the same build passed or failed by what the
+    host had loaded before it."""
+    src = """
+    #include <hotload.h>
+    HOTLOAD_PLUGIN("probe", "1");
+    static int start(const char *p, const void *s, size_t n)
+    { (void)p; (void)s; (void)n; return hotload_in_preflight() ? 7 : 0; }
+    HOTLOAD_ON_LOAD(start);
+    HOTLOAD_API int32_t f(void) { return 1; }
+    HOTLOAD_EXPORT(f, int32_t, (void));
+    """
+    for i in range(2):  # a fresh host (and worker) each time: the first trial is the case
+        with Host(tmp_path / f"w{i}") as host:
+            with pytest.raises(PreflightError, match=r"refused to start \(returned 7\)"):
+                host.load(cc(src, "probe"))
+            host.load(cc(src, "probe"), preflight=False)  # in the host it says 0

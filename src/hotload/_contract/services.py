@@ -195,6 +195,14 @@ def mark_preflight() -> None:
     _G.preflight = True
 
 
+def define_preflight_flag(directory: str) -> None:
+    """Put ``hotload__in_preflight`` in the global scope now, not only with the
+    first plugin that imports a service: else a plugin without imports, tried
+    first in a fresh worker, read 0 there (the weak symbol unbound) and 1 after
+    one with imports, the same build behaving by what came before it."""
+    _G.bind({}, directory)
+
+
 def _load_global(data: bytes, directory: str) -> None:
     """``dlopen`` the data-only library: from an anonymous file where there
     is one (a sandboxed worker may write no file, and needs none), else from

@@ -132,6 +132,7 @@ def _trial_at(req: dict[str, Any], say: Callable[[dict[str, Any]], None], kept: 
         step = "dlopen"
         say({"id": rid, "step": step})
         proc.apply_limits(req.get("limits") or {})  # as it will run, from its first instruction
+        services.define_preflight_flag(os.path.dirname(req["path"]))  # before any plugin code
         binding = _standins(desc, req, name)
         with binding.table.opening(binding) if binding else contextlib.nullcontext():
             handle = loader.open_copy(str(req["path"]), req["source"])
