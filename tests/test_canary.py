@@ -410,6 +410,8 @@ def test_the_cli_starts_widens_shows_and_aborts_a_canary(
         code, out = run("--json")
         c = json.loads(out)["canary"]
         assert c["share"] == 0.25 and c["candidate"]["calls"] == 0
+        code, out = run("--wait", "0.3")  # not judged: still running when the wait runs out
+        assert code == 4 and "running" in out
         code, out = run("--abort")
         assert code == 0 and "aborted" in out and "aborted by hand" in out
         code, out = run("--promote")

@@ -6,7 +6,8 @@ host, or see how it goes.
                                              start one: FILE beside the version serving
     hotload canary NAME --share S            widen the running one to S
     hotload canary NAME --promote | --abort  end it by hand
-    hotload canary NAME --wait [SECONDS]     wait until it ends; exit 0 promoted, 3 aborted
+    hotload canary NAME --wait [SECONDS]     wait until it ends; exit 0 promoted, 3 aborted,
+                                             4 still running when the wait ran out
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from typing import Any
 from .._errors import HotloadError
 from .._ops import control_client
 
-#: Exit status of ``--wait`` when the canary was aborted (a script's "do not go on").
+#: Exit status of ``--wait`` when the canary was aborted (a script's "do not go on"),
+#: and when it was still running as the wait ran out (neither promoted nor aborted).
 ABORTED = 3
+STILL_RUNNING = 4
 
 
 def add_command(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -83,7 +86,9 @@ def cmd_canary(args: argparse.Namespace) -> int:
     else:
         print(describe(args.name, result.get("canary")))
     c = result.get("canary")
-    return ABORTED if args.wait is not None and c and c["state"] == "aborted" else 0
+    if args.wait is None or not c:
+        return 0
+    return {"aborted": ABORTED, "running": STILL_RUNNING}.get(c["state"], 0)
 
 
 def _wait(sock: Any, name: str, timeout: float, result: dict[str, Any]) -> dict[str, Any]:
