@@ -636,3 +636,18 @@ def test_a_crash_with_on_crash_rollback_ends_the_canary_and_rolls_back_only_the_
 
         wait_for(rolled_back, what="the rollback")
     assert all(p.reward(k, 0) in (2 * k, 4 * k) for k in range(1, 200, 7))
+
+
+def test_a_service_failing_on_every_call_is_counted_always_and_logged_sparsely(
+    served: Host, cc: Compile, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    p = served.load(cc(TWICE, "twice"))
+    with caplog.at_level(logging.ERROR, logger="hotload"):
+        for k in range(600):  # 1,200 failed service calls
+            p.reward(k, 0)
+    logged = [r for r in caplog.records if "service audit raised" in r.getMessage()]
+    assert len(logged) == 12  # the first 10, the 100th and the 1,000th
+    assert "failure 1,000 of this version's calls" in logged[-1].getMessage()
+    assert served.current("reward").service_errors == 1200  # type: ignore[union-attr]

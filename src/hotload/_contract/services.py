@@ -303,11 +303,35 @@ class _Callback:
     def report(self, exc: Any, value: Any, tb: Any) -> None:
         binding = self.binding
         binding.failed(self.name)
+        n = binding.failures(self.name)
+        if not _worth_logging(n):  # counted always (metrics); logged 1-10, 100, 1000...
+            return
         if tb is None:  # cffi could not convert the result: fn itself returned
             ctype = binding.imports.get(self.name)
             log_bad_result(binding.label, self.name, ctype, value, self.error)
             return
-        log.error("%s: service %s raised", binding.label, self.name, exc_info=(exc, value, tb))
+        more = f" (failure {n:,} of this version's calls of it; later ones logged at 10x)"
+        log.error(
+            "%s: service %s raised%s",
+            binding.label,
+            self.name,
+            more if n >= LOG_EVERY_FIRST else "",
+            exc_info=(exc, value, tb),
+        )
+
+
+#: A version's first failures of a service are each logged with their traceback; past
+#: them, only the 100th, 1,000th, 10,000th...: a bad build failing a service on every call
+#: made 500 tracebacks a second (a new user's canary).  Every failure is counted.
+LOG_EVERY_FIRST = 10
+
+
+def _worth_logging(n: int) -> bool:
+    if n <= LOG_EVERY_FIRST:
+        return True
+    while n % 10 == 0:
+        n //= 10
+    return n == 1
 
 
 def log_bad_result(label: str, name: str, ctype: Any, why: BaseException, error: Any) -> None:
