@@ -308,3 +308,24 @@ def test_an_undeclared_field_is_padding_and_fields_may_be_declared_in_any_order(
         p.new("gp_t", vip=1)
     with pytest.raises(TypeLayoutError, match=r"field level=.*handle"):
         p.new("gp_t", level=object())
+
+
+@modes()
+def test_a_struct_by_value_from_an_initializer_has_every_unnamed_field_zero(
+    host: Host, cc, isolate: Mode
+) -> None:
+    """Found by the wire-parity property test: cffi builds a by-value struct
+    from a dict or list in call-local memory without zeroing it, so the
+    fields an initializer did not name held whatever was there before (text of
+    an earlier error message); isolated, the worker made them zero.  Both modes
+    now give zero."""
+    p = host.load(build(cc, TYPES), isolate=isolate)
+    for i in range(300):
+        junk = [f"{'x' * i} has no attribute {i}" for _ in range(3)]  # dirty the heap
+        for init in ({"level": 4}, [7, 4], {"id": 7, "level": 4}):
+            r = p.promote(init)
+            ident = 7 if not isinstance(init, dict) or "id" in init else 0
+            assert (r.id, r.level) == (ident, 5), (init, r.id, r.level)
+            assert ffi.string(r.name) == b"B", (init, bytes(ffi.buffer(ffi.addressof(r, "name"))))
+            assert bytes(ffi.buffer(ffi.addressof(r, "name")))[1:] == b"\0" * 15
+        assert junk

@@ -59,7 +59,7 @@ CData = ffi.CData
 FLT_MAX = struct.unpack("<f", b"\xff\xff\x7f\x7f")[0]
 
 # the kinds of parameter the rule looks at ("" is cffi's own rule)
-TEXT, BOOL, FLOAT, BUF, SPTR = "text", "bool", "float", "buf", "sptr"
+TEXT, BOOL, FLOAT, BUF, SPTR, SVAL = "text", "bool", "float", "buf", "sptr", "sval"
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,9 @@ class Rules:
 
     params: tuple[Param, ...]
     #: one byte per parameter for the check before an in-process call (``Checked``):
-    #: ``f`` a float, ``s`` a ``const char *``, ``o`` a buffer the callee writes; ``-`` none.
+    #: ``f`` a float, ``s`` a ``const char *``, ``o`` a buffer the callee writes, ``v`` a
+    #: struct by value (an initializer goes the long way: cffi leaves the fields it does
+    #: not name as whatever was in memory, not zero); ``-`` none.
     #: Empty when no parameter needs one: the cffi function is called as it is.
     checks: bytes
 
@@ -90,6 +92,7 @@ class Rules:
             return None
         out = list(args)
         backs: list[Callable[[], None]] = []
+        kept: list[Any] = []
         changed = False
         for i, (p, a) in enumerate(zip(self.params, args, strict=True)):
             n = i + 1
@@ -111,12 +114,17 @@ class Rules:
                         backs.append(back)
             elif p.kind == SPTR and isinstance(a, CData) and ffi.typeof(a) is p.item:
                 out[i], changed = ffi.addressof(a), True  # a struct value, by its address
+            elif p.kind == SVAL and isinstance(a, (dict, list, tuple)):
+                made = ffi.new(f"{p.item.cname} *", a)  # zeroed, then the initializer
+                out[i], changed = made[0], True
+                kept.append(made)  # owns the memory out[i] reads: alive until after()
         if not changed:
             return None
 
         def after() -> None:
             for back in backs:
                 back()
+            kept.clear()
 
         return tuple(out), after
 
@@ -146,6 +154,8 @@ def rules(proto: str) -> Rules:
                 params.append(Param(BUF, const, item, sized))
         elif a.kind == "pointer" and a.item.kind == "struct":
             params.append(Param(SPTR, const, a.item))
+        elif a.kind == "struct":
+            params.append(Param(SVAL, True, a))
         else:
             params.append(Param(""))
     checks = bytes(
@@ -155,6 +165,8 @@ def rules(proto: str) -> Rules:
         if p.kind == TEXT
         else ord("o")
         if p.kind == BUF and not p.const
+        else ord("v")
+        if p.kind == SVAL
         else ord("-")
         for p in params
     )
@@ -178,6 +190,8 @@ def checked(fn: Callable[..., Any], checks: bytes) -> Callable[..., Any]:
             elif kind == "o" and isinstance(a, (list, bytes)):
                 what = type(a).__name__
                 raise TypeError(f"argument {i + 1}: a {what} for a buffer the callee writes")
+            elif kind == "v" and isinstance(a, (dict, list, tuple)):
+                raise TypeError(f"argument {i + 1}: an initializer for a struct by value")
         return fn(*args)
 
     return call

@@ -311,18 +311,14 @@ class _Callback:
             log_bad_result(binding.label, self.name, ctype, value, self.error)
             return
         more = f" (failure {n:,} of this version's calls of it; later ones logged at 10x)"
+        why = more if n >= LOG_EVERY_FIRST else ""
         log.error(
-            "%s: service %s raised%s",
-            binding.label,
-            self.name,
-            more if n >= LOG_EVERY_FIRST else "",
-            exc_info=(exc, value, tb),
+            "%s: service %s raised%s", binding.label, self.name, why, exc_info=(exc, value, tb)
         )
 
 
-#: A version's first failures of a service are each logged with their traceback; past
-#: them, only the 100th, 1,000th, 10,000th...: a bad build failing a service on every call
-#: made 500 tracebacks a second (a new user's canary).  Every failure is counted.
+#: A version's first 10 failures of a service are logged, then the 100th, 1,000th...: a
+#: bad build failing on every call logged 500 tracebacks a second.  All are counted.
 LOG_EVERY_FIRST = 10
 
 

@@ -1151,6 +1151,13 @@ checked_vectorcall(CheckedObject *self, PyObject *const *args, size_t nargsf, Py
                 return NULL;
             }
             break;
+        case 'v': /* an initializer for a struct by value: the router's bad_call zeroes it */
+            if (PyDict_Check(a) || PyList_Check(a) || PyTuple_Check(a)) {
+                PyErr_Format(PyExc_TypeError,
+                             "argument %zd: an initializer for a struct by value", i + 1);
+                return NULL;
+            }
+            break;
         default:
             break;
         }

@@ -392,7 +392,7 @@ class Plugin:
         elif image is not None and proto != "?":
             try:
                 converted = arguments.rules(proto).convert(args)
-            except (TypeError, ValueError, OverflowError) as why:
+            except _ARGUMENT_ERRORS as why:  # a struct initializer's unknown field: KeyError
                 raise self._refused(fname, proto, why) from None
             if converted is not None:
                 new_args, after = converted
