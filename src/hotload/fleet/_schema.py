@@ -124,14 +124,50 @@ def load_json(raw: bytes | None, where: str) -> Any:
 
 
 @dataclass(frozen=True)
+class CanaryPlan:
+    """How a host takes a rule's new build: as an in-host canary beside the
+    build it runs, ``share`` of the keys (argument ``key``), judged for
+    ``bake`` seconds (``host.canary(..., judge=Judge(bake=bake))``).  A rule
+    without one is a plain reload: a rollout's revert, a rollback, the rule
+    a finished rollout leaves, and every record written before canaries."""
+
+    share: float = 1.0
+    key: int = 0
+    bake: float = 30.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"share": self.share, "key": self.key, "bake": self.bake}
+
+
+MAX_BAKE = 86400.0  # seconds: a canary plan's bake beyond a day is a typo
+
+
+def check_plan(value: object, where: str = "canary") -> CanaryPlan:
+    """A rule's ``canary`` (signed with the rule, so a forged one fails the
+    signature; checked anyway: an insecure host acts on unsigned ones)."""
+    if not isinstance(value, dict) or set(value) - {"share", "key", "bake"}:
+        raise FleetError(f"{where}: {value!r:.80} is not {{share, key, bake}}")
+    share, key, bake = value.get("share", 1.0), value.get("key", 0), value.get("bake", 30.0)
+    if type(share) not in (int, float) or not 0 < share <= 1:
+        raise FleetError(f"{where}: share {share!r:.30} is not in (0, 1]")
+    if type(key) is not int or not 0 <= key < 64:
+        raise FleetError(f"{where}: key {key!r:.30} is not an argument's index (0 to 63)")
+    if type(bake) not in (int, float) or not 0.01 <= bake <= MAX_BAKE:
+        raise FleetError(f"{where}: bake {bake!r:.30} is not 0.01 to {MAX_BAKE:g} seconds")
+    return CanaryPlan(float(share), key, float(bake))
+
+
+@dataclass(frozen=True)
 class Rule:
     """One rule of a plugin's desired state: a host whose labels include every
     ``label: value`` of ``match`` runs ``digest``; the first rule that matches
     wins.  ``digest`` ``None`` sends the host back to what it ran before the
-    fleet."""
+    fleet.  ``canary``: take the build as a judged canary (``CanaryPlan``);
+    None: a plain reload."""
 
     match: dict[str, str]
     digest: str | None  # None: this plugin should not be loaded by the fleet
+    canary: CanaryPlan | None = None
 
 
 def parse_desired(raw: bytes | None, plugin: str) -> tuple[int, list[Rule]]:
@@ -157,7 +193,12 @@ def parse_desired_record(raw: bytes | None, plugin: str) -> tuple[dict[str, Any]
         digest = r.get("digest")
         if digest is not None:
             check_digest(digest, f"{where}: rule {i}")
-        rules.append(Rule(check_labels(r.get("match", {}), f"{where}: rule {i}"), digest))
+        plan = r.get("canary")
+        if plan is not None:
+            plan = check_plan(plan, f"{where}: rule {i}: canary")
+            if digest is None:
+                raise FleetError(f"{where}: rule {i}: a canary of no build")
+        rules.append(Rule(check_labels(r.get("match", {}), f"{where}: rule {i}"), digest, plan))
     return rec, rev, rules
 
 
@@ -167,7 +208,17 @@ def pick(rules: Iterable[Rule], labels: Mapping[str, str]) -> Rule | None:
 
 
 def rules_json(rules: Iterable[Rule]) -> list[dict[str, Any]]:
-    return [{"match": r.match, "digest": r.digest} for r in rules]
+    """The rules as a record holds them, and as they are signed: a rule
+    without a canary plan has no ``canary`` key, so the records signed
+    before plans existed still verify, byte for byte."""
+    return [_rule_json(r) for r in rules]
+
+
+def _rule_json(rule: Rule) -> dict[str, Any]:
+    out: dict[str, Any] = {"match": rule.match, "digest": rule.digest}
+    if rule.canary is not None:
+        out["canary"] = rule.canary.as_json()
+    return out
 
 
 # ---- the keys layout ------------------------------------------------------------------
