@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._engine.journal import set_origin
 from .._errors import AlreadyLoadedError, FleetError, HotloadError
+from ._canary import Canaries, record, skipped
 from ._connection import (
     DEFAULT_TIMEOUT,
     connect,
@@ -48,7 +49,9 @@ from ._schema import (
     MAX_BLOB,
     PLUGIN_NAME,
     PREFIX,
+    CanaryPlan,
     Keys,
+    Rule,
     check_labels,
     health_summary,
     load_json,
@@ -126,6 +129,7 @@ class FleetAgent:
         self.labels = check_labels(dict(labels or {}))
         self.id = host_id or f"{host_identity()['machine']}-{os.getpid()}-{new_id()[:6]}"
         check_labels({"id": self.id}, "host id")
+        self._canaries = Canaries(host, self.id)
         self.keys = Keys(prefix)
         self.heartbeat = heartbeat
         self.ttl = ttl if ttl is not None else 3 * heartbeat
@@ -219,6 +223,7 @@ class FleetAgent:
                 if time.monotonic() >= next_beat:
                     self._beat()
                     last_beat, next_beat = time.monotonic(), time.monotonic() + self.heartbeat
+                    self._dirty = self._dirty or self._canaries.running()  # fresh figures
                 if self._dirty:
                     self._dirty = False
                     self._sync()
@@ -277,6 +282,7 @@ class FleetAgent:
         self.commands += 2
         self._reported.clear()
         self._failed.clear()  # revs may restart with the data: try refused builds once more
+        self._canaries.forget()
         self._dirty = True
 
     def _host_changed(self, name: str) -> None:
@@ -357,6 +363,9 @@ class FleetAgent:
         """Sleep on the wake channel until the next heartbeat, a wake-up or stop.
         Waiting on a subscribed socket sends no command."""
         while not self._stop.is_set() and not self._dirty:
+            if self._canaries.changed():  # a verdict: reported at once, not at the next beat
+                self._dirty = True
+                return
             left = until - time.monotonic()
             if left <= 0:
                 return
@@ -406,7 +415,8 @@ class FleetAgent:
             self._invalid.pop(name, None)
             if rule is not None:
                 covered.add(name)
-                self._converge(name, rule.digest, rev)
+                revision = rec.get("revision")
+                self._converge(name, rule, rev, revision if isinstance(revision, int) else rev)
         for name in self.host.names():
             if name not in covered:
                 self._report(name, "live", None, 0, None)
@@ -426,18 +436,25 @@ class FleetAgent:
                 "refused", name, source=f"fleet:{name}", error=why, detail="fleet decision"
             )
 
-    def _converge(self, name: str, digest: str | None, rev: int) -> None:
+    def _converge(self, name: str, rule: Rule, rev: int, decision: int) -> None:
+        """Bring ``name`` to what ``rule`` asks (``decision``: the rollout's
+        revision, under which a build its canary's judge aborted is not tried
+        again)."""
+        digest = rule.digest
+        self._canaries.let_go(name, digest)
         live = self.live_digest(name)
         if digest is None:
             self._to_baseline(name, live, rev)
             return
         if live == digest:
-            self._report(name, "live", digest, rev, None)
+            self._report(name, "live", digest, rev, None, self._canary_of(name, digest, rule))
+            return
+        if self._judging(name, digest, rev, decision):
             return
         if self._failed.get((name, digest)) == rev:
             return  # already refused for this rev; a new rollout (new rev) retries it
         try:
-            self._apply(name, self._build(name, digest), digest)
+            note = self._take(name, self._build(name, digest), digest, rule.canary)
         except HotloadError as exc:
             self._failed[(name, digest)] = rev
             log.warning("fleet agent %s: %s: refused %s: %s", self.id, name, digest[:12], exc)
@@ -453,7 +470,54 @@ class FleetAgent:
             )
             self._report(name, "failed", digest, rev, str(exc))
             return
-        self._report(name, "live", digest, rev, None)
+        if self._judging(name, digest, rev, decision):
+            return
+        self._report(name, "live", digest, rev, None, skipped(digest, note) if note else None)
+
+    def _take(self, name: str, cand: Candidate, digest: str, plan: CanaryPlan | None) -> str | None:
+        """Start ``cand`` as a canary when the rule says so and the plugin
+        serves here (None), else make it live (why it was not a canary)."""
+        if plan is not None and name in self.host:
+            with self._lock:
+                self._baseline.setdefault(name, self.live_digest(name))
+            why = self._canaries.start(name, cand, digest, plan)
+            if why is None:
+                return None
+        else:
+            why = "first load here: nothing to compare with" if plan is not None else None
+        self._apply(name, cand, digest)
+        return why
+
+    def _judging(self, name: str, digest: str, rev: int, decision: int) -> bool:
+        """Report ``digest``'s canary while it runs (True), or its abort as a
+        failure of the build (True: the judge's verdict, never retried under
+        the same decision); False when there is none, or it was promoted."""
+        self._canaries.promote_idle(name)
+        c = self._canaries.of(name, digest)
+        verdict = self._canaries.ended(name, digest, decision)
+        if verdict is not None:
+            rec = self._canary_of(name, digest, None)
+            self._report(name, "failed", digest, rev, verdict, rec)
+            return True
+        if c is None:
+            return False
+        if c.running:
+            self._report(name, "canary", digest, rev, None, self._canary_of(name, digest, None))
+            return True
+        if self.live_digest(name) == digest:  # promoted just now (by the agent, if idle)
+            self._report(name, "live", digest, rev, None, self._canary_of(name, digest, None))
+            return True
+        return False
+
+    def _canary_of(self, name: str, digest: str, rule: Rule | None) -> dict[str, Any] | None:
+        """The report's ``canary`` for ``digest``: this agent's canary of it,
+        or, when the rule asked for one and none ran, why."""
+        c = self._canaries.of(name, digest)
+        if c is not None:
+            return record(c, digest)
+        if rule is not None and rule.canary is not None:
+            return skipped(digest, "it ran this build already")
+        return None
 
     def _to_baseline(self, name: str, live: str | None, rev: int) -> None:
         """A rule without a digest: go back to what this host ran before the
@@ -612,12 +676,18 @@ class FleetAgent:
         return current.digest if current is not None else None
 
     def _report(
-        self, name: str, state: str, target: str | None, rev: int, error: str | None
+        self,
+        name: str,
+        state: str,
+        target: str | None,
+        rev: int,
+        error: str | None,
+        canary: dict[str, Any] | None = None,
     ) -> None:
         """Write this host's state for ``name`` (only when it changed)."""
         assert self._w is not None
         info = self.host.current(name)
-        rep = {
+        rep: dict[str, Any] = {
             "state": state,
             "digest": info.digest if info else None,
             "version": info.plugin_version if info else None,
@@ -626,6 +696,9 @@ class FleetAgent:
             "rev": rev,
             "error": error,
         }
+        canary = canary or self._canaries.last_record(name)  # its last verdict, for status
+        if canary is not None:
+            rep["canary"] = canary
         if self._reported.get(name) == rep:
             return
         body = json.dumps({**rep, "at": time.time()})
