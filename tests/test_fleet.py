@@ -157,7 +157,10 @@ class Cluster:
         host_kw = {k: kw.pop(k) for k in ("allowed_digests", "preflight") if k in kw}
         host_kw.setdefault("preflight", False)
         isolate = kw.pop("isolate", False)
+        setup = kw.pop("setup", None)  # setup(host) before the first load: host services
         host = Host(self.tmp / f"work-{host_id}", **host_kw)
+        if setup is not None:
+            setup(host)
         if start_with is not None:
             host.load(start_with, isolate=isolate)
         else:  # a host that loads nothing itself takes xp from the fleet by name

@@ -48,6 +48,7 @@ from typing import Any
 from .._errors import FleetError, RolloutFailed
 from ..fleet import Controller, Fleet
 from ..fleet._schema import selector_text
+from .canary import _share
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 
@@ -101,7 +102,21 @@ def add_commands(sub: Any) -> None:
     q.add_argument(
         "--then", action="append", default=[], metavar="SEL", help="further steps, in order"
     )
-    q.add_argument("--bake", type=duration, default=30.0, help="time live per step (30s)")
+    q.add_argument(
+        "--bake",
+        type=duration,
+        default=30.0,
+        help="each step's in-host canary is judged this long (30s); 0: a plain reload",
+    )
+    q.add_argument(
+        "--share",
+        type=_share,
+        default=1.0,
+        help="the keys each step's canary takes on its hosts: 0.05 or 5%% (default 100%%)",
+    )
+    q.add_argument(
+        "--key", type=int, default=0, help="the argument a canary splits on (0: the first)"
+    )
     q.add_argument("--max-failures", type=int, default=0, help="host failures tolerated (0)")
     q.add_argument(
         "--on-gone",
@@ -197,6 +212,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
                 canary=args.canary,
                 then=args.then,
                 bake=args.bake,
+                share=args.share,
+                key=args.key,
                 max_failures=args.max_failures,
                 on_gone=args.on_gone,
                 step_timeout=args.step_timeout,
@@ -423,7 +440,36 @@ def render_status(st: dict[str, Any]) -> str:
         lines.append(
             "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]).rstrip()
         )
-    return "\n".join(lines)
+    return "\n".join(lines + _canary_lines(st["hosts"]))
+
+
+def _canary_lines(hosts: list[dict[str, Any]]) -> list[str]:
+    """Each host's canary of each plugin (the last one its agent ran for the
+    fleet): its state, share and age, both sides' calls, error rate and p99,
+    and the judge's verdict."""
+    lines = []
+    for h in hosts:
+        for pname, rep in sorted((h.get("plugins") or {}).items()):
+            c = rep.get("canary")
+            if not c:
+                continue
+            head = f"{h['id']} {pname} {str(c.get('digest'))[:12]}: canary {c.get('state')}"
+            if c.get("state") != "skipped":
+                head += f", {c['share']:.3g} of keys, {c['seconds']:.1f} s"
+                head += "".join(
+                    f"; {side} {_side(c.get(side) or {})}" for side in ("candidate", "baseline")
+                )
+            lines += [head, f"    {c.get('verdict')}"]
+    return ["CANARIES", *lines] if lines else []
+
+
+def _side(f: dict[str, Any]) -> str:
+    """``1,204 calls, errors 0.00%, p99 14us`` (``-``: no sampled call)."""
+    p99 = f.get("p99_us")
+    return (
+        f"{f.get('calls', 0):,} calls, errors {f.get('error_rate', 0) * 100:.2f}%, "
+        f"p99 {_micros(p99) if p99 is not None else '-'}"
+    )
 
 
 def _sick_plugins(unhealthy: dict[str, list[str]], shown: int = 3) -> str:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import FleetError
 from . import _history
+from ._canary import parse_report
 from ._connection import DEFAULT_TIMEOUT, connect, describe_error, describe_url, redis_errors
 from ._controller import Controller
 from ._schema import (
@@ -431,7 +432,7 @@ class Fleet:
             except FleetError as exc:
                 rep = {"error": str(exc)}
             if isinstance(rep, dict):
-                entry["plugins"][pname] = rep
+                entry["plugins"][pname] = _checked_report(rep)
         return entry
 
     def status(self, plugin: str | None = None) -> dict[str, Any]:
@@ -483,6 +484,8 @@ class Fleet:
         canary: str | Mapping[str, str],
         then: Iterable[str | Mapping[str, str]] = (),
         bake: float = 30.0,
+        share: float = 1.0,
+        key: int = 0,
         max_failures: int = 0,
         on_gone: str = "fail",
         step_timeout: float = 120.0,
@@ -493,13 +496,20 @@ class Fleet:
     ) -> dict[str, Any]:
         """Drive a rollout to the end (blocking) and return its final record;
         raise ``RolloutFailed`` after an abort (the previous rules written
-        back; its message says which hosts are back on the previous build)."""
+        back; its message says which hosts are back on the previous build).
+
+        Each step's hosts take the build as an in-host canary beside the
+        build they run: ``share`` of the keys (the argument ``key``), judged
+        for ``bake`` seconds, and a host is live on the step once its judge
+        promoted the build; ``bake=0``: a plain reload, judged by health."""
         ctl = Controller(self, plugin, lock_ttl=lock_ttl, poll=poll, progress=progress)
         return ctl.start(
             digest,
             canary=canary,
             then=then,
             bake=bake,
+            share=share,
+            key=key,
             max_failures=max_failures,
             on_gone=on_gone,
             step_timeout=step_timeout,
@@ -549,6 +559,20 @@ class Fleet:
         rollback, with the desired state it left (``hotload fleet history``)."""
         check_name(plugin)
         return _history.read(self, plugin)
+
+
+def _checked_report(rep: dict[str, Any]) -> dict[str, Any]:
+    """A host's report with its ``canary`` checked (the controller decides a
+    step on it): a malformed one is left out and named in ``canary_error``."""
+    if "canary" in rep:
+        canary, bad = parse_report(rep["canary"])
+        if canary is None:
+            rep.pop("canary")
+        else:
+            rep["canary"] = canary
+        if bad:
+            rep["canary_error"] = bad
+    return rep
 
 
 # ---- module-level API: ``from hotload import fleet`` ----------------------------------

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .._errors import FleetError, LockLost, RolloutFailed
 from . import _history
 from ._connection import describe_error, redis_errors
-from ._converge import Tally, classify, gone_why, judged
+from ._converge import Tally, classify, gone_why, judged, promoted
 from ._schema import (
+    MAX_BAKE,
+    CanaryPlan,
     Keys,
     Rule,
     check_name,
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 PROGRESS_AFTER = 1.0  # seconds a wait lasts before it says whom it waits for
 PROGRESS_EVERY = 3.0  # seconds between two such lines while nothing changes
+IDLE_GRACE = 5.0  # seconds past its bake an idle host's agent takes to promote (+ a report)
 
 
 class FleetStore(Protocol):
@@ -67,7 +70,13 @@ class FleetStore(Protocol):
 
 
 class _Abort(Exception):
-    """Internal: the rollout must be aborted for ``reason``."""
+    """Internal: the rollout must be aborted for ``reason``; ``first``: the
+    first failed host and why (the judge's verdict), for the record's reason
+    (the command prints every host's error once, after the progress lines)."""
+
+    def __init__(self, reason: str, first: str = "") -> None:
+        super().__init__(reason)
+        self.first = first
 
 
 class Controller:
@@ -107,6 +116,8 @@ class Controller:
         canary: str | Mapping[str, str],
         then: Iterable[str | Mapping[str, str]] = (),
         bake: float = 30.0,
+        share: float = 1.0,
+        key: int = 0,
         max_failures: int = 0,
         on_gone: str = "fail",
         step_timeout: float = 120.0,
@@ -115,8 +126,14 @@ class Controller:
         digest = self.f.resolve(self.plugin, digest)
         if on_gone not in ("fail", "wait"):
             raise FleetError(f"on_gone must be 'fail' or 'wait', not {on_gone!r}")
-        if max_failures < 0 or bake < 0 or step_timeout <= 0:
-            raise FleetError("max_failures and bake must be >= 0, step_timeout > 0")
+        if max_failures < 0 or not 0 <= bake <= MAX_BAKE or step_timeout <= 0:
+            raise FleetError(
+                f"max_failures must be >= 0, bake 0 to {MAX_BAKE:g} s, step_timeout > 0"
+            )
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+            raise FleetError(f"share must be in (0, 1], not {share!r}")
+        if isinstance(key, bool) or not isinstance(key, int) or not 0 <= key < 64:
+            raise FleetError(f"key must be an argument's index, 0 to 63, not {key!r}")
         meta = self.f.builds(digest)
         if meta.get("name") != self.plugin:
             raise FleetError(f"build {digest} is plugin {meta.get('name')!r}, not {self.plugin!r}")
@@ -151,6 +168,8 @@ class Controller:
                 "step": 0,
                 "phase": "apply",
                 "bake": bake,
+                "share": float(share),
+                "key": key,
                 "max_failures": max_failures,
                 "on_gone": on_gone,
                 "step_timeout": step_timeout,
@@ -324,11 +343,10 @@ class Controller:
                 self._wait_step(rec, i, bake=False)
                 rec["phase"] = "bake"
                 self._retry(lambda: self.f.save_rollout(rec))
-                if rec["bake"] > 0:
-                    self.progress(f"step {i + 1}/{len(steps)}: live, baking {rec['bake']:g}s")
-                self._wait_step(rec, i, bake=True)
+                bake = self._bake_left(rec, i)
+                self._wait_step(rec, i, bake=bake)
         except _Abort as exc:
-            outcome = self._revert(rec, str(exc))
+            outcome = self._revert(rec, str(exc), exc.first)
             hosts = ", ".join(f"{h}: {e}" for h, e in rec["failures"].items()) or "none"
             raise RolloutFailed(
                 f"{self.plugin}: rollout {rec['id']} aborted ({exc}); {outcome}. Failures: {hosts}",
@@ -349,8 +367,29 @@ class Controller:
         )
         return rec
 
+    def _bake_left(self, rec: dict[str, Any], step: int) -> bool:
+        """Whether the step still bakes once live: not when every host of it
+        was promoted by its in-host judge (the judge baked it, comparing it
+        with the build before on the same traffic); a host that took the
+        build by a plain reload bakes here, judged by its health."""
+        where = f"step {step + 1}/{len(rec['steps'])}"
+        live, canaried = rec.get("live_hosts") or [], set(rec.get("promoted") or [])
+        if _plan(rec) is not None and live and canaried >= set(live):
+            self.progress(
+                f"{where}: live, {len(live)} host(s) promoted by their in-host judge "
+                f"({rec['bake']:g}s bake each)"
+            )
+            return False
+        if rec["bake"] > 0:
+            self.progress(f"{where}: live, baking {rec['bake']:g}s")
+        return True
+
     def _rules(self, rec: dict[str, Any], step: int) -> list[Rule]:
-        new = [Rule(dict(m), rec["digest"]) for m in rec["steps"][: step + 1]]
+        """The step's rules: the new build for every step so far (taken as a
+        judged canary), then the rules from before the rollout (plain: going
+        back is never judged)."""
+        plan = _plan(rec)
+        new = [Rule(dict(m), rec["digest"], plan) for m in rec["steps"][: step + 1]]
         prev = [Rule(r["match"], r["digest"]) for r in rec["prev_rules"]]
         return new + (prev or [Rule({}, None)])
 
@@ -375,6 +414,9 @@ class Controller:
         While it waits it says who it waits for, every few seconds."""
         started = time.monotonic()
         bake_time = rec["bake"] if bake else 0.0
+        plan = _plan(rec)
+        # a canary takes its bake before its host reports live: the wait allows for it
+        timeout = rec["step_timeout"] + (plan.bake + IDLE_GRACE if plan and not bake else 0.0)
         last = 0.0
         said: tuple[float, frozenset[str]] = (started, frozenset())
         where = f"step {step + 1}/{len(rec['steps'])}"
@@ -402,17 +444,19 @@ class Controller:
                 continue
             elapsed = time.monotonic() - started
             if len(rec["failures"]) > rec["max_failures"]:
+                first, why = next(iter(rec["failures"].items()))
                 raise _Abort(
                     f"{len(rec['failures'])} failure(s), more than --max-failures "
-                    f"{rec['max_failures']}"
+                    f"{rec['max_failures']}",
+                    f"{first}: {str(why)[:400]}",
                 )
             pending = tally.pending
             if elapsed >= bake_time and not pending:
                 return
-            if pending and elapsed >= rec["step_timeout"]:
+            if pending and elapsed >= timeout:
                 for host_id in pending:
                     rec["failures"][host_id] = (
-                        f"did not report {rec['digest'][:12]} live within {rec['step_timeout']:g}s"
+                        f"did not report {rec['digest'][:12]} live within {timeout:g}s"
                     )
                 continue
             said = self._say_waiting(where, tally, said)
@@ -493,6 +537,7 @@ class Controller:
         unseen = []
         hosts = self.f.hosts(self.plugin, also=members | expected)
         self._fleet_size = len(hosts)
+        canaried = []
         for h in hosts:
             hid = h["id"]
             if hid in failures:
@@ -521,7 +566,10 @@ class Controller:
             state, why = classify(h, self.plugin, rules, rec.get("rev", 0))
             rule = pick(rules, h["labels"])
             if state == "done" and rule is not None and rule.digest is not None:
-                state, why = judged(h, self.plugin)  # live on the build: is it healthy there?
+                # live on the build: did its judge promote it, and is it healthy there?
+                state, why = judged(h, self.plugin, rule)
+                if state == "done" and promoted(h, self.plugin, rule.digest):
+                    canaried.append(hid)
             if state == "done":
                 tally.done.append(hid)
             elif state == "refused":
@@ -531,6 +579,7 @@ class Controller:
         rec["members"] = sorted(members)
         rec["expected"] = sorted(expected)
         rec["live_hosts"] = sorted(tally.done)
+        rec["promoted"] = sorted(canaried)
         rec["unseen"] = sorted(unseen)
         return tally
 
@@ -553,17 +602,18 @@ class Controller:
             self._ps = None
             time.sleep(seconds)
 
-    def _revert(self, rec: dict[str, Any], reason: str) -> str:
+    def _revert(self, rec: dict[str, Any], reason: str, first: str = "") -> str:
         """Put the rules back as they were before the rollout and wait (at
         most ``step_timeout``) until every host of the rollout reports them
-        again; returns what happened, as the last progress line says it."""
+        again; returns what happened, as the last progress line says it.
+        The record's reason names the first failed host and why."""
         self.progress(f"aborting: {reason}")
         prev = [Rule(r["match"], r["digest"]) for r in rec["prev_rules"]] or [Rule({}, None)]
         rec["revert_rev"] = self._retry(
             lambda: self.f.set_desired(self.plugin, prev, revision=rec.get("from_revision"))
         )
         rec["state"] = "aborted"
-        rec["reason"] = reason
+        rec["reason"] = f"{first}; {reason}" if first else reason
         rec["finished_at"] = time.time()
         self._retry(lambda: self.f.save_rollout(rec))
         scope = set(rec["members"])
@@ -672,3 +722,16 @@ class Controller:
                 }
             said = self._say_waiting(what, tally, said)
             self._sleep(self.poll)
+
+
+def _plan(rec: dict[str, Any]) -> CanaryPlan | None:
+    """How the rollout's hosts take the build: a judged canary with the
+    rollout's share, key and bake (a record from before canaries: share 1,
+    key 0); none with ``bake=0`` (a plain reload, judged by health)."""
+    bake = rec.get("bake")
+    if not isinstance(bake, (int, float)) or bake <= 0:
+        return None
+    share, key = rec.get("share", 1.0), rec.get("key", 0)
+    share = float(share) if isinstance(share, (int, float)) and 0 < share <= 1 else 1.0
+    key = key if isinstance(key, int) and not isinstance(key, bool) and 0 <= key < 64 else 0
+    return CanaryPlan(share, key, max(0.01, min(float(bake), MAX_BAKE)))

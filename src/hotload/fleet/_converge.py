@@ -60,15 +60,36 @@ def classify(host: Mapping[str, Any], plugin: str, rules: list[Rule], rev: int) 
     return "pending", why_pending(host, rep)
 
 
-def judged(host: Mapping[str, Any], plugin: str) -> tuple[str, str]:
+def promoted(host: Mapping[str, Any], plugin: str, digest: str) -> bool:
+    """Whether the host's report says its in-host judge promoted ``digest``."""
+    canary = ((host.get("plugins") or {}).get(plugin) or {}).get("canary") or {}
+    return canary.get("digest") == digest and canary.get("state") == "promoted"
+
+
+def judged(host: Mapping[str, Any], plugin: str, rule: Rule | None = None) -> tuple[str, str]:
     """``("done" | "pending" | "refused", why)`` for a host whose report says
-    it runs the step's build, by the health its heartbeat carries for the
+    it runs the step's build.  When the rule asked for a canary, the report's
+    ``canary`` must say that the host's judge promoted the build (or why the
+    host took it without one: ``skipped``); a report without it is pending (a
+    report is untrusted input: one that says too little proves nothing).
+    Then by the health its heartbeat carries for the
     version it reported: that version crashed, timed out, stopped its worker
     or had a host-service call fail -> refused (the step fails: a build that
     loads is not yet a good build); no heartbeat since it went live -> pending
     (the bake waits for one, ``FleetAgent`` beats within 0.25 s of a swap).  A
     host whose heartbeat carries no health for the plugin (an older agent,
-    or more plugins than a heartbeat lists) is not judged."""
+    or more plugins than a heartbeat lists) is not judged by health."""
+    if rule is not None and rule.canary is not None and rule.digest is not None:
+        rep = (host.get("plugins") or {}).get(plugin) or {}
+        canary = rep.get("canary") or {}
+        if canary.get("digest") != rule.digest or canary.get("state") not in (
+            "promoted",
+            "skipped",
+        ):
+            bad = rep.get("canary_error")
+            return "pending", "no verdict of its canary in its report" + (
+                f" ({str(bad)[:80]})" if bad else ""
+            )
     health = (host.get("health") or {}).get(plugin)
     if health is None:
         return "done", ""
@@ -103,6 +124,8 @@ def why_pending(host: Mapping[str, Any], rep: Mapping[str, Any]) -> str:
         return "does not take this plugin from the fleet (Host(fleet_plugins=...))"
     if rep.get("state") == "failed":
         return f"failed before: {str(rep.get('error'))[:60]}"
+    if rep.get("state") == "canary":
+        return canary_progress(rep.get("canary") or {})
     running = rep.get("version") or str(rep.get("digest") or "nothing")[:12]
     return f"still on {running}"
 
@@ -112,3 +135,17 @@ def gone_why(since: float, unlisted: bool) -> str:
     if unlisted:
         return f"registration gone from Redis {since:.0f} s"
     return f"no heartbeat, gone {since:.0f} s"
+
+
+def canary_progress(canary: Mapping[str, Any]) -> str:
+    """``canary 5% for 12 s, 1,204 calls, error rate 0.00%, p99 14.2us``:
+    what a host's judge sees while the step waits for it."""
+    cand = canary.get("candidate") or {}
+    if not cand:
+        return "canary running"
+    p99 = cand.get("p99_us")
+    return (
+        f"canary {canary.get('share', 0):.0%} for {canary.get('seconds', 0):.0f} s, "
+        f"{cand.get('calls', 0):,} calls, error rate {cand.get('error_rate', 0):.2%}"
+        + (f", p99 {p99:.1f}us" if p99 is not None else "")
+    )
