@@ -218,8 +218,30 @@ def test_a_good_build_bakes_through_and_every_host_promotes_it(
     assert reports["idle-1"]["canary"]["verdict"].startswith("promoted by the fleet agent")
     assert any("promoted by their in-host judge" in line for line in progress), progress
     assert not any("baking" in line for line in progress), progress
-    assert "canary promoted, 0.5 of keys" in text, text
+    assert "canary promoted, 50% of keys" in text, text
     assert cluster.hosts["canary-1"].plugin("reward").reward(5, 1) == 21
+
+
+def test_a_build_its_judge_aborted_is_not_tried_again_in_later_steps(
+    cluster: Cluster, redis_server: RedisServer, reward, players
+) -> None:  # type: ignore[no-untyped-def]
+    """With a failure budget the rollout goes on past the aborted host, and
+    every later step writes a new decision that still names the build for
+    it: the host reports the verdict again, never a second canary of it."""
+    v1, d1 = reward(2)
+    bad, dbad = reward(3, fail=1)
+    _add(cluster, "canary-1", {"role": "canary"}, v1)
+    _add(cluster, "idle-1", {}, v1)
+    players("canary-1")
+    with Fleet(redis_server.url) as f:
+        f.publish(bad)
+        rec = f.rollout("reward", dbad, canary="role=canary", bake=3.0, max_failures=1, poll=0.05)
+        failed = _report(f, "canary-1")
+    assert rec["state"] == "done" and "regression in errors" in rec["failures"]["canary-1"]
+    assert failed["state"] == "failed" and failed["canary"]["state"] == "aborted"
+    tried = [v for v in cluster.hosts["canary-1"].versions("reward") if v.digest == dbad]
+    assert len(tried) == 1, tried
+    assert cluster.live("canary-1", "reward") == d1 and cluster.live("idle-1", "reward") == dbad
 
 
 def test_a_verdict_after_an_operator_aborted_changes_nothing(

@@ -455,7 +455,7 @@ def _canary_lines(hosts: list[dict[str, Any]]) -> list[str]:
                 continue
             head = f"{h['id']} {pname} {str(c.get('digest'))[:12]}: canary {c.get('state')}"
             if c.get("state") != "skipped":
-                head += f", {c['share']:.3g} of keys, {c['seconds']:.1f} s"
+                head += f", {c['share'] * 100:.3g}% of keys, {c['seconds']:.1f} s"
                 head += "".join(
                     f"; {side} {_side(c.get(side) or {})}" for side in ("candidate", "baseline")
                 )
