@@ -23,6 +23,7 @@ MODULES = (
     "bench_top",
     "bench_memory",
     "bench_fleet",
+    "bench_fleet_judged",
     "bench_contract",
     "bench_isolate",
     "bench_metrics",
