@@ -2,6 +2,7 @@
 
     hotload fleet publish FILE [--sign-key PEM] [--json]
     hotload fleet rollout NAME [BUILD] --canary SEL [--then SEL ...] [--bake 30s]
+                          [--share 100%] [--key 0]
                           [--max-failures 0] [--on-gone fail|wait] [--step-timeout 2m]
     hotload fleet status [--plugin NAME] [--json]
     hotload fleet history NAME [--json]
@@ -25,7 +26,7 @@ and names the hosts and their errors.
 
 ``status --json``: ``{"hosts": [{"id", "alive", "labels", "pid", "machine",
 "hotload", "ttl", "heartbeat_age", "plugins": {NAME: {"state", "digest", "version",
-"seq", "target", "rev", "error", "at"}}, "health": {NAME: HEALTH}, "unhealthy":
+"seq", "target", "rev", "error", "at", "canary"?}}, "health": {NAME: HEALTH}, "unhealthy":
 {NAME: [REASON, ...]}, "health_error"?}], "desired": {NAME: {"rev", "rules":
 [{"match", "digest"}]}}, "rollouts": {NAME: ROLLOUT}}``.  HEALTH is the host's
 last heartbeat's summary of the plugin's current version: ``{"seq", "calls",
@@ -33,7 +34,16 @@ last heartbeat's summary of the plugin's current version: ``{"seq", "calls",
 has; ``worker`` only when an isolated worker is not running); ``unhealthy``
 names each plugin that crashed, timed out, has no running worker, or failed
 1% or more of its calls; ``health_error`` says what of a heartbeat's health
-was malformed and left out.
+was malformed and left out.  A report's ``canary`` is the host's last canary of
+the plugin for the fleet: ``{"digest", "state", "verdict", "share", "seconds",
+"candidate", "baseline"}`` (each side ``{"calls", "errors", "crashes",
+"service_errors", "error_rate", "p50_us", "p99_us"}``); a malformed one is left
+out and named in ``canary_error``.
+
+Each rollout step's hosts take the build as an in-host canary (``--share`` of
+their keys, split on argument ``--key``, judged for ``--bake``); a host is live
+on the step once its judge promoted the build, and an abort by any host's judge
+reverts the rollout with the verdict as its reason (the fleet guide).
 """
 
 from __future__ import annotations
