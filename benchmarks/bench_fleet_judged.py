@@ -40,6 +40,7 @@ HOSTS = int(os.environ.get("HOTLOAD_BENCH_FLEET_HOSTS", "50"))
 RATE = 2000  # calls a second per host
 ROUNDS = 3
 SHARES = (1.0, 0.05)  # the canary's share of the players on each host
+AA_BAKE = 10.0  # seconds each A/A canary is judged
 
 REWARD = r"""
 #include <hotload.h>
@@ -157,10 +158,20 @@ def _round(f: Fleet, digest: str, share: float) -> dict[str, Any]:
     }
 
 
+def _aa(f: Fleet, digest: str, share: float, hosts: int) -> int:
+    """A/A: the same code with another constant rolled out with a budget of
+    every host, so that each host's judge decides alone: how many aborted."""
+    rec = f.rollout(
+        "reward", digest, canary="role=canary", bake=AA_BAKE, share=share, max_failures=hosts
+    )
+    return len(rec.get("failures") or {})
+
+
 def run(hosts: int = HOSTS) -> dict[str, Any]:
     tmp = scratch()
     base = _build(tmp, 2, 0)
     bads = [_build(tmp, 3 + i, 1) for i in range(ROUNDS * len(SHARES))]
+    goods = [_build(tmp, 100 + i, 0) for i in range(len(SHARES))]
     proc, url = _redis(tmp)
     (tmp / "keys").mkdir(mode=0o700)
     key = write_private_key(tmp / "keys" / "fleet.pem")
@@ -181,6 +192,8 @@ def run(hosts: int = HOSTS) -> dict[str, Any]:
                     "reason": rounds[0]["reason"],
                     "hosts_back": min(r["hosts_back"] for r in rounds),
                 }
+            for share, good in zip(SHARES, goods, strict=True):
+                out[share]["aa"] = _aa(f, f.publish(good), share, hosts)
         out["load"] = os.getloadavg()[0]
     finally:
         for p in procs:
@@ -212,6 +225,10 @@ def report(r: dict[str, Any]) -> list[str]:
             row(f"{at}step written -> every host back, median", median(s["back"]), "s"),
             text_row(f"{at}hosts back (fewest in a round)", f"{s['hosts_back']} of {n}"),
             text_row(f"{at}reason", s["reason"][:150]),
+            text_row(
+                f"{at}A/A: hosts whose judge aborted a good build",
+                f"{s['aa']} of {n} (bake {AA_BAKE:g} s)",
+            ),
         ]
     return lines
 
