@@ -222,6 +222,37 @@ def test_a_good_build_bakes_through_and_every_host_promotes_it(
     assert cluster.hosts["canary-1"].plugin("reward").reward(5, 1) == 21
 
 
+def test_a_canary_with_too_few_calls_to_judge_is_ended_by_its_agent(
+    cluster: Cluster, redis_server: RedisServer, reward
+) -> None:  # type: ignore[no-untyped-def]
+    """A host whose few calls never reach the judge's minimum: its agent ends
+    the canary after the bake; with a failed call among them it aborts (too
+    few calls cannot clear a failing build), and the rollout reverts."""
+    v1, d1 = reward(2)
+    bad, dbad = reward(3, fail=1)
+    _add(cluster, "quiet-1", {"role": "canary"}, v1)
+    stop = threading.Event()
+
+    def trickle() -> None:  # player 42, whose audit the bad build fails, 10 times a second
+        while not stop.wait(0.1):
+            cluster.hosts["quiet-1"].plugin("reward").reward(42, 1)
+
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    try:
+        with Fleet(redis_server.url) as f:
+            f.publish(bad)
+            with pytest.raises(RolloutFailed):
+                f.rollout("reward", dbad, canary="role=canary", bake=1.0, poll=0.05)
+            rec = f.rollout_record("reward")
+    finally:
+        stop.set()
+        t.join(5)
+    assert rec is not None and "aborted by the fleet agent after" in rec["reason"], rec
+    assert "fewer than the judge's 100" in rec["reason"] and "failed" in rec["reason"]
+    assert cluster.live("quiet-1", "reward") == d1
+
+
 def test_a_build_its_judge_aborted_is_not_tried_again_in_later_steps(
     cluster: Cluster, redis_server: RedisServer, reward, players
 ) -> None:  # type: ignore[no-untyped-def]

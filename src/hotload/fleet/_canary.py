@@ -256,9 +256,11 @@ class Canaries:
 
     def promote_idle(self, name: str) -> None:
         """A canary whose judge still waits for calls after its bake (an idle
-        host, or a share too small for its traffic) is promoted by the agent,
+        host, or a share too small for its traffic) is ended by the agent,
         saying so: a step waits for every host, and the judge never ends a
-        canary without traffic.  Crashes were judged meanwhile."""
+        canary without traffic.  Promoted when none of its few calls failed
+        (crashes were judged meanwhile); aborted when some did, as too few
+        calls cannot clear a build that fails."""
         c = self.of(name)
         judge = c.judge if c is not None else None
         if c is None or judge is None or not c.running:
@@ -269,11 +271,14 @@ class Canaries:
         cand, _ = c.sides()
         if cand.calls >= judge.min_calls:
             return  # the judge decides at its next look
-        c.promote(
-            f"promoted by the fleet agent after {elapsed:.1f} s: the candidate had "
-            f"{cand.calls:,} call(s), fewer than the judge's {judge.min_calls:,}: only crashes "
-            f"were judged"
+        few = (
+            f"after {elapsed:.1f} s: the candidate had {cand.calls:,} call(s), fewer than "
+            f"the judge's {judge.min_calls:,}"
         )
+        if cand.failed or cand.crashes or cand.stopped:
+            c.abort(f"aborted by the fleet agent {few}, and {cand.failed:,} of them failed")
+        else:
+            c.promote(f"promoted by the fleet agent {few}: only crashes were judged")
 
     def forget(self) -> None:
         """Redis lost its data (revisions may restart): aborted builds may be tried again."""
