@@ -138,12 +138,10 @@ def test_a_build_failing_1_percent_is_aborted_by_the_judge_and_the_fleet_reverts
     progress: list[str] = []
     with Fleet(redis_server.url) as f:
         f.publish(bad)
-        t0 = time.monotonic()
         with pytest.raises(RolloutFailed) as failed:
             f.rollout(
                 "reward", dbad, canary="role=canary", bake=30, poll=0.05, progress=progress.append
             )
-        took = time.monotonic() - t0
         rec = f.rollout_record("reward")
         canary = _report(f, "canary-1").get("canary") or {}
         text = render_status(f.status("reward"))
@@ -152,7 +150,6 @@ def test_a_build_failing_1_percent_is_aborted_by_the_judge_and_the_fleet_reverts
     assert "canary-1: aborted by the judge" in rec["reason"], rec["reason"]
     assert "regression in errors" in rec["reason"] and "two-proportion" in rec["reason"]
     assert "regression in errors" in str(failed.value)
-    assert took < 20, (took, progress)  # the judge's look, a report, the revert: seconds
     assert not any("step 2/" in line for line in progress), progress
     assert canary["state"] == "aborted" and canary["digest"] == dbad
     assert canary["candidate"]["service_errors"] > 0 and canary["baseline"]["error_rate"] == 0
