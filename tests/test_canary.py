@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 
 from hotload import (
+    CanaryRefusedError,
     Host,
     HotloadError,
     Isolated,
     Judge,
     NotLoadedError,
     PluginCrashedError,
-    SignatureError,
 )
 from hotload._cli import main as cli
 from hotload._engine import judge as judging
@@ -220,7 +220,7 @@ def test_bad_requests_are_refused_and_change_nothing(
         .replace("SPIN", "0"),
         "changed",
     )
-    with pytest.raises(SignatureError, match="a canary takes the same calls .*differ: reward"):
+    with pytest.raises(CanaryRefusedError, match="a canary takes the same calls .*differ: reward"):
         served.canary("reward", other)
     missing = Path(str(other) + ".missing")
     with pytest.raises(HotloadError, match=missing.name):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ._errors import (
     BuildError,
     BusyError,
+    CanaryRefusedError,
     ClosedError,
     ConfigError,
     ControlError,
@@ -43,6 +44,7 @@ from ._errors import (
 for _error in (
     BuildError,
     BusyError,
+    CanaryRefusedError,
     ClosedError,
     ConfigError,
     ControlError,
@@ -126,6 +128,7 @@ __all__ = [
     "ABI_VERSION",
     "BuildError",
     "BusyError",
+    "CanaryRefusedError",
     "Canary",
     "ClosedError",
     "ConfigError",

@@ -112,6 +112,13 @@ class BusyError(HotloadError):
     to switch it later.  Nothing was tried; the message says what to end first."""
 
 
+class CanaryRefusedError(HotloadError):
+    """This build cannot run as a canary beside the version serving: its
+    exports differ, it hands state over (``on_unload``) without
+    ``HOTLOAD_SIDE_BY_SIDE()``, or the host counts nothing for a judge to read.
+    It can still go out by reload; the message says which."""
+
+
 class ReleaseError(HotloadError):
     """A release (``Host.reload_together``) was refused before anything changed:
     ``plugin`` names the plugin whose build or switch failed and ``cause``

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._artifact import signatures
-from .._errors import BusyError, HotloadError, SignatureError
+from .._errors import BusyError, CanaryRefusedError
 from . import judge as judging
 from .journal import set_origin
 from .judge import Judge
@@ -92,7 +92,7 @@ def check_start(rec: Any, judge: Judge | None, *, counting: bool) -> None:
         )
     refuse_swap(rec, "canary")
     if judge is not None and not counting:
-        raise HotloadError(
+        raise CanaryRefusedError(
             f"{rec.name}: the judge reads the versions' figures, and this host counts none "
             "(Host(metrics=False)): canary(..., judge=None) to judge by hand"
         )
@@ -116,7 +116,7 @@ def check_candidate(old: Any, cand: Any, key_index: int | None) -> None:
             for f in set(cand.prototypes) | set(old.prototypes)
             if cand.prototypes.get(f) != old.prototypes.get(f)
         )
-        raise SignatureError(
+        raise CanaryRefusedError(
             f"{cand.source}: a canary takes the same calls as the version serving, and these "
             f"exports differ: {', '.join(changed)}; a build that changes them goes out by reload "
             "(allow_signature_change=True)"
@@ -124,7 +124,7 @@ def check_candidate(old: Any, cand: Any, key_index: int | None) -> None:
     desc = cand.descriptor
     hands_over = old.on_unload is not None or (desc is not None and desc.on_unload is not None)
     if hands_over and not (desc is not None and desc.side_by_side):
-        raise HotloadError(
+        raise CanaryRefusedError(
             f"{cand.source}: {cand.name} hands state over (on_unload): as a canary, two versions "
             "would each own the state. A plugin that keeps its state in host services or "
             "handles declares HOTLOAD_SIDE_BY_SIDE() and can run as a canary"
@@ -281,8 +281,8 @@ class Canary:
         """One look; True when the judge is done (an end, or a verdict left to
         an operator)."""
         cand, base = self.sides()
-        finding = judging.look(cand, base, judge)
         elapsed = time.monotonic() - self.started
+        finding = judging.look(cand, base, judge, elapsed)
         if finding is not None:
             verdict = f"regression in {finding.figure}: {finding.text}"
             if judge.abort:
@@ -290,11 +290,14 @@ class Canary:
                 return True
             self._say(f"running: {verdict} (Judge(abort=False): promote or abort by hand)")
             return False
-        untested = judging.untested(cand, base, judge)
+        untested = judging.untested(cand, base, judge, elapsed)
+        cold = judging.cold(cand, judge, elapsed)
         alone = self.share >= 1 and base.calls < judge.min_calls  # no baseline to wait for
         ready = cand.calls >= judge.min_calls and (not untested or alone)
         if elapsed >= judge.bake and ready:
             passed = f"no regression in {elapsed:.1f} s: {judging.summary(cand, base)}"
+            if cold:
+                passed += f" ({cold})"
             if untested:
                 passed += (
                     f" (the baseline had {base.calls:,} calls to compare with: errors judged "

@@ -64,6 +64,8 @@ class Judge:
     # without a baseline to compare with (a canary of every key on a fresh baseline): the
     # highest error rate the candidate may have
     max_error_rate: float = 0.01
+    # the candidate's calls a second below which its latency is not judged (see warm())
+    min_latency_rate: float = 500.0
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.confidence < 1:
@@ -75,6 +77,8 @@ class Judge:
                 f"Judge(bake={self.bake!r}, interval={self.interval!r}): "
                 f"0.01 <= interval <= bake <= {MAX_BAKE:g} s"
             )
+        if not 0 <= self.min_latency_rate <= 1e9:
+            raise ValueError(f"Judge(min_latency_rate={self.min_latency_rate!r}): 0 to 1e9")
         if not 0 < self.max_error_rate <= 1:
             raise ValueError(f"Judge(max_error_rate={self.max_error_rate!r}): in (0, 1]")
         if self.min_calls < 1 or self.min_samples < 1:
@@ -223,8 +227,17 @@ def _us(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f} us"
 
 
-def look(cand: Side, base: Side, judge: Judge) -> Finding | None:
-    """The first test the candidate fails in this window, or None."""
+def warm(cand: Side, judge: Judge, seconds: float) -> bool:
+    """Whether the candidate takes enough calls for its latency to be judged:
+    below ``min_latency_rate`` its calls run with cold caches (the baseline's,
+    far more frequent, run warm), and a build whose calls take a microsecond
+    read twice as slow (0 of 50 A/A hosts aborted at share 1, 50 of 50 at share
+    0.05 with 2,000 calls/s: ``bench_fleet_judged``)."""
+    return seconds > 0 and cand.calls / seconds >= judge.min_latency_rate
+
+
+def look(cand: Side, base: Side, judge: Judge, seconds: float = float("inf")) -> Finding | None:
+    """The first test the candidate fails in this window of ``seconds``, or None."""
     if cand.stopped and not base.stopped:
         return Finding(
             "crashes", "the candidate's worker stopped (crash loop); the baseline's runs"
@@ -256,6 +269,7 @@ def look(cand: Side, base: Side, judge: Judge) -> Finding | None:
     if (
         sum(cand.hist.values()) >= judge.min_samples
         and sum(base.hist.values()) >= judge.min_samples
+        and (seconds == float("inf") or warm(cand, judge, seconds))
     ):
         p = latency_test(cand.hist, base.hist, judge.tolerance)
         if p < alpha:
@@ -270,14 +284,27 @@ def look(cand: Side, base: Side, judge: Judge) -> Finding | None:
     return None
 
 
-def untested(cand: Side, base: Side, judge: Judge) -> list[str]:
-    """The tests that have not had enough data on some side yet."""
+def untested(cand: Side, base: Side, judge: Judge, seconds: float) -> list[str]:
+    """The tests that have not had enough data on some side yet (latency
+    too cold to judge is not waited for: ``cold``)."""
     out = []
     if min(cand.calls, base.calls) < judge.min_calls:
         out.append(f"errors (needs {judge.min_calls:,} calls a side)")
-    if min(sum(cand.hist.values()), sum(base.hist.values())) < judge.min_samples:
+    cold = not warm(cand, judge, seconds)
+    if not cold and min(sum(cand.hist.values()), sum(base.hist.values())) < judge.min_samples:
         out.append(f"latency (needs {judge.min_samples:,} timed calls a side)")
     return out
+
+
+def cold(cand: Side, judge: Judge, seconds: float) -> str:
+    """Why latency is not judged in this window, or ''."""
+    if warm(cand, judge, seconds):
+        return ""
+    rate = cand.calls / seconds if seconds > 0 else 0.0
+    return (
+        f"latency not judged: the candidate took {rate:,.0f} calls/s, under "
+        f"Judge(min_latency_rate={judge.min_latency_rate:g}), too few for warm caches"
+    )
 
 
 def summary(cand: Side, base: Side) -> str:

@@ -28,7 +28,7 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 from .._engine.judge import Judge
-from .._errors import FleetError, HotloadError, SignatureError
+from .._errors import CanaryRefusedError, FleetError, HotloadError
 from ._schema import CanaryPlan, check_digest
 
 if TYPE_CHECKING:
@@ -47,18 +47,12 @@ _MAX_COUNT = 2**64 - 1
 _MAX_US = 1e12
 _MAX_SECONDS = 1e8
 
-#: What ``host.canary`` refuses because of the build's shape or the host's
-#: setup, not because the build is bad: such a build is reloaded instead
-#: (and judged by its health).  The canary API raises plain ``HotloadError``
-#: for these, so the message says which (see the report to the engine team).
-_CANNOT_RUN_BESIDE = ("HOTLOAD_SIDE_BY_SIDE", "counts none", "exports exactly")
-
 
 def cannot_run_beside(exc: HotloadError) -> bool:
     """Whether ``host.canary`` refused the build for its shape (a changed
     export, state hooks without ``HOTLOAD_SIDE_BY_SIDE``, a host that counts
     no figures), which a plain reload handles, rather than for being bad."""
-    return isinstance(exc, SignatureError) or any(m in str(exc) for m in _CANNOT_RUN_BESIDE)
+    return isinstance(exc, CanaryRefusedError)
 
 
 def judge_for(plan: CanaryPlan) -> Judge:
