@@ -651,3 +651,34 @@ def test_a_service_failing_on_every_call_is_counted_always_and_logged_sparsely(
     assert len(logged) == 12  # the first 10, the 100th and the 1,000th
     assert "failure 1,000 of this version's calls" in logged[-1].getMessage()
     assert served.current("reward").service_errors == 1200  # type: ignore[union-attr]
+
+
+def test_latency_is_judged_only_on_a_candidate_taking_enough_calls_to_run_warm(
+    served: Host, reward: Callable[..., Path]
+) -> None:
+    """Found by the fleet's benchmark: at 5% of 2,000 calls/s the candidate's
+    calls ran with cold caches and a good build read twice as slow.  A slow
+    build taking 50 calls/s is not judged on latency (and says so); taking
+    thousands (test_the_judge_aborts_a_slower_candidate), it is aborted."""
+    import time
+
+    p = served.load(reward(2, spin=400))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        k = 0
+        while not stop.is_set():
+            p.reward(k % 5000, 1)
+            k += 1
+            time.sleep(0.01)  # ~100 calls/s, half of them to the candidate
+
+    t = threading.Thread(target=trickle)
+    t.start()
+    try:
+        judge = Judge(bake=1.0, interval=0.05, min_calls=20)
+        c = served.canary("reward", reward(3, spin=1600), share=0.5, judge=judge)
+        assert c.wait(30) == "promoted", c.verdict
+    finally:
+        stop.set()
+        t.join(10)
+    assert "latency not judged: the candidate took" in c.verdict
