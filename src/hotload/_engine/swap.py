@@ -178,10 +178,7 @@ class Swapper:
     ) -> VersionInfo:
         """A new version of ``name`` from ``path`` (None: the file it came from)."""
         rec = self._table.loaded(name)
-        if isinstance(path, Candidate):
-            source = path.source
-        else:
-            source = rec.source if path is None else os.fspath(path)
+        source = _source(rec, path)
         with rec.lock, self._attempt("reload", rec, name, source) as attempt:
             self._table.check_open()
             self._table.loaded(name)
@@ -255,10 +252,7 @@ class Swapper:
         share = check_share(share)
         key_index, keyfn = canary_rules.parse_key(key)
         rec = self._table.loaded(name)
-        if isinstance(path, Candidate):
-            source = path.source
-        else:
-            source = rec.source if path is None else os.fspath(path)
+        source = _source(rec, path)
         with rec.lock, self._attempt("canary", rec, name, source) as attempt:
             self._table.check_open()
             self._table.loaded(name)
@@ -723,6 +717,14 @@ class Swapper:
 def _layout(decl: TypeDecl) -> str:
     fields = ", ".join(f"{f.name} {f.ctype} @{f.offset}" for f in decl.fields)
     return f"size {decl.size}, align {decl.align}" + (f": {fields}" if fields else "")
+
+
+def _source(rec: PluginRecord, path: str | os.PathLike[str] | Candidate | None) -> str:
+    """Where a reload's or a canary's build comes from: the candidate's source,
+    the path given, or the file the plugin was last loaded from."""
+    if isinstance(path, Candidate):
+        return path.source
+    return rec.source if path is None else os.fspath(path)
 
 
 def _imports(cand: Candidate) -> dict[str, str]:
