@@ -100,7 +100,7 @@ def _python_routers() -> Iterator[None]:
     Python router is measured in the same run as the compiled one."""
     saved = _version.Gate, _registry._native, _registry._Route
     _version.Gate, _registry._native = _version.PyGate, None
-    _registry._Route = _registry._PyRoute
+    _registry._Route = _registry.PyRoute
     try:
         yield
     finally:
