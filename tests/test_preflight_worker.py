@@ -92,6 +92,9 @@ def test_a_stopped_worker_does_not_block_a_reload_with_a_big_state(tmp_path: Pat
         xp = host.load(cc(big_state_source(2), "v2"))
         (stale,) = worker_pids()
         os.kill(stale, signal.SIGSTOP)
+        # stopped before the reload looks at it (the signal is delivered asynchronously: on a
+        # busy machine the reload once found it still running and sent into its full pipe)
+        wait_for(lambda: _state(stale) == "T", what="the worker stopped")
         outcome: list[object] = []
         reload = threading.Thread(
             target=lambda: outcome.append(host.reload("xp", cc(big_state_source(3), "v3")))
@@ -105,6 +108,12 @@ def test_a_stopped_worker_does_not_block_a_reload_with_a_big_state(tmp_path: Pat
             reload.join(10)
         assert outcome and xp.reward(1, 0) == 3  # a fresh worker checked it
         assert gone(stale) and stale not in worker_pids()
+
+
+def _state(pid: int) -> str:
+    """A process's state letter from /proc (``T``: stopped)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 def _idle_worker() -> tuple[Worker, socket.socket]:
