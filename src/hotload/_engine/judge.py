@@ -236,7 +236,7 @@ def warm(cand: Side, judge: Judge, seconds: float) -> bool:
     return seconds > 0 and cand.calls / seconds >= judge.min_latency_rate
 
 
-def look(cand: Side, base: Side, judge: Judge, seconds: float = float("inf")) -> Finding | None:
+def look(cand: Side, base: Side, judge: Judge, seconds: float) -> Finding | None:
     """The first test the candidate fails in this window of ``seconds``, or None."""
     if cand.stopped and not base.stopped:
         return Finding(
@@ -269,7 +269,7 @@ def look(cand: Side, base: Side, judge: Judge, seconds: float = float("inf")) ->
     if (
         sum(cand.hist.values()) >= judge.min_samples
         and sum(base.hist.values()) >= judge.min_samples
-        and (seconds == float("inf") or warm(cand, judge, seconds))
+        and warm(cand, judge, seconds)
     ):
         p = latency_test(cand.hist, base.hist, judge.tolerance)
         if p < alpha:
