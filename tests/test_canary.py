@@ -362,8 +362,32 @@ def test_the_tests_say_what_they_should_on_known_samples() -> None:
     quiet = judging.Side(calls=10_000, errors=10)
     assert judging.errors_test(judging.Side(calls=1000, errors=1), quiet) > 0.05
     assert judging.errors_test(judging.Side(calls=1000, errors=30), quiet) < 1e-6
-    # one early error against a clean baseline is not significant (Agresti-Caffo)
+    # one early error against a clean baseline is not significant (Fisher: p = 100/2100)
     assert judging.errors_test(judging.Side(calls=100, errors=1), judging.Side(calls=2000)) > 0.01
+
+
+def test_the_exact_errors_test_is_the_hypergeometric_tail() -> None:
+    """Fisher's exact test against the sum of binomial coefficients, and at
+    scale (a million calls) in both tails without running through them all."""
+    import math
+    import random
+
+    rng = random.Random(3)
+    for _ in range(500):
+        total = rng.randint(1, 200)
+        marked, drawn = rng.randint(0, total), rng.randint(0, total)
+        x = rng.randint(0, min(marked, drawn) + 1)
+        exact = sum(
+            math.comb(marked, k) * math.comb(total - marked, drawn - k)
+            for k in range(x, min(marked, drawn) + 1)
+        ) / math.comb(total, drawn)
+        assert judging.hypergeom_sf(x, total, marked, drawn) == pytest.approx(exact, abs=1e-12)
+    assert judging.hypergeom_sf(260_000, 10**6, 500_000, 500_000) == 0.0
+    assert judging.hypergeom_sf(240_000, 10**6, 500_000, 500_000) == 1.0
+    assert 0.3 < judging.hypergeom_sf(250_100, 10**6, 500_000, 500_000) < 0.4
+    # a 5 % share that took the only 3 failures: 0.05**3, under the default per-look level
+    three = judging.errors_test(judging.Side(calls=1000, errors=3), judging.Side(calls=19_000))
+    assert three == pytest.approx(1.25e-4, rel=0.01) and three < judging.Judge().alpha
 
 
 def test_the_hash_is_the_same_in_c_and_python_and_for_equal_keys() -> None:
