@@ -311,6 +311,27 @@ def test_the_judge_promotes_a_build_that_bakes_clean(
     assert all(p.reward(k, 0) == 3 * k for k in range(100))
 
 
+def test_a_wall_clock_jump_mid_canary_changes_neither_the_bake_nor_its_seconds(
+    served: Host, reward: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The judge and the canary's durations run on the monotonic clock: the
+    host's wall clock stepped back an hour (NTP, an operator) mid-bake leaves
+    the bake at its length and ``seconds`` positive."""
+    import time as real_time
+
+    from hotload._engine import canary as canary_module
+
+    p = served.load(reward(2))
+    with Players(p):
+        c = served.canary("reward", reward(3), share=0.3, judge=Judge(bake=1.0, interval=0.05))
+        wall = real_time.time
+        monkeypatch.setattr(canary_module.time, "time", lambda: wall() - 3600.0)
+        assert c.wait(60) == "promoted", c.verdict
+    figures = c.figures()
+    assert 1.0 <= figures["seconds"] < 30, figures
+    assert "no regression in 1." in c.verdict, c.verdict
+
+
 def test_an_isolated_candidate_that_crashes_is_aborted_at_once_and_others_keep_playing(
     served: Host, reward: Callable[..., Path]
 ) -> None:

@@ -163,6 +163,7 @@ class Canary:
         self.started = time.monotonic()
         self.started_at = time.time()
         self.ended_at: float | None = None
+        self._ended: float | None = None  # monotonic: durations survive a clock jump
         self.build: tuple[bytes, str] = (b"", "")  # the candidate's bytes and source (promote)
         self._end = end
         self._widen = widen
@@ -237,7 +238,7 @@ class Canary:
             "candidate_seq": self.candidate.seq,
             "started_at": self.started_at,
             "ended_at": self.ended_at,
-            "seconds": round((self.ended_at or time.time()) - self.started_at, 3),
+            "seconds": round((self._ended or time.monotonic()) - self.started, 3),
             "key_errors": self.key_errors(),
             "judged": self.judge is not None,
             "candidate": cand.as_dict(),
@@ -252,7 +253,7 @@ class Canary:
         with self._lock:
             self.state = PROMOTED if promoted else ABORTED
             self.verdict = _printable(verdict)
-        self.ended_at = time.time()
+        self.ended_at, self._ended = time.time(), time.monotonic()
         self._stop.set()
         self._done.set()
 
