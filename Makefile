@@ -47,7 +47,7 @@ docs: $(STAMP)
 # and what a proxy raises for a bad argument is wire parity's isolated side, kept.
 ROUTING_CORE := tests/test_router.py tests/test_swap.py tests/test_contract_events.py \
 	tests/test_contract_types.py tests/test_wire_parity.py tests/test_metrics.py \
-	tests/test_canary.py tests/test_release.py
+	tests/test_canary.py tests/test_release.py tests/test_replay.py
 # The rest of the routed-call suites make test runs once, with the compiled router; the
 # Python router's pass over them is in make test-slow (CI runs both), so that make test
 # stays under 5 minutes here.

@@ -32,6 +32,7 @@ from ._errors import (
     PluginTimeoutError,
     PreflightError,
     ReleaseError,
+    ReplayError,
     ResourceError,
     ServiceError,
     SignatureError,
@@ -63,6 +64,7 @@ for _error in (
     PluginTimeoutError,
     PreflightError,
     ReleaseError,
+    ReplayError,
     ResourceError,
     ServiceError,
     SignatureError,
@@ -80,8 +82,10 @@ if TYPE_CHECKING:
     from ._engine.journal import Journal, JournalEntry
     from ._engine.judge import Judge
     from ._engine.lifecycle import VersionInfo, VersionState
+    from ._engine.recording import RecordedCall, Recording, ServiceCall
     from ._engine.registry import Plugin
     from ._engine.release import Release
+    from ._engine.replay import ReplayReport
     from ._host import Host
     from ._process.options import Isolated
 
@@ -102,6 +106,10 @@ _LAZY = {
     "VersionState": "._engine.lifecycle",
     "Plugin": "._engine.registry",
     "Release": "._engine.release",
+    "Recording": "._engine.recording",
+    "RecordedCall": "._engine.recording",
+    "ServiceCall": "._engine.recording",
+    "ReplayReport": "._engine.replay",
     "Host": "._host",
     "Isolated": "._process.options",
 }
@@ -155,6 +163,11 @@ __all__ = [
     "PreflightError",
     "Release",
     "ReleaseError",
+    "RecordedCall",
+    "Recording",
+    "ReplayError",
+    "ReplayReport",
+    "ServiceCall",
     "ResourceError",
     "ServiceError",
     "SignatureError",

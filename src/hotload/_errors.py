@@ -130,6 +130,16 @@ class ReleaseError(HotloadError):
         self.cause = cause
 
 
+class ReplayError(HotloadError):
+    """A reload with ``replay=True`` was refused: the build crashed or raised
+    on recorded calls the version serving answered.  ``report`` (a
+    ``ReplayReport``) has the figures and the first failing inputs."""
+
+    def __init__(self, message: str, report: Any) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 class ConfigError(HotloadError, ValueError):
     """An option given to ``Host``, ``load`` or ``Isolated`` is not valid; the
     message names the option and what it accepts.  Nothing was started."""

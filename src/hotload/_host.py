@@ -24,6 +24,8 @@ from ._contract.events import emit as _emit
 from ._contract.handles import HandleTable
 from ._contract.services import ServiceTable
 from ._engine import metrics as _metrics
+from ._engine import recording as _recording
+from ._engine import replay as _replay
 from ._engine.canary import Canary
 from ._engine.judge import Judge
 from ._engine.lifecycle import VersionInfo, VersionState, enable_faulthandler, refuse_free_threading
@@ -35,7 +37,7 @@ from ._engine.settings import Settings
 from ._engine.swap import Swapper
 from ._engine.table import PluginTable
 from ._engine.unload_policy import UnloadPolicy
-from ._errors import AlreadyLoadedError, ClosedError, NotLoadedError
+from ._errors import AlreadyLoadedError, ClosedError, NotLoadedError, ReplayError
 from ._ops.control_server import ControlServer
 from ._ops.protocols import PathOrCandidate, Running
 from ._ops.watcher import Watcher
@@ -443,6 +445,7 @@ class Host:
         *,
         allow_signature_change: bool = False,
         preflight: bool | None = None,
+        replay: bool = False,
     ) -> VersionInfo:
         """Load the plugin's file again (or ``path``) as a new version and
         route new calls to it; returns the new version.  On any failure the
@@ -458,11 +461,58 @@ class Host:
                 changes a prototype or a type's layout (refused by default).
             preflight: Try the build in a separate process first; None: the
                 host's ``preflight``.
+            replay: Replay the plugin's recorded calls (``record``) on the build
+                first; a crash or a new error refuses it (``ReplayError``).
         """
         self._table.check_open()
+        if replay:
+            path = path if isinstance(path, Candidate) else self.read(path or self._source(name))
+            report = self.replay(name, path)
+            if not report.ok:
+                raise ReplayError(f"{name}: the replay refused the build: {report}", report)
         return self._swap.reload(
             name, path, allow_signature_change=allow_signature_change, preflight=preflight
         )
+
+    def record(self, name: str, calls: int = 10_000) -> _recording.Recording | None:
+        """Keep the plugin's last ``calls`` calls (arguments, result, and the
+        host-service calls each made with their answers) for ``replay``;
+        ``calls=0`` stops.  Returns the recording's handle (the Releases page).
+
+        Args:
+            name: The loaded plugin.
+            calls: How many recent calls the ring keeps (0: stop recording).
+        """
+        self._table.check_open()
+        return _recording.record(self._table.loaded(name), self._provided, calls)
+
+    def replay(
+        self,
+        name: str,
+        path: PathOrCandidate | None = None,
+        *,
+        calls: list[_recording.RecordedCall] | None = None,
+    ) -> _replay.ReplayReport:
+        """Run the plugin's recorded calls (or ``calls``) on a build in a worker
+        process, with host services answered from the recording, and compare.
+
+        Args:
+            name: The recorded plugin.
+            path: The build (a file or a candidate); None: the plugin's own file.
+            calls: Calls to replay instead of the recording's.
+        """
+        self._table.check_open()
+        return _replay.replay_plugin(
+            self._table.loaded(name),
+            path,
+            calls,
+            services=self._provided,
+            make_host=lambda work: Host(work, preflight=False, metrics=False),
+            isolate=Isolated(),
+        )
+
+    def _source(self, name: str) -> str:
+        return self._table.loaded(name).source
 
     def rollback(self, name: str, *, preflight: bool | None = None) -> VersionInfo:
         """Make the build that was live before the current one live again, as

@@ -11,6 +11,8 @@
                                                             a build beside the one serving, judged
     hotload release NAME=FILE ... | --rollback [--json] [--host ...]
                                                             switch several plugins as one
+    hotload record NAME [--calls N | --stop] [--host ...]  keep a plugin's recent calls
+    hotload replay NAME FILE [--json] [--host ...]          run them on FILE in a worker, compare
     hotload log [NAME] [--follow] [--json] [-n N] [--host ...]
                                                             the host's swap journal
     hotload inspect FILE [--json]                           offline: descriptor, exports,
@@ -94,6 +96,7 @@ from .canary import add_command as add_canary_command
 from .log import add_command as add_log_command
 from .log import refusal_notes
 from .release import add_command as add_release_command
+from .replay import add_commands as add_replay_commands
 from .top_data import fmt_count, fmt_us, shown_state
 
 _VERSION_NODE = re.compile(r"^[A-Z][A-Z0-9_]*_[0-9][0-9.]*$")
@@ -193,6 +196,7 @@ def _parser() -> argparse.ArgumentParser:
     add_log_command(sub, [target, as_json])  # hotload log
     add_canary_command(sub, [target, as_json])  # hotload canary
     add_release_command(sub, [target, as_json])  # hotload release
+    add_replay_commands(sub, [target, as_json])  # hotload record, hotload replay
     p = sub.add_parser("inspect", parents=[as_json], help="describe a plugin file (offline)")
     p.add_argument("file")
     p.set_defaults(func=cmd_inspect)

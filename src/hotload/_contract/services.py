@@ -56,8 +56,10 @@ from typing import Any
 from .._artifact import signatures
 from .._engine.metrics import PyStats
 from .._engine.native import crouter as _crouter
+from .._engine.recording import noted
 from .._errors import ClosedError, LoadError, ServiceError
 from .._platform import dl
+from .service_calls import adapt, measured, service_stats
 
 log = logging.getLogger(__name__)
 ffi = signatures.ffi
@@ -290,7 +292,7 @@ class _Callback:
         if sample and _crouter is not None:  # the compiled meter: a few ns a call
             call = self.meter = _crouter.Meter(fn, self.box[0])
         elif sample:  # the Python router's: ~175 ns a call
-            call = _measured(fn, ctype, self.box, sample)
+            call = measured(fn, ctype, self.box, sample)
         self.cb = ffi.callback(ctype, call, onerror=self.report, **_error_kw(ctype, error))
 
     def rebind(self, binding: ImportBinding) -> None:
@@ -492,6 +494,7 @@ class ServiceTable:
         # time every Nth service call of an image (Host(metrics_sample=)); 0: count nothing
         self.sample = 0
         self._spare: dict[str, list[_Callback]] = {}  # name -> callbacks of images that left
+        self._recorded = 0  # plugins of this host being recorded (host.record): note calls
         # imports -> (services dict, its size, name -> cffi type) of the last check that passed:
         # a reload re-checks the same imports, and nothing can change the verdict but provide()
         self._checked: dict[
@@ -509,8 +512,8 @@ class ServiceTable:
         ctype = signatures.parse(prototype, where=f"provide({name!r})", function=name)
         _check_result(name, ctype, error)
         _check_arity(name, fn, len(ctype.args))
-        svc = Service(name, fn, ctype, error, _adapt(fn, ctype))
         with self.lock:
+            svc = Service(name, fn, ctype, error, self._call(name, fn, ctype))
             old = self.services.get(name)
             if old is not None and old.ctype is not ctype:
                 users = sorted(b.label for b in self.bindings if name in b.imports)
@@ -524,6 +527,30 @@ class ServiceTable:
             for binding in list(self.bindings):
                 if name in binding.imports:
                     binding.point(name, svc.call)
+
+    def _call(self, name: str, fn: Callable[..., Any], ctype: Any) -> Callable[..., Any]:
+        """What a plugin's call of ``name`` runs: ``fn`` behind the argument
+        conversion, and noted for the recorded call on the calling thread
+        while some plugin is recorded (``host.record``)."""
+        return adapt(noted(name, fn) if self._recorded else fn, ctype)
+
+    def note_calls(self, on: bool) -> None:
+        """A plugin's recording starts (or stops): while any runs, every
+        service call is noted (``recording.noted``); off, none pays for it.
+        Re-points every image's slots, as ``provide`` does."""
+        with self.lock:
+            was = self._recorded > 0
+            self._recorded = max(0, self._recorded + (1 if on else -1))
+            if (self._recorded > 0) == was:
+                return
+            self.services = {
+                n: Service(n, s.fn, s.ctype, s.error, self._call(n, s.fn, s.ctype))
+                for n, s in self.services.items()
+            }
+            for binding in list(self.bindings):
+                for name in binding.imports:
+                    if name in self.services:
+                        binding.point(name, self.services[name].call)
 
     def spare(self, name: str, fn: Callable[..., Any], error: Any) -> _Callback | None:
         """A callback of an image that left, made for exactly ``fn`` and
@@ -675,68 +702,6 @@ def _check_arity(name: str, fn: Callable[..., Any], n: int) -> None:
             f"service {name}: {getattr(fn, '__name__', fn)!s} cannot take the {n} argument(s) "
             f"of its prototype ({exc})"
         ) from None
-
-
-def _adapt(fn: Callable[..., Any], ctype: Any) -> Callable[..., Any]:
-    """``fn`` itself, or ``fn`` behind a wrapper of the exact arity that turns
-    each ``char *`` argument into ``str`` (None for NULL)."""
-    strings = [
-        i for i, a in enumerate(ctype.args) if a.kind == "pointer" and a.item.cname == "char"
-    ]
-    if not strings:
-        return fn
-    params = ", ".join(f"a{i}" for i in range(len(ctype.args)))
-    args = ", ".join(f"_s(a{i})" if i in strings else f"a{i}" for i in range(len(ctype.args)))
-    src = f"def adapted({params}):\n    return fn({args})\n"
-    namespace: dict[str, Any] = {"fn": fn, "_s": _string}
-    exec(compile(src, "<hotload service>", "exec"), namespace)  # noqa: S102
-    adapted: Callable[..., Any] = namespace["adapted"]
-    return adapted
-
-
-def _measured(
-    fn: Callable[..., Any], ctype: Any, box: list[Any], sample: int
-) -> Callable[..., Any]:
-    """Without the compiled router: ``fn`` behind a wrapper of the exact
-    arity (no ``*args`` packing) that counts each call on ``box[0]`` (a
-    ``PyStats``) and times every ``sample``-th."""
-    params = ", ".join(f"a{i}" for i in range(len(ctype.args)))
-    src = (
-        f"def measured({params}):\n"
-        f"    stats = box[0]\n"
-        f"    if next(stats.calls) % sample:\n"
-        f"        return fn({params})\n"
-        f"    t0 = clock()\n"
-        f"    try:\n"
-        f"        return fn({params})\n"
-        f"    finally:\n"
-        f"        stats.record(clock() - t0)\n"
-    )
-    namespace: dict[str, Any] = {
-        "fn": fn,
-        "box": box,
-        "sample": sample,
-        "next": next,
-        "clock": time.perf_counter_ns,
-    }
-    exec(compile(src, "<hotload service metrics>", "exec"), namespace)  # noqa: S102
-    measured: Callable[..., Any] = namespace["measured"]
-    return measured
-
-
-def service_stats(sample: int) -> Any:
-    """Where one image counts its calls of one service: slot 0 of a compiled
-    ``Gate`` (what a ``Meter`` counts in), else a ``PyStats``."""
-    if _crouter is not None:
-        gate = _crouter.Gate(None, sample=sample)
-        if sample:
-            gate.grow(1)
-        return gate
-    return PyStats()
-
-
-def _string(ptr: Any) -> str | None:
-    return None if ptr == ffi.NULL else ffi.string(ptr).decode("utf-8", "surrogateescape")
 
 
 def standin(name: str, ctype: Any, error: Any) -> Callable[..., Any]:

@@ -628,6 +628,221 @@ key_hash(PyObject *k, uint64_t *out)
     return 0;
 }
 
+/* -------------------------------------------------------------- Recorder
+ *
+ * host.record(name): a ring of a plugin's last `cap` calls, for replay.  Each
+ * slot keeps the export's index, the arguments (a tuple of the caller's own
+ * objects: no copy), whether the call returned, what it returned or raised,
+ * and the host-service calls it made (a list, or NULL).  A route with a
+ * recorder sends every call through recorder_through (one pointer test per
+ * call when none is set).  The service calls are collected in a per-thread
+ * list that the service layer appends to (note()) while a recorded call runs
+ * on that thread; a recorded call made from inside another saves and
+ * restores the outer call's list. */
+
+static _Thread_local PyObject *tl_notes = NULL; /* the current recorded call's service calls */
+static _Thread_local int tl_depth = 0;          /* recorded calls running on this thread */
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t cap;
+    Py_ssize_t next; /* the slot the next call goes to */
+    unsigned long long total;
+    Py_ssize_t *idx;
+    PyObject **args;
+    PyObject **outs;
+    PyObject **notes;
+    char *ok;
+} RecorderObject;
+
+static PyTypeObject RecorderType;
+
+static PyObject *
+recorder_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kw[] = {"capacity", NULL};
+    Py_ssize_t cap;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n", kw, &cap))
+        return NULL;
+    if (cap < 1 || cap > ((Py_ssize_t)1 << 24)) {
+        PyErr_SetString(PyExc_ValueError, "Recorder(capacity): 1 to 2**24 calls");
+        return NULL;
+    }
+    RecorderObject *self = (RecorderObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->cap = cap;
+    self->idx = PyMem_Calloc((size_t)cap, sizeof(Py_ssize_t));
+    self->args = PyMem_Calloc((size_t)cap, sizeof(PyObject *));
+    self->outs = PyMem_Calloc((size_t)cap, sizeof(PyObject *));
+    self->notes = PyMem_Calloc((size_t)cap, sizeof(PyObject *));
+    self->ok = PyMem_Calloc((size_t)cap, 1);
+    if (!self->idx || !self->args || !self->outs || !self->notes || !self->ok) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)self;
+}
+
+/* Keeps one call in the ring; never raises (a call is recorded whole or not
+ * at all, and the caller's result or exception is left as it was). */
+static void
+recorder_add(RecorderObject *rec, Py_ssize_t idx, PyObject *const *args, Py_ssize_t n,
+             PyObject *res, PyObject *notes /* stolen */)
+{
+    PyObject *type = NULL, *value = NULL, *tb = NULL;
+    if (res == NULL) {
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb != NULL && value != NULL)
+            PyException_SetTraceback(value, tb);
+    }
+    PyObject *tuple = PyTuple_New(n);
+    if (tuple == NULL) {
+        PyErr_Clear();
+        Py_XDECREF(notes);
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++)
+            PyTuple_SET_ITEM(tuple, i, Py_NewRef(args[i]));
+        Py_ssize_t k = rec->next;
+        PyObject *old_args = rec->args[k], *old_out = rec->outs[k], *old_notes = rec->notes[k];
+        rec->idx[k] = idx;
+        rec->args[k] = tuple;
+        rec->outs[k] = Py_NewRef(res != NULL ? res : (value != NULL ? value : Py_None));
+        rec->notes[k] = notes;
+        rec->ok[k] = res != NULL;
+        rec->next = k + 1 == rec->cap ? 0 : k + 1;
+        rec->total++;
+        Py_XDECREF(old_args); /* after the stores: a finaliser sees the ring whole */
+        Py_XDECREF(old_out);
+        Py_XDECREF(old_notes);
+    }
+    if (res == NULL)
+        PyErr_Restore(type, value, tb);
+}
+
+static PyObject *
+recorder_calls(RecorderObject *self, PyObject *unused)
+{
+    Py_ssize_t have = self->total < (unsigned long long)self->cap ? (Py_ssize_t)self->total : self->cap;
+    Py_ssize_t first = have < self->cap ? 0 : self->next;
+    PyObject *out = PyList_New(have);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < have; i++) {
+        Py_ssize_t k = (first + i) % self->cap;
+        PyObject *idx = PyLong_FromSsize_t(self->idx[k]);
+        PyObject *notes = self->notes[k] ? PyList_GetSlice(self->notes[k], 0, PY_SSIZE_T_MAX)
+                                         : PyList_New(0);
+        PyObject *t = idx && notes ? PyTuple_Pack(5, idx, self->args[k],
+                                                  self->ok[k] ? Py_True : Py_False,
+                                                  self->outs[k], notes)
+                                   : NULL;
+        Py_XDECREF(idx);
+        Py_XDECREF(notes);
+        if (t == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, t);
+    }
+    return out;
+}
+
+static int
+recorder_traverse(RecorderObject *self, visitproc visit, void *arg)
+{
+    for (Py_ssize_t k = 0; self->args && self->outs && self->notes && k < self->cap; k++) {
+        Py_VISIT(self->args[k]);
+        Py_VISIT(self->outs[k]);
+        Py_VISIT(self->notes[k]);
+    }
+    return 0;
+}
+
+static int
+recorder_clear(RecorderObject *self)
+{
+    for (Py_ssize_t k = 0; self->args && self->outs && self->notes && k < self->cap; k++) {
+        Py_CLEAR(self->args[k]);
+        Py_CLEAR(self->outs[k]);
+        Py_CLEAR(self->notes[k]);
+    }
+    self->total = 0;
+    self->next = 0;
+    return 0;
+}
+
+static void
+recorder_dealloc(RecorderObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    recorder_clear(self);
+    PyMem_Free(self->idx);
+    PyMem_Free(self->args);
+    PyMem_Free(self->outs);
+    PyMem_Free(self->notes);
+    PyMem_Free(self->ok);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+recorder_get_total(RecorderObject *self, void *c)
+{
+    return PyLong_FromUnsignedLongLong(self->total);
+}
+
+static PyObject *
+recorder_get_capacity(RecorderObject *self, void *c)
+{
+    return PyLong_FromSsize_t(self->cap);
+}
+
+static PyMethodDef recorder_methods[] = {
+    {"calls", (PyCFunction)recorder_calls, METH_NOARGS,
+     "calls() -> [(idx, args, ok, result_or_exception, service_calls)], oldest first."},
+    {NULL},
+};
+
+static PyGetSetDef recorder_getset[] = {
+    {"total", (getter)recorder_get_total, NULL, "calls recorded since the start", NULL},
+    {"capacity", (getter)recorder_get_capacity, NULL, "calls the ring keeps", NULL},
+    {NULL},
+};
+
+static PyTypeObject RecorderType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "hotload._engine._crouter.Recorder",
+    .tp_basicsize = sizeof(RecorderObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Recorder(capacity): a ring of a plugin's recent calls.",
+    .tp_new = recorder_new,
+    .tp_traverse = (traverseproc)recorder_traverse,
+    .tp_clear = (inquiry)recorder_clear,
+    .tp_dealloc = (destructor)recorder_dealloc,
+    .tp_methods = recorder_methods,
+    .tp_getset = recorder_getset,
+};
+
+/* note(entry): keep a host-service call in the current recorded call's list
+ * (nothing when no recorded call runs on this thread). */
+static PyObject *
+note_py(PyObject *mod, PyObject *entry)
+{
+    if (tl_depth > 0) {
+        if (tl_notes == NULL && (tl_notes = PyList_New(0)) == NULL)
+            return NULL;
+        if (PyList_Append(tl_notes, entry) < 0)
+            return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+recording_py(PyObject *mod, PyObject *unused)
+{
+    return PyBool_FromLong(tl_depth > 0);
+}
+
 typedef struct {
     PyObject_HEAD
     GateObject *gate;     /* never NULL after __init__ */
@@ -637,6 +852,7 @@ typedef struct {
     PyObject *keyfn;      /* keyfn(*args) -> the key, or NULL */
     uint64_t unkeyed;     /* calls of exports without the key argument: split by count */
     uint64_t key_errors;  /* keys that could not be hashed: those calls went to the baseline */
+    RecorderObject *recorder; /* NULL: calls are not recorded */
 } RouteObject;
 
 static PyTypeObject RouteType;
@@ -720,6 +936,25 @@ route_get_key_errors(RouteObject *self, void *c)
 }
 
 static PyObject *
+route_get_recorder(RouteObject *self, void *c)
+{
+    return Py_NewRef(self->recorder ? (PyObject *)self->recorder : Py_None);
+}
+
+static int
+route_set_recorder(RouteObject *self, PyObject *value, void *c)
+{
+    if (value != NULL && value != Py_None && !PyObject_TypeCheck(value, &RecorderType)) {
+        PyErr_SetString(PyExc_TypeError, "a route's recorder is a Recorder or None");
+        return -1;
+    }
+    RecorderObject *old = self->recorder;
+    self->recorder = value == NULL || value == Py_None ? NULL : (RecorderObject *)Py_NewRef(value);
+    Py_XDECREF(old);
+    return 0;
+}
+
+static PyObject *
 route_split(RouteObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kw[] = {"canary", "threshold", "key", "keyfn", NULL};
@@ -790,6 +1025,7 @@ route_traverse(RouteObject *self, visitproc visit, void *arg)
     Py_VISIT(self->gate);
     Py_VISIT(self->canary);
     Py_VISIT(self->keyfn);
+    Py_VISIT(self->recorder);
     return 0;
 }
 
@@ -799,6 +1035,7 @@ route_clear(RouteObject *self)
     Py_CLEAR(self->gate);
     Py_CLEAR(self->canary);
     Py_CLEAR(self->keyfn);
+    Py_CLEAR(self->recorder);
     return 0;
 }
 
@@ -827,6 +1064,8 @@ static PyGetSetDef route_getset[] = {
     {"canary", (getter)route_get_canary, NULL, "the canary's gate, or None", NULL},
     {"threshold", (getter)route_get_threshold, NULL, "the canary's share, of 2**32", NULL},
     {"key_errors", (getter)route_get_key_errors, NULL, "keys that could not be hashed", NULL},
+    {"recorder", (getter)route_get_recorder, (setter)route_set_recorder,
+     "the Recorder of the plugin's calls, or None", NULL},
     {NULL},
 };
 
@@ -920,7 +1159,7 @@ router_bad_call(RouterObject *self, GateObject *g, PyObject *const *args, Py_ssi
 }
 
 static PyObject *
-router_vectorcall(RouterObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+router_call(RouterObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     Py_ssize_t n = PyVectorcall_NARGS(nargsf);
     if (n != self->arity || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
@@ -980,6 +1219,34 @@ router_vectorcall(RouterObject *self, PyObject *const *args, size_t nargsf, PyOb
         gate_exited_keep_error(g);
     Py_DECREF(g);
     return res;
+}
+
+/* A recorded call: the route's recorder keeps it, with the service calls it
+ * made on this thread (tl_notes, filled by note()). */
+static PyObject *
+router_recorded(RouterObject *self, RecorderObject *rec, PyObject *const *args, size_t nargsf,
+                PyObject *kwnames)
+{
+    Py_INCREF(rec);
+    PyObject *outer = tl_notes;
+    tl_notes = NULL;
+    tl_depth++;
+    PyObject *res = router_call(self, args, nargsf, kwnames);
+    PyObject *notes = tl_notes;
+    tl_notes = outer;
+    tl_depth--;
+    recorder_add(rec, self->idx, args, PyVectorcall_NARGS(nargsf), res, notes);
+    Py_DECREF(rec);
+    return res;
+}
+
+static PyObject *
+router_vectorcall(RouterObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    RecorderObject *rec = self->route->recorder;
+    if (rec == NULL)
+        return router_call(self, args, nargsf, kwnames);
+    return router_recorded(self, rec, args, nargsf, kwnames);
 }
 
 static PyObject *
@@ -1516,6 +1783,10 @@ static PyTypeObject MeterType = {
 };
 
 static PyMethodDef module_methods[] = {
+    {"note", (PyCFunction)note_py, METH_O,
+     "note(entry): keep a host-service call in the recorded call running on this thread."},
+    {"recording", (PyCFunction)recording_py, METH_NOARGS,
+     "recording() -> whether a recorded call runs on this thread."},
     {"call_each", (PyCFunction)(void (*)(void))call_each, METH_FASTCALL,
      "call_each(callables, args[, skip]) -> [f(*args) for f in callables], in C;\n"
      "a call raising an exception that matches skip is left out."},
@@ -1547,7 +1818,7 @@ PyInit__crouter(void)
 {
     if (PyType_Ready(&GateType) < 0 || PyType_Ready(&RouteType) < 0 ||
         PyType_Ready(&RouterType) < 0 || PyType_Ready(&CheckedType) < 0 ||
-        PyType_Ready(&MeterType) < 0)
+        PyType_Ready(&MeterType) < 0 || PyType_Ready(&RecorderType) < 0)
         return NULL;
     str_set = PyUnicode_InternFromString("set");
     if (str_set == NULL)
@@ -1560,7 +1831,8 @@ PyInit__crouter(void)
         PyModule_AddObjectRef(m, "Route", (PyObject *)&RouteType) < 0 ||
         PyModule_AddObjectRef(m, "Router", (PyObject *)&RouterType) < 0 ||
         PyModule_AddObjectRef(m, "Checked", (PyObject *)&CheckedType) < 0 ||
-        PyModule_AddObjectRef(m, "Meter", (PyObject *)&MeterType) < 0) {
+        PyModule_AddObjectRef(m, "Meter", (PyObject *)&MeterType) < 0 ||
+        PyModule_AddObjectRef(m, "Recorder", (PyObject *)&RecorderType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

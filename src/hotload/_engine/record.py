@@ -62,6 +62,7 @@ class PluginRecord:
         self.plugin: Plugin | None = None  # None while not loaded
         self.history: list[Version] = []
         self.source = ""  # what reload() reads when given no path
+        self.recording: Any = None  # host.record's Recording while it runs
         self.declared: dict[str, str] | None = None
         self.unload_safe = False
         self.isolate: Isolated | None = None  # load(isolate=True): kept by reload and rollback

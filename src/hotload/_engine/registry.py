@@ -40,9 +40,9 @@ from .lifecycle import SWITCHING, UNLOADED_PLUGIN, Sentinel, Version, VersionInf
 from .lifecycle import _crouter as _native
 from .split import PyRoute
 
-_ROUTER_TEMPLATE = """\
-def make(route, fname, idx, slow, bad_call, clock, record, failed):
-    def _router({params}):
+# The router's body, once plain and once behind the recorder's test (host.record):
+# a recorded call runs the plain body through the recorder.
+_ROUTER_BODY = """\
         g = route.gate if route.canary is None else route.pick({params})
         g.append(None)
         if g.retiring:
@@ -86,8 +86,24 @@ def make(route, fname, idx, slow, bad_call, clock, record, failed):
             g.pop()
             if g.retiring:
                 g.exited()
+"""
+
+_ROUTER_TEMPLATE = (
+    """\
+def make(route, fname, idx, slow, bad_call, clock, record, failed):
+    def _plain({params}):
+"""
+    + _ROUTER_BODY
+    + """\
+    def _router({params}):
+        if route.recorder is not None:
+            return route.recorder.through(_plain, idx, ({params}{comma}))
+"""
+    + _ROUTER_BODY
+    + """\
     return _router
 """
+)
 
 
 _Route: Any = _native.Route if _native is not None else PyRoute
@@ -228,6 +244,14 @@ class Plugin:
     def _promote(self) -> None:
         """The canary's candidate becomes the current version, in one step."""
         self._route.promote()
+
+    def _record(self, recorder: Any) -> None:
+        """Keep every call in ``recorder`` (None: stop recording)."""
+        self._route.recorder = recorder
+
+    def _export_names(self) -> dict[int, str]:
+        """Slot -> export, for reading a recording."""
+        return {i: f for f, i in self._index.items()}
 
     def _close(self) -> Version | None:
         """Stop serving: later calls raise ``ClosedError``.  Returns the

@@ -74,7 +74,16 @@ class PyRoute:
     (``Plugin``) defeats CPython's attribute specialisation: reading
     ``plugin._current`` would cost ~40 ns a call."""
 
-    __slots__ = ("gate", "canary", "threshold", "key", "keyfn", "_unkeyed", "_key_errors")
+    __slots__ = (
+        "gate",
+        "canary",
+        "threshold",
+        "key",
+        "keyfn",
+        "recorder",
+        "_unkeyed",
+        "_key_errors",
+    )
 
     def __init__(self, gate: Any) -> None:
         self.gate = gate
@@ -82,6 +91,7 @@ class PyRoute:
         self.threshold = 0
         self.key = 0
         self.keyfn: Callable[..., Any] | None = None
+        self.recorder: Any = None  # host.record: a recording.PyRecorder
         self._unkeyed = itertools.count()
         self._key_errors = itertools.count()  # next() is atomic under the GIL
 

@@ -47,6 +47,7 @@ from .control_canary import canary_result
 from .control_journal import log_result, refused_builds
 from .control_paths import ENV_DIR, control_dir, require_unix_sockets, sweep_stale
 from .control_release import release_result
+from .control_replay import record_result, replay_result
 from .control_wire import MAX_LINE, NOSIGNAL, PROTOCOL, encode, error_reply, request_path
 
 if TYPE_CHECKING:
@@ -593,6 +594,12 @@ class ControlServer:
     def _op_canary(self, req: dict[str, Any]) -> dict[str, Any]:
         return canary_result(self.host, self._loaded(req), req)
 
+    def _op_record(self, req: dict[str, Any]) -> dict[str, Any]:
+        return record_result(self.host, self._loaded(req), req)
+
+    def _op_replay(self, req: dict[str, Any]) -> dict[str, Any]:
+        return replay_result(self.host, self._loaded(req), req)
+
     def _loaded(self, req: dict[str, Any]) -> str:
         name = _arg(req, "name")
         loaded = self.host.names()
@@ -623,6 +630,8 @@ _OPS = {
     "rollback": ControlServer._op_rollback,
     "canary": ControlServer._op_canary,
     "release": ControlServer._op_release,
+    "record": ControlServer._op_record,
+    "replay": ControlServer._op_replay,
     "log": ControlServer._op_log,
 }
 

@@ -16,8 +16,10 @@ from .._engine.canary import Canary
 from .._engine.journal import Journal
 from .._engine.judge import Judge
 from .._engine.lifecycle import VersionInfo
+from .._engine.recording import Recording
 from .._engine.registry import Plugin
 from .._engine.release import Release
+from .._engine.replay import ReplayReport
 from .._errors import ClosedError
 from .._process.options import Isolated
 
@@ -74,6 +76,12 @@ class PluginHost(Protocol):
     ) -> Canary: ...
 
     def canaries(self, *, ended: bool = False) -> list[Canary]: ...
+
+    def record(self, name: str, calls: int = ...) -> Recording | None: ...
+
+    def replay(
+        self, name: str, path: PathOrCandidate | None = None, *, calls: Any = None
+    ) -> ReplayReport: ...
 
     def reload_together(
         self,
