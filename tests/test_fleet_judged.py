@@ -219,6 +219,32 @@ def test_a_good_build_bakes_through_and_every_host_promotes_it(
     assert cluster.hosts["canary-1"].plugin("reward").reward(5, 1) == 21
 
 
+def test_a_service_that_fails_now_and_then_for_both_builds_does_not_fail_the_step(
+    cluster: Cluster, redis_server: RedisServer, reward, players
+) -> None:  # type: ignore[no-untyped-def]
+    """A host service that raises for 1 player in 100 whatever the build (an
+    offline player, a full inventory): the judge sees the same rate on both
+    sides and promotes, and the step's health gate does not count those
+    failures against the new build (it did: no such game could finish a
+    rollout)."""
+
+    v1, _ = reward(2)
+    v2, d2 = reward(4)
+    _add(cluster, "canary-1", {"role": "canary"}, v1)
+    cluster.hosts["canary-1"].provide(
+        "audit", lambda p: _audit(-1 if p % 100 == 7 else p), "int32_t(int64_t)", error=-1
+    )
+    players("canary-1")
+    with Fleet(redis_server.url) as f:
+        f.publish(v2)
+        rec = f.rollout("reward", d2, canary="role=canary", bake=1.5, poll=0.05)
+        rep = _report(f, "canary-1")
+    assert rec["state"] == "done", rec
+    assert rep["canary"]["verdict"].startswith("promoted by the judge"), rep["canary"]
+    assert rep["canary"]["candidate"]["service_errors"] > 0  # it did fail, as the old one did
+    assert cluster.live("canary-1", "reward") == d2
+
+
 def test_a_canary_with_too_few_calls_to_judge_is_ended_by_its_agent(
     cluster: Cluster, redis_server: RedisServer, reward
 ) -> None:  # type: ignore[no-untyped-def]
@@ -494,3 +520,59 @@ def test_a_plan_is_signed_with_its_rule_and_old_records_still_verify(fleet_key: 
     with pytest.raises(FleetError, match="does not verify"):
         verify_decision(pub, decision(rec, "reward", rev, rules), "reward")
     assert public_hex(fleet_key)
+
+
+# ---- the rollout record is sealed ------------------------------------------------------
+
+
+def _forged(evil: str, good: str, host_ids: list[str], **over: Any) -> dict[str, Any]:
+    """A running rollout record as a Redis writer without the key would write
+    one: its rules to go back to, or its build, name a build of the writer's."""
+    rec = {
+        "id": "forged000001", "revision": 7, "from_revision": 0, "plugin": "reward",
+        "digest": good, "version": "x", "prev_rules": [{"match": {}, "digest": evil}],
+        "steps": [{"role": "canary"}, {}], "step": 0, "phase": "bake", "bake": 1.0,
+        "share": 1.0, "key": 0, "max_failures": 0, "on_gone": "fail", "step_timeout": 10.0,
+        "gone_grace": 5.0, "state": "running", "failures": {}, "members": host_ids,
+        "expected": host_ids, "started_at": time.time(), "owner": "dead:1",
+    }  # fmt: skip
+    rec.update(over)
+    return rec
+
+
+def test_an_operators_abort_or_resume_never_signs_a_record_a_redis_writer_forged(
+    cluster: Cluster, redis_server: RedisServer, reward
+) -> None:  # type: ignore[no-untyped-def]
+    """Found by an attacker: abort and resume signed decisions from the
+    rollout record's fields (the rules to go back to, the build), and the
+    record was not signed, so a Redis writer got the operator's key to sign
+    its own build onto every host.  The controller now seals the record with
+    the fleet's key and refuses one without a valid seal; a real rollout's
+    record (sealed at every save) still resumes."""
+    v1, d1 = reward(2)
+    evil, devil = reward(666)  # never published by the operator
+    _add(cluster, "canary-1", {"role": "canary"}, v1)
+    _add(cluster, "main-1", {}, v1)
+    r = redis_server.client()
+    r.set(f"hotload:blob:{devil}", evil.read_bytes())
+    forged = [
+        _forged(devil, d1, ["canary-1", "main-1"]),  # abort would go back to the writer's build
+        _forged(d1, devil, ["canary-1"], prev_rules=[{"match": {}, "digest": d1}], steps=[{}]),
+    ]
+    with Fleet(redis_server.url) as f:
+        for rec in forged:
+            r.set("hotload:rollout:reward", json.dumps(rec))
+            with pytest.raises(FleetError, match="not sealed by this fleet's signing key"):
+                f.abort("reward", wait=5)
+            with pytest.raises(FleetError, match="not sealed by this fleet's signing key"):
+                f.resume("reward", poll=0.05)
+            # a controller's own record with one field changed: refused the same
+            sealed = dict(rec, prev_rules=[{"match": {}, "digest": d1}], digest=d1)
+            f.save_rollout(sealed)
+            raw = json.loads(r.get("hotload:rollout:reward"))
+            raw["prev_rules"] = [{"match": {}, "digest": devil}]
+            r.set("hotload:rollout:reward", json.dumps(raw))
+            with pytest.raises(FleetError, match="not sealed"):
+                f.abort("reward", wait=5)
+    time.sleep(0.3)  # a heartbeat: no host may have taken anything
+    assert cluster.live("canary-1", "reward") == d1 and cluster.live("main-1", "reward") == d1

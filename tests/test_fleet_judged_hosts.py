@@ -29,7 +29,6 @@ import pytest
 from hotload._errors import RolloutFailed
 from hotload.fleet import Fleet
 from test_fleet import RedisServer, fleet_key, redis_server  # noqa: F401  (fixtures)
-from test_fleet_faults import phase_of
 
 from conftest import Compile, wait_for
 
@@ -156,6 +155,16 @@ def hosts(
     h.close()
 
 
+def _canaries(f: Fleet, digest: str) -> set[str]:
+    """The states of the canary hosts' canaries of ``digest``."""
+    return {
+        str(c.get("state")) if c.get("digest") == digest else "none"
+        for h in f.hosts()
+        if h["labels"].get("role") == "canary"
+        for c in [h["plugins"].get("reward", {}).get("canary") or {}]
+    }
+
+
 def _live(f: Fleet) -> dict[str, Any]:
     return {h["id"]: h["plugins"].get("reward", {}).get("digest") for h in f.hosts()}
 
@@ -193,7 +202,7 @@ def test_a_controller_killed_mid_bake_is_resumed_from_the_hosts_verdicts(
         f.publish(v2)
         ctl = subprocess.Popen([sys.executable, str(script), redis_server.url, d2])
         try:
-            wait_for(lambda: phase_of(f, "reward", 0, "bake"), what="the canary step baking")
+            wait_for(lambda: _canaries(f, d2) == {"running"}, what="the canary hosts' canaries")
         finally:
             ctl.kill()
             ctl.wait()
@@ -201,16 +210,9 @@ def test_a_controller_killed_mid_bake_is_resumed_from_the_hosts_verdicts(
         wait_for(lambda: not r.exists("hotload:lock:reward"), what="the dead controller's lock")
         rec = f.rollout_record("reward")
         assert rec is not None and rec["state"] == "running" and rec["step"] == 0
+        assert rec["phase"] == "apply"  # killed while the hosts judged
         # the canary hosts' judges promote on their own while no controller runs
-        wait_for(
-            lambda: all(
-                (h["plugins"].get("reward", {}).get("canary") or {}).get("state") == "promoted"
-                for h in f.hosts()
-                if h["labels"].get("role") == "canary"
-            ),
-            what="the canary hosts' judges promoting",
-            timeout=30,
-        )
+        wait_for(lambda: _canaries(f, d2) == {"promoted"}, what="the judges promoting")
         done = f.resume("reward", poll=0.05, lock_ttl=2.0)
         assert done["state"] == "done" and done["id"] == rec["id"], done
         wait_for(lambda: set(_live(f).values()) == {d2}, what="every host on the new build")

@@ -17,7 +17,8 @@ Every ``interval`` it reads both versions' figures since the canary started
   3 errors in a 5 % share against none in the rest are p=1.2e-4 exactly);
 - **latency**: a one-sided Mann-Whitney U test (ties corrected, on the
   histograms' buckets) that the candidate is slower than the baseline made
-  ``tolerance`` slower: only a regression larger than the tolerance fails.
+  ``tolerance`` slower: only a regression larger than the tolerance fails
+  (``cold_tolerance``, 3x, for a candidate taking too few calls to run warm).
 
 Each look tests at ``(1 - confidence) / looks``, where ``looks`` is the number
 of looks in the bake (Bonferroni): the judge looks many times, and a test at
@@ -66,8 +67,10 @@ class Judge:
     # without a baseline to compare with (a canary of every key on a fresh baseline): the
     # highest error rate the candidate may have
     max_error_rate: float = 0.01
-    # the candidate's calls a second below which its latency is not judged (see warm())
+    # the candidate's calls a second below which its calls run cold (see warm()): its
+    # latency is then held only to the baseline made 1 + cold_tolerance slower (3x)
     min_latency_rate: float = 500.0
+    cold_tolerance: float = 2.0
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.confidence < 1:
@@ -79,6 +82,8 @@ class Judge:
                 f"Judge(bake={self.bake!r}, interval={self.interval!r}): "
                 f"0.01 <= interval <= bake <= {MAX_BAKE:g} s"
             )
+        if not 0 <= self.cold_tolerance <= 100:
+            raise ValueError(f"Judge(cold_tolerance={self.cold_tolerance!r}): between 0 and 100")
         if not 0 <= self.min_latency_rate <= 1e9:
             raise ValueError(f"Judge(min_latency_rate={self.min_latency_rate!r}): 0 to 1e9")
         if not 0 < self.max_error_rate <= 1:
@@ -278,11 +283,13 @@ def _us(x: float | None) -> str:
 
 
 def warm(cand: Side, judge: Judge, seconds: float) -> bool:
-    """Whether the candidate takes enough calls for its latency to be judged:
-    below ``min_latency_rate`` its calls run with cold caches (the baseline's,
-    far more frequent, run warm), and a build whose calls take a microsecond
-    read twice as slow (0 of 50 A/A hosts aborted at share 1, 50 of 50 at share
-    0.05 with 2,000 calls/s: ``bench_fleet_judged``)."""
+    """Whether the candidate takes enough calls for its latency to be judged
+    with ``tolerance``: below ``min_latency_rate`` its calls run with cold
+    caches (the baseline's, far more frequent, run warm), and a build whose
+    calls take a microsecond read up to twice as slow (50 of 50 A/A hosts
+    aborted at share 0.05 with 2,000 calls/s, 0 of 50 at share 1:
+    ``bench_fleet_judged``); such a candidate is held to ``cold_tolerance``
+    instead, so a gross regression still fails."""
     return seconds > 0 and cand.calls / seconds >= judge.min_latency_rate
 
 
@@ -314,14 +321,15 @@ def look(cand: Side, base: Side, judge: Judge, seconds: float) -> Finding | None
                 "errors",
                 f"error rate {_pct(cand.rate())} ({cand.failed:,} of {cand.calls:,} calls) vs "
                 f"baseline {_pct(base.rate())} ({base.failed:,} of {base.calls:,}): "
-                f"two-proportion test, {_p(p)} < {alpha:.2g}",
+                f"two-proportion test (Fisher's exact), {_p(p)} < {alpha:.2g}",
             )
     if (
         sum(cand.hist.values()) >= judge.min_samples
         and sum(base.hist.values()) >= judge.min_samples
-        and warm(cand, judge, seconds)
     ):
-        p = latency_test(cand.hist, base.hist, judge.tolerance)
+        hot = warm(cand, judge, seconds)
+        tolerance = judge.tolerance if hot else max(judge.tolerance, judge.cold_tolerance)
+        p = latency_test(cand.hist, base.hist, tolerance)
         if p < alpha:
             c50, c99 = metrics.quantiles(cand.hist)
             b50, b99 = metrics.quantiles(base.hist)
@@ -329,9 +337,14 @@ def look(cand: Side, base: Side, judge: Judge, seconds: float) -> Finding | None
                 "latency",
                 f"latency p50 {_us(c50)}, p99 {_us(c99)} vs baseline p50 {_us(b50)}, "
                 f"p99 {_us(b99)}: Mann-Whitney U, slower than the baseline "
-                f"+{judge.tolerance:.0%} at {_p(p)} < {alpha:.2g}",
+                f"+{tolerance:.0%}{'' if hot else ' (cold calls: ' + _rate(cand, seconds) + ')'} "
+                f"at {_p(p)} < {alpha:.2g}",
             )
     return None
+
+
+def _rate(cand: Side, seconds: float) -> str:
+    return f"{cand.calls / seconds if seconds > 0 else 0.0:,.0f} calls/s"
 
 
 def untested(cand: Side, base: Side, judge: Judge, seconds: float) -> list[str]:
@@ -350,10 +363,11 @@ def cold(cand: Side, judge: Judge, seconds: float) -> str:
     """Why latency is not judged in this window, or ''."""
     if warm(cand, judge, seconds):
         return ""
-    rate = cand.calls / seconds if seconds > 0 else 0.0
     return (
-        f"latency not judged: the candidate took {rate:,.0f} calls/s, under "
-        f"Judge(min_latency_rate={judge.min_latency_rate:g}), too few for warm caches"
+        f"latency judged only against the baseline made "
+        f"{1 + max(judge.tolerance, judge.cold_tolerance):g}x slower: the candidate took "
+        f"{_rate(cand, seconds)}, under Judge(min_latency_rate={judge.min_latency_rate:g}), "
+        f"too few for warm caches"
     )
 
 

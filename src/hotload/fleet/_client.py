@@ -45,9 +45,11 @@ from ._schema import (
 from ._signing import (
     DEFAULT_EXPIRES,
     SIGN_KEY_ENV,
+    check_rollout_seal,
     decision,
     load_private_key,
     local_signing_key,
+    seal_rollout,
     sign_decision,
     signed_message,
     verify_decision,
@@ -470,8 +472,20 @@ class Fleet:
             return {"plugin": plugin, "state": "invalid", "error": str(exc)}
         return rec if isinstance(rec, dict) else None
 
+    def trusted_rollout(self, plugin: str) -> dict[str, Any] | None:
+        """The rollout record, for a controller that will act on it (resume,
+        abort): a running one must carry a controller's seal by this fleet's
+        key (``insecure=True``: unchecked, as everything else)."""
+        rec = self.rollout_record(plugin)
+        if rec is not None and rec.get("state") == "running" and not self.insecure:
+            check_rollout_seal(self.signing_key().public_key(), rec, plugin)
+        return rec
+
     def save_rollout(self, rec: dict[str, Any]) -> None:
         rec["updated_at"] = time.time()
+        key = self.signing_key(required=False)
+        if key is not None:
+            seal_rollout(key, rec)
         body = json.dumps(rec)
         self._call("write rollout", lambda: self.r.set(self.keys.rollout(rec["plugin"]), body))
 

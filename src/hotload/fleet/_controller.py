@@ -62,6 +62,7 @@ class FleetStore(Protocol):
         self, plugin: str | None = None, *, also: Iterable[str] = ()
     ) -> list[dict[str, Any]]: ...
     def rollout_record(self, plugin: str) -> dict[str, Any] | None: ...
+    def trusted_rollout(self, plugin: str) -> dict[str, Any] | None: ...
     def save_rollout(self, rec: dict[str, Any]) -> None: ...
     def resign(self, plugin: str | None = None) -> dict[str, float]: ...
     def signed_by_us(
@@ -189,7 +190,7 @@ class Controller:
     def resume(self) -> dict[str, Any]:
         self._acquire()
         try:
-            rec = self.f.rollout_record(self.plugin)
+            rec = self.f.trusted_rollout(self.plugin)
             if rec is None or rec.get("state") != "running":
                 state = rec.get("state") if rec else "none"
                 raise FleetError(f"{self.plugin}: no rollout to resume (last state: {state})")
@@ -206,7 +207,7 @@ class Controller:
         k = self.f.keys
         if self.lock.acquire(blocking=False):
             try:
-                rec = self.f.rollout_record(self.plugin)
+                rec = self.f.trusted_rollout(self.plugin)
                 if rec is None or rec.get("state") != "running":
                     raise FleetError(f"{self.plugin}: no rollout in progress to abort")
                 check_rollout_record(rec)

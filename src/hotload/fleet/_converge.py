@@ -74,11 +74,14 @@ def judged(host: Mapping[str, Any], plugin: str, rule: Rule | None = None) -> tu
     report is untrusted input: one that says too little proves nothing).
     Then by the health its heartbeat carries for the
     version it reported: that version crashed, timed out, stopped its worker
-    or had a host-service call fail -> refused (the step fails: a build that
+    or had a host-service call fail -> refused (after a promoted canary, whose
+    judge compared those with the old build's on the same traffic, only a
+    stopped worker) (the step fails: a build that
     loads is not yet a good build); no heartbeat since it went live -> pending
     (the bake waits for one, ``FleetAgent`` beats within 0.25 s of a swap).  A
     host whose heartbeat carries no health for the plugin (an older agent,
     or more plugins than a heartbeat lists) is not judged by health."""
+    compared = False  # its judge compared the build with the one before, on the same traffic
     if rule is not None and rule.canary is not None and rule.digest is not None:
         rep = (host.get("plugins") or {}).get(plugin) or {}
         canary = rep.get("canary") or {}
@@ -90,6 +93,7 @@ def judged(host: Mapping[str, Any], plugin: str, rule: Rule | None = None) -> tu
             return "pending", "no verdict of its canary in its report" + (
                 f" ({str(bad)[:80]})" if bad else ""
             )
+        compared = canary.get("state") == "promoted"
     health = (host.get("health") or {}).get(plugin)
     if health is None:
         return "done", ""
@@ -101,7 +105,10 @@ def judged(host: Mapping[str, Any], plugin: str, rule: Rule | None = None) -> tu
         ("timeouts", "timeout", None),
         ("service_errors", "failed host-service call", None),
     )
-    bad = [count_of(health[key], one, many) for key, one, many in words if health.get(key)]
+    # A judge that promoted the build weighed its errors against the old build's (a
+    # service that fails now and then fails for both): only a stopped worker is news.
+    counted = () if compared else words
+    bad = [count_of(health[key], one, many) for key, one, many in counted if health.get(key)]
     if health.get("worker") == "stopped":
         bad.append("its worker stopped")
     if bad:

@@ -141,6 +141,39 @@ def sign_decision(
     }
 
 
+ROLLOUT_CONTEXT = b"hotload rollout record v1\x00"
+
+
+def _rollout_message(rec: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in rec.items() if k != "seal"}
+    return ROLLOUT_CONTEXT + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def seal_rollout(key: Any, rec: dict[str, Any]) -> None:
+    """Sign a rollout record (``rec["seal"]``): a controller that resumes or
+    aborts it later signs decisions from its fields (the build, the rules to
+    go back to), so they must be the ones a controller wrote, not a Redis
+    writer's."""
+    rec["seal"] = key.sign(_rollout_message(rec)).hex()
+
+
+def check_rollout_seal(public_key: Any, rec: dict[str, Any], plugin: str) -> None:
+    """``FleetError`` unless ``rec`` carries a controller's seal by this key."""
+    from cryptography.exceptions import InvalidSignature
+
+    seal = rec.get("seal")
+    try:
+        if not isinstance(seal, str):
+            raise InvalidSignature
+        public_key.verify(bytes.fromhex(seal), _rollout_message(rec))
+    except (InvalidSignature, ValueError):
+        raise FleetError(
+            f"{plugin}: the rollout record in Redis is not sealed by this fleet's signing key "
+            f"(written by something other than a controller: refusing to sign decisions from "
+            f"it; `hotload fleet rollback` puts the fleet on a signed revision)"
+        ) from None
+
+
 def decision(rec: dict[str, Any], plugin: str, rev: int, rules: list[Rule]) -> Decision:
     """The signed fields of a desired-state record (already checked by
     ``parse_desired_record``), checked; an unsigned record has no signature."""
