@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -54,7 +55,15 @@ class Impl:
         ns: dict[str, Any] = {}
         exec(src, ns)  # noqa: S102 - the registry's own template
         return ns["make"](
-            route, fname, idx, slow, bad_call, time.perf_counter_ns, metrics.record, metrics.failed
+            route,
+            fname,
+            idx,
+            slow,
+            bad_call,
+            time.perf_counter_ns,
+            metrics.record,
+            metrics.failed,
+            random.random,
         )
 
 

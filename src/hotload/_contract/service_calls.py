@@ -5,6 +5,7 @@ compiled meter is not there."""
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,12 +35,13 @@ def adapt(fn: Callable[..., Any], ctype: Any) -> Callable[..., Any]:
 def measured(fn: Callable[..., Any], ctype: Any, box: list[Any], sample: int) -> Callable[..., Any]:
     """Without the compiled router: ``fn`` behind a wrapper of the exact
     arity (no ``*args`` packing) that counts each call on ``box[0]`` (a
-    ``PyStats``) and times every ``sample``-th."""
+    ``PyStats``) and times one in ``sample``, at random."""
     params = ", ".join(f"a{i}" for i in range(len(ctype.args)))
     src = (
         f"def measured({params}):\n"
         f"    stats = box[0]\n"
-        f"    if next(stats.calls) % sample:\n"
+        f"    next(stats.calls)\n"
+        f"    if rand() * sample >= 1.0:  # timed at no fixed phase (_crouter.c)\n"
         f"        return fn({params})\n"
         f"    t0 = clock()\n"
         f"    try:\n"
@@ -52,6 +54,7 @@ def measured(fn: Callable[..., Any], ctype: Any, box: list[Any], sample: int) ->
         "box": box,
         "sample": sample,
         "next": next,
+        "rand": random.random,
         "clock": time.perf_counter_ns,
     }
     exec(compile(src, "<hotload service metrics>", "exec"), namespace)  # noqa: S102

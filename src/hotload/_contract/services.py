@@ -43,6 +43,7 @@ import inspect
 import itertools
 import logging
 import os
+import random
 import struct
 import sys
 import tempfile
@@ -399,7 +400,8 @@ class ImportBinding:
         if stats is None or not sample:
             return 0
         if isinstance(stats, PyStats):
-            return 0 if next(stats.calls) % sample else time.perf_counter_ns()
+            next(stats.calls)
+            return time.perf_counter_ns() if random.random() * sample < 1.0 else 0
         t0: int = stats.enter(0)
         return t0
 

@@ -188,6 +188,26 @@ typedef struct {
 
 static PyTypeObject GateType;
 
+/* The calls to skip before the next timed one: uniform in [0, 2(N-1)], so a
+ * call is timed every N calls on average but at no fixed phase.  A fixed
+ * countdown aliased with periodic traffic (two players taking turns, a loop
+ * that yields every 64 calls): every sample fell on the same kind of call,
+ * and a judge comparing two such samples aborted an A/A canary 8 times of 8
+ * and promoted a 3x slower build (found by an attacker).  xorshift64*, its
+ * state shared by every gate under the GIL. */
+static uint64_t gap_state = 0x9E3779B97F4A7C15ull;
+
+static inline uint64_t
+sample_gap(uint64_t n)
+{
+    if (n <= 1)
+        return 0;
+    gap_state ^= gap_state >> 12;
+    gap_state ^= gap_state << 25;
+    gap_state ^= gap_state >> 27;
+    return ((gap_state * 0x2545F4914F6CDD1Dull) >> 11) % (2 * (n - 1) + 1);
+}
+
 static PyObject *str_set;
 
 /* Set both events when the gate is empty: the Python Version.exited(). */
@@ -402,7 +422,7 @@ gate_enter(GateObject *self, PyObject *arg)
     s->calls++;
     s->inflight++;
     if (s->countdown == 0) {
-        s->countdown = self->sample - 1;
+        s->countdown = sample_gap(self->sample);
         return PyLong_FromUnsignedLongLong(now_ns());
     }
     s->countdown--;
@@ -534,8 +554,8 @@ gate_set_sample(GateObject *self, PyObject *value, void *c)
     }
     self->sample = n;
     for (Py_ssize_t i = 0; i < self->nstats; i++)
-        if (self->stats[i].countdown >= n)
-            self->stats[i].countdown = n - 1;
+        if (self->stats[i].countdown > 2 * (n - 1))
+            self->stats[i].countdown = sample_gap(n);
     return 0;
 }
 
@@ -1197,7 +1217,7 @@ router_call(RouterObject *self, PyObject *const *args, size_t nargsf, PyObject *
         s->calls++;
         s->inflight++;
         if (s->countdown == 0) {
-            s->countdown = g->sample - 1;
+            s->countdown = sample_gap(g->sample);
             t0 = now_ns();
         } else
             s->countdown--;
@@ -1689,7 +1709,7 @@ meter_vectorcall(MeterObject *self, PyObject *const *args, size_t nargsf, PyObje
         s->countdown--;
         return PyObject_Vectorcall(self->fn, args, nargsf, kwnames);
     }
-    s->countdown = g->sample - 1;
+    s->countdown = sample_gap(g->sample);
     Py_INCREF(g); /* the service may rebind this meter meanwhile */
     uint64_t t0 = now_ns();
     PyObject *r = PyObject_Vectorcall(self->fn, args, nargsf, kwnames);
@@ -1816,6 +1836,7 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__crouter(void)
 {
+    gap_state ^= (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (uint64_t)(uintptr_t)&gap_state;
     if (PyType_Ready(&GateType) < 0 || PyType_Ready(&RouteType) < 0 ||
         PyType_Ready(&RouterType) < 0 || PyType_Ready(&CheckedType) < 0 ||
         PyType_Ready(&MeterType) < 0 || PyType_Ready(&RecorderType) < 0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import faulthandler
 import logging
+import random
 import sys
 import threading
 import time
@@ -106,9 +107,9 @@ class PyGate(deque):  # type: ignore[type-arg]
         s = self.stats[idx] if idx < len(self.stats) else None
         if s is None:
             return 0
-        n = next(s.calls)
+        next(s.calls)
         s.inflight.append(None)
-        return time.perf_counter_ns() if not n % self.sample else 0
+        return time.perf_counter_ns() if random.random() * self.sample < 1.0 else 0
 
     def leave(self, idx: int, t0: int, exc: BaseException | None) -> None:
         """Count it out: its latency if sampled, its error if it raised."""

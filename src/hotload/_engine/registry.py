@@ -20,6 +20,7 @@ Both share the gate (``_version.Gate``) and the slow path here.
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -69,7 +70,8 @@ _ROUTER_BODY = """\
                 g.pop()
                 if g.retiring:
                     g.exited()
-        t0 = 0 if next(s.calls) % g.sample else clock()
+        next(s.calls)
+        t0 = clock() if rand() * g.sample < 1.0 else 0  # at no fixed phase (_crouter.c)
         s.inflight.append(None)
         try:
             try:
@@ -90,7 +92,7 @@ _ROUTER_BODY = """\
 
 _ROUTER_TEMPLATE = (
     """\
-def make(route, fname, idx, slow, bad_call, clock, record, failed):
+def make(route, fname, idx, slow, bad_call, clock, record, failed, rand):
     def _plain({params}):
 """
     + _ROUTER_BODY
@@ -346,6 +348,7 @@ class Plugin:
             time.perf_counter_ns,
             metrics.record,
             metrics.failed,
+            random.random,
         )
         router.__name__, router.__qualname__ = fname, f"{self._name}.{fname}"
         return router
