@@ -406,6 +406,8 @@ def test_the_exact_errors_test_is_the_hypergeometric_tail() -> None:
     assert judging.hypergeom_sf(260_000, 10**6, 500_000, 500_000) == 0.0
     assert judging.hypergeom_sf(240_000, 10**6, 500_000, 500_000) == 1.0
     assert 0.3 < judging.hypergeom_sf(250_100, 10**6, 500_000, 500_000) < 0.4
+    # a trillion calls, half failed: the normal tail (an attacker timed 0.4 s of summing)
+    assert 0.49 < judging.hypergeom_sf(250 * 10**9, 10**12, 5 * 10**11, 5 * 10**11) < 0.51
     # a 5 % share that took the only 3 failures: 0.05**3, under the default per-look level
     three = judging.errors_test(judging.Side(calls=1000, errors=3), judging.Side(calls=19_000))
     assert three == pytest.approx(1.25e-4, rel=0.01) and three < judging.Judge().alpha

@@ -276,6 +276,44 @@ def test_a_canary_with_too_few_calls_to_judge_is_ended_by_its_agent(
     assert cluster.live("quiet-1", "reward") == d1
 
 
+def test_a_busy_host_whose_keys_miss_the_share_does_not_promote_an_untried_build(
+    cluster: Cluster, redis_server: RedisServer, reward
+) -> None:  # type: ignore[no-untyped-def]
+    """Found by an attacker: a host busy with ten players none of whose keys
+    fall in a 5 % share gave the candidate no call, and its agent promoted
+    the build as if the host were idle (a 500x slower build went live
+    everywhere).  The agent now aborts such a canary, saying why."""
+    from hotload._engine import split
+
+    v1, d1 = reward(2)
+    v2, d2 = reward(4)
+    _add(cluster, "busy-1", {"role": "canary"}, v1)
+    keys = [k for k in range(1000) if not split.to_canary(k, 0.05)][:10]
+    stop = threading.Event()
+
+    def play() -> None:
+        p = cluster.hosts["busy-1"].plugin("reward")
+        while not stop.is_set():
+            for k in keys:
+                p.reward(k, 1)
+            time.sleep(0)
+
+    t = threading.Thread(target=play, daemon=True)
+    t.start()
+    try:
+        with Fleet(redis_server.url) as f:
+            f.publish(v2)
+            with pytest.raises(RolloutFailed):
+                f.rollout("reward", d2, canary="role=canary", bake=1.0, share=0.05, poll=0.05)
+            rec = f.rollout_record("reward")
+    finally:
+        stop.set()
+        t.join(5)
+    assert rec is not None and "the build was not judged" in rec["reason"], rec["reason"]
+    assert "the candidate had 0 call(s)" in rec["reason"]
+    assert cluster.live("busy-1", "reward") == d1
+
+
 def test_a_build_its_judge_aborted_is_not_tried_again_in_later_steps(
     cluster: Cluster, redis_server: RedisServer, reward, players
 ) -> None:  # type: ignore[no-untyped-def]

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 from .._errors import HotloadError
 from .._ops import control_client
+from .top_data import fmt_us
 
 #: Exit status of ``--wait`` when the canary was aborted (a script's "do not go on"),
 #: and when it was still running as the wait ran out (neither promoted nor aborted).
@@ -37,7 +39,9 @@ def add_command(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("path", nargs="?", help="start a canary of this build")
     p.add_argument("--share", type=_share, help="fraction of keys to the candidate (0.05)")
     p.add_argument("--key", type=int, default=0, help="the argument that keys a caller (0)")
-    p.add_argument("--bake", type=float, default=30.0, help="seconds the judge bakes it (30)")
+    p.add_argument(
+        "--bake", type=duration, default=30.0, help="how long the judge bakes it (30s; 2m, 500ms)"
+    )
     p.add_argument("--no-judge", action="store_true", help="do not judge: end it by hand")
     end = p.add_mutually_exclusive_group()
     end.add_argument("--promote", action="store_true", help="make the candidate the only route")
@@ -46,6 +50,18 @@ def add_command(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--wait", type=float, nargs="?", const=3600.0, metavar="SECONDS", help="wait for the end"
     )
     p.set_defaults(func=cmd_canary)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+
+
+def duration(text: str) -> float:
+    """``30s``, ``2m``, ``500ms``, ``7d``, ``1.5`` (seconds)."""
+    m = _DURATION.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30s, 2m, 500ms")
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
+    return float(m.group(1)) * scale
 
 
 def _share(text: str) -> float:
@@ -123,4 +139,4 @@ def describe(name: str, c: dict[str, Any] | None) -> str:
 
 
 def _us(us: float | None) -> str:
-    return "-" if us is None else f"{us:.2f}us"
+    return fmt_us(us)

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from typing import Any
@@ -58,18 +57,7 @@ from typing import Any
 from .._errors import FleetError, RolloutFailed
 from ..fleet import Controller, Fleet
 from ..fleet._schema import selector_text
-from .canary import _share
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-
-
-def duration(text: str) -> float:
-    """``30s``, ``2m``, ``500ms``, ``7d``, ``1.5`` (seconds)."""
-    m = _DURATION.match(text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30s, 2m, 500ms")
-    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
-    return float(m.group(1)) * scale
+from .canary import _share, duration
 
 
 def add_commands(sub: Any) -> None:

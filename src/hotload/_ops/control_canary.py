@@ -22,7 +22,7 @@ def canary_result(host: PluginHost, name: str, req: dict[str, Any]) -> dict[str,
     running = last if last is not None and last.running else None
     if action == "start":
         bake = request_number(req, "bake", 30.0, low=0.1, high=86400.0)
-        share = request_number(req, "share", 0.05, low=1e-9, high=1.0)
+        share = request_number(req, "share", 0.05, low=2**-32, high=1.0)
         key = req.get("key", 0)
         if isinstance(key, bool) or not isinstance(key, int) or not 0 <= key < 64:
             raise ControlError("'key' must be an argument's index, 0 to 63", "bad_request")
@@ -40,7 +40,7 @@ def canary_result(host: PluginHost, name: str, req: dict[str, Any]) -> dict[str,
             return {"canary": last.figures() if last is not None else None}
         raise ControlError(f"{name}: no canary is running", "not_running")
     if action == "widen":
-        running.widen(request_number(req, "share", 0.0, low=1e-9, high=1.0))
+        running.widen(request_number(req, "share", 0.0, low=2**-32, high=1.0))
     elif action in ("promote", "abort"):
         how = {"promote": "promoted", "abort": "aborted"}[action]
         how += f" by hand (hotload canary --{action})"

@@ -132,7 +132,7 @@ def _bad(rec: dict[str, Any]) -> str | None:
     if rec["state"] == "skipped":
         return None
     share, seconds = rec.get("share"), rec.get("seconds")
-    if not _within(share, 1e-9, 1):
+    if not _within(share, 2**-32, 1):
         return f"share {share!r:.30} is not in (0, 1]"
     if not _within(seconds, 0, _MAX_SECONDS):
         return f"seconds {seconds!r:.30} is not a duration"
@@ -262,14 +262,22 @@ class Canaries:
         elapsed = time.monotonic() - c.started
         if elapsed < judge.bake + max(IDLE_GRACE, 2 * judge.interval):
             return
-        cand, _ = c.sides()
+        cand, base = c.sides()
         if cand.calls >= judge.min_calls:
             return  # the judge decides at its next look
         few = (
             f"after {elapsed:.1f} s: the candidate had {cand.calls:,} call(s), fewer than "
             f"the judge's {judge.min_calls:,}"
         )
-        if cand.failed or cand.crashes or cand.stopped:
+        if base.calls >= judge.min_calls and c.share < 1:
+            # a busy host whose keys missed the share (few keys, a constant key argument,
+            # keys that cannot be hashed): the build was never tried, so it is not promoted
+            c.abort(
+                f"aborted by the fleet agent {few}, while the baseline had {base.calls:,}: the "
+                f"share's keys ({c.share:.3g} of them, key {c.key}) took almost none of this "
+                f"host's calls, so the build was not judged (a wider --share, or another --key)"
+            )
+        elif cand.failed or cand.crashes or cand.stopped:
             c.abort(f"aborted by the fleet agent {few}, and {cand.failed:,} of them failed")
         else:
             c.promote(f"promoted by the fleet agent {few}: only crashes were judged")
