@@ -35,6 +35,7 @@ from ._errors import (
     ResourceError,
     ServiceError,
     SignatureError,
+    StateMigrationError,
     TrustError,
     TypeLayoutError,
 )
@@ -65,6 +66,7 @@ for _error in (
     ReleaseError,
     ResourceError,
     ServiceError,
+    StateMigrationError,
     SignatureError,
     TrustError,
     TypeLayoutError,
@@ -157,6 +159,7 @@ __all__ = [
     "ReleaseError",
     "ResourceError",
     "ServiceError",
+    "StateMigrationError",
     "SignatureError",
     "TrustError",
     "TypeLayoutError",

@@ -1,0 +1,109 @@
+"""Run a migration plan on two buffers, with bulk copies only.
+
+No loop runs per element in Python: a copy is one slice assignment, and an
+integer array that widened (or narrows, checked) is one strided slice copy
+per byte lane, its new high bytes filled from the sign lane through one
+``bytes.translate``.  A 100 MB array is therefore a ``memcpy``, and 25 M
+``int32_t`` widened to ``int64_t`` are eight strided copies.  Only the outer
+repetitions of an array of structs whose layout changed loop in Python.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Callable, Iterator
+
+from .._errors import StateMigrationError
+from . import plan
+from .plan import Plan, Step
+
+_LITTLE = sys.byteorder == "little"
+_SIGN = bytes(0xFF if b & 0x80 else 0 for b in range(256))  # a byte -> its sign-fill byte
+
+Call = Callable[[Step, memoryview, memoryview], None]
+
+
+def run(plan: Plan, src: memoryview, dst: memoryview, call: Call) -> None:
+    """Apply ``plan`` from ``src`` (the old layout) into ``dst`` (the new one).
+    Bytes the plan does not write keep their value in ``dst``."""
+    if len(src) < plan.src_size or len(dst) < plan.dst_size:
+        raise StateMigrationError(
+            f"a state buffer is smaller than its type ({len(src)} < {plan.src_size} or "
+            f"{len(dst)} < {plan.dst_size} bytes)"
+        )
+    for step in plan.steps:
+        for s, d in bases(step):
+            if step.kind == "call":
+                call(step, src[s : s + step.swidth], dst[d : d + step.dwidth])
+            else:
+                _lanes(step, src, dst, s, d)
+
+
+def bases(step: Step) -> Iterator[tuple[int, int]]:
+    """The start of each innermost run, over the outer repetitions."""
+    if not step.outer:
+        yield step.src, step.dst
+        return
+    for idx in itertools.product(*(range(n) for n, _, _ in step.outer)):
+        s = step.src + sum(i * ss for i, (_, ss, _) in zip(idx, step.outer, strict=True))
+        d = step.dst + sum(i * ds for i, (_, _, ds) in zip(idx, step.outer, strict=True))
+        yield s, d
+
+
+def _lane(buf: memoryview, start: int, count: int, stride: int) -> memoryview:
+    """Byte ``start`` of each of ``count`` elements ``stride`` bytes apart."""
+    return buf[start : start + (count - 1) * stride + 1 : stride or 1]
+
+
+def _lanes(step: Step, src: memoryview, dst: memoryview, s: int, d: int) -> None:
+    n, sw, dw = step.count, step.swidth, step.dwidth
+    if step.kind == "copy" and (n == 1 or (step.sstride == sw and step.dstride == dw)):
+        dst[d : d + dw * n] = src[s : s + sw * n]
+        return
+    if step.kind == "copy":
+        for j in range(sw):
+            _lane(dst, d + j, n, step.dstride)[:] = _lane(src, s + j, n, step.sstride)
+        return
+    keep = min(sw, dw)
+    # byte lanes of the value, low to high, on each side
+    slanes = range(sw) if _LITTLE else range(sw - 1, -1, -1)
+    dlanes = range(dw) if _LITTLE else range(dw - 1, -1, -1)
+    top = _lane(src, s + slanes[keep - 1], n, step.sstride)
+    if step.kind == "narrow":
+        _check_narrow(step, src, s, slanes, keep, top)
+    for j in range(keep):
+        _lane(dst, d + dlanes[j], n, step.dstride)[:] = _lane(src, s + slanes[j], n, step.sstride)
+    if dw > sw:  # widen: the high lanes are the sign (or zero)
+        fill = bytes(top).translate(_SIGN) if step.ssigned else bytes(n)
+        for j in range(sw, dw):
+            _lane(dst, d + dlanes[j], n, step.dstride)[:] = fill
+
+
+def _check_narrow(
+    step: Step, src: memoryview, s: int, slanes: range, keep: int, top: memoryview
+) -> None:
+    """Every value must fit the narrower (or other-signed) type: its dropped
+    lanes are the sign-fill of the kept top lane (zero when either side is
+    unsigned), and a value going to a signed type from an unsigned one, or
+    kept whole across a sign change, has its top bit clear."""
+    n = step.count
+    fill = bytes(top).translate(_SIGN)
+    zeros = bytes(n)
+    want = fill if step.ssigned and step.dsigned else zeros
+    checks = [
+        (bytes(_lane(src, s + slanes[j], n, step.sstride)), want) for j in range(keep, step.swidth)
+    ]
+    if step.ssigned != step.dsigned and (step.dsigned or keep == step.swidth):
+        checks.append((fill, zeros))
+    for got, expect in checks:
+        if got != expect:
+            first = next(k for k in range(n) if got[k] != expect[k])
+            at = s + first * step.sstride
+            raw = bytes(src[at : at + step.swidth])
+            value = int.from_bytes(raw, sys.byteorder, signed=step.ssigned)
+            where = plan.at(step.path, first) if n > 1 else step.path
+            raise StateMigrationError(
+                f"field {where} holds {value}, which does not fit {step.types[1]} "
+                f"(from {step.types[0]})"
+            )

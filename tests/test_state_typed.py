@@ -1,0 +1,398 @@
+"""Typed state (``HOTLOAD_STATE``): the host carries a plugin's state struct
+across reloads and rollbacks by field name, proves the migration on copies
+first (old -> new -> old), and refuses, naming plugin, field and both types,
+what no rule covers.  Real plugins, compiled here, opened with dlopen."""
+
+from __future__ import annotations
+
+import logging
+import struct
+from pathlib import Path
+
+import pytest
+
+from hotload import CanaryRefusedError, DescriptorError, Host, StateMigrationError
+from hotload._artifact.descriptor import Field, StateDecl, TypeDecl
+from hotload._state import apply, plan
+
+from conftest import Compile
+
+Fields = list[tuple[str, str]]  # (ctype as HOTLOAD_FIELD spells it, name)
+
+
+def winter(
+    version: str, fields: Fields, *, init: str = "", extra: str = "", types: str = ""
+) -> str:
+    """A plugin keeping ``winter_state_t`` with ``fields``; for each integer
+    field ``f`` it exports get_f()/set_f(v), for each 1-D integer array
+    at_f(i)/put_f(i, v)."""
+    members = " ".join(f"{_decl(ctype, name)};" for ctype, name in fields)
+    lines = [
+        "#include <hotload.h>",
+        types,
+        f"typedef struct {{ {members} }} winter_state_t;",
+        "HOTLOAD_STRUCT(winter_state_t);",
+        *(f"HOTLOAD_FIELD(winter_state_t, {n}, {c});" for c, n in fields),
+        f"static winter_state_t state = {{ {init} }};",
+        "HOTLOAD_STATE(winter_state_t, state);",
+        f'HOTLOAD_PLUGIN("winter", "{version}");',
+    ]
+    for ctype, name in fields:
+        if "[" in ctype and ctype.count("[") == 1 and "int" in ctype:
+            lines += [
+                f"HOTLOAD_API int64_t at_{name}(int32_t i) {{ return (int64_t)state.{name}[i]; }}",
+                f"HOTLOAD_EXPORT(at_{name}, int64_t, (int32_t));",
+                f"HOTLOAD_API void put_{name}(int32_t i, int64_t v) {{ state.{name}[i] = v; }}",
+                f"HOTLOAD_EXPORT(put_{name}, void, (int32_t, int64_t));",
+            ]
+        elif "int" in ctype and "[" not in ctype:
+            lines += [
+                f"HOTLOAD_API int64_t get_{name}(void) {{ return (int64_t)state.{name}; }}",
+                f"HOTLOAD_EXPORT(get_{name}, int64_t, (void));",
+                f"HOTLOAD_API void set_{name}(int64_t v) {{ state.{name} = v; }}",
+                f"HOTLOAD_EXPORT(set_{name}, void, (int64_t));",
+            ]
+    return "\n".join([*lines, extra, ""])
+
+
+def _decl(ctype: str, name: str) -> str:
+    base, _, dims = ctype.partition("[")
+    return f"{base} {name}[{dims}" if dims else f"{ctype} {name}"
+
+
+V1: Fields = [
+    ("int32_t", "level"),
+    ("int64_t", "coins"),
+    ("uint16_t[4]", "bag"),
+    ("int32_t", "old"),
+]
+V2: Fields = [
+    ("int64_t", "level"),
+    ("int64_t", "coins"),
+    ("uint32_t[6]", "bag"),
+    ("int32_t", "bonus"),
+]
+
+
+@pytest.fixture
+def thost(tmp_path: Path) -> Host:
+    with Host(tmp_path / "w", preflight_timeout=30) as host:
+        yield host
+
+
+def _play(w: object) -> None:
+    w.set_level(-7)  # type: ignore[attr-defined]
+    w.set_coins(1 << 40)  # type: ignore[attr-defined]
+    w.put_bag(0, 65535)  # type: ignore[attr-defined]
+    w.put_bag(3, 9)  # type: ignore[attr-defined]
+    w.set_old(3)  # type: ignore[attr-defined]
+
+
+def test_kept_fields_keep_their_value_widened_new_ones_start_at_their_default(
+    thost: Host, cc: Compile, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = thost.load(cc(winter("1.0.0", V1, init=".level = 1"), "v1"))
+    _play(w)
+    with caplog.at_level(logging.INFO, logger="hotload"):
+        thost.reload(
+            "winter",
+            cc(winter("2.0.0", V2, init=".bonus = 5, .bag = {1,1,1,1,1,1}"), "v2"),
+            allow_signature_change=True,
+        )
+    assert (w.get_level(), w.get_coins(), w.get_bonus()) == (-7, 1 << 40, 5)
+    assert [w.at_bag(i) for i in range(6)] == [65535, 0, 0, 9, 1, 1]  # grown: the rest default
+    assert "2.0.0 drops field(s) old" in caplog.text
+    assert "migrated to 2.0.0" in caplog.text and "new: bonus" in caplog.text
+
+
+def test_rollback_migrates_down_and_a_value_that_no_longer_fits_refuses_it(
+    thost: Host, cc: Compile
+) -> None:
+    w = thost.load(cc(winter("1.0.0", V1), "v1"))
+    _play(w)
+    thost.reload("winter", cc(winter("2.0.0", V2), "v2"), allow_signature_change=True)
+    w.set_level(12)
+    thost.rollback("winter")  # int64 -> int32 back down: checked, 12 fits
+    assert (w.get_level(), w.get_coins(), w.at_bag(0), w.get_old()) == (12, 1 << 40, 65535, 0)
+    thost.reload("winter", cc(winter("2.0.0", V2), "v2"), allow_signature_change=True)
+    w.set_level(1 << 33)
+    with pytest.raises(
+        StateMigrationError,
+        match=r"field level holds 8589934592, which does "
+        r"not fit int32_t \(from int64_t\).*keeps serving",
+    ):
+        thost.rollback("winter")
+    assert w.get_level() == 1 << 33 and w.get_bonus() == 0
+
+
+def test_a_narrowing_is_refused_at_preflight_naming_plugin_field_and_types(
+    thost: Host, cc: Compile
+) -> None:
+    w = thost.load(cc(winter("1.0.0", [("int64_t", "coins")]), "v1"))
+    w.set_coins(40)
+    bad = cc(winter("2.0.0", [("int32_t", "coins")]), "v2")
+    with pytest.raises(StateMigrationError) as err:
+        thost.reload("winter", bad, allow_signature_change=True)
+    text = str(err.value)
+    assert "v2.so: state winter_state_t of winter" in text
+    assert "field coins changed from int64_t (version 1.0.0) to int32_t (version 2.0.0)" in text
+    assert "a narrowing; export HOTLOAD_MIGRATE(coins, fn)" in text
+    assert w.get_coins() == 40 and [v.seq for v in thost.versions("winter")] == [1]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "why"),
+    [
+        ("int32_t", "uint32_t", "a change of sign"),
+        ("int32_t", "uint64_t", "a change of sign"),
+        ("double", "int64_t", "a changed type"),
+        ("int32_t[4]", "int32_t[2]", "the array shrank from 4 to 2"),
+        ("int32_t[4]", "int32_t[2][2]", "the array's shape changed"),
+        ("char *", "char *", "a pointer cannot follow a state"),
+    ],
+)
+def test_a_change_no_rule_covers_is_refused(
+    thost: Host, cc: Compile, old: str, new: str, why: str
+) -> None:
+    thost.load(cc(winter("1.0.0", [(old, "x"), ("int32_t", "n")]), "v1"))
+    with pytest.raises(StateMigrationError, match=f"field x changed from .*: {why}"):
+        thost.reload(
+            "winter",
+            cc(winter("2.0.0", [(new, "x"), ("int32_t", "n")]), "v2"),
+            allow_signature_change=True,
+        )
+    assert [v.seq for v in thost.versions("winter")] == [1]
+
+
+MIGRATE = """
+static int convert(int down, const void *from, size_t from_size, void *to, size_t to_size)
+{
+    if (down) {  /* to version 1: int64_t whole coins */
+        if (from_size != sizeof(double) || to_size != sizeof(int64_t)) return 2;
+        *(int64_t *)to = (int64_t)(*(const double *)from / SCALE);
+    } else {
+        if (from_size != sizeof(int64_t) || to_size != sizeof(double)) return 2;
+        if (*(const int64_t *)from == REFUSE) return 7;
+        *(double *)to = (double)*(const int64_t *)from * SCALE;
+    }
+    return 0;
+}
+HOTLOAD_MIGRATE(coins, convert);
+HOTLOAD_API double coins_now(void) { return state.coins; }
+HOTLOAD_EXPORT(coins_now, double, (void));
+"""
+
+
+def _migrating(scale: str, refuse: int = -1, lossy: bool = False) -> str:
+    body = MIGRATE.replace("SCALE", scale).replace("REFUSE", str(refuse))
+    if lossy:  # an odd number of coins loses one on the way up
+        body = body.replace(
+            "(double)*(const int64_t *)from", "(double)(*(const int64_t *)from / 2 * 2)"
+        )
+    return winter("2.0.0", [("double", "coins"), ("int32_t", "level")], extra=body)
+
+
+def test_a_migration_function_converts_up_and_down(thost: Host, cc: Compile) -> None:
+    w = thost.load(cc(winter("1.0.0", [("int64_t", "coins"), ("int32_t", "level")]), "v1"))
+    w.set_coins(15)
+    w.set_level(3)
+    thost.reload("winter", cc(_migrating("100.0"), "v2"), allow_signature_change=True)
+    assert w.coins_now() == 1500.0 and w.get_level() == 3
+    thost.rollback("winter")  # the newer build's function, down=1
+    assert w.get_coins() == 15 and w.get_level() == 3
+
+
+def test_a_migration_that_loses_a_value_is_refused_with_the_first_differing_field(
+    thost: Host, cc: Compile
+) -> None:
+    w = thost.load(cc(winter("1.0.0", [("int64_t", "coins"), ("int32_t", "level")]), "v1"))
+    w.set_coins(15)
+    with pytest.raises(
+        StateMigrationError,
+        match=r"does not round-trip: field coins was 15, "
+        r"came back as 14 \(the proof",
+    ):
+        thost.reload("winter", cc(_migrating("1.0", lossy=True), "v2"), allow_signature_change=True)
+    assert w.get_coins() == 15 and [v.seq for v in thost.versions("winter")] == [1]
+
+
+def test_a_migration_function_that_returns_an_error_refuses_the_swap(
+    thost: Host, cc: Compile
+) -> None:
+    w = thost.load(cc(winter("1.0.0", [("int64_t", "coins"), ("int32_t", "level")]), "v1"))
+    w.set_coins(66)
+    with pytest.raises(
+        StateMigrationError,
+        match=r"HOTLOAD_MIGRATE\(coins\) of winter 2.0.0 "
+        r"returned 7 \(down=0, int64_t -> double\)",
+    ):
+        thost.reload("winter", cc(_migrating("1.0", refuse=66), "v2"), allow_signature_change=True)
+    assert w.get_coins() == 66 and [v.seq for v in thost.versions("winter")] == [1]
+
+
+NESTED_V1 = (
+    "typedef struct { int16_t hp; int32_t xp; } hero_t; HOTLOAD_STRUCT(hero_t); "
+    "HOTLOAD_FIELD(hero_t, hp, int16_t); HOTLOAD_FIELD(hero_t, xp, int32_t);"
+)
+NESTED_V2 = (
+    "typedef struct { int64_t xp; int32_t hp; int8_t mood; } hero_t; "
+    "HOTLOAD_STRUCT(hero_t); HOTLOAD_FIELD(hero_t, xp, int64_t); "
+    "HOTLOAD_FIELD(hero_t, hp, int32_t); HOTLOAD_FIELD(hero_t, mood, int8_t);"
+)
+HEROES = """
+HOTLOAD_API int64_t hero(int32_t i, int32_t which) {
+    return which ? (int64_t)state.party[i].xp : (int64_t)state.party[i].hp; }
+HOTLOAD_EXPORT(hero, int64_t, (int32_t, int32_t));
+HOTLOAD_API void set_hero(int32_t i, int64_t hp, int64_t xp) {
+    state.party[i].hp = hp; state.party[i].xp = xp; }
+HOTLOAD_EXPORT(set_hero, void, (int32_t, int64_t, int64_t));
+HOTLOAD_API int64_t leader_xp(void) { return state.leader.xp; }
+HOTLOAD_EXPORT(leader_xp, int64_t, (void));
+"""
+
+
+def test_nested_structs_and_arrays_of_structs_follow_by_field_name(
+    thost: Host, cc: Compile
+) -> None:
+    fields: Fields = [("hero_t", "leader"), ("hero_t[3]", "party"), ("int32_t", "day")]
+    w = thost.load(cc(winter("1.0.0", fields, types=NESTED_V1, extra=HEROES), "v1"))
+    for i in range(3):
+        w.set_hero(i, -100 - i, 1000 * i + 1)
+    w.set_day(4)
+    thost.reload(
+        "winter",
+        cc(winter("2.0.0", fields, types=NESTED_V2, extra=HEROES), "v2"),
+        allow_signature_change=True,
+    )
+    assert [(w.hero(i, 0), w.hero(i, 1)) for i in range(3)] == [
+        (-100, 1),
+        (-101, 1001),
+        (-102, 2001),
+    ]
+    assert w.get_day() == 4 and w.leader_xp() == 0
+
+
+def test_typed_state_plans_are_bulk_copies() -> None:
+    """An unchanged 1 MB array is one copy; a widened array is strided lane
+    copies, sign-extended; a checked narrowing names the first element that
+    does not fit."""
+    n = 1 << 18
+    old = (TypeDecl("struct", "s_t", 4 * n, 4, (Field("v", f"int32_t[{n}]", 0, 4 * n),)),)
+    new = (TypeDecl("struct", "s_t", 8 * n, 8, (Field("v", f"int64_t[{n}]", 0, 8 * n),)),)
+    so, sn = (
+        StateDecl("s_t", "hotload_state", 4 * n, 4),
+        StateDecl("s_t", "hotload_state", 8 * n, 8),
+    )
+    same = plan.make(so, old, so, old, narrow=False, versions=("1", "1"))
+    assert [(s.kind, s.swidth) for s in same.steps] == [("copy", 4 * n)]
+    up = plan.make(so, old, sn, new, narrow=False, versions=("1", "2"))
+    values = [(-1) ** i * i * 1000 for i in range(n)]
+    src = bytearray(struct.pack(f"<{n}i", *values))
+    dst = bytearray(8 * n)
+    apply.run(up, memoryview(src), memoryview(dst), lambda *a: None)
+    assert list(struct.unpack(f"<{n}q", dst)) == values
+    down = plan.make(sn, new, so, old, narrow=True, versions=("2", "1"))
+    struct.pack_into("<q", dst, 8 * 77, -(1 << 31) - 1)
+    with pytest.raises(StateMigrationError, match=r"field v\[77\] holds -2147483649"):
+        apply.run(down, memoryview(dst), memoryview(bytearray(4 * n)), lambda *a: None)
+
+
+def test_a_state_over_max_state_size_is_refused(tmp_path: Path, cc: Compile) -> None:
+    big: Fields = [("uint8_t[2097152]", "cells"), ("int32_t", "n")]
+    with Host(tmp_path / "w", max_state_size=1 << 20) as host:
+        w = host.load(cc(winter("1.0.0", big), "v1"))
+        w.set_n(5)
+        with pytest.raises(
+            StateMigrationError,
+            match=r"2097156 bytes, over the 1048576-byte "
+            r"limit \(Host\(max_state_size=...\)\)",
+        ):
+            host.reload("winter", cc(winter("2.0.0", big), "v2"))
+        assert w.get_n() == 5
+
+
+HAND_MADE = """
+#include <hotload.h>
+typedef struct { int64_t coins; } winter_state_t;
+HOTLOAD_STRUCT(winter_state_t);
+HOTLOAD_FIELD(winter_state_t, coins, int64_t);
+static winter_state_t state;
+HOTLOAD_PLUGIN("winter", "1.0.0");
+HOTLOAD_API int64_t get(void) { return state.coins; }
+HOTLOAD_EXPORT(get, int64_t, (void));
+"""
+
+
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        (
+            'HOTLOAD__RECORD_N(hotload__state, HOTLOAD__REC4("state") "winter_state_t\\x1f"'
+            ' "hotload_state", 4, 8);',
+            r"HOTLOAD_STATE\(winter_state_t, ...\) says size 4, alignment 8, but winter_state_t"
+            r" is declared with size 8, alignment 8",
+        ),
+        (
+            'HOTLOAD__RECORD_N(hotload__state, HOTLOAD__REC4("state") "nobody_t\\x1f"'
+            ' "hotload_state", 8, 8);',
+            r"nobody_t is not a struct declared with HOTLOAD_STRUCT",
+        ),
+        (
+            'HOTLOAD__RECORD(hotload__state, HOTLOAD__REC4("state") "winter_state_t\\x1f"'
+            ' "hotload_state");',
+            r"unknown descriptor record",
+        ),
+        (
+            "HOTLOAD_STATE(winter_state_t, state);"
+            'HOTLOAD__RECORD(hotload__m, HOTLOAD__REC4("migrate") "gold\\x1f"'
+            ' "hotload__migrate_gold");',
+            r"HOTLOAD_MIGRATE\(gold, ...\): winter_state_t declares no field gold",
+        ),
+        (
+            'HOTLOAD__RECORD(hotload__m, HOTLOAD__REC4("migrate") "coins\\x1f" "x");',
+            r"HOTLOAD_MIGRATE\(coins, ...\) without HOTLOAD_STATE",
+        ),
+    ],
+)
+def test_a_garbled_state_record_is_refused_before_any_code_runs(
+    thost: Host, cc: Compile, records: str, message: str
+) -> None:
+    path = cc(HAND_MADE + records + "\n", "bad")
+    with pytest.raises(DescriptorError, match=message):
+        thost.load(path)
+
+
+def test_a_state_pointer_that_is_null_refuses_the_swap(thost: Host, cc: Compile) -> None:
+    good = HAND_MADE + "HOTLOAD_STATE(winter_state_t, state);\n"
+    null = HAND_MADE + (
+        "HOTLOAD_API void *const hotload_state = 0;\n"
+        'HOTLOAD__RECORD_N(hotload__state, HOTLOAD__REC4("state") "winter_state_t\\x1f"'
+        ' "hotload_state", 8, 8);\n'
+    )
+    thost.load(cc(null, "null"))
+    with pytest.raises(
+        StateMigrationError, match=r"its hotload_state is 0x0: not a winter_state_t"
+    ):
+        thost.reload(
+            "winter", cc(good.replace('"1.0.0"', '"2.0.0"'), "good"), allow_signature_change=True
+        )
+
+
+def test_typed_state_is_refused_for_isolated_plugins(thost: Host, cc: Compile) -> None:
+    with pytest.raises(
+        StateMigrationError,
+        match=r"winter keeps its state in winter_state_t "
+        r"\(HOTLOAD_STATE\), which isolated plugins do not support yet",
+    ):
+        thost.load(cc(winter("1.0.0", V1), "v1"), isolate=True)
+
+
+def test_a_release_carries_typed_state_and_a_canary_is_refused(thost: Host, cc: Compile) -> None:
+    w = thost.load(cc(winter("1.0.0", V1), "v1"))
+    _play(w)
+    thost.reload_together(
+        {"winter": cc(winter("2.0.0", V2, init=".bonus = 2"), "v2")}, allow_signature_change=True
+    )
+    assert (w.get_level(), w.get_coins(), w.get_bonus()) == (-7, 1 << 40, 2)
+    with pytest.raises(CanaryRefusedError, match=r"hands state over"):
+        thost.canary("winter", cc(winter("3.0.0", V2), "v3"), share=0.5, key=0)
