@@ -13,12 +13,14 @@ from __future__ import annotations
 import itertools
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from .._errors import StateMigrationError
 from . import plan
 from .plan import Plan, Step
 
 _LITTLE = sys.byteorder == "little"
+_FORMAT: dict[int, Any] = {1: "B", 2: "H", 4: "I", 8: "Q"}  # item size -> memoryview format
 _SIGN = bytes(0xFF if b & 0x80 else 0 for b in range(256))  # a byte -> its sign-fill byte
 
 Call = Callable[[Step, memoryview, memoryview], None]
@@ -56,28 +58,72 @@ def _lane(buf: memoryview, start: int, count: int, stride: int) -> memoryview:
     return buf[start : start + (count - 1) * stride + 1 : stride or 1]
 
 
+def _unit(width: int, *strides: int) -> int:
+    """The widest item (8, 4, 2 or 1 bytes) that divides ``width`` and every stride."""
+    return next(k for k in (8, 4, 2, 1) if width % k == 0 and all(t % k == 0 for t in strides))
+
+
+def _chunks(
+    buf: memoryview, start: int, n: int, stride: int, width: int, k: int
+) -> list[memoryview]:
+    """Bytes [start, start + width) of each of ``n`` elements ``stride`` bytes
+    apart, as strided views of ``k``-byte items: a strided copy moves whole
+    items, so an int32_t moves as one item, not as four bytes."""
+    if n == 1:
+        return [buf[start : start + width]]
+    out = []
+    for j in range(0, width, k):
+        view = buf[start + j : start + j + (n - 1) * stride + k]
+        out.append(view.cast(_FORMAT[k])[:: stride // k] if k > 1 else view[::stride])
+    return out
+
+
+def elements(buf: memoryview, start: int, n: int, stride: int, width: int) -> list[memoryview]:
+    """``width`` bytes of each of ``n`` elements ``stride`` bytes apart, as
+    strided views (compare two lists view by view to compare the elements)."""
+    return _chunks(buf, start, n, stride, width, _unit(width, stride))
+
+
+def _move(step: Step, src: memoryview, s: int, dst: memoryview, d: int, width: int) -> None:
+    """``width`` bytes of each element from ``src`` to ``dst``."""
+    n, ss, ds = step.count, step.sstride, step.dstride
+    if n == 1 or (ss == ds == width):
+        dst[d : d + width * n] = src[s : s + width * n]
+        return
+    k = _unit(width, ss, ds)
+    for to, frm in zip(
+        _chunks(dst, d, n, ds, width, k), _chunks(src, s, n, ss, width, k), strict=True
+    ):
+        to[:] = frm
+
+
 def _lanes(step: Step, src: memoryview, dst: memoryview, s: int, d: int) -> None:
     n, sw, dw = step.count, step.swidth, step.dwidth
-    if step.kind == "copy" and (n == 1 or (step.sstride == sw and step.dstride == dw)):
-        dst[d : d + dw * n] = src[s : s + sw * n]
-        return
     if step.kind == "copy":
-        for j in range(sw):
-            _lane(dst, d + j, n, step.dstride)[:] = _lane(src, s + j, n, step.sstride)
+        _move(step, src, s, dst, d, sw)
         return
     keep = min(sw, dw)
-    # byte lanes of the value, low to high, on each side
-    slanes = range(sw) if _LITTLE else range(sw - 1, -1, -1)
+    slanes = range(sw) if _LITTLE else range(sw - 1, -1, -1)  # byte lanes, low to high
     dlanes = range(dw) if _LITTLE else range(dw - 1, -1, -1)
     top = _lane(src, s + slanes[keep - 1], n, step.sstride)
     if step.kind == "narrow":
         _check_narrow(step, src, s, slanes, keep, top)
-    for j in range(keep):
-        _lane(dst, d + dlanes[j], n, step.dstride)[:] = _lane(src, s + slanes[j], n, step.sstride)
-    if dw > sw:  # widen: the high lanes are the sign (or zero)
-        fill = bytes(top).translate(_SIGN) if step.ssigned else bytes(n)
-        for j in range(sw, dw):
-            _lane(dst, d + dlanes[j], n, step.dstride)[:] = fill
+    # the low ``keep`` bytes of each integer (at its start little-endian, at its end big-endian)
+    _move(step, src, s if _LITTLE else s + sw - keep, dst, d if _LITTLE else d + dw - keep, keep)
+    if dw <= sw:
+        return
+    fill = bytes(top).translate(_SIGN) if step.ssigned else b""
+    if not fill or fill.count(0) == n:  # no negative value: the high bytes are zero
+        high, width = (d + sw) if _LITTLE else d, dw - sw
+        if n == 1:
+            dst[high : high + width] = bytes(width)
+            return
+        k = _unit(width, step.dstride)
+        for view in _chunks(dst, high, n, step.dstride, width, k):
+            view[:] = memoryview(bytes(n * k)).cast(_FORMAT[k])
+        return
+    for j in range(sw, dw):  # some negative: each high byte lane is the sign
+        _lane(dst, d + dlanes[j], n, step.dstride)[:] = fill
 
 
 def _check_narrow(
