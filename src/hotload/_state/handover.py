@@ -97,7 +97,9 @@ def between(old: Image, new: Image, *, down: bool) -> Plan | None:
             versions=(old.version, new.version),
         )
     except StateMigrationError as exc:
-        raise StateMigrationError(f"{_who(new)}: {exc}") from None
+        raise StateMigrationError(
+            f"{_who(new)}: {exc} (before the switch; the running version keeps serving)"
+        ) from None
 
 
 def prove(
