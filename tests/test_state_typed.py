@@ -103,6 +103,8 @@ def test_kept_fields_keep_their_value_widened_new_ones_start_at_their_default(
     assert (w.get_level(), w.get_coins(), w.get_bonus()) == (-7, 1 << 40, 5)
     assert [w.at_bag(i) for i in range(6)] == [65535, 0, 0, 9, 1, 1]  # grown: the rest default
     assert "2.0.0 drops field(s) old" in caplog.text
+    entry = thost.journal("winter")[-1]
+    assert (entry.kind, entry.detail) == ("reload", "state: new bonus; dropped old")
     assert re.search(
         r"migrated 32 bytes to 2.0.0 in [\d.]+ ms \(\d step\(s\); new: bonus; "
         r"dropped: old\)",
@@ -381,6 +383,21 @@ def test_a_state_pointer_that_is_null_refuses_the_swap(thost: Host, cc: Compile)
         thost.reload(
             "winter", cc(good.replace('"1.0.0"', '"2.0.0"'), "good"), allow_signature_change=True
         )
+
+
+def test_inspect_shows_the_state_and_its_migrations(cc: Compile) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "hotload", "inspect", str(cc(_migrating("1.0"), "v2"))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "(ABI 4)" in out
+    assert "  state     winter_state_t (16 bytes, HOTLOAD_STATE); migrates coins" in out
 
 
 def test_typed_state_is_refused_for_isolated_plugins(thost: Host, cc: Compile) -> None:

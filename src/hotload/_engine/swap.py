@@ -464,8 +464,11 @@ class Swapper:
     def _note(
         self, kind: str, name: str, old: Version | None, new: Version | None, detail: str = ""
     ) -> None:
-        """A change of what serves ``name``, in the journal."""
+        """A change of what serves ``name``, in the journal (with what a typed state
+        dropped and gained on the way)."""
         img = (new or old).image  # type: ignore[union-attr]
+        if kind in ("reload", "rollback", "release") and new is not None:
+            detail = "; ".join(x for x in (detail, handover.summary(new.image)) if x)
         self._journal.record(
             kind,
             name,

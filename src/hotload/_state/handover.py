@@ -166,6 +166,16 @@ def migrate(old: Image, new: Image, how: Plan) -> None:
     )
 
 
+def summary(image: Image) -> str:
+    """What the typed state did on the way to ``image``, for the journal ("" if nothing)."""
+    how = image.state_plan
+    if not isinstance(how, Plan):
+        return ""
+    return (
+        f"state: new {', '.join(how.added) or 'none'}; dropped {', '.join(how.removed) or 'none'}"
+    )
+
+
 def _wrapped(fn: Callable[[], None], new: Image, when: str) -> None:
     try:
         fn()
