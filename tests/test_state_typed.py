@@ -14,6 +14,7 @@ import pytest
 
 from hotload import CanaryRefusedError, DescriptorError, Host, StateMigrationError
 from hotload._artifact.descriptor import Field, StateDecl, TypeDecl
+from hotload._errors import HookTimeoutError
 from hotload._state import apply, plan
 
 from conftest import Compile
@@ -416,5 +417,28 @@ def test_a_release_carries_typed_state_and_a_canary_is_refused(thost: Host, cc: 
         {"winter": cc(winter("2.0.0", V2, init=".bonus = 2"), "v2")}, allow_signature_change=True
     )
     assert (w.get_level(), w.get_coins(), w.get_bonus()) == (-7, 1 << 40, 2)
+    w.set_level(5)
+    thost.rollback_together()  # down: level int64_t -> int32_t, checked (5 fits)
+    assert (w.get_level(), w.get_coins(), w.get_old()) == (5, 1 << 40, 0)
+    thost.reload_together({"winter": cc(winter("2.0.0", V2), "v2")}, allow_signature_change=True)
     with pytest.raises(CanaryRefusedError, match=r"hands state over"):
         thost.canary("winter", cc(winter("3.0.0", V2), "v3"), share=0.5, key=0)
+
+
+def test_a_migration_function_that_never_returns_refuses_the_swap(
+    tmp_path: Path, cc: Compile
+) -> None:
+    """Bounded by hook_timeout: the swap is refused, the old version serves
+    on; the stuck build stays loaded (a thread is still inside it)."""
+    hang = _migrating("1.0").replace("    return 0;\n}", "    for (;;) sleep(1);\n}")
+    hang = "#include <unistd.h>\n" + hang
+    with Host(tmp_path / "w", hook_timeout=0.5, preflight_timeout=30) as host:
+        w = host.load(cc(winter("1.0.0", [("int64_t", "coins"), ("int32_t", "level")]), "v1"))
+        w.set_coins(9)
+        with pytest.raises(
+            HookTimeoutError,
+            match=r"HOTLOAD_MIGRATE of winter 2.0.0 did not "
+            r"return within 0.5 s",
+        ):
+            host.reload("winter", cc(hang, "v2"), allow_signature_change=True)
+        assert w.get_coins() == 9 and [v.seq for v in host.versions("winter")] == [1]
