@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hotload import CanaryRefusedError, DescriptorError, Host, StateMigrationError
+from hotload import BuildError, CanaryRefusedError, DescriptorError, Host, StateMigrationError
+from hotload._artifact.builder import compile_plugin
 from hotload._artifact.descriptor import Field, StateDecl, TypeDecl
 from hotload._errors import HookTimeoutError
 from hotload._state import apply, plan
@@ -401,6 +402,36 @@ def test_inspect_shows_the_state_and_its_migrations(cc: Compile) -> None:
     assert "  state     winter_state_t (16 bytes, HOTLOAD_STATE); migrates coins" in out
 
 
+LYING = """
+#include <hotload.h>
+typedef struct { int64_t coins; } winter_state_t;
+HOTLOAD__RECORD_N(hotload__struct_winter_state_t, HOTLOAD__REC2("struct") "winter_state_t",
+                  60000000, 8);
+HOTLOAD_FIELD(winter_state_t, coins, int64_t);
+static winter_state_t state;
+HOTLOAD_API void *const hotload_state = &state;
+HOTLOAD__RECORD_N(hotload__state, HOTLOAD__REC4("state") "winter_state_t\\x1f" "hotload_state",
+                  60000000, 8);
+HOTLOAD_PLUGIN("winter", "1.0.0");
+HOTLOAD_API int64_t get(void) { return state.coins; }
+HOTLOAD_EXPORT(get, int64_t, (void));
+"""
+
+
+def test_a_state_record_bigger_than_its_variable_refuses_the_swap(thost: Host, cc: Compile) -> None:
+    """A hand-made record (the macro cannot lie) declares 60 MB over an 8-byte
+    variable: the proof copies it through the kernel and refuses, no fault."""
+    w = thost.load(cc(LYING, "lying"))
+    good = HAND_MADE.replace('"1.0.0"', '"2.0.0"') + "HOTLOAD_STATE(winter_state_t, state);\n"
+    with pytest.raises(
+        StateMigrationError,
+        match=r"1.0.0's state at 0x[0-9a-f]+ \(60000000 "
+        r"bytes\) cannot be read \(Bad address",
+    ):
+        thost.reload("winter", cc(good, "good"), allow_signature_change=True)
+    assert w.get() == 0 and [v.seq for v in thost.versions("winter")] == [1]
+
+
 def test_typed_state_is_refused_for_isolated_plugins(thost: Host, cc: Compile) -> None:
     with pytest.raises(
         StateMigrationError,
@@ -442,3 +473,15 @@ def test_a_migration_function_that_never_returns_refuses_the_swap(
         ):
             host.reload("winter", cc(hang, "v2"), allow_signature_change=True)
         assert w.get_coins() == 9 and [v.seq for v in host.versions("winter")] == [1]
+
+
+def test_a_const_state_does_not_compile(tmp_path: Path) -> None:
+    """The host writes the state at a swap: a const one (in read-only memory)
+    is a compile error naming it."""
+    src = tmp_path / "const.c"
+    src.write_text(
+        HAND_MADE.replace("static winter_state_t", "static const winter_state_t")
+        + "HOTLOAD_STATE(winter_state_t, state);\n"
+    )
+    with pytest.raises(BuildError, match=r"state is not a \(non-const\) variable of type"):
+        compile_plugin(src, tmp_path / "const.so")

@@ -467,9 +467,10 @@ typedef int (*hotload_migrate_fn)(int down, const void *from, size_t from_size, 
                                   size_t to_size);
 
 #define HOTLOAD_STATE(T, var) \
-    HOTLOAD__ASSERT(HOTLOAD__SAME_TYPE(var, T), \
-                    "HOTLOAD_STATE(" #T ", " #var "): " #var " is not a variable of type " #T); \
-    HOTLOAD_API void *const hotload_state = (void *)&(var); \
+    HOTLOAD__ASSERT(HOTLOAD__SAME_TYPE(&(var), T *), \
+                    "HOTLOAD_STATE(" #T ", " #var "): " #var " is not a (non-const) variable " \
+                    "of type " #T); \
+    HOTLOAD_API void *const hotload_state = &(var); \
     HOTLOAD__RECORD_N(hotload__state, HOTLOAD__REC4("state") #T "\x1f" "hotload_state", \
                       sizeof(var), HOTLOAD__ALIGNOF(T))
 

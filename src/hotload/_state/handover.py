@@ -27,7 +27,7 @@ from .._artifact import signatures
 from .._artifact.descriptor import Descriptor, StateDecl
 from .._artifact.loader import Image
 from .._errors import StateMigrationError
-from .._platform import dl
+from .._platform import dl, proc
 from . import apply, plan
 from .plan import Plan, Step
 
@@ -71,6 +71,20 @@ def live(image: Image) -> memoryview:
             f"{decl.type} the host can use"
         )
     return memoryview(ffi.buffer(ptr, decl.size))
+
+
+def _readable(image: Image) -> bytes:
+    """A copy of the image's state, through the kernel (an unreadable range is a
+    refusal naming it, never a crash)."""
+    view = live(image)
+    at = int(signatures.ffi.cast("uintptr_t", signatures.ffi.from_buffer(view)))
+    try:
+        return proc.read_memory(at, len(view))
+    except OSError as exc:
+        raise StateMigrationError(
+            f"{_who(image)}: {image.version}'s state at 0x{at:x} ({len(view)} bytes) cannot be "
+            f"read ({exc.strerror}): its HOTLOAD_STATE record disagrees with its variable"
+        ) from None
 
 
 def between(old: Image, new: Image, *, down: bool) -> Plan | None:
@@ -121,11 +135,15 @@ def prove(
     assert back is not None
 
     def trip() -> None:
-        orig = bytes(live(old))
+        # both states copied through the kernel first: a range that a hand-made record
+        # declares bigger than the variable is an error here, not a fault at the switch
+        orig = _readable(old)
+        first = _readable(new)
         target = live(new)
         # the new build's initial values matter only to a migration function (its `to`);
         # else a zeroed buffer will do: the way back reads only what the way there wrote
-        there = bytearray(target) if fwd.calls else bytearray(fwd.dst_size)
+        there = bytearray(first) if fwd.calls else bytearray(fwd.dst_size)
+        del first
         apply.run(fwd, memoryview(orig), memoryview(there), _caller(old, new))
         again = bytearray(fwd.src_size)
         apply.run(back, memoryview(there), memoryview(again), _caller(new, old))
@@ -135,7 +153,7 @@ def prove(
         target[::_PAGE] = bytes(target[::_PAGE])
 
     t0 = time.perf_counter()
-    _wrapped(lambda: run(trip) if fwd.calls or back.calls else trip(), new, "the proof")
+    _wrapped(lambda: run(trip) if fwd.calls or back.calls else trip(), new, "the proof", old)
     log.info(
         "%s: %s -> %s -> %s proven on a copy of %d bytes in %.1f ms",
         _who(new),
@@ -153,7 +171,9 @@ def prove(
 def migrate(old: Image, new: Image, how: Plan) -> None:
     """Carry the live state from ``old``'s variable into ``new``'s."""
     t0 = time.perf_counter()
-    _wrapped(lambda: apply.run(how, live(old), live(new), _caller(old, new)), new, "the switch")
+    _wrapped(
+        lambda: apply.run(how, live(old), live(new), _caller(old, new)), new, "the switch", old
+    )
     log.info(
         "%s: migrated %d bytes to %s in %.1f ms (%d step(s); new: %s; dropped: %s)",
         _who(new),
@@ -176,12 +196,12 @@ def summary(image: Image) -> str:
     )
 
 
-def _wrapped(fn: Callable[[], None], new: Image, when: str) -> None:
+def _wrapped(fn: Callable[[], None], new: Image, when: str, old: Image) -> None:
     try:
         fn()
     except StateMigrationError as exc:
         text = str(exc)
-        if not text.startswith(new.source):
+        if not text.startswith((new.source, old.source)):
             text = f"{_who(new)}: {text}"
         raise StateMigrationError(f"{text} ({when}; the running version keeps serving)") from None
 
