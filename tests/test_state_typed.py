@@ -211,6 +211,22 @@ def test_a_migration_function_converts_up_and_down(thost: Host, cc: Compile) -> 
     assert w.get_coins() == 15 and w.get_level() == 3
 
 
+def test_a_migration_runs_only_where_the_type_changed_and_only_the_newer_builds(
+    thost: Host, cc: Compile
+) -> None:
+    """v3 keeps v2's HOTLOAD_MIGRATE(coins) (written for int64_t -> double) but
+    not the change: coins is copied, never run through it; a rollback to v2
+    does not use v2's function either (it converts from v1's layout)."""
+    w = thost.load(cc(winter("1.0.0", [("int64_t", "coins"), ("int32_t", "level")]), "v1"))
+    w.set_coins(15)
+    thost.reload("winter", cc(_migrating("100.0"), "v2"), allow_signature_change=True)
+    v3 = _migrating("100.0").replace('"2.0.0"', '"3.0.0"')
+    thost.reload("winter", cc(v3, "v3"))
+    assert w.coins_now() == 1500.0
+    thost.rollback("winter")
+    assert w.coins_now() == 1500.0
+
+
 def test_a_migration_that_loses_a_value_is_refused_with_the_first_differing_field(
     thost: Host, cc: Compile
 ) -> None:

@@ -458,8 +458,9 @@ static inline int hotload_in_preflight(void)
  *   converts the top-level state field `field` between this version's type
  *   and the other version's: down == 0 from the version replaced (upgrade),
  *   down == 1 to the version this one is replaced by (a rollback: the newer
- *   build knows both layouts, Erlang's {down, Vsn}).  `to` holds the target's
- *   initial value.  Return 0; anything else refuses the swap (the running
+ *   build knows both layouts, Erlang's {down, Vsn}).  Only the newer build's
+ *   function is used, and only when the field's declared type differs between
+ *   the two builds.  `to` holds the target's initial value.  Return 0; anything else refuses the swap (the running
  *   version keeps serving).  The host runs it on copies first (the proof),
  *   then on the live state during the switch.  In process a crash in it
  *   cannot be caught: it is plugin code, as on_load is. */

@@ -87,8 +87,10 @@ def _readable(image: Image) -> bytes:
         ) from None
 
 
-def between(old: Image, new: Image, *, down: bool) -> Plan | None:
-    """The plan from ``old``'s state to ``new``'s (None: nothing to carry)."""
+def between(old: Image, new: Image, *, down: bool, newer_is_new: bool | None = None) -> Plan | None:
+    """The plan from ``old``'s state to ``new``'s (None: nothing to carry).
+    ``down``: a rollback, whose narrowings are checked value by value; the
+    newer build (whose migration functions count) is ``new`` unless ``down``."""
     ostate, nstate = declared(old.descriptor), declared(new.descriptor)
     if ostate is None or nstate is None:
         if ostate is not None:
@@ -108,6 +110,7 @@ def between(old: Image, new: Image, *, down: bool) -> Plan | None:
             nstate,
             new.descriptor.types,
             narrow=down,
+            newer_is_new=not down if newer_is_new is None else newer_is_new,
             versions=(old.version, new.version),
         )
     except StateMigrationError as exc:
@@ -131,7 +134,7 @@ def prove(
                 f"{_who(image)}: the state is {size} bytes, over the {max_size}-byte limit "
                 f"(Host(max_state_size=...))"
             )
-    back = between(new, old, down=True)
+    back = between(new, old, down=True, newer_is_new=down)  # the same newer build
     assert back is not None
 
     def trip() -> None:

@@ -106,14 +106,20 @@ def make(
     new_types: tuple[TypeDecl, ...],
     *,
     narrow: bool,
+    newer_is_new: bool = True,
     versions: tuple[str, str],
 ) -> Plan:
     """The plan from ``old``'s state to ``new``'s.  ``narrow``: a narrowing is
     allowed and checked value by value (a rollback, the proof's way back).
-    A field either side migrates (``HOTLOAD_MIGRATE``) is the new side's call
-    (down=0) or else the old side's (down=1): the newer build knows both."""
+
+    A field whose declared type differs is converted by the newer build's
+    ``HOTLOAD_MIGRATE`` function when it has one (the newer build knows both
+    layouts, as in Erlang): ``newer_is_new`` says which side that is, and the
+    call gets down=0 when the newer build is the target, down=1 when it is
+    the source (a rollback, or the proof's way back).  The older build's
+    function is never used: it converts from a layout older still."""
     try:
-        return _make(old, old_types, new, new_types, narrow, versions)
+        return _make(old, old_types, new, new_types, narrow, newer_is_new, versions)
     except _Refused as why:
         raise StateMigrationError(str(why)) from None
 
@@ -129,6 +135,7 @@ def _make(
     new: StateDecl,
     new_types: tuple[TypeDecl, ...],
     narrow: bool,
+    newer_is_new: bool,
     versions: tuple[str, str],
 ) -> Plan:
     ctx = _Ctx(old_types, new_types, narrow, versions)
@@ -138,16 +145,16 @@ def _make(
             f"the state type changed from {old.type} (version {versions[0]}) to {new.type} "
             f"(version {versions[1]}); keep the name and change its fields"
         )
-    mine, theirs = dict(new.migrations), dict(old.migrations)
+    newer = dict(new.migrations if newer_is_new else old.migrations)
+    side = "new" if newer_is_new else "old"
     steps: list[Step] = []
     olds = {f.name: f for f in odecl.fields}
     for nf in ndecl.fields:
         of = olds.get(nf.name)
         if of is None:
             ctx.added.append(nf.name)
-        elif nf.name in mine or nf.name in theirs:
-            side = "new" if nf.name in mine else "old"
-            fn = (mine if side == "new" else theirs)[nf.name]
+        elif nf.name in newer and _retyped(of, nf, ctx):
+            fn = newer[nf.name]
             steps.append(
                 Step(
                     "call",
@@ -257,6 +264,16 @@ def _struct(path: str, od: TypeDecl, nd: TypeDecl, ctx: _Ctx) -> list[Step]:
     kept = {n.name for n in nd.fields}
     ctx.removed += [f"{path}.{f.name}" for f in od.fields if f.name not in kept]
     return steps
+
+
+def _retyped(of: Field, nf: Field, ctx: _Ctx) -> bool:
+    """Whether a kept field's declared type (or the layout of its struct) changed."""
+    base, _ = _split(of.ctype)
+    return (
+        _norm(of.ctype) != _norm(nf.ctype)
+        or of.size != nf.size
+        or (base in ctx.old and ctx.old[base].kind == "struct" and not _same(base, ctx))
+    )
 
 
 def _same(name: str, ctx: _Ctx) -> bool:
