@@ -501,3 +501,49 @@ def test_a_const_state_does_not_compile(tmp_path: Path) -> None:
     )
     with pytest.raises(BuildError, match=r"state is not a \(non-const\) variable of type"):
         compile_plugin(src, tmp_path / "const.so")
+
+
+MIXED = """
+typedef enum { QUEST_NONE, QUEST_DAILY = 5 } quest_t;
+HOTLOAD_ENUM(quest_t);
+HOTLOAD_ENUMERATOR(quest_t, QUEST_NONE);
+HOTLOAD_ENUMERATOR(quest_t, QUEST_DAILY);
+"""
+PEEK = """
+#include <string.h>
+HOTLOAD_API int64_t peek(int32_t what) {
+    switch (what) {
+    case 0: return state.quest;
+    case 1: return state.grid[1][2];
+    case 2: return (int64_t)strlen(state.name);
+    case 3: return (int64_t)(state.speed * 4);
+    default: return state.on;
+    } }
+HOTLOAD_EXPORT(peek, int64_t, (int32_t));
+HOTLOAD_API void poke(void) {
+    state.quest = QUEST_DAILY; state.grid[1][2] = -9; strcpy(state.name, "frost");
+    state.speed = 2.25f; state.on = 1; }
+HOTLOAD_EXPORT(poke, void, (void));
+"""
+
+
+def test_enums_2d_arrays_strings_floats_and_bools_are_copied(thost: Host, cc: Compile) -> None:
+    v1: Fields = [
+        ("quest_t", "quest"),
+        ("int16_t[2][3]", "grid"),
+        ("char[16]", "name"),
+        ("float", "speed"),
+        ("bool", "on"),
+    ]
+    v2: Fields = [
+        ("quest_t", "quest"),
+        ("int16_t[4][3]", "grid"),
+        ("char[32]", "name"),
+        ("float", "speed"),
+        ("bool", "on"),
+    ]
+    head = "#include <stdbool.h>\n" + MIXED
+    w = thost.load(cc(winter("1.0.0", v1, types=head, extra=PEEK), "v1"))
+    w.poke()
+    thost.reload("winter", cc(winter("2.0.0", v2, types=head, extra=PEEK), "v2"))
+    assert [w.peek(i) for i in range(5)] == [5, -9, 5, 9, 1]
