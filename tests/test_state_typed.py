@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import re
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -297,7 +298,13 @@ def test_nested_structs_and_arrays_of_structs_follow_by_field_name(
     assert w.get_day() == 4 and w.leader_xp() == 0
 
 
-def test_typed_state_plans_are_bulk_copies() -> None:
+PATHS = [pytest.param(None, id="memoryview")] + (
+    [pytest.param(apply.NATIVE, id="compiled")] if apply.NATIVE is not None else []
+)
+
+
+@pytest.mark.parametrize("native", PATHS)
+def test_typed_state_plans_are_bulk_copies(native: object) -> None:
     """An unchanged 1 MB array is one copy; a widened array is strided lane
     copies, sign-extended; a checked narrowing names the first element that
     does not fit."""
@@ -314,12 +321,12 @@ def test_typed_state_plans_are_bulk_copies() -> None:
     values = [(-1) ** i * i * 1000 for i in range(n)]
     src = bytearray(struct.pack(f"<{n}i", *values))
     dst = bytearray(8 * n)
-    apply.run(up, memoryview(src), memoryview(dst), lambda *a: None)
+    apply.run(up, memoryview(src), memoryview(dst), lambda *a: None, native)
     assert list(struct.unpack(f"<{n}q", dst)) == values
     down = plan.make(sn, new, so, old, narrow=True, versions=("2", "1"))
     struct.pack_into("<q", dst, 8 * 77, -(1 << 31) - 1)
     with pytest.raises(StateMigrationError, match=r"field v\[77\] holds -2147483649"):
-        apply.run(down, memoryview(dst), memoryview(bytearray(4 * n)), lambda *a: None)
+        apply.run(down, memoryview(dst), memoryview(bytearray(4 * n)), lambda *a: None, native)
 
 
 def test_a_state_over_max_state_size_is_refused(tmp_path: Path, cc: Compile) -> None:
@@ -547,3 +554,71 @@ def test_enums_2d_arrays_strings_floats_and_bools_are_copied(thost: Host, cc: Co
     w.poke()
     thost.reload("winter", cc(winter("2.0.0", v2, types=head, extra=PEEK), "v2"))
     assert [w.peek(i) for i in range(5)] == [5, -9, 5, 9, 1]
+
+
+INTS = [f"{u}int{b}_t" for u in ("", "u") for b in (8, 16, 32, 64)]
+
+
+@pytest.mark.parametrize("native", PATHS)
+def test_every_integer_pair_widens_and_narrows_value_by_value(native: object) -> None:
+    """Each pair of integer types, in an array of 3-field structs (strided):
+    the values that fit come through as Python ints would say, the first that
+    does not names its element; both paths (compiled, memoryview) agree."""
+    import random
+
+    rng = random.Random(23)
+    n = 257
+    for a in INTS:
+        for b in INTS:
+            (aw, asg), (bw, bsg) = plan.integer(a), plan.integer(b)  # type: ignore[misc]
+            alo, ahi = (
+                (-(1 << (8 * aw - 1)), (1 << (8 * aw - 1)) - 1) if asg else (0, (1 << 8 * aw) - 1)
+            )
+            blo, bhi = (
+                (-(1 << (8 * bw - 1)), (1 << (8 * bw - 1)) - 1) if bsg else (0, (1 << 8 * bw) - 1)
+            )
+            lo, hi = max(alo, blo), min(ahi, bhi)
+            if lo > hi:
+                continue
+            values = [rng.choice((lo, hi, 0, rng.randint(lo, hi))) for _ in range(n)]
+            ostride, nstride = 8 + aw * 2, 8 + bw * 2
+            old = (
+                TypeDecl("struct", "e_t", ostride, 1, (Field("v", a, 8, aw),)),
+                TypeDecl(
+                    "struct", "s_t", ostride * n, 1, (Field("e", f"e_t[{n}]", 0, ostride * n),)
+                ),
+            )
+            new = (
+                TypeDecl("struct", "e_t", nstride, 1, (Field("v", b, 8, bw),)),
+                TypeDecl(
+                    "struct", "s_t", nstride * n, 1, (Field("e", f"e_t[{n}]", 0, nstride * n),)
+                ),
+            )
+            so = StateDecl("s_t", "hotload_state", ostride * n, 1)
+            sn = StateDecl("s_t", "hotload_state", nstride * n, 1)
+            how = plan.make(so, old, sn, new, narrow=True, versions=("1", "2"))
+            src = bytearray(ostride * n)
+            for i, v in enumerate(values):
+                src[i * ostride + 8 : i * ostride + 8 + aw] = v.to_bytes(
+                    aw, sys.byteorder, signed=asg
+                )
+            dst = bytearray(nstride * n)
+            apply.run(how, memoryview(src), memoryview(dst), lambda *x: None, native)
+            got = [
+                int.from_bytes(
+                    dst[i * nstride + 8 : i * nstride + 8 + bw], sys.byteorder, signed=bsg
+                )
+                for i in range(n)
+            ]
+            assert got == values, (a, b)
+            out = alo if alo < blo else (ahi if ahi > bhi else None)
+            if out is not None:  # one value b cannot hold, at element 100
+                src[100 * ostride + 8 : 100 * ostride + 8 + aw] = out.to_bytes(
+                    aw, sys.byteorder, signed=asg
+                )
+                with pytest.raises(
+                    StateMigrationError,
+                    match=rf"field e\[100\]\.v holds {out}, which "
+                    rf"does not fit {b} \(from {a}\)",
+                ):
+                    apply.run(how, memoryview(src), memoryview(dst), lambda *x: None, native)

@@ -11,6 +11,7 @@ repetitions of an array of structs whose layout changed loop in Python.
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,9 +27,26 @@ _SIGN = bytes(0xFF if b & 0x80 else 0 for b in range(256))  # a byte -> its sign
 Call = Callable[[Step, memoryview, memoryview], None]
 
 
-def run(plan: Plan, src: memoryview, dst: memoryview, call: Call) -> None:
+def _native() -> Any:
+    """The compiled loop (``_convert.c``), unless it was not built or
+    ``HOTLOAD_PURE_PYTHON=1`` asks for the memoryview fallback."""
+    if os.environ.get("HOTLOAD_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from . import _convert
+    except ImportError:
+        return None
+    return _convert
+
+
+#: The compiled integer loop, or None (strided memoryview copies).
+NATIVE = _native()
+
+
+def run(plan: Plan, src: memoryview, dst: memoryview, call: Call, native: Any = NATIVE) -> None:
     """Apply ``plan`` from ``src`` (the old layout) into ``dst`` (the new one).
-    Bytes the plan does not write keep their value in ``dst``."""
+    Bytes the plan does not write keep their value in ``dst``.  ``native``:
+    the compiled loop for integers that change width (None: the fallback)."""
     if len(src) < plan.src_size or len(dst) < plan.dst_size:
         raise StateMigrationError(
             f"a state buffer is smaller than its type ({len(src)} < {plan.src_size} or "
@@ -38,6 +56,8 @@ def run(plan: Plan, src: memoryview, dst: memoryview, call: Call) -> None:
         for s, d in bases(step):
             if step.kind == "call":
                 call(step, src[s : s + step.swidth], dst[d : d + step.dwidth])
+            elif native is not None and step.kind != "copy":
+                _native_step(native, step, src, dst, s, d)
             else:
                 _lanes(step, src, dst, s, d)
 
@@ -97,6 +117,35 @@ def _move(step: Step, src: memoryview, s: int, dst: memoryview, d: int, width: i
         to[:] = frm
 
 
+def _native_step(native: Any, step: Step, src: memoryview, dst: memoryview, s: int, d: int) -> None:
+    n, sw, dw = step.count, step.swidth, step.dwidth
+    bad = native.convert(
+        dst,
+        d,
+        step.dstride,
+        dw,
+        step.dsigned,
+        src,
+        s,
+        step.sstride,
+        sw,
+        step.ssigned,
+        n,
+        step.kind == "narrow",
+    )
+    if bad >= 0:
+        at = s + bad * step.sstride
+        _misfit(step, src, at, bad if n > 1 else None)
+
+
+def _misfit(step: Step, src: memoryview, at: int, index: int | None) -> None:
+    value = int.from_bytes(bytes(src[at : at + step.swidth]), sys.byteorder, signed=step.ssigned)
+    where = plan.at(step.path, index) if index is not None else step.path
+    raise StateMigrationError(
+        f"field {where} holds {value}, which does not fit {step.types[1]} (from {step.types[0]})"
+    )
+
+
 def _lanes(step: Step, src: memoryview, dst: memoryview, s: int, d: int) -> None:
     n, sw, dw = step.count, step.swidth, step.dwidth
     if step.kind == "copy":
@@ -145,11 +194,4 @@ def _check_narrow(
     for got, expect in checks:
         if got != expect:
             first = next(k for k in range(n) if got[k] != expect[k])
-            at = s + first * step.sstride
-            raw = bytes(src[at : at + step.swidth])
-            value = int.from_bytes(raw, sys.byteorder, signed=step.ssigned)
-            where = plan.at(step.path, first) if n > 1 else step.path
-            raise StateMigrationError(
-                f"field {where} holds {value}, which does not fit {step.types[1]} "
-                f"(from {step.types[0]})"
-            )
+            _misfit(step, src, s + first * step.sstride, first if n > 1 else None)
