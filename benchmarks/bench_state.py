@@ -21,6 +21,7 @@ from typing import Any
 
 from hotload import Host
 from hotload._artifact.builder import compile_plugin
+from hotload._state import apply
 
 from common import limit_row, scratch, text_row
 
@@ -136,7 +137,8 @@ def report(r: dict[str, Any]) -> list[str]:
         ),
         text_row("the whole reload or rollback, median", f"{med(same['total']):.0f} ms"),
         text_row(
-            "100 MB int32_t[25M] widened to int64_t at the switch, median",
+            f"100 MB int32_t[25M] widened to int64_t at the switch ("
+            f"{'compiled' if apply.NATIVE is not None else 'memoryview'} loop), median",
             f"{med(wide['switch']):.1f} ms (proof {med(wide['proof']):.1f} ms)",
         ),
     ]
