@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed
 
 all: plugins
 
-$(STAMP): pyproject.toml setup.py src/hotload/_engine/_crouter.c
+$(STAMP): pyproject.toml setup.py src/hotload/_engine/_crouter.c src/hotload/_state/_convert.c
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
 	$(VPY) -m pip install --quiet -e '.[test]'

@@ -13,6 +13,8 @@ the checkout's ``native/`` directly.  All metadata stays in pyproject.toml.
 is optional: without a working C compiler the build prints a warning and the
 package installs anyway, with the Python router (``hotload info`` says which
 one runs).  ``HOTLOAD_PURE_PYTHON=1`` at build time skips it altogether.
+``hotload._state._convert`` (``src/hotload/_state/_convert.c``) is optional the
+same way: one loop for a typed state's integer array whose type changed.
 """
 
 import os
@@ -43,6 +45,11 @@ CROUTER = Extension(
     sources=["src/hotload/_engine/_crouter.c"],
     optional=True,  # no compiler: install with the Python router
 )
+CONVERT = Extension(
+    "hotload._state._convert",
+    sources=["src/hotload/_state/_convert.c"],
+    optional=True,  # no compiler: typed state widens arrays with memoryview copies
+)
 PURE = os.environ.get("HOTLOAD_PURE_PYTHON", "") not in ("", "0")
 
-setup(cmdclass={"build_py": BuildPyWithSdk}, ext_modules=[] if PURE else [CROUTER])
+setup(cmdclass={"build_py": BuildPyWithSdk}, ext_modules=[] if PURE else [CROUTER, CONVERT])

@@ -420,7 +420,7 @@ def test_one_abi_number_across_c_and_python(tmp_path: Path) -> None:
     """``HOTLOAD_ABI_VERSION`` in the header the package ships is
     ``hotload.ABI_VERSION``; a plugin's base records are stamped 1 (an ABI 1
     host still loads it), its contract records 2 and the side-by-side flag
-    with the header's number (3)."""
+    3 (ABI 4 added the typed state records)."""
     import re
 
     import hotload
@@ -444,4 +444,5 @@ def test_one_abi_number_across_c_and_python(tmp_path: Path) -> None:
     stamps = {kind.decode(): int(abi) for _, abi, kind in records}
     assert stamps["plugin"] == stamps["export"] == 1
     assert stamps["import"] == 2
-    assert stamps["side_by_side"] == hotload.ABI_VERSION == 3
+    assert stamps["side_by_side"] == 3
+    assert hotload.ABI_VERSION == 4  # HOTLOAD_STATE / HOTLOAD_MIGRATE (tests/test_state_typed.py)

@@ -32,10 +32,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HOTLOAD_ABI_VERSION 3
+#define HOTLOAD_ABI_VERSION 4
 /* Each record is stamped with the oldest ABI that has it: the records of the
  * plugin-host contract (HOTLOAD_IMPORT, HOTLOAD_STRUCT, HOTLOAD_FIELD,
- * HOTLOAD_ENUM...) came with ABI 2, HOTLOAD_SIDE_BY_SIDE with ABI 3, so an
+ * HOTLOAD_ENUM...) came with ABI 2, HOTLOAD_SIDE_BY_SIDE with ABI 3, the typed
+ * state records (HOTLOAD_STATE, HOTLOAD_MIGRATE) with ABI 4, so an
  * older host refuses a plugin that uses them, saying both numbers; every
  * other record is stamped 1, so a plugin that uses none of them still loads
  * in an ABI 1 host. */
@@ -120,6 +121,7 @@ typedef void (*hotload__any_fn)(void);
 #define HOTLOAD__REC(kind) "hotload\x1f" HOTLOAD__STR(HOTLOAD__ABI_BASE) "\x1f" kind "\x1f"
 #define HOTLOAD__REC2(kind) "hotload\x1f" "2" "\x1f" kind "\x1f"
 #define HOTLOAD__REC3(kind) "hotload\x1f" "3" "\x1f" kind "\x1f"
+#define HOTLOAD__REC4(kind) "hotload\x1f" "4" "\x1f" kind "\x1f"
 
 #if defined(_MSC_VER) && !defined(__clang__)
 #  pragma section(".hotload", read)
@@ -423,5 +425,64 @@ static inline int hotload_in_preflight(void)
 #define HOTLOAD_ENUMERATOR(T, name) \
     HOTLOAD__RECORD_N(HOTLOAD__CAT(hotload__enumerator_, HOTLOAD__CAT(T, HOTLOAD__CAT(__, name))), \
                       HOTLOAD__REC2("enumerator") #T "\x1f" #name, (T)(name), 0)
+
+/* ---- typed state (ABI 4) -----------------------------------------------------
+ *
+ * HOTLOAD_STATE(T, var)
+ *
+ * Declares that the plugin keeps its state in `var`, a variable of the struct
+ * type T declared with HOTLOAD_STRUCT/HOTLOAD_FIELD above.  The host then
+ * carries the state across a reload or a rollback by field name, with no
+ * on_unload/on_load code: a field kept keeps its value (widened when its
+ * integer type grew: int32_t -> int64_t, uint16_t -> uint32_t or int32_t; a
+ * fixed array may grow), a new field keeps the value `var` has when the new
+ * build opens (its C initializer: that is how a default is declared; zero
+ * without one), a removed field is dropped and reported in the host's log.
+ * A field whose type changed any other way (a narrowing, a sign change, float
+ * to int, a shorter array) refuses the build before it serves, unless one of
+ * the two versions exports a migration for it (HOTLOAD_MIGRATE).  Before the
+ * switch the host proves the migration on a copy: old -> new -> old must give
+ * back every kept field, or the build is refused naming the first that did
+ * not.  Only declared fields travel; pointers do not (they may point into the
+ * old image): keep indexes or handles.  Not for isolated plugins (yet).
+ *
+ *     typedef struct { int64_t coins; int32_t level; } winter_state_t;
+ *     HOTLOAD_STRUCT(winter_state_t);
+ *     HOTLOAD_FIELD(winter_state_t, coins, int64_t);
+ *     HOTLOAD_FIELD(winter_state_t, level, int32_t);
+ *     static winter_state_t state = { .level = 1 };   // level's default
+ *     HOTLOAD_STATE(winter_state_t, state);
+ *
+ * HOTLOAD_MIGRATE(field, fn)
+ *   `int fn(int down, const void *from, size_t from_size, void *to, size_t to_size)`
+ *   converts the top-level state field `field` between this version's type
+ *   and the other version's: down == 0 from the version replaced (upgrade),
+ *   down == 1 to the version this one is replaced by (a rollback: the newer
+ *   build knows both layouts, Erlang's {down, Vsn}).  Only the newer build's
+ *   function is used, and only when the field's declared type differs between
+ *   the two builds.  `to` holds the target's initial value.  Return 0; anything else refuses the swap (the running
+ *   version keeps serving).  The host runs it on copies first (the proof),
+ *   then on the live state during the switch.  In process a crash in it
+ *   cannot be caught: it is plugin code, as on_load is. */
+typedef int (*hotload_migrate_fn)(int down, const void *from, size_t from_size, void *to,
+                                  size_t to_size);
+
+#define HOTLOAD_STATE(T, var) \
+    HOTLOAD__ASSERT(HOTLOAD__SAME_TYPE(&(var), T *), \
+                    "HOTLOAD_STATE(" #T ", " #var "): " #var " is not a (non-const) variable " \
+                    "of type " #T); \
+    HOTLOAD_API void *const hotload_state = &(var); \
+    HOTLOAD__RECORD_N(hotload__state, HOTLOAD__REC4("state") #T "\x1f" "hotload_state", \
+                      sizeof(var), HOTLOAD__ALIGNOF(T))
+
+#define HOTLOAD_MIGRATE(field, fn) \
+    HOTLOAD__CHECK(fn, hotload_migrate_fn, \
+                   "HOTLOAD_MIGRATE(" #field ", " #fn "): " #fn " is not a function of type " \
+                   "int(int down, const void *from, size_t from_size, void *to, size_t to_size)"); \
+    HOTLOAD_API int HOTLOAD__CAT(hotload__migrate_, field)(int d, const void *f, size_t fn_, \
+                                                           void *t, size_t tn) \
+    { return (fn)(d, f, fn_, t, tn); } \
+    HOTLOAD__RECORD(HOTLOAD__CAT(hotload__migrate_rec_, field), \
+                    HOTLOAD__REC4("migrate") #field "\x1f" "hotload__migrate_" #field)
 
 #endif /* HOTLOAD_H */

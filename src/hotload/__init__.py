@@ -36,6 +36,7 @@ from ._errors import (
     ResourceError,
     ServiceError,
     SignatureError,
+    StateMigrationError,
     TrustError,
     TypeLayoutError,
 )
@@ -67,6 +68,7 @@ for _error in (
     ReplayError,
     ResourceError,
     ServiceError,
+    StateMigrationError,
     SignatureError,
     TrustError,
     TypeLayoutError,
@@ -170,6 +172,7 @@ __all__ = [
     "ServiceCall",
     "ResourceError",
     "ServiceError",
+    "StateMigrationError",
     "SignatureError",
     "TrustError",
     "TypeLayoutError",

@@ -106,6 +106,13 @@ class PreflightError(HookError):
         self.external = external
 
 
+class StateMigrationError(HookError):
+    """A plugin's typed state (``HOTLOAD_STATE``) cannot follow it to the new
+    build: a field changed in a way no rule covers, a migration function
+    refused, or the old -> new -> old proof lost a value.  The message names
+    the plugin, the field and both types; the running version keeps serving."""
+
+
 class BusyError(HotloadError):
     """The plugin is in the middle of something that a reload, rollback,
     canary or release would cut across: a canary running, or a release staged

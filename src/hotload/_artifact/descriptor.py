@@ -8,9 +8,10 @@ Text records need no relocation, so the descriptor can be read from the file
 alone (ELF or PE), before any of the plugin's code runs, and by ``hotload
 inspect`` on a machine of another architecture.
 
-ABI 2 adds record kinds (``import``; ``type``/``field``/``enum``); they are
-stamped 2 so that a host reading only ABI 1 refuses the plugin with both
-numbers, while the ABI 1 kinds keep their stamp and their meaning.
+ABI 2 adds record kinds (``import``; ``type``/``field``/``enum``), ABI 4 the
+typed state (``state``, ``migrate``); they are stamped with their ABI so that
+a host reading only ABI 1 refuses the plugin with both numbers, while the
+ABI 1 kinds keep their stamp and their meaning.
 """
 
 from __future__ import annotations
@@ -21,15 +22,16 @@ from dataclasses import dataclass
 
 from .._errors import DescriptorError
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 """The ABI of the hotload.h this package ships (``HOTLOAD_ABI_VERSION``, the same
-number) and the newest this host reads (it reads every record of ABI 1 to 3)."""
+number) and the newest this host reads (it reads every record of ABI 1 to 4)."""
 _ABI_KINDS = {
     1: frozenset({"plugin", "export", "on_load", "on_unload", "self_test", "unload_safe"}),
     2: frozenset({"import", "struct", "field", "enum", "enumerator"}),
     3: frozenset({"side_by_side"}),
+    4: frozenset({"state", "migrate"}),
 }
-_NUMBERED = {"struct": 1, "field": 3, "enum": 1, "enumerator": 2}  # kind -> text field count
+_NUMBERED = {"struct": 1, "field": 3, "enum": 1, "enumerator": 2, "state": 2}  # kind -> text fields
 _FLAGS = ("on_load", "on_unload", "self_test", "unload_safe", "side_by_side")  # one field each
 SECTION = ".hotload"
 _US = "\x1f"
@@ -70,6 +72,19 @@ class TypeDecl:
 
 
 @dataclass(frozen=True)
+class StateDecl:
+    """``HOTLOAD_STATE(T, var)``: the plugin keeps its state in a ``T`` whose
+    address the exported pointer ``symbol`` holds; ``migrations`` maps a
+    top-level field to the exported ``HOTLOAD_MIGRATE`` function for it."""
+
+    type: str
+    symbol: str
+    size: int
+    align: int
+    migrations: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Descriptor:
     """What a plugin says about itself."""
 
@@ -84,6 +99,7 @@ class Descriptor:
     side_by_side: bool = False  # HOTLOAD_SIDE_BY_SIDE(): may serve beside another version
     imports: tuple[Import, ...] = ()
     types: tuple[TypeDecl, ...] = ()
+    state: StateDecl | None = None  # HOTLOAD_STATE (ABI 4)
 
     def signatures(self) -> dict[str, str]:
         return {e.name: e.signature for e in self.exports}
@@ -116,6 +132,7 @@ def _parse(blob: bytes, path: str) -> Descriptor:
     plugin: tuple[str, str] | None = None
     exports: list[Export] = []
     imports: list[Import] = []
+    migrations: list[tuple[str, str]] = []
     newest = 1
     hooks: dict[str, str] = {}
     for raw, numbers in records:
@@ -153,6 +170,10 @@ def _parse(blob: bytes, path: str) -> Descriptor:
             if fields[0] in {i.name for i in imports}:
                 raise DescriptorError(f"{path}: {fields[0]} is imported twice")
             imports.append(Import(fields[0], fields[1]))
+        elif kind == "migrate" and len(fields) == 2:
+            if fields[0] in {m for m, _ in migrations}:
+                raise DescriptorError(f"{path}: HOTLOAD_MIGRATE({fields[0]}, ...) appears twice")
+            migrations.append((fields[0], fields[1]))
         elif kind in _FLAGS and len(fields) == 1:
             hooks[kind] = fields[0]
         else:
@@ -171,13 +192,15 @@ def _parse(blob: bytes, path: str) -> Descriptor:
             f"{path}: plugin version {version[:40]!r}{'...' if len(version) > 40 else ''} is "
             f"not a version: at most {MAX_VERSION} characters, no control characters"
         )
+    types = _types([t for t in typed if t[0] != "state"], path)
     return Descriptor(
         name=name,
         version=version,
         abi=newest,
         exports=tuple(exports),
         imports=tuple(imports),
-        types=_types(typed, path),
+        types=types,
+        state=_state([t for t in typed if t[0] == "state"], types, migrations, path),
         on_load=hooks.get("on_load"),
         on_unload=hooks.get("on_unload"),
         self_test=hooks.get("self_test"),
@@ -235,6 +258,46 @@ def _types(typed: list[tuple[str, list[str], tuple[int, int]]], path: str) -> tu
         )
         for name, (kind, size, align) in heads.items()
     )
+
+
+def _state(
+    records: list[tuple[str, list[str], tuple[int, int]]],
+    types: tuple[TypeDecl, ...],
+    migrations: list[tuple[str, str]],
+    path: str,
+) -> StateDecl | None:
+    """The ``HOTLOAD_STATE`` record, checked against the type it names: a state
+    whose size or alignment is not its type's is refused before any code runs."""
+    if not records:
+        if migrations:
+            raise DescriptorError(
+                f"{path}: HOTLOAD_MIGRATE({migrations[0][0]}, ...) without HOTLOAD_STATE"
+            )
+        return None
+    if len(records) > 1:
+        raise DescriptorError(f"{path}: HOTLOAD_STATE appears more than once")
+    _, (tname, symbol), (size, align) = records[0]
+    decl = next((t for t in types if t.name == tname and t.kind == "struct"), None)
+    if decl is None:
+        raise DescriptorError(
+            f"{path}: HOTLOAD_STATE({tname}, ...): {tname} is not a struct declared with "
+            f"HOTLOAD_STRUCT({tname}) and HOTLOAD_FIELD"
+        )
+    if (size, align) != (decl.size, decl.align) or size <= 0:
+        raise DescriptorError(
+            f"{path}: HOTLOAD_STATE({tname}, ...) says size {size}, alignment {align}, but "
+            f"{tname} is declared with size {decl.size}, alignment {decl.align}"
+        )
+    if symbol != "hotload_state":
+        raise DescriptorError(f"{path}: HOTLOAD_STATE names symbol {symbol!r}, not hotload_state")
+    fields = {f.name for f in decl.fields}
+    for fname, fn in migrations:
+        if fname not in fields or fn != f"hotload__migrate_{fname}":
+            raise DescriptorError(
+                f"{path}: HOTLOAD_MIGRATE({fname}, ...): {tname} declares no field {fname} "
+                f"(declared: {', '.join(sorted(fields)) or 'none'})"
+            )
+    return StateDecl(tname, symbol, size, align, tuple(migrations))
 
 
 def _hidden(c: str) -> bool:

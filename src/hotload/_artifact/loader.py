@@ -75,6 +75,7 @@ class Image:
     process: Any = None  # an isolated image's worker (``_isolation.Proxy``); None in-process
     imports: ImportBinding | None = None  # its host services (see _services)
     types: typedecl.TypeSet | None = None  # its declared C types (see _types)
+    state_plan: Any = None  # how the state it replaces becomes its own (_state.plan.Plan)
 
     def call_on_load(self, prev_version: str | None, state: bytes | None) -> None:
         if self.on_load is None:

@@ -492,6 +492,9 @@ def inspection_json(r: Any) -> dict[str, Any]:
             for i in (p.imports if p else ())
         ],
         "types": [_type_line(t) for t in (p.types if p else ())],
+        "state": None
+        if p is None or p.state is None
+        else {"type": p.state.type, "size": p.state.size, "migrate": dict(p.state.migrations)},
         "dynamic_exports": list(r.dynamic_exports),
         "needed": list(r.needed),
         "soname": r.soname,
@@ -522,13 +525,20 @@ def render_inspection(r: Any) -> str:
         p = r.plugin
         lines = [f"{r.path}: hotload plugin {p.name} {p.version} (ABI {p.abi}), {kind}{built}"]
         hooks = [h for h in ("on_load", "on_unload", "self_test") if getattr(p, h)]
-        lines.append(f"  hooks     {', '.join(hooks) or 'none (stateless)'}")
+        none = "none (stateless)" if p.state is None else "none"
+        lines.append(f"  hooks     {', '.join(hooks) or none}")
         decls = [c_declaration(e.name, e.signature) for e in p.exports] or ["(none)"]
         lines += [f"  {'exports' if i == 0 else '':<9} {d}" for i, d in enumerate(decls)]
         imports = [c_declaration(i.name, i.signature) for i in p.imports]
         lines += [f"  {'imports' if i == 0 else '':<9} {d}" for i, d in enumerate(imports)]
         types = [_type_line(t) for t in p.types]
         lines += [f"  {'types' if i == 0 else '':<9} {d}" for i, d in enumerate(types)]
+        if p.state is not None:
+            migrate = ", ".join(f for f, _ in p.state.migrations)
+            lines.append(
+                f"  state     {p.state.type} ({p.state.size} bytes, HOTLOAD_STATE)"
+                + (f"; migrates {migrate}" if migrate else "")
+            )
     else:
         why = r.descriptor_error or "no .hotload descriptor"
         lines = [f"{r.path}: not a hotload plugin ({why}), {kind}{built}"]

@@ -123,6 +123,7 @@ def check_candidate(old: Any, cand: Any, key_index: int | None) -> None:
         )
     desc = cand.descriptor
     hands_over = old.on_unload is not None or (desc is not None and desc.on_unload is not None)
+    hands_over = hands_over or old.descriptor is not None and old.descriptor.state is not None
     if hands_over and not (desc is not None and desc.side_by_side):
         raise CanaryRefusedError(
             f"{cand.source}: {cand.name} hands state over (on_unload): as a canary, two versions "

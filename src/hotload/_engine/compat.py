@@ -4,7 +4,11 @@ unless the host explicitly allows a change."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from .._artifact import signatures as sig
+from .._artifact.descriptor import TypeDecl
 from .._artifact.loader import Candidate, Image
 from .._contract.structs import plain
 from .._errors import SignatureError, TypeLayoutError
@@ -39,3 +43,26 @@ def check_compatible(old: Image, new: Candidate) -> None:
                 f"{new.prototypes[fname]!r} (version {new.version}); callers were written for the "
                 f"old prototype. {_ACCEPT_CHANGE.format(name=old.name)}"
             )
+
+
+def check_types(cand: Candidate, plugins: Mapping[str, Any]) -> None:
+    """Two plugins must not give one type name two layouts: a value made
+    for one could be passed to the other."""
+    if cand.types is None:
+        return
+    for pname, plugin in plugins.items():
+        cur = plugin._version()
+        theirs = cur.image.types if cur is not None and pname != cand.name else None
+        for tname, cname in cand.types.names.items():
+            other = theirs.names.get(tname) if theirs is not None else None
+            if other is not None and other != cname:
+                raise TypeLayoutError(
+                    f"{cand.source}: declares type {tname} "
+                    f"({_layout(cand.types.decls[tname])}), but plugin {pname} declares it "
+                    f"with another layout ({_layout(theirs.decls[tname])})"  # type: ignore[union-attr]
+                )
+
+
+def _layout(decl: TypeDecl) -> str:
+    fields = ", ".join(f"{f.name} {f.ctype} @{f.offset}" for f in decl.fields)
+    return f"size {decl.size}, align {decl.align}" + (f": {fields}" if fields else "")

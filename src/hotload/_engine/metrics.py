@@ -23,13 +23,14 @@ total goes backwards.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from .._errors import (
     PluginCrashedError,
@@ -404,3 +405,30 @@ def snapshot(records: Iterable[Any], swaps: SwapCounts, sample: int) -> dict[str
         "leaked": {"images": leaked_images, "bytes": leaked_bytes},
         "plugins": plugins,
     }
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def counted(op: str) -> Callable[[_F], _F]:
+    """Count a swap method of ``Swapper`` in its ``counts`` by its result ("ok"
+    or "refused"), for a plugin this host knows (a name never loaded is not
+    counted).  The method's first argument is the plugin's name or a
+    candidate build (which has a ``name``)."""
+
+    def wrap(method: _F) -> _F:
+        @functools.wraps(method)
+        def run(self: Any, target: Any, *args: Any, **kwargs: Any) -> Any:
+            name = target if isinstance(target, str) else target.name
+            try:
+                result = method(self, target, *args, **kwargs)
+            except BaseException:
+                if self._table.get(name) is not None:
+                    self.counts.count(name, op, False)
+                raise
+            self.counts.count(name, op, True)
+            return result
+
+        return run  # type: ignore[return-value]
+
+    return wrap

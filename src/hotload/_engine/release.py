@@ -46,6 +46,7 @@ from typing import Any
 from .._artifact import loader as loader_mod
 from .._artifact.loader import Candidate
 from .._errors import BusyError, DescriptorError, HotloadError, ReleaseError, SignatureError
+from .._state import handover
 from . import compat
 from .canary import refuse_swap
 from .lifecycle import Version, VersionInfo
@@ -97,10 +98,13 @@ class _Part:
     started: bool = False
     discarded: bool = False
     source: str = ""  # the build asked for (a refusal names it)
+    down: bool = False  # a rollback's part: a narrowing of its typed state is checked, not refused
 
     @property
     def stateful(self) -> bool:
-        return self.old is not None and self.old.image.on_unload is not None
+        return self.old is not None and (
+            self.old.image.on_unload is not None or handover.typed(self.old.image)
+        )
 
 
 @dataclass(eq=False)
@@ -188,6 +192,7 @@ class Releaser:
             try:
                 for p in parts:
                     if not p.unload:
+                        p.down = bool(note)  # a release's rollback: its state migrates down
                         self._prepare(p, builds[p.name], preflight, allow_signature_change)
                 for p in parts:
                     if not p.unload and not p.stateful:
@@ -356,7 +361,7 @@ class Releaser:
             compat.check_compatible(p.old.image, cand)
         p.cand = cand
         staged = sw._loader.stage(cand, rec.seq + 1)
-        image = sw._open(rec, staged, p.old, preflight)
+        image = sw._open(rec, staged, p.old, preflight, down=p.down)
         p.plugin = rec.plugin or Plugin(p.name, rec.infos)
         p.new = Version(p.name, staged.seq, image, sw._reaper.wake, sw._settings.sample)
         p.commit = p.plugin._prepare(p.new)
@@ -365,7 +370,7 @@ class Releaser:
         assert p.new is not None
         prev = p.old.image.version if p.old is not None else None
         try:
-            self._swap._start(p.rec, p.new, prev, state)
+            self._swap._start(p.rec, p.new, prev, state, p.old.image if p.old else None)
         except BaseException:
             p.discarded = True  # the swap's _start closed (or kept) it already
             raise

@@ -10,15 +10,13 @@ order that keeps the running version safe: checks against the other plugins
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 from .._artifact import loader as loader_mod
-from .._artifact.descriptor import TypeDecl
 from .._artifact.loader import Candidate, Image, Loader, Staged
 from .._artifact.reader import Reader
 from .._contract.events import EventTable
@@ -31,19 +29,19 @@ from .._errors import (
     HookTimeoutError,
     HotloadError,
     NotLoadedError,
-    TypeLayoutError,
 )
 from .._inspect import report as inspector
 from .._process.isolation import Isolation
 from .._process.options import Isolated
 from .._process.preflight import PreflightWorker
+from .._state import handover
 from . import canary as canary_rules
 from . import compat, split
 from .canary import Canary, check_share
 from .journal import origin
 from .judge import Judge
 from .lifecycle import Version, VersionInfo
-from .metrics import SwapCounts
+from .metrics import SwapCounts, counted
 from .reaper import Reaper
 from .record import PluginRecord
 from .registry import Plugin
@@ -54,33 +52,9 @@ from .unload_policy import UnloadPolicy
 
 log = logging.getLogger(__name__)
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-
 #: A judged canary's baseline times at least every 8th call (the host's rate is 1 in
 #: 64): at a few hundred calls a second, 1 in 64 left the latency test without data.
 JUDGED_BASELINE_SAMPLE = 8
-
-
-def _counted(op: str) -> Callable[[_F], _F]:
-    """Count the swap in ``Swapper.counts`` by its result ("ok" or "refused"),
-    for a plugin this host knows (a name never loaded is not counted)."""
-
-    def wrap(method: _F) -> _F:
-        @functools.wraps(method)
-        def counted(self: Swapper, target: Any, *args: Any, **kwargs: Any) -> Any:
-            name = target.name if isinstance(target, Candidate) else target
-            try:
-                result = method(self, target, *args, **kwargs)
-            except BaseException:
-                if self._table.get(name) is not None:
-                    self.counts.count(name, op, False)
-                raise
-            self.counts.count(name, op, True)
-            return result
-
-        return counted  # type: ignore[return-value]
-
-    return wrap
 
 
 # Not a refused build: a request about a name that is not (or already) loaded,
@@ -134,7 +108,7 @@ class Swapper:
         self._isolation_lock = threading.Lock()
 
     # -- what the host asks for ----------------------------------------------------
-    @_counted("load")
+    @counted("load")
     def load(
         self,
         cand: Candidate,
@@ -167,7 +141,7 @@ class Swapper:
             self._table.changed(cand.name)
             return plugin
 
-    @_counted("reload")
+    @counted("reload")
     def reload(
         self,
         name: str,
@@ -194,7 +168,7 @@ class Swapper:
             # the reaper inspects a new build; versions() measures its mapped bytes
             return rec.info(version, inspect=False, measure=False)
 
-    @_counted("rollback")
+    @counted("rollback")
     def rollback(self, name: str, *, preflight: bool | None) -> VersionInfo:
         """The build live before the current one serves again, as a new version."""
         rec = self._table.loaded(name)
@@ -219,7 +193,7 @@ class Swapper:
             self._table.changed(name)
             return rec.info(version, inspect=False, measure=False)
 
-    @_counted("unload")
+    @counted("unload")
     def unload(self, name: str) -> None:
         """Stop serving ``name``; its versions close once their calls return.
         A release staged to switch it is cancelled first."""
@@ -236,7 +210,7 @@ class Swapper:
             self._table.changed(name)
 
     # -- canaries ---------------------------------------------------------------------
-    @_counted("canary")
+    @counted("canary")
     def canary(
         self,
         name: str,
@@ -490,8 +464,11 @@ class Swapper:
     def _note(
         self, kind: str, name: str, old: Version | None, new: Version | None, detail: str = ""
     ) -> None:
-        """A change of what serves ``name``, in the journal."""
+        """A change of what serves ``name``, in the journal (with what a typed state
+        dropped and gained on the way)."""
         img = (new or old).image  # type: ignore[union-attr]
+        if kind in ("reload", "rollback", "release") and new is not None:
+            detail = "; ".join(x for x in (detail, handover.summary(new.image)) if x)
         self._journal.record(
             kind,
             name,
@@ -536,7 +513,7 @@ class Swapper:
         if not allow_signature_change:
             compat.check_compatible(old.image, cand)
         staged = self._loader.stage(cand, rec.seq + 1)
-        image = self._open(rec, staged, old, preflight)
+        image = self._open(rec, staged, old, preflight, down=note.startswith("rollback"))
         new = Version(rec.name, staged.seq, image, self._reaper.wake, self._settings.sample)
         new.note = note
         self._switch(rec, old, new)
@@ -554,14 +531,24 @@ class Swapper:
         return new
 
     def _open(
-        self, rec: PluginRecord, staged: Staged, old: Version | None, preflight: bool | None
+        self,
+        rec: PluginRecord,
+        staged: Staged,
+        old: Version | None,
+        preflight: bool | None,
+        *,
+        down: bool = False,
     ) -> Image:
         """Preflight the staged copy (unless off), under the limits it will run
-        with (an isolated plugin's), then open it: here, or in its worker."""
+        with (an isolated plugin's), then open it: here, or in its worker; a
+        typed state's migration is proven on copies before the build may serve
+        (``down``: a rollback, where a narrowing is checked value by value)."""
         cand = staged.cand
         try:
+            if rec.isolate is not None:
+                handover.refuse_isolated(cand.descriptor, cand.source)
             self._events.check(cand.name, cand.source, cand.prototypes, self._table.plugins())
-            self._check_types(cand)
+            compat.check_types(cand, self._table.plugins())
             imports = _imports(cand)
             if imports:  # refused before preflight: a missing service names itself
                 self._provided.check(imports, cand.source)
@@ -597,6 +584,22 @@ class Swapper:
             may_close=lambda c: self._policy.may_close_candidate(c, rec.unload_safe),
             services=self._provided,
         )
+        if old is not None and handover.typed(old.image):
+            try:
+                image.state_plan = handover.prove(
+                    old.image,
+                    image,
+                    down=down,
+                    max_size=self._settings.max_state_size,
+                    run=lambda fn: rec.hooks.run(fn, _hook_name(image, "HOTLOAD_MIGRATE")),
+                )
+            except HookTimeoutError:
+                self._loader.keep(image)  # a thread is still inside its migration function
+                raise
+            except BaseException:
+                hazards = self._policy.hazards(image, rec.unload_safe)
+                self._loader.discard(image, may_close=not hazards)
+                raise
         return image
 
     def _inspect_later(self, image: Image) -> None:
@@ -604,23 +607,6 @@ class Swapper:
         an ELF parse holds the GIL whenever the swap waits in a system call."""
         if image.process is None:
             self._reaper.inspect_later(image)
-
-    def _check_types(self, cand: Candidate) -> None:
-        """Two plugins must not give one type name two layouts: a value made
-        for one could be passed to the other."""
-        if cand.types is None:
-            return
-        for pname, plugin in self._table.plugins().items():
-            cur = plugin._version()
-            theirs = cur.image.types if cur is not None and pname != cand.name else None
-            for tname, cname in cand.types.names.items():
-                other = theirs.names.get(tname) if theirs is not None else None
-                if other is not None and other != cname:
-                    raise TypeLayoutError(
-                        f"{cand.source}: declares type {tname} "
-                        f"({_layout(cand.types.decls[tname])}), but plugin {pname} declares it "
-                        f"with another layout ({_layout(theirs.decls[tname])})"  # type: ignore[union-attr]
-                    )
 
     def _standins(self, imports: dict[str, str]) -> dict[str, list[Any]] | None:
         """What the preflight worker needs to stand in for the services."""
@@ -653,7 +639,7 @@ class Swapper:
         except BaseException:
             self._discard(rec, new)
             raise
-        stateful = old.image.on_unload is not None
+        stateful = old.image.on_unload is not None or handover.typed(old.image)
         try:
             if stateful:
                 plugin._hold()
@@ -673,7 +659,7 @@ class Swapper:
             except BaseException:
                 self._discard(rec, new)
                 raise
-            self._start(rec, new, old.image.version, state)
+            self._start(rec, new, old.image.version, state, old.image)
         except BaseException:
             if stateful:
                 old.unretire()
@@ -686,15 +672,28 @@ class Swapper:
         self._reaper.retire(old, unload_safe=rec.unload_safe)
 
     def _start(
-        self, rec: PluginRecord, version: Version, prev: str | None, state: bytes | None
+        self,
+        rec: PluginRecord,
+        version: Version,
+        prev: str | None,
+        state: bytes | None,
+        old: Image | None = None,
     ) -> None:
-        """Run the new version's ``on_load``; a version that refuses is closed,
-        one whose hook never returns is kept (its code is still running)."""
+        """Carry ``old``'s typed state over and run the new version's ``on_load``;
+        a version that refuses is closed, one whose hook never returns is kept
+        (its code is still running)."""
         image = version.image
-        if image.on_load is None and image.process is None:
+        plan = image.state_plan if old is not None else None
+        if image.on_load is None and image.process is None and plan is None:
             return  # nothing of the plugin runs here: no need for the hook runner's thread
+
+        def start() -> None:
+            if plan is not None and old is not None:
+                handover.migrate(old, image, plan)
+            image.call_on_load(prev, state)
+
         try:
-            rec.hooks.run(lambda: image.call_on_load(prev, state), _hook_name(image, "on_load"))
+            rec.hooks.run(start, _hook_name(image, "on_load"))
         except HookTimeoutError as exc:
             if image.process is not None:  # isolated: its worker is stopped, nothing stays
                 self._discard(rec, version)
@@ -712,11 +711,6 @@ class Swapper:
         started may still run (then it stays loaded)."""
         hazards = self._policy.hazards(version.image, rec.unload_safe)
         self._loader.discard(version.image, may_close=not hazards)
-
-
-def _layout(decl: TypeDecl) -> str:
-    fields = ", ".join(f"{f.name} {f.ctype} @{f.offset}" for f in decl.fields)
-    return f"size {decl.size}, align {decl.align}" + (f": {fields}" if fields else "")
 
 
 def _source(rec: PluginRecord, path: str | os.PathLike[str] | Candidate | None) -> str:

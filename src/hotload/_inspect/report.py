@@ -27,7 +27,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from .._artifact.descriptor import Descriptor, Export, Field, Import, TypeDecl
+from .._artifact.descriptor import Descriptor, Export, Field, Import, StateDecl, TypeDecl
 from .._errors import DescriptorError, InvalidPluginError
 from .._platform import _elf as elfcheck
 from . import rules
@@ -93,10 +93,17 @@ class Report:
                     "exports": tuple(Export(**e) for e in plugin.get("exports", ())),
                     "imports": tuple(Import(**i) for i in plugin.get("imports", ())),
                     "types": tuple(_type_decl(t) for t in plugin.get("types", ())),
+                    "state": _state_decl(plugin.get("state")),
                 }
             ),
         }
         return cls(**fields)
+
+
+def _state_decl(d: dict[str, Any] | None) -> StateDecl | None:
+    if d is None:
+        return None
+    return StateDecl(**{**d, "migrations": tuple((f, fn) for f, fn in d.get("migrations", ()))})
 
 
 def _type_decl(d: dict[str, Any]) -> TypeDecl:
