@@ -32,6 +32,7 @@ MODULES = (
     "bench_quarantine",
     "bench_canary",
     "bench_release",
+    "bench_replay",
     "bench_state",
     "proof_go_unload",
 )

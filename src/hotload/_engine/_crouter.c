@@ -1802,6 +1802,119 @@ static PyTypeObject MeterType = {
     .tp_getset = meter_getset,
 };
 
+/* ----------------------------------------------------------------- Noted
+ *
+ * Noted(name, fn): a host service while some plugin is recorded: calls fn,
+ * then, if a recorded call runs on this thread, keeps (name, args, ok,
+ * answer) in its list (note()).  Never changes what the call returns or
+ * raises. */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *name;
+    PyObject *fn;
+} NotedObject;
+
+static void
+noted_keep(NotedObject *self, PyObject *const *args, Py_ssize_t n, PyObject *ok, PyObject *answer)
+{
+    PyObject *tuple = PyTuple_New(n);
+    if (tuple == NULL)
+        return;
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyTuple_SET_ITEM(tuple, i, Py_NewRef(args[i]));
+    PyObject *entry = PyTuple_Pack(4, self->name, tuple, ok, answer);
+    Py_DECREF(tuple);
+    if (entry == NULL)
+        return;
+    if (tl_notes == NULL)
+        tl_notes = PyList_New(0);
+    if (tl_notes != NULL)
+        PyList_Append(tl_notes, entry);
+    Py_DECREF(entry);
+}
+
+static PyObject *
+noted_vectorcall(NotedObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    PyObject *res = PyObject_Vectorcall(self->fn, args, nargsf, kwnames);
+    if (tl_depth == 0)
+        return res;
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
+    if (res != NULL) {
+        noted_keep(self, args, n, Py_True, res);
+        PyErr_Clear(); /* a note that could not be kept costs the recording, not the call */
+        return res;
+    }
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    noted_keep(self, args, n, Py_False, value ? value : Py_None);
+    PyErr_Clear();
+    PyErr_Restore(type, value, tb);
+    return NULL;
+}
+
+static PyObject *
+noted_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kw[] = {"name", "fn", NULL};
+    PyObject *name, *fn;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "UO", kw, &name, &fn))
+        return NULL;
+    if (!PyCallable_Check(fn)) {
+        PyErr_SetString(PyExc_TypeError, "Noted(name, fn): fn is called");
+        return NULL;
+    }
+    NotedObject *self = (NotedObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->vectorcall = (vectorcallfunc)noted_vectorcall;
+    self->name = Py_NewRef(name);
+    self->fn = Py_NewRef(fn);
+    return (PyObject *)self;
+}
+
+static int
+noted_traverse(NotedObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->name);
+    Py_VISIT(self->fn);
+    return 0;
+}
+
+static int
+noted_clear(NotedObject *self)
+{
+    Py_CLEAR(self->name);
+    Py_CLEAR(self->fn);
+    return 0;
+}
+
+static void
+noted_dealloc(NotedObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    noted_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject NotedType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "hotload._engine._crouter.Noted",
+    .tp_basicsize = sizeof(NotedObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "Noted(name, fn): a host service whose calls a recorded call keeps.",
+    .tp_new = noted_new,
+    .tp_vectorcall_offset = offsetof(NotedObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_traverse = (traverseproc)noted_traverse,
+    .tp_clear = (inquiry)noted_clear,
+    .tp_dealloc = (destructor)noted_dealloc,
+};
+
 static PyMethodDef module_methods[] = {
     {"note", (PyCFunction)note_py, METH_O,
      "note(entry): keep a host-service call in the recorded call running on this thread."},
@@ -1839,7 +1952,8 @@ PyInit__crouter(void)
     gap_state ^= (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (uint64_t)(uintptr_t)&gap_state;
     if (PyType_Ready(&GateType) < 0 || PyType_Ready(&RouteType) < 0 ||
         PyType_Ready(&RouterType) < 0 || PyType_Ready(&CheckedType) < 0 ||
-        PyType_Ready(&MeterType) < 0 || PyType_Ready(&RecorderType) < 0)
+        PyType_Ready(&MeterType) < 0 || PyType_Ready(&RecorderType) < 0 ||
+        PyType_Ready(&NotedType) < 0)
         return NULL;
     str_set = PyUnicode_InternFromString("set");
     if (str_set == NULL)
@@ -1853,7 +1967,8 @@ PyInit__crouter(void)
         PyModule_AddObjectRef(m, "Router", (PyObject *)&RouterType) < 0 ||
         PyModule_AddObjectRef(m, "Checked", (PyObject *)&CheckedType) < 0 ||
         PyModule_AddObjectRef(m, "Meter", (PyObject *)&MeterType) < 0 ||
-        PyModule_AddObjectRef(m, "Recorder", (PyObject *)&RecorderType) < 0) {
+        PyModule_AddObjectRef(m, "Recorder", (PyObject *)&RecorderType) < 0 ||
+        PyModule_AddObjectRef(m, "Noted", (PyObject *)&NotedType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

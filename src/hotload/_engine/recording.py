@@ -121,7 +121,9 @@ recording: Callable[[], bool] = _native.recording if _native is not None else _p
 
 def noted(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` (a provided service) whose calls are noted for the recorded
-    call running on the calling thread, if any."""
+    call running on the calling thread, if any (in C with the compiled router)."""
+    if _native is not None:
+        return _native.Noted(name, fn)  # type: ignore[no-any-return]
 
     def call(*args: Any) -> Any:
         try:
