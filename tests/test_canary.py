@@ -735,3 +735,34 @@ def test_a_cold_candidate_is_held_only_to_a_gross_latency_regression(
         assert "latency judged only against the baseline made 3x slower" in c.verdict
     else:
         assert "regression in latency" in c.verdict and "+200% (cold calls:" in c.verdict
+
+
+def test_keys_that_all_hash_to_the_candidate_end_with_a_verdict_on_its_own_figures(
+    served: Host, reward: Callable[..., Path]
+) -> None:
+    """Found by an attacker: ten players whose keys all hashed to a 50 %
+    candidate left the baseline without calls, and the judge waited for a
+    baseline forever.  It now judges the candidate alone (its error rate
+    against max_error_rate) and says so; the figures it reports end where
+    the verdict was reached."""
+    p = served.load(reward(2))
+    keys = [k for k in range(1000) if split.to_canary(k, 0.5)][:10]
+    c = served.canary("reward", reward(3), share=0.5, judge=Judge(bake=0.5, interval=0.05))
+    stop = threading.Event()
+
+    def play() -> None:
+        while not stop.is_set():
+            for k in keys:
+                p.reward(k, 1)
+
+    t = threading.Thread(target=play)
+    t.start()
+    try:
+        assert c.wait(30) == "promoted", c.verdict
+        after = c.figures()["candidate"]["calls"]
+        wait_for(lambda: served.current("reward").served > after + 1000, what="calls after")  # type: ignore[union-attr]
+    finally:
+        stop.set()
+        t.join(10)
+    assert "the baseline had 0 calls to compare with" in c.verdict, c.verdict
+    assert c.figures()["candidate"]["calls"] == after  # frozen at the verdict

@@ -351,3 +351,39 @@ def test_an_abort_that_cannot_bring_a_host_back_says_so_and_claims_nothing_more(
         "aborted: 1 host(s) back on the previous build; not back: canary-2"
     ), said
     assert not any("every host" in line for line in said), said
+
+
+def test_a_controller_killed_while_reverting_is_resumed_into_the_revert(
+    cluster: Cluster, redis_server: RedisServer, builds, tmp_path: Path
+) -> None:
+    """An attacker read it in the code: a controller killed after it began
+    to revert but before it saved the abort left a running record, and a
+    resumed controller wrote the rollout's rules back (hosts took the build
+    again) before aborting once more.  The revert is now saved first
+    (``aborting``) and a resume goes straight back to it."""
+    v1, d1 = builds(2)
+    v2, d2 = builds(3)
+    four_hosts(cluster, v1)
+    script = tmp_path / "controller.py"
+    script.write_text(textwrap.dedent(CONTROLLER))
+    with Fleet(redis_server.url) as f:
+        wait_for(lambda: len(f.hosts()) == 4, what="4 hosts")
+        f.publish(v2)
+        ctl = subprocess.Popen([sys.executable, str(script), redis_server.url, d2])
+        try:
+            wait_for(lambda: phase(f, 0, "bake"), what="canary bake", timeout=30)
+        finally:
+            ctl.kill()
+            ctl.wait()
+        rec = f.rollout_record("xp")
+        assert rec is not None and rec["state"] == "running"
+        rec["aborting"] = "stopped by the operator"  # as _revert saves it before it writes
+        f.save_rollout(rec)  # sealed with the fleet's key, as the controller does
+        r = redis_server.client()
+        wait_for(lambda: not r.exists("hotload:lock:xp"), what="lock expiry")
+        with pytest.raises(RolloutFailed, match="aborted"):
+            f.resume("xp", poll=0.05, lock_ttl=2.0)
+        done = f.rollout_record("xp")
+        assert done is not None and done["state"] == "aborted"
+        assert "stopped by the operator" in done["reason"]
+        wait_for(lambda: all(cluster.live(h) == d1 for h in cluster.hosts), what="all on d1")

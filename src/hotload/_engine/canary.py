@@ -247,10 +247,17 @@ class Canary:
         }
 
     # -- the Swapper's side ----------------------------------------------------------
+    def freeze(self) -> None:
+        """The figures of the window, kept as they are now: called by the
+        Swapper before the route changes (a promoted candidate's later calls
+        are not the canary's)."""
+        if self._final is None:
+            self._final = self.sides()
+            self._key_errors_final = self.key_errors()
+
     def ended(self, promoted: bool, verdict: str) -> None:
         """Called by the Swapper once the route changed."""
-        self._final = self.sides()
-        self._key_errors_final = self.key_errors()
+        self.freeze()
         with self._lock:
             self.state = PROMOTED if promoted else ABORTED
             self.verdict = _printable(verdict)
@@ -294,7 +301,9 @@ class Canary:
             return False
         untested = judging.untested(cand, base, judge, elapsed)
         cold = judging.cold(cand, judge, elapsed)
-        alone = self.share >= 1 and base.calls < judge.min_calls  # no baseline to wait for
+        # no baseline to wait for: a canary of every key on a fresh baseline, or keys that all
+        # hash to the candidate (an attacker's ten players at share 0.5 never ended)
+        alone = base.calls < judge.min_calls and (self.share >= 1 or cand.calls >= judge.min_calls)
         ready = cand.calls >= judge.min_calls and (not untested or alone)
         if elapsed >= judge.bake and ready:
             passed = f"no regression in {elapsed:.1f} s: {judging.summary(cand, base)}"

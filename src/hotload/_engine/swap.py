@@ -314,6 +314,7 @@ class Swapper:
         plugin = rec.plugin
         assert plugin is not None
         base, new = canary.baseline, canary.candidate
+        canary.freeze()  # the window the verdict speaks of ends before the route changes
         if self._settings.sample:  # the host's rate again
             new.gate.sample = base.gate.sample = self._settings.sample
         new.note = f"canary beside v{base.seq}: {'promoted' if promote else 'aborted'}"

@@ -196,6 +196,9 @@ class Controller:
                 raise FleetError(f"{self.plugin}: no rollout to resume (last state: {state})")
             check_rollout_record(rec)
             rec["owner"] = f"{socket.gethostname()}:{os.getpid()}"
+            if rec.get("aborting"):  # its controller died reverting: revert, never re-apply
+                outcome = self._revert(rec, str(rec["aborting"])[:500])
+                raise RolloutFailed(f"{self.plugin}: rollout {rec['id']} aborted; {outcome}", rec)
             self.progress(f"resuming rollout {rec['id']} at step {rec['step'] + 1}")
             return self._drive(rec)
         finally:
@@ -610,6 +613,9 @@ class Controller:
         The record's reason names the first failed host and why."""
         self.progress(f"aborting: {reason}")
         prev = [Rule(r["match"], r["digest"]) for r in rec["prev_rules"]] or [Rule({}, None)]
+        if not rec.get("aborting"):  # a controller killed from here on is resumed into the revert
+            rec["aborting"] = reason
+            self._retry(lambda: self.f.save_rollout(rec))
         rec["revert_rev"] = self._retry(
             lambda: self.f.set_desired(self.plugin, prev, revision=rec.get("from_revision"))
         )
