@@ -188,6 +188,15 @@ def test_keys_that_cannot_be_hashed_go_to_the_baseline_and_are_counted(
     # an export with fewer arguments than the key's index has no key: split by count
     c = served.canary("reward", reward(3), share=0.5, key=1, judge=None)
     assert {p.ping() for _ in range(200)} == {2, 3}
+    c.abort()
+    # a key function that always raises: the judge's running verdict names it (a new user
+    # saw "waiting for data" forever, with no word of why)
+    judge = Judge(bake=0.2, interval=0.02)
+    c = served.canary("reward", reward(3), share=0.5, key=lambda *a: 1 / 0, judge=judge)
+    for k in range(300):
+        p.reward(k, 0)
+    wait_for(lambda: "key could not be hashed" in c.verdict, what="the verdict naming the key")
+    assert "300 call(s) whose key could not be hashed went to the baseline" in c.verdict
 
 
 def test_bad_requests_are_refused_and_change_nothing(

@@ -322,6 +322,11 @@ class Canary:
             self._say(f"running: {passed} (Judge(promote=False): promote by hand)")
             return False
         wanting = f"; waiting for data: {', '.join(untested)}" if untested and not alone else ""
+        if wanting and (unkeyed := self.key_errors()):
+            wanting += (
+                f" ({unkeyed:,} call(s) whose key could not be hashed went to the baseline: "
+                f"see the key function)"
+            )
         self._say(
             f"running: judged for {elapsed:.1f} of {judge.bake:g} s{wanting}; "
             + judging.summary(cand, base)
