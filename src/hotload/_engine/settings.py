@@ -28,11 +28,11 @@ class Settings:
     history_limit: int = 64
     journal_size: int = 1000  # entries the swap journal keeps (journal.py)
     metrics: bool = True  # count every routed call per version and export (metrics.py)
-    metrics_sample: int = DEFAULT_SAMPLE  # time the latency of every Nth call per export
+    metrics_sample: int = DEFAULT_SAMPLE  # time the latency of one call in N per export (random gaps)
 
     @property
     def sample(self) -> int:
-        """What a version's gate is given: every Nth call timed; 0: no metrics."""
+        """What a version's gate is given: one call in N timed; 0: no metrics."""
         return self.metrics_sample if self.metrics else 0
 
     def __post_init__(self) -> None:
