@@ -190,7 +190,7 @@ def test_invalid_pool_sizes_are_refused(tmp_path: Path, lib: Path, bad: object) 
 
 
 def test_reaping_a_worker_waits_for_its_end_not_past_it_and_gives_up_in_time() -> None:
-    """``Worker.reap``'s wait (``spawn._exited``, a pidfd where there is one):
+    """``Worker.reap``'s wait (``proc.wait_exit``, a pidfd where there is one):
     a process that does not end is given up on at the timeout; one that ends
     is reaped with its status; one reaped meanwhile by another thread ends
     the wait too (its pid may already be another process's)."""
@@ -198,26 +198,26 @@ def test_reaping_a_worker_waits_for_its_end_not_past_it_and_gives_up_in_time() -
     import threading
     import time
 
-    from hotload._process.spawn import _exited
+    from hotload._platform import proc
 
     hung = subprocess.Popen(["sleep", "30"])
     try:
         t0 = time.monotonic()
-        assert not _exited(hung, 0.2)
+        assert not proc.wait_exit(hung, 0.2)
         assert 0.15 <= time.monotonic() - t0 < 5.0
         assert hung.returncode is None
     finally:
         hung.kill()
-    assert _exited(hung, 5.0)
+    assert proc.wait_exit(hung, 5.0)
     assert hung.returncode == -signal.SIGKILL
 
     other = subprocess.Popen(["sleep", "30"])
     threading.Timer(0.2, lambda: (other.kill(), other.wait())).start()
     t0 = time.monotonic()
-    assert _exited(other, 20.0)
+    assert proc.wait_exit(other, 20.0)
     assert time.monotonic() - t0 < 5.0
     assert other.returncode == -signal.SIGKILL
-    assert _exited(other, 0.0)  # already reaped: at once
+    assert proc.wait_exit(other, 0.0)  # already reaped: at once
 
 
 def test_a_crashed_sandboxed_worker_is_reported_with_its_signal_and_its_tree_reaped(

@@ -46,7 +46,6 @@ import json
 import logging
 import mmap
 import os
-import select
 import socket
 import struct
 import subprocess
@@ -459,7 +458,7 @@ class Worker:
             channel.kill_tree(self.popen.pid, self.kin, walk=False)
 
     def reap(self, timeout: float) -> bool:
-        if not _exited(self.popen, timeout):
+        if not channel.wait_exit(self.popen, timeout):
             return False
         with self._reap_lock:  # the caller, the supervisor and the service thread may all reap
             if not self._reaped:
@@ -498,39 +497,6 @@ class Worker:
                 return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, ValueError, IndexError):
             return 0
-
-
-def _exited(popen: subprocess.Popen[bytes], timeout: float) -> bool:
-    """Wait up to ``timeout`` for the process to end, and reap it.
-
-    ``Popen.wait(timeout)`` polls with sleeps that double from 0.5 ms: a
-    worker that ended 3.6 ms after the wait began was seen at 7.5 ms, and a
-    restart after a crash waits for that (issue 24 item 4).  A pidfd (Linux
-    5.3+) wakes the waiter when the process ends.  Polled in slices, so a
-    process reaped meanwhile by another thread (its pid free for reuse) ends
-    the wait too."""
-    if popen.returncode is None and timeout > 0 and hasattr(os, "pidfd_open"):
-        try:
-            fd = os.pidfd_open(popen.pid)
-        except OSError:
-            fd = -1  # already reaped by another thread, or an old kernel
-        if fd >= 0:
-            try:
-                poller = select.poll()
-                poller.register(fd, select.POLLIN)
-                end = time.monotonic() + timeout
-                while popen.poll() is None and not poller.poll(
-                    max(0, min(50, int((end - time.monotonic()) * 1000) + 1))
-                ):
-                    if time.monotonic() >= end:
-                        return False
-            finally:
-                os.close(fd)
-    try:
-        popen.wait(timeout)
-    except subprocess.TimeoutExpired:
-        return False
-    return True
 
 
 def worker_env() -> dict[str, str]:
