@@ -44,6 +44,7 @@ class _Callers:
         self.stop = False
         self.calls: dict[int, list[int]] = {}
         self.lat: dict[int, list[list[int]]] = {}
+        self.cpu: dict[int, float] = {}  # the callers' CPU seconds per phase
         self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(THREADS)]
 
     def _run(self, i: int) -> None:
@@ -52,6 +53,7 @@ class _Callers:
             ph = self.phase
             lat: list[int] = []
             n = 0
+            c0 = time.thread_time()
             while self.phase == ph and not self.stop:
                 for _ in range(SAMPLE_EVERY - 1):
                     fn(1, 2)
@@ -60,6 +62,7 @@ class _Callers:
                 lat.append(clock() - t0)
                 n += SAMPLE_EVERY
             if ph >= 0:
+                self.cpu[ph] = self.cpu.get(ph, 0.0) + time.thread_time() - c0
                 self.calls.setdefault(ph, [0] * THREADS)[i] += n
                 self.lat.setdefault(ph, [[] for _ in range(THREADS)])[i].extend(lat)
 
@@ -78,15 +81,16 @@ def run() -> dict[str, Any]:
         for t in callers.threads:
             t.start()
         time.sleep(0.2)
-        storm_s = steady_s = cpu_s = 0.0
+        storm_s = steady_s = cpu_s = proc_s = 0.0
         phases: list[tuple[str, int, float]] = []
         for b in range(BLOCKS):
             callers.phase = 2 * b  # storm
-            t0, c0 = time.perf_counter(), time.thread_time()
+            t0, c0, p0 = time.perf_counter(), time.thread_time(), time.process_time()
             for _ in range(per_block):
                 host.reload("bench")
             dt = time.perf_counter() - t0
             cpu_s += time.thread_time() - c0
+            proc_s += time.process_time() - p0
             phases.append(("storm", 2 * b, dt))
             storm_s += dt
             callers.phase = 2 * b + 1  # steady, as long
@@ -107,6 +111,8 @@ def run() -> dict[str, Any]:
         out[kind] = {"rate": calls / secs, "p50": p50, "p99": p99, "samples": len(lat)}
     out["reload ms"] = storm_s / RELOADS * 1000
     out["reload cpu ms"] = cpu_s / RELOADS * 1000
+    callers_storm = sum(v for ph, v in callers.cpu.items() if ph % 2 == 0)
+    out["host cpu ms"] = (proc_s - callers_storm) / RELOADS * 1000
     out["load after"] = os.getloadavg()[0]
     return out
 
@@ -135,6 +141,7 @@ def report(r: dict[str, Any]) -> list[str]:
         row("reload() during the storm, mean", r["reload ms"], "ms"),
         row("callers' time lost per reload", (1 - ratio) * r["reload ms"], "ms"),
         row("reloading thread's CPU per reload (user + system)", r["reload cpu ms"], "ms"),
+        row("every thread but the callers, CPU per reload", r["host cpu ms"], "ms"),
         text_row(
             "samples (storm / steady)",
             f"{st['samples']:,} / {sd['samples']:,}, every {SAMPLE_EVERY}th call",
