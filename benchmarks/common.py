@@ -155,7 +155,7 @@ def limit_row(
     label: str, value: float, unit: str, limit: float, op: str = "<", note: str = ""
 ) -> str:
     """A figure with an absolute target: ``[target < 60 ms: met|MISSED]``."""
-    met = value < limit if op == "<" else value <= limit
+    met = {"<": value < limit, "<=": value <= limit, ">=": value >= limit}[op]
     tail = f" {note}" if note else ""
     verdict = _verdict(label, met, f"target {op} {limit:g} {unit}".rstrip())
     return f"  {label:<50} {value:>10.1f} {unit:<3}{tail}  {verdict}"

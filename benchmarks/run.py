@@ -18,6 +18,7 @@ import common  # noqa: E402
 MODULES = (
     "bench_calls",
     "bench_swap",
+    "bench_storm",
     "bench_watch",
     "bench_scale",
     "bench_top",

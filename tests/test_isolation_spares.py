@@ -187,3 +187,56 @@ def test_invalid_pool_sizes_are_refused(tmp_path: Path, lib: Path, bad: object) 
     with Host(tmp_path / "w", preflight=False) as h:
         assert h.names() == []
     assert set(child_pids()) == before  # nothing was started for it
+
+
+def test_reaping_a_worker_waits_for_its_end_not_past_it_and_gives_up_in_time() -> None:
+    """``Worker.reap``'s wait (``proc.wait_exit``, a pidfd where there is one):
+    a process that does not end is given up on at the timeout; one that ends
+    is reaped with its status; one reaped meanwhile by another thread ends
+    the wait too (its pid may already be another process's)."""
+    import subprocess
+    import threading
+    import time
+
+    from hotload._platform import proc
+
+    hung = subprocess.Popen(["sleep", "30"])
+    try:
+        t0 = time.monotonic()
+        assert not proc.wait_exit(hung, 0.2)
+        assert 0.15 <= time.monotonic() - t0 < 5.0
+        assert hung.returncode is None
+    finally:
+        hung.kill()
+    assert proc.wait_exit(hung, 5.0)
+    assert hung.returncode == -signal.SIGKILL
+
+    other = subprocess.Popen(["sleep", "30"])
+    threading.Timer(0.2, lambda: (other.kill(), other.wait())).start()
+    t0 = time.monotonic()
+    assert proc.wait_exit(other, 20.0)
+    assert time.monotonic() - t0 < 5.0
+    assert other.returncode == -signal.SIGKILL
+    assert proc.wait_exit(other, 0.0)  # already reaped: at once
+
+
+def test_a_crashed_sandboxed_worker_is_reported_with_its_signal_and_its_tree_reaped(
+    lib: Path, tmp_path: Path
+) -> None:
+    """The guard reaps the namespace's init as soon as SIGCHLD says it is
+    gone (no fixed sleep), then ends as the worker did: the host still names
+    the signal, and no process of the dead worker's tree is left."""
+    from hotload._platform import proc
+
+    with Host(tmp_path / "w", preflight=False) as h:
+        p = h.load(lib, isolate=True)
+        proxy = h._swap._isolation._proxies[0]  # type: ignore[union-attr]  # noqa: SLF001
+        guard = proxy.worker.popen.pid
+        tree = {guard, *proc.descendants(guard)}
+        assert len(tree) >= 2  # the guard and what runs below it
+        with pytest.raises(PluginCrashedError, match="SIGSEGV") as exc:
+            p.boom()
+        assert exc.value.signal_name == "SIGSEGV"
+        assert not any(running(q) for q in tree)  # reaped before the error was raised
+        assert p.add(2, 3) == 5  # restarted, in a worker of its own
+        assert h.current("spared").pid not in tree  # type: ignore[union-attr]

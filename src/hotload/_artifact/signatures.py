@@ -10,7 +10,9 @@ so whitespace and parameter names do not matter, but ``int32_t`` vs
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,6 +27,55 @@ ffi = cffi.FFI()
 cast: Callable[[Any, Any], Any] = ffi._backend.cast
 
 
+#: A type name that may be a parameter or a result on its own: words and trailing stars,
+#: nothing cffi's parser must see as a whole declaration (no parentheses, brackets, dots).
+_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_ ]*\**")
+
+#: Type names most prototypes are made of, parsed ahead by ``warm``.
+_SCALARS = ("int", "unsigned int", "long", "size_t", "double", "float")
+_POINTEES = ("char", "void", "int32_t", "int64_t", "double", "uint8_t")
+COMMON = (
+    *(f"{s}int{n}_t" for s in ("", "u") for n in (8, 16, 32, 64)),
+    *(f"{t}{p}" for t in _SCALARS for p in ("", " *")),
+    *(f"{c}{t} *" for c in ("", "const ") for t in _POINTEES),
+    "char",
+    "void",
+    "_Bool",
+    "bool",
+)
+
+
+def warm(names: tuple[str, ...] = COMMON) -> None:
+    """Parse the common type names now (an idle worker), so that opening a
+    plugin builds its prototypes without cffi's C parser (``_plain``)."""
+    for name in names:
+        with contextlib.suppress(cffi.CDefError, cffi.FFIError, ValueError, TypeError):
+            ffi.typeof(name)
+
+
+def _plain(result: str, params: str) -> Any:
+    """The function-pointer type of a prototype made of plain type names,
+    built from their (cached) types instead of parsing the whole text with
+    cffi's C parser: ~0.5 ms for each new prototype, which a fresh worker
+    paid for every export it opened (issue 24 item 4).  None when the text
+    is anything else (parameter names, arrays, function pointers, ``...``),
+    or a name cffi does not know: the parser then decides, and words the
+    error.  cffi keeps one type object per distinct type, so the result is
+    the very object the parser would give."""
+    parts = [p.strip() for p in params.split(",")] if params.strip() else []
+    if parts == ["void"]:
+        parts = []
+    if not all(_PLAIN.fullmatch(p) for p in (result.strip(), *parts)):
+        return None
+    try:
+        args = tuple(ffi.typeof(p) for p in parts)
+        if any(a.kind == "void" for a in args):
+            return None  # void as a parameter: the parser's error
+        return ffi._backend.new_function_type(args, ffi.typeof(result.strip()), False)
+    except (cffi.CDefError, cffi.FFIError, ValueError, TypeError, KeyError):
+        return None
+
+
 @functools.lru_cache(maxsize=1024)
 def pointer_type(signature: str) -> cffi.FFI.CType:
     """The cffi function-pointer type for ``"ret(args)"``; raises ValueError."""
@@ -32,7 +83,9 @@ def pointer_type(signature: str) -> cffi.FFI.CType:
     open_at = sig.find("(")
     if open_at <= 0 or not sig.endswith(")"):
         raise ValueError("expected a C function type such as 'int64_t(int64_t, int32_t)'")
-    ctype = ffi.typeof(f"{sig[:open_at]}(*){sig[open_at:]}")
+    ctype = _plain(sig[:open_at], sig[open_at + 1 : -1]) or ffi.typeof(
+        f"{sig[:open_at]}(*){sig[open_at:]}"
+    )
     if ctype.kind != "function":  # cffi's kind for a pointer to function
         raise ValueError("not a function type")
     if ctype.ellipsis:

@@ -121,3 +121,9 @@ class WorkerProcess(Protocol):
         """Wait until the process ``pid`` that started at ``start`` is no more
         (not even a zombie); whether it went within ``timeout``."""
         ...
+
+    def wait_exit(self, popen: Any, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the child ``popen`` (a ``subprocess.Popen``)
+        to end, and reap it; whether it ended.  Woken by its end where the
+        system can (a pidfd on Linux), not by polling with sleeps."""
+        ...

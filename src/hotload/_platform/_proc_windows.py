@@ -171,3 +171,13 @@ def start_time(pid: int) -> int | None:
 
 def wait_gone(pid: int, start: int | None, timeout: float) -> bool:
     return True
+
+
+def wait_exit(popen: Any, timeout: float) -> bool:
+    import subprocess  # here: the module must import where select is blocked (a test)
+
+    try:
+        popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return True

@@ -458,9 +458,7 @@ class Worker:
             channel.kill_tree(self.popen.pid, self.kin, walk=False)
 
     def reap(self, timeout: float) -> bool:
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
+        if not channel.wait_exit(self.popen, timeout):
             return False
         with self._reap_lock:  # the caller, the supervisor and the service thread may all reap
             if not self._reaped:

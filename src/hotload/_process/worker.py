@@ -120,7 +120,10 @@ def _main(argv: list[str]) -> int:
 
         serve = trial.session(send, recv)
     elif role == "isolated":
+        from .._artifact import signatures
         from . import serving
+
+        signatures.warm()  # idle now: opening a plugin then parses no common type name
 
         shm = _arg(argv, "--shm")  # memfd,wake,done
         area = None
