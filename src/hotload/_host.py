@@ -137,7 +137,8 @@ class Host:
             the ones it loads itself; a name from Redis alone is never loaded.
         metrics: Count every call per version, export and service (``metrics()``);
             False: nothing.
-        metrics_sample: Time one call in N of each export, at random gaps (1: all); counts stay exact.
+        metrics_sample: Time one call in N of each export, at random gaps (1: all); counts
+            stay exact.
     """
 
     def __init__(

@@ -28,7 +28,7 @@ class Settings:
     history_limit: int = 64
     journal_size: int = 1000  # entries the swap journal keeps (journal.py)
     metrics: bool = True  # count every routed call per version and export (metrics.py)
-    metrics_sample: int = DEFAULT_SAMPLE  # time the latency of one call in N per export (random gaps)
+    metrics_sample: int = DEFAULT_SAMPLE  # time one call in N per export (random gaps)
 
     @property
     def sample(self) -> int:
