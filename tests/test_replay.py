@@ -321,3 +321,27 @@ def test_hostile_record_and_replay_requests_are_refused_and_change_nothing(
     with pytest.raises(ControlError, match="no plugin named"):
         control_client.request(sock, "replay", name="nope", path=str(reward(2)))
     assert [v.seq for v in host.versions("reward")] == [1]
+
+
+def test_an_isolated_plugins_service_calls_are_recorded_too(
+    served: Any, reward: Callable[..., Path]
+) -> None:
+    """An isolated plugin's service calls are answered on the host's service
+    thread, not the caller's: they are kept for the call in flight and handed
+    to the recording when it returns, so its replay answers them too."""
+    host, grants = served
+    p = host.load(reward(2), isolate=True)
+    rec = host.record("reward")
+    for i in range(20):
+        p.reward(i, 1)
+    calls = rec.calls()
+    assert [c.services for c in calls[:2]] == [
+        [ServiceCall("grant", (0, 1), True, 0)],
+        [ServiceCall("grant", (1, 3), True, 0)],
+    ]
+    (banned,) = [c for c in calls if c.args[0] == 13]
+    assert not banned.services[0].ok and banned.result == -1
+    granted = len(grants.granted)
+    report = host.replay("reward", reward(2))
+    assert report.ok and report.unrecorded_services == 0 and report.differ == 0, report
+    assert len(grants.granted) == granted

@@ -22,6 +22,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, NoReturn, Protocol
 
 from .._contract.services import ImportBinding
+from .._engine import recording
 from .._engine.journal import Journal
 from .._errors import (
     HotloadError,
@@ -98,6 +99,9 @@ class Proxy:
         self.quarantine = Quarantine(opts.quarantine)
         # the call in the worker now: export, arguments, fingerprint (None: not taken yet)
         self.input: tuple[str, tuple[Any, ...], Hashable | None] | None = None
+        # a recorded call in flight (host.record): the service calls the service channel
+        # answered for it, handed to the recording on the caller's thread when it returns
+        self.notes: list[Any] | None = None
         self.stop_reason = ""  # why the worker is stopped, for the calls that find it so
         self._crash_key: Hashable | None = None  # the input _blame charged the crash to
         self.last_error: PluginCrashedError | None = None
@@ -217,10 +221,13 @@ class Proxy:
                     raise self._dead_error()
                 if self.state == UP:
                     self.input = (cp.fname, args, fp)  # a crash now is this input's
+                    notes = self.notes = [] if recording.recording() else None
                     try:
                         result = self._call_up(cp, args, body)
                     finally:
-                        self.input = None
+                        self.input = self.notes = None
+                        for note in notes or ():
+                            recording.note(note)
                     if fp is not None and q.suspects:
                         q.returned(fp)  # it ran and returned: its crashes were not its own
                         # (an error raised before the worker ran it, a bad argument, clears

@@ -112,6 +112,7 @@ class Served(Protocol):
     binding: ImportBinding | None  # its imports (errors are counted there)
     svc_plans: list[CallPlan]  # how each imported service's calls cross
     nested: int | None  # the thread serving a service its worker's call waits for
+    notes: list[Any] | None  # a recorded call in flight (host.record): its service calls
 
 
 def listen(version: Served, worker: Worker) -> None:
@@ -242,6 +243,14 @@ def _answer(version: Served, worker: Worker, body: bytes) -> bool:
     return True
 
 
+def _keep(version: Served, note: tuple[Any, ...]) -> None:
+    """A service call answered for a recorded call in flight: kept for it
+    (the caller's thread hands it to the recording when the call returns)."""
+    notes = version.notes
+    if notes is not None:
+        notes.append(note)
+
+
 def _service(version: Served, cp: CallPlan) -> Callable[..., Any]:
     """The provided function behind ``cp``, looked up now (``provide()``
     replaces it for every version at once), with the in-process rules:
@@ -261,10 +270,13 @@ def _service(version: Served, cp: CallPlan) -> Callable[..., Any]:
             if svc is None:
                 raise ServiceError(f"service {name} is not provided by this host")
             result = svc.call(*args)
-        except BaseException:  # noqa: BLE001 - SystemExit too: a service is a C function
+        except BaseException as exc:  # noqa: BLE001 - SystemExit too: a service is a C function
             # (in process, cffi's callback catches every exception the same way)
             log.error("%s: service %s raised", label, name, exc_info=True)
+            _keep(version, (name, args, False, exc))
             return failed(error)
+        else:
+            _keep(version, (name, args, True, result))
         finally:
             if binding is not None:
                 binding.leave(name, t0)
