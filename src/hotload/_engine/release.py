@@ -33,6 +33,7 @@ switch.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import logging
 import os
@@ -41,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from .._artifact import loader as loader_mod
 from .._artifact.loader import Candidate
@@ -56,30 +57,80 @@ log = logging.getLogger(__name__)
 
 Source = str | os.PathLike[str] | Candidate | None
 
-#: How long before a staged release's time its thread wakes and takes the GIL.
-EARLY = 0.004
+#: How long before a staged release's time its thread takes the GIL and keeps it.
+EARLY = 0.002
+#: How long before it the GIL's switch interval is shortened, so that the thread's
+#: wake at ``EARLY`` gets the GIL within a fraction of a millisecond.
+PREPARE = 0.02
+SHORT_INTERVAL = 0.0002  # seconds: the switch interval from PREPARE to EARLY
 
-
-_kept_lock = threading.Lock()
-_kept = [0, 0.005]  # timers keeping the GIL now, the switch interval to restore
+_interval_lock = threading.Lock()
+_interval = {"short": 0, "kept": 0, "base": 0.005}  # timers in each phase; the interval to restore
 
 
 @contextlib.contextmanager
-def _gil_kept() -> Iterator[None]:
-    """A long switch interval while the block runs (process-wide, so counted:
-    two releases due at once restore the interval once, after both)."""
-    with _kept_lock:
-        if _kept[0] == 0:
-            _kept[1] = sys.getswitchinterval()
-            sys.setswitchinterval(max(_kept[1], 1.0))
-        _kept[0] += 1
+def _gil(phase: str) -> Iterator[None]:
+    """Change the GIL's switch interval while the block runs: ``short``
+    (SHORT_INTERVAL: a thread asking for the GIL gets it soon) or ``kept``
+    (1 s: the thread holding it keeps it).  Process-wide, so counted: two
+    releases due at once restore the interval once, after both; ``kept``
+    wins over ``short``."""
+
+    def apply() -> None:
+        if _interval["kept"]:
+            sys.setswitchinterval(max(_interval["base"], 1.0))
+        elif _interval["short"]:
+            sys.setswitchinterval(min(_interval["base"], SHORT_INTERVAL))
+        else:
+            sys.setswitchinterval(_interval["base"])
+
+    with _interval_lock:
+        if not _interval["short"] and not _interval["kept"]:
+            _interval["base"] = sys.getswitchinterval()
+        _interval[phase] += 1
+        apply()
     try:
         yield
     finally:
-        with _kept_lock:
-            _kept[0] -= 1
-            if _kept[0] == 0:
-                sys.setswitchinterval(_kept[1])
+        with _interval_lock:
+            _interval[phase] -= 1
+            apply()
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def _abs_sleeper() -> Callable[..., int] | None:
+    """libc's ``clock_nanosleep`` called *without* letting go of the GIL
+    (``ctypes.PyDLL``), or None where there is none (macOS, Windows)."""
+    if sys.platform == "win32":
+        return None
+    try:
+        fn = ctypes.PyDLL(None).clock_nanosleep
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Timespec), ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return cast("Callable[..., int]", fn)
+
+
+_SLEEP_ABS = _abs_sleeper()
+
+
+def sleep_until(at: float, until: Callable[[], bool] = lambda: False) -> None:
+    """Wait until the wall-clock time ``at`` holding the GIL: the kernel
+    wakes the thread at the instant (``clock_nanosleep(CLOCK_REALTIME,
+    TIMER_ABSTIME)``, which also follows a stepped clock) and no other
+    thread can take the GIL meanwhile, so the code after it runs at once.
+    It used to spin instead: on a busy machine fifty processes spinning at
+    once starved each other of the CPU.  Without ``clock_nanosleep`` it
+    spins.  ``until``: stop early when it says so (checked at each wake)."""
+    target = int(at * 1e9)
+    ts = _Timespec(target // 1_000_000_000, target % 1_000_000_000)
+    while time.time_ns() < target and not until():
+        if _SLEEP_ABS is not None:
+            _SLEEP_ABS(0, 1, ctypes.byref(ts), None)  # CLOCK_REALTIME, TIMER_ABSTIME; EINTR: again
 
 
 @dataclass
@@ -122,6 +173,7 @@ class Release:
     state: str = "done"  # "staged", "done", "cancelled", "failed"
     at: float | None = None  # the switch time asked for (Unix seconds), if any
     skew_ms: float | None = None  # how late the switch ended after ``at``
+    switched_ns: int | None = None  # when the flip ended (time.time_ns()), if it did
     reason: str = ""  # why it was cancelled or failed
     names: tuple[str, ...] = ()
     _parts: list[_Part] = field(default_factory=list, repr=False)
@@ -144,6 +196,7 @@ class Release:
             "state": self.state,
             "at": self.at,
             "skew_ms": self.skew_ms,
+            "switched_ns": self.switched_ns,
             "reason": self.reason,
             "names": list(self.names),
             "versions": {n: v.as_dict() for n, v in self.versions.items()},
@@ -229,21 +282,26 @@ class Releaser:
 
     def _timer(self, r: Release) -> None:
         """Sleep until ``r.at`` by the wall clock, read again at least every half
-        second (a stepped clock moves the switch with it); wake ``EARLY``
-        before it and keep the GIL from then to the end of the switch (a long
-        switch interval), spinning out the rest: with threads busy calling
-        plugins, waking on time and then waiting for the GIL (5 ms a turn by
-        default) made the switch land ~10 ms late.  The threads wait meanwhile,
-        as they would at the held routes anyway."""
+        second (a stepped clock moves the switch with it).  ``PREPARE``
+        before it the GIL's switch interval is shortened (so that waking
+        needs no wait for the GIL: with threads busy calling plugins, waking
+        on time and then waiting 5 ms a turn for the GIL made the switch
+        land ~10 ms late); ``EARLY`` before it the thread takes the GIL and
+        keeps it (a long switch interval) while it sleeps in the kernel to
+        the instant (``sleep_until``) and switches.  The threads wait
+        meanwhile, as they would at the held routes anyway."""
         assert r.at is not None
         while not r._done.is_set():
             left = r.at - time.time()
-            if left <= EARLY:
+            if left <= PREPARE:
                 break
-            r._done.wait(min(left - EARLY, 0.5))
-        with _gil_kept():
-            while r.state == "staged" and time.time() < r.at:
-                pass
+            r._done.wait(min(left - PREPARE, 0.5))
+        with _gil("short"):
+            left = r.at - EARLY - time.time()
+            if left > 0 and r.state == "staged":
+                r._done.wait(left)
+        with _gil("kept"):
+            sleep_until(r.at, lambda: r.state != "staged")
             self._switch_at(r)
 
     def _switch_at(self, r: Release) -> None:
@@ -260,13 +318,14 @@ class Releaser:
                 if self._swap._table.closed:
                     raise HotloadError("the host closed")
                 self._switch(r._parts)
+                r.switched_ns = time.time_ns()  # the flip's instant: fleets compare hosts by it
             except Exception as exc:
                 r.state, r.reason = "failed", f"{type(exc).__name__}: {exc}"
                 log.error("%s: not switched: %s", r._label, r.reason)
                 r._done.set()
                 return
             done = self._finish(r.id, r._parts, r._label, rollback=False)
-        r.skew_ms = (time.time() - (r.at or 0)) * 1e3
+        r.skew_ms = (r.switched_ns - int((r.at or 0) * 1e9)) / 1e6 if r.switched_ns else None
         r.versions, r.replaced, r.state = done.versions, done.replaced, "done"
         self.history.append(r)
         r._done.set()
