@@ -9,6 +9,7 @@
     hotload fleet rollback NAME [--to REV] [--step-timeout 2m]
     hotload fleet abort NAME | resume NAME
     hotload fleet resign [NAME]              sign the desired state again (new expiry)
+    hotload fleet release NAME=BUILD ... --at TIME [--deadline TIME] | --cancel ID
     hotload fleet keygen PRIVATE_PEM         an Ed25519 key pair for signed decisions
 
 Every command that writes a desired state signs it: ``--sign-key PEM``
@@ -58,6 +59,7 @@ from typing import Any
 from .._errors import FleetError, RolloutFailed
 from ..fleet import Controller, Fleet
 from ..fleet._schema import selector_text
+from . import fleet_release
 from .canary import _share
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -170,6 +172,7 @@ def add_commands(sub: Any) -> None:
     q.add_argument("name", nargs="?", help="the plugin (default: every one)")
     q.set_defaults(func=cmd_resign)
 
+    fleet_release.add_command(fsub, [common, signer])
     q = fsub.add_parser("keygen", help="write an Ed25519 private key (0600); prints the public key")
     q.add_argument("private_pem")
     q.set_defaults(func=cmd_keygen)
@@ -404,6 +407,7 @@ def render_status(st: dict[str, Any]) -> str:
             + (f", reason: {rec['reason']}" if rec.get("reason") else "")
         )
         lines += [f"  {h}: {e}" for h, e in fails.items()]
+    lines += fleet_release.release_lines(st.get("releases") or [])
     sick = [h for h in st["hosts"] if h.get("alive") and h.get("unhealthy")]
     if sick:
         alive = sum(1 for h in st["hosts"] if h.get("alive"))  # a gone host is no one's peer
