@@ -32,6 +32,7 @@ MODULES = (
     "bench_quarantine",
     "bench_canary",
     "bench_release",
+    "bench_fleet_release",
     "proof_go_unload",
 )
 

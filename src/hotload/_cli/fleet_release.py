@@ -15,12 +15,17 @@ and its cause) and 2 when some host did not report its switch.
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import time
 from datetime import datetime
 from typing import Any
 
 from .._errors import FleetError, RolloutFailed
+from ..fleet import Fleet
 from ..fleet._release_plan import when
+
+_AHEAD = re.compile(r"^\+\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
 
 
 def add_command(fsub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -46,10 +51,9 @@ def add_command(fsub: Any, parents: list[argparse.ArgumentParser]) -> None:
 def instant(text: str) -> float:
     """``2026-12-24T18:00:00Z`` (an offset is required: hosts in other zones
     read the same instant) or ``+SECONDS`` (``+30``, ``+2m``) from now."""
-    from .fleet import duration
-
-    if text.startswith("+"):
-        return time.time() + duration(text[1:])
+    m = _AHEAD.match(text)
+    if m:
+        return time.time() + float(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2) or "s"]
     try:
         at = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -63,10 +67,14 @@ def instant(text: str) -> float:
     return at.timestamp()
 
 
-def cmd_release(args: argparse.Namespace) -> int:
-    from .fleet import _emit, _fleet
+def _emit(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
 
-    with _fleet(args) as f:
+
+def cmd_release(args: argparse.Namespace) -> int:
+    with Fleet(
+        args.redis, signing_key=args.sign_key, insecure=args.insecure, expires=args.expires
+    ) as f:
         if args.cancel:
             if args.builds or args.at is not None:
                 raise FleetError("--cancel ID takes no NAME=BUILD and no --at")

@@ -39,7 +39,6 @@ from ._release_plan import Plan, hosts_key, parse, releases_key, when
 
 if TYPE_CHECKING:
     from .._engine.release import Release
-    from ._agent import FleetAgent
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ MAX_PLANS = 256  # plans one sync looks at (the newest revs): a flood is not wor
 class ReleaseAgent:
     """The releases of one ``FleetAgent`` (its thread calls every method)."""
 
-    def __init__(self, agent: FleetAgent) -> None:
+    def __init__(self, agent: Any) -> None:  # the FleetAgent (which imports this module)
         self.a = agent
         self._plans: list[Plan] = []  # verified at the last read
         self._staged: dict[str, Release] = {}  # release id -> the host's staged release
@@ -64,7 +63,7 @@ class ReleaseAgent:
         unless a later desired state overrides it)."""
         r = self.a._r
         assert r is not None
-        raw: dict[bytes, bytes] = r.hgetall(releases_key(self.a.keys))  # type: ignore[assignment]
+        raw: dict[bytes, bytes] = r.hgetall(releases_key(self.a.keys))
         self.a.commands += 1
         plans = []
         for id_b, rec in list(raw.items())[: MAX_PLANS * 4]:

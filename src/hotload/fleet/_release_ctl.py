@@ -20,9 +20,10 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .._errors import FleetError, RolloutFailed
+from ._controller import FleetStore
 from ._release_plan import (
     Plan,
     check_builds,
@@ -36,8 +37,13 @@ from ._release_plan import (
 )
 from ._schema import Rule, matches, new_id, selector, selector_text
 
-if TYPE_CHECKING:
-    from ._client import Fleet
+
+class Fleet(FleetStore, Protocol):
+    """What a release reads and writes through its ``Fleet`` (named here:
+    ``Fleet.release`` makes a controller, so the import goes one way)."""
+
+    def signing_key(self, *, required: bool = True) -> Any: ...
+
 
 log = logging.getLogger(__name__)
 
