@@ -37,7 +37,7 @@ from hotload.fleet._signing import public_hex, write_private_key
 from common import limit_row, percentiles, row, scratch, text_row
 
 HOSTS = int(os.environ.get("HOTLOAD_BENCH_FLEET_HOSTS", "50"))
-RATE = 1000  # calls a second per host, to each plugin
+RATE = int(os.environ.get("HOTLOAD_BENCH_RELEASE_RATE", "1000"))  # calls/s per host and plugin
 ROUNDS = 3
 LEAD = 8.0  # seconds from the plan written to its time
 NAMES = ("reward", "drops")

@@ -114,11 +114,15 @@ def cmd_release(args: argparse.Namespace) -> int:
     return 2 if rec.get("not_switched") else 0
 
 
-def _state(rep: dict[str, Any]) -> str:
+def _state(rep: dict[str, Any], at: float | None = None) -> str:
     out = str(rep.get("state"))
+    if at is not None and isinstance(rep.get("switched_ns"), int):
+        out += f" {(rep['switched_ns'] - int(at * 1e9)) / 1e6:+.2f} ms after the time"
+    if rep.get("late"):
+        out += " (late: it had not staged it)"
     if rep.get("plugin"):
         out += f" ({rep['plugin']})"
-    if rep.get("error"):
+    if rep.get("error") and rep.get("state") != "cancelled":  # the release's line says why
         out += f": {str(rep['error'])[:160]}"
     return out
 
@@ -136,11 +140,12 @@ def release_lines(releases: list[dict[str, Any]], shown: int = 3) -> list[str]:
         for rep in hosts.values():
             counts[rep["state"]] = counts.get(rep["state"], 0) + 1
         builds = ", ".join(f"{n}={str(d)[:12]}" for n, d in (r.get("builds") or {}).items())
-        state = r["state"] if r["state"] == "cancelled" or time.time() < r["at"] else "due"
+        passed = r["state"] != "cancelled" and time.time() >= r["at"]
+        state = "its time passed" if passed else r["state"]
         lines.append(
             f"release {r['id']}: {state} at {when(r['at'])}: {builds}; hosts: "
             + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none reported")
             + (f"; reason: {r['reason']}" if r.get("reason") else "")
         )
-        lines += [f"  {h}: {_state(rep)}" for h, rep in sorted(hosts.items())]
+        lines += [f"  {h}: {_state(rep, r['at'])}" for h, rep in sorted(hosts.items())]
     return lines

@@ -242,7 +242,7 @@ class ReleaseController:
         rec = self.record(release_id) or {"id": release_id}
         rec.update({"state": "cancelled", "reason": reason, "cancelled_at": time.time()})
         self._save(rec)
-        self.progress(f"release {release_id}: cancelled everywhere: {reason}")
+        self.progress(f"release {release_id}: cancelled on every host")
         return rec
 
     def _ours(self, rid: str, raw: bytes) -> Plan:
@@ -291,8 +291,8 @@ def _record_key(f: Fleet, rid: str) -> str:
 
 
 def _cause(rep: dict[str, Any]) -> str:
-    plugin = rep.get("plugin")
-    return (f"{plugin}: " if plugin else "") + str(rep.get("error") or rep.get("state"))
+    plugin, error = rep.get("plugin"), str(rep.get("error") or rep.get("state"))
+    return error if not plugin or error.startswith(f"{plugin}:") else f"{plugin}: {error}"
 
 
 def overview(f: Fleet) -> list[dict[str, Any]]:
