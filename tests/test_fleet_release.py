@@ -183,6 +183,7 @@ def test_one_host_that_cannot_stage_cancels_it_everywhere(
     assert cluster.hosts["a"]["reward"].generation() == 1
     assert cluster.hosts["a"]["drops"].generation() == 1
     assert cluster.hosts["b"]["reward"].generation() == 1
+    assert reports(redis_server.url, rid)["b"]["state"] == "failed"  # its cause stays
     with Fleet(redis_server.url) as f:
         assert f.release_status(info.value.record["id"])["state"] == "cancelled"
         with pytest.raises(FleetError, match="already cancelled"):

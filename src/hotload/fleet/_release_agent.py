@@ -111,6 +111,8 @@ class ReleaseAgent:
                 log.warning(
                     "fleet agent %s: release %s cancelled: %s", self.a.id, plan.id, plan.reason
                 )
+            if mine is None and plan.id in self._failed:
+                return  # its report says why this host could not stage it: kept
             if mine is None or mine.state == "cancelled":
                 self._report(plan, "cancelled", error=plan.reason or None)
                 return
