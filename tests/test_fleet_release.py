@@ -190,9 +190,12 @@ def test_one_host_that_cannot_stage_cancels_it_everywhere(
             f.cancel_release(info.value.record["id"])
 
 
-def test_hosts_switch_with_redis_stopped_before_the_time(
-    cluster: Cluster, redis_server: RedisServer, gens: Any
+@pytest.mark.parametrize("fault", ["stopped", "paused"])
+def test_hosts_switch_with_redis_stopped_or_paused_before_the_time(
+    cluster: Cluster, redis_server: RedisServer, gens: Any, fault: str
 ) -> None:
+    """A Redis gone (connections refused) or paused (a peer that stops
+    answering: every call times out) at the time: the hosts switch anyway."""
     one = gens(1)
     digests = publish(redis_server.url, gens(2))
     for h in ("a", "b"):
@@ -203,11 +206,15 @@ def test_hosts_switch_with_redis_stopped_before_the_time(
         rid = f.release(digests, at=at, wait=False)["id"]
     wait_for(lambda: _states(reports(redis_server.url, rid)) == {"a": "staged", "b": "staged"})
     handles = {h: cluster.hosts[h].staged_releases() for h in ("a", "b")}
-    redis_server.stop()
-    for h, (r,) in handles.items():
-        assert r.wait(10) == "done"
-        assert r.switched_ns is not None and r.switched_ns >= int(at * 1e9)
-        assert [cluster.hosts[h][n].generation() for n in NAMES] == [2, 2]
+    redis_server.stop() if fault == "stopped" else redis_server.pause()
+    try:
+        for h, (r,) in handles.items():
+            assert r.wait(10) == "done"
+            assert r.switched_ns is not None and r.switched_ns >= int(at * 1e9)
+            assert [cluster.hosts[h][n].generation() for n in NAMES] == [2, 2]
+    finally:
+        if fault == "paused":
+            redis_server.resume()
 
 
 def test_a_host_restarted_before_the_time_stages_the_release_again(
@@ -284,8 +291,14 @@ def test_a_plan_naming_a_plugin_twice_is_refused(
     digests = publish(redis_server.url, gens(2))
     cluster.add("a", {"role": "game"}, start_with=one["reward"])
     twice = [("reward", digests["reward"]), ("reward", digests["reward"])]
-    with Fleet(redis_server.url) as f, pytest.raises(FleetError, match="reward is named twice"):
-        f.release(twice, at=time.time() + 5)
+    with Fleet(redis_server.url) as f:
+        with pytest.raises(FleetError, match="reward is named twice"):
+            f.release(twice, at=time.time() + 5)
+        many = [(f"p{i}", digests["reward"]) for i in range(65)]
+        with pytest.raises(FleetError, match="over the 64 a release takes"):
+            f.release(many, at=time.time() + 5)
+        with pytest.raises(FleetError, match="not a plugin name"):
+            f.release([("../x", digests["reward"])], at=time.time() + 5)
     assert redis_server.client().hgetall("hotload:releases") == {}
     # signed by the fleet key and written straight to Redis: the host refuses it all the same
     plan = Plan("0123456789ab", 10**15, tuple(twice), time.time() + 5, time.time() + 4)

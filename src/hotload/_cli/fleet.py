@@ -29,7 +29,9 @@ and names the hosts and their errors.
 "hotload", "ttl", "heartbeat_age", "plugins": {NAME: {"state", "digest", "version",
 "seq", "target", "rev", "error", "at", "canary"?}}, "health": {NAME: HEALTH}, "unhealthy":
 {NAME: [REASON, ...]}, "health_error"?}], "desired": {NAME: {"rev", "rules":
-[{"match", "digest"}]}}, "rollouts": {NAME: ROLLOUT}}``.  HEALTH is the host's
+[{"match", "digest"}]}}, "rollouts": {NAME: ROLLOUT}, "releases": [{"id", "state",
+"reason", "builds": {NAME: DIGEST}, "at", "deadline", "rev", "hosts": {HOST: {"state",
+"rev", "plugin"?, "error"?, "switched_ns"?, "late"?}}}]}`` (releases newest first).  HEALTH is the host's
 last heartbeat's summary of the plugin's current version: ``{"seq", "calls",
 "errors", "crashes", "timeouts", "service_errors", "p99_us", "worker"}`` (the figures the host
 has; ``worker`` only when an isolated worker is not running); ``unhealthy``
