@@ -31,8 +31,8 @@ and names the hosts and their errors.
 {NAME: [REASON, ...]}, "health_error"?}], "desired": {NAME: {"rev", "rules":
 [{"match", "digest"}]}}, "rollouts": {NAME: ROLLOUT}, "releases": [{"id", "state",
 "reason", "builds": {NAME: DIGEST}, "at", "deadline", "rev", "hosts": {HOST: {"state",
-"rev", "plugin"?, "error"?, "switched_ns"?, "late"?}}}]}`` (releases newest first).  HEALTH is the host's
-last heartbeat's summary of the plugin's current version: ``{"seq", "calls",
+"rev", "plugin"?, "error"?, "switched_ns"?, "late"?}}}]}`` (releases newest first).
+HEALTH is the host's last heartbeat's summary of the plugin's current version: ``{"seq", "calls",
 "errors", "crashes", "timeouts", "service_errors", "p99_us", "worker"}`` (the figures the host
 has; ``worker`` only when an isolated worker is not running); ``unhealthy``
 names each plugin that crashed, timed out, has no running worker, or failed

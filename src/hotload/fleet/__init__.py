@@ -3,7 +3,8 @@ step, roll back everywhere on failure (see the fleet guide).
 
 ``from hotload import fleet``; ``fleet.publish(path)``, ``fleet.rollout(name, digest)``,
 ``fleet.status()``; ``fleet.release({name: digest, ...}, at=...)`` switches several plugins
-on every host at one instant (the Releases page).  A host joins with ``Host(fleet=...)`` or ``host.join_fleet(...)``.
+on every host at one instant (the Releases page).  A host joins with ``Host(fleet=...)``
+or ``host.join_fleet(...)``.
 """
 
 from ._client import (
