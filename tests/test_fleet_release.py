@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -409,3 +410,35 @@ def test_cli_fleet_release_and_status(
     assert bad.returncode != 0 and "has no offset" in bad.stderr
     assert [cluster.hosts["a"][n].generation() for n in NAMES] == [2, 2]
     assert isinstance(Host, type)
+
+
+def test_the_controller_waits_out_a_redis_pause_and_sees_every_host_switched(
+    cluster: Cluster, redis_server: RedisServer, gens: Any
+) -> None:
+    """Redis paused from the staging to past the time: the controller says
+    so, does not fail, and once Redis answers finds every host switched."""
+    one = gens(1)
+    digests = publish(redis_server.url, gens(2))
+    for h in ("a", "b"):
+        cluster.add(h, {"role": "game"}, start_with=one["reward"], plugins=["drops"])
+        cluster.hosts[h].load(one["drops"])
+    at = time.time() + 2.5
+    said: list[str] = []
+    out: list[dict[str, Any]] = []
+
+    def drive() -> None:
+        with Fleet(redis_server.url, timeout=0.5) as f:
+            rec = f.release(digests, at=at, deadline=at - 1.0, poll=0.05, progress=said.append)
+            out.append(rec)
+
+    thread = threading.Thread(target=drive, daemon=True)
+    thread.start()
+    wait_for(lambda: any("2/2 hosts staged" in line for line in said), what="both staged")
+    redis_server.pause()
+    try:
+        time.sleep(max(0.0, at - time.time()) + 0.3)
+    finally:
+        redis_server.resume()
+    thread.join(30)
+    assert out and out[0]["state"] == "switched", said
+    assert any("the hosts go on with their staged plans" in line for line in said)

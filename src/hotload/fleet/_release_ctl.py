@@ -66,6 +66,7 @@ class ReleaseController:
         self.f = fleet
         self.poll = poll
         self.progress = progress or (lambda msg: log.info("release: %s", msg))
+        self._said_away = 0.0
 
     # -- the plan -------------------------------------------------------------------------
     def publish(
@@ -161,7 +162,10 @@ class ReleaseController:
         rid, at, deadline = rec["id"], rec["at"], rec["deadline"]
         said = ""
         while time.time() < at:
-            reports = self._reports(rid)
+            reports = self._look(rid)
+            if reports is None:  # Redis away: no cancel can be written either; wait for it
+                time.sleep(min(self.poll, max(0.005, at - time.time())))
+                continue
             failed = {h: r for h, r in reports.items() if r["state"] in ("failed", "invalid")}
             waiting = [h for h in rec["expected"] if reports.get(h, {}).get("state") != "staged"]
             if failed:
@@ -182,8 +186,9 @@ class ReleaseController:
             time.sleep(min(self.poll, max(0.005, at - time.time())))
         self.progress(f"release {rid}: its time {when(at)}: the hosts switch on their own")
         settle = at + SETTLE
+        last: dict[str, dict[str, Any]] = {}
         while True:
-            reports = self._reports(rid)
+            reports = last = self._look(rid) or last
             switched = {h: r for h, r in reports.items() if r["state"] == "switched"}
             if all(h in switched for h in rec["expected"]) or time.time() >= settle:
                 break
@@ -220,6 +225,17 @@ class ReleaseController:
         rec = self.record(rec["id"]) or rec
         rec["hosts_state"] = self._reports(rec["id"])
         raise RolloutFailed(f"release {rec['id']} cancelled on every host: {why}", rec)
+
+    def _look(self, rid: str) -> dict[str, dict[str, Any]] | None:
+        """The hosts' reports, or None while Redis does not answer (said once a
+        second: the hosts switch on their own staged plans meanwhile)."""
+        try:
+            return self._reports(rid)
+        except FleetError as exc:
+            if time.monotonic() - self._said_away >= 1.0:
+                self._said_away = time.monotonic()
+                self.progress(f"release {rid}: {exc}; the hosts go on with their staged plans")
+            return None
 
     # -- cancel ---------------------------------------------------------------------------
     def cancel(self, release_id: str, reason: str = "cancelled by hand") -> dict[str, Any]:
