@@ -280,6 +280,8 @@ def test_a_time_in_the_past_or_too_close_is_refused_and_nothing_written(
                 f.release(digests, at=at)
         with pytest.raises(FleetError, match="deadline"):
             f.release(digests, at=time.time() + 5, deadline=time.time() + 6)
+        with pytest.raises(FleetError, match="more than a year ahead"):
+            f.release(digests, at=time.time() + 400 * 86400)
         with pytest.raises(FleetError, match="is not a time"):
             f.release(digests, at="tomorrow")  # type: ignore[arg-type]
     assert redis_server.client().hgetall("hotload:releases") == {}
@@ -442,3 +444,22 @@ def test_the_controller_waits_out_a_redis_pause_and_sees_every_host_switched(
     thread.join(30)
     assert out and out[0]["state"] == "switched", said
     assert any("the hosts go on with their staged plans" in line for line in said)
+
+
+def test_a_signed_plan_the_host_cannot_stage_is_reported_not_retried_forever(
+    cluster: Cluster, redis_server: RedisServer, gens: Any, fleet_key: Any
+) -> None:
+    """A plan written straight to Redis, signed, but for a time beyond what a
+    host stages (over a year ahead): the host reports ``failed`` with the
+    cause, keeps serving, and its agent stays connected."""
+    one = gens(1)
+    digests = publish(redis_server.url, gens(2))
+    cluster.add("a", {"role": "game"}, start_with=one["reward"], plugins=["drops"])
+    far = time.time() + 400 * 86400
+    plan = Plan("0123456789ab", 10**15, tuple(digests.items()), far, far - 60)
+    redis_server.client().hset("hotload:releases", plan.id, sign(fleet_key, plan).record())
+    redis_server.client().publish("hotload:wake", "x")
+    rep = wait_for(lambda: reports(redis_server.url, plan.id).get("a"), what="a's report")
+    assert rep["state"] == "failed" and "within a year" in rep["error"]
+    assert cluster.agents["a"].connected.is_set()
+    assert cluster.hosts["a"]["reward"].generation() == 1

@@ -101,7 +101,7 @@ class ReleaseAgent:
         for plan in self._plans:
             try:
                 self._act(plan, newest, revs)
-            except HotloadError as exc:
+            except (HotloadError, ValueError) as exc:  # ValueError: a time the host refuses
                 self._fail(plan, getattr(exc, "plugin", None), exc)
 
     def _act(self, plan: Plan, newest: dict[str, int], revs: dict[str, int]) -> None:

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 SETTLE = 3.0  # seconds after the time the controller waits for every host's ``switched``
 MIN_LEAD = 1.0  # seconds: a release's time is at least this far ahead when it is published
+MAX_LEAD = 365 * 86400.0  # and at most this (a host refuses a staged release beyond a year)
 
 
 def default_deadline(at: float, now: float) -> float:
@@ -99,6 +100,8 @@ class ReleaseController:
                 f"time, so the time must be at least {MIN_LEAD:g} s ahead; refused, nothing "
                 f"written"
             )
+        if at > now + MAX_LEAD:
+            raise FleetError(f"release: its time {when(at)} is more than a year ahead")
         deadline = default_deadline(at, now) if deadline is None else float(deadline)
         if not now < deadline < at:
             raise FleetError(
