@@ -463,3 +463,21 @@ def test_a_signed_plan_the_host_cannot_stage_is_reported_not_retried_forever(
     assert rep["state"] == "failed" and "within a year" in rep["error"]
     assert cluster.agents["a"].connected.is_set()
     assert cluster.hosts["a"]["reward"].generation() == 1
+
+
+def test_a_release_for_some_hosts_leaves_the_others_alone(
+    cluster: Cluster, redis_server: RedisServer, gens: Any
+) -> None:
+    one = gens(1)
+    digests = publish(redis_server.url, gens(2))
+    for h, role in (("a", "game"), ("b", "lobby")):
+        cluster.add(h, {"role": role}, start_with=one["reward"], plugins=["drops"])
+        cluster.hosts[h].load(one["drops"])
+    with Fleet(redis_server.url) as f:
+        rec = f.release(digests, at=time.time() + 1.5, hosts="role=game", poll=0.05)
+    assert (rec["state"], rec["expected"], rec["switched"]) == ("switched", ["a"], ["a"])
+    assert [cluster.hosts["a"][n].generation() for n in NAMES] == [2, 2]
+    gen = redis_server.client().get("hotload:gen")  # the desired states written after it
+    wait_for(lambda: cluster.agents["b"]._gen == gen, what="b synced with them")
+    assert [cluster.hosts["b"][n].generation() for n in NAMES] == [1, 1]
+    assert "b" not in reports(redis_server.url, rec["id"])

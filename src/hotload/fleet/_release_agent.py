@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import FleetError, HotloadError
 from ._release_plan import Plan, hosts_key, parse, releases_key, when
+from ._schema import matches
 
 if TYPE_CHECKING:
     from .._engine.release import Release
@@ -79,7 +80,8 @@ class ReleaseAgent:
                 continue
             self._invalid.pop(rid, None)
             plans.append(plan)
-        self._plans = sorted(plans, key=lambda p: p.order)[-MAX_PLANS:]
+        mine = [p for p in plans if matches(p.match, self.a.labels)]  # the others: not ours
+        self._plans = sorted(mine, key=lambda p: p.order)[-MAX_PLANS:]
         held: dict[str, int] = {}
         for plan in self._plans:
             if plan.state == "planned":

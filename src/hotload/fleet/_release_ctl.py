@@ -114,7 +114,7 @@ class ReleaseController:
         )
         if not expected:
             raise FleetError(f"release: no live host matches {selector_text(match)}")
-        plan = self._write(Plan(new_id(), self._rev(), tuple(pairs), float(at), deadline))
+        plan = self._write(Plan(new_id(), self._rev(), tuple(pairs), float(at), deadline, match))
         rec = {
             "id": plan.id,
             "plan": plan.record(),  # as signed: a cancel falls back on it if Redis's is changed
@@ -214,12 +214,16 @@ class ReleaseController:
         return rec
 
     def _adopt(self, rec: dict[str, Any]) -> None:
-        """Write each plugin's desired state as the release's build (a decision
-        after the release: a later rollout starts from it, and hosts that
-        already run it do nothing)."""
+        """Write each plugin's desired state as the release's build for the
+        release's hosts (a decision after the release: a later rollout starts
+        from it, and hosts that already run it do nothing); the rules for
+        other hosts stay."""
+        match = selector(rec.get("hosts") or "*")
         for name, digest in rec["builds"].items():
             try:
-                self.f.set_desired(name, [Rule({}, digest)])
+                _, prev = self.f.desired(name)  # the release's hosts first, the others as they were
+                rules = [Rule(match, digest), *(r for r in prev if r.match != match and match)]
+                self.f.set_desired(name, rules)
             except FleetError as exc:  # the hosts switched; only the record is behind
                 log.warning("release %s: desired state of %s not written: %s", rec["id"], name, exc)
 

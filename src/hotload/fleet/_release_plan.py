@@ -8,7 +8,9 @@ desired-state signature cannot be passed off as a plan's: ``id``, ``rev``
 (above every decision written before: a cancel re-signs the plan with a
 higher rev, so the planned record replayed after it is older, refused),
 ``builds`` (a list of ``{"plugin", "digest"}``: each plugin once), ``at``,
-``deadline``, ``state`` (``planned`` or ``cancelled``), ``reason``,
+``deadline``, ``match`` (the labels of the hosts it is for: every host whose
+labels include them stages and switches it; ``{}``: every host), ``state``
+(``planned`` or ``cancelled``), ``reason``,
 ``signed_at``, ``expires_at`` (``DEFAULT_EXPIRES`` after ``at``: a host
 restarted after the time still converges to it), and the Ed25519 signature
 over the canonical JSON of those fields.
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .._errors import FleetError
-from ._schema import Keys, check_digest, check_name, load_json
+from ._schema import Keys, check_digest, check_labels, check_name, load_json
 from ._signing import DEFAULT_EXPIRES, public_hex
 
 RELEASE_CONTEXT = b"hotload-fleet-release-v1\n"
@@ -60,6 +62,7 @@ class Plan:
     builds: tuple[tuple[str, str], ...]  # (plugin, digest), each plugin once
     at: float
     deadline: float
+    match: dict[str, str] = field(default_factory=dict)
     state: str = "planned"
     reason: str = ""
     signed_at: float = 0.0
@@ -86,6 +89,7 @@ class Plan:
             "builds": [{"plugin": n, "digest": d} for n, d in self.builds],
             "at": self.at,
             "deadline": self.deadline,
+            "match": self.match,
             "state": self.state,
             "reason": self.reason,
             "signed_at": self.signed_at,
@@ -172,7 +176,8 @@ def parse(raw: bytes | None, where: str) -> Plan:
         raise FleetError(f"{where}: signature {sig!r:.40} is not 128 hex digits")
     if times[1] > times[0]:
         raise FleetError(f"{where}: its staging deadline is after its switch time")
-    return Plan(rid, rev, builds, times[0], times[1], state, reason, times[2], times[3], sig)
+    match = check_labels(rec.get("match", {}), f"{where}: match")
+    return Plan(rid, rev, builds, times[0], times[1], match, state, reason, times[2], times[3], sig)
 
 
 def verify(public_key: Any, plan: Plan, where: str, *, now: float | None = None) -> None:
