@@ -24,7 +24,7 @@ import pytest
 from hotload import FleetError, Host
 from hotload._errors import RolloutFailed
 from hotload.fleet import Fleet
-from hotload.fleet._release_plan import Plan, hosts_key, parse, releases_key, sign
+from hotload.fleet._release_plan import Plan, parse, releases_key, report_key, sign
 from test_fleet import (  # noqa: F401  (fixtures)
     Cluster,
     RedisServer,
@@ -262,7 +262,7 @@ def test_cancel_by_hand_before_the_time_and_refused_after(
         f.cancel_release(rid, "the event moved")
         wait_for(lambda: reports(redis_server.url, rid)["a"]["state"] == "cancelled")
         assert not cluster.hosts["a"].staged_releases()
-        again = f.release(digests, at=time.time() + 1.2, wait=False)["id"]
+        again = f.release(digests, at=time.time() + 2.0, wait=False)["id"]
         wait_for(lambda: reports(redis_server.url, again).get("a", {}).get("state") == "switched")
         with pytest.raises(FleetError, match="point of no return"):
             f.cancel_release(again)
@@ -366,7 +366,8 @@ def test_garbage_in_the_release_keys_is_reported_and_nothing_staged(
     r = redis_server.client()
     r.hset("hotload:releases", "0123456789ab", garbage)
     r.hset("hotload:releases", "\xff" * 300, garbage)
-    r.hset(hosts_key(cluster.agents["a"].keys, "0123456789ab"), "zz", garbage)
+    r.hset(report_key(cluster.agents["a"].keys, "zz"), "0123456789ab", garbage)
+    r.sadd("hotload:hosts", "zz")
     r.publish("hotload:wake", "x")
     rep = wait_for(lambda: reports(redis_server.url, "0123456789ab").get("a"), what="a's report")
     assert rep["state"] == "invalid"
@@ -474,7 +475,7 @@ def test_a_release_for_some_hosts_leaves_the_others_alone(
         cluster.add(h, {"role": role}, start_with=one["reward"], plugins=["drops"])
         cluster.hosts[h].load(one["drops"])
     with Fleet(redis_server.url) as f:
-        rec = f.release(digests, at=time.time() + 1.5, hosts="role=game", poll=0.05)
+        rec = f.release(digests, at=time.time() + 2.0, hosts="role=game", poll=0.05)
     assert (rec["state"], rec["expected"], rec["switched"]) == ("switched", ["a"], ["a"])
     assert [cluster.hosts["a"][n].generation() for n in NAMES] == [2, 2]
     gen = redis_server.client().get("hotload:gen")  # the desired states written after it

@@ -35,7 +35,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .._errors import FleetError, HotloadError
-from ._release_plan import Plan, hosts_key, parse, releases_key, when
+from ._release_plan import Plan, parse, releases_key, report_key, when
 from ._schema import matches
 
 if TYPE_CHECKING:
@@ -57,14 +57,28 @@ class ReleaseAgent:
         self._reported: dict[str, dict[str, Any]] = {}
         self._invalid: dict[str, bytes] = {}
         self._conn: Any = None
+        self._no_access = False  # the ACL does not let this host read the plans
 
     def read(self) -> dict[str, int]:
         """Read and verify every plan; plugin -> the rev of the newest planned
         release naming it (the agent leaves those plugins to the release
         unless a later desired state overrides it)."""
+        import redis
+
         r = self.a._r
         assert r is not None
-        raw: dict[bytes, bytes] = r.hgetall(releases_key(self.a.keys))
+        try:
+            raw: dict[bytes, bytes] = r.hgetall(releases_key(self.a.keys))
+        except redis.exceptions.NoPermissionError as exc:  # an ACL from before releases
+            if not self._no_access:
+                self._no_access = True
+                log.warning(
+                    "fleet agent %s: cannot read %s (%s): this host takes no fleet release; "
+                    "the fleet guide's ACL lists the keys a host needs",
+                    *(self.a.id, releases_key(self.a.keys), exc),
+                )
+            self._plans = []
+            return {}
         self.a.commands += 1
         plans = []
         for id_b, rec in list(raw.items())[: MAX_PLANS * 4]:
@@ -189,7 +203,7 @@ class ReleaseAgent:
         w = self.a._w
         assert w is not None
         pipe = w.pipeline(transaction=False)
-        pipe.hset(hosts_key(self.a.keys, rid), self.a.id, json.dumps({**rep, "at": time.time()}))
+        pipe.hset(report_key(self.a.keys, self.a.id), rid, json.dumps({**rep, "at": time.time()}))
         pipe.publish(self.a.keys.reports, f"release {rid} {self.a.id}")
         pipe.execute()
         self.a.commands += 2

@@ -27,10 +27,10 @@ from ._controller import FleetStore
 from ._release_plan import (
     Plan,
     check_builds,
-    hosts_key,
     parse,
     parse_host_report,
     releases_key,
+    report_key,
     sign,
     verify,
     when,
@@ -165,7 +165,7 @@ class ReleaseController:
         rid, at, deadline = rec["id"], rec["at"], rec["deadline"]
         said = ""
         while time.time() < at:
-            reports = self._look(rid)
+            reports = self._look(rid, rec["expected"])
             if reports is None:  # Redis away: no cancel can be written either; wait for it
                 time.sleep(min(self.poll, max(0.005, at - time.time())))
                 continue
@@ -191,7 +191,7 @@ class ReleaseController:
         settle = at + SETTLE
         last: dict[str, dict[str, Any]] = {}
         while True:
-            reports = last = self._look(rid) or last
+            reports = last = self._look(rid, rec["expected"]) or last
             switched = {h: r for h, r in reports.items() if r["state"] == "switched"}
             if all(h in switched for h in rec["expected"]) or time.time() >= settle:
                 break
@@ -230,14 +230,14 @@ class ReleaseController:
     def _cancel_and_raise(self, rec: dict[str, Any], why: str) -> dict[str, Any]:
         self.cancel(rec["id"], why)
         rec = self.record(rec["id"]) or rec
-        rec["hosts_state"] = self._reports(rec["id"])
+        rec["hosts_state"] = self._reports(rec["id"], rec.get("expected") or ())
         raise RolloutFailed(f"release {rec['id']} cancelled on every host: {why}", rec)
 
-    def _look(self, rid: str) -> dict[str, dict[str, Any]] | None:
+    def _look(self, rid: str, also: Iterable[str]) -> dict[str, dict[str, Any]] | None:
         """The hosts' reports, or None while Redis does not answer (said once a
         second: the hosts switch on their own staged plans meanwhile)."""
         try:
-            return self._reports(rid)
+            return self._reports(rid, also)
         except FleetError as exc:
             if time.monotonic() - self._said_away >= 1.0:
                 self._said_away = time.monotonic()
@@ -285,12 +285,23 @@ class ReleaseController:
         raise FleetError(f"release {rid}: no copy of its plan verifies with this key ({why})")
 
     # -- records --------------------------------------------------------------------------
-    def _reports(self, rid: str) -> dict[str, dict[str, Any]]:
-        raw = self.f._call("read reports", lambda: self.f.r.hgetall(hosts_key(self.f.keys, rid)))
+    def _reports(self, rid: str, also: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+        """Each host's report on release ``rid``: every host of the fleet's set
+        and ``also`` (the hosts the release waits for), those that wrote one."""
+        k = self.f.keys
+        listed = self.f._call("list hosts", lambda: self.f.r.smembers(k.hosts))
+        ids = sorted({i.decode("utf-8", "replace") for i in listed} | set(also))
+
+        def read() -> list[Any]:
+            pipe = self.f.r.pipeline(transaction=False)
+            for host in ids:
+                pipe.hget(report_key(k, host), rid)
+            return pipe.execute() if ids else []
+
         out = {}
-        for host_b, value in raw.items():
-            host = host_b.decode("utf-8", "replace")
-            out[host] = parse_host_report(value, f"report of {host} on release {rid}")
+        for host, value in zip(ids, self.f._call("read reports", read), strict=True):
+            if value is not None:
+                out[host] = parse_host_report(value, f"report of {host} on release {rid}")
         return out
 
     def record(self, rid: str) -> dict[str, Any] | None:

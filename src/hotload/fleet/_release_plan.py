@@ -16,7 +16,7 @@ restarted after the time still converges to it), and the Ed25519 signature
 over the canonical JSON of those fields.
 
 Keys: ``releases`` (a hash: id -> the signed plan) and
-``release-hosts:<id>`` (a hash: host id -> its report, ``staged``,
+``release-report:<host>`` (a hash: release id -> that host's report, ``staged``,
 ``failed`` with the plugin and cause, ``switched`` with the instant,
 ``cancelled``, ``invalid``).  Anything read back is checked here first: a
 record anyone could have written is garbage until it verifies.
@@ -49,8 +49,10 @@ def releases_key(keys: Keys) -> str:
     return keys.prefix + "releases"
 
 
-def hosts_key(keys: Keys, release_id: str) -> str:
-    return f"{keys.prefix}release-hosts:{release_id}"
+def report_key(keys: Keys, host_id: str) -> str:
+    """A host's reports on releases (hash: release id -> report): one key per
+    host, so that an ACL lets each host write its own only."""
+    return f"{keys.prefix}release-report:{host_id}"
 
 
 @dataclass(frozen=True)
