@@ -200,6 +200,14 @@ def report(r: dict[str, Any]) -> list[str]:
             op="<=",
         ),
         text_row(
+            "each round: p50 / max after the time, ms",
+            ", ".join(
+                f"{percentiles(rd['skews'])[0]:.2f} / {max(rd['skews']):.2f}"
+                for rd in rounds
+                if rd["skews"]
+            ),
+        ),
+        text_row(
             "hosts that reported their switch",
             ", ".join(f"{rd['switched']}/{n}" for rd in rounds),
         ),
