@@ -42,7 +42,12 @@ def add_command(fsub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "lead before --at, 0.5 s to 60 s)",
     )
     q.add_argument("--hosts", default="*", metavar="SEL", help="the hosts that stage it (all)")
-    q.add_argument("--no-wait", action="store_true", help="return once the plan is written")
+    q.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="return once the plan is written (then no one cancels it at the deadline: "
+        "the hosts that staged it switch at the time)",
+    )
     q.add_argument("--cancel", metavar="ID", help="cancel a planned release on every host")
     q.add_argument("--reason", default="cancelled by hand", help="the cancel's reason")
     q.set_defaults(func=cmd_release)
