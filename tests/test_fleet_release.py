@@ -482,3 +482,39 @@ def test_a_release_for_some_hosts_leaves_the_others_alone(
     wait_for(lambda: cluster.agents["b"]._gen == gen, what="b synced with them")
     assert [cluster.hosts["b"][n].generation() for n in NAMES] == [1, 1]
     assert "b" not in reports(redis_server.url, rec["id"])
+
+
+def test_the_switch_timer_sleeps_to_the_instant_holding_the_gil() -> None:
+    """``sleep_until`` returns at or after its time, and no other Python
+    thread runs while it sleeps (the switch that follows it comes first)."""
+    from hotload._engine.release import _SLEEP_ABS, EARLY, sleep_until
+
+    if _SLEEP_ABS is None:
+        pytest.skip("no clock_nanosleep here: the timer spins")
+    ticks = [0]
+    stop = threading.Event()
+
+    def count() -> None:
+        while not stop.is_set():
+            ticks[0] += 1
+
+    thread = threading.Thread(target=count, daemon=True)
+    thread.start()
+    wait_for(lambda: ticks[0] > 0)
+    before_interval = sys.getswitchinterval()
+    ran: list[int] = []  # the other thread's ticks during each sleep
+    try:
+        for _ in range(5):  # a switch already asked for may still land before the sleep
+            sys.setswitchinterval(0.05)  # as the timer does: no switch between these lines
+            at = time.time() + EARLY / 2
+            seen = ticks[0]
+            sleep_until(at)
+            ran.append(ticks[0] - seen)
+            sys.setswitchinterval(before_interval)
+            assert time.time_ns() >= int(at * 1e9)
+            time.sleep(0.01)  # the GIL to the other thread a while
+    finally:
+        sys.setswitchinterval(before_interval)
+        stop.set()
+        thread.join(5)
+    assert min(ran) == 0, ran  # a sleep that let go of the GIL: thousands, every time

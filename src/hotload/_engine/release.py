@@ -64,6 +64,7 @@ EARLY = 0.03
 #: wake at ``EARLY`` gets the GIL within a fraction of a millisecond.
 PREPARE = 0.05
 SHORT_INTERVAL = 0.0002  # seconds: the switch interval from PREPARE to EARLY
+CHUNK = 0.005  # seconds: the longest kernel sleep before the wall clock is read again
 
 _interval_lock = threading.Lock()
 _interval = {"short": 0, "kept": 0, "base": 0.005}  # timers in each phase; the interval to restore
@@ -180,15 +181,27 @@ def exact_timers() -> None:
 def sleep_until(at: float, until: Callable[[], bool] = lambda: False) -> None:
     """Wait until the wall-clock time ``at`` holding the GIL: the kernel
     wakes the thread at the instant (``clock_nanosleep(CLOCK_REALTIME,
-    TIMER_ABSTIME)``, which also follows a stepped clock) and no other
-    thread can take the GIL meanwhile, so the code after it runs at once.
-    It used to spin instead: on a busy machine fifty processes spinning at
-    once starved each other of the CPU.  Without ``clock_nanosleep`` it
-    spins.  ``until``: stop early when it says so (checked at each wake)."""
+    TIMER_ABSTIME)``) and no other thread can take the GIL meanwhile, so the
+    code after it runs at once.  It used to spin instead: on a busy machine
+    fifty processes spinning at once starved each other of the CPU.  Without
+    ``clock_nanosleep`` it spins.  ``until``: stop early when it says so.
+
+    The GIL is kept for at most ``2 * EARLY`` of sleep: the kernel sleeps
+    end at most ``CHUNK`` apart and the clock is read again after each, and
+    when the time is further off than that (the clock was stepped back) the
+    wait goes on with the GIL let go, so a stepped clock cannot freeze the
+    process's other threads."""
     target = int(at * 1e9)
-    ts = _Timespec(target // 1_000_000_000, target % 1_000_000_000)
-    while time.time_ns() < target and not until():
+    while not until():
+        now = time.time_ns()
+        if now >= target:
+            return
+        if target - now > 2 * EARLY * 1e9:
+            time.sleep((target - now) / 1e9 - EARLY)  # lets go of the GIL
+            continue
         if _SLEEP_ABS is not None:
+            end = min(target, now + int(CHUNK * 1e9))
+            ts = _Timespec(end // 1_000_000_000, end % 1_000_000_000)
             _SLEEP_ABS(0, 1, ctypes.byref(ts), None)  # CLOCK_REALTIME, TIMER_ABSTIME; EINTR: again
 
 
