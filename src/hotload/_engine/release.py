@@ -106,22 +106,28 @@ URGENT = -10
 
 
 @contextlib.contextmanager
-def _priority(nice: int) -> Iterator[None]:
+def _priority(nice: int) -> Iterator[Callable[[], None]]:
     """This thread at ``nice`` while the block runs, if allowed (Linux sets a
     nice value per thread); as it was afterwards (lowering one's own
-    priority back is always allowed)."""
+    priority back is always allowed).  Yields the function that puts it
+    back early: right after the flip, so that the work after it (the
+    journal...) yields the core to other hosts' switches still waiting."""
     tid = threading.get_native_id()
     try:
         before = os.getpriority(os.PRIO_PROCESS, tid)
         os.setpriority(os.PRIO_PROCESS, tid, nice)
     except (OSError, AttributeError):  # not allowed, or not Linux: the default priority
-        yield
+        yield lambda: None
         return
-    try:
-        yield
-    finally:
+
+    def restore() -> None:
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, tid, before)
+
+    try:
+        yield restore
+    finally:
+        restore()
 
 
 _gc_off = [0, True]  # timers keeping the collector off, whether it was on
@@ -369,14 +375,14 @@ class Releaser:
             if left <= PREPARE:
                 break
             r._done.wait(min(left - PREPARE, 0.5))
-        with _no_gc(), _gil("short"), _priority(URGENT):
+        with _no_gc(), _gil("short"), _priority(URGENT) as unurgent:
             left = r.at - EARLY - time.time()
             if left > 0 and r.state == "staged":
                 r._done.wait(left)
             with _gil("kept"):
-                self._switch_at(r)
+                self._switch_at(r, unurgent)
 
-    def _switch_at(self, r: Release) -> None:
+    def _switch_at(self, r: Release, flipped: Callable[[], None] = lambda: None) -> None:
         """Switch ``r`` at its time: its plugins' locks are taken before the
         last sleep (the GIL is kept from then on, so nothing else could use
         them meanwhile), leaving only the flip itself after the instant."""
@@ -391,6 +397,7 @@ class Releaser:
                     raise HotloadError("the host closed")
                 self._switch(r._parts)
                 r.switched_ns = time.time_ns()  # the flip's instant: fleets compare hosts by it
+                flipped()
             except Exception as exc:
                 self._unstage(r)
                 r.state, r.reason = "failed", f"{type(exc).__name__}: {exc}"
