@@ -35,6 +35,7 @@ MODULES = (
     "bench_release",
     "bench_replay",
     "bench_state",
+    "bench_fleet_release",
     "proof_go_unload",
 )
 

@@ -44,15 +44,17 @@ from test_fleet import (  # noqa: F401  (fixtures)
 OPERATOR = "on >op-pw resetkeys resetchannels ~hotload:* &hotload:* +@all -@dangerous"
 READER = (  # every host: the desired state, the builds, the wake-ups; nothing else
     "on >read-pw resetkeys resetchannels ~hotload:desired ~hotload:gen ~hotload:blob:* "
-    "~hotload:meta:* &hotload:wake -@all +get +strlen +hgetall +subscribe +ping"
+    "~hotload:meta:* ~hotload:releases &hotload:wake -@all +get +strlen +hgetall +subscribe +ping"
 )
 REPORTER = (  # one per host: its own heartbeat and reports, the set of hosts
     "on >{id}-pw resetkeys resetchannels ~hotload:host:{id} ~hotload:report:{id} "
-    "~hotload:hosts &hotload:reports -@all +set +sadd +srem +del +hset +hdel +publish +ping"
+    "~hotload:release-report:{id} ~hotload:hosts &hotload:reports "
+    "-@all +set +sadd +srem +del +hset +hdel +publish +ping"
 )
 HOST_7 = (  # Redis >= 7: one user per host, the shared keys read-only
     "on >{id}-pw resetkeys resetchannels %R~hotload:desired %R~hotload:gen %R~hotload:blob:* "
-    "%R~hotload:meta:* ~hotload:host:{id} ~hotload:report:{id} ~hotload:hosts "
+    "%R~hotload:meta:* %R~hotload:releases ~hotload:host:{id} ~hotload:report:{id} "
+    "~hotload:release-report:{id} ~hotload:hosts "
     "&hotload:wake &hotload:reports -@all +get +strlen +hgetall +subscribe +set +sadd +srem "
     "+del +hset +hdel +publish +ping"
 )
@@ -269,3 +271,22 @@ def test_hosts_and_operator_over_tls(tls_proxy: tuple[int, Path], tmp_path: Path
             f.publish(v2)
             f.rollout("xp", d2, canary="role=canary", bake=0, poll=0.05, step_timeout=30)
         assert agent.live_digest("xp") == d2 and host["xp"].reward(10, 1) == 31
+
+
+def test_an_acl_from_before_releases_still_converges(
+    redis_server: RedisServer, tmp_path: Path, builds
+) -> None:
+    """Users set up as the guide said before fleet releases (no
+    ``hotload:releases``, no ``release-report:<id>``): the hosts cannot read
+    the release plans, say so once, and follow rollouts as before."""
+    r = redis_server.client()
+    setuser(r, "operator", OPERATOR)
+    setuser(r, "fleet-reader", READER.replace(" ~hotload:releases", ""))
+    for hid in ("game-1", "game-2"):
+        setuser(r, hid, REPORTER.format(id=hid).replace(f" ~hotload:release-report:{hid}", ""))
+    setuser(r, "default", "off")
+    agents = {
+        hid: {"url": url_of(redis_server, "fleet-reader"), "report_url": url_of(redis_server, hid)}
+        for hid in ("game-1", "game-2")
+    }
+    run_rollout(redis_server, tmp_path, builds, agents)

@@ -9,6 +9,7 @@
     hotload fleet rollback NAME [--to REV] [--step-timeout 2m]
     hotload fleet abort NAME | resume NAME
     hotload fleet resign [NAME]              sign the desired state again (new expiry)
+    hotload fleet release NAME=BUILD ... --at TIME [--deadline TIME] | --cancel ID
     hotload fleet keygen PRIVATE_PEM         an Ed25519 key pair for signed decisions
 
 Every command that writes a desired state signs it: ``--sign-key PEM``
@@ -28,8 +29,10 @@ and names the hosts and their errors.
 "hotload", "ttl", "heartbeat_age", "plugins": {NAME: {"state", "digest", "version",
 "seq", "target", "rev", "error", "at", "canary"?}}, "health": {NAME: HEALTH}, "unhealthy":
 {NAME: [REASON, ...]}, "health_error"?}], "desired": {NAME: {"rev", "rules":
-[{"match", "digest"}]}}, "rollouts": {NAME: ROLLOUT}}``.  HEALTH is the host's
-last heartbeat's summary of the plugin's current version: ``{"seq", "calls",
+[{"match", "digest"}]}}, "rollouts": {NAME: ROLLOUT}, "releases": [{"id", "state",
+"reason", "builds": {NAME: DIGEST}, "at", "deadline", "rev", "hosts": {HOST: {"state",
+"rev", "plugin"?, "error"?, "switched_ns"?, "late"?}}}]}`` (releases newest first).
+HEALTH is the host's last heartbeat's summary of the plugin's current version: ``{"seq", "calls",
 "errors", "crashes", "timeouts", "service_errors", "p99_us", "worker"}`` (the figures the host
 has; ``worker`` only when an isolated worker is not running); ``unhealthy``
 names each plugin that crashed, timed out, has no running worker, or failed
@@ -57,6 +60,7 @@ from typing import Any
 from .._errors import FleetError, RolloutFailed
 from ..fleet import Controller, Fleet
 from ..fleet._schema import selector_text
+from . import fleet_release
 from .canary import _share, duration
 
 
@@ -158,6 +162,7 @@ def add_commands(sub: Any) -> None:
     q.add_argument("name", nargs="?", help="the plugin (default: every one)")
     q.set_defaults(func=cmd_resign)
 
+    fleet_release.add_command(fsub, [common, signer])
     q = fsub.add_parser("keygen", help="write an Ed25519 private key (0600); prints the public key")
     q.add_argument("private_pem")
     q.set_defaults(func=cmd_keygen)
@@ -392,6 +397,7 @@ def render_status(st: dict[str, Any]) -> str:
             + (f", reason: {rec['reason']}" if rec.get("reason") else "")
         )
         lines += [f"  {h}: {e}" for h, e in fails.items()]
+    lines += fleet_release.release_lines(st.get("releases") or [])
     sick = [h for h in st["hosts"] if h.get("alive") and h.get("unhealthy")]
     if sick:
         alive = sum(1 for h in st["hosts"] if h.get("alive"))  # a gone host is no one's peer

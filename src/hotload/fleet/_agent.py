@@ -44,6 +44,7 @@ from ._connection import (
     resolve_url,
 )
 from ._guard import Guard, fleet_id
+from ._release_agent import ReleaseAgent
 from ._schema import (
     HEARTBEAT_SCHEMA,
     MAX_BLOB,
@@ -130,6 +131,7 @@ class FleetAgent:
         self.id = host_id or f"{host_identity()['machine']}-{os.getpid()}-{new_id()[:6]}"
         check_labels({"id": self.id}, "host id")
         self._canaries = Canaries(host, self.id)
+        self._releases = ReleaseAgent(self)
         self.keys = Keys(prefix)
         self.heartbeat = heartbeat
         self.ttl = ttl if ttl is not None else 3 * heartbeat
@@ -385,6 +387,7 @@ class FleetAgent:
         gen, desired = pipe.execute()
         self.commands += 2
         self.guard.note_loaded(self.host.names())
+        held, revs = self._releases.read(), {}  # plugins a release plan decided last
         covered: set[str] = set()
         for name_b, raw in sorted(desired.items()):
             name = name_b.decode("utf-8", "replace")
@@ -413,7 +416,8 @@ class FleetAgent:
                     self._report(name, "ignored", rule.digest, rev, self.guard.not_taken(name))
                 continue
             self._invalid.pop(name, None)
-            if rule is not None:
+            revs[name] = rev
+            if rule is not None and held.get(name, -1) <= rev:
                 covered.add(name)
                 revision = rec.get("revision")
                 self._converge(name, rule, rev, revision if isinstance(revision, int) else rev)
@@ -423,6 +427,7 @@ class FleetAgent:
         for name in list(self._reported):
             if name not in covered and name not in self.host:
                 self._unreport(name)
+        self._releases.act(revs)
         self._gen = gen
         self.synced.set()
 

@@ -27,6 +27,7 @@ from . import _history
 from ._canary import parse_report
 from ._connection import DEFAULT_TIMEOUT, connect, describe_error, describe_url, redis_errors
 from ._controller import Controller
+from ._release_ctl import ReleaseController, overview
 from ._schema import (
     MAX_BLOB,
     PREFIX,
@@ -462,7 +463,15 @@ class Fleet:
             rec = self.rollout_record(name)
             if rec is not None:
                 rollouts[name] = rec
-        return {"hosts": self.hosts(plugin), "desired": desired, "rollouts": rollouts}
+        releases = [
+            r for r in overview(self) if plugin is None or plugin in (r.get("builds") or {})
+        ]
+        return {
+            "hosts": self.hosts(plugin),
+            "desired": desired,
+            "rollouts": rollouts,
+            "releases": releases,
+        }
 
     def rollout_record(self, plugin: str) -> dict[str, Any] | None:
         raw = self._call("read rollout", lambda: self.r.get(self.keys.rollout(plugin)))
@@ -568,6 +577,42 @@ class Fleet:
         ctl = Controller(self, plugin, lock_ttl=lock_ttl, poll=poll, progress=progress)
         return ctl.rollback(to=to, step_timeout=step_timeout)
 
+    def release(
+        self,
+        builds: Mapping[str, str] | Iterable[tuple[str, str]],
+        *,
+        at: float,
+        deadline: float | None = None,
+        hosts: str | Mapping[str, str] = "*",
+        wait: bool = True,
+        poll: float = 0.5,
+        progress: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        """Switch several plugins on every host at the instant ``at`` (Unix
+        seconds): a signed plan every host stages (``builds``: plugin ->
+        digest, prefix or NAME@VERSION; pairs name a plugin twice only to be
+        refused), cancelled everywhere when a host fails to stage or has not
+        staged by ``deadline`` (default: a fifth of the lead before ``at``,
+        0.5 to 60 s).  ``hosts``: the selector of the hosts that must stage
+        it (every live host).  ``wait``: drive it to the end (the final
+        record; ``RolloutFailed`` when cancelled), else return once the plan
+        is written (``Fleet.release_status``, ``cancel_release``)."""
+        ctl = ReleaseController(self, poll=poll, progress=progress)
+        rec = ctl.publish(builds, at=at, deadline=deadline, hosts=hosts)
+        return ctl.drive(rec) if wait else rec
+
+    def cancel_release(self, release_id: str, reason: str = "cancelled by hand") -> dict[str, Any]:
+        """Cancel a planned release on every host before its time."""
+        return ReleaseController(self).cancel(release_id, reason)
+
+    def release_status(self, release_id: str) -> dict[str, Any]:
+        """One release: its plan's state and each host's (staged, failed,
+        switched, cancelled)."""
+        for r in overview(self):
+            if r["id"] == release_id:
+                return r
+        raise FleetError(f"release {release_id}: no such release in this fleet")
+
     def history(self, plugin: str) -> list[dict[str, Any]]:
         """The plugin's revisions, oldest first: every finished rollout and
         rollback, with the desired state it left (``hotload fleet history``)."""
@@ -642,3 +687,15 @@ def resign(plugin: str | None = None, *, url: str | None = None, **kw: Any) -> d
     run it from a timer (cron) more often than ``expires`` (7 days)."""
     with _open(url, kw) as f:
         return f.resign(plugin)
+
+
+def release(builds: Any, *, at: float, url: str | None = None, **kw: Any) -> dict[str, Any]:
+    """Switch several plugins on every host at one instant (``Fleet.release``)."""
+    with _open(url, kw) as f:
+        return f.release(builds, at=at, **kw)
+
+
+def cancel_release(release_id: str, *, url: str | None = None, **kw: Any) -> dict[str, Any]:
+    """Cancel a planned release everywhere (``Fleet.cancel_release``)."""
+    with _open(url, kw) as f:
+        return f.cancel_release(release_id, **kw)

@@ -38,6 +38,8 @@ from typing import Any
 
 from .._errors import FleetError
 from .._platform import dirlock
+from ._release_plan import Plan
+from ._release_plan import verify as verify_plan
 from ._schema import Rule, check_name
 from ._signing import (
     PUBLIC_KEY_ENV,
@@ -143,6 +145,24 @@ class Guard:
             )
         if newest != d.order:
             self._accepted.accept(name, d.order)
+
+    def judge_release(self, plan: Plan, where: str) -> None:
+        """As ``judge``, for a release plan: signed by the trusted key,
+        unexpired, and not older than the newest this host accepted for its
+        id (a cancel is a newer rev: the planned record replayed is refused)."""
+        if self.insecure:
+            return
+        verify_plan(self._public_key(where), plan, where)
+        assert self._accepted is not None
+        slot = f"release:{plan.id}"
+        newest = self._accepted.newest(slot)
+        if newest is not None and plan.order < newest:
+            raise FleetError(
+                f"{where}: rev {plan.rev} is older than rev {newest[0]} that this host "
+                f"accepted (a cancelled plan replayed?), refused"
+            )
+        if newest != plan.order:
+            self._accepted.accept(slot, plan.order)
 
     def _public_key(self, name: str) -> Any:
         if self._key is None and self._local:

@@ -1,0 +1,217 @@
+"""A fleet host's side of a release (``hotload fleet release``): stage the
+plan's builds with the host's own staged release, report, and let the
+host's timer switch at the time, with or without Redis.
+
+At each sync of its ``FleetAgent`` (a wake-up, a heartbeat's poll, a
+reconnect) this reads every plan in ``releases``, refuses any that does not
+verify with the fleet key (or is older than one it accepted: a cancelled
+plan cannot be replayed as planned), and for each:
+
+- *planned, before its time*: fetches every build (SHA-256 checked, as a
+  rollout's), stages them all with ``Host.reload_together(builds, at=)``
+  (read, checked, preflighted, opened: everything but the switch) and
+  reports ``staged``; or ``failed`` with the plugin and the cause.  The
+  switch is the host's own timer: Redis unreachable at the time does not
+  stop it.  An agent that restarts before the time (a new process) finds the
+  plan and stages the release's builds again.
+- *planned, after its time*: reports ``switched`` with the instant its
+  timer flipped (``switched_ns``, ``time.time_ns()``); a host that did not
+  stage it (it restarted after the time, or joined late) converges now to
+  the release's builds, all together, and says ``late``.
+- *cancelled*: drops the staged release (``Release.cancel``: nothing changes)
+  and reports ``cancelled``.
+
+While a plan is in force, its plugins follow it, not an older desired state
+(``read`` returns them, the agent skips those desired states); a desired
+state decided later (a higher rev: a rollout after the release) wins again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from .._errors import FleetError, HotloadError
+from ._release_plan import Plan, parse, releases_key, report_key, when
+from ._schema import matches
+
+if TYPE_CHECKING:
+    from .._engine.release import Release
+
+log = logging.getLogger(__name__)
+
+MAX_PLANS = 256  # plans one sync looks at (the newest revs): a flood is not worked through
+
+
+class ReleaseAgent:
+    """The releases of one ``FleetAgent`` (its thread calls every method)."""
+
+    def __init__(self, agent: Any) -> None:  # the FleetAgent (which imports this module)
+        self.a = agent
+        self._plans: list[Plan] = []  # verified at the last read
+        self._staged: dict[str, Release] = {}  # release id -> the host's staged release
+        self._failed: dict[str, int] = {}  # release id -> rev refused here (not tried again)
+        self._reported: dict[str, dict[str, Any]] = {}
+        self._invalid: dict[str, bytes] = {}
+        self._conn: Any = None
+        self._no_access = False  # the ACL does not let this host read the plans
+
+    def read(self) -> dict[str, int]:
+        """Read and verify every plan; plugin -> the rev of the newest planned
+        release naming it (the agent leaves those plugins to the release
+        unless a later desired state overrides it)."""
+        import redis
+
+        r = self.a._r
+        assert r is not None
+        try:
+            raw: dict[bytes, bytes] = r.hgetall(releases_key(self.a.keys))
+        except redis.exceptions.NoPermissionError as exc:  # an ACL from before releases
+            if not self._no_access:
+                self._no_access = True
+                log.warning(
+                    "fleet agent %s: cannot read %s (%s): this host takes no fleet release; "
+                    "the fleet guide's ACL lists the keys a host needs",
+                    *(self.a.id, releases_key(self.a.keys), exc),
+                )
+            self._plans = []
+            return {}
+        self.a.commands += 1
+        plans = []
+        for id_b, rec in list(raw.items())[: MAX_PLANS * 4]:
+            rid = id_b.decode("utf-8", "replace")[:40]
+            where = f"release {rid}"
+            try:
+                plan = parse(rec, where)
+                if plan.id != rid:
+                    raise FleetError(f"{where}: the record is plan {plan.id}: copied, refused")
+                self.a.guard.judge_release(plan, where)
+            except FleetError as exc:
+                self._refuse(rid, rec, str(exc))
+                continue
+            self._invalid.pop(rid, None)
+            plans.append(plan)
+        mine = [p for p in plans if matches(p.match, self.a.labels)]  # the others: not ours
+        self._plans = sorted(mine, key=lambda p: p.order)[-MAX_PLANS:]
+        held: dict[str, int] = {}
+        for plan in self._plans:
+            if plan.state == "planned":
+                for name in plan.names:
+                    held[name] = max(held.get(name, -1), plan.rev)
+        return held
+
+    def act(self, revs: dict[str, int]) -> None:
+        """Act on each plan read (``revs``: plugin -> the rev of its desired
+        state, so that a release after its time converges only the plugins no
+        later decision took over)."""
+        if self._conn is not self.a._w:  # a new connection: Redis may have lost the reports
+            self._conn = self.a._w
+            self._reported.clear()
+        newest: dict[str, int] = {}
+        for plan in self._plans:
+            if plan.state == "planned":
+                newest.update({n: plan.rev for n in plan.names})
+        for plan in self._plans:
+            try:
+                self._act(plan, newest, revs)
+            except (HotloadError, ValueError) as exc:  # ValueError: a time the host refuses
+                self._fail(plan, getattr(exc, "plugin", None), exc)
+
+    def _act(self, plan: Plan, newest: dict[str, int], revs: dict[str, int]) -> None:
+        mine = self._staged.get(plan.id)
+        if plan.state == "cancelled":
+            if mine is not None and mine.cancel(f"cancelled by the fleet: {plan.reason}"):
+                log.warning(
+                    "fleet agent %s: release %s cancelled: %s", self.a.id, plan.id, plan.reason
+                )
+            if mine is None and plan.id in self._failed:
+                return  # its report says why this host could not stage it: kept
+            if mine is None or mine.state == "cancelled":
+                self._report(plan, "cancelled", error=plan.reason or None)
+                return
+        if mine is not None:
+            if mine.state == "staged":
+                self._report(plan, "staged")
+            elif mine.state == "done":
+                self._report(plan, "switched", switched_ns=mine.switched_ns)
+            else:  # failed at the switch (the host closed), or cancelled on the host by hand
+                self._report(plan, "failed", error=f"{mine.state} on this host: {mine.reason}")
+            return
+        if plan.state != "planned" or self._failed.get(plan.id) == plan.rev:
+            return
+        due = time.time() >= plan.at
+        names = [n for n in plan.names if newest.get(n) == plan.rev and revs.get(n, -1) < plan.rev]
+        if due and not names:
+            return  # every plugin of it was decided again since: nothing to converge
+        if due and all(self.a.live_digest(n) == plan.digests[n] for n in names):
+            self._report(plan, "switched", late=True)
+            return
+        cands = {}
+        for name in plan.names if not due else names:
+            if not self.a.guard.takes(name):
+                raise _Refused(name, self.a.guard.not_taken(name))
+            try:
+                cands[name] = self.a._build(name, plan.digests[name])
+            except HotloadError as exc:
+                raise _Refused(name, str(exc)) from None
+        if due:  # after its time: converge now, all together
+            self.a.host.reload_together(cands)
+            log.warning(
+                "fleet agent %s: release %s: its time %s had passed: switched now",
+                *(self.a.id, plan.id, when(plan.at)),
+            )
+            self._report(plan, "switched", switched_ns=time.time_ns(), late=True)
+            return
+        rel = self.a.host.reload_together(cands, at=plan.at)
+        self._staged[plan.id] = rel
+        threading.Thread(
+            target=self._watch, args=(rel,), name=f"hotload-fleet-release-{plan.id}", daemon=True
+        ).start()
+        log.info("fleet agent %s: release %s staged for %s", self.a.id, plan.id, when(plan.at))
+        self._report(plan, "staged")
+
+    def _watch(self, rel: Release) -> None:
+        """Sync (and so report) as soon as the staged release switched or not."""
+        rel.wait()
+        self.a._dirty = True
+
+    def _fail(self, plan: Plan, plugin: str | None, exc: Exception) -> None:
+        self._failed[plan.id] = plan.rev
+        log.warning("fleet agent %s: release %s: refused: %s", self.a.id, plan.id, exc)
+        self._report(plan, "failed", plugin=plugin, error=str(exc))
+
+    def _refuse(self, rid: str, raw: bytes, why: str) -> None:
+        """A plan that does not verify: logged once and reported (when its id
+        is one a report can be filed under), never acted on."""
+        if self._invalid.get(rid) == raw:
+            return
+        self._invalid[rid] = raw
+        log.warning("fleet agent %s: %s", self.a.id, why)
+        if len(rid) == 12 and rid.isalnum():
+            self._write(rid, {"state": "invalid", "error": why[:500]})
+
+    def _report(self, plan: Plan, state: str, **extra: Any) -> None:
+        rep = {"state": state, "rev": plan.rev, **{k: v for k, v in extra.items() if v is not None}}
+        if self._reported.get(plan.id) != rep:
+            self._write(plan.id, rep)
+            self._reported[plan.id] = rep
+
+    def _write(self, rid: str, rep: dict[str, Any]) -> None:
+        w = self.a._w
+        assert w is not None
+        pipe = w.pipeline(transaction=False)
+        pipe.hset(report_key(self.a.keys, self.a.id), rid, json.dumps({**rep, "at": time.time()}))
+        pipe.publish(self.a.keys.reports, f"release {rid} {self.a.id}")
+        pipe.execute()
+        self.a.commands += 2
+
+
+class _Refused(FleetError):
+    """A plan this host cannot stage: the plugin and why."""
+
+    def __init__(self, plugin: str, why: str) -> None:
+        super().__init__(why)
+        self.plugin = plugin

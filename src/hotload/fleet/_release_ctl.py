@@ -1,0 +1,358 @@
+"""The operator's side of a fleet release: publish the signed plan, watch
+every host stage it, cancel it everywhere when one cannot in time, and see
+every host switch (``Fleet.release``, ``hotload fleet release``).
+
+The point of no return is the switch time: until then the controller cancels
+(a signed plan with ``state: cancelled`` and a higher rev) as soon as a host
+reports a failure, and at the staging deadline for every host that has not
+reported ``staged``; once the time has come the hosts switch on their own
+staged plans, so a cancel is refused.  A host that cannot hear the cancel
+(Redis unreachable from it between the cancel and the time) switches alone:
+the deadline before the time is the margin for the cancel to reach every
+host; say it generously.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from typing import Any, Protocol
+
+from .._errors import FleetError, RolloutFailed
+from ._controller import FleetStore
+from ._release_plan import (
+    Plan,
+    check_builds,
+    parse,
+    parse_host_report,
+    releases_key,
+    report_key,
+    sign,
+    verify,
+    when,
+)
+from ._schema import Rule, matches, new_id, selector, selector_text
+
+
+class Fleet(FleetStore, Protocol):
+    """What a release reads and writes through its ``Fleet`` (named here:
+    ``Fleet.release`` makes a controller, so the import goes one way)."""
+
+    def signing_key(self, *, required: bool = True) -> Any: ...
+
+
+log = logging.getLogger(__name__)
+
+SETTLE = 3.0  # seconds after the time the controller waits for every host's ``switched``
+MIN_LEAD = 1.0  # seconds: a release's time is at least this far ahead when it is published
+MAX_LEAD = 365 * 86400.0  # and at most this (a host refuses a staged release beyond a year)
+
+
+def default_deadline(at: float, now: float) -> float:
+    """The staging deadline when none is given: a fifth of the lead before
+    the time, at least 0.5 s and at most 60 s (the margin for a cancel)."""
+    return at - min(60.0, max(0.5, (at - now) / 5))
+
+
+class ReleaseController:
+    """One release, from its plan to every host switched (or cancelled)."""
+
+    def __init__(
+        self, fleet: Fleet, *, poll: float = 0.5, progress: Callable[[str], None] | None = None
+    ) -> None:
+        self.f = fleet
+        self.poll = poll
+        self.progress = progress or (lambda msg: log.info("release: %s", msg))
+        self._said_away = 0.0
+
+    # -- the plan -------------------------------------------------------------------------
+    def publish(
+        self,
+        builds: Mapping[str, str] | Iterable[tuple[str, str]],
+        *,
+        at: float,
+        deadline: float | None = None,
+        hosts: str | Mapping[str, str] = "*",
+    ) -> dict[str, Any]:
+        """Check, sign and write the plan; the controller's record of it."""
+        pairs = list(builds.items()) if isinstance(builds, Mapping) else list(builds)
+        names = [n for n, _ in pairs]
+        check_builds([(n, "0" * 64) for n in names], "release")  # twice-named: before Redis
+        pairs = [(n, self.f.resolve(n, ref)) for n, ref in pairs]
+        check_builds(pairs, "release")
+        for name, digest in pairs:
+            meta = self.f.builds(digest)
+            if meta.get("name") != name:
+                raise FleetError(
+                    f"release: build {digest} is plugin {meta.get('name')!r}, not {name!r}"
+                )
+        now = time.time()
+        if isinstance(at, bool) or not isinstance(at, (int, float)):
+            raise FleetError(f"release: at={at!r} is not a time")
+        if at < now + MIN_LEAD:
+            raise FleetError(
+                f"release: its time {when(at)} is {'in the past' if at <= now else 'too close'} "
+                f"({at - now:+.1f} s from now): a release is staged on every host before its "
+                f"time, so the time must be at least {MIN_LEAD:g} s ahead; refused, nothing "
+                f"written"
+            )
+        if at > now + MAX_LEAD:
+            raise FleetError(f"release: its time {when(at)} is more than a year ahead")
+        deadline = default_deadline(at, now) if deadline is None else float(deadline)
+        if not now < deadline < at:
+            raise FleetError(
+                f"release: the staging deadline {when(deadline)} must be after now and before "
+                f"the time {when(at)}"
+            )
+        match = selector(hosts)
+        expected = sorted(
+            h["id"] for h in self.f.hosts() if h["alive"] and matches(match, h["labels"])
+        )
+        if not expected:
+            raise FleetError(f"release: no live host matches {selector_text(match)}")
+        plan = self._write(Plan(new_id(), self._rev(), tuple(pairs), float(at), deadline, match))
+        rec = {
+            "id": plan.id,
+            "plan": plan.record(),  # as signed: a cancel falls back on it if Redis's is changed
+            "builds": dict(pairs),
+            "at": plan.at,
+            "deadline": plan.deadline,
+            "hosts": selector_text(match),
+            "expected": expected,
+            "state": "planned",
+            "created_at": now,
+        }
+        self._save(rec)
+        listed = ", ".join(f"{n}={d[:12]}" for n, d in pairs)
+        self.progress(
+            f"release {plan.id}: {listed} at {when(plan.at)}; {len(expected)} host(s) stage it "
+            f"by {when(plan.deadline)}"
+        )
+        return rec
+
+    def _rev(self) -> int:
+        """A rev above every decision written so far (as ``Fleet.set_desired``)."""
+        gen = self.f._call("read gen", lambda: self.f.r.get(self.f.keys.gen))
+        counted = (int(gen) if gen and gen.isdigit() else 0) + 1
+        return max(counted, int(time.time() * 1000))
+
+    def _write(self, plan: Plan) -> Plan:
+        key = self.f.signing_key()
+        if key is None:
+            raise FleetError("release: a release plan is always signed (insecure=True signs none)")
+        signed = sign(key, plan)
+        k = self.f.keys
+
+        def write() -> None:
+            pipe = self.f.r.pipeline(transaction=True)
+            pipe.hset(releases_key(k), plan.id, signed.record())
+            pipe.set(k.gen, signed.rev)  # the agents poll gen: a new value makes them sync
+            pipe.publish(k.wake, f"release {plan.id}")
+            pipe.execute()
+
+        self.f._call("write release plan", write)
+        return signed
+
+    # -- driving --------------------------------------------------------------------------
+    def drive(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """Watch the hosts stage (cancel on a failure, or at the deadline for
+        the hosts not staged), then wait ``SETTLE`` s after the time for every
+        host's ``switched``; the final record (``RolloutFailed`` when cancelled)."""
+        rid, at, deadline = rec["id"], rec["at"], rec["deadline"]
+        said = ""
+        while time.time() < at:
+            reports = self._look(rid, rec["expected"])
+            if reports is None:  # Redis away: no cancel can be written either; wait for it
+                time.sleep(min(self.poll, max(0.005, at - time.time())))
+                continue
+            failed = {h: r for h, r in reports.items() if r["state"] in ("failed", "invalid")}
+            waiting = [h for h in rec["expected"] if reports.get(h, {}).get("state") != "staged"]
+            if failed:
+                host, rep = sorted(failed.items())[0]
+                why = f"{host} could not stage it: {_cause(rep)}"
+                return self._cancel_and_raise(rec, why)
+            if waiting and time.time() >= deadline:
+                why = (
+                    f"{len(waiting)} host(s) had not staged it by the deadline "
+                    f"{when(deadline)}: {', '.join(waiting[:3])}"
+                    + (f" and {len(waiting) - 3} more" if len(waiting) > 3 else "")
+                )
+                return self._cancel_and_raise(rec, why)
+            line = f"{len(rec['expected']) - len(waiting)}/{len(rec['expected'])} hosts staged"
+            if line != said:
+                self.progress(f"release {rid}: {line}")
+                said = line
+            time.sleep(min(self.poll, max(0.005, at - time.time())))
+        self.progress(f"release {rid}: its time {when(at)}: the hosts switch on their own")
+        settle = at + SETTLE
+        last: dict[str, dict[str, Any]] = {}
+        while True:
+            reports = last = self._look(rid, rec["expected"]) or last
+            switched = {h: r for h, r in reports.items() if r["state"] == "switched"}
+            if all(h in switched for h in rec["expected"]) or time.time() >= settle:
+                break
+            time.sleep(0.1)
+        rec["hosts_state"] = reports
+        rec["switched"] = sorted(switched)
+        rec["not_switched"] = sorted(h for h in rec["expected"] if h not in switched)
+        rec["state"] = "switched" if not rec["not_switched"] else "partly switched"
+        at_ns = int(at * 1e9)
+        skews = [(r["switched_ns"] - at_ns) / 1e6 for r in switched.values() if "switched_ns" in r]
+        if skews:
+            rec["skew_ms"] = {"min": min(skews), "max": max(skews)}
+        self._save(rec)
+        self._adopt(rec)
+        self.progress(
+            f"release {rid}: {len(switched)}/{len(rec['expected'])} hosts switched"
+            + (f", skew {min(skews):+.2f} to {max(skews):+.2f} ms" if skews else "")
+            + (f"; not switched: {', '.join(rec['not_switched'])}" if rec["not_switched"] else "")
+        )
+        return rec
+
+    def _adopt(self, rec: dict[str, Any]) -> None:
+        """Write each plugin's desired state as the release's build for the
+        release's hosts (a decision after the release: a later rollout starts
+        from it, and hosts that already run it do nothing); the rules for
+        other hosts stay."""
+        match = selector(rec.get("hosts") or "*")
+        for name, digest in rec["builds"].items():
+            try:
+                _, prev = self.f.desired(name)  # the release's hosts first, the others as they were
+                rules = [Rule(match, digest), *(r for r in prev if r.match != match and match)]
+                self.f.set_desired(name, rules)
+            except FleetError as exc:  # the hosts switched; only the record is behind
+                log.warning("release %s: desired state of %s not written: %s", rec["id"], name, exc)
+
+    def _cancel_and_raise(self, rec: dict[str, Any], why: str) -> dict[str, Any]:
+        self.cancel(rec["id"], why)
+        rec = self.record(rec["id"]) or rec
+        rec["hosts_state"] = self._reports(rec["id"], rec.get("expected") or ())
+        raise RolloutFailed(f"release {rec['id']} cancelled on every host: {why}", rec)
+
+    def _look(self, rid: str, also: Iterable[str]) -> dict[str, dict[str, Any]] | None:
+        """The hosts' reports, or None while Redis does not answer (said once a
+        second: the hosts switch on their own staged plans meanwhile)."""
+        try:
+            return self._reports(rid, also)
+        except FleetError as exc:
+            if time.monotonic() - self._said_away >= 1.0:
+                self._said_away = time.monotonic()
+                self.progress(f"release {rid}: {exc}; the hosts go on with their staged plans")
+            return None
+
+    # -- cancel ---------------------------------------------------------------------------
+    def cancel(self, release_id: str, reason: str = "cancelled by hand") -> dict[str, Any]:
+        """Cancel a planned release everywhere (a newer signed plan saying
+        so); refused once its time has come (the point of no return)."""
+        key = releases_key(self.f.keys)
+        raw = self.f._call("read plan", lambda: self.f.r.hget(key, release_id))
+        if raw is None:
+            raise FleetError(f"release {release_id}: no such release in this fleet")
+        plan = self._ours(release_id, raw)
+        if plan.state == "cancelled":
+            raise FleetError(f"release {release_id} is already cancelled: {plan.reason}")
+        if time.time() >= plan.at:
+            raise FleetError(
+                f"release {release_id}: its time {when(plan.at)} has come: the hosts switched "
+                f"on their own (the point of no return); a new release (or rollout) undoes it"
+            )
+        rev = max(self._rev(), plan.rev + 1)
+        self._write(replace(plan, rev=rev, state="cancelled", reason=reason))
+        rec = self.record(release_id) or {"id": release_id}
+        rec.update({"state": "cancelled", "reason": reason, "cancelled_at": time.time()})
+        self._save(rec)
+        self.progress(f"release {release_id}: cancelled on every host")
+        return rec
+
+    def _ours(self, rid: str, raw: bytes) -> Plan:
+        """The plan as this controller's key signed it: the one in Redis, or,
+        when that was changed (it no longer verifies), the copy in the
+        release's record."""
+        key = self.f.signing_key()
+        record = self.record(rid) or {}
+        copy = record.get("plan")
+        for text in (raw, copy.encode() if isinstance(copy, str) else None):
+            try:
+                plan = parse(text, f"release {rid}")
+                verify(key.public_key(), plan, f"release {rid}", now=0.0)
+                return plan
+            except FleetError as exc:
+                why = str(exc)
+        raise FleetError(f"release {rid}: no copy of its plan verifies with this key ({why})")
+
+    # -- records --------------------------------------------------------------------------
+    def _reports(self, rid: str, also: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+        """Each host's report on release ``rid``: every host of the fleet's set
+        and ``also`` (the hosts the release waits for), those that wrote one."""
+        k = self.f.keys
+        listed = self.f._call("list hosts", lambda: self.f.r.smembers(k.hosts))
+        ids = sorted({i.decode("utf-8", "replace") for i in listed} | set(also))
+
+        def read() -> list[Any]:
+            pipe = self.f.r.pipeline(transaction=False)
+            for host in ids:
+                pipe.hget(report_key(k, host), rid)
+            return pipe.execute() if ids else []
+
+        out = {}
+        for host, value in zip(ids, self.f._call("read reports", read), strict=True):
+            if value is not None:
+                out[host] = parse_host_report(value, f"report of {host} on release {rid}")
+        return out
+
+    def record(self, rid: str) -> dict[str, Any] | None:
+        raw = self.f._call("read release", lambda: self.f.r.get(_record_key(self.f, rid)))
+        try:
+            rec = json.loads(raw) if raw else None
+        except ValueError:
+            return None
+        return rec if isinstance(rec, dict) else None
+
+    def _save(self, rec: dict[str, Any]) -> None:
+        body = json.dumps({**rec, "updated_at": time.time()})
+        self.f._call("write release", lambda: self.f.r.set(_record_key(self.f, rec["id"]), body))
+
+
+_ID = re.compile(r"[0-9a-f]{12}")
+
+
+def _record_key(f: Fleet, rid: str) -> str:
+    return f"{f.keys.prefix}release:{rid}"
+
+
+def _cause(rep: dict[str, Any]) -> str:
+    plugin, error = rep.get("plugin"), str(rep.get("error") or rep.get("state"))
+    return error if not plugin or error.startswith(f"{plugin}:") else f"{plugin}: {error}"
+
+
+def overview(f: Fleet) -> list[dict[str, Any]]:
+    """Every release plan in the fleet with each host's state (``status``):
+    newest first; a plan that does not parse is listed with its error."""
+    k = f.keys
+    raw = f._call("read releases", lambda: f.r.hgetall(releases_key(k)))
+    out = []
+    for id_b, value in raw.items():
+        rid = id_b.decode("utf-8", "replace")[:40]
+        ctl = ReleaseController(f)
+        try:
+            plan = parse(value, f"release {rid}")
+        except FleetError as exc:
+            hosts = ctl._reports(rid) if _ID.fullmatch(rid) else {}
+            out.append({"id": rid, "state": "invalid", "error": str(exc), "hosts": hosts})
+            continue
+        entry = {
+            "id": plan.id,
+            "state": plan.state,
+            "reason": plan.reason,
+            "builds": plan.digests,
+            "at": plan.at,
+            "deadline": plan.deadline,
+            "rev": plan.rev,
+            "hosts": ctl._reports(plan.id),
+        }
+        out.append(entry)
+    return sorted(out, key=lambda e: -float(e.get("at") or 0))
