@@ -11,6 +11,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -360,3 +361,30 @@ def test_every_command_and_option_of_the_cli_is_in_the_cli_page() -> None:
         checked += 1
     assert not missing, f"not in docs/guide/cli.md's command list: {missing}"
     assert checked >= 15  # ls ... demo, and the fleet's actions
+
+
+def test_escape_sequences_in_a_plugin_path_never_reach_the_terminal(
+    tmp_path: Path, short_tmp: Path, cc: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A build's file name is chosen by whoever wrote it: one holding an ESC
+    sequence (clear the screen, retitle the window, recolour the rows) or a
+    right-to-left override must show as text in ``ls`` and ``log``."""
+    from hotload import Host
+    from hotload._cli import main as cli
+
+    src = cc(
+        '#include <hotload.h>\nHOTLOAD_PLUGIN("esc", "1");\n'
+        "HOTLOAD_API int add(int a, int b) { return a + b; }\n"
+        "HOTLOAD_EXPORT(add, int, (int, int));\n",
+        "esc",
+    )
+    hostile = tmp_path / "x\x1b[2J\x1b]0;pwned\x07\u202eos.so"
+    hostile.write_bytes(src.read_bytes())
+    with Host(tmp_path / "work") as h:
+        h.load(hostile)
+        sock = ["--socket", str(h.serve_control(directory=short_tmp).path)]
+        for cmd in (["ls"], ["log"]):
+            assert cli.main([*cmd, *sock]) == 0
+            out = capsys.readouterr().out
+            assert "x?[2J?]0;pwned??os.so" in out, out
+            assert not any(c in out for c in "\x1b\x07\u202e"), repr(out)

@@ -21,6 +21,7 @@ from typing import Any
 
 from .._errors import HotloadError
 from .._ops import control_client
+from .text import printable
 from .top_data import fmt_us
 
 #: Exit status of ``--wait`` when the canary was aborted (a script's "do not go on"),
@@ -100,7 +101,7 @@ def cmd_canary(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(describe(args.name, result.get("canary")))
+        print(printable(describe(args.name, result.get("canary"))))
     c = result.get("canary")
     if args.wait is None or not c:
         return 0

@@ -62,6 +62,7 @@ from ..fleet import Controller, Fleet
 from ..fleet._schema import selector_text
 from . import fleet_release
 from .canary import _share, duration
+from .text import printable
 
 
 def add_commands(sub: Any) -> None:
@@ -306,7 +307,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _emit(st)
         return 0
-    print(render_status(st))
+    print(printable(render_status(st)))
     return 0
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from .._engine.journal import MAX_SEQ, JournalEntry
 from .._errors import ControlError
 from .._ops import control_client
+from .text import printable
 
 FOLLOW_INTERVAL = 0.5  # seconds between two asks of --follow
 _COLUMNS = (("TIME", 12), ("KIND", 10), ("PLUGIN", 16), ("SEQ", 9), ("ORIGIN", 10))
@@ -123,7 +124,7 @@ def line(e: dict[str, Any]) -> str:
     stamp += f".{int(entry.time % 1 * 1000):03d}"
     cells = (stamp, entry.kind, entry.plugin or "?", entry.seqs().replace(" ", ""), entry.origin)
     columns = " ".join(c.ljust(w) for c, (_, w) in zip(cells, _COLUMNS, strict=True))
-    return f"{columns} {entry.describe()}"
+    return printable(f"{columns} {entry.describe()}")
 
 
 def _entry(e: dict[str, Any]) -> JournalEntry:

@@ -97,6 +97,7 @@ from .log import add_command as add_log_command
 from .log import refusal_notes
 from .release import add_command as add_release_command
 from .replay import add_commands as add_replay_commands
+from .text import printable
 from .top_data import fmt_count, fmt_us, shown_state
 
 _VERSION_NODE = re.compile(r"^[A-Z][A-Z0-9_]*_[0-9][0-9.]*$")
@@ -630,7 +631,7 @@ def _table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)]
-        print("  ".join([*cells, row[-1]]).rstrip())
+        print(printable("  ".join([*cells, row[-1]]).rstrip()))
 
 
 def _duration(seconds: float) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .._ops import control_client
+from .text import printable
 
 #: Exit status of ``hotload replay`` when the build crashed or raised on recorded calls.
 REFUSED = 3
@@ -65,5 +66,5 @@ def cmd_replay(args: argparse.Namespace) -> int:
     path = str(Path(args.path).resolve())  # the host's working directory is not ours
     result = control_client.request(sock, "replay", name=args.name, path=path)
     r = result["replay"]
-    print(json.dumps(result, indent=2) if args.json else r["summary"])
+    print(json.dumps(result, indent=2) if args.json else printable(r["summary"]))
     return 0 if r["ok"] else REFUSED
