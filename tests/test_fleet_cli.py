@@ -101,6 +101,10 @@ def test_demo_fleet() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "aborting: " in out.stdout and "no call failed" in out.stdout
     assert out.stdout.count("0 failed, never ran the bad build") == 4
+    # the winter event: two plugins released as one at a set time on the four hosts
+    assert "4/4 hosts switched" in out.stdout, out.stdout
+    assert "the winter double_xp beside the old loot_drop: 0" in out.stdout
+    assert "the winter event opened as one" in out.stdout
 
 
 def test_rollout_by_prefix_or_version_history_and_rollback_to_any_revision(

@@ -2,13 +2,17 @@
 labelled canary) serving traffic, a good build rolled out canary-first, then
 a crashing build that the canaries' preflight refuses: the rollout aborts,
 the canaries stay on the good build, the other hosts never load the bad one,
-and no call fails anywhere.
+and no call fails anywhere.  Then the winter event opens: a new double_xp and
+a new loot_drop, released as one at a set time on every host (a signed plan
+each host stages, then switches on its own timer); no player call sees the
+new double_xp with the old loot_drop.
 
 ``python -m hotload._cli.fleet_demo host --url URL --id ID --labels SEL --plugin FILE``
-(``[--public-key HEX] [--state-dir DIR]``) is one host process (the tests use
-it too): it loads FILE, joins the fleet,
-calls ``reward`` from a player thread until stdin closes or SIGTERM, then
-prints one JSON line: calls, failed calls, every digest it ever loaded.
+(``[--public-key HEX] [--state-dir DIR] [--loot FILE]``) is one host process (the
+tests use it too): it loads FILE (and the loot_drop build), joins the fleet,
+calls ``reward`` (and ``rarity``) from a player thread until stdin closes or
+SIGTERM, then prints one JSON line: calls, failed calls, every digest it ever
+loaded, and the calls that saw the winter double_xp beside the old loot_drop.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from ..fleet._signing import local_signing_key, public_hex
 from .fleet import render_status
 
 CRASH = "    *(volatile int *)0 = 42; /* the bad build: crashes as it loads */\n"
+WINTER_XP = 400  # the winter double_xp's reward(100, 3): x4
+WINTER_TIER = 3  # the winter loot_drop's rarity(9000, 0): legendary (was rare, 2)
 
 
 # ---- one host process -------------------------------------------------------------------
@@ -52,6 +58,7 @@ def host_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir")
     ap.add_argument("--public-key", help="the fleet key (default: $HOTLOAD_FLEET_PUBLIC_KEY)")
     ap.add_argument("--state-dir", help="where accepted decisions are kept")
+    ap.add_argument("--loot", help="a loot_drop build to load and call beside it")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format=f"{args.id}: %(message)s")
     stop = threading.Event()
@@ -62,11 +69,12 @@ def host_main(argv: list[str] | None = None) -> int:
         stop.set()
 
     threading.Thread(target=until_stdin_closes, daemon=True).start()
-    calls = errors = 0
+    calls = errors = mixed = 0
     seen: set[str] = set()
     with Host(args.workdir) as host:
         cand = host.read(args.plugin)
         xp: Any = host.load(cand)
+        loot: Any = host.load(args.loot) if args.loot else None
         agent = FleetAgent(
             host,
             args.url,
@@ -81,7 +89,11 @@ def host_main(argv: list[str] | None = None) -> int:
         try:
             while not stop.is_set():
                 try:
-                    xp.reward(100, 3)
+                    gained = xp.reward(100, 3)
+                    # double_xp first: once it answers as the winter build, the switch
+                    # happened, and loot_drop must answer as the winter one too
+                    if loot is not None and loot.rarity(9000, 0) != WINTER_TIER:
+                        mixed += gained == WINTER_XP
                     calls += 1
                 except Exception:  # counted, and the demo fails if any
                     errors += 1
@@ -93,7 +105,15 @@ def host_main(argv: list[str] | None = None) -> int:
             seen.update(v.digest for v in host.versions(cand.name))
             agent.stop()
     print(
-        json.dumps({"id": args.id, "calls": calls, "errors": errors, "digests": sorted(seen)}),
+        json.dumps(
+            {
+                "id": args.id,
+                "calls": calls,
+                "errors": errors,
+                "mixed": mixed,
+                "digests": sorted(seen),
+            }
+        ),
         flush=True,
     )
     return 0
@@ -148,7 +168,8 @@ class HostProcess:
 
 
 def build_variants(out: Path) -> dict[str, Path]:
-    """double_xp 1.0.0 (x2), 1.1.0 (x3) and 1.2.0 (crashes in on_load)."""
+    """double_xp 1.0.0 (x2), 1.1.0 (x3), 1.2.0 (crashes in on_load) and the
+    winter event's 1.3.0 (x4); loot_drop 1.0.0 and the winter 2.0.0."""
     from .._artifact.builder import compile_plugin
     from .._platform import dl
     from .demo_plugins import example_sources_dir
@@ -161,12 +182,21 @@ def build_variants(out: Path) -> dict[str, Path]:
             '"1.0.0"', '"1.1.0"'
         ),
         "bad": base.replace('"1.0.0"', '"1.2.0"').replace(head, head + CRASH),
+        "winter": base.replace("#define MULTIPLIER 2", "#define MULTIPLIER 4").replace(
+            '"1.0.0"', '"1.3.0"'
+        ),
     }
+    loot = (example_sources_dir() / "loot_drop.c").read_text()
+    sources["loot"] = loot
+    sources["loot_winter"] = loot.replace('"1.0.0"', '"2.0.0"').replace(
+        "if (r >= 9000) return 2;", "if (r >= 9000) return 3;"
+    )
     builds = {}
     for tag, text in sources.items():
-        src = out / f"double_xp_{tag}.c"
+        stem = tag if tag.startswith("loot") else f"double_xp_{tag}"
+        src = out / f"{stem}.c"
         src.write_text(text)
-        builds[tag] = out / f"double_xp_{tag}{dl.SUFFIX}"
+        builds[tag] = out / f"{stem}{dl.SUFFIX}"
         compile_plugin(src, builds[tag])
     return builds
 
@@ -196,6 +226,7 @@ def run(*, verbose: bool = False) -> int:
                     f"role={role},zone=eu-1",
                     builds["v1"],
                     heartbeat=0.5,
+                    loot=builds["loot"],
                     **signed,
                 )
             )
@@ -236,10 +267,11 @@ def run(*, verbose: bool = False) -> int:
                 for host, err in exc.record["failures"].items():
                     say(f"{host}: {err[:150]}")
             print(render_status(f.status("double_xp")))
+            switched = _winter_event(f, builds, say)
         print("== stopping the hosts")
         results = [h.finish() for h in hosts]
         hosts.clear()
-        ok = aborted
+        ok = aborted and switched
         for r in results:
             loaded_bad = bad in r.get("digests", [])
             print(
@@ -247,8 +279,11 @@ def run(*, verbose: bool = False) -> int:
                 f"{'ran' if loaded_bad else 'never ran'} the bad build"
             )
             ok = ok and r.get("errors") == 0 and not loaded_bad
+        mixed = sum(r.get("mixed", 1) for r in results)
+        print(f"  calls that saw the winter double_xp beside the old loot_drop: {mixed}")
+        ok = ok and mixed == 0
         print(
-            "== OK: canary caught the bad build, fleet stayed on 1.1.0, no call failed"
+            "== OK: canary caught the bad build, no call failed, the winter event opened as one"
             if ok
             else "== FAILED: see above"
         )
@@ -260,6 +295,25 @@ def run(*, verbose: bool = False) -> int:
         if server is not None:
             server.shutdown(nosave=True)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _winter_event(f: Fleet, builds: dict[str, Path], say: Any) -> bool:
+    """Release the winter double_xp and loot_drop as one, 3 s from now, on
+    every host; say when each host switched.  True when all of them did."""
+    plan = {"double_xp": f.publish(builds["winter"]), "loot_drop": f.publish(builds["loot_winter"])}
+    at = round(time.time() + 3.0, 3)
+    stamp = time.strftime("%H:%M:%S", time.localtime(at)) + f".{round(at % 1 * 1000):03d}"
+    print(f"== the winter event: double_xp 1.3.0 and loot_drop 2.0.0 as one release at {stamp}")
+    try:
+        rec = f.release(plan, at=at, poll=0.1, progress=say)
+    except RolloutFailed as exc:
+        say(f"cancelled: {exc}")
+        return False
+    for host, rep in sorted((rec.get("hosts_state") or {}).items()):
+        ns = rep.get("switched_ns")
+        late = f"{(ns / 1e9 - at) * 1000:+.1f} ms" if isinstance(ns, int) else "?"
+        say(f"{host}: switched {late} from the time")
+    return not rec.get("not_switched")
 
 
 if __name__ == "__main__":
