@@ -17,7 +17,6 @@ reward formula should change rewards.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -27,8 +26,6 @@ from typing import Any
 from .._artifact.signatures import ffi
 from .._errors import HotloadError, PluginCrashedError, PluginStoppedError
 from .recording import RecordedCall, ServiceCall
-
-log = logging.getLogger(__name__)
 
 SHOW = 5  # differing inputs and failures a report keeps, of each
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from .._errors import FleetError
 from ._schema import Keys, check_digest, check_labels, check_name, load_json
-from ._signing import DEFAULT_EXPIRES, public_hex
+from ._signing import DEFAULT_EXPIRES, public_hex, signature_holds
 
 RELEASE_CONTEXT = b"hotload-fleet-release-v1\n"
 STATES = ("planned", "cancelled")
@@ -185,20 +185,16 @@ def parse(raw: bytes | None, where: str) -> Plan:
 def verify(public_key: Any, plan: Plan, where: str, *, now: float | None = None) -> None:
     """Raise ``FleetError`` unless ``plan`` is signed by ``public_key`` and
     not expired: a plan written or changed by anyone else is refused."""
-    from cryptography.exceptions import InvalidSignature
-
     if plan.signature is None:
         raise FleetError(
             f"{where}: not signed; this host acts only on release plans signed with its "
             f"fleet key (an unsigned fleet is Host(fleet_insecure=True) on every host)"
         )
-    try:
-        public_key.verify(bytes.fromhex(plan.signature), plan.message())
-    except (ValueError, InvalidSignature):
+    if not signature_holds(public_key, plan.signature, plan.message()):
         raise FleetError(
             f"{where}: rev {plan.rev}: the signature does not verify with this host's fleet "
             f"key (signed by another key, or changed after it was signed), refused"
-        ) from None
+        )
     if plan.expires_at <= (time.time() if now is None else now):
         raise FleetError(f"{where}: expired at {when(plan.expires_at)}, refused")
 

@@ -157,16 +157,24 @@ def seal_rollout(key: Any, rec: dict[str, Any]) -> None:
     rec["seal"] = key.sign(_rollout_message(rec)).hex()
 
 
-def check_rollout_seal(public_key: Any, rec: dict[str, Any], plugin: str) -> None:
-    """``FleetError`` unless ``rec`` carries a controller's seal by this key."""
+def signature_holds(public_key: Any, signature: object, message: bytes) -> bool:
+    """Whether ``signature`` (hex) is ``public_key``'s over ``message``: the
+    one check behind every signed record (decisions, release plans, the
+    rollout record's seal); anything malformed is simply not a signature."""
     from cryptography.exceptions import InvalidSignature
 
-    seal = rec.get("seal")
+    if not isinstance(signature, str):
+        return False
     try:
-        if not isinstance(seal, str):
-            raise InvalidSignature
-        public_key.verify(bytes.fromhex(seal), _rollout_message(rec))
-    except (InvalidSignature, ValueError):
+        public_key.verify(bytes.fromhex(signature), message)
+    except (ValueError, InvalidSignature):
+        return False
+    return True
+
+
+def check_rollout_seal(public_key: Any, rec: dict[str, Any], plugin: str) -> None:
+    """``FleetError`` unless ``rec`` carries a controller's seal by this key."""
+    if not signature_holds(public_key, rec.get("seal"), _rollout_message(rec)):
         raise FleetError(
             f"{plugin}: the rollout record in Redis is not sealed by this fleet's signing key "
             f"(written by something other than a controller: refusing to sign decisions from "
@@ -201,8 +209,6 @@ def decision(rec: dict[str, Any], plugin: str, rev: int, rules: list[Rule]) -> D
 def verify_decision(public_key: Any, d: Decision, plugin: str, *, now: float | None = None) -> None:
     """Raise ``FleetError`` unless ``d`` is signed by ``public_key``, for
     ``plugin``, and not expired."""
-    from cryptography.exceptions import InvalidSignature
-
     where = f"desired state of {plugin}"
     if d.signature is None:
         raise FleetError(
@@ -213,13 +219,11 @@ def verify_decision(public_key: Any, d: Decision, plugin: str, *, now: float | N
         raise FleetError(
             f"{where}: the record is signed for plugin {d.plugin!r}: a copied record, refused"
         )
-    try:
-        public_key.verify(bytes.fromhex(d.signature), d.message())
-    except (ValueError, InvalidSignature):
+    if not signature_holds(public_key, d.signature, d.message()):
         raise FleetError(
             f"{where}: rev {d.rev}: the signature does not verify with this host's fleet key "
             f"(signed by another key, or changed after it was signed), refused"
-        ) from None
+        )
     now = time.time() if now is None else now
     if d.expires_at <= now:
         raise FleetError(
