@@ -141,6 +141,53 @@ def test_a_release_loads_new_plugins_and_its_rollback_undoes_it_as_one(
         host.rollback("reward")  # its own chain walked back too: nothing before v1's build
 
 
+def test_a_release_rollback_is_refused_once_one_of_its_plugins_moved_on(
+    host: Host, rule: Callable[..., Path]
+) -> None:
+    """Rolling back a release after one of its plugins was reloaded alone would
+    pair builds that never ran together (reward's release build, drops' old):
+    refused, nothing changed; undoing the reload first makes it possible."""
+    reward, drops = host.load(rule("reward", 1)), host.load(rule("drops", 1))
+    host.reload_together({"reward": rule("reward", 2), "drops": rule("drops", 2)})
+    host.reload("reward", rule("reward", 3))
+    with pytest.raises(HotloadError, match="reward changed since"):
+        host.rollback_together()
+    assert (reward.generation(), drops.generation()) == (3, 2)
+    host.rollback("reward")
+    host.rollback_together()
+    assert (reward.generation(), drops.generation()) == (1, 1)
+
+
+def test_two_rollbacks_at_once_undo_the_release_once(
+    host: Host, rule: Callable[..., Path]
+) -> None:
+    """Two threads roll back the same release together: one does it, the
+    other is told there is nothing (left) to roll back; never a mixed pair."""
+    for _ in range(3):
+        reward, drops = host.load(rule("reward", 1)), host.load(rule("drops", 1))
+        host.reload_together({"reward": rule("reward", 2), "drops": rule("drops", 2)})
+        go = threading.Barrier(2)
+        outcomes: list[str] = []
+
+        def undo() -> None:
+            go.wait()
+            try:
+                host.rollback_together()
+                outcomes.append("done")
+            except HotloadError as exc:
+                outcomes.append(type(exc).__name__)
+
+        threads = [threading.Thread(target=undo) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(outcomes) == ["HotloadError", "done"], outcomes
+        assert (reward.generation(), drops.generation()) == (1, 1)
+        host.unload("reward")
+        host.unload("drops")
+
+
 def test_stateful_plugins_hand_their_state_over_in_the_same_switch(
     host: Host, cc: Compile, rule: Callable[..., Path]
 ) -> None:

@@ -295,6 +295,7 @@ class Releaser:
         self.history: list[Release] = []  # newest last; a rollback pops
         self.staged: list[Release] = []  # waiting for their time (at=)
         self._ids = itertools.count(1)
+        self._rolling = threading.Lock()
 
     def release(
         self,
@@ -305,6 +306,7 @@ class Releaser:
         note: str = "",
         unload: tuple[str, ...] = (),
         at: float | None = None,
+        expect: Mapping[str, int] | None = None,
     ) -> Release:
         if not builds and not unload:
             raise ValueError("a release names at least one plugin")
@@ -318,6 +320,15 @@ class Releaser:
             for n in names:  # one order for every release: two cannot deadlock
                 locks.enter_context(recs[n].lock)
             sw._table.check_open()
+            for n, seq in (expect or {}).items():  # a rollback's: nothing moved meanwhile
+                cur = recs[n].current
+                if cur is None or cur.seq != seq:
+                    raise ReleaseError(
+                        f"release refused (nothing changed): {n}: changed since "
+                        f"(v{cur.seq if cur else '-'} serves, not v{seq})",
+                        plugin=n,
+                        cause=HotloadError("changed since"),
+                    )
             parts = [self._part(n, recs[n], n in unload) for n in names]
             p = parts[0]
             try:
@@ -439,32 +450,49 @@ class Releaser:
 
     def rollback(self, *, preflight: bool | None) -> Release:
         """The last release undone as one switch: each plugin back on the build
-        it replaced; one the release loaded first is unloaded."""
-        if not self.history:
-            raise HotloadError("no release to roll back")
-        last = self.history[-1]
-        builds: dict[str, Source] = {}
-        for name, seq in last.replaced.items():
-            if seq is None:
-                continue
-            rec = self._swap._table.get(name)
-            build = rec.chain[-2] if rec is not None and len(rec.chain) >= 2 else None
-            if build is None:
-                raise HotloadError(f"release {last.id}: {name}: its previous build is not kept")
-            builds[name] = loader_mod.candidate(
-                build.data, build.source, name=name, declared=rec.declared if rec else None
+        it replaced; one the release loaded first is unloaded.  Refused when
+        one of its plugins serves another build since (a reload, a canary):
+        the builds the release replaced never ran beside that one.  One
+        rollback at a time: two at once would both undo the same release."""
+        with self._rolling:
+            if not self.history:
+                raise HotloadError("no release to roll back")
+            last = self.history[-1]
+            builds: dict[str, Source] = {}
+            expect: dict[str, int] = {}
+            for name, seq in last.replaced.items():
+                rec = self._swap._table.get(name)
+                made, cur = last.versions.get(name), rec.current if rec is not None else None
+                if rec is None or made is None or cur is None or cur.image.digest != made.digest:
+                    now = f"v{cur.seq} serves" if cur is not None else "it is not loaded"
+                    raise HotloadError(
+                        f"release {last.id}: {name} changed since ({now}, another build than "
+                        f"the release's v{made.seq if made else '-'}): roll it back alone, or "
+                        "release the builds you want together"
+                    )
+                expect[name] = cur.seq
+                if seq is None:
+                    continue
+                build = rec.chain[-2] if len(rec.chain) >= 2 else None
+                if build is None or build.seq != seq:
+                    raise HotloadError(
+                        f"release {last.id}: {name}: the build of v{seq} is not kept"
+                    )
+                builds[name] = loader_mod.candidate(
+                    build.data, build.source, name=name, declared=rec.declared
+                )
+            unload = tuple(n for n, seq in last.replaced.items() if seq is None)
+            done = self.release(
+                builds,
+                preflight=preflight,
+                allow_signature_change=True,
+                note=f"rollback of release {last.id}",
+                unload=unload,
+                expect=expect,
             )
-        unload = tuple(n for n, seq in last.replaced.items() if seq is None)
-        done = self.release(
-            builds,
-            preflight=preflight,
-            allow_signature_change=True,
-            note=f"rollback of release {last.id}",
-            unload=unload,
-        )
-        self.history.remove(done)
-        self.history.remove(last)
-        return done
+            self.history.remove(done)
+            self.history.remove(last)
+            return done
 
     # -- the steps ------------------------------------------------------------------
     def _part(self, name: str, rec: PluginRecord, unload: bool) -> _Part:
