@@ -169,7 +169,7 @@ def test_two_rollbacks_at_once_undo_the_release_once(
         go = threading.Barrier(2)
         outcomes: list[str] = []
 
-        def undo() -> None:
+        def undo(go: threading.Barrier = go, outcomes: list[str] = outcomes) -> None:
             go.wait()
             try:
                 host.rollback_together()
