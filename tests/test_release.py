@@ -158,9 +158,7 @@ def test_a_release_rollback_is_refused_once_one_of_its_plugins_moved_on(
     assert (reward.generation(), drops.generation()) == (1, 1)
 
 
-def test_two_rollbacks_at_once_undo_the_release_once(
-    host: Host, rule: Callable[..., Path]
-) -> None:
+def test_two_rollbacks_at_once_undo_the_release_once(host: Host, rule: Callable[..., Path]) -> None:
     """Two threads roll back the same release together: one does it, the
     other is told there is nothing (left) to roll back; never a mixed pair."""
     for _ in range(3):
