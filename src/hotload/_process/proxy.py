@@ -144,7 +144,8 @@ class Proxy:
             self.sandbox = worker.sandbox
             service_channel.listen(self, worker)
             self._open("opening the copy (dlopen, resolving exports)")
-            self.live = not self.request.get("on_load")
+            # live once its hooks ran, or its typed state came in (``go_live``)
+            self.live = not self.request.get("on_load") and not self.request.get("typed")
 
     def _open(self, what: str) -> None:
         """The ``open`` request; a sandboxed worker gets the build's bytes
@@ -600,6 +601,21 @@ class Proxy:
             _, blob = self._control(req, self.hook_timeout, "on_unload")
             self.snapshot = blob
             return blob
+
+    def go_live(self) -> None:
+        """A version without ``on_load`` serves from now on (its typed state is in)."""
+        self.live = True
+
+    def state_op(self, req: dict[str, Any], blob: bytes | None, what: str) -> tuple[Any, bytes]:
+        """One typed-state request (``worker_state``), bounded by the hook
+        timeout; its answer's JSON and blob.  A crash, a hang or garbage
+        raises (``PluginCrashedError``): a version not live yet is stopped,
+        the live one follows ``on_crash``."""
+        with self.lock:
+            if self.state != UP:
+                raise self._dead_error()
+            obj, out = self._control(req, self.hook_timeout, what, blob)
+            return obj, out or b""
 
     # -- stopping --------------------------------------------------------------------------
     def stop(self, *, kill: bool = False) -> None:
