@@ -57,10 +57,14 @@ def serve(what: str, req: dict[str, Any], blob: bytes | None, handle: Any, sourc
     n = int(req["size"]) if what == "state_read" else len(blob or b"")
     if offset < 0 or n < 0 or offset + n > size or n > CHUNK:
         raise ValueError(f"bytes {offset}..{offset + n} of a {size}-byte state")
-    if what == "state_read":
-        return wire.pack_control(
-            wire.ST_OK, None, ffi.buffer(ffi.cast("char *", at + offset), n)[:]
+    if what == "state_read":  # the reply built in one buffer: the state copied once here
+        head = wire.pack_control(wire.ST_OK, None, b"")
+        out = bytearray(len(head) + n)
+        out[: len(head)] = head
+        ffi.memmove(
+            ffi.from_buffer(memoryview(out)[len(head) :]), ffi.cast("char *", at + offset), n
         )
+        return out  # type: ignore[return-value]  # sent as it is
     ffi.memmove(ffi.cast("char *", at + offset), blob or b"", n)
     return wire.pack_control(wire.ST_OK, None)
 

@@ -64,16 +64,13 @@ def _remote_read(image: Image) -> bytearray:
     decl = declared(image.descriptor)
     assert decl is not None
     out = bytearray(decl.size)
+    view = memoryview(out)
     for offset in range(0, decl.size, CHUNK):
         n = min(CHUNK, decl.size - offset)
         req = {"op": "state_read", "offset": offset, "size": n, **_where(decl)}
-        _, got = image.process.state_op(req, None, f"reading its state ({decl.type})")
-        if len(got) != n:
-            raise StateMigrationError(
-                f"{_who(image)}: its worker answered {len(got)} bytes of state for {n} asked "
-                f"(bytes {offset}..{offset + n}): garbage"
-            )
-        out[offset : offset + n] = got
+        image.process.state_read_into(
+            req, view[offset : offset + n], f"reading its state ({decl.type})"
+        )
     return out
 
 
@@ -83,9 +80,10 @@ def _remote_write(image: Image, data: bytes | bytearray | memoryview) -> None:
     assert decl is not None
     view = memoryview(data)
     for offset in range(0, decl.size, CHUNK):
-        chunk = bytes(view[offset : offset + CHUNK])
         req = {"op": "state_write", "offset": offset, **_where(decl)}
-        image.process.state_op(req, chunk, f"writing its state ({decl.type})")
+        image.process.state_write_from(
+            req, view[offset : offset + CHUNK], f"writing its state ({decl.type})"
+        )
 
 
 def _copy(image: Image) -> bytes | bytearray:
