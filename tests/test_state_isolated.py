@@ -111,3 +111,25 @@ def test_a_state_over_the_inline_limit_crosses_on_the_socket(ihost: Host, cc: Co
                  allow_signature_change=True)  # fmt: skip
     assert [w.at_big(i) for i in (0, 1, 9_999, 19_999)] == [1, 0, 10_000, 20_000]
     assert (w.get_level(), w.get_extra()) == (3, 4)
+
+
+def test_a_state_pointer_the_worker_cannot_use_refuses_the_swap(ihost: Host, cc: Compile) -> None:
+    """The new build's ``hotload_state`` is NULL: its worker refuses the state
+    message, the swap is refused, the old worker serves on with its state."""
+    from test_state_typed import HAND_MADE
+
+    good = HAND_MADE + (
+        "HOTLOAD_STATE(winter_state_t, state);\n"
+        "HOTLOAD_API void set(int64_t v) { state.coins = v; }\n"
+        "HOTLOAD_EXPORT(set, void, (int64_t));\n"
+    )
+    null = HAND_MADE.replace('"1.0.0"', '"2.0.0"') + (
+        "HOTLOAD_API void *const hotload_state = 0;\n"
+        'HOTLOAD__RECORD_N(hotload__state, HOTLOAD__REC4("state") "winter_state_t\\x1f"'
+        ' "hotload_state", 8, 8);\n'
+    )
+    w = ihost.load(cc(good, "ptr1"), isolate=True)
+    w.set(5)
+    with pytest.raises(StateMigrationError, match=r"its hotload_state is 0x0.*keeps serving"):
+        ihost.reload("winter", cc(null, "ptr2"), allow_signature_change=True)
+    assert w.get() == 5 and [v.seq for v in ihost.versions("winter")] == [1]

@@ -30,6 +30,7 @@ from .._errors import (
     PluginQuarantinedError,
     PluginStoppedError,
     PluginTimeoutError,
+    StateMigrationError,
 )
 from .._platform import proc as channel
 from . import service_channel
@@ -614,7 +615,10 @@ class Proxy:
         with self.lock:
             if self.state != UP:
                 raise self._dead_error()
-            obj, out = self._control(req, self.hook_timeout, what, blob)
+            try:
+                obj, out = self._control(req, self.hook_timeout, what, blob)
+            except _WorkerError as exc:  # refused there (a bad pointer, a missing function)
+                raise StateMigrationError(str(exc)) from None
             return obj, out or b""
 
     def state_read_into(self, req: dict[str, Any], into: memoryview, what: str) -> None:
@@ -636,7 +640,8 @@ class Proxy:
                 if n != len(head) + len(into):
                     body = _exactly(sock, n) if n <= MAX_FRAME else b""
                     if body[:1] == bytes([ST_ERROR]):
-                        raise _worker_error(body)
+                        err = _worker_error(body)
+                        raise StateMigrationError(str(err)) if type(err) is _WorkerError else err
                     raise _Garbage(f"a state reply of {n} bytes for {len(into)} asked")
                 if _exactly(sock, len(head)) != head:
                     raise _Garbage("a state reply that does not start as one")
@@ -661,7 +666,8 @@ class Proxy:
             reply: list[bytes] = []
             self._guarded(worker, what, send, lambda: reply.append(worker.recv(self.hook_timeout)))
             if reply[0][:1] == bytes([ST_ERROR]):
-                raise _worker_error(reply[0])
+                err = _worker_error(reply[0])
+                raise StateMigrationError(str(err)) if type(err) is _WorkerError else err
             if reply[0][:1] != bytes([ST_OK]):
                 self._crashed(worker, what, garbage="a bad control reply")
 
