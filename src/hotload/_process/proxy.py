@@ -622,54 +622,16 @@ class Proxy:
             return obj, out or b""
 
     def state_read_into(self, req: dict[str, Any], into: memoryview, what: str) -> None:
-        """A ``state_read`` whose bytes go straight from the socket into
-        ``into`` (through ``state_op`` a 100 MB state was copied five times
-        here on its way); anything but exactly that many bytes is garbage."""
-        with self.lock:
-            worker = self._w()
-            if self.state != UP:
-                raise self._dead_error()
-            from .wire import FRAME, MAX_FRAME
+        """A ``state_read`` received straight into ``into`` (``worker_state``)."""
+        from .worker_state import read_into
 
-            head = bytes([ST_OK]) + b"null\n"  # pack_control(ST_OK, None, blob)
-
-            def read() -> None:
-                sock = worker.sock
-                worker._settimeout(self.hook_timeout)
-                (n,) = FRAME.unpack(_exactly(sock, 4))
-                if n != len(head) + len(into):
-                    body = _exactly(sock, n) if n <= MAX_FRAME else b""
-                    if body[:1] == bytes([ST_ERROR]):
-                        err = _worker_error(body)
-                        raise StateMigrationError(str(err)) if type(err) is _WorkerError else err
-                    raise _Garbage(f"a state reply of {n} bytes for {len(into)} asked")
-                if _exactly(sock, len(head)) != head:
-                    raise _Garbage("a state reply that does not start as one")
-                _exactly(sock, len(into), into)
-
-            self._guarded(worker, what, lambda: worker.send(pack_control(OP_CONTROL, req)), read)
+        read_into(self, req, into, what)
 
     def state_write_from(self, req: dict[str, Any], data: memoryview, what: str) -> None:
-        """A ``state_write`` of ``data``, sent without copying it into a frame first."""
-        with self.lock:
-            worker = self._w()
-            if self.state != UP:
-                raise self._dead_error()
-            from .wire import FRAME
+        """A ``state_write`` sent without copying ``data`` into a frame (``worker_state``)."""
+        from .worker_state import write_from
 
-            head = pack_control(OP_CONTROL, req) + b"\n"
-
-            def send() -> None:
-                worker.sock.sendall(FRAME.pack(len(head) + len(data)) + head)
-                worker.sock.sendall(data)
-
-            reply: list[bytes] = []
-            self._guarded(worker, what, send, lambda: reply.append(worker.recv(self.hook_timeout)))
-            if reply[0][:1] == bytes([ST_ERROR]):
-                err = _worker_error(reply[0])
-                raise StateMigrationError(str(err)) if type(err) is _WorkerError else err
-            if reply[0][:1] != bytes([ST_OK]):
-                self._crashed(worker, what, garbage="a bad control reply")
+        write_from(self, req, data, what)
 
     def _guarded(
         self, worker: Worker, what: str, send: Callable[[], None], read: Callable[[], None]
@@ -753,15 +715,3 @@ class Proxy:
             self._exiting = None
             self.iso.forget(self)
             return True
-
-
-def _exactly(sock: socket.socket, n: int, into: memoryview | None = None) -> bytes:
-    """Exactly ``n`` bytes from ``sock`` (into ``into`` when given: then b"")."""
-    view = into if into is not None else memoryview(bytearray(n))
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:], n - got)
-        if not k:
-            raise EOFError
-        got += k
-    return b"" if into is not None else bytes(view)

@@ -10,6 +10,11 @@ version's worker before the switch (``_state/handover``).
   ``to``): runs the build's ``HOTLOAD_MIGRATE`` function on copies, answers
   its return code and ``to`` as it left it.
 
+The host's side is here too (``read_into``, ``write_from``, for the proxy of
+the version): a state's bytes go from the socket straight into their buffer
+and out of it without being copied into a frame (a 100 MB state was copied
+five times on its way through the ordinary control path).
+
 Each request names the variable as the host read it from the descriptor
 (``symbol``, ``size``, ``align``): a range outside it, a NULL or misaligned
 pointer is refused.  A state larger than a frame travels in several
@@ -19,11 +24,13 @@ pointer crashes this worker, never the host, and the host refuses the swap.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from .._artifact import loader, signatures
 from .._errors import HotloadError, StateMigrationError
 from . import wire
+from .spawn import UP
 
 OPS = ("state_read", "state_write", "state_migrate")
 CHUNK = 16 << 20  # bytes of state in one request or reply
@@ -81,3 +88,69 @@ def _variable(handle: Any, req: dict[str, Any], source: str) -> tuple[int, int]:
             f"state variable the host can use"
         )
     return at, size
+
+
+# ---- the host's side (the version's ``proxy.Proxy``) ---------------------------------------
+def read_into(proxy: Any, req: dict[str, Any], into: memoryview, what: str) -> None:
+    """A ``state_read`` whose bytes go straight from the socket into
+    ``into``; anything but exactly that many bytes is garbage (a crash of
+    the worker, as the proxy reports one)."""
+    with proxy.lock:
+        worker = proxy._w()
+        if proxy.state != UP:
+            raise proxy._dead_error()
+        head = wire.pack_control(wire.ST_OK, None, b"")
+
+        def read() -> None:
+            sock = worker.sock
+            worker._settimeout(proxy.hook_timeout)
+            (n,) = wire.FRAME.unpack(_exactly(sock, 4))
+            if n != len(head) + len(into):
+                body = _exactly(sock, n) if n <= wire.MAX_FRAME else b""
+                if body[:1] == bytes([wire.ST_ERROR]):
+                    raise _refused(body)
+                raise wire._Garbage(f"a state reply of {n} bytes for {len(into)} asked")
+            if _exactly(sock, len(head)) != head:
+                raise wire._Garbage("a state reply that does not start as one")
+            _exactly(sock, len(into), into)
+
+        request = wire.pack_control(wire.OP_CONTROL, req)
+        proxy._guarded(worker, what, lambda: worker.send(request), read)
+
+
+def write_from(proxy: Any, req: dict[str, Any], data: memoryview, what: str) -> None:
+    """A ``state_write`` of ``data``, sent without copying it into a frame first."""
+    with proxy.lock:
+        worker = proxy._w()
+        if proxy.state != UP:
+            raise proxy._dead_error()
+        head = wire.pack_control(wire.OP_CONTROL, req) + b"\n"
+
+        def send() -> None:
+            worker.sock.sendall(wire.FRAME.pack(len(head) + len(data)) + head)
+            worker.sock.sendall(data)
+
+        reply: list[bytes] = []
+        proxy._guarded(worker, what, send, lambda: reply.append(worker.recv(proxy.hook_timeout)))
+        if reply[0][:1] == bytes([wire.ST_ERROR]):
+            raise _refused(reply[0])
+        if reply[0][:1] != bytes([wire.ST_OK]):
+            proxy._crashed(worker, what, garbage="a bad control reply")
+
+
+def _refused(body: bytes) -> Exception:
+    """A worker's error reply to a state message: its own error, or a refusal."""
+    err = wire._worker_error(body)
+    return StateMigrationError(str(err)) if type(err) is wire._WorkerError else err
+
+
+def _exactly(sock: socket.socket, n: int, into: memoryview | None = None) -> bytes:
+    """Exactly ``n`` bytes from ``sock`` (into ``into`` when given: then b"")."""
+    view = into if into is not None else memoryview(bytearray(n))
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if not k:
+            raise EOFError
+        got += k
+    return b"" if into is not None else bytes(view)

@@ -68,9 +68,7 @@ def _remote_read(image: Image) -> bytearray:
     for offset in range(0, decl.size, CHUNK):
         n = min(CHUNK, decl.size - offset)
         req = {"op": "state_read", "offset": offset, "size": n, **_where(decl)}
-        image.process.state_read_into(
-            req, view[offset : offset + n], f"reading its state ({decl.type})"
-        )
+        image.process.state_read_into(req, view[offset : offset + n], "reading its state")
     return out
 
 
@@ -81,9 +79,7 @@ def _remote_write(image: Image, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     for offset in range(0, decl.size, CHUNK):
         req = {"op": "state_write", "offset": offset, **_where(decl)}
-        image.process.state_write_from(
-            req, view[offset : offset + CHUNK], f"writing its state ({decl.type})"
-        )
+        image.process.state_write_from(req, view[offset : offset + CHUNK], "writing its state")
 
 
 def _copy(image: Image) -> bytes | bytearray:
