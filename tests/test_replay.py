@@ -422,10 +422,10 @@ def test_hostile_recordings_are_errors_of_their_calls_not_of_the_host(
 
     from hotload._process import replay_driver
 
-    monkeypatch.setattr(replay_driver, "CALL_TIMEOUT", 0.5)
+    monkeypatch.setattr(replay_driver, "CALL_TIMEOUT", 0.3)
     host, grants = served
     host.load(reward := cc(HOSTILE, "replay_hostile"))
-    big = array("q", [21]) * (2 << 20)  # 16 MiB: more than a batch, less than a frame
+    big = array("q", [21]) * (1 << 18)  # 2 MiB: more than a batch (1 MiB), less than a frame
     calls = [
         RecordedCall("reward", (b"\xff" * 16, "x"), True, 3),  # does not encode
         RecordedCall("peek", (b"\0" * (65 << 20), (65 << 20) // 8), True, 0),  # over the cap
