@@ -80,7 +80,9 @@ class _Figures(logging.Handler):
             self.switch.append(float(m.group(1)))
 
 
-def _case(tmp: Path, name: str, elem: str, n: int, elem2: str, rounds: int) -> dict[str, Any]:
+def _case(
+    tmp: Path, name: str, elem: str, n: int, elem2: str, rounds: int, isolate: bool = False
+) -> dict[str, Any]:
     v1 = _build(tmp, f"{name}1", "1.0.0", "int32_t", elem, n, False)
     v2 = _build(tmp, f"{name}2", "2.0.0", "int64_t", elem2, n, True)
     figures = _Figures()
@@ -90,7 +92,7 @@ def _case(tmp: Path, name: str, elem: str, n: int, elem2: str, rounds: int) -> d
     totals = []
     try:
         with Host(tmp / f"work-{name}", preflight=False, max_state_size=512 << 20) as host:
-            big = host.load(v1)
+            big = host.load(v1, isolate=isolate)
             size = big.fill(3)
             expect = big.probe(n - 1)
             for _ in range(rounds):
@@ -113,11 +115,12 @@ def run() -> dict[str, Any]:
     load = os.getloadavg()[0]
     same = _case(tmp, "bytes", "uint8_t", MB, "uint8_t", ROUNDS)
     wide = _case(tmp, "wide", "int32_t", MB // 4, "int64_t", 1)  # slow: one reload, one rollback
-    return {"load": load, "same": same, "wide": wide}
+    iso = _case(tmp, "iso", "uint8_t", MB, "uint8_t", 1, isolate=True)
+    return {"load": load, "same": same, "wide": wide, "iso": iso, "load_end": os.getloadavg()[0]}
 
 
 def report(r: dict[str, Any]) -> list[str]:
-    same, wide = r["same"], r["wide"]
+    same, wide, iso = r["same"], r["wide"], r["iso"]
     med = statistics.median
     return [
         f"typed state (issue 23 item 3): {same['size'] / 1e6:.0f} MB of HOTLOAD_STATE carried "
@@ -140,6 +143,13 @@ def report(r: dict[str, Any]) -> list[str]:
             f"100 MB int32_t[25M] widened to int64_t at the switch ("
             f"{'compiled' if apply.NATIVE is not None else 'memoryview'} loop), median",
             f"{med(wide['switch']):.1f} ms (proof {med(wide['proof']):.1f} ms)",
+        ),
+        text_row(
+            "100 MB handed over isolated at the switch (read in the old worker, migrated "
+            "here, written into the new one), median",
+            f"{med(iso['switch']):.1f} ms (in process {med(same['switch']):.1f} ms; proof "
+            f"{med(iso['proof']):.1f} ms; whole reload or rollback {med(iso['total']):.0f} ms; "
+            f"load average {r['load_end']:.1f} at the end)",
         ),
     ]
 

@@ -345,3 +345,117 @@ def test_an_isolated_plugins_service_calls_are_recorded_too(
     report = host.replay("reward", reward(2))
     assert report.ok and report.unrecorded_services == 0 and report.differ == 0, report
     assert len(grants.granted) == granted
+
+
+# the replay worker's own tests: it runs no router, so make test's second pass (the Python
+# router) would only run them again
+once = pytest.mark.skipif(
+    os.environ.get("HOTLOAD_PURE_PYTHON") == "1", reason="the replay worker routes nothing"
+)
+
+HOSTILE = r"""
+#include <hotload.h>
+#include <stdint.h>
+#include <unistd.h>
+HOTLOAD_PLUGIN("reward", "9.0");
+HOTLOAD_IMPORT(grant, int32_t, (int64_t, int64_t));
+HOTLOAD_API int64_t reward(int64_t player, int32_t level)
+{
+    if (player == 7) for (;;) {}  /* hangs */
+    if (player == 8) {  /* writes garbage on every descriptor it may hold */
+        static const char junk[] = "\xff\xff\xff\xffgarbage";
+        for (int fd = 3; fd < 64; fd++) (void)!write(fd, junk, sizeof junk);
+    }
+    int64_t xp = player * 2 + level;
+    if (grant && grant(player, xp) < 0) return -1;
+    return xp;
+}
+HOTLOAD_EXPORT(reward, int64_t, (int64_t, int32_t));
+HOTLOAD_API int64_t peek(const int64_t *p, size_t n) { return n ? p[0] * 2 : -1; }
+HOTLOAD_EXPORT(peek, int64_t, (const int64_t *, size_t));
+"""
+
+
+@once
+def test_replay_answers_services_in_the_worker_and_names_what_diverged(
+    served: Any, reward: Callable[..., Path]
+) -> None:
+    """The recorded answers travel with the calls; a service call the recording
+    does not hold gets the error value, one made with other arguments gets the
+    recorded answer; both are counted and named, and no real service runs."""
+    host, grants = served
+    host.load(reward(2))
+    g = ServiceCall
+    calls = [
+        RecordedCall("reward", (1, 1), True, 3, [g("grant", (1, 3), True, 0)]),  # as recorded
+        RecordedCall("reward", (2, 1), True, 5, []),  # grant not in the recording: -1 -> -1
+        RecordedCall("reward", (3, 1), True, 7, [g("grant", (3, 999), True, 0)]),  # other args
+        RecordedCall("reward", (4, 1), True, 9, [g("grant", (4, 9), False, ValueError("x"))]),
+        RecordedCall("reward", (5, 1), True, 11, [g("nope", (5,), True, 0), g("grant", (5, 11), True, 7)]),  # noqa: E501
+        RecordedCall("reward", (6, 1), True, 13, [g("grant", (b"\xff" * 9, object()), True, "x")]),
+        RecordedCall("reward", (7, 1), True, 15, ["garbage", g("grant", "not a tuple", True, 0)]),
+    ]  # fmt: skip
+    before = list(grants.granted)
+    report = host.replay("reward", reward(2), calls=calls)
+    assert grants.granted == before  # the real service never ran
+    assert report.calls == 7 and report.crashes == 0, report
+    assert report.unrecorded_services == 1 and report.other_args_services == 3, report
+    # -1 (the error value) for no answer (2), an answer recorded as raising (4), and an
+    # answer that does not fit int32_t (6): the plugin returns -1
+    assert report.new_errors == 0 and report.differ == 3, report
+    assert [d.args for d in report.differences] == [(2, 1), (4, 1), (6, 1)]
+    assert report.divergences[0] == "reward(2, 1) called grant: not in the recording"
+    assert report.divergences[1] == "reward(3, 1) called grant: other arguments"
+    assert "service calls with other arguments than recorded" in str(report)
+    assert report.as_dict()["divergences"] == report.divergences
+
+
+@once
+def test_hostile_recordings_are_errors_of_their_calls_not_of_the_host(
+    served: Any, cc: Compile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Garbage arguments, a body over the cap, a body over a batch, a call
+    that hangs, a plugin writing garbage into the replay channel, garbage
+    instead of a list: each is that call's error (or refused), the replay
+    goes on in a new worker."""
+    from array import array
+
+    from hotload._process import replay_driver
+
+    monkeypatch.setattr(replay_driver, "CALL_TIMEOUT", 0.3)
+    host, grants = served
+    host.load(reward := cc(HOSTILE, "replay_hostile"))
+    big = array("q", [21]) * (1 << 18)  # 2 MiB: more than a batch (1 MiB), less than a frame
+    calls = [
+        RecordedCall("reward", (b"\xff" * 16, "x"), True, 3),  # does not encode
+        RecordedCall("peek", (b"\0" * (65 << 20), (65 << 20) // 8), True, 0),  # over the cap
+        RecordedCall("peek", (big, len(big)), True, 42),  # alone in its batch
+        RecordedCall("missing", (1,), True, 1),  # an export the build lacks
+        RecordedCall("reward", (7, 1), True, 15),  # hangs: killed after CALL_TIMEOUT
+        RecordedCall("reward", (8, 1), True, 17),  # garbage on the channel
+        RecordedCall("reward", (9, 1), True, 19, [ServiceCall("grant", (9, 19), True, 0)]),
+    ]
+    report = host.replay("reward", reward, calls=calls)
+    assert report.calls == 7 and report.crashes == 2 and report.new_errors == 5, report
+    assert report.differ == 0 and report.same_errors == 0 and not report.stopped, report
+    failed = {f.args[0] if isinstance(f.args[0], int) else f.export: f.now for f in report.failures}
+    assert failed[7].startswith("raised PluginTimeoutError"), failed
+    assert failed[8].startswith("raised PluginCrashedError"), failed
+    assert list(big[:1]) == [21]  # a replay never writes into a recording
+    for bad in ("calls", [1, 2], [RecordedCall("reward", 5, True, 1)]):  # type: ignore[list-item]
+        with pytest.raises(HotloadError, match="takes a list of RecordedCall"):
+            host.replay("reward", reward, calls=bad)  # type: ignore[arg-type]
+    assert not grants.granted and host.current("reward").seq == 1
+
+
+@pytest.mark.soak  # six workers started one after another: ~3 s
+def test_a_build_that_crashes_on_every_call_stops_the_replay(
+    served: Any, reward: Callable[..., Path]
+) -> None:
+    host, _ = served
+    host.load(reward(2))
+    calls = [RecordedCall("reward", (5 + 97 * i, 1), True, 11 + 194 * i) for i in range(12)]
+    report = host.replay("reward", reward(2, crash=1), calls=calls)
+    assert report.crashes == 6 and report.calls == 6 and not report.ok, report
+    assert "crashed 6 times, more than max_restarts=5" in report.stopped
+    assert "SIGSEGV" in report.stopped

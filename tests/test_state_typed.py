@@ -455,15 +455,6 @@ def test_a_state_record_bigger_than_its_variable_refuses_the_swap(thost: Host, c
     assert w.get() == 0 and [v.seq for v in thost.versions("winter")] == [1]
 
 
-def test_typed_state_is_refused_for_isolated_plugins(thost: Host, cc: Compile) -> None:
-    with pytest.raises(
-        StateMigrationError,
-        match=r"winter keeps its state in winter_state_t "
-        r"\(HOTLOAD_STATE\), which isolated plugins do not support yet",
-    ):
-        thost.load(cc(winter("1.0.0", V1), "v1"), isolate=True)
-
-
 def test_a_release_carries_typed_state_and_a_canary_is_refused(thost: Host, cc: Compile) -> None:
     w = thost.load(cc(winter("1.0.0", V1), "v1"))
     _play(w)

@@ -508,7 +508,7 @@ class Host:
             path,
             calls,
             services=self._provided,
-            make_host=lambda work: Host(work, preflight=False, metrics=False),
+            read=self.read,
             isolate=Isolated(),
         )
 

@@ -76,6 +76,7 @@ class Image:
     imports: ImportBinding | None = None  # its host services (see _services)
     types: typedecl.TypeSet | None = None  # its declared C types (see _types)
     state_plan: Any = None  # how the state it replaces becomes its own (_state.plan.Plan)
+    state_initial: Any = None  # an isolated build's initial state, read by the proof
 
     def call_on_load(self, prev_version: str | None, state: bytes | None) -> None:
         if self.on_load is None:

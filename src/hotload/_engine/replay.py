@@ -1,12 +1,16 @@
 """Replaying a plugin's recorded calls on a candidate build (``host.replay``).
 
-The candidate runs in a worker process of a host of its own (an isolated
-version: a crash is counted, not fatal, and nothing it does touches the
-serving host), with every host service answered from the recording: the
-n-th call of service S within a recorded call gets the answer S gave the
-n-th time in the original call (or raises again, if it raised), so a replay
-never grants XP twice.  A service call the original never made gets the
-service's error value and is counted.
+The candidate runs in a replay worker (``_process/replaying``, driven by
+``_process/replay_driver``): a sandboxed process of its own, where a crash is
+counted, not fatal, and nothing it does touches the serving host.  The
+recorded calls go to it in bulk with the answers of the service calls each
+made, and the worker answers the plugin's service calls itself: the n-th
+call of service S within a recorded call gets the answer S gave the n-th
+time in the original call (its error value, if it raised), so a replay never
+grants XP twice, never calls a real service, and makes no round trip per
+service call.  A service call the recording does not hold gets the service's
+error value; one made with other arguments gets the recorded answer; both
+are counted and named (``divergences``).
 
 The report counts crashes and *new* errors (a call that returned when
 recorded and raises now): either refuses the build when the replay is part
@@ -17,25 +21,17 @@ reward formula should change rewards.
 
 from __future__ import annotations
 
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._artifact.loader import Candidate
 from .._artifact.signatures import ffi
 from .._errors import HotloadError, PluginCrashedError, PluginStoppedError
-from .recording import RecordedCall, ServiceCall
+from .recording import RecordedCall
 
 SHOW = 5  # differing inputs and failures a report keeps, of each
-
-
-class _Recorded(Exception):
-    """A service call that raised when recorded raises again in the replay."""
-
-
-class _Unrecorded(Exception):
-    """A service call the recording has no answer for: the plugin gets the error value."""
 
 
 @dataclass(frozen=True)
@@ -67,10 +63,12 @@ class ReplayReport:
     fixed: int = 0  # raised when recorded, return now
     differ: int = 0  # returned both times, other results
     unrecorded_services: int = 0  # service calls the recording had no answer for
+    other_args_services: int = 0  # service calls made with other arguments than recorded
     stopped: str = ""  # why the replay ended early (the worker's crash loop stopped it)
     seconds: float = 0.0
     failures: list[Difference] = field(default_factory=list)
     differences: list[Difference] = field(default_factory=list)
+    divergences: list[str] = field(default_factory=list)  # service calls unlike the recording
 
     @property
     def ok(self) -> bool:
@@ -84,6 +82,7 @@ class ReplayReport:
         out["seconds"] = round(self.seconds, 3)
         out["failures"] = [str(d) for d in self.failures]
         out["differences"] = [str(d) for d in self.differences]
+        out["divergences"] = list(self.divergences)
         out["summary"] = str(self)
         return out
 
@@ -100,11 +99,18 @@ class ReplayReport:
                 if self.unrecorded_services
                 else ""
             )
+            + (
+                f", {self.other_args_services:,} service calls with other arguments than "
+                f"recorded (answered from the recording)"
+                if self.other_args_services
+                else ""
+            )
         ]
         if self.stopped:
             lines.append(f"  stopped after {self.calls:,} calls: {self.stopped}")
         lines += [f"  failed: {d}" for d in self.failures]
         lines += [f"  differs: {d}" for d in self.differences]
+        lines += [f"  diverged: {d}" for d in self.divergences]
         return "\n".join(lines)
 
 
@@ -139,86 +145,66 @@ def _replayable(args: tuple[Any, ...]) -> bool:
     return True
 
 
-class _Answers:
-    """The recording's answers for the call being replayed, by service name."""
-
-    def __init__(self) -> None:
-        self.pending: dict[str, list[ServiceCall]] = {}
-        self.unrecorded = 0
-
-    def start(self, services: Iterable[ServiceCall]) -> None:
-        pending: dict[str, list[ServiceCall]] = {}
-        for s in services:
-            pending.setdefault(s.name, []).append(s)
-        for queue in pending.values():
-            queue.reverse()  # pop() from the end: first recorded, first answered
-        self.pending = pending
-
-    def service(self, name: str) -> Callable[..., Any]:
-        def answer(*args: Any) -> Any:
-            queue = self.pending.get(name)
-            if not queue:
-                self.unrecorded += 1
-                raise _Unrecorded(f"service {name}{args!r}: not in the recording")
-            s = queue.pop()
-            if not s.ok:  # raise again (a new exception: the recorded one stays as it was)
-                raise _Recorded(f"service {name}: recorded as raising {s.answer!r}")
-            return s.answer
-
-        answer.__name__ = f"replay_{name}"
-        return answer
-
-
 def run(
     name: str,
-    path: Any,
+    cand: Any,
     calls: list[RecordedCall],
     *,
-    services: Mapping[str, tuple[str, Any]],
-    make_host: Callable[[str], Any],
+    table: Any,
     isolate: Any,
 ) -> ReplayReport:
-    """Replay ``calls`` on the build at ``path``, in a worker of a host made
-    by ``make_host(workdir)`` that provides each of ``services`` (name ->
-    (prototype, error)) from the recording."""
-    report = ReplayReport(name, str(getattr(path, "source", path)))
-    answers = _Answers()
+    """Replay ``calls`` on the build ``cand`` (a ``Candidate``) in a replay
+    worker (``_process/replaying``), with every host service the build
+    imports from ``table`` (checked as a load checks them, never called)
+    answered there from the recording."""
+    from .._process.replay_driver import Driver
+
+    if not isinstance(calls, list) or not all(
+        isinstance(c, RecordedCall) and isinstance(c.export, str) and isinstance(c.args, tuple)
+        for c in calls
+    ):
+        raise HotloadError(
+            f"{name}: replay(calls=...) takes a list of RecordedCall (an export name, a tuple "
+            f"of arguments)"
+        )
+    report = ReplayReport(name, cand.source)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="hotload-replay-") as work:
-        host = make_host(work)
-        try:
-            for sname, (prototype, error) in services.items():
-                host.provide(sname, answers.service(sname), prototype, error=error)
-            plugin = host.load(path, isolate=isolate)
-            for call in calls:
-                _one(plugin, call, answers, report)
-                if report.stopped:
-                    break
-        finally:
-            host.close()
-    report.unrecorded_services = answers.unrecorded
+    driver = Driver(cand, table, isolate)
+    try:
+        driver.start()  # it boots while the calls are encoded
+        jobs = []
+        for call in calls:
+            if not _replayable(call.args):
+                report.skipped += 1
+                continue
+            jobs.append((call, driver.encode(call)))
+        driver.run(jobs, lambda call, ok, now, div: _judge(call, ok, now, div, report))
+    finally:
+        driver.close()
+    report.stopped = driver.stopped
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def _one(plugin: Any, call: RecordedCall, answers: _Answers, report: ReplayReport) -> None:
-    if not _replayable(call.args):
-        report.skipped += 1
-        return
-    answers.start(call.services)
+def _judge(
+    call: RecordedCall,
+    ok: bool,
+    now: Any,
+    diverged: tuple[int, int, list[str]],
+    report: ReplayReport,
+) -> None:
+    """Count one replayed call's outcome (and its services' divergences)."""
     report.calls += 1
-    try:
-        fn = plugin[call.export]
-    except Exception as exc:  # noqa: BLE001 - an export the candidate lacks
-        ok, now = False, exc
-    else:
-        try:
-            ok, now = True, fn(*call.args)
-        except Exception as exc:  # noqa: BLE001 - counted and shown
-            ok, now = False, exc
+    unrecorded, other, detail = diverged
+    report.unrecorded_services += unrecorded
+    report.other_args_services += other
+    for d in detail:
+        if len(report.divergences) < SHOW:
+            svc, _, kind = d.partition("\t")
+            args = ", ".join(_short(a) for a in call.args)
+            report.divergences.append(f"{call.export}({args}) called {svc}: {kind}")
     diff = Difference(call.export, call.args, _outcome(call.ok, call.result), _outcome(ok, now))
     if isinstance(now, PluginStoppedError):  # crashed too often: the rest would say the same
-        report.stopped = str(now)
         report.new_crashes += 1
         return
     if isinstance(now, PluginCrashedError):
@@ -247,17 +233,18 @@ def replay_plugin(
     calls: list[RecordedCall] | None,
     *,
     services: Any,
-    make_host: Callable[[str], Any],
+    read: Callable[[Any], Any],
     isolate: Any,
 ) -> ReplayReport:
     """``host.replay``: the calls of ``rec``'s recording (or ``calls``) on
-    ``path`` (None: the plugin's own file)."""
+    ``path`` (a path or a candidate; None: the plugin's own file), read
+    by ``read`` (the host's read policy)."""
     if calls is None:
         if rec.recording is None:
             raise HotloadError(
                 f"{rec.name}: no calls recorded to replay: start with host.record({rec.name!r})"
             )
         calls = rec.recording.calls()
-    provided = {n: (s.prototype, s.error) for n, s in services.services.items()}
     target = path if path is not None else rec.source
-    return run(rec.name, target, calls, services=provided, make_host=make_host, isolate=isolate)
+    cand = target if isinstance(target, Candidate) else read(target)
+    return run(rec.name, cand, calls, table=services, isolate=isolate)

@@ -546,8 +546,6 @@ class Swapper:
         (``down``: a rollback, where a narrowing is checked value by value)."""
         cand = staged.cand
         try:
-            if rec.isolate is not None:
-                handover.refuse_isolated(cand.descriptor, cand.source)
             self._events.check(cand.name, cand.source, cand.prototypes, self._table.plugins())
             compat.check_types(cand, self._table.plugins())
             imports = _imports(cand)
@@ -576,15 +574,17 @@ class Swapper:
         except BaseException:
             staged.discard()
             raise
+        image: Image
         if rec.isolate is not None:
-            return self._isolated().open(
+            image = self._isolated().open(
                 staged, rec.isolate, self._settings.hook_timeout, services=self._provided
             )
-        image = self._loader.open(
-            staged,
-            may_close=lambda c: self._policy.may_close_candidate(c, rec.unload_safe),
-            services=self._provided,
-        )
+        else:
+            image = self._loader.open(
+                staged,
+                may_close=lambda c: self._policy.may_close_candidate(c, rec.unload_safe),
+                services=self._provided,
+            )
         if old is not None and handover.typed(old.image):
             try:
                 image.state_plan = handover.prove(
@@ -595,10 +595,13 @@ class Swapper:
                     run=lambda fn: rec.hooks.run(fn, _hook_name(image, "HOTLOAD_MIGRATE")),
                 )
             except HookTimeoutError:
+                if image.process is not None:  # isolated: its worker is stopped, nothing stays
+                    self._loader.discard(image, may_close=True)
+                    raise
                 self._loader.keep(image)  # a thread is still inside its migration function
                 raise
             except BaseException:
-                hazards = self._policy.hazards(image, rec.unload_safe)
+                hazards = image.process is None and self._policy.hazards(image, rec.unload_safe)
                 self._loader.discard(image, may_close=not hazards)
                 raise
         return image

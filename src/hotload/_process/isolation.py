@@ -181,6 +181,7 @@ class Isolation:
             "limits": opts.limits,
             "types": [dataclasses.asdict(t) for t in desc.types] if desc and cand.types else None,
             "imports": imports,
+            "typed": bool(desc and desc.state),  # HOTLOAD_STATE: live once its state is in
         }
         try:
             proxy.start(self.take(opts.sandbox, opts.spares, backed=True))
@@ -318,9 +319,10 @@ class IsolatedImage(Image):
     its hooks run there, and closing it stops the worker."""
 
     def call_on_load(self, prev_version: str | None, state: bytes | None) -> None:
-        if self.on_load is None:
-            return
         proxy: Proxy = self.process
+        if self.on_load is None:
+            proxy.go_live()  # a typed state's version: its state was written first
+            return
         proxy.on_load(prev_version, state)
 
     def call_on_unload(self, max_size: int = 64 << 20) -> bytes | None:

@@ -30,6 +30,7 @@ from .._errors import (
     PluginQuarantinedError,
     PluginStoppedError,
     PluginTimeoutError,
+    StateMigrationError,
 )
 from .._platform import proc as channel
 from . import service_channel
@@ -144,7 +145,8 @@ class Proxy:
             self.sandbox = worker.sandbox
             service_channel.listen(self, worker)
             self._open("opening the copy (dlopen, resolving exports)")
-            self.live = not self.request.get("on_load")
+            # live once its hooks ran, or its typed state came in (``go_live``)
+            self.live = not self.request.get("on_load") and not self.request.get("typed")
 
     def _open(self, what: str) -> None:
         """The ``open`` request; a sandboxed worker gets the build's bytes
@@ -600,6 +602,55 @@ class Proxy:
             _, blob = self._control(req, self.hook_timeout, "on_unload")
             self.snapshot = blob
             return blob
+
+    def go_live(self) -> None:
+        """A version without ``on_load`` serves from now on (its typed state is in)."""
+        self.live = True
+
+    def state_op(self, req: dict[str, Any], blob: bytes | None, what: str) -> tuple[Any, bytes]:
+        """One typed-state request (``worker_state``), bounded by the hook
+        timeout; its answer's JSON and blob.  A crash, a hang or garbage
+        raises (``PluginCrashedError``): a version not live yet is stopped,
+        the live one follows ``on_crash``."""
+        with self.lock:
+            if self.state != UP:
+                raise self._dead_error()
+            try:
+                obj, out = self._control(req, self.hook_timeout, what, blob)
+            except _WorkerError as exc:  # refused there (a bad pointer, a missing function)
+                raise StateMigrationError(str(exc)) from None
+            return obj, out or b""
+
+    def state_read_into(self, req: dict[str, Any], into: memoryview, what: str) -> None:
+        """A ``state_read`` received straight into ``into`` (``worker_state``)."""
+        from .worker_state import read_into
+
+        read_into(self, req, into, what)
+
+    def state_write_from(self, req: dict[str, Any], data: memoryview, what: str) -> None:
+        """A ``state_write`` sent without copying ``data`` into a frame (``worker_state``)."""
+        from .worker_state import write_from
+
+        write_from(self, req, data, what)
+
+    def _guarded(
+        self, worker: Worker, what: str, send: Callable[[], None], read: Callable[[], None]
+    ) -> None:
+        """``send`` then ``read`` on the worker's socket, its failures a crash
+        during ``what``, as ``_exchange`` has them (the lock is held)."""
+        self.call_started = time.monotonic()
+        try:
+            send()
+            read()
+            return
+        except TimeoutError:
+            self._crashed(worker, what, timeout=self.hook_timeout)
+        except _Garbage as exc:
+            self._crashed(worker, what, garbage=str(exc))
+        except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+            self._crashed(worker, what)
+        finally:
+            self.call_started = 0.0
 
     # -- stopping --------------------------------------------------------------------------
     def stop(self, *, kill: bool = False) -> None:

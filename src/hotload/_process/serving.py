@@ -26,7 +26,7 @@ from typing import Any
 from .._artifact import loader, signatures, workdir
 from .._errors import HookError, HotloadError
 from .._platform import proc
-from . import wire
+from . import wire, worker_state
 
 
 def session(
@@ -55,6 +55,7 @@ def _serve(
     plans: list[wire.CallPlan] = []
     hooks: dict[str, Any] = {}
     source = "?"
+    handle: Any = None
 
     def error(exc: BaseException) -> bytes:
         kind = type(exc).__name__
@@ -125,6 +126,8 @@ def _serve(
                 limit = str(req.get("limit") or "max_state_size")
                 state = loader.copy_state(who, address, int(size[0]), int(req["max"]), limit)
                 send(wire.pack_control(wire.ST_OK, None, state))
+            elif what in worker_state.OPS:  # typed state (HOTLOAD_STATE)
+                send(worker_state.serve(what, req, blob, handle, source))
             else:
                 raise ValueError(f"unknown request {what!r}")
         except HotloadError as exc:

@@ -83,7 +83,7 @@ log = logging.getLogger(__name__)
 #: Environment variables a worker keeps from the host; everything else is dropped.
 ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "LD_LIBRARY_PATH")
 WORKER_MODULE = "hotload._process.worker"
-ROLES = ("preflight", "isolated")
+ROLES = ("preflight", "isolated", "replay")
 HELLO = b"\x00ready"
 START_TIMEOUT = 30.0  # seconds a fresh worker may take to say hello
 

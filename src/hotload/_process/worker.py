@@ -14,7 +14,9 @@ the plugin forked and exits.  The role says which requests it takes:
   stand-ins;
 - ``isolated`` (``serving``): opens one version and serves its calls and
   hooks, with the service channel (``--svc``) and, on Linux x86, the
-  shared-memory area (``--shm``).
+  shared-memory area (``--shm``);
+- ``replay`` (``replaying``): opens a candidate build and runs recorded calls
+  in bulk, its host services answered from the recording in this process.
 
 A request that runs plugin code carries the plugin's ``limits``; the role
 applies them before the plugin's first instruction (``_platform.proc``).
@@ -131,6 +133,10 @@ def _main(argv: list[str]) -> int:
             memfd, wake, done = (int(x) for x in shm.split(","))
             area = (memfd, wake, done)
         serve = serving.session(send, recv, sock, svc_fd=int(_arg(argv, "--svc") or -1), shm=area)
+    elif role == "replay":
+        from . import replaying
+
+        serve = replaying.session(send, recv)
     else:
         print(f"hotload worker: unknown role {role!r}", file=sys.stderr)
         return 2

@@ -13,6 +13,14 @@ straight into the new one's.
 A ``HOTLOAD_MIGRATE`` function is plugin code: it runs on the host's hook
 runner (bounded by ``hook_timeout``); a returned error refuses the swap, a
 crash in it is a crash of this process, as a crash in ``on_load`` is.
+
+An isolated version's state lives in its worker: the host reads it there
+(and the new build's initial values) with state messages
+(``_process/worker_state``, in ``CHUNK``-byte pieces), runs the same plan
+and the same proof on the copies here, calls a migration function in the
+worker of the build that exports it, and writes the result into the new
+version's worker before the switch.  A worker that crashes, hangs or answers
+garbage meanwhile refuses the swap; the running version keeps serving.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from typing import Any
 from .._artifact import signatures
 from .._artifact.descriptor import Descriptor, StateDecl
 from .._artifact.loader import Image
-from .._errors import StateMigrationError
+from .._errors import PluginCrashedError, StateMigrationError
 from .._platform import dl, proc
 from . import apply, plan
 from .plan import Plan, Step
@@ -34,6 +42,7 @@ from .plan import Plan, Step
 log = logging.getLogger(__name__)
 _PAGE = 4096
 _MIGRATE_TYPE = "int(*)(int, const void *, size_t, void *, size_t)"
+CHUNK = 16 << 20  # bytes of an isolated version's state in one state message
 
 
 def declared(desc: Descriptor | None) -> StateDecl | None:
@@ -45,15 +54,37 @@ def typed(image: Image) -> bool:
     return declared(image.descriptor) is not None
 
 
-def refuse_isolated(desc: Descriptor | None, source: str) -> None:
-    """Typed state is in-process only: a worker's memory is not this process's."""
-    decl = declared(desc)
-    if decl is not None:
-        raise StateMigrationError(
-            f"{source}: {desc.name if desc else '?'} keeps its state in {decl.type} "
-            f"(HOTLOAD_STATE), which isolated plugins do not support yet: load it in process, "
-            f"or hand the state over as bytes (HOTLOAD_ON_UNLOAD / HOTLOAD_ON_LOAD)"
-        )
+def _where(decl: StateDecl) -> dict[str, Any]:
+    """The state variable, as a worker's state request names it."""
+    return {"symbol": decl.symbol, "bytes": decl.size, "align": decl.align}
+
+
+def _remote_read(image: Image) -> bytearray:
+    """A copy of an isolated version's state, read in its worker."""
+    decl = declared(image.descriptor)
+    assert decl is not None
+    out = bytearray(decl.size)
+    view = memoryview(out)
+    for offset in range(0, decl.size, CHUNK):
+        n = min(CHUNK, decl.size - offset)
+        req = {"op": "state_read", "offset": offset, "size": n, **_where(decl)}
+        image.process.state_read_into(req, view[offset : offset + n], "reading its state")
+    return out
+
+
+def _remote_write(image: Image, data: bytes | bytearray | memoryview) -> None:
+    """Write a state into an isolated version's variable, in its worker."""
+    decl = declared(image.descriptor)
+    assert decl is not None
+    view = memoryview(data)
+    for offset in range(0, decl.size, CHUNK):
+        req = {"op": "state_write", "offset": offset, **_where(decl)}
+        image.process.state_write_from(req, view[offset : offset + CHUNK], "writing its state")
+
+
+def _copy(image: Image) -> bytes | bytearray:
+    """A copy of the image's state, wherever it lives."""
+    return _readable(image) if image.process is None else _remote_read(image)
 
 
 def live(image: Image) -> memoryview:
@@ -140,20 +171,23 @@ def prove(
     def trip() -> None:
         # both states copied through the kernel first: a range that a hand-made record
         # declares bigger than the variable is an error here, not a fault at the switch
-        orig = _readable(old)
-        first = _readable(new)
-        target = live(new)
+        orig = _copy(old)
+        first = _copy(new)
         # the new build's initial values matter only to a migration function (its `to`);
         # else a zeroed buffer will do: the way back reads only what the way there wrote
         there = bytearray(first) if fwd.calls else bytearray(fwd.dst_size)
+        if new.process is not None:
+            new.state_initial = first  # the switch starts from them: no second read then
         del first
         apply.run(fwd, memoryview(orig), memoryview(there), _caller(old, new))
         again = bytearray(fwd.src_size)
         apply.run(back, memoryview(there), memoryview(again), _caller(new, old))
         _compare(fwd, orig, again, new)
-        # touch each page of the new build's state now (same values: it has not started),
-        # so the switch, which holds the callers, does not pay the page faults
-        target[::_PAGE] = bytes(target[::_PAGE])
+        if new.process is None:
+            # touch each page of the new build's state now (same values: it has not
+            # started), so the switch, which holds the callers, does not pay the page faults
+            target = live(new)
+            target[::_PAGE] = bytes(target[::_PAGE])
 
     t0 = time.perf_counter()
     _wrapped(lambda: run(trip) if fwd.calls or back.calls else trip(), new, "the proof", old)
@@ -174,9 +208,12 @@ def prove(
 def migrate(old: Image, new: Image, how: Plan) -> None:
     """Carry the live state from ``old``'s variable into ``new``'s."""
     t0 = time.perf_counter()
-    _wrapped(
-        lambda: apply.run(how, live(old), live(new), _caller(old, new)), new, "the switch", old
-    )
+    if old.process is None and new.process is None:
+        _wrapped(
+            lambda: apply.run(how, live(old), live(new), _caller(old, new)), new, "the switch", old
+        )
+    else:
+        _wrapped(lambda: _migrate_isolated(old, new, how), new, "the switch", old)
     log.info(
         "%s: migrated %d bytes to %s in %.1f ms (%d step(s); new: %s; dropped: %s)",
         _who(new),
@@ -187,6 +224,22 @@ def migrate(old: Image, new: Image, how: Plan) -> None:
         ", ".join(how.added) or "none",
         ", ".join(how.removed) or "none",
     )
+
+
+def _migrate_isolated(old: Image, new: Image, how: Plan) -> None:
+    """The switch when a state lives in a worker: read it there, run the plan
+    here into the new build's initial values, write the result into the new
+    version's worker."""
+    src = live(old) if old.process is None else _remote_read(old)
+    initial = getattr(new, "state_initial", None)
+    new.state_initial = None
+    if new.process is None:
+        apply.run(how, memoryview(src), live(new), _caller(old, new))
+        return
+    dst = bytearray(initial) if initial is not None else _remote_read(new)
+    apply.run(how, memoryview(src), memoryview(dst), _caller(old, new))
+    del src
+    _remote_write(new, dst)
 
 
 def summary(image: Image) -> str:
@@ -202,11 +255,13 @@ def summary(image: Image) -> str:
 def _wrapped(fn: Callable[[], None], new: Image, when: str, old: Image) -> None:
     try:
         fn()
-    except StateMigrationError as exc:
+    except (StateMigrationError, PluginCrashedError) as exc:
         text = str(exc)
-        if not text.startswith((new.source, old.source)):
+        if isinstance(exc, PluginCrashedError):  # a worker died, hung or answered garbage
+            text = f"{_who(new)}: the state handover failed: {text}"
+        elif not text.startswith((new.source, old.source)):
             text = f"{_who(new)}: {text}"
-        raise StateMigrationError(f"{text} ({when}; the running version keeps serving)") from None
+        raise StateMigrationError(f"{text} ({when}; the running version keeps serving)") from exc
 
 
 def _caller(src: Image, dst: Image) -> apply.Call:
@@ -217,6 +272,19 @@ def _caller(src: Image, dst: Image) -> apply.Call:
     def call(step: Step, frm: memoryview, to: memoryview) -> None:
         image = dst if step.side == "new" else src
         down = int(step.side != "new")
+        if image.process is not None:  # the function runs in its build's worker
+            req = {"op": "state_migrate", "fn": step.fn, "down": down, "split": len(frm)}
+            what = f"HOTLOAD_MIGRATE({step.path})"
+            obj, out = image.process.state_op(req, bytes(frm) + bytes(to), what)
+            rc = obj.get("rc") if isinstance(obj, dict) else None
+            if not isinstance(rc, int) or len(out) != len(to):
+                raise StateMigrationError(
+                    f"{image.source}: its worker answered garbage to {what} ({len(out)} bytes "
+                    f"for {len(to)})"
+                )
+            to[:] = out
+            _rc(rc, step, image, down)
+            return
         addr = dl.symbol(image.handle, step.fn)
         if addr is None:
             raise StateMigrationError(f"{image.source}: {step.fn} is declared but not exported")
@@ -228,16 +296,20 @@ def _caller(src: Image, dst: Image) -> apply.Call:
             ffi.from_buffer("char[]", to, require_writable=True),
             len(to),
         )
-        if rc != 0:
-            raise StateMigrationError(
-                f"HOTLOAD_MIGRATE({step.path}) of {image.name} {image.version} returned {rc} "
-                f"(down={down}, {step.types[0]} -> {step.types[1]})"
-            )
+        _rc(rc, step, image, down)
 
     return call
 
 
-def _compare(fwd: Plan, orig: bytes, again: bytearray, new: Image) -> None:
+def _rc(rc: int, step: Step, image: Image, down: int) -> None:
+    if rc != 0:
+        raise StateMigrationError(
+            f"HOTLOAD_MIGRATE({step.path}) of {image.name} {image.version} returned {rc} "
+            f"(down={down}, {step.types[0]} -> {step.types[1]})"
+        )
+
+
+def _compare(fwd: Plan, orig: bytes | bytearray, again: bytearray, new: Image) -> None:
     """The first kept field whose value did not come back: each step's
     source bytes compared as wholes (per element only to name the first)."""
     a, b = memoryview(orig), memoryview(again)
