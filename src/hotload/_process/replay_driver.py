@@ -34,7 +34,11 @@ from .spawn import START_TIMEOUT, Worker, _StartFailed
 
 BATCH_CALLS = 2048
 BATCH_BYTES = 1 << 20
-CALL_TIMEOUT = 10.0  # seconds a replayed call may take when the build sets no call_timeout
+# Seconds a replayed call may take when the build sets no call_timeout: a
+# plugin call a host serves players with returns in microseconds, and a
+# hanging candidate costs (max_restarts + 1) of these before the replay stops
+# (with 10 s, four hanging replays held the control socket's workers ~1 min).
+CALL_TIMEOUT = 1.0
 
 #: A call to send: (sequence number, its wire body, its answers), or the
 #: outcome it already has (ok, value) when it cannot be sent.
