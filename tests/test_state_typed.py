@@ -455,6 +455,35 @@ def test_a_state_record_bigger_than_its_variable_refuses_the_swap(thost: Host, c
     assert w.get() == 0 and [v.seq for v in thost.versions("winter")] == [1]
 
 
+READ_ONLY = """
+#include <hotload.h>
+typedef struct { int64_t coins; } winter_state_t;
+HOTLOAD_STRUCT(winter_state_t);
+HOTLOAD_FIELD(winter_state_t, coins, int64_t);
+static const winter_state_t state = { 7 };
+HOTLOAD_API void *const hotload_state = (void *)&state;
+HOTLOAD__RECORD_N(hotload__state, HOTLOAD__REC4("state") "winter_state_t\\x1f" "hotload_state",
+                  sizeof(winter_state_t), 8);
+HOTLOAD_PLUGIN("winter", "VER");
+HOTLOAD_API int64_t get(void) { return state.coins; }
+HOTLOAD_EXPORT(get, int64_t, (void));
+"""
+
+
+@pytest.mark.parametrize("preflight", [False, True])
+def test_a_state_variable_in_read_only_memory_refuses_the_swap(
+    tmp_path: Path, cc: Compile, preflight: bool
+) -> None:
+    """A hand-made record names a const variable (.rodata): writing the new
+    state there was the host's SIGSEGV; the proof writes it back through the
+    kernel first, and refuses, naming the cause."""
+    with Host(tmp_path / "w", preflight=preflight) as host:
+        w = host.load(cc(READ_ONLY.replace("VER", "1.0.0"), "ro1"))
+        with pytest.raises(StateMigrationError, match=r"cannot be written .*read-only memory"):
+            host.reload("winter", cc(READ_ONLY.replace("VER", "2.0.0"), "ro2"))
+        assert w.get() == 7 and [v.seq for v in host.versions("winter")] == [1]
+
+
 def test_a_release_carries_typed_state_and_a_canary_is_refused(thost: Host, cc: Compile) -> None:
     w = thost.load(cc(winter("1.0.0", V1), "v1"))
     _play(w)

@@ -22,6 +22,12 @@ class WorkerProcess(Protocol):
         (EFAULT) when any of them cannot be read: never a crash."""
         ...
 
+    def write_memory(self, address: int, data: bytes | bytearray | memoryview) -> None:
+        """Copy ``data`` to ``address`` in this process, or ``OSError`` (EFAULT)
+        when any byte of the range cannot be written (a read-only page): never
+        a crash."""
+        ...
+
     def die_with_parent(self, parent_pid: int) -> None:
         """Called first thing in a worker: end this process when ``parent_pid``
         ends, even while the main thread is stuck inside plugin code; exit at

@@ -106,11 +106,7 @@ def _copy_via_file(address: int, size: int) -> bytes:
     write = _libc().write
     write.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
     write.restype = ctypes.c_ssize_t
-    if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("hotload-state", os.MFD_CLOEXEC)
-    else:
-        with tempfile.TemporaryFile() as tmp:
-            fd = os.dup(tmp.fileno())  # unlinked already; the dup keeps it until closed
+    fd = _scratch_fd()
     try:
         done = 0
         while done < size:
@@ -133,6 +129,46 @@ def _copy_via_file(address: int, size: int) -> bytes:
         return b"".join(parts)
     finally:
         os.close(fd)
+
+
+def write_memory(address: int, data: bytes | bytearray | memoryview) -> None:
+    """The kernel writes: ``data`` goes into an anonymous file, and ``read()``
+    brings it to ``address``; a read-only or unmapped page there is ``EFAULT``
+    (the kernel's copy to user memory checks the page), where a ``memmove``
+    would be the host's SIGSEGV."""
+    size = len(data)
+    if size == 0:
+        return
+    read = _libc().read
+    read.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+    read.restype = ctypes.c_ssize_t
+    fd = _scratch_fd()
+    try:
+        view, put = memoryview(data).cast("B"), 0
+        while put < size:
+            put += os.write(fd, view[put:])
+        os.lseek(fd, 0, os.SEEK_SET)
+        done = 0
+        while done < size:
+            n = read(fd, address + done, size - done)
+            if n < 0:
+                err = ctypes.get_errno()
+                if err == errno.EINTR:
+                    continue
+                raise _fault(address + done, err)
+            if n == 0:
+                raise _fault(address + done, errno.EIO)
+            done += n
+    finally:
+        os.close(fd)
+
+
+def _scratch_fd() -> int:
+    """An anonymous file, gone when its descriptor is closed."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("hotload-state", os.MFD_CLOEXEC)
+    with tempfile.TemporaryFile() as tmp:
+        return os.dup(tmp.fileno())  # unlinked already; the dup keeps it until closed
 
 
 # ---- a worker that dies with its host ------------------------------------------

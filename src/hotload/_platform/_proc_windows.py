@@ -35,6 +35,24 @@ _BOOL = ctypes.c_int
 
 
 @functools.lru_cache(maxsize=1)
+class _MemoryInfo(ctypes.Structure):  # MEMORY_BASIC_INFORMATION
+    _fields_ = [
+        ("BaseAddress", ctypes.c_void_p),
+        ("AllocationBase", ctypes.c_void_p),
+        ("AllocationProtect", _DWORD),
+        ("PartitionId", ctypes.c_ushort),
+        ("RegionSize", ctypes.c_size_t),
+        ("State", _DWORD),
+        ("Protect", _DWORD),
+        ("Type", _DWORD),
+    ]
+
+
+# PAGE_READWRITE, PAGE_WRITECOPY, PAGE_EXECUTE_READWRITE, PAGE_EXECUTE_WRITECOPY
+_WRITABLE = 0x04 | 0x08 | 0x40 | 0x80
+_MEM_COMMIT = 0x1000
+
+
 def _kernel32() -> Any:
     k32 = getattr(ctypes, "WinDLL")("kernel32", use_last_error=True)  # noqa: B009 - not on POSIX
     protos: dict[str, tuple[Any, list[Any]]] = {
@@ -49,6 +67,10 @@ def _kernel32() -> Any:
             ],
         ),
         "GetCurrentProcess": (_HANDLE, []),
+        "VirtualQuery": (
+            ctypes.c_size_t,
+            [ctypes.c_void_p, ctypes.POINTER(_MemoryInfo), ctypes.c_size_t],
+        ),
         "OpenProcess": (_HANDLE, [_DWORD, _BOOL, _DWORD]),
         "WaitForSingleObject": (_DWORD, [_HANDLE, _DWORD]),
     }
@@ -77,6 +99,23 @@ def read_memory(address: int, size: int) -> bytes:
             f"ReadProcessMemory failed at 0x{address + got.value:x} (error {err})",
         )
     return buf.raw
+
+
+def write_memory(address: int, data: bytes | bytearray | memoryview) -> None:
+    """Every page of the range asked of ``VirtualQuery`` first (committed and
+    writable, not a guard page), then copied; ``WriteProcessMemory`` is not
+    used, since it writes through a read-only page's protection."""
+    size = len(data)
+    if size == 0:
+        return
+    k32, info, at, end = _kernel32(), _MemoryInfo(), address, address + size
+    while at < end:
+        if not k32.VirtualQuery(at, ctypes.byref(info), ctypes.sizeof(info)):
+            raise OSError(errno.EFAULT, f"VirtualQuery failed at 0x{at:x} ({_last_error()})")
+        if info.State != _MEM_COMMIT or not info.Protect & _WRITABLE or info.Protect & 0x100:
+            raise OSError(errno.EFAULT, f"Bad address at 0x{at:x}: not writable")
+        at = int(info.BaseAddress or 0) + int(info.RegionSize)
+    ctypes.memmove(address, bytes(data), size)
 
 
 # ---- a worker that dies with its host ------------------------------------------

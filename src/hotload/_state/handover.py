@@ -40,7 +40,7 @@ from . import apply, plan
 from .plan import Plan, Step
 
 log = logging.getLogger(__name__)
-_PAGE = 4096
+_PIECE = 4 << 20  # bytes written back at a time by _writable
 _MIGRATE_TYPE = "int(*)(int, const void *, size_t, void *, size_t)"
 CHUNK = 16 << 20  # bytes of an isolated version's state in one state message
 
@@ -118,6 +118,23 @@ def _readable(image: Image) -> bytes:
         ) from None
 
 
+def _writable(image: Image) -> None:
+    """The image's state written back with its own values through the kernel,
+    a piece at a time: a page that cannot be written is a refusal naming it."""
+    view = live(image)
+    at = int(signatures.ffi.cast("uintptr_t", signatures.ffi.from_buffer(view)))
+    for offset in range(0, len(view), _PIECE):
+        n = min(_PIECE, len(view) - offset)
+        try:
+            proc.write_memory(at + offset, proc.read_memory(at + offset, n))
+        except OSError as exc:
+            raise StateMigrationError(
+                f"{_who(image)}: {image.version}'s state at 0x{at:x} ({len(view)} bytes) "
+                f"cannot be written ({exc.strerror}): its HOTLOAD_STATE record names a "
+                "variable the plugin cannot change (read-only memory)"
+            ) from None
+
+
 def between(old: Image, new: Image, *, down: bool, newer_is_new: bool | None = None) -> Plan | None:
     """The plan from ``old``'s state to ``new``'s (None: nothing to carry).
     ``down``: a rollback, whose narrowings are checked value by value; the
@@ -184,10 +201,11 @@ def prove(
         apply.run(back, memoryview(there), memoryview(again), _caller(new, old))
         _compare(fwd, orig, again, new)
         if new.process is None:
-            # touch each page of the new build's state now (same values: it has not
-            # started), so the switch, which holds the callers, does not pay the page faults
-            target = live(new)
-            target[::_PAGE] = bytes(target[::_PAGE])
+            # write the new build's state back through the kernel now (same values: it
+            # has not started): a variable in read-only memory (a hand-made record) is
+            # refused here rather than fault the host at the switch, and every page is
+            # touched, so the switch, which holds the callers, pays no page faults
+            _writable(new)
 
     t0 = time.perf_counter()
     _wrapped(lambda: run(trip) if fwd.calls or back.calls else trip(), new, "the proof", old)
