@@ -259,7 +259,9 @@ def test_off_costs_nothing_on_the_route_and_a_new_recording_replaces_the_old(
     first = host.record("reward", calls=10)
     assert route.recorder is not None
     p.reward(1, 1)
-    second = host.record("reward", calls=5)
+    assert host.record("reward", calls=10) is first  # asked again: kept, calls and all
+    assert host.record("reward", calls=None) is first and first.total == 1
+    second = host.record("reward", calls=5)  # another size: a new ring
     p.reward(2, 1)
     assert first.total == 1 and second.total == 1
     second.stop()
@@ -283,9 +285,11 @@ def test_the_cli_records_and_replays_and_exits_3_on_a_refused_build(
         return code, out + err
 
     code, out = run("record", "reward", "--calls", "5,000")
-    assert code == 0 and out.strip() == "reward: recording, keeps the last 5,000 calls"
+    assert code == 0 and out.strip() == "reward: recording, 0 calls so far, keeps the last 5,000"
     for i in range(200):
         p.reward(i, 1)
+    code, out = run("record", "reward")  # its status: the running recording is kept
+    assert code == 0 and out.strip() == "reward: recording, 200 calls so far, keeps the last 5,000"
     code, out = run("replay", "reward", str(reward(3)))
     assert code == 0 and "replayed 200 recorded calls" in out and "198 other results" in out
     code, out = run("replay", "reward", str(reward(2, crash=1)), "--json")

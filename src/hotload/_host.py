@@ -475,14 +475,16 @@ class Host:
             name, path, allow_signature_change=allow_signature_change, preflight=preflight
         )
 
-    def record(self, name: str, calls: int = 10_000) -> _recording.Recording | None:
+    def record(self, name: str, calls: int | None = 10_000) -> _recording.Recording | None:
         """Keep the plugin's last ``calls`` calls (arguments, result, and the
         host-service calls each made with their answers) for ``replay``;
-        ``calls=0`` stops.  Returns the recording's handle (the Releases page).
+        ``calls=0`` stops.  Returns the recording's handle (the Releases page);
+        asked again with the same ``calls``, the running recording's.
 
         Args:
             name: The loaded plugin.
-            calls: How many recent calls the ring keeps (0: stop recording).
+            calls: How many recent calls the ring keeps (0: stop recording;
+                None: the running recording, or one of 10,000).
         """
         self._table.check_open()
         return _recording.record(self._table.loaded(name), self._provided, calls)

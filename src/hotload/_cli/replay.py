@@ -1,7 +1,8 @@
 """``hotload record`` and ``hotload replay``: keep a plugin's recent calls in
 a running host, and run them on a build before players see it.
 
-    hotload record NAME [--calls N]     keep NAME's last N calls (10,000)
+    hotload record NAME [--calls N]     keep NAME's last N calls (10,000); without
+                                        --calls, a running recording is kept (its status)
     hotload record NAME --stop          stop recording
     hotload replay NAME FILE [--json]   run the recorded calls on FILE in a worker and
                                         compare; exit 0 when it neither crashed nor raised
@@ -26,7 +27,9 @@ def add_commands(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("record", parents=parents, help="keep a plugin's recent calls for replay")
     p.add_argument("name")
     how = p.add_mutually_exclusive_group()
-    how.add_argument("--calls", type=_calls, default=10_000, help="calls to keep (10000)")
+    how.add_argument(
+        "--calls", type=_calls, help="calls to keep (10000; not given: a running one is kept)"
+    )
     how.add_argument("--stop", action="store_true", help="stop recording")
     p.set_defaults(func=cmd_record)
     p = sub.add_parser(
@@ -57,7 +60,9 @@ def cmd_record(args: argparse.Namespace) -> int:
     elif r is None:
         print(f"{args.name}: not recording")
     else:
-        print(f"{args.name}: recording, keeps the last {r['capacity']:,} calls")
+        print(
+            f"{args.name}: recording, {r['total']:,} calls so far, keeps the last {r['capacity']:,}"
+        )
     return 0
 
 

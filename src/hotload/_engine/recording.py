@@ -24,6 +24,7 @@ from typing import Any
 from .native import crouter as _native
 
 MAX_CALLS = 1 << 24  # the largest ring: ~16M calls
+DEFAULT_CALLS = 10_000
 
 
 @dataclass(frozen=True)
@@ -192,15 +193,23 @@ class Recording:
         return f"<Recording of {self.name}: {self.total:,} calls, keeps {self.capacity:,}>"
 
 
-def record(rec: Any, services: Any, calls: int) -> Recording | None:
+def record(rec: Any, services: Any, calls: int | None) -> Recording | None:
     """Start recording the plugin of ``rec`` (a ``PluginRecord``), keeping
-    its last ``calls`` calls; 0 stops a recording.  A new recording replaces
-    one that runs (its calls stay readable on its handle)."""
-    if isinstance(calls, bool) or not isinstance(calls, int) or not 0 <= calls <= MAX_CALLS:
+    its last ``calls`` calls; 0 stops a recording.  A recording that runs
+    with that ring already is kept (asking twice must not throw its calls
+    away); one with another size is replaced (its calls stay readable on its
+    handle).  ``None``: the running recording, or a new one of ``DEFAULT_CALLS``."""
+    if calls is not None and (
+        isinstance(calls, bool) or not isinstance(calls, int) or not 0 <= calls <= MAX_CALLS
+    ):
         raise ValueError(f"record({rec.name!r}, calls={calls!r}): 0 to {MAX_CALLS:,} calls")
     with rec.lock:
-        if rec.recording is not None:
-            rec.recording.stop()
+        running = rec.recording
+        if running is not None and calls in (None, running.capacity):
+            return running  # type: ignore[no-any-return]
+        calls = DEFAULT_CALLS if calls is None else calls
+        if running is not None:
+            running.stop()
         if calls == 0:
             return None
         plugin = rec.plugin

@@ -17,9 +17,11 @@ log = logging.getLogger("hotload._ops.control_server")
 
 def record_result(host: PluginHost, name: str, req: dict[str, Any]) -> dict[str, Any]:
     """``hotload record NAME [--calls N | --stop]``."""
-    calls = int(request_number(req, "calls", 10_000, low=0, high=MAX_CALLS))
+    calls = None  # not given: the running recording (its status), or a new one
+    if req.get("calls") is not None:
+        calls = int(request_number(req, "calls", 0, low=0, high=MAX_CALLS))
     rec = host.record(name, calls=calls)
-    log.info("control: recording of %s %s on request", name, "started" if rec else "stopped")
+    log.info("control: recording of %s: %s on request", name, rec or "stopped")
     if rec is None:
         return {"recording": None}
     return {"recording": {"name": name, "capacity": rec.capacity, "total": rec.total}}
