@@ -338,6 +338,13 @@ def test_the_cli_stages_lists_and_cancels_a_release_at_a_time(
         assert "no release is staged" in capsys.readouterr().out
         assert cli.main(["release", "--cancel", "1", "--socket", sock]) == 1
         assert "no staged release 1" in capsys.readouterr().err
+        assert (
+            cli.main(["release", f"reward={rule('reward', 2)}", "--at", "+1h", "--socket", sock])
+            == 0
+        )
+        assert "release 2: reward staged, switches at " in capsys.readouterr().out
+        assert cli.main(["release", "--cancel", "2", "--socket", sock]) == 0
+        capsys.readouterr()
         with pytest.raises(SystemExit):
             cli.main(["release", f"reward={rule('reward', 2)}", "--at", "friday", "--socket", sock])
         for bad in ({"at": "friday"}, {"at": 1.0}, {"at": True}, {"at": 1e300}):

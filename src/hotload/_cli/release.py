@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +25,10 @@ def add_command(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("builds", nargs="*", metavar="NAME=FILE", help="each plugin and its build")
     p.add_argument("--rollback", action="store_true", help="undo the last release")
     p.add_argument(
-        "--at", type=_when, metavar="TIME", help="switch then: ISO 8601 (2026-12-24T18:00:00Z)"
+        "--at",
+        type=_when,
+        metavar="TIME",
+        help="switch then: ISO 8601 (2026-12-24T18:00:00Z) or +SECONDS (+30, +2m)",
     )
     p.add_argument("--staged", action="store_true", help="list the releases staged for later")
     p.add_argument("--cancel", type=int, metavar="ID", help="drop a staged release")
@@ -36,14 +40,22 @@ def add_command(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_release)
 
 
+_AHEAD = re.compile(r"\+(\d+(?:\.\d+)?)([smh]?)")
+
+
 def _when(text: str) -> float:
+    """ISO 8601 (naive: this machine's local time), or ``+SECONDS`` from now
+    (``+30``, ``+5s``, ``+2m``), as ``hotload fleet release --at`` takes."""
+    m = _AHEAD.fullmatch(text)
+    if m:
+        return time.time() + float(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2) or "s"]
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a time: ISO 8601, e.g. 2026-12-24T18:00:00Z"
+            f"{text!r} is not a time: ISO 8601, e.g. 2026-12-24T18:00:00Z, or +SECONDS (+30, +2m)"
         ) from None
-    return when.timestamp()  # naive: this machine's local time
+    return when.timestamp()
 
 
 def cmd_release(args: argparse.Namespace) -> int:
