@@ -97,6 +97,7 @@ class _Ctx:
         self.versions = versions
         self.removed: list[str] = []
         self.added: list[str] = []
+        self.newer = versions[1]  # the build whose migration functions count
 
 
 def make(
@@ -139,6 +140,7 @@ def _make(
     versions: tuple[str, str],
 ) -> Plan:
     ctx = _Ctx(old_types, new_types, narrow, versions)
+    ctx.newer = versions[1] if newer_is_new else versions[0]
     odecl, ndecl = ctx.old[old.type], ctx.new[new.type]
     if old.type != new.type:
         raise _Refused(
@@ -333,7 +335,9 @@ def _changed(path: str, of: Field, nf: Field, ctx: _Ctx, why: str) -> _Refused:
     return _Refused(
         f"field {path} changed from {of.ctype} (version {old_v}) to {nf.ctype} "
         f"(version {new_v}): {why}; export HOTLOAD_MIGRATE({path.split('.')[0].rstrip('[]')}, fn) "
-        f"from the newer version to convert it"
+        f"from version {ctx.newer} (the newer build, whose migrations count both ways) to "
+        "convert it (to return to an earlier build, roll back: a rollback checks that each "
+        "value fits)"
     )
 
 
