@@ -224,8 +224,11 @@ def test_a_pruned_version_is_freed_at_once_not_left_to_the_cycle_collector(
     assert not {"Version", "Gate", "Proxy", "IsolatedImage"} & set(kinds), kinds
 
 
+@pytest.mark.soak
 def test_isolated_reloads_keep_nothing_per_reload(tmp_path: Path, cc: Compile) -> None:
-    """The fast variant: past the version history's bound (4 here, so that a
+    """In the slow tier since 120 sandboxed worker starts took 25-57 s of
+    make test's 300 (the 1,000-reload soak above checks RSS; this one the
+    objects).  The fast variant: past the version history's bound (4 here, so that a
     warm-up of 8 reloads fills it; the soak above keeps the default 64), 120
     more reloads: no thread, descriptor, interned name or live object added,
     and the bytes kept alive within 1 KiB a reload.  (120, not 60: the
