@@ -518,3 +518,19 @@ def test_the_switch_timer_sleeps_to_the_instant_holding_the_gil() -> None:
         stop.set()
         thread.join(5)
     assert min(ran) == 0, ran  # a sleep that let go of the GIL: thousands, every time
+
+
+def test_the_last_sleep_keeping_the_gil_gives_up_on_a_far_time() -> None:
+    """The timer's last sleep (the routes already held) never lets go of
+    the GIL: a time further than it may wait so (a clock stepped back) is
+    answered False at once, and the timer switches then rather than hold
+    the callers at the routes."""
+    from hotload._engine.release import EARLY, sleep_until
+
+    t0 = time.monotonic()
+    assert sleep_until(time.time() + 3600, keep_gil=True) is False
+    assert sleep_until(time.time() + 3 * EARLY, keep_gil=True) is False
+    assert time.monotonic() - t0 < 0.5
+    assert sleep_until(time.time() + EARLY / 2, keep_gil=True) is True
+    assert sleep_until(time.time() - 1, keep_gil=True) is True
+    assert sleep_until(time.time() + 1, lambda: True) is False  # stopped early
