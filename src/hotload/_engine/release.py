@@ -311,6 +311,27 @@ class Release:
         """Drop a staged release: nothing changes.  False once it switched."""
         return bool(self._releaser.cancel(self, reason)) if self._releaser else False
 
+    def rollback(self, *, preflight: bool | None = None) -> Release:
+        """Undo this release as one switch (``Host.rollback_together``), if it
+        switched and is still the host's last release."""
+        rel = self._releaser
+        if rel is None or self.state != "done" or not rel.history or rel.history[-1] is not self:
+            raise HotloadError(
+                f"release {self.id} ({self.state}) is not this host's last switched release: "
+                f"not rolled back (roll the later ones back first)"
+            )
+        return rel.rollback(preflight=preflight)  # type: ignore[no-any-return]
+
+    def versions_pairs(self) -> list[tuple[str, Any, Any]]:
+        """(plugin, the version it replaced, its new version) for each plugin
+        the release switched from a version to another (a canary's judge
+        compares them)."""
+        return [
+            (p.name, p.old, p.new)
+            for p in self._parts
+            if p.old is not None and p.new is not None and not p.unload
+        ]
+
     def wait(self, timeout: float | None = None) -> str:
         """Wait until a staged release switched (or was cancelled); its state."""
         self._done.wait(timeout)
