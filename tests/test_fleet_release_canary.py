@@ -154,6 +154,12 @@ def test_a_crashing_build_is_aborted_on_its_canary_and_a_good_one_completes(
         time.sleep(max(0.0, at + 5.0 - time.time()) + 0.3)  # past the others' time
         for name in ("c2", "g1", "g2"):  # no host left on the crashing build
             assert hosts[name].state() == {"gens": {"reward": 1, "drops": 1}, "staged": 0}
+        assert _reports(url, rid) == {
+            "c1": "staged",  # its last report before the crash
+            "c2": "reverted",
+            "g1": "cancelled",
+            "g2": "cancelled",
+        }
         with Fleet(url) as f:
             assert f.release_status(rid)["state"] == "aborted"
             with pytest.raises(FleetError, match="already aborted"):

@@ -136,7 +136,7 @@ def _state(rep: dict[str, Any], at: float | None = None) -> str:
     if at is not None and isinstance(rep.get("switched_ns"), int):
         out += f" {(rep['switched_ns'] - int(at * 1e9)) / 1e6:+.2f} ms after the time"
     if rep.get("verdict"):
-        out += f" (canary: {str(rep['verdict'])[:160]})"
+        out += f" (its judge: {str(rep['verdict'])[:160]})"
     if rep.get("late"):
         out += " (late: it had not staged it)"
     if rep.get("plugin"):
@@ -167,5 +167,9 @@ def release_lines(releases: list[dict[str, Any]], shown: int = 3) -> list[str]:
             + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none reported")
             + (f"; reason: {r['reason']}" if r.get("reason") else "")
         )
-        lines += [f"  {h}: {_state(rep, r['at'])}" for h, rep in sorted(hosts.items())]
+        bake = float((r.get("canary") or {}).get("bake", 0.0))
+        lines += [
+            f"  {h}: {_state(rep, r['at'] + (0.0 if rep.get('canary') else bake))}"
+            for h, rep in sorted(hosts.items())
+        ]
     return lines

@@ -230,7 +230,7 @@ class ReleaseAgent:
             self._report(plan, "switched", switched_ns=mine.switched_ns, verdict=verdict)
             return
         if mine.state == "done" and not j.get("reverted"):
-            j["reverted"] = True
+            j["reverted"] = "judge"
             log.warning("fleet agent %s: release %s aborted here: %s", self.a.id, plan.id, verdict)
             mine.rollback()
         self._report(plan, "aborted", switched_ns=mine.switched_ns, verdict=verdict[:500])
@@ -242,16 +242,18 @@ class ReleaseAgent:
             if plan.id not in self._failed:
                 self._report(plan, "cancelled", error=plan.reason or None)
             return
-        j = self._judged.get(plan.id, {})
+        j = self._judged.setdefault(plan.id, {})
+        j.setdefault("verdict", "aborted by the fleet")  # judged no further
         if mine.state == "staged":
             mine.cancel(f"aborted by the fleet: {plan.reason}")
         if mine.state == "done" and not j.get("reverted"):
-            j["reverted"] = True
+            j["reverted"] = "fleet"
             log.warning("fleet agent %s: release %s aborted: %s", self.a.id, plan.id, plan.reason)
             mine.rollback()
-            self._report(plan, "reverted", error=plan.reason or None)
-        elif mine.state == "cancelled":
+        if mine.state == "cancelled":
             self._report(plan, "cancelled", error=plan.reason or None)
+        elif j.get("reverted") == "fleet":
+            self._report(plan, "reverted", error=plan.reason or None)
         elif mine.state == "done":  # rolled back by its own judge: that report stays
             self._report(plan, "aborted", verdict=str(j.get("verdict", ""))[:500])
 
@@ -276,6 +278,8 @@ class ReleaseAgent:
             self._write(rid, {"state": "invalid", "error": why[:500]})
 
     def _report(self, plan: Plan, state: str, **extra: Any) -> None:
+        if plan.is_canary(self.a.labels):
+            extra["canary"] = True  # it switched at the time; the others after the bake
         rep = {"state": state, "rev": plan.rev, **{k: v for k, v in extra.items() if v is not None}}
         if self._reported.get(plan.id) != rep:
             self._write(plan.id, rep)

@@ -266,6 +266,7 @@ def parse_host_report(raw: bytes | None, where: str) -> dict[str, Any]:
         ("rev", (int,)),
         ("at", (int, float)),
         ("verdict", (str,)),
+        ("canary", (bool,)),
     ):
         value = rep.get(name)
         if value is not None and type(value) in kinds:
