@@ -111,6 +111,9 @@ class ReleaseAgent:
                 continue
             self._invalid.pop(rid, None)
             plans.append(plan)
+        seen = {i.decode("utf-8", "replace")[:40] for i in raw}
+        for gone in [i for i in self._invalid if i not in seen]:
+            del self._invalid[gone]
         mine = [p for p in plans if matches(p.match, self.a.labels)]  # the others: not ours
         self._plans = sorted(mine, key=lambda p: p.order)[-MAX_PLANS:]
         held: dict[str, int] = {}
@@ -127,9 +130,12 @@ class ReleaseAgent:
         if self._conn is not self.a._w:  # a new connection: Redis may have lost the reports
             self._conn = self.a._w
             self._reported.clear()
-        ids = {p.id for p in self._plans}
-        for gone in [i for i in self._judged if i not in ids]:  # its plan was cleaned out
-            del self._judged[gone]
+        ids = {p.id for p in self._plans}  # a plan cleaned out of Redis is forgotten here
+        for table in (self._judged, self._failed, self._reported):
+            for gone in [i for i in table if i not in ids]:
+                del table[gone]
+        for gone in [i for i, r in self._staged.items() if i not in ids and r.state != "staged"]:
+            del self._staged[gone]  # one still staged switches on its own, plan or not
         newest: dict[str, int] = {}
         for plan in self._plans:
             if plan.state == "planned":

@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 SETTLE = 3.0  # seconds after the time the controller waits for every host's ``switched``
 CANARY_SETTLE = 2.0  # seconds after the time a canary host has to report its switch
+KEEP = 50  # release plans kept: older ones that are over are cleaned out (``prune``)
+GRACE = 3600.0  # seconds after its last host's time a finished plan is still kept
 MIN_LEAD = 1.0  # seconds: a release's time is at least this far ahead when it is published
 MAX_LEAD = 365 * 86400.0  # and at most this (a host refuses a staged release beyond a year)
 
@@ -152,6 +154,7 @@ class ReleaseController:
         if spec is not None:
             rec.update(canary=selector_text(spec["match"]), bake=spec["bake"], canaries=canaries)
         self._save(rec)
+        self.prune()
         listed = ", ".join(f"{n}={d[:12]}" for n, d in pairs)
         self.progress(
             f"release {plan.id}: {listed} at {when(plan.at)}; {len(expected)} host(s) stage it "
@@ -394,6 +397,59 @@ class ReleaseController:
             except FleetError as exc:
                 why = str(exc)
         raise FleetError(f"release {rid}: no copy of its plan verifies with this key ({why})")
+
+    def prune(self, keep: int = KEEP, *, now: float | None = None) -> list[str]:
+        """Clean old releases out of Redis (each ``publish`` does): beyond the
+        newest ``keep`` plans, every plan that is over (cancelled, aborted, or
+        planned with its last host's time ``GRACE`` s past; a record that does
+        not parse, which no host acts on) goes, with its record and every
+        host's report on it.  A plan still to switch, or within its grace (a
+        host restarted just after the time converges to it), stays whatever
+        its age.  The ids removed."""
+        import redis
+
+        k, now = self.f.keys, time.time() if now is None else now
+        key = releases_key(k)
+
+        def attempt() -> list[str]:
+            with self.f.r.pipeline(transaction=True) as pipe:
+                pipe.watch(key)  # a plan written meanwhile: try again at the next publish
+                raw: dict[Any, Any] = pipe.hgetall(key)
+                if len(raw) <= keep:
+                    return []
+                ranked = []  # (newest first by rev, id as stored, over?)
+                for id_b, value in raw.items():
+                    rid = id_b.decode("utf-8", "replace")
+                    try:
+                        plan = parse(value, f"release {rid[:40]}")
+                    except FleetError:
+                        ranked.append((-1, id_b, True))  # garbage: no host acts on it
+                        continue
+                    over = plan.state != "planned" or now >= plan.last + GRACE
+                    ranked.append((plan.rev, id_b, over))
+                ranked.sort(key=lambda e: e[0], reverse=True)
+                gone = [rid for _, rid, over in ranked[keep:] if over]
+                if not gone:
+                    return []
+                listed: set[Any] = pipe.smembers(k.hosts)
+                hosts = {i.decode("utf-8", "replace") for i in listed}
+                pipe.multi()
+                pipe.hdel(key, *gone)
+                for rid in gone:
+                    pipe.delete(_record_key(self.f, rid.decode("utf-8", "replace")))
+                    for host in hosts:
+                        pipe.hdel(report_key(k, host), rid)
+                pipe.execute()
+                return [rid.decode("utf-8", "replace") for rid in gone]
+
+        try:
+            gone: list[str] = self.f._call("clean out old releases", attempt)
+        except (FleetError, redis.exceptions.WatchError) as exc:
+            log.warning("releases not cleaned out this time: %s", exc)
+            return []
+        if gone:
+            log.info("cleaned out %d old release(s): %s", len(gone), ", ".join(gone[:5]))
+        return gone
 
     # -- records --------------------------------------------------------------------------
     def _reports(self, rid: str, also: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
