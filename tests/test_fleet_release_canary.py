@@ -42,8 +42,10 @@ HOTLOAD_EXPORT(generation, int32_t, (void));
 
 HOST = textwrap.dedent(
     """
-    import json, sys, threading, time
+    import faulthandler, json, sys, threading, time
     from hotload import Host
+
+    faulthandler.dump_traceback_later(30)  # stuck before "ready": where, on stderr
 
     url, name, role, play, work, *paths = sys.argv[1:]
     host = Host(work, preflight=False)
@@ -60,6 +62,7 @@ HOST = textwrap.dedent(
     if play == "play":
         threading.Thread(target=players, daemon=True).start()
     print("ready", flush=True)
+    faulthandler.cancel_dump_traceback_later()
     for line in sys.stdin:
         gens = {n: host[n].generation() for n in host.names()}
         staged = len(host.staged_releases())

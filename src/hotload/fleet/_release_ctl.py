@@ -19,6 +19,11 @@ stops answering (its heartbeat gone: an in-process crash took it down), or
 has not reported its switch ``CANARY_SETTLE`` s after the time; the canary
 hosts then roll the release back and the others drop it.  The point of no
 return is then ``time + bake``.
+
+The hosts' reports are advisory, read by the controller alone: the hosts
+act only on the signed plan, so a faked report cannot make a host switch.
+A faked ``failed`` (``aborted``) cancels (aborts) everywhere, the safe way;
+a faked ``staged`` hides a host's failure, as if the controller were gone.
 """
 
 from __future__ import annotations
