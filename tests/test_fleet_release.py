@@ -78,7 +78,7 @@ class HostProcess:
     """A host in its own process, started on generation-1 builds."""
 
     def __init__(self, tmp: Path, url: str, name: str, paths: dict[str, Path]) -> None:
-        script = tmp / "host.py"
+        script = tmp / f"host-{name}.py"  # its own: rewriting one a host is reading races it
         script.write_text(HOST)
         self.proc = subprocess.Popen(
             [sys.executable, str(script), url, name, str(tmp / f"w-{name}-{time.time_ns()}")]

@@ -42,10 +42,8 @@ HOTLOAD_EXPORT(generation, int32_t, (void));
 
 HOST = textwrap.dedent(
     """
-    import faulthandler, json, sys, threading, time
+    import json, sys, threading, time
     from hotload import Host
-
-    faulthandler.dump_traceback_later(30)  # stuck before "ready": where, on stderr
 
     url, name, role, play, work, *paths = sys.argv[1:]
     host = Host(work, preflight=False)
@@ -62,7 +60,6 @@ HOST = textwrap.dedent(
     if play == "play":
         threading.Thread(target=players, daemon=True).start()
     print("ready", flush=True)
-    faulthandler.cancel_dump_traceback_later()
     for line in sys.stdin:
         gens = {n: host[n].generation() for n in host.names()}
         staged = len(host.staged_releases())
@@ -74,7 +71,7 @@ HOST = textwrap.dedent(
 
 class HostProcess:
     def __init__(self, tmp: Path, url: str, name: str, role: str, play: bool, paths: Any) -> None:
-        script = tmp / "host.py"
+        script = tmp / f"host-{name}.py"  # its own: rewriting one a host is reading races it
         script.write_text(HOST)
         args = [url, name, role, "play" if play else "idle", str(tmp / f"w-{name}")]
         self.proc = subprocess.Popen(
