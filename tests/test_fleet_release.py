@@ -78,7 +78,7 @@ class HostProcess:
     """A host in its own process, started on generation-1 builds."""
 
     def __init__(self, tmp: Path, url: str, name: str, paths: dict[str, Path]) -> None:
-        script = tmp / "host.py"
+        script = tmp / f"host-{name}.py"  # its own: rewriting one a host is reading races it
         script.write_text(HOST)
         self.proc = subprocess.Popen(
             [sys.executable, str(script), url, name, str(tmp / f"w-{name}-{time.time_ns()}")]
@@ -518,3 +518,71 @@ def test_the_switch_timer_sleeps_to_the_instant_holding_the_gil() -> None:
         stop.set()
         thread.join(5)
     assert min(ran) == 0, ran  # a sleep that let go of the GIL: thousands, every time
+
+
+def test_the_last_sleep_keeping_the_gil_gives_up_on_a_far_time() -> None:
+    """The timer's last sleep (the routes already held) never lets go of
+    the GIL: a time further than it may wait so (a clock stepped back) is
+    answered False at once, and the timer switches then rather than hold
+    the callers at the routes."""
+    from hotload._engine.release import EARLY, sleep_until
+
+    t0 = time.monotonic()
+    assert sleep_until(time.time() + 3600, keep_gil=True) is False
+    assert sleep_until(time.time() + 3 * EARLY, keep_gil=True) is False
+    assert time.monotonic() - t0 < 0.5
+    assert sleep_until(time.time() + EARLY / 2, keep_gil=True) is True
+    assert sleep_until(time.time() - 1, keep_gil=True) is True
+    assert sleep_until(time.time() + 1, lambda: True) is False  # stopped early
+
+
+@pytest.mark.soak  # ~6 s: it waits out a release's settle for the host that never switches
+def test_a_faked_host_report_cannot_make_a_host_switch(
+    cluster: Cluster, redis_server: RedisServer, gens: Any
+) -> None:
+    """Anyone who can write to Redis can write a host's report: the hosts
+    act only on the signed plan, so a faked ``failed`` only cancels (safe),
+    and a faked ``staged`` for a host that could not stage it does not make
+    that host switch; the controller then misses the failure (as if it were
+    gone) and lists the host as not switched."""
+    from hotload.fleet._release_ctl import ReleaseController
+
+    one = gens(1)
+    digests = publish(redis_server.url, gens(2))
+    cluster.add("a", {"role": "game"}, start_with=one["reward"], plugins=["drops"])
+    cluster.hosts["a"].load(one["drops"])
+    cluster.add("b", {"role": "game"}, start_with=one["reward"])  # never takes drops
+    r = redis_server.client()
+    with Fleet(redis_server.url) as f:  # a faked failed: cancelled everywhere
+        rid = f.release(digests, at=time.time() + 3, wait=False)["id"]
+        wait_for(lambda: reports(redis_server.url, rid).get("a", {}).get("state") == "staged")
+        r.hset("hotload:release-report:a", rid, json.dumps({"state": "failed", "error": "x"}))
+        rec = ReleaseController(f, poll=0.05).record(rid)
+        assert rec is not None
+        with pytest.raises(RolloutFailed, match="a could not stage it"):
+            ReleaseController(f, poll=0.05).drive(rec)
+        wait_for(lambda: not cluster.hosts["a"].staged_releases(), what="a dropped it")
+        # a faked staged for b, written over b's own failed until the time
+        at = time.time() + 2.5
+        rec = ReleaseController(f, poll=0.05).publish(digests, at=at)
+        stop = threading.Event()
+
+        def fake() -> None:
+            while not stop.is_set() and time.time() < at:
+                r.hset("hotload:release-report:b", rec["id"], json.dumps({"state": "staged"}))
+                time.sleep(0.001)
+
+        faker = threading.Thread(target=fake)
+        faker.start()
+        try:
+            outcome = ReleaseController(f, poll=0.05).drive(rec)
+        except RolloutFailed as exc:  # it saw b's own report between two fakes: cancelled
+            outcome = exc.record
+        finally:
+            stop.set()
+            faker.join(5)
+    assert cluster.hosts["b"]["reward"].generation() == 1  # b never switched
+    assert not cluster.hosts["b"].staged_releases()
+    if outcome["state"] != "cancelled":
+        assert outcome["state"] == "partly switched" and outcome["not_switched"] == ["b"]
+        assert cluster.hosts["a"]["reward"].generation() == 2

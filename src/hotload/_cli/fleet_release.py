@@ -2,7 +2,7 @@
 instant (the Releases page).
 
     hotload fleet release NAME=BUILD [NAME=BUILD ...] --at TIME [--deadline TIME]
-                          [--hosts SEL] [--no-wait]
+                          [--hosts SEL] [--canary SEL [--bake SECONDS]] [--no-wait]
     hotload fleet release --cancel ID [--reason TEXT]
 
 TIME is ISO 8601 with its offset (``2026-12-24T18:00:00Z``: every host
@@ -42,6 +42,15 @@ def add_command(fsub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "lead before --at, 0.5 s to 60 s)",
     )
     q.add_argument("--hosts", default="*", metavar="SEL", help="the hosts that stage it (all)")
+    q.add_argument(
+        "--canary",
+        metavar="SEL",
+        help="these hosts switch at --at and are judged for --bake; the others switch at "
+        "--at + --bake only if none regressed, crashed or failed (else all go back)",
+    )
+    q.add_argument(
+        "--bake", type=float, default=60.0, metavar="SECONDS", help="the canary's bake (60)"
+    )
     q.add_argument(
         "--no-wait",
         action="store_true",
@@ -84,7 +93,8 @@ def cmd_release(args: argparse.Namespace) -> int:
             if args.builds or args.at is not None:
                 raise FleetError("--cancel ID takes no NAME=BUILD and no --at")
             rec = f.cancel_release(args.cancel, args.reason)
-            _emit(rec) if args.json else print(f"release {args.cancel}: cancelled everywhere")
+            said = f"release {args.cancel}: {rec.get('state', 'cancelled')} everywhere"
+            _emit(rec) if args.json else print(said)
             return 0
         if not args.builds or args.at is None:
             raise FleetError("fleet release: give NAME=BUILD ... and --at TIME (or --cancel ID)")
@@ -101,6 +111,8 @@ def cmd_release(args: argparse.Namespace) -> int:
                 at=args.at,
                 deadline=args.deadline,
                 hosts=args.hosts,
+                canary=args.canary,
+                bake=args.bake,
                 wait=not args.no_wait,
                 progress=say,
             )
@@ -123,6 +135,8 @@ def _state(rep: dict[str, Any], at: float | None = None) -> str:
     out = str(rep.get("state"))
     if at is not None and isinstance(rep.get("switched_ns"), int):
         out += f" {(rep['switched_ns'] - int(at * 1e9)) / 1e6:+.2f} ms after the time"
+    if rep.get("verdict"):
+        out += f" (its judge: {str(rep['verdict'])[:160]})"
     if rep.get("late"):
         out += " (late: it had not staged it)"
     if rep.get("plugin"):
@@ -145,12 +159,17 @@ def release_lines(releases: list[dict[str, Any]], shown: int = 3) -> list[str]:
         for rep in hosts.values():
             counts[rep["state"]] = counts.get(rep["state"], 0) + 1
         builds = ", ".join(f"{n}={str(d)[:12]}" for n, d in (r.get("builds") or {}).items())
-        passed = r["state"] != "cancelled" and time.time() >= r["at"]
+        last = r["at"] + float((r.get("canary") or {}).get("bake", 0.0))
+        passed = r["state"] == "planned" and time.time() >= last
         state = "its time passed" if passed else r["state"]
         lines.append(
             f"release {r['id']}: {state} at {when(r['at'])}: {builds}; hosts: "
             + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none reported")
             + (f"; reason: {r['reason']}" if r.get("reason") else "")
         )
-        lines += [f"  {h}: {_state(rep, r['at'])}" for h, rep in sorted(hosts.items())]
+        bake = float((r.get("canary") or {}).get("bake", 0.0))
+        lines += [
+            f"  {h}: {_state(rep, r['at'] + (0.0 if rep.get('canary') else bake))}"
+            for h, rep in sorted(hosts.items())
+        ]
     return lines

@@ -51,7 +51,7 @@ from .._errors import BusyError, DescriptorError, HotloadError, ReleaseError, Si
 from .._state import handover
 from . import compat
 from .canary import refuse_swap
-from .lifecycle import Version, VersionInfo
+from .lifecycle import UNLOADED_PLUGIN, Version, VersionInfo
 from .record import PluginRecord
 from .registry import Plugin
 
@@ -131,6 +131,44 @@ def _priority(nice: int) -> Iterator[Callable[[], None]]:
         restore()
 
 
+#: The real-time priority (``SCHED_FIFO``) of a staged release's thread for its last
+#: kernel sleep and the flip, where the process may (root, ``CAP_SYS_NICE`` or
+#: ``RLIMIT_RTPRIO``): it then runs before every ordinary thread of the machine the
+#: moment the kernel wakes it, and for a few microseconds only (it sleeps until then).
+REALTIME = 1
+
+
+@contextlib.contextmanager
+def _realtime() -> Iterator[Callable[[], None]]:
+    """This thread under ``SCHED_FIFO`` at ``REALTIME`` while the block runs,
+    if allowed and if the sleep is a kernel sleep (a real-time thread that
+    spins would keep a core from everything else); as it was afterwards.
+    Yields the function that puts it back early: right after the flip."""
+    tid = threading.get_native_id()
+    setter = getattr(os, "sched_setscheduler", None)
+    try:
+        if setter is None or _SLEEP_ABS is None:
+            raise OSError("no real-time scheduling here")
+        policy, nice = os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid)
+        setter(tid, os.SCHED_FIFO, os.sched_param(REALTIME))
+    except OSError:  # not allowed (no CAP_SYS_NICE, a container without a real-time budget)
+        yield lambda: None
+        return
+    back = [False]
+
+    def restore() -> None:
+        if not back[0]:
+            back[0] = True
+            with contextlib.suppress(OSError):
+                setter(tid, policy, os.sched_param(0))
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+
+    try:
+        yield restore
+    finally:
+        restore()
+
+
 _gc_off = [0, True]  # timers keeping the collector off, whether it was on
 
 
@@ -185,7 +223,9 @@ def exact_timers() -> None:
         _PRCTL(PR_SET_TIMERSLACK, ctypes.c_ulong(1), 0, 0, 0)
 
 
-def sleep_until(at: float, until: Callable[[], bool] = lambda: False) -> None:
+def sleep_until(
+    at: float, until: Callable[[], bool] = lambda: False, *, keep_gil: bool = False
+) -> bool:
     """Wait until the wall-clock time ``at`` holding the GIL: the kernel
     wakes the thread at the instant (``clock_nanosleep(CLOCK_REALTIME,
     TIMER_ABSTIME)``) and no other thread can take the GIL meanwhile, so the
@@ -197,19 +237,23 @@ def sleep_until(at: float, until: Callable[[], bool] = lambda: False) -> None:
     end at most ``CHUNK`` apart and the clock is read again after each, and
     when the time is further off than that (the clock was stepped back) the
     wait goes on with the GIL let go, so a stepped clock cannot freeze the
-    process's other threads."""
+    process's other threads.  ``keep_gil``: never let go of it; False is
+    returned at once instead when the time is that far (True: the time came)."""
     target = int(at * 1e9)
     while not until():
         now = time.time_ns()
         if now >= target:
-            return
+            return True
         if target - now > 2 * EARLY * 1e9:
+            if keep_gil:
+                return False
             time.sleep((target - now) / 1e9 - EARLY)  # lets go of the GIL
             continue
         if _SLEEP_ABS is not None:
             end = min(target, now + int(CHUNK * 1e9))
             ts = _Timespec(end // 1_000_000_000, end % 1_000_000_000)
             _SLEEP_ABS(0, 1, ctypes.byref(ts), None)  # CLOCK_REALTIME, TIMER_ABSTIME; EINTR: again
+    return False
 
 
 @dataclass
@@ -266,6 +310,27 @@ class Release:
     def cancel(self, reason: str = "cancelled by hand") -> bool:
         """Drop a staged release: nothing changes.  False once it switched."""
         return bool(self._releaser.cancel(self, reason)) if self._releaser else False
+
+    def rollback(self, *, preflight: bool | None = None) -> Release:
+        """Undo this release as one switch (``Host.rollback_together``), if it
+        switched and is still the host's last release."""
+        rel = self._releaser
+        if rel is None or self.state != "done" or not rel.history or rel.history[-1] is not self:
+            raise HotloadError(
+                f"release {self.id} ({self.state}) is not this host's last switched release: "
+                f"not rolled back (roll the later ones back first)"
+            )
+        return rel.rollback(preflight=preflight)  # type: ignore[no-any-return]
+
+    def versions_pairs(self) -> list[tuple[str, Any, Any]]:
+        """(plugin, the version it replaced, its new version) for each plugin
+        the release switched from a version to another (a canary's judge
+        compares them)."""
+        return [
+            (p.name, p.old, p.new)
+            for p in self._parts
+            if p.old is not None and p.new is not None and not p.unload
+        ]
 
     def wait(self, timeout: float | None = None) -> str:
         """Wait until a staged release switched (or was cancelled); its state."""
@@ -399,27 +464,41 @@ class Releaser:
                 self._switch_at(r, unurgent)
 
     def _switch_at(self, r: Release, flipped: Callable[[], None] = lambda: None) -> None:
-        """Switch ``r`` at its time: its plugins' locks are taken before the
-        last sleep (the GIL is kept from then on, so nothing else could use
-        them meanwhile), leaving only the flip itself after the instant."""
+        """Switch ``r`` at its time.  Before the last sleep (the GIL kept from
+        then on): its plugins' locks taken and the switch readied (``_ready``:
+        the routes held, state handed over, call tables committed), so that
+        after the instant only the flip is left, a few pointer stores, then
+        the instant is read (``switched_ns``) and this thread's priority goes
+        back (``flipped``) before anything else: the callers let go, the
+        journal, the events, the agent's report."""
         with contextlib.ExitStack() as locks:
             for p in r._parts:  # sorted by name when staged: the same order as every release
                 locks.enter_context(p.rec.lock)
-            sleep_until(r.at or 0.0, lambda: r.state != "staged")
             if r.state != "staged":
                 return
             try:
                 if self._swap._table.closed:
                     raise HotloadError("the host closed")
-                self._switch(r._parts)
-                r.switched_ns = time.time_ns()  # the flip's instant: fleets compare hosts by it
-                flipped()
+                flip, wake = self._ready(r._parts)
             except Exception as exc:
                 self._unstage(r)
                 r.state, r.reason = "failed", f"{type(exc).__name__}: {exc}"
                 log.error("%s: not switched: %s", r._label, r.reason)
                 r._done.set()
                 return
+            with _realtime() as unrealtime:
+                on_time = sleep_until(r.at or 0.0, keep_gil=True)
+                flip()
+                r.switched_ns = time.time_ns()  # the flip's instant: fleets compare hosts by it
+                unrealtime()
+            flipped()
+            if not on_time:  # the routes are held: callers would wait at them until the time
+                log.warning(
+                    "%s: the clock was stepped back %.3f s in the last %g ms before the time; "
+                    "switched now rather than hold its plugins' callers until then",
+                    *(r._label, (r.at or 0.0) - r.switched_ns / 1e9, EARLY * 1e3),
+                )
+            wake()
             self._unstage(r)
             done = self._finish(r.id, r._parts, r._label, rollback=False)
         r.skew_ms = (r.switched_ns - int((r.at or 0) * 1e9)) / 1e6
@@ -560,6 +639,19 @@ class Releaser:
     def _switch(self, parts: list[_Part]) -> None:
         """Hold every route, hand the stateful ones' state over, then publish
         every new version (see the module's docstring for why this order)."""
+        flip, wake = self._ready(parts)
+        flip()
+        wake()
+
+    def _ready(self, parts: list[_Part]) -> tuple[Callable[[], None], Callable[[], None]]:
+        """Everything of the switch but the flip: every route held, the
+        stateful ones' state handed over, the new versions' call tables
+        committed.  Returns the flip (each route's gate stored: a few pointer
+        stores, which cannot fail) and what comes after it (the callers that
+        met a held route let go).  A timer readies its release before its
+        instant and flips at it, holding the GIL in between: no Python thread
+        can run between the two, so the hold is seen only by a caller already
+        at a gate (it waits for the flip, as in a stateful reload)."""
         sw = self._swap
         held = [p for p in parts if p.old is not None]
         stateful = [p for p in held if p.stateful and not p.unload]
@@ -590,13 +682,24 @@ class Releaser:
         for p in parts:
             if p.commit is not None:
                 p.commit()
-        for p in parts:  # the flip: each route from the gate to its new version, or closed
-            if p.unload:
-                assert p.rec.plugin is not None
-                p.rec.plugin._close()
-            else:
-                assert p.plugin is not None and p.new is not None
-                p.plugin._publish(p.new)
+        stores = []  # (route, gate): each route from the gate to its new version, or closed
+        plugins = []
+        for p in parts:
+            plugin = p.rec.plugin if p.unload else p.plugin
+            assert plugin is not None and (p.unload or p.new is not None)
+            gate = UNLOADED_PLUGIN.gate if p.unload else p.new.gate  # type: ignore[union-attr]
+            stores.append((plugin._route, gate))
+            plugins.append(plugin)
+
+        def flip() -> None:
+            for route, gate in stores:
+                route.gate = gate
+
+        def wake() -> None:
+            for plugin in plugins:
+                plugin._switched.set()
+
+        return flip, wake
 
     def _refused(self, p: _Part, exc: Exception) -> ReleaseError:
         """The error a refused release raises, journaled as a refused build of ``p``."""

@@ -225,7 +225,8 @@ class FleetAgent:
                 if time.monotonic() >= next_beat:
                     self._beat()
                     last_beat, next_beat = time.monotonic(), time.monotonic() + self.heartbeat
-                    self._dirty = self._dirty or self._canaries.running()  # fresh figures
+                    judging = self._canaries.running() or self._releases.judging()
+                    self._dirty = self._dirty or judging  # fresh figures
                 if self._dirty:
                     self._dirty = False
                     self._sync()

@@ -584,6 +584,8 @@ class Fleet:
         at: float,
         deadline: float | None = None,
         hosts: str | Mapping[str, str] = "*",
+        canary: str | Mapping[str, str] | None = None,
+        bake: float = 60.0,
         wait: bool = True,
         poll: float = 0.5,
         progress: Callable[[str], None] | None = None,
@@ -596,13 +598,18 @@ class Fleet:
         0.5 to 60 s).  ``hosts``: the selector of the hosts that must stage
         it (every live host).  ``wait``: drive it to the end (the final
         record; ``RolloutFailed`` when cancelled), else return once the plan
-        is written (``Fleet.release_status``, ``cancel_release``)."""
+        is written (``Fleet.release_status``, ``cancel_release``).  ``canary``:
+        the selector of the hosts that switch at ``at`` and are judged for
+        ``bake`` seconds; the others switch at ``at + bake`` only if no canary
+        host regressed, failed or went silent (else every canary host rolls
+        it back and the others drop it; ``RolloutFailed``)."""
         ctl = ReleaseController(self, poll=poll, progress=progress)
-        rec = ctl.publish(builds, at=at, deadline=deadline, hosts=hosts)
+        rec = ctl.publish(builds, at=at, deadline=deadline, hosts=hosts, canary=canary, bake=bake)
         return ctl.drive(rec) if wait else rec
 
     def cancel_release(self, release_id: str, reason: str = "cancelled by hand") -> dict[str, Any]:
-        """Cancel a planned release on every host before its time."""
+        """Cancel a planned release on every host before its time (a canary
+        release: abort it before ``time + bake``, the canaries roll it back)."""
         return ReleaseController(self).cancel(release_id, reason)
 
     def release_status(self, release_id: str) -> dict[str, Any]:

@@ -20,6 +20,17 @@ plan cannot be replayed as planned), and for each:
   the release's builds, all together, and says ``late``.
 - *cancelled*: drops the staged release (``Release.cancel``: nothing changes)
   and reports ``cancelled``.
+- *with a canary*: a host the plan's ``canary.match`` names stages it for
+  ``at``, every other host for ``at + bake``.  After its switch a canary host
+  judges the release for the bake (``judge.look``: each plugin's new version
+  since the switch against the version it replaced, over that one's life on
+  this host, the pre-release baseline): a regression rolls the release back
+  here at once and reports ``aborted`` with the verdict; else ``switched``
+  with ``verdict: passed`` after the bake.
+- *aborted* (a canary plan, between ``at`` and ``at + bake``): a canary host
+  rolls the release back (``Release.rollback``) and reports ``reverted``; a
+  host that had it staged cancels it and reports ``cancelled``; a host that
+  starts later never converges to it.
 
 While a plan is in force, its plugins follow it, not an older desired state
 (``read`` returns them, the agent skips those desired states); a desired
@@ -58,6 +69,12 @@ class ReleaseAgent:
         self._invalid: dict[str, bytes] = {}
         self._conn: Any = None
         self._no_access = False  # the ACL does not let this host read the plans
+        self._judged: dict[str, dict[str, Any]] = {}  # release id -> its canary's judging
+
+    def judging(self) -> bool:
+        """Whether a canary release is being judged here (the agent syncs at
+        every heartbeat then, for fresh figures)."""
+        return any("verdict" not in j for j in self._judged.values())
 
     def read(self) -> dict[str, int]:
         """Read and verify every plan; plugin -> the rev of the newest planned
@@ -94,6 +111,9 @@ class ReleaseAgent:
                 continue
             self._invalid.pop(rid, None)
             plans.append(plan)
+        seen = {i.decode("utf-8", "replace")[:40] for i in raw}
+        for gone in [i for i in self._invalid if i not in seen]:
+            del self._invalid[gone]
         mine = [p for p in plans if matches(p.match, self.a.labels)]  # the others: not ours
         self._plans = sorted(mine, key=lambda p: p.order)[-MAX_PLANS:]
         held: dict[str, int] = {}
@@ -110,6 +130,12 @@ class ReleaseAgent:
         if self._conn is not self.a._w:  # a new connection: Redis may have lost the reports
             self._conn = self.a._w
             self._reported.clear()
+        ids = {p.id for p in self._plans}  # a plan cleaned out of Redis is forgotten here
+        for table in (self._judged, self._failed, self._reported):
+            for gone in [i for i in table if i not in ids]:
+                del table[gone]
+        for gone in [i for i, r in self._staged.items() if i not in ids and r.state != "staged"]:
+            del self._staged[gone]  # one still staged switches on its own, plan or not
         newest: dict[str, int] = {}
         for plan in self._plans:
             if plan.state == "planned":
@@ -122,6 +148,9 @@ class ReleaseAgent:
 
     def _act(self, plan: Plan, newest: dict[str, int], revs: dict[str, int]) -> None:
         mine = self._staged.get(plan.id)
+        if plan.state == "aborted":
+            self._aborted(plan, mine)
+            return
         if plan.state == "cancelled":
             if mine is not None and mine.cancel(f"cancelled by the fleet: {plan.reason}"):
                 log.warning(
@@ -135,6 +164,8 @@ class ReleaseAgent:
         if mine is not None:
             if mine.state == "staged":
                 self._report(plan, "staged")
+            elif mine.state == "done" and plan.is_canary(self.a.labels):
+                self._judge(plan, mine)
             elif mine.state == "done":
                 self._report(plan, "switched", switched_ns=mine.switched_ns)
             else:  # failed at the switch (the host closed), or cancelled on the host by hand
@@ -142,7 +173,8 @@ class ReleaseAgent:
             return
         if plan.state != "planned" or self._failed.get(plan.id) == plan.rev:
             return
-        due = time.time() >= plan.at
+        at = plan.time_for(self.a.labels)  # a canary plan's other hosts: after the bake
+        due = time.time() >= at
         names = [n for n in plan.names if newest.get(n) == plan.rev and revs.get(n, -1) < plan.rev]
         if due and not names:
             return  # every plugin of it was decided again since: nothing to converge
@@ -161,17 +193,75 @@ class ReleaseAgent:
             self.a.host.reload_together(cands)
             log.warning(
                 "fleet agent %s: release %s: its time %s had passed: switched now",
-                *(self.a.id, plan.id, when(plan.at)),
+                *(self.a.id, plan.id, when(at)),
             )
             self._report(plan, "switched", switched_ns=time.time_ns(), late=True)
             return
-        rel = self.a.host.reload_together(cands, at=plan.at)
+        rel = self.a.host.reload_together(cands, at=at)
         self._staged[plan.id] = rel
         threading.Thread(
             target=self._watch, args=(rel,), name=f"hotload-fleet-release-{plan.id}", daemon=True
         ).start()
-        log.info("fleet agent %s: release %s staged for %s", self.a.id, plan.id, when(plan.at))
+        log.info("fleet agent %s: release %s staged for %s", self.a.id, plan.id, when(at))
         self._report(plan, "staged")
+
+    def _judge(self, plan: Plan, mine: Release) -> None:
+        """A canary host's look at the release it switched: each plugin's new
+        version against the one it replaced (its whole life here); rolled
+        back at the first regression, passed after the bake."""
+        from .._engine import judge
+
+        j = self._judged.get(plan.id)
+        if j is None:
+            pairs = mine.versions_pairs()
+            j = self._judged[plan.id] = {
+                "pairs": pairs,
+                "base": {n: judge.read(old) for n, old, _ in pairs},
+                # the window starts at the flip, not at this first look
+                "t0": time.monotonic() - max(0.0, time.time() - (mine.switched_ns or 0) / 1e9),
+            }
+        if "verdict" not in j:
+            rules = judge.Judge(bake=plan.bake, interval=min(0.5, plan.bake))
+            seconds = time.monotonic() - j["t0"]
+            for name, _, new in j["pairs"]:
+                found = judge.look(judge.read(new), j["base"][name], rules, seconds)
+                if found is not None:
+                    j["verdict"] = f"{name}: regression in {found.figure}: {found.text}"
+                    break
+            else:
+                if seconds >= plan.bake:
+                    j["verdict"] = "passed"
+        verdict = j.get("verdict")
+        if verdict is None or verdict == "passed":
+            self._report(plan, "switched", switched_ns=mine.switched_ns, verdict=verdict)
+            return
+        if mine.state == "done" and not j.get("reverted"):
+            j["reverted"] = "judge"
+            log.warning("fleet agent %s: release %s aborted here: %s", self.a.id, plan.id, verdict)
+            mine.rollback()
+        self._report(plan, "aborted", switched_ns=mine.switched_ns, verdict=verdict[:500])
+
+    def _aborted(self, plan: Plan, mine: Release | None) -> None:
+        """The fleet aborted a canary release: roll it back where it switched
+        (unless this host's judge did already), drop it where it is staged."""
+        if mine is None:
+            if plan.id not in self._failed:
+                self._report(plan, "cancelled", error=plan.reason or None)
+            return
+        j = self._judged.setdefault(plan.id, {})
+        j.setdefault("verdict", "aborted by the fleet")  # judged no further
+        if mine.state == "staged":
+            mine.cancel(f"aborted by the fleet: {plan.reason}")
+        if mine.state == "done" and not j.get("reverted"):
+            j["reverted"] = "fleet"
+            log.warning("fleet agent %s: release %s aborted: %s", self.a.id, plan.id, plan.reason)
+            mine.rollback()
+        if mine.state == "cancelled":
+            self._report(plan, "cancelled", error=plan.reason or None)
+        elif j.get("reverted") == "fleet":
+            self._report(plan, "reverted", error=plan.reason or None)
+        elif mine.state == "done":  # rolled back by its own judge: that report stays
+            self._report(plan, "aborted", verdict=str(j.get("verdict", ""))[:500])
 
     def _watch(self, rel: Release) -> None:
         """Sync (and so report) as soon as the staged release switched or not."""
@@ -194,6 +284,8 @@ class ReleaseAgent:
             self._write(rid, {"state": "invalid", "error": why[:500]})
 
     def _report(self, plan: Plan, state: str, **extra: Any) -> None:
+        if plan.is_canary(self.a.labels):
+            extra["canary"] = True  # it switched at the time; the others after the bake
         rep = {"state": state, "rev": plan.rev, **{k: v for k, v in extra.items() if v is not None}}
         if self._reported.get(plan.id) != rep:
             self._write(plan.id, rep)

@@ -10,6 +10,20 @@ staged plans, so a cancel is refused.  A host that cannot hear the cancel
 (Redis unreachable from it between the cancel and the time) switches alone:
 the deadline before the time is the margin for the cancel to reach every
 host; say it generously.
+
+With a canary (``canary=SEL, bake=S``), the canary hosts switch at the time
+and the others at ``time + bake``: after the time the controller aborts (a
+signed plan with ``state: aborted``) as soon as a canary host reports a
+regression (its own judge rolled the release back there), a failure, or
+stops answering (its heartbeat gone: an in-process crash took it down), or
+has not reported its switch ``CANARY_SETTLE`` s after the time; the canary
+hosts then roll the release back and the others drop it.  The point of no
+return is then ``time + bake``.
+
+The hosts' reports are advisory, read by the controller alone: the hosts
+act only on the signed plan, so a faked report cannot make a host switch.
+A faked ``failed`` (``aborted``) cancels (aborts) everywhere, the safe way;
+a faked ``staged`` hides a host's failure, as if the controller were gone.
 """
 
 from __future__ import annotations
@@ -27,6 +41,7 @@ from ._controller import FleetStore
 from ._release_plan import (
     Plan,
     check_builds,
+    check_canary,
     parse,
     parse_host_report,
     releases_key,
@@ -48,6 +63,9 @@ class Fleet(FleetStore, Protocol):
 log = logging.getLogger(__name__)
 
 SETTLE = 3.0  # seconds after the time the controller waits for every host's ``switched``
+CANARY_SETTLE = 2.0  # seconds after the time a canary host has to report its switch
+KEEP = 50  # release plans kept: older ones that are over are cleaned out (``prune``)
+GRACE = 3600.0  # seconds after its last host's time a finished plan is still kept
 MIN_LEAD = 1.0  # seconds: a release's time is at least this far ahead when it is published
 MAX_LEAD = 365 * 86400.0  # and at most this (a host refuses a staged release beyond a year)
 
@@ -77,6 +95,8 @@ class ReleaseController:
         at: float,
         deadline: float | None = None,
         hosts: str | Mapping[str, str] = "*",
+        canary: str | Mapping[str, str] | None = None,
+        bake: float = 60.0,
     ) -> dict[str, Any]:
         """Check, sign and write the plan; the controller's record of it."""
         pairs = list(builds.items()) if isinstance(builds, Mapping) else list(builds)
@@ -109,12 +129,22 @@ class ReleaseController:
                 f"the time {when(at)}"
             )
         match = selector(hosts)
-        expected = sorted(
-            h["id"] for h in self.f.hosts() if h["alive"] and matches(match, h["labels"])
-        )
+        live = [h for h in self.f.hosts() if h["alive"] and matches(match, h["labels"])]
+        expected = sorted(h["id"] for h in live)
         if not expected:
             raise FleetError(f"release: no live host matches {selector_text(match)}")
-        plan = self._write(Plan(new_id(), self._rev(), tuple(pairs), float(at), deadline, match))
+        spec, canaries = None, []
+        if canary is not None:
+            spec = check_canary({"match": selector(canary), "bake": bake}, "release")
+            canaries = sorted(h["id"] for h in live if matches(spec["match"], h["labels"]))
+            if not canaries or len(canaries) == len(expected):
+                raise FleetError(
+                    f"release: the canary {selector_text(spec['match'])} matches "
+                    f"{len(canaries)} of the release's {len(expected)} live host(s): a canary "
+                    f"is some of them, not none or all"
+                )
+        plan = Plan(new_id(), self._rev(), tuple(pairs), float(at), deadline, match, canary=spec)
+        plan = self._write(plan)
         rec = {
             "id": plan.id,
             "plan": plan.record(),  # as signed: a cancel falls back on it if Redis's is changed
@@ -126,11 +156,20 @@ class ReleaseController:
             "state": "planned",
             "created_at": now,
         }
+        if spec is not None:
+            rec.update(canary=selector_text(spec["match"]), bake=spec["bake"], canaries=canaries)
         self._save(rec)
+        self.prune()
         listed = ", ".join(f"{n}={d[:12]}" for n, d in pairs)
         self.progress(
             f"release {plan.id}: {listed} at {when(plan.at)}; {len(expected)} host(s) stage it "
             f"by {when(plan.deadline)}"
+            + (
+                f"; canary {rec['canary']} ({len(canaries)} host(s)) judged {plan.bake:g} s, "
+                f"the others at {when(plan.last)}"
+                if spec is not None
+                else ""
+            )
         )
         return rec
 
@@ -188,12 +227,16 @@ class ReleaseController:
                 said = line
             time.sleep(min(self.poll, max(0.005, at - time.time())))
         self.progress(f"release {rid}: its time {when(at)}: the hosts switch on their own")
+        if rec.get("canaries"):
+            self._bake(rec)
+            at = at + float(rec["bake"])
         settle = at + SETTLE
         last: dict[str, dict[str, Any]] = {}
         while True:
             reports = last = self._look(rid, rec["expected"]) or last
             switched = {h: r for h, r in reports.items() if r["state"] == "switched"}
-            if all(h in switched for h in rec["expected"]) or time.time() >= settle:
+            judged = all("verdict" in switched.get(h, {}) for h in rec.get("canaries") or ())
+            if (judged and all(h in switched for h in rec["expected"])) or time.time() >= settle:
                 break
             time.sleep(0.1)
         rec["hosts_state"] = reports
@@ -201,7 +244,12 @@ class ReleaseController:
         rec["not_switched"] = sorted(h for h in rec["expected"] if h not in switched)
         rec["state"] = "switched" if not rec["not_switched"] else "partly switched"
         at_ns = int(at * 1e9)
-        skews = [(r["switched_ns"] - at_ns) / 1e6 for r in switched.values() if "switched_ns" in r]
+        canaries = set(rec.get("canaries") or ())  # they switched ``bake`` s before ``at`` here
+        skews = [
+            (r["switched_ns"] - at_ns) / 1e6
+            for h, r in switched.items()
+            if "switched_ns" in r and h not in canaries
+        ]
         if skews:
             rec["skew_ms"] = {"min": min(skews), "max": max(skews)}
         self._save(rec)
@@ -211,6 +259,75 @@ class ReleaseController:
             + (f", skew {min(skews):+.2f} to {max(skews):+.2f} ms" if skews else "")
             + (f"; not switched: {', '.join(rec['not_switched'])}" if rec["not_switched"] else "")
         )
+        return rec
+
+    def _bake(self, rec: dict[str, Any]) -> None:
+        """The canary phase: from the time to ``time + bake``, abort at the
+        first canary host that regressed, failed, went silent or did not
+        switch (``RolloutFailed``); return when the bake passed."""
+        rid, canaries = rec["id"], rec["canaries"]
+        at, last = rec["at"], rec["at"] + float(rec["bake"])
+        said = ""
+        while time.time() < last:
+            reports = self._look(rid, canaries)
+            if reports is None:
+                time.sleep(min(self.poll, max(0.005, last - time.time())))
+                continue
+            alive = {h["id"] for h in self.f.hosts() if h["alive"]}
+            for host in canaries:
+                rep = reports.get(host, {})
+                state = rep.get("state")
+                why = None
+                if state in ("aborted", "failed", "invalid"):
+                    why = f"canary {host}: {rep.get('verdict') or _cause(rep)}"
+                elif host not in alive:
+                    why = f"canary {host} stopped answering after the switch (crashed?)"
+                elif state != "switched" and time.time() >= at + CANARY_SETTLE:
+                    why = f"canary {host} did not report its switch ({state or 'no report'})"
+                if why is not None:
+                    self._abort_and_raise(rec, why)
+            done = sum(reports.get(h, {}).get("state") == "switched" for h in canaries)
+            line = f"canary: {done}/{len(canaries)} switched"
+            if line != said:
+                self.progress(f"release {rid}: {line}")
+                said = line
+            time.sleep(min(self.poll, max(0.005, last - time.time())))
+        self.progress(f"release {rid}: the canary passed; the other hosts switch at {when(last)}")
+
+    def _abort_and_raise(self, rec: dict[str, Any], why: str) -> None:
+        self.abort(rec["id"], why)
+        rec = self.record(rec["id"]) or rec
+        deadline = time.time() + SETTLE  # the canary hosts' ``reverted``, the others' cancel
+        while time.time() < deadline:
+            reports = self._look(rec["id"], rec.get("expected") or ()) or {}
+            if all(r.get("state") != "switched" for r in reports.values()):
+                break
+            time.sleep(0.1)
+        rec["hosts_state"] = self._reports(rec["id"], rec.get("expected") or ())
+        raise RolloutFailed(f"release {rec['id']} aborted: {why}", rec)
+
+    def abort(self, release_id: str, reason: str = "aborted by hand") -> dict[str, Any]:
+        """Abort a canary release between its time and ``time + bake``: the
+        canary hosts roll it back, the others drop it (a newer signed plan)."""
+        key = releases_key(self.f.keys)
+        raw = self.f._call("read plan", lambda: self.f.r.hget(key, release_id))
+        if raw is None:
+            raise FleetError(f"release {release_id}: no such release in this fleet")
+        plan = self._ours(release_id, raw)
+        if plan.state != "planned":
+            raise FleetError(f"release {release_id} is already {plan.state}: {plan.reason}")
+        if time.time() >= plan.last:
+            raise FleetError(
+                f"release {release_id}: every host switched at {when(plan.last)} (the point of "
+                f"no return); a new release (or rollout) undoes it"
+            )
+        rev = max(self._rev(), plan.rev + 1)
+        state = "aborted" if time.time() >= plan.at else "cancelled"
+        self._write(replace(plan, rev=rev, state=state, reason=reason))
+        rec = self.record(release_id) or {"id": release_id}
+        rec.update({"state": state, "reason": reason, "cancelled_at": time.time()})
+        self._save(rec)
+        self.progress(f"release {release_id}: {state} on every host: {reason}")
         return rec
 
     def _adopt(self, rec: dict[str, Any]) -> None:
@@ -253,8 +370,10 @@ class ReleaseController:
         if raw is None:
             raise FleetError(f"release {release_id}: no such release in this fleet")
         plan = self._ours(release_id, raw)
-        if plan.state == "cancelled":
-            raise FleetError(f"release {release_id} is already cancelled: {plan.reason}")
+        if plan.state != "planned":
+            raise FleetError(f"release {release_id} is already {plan.state}: {plan.reason}")
+        if plan.canary is not None and time.time() >= plan.at:
+            return self.abort(release_id, reason)  # in its bake: the canaries roll it back
         if time.time() >= plan.at:
             raise FleetError(
                 f"release {release_id}: its time {when(plan.at)} has come: the hosts switched "
@@ -283,6 +402,59 @@ class ReleaseController:
             except FleetError as exc:
                 why = str(exc)
         raise FleetError(f"release {rid}: no copy of its plan verifies with this key ({why})")
+
+    def prune(self, keep: int = KEEP, *, now: float | None = None) -> list[str]:
+        """Clean old releases out of Redis (each ``publish`` does): beyond the
+        newest ``keep`` plans, every plan that is over (cancelled, aborted, or
+        planned with its last host's time ``GRACE`` s past; a record that does
+        not parse, which no host acts on) goes, with its record and every
+        host's report on it.  A plan still to switch, or within its grace (a
+        host restarted just after the time converges to it), stays whatever
+        its age.  The ids removed."""
+        import redis
+
+        k, now = self.f.keys, time.time() if now is None else now
+        key = releases_key(k)
+
+        def attempt() -> list[str]:
+            with self.f.r.pipeline(transaction=True) as pipe:
+                pipe.watch(key)  # a plan written meanwhile: try again at the next publish
+                raw: dict[Any, Any] = pipe.hgetall(key)
+                if len(raw) <= keep:
+                    return []
+                ranked = []  # (newest first by rev, id as stored, over?)
+                for id_b, value in raw.items():
+                    rid = id_b.decode("utf-8", "replace")
+                    try:
+                        plan = parse(value, f"release {rid[:40]}")
+                    except FleetError:
+                        ranked.append((-1, id_b, True))  # garbage: no host acts on it
+                        continue
+                    over = plan.state != "planned" or now >= plan.last + GRACE
+                    ranked.append((plan.rev, id_b, over))
+                ranked.sort(key=lambda e: e[0], reverse=True)
+                gone = [rid for _, rid, over in ranked[keep:] if over]
+                if not gone:
+                    return []
+                listed: set[Any] = pipe.smembers(k.hosts)
+                hosts = {i.decode("utf-8", "replace") for i in listed}
+                pipe.multi()
+                pipe.hdel(key, *gone)
+                for rid in gone:
+                    pipe.delete(_record_key(self.f, rid.decode("utf-8", "replace")))
+                    for host in hosts:
+                        pipe.hdel(report_key(k, host), rid)
+                pipe.execute()
+                return [rid.decode("utf-8", "replace") for rid in gone]
+
+        try:
+            gone: list[str] = self.f._call("clean out old releases", attempt)
+        except (FleetError, redis.exceptions.WatchError) as exc:
+            log.warning("releases not cleaned out this time: %s", exc)
+            return []
+        if gone:
+            log.info("cleaned out %d old release(s): %s", len(gone), ", ".join(gone[:5]))
+        return gone
 
     # -- records --------------------------------------------------------------------------
     def _reports(self, rid: str, also: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
@@ -352,6 +524,7 @@ def overview(f: Fleet) -> list[dict[str, Any]]:
             "at": plan.at,
             "deadline": plan.deadline,
             "rev": plan.rev,
+            "canary": plan.canary,
             "hosts": ctl._reports(plan.id),
         }
         out.append(entry)

@@ -12,8 +12,12 @@ higher rev, so the planned record replayed after it is older, refused),
 labels include them stages and switches it; ``{}``: every host), ``state``
 (``planned`` or ``cancelled``), ``reason``,
 ``signed_at``, ``expires_at`` (``DEFAULT_EXPIRES`` after ``at``: a host
-restarted after the time still converges to it), and the Ed25519 signature
-over the canonical JSON of those fields.
+restarted after the time still converges to it), ``canary`` when it has one
+(``{"match": labels, "bake": seconds}``: the hosts whose labels also include
+``canary.match`` switch at ``at`` and are judged for ``bake`` seconds; every
+other host switches at ``at + bake``; ``state: aborted`` reverts the canaries
+and cancels the rest), and the Ed25519 signature over the canonical JSON of
+those fields.
 
 Keys: ``releases`` (a hash: id -> the signed plan) and
 ``release-report:<host>`` (a hash: release id -> that host's report, ``staged``,
@@ -32,12 +36,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .._errors import FleetError
-from ._schema import Keys, check_digest, check_labels, check_name, load_json
+from ._schema import Keys, check_digest, check_labels, check_name, load_json, matches
 from ._signing import DEFAULT_EXPIRES, public_hex, signature_holds
 
 RELEASE_CONTEXT = b"hotload-fleet-release-v1\n"
-STATES = ("planned", "cancelled")
-HOST_STATES = ("staged", "failed", "switched", "cancelled", "invalid")
+STATES = ("planned", "cancelled", "aborted")
+HOST_STATES = ("staged", "failed", "switched", "cancelled", "invalid", "aborted", "reverted")
+MAX_BAKE = 86400.0  # seconds a release's canaries are judged at most
 MAX_BUILDS = 64  # plugins one release switches: more is a typo or an attack
 MAX_REASON = 500  # characters of a cancel's reason
 
@@ -71,6 +76,25 @@ class Plan:
     expires_at: float = 0.0
     signature: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    canary: dict[str, Any] | None = None  # {"match": labels, "bake": seconds}
+
+    @property
+    def bake(self) -> float:
+        return float(self.canary["bake"]) if self.canary else 0.0
+
+    def is_canary(self, labels: dict[str, str]) -> bool:
+        """Whether a host with ``labels`` is one of its canaries."""
+        return self.canary is not None and matches(self.canary["match"], labels)
+
+    def time_for(self, labels: dict[str, str]) -> float:
+        """When a host with ``labels`` switches: ``at`` for a canary (or when
+        there are none), ``at + bake`` for the rest."""
+        return self.at if self.canary is None or self.is_canary(labels) else self.at + self.bake
+
+    @property
+    def last(self) -> float:
+        """The point of no return: the time the last host switches."""
+        return self.at + self.bake
 
     @property
     def names(self) -> list[str]:
@@ -96,6 +120,7 @@ class Plan:
             "reason": self.reason,
             "signed_at": self.signed_at,
             "expires_at": self.expires_at,
+            **({"canary": self.canary} if self.canary is not None else {}),
         }
 
     def message(self) -> bytes:
@@ -129,7 +154,7 @@ def check_builds(builds: Iterable[tuple[str, str]], where: str) -> tuple[tuple[s
 def sign(key: Any, plan: Plan, *, now: float | None = None) -> Plan:
     """``plan`` signed with ``key`` (valid until ``DEFAULT_EXPIRES`` after its time)."""
     signed_at = round(time.time() if now is None else now, 3)
-    expires_at = round(max(plan.at, signed_at) + DEFAULT_EXPIRES, 3)
+    expires_at = round(max(plan.last, signed_at) + DEFAULT_EXPIRES, 3)
     unsigned = replace(
         plan,
         reason=plan.reason[:MAX_REASON],
@@ -179,7 +204,25 @@ def parse(raw: bytes | None, where: str) -> Plan:
     if times[1] > times[0]:
         raise FleetError(f"{where}: its staging deadline is after its switch time")
     match = check_labels(rec.get("match", {}), f"{where}: match")
-    return Plan(rid, rev, builds, times[0], times[1], match, state, reason, times[2], times[3], sig)
+    canary = check_canary(rec.get("canary"), where) if "canary" in rec else None
+    return Plan(
+        rid, rev, builds, times[0], times[1], match, state, reason, times[2], times[3], sig,
+        canary=canary,
+    )  # fmt: skip
+
+
+def check_canary(value: Any, where: str) -> dict[str, Any]:
+    """A plan's ``canary``: ``{"match": labels, "bake": seconds}``, the labels
+    not empty (every host a canary is no canary)."""
+    if not isinstance(value, dict) or set(value) != {"match", "bake"}:
+        raise FleetError(f"{where}: canary is not {{match, bake}}")
+    match = check_labels(value["match"], f"{where}: canary")
+    if not match:
+        raise FleetError(f"{where}: canary names no label: every host would be a canary")
+    bake = value["bake"]
+    if type(bake) not in (int, float) or not 0 < bake <= MAX_BAKE:
+        raise FleetError(f"{where}: canary bake {bake!r:.40} is not 0 to {MAX_BAKE:g} seconds")
+    return {"match": match, "bake": float(bake)}
 
 
 def verify(public_key: Any, plan: Plan, where: str, *, now: float | None = None) -> None:
@@ -222,6 +265,8 @@ def parse_host_report(raw: bytes | None, where: str) -> dict[str, Any]:
         ("late", (bool,)),
         ("rev", (int,)),
         ("at", (int, float)),
+        ("verdict", (str,)),
+        ("canary", (bool,)),
     ):
         value = rep.get(name)
         if value is not None and type(value) in kinds:
