@@ -487,7 +487,7 @@ def test_a_release_for_some_hosts_leaves_the_others_alone(
 def test_the_switch_timer_sleeps_to_the_instant_holding_the_gil() -> None:
     """``sleep_until`` returns at or after its time, and no other Python
     thread runs while it sleeps (the switch that follows it comes first)."""
-    from hotload._engine.release import _SLEEP_ABS, EARLY, sleep_until
+    from hotload._engine.release_clock import _SLEEP_ABS, EARLY, sleep_until
 
     if _SLEEP_ABS is None:
         pytest.skip("no clock_nanosleep here: the timer spins")
@@ -525,7 +525,7 @@ def test_the_last_sleep_keeping_the_gil_gives_up_on_a_far_time() -> None:
     the GIL: a time further than it may wait so (a clock stepped back) is
     answered False at once, and the timer switches then rather than hold
     the callers at the routes."""
-    from hotload._engine.release import EARLY, sleep_until
+    from hotload._engine.release_clock import EARLY, sleep_until
 
     t0 = time.monotonic()
     assert sleep_until(time.time() + 3600, keep_gil=True) is False
