@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import time
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -105,7 +106,7 @@ class Hosts:
     """The host processes, by name."""
 
     def __init__(self, tmp: Path, url: str, build: Path) -> None:
-        script = tmp / "host.py"
+        script = tmp / f"host-{time.time_ns()}.py"  # its own: rewriting one being read races
         script.write_text(HOST)
         self.procs: dict[str, subprocess.Popen[str]] = {}
         for name, role in ROLES.items():
