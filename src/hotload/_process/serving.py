@@ -94,6 +94,8 @@ def _serve(
                 by_name = wire.plans(protos, where=source)
                 plans = sorted(by_name.values(), key=lambda c: c.idx)
                 fns = [loader.resolve(handle, source, c.fname, protos[c.fname]) for c in plans]
+                if shm is not None:
+                    shm.bind(plans, fns, protos)
                 for key, proto in (
                     ("on_load", loader.ON_LOAD_TYPE),
                     ("on_unload", loader.ON_UNLOAD_TYPE),
@@ -156,10 +158,35 @@ class _Shm:
         self.wake, self.done, self.sock = wake, done, sock
         self.seq = 0
         self.poller = proc.poller(wake, sock.fileno())
+        self.chan: Any = None  # the C end (``_spin.c``): serves calls of numbers itself
+        if wire.cspin is not None and wire.cspin.SERVES:
+            self.chan = wire.cspin.Channel(
+                self.mm, peer=done, own=wake, sock=sock.fileno(), host=False
+            )
+
+    def bind(self, plans: list[wire.CallPlan], fns: list[Any], protos: dict[str, str]) -> None:
+        """Hand the C end the exports it calls itself: calls of numbers, by
+        their resolved address (``_spin.c`` says why that call is sound)."""
+        if self.chan is None:
+            return
+        ffi = signatures.ffi
+        self.chan.bind(
+            [
+                (cp.spin, int(ffi.cast("uintptr_t", fn)))
+                if cp.spin is not None and "..." not in protos[cp.fname]
+                else None
+                for cp, fn in zip(plans, fns, strict=True)
+            ]
+        )
 
     def serve(self, plans: list[Any], fns: list[Any], ffi: Any, wire: Any, error: Any) -> bool:
         """Serve one call from shared memory (False), or return True when a
         frame waits on the socket (a control request, a large call, EOF)."""
+        if self.chan is not None:  # serves bound calls in C until one is not, or the socket
+            if self.chan.serve():
+                return True
+            self.seq = self.chan.seq
+            return self._serve(plans, fns, ffi, wire, error)
         ctl, seq = self.ctl, self.seq
         if ctl[wire.REQ_SEQ] == seq:
             clock = time.perf_counter_ns
@@ -171,16 +198,22 @@ class _Shm:
             else:
                 return self._serve(plans, fns, ffi, wire, error)
             while True:
+                ctl[wire.WORKER_SLEEPS] = 1  # then drain: the eventfd's lock is the fence
                 wire.drain(self.wake)
                 if ctl[wire.REQ_SEQ] != seq:
+                    ctl[wire.WORKER_SLEEPS] = 0
                     break
-                if any(fd != self.wake for fd, _ in self.poller.poll()):
+                events = self.poller.poll()
+                ctl[wire.WORKER_SLEEPS] = 0
+                if any(fd != self.wake for fd, _ in events):
                     return True
         return self._serve(plans, fns, ffi, wire, error)
 
     def _serve(self, plans: list[Any], fns: list[Any], ffi: Any, wire: Any, error: Any) -> bool:
         ctl, mm = self.ctl, self.mm
         self.seq = seq = ctl[wire.REQ_SEQ]
+        if self.chan is not None:
+            self.chan.seq = seq
         n = ctl[wire.REQ_LEN]
         try:
             if n > wire.SHM_CAP or n < 3:
