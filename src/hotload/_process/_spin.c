@@ -96,7 +96,10 @@
 #if SPIN_CHANNEL
 /* The layout (wire.py): header words of 8 bytes, then the request area at
  * SHM_REQ and the reply area at SHM_REP. */
-enum { REQ_SEQ = 0, REQ_LEN = 1, WORKER_SLEEPS = 2, REP_SEQ = 8, REP_LEN = 9, HOST_SLEEPS = 10 };
+enum {
+    REQ_SEQ = 0, REQ_LEN = 1, WORKER_SLEEPS = 2, WORKER_CPU = 3,
+    REP_SEQ = 8, REP_LEN = 9, HOST_SLEEPS = 10, HOST_CPU = 11,
+};
 #define SHM_REQ 128
 #define SHM_CAP (64 << 10)
 #define SHM_REP (SHM_REQ + SHM_CAP)
@@ -135,7 +138,7 @@ typedef struct {
     Entry *table;
     Py_ssize_t ntable;
     /* counters, for the benchmark and the tests: how each wait ended */
-    uint64_t n_spun, n_yielded, n_slept, n_woke;
+    uint64_t n_spun, n_yielded, n_slept, n_woke, n_shared;
 } Channel;
 
 static uint64_t
@@ -187,7 +190,10 @@ code_size(char c)
 }
 
 /* Spin until *word == v (eq) or != v (!eq): 1 when it holds, 0 when the
- * window passed (or the channel was closed).  Adapts the pure spin. */
+ * window passed (or the channel was closed).  Adapts the pure spin, and skips
+ * it when the peer last ran on this very CPU (each side publishes its CPU as
+ * it starts a wait; only a hint: a stale one costs a yield, or a short spin):
+ * spinning there only keeps the peer from running. */
 static int
 spin(Channel *c, uint64_t *word, uint64_t v, int eq)
 {
@@ -195,6 +201,15 @@ spin(Channel *c, uint64_t *word, uint64_t v, int eq)
     uint64_t pure_end = t0 + (uint64_t)c->pure_ns, end = t0 + (uint64_t)c->window_ns;
     unsigned i = 0;
     int yielded = 0;
+    int cpu = sched_getcpu();
+    __atomic_store_n(&c->ctl[c->host ? HOST_CPU : WORKER_CPU], (uint64_t)(cpu + 1),
+                     __ATOMIC_RELAXED);
+    if (cpu >= 0 &&
+        __atomic_load_n(&c->ctl[c->host ? WORKER_CPU : HOST_CPU], __ATOMIC_RELAXED) ==
+            (uint64_t)(cpu + 1)) {
+        c->n_shared++;
+        yielded = 1; /* the peer shares this core: let it run at once */
+    }
     for (;;) {
         if ((load_acq(word) == v) == eq) {
             if (yielded) {
@@ -687,9 +702,9 @@ channel_serve(Channel *c, PyObject *Py_UNUSED(ignored))
 static PyObject *
 channel_stats(Channel *c, PyObject *Py_UNUSED(ignored))
 {
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:L}", "spun", c->n_spun, "yielded", c->n_yielded,
-                         "slept", c->n_slept, "woken", c->n_woke, "pure_ns",
-                         (long long)c->pure_ns);
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:L}", "spun", c->n_spun, "yielded",
+                         c->n_yielded, "slept", c->n_slept, "woken", c->n_woke, "shared",
+                         c->n_shared, "pure_ns", (long long)c->pure_ns);
 }
 
 static PyMethodDef channel_methods[] = {
