@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,6 +105,12 @@ HOTLOAD_API int32_t forge(int32_t how)
         rep[0] = 0;
         ctl[9] = 3;
         __atomic_store_n(&ctl[8], ctl[0], __ATOMIC_RELEASE);
+        for (;;) sleep(1);
+    }
+    if (how == 3) { /* a service request (the service bit) for a service it does not import */
+        rep[0] = 1; rep[1] = 0xff; rep[2] = 0xff;
+        ctl[9] = 3;
+        __atomic_store_n(&ctl[8], (uint64_t)1 << 63 | 12345, __ATOMIC_RELEASE);
         for (;;) sleep(1);
     }
     return 0;
@@ -241,7 +248,9 @@ def test_a_torn_write_in_shared_memory_is_never_read(tmp_path: Path, spinny: Pat
     the host never reads it, and reports the crash that followed; a reply
     forged under the call's own sequence with a wrong length is garbage."""
     with Host(tmp_path / "w", preflight=False) as h:
-        p = h.load(spinny, isolate=Isolated(sandbox=False, call_timeout=20))
+        # 2 s: a forger writes no eventfd, so a caller already asleep sees its reply only
+        # when it wakes at the deadline (and calls it garbage then)
+        p = h.load(spinny, isolate=Isolated(sandbox=False, call_timeout=2))
         assert p.add(1, 2) == 3
         with pytest.raises(PluginCrashedError) as err:
             run_guarded(lambda: p.forge(1), 30, what="a torn reply")
@@ -250,3 +259,69 @@ def test_a_torn_write_in_shared_memory_is_never_read(tmp_path: Path, spinny: Pat
         with pytest.raises(PluginCrashedError, match="garbage"):
             run_guarded(lambda: p.forge(2), 30, what="a forged reply")
         wait_for(lambda: run_guarded(lambda: p.add(3, 3), 30) == 6, what="the second restart")
+
+
+ASKER = r"""
+#include <hotload.h>
+HOTLOAD_PLUGIN("asker", "1");
+HOTLOAD_IMPORT(give, int32_t, (int64_t, int32_t));
+HOTLOAD_API int64_t ask_many(int64_t player, int32_t times)
+{
+    int64_t t = 0;
+    for (int32_t i = 0; i < times; i++) t += give(player, i);
+    return t;
+}
+HOTLOAD_EXPORT(ask_many, int64_t, (int64_t, int32_t));
+/* seven integers: served by the worker's Python path (cffi), in place all the same */
+HOTLOAD_API int64_t ask7(int64_t a, int64_t b, int64_t c, int64_t d, int64_t e, int64_t f,
+                         int64_t g)
+{
+    return give(a, (int32_t)(b + c + d + e + f + g));
+}
+HOTLOAD_EXPORT(ask7, int64_t, (int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t));
+HOTLOAD_API int64_t add(int64_t a, int64_t b) { return a + b; }
+HOTLOAD_EXPORT(add, int64_t, (int64_t, int64_t));
+"""
+
+
+@pytest.mark.skipif(wire.cspin is None, reason="the C end of the channel is not built")
+def test_service_calls_inside_a_call_are_answered_in_place(tmp_path: Path, cc: Compile) -> None:
+    """Issue 24 item 2: a host service the plugin calls inside a call is
+    served on the calling thread, in the mapping (not by the service thread,
+    not on the socket), with the in-process rules: an exception gives the
+    plugin the error value, a call back into the waiting version is refused;
+    calls with and without services interleave."""
+    lib = cc(ASKER, "asker")
+    with Host(tmp_path / "w", preflight=False) as h:
+        threads: list[int] = []
+        p: Any = None
+
+        def give(player: int, n: int) -> int:
+            threads.append(threading.get_ident())
+            if n == 5:
+                raise ValueError("five")
+            if n == 9:
+                return int(p.add(1, 1))  # would deadlock: refused, the error value
+            return n * 2 + player
+
+        h.provide("give", give, "int32_t(int64_t, int32_t)", error=-1)
+        p = h.load(lib, isolate=Isolated(sandbox=False, call_timeout=20))
+        for k in range(50):
+            assert p.ask_many(k, 4) == 12 + 4 * k
+            assert p.add(k, 1) == k + 1
+        assert p.ask_many(0, 6) == 0 + 2 + 4 + 6 + 8 - 1
+        assert p.ask_many(0, 10) == sum(2 * i for i in range(10) if i not in (5, 9)) - 2
+        assert p.ask7(1, 1, 1, 1, 1, 1, 1) == 13
+        assert set(threads) == {threading.get_ident()}  # each answered on the caller's thread
+
+
+@pytest.mark.skipif(wire.cspin is None, reason="the C end of the channel is not built")
+def test_a_forged_service_request_in_shared_memory_is_garbage(tmp_path: Path, spinny: Path) -> None:
+    """A request published under the service bit by a plugin that imports no
+    service: the waiting caller finds it breaks the protocol and kills the
+    worker (garbage), as on the socket."""
+    with Host(tmp_path / "w", preflight=False) as h:
+        p = h.load(spinny, isolate=Isolated(sandbox=False, call_timeout=2))
+        with pytest.raises(PluginCrashedError, match="garbage"):
+            run_guarded(lambda: p.forge(3), 30, what="a forged service request")
+        wait_for(lambda: run_guarded(lambda: p.add(3, 3), 30) == 6, what="the restart")

@@ -97,9 +97,15 @@
 /* The layout (wire.py): header words of 8 bytes, then the request area at
  * SHM_REQ and the reply area at SHM_REP. */
 enum {
-    REQ_SEQ = 0, REQ_LEN = 1, WORKER_SLEEPS = 2, WORKER_CPU = 3,
+    REQ_SEQ = 0, REQ_LEN = 1, WORKER_SLEEPS = 2, WORKER_CPU = 3, SVC_OK = 4,
     REP_SEQ = 8, REP_LEN = 9, HOST_SLEEPS = 10, HOST_CPU = 11,
 };
+/* A service request (worker -> host, inside a call: issue 24 item 2) is published
+ * as REP_SEQ = SVC_BIT | k (k counts the worker's requests), its body in the reply
+ * area; the answer as REQ_SEQ = the same value, its body in the request area.  The
+ * host's waiting loop answers it in place when the call's waiter said it would
+ * (SVC_OK, written with each request: the C end's calls). */
+#define SVC_BIT ((uint64_t)1 << 63)
 #define SHM_REQ 128
 #define SHM_CAP (64 << 10)
 #define SHM_REP (SHM_REQ + SHM_CAP)
@@ -111,7 +117,7 @@ enum {
 #define SPIN_START_NS 4000
 
 /* Why call() handed the call back (Channel.why). */
-enum { WHY_PACK = 1, WHY_SOCKET = 2, WHY_TIMEOUT = 3, WHY_REPLY = 4, WHY_CLOSED = 5 };
+enum { WHY_PACK = 1, WHY_SOCKET = 2, WHY_TIMEOUT = 3, WHY_REPLY = 4, WHY_CLOSED = 5, WHY_SERVICE = 6 };
 
 static PyObject *AGAIN; /* call()'s "the Python code takes it from here" */
 
@@ -135,6 +141,9 @@ typedef struct {
     uint64_t seq;
     int64_t pure_ns, window_ns;
     int why;
+    int in_call;          /* the worker: serving a call now (a service may go in place) */
+    uint64_t svc_seen;    /* the host: the service request answered last */
+    uint64_t svc_next;    /* the worker: its service requests so far */
     Entry *table;
     Py_ssize_t ntable;
     /* counters, for the benchmark and the tests: how each wait ended */
@@ -159,6 +168,19 @@ static inline uint64_t
 load_acq(uint64_t *p)
 {
     return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+
+/* What a wait waits for: mode 0, the word moved off v (the worker's next request);
+ * 1, the word is v (a reply, an answer); 2, the word is v or a service request not
+ * seen yet (the host's wait for a call that may use services). */
+static inline int
+ready(const Channel *c, uint64_t x, uint64_t v, int mode)
+{
+    if (mode == 0)
+        return x != v;
+    if (x == v)
+        return 1;
+    return mode == 2 && (x & SVC_BIT) && x != c->svc_seen;
 }
 
 static void
@@ -189,13 +211,13 @@ code_size(char c)
     }
 }
 
-/* Spin until *word == v (eq) or != v (!eq): 1 when it holds, 0 when the
+/* Spin until ready() (see above): 1 when it holds, 0 when the
  * window passed (or the channel was closed).  Adapts the pure spin, and skips
  * it when the peer last ran on this very CPU (each side publishes its CPU as
  * it starts a wait; only a hint: a stale one costs a yield, or a short spin):
  * spinning there only keeps the peer from running. */
 static int
-spin(Channel *c, uint64_t *word, uint64_t v, int eq)
+spin(Channel *c, uint64_t *word, uint64_t v, int eq /* ready()'s mode */)
 {
     uint64_t t0 = now_ns();
     uint64_t pure_end = t0 + (uint64_t)c->pure_ns, end = t0 + (uint64_t)c->window_ns;
@@ -211,7 +233,7 @@ spin(Channel *c, uint64_t *word, uint64_t v, int eq)
         yielded = 1; /* the peer shares this core: let it run at once */
     }
     for (;;) {
-        if ((load_acq(word) == v) == eq) {
+        if (ready(c, load_acq(word), v, eq)) {
             if (yielded) {
                 c->n_yielded++;
                 c->pure_ns -= c->pure_ns / 4;
@@ -245,7 +267,7 @@ spin(Channel *c, uint64_t *word, uint64_t v, int eq)
     return 0;
 }
 
-/* Sleep until *word == v (eq) or != v (!eq), the socket is readable, or the
+/* Sleep until ready() (mode eq), the socket is readable, or the
  * deadline (0: none) passes.  Returns 1 (the word), 2 (the socket), 3 (the
  * deadline), 4 (closed), or -1 with errno (EINTR: check signals, call again).
  * `sleeps` is our "I sleep" word (the protocol above). */
@@ -256,7 +278,7 @@ nap(Channel *c, uint64_t *word, uint64_t v, int eq, uint64_t *sleeps, uint64_t d
         __atomic_store_n(sleeps, 1, __ATOMIC_RELAXED);
         __atomic_thread_fence(__ATOMIC_SEQ_CST); /* S2: before the load of the seq */
         efd_drain(c->own);
-        if ((load_acq(word) == v) == eq) {
+        if (ready(c, load_acq(word), v, eq)) {
             __atomic_store_n(sleeps, 0, __ATOMIC_RELAXED);
             return 1;
         }
@@ -280,7 +302,7 @@ nap(Channel *c, uint64_t *word, uint64_t v, int eq, uint64_t *sleeps, uint64_t d
         __atomic_store_n(sleeps, 0, __ATOMIC_RELAXED);
         if (r < 0)
             return -1;
-        if ((load_acq(word) == v) == eq)
+        if (ready(c, load_acq(word), v, eq))
             return 1;
         if (fds[1].revents)
             return 2;
@@ -427,6 +449,8 @@ unpack_result(const unsigned char *at, char code)
     }
 }
 
+static PyObject *finish(Channel *c, uint64_t seq, char rcode, double timeout);
+
 static PyObject *
 hand_back(Channel *c, int why)
 {
@@ -481,15 +505,26 @@ channel_call(Channel *c, PyObject *const *args, Py_ssize_t nargs)
     uint64_t seq = ++c->seq;
     memcpy(c->base + SHM_REQ, req, len);
     ctl[REQ_LEN] = len;
+    ctl[SVC_OK] = 1; /* this waiter answers service requests in place */
     __atomic_store_n(&ctl[REQ_SEQ], seq, __ATOMIC_RELEASE); /* W1: the seq last */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);                 /* W2 */
     if (__atomic_load_n(&ctl[WORKER_SLEEPS], __ATOMIC_RELAXED)) /* W3 */
         efd_write(c->peer);
+    return finish(c, seq, rcode, timeout);
+}
+
+/* Wait for the reply to call `seq` and unpack it (see call()); a service
+ * request the worker makes meanwhile hands the call back (WHY_SERVICE): the
+ * Python code serves it, answer() publishes the answer, wait() comes back here. */
+static PyObject *
+finish(Channel *c, uint64_t seq, char rcode, double timeout)
+{
+    uint64_t *ctl = c->ctl;
     int got, strays = 0;
-    uint64_t deadline = 0;
+    uint64_t deadline = 0, x = 0;
     Py_BEGIN_ALLOW_THREADS
-    got = spin(c, &ctl[REP_SEQ], seq, 1);
-    if (got)
+    got = spin(c, &ctl[REP_SEQ], seq, 2);
+    if (got && (x = load_acq(&ctl[REP_SEQ])) == seq)
         strays = sock_ready(c);
     Py_END_ALLOW_THREADS
     if (!got) {
@@ -497,7 +532,7 @@ channel_call(Channel *c, PyObject *const *args, Py_ssize_t nargs)
             deadline = now_ns() + (uint64_t)(timeout * 1e9) + 1;
         for (;;) {
             Py_BEGIN_ALLOW_THREADS
-            got = nap(c, &ctl[REP_SEQ], seq, 1, &ctl[HOST_SLEEPS], deadline);
+            got = nap(c, &ctl[REP_SEQ], seq, 2, &ctl[HOST_SLEEPS], deadline);
             Py_END_ALLOW_THREADS
             if (got >= 0 || errno != EINTR)
                 break;
@@ -513,8 +548,13 @@ channel_call(Channel *c, PyObject *const *args, Py_ssize_t nargs)
         if (got < 0)
             return PyErr_SetFromErrno(PyExc_OSError);
         Py_BEGIN_ALLOW_THREADS
-        strays = sock_ready(c);
+        if ((x = load_acq(&ctl[REP_SEQ])) == seq)
+            strays = sock_ready(c);
         Py_END_ALLOW_THREADS
+    }
+    if (x != seq) { /* a service request (ready()'s mode 2) */
+        c->svc_seen = x;
+        return hand_back(c, WHY_SERVICE);
     }
     if (strays)
         return hand_back(c, WHY_REPLY);
@@ -523,6 +563,92 @@ channel_call(Channel *c, PyObject *const *args, Py_ssize_t nargs)
     if (rlen != (uint64_t)(1 + (rcode ? code_size(rcode) : 0)) || rep[0] != 0)
         return hand_back(c, WHY_REPLY);
     return unpack_result(rep + 1, rcode);
+}
+
+/* wait(spec, timeout): after answer(), wait on for the reply to the call in
+ * flight, as call() does. */
+static PyObject *
+channel_wait(Channel *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_Check(args[0]) || PyBytes_GET_SIZE(args[0]) < 3) {
+        PyErr_SetString(PyExc_TypeError, "wait(spec: bytes, timeout)");
+        return NULL;
+    }
+    if (c->closed || !c->host)
+        return hand_back(c, WHY_CLOSED);
+    double timeout = -1.0;
+    if (args[1] != Py_None) {
+        timeout = PyFloat_AsDouble(args[1]);
+        if (timeout == -1.0 && PyErr_Occurred())
+            return NULL;
+    }
+    return finish(c, c->seq, PyBytes_AS_STRING(args[0])[2], timeout);
+}
+
+/* Publish `body` in `area`, its length, then `marker` as `seqword` (last),
+ * and wake the peer if it said it sleeps (the protocol at the top). */
+static void
+publish(Channel *c, size_t area, int lenword, int seqword, const char *body, size_t n,
+        uint64_t marker, int peer_sleeps)
+{
+    uint64_t *ctl = c->ctl;
+    memcpy(c->base + area, body, n);
+    ctl[lenword] = n;
+    __atomic_store_n(&ctl[seqword], marker, __ATOMIC_RELEASE);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&ctl[peer_sleeps], __ATOMIC_RELAXED))
+        efd_write(c->peer);
+}
+
+/* answer(body): the host's answer to the service request seen last. */
+static PyObject *
+channel_answer(Channel *c, PyObject *body)
+{
+    if (!PyBytes_Check(body) || PyBytes_GET_SIZE(body) > SHM_CAP || !c->host || c->closed) {
+        PyErr_SetString(PyExc_ValueError, "answer(bytes of at most 64 KiB), on the host's end");
+        return NULL;
+    }
+    publish(c, SHM_REQ, REQ_LEN, REQ_SEQ, PyBytes_AS_STRING(body),
+            (size_t)PyBytes_GET_SIZE(body), c->svc_seen, WORKER_SLEEPS);
+    Py_RETURN_NONE;
+}
+
+/* ask(body): the worker's service request, inside a call whose waiter answers
+ * in place (SVC_OK); the answer's body, or None when the socket ended the wait
+ * (the host is gone). */
+static PyObject *
+channel_ask(Channel *c, PyObject *body)
+{
+    if (!PyBytes_Check(body) || PyBytes_GET_SIZE(body) > SHM_CAP || c->host || c->closed) {
+        PyErr_SetString(PyExc_ValueError, "ask(bytes of at most 64 KiB), on the worker's end");
+        return NULL;
+    }
+    uint64_t *ctl = c->ctl;
+    uint64_t marker = SVC_BIT | ++c->svc_next;
+    publish(c, SHM_REP, REP_LEN, REP_SEQ, PyBytes_AS_STRING(body),
+            (size_t)PyBytes_GET_SIZE(body), marker, HOST_SLEEPS);
+    int got;
+    Py_BEGIN_ALLOW_THREADS
+    got = spin(c, &ctl[REQ_SEQ], marker, 1);
+    Py_END_ALLOW_THREADS
+    while (!got) {
+        Py_BEGIN_ALLOW_THREADS
+        got = nap(c, &ctl[REQ_SEQ], marker, 1, &ctl[WORKER_SLEEPS], 0);
+        Py_END_ALLOW_THREADS
+        if (got == 2 || got == 4)
+            Py_RETURN_NONE;
+        if (got < 0) {
+            if (errno != EINTR)
+                return PyErr_SetFromErrno(PyExc_OSError);
+            if (PyErr_CheckSignals() < 0)
+                return NULL;
+            got = 0;
+        }
+    }
+    uint64_t n = ctl[REQ_LEN];
+    if (n > SHM_CAP)
+        Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize((const char *)c->base + SHM_REQ, (Py_ssize_t)n);
 }
 
 /* ---- the worker's end ---------------------------------------------------- */
@@ -571,7 +697,6 @@ serve_one(Channel *c, const Entry *e)
         at += code_size(code);
     }
     unsigned char *rep = c->base + SHM_REP;
-    rep[0] = 0;
     char r = e->result;
     if (r == 'f' || r == 'd') {
         double d = ((wide_d)(uintptr_t)e->addr)(iv[0], iv[1], iv[2], iv[3], iv[4], iv[5], dv[0],
@@ -585,6 +710,7 @@ serve_one(Channel *c, const Entry *e)
             v = (uint8_t)v != 0;
         memcpy(rep + 1, &v, (size_t)code_size(r)); /* little-endian: the low bytes */
     }
+    rep[0] = 0; /* after the call: a service asked in place used the reply area */
     return 1 + (size_t)(r ? code_size(r) : 0);
 }
 #else
@@ -663,8 +789,10 @@ serve_loop(Channel *c)
         if (e == NULL || !e->addr || req[0] != OP_CALL || len != e->reqsize)
             return 0;
 #if defined(__x86_64__)
-        ctl[REP_LEN] = serve_one(c, e);
-        c->seq = seq;
+        c->in_call = 1;
+        ctl[REP_LEN] = serve_one(c, e); /* may ask() services: the GIL is taken for them */
+        c->in_call = 0;
+        c->seq = load_acq(&ctl[REQ_SEQ]); /* seq, or the last service answer's marker */
         __atomic_store_n(&ctl[REP_SEQ], seq, __ATOMIC_RELEASE); /* W1: the seq last */
         __atomic_thread_fence(__ATOMIC_SEQ_CST);                 /* W2 */
         if (__atomic_load_n(&ctl[HOST_SLEEPS], __ATOMIC_RELAXED)) /* W3 */
@@ -715,6 +843,10 @@ static PyMethodDef channel_methods[] = {
      "serve(): serve bound calls; 0: one waits for Python, 1: the socket"},
     {"close", (PyCFunction)channel_close, METH_NOARGS, "close(): the worker was released"},
     {"stats", (PyCFunction)channel_stats, METH_NOARGS, "how the waits ended"},
+    {"wait", (PyCFunction)(void (*)(void))channel_wait, METH_FASTCALL,
+     "wait(spec, timeout): after answer(), the reply to the call in flight"},
+    {"answer", (PyCFunction)channel_answer, METH_O, "answer(body): a service request's answer"},
+    {"ask", (PyCFunction)channel_ask, METH_O, "ask(body): a service request, in place"},
     {NULL},
 };
 
@@ -722,6 +854,7 @@ static PyMemberDef channel_members[] = {
     {"seq", T_ULONGLONG, offsetof(Channel, seq), 0, "the last sequence sent or served"},
     {"why", T_INT, offsetof(Channel, why), READONLY, "why call() returned AGAIN"},
     {"window_ns", T_LONGLONG, offsetof(Channel, window_ns), 0, "spin window before sleeping"},
+    {"in_call", T_INT, offsetof(Channel, in_call), 0, "the worker serves a call now"},
     {NULL},
 };
 
@@ -768,6 +901,7 @@ PyInit__spin(void)
         PyModule_AddIntConstant(m, "WHY_TIMEOUT", WHY_TIMEOUT) < 0 ||
         PyModule_AddIntConstant(m, "WHY_REPLY", WHY_REPLY) < 0 ||
         PyModule_AddIntConstant(m, "WHY_CLOSED", WHY_CLOSED) < 0 ||
+        PyModule_AddIntConstant(m, "WHY_SERVICE", WHY_SERVICE) < 0 ||
 #if defined(__x86_64__)
         PyModule_AddIntConstant(m, "SERVES", 1) < 0)
 #else

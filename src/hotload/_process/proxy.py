@@ -43,6 +43,7 @@ from .wire import (
     OP_CONTROL,
     ST_ERROR,
     ST_OK,
+    WHY_SERVICE,
     CallPlan,
     _Garbage,
     _worker_error,
@@ -233,6 +234,8 @@ class Proxy:
                     self.call_started = time.monotonic()
                     try:
                         result = w.chan.call(spec, args, self.opts.call_timeout)
+                        while result is AGAIN and w.chan.why == WHY_SERVICE:
+                            result = self._in_place(w, cp)  # a service the call waits for
                         if result is AGAIN:  # the Python path takes it from where C left it
                             result = self._call_shm(cp, args, again=w)
                     finally:
@@ -282,6 +285,15 @@ class Proxy:
             self._crashed(self._w(), cp.fname, garbage=str(exc))
         except _WorkerError as exc:
             raise HotloadError(f"{self.source}: {cp.fname}: {exc}") from None
+
+    def _in_place(self, worker: Worker, cp: CallPlan) -> Any:
+        """Serve the service request the worker made inside the call, in the
+        mapping (issue 24 item 2), then wait on for the call's reply."""
+        try:
+            service_channel.answer_in_place(self, worker)
+        except _Garbage as exc:
+            self._crashed(worker, cp.fname, garbage=str(exc))
+        return worker.chan.wait(cp.spin, self.opts.call_timeout)
 
     def _check_quarantine(self, fname: str, args: tuple[Any, ...]) -> Hashable | None:
         """The call's fingerprint; ``PluginQuarantinedError`` for an input

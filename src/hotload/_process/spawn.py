@@ -70,6 +70,7 @@ from .wire import (
     SHM_REQ,
     SHM_SIZE,
     ST_OK,
+    SVC_OK,
     CallPlan,
     _Garbage,
     cspin,
@@ -335,14 +336,12 @@ class Worker:
     ) -> Any:
         """One call through shared memory; ``NotImplemented`` if its body does
         not fit (the caller sends it on the socket).  Raises as ``recv``.
-        ``again``: the C end made the call and handed it back (``chan.why``)."""
+        ``again``: the C end made the call (the proxy's hot path, which also
+        answers the services it asks in place) and handed it back (``chan.why``)."""
         mm = self.mm
         assert mm is not None
         chan = self.chan
-        if chan is not None and cp.spin is not None:
-            out = cspin.AGAIN if again else chan.call(cp.spin, args, timeout)  # all in C
-            if out is not cspin.AGAIN:
-                return out
+        if chan is not None and cp.spin is not None and again:  # the C end made the call
             why = chan.why
             if why == cspin.WHY_TIMEOUT:
                 raise TimeoutError
@@ -368,6 +367,7 @@ class Worker:
                 return NotImplemented
             mm[SHM_REQ : SHM_REQ + n] = body
         ctl = self.ctl
+        ctl[SVC_OK] = 0  # this waiter answers services on the service channel only
         if chan is not None:  # one sequence for both paths
             chan.seq = seq = chan.seq + 1
         else:

@@ -85,6 +85,9 @@ SHM_REQ = 128
 SHM_REP = SHM_REQ + SHM_CAP
 SHM_SIZE = SHM_REP + SHM_CAP
 REQ_SEQ, REQ_LEN, WORKER_SLEEPS, REP_SEQ, REP_LEN, HOST_SLEEPS = 0, 1, 2, 8, 9, 10
+#: [4]: the call's waiter answers a service request in place (the C end's calls; issue 24
+#: item 2): the plugin's service calls made inside the call then travel in the mapping
+SVC_OK = 4
 #: How long a caller spins for a reply, and a worker for the next request,
 #: before sleeping (ns).  Bounded so an idle plugin costs no CPU; each turn of
 #: the spin yields the CPU, because on a busy machine the two sides often share
@@ -127,6 +130,7 @@ def _spin_module() -> Any:
 cspin = _spin_module()
 #: what the C end returns when the Python code takes a call over (never a result)
 AGAIN: Any = cspin.AGAIN if cspin is not None else object()
+WHY_SERVICE = getattr(cspin, "WHY_SERVICE", 6)  # the call's worker asks a service in place
 
 
 def recv_exactly(sock: socket.socket, n: int, *, patient: bool = False) -> bytearray:
