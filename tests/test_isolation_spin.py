@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from hotload import Host, Isolated, PluginCrashedError
+from hotload import Host, Isolated, PluginCrashedError, PluginTimeoutError
 from hotload._process import wire
 
 from conftest import Compile, run_guarded, wait_for
@@ -248,9 +248,9 @@ def test_a_torn_write_in_shared_memory_is_never_read(tmp_path: Path, spinny: Pat
     the host never reads it, and reports the crash that followed; a reply
     forged under the call's own sequence with a wrong length is garbage."""
     with Host(tmp_path / "w", preflight=False) as h:
-        # 2 s: a forger writes no eventfd, so a caller already asleep sees its reply only
+        # 1 s: a forger writes no eventfd, so a caller already asleep sees its reply only
         # when it wakes at the deadline (and calls it garbage then)
-        p = h.load(spinny, isolate=Isolated(sandbox=False, call_timeout=2))
+        p = h.load(spinny, isolate=Isolated(sandbox=False, call_timeout=1))
         assert p.add(1, 2) == 3
         with pytest.raises(PluginCrashedError) as err:
             run_guarded(lambda: p.forge(1), 30, what="a torn reply")
@@ -281,6 +281,8 @@ HOTLOAD_API int64_t ask7(int64_t a, int64_t b, int64_t c, int64_t d, int64_t e, 
 HOTLOAD_EXPORT(ask7, int64_t, (int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t));
 HOTLOAD_API int64_t add(int64_t a, int64_t b) { return a + b; }
 HOTLOAD_EXPORT(add, int64_t, (int64_t, int64_t));
+HOTLOAD_API int64_t ask_forever(void) { for (;;) give(0, 0); return 0; }
+HOTLOAD_EXPORT(ask_forever, int64_t, (void));
 """
 
 
@@ -316,12 +318,25 @@ def test_service_calls_inside_a_call_are_answered_in_place(tmp_path: Path, cc: C
 
 
 @pytest.mark.skipif(wire.cspin is None, reason="the C end of the channel is not built")
+def test_a_call_that_asks_services_forever_still_times_out(tmp_path: Path, cc: Compile) -> None:
+    """Services answered in place share the call's one deadline: a plugin
+    that loops on a service is a hang, killed at ``call_timeout``."""
+    lib = cc(ASKER, "asker")
+    with Host(tmp_path / "w", preflight=False) as h:
+        h.provide("give", lambda player, n: 1, "int32_t(int64_t, int32_t)", error=-1)
+        p = h.load(lib, isolate=Isolated(sandbox=False, call_timeout=0.5))
+        with pytest.raises(PluginTimeoutError):
+            run_guarded(p.ask_forever, 30, what="a call that asks services forever")
+        assert run_guarded(lambda: p.add(1, 2), 30, what="the restart") == 3
+
+
+@pytest.mark.skipif(wire.cspin is None, reason="the C end of the channel is not built")
 def test_a_forged_service_request_in_shared_memory_is_garbage(tmp_path: Path, spinny: Path) -> None:
     """A request published under the service bit by a plugin that imports no
     service: the waiting caller finds it breaks the protocol and kills the
     worker (garbage), as on the socket."""
     with Host(tmp_path / "w", preflight=False) as h:
-        p = h.load(spinny, isolate=Isolated(sandbox=False, call_timeout=2))
+        p = h.load(spinny, isolate=Isolated(sandbox=False, call_timeout=1))
         with pytest.raises(PluginCrashedError, match="garbage"):
             run_guarded(lambda: p.forge(3), 30, what="a forged service request")
         wait_for(lambda: run_guarded(lambda: p.add(3, 3), 30) == 6, what="the restart")

@@ -293,7 +293,17 @@ class Proxy:
             service_channel.answer_in_place(self, worker)
         except _Garbage as exc:
             self._crashed(worker, cp.fname, garbage=str(exc))
-        return worker.chan.wait(cp.spin, self.opts.call_timeout)
+        except ValueError:
+            if worker.wake != -1:
+                raise
+            self._crashed(worker, cp.fname)  # released meanwhile (the host is closing)
+        timeout = self.opts.call_timeout
+        if timeout is not None:  # one deadline for the call, its services included
+            left = timeout - (time.monotonic() - self.call_started)
+            if left <= 0:
+                self._crashed(worker, cp.fname, timeout=timeout)
+            timeout = left
+        return worker.chan.wait(cp.spin, timeout)
 
     def _check_quarantine(self, fname: str, args: tuple[Any, ...]) -> Hashable | None:
         """The call's fingerprint; ``PluginQuarantinedError`` for an input
