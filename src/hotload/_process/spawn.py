@@ -516,12 +516,12 @@ class Worker:
                 with contextlib.suppress(OSError):
                     f.close()
         if self.mm is not None:
+            fds, self.wake, self.done = (self.wake, self.done), -1, -1  # first: see _call_shm
             if self.chan is not None:
                 self.chan.close()  # a waiting call returns; the mapping stays until it is freed
-            for fd in (self.wake, self.done):
+            for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            self.wake = self.done = -1
             self.ctl.release()  # a call still spinning on it gets ValueError: a crash
             with contextlib.suppress(BufferError):
                 self.mm.close()  # the mapping holds a dup of the memfd
