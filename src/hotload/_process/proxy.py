@@ -234,8 +234,6 @@ class Proxy:
                     self.call_started = time.monotonic()
                     try:
                         result = w.chan.call(spec, args, self.opts.call_timeout)
-                        while result is AGAIN and w.chan.why == WHY_SERVICE:
-                            result = self._in_place(w, cp)  # a service the call waits for
                         if result is AGAIN:  # the Python path takes it from where C left it
                             result = self._call_shm(cp, args, again=w)
                     finally:
@@ -286,25 +284,6 @@ class Proxy:
         except _WorkerError as exc:
             raise HotloadError(f"{self.source}: {cp.fname}: {exc}") from None
 
-    def _in_place(self, worker: Worker, cp: CallPlan) -> Any:
-        """Serve the service request the worker made inside the call, in the
-        mapping (issue 24 item 2), then wait on for the call's reply."""
-        try:
-            service_channel.answer_in_place(self, worker)
-        except _Garbage as exc:
-            self._crashed(worker, cp.fname, garbage=str(exc))
-        except ValueError:
-            if worker.wake != -1:
-                raise
-            self._crashed(worker, cp.fname)  # released meanwhile (the host is closing)
-        timeout = self.opts.call_timeout
-        if timeout is not None:  # one deadline for the call, its services included
-            left = timeout - (time.monotonic() - self.call_started)
-            if left <= 0:
-                self._crashed(worker, cp.fname, timeout=timeout)
-            timeout = left
-        return worker.chan.wait(cp.spin, timeout)
-
     def _check_quarantine(self, fname: str, args: tuple[Any, ...]) -> Hashable | None:
         """The call's fingerprint; ``PluginQuarantinedError`` for an input
         that crashed or hung the worker ``quarantine`` times in a row."""
@@ -327,8 +306,13 @@ class Proxy:
         worker = again or self._w()
         if worker.mm is None:
             return NotImplemented
-        self.call_started = time.monotonic()
+        if again is None:
+            self.call_started = time.monotonic()
         try:
+            while again is not None and worker.chan.why == WHY_SERVICE:  # asked in the mapping
+                out = service_channel.in_place(self, worker, cp, self.opts.call_timeout)
+                if out is not AGAIN:
+                    return out
             return worker.call_shm(cp, args, self.opts.call_timeout, again=again is not None)
         except TimeoutError:
             self._crashed(worker, cp.fname, timeout=self.opts.call_timeout)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -117,6 +118,7 @@ class Served(Protocol):
     svc_plans: list[CallPlan]  # how each imported service's calls cross
     nested: int | None  # the thread serving a service its worker's call waits for
     notes: list[Any] | None  # a recorded call in flight (host.record): its service calls
+    call_started: float  # monotonic time of the call in the worker now (its one deadline)
 
 
 def listen(version: Served, worker: Worker) -> None:
@@ -224,6 +226,19 @@ def _serve_one(
     finally:
         if budget is not None:
             budget.give(len(body))
+
+
+def in_place(version: Served, worker: Worker, cp: CallPlan, timeout: float | None) -> Any:
+    """Answer the service request the worker made inside call ``cp`` (the
+    proxy's, the lock held; ``answer_in_place``), then wait on for the call's
+    reply, within what is left of its one deadline (``TimeoutError`` past
+    it): the C end's result, or ``AGAIN`` with its reason."""
+    answer_in_place(version, worker)
+    if timeout is not None:
+        timeout -= time.monotonic() - version.call_started
+        if timeout <= 0:
+            raise TimeoutError
+    return worker.chan.wait(cp.spin, timeout)
 
 
 def answer_in_place(version: Served, worker: Worker) -> None:
