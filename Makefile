@@ -13,7 +13,8 @@ STAMP  := $(VENV)/.installed
 
 all: plugins
 
-$(STAMP): pyproject.toml setup.py src/hotload/_engine/_crouter.c src/hotload/_state/_convert.c
+$(STAMP): pyproject.toml setup.py src/hotload/_engine/_crouter.c src/hotload/_state/_convert.c \
+	src/hotload/_process/_spin.c
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
 	$(VPY) -m pip install --quiet -e '.[test]'

@@ -50,6 +50,11 @@ CONVERT = Extension(
     sources=["src/hotload/_state/_convert.c"],
     optional=True,  # no compiler: typed state widens arrays with memoryview copies
 )
+SPIN = Extension(
+    "hotload._process._spin",
+    sources=["src/hotload/_process/_spin.c"],
+    optional=True,  # no compiler: isolated calls wait in Python (wire.py, serving.py)
+)
 PURE = os.environ.get("HOTLOAD_PURE_PYTHON", "") not in ("", "0")
 
-setup(cmdclass={"build_py": BuildPyWithSdk}, ext_modules=[] if PURE else [CROUTER, CONVERT])
+setup(cmdclass={"build_py": BuildPyWithSdk}, ext_modules=[] if PURE else [CROUTER, CONVERT, SPIN])

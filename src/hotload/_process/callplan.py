@@ -61,6 +61,9 @@ class CallPlan:
     outs: tuple[int, ...] = field(init=False, compare=False)  # the params copied back
     #: the ``_Bool`` params: struct's ``?`` takes any object's truth, the rule only 0 and 1
     bools: tuple[int, ...] = field(init=False, compare=False)
+    #: a call of numbers the C channel packs and serves (``_spin.c``): the index (2 bytes),
+    #: the result's code (0: void), one code per argument; None: the Python path
+    spin: bytes | None = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         simple = all(p.kind in ("scalar", "len") for p in self.params)
@@ -69,6 +72,17 @@ class CallPlan:
         object.__setattr__(self, "outs", tuple(outs))
         bools = [i for i, p in enumerate(self.params) if p.kind == "scalar" and p.code == "?"]
         object.__setattr__(self, "bools", tuple(bools))
+        codes = "".join(p.code for p in self.params)
+        numbers = "bBhHiIqQfd?"
+        spin = (
+            self.simple
+            and len(codes) <= 14
+            and all(c in numbers for c in codes)
+            and (self.result in numbers or not self.result)
+            and 0 <= self.idx < 1 << 16
+        )
+        head = self.idx.to_bytes(2, "little") + (self.result or "\0").encode() if spin else b""
+        object.__setattr__(self, "spin", head + codes.encode() if spin else None)
 
 
 def _scalar_code(ctype: Any) -> str | None:

@@ -38,11 +38,13 @@ from .options import Isolated
 from .quarantine import Quarantine, fingerprint, preview
 from .spawn import RESTARTING, STOPPED, UP, Worker
 from .wire import (
+    AGAIN,
     MAX_BODY,
     MAX_STATE,
     OP_CONTROL,
     ST_ERROR,
     ST_OK,
+    WHY_SERVICE,
     CallPlan,
     _Garbage,
     _worker_error,
@@ -217,10 +219,32 @@ class Proxy:
             fp = self._check_quarantine(cp.fname, args)
         body = None if self.iso.shm else encode(cp, args)
         gen = self.gen
+        spec = cp.spin
         while True:
             with self.lock:
                 if self.gen != gen:  # the worker this call was queued for crashed
                     raise self._dead_error()
+                w = self.worker
+                if (
+                    spec is not None
+                    and self.state == UP
+                    and w is not None
+                    and w.chan is not None
+                    and not recording.recording()
+                ):  # the hot path: a call of numbers, packed, waited for and unpacked in C
+                    self.input = (cp.fname, args, fp)  # a crash now is this input's
+                    self.call_started = time.monotonic()
+                    try:
+                        result = w.chan.call(spec, args, self.opts.call_timeout)
+                        if result is AGAIN:  # the Python path takes it from where C left it
+                            result = self._call_shm(cp, args, again=w)
+                    finally:
+                        self.input = None
+                        self.call_started = 0.0
+                    self.served_ok = True
+                    if fp is not None and q.suspects:
+                        q.returned(fp)
+                    return result
                 if self.state == UP:
                     self.input = (cp.fname, args, fp)  # a crash now is this input's
                     notes = self.notes = [] if recording.recording() else None
@@ -277,14 +301,21 @@ class Proxy:
             exit_code=s.exit_code,
         )
 
-    def _call_shm(self, cp: CallPlan, args: tuple[Any, ...]) -> Any:
-        """A call through the worker's shared memory (the lock is held)."""
-        worker = self._w()
+    def _call_shm(self, cp: CallPlan, args: tuple[Any, ...], *, again: Worker | None = None) -> Any:
+        """A call through the worker's shared memory (the lock is held);
+        ``again``: the worker whose C end made the call and handed it back
+        (``Worker.call_shm``; the host may have stopped it meanwhile)."""
+        worker = again or self._w()
         if worker.mm is None:
             return NotImplemented
-        self.call_started = time.monotonic()
+        if again is None:
+            self.call_started = time.monotonic()
         try:
-            return worker.call_shm(cp, args, self.opts.call_timeout)
+            while again is not None and worker.chan.why == WHY_SERVICE:  # asked in the mapping
+                out = service_channel.in_place(self, worker, cp, self.opts.call_timeout)
+                if out is not AGAIN:
+                    return out
+            return worker.call_shm(cp, args, self.opts.call_timeout, again=again is not None)
         except TimeoutError:
             self._crashed(worker, cp.fname, timeout=self.opts.call_timeout)
         except (BrokenPipeError, ConnectionResetError, EOFError, OSError):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -44,6 +45,10 @@ from .wire import (
     _CTYPES,
     FRAME,
     MAX_FRAME,
+    OP_CALL,
+    REP_LEN,
+    SHM_CAP,
+    SHM_REP,
     SVC_HEAD,
     SVC_ID,
     CallPlan,
@@ -113,6 +118,7 @@ class Served(Protocol):
     svc_plans: list[CallPlan]  # how each imported service's calls cross
     nested: int | None  # the thread serving a service its worker's call waits for
     notes: list[Any] | None  # a recorded call in flight (host.record): its service calls
+    call_started: float  # monotonic time of the call in the worker now (its one deadline)
 
 
 def listen(version: Served, worker: Worker) -> None:
@@ -220,6 +226,44 @@ def _serve_one(
     finally:
         if budget is not None:
             budget.give(len(body))
+
+
+def in_place(version: Served, worker: Worker, cp: CallPlan, timeout: float | None) -> Any:
+    """Answer the service request the worker made inside call ``cp`` (the
+    proxy's, the lock held; ``answer_in_place``), then wait on for the call's
+    reply, within what is left of its one deadline (``TimeoutError`` past
+    it): the C end's result, or ``AGAIN`` with its reason."""
+    answer_in_place(version, worker)
+    if timeout is not None:
+        timeout -= time.monotonic() - version.call_started
+        if timeout <= 0:
+            raise TimeoutError
+    return worker.chan.wait(cp.spin, timeout)
+
+
+def answer_in_place(version: Served, worker: Worker) -> None:
+    """A service request the worker made inside a call of the C end, in the
+    shared mapping (issue 24 item 2): served here, on the caller's thread,
+    which holds the version's lock and waits for that very call (no socket,
+    no service thread: two wake-ups fewer), and answered in the mapping.
+    ``_Garbage`` for a request that breaks the protocol."""
+    mm = worker.mm
+    assert mm is not None
+    n = worker.ctl[REP_LEN]
+    if n < 3 or n > SHM_CAP:
+        raise _Garbage(f"a service request of {n} bytes in shared memory")
+    body = bytes(mm[SHM_REP : SHM_REP + n])
+    idx = int.from_bytes(body[1:3], "little")
+    plans = version.svc_plans
+    if body[0] != OP_CALL or idx >= len(plans) or not plans[idx].simple:
+        raise _Garbage(f"a service request in shared memory for service {idx}")
+    cp = plans[idx]
+    version.nested = threading.get_ident()  # a call into this version would deadlock
+    try:
+        reply = serve(cp, _service(version, cp), body)
+    finally:
+        version.nested = None
+    worker.chan.answer(reply)
 
 
 def _answer(version: Served, worker: Worker, body: bytes) -> bool:

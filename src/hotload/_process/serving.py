@@ -85,7 +85,7 @@ def _serve(
                 source = req["source"]
                 proc.apply_limits(req.get("limits") or {})
                 _types(req.get("types"), source)  # the plugin's structs, as the host named them
-                binding = _imports(req, svc_fd, source)
+                binding = _imports(req, svc_fd, source, shm)
                 path = image_file(req, blob)
                 with binding.table.opening(binding) if binding else contextlib.nullcontext():
                     handle = loader.open_copy(path, source)
@@ -95,6 +95,8 @@ def _serve(
                 by_name = wire.plans(protos, where=source)
                 plans = sorted(by_name.values(), key=lambda c: c.idx)
                 fns = [loader.resolve(handle, source, c.fname, protos[c.fname]) for c in plans]
+                if shm is not None:
+                    shm.bind(plans, fns, protos)
                 for key, proto in (
                     ("on_load", loader.ON_LOAD_TYPE),
                     ("on_unload", loader.ON_UNLOAD_TYPE),
@@ -159,10 +161,35 @@ class _Shm:
         self.wake, self.done, self.sock = wake, done, sock
         self.seq = 0
         self.poller = proc.poller(wake, sock.fileno())
+        self.chan: Any = None  # the C end (``_spin.c``): serves calls of numbers itself
+        if wire.cspin is not None and wire.cspin.SERVES:
+            self.chan = wire.cspin.Channel(
+                self.mm, peer=done, own=wake, sock=sock.fileno(), host=False
+            )
+
+    def bind(self, plans: list[wire.CallPlan], fns: list[Any], protos: dict[str, str]) -> None:
+        """Hand the C end the exports it calls itself: calls of numbers, by
+        their resolved address (``_spin.c`` says why that call is sound)."""
+        if self.chan is None:
+            return
+        ffi = signatures.ffi
+        self.chan.bind(
+            [
+                (cp.spin, int(ffi.cast("uintptr_t", fn)))
+                if cp.spin is not None and "..." not in protos[cp.fname]
+                else None
+                for cp, fn in zip(plans, fns, strict=True)
+            ]
+        )
 
     def serve(self, plans: list[Any], fns: list[Any], ffi: Any, wire: Any, error: Any) -> bool:
         """Serve one call from shared memory (False), or return True when a
         frame waits on the socket (a control request, a large call, EOF)."""
+        if self.chan is not None:  # serves bound calls in C until one is not, or the socket
+            if self.chan.serve():
+                return True
+            self.seq = self.chan.seq
+            return self._serve(plans, fns, ffi, wire, error)
         ctl, seq = self.ctl, self.seq
         if ctl[wire.REQ_SEQ] == seq:
             clock = time.perf_counter_ns
@@ -174,16 +201,32 @@ class _Shm:
             else:
                 return self._serve(plans, fns, ffi, wire, error)
             while True:
+                ctl[wire.WORKER_SLEEPS] = 1  # then drain: the eventfd's lock is the fence
                 wire.drain(self.wake)
                 if ctl[wire.REQ_SEQ] != seq:
+                    ctl[wire.WORKER_SLEEPS] = 0
                     break
-                if any(fd != self.wake for fd, _ in self.poller.poll()):
+                events = self.poller.poll()
+                ctl[wire.WORKER_SLEEPS] = 0
+                if any(fd != self.wake for fd, _ in events):
                     return True
         return self._serve(plans, fns, ffi, wire, error)
 
     def _serve(self, plans: list[Any], fns: list[Any], ffi: Any, wire: Any, error: Any) -> bool:
-        ctl, mm = self.ctl, self.mm
+        ctl, chan = self.ctl, self.chan
         self.seq = seq = ctl[wire.REQ_SEQ]
+        if chan is not None:
+            chan.in_call = 1  # its service calls may go in place (ask)
+        try:
+            return self._call(plans, fns, ffi, wire, error, seq)
+        finally:
+            if chan is not None:
+                chan.in_call = 0
+
+    def _call(
+        self, plans: list[Any], fns: list[Any], ffi: Any, wire: Any, error: Any, seq: int
+    ) -> bool:
+        ctl, mm = self.ctl, self.mm
         n = ctl[wire.REQ_LEN]
         try:
             if n > wire.SHM_CAP or n < 3:
@@ -202,6 +245,7 @@ class _Shm:
                     else:
                         mm[wire.SHM_REP] = 0
                     ctl[wire.REP_LEN] = cp.rep.size
+                    self._served()
                     ctl[wire.REP_SEQ] = seq
                     os.eventfd_write(self.done, 1)
                     return False
@@ -211,13 +255,27 @@ class _Shm:
             except (TypeError, OverflowError, ValueError, struct.error, wire._Garbage) as exc:
                 reply = error(TypeError(str(exc)))
         if len(reply) > wire.SHM_CAP:
+            self._served()
             self.sock.sendall(wire.FRAME.pack(len(reply)) + reply)
             return False
         mm[wire.SHM_REP : wire.SHM_REP + len(reply)] = reply
         ctl[wire.REP_LEN] = len(reply)
+        self._served()
         ctl[wire.REP_SEQ] = seq
         os.eventfd_write(self.done, 1)
         return False
+
+    def _served(self) -> None:
+        """Before the reply goes: the sequence seen last is the request's, or
+        the answer to the call's last service request (``ask``), which moved it."""
+        self.seq = self.ctl[wire.REQ_SEQ]
+        if self.chan is not None:
+            self.chan.seq = self.seq
+
+    def can_ask(self) -> bool:
+        """A service call may travel in the mapping now: inside a call whose
+        waiter (the host's C end) answers in place."""
+        return self.chan is not None and bool(self.chan.in_call) and self.ctl[wire.SVC_OK] == 1
 
 
 def _types(decls: list[dict[str, Any]] | None, source: str) -> None:
@@ -245,7 +303,7 @@ def _types(decls: list[dict[str, Any]] | None, source: str) -> None:
     typedecl.build(Descriptor("isolated", "0", types=types), source)
 
 
-def _imports(req: dict[str, Any], svc_fd: int, source: str) -> Any:
+def _imports(req: dict[str, Any], svc_fd: int, source: str, shm: _Shm | None = None) -> Any:
     """Bind the plugin's imports, before it is opened, to forwarders that send
     each call to the host and wait for its answer (None: it imports nothing).
     The binding is the one an in-process host makes (``_contract.services``): a
@@ -257,7 +315,7 @@ def _imports(req: dict[str, Any], svc_fd: int, source: str) -> Any:
 
     if svc_fd < 0:
         raise HotloadError(f"{source}: imports host services, but the worker has no channel")
-    client = _ServiceClient(svc_fd)
+    client = _ServiceClient(svc_fd, shm)
     protos = {name: proto for name, (proto, _) in imports.items()}
     cps = wire.plans(protos, where=source, service=True)
     table = services.ServiceTable(os.path.dirname(req["path"]))
@@ -273,9 +331,10 @@ class _ServiceClient:
     call a service at any time, so each request carries an id, and whichever
     waiting thread is reading hands the other threads their answers."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, shm: _Shm | None = None) -> None:
         import itertools
 
+        self.shm = shm  # a service call inside a call of the C end goes in place (issue 24)
         self.sock = socket.socket(fileno=fd)
         self.send_lock = threading.Lock()
         self.cv = threading.Condition()
@@ -290,8 +349,15 @@ class _ServiceClient:
 
         def forward(*args: Any) -> Any:
             body = wire.encode(cp, args)
+            main = threading.get_ident() == self.main
+            shm = self.shm
+            if main and cp.simple and shm is not None and shm.can_ask():
+                answer = shm.chan.ask(body)  # in the mapping: the call's waiter answers
+                if answer is None:
+                    raise EOFError("the host closed the channel")
+                return wire.decode(cp, answer, args)
             rid = next(self.ids)
-            nested = 1 if threading.get_ident() == self.main else 0  # inside a host call
+            nested = 1 if main else 0  # inside a host call
             frame = head.pack(rid, nested) + body[1:]
             with self.send_lock:
                 self.sock.sendall(wire.FRAME.pack(len(frame)) + frame)

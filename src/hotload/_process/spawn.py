@@ -57,6 +57,7 @@ from typing import Any
 from .._platform import proc as channel
 from .wire import (
     FRAME,
+    HOST_SLEEPS,
     HOST_SPIN_NS,
     MAX_FRAME,
     OP_CALL,
@@ -69,8 +70,10 @@ from .wire import (
     SHM_REQ,
     SHM_SIZE,
     ST_OK,
+    SVC_OK,
     CallPlan,
     _Garbage,
+    cspin,
     decode,
     drain,
     encode,
@@ -158,9 +161,14 @@ class Worker:
         self._timeout: float | None = None
         self.mm: mmap.mmap | None = None
         self.seq = 0
+        self.chan: Any = None  # the C end of the channel (``_spin.c``), when built
         if shm is not None:
             self.mm, self.wake, self.done = shm
             self.ctl = memoryview(self.mm).cast("B")[:SHM_REQ].cast("Q")
+            if cspin is not None:
+                self.chan = cspin.Channel(
+                    self.mm, peer=self.wake, own=self.done, sock=sock.fileno(), host=True
+                )
             self.poller = channel.poller(self.done, sock.fileno())
             self.sock_poller = channel.poller(sock.fileno())
         self.stderr: collections.deque[str] = collections.deque(maxlen=40)
@@ -323,11 +331,27 @@ class Worker:
         self.sock.sendall(FRAME.pack(len(body)) + body)
 
     # -- the shared-memory path of a call --------------------------------------------
-    def call_shm(self, cp: CallPlan, args: tuple[Any, ...], timeout: float | None) -> Any:
+    def call_shm(
+        self, cp: CallPlan, args: tuple[Any, ...], timeout: float | None, *, again: bool = False
+    ) -> Any:
         """One call through shared memory; ``NotImplemented`` if its body does
-        not fit (the caller sends it on the socket).  Raises as ``recv``."""
+        not fit (the caller sends it on the socket).  Raises as ``recv``.
+        ``again``: the C end made the call (the proxy's hot path, which also
+        answers the services it asks in place) and handed it back (``chan.why``)."""
         mm = self.mm
         assert mm is not None
+        chan = self.chan
+        if chan is not None and cp.spin is not None and again:  # the C end made the call
+            why = chan.why
+            if why == cspin.WHY_TIMEOUT:
+                raise TimeoutError
+            if why == cspin.WHY_SOCKET:  # a large reply, EOF or garbage
+                return decode(cp, self.recv(timeout), args)
+            if why == cspin.WHY_REPLY:  # not the plan's reply, or bytes on the socket
+                return self._shm_reply(cp, args)
+            if why == cspin.WHY_CLOSED:
+                raise ValueError("the worker's channel was released")
+            # WHY_PACK: nothing was sent; the Python path judges the arguments
         if cp.simple:
             if len(args) != len(cp.params) or cp.bools:
                 encode(cp, args)  # raises the TypeError (a _Bool: checked by the rule)
@@ -343,21 +367,32 @@ class Worker:
                 return NotImplemented
             mm[SHM_REQ : SHM_REQ + n] = body
         ctl = self.ctl
-        self.seq = seq = self.seq + 1
+        ctl[SVC_OK] = 0  # this waiter answers services on the service channel only
+        if chan is not None:  # one sequence for both paths
+            chan.seq = seq = chan.seq + 1
+        else:
+            self.seq = seq = self.seq + 1
         ctl[REQ_LEN] = n
         ctl[REQ_SEQ] = seq  # after the body: x86 keeps stores in order
-        os.eventfd_write(self.wake, 1)
+        os.eventfd_write(self.wake, 1)  # always (the protocol's superset: _spin.c)
         reply = self._await(seq, timeout)
         if reply is None:
-            size = ctl[REP_LEN]
-            if size == cp.rep.size and cp.simple and mm[SHM_REP] == ST_OK:
-                out = cp.rep.unpack_from(mm, SHM_REP)
-                self._no_strays()
-                return out[1] if len(out) > 1 else None
-            if size > SHM_CAP:
-                raise _Garbage(f"a reply of {size} bytes in shared memory")
-            reply = mm[SHM_REP : SHM_REP + size]
+            return self._shm_reply(cp, args)
+        return decode(cp, reply, args)
+
+    def _shm_reply(self, cp: CallPlan, args: tuple[Any, ...]) -> Any:
+        """The reply in shared memory, after a check for stray bytes on the socket."""
+        mm, ctl = self.mm, self.ctl
+        assert mm is not None
+        size = ctl[REP_LEN]
+        if size == cp.rep.size and cp.simple and mm[SHM_REP] == ST_OK:
+            out = cp.rep.unpack_from(mm, SHM_REP)
             self._no_strays()
+            return out[1] if len(out) > 1 else None
+        if size > SHM_CAP:
+            raise _Garbage(f"a reply of {size} bytes in shared memory")
+        reply = mm[SHM_REP : SHM_REP + size]
+        self._no_strays()
         return decode(cp, reply, args)
 
     def _await(self, seq: int, timeout: float | None) -> bytes | None:
@@ -374,13 +409,17 @@ class Worker:
             return None
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            ctl[HOST_SLEEPS] = 1  # then drain: the eventfd's lock is the fence (_spin.c)
             drain(self.done)
             if ctl[REP_SEQ] == seq:
+                ctl[HOST_SLEEPS] = 0
                 return None
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
+                ctl[HOST_SLEEPS] = 0
                 raise TimeoutError
             events = self.poller.poll(None if left is None else max(1, int(left * 1000)))
+            ctl[HOST_SLEEPS] = 0
             if any(fd != self.done for fd, _ in events):
                 if ctl[REP_SEQ] == seq:
                     return None  # replied, then died or wrote garbage: _no_strays decides
@@ -477,10 +516,12 @@ class Worker:
                 with contextlib.suppress(OSError):
                     f.close()
         if self.mm is not None:
-            for fd in (self.wake, self.done):
+            fds, self.wake, self.done = (self.wake, self.done), -1, -1  # first: see _call_shm
+            if self.chan is not None:
+                self.chan.close()  # a waiting call returns; the mapping stays until it is freed
+            for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            self.wake = self.done = -1
             self.ctl.release()  # a call still spinning on it gets ValueError: a crash
             with contextlib.suppress(BufferError):
                 self.mm.close()  # the mapping holds a dup of the memfd

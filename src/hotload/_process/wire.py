@@ -71,17 +71,23 @@ def too_large(what: str, n: int) -> _BodyTooLarge:
 
 # ---- the shared-memory channel (Linux on x86: stores are seen in order) ------------
 # One memfd page-set per worker, mapped by both sides.  Header in 8-byte slots:
-# [0] request sequence, [1] request length, [8] reply sequence, [9] reply length
-# (a cache line apart); then the request area and the reply area.  A call
-# writes its body, then bumps the sequence, then writes 1 to the worker's
-# eventfd; the worker spins a little on the sequence before it sleeps in
-# poll() on that eventfd and the socket (control frames, EOF).  The reply
-# comes back the same way.  Bodies larger than an area travel on the socket.
+# [0] request sequence, [1] request length, [2] the worker sleeps, [8] reply
+# sequence, [9] reply length, [10] the host sleeps (a cache line apart); then the
+# request area and the reply area.  A call writes its body, then the sequence
+# (last), then wakes the worker's eventfd if the worker said it sleeps; the worker
+# spins on the sequence before it says so and sleeps in poll() on that eventfd and
+# the socket (control frames, EOF).  The reply comes back the same way.  Bodies
+# larger than an area travel on the socket.  The protocol, and why no wake-up is
+# lost, is at the top of ``_spin.c`` (the hot path in C); the Python ends below
+# keep to it with the kernel as their fence (docs/guide/isolation.md).
 SHM_CAP = 64 << 10
 SHM_REQ = 128
 SHM_REP = SHM_REQ + SHM_CAP
 SHM_SIZE = SHM_REP + SHM_CAP
-REQ_SEQ, REQ_LEN, REP_SEQ, REP_LEN = 0, 1, 8, 9
+REQ_SEQ, REQ_LEN, WORKER_SLEEPS, REP_SEQ, REP_LEN, HOST_SLEEPS = 0, 1, 2, 8, 9, 10
+#: [4]: the call's waiter answers a service request in place (the C end's calls; issue 24
+#: item 2): the plugin's service calls made inside the call then travel in the mapping
+SVC_OK = 4
 #: How long a caller spins for a reply, and a worker for the next request,
 #: before sleeping (ns).  Bounded so an idle plugin costs no CPU; each turn of
 #: the spin yields the CPU, because on a busy machine the two sides often share
@@ -105,6 +111,26 @@ def shm_supported() -> bool:
 
 
 yield_cpu = getattr(os, "sched_yield", lambda: None)
+
+
+def _spin_module() -> Any:
+    """The channel's hot path in C (``_spin.c``), or None: not built (no
+    compiler), not this platform, or ``HOTLOAD_PURE_PYTHON=1`` (the host's
+    environment: a worker never sees it, so its end is C whenever built)."""
+    if os.environ.get("HOTLOAD_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from . import _spin
+    except ImportError:
+        return None
+    return _spin if hasattr(_spin, "Channel") else None
+
+
+#: the C ends of the channel, or None (the Python ends)
+cspin = _spin_module()
+#: what the C end returns when the Python code takes a call over (never a result)
+AGAIN: Any = cspin.AGAIN if cspin is not None else object()
+WHY_SERVICE = getattr(cspin, "WHY_SERVICE", 6)  # the call's worker asks a service in place
 
 
 def recv_exactly(sock: socket.socket, n: int, *, patient: bool = False) -> bytearray:
