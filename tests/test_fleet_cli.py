@@ -107,6 +107,7 @@ def test_demo_fleet() -> None:
     assert "the winter event opened as one" in out.stdout
 
 
+@pytest.mark.soak  # in make test-slow: make test's 300 s budget
 def test_rollout_by_prefix_or_version_history_and_rollback_to_any_revision(
     cluster: Cluster, redis_server: RedisServer, builds
 ) -> None:

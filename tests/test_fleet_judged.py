@@ -314,6 +314,7 @@ def test_a_busy_host_whose_keys_miss_the_share_does_not_promote_an_untried_build
     assert cluster.live("busy-1", "reward") == d1
 
 
+@pytest.mark.soak  # in make test-slow: make test's 300 s budget
 def test_a_build_its_judge_aborted_is_not_tried_again_in_later_steps(
     cluster: Cluster, redis_server: RedisServer, reward, players
 ) -> None:  # type: ignore[no-untyped-def]
@@ -382,6 +383,7 @@ def _catch(fn: Callable[[], None], errors: list[BaseException]) -> None:
         errors.append(exc)
 
 
+@pytest.mark.soak  # in make test-slow: make test's 300 s budget
 def test_garbage_in_a_hosts_report_does_not_crash_the_controller(
     cluster: Cluster, redis_server: RedisServer, reward, players
 ) -> None:  # type: ignore[no-untyped-def]

@@ -104,6 +104,7 @@ def _servers_of(db: Path) -> list[int]:
     return pids
 
 
+@pytest.mark.soak  # in make test-slow: make test's 300 s budget
 def test_the_embedded_server_stops_with_its_last_user_and_not_before(tmp_path: Path) -> None:
     """``hotload fleet status`` alone left an orphaned redis-server every other
     run (its own connections counted as another user at exit: new-user

@@ -14,6 +14,8 @@ import textwrap
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, Compile
 
 SHIPPED = ["pyproject.toml", "setup.py", "README.md", "LICENSE", "MANIFEST.in", "src", "native"]
@@ -54,6 +56,7 @@ def _build_wheel(tmp: Path, env: dict[str, str]) -> tuple[Path, str]:
     return wheel, proc.stdout + proc.stderr
 
 
+@pytest.mark.soak  # in make test-slow: make test's 300 s budget
 def test_without_a_compiler_the_wheel_installs_with_the_python_router(
     tmp_path: Path, cc: Compile
 ) -> None:

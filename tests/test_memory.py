@@ -142,6 +142,7 @@ def test_1000_reloads_of_fresh_builds_keep_rss_flat(tmp_path: Path, cc: Compile)
     check_flat(f, isolated=False)
 
 
+@pytest.mark.soak  # in make test-slow: make test's 300 s budget
 def test_reloads_of_fresh_builds_keep_nothing_per_build(tmp_path: Path, cc: Compile) -> None:
     f = run_child(build(cc), tmp_path / "work", warmup=300, reloads=300, fresh=True, rss=False)
     check_flat(f, isolated=False, rss=False)  # not traced: it slows each inspection 10x
