@@ -696,8 +696,11 @@ class Swapper:
                 handover.migrate(old, image, plan)
             image.call_on_load(prev, state)
 
+        hook = "on_load"
+        if plan is not None and old is not None:
+            hook = "the state migration (HOTLOAD_MIGRATE) or on_load" if plan.calls else hook
         try:
-            rec.hooks.run(start, _hook_name(image, "on_load"))
+            rec.hooks.run(start, _hook_name(image, hook))
         except HookTimeoutError as exc:
             if image.process is not None:  # isolated: its worker is stopped, nothing stays
                 self._discard(rec, version)
