@@ -67,6 +67,7 @@ class ReleaseAgent:
         self._plans: list[Plan] = []  # verified at the last read
         self._staged: dict[str, Release] = {}  # release id -> the host's staged release
         self._revs: dict[str, int] = {}  # release id -> the rev of the plan it staged
+        self._skipped = 0  # entries of the plans' hash that are no release id (logged once)
         self._blocked: dict[str, str] = {}  # release id -> why its group waits (logged once)
         self._failed: dict[str, int] = {}  # release id -> rev refused here (not tried again)
         self._reported: dict[str, dict[str, Any]] = {}
@@ -102,9 +103,15 @@ class ReleaseAgent:
             return {}
         self.a.commands += 1
         plans = []
-        # ids first: garbage entries (any writer can add them) do not push plans past the cap
+        # only release ids: garbage entries (any writer can add them) are not worked through
+        # and do not push plans past the cap
         listed = [(i, rec) for i, rec in raw.items() if _ID.fullmatch(i.decode("latin-1"))]
-        listed += [(i, rec) for i, rec in raw.items() if not _ID.fullmatch(i.decode("latin-1"))]
+        if len(listed) < len(raw) and self._skipped != len(raw) - len(listed):
+            self._skipped = len(raw) - len(listed)
+            log.warning(
+                "fleet agent %s: %d entries of %s are not release ids: ignored",
+                *(self.a.id, self._skipped, releases_key(self.a.keys)),
+            )
         for id_b, rec in listed[: MAX_PLANS * 4]:
             rid = id_b.decode("utf-8", "replace")[:40]
             where = f"release {rid}"

@@ -207,6 +207,7 @@ class ReleaseController:
         rid, at, deadline = rec["id"], rec["at"], rec["deadline"]
         said = ""
         while time.time() < at - CANCEL_MARGIN:  # after: no cancel is taken any more
+            self._restore(rec)
             reports = self._look(rid, rec["expected"])
             if reports is None:  # Redis away: no cancel can be written either; wait for it
                 time.sleep(min(self.poll, max(0.005, at - time.time())))
@@ -264,6 +265,21 @@ class ReleaseController:
             + (f"; not switched: {', '.join(rec['not_switched'])}" if rec["not_switched"] else "")
         )
         return rec
+
+    def _restore(self, rec: dict[str, Any]) -> None:
+        """Write the plan again, as signed, when Redis lost it (a FLUSHALL, a
+        restart without persistence): the hosts that had not staged it yet
+        still can, and a cancel still finds it.  Best effort."""
+        key, rid = releases_key(self.f.keys), rec["id"]
+        try:
+            if self.f._call("read plan", lambda: self.f.r.hexists(key, rid)):
+                return
+            self.progress(f"release {rid}: its plan is gone from Redis: written again")
+            self.f._call("write plan", lambda: self.f.r.hset(key, rid, rec["plan"]))
+            self.f._call("wake", lambda: self.f.r.publish(self.f.keys.wake, f"release {rid}"))
+            self._save(rec)
+        except FleetError:
+            pass  # Redis away: the next look tries again
 
     def _bake(self, rec: dict[str, Any]) -> None:
         """The canary phase: from the time to ``time + bake``, abort at the
