@@ -217,8 +217,8 @@ class ReleaseAgent:
             return
         cands = {}
         for name in plan.names if not due else names:
-            if not self.a.guard.takes(name):
-                raise _Refused(name, self.a.guard.not_taken(name))
+            if not self.a.guard.takes(name):  # yet: the application may load it in a moment
+                raise _Refused(name, self.a.guard.not_taken(name), retry=True)
             try:
                 cands[name] = self.a._build(name, plan.digests[name])
             except HotloadError as exc:
@@ -233,6 +233,7 @@ class ReleaseAgent:
             self.took(cands)
             self.a.host.reload_together(cands)
             self.a.guard.hold(plan.names, plan.rev)
+            self.a._dirty = True  # the plugins' own reports next (status shows what runs)
             log.warning(
                 "fleet agent %s: release %s: its time %s had passed: switched now",
                 *(self.a.id, plan.id, when(at)),
@@ -370,8 +371,11 @@ class ReleaseAgent:
         self.a._dirty = True
 
     def _fail(self, plan: Plan, plugin: str | None, exc: Exception) -> None:
-        self._failed[plan.id] = plan.rev
-        log.warning("fleet agent %s: release %s: refused: %s", self.a.id, plan.id, exc)
+        retry = getattr(exc, "retry", False)
+        if not retry:  # else tried again at each sync (logged at the first)
+            self._failed[plan.id] = plan.rev
+        if not retry or (self._reported.get(plan.id) or {}).get("error") != str(exc):
+            log.warning("fleet agent %s: release %s: refused: %s", self.a.id, plan.id, exc)
         self._report(plan, "failed", plugin=plugin, error=str(exc))
 
     def _refuse(self, rid: str, raw: bytes, why: str) -> None:
@@ -405,6 +409,7 @@ class ReleaseAgent:
 class _Refused(FleetError):
     """A plan this host cannot stage: the plugin and why."""
 
-    def __init__(self, plugin: str, why: str) -> None:
+    def __init__(self, plugin: str, why: str, *, retry: bool = False) -> None:
         super().__init__(why)
         self.plugin = plugin
+        self.retry = retry  # the host may take it later (its application loads it)
