@@ -285,3 +285,35 @@ def test_a_cancel_too_late_is_refused_and_the_host_keeps_the_release(
             f.cancel_release(rid, "the last moment")
         time.sleep(1.0)
     assert seen == [(1, 1), (2, 2)], seen
+
+
+def test_hosts_started_after_the_time_take_the_release_in_either_startup_order(
+    cluster: Cluster, redis_server: RedisServer, gens: Callable[[int], dict[str, Path]]
+) -> None:
+    """New user 4 and 5: a host whose agent starts before the application
+    loads, after the release's time (``--no-wait``: no desired state after
+    it): with ``fleet_plugins`` the application's ``load`` gets the fleet's
+    version (it raised AlreadyLoadedError); without, the agent takes the
+    release once the application loaded both (it refused it for good)."""
+    one = gens(1)
+    d2 = publish(redis_server.url, gens(2))
+    cluster.add("a", {"role": "game"}, start_with=one["reward"], plugins=["drops"])
+    cluster.hosts["a"].load(one["drops"])
+    at = time.time() + 1.5
+    with Fleet(redis_server.url) as f:
+        rid = f.release(d2, at=at, deadline=at - 0.8, wait=False)["id"]
+    wait_for(lambda: reports(redis_server.url, rid).get("a", {}).get("state") == "switched")
+    cluster.add("b", {"role": "game"}, plugins=list(NAMES))  # Host(fleet_plugins=[...])
+    b = cluster.hosts["b"]
+    wait_for(lambda: all(n in b for n in NAMES), what="b's agent loaded the release")
+    for n in NAMES:
+        assert b.load(one[n]).generation() == 2  # the fleet's version, no AlreadyLoadedError
+    cluster.add("c", {"role": "game"}, plugins=[])  # Host(fleet=True), then the loads
+    c = cluster.hosts["c"]
+    time.sleep(0.3)  # its agent saw the plan and could not take it yet
+    c.load(one["reward"])
+    c.load(one["drops"])
+    with player(c) as seen:
+        wait_for(lambda: gen_of(c) == (2, 2), what="c took the release")
+    assert seen in ([(1, 1), (2, 2)], [(2, 2)]), seen
+    wait_for(lambda: reports(redis_server.url, rid).get("c", {}).get("late"), what="c late")

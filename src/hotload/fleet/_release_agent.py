@@ -35,6 +35,16 @@ plan cannot be replayed as planned), and for each:
 While a plan is in force, its plugins follow it, not an older desired state
 (``read`` returns them, the agent skips those desired states); a desired
 state decided later (a higher rev: a rollout after the release) wins again.
+A release that switched here (by its timer, or late) keeps its plugins
+after that too (``Guard.hold``, saved with the accepted decisions): its plan
+cancelled too late, deleted, expired or cleaned out does not hand them back
+to an older desired state.  A plan after its time converges only plugins no
+newer accepted decision moved (a newer desired state that is gone or
+unreadable now means "keep what runs"), and only all of them.
+
+The desired states a release's controller writes after the time name the
+release (``Rule.release``): ``converge`` moves such a group with one
+``reload_together`` once every member is readable, or leaves them all.
 """
 
 from __future__ import annotations
@@ -178,7 +188,8 @@ class ReleaseAgent:
                 log.warning(
                     "fleet agent %s: release %s cancelled: %s", self.a.id, plan.id, plan.reason
                 )
-            if mine is None and plan.id in self._failed:
+            said = (self._reported.get(plan.id) or {}).get("state")
+            if mine is None and (plan.id in self._failed or said == "failed"):
                 return  # its report says why this host could not stage it: kept
             if mine is None or mine.state == "cancelled":
                 self._report(plan, "cancelled", error=plan.reason or None)

@@ -10,8 +10,8 @@ state with ``redis-cli``.  All keys live under one prefix (``hotload:``):
 ``host:<id>``         JSON heartbeat of a live host (labels, pid, machine, and since
                       schema 2 the health of each plugin's current version); expires
 ``report:<id>``       hash plugin -> JSON: live digest, seq, state, target, last error
-``desired``           hash plugin -> JSON desired state: ordered rules ``{match, digest}``,
-                      a signed decision (``_signing``)
+``desired``           hash plugin -> JSON desired state: ordered rules ``{match, digest}``
+                      (``canary``, ``release``: ``Group``), a signed decision (``_signing``)
 ``gen``               counter bumped on every change of ``desired`` (cheap poll)
 ``rollout:<plugin>``  JSON record of the plugin's current or last rollout
 ``lock:<plugin>``     redis-py ``Lock`` (SET NX PX) held by the controller that drives it
