@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from hotload import FleetError
+from hotload import FleetError, Host
 from hotload.fleet import Fleet
 from hotload.fleet._schema import Rule
 from test_fleet import (  # noqa: F401  (fixtures)
@@ -288,7 +288,10 @@ def test_a_cancel_too_late_is_refused_and_the_host_keeps_the_release(
 
 
 def test_hosts_started_after_the_time_take_the_release_in_either_startup_order(
-    cluster: Cluster, redis_server: RedisServer, gens: Callable[[int], dict[str, Path]]
+    cluster: Cluster,
+    redis_server: RedisServer,
+    gens: Callable[[int], dict[str, Path]],
+    tmp_path: Path,
 ) -> None:
     """New user 4 and 5: a host whose agent starts before the application
     loads, after the release's time (``--no-wait``: no desired state after
@@ -303,17 +306,21 @@ def test_hosts_started_after_the_time_take_the_release_in_either_startup_order(
     with Fleet(redis_server.url) as f:
         rid = f.release(d2, at=at, deadline=at - 0.8, wait=False)["id"]
     wait_for(lambda: reports(redis_server.url, rid).get("a", {}).get("state") == "switched")
-    cluster.add("b", {"role": "game"}, plugins=list(NAMES))  # Host(fleet_plugins=[...])
-    b = cluster.hosts["b"]
-    wait_for(lambda: all(n in b for n in NAMES), what="b's agent loaded the release")
-    for n in NAMES:
-        assert b.load(one[n]).generation() == 2  # the fleet's version, no AlreadyLoadedError
-    cluster.add("c", {"role": "game"}, plugins=[])  # Host(fleet=True), then the loads
-    c = cluster.hosts["c"]
-    time.sleep(0.3)  # its agent saw the plan and could not take it yet
-    c.load(one["reward"])
-    c.load(one["drops"])
-    with player(c) as seen:
-        wait_for(lambda: gen_of(c) == (2, 2), what="c took the release")
-    assert seen in ([(1, 1), (2, 2)], [(2, 2)]), seen
-    wait_for(lambda: reports(redis_server.url, rid).get("c", {}).get("late"), what="c late")
+    b, c = Host(tmp_path / "work-b", preflight=False), Host(tmp_path / "work-c", preflight=False)
+    try:
+        opts = {"heartbeat": 0.2, "timeout": 1.0}
+        b.join_fleet(redis_server.url, {"role": "game"}, name="b", plugins=list(NAMES), **opts)
+        wait_for(lambda: all(n in b for n in NAMES), what="b's agent loaded the release")
+        for n in NAMES:  # Host(fleet_plugins=[...]), then the application's loads
+            assert b.load(one[n]).generation() == 2  # the fleet's version, no AlreadyLoadedError
+        c.join_fleet(redis_server.url, {"role": "game"}, name="c", **opts)  # Host(fleet=True)
+        time.sleep(0.5)  # its agent saw the plan and could not take it yet
+        c.load(one["reward"])
+        c.load(one["drops"])
+        with player(c) as seen:
+            wait_for(lambda: gen_of(c) == (2, 2), what="c took the release")
+        assert seen in ([(1, 1), (2, 2)], [(2, 2)]), seen
+        wait_for(lambda: reports(redis_server.url, rid).get("c", {}).get("late"), what="c late")
+    finally:
+        b.close()
+        c.close()
