@@ -204,3 +204,22 @@ def test_release_lines_print_no_escape_sequence() -> None:
     }
     text = "\n".join(release_lines([rec]))
     assert "\x1b" not in text and "\x07" not in text and "?[2J" in text
+
+
+def test_what_a_release_holds_is_kept_across_restarts_and_only_rises(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from hotload.fleet._guard import Guard
+    from hotload.fleet._signing import public_hex
+
+    pub = public_hex(Ed25519PrivateKey.generate())
+    kw: dict[str, Any] = {"fleet": "f", "where": "w", "embedded": False, "state_dir": tmp_path}
+    g = Guard(public_key=pub, **kw)
+    g.hold(["reward", "drops"], 7)
+    g.hold(["reward"], 5)  # an older release: nothing changes
+    assert Guard(public_key=pub, **kw).held() == {"reward": 7, "drops": 7}  # a new process
+    g.hold(["drops"], 9)
+    assert Guard(public_key=pub, **kw).held() == {"reward": 7, "drops": 9}
+    insecure = Guard(insecure=True, **kw)  # in memory only
+    insecure.hold(["reward"], 3)
+    assert insecure.held() == {"reward": 3} and Guard(insecure=True, **kw).held() == {}
