@@ -174,6 +174,7 @@ def test_a_rule_with_a_release_round_trips_and_one_without_is_unchanged() -> Non
     assert rules[0].release == g and rules[1].release is None
 
 
+@pytest.mark.soak  # ~2 s: a real release's lead
 def test_a_cancel_in_the_last_moment_and_a_deadline_too_close_are_refused(
     cluster: Cluster, redis_server: RedisServer, gens: Callable[[int], dict[str, Path]]
 ) -> None:
