@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from hotload import BuildError, CanaryRefusedError, DescriptorError, Host, StateMigrationError
+from hotload import (
+    BuildError,
+    CanaryRefusedError,
+    DescriptorError,
+    Host,
+    ReleaseError,
+    StateMigrationError,
+)
 from hotload._artifact.builder import compile_plugin
 from hotload._artifact.descriptor import Field, StateDecl, TypeDecl
 from hotload._errors import HookTimeoutError
@@ -642,3 +649,29 @@ def test_every_integer_pair_widens_and_narrows_value_by_value(native: object) ->
                     rf"does not fit {b} \(from {a}\)",
                 ):
                     apply.run(how, memoryview(src), memoryview(dst), lambda *x: None, native)
+
+
+def test_a_release_back_to_a_build_it_ran_before_migrates_down(thost: Host, cc: Compile) -> None:
+    """The fleet's way to take a release back is a release of the builds
+    before it: a build the plugin ran before (in its rollback chain) is a
+    downgrade, its narrowing checked value by value, not refused."""
+    v1 = cc(winter("1.0.0", V1), "v1")
+    w = thost.load(v1)
+    _play(w)
+    first = thost.current("winter").digest
+    thost.reload_together({"winter": cc(winter("2.0.0", V2), "v2")}, allow_signature_change=True)
+    w.set_level(12)
+    back = thost.kept("winter", first)
+    assert back is not None
+    thost.reload_together({"winter": back}, allow_signature_change=True)
+    assert (w.get_level(), w.get_coins(), w.at_bag(0)) == (12, 1 << 40, 65535)
+    with pytest.raises(ReleaseError, match="a narrowing"):  # a new build: still refused
+        thost.reload_together(
+            {"winter": cc(winter("3.0.0", [("int16_t", "level")]), "v3")},
+            allow_signature_change=True,
+        )
+    thost.reload_together({"winter": cc(winter("2.0.0", V2), "v2")}, allow_signature_change=True)
+    w.set_level(1 << 33)
+    with pytest.raises(ReleaseError, match="does not fit int32_t"):  # the value decides
+        thost.reload_together({"winter": thost.kept("winter", first)}, allow_signature_change=True)
+    assert w.get_level() == 1 << 33

@@ -24,6 +24,7 @@ from typing import Any
 from .._errors import FleetError, RolloutFailed
 from ..fleet import Fleet
 from ..fleet._release_plan import when
+from .text import printable
 
 _AHEAD = re.compile(r"^\+\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
 
@@ -104,7 +105,7 @@ def cmd_release(args: argparse.Namespace) -> int:
             if not eq or not name or not build:
                 raise FleetError(f"fleet release: {item!r} is not NAME=BUILD")
             pairs.append((name, build))
-        say = (lambda _m: None) if args.json else print
+        say = (lambda _m: None) if args.json else (lambda m: print(printable(m)))
         try:
             rec = f.release(
                 pairs,
@@ -120,14 +121,19 @@ def cmd_release(args: argparse.Namespace) -> int:
             if args.json:
                 _emit(exc.record)
             else:
-                print(f"error: {exc}")
+                print(printable(f"error: {exc}"))
                 for host, rep in sorted((exc.record.get("hosts_state") or {}).items()):
-                    print(f"  {host}: {_state(rep)}")
+                    print(printable(f"  {host}: {_state(rep)}"))
             return 1
     if args.json:
         _emit(rec)
     elif args.no_wait:
         print(rec["id"])
+    elif rec.get("not_switched"):  # each host that did not switch, and why (its own words)
+        hosts = rec.get("hosts_state") or {}
+        for host in rec["not_switched"]:
+            rep = hosts.get(host) or {"state": "no report"}
+            print(printable(f"  {host}: {_state(rep)}"))
     return 2 if rec.get("not_switched") else 0
 
 
@@ -172,4 +178,4 @@ def release_lines(releases: list[dict[str, Any]], shown: int = 3) -> list[str]:
             f"  {h}: {_state(rep, r['at'] + (0.0 if rep.get('canary') else bake))}"
             for h, rep in sorted(hosts.items())
         ]
-    return lines
+    return [printable(line) for line in lines]

@@ -68,6 +68,13 @@ log = logging.getLogger(__name__)
 Source = str | os.PathLike[str] | Candidate | None
 
 
+def _went_back(rec: PluginRecord, source: Source) -> bool:
+    """Whether ``source`` is a build the plugin ran before its current one
+    (kept in its rollback chain): going back to it is a downgrade."""
+    digest = getattr(source, "digest", None)
+    return digest is not None and any(b.digest == digest for b in rec.chain[:-1])
+
+
 @dataclass
 class _Part:
     """One plugin of a release, as it is prepared."""
@@ -211,7 +218,9 @@ class Releaser:
             try:
                 for p in parts:
                     if not p.unload:
-                        p.down = bool(note)  # a release's rollback: its state migrates down
+                        # a release's rollback, or a release back to a build this plugin ran
+                        # before (the fleet's way back): its state migrates down
+                        p.down = bool(note) or _went_back(p.rec, builds[p.name])
                         self._prepare(p, builds[p.name], preflight, allow_signature_change)
                 for p in parts:
                     if not p.unload and not p.stateful:

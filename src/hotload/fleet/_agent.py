@@ -284,6 +284,7 @@ class FleetAgent:
         pipe.execute()
         self.commands += 2
         self._reported.clear()
+        self._releases._reported.clear()  # the release reports too (a FLUSHALL took them)
         self._failed.clear()  # revs may restart with the data: try refused builds once more
         self._canaries.forget()
         self._dirty = True
@@ -390,6 +391,7 @@ class FleetAgent:
         self.guard.note_loaded(self.host.names())
         held, revs = self._releases.read(), {}  # plugins a release plan decided last
         covered: set[str] = set()
+        groups: dict[str, dict[str, tuple[Rule, int]]] = {}  # release id -> its desired states
         for name_b, raw in sorted(desired.items()):
             name = name_b.decode("utf-8", "replace")
             if not PLUGIN_NAME.fullmatch(name):
@@ -420,8 +422,12 @@ class FleetAgent:
             revs[name] = rev
             if rule is not None and held.get(name, -1) <= rev:
                 covered.add(name)
+                if rule.release is not None:  # a release's: its plugins move together
+                    groups.setdefault(rule.release.id, {})[name] = (rule, rev)
+                    continue
                 revision = rec.get("revision")
                 self._converge(name, rule, rev, revision if isinstance(revision, int) else rev)
+        self._releases.converge(groups, revs, held)
         for name in self.host.names():
             if name not in covered:
                 self._report(name, "live", None, 0, None)

@@ -66,6 +66,9 @@ def fleet_id(url: str, prefix: str, *, embedded_db: Path | None) -> str:
     return f"{where}|{prefix}"
 
 
+HELD = "held:"  # an ``Accepted`` slot: the rev of the release that switched a plugin here
+
+
 class Guard:
     """One agent's checks (see the module's docstring).  ``embedded``: the
     fleet is this user's embedded one, whose key pair lives in ``state_dir``;
@@ -111,6 +114,7 @@ class Guard:
                 f"Redis runs code in this process"
             )
         self._accepted = Accepted(self.state_dir, fleet) if not self.insecure else None
+        self._seen: dict[str, int] = {}  # insecure: revs accepted, in memory only
 
     # -- the plugin names --------------------------------------------------------------
     def note_loaded(self, names: Iterable[str]) -> None:
@@ -132,6 +136,7 @@ class Guard:
         """Raise ``FleetError`` (the host keeps what it runs) unless the record
         may be acted on; remember it as the newest accepted."""
         if self.insecure:
+            self._seen[name] = max(rev, self._seen.get(name, rev))
             return
         d = decision(rec, name, rev, rules)
         verify_decision(self._public_key(name), d, name)
@@ -145,6 +150,34 @@ class Guard:
             )
         if newest != d.order:
             self._accepted.accept(name, d.order)
+
+    def newest(self, name: str) -> int | None:
+        """The rev of the newest desired state of ``name`` this host accepted
+        (kept across restarts): an older release's plan does not take the
+        plugin back once it is gone, unreadable or expired."""
+        if self._accepted is None:
+            return self._seen.get(name)
+        seen = self._accepted.newest(name)
+        return seen[0] if seen is not None else None
+
+    def hold(self, names: Iterable[str], rev: int) -> None:
+        """A release of rev ``rev`` switched ``names`` here: they stay on it
+        until a newer decision (its plan cancelled after the switch, deleted,
+        expired or cleaned out, an older desired state does not take them
+        back one by one).  Kept across restarts with the accepted decisions."""
+        for name in names:
+            slot = f"{HELD}{name}"
+            if self.held().get(name, -1) < rev:
+                self._seen[slot] = rev
+                if self._accepted is not None:
+                    self._accepted.accept(slot, (rev, 0.0))
+
+    def held(self) -> dict[str, int]:
+        """Plugin -> the rev of the newest release that switched it here."""
+        slots = dict(self._seen)
+        if self._accepted is not None:
+            slots.update({k: v[0] for k, v in self._accepted.items()})
+        return {k[len(HELD) :]: v for k, v in slots.items() if k.startswith(HELD)}
 
     def judge_release(self, plan: Plan, where: str) -> None:
         """As ``judge``, for a release plan: signed by the trusted key,
@@ -198,6 +231,9 @@ class Accepted:
 
     def newest(self, name: str) -> tuple[int, float] | None:
         return self._newest.get(name)
+
+    def items(self) -> list[tuple[str, tuple[int, float]]]:
+        return list(self._newest.items())
 
     def accept(self, name: str, order: tuple[int, float]) -> None:
         self._newest[name] = order

@@ -35,25 +35,37 @@ plan cannot be replayed as planned), and for each:
 While a plan is in force, its plugins follow it, not an older desired state
 (``read`` returns them, the agent skips those desired states); a desired
 state decided later (a higher rev: a rollout after the release) wins again.
+A release that switched here (by its timer, or late) keeps its plugins
+after that too (``Guard.hold``, saved with the accepted decisions): its plan
+cancelled too late, deleted, expired or cleaned out does not hand them back
+to an older desired state.  A plan after its time converges only plugins no
+newer accepted decision moved (a newer desired state that is gone or
+unreadable now means "keep what runs"), and only all of them.
+
+The desired states a release's controller writes after the time name the
+release (``Rule.release``): ``converge`` moves such a group with one
+``reload_together`` once every member is readable, or leaves them all.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from .._errors import FleetError, HotloadError
 from ._release_plan import Plan, parse, releases_key, report_key, when
-from ._schema import matches
+from ._schema import Rule, matches
 
 if TYPE_CHECKING:
     from .._engine.release import Release
 
 log = logging.getLogger(__name__)
 
+_ID = re.compile(r"[0-9a-f]{12}")
 MAX_PLANS = 256  # plans one sync looks at (the newest revs): a flood is not worked through
 
 
@@ -64,6 +76,9 @@ class ReleaseAgent:
         self.a = agent
         self._plans: list[Plan] = []  # verified at the last read
         self._staged: dict[str, Release] = {}  # release id -> the host's staged release
+        self._revs: dict[str, int] = {}  # release id -> the rev of the plan it staged
+        self._skipped = 0  # entries of the plans' hash that are no release id (logged once)
+        self._blocked: dict[str, str] = {}  # release id -> why its group waits (logged once)
         self._failed: dict[str, int] = {}  # release id -> rev refused here (not tried again)
         self._reported: dict[str, dict[str, Any]] = {}
         self._invalid: dict[str, bytes] = {}
@@ -98,7 +113,16 @@ class ReleaseAgent:
             return {}
         self.a.commands += 1
         plans = []
-        for id_b, rec in list(raw.items())[: MAX_PLANS * 4]:
+        # only release ids: garbage entries (any writer can add them) are not worked through
+        # and do not push plans past the cap
+        listed = [(i, rec) for i, rec in raw.items() if _ID.fullmatch(i.decode("latin-1"))]
+        if len(listed) < len(raw) and self._skipped != len(raw) - len(listed):
+            self._skipped = len(raw) - len(listed)
+            log.warning(
+                "fleet agent %s: %d entries of %s are not release ids: ignored",
+                *(self.a.id, self._skipped, releases_key(self.a.keys)),
+            )
+        for id_b, rec in listed[: MAX_PLANS * 4]:
             rid = id_b.decode("utf-8", "replace")[:40]
             where = f"release {rid}"
             try:
@@ -116,7 +140,14 @@ class ReleaseAgent:
             del self._invalid[gone]
         mine = [p for p in plans if matches(p.match, self.a.labels)]  # the others: not ours
         self._plans = sorted(mine, key=lambda p: p.order)[-MAX_PLANS:]
-        held: dict[str, int] = {}
+        for rid, rel in self._staged.items():  # switched here: kept, whatever the plan says now
+            if rel.state == "done" and rid in self._revs:
+                self.a.guard.hold(rel.names, self._revs[rid])
+        held: dict[str, int] = dict(self.a.guard.held())
+        for rid, rel in self._staged.items():  # a staged one switches on its own, plan or not
+            if rel.state in ("staged", "done") and rid in self._revs:
+                for name in rel.names:
+                    held[name] = max(held.get(name, -1), self._revs[rid])
         for plan in self._plans:
             if plan.state == "planned":
                 for name in plan.names:
@@ -136,6 +167,7 @@ class ReleaseAgent:
                 del table[gone]
         for gone in [i for i, r in self._staged.items() if i not in ids and r.state != "staged"]:
             del self._staged[gone]  # one still staged switches on its own, plan or not
+            self._revs.pop(gone, None)
         newest: dict[str, int] = {}
         for plan in self._plans:
             if plan.state == "planned":
@@ -156,18 +188,24 @@ class ReleaseAgent:
                 log.warning(
                     "fleet agent %s: release %s cancelled: %s", self.a.id, plan.id, plan.reason
                 )
-            if mine is None and plan.id in self._failed:
+            said = (self._reported.get(plan.id) or {}).get("state")
+            if mine is None and (plan.id in self._failed or said == "failed"):
                 return  # its report says why this host could not stage it: kept
             if mine is None or mine.state == "cancelled":
                 self._report(plan, "cancelled", error=plan.reason or None)
                 return
         if mine is not None:
+            late = None
+            if plan.state == "cancelled" and mine.state == "done":
+                late = (
+                    f"the cancel came too late: switched at {when((mine.switched_ns or 0) / 1e9)}"
+                )
             if mine.state == "staged":
                 self._report(plan, "staged")
             elif mine.state == "done" and plan.is_canary(self.a.labels):
                 self._judge(plan, mine)
-            elif mine.state == "done":
-                self._report(plan, "switched", switched_ns=mine.switched_ns)
+            elif mine.state == "done":  # cancelled too late: the release's plugins stay
+                self._report(plan, "switched", switched_ns=mine.switched_ns, error=late)
             else:  # failed at the switch (the host closed), or cancelled on the host by hand
                 self._report(plan, "failed", error=f"{mine.state} on this host: {mine.reason}")
             return
@@ -175,22 +213,38 @@ class ReleaseAgent:
             return
         at = plan.time_for(self.a.labels)  # a canary plan's other hosts: after the bake
         due = time.time() >= at
-        names = [n for n in plan.names if newest.get(n) == plan.rev and revs.get(n, -1) < plan.rev]
+        names = [
+            n
+            for n in plan.names
+            if newest.get(n) == plan.rev
+            and revs.get(n, -1) < plan.rev
+            and (self.a.guard.newest(n) or -1) < plan.rev  # a newer decision, gone: kept
+        ]
         if due and not names:
             return  # every plugin of it was decided again since: nothing to converge
         if due and all(self.a.live_digest(n) == plan.digests[n] for n in names):
+            self.a.guard.hold(names, plan.rev)
             self._report(plan, "switched", late=True)
             return
         cands = {}
         for name in plan.names if not due else names:
-            if not self.a.guard.takes(name):
-                raise _Refused(name, self.a.guard.not_taken(name))
+            if not self.a.guard.takes(name):  # yet: the application may load it in a moment
+                raise _Refused(name, self.a.guard.not_taken(name), retry=True)
             try:
                 cands[name] = self.a._build(name, plan.digests[name])
             except HotloadError as exc:
                 raise _Refused(name, str(exc)) from None
         if due:  # after its time: converge now, all together
+            if len(names) < len(plan.names):  # some were decided again since: not all of it
+                raise _Refused(
+                    names[0],
+                    f"release {plan.id}: only {', '.join(names)} of its plugins are still "
+                    f"its to switch (a later decision took the others): not switched alone",
+                )
+            self.took(cands)
             self.a.host.reload_together(cands)
+            self.a.guard.hold(plan.names, plan.rev)
+            self.a._dirty = True  # the plugins' own reports next (status shows what runs)
             log.warning(
                 "fleet agent %s: release %s: its time %s had passed: switched now",
                 *(self.a.id, plan.id, when(at)),
@@ -199,11 +253,70 @@ class ReleaseAgent:
             return
         rel = self.a.host.reload_together(cands, at=at)
         self._staged[plan.id] = rel
+        self._revs[plan.id] = plan.rev
         threading.Thread(
             target=self._watch, args=(rel,), name=f"hotload-fleet-release-{plan.id}", daemon=True
         ).start()
         log.info("fleet agent %s: release %s staged for %s", self.a.id, plan.id, when(at))
         self._report(plan, "staged")
+
+    def took(self, cands: dict[str, Any]) -> None:
+        """What the agent notes before it switches plugins itself: the build
+        each ran before the fleet (or none: the fleet loads it), so that the
+        application's own ``load`` later gets the fleet's version."""
+        a = self.a
+        with a._lock:
+            for name in cands:
+                if name in a.host:
+                    a._baseline.setdefault(name, a.live_digest(name))
+                else:
+                    a._baseline.setdefault(name, None)
+                    a._managed.add(name)
+
+    def converge(
+        self, groups: dict[str, dict[str, tuple[Rule, int]]], revs: dict[str, int],
+        held: dict[str, int],
+    ) -> None:  # fmt: skip
+        """Bring each group of desired states a release wrote (``Rule.release``)
+        to their builds together (``reload_together``), or not at all: a
+        member still missing (not written yet, unreadable, expired) keeps
+        every plugin as it runs; a refusal is reported for every member."""
+        for rid, members in groups.items():
+            group = next(iter(members.values()))[0].release
+            assert group is not None
+            rev = max(r for _, r in members.values())
+            missing = [
+                n for n in group.plugins
+                if n not in members and revs.get(n, -1) <= rev and held.get(n, -1) <= rev
+            ]  # fmt: skip
+            if missing:
+                why = f"release {rid}: no desired state of {', '.join(missing)} to go with it"
+                if self._blocked.get(rid) != why:
+                    self._blocked[rid] = why
+                    log.warning("fleet agent %s: %s: its plugins stay as they run", self.a.id, why)
+                continue
+            self._blocked.pop(rid, None)
+            want = {n: rule.digest for n, (rule, _) in members.items() if rule.digest}
+            todo = {n: d for n, d in want.items() if self.a.live_digest(n) != d}
+            failed = [n for n, d in todo.items() if self.a._failed.get((n, d)) == members[n][1]]
+            if failed:
+                continue  # refused for these revs; a new decision tries again
+            error = None
+            if todo:
+                try:
+                    cands = {n: self.a._build(n, d) for n, d in todo.items()}
+                    for n, c in cands.items():
+                        if c.name != n:
+                            raise FleetError(f"{n}: build {todo[n]} declares plugin {c.name!r}")
+                    self.took(cands)
+                    self.a.host.reload_together(cands)
+                except HotloadError as exc:
+                    error = f"release {rid}: {exc}; none of its plugins changed here"
+                    log.warning("fleet agent %s: %s", self.a.id, error)
+                    for n, d in todo.items():
+                        self.a._failed[(n, d)] = members[n][1]
+            for n, (rule, r) in members.items():
+                self.a._report(n, "failed" if error else "live", rule.digest, r, error)
 
     def _judge(self, plan: Plan, mine: Release) -> None:
         """A canary host's look at the release it switched: each plugin's new
@@ -269,8 +382,11 @@ class ReleaseAgent:
         self.a._dirty = True
 
     def _fail(self, plan: Plan, plugin: str | None, exc: Exception) -> None:
-        self._failed[plan.id] = plan.rev
-        log.warning("fleet agent %s: release %s: refused: %s", self.a.id, plan.id, exc)
+        retry = getattr(exc, "retry", False)
+        if not retry:  # else tried again at each sync (logged at the first)
+            self._failed[plan.id] = plan.rev
+        if not retry or (self._reported.get(plan.id) or {}).get("error") != str(exc):
+            log.warning("fleet agent %s: release %s: refused: %s", self.a.id, plan.id, exc)
         self._report(plan, "failed", plugin=plugin, error=str(exc))
 
     def _refuse(self, rid: str, raw: bytes, why: str) -> None:
@@ -304,6 +420,7 @@ class ReleaseAgent:
 class _Refused(FleetError):
     """A plan this host cannot stage: the plugin and why."""
 
-    def __init__(self, plugin: str, why: str) -> None:
+    def __init__(self, plugin: str, why: str, *, retry: bool = False) -> None:
         super().__init__(why)
         self.plugin = plugin
+        self.retry = retry  # the host may take it later (its application loads it)

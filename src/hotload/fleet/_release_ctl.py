@@ -50,7 +50,7 @@ from ._release_plan import (
     verify,
     when,
 )
-from ._schema import Rule, matches, new_id, selector, selector_text
+from ._schema import Group, Rule, matches, new_id, selector, selector_text
 
 
 class Fleet(FleetStore, Protocol):
@@ -66,6 +66,8 @@ SETTLE = 3.0  # seconds after the time the controller waits for every host's ``s
 CANARY_SETTLE = 2.0  # seconds after the time a canary host has to report its switch
 KEEP = 50  # release plans kept: older ones that are over are cleaned out (``prune``)
 GRACE = 3600.0  # seconds after its last host's time a finished plan is still kept
+CANCEL_MARGIN = 0.25  # seconds before the time a cancel is refused (a host's timer holds
+# the GIL from up to 30 ms before it, and a cancel takes a sync to reach each host)
 MIN_LEAD = 1.0  # seconds: a release's time is at least this far ahead when it is published
 MAX_LEAD = 365 * 86400.0  # and at most this (a host refuses a staged release beyond a year)
 
@@ -123,10 +125,11 @@ class ReleaseController:
         if at > now + MAX_LEAD:
             raise FleetError(f"release: its time {when(at)} is more than a year ahead")
         deadline = default_deadline(at, now) if deadline is None else float(deadline)
-        if not now < deadline < at:
+        if not now < deadline <= at - CANCEL_MARGIN:
             raise FleetError(
-                f"release: the staging deadline {when(deadline)} must be after now and before "
-                f"the time {when(at)}"
+                f"release: the staging deadline {when(deadline)} must be after now and at "
+                f"least {CANCEL_MARGIN:g} s before the time {when(at)} (the last moment a "
+                f"cancel is taken)"
             )
         match = selector(hosts)
         live = [h for h in self.f.hosts() if h["alive"] and matches(match, h["labels"])]
@@ -203,7 +206,8 @@ class ReleaseController:
         host's ``switched``; the final record (``RolloutFailed`` when cancelled)."""
         rid, at, deadline = rec["id"], rec["at"], rec["deadline"]
         said = ""
-        while time.time() < at:
+        while time.time() < at - CANCEL_MARGIN:  # after: no cancel is taken any more
+            self._restore(rec)
             reports = self._look(rid, rec["expected"])
             if reports is None:  # Redis away: no cancel can be written either; wait for it
                 time.sleep(min(self.poll, max(0.005, at - time.time())))
@@ -225,7 +229,8 @@ class ReleaseController:
             if line != said:
                 self.progress(f"release {rid}: {line}")
                 said = line
-            time.sleep(min(self.poll, max(0.005, at - time.time())))
+            time.sleep(min(self.poll, max(0.005, at - CANCEL_MARGIN - time.time())))
+        time.sleep(max(0.0, at - time.time()))
         self.progress(f"release {rid}: its time {when(at)}: the hosts switch on their own")
         if rec.get("canaries"):
             self._bake(rec)
@@ -260,6 +265,21 @@ class ReleaseController:
             + (f"; not switched: {', '.join(rec['not_switched'])}" if rec["not_switched"] else "")
         )
         return rec
+
+    def _restore(self, rec: dict[str, Any]) -> None:
+        """Write the plan again, as signed, when Redis lost it (a FLUSHALL, a
+        restart without persistence): the hosts that had not staged it yet
+        still can, and a cancel still finds it.  Best effort."""
+        key, rid = releases_key(self.f.keys), rec["id"]
+        try:
+            if self.f._call("read plan", lambda: self.f.r.hexists(key, rid)):
+                return
+            self.progress(f"release {rid}: its plan is gone from Redis: written again")
+            self.f._call("write plan", lambda: self.f.r.hset(key, rid, rec["plan"]))
+            self.f._call("wake", lambda: self.f.r.publish(self.f.keys.wake, f"release {rid}"))
+            self._save(rec)
+        except FleetError:
+            pass  # Redis away: the next look tries again
 
     def _bake(self, rec: dict[str, Any]) -> None:
         """The canary phase: from the time to ``time + bake``, abort at the
@@ -334,12 +354,17 @@ class ReleaseController:
         """Write each plugin's desired state as the release's build for the
         release's hosts (a decision after the release: a later rollout starts
         from it, and hosts that already run it do nothing); the rules for
-        other hosts stay."""
+        other hosts stay.  Each rule names the release and its plugins
+        (``Group``): a host that did not switch (its staged release failed at
+        the switch, or it restarted since) moves them together, all or none,
+        and only once every one of them is written."""
         match = selector(rec.get("hosts") or "*")
+        group = Group(rec["id"], tuple(rec["builds"]))  # a host moves them together, or not
         for name, digest in rec["builds"].items():
             try:
                 _, prev = self.f.desired(name)  # the release's hosts first, the others as they were
-                rules = [Rule(match, digest), *(r for r in prev if r.match != match and match)]
+                mine = Rule(match, digest, release=group)
+                rules = [mine, *(r for r in prev if r.match != match and match)]
                 self.f.set_desired(name, rules)
             except FleetError as exc:  # the hosts switched; only the record is behind
                 log.warning("release %s: desired state of %s not written: %s", rec["id"], name, exc)
@@ -374,10 +399,12 @@ class ReleaseController:
             raise FleetError(f"release {release_id} is already {plan.state}: {plan.reason}")
         if plan.canary is not None and time.time() >= plan.at:
             return self.abort(release_id, reason)  # in its bake: the canaries roll it back
-        if time.time() >= plan.at:
+        if time.time() >= plan.at - CANCEL_MARGIN:
             raise FleetError(
-                f"release {release_id}: its time {when(plan.at)} has come: the hosts switched "
-                f"on their own (the point of no return); a new release (or rollout) undoes it"
+                f"release {release_id}: too late to cancel: its time {when(plan.at)} is less "
+                f"than {CANCEL_MARGIN:g} s away (the hosts' timers are about to switch, or "
+                f"did: the point of no return); a new release of the builds before (or a "
+                f"rollout) takes it back"
             )
         rev = max(self._rev(), plan.rev + 1)
         self._write(replace(plan, rev=rev, state="cancelled", reason=reason))

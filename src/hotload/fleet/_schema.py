@@ -10,8 +10,8 @@ state with ``redis-cli``.  All keys live under one prefix (``hotload:``):
 ``host:<id>``         JSON heartbeat of a live host (labels, pid, machine, and since
                       schema 2 the health of each plugin's current version); expires
 ``report:<id>``       hash plugin -> JSON: live digest, seq, state, target, last error
-``desired``           hash plugin -> JSON desired state: ordered rules ``{match, digest}``,
-                      a signed decision (``_signing``)
+``desired``           hash plugin -> JSON desired state: ordered rules ``{match, digest}``
+                      (``canary``, ``release``: ``Group``), a signed decision (``_signing``)
 ``gen``               counter bumped on every change of ``desired`` (cheap poll)
 ``rollout:<plugin>``  JSON record of the plugin's current or last rollout
 ``lock:<plugin>``     redis-py ``Lock`` (SET NX PX) held by the controller that drives it
@@ -168,6 +168,40 @@ class Rule:
     match: dict[str, str]
     digest: str | None  # None: this plugin should not be loaded by the fleet
     canary: CanaryPlan | None = None
+    release: Group | None = None  # written by a fleet release: its plugins move together
+
+
+@dataclass(frozen=True)
+class Group:
+    """A rule's ``release``: the fleet release (``id``) that decided it, and
+    every plugin that release switched.  A host moves the plugins whose
+    picked rules name the same release together, through its own release
+    (``reload_together``), all or none (the Releases page)."""
+
+    id: str
+    plugins: tuple[str, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "plugins": list(self.plugins)}
+
+
+_RELEASE_ID = re.compile(r"[0-9a-f]{12}")
+MAX_GROUP = 64  # plugins in one release (as ``_release_plan.MAX_BUILDS``)
+
+
+def check_group(value: object, where: str) -> Group:
+    """A rule's ``release`` (signed with the rule; checked anyway)."""
+    if not isinstance(value, dict) or set(value) != {"id", "plugins"}:
+        raise FleetError(f"{where}: {value!r:.80} is not {{id, plugins}}")
+    rid, names = value["id"], value["plugins"]
+    if not isinstance(rid, str) or not _RELEASE_ID.fullmatch(rid):
+        raise FleetError(f"{where}: id {rid!r:.40} is not 12 hex digits")
+    if not isinstance(names, list) or not 0 < len(names) <= MAX_GROUP:
+        raise FleetError(f"{where}: plugins is not a list of 1 to {MAX_GROUP} names")
+    out = tuple(check_name(n, f"{where}: plugin") for n in names)
+    if len(set(out)) != len(out):
+        raise FleetError(f"{where}: a plugin is named twice")
+    return Group(rid, out)
 
 
 def parse_desired(raw: bytes | None, plugin: str) -> tuple[int, list[Rule]]:
@@ -198,7 +232,13 @@ def parse_desired_record(raw: bytes | None, plugin: str) -> tuple[dict[str, Any]
             plan = check_plan(plan, f"{where}: rule {i}: canary")
             if digest is None:
                 raise FleetError(f"{where}: rule {i}: a canary of no build")
-        rules.append(Rule(check_labels(r.get("match", {}), f"{where}: rule {i}"), digest, plan))
+        group = r.get("release")
+        if group is not None:
+            group = check_group(group, f"{where}: rule {i}: release")
+            if digest is None or plugin not in group.plugins:
+                raise FleetError(f"{where}: rule {i}: a release that does not switch {plugin}")
+        match = check_labels(r.get("match", {}), f"{where}: rule {i}")
+        rules.append(Rule(match, digest, plan, group))
     return rec, rev, rules
 
 
@@ -218,6 +258,8 @@ def _rule_json(rule: Rule) -> dict[str, Any]:
     out: dict[str, Any] = {"match": rule.match, "digest": rule.digest}
     if rule.canary is not None:
         out["canary"] = rule.canary.as_json()
+    if rule.release is not None:
+        out["release"] = rule.release.as_json()
     return out
 
 
