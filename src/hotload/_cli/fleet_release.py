@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from datetime import datetime
 from typing import Any
@@ -24,9 +23,7 @@ from typing import Any
 from .._errors import FleetError, RolloutFailed
 from ..fleet import Fleet
 from ..fleet._release_plan import when
-from .text import printable
-
-_AHEAD = re.compile(r"^\+\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
+from .text import ahead, printable
 
 
 def add_command(fsub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -66,9 +63,9 @@ def add_command(fsub: Any, parents: list[argparse.ArgumentParser]) -> None:
 def instant(text: str) -> float:
     """``2026-12-24T18:00:00Z`` (an offset is required: hosts in other zones
     read the same instant) or ``+SECONDS`` (``+30``, ``+2m``) from now."""
-    m = _AHEAD.match(text)
-    if m:
-        return time.time() + float(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2) or "s"]
+    soon = ahead(text)
+    if soon is not None:
+        return soon
     try:
         at = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

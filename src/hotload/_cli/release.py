@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from .._errors import HotloadError
 from .._ops import control_client
+from .text import ahead
 
 
 def add_command(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -40,15 +40,12 @@ def add_command(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_release)
 
 
-_AHEAD = re.compile(r"\+(\d+(?:\.\d+)?)([smh]?)")
-
-
 def _when(text: str) -> float:
     """ISO 8601 (naive: this machine's local time), or ``+SECONDS`` from now
     (``+30``, ``+5s``, ``+2m``), as ``hotload fleet release --at`` takes."""
-    m = _AHEAD.fullmatch(text)
-    if m:
-        return time.time() + float(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2) or "s"]
+    soon = ahead(text)
+    if soon is not None:
+        return soon
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

@@ -5,7 +5,20 @@ rewrite the operator's screen or hide a line."""
 
 from __future__ import annotations
 
+import re
+import time
 import unicodedata
+
+_AHEAD = re.compile(r"^\+\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
+
+
+def ahead(text: str) -> float | None:
+    """``+SECONDS`` (``+30``, ``+5s``, ``+2m``, ``+1h``) as a Unix time from now;
+    None when ``text`` is not of that form (then it is a date to parse)."""
+    m = _AHEAD.match(text)
+    if m is None:
+        return None
+    return time.time() + float(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2) or "s"]
 
 
 def printable(text: str) -> str:
