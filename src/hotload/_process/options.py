@@ -8,6 +8,7 @@ would refuse is an error at ``load`` that names it, not a worker that dies later
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -69,6 +70,8 @@ class Isolated:
             )
         if self.call_timeout is not None:
             _positive("call_timeout", self.call_timeout)
+            if self.call_timeout == math.inf:  # no bound, as None
+                object.__setattr__(self, "call_timeout", None)
         _positive("restart_window", self.restart_window)
         if not _is_int(self.max_restarts) or self.max_restarts < 0:
             raise ConfigError(f"max_restarts must be an integer >= 0, not {self.max_restarts!r}")
