@@ -319,7 +319,7 @@ def test_the_c_end_waits_on_descriptors_of_its_own() -> None:
     assert out == [cspin.AGAIN] and chan.why == cspin.WHY_CLOSED
     os.close(reused)
     b.close()
-    del chan
+    del chan, call, t
     gc.collect()
     mm.close()
     assert len(os.listdir("/proc/self/fd")) == fds0  # its copies were closed
