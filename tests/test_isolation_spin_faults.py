@@ -270,6 +270,9 @@ def test_an_eventfd_flood_does_not_make_the_host_spin(tmp_path: Path, hostile: P
     with Host(tmp_path / "w", preflight=False) as h:
         p = h.load(hostile, isolate=Isolated(sandbox=False, call_timeout=10))
         assert p.add(1, 2) == 3
+        proxy = h._swap._isolation._proxies[0]  # type: ignore[union-attr]  # noqa: SLF001
+        chan = proxy.worker.chan  # the C end's counters (None with HOTLOAD_PURE_PYTHON=1)
+        woken = chan.stats()["woken"] if chan is not None else 0
         cpu0, t0 = time.thread_time(), time.monotonic()
         assert p.flood(600) == 7
         cpu, wall = time.thread_time() - cpu0, time.monotonic() - t0
@@ -278,6 +281,8 @@ def test_an_eventfd_flood_does_not_make_the_host_spin(tmp_path: Path, hostile: P
             f"load {os.getloadavg()[0]:.1f}"
         )
         assert cpu < 0.3 * wall
+        if chan is not None:  # woken at most FLOOD_WAKES times, then it looked every ms
+            assert chan.stats()["woken"] - woken <= 40
         assert p.add(2, 2) == 4
 
 
