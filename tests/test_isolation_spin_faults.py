@@ -297,11 +297,11 @@ def test_the_c_end_waits_on_descriptors_of_its_own() -> None:
     cspin = wire.cspin
     if cspin is None:
         pytest.skip("the C end is not built here")
-    fds0 = len(os.listdir("/proc/self/fd"))
     mm = mmap.mmap(-1, wire.SHM_SIZE)
     flags = os.EFD_NONBLOCK | os.EFD_CLOEXEC
     wake, done = os.eventfd(0, flags), os.eventfd(0, flags)
     a, b = socket.socketpair()
+    ino = os.readlink(f"/proc/self/fd/{a.fileno()}")  # socket:[inode]
     chan = cspin.Channel(mm, peer=wake, own=done, sock=a.fileno(), host=True)
     out: list[object] = []
 
@@ -317,6 +317,7 @@ def test_the_c_end_waits_on_descriptors_of_its_own() -> None:
     reused = os.eventfd(1, flags)  # likely one of the numbers just closed, readable
     time.sleep(0.1)
     assert t.is_alive(), "the waiter woke on a descriptor closed under it"
+    assert ino in _links()  # the C end's own copy
     t0 = time.monotonic()
     chan.close()
     t.join(10)
@@ -327,4 +328,14 @@ def test_the_c_end_waits_on_descriptors_of_its_own() -> None:
     del chan, call, t
     gc.collect()
     mm.close()
-    assert len(os.listdir("/proc/self/fd")) == fds0  # its copies were closed
+    assert ino not in _links()  # its copy of the socket was closed (its last one)
+
+
+def _links() -> set[str]:
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+    return out
