@@ -36,8 +36,9 @@ class Isolated:
     ``on_crash``: what serves after a crash: ``"restart"`` (a fresh worker
     of the same build), ``"rollback"`` (the previous build) or ``"stop"``.
     ``call_timeout``: seconds a call may take before its worker is killed
-    (None: no bound).  ``max_restarts`` crashes within ``restart_window``
-    seconds stop the restarts.  ``limits``: the kernel's limits on the
+    (None or ``inf``: no bound; 1e9 s or more is none either).
+    ``max_restarts`` crashes within ``restart_window`` seconds stop the
+    restarts.  ``limits``: the kernel's limits on the
     worker: ``address_space`` (bytes), ``cpu_seconds``, ``nice``.
     ``sandbox``: the worker cannot reach this process (its memory, its
     signals, its files; see the Security page); ``False`` opts out, for a
