@@ -42,7 +42,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
-import fcntl
 import json
 import logging
 import mmap
@@ -693,12 +692,9 @@ def start(role: str, *, shm: bool = False, services: bool = False, sandbox: bool
             passed.append(svc_worker.fileno())
         area: tuple[mmap.mmap, int, int] | None = None
         if shm:
-            memfd = os.memfd_create("hotload-isolate", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-            os.ftruncate(memfd, SHM_SIZE)
-            # its size is fixed for good: a worker that truncated it (through
-            # /proc/self/map_files) made the host's next access die of SIGBUS
-            seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
-            fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, seals)
+            # sealed: a worker that truncated it (through /proc/self/map_files)
+            # made the host's next access of the mapping die of SIGBUS
+            memfd = channel.sized_memfd("hotload-isolate", SHM_SIZE)
             mm = mmap.mmap(memfd, SHM_SIZE)
             opened.append(mm)
             flags = os.EFD_CLOEXEC | os.EFD_NONBLOCK
