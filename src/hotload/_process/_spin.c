@@ -427,9 +427,9 @@ static PyObject *
 channel_close(Channel *self, PyObject *Py_UNUSED(ignored))
 {
     /* A waiting call returns (WHY_CLOSED): the flag, and a write of its own eventfd
-     * to end its poll().  The descriptors are the Worker's and stay open until it is
-     * freed (it is referenced by every caller in a wait): a number closed under a
-     * waiter could be reused by another file, which the waiter would then read. */
+     * to end its poll().  Our copies of the descriptors close now if no caller is
+     * inside, else as the last one leaves (left()): a number closed under a waiter
+     * could be reused by another file, which the waiter would then read. */
     self->closed = 1;
     efd_write(self->own);
     if (self->inside == 0)

@@ -617,8 +617,9 @@ class Worker:
     def _release(self) -> None:
         # not stderr: its reader thread closes it at EOF (closing it here would
         # wait for that read, i.e. for every forked child still holding the pipe)
-        # The socket and the eventfds stay open until this object is freed (see
-        # __init__): shutdown() and a write of our eventfd wake their waiters.
+        # The socket and the eventfds stay open while a caller waits on them (see
+        # __init__): shutdown() and a write of our eventfd wake it, and it closes
+        # them as it leaves.
         for f in (self.sock, self.svc):
             if f is not None:
                 with contextlib.suppress(OSError):
