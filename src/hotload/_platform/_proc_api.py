@@ -76,6 +76,12 @@ class WorkerProcess(Protocol):
         plugin's forked children); how many there were."""
         ...
 
+    def sized_memfd(self, name: str, size: int) -> int:
+        """A memfd of ``size`` bytes whose size is sealed for good (shrink,
+        grow, and the seals themselves): a worker that truncated the call
+        channel's area made the host's next access die of SIGBUS."""
+        ...
+
     def poller(self, *fds: int) -> Any:
         """A poll object watching ``fds`` for input: ``poll(ms)`` returns the
         ``(fd, events)`` pairs ready (the shared-memory channel's doorbells and

@@ -176,6 +176,10 @@ def end_descendants(timeout: float) -> int:
     return 0
 
 
+def sized_memfd(name: str, size: int) -> int:
+    raise NotImplementedError("isolated plugins need a POSIX host (memfd)")
+
+
 def poller(*fds: int) -> Any:
     raise NotImplementedError("isolated plugins need a POSIX host (poll on the channel)")
 

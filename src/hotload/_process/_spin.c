@@ -81,6 +81,7 @@
 #if defined(__linux__) && (defined(__x86_64__) || defined(__i386__))
 #define SPIN_CHANNEL 1
 #include <errno.h>
+#include <fcntl.h>
 #include <float.h>
 #include <math.h>
 #include <poll.h>
@@ -115,6 +116,7 @@ enum {
 #define SPIN_MIN_NS 500
 #define SPIN_MAX_NS 10000
 #define SPIN_START_NS 4000
+#define FLOOD_WAKES 32 /* eventfd wake-ups without the word, in one wait: a flood */
 
 /* Why call() handed the call back (Channel.why). */
 enum { WHY_PACK = 1, WHY_SOCKET = 2, WHY_TIMEOUT = 3, WHY_REPLY = 4, WHY_CLOSED = 5, WHY_SERVICE = 6 };
@@ -139,6 +141,8 @@ typedef struct {
     int host;
     volatile int closed;
     uint64_t seq;
+    uint64_t pending;     /* the host: a call whose wait a signal handler abandoned */
+    int inside;           /* callers in call/wait/ask/serve (with the GIL or without) */
     int64_t pure_ns, window_ns;
     int why;
     int in_call;          /* the worker: serving a call now (a service may go in place) */
@@ -176,8 +180,8 @@ load_acq(uint64_t *p)
 static inline int
 ready(const Channel *c, uint64_t x, uint64_t v, int mode)
 {
-    if (mode == 0)
-        return x != v;
+    if (mode == 0) /* a service answer (SVC_BIT) is not a request */
+        return x != v && !(x & SVC_BIT);
     if (x == v)
         return 1;
     return mode == 2 && (x & SVC_BIT) && x != c->svc_seen;
@@ -274,6 +278,7 @@ spin(Channel *c, uint64_t *word, uint64_t v, int eq /* ready()'s mode */)
 static int
 nap(Channel *c, uint64_t *word, uint64_t v, int eq, uint64_t *sleeps, uint64_t deadline)
 {
+    int spurious = 0;
     for (;;) {
         __atomic_store_n(sleeps, 1, __ATOMIC_RELAXED);
         __atomic_thread_fence(__ATOMIC_SEQ_CST); /* S2: before the load of the seq */
@@ -297,6 +302,15 @@ nap(Channel *c, uint64_t *word, uint64_t v, int eq, uint64_t *sleeps, uint64_t d
             ms = left > 0x7fffffff ? 0x7fffffff : (int)left;
         }
         struct pollfd fds[2] = {{c->own, POLLIN, 0}, {c->sock, POLLIN, 0}};
+        if (spurious >= FLOOD_WAKES) {
+            /* Many wake-ups and no new word: the peer floods our eventfd (a
+             * plugin writing to descriptors it does not own).  Look at the word
+             * every millisecond instead of at every write; the socket still
+             * ends the wait at once. */
+            fds[0].fd = -1;
+            if (ms < 0 || ms > 1)
+                ms = 1;
+        }
         c->n_slept++;
         int r = poll(fds, 2, ms);
         __atomic_store_n(sleeps, 0, __ATOMIC_RELAXED);
@@ -308,7 +322,20 @@ nap(Channel *c, uint64_t *word, uint64_t v, int eq, uint64_t *sleeps, uint64_t d
             return 2;
         if (fds[0].revents)
             c->n_woke++;
+        if (fds[0].revents || spurious >= FLOOD_WAKES)
+            spurious++;
     }
+}
+
+/* The deadline `timeout` seconds from now (0: none).  A timeout of 1e9 s or more
+ * (31 years; inf) is no bound: the float->uint64 cast of a larger one is
+ * undefined (inf gave 0, a deadline of now). */
+static uint64_t
+deadline_in(double timeout)
+{
+    if (!(timeout >= 0) || timeout >= 1e9)
+        return 0;
+    return now_ns() + (uint64_t)(timeout * 1e9) + 1;
 }
 
 /* Bytes (or EOF) on the socket now: the host's check after a reply. */
@@ -317,6 +344,35 @@ sock_ready(Channel *c)
 {
     struct pollfd p = {c->sock, POLLIN, 0};
     return poll(&p, 1, 0) > 0;
+}
+
+static void
+close_fds(Channel *c)
+{
+    int fds[3] = {c->peer, c->own, c->sock};
+    c->peer = c->own = c->sock = -1;
+    for (int i = 0; i < 3; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+}
+
+/* Leaving call/wait/ask/serve (the GIL held): the last caller out of a closed
+ * channel closes its descriptors. */
+static PyObject *
+left(Channel *c, PyObject *r)
+{
+    if (--c->inside == 0 && c->closed)
+        close_fds(c);
+    return r;
+}
+
+static PyObject *
+channel_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Channel *c = (Channel *)PyType_GenericNew(type, args, kwds);
+    if (c != NULL)
+        c->peer = c->own = c->sock = -1; /* none of ours yet (dealloc closes ours) */
+    return (PyObject *)c;
 }
 
 static int
@@ -340,9 +396,17 @@ channel_init(Channel *self, PyObject *args, PyObject *kwds)
     }
     self->base = self->view.buf;
     self->ctl = (uint64_t *)self->view.buf;
-    self->peer = peer;
-    self->own = own;
-    self->sock = sock;
+    /* Our own copies of the descriptors, closed when the channel is closed and no
+     * caller is inside it (or freed): a number the Worker closed under a waiter
+     * could be reused by another file, which the waiter would then read. */
+    self->peer = self->own = self->sock = -1;
+    if ((self->peer = fcntl(peer, F_DUPFD_CLOEXEC, 0)) < 0 ||
+        (self->own = fcntl(own, F_DUPFD_CLOEXEC, 0)) < 0 ||
+        (self->sock = fcntl(sock, F_DUPFD_CLOEXEC, 0)) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        close_fds(self);
+        return -1;
+    }
     self->host = host;
     self->pure_ns = SPIN_START_NS;
     self->window_ns = host ? 30000 : 50000;
@@ -354,6 +418,7 @@ channel_dealloc(Channel *self)
 {
     if (self->have_view)
         PyBuffer_Release(&self->view);
+    close_fds(self);
     PyMem_Free(self->table);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -361,8 +426,14 @@ channel_dealloc(Channel *self)
 static PyObject *
 channel_close(Channel *self, PyObject *Py_UNUSED(ignored))
 {
-    self->closed = 1; /* a waiting call returns (WHY_CLOSED); the mapping stays until freed */
-    self->peer = self->own = self->sock = -1;
+    /* A waiting call returns (WHY_CLOSED): the flag, and a write of its own eventfd
+     * to end its poll().  Our copies of the descriptors close now if no caller is
+     * inside, else as the last one leaves (left()): a number closed under a waiter
+     * could be reused by another file, which the waiter would then read. */
+    self->closed = 1;
+    efd_write(self->own);
+    if (self->inside == 0)
+        close_fds(self);
     Py_RETURN_NONE;
 }
 
@@ -451,6 +522,39 @@ unpack_result(const unsigned char *at, char code)
 
 static PyObject *finish(Channel *c, uint64_t seq, char rcode, double timeout);
 
+/* Before a call: the reply to the call whose wait a signal handler abandoned
+ * (`pending`: the worker may still run it, and reads the request area until it
+ * starts), bounded by this call's timeout.  0 when it came (or none was pending),
+ * a WHY_ to hand the call back (nothing sent), -1 with an exception (a signal). */
+static int
+settle(Channel *c, double timeout)
+{
+    uint64_t *ctl = c->ctl, p = c->pending;
+    uint64_t deadline = deadline_in(timeout);
+    while (p && load_acq(&ctl[REP_SEQ]) != p) {
+        int got;
+        Py_BEGIN_ALLOW_THREADS
+        got = nap(c, &ctl[REP_SEQ], p, 1, &ctl[HOST_SLEEPS], deadline);
+        Py_END_ALLOW_THREADS
+        if (got == 1)
+            break;
+        if (got == 2)
+            return WHY_SOCKET;
+        if (got == 3)
+            return WHY_TIMEOUT;
+        if (got == 4)
+            return WHY_CLOSED;
+        if (errno != EINTR) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (PyErr_CheckSignals() < 0)
+            return -1;
+    }
+    c->pending = 0;
+    return 0;
+}
+
 static PyObject *
 hand_back(Channel *c, int why)
 {
@@ -467,7 +571,7 @@ hand_back(Channel *c, int why)
  * the plan's, or bytes came on the socket: the Python path reads and judges
  * it) or WHY_CLOSED (the worker was released). */
 static PyObject *
-channel_call(Channel *c, PyObject *const *args, Py_ssize_t nargs)
+do_call(Channel *c, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 3 || !PyBytes_Check(args[0]) || !PyTuple_Check(args[1])) {
         PyErr_SetString(PyExc_TypeError, "call(spec: bytes, args: tuple, timeout)");
@@ -501,6 +605,13 @@ channel_call(Channel *c, PyObject *const *args, Py_ssize_t nargs)
         }
         len += (size_t)code_size(code);
     }
+    if (c->pending) {
+        int why = settle(c, timeout);
+        if (why < 0)
+            return NULL;
+        if (why)
+            return hand_back(c, why);
+    }
     uint64_t *ctl = c->ctl;
     uint64_t seq = ++c->seq;
     memcpy(c->base + SHM_REQ, req, len);
@@ -511,6 +622,13 @@ channel_call(Channel *c, PyObject *const *args, Py_ssize_t nargs)
     if (__atomic_load_n(&ctl[WORKER_SLEEPS], __ATOMIC_RELAXED)) /* W3 */
         efd_write(c->peer);
     return finish(c, seq, rcode, timeout);
+}
+
+static PyObject *
+channel_call(Channel *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    c->inside++;
+    return left(c, do_call(c, args, nargs));
 }
 
 /* Wait for the reply to call `seq` and unpack it (see call()); a service
@@ -527,17 +645,20 @@ finish(Channel *c, uint64_t seq, char rcode, double timeout)
     if (got && (x = load_acq(&ctl[REP_SEQ])) == seq)
         strays = sock_ready(c);
     Py_END_ALLOW_THREADS
+    if (c->closed)
+        return hand_back(c, WHY_CLOSED);
     if (!got) {
-        if (timeout >= 0)
-            deadline = now_ns() + (uint64_t)(timeout * 1e9) + 1;
+        deadline = deadline_in(timeout);
         for (;;) {
             Py_BEGIN_ALLOW_THREADS
             got = nap(c, &ctl[REP_SEQ], seq, 2, &ctl[HOST_SLEEPS], deadline);
             Py_END_ALLOW_THREADS
             if (got >= 0 || errno != EINTR)
                 break;
-            if (PyErr_CheckSignals() < 0)
+            if (PyErr_CheckSignals() < 0) {
+                c->pending = seq; /* the worker still runs it: the next call waits for it */
                 return NULL;
+            }
         }
         if (got == 2)
             return hand_back(c, WHY_SOCKET);
@@ -547,10 +668,10 @@ finish(Channel *c, uint64_t seq, char rcode, double timeout)
             return hand_back(c, WHY_CLOSED);
         if (got < 0)
             return PyErr_SetFromErrno(PyExc_OSError);
-        Py_BEGIN_ALLOW_THREADS
+        if (c->closed)
+            return hand_back(c, WHY_CLOSED);
         if ((x = load_acq(&ctl[REP_SEQ])) == seq)
             strays = sock_ready(c);
-        Py_END_ALLOW_THREADS
     }
     if (x != seq) { /* a service request (ready()'s mode 2) */
         c->svc_seen = x;
@@ -568,7 +689,7 @@ finish(Channel *c, uint64_t seq, char rcode, double timeout)
 /* wait(spec, timeout): after answer(), wait on for the reply to the call in
  * flight, as call() does. */
 static PyObject *
-channel_wait(Channel *c, PyObject *const *args, Py_ssize_t nargs)
+do_wait(Channel *c, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2 || !PyBytes_Check(args[0]) || PyBytes_GET_SIZE(args[0]) < 3) {
         PyErr_SetString(PyExc_TypeError, "wait(spec: bytes, timeout)");
@@ -583,6 +704,13 @@ channel_wait(Channel *c, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
     }
     return finish(c, c->seq, PyBytes_AS_STRING(args[0])[2], timeout);
+}
+
+static PyObject *
+channel_wait(Channel *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    c->inside++;
+    return left(c, do_wait(c, args, nargs));
 }
 
 /* Publish `body` in `area`, its length, then `marker` as `seqword` (last),
@@ -617,7 +745,7 @@ channel_answer(Channel *c, PyObject *body)
  * in place (SVC_OK); the answer's body, or None when the socket ended the wait
  * (the host is gone). */
 static PyObject *
-channel_ask(Channel *c, PyObject *body)
+do_ask(Channel *c, PyObject *body)
 {
     if (!PyBytes_Check(body) || PyBytes_GET_SIZE(body) > SHM_CAP || c->host || c->closed) {
         PyErr_SetString(PyExc_ValueError, "ask(bytes of at most 64 KiB), on the worker's end");
@@ -649,6 +777,13 @@ channel_ask(Channel *c, PyObject *body)
     if (n > SHM_CAP)
         Py_RETURN_NONE;
     return PyBytes_FromStringAndSize((const char *)c->base + SHM_REQ, (Py_ssize_t)n);
+}
+
+static PyObject *
+channel_ask(Channel *c, PyObject *body)
+{
+    c->inside++;
+    return left(c, do_ask(c, body));
 }
 
 /* ---- the worker's end ---------------------------------------------------- */
@@ -792,7 +927,10 @@ serve_loop(Channel *c)
         c->in_call = 1;
         ctl[REP_LEN] = serve_one(c, e); /* may ask() services: the GIL is taken for them */
         c->in_call = 0;
-        c->seq = load_acq(&ctl[REQ_SEQ]); /* seq, or the last service answer's marker */
+        /* The call served, never the word now: a request published meanwhile (its
+         * caller's wait was abandoned, a signal) is the next one to serve, and a
+         * service answer's marker (SVC_BIT) is not a request (ready()). */
+        c->seq = seq;
         __atomic_store_n(&ctl[REP_SEQ], seq, __ATOMIC_RELEASE); /* W1: the seq last */
         __atomic_thread_fence(__ATOMIC_SEQ_CST);                 /* W2 */
         if (__atomic_load_n(&ctl[HOST_SLEEPS], __ATOMIC_RELAXED)) /* W3 */
@@ -807,7 +945,7 @@ serve_loop(Channel *c)
  * serves (the seq it last served is `seq`), 1 when a frame (or EOF) waits on
  * the socket. */
 static PyObject *
-channel_serve(Channel *c, PyObject *Py_UNUSED(ignored))
+do_serve(Channel *c)
 {
     if (c->host) {
         PyErr_SetString(PyExc_RuntimeError, "serve() is the worker's end");
@@ -825,6 +963,13 @@ channel_serve(Channel *c, PyObject *Py_UNUSED(ignored))
         if (PyErr_CheckSignals() < 0)
             return NULL;
     }
+}
+
+static PyObject *
+channel_serve(Channel *c, PyObject *Py_UNUSED(ignored))
+{
+    c->inside++;
+    return left(c, do_serve(c));
 }
 
 static PyObject *
@@ -852,6 +997,8 @@ static PyMethodDef channel_methods[] = {
 
 static PyMemberDef channel_members[] = {
     {"seq", T_ULONGLONG, offsetof(Channel, seq), 0, "the last sequence sent or served"},
+    {"pending", T_ULONGLONG, offsetof(Channel, pending), 0,
+     "the host: a call whose wait was abandoned (0: none)"},
     {"why", T_INT, offsetof(Channel, why), READONLY, "why call() returned AGAIN"},
     {"window_ns", T_LONGLONG, offsetof(Channel, window_ns), 0, "spin window before sleeping"},
     {"in_call", T_INT, offsetof(Channel, in_call), 0, "the worker serves a call now"},
@@ -863,7 +1010,7 @@ static PyTypeObject ChannelType = {
     .tp_basicsize = sizeof(Channel),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "One end of an isolated worker's shared-memory call channel.",
-    .tp_new = PyType_GenericNew,
+    .tp_new = channel_new,
     .tp_init = (initproc)channel_init,
     .tp_dealloc = (destructor)channel_dealloc,
     .tp_methods = channel_methods,

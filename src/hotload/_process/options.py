@@ -8,6 +8,7 @@ would refuse is an error at ``load`` that names it, not a worker that dies later
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -35,8 +36,9 @@ class Isolated:
     ``on_crash``: what serves after a crash: ``"restart"`` (a fresh worker
     of the same build), ``"rollback"`` (the previous build) or ``"stop"``.
     ``call_timeout``: seconds a call may take before its worker is killed
-    (None: no bound).  ``max_restarts`` crashes within ``restart_window``
-    seconds stop the restarts.  ``limits``: the kernel's limits on the
+    (None or ``inf``: no bound; 1e9 s or more is none either).
+    ``max_restarts`` crashes within ``restart_window`` seconds stop the
+    restarts.  ``limits``: the kernel's limits on the
     worker: ``address_space`` (bytes), ``cpu_seconds``, ``nice``.
     ``sandbox``: the worker cannot reach this process (its memory, its
     signals, its files; see the Security page); ``False`` opts out, for a
@@ -69,6 +71,8 @@ class Isolated:
             )
         if self.call_timeout is not None:
             _positive("call_timeout", self.call_timeout)
+            if self.call_timeout == math.inf:  # no bound, as None
+                object.__setattr__(self, "call_timeout", None)
         _positive("restart_window", self.restart_window)
         if not _is_int(self.max_restarts) or self.max_restarts < 0:
             raise ConfigError(f"max_restarts must be an integer >= 0, not {self.max_restarts!r}")

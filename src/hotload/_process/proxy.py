@@ -184,8 +184,7 @@ class Proxy:
             raise self._dead_error()
         self.call_started = time.monotonic()
         try:
-            worker.send(body)
-            return worker.recv(timeout)
+            return worker.exchange(body, timeout)
         except TimeoutError:
             self._crashed(worker, what, timeout=timeout)
         except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
@@ -315,7 +314,9 @@ class Proxy:
                 out = service_channel.in_place(self, worker, cp, self.opts.call_timeout)
                 if out is not AGAIN:
                     return out
-            return worker.call_shm(cp, args, self.opts.call_timeout, again=again is not None)
+            t = self.opts.call_timeout  # what the C end left of it (one deadline per call)
+            t = t if t is None or again is None else t + self.call_started - time.monotonic()
+            return worker.call_shm(cp, args, t, again=again is not None)
         except TimeoutError:
             self._crashed(worker, cp.fname, timeout=self.opts.call_timeout)
         except (BrokenPipeError, ConnectionResetError, EOFError, OSError):

@@ -245,7 +245,7 @@ class _Shm:
                     else:
                         mm[wire.SHM_REP] = 0
                     ctl[wire.REP_LEN] = cp.rep.size
-                    self._served()
+                    self._served(seq)
                     ctl[wire.REP_SEQ] = seq
                     os.eventfd_write(self.done, 1)
                     return False
@@ -255,20 +255,22 @@ class _Shm:
             except (TypeError, OverflowError, ValueError, struct.error, wire._Garbage) as exc:
                 reply = error(TypeError(str(exc)))
         if len(reply) > wire.SHM_CAP:
-            self._served()
+            self._served(seq)
             self.sock.sendall(wire.FRAME.pack(len(reply)) + reply)
             return False
         mm[wire.SHM_REP : wire.SHM_REP + len(reply)] = reply
         ctl[wire.REP_LEN] = len(reply)
-        self._served()
+        self._served(seq)
         ctl[wire.REP_SEQ] = seq
         os.eventfd_write(self.done, 1)
         return False
 
-    def _served(self) -> None:
-        """Before the reply goes: the sequence seen last is the request's, or
-        the answer to the call's last service request (``ask``), which moved it."""
-        self.seq = self.ctl[wire.REQ_SEQ]
+    def _served(self, seq: int) -> None:
+        """Before the reply goes: the sequence served last is this call's, never
+        the word now (a call published meanwhile, after its caller's wait was
+        abandoned, is the next one to serve; the answer to a service request
+        moved the word to its marker, which is no request)."""
+        self.seq = seq
         if self.chan is not None:
             self.chan.seq = self.seq
 

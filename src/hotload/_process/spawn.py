@@ -89,6 +89,10 @@ WORKER_MODULE = "hotload._process.worker"
 ROLES = ("preflight", "isolated", "replay")
 HELLO = b"\x00ready"
 START_TIMEOUT = 30.0  # seconds a fresh worker may take to say hello
+#: A wait of this many seconds or more is unbounded (as in ``_spin.c``): poll() takes
+#: at most 2**31-1 ms (24.8 days) and the C end's deadline is a 64-bit nanosecond.
+NO_BOUND = 1e9
+FLOOD_WAKES = 32  # eventfd wake-ups without a reply in one wait: a flood (_spin.c)
 
 # The states of an isolated version's worker, as VersionInfo.worker shows them.
 UP, RESTARTING, STOPPED = "running", "restarting", "stopped"
@@ -161,6 +165,8 @@ class Worker:
         self._timeout: float | None = None
         self.mm: mmap.mmap | None = None
         self.seq = 0
+        self.pending = 0  # a call whose wait was abandoned (a signal): see _settle
+        self.sock_pending = False  # the same on the socket: see exchange
         self.chan: Any = None  # the C end of the channel (``_spin.c``), when built
         if shm is not None:
             self.mm, self.wake, self.done = shm
@@ -171,6 +177,16 @@ class Worker:
                 )
             self.poller = channel.poller(self.done, sock.fileno())
             self.sock_poller = channel.poller(sock.fileno())
+        # The socket and the eventfds close at _release only when no caller
+        # waits on them here (in poll() or recv() without the GIL): a number
+        # closed under a waiter could be reused by another file, which it would
+        # then read; else the waiter closes them as it leaves.  (The C end keeps
+        # its own copies: _spin.c.)
+        self._efds = () if shm is None else (shm[1], shm[2])
+        self._waiting = 0  # callers in a wait (one: calls are serialized per version)
+        self._released = False
+        self._sock_open = True
+        self._fds_lock = threading.Lock()
         self.stderr: collections.deque[str] = collections.deque(maxlen=40)
         self.kin: dict[int, int] = {}  # descendants seen (pid -> start time): see note_kin
         self._tree_ended = False
@@ -330,6 +346,20 @@ class Worker:
     def send(self, body: bytes) -> None:
         self.sock.sendall(FRAME.pack(len(body)) + body)
 
+    def exchange(self, body: bytes, timeout: float | None) -> bytes:
+        """Send a request on the socket and read its reply, within ``timeout``.
+        A reply still owed (the last wait was abandoned by a signal handler:
+        Ctrl-C, an alarm) is read and dropped first, within the same timeout:
+        it would otherwise be taken for this request's."""
+        if self.sock_pending:
+            self.recv(timeout)
+            self.sock_pending = False
+        self.send(body)
+        self.sock_pending = True
+        reply = self.recv(timeout)
+        self.sock_pending = False
+        return reply
+
     # -- the shared-memory path of a call --------------------------------------------
     def call_shm(
         self, cp: CallPlan, args: tuple[Any, ...], timeout: float | None, *, again: bool = False
@@ -352,6 +382,7 @@ class Worker:
             if why == cspin.WHY_CLOSED:
                 raise ValueError("the worker's channel was released")
             # WHY_PACK: nothing was sent; the Python path judges the arguments
+        self._settle(timeout)
         if cp.simple:
             if len(args) != len(cp.params) or cp.bools:
                 encode(cp, args)  # raises the TypeError (a _Bool: checked by the rule)
@@ -375,7 +406,16 @@ class Worker:
         ctl[REQ_LEN] = n
         ctl[REQ_SEQ] = seq  # after the body: x86 keeps stores in order
         os.eventfd_write(self.wake, 1)  # always (the protocol's superset: _spin.c)
-        reply = self._await(seq, timeout)
+        waited = False
+        try:
+            reply = self._await(seq, timeout)
+            waited = True
+        finally:
+            if not waited:  # a signal handler raised (or it died: then no matter)
+                if chan is not None:
+                    chan.pending = seq
+                else:
+                    self.pending = seq
         if reply is None:
             return self._shm_reply(cp, args)
         return decode(cp, reply, args)
@@ -395,6 +435,22 @@ class Worker:
         self._no_strays()
         return decode(cp, reply, args)
 
+    def _settle(self, timeout: float | None) -> None:
+        """Before a call: wait (within ``timeout``) for the reply to the call
+        whose wait a signal handler abandoned (Ctrl-C, an alarm): the worker
+        may still run it, and reads the request area until it starts.  A reply
+        of it on the socket (a large one) is read and dropped.  Raises as
+        ``_await`` (a timeout: the worker is killed)."""
+        chan = self.chan
+        pend = chan.pending if chan is not None else self.pending
+        if not pend:
+            return
+        self._await(pend, timeout)
+        if chan is not None:
+            chan.pending = 0
+        else:
+            self.pending = 0
+
     def _await(self, seq: int, timeout: float | None) -> bytes | None:
         """Wait for the reply to request ``seq``: None when it is in shared
         memory, the body when it came on the socket (too large)."""
@@ -407,7 +463,34 @@ class Worker:
             yield_cpu()  # the worker may be waiting for this very core
         else:
             return None
+        if timeout is not None and timeout >= NO_BOUND:
+            timeout = None
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._waiting += 1
+        try:
+            return self._sleep(seq, deadline)
+        finally:
+            self._left()
+
+    def _left(self) -> None:
+        self._waiting -= 1
+        if self._released and not self._waiting:
+            self._close_fds()
+
+    def _close_fds(self) -> None:
+        with self._fds_lock:
+            efds, self._efds = self._efds, ()
+            sock, self._sock_open = self._sock_open, False
+        if sock:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+        for fd in efds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _sleep(self, seq: int, deadline: float | None) -> bytes | None:
+        ctl = self.ctl
+        spurious = 0
         while True:
             ctl[HOST_SLEEPS] = 1  # then drain: the eventfd's lock is the fence (_spin.c)
             drain(self.done)
@@ -418,7 +501,12 @@ class Worker:
             if left is not None and left <= 0:
                 ctl[HOST_SLEEPS] = 0
                 raise TimeoutError
-            events = self.poller.poll(None if left is None else max(1, int(left * 1000)))
+            ms = -1 if left is None else min(max(1, int(left * 1000)), 2**31 - 1)
+            if spurious >= FLOOD_WAKES:  # an eventfd flood: look every ms (_spin.c)
+                events = self.sock_poller.poll(1 if ms < 0 else min(ms, 1))
+            else:
+                events = self.poller.poll(ms)
+                spurious += any(fd == self.done for fd, _ in events)
             ctl[HOST_SLEEPS] = 0
             if any(fd != self.done for fd, _ in events):
                 if ctl[REP_SEQ] == seq:
@@ -439,22 +527,42 @@ class Worker:
 
     def recv(self, timeout: float | None) -> bytes:
         """One reply body; EOFError when the worker is gone, TimeoutError at
-        the deadline, _Garbage for a frame that breaks the protocol."""
-        if timeout != self._timeout:
-            self.sock.settimeout(timeout)
-            self._timeout = timeout
-        buf = self._exactly(4, b"")  # usually the whole reply in one recv
+        the deadline, _Garbage for a frame that breaks the protocol.  One
+        deadline for the whole frame, ``timeout`` seconds from now: each
+        recv() gets the time left (a worker dripping a byte at a time does not
+        re-arm it)."""
+        deadline = None
+        if timeout is not None and timeout < NO_BOUND:
+            deadline = time.monotonic() + timeout
+        self._waiting += 1
+        try:
+            buf = self._exactly(4, b"", deadline)  # usually the whole reply in one recv
+            return self._rest(buf, deadline)
+        finally:
+            self._left()
+
+    def _rest(self, buf: bytes, deadline: float | None) -> bytes:
         (n,) = FRAME.unpack_from(buf)
         if n > MAX_FRAME:
             raise _Garbage(f"a frame of {n} bytes")
         if len(buf) > 4 + n:
             raise _Garbage(f"{len(buf) - 4 - n} bytes after a reply")
-        if len(buf) < 4 + n:  # a large body: the rest into one buffer (recv_exactly)
-            return buf[4:] + recv_exactly(self.sock, 4 + n - len(buf))
+        if len(buf) < 4 + n:  # a large body: the rest into one buffer
+            if deadline is None:
+                self._settimeout(None)
+                return buf[4:] + recv_exactly(self.sock, 4 + n - len(buf))
+            return buf[4:] + self._exactly_by(4 + n - len(buf), deadline)
         return buf[4:]
 
-    def _exactly(self, n: int, buf: bytes) -> bytes:
+    def _exactly(self, n: int, buf: bytes, deadline: float | None) -> bytes:
         while len(buf) < n:
+            if deadline is None:
+                self._settimeout(None)
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self._settimeout(left)
             try:
                 chunk = self.sock.recv(max(n - len(buf), 4096) if n == 4 else n - len(buf))
             except TimeoutError:
@@ -509,19 +617,26 @@ class Worker:
     def _release(self) -> None:
         # not stderr: its reader thread closes it at EOF (closing it here would
         # wait for that read, i.e. for every forked child still holding the pipe)
+        # The socket and the eventfds stay open while a caller waits on them (see
+        # __init__): shutdown() and a write of our eventfd wake it, and it closes
+        # them as it leaves.
         for f in (self.sock, self.svc):
             if f is not None:
                 with contextlib.suppress(OSError):
                     f.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading it
-                with contextlib.suppress(OSError):
-                    f.close()
+        if self.svc is not None:
+            with contextlib.suppress(OSError):
+                self.svc.close()
         if self.mm is not None:
-            fds, self.wake, self.done = (self.wake, self.done), -1, -1  # first: see _call_shm
+            done, self.wake, self.done = self.done, -1, -1  # first: see _call_shm
             if self.chan is not None:
                 self.chan.close()  # a waiting call returns; the mapping stays until it is freed
-            for fd in fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            with contextlib.suppress(OSError):
+                os.eventfd_write(done, 1)  # a waiter's poll() returns
+        self._released = True
+        if not self._waiting:
+            self._close_fds()
+        if self.mm is not None:
             self.ctl.release()  # a call still spinning on it gets ValueError: a crash
             with contextlib.suppress(BufferError):
                 self.mm.close()  # the mapping holds a dup of the memfd
@@ -578,8 +693,9 @@ def start(role: str, *, shm: bool = False, services: bool = False, sandbox: bool
             passed.append(svc_worker.fileno())
         area: tuple[mmap.mmap, int, int] | None = None
         if shm:
-            memfd = os.memfd_create("hotload-isolate", os.MFD_CLOEXEC)
-            os.ftruncate(memfd, SHM_SIZE)
+            # sealed: a worker that truncated it (through /proc/self/map_files)
+            # made the host's next access of the mapping die of SIGBUS
+            memfd = channel.sized_memfd("hotload-isolate", SHM_SIZE)
             mm = mmap.mmap(memfd, SHM_SIZE)
             opened.append(mm)
             flags = os.EFD_CLOEXEC | os.EFD_NONBLOCK
