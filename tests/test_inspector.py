@@ -593,7 +593,7 @@ def test_report_round_trips_through_json(build: Build) -> None:
 # destructor registered or a NODELETE image stays in the process for good, and
 # one test's leftovers changed what the next one saw (1 failure in 2 full runs).
 PROBE = """
-import _ctypes, ctypes, json, os, shutil, sys, threading
+import _ctypes, ctypes, json, os, shutil, sys, threading, time
 
 def mapped(path):
     st = os.stat(path)
@@ -630,7 +630,14 @@ def thread_local(src, trigger):
     assert touched.wait(10)
     _ctypes.dlclose(lib._handle)
     out = {"while_alive": mapped(copy)}
+    tid = thread.native_id
     finish.set(); thread.join()
+    # join() returns when the Python function is done; glibc runs the thread's TLS
+    # destructors (and drops its hold on the image) after that, as the thread exits:
+    # the next dlclose must come after the thread is gone, or it races them (a flake)
+    end = time.monotonic() + 10
+    while os.path.exists(f"/proc/self/task/{tid}") and time.monotonic() < end:
+        time.sleep(0.01)
     out["after_exit"] = mapped(copy)
     other = trigger.replace(".so", "-trigger.so")
     shutil.copyfile(trigger, other)
