@@ -93,6 +93,42 @@ def test_a_release_group_moves_together_once_every_member_is_written(
     assert all(r["state"] == "live" for r in rep.values()), rep
 
 
+@pytest.mark.parametrize("then", ["release", "rollout"])
+def test_a_late_host_joins_overlapping_decisions_into_one_switch(
+    cluster: Cluster,
+    redis_server: RedisServer,
+    gens: Callable[[int], dict[str, Path]],
+    then: str,
+) -> None:
+    """Release X moved both plugins to gen 2, then a release of reward alone
+    (or a rollout of it) to gen 3: the desired states hold drops from X and
+    reward from the later decision.  A host starting on gen 1 went (1,1) ->
+    (1,2) -> (3,2), X split (the second attack); now one switch to (3,2)."""
+    one, two, three = gens(1), gens(2), gens(3)
+    d2, d3 = publish(redis_server.url, two), publish(redis_server.url, three)
+    later = Group("ba9876543210", ("reward",)) if then == "release" else None
+    with Fleet(redis_server.url) as f:  # the fleet's state before the host comes
+        f.set_desired("reward", [Rule({}, d3["reward"], release=later)])
+        f.set_desired("drops", group_rules(d2)["drops"])
+    watching: list[Any] = []
+
+    def setup(h: Host) -> None:  # both on gen 1, watched, before the agent's first look
+        h.load(one["drops"])
+        h.load(one["reward"])
+        watching.append(player(h))
+        watching.append(watching[0].__enter__())
+
+    cluster.add("a", {"role": "game"}, setup=setup)
+    h = cluster.hosts["a"]
+    try:
+        wait_for(lambda: gen_of(h) == (3, 2), what="one switch to (3, 2)")
+        time.sleep(0.2)
+    finally:
+        watching[0].__exit__(None, None, None)
+    seen = watching[1]
+    assert seen == [(1, 1), (3, 2)], seen
+
+
 def test_a_group_one_build_of_which_fails_changes_nothing_and_says_why_for_each(
     cluster: Cluster, redis_server: RedisServer, gens: Callable[[int], dict[str, Path]]
 ) -> None:

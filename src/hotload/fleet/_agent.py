@@ -389,9 +389,9 @@ class FleetAgent:
         gen, desired = pipe.execute()
         self.commands += 2
         self.guard.note_loaded(self.host.names())
-        held, revs = self._releases.read(), {}  # plugins a release plan decided last
-        covered: set[str] = set()
+        held, revs, covered = self._releases.read(), {}, set()  # held: a release plan's last
         groups: dict[str, dict[str, tuple[Rule, int]]] = {}  # release id -> its desired states
+        plain: dict[str, tuple[Rule, int, int]] = {}  # the others: rule, rev, decision
         for name_b, raw in sorted(desired.items()):
             name = name_b.decode("utf-8", "replace")
             if not PLUGIN_NAME.fullmatch(name):
@@ -426,8 +426,10 @@ class FleetAgent:
                     groups.setdefault(rule.release.id, {})[name] = (rule, rev)
                     continue
                 revision = rec.get("revision")
-                self._converge(name, rule, rev, revision if isinstance(revision, int) else rev)
-        self._releases.converge(groups, revs, held)
+                plain[name] = (rule, rev, revision if isinstance(revision, int) else rev)
+        alone = self._releases.converge(groups, revs, held, {n: p[:2] for n, p in plain.items()})
+        for name in alone:  # the rest, one by one
+            self._converge(name, *plain[name])
         for name in self.host.names():
             if name not in covered:
                 self._report(name, "live", None, 0, None)

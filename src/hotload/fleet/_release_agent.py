@@ -275,48 +275,66 @@ class ReleaseAgent:
 
     def converge(
         self, groups: dict[str, dict[str, tuple[Rule, int]]], revs: dict[str, int],
-        held: dict[str, int],
-    ) -> None:  # fmt: skip
+        held: dict[str, int], plain: dict[str, tuple[Rule, int]],
+    ) -> dict[str, tuple[Rule, int]]:  # fmt: skip
         """Bring each group of desired states a release wrote (``Rule.release``)
         to their builds together (``reload_together``), or not at all: a
         member still missing (not written yet, unreadable, expired) keeps
-        every plugin as it runs; a refusal is reported for every member."""
-        for rid, members in groups.items():
-            group = next(iter(members.values()))[0].release
-            assert group is not None
+        every plugin as it runs; a refusal is reported for every member.
+
+        Groups that share a plugin are one switch, and so is the plain desired
+        state (a rollout's, no canary) of a plugin a group names: a host that
+        comes late to two releases, or to a release and a rollout after it,
+        goes from where it is to where the fleet is in one step, never through
+        a pair the fleet never ran.  Returns the plain states left to converge
+        one by one."""
+        plain = dict(plain)
+        for rids in _joined(groups):
+            members: dict[str, tuple[Rule, int]] = {}
+            names: set[str] = set()
+            for rid in rids:
+                members.update(groups[rid])
+                group = next(iter(groups[rid].values()))[0].release
+                assert group is not None
+                names.update(group.plugins)
+            for n in names - set(members):
+                rule_rev = plain.get(n)
+                if rule_rev is not None and rule_rev[0].digest and rule_rev[0].canary is None:
+                    members[n] = plain.pop(n)
+            label = " + ".join(sorted(rids))
             rev = max(r for _, r in members.values())
-            missing = [
-                n for n in group.plugins
-                if n not in members and revs.get(n, -1) <= rev and held.get(n, -1) <= rev
-            ]  # fmt: skip
+            missing = sorted(n for n in names if n not in members and held.get(n, -1) <= rev)
             if missing:
-                why = f"release {rid}: no desired state of {', '.join(missing)} to go with it"
-                if self._blocked.get(rid) != why:
-                    self._blocked[rid] = why
+                why = f"release {label}: no desired state of {', '.join(missing)} to go with it"
+                if self._blocked.get(label) != why:
+                    self._blocked[label] = why
                     log.warning("fleet agent %s: %s: its plugins stay as they run", self.a.id, why)
                 continue
-            self._blocked.pop(rid, None)
-            want = {n: rule.digest for n, (rule, _) in members.items() if rule.digest}
-            todo = {n: d for n, d in want.items() if self.a.live_digest(n) != d}
-            failed = [n for n, d in todo.items() if self.a._failed.get((n, d)) == members[n][1]]
-            if failed:
-                continue  # refused for these revs; a new decision tries again
-            error = None
-            if todo:
-                try:
-                    cands = {n: self.a._build(n, d) for n, d in todo.items()}
-                    for n, c in cands.items():
-                        if c.name != n:
-                            raise FleetError(f"{n}: build {todo[n]} declares plugin {c.name!r}")
-                    self.took(cands)
-                    self.a.host.reload_together(cands)
-                except HotloadError as exc:
-                    error = f"release {rid}: {exc}; none of its plugins changed here"
-                    log.warning("fleet agent %s: %s", self.a.id, error)
-                    for n, d in todo.items():
-                        self.a._failed[(n, d)] = members[n][1]
-            for n, (rule, r) in members.items():
-                self.a._report(n, "failed" if error else "live", rule.digest, r, error)
+            self._blocked.pop(label, None)
+            self._apply_group(label, members)
+        return plain
+
+    def _apply_group(self, label: str, members: dict[str, tuple[Rule, int]]) -> None:
+        want = {n: rule.digest for n, (rule, _) in members.items() if rule.digest}
+        todo = {n: d for n, d in want.items() if self.a.live_digest(n) != d}
+        if any(self.a._failed.get((n, d)) == members[n][1] for n, d in todo.items()):
+            return  # refused for these revs; a new decision tries again
+        error = None
+        if todo:
+            try:
+                cands = {n: self.a._build(n, d) for n, d in todo.items()}
+                for n, c in cands.items():
+                    if c.name != n:
+                        raise FleetError(f"{n}: build {todo[n]} declares plugin {c.name!r}")
+                self.took(cands)
+                self.a.host.reload_together(cands)
+            except HotloadError as exc:
+                error = f"release {label}: {exc}; none of its plugins changed here"
+                log.warning("fleet agent %s: %s", self.a.id, error)
+                for n, d in todo.items():
+                    self.a._failed[(n, d)] = members[n][1]
+        for n, (rule, r) in members.items():
+            self.a._report(n, "failed" if error else "live", rule.digest, r, error)
 
     def _judge(self, plan: Plan, mine: Release) -> None:
         """A canary host's look at the release it switched: each plugin's new
@@ -424,3 +442,17 @@ class _Refused(FleetError):
         super().__init__(why)
         self.plugin = plugin
         self.retry = retry  # the host may take it later (its application loads it)
+
+
+def _joined(groups: dict[str, dict[str, tuple[Rule, int]]]) -> list[list[str]]:
+    """The release ids of ``groups``, joined where their plugins overlap."""
+    out: list[tuple[set[str], list[str]]] = []
+    for rid in sorted(groups):
+        group = next(iter(groups[rid].values()))[0].release
+        names = set(group.plugins if group is not None else ()) | set(groups[rid])
+        hit = [c for c in out if c[0] & names]
+        for c in hit:
+            out.remove(c)
+            names |= c[0]
+        out.append((names, sorted({rid, *(r for c in hit for r in c[1])})))
+    return [rids for _, rids in out]
