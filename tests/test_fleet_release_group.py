@@ -129,6 +129,22 @@ def test_a_late_host_joins_overlapping_decisions_into_one_switch(
     assert seen == [(1, 1), (3, 2)], seen
 
 
+def test_a_rollback_by_history_of_a_plugin_a_release_moved_is_refused(
+    redis_server: RedisServer, gens: Callable[[int], dict[str, Path]]
+) -> None:
+    """The history has no step for a release: `fleet rollback reward` took
+    reward to the build before the last rollout, apart from drops (the second
+    attack's G6).  Refused, saying how to take the release back; nothing
+    written."""
+    d2 = publish(redis_server.url, gens(2))
+    with Fleet(redis_server.url) as f:
+        f.set_desired("reward", group_rules(d2)["reward"])
+        rev = f.desired("reward")[0]
+        with pytest.raises(FleetError, match=r"release 0123456789ab moved it last.*release of"):
+            f.rollback("reward", step_timeout=5)
+        assert f.desired("reward")[0] == rev
+
+
 def test_a_group_one_build_of_which_fails_changes_nothing_and_says_why_for_each(
     cluster: Cluster, redis_server: RedisServer, gens: Callable[[int], dict[str, Path]]
 ) -> None:

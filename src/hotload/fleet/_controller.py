@@ -241,6 +241,11 @@ class Controller:
                     f"{self.plugin}: rollout {last.get('id')} is in progress; abort it (it "
                     f"goes back by itself) before rolling back"
                 )
+            now: list[Rule] = []
+            with contextlib.suppress(FleetError):  # a garbled record: roll back anyway
+                now = self.f.desired(self.plugin)[1]
+            if to is None:
+                _history.refuse_after_release(now, self.plugin)
             entries = _history.read(self.f, self.plugin)
             target = _history.previous(entries, self.plugin) if to is None else to
             rules = _history.rules_of(entries, target, self.plugin)

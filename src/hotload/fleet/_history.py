@@ -154,3 +154,17 @@ def describe(rules: list[Rule] | list[dict[str, Any]]) -> str:
     if not digests:
         return "every host on its own build"
     return ", ".join(sorted(str(d)[:12] for d in digests))
+
+
+def refuse_after_release(rules: list[Rule], plugin: str) -> None:
+    """A rollback by history after a release moved ``plugin`` (its desired
+    state names the release) would take it to the revision before the last
+    *rollout*, apart from the release's other plugins: refused, saying how."""
+    group = next((r.release for r in rules if r.release is not None), None)
+    if group is not None:
+        raise FleetError(
+            f"{plugin}: release {group.id} moved it last, with {', '.join(group.plugins)}; "
+            "a rollback by history would take it back alone, to a build from before that "
+            "release: take the release back with a release of the builds before it "
+            "(hotload fleet release NAME=BUILD ..., the Releases page), or name --to"
+        )
