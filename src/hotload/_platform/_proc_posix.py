@@ -104,22 +104,9 @@ def _copy_vm_readv(fn: Any, address: int, size: int) -> bytes:
 def _copy_via_file(address: int, size: int) -> bytes:
     """Fallback: ``write()`` the range into an anonymous file (EFAULT, not a
     crash, on a bad address), then read it back."""
-    write = _libc().write
-    write.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
-    write.restype = ctypes.c_ssize_t
     fd = _scratch_fd()
     try:
-        done = 0
-        while done < size:
-            n = write(fd, address + done, size - done)
-            if n < 0:
-                err = ctypes.get_errno()
-                if err == errno.EINTR:
-                    continue
-                raise _fault(address + done, err)
-            if n == 0:
-                raise _fault(address + done, errno.EFAULT)
-            done += n
+        _move(_libc_io("write"), fd, address, size, errno.EFAULT)
         parts, got = [], 0
         while got < size:
             part = os.pread(fd, size - got, got)
@@ -140,28 +127,41 @@ def write_memory(address: int, data: bytes | bytearray | memoryview) -> None:
     size = len(data)
     if size == 0:
         return
-    read = _libc().read
-    read.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
-    read.restype = ctypes.c_ssize_t
     fd = _scratch_fd()
     try:
         view, put = memoryview(data).cast("B"), 0
         while put < size:
             put += os.write(fd, view[put:])
         os.lseek(fd, 0, os.SEEK_SET)
-        done = 0
-        while done < size:
-            n = read(fd, address + done, size - done)
-            if n < 0:
-                err = ctypes.get_errno()
-                if err == errno.EINTR:
-                    continue
-                raise _fault(address + done, err)
-            if n == 0:
-                raise _fault(address + done, errno.EIO)
-            done += n
+        _move(_libc_io("read"), fd, address, size, errno.EIO)
     finally:
         os.close(fd)
+
+
+def _libc_io(name: str) -> Any:
+    """libc's ``read`` or ``write``, taking a raw address (ctypes, not os: the
+    address is the plugin's, and the kernel must be the one to touch it)."""
+    fn = getattr(_libc(), name)
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+    fn.restype = ctypes.c_ssize_t
+    return fn
+
+
+def _move(io: Any, fd: int, address: int, size: int, short: int) -> None:
+    """``size`` bytes between ``fd`` and ``address`` by ``io`` (read or
+    write), again on EINTR; a bad page is ``OSError`` naming its address,
+    and an early end (0 bytes) the errno ``short``."""
+    done = 0
+    while done < size:
+        n = io(fd, address + done, size - done)
+        if n < 0:
+            err = ctypes.get_errno()
+            if err == errno.EINTR:
+                continue
+            raise _fault(address + done, err)
+        if n == 0:
+            raise _fault(address + done, short)
+        done += n
 
 
 def _scratch_fd() -> int:
