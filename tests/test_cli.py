@@ -210,6 +210,7 @@ def test_c_declaration() -> None:
     assert c_declaration("name", "const char *(void)") == "const char *name(void)"
 
 
+@pytest.mark.soak  # make test-slow: a wheel built in an isolated env, ~13 s
 def test_installed_package_ships_the_sdk_and_current_license_metadata(tmp_path: Path) -> None:
     """A wheel, built as ``pip install`` builds one (isolated, with the
     build-system requirements), must carry hotload.h and the example sources

@@ -184,6 +184,7 @@ def test_messages_name_the_redis_the_url_came_from(tmp_path: Path) -> None:
     assert out.returncode == 1 and "hunter2" not in out.stderr and ":***@" in out.stderr
 
 
+@pytest.mark.soak  # make test-slow: six CLI runs, each starting the server, ~12 s
 def test_the_embedded_fleet_signs_with_no_key_named(builds, tmp_path: Path) -> None:
     """No ``--redis``, no key, no variable: the commands use the embedded
     server and its key pair, made by the first publish in the state

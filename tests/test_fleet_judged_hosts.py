@@ -190,6 +190,7 @@ def test_a_build_that_crashes_on_some_inputs_is_aborted_on_real_host_processes(
         assert hosts.ask(name, 5) == 11, name
 
 
+@pytest.mark.soak  # make test-slow: 3 hosts, a controller killed mid-bake, ~9 s
 def test_a_controller_killed_mid_bake_is_resumed_from_the_hosts_verdicts(
     redis_server: RedisServer, hosts: Hosts, reward: Callable[..., tuple[Path, str]], tmp_path: Path
 ) -> None:
