@@ -135,6 +135,32 @@ def test_mapped_bytes_are_the_kernels_count_for_every_image_in_memory(
     assert info.state == "unloaded" and info.mapped_bytes == 0
 
 
+def test_a_burst_of_reloads_is_proven_gone_with_few_reads_of_the_maps(
+    host: Host, example_plugins, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 24 item 6: the reaper proves a burst's retired images gone from
+    one read of ``/proc/self/maps`` per batch (at most one every 20 ms), not
+    one read each; every image is still proven gone, by the kernel's list."""
+    from hotload._platform import _posix
+
+    reads = [0]
+    real = _posix._read_maps
+
+    def counted() -> bytes:
+        reads[0] += 1
+        return real()
+
+    monkeypatch.setattr(_posix, "_read_maps", counted)
+    host.load(example_plugins["loot_drop"])
+    for _ in range(40):
+        host.reload("loot_drop")
+    assert host.settle()
+    infos = host.versions("loot_drop")
+    assert [i.state for i in infos[:-1]] == ["unloaded"] * (len(infos) - 1)
+    assert all(i.mapped_bytes == 0 for i in infos[:-1]) and infos[-1].mapped_bytes > 4096
+    assert 1 <= reads[0] < 20, reads[0]  # was 40: one per retired version
+
+
 @pytest.mark.parametrize(
     "bad",
     ["bad\0name.so", "x" * 5000 + ".so", "/proc/self/mem", "/dev/zero", "/", ""],
