@@ -16,8 +16,12 @@ plan cannot be replayed as planned), and for each:
   plan and stages the release's builds again.
 - *planned, after its time*: reports ``switched`` with the instant its
   timer flipped (``switched_ns``, ``time.time_ns()``); a host that did not
-  stage it (it restarted after the time, or joined late) converges now to
-  the release's builds, all together, and says ``late``.
+  stage it (it restarted after the time, joined late, or was refused while
+  another release held its plugins) takes it as a decision like a desired
+  state (``_due``): for each plugin the newest decision (by rev) naming it
+  wins, a release's other plugins follow that release, and ``converge``
+  switches the lot in one step; then it says ``switched`` and ``late``.  A
+  timer syncs at the time of each plan not staged here.
 - *cancelled*: drops the staged release (``Release.cancel``: nothing changes)
   and reports ``cancelled``.
 - *with a canary*: a host the plan's ``canary.match`` names stages it for
@@ -40,7 +44,8 @@ after that too (``Guard.hold``, saved with the accepted decisions): its plan
 cancelled too late, deleted, expired or cleaned out does not hand them back
 to an older desired state.  A plan after its time converges only plugins no
 newer accepted decision moved (a newer desired state that is gone or
-unreadable now means "keep what runs"), and only all of them.
+unreadable now means "keep what runs"), joined into one switch with the
+decisions that took its other plugins.
 
 The desired states a release's controller writes after the time name the
 release (``Rule.release``): ``converge`` moves such a group with one
@@ -56,9 +61,9 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from .._errors import FleetError, HotloadError
+from .._errors import BusyError, FleetError, HotloadError
 from ._release_plan import Plan, parse, releases_key, report_key, when
-from ._schema import Rule, matches
+from ._schema import Group, Rule, matches
 
 if TYPE_CHECKING:
     from .._engine.release import Release
@@ -85,6 +90,8 @@ class ReleaseAgent:
         self._conn: Any = None
         self._no_access = False  # the ACL does not let this host read the plans
         self._judged: dict[str, dict[str, Any]] = {}  # release id -> its canary's judging
+        self._late_errors: dict[str, str] = {}  # release id -> why its late switch failed
+        self._timers: dict[str, threading.Timer] = {}  # release id -> a sync at its time
 
     def judging(self) -> bool:
         """Whether a canary release is being judged here (the agent syncs at
@@ -162,9 +169,11 @@ class ReleaseAgent:
             self._conn = self.a._w
             self._reported.clear()
         ids = {p.id for p in self._plans}  # a plan cleaned out of Redis is forgotten here
-        for table in (self._judged, self._failed, self._reported):
+        for table in (self._judged, self._failed, self._reported, self._late_errors):
             for gone in [i for i in table if i not in ids]:
                 del table[gone]
+        for gone in [i for i in self._timers if i not in ids]:
+            self._timers.pop(gone).cancel()
         for gone in [i for i, r in self._staged.items() if i not in ids and r.state != "staged"]:
             del self._staged[gone]  # one still staged switches on its own, plan or not
             self._revs.pop(gone, None)
@@ -173,6 +182,8 @@ class ReleaseAgent:
             if plan.state == "planned":
                 newest.update({n: plan.rev for n in plan.names})
         for plan in self._plans:
+            if plan.state == "planned" and plan.id not in self._staged:
+                self._wake_at(plan)  # a plan not staged here converges at its time
             try:
                 self._act(plan, newest, revs)
             except (HotloadError, ValueError) as exc:  # ValueError: a time the host refuses
@@ -209,49 +220,27 @@ class ReleaseAgent:
             else:  # failed at the switch (the host closed), or cancelled on the host by hand
                 self._report(plan, "failed", error=f"{mine.state} on this host: {mine.reason}")
             return
-        if plan.state != "planned" or self._failed.get(plan.id) == plan.rev:
+        if plan.state != "planned":
             return
         at = plan.time_for(self.a.labels)  # a canary plan's other hosts: after the bake
-        due = time.time() >= at
-        names = [
-            n
-            for n in plan.names
-            if newest.get(n) == plan.rev
-            and revs.get(n, -1) < plan.rev
-            and (self.a.guard.newest(n) or -1) < plan.rev  # a newer decision, gone: kept
-        ]
-        if due and not names:
-            return  # every plugin of it was decided again since: nothing to converge
-        if due and all(self.a.live_digest(n) == plan.digests[n] for n in names):
-            self.a.guard.hold(names, plan.rev)
-            self._report(plan, "switched", late=True)
+        if time.time() >= at:  # after its time: ``converge`` joined it with what came since
+            self._late(plan, newest, revs)
+            return
+        if self._failed.get(plan.id) == plan.rev:
             return
         cands = {}
-        for name in plan.names if not due else names:
+        for name in plan.names:
             if not self.a.guard.takes(name):  # yet: the application may load it in a moment
                 raise _Refused(name, self.a.guard.not_taken(name), retry=True)
             try:
                 cands[name] = self.a._build(name, plan.digests[name])
             except HotloadError as exc:
                 raise _Refused(name, str(exc)) from None
-        if due:  # after its time: converge now, all together
-            if len(names) < len(plan.names):  # some were decided again since: not all of it
-                raise _Refused(
-                    names[0],
-                    f"release {plan.id}: only {', '.join(names)} of its plugins are still "
-                    f"its to switch (a later decision took the others): not switched alone",
-                )
-            self.took(cands)
-            self.a.host.reload_together(cands)
-            self.a.guard.hold(plan.names, plan.rev)
-            self.a._dirty = True  # the plugins' own reports next (status shows what runs)
-            log.warning(
-                "fleet agent %s: release %s: its time %s had passed: switched now",
-                *(self.a.id, plan.id, when(at)),
-            )
-            self._report(plan, "switched", switched_ns=time.time_ns(), late=True)
-            return
-        rel = self.a.host.reload_together(cands, at=at)
+        try:
+            rel = self.a.host.reload_together(cands, at=at)
+        except BusyError as exc:  # staged for an earlier release here: tried again after it
+            plugin = getattr(exc, "plugin", None) or plan.names[0]
+            raise _Refused(plugin, str(exc), retry=True) from None
         self._staged[plan.id] = rel
         self._revs[plan.id] = plan.rev
         threading.Thread(
@@ -259,6 +248,52 @@ class ReleaseAgent:
         ).start()
         log.info("fleet agent %s: release %s staged for %s", self.a.id, plan.id, when(at))
         self._report(plan, "staged")
+
+    def _late(self, plan: Plan, newest: dict[str, int], revs: dict[str, int]) -> None:
+        """A plan past its time that this host did not stage: ``converge``
+        switched it, joined with every newer decision on its plugins, in one
+        step (or says why not); here it is held and reported."""
+        held = self.a.guard.held()
+        names = [
+            n
+            for n in plan.names
+            if newest.get(n) == plan.rev
+            and revs.get(n, -1) < plan.rev
+            and (self.a.guard.newest(n) or -1) < plan.rev  # a newer decision, gone: kept
+            and held.get(n, -1) <= plan.rev  # a newer release switched it here
+        ]
+        if not names:
+            return  # every plugin of it was decided again since: nothing of it to converge
+        for name in names:
+            if not self.a.guard.takes(name):  # yet: the application may load it in a moment
+                raise _Refused(name, self.a.guard.not_taken(name), retry=True)
+        if all(self.a.live_digest(n) == plan.digests[n] for n in names):
+            if any(held.get(n, -1) < plan.rev for n in names):
+                log.warning(
+                    "fleet agent %s: release %s: its time %s had passed: switched late%s",
+                    self.a.id, plan.id, when(plan.time_for(self.a.labels)),
+                    "" if len(names) == len(plan.names) else
+                    f" (its {', '.join(names)}; the rest follow newer decisions)",
+                )  # fmt: skip
+            self.a.guard.hold(names, plan.rev)
+            said = self._reported.get(plan.id) or {}
+            switched = said.get("switched_ns") if said.get("state") == "switched" else None
+            self._report(plan, "switched", switched_ns=switched or time.time_ns(), late=True)
+            return
+        error = self._late_errors.get(plan.id)
+        if error is not None:
+            self._report(plan, "failed", error=error)
+
+    def _wake_at(self, plan: Plan) -> None:
+        """Sync just after ``plan``'s time here (nothing else wakes the agent
+        then): a plan this host could not stage converges at its time."""
+        at = plan.time_for(self.a.labels)
+        if plan.id in self._timers or time.time() >= at:
+            return
+        timer = threading.Timer(at - time.time() + 0.05, self._watch, args=(None,))
+        timer.daemon = True
+        timer.start()
+        self._timers[plan.id] = timer
 
     def took(self, cands: dict[str, Any]) -> None:
         """What the agent notes before it switches plugins itself: the build
@@ -288,7 +323,14 @@ class ReleaseAgent:
         goes from where it is to where the fleet is in one step, never through
         a pair the fleet never ran.  Returns the plain states left to converge
         one by one."""
-        plain = dict(plain)
+        plain, groups = dict(plain), {rid: dict(g) for rid, g in groups.items()}
+        for name, (rule, rev) in self._due(revs, held).items():  # a plan is the newest here
+            plain.pop(name, None)
+            for g in groups.values():
+                g.pop(name, None)
+            assert rule.release is not None
+            groups.setdefault(rule.release.id, {})[name] = (rule, rev)
+        groups = {rid: g for rid, g in groups.items() if g}
         for rids in _joined(groups):
             members: dict[str, tuple[Rule, int]] = {}
             names: set[str] = set()
@@ -314,6 +356,37 @@ class ReleaseAgent:
             self._apply_group(label, members)
         return plain
 
+    def _due(self, revs: dict[str, int], held: dict[str, int]) -> dict[str, tuple[Rule, int]]:
+        """Plugin -> (the rule, the rev) of the newest plan past its time
+        here that this host did not stage (``--no-wait`` wrote no desired
+        state after it), where no newer decision took the plugin: such a
+        plan is a decision like a desired state, joined into one switch with
+        the ones that overlap it."""
+        out: dict[str, tuple[Rule, int]] = {}
+        now, staged = time.time(), set[str]()
+        for rel in self._staged.values():
+            if rel.state == "staged":  # switches on its own timer; nothing else moves them
+                staged.update(rel.names)
+        for plan in self._plans:  # oldest first: a newer plan's plugins overwrite
+            if plan.state != "planned" or plan.id in self._staged:
+                continue
+            if now < plan.time_for(self.a.labels):
+                continue
+            group = Group(plan.id, tuple(plan.names))
+            for name, digest in plan.builds:
+                out[name] = (Rule(dict(plan.match), digest, release=group), plan.rev)
+        mine = self.a.guard.held()
+        return {
+            n: (rule, rev)
+            for n, (rule, rev) in out.items()
+            if self.a.guard.takes(n)
+            and n not in staged
+            and rev > revs.get(n, -1)  # a desired state written since wins
+            and rev >= (self.a.guard.newest(n) or -1)  # and one accepted, gone since
+            and rev >= held.get(n, -1)  # a newer plan (or one staged here) holds it
+            and rev >= mine.get(n, -1)
+        }
+
     def _apply_group(self, label: str, members: dict[str, tuple[Rule, int]]) -> None:
         want = {n: rule.digest for n, (rule, _) in members.items() if rule.digest}
         todo = {n: d for n, d in want.items() if self.a.live_digest(n) != d}
@@ -331,6 +404,7 @@ class ReleaseAgent:
             except HotloadError as exc:
                 error = f"release {label}: {exc}; none of its plugins changed here"
                 log.warning("fleet agent %s: %s", self.a.id, error)
+                self._late_errors.update({rid: error[:500] for rid in label.split(" + ")})
                 for n, d in todo.items():
                     self.a._failed[(n, d)] = members[n][1]
         for n, (rule, r) in members.items():
@@ -394,9 +468,10 @@ class ReleaseAgent:
         elif mine.state == "done":  # rolled back by its own judge: that report stays
             self._report(plan, "aborted", verdict=str(j.get("verdict", ""))[:500])
 
-    def _watch(self, rel: Release) -> None:
+    def _watch(self, rel: Release | None) -> None:
         """Sync (and so report) as soon as the staged release switched or not."""
-        rel.wait()
+        if rel is not None:
+            rel.wait()
         self.a._dirty = True
 
     def _fail(self, plan: Plan, plugin: str | None, exc: Exception) -> None:
