@@ -138,3 +138,78 @@ def test_a_host_on_time_and_a_late_one_end_on_the_same_set(
     finally:
         watching[0].__exit__(None, None, None)
     assert watching[1] == [(1, 1), (3, 2)], watching[1]
+
+
+def adopt_record(plan: Plan) -> dict[str, Any]:
+    """The controller's record of a release, as ``drive`` has it at the end."""
+    return {"id": plan.id, "plan": plan.record(), "builds": plan.digests, "hosts": "*"}
+
+
+@pytest.mark.parametrize("y_names", [("reward", "drops"), ("reward",)])
+def test_two_controllers_adopting_at_once_leave_the_later_release_whole(
+    cluster: Cluster,
+    redis_server: RedisServer,
+    gens: Callable[[int], dict[str, Path]],
+    fleet_key: Any,
+    y_names: tuple[str, ...],
+) -> None:
+    """Two releases' controllers write their desired states at the end of
+    their waits; X's (the older release) came last, or between Y's two
+    writes.  The desired states then held X's drops beside Y's reward (or X
+    whole), and a fresh host moved to that pair: one no single decision made,
+    and not what the hosts that switched on time run (the third attack's
+    G8).  The rule: adoption is ordered by the plans' revs, so the release
+    published later keeps every plugin it names, whoever writes last."""
+    from hotload.fleet._release_ctl import ReleaseController
+
+    one, two, three = gens(1), gens(2), gens(3)
+    d2, d3 = publish(redis_server.url, two), publish(redis_server.url, three)
+    now = time.time()
+    x = write_plan(redis_server.url, fleet_key, d2, now - 5)
+    y = write_plan(redis_server.url, fleet_key, {n: d3[n] for n in y_names}, now - 3)
+    with Fleet(redis_server.url) as f:
+        ctl = ReleaseController(f, progress=lambda _: None)
+        ctl._adopt(adopt_record(y))
+        skipped = ctl._adopt(adopt_record(x))  # the slower controller writes after
+        owners = {n: f.desired(n)[1][0].release.id for n in NAMES}  # type: ignore[union-attr]
+    assert owners == {n: (y.id if n in y_names else x.id) for n in NAMES}
+    assert [s.split()[0] for s in skipped] == list(y_names), skipped
+    final = (3, 3) if len(y_names) == 2 else (3, 2)
+    h, watching = late_host(cluster, one)
+    try:
+        wait_for(lambda: gen_of(h) == final, timeout=10, what=f"one switch to {final}")
+        time.sleep(0.3)
+    finally:
+        watching[0].__exit__(None, None, None)
+    assert watching[1] == [(1, 1), final], watching[1]
+
+
+def test_adopting_at_once_from_threads_never_leaves_a_mixed_pair(
+    redis_server: RedisServer, gens: Callable[[int], dict[str, Path]], fleet_key: Any
+) -> None:
+    """The two controllers' writes race for real (threads, one Redis): every
+    round ends with both plugins' desired states naming the later release."""
+    import threading
+
+    from hotload.fleet._release_ctl import ReleaseController
+
+    d2, d3 = publish(redis_server.url, gens(2)), publish(redis_server.url, gens(3))
+    for _ in range(8):
+        now = time.time()
+        x = write_plan(redis_server.url, fleet_key, d2, now - 5)
+        y = write_plan(redis_server.url, fleet_key, d3, now - 3)
+        go = threading.Barrier(2)
+
+        def adopt(plan: Plan, go: threading.Barrier = go) -> None:
+            with Fleet(redis_server.url) as f:
+                go.wait(5)
+                ReleaseController(f, progress=lambda _: None)._adopt(adopt_record(plan))
+
+        threads = [threading.Thread(target=adopt, args=(p,)) for p in (x, y)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        with Fleet(redis_server.url) as f:
+            owners = {n: f.desired(n)[1][0].release.id for n in NAMES}  # type: ignore[union-attr]
+        assert owners == {n: y.id for n in NAMES}
