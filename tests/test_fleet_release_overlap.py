@@ -35,7 +35,9 @@ from test_fleet_release_group import gen_of, player
 from conftest import wait_for
 
 
-def write_plan(url: str, key: Any, builds: dict[str, str], at: float) -> Plan:
+def write_plan(
+    url: str, key: Any, builds: dict[str, str], at: float, match: dict[str, str] | None = None
+) -> Plan:
     """A signed plan written as ``hotload fleet release --no-wait`` leaves
     it (its time may be past here: a host that comes after both times)."""
     from redis import Redis
@@ -43,7 +45,7 @@ def write_plan(url: str, key: Any, builds: dict[str, str], at: float) -> Plan:
     r = Redis.from_url(url)
     gen = int(r.get("hotload:gen") or 0)
     rev = max(gen + 1, int(time.time() * 1000))
-    plan = sign(key, Plan(new_id(), rev, tuple(builds.items()), at, at - 1.0))
+    plan = sign(key, Plan(new_id(), rev, tuple(builds.items()), at, at - 1.0, match or {}))
     r.hset(releases_key(Keys("hotload:")), plan.id, plan.record())
     r.set("hotload:gen", rev)
     r.publish("hotload:wake", "x")

@@ -79,6 +79,7 @@ class ReleaseAgent:
 
     def __init__(self, agent: Any) -> None:  # the FleetAgent (which imports this module)
         self.a = agent
+        agent.guard.own(agent.id)  # its holds are this host's, not the machine's
         self._plans: list[Plan] = []  # verified at the last read
         self._staged: dict[str, Release] = {}  # release id -> the host's staged release
         self._revs: dict[str, int] = {}  # release id -> the rev of the plan it staged
