@@ -218,6 +218,12 @@ class Guard:
         if newest != plan.order:
             self._accepted.accept(slot, plan.order)
 
+    def verify_release(self, plan: Plan, where: str) -> None:
+        """Signed by the trusted key and unexpired, nothing remembered (a
+        staged release's timer re-reading its plan, on its own thread)."""
+        if not self.insecure:
+            verify_plan(self._public_key(where), plan, where)
+
     def _public_key(self, name: str) -> Any:
         if self._key is None and self._local:
             self._key = local_public_key(self.state_dir)

@@ -59,6 +59,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._errors import BusyError, FleetError, HotloadError
@@ -93,6 +94,7 @@ class ReleaseAgent:
         self._judged: dict[str, dict[str, Any]] = {}  # release id -> its canary's judging
         self._late_errors: dict[str, str] = {}  # release id -> why its late switch failed
         self._timers: dict[str, threading.Timer] = {}  # release id -> a sync at its time
+        self._deferred: set[str] = set()  # late timers that could not re-check: to converge
 
     def judging(self) -> bool:
         """Whether a canary release is being judged here (the agent syncs at
@@ -173,6 +175,12 @@ class ReleaseAgent:
         for table in (self._judged, self._failed, self._reported, self._late_errors):
             for gone in [i for i in table if i not in ids]:
                 del table[gone]
+        for rid in list(self._deferred):  # cancelled here by a late timer: converges as late
+            self._deferred.discard(rid)
+            if rid in self._staged and self._staged[rid].state == "cancelled":
+                del self._staged[rid]
+                self._revs.pop(rid, None)
+                self.a._dirty = True  # the next sync's ``converge`` takes it
         for gone in [i for i in self._timers if i not in ids]:
             self._timers.pop(gone).cancel()
         for gone in [i for i, r in self._staged.items() if i not in ids and r.state != "staged"]:
@@ -242,6 +250,7 @@ class ReleaseAgent:
         except BusyError as exc:  # staged for an earlier release here: tried again after it
             plugin = getattr(exc, "plugin", None) or plan.names[0]
             raise _Refused(plugin, str(exc), retry=True) from None
+        rel.recheck = self._recheck(plan)  # a timer that wakes late reads the plan again
         self._staged[plan.id] = rel
         self._revs[plan.id] = plan.rev
         threading.Thread(
@@ -284,6 +293,44 @@ class ReleaseAgent:
         error = self._late_errors.get(plan.id)
         if error is not None:
             self._report(plan, "failed", error=error)
+
+    def _recheck(self, plan: Plan) -> Callable[[], str | None]:
+        """What a staged release's timer asks when it wakes late or was paused
+        (``Release.recheck``, on the timer's thread): the plan read again.
+        Cancelled (or aborted) since: not switched.  Redis unreachable: not
+        switched either, and left to the agent's next sync, which converges
+        to the plan as a host that comes late does if it is still planned
+        (a timer on time switches on its staged plan, Redis or not).  The
+        plan gone or not verifying: switched on the staged plan, as on time."""
+        import redis
+
+        where = f"release {plan.id}"
+
+        def check() -> str | None:
+            r = self.a._r
+            try:
+                if r is None:
+                    raise redis.exceptions.ConnectionError("not connected")
+                raw = r.hget(releases_key(self.a.keys), plan.id)
+            except redis.exceptions.RedisError as exc:
+                self._deferred.add(plan.id)
+                return (
+                    f"late, and Redis did not answer ({exc}): the agent converges to the "
+                    f"plan once it reads it still planned"
+                )
+            if raw is None:
+                return None
+            try:
+                now = parse(raw, where)
+                self.a.guard.verify_release(now, where)
+            except FleetError as exc:
+                log.warning("fleet agent %s: %s: switching on the staged plan", self.a.id, exc)
+                return None
+            if now.state == "planned" or now.order <= plan.order:
+                return None
+            return f"{now.state} by the fleet while its timer slept: {now.reason}"
+
+        return check
 
     def _wake_at(self, plan: Plan) -> None:
         """Sync just after ``plan``'s time here (nothing else wakes the agent

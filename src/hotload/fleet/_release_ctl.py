@@ -74,6 +74,7 @@ class Fleet(FleetStore, Protocol):
 log = logging.getLogger(__name__)
 
 SETTLE = 3.0  # seconds after the time the controller waits for every host's ``switched``
+CONFIRM = 10.0  # seconds at most a cancel waits for the hosts that staged it to drop it
 CANARY_SETTLE = 2.0  # seconds after the time a canary host has to report its switch
 KEEP = 50  # release plans kept: older ones that are over are cleaned out (``prune``)
 GRACE = 3600.0  # seconds after its last host's time a finished plan is still kept
@@ -474,10 +475,12 @@ class ReleaseController:
         return None
 
     def _cancel_and_raise(self, rec: dict[str, Any], why: str) -> dict[str, Any]:
-        self.cancel(rec["id"], why)
+        done = self.cancel(rec["id"], why)
         rec = self.record(rec["id"]) or rec
         rec["hosts_state"] = self._reports(rec["id"], rec.get("expected") or ())
-        raise RolloutFailed(f"release {rec['id']} cancelled on every host: {why}", rec)
+        left = done.get("unconfirmed")
+        where = f", not confirmed by {', '.join(left)}" if left else " on every host"
+        raise RolloutFailed(f"release {rec['id']} cancelled{where}: {why}", rec)
 
     def _look(self, rid: str, also: Iterable[str]) -> dict[str, dict[str, Any]] | None:
         """The hosts' reports, or None while Redis does not answer (said once a
@@ -511,11 +514,49 @@ class ReleaseController:
                 f"rollout) takes it back"
             )
         rev = max(self._rev(), plan.rev + 1)
+        staged = self._staged_on(release_id)  # the hosts that must drop it
         self._write(replace(plan, rev=rev, state="cancelled", reason=reason))
         rec = self.record(release_id) or {"id": release_id}
         rec.update({"state": "cancelled", "reason": reason, "cancelled_at": time.time()})
         self._save(rec)
-        self.progress(f"release {release_id}: cancelled on every host")
+        return self._confirm(rec, plan, staged)
+
+    def _staged_on(self, rid: str) -> set[str]:
+        try:
+            reports = self._reports(rid)
+        except FleetError:
+            return set()
+        return {h for h, r in reports.items() if r["state"] == "staged"}
+
+    def _confirm(self, rec: dict[str, Any], plan: Plan, staged: set[str]) -> dict[str, Any]:
+        """Wait for every host that had staged the release to report it
+        cancelled (until ``SETTLE`` s after its time, at most ``CONFIRM`` s):
+        a host stopped over the time (SIGSTOP, a suspended VM) reads the cancel
+        only when it resumes, and its timer re-checks the plan then.  The
+        hosts not confirmed are named (``unconfirmed``), and the command
+        exits non-zero: "cancelled on every host" is said only when it is so."""
+        rid = rec["id"]
+        until = min(plan.at + SETTLE, time.time() + CONFIRM)
+        left: dict[str, str] = {}
+        while True:
+            reports = self._look(rid, staged) or {}
+            left = {}
+            for host in sorted(staged | {h for h, r in reports.items() if r["state"] == "staged"}):
+                rep = reports.get(host, {})
+                if rep.get("state") in ("staged", "switched"):
+                    left[host] = rep["state"] + (f": {rep['error']}" if rep.get("error") else "")
+            if not left or time.time() >= until:
+                break
+            time.sleep(0.05)
+        if left:
+            rec["unconfirmed"] = left
+            self._save(rec)
+            self.progress(
+                f"release {rid}: cancelled; not confirmed by {len(left)} host(s) that had staged "
+                f"it: " + ", ".join(f"{h} ({s})" for h, s in left.items())
+            )
+        else:
+            self.progress(f"release {rid}: cancelled on every host")
         return rec
 
     def _ours(self, rid: str, raw: bytes) -> Plan:
