@@ -237,6 +237,13 @@ class ReleaseAgent:
             return
         if self._failed.get(plan.id) == plan.rev:
             return
+        for rel in self._staged.values():  # a release staged here holds a plugin: after it
+            busy = [n for n in plan.names if rel.state == "staged" and n in rel.names]
+            if busy:
+                raise _Refused(
+                    busy[0], f"{busy[0]}: staged here for release {rel.id}, which switches it "
+                    f"first: staged after it, if its time has not come", retry=True,
+                )  # fmt: skip
         cands = {}
         for name in plan.names:
             if not self.a.guard.takes(name):  # yet: the application may load it in a moment
@@ -308,6 +315,8 @@ class ReleaseAgent:
 
         def check() -> str | None:
             r = self.a._r
+            if self.a._stop.is_set():  # the host left the fleet: no agent to leave it to
+                return None
             try:
                 if r is None:
                     raise redis.exceptions.ConnectionError("not connected")

@@ -539,12 +539,17 @@ class ReleaseController:
         until = min(plan.at + SETTLE, time.time() + CONFIRM)
         left: dict[str, str] = {}
         while True:
-            reports = self._look(rid, staged) or {}
-            left = {}
-            for host in sorted(staged | {h for h, r in reports.items() if r["state"] == "staged"}):
-                rep = reports.get(host, {})
-                if rep.get("state") in ("staged", "switched"):
-                    left[host] = rep["state"] + (f": {rep['error']}" if rep.get("error") else "")
+            reports = self._look(rid, staged)
+            if reports is None:  # Redis away: no host is confirmed
+                left = {h: "unknown: Redis did not answer" for h in sorted(staged)}
+            else:
+                left = {}
+                hosts = staged | {h for h, r in reports.items() if r["state"] == "staged"}
+                for host in sorted(hosts):
+                    rep = reports.get(host, {"state": "no report"})
+                    if rep["state"] not in ("cancelled", "failed", "invalid"):
+                        why = f": {rep['error']}" if rep.get("error") else ""
+                        left[host] = rep["state"] + why
             if not left or time.time() >= until:
                 break
             time.sleep(0.05)
