@@ -108,18 +108,20 @@ def test_overlapping_no_wait_releases_reach_the_final_set_in_one_switch(
 
 
 @pytest.mark.soak  # ~4 s: two real releases' leads
-@pytest.mark.parametrize("y_first", [False, True])
+@pytest.mark.parametrize("then", ["release-after", "release-before", "rollout-before"])
 def test_a_host_on_time_and_a_late_one_end_on_the_same_set(
     cluster: Cluster,
     redis_server: RedisServer,
     gens: Callable[[int], dict[str, Path]],
-    y_first: bool,
+    then: str,
 ) -> None:
     """The same two --no-wait releases seen live: a host staged X, so Y (of
     reward, whose time is after X's, or before it) is refused there while X
     is staged (reward is X's until X's time).  That host tries Y again once X
     switched and converges to it at its time; it and a host started after
-    both times end on (3, 2), never on a pair no decision made."""
+    both times end on (3, 2), never on a pair no decision made.  The same
+    for a desired state of reward written while X is staged (refused there
+    then: taken once X switched)."""
     one, two, three = gens(1), gens(2), gens(3)
     d2, d3 = publish(redis_server.url, two), publish(redis_server.url, three)
     cluster.add("a", {"role": "game"}, start_with=one["reward"], plugins=["drops"])
@@ -127,9 +129,13 @@ def test_a_host_on_time_and_a_late_one_end_on_the_same_set(
     a.load(one["drops"])
     with player(a) as seen, Fleet(redis_server.url) as f:
         now = time.time()
-        x_at, y_at = (now + 2.6, now + 1.6) if y_first else (now + 1.6, now + 2.6)
+        x_at, y_at = (now + 1.6, now + 2.6) if then == "release-after" else (now + 2.6, now + 1.6)
         f.release(d2, at=x_at, deadline=x_at - 0.5, wait=False)
-        f.release({"reward": d3["reward"]}, at=y_at, deadline=y_at - 0.5, wait=False)
+        if then == "rollout-before":
+            wait_for(lambda: a.staged_releases(), what="X staged on a")
+            f.set_desired("reward", [Rule({}, d3["reward"])])
+        else:
+            f.release({"reward": d3["reward"]}, at=y_at, deadline=y_at - 0.5, wait=False)
         wait_for(lambda: gen_of(a) == (3, 2), timeout=15, what="a on (3, 2)")
         time.sleep(0.3)
     assert seen == [(1, 1), (2, 2), (3, 2)], seen

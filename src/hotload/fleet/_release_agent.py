@@ -95,6 +95,7 @@ class ReleaseAgent:
         self._late_errors: dict[str, str] = {}  # release id -> why its late switch failed
         self._timers: dict[str, threading.Timer] = {}  # release id -> a sync at its time
         self._deferred: set[str] = set()  # late timers that could not re-check: to converge
+        self._settled: set[str] = set()  # staged releases seen over (refusals retried once)
 
     def judging(self) -> bool:
         """Whether a canary release is being judged here (the agent syncs at
@@ -172,9 +173,17 @@ class ReleaseAgent:
             self._conn = self.a._w
             self._reported.clear()
         ids = {p.id for p in self._plans}  # a plan cleaned out of Redis is forgotten here
+        self._settled &= set(self._staged)
         for table in (self._judged, self._failed, self._reported, self._late_errors):
             for gone in [i for i in table if i not in ids]:
                 del table[gone]
+        for rid, rel in self._staged.items():
+            if rel.state != "staged" and rid not in self._settled:  # switched, or dropped:
+                self._settled.add(rid)  # a desired state refused while it held a plugin
+                stale = [k for k in self.a._failed if k[0] in rel.names]  # is tried again
+                for k in stale:
+                    del self.a._failed[k]
+                self.a._dirty = self.a._dirty or bool(stale)
         for rid in list(self._deferred):  # cancelled here by a late timer: converges as late
             self._deferred.discard(rid)
             if rid in self._staged and self._staged[rid].state == "cancelled":
