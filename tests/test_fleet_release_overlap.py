@@ -221,3 +221,30 @@ def test_adopting_at_once_from_threads_never_leaves_a_mixed_pair(
         with Fleet(redis_server.url) as f:
             owners = {n: f.desired(n)[1][0].release.id for n in NAMES}  # type: ignore[union-attr]
         assert owners == {n: y.id for n in NAMES}
+
+
+@pytest.mark.soak  # ~2 s: the second plan's time
+def test_a_late_host_takes_a_past_release_whole_before_a_later_one_of_a_plugin(
+    cluster: Cluster,
+    redis_server: RedisServer,
+    gens: Callable[[int], dict[str, Path]],
+    fleet_key: Any,
+) -> None:
+    """X (both plugins, gen 2) is past its time; Y (reward, gen 3), newer,
+    is still to come.  A host coming now does what a host that was there did:
+    X whole now, Y at its time; never (1, 2), drops alone, until Y's time
+    (Y's coming plan counted as holding reward away from X)."""
+    one, two, three = gens(1), gens(2), gens(3)
+    d2, d3 = publish(redis_server.url, two), publish(redis_server.url, three)
+    write_plan(redis_server.url, fleet_key, d2, time.time() - 3)
+    y = write_plan(redis_server.url, fleet_key, {"reward": d3["reward"]}, time.time() + 1.5)
+    h, watching = late_host(cluster, one)
+    try:
+        wait_for(lambda: gen_of(h) == (2, 2), timeout=10, what="X whole")
+        assert time.time() < y.at
+        wait_for(lambda: gen_of(h) == (3, 2), timeout=10, what="Y at its time")
+        assert time.time() >= y.at
+        time.sleep(0.3)
+    finally:
+        watching[0].__exit__(None, None, None)
+    assert watching[1] == [(1, 1), (2, 2), (3, 2)], watching[1]

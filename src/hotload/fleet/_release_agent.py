@@ -390,7 +390,8 @@ class ReleaseAgent:
         a pair the fleet never ran.  Returns the plain states left to converge
         one by one."""
         plain, groups = dict(plain), {rid: dict(g) for rid, g in groups.items()}
-        for name, (rule, rev) in self._due(revs, held).items():  # a plan is the newest here
+        settled, pending = self._switched_here()
+        for name, (rule, rev) in self._due(revs, settled, pending).items():  # newest here
             plain.pop(name, None)
             for g in groups.values():
                 g.pop(name, None)
@@ -411,7 +412,9 @@ class ReleaseAgent:
                     members[n] = plain.pop(n)
             label = " + ".join(sorted(rids))
             rev = max(r for _, r in members.values())
-            missing = sorted(n for n in names if n not in members and held.get(n, -1) <= rev)
+            missing = sorted(  # decided by none, or held by a release still to switch here
+                n for n in names if n not in members and (n in pending or settled.get(n, -1) <= rev)
+            )
             if missing:
                 why = f"release {label}: no desired state of {', '.join(missing)} to go with it"
                 if self._blocked.get(label) != why:
@@ -422,17 +425,32 @@ class ReleaseAgent:
             self._apply_group(label, members)
         return plain
 
-    def _due(self, revs: dict[str, int], held: dict[str, int]) -> dict[str, tuple[Rule, int]]:
+    def _switched_here(self) -> tuple[dict[str, int], set[str]]:
+        """Plugin -> the rev of the newest release that switched it here (held
+        with the accepted decisions, or switched by this agent's staged
+        release); and the plugins a release staged here will switch (nothing
+        else moves them until it did).  A plan still to come holds nothing
+        here: until its time the decisions in force are the others."""
+        held = dict(self.a.guard.held())
+        pending: set[str] = set()
+        for rid, rel in self._staged.items():
+            if rel.state == "staged":
+                pending.update(rel.names)
+            elif rel.state == "done" and rid in self._revs:
+                for name in rel.names:
+                    held[name] = max(held.get(name, -1), self._revs[rid])
+        return held, pending
+
+    def _due(
+        self, revs: dict[str, int], held: dict[str, int], pending: set[str]
+    ) -> dict[str, tuple[Rule, int]]:
         """Plugin -> (the rule, the rev) of the newest plan past its time
         here that this host did not stage (``--no-wait`` wrote no desired
         state after it), where no newer decision took the plugin: such a
         plan is a decision like a desired state, joined into one switch with
         the ones that overlap it."""
         out: dict[str, tuple[Rule, int]] = {}
-        now, staged = time.time(), set[str]()
-        for rel in self._staged.values():
-            if rel.state == "staged":  # switches on its own timer; nothing else moves them
-                staged.update(rel.names)
+        now = time.time()
         for plan in self._plans:  # oldest first: a newer plan's plugins overwrite
             if plan.state != "planned" or plan.id in self._staged:
                 continue
@@ -441,16 +459,14 @@ class ReleaseAgent:
             group = Group(plan.id, tuple(plan.names))
             for name, digest in plan.builds:
                 out[name] = (Rule(dict(plan.match), digest, release=group), plan.rev)
-        mine = self.a.guard.held()
         return {
             n: (rule, rev)
             for n, (rule, rev) in out.items()
             if self.a.guard.takes(n)
-            and n not in staged
+            and n not in pending  # a release staged here switches it first
             and rev > revs.get(n, -1)  # a desired state written since wins
             and rev >= (self.a.guard.newest(n) or -1)  # and one accepted, gone since
-            and rev >= held.get(n, -1)  # a newer plan (or one staged here) holds it
-            and rev >= mine.get(n, -1)
+            and rev >= held.get(n, -1)  # a newer release switched it here
         }
 
     def _apply_group(self, label: str, members: dict[str, tuple[Rule, int]]) -> None:
