@@ -93,7 +93,7 @@ class ReleaseAgent:
         self._no_access = False  # the ACL does not let this host read the plans
         self._judged: dict[str, dict[str, Any]] = {}  # release id -> its canary's judging
         self._late_errors: dict[str, str] = {}  # release id -> why its late switch failed
-        self._timers: dict[str, threading.Timer] = {}  # release id -> a sync at its time
+        self._timer: tuple[threading.Timer, float] | None = None  # a sync at a plan's time
         self._deferred: set[str] = set()  # late timers that could not re-check: to converge
         self._settled: set[str] = set()  # staged releases seen over (refusals retried once)
 
@@ -190,8 +190,6 @@ class ReleaseAgent:
                 del self._staged[rid]
                 self._revs.pop(rid, None)
                 self.a._dirty = True  # the next sync's ``converge`` takes it
-        for gone in [i for i in self._timers if i not in ids]:
-            self._timers.pop(gone).cancel()
         for gone in [i for i, r in self._staged.items() if i not in ids and r.state != "staged"]:
             del self._staged[gone]  # one still staged switches on its own, plan or not
             self._revs.pop(gone, None)
@@ -199,9 +197,17 @@ class ReleaseAgent:
         for plan in self._plans:
             if plan.state == "planned":
                 newest.update({n: plan.rev for n in plan.names})
+        now = time.time()
+        coming = [  # a plan not staged here converges at its time: a sync then
+            t
+            for p in self._plans
+            if p.state == "planned" and p.id not in self._staged
+            for t in (p.time_for(self.a.labels),)
+            if t > now
+        ]
+        if coming:
+            self._wake_at(min(coming))
         for plan in self._plans:
-            if plan.state == "planned" and plan.id not in self._staged:
-                self._wake_at(plan)  # a plan not staged here converges at its time
             try:
                 self._act(plan, newest, revs)
             except (HotloadError, ValueError) as exc:  # ValueError: a time the host refuses
@@ -350,16 +356,19 @@ class ReleaseAgent:
 
         return check
 
-    def _wake_at(self, plan: Plan) -> None:
-        """Sync just after ``plan``'s time here (nothing else wakes the agent
-        then): a plan this host could not stage converges at its time."""
-        at = plan.time_for(self.a.labels)
-        if plan.id in self._timers or time.time() >= at:
+    def _wake_at(self, at: float) -> None:
+        """Sync just after ``at`` (nothing else wakes the agent then): a plan
+        this host could not stage converges at its time.  One timer, for the
+        nearest such time; the sync it starts sets the next."""
+        old = self._timer
+        if old is not None and old[1] > time.time() and old[1] <= at:
             return
+        if old is not None:
+            old[0].cancel()
         timer = threading.Timer(at - time.time() + 0.05, self._watch, args=(None,))
         timer.daemon = True
         timer.start()
-        self._timers[plan.id] = timer
+        self._timer = (timer, at)
 
     def took(self, cands: dict[str, Any]) -> None:
         """What the agent notes before it switches plugins itself: the build
