@@ -91,9 +91,13 @@ def cmd_release(args: argparse.Namespace) -> int:
             if args.builds or args.at is not None:
                 raise FleetError("--cancel ID takes no NAME=BUILD and no --at")
             rec = f.cancel_release(args.cancel, args.reason)
+            left = rec.get("unconfirmed") or {}
             said = f"release {args.cancel}: {rec.get('state', 'cancelled')} everywhere"
-            _emit(rec) if args.json else print(said)
-            return 0
+            if left:  # a host that had staged it did not say it dropped it (stopped?)
+                said = f"release {args.cancel}: {rec.get('state', 'cancelled')}; not confirmed by:"
+                said += "".join(f"\n  {h}: {s}" for h, s in left.items())
+            _emit(rec) if args.json else print(printable(said))
+            return 2 if left else 0
         if not args.builds or args.at is None:
             raise FleetError("fleet release: give NAME=BUILD ... and --at TIME (or --cancel ID)")
         pairs = []

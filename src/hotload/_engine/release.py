@@ -65,6 +65,9 @@ from .release_clock import (
 
 log = logging.getLogger(__name__)
 
+LATE = 0.1  # seconds after its time a timer that wakes re-checks before it switches
+PAUSED = 0.25  # seconds a timer's wait overran: it was paused (SIGSTOP, a suspended VM)
+
 Source = str | os.PathLike[str] | Candidate | None
 
 
@@ -121,6 +124,10 @@ class Release:
     switched_ns: int | None = None  # when the flip ended (time.time_ns()), if it did
     reason: str = ""  # why it was cancelled or failed
     names: tuple[str, ...] = ()
+    # asked before a *late* switch (the timer woke more than LATE after the time, or
+    # was paused on the way): a reason to cancel instead, or None to switch
+    recheck: Callable[[], str | None] | None = field(default=None, repr=False)
+    late: bool = False  # its timer found it late (or paused) and asked ``recheck``
     _parts: list[_Part] = field(default_factory=list, repr=False)
     _label: str = ""
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -272,17 +279,41 @@ class Releaser:
         meanwhile, as they would at the held routes anyway."""
         assert r.at is not None
         exact_timers()  # this thread is the release's own, and ends with it
+        paused = False
         while not r._done.is_set():
             left = r.at - time.time()
             if left <= PREPARE:
                 break
-            r._done.wait(min(left - PREPARE, 0.5))
+            step = min(left - PREPARE, 0.5)
+            t0 = time.monotonic()
+            r._done.wait(step)
+            paused = paused or time.monotonic() - t0 > step + PAUSED
+        if (paused or time.time() > r.at + LATE) and not self._rechecked(r):
+            return
         with no_gc(), gil("short"), priority(URGENT) as unurgent:
             left = r.at - EARLY - time.time()
             if left > 0 and r.state == "staged":
                 r._done.wait(left)
             with gil("kept"):
                 self._switch_at(r, unurgent)
+
+    def _rechecked(self, r: Release) -> bool:
+        """A timer that woke late, or was paused on the way (a stopped process,
+        a suspended VM), may have slept through a cancel: ask ``r.recheck``
+        (the fleet re-reads the plan).  False: cancelled instead."""
+        if r.recheck is None or r.state != "staged":
+            return True
+        r.late = True
+        try:
+            why = r.recheck()
+        except Exception as exc:  # the check's own failure: switch, as a timer on time does
+            log.warning("%s: late, and its re-check failed (%s): switching", r._label, exc)
+            return True
+        if why is None:
+            return True
+        log.warning("%s: its timer woke late; re-checked: %s: not switched", r._label, why)
+        self.cancel(r, why)
+        return False
 
     def _switch_at(self, r: Release, flipped: Callable[[], None] = lambda: None) -> None:
         """Switch ``r`` at its time.  Before the last sleep (the GIL kept from

@@ -17,7 +17,14 @@ A host acts on a desired-state record only when
   memory and in a small file in the state directory
   (``fleet-accepted-<id>.json``, mode 0600, one per fleet: its Redis and key
   prefix), so a restart does not reopen a replay; every host of the user on
-  the machine shares it (they follow the same decisions).
+  the machine shares it (they follow the same decisions).  A release that
+  switched a plugin on a host *holds* it there (``hold``): that slot is keyed
+  by the host id, so one host's release never holds another's plugins; a
+  host restarted under the same id keeps its holds, one with a generated id
+  (pid and random) starts without.  The file is bounded (``bounded``): the
+  newest ``RELEASE_SLOTS`` release slots and the holds of the ``HOLDERS``
+  hosts with the newest holds, pruned under the lock by whichever process
+  writes, with the same rule in each.
 
 ``Host(fleet_insecure=True)`` (``join_fleet(insecure=True)``) turns the key
 and replay checks off, loudly: a WARNING at every start and the host marked
@@ -66,7 +73,10 @@ def fleet_id(url: str, prefix: str, *, embedded_db: Path | None) -> str:
     return f"{where}|{prefix}"
 
 
-HELD = "held:"  # an ``Accepted`` slot: the rev of the release that switched a plugin here
+HELD = "held:"  # ``held:<host id>:<plugin>``: the rev of the release that switched it there
+RELEASE = "release:"  # ``release:<id>``: the newest plan of that release a host accepted
+RELEASE_SLOTS = 320  # release slots kept: the 256 plans an agent reads (MAX_PLANS), and more
+HOLDERS = 64  # host ids whose holds are kept (the newest holds; a host's own always)
 
 
 class Guard:
@@ -115,6 +125,15 @@ class Guard:
             )
         self._accepted = Accepted(self.state_dir, fleet) if not self.insecure else None
         self._seen: dict[str, int] = {}  # insecure: revs accepted, in memory only
+        self.owner = ""  # the host id whose holds these are (``own``)
+
+    def own(self, host_id: str) -> None:
+        """Whose holds this guard keeps: every host of the user on the machine
+        shares the file, and one host's release holds its plugins on that
+        host only."""
+        self.owner = host_id
+        if self._accepted is not None:
+            self._accepted.owner = host_id
 
     # -- the plugin names --------------------------------------------------------------
     def note_loaded(self, names: Iterable[str]) -> None:
@@ -166,18 +185,20 @@ class Guard:
         expired or cleaned out, an older desired state does not take them
         back one by one).  Kept across restarts with the accepted decisions."""
         for name in names:
-            slot = f"{HELD}{name}"
+            slot = f"{HELD}{self.owner}:{name}"
             if self.held().get(name, -1) < rev:
                 self._seen[slot] = rev
                 if self._accepted is not None:
                     self._accepted.accept(slot, (rev, 0.0))
 
     def held(self) -> dict[str, int]:
-        """Plugin -> the rev of the newest release that switched it here."""
+        """Plugin -> the rev of the newest release that switched it on this
+        host (another host's holds in the shared file are not this one's)."""
         slots = dict(self._seen)
         if self._accepted is not None:
             slots.update({k: v[0] for k, v in self._accepted.items()})
-        return {k[len(HELD) :]: v for k, v in slots.items() if k.startswith(HELD)}
+        mine = f"{HELD}{self.owner}:"
+        return {k[len(mine) :]: v for k, v in slots.items() if k.startswith(mine)}
 
     def judge_release(self, plan: Plan, where: str) -> None:
         """As ``judge``, for a release plan: signed by the trusted key,
@@ -187,7 +208,7 @@ class Guard:
             return
         verify_plan(self._public_key(where), plan, where)
         assert self._accepted is not None
-        slot = f"release:{plan.id}"
+        slot = f"{RELEASE}{plan.id}"
         newest = self._accepted.newest(slot)
         if newest is not None and plan.order < newest:
             raise FleetError(
@@ -196,6 +217,12 @@ class Guard:
             )
         if newest != plan.order:
             self._accepted.accept(slot, plan.order)
+
+    def verify_release(self, plan: Plan, where: str) -> None:
+        """Signed by the trusted key and unexpired, nothing remembered (a
+        staged release's timer re-reading its plan, on its own thread)."""
+        if not self.insecure:
+            verify_plan(self._public_key(where), plan, where)
 
     def _public_key(self, name: str) -> Any:
         if self._key is None and self._local:
@@ -216,15 +243,45 @@ class Guard:
         return "signed decisions only"
 
 
+def _holder(slot: str) -> str | None:
+    """The host id of a ``held:<host>:<plugin>`` slot (None: a slot from
+    before holds were per host, which every host read as its own)."""
+    host, sep, _ = slot[len(HELD) :].rpartition(":")
+    return host if sep else None
+
+
+def bounded(newest: dict[str, tuple[int, float]], owner: str) -> dict[str, tuple[int, float]]:
+    """``newest`` without the slots no host needs: beyond the newest
+    ``RELEASE_SLOTS`` releases (by rev: the plans Redis keeps are the newest,
+    and an agent reads at most ``MAX_PLANS``), the holds of all but the
+    ``HOLDERS`` hosts with the newest holds (and ``owner``'s), and holds from
+    before they were per host.  The same rule in every process: whichever
+    writes, the file stays within it."""
+    releases = sorted((v, k) for k, v in newest.items() if k.startswith(RELEASE))
+    drop = {k for _, k in releases[: max(0, len(releases) - RELEASE_SLOTS)]}
+    holders: dict[str, int] = {}
+    for k, v in newest.items():
+        host = _holder(k) if k.startswith(HELD) else None
+        if host is not None:
+            holders[host] = max(holders.get(host, -1), v[0])
+    kept = set(sorted(holders, key=lambda h: (holders[h], h), reverse=True)[:HOLDERS])
+    kept.add(owner)
+    for k in newest:
+        if k.startswith(HELD) and _holder(k) not in kept:
+            drop.add(k)
+    return {k: v for k, v in newest.items() if k not in drop}
+
+
 class Accepted:
     """The newest decision accepted per plugin, ``(rev, signed_at)``: in
     memory, and in ``state_dir/fleet-accepted-<id>.json`` (merged under a
-    lock, written whole and renamed)."""
+    lock, bounded (``bounded``), written whole and renamed)."""
 
     def __init__(self, state_dir: Path, fleet: str) -> None:
         tag = hashlib.sha256(fleet.encode()).hexdigest()[:16]
         self.path = state_dir / f"fleet-accepted-{tag}.json"
         self.fleet = fleet
+        self.owner = ""  # the host whose holds are always kept
         self._newest: dict[str, tuple[int, float]] = {}
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._newest = self._read()
@@ -246,6 +303,7 @@ class Accepted:
             merged = self._read()
             for plugin, seen in self._newest.items():
                 merged[plugin] = max(seen, merged.get(plugin, seen))
+            merged = bounded(merged, self.owner)
             self._newest = merged
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
             tmp.unlink(missing_ok=True)

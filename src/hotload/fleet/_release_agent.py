@@ -16,8 +16,12 @@ plan cannot be replayed as planned), and for each:
   plan and stages the release's builds again.
 - *planned, after its time*: reports ``switched`` with the instant its
   timer flipped (``switched_ns``, ``time.time_ns()``); a host that did not
-  stage it (it restarted after the time, or joined late) converges now to
-  the release's builds, all together, and says ``late``.
+  stage it (it restarted after the time, joined late, or was refused while
+  another release held its plugins) takes it as a decision like a desired
+  state (``_due``): for each plugin the newest decision (by rev) naming it
+  wins, a release's other plugins follow that release, and ``converge``
+  switches the lot in one step; then it says ``switched`` and ``late``.  A
+  timer syncs at the time of each plan not staged here.
 - *cancelled*: drops the staged release (``Release.cancel``: nothing changes)
   and reports ``cancelled``.
 - *with a canary*: a host the plan's ``canary.match`` names stages it for
@@ -40,7 +44,8 @@ after that too (``Guard.hold``, saved with the accepted decisions): its plan
 cancelled too late, deleted, expired or cleaned out does not hand them back
 to an older desired state.  A plan after its time converges only plugins no
 newer accepted decision moved (a newer desired state that is gone or
-unreadable now means "keep what runs"), and only all of them.
+unreadable now means "keep what runs"), joined into one switch with the
+decisions that took its other plugins.
 
 The desired states a release's controller writes after the time name the
 release (``Rule.release``): ``converge`` moves such a group with one
@@ -54,11 +59,12 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .._errors import FleetError, HotloadError
+from .._errors import BusyError, FleetError, HotloadError
 from ._release_plan import Plan, parse, releases_key, report_key, when
-from ._schema import Rule, matches
+from ._schema import Group, Rule, matches
 
 if TYPE_CHECKING:
     from .._engine.release import Release
@@ -74,6 +80,7 @@ class ReleaseAgent:
 
     def __init__(self, agent: Any) -> None:  # the FleetAgent (which imports this module)
         self.a = agent
+        agent.guard.own(agent.id)  # its holds are this host's, not the machine's
         self._plans: list[Plan] = []  # verified at the last read
         self._staged: dict[str, Release] = {}  # release id -> the host's staged release
         self._revs: dict[str, int] = {}  # release id -> the rev of the plan it staged
@@ -85,6 +92,10 @@ class ReleaseAgent:
         self._conn: Any = None
         self._no_access = False  # the ACL does not let this host read the plans
         self._judged: dict[str, dict[str, Any]] = {}  # release id -> its canary's judging
+        self._late_errors: dict[str, str] = {}  # release id -> why its late switch failed
+        self._timer: tuple[threading.Timer, float] | None = None  # a sync at a plan's time
+        self._deferred: set[str] = set()  # late timers that could not re-check: to converge
+        self._settled: set[str] = set()  # staged releases seen over (refusals retried once)
 
     def judging(self) -> bool:
         """Whether a canary release is being judged here (the agent syncs at
@@ -162,9 +173,23 @@ class ReleaseAgent:
             self._conn = self.a._w
             self._reported.clear()
         ids = {p.id for p in self._plans}  # a plan cleaned out of Redis is forgotten here
-        for table in (self._judged, self._failed, self._reported):
+        self._settled &= set(self._staged)
+        for table in (self._judged, self._failed, self._reported, self._late_errors):
             for gone in [i for i in table if i not in ids]:
                 del table[gone]
+        for rid, rel in self._staged.items():
+            if rel.state != "staged" and rid not in self._settled:  # switched, or dropped:
+                self._settled.add(rid)  # a desired state refused while it held a plugin
+                stale = [k for k in self.a._failed if k[0] in rel.names]  # is tried again
+                for k in stale:
+                    del self.a._failed[k]
+                self.a._dirty = self.a._dirty or bool(stale)
+        for rid in list(self._deferred):  # cancelled here by a late timer: converges as late
+            self._deferred.discard(rid)
+            if rid in self._staged and self._staged[rid].state == "cancelled":
+                del self._staged[rid]
+                self._revs.pop(rid, None)
+                self.a._dirty = True  # the next sync's ``converge`` takes it
         for gone in [i for i, r in self._staged.items() if i not in ids and r.state != "staged"]:
             del self._staged[gone]  # one still staged switches on its own, plan or not
             self._revs.pop(gone, None)
@@ -172,6 +197,16 @@ class ReleaseAgent:
         for plan in self._plans:
             if plan.state == "planned":
                 newest.update({n: plan.rev for n in plan.names})
+        now = time.time()
+        coming = [  # a plan not staged here converges at its time: a sync then
+            t
+            for p in self._plans
+            if p.state == "planned" and p.id not in self._staged
+            for t in (p.time_for(self.a.labels),)
+            if t > now
+        ]
+        if coming:
+            self._wake_at(min(coming))
         for plan in self._plans:
             try:
                 self._act(plan, newest, revs)
@@ -209,49 +244,35 @@ class ReleaseAgent:
             else:  # failed at the switch (the host closed), or cancelled on the host by hand
                 self._report(plan, "failed", error=f"{mine.state} on this host: {mine.reason}")
             return
-        if plan.state != "planned" or self._failed.get(plan.id) == plan.rev:
+        if plan.state != "planned":
             return
         at = plan.time_for(self.a.labels)  # a canary plan's other hosts: after the bake
-        due = time.time() >= at
-        names = [
-            n
-            for n in plan.names
-            if newest.get(n) == plan.rev
-            and revs.get(n, -1) < plan.rev
-            and (self.a.guard.newest(n) or -1) < plan.rev  # a newer decision, gone: kept
-        ]
-        if due and not names:
-            return  # every plugin of it was decided again since: nothing to converge
-        if due and all(self.a.live_digest(n) == plan.digests[n] for n in names):
-            self.a.guard.hold(names, plan.rev)
-            self._report(plan, "switched", late=True)
+        if time.time() >= at:  # after its time: ``converge`` joined it with what came since
+            self._late(plan, newest, revs)
             return
+        if self._failed.get(plan.id) == plan.rev:
+            return
+        for rel in self._staged.values():  # a release staged here holds a plugin: after it
+            busy = [n for n in plan.names if rel.state == "staged" and n in rel.names]
+            if busy:
+                raise _Refused(
+                    busy[0], f"{busy[0]}: staged here for release {rel.id}, which switches it "
+                    f"first: staged after it, if its time has not come", retry=True,
+                )  # fmt: skip
         cands = {}
-        for name in plan.names if not due else names:
+        for name in plan.names:
             if not self.a.guard.takes(name):  # yet: the application may load it in a moment
                 raise _Refused(name, self.a.guard.not_taken(name), retry=True)
             try:
                 cands[name] = self.a._build(name, plan.digests[name])
             except HotloadError as exc:
                 raise _Refused(name, str(exc)) from None
-        if due:  # after its time: converge now, all together
-            if len(names) < len(plan.names):  # some were decided again since: not all of it
-                raise _Refused(
-                    names[0],
-                    f"release {plan.id}: only {', '.join(names)} of its plugins are still "
-                    f"its to switch (a later decision took the others): not switched alone",
-                )
-            self.took(cands)
-            self.a.host.reload_together(cands)
-            self.a.guard.hold(plan.names, plan.rev)
-            self.a._dirty = True  # the plugins' own reports next (status shows what runs)
-            log.warning(
-                "fleet agent %s: release %s: its time %s had passed: switched now",
-                *(self.a.id, plan.id, when(at)),
-            )
-            self._report(plan, "switched", switched_ns=time.time_ns(), late=True)
-            return
-        rel = self.a.host.reload_together(cands, at=at)
+        try:
+            rel = self.a.host.reload_together(cands, at=at)
+        except BusyError as exc:  # staged for an earlier release here: tried again after it
+            plugin = getattr(exc, "plugin", None) or plan.names[0]
+            raise _Refused(plugin, str(exc), retry=True) from None
+        rel.recheck = self._recheck(plan)  # a timer that wakes late reads the plan again
         self._staged[plan.id] = rel
         self._revs[plan.id] = plan.rev
         threading.Thread(
@@ -259,6 +280,95 @@ class ReleaseAgent:
         ).start()
         log.info("fleet agent %s: release %s staged for %s", self.a.id, plan.id, when(at))
         self._report(plan, "staged")
+
+    def _late(self, plan: Plan, newest: dict[str, int], revs: dict[str, int]) -> None:
+        """A plan past its time that this host did not stage: ``converge``
+        switched it, joined with every newer decision on its plugins, in one
+        step (or says why not); here it is held and reported."""
+        held = self.a.guard.held()
+        names = [
+            n
+            for n in plan.names
+            if newest.get(n) == plan.rev
+            and revs.get(n, -1) < plan.rev
+            and (self.a.guard.newest(n) or -1) < plan.rev  # a newer decision, gone: kept
+            and held.get(n, -1) <= plan.rev  # a newer release switched it here
+        ]
+        if not names:
+            return  # every plugin of it was decided again since: nothing of it to converge
+        for name in names:
+            if not self.a.guard.takes(name):  # yet: the application may load it in a moment
+                raise _Refused(name, self.a.guard.not_taken(name), retry=True)
+        if all(self.a.live_digest(n) == plan.digests[n] for n in names):
+            if any(held.get(n, -1) < plan.rev for n in names):
+                log.warning(
+                    "fleet agent %s: release %s: its time %s had passed: switched late%s",
+                    self.a.id, plan.id, when(plan.time_for(self.a.labels)),
+                    "" if len(names) == len(plan.names) else
+                    f" (its {', '.join(names)}; the rest follow newer decisions)",
+                )  # fmt: skip
+            self.a.guard.hold(names, plan.rev)
+            said = self._reported.get(plan.id) or {}
+            switched = said.get("switched_ns") if said.get("state") == "switched" else None
+            self._report(plan, "switched", switched_ns=switched or time.time_ns(), late=True)
+            return
+        error = self._late_errors.get(plan.id)
+        if error is not None:
+            self._report(plan, "failed", error=error)
+
+    def _recheck(self, plan: Plan) -> Callable[[], str | None]:
+        """What a staged release's timer asks when it wakes late or was paused
+        (``Release.recheck``, on the timer's thread): the plan read again.
+        Cancelled (or aborted) since: not switched.  Redis unreachable: not
+        switched either, and left to the agent's next sync, which converges
+        to the plan as a host that comes late does if it is still planned
+        (a timer on time switches on its staged plan, Redis or not).  The
+        plan gone or not verifying: switched on the staged plan, as on time."""
+        import redis
+
+        where = f"release {plan.id}"
+
+        def check() -> str | None:
+            r = self.a._r
+            if self.a._stop.is_set():  # the host left the fleet: no agent to leave it to
+                return None
+            try:
+                if r is None:
+                    raise redis.exceptions.ConnectionError("not connected")
+                raw = r.hget(releases_key(self.a.keys), plan.id)
+            except redis.exceptions.RedisError as exc:
+                self._deferred.add(plan.id)
+                return (
+                    f"late, and Redis did not answer ({exc}): the agent converges to the "
+                    f"plan once it reads it still planned"
+                )
+            if raw is None:
+                return None
+            try:
+                now = parse(raw, where)
+                self.a.guard.verify_release(now, where)
+            except FleetError as exc:
+                log.warning("fleet agent %s: %s: switching on the staged plan", self.a.id, exc)
+                return None
+            if now.state == "planned" or now.order <= plan.order:
+                return None
+            return f"{now.state} by the fleet while its timer slept: {now.reason}"
+
+        return check
+
+    def _wake_at(self, at: float) -> None:
+        """Sync just after ``at`` (nothing else wakes the agent then): a plan
+        this host could not stage converges at its time.  One timer, for the
+        nearest such time; the sync it starts sets the next."""
+        old = self._timer
+        if old is not None and old[1] > time.time() and old[1] <= at:
+            return
+        if old is not None:
+            old[0].cancel()
+        timer = threading.Timer(at - time.time() + 0.05, self._watch, args=(None,))
+        timer.daemon = True
+        timer.start()
+        self._timer = (timer, at)
 
     def took(self, cands: dict[str, Any]) -> None:
         """What the agent notes before it switches plugins itself: the build
@@ -288,7 +398,15 @@ class ReleaseAgent:
         goes from where it is to where the fleet is in one step, never through
         a pair the fleet never ran.  Returns the plain states left to converge
         one by one."""
-        plain = dict(plain)
+        plain, groups = dict(plain), {rid: dict(g) for rid, g in groups.items()}
+        settled, pending = self._switched_here()
+        for name, (rule, rev) in self._due(revs, settled, pending).items():  # newest here
+            plain.pop(name, None)
+            for g in groups.values():
+                g.pop(name, None)
+            assert rule.release is not None
+            groups.setdefault(rule.release.id, {})[name] = (rule, rev)
+        groups = {rid: g for rid, g in groups.items() if g}
         for rids in _joined(groups):
             members: dict[str, tuple[Rule, int]] = {}
             names: set[str] = set()
@@ -303,7 +421,9 @@ class ReleaseAgent:
                     members[n] = plain.pop(n)
             label = " + ".join(sorted(rids))
             rev = max(r for _, r in members.values())
-            missing = sorted(n for n in names if n not in members and held.get(n, -1) <= rev)
+            missing = sorted(  # decided by none, or held by a release still to switch here
+                n for n in names if n not in members and (n in pending or settled.get(n, -1) <= rev)
+            )
             if missing:
                 why = f"release {label}: no desired state of {', '.join(missing)} to go with it"
                 if self._blocked.get(label) != why:
@@ -313,6 +433,50 @@ class ReleaseAgent:
             self._blocked.pop(label, None)
             self._apply_group(label, members)
         return plain
+
+    def _switched_here(self) -> tuple[dict[str, int], set[str]]:
+        """Plugin -> the rev of the newest release that switched it here (held
+        with the accepted decisions, or switched by this agent's staged
+        release); and the plugins a release staged here will switch (nothing
+        else moves them until it did).  A plan still to come holds nothing
+        here: until its time the decisions in force are the others."""
+        held = dict(self.a.guard.held())
+        pending: set[str] = set()
+        for rid, rel in self._staged.items():
+            if rel.state == "staged":
+                pending.update(rel.names)
+            elif rel.state == "done" and rid in self._revs:
+                for name in rel.names:
+                    held[name] = max(held.get(name, -1), self._revs[rid])
+        return held, pending
+
+    def _due(
+        self, revs: dict[str, int], held: dict[str, int], pending: set[str]
+    ) -> dict[str, tuple[Rule, int]]:
+        """Plugin -> (the rule, the rev) of the newest plan past its time
+        here that this host did not stage (``--no-wait`` wrote no desired
+        state after it), where no newer decision took the plugin: such a
+        plan is a decision like a desired state, joined into one switch with
+        the ones that overlap it."""
+        out: dict[str, tuple[Rule, int]] = {}
+        now = time.time()
+        for plan in self._plans:  # oldest first: a newer plan's plugins overwrite
+            if plan.state != "planned" or plan.id in self._staged:
+                continue
+            if now < plan.time_for(self.a.labels):
+                continue
+            group = Group(plan.id, tuple(plan.names))
+            for name, digest in plan.builds:
+                out[name] = (Rule(dict(plan.match), digest, release=group), plan.rev)
+        return {
+            n: (rule, rev)
+            for n, (rule, rev) in out.items()
+            if self.a.guard.takes(n)
+            and n not in pending  # a release staged here switches it first
+            and rev > revs.get(n, -1)  # a desired state written since wins
+            and rev >= (self.a.guard.newest(n) or -1)  # and one accepted, gone since
+            and rev >= held.get(n, -1)  # a newer release switched it here
+        }
 
     def _apply_group(self, label: str, members: dict[str, tuple[Rule, int]]) -> None:
         want = {n: rule.digest for n, (rule, _) in members.items() if rule.digest}
@@ -331,6 +495,7 @@ class ReleaseAgent:
             except HotloadError as exc:
                 error = f"release {label}: {exc}; none of its plugins changed here"
                 log.warning("fleet agent %s: %s", self.a.id, error)
+                self._late_errors.update({rid: error[:500] for rid in label.split(" + ")})
                 for n, d in todo.items():
                     self.a._failed[(n, d)] = members[n][1]
         for n, (rule, r) in members.items():
@@ -394,9 +559,10 @@ class ReleaseAgent:
         elif mine.state == "done":  # rolled back by its own judge: that report stays
             self._report(plan, "aborted", verdict=str(j.get("verdict", ""))[:500])
 
-    def _watch(self, rel: Release) -> None:
+    def _watch(self, rel: Release | None) -> None:
         """Sync (and so report) as soon as the staged release switched or not."""
-        rel.wait()
+        if rel is not None:
+            rel.wait()
         self.a._dirty = True
 
     def _fail(self, plan: Plan, plugin: str | None, exc: Exception) -> None:

@@ -50,12 +50,23 @@ from ._release_plan import (
     verify,
     when,
 )
-from ._schema import Group, Rule, matches, new_id, selector, selector_text
+from ._schema import (
+    Group,
+    Rule,
+    matches,
+    new_id,
+    parse_desired_record,
+    rules_json,
+    selector,
+    selector_text,
+)
 
 
 class Fleet(FleetStore, Protocol):
     """What a release reads and writes through its ``Fleet`` (named here:
     ``Fleet.release`` makes a controller, so the import goes one way)."""
+
+    expires: float
 
     def signing_key(self, *, required: bool = True) -> Any: ...
 
@@ -63,6 +74,7 @@ class Fleet(FleetStore, Protocol):
 log = logging.getLogger(__name__)
 
 SETTLE = 3.0  # seconds after the time the controller waits for every host's ``switched``
+CONFIRM = 10.0  # seconds at most a cancel waits for the hosts that staged it to drop it
 CANARY_SETTLE = 2.0  # seconds after the time a canary host has to report its switch
 KEEP = 50  # release plans kept: older ones that are over are cleaned out (``prune``)
 GRACE = 3600.0  # seconds after its last host's time a finished plan is still kept
@@ -350,30 +362,125 @@ class ReleaseController:
         self.progress(f"release {release_id}: {state} on every host: {reason}")
         return rec
 
-    def _adopt(self, rec: dict[str, Any]) -> None:
+    def _adopt(self, rec: dict[str, Any]) -> list[str]:
         """Write each plugin's desired state as the release's build for the
         release's hosts (a decision after the release: a later rollout starts
         from it, and hosts that already run it do nothing); the rules for
         other hosts stay.  Each rule names the release and its plugins
         (``Group``): a host that did not switch (its staged release failed at
         the switch, or it restarted since) moves them together, all or none,
-        and only once every one of them is written."""
+        and only once every one of them is written.
+
+        Ordered by the release's plan, not by when this runs: a plugin whose
+        desired state a newer decision wrote (a release published after this
+        one, adopted first; a rollout written after this plan) keeps it, so
+        two controllers adopting at once leave the later release whole, never
+        a pair no decision made.  All of it is one transaction (``WATCH``: a
+        write meanwhile reads again).  The plugins skipped."""
+        import redis
+
+        from ._signing import sign_decision
+
+        k, rid = self.f.keys, rec["id"]
+        try:
+            mine = parse(str(rec["plan"]).encode(), f"release {rid}").rev
+        except (FleetError, KeyError):
+            mine = self._rev()  # a record from before plans were kept in it
         match = selector(rec.get("hosts") or "*")
-        group = Group(rec["id"], tuple(rec["builds"]))  # a host moves them together, or not
-        for name, digest in rec["builds"].items():
+        group = Group(rid, tuple(rec["builds"]))  # a host moves them together, or not
+        key, exp = self.f.signing_key(), self.f.expires
+        names = list(rec["builds"])
+
+        def attempt() -> list[str] | None:
+            with self.f.r.pipeline(transaction=True) as pipe:
+                pipe.watch(k.desired, k.gen, releases_key(k))
+                raws = pipe.hmget(k.desired, names)
+                gen = pipe.get(k.gen)
+                rev = max((int(gen) if gen and gen.isdigit() else 0) + 1, int(time.time() * 1000))
+                out, skipped = {}, []
+                for name, raw in zip(names, raws, strict=True):
+                    prev = self._prev(name, raw)
+                    replaced = [(r, rule) for r, rule in prev if not match or rule.match == match]
+                    newer = self._newer(pipe, replaced, mine)
+                    if newer is not None:
+                        skipped.append(f"{name} ({newer})")
+                        continue
+                    rules = [Rule(match, rec["builds"][name], release=group)]
+                    rules += [r for _, r in prev if r.match != match and match]
+                    body: dict[str, Any] = {"rev": rev, "rules": rules_json(rules)}
+                    body["at"] = time.time()
+                    if key is not None:  # else insecure=True: unsigned, as set_desired writes
+                        body.update(sign_decision(key, name, rev, None, rules, expires=exp))
+                    out[name] = json.dumps(body)
+                pipe.multi()
+                if out:
+                    pipe.hset(k.desired, mapping=out)
+                    pipe.set(k.gen, rev)
+                    pipe.publish(k.wake, f"release {rid}")
+                try:
+                    pipe.execute()
+                except redis.exceptions.WatchError:
+                    return None  # another writer meanwhile: read again
+                return skipped
+
+        def attempts() -> list[str]:
+            for _ in range(50):
+                done = attempt()
+                if done is not None:
+                    return done
+                time.sleep(0.01)
+            raise FleetError("Redis kept changing under the write")
+
+        try:
+            skipped: list[str] = self.f._call("write desired states", attempts)
+        except FleetError as exc:  # the hosts switched; only the record is behind
+            log.warning("release %s: desired states not written: %s", rid, exc)
+            return []
+        if skipped:
+            self.progress(
+                f"release {rid}: a newer decision holds {', '.join(skipped)}: kept (the newest "
+                f"decision wins, each plugin; the rest of this release follows it)"
+            )
+        return skipped
+
+    def _prev(self, name: str, raw: Any) -> list[Any]:
+        """(rev, rule) of each rule of ``name``'s desired state now; a record
+        this controller's key did not sign counts as none."""
+        if raw is None:
+            return []
+        try:
+            drec, rev, rules = parse_desired_record(raw, name)
+        except FleetError:
+            return []
+        if not self.f.signed_by_us(name, drec, rev, rules):
+            return []
+        return [(rev, r) for r in rules]
+
+    def _newer(self, pipe: Any, prev: list[Any], mine: int) -> str | None:
+        """What newer decision than the plan of rev ``mine`` wrote a rule the
+        release would replace, if one did: a release's (its plan's rev
+        above), or a rollout's (its rev above: written after the plan)."""
+        for rev, rule in prev:
+            if rule.release is None:
+                if rev > mine:
+                    return f"rev {rev}, after this release"
+                continue
+            raw = pipe.hget(releases_key(self.f.keys), rule.release.id)
             try:
-                _, prev = self.f.desired(name)  # the release's hosts first, the others as they were
-                mine = Rule(match, digest, release=group)
-                rules = [mine, *(r for r in prev if r.match != match and match)]
-                self.f.set_desired(name, rules)
-            except FleetError as exc:  # the hosts switched; only the record is behind
-                log.warning("release %s: desired state of %s not written: %s", rec["id"], name, exc)
+                other = parse(raw, f"release {rule.release.id}").rev if raw else -1
+            except FleetError:
+                other = -1  # gone or garbage: an older release, cleaned out
+            if other > mine:
+                return f"release {rule.release.id}, published after this one"
+        return None
 
     def _cancel_and_raise(self, rec: dict[str, Any], why: str) -> dict[str, Any]:
-        self.cancel(rec["id"], why)
+        done = self.cancel(rec["id"], why)
         rec = self.record(rec["id"]) or rec
         rec["hosts_state"] = self._reports(rec["id"], rec.get("expected") or ())
-        raise RolloutFailed(f"release {rec['id']} cancelled on every host: {why}", rec)
+        left = done.get("unconfirmed")
+        where = f", not confirmed by {', '.join(left)}" if left else " on every host"
+        raise RolloutFailed(f"release {rec['id']} cancelled{where}: {why}", rec)
 
     def _look(self, rid: str, also: Iterable[str]) -> dict[str, dict[str, Any]] | None:
         """The hosts' reports, or None while Redis does not answer (said once a
@@ -407,11 +514,54 @@ class ReleaseController:
                 f"rollout) takes it back"
             )
         rev = max(self._rev(), plan.rev + 1)
+        staged = self._staged_on(release_id)  # the hosts that must drop it
         self._write(replace(plan, rev=rev, state="cancelled", reason=reason))
         rec = self.record(release_id) or {"id": release_id}
         rec.update({"state": "cancelled", "reason": reason, "cancelled_at": time.time()})
         self._save(rec)
-        self.progress(f"release {release_id}: cancelled on every host")
+        return self._confirm(rec, plan, staged)
+
+    def _staged_on(self, rid: str) -> set[str]:
+        try:
+            reports = self._reports(rid)
+        except FleetError:
+            return set()
+        return {h for h, r in reports.items() if r["state"] == "staged"}
+
+    def _confirm(self, rec: dict[str, Any], plan: Plan, staged: set[str]) -> dict[str, Any]:
+        """Wait for every host that had staged the release to report it
+        cancelled (until ``SETTLE`` s after its time, at most ``CONFIRM`` s):
+        a host stopped over the time (SIGSTOP, a suspended VM) reads the cancel
+        only when it resumes, and its timer re-checks the plan then.  The
+        hosts not confirmed are named (``unconfirmed``), and the command
+        exits non-zero: "cancelled on every host" is said only when it is so."""
+        rid = rec["id"]
+        until = min(plan.at + SETTLE, time.time() + CONFIRM)
+        left: dict[str, str] = {}
+        while True:
+            reports = self._look(rid, staged)
+            if reports is None:  # Redis away: no host is confirmed
+                left = {h: "unknown: Redis did not answer" for h in sorted(staged)}
+            else:
+                left = {}
+                hosts = staged | {h for h, r in reports.items() if r["state"] == "staged"}
+                for host in sorted(hosts):
+                    rep = reports.get(host, {"state": "no report"})
+                    if rep["state"] not in ("cancelled", "failed", "invalid"):
+                        why = f": {rep['error']}" if rep.get("error") else ""
+                        left[host] = rep["state"] + why
+            if not left or time.time() >= until:
+                break
+            time.sleep(0.05)
+        if left:
+            rec["unconfirmed"] = left
+            self._save(rec)
+            self.progress(
+                f"release {rid}: cancelled; not confirmed by {len(left)} host(s) that had staged "
+                f"it: " + ", ".join(f"{h} ({s})" for h, s in left.items())
+            )
+        else:
+            self.progress(f"release {rid}: cancelled on every host")
         return rec
 
     def _ours(self, rid: str, raw: bytes) -> Plan:
@@ -443,7 +593,7 @@ class ReleaseController:
         k, now = self.f.keys, time.time() if now is None else now
         key = releases_key(k)
 
-        def attempt() -> list[str]:
+        def attempt() -> list[str] | None:
             with self.f.r.pipeline(transaction=True) as pipe:
                 pipe.watch(key)  # a plan written meanwhile: try again at the next publish
                 raw: dict[Any, Any] = pipe.hgetall(key)
