@@ -1,0 +1,125 @@
+"""A fork whose child is its parent's sibling (Linux): ``clone(CLONE_PARENT)``.
+
+The worker zygote (``_process/zygote``) forks every new worker, but the host
+must stay each worker's parent: it reaps it, reads how it ended (the signal
+of a crash) from its wait status, kills it by a pid that cannot be reused
+before it is reaped, and the worker's parent-death signal must follow the
+host, not the zygote.  ``clone`` with ``CLONE_PARENT`` gives the child the
+zygote's own parent; a zygote that dies, or is stopped, later changes
+nothing for the workers it forked.
+
+Python has no ``os.clone``, so this is the system call through ctypes, with
+what ``os.fork`` wraps around ``fork()``: ``PyOS_BeforeFork`` (the import
+lock, ``os.register_at_fork`` hooks) before, ``PyOS_AfterFork_Child`` or
+``_Parent`` after; the GIL is held throughout (``PyDLL``).  And what glibc's
+``fork()`` does that a raw ``clone`` does not: the kernel writes the child's
+thread id into the thread descriptor (``CLONE_CHILD_SETTID``), else the
+child's ``pthread_self()`` would still name the zygote's thread (its
+``pthread_setaffinity_np`` would move the zygote).  Where that field is in
+``struct pthread`` is not public: ``probe`` finds it, once, as the int equal
+to the thread id whose change changes what ``pthread_getcpuclockid`` (a
+function of that field alone) returns, and must find exactly one.
+
+Single-threaded callers only: the zygote is one thread by design (a fork
+copies only the calling thread; another thread's locks would stay held).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import signal
+import threading
+from typing import Any
+
+from . import _seccomp
+
+_CLONE_PARENT = 0x00008000
+_CLONE_CHILD_CLEARTID = 0x00200000
+_CLONE_CHILD_SETTID = 0x01000000
+_SCAN = 4096  # bytes of the thread descriptor searched for its tid field
+
+
+@functools.lru_cache(maxsize=1)
+def _lib() -> Any:
+    lib = ctypes.PyDLL(None, use_errno=True)  # PyDLL: the GIL stays held in the call
+    lib.syscall.restype = ctypes.c_long
+    lib.pthread_self.restype = ctypes.c_void_p
+    lib.pthread_self.argtypes = []
+    lib.pthread_getcpuclockid.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
+    lib.pthread_getcpuclockid.restype = ctypes.c_int
+    return lib
+
+
+def _clock_of_self() -> int | None:
+    clk = ctypes.c_int()
+    lib = _lib()
+    if lib.pthread_getcpuclockid(lib.pthread_self(), ctypes.byref(clk)) != 0:
+        return None
+    return clk.value
+
+
+_offset: int | None = None  # of the tid in this thread's descriptor, once probed
+
+
+def probe() -> str:
+    """Find where the thread descriptor keeps the thread id; "" when found
+    (a sibling fork can be made here), else why not."""
+    global _offset
+    if _offset is not None:
+        return ""
+    if threading.active_count() != 1:
+        return "more than one thread"
+    if "clone" not in _seccomp.numbers():
+        return "no clone() number for this architecture"
+    try:
+        lib = _lib()
+        me = int(lib.pthread_self())
+        tid = threading.get_native_id()
+        base = _clock_of_self()
+    except (OSError, AttributeError) as exc:
+        return f"no thread descriptor to probe: {exc}"
+    if base is None:
+        return "pthread_getcpuclockid() failed"
+    found = []
+    for off in range(0, _SCAN, 4):
+        field = ctypes.c_int.from_address(me + off)
+        if field.value != tid:
+            continue
+        field.value = tid + 1  # our own descriptor, one thread: nobody reads it meanwhile
+        moved = _clock_of_self() != base
+        field.value = tid
+        if moved:
+            found.append(off)
+    if len(found) != 1:
+        return f"the thread id field of the C library's thread descriptor ({len(found)} found)"
+    _offset = found[0]
+    return ""
+
+
+def fork_sibling() -> int:
+    """Fork a child whose parent is this process's parent: 0 in the child,
+    its pid in this process; ``OSError`` as the kernel gave it.  ``probe``
+    first."""
+    if _offset is None:
+        raise OSError(38, "fork_sibling() before a successful probe()")  # ENOSYS
+    lib = _lib()
+    nr = _seccomp.numbers()["clone"]
+    flags = _CLONE_PARENT | _CLONE_CHILD_SETTID | _CLONE_CHILD_CLEARTID | signal.SIGCHLD
+    ctid = ctypes.c_void_p(int(lib.pthread_self()) + _offset)
+    api = ctypes.pythonapi
+    api.PyOS_BeforeFork()
+    # clone(flags, stack, parent_tid, child_tid, tls) on x86-64; (flags, stack,
+    # parent_tid, tls, child_tid) on AArch64
+    x86 = _seccomp.arch() == "x86_64"
+    args = (None, None, ctid, None) if x86 else (None, None, None, ctid)
+    pid = int(lib.syscall(ctypes.c_long(nr), ctypes.c_ulong(flags), *args))
+    if pid == 0:
+        api.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    api.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone(CLONE_PARENT): {os.strerror(err)}")
+    return pid
