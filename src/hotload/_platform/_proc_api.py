@@ -126,6 +126,11 @@ class WorkerProcess(Protocol):
         this process: 0 in the child, its pid here.  ``_sibling_linux``."""
         ...
 
+    def set_cmdline(self, args: list[str]) -> bool:
+        """Make this process's command line, as others read it, ``args`` (a
+        worker forked by the zygote shows its own); False when it cannot."""
+        ...
+
     def die_with_parent_signal(self, parent_pid: int) -> None:
         """``die_with_parent`` without its watchdog thread, for a process that
         must stay single-threaded (the zygote, which also watches its

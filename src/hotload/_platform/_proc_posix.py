@@ -463,6 +463,14 @@ def fork_sibling() -> int:
     return _sibling_linux.fork_sibling()
 
 
+def set_cmdline(args: list[str]) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    from . import _sibling_linux
+
+    return _sibling_linux.set_cmdline(args)
+
+
 def worker_pid(pid: int) -> int:
     """Down the chain of only children: a sandbox's guard, its init, its
     worker (none of them has forked anything else before the worker's hello)."""

@@ -213,6 +213,10 @@ def die_with_parent_signal(parent_pid: int) -> None:
         os._exit(EXIT_PARENT_GONE)
 
 
+def set_cmdline(args: list[str]) -> bool:
+    return False
+
+
 def worker_pid(pid: int) -> int:
     return pid
 

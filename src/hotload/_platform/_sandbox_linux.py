@@ -232,9 +232,12 @@ def _relay(sock: socket.socket) -> None:
     """P, once the namespace stands: wait for I's report of W's end, then
     end the same way (the host reads the crash from our status)."""
     _close_fds(keep={0, 1, 2, sock.fileno()})
-    got = _read(sock, None)
+    # I reports and exits at once: wait for its exit (one wake-up), then read
+    # the report it left (waking for the report, then again for the exit, was
+    # a process wake-up more between a crash and the restart, issue 24 item 4)
+    waited = _reap_all(None)
+    got = _read(sock, 0)
     status = struct.unpack("<i", got[1:5])[0] if got.startswith(b"S") and len(got) >= 5 else None
-    waited = _reap_all(2.0)
     _end_like(status if status is not None else waited)
 
 
@@ -559,9 +562,9 @@ def _read(sock: socket.socket, timeout: float | None) -> bytes:
         return b""
 
 
-def _reap_all(timeout: float) -> int | None:
-    """Reap every child until none is left (or ``timeout``); the last wait
-    status seen (None: none).
+def _reap_all(timeout: float | None) -> int | None:
+    """Reap every child until none is left (or ``timeout``, None: no
+    bound); the last wait status seen (None: none).
 
     Between tries it waits for SIGCHLD itself (blocked first, so one sent
     between a try and the wait stays pending), not a fixed sleep: the guard
@@ -569,7 +572,7 @@ def _reap_all(timeout: float) -> int | None:
     crash waits for the guard (a 5 ms sleep here was most of the 7.5 ms from
     a sandboxed worker's crash to its guard's exit, issue 24 item 4)."""
     last = None
-    end = time.monotonic() + timeout
+    end = time.monotonic() + (timeout if timeout is not None else 1e9)
     old = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
     try:
         while True:

@@ -123,3 +123,25 @@ def fork_sibling() -> int:
     if pid < 0:
         raise OSError(err, f"clone(CLONE_PARENT): {os.strerror(err)}")
     return pid
+
+
+def set_cmdline(args: list[str]) -> bool:
+    """Make ``/proc/self/cmdline`` (what ``ps`` shows, and what a plugin
+    reading its own command line finds) read ``args``, written over this
+    process's own argument area as setproctitle does; False when they do not
+    fit in it (the zygote is started with room to spare)."""
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            stat = fh.read()
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end: fields 48, 49
+    except (OSError, ValueError, IndexError):
+        return False
+    data = b"\0".join(a.encode() for a in args) + b"\0"
+    if not start or len(data) > end - start:
+        return False
+    left = end - start - len(data)
+    if left >= 2:  # the rest as one blank argument (as the zygote's own last one)
+        data += b" " * (left - 1) + b"\0"
+    ctypes.memmove(start, data.ljust(end - start, b"\0"), end - start)
+    return True

@@ -47,6 +47,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 
@@ -61,6 +62,7 @@ FORK_TIMEOUT = 1.0
 HELLO = b"\x00zygote"
 MAX_FDS = 8  # descriptors one request may carry
 MAX_REQUEST = 4096
+ROOM = " " * 120  # the zygote's last argument: where a worker's longer command line goes
 FD_FLAGS = ("--fd", "--svc", "--shm")  # the worker's arguments that name descriptors
 _REPLY = struct.Struct("<i")
 EXIT_GARBAGE = 71  # the zygote read a request that breaks the protocol
@@ -79,6 +81,8 @@ def serve(argv: list[str], parent: int) -> list[str]:
     sock = socket.socket(fileno=int(argv[argv.index("--fd") + 1]))
     proc.die_with_parent_signal(parent)  # no watchdog thread: the zygote stays one thread
     why = proc.fork_ready(sandbox="--sandbox" in argv)
+    orig = getattr(sys, "orig_argv", [])  # python -s -m hotload._process.worker ...
+    prefix = orig[: orig.index("--role")] if "--role" in orig else [sys.executable]
     if why:
         sock.send(b"\x01" + why.encode()[:200])
         os._exit(0)
@@ -107,6 +111,7 @@ def serve(argv: list[str], parent: int) -> list[str]:
             pid = -(exc.errno or 1)
         if pid == 0:
             _become_worker(sock, fds)
+            proc.set_cmdline([*prefix, *child_argv])
             return child_argv
         for fd in fds:
             os.close(fd)
@@ -256,7 +261,8 @@ class Zygote:
         self.stop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            argv = [*self._argv, "--fd", str(theirs.fileno()), "--zygote"]
+            # room for the command line of each worker it forks (``proc.set_cmdline``)
+            argv = [*self._argv, "--fd", str(theirs.fileno()), "--zygote", ROOM]
             self.popen = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
