@@ -307,14 +307,18 @@ def _build_root(plan: list[tuple[str, int, str]]) -> None:
 
 
 _prepared: list[str] = []  # _needed_paths(), computed once in the zygote (``prepare``)
+_zygote = 0  # the pid of the zygote that forked this worker: no signal of the fallback reaches it
 
 
 def prepare() -> None:
     """In the worker zygote: compute the directories every sandbox binds
     (``_needed_paths``, 25-50 ms of ``realpath`` calls over the imported
-    modules), once; each worker it forks imported nothing since."""
-    global _prepared
+    modules), once; each worker it forks imported nothing since.  And the
+    zygote's pid, which the fallback's seccomp filter keeps the worker's
+    signals from (as the host's and its guard's)."""
+    global _prepared, _zygote
     _prepared = _needed_paths()
+    _zygote = os.getpid()
 
 
 def _needed_paths() -> list[str]:
@@ -518,7 +522,8 @@ def _worker(*, namespaced: bool, host: int) -> list[str]:
         done.append("guard")
     if _dropped:
         done.append("uid-nobody")
-    guard = () if namespaced else (host, os.getppid())
+    zygote = (_zygote,) if _zygote else ()  # it forked this worker, and forks the next ones
+    guard = () if namespaced else (host, os.getppid(), *zygote)
     return done + lock.lockdown(fallback=not namespaced, guard=guard)
 
 

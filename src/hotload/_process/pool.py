@@ -108,7 +108,7 @@ class Spawner:
                 self._zygote_fails = 0
                 return worker
             except _zygote._ZygoteFailed as exc:
-                self._zygote_failed(f"{exc}; this worker starts as a fresh interpreter")
+                self._zygote_failed(f"{exc}: this worker starts as a fresh interpreter")
         return self._start(None)
 
     def _start(self, via: _zygote.Zygote | None) -> Worker:
@@ -126,7 +126,11 @@ class Spawner:
         if z.running():
             return z
         if z.popen is not None:  # it was running: died, or stopped, since
-            self._zygote_failed(f"the worker zygote (pid {z.pid}) {z.state()}")
+            self._zygote_failed(
+                f"the worker zygote (pid {z.pid}) {z.state()}; this worker starts as a fresh "
+                f"interpreter"
+            )
+            return None  # and the next one boots at once (``_zygote_failed``)
         if time.monotonic() < self._zygote_pause:
             return None
         why = z.boot()
@@ -152,10 +156,16 @@ class Spawner:
         assert self.zygote is not None
         self.zygote.stop()
         self._zygote_fails += 1
-        pause = min(FAIL_PAUSE * 2 ** (self._zygote_fails - 1), FAIL_PAUSE_MAX)
-        self._zygote_pause = time.monotonic() + (0 if self._zygote_fails == 1 else pause)
-        again = "at the next start" if self._zygote_fails == 1 else f"in {pause:g} s or later"
-        log.warning("%s; killed, and started again %s", what, again)
+        pause = 0.0 if self._zygote_fails == 1 else FAIL_PAUSE * 2 ** (self._zygote_fails - 2)
+        pause = min(pause, FAIL_PAUSE_MAX)
+        self._zygote_pause = time.monotonic() + pause
+        if pause:
+            again = f"in {pause:g} s or later"
+        else:
+            again = "now"
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                self._thread.submit(self._zygote_up)  # after the start under way
+        log.warning("%s; it was killed, and another is started %s", what, again)
 
     def take(self) -> Worker:
         """A spare from the pool, else a new worker; greet it before use (a

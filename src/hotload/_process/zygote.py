@@ -275,7 +275,7 @@ class Zygote:
             )
         except OSError as exc:
             ours.close()
-            return f"could not start it: {exc}"
+            return f"could not be started: {exc}"
         finally:
             theirs.close()
         self.starts += 1
@@ -311,13 +311,13 @@ class Zygote:
         is stopped or silent."""
         popen = self.popen
         if said:
-            return f"it said {said[:40]!r}"
-        if popen is not None and popen.returncode is not None:
+            return f"said {said[:40]!r}"
+        if popen is not None and popen.poll() is not None:
             sig = proc.exit_signal(popen.returncode)
-            return f"it died of {sig}" if sig else f"it exited with code {popen.returncode}"
+            return f"died of {sig}" if sig else f"exited with code {popen.returncode}"
         if popen is not None and proc.stopped(popen.pid):
-            return "it was stopped (SIGSTOP)"
-        return "it did not answer"
+            return "was stopped (SIGSTOP)"
+        return "did not answer"
 
     def fork(self, argv: list[str], fds: list[int]) -> Sibling:
         """A new worker with command line ``argv`` (the worker module's
@@ -325,7 +325,7 @@ class Zygote:
         along).  ``_ZygoteFailed`` (the zygote killed) when it does not
         answer with the pid of a new child of ours within ``FORK_TIMEOUT``."""
         if self.sock is None:
-            raise _ZygoteFailed("it is not running")
+            raise _ZygoteFailed("the worker zygote is not running")
         index = {str(fd): f"@{i}" for i, fd in enumerate(fds)}
         sent = argv[argv.index("--role") :]
         for i in range(1, len(sent)):
@@ -338,7 +338,7 @@ class Zygote:
             try:
                 self.sock.sendmsg([body], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
             except OSError as exc:
-                raise self._failed(f"it did not take the request ({exc})") from None
+                raise self._failed(f"did not take the request ({exc})") from None
             said = self._answer(FORK_TIMEOUT)
             if len(said) != _REPLY.size:
                 raise self._failed(self.state(said))
@@ -348,7 +348,7 @@ class Zygote:
                 err_r = -1
                 raise OSError(-pid, f"the zygote could not fork: {os.strerror(-pid)}")
             if not _our_child(pid):
-                raise self._failed(f"it answered pid {pid}, not a new child of the host")
+                raise self._failed(f"answered pid {pid}, not a new child of the host")
         except BaseException:
             if err_r >= 0:
                 os.close(err_r)
@@ -361,7 +361,7 @@ class Zygote:
     def _failed(self, how: str) -> _ZygoteFailed:
         pid = self.pid
         self.stop()
-        return _ZygoteFailed(f"the worker zygote (pid {pid}) failed: {how}")
+        return _ZygoteFailed(f"the worker zygote (pid {pid}) {how}")
 
     def stop(self) -> None:
         """Kill it (a zygote holds nothing to save) and close the channel."""
