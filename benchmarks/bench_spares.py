@@ -221,7 +221,8 @@ def report(r: dict[str, float]) -> list[str]:
         ]
     for kind in ("sandboxed", "plain"):
         zyg, fresh = r[f"start {kind} zygote"], r[f"start {kind} fresh"]
-        out.append(row(f"a worker's start to hello, {kind}, zygote p50", zyg, "ms", fresh, "vs fresh"))
+        label = f"a worker's start to hello, {kind}, zygote p50"
+        out.append(row(label, zyg, "ms", fresh, "vs fresh"))
         out.append(row(f"a worker's start to hello, {kind}, fresh p50", fresh, "ms"))
     out += [
         row("one idle spare (sandboxed): RSS of its processes", r["rss"] / 1024, "MB"),
