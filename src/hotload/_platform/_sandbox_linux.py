@@ -577,7 +577,7 @@ def _reap_all(timeout: float | None) -> int | None:
     crash waits for the guard (a 5 ms sleep here was most of the 7.5 ms from
     a sandboxed worker's crash to its guard's exit, issue 24 item 4)."""
     last = None
-    end = time.monotonic() + (timeout if timeout is not None else 1e9)
+    end = time.monotonic() + (timeout or 0.0)
     old = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
     try:
         while True:
@@ -587,6 +587,9 @@ def _reap_all(timeout: float | None) -> int | None:
                 return last
             if pid:
                 last = status
+                continue
+            if timeout is None:  # blocked above: one sent since the try is pending
+                signal.sigwaitinfo([signal.SIGCHLD])  # no wake-up while the worker lives
                 continue
             left = end - time.monotonic()
             if left <= 0:

@@ -393,4 +393,5 @@ def _our_child(pid: int) -> bool:
 
 def wanted() -> bool:
     """Whether workers come from a zygote here (``HOTLOAD_ZYGOTE=0``: never)."""
-    return os.environ.get("HOTLOAD_ZYGOTE", "1") != "0" and proc.WORKERS
+    on = os.environ.get("HOTLOAD_ZYGOTE", "1") != "0"
+    return on and proc.WORKERS and sys.platform.startswith("linux")  # clone(CLONE_PARENT)
