@@ -224,7 +224,7 @@ def test_garbage_from_the_zygote_falls_back_to_a_fresh_start(
     script.write_text(FAKE)
     monkeypatch.setenv("FAKE_ZYGOTE", how)
     sp = Spawner("isolated", size=1, zygote=True)
-    sp.zygote = zyg.Zygote([sys.executable, str(script)], dict(os.environ))
+    sp.zygote = zyg.Zygote([sys.executable, str(script)], lambda: dict(os.environ))
     try:
         with caplog.at_level(logging.WARNING):
             w = sp.start()
@@ -300,3 +300,21 @@ def test_a_host_killed_leaves_no_zygote_and_no_worker(
         with contextlib.suppress(OSError):
             proc.kill()
         proc.wait(10)
+
+
+def test_a_forked_worker_works_in_the_hosts_directory_of_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a worker started now would: the zygote's own directory is the one
+    the host had when it booted."""
+    sp = Spawner("isolated", size=1, zygote=True)
+    try:
+        sp.start().kill()  # the zygote boots here
+        monkeypatch.chdir(tmp_path)
+        w = sp.start()
+        w.greet()
+        assert isinstance(w.popen, zyg.Sibling)
+        assert os.readlink(f"/proc/{w.popen.pid}/cwd") == str(tmp_path)
+        w.kill()
+    finally:
+        sp.close()

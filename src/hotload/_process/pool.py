@@ -79,7 +79,7 @@ class Spawner:
         if zygote and _zygote.wanted():
             argv = [sys.executable, "-s", "-m", WORKER_MODULE, "--role", role]
             argv += ["--parent", str(os.getpid())] + (["--sandbox"] if sandbox else [])
-            self.zygote = _zygote.Zygote(argv, worker_env())
+            self.zygote = _zygote.Zygote(argv, worker_env)
         self._zygote_off = ""  # why this kind's workers never come from a zygote here
         self._zygote_fails = 0  # zygotes in a row that failed to start or to answer
         self._zygote_pause = 0.0  # no new zygote before this (monotonic)

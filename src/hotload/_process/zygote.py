@@ -50,6 +50,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from .._platform import proc
 
@@ -99,7 +100,7 @@ def serve(argv: list[str], parent: int) -> list[str]:
         if not msg:
             os._exit(0)  # the host closed the channel (or is gone)
         fds = _fds(anc)
-        child_argv = _request(msg, flags, fds)
+        child_argv, cwd = _request(msg, flags, fds)
         if child_argv is None:
             for fd in fds:
                 with contextlib.suppress(OSError):
@@ -110,7 +111,7 @@ def serve(argv: list[str], parent: int) -> list[str]:
         except OSError as exc:
             pid = -(exc.errno or 1)
         if pid == 0:
-            _become_worker(sock, fds)
+            _become_worker(sock, fds, cwd)
             proc.set_cmdline([*prefix, *child_argv])
             return child_argv
         for fd in fds:
@@ -126,37 +127,40 @@ def _fds(anc: list[tuple[int, int, bytes]]) -> list[int]:
     return list(fds)
 
 
-def _request(msg: bytes, flags: int, fds: list[int]) -> list[str] | None:
-    """The worker's command line from a request: JSON ``{"argv": [...]}`` in
-    which ``@N`` stands for the N-th descriptor sent (the last one is the
-    worker's stderr); None when it breaks the protocol."""
+def _request(msg: bytes, flags: int, fds: list[int]) -> tuple[list[str] | None, str]:
+    """The worker's command line and working directory from a request: JSON
+    ``{"argv": [...], "cwd": ...}`` in which ``@N`` stands for the N-th
+    descriptor sent (the last one is the worker's stderr); None when it
+    breaks the protocol."""
     if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or not 1 <= len(fds) <= MAX_FDS:
-        return None
+        return None, ""
     try:
-        argv = json.loads(msg)["argv"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    if not isinstance(argv, list) or len(argv) > 32:
-        return None
+        req = json.loads(msg)
+        argv, cwd = req["argv"], req.get("cwd") or "/"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None, ""
+    if not isinstance(argv, list) or len(argv) > 32 or not isinstance(cwd, str):
+        return None, ""
     if not all(isinstance(a, str) and len(a) <= 256 for a in argv):
-        return None
+        return None, ""
     out = list(argv)
     for i in range(1, len(out)):
         if out[i - 1] in FD_FLAGS:
             parts = out[i].split(",")
-            if not all(
-                p.startswith("@") and p[1:].isdigit() and int(p[1:]) < len(fds) for p in parts
-            ):
-                return None
+            if not all(p[:1] == "@" and p[1:].isdigit() and int(p[1:]) < len(fds) for p in parts):
+                return None, ""
             out[i] = ",".join(str(fds[int(p[1:])]) for p in parts)
-    return out
+    return out, cwd
 
 
-def _become_worker(sock: socket.socket, fds: list[int]) -> None:
+def _become_worker(sock: socket.socket, fds: list[int], cwd: str) -> None:
     """In the child, before anything of a worker runs: the zygote's channel
     and every other descriptor closed, the worker's stderr on fd 2, stdin
-    and stdout on /dev/null, its own session (as ``start_new_session``)."""
+    and stdout on /dev/null, its own session (as ``start_new_session``),
+    the host's working directory."""
     sock.close()
+    with contextlib.suppress(OSError):
+        os.chdir(cwd)
     err = fds[-1]
     os.dup2(err, 2)
     null = os.open(os.devnull, os.O_RDWR)
@@ -233,9 +237,9 @@ class Zygote:
     spawner's thread only (the parent-death signal of the zygote, and so of
     what it forks, follows that thread)."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(self, argv: list[str], env: Callable[[], dict[str, str]]) -> None:
         self._argv = argv  # the worker's command line, without --fd and --zygote
-        self._env = env
+        self._env = env  # the environment of a worker started now
         self.popen: subprocess.Popen[bytes] | None = None
         self.sock: socket.socket | None = None
         self.forks = 0  # workers forked (tests, benchmarks)
@@ -268,7 +272,7 @@ class Zygote:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                env=self._env,
+                env=self._env(),
                 close_fds=True,
                 pass_fds=[theirs.fileno()],
                 start_new_session=True,
@@ -333,7 +337,8 @@ class Zygote:
                 sent[i] = ",".join(index[p] for p in sent[i].split(","))
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
-            body = json.dumps({"argv": sent}).encode()
+            # the host's working directory now, as a worker started now would have it
+            body = json.dumps({"argv": sent, "cwd": os.getcwd()}).encode()
             rights = array.array("i", [*fds, err_w]).tobytes()
             try:
                 self.sock.sendmsg([body], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
