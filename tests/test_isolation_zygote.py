@@ -47,6 +47,14 @@ HOTLOAD_API int64_t tid_gap(void)
     return (int64_t)(~(c >> 3)) - (int64_t)syscall(SYS_gettid);
 }
 HOTLOAD_EXPORT(tid_gap, int64_t, (void));
+#include <stdlib.h>
+#include <string.h>
+HOTLOAD_API int64_t env_len(int32_t which)
+{
+    const char *v = getenv(which ? "HOTLOAD_NOT_KEPT" : "TZ");
+    return v ? (int64_t)strlen(v) : -1;
+}
+HOTLOAD_EXPORT(env_len, int64_t, (int32_t));
 """
 
 
@@ -302,11 +310,11 @@ def test_a_host_killed_leaves_no_zygote_and_no_worker(
         proc.wait(10)
 
 
-def test_a_forked_worker_works_in_the_hosts_directory_of_now(
+def test_a_forked_worker_gets_the_hosts_directory_of_now(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """As a worker started now would: the zygote's own directory is the one
-    the host had when it booted."""
+    """As a worker started now would (and a preflight trial, a fresh
+    interpreter, does): not those the zygote booted with."""
     sp = Spawner("isolated", size=1, zygote=True)
     try:
         sp.start().kill()  # the zygote boots here
@@ -318,3 +326,21 @@ def test_a_forked_worker_works_in_the_hosts_directory_of_now(
         w.kill()
     finally:
         sp.close()
+
+
+def test_a_forked_worker_gets_the_hosts_environment_of_now(
+    tmp_path: Path, lib: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The environment a worker started now would have (and a preflight
+    trial, a fresh interpreter, has): ``ENV_KEEP`` from the host's of now."""
+    monkeypatch.setenv("TZ", "UTC")
+    with Host(tmp_path / "w", preflight=False) as h:
+        p = h.load(lib, isolate=Isolated(sandbox=False))  # the zygote boots with TZ=UTC
+        assert p.env_len(0) == 3
+        ready(h, 1, False)
+        monkeypatch.setenv("TZ", "Europe/Paris")
+        monkeypatch.setenv("HOTLOAD_NOT_KEPT", "1")  # not in ENV_KEEP: never passed on
+        h.reload("zyg")  # takes the spare forked before the change, and forks the next
+        ready(h, 1, False)
+        h.reload("zyg")
+        assert p.env_len(0) == len("Europe/Paris") and p.env_len(1) == -1

@@ -62,7 +62,7 @@ BOOT_TIMEOUT = 10.0
 FORK_TIMEOUT = 1.0
 HELLO = b"\x00zygote"
 MAX_FDS = 8  # descriptors one request may carry
-MAX_REQUEST = 4096
+MAX_REQUEST = 65536  # a request's bytes: the command line and the environment
 ROOM = " " * 120  # the zygote's last argument: where a worker's longer command line goes
 FD_FLAGS = ("--fd", "--svc", "--shm")  # the worker's arguments that name descriptors
 _REPLY = struct.Struct("<i")
@@ -100,7 +100,7 @@ def serve(argv: list[str], parent: int) -> list[str]:
         if not msg:
             os._exit(0)  # the host closed the channel (or is gone)
         fds = _fds(anc)
-        child_argv, cwd = _request(msg, flags, fds)
+        child_argv, cwd, env = _request(msg, flags, fds)
         if child_argv is None:
             for fd in fds:
                 with contextlib.suppress(OSError):
@@ -111,7 +111,7 @@ def serve(argv: list[str], parent: int) -> list[str]:
         except OSError as exc:
             pid = -(exc.errno or 1)
         if pid == 0:
-            _become_worker(sock, fds, cwd)
+            _become_worker(sock, fds, cwd, env)
             proc.set_cmdline([*prefix, *child_argv])
             return child_argv
         for fd in fds:
@@ -127,40 +127,50 @@ def _fds(anc: list[tuple[int, int, bytes]]) -> list[int]:
     return list(fds)
 
 
-def _request(msg: bytes, flags: int, fds: list[int]) -> tuple[list[str] | None, str]:
-    """The worker's command line and working directory from a request: JSON
-    ``{"argv": [...], "cwd": ...}`` in which ``@N`` stands for the N-th
-    descriptor sent (the last one is the worker's stderr); None when it
-    breaks the protocol."""
+def _request(
+    msg: bytes, flags: int, fds: list[int]
+) -> tuple[list[str] | None, str, dict[str, str]]:
+    """The worker's command line, working directory and environment from a
+    request: JSON ``{"argv": [...], "cwd": ..., "env": {...}}`` in which
+    ``@N`` stands for the N-th descriptor sent (the last one is the worker's
+    stderr); None when it breaks the protocol."""
+    bad: tuple[None, str, dict[str, str]] = (None, "", {})
     if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or not 1 <= len(fds) <= MAX_FDS:
-        return None, ""
+        return bad
     try:
         req = json.loads(msg)
-        argv, cwd = req["argv"], req.get("cwd") or "/"
+        argv, cwd, env = req["argv"], req.get("cwd") or "/", req.get("env") or {}
     except (ValueError, KeyError, TypeError, AttributeError):
-        return None, ""
+        return bad
     if not isinstance(argv, list) or len(argv) > 32 or not isinstance(cwd, str):
-        return None, ""
+        return bad
     if not all(isinstance(a, str) and len(a) <= 256 for a in argv):
-        return None, ""
+        return bad
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and k and "=" not in k and "\0" not in k + v
+        for k, v in env.items()
+    ):
+        return bad
     out = list(argv)
     for i in range(1, len(out)):
         if out[i - 1] in FD_FLAGS:
             parts = out[i].split(",")
             if not all(p[:1] == "@" and p[1:].isdigit() and int(p[1:]) < len(fds) for p in parts):
-                return None, ""
+                return bad
             out[i] = ",".join(str(fds[int(p[1:])]) for p in parts)
-    return out, cwd
+    return out, cwd, env
 
 
-def _become_worker(sock: socket.socket, fds: list[int], cwd: str) -> None:
+def _become_worker(sock: socket.socket, fds: list[int], cwd: str, env: dict[str, str]) -> None:
     """In the child, before anything of a worker runs: the zygote's channel
     and every other descriptor closed, the worker's stderr on fd 2, stdin
     and stdout on /dev/null, its own session (as ``start_new_session``),
-    the host's working directory."""
+    the environment and working directory a worker started now would have."""
     sock.close()
     with contextlib.suppress(OSError):
         os.chdir(cwd)
+    os.environ.clear()  # putenv()s: the C library's environment too
+    os.environ.update(env)
     err = fds[-1]
     os.dup2(err, 2)
     null = os.open(os.devnull, os.O_RDWR)
@@ -337,8 +347,11 @@ class Zygote:
                 sent[i] = ",".join(index[p] for p in sent[i].split(","))
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
-            # the host's working directory now, as a worker started now would have it
-            body = json.dumps({"argv": sent, "cwd": os.getcwd()}).encode()
+            # the environment and working directory a worker started now would have
+            req = {"argv": sent, "cwd": os.getcwd(), "env": self._env()}
+            body = json.dumps(req).encode()
+            if len(body) > MAX_REQUEST:
+                raise OSError(7, f"a worker's environment of {len(body)} bytes")  # E2BIG
             rights = array.array("i", [*fds, err_w]).tobytes()
             try:
                 self.sock.sendmsg([body], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
