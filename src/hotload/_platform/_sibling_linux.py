@@ -69,7 +69,7 @@ def probe() -> str:
     global _offset
     if _offset is not None:
         return ""
-    if threading.active_count() != 1:
+    if not one_thread():
         return "more than one thread"
     if "clone" not in _seccomp.numbers():
         return "no clone() number for this architecture"
@@ -98,12 +98,24 @@ def probe() -> str:
     return ""
 
 
+def one_thread() -> bool:
+    """This process runs one thread (Python's and the kernel's count: a C
+    library may start threads Python does not know of)."""
+    try:
+        tasks = len(os.listdir("/proc/self/task"))
+    except OSError:
+        tasks = 1
+    return threading.active_count() == 1 and tasks == 1
+
+
 def fork_sibling() -> int:
     """Fork a child whose parent is this process's parent: 0 in the child,
     its pid in this process; ``OSError`` as the kernel gave it.  ``probe``
     first."""
     if _offset is None:
         raise OSError(38, "fork_sibling() before a successful probe()")  # ENOSYS
+    if not one_thread():  # a fork would copy only this thread: others' locks stay held
+        raise OSError(35, "fork_sibling() in a process with more than one thread")  # EDEADLK
     lib = _lib()
     nr = _seccomp.numbers()["clone"]
     flags = _CLONE_PARENT | _CLONE_CHILD_SETTID | _CLONE_CHILD_CLEARTID | signal.SIGCHLD
