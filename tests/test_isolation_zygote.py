@@ -269,7 +269,7 @@ HOST = """
 import json, sys, time
 from hotload import Host, Isolated
 h = Host(sys.argv[2], preflight=False)
-h.load(sys.argv[1], isolate=Isolated(spares=2, sandbox=sys.argv[3] == "1"))
+h.load(sys.argv[1], isolate=Isolated(spares=1, sandbox=sys.argv[3] == "1"))
 iso = h._swap._isolation
 iso.warm(60.0, sandbox=sys.argv[3] == "1")
 pids = [w.popen.pid for w in iso.spares(sys.argv[3] == "1")]
@@ -279,9 +279,23 @@ time.sleep(60)
 """
 
 
-@pytest.mark.parametrize(
-    "sandbox", [pytest.param(False, marks=pytest.mark.soak), True], ids=["plain", "sandboxed"]
-)
+def test_the_zygote_ends_when_the_host_closes_its_channel() -> None:
+    """The short variant of the test below (make test): the zygote's end of
+    file, as when its host dies without a word."""
+    sp = Spawner("isolated", size=1, zygote=True)
+    try:
+        sp.start().kill()
+        z = sp.zygote
+        assert z is not None and z.sock is not None and z.popen is not None
+        popen = z.popen
+        z.sock.close()
+        assert popen.wait(10) == 0  # it exits by itself
+    finally:
+        sp.close()
+
+
+@pytest.mark.soak  # ~2.5 s each: a host process of its own
+@pytest.mark.parametrize("sandbox", [False, True], ids=["plain", "sandboxed"])
 def test_a_host_killed_leaves_no_zygote_and_no_worker(
     tmp_path: Path, lib: Path, sandbox: bool
 ) -> None:
@@ -296,7 +310,7 @@ def test_a_host_killed_leaves_no_zygote_and_no_worker(
         assert proc.stdout is not None
         pids = json.loads(proc.stdout.readline())
         everything = [p for pid in pids for p in tree(pid)]
-        assert len(pids) == 3 and all(everything)
+        assert len(pids) == 2 and all(everything)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
 
