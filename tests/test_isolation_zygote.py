@@ -208,7 +208,9 @@ if how == "hello":
     time.sleep(30)
 sock.send(b"\x00zygote")
 msg, anc, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(64))
-sock.send({"short": b"xy", "pid1": (1).to_bytes(4, "little")}[how])
+replies = {"short": b"xy", "pid1": (1).to_bytes(4, "little")}
+replies["eperm"] = (-1).to_bytes(4, "little", signed=True)  # -EPERM: clone refused here
+sock.send(replies[how])
 time.sleep(30)
 """
 
@@ -219,6 +221,7 @@ time.sleep(30)
         ("hello", "said b'nonsense instead of a hello'"),
         ("short", "said b'xy'"),
         ("pid1", "answered pid 1, not a new child of the host"),
+        ("eperm", "could not fork: Operation not permitted"),
     ],
 )
 def test_garbage_from_the_zygote_falls_back_to_a_fresh_start(
@@ -240,6 +243,10 @@ def test_garbage_from_the_zygote_falls_back_to_a_fresh_start(
         assert not isinstance(w.popen, zyg.Sibling)  # a fresh interpreter served
         assert said in caplog.text
         w.kill()
+        if how == "eperm":  # the clone is refused here: no zygote again, fresh starts
+            caplog.clear()
+            sp.start().kill()
+            assert sp.zygote.starts == 1 and not caplog.text
     finally:
         sp.close()
 

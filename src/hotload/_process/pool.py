@@ -108,7 +108,11 @@ class Spawner:
                 self._zygote_fails = 0
                 return worker
             except _zygote._ZygoteFailed as exc:
-                self._zygote_failed(f"{exc}: this worker starts as a fresh interpreter")
+                if via.unusable:  # it cannot fork here at all: fresh starts only, for good
+                    self._zygote_off = str(exc)
+                    log.warning("%s: %s workers start as fresh interpreters", exc, self.role)
+                else:
+                    self._zygote_failed(f"{exc}: this worker starts as a fresh interpreter")
         return self._start(None)
 
     def _start(self, via: _zygote.Zygote | None) -> Worker:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -361,10 +362,10 @@ class Zygote:
             if len(said) != _REPLY.size:
                 raise self._failed(self.state(said))
             (pid,) = _REPLY.unpack(said)
-            if pid < 0:
-                os.close(err_r)
-                err_r = -1
-                raise OSError(-pid, f"the zygote could not fork: {os.strerror(-pid)}")
+            if pid < 0:  # a fresh start then fails the same way (EAGAIN) or not (EPERM)
+                if -pid in (errno.EPERM, errno.ENOSYS, errno.EINVAL):
+                    self.unusable = True  # the clone itself is refused here (a seccomp profile)
+                raise self._failed(f"could not fork: {os.strerror(-pid)}")
             if not _our_child(pid):
                 raise self._failed(f"answered pid {pid}, not a new child of the host")
         except BaseException:
