@@ -112,13 +112,21 @@ def fork_sibling() -> int:
     """Fork a child whose parent is this process's parent: 0 in the child,
     its pid in this process; ``OSError`` as the kernel gave it.  ``probe``
     first."""
+    return clone(_CLONE_PARENT)
+
+
+def clone(flags: int) -> int:
+    """``fork()`` with more ``clone`` flags (``CLONE_PARENT``, new
+    namespaces: the sandbox's init is cloned straight into its namespaces):
+    0 in the child, its pid here; ``OSError`` as the kernel gave it.
+    ``probe`` first (else ``ENOSYS``)."""
     if _offset is None:
-        raise OSError(38, "fork_sibling() before a successful probe()")  # ENOSYS
+        raise OSError(38, "clone() before a successful probe()")  # ENOSYS
     if not one_thread():  # a fork would copy only this thread: others' locks stay held
-        raise OSError(35, "fork_sibling() in a process with more than one thread")  # EDEADLK
+        raise OSError(35, "clone() in a process with more than one thread")  # EDEADLK
     lib = _lib()
     nr = _seccomp.numbers()["clone"]
-    flags = _CLONE_PARENT | _CLONE_CHILD_SETTID | _CLONE_CHILD_CLEARTID | signal.SIGCHLD
+    flags |= _CLONE_CHILD_SETTID | _CLONE_CHILD_CLEARTID | signal.SIGCHLD
     ctid = ctypes.c_void_p(int(lib.pthread_self()) + _offset)
     api = ctypes.pythonapi
     api.PyOS_BeforeFork()
@@ -133,7 +141,7 @@ def fork_sibling() -> int:
     err = ctypes.get_errno()
     api.PyOS_AfterFork_Parent()
     if pid < 0:
-        raise OSError(err, f"clone(CLONE_PARENT): {os.strerror(err)}")
+        raise OSError(err, f"clone(0x{flags:x}): {os.strerror(err)}")
     return pid
 
 
