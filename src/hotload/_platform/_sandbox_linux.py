@@ -11,16 +11,20 @@ namespaces)::
 
     host -> P (guard) -> I (pid 1 of a new pid namespace) -> W (the worker)
 
-``P`` forks ``C``, which becomes ``nobody`` first when the host is root,
-then enters new user, pid and mount namespaces (its uid mapped to itself,
-``setgroups`` denied) and forks ``I``, the new namespace's pid 1, and
-exits (``I`` is re-parented to ``P``, a subreaper).  ``I`` builds the
+``P`` clones ``I`` straight into new user, pid and mount namespaces
+(``clone`` with their flags, ``_cloned``): ``I`` is the new namespace's pid
+1, maps its uid to itself (``setgroups`` denied), or for a root host
+becomes ``nobody`` once ``P``, which alone may write that map, mapped it.
+(Where that clone is refused but ``unshare`` is not, ``P`` forks ``C``,
+which enters the namespaces, forks ``I`` and exits: ``I`` is re-parented
+to ``P``, a subreaper.)  ``I`` builds the
 worker's file system: a fresh tmpfs root holding read-only binds of
 ``/usr``, ``/etc``, ``/lib*``, ``/sys`` and the directories the worker's
 Python imports from, a fresh ``/proc`` of the new pid namespace, a ``/dev``
 with only ``null``, ``zero``, ``full``, ``random``, ``urandom`` and a
 private ``/dev/shm``, and a private ``/tmp``; then it ``pivot_root``s into
-it and forks ``W`` (pid 2: a plugin's ``abort()`` or ``raise()`` must work
+it (one ``pivot_root``, one unmount) and forks ``W`` (pid 2: a plugin's
+``abort()`` or ``raise()`` must work
 as outside, which a pid 1 would ignore).  ``I`` waits for ``W`` and tells
 ``P`` how it ended; when ``I`` exits, or when ``P`` does (the socket between
 them closes), the kernel kills everything in the namespace.  From inside,
