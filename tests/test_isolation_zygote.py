@@ -150,7 +150,7 @@ def test_a_killed_zygote_is_replaced(
         assert p.add(1, 1) == 2 and p.tid_gap() == 0
         worker = ready(h, 1, False)[0]
         assert isinstance(worker.popen, zyg.Sibling)
-    assert f"the worker zygote (pid {z}) died of SIGKILL" in caplog.text
+    assert f"the worker zygote (pid {z}) died of SIGKILL while idle" in caplog.text
 
 
 def test_a_stopped_zygote_falls_back_to_a_fresh_start_in_time(

@@ -121,19 +121,18 @@ class Spawner:
             self.role, shm=kw["shm"], services=kw["services"], sandbox=kw["sandbox"], via=via
         )
 
-    def _zygote_up(self) -> _zygote.Zygote | None:
+    def _zygote_up(self, starting: bool = True) -> _zygote.Zygote | None:
         """The zygote, (re)started when it is not running (the spawner's
-        thread); None when there is none to use now."""
+        thread); None when there is none to use now.  ``starting``: a worker
+        waits for it (else the supervisor's tick found it dead or stopped)."""
         z = self.zygote
         if z is None or self._zygote_off or self._closed or self.size <= 0:
             return None
         if z.running():
             return z
         if z.popen is not None:  # it was running: died, or stopped, since
-            self._zygote_failed(
-                f"the worker zygote (pid {z.pid}) {z.state()}; this worker starts as a fresh "
-                f"interpreter"
-            )
+            then = "; this worker starts as a fresh interpreter" if starting else " while idle"
+            self._zygote_failed(f"the worker zygote (pid {z.pid}) {z.state()}{then}")
             return None  # and the next one boots at once (``_zygote_failed``)
         if time.monotonic() < self._zygote_pause:
             return None
@@ -144,7 +143,7 @@ class Spawner:
             self._zygote_off = why
             log.info("%s workers start without a zygote here: %s", self.role, why)
             return None
-        self._zygote_failed(f"a {self.role} worker zygote did not start: {why}")
+        self._zygote_failed(f"the {self.role} workers' zygote did not start: {why}")
         return None
 
     def park(self) -> None:
@@ -279,7 +278,7 @@ class Spawner:
         z = self.zygote
         if z is not None and z.popen is not None and not self._closed and not z.running():
             with contextlib.suppress(RuntimeError):  # closed meanwhile
-                self._thread.submit(self._zygote_up)  # died or stopped while idle: replaced
+                self._thread.submit(self._zygote_up, False)  # died or stopped while idle
         self.refill()
 
     def _failed(self) -> None:
