@@ -9,8 +9,11 @@ buys and costs.
   (``Isolated(spares=2)``), no pause between them but the old version's
   drain (``settle``): target <= 20 ms p50, and the same within a burst no
   longer than the pool (each reload finds a spare that said hello);
+- a worker's start to its hello, forked by the zygote against a fresh
+  interpreter (``HOTLOAD_ZYGOTE=0``), sandboxed and not;
 - the cost: RSS and PSS of one idle spare (every process of its tree: a
-  sandboxed spare is a guard, a namespace init and the worker).
+  sandboxed spare is a guard, a namespace init and the worker), and of the
+  idle zygote.
 
 Run on a shared machine: the figures follow its load (printed).
 """
@@ -26,6 +29,7 @@ from pathlib import Path
 from hotload import Host, Isolated, PluginCrashedError
 from hotload._artifact.builder import compile_plugin
 from hotload._platform import proc
+from hotload._process.pool import Spawner
 
 from common import limit_row, now, percentiles, row, scratch, text_row
 
@@ -108,16 +112,48 @@ def _spare_cost(lib: Path, tmp: Path) -> tuple[float, float]:
         assert iso is not None
         iso.warm(60.0)
         (spare,) = iso.spares()
-        pids = [spare.popen.pid, *proc.descendants(spare.popen.pid)]
-        rss = pss = 0
-        for pid in pids:
-            with open(f"/proc/{pid}/smaps_rollup") as fh:
-                for line in fh:
-                    key, _, rest = line.partition(":")
-                    if key == "Rss":
-                        rss += int(rest.split()[0])
-                    elif key == "Pss":
-                        pss += int(rest.split()[0])
+        return _rollup([spare.popen.pid, *proc.descendants(spare.popen.pid)])
+
+
+def _starts(sandbox: bool, zygote: bool, n: int = 8) -> list[float]:
+    """Worker start to hello (ms), ``n`` in a row: forked by the zygote
+    (booted before the first), or each a fresh interpreter."""
+    sp = Spawner("isolated", shm=True, services=True, sandbox=sandbox, size=1, zygote=zygote)
+    out = []
+    try:
+        sp.start().kill()  # the zygote's boot is not a start
+        for _ in range(n):
+            t0 = now()
+            w = sp.start()
+            w.greet()
+            out.append((now() - t0) * 1e3)
+            w.kill()
+    finally:
+        sp.close()
+    return out
+
+
+def _zygote_cost() -> tuple[float, float]:
+    """RSS and PSS (kB) of an idle zygote (the sandboxed kind's)."""
+    sp = Spawner("isolated", shm=True, services=True, sandbox=True, size=1, zygote=True)
+    try:
+        sp.start().kill()
+        assert sp.zygote is not None
+        return _rollup([sp.zygote.pid])
+    finally:
+        sp.close()
+
+
+def _rollup(pids: list[int]) -> tuple[float, float]:
+    rss = pss = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                key, _, rest = line.partition(":")
+                if key == "Rss":
+                    rss += int(rest.split()[0])
+                elif key == "Pss":
+                    pss += int(rest.split()[0])
     return rss, pss
 
 
@@ -145,6 +181,11 @@ def run() -> dict[str, float]:
     else:
         r["no go"] = 1.0
     r["rss"], r["pss"] = _spare_cost(lib, tmp / "cost")
+    r["z rss"], r["z pss"] = _zygote_cost()
+    for sandbox in (True, False):
+        kind = "sandboxed" if sandbox else "plain"
+        r[f"start {kind} zygote"], _, _ = percentiles(_starts(sandbox, True))
+        r[f"start {kind} fresh"], _, _ = percentiles(_starts(sandbox, False, 4))
     r["load after"] = os.getloadavg()[0]
     return r
 
@@ -178,9 +219,16 @@ def report(r: dict[str, float]) -> list[str]:
                 "ms",
             ),
         ]
+    for kind in ("sandboxed", "plain"):
+        zyg, fresh = r[f"start {kind} zygote"], r[f"start {kind} fresh"]
+        label = f"a worker's start to hello, {kind}, zygote p50"
+        out.append(row(label, zyg, "ms", fresh, "vs fresh"))
+        out.append(row(f"a worker's start to hello, {kind}, fresh p50", fresh, "ms"))
     out += [
         row("one idle spare (sandboxed): RSS of its processes", r["rss"] / 1024, "MB"),
         row("one idle spare (sandboxed): PSS of its processes", r["pss"] / 1024, "MB"),
+        row("the idle zygote (one per kind): RSS", r["z rss"] / 1024, "MB"),
+        row("the idle zygote (one per kind): PSS", r["z pss"] / 1024, "MB"),
         text_row(
             "machine load (1-min average, before / after)",
             f"{r['load before']:.1f} / {r['load after']:.1f} on {os.cpu_count()} cores",

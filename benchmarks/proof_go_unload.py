@@ -121,7 +121,7 @@ def isolated(lib: Path, tmp: Path) -> dict[str, float]:
         live = h.current("gox")
         pids.discard(live.pid if live else None)
         r["old alive"] = sum(1 for pid in pids if pid in live_children())
-        r["children"] = len(live_children())  # the live worker and the warm spare
+        r["children"] = len(live_children())  # the live worker, the warm spare, the zygote
         r["reload p50"] = median(times)
         r["reload mean"] = sum(times) / len(times)
         r["leaks"] = len(h.leaks())
@@ -183,11 +183,12 @@ def report(r: dict[str, object]) -> list[str]:
         limit_row("isolated: host RSS growth over the reloads", drss / 1024, "MB", 4.0, "<"),
         limit_row("isolated: old workers left behind", iso["old alive"], "", 0.0, "<="),
         text_row(
-            "isolated: workers alive at the end / after close",
-            f"{iso['children']:.0f} (the live one and the warm spare) / {iso['after close']:.0f}",
+            "isolated: processes alive at the end / after close",
+            f"{iso['children']:.0f} (the live worker, the spare, the zygote) / "
+            f"{iso['after close']:.0f}",
         ),
         text_row(
-            "isolated: reload() back to back (a worker start each)",
+            "isolated: reload() back to back (a zygote's fork each)",
             f"p50 {iso['reload p50']:.1f} ms, mean {iso['reload mean']:.1f} ms; "
             f"leaked versions {iso['leaks']:.0f}",
         ),

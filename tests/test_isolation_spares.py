@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 
 from hotload import ConfigError, Host, Isolated, PluginCrashedError
+from hotload._process import zygote
 from hotload._process.isolation import Isolation
 from hotload._process.spawn import Worker
 
 from conftest import Compile, child_pids, wait_for
 
+ZYGOTES = 1 if zygote.wanted() else 0  # HOTLOAD_ZYGOTE=0: every worker a fresh interpreter
 SRC = r"""
 #include <hotload.h>
 HOTLOAD_PLUGIN("spared", "1");
@@ -101,7 +103,9 @@ def test_a_burst_of_reloads_draws_on_the_pool_and_the_pool_refills(
         again = {w.pid for w in ready_spares(h, 2)}
         assert not again & (pool | set(served))  # two new spares, started after the burst
         h.settle(10.0)
-        assert len(child_pids()) == 3  # the serving worker and two spares (guards)
+        # the serving worker and two spares (guards), and the zygote that forked them
+        assert len(child_pids()) == 3 + ZYGOTES
+        assert not ZYGOTES or iso(h).zygote_pid() in child_pids()
 
 
 def test_a_spare_killed_while_idle_is_not_handed_out(tmp_path: Path, lib: Path) -> None:
@@ -156,7 +160,12 @@ def test_unload_and_close_leave_no_process(tmp_path: Path, lib: Path, cc: Compil
         wait_for(lambda: iso(h).spares(True) == [], what="the sandboxed spares reaped")
         assert len(iso(h).spares(False)) == 1  # the other kind keeps its own
         h.settle(10.0)
-        wait_for(lambda: len(set(child_pids()) - before) == 2, what="other's worker and spare")
+        # other's worker and spare, and its kind's zygote (the sandboxed kind's is gone)
+        wait_for(
+            lambda: len(set(child_pids()) - before) == 2 + ZYGOTES, what="other's worker and spare"
+        )
+        assert not ZYGOTES or iso(h).zygote_pid(sandbox=False) in child_pids()
+        assert not iso(h).zygote_pid(sandbox=True)
     finally:
         h.close()
     wait_for(lambda: not set(child_pids(zombies=True)) - before, what="no child left")

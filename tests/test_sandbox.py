@@ -414,7 +414,7 @@ def _hidden_ancestor(path: str) -> str | None:
 
 def _preexec(uid: int | None, fallback: bool, stash: Path) -> Callable[[], None]:
     """Runs in the host's process before it execs: as ``uid`` (None: stay
-    root) and, for the fallback, under a seccomp filter refusing unshare.
+    root) and, for the fallback, under a seccomp filter refusing new namespaces.
     The interpreter lives under /root here (mode 0700): for another uid, a
     private mount namespace puts a traversable tmpfs over /root holding only
     the interpreter's own directory."""
@@ -429,7 +429,9 @@ def _preexec(uid: int | None, fallback: bool, stash: Path) -> Callable[[], None]
             slot = stash / str(i)
             slot.mkdir(exist_ok=True)
             cover.setdefault(anc, []).append((path, str(slot).encode()))
-    program = _seccomp.build(deny=("unshare",), strict=False) if fallback else None
+    # no namespaces: refused by unshare() and by clone() with a namespace flag alike, as
+    # where user namespaces are off (user.max_user_namespaces=0, a container's profile)
+    program = _seccomp.build(deny=("unshare",), strict=False, namespaces=True) if fallback else None
 
     def pre() -> None:
         if cover:

@@ -114,6 +114,29 @@ class WorkerProcess(Protocol):
         there).  See ``_sandbox_linux``."""
         ...
 
+    def fork_ready(self, *, sandbox: bool) -> str:
+        """In the worker zygote (one thread, its modules imported): "" when
+        ``fork_sibling`` works here, else why not (the zygote is then not
+        used); ``sandbox``: what every sandbox of its workers would compute
+        alike is computed now, once."""
+        ...
+
+    def fork_sibling(self) -> int:
+        """Fork a child whose parent is this process's parent (the host), not
+        this process: 0 in the child, its pid here.  ``_sibling_linux``."""
+        ...
+
+    def set_cmdline(self, args: list[str]) -> bool:
+        """Make this process's command line, as others read it, ``args`` (a
+        worker forked by the zygote shows its own); False when it cannot."""
+        ...
+
+    def die_with_parent_signal(self, parent_pid: int) -> None:
+        """``die_with_parent`` without its watchdog thread, for a process that
+        must stay single-threaded (the zygote, which also watches its
+        channel's end of file)."""
+        ...
+
     def worker_pid(self, pid: int) -> int:
         """The process that runs plugin code in the worker ``pid`` (the
         process the host started) leads: ``pid`` itself, or the one a

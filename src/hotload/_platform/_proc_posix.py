@@ -179,6 +179,13 @@ def die_with_parent(parent_pid: int) -> None:
     before the prctl) and a watchdog thread for systems without it.  The host
     must spawn the worker from a thread that lives as long as the worker:
     Linux sends the signal when the *thread* that forked us exits."""
+    die_with_parent_signal(parent_pid)
+    threading.Thread(
+        target=_watch_parent, args=(parent_pid,), daemon=True, name="hotload-parent-watch"
+    ).start()
+
+
+def die_with_parent_signal(parent_pid: int) -> None:
     if sys.platform.startswith("linux"):
         prctl = _libc().prctl
         prctl.argtypes = [ctypes.c_int, ctypes.c_ulong]
@@ -186,9 +193,6 @@ def die_with_parent(parent_pid: int) -> None:
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if parent_gone(parent_pid):
         os._exit(EXIT_PARENT_GONE)
-    threading.Thread(
-        target=_watch_parent, args=(parent_pid,), daemon=True, name="hotload-parent-watch"
-    ).start()
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -438,6 +442,33 @@ def sandbox(host_pid: int) -> tuple[tuple[str, ...], str]:
     from . import _sandbox_linux
 
     return _sandbox_linux.enter(host_pid)
+
+
+def fork_ready(*, sandbox: bool) -> str:
+    if not sys.platform.startswith("linux"):
+        return f"no worker zygote on {sys.platform}"
+    from . import _sibling_linux
+
+    why = _sibling_linux.probe()
+    if not why and sandbox:
+        from . import _sandbox_linux
+
+        _sandbox_linux.prepare()
+    return why
+
+
+def fork_sibling() -> int:
+    from . import _sibling_linux
+
+    return _sibling_linux.fork_sibling()
+
+
+def set_cmdline(args: list[str]) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    from . import _sibling_linux
+
+    return _sibling_linux.set_cmdline(args)
 
 
 def worker_pid(pid: int) -> int:

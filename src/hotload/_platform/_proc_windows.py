@@ -200,6 +200,23 @@ def sandbox(host_pid: int) -> tuple[tuple[str, ...], str]:
     return (), "no sandbox on Windows"
 
 
+def fork_ready(*, sandbox: bool) -> str:
+    return "no worker zygote on Windows"
+
+
+def fork_sibling() -> int:
+    raise OSError(errno.ENOSYS, "no worker zygote on Windows")
+
+
+def die_with_parent_signal(parent_pid: int) -> None:
+    if parent_gone(parent_pid):
+        os._exit(EXIT_PARENT_GONE)
+
+
+def set_cmdline(args: list[str]) -> bool:
+    return False
+
+
 def worker_pid(pid: int) -> int:
     return pid
 

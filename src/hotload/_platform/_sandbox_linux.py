@@ -11,16 +11,20 @@ namespaces)::
 
     host -> P (guard) -> I (pid 1 of a new pid namespace) -> W (the worker)
 
-``P`` forks ``C``, which becomes ``nobody`` first when the host is root,
-then enters new user, pid and mount namespaces (its uid mapped to itself,
-``setgroups`` denied) and forks ``I``, the new namespace's pid 1, and
-exits (``I`` is re-parented to ``P``, a subreaper).  ``I`` builds the
+``P`` clones ``I`` straight into new user, pid and mount namespaces
+(``clone`` with their flags, ``_cloned``): ``I`` is the new namespace's pid
+1, maps its uid to itself (``setgroups`` denied), or for a root host
+becomes ``nobody`` once ``P``, which alone may write that map, mapped it.
+(Where that clone is refused but ``unshare`` is not, ``P`` forks ``C``,
+which enters the namespaces, forks ``I`` and exits: ``I`` is re-parented
+to ``P``, a subreaper.)  ``I`` builds the
 worker's file system: a fresh tmpfs root holding read-only binds of
 ``/usr``, ``/etc``, ``/lib*``, ``/sys`` and the directories the worker's
 Python imports from, a fresh ``/proc`` of the new pid namespace, a ``/dev``
 with only ``null``, ``zero``, ``full``, ``random``, ``urandom`` and a
 private ``/dev/shm``, and a private ``/tmp``; then it ``pivot_root``s into
-it and forks ``W`` (pid 2: a plugin's ``abort()`` or ``raise()`` must work
+it (one ``pivot_root``, one unmount) and forks ``W`` (pid 2: a plugin's
+``abort()`` or ``raise()`` must work
 as outside, which a pid 1 would ignore).  ``I`` waits for ``W`` and tells
 ``P`` how it ended; when ``I`` exits, or when ``P`` does (the socket between
 them closes), the kernel kills everything in the namespace.  From inside,
@@ -56,6 +60,7 @@ import sys
 import time
 
 from . import _lockdown_linux as lock
+from . import _sibling_linux as _sibling
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
@@ -99,6 +104,8 @@ def _namespaced(host: int) -> bool:
     """In P: build the namespaced sandbox.  Returns True in W; in P it never
     returns once the sandbox stands (P relays, then exits), and raises
     ``OSError`` saying why when it could not be built (nothing is left)."""
+    if not _sibling.probe() and _cloned():  # I cloned straight into its namespaces: no C
+        return True  # (False: that clone was refused; unshare may not be)
     to_p, to_kids = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     c = os.fork()
     if c == 0:  # C
@@ -123,6 +130,73 @@ def _namespaced(host: int) -> bool:
         os.waitpid(c, 0)  # C exited once it forked I: no zombie beside the worker
     _relay(to_p)
     raise AssertionError("unreachable")
+
+
+def _cloned() -> bool:
+    """``_namespaced`` with ``I`` cloned by P straight into new user, pid and
+    mount namespaces (``clone``, not ``fork`` then ``unshare``): one process
+    and one wake-up fewer on the way to a worker (no ``C``; issue 24 item
+    4).  A root host's P drops its supplementary groups first (I inherits
+    none), and maps ``nobody`` into I's namespace at once.  False when the
+    clone itself was refused (nothing was started); as ``_namespaced``
+    otherwise."""
+    to_p, to_kids = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    root = os.geteuid() == 0
+    try:
+        if root:
+            os.setgroups([])  # before "setgroups deny" makes it impossible, for I
+        i = _sibling.clone(_CLONE_NEWUSER | _CLONE_NEWPID | _CLONE_NEWNS)
+    except OSError:
+        to_p.close()
+        to_kids.close()
+        return False
+    if i == 0:  # I
+        to_p.close()
+        _cloned_init(to_kids, root)  # returns only in W
+        return True
+    to_kids.close()
+    if root:
+        _map_for(i, to_p)
+    got = _read(to_p, _SETUP_TIMEOUT)
+    if not got.startswith(b"K"):
+        with contextlib.suppress(OSError):
+            os.kill(i, signal.SIGKILL)
+        _kill_tree()
+        _reap_all(1.0)
+        to_p.close()
+        why = got[1:].decode(errors="replace") if got.startswith(b"E") else "no answer"
+        raise OSError(f"user namespaces: {why}")
+    _relay(to_p)
+    raise AssertionError("unreachable")
+
+
+def _cloned_init(sock: socket.socket, root: bool) -> None:
+    """I, cloned into its namespaces: what ``_child`` did (take what the
+    worker's root will hold, map its uid, or for a root host become nobody
+    once P mapped it), then ``_init``.  Returns only in W."""
+    global _dropped
+    try:
+        plan = _plan()  # as root still, for a root host
+        uid, gid = _nobody() if root else (os.geteuid(), os.getegid())
+        if root:
+            if _read(sock, _SETUP_TIMEOUT) != b"m":
+                raise OSError(0, "the guard could not map nobody into the user namespace")
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)  # no uid 0 inside: the namespace's capabilities stay
+            _dropped = True
+        else:
+            lock.set_dumpable(True)  # else /proc/self/uid_map is root's, not ours to write
+            for name, text in (
+                ("setgroups", "deny"),
+                ("uid_map", f"{uid} {uid} 1"),
+                ("gid_map", f"{gid} {gid} 1"),
+            ):
+                with open(f"/proc/self/{name}", "w") as fh:
+                    fh.write(text)
+    except OSError as exc:
+        _say(sock, _why(exc))
+        os._exit(0)
+    _init(sock, plan)
 
 
 def _map_for(c: int, sock: socket.socket) -> None:
@@ -232,9 +306,12 @@ def _relay(sock: socket.socket) -> None:
     """P, once the namespace stands: wait for I's report of W's end, then
     end the same way (the host reads the crash from our status)."""
     _close_fds(keep={0, 1, 2, sock.fileno()})
-    got = _read(sock, None)
+    # I reports and exits at once: wait for its exit (one wake-up), then read
+    # the report it left (waking for the report, then again for the exit, was
+    # a process wake-up more between a crash and the restart, issue 24 item 4)
+    waited = _reap_all(None)
+    got = _read(sock, 0)
     status = struct.unpack("<i", got[1:5])[0] if got.startswith(b"S") and len(got) >= 5 else None
-    waited = _reap_all(2.0)
     _end_like(status if status is not None else waited)
 
 
@@ -251,7 +328,7 @@ def _plan() -> list[tuple[str, int, str]]:
             plan.append(("link", -1, top))
         elif os.path.isdir(top):
             plan.append(("bind", _opath(top), top))
-    plan += [("bind", _opath(p), p) for p in _needed_paths()]
+    plan += [("bind", _opath(p), p) for p in _prepared or _needed_paths()]
     plan += [
         ("dev", _opath("/dev/" + d), "/dev/" + d) for d in DEVICES if os.path.exists("/dev/" + d)
     ]
@@ -267,24 +344,24 @@ def _opath(path: str) -> int:
 
 def _build_root(plan: list[tuple[str, int, str]]) -> None:
     """In I: a tmpfs root holding only ``plan``, a fresh ``/proc``, a small
-    ``/dev`` and a private ``/tmp``, then ``pivot_root`` into it (the
-    sequence bubblewrap uses in a user namespace)."""
+    ``/dev`` and a private ``/tmp``, then ``pivot_root`` into it and the old
+    root unmounted (``pivot_root(".", ".")``, as runc does).
+
+    One pivot and one unmount: each unmount waits for the kernel's RCU grace
+    period (8-16 ms each, measured under load); bubblewrap's sequence (a
+    tmpfs base, a first pivot into it, the old root unmounted there, a
+    second pivot into the new root and the base unmounted) paid two, for
+    the same tree (issue 24 item 4)."""
     libc = lock.libc()
     _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
-    _mount("tmpfs", "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=0755")
-    os.chdir("/tmp")
-    os.mkdir("newroot", 0o755)
-    os.mkdir("oldroot", 0o755)
-    _pivot(".", "oldroot")
-    os.chdir("/")
-    _mount("newroot", "newroot", None, _MS_BIND | _MS_REC)
-    new = "/newroot"
+    new = "/tmp"  # a tmpfs over the old tree's /tmp: the new root, a mount point itself
+    _mount("tmpfs", new, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=0755")
     os.makedirs(new + "/tmp")  # first: a Python found under /tmp is bound on top of it
     _mount("tmpfs", new + "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV, f"mode=1777,{_TMPFS_SIZE}")
     for kind, fd, path in plan:
         if kind == "link":
             with contextlib.suppress(OSError):
-                os.symlink(os.readlink("/oldroot" + path), new + path)
+                os.symlink(os.readlink(path), new + path)
         elif kind == "bind" and not os.path.lexists(new + path):
             _bind(fd, new + path)
     os.makedirs(new + "/proc", exist_ok=True)
@@ -293,14 +370,27 @@ def _build_root(plan: list[tuple[str, int, str]]) -> None:
     for _, fd, _ in plan:
         if fd >= 0:
             os.close(fd)
-    if libc.umount2(b"/oldroot", _MNT_DETACH) != 0:
-        _fail("umount2(/oldroot)")
     os.chdir(new)
-    _pivot(".", ".")
+    _pivot(".", ".")  # the old root is now stacked on top of the new one, at "/"
     if libc.umount2(b".", _MNT_DETACH) != 0:
         _fail("umount2(the old root)")
     os.chdir("/")
     _setattr("/", _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV, recursive=False)
+
+
+_prepared: list[str] = []  # _needed_paths(), computed once in the zygote (``prepare``)
+_zygote = 0  # the pid of the zygote that forked this worker: no signal of the fallback reaches it
+
+
+def prepare() -> None:
+    """In the worker zygote: compute the directories every sandbox binds
+    (``_needed_paths``, 25-50 ms of ``realpath`` calls over the imported
+    modules), once; each worker it forks imported nothing since.  And the
+    zygote's pid, which the fallback's seccomp filter keeps the worker's
+    signals from (as the host's and its guard's)."""
+    global _prepared, _zygote
+    _prepared = _needed_paths()
+    _zygote = os.getpid()
 
 
 def _needed_paths() -> list[str]:
@@ -356,10 +446,10 @@ def _devices(new: str, devices: list[tuple[int, str]]) -> None:
 
 
 def _fd_path(fd: int) -> str:
-    """The path of an ``O_PATH`` descriptor opened before the first pivot:
-    through the original /proc, where the magic link needs no permission on
-    the directories above it."""
-    return f"/oldroot/proc/self/fd/{fd}"
+    """The path of an ``O_PATH`` descriptor, through the original /proc
+    (before the pivot), where the magic link needs no permission on the
+    directories above it."""
+    return f"/proc/self/fd/{fd}"
 
 
 def _bind(fd: int, dst: str) -> None:
@@ -504,7 +594,8 @@ def _worker(*, namespaced: bool, host: int) -> list[str]:
         done.append("guard")
     if _dropped:
         done.append("uid-nobody")
-    guard = () if namespaced else (host, os.getppid())
+    zygote = (_zygote,) if _zygote else ()  # it forked this worker, and forks the next ones
+    guard = () if namespaced else (host, os.getppid(), *zygote)
     return done + lock.lockdown(fallback=not namespaced, guard=guard)
 
 
@@ -548,9 +639,9 @@ def _read(sock: socket.socket, timeout: float | None) -> bytes:
         return b""
 
 
-def _reap_all(timeout: float) -> int | None:
-    """Reap every child until none is left (or ``timeout``); the last wait
-    status seen (None: none).
+def _reap_all(timeout: float | None) -> int | None:
+    """Reap every child until none is left (or ``timeout``, None: no
+    bound); the last wait status seen (None: none).
 
     Between tries it waits for SIGCHLD itself (blocked first, so one sent
     between a try and the wait stays pending), not a fixed sleep: the guard
@@ -558,7 +649,7 @@ def _reap_all(timeout: float) -> int | None:
     crash waits for the guard (a 5 ms sleep here was most of the 7.5 ms from
     a sandboxed worker's crash to its guard's exit, issue 24 item 4)."""
     last = None
-    end = time.monotonic() + timeout
+    end = time.monotonic() + (timeout or 0.0)
     old = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
     try:
         while True:
@@ -568,6 +659,9 @@ def _reap_all(timeout: float) -> int | None:
                 return last
             if pid:
                 last = status
+                continue
+            if timeout is None:  # blocked above: one sent since the try is pending
+                signal.sigwaitinfo([signal.SIGCHLD])  # no wake-up while the worker lives
                 continue
             left = end - time.monotonic()
             if left <= 0:

@@ -265,6 +265,7 @@ def build(
     guard: Iterable[int] = (),
     own_group: int | None = None,
     strict: bool = True,
+    namespaces: bool = False,
 ) -> bytes:
     """The filter program for this architecture (``ValueError`` where its
     numbers are unknown).  ``also``: more calls refused (``setsid`` in the
@@ -272,7 +273,9 @@ def build(
     worker's guard, when no pid namespace hides them); with it, a signal to
     -1 or to a process group other than ``own_group`` is refused too.
     ``strict=False``: only the calls named (no ``clone``/``prctl`` rules,
-    ``clone3`` allowed): a filter a test uses to take namespaces away."""
+    ``clone3`` allowed): a filter a test uses to take namespaces away;
+    ``namespaces`` adds the ``clone``/``clone3`` rules back to it (the
+    sandbox also clones straight into new namespaces)."""
     a = arch()
     if a is None:
         raise ValueError(f"seccomp: no system call table for {platform.machine()}")
@@ -287,9 +290,10 @@ def build(
     p.op(_LD_ABS, _NR)
     if a == "x86_64":
         p.op(_JGE, _X32_BIT, "deny", 0)
-    if strict:
+    if strict or namespaces:
         p.op(_JEQ, table["clone3"], "nosys", 0)
         p.op(_JEQ, table["clone"], "clone", 0)
+    if strict:
         p.op(_JEQ, table["prctl"], "prctl", 0)
     if guarded:
         for name in SIGNALS:

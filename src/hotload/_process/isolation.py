@@ -81,7 +81,9 @@ class Isolation:
         with self._lock:
             spawner = self._spawners.get(sandbox)
             if spawner is None:
-                spawner = Spawner("isolated", shm=self.shm, services=True, sandbox=sandbox, size=0)
+                spawner = Spawner(
+                    "isolated", shm=self.shm, services=True, sandbox=sandbox, size=0, zygote=True
+                )
                 self._spawners[sandbox] = spawner
             return spawner
 
@@ -92,6 +94,11 @@ class Isolation:
     def spares(self, sandbox: bool = True) -> list[Worker]:
         """The spare workers of that kind now (started, ready or not)."""
         return self._spawner(sandbox).spares()
+
+    def zygote_pid(self, sandbox: bool = True) -> int:
+        """The pid of that kind's worker zygote, 0 when none runs (tests)."""
+        z = self._spawner(sandbox).zygote
+        return z.pid if z is not None and z.running() else 0
 
     def take(self, sandbox: bool = True, spares: int = 1, *, backed: bool = False) -> Worker:
         """A ready worker (sandboxed or not): a spare from the pool if one is

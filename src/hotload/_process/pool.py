@@ -33,12 +33,16 @@ caller's thread (a control session, a watcher) must not be the one.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
+import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .spawn import Worker, _StartFailed, start
+from . import zygote as _zygote
+from .spawn import WORKER_MODULE, Worker, _StartFailed, start, worker_env
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +69,20 @@ class Spawner:
         services: bool = False,
         sandbox: bool = False,
         size: int = 1,
+        zygote: bool = False,
     ) -> None:
         self.role = role
         self.sandbox = sandbox
         self.size = size
         self._kw = {"shm": shm, "services": services, "sandbox": sandbox}
+        self.zygote: _zygote.Zygote | None = None  # forks the workers (``zygote``), when wanted
+        if zygote and _zygote.wanted():
+            argv = [sys.executable, "-s", "-m", WORKER_MODULE, "--role", role]
+            argv += ["--parent", str(os.getpid())] + (["--sandbox"] if sandbox else [])
+            self.zygote = _zygote.Zygote(argv, worker_env)
+        self._zygote_off = ""  # why this kind's workers never come from a zygote here
+        self._zygote_fails = 0  # zygotes in a row that failed to start or to answer
+        self._zygote_pause = 0.0  # no new zygote before this (monotonic)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"hotload-{role}-spawn")
         self._cv = threading.Condition()
         self._pool: collections.deque[Worker] = collections.deque()  # oldest first
@@ -83,7 +96,79 @@ class Spawner:
     def start(self) -> Worker:
         """A new worker, forked on this object's thread; not greeted yet, so
         its pid is known while it starts."""
-        return self._thread.submit(start, self.role, **self._kw).result()
+        return self._thread.submit(self._launch).result()
+
+    def _launch(self) -> Worker:
+        """A new worker (on the spawner's thread): forked by the zygote, else
+        a fresh interpreter."""
+        via = self._zygote_up()
+        if via is not None:
+            try:
+                worker = self._start(via)
+                self._zygote_fails = 0
+                return worker
+            except _zygote._ZygoteFailed as exc:
+                if via.unusable:  # it cannot fork here at all: fresh starts only, for good
+                    self._zygote_off = str(exc)
+                    log.warning("%s: %s workers start as fresh interpreters", exc, self.role)
+                else:
+                    self._zygote_failed(f"{exc}: this worker starts as a fresh interpreter")
+        return self._start(None)
+
+    def _start(self, via: _zygote.Zygote | None) -> Worker:
+        kw = self._kw
+        return start(
+            self.role, shm=kw["shm"], services=kw["services"], sandbox=kw["sandbox"], via=via
+        )
+
+    def _zygote_up(self, starting: bool = True) -> _zygote.Zygote | None:
+        """The zygote, (re)started when it is not running (the spawner's
+        thread); None when there is none to use now.  ``starting``: a worker
+        waits for it (else the supervisor's tick found it dead or stopped)."""
+        z = self.zygote
+        if z is None or self._zygote_off or self._closed or self.size <= 0:
+            return None
+        if z.running():
+            return z
+        if z.popen is not None:  # it was running: died, or stopped, since
+            then = "; this worker starts as a fresh interpreter" if starting else " while idle"
+            self._zygote_failed(f"the worker zygote (pid {z.pid}) {z.state()}{then}")
+            return None  # and the next one boots at once (``_zygote_failed``)
+        if time.monotonic() < self._zygote_pause:
+            return None
+        why = z.boot()
+        if not why:
+            return z
+        if z.unusable:  # it said why it cannot fork here: fresh starts only, for good
+            self._zygote_off = why
+            log.info("%s workers start without a zygote here: %s", self.role, why)
+            return None
+        self._zygote_failed(f"the {self.role} workers' zygote did not start: {why}")
+        return None
+
+    def park(self) -> None:
+        """Stop the zygote (no plugin of this kind wants spares): the next
+        start with spares wanted boots another.  Done on the spawner's
+        thread, after the starts asked before."""
+        if self.zygote is not None:
+            with contextlib.suppress(RuntimeError):  # closed meanwhile: close stops it
+                self._thread.submit(self.zygote.stop)
+
+    def _zygote_failed(self, what: str) -> None:
+        """Kill the zygote; the next one starts after a pause that grows."""
+        assert self.zygote is not None
+        self.zygote.stop()
+        self._zygote_fails += 1
+        pause = 0.0 if self._zygote_fails == 1 else FAIL_PAUSE * 2 ** (self._zygote_fails - 2)
+        pause = min(pause, FAIL_PAUSE_MAX)
+        self._zygote_pause = time.monotonic() + pause
+        if pause:
+            again = f"in {pause:g} s or later"
+        else:
+            again = "now"
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                self._thread.submit(self._zygote_up)  # after the start under way
+        log.warning("%s; it was killed, and another is started %s", what, again)
 
     def take(self) -> Worker:
         """A spare from the pool, else a new worker; greet it before use (a
@@ -126,6 +211,8 @@ class Spawner:
                 extra.append(self._pool.pop())
         for w in extra:
             w.kill()
+        if size <= 0:
+            self.park()  # no spares wanted: no idle zygote either
 
     def refill(self) -> None:
         """Start spares, side by side, until the pool (with those starting)
@@ -150,7 +237,7 @@ class Spawner:
         wait for this one's hello) and put in the pool (the spawner's thread)."""
         worker: Worker | None = None
         try:
-            worker = start(self.role, **self._kw)
+            worker = self._launch()
         except OSError as exc:
             log.warning("could not start a spare %s worker: %s", self.role, exc)
         with self._cv:
@@ -188,6 +275,10 @@ class Spawner:
                     if w in self._pool:
                         self._pool.remove(w)
             self._bury(dead, idle=True)
+        z = self.zygote
+        if z is not None and z.popen is not None and not self._closed and not z.running():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                self._thread.submit(self._zygote_up, False)  # died or stopped while idle
         self.refill()
 
     def _failed(self) -> None:
@@ -268,6 +359,8 @@ class Spawner:
             pool, self._pool = list(self._pool), collections.deque()
         for w in pool:
             w.kill()
+        if self.zygote is not None:
+            self.zygote.stop()
 
 
 def _usable(w: Worker) -> bool:

@@ -80,6 +80,7 @@ from .wire import (
     recv_exactly,
     yield_cpu,
 )
+from .zygote import Sibling, Zygote
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class Worker:
 
     def __init__(
         self,
-        popen: subprocess.Popen[bytes],
+        popen: subprocess.Popen[bytes] | Sibling,
         sock: socket.socket,
         shm: tuple[mmap.mmap, int, int] | None = None,
         svc: socket.socket | None = None,
@@ -663,12 +664,20 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-def start(role: str, *, shm: bool = False, services: bool = False, sandbox: bool = False) -> Worker:
+def start(
+    role: str,
+    *,
+    shm: bool = False,
+    services: bool = False,
+    sandbox: bool = False,
+    via: Zygote | None = None,
+) -> Worker:
     """Start a worker process of ``role``: the socket always, the service
-    channel and the shared-memory area when asked, in a sandbox when asked.
-    Returns at once (greet it before use); ``OSError`` as the system gave it
-    (out of descriptors, say), with nothing left open.  Call it from a thread
-    that lives as long as the worker (``Spawner``)."""
+    channel and the shared-memory area when asked, in a sandbox when asked;
+    forked by the zygote ``via`` (``_ZygoteFailed`` when it fails), else a
+    fresh interpreter.  Returns at once (greet it before use); ``OSError`` as
+    the system gave it (out of descriptors, say), with nothing left open.
+    Call it from a thread that lives as long as the worker (``Spawner``)."""
     if role not in ROLES:
         raise ValueError(f"unknown worker role {role!r}")
     if not channel.WORKERS:  # no socketpair to pass by descriptor (see _platform._proc_windows)
@@ -706,16 +715,20 @@ def start(role: str, *, shm: bool = False, services: bool = False, sandbox: bool
             area = (mm, wake, done)
             argv += ["--shm", f"{memfd},{wake},{done}"]
             passed += [memfd, wake, done]
-        popen = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=worker_env(),
-            close_fds=True,
-            pass_fds=passed,
-            **channel.spawn_options(),
-        )
+        popen: subprocess.Popen[bytes] | Sibling
+        if via is not None:
+            popen = via.fork(argv, passed)
+        else:
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=worker_env(),
+                close_fds=True,
+                pass_fds=passed,
+                **channel.spawn_options(),
+            )
     except BaseException:
         for f in opened:
             with contextlib.suppress(OSError):

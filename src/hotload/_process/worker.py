@@ -18,6 +18,10 @@ the plugin forked and exits.  The role says which requests it takes:
 - ``replay`` (``replaying``): opens a candidate build and runs recorded calls
   in bulk, its host services answered from the recording in this process.
 
+With ``--zygote`` the process is the role's zygote (``zygote``): it imports
+everything, then forks each new worker, which goes on from here as if it
+had been started so.
+
 A request that runs plugin code carries the plugin's ``limits``; the role
 applies them before the plugin's first instruction (``_platform.proc``).
 
@@ -79,6 +83,16 @@ def _main(argv: list[str]) -> int:
 
     parent = int(_arg(argv, "--parent") or os.getppid())
     role = _arg(argv, "--role")
+    if "--zygote" in argv:  # the role's zygote: forks its workers, each returns here
+        from . import zygote
+
+        _preload(role)
+        if role == "isolated":
+            from .._artifact import signatures
+
+            signatures.warm()
+        argv = zygote.serve(argv, parent)
+        role = _arg(argv, "--role")
     protections: tuple[str, ...] = ()
     why = ""
     if "--sandbox" in argv:
