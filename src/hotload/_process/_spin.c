@@ -129,6 +129,7 @@ enum {
 #define LANE_SLICE_HOST_NS 5000000LL   /* a host lane looks at the socket (EOF) this often */
 #define LANE_SLICE_WORKER_NS 1000000000LL
 #define HOLD_NS 3000 /* a host lane's spin with the GIL held (spin_held) */
+#define HOLD_YIELDS 4 /* or its yields, when the worker shares its CPU */
 #define OP_CALL 1
 #define MAX_ARGS 14
 #define SPIN_MIN_NS 500
@@ -166,6 +167,7 @@ typedef struct {
     int inside;           /* callers in call/wait/ask/serve (with the GIL or without) */
     int64_t pure_ns, window_ns;
     int64_t hold_ns;      /* the host's lanes: spin this long holding the GIL first */
+    int hold_skip, hold_miss; /* calls left without it after it missed; the last skip */
     int why;
     int in_call;          /* the worker: serving a call now (a service may go in place) */
     uint64_t svc_seen;    /* the host: the service request answered last */
@@ -331,19 +333,36 @@ spin(Channel *c, uint64_t *word, uint64_t v, int eq /* ready()'s mode */)
 static int
 spin_held(Channel *c, uint64_t *word, uint64_t v, int eq)
 {
+    if (c->hold_skip > 0) { /* it missed lately: the replies take longer than it */
+        c->hold_skip--;
+        return 0;
+    }
     int cpu = sched_getcpu();
     __atomic_store_n(&c->ctl[HOST_CPU], (uint64_t)(cpu + 1), __ATOMIC_RELAXED);
-    if (cpu >= 0 && __atomic_load_n(&c->ctl[WORKER_CPU], __ATOMIC_RELAXED) == (uint64_t)(cpu + 1))
-        return 0;
+    /* the peer last ran on this CPU: yield it the CPU (a few times), still holding
+     * the GIL: the other calling threads wait for it asleep, as on a lock */
+    int shared = cpu >= 0 &&
+        __atomic_load_n(&c->ctl[WORKER_CPU], __ATOMIC_RELAXED) == (uint64_t)(cpu + 1);
     uint64_t end = now_ns() + (uint64_t)c->hold_ns;
     for (unsigned i = 1;; i++) {
         if (ready(c, load_acq(word), v, eq)) {
             c->n_held++;
+            c->hold_miss = 0;
             return 1;
         }
+        if (shared) {
+            if (i > HOLD_YIELDS)
+                return 0;
+            sched_yield();
+            continue;
+        }
         cpu_relax();
-        if (!(i & 7) && now_ns() >= end)
+        if (!(i & 7) && now_ns() >= end) {
+            /* skip it for the next 16, 32, ... 1024 calls while it keeps missing */
+            c->hold_miss = c->hold_miss ? (c->hold_miss < 1024 ? 2 * c->hold_miss : 1024) : 16;
+            c->hold_skip = c->hold_miss;
             return 0;
+        }
     }
 }
 
