@@ -51,10 +51,12 @@ HOTLOAD_API int64_t add(int64_t a, int64_t b) { return a + b; }
 HOTLOAD_EXPORT(add, int64_t, (int64_t, int64_t));
 HOTLOAD_API int64_t snooze(int64_t ms) { usleep((useconds_t)ms * 1000); return ms; }
 HOTLOAD_EXPORT(snooze, int64_t, (int64_t));
-/* a poison input: crashes on 1337 only */
+/* a poison input: crashes on 1337 only (after 10 ms: the others are in flight); the
+ * others take 30 ms */
 HOTLOAD_API int64_t drop(int64_t player)
 {
-    if (player == 1337) { volatile int *p = NULL; *p = 1; }
+    if (player == 1337) { volatile int *p = NULL; usleep(10 * 1000); *p = 1; }
+    usleep(30 * 1000);
     return player * 2;
 }
 HOTLOAD_EXPORT(drop, int64_t, (int64_t));
@@ -289,9 +291,10 @@ def test_a_poison_input_beside_innocent_ones_is_quarantined_alone(
     tmp_path: Path, lanes: Path
 ) -> None:
     """drop(1337) crashes the worker while three threads call drop() with
-    inputs of their own: every input in flight is suspected once, each
-    suspect's next call runs alone, so 1337 is quarantined after its lone
-    crashes and the innocent inputs, which returned alone, never are."""
+    inputs of their own (30 ms each: in flight at every crash): every input
+    in flight is suspected once, each suspect's next call runs alone, so
+    1337 is quarantined after its lone crash and the innocent inputs, which
+    return alone, never are (run beside it, they were quarantined with it)."""
     with Host(tmp_path / "w", preflight=False) as h:
         p = h.load(lanes, isolate=Isolated(sandbox=False, threads=4, quarantine=2))
         stop = threading.Event()
@@ -306,7 +309,7 @@ def test_a_poison_input_beside_innocent_ones_is_quarantined_alone(
                 except PluginQuarantinedError:
                     refused.append(i + 1)
                 except PluginCrashedError:
-                    time.sleep(0.01)  # in flight at a crash, or waited for the restart
+                    pass  # in flight at a crash, or waited for the restart: again at once
 
         ts = [threading.Thread(target=innocent, args=(i,), daemon=True) for i in range(3)]
         for t in ts:
@@ -319,8 +322,7 @@ def test_a_poison_input_beside_innocent_ones_is_quarantined_alone(
             except PluginQuarantinedError:
                 break
             except PluginCrashedError:
-                crashes += 1
-                time.sleep(0.05)
+                crashes += 1  # and at once again: it waits for the restart with the others
         else:
             pytest.fail("1337 was never quarantined")
         stop.set()

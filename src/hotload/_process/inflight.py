@@ -69,7 +69,9 @@ class Lanes:
         # with another's lanes; replaced, never emptied, when the worker goes
         self.state: tuple[Worker | None, list[Any]] = (None, [])
         self.bound: frozenset[int] = frozenset()  # the exports its worker serves in C
-        self.flight: dict[int, tuple[Input, float]] = {}  # lane -> its input, started
+        # a lane (the object: each worker has its own) -> its call's input, when it started
+        self.flight: dict[Any, tuple[Input, float]] = {}
+        self.over: set[Any] = set()  # lanes in flight whose call ended in trouble (``_failed``)
         self.excl = False  # a suspect runs alone: no lane call starts
         self.nesting: set[int] = set()  # threads answering a lane's service in place
         self.hung: tuple[Worker, Input] | None = None  # a lane call that timed out
@@ -96,8 +98,10 @@ class Lanes:
     def detach(self) -> None:
         self.state = (None, [])
 
-    def inputs(self) -> list[Input]:
-        return [inp for inp, _ in list(self.flight.values())]
+    def inputs(self, worker: Worker) -> list[Input]:
+        """The inputs in flight on ``worker``'s lanes (a lane still counted in
+        flight after its worker died, waiting for the lock, is not the next one's)."""
+        return [inp for lane, (inp, _) in list(self.flight.items()) if lane in worker.lanes]
 
     def started(self) -> float:
         """When the oldest lane call in flight started (0: none)."""
@@ -109,7 +113,8 @@ class Lanes:
         those in flight finish (each bounded by its own ``call_timeout``)."""
         self.excl = True
         end = time.monotonic() + (timeout if timeout is not None else 30.0)
-        while self.flight and time.monotonic() < end:
+        # not those that ended in trouble: they wait for this very lock (``_failed``)
+        while any(k not in self.over for k in list(self.flight)) and time.monotonic() < end:
             time.sleep(0.0002)
 
 
@@ -123,7 +128,7 @@ def call(p: Any, cp: CallPlan, spec: bytes, args: tuple[Any, ...], fp: Hashable 
         lane = free.pop()
     except IndexError:
         return UNSENT  # all lanes busy: lane 0, under the lock
-    key = lane.lane
+    key = lane
     flight = ln.flight
     started = time.monotonic()
     flight[key] = ((cp.fname, args, fp), started)  # before the look at excl (alone)
@@ -141,6 +146,7 @@ def call(p: Any, cp: CallPlan, spec: bytes, args: tuple[Any, ...], fp: Hashable 
         return result
     finally:
         del flight[key]
+        ln.over.discard(key)
         free.append(lane)
 
 
@@ -185,6 +191,7 @@ def _slow(
         return UNSENT  # nothing sent: the Python path judges it, or waits for the restart
     if why == WHY_REPLY and not garbage:
         garbage = f"a reply on lane {lane.lane} that is not the call's"
+    p.lanes.over.add(lane)  # its call is over (discarded as it leaves: ``call``)
     _failed(p, w, (cp.fname, args, fp), why, garbage)
 
 
@@ -243,14 +250,16 @@ def culprit(p: Proxy, worker: Worker, timeout: float | None) -> tuple[float | No
     return p.opts.call_timeout, hung[1]
 
 
-def blame(p: Proxy, err: PluginCrashedError, *, hung: Input | None, timeout: bool) -> None:
+def blame(
+    p: Proxy, worker: Worker, err: PluginCrashedError, *, hung: Input | None, timeout: bool
+) -> None:
     """Count the crash on the inputs in flight (the module's docstring):
     one input, as before; several, one failure each (no crash-loop key: the
     crash counts on its own); a hang, the input that timed out only."""
     if hung is not None:
         inputs = [hung]
     else:
-        inputs = ([p.input] if p.input is not None else []) + p.lanes.inputs()
+        inputs = ([p.input] if p.input is not None else []) + p.lanes.inputs(worker)
     if len(inputs) == 1:
         fname, args, fp = inputs[0]
         suspect = _count(p, err, fname, args, fp, timeout)

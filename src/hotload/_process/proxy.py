@@ -279,6 +279,8 @@ class Proxy:
             # restarting: wait for the new worker (bounded), then try once more
             if not self.ready.wait(30.0):
                 raise self._dead_error()
+            if ln.threads > 1:  # from the start: on a lane, or refused if quarantined meanwhile
+                return self.call(cp, args)
             gen = self.gen
 
     def _call_up(self, cp: CallPlan, args: tuple[Any, ...], body: bytes | None) -> Any:
@@ -445,7 +447,7 @@ class Proxy:
         self.lanes.detach()
         ours = outside or (self.iso.closed and sig == "SIGKILL")  # not the input's doing
         if not ours and self.live and self.quarantine.limit:
-            inflight.blame(self, err, hung=hung, timeout=timeout is not None)
+            inflight.blame(self, worker, err, hung=hung, timeout=timeout is not None)
         self._after_crash()
         raise err
 
