@@ -374,3 +374,49 @@ def test_services_asked_on_several_lanes_at_once(tmp_path: Path, cc: Compile) ->
         out, _ = _at_once(call, 4)
         assert out == [True] * 4
         assert all(seen[i] == {idents[i]} for i in range(4)), (seen, idents)
+
+
+SLOW_START = r"""
+#include <hotload.h>
+#include <unistd.h>
+HOTLOAD_PLUGIN("slowstart", "1");
+static volatile int started;
+static int begin(const char *prev, const void *state, size_t size)
+{
+    (void)prev, (void)state, (void)size;
+    usleep(200 * 1000);
+    started = 1;
+    return 0;
+}
+HOTLOAD_ON_LOAD(begin);
+HOTLOAD_API int32_t is_started(void) { return started; }
+HOTLOAD_EXPORT(is_started, int32_t, (void));
+HOTLOAD_API int32_t boom(void) { volatile int *p = NULL; *p = 1; return 0; }
+HOTLOAD_EXPORT(boom, int32_t, (void));
+"""
+
+
+def test_no_lane_call_runs_before_a_restarted_worker_has_run_on_load(
+    tmp_path: Path, cc: Compile
+) -> None:
+    """After a crash the new worker runs ``on_load`` (200 ms here) before it
+    serves: calls made all through the restart wait for it, on a lane as on
+    the channel (they ran beside ``on_load`` once the worker had opened the
+    build: in a crash-loop test, such a call's crash was taken for one of
+    ``on_load``)."""
+    lib = cc(SLOW_START, "slowstart")
+    with Host(tmp_path / "w", preflight=False) as h:
+        p = h.load(lib, isolate=Isolated(sandbox=False, threads=4))
+        assert p.is_started() == 1
+        with pytest.raises(PluginCrashedError):
+            p.boom()
+
+        def running() -> bool:  # as soon as the restart begins (on_load ends 200 ms later)
+            info = h.current("slowstart")
+            return info is not None and info.worker == "running"
+
+        wait_for(running, interval=0.001, what="the restart to begin")
+        time.sleep(0.05)  # the new worker has opened the build; its on_load runs
+        assert run_guarded(p.is_started, 30, what="a call during on_load") == 1
+        info = h.current("slowstart")
+        assert info is not None and info.restarts == 1

@@ -68,6 +68,7 @@ class Lanes:
         # (the worker, its free lanes): one attribute, so a caller never pairs a worker
         # with another's lanes; replaced, never emptied, when the worker goes
         self.state: tuple[Worker | None, list[Any]] = (None, [])
+        self.opened: tuple[Worker | None, list[Any]] = (None, [])  # not taking calls yet
         self.bound: frozenset[int] = frozenset()  # the exports its worker serves in C
         # a lane (the object: each worker has its own) -> its call's input, when it started
         self.flight: dict[Any, tuple[Input, float]] = {}
@@ -93,10 +94,15 @@ class Lanes:
         ]
         worker.lanes = lanes  # closed with the worker's channel (``Worker._release``)
         self.bound = bound if lanes else frozenset()
-        self.state = (worker, list(reversed(lanes)))
+        self.opened = (worker, list(reversed(lanes)))
+
+    def publish(self) -> None:
+        """The lanes ``attach`` made take calls: once the worker serves (after
+        its ``on_load`` on a restart; calls on the channel wait for the lock)."""
+        self.state, self.opened = self.opened, (None, [])
 
     def detach(self) -> None:
-        self.state = (None, [])
+        self.state = self.opened = (None, [])
 
     def inputs(self, worker: Worker) -> list[Input]:
         """The inputs in flight on ``worker``'s lanes (a lane still counted in

@@ -149,6 +149,7 @@ class Proxy:
             self.sandbox = worker.sandbox
             service_channel.listen(self, worker)
             self._open("opening the copy (dlopen, resolving exports)")
+            self.lanes.publish()  # calls come once the version is published
             # live once its hooks ran, or its typed state came in (``go_live``)
             self.live = not self.request.get("on_load") and not self.request.get("typed")
 
@@ -519,6 +520,7 @@ class Proxy:
                 self._open("opening the copy (restart)")
                 if self.has_on_load:
                     self._on_load(self.prev_version, self.snapshot)
+                self.lanes.publish()  # not before: a lane call would run beside on_load
                 self.restarts += 1
                 log.warning(
                     "%s v%d restarted in a new worker (pid %d)%s",
