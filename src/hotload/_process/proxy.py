@@ -50,6 +50,7 @@ from .wire import (
     _Garbage,
     _worker_error,
     _WorkerError,
+    cspin,
     decode,
     encode,
     pack_control,
@@ -156,7 +157,8 @@ class Proxy:
     def _open(self, what: str) -> None:
         """The ``open`` request; a sandboxed worker gets the build's bytes
         (the copy's directory is not in its file system), raw after the JSON."""
-        req = {**self.request, "threads": self.opts.threads}
+        # lanes need the C end on both sides: a host without it asks for none
+        req = {**self.request, "threads": self.opts.threads if cspin and self.iso.shm else 1}
         if self.image is not None:
             req["image"] = True
         reply, _ = self._control(req, 30.0, what, self.image)
