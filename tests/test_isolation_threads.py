@@ -420,3 +420,26 @@ def test_no_lane_call_runs_before_a_restarted_worker_has_run_on_load(
         assert run_guarded(p.is_started, 30, what="a call during on_load") == 1
         info = h.current("slowstart")
         assert info is not None and info.restarts == 1
+
+
+def test_no_wake_up_is_lost_on_lanes_used_at_once(tmp_path: Path, lanes: Path) -> None:
+    """Four threads call with gaps around the spin windows (spinning,
+    yielding, just asleep on the futex, long asleep), each lane's two sides
+    going to sleep and waking on their own: every call returns, with its own
+    result, well within ``call_timeout`` (a lost wake-up would end one there)."""
+    gaps = [0, 2e-6, 20e-6, 45e-6, 60e-6, 200e-6, 2e-3, 7e-3]
+    with Host(tmp_path / "w", preflight=False) as h:
+        p = h.load(lanes, isolate=Isolated(sandbox=False, threads=4, call_timeout=5))
+
+        def caller(i: int) -> float:
+            worst = 0.0
+            for k in range(120):
+                time.sleep(gaps[(k * (i + 3)) % len(gaps)])
+                t0 = time.monotonic()
+                assert p.add(i * 1000, k) == i * 1000 + k
+                worst = max(worst, time.monotonic() - t0)
+            return worst
+
+        out, _ = _at_once(caller, 4)
+        assert all(isinstance(w, float) for w in out), out
+        assert max(out) < 0.9, out  # a lost wake-up waits for a 1 s slice, or call_timeout
