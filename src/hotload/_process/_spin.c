@@ -130,6 +130,7 @@ enum {
 #define LANE_SLICE_WORKER_NS 1000000000LL
 #define HOLD_NS 3000 /* a host lane's spin with the GIL held (spin_held) */
 #define HOLD_YIELDS 4 /* or its yields, when the worker shares its CPU */
+#define HOLD_SHARED_NS 20000 /* and at most this long past HOLD_NS, yields included */
 #define OP_CALL 1
 #define MAX_ARGS 14
 #define SPIN_MIN_NS 500
@@ -350,8 +351,8 @@ spin_held(Channel *c, uint64_t *word, uint64_t v, int eq)
             c->hold_miss = 0;
             return 1;
         }
-        if (shared) {
-            if (i > HOLD_YIELDS)
+        if (shared) { /* bounded in time too: a yield may run another process's slice */
+            if (i > HOLD_YIELDS || now_ns() >= end + HOLD_SHARED_NS)
                 return 0;
             sched_yield();
             continue;
