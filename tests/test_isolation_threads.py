@@ -443,3 +443,48 @@ def test_no_wake_up_is_lost_on_lanes_used_at_once(tmp_path: Path, lanes: Path) -
         out, _ = _at_once(caller, 4)
         assert all(isinstance(w, float) for w in out), out
         assert max(out) < 0.9, out  # a lost wake-up waits for a 1 s slice, or call_timeout
+
+
+@pytest.mark.parametrize("seconds", [0.5, pytest.param(5.0, marks=pytest.mark.soak)])
+def test_lanes_under_crashes_and_services_at_once(
+    tmp_path: Path, cc: Compile, lanes: Path, seconds: float
+) -> None:
+    """Six threads call for a while, on lanes and on the channel, calls of
+    numbers and services, while a seventh crashes the worker every 100 ms:
+    every call returns its own result or raises the crash, no thread is left
+    waiting, and the plugin serves at the end."""
+    asker = cc(ASKER, "asker")
+    with Host(tmp_path / "w", preflight=False) as h:
+        h.provide("give", lambda player, n: n + player, "int32_t(int64_t, int32_t)", error=-1)
+        opts = Isolated(sandbox=False, threads=4, quarantine=0, max_restarts=1000, call_timeout=10)
+        p = h.load(lanes, isolate=opts)
+        a = h.load(asker, isolate=opts)
+        end = time.monotonic() + seconds
+        wrong: list[Any] = []
+
+        def call(i: int) -> tuple[int, int]:
+            ok = failed = 0
+            k = 0
+            while time.monotonic() < end:
+                k += 1
+                try:
+                    if i == 6:
+                        time.sleep(0.1)
+                        p.drop(1337)
+                    elif i % 2:
+                        got, want = a.ask_many(i, 3), 3 + 3 * i
+                    else:
+                        got, want = p.add(i, k), i + k
+                    if i != 6 and got != want:
+                        wrong.append((i, k, got))
+                    ok += 1
+                except PluginCrashedError:
+                    failed += 1
+            return ok, failed
+
+        out, _ = _at_once(call, 7)
+        assert not wrong, wrong[:5]
+        assert all(isinstance(o, tuple) for o in out), out
+        assert sum(o[0] for o in out[:6]) > 0 and out[6][1] > 0
+        assert run_guarded(lambda: p.add(1, 1), 30, what="serving at the end") == 2
+        assert run_guarded(lambda: a.ask_many(1, 2), 30) == 3
