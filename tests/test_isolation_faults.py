@@ -271,7 +271,9 @@ def test_a_crash_in_on_unload_at_close_does_not_hang_it(tmp_path: Path, forky: B
 
 # ---- a worker that exits while calls are in flight ------------------------------------
 def test_a_worker_exit_fails_every_call_in_flight(ihost: Host, forky: Build) -> None:
-    p = ihost.load(forky(), isolate=True)
+    # one call at a time (threads=1): the adds queue behind quit() and fail with it
+    # (with lanes they run beside it: tests/test_isolation_threads.py)
+    p = ihost.load(forky(), isolate=Isolated(threads=1))
     errors: list[BaseException] = []
     results: list[object] = []
 

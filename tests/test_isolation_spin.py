@@ -89,12 +89,20 @@ static volatile uint64_t *area(void)
 }
 
 /* 1: half a reply written, never published (the sequence is written last), then a crash;
- * 2: a reply of the wrong length published under the call's own sequence, then a hang */
+ * 2: a reply of the wrong length published under the call's own sequence, then a hang;
+ * on lane how >> 8 (0: the eventfd channel; k: lane k, 1 KiB each after it) */
 HOTLOAD_API int32_t forge(int32_t how)
 {
     volatile uint64_t *ctl = area();
     if (!ctl) return -1;
+    int lane = how >> 8;
+    how &= 0xff;
     volatile unsigned char *rep = (volatile unsigned char *)ctl + 128 + 65536;
+    if (lane) {
+        ctl = (volatile uint64_t *)((volatile unsigned char *)ctl + 128 + 2 * 65536
+                                    + (lane - 1) * 1024);
+        rep = (volatile unsigned char *)ctl + 128 + 448;
+    }
     if (how == 1) {
         rep[0] = 0; rep[1] = 0x41; rep[2] = 0x41; rep[3] = 0x41; rep[4] = 0x41;
         ctl[9] = 5;
@@ -243,21 +251,26 @@ def test_a_caller_thread_that_ends_while_the_worker_spins(tmp_path: Path, spinny
         assert run_guarded(lambda: p.add(20, 22), 30, what="a call that wakes the worker") == 42
 
 
-def test_a_torn_write_in_shared_memory_is_never_read(tmp_path: Path, spinny: Path) -> None:
+@pytest.mark.parametrize("threads", [1, 4])
+def test_a_torn_write_in_shared_memory_is_never_read(
+    tmp_path: Path, spinny: Path, threads: int
+) -> None:
     """A reply half written and never published (the sequence comes last):
     the host never reads it, and reports the crash that followed; a reply
-    forged under the call's own sequence with a wrong length is garbage."""
+    forged under the call's own sequence with a wrong length is garbage.  On
+    lane 0 (threads=1) and on a lane (one calling thread: lane 1)."""
+    lane = 0 if threads == 1 or wire.cspin is None else 1 << 8
     with Host(tmp_path / "w", preflight=False) as h:
         # 1 s: a forger writes no eventfd, so a caller already asleep sees its reply only
         # when it wakes at the deadline (and calls it garbage then)
-        p = h.load(spinny, isolate=Isolated(sandbox=False, call_timeout=1))
+        p = h.load(spinny, isolate=Isolated(sandbox=False, call_timeout=1, threads=threads))
         assert p.add(1, 2) == 3
         with pytest.raises(PluginCrashedError) as err:
-            run_guarded(lambda: p.forge(1), 30, what="a torn reply")
+            run_guarded(lambda: p.forge(lane | 1), 30, what="a torn reply")
         assert err.value.signal_name == "SIGSEGV"
         assert run_guarded(lambda: p.add(2, 2), 30, what="the restart") == 4
         with pytest.raises(PluginCrashedError, match="garbage"):
-            run_guarded(lambda: p.forge(2), 30, what="a forged reply")
+            run_guarded(lambda: p.forge(lane | 2), 30, what="a forged reply")
         wait_for(lambda: run_guarded(lambda: p.add(3, 3), 30) == 6, what="the second restart")
 
 
@@ -331,12 +344,16 @@ def test_a_call_that_asks_services_forever_still_times_out(tmp_path: Path, cc: C
 
 
 @pytest.mark.skipif(wire.cspin is None, reason="the C end of the channel is not built")
-def test_a_forged_service_request_in_shared_memory_is_garbage(tmp_path: Path, spinny: Path) -> None:
+@pytest.mark.parametrize("threads", [1, 4])
+def test_a_forged_service_request_in_shared_memory_is_garbage(
+    tmp_path: Path, spinny: Path, threads: int
+) -> None:
     """A request published under the service bit by a plugin that imports no
     service: the waiting caller finds it breaks the protocol and kills the
-    worker (garbage), as on the socket."""
+    worker (garbage), as on the socket; on lane 0 and on a lane."""
+    lane = 0 if threads == 1 else 1 << 8
     with Host(tmp_path / "w", preflight=False) as h:
-        p = h.load(spinny, isolate=Isolated(sandbox=False, call_timeout=1))
+        p = h.load(spinny, isolate=Isolated(sandbox=False, call_timeout=1, threads=threads))
         with pytest.raises(PluginCrashedError, match="garbage"):
-            run_guarded(lambda: p.forge(3), 30, what="a forged service request")
+            run_guarded(lambda: p.forge(lane | 3), 30, what="a forged service request")
         wait_for(lambda: run_guarded(lambda: p.add(3, 3), 30) == 6, what="the restart")

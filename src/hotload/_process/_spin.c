@@ -82,6 +82,9 @@
 #define SPIN_CHANNEL 1
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
 #include <float.h>
 #include <math.h>
 #include <poll.h>
@@ -98,8 +101,8 @@
 /* The layout (wire.py): header words of 8 bytes, then the request area at
  * SHM_REQ and the reply area at SHM_REP. */
 enum {
-    REQ_SEQ = 0, REQ_LEN = 1, WORKER_SLEEPS = 2, WORKER_CPU = 3, SVC_OK = 4,
-    REP_SEQ = 8, REP_LEN = 9, HOST_SLEEPS = 10, HOST_CPU = 11,
+    REQ_SEQ = 0, REQ_LEN = 1, WORKER_SLEEPS = 2, WORKER_CPU = 3, SVC_OK = 4, REQ_BELL = 5,
+    REP_SEQ = 8, REP_LEN = 9, HOST_SLEEPS = 10, HOST_CPU = 11, REP_BELL = 12,
 };
 /* A service request (worker -> host, inside a call: issue 24 item 2) is published
  * as REP_SEQ = SVC_BIT | k (k counts the worker's requests), its body in the reply
@@ -111,6 +114,23 @@ enum {
 #define SHM_CAP (64 << 10)
 #define SHM_REP (SHM_REQ + SHM_CAP)
 #define SHM_SIZE (SHM_REP + SHM_CAP)
+/* Lanes (issue 24 item 3): after lane 0 (the layout above), MAX_LANES - 1 small
+ * slot pairs of LANE_SIZE bytes each, the same header words at their start, then
+ * a request and a reply area of LANE_CAP bytes.  A lane carries only calls of
+ * numbers served in C (and the services of numbers they ask in place), each by a
+ * worker thread of its own; its sleeper waits on a futex, a doorbell word that
+ * the writer increments after the sequence (REQ_BELL / REP_BELL), not on an
+ * eventfd (several lanes sharing one eventfd would lose wake-ups: one sleeper
+ * drains what another's peer wrote). */
+#define MAX_LANES 16
+#define LANE_SIZE 1024
+#define LANE_HEAD 128
+#define LANE_CAP ((LANE_SIZE - LANE_HEAD) / 2)
+#define LANE_SLICE_HOST_NS 5000000LL   /* a host lane looks at the socket (EOF) this often */
+#define LANE_SLICE_WORKER_NS 1000000000LL
+#define HOLD_NS 3000 /* a host lane's spin with the GIL held (spin_held) */
+#define HOLD_YIELDS 4 /* or its yields, when the worker shares its CPU */
+#define HOLD_SHARED_NS 20000 /* and at most this long past HOLD_NS, yields included */
 #define OP_CALL 1
 #define MAX_ARGS 14
 #define SPIN_MIN_NS 500
@@ -137,6 +157,9 @@ typedef struct {
     int have_view;
     uint64_t *ctl;
     unsigned char *base;
+    unsigned char *req, *rep; /* this lane's request and reply areas */
+    Py_ssize_t cap;           /* their size */
+    int lane;                 /* 0: the eventfd channel; 1..: a futex lane */
     int peer, own, sock; /* the peer's eventfd (we write it), ours (we sleep on it) */
     int host;
     volatile int closed;
@@ -144,6 +167,8 @@ typedef struct {
     uint64_t pending;     /* the host: a call whose wait a signal handler abandoned */
     int inside;           /* callers in call/wait/ask/serve (with the GIL or without) */
     int64_t pure_ns, window_ns;
+    int64_t hold_ns;      /* the host's lanes: spin this long holding the GIL first */
+    int hold_skip, hold_miss; /* calls left without it after it missed; the last skip */
     int why;
     int in_call;          /* the worker: serving a call now (a service may go in place) */
     uint64_t svc_seen;    /* the host: the service request answered last */
@@ -151,7 +176,7 @@ typedef struct {
     Entry *table;
     Py_ssize_t ntable;
     /* counters, for the benchmark and the tests: how each wait ended */
-    uint64_t n_spun, n_yielded, n_slept, n_woke, n_shared;
+    uint64_t n_spun, n_yielded, n_slept, n_woke, n_shared, n_held;
 } Channel;
 
 static uint64_t
@@ -193,6 +218,36 @@ efd_write(int fd)
     uint64_t one = 1;
     if (fd >= 0)
         (void)!write(fd, &one, sizeof one);
+}
+
+static long
+futex(uint32_t *addr, int op, uint32_t val, const struct timespec *ts)
+{
+    return syscall(SYS_futex, addr, op, val, ts, NULL, 0);
+}
+
+static inline uint32_t *
+bell(Channel *c, const uint64_t *word)
+{
+    return (uint32_t *)&c->ctl[word == &c->ctl[REQ_SEQ] ? REQ_BELL : REP_BELL];
+}
+
+/* W2 and W3 of the protocol, after the writer stored `seqword` (W1): wake the
+ * peer if it said it sleeps.  A lane rings its doorbell first (a locked
+ * increment: the full fence), then wakes the futex. */
+static void
+notify(Channel *c, int seqword, int sleepsword)
+{
+    if (c->lane) {
+        uint32_t *b = bell(c, &c->ctl[seqword]);
+        __atomic_fetch_add(b, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&c->ctl[sleepsword], __ATOMIC_RELAXED))
+            futex(b, FUTEX_WAKE, INT_MAX, NULL);
+        return;
+    }
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&c->ctl[sleepsword], __ATOMIC_RELAXED))
+        efd_write(c->peer);
 }
 
 static void
@@ -271,13 +326,59 @@ spin(Channel *c, uint64_t *word, uint64_t v, int eq /* ready()'s mode */)
     return 0;
 }
 
+/* A host lane's first wait, the GIL held (hold_ns): a reply that comes within
+ * it costs no GIL hand-over, which for CPython is a kernel wake-up of the next
+ * thread each way (on the shared 2-core machine, more than the call).  Calls that
+ * take longer release the GIL after it, and run in the worker side by side.  Not
+ * when the peer last ran on this CPU: spinning there only keeps it off. */
+static int
+spin_held(Channel *c, uint64_t *word, uint64_t v, int eq)
+{
+    if (c->hold_skip > 0) { /* it missed lately: the replies take longer than it */
+        c->hold_skip--;
+        return 0;
+    }
+    int cpu = sched_getcpu();
+    __atomic_store_n(&c->ctl[HOST_CPU], (uint64_t)(cpu + 1), __ATOMIC_RELAXED);
+    /* the peer last ran on this CPU: yield it the CPU (a few times), still holding
+     * the GIL: the other calling threads wait for it asleep, as on a lock */
+    int shared = cpu >= 0 &&
+        __atomic_load_n(&c->ctl[WORKER_CPU], __ATOMIC_RELAXED) == (uint64_t)(cpu + 1);
+    uint64_t end = now_ns() + (uint64_t)c->hold_ns;
+    for (unsigned i = 1;; i++) {
+        if (ready(c, load_acq(word), v, eq)) {
+            c->n_held++;
+            c->hold_miss = 0;
+            return 1;
+        }
+        if (shared) { /* bounded in time too: a yield may run another process's slice */
+            if (i > HOLD_YIELDS || now_ns() >= end + HOLD_SHARED_NS)
+                return 0;
+            sched_yield();
+            continue;
+        }
+        cpu_relax();
+        if (!(i & 7) && now_ns() >= end) {
+            /* skip it for the next 16, 32, ... 1024 calls while it keeps missing */
+            c->hold_miss = c->hold_miss ? (c->hold_miss < 1024 ? 2 * c->hold_miss : 1024) : 16;
+            c->hold_skip = c->hold_miss;
+            return 0;
+        }
+    }
+}
+
 /* Sleep until ready() (mode eq), the socket is readable, or the
  * deadline (0: none) passes.  Returns 1 (the word), 2 (the socket), 3 (the
  * deadline), 4 (closed), or -1 with errno (EINTR: check signals, call again).
  * `sleeps` is our "I sleep" word (the protocol above). */
+static int nap_lane(Channel *c, uint64_t *word, uint64_t v, int eq, uint64_t *sleeps,
+                    uint64_t deadline);
+
 static int
 nap(Channel *c, uint64_t *word, uint64_t v, int eq, uint64_t *sleeps, uint64_t deadline)
 {
+    if (c->lane)
+        return nap_lane(c, word, v, eq, sleeps, deadline);
     int spurious = 0;
     for (;;) {
         __atomic_store_n(sleeps, 1, __ATOMIC_RELAXED);
@@ -324,6 +425,67 @@ nap(Channel *c, uint64_t *word, uint64_t v, int eq, uint64_t *sleeps, uint64_t d
             c->n_woke++;
         if (fds[0].revents || spurious >= FLOOD_WAKES)
             spurious++;
+    }
+}
+
+/* A lane's sleep: on its doorbell, a futex (the protocol at the top, with the
+ * bell's increment as W2 and its load before the sequence's as S3: a writer
+ * that stored the sequence after our load of the bell has moved the bell, so
+ * FUTEX_WAIT returns at once, and one that stored it before is seen by our
+ * load of the sequence).  A futex cannot wait on the socket too: the host's
+ * end sleeps in slices and looks for the socket's hang-up (the worker's end)
+ * between them, never at its bytes (those are lane 0's); a worker's lane
+ * thread needs no socket (its main thread ends the process). */
+static int
+nap_lane(Channel *c, uint64_t *word, uint64_t v, int eq, uint64_t *sleeps, uint64_t deadline)
+{
+    uint32_t *b = bell(c, word);
+    int spurious = 0;
+    for (;;) {
+        __atomic_store_n(sleeps, 1, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST); /* S2 */
+        uint32_t rung = __atomic_load_n(b, __ATOMIC_ACQUIRE);
+        if (ready(c, load_acq(word), v, eq)) {
+            __atomic_store_n(sleeps, 0, __ATOMIC_RELAXED);
+            return 1;
+        }
+        if (c->closed) {
+            __atomic_store_n(sleeps, 0, __ATOMIC_RELAXED);
+            return 4;
+        }
+        int64_t slice = c->host ? LANE_SLICE_HOST_NS : LANE_SLICE_WORKER_NS;
+        if (deadline) {
+            uint64_t t = now_ns();
+            if (t >= deadline) {
+                __atomic_store_n(sleeps, 0, __ATOMIC_RELAXED);
+                return 3;
+            }
+            if ((int64_t)(deadline - t) < slice)
+                slice = (int64_t)(deadline - t);
+        }
+        struct timespec ts = {slice / 1000000000, slice % 1000000000};
+        c->n_slept++;
+        if (spurious >= FLOOD_WAKES) {
+            /* the bell rings without the word: a flood (a plugin scribbling on
+             * the lane); look every millisecond instead */
+            struct timespec ms = {0, 1000000};
+            nanosleep(&ms, NULL);
+        } else if (futex(b, FUTEX_WAIT, rung, &ts) < 0 && errno == EINTR) {
+            __atomic_store_n(sleeps, 0, __ATOMIC_RELAXED);
+            return -1;
+        }
+        __atomic_store_n(sleeps, 0, __ATOMIC_RELAXED);
+        if (ready(c, load_acq(word), v, eq))
+            return 1;
+        if (c->host && c->sock >= 0) {
+            struct pollfd p = {c->sock, POLLRDHUP, 0};
+            if (poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL)))
+                return 2;
+        }
+        if (__atomic_load_n(b, __ATOMIC_RELAXED) != rung) {
+            c->n_woke++;
+            spurious++;
+        }
     }
 }
 
@@ -378,11 +540,16 @@ channel_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static int
 channel_init(Channel *self, PyObject *args, PyObject *kwds)
 {
-    static char *kw[] = {"mapping", "peer", "own", "sock", "host", NULL};
+    static char *kw[] = {"mapping", "peer", "own", "sock", "host", "lane", NULL};
     PyObject *mm;
-    int peer, own, sock, host;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oiiip", kw, &mm, &peer, &own, &sock, &host))
+    int peer, own, sock, host, lane = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oiiip|i", kw, &mm, &peer, &own, &sock, &host,
+                                     &lane))
         return -1;
+    if (lane < 0 || lane >= MAX_LANES) {
+        PyErr_Format(PyExc_ValueError, "lane %d: there are lanes 0 to %d", lane, MAX_LANES - 1);
+        return -1;
+    }
     if (self->have_view) {
         PyErr_SetString(PyExc_RuntimeError, "Channel initialised twice");
         return -1;
@@ -390,19 +557,35 @@ channel_init(Channel *self, PyObject *args, PyObject *kwds)
     if (PyObject_GetBuffer(mm, &self->view, PyBUF_WRITABLE) < 0)
         return -1;
     self->have_view = 1; /* kept: the mapping cannot be closed under a waiting call */
-    if (self->view.len < SHM_SIZE || ((uintptr_t)self->view.buf & 7)) {
+    if (self->view.len < SHM_SIZE + (Py_ssize_t)lane * LANE_SIZE ||
+        ((uintptr_t)self->view.buf & 7)) {
         PyErr_SetString(PyExc_ValueError, "the mapping is smaller than the channel's layout");
         return -1;
     }
     self->base = self->view.buf;
-    self->ctl = (uint64_t *)self->view.buf;
+    self->lane = lane;
+    if (lane == 0) {
+        self->ctl = (uint64_t *)self->view.buf;
+        self->req = self->base + SHM_REQ;
+        self->rep = self->base + SHM_REP;
+        self->cap = SHM_CAP;
+    } else {
+        unsigned char *at = self->base + SHM_SIZE + (size_t)(lane - 1) * LANE_SIZE;
+        self->ctl = (uint64_t *)at;
+        self->req = at + LANE_HEAD;
+        self->rep = at + LANE_HEAD + LANE_CAP;
+        self->cap = LANE_CAP;
+    }
     /* Our own copies of the descriptors, closed when the channel is closed and no
      * caller is inside it (or freed): a number the Worker closed under a waiter
      * could be reused by another file, which the waiter would then read. */
     self->peer = self->own = self->sock = -1;
-    if ((self->peer = fcntl(peer, F_DUPFD_CLOEXEC, 0)) < 0 ||
-        (self->own = fcntl(own, F_DUPFD_CLOEXEC, 0)) < 0 ||
-        (self->sock = fcntl(sock, F_DUPFD_CLOEXEC, 0)) < 0) {
+    if ((lane == 0 || peer >= 0) && (self->peer = fcntl(peer, F_DUPFD_CLOEXEC, 0)) < 0)
+        goto failed;
+    if ((lane == 0 || own >= 0) && (self->own = fcntl(own, F_DUPFD_CLOEXEC, 0)) < 0)
+        goto failed;
+    if ((lane == 0 || sock >= 0) && (self->sock = fcntl(sock, F_DUPFD_CLOEXEC, 0)) < 0) {
+    failed:
         PyErr_SetFromErrno(PyExc_OSError);
         close_fds(self);
         return -1;
@@ -410,6 +593,7 @@ channel_init(Channel *self, PyObject *args, PyObject *kwds)
     self->host = host;
     self->pure_ns = SPIN_START_NS;
     self->window_ns = host ? 30000 : 50000;
+    self->hold_ns = host && lane ? HOLD_NS : 0;
     return 0;
 }
 
@@ -432,6 +616,10 @@ channel_close(Channel *self, PyObject *Py_UNUSED(ignored))
      * could be reused by another file, which the waiter would then read. */
     self->closed = 1;
     efd_write(self->own);
+    if (self->lane) { /* our own sleeper, on either bell */
+        futex((uint32_t *)&self->ctl[REQ_BELL], FUTEX_WAKE, INT_MAX, NULL);
+        futex((uint32_t *)&self->ctl[REP_BELL], FUTEX_WAKE, INT_MAX, NULL);
+    }
     if (self->inside == 0)
         close_fds(self);
     Py_RETURN_NONE;
@@ -614,13 +802,11 @@ do_call(Channel *c, PyObject *const *args, Py_ssize_t nargs)
     }
     uint64_t *ctl = c->ctl;
     uint64_t seq = ++c->seq;
-    memcpy(c->base + SHM_REQ, req, len);
+    memcpy(c->req, req, len);
     ctl[REQ_LEN] = len;
     ctl[SVC_OK] = 1; /* this waiter answers service requests in place */
     __atomic_store_n(&ctl[REQ_SEQ], seq, __ATOMIC_RELEASE); /* W1: the seq last */
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);                 /* W2 */
-    if (__atomic_load_n(&ctl[WORKER_SLEEPS], __ATOMIC_RELAXED)) /* W3 */
-        efd_write(c->peer);
+    notify(c, REQ_SEQ, WORKER_SLEEPS);                       /* W2, W3 */
     return finish(c, seq, rcode, timeout);
 }
 
@@ -640,11 +826,16 @@ finish(Channel *c, uint64_t seq, char rcode, double timeout)
     uint64_t *ctl = c->ctl;
     int got, strays = 0;
     uint64_t deadline = 0, x = 0;
-    Py_BEGIN_ALLOW_THREADS
-    got = spin(c, &ctl[REP_SEQ], seq, 2);
-    if (got && (x = load_acq(&ctl[REP_SEQ])) == seq)
-        strays = sock_ready(c);
-    Py_END_ALLOW_THREADS
+    if (c->hold_ns > 0 && spin_held(c, &ctl[REP_SEQ], seq, 2)) {
+        got = 1;
+        x = load_acq(&ctl[REP_SEQ]);
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        got = spin(c, &ctl[REP_SEQ], seq, 2);
+        if (got && (x = load_acq(&ctl[REP_SEQ])) == seq && !c->lane)
+            strays = sock_ready(c); /* a lane leaves the socket's bytes to lane 0 */
+        Py_END_ALLOW_THREADS
+    }
     if (c->closed)
         return hand_back(c, WHY_CLOSED);
     if (!got) {
@@ -670,7 +861,7 @@ finish(Channel *c, uint64_t seq, char rcode, double timeout)
             return PyErr_SetFromErrno(PyExc_OSError);
         if (c->closed)
             return hand_back(c, WHY_CLOSED);
-        if ((x = load_acq(&ctl[REP_SEQ])) == seq)
+        if ((x = load_acq(&ctl[REP_SEQ])) == seq && !c->lane)
             strays = sock_ready(c);
     }
     if (x != seq) { /* a service request (ready()'s mode 2) */
@@ -680,7 +871,7 @@ finish(Channel *c, uint64_t seq, char rcode, double timeout)
     if (strays)
         return hand_back(c, WHY_REPLY);
     uint64_t rlen = ctl[REP_LEN];
-    const unsigned char *rep = c->base + SHM_REP;
+    const unsigned char *rep = c->rep;
     if (rlen != (uint64_t)(1 + (rcode ? code_size(rcode) : 0)) || rep[0] != 0)
         return hand_back(c, WHY_REPLY);
     return unpack_result(rep + 1, rcode);
@@ -716,27 +907,25 @@ channel_wait(Channel *c, PyObject *const *args, Py_ssize_t nargs)
 /* Publish `body` in `area`, its length, then `marker` as `seqword` (last),
  * and wake the peer if it said it sleeps (the protocol at the top). */
 static void
-publish(Channel *c, size_t area, int lenword, int seqword, const char *body, size_t n,
+publish(Channel *c, unsigned char *area, int lenword, int seqword, const char *body, size_t n,
         uint64_t marker, int peer_sleeps)
 {
     uint64_t *ctl = c->ctl;
-    memcpy(c->base + area, body, n);
+    memcpy(area, body, n);
     ctl[lenword] = n;
     __atomic_store_n(&ctl[seqword], marker, __ATOMIC_RELEASE);
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&ctl[peer_sleeps], __ATOMIC_RELAXED))
-        efd_write(c->peer);
+    notify(c, seqword, peer_sleeps);
 }
 
 /* answer(body): the host's answer to the service request seen last. */
 static PyObject *
 channel_answer(Channel *c, PyObject *body)
 {
-    if (!PyBytes_Check(body) || PyBytes_GET_SIZE(body) > SHM_CAP || !c->host || c->closed) {
-        PyErr_SetString(PyExc_ValueError, "answer(bytes of at most 64 KiB), on the host's end");
+    if (!PyBytes_Check(body) || PyBytes_GET_SIZE(body) > c->cap || !c->host || c->closed) {
+        PyErr_SetString(PyExc_ValueError, "answer(bytes of at most the area's size), on the host's end");
         return NULL;
     }
-    publish(c, SHM_REQ, REQ_LEN, REQ_SEQ, PyBytes_AS_STRING(body),
+    publish(c, c->req, REQ_LEN, REQ_SEQ, PyBytes_AS_STRING(body),
             (size_t)PyBytes_GET_SIZE(body), c->svc_seen, WORKER_SLEEPS);
     Py_RETURN_NONE;
 }
@@ -747,13 +936,13 @@ channel_answer(Channel *c, PyObject *body)
 static PyObject *
 do_ask(Channel *c, PyObject *body)
 {
-    if (!PyBytes_Check(body) || PyBytes_GET_SIZE(body) > SHM_CAP || c->host || c->closed) {
-        PyErr_SetString(PyExc_ValueError, "ask(bytes of at most 64 KiB), on the worker's end");
+    if (!PyBytes_Check(body) || PyBytes_GET_SIZE(body) > c->cap || c->host || c->closed) {
+        PyErr_SetString(PyExc_ValueError, "ask(bytes of at most the area's size), on the worker's end");
         return NULL;
     }
     uint64_t *ctl = c->ctl;
     uint64_t marker = SVC_BIT | ++c->svc_next;
-    publish(c, SHM_REP, REP_LEN, REP_SEQ, PyBytes_AS_STRING(body),
+    publish(c, c->rep, REP_LEN, REP_SEQ, PyBytes_AS_STRING(body),
             (size_t)PyBytes_GET_SIZE(body), marker, HOST_SLEEPS);
     int got;
     Py_BEGIN_ALLOW_THREADS
@@ -774,9 +963,9 @@ do_ask(Channel *c, PyObject *body)
         }
     }
     uint64_t n = ctl[REQ_LEN];
-    if (n > SHM_CAP)
+    if (n > (uint64_t)c->cap)
         Py_RETURN_NONE;
-    return PyBytes_FromStringAndSize((const char *)c->base + SHM_REQ, (Py_ssize_t)n);
+    return PyBytes_FromStringAndSize((const char *)c->req, (Py_ssize_t)n);
 }
 
 static PyObject *
@@ -815,7 +1004,7 @@ serve_one(Channel *c, const Entry *e)
     uint64_t iv[6] = {0};
     double dv[8] = {0};
     int ni = 0, nd = 0;
-    const unsigned char *at = c->base + SHM_REQ + 3;
+    const unsigned char *at = c->req + 3;
     for (int i = 0; i < e->nargs; i++) {
         char code = e->codes[i];
         switch (code) {
@@ -831,7 +1020,7 @@ serve_one(Channel *c, const Entry *e)
         }
         at += code_size(code);
     }
-    unsigned char *rep = c->base + SHM_REP;
+    unsigned char *rep = c->rep;
     char r = e->result;
     if (r == 'f' || r == 'd') {
         double d = ((wide_d)(uintptr_t)e->addr)(iv[0], iv[1], iv[2], iv[3], iv[4], iv[5], dv[0],
@@ -858,7 +1047,7 @@ bindable(const char *codes, Py_ssize_t n, char result)
 #endif
 
 /* bind(table): per export index, (spec, address) or None (served in Python).
- * Returns how many were bound. */
+ * Returns the indices bound (served in C: the calls a lane may carry). */
 static PyObject *
 channel_bind(Channel *c, PyObject *table)
 {
@@ -866,10 +1055,15 @@ channel_bind(Channel *c, PyObject *table)
         PyErr_SetString(PyExc_TypeError, "bind(list)");
         return NULL;
     }
-    Py_ssize_t n = PyList_GET_SIZE(table), bound = 0;
+    Py_ssize_t n = PyList_GET_SIZE(table);
+    PyObject *bound = PyList_New(0);
+    if (bound == NULL)
+        return NULL;
     Entry *t = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Entry));
-    if (t == NULL)
+    if (t == NULL) {
+        Py_DECREF(bound);
         return PyErr_NoMemory();
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyList_GET_ITEM(table, i);
         const char *spec;
@@ -879,6 +1073,7 @@ channel_bind(Channel *c, PyObject *table)
             continue;
         if (!PyArg_ParseTuple(item, "y#K", &spec, &ns, &addr)) {
             PyMem_Free(t);
+            Py_DECREF(bound);
             return NULL;
         }
         if (ns < 3 || ns - 3 > MAX_ARGS || !addr || !bindable(spec + 3, ns - 3, spec[2]))
@@ -892,12 +1087,19 @@ channel_bind(Channel *c, PyObject *table)
         for (int k = 0; k < e->nargs; k++)
             size += (size_t)code_size(e->codes[k]);
         e->reqsize = (uint16_t)size;
-        bound++;
+        PyObject *k = PyLong_FromSsize_t(i);
+        if (k == NULL || PyList_Append(bound, k) < 0) {
+            Py_XDECREF(k);
+            PyMem_Free(t);
+            Py_DECREF(bound);
+            return NULL;
+        }
+        Py_DECREF(k);
     }
     PyMem_Free(c->table);
     c->table = t;
     c->ntable = n;
-    return PyLong_FromSsize_t(bound);
+    return bound;
 }
 
 /* The worker's loop, without the GIL: serve bound calls until a request it
@@ -918,11 +1120,22 @@ serve_loop(Channel *c)
         }
         uint64_t seq = load_acq(&ctl[REQ_SEQ]);
         uint64_t len = ctl[REQ_LEN];
-        const unsigned char *req = c->base + SHM_REQ;
+        const unsigned char *req = c->req;
         unsigned idx = (unsigned)req[1] | (unsigned)req[2] << 8;
         const Entry *e = idx < (unsigned)c->ntable ? &c->table[idx] : NULL;
-        if (e == NULL || !e->addr || req[0] != OP_CALL || len != e->reqsize)
-            return 0;
+        if (e == NULL || !e->addr || req[0] != OP_CALL || len != e->reqsize) {
+            if (!c->lane)
+                return 0;
+            /* A lane serves nothing else (the host sends it only calls bound
+             * here): a status the host's plan never expects, which it takes
+             * for garbage (the plugin scribbled on the lane). */
+            c->rep[0] = 1;
+            ctl[REP_LEN] = 1;
+            c->seq = seq;
+            __atomic_store_n(&ctl[REP_SEQ], seq, __ATOMIC_RELEASE);
+            notify(c, REP_SEQ, HOST_SLEEPS);
+            continue;
+        }
 #if defined(__x86_64__)
         c->in_call = 1;
         ctl[REP_LEN] = serve_one(c, e); /* may ask() services: the GIL is taken for them */
@@ -932,9 +1145,7 @@ serve_loop(Channel *c)
          * service answer's marker (SVC_BIT) is not a request (ready()). */
         c->seq = seq;
         __atomic_store_n(&ctl[REP_SEQ], seq, __ATOMIC_RELEASE); /* W1: the seq last */
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);                 /* W2 */
-        if (__atomic_load_n(&ctl[HOST_SLEEPS], __ATOMIC_RELAXED)) /* W3 */
-            efd_write(c->peer);
+        notify(c, REP_SEQ, HOST_SLEEPS);                         /* W2, W3 */
 #else
         return 0;
 #endif
@@ -972,12 +1183,31 @@ channel_serve(Channel *c, PyObject *Py_UNUSED(ignored))
     return left(c, do_serve(c));
 }
 
+/* asked(): the host's end, after WHY_SERVICE: the service request's body in
+ * this lane's reply area, or None when its length does not fit (garbage). */
+static PyObject *
+channel_asked(Channel *c, PyObject *Py_UNUSED(ignored))
+{
+    uint64_t n = c->ctl[REP_LEN];
+    if (!c->host || n > (uint64_t)c->cap)
+        Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize((const char *)c->rep, (Py_ssize_t)n);
+}
+
+/* can_ask(): the worker's end: a service may be asked in place now (inside a
+ * call whose waiter answers in place). */
+static PyObject *
+channel_can_ask(Channel *c, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(!c->host && c->in_call && c->ctl[SVC_OK] == 1);
+}
+
 static PyObject *
 channel_stats(Channel *c, PyObject *Py_UNUSED(ignored))
 {
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:L}", "spun", c->n_spun, "yielded",
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:L}", "spun", c->n_spun, "yielded",
                          c->n_yielded, "slept", c->n_slept, "woken", c->n_woke, "shared",
-                         c->n_shared, "pure_ns", (long long)c->pure_ns);
+                         c->n_shared, "held", c->n_held, "pure_ns", (long long)c->pure_ns);
 }
 
 static PyMethodDef channel_methods[] = {
@@ -992,6 +1222,8 @@ static PyMethodDef channel_methods[] = {
      "wait(spec, timeout): after answer(), the reply to the call in flight"},
     {"answer", (PyCFunction)channel_answer, METH_O, "answer(body): a service request's answer"},
     {"ask", (PyCFunction)channel_ask, METH_O, "ask(body): a service request, in place"},
+    {"asked", (PyCFunction)channel_asked, METH_NOARGS, "asked(): the service request's body"},
+    {"can_ask", (PyCFunction)channel_can_ask, METH_NOARGS, "can_ask(): a service may go in place"},
     {NULL},
 };
 
@@ -1001,7 +1233,11 @@ static PyMemberDef channel_members[] = {
      "the host: a call whose wait was abandoned (0: none)"},
     {"why", T_INT, offsetof(Channel, why), READONLY, "why call() returned AGAIN"},
     {"window_ns", T_LONGLONG, offsetof(Channel, window_ns), 0, "spin window before sleeping"},
+    {"hold_ns", T_LONGLONG, offsetof(Channel, hold_ns), 0,
+     "the host's first spin, the GIL held (0: none)"},
     {"in_call", T_INT, offsetof(Channel, in_call), 0, "the worker serves a call now"},
+    {"lane", T_INT, offsetof(Channel, lane), READONLY, "0: the eventfd channel; 1..: a lane"},
+    {"cap", T_PYSSIZET, offsetof(Channel, cap), READONLY, "the request and reply areas' size"},
     {NULL},
 };
 
@@ -1049,6 +1285,8 @@ PyInit__spin(void)
         PyModule_AddIntConstant(m, "WHY_REPLY", WHY_REPLY) < 0 ||
         PyModule_AddIntConstant(m, "WHY_CLOSED", WHY_CLOSED) < 0 ||
         PyModule_AddIntConstant(m, "WHY_SERVICE", WHY_SERVICE) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_LANES", MAX_LANES) < 0 ||
+        PyModule_AddIntConstant(m, "LANE_SIZE", LANE_SIZE) < 0 ||
 #if defined(__x86_64__)
         PyModule_AddIntConstant(m, "SERVES", 1) < 0)
 #else

@@ -27,6 +27,9 @@ MAX_SPARES = 8
 #: One input's crashes in a row count once toward the crash loop, so this many
 #: crashes of one input can come before anything stops it: keep it small.
 MAX_QUARANTINE = 16
+#: The most calls one worker serves at once (``threads``): lane 0 and the lanes after it in
+#: the shared mapping (``wire.MAX_LANES``), each served by a thread of the worker's own.
+MAX_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,11 @@ class Isolated:
     ``PluginQuarantinedError``, while every other input is served; the
     crash loop counts one input's crashes in a row once, so one bad input
     cannot stop the plugin for everyone.  0 to 16; 0: no quarantine (every
-    crash counts)."""
+    crash counts).
+    ``threads``: how many calls of numbers the worker serves at once, each in a
+    thread of its own (1 to ``MAX_THREADS``; 1: one call at a time, calls from
+    several threads queue).  Calls from several host threads then run in the
+    plugin at once, as they do in process: the plugin must be thread-safe."""
 
     on_crash: str = "restart"
     call_timeout: float | None = None
@@ -63,6 +70,7 @@ class Isolated:
     sandbox: bool = True
     spares: int = 1
     quarantine: int = 2
+    threads: int = 4
 
     def __post_init__(self) -> None:
         if self.on_crash not in ON_CRASH:
@@ -88,6 +96,11 @@ class Isolated:
             raise ConfigError(
                 f"spares must be an integer from 0 to {MAX_SPARES} (idle workers kept ready), "
                 f"not {self.spares!r}"
+            )
+        if not _is_int(self.threads) or not 1 <= self.threads <= MAX_THREADS:
+            raise ConfigError(
+                f"threads must be an integer from 1 to {MAX_THREADS} (calls one worker serves "
+                f"at once; 1: one at a time), not {self.threads!r}"
             )
 
 

@@ -2,9 +2,11 @@
 and hooks to its worker process, and handles the worker's crashes per
 ``on_crash`` (restart with backoff from the warm spare, roll back, or stop).
 
-A call takes the version's lock (one call in a worker at a time) and goes
-through the worker's shared-memory area when there is one (``spawn.Worker.
-call_shm``), else on its socket.  A worker that dies, hangs past
+A call of numbers takes a free lane of the worker (``inflight``: up to
+``Isolated(threads=N)`` calls in it at once); any other call, or one that
+finds no lane free, takes the version's lock (lane 0) and goes through the
+worker's shared-memory area when there is one (``spawn.Worker.call_shm``),
+else on its socket.  A worker that dies, hangs past
 ``call_timeout`` or breaks the protocol during a call is killed, the call
 raises ``PluginCrashedError`` (or ``PluginTimeoutError``), and every call
 queued for that worker raises too.  The version and its forwarders outlive
@@ -27,15 +29,14 @@ from .._engine.journal import Journal
 from .._errors import (
     HotloadError,
     PluginCrashedError,
-    PluginQuarantinedError,
     PluginStoppedError,
     PluginTimeoutError,
     StateMigrationError,
 )
 from .._platform import proc as channel
-from . import service_channel
+from . import inflight, service_channel
 from .options import Isolated
-from .quarantine import Quarantine, fingerprint, preview
+from .quarantine import Quarantine
 from .spawn import RESTARTING, STOPPED, UP, Worker
 from .wire import (
     AGAIN,
@@ -49,6 +50,7 @@ from .wire import (
     _Garbage,
     _worker_error,
     _WorkerError,
+    cspin,
     decode,
     encode,
     pack_control,
@@ -100,6 +102,7 @@ class Proxy:
         # or an object of its own for a crash no input explains)
         self.crashes: list[tuple[float, Hashable]] = []
         self.quarantine = Quarantine(opts.quarantine)
+        self.lanes = inflight.Lanes(opts.threads)  # calls beside lane 0's (threads > 1)
         # the call in the worker now: export, arguments, fingerprint (None: not taken yet)
         self.input: tuple[str, tuple[Any, ...], Hashable | None] | None = None
         # a recorded call in flight (host.record): the service calls the service channel
@@ -147,16 +150,19 @@ class Proxy:
             self.sandbox = worker.sandbox
             service_channel.listen(self, worker)
             self._open("opening the copy (dlopen, resolving exports)")
+            self.lanes.publish()  # calls come once the version is published
             # live once its hooks ran, or its typed state came in (``go_live``)
             self.live = not self.request.get("on_load") and not self.request.get("typed")
 
     def _open(self, what: str) -> None:
         """The ``open`` request; a sandboxed worker gets the build's bytes
         (the copy's directory is not in its file system), raw after the JSON."""
-        req = self.request
+        # lanes need the C end on both sides: a host without it asks for none
+        req = {**self.request, "threads": self.opts.threads if cspin and self.iso.shm else 1}
         if self.image is not None:
-            req = {**req, "image": True}
-        self._control(req, 30.0, what, self.image)
+            req["image"] = True
+        reply, _ = self._control(req, 30.0, what, self.image)
+        self.lanes.attach(self._w(), reply, len(self.cps))
 
     def _control(
         self, req: dict[str, Any], timeout: float | None, what: str, blob: bytes | None = None
@@ -206,7 +212,10 @@ class Proxy:
         return forward
 
     def call(self, cp: CallPlan, args: tuple[Any, ...]) -> Any:
-        if self.nested is not None and self.nested == threading.get_ident():
+        ln = self.lanes
+        if (self.nested is not None or ln.nesting) and (
+            self.nested == threading.get_ident() or threading.get_ident() in ln.nesting
+        ):
             raise HotloadError(
                 f"{self.source}: {cp.fname} called from a host service that {self.name} "
                 f"v{self.seq} is waiting for: its worker serves one call at a time, so this "
@@ -215,14 +224,21 @@ class Proxy:
         q = self.quarantine
         fp = None
         if q.suspects or q.refused:  # both empty until the version's first crash
-            fp = self._check_quarantine(cp.fname, args)
+            fp = inflight.check_quarantine(self, cp.fname, args)
+        spec = cp.spin
+        alone = fp is not None and fp in q.suspects  # its crash must be its own (inflight)
+        if ln.state[1] and spec is not None and cp.idx in ln.bound and not alone:
+            result = inflight.call(self, cp, spec, args, fp)  # on a free lane, no lock
+            if result is not inflight.UNSENT:
+                return result
         body = None if self.iso.shm else encode(cp, args)
         gen = self.gen
-        spec = cp.spin
         while True:
             with self.lock:
                 if self.gen != gen:  # the worker this call was queued for crashed
                     raise self._dead_error()
+                if alone:
+                    ln.alone(self.opts.call_timeout)
                 w = self.worker
                 if (
                     spec is not None
@@ -240,6 +256,7 @@ class Proxy:
                     finally:
                         self.input = None
                         self.call_started = 0.0
+                        ln.excl = False
                     self.served_ok = True
                     if fp is not None and q.suspects:
                         q.returned(fp)
@@ -251,6 +268,7 @@ class Proxy:
                         result = self._call_up(cp, args, body)
                     finally:
                         self.input = self.notes = None
+                        ln.excl = False
                         for note in notes or ():
                             recording.note(note)
                     if fp is not None and q.suspects:
@@ -258,11 +276,14 @@ class Proxy:
                         # (an error raised before the worker ran it, a bad argument, clears
                         # nothing: alternating 1337 with a refused 1337.0 evaded it)
                     return result
+                ln.excl = False
                 if self.state == STOPPED:
                     raise self._dead_error()
             # restarting: wait for the new worker (bounded), then try once more
             if not self.ready.wait(30.0):
                 raise self._dead_error()
+            if ln.threads > 1:  # from the start: on a lane, or refused if quarantined meanwhile
+                return self.call(cp, args)
             gen = self.gen
 
     def _call_up(self, cp: CallPlan, args: tuple[Any, ...], body: bytes | None) -> Any:
@@ -284,21 +305,6 @@ class Proxy:
             self._crashed(self._w(), cp.fname, garbage=str(exc))
         except _WorkerError as exc:
             raise HotloadError(f"{self.source}: {cp.fname}: {exc}") from None
-
-    def _check_quarantine(self, fname: str, args: tuple[Any, ...]) -> Hashable | None:
-        """The call's fingerprint; ``PluginQuarantinedError`` for an input
-        that crashed or hung the worker ``quarantine`` times in a row."""
-        fp = fingerprint(fname, args)
-        s = self.quarantine.refused.get(fp) if fp is not None else None
-        if s is None:
-            return fp
-        raise PluginQuarantinedError(
-            f"{self.source}: {self.name} v{self.seq}: {fname}{preview(args)}: {s.said()} of "
-            f"its worker in a row, and it never returned; quarantined: refused without "
-            f"running (other inputs are served; a reload clears it)",
-            signal_name=s.signal_name,
-            exit_code=s.exit_code,
-        )
 
     def _call_shm(self, cp: CallPlan, args: tuple[Any, ...], *, again: Worker | None = None) -> Any:
         """A call through the worker's shared memory (the lock is held);
@@ -367,6 +373,11 @@ class Proxy:
         """The worker died, hung or broke the protocol during ``what``: kill
         it, raise the error here, and hand the rest to the crash policy.
         The lock is held (or was given up by ``stop``)."""
+        if timeout is None and not garbage:  # killed by a lane call that timed out?
+            timeout, hung = inflight.culprit(self, worker, timeout)
+            what = hung[0] if hung is not None else what
+        else:
+            hung = None
         svc = "" if garbage or timeout is not None else worker.svc_garbage  # killed for it
         if not (garbage or svc or timeout is not None or outside) and self._stopped is worker:
             outside = (
@@ -433,41 +444,15 @@ class Proxy:
             else:
                 how = sig or (f"exit {code}" if code else "")
                 self._journal("crash", f"{how or 'killed'} during {what}", str(err))
-        self.last_error = err
+        self.last_error, self.lanes.dead = err, worker
         self.gen += 1
         self.worker = None
+        self.lanes.detach()
         ours = outside or (self.iso.closed and sig == "SIGKILL")  # not the input's doing
-        if self.input is not None and not ours and self.live and self.quarantine.limit:
-            self._blame(err, hung=timeout is not None)
+        if not ours and self.live and self.quarantine.limit:
+            inflight.blame(self, worker, err, hung=hung, timeout=timeout is not None)
         self._after_crash()
         raise err
-
-    def _blame(self, err: PluginCrashedError, *, hung: bool) -> None:
-        """Count the crash on the input that was running (its crash-loop key)."""
-        assert self.input is not None
-        fname, args, fp = self.input
-        fp = fp if fp is not None else fingerprint(fname, args)
-        if fp is None:
-            return
-        q = self.quarantine
-        verdict, suspect = q.failed(
-            fp, hung=hung, signal_name=err.signal_name, exit_code=err.exit_code
-        )
-        if suspect is None:
-            return  # full: counts as an input it cannot tell, toward the crash loop
-        self._crash_key = suspect  # its crashes in a row count once
-        if verdict == "quarantined":
-            what = f"{fname}{preview(args)}"
-            said = q.refused[fp].said()
-            log.warning(
-                "%s v%d: %s: %s of its worker in a row, and it never returned: "
-                "quarantined (refused from now on; other inputs are served)",
-                self.name,
-                self.seq,
-                what,
-                said,
-            )
-            self._journal("quarantine", f"{what} quarantined after {said} in a row")
 
     def _after_crash(self) -> None:
         """The crash policy.  The crashes of one input in a row, with no
@@ -537,6 +522,7 @@ class Proxy:
                 self._open("opening the copy (restart)")
                 if self.has_on_load:
                     self._on_load(self.prev_version, self.snapshot)
+                self.lanes.publish()  # not before: a lane call would run beside on_load
                 self.restarts += 1
                 log.warning(
                     "%s v%d restarted in a new worker (pid %d)%s",
@@ -576,9 +562,9 @@ class Proxy:
     def check(self) -> None:
         """Supervisor tick: a worker that died while idle, or one stopped by a
         signal while a call waits for it."""
-        if self.state != UP or not self.lock.acquire(blocking=False):
+        started = self.call_started or self.lanes.started()
+        if self.state != UP or started or not self.lock.acquire(blocking=False):
             w = self.worker
-            started = self.call_started
             if w is not None and started and not w.alive():
                 w.wake_caller()  # died in a call, but a forked child may hold the channel
             elif (
@@ -692,6 +678,7 @@ class Proxy:
         got = self.lock.acquire(timeout=0 if kill else 1.0)
         try:
             worker, self.worker = self.worker, None
+            self.lanes.detach()
             self.state = STOPPED
             self.snapshot = None  # never restarted or handed over again: history keeps no blob
             self.ready.set()

@@ -253,17 +253,26 @@ def answer_in_place(version: Served, worker: Worker) -> None:
     if n < 3 or n > SHM_CAP:
         raise _Garbage(f"a service request of {n} bytes in shared memory")
     body = bytes(mm[SHM_REP : SHM_REP + n])
+    version.nested = threading.get_ident()  # a call into this version would deadlock
+    try:
+        reply = answer_body(version, body)
+    finally:
+        version.nested = None
+    worker.chan.answer(reply)
+
+
+def answer_body(version: Served, body: bytes | None) -> bytes:
+    """The answer to a service request read from the mapping (lane 0's
+    area, or a lane's: ``inflight``); ``_Garbage`` for one that breaks the
+    protocol (None: a length past the area)."""
+    if body is None or len(body) < 3:
+        raise _Garbage(f"a service request of {len(body or b'')}+ bytes in shared memory")
     idx = int.from_bytes(body[1:3], "little")
     plans = version.svc_plans
     if body[0] != OP_CALL or idx >= len(plans) or not plans[idx].simple:
         raise _Garbage(f"a service request in shared memory for service {idx}")
     cp = plans[idx]
-    version.nested = threading.get_ident()  # a call into this version would deadlock
-    try:
-        reply = serve(cp, _service(version, cp), body)
-    finally:
-        version.nested = None
-    worker.chan.answer(reply)
+    return serve(cp, _service(version, cp), body)
 
 
 def _answer(version: Served, worker: Worker, body: bytes) -> bool:

@@ -5,9 +5,11 @@ The worker is warm before it knows its plugin: the host keeps one spare
 ready, so a reload or a restart after a crash pays a ``dlopen`` and a round
 trip, not a Python start-up.  The ``open`` request applies the plugin's
 limits, declares its types, binds its imports to the service channel, then
-``dlopen``s the copy.  Calls come one at a time, through the shared-memory
-area when there is one, else (and for bodies too large for it) on the socket;
-the wire format is in ``wire``.  A ``trial`` request is refused here (that is
+``dlopen``s the copy.  Calls come through the shared-memory area when there
+is one, else (and for bodies too large for it) on the socket; the wire
+format is in ``wire``.  The main thread serves one call at a time; with
+``Isolated(threads=N)``, N - 1 lane threads serve calls of numbers beside it,
+one lane each, in C (``_Shm.start_lanes``).  A ``trial`` request is refused here (that is
 the preflight role's).
 """
 
@@ -66,6 +68,8 @@ def _serve(
             continue  # a call came through shared memory
         body = recv()
         if body is None:
+            if shm is not None:
+                shm.close_lanes()
             return  # the host closed the channel: the version stops
         op = body[0]
         if op == wire.OP_CALL:
@@ -95,15 +99,18 @@ def _serve(
                 by_name = wire.plans(protos, where=source)
                 plans = sorted(by_name.values(), key=lambda c: c.idx)
                 fns = [loader.resolve(handle, source, c.fname, protos[c.fname]) for c in plans]
+                lanes: dict[str, Any] = {}
                 if shm is not None:
-                    shm.bind(plans, fns, protos)
+                    bound = shm.bind(plans, fns, protos)
+                    n = shm.start_lanes(int(req.get("threads") or 1) - 1) if bound else 0
+                    lanes = {"lanes": n, "bound": bound} if n else {}
                 for key, proto in (
                     ("on_load", loader.ON_LOAD_TYPE),
                     ("on_unload", loader.ON_UNLOAD_TYPE),
                 ):
                     if req.get(key):
                         hooks[key] = loader.resolve(handle, source, req[key], proto)
-                send(b"\x00")
+                send(wire.pack_control(wire.ST_OK, lanes) if lanes else b"\x00")
             elif what == "on_load":
                 state = blob or None  # raw bytes after the JSON (wire.pack_control)
                 prev = req.get("prev")
@@ -162,25 +169,55 @@ class _Shm:
         self.seq = 0
         self.poller = proc.poller(wake, sock.fileno())
         self.chan: Any = None  # the C end (``_spin.c``): serves calls of numbers itself
+        self.table: list[Any] = []  # what the C end serves: (spec, address) or None per export
+        self.lanes: dict[int, Any] = {}  # a lane thread's ident -> its lane (``start_lanes``)
         if wire.cspin is not None and wire.cspin.SERVES:
             self.chan = wire.cspin.Channel(
                 self.mm, peer=done, own=wake, sock=sock.fileno(), host=False
             )
 
-    def bind(self, plans: list[wire.CallPlan], fns: list[Any], protos: dict[str, str]) -> None:
+    def bind(self, plans: list[wire.CallPlan], fns: list[Any], protos: dict[str, str]) -> list[int]:
         """Hand the C end the exports it calls itself: calls of numbers, by
-        their resolved address (``_spin.c`` says why that call is sound)."""
+        their resolved address (``_spin.c`` says why that call is sound);
+        the indices it took."""
         if self.chan is None:
-            return
+            return []
         ffi = signatures.ffi
-        self.chan.bind(
-            [
-                (cp.spin, int(ffi.cast("uintptr_t", fn)))
-                if cp.spin is not None and "..." not in protos[cp.fname]
-                else None
-                for cp, fn in zip(plans, fns, strict=True)
-            ]
-        )
+        self.table = [
+            (cp.spin, int(ffi.cast("uintptr_t", fn)))
+            if cp.spin is not None and "..." not in protos[cp.fname]
+            else None
+            for cp, fn in zip(plans, fns, strict=True)
+        ]
+        return list(self.chan.bind(self.table))
+
+    def start_lanes(self, n: int) -> int:
+        """Start ``n`` lane threads (issue 24 item 3), each serving the calls of
+        numbers on its own lane of the mapping in C, without the GIL, beside
+        the main thread (lane 0); how many started.  A lane serves nothing
+        else: the host sends it only the exports ``bind`` took."""
+        n = max(0, min(n, wire.MAX_LANES - 1))
+        if self.chan is None or not n:
+            return 0
+        for k in range(1, n + 1):
+            chan = wire.cspin.Channel(self.mm, peer=-1, own=-1, sock=-1, host=False, lane=k)
+            chan.bind(self.table)
+            t = threading.Thread(target=self._lane, args=(chan,), daemon=True, name=f"lane-{k}")
+            t.start()
+            assert t.ident is not None
+            self.lanes[t.ident] = chan
+        return n
+
+    @staticmethod
+    def _lane(chan: Any) -> None:
+        """A lane thread: serve until the lane is closed (the version stops)."""
+        with contextlib.suppress(OSError):
+            while chan.serve() == 0:
+                pass
+
+    def close_lanes(self) -> None:
+        for chan in self.lanes.values():
+            chan.close()
 
     def serve(self, plans: list[Any], fns: list[Any], ffi: Any, wire: Any, error: Any) -> bool:
         """Serve one call from shared memory (False), or return True when a
@@ -353,13 +390,22 @@ class _ServiceClient:
             body = wire.encode(cp, args)
             main = threading.get_ident() == self.main
             shm = self.shm
-            if main and cp.simple and shm is not None and shm.can_ask():
-                answer = shm.chan.ask(body)  # in the mapping: the call's waiter answers
+            chan = None
+            if shm is None or not cp.simple:
+                pass
+            elif main and shm.can_ask():
+                chan = shm.chan
+            elif not main and shm.lanes:  # a lane thread, inside a call of its lane
+                lane = shm.lanes.get(threading.get_ident())
+                chan = lane if lane is not None and lane.can_ask() else None
+            if chan is not None and len(body) <= chan.cap:
+                answer = chan.ask(body)  # in the mapping: the call's waiter answers
                 if answer is None:
                     raise EOFError("the host closed the channel")
                 return wire.decode(cp, answer, args)
             rid = next(self.ids)
-            nested = 1 if main else 0  # inside a host call
+            lane = shm.lanes.get(threading.get_ident()) if shm is not None else None
+            nested = 1 if main or (lane is not None and lane.in_call) else 0  # inside a host call
             frame = head.pack(rid, nested) + body[1:]
             with self.send_lock:
                 self.sock.sendall(wire.FRAME.pack(len(frame)) + frame)

@@ -169,6 +169,7 @@ class Worker:
         self.pending = 0  # a call whose wait was abandoned (a signal): see _settle
         self.sock_pending = False  # the same on the socket: see exchange
         self.chan: Any = None  # the C end of the channel (``_spin.c``), when built
+        self.lanes: list[Any] = []  # the C ends of its other lanes (``inflight``), when opened
         if shm is not None:
             self.mm, self.wake, self.done = shm
             self.ctl = memoryview(self.mm).cast("B")[:SHM_REQ].cast("Q")
@@ -630,8 +631,9 @@ class Worker:
                 self.svc.close()
         if self.mm is not None:
             done, self.wake, self.done = self.done, -1, -1  # first: see _call_shm
-            if self.chan is not None:
-                self.chan.close()  # a waiting call returns; the mapping stays until it is freed
+            for chan in [self.chan, *self.lanes]:  # a waiting call returns; the mapping
+                if chan is not None:  # stays until the last one is freed
+                    chan.close()
             with contextlib.suppress(OSError):
                 os.eventfd_write(done, 1)  # a waiter's poll() returns
         self._released = True

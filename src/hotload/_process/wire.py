@@ -83,7 +83,15 @@ def too_large(what: str, n: int) -> _BodyTooLarge:
 SHM_CAP = 64 << 10
 SHM_REQ = 128
 SHM_REP = SHM_REQ + SHM_CAP
-SHM_SIZE = SHM_REP + SHM_CAP
+#: Lanes (issue 24 item 3): after lane 0 (the areas above), ``MAX_LANES - 1`` slot pairs of
+#: ``LANE_SIZE`` bytes, each the same header words (its doorbells at [5] and [12]), then a
+#: request and a reply area; each carries calls of numbers only, served in C by a worker
+#: thread of its own, its sleepers on futexes (``_spin.c``).  Fixed: a spare maps them all
+#: before it knows its plugin's ``Isolated(threads=...)``.
+MAX_LANES = 16
+LANE_SIZE = 1024
+LANES_AT = SHM_REP + SHM_CAP
+SHM_SIZE = LANES_AT + (MAX_LANES - 1) * LANE_SIZE
 REQ_SEQ, REQ_LEN, WORKER_SLEEPS, REP_SEQ, REP_LEN, HOST_SLEEPS = 0, 1, 2, 8, 9, 10
 #: [4]: the call's waiter answers a service request in place (the C end's calls; issue 24
 #: item 2): the plugin's service calls made inside the call then travel in the mapping
