@@ -33,10 +33,10 @@ insecure in ``hotload fleet status``.  The plugin names stay checked.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -322,12 +322,31 @@ class Accepted:
         check_key_file(self.path, private=False, what="file of accepted fleet decisions")
         try:
             rec = json.loads(self.path.read_text())
+            newest = _slots(rec)
         except (OSError, ValueError) as exc:
             raise FleetError(f"{self.path}: unreadable ({exc}); remove it to start over") from None
         out = dict(self._newest)
-        newest = rec.get("newest") if isinstance(rec, dict) else None
-        for plugin, seen in (newest or {}).items():
-            with contextlib.suppress(TypeError, ValueError):
-                order = (int(seen[0]), float(seen[1]))
-                out[plugin] = max(order, out.get(plugin, order))
+        for plugin, order in newest.items():
+            out[plugin] = max(order, out.get(plugin, order))
         return out
+
+
+def _slots(rec: Any) -> dict[str, tuple[int, float]]:
+    """The slots of the file's record, checked strictly (``ValueError``
+    saying what is wrong): ``{"fleet": str, "newest": {slot: [rev, signed_at]}}``
+    with a whole rev in 0..2**63 and a finite time."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("newest"), dict):
+        raise ValueError('not an object with an object "newest"')
+    if not isinstance(rec.get("fleet", ""), str):
+        raise ValueError('"fleet" is not a string')
+    out: dict[str, tuple[int, float]] = {}
+    for slot, seen in rec["newest"].items():
+        if not (isinstance(seen, list) and len(seen) == 2):
+            raise ValueError(f"slot {slot[:80]!r} is not [rev, signed_at]")
+        rev, at = seen
+        if not (type(rev) is int and 0 <= rev < 2**63):
+            raise ValueError(f"slot {slot[:80]!r}: rev {str(rev)[:40]} is not a whole rev")
+        if type(at) not in (int, float) or not math.isfinite(at):
+            raise ValueError(f"slot {slot[:80]!r}: signed_at {str(at)[:40]} is not a time")
+        out[slot] = (rev, float(at))
+    return out
