@@ -6,19 +6,18 @@ and each wake-up costs every agent a full sync (read ``desired`` and the
 release plans, check their signatures).  So a wake-up is taken at once when
 the agent is rested, and through a flood at most once per ``WAKE_GAP``
 seconds, stretched so that syncs for wake-ups take at most ``SYNC_SHARE`` of
-a core however costly one is: a cell-rate limit (GCRA) where each sync
-spaces the next by ``max(WAKE_GAP, its CPU / SYNC_SHARE)``, and a rested
-agent has ``WAKE_CREDIT`` seconds of that spacing to spend at once (a
-rollout's steps in quick succession, or one costly sync that loaded a
-plugin, hold nothing back).  A changed ``gen`` seen by a heartbeat is not
-held back either, so a real change waits at most a heartbeat.
-A wake-up that came while held back is never lost: the sync runs when the
-gap ends and reads what is there then.  While held back the socket is not
-read; then at most ``DRAIN_MAX`` waiting messages are read, and a backlog
-longer than that is dropped with the subscription (subscribed anew on a
+a core however costly one is: a cell-rate limit (GCRA) where each sync for a
+wake-up spaces the next by ``max(WAKE_GAP, its CPU / SYNC_SHARE)``, and a
+rested agent has ``WAKE_CREDIT`` seconds of that spacing to spend at once (a
+rollout's steps in quick succession, or one costly sync that loaded a plugin,
+hold nothing back).  A wake-up that came while held back is never lost: the
+sync runs when the gap ends and reads what is there then.  While held back
+the socket is not read; then at most ``DRAIN_MAX`` waiting messages are read,
+and a longer backlog is dropped with the subscription (subscribed anew on a
 fresh connection, before the sync reads the keys), so a flood faster than
-Python parses costs no more than a slow one.  Heartbeats, the host's own
-changes and canary verdicts are not held back.
+Python parses costs no more than a slow one.  Nothing else is held back: a
+changed ``gen`` seen by a heartbeat (a real change waits a heartbeat at
+most), the host's own changes, canary verdicts, the sync at a (re)connect.
 """
 
 from __future__ import annotations
@@ -46,14 +45,19 @@ class Wakes:
         self.messages = 0  # wake-ups read (the tests read it)
         self.dropped = 0  # backlogs dropped with their subscription
         self._tat = 0.0  # GCRA: the theoretical time of the next wake-up sync
+        self._taken = False  # the coming sync is for a wake-up
         self._logged = -FLOOD_LOG
 
     def synced(self, cpu: float) -> None:
         """A sync that took ``cpu`` thread CPU seconds ran: it covered every
-        wake-up read before it, and the next one waits in proportion."""
+        wake-up read before it; when a wake-up started it, the next one
+        waits in proportion (a sync for another cause spends no credit: the
+        first one at a start, say, costs the most)."""
         self.pending = False
-        now = time.monotonic()
-        self._tat = max(self._tat, now) + max(WAKE_GAP, cpu / SYNC_SHARE)
+        if self._taken:
+            self._taken = False
+            now = time.monotonic()
+            self._tat = max(self._tat, now) + max(WAKE_GAP, cpu / SYNC_SHARE)
 
     def ready_at(self) -> float:
         """When a pending wake-up may start a sync."""
@@ -71,7 +75,7 @@ class Wakes:
             left = until - now
             if self.pending and now >= self.ready_at():
                 self._drain()
-                a._dirty = True
+                a._dirty = self._taken = True
                 return
             if left <= 0:
                 return
