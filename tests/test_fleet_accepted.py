@@ -18,7 +18,7 @@ import pytest
 
 from hotload import FleetError
 from hotload.fleet import Fleet
-from hotload.fleet._guard import HOLDERS, RELEASE_SLOTS, Guard, bounded
+from hotload.fleet._guard import HOLDERS, MAX_FILE, PLUGIN_SLOTS, RELEASE_SLOTS, Guard, bounded
 from hotload.fleet._schema import Rule
 from test_fleet import (  # noqa: F401  (fixtures)
     Cluster,
@@ -169,3 +169,31 @@ def test_a_wrongly_shaped_file_is_a_fleet_error_at_join_and_at_accept(
     path.unlink()
     g.hold(["reward"], 5)  # removed: starts over, from what this host has in memory
     assert _guard(tmp_path, "game-1").held() == {"reward": 5}
+
+
+def test_the_plugins_decided_last_are_kept() -> None:
+    """Desired-state slots were not bounded: now the PLUGIN_SLOTS plugins
+    signed last stay, as the release slots do."""
+    newest = {f"p{i}": (1, float(i)) for i in range(PLUGIN_SLOTS + 500)}
+    newest["release:00000000000a"] = (10, 0.0)
+    kept = bounded(newest, "h")
+    assert "release:00000000000a" in kept
+    plugins = sorted(v[1] for k, v in kept.items() if k.startswith("p"))
+    assert plugins == [float(i) for i in range(500, PLUGIN_SLOTS + 500)]
+
+
+def test_a_file_over_the_size_cap_is_refused_at_once(tmp_path: Path) -> None:
+    """A 50 MB file of plugin slots took 27 s at every accept(), read again
+    under a 10 s lock; a file over MAX_FILE is now refused before it is parsed."""
+    g = _guard(tmp_path, "game-1")
+    g.hold(["reward"], 3)
+    path = next(tmp_path.glob("fleet-accepted-*.json"))
+    slots = {f"plugin-{i:09d}": [i, float(i)] for i in range(MAX_FILE // 30)}
+    path.write_text(json.dumps({"fleet": "f", "newest": slots}))
+    assert path.stat().st_size > MAX_FILE
+    t0 = time.monotonic()
+    with pytest.raises(FleetError, match=r"unreadable \(over 4 MiB.*remove it to start over"):
+        _guard(tmp_path, "game-1")
+    with pytest.raises(FleetError, match="over 4 MiB"):
+        g.hold(["reward"], 4)
+    assert time.monotonic() - t0 < 2.0
