@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
+from hotload import FleetError
 from hotload.fleet import Fleet
-from hotload.fleet._guard import HOLDERS, RELEASE_SLOTS, Guard, bounded
+from hotload.fleet._guard import HOLDERS, MAX_FILE, PLUGIN_SLOTS, RELEASE_SLOTS, Guard, bounded
 from hotload.fleet._schema import Rule
 from test_fleet import (  # noqa: F401  (fixtures)
     Cluster,
@@ -128,3 +129,71 @@ def test_the_file_stays_bounded_with_processes_writing_at_once(tmp_path: Path) -
     g = _guard(tmp_path, "h0")  # a host restarted under its id: its hold pruned as one of
     g.hold(["reward"], 1)  # the oldest, its own new one is kept whatever its rev
     assert g.held() == {"reward": 1}
+
+
+WRONG_SHAPES = {
+    "top level a list": "[1]",
+    "no newest": '{"fleet": "f"}',
+    "newest a list": '{"fleet": "f", "newest": [1, 2]}',
+    "newest a string": '{"fleet": "f", "newest": "x"}',
+    "fleet a number": '{"fleet": 5, "newest": {}}',
+    "a slot of one element": '{"fleet": "f", "newest": {"reward": [5]}}',
+    "a slot of three": '{"fleet": "f", "newest": {"reward": [5, 0.0, 1]}}',
+    "a slot an object": '{"fleet": "f", "newest": {"reward": {"rev": 5}}}',
+    "a rev of 1e999": '{"fleet": "f", "newest": {"reward": [1e999, 0]}}',
+    "a rev of 5.5": '{"fleet": "f", "newest": {"reward": [5.5, 0]}}',
+    "a rev of true": '{"fleet": "f", "newest": {"reward": [true, 0]}}',
+    "a rev below 0": '{"fleet": "f", "newest": {"reward": [-1, 0]}}',
+    "a rev of 2**64": '{"fleet": "f", "newest": {"reward": [18446744073709551616, 0]}}',
+    "a time of NaN": '{"fleet": "f", "newest": {"reward": [5, NaN]}}',
+    "a time of -1e999": '{"fleet": "f", "newest": {"reward": [5, -1e999]}}',
+    "a time a string": '{"fleet": "f", "newest": {"reward": [5, "now"]}}',
+}
+
+
+@pytest.mark.parametrize("body", WRONG_SHAPES.values(), ids=WRONG_SHAPES.keys())
+def test_a_wrongly_shaped_file_is_a_fleet_error_at_join_and_at_accept(
+    tmp_path: Path, body: str
+) -> None:
+    """Valid JSON of the wrong shape raised AttributeError, IndexError or
+    OverflowError (the fourth attack's R5), at join and in a running
+    agent's accept(); now the FleetError that says to remove the file."""
+    g = _guard(tmp_path, "game-1")
+    g.hold(["reward"], 3)  # the file exists, well formed
+    path = next(tmp_path.glob("fleet-accepted-*.json"))
+    path.write_text(body)
+    with pytest.raises(FleetError, match=r"fleet-accepted-.*unreadable .*remove it to start over"):
+        _guard(tmp_path, "game-1")  # join
+    with pytest.raises(FleetError, match="unreadable"):
+        g.hold(["reward"], 4)  # accept() re-reads the file under its lock
+    path.unlink()
+    g.hold(["reward"], 5)  # removed: starts over, from what this host has in memory
+    assert _guard(tmp_path, "game-1").held() == {"reward": 5}
+
+
+def test_the_plugins_decided_last_are_kept() -> None:
+    """Desired-state slots were not bounded: now the PLUGIN_SLOTS plugins
+    signed last stay, as the release slots do."""
+    newest = {f"p{i}": (1, float(i)) for i in range(PLUGIN_SLOTS + 500)}
+    newest["release:00000000000a"] = (10, 0.0)
+    kept = bounded(newest, "h")
+    assert "release:00000000000a" in kept
+    plugins = sorted(v[1] for k, v in kept.items() if k.startswith("p"))
+    assert plugins == [float(i) for i in range(500, PLUGIN_SLOTS + 500)]
+
+
+def test_a_file_over_the_size_cap_is_refused_at_once(tmp_path: Path) -> None:
+    """A 50 MB file of plugin slots took 27 s at every accept(), read again
+    under a 10 s lock; a file over MAX_FILE is now refused before it is parsed."""
+    g = _guard(tmp_path, "game-1")
+    g.hold(["reward"], 3)
+    path = next(tmp_path.glob("fleet-accepted-*.json"))
+    slots = {f"plugin-{i:09d}": [i, float(i)] for i in range(MAX_FILE // 30)}
+    path.write_text(json.dumps({"fleet": "f", "newest": slots}))
+    assert path.stat().st_size > MAX_FILE
+    t0 = time.monotonic()
+    with pytest.raises(FleetError, match=r"unreadable \(over 4 MiB.*remove it to start over"):
+        _guard(tmp_path, "game-1")
+    with pytest.raises(FleetError, match="over 4 MiB"):
+        g.hold(["reward"], 4)
+    assert time.monotonic() - t0 < 2.0

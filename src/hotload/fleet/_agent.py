@@ -2,7 +2,7 @@
 its labels select.
 
 It registers a heartbeat key that expires when the host dies, wakes on the
-fleet's ``wake`` channel (and polls ``gen`` with every heartbeat, in case a
+fleet's ``wake`` channel (coalesced: ``_wake``; it polls ``gen`` at every heartbeat, in case a
 message was lost), acts only on desired states its ``Guard`` accepts (signed
 by the fleet key it trusts, not older than the newest it accepted, for a
 plugin name it takes from the fleet), fetches the named digest's bytes,
@@ -61,6 +61,7 @@ from ._schema import (
     pick,
     selector_text,
 )
+from ._wake import Wakes
 
 if TYPE_CHECKING:
     import redis as redis_mod
@@ -132,6 +133,7 @@ class FleetAgent:
         check_labels({"id": self.id}, "host id")
         self._canaries = Canaries(host, self.id)
         self._releases = ReleaseAgent(self)
+        self._wakes = Wakes(self)
         self.keys = Keys(prefix)
         self.heartbeat = heartbeat
         self.ttl = ttl if ttl is not None else 3 * heartbeat
@@ -228,12 +230,13 @@ class FleetAgent:
                     judging = self._canaries.running() or self._releases.judging()
                     self._dirty = self._dirty or judging  # fresh figures
                 if self._dirty:
-                    self._dirty = False
+                    self._dirty, cpu = False, time.thread_time()
                     self._sync()
+                    self._wakes.synced(time.thread_time() - cpu)
                     # the health of what changed goes out soon (a rollout's bake waits for
                     # it), but at most every SYNC_BEAT s through a storm of changes
                     next_beat = min(next_beat, last_beat + SYNC_BEAT)
-                self._wait(next_beat)
+                self._wakes.wait(next_beat)  # wake-ups coalesced: _wake.py
                 backoff = 0.05
                 if outage_logged:
                     log.warning("fleet agent %s: Redis is back, caught up", self.id)
@@ -362,20 +365,6 @@ class FleetAgent:
                 old.get("pid"),
                 old.get("machine"),
             )
-
-    def _wait(self, until: float) -> None:
-        """Sleep on the wake channel until the next heartbeat, a wake-up or stop.
-        Waiting on a subscribed socket sends no command."""
-        while not self._stop.is_set() and not self._dirty:
-            if self._canaries.changed():  # a verdict: reported at once, not at the next beat
-                self._dirty = True
-                return
-            left = until - time.monotonic()
-            if left <= 0:
-                return
-            msg = self._ps.get_message(timeout=min(left, 0.25))
-            if msg is not None and msg.get("type") == "message":
-                self._dirty = True
 
     # -- converging -----------------------------------------------------------------------
     def _sync(self) -> None:

@@ -22,9 +22,11 @@ A host acts on a desired-state record only when
   by the host id, so one host's release never holds another's plugins; a
   host restarted under the same id keeps its holds, one with a generated id
   (pid and random) starts without.  The file is bounded (``bounded``): the
-  newest ``RELEASE_SLOTS`` release slots and the holds of the ``HOLDERS``
-  hosts with the newest holds, pruned under the lock by whichever process
-  writes, with the same rule in each.
+  newest ``RELEASE_SLOTS`` release slots, the ``PLUGIN_SLOTS`` plugins
+  decided last and the holds of the ``HOLDERS`` hosts with the newest holds,
+  pruned under the lock by whichever process writes, with the same rule in
+  each.  A file over ``MAX_FILE`` bytes, or of another shape than the one
+  written, is refused (``FleetError``: remove it to start over).
 
 ``Host(fleet_insecure=True)`` (``join_fleet(insecure=True)``) turns the key
 and replay checks off, loudly: a WARNING at every start and the host marked
@@ -33,10 +35,10 @@ insecure in ``hotload fleet status``.  The plugin names stay checked.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -77,6 +79,8 @@ HELD = "held:"  # ``held:<host id>:<plugin>``: the rev of the release that switc
 RELEASE = "release:"  # ``release:<id>``: the newest plan of that release a host accepted
 RELEASE_SLOTS = 320  # release slots kept: the 256 plans an agent reads (MAX_PLANS), and more
 HOLDERS = 64  # host ids whose holds are kept (the newest holds; a host's own always)
+PLUGIN_SLOTS = 4096  # plugins' newest decisions kept (the newest signed)
+MAX_FILE = 4 << 20  # bytes: a bigger file of accepted decisions is refused (bounded: far less)
 
 
 class Guard:
@@ -253,12 +257,15 @@ def _holder(slot: str) -> str | None:
 def bounded(newest: dict[str, tuple[int, float]], owner: str) -> dict[str, tuple[int, float]]:
     """``newest`` without the slots no host needs: beyond the newest
     ``RELEASE_SLOTS`` releases (by rev: the plans Redis keeps are the newest,
-    and an agent reads at most ``MAX_PLANS``), the holds of all but the
+    and an agent reads at most ``MAX_PLANS``), beyond the ``PLUGIN_SLOTS``
+    plugins decided last (by the time signed), the holds of all but the
     ``HOLDERS`` hosts with the newest holds (and ``owner``'s), and holds from
     before they were per host.  The same rule in every process: whichever
     writes, the file stays within it."""
     releases = sorted((v, k) for k, v in newest.items() if k.startswith(RELEASE))
     drop = {k for _, k in releases[: max(0, len(releases) - RELEASE_SLOTS)]}
+    plugins = sorted((v[1], v, k) for k, v in newest.items() if not k.startswith((RELEASE, HELD)))
+    drop.update(k for *_, k in plugins[: max(0, len(plugins) - PLUGIN_SLOTS)])
     holders: dict[str, int] = {}
     for k, v in newest.items():
         host = _holder(k) if k.startswith(HELD) else None
@@ -321,13 +328,35 @@ class Accepted:
             return dict(self._newest)
         check_key_file(self.path, private=False, what="file of accepted fleet decisions")
         try:
-            rec = json.loads(self.path.read_text())
+            with self.path.open("rb") as fh:
+                text = fh.read(MAX_FILE + 1)
+            if len(text) > MAX_FILE:
+                raise ValueError(f"over {MAX_FILE >> 20} MiB, which the bounds keep it far under")
+            newest = _slots(json.loads(text))
         except (OSError, ValueError) as exc:
             raise FleetError(f"{self.path}: unreadable ({exc}); remove it to start over") from None
         out = dict(self._newest)
-        newest = rec.get("newest") if isinstance(rec, dict) else None
-        for plugin, seen in (newest or {}).items():
-            with contextlib.suppress(TypeError, ValueError):
-                order = (int(seen[0]), float(seen[1]))
-                out[plugin] = max(order, out.get(plugin, order))
+        for plugin, order in newest.items():
+            out[plugin] = max(order, out.get(plugin, order))
         return out
+
+
+def _slots(rec: Any) -> dict[str, tuple[int, float]]:
+    """The slots of the file's record, checked strictly (``ValueError``
+    saying what is wrong): ``{"fleet": str, "newest": {slot: [rev, signed_at]}}``
+    with a whole rev in 0..2**63 and a finite time."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("newest"), dict):
+        raise ValueError('not an object with an object "newest"')
+    if not isinstance(rec.get("fleet", ""), str):
+        raise ValueError('"fleet" is not a string')
+    out: dict[str, tuple[int, float]] = {}
+    for slot, seen in rec["newest"].items():
+        if not (isinstance(seen, list) and len(seen) == 2):
+            raise ValueError(f"slot {slot[:80]!r} is not [rev, signed_at]")
+        rev, at = seen
+        if not (type(rev) is int and 0 <= rev < 2**63):
+            raise ValueError(f"slot {slot[:80]!r}: rev {str(rev)[:40]} is not a whole rev")
+        if type(at) not in (int, float) or not math.isfinite(at):
+            raise ValueError(f"slot {slot[:80]!r}: signed_at {str(at)[:40]} is not a time")
+        out[slot] = (rev, float(at))
+    return out
