@@ -376,8 +376,8 @@ class Proxy:
         if timeout is None and not garbage:  # killed by a lane call that timed out?
             timeout, hung = inflight.culprit(self, worker, timeout)
             what = hung[0] if hung is not None else what
-        else:
-            hung = None
+        else:  # a hang of lane 0's call is its own only, not the lanes' beside it
+            hung = self.input if timeout is not None else None
         svc = "" if garbage or timeout is not None else worker.svc_garbage  # killed for it
         if not (garbage or svc or timeout is not None or outside) and self._stopped is worker:
             outside = (
