@@ -69,7 +69,7 @@ class Supervisor(Protocol):
     exit_faults: int  # workers that crashed or hung at exit, after their stop
     journal: Journal | None  # where crashes, restarts and stops are recorded
 
-    def take(self, sandbox: bool = True, spares: int = 1) -> Worker: ...
+    def take(self, sandbox: bool = True, spares: int = 1, *, zygote: bool = True) -> Worker: ...
     def later(self, job: Callable[[], None]) -> None: ...
     def rollback(self, name: str, seq: int) -> None: ...
     def forget(self, proxy: Proxy, *, exiting: bool = False) -> None: ...
@@ -503,7 +503,7 @@ class Proxy:
         if delay:
             time.sleep(delay)
         try:
-            worker = self.iso.take(self.opts.sandbox, self.opts.spares)
+            worker = self.iso.take(self.opts.sandbox, self.opts.spares, zygote=self.opts.zygote)
         except HotloadError as exc:
             with self.lock:
                 self._stop("restart failed", str(exc))
