@@ -27,7 +27,7 @@ from hotload._cli import main as cli
 from hotload._process import quarantine
 from hotload._process.quarantine import Quarantine, fingerprint
 
-from conftest import Compile, wait_for
+from conftest import Compile, run_guarded, wait_for
 
 DROPS = r"""
 #include <hotload.h>
@@ -364,3 +364,41 @@ def test_a_bad_quarantine_setting_is_refused(bad: object) -> None:
     loop, so the setting is how many crashes of one input nothing stops."""
     with pytest.raises(ConfigError, match="quarantine must be an integer from 0 to 16"):
         Isolated(quarantine=bad)  # type: ignore[arg-type]
+
+
+STOPPER = r"""
+#include <hotload.h>
+#include <signal.h>
+#include <unistd.h>
+HOTLOAD_PLUGIN("stopper", "1");
+HOTLOAD_API int64_t stopme(int64_t k) { if (k == 7) kill(getpid(), SIGSTOP); return k; }
+HOTLOAD_EXPORT(stopme, int64_t, (int64_t));
+"""
+
+
+@pytest.mark.soak  # ~4 s: the host sees each stop after 1 s
+def test_an_input_that_stops_its_own_worker_is_quarantined(tmp_path: Path, cc: Compile) -> None:
+    """stopme(7) SIGSTOPs its own worker: the host kills the worker after 1 s
+    and reports it stopped.  A stop is an operator's or a debugger's doing as
+    likely as the input's, so the first counts on nobody; the same input in
+    flight at the next stop too counts as a crash, and so does each after it
+    (with ``quarantine=2``: refused after three stops; it never was)."""
+    lib = cc(STOPPER, "stopper")
+    opts = Isolated(sandbox=False, threads=1, quarantine=2, call_timeout=10, max_restarts=20)
+    with Host(tmp_path / "w", preflight=False) as h:
+        p = h.load(lib, isolate=opts)
+        stops = 0
+        for _ in range(6):
+            try:
+                run_guarded(lambda: p.stopme(7), 30, what="the stopping call")
+            except PluginQuarantinedError:
+                break
+            except PluginCrashedError as exc:
+                assert "was stopped" in str(exc), exc
+                stops += 1
+        else:
+            pytest.fail("stopme(7) was never quarantined")
+        assert stops == 3
+        assert p.stopme(8) == 8
+        info = h.current("stopper")
+        assert info is not None and info.quarantined == 1

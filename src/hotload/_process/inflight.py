@@ -80,6 +80,7 @@ class Lanes:
         self.hung: tuple[Worker, Input] | None = None  # a lane call that timed out
         self.checked = 0.0  # when a lane's caller last looked for stray bytes on the socket
         self.dead: Worker | None = None  # the worker whose crash ``last_error`` reports
+        self.stop_fp: Hashable | None = None  # the lone input in flight at the last stop
 
     def attach(self, worker: Worker, reply: Any, exports: int) -> None:
         """The lanes the worker's ``open`` reply offers (``serving``), at most
@@ -279,6 +280,31 @@ def blame(
         fp = fp if fp is not None else fingerprint(fname, args)
         if fp is not None:
             p.quarantine.suspect(fp)
+
+
+def blame_stop(p: Proxy, worker: Worker, err: PluginCrashedError) -> None:
+    """A worker stopped (``SIGSTOP``, a debugger) during a call, for over 1 s,
+    and killed by the host: an operator's doing as likely as the input's, so
+    it counts only when the same lone input was in flight at the version's
+    previous stop too (a plugin that stops its own worker on one input);
+    then as a crash, and each such stop after it."""
+    inputs = ([p.input] if p.input is not None else []) + p.lanes.inputs(worker)
+    fp: Hashable | None = None
+    if len(inputs) == 1:
+        fname, args, fp = inputs[0]
+        fp = fp if fp is not None else fingerprint(fname, args)
+    again, p.lanes.stop_fp = fp is not None and fp == p.lanes.stop_fp, fp
+    if again:
+        suspect = _count(p, err, fname, args, fp, False)
+        if suspect is not None:
+            p._crash_key = suspect  # its stops in a row count once
+        log.warning(
+            "%s v%d: %s%s in flight at two stops of its worker in a row: counted as a crash",
+            p.name,
+            p.seq,
+            fname,
+            preview(args),
+        )
 
 
 def _count(

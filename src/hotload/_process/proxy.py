@@ -448,9 +448,12 @@ class Proxy:
         self.gen += 1
         self.worker = None
         self.lanes.detach()
-        ours = outside or (self.iso.closed and sig == "SIGKILL")  # not the input's doing
-        if not ours and self.live and self.quarantine.limit:
-            inflight.blame(self, worker, err, hung=hung, timeout=timeout is not None)
+        closing = self.iso.closed and sig == "SIGKILL"  # we ended it: not the input's doing
+        if self.live and self.quarantine.limit and not closing:
+            if outside:  # stopped: an operator's as likely as the input's (``blame_stop``)
+                inflight.blame_stop(self, worker, err)
+            else:
+                inflight.blame(self, worker, err, hung=hung, timeout=timeout is not None)
         self._after_crash()
         raise err
 
