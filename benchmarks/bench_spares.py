@@ -11,6 +11,9 @@ buys and costs.
   longer than the pool (each reload finds a spare that said hello);
 - a worker's start to its hello, forked by the zygote against a fresh
   interpreter (``HOTLOAD_ZYGOTE=0``), sandboxed and not;
+- what ``Isolated(zygote=False)`` (fresh workers, no layout shared with
+  other plugins') costs a plugin: its first restart and its back-to-back
+  reloads;
 - the cost: RSS and PSS of one idle spare (every process of its tree: a
   sandboxed spare is a guard, a namespace init and the worker), and of the
   idle zygote.
@@ -54,7 +57,9 @@ def _build(tmp: Path, name: str, source: str) -> Path:
     return out
 
 
-def _first_restart(lib: Path, tmp: Path, *, settled: bool = False) -> list[float]:
+def _first_restart(
+    lib: Path, tmp: Path, *, settled: bool = False, zygote: bool = True
+) -> list[float]:
     """Crash to serving again, in fresh hosts: at once after the load, or
     (``settled``) with the spare ready and the host idle for 0.5 s first:
     the cost of a restart itself (reaping the dead worker's tree, opening
@@ -63,11 +68,11 @@ def _first_restart(lib: Path, tmp: Path, *, settled: bool = False) -> list[float
     tmp.mkdir(parents=True, exist_ok=True)
     for i in range(FRESH_HOSTS):
         with Host(tmp / f"fresh{i}", preflight=False) as h:
-            p = h.load(lib, isolate=True)
+            p = h.load(lib, isolate=Isolated(zygote=zygote))
             if settled:
                 iso = h._swap._isolation  # noqa: SLF001 - waits for the spare
                 assert iso is not None
-                iso.warm(60.0)
+                iso.warm(60.0, zygote=zygote)
                 time.sleep(0.5)
             t0 = now()
             with contextlib.suppress(PluginCrashedError):
@@ -77,14 +82,16 @@ def _first_restart(lib: Path, tmp: Path, *, settled: bool = False) -> list[float
     return out
 
 
-def _back_to_back(lib: Path, tmp: Path, name: str, export: str) -> tuple[list[float], list[float]]:
+def _back_to_back(
+    lib: Path, tmp: Path, name: str, export: str, zygote: bool = True
+) -> tuple[list[float], list[float]]:
     """Reload times back to back, and reload times in bursts of ``POOL``
     (the pool ready before each burst)."""
     with Host(tmp, preflight=False) as h:
-        p = h.load(lib, isolate=Isolated(spares=POOL))
+        p = h.load(lib, isolate=Isolated(spares=POOL, zygote=zygote))
         iso = h._swap._isolation  # noqa: SLF001 - waits for the pool before the bursts
         assert iso is not None
-        iso.warm(60.0)
+        iso.warm(60.0, zygote=zygote)
         straight = []
         for i in range(RELOADS):
             t0 = now()
@@ -95,7 +102,7 @@ def _back_to_back(lib: Path, tmp: Path, name: str, export: str) -> tuple[list[fl
             h.settle(10.0)
         burst = []
         for _ in range(RELOADS // POOL):
-            iso.warm(60.0)
+            iso.warm(60.0, zygote=zygote)
             for _ in range(POOL):
                 t0 = now()
                 h.reload(name)
@@ -163,14 +170,19 @@ def run() -> dict[str, float]:
     lib = _build(tmp, "spared", SRC)
     first: list[float] = []
     settled: list[float] = []
+    alone: list[float] = []
     for k in range(2):  # alternating, so a busy moment of the machine hits both
         first += _first_restart(lib, tmp / f"a{k}")
         settled += _first_restart(lib, tmp / f"b{k}", settled=True)
+        alone += _first_restart(lib, tmp / f"f{k}", zygote=False)
+    r["fresh first p50"], _, _ = percentiles(alone)
     r["first p50"], _, r["first max"] = percentiles(first)
     r["settled p50"], _, _ = percentiles(settled)
     straight, burst = _back_to_back(lib, tmp / "c", "spared", "add")
     r["c p50"], _, r["c p99"] = percentiles(straight)
     r["c burst p50"], _, _ = percentiles(burst)
+    straight, _ = _back_to_back(lib, tmp / "cf", "spared", "add", zygote=False)
+    r["c fresh p50"], _, _ = percentiles(straight)
     if shutil.which("go"):
         from proof_go_unload import build_go
 
@@ -206,6 +218,8 @@ def report(r: dict[str, float]) -> list[str]:
         limit_row("back-to-back isolated reloads, C p50", r["c p50"], "ms", 20.0, "<="),
         row("back-to-back isolated reloads, C p99", r["c p99"], "ms"),
         row(f"isolated reloads, C, bursts of {POOL} (pool ready) p50", r["c burst p50"], "ms"),
+        row("first restart after load, zygote=False p50", r["fresh first p50"], "ms"),
+        row("back-to-back reloads, C, zygote=False p50", r["c fresh p50"], "ms"),
     ]
     if "no go" in r:
         out.append(text_row("back-to-back isolated reloads, Go", "no Go toolchain here"))

@@ -60,6 +60,13 @@ HOTLOAD_API int64_t drop(int64_t player)
     return player * 2;
 }
 HOTLOAD_EXPORT(drop, int64_t, (int64_t));
+/* a string argument: a call on the channel (lane 0) only; "poison" never returns */
+HOTLOAD_API int64_t hang_s(const char *s)
+{
+    if (!strcmp(s, "poison")) for (;;) usleep(1000);
+    return (int64_t)strlen(s);
+}
+HOTLOAD_EXPORT(hang_s, int64_t, (const char *));
 /* the thread serving this call ends: the process lives on, the call never returns */
 HOTLOAD_API int64_t vanish(void) { pthread_exit(NULL); return 0; }
 HOTLOAD_EXPORT(vanish, int64_t, (void));
@@ -287,16 +294,19 @@ def test_a_plugin_scribbling_over_another_lane_is_garbage(tmp_path: Path, lanes:
         wait_for(lambda: run_guarded(lambda: p.add(5, 5), 30) == 10, what="the restart")
 
 
+@pytest.mark.parametrize("limit", [1, 2])
 def test_a_poison_input_beside_innocent_ones_is_quarantined_alone(
-    tmp_path: Path, lanes: Path
+    tmp_path: Path, lanes: Path, limit: int
 ) -> None:
     """drop(1337) crashes the worker while three threads call drop() with
     inputs of their own (30 ms each: in flight at every crash): every input
-    in flight is suspected once, each suspect's next call runs alone, so
-    1337 is quarantined after its lone crash and the innocent inputs, which
-    return alone, never are (run beside it, they were quarantined with it)."""
+    in flight is suspected, with no failure counted, each suspect's next call
+    runs alone, so 1337 is quarantined after its lone crashes and the innocent
+    inputs, which return alone, never are (run beside it, they were quarantined
+    with it; with ``quarantine=1`` at its first crash, when each input in flight
+    counted one failure)."""
     with Host(tmp_path / "w", preflight=False) as h:
-        p = h.load(lanes, isolate=Isolated(sandbox=False, threads=4, quarantine=2))
+        p = h.load(lanes, isolate=Isolated(sandbox=False, threads=4, quarantine=limit))
         stop = threading.Event()
         refused: list[int] = []
         served = [0, 0, 0]
@@ -328,11 +338,56 @@ def test_a_poison_input_beside_innocent_ones_is_quarantined_alone(
         stop.set()
         for t in ts:
             t.join(30)
-        assert 2 <= crashes <= 3, crashes  # quarantine=2, one more at most for a shared crash
+        assert limit <= crashes <= limit + 1, crashes  # one more at most for a shared crash
         assert not refused, refused
         info = h.current("lanes")
         assert info is not None and info.quarantined == 1
         assert run_guarded(lambda: p.drop(7), 30) == 14
+
+
+def test_a_hang_on_the_channel_is_blamed_on_its_call_only(tmp_path: Path, lanes: Path) -> None:
+    """hang_s("poison") (a string: lane 0) never returns while three threads
+    call drop() on lanes: its timeout kills the worker and fails them all, but
+    the hang is that call's only (``quarantine=1``: it is refused on its next
+    call, the innocent inputs never are; each input in flight was counted a
+    hang and quarantined with it)."""
+    opts = Isolated(sandbox=False, threads=4, quarantine=1, call_timeout=0.5)
+    with Host(tmp_path / "w", preflight=False) as h:
+        p = h.load(lanes, isolate=opts)
+        stop = threading.Event()
+        refused: list[int] = []
+        served = [0, 0, 0]
+
+        def innocent(i: int) -> None:
+            while not stop.is_set():
+                try:
+                    assert p.drop(i + 1) == 2 * (i + 1)
+                    served[i] += 1
+                except PluginQuarantinedError:
+                    refused.append(i + 1)
+                except PluginCrashedError:
+                    pass
+
+        ts = [threading.Thread(target=innocent, args=(i,), daemon=True) for i in range(3)]
+        for t in ts:
+            t.start()
+        wait_for(lambda: all(served), what="the innocent calls to run")
+        with pytest.raises(PluginTimeoutError):
+            run_guarded(lambda: p.hang_s("poison"), 30, what="the hanging call")
+        before = list(served)
+        wait_for(
+            lambda: all(a > b for a, b in zip(served, before, strict=True)),
+            what="the innocents again",
+        )
+        stop.set()
+        for t in ts:
+            t.join(30)
+        assert not refused, refused
+        with pytest.raises(PluginQuarantinedError, match="1 hang"):
+            p.hang_s("poison")
+        info = h.current("lanes")
+        assert info is not None and info.quarantined == 1
+        assert p.hang_s("fine") == 4
 
 
 ASKER = r"""

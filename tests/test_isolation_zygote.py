@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from hotload import Host, Isolated
+from hotload._errors import ConfigError
 from hotload._process import zygote as zyg
 from hotload._process.isolation import Isolation
 from hotload._process.pool import Spawner
@@ -365,3 +366,69 @@ def test_a_forked_worker_gets_the_hosts_environment_of_now(
         ready(h, 1, False)
         h.reload("zyg")
         assert p.env_len(0) == len("Europe/Paris") and p.env_len(1) == -1
+
+
+LAYOUT = r"""
+#include <hotload.h>
+#include <stdint.h>
+#include <stdio.h>
+HOTLOAD_PLUGIN("NAME", "1");
+/* the stack protector's canary: the thread's, at %fs:0x28 on x86-64 */
+HOTLOAD_API uint64_t canary(void)
+{
+#if defined(__x86_64__)
+    uint64_t v;
+    __asm__("mov %%fs:0x28, %0" : "=r"(v));
+    return v;
+#else
+    return 0;
+#endif
+}
+HOTLOAD_EXPORT(canary, uint64_t, (void));
+HOTLOAD_API uint64_t libc_at(void) { return (uint64_t)(uintptr_t)&printf; }
+HOTLOAD_EXPORT(libc_at, uint64_t, (void));
+"""
+
+
+def _aslr() -> bool:
+    try:
+        return Path("/proc/sys/kernel/randomize_va_space").read_text().strip() != "0"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _aslr(), reason="address space layout randomisation is off here")
+@pytest.mark.parametrize("sandbox", [False, True], ids=["plain", "sandboxed"])
+def test_a_plugin_can_start_its_workers_fresh(tmp_path: Path, cc: Compile, sandbox: bool) -> None:
+    """Workers forked by one zygote share its address layout and its stack
+    canary (a fork cannot renew them without an exec): two plugins' workers
+    have the same libc address and canary.  ``Isolated(zygote=False)``
+    starts a plugin's workers, its spares and its restarts as fresh
+    interpreters, which share neither with anyone."""
+    with pytest.raises(ConfigError, match="zygote must be True or False"):
+        Isolated(zygote=0)  # type: ignore[arg-type]
+    libs = {n: cc(LAYOUT.replace("NAME", n), n) for n in ("one", "two", "alone")}
+    opts = Isolated(sandbox=sandbox, call_timeout=30, max_restarts=10)
+    fresh = Isolated(sandbox=sandbox, call_timeout=30, max_restarts=10, zygote=False)
+    x86 = os.uname().machine == "x86_64"
+    with Host(tmp_path / "w", preflight=False) as h:
+        one, two = h.load(libs["one"], isolate=opts), h.load(libs["two"], isolate=opts)
+        alone = h.load(libs["alone"], isolate=fresh)
+        if zyg.wanted():  # the trade the zygote makes (isolation.md, "The zygote")
+            assert one.libc_at() == two.libc_at()
+            assert not x86 or one.canary() == two.canary()
+        seen = {alone.libc_at()}
+        assert one.libc_at() not in seen and (not x86 or alone.canary() != one.canary())
+        spares = wait_for(lambda: iso(h).spares(sandbox, zygote=False), 60.0, "its spare")
+        assert not any(isinstance(w.popen, zyg.Sibling) for w in spares)  # fresh, not forked
+        alone_pid = h.current("alone").pid  # type: ignore[union-attr]
+        os.kill(alone_pid, signal.SIGKILL)  # a restart takes its own spare: fresh too
+        seen.add(wait_for(lambda: _retry(alone.libc_at), 60.0, "the restart"))
+        assert len(seen) == 2 and one.libc_at() not in seen
+
+
+def _retry(call):  # type: ignore[no-untyped-def]
+    try:
+        return call()
+    except Exception:  # noqa: BLE001 - the crash of the killed worker, then the restart
+        return None

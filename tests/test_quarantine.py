@@ -27,7 +27,7 @@ from hotload._cli import main as cli
 from hotload._process import quarantine
 from hotload._process.quarantine import Quarantine, fingerprint
 
-from conftest import Compile, wait_for
+from conftest import Compile, run_guarded, wait_for
 
 DROPS = r"""
 #include <hotload.h>
@@ -61,8 +61,9 @@ def test_one_bad_input_is_quarantined_and_every_other_input_is_served(
     tmp_path: Path, drops
 ) -> None:  # type: ignore[no-untyped-def]
     """The issue's case: 1 call in 2,000 carries the bad player id, on one
-    of two calling threads.  It crashes the worker twice, then is refused
-    without reaching it; the other inputs keep being served (a call queued
+    of two calling threads.  It crashes the worker twice on its own (a crash
+    beside the other thread's call, on a lane, is nobody's: one more at
+    most), then is refused without reaching it; the other inputs keep being served (a call queued
     behind a crash, or in flight beside it on a lane, fails with it, nothing
     more), and the plugin never stops."""
     with Host(tmp_path / "w", preflight=False) as host:
@@ -77,7 +78,7 @@ def test_one_bad_input_is_quarantined_and_every_other_input_is_served(
         lock = threading.Lock()
 
         def player(offset: int) -> None:
-            for i in range(6_000):
+            for i in range(8_000):
                 who = 1337 if offset == 100_000 and i % 2_000 == 1_999 else offset + i
                 try:
                     assert p.drop_rate(who) == who % 100
@@ -98,12 +99,14 @@ def test_one_bad_input_is_quarantined_and_every_other_input_is_served(
             t.join(120)
         info = host.current("drops")
         assert info is not None
-        assert outcome["bad"] == [1337, 1337] and outcome["refused"] == [1337]
+        crashes = len(outcome["bad"])
+        assert outcome["bad"] == [1337] * crashes and 2 <= crashes <= 3, outcome["bad"]
+        assert outcome["refused"] == [1337] * (4 - crashes)
         others = len(outcome["collateral"]) + len(outcome["in flight"])
-        assert others <= 2  # a call that waited behind a crash, or ran beside it
-        assert len(outcome["ok"]) == 12_000 - 3 - others
+        assert others <= crashes  # a call that waited behind a crash, or ran beside it
+        assert len(outcome["ok"]) == 16_000 - 4 - others
         assert (str(info.state), info.worker, info.quarantined) == ("active", "running", 1)
-        assert info.restarts == 2
+        assert info.restarts == crashes
         with pytest.raises(
             PluginQuarantinedError,
             match=r"drop_rate\(1337\): 2 crashes of its worker in a row, and it never returned",
@@ -118,8 +121,9 @@ def test_one_bad_input_is_quarantined_and_every_other_input_is_served(
         assert snap["quarantined"] == 1
         errors = snap["exports"]["drop_rate"]["errors"]
         # the two real crashes (and a call in flight in them); what was refused did not crash
-        assert errors["crash"] == 2 + len(outcome["in flight"])
-        assert errors["stopped"] == 2 + len(outcome["collateral"])
+        assert errors["crash"] == crashes + len(outcome["in flight"])
+        collateral = len(outcome["collateral"])
+        assert collateral <= errors["stopped"] <= crashes + collateral
 
         host.reload("drops")  # a new version: its quarantine starts empty
         with pytest.raises(PluginCrashedError) as again:
@@ -360,3 +364,41 @@ def test_a_bad_quarantine_setting_is_refused(bad: object) -> None:
     loop, so the setting is how many crashes of one input nothing stops."""
     with pytest.raises(ConfigError, match="quarantine must be an integer from 0 to 16"):
         Isolated(quarantine=bad)  # type: ignore[arg-type]
+
+
+STOPPER = r"""
+#include <hotload.h>
+#include <signal.h>
+#include <unistd.h>
+HOTLOAD_PLUGIN("stopper", "1");
+HOTLOAD_API int64_t stopme(int64_t k) { if (k == 7) kill(getpid(), SIGSTOP); return k; }
+HOTLOAD_EXPORT(stopme, int64_t, (int64_t));
+"""
+
+
+@pytest.mark.soak  # ~4 s: the host sees each stop after 1 s
+def test_an_input_that_stops_its_own_worker_is_quarantined(tmp_path: Path, cc: Compile) -> None:
+    """stopme(7) SIGSTOPs its own worker: the host kills the worker after 1 s
+    and reports it stopped.  A stop is an operator's or a debugger's doing as
+    likely as the input's, so the first counts on nobody; the same input in
+    flight at the next stop too counts as a crash, and so does each after it
+    (with ``quarantine=2``: refused after three stops; it never was)."""
+    lib = cc(STOPPER, "stopper")
+    opts = Isolated(sandbox=False, threads=1, quarantine=2, call_timeout=10, max_restarts=20)
+    with Host(tmp_path / "w", preflight=False) as h:
+        p = h.load(lib, isolate=opts)
+        stops = 0
+        for _ in range(6):
+            try:
+                run_guarded(lambda: p.stopme(7), 30, what="the stopping call")
+            except PluginQuarantinedError:
+                break
+            except PluginCrashedError as exc:
+                assert "was stopped" in str(exc), exc
+                stops += 1
+        else:
+            pytest.fail("stopme(7) was never quarantined")
+        assert stops == 3
+        assert p.stopme(8) == 8
+        info = h.current("stopper")
+        assert info is not None and info.quarantined == 1

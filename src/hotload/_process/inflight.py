@@ -19,12 +19,14 @@ that outlives ``call_timeout`` kills the worker at once, outside the lock
 
 Blame (``blame``): a crash with one call in flight is that input's, as
 before.  With several, no one can tell whose it was, so each distinct input
-in flight counts one failure and becomes a suspect; a suspect's next call
-runs *alone* (``alone``: no lane call starts, and the ones in flight finish
-first), so its next crash is its own.  An input that keeps crashing is
-quarantined after one more crash than it would be alone at most; an innocent
-one returns from its lone call and is cleared.  A hang is blamed on the call
-that timed out only.
+in flight becomes a suspect *without* a failure counted (``Quarantine.suspect``:
+with ``quarantine=1`` a count quarantined every innocent input in flight); a
+suspect's next call runs *alone* (``alone``: no lane call starts, and the ones
+in flight finish first), so its next crash is its own and counts.  An input
+that keeps crashing is quarantined after one more crash than it would be alone
+at most; an innocent one returns from its lone call and is cleared.  A hang is
+blamed on the call that timed out only: a lane call's (``culprit``) or lane
+0's (the proxy's ``input``), never the lane calls in flight beside it.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class Lanes:
         self.hung: tuple[Worker, Input] | None = None  # a lane call that timed out
         self.checked = 0.0  # when a lane's caller last looked for stray bytes on the socket
         self.dead: Worker | None = None  # the worker whose crash ``last_error`` reports
+        self.stop_fp: Hashable | None = None  # the lone input in flight at the last stop
 
     def attach(self, worker: Worker, reply: Any, exports: int) -> None:
         """The lanes the worker's ``open`` reply offers (``serving``), at most
@@ -260,10 +263,11 @@ def blame(
     p: Proxy, worker: Worker, err: PluginCrashedError, *, hung: Input | None, timeout: bool
 ) -> None:
     """Count the crash on the inputs in flight (the module's docstring):
-    one input, as before; several, one failure each (no crash-loop key: the
-    crash counts on its own); a hang, the input that timed out only."""
-    if hung is not None:
-        inputs = [hung]
+    one input, as before; several, a suspect each and no failure counted (no
+    crash-loop key: the crash counts on its own); a hang, the input that
+    timed out only (none: a hook's, or a call the host cannot name)."""
+    if timeout:
+        inputs = [hung] if hung is not None else []
     else:
         inputs = ([p.input] if p.input is not None else []) + p.lanes.inputs(worker)
     if len(inputs) == 1:
@@ -272,12 +276,35 @@ def blame(
         if suspect is not None:
             p._crash_key = suspect  # its crashes in a row count once
         return
-    seen: set[Hashable] = set()
     for fname, args, fp in inputs:
         fp = fp if fp is not None else fingerprint(fname, args)
-        if fp is not None and fp not in seen:
-            seen.add(fp)
-            _count(p, err, fname, args, fp, timeout)
+        if fp is not None:
+            p.quarantine.suspect(fp)
+
+
+def blame_stop(p: Proxy, worker: Worker, err: PluginCrashedError) -> None:
+    """A worker stopped (``SIGSTOP``, a debugger) during a call, for over 1 s,
+    and killed by the host: an operator's doing as likely as the input's, so
+    it counts only when the same lone input was in flight at the version's
+    previous stop too (a plugin that stops its own worker on one input);
+    then as a crash, and each such stop after it."""
+    inputs = ([p.input] if p.input is not None else []) + p.lanes.inputs(worker)
+    fp: Hashable | None = None
+    if len(inputs) == 1:
+        fname, args, fp = inputs[0]
+        fp = fp if fp is not None else fingerprint(fname, args)
+    again, p.lanes.stop_fp = fp is not None and fp == p.lanes.stop_fp, fp
+    if again:
+        suspect = _count(p, err, fname, args, fp, False)
+        if suspect is not None:
+            p._crash_key = suspect  # its stops in a row count once
+        log.warning(
+            "%s v%d: %s%s in flight at two stops of its worker in a row: counted as a crash",
+            p.name,
+            p.seq,
+            fname,
+            preview(args),
+        )
 
 
 def _count(

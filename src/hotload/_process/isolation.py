@@ -62,7 +62,9 @@ class Isolation:
         self._on_rollback = on_rollback
         self.journal = journal  # crashes, restarts and stops of live versions go there
         self.shm = shm_supported()
-        self._spawners: dict[bool, Spawner] = {}  # sandboxed or not -> its spawner, made on use
+        # (sandboxed, forked by a zygote) -> its spawner, made on use; ``Isolated(zygote=False)``
+        # plugins have their own pool of fresh interpreters
+        self._spawners: dict[tuple[bool, bool], Spawner] = {}
         self._fallback_said = False
         self._lock = threading.Lock()
         self._proxies: list[Proxy] = []
@@ -77,41 +79,44 @@ class Isolation:
         self._thread.start()
 
     # -- workers --------------------------------------------------------------
-    def _spawner(self, sandbox: bool) -> Spawner:
+    def _spawner(self, sandbox: bool, zygote: bool = True) -> Spawner:
         with self._lock:
-            spawner = self._spawners.get(sandbox)
+            spawner = self._spawners.get((sandbox, zygote))
             if spawner is None:
                 spawner = Spawner(
-                    "isolated", shm=self.shm, services=True, sandbox=sandbox, size=0, zygote=True
+                    "isolated", shm=self.shm, services=True, sandbox=sandbox, size=0, zygote=zygote
                 )
-                self._spawners[sandbox] = spawner
+                self._spawners[sandbox, zygote] = spawner
             return spawner
 
-    def warm(self, timeout: float = 10.0, *, sandbox: bool = True) -> bool:
+    def warm(self, timeout: float = 10.0, *, sandbox: bool = True, zygote: bool = True) -> bool:
         """Wait until the spare workers are ready (True), e.g. before timing a reload."""
-        return self._spawner(sandbox).warm(timeout)
+        return self._spawner(sandbox, zygote).warm(timeout)
 
-    def spares(self, sandbox: bool = True) -> list[Worker]:
+    def spares(self, sandbox: bool = True, zygote: bool = True) -> list[Worker]:
         """The spare workers of that kind now (started, ready or not)."""
-        return self._spawner(sandbox).spares()
+        return self._spawner(sandbox, zygote).spares()
 
     def zygote_pid(self, sandbox: bool = True) -> int:
         """The pid of that kind's worker zygote, 0 when none runs (tests)."""
         z = self._spawner(sandbox).zygote
         return z.pid if z is not None and z.running() else 0
 
-    def take(self, sandbox: bool = True, spares: int = 1, *, backed: bool = False) -> Worker:
+    def take(
+        self, sandbox: bool = True, spares: int = 1, *, backed: bool = False, zygote: bool = True
+    ) -> Worker:
         """A ready worker (sandboxed or not): a spare from the pool if one is
         alive, else a new one, started side by side with the spares that
         replace it (the pool keeps ``spares``, or more if another loaded
         plugin of that kind asks for more).  ``backed`` (a load or a reload):
         a worker started on demand is returned once a spare started with it
         is ready too, so the version's first crash finds one (a restart does
-        not wait: it serves as soon as it can)."""
-        spawner = self._spawner(sandbox)
+        not wait: it serves as soon as it can).  ``zygote=False``: a fresh
+        interpreter, from a pool of its own (``Isolated(zygote=False)``)."""
+        spawner = self._spawner(sandbox, zygote)
         self._churn = True
         with self._lock:
-            size = max(spares, self._wanted(sandbox))
+            size = max(spares, self._wanted(sandbox, zygote))
         spawner.resize(size)
         for attempt in (1, 2):
             try:
@@ -139,15 +144,20 @@ class Isolation:
             )
         return worker
 
-    def _wanted(self, sandbox: bool) -> int:
+    def _wanted(self, sandbox: bool, zygote: bool) -> int:
         """The pool size the loaded plugins of that kind ask for (the lock is held)."""
-        return max((p.opts.spares for p in self._proxies if p.opts.sandbox == sandbox), default=0)
+        mine = (
+            p.opts.spares
+            for p in self._proxies
+            if (p.opts.sandbox, p.opts.zygote) == (sandbox, zygote)
+        )
+        return max(mine, default=0)
 
-    def _resize(self, sandbox: bool) -> None:
+    def _resize(self, sandbox: bool, zygote: bool) -> None:
         """Fit the pool to the plugins loaded now: none left, no spares."""
         with self._lock:
-            spawner = self._spawners.get(sandbox)
-            size = self._wanted(sandbox)
+            spawner = self._spawners.get((sandbox, zygote))
+            size = self._wanted(sandbox, zygote)
         if spawner is not None and size < spawner.size:
             spawner.resize(size)
 
@@ -191,10 +201,12 @@ class Isolation:
             "typed": bool(desc and desc.state),  # HOTLOAD_STATE: live once its state is in
         }
         try:
-            proxy.start(self.take(opts.sandbox, opts.spares, backed=True))
+            proxy.start(self.take(opts.sandbox, opts.spares, backed=True, zygote=opts.zygote))
         except BaseException:
             staged.discard()
-            self._resize(opts.sandbox)  # the spares it asked for, if no other plugin wants them
+            self._resize(
+                opts.sandbox, opts.zygote
+            )  # the spares it asked for, if no other plugin wants them
             raise
         if binding is not None:
             binding.track()  # its imports are in use until the image is released (detach)
@@ -232,7 +244,9 @@ class Isolation:
             elif proxy in self._exiting:
                 self._exiting.remove(proxy)
         self._churn = True
-        self._resize(proxy.opts.sandbox)  # the last of its kind unloaded: its spares go
+        self._resize(
+            proxy.opts.sandbox, proxy.opts.zygote
+        )  # the last of its kind unloaded: its spares go
 
     def later(self, job: Callable[[], None]) -> None:
         self._jobs.append(job)

@@ -60,7 +60,12 @@ class Isolated:
     ``threads``: how many calls of numbers the worker serves at once, each in a
     thread of its own (1 to ``MAX_THREADS``; 1: one call at a time, calls from
     several threads queue).  Calls from several host threads then run in the
-    plugin at once, as they do in process: the plugin must be thread-safe."""
+    plugin at once, as they do in process: the plugin must be thread-safe.
+    ``zygote``: False starts this plugin's workers (and its spares) as fresh
+    interpreters, not forks of the kind's zygote, so they share no address
+    layout, stack canary or hash secret with other plugins' workers (a plugin
+    that parses hostile input; each start costs a fresh interpreter's time).
+    ``HOTLOAD_ZYGOTE=0`` does that for every plugin."""
 
     on_crash: str = "restart"
     call_timeout: float | None = None
@@ -71,6 +76,7 @@ class Isolated:
     spares: int = 1
     quarantine: int = 2
     threads: int = 4
+    zygote: bool = True
 
     def __post_init__(self) -> None:
         if self.on_crash not in ON_CRASH:
@@ -97,6 +103,8 @@ class Isolated:
                 f"spares must be an integer from 0 to {MAX_SPARES} (idle workers kept ready), "
                 f"not {self.spares!r}"
             )
+        if not isinstance(self.zygote, bool):
+            raise ConfigError(f"zygote must be True or False, not {self.zygote!r}")
         if not _is_int(self.threads) or not 1 <= self.threads <= MAX_THREADS:
             raise ConfigError(
                 f"threads must be an integer from 1 to {MAX_THREADS} (calls one worker serves "

@@ -69,7 +69,7 @@ class Supervisor(Protocol):
     exit_faults: int  # workers that crashed or hung at exit, after their stop
     journal: Journal | None  # where crashes, restarts and stops are recorded
 
-    def take(self, sandbox: bool = True, spares: int = 1) -> Worker: ...
+    def take(self, sandbox: bool = True, spares: int = 1, *, zygote: bool = True) -> Worker: ...
     def later(self, job: Callable[[], None]) -> None: ...
     def rollback(self, name: str, seq: int) -> None: ...
     def forget(self, proxy: Proxy, *, exiting: bool = False) -> None: ...
@@ -376,8 +376,8 @@ class Proxy:
         if timeout is None and not garbage:  # killed by a lane call that timed out?
             timeout, hung = inflight.culprit(self, worker, timeout)
             what = hung[0] if hung is not None else what
-        else:
-            hung = None
+        else:  # a hang of lane 0's call is its own only, not the lanes' beside it
+            hung = self.input if timeout is not None else None
         svc = "" if garbage or timeout is not None else worker.svc_garbage  # killed for it
         if not (garbage or svc or timeout is not None or outside) and self._stopped is worker:
             outside = (
@@ -448,9 +448,12 @@ class Proxy:
         self.gen += 1
         self.worker = None
         self.lanes.detach()
-        ours = outside or (self.iso.closed and sig == "SIGKILL")  # not the input's doing
-        if not ours and self.live and self.quarantine.limit:
-            inflight.blame(self, worker, err, hung=hung, timeout=timeout is not None)
+        closing = self.iso.closed and sig == "SIGKILL"  # we ended it: not the input's doing
+        if self.live and self.quarantine.limit and not closing:
+            if outside:  # stopped: an operator's as likely as the input's (``blame_stop``)
+                inflight.blame_stop(self, worker, err)
+            else:
+                inflight.blame(self, worker, err, hung=hung, timeout=timeout is not None)
         self._after_crash()
         raise err
 
@@ -503,7 +506,7 @@ class Proxy:
         if delay:
             time.sleep(delay)
         try:
-            worker = self.iso.take(self.opts.sandbox, self.opts.spares)
+            worker = self.iso.take(self.opts.sandbox, self.opts.spares, zygote=self.opts.zygote)
         except HotloadError as exc:
             with self.lock:
                 self._stop("restart failed", str(exc))

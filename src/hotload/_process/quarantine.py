@@ -160,6 +160,17 @@ class Quarantine:
         self.suspects[fp] = s
         return "suspect", s
 
+    def suspect(self, fp: Hashable) -> None:
+        """``fp`` was in flight with others at a crash: nobody can tell whose it
+        was, so it is suspected (its next call runs alone) without a failure
+        counted (with ``limit`` 1, counting it refused every innocent input in
+        flight); a suspect already counted keeps its count."""
+        if not self.limit or fp in self.suspects or fp in self.refused:
+            return
+        if len(self.suspects) >= MAX_KEPT:
+            del self.suspects[next(iter(self.suspects))]  # the one suspected longest ago
+        self.suspects[fp] = Suspect()
+
     def returned(self, fp: Hashable) -> None:
         """``fp`` ran to its end: not a poison input (its crashes were someone else's)."""
         self.suspects.pop(fp, None)
