@@ -30,7 +30,9 @@ plan cannot be replayed as planned), and for each:
   since the switch against the version it replaced, over that one's life on
   this host, the pre-release baseline): a regression rolls the release back
   here at once and reports ``aborted`` with the verdict; else ``switched``
-  with ``verdict: passed`` after the bake.
+  with ``verdict: passed`` after the bake.  A canary host that did not stage
+  it before ``at`` (it restarted or joined in the bake) is not judged: it
+  takes the plan late only after ``at + bake``, as the other hosts do.
 - *aborted* (a canary plan, between ``at`` and ``at + bake``): a canary host
   rolls the release back (``Release.rollback``) and reports ``reverted``; a
   host that had it staged cancels it and reports ``cancelled``; a host that
@@ -202,7 +204,7 @@ class ReleaseAgent:
             t
             for p in self._plans
             if p.state == "planned" and p.id not in self._staged
-            for t in (p.time_for(self.a.labels),)
+            for t in (_late_time(p, self.a.labels, now),)
             if t > now
         ]
         if coming:
@@ -248,6 +250,8 @@ class ReleaseAgent:
             return
         at = plan.time_for(self.a.labels)  # a canary plan's other hosts: after the bake
         if time.time() >= at:  # after its time: ``converge`` joined it with what came since
+            if time.time() < plan.last:  # a canary host that did not stage it: unjudged,
+                return  # it takes it as the others do, once the bake passed (or never)
             self._late(plan, newest, revs)
             return
         if self._failed.get(plan.id) == plan.rev:
@@ -463,7 +467,7 @@ class ReleaseAgent:
         for plan in self._plans:  # oldest first: a newer plan's plugins overwrite
             if plan.state != "planned" or plan.id in self._staged:
                 continue
-            if now < plan.time_for(self.a.labels):
+            if now < plan.last:  # a canary plan: only once its bake passed (R8)
                 continue
             group = Group(plan.id, tuple(plan.names))
             for name, digest in plan.builds:
@@ -608,6 +612,14 @@ class _Refused(FleetError):
         super().__init__(why)
         self.plugin = plugin
         self.retry = retry  # the host may take it later (its application loads it)
+
+
+def _late_time(plan: Plan, labels: dict[str, str], now: float) -> float:
+    """When a host that did not stage ``plan`` acts on it: its time, or, past
+    it, the end of the bake (a canary host that missed its time is not judged:
+    it takes the release late as the other hosts do, once the bake passed)."""
+    t = plan.time_for(labels)
+    return t if t > now else plan.last
 
 
 def _joined(groups: dict[str, dict[str, tuple[Rule, int]]]) -> list[list[str]]:

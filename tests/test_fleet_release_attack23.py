@@ -1,0 +1,86 @@
+"""Issue 23's fourth attack on fleet releases (R8, R2, R7): a canary host
+that (re)starts during the bake, a cancel while a host is still staging,
+and a newer decision for other hosts blocking a late host.  In-process
+hosts and agents on a real redis-server; signed plans written as a
+controller writes them."""
+
+# ruff: noqa: F811  (the fixtures imported from test_fleet are parameters here)
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import pytest
+from redis import Redis
+
+from hotload.fleet._release_plan import Plan, releases_key, sign
+from hotload.fleet._schema import Keys, new_id
+from test_fleet import Cluster, RedisServer, cluster, fleet_key, redis_server  # noqa: F401
+from test_fleet_release import gens, publish, reports  # noqa: F401  (fixtures)
+from test_fleet_release_group import gen_of
+
+from conftest import wait_for
+
+KEYS = Keys("hotload:")
+
+
+def _canary_plan(url: str, key: Any, digests: dict[str, str], bake: float) -> tuple[Redis, Plan]:
+    """A canary plan whose canaries switched a second ago (its bake running)."""
+    r = Redis.from_url(url)
+    now = time.time()
+    rev = max(int(r.get("hotload:gen") or 0) + 1, int(now * 1000))
+    at = now - 1.0
+    plan = sign(key, Plan(new_id(), rev, tuple(digests.items()), at, at - 1.0, {},
+                          canary={"match": {"role": "canary"}, "bake": bake}))  # fmt: skip
+    r.hset(releases_key(KEYS), plan.id, plan.record())
+    r.set("hotload:gen", rev)
+    return r, plan
+
+
+def _start_canary(cluster: Cluster, one: dict[str, Any]) -> None:
+    def setup(h: Any) -> None:
+        h.load(one["drops"])
+        h.load(one["reward"])
+
+    cluster.add("c", {"role": "canary"}, setup=setup)
+
+
+def test_a_canary_host_starting_in_the_bake_waits_and_keeps_nothing_aborted(
+    cluster: Cluster, redis_server: RedisServer, gens: Any, fleet_key: Any
+) -> None:
+    """R8. Before: c took the canary plan as a late decision, unjudged, and
+    kept (2, 2) after the abort, reporting ``cancelled``."""
+    one = gens(1)
+    r, plan = _canary_plan(redis_server.url, fleet_key, publish(redis_server.url, gens(2)), 30.0)
+    _start_canary(cluster, one)
+    wait_for(lambda: "c" in cluster.hosts, what="c joined")
+    time.sleep(1.0)  # its agent synced (a host joins with one): nothing taken in the bake
+    assert gen_of(cluster.hosts["c"]) == (1, 1)
+    aborted = sign(fleet_key, dataclasses.replace(plan, rev=plan.rev + 5, state="aborted",
+                                                  reason="canary b regressed"))  # fmt: skip
+    r.hset(releases_key(KEYS), plan.id, aborted.record())
+    r.set("hotload:gen", plan.rev + 5)
+    r.publish("hotload:wake", "x")
+    wait_for(lambda: reports(redis_server.url, plan.id).get("c"), what="c's report")
+    time.sleep(0.3)
+    assert gen_of(cluster.hosts["c"]) == (1, 1)
+    assert reports(redis_server.url, plan.id)["c"]["state"] == "cancelled"
+
+
+@pytest.mark.soak  # ~4 s: a bake to wait out
+def test_a_canary_host_starting_in_the_bake_takes_it_once_the_bake_passed(
+    cluster: Cluster, redis_server: RedisServer, gens: Any, fleet_key: Any
+) -> None:
+    """R8: the late canary host switches with the other hosts, at the bake's end."""
+    one = gens(1)
+    _, plan = _canary_plan(redis_server.url, fleet_key, publish(redis_server.url, gens(2)), 3.0)
+    _start_canary(cluster, one)
+    wait_for(lambda: "c" in cluster.hosts, what="c joined")
+    time.sleep(0.8)
+    assert gen_of(cluster.hosts["c"]) == (1, 1)
+    assert time.time() < plan.last
+    wait_for(lambda: gen_of(cluster.hosts["c"]) == (2, 2), timeout=10, what="c after the bake")
+    assert time.time() >= plan.last
+    rep = wait_for(lambda: reports(redis_server.url, plan.id).get("c"), what="c's report")
+    assert rep["state"] == "switched" and rep.get("late"), rep
