@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 from redis import Redis
 
+from hotload.fleet import Fleet
+from hotload.fleet._release_ctl import ReleaseController
 from hotload.fleet._release_plan import Plan, releases_key, sign
 from hotload.fleet._schema import Keys, new_id
 from test_fleet import Cluster, RedisServer, cluster, fleet_key, redis_server  # noqa: F401
 from test_fleet_release import gens, publish, reports  # noqa: F401  (fixtures)
-from test_fleet_release_group import gen_of
+from test_fleet_release_group import gen_of, player
 
 from conftest import wait_for
 
@@ -84,3 +86,41 @@ def test_a_canary_host_starting_in_the_bake_takes_it_once_the_bake_passed(
     assert time.time() >= plan.last
     rep = wait_for(lambda: reports(redis_server.url, plan.id).get("c"), what="c's report")
     assert rep["state"] == "switched" and rep.get("late"), rep
+
+
+@pytest.mark.soak  # ~4 s each: a release's lead
+@pytest.mark.parametrize("done_at", [-0.03, 0.3])  # staging ends this long after the time
+def test_a_cancel_while_a_host_is_staging_waits_for_it_and_it_does_not_switch(
+    cluster: Cluster, redis_server: RedisServer, gens: Any, done_at: float
+) -> None:
+    """R2. Before: the cancel said "cancelled on every host" at once (a had
+    reported nothing yet), then a finished staging and switched: 30 ms
+    before the time (its agent had not read the plan again), or after it
+    (its timer's re-check was set only after the timer started)."""
+    one, two = gens(1), gens(2)
+    d2 = publish(redis_server.url, two)
+    cluster.add("a", {"role": "game"}, start_with=one["reward"], plugins=["drops"])
+    a = cluster.hosts["a"]
+    a.load(one["drops"])
+    agent = cluster.agents["a"]
+    real_build = agent._build
+    at = time.time() + 2.0
+
+    def slow_build(name: str, digest: str) -> Any:  # a slow fetch of the release's first build
+        if name == "reward" and digest == d2["reward"]:
+            time.sleep(max(0.0, at + done_at - time.time()))
+        return real_build(name, digest)
+
+    agent._build = slow_build  # type: ignore[method-assign]
+    said: list[str] = []
+    with player(a) as seen, Fleet(redis_server.url) as f:
+        rid = f.release(d2, at=at, deadline=at - 1.0, wait=False)["id"]
+        time.sleep(0.5)  # a is staging now
+        out = ReleaseController(f, progress=said.append).cancel(rid, "stop it")
+        rep = reports(redis_server.url, rid).get("a", {})
+        time.sleep(max(0.0, at + 1.0 - time.time()))
+    assert (2, 2) not in seen, seen
+    assert gen_of(a) == (1, 1)
+    assert not out.get("unconfirmed"), out
+    assert any("cancelled on every host" in s for s in said), said
+    assert rep.get("state") == "cancelled", rep  # confirmed before it said so

@@ -271,17 +271,26 @@ class ReleaseAgent:
                 cands[name] = self.a._build(name, plan.digests[name])
             except HotloadError as exc:
                 raise _Refused(name, str(exc)) from None
-        try:
-            rel = self.a.host.reload_together(cands, at=at)
+        try:  # a timer that wakes late (staging ended after the time) reads the plan again
+            rel = self.a.host.reload_together(cands, at=at, recheck=self._recheck(plan))
         except BusyError as exc:  # staged for an earlier release here: tried again after it
             plugin = getattr(exc, "plugin", None) or plan.names[0]
             raise _Refused(plugin, str(exc), retry=True) from None
-        rel.recheck = self._recheck(plan)  # a timer that wakes late reads the plan again
         self._staged[plan.id] = rel
         self._revs[plan.id] = plan.rev
         threading.Thread(
             target=self._watch, args=(rel,), name=f"hotload-fleet-release-{plan.id}", daemon=True
         ).start()
+        import redis
+
+        try:  # staging took a while (a slow fetch, preflight): cancelled meanwhile?
+            why = self._cancelled_since(plan)
+        except redis.exceptions.RedisError:
+            why = None  # staged on the plan as read: its timer switches, Redis or not
+        if why is not None and rel.cancel(why):
+            log.warning("fleet agent %s: release %s %s", self.a.id, plan.id, why)
+            self._report(plan, "cancelled", error=why[:500])
+            return
         log.info("fleet agent %s: release %s staged for %s", self.a.id, plan.id, when(at))
         self._report(plan, "staged")
 
@@ -330,35 +339,42 @@ class ReleaseAgent:
         plan gone or not verifying: switched on the staged plan, as on time."""
         import redis
 
-        where = f"release {plan.id}"
-
         def check() -> str | None:
-            r = self.a._r
             if self.a._stop.is_set():  # the host left the fleet: no agent to leave it to
                 return None
             try:
-                if r is None:
-                    raise redis.exceptions.ConnectionError("not connected")
-                raw = r.hget(releases_key(self.a.keys), plan.id)
+                return self._cancelled_since(plan)
             except redis.exceptions.RedisError as exc:
                 self._deferred.add(plan.id)
                 return (
                     f"late, and Redis did not answer ({exc}): the agent converges to the "
                     f"plan once it reads it still planned"
                 )
-            if raw is None:
-                return None
-            try:
-                now = parse(raw, where)
-                self.a.guard.verify_release(now, where)
-            except FleetError as exc:
-                log.warning("fleet agent %s: %s: switching on the staged plan", self.a.id, exc)
-                return None
-            if now.state == "planned" or now.order <= plan.order:
-                return None
-            return f"{now.state} by the fleet while its timer slept: {now.reason}"
 
         return check
+
+    def _cancelled_since(self, plan: Plan) -> str | None:
+        """The plan read again (``RedisError`` when Redis does not answer):
+        why it no longer stands (cancelled or aborted since), or None (still
+        planned; gone or not verifying: the staged plan stands)."""
+        import redis
+
+        where = f"release {plan.id}"
+        r = self.a._r
+        if r is None:
+            raise redis.exceptions.ConnectionError("not connected")
+        raw = r.hget(releases_key(self.a.keys), plan.id)
+        if raw is None:
+            return None
+        try:
+            now = parse(raw, where)
+            self.a.guard.verify_release(now, where)
+        except FleetError as exc:
+            log.warning("fleet agent %s: %s: switching on the staged plan", self.a.id, exc)
+            return None
+        if now.state == "planned" or now.order <= plan.order:
+            return None
+        return f"{now.state} by the fleet while it was staged: {now.reason}"
 
     def _wake_at(self, at: float) -> None:
         """Sync just after ``at`` (nothing else wakes the agent then): a plan

@@ -517,6 +517,7 @@ class ReleaseController:
         staged = self._staged_on(release_id)  # the hosts that must drop it
         self._write(replace(plan, rev=rev, state="cancelled", reason=reason))
         rec = self.record(release_id) or {"id": release_id}
+        staged |= set(rec.get("expected") or ())  # and those still staging it (R2)
         rec.update({"state": "cancelled", "reason": reason, "cancelled_at": time.time()})
         self._save(rec)
         return self._confirm(rec, plan, staged)
@@ -529,8 +530,10 @@ class ReleaseController:
         return {h for h, r in reports.items() if r["state"] == "staged"}
 
     def _confirm(self, rec: dict[str, Any], plan: Plan, staged: set[str]) -> dict[str, Any]:
-        """Wait for every host that had staged the release to report it
-        cancelled (until ``SETTLE`` s after its time, at most ``CONFIRM`` s):
+        """Wait for every host that had staged the release, or was to stage
+        it (its selected hosts: one may be staging it still, a slow fetch or
+        preflight), to report it cancelled, or failed (until ``SETTLE`` s
+        after its time, at most ``CONFIRM`` s):
         a host stopped over the time (SIGSTOP, a suspended VM) reads the cancel
         only when it resumes, and its timer re-checks the plan then.  The
         hosts not confirmed are named (``unconfirmed``), and the command
@@ -558,7 +561,7 @@ class ReleaseController:
             self._save(rec)
             self.progress(
                 f"release {rid}: cancelled; not confirmed by {len(left)} host(s) that had staged "
-                f"it: " + ", ".join(f"{h} ({s})" for h, s in left.items())
+                f"it or were to: " + ", ".join(f"{h} ({s})" for h, s in left.items())
             )
         else:
             self.progress(f"release {rid}: cancelled on every host")
