@@ -21,6 +21,7 @@ from hotload.fleet._schema import Keys, new_id
 from test_fleet import Cluster, RedisServer, cluster, fleet_key, redis_server  # noqa: F401
 from test_fleet_release import gens, publish, reports  # noqa: F401  (fixtures)
 from test_fleet_release_group import gen_of, player
+from test_fleet_release_overlap import write_plan
 
 from conftest import wait_for
 
@@ -124,3 +125,63 @@ def test_a_cancel_while_a_host_is_staging_waits_for_it_and_it_does_not_switch(
     assert not out.get("unconfirmed"), out
     assert any("cancelled on every host" in s for s in said), said
     assert rep.get("state") == "cancelled", rep  # confirmed before it said so
+
+
+def _adopt(f: Fleet, plan: Plan, hosts: str) -> list[str]:
+    """What a release's controller does at the end of its wait."""
+    rec = {"id": plan.id, "plan": plan.record(), "builds": plan.digests, "hosts": hosts}
+    return ReleaseController(f, progress=lambda _: None)._adopt(rec)
+
+
+def test_a_release_for_other_hosts_does_not_block_a_late_host(
+    cluster: Cluster, redis_server: RedisServer, gens: Any, fleet_key: Any
+) -> None:
+    """R7: X (both plugins, every host) --no-wait, then Y (drops) for the eu
+    hosts, adopted.  Before: Y's desired state, with no rule for a us host,
+    counted there as a newer decision on drops; a us host that came late
+    stayed on (1, 1) for good while the us hosts on time ran (2, 2)."""
+    one, two, three = gens(1), gens(2), gens(3)
+    d2, d3 = publish(redis_server.url, two), publish(redis_server.url, three)
+    now = time.time()
+    write_plan(redis_server.url, fleet_key, d2, now - 3)  # X, its time past
+    y = write_plan(redis_server.url, fleet_key, {"drops": d3["drops"]}, now - 2,
+                   match={"region": "eu"})  # fmt: skip
+    with Fleet(redis_server.url) as f:
+        assert _adopt(f, y, "region=eu") == []
+    _start(cluster, "b", {"role": "game", "region": "us"}, one)
+    wait_for(lambda: gen_of(cluster.hosts["b"]) == (2, 2), timeout=5, what="b on X")
+
+
+def test_a_release_adopted_after_a_newer_one_for_some_hosts_keeps_the_rest(
+    cluster: Cluster, redis_server: RedisServer, gens: Any, fleet_key: Any
+) -> None:
+    """R7: X (both, every host) and Y (drops, region=eu, published after X)
+    both waited; Y's controller adopted first.  Before: X's adoption skipped
+    drops altogether (Y's rule is newer), so a us host had no rule of drops
+    and a late one stayed on (1, 1).  Now X's rule of drops is written after
+    Y's: the eu hosts keep Y's, every other host gets X's."""
+    one, two, three = gens(1), gens(2), gens(3)
+    d2, d3 = publish(redis_server.url, two), publish(redis_server.url, three)
+    now = time.time()
+    x = write_plan(redis_server.url, fleet_key, d2, now - 3)
+    y = write_plan(redis_server.url, fleet_key, {"drops": d3["drops"]}, now - 4,
+                   match={"region": "eu"})  # fmt: skip
+    with Fleet(redis_server.url) as f:
+        assert _adopt(f, y, "region=eu") == []
+        assert _adopt(f, x, "*") == []
+        rules = f.desired("drops")[1]
+    assert [(r.match, r.digest) for r in rules] == [
+        ({"region": "eu"}, d3["drops"]), ({}, d2["drops"])
+    ]  # fmt: skip
+    _start(cluster, "b", {"role": "game", "region": "us"}, one)
+    _start(cluster, "e", {"role": "game", "region": "eu"}, one)
+    wait_for(lambda: gen_of(cluster.hosts["b"]) == (2, 2), timeout=5, what="b on X")
+    wait_for(lambda: gen_of(cluster.hosts["e"]) == (2, 3), timeout=5, what="e on X + Y")
+
+
+def _start(cluster: Cluster, name: str, labels: dict[str, str], one: dict[str, Any]) -> None:
+    def setup(h: Any) -> None:
+        h.load(one["drops"])
+        h.load(one["reward"])
+
+    cluster.add(name, labels, setup=setup)

@@ -98,6 +98,9 @@ class ReleaseAgent:
         self._timer: tuple[threading.Timer, float] | None = None  # a sync at a plan's time
         self._deferred: set[str] = set()  # late timers that could not re-check: to converge
         self._settled: set[str] = set()  # staged releases seen over (refusals retried once)
+        # plugin -> the rev of its desired state read at this sync that has no rule for this
+        # host: no decision here (a release for other hosts), not a newer one
+        self.other: dict[str, int] = {}
 
     def judging(self) -> bool:
         """Whether a canary release is being judged here (the agent syncs at
@@ -112,6 +115,7 @@ class ReleaseAgent:
 
         r = self.a._r
         assert r is not None
+        self.other = {}  # filled by this sync's reading of the desired states
         try:
             raw: dict[bytes, bytes] = r.hgetall(releases_key(self.a.keys))
         except redis.exceptions.NoPermissionError as exc:  # an ACL from before releases
@@ -304,7 +308,7 @@ class ReleaseAgent:
             for n in plan.names
             if newest.get(n) == plan.rev
             and revs.get(n, -1) < plan.rev
-            and (self.a.guard.newest(n) or -1) < plan.rev  # a newer decision, gone: kept
+            and self._accepted(n) < plan.rev  # a newer decision, gone: kept
             and held.get(n, -1) <= plan.rev  # a newer release switched it here
         ]
         if not names:
@@ -494,9 +498,16 @@ class ReleaseAgent:
             if self.a.guard.takes(n)
             and n not in pending  # a release staged here switches it first
             and rev > revs.get(n, -1)  # a desired state written since wins
-            and rev >= (self.a.guard.newest(n) or -1)  # and one accepted, gone since
+            and rev >= self._accepted(n)  # and one accepted, gone since
             and rev >= held.get(n, -1)  # a newer release switched it here
         }
+
+    def _accepted(self, name: str) -> int:
+        """The rev of the newest desired state of ``name`` this host accepted,
+        unless that is the one in Redis now and it has no rule for this host
+        (a decision for other hosts is none here: R7)."""
+        newest = self.a.guard.newest(name)
+        return -1 if newest is None or newest == self.other.get(name) else newest
 
     def _apply_group(self, label: str, members: dict[str, tuple[Rule, int]]) -> None:
         want = {n: rule.digest for n, (rule, _) in members.items() if rule.digest}

@@ -400,13 +400,19 @@ class ReleaseController:
                 out, skipped = {}, []
                 for name, raw in zip(names, raws, strict=True):
                     prev = self._prev(name, raw)
-                    replaced = [(r, rule) for r, rule in prev if not match or rule.match == match]
-                    newer = self._newer(pipe, replaced, mine)
+                    mine_rule = Rule(match, rec["builds"][name], release=group)
+                    if match:  # its hosts' rule replaced, the others' kept
+                        replaced = [(r, rule) for r, rule in prev if rule.match == match]
+                        newer = self._newer(pipe, replaced, mine)
+                        rules = [mine_rule] + [r for _, r in prev if r.match != match]
+                    else:  # every host: a newer decision's rules for some hosts stay first
+                        kept = [(r, x) for r, x in prev if self._newer(pipe, [(r, x)], mine)]
+                        whole = [(r, x) for r, x in kept if not x.match]  # one for every host
+                        newer = self._newer(pipe, whole, mine)
+                        rules = [x for _, x in kept] + [mine_rule]
                     if newer is not None:
                         skipped.append(f"{name} ({newer})")
                         continue
-                    rules = [Rule(match, rec["builds"][name], release=group)]
-                    rules += [r for _, r in prev if r.match != match and match]
                     body: dict[str, Any] = {"rev": rev, "rules": rules_json(rules)}
                     body["at"] = time.time()
                     if key is not None:  # else insecure=True: unsigned, as set_desired writes
