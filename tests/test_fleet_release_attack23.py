@@ -185,3 +185,57 @@ def _start(cluster: Cluster, name: str, labels: dict[str, str], one: dict[str, A
         h.load(one["reward"])
 
     cluster.add(name, labels, setup=setup)
+
+
+def test_a_no_wait_release_is_adopted_before_its_plan_is_cleaned_out(
+    cluster: Cluster, redis_server: RedisServer, gens: Any, fleet_key: Any
+) -> None:
+    """R4: a --no-wait release (its plan the only record of it) past its time;
+    the fleet's earlier desired state is gen 1.  Before: cleaning out the
+    plan (or its expiry) left the hosts on time on (2, 2) and a host started
+    afterwards on (1, 1), for good.  Now the clean-out adopts it first."""
+    from hotload.fleet._release_ctl import GRACE
+    from hotload.fleet._schema import Rule
+
+    one, two = gens(1), gens(2)
+    d1, d2 = publish(redis_server.url, one), publish(redis_server.url, two)
+    with Fleet(redis_server.url) as f:
+        for n in ("reward", "drops"):
+            f.set_desired(n, [Rule({}, d1[n])])
+    x = write_plan(redis_server.url, fleet_key, d2, time.time() - 1.0)  # --no-wait, time past
+    _start(cluster, "a", {"role": "game"}, one)
+    wait_for(lambda: gen_of(cluster.hosts["a"]) == (2, 2), timeout=5, what="a on X")
+    with Fleet(redis_server.url) as f:
+        gone = ReleaseController(f).prune(keep=0, now=time.time() + GRACE + 1)
+        assert gone == [x.id]
+        assert {n: f.desired(n)[1][0].digest for n in ("reward", "drops")} == d2
+    _start(cluster, "b", {"role": "game"}, one)
+    wait_for(lambda: gen_of(cluster.hosts["b"]) == (2, 2), timeout=5, what="b on X")
+    assert gen_of(cluster.hosts["a"]) == (2, 2)
+
+
+def test_a_rollout_after_a_no_wait_release_starts_from_it(
+    cluster: Cluster, redis_server: RedisServer, gens: Any, fleet_key: Any
+) -> None:
+    """R1: a rollout of drops after a --no-wait release X of both.  Before:
+    its previous rules were from before X (X's plan is no desired state),
+    and the hosts outside its canary went to (reward 2, drops 1), a pair no
+    decision made.  Now the rollout adopts X first."""
+    from hotload.fleet._schema import Rule
+
+    one, two, three = gens(1), gens(2), gens(3)
+    d1, d2, d3 = (publish(redis_server.url, g) for g in (one, two, three))
+    with Fleet(redis_server.url) as f:
+        for n in ("reward", "drops"):
+            f.set_desired(n, [Rule({}, d1[n])])
+    write_plan(redis_server.url, fleet_key, d2, time.time() - 1.0)  # --no-wait, time past
+    _start(cluster, "a", {"role": "game"}, one)
+    _start(cluster, "c", {"role": "canary"}, one)
+    a = cluster.hosts["a"]
+    wait_for(lambda: gen_of(a) == (2, 2) and gen_of(cluster.hosts["c"]) == (2, 2), timeout=5)
+    with player(a) as seen, Fleet(redis_server.url) as f:
+        rec = f.rollout("drops", d3["drops"], canary="role=canary", bake=0, step_timeout=20,
+                        poll=0.2)  # fmt: skip
+        assert [r["digest"] for r in rec["prev_rules"]] == [d2["drops"]], rec["prev_rules"]
+        wait_for(lambda: gen_of(a) == (2, 3), timeout=5, what="a on the rollout")
+    assert (2, 1) not in seen, seen
