@@ -87,8 +87,8 @@ def test_prune_keeps_the_newest_and_every_plan_still_to_switch(
             assert r.get(f"hotload:release:{rid}") is None
             assert r.hget(report_key(f.keys, "h1"), rid) is None
             assert r.hget(report_key(f.keys, "h2"), rid) is None
-        for rid in left:
-            assert r.get(f"hotload:release:{rid}") == b"{}"
+        for rid in left:  # a planned one past its time was adopted first (issue 23, R4)
+            assert r.get(f"hotload:release:{rid}") is not None
             assert r.hget(report_key(f.keys, "h1"), rid) is not None
         assert ctl.prune(keep=2) == []  # nothing more is over
 

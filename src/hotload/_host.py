@@ -568,6 +568,7 @@ class Host:
         at: datetime | float | None = None,
         allow_signature_change: bool = False,
         preflight: bool | None = None,
+        recheck: Callable[[], str | None] | None = None,
     ) -> Release:
         """Switch several plugins as one (the Releases page): every build is
         read, checked, preflighted and opened first, and if any fails nothing
@@ -588,6 +589,10 @@ class Host:
                 prototypes (as in ``reload``).
             preflight: Try each build in a separate process first; None: the
                 host's ``preflight``.
+            recheck: With ``at``: asked by the timer when it wakes late (or
+                was paused) before it switches; a reason returned cancels
+                the release instead (``Release.recheck``, set before the
+                timer starts).
         """
         self._table.check_open()
         return self._swap.releases.release(
@@ -595,6 +600,7 @@ class Host:
             preflight=preflight,
             allow_signature_change=allow_signature_change,
             at=_when(at),
+            recheck=recheck,
         )
 
     def staged_releases(self) -> list[Release]:

@@ -198,6 +198,7 @@ class Releaser:
         unload: tuple[str, ...] = (),
         at: float | None = None,
         expect: Mapping[str, int] | None = None,
+        recheck: Callable[[], str | None] | None = None,
     ) -> Release:
         if not builds and not unload:
             raise ValueError("a release names at least one plugin")
@@ -244,9 +245,9 @@ class Releaser:
                 if p.new is not None:
                     p.new.note = label
             if at is not None:
-                return self._stage(
-                    Release(rid, at=at, state="staged", names=tuple(names)), parts, label
-                )
+                staged = Release(rid, at=at, state="staged", names=tuple(names))
+                staged.recheck = recheck  # before its timer starts: a late one asks it
+                return self._stage(staged, parts, label)
             self._switch(parts)
             result = self._finish(rid, parts, label, rollback=bool(note))
         self.history.append(result)
@@ -279,7 +280,9 @@ class Releaser:
         meanwhile, as they would at the held routes anyway."""
         assert r.at is not None
         exact_timers()  # this thread is the release's own, and ends with it
-        paused = False
+        # staged at the last moment (a slow fetch or preflight): its stager had no time to
+        # read its decision again (a cancel meanwhile), so the timer asks, as a late one does
+        paused = r.recheck is not None and r.at - time.time() < LATE + PREPARE
         while not r._done.is_set():
             left = r.at - time.time()
             if left <= PREPARE:
@@ -300,7 +303,8 @@ class Releaser:
     def _rechecked(self, r: Release) -> bool:
         """A timer that woke late, or was paused on the way (a stopped process,
         a suspended VM), may have slept through a cancel: ask ``r.recheck``
-        (the fleet re-reads the plan).  False: cancelled instead."""
+        (the fleet re-reads the plan); so does one staged less than ``LATE +
+        PREPARE`` before its time.  False: cancelled instead."""
         if r.recheck is None or r.state != "staged":
             return True
         r.late = True

@@ -378,15 +378,14 @@ class FleetAgent:
         gen, desired = pipe.execute()
         self.commands += 2
         self.guard.note_loaded(self.host.names())
-        held, revs, covered = self._releases.read(), {}, set()  # held: a release plan's last
+        revs: dict[str, int] = {}  # plugin -> the rev of its desired state with a rule here
+        held, covered = self._releases.read(), set()  # held: a release plan's last
         groups: dict[str, dict[str, tuple[Rule, int]]] = {}  # release id -> its desired states
         plain: dict[str, tuple[Rule, int, int]] = {}  # the others: rule, rev, decision
         for name_b, raw in sorted(desired.items()):
             name = name_b.decode("utf-8", "replace")
             if not PLUGIN_NAME.fullmatch(name):
-                log.warning(
-                    "fleet agent %s: ignoring desired state for %r: bad name", self.id, name
-                )
+                log.warning("fleet agent %s: ignoring desired state %r: bad name", self.id, name)
                 continue
             taken = self.guard.takes(name)
             try:
@@ -408,7 +407,7 @@ class FleetAgent:
                     self._report(name, "ignored", rule.digest, rev, self.guard.not_taken(name))
                 continue
             self._invalid.pop(name, None)
-            revs[name] = rev
+            (revs if rule is not None else self._releases.other)[name] = rev  # R7: ours?
             if rule is not None and held.get(name, -1) <= rev:
                 covered.add(name)
                 if rule.release is not None:  # a release's: its plugins move together

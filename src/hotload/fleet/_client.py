@@ -525,6 +525,7 @@ class Fleet:
         build they run: ``share`` of the keys (the argument ``key``), judged
         for ``bake`` seconds, and a host is live on the step once its judge
         promoted the build; ``bake=0``: a plain reload, judged by health."""
+        self.adopt_releases(progress)  # its previous rules: after a --no-wait release (R1)
         ctl = Controller(self, plugin, lock_ttl=lock_ttl, poll=poll, progress=progress)
         return ctl.start(
             digest,
@@ -574,8 +575,18 @@ class Fleet:
         returns the rollback's record, or raises ``RolloutFailed`` naming
         each host that is not back and why."""
 
+        self.adopt_releases(progress)  # a --no-wait release moved it: refused as after one
         ctl = Controller(self, plugin, lock_ttl=lock_ttl, poll=poll, progress=progress)
         return ctl.rollback(to=to, step_timeout=step_timeout)
+
+    def adopt_releases(self, progress: Callable[[str], None] | None = None) -> set[str]:
+        """Adopt into the desired states every release past its last host's
+        time that no controller adopted (``--no-wait``, or its controller
+        died); a rollout, a rollback and each release's publish do it first.
+        The ids of those that could not be written (kept, tried again)."""
+        from ._release_adopt import adopt_due
+
+        return adopt_due(ReleaseController(self, progress=progress))
 
     def release(
         self,

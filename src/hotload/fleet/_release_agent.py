@@ -30,7 +30,9 @@ plan cannot be replayed as planned), and for each:
   since the switch against the version it replaced, over that one's life on
   this host, the pre-release baseline): a regression rolls the release back
   here at once and reports ``aborted`` with the verdict; else ``switched``
-  with ``verdict: passed`` after the bake.
+  with ``verdict: passed`` after the bake.  A canary host that did not stage
+  it before ``at`` (it restarted or joined in the bake) is not judged: it
+  takes the plan late only after ``at + bake``, as the other hosts do.
 - *aborted* (a canary plan, between ``at`` and ``at + bake``): a canary host
   rolls the release back (``Release.rollback``) and reports ``reverted``; a
   host that had it staged cancels it and reports ``cancelled``; a host that
@@ -96,6 +98,9 @@ class ReleaseAgent:
         self._timer: tuple[threading.Timer, float] | None = None  # a sync at a plan's time
         self._deferred: set[str] = set()  # late timers that could not re-check: to converge
         self._settled: set[str] = set()  # staged releases seen over (refusals retried once)
+        # plugin -> the rev of its desired state read at this sync that has no rule for this
+        # host: no decision here (a release for other hosts), not a newer one
+        self.other: dict[str, int] = {}
 
     def judging(self) -> bool:
         """Whether a canary release is being judged here (the agent syncs at
@@ -110,6 +115,7 @@ class ReleaseAgent:
 
         r = self.a._r
         assert r is not None
+        self.other = {}  # filled by this sync's reading of the desired states
         try:
             raw: dict[bytes, bytes] = r.hgetall(releases_key(self.a.keys))
         except redis.exceptions.NoPermissionError as exc:  # an ACL from before releases
@@ -202,7 +208,7 @@ class ReleaseAgent:
             t
             for p in self._plans
             if p.state == "planned" and p.id not in self._staged
-            for t in (p.time_for(self.a.labels),)
+            for t in (_late_time(p, self.a.labels, now),)
             if t > now
         ]
         if coming:
@@ -248,6 +254,8 @@ class ReleaseAgent:
             return
         at = plan.time_for(self.a.labels)  # a canary plan's other hosts: after the bake
         if time.time() >= at:  # after its time: ``converge`` joined it with what came since
+            if time.time() < plan.last:  # a canary host that did not stage it: unjudged,
+                return  # it takes it as the others do, once the bake passed (or never)
             self._late(plan, newest, revs)
             return
         if self._failed.get(plan.id) == plan.rev:
@@ -267,17 +275,26 @@ class ReleaseAgent:
                 cands[name] = self.a._build(name, plan.digests[name])
             except HotloadError as exc:
                 raise _Refused(name, str(exc)) from None
-        try:
-            rel = self.a.host.reload_together(cands, at=at)
+        try:  # a timer that wakes late (staging ended after the time) reads the plan again
+            rel = self.a.host.reload_together(cands, at=at, recheck=self._recheck(plan))
         except BusyError as exc:  # staged for an earlier release here: tried again after it
             plugin = getattr(exc, "plugin", None) or plan.names[0]
             raise _Refused(plugin, str(exc), retry=True) from None
-        rel.recheck = self._recheck(plan)  # a timer that wakes late reads the plan again
         self._staged[plan.id] = rel
         self._revs[plan.id] = plan.rev
         threading.Thread(
             target=self._watch, args=(rel,), name=f"hotload-fleet-release-{plan.id}", daemon=True
         ).start()
+        import redis
+
+        try:  # staging took a while (a slow fetch, preflight): cancelled meanwhile?
+            why = self._cancelled_since(plan)
+        except redis.exceptions.RedisError:
+            why = None  # staged on the plan as read: its timer switches, Redis or not
+        if why is not None and rel.cancel(why):
+            log.warning("fleet agent %s: release %s %s", self.a.id, plan.id, why)
+            self._report(plan, "cancelled", error=why[:500])
+            return
         log.info("fleet agent %s: release %s staged for %s", self.a.id, plan.id, when(at))
         self._report(plan, "staged")
 
@@ -291,7 +308,7 @@ class ReleaseAgent:
             for n in plan.names
             if newest.get(n) == plan.rev
             and revs.get(n, -1) < plan.rev
-            and (self.a.guard.newest(n) or -1) < plan.rev  # a newer decision, gone: kept
+            and self._accepted(n) < plan.rev  # a newer decision, gone: kept
             and held.get(n, -1) <= plan.rev  # a newer release switched it here
         ]
         if not names:
@@ -326,35 +343,42 @@ class ReleaseAgent:
         plan gone or not verifying: switched on the staged plan, as on time."""
         import redis
 
-        where = f"release {plan.id}"
-
         def check() -> str | None:
-            r = self.a._r
             if self.a._stop.is_set():  # the host left the fleet: no agent to leave it to
                 return None
             try:
-                if r is None:
-                    raise redis.exceptions.ConnectionError("not connected")
-                raw = r.hget(releases_key(self.a.keys), plan.id)
+                return self._cancelled_since(plan)
             except redis.exceptions.RedisError as exc:
                 self._deferred.add(plan.id)
                 return (
                     f"late, and Redis did not answer ({exc}): the agent converges to the "
                     f"plan once it reads it still planned"
                 )
-            if raw is None:
-                return None
-            try:
-                now = parse(raw, where)
-                self.a.guard.verify_release(now, where)
-            except FleetError as exc:
-                log.warning("fleet agent %s: %s: switching on the staged plan", self.a.id, exc)
-                return None
-            if now.state == "planned" or now.order <= plan.order:
-                return None
-            return f"{now.state} by the fleet while its timer slept: {now.reason}"
 
         return check
+
+    def _cancelled_since(self, plan: Plan) -> str | None:
+        """The plan read again (``RedisError`` when Redis does not answer):
+        why it no longer stands (cancelled or aborted since), or None (still
+        planned; gone or not verifying: the staged plan stands)."""
+        import redis
+
+        where = f"release {plan.id}"
+        r = self.a._r
+        if r is None:
+            raise redis.exceptions.ConnectionError("not connected")
+        raw = r.hget(releases_key(self.a.keys), plan.id)
+        if raw is None:
+            return None
+        try:
+            now = parse(raw, where)
+            self.a.guard.verify_release(now, where)
+        except FleetError as exc:
+            log.warning("fleet agent %s: %s: switching on the staged plan", self.a.id, exc)
+            return None
+        if now.state == "planned" or now.order <= plan.order:
+            return None
+        return f"{now.state} by the fleet while it was staged: {now.reason}"
 
     def _wake_at(self, at: float) -> None:
         """Sync just after ``at`` (nothing else wakes the agent then): a plan
@@ -463,7 +487,7 @@ class ReleaseAgent:
         for plan in self._plans:  # oldest first: a newer plan's plugins overwrite
             if plan.state != "planned" or plan.id in self._staged:
                 continue
-            if now < plan.time_for(self.a.labels):
+            if now < plan.last:  # a canary plan: only once its bake passed (R8)
                 continue
             group = Group(plan.id, tuple(plan.names))
             for name, digest in plan.builds:
@@ -474,9 +498,16 @@ class ReleaseAgent:
             if self.a.guard.takes(n)
             and n not in pending  # a release staged here switches it first
             and rev > revs.get(n, -1)  # a desired state written since wins
-            and rev >= (self.a.guard.newest(n) or -1)  # and one accepted, gone since
+            and rev >= self._accepted(n)  # and one accepted, gone since
             and rev >= held.get(n, -1)  # a newer release switched it here
         }
+
+    def _accepted(self, name: str) -> int:
+        """The rev of the newest desired state of ``name`` this host accepted,
+        unless that is the one in Redis now and it has no rule for this host
+        (a decision for other hosts is none here: R7)."""
+        newest = self.a.guard.newest(name)
+        return -1 if newest is None or newest == self.other.get(name) else newest
 
     def _apply_group(self, label: str, members: dict[str, tuple[Rule, int]]) -> None:
         want = {n: rule.digest for n, (rule, _) in members.items() if rule.digest}
@@ -608,6 +639,14 @@ class _Refused(FleetError):
         super().__init__(why)
         self.plugin = plugin
         self.retry = retry  # the host may take it later (its application loads it)
+
+
+def _late_time(plan: Plan, labels: dict[str, str], now: float) -> float:
+    """When a host that did not stage ``plan`` acts on it: its time, or, past
+    it, the end of the bake (a canary host that missed its time is not judged:
+    it takes the release late as the other hosts do, once the bake passed)."""
+    t = plan.time_for(labels)
+    return t if t > now else plan.last
 
 
 def _joined(groups: dict[str, dict[str, tuple[Rule, int]]]) -> list[list[str]]:

@@ -51,12 +51,8 @@ from ._release_plan import (
     when,
 )
 from ._schema import (
-    Group,
-    Rule,
     matches,
     new_id,
-    parse_desired_record,
-    rules_json,
     selector,
     selector_text,
 )
@@ -363,116 +359,10 @@ class ReleaseController:
         return rec
 
     def _adopt(self, rec: dict[str, Any]) -> list[str]:
-        """Write each plugin's desired state as the release's build for the
-        release's hosts (a decision after the release: a later rollout starts
-        from it, and hosts that already run it do nothing); the rules for
-        other hosts stay.  Each rule names the release and its plugins
-        (``Group``): a host that did not switch (its staged release failed at
-        the switch, or it restarted since) moves them together, all or none,
-        and only once every one of them is written.
+        """``_release_adopt.adopt``: the release's desired states written."""
+        from ._release_adopt import adopt
 
-        Ordered by the release's plan, not by when this runs: a plugin whose
-        desired state a newer decision wrote (a release published after this
-        one, adopted first; a rollout written after this plan) keeps it, so
-        two controllers adopting at once leave the later release whole, never
-        a pair no decision made.  All of it is one transaction (``WATCH``: a
-        write meanwhile reads again).  The plugins skipped."""
-        import redis
-
-        from ._signing import sign_decision
-
-        k, rid = self.f.keys, rec["id"]
-        try:
-            mine = parse(str(rec["plan"]).encode(), f"release {rid}").rev
-        except (FleetError, KeyError):
-            mine = self._rev()  # a record from before plans were kept in it
-        match = selector(rec.get("hosts") or "*")
-        group = Group(rid, tuple(rec["builds"]))  # a host moves them together, or not
-        key, exp = self.f.signing_key(), self.f.expires
-        names = list(rec["builds"])
-
-        def attempt() -> list[str] | None:
-            with self.f.r.pipeline(transaction=True) as pipe:
-                pipe.watch(k.desired, k.gen, releases_key(k))
-                raws = pipe.hmget(k.desired, names)
-                gen = pipe.get(k.gen)
-                rev = max((int(gen) if gen and gen.isdigit() else 0) + 1, int(time.time() * 1000))
-                out, skipped = {}, []
-                for name, raw in zip(names, raws, strict=True):
-                    prev = self._prev(name, raw)
-                    replaced = [(r, rule) for r, rule in prev if not match or rule.match == match]
-                    newer = self._newer(pipe, replaced, mine)
-                    if newer is not None:
-                        skipped.append(f"{name} ({newer})")
-                        continue
-                    rules = [Rule(match, rec["builds"][name], release=group)]
-                    rules += [r for _, r in prev if r.match != match and match]
-                    body: dict[str, Any] = {"rev": rev, "rules": rules_json(rules)}
-                    body["at"] = time.time()
-                    if key is not None:  # else insecure=True: unsigned, as set_desired writes
-                        body.update(sign_decision(key, name, rev, None, rules, expires=exp))
-                    out[name] = json.dumps(body)
-                pipe.multi()
-                if out:
-                    pipe.hset(k.desired, mapping=out)
-                    pipe.set(k.gen, rev)
-                    pipe.publish(k.wake, f"release {rid}")
-                try:
-                    pipe.execute()
-                except redis.exceptions.WatchError:
-                    return None  # another writer meanwhile: read again
-                return skipped
-
-        def attempts() -> list[str]:
-            for _ in range(50):
-                done = attempt()
-                if done is not None:
-                    return done
-                time.sleep(0.01)
-            raise FleetError("Redis kept changing under the write")
-
-        try:
-            skipped: list[str] = self.f._call("write desired states", attempts)
-        except FleetError as exc:  # the hosts switched; only the record is behind
-            log.warning("release %s: desired states not written: %s", rid, exc)
-            return []
-        if skipped:
-            self.progress(
-                f"release {rid}: a newer decision holds {', '.join(skipped)}: kept (the newest "
-                f"decision wins, each plugin; the rest of this release follows it)"
-            )
-        return skipped
-
-    def _prev(self, name: str, raw: Any) -> list[Any]:
-        """(rev, rule) of each rule of ``name``'s desired state now; a record
-        this controller's key did not sign counts as none."""
-        if raw is None:
-            return []
-        try:
-            drec, rev, rules = parse_desired_record(raw, name)
-        except FleetError:
-            return []
-        if not self.f.signed_by_us(name, drec, rev, rules):
-            return []
-        return [(rev, r) for r in rules]
-
-    def _newer(self, pipe: Any, prev: list[Any], mine: int) -> str | None:
-        """What newer decision than the plan of rev ``mine`` wrote a rule the
-        release would replace, if one did: a release's (its plan's rev
-        above), or a rollout's (its rev above: written after the plan)."""
-        for rev, rule in prev:
-            if rule.release is None:
-                if rev > mine:
-                    return f"rev {rev}, after this release"
-                continue
-            raw = pipe.hget(releases_key(self.f.keys), rule.release.id)
-            try:
-                other = parse(raw, f"release {rule.release.id}").rev if raw else -1
-            except FleetError:
-                other = -1  # gone or garbage: an older release, cleaned out
-            if other > mine:
-                return f"release {rule.release.id}, published after this one"
-        return None
+        return adopt(self, rec)
 
     def _cancel_and_raise(self, rec: dict[str, Any], why: str) -> dict[str, Any]:
         done = self.cancel(rec["id"], why)
@@ -517,6 +407,7 @@ class ReleaseController:
         staged = self._staged_on(release_id)  # the hosts that must drop it
         self._write(replace(plan, rev=rev, state="cancelled", reason=reason))
         rec = self.record(release_id) or {"id": release_id}
+        staged |= set(rec.get("expected") or ())  # and those still staging it (R2)
         rec.update({"state": "cancelled", "reason": reason, "cancelled_at": time.time()})
         self._save(rec)
         return self._confirm(rec, plan, staged)
@@ -529,8 +420,10 @@ class ReleaseController:
         return {h for h, r in reports.items() if r["state"] == "staged"}
 
     def _confirm(self, rec: dict[str, Any], plan: Plan, staged: set[str]) -> dict[str, Any]:
-        """Wait for every host that had staged the release to report it
-        cancelled (until ``SETTLE`` s after its time, at most ``CONFIRM`` s):
+        """Wait for every host that had staged the release, or was to stage
+        it (its selected hosts: one may be staging it still, a slow fetch or
+        preflight), to report it cancelled, or failed (until ``SETTLE`` s
+        after its time, at most ``CONFIRM`` s):
         a host stopped over the time (SIGSTOP, a suspended VM) reads the cancel
         only when it resumes, and its timer re-checks the plan then.  The
         hosts not confirmed are named (``unconfirmed``), and the command
@@ -558,7 +451,7 @@ class ReleaseController:
             self._save(rec)
             self.progress(
                 f"release {rid}: cancelled; not confirmed by {len(left)} host(s) that had staged "
-                f"it: " + ", ".join(f"{h} ({s})" for h, s in left.items())
+                f"it or were to: " + ", ".join(f"{h} ({s})" for h, s in left.items())
             )
         else:
             self.progress(f"release {rid}: cancelled on every host")
@@ -590,8 +483,15 @@ class ReleaseController:
         its age.  The ids removed."""
         import redis
 
+        from ._release_adopt import adopt_due
+
         k, now = self.f.keys, time.time() if now is None else now
         key = releases_key(k)
+        try:  # a release no controller adopted (--no-wait) is adopted first, or kept (R4)
+            left = adopt_due(self, now)
+        except FleetError as exc:
+            log.warning("releases not cleaned out this time: %s", exc)
+            return []
 
         def attempt() -> list[str] | None:
             with self.f.r.pipeline(transaction=True) as pipe:
@@ -607,7 +507,9 @@ class ReleaseController:
                     except FleetError:
                         ranked.append((-1, id_b, True))  # garbage: no host acts on it
                         continue
-                    over = plan.state != "planned" or now >= plan.last + GRACE
+                    over = plan.state != "planned" or (
+                        now >= plan.last + GRACE and plan.id not in left
+                    )
                     ranked.append((plan.rev, id_b, over))
                 ranked.sort(key=lambda e: e[0], reverse=True)
                 gone = [rid for _, rid, over in ranked[keep:] if over]
