@@ -58,6 +58,7 @@ import socket
 import struct
 import sys
 import time
+from typing import NoReturn
 
 from . import _lockdown_linux as lock
 from . import _sibling_linux as _sibling
@@ -119,17 +120,23 @@ def _namespaced(host: int) -> bool:
             break
         _map_for(c, to_p)  # a root host: C asked us to map it to nobody
     if not got.startswith(b"K"):
-        with contextlib.suppress(OSError):
-            os.kill(c, signal.SIGKILL)
-        _kill_tree()
-        _reap_all(1.0)
-        to_p.close()
-        why = got[1:].decode(errors="replace") if got.startswith(b"E") else "no answer"
-        raise OSError(f"user namespaces: {why}")
+        _setup_failed(c, to_p, got)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(c, 0)  # C exited once it forked I: no zombie beside the worker
     _relay(to_p)
     raise AssertionError("unreachable")
+
+
+def _setup_failed(pid: int, to_p: socket.socket, got: bytes) -> NoReturn:
+    """The namespaces' setup said no (``E`` and why) or nothing: end what it
+    started, and say why as the ``OSError`` the caller falls back on."""
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+    _kill_tree()
+    _reap_all(1.0)
+    to_p.close()
+    why = got[1:].decode(errors="replace") if got.startswith(b"E") else "no answer"
+    raise OSError(f"user namespaces: {why}")
 
 
 def _cloned() -> bool:
@@ -159,13 +166,7 @@ def _cloned() -> bool:
         _map_for(i, to_p)
     got = _read(to_p, _SETUP_TIMEOUT)
     if not got.startswith(b"K"):
-        with contextlib.suppress(OSError):
-            os.kill(i, signal.SIGKILL)
-        _kill_tree()
-        _reap_all(1.0)
-        to_p.close()
-        why = got[1:].decode(errors="replace") if got.startswith(b"E") else "no answer"
-        raise OSError(f"user namespaces: {why}")
+        _setup_failed(i, to_p, got)
     _relay(to_p)
     raise AssertionError("unreachable")
 
