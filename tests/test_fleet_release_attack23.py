@@ -239,3 +239,35 @@ def test_a_rollout_after_a_no_wait_release_starts_from_it(
         assert [r["digest"] for r in rec["prev_rules"]] == [d2["drops"]], rec["prev_rules"]
         wait_for(lambda: gen_of(a) == (2, 3), timeout=5, what="a on the rollout")
     assert (2, 1) not in seen, seen
+
+
+def test_adopting_an_older_release_does_not_outrank_a_newer_plan(
+    cluster: Cluster, redis_server: RedisServer, gens: Any, fleet_key: Any
+) -> None:
+    """A new user's run: a --no-wait release X of both plugins, past its
+    time, then a release Y of reward alone; X adopted after Y's plan was
+    written (``fleet release`` publishes, then adopts).  Before: the adopted
+    desired states took a rev of now, above Y's plan, so every host went to
+    (3, 2) at Y's time, then back to X's (2, 2) a moment later, and a late host
+    took (2, 2) too.  Now X's desired states carry X's own rev: Y stays newer."""
+    from hotload.fleet._schema import Rule
+
+    one, two, three = gens(1), gens(2), gens(3)
+    d1, d2, d3 = (publish(redis_server.url, g) for g in (one, two, three))
+    with Fleet(redis_server.url) as f:
+        for n in ("reward", "drops"):
+            f.set_desired(n, [Rule({}, d1[n])])
+    x = write_plan(redis_server.url, fleet_key, d2, time.time() - 1.0)  # --no-wait, time past
+    _start(cluster, "a", {"role": "game"}, one)
+    a = cluster.hosts["a"]
+    wait_for(lambda: gen_of(a) == (2, 2), timeout=5, what="a on X")
+    y = write_plan(redis_server.url, fleet_key, {"reward": d3["reward"]}, time.time() + 1.0)
+    with Fleet(redis_server.url) as f:
+        assert f.adopt_releases() == set()
+        desired = {n: f.desired(n) for n in ("reward", "drops")}
+    wait_for(lambda: gen_of(a) == (3, 2), timeout=5, what="a on Y's reward with X's drops")
+    time.sleep(1.0)  # the agent's next syncs: nothing takes Y's reward back
+    assert gen_of(a) == (3, 2)
+    _start(cluster, "b", {"role": "game"}, one)
+    wait_for(lambda: gen_of(cluster.hosts["b"]) == (3, 2), timeout=5, what="b, late")
+    assert all(rev == x.rev < y.rev for rev, _ in desired.values()), (desired, y.rev)

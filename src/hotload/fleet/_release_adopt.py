@@ -113,10 +113,14 @@ def adopt(ctl: Any, rec: dict[str, Any]) -> list[str]:
                 if newer is not None:
                     skipped.append(f"{name} ({newer})")
                     continue
-                body: dict[str, Any] = {"rev": rev, "rules": rules_json(rules)}
+                # The plan's own rev (above the record it replaces): a plan published after
+                # this one stays the newer decision on hosts (a rev of now outranked it, and
+                # the older release came back over the newer one at its adoption)
+                at_rev = max(mine, _record_rev(raw) + 1)
+                body: dict[str, Any] = {"rev": at_rev, "rules": rules_json(rules)}
                 body["at"] = time.time()
                 if key is not None:  # else insecure=True: unsigned, as set_desired writes
-                    body.update(sign_decision(key, name, rev, None, rules, expires=exp))
+                    body.update(sign_decision(key, name, at_rev, None, rules, expires=exp))
                 out[name] = json.dumps(body)
             pipe.multi()
             if out:
@@ -150,6 +154,15 @@ def adopt(ctl: Any, rec: dict[str, Any]) -> list[str]:
             f"decision wins, each plugin; the rest of this release follows it)"
         )
     return skipped
+
+
+def _record_rev(raw: Any) -> int:
+    """The rev of a desired-state record as stored (-1: none, or unreadable)."""
+    try:
+        rev = json.loads(raw)["rev"] if raw is not None else -1
+    except (ValueError, TypeError, KeyError):
+        return -1
+    return rev if isinstance(rev, int) and not isinstance(rev, bool) else -1
 
 
 def _prev(ctl: Any, name: str, raw: Any) -> list[Any]:
