@@ -271,3 +271,32 @@ def test_adopting_an_older_release_does_not_outrank_a_newer_plan(
     _start(cluster, "b", {"role": "game"}, one)
     wait_for(lambda: gen_of(cluster.hosts["b"]) == (3, 2), timeout=5, what="b, late")
     assert all(rev == x.rev < y.rev for rev, _ in desired.values()), (desired, y.rev)
+
+
+def test_a_waited_release_over_a_staged_one_waits_for_it_then_switches(
+    cluster: Cluster, redis_server: RedisServer, gens: Any, fleet_key: Any
+) -> None:
+    """A new user's run: a release Y of reward, waited for, published while
+    a --no-wait release X of both is staged on the host.  Before: the host's
+    "staged here for release X, which switches it first" was a ``failed``
+    report and Y's controller cancelled it at once, though the page says the
+    host tries Y again once X switched.  Now that refusal is ``waiting``: the
+    controller waits up to its deadline, the host stages Y after X, both
+    switch, each at its time."""
+    from hotload.fleet._schema import Rule
+
+    one, two, three = gens(1), gens(2), gens(3)
+    d1, d2, d3 = (publish(redis_server.url, g) for g in (one, two, three))
+    with Fleet(redis_server.url) as f:
+        for n in ("reward", "drops"):
+            f.set_desired(n, [Rule({}, d1[n])])
+    _start(cluster, "a", {"role": "game"}, one)
+    a = cluster.hosts["a"]
+    wait_for(lambda: gen_of(a) == (1, 1), timeout=5, what="a on gen 1")
+    write_plan(redis_server.url, fleet_key, d2, time.time() + 1.0)  # X, --no-wait
+    wait_for(lambda: a.staged_releases(), timeout=5, what="X staged on a")
+    with player(a) as seen, Fleet(redis_server.url) as f:
+        rec = f.release({"reward": d3["reward"]}, at=time.time() + 3.5, poll=0.05)
+        assert rec["state"] == "switched", rec
+        wait_for(lambda: gen_of(a) == (3, 2), timeout=5, what="a on Y over X")
+    assert set(seen) <= {(1, 1), (2, 2), (3, 2)}, seen

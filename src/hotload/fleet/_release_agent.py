@@ -602,7 +602,8 @@ class ReleaseAgent:
             self._failed[plan.id] = plan.rev
         if not retry or (self._reported.get(plan.id) or {}).get("error") != str(exc):
             log.warning("fleet agent %s: release %s: refused: %s", self.a.id, plan.id, exc)
-        self._report(plan, "failed", plugin=plugin, error=str(exc))
+        # a refusal that may pass is "waiting": a controller waits for it up to the deadline
+        self._report(plan, "waiting" if retry else "failed", plugin=plugin, error=str(exc))
 
     def _refuse(self, rid: str, raw: bytes, why: str) -> None:
         """A plan that does not verify: logged once and reported (when its id

@@ -227,9 +227,10 @@ class ReleaseController:
                 why = f"{host} could not stage it: {_cause(rep)}"
                 return self._cancel_and_raise(rec, why)
             if waiting and time.time() >= deadline:
+                named = [f"{h} ({_cause(reports[h])})" if h in reports else h for h in waiting[:3]]
                 why = (
                     f"{len(waiting)} host(s) had not staged it by the deadline "
-                    f"{when(deadline)}: {', '.join(waiting[:3])}"
+                    f"{when(deadline)}: {', '.join(named)}"
                     + (f" and {len(waiting) - 3} more" if len(waiting) > 3 else "")
                 )
                 return self._cancel_and_raise(rec, why)

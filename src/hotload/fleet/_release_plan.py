@@ -41,7 +41,11 @@ from ._signing import DEFAULT_EXPIRES, public_hex, signature_holds
 
 RELEASE_CONTEXT = b"hotload-fleet-release-v1\n"
 STATES = ("planned", "cancelled", "aborted")
-HOST_STATES = ("staged", "failed", "switched", "cancelled", "invalid", "aborted", "reverted")
+# "waiting": not staged yet, for a reason that may pass (another release staged there
+# switches the plugin first; the application has not loaded it yet): tried at each sync
+HOST_STATES = (
+    "staged", "waiting", "failed", "switched", "cancelled", "invalid", "aborted", "reverted"
+)  # fmt: skip
 MAX_BAKE = 86400.0  # seconds a release's canaries are judged at most
 MAX_BUILDS = 64  # plugins one release switches: more is a typo or an attack
 MAX_REASON = 500  # characters of a cancel's reason
