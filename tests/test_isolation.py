@@ -489,6 +489,7 @@ def test_go_c_shared_really_unloads_when_isolated(
     host's RSS, threads and fds stay flat and no worker is left behind (an
     in-process Go reload leaks ~900 KB: 10 of them are past 4 MiB)."""
     lib = build_go_plugin(tmp_path)
+    before = set(children())  # a process an earlier test in this pytest worker left
     with Host(tmp_path / "in", preflight=False, max_leaked=3) as h:
         h.load(lib)
         with pytest.raises(HotloadError, match="max_leaked"):
@@ -513,8 +514,24 @@ def test_go_c_shared_really_unloads_when_isolated(
         assert _rss_kb() - rss0 < rss_limit_kb
         assert not h.leaks()
         # the live worker, the warm spare and the zygote that forks them
-        wait_for(lambda: len(children()) <= 3)
-    wait_for(lambda: not children())
+        try:
+            wait_for(lambda: len(set(children()) - before) <= 3)
+        except AssertionError:
+            raise AssertionError(f"children left: {_cmdlines(set(children()) - before)}") from None
+    wait_for(lambda: not set(children()) - before)
+
+
+def _cmdlines(pids: set[int]) -> list[str]:
+    """What each process is, for a failure's message."""
+    out = []
+    for pid in sorted(pids):
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            raw = b"(gone)"
+        text = raw.replace(b"\0", b" ").decode(errors="replace")
+        out.append(f"{pid}: {text[:120]}")
+    return out
 
 
 def _rss_kb() -> int:
