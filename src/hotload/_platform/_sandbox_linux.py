@@ -187,17 +187,24 @@ def _cloned_init(sock: socket.socket, root: bool) -> None:
             _dropped = True
         else:
             lock.set_dumpable(True)  # else /proc/self/uid_map is root's, not ours to write
-            for name, text in (
-                ("setgroups", "deny"),
-                ("uid_map", f"{uid} {uid} 1"),
-                ("gid_map", f"{gid} {gid} 1"),
-            ):
-                with open(f"/proc/self/{name}", "w") as fh:
-                    fh.write(text)
+            _map_ids("self", uid, gid)
     except OSError as exc:
         _say(sock, _why(exc))
         os._exit(0)
     _init(sock, plan)
+
+
+def _map_ids(proc: str, uid: int, gid: int) -> None:
+    """Map ``uid``/``gid`` (and only them) into the user namespace of
+    ``/proc/<proc>`` (``self``, or a child's pid), groups denied first as
+    the kernel requires of an unprivileged writer."""
+    for name, text in (
+        ("setgroups", "deny"),
+        ("uid_map", f"{uid} {uid} 1"),
+        ("gid_map", f"{gid} {gid} 1"),
+    ):
+        with open(f"/proc/{proc}/{name}", "w") as fh:
+            fh.write(text)
 
 
 def _map_for(c: int, sock: socket.socket) -> None:
@@ -205,13 +212,7 @@ def _map_for(c: int, sock: socket.socket) -> None:
     namespace, which C cannot do itself (it holds no capability over ours)."""
     uid, gid = _nobody()
     try:
-        for name, text in (
-            ("setgroups", "deny"),
-            ("uid_map", f"{uid} {uid} 1"),
-            ("gid_map", f"{gid} {gid} 1"),
-        ):
-            with open(f"/proc/{c}/{name}", "w") as fh:
-                fh.write(text)
+        _map_ids(str(c), uid, gid)
     except OSError:
         return  # C sees no answer and reports the failure
     _say(sock, b"m")
@@ -240,13 +241,7 @@ def _child(sock: socket.socket) -> None:
             os.setresuid(uid, uid, uid)  # no uid 0 inside: the namespace's capabilities stay
             _dropped = True
         else:
-            for name, text in (
-                ("setgroups", "deny"),
-                ("uid_map", f"{uid} {uid} 1"),
-                ("gid_map", f"{gid} {gid} 1"),
-            ):
-                with open(f"/proc/self/{name}", "w") as fh:
-                    fh.write(text)
+            _map_ids("self", uid, gid)
         i = os.fork()
     except OSError as exc:
         _say(sock, _why(exc))
